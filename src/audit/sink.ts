@@ -1,0 +1,40 @@
+/**
+ * Audit sinks: places every committed audit event is also written to, after the store's own audit
+ * table. A sink that fails makes the operation fail (its result is withheld), so audit is fail-closed.
+ */
+import type { AuditRecord } from "../vault/types.js";
+
+/** Receives committed events, in order. Throwing (or rejecting) fails the operation. */
+export interface AuditSink {
+  write(events: readonly AuditRecord[]): void | Promise<void>;
+  close?(): void | Promise<void>;
+}
+
+/** The JSON form of an event used by the JSONL and log sinks (hashes in hex; detail parsed). */
+export function eventJson(e: AuditRecord): Record<string, unknown> {
+  return {
+    seq: e.seq,
+    id: e.id,
+    time: new Date(e.time).toISOString(),
+    type: e.type,
+    actor: { id: e.actorId, role: e.actorRole, transport: e.transport },
+    agent: e.agent,
+    secret: e.secret,
+    lease_id: e.leaseId,
+    domain: e.domain,
+    outcome: e.outcome,
+    reason: e.reason,
+    detail: e.detail === null ? null : (JSON.parse(e.detail) as unknown),
+    prev_hash: Buffer.from(e.prevHash).toString("hex"),
+    hash: Buffer.from(e.hash).toString("hex"),
+  };
+}
+
+/** A sink that hands each event as one JSON line to `write` (e.g. a structured logger or stderr). */
+export function logSink(write: (line: string) => void): AuditSink {
+  return {
+    write(events) {
+      for (const e of events) write(JSON.stringify({ msg: "audit", ...eventJson(e) }));
+    },
+  };
+}

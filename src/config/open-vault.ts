@@ -1,0 +1,151 @@
+/**
+ * The composition root for the embedded default: a vault in a home directory with the SQLite store,
+ * the configured key source, the policy file and the configured audit sinks.
+ */
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { createKeyFile } from "../crypto/keys/file.js";
+import { createPassphraseKeyStore, tuneArgon2, type Argon2Params } from "../crypto/keys/passphrase.js";
+import { selectKeySource } from "../crypto/keys/select.js";
+import { jsonlSink } from "../audit/jsonl-sink.js";
+import type { AuditSink } from "../audit/sink.js";
+import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
+import { VaultError } from "../vault/errors.js";
+import { parsePolicy, type Policy } from "../vault/policy.js";
+import { Vault, type VaultOptions } from "../vault/vault.js";
+import { writeFileExclusive } from "../crypto/atomic-file.js";
+import { DEFAULT_CONFIG, parseConfig, STARTER_CONFIG, type Config } from "./config.js";
+import { HOME_FILES, inHome, resolveHome } from "./home.js";
+import { assertPrivateDir, ensurePrivateDir } from "./perms.js";
+import { STARTER_POLICY } from "./starter-policy.js";
+
+/** How to open a home. */
+export interface OpenVaultOptions {
+  /** Default: LESSOR_HOME or ~/.lessor. */
+  home?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Asks for the passphrase when the key store is passphrase-sealed (else LESSOR_PASSPHRASE). */
+  getPassphrase?: () => Promise<string>;
+  /** Sinks in addition to the configured ones. */
+  sinks?: AuditSink[];
+  /** Passed through to Vault.open (tests). */
+  now?: VaultOptions["now"];
+}
+
+/** Reads `lessor.toml` in `home` (defaults when it is absent). */
+export function loadConfig(home: string): Config {
+  const path = inHome(home, HOME_FILES.config);
+  if (!existsSync(path)) return structuredClone(DEFAULT_CONFIG);
+  return parseConfig(readFileSync(path, "utf8"), path);
+}
+
+/** Reads and parses a policy file. */
+export function loadPolicyFile(path: string): Policy {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new VaultError(
+      "policy_invalid",
+      code === "ENOENT" ? `the policy file ${path} does not exist; create it (see docs/policy.md) or run lessor init` : `cannot read the policy file ${path} (${code ?? "error"})`,
+    );
+  }
+  return parsePolicy(text, path);
+}
+
+/** Opens the vault in a home made by {@link initHome}. */
+export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
+  const env = opts.env ?? process.env;
+  const home = resolveHome(opts.home, env);
+  if (!existsSync(home) || !statSync(home).isDirectory())
+    throw new VaultError("key_unavailable", `there is no lessor home at ${home}; run lessor init (or set LESSOR_HOME)`);
+  assertPrivateDir(home, "the lessor home");
+  const cfg = loadConfig(home);
+  const keys = selectKeySource({
+    env,
+    keyFile: inHome(home, cfg.keys.file),
+    passphraseFile: inHome(home, cfg.keys.passphraseFile),
+    ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}),
+    ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
+    keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
+  });
+  const policyPath = inHome(home, cfg.policyFile);
+  const sinks: AuditSink[] = [];
+  if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));
+  sinks.push(...(opts.sinks ?? []));
+  const store = openSqliteStore(inHome(home, HOME_FILES.database));
+  try {
+    return await Vault.open({
+      store,
+      keys,
+      policy: async () => loadPolicyFile(policyPath),
+      sinks,
+      cipher: cfg.cipher,
+      limits: cfg.limits,
+      ...(opts.now ? { now: opts.now } : {}),
+    });
+  } catch (e) {
+    await store.close();
+    for (const s of sinks) await s.close?.();
+    throw e;
+  }
+}
+
+/** How to initialise a home. */
+export interface InitOptions {
+  home?: string;
+  env?: NodeJS.ProcessEnv;
+  /** "file" (default): a 0600 key file; "passphrase": a key store sealed by `passphrase`. */
+  keySource?: "file" | "passphrase" | "env";
+  passphrase?: string;
+  /** Argon2id parameters; default: tuned to about 0.4 s on this machine. */
+  argon2?: Argon2Params;
+}
+
+/** What {@link initHome} did. */
+export interface InitResult {
+  home: string;
+  created: string[];
+  keySource: "file" | "passphrase" | "env";
+}
+
+/**
+ * Creates the home (0700), a commented lessor.toml, a starter policy, the key source and the database.
+ * Files that exist are kept; an existing key file or key store is never overwritten.
+ */
+export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
+  const env = opts.env ?? process.env;
+  const home = resolveHome(opts.home, env);
+  ensurePrivateDir(home, "the lessor home");
+  const created: string[] = [];
+  const configPath = inHome(home, HOME_FILES.config);
+  if (!existsSync(configPath)) {
+    writeFileExclusive(configPath, STARTER_CONFIG, 0o600);
+    created.push(configPath);
+  }
+  const cfg = loadConfig(home);
+  const policyPath = inHome(home, cfg.policyFile);
+  if (!existsSync(policyPath)) {
+    writeFileExclusive(policyPath, STARTER_POLICY, 0o600);
+    created.push(policyPath);
+  }
+  const keySource = opts.keySource ?? "file";
+  const keyFile = inHome(home, cfg.keys.file);
+  const storeFile = inHome(home, cfg.keys.passphraseFile);
+  if (keySource === "file" && !existsSync(keyFile) && !existsSync(storeFile)) {
+    createKeyFile(keyFile);
+    created.push(keyFile);
+  } else if (keySource === "passphrase" && !existsSync(storeFile) && !existsSync(keyFile)) {
+    if (!opts.passphrase) throw new VaultError("invalid_request", "a passphrase is needed to create a passphrase key store");
+    await createPassphraseKeyStore(storeFile, opts.passphrase, opts.argon2 ?? (await tuneArgon2()));
+    created.push(storeFile);
+  } else if (keySource === "env" && !env["LESSOR_MASTER_KEY"]) {
+    throw new VaultError("key_unavailable", "keySource env needs LESSOR_MASTER_KEY set to 64 hex characters");
+  }
+  const dbPath = inHome(home, HOME_FILES.database);
+  const existed = existsSync(dbPath);
+  const vault = await openVault({ home, env, ...(opts.passphrase ? { getPassphrase: async () => opts.passphrase! } : {}) });
+  await vault.close();
+  if (!existed) created.push(dbPath);
+  return { home, created, keySource };
+}

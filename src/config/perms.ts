@@ -1,0 +1,89 @@
+/**
+ * Permission checks for files and directories that hold key material. lessor refuses to use a key
+ * file or home directory that another user could read or change, and says the command that fixes it.
+ * It never widens or narrows a user's existing permissions by itself.
+ *
+ * Error codes: wrong mode, wrong owner or a symlinked key file → "insecure_permissions"; a missing
+ * path, or a path of the wrong type → "key_unavailable" (these paths exist to hold keys, so a missing
+ * one means the master key cannot be loaded).
+ *
+ * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
+ */
+import { chmodSync, lstatSync, mkdirSync, statSync, type Stats } from "node:fs";
+import { VaultError } from "../vault/errors.js";
+
+const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
+
+function octal(mode: number): string {
+  return (mode & 0o7777).toString(8).padStart(4, "0");
+}
+
+function statOrThrow(path: string, what: string, follow: boolean): Stats {
+  try {
+    return follow ? statSync(path) : lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new VaultError("key_unavailable", `${what} ${path} does not exist; run \`lessor init\` or check the path in lessor.toml`);
+    }
+    throw new VaultError("key_unavailable", `${what} ${path} could not be read (${(e as NodeJS.ErrnoException).code ?? "error"}); check that it exists and belongs to you`);
+  }
+}
+
+function checkOwnerAndMode(st: Stats, path: string, what: string, fixMode: "600" | "700"): void {
+  if (!POSIX) return;
+  const uid = process.getuid!();
+  if (st.uid !== uid) {
+    throw new VaultError(
+      "insecure_permissions",
+      `${what} ${path} is owned by uid ${st.uid}, not by you (uid ${uid}); fix it with: sudo chown ${uid} ${path}`,
+    );
+  }
+  if ((st.mode & 0o077) !== 0) {
+    throw new VaultError(
+      "insecure_permissions",
+      `${what} ${path} can be read or changed by other users (mode ${octal(st.mode)}); fix it with: chmod ${fixMode} ${path}`,
+    );
+  }
+}
+
+/**
+ * Checks that directory `path` exists, belongs to the current user and has no group/other permission
+ * bits (0700). Symlinks are followed: the directory they point at is checked. `what` names it in errors.
+ */
+export function assertPrivateDir(path: string, what: string): void {
+  const st = statOrThrow(path, what, true);
+  if (!st.isDirectory()) throw new VaultError("key_unavailable", `${what} ${path} is not a directory`);
+  checkOwnerAndMode(st, path, what, "700");
+}
+
+/**
+ * Checks that `path` is a regular file (not a symlink), belongs to the current user and has no
+ * group/other permission bits (0600). `what` names it in errors.
+ */
+export function assertPrivateFile(path: string, what: string): void {
+  const st = statOrThrow(path, what, false);
+  if (st.isSymbolicLink()) {
+    throw new VaultError(
+      "insecure_permissions",
+      `${what} ${path} is a symbolic link; lessor only reads key files directly: replace the link with the file itself`,
+    );
+  }
+  if (!st.isFile()) throw new VaultError("key_unavailable", `${what} ${path} is not a regular file`);
+  checkOwnerAndMode(st, path, what, "600");
+}
+
+/**
+ * Creates directory `path` (and missing parents) with mode 0700 if it does not exist. If it exists, it
+ * must already be private: a wider existing directory is refused, never silently changed.
+ */
+export function ensurePrivateDir(path: string, what = "the directory"): void {
+  let created: string | undefined;
+  try {
+    created = mkdirSync(path, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new VaultError("key_unavailable", `${what} ${path} could not be created (${code}); check the path and its parent's permissions`);
+  }
+  if (created !== undefined && POSIX) chmodSync(path, 0o700); // mkdir's mode is narrowed by the umask only
+  assertPrivateDir(path, what);
+}

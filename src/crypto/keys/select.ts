@@ -1,0 +1,64 @@
+/**
+ * Chooses the master key source. The first one that is configured wins:
+ * 1. `LESSOR_MASTER_KEY` in the environment;
+ * 2. the passphrase key store, if `passphraseFile` exists;
+ * 3. the key file, if `keyFile` exists;
+ * 4. `keyCommand`, if given and non-empty.
+ * Otherwise it throws VaultError("key_unavailable") saying how to set one up.
+ */
+import { existsSync } from "node:fs";
+import { VaultError } from "../../vault/errors.js";
+import type { KeySource } from "../keyring.js";
+import { commandKeySource } from "./command.js";
+import { envKeySource } from "./env.js";
+import { fileKeySource } from "./file.js";
+import { passphraseKeySource } from "./passphrase.js";
+
+/** Where {@link selectKeySource} may look. Paths are absolute (resolved by the config loader). */
+export interface KeySourceOptions {
+  /** Defaults to `process.env`. */
+  env?: NodeJS.ProcessEnv;
+  keyFile?: string;
+  passphraseFile?: string;
+  /** Asks for the passphrase (e.g. at a terminal). Without it, LESSOR_PASSPHRASE is used. */
+  getPassphrase?: () => Promise<string>;
+  keyCommand?: readonly string[];
+  keyCommandTimeoutMs?: number;
+}
+
+/** Returns the first configured key source (see the module comment for the order). */
+export function selectKeySource(opts: KeySourceOptions): KeySource {
+  const env = opts.env ?? process.env;
+
+  const fromEnv = envKeySource(env);
+  if (fromEnv !== null) return fromEnv;
+
+  if (opts.passphraseFile !== undefined && existsSync(opts.passphraseFile)) {
+    let ask = opts.getPassphrase;
+    if (ask === undefined) {
+      const fromVar = env["LESSOR_PASSPHRASE"];
+      if (fromVar === undefined || fromVar === "") {
+        throw new VaultError(
+          "key_unavailable",
+          `the master key is sealed with a passphrase (${opts.passphraseFile}); set LESSOR_PASSPHRASE or run the command interactively`,
+        );
+      }
+      ask = async () => fromVar;
+    }
+    return passphraseKeySource(opts.passphraseFile, ask);
+  }
+
+  if (opts.keyFile !== undefined && existsSync(opts.keyFile)) return fileKeySource(opts.keyFile);
+
+  if (opts.keyCommand !== undefined && opts.keyCommand.length > 0) {
+    return commandKeySource(
+      opts.keyCommand,
+      opts.keyCommandTimeoutMs === undefined ? { env } : { env, timeoutMs: opts.keyCommandTimeoutMs },
+    );
+  }
+
+  throw new VaultError(
+    "key_unavailable",
+    "no master key is configured: run `lessor init`, or set LESSOR_MASTER_KEY to 64 hex characters",
+  );
+}

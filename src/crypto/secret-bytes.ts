@@ -1,0 +1,95 @@
+/**
+ * A wipeable holder for secret bytes. It never shows its contents by accident: `toString`,
+ * `toJSON` and `util.inspect` all print a redaction. Call {@link SecretBytes.wipe} (or let `using`
+ * do it) when done; after that every read throws.
+ */
+const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
+const REDACTED = "[redacted]";
+
+export class SecretBytes {
+  #buf: Buffer | null;
+
+  /** Length in bytes (still known after wiping). */
+  readonly length: number;
+
+  private constructor(buf: Buffer) {
+    this.#buf = buf;
+    this.length = buf.length;
+  }
+
+  /** Copies `value` (bytes or UTF-8 text) into a new, unpooled buffer owned by the result. */
+  static from(value: Uint8Array | string): SecretBytes {
+    if (typeof value === "string") {
+      const len = Buffer.byteLength(value, "utf8");
+      const buf = Buffer.alloc(len);
+      buf.write(value, 0, "utf8");
+      return new SecretBytes(buf);
+    }
+    const buf = Buffer.alloc(value.byteLength);
+    buf.set(value);
+    return new SecretBytes(buf);
+  }
+
+  /** Takes ownership of `buf` without copying; the caller must not keep using it. */
+  static adopt(buf: Buffer): SecretBytes {
+    return new SecretBytes(buf);
+  }
+
+  /** True once wiped. */
+  get wiped(): boolean {
+    return this.#buf === null;
+  }
+
+  /** The live buffer (not a copy). Do not keep it past the holder's life; it is zeroed by `wipe`. */
+  expose(): Buffer {
+    if (this.#buf === null) throw new Error("SecretBytes: used after wipe");
+    return this.#buf;
+  }
+
+  /** Runs `fn` with the live buffer. */
+  use<T>(fn: (bytes: Buffer) => T): T {
+    return fn(this.expose());
+  }
+
+  /**
+   * The value as UTF-8 text. JavaScript strings cannot be wiped, so prefer {@link expose} where
+   * the consumer takes bytes.
+   */
+  unsafeText(): string {
+    return this.expose().toString("utf8");
+  }
+
+  /** Constant-time-ish comparison with other bytes (length is not hidden). */
+  equals(other: Uint8Array | SecretBytes): boolean {
+    const a = this.expose();
+    const b = other instanceof SecretBytes ? other.expose() : other;
+    if (a.length !== b.length) return false;
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
+    return diff === 0;
+  }
+
+  /** Zeroes the bytes and drops them. Safe to call twice. */
+  wipe(): void {
+    if (this.#buf !== null) {
+      this.#buf.fill(0);
+      this.#buf = null;
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.wipe();
+  }
+
+  toString(): string {
+    return REDACTED;
+  }
+
+  toJSON(): string {
+    return REDACTED;
+  }
+
+  [inspectSymbol](): string {
+    return `SecretBytes(${this.#buf === null ? "wiped" : `${this.length} bytes`}) ${REDACTED}`;
+  }
+}

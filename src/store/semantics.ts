@@ -1,0 +1,29 @@
+/**
+ * Rules every store applies the same way: when a lease is live, audit query limits, the audit gap
+ * error. Kept here so the memory and SQLite stores cannot drift apart.
+ */
+import { VaultError } from "../vault/errors.js";
+import type { LeaseRecord } from "../vault/types.js";
+
+/** Default and maximum number of audit rows one query returns. */
+export const AUDIT_DEFAULT_LIMIT = 100;
+export const AUDIT_MAX_LIMIT = 10_000;
+
+/** A lease is live at `t` when it is not revoked, not expired (`expiresAt > t`) and has uses left. */
+export function isLeaseLive(l: LeaseRecord, t: number): boolean {
+  return l.revokedAt === null && l.expiresAt > t && (l.maxUses === null || l.uses < l.maxUses);
+}
+
+/** The effective row limit for an audit query: default 100, at most 10,000. */
+export function auditLimit(limit: number | undefined): number {
+  if (limit === undefined || Number.isNaN(limit)) return AUDIT_DEFAULT_LIMIT;
+  return Math.min(Math.max(0, Math.floor(limit)), AUDIT_MAX_LIMIT);
+}
+
+/** The error for an audit row whose seq does not follow the trail's head. */
+export function auditGap(seq: number, head: number): VaultError {
+  return new VaultError(
+    "audit_failed",
+    `audit row ${seq} does not follow the trail's last row ${head}; the audit chain must have no gaps`,
+  );
+}

@@ -1,0 +1,471 @@
+/**
+ * The SQL behind the SQLite store, for one connection: cached prepared statements and row mapping.
+ * Everything here is synchronous; src/store/sqlite/sqlite-store.ts decides which connection runs what.
+ */
+import type BetterSqlite3 from "better-sqlite3";
+import { VaultError } from "../../vault/errors.js";
+import { auditGap, auditLimit } from "../semantics.js";
+import type {
+  AuditCheckpoint,
+  AuditFilter,
+  AuditRecord,
+  LeaseFilter,
+  LeaseRecord,
+  RevokeSelector,
+  SecretFilter,
+  SecretKind,
+  SecretRecord,
+  SecretRef,
+  VersionRecord,
+} from "../../vault/types.js";
+
+type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
+type Row = Record<string, unknown>;
+
+const SECRET_COLS = "scope, name, kind, description, tags, current_version, created_at, updated_at";
+const VERSION_COLS =
+  "v.version, v.alg, v.key_id, v.wrapped_dek, v.ciphertext, v.size, v.created_at, v.created_by";
+const SECRET_ID = "(SELECT id FROM secrets WHERE scope = ? AND name = ?)";
+const LEASE_COLS =
+  "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
+  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
+const AUDIT_COLS =
+  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash";
+/** A lease row that is neither revoked nor used up, and not yet expired at the bound time. */
+const LIVE = "done = 0 AND expires_at > ?";
+
+/** Statements and row mapping for one better-sqlite3 connection. */
+export class Queries {
+  private readonly cache = new Map<string, Stmt>();
+
+  constructor(private readonly db: BetterSqlite3.Database) {}
+
+  /** The cached prepared statement for `sql`. */
+  stmt(sql: string): Stmt {
+    let s = this.cache.get(sql);
+    if (s === undefined) {
+      s = this.db.prepare(sql) as Stmt;
+      this.cache.set(sql, s);
+    }
+    return s;
+  }
+
+  // ---- secrets and versions ----
+
+  getSecret(ref: SecretRef): SecretRecord | null {
+    const r = this.stmt(`SELECT ${SECRET_COLS} FROM secrets WHERE scope = ? AND name = ?`).get(ref.scope, ref.name);
+    return r === undefined ? null : secretFromRow(r as Row);
+  }
+
+  listSecrets(filter: SecretFilter): SecretRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.scope !== undefined) {
+      where.push("scope = ?");
+      params.push(filter.scope);
+    }
+    if (filter.namePrefix !== undefined && filter.namePrefix !== "") {
+      // The range bound lets the (scope, name) index help; substr() makes the match exact.
+      where.push("name >= ? AND substr(name, 1, length(?)) = ?");
+      params.push(filter.namePrefix, filter.namePrefix, filter.namePrefix);
+    }
+    if (filter.tag !== undefined) {
+      where.push("EXISTS (SELECT 1 FROM json_each(secrets.tags) WHERE json_each.value = ?)");
+      params.push(filter.tag);
+    }
+    const sql =
+      `SELECT ${SECRET_COLS} FROM secrets` +
+      (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
+      " ORDER BY scope, name";
+    return (this.stmt(sql).all(...params) as Row[]).map(secretFromRow);
+  }
+
+  getVersion(ref: SecretRef, version: number): VersionRecord | null {
+    const r = this.stmt(`SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} AND v.version = ?`).get(
+      ref.scope,
+      ref.name,
+      version,
+    );
+    return r === undefined ? null : versionFromRow(ref.scope, ref.name, r as Row);
+  }
+
+  listVersions(ref: SecretRef): VersionRecord[] {
+    const rows = this.stmt(
+      `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} ORDER BY v.version`,
+    ).all(ref.scope, ref.name) as Row[];
+    return rows.map((r) => versionFromRow(ref.scope, ref.name, r));
+  }
+
+  keyIdsInUse(): string[] {
+    // A loose index scan over secret_versions(key_id): one index seek per distinct key id.
+    return this.stmt(
+      `WITH RECURSIVE k(id) AS (
+         SELECT min(key_id) FROM secret_versions
+         UNION ALL
+         SELECT (SELECT min(key_id) FROM secret_versions WHERE key_id > k.id) FROM k WHERE k.id IS NOT NULL
+       ) SELECT id FROM k WHERE id IS NOT NULL`,
+    )
+      .pluck()
+      .all() as string[];
+  }
+
+  versionsNotUnderKey(keyId: string, limit: number): VersionRecord[] {
+    const out: VersionRecord[] = [];
+    if (limit <= 0) return out;
+    const byKey = this.stmt(
+      `SELECT s.scope, s.name, ${VERSION_COLS} FROM secret_versions v JOIN secrets s ON s.id = v.secret
+       WHERE v.key_id = ? LIMIT ?`,
+    );
+    for (const k of this.keyIdsInUse()) {
+      if (k === keyId) continue;
+      for (const r of byKey.all(k, limit - out.length) as Row[]) out.push(versionFromRow(r.scope as string, r.name as string, r));
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  putSecret(rec: SecretRecord): void {
+    this.stmt(
+      `INSERT INTO secrets (scope, name, kind, description, tags, current_version, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (scope, name) DO UPDATE SET kind = excluded.kind, description = excluded.description,
+         tags = excluded.tags, current_version = excluded.current_version, created_at = excluded.created_at,
+         updated_at = excluded.updated_at`,
+    ).run(rec.scope, rec.name, rec.kind, rec.description, JSON.stringify(rec.tags), rec.currentVersion, rec.createdAt, rec.updatedAt);
+  }
+
+  insertVersion(rec: VersionRecord): void {
+    const id = this.stmt("SELECT id FROM secrets WHERE scope = ? AND name = ?").pluck().get(rec.scope, rec.name);
+    if (id === undefined)
+      throw new VaultError("internal", "cannot store a version of a secret that has no metadata row; write the secret first");
+    const exists = this.stmt("SELECT 1 FROM secret_versions WHERE secret = ? AND version = ?").pluck().get(id, rec.version);
+    if (exists !== undefined)
+      throw new VaultError("internal", `version ${rec.version} of this secret already exists; version numbers are never reused`);
+    this.stmt(
+      `INSERT INTO secret_versions (secret, version, alg, key_id, wrapped_dek, ciphertext, size, created_at, created_by)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(id, rec.version, rec.alg, rec.keyId, rec.wrappedDek, rec.ciphertext, rec.size, rec.createdAt, rec.createdBy);
+  }
+
+  deleteVersionsBelow(ref: SecretRef, version: number): number {
+    return this.stmt(`DELETE FROM secret_versions WHERE secret = ${SECRET_ID} AND version < ?`).run(ref.scope, ref.name, version)
+      .changes;
+  }
+
+  deleteSecret(ref: SecretRef): boolean {
+    // secret_versions rows go with it (ON DELETE CASCADE).
+    return this.stmt("DELETE FROM secrets WHERE scope = ? AND name = ?").run(ref.scope, ref.name).changes > 0;
+  }
+
+  rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): boolean {
+    return (
+      this.stmt(
+        `UPDATE secret_versions SET key_id = ?, wrapped_dek = ? WHERE secret = ${SECRET_ID} AND version = ? AND key_id = ?`,
+      ).run(toKeyId, wrappedDek, ref.scope, ref.name, version, fromKeyId).changes > 0
+    );
+  }
+
+  // ---- leases ----
+
+  getLease(id: string): LeaseRecord | null {
+    const r = this.stmt(`SELECT ${LEASE_COLS} FROM leases WHERE id = ?`).get(id);
+    return r === undefined ? null : leaseFromRow(r as Row);
+  }
+
+  listLeases(filter: LeaseFilter): LeaseRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.agent !== undefined) {
+      where.push("agent = ?");
+      params.push(filter.agent);
+    }
+    if (filter.secret !== undefined) {
+      where.push("scope = ? AND name = ?");
+      params.push(filter.secret.scope, filter.secret.name);
+    }
+    if (filter.liveAt !== undefined) {
+      where.push(LIVE);
+      params.push(filter.liveAt);
+    }
+    const sql =
+      `SELECT ${LEASE_COLS} FROM leases` +
+      (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
+      " ORDER BY issued_at DESC, id DESC LIMIT ?";
+    params.push(filter.limit === undefined ? -1 : Math.max(0, Math.floor(filter.limit)));
+    return (this.stmt(sql).all(...params) as Row[]).map(leaseFromRow);
+  }
+
+  countLiveLeases(agent: string, now: number): number {
+    return this.stmt(`SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`).pluck().get(agent, now) as number;
+  }
+
+  insertLease(rec: LeaseRecord): void {
+    const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses) ? 1 : 0;
+    this.stmt(
+      `INSERT INTO leases (${LEASE_COLS}, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      rec.id,
+      rec.agent,
+      rec.scope,
+      rec.name,
+      JSON.stringify(rec.domains),
+      rec.anyDomain ? 1 : 0,
+      rec.methods === null ? null : JSON.stringify(rec.methods),
+      rec.paths === null ? null : JSON.stringify(rec.paths),
+      rec.rule,
+      rec.issuedAt,
+      rec.expiresAt,
+      rec.maxExpiresAt,
+      rec.uses,
+      rec.maxUses,
+      rec.renewals,
+      rec.maxRenewals,
+      rec.renewable ? 1 : 0,
+      rec.revokedAt,
+      rec.revokeReason,
+      rec.issuedBy,
+      done,
+    );
+  }
+
+  useLease(id: string, now: number): LeaseRecord | null {
+    // One conditional update: the row changes only if the lease is live at `now`.
+    const r = this.stmt(
+      `UPDATE leases SET uses = uses + 1,
+         done = CASE WHEN max_uses IS NOT NULL AND uses + 1 >= max_uses THEN 1 ELSE done END
+       WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)
+       RETURNING ${LEASE_COLS}`,
+    ).get(id, now);
+    return r === undefined ? null : leaseFromRow(r as Row);
+  }
+
+  renewLease(id: string, expiresAt: number, renewals: number): void {
+    this.stmt("UPDATE leases SET expires_at = ?, renewals = ? WHERE id = ?").run(expiresAt, renewals, id);
+  }
+
+  revokeLeases(sel: RevokeSelector, now: number, reason: string): number {
+    const set = "UPDATE leases SET revoked_at = ?, revoke_reason = ?, done = 1 WHERE ";
+    if ("id" in sel) return this.stmt(`${set}id = ? AND ${LIVE}`).run(now, reason, sel.id, now).changes;
+    if ("agent" in sel) return this.stmt(`${set}agent = ? AND ${LIVE}`).run(now, reason, sel.agent, now).changes;
+    if ("secret" in sel)
+      return this.stmt(`${set}scope = ? AND name = ? AND ${LIVE}`).run(now, reason, sel.secret.scope, sel.secret.name, now).changes;
+    if (sel.all === true) return this.stmt(`${set}expires_at > ? AND done = 0`).run(now, reason, now).changes;
+    throw new VaultError("invalid_request", "unknown revoke selector; use {id}, {agent}, {secret} or {all: true}");
+  }
+
+  deleteExpiredLeases(before: number, limit: number): number {
+    if (limit <= 0) return 0;
+    return this.stmt("DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE expires_at < ? LIMIT ?)").run(
+      before,
+      Math.floor(limit),
+    ).changes;
+  }
+
+  // ---- audit ----
+
+  queryAudit(filter: AuditFilter): AuditRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const eq = (col: string, v: unknown): void => {
+      where.push(`${col} = ?`);
+      params.push(v);
+    };
+    if (filter.agent !== undefined) eq("agent", filter.agent);
+    if (filter.secret !== undefined) eq("secret", filter.secret);
+    if (filter.leaseId !== undefined) eq("lease_id", filter.leaseId);
+    if (filter.actorId !== undefined) eq("actor_id", filter.actorId);
+    if (filter.types !== undefined && filter.types.length > 0) {
+      where.push(`type IN (${filter.types.map(() => "?").join(", ")})`);
+      params.push(...filter.types);
+    }
+    if (filter.since !== undefined) {
+      where.push("time >= ?");
+      params.push(filter.since);
+    }
+    if (filter.until !== undefined) {
+      where.push("time < ?");
+      params.push(filter.until);
+    }
+    if (filter.afterSeq !== undefined) {
+      where.push("seq > ?");
+      params.push(filter.afterSeq);
+    }
+    const sql =
+      `SELECT ${AUDIT_COLS} FROM audit` +
+      (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
+      ` ORDER BY seq ${filter.order === "desc" ? "DESC" : "ASC"} LIMIT ?`;
+    params.push(auditLimit(filter.limit));
+    return (this.stmt(sql).all(...params) as Row[]).map(auditFromRow);
+  }
+
+  auditHead(): { seq: number; hash: Uint8Array } | null {
+    const r = this.stmt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").get() as Row | undefined;
+    return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer };
+  }
+
+  insertAudit(rec: AuditRecord): void {
+    const head = (this.stmt("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").pluck().get() as number | undefined) ?? 0;
+    if (rec.seq !== head + 1) throw auditGap(rec.seq, head);
+    this.stmt(`INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+      rec.seq,
+      rec.id,
+      rec.time,
+      rec.type,
+      rec.actorId,
+      rec.actorRole,
+      rec.transport,
+      rec.agent,
+      rec.secret,
+      rec.leaseId,
+      rec.domain,
+      rec.outcome,
+      rec.reason,
+      rec.detail,
+      rec.prevHash,
+      rec.hash,
+    );
+  }
+
+  getCheckpoint(): AuditCheckpoint | null {
+    const r = this.stmt("SELECT seq, hash, key_id, mac FROM audit_checkpoint WHERE id = 1").get() as Row | undefined;
+    return r === undefined
+      ? null
+      : { seq: r.seq as number, hash: r.hash as Buffer, keyId: r.key_id as string, mac: r.mac as Buffer };
+  }
+
+  putCheckpoint(cp: AuditCheckpoint): void {
+    this.stmt(
+      `INSERT INTO audit_checkpoint (id, seq, hash, key_id, mac) VALUES (1, ?, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, key_id = excluded.key_id, mac = excluded.mac`,
+    ).run(cp.seq, cp.hash, cp.keyId, cp.mac);
+  }
+
+  // ---- meta ----
+
+  getMeta(key: string): string | null {
+    return (this.stmt("SELECT value FROM meta WHERE key = ?").pluck().get(key) as string | undefined) ?? null;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value").run(
+      key,
+      value,
+    );
+  }
+}
+
+function secretFromRow(r: Row): SecretRecord {
+  return {
+    scope: r.scope as string,
+    name: r.name as string,
+    kind: r.kind as SecretKind,
+    description: r.description as string,
+    tags: JSON.parse(r.tags as string) as string[],
+    currentVersion: r.current_version as number,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function versionFromRow(scope: string, name: string, r: Row): VersionRecord {
+  return {
+    scope,
+    name,
+    version: r.version as number,
+    alg: r.alg as string,
+    keyId: r.key_id as string,
+    wrappedDek: r.wrapped_dek as Buffer,
+    ciphertext: r.ciphertext as Buffer,
+    size: r.size as number,
+    createdAt: r.created_at as number,
+    createdBy: r.created_by as string,
+  };
+}
+
+function leaseFromRow(r: Row): LeaseRecord {
+  return {
+    id: r.id as string,
+    agent: r.agent as string,
+    scope: r.scope as string,
+    name: r.name as string,
+    domains: JSON.parse(r.domains as string) as string[],
+    anyDomain: r.any_domain === 1,
+    methods: r.methods === null ? null : (JSON.parse(r.methods as string) as string[]),
+    paths: r.paths === null ? null : (JSON.parse(r.paths as string) as string[]),
+    rule: r.rule as string,
+    issuedAt: r.issued_at as number,
+    expiresAt: r.expires_at as number,
+    maxExpiresAt: r.max_expires_at as number,
+    uses: r.uses as number,
+    maxUses: r.max_uses as number | null,
+    renewals: r.renewals as number,
+    maxRenewals: r.max_renewals as number | null,
+    renewable: r.renewable === 1,
+    revokedAt: r.revoked_at as number | null,
+    revokeReason: r.revoke_reason as string | null,
+    issuedBy: r.issued_by as string,
+  };
+}
+
+function auditFromRow(r: Row): AuditRecord {
+  return {
+    seq: r.seq as number,
+    id: r.id as string,
+    time: r.time as number,
+    type: r.type as string,
+    actorId: r.actor_id as string,
+    actorRole: r.actor_role as string,
+    transport: r.transport as string,
+    agent: r.agent as string | null,
+    secret: r.secret as string | null,
+    leaseId: r.lease_id as string | null,
+    domain: r.domain as string | null,
+    outcome: r.outcome as string,
+    reason: r.reason as string | null,
+    detail: r.detail as string | null,
+    prevHash: r.prev_hash as Buffer,
+    hash: r.hash as Buffer,
+  };
+}
+
+/**
+ * Turns a low-level SQLite failure into a VaultError with a plain message. `what` says what the store
+ * was doing ("read a lease"). Messages never include bound values.
+ */
+export function sqliteError(e: unknown, what: string): VaultError {
+  if (e instanceof VaultError) return e;
+  const code = typeof (e as { code?: unknown })?.code === "string" ? (e as { code: string }).code : "";
+  const base = code.split("_").slice(0, 2).join("_"); // SQLITE_IOERR_WRITE -> SQLITE_IOERR
+  let msg: string;
+  let vcode: "unavailable" | "internal" = "unavailable";
+  switch (base) {
+    case "SQLITE_BUSY":
+    case "SQLITE_LOCKED":
+      msg = "the vault database is locked by another process; try again, or stop the other lessor process";
+      break;
+    case "SQLITE_FULL":
+      msg = "the disk holding the vault database is full; free some space and try again";
+      break;
+    case "SQLITE_IOERR":
+      msg = "the vault database could not be read or written (I/O error); check the disk and try again";
+      break;
+    case "SQLITE_READONLY":
+    case "SQLITE_PERM":
+    case "SQLITE_CANTOPEN":
+    case "SQLITE_AUTH":
+      msg = "the vault database cannot be opened for writing; check the file and directory permissions";
+      break;
+    case "SQLITE_CORRUPT":
+    case "SQLITE_NOTADB":
+      msg = "the vault database file is damaged or is not a lessor database; restore it from a backup";
+      break;
+    case "SQLITE_CONSTRAINT":
+      vcode = "internal";
+      msg = "a row with the same key already exists or a row it points at is missing";
+      break;
+    default:
+      vcode = "internal";
+      msg = code !== "" ? `unexpected database error (${code})` : "unexpected database error";
+  }
+  return new VaultError(vcode, `could not ${what}: ${msg}`, { cause: e });
+}

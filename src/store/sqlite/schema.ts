@@ -1,0 +1,143 @@
+/**
+ * The SQLite schema as an ordered list of migrations. `PRAGMA user_version` holds how many have been
+ * applied; opening a database applies the missing ones in one transaction. Never edit a released
+ * step: append a new one.
+ */
+import type BetterSqlite3 from "better-sqlite3";
+import { VaultError } from "../../vault/errors.js";
+
+/** Migration steps; step i (0-based) brings the schema from version i to version i + 1. */
+export const MIGRATIONS: readonly string[] = [
+  // 1: the initial schema.
+  `
+  CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+
+  CREATE TABLE secrets (
+    id              INTEGER PRIMARY KEY,
+    scope           TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    tags            TEXT NOT NULL,          -- JSON array of strings
+    current_version INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (scope, name)
+  );
+
+  CREATE TABLE secret_versions (
+    secret      INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL,
+    alg         TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    wrapped_dek BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    size        INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    PRIMARY KEY (secret, version)
+  );
+  CREATE INDEX secret_versions_key ON secret_versions(key_id);
+
+  CREATE TABLE leases (
+    id             TEXT PRIMARY KEY NOT NULL,
+    agent          TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    domains        TEXT NOT NULL,           -- JSON array
+    any_domain     INTEGER NOT NULL,
+    methods        TEXT,                    -- JSON array or NULL
+    paths          TEXT,                    -- JSON array or NULL
+    rule           TEXT NOT NULL,
+    issued_at      INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    max_expires_at INTEGER NOT NULL,
+    uses           INTEGER NOT NULL,
+    max_uses       INTEGER,
+    renewals       INTEGER NOT NULL,
+    max_renewals   INTEGER,
+    renewable      INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    revoke_reason  TEXT,
+    issued_by      TEXT NOT NULL,
+    done           INTEGER NOT NULL DEFAULT 0 -- 1 once revoked or used up
+  ) WITHOUT ROWID;
+  CREATE INDEX leases_live_agent ON leases(agent, expires_at) WHERE done = 0;
+  CREATE INDEX leases_live_secret ON leases(scope, name, expires_at) WHERE done = 0;
+  CREATE INDEX leases_expiry ON leases(expires_at);
+  CREATE INDEX leases_agent ON leases(agent, issued_at);
+  CREATE INDEX leases_secret ON leases(scope, name, issued_at);
+  CREATE INDEX leases_issued ON leases(issued_at);
+
+  CREATE TABLE audit (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    time       INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    actor_id   TEXT NOT NULL,
+    actor_role TEXT NOT NULL,
+    transport  TEXT NOT NULL,
+    agent      TEXT,
+    secret     TEXT,
+    lease_id   TEXT,
+    domain     TEXT,
+    outcome    TEXT NOT NULL,
+    reason     TEXT,
+    detail     TEXT,
+    prev_hash  BLOB NOT NULL,
+    hash       BLOB NOT NULL
+  );
+  CREATE INDEX audit_time ON audit(time);
+  CREATE INDEX audit_agent ON audit(agent, seq) WHERE agent IS NOT NULL;
+  CREATE INDEX audit_secret ON audit(secret, seq) WHERE secret IS NOT NULL;
+  CREATE INDEX audit_type ON audit(type, seq);
+  CREATE INDEX audit_lease ON audit(lease_id) WHERE lease_id IS NOT NULL;
+
+  CREATE TABLE audit_checkpoint (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    seq    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    key_id TEXT NOT NULL,
+    mac    BLOB NOT NULL
+  );
+  `,
+];
+
+/** The schema version this build writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings `db` up to {@link SCHEMA_VERSION} in one IMMEDIATE transaction (so two processes opening a
+ * new file at once do not both migrate). Throws VaultError("unavailable") for a newer schema.
+ */
+export function migrate(db: BetterSqlite3.Database): void {
+  const current = userVersion(db);
+  checkNotNewer(current);
+  if (current === SCHEMA_VERSION) return;
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const v = userVersion(db); // another process may have migrated while we waited for the lock
+    checkNotNewer(v);
+    for (let i = v; i < SCHEMA_VERSION; i++) db.exec(MIGRATIONS[i]!);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    db.exec("COMMIT");
+  } catch (e) {
+    if (db.inTransaction) db.exec("ROLLBACK");
+    throw e;
+  }
+}
+
+function userVersion(db: BetterSqlite3.Database): number {
+  return db.pragma("user_version", { simple: true }) as number;
+}
+
+function checkNotNewer(v: number): void {
+  if (v > SCHEMA_VERSION)
+    throw new VaultError(
+      "unavailable",
+      `this vault database was written by a newer lessor (schema ${v}, this build knows ${SCHEMA_VERSION}); upgrade lessor`,
+    );
+}

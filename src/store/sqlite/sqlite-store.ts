@@ -1,0 +1,391 @@
+/**
+ * The SQLite store (better-sqlite3, WAL, synchronous=FULL): the embedded default. One file, two
+ * connections: a writer that runs transactions with group commit, and a reader for committed reads.
+ * See docs/storage.md for the schema, durability and sharing one file between processes.
+ */
+import fs from "node:fs";
+import Database from "better-sqlite3";
+import type BetterSqlite3 from "better-sqlite3";
+import { VaultError } from "../../vault/errors.js";
+import type {
+  AuditCheckpoint,
+  AuditFilter,
+  AuditRecord,
+  LeaseFilter,
+  LeaseRecord,
+  RevokeSelector,
+  SecretFilter,
+  SecretRecord,
+  SecretRef,
+  VersionRecord,
+} from "../../vault/types.js";
+import type { Store, StoreReader, StoreTx } from "../types.js";
+import { Queries, sqliteError } from "./queries.js";
+import { migrate } from "./schema.js";
+
+/** Options for {@link openSqliteStore}. */
+export interface SqliteStoreOptions {
+  /** How long to wait for another process's write lock before failing with "unavailable" (default 5000). */
+  busyTimeoutMs?: number;
+  /** How long one transaction function may run before it is rolled back and rejected (default 10000). */
+  txTimeoutMs?: number;
+}
+
+/** A {@link Store} on one SQLite file, with commit counters for tests and benchmarks. */
+export interface SqliteStore extends Store {
+  /** `commits`: durable COMMITs so far; `transactions`: transaction functions run so far. */
+  stats(): { commits: number; transactions: number };
+}
+
+/** Most transaction functions sharing one commit. */
+const MAX_BATCH = 256;
+
+const LOCKED_MESSAGE = "the vault database is locked by another process; try again, or stop the other lessor process";
+
+/**
+ * Opens (creating with mode 0600 if missing) and migrates the vault database at `path`.
+ * Throws VaultError("unavailable") if it cannot be opened or was written by a newer lessor.
+ */
+export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): SqliteStore {
+  const busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
+  try {
+    fs.closeSync(fs.openSync(path, "a", 0o600));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new VaultError("unavailable", `cannot open the vault database ${path} (${code}); check that its directory exists and is writable`, {
+      cause: e,
+    });
+  }
+  let writer: BetterSqlite3.Database | undefined;
+  let reader: BetterSqlite3.Database | undefined;
+  try {
+    writer = new Database(path);
+    writer.pragma(`busy_timeout = ${Math.max(0, Math.floor(busyTimeoutMs))}`);
+    writer.pragma("journal_mode = WAL");
+    writer.pragma("synchronous = FULL");
+    writer.pragma("foreign_keys = ON");
+    migrate(writer);
+    reader = new Database(path);
+    reader.pragma(`busy_timeout = ${Math.max(0, Math.floor(busyTimeoutMs))}`);
+    reader.pragma("foreign_keys = ON");
+    return new SqliteStoreImpl(writer, reader, opts.txTimeoutMs ?? 10_000);
+  } catch (e) {
+    reader?.close();
+    writer?.close();
+    if (e instanceof VaultError) throw e;
+    throw sqliteError(e, `open the vault database ${path}`);
+  }
+}
+
+/** Read methods over one connection; `exec` decides which connection and when reads are allowed. */
+abstract class SqliteReads implements StoreReader {
+  protected abstract exec<T>(what: string, f: (q: Queries) => T): Promise<T>;
+
+  getSecret(ref: SecretRef): Promise<SecretRecord | null> {
+    return this.exec("read a secret", (q) => q.getSecret(ref));
+  }
+  listSecrets(filter: SecretFilter): Promise<SecretRecord[]> {
+    return this.exec("list secrets", (q) => q.listSecrets(filter));
+  }
+  getVersion(ref: SecretRef, version: number): Promise<VersionRecord | null> {
+    return this.exec("read a secret version", (q) => q.getVersion(ref, version));
+  }
+  listVersions(ref: SecretRef): Promise<VersionRecord[]> {
+    return this.exec("list secret versions", (q) => q.listVersions(ref));
+  }
+  versionsNotUnderKey(keyId: string, limit: number): Promise<VersionRecord[]> {
+    return this.exec("list versions to re-wrap", (q) => q.versionsNotUnderKey(keyId, limit));
+  }
+  keyIdsInUse(): Promise<string[]> {
+    return this.exec("list key ids in use", (q) => q.keyIdsInUse());
+  }
+  getLease(id: string): Promise<LeaseRecord | null> {
+    return this.exec("read a lease", (q) => q.getLease(id));
+  }
+  listLeases(filter: LeaseFilter): Promise<LeaseRecord[]> {
+    return this.exec("list leases", (q) => q.listLeases(filter));
+  }
+  countLiveLeases(agent: string, now: number): Promise<number> {
+    return this.exec("count live leases", (q) => q.countLiveLeases(agent, now));
+  }
+  queryAudit(filter: AuditFilter): Promise<AuditRecord[]> {
+    return this.exec("query the audit trail", (q) => q.queryAudit(filter));
+  }
+  auditHead(): Promise<{ seq: number; hash: Uint8Array } | null> {
+    return this.exec("read the audit head", (q) => q.auditHead());
+  }
+  getCheckpoint(): Promise<AuditCheckpoint | null> {
+    return this.exec("read the audit checkpoint", (q) => q.getCheckpoint());
+  }
+  getMeta(key: string): Promise<string | null> {
+    return this.exec("read metadata", (q) => q.getMeta(key));
+  }
+}
+
+/** The tx handed to one transaction function; valid only until that function settles. */
+class SqliteTx extends SqliteReads implements StoreTx {
+  active = true;
+
+  constructor(private readonly q: Queries) {
+    super();
+  }
+
+  protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
+    if (!this.active)
+      return Promise.reject(
+        new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function"),
+      );
+    try {
+      return Promise.resolve(f(this.q));
+    } catch (e) {
+      return Promise.reject(sqliteError(e, what));
+    }
+  }
+
+  putSecret(rec: SecretRecord): Promise<void> {
+    return this.exec("write a secret", (q) => q.putSecret(rec));
+  }
+  insertVersion(rec: VersionRecord): Promise<void> {
+    return this.exec("write a secret version", (q) => q.insertVersion(rec));
+  }
+  deleteVersionsBelow(ref: SecretRef, version: number): Promise<number> {
+    return this.exec("delete old secret versions", (q) => q.deleteVersionsBelow(ref, version));
+  }
+  deleteSecret(ref: SecretRef): Promise<boolean> {
+    return this.exec("delete a secret", (q) => q.deleteSecret(ref));
+  }
+  rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): Promise<boolean> {
+    return this.exec("re-wrap a secret version", (q) => q.rewrapVersion(ref, version, fromKeyId, toKeyId, wrappedDek));
+  }
+  insertLease(rec: LeaseRecord): Promise<void> {
+    return this.exec("write a lease", (q) => q.insertLease(rec));
+  }
+  useLease(id: string, now: number): Promise<LeaseRecord | null> {
+    return this.exec("count a lease use", (q) => q.useLease(id, now));
+  }
+  renewLease(id: string, expiresAt: number, renewals: number): Promise<void> {
+    return this.exec("renew a lease", (q) => q.renewLease(id, expiresAt, renewals));
+  }
+  revokeLeases(sel: RevokeSelector, now: number, reason: string): Promise<number> {
+    return this.exec("revoke leases", (q) => q.revokeLeases(sel, now, reason));
+  }
+  deleteExpiredLeases(before: number, limit: number): Promise<number> {
+    return this.exec("delete expired leases", (q) => q.deleteExpiredLeases(before, limit));
+  }
+  insertAudit(rec: AuditRecord): Promise<void> {
+    return this.exec("append to the audit trail", (q) => q.insertAudit(rec));
+  }
+  putCheckpoint(cp: AuditCheckpoint): Promise<void> {
+    return this.exec("write the audit checkpoint", (q) => q.putCheckpoint(cp));
+  }
+  setMeta(key: string, value: string): Promise<void> {
+    return this.exec("write metadata", (q) => q.setMeta(key, value));
+  }
+}
+
+/** One queued transaction call. */
+interface Call {
+  fn: (tx: StoreTx) => Promise<unknown>;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  ok: boolean;
+  value: unknown;
+  error: unknown;
+}
+
+class SqliteStoreImpl extends SqliteReads implements SqliteStore {
+  readonly kind = "sqlite";
+  private readonly rq: Queries;
+  private readonly wq: Queries;
+  private queue: Call[] = [];
+  private qhead = 0;
+  private scheduled = false;
+  private running = false;
+  private closing = false;
+  private closed = false;
+  private idleWaiters: (() => void)[] = [];
+  private commits = 0;
+  private transactions = 0;
+
+  constructor(
+    private readonly writer: BetterSqlite3.Database,
+    private readonly reader: BetterSqlite3.Database,
+    private readonly txTimeoutMs: number,
+  ) {
+    super();
+    this.rq = new Queries(reader);
+    this.wq = new Queries(writer);
+  }
+
+  protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
+    if (this.closed) return Promise.reject(closedError());
+    try {
+      return Promise.resolve(f(this.rq));
+    } catch (e) {
+      return Promise.reject(sqliteError(e, what));
+    }
+  }
+
+  stats(): { commits: number; transactions: number } {
+    return { commits: this.commits, transactions: this.transactions };
+  }
+
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    if (this.closing) return Promise.reject(closedError());
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined, error: undefined });
+      this.schedule();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) {
+      if (!this.closed) await new Promise<void>((r) => this.idleWaiters.push(r));
+      return;
+    }
+    this.closing = true;
+    if (this.busy()) await new Promise<void>((r) => this.idleWaiters.push(r));
+    this.closed = true;
+    this.reader.close();
+    this.writer.close(); // the last connection to close checkpoints the WAL into the main file
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private busy(): boolean {
+    return this.running || this.scheduled || this.pending() > 0;
+  }
+
+  private pending(): number {
+    return this.queue.length - this.qhead;
+  }
+
+  private take(): Call | undefined {
+    if (this.qhead >= this.queue.length) return undefined;
+    const c = this.queue[this.qhead]!;
+    this.queue[this.qhead++] = undefined as unknown as Call;
+    if (this.qhead === this.queue.length) {
+      this.queue = [];
+      this.qhead = 0;
+    } else if (this.qhead > 1024 && this.qhead * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.qhead);
+      this.qhead = 0;
+    }
+    return c;
+  }
+
+  /** Starts a batch on a later turn (so callers queued in this turn share it), unless one is due. */
+  private schedule(): void {
+    if (this.running || this.scheduled || this.pending() === 0) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    try {
+      await this.runBatch();
+    } finally {
+      this.running = false;
+    }
+    if (this.pending() > 0) this.schedule();
+    else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** BEGIN IMMEDIATE; each call in its own savepoint; COMMIT; then settle every call. */
+  private async runBatch(): Promise<void> {
+    const w = this.wq;
+    try {
+      w.stmt("BEGIN IMMEDIATE").run();
+    } catch (e) {
+      const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction");
+      for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
+      return;
+    }
+    const batch: Call[] = [];
+    let call: Call | undefined;
+    while (batch.length < MAX_BATCH && (call = this.take()) !== undefined) {
+      batch.push(call);
+      await this.runCall(call);
+      if (!this.writer.inTransaction) {
+        // SQLite rolled the whole transaction back by itself (disk full, I/O error): nothing was kept.
+        const err = sqliteError(call.error, "write to the vault database");
+        for (const c of batch) c.reject(err);
+        return;
+      }
+    }
+    try {
+      w.stmt("COMMIT").run();
+      this.commits++;
+    } catch (e) {
+      try {
+        if (this.writer.inTransaction) w.stmt("ROLLBACK").run();
+      } catch {
+        // nothing more to undo
+      }
+      const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "commit a transaction");
+      for (const c of batch) c.reject(err);
+      return;
+    }
+    for (const c of batch) {
+      if (c.ok) c.resolve(c.value);
+      else c.reject(c.error);
+    }
+  }
+
+  private async runCall(call: Call): Promise<void> {
+    const w = this.wq;
+    const tx = new SqliteTx(w);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      w.stmt("SAVEPOINT s").run();
+    } catch (e) {
+      call.error = sqliteError(e, "start a transaction");
+      tx.active = false;
+      return;
+    }
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              new VaultError(
+                "internal",
+                `a store transaction did not finish within ${this.txTimeoutMs} ms and was rolled back; transaction functions must only use the tx`,
+              ),
+            ),
+          this.txTimeoutMs,
+        );
+      });
+      call.value = await Promise.race([call.fn(tx), timeout]);
+      tx.active = false;
+      w.stmt("RELEASE s").run();
+      call.ok = true;
+    } catch (e) {
+      tx.active = false;
+      call.error = e;
+      if (this.writer.inTransaction) {
+        try {
+          w.stmt("ROLLBACK TO s").run();
+          w.stmt("RELEASE s").run();
+        } catch {
+          // the savepoint is gone with the whole transaction; runBatch sees inTransaction === false
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      this.transactions++;
+    }
+  }
+}
+
+function isBusy(e: unknown): boolean {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "string" && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"));
+}
+
+function closedError(): VaultError {
+  return new VaultError("unavailable", "the vault store is closed; open it again to continue");
+}

@@ -1,0 +1,96 @@
+/**
+ * The storage interface the core is driven through. Stores hold only sealed values, metadata, leases
+ * and audit rows; they know nothing of keys, policy or roles.
+ *
+ * Consistency contract (checked by test/store-conformance.ts against every store):
+ * - Reads on {@link Store} see only committed data.
+ * - {@link Store.transaction} runs its function with exclusive write access (serialisable); every
+ *   write inside it commits together or not at all. A store may commit several concurrent
+ *   transactions' functions together in one durable commit ("group commit"), but each function's
+ *   writes still succeed or fail as one, and its promise settles only after the commit is durable.
+ * - Functions passed to `transaction` must only call the tx and do pure computation: never wait on
+ *   anything else (I/O, timers), since other callers' work may be waiting in the same commit.
+ */
+import type {
+  AuditCheckpoint,
+  AuditFilter,
+  AuditRecord,
+  LeaseFilter,
+  LeaseRecord,
+  RevokeSelector,
+  SecretFilter,
+  SecretRecord,
+  SecretRef,
+  VersionRecord,
+} from "../vault/types.js";
+
+/** Reads, available both on the store (committed data) and inside a transaction (its own view). */
+export interface StoreReader {
+  getSecret(ref: SecretRef): Promise<SecretRecord | null>;
+  /** Sorted by scope, then name. */
+  listSecrets(filter: SecretFilter): Promise<SecretRecord[]>;
+  getVersion(ref: SecretRef, version: number): Promise<VersionRecord | null>;
+  /** Every stored version of a secret, oldest first. */
+  listVersions(ref: SecretRef): Promise<VersionRecord[]>;
+  /** Up to `limit` versions (of any secret) whose DEK is wrapped by a key other than `keyId`. */
+  versionsNotUnderKey(keyId: string, limit: number): Promise<VersionRecord[]>;
+  /** Distinct master key ids that stored versions point at. */
+  keyIdsInUse(): Promise<string[]>;
+
+  getLease(id: string): Promise<LeaseRecord | null>;
+  /** Newest first. */
+  listLeases(filter: LeaseFilter): Promise<LeaseRecord[]>;
+  /** Leases of `agent` that are live at `now`; must use an index, never scan every lease. */
+  countLiveLeases(agent: string, now: number): Promise<number>;
+
+  queryAudit(filter: AuditFilter): Promise<AuditRecord[]>;
+  /** The last audit row's seq and hash, or null when the trail is empty. */
+  auditHead(): Promise<{ seq: number; hash: Uint8Array } | null>;
+  getCheckpoint(): Promise<AuditCheckpoint | null>;
+
+  getMeta(key: string): Promise<string | null>;
+}
+
+/** Writes, only inside {@link Store.transaction}. */
+export interface StoreTx extends StoreReader {
+  /** Inserts or replaces the secret's metadata row (keyed by scope and name). */
+  putSecret(rec: SecretRecord): Promise<void>;
+  /** Inserts a version; throws if that (scope, name, version) exists or the secret row does not. */
+  insertVersion(rec: VersionRecord): Promise<void>;
+  /** Deletes versions numbered below `version`; returns how many. */
+  deleteVersionsBelow(ref: SecretRef, version: number): Promise<number>;
+  /** Deletes the secret and all its versions; returns false if it did not exist. */
+  deleteSecret(ref: SecretRef): Promise<boolean>;
+  /**
+   * Replaces one version's wrapped DEK and key id, only if it is still wrapped by `fromKeyId`.
+   * Returns whether a row changed.
+   */
+  rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): Promise<boolean>;
+
+  insertLease(rec: LeaseRecord): Promise<void>;
+  /**
+   * Atomically counts one use: succeeds only if the lease exists, is not revoked, `expiresAt > now`
+   * and it has uses left. Returns the updated lease, or null if nothing changed.
+   */
+  useLease(id: string, now: number): Promise<LeaseRecord | null>;
+  /** Sets a live lease's expiry and renewal count (a renewal). */
+  renewLease(id: string, expiresAt: number, renewals: number): Promise<void>;
+  /** Revokes the selected leases that are not yet revoked, expired or used up; returns how many. */
+  revokeLeases(sel: RevokeSelector, now: number, reason: string): Promise<number>;
+  /** Deletes up to `limit` leases whose expiry is before `before`; returns how many. */
+  deleteExpiredLeases(before: number, limit: number): Promise<number>;
+
+  /** Appends an audit row; its seq must be the head's seq + 1. */
+  insertAudit(rec: AuditRecord): Promise<void>;
+  putCheckpoint(cp: AuditCheckpoint): Promise<void>;
+
+  setMeta(key: string, value: string): Promise<void>;
+}
+
+/** A store: committed reads plus serialisable transactions. */
+export interface Store extends StoreReader {
+  /** A short name for status output: "sqlite", "memory", "postgres". */
+  readonly kind: string;
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}

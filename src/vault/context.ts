@@ -1,0 +1,108 @@
+/**
+ * The state every vault operation works with, and `commit`, the one way operations write: a store
+ * transaction whose audit events are chained inside it and then handed to the sinks before the
+ * caller sees a result. Denials are returned (not thrown) from inside the transaction so that their
+ * audit rows commit; `commit` throws them afterwards.
+ */
+import type { Alg } from "../crypto/aead.js";
+import type { Keyring } from "../crypto/keyring.js";
+import { chainEvent, checkpointKey, makeCheckpoint } from "../audit/chain.js";
+import type { AuditSink } from "../audit/sink.js";
+import type { Store, StoreTx } from "../store/types.js";
+import type { KeySource } from "../crypto/keyring.js";
+import { VaultError } from "./errors.js";
+import type { Policy } from "./policy.js";
+import type { AuditDraft, AuditRecord } from "./types.js";
+
+/** Limits with their defaults (see docs/configuration.md). */
+export interface Limits {
+  /** Largest secret value in bytes. Default 65,536. */
+  maxSecretBytes: number;
+  /** Live leases one agent may hold at once. Default 100. */
+  maxLiveLeasesPerAgent: number;
+  /** Versions kept per secret (older ones are pruned on write). Default 10. */
+  keepVersions: number;
+  /** How long expired leases are kept before garbage collection deletes them. Default 7 days. */
+  leaseRetentionMs: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxSecretBytes: 64 * 1024,
+  maxLiveLeasesPerAgent: 100,
+  keepVersions: 10,
+  leaseRetentionMs: 7 * 24 * 3600 * 1000,
+};
+
+/** Shared, mutable state of one open vault. */
+export interface VaultContext {
+  readonly store: Store;
+  readonly keys: KeySource;
+  keyring: Keyring;
+  /** MAC key for audit checkpoints, derived from keyring.current. */
+  auditKey: { id: string; key: Buffer };
+  policy: Policy;
+  readonly loadPolicy: (() => Promise<Policy>) | null;
+  readonly sinks: readonly AuditSink[];
+  readonly now: () => number;
+  readonly cipher: Alg;
+  readonly limits: Limits;
+  closed: boolean;
+}
+
+/** Appends audit events inside a transaction. */
+export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord>;
+
+/** Installs a new keyring (after load or rotation) and the audit MAC key derived from it. */
+export function setKeyring(ctx: VaultContext, ring: Keyring): void {
+  ctx.keyring = ring;
+  ctx.auditKey.key.fill(0);
+  ctx.auditKey = checkpointKey(ring.current);
+}
+
+/**
+ * Runs `fn` in a store transaction with an audit appender. If `fn` returns a VaultError, the
+ * transaction still commits (with the audit rows of the denial) and the error is thrown after.
+ * Events reach every sink before this resolves; a sink failure throws VaultError("audit_failed").
+ */
+export async function commit<T>(
+  ctx: VaultContext,
+  fn: (tx: StoreTx, audit: AuditFn, now: number) => Promise<T | VaultError>,
+): Promise<T> {
+  if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+  const events: AuditRecord[] = [];
+  let result: T | VaultError;
+  try {
+    result = await ctx.store.transaction(async (tx) => {
+      events.length = 0;
+      const now = ctx.now();
+      const audit: AuditFn = async (draft) => {
+        const head = await tx.auditHead();
+        const rec = chainEvent(head, draft, now);
+        await tx.insertAudit(rec);
+        await tx.putCheckpoint(makeCheckpoint(rec, ctx.auditKey));
+        events.push(rec);
+        return rec;
+      };
+      return fn(tx, audit, now);
+    });
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    throw new VaultError(
+      "unavailable",
+      "the change and its audit record could not be written durably, so nothing was changed; check the disk and the database file, then retry",
+      { cause: e },
+    );
+  }
+  if (events.length > 0) {
+    for (const sink of ctx.sinks) {
+      try {
+        await sink.write(events);
+      } catch (e) {
+        if (e instanceof VaultError && e.code === "audit_failed") throw e;
+        throw new VaultError("audit_failed", "an audit sink failed to record the operation, so its result was withheld; check the audit file or log target", { cause: e });
+      }
+    }
+  }
+  if (result instanceof VaultError) throw result;
+  return result;
+}

@@ -1,0 +1,300 @@
+/**
+ * Leases: request (policy-checked, bound to the requesting agent), access (every check and the use
+ * count in one transaction), renew, revoke, revoke-all, killswitch, list and garbage collection.
+ * Every grant, use, denial, renewal and revocation is audited inside the same transaction.
+ */
+import { openValue } from "../crypto/envelope.js";
+import type { SecretBytes } from "../crypto/secret-bytes.js";
+import type { StoreTx } from "../store/types.js";
+import { mayActFor, resolveAgent, roleError } from "./access.js";
+import { commit, type AuditFn, type VaultContext } from "./context.js";
+import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
+import { parseDuration } from "./duration.js";
+import { VaultError } from "./errors.js";
+import { isUuid, uuidv7 } from "./ids.js";
+import { checkAgentId, checkRef, parseRefString, refString } from "./names.js";
+import { decide, leaseDomains } from "./policy.js";
+import type { Identity, LeaseFilter, LeaseRecord, SecretRef } from "./types.js";
+
+/** What {@link requestLease} takes. */
+export interface LeaseRequest {
+  /** The agent the lease is for. Agents may omit it (their own id is used); others must give it. */
+  agent?: string;
+  secret: SecretRef | string;
+  /** Hosts (or `*.x` patterns) the lease is for; each must be allowed by the rule. Default: the rule's. */
+  domains?: string[];
+  /** Lifetime (ms or a duration such as "5m"); capped by the rule's ttl. */
+  ttl?: number | string;
+  /** Use cap; capped by the rule's max_uses. */
+  maxUses?: number;
+}
+
+/** Where the value is going to be used; checked against the lease. */
+export interface AccessTarget {
+  /** The host the credential is for. Required unless the lease was granted with any_domain. */
+  domain?: string;
+  /** HTTP method (checked when the lease restricts methods). */
+  method?: string;
+  /** HTTP path (checked when the lease restricts path prefixes). */
+  path?: string;
+}
+
+/** A granted value; wipe `value` (or `using`) when done. */
+export interface AccessResult {
+  value: SecretBytes;
+  version: number;
+  lease: LeaseRecord;
+}
+
+/** A lease's state at a time. */
+export type LeaseState = "live" | "expired" | "revoked" | "exhausted";
+
+/** The state of `lease` at `now`. */
+export function leaseState(lease: LeaseRecord, now: number): LeaseState {
+  if (lease.revokedAt !== null) return "revoked";
+  if (lease.expiresAt <= now) return "expired";
+  if (lease.maxUses !== null && lease.uses >= lease.maxUses) return "exhausted";
+  return "live";
+}
+
+const patternCache = new Map<string, DomainPattern>();
+function pattern(p: string): DomainPattern {
+  let d = patternCache.get(p);
+  if (!d) {
+    if (patternCache.size > 10_000) patternCache.clear();
+    d = parseDomainPattern(p);
+    patternCache.set(p, d);
+  }
+  return d;
+}
+
+function toMs(ttl: number | string): number {
+  const ms = typeof ttl === "string" ? parseDuration(ttl) : ttl;
+  if (!Number.isSafeInteger(ms) || ms <= 0) throw new VaultError("invalid_request", "ttl must be a positive number of milliseconds or a duration such as \"5m\"");
+  return ms;
+}
+
+async function denied(audit: AuditFn, who: Identity, err: VaultError, fields: { agent?: string | null; secret?: string | null; leaseId?: string | null; domain?: string | null }): Promise<VaultError> {
+  await audit({ type: "access_denied", actor: who, ...fields, outcome: "denied", reason: `${err.code}: ${err.message}` });
+  return err;
+}
+
+/** Grants a lease if policy allows it. */
+export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseRequest): Promise<LeaseRecord> {
+  const ref = typeof req.secret === "string" ? parseRefString(req.secret) : checkRef(req.secret);
+  if (req.agent !== undefined) checkAgentId(req.agent);
+  const ttl = req.ttl === undefined ? undefined : toMs(req.ttl);
+  if (req.maxUses !== undefined && (!Number.isSafeInteger(req.maxUses) || req.maxUses < 1))
+    throw new VaultError("invalid_request", "maxUses must be a whole number from 1");
+  if (req.domains !== undefined && (!Array.isArray(req.domains) || req.domains.length > 64 || !req.domains.every((d) => typeof d === "string")))
+    throw new VaultError("invalid_request", "domains must be a list of at most 64 host names");
+  const secret = refString(ref);
+  return commit(ctx, async (tx, audit, now) => {
+    const agent = resolveAgent(who, req.agent);
+    if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
+    const q = { agent, secret: ref, domains: req.domains };
+    const decision = decide(ctx.policy, q);
+    if (!decision.allow || !decision.rule)
+      return denied(audit, who, new VaultError("access_denied", `access denied: ${decision.reason}`), { agent, secret, domain: req.domains?.join(",") ?? null });
+    const rule = decision.rule;
+    const rec = await tx.getSecret(ref);
+    if (!rec) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
+    const live = await tx.countLiveLeases(agent, now);
+    if (live >= ctx.limits.maxLiveLeasesPerAgent)
+      return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
+    const terms = rule.terms;
+    const maxExpiresAt = now + terms.maxTtlMs;
+    const lease: LeaseRecord = {
+      id: uuidv7(now),
+      agent,
+      scope: ref.scope,
+      name: ref.name,
+      domains: leaseDomains(rule, q),
+      anyDomain: rule.anyDomain,
+      methods: rule.methods ? [...rule.methods] : null,
+      paths: rule.paths ? [...rule.paths] : null,
+      rule: rule.name,
+      issuedAt: now,
+      expiresAt: Math.min(now + Math.min(ttl ?? terms.ttlMs, terms.ttlMs), maxExpiresAt),
+      maxExpiresAt,
+      uses: 0,
+      maxUses: req.maxUses !== undefined ? Math.min(req.maxUses, terms.maxUses ?? req.maxUses) : terms.maxUses,
+      renewals: 0,
+      maxRenewals: terms.maxRenewals,
+      renewable: terms.renewable,
+      revokedAt: null,
+      revokeReason: null,
+      issuedBy: who.id,
+    };
+    await tx.insertLease(lease);
+    await audit({
+      type: "lease_granted",
+      actor: who,
+      agent,
+      secret,
+      leaseId: lease.id,
+      outcome: "ok",
+      detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(",") },
+    });
+    return lease;
+  });
+}
+
+/** Why `target` may not use `lease`, or null when it may. */
+function targetError(lease: LeaseRecord, target: AccessTarget): VaultError | null {
+  if (target.domain === undefined) {
+    if (lease.anyDomain) return null;
+    return new VaultError("access_denied", "this lease is bound to domains; say which domain the credential is for");
+  }
+  if (typeof target.domain !== "string" || !lease.domains.some((p) => matchDomain(pattern(p), target.domain!)))
+    return new VaultError("access_denied", `domain ${JSON.stringify(String(target.domain).slice(0, 80))} is not one this lease was granted for`);
+  if (lease.methods && target.method !== undefined && !lease.methods.includes(String(target.method).toUpperCase()))
+    return new VaultError("access_denied", `method ${String(target.method).slice(0, 16)} is not allowed by this lease`);
+  if (lease.paths && target.path !== undefined && !lease.paths.some((p) => String(target.path).startsWith(p)))
+    return new VaultError("access_denied", "this path is not under a prefix the lease allows");
+  return null;
+}
+
+function stateError(lease: LeaseRecord, now: number): VaultError | null {
+  switch (leaseState(lease, now)) {
+    case "revoked":
+      return new VaultError("lease_revoked", `lease ${lease.id} was revoked (${lease.revokeReason ?? "no reason given"}); request a new one`);
+    case "expired":
+      return new VaultError("lease_expired", `lease ${lease.id} expired at ${new Date(lease.expiresAt).toISOString()}; request a new one`);
+    case "exhausted":
+      return new VaultError("lease_exhausted", `lease ${lease.id} has used all ${lease.maxUses} of its uses; request a new one`);
+    case "live":
+      return null;
+  }
+}
+
+function checkLeaseId(id: unknown): string {
+  if (!isUuid(id)) throw new VaultError("invalid_request", "a lease id is a UUID such as 01890a5d-ac96-774b-bcce-b302099a8057");
+  return id;
+}
+
+/** Loads a lease and checks that `who` may use it; returns the lease or the error to return. */
+async function ownLease(tx: StoreTx, audit: AuditFn, who: Identity, id: string): Promise<LeaseRecord | VaultError> {
+  const lease = await tx.getLease(id);
+  if (!lease) return denied(audit, who, new VaultError("lease_not_found", `no lease has id ${id}`), { leaseId: id });
+  if (!mayActFor(who, lease.agent))
+    return denied(audit, who, new VaultError("access_denied", `lease ${id} was not granted to you`), { leaseId: id, agent: who.agent ?? null, secret: `${lease.scope}/${lease.name}` });
+  return lease;
+}
+
+/** Uses a lease once: returns the secret's current value if every check passes. */
+export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: string, target: AccessTarget = {}): Promise<AccessResult> {
+  const id = checkLeaseId(leaseId);
+  const got = await commit(ctx, async (tx, audit, now) => {
+    const lease = await ownLease(tx, audit, who, id);
+    if (lease instanceof VaultError) return lease;
+    const secret = `${lease.scope}/${lease.name}`;
+    const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
+    const err = stateError(lease, now) ?? targetError(lease, target);
+    if (err) return denied(audit, who, err, fields);
+    const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
+    if (!decision.allow)
+      return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
+    const rec = await tx.getSecret(lease);
+    if (!rec) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
+    const used = await tx.useLease(id, now);
+    if (!used) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
+    const version = await tx.getVersion(lease, rec.currentVersion);
+    if (!version) return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
+    await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
+    return { version, lease: used };
+  });
+  return { value: openValue(got.version, got.version, ctx.keyring), version: got.version.version, lease: got.lease };
+}
+
+/** Extends a live lease, bounded by its rule's ttl, its max_ttl and max_renewals. */
+export async function renewLease(ctx: VaultContext, who: Identity, leaseId: string, opts: { ttl?: number | string } = {}): Promise<LeaseRecord> {
+  const id = checkLeaseId(leaseId);
+  const ttl = opts.ttl === undefined ? undefined : toMs(opts.ttl);
+  return commit(ctx, async (tx, audit, now) => {
+    const lease = await ownLease(tx, audit, who, id);
+    if (lease instanceof VaultError) return lease;
+    const fields = { agent: lease.agent, secret: `${lease.scope}/${lease.name}`, leaseId: id };
+    const err = stateError(lease, now);
+    if (err) return denied(audit, who, err, fields);
+    if (!lease.renewable) return denied(audit, who, new VaultError("access_denied", "this lease is not renewable; request a new one"), fields);
+    if (lease.maxRenewals !== null && lease.renewals >= lease.maxRenewals)
+      return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);
+    const rule = ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
+    const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
+    if (!rule || !decision.allow)
+      return denied(audit, who, new VaultError("access_denied", "policy no longer grants this lease; request a new one"), fields);
+    const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), lease.maxExpiresAt);
+    if (expiresAt <= lease.expiresAt)
+      return denied(audit, who, new VaultError("access_denied", `this lease has reached its maximum lifetime (until ${new Date(lease.maxExpiresAt).toISOString()}); request a new one`), fields);
+    await tx.renewLease(id, expiresAt, lease.renewals + 1);
+    await audit({ type: "lease_renewed", actor: who, ...fields, outcome: "ok", detail: { expires_at: expiresAt, renewals: lease.renewals + 1 } });
+    return { ...lease, expiresAt, renewals: lease.renewals + 1 };
+  });
+}
+
+/** Revokes one lease. Its agent, an orchestrator acting for it, or an admin. */
+export async function revokeLease(ctx: VaultContext, who: Identity, leaseId: string, reason = "revoked"): Promise<{ revoked: boolean }> {
+  const id = checkLeaseId(leaseId);
+  const why = checkReason(reason);
+  return commit(ctx, async (tx, audit, now) => {
+    const lease = await ownLease(tx, audit, who, id);
+    if (lease instanceof VaultError) return lease;
+    const n = await tx.revokeLeases({ id }, now, why);
+    await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: `${lease.scope}/${lease.name}`, leaseId: id, outcome: "ok", reason: why, detail: { changed: n } });
+    return { revoked: n > 0 };
+  });
+}
+
+/** Revokes every live lease of `agent`. */
+export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentIn: string, reason = "revoked for agent"): Promise<{ revoked: number }> {
+  const agent = checkAgentId(agentIn);
+  const why = checkReason(reason);
+  return commit(ctx, async (tx, audit, now) => {
+    if (!mayActFor(who, agent))
+      return denied(audit, who, new VaultError("access_denied", `you may not revoke the leases of agent "${agent}"`), { agent });
+    const n = await tx.revokeLeases({ agent }, now, why);
+    await audit({ type: "lease_revoked", actor: who, agent, outcome: "ok", reason: why, detail: { count: n } });
+    return { revoked: n };
+  });
+}
+
+/** Revokes every live lease of every agent at once. Admin only. */
+export async function killswitch(ctx: VaultContext, who: Identity, reason = "killswitch"): Promise<{ revoked: number }> {
+  const why = checkReason(reason);
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "pull the killswitch");
+    if (err) return denied(audit, who, err, {});
+    const n = await tx.revokeLeases({ all: true }, now, why);
+    await audit({ type: "killswitch", actor: who, outcome: "ok", reason: why, detail: { count: n } });
+    return { revoked: n };
+  });
+}
+
+function checkReason(r: unknown): string {
+  if (typeof r !== "string" || r.length > 200 || /[\u0000-\u001f]/.test(r))
+    throw new VaultError("invalid_request", "a revocation reason must be one line of at most 200 characters");
+  return r;
+}
+
+/** Lists leases: agents see their own; orchestrators those of agents they act for; admins all. */
+export async function listLeases(ctx: VaultContext, who: Identity, filter: LeaseFilter = {}): Promise<LeaseRecord[]> {
+  const f: LeaseFilter = { ...filter, limit: Math.min(filter.limit ?? 1000, 10_000) };
+  if (who.role === "agent") {
+    if (f.agent !== undefined && f.agent !== who.agent)
+      throw new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`);
+    f.agent = who.agent;
+  }
+  const rows = await ctx.store.listLeases(f);
+  return who.role === "orchestrator" ? rows.filter((l) => mayActFor(who, l.agent)) : rows;
+}
+
+/** Deletes leases that expired more than the retention period ago, in bounded batches. */
+export async function gcLeases(ctx: VaultContext): Promise<number> {
+  let total = 0;
+  for (;;) {
+    const n = await ctx.store.transaction((tx) => tx.deleteExpiredLeases(ctx.now() - ctx.limits.leaseRetentionMs, 1000));
+    total += n;
+    if (n < 1000) return total;
+  }
+}

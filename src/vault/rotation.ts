@@ -1,0 +1,80 @@
+/**
+ * Master-key rotation. Only DEKs are re-wrapped; values are untouched. Crash-safe at every point:
+ * 1. promote: the new key is made current in the key source and is durable before any row points
+ *    at it (the old keys stay readable);
+ * 2. re-wrap: DEKs still under an old key are re-wrapped in small transactions, each conditional on
+ *    the row still pointing at the old key;
+ * 3. a key_rotated event is appended (its checkpoint is MACed under the new key);
+ * 4. retire: old keys are dropped from the key source.
+ * Killed anywhere, the key source holds every key some row points at. Running it again resumes: a
+ * keyring that still holds old keys is finished rather than given yet another key.
+ */
+import { randomBytes } from "node:crypto";
+import { rewrapDek } from "../crypto/envelope.js";
+import { KEY_BYTES } from "../crypto/keyring.js";
+import { roleError } from "./access.js";
+import { commit, setKeyring, type VaultContext } from "./context.js";
+import { VaultError } from "./errors.js";
+import type { Identity } from "./types.js";
+
+/** What a rotation did. */
+export interface RotationResult {
+  from: string[];
+  to: string;
+  rewrapped: number;
+  /** True when an interrupted rotation was finished instead of a new key being made. */
+  resumed: boolean;
+  /** False for read-only key sources (env, command): drop the old key there yourself. */
+  retired: boolean;
+}
+
+const BATCH = 200;
+
+/** Rotates the master key (admin only). `onBatch` is called after each committed batch (tests). */
+export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?: (done: number) => void): Promise<RotationResult> {
+  await commit(ctx, async (_tx, audit) => {
+    const err = roleError(who, ["admin"], "rotate the master key");
+    if (!err) return undefined;
+    await audit({ type: "access_denied", actor: who, outcome: "denied", reason: err.message });
+    return err;
+  });
+  const before = ctx.keyring.ids();
+  let resumed = true;
+  if (ctx.keys.writable && before.length === 1) {
+    if (!ctx.keys.promote) throw new VaultError("internal", "the key source says it is writable but cannot store keys");
+    resumed = false;
+    const fresh = randomBytes(KEY_BYTES);
+    setKeyring(ctx, await ctx.keys.promote(ctx.keyring, fresh));
+  } else if (!ctx.keys.writable) {
+    setKeyring(ctx, await ctx.keys.load());
+  }
+  const to = ctx.keyring.current.id;
+  await commit(ctx, async (_tx, audit) => {
+    await audit({ type: "key_rotation_started", actor: who, outcome: "ok", detail: { to, from: before.filter((k) => k !== to).join(","), resumed } });
+  });
+  let rewrapped = 0;
+  for (;;) {
+    const rows = await ctx.store.versionsNotUnderKey(to, BATCH);
+    if (rows.length === 0) break;
+    const updates = rows.map((r) => ({ r, wrapped: rewrapDek(r, r, ctx.keyring, ctx.keyring.current) }));
+    const n = await ctx.store.transaction(async (tx) => {
+      let changed = 0;
+      for (const { r, wrapped } of updates) if (await tx.rewrapVersion(r, r.version, r.keyId, to, wrapped)) changed++;
+      return changed;
+    });
+    rewrapped += n;
+    onBatch?.(rewrapped);
+  }
+  const from = before.filter((k) => k !== to);
+  await commit(ctx, async (_tx, audit) => {
+    await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed } });
+  });
+  let retired = false;
+  if (ctx.keys.writable && ctx.keys.retire && ctx.keyring.ids().length > 1) {
+    const inUse = await ctx.store.keyIdsInUse();
+    const keep = [to, ...inUse.filter((k) => k !== to)];
+    setKeyring(ctx, await ctx.keys.retire(ctx.keyring, keep));
+    retired = true;
+  }
+  return { from, to, rewrapped, resumed, retired };
+}

@@ -1,0 +1,209 @@
+/**
+ * The data model shared by the core, the stores and (later) the protocol. Times are epoch milliseconds.
+ */
+
+/** The three roles a caller can hold (DESIGN.md, "Data model"). */
+export type Role = "admin" | "orchestrator" | "agent";
+
+/**
+ * Who is calling. The transport decides it (peer credentials, a token, the embedding program); it is
+ * never taken from request parameters.
+ */
+export interface Identity {
+  /** A stable name for the caller, e.g. `uid:1000`, `token:ci`, `embedded`. */
+  readonly id: string;
+  readonly role: Role;
+  /** For role `agent`: the one agent id this caller is bound to. */
+  readonly agent?: string;
+  /** For role `orchestrator`: agent id patterns (`*` globs) it may act for. */
+  readonly actFor?: readonly string[];
+  /** How the caller reached the vault: `embedded`, `uds`, `tcp`, `vsock`. */
+  readonly transport: string;
+}
+
+/** Secret kinds. */
+export const SECRET_KINDS = ["api_key", "pat", "basic_auth", "oauth2", "ssh_key", "client_cert", "opaque"] as const;
+export type SecretKind = (typeof SECRET_KINDS)[number];
+
+/** Points at one secret: `scope` (`global`, `workspace:<id>`, `env:<name>`, …) and `name`. */
+export interface SecretRef {
+  readonly scope: string;
+  readonly name: string;
+}
+
+/** A secret's metadata as stored (never its value). */
+export interface SecretRecord {
+  scope: string;
+  name: string;
+  kind: SecretKind;
+  description: string;
+  tags: string[];
+  /** The newest version number; versions count up from 1 and are never reused for one secret. */
+  currentVersion: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** One sealed version of a secret's value (see src/crypto/envelope.ts for the blob layouts). */
+export interface VersionRecord {
+  scope: string;
+  name: string;
+  version: number;
+  /** AEAD algorithm used for both the value and the wrapped DEK. */
+  alg: string;
+  /** Id of the master key that wraps the DEK. */
+  keyId: string;
+  wrappedDek: Uint8Array;
+  ciphertext: Uint8Array;
+  /** Plaintext length in bytes. */
+  size: number;
+  createdAt: number;
+  /** Identity id of the writer. */
+  createdBy: string;
+}
+
+/** A lease: one agent's time-limited, use-capped, revocable right to one secret for listed domains. */
+export interface LeaseRecord {
+  /** UUIDv7. */
+  id: string;
+  agent: string;
+  scope: string;
+  name: string;
+  /** Domain patterns the lease may be used against (exact hosts or `*.suffix`). */
+  domains: string[];
+  /** True when the granting rule said `any_domain = true`: the lease may be used without a domain. */
+  anyDomain: boolean;
+  /** Allowed HTTP methods for the proxy, or null for any. */
+  methods: string[] | null;
+  /** Allowed path prefixes for the proxy, or null for any. */
+  paths: string[] | null;
+  /** Name of the policy rule that granted it. */
+  rule: string;
+  issuedAt: number;
+  expiresAt: number;
+  /** Renewals never push expiry past this. */
+  maxExpiresAt: number;
+  uses: number;
+  maxUses: number | null;
+  renewals: number;
+  maxRenewals: number | null;
+  renewable: boolean;
+  revokedAt: number | null;
+  revokeReason: string | null;
+  /** Identity id that requested it (the agent itself, or an orchestrator). */
+  issuedBy: string;
+}
+
+/** Audit event types. */
+export const AUDIT_TYPES = [
+  "lease_granted",
+  "secret_accessed",
+  "access_denied",
+  "lease_renewed",
+  "lease_revoked",
+  "killswitch",
+  "secret_stored",
+  "secret_rotated",
+  "secret_rolled_back",
+  "secret_deleted",
+  "secret_revealed",
+  "policy_reloaded",
+  "key_rotation_started",
+  "key_rotated",
+  "auth_failed",
+  "proxy_request",
+] as const;
+export type AuditType = (typeof AUDIT_TYPES)[number];
+
+/** Outcome of an audited step. */
+export type AuditOutcome = "ok" | "denied" | "error";
+
+/** What the core asks to be audited; the chain fields are added by src/audit. */
+export interface AuditDraft {
+  type: AuditType;
+  actor: Identity;
+  /** The agent the step concerns, when there is one. */
+  agent?: string | null;
+  /** `scope/name` of the secret concerned. */
+  secret?: string | null;
+  leaseId?: string | null;
+  domain?: string | null;
+  outcome: AuditOutcome;
+  /** Why (an error code and/or rule name); never a secret value. */
+  reason?: string | null;
+  /** Small non-secret extras (version numbers, counts, rule names). */
+  detail?: Record<string, string | number | boolean | null> | null;
+}
+
+/** An audit row as stored: every field is covered by `hash`. */
+export interface AuditRecord {
+  /** 1, 2, 3, … with no gaps. */
+  seq: number;
+  /** UUIDv7. */
+  id: string;
+  time: number;
+  type: string;
+  actorId: string;
+  actorRole: string;
+  transport: string;
+  agent: string | null;
+  secret: string | null;
+  leaseId: string | null;
+  domain: string | null;
+  outcome: string;
+  reason: string | null;
+  /** JSON text of the detail object, or null. */
+  detail: string | null;
+  /** Hash of the previous event (32 zero bytes for the first). */
+  prevHash: Uint8Array;
+  /** SHA-256 over prevHash and every field above, length-prefixed. */
+  hash: Uint8Array;
+}
+
+/** A keyed MAC over the chain head, rewritten with every append, so that truncation is detected. */
+export interface AuditCheckpoint {
+  seq: number;
+  hash: Uint8Array;
+  /** Id of the master key the MAC key was derived from. */
+  keyId: string;
+  mac: Uint8Array;
+}
+
+/** Filters for audit queries; all optional and combined with AND. */
+export interface AuditFilter {
+  agent?: string;
+  /** `scope/name`. */
+  secret?: string;
+  types?: string[];
+  leaseId?: string;
+  actorId?: string;
+  /** Inclusive lower bound on time. */
+  since?: number;
+  /** Exclusive upper bound on time. */
+  until?: number;
+  /** Only events with seq greater than this. */
+  afterSeq?: number;
+  /** Newest first when "desc" (default "asc"). */
+  order?: "asc" | "desc";
+  /** Default 100, at most 10,000. */
+  limit?: number;
+}
+
+/** Filters for listing secrets. */
+export interface SecretFilter {
+  scope?: string;
+  namePrefix?: string;
+  tag?: string;
+}
+
+/** Filters for listing leases. */
+export interface LeaseFilter {
+  agent?: string;
+  secret?: SecretRef;
+  /** When set, only leases that are live at this time (not revoked, not expired, not used up). */
+  liveAt?: number;
+  limit?: number;
+}
+
+/** Which leases to revoke. */
+export type RevokeSelector = { id: string } | { agent: string } | { secret: SecretRef } | { all: true };

@@ -1,0 +1,131 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import Database from "better-sqlite3";
+import { jsonlSink } from "../src/audit/jsonl-sink.js";
+import { agent, codeOf, grant, makeVault, tempDir } from "./helpers.js";
+
+const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"]);
+
+/** A vault with some history: 12 events or so. */
+async function withHistory(extra: Parameters<typeof makeVault>[0] = {}) {
+  const t = await makeVault({ policy: POLICY, ...extra });
+  const admin = t.vault.admin();
+  const claude = t.vault.session(agent("claude"));
+  await admin.storeSecret({ name: "tok", value: "v1" });
+  await admin.rotateSecret({ scope: "global", name: "tok" }, "v2");
+  for (let i = 0; i < 3; i++) {
+    const l = await claude.requestLease({ secret: "tok" });
+    await claude.accessSecret(l.id, { domain: "api.example.com" });
+    await claude.revokeLease(l.id);
+  }
+  await codeOf(claude.requestLease({ secret: "other" }));
+  return { ...t, admin, claude };
+}
+
+function tamper(dbPath: string, sql: string, ...args: unknown[]): void {
+  const db = new Database(dbPath);
+  db.prepare(sql).run(...args);
+  db.close();
+}
+
+describe("audit trail", () => {
+  test("every step is an event, chained, and verify passes", async () => {
+    const { admin } = await withHistory();
+    const events = await admin.auditQuery({ limit: 1000 });
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ["secret_stored", "secret_rotated", ...Array(3).fill(["lease_granted", "secret_accessed", "lease_revoked"]).flat(), "access_denied"],
+    );
+    assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1));
+    const v = await admin.auditVerify();
+    assert.deepEqual(v, { ok: true, events: events.length, headSeq: events.length });
+  });
+
+  test("queries filter by agent, secret, type and time, newest first on request", async () => {
+    const { admin } = await withHistory();
+    assert.equal((await admin.auditQuery({ agent: "claude", types: ["secret_accessed"] })).length, 3);
+    assert.equal((await admin.auditQuery({ secret: "global/tok", types: ["secret_stored", "secret_rotated"] })).length, 2);
+    const newest = await admin.auditQuery({ order: "desc", limit: 1 });
+    assert.equal(newest[0]!.type, "access_denied");
+    assert.equal((await admin.auditQuery({ since: Date.now() + 60_000 })).length, 0);
+  });
+
+  const attacks: [string, string, (db: string) => void, RegExp][] = [
+    ["an edited field", "secret_accessed", (db) => tamper(db, "UPDATE audit SET agent = 'mallory' WHERE seq = 4"), /event 4 was altered/],
+    ["an edited outcome", "", (db) => tamper(db, "UPDATE audit SET outcome = 'ok' WHERE seq = 12"), /event 12 was altered/],
+    ["a deleted middle event", "", (db) => tamper(db, "DELETE FROM audit WHERE seq = 6"), /event 6 is missing/],
+    ["a truncated tail", "", (db) => tamper(db, "DELETE FROM audit WHERE seq >= 10"), /trail ends at event 9 but the checkpoint says 12/],
+    [
+      "a re-hashed edit (hash recomputed without the key)",
+      "",
+      (db) => {
+        // An attacker who rewrites a row and every later hash still cannot forge the keyed checkpoint.
+        tamper(db, "DELETE FROM audit WHERE seq = 12");
+        tamper(db, "UPDATE audit_checkpoint SET seq = 11, hash = (SELECT hash FROM audit WHERE seq = 11)");
+      },
+      /checkpoint was altered/,
+    ],
+    [
+      "two events swapped",
+      "",
+      (db) => {
+        const d = new Database(db);
+        d.exec("UPDATE audit SET seq = -1 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = -1;");
+        d.close();
+      },
+      /event 3 does not follow event 2|event 3 was altered/,
+    ],
+    ["a deleted checkpoint", "", (db) => tamper(db, "DELETE FROM audit_checkpoint"), /checkpoint is missing/],
+  ];
+  for (const [what, , attack, expected] of attacks) {
+    test(`verify catches ${what} and names the first bad event`, async () => {
+      const { admin, dbPath, reopen } = await withHistory();
+      assert.equal((await admin.auditVerify()).ok, true);
+      const t2 = await reopen();
+      await t2.vault.close();
+      attack(dbPath!);
+      const t3 = await t2.reopen();
+      const v = await t3.vault.admin().auditVerify();
+      assert.equal(v.ok, false);
+      assert.match(v.problem!, expected);
+      assert.ok(v.firstBad && v.firstBad.seq > 0);
+    });
+  }
+
+  test("a failing audit write fails the operation and changes nothing (fail closed)", async () => {
+    const { admin, claude, dbPath } = await withHistory();
+    const lease = await claude.requestLease({ secret: "tok" });
+    const db = new Database(dbPath!);
+    db.exec("CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;");
+    db.close();
+    const refused = ["internal", "unavailable"];
+    assert.ok(refused.includes(await codeOf(admin.storeSecret({ name: "new", value: "x" }))));
+    assert.ok(refused.includes(await codeOf(claude.accessSecret(lease.id, { domain: "api.example.com" }))));
+    const db2 = new Database(dbPath!);
+    db2.exec("DROP TRIGGER no_audit");
+    db2.close();
+    assert.equal(await codeOf(admin.revealSecret({ scope: "global", name: "new" })), "secret_not_found", "the store was rolled back");
+    const again = await claude.accessSecret(lease.id, { domain: "api.example.com" });
+    assert.equal(again.lease.uses, 1, "the failed access did not count a use");
+    assert.equal((await admin.auditVerify()).ok, true);
+  });
+
+  test("a failing sink withholds the value; the JSONL sink mirrors every event", async () => {
+    const dir = tempDir();
+    const path = join(dir, "audit.jsonl");
+    let fail = false;
+    const { admin, claude } = await withHistory({
+      dir,
+      sinks: [jsonlSink(path), { write: () => { if (fail) throw new Error("log pipe closed"); } }],
+    });
+    const lines = readFileSync(path, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { seq: number; type: string; hash: string });
+    const events = await admin.auditQuery({ limit: 1000 });
+    assert.deepEqual(lines.map((l) => l.seq), events.map((e) => e.seq));
+    assert.deepEqual(lines.map((l) => l.hash), events.map((e) => Buffer.from(e.hash).toString("hex")));
+    const lease = await claude.requestLease({ secret: "tok" });
+    fail = true;
+    assert.equal(await codeOf(claude.accessSecret(lease.id, { domain: "api.example.com" })), "audit_failed");
+  });
+});

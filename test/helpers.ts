@@ -1,0 +1,95 @@
+/** Shared test helpers: temp dirs, a vault on a real SQLite file with a chosen policy, a clock. */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after } from "node:test";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import type { AuditSink } from "../src/audit/sink.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { createMemoryStore } from "../src/store/memory.js";
+import type { Store } from "../src/store/types.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import type { Identity } from "../src/vault/types.js";
+import { Vault, type VaultOptions } from "../src/vault/vault.js";
+import type { Limits } from "../src/vault/context.js";
+
+/** A temp dir removed after the test file. */
+export function tempDir(prefix = "lessor-test-"): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  after(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** A controllable clock. */
+export function clock(start = Date.UTC(2026, 0, 1)): { now: () => number; advance: (ms: number) => void; set: (t: number) => void } {
+  let t = start;
+  return { now: () => t, advance: (ms) => (t += ms), set: (x) => (t = x) };
+}
+
+export const hexKey = (): string => randomBytes(32).toString("hex");
+
+/** Identities used across tests. */
+export const agent = (name: string): Identity => ({ id: `test:${name}`, role: "agent", agent: name, transport: "embedded" });
+export const orchestrator = (actFor: string[]): Identity => ({ id: "test:orch", role: "orchestrator", actFor, transport: "embedded" });
+
+export interface TestVault {
+  vault: Vault;
+  store: Store;
+  dbPath: string | null;
+  key: string;
+  reopen(): Promise<TestVault>;
+}
+
+/** Opens a vault on a fresh SQLite file (or memory) with `policyText`. */
+export async function makeVault(opts: {
+  policy?: string;
+  store?: "sqlite" | "memory";
+  dir?: string;
+  key?: string;
+  now?: () => number;
+  sinks?: AuditSink[];
+  limits?: Partial<Limits>;
+  cipher?: VaultOptions["cipher"];
+} = {}): Promise<TestVault> {
+  const key = opts.key ?? hexKey();
+  const dir = opts.dir ?? tempDir();
+  const dbPath = opts.store === "memory" ? null : join(dir, "lessor.db");
+  const open = async (): Promise<TestVault> => {
+    const store = dbPath ? openSqliteStore(dbPath) : createMemoryStore();
+    const vault = await Vault.open({
+      store,
+      keys: envKeySource({ LESSOR_MASTER_KEY: key })!,
+      policy: parsePolicy(opts.policy ?? "", "test-policy.toml"),
+      ...(opts.now ? { now: opts.now } : {}),
+      ...(opts.sinks ? { sinks: opts.sinks } : {}),
+      ...(opts.limits ? { limits: opts.limits } : {}),
+      ...(opts.cipher ? { cipher: opts.cipher } : {}),
+    });
+    after(() => vault.close());
+    return { vault, store, dbPath, key, reopen: async () => { await vault.close(); return open(); } };
+  };
+  return open();
+}
+
+/** A policy granting `agents` the secret `name` for `domains`, with extra TOML lines. */
+export function grant(name: string, agents: string[], secrets: string[], domains: string[], extra = ""): string {
+  return `[[rule]]
+name = ${JSON.stringify(name)}
+effect = "allow"
+agents = ${JSON.stringify(agents)}
+secrets = ${JSON.stringify(secrets)}
+domains = ${JSON.stringify(domains)}
+${extra}
+`;
+}
+
+/** Awaits `p` and returns the VaultError code it rejected with (or "resolved"). */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "resolved";
+  } catch (e) {
+    return (e as { code?: string }).code ?? `not a VaultError: ${String(e)}`;
+  }
+}
