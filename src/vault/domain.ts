@@ -11,7 +11,7 @@ import { VaultError } from "./errors.js";
 export type DomainPattern = { kind: "exact"; host: string } | { kind: "wildcard"; suffix: string };
 
 /** Normalised host, or the reason it is not one (a phrase that follows "it"). */
-type HostResult = { host: string; problem: null } | { host: null; problem: string };
+export type HostResult = { host: string; problem: null } | { host: null; problem: string };
 
 const MAX_INPUT = 1024;
 /** Control, format (zero-width, soft hyphen, bidi), separator and unassigned characters. */
@@ -120,7 +120,7 @@ export function tryNormalizeHost(input: string): string | null {
 }
 
 /** Pattern, or the reason it is not one (a full sentence fragment after the quoted input). */
-type PatternResult = { pattern: DomainPattern; problem: null } | { pattern: null; problem: string };
+export type PatternResult = { pattern: DomainPattern; problem: null } | { pattern: null; problem: string };
 
 function parsePattern(input: unknown): PatternResult {
   if (typeof input !== "string") return { pattern: null, problem: "it is not a string" };

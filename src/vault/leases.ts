@@ -95,7 +95,7 @@ export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseR
     const q = { agent, secret: ref, domains: req.domains };
     const decision = decide(ctx.policy, q);
     if (!decision.allow || !decision.rule)
-      return denied(audit, who, new VaultError("access_denied", `access denied: ${decision.reason}`), { agent, secret, domain: req.domains?.join(",") ?? null });
+      return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
     const rule = decision.rule;
     const rec = await tx.getSecret(ref);
     if (!rec) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);

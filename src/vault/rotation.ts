@@ -35,7 +35,7 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   await commit(ctx, async (_tx, audit) => {
     const err = roleError(who, ["admin"], "rotate the master key");
     if (!err) return undefined;
-    await audit({ type: "access_denied", actor: who, outcome: "denied", reason: err.message });
+    await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
     return err;
   });
   const before = ctx.keyring.ids();

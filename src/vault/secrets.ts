@@ -104,7 +104,7 @@ function checkSize(ctx: VaultContext, size: number): void {
 }
 
 async function denyRole(audit: AuditFn, who: Identity, err: VaultError, secret: string | null): Promise<VaultError> {
-  await audit({ type: "access_denied", actor: who, secret, outcome: "denied", reason: err.message });
+  await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, secret, outcome: "denied", reason: `${err.code}: ${err.message}` });
   return err;
 }
 

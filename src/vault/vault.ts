@@ -284,7 +284,7 @@ export class VaultSession {
     const err = roleError(this.identity, ["admin"], what);
     if (!err) return;
     await commit(this.#ctx, async (_tx, audit) => {
-      await audit({ type: "access_denied", actor: this.identity, outcome: "denied", reason: err.message });
+      await audit({ type: "access_denied", actor: this.identity, agent: this.identity.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
       return err;
     });
   }

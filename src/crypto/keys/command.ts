@@ -30,10 +30,10 @@ function run(argv: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv)
         stdout.fill(0);
         // No `cause`: the child-process error carries stdout and stderr.
         if (err.code === "ENOENT") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} was not found; check key_command in lessor.toml`));
+          return reject(new VaultError("key_unavailable", `the key command ${name} was not found; check command under [keys] in lessor.toml`));
         }
         if (err.code === "EACCES") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (permission denied); check key_command in lessor.toml`));
+          return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (permission denied); check command under [keys] in lessor.toml`));
         }
         if (err.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") {
           return reject(new VaultError("key_unavailable", `the key command ${name} printed more than ${MAX_OUTPUT / 1024} KiB; it must print only keys, one per line`));
@@ -42,7 +42,7 @@ function run(argv: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv)
           return reject(
             new VaultError(
               "key_unavailable",
-              `the key command ${name} did not finish within ${timeoutMs} ms; raise key_command_timeout_ms in lessor.toml if it needs longer`,
+              `the key command ${name} did not finish within ${timeoutMs} ms; raise command_timeout under [keys] in lessor.toml if it needs longer`,
             ),
           );
         }
@@ -52,7 +52,7 @@ function run(argv: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv)
         if (err.signal) {
           return reject(new VaultError("key_unavailable", `the key command ${name} was stopped by signal ${err.signal}; run it yourself to see why`));
         }
-        return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String(err.code ?? "unknown error")}); check key_command in lessor.toml`));
+        return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String(err.code ?? "unknown error")}); check command under [keys] in lessor.toml`));
       },
     );
   });
@@ -81,7 +81,7 @@ function parse(stdout: Buffer, name: string): Buffer[] {
  */
 export function commandKeySource(argv: readonly string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): KeySource {
   if (argv.length === 0 || argv[0] === "") {
-    throw new VaultError("config_invalid", "key_command in lessor.toml is empty; give the program and its arguments as a list");
+    throw new VaultError("config_invalid", "[keys] command in lessor.toml is empty; give the program and its arguments as a list");
   }
   const timeoutMs = opts.timeoutMs ?? DEFAULT_KEY_COMMAND_TIMEOUT_MS;
   const name = JSON.stringify(argv[0]);

@@ -50,6 +50,11 @@ export class Queries {
     return s;
   }
 
+  /** The SQL text of every statement prepared so far (for EXPLAIN QUERY PLAN checks). */
+  preparedSql(): string[] {
+    return [...this.cache.keys()];
+  }
+
   // ---- secrets and versions ----
 
   getSecret(ref: SecretRef): SecretRecord | null {

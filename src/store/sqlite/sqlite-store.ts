@@ -35,6 +35,8 @@ export interface SqliteStoreOptions {
 export interface SqliteStore extends Store {
   /** `commits`: durable COMMITs so far; `transactions`: transaction functions run so far. */
   stats(): { commits: number; transactions: number };
+  /** The writer connection's settings, for status output and tests. */
+  settings(): { journalMode: string; synchronous: number; foreignKeys: boolean; busyTimeoutMs: number; schemaVersion: number };
 }
 
 /** Most transaction functions sharing one commit. */
@@ -48,6 +50,8 @@ const LOCKED_MESSAGE = "the vault database is locked by another process; try aga
  */
 export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): SqliteStore {
   const busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
+  if (path === "" || path === ":memory:" || path.startsWith("file:"))
+    throw new VaultError("invalid_request", "the SQLite store needs a plain file path; use createMemoryStore() for a store in memory");
   try {
     fs.closeSync(fs.openSync(path, "a", 0o600));
   } catch (e) {
@@ -228,6 +232,18 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
 
   stats(): { commits: number; transactions: number } {
     return { commits: this.commits, transactions: this.transactions };
+  }
+
+  settings(): { journalMode: string; synchronous: number; foreignKeys: boolean; busyTimeoutMs: number; schemaVersion: number } {
+    if (this.closed) throw closedError();
+    const p = (name: string): unknown => this.writer.pragma(name, { simple: true });
+    return {
+      journalMode: String(p("journal_mode")),
+      synchronous: Number(p("synchronous")),
+      foreignKeys: Number(p("foreign_keys")) === 1,
+      busyTimeoutMs: Number(p("busy_timeout")),
+      schemaVersion: Number(p("user_version")),
+    };
   }
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {

@@ -1,0 +1,117 @@
+import assert from "node:assert/strict";
+import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { initHome, openVault } from "../src/config/open-vault.js";
+import { parseConfig } from "../src/config/config.js";
+import { TEST_ARGON2_PARAMS } from "../src/crypto/keys/passphrase.js";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { Vault } from "../src/vault/vault.js";
+import { codeOf, hexKey, tempDir } from "./helpers.js";
+
+const env = (home: string, extra: Record<string, string> = {}) => ({ LESSOR_HOME: home, ...extra });
+
+describe("home, config and key sources", () => {
+  test("init makes a private home with config, policy, key file and database", async () => {
+    const home = join(tempDir(), "h");
+    const r = await initHome({ home, env: env(home) });
+    assert.equal(statSync(home).mode & 0o777, 0o700);
+    for (const f of ["lessor.toml", "policy.toml", "master.key", "lessor.db"]) {
+      assert.ok(r.created.includes(join(home, f)), f);
+      assert.equal(statSync(join(home, f)).mode & 0o077, 0, `${f} is private`);
+    }
+    const again = await initHome({ home, env: env(home) });
+    assert.deepEqual(again.created, [], "a second init keeps everything");
+    const v = await openVault({ home, env: env(home) });
+    await v.admin().storeSecret({ name: "x", value: "y" });
+    await v.close();
+  });
+
+  test("a key file readable by others is refused with the fix", async () => {
+    const home = join(tempDir(), "h");
+    await initHome({ home, env: env(home) });
+    chmodSync(join(home, "master.key"), 0o644);
+    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "insecure_permissions" && /chmod 600/.test(e.message));
+    chmodSync(join(home, "master.key"), 0o600);
+    chmodSync(home, 0o755);
+    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "insecure_permissions" && /chmod 700/.test(e.message));
+  });
+
+  test("a wrong master key is refused at open, before any request", async () => {
+    const dir = tempDir();
+    const db = join(dir, "db");
+    const right = hexKey();
+    const v = await Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: right })! });
+    await v.admin().storeSecret({ name: "x", value: "y" });
+    await v.close();
+    const wrong = Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })! });
+    await assert.rejects(wrong, (e: Error & { code: string }) => e.code === "key_unavailable" && /does not match this vault/.test(e.message) && !e.message.includes(right));
+  });
+
+  test("env key rotation: new key current, old key previous, then the old one can go", async () => {
+    const dir = tempDir();
+    const db = join(dir, "db");
+    const oldKey = hexKey();
+    const newKey = hexKey();
+    const v1 = await Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: oldKey })! });
+    for (let i = 0; i < 30; i++) await v1.admin().storeSecret({ name: `s${i}`, value: `v${i}` });
+    await v1.close();
+    const v2 = await Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: newKey, LESSOR_MASTER_KEY_PREVIOUS: oldKey })! });
+    const r = await v2.admin().rotateMasterKey();
+    assert.equal(r.rewrapped, 30);
+    assert.equal(r.retired, false, "env keys are retired by the operator");
+    await v2.close();
+    const v3 = await Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: newKey })! });
+    assert.equal((await v3.admin().revealSecret({ scope: "global", name: "s7" })).value.unsafeText(), "v7");
+    assert.ok((await v3.admin().auditVerify()).ok);
+    await v3.close();
+  });
+
+  test("a passphrase-sealed home opens with the passphrase and not without", async () => {
+    const home = join(tempDir(), "h");
+    await initHome({ home, env: env(home), keySource: "passphrase", passphrase: "correct horse", argon2: TEST_ARGON2_PARAMS });
+    const v = await openVault({ home, env: env(home, { LESSOR_PASSPHRASE: "correct horse" }) });
+    await v.admin().storeSecret({ name: "x", value: "y" });
+    const r = await v.admin().rotateMasterKey();
+    assert.equal(r.retired, true);
+    await v.close();
+    assert.equal(await codeOf(openVault({ home, env: env(home, { LESSOR_PASSPHRASE: "wrong" }) })), "key_unavailable");
+    assert.equal(await codeOf(openVault({ home, env: env(home) })), "key_unavailable");
+    const v2 = await openVault({ home, env: env(home), getPassphrase: async () => "correct horse" });
+    assert.equal((await v2.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "y");
+    await v2.close();
+  });
+
+  test("config errors name the file, the table and the field", () => {
+    assert.throws(() => parseConfig("[vault]\ncipher = 'rot13'", "lessor.toml"), /lessor.toml: \[vault\] cipher: expected one of aes-256-gcm, xchacha20-poly1305, got "rot13"/);
+    assert.throws(() => parseConfig("[vault]\nmax_secret_bytes = -1", "lessor.toml"), /\[vault\] max_secret_bytes: expected a whole number/);
+    assert.throws(() => parseConfig("[keys]\ncommand = 'op read x'", "c.toml"), /c.toml: \[keys\] command: expected a list of strings/);
+    assert.throws(() => parseConfig("[vault]\nciphr = 'x'", "c.toml"), /unknown field "ciphr"/);
+    assert.throws(() => parseConfig("[vault\n", "c.toml"), /c.toml: line 1, column \d+: not valid TOML/);
+    const c = parseConfig("[vault]\ncipher = 'xchacha20-poly1305'\nkeep_versions = 3\n[audit]\njsonl = 'a.jsonl'", "c.toml");
+    assert.equal(c.cipher, "xchacha20-poly1305");
+    assert.equal(c.limits.keepVersions, 3);
+    assert.equal(c.auditJsonl, "a.jsonl");
+  });
+
+  test("the configured JSONL audit file and cipher are used", async () => {
+    const home = join(tempDir(), "h");
+    await initHome({ home, env: env(home) });
+    writeFileSync(join(home, "lessor.toml"), "[vault]\ncipher = 'xchacha20-poly1305'\n[audit]\njsonl = 'audit.jsonl'\n", { mode: 0o600 });
+    const v = await openVault({ home, env: env(home) });
+    const meta = await v.admin().storeSecret({ name: "x", value: "y" });
+    assert.equal(meta.versions[0]!.alg, "xchacha20-poly1305");
+    await v.close();
+    const line = JSON.parse(readFileSync(join(home, "audit.jsonl"), "utf8").trim()) as { type: string };
+    assert.equal(line.type, "secret_stored");
+    assert.equal(statSync(join(home, "audit.jsonl")).mode & 0o077, 0);
+  });
+
+  test("a broken policy file stops the open with a clear error", async () => {
+    const home = join(tempDir(), "h");
+    await initHome({ home, env: env(home) });
+    writeFileSync(join(home, "policy.toml"), '[[rule]]\nname = "r"\neffect = "allow"\nagents = ["a"]\nsecrets = ["s"]\ndomains = ["*.com"]\n');
+    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "policy_invalid" && /policy.toml/.test(e.message) && /rule 1/.test(e.message));
+  });
+});

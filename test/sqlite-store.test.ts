@@ -1,0 +1,327 @@
+/** SQLite-specific behaviour: pragmas, file mode, migrations, index use, group commit, several writers. */
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { after, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import { Queries } from "../src/store/sqlite/queries.js";
+import { SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import type { Store } from "../src/store/types.js";
+import { isVaultError } from "../src/vault/errors.js";
+import { auditRec, leaseRec, secretRec, T0, versionRec } from "./store-conformance.js";
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "lessor-sqlite-"));
+after(() => fs.rmSync(root, { recursive: true, force: true }));
+let n = 0;
+const freshPath = (): string => path.join(root, `vault-${++n}.db`);
+const here = path.dirname(fileURLToPath(import.meta.url));
+const writerScript = path.join(here, "fixtures", "sqlite-writer.ts");
+
+/** Appends one audit row whose seq is read from the head inside the transaction. */
+function append(store: Store, id: string): Promise<void> {
+  return store.transaction(async (t) => {
+    const head = await t.auditHead();
+    await t.insertAudit(auditRec((head?.seq ?? 0) + 1, { id }));
+  });
+}
+
+/** Every audit row, checked to have seqs 1..n with no gaps. */
+async function allAudit(store: Store): Promise<string[]> {
+  const ids: string[] = [];
+  let after = 0;
+  for (;;) {
+    const rows = await store.queryAudit({ afterSeq: after, limit: 10_000 });
+    if (rows.length === 0) break;
+    for (const r of rows) {
+      assert.equal(r.seq, after + 1, "audit seqs must have no gaps");
+      after = r.seq;
+      ids.push(r.id);
+    }
+  }
+  return ids;
+}
+
+function startWriter(args: string[]): { child: ChildProcess; lines: AsyncIterator<string> } {
+  const child = spawn(process.execPath, ["--import", "tsx", writerScript, ...args], {
+    stdio: ["pipe", "pipe", "inherit"],
+    cwd: path.join(here, ".."),
+  });
+  const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  return { child, lines };
+}
+
+async function expectLine(lines: AsyncIterator<string>, want: string): Promise<void> {
+  const r = await lines.next();
+  assert.equal(r.value, want);
+}
+
+describe("sqlite store", () => {
+  test("sets WAL, synchronous=FULL, foreign keys and the busy timeout", async () => {
+    const store = openSqliteStore(freshPath(), { busyTimeoutMs: 1234 });
+    assert.deepEqual(store.settings(), {
+      journalMode: "wal",
+      synchronous: 2,
+      foreignKeys: true,
+      busyTimeoutMs: 1234,
+      schemaVersion: SCHEMA_VERSION,
+    });
+    assert.equal(store.kind, "sqlite");
+    await store.close();
+  });
+
+  test("creates the database file with mode 0600, and its WAL too", async () => {
+    const p = freshPath();
+    const old = process.umask(0o000); // even with a permissive umask
+    try {
+      const store = openSqliteStore(p);
+      await store.transaction((t) => t.setMeta("k", "v"));
+      assert.equal(fs.statSync(p).mode & 0o777, 0o600);
+      assert.equal(fs.statSync(`${p}-wal`).mode & 0o777, 0o600);
+      await store.close();
+    } finally {
+      process.umask(old);
+    }
+  });
+
+  test("data survives close and reopen", async () => {
+    const p = freshPath();
+    let store = openSqliteStore(p);
+    await store.transaction(async (t) => {
+      await t.putSecret(secretRec("global", "github", { tags: ["a"] }));
+      await t.insertVersion(versionRec("global", "github", 1));
+      await t.insertLease(leaseRec("l1", { maxUses: 3 }));
+      await t.insertAudit(auditRec(1));
+      await t.putCheckpoint({ seq: 1, hash: Buffer.alloc(32, 1), keyId: "k1", mac: Buffer.alloc(32, 2) });
+      await t.setMeta("vault_id", "abc");
+    });
+    await store.transaction((t) => t.useLease("l1", T0));
+    await store.close();
+    await assert.rejects(store.getMeta("vault_id"), (e) => isVaultError(e, "unavailable"));
+    await assert.rejects(store.transaction(async () => 1), (e) => isVaultError(e, "unavailable"));
+
+    store = openSqliteStore(p);
+    assert.deepEqual((await store.getSecret({ scope: "global", name: "github" }))!.tags, ["a"]);
+    assert.deepEqual([...(await store.getVersion({ scope: "global", name: "github" }, 1))!.wrappedDek], [...versionRec("global", "github", 1).wrappedDek]);
+    assert.equal((await store.getLease("l1"))!.uses, 1);
+    assert.equal((await store.auditHead())!.seq, 1);
+    assert.equal((await store.getCheckpoint())!.keyId, "k1");
+    assert.equal(await store.getMeta("vault_id"), "abc");
+    await store.close();
+  });
+
+  test("refuses a database written by a newer schema, with a plain message", async () => {
+    const p = freshPath();
+    const db = new Database(p);
+    db.pragma(`user_version = ${SCHEMA_VERSION + 5}`);
+    db.close();
+    assert.throws(
+      () => openSqliteStore(p),
+      (e: unknown) => {
+        assert.ok(isVaultError(e, "unavailable"));
+        assert.equal(
+          e.message,
+          `this vault database was written by a newer lessor (schema ${SCHEMA_VERSION + 5}, this build knows ${SCHEMA_VERSION}); upgrade lessor`,
+        );
+        return true;
+      },
+    );
+  });
+
+  test("a file that is not a database is refused as unavailable", async () => {
+    const p = freshPath();
+    fs.writeFileSync(p, "this is not sqlite, just text that is long enough to look like a header".repeat(20));
+    assert.throws(() => openSqliteStore(p), (e: unknown) => isVaultError(e, "unavailable") && /damaged|not a lessor/.test(e.message));
+  });
+
+  test("lease and audit queries use indexes, never a scan of the table", async () => {
+    const p = freshPath();
+    await openSqliteStore(p).close();
+    const db = new Database(p);
+    const q = new Queries(db);
+    const planOf = (f: () => unknown): string => {
+      const before = new Set(q.preparedSql());
+      f();
+      const added = q.preparedSql().filter((s) => !before.has(s));
+      assert.ok(added.length > 0);
+      return added
+        .map((sql) => {
+          const params = Array((sql.match(/\?/g) ?? []).length).fill(null);
+          return (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as { detail: string }[]).map((r) => r.detail).join(" | ");
+        })
+        .join(" || ");
+    };
+    const noScan = (plan: string, index: RegExp) => {
+      assert.doesNotMatch(plan, /SCAN (leases|secret_versions|audit)\b(?! USING)/, plan);
+      assert.match(plan, index, plan);
+    };
+    noScan(planOf(() => q.countLiveLeases("a", T0)), /COVERING INDEX leases_live_agent/);
+    noScan(planOf(() => q.getLease("x")), /leases USING PRIMARY KEY/);
+    noScan(planOf(() => q.useLease("x", T0)), /leases USING PRIMARY KEY/);
+    noScan(planOf(() => q.revokeLeases({ agent: "a" }, T0, "r")), /INDEX leases_live_agent/);
+    noScan(planOf(() => q.revokeLeases({ secret: { scope: "g", name: "n" } }, T0, "r")), /INDEX leases_live_secret/);
+    noScan(planOf(() => q.revokeLeases({ all: true }, T0, "r")), /INDEX leases_expiry/);
+    noScan(planOf(() => q.deleteExpiredLeases(T0, 10)), /INDEX leases_expiry/);
+    noScan(planOf(() => q.listLeases({ agent: "a", liveAt: T0 })), /INDEX leases_live_agent/);
+    noScan(planOf(() => q.versionsNotUnderKey("k", 10)), /INDEX secret_versions_key \(key_id=\?\)/);
+    noScan(planOf(() => q.queryAudit({ agent: "a" })), /INDEX audit_agent/);
+    noScan(planOf(() => q.queryAudit({ leaseId: "a" })), /INDEX audit_lease/);
+    db.close();
+  });
+
+  test("group commit: 200 concurrent transactions share a few commits and all land", async () => {
+    const store = openSqliteStore(freshPath());
+    const before = store.stats();
+    await Promise.all(Array.from({ length: 200 }, (_, i) => store.transaction((t) => t.insertLease(leaseRec(`l${i}`)))));
+    const st = store.stats();
+    assert.equal(st.transactions - before.transactions, 200);
+    assert.ok(st.commits - before.commits <= 10, `expected few commits, got ${st.commits - before.commits}`);
+    assert.equal((await store.listLeases({})).length, 200);
+    await store.close();
+  });
+
+  test("a function that throws inside a batch does not undo its batch siblings", async () => {
+    const store = openSqliteStore(freshPath());
+    const before = store.stats().commits;
+    const results = await Promise.allSettled([
+      store.transaction((t) => t.setMeta("a", "1")),
+      store.transaction(async (t) => {
+        await t.setMeta("b", "1");
+        await t.insertLease(leaseRec("doomed"));
+        throw new Error("no");
+      }),
+      store.transaction((t) => t.setMeta("c", "1")),
+      store.transaction((t) => t.insertLease(leaseRec("l1"))),
+      store.transaction((t) => t.insertLease(leaseRec("l1"))), // duplicate id: fails alone
+    ]);
+    assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled", "fulfilled", "rejected"]);
+    assert.ok(results[4]!.status === "rejected" && isVaultError(results[4]!.reason, "internal"));
+    assert.equal(store.stats().commits - before, 1, "all five ran in one batch");
+    assert.equal(await store.getMeta("a"), "1");
+    assert.equal(await store.getMeta("b"), null);
+    assert.equal(await store.getMeta("c"), "1");
+    assert.equal(await store.getLease("doomed"), null);
+    assert.ok(await store.getLease("l1"));
+    await store.close();
+  });
+
+  test("a function that never settles is rolled back after the timeout; its siblings and later calls commit", async () => {
+    const store = openSqliteStore(freshPath(), { txTimeoutMs: 150 });
+    let leaked: Parameters<Parameters<Store["transaction"]>[0]>[0] | undefined;
+    const stuck = store.transaction(async (t) => {
+      leaked = t;
+      await t.setMeta("stuck", "1");
+      await new Promise(() => {});
+    });
+    const sibling = store.transaction((t) => t.setMeta("sibling", "1"));
+    await assert.rejects(stuck, (e) => isVaultError(e, "internal") && /did not finish within 150 ms/.test(e.message));
+    await sibling;
+    await store.transaction((t) => t.setMeta("later", "1"));
+    await assert.rejects(leaked!.setMeta("stuck", "2"), (e) => isVaultError(e, "internal"));
+    assert.equal(await store.getMeta("stuck"), null);
+    assert.equal(await store.getMeta("sibling"), "1");
+    assert.equal(await store.getMeta("later"), "1");
+    await store.close();
+  });
+
+  test("a write lock held elsewhere past the busy timeout fails the batch as unavailable", async () => {
+    const p = freshPath();
+    const store = openSqliteStore(p, { busyTimeoutMs: 100 });
+    const other = new Database(p);
+    other.exec("BEGIN IMMEDIATE");
+    const results = await Promise.allSettled([store.transaction((t) => t.setMeta("a", "1")), store.transaction((t) => t.setMeta("b", "1"))]);
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      assert.ok(isVaultError(r.reason, "unavailable"));
+      assert.equal(
+        r.reason.message,
+        "the vault database is locked by another process; try again, or stop the other lessor process",
+      );
+    }
+    other.exec("ROLLBACK");
+    other.close();
+    await store.transaction((t) => t.setMeta("a", "2"));
+    assert.equal(await store.getMeta("a"), "2");
+    await store.close();
+  });
+
+  test("close waits for queued transactions", async () => {
+    const p = freshPath();
+    const store = openSqliteStore(p);
+    const pending = Array.from({ length: 20 }, (_, i) => store.transaction((t) => t.setMeta(`k${i}`, "v")));
+    await store.close();
+    await Promise.all(pending);
+    const again = openSqliteStore(p);
+    for (let i = 0; i < 20; i++) assert.equal(await again.getMeta(`k${i}`), "v");
+    await again.close();
+  });
+
+  test("two stores on one file (a CLI beside a daemon) write concurrently without losing rows", async () => {
+    const p = freshPath();
+    const a = openSqliteStore(p);
+    const b = openSqliteStore(p);
+    const work: Promise<void>[] = [];
+    for (let i = 0; i < 150; i++) {
+      work.push(append(a, `a-${i}`));
+      work.push(append(b, `b-${i}`));
+    }
+    await Promise.all(work);
+    const ids = await allAudit(a);
+    assert.equal(ids.length, 300);
+    assert.equal(new Set(ids).size, 300);
+    assert.deepEqual(await allAudit(b), ids);
+    await a.close();
+    await b.close();
+  });
+
+  test("a second process writing at the same time: every row from both lands, seqs stay gapless", async () => {
+    const p = freshPath();
+    const store = openSqliteStore(p, { busyTimeoutMs: 10_000 });
+    await append(store, "init"); // create the schema before the child opens
+    const { child, lines } = startWriter(["audit", p, "child", "300"]);
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    await expectLine(lines, "ready");
+    child.stdin!.write("go\n");
+    let childDone = false;
+    const done = expectLine(lines, "done").finally(() => {
+      childDone = true;
+    });
+    // Keep writing until the child has finished, so the two really overlap.
+    let written = 0;
+    while ((!childDone || written < 300) && written < 200_000) {
+      await Promise.all(Array.from({ length: 10 }, () => append(store, `parent-${written++}`)));
+      await new Promise((r) => setImmediate(r));
+    }
+    await done;
+    assert.equal(await exited, 0);
+    const ids = await allAudit(store);
+    assert.equal(ids.length, 1 + 300 + written);
+    const got = new Set(ids);
+    for (let i = 0; i < written; i++) assert.ok(got.has(`parent-${i}`), `parent-${i}`);
+    for (let i = 0; i < 300; i++) assert.ok(got.has(`child-${i}`), `child-${i}`);
+    await store.close();
+  });
+
+  test("every acknowledged transaction survives kill -9 of the writer", async () => {
+    const p = freshPath();
+    await openSqliteStore(p).close();
+    const { child, lines } = startWriter(["ack", p, "k"]);
+    const exited = new Promise<NodeJS.Signals | null>((r) => child.on("exit", (_c, sig) => r(sig)));
+    const acked: string[] = [];
+    while (acked.length < 150) {
+      const r = await lines.next();
+      assert.ok(!r.done, "writer ended early");
+      acked.push(r.value.replace(/^ack /, ""));
+    }
+    child.kill("SIGKILL");
+    assert.equal(await exited, "SIGKILL");
+    const store = openSqliteStore(p);
+    const ids = new Set(await allAudit(store));
+    for (const id of acked) assert.ok(ids.has(id), `acknowledged ${id} was lost`);
+    await store.close();
+  });
+});

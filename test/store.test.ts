@@ -1,0 +1,44 @@
+/** Runs the store conformance suite against the memory store and the SQLite store. */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { createMemoryStore } from "../src/store/memory.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { isVaultError } from "../src/vault/errors.js";
+import { storeConformance } from "./store-conformance.js";
+
+storeConformance("memory", async () => {
+  const store = createMemoryStore();
+  return { store, cleanup: () => store.close() };
+});
+
+storeConformance("sqlite", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lessor-store-"));
+  const store = openSqliteStore(path.join(dir, "vault.db"));
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+describe("memory store specifics", () => {
+  test("a transaction function that never settles is rolled back after the timeout and later calls go on", async () => {
+    const store = createMemoryStore({ txTimeoutMs: 100 });
+    const stuck = store.transaction(async (t) => {
+      await t.setMeta("stuck", "yes");
+      await new Promise(() => {}); // never settles
+    });
+    const next = store.transaction(async (t) => t.setMeta("next", "yes"));
+    await assert.rejects(stuck, (e) => isVaultError(e, "internal"));
+    await next;
+    assert.equal(await store.getMeta("stuck"), null);
+    assert.equal(await store.getMeta("next"), "yes");
+    await store.close();
+    await assert.rejects(store.transaction(async () => 1), (e) => isVaultError(e, "unavailable"));
+  });
+});
