@@ -83,6 +83,25 @@ describe("home, config and key sources", () => {
     await v2.close();
   });
 
+  test("a process still on the old master key is refused once another rotated it", async () => {
+    const home = join(tempDir(), "h");
+    await initHome({ home, env: env(home) });
+    const a = await openVault({ home, env: env(home) });
+    const b = await openVault({ home, env: env(home) });
+    await b.admin().storeSecret({ name: "x", value: "1" });
+    await a.admin().rotateMasterKey();
+    // b still holds only the retired key: its writes and audited reads would be sealed or MACed under it.
+    assert.equal(await codeOf(b.admin().storeSecret({ name: "y", value: "2" })), "key_unavailable");
+    assert.equal(await codeOf(b.admin().revealSecret({ scope: "global", name: "x" })), "key_unavailable");
+    await b.close();
+    await a.close();
+    const c = await openVault({ home, env: env(home) });
+    assert.equal((await c.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "1");
+    assert.equal(await codeOf(c.admin().revealSecret({ scope: "global", name: "y" })), "secret_not_found");
+    assert.ok((await c.admin().auditVerify()).ok);
+    await c.close();
+  });
+
   test("config errors name the file, the table and the field", () => {
     assert.throws(() => parseConfig("[vault]\ncipher = 'rot13'", "lessor.toml"), /lessor.toml: \[vault\] cipher: expected one of aes-256-gcm, xchacha20-poly1305, got "rot13"/);
     assert.throws(() => parseConfig("[vault]\nmax_secret_bytes = -1", "lessor.toml"), /\[vault\] max_secret_bytes: expected a whole number/);

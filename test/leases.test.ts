@@ -129,6 +129,7 @@ describe("leases", () => {
     const a = await claude.requestLease({ secret: "github-token" });
     const b = await w.requestLease({ secret: "db-password" });
     assert.equal((await w.accessSecret(b.id)).value.unsafeText(), "value-of-db-password", "any_domain leases need no domain");
+    assert.equal((await w.accessSecret(b.id, { domain: "db.internal.example" })).value.unsafeText(), "value-of-db-password", "and take any domain");
     assert.deepEqual(await admin.revokeAllForAgent("worker"), { revoked: 1 });
     assert.equal(await codeOf(w.accessSecret(b.id)), "lease_revoked");
     const c2 = await claude.requestLease({ secret: "github-token" });

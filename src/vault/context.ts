@@ -52,6 +52,22 @@ export interface VaultContext {
 /** Appends audit events inside a transaction. */
 export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord>;
 
+/** The meta key naming the vault's current master key id (set when a rotation starts). */
+export const CURRENT_KEY_META = "master_key_id";
+
+/**
+ * Refuses to write when another process has rotated the master key to one this process has not
+ * loaded: its writes would be wrapped, and its audit checkpoints MACed, under a key being retired.
+ */
+async function checkKeyCurrent(ctx: VaultContext, tx: StoreTx): Promise<void> {
+  const current = await tx.getMeta(CURRENT_KEY_META);
+  if (current !== null && !ctx.keyring.get(current))
+    throw new VaultError(
+      "key_unavailable",
+      `the master key was rotated to ${current} by another lessor process; reopen the vault to load the new key`,
+    );
+}
+
 /** Installs a new keyring (after load or rotation) and the audit MAC key derived from it. */
 export function setKeyring(ctx: VaultContext, ring: Keyring): void {
   ctx.keyring = ring;
@@ -76,6 +92,7 @@ export async function commit<T>(
       events.length = 0;
       const now = ctx.now();
       const audit: AuditFn = async (draft) => {
+        await checkKeyCurrent(ctx, tx);
         const head = await tx.auditHead();
         const rec = chainEvent(head, draft, now);
         await tx.insertAudit(rec);

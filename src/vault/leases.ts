@@ -143,10 +143,8 @@ export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseR
 /** Why `target` may not use `lease`, or null when it may. */
 function targetError(lease: LeaseRecord, target: AccessTarget): VaultError | null {
   if (target.domain === undefined) {
-    if (lease.anyDomain) return null;
-    return new VaultError("access_denied", "this lease is bound to domains; say which domain the credential is for");
-  }
-  if (typeof target.domain !== "string" || !lease.domains.some((p) => matchDomain(pattern(p), target.domain!)))
+    if (!lease.anyDomain) return new VaultError("access_denied", "this lease is bound to domains; say which domain the credential is for");
+  } else if (typeof target.domain !== "string" || (!lease.anyDomain && !lease.domains.some((p) => matchDomain(pattern(p), target.domain as string))))
     return new VaultError("access_denied", `domain ${JSON.stringify(String(target.domain).slice(0, 80))} is not one this lease was granted for`);
   if (lease.methods && target.method !== undefined && !lease.methods.includes(String(target.method).toUpperCase()))
     return new VaultError("access_denied", `method ${String(target.method).slice(0, 16)} is not allowed by this lease`);

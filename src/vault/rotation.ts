@@ -13,7 +13,7 @@ import { randomBytes } from "node:crypto";
 import { rewrapDek } from "../crypto/envelope.js";
 import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
-import { commit, setKeyring, type VaultContext } from "./context.js";
+import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { VaultError } from "./errors.js";
 import type { Identity } from "./types.js";
 
@@ -49,7 +49,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     setKeyring(ctx, await ctx.keys.load());
   }
   const to = ctx.keyring.current.id;
-  await commit(ctx, async (_tx, audit) => {
+  await commit(ctx, async (tx, audit) => {
+    await tx.setMeta(CURRENT_KEY_META, to);
     await audit({ type: "key_rotation_started", actor: who, outcome: "ok", detail: { to, from: before.filter((k) => k !== to).join(","), resumed } });
   });
   let rewrapped = 0;
