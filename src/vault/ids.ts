@@ -3,11 +3,24 @@ import { randomFillSync } from "node:crypto";
 
 let lastMs = 0;
 let seq = 0;
+/** Random bytes are drawn from the CSPRNG 4 KiB at a time; each id takes 10 fresh bytes. */
+const pool = Buffer.alloc(4096);
+let poolAt = pool.length;
 const rand = Buffer.alloc(16);
+
+function fillRandom(): void {
+  if (poolAt + 10 > pool.length) {
+    randomFillSync(pool);
+    poolAt = 0;
+  }
+  pool.copy(rand, 6, poolAt, poolAt + 10);
+  pool.fill(0, poolAt, poolAt + 10);
+  poolAt += 10;
+}
 
 /** A new UUIDv7 string. Ids made in the same millisecond stay ordered by a 12-bit counter. */
 export function uuidv7(now: number = Date.now()): string {
-  randomFillSync(rand);
+  fillRandom();
   if (now <= lastMs) {
     seq = (seq + 1) & 0xfff;
     if (seq === 0) lastMs += 1;
