@@ -18,6 +18,7 @@ import type {
   VersionRecord,
 } from "../vault/types.js";
 import { auditGap, auditLimit, isLeaseLive } from "./semantics.js";
+import { withTxTimeout } from "./tx-timeout.js";
 import type { Store, StoreReader, StoreTx } from "./types.js";
 
 type Versions = Map<number, VersionRecord>;
@@ -461,21 +462,8 @@ class MemoryStore extends Reads implements Store {
     };
     const tx = new MemoryTx(this.t, log);
     this.current = log;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              new VaultError(
-                "internal",
-                `a store transaction did not finish within ${this.txTimeoutMs} ms and was rolled back; transaction functions must only use the tx`,
-              ),
-            ),
-          this.txTimeoutMs,
-        );
-      });
-      const value = await Promise.race([fn(tx), timeout]);
+      const value = await withTxTimeout(fn(tx), this.txTimeoutMs);
       tx.active = false;
       this.commit(log);
       return value;
@@ -484,7 +472,6 @@ class MemoryStore extends Reads implements Store {
       this.rollback(log);
       throw e;
     } finally {
-      clearTimeout(timer);
       this.current = null;
     }
   }

@@ -196,6 +196,8 @@ export async function deleteSecret(ctx: VaultContext, who: Identity, refIn: Secr
 /** Reads a secret's value directly (no lease), audited as a reveal. Admin only. */
 export async function revealSecret(ctx: VaultContext, who: Identity, refIn: SecretRef, version?: number): Promise<{ value: SecretBytes; version: number }> {
   const ref = checkRef(refIn);
+  if (version !== undefined && (!Number.isSafeInteger(version) || version < 1))
+    throw new VaultError("invalid_request", "version must be a whole number from 1");
   const row = await commit(ctx, async (tx, audit) => {
     const denied = roleError(who, ["admin"], "read secret values directly (agents use leases)");
     if (denied) return denyRole(audit, who, denied, refString(ref));

@@ -5,6 +5,7 @@
  */
 import { type Keyring, KEY_BYTES, makeKeyring } from "../keyring.js";
 import { VaultError } from "../../vault/errors.js";
+import { writeFileExclusive } from "../atomic-file.js";
 
 const HEX_KEY = /^[0-9a-fA-F]{64}$/;
 
@@ -57,5 +58,20 @@ export function checkKeep(ring: Keyring, keep: readonly string[]): void {
   const ids = ring.ids();
   for (const id of keep) {
     if (!ids.includes(id)) throw new VaultError("invalid_request", `master key ${id} is not in the key ring`);
+  }
+}
+
+/** Writes a new key file (0600) and refuses, with the reason, to replace one that exists. */
+export function writeNewKeyFile(path: string, data: string, what: string): void {
+  try {
+    writeFileExclusive(path, data, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
+      throw new VaultError(
+        "invalid_request",
+        `${what} ${path} already exists; lessor will not overwrite a master key (every secret it protects would be lost)`,
+      );
+    }
+    throw e;
   }
 }

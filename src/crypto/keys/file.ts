@@ -12,9 +12,9 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs
 import { dirname } from "node:path";
 import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../config/perms.js";
 import { VaultError } from "../../vault/errors.js";
-import { writeFileAtomic, writeFileExclusive } from "../atomic-file.js";
+import { writeFileAtomic } from "../atomic-file.js";
 import { type Keyring, type KeySource, KEY_BYTES } from "../keyring.js";
-import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll } from "./common.js";
+import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 const WHAT = "the key file";
 
@@ -101,15 +101,7 @@ export function createKeyFile(path: string): void {
   const key = Buffer.alloc(KEY_BYTES);
   randomFillSync(key);
   try {
-    writeFileExclusive(path, render([key]), 0o600);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
-      throw new VaultError(
-        "invalid_request",
-        `${WHAT} ${path} already exists; lessor will not overwrite a master key (every secret it protects would be lost)`,
-      );
-    }
-    throw e;
+    writeNewKeyFile(path, render([key]), WHAT);
   } finally {
     key.fill(0);
   }

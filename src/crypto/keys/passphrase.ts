@@ -23,10 +23,10 @@ import { type Algorithm, hashRaw } from "@node-rs/argon2";
 import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../config/perms.js";
 import { VaultError } from "../../vault/errors.js";
 import { type Alg, isAlg, open, seal } from "../aead.js";
-import { writeFileAtomic, writeFileExclusive } from "../atomic-file.js";
+import { writeFileAtomic } from "../atomic-file.js";
 import { encodeAad } from "../envelope.js";
 import { type Keyring, type KeySource, KEY_BYTES } from "../keyring.js";
-import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll } from "./common.js";
+import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 /** Argon2id cost parameters. */
 export interface Argon2Params {
@@ -274,15 +274,7 @@ export async function createPassphraseKeyStore(path: string, passphrase: string,
   randomFillSync(key);
   const kek = await derive(passphrase, kdf);
   try {
-    writeFileExclusive(path, render(kdf, STORE_ALG, kek, [key]), 0o600);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
-      throw new VaultError(
-        "invalid_request",
-        `${WHAT} ${path} already exists; lessor will not overwrite a master key (every secret it protects would be lost)`,
-      );
-    }
-    throw e;
+    writeNewKeyFile(path, render(kdf, STORE_ALG, kek, [key]), WHAT);
   } finally {
     key.fill(0);
     kek.fill(0);

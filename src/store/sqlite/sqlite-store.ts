@@ -22,6 +22,7 @@ import type {
 import type { Store, StoreReader, StoreTx } from "../types.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
+import { withTxTimeout } from "../tx-timeout.js";
 
 /** Options for {@link openSqliteStore}. */
 export interface SqliteStoreOptions {
@@ -354,7 +355,6 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private async runCall(call: Call): Promise<void> {
     const w = this.wq;
     const tx = new SqliteTx(w);
-    let timer: NodeJS.Timeout | undefined;
     try {
       w.stmt("SAVEPOINT s").run();
     } catch (e) {
@@ -363,19 +363,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       return;
     }
     try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              new VaultError(
-                "internal",
-                `a store transaction did not finish within ${this.txTimeoutMs} ms and was rolled back; transaction functions must only use the tx`,
-              ),
-            ),
-          this.txTimeoutMs,
-        );
-      });
-      call.value = await Promise.race([call.fn(tx), timeout]);
+      call.value = await withTxTimeout(call.fn(tx), this.txTimeoutMs);
       tx.active = false;
       w.stmt("RELEASE s").run();
       call.ok = true;
@@ -391,7 +379,6 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
         }
       }
     } finally {
-      clearTimeout(timer);
       this.transactions++;
     }
   }
