@@ -35,6 +35,22 @@ describe("roles", () => {
     assert.equal((await admin.auditVerify()).ok, true);
   });
 
+  test("explain says which rule decides, for admins and orchestrators only", async () => {
+    const { vault } = await makeVault({ policy: `[[rule]]\nname = "no"\neffect = "deny"\nagents = ["bad"]\nsecrets = ["*"]\n` + grant("g", ["*"], ["s"], ["x.example.com"]) });
+    const ref = { scope: "global", name: "s" };
+    const allowed = await vault.admin().explain("claude", ref, "x.example.com");
+    assert.equal(allowed.allow, true);
+    assert.equal(allowed.rule?.name, "g");
+    const denied = await vault.session(orchestrator(["*"])).explain("bad", ref, "x.example.com");
+    assert.equal(denied.allow, false);
+    assert.equal(denied.rule?.name, "no");
+    assert.equal(denied.steps[0]!.matched, true);
+    const other = await vault.admin().explain("claude", ref, "y.example.com");
+    assert.equal(other.allow, false);
+    assert.match(other.steps.find((st) => st.rule === "g")!.why, /y\.example\.com/);
+    assert.equal(await codeOf(vault.session(agent("claude")).explain("claude", ref)), "access_denied");
+  });
+
   test("a session's identity is fixed: it cannot be changed after creation", async () => {
     const { vault } = await makeVault();
     const s = vault.session(agent("claude"));
