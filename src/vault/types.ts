@@ -207,3 +207,23 @@ export interface LeaseFilter {
 
 /** Which leases to revoke. */
 export type RevokeSelector = { id: string } | { agent: string } | { secret: SecretRef } | { all: true };
+
+/** A bearer token for the TCP transport, as stored: only a hash of its secret part is kept. */
+export interface TokenRecord {
+  /** Public id, also the token's lookup prefix (`lsr_<id>_<secret>`). */
+  id: string;
+  /** A label for listings. */
+  name: string;
+  role: Role;
+  agent: string | null;
+  actFor: string[] | null;
+  createdAt: number;
+  expiresAt: number | null;
+  revokedAt: number | null;
+  createdBy: string;
+  /** SHA-256 of the token's secret part. */
+  hash: Uint8Array;
+}
+
+/** A token as listed (no hash). */
+export type TokenInfo = Omit<TokenRecord, "hash">;

@@ -1,0 +1,84 @@
+/**
+ * Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON. The cap (default 1 MiB)
+ * is checked on the length prefix, before any body is buffered.
+ */
+
+/** The default and largest frame body size, in bytes. */
+export const MAX_FRAME_BYTES = 1024 * 1024;
+
+/** Thrown by {@link FrameDecoder.push} when a frame announces more than the cap. */
+export class FrameTooLarge extends Error {
+  constructor(readonly length: number, readonly max: number) {
+    super(`a frame of ${length} bytes is over the ${max}-byte limit`);
+  }
+}
+
+/** Encodes one message as a frame. */
+export function encodeFrame(message: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(message), "utf8");
+  const out = Buffer.allocUnsafe(4 + body.length);
+  out.writeUInt32BE(body.length, 0);
+  body.copy(out, 4);
+  return out;
+}
+
+/**
+ * Splits a byte stream into frame bodies. Feed it chunks with {@link push}; it returns the complete
+ * bodies so far. {@link pending} tells whether part of a frame is buffered (for read timeouts).
+ */
+export class FrameDecoder {
+  #chunks: Buffer[] = [];
+  #size = 0;
+  #need = -1;
+
+  constructor(readonly maxBytes: number = MAX_FRAME_BYTES) {}
+
+  /** True while a partial frame is buffered. */
+  get pending(): boolean {
+    return this.#size > 0 || this.#need >= 0;
+  }
+
+  /** Adds a chunk; returns the complete frame bodies it finished. Throws FrameTooLarge. */
+  push(chunk: Buffer): Buffer[] {
+    this.#chunks.push(chunk);
+    this.#size += chunk.length;
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.#need < 0) {
+        if (this.#size < 4) break;
+        const head = this.#take(4);
+        const len = head.readUInt32BE(0);
+        if (len > this.maxBytes) throw new FrameTooLarge(len, this.maxBytes);
+        this.#need = len;
+      }
+      if (this.#size < this.#need) break;
+      out.push(this.#take(this.#need));
+      this.#need = -1;
+    }
+    return out;
+  }
+
+  #take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    let buf: Buffer;
+    const first = this.#chunks[0]!;
+    if (first.length >= n) {
+      buf = first.subarray(0, n);
+      if (first.length === n) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(n);
+    } else {
+      buf = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.#chunks[0]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(buf, at, 0, k);
+        at += k;
+        if (k === c.length) this.#chunks.shift();
+        else this.#chunks[0] = c.subarray(k);
+      }
+    }
+    this.#size -= n;
+    return buf;
+  }
+}

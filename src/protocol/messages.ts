@@ -1,0 +1,72 @@
+/**
+ * Protocol v1 envelopes (DESIGN.md, "Wire protocol"). Field names are camelCase; method names are
+ * snake_case. Every message is one frame (see framing.ts).
+ *
+ *   client → server  {"protocol":"lessor","version":1,"token"?:"lsr_…"}                 (hello)
+ *   server → client  {"protocol":"lessor","version":1,"ok":true,"identity":{…}}        (welcome)
+ *                 or {"protocol":"lessor","version":1,"ok":false,"error":{code,message}} and close
+ *   client → server  {"id":"<uuidv7>","method":"request_lease","params":{…}}           (request)
+ *   server → client  {"id":"…","ok":true,"result":…} | {"id":"…","ok":false,"error":{…}}
+ *
+ * Requests may be pipelined; responses carry the request's id and may come in any order. A response
+ * to a request whose id could not be read has `id: null`.
+ */
+import { z } from "zod";
+import type { WireErrorCode } from "../vault/errors.js";
+
+export const PROTOCOL = "lessor";
+export const VERSION = 1;
+
+/** The wire error codes: a closed set (docs/protocol.md). */
+export const WIRE_ERROR_CODES = [
+  "lease_expired",
+  "lease_revoked",
+  "lease_not_found",
+  "lease_exhausted",
+  "access_denied",
+  "secret_not_found",
+  "secret_exists",
+  "invalid_request",
+  "unauthenticated",
+  "rate_limited",
+  "unavailable",
+  "internal",
+] as const satisfies readonly WireErrorCode[];
+
+/** An error as sent on the wire. */
+export interface WireError {
+  code: WireErrorCode;
+  message: string;
+}
+
+export const helloSchema = z.strictObject({
+  protocol: z.literal(PROTOCOL),
+  version: z.number().int(),
+  token: z.string().min(1).max(512).optional(),
+});
+export type Hello = z.infer<typeof helloSchema>;
+
+/** The identity the server tells the client it has. */
+export interface WireIdentity {
+  id: string;
+  role: "admin" | "orchestrator" | "agent";
+  agent?: string;
+  actFor?: string[];
+  transport: string;
+}
+
+export type Welcome =
+  | { protocol: typeof PROTOCOL; version: typeof VERSION; ok: true; identity: WireIdentity }
+  | { protocol: typeof PROTOCOL; version: typeof VERSION; ok: false; error: WireError };
+
+/** Request ids: a UUID string (clients send UUIDv7). */
+export const requestIdSchema = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+
+export const requestSchema = z.strictObject({
+  id: requestIdSchema,
+  method: z.string().min(1).max(64),
+  params: z.record(z.string(), z.unknown()).optional(),
+});
+export type Request = z.infer<typeof requestSchema>;
+
+export type Response = { id: string | null; ok: true; result: unknown } | { id: string | null; ok: false; error: WireError };
