@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { isVaultError } from "../src/vault/errors.js";
 import type { Store, StoreTx } from "../src/store/types.js";
-import type { AuditRecord, LeaseRecord, SecretRecord, VersionRecord } from "../src/vault/types.js";
+import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../src/vault/types.js";
 
 /** A fresh empty store and how to dispose of it. */
 export type StoreFactory = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;
@@ -734,6 +734,47 @@ export function storeConformance(label: string, make: StoreFactory): void {
         await rejectsVault(leaked2!.insertLease(leaseRec("l1")));
         assert.equal(await s.getMeta("m"), null);
         assert.equal(await s.getLease("l1"), null);
+      }));
+
+      test("tokens: insert, get by id, list oldest first, revoke once, rollback undoes", withStore(async (s) => {
+        const tok = (id: string, over: Partial<TokenRecord> = {}): TokenRecord => ({
+          id,
+          name: `n-${id}`,
+          role: "agent",
+          agent: "claude",
+          actFor: null,
+          createdAt: T0,
+          expiresAt: null,
+          revokedAt: null,
+          createdBy: "test",
+          hash: Buffer.alloc(32, 7),
+          ...over,
+        });
+        await tx(s, async (t) => {
+          await t.insertToken(tok("bbbb", { createdAt: T0 + 1 }));
+          await t.insertToken(tok("aaaa", { role: "orchestrator", agent: null, actFor: ["x-*"], expiresAt: T0 + 99 }));
+        });
+        const got = await s.getToken("aaaa");
+        assert.deepEqual({ ...got!, hash: plainBytes(got!.hash) }, { ...tok("aaaa", { role: "orchestrator", agent: null, actFor: ["x-*"], expiresAt: T0 + 99 }), hash: plainBytes(Buffer.alloc(32, 7)) });
+        assert.ok(Buffer.isBuffer(got!.hash));
+        got!.actFor!.push("mutated");
+        assert.deepEqual((await s.getToken("aaaa"))!.actFor, ["x-*"]);
+        assert.equal(await s.getToken("nope"), null);
+        assert.deepEqual((await s.listTokens()).map((t) => t.id), ["aaaa", "bbbb"]);
+        await rejectsVault(tx(s, (t) => t.insertToken(tok("aaaa"))));
+        assert.equal(await tx(s, (t) => t.revokeToken("bbbb", T0 + 5)), true);
+        assert.equal(await tx(s, (t) => t.revokeToken("bbbb", T0 + 6)), false);
+        assert.equal(await tx(s, (t) => t.revokeToken("nope", T0 + 6)), false);
+        assert.equal((await s.getToken("bbbb"))!.revokedAt, T0 + 5);
+        await assert.rejects(
+          tx(s, async (t) => {
+            await t.insertToken(tok("cccc"));
+            await t.revokeToken("aaaa", T0 + 7);
+            throw new Error("roll back");
+          }),
+        );
+        assert.equal(await s.getToken("cccc"), null);
+        assert.equal((await s.getToken("aaaa"))!.revokedAt, null);
       }));
 
       test("many concurrent transactions all commit, in a serial order", withStore(async (s) => {

@@ -15,6 +15,7 @@ import type {
   SecretFilter,
   SecretRecord,
   SecretRef,
+  TokenRecord,
   VersionRecord,
 } from "../vault/types.js";
 import { auditGap, auditLimit, isLeaseLive } from "./semantics.js";
@@ -35,6 +36,7 @@ interface Tables {
   auditIds: Set<string>;
   checkpoint: AuditCheckpoint | null;
   meta: Map<string, string>;
+  tokens: Map<string, TokenRecord>;
 }
 
 /** What the running transaction overwrote: the committed value (undefined for "absent"). */
@@ -45,6 +47,7 @@ interface Undo {
   auditLength: number;
   checkpoint: { value: AuditCheckpoint | null } | null;
   meta: Map<string, string | undefined>;
+  tokens: Map<string, TokenRecord | undefined>;
 }
 
 const key = (scope: string, name: string): string => `${scope}\u0000${name}`;
@@ -235,6 +238,29 @@ class Reads implements StoreReader {
     const u = this.undo();
     return (u !== null && u.meta.has(k) ? u.meta.get(k) : this.t.meta.get(k)) ?? null;
   }
+
+  async getToken(id: string): Promise<TokenRecord | null> {
+    this.check();
+    const u = this.undo();
+    const t = u !== null && u.tokens.has(id) ? u.tokens.get(id) : this.t.tokens.get(id);
+    return t === undefined ? null : copyToken(t);
+  }
+
+  async listTokens(): Promise<TokenRecord[]> {
+    this.check();
+    const u = this.undo();
+    const ids = new Set([...this.t.tokens.keys(), ...(u?.tokens.keys() ?? [])]);
+    const out: TokenRecord[] = [];
+    for (const id of ids) {
+      const t = u !== null && u.tokens.has(id) ? u.tokens.get(id) : this.t.tokens.get(id);
+      if (t !== undefined) out.push(copyToken(t));
+    }
+    return out.sort((a, b) => a.createdAt - b.createdAt || cmp(a.id, b.id));
+  }
+}
+
+function copyToken(t: TokenRecord): TokenRecord {
+  return { ...t, actFor: t.actFor === null ? null : [...t.actFor], hash: Buffer.from(t.hash) };
 }
 
 /** The tx of one transaction function: reads and writes the tables directly, logging undo entries. */
@@ -407,6 +433,22 @@ class MemoryTx extends Reads implements StoreTx {
     if (!this.log.meta.has(k)) this.log.meta.set(k, this.t.meta.get(k));
     this.t.meta.set(k, value);
   }
+
+  async insertToken(rec: TokenRecord): Promise<void> {
+    this.check();
+    if (this.t.tokens.has(rec.id)) throw new VaultError("internal", "a token with that id already exists");
+    if (!this.log.tokens.has(rec.id)) this.log.tokens.set(rec.id, undefined);
+    this.t.tokens.set(rec.id, copyToken(rec));
+  }
+
+  async revokeToken(id: string, now: number): Promise<boolean> {
+    this.check();
+    const t = this.t.tokens.get(id);
+    if (t === undefined || t.revokedAt !== null) return false;
+    if (!this.log.tokens.has(id)) this.log.tokens.set(id, t);
+    this.t.tokens.set(id, { ...t, revokedAt: now });
+    return true;
+  }
 }
 
 class MemoryStore extends Reads implements Store {
@@ -426,6 +468,7 @@ class MemoryStore extends Reads implements Store {
       auditIds: new Set(),
       checkpoint: null,
       meta: new Map(),
+      tokens: new Map(),
     };
     let self: MemoryStore | undefined;
     super(t, () => self!.current);
@@ -459,6 +502,7 @@ class MemoryStore extends Reads implements Store {
       auditLength: this.t.audit.length,
       checkpoint: null,
       meta: new Map(),
+      tokens: new Map(),
     };
     const tx = new MemoryTx(this.t, log);
     this.current = log;
@@ -504,6 +548,8 @@ class MemoryStore extends Reads implements Store {
     if (log.checkpoint !== null) t.checkpoint = log.checkpoint.value;
     for (const [k, v] of log.meta) if (v === undefined) t.meta.delete(k);
     else t.meta.set(k, v);
+    for (const [k, v] of log.tokens) if (v === undefined) t.tokens.delete(k);
+    else t.tokens.set(k, v);
   }
 }
 

@@ -21,6 +21,7 @@ import type {
   SecretFilter,
   SecretRecord,
   SecretRef,
+  TokenRecord,
   VersionRecord,
 } from "../vault/types.js";
 
@@ -49,6 +50,11 @@ export interface StoreReader {
   getCheckpoint(): Promise<AuditCheckpoint | null>;
 
   getMeta(key: string): Promise<string | null>;
+
+  /** A token by its public id (with its hash), or null. */
+  getToken(id: string): Promise<TokenRecord | null>;
+  /** Every token, oldest first. */
+  listTokens(): Promise<TokenRecord[]>;
 }
 
 /** Writes, only inside {@link Store.transaction}. */
@@ -85,6 +91,11 @@ export interface StoreTx extends StoreReader {
   putCheckpoint(cp: AuditCheckpoint): Promise<void>;
 
   setMeta(key: string, value: string): Promise<void>;
+
+  /** Inserts a token; throws if the id exists. */
+  insertToken(rec: TokenRecord): Promise<void>;
+  /** Marks a token revoked at `now` if it is not already; returns whether it changed. */
+  revokeToken(id: string, now: number): Promise<boolean>;
 }
 
 /** A store: committed reads plus serialisable transactions. */

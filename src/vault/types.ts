@@ -111,6 +111,8 @@ export const AUDIT_TYPES = [
   "key_rotation_started",
   "key_rotated",
   "auth_failed",
+  "token_created",
+  "token_revoked",
   "proxy_request",
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];

@@ -27,7 +27,8 @@ import { checkAgentId, checkRef } from "./names.js";
 import { emptyPolicy, explain, type Explanation, type Policy } from "./policy.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
 import * as secrets from "./secrets.js";
-import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef } from "./types.js";
+import * as tokens from "./tokens.js";
+import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "./types.js";
 
 /** How to open a vault. */
 export interface VaultOptions {
@@ -116,6 +117,14 @@ export class Vault {
   /** A session for the embedding program itself, with role admin. */
   admin(): VaultSession {
     return this.session(EMBEDDED_ADMIN);
+  }
+
+  /**
+   * The identity a bearer token stands for (transports without peer credentials call this after the
+   * hello). Throws VaultError("unauthenticated"), audited as auth_failed.
+   */
+  authenticateToken(token: string, transport: string): Promise<Identity> {
+    return tokens.authenticateToken(this.#ctx, token, transport);
   }
 
   /** The store (for adapters that need raw reads, such as benchmarks). */
@@ -259,6 +268,18 @@ export class VaultSession {
   /** Rotates the master key, re-wrapping every DEK. Admin. */
   rotateMasterKey(onBatch?: (done: number) => void): Promise<RotationResult> {
     return rotateMasterKey(this.#ctx, this.identity, onBatch);
+  }
+  /** Creates a bearer token bound to an identity; the token string is returned once. Admin. */
+  createToken(p: tokens.TokenParams): Promise<TokenInfo & { token: string }> {
+    return tokens.createToken(this.#ctx, this.identity, p);
+  }
+  /** Lists tokens (never their secrets). Admin. */
+  listTokens(): Promise<TokenInfo[]> {
+    return tokens.listTokens(this.#ctx, this.identity);
+  }
+  /** Revokes a token at once. Admin. */
+  revokeToken(id: string): Promise<{ revoked: boolean }> {
+    return tokens.revokeToken(this.#ctx, this.identity, id);
   }
   /** Deletes long-expired leases. Admin. */
   async gc(): Promise<{ leasesDeleted: number }> {

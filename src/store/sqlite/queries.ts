@@ -16,6 +16,7 @@ import type {
   SecretKind,
   SecretRecord,
   SecretRef,
+  TokenRecord,
   VersionRecord,
 } from "../../vault/types.js";
 
@@ -357,6 +358,53 @@ export class Queries {
       value,
     );
   }
+
+  // ---- tokens ----
+
+  getToken(id: string): TokenRecord | null {
+    const r = this.stmt(`SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`).get(id) as Row | undefined;
+    return r ? tokenFromRow(r) : null;
+  }
+
+  listTokens(): TokenRecord[] {
+    return (this.stmt(`SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`).all() as Row[]).map(tokenFromRow);
+  }
+
+  insertToken(t: TokenRecord): void {
+    this.stmt(`INSERT INTO tokens (${TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+      t.id,
+      t.name,
+      t.role,
+      t.agent,
+      t.actFor === null ? null : JSON.stringify(t.actFor),
+      t.createdAt,
+      t.expiresAt,
+      t.revokedAt,
+      t.createdBy,
+      Buffer.from(t.hash),
+    );
+  }
+
+  revokeToken(id: string, now: number): boolean {
+    return this.stmt("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes > 0;
+  }
+}
+
+const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
+
+function tokenFromRow(r: Row): TokenRecord {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    role: r.role as TokenRecord["role"],
+    agent: (r.agent as string | null) ?? null,
+    actFor: r.act_for === null ? null : (JSON.parse(r.act_for as string) as string[]),
+    createdAt: r.created_at as number,
+    expiresAt: (r.expires_at as number | null) ?? null,
+    revokedAt: (r.revoked_at as number | null) ?? null,
+    createdBy: r.created_by as string,
+    hash: r.hash as Buffer,
+  };
 }
 
 function secretFromRow(r: Row): SecretRecord {

@@ -104,6 +104,21 @@ export const MIGRATIONS: readonly string[] = [
     mac    BLOB NOT NULL
   );
   `,
+  // 2: bearer tokens for the TCP transport (only a hash of the secret part is stored).
+  `
+  CREATE TABLE tokens (
+    id         TEXT PRIMARY KEY NOT NULL,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    agent      TEXT,
+    act_for    TEXT,                    -- JSON array or NULL
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER,
+    created_by TEXT NOT NULL,
+    hash       BLOB NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -17,6 +17,7 @@ import type {
   SecretFilter,
   SecretRecord,
   SecretRef,
+  TokenRecord,
   VersionRecord,
 } from "../../vault/types.js";
 import type { Store, StoreReader, StoreTx } from "../types.js";
@@ -125,6 +126,12 @@ abstract class SqliteReads implements StoreReader {
   getMeta(key: string): Promise<string | null> {
     return this.exec("read metadata", (q) => q.getMeta(key));
   }
+  getToken(id: string): Promise<TokenRecord | null> {
+    return this.exec("read a token", (q) => q.getToken(id));
+  }
+  listTokens(): Promise<TokenRecord[]> {
+    return this.exec("list tokens", (q) => q.listTokens());
+  }
 }
 
 /** The tx handed to one transaction function; valid only until that function settles. */
@@ -185,6 +192,12 @@ class SqliteTx extends SqliteReads implements StoreTx {
   }
   setMeta(key: string, value: string): Promise<void> {
     return this.exec("write metadata", (q) => q.setMeta(key, value));
+  }
+  insertToken(rec: TokenRecord): Promise<void> {
+    return this.exec("write a token", (q) => q.insertToken(rec));
+  }
+  revokeToken(id: string, now: number): Promise<boolean> {
+    return this.exec("revoke a token", (q) => q.revokeToken(id, now));
   }
 }
 

@@ -1,0 +1,80 @@
+/*
+ * peercred: the credentials (uid, gid, pid) of the process at the other end of a connected Unix socket.
+ *
+ * Exports one function, peercred(fd) -> { uid, gid, pid }, using getsockopt(SO_PEERCRED) on Linux.
+ * The kernel records these at connect() time, so a peer cannot forge them. On other platforms the
+ * function exists but always throws "not supported". Plain C against the Node-API C header.
+ */
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef __linux__
+#include <sys/socket.h>
+#include <sys/types.h>
+#endif
+
+/* Throws a JS Error with `message` and returns NULL (for `return throw_error(...)`). */
+static napi_value throw_error(napi_env env, const char *code, const char *message) {
+  napi_throw_error(env, code, message);
+  return NULL;
+}
+
+/* Sets obj[name] = value (a double) and reports whether it worked. */
+static int set_number(napi_env env, napi_value obj, const char *name, double value) {
+  napi_value v;
+  if (napi_create_double(env, value, &v) != napi_ok) return 0;
+  return napi_set_named_property(env, obj, name, v) == napi_ok;
+}
+
+static napi_value peercred(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 1) return throw_error(env, "EINVAL", "peercred(fd): fd is required");
+
+  napi_valuetype type;
+  if (napi_typeof(env, argv[0], &type) != napi_ok) return NULL;
+  if (type != napi_number) return throw_error(env, "EINVAL", "peercred(fd): fd must be a number");
+  double d;
+  if (napi_get_value_double(env, argv[0], &d) != napi_ok) return NULL;
+  if (!(d >= 0 && d <= 2147483647.0) || d != (double)(int)d) {
+    return throw_error(env, "EINVAL", "peercred(fd): fd must be a non-negative integer");
+  }
+  int fd = (int)d;
+
+#ifdef __linux__
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  memset(&cred, 0, sizeof(cred));
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    int err = errno;
+    char msg[256];
+    snprintf(msg, sizeof(msg), "getsockopt(SO_PEERCRED) failed on fd %d: %s", fd, strerror(err));
+    return throw_error(env, "EPEERCRED", msg);
+  }
+  if (len != sizeof(cred)) return throw_error(env, "EPEERCRED", "getsockopt(SO_PEERCRED) returned a short result");
+
+  napi_value out;
+  if (napi_create_object(env, &out) != napi_ok) return NULL;
+  if (!set_number(env, out, "uid", (double)cred.uid) || !set_number(env, out, "gid", (double)cred.gid) ||
+      !set_number(env, out, "pid", (double)cred.pid)) {
+    return throw_error(env, "EPEERCRED", "peercred: could not build the result object");
+  }
+  return out;
+#else
+  (void)fd;
+  return throw_error(env, "ENOTSUP", "peercred: SO_PEERCRED is not supported on this platform");
+#endif
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  if (napi_create_function(env, "peercred", NAPI_AUTO_LENGTH, peercred, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "peercred", fn) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

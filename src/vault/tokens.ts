@@ -1,0 +1,146 @@
+/**
+ * Bearer tokens for transports that cannot tell who the peer is (loopback TCP). A token is
+ * `lsr_<id>_<secret>`: the id is public and used for lookup; only SHA-256 of the 256-bit random secret
+ * is stored, and it is compared in constant time. Each token is bound to one identity and role, and
+ * may expire. Created, listed and revoked by admins; every creation, revocation and failed use is audited.
+ */
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { roleError } from "./access.js";
+import { commit, type VaultContext } from "./context.js";
+import { parseDuration } from "./duration.js";
+import { VaultError } from "./errors.js";
+import { checkAgentId } from "./names.js";
+import { compileAgentPattern } from "./pattern.js";
+import type { Identity, Role, TokenInfo, TokenRecord } from "./types.js";
+
+const TOKEN_RE = /^lsr_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
+const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
+const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];
+const INVALID = "the token is not valid (unknown, revoked, expired or mistyped); ask an admin for a new one";
+
+/** What {@link createToken} takes. */
+export interface TokenParams {
+  name: string;
+  role: Role;
+  /** Required for role agent: the agent id the token acts as. */
+  agent?: string;
+  /** For role orchestrator: agent id patterns it may act for. */
+  actFor?: string[];
+  /** Lifetime (ms or a duration such as "30d"); default: no expiry. */
+  ttl?: number | string;
+}
+
+function hashSecret(secret: string): Buffer {
+  return createHash("sha256").update(secret, "utf8").digest();
+}
+
+function info(t: TokenRecord): TokenInfo {
+  const { hash: _hash, ...rest } = t;
+  return rest;
+}
+
+function checkParams(p: TokenParams): void {
+  if (typeof p.name !== "string" || !NAME_RE.test(p.name))
+    throw new VaultError("invalid_request", 'a token name is 1-64 letters, digits or "_ . : @ -"');
+  if (!ROLES.includes(p.role)) throw new VaultError("invalid_request", `role must be one of ${ROLES.join(", ")}`);
+  if (p.role === "agent") checkAgentId(p.agent);
+  else if (p.agent !== undefined) throw new VaultError("invalid_request", "only agent tokens name an agent");
+  if (p.role === "orchestrator") {
+    if (!Array.isArray(p.actFor) || p.actFor.length === 0)
+      throw new VaultError("invalid_request", 'an orchestrator token needs actFor: the agent id patterns it may act for, such as ["claude-*"]');
+    for (const a of p.actFor) {
+      try {
+        compileAgentPattern(a);
+      } catch {
+        throw new VaultError("invalid_request", `actFor pattern ${JSON.stringify(String(a).slice(0, 80))} is not a valid agent pattern`);
+      }
+    }
+  } else if (p.actFor !== undefined) throw new VaultError("invalid_request", "only orchestrator tokens take actFor");
+}
+
+/** Creates a token; the returned `token` string is shown once and never stored. Admin only. */
+export async function createToken(ctx: VaultContext, who: Identity, p: TokenParams): Promise<TokenInfo & { token: string }> {
+  checkParams(p);
+  const ttl = p.ttl === undefined ? null : typeof p.ttl === "string" ? parseDuration(p.ttl) : p.ttl;
+  if (ttl !== null && (!Number.isSafeInteger(ttl) || ttl <= 0)) throw new VaultError("invalid_request", "ttl must be positive");
+  const id = randomBytes(8).toString("hex");
+  const secret = randomBytes(32).toString("base64url");
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "create tokens");
+    if (err) {
+      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
+      return err;
+    }
+    const rec: TokenRecord = {
+      id,
+      name: p.name,
+      role: p.role,
+      agent: p.agent ?? null,
+      actFor: p.actFor ? [...p.actFor] : null,
+      createdAt: now,
+      expiresAt: ttl === null ? null : now + ttl,
+      revokedAt: null,
+      createdBy: who.id,
+      hash: hashSecret(secret),
+    };
+    await tx.insertToken(rec);
+    await audit({ type: "token_created", actor: who, agent: rec.agent, outcome: "ok", detail: { token_id: id, name: rec.name, role: rec.role, expires_at: rec.expiresAt } });
+    return { ...info(rec), token: `lsr_${id}_${secret}` };
+  });
+}
+
+/** Every token (no secrets). Admin only. */
+export async function listTokens(ctx: VaultContext, who: Identity): Promise<TokenInfo[]> {
+  const err = roleError(who, ["admin"], "list tokens");
+  if (err)
+    await commit(ctx, async (_tx, audit) => {
+      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
+      return err;
+    });
+  return (await ctx.store.listTokens()).map(info);
+}
+
+/** Revokes a token at once. Admin only. */
+export async function revokeToken(ctx: VaultContext, who: Identity, id: string): Promise<{ revoked: boolean }> {
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "revoke tokens");
+    if (err) {
+      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
+      return err;
+    }
+    if (typeof id !== "string" || !/^[0-9a-f]{16}$/.test(id)) return new VaultError("invalid_request", "a token id is 16 hex characters; list tokens to see them");
+    const revoked = await tx.revokeToken(id, now);
+    await audit({ type: "token_revoked", actor: who, outcome: revoked ? "ok" : "error", reason: revoked ? null : "no live token has that id", detail: { token_id: id } });
+    return { revoked };
+  });
+}
+
+/**
+ * The identity a token stands for, or VaultError("unauthenticated") (audited as auth_failed, with the
+ * token's public id when it could be read and never its secret part).
+ */
+export async function authenticateToken(ctx: VaultContext, token: string, transport: string): Promise<Identity> {
+  const m = typeof token === "string" ? TOKEN_RE.exec(token) : null;
+  const rec = m ? await ctx.store.getToken(m[1]!) : null;
+  const now = ctx.now();
+  let why: string | null = null;
+  if (!m) why = "malformed token";
+  else if (!rec) why = "unknown token id";
+  else if (!timingSafeEqual(hashSecret(m[2]!), Buffer.from(rec.hash))) why = "wrong token secret";
+  else if (rec.revokedAt !== null) why = "token revoked";
+  else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
+  if (why !== null || !rec) {
+    const actor: Identity = { id: "unknown", role: "agent", transport };
+    await commit(ctx, async (_tx, audit) => {
+      await audit({ type: "auth_failed", actor, outcome: "denied", reason: why, detail: m ? { token_id: m[1]! } : null });
+    });
+    throw new VaultError("unauthenticated", INVALID);
+  }
+  return {
+    id: `token:${rec.name}/${rec.id}`,
+    role: rec.role,
+    ...(rec.agent !== null ? { agent: rec.agent } : {}),
+    ...(rec.actFor !== null ? { actFor: rec.actFor } : {}),
+    transport,
+  };
+}
