@@ -114,6 +114,24 @@ describe("home, config and key sources", () => {
     assert.equal(c.auditJsonl, "a.jsonl");
   });
 
+  test("[server] and [[identity]] parse strictly", () => {
+    const c = parseConfig(
+      '[server]\nsocket = "/run/lessor/l.sock"\nsocket_mode = "0666"\ntcp = "[::1]:7391"\nmax_in_flight = 8\nidle_timeout = "1m"\n' +
+        '[[identity]]\nuid = 1001\nrole = "agent"\nagent = "claude"\n[[identity]]\nuid = 1002\nrole = "orchestrator"\nact_for = ["claude-*"]\n',
+      "c.toml",
+    );
+    assert.equal(c.server.socketMode, 0o666);
+    assert.deepEqual(c.server.tcp, { host: "::1", port: 7391 });
+    assert.equal(c.server.maxInFlight, 8);
+    assert.equal(c.server.idleTimeoutMs, 60_000);
+    assert.deepEqual(c.identities, [{ uid: 1001, role: "agent", agent: "claude" }, { uid: 1002, role: "orchestrator", actFor: ["claude-*"] }]);
+    assert.throws(() => parseConfig('[server]\ntcp = "127.0.0.1"', "c.toml"), /\[server\] tcp: expected "host:port"/);
+    assert.throws(() => parseConfig('[server]\nsocket_mode = 600', "c.toml"), /socket_mode: expected an octal mode as a string/);
+    assert.throws(() => parseConfig('[[identity]]\nuid = 5\nrole = "agent"', "c.toml"), /identity 1: agent: an agent identity needs agent/);
+    assert.throws(() => parseConfig('[[identity]]\nuid = 5\nrole = "admin"\n[[identity]]\nuid = 5\nrole = "admin"', "c.toml"), /uid 5 is listed twice/);
+    assert.throws(() => parseConfig('[identity]\nuid = 5', "c.toml"), /double brackets/);
+  });
+
   test("the configured JSONL audit file and cipher are used", async () => {
     const home = join(tempDir(), "h");
     await initHome({ home, env: env(home) });

@@ -7,6 +7,7 @@ import { ALGS, type Alg } from "../crypto/aead.js";
 import { DEFAULT_LIMITS, type Limits } from "../vault/context.js";
 import { parseDuration } from "../vault/duration.js";
 import { VaultError } from "../vault/errors.js";
+import { isAgentId } from "../vault/names.js";
 
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {
@@ -20,6 +21,34 @@ export interface Config {
   };
   policyFile: string;
   auditJsonl: string | null;
+  server: ServerConfig;
+  /** Unix-socket peers by uid → identity (the daemon's own uid is admin unless listed). */
+  identities: UidIdentity[];
+}
+
+/** The `[server]` table. */
+export interface ServerConfig {
+  /** Unix socket path (relative to the home). */
+  socket: string;
+  /** Mode of the socket file; 0600 unless agents under other uids must reach it. */
+  socketMode: number;
+  /** Loopback TCP listener ("127.0.0.1:7391"), or null for none. Clients send a token. */
+  tcp: { host: string; port: number } | null;
+  maxConnections: number;
+  handshakeTimeoutMs: number;
+  idleTimeoutMs: number;
+  readTimeoutMs: number;
+  maxInFlight: number;
+  maxFrameBytes: number;
+  shutdownGraceMs: number;
+}
+
+/** One `[[identity]]` entry: a uid and who it is. */
+export interface UidIdentity {
+  uid: number;
+  role: "admin" | "orchestrator" | "agent";
+  agent?: string;
+  actFor?: string[];
 }
 
 export const DEFAULT_CONFIG: Config = {
@@ -28,6 +57,19 @@ export const DEFAULT_CONFIG: Config = {
   keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000 },
   policyFile: "policy.toml",
   auditJsonl: null,
+  server: {
+    socket: "lessor.sock",
+    socketMode: 0o600,
+    tcp: null,
+    maxConnections: 1024,
+    handshakeTimeoutMs: 5000,
+    idleTimeoutMs: 300_000,
+    readTimeoutMs: 10_000,
+    maxInFlight: 64,
+    maxFrameBytes: 1024 * 1024,
+    shutdownGraceMs: 10_000,
+  },
+  identities: [],
 };
 
 type Table = Record<string, unknown>;
@@ -79,7 +121,8 @@ export function parseConfig(text: string, source: string): Config {
     return fail(source, where, `not valid TOML (${(e as Error).message.split("\n")[0]})`);
   }
   for (const k of Object.keys(root))
-    if (!["vault", "keys", "policy", "audit"].includes(k)) fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit])`);
+    if (!["vault", "keys", "policy", "audit", "server", "identity"].includes(k))
+      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]])`);
   const v = table(source, root, "vault", ["cipher", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
@@ -104,7 +147,72 @@ export function parseConfig(text: string, source: string): Config {
   if (k.command_timeout !== undefined) cfg.keys.commandTimeoutMs = duration(source, "[keys] command_timeout", k.command_timeout);
   if (p.file !== undefined) cfg.policyFile = str(source, "[policy] file", p.file);
   if (a.jsonl !== undefined) cfg.auditJsonl = str(source, "[audit] jsonl", a.jsonl);
+  parseServer(source, root, cfg.server);
+  cfg.identities = parseIdentities(source, root["identity"]);
   return cfg;
+}
+
+function parseServer(source: string, root: Table, out: ServerConfig): void {
+  const t = table(source, root, "server", [
+    "socket",
+    "socket_mode",
+    "tcp",
+    "max_connections",
+    "handshake_timeout",
+    "idle_timeout",
+    "read_timeout",
+    "max_in_flight",
+    "max_frame_bytes",
+    "shutdown_grace",
+  ]);
+  if (t.socket !== undefined) out.socket = str(source, "[server] socket", t.socket);
+  if (t.socket_mode !== undefined) {
+    if (typeof t.socket_mode !== "string" || !/^0?[0-7]{3}$/.test(t.socket_mode))
+      fail(source, "[server] socket_mode", `expected an octal mode as a string such as "0600", got ${show(t.socket_mode)}`);
+    out.socketMode = parseInt(t.socket_mode, 8);
+  }
+  if (t.tcp !== undefined) {
+    const m = typeof t.tcp === "string" ? /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(t.tcp) : null;
+    if (!m || Number(m[2]) > 65535)
+      fail(source, "[server] tcp", `expected "host:port" on a loopback address such as "127.0.0.1:7391", got ${show(t.tcp)}`);
+    out.tcp = { host: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) };
+  }
+  if (t.max_connections !== undefined) out.maxConnections = int(source, "[server] max_connections", t.max_connections, 1, 100_000);
+  if (t.handshake_timeout !== undefined) out.handshakeTimeoutMs = duration(source, "[server] handshake_timeout", t.handshake_timeout);
+  if (t.idle_timeout !== undefined) out.idleTimeoutMs = duration(source, "[server] idle_timeout", t.idle_timeout);
+  if (t.read_timeout !== undefined) out.readTimeoutMs = duration(source, "[server] read_timeout", t.read_timeout);
+  if (t.max_in_flight !== undefined) out.maxInFlight = int(source, "[server] max_in_flight", t.max_in_flight, 1, 10_000);
+  if (t.max_frame_bytes !== undefined) out.maxFrameBytes = int(source, "[server] max_frame_bytes", t.max_frame_bytes, 1024, 1024 * 1024);
+  if (t.shutdown_grace !== undefined) out.shutdownGraceMs = duration(source, "[server] shutdown_grace", t.shutdown_grace);
+}
+
+function parseIdentities(source: string, v: unknown): UidIdentity[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) fail(source, "[[identity]]", "expected [[identity]] tables (note the double brackets)");
+  const seen = new Set<number>();
+  return v.map((raw, i) => {
+    const where = `identity ${i + 1}`;
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail(source, where, "expected a table");
+    const t = raw as Table;
+    for (const k of Object.keys(t)) if (!["uid", "role", "agent", "act_for"].includes(k)) fail(source, where, `unknown field "${k}" (known: uid, role, agent, act_for)`);
+    const uid = int(source, `${where}: uid`, t.uid, 0, 2 ** 32 - 1);
+    if (seen.has(uid)) fail(source, `${where}: uid`, `uid ${uid} is listed twice`);
+    seen.add(uid);
+    const role = t.role;
+    if (role !== "admin" && role !== "orchestrator" && role !== "agent")
+      fail(source, `${where}: role`, `expected "admin", "orchestrator" or "agent", got ${show(role)}`);
+    const id: UidIdentity = { uid, role };
+    if (role === "agent") {
+      if (typeof t.agent !== "string" || !isAgentId(t.agent)) fail(source, `${where}: agent`, `an agent identity needs agent = "<agent id>", got ${show(t.agent)}`);
+      id.agent = t.agent;
+    } else if (t.agent !== undefined) fail(source, `${where}: agent`, "only role agent takes an agent id");
+    if (role === "orchestrator") {
+      if (!Array.isArray(t.act_for) || t.act_for.length === 0 || !t.act_for.every((x) => typeof x === "string" && x.length > 0))
+        fail(source, `${where}: act_for`, 'an orchestrator needs act_for = ["<agent pattern>", …]');
+      id.actFor = t.act_for as string[];
+    } else if (t.act_for !== undefined) fail(source, `${where}: act_for`, "only role orchestrator takes act_for");
+    return id;
+  });
 }
 
 /** The commented starter file `lessor init` writes. */
@@ -133,4 +241,27 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 
 [audit]
 # jsonl = "audit.jsonl"             # also append every audit event to this file
+
+[server]
+# socket = "lessor.sock"            # the daemon's Unix socket (in this directory)
+# socket_mode = "0600"              # widen only if agents under other uids must connect (see [[identity]])
+# tcp = "127.0.0.1:7391"            # optional loopback TCP listener; clients authenticate with a token
+# max_connections = 1024
+# handshake_timeout = "5s"
+# idle_timeout = "5m"
+# read_timeout = "10s"              # a started frame must complete within this
+# max_in_flight = 64                # pipelined requests per connection
+# max_frame_bytes = 1048576
+# shutdown_grace = "10s"
+
+# Unix-socket peers are identified by uid (SO_PEERCRED). The daemon's own uid is admin.
+# [[identity]]
+# uid = 1001
+# role = "agent"
+# agent = "claude"
+#
+# [[identity]]
+# uid = 1002
+# role = "orchestrator"
+# act_for = ["claude-*"]
 `;
