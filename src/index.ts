@@ -26,3 +26,4 @@ export { jsonlSink } from "./audit/jsonl-sink.js";
 export { logSink, type AuditSink } from "./audit/sink.js";
 export { openVault, initHome, type OpenVaultOptions, type InitOptions } from "./config/open-vault.js";
 export { VERSION } from "./version.js";
+export * from "./client/index.js";

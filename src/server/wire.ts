@@ -67,9 +67,14 @@ export function decodeValue(value: string, encoding: "utf8" | "base64" | undefin
   return Buffer.from(value, "base64");
 }
 
-/** A name from client input, quoted, only when it looks like an identifier (never echoes long or odd input). */
+/**
+ * A name from client input, quoted, only when it looks like a field or method name: a short identifier
+ * with few digits. Anything longer or odder (which could be a value pasted in the wrong place) is
+ * never echoed.
+ */
 export function safeName(s: unknown): string | null {
-  return typeof s === "string" && /^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(s) ? JSON.stringify(s) : null;
+  if (typeof s !== "string" || s.length > 24 || !/^[A-Za-z][A-Za-z0-9_]*$/.test(s)) return null;
+  return (s.match(/[0-9]/g)?.length ?? 0) <= 3 ? JSON.stringify(s) : null;
 }
 
 /** The shape of a zod issue this module reads. */
@@ -85,13 +90,14 @@ export interface ParamIssue {
  * Built from zod's messages, which state expectations and never the input; unknown keys are named
  * only when they look like identifiers. At most three issues, each capped in length.
  */
-export function issuesMessage(method: string, issues: readonly ParamIssue[]): string {
+export function issuesMessage(method: string, issues: readonly ParamIssue[], allowed?: readonly string[]): string {
   const parts: string[] = [];
   for (const i of issues.slice(0, 3)) {
     const path = i.path.length === 0 ? "params" : i.path.map(String).join(".");
     if (i.code === "unrecognized_keys") {
       const keys = (i.keys ?? []).map((k) => safeName(k) ?? "(a field with an unusual name)");
-      parts.push(`${path}: unknown field${keys.length > 1 ? "s" : ""} ${keys.slice(0, 5).join(", ")}`);
+      const takes = allowed === undefined ? "" : allowed.length === 0 ? ` (${method} takes no params)` : ` (${method} takes ${allowed.join(", ")})`;
+      parts.push(`${path}: unknown field${keys.length > 1 ? "s" : ""} ${keys.slice(0, 5).join(", ")}${takes}`);
     } else if (i.code === "invalid_type" && i.message.endsWith("received undefined")) {
       parts.push(`${path} is required`);
     } else {

@@ -127,6 +127,17 @@ export class Vault {
     return tokens.authenticateToken(this.#ctx, token, transport);
   }
 
+  /**
+   * Audits a refused connection (an unknown uid, a missing token) as auth_failed. Transports call it;
+   * `reason` and `detail` must never hold a secret (a token's secret part, a passphrase).
+   */
+  async recordAuthFailure(transport: string, reason: string, detail?: Record<string, string | number | boolean | null>): Promise<void> {
+    const actor: Identity = { id: "unknown", role: "agent", transport };
+    await commit(this.#ctx, async (_tx, audit) => {
+      await audit({ type: "auth_failed", actor, outcome: "denied", reason, detail: detail ?? null });
+    });
+  }
+
   /** The store (for adapters that need raw reads, such as benchmarks). */
   get store(): Store {
     return this.#ctx.store;

@@ -120,7 +120,7 @@ function bindOwnerOnly(server: Server, path: string): Promise<void> {
       // Worker threads cannot change the umask; the chmod after listen() still applies.
     }
     try {
-      server.listen(path);
+      server.listen({ path, backlog: 1024 });
     } finally {
       if (previous !== null) process.umask(previous);
     }

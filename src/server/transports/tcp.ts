@@ -1,0 +1,86 @@
+/**
+ * The loopback TCP transport. TCP carries a bearer token in the hello and has no peer credentials, so
+ * anyone who can reach the port can try tokens; lessor therefore binds it to loopback only (127.0.0.0/8,
+ * ::1, or "localhost" when every address it resolves to is loopback). Remote access goes through an SSH
+ * tunnel or a proxy the operator controls, never a public bind.
+ */
+import { lookup } from "node:dns/promises";
+import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
+import { VaultError } from "../../vault/errors.js";
+import type { PeerInfo } from "../connection.js";
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+
+/** True for an IP literal in 127.0.0.0/8 or ::1 (including IPv4-mapped ::ffff:127.x.x.x). */
+export function isLoopbackAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 0 || address.includes("%")) return false; // no zone ids: "::1%lo" is spelled "::1"
+  return LOOPBACK.check(address, family === 4 ? "ipv4" : "ipv6");
+}
+
+function refused(host: string, why: string): VaultError {
+  const shown = host.length <= 64 ? JSON.stringify(host) : "the configured host";
+  return new VaultError(
+    "config_invalid",
+    `TCP host ${shown} ${why}: the TCP transport is loopback-only (127.0.0.1, ::1 or localhost) because it authenticates by bearer token alone; reach a remote daemon through an SSH tunnel instead`,
+  );
+}
+
+/**
+ * Resolves `host` to the address to bind, refusing anything that is not loopback. IP literals are
+ * checked as they are; "localhost" is resolved and every address it gives must be loopback; any other
+ * name is refused without being looked up.
+ */
+export async function loopbackBindAddress(host: string): Promise<string> {
+  if (isIP(host) !== 0) {
+    if (!isLoopbackAddress(host)) throw refused(host, "is not a loopback address");
+    return host;
+  }
+  if (host.toLowerCase() !== "localhost") throw refused(host, "is a host name other than localhost");
+  let addrs: { address: string }[];
+  try {
+    addrs = await lookup(host, { all: true, verbatim: true });
+  } catch {
+    throw refused(host, "could not be resolved");
+  }
+  if (addrs.length === 0 || !addrs.every((a) => isLoopbackAddress(a.address))) throw refused(host, "resolves to an address that is not loopback");
+  return addrs[0]!.address;
+}
+
+/**
+ * Listens on loopback TCP and passes each connection, with its peer info, to `onConnection`. Refuses
+ * (VaultError "config_invalid") a host that is not loopback, and checks the bound address again after
+ * listening. Port 0 picks a free port (see `server.address()`). Listener errors after start-up go to
+ * `onError` (default: ignored, so an accept failure such as EMFILE never crashes the daemon).
+ */
+export async function listenTcp(
+  host: string,
+  port: number,
+  onConnection: (socket: Socket, peer: PeerInfo) => void,
+  onError: (e: Error) => void = () => {},
+): Promise<Server> {
+  if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new VaultError("config_invalid", `TCP port ${String(port)} is not a port number (0-65535)`);
+  const address = await loopbackBindAddress(host);
+  const server = createServer({ noDelay: true }, (socket) => {
+    onConnection(socket, { transport: "tcp", ...(socket.remoteAddress !== undefined ? { remoteAddress: socket.remoteAddress } : {}) });
+  });
+  await new Promise<void>((resolve, reject) => {
+    const fail = (e: NodeJS.ErrnoException): void => {
+      reject(new VaultError("config_invalid", `cannot listen on TCP ${address} port ${port} (${e.code ?? e.message}); pick a free port or stop the other daemon`));
+    };
+    server.once("error", fail);
+    server.listen({ host: address, port, backlog: 1024 }, () => {
+      server.off("error", fail);
+      resolve();
+    });
+  });
+  server.on("error", onError);
+  const bound = server.address();
+  if (bound === null || typeof bound !== "object" || !isLoopbackAddress(bound.address)) {
+    server.close();
+    throw refused(host, "was bound to an address that is not loopback");
+  }
+  return server;
+}

@@ -1,0 +1,146 @@
+/** Starts `lessor serve` as a real child process for end-to-end tests. */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { initHome } from "../src/config/open-vault.js";
+import { FrameDecoder } from "../src/protocol/framing.js";
+
+/** Homes made here are removed when the test process exits (node:test hooks run too early for suites' before()). */
+const homes: string[] = [];
+process.on("exit", () => {
+  for (const h of homes) rmSync(h, { recursive: true, force: true });
+});
+
+export const CLI = fileURLToPath(new URL("../src/cli/main.ts", import.meta.url));
+
+export interface RunningDaemon {
+  home: string;
+  socket: string;
+  tcp: { host: string; port: number } | null;
+  proc: ChildProcess;
+  stderr: () => string;
+  /** Sends a signal and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** A fresh home with `config` appended to lessor.toml and `policy` as policy.toml. */
+export async function makeHome(opts: { config?: string; policy?: string } = {}): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-d-"));
+  homes.push(dir);
+  const home = join(dir, "home");
+  await initHome({ home, env: { LESSOR_HOME: home } });
+  if (opts.config) writeFileSync(join(home, "lessor.toml"), opts.config, { mode: 0o600 });
+  if (opts.policy) writeFileSync(join(home, "policy.toml"), opts.policy, { mode: 0o600 });
+  return home;
+}
+
+/** Spawns `lessor serve` for `home`; resolves when it logs "lessor daemon ready" (rejects if it exits first). */
+export function startServe(home: string): Promise<RunningDaemon> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, ["--import", "tsx", CLI, "--home", home, "serve"], {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { PATH: process.env.PATH, HOME: process.env.HOME },
+    });
+    let err = "";
+    let ready = false;
+    const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
+    createInterface({ input: proc.stderr! }).on("line", (line) => {
+      err += `${line}\n`;
+      if (ready) return;
+      try {
+        const o = JSON.parse(line) as { msg?: string; socket?: string; tcp?: { host: string; port: number } | null };
+        if (o.msg === "lessor daemon ready") {
+          ready = true;
+          resolve({
+            home,
+            socket: o.socket!,
+            tcp: o.tcp ?? null,
+            proc,
+            stderr: () => err,
+            stop: (signal = "SIGTERM") => {
+              proc.kill(signal);
+              return exited;
+            },
+          });
+        }
+      } catch {
+        // not JSON: an error message
+      }
+    });
+    void exited.then((code) => {
+      if (!ready) reject(Object.assign(new Error(`lessor serve exited with ${code}: ${err}`), { code, stderr: err }));
+    });
+  });
+}
+
+/** A raw connection for malformed-input tests: send bytes, read frames. */
+export class RawConn {
+  readonly sock: Socket;
+  readonly frames: unknown[] = [];
+  closed = false;
+  #dec = new FrameDecoder(16 * 1024 * 1024);
+  #waiters: (() => void)[] = [];
+
+  private constructor(sock: Socket) {
+    this.sock = sock;
+    sock.on("data", (c: Buffer) => {
+      for (const f of this.#dec.push(c)) this.frames.push(JSON.parse(f.toString("utf8")));
+      this.#wake();
+    });
+    sock.on("close", () => {
+      this.closed = true;
+      this.#wake();
+    });
+    sock.on("error", () => {});
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  static open(path: string): Promise<RawConn> {
+    return new Promise((resolve, reject) => {
+      const s = connect(path, () => resolve(new RawConn(s)));
+      s.once("error", reject);
+    });
+  }
+
+  send(obj: unknown): void {
+    const body = Buffer.from(typeof obj === "string" ? obj : JSON.stringify(obj));
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length);
+    this.sock.write(Buffer.concat([head, body]));
+  }
+
+  /** Waits until `n` frames arrived or the socket closed (or `ms` passed). */
+  async waitFrames(n: number, ms = 5000): Promise<unknown[]> {
+    const end = Date.now() + ms;
+    while (this.frames.length < n && !this.closed && Date.now() < end)
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, Math.max(1, end - Date.now()));
+      });
+    return this.frames;
+  }
+
+  async waitClosed(ms = 5000): Promise<boolean> {
+    const end = Date.now() + ms;
+    while (!this.closed && Date.now() < end)
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, Math.max(1, end - Date.now()));
+      });
+    return this.closed;
+  }
+
+  /** Sends the hello and waits for the welcome. */
+  async hello(token?: string): Promise<unknown> {
+    this.send({ protocol: "lessor", version: 1, ...(token ? { token } : {}) });
+    await this.waitFrames(1);
+    return this.frames[0];
+  }
+}
