@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
+import { GENESIS, hashEvent } from "../src/audit/chain.js";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
 import { agent, codeOf, grant, makeVault, tempDir } from "./helpers.js";
 
@@ -31,6 +32,30 @@ function tamper(dbPath: string, sql: string, ...args: unknown[]): void {
 }
 
 describe("audit trail", () => {
+  test("the chain hash matches a fixed test vector (the encoding in docs/audit.md)", () => {
+    const rec = {
+      seq: 1,
+      id: "01890a5d-ac96-774b-bcce-b302099a8057",
+      time: 1700000000000,
+      type: "lease_granted",
+      actorId: "uid:1000",
+      actorRole: "agent",
+      transport: "uds",
+      agent: "claude",
+      secret: "global/github-token",
+      leaseId: null,
+      domain: "api.github.com",
+      outcome: "ok",
+      reason: null,
+      detail: '{"rule":"gh"}',
+      prevHash: GENESIS,
+    };
+    // Computed independently from the layout: SHA-256("lessor audit chain v1" field ‖ prev ‖ fields).
+    assert.equal(hashEvent(rec).toString("hex"), "729325c398a833fddfa8698e4f9a4b27ec6bc0c0d39d750f120a2e2ab62eb90d");
+    assert.notEqual(hashEvent({ ...rec, reason: "" }).toString("hex"), hashEvent(rec).toString("hex"), "null and empty differ");
+    assert.notEqual(hashEvent({ ...rec, agent: "claud", secret: "eglobal/github-token" }).toString("hex"), hashEvent(rec).toString("hex"), "field boundaries are unambiguous");
+  });
+
   test("every step is an event, chained, and verify passes", async () => {
     const { admin } = await withHistory();
     const events = await admin.auditQuery({ limit: 1000 });

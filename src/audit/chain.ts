@@ -4,7 +4,7 @@
  * A keyed checkpoint (HMAC of the head's seq and hash under a key derived from the master key) is
  * rewritten with every append, so that removing events from the end is detected too.
  */
-import { createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, hkdfSync, timingSafeEqual, type Hash } from "node:crypto";
 import type { MasterKey } from "../crypto/keyring.js";
 import { uuidv7 } from "../vault/ids.js";
 import type { AuditCheckpoint, AuditDraft, AuditRecord } from "../vault/types.js";
@@ -16,38 +16,41 @@ const HASH_LABEL = "lessor audit chain v1";
 const CHECKPOINT_LABEL = "lessor audit checkpoint v1";
 const NULL_LEN = 0xffffffff;
 
-function field(parts: Buffer[], value: string | number | null): void {
-  const len = Buffer.alloc(4);
+const lenBuf = Buffer.alloc(4);
+
+/** Feeds one length-prefixed field to the hash (null has its own length marker). */
+function field(h: Hash, value: string | number | null): void {
   if (value === null) {
-    len.writeUInt32BE(NULL_LEN);
-    parts.push(len);
+    lenBuf.writeUInt32BE(NULL_LEN, 0);
+    h.update(lenBuf);
     return;
   }
-  const bytes = Buffer.from(typeof value === "number" ? String(value) : value, "utf8");
-  len.writeUInt32BE(bytes.length);
-  parts.push(len, bytes);
+  const text = typeof value === "number" ? String(value) : value;
+  lenBuf.writeUInt32BE(Buffer.byteLength(text, "utf8"), 0);
+  h.update(lenBuf);
+  h.update(text, "utf8");
 }
 
 /** SHA-256 over prevHash and every field of the record (its own `hash` excluded). */
 export function hashEvent(rec: Omit<AuditRecord, "hash">): Buffer {
-  const parts: Buffer[] = [];
-  field(parts, HASH_LABEL);
-  parts.push(Buffer.from(rec.prevHash));
-  field(parts, rec.seq);
-  field(parts, rec.id);
-  field(parts, rec.time);
-  field(parts, rec.type);
-  field(parts, rec.actorId);
-  field(parts, rec.actorRole);
-  field(parts, rec.transport);
-  field(parts, rec.agent);
-  field(parts, rec.secret);
-  field(parts, rec.leaseId);
-  field(parts, rec.domain);
-  field(parts, rec.outcome);
-  field(parts, rec.reason);
-  field(parts, rec.detail);
-  return createHash("sha256").update(Buffer.concat(parts)).digest();
+  const h = createHash("sha256");
+  field(h, HASH_LABEL);
+  h.update(rec.prevHash);
+  field(h, rec.seq);
+  field(h, rec.id);
+  field(h, rec.time);
+  field(h, rec.type);
+  field(h, rec.actorId);
+  field(h, rec.actorRole);
+  field(h, rec.transport);
+  field(h, rec.agent);
+  field(h, rec.secret);
+  field(h, rec.leaseId);
+  field(h, rec.domain);
+  field(h, rec.outcome);
+  field(h, rec.reason);
+  field(h, rec.detail);
+  return h.digest();
 }
 
 /** Turns a draft into the next chained record after `head` (null for an empty trail). */

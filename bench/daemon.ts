@@ -1,0 +1,173 @@
+/**
+ * Daemon benchmark (issue 3). Prints one JSON line per figure, each beside a baseline measured in the
+ * same run: a framed-echo server over a Unix socket in its own process (bench/echo-server.ts), driven
+ * by a client that JSON-encodes and -decodes like the real one.
+ *
+ *   npx tsx bench/daemon.ts [--quick]
+ *
+ * Figures: status round trip and lease+access round trips over the Unix socket, sequential and with
+ * 8 and 32 concurrent clients (one connection each), and lease+access at 32 clients with 1,000 vs
+ * 100,000 live leases. Every lease and access is a durable SQLite commit with its audit row.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { LessorClient } from "../src/client/index.js";
+import { initHome } from "../src/config/open-vault.js";
+import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { uuidv7 } from "../src/vault/ids.js";
+import type { LeaseRecord } from "../src/vault/types.js";
+
+const quick = process.argv.includes("--quick");
+const SECONDS = quick ? 1 : 3;
+const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
+
+function emit(o: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify({ bench: "daemon", ...o })}\n`);
+}
+
+/** Runs `clients` loops of `op` for SECONDS; returns completed ops per second. */
+async function throughput(clients: number, op: (c: number) => Promise<void>): Promise<number> {
+  let done = 0;
+  const end = performance.now() + SECONDS * 1000;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      while (performance.now() < end) {
+        await op(c);
+        done++;
+      }
+    }),
+  );
+  return done / ((performance.now() - t0) / 1000);
+}
+
+/** A minimal framed JSON client for the echo baseline: same encode/decode work as LessorClient. */
+class EchoClient {
+  #dec = new FrameDecoder();
+  #pending = new Map<string, () => void>();
+  private constructor(private readonly sock: Socket) {
+    sock.on("data", (chunk: Buffer) => {
+      for (const body of this.#dec.push(chunk)) {
+        const msg = JSON.parse(body.toString("utf8")) as { id: string };
+        const r = this.#pending.get(msg.id);
+        this.#pending.delete(msg.id);
+        r?.();
+      }
+    });
+  }
+  static open(path: string): Promise<EchoClient> {
+    return new Promise((resolve, reject) => {
+      const s = connect(path, () => resolve(new EchoClient(s)));
+      s.once("error", reject);
+    });
+  }
+  call(method: string, params: unknown): Promise<void> {
+    const id = uuidv7();
+    return new Promise((resolve) => {
+      this.#pending.set(id, resolve);
+      this.sock.write(encodeFrame({ id, method, params }));
+    });
+  }
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+function waitReady(proc: ChildProcess, stream: "stdout" | "stderr", match: (line: string) => boolean): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const rl = createInterface({ input: proc[stream]! });
+    rl.on("line", (line) => {
+      if (match(line)) resolve(line);
+    });
+    proc.once("exit", (code) => reject(new Error(`exited with ${code} before it was ready`)));
+  });
+}
+
+async function addLiveLeases(dbPath: string, count: number): Promise<void> {
+  const store = openSqliteStore(dbPath);
+  const now = Date.now();
+  try {
+    for (let done = 0; done < count; ) {
+      const n = Math.min(5000, count - done);
+      await store.transaction(async (tx) => {
+        for (let i = 0; i < n; i++) {
+          const lease: LeaseRecord = {
+            id: uuidv7(now), agent: `bg-${(done + i) % 1000}`, scope: "global", name: "token", domains: ["api.example.com"], anyDomain: false,
+            methods: null, paths: null, rule: "bg", issuedAt: now, expiresAt: now + 3600_000, maxExpiresAt: now + 3600_000, uses: 0, maxUses: null,
+            renewals: 0, maxRenewals: null, renewable: true, revokedAt: null, revokeReason: null, issuedBy: "bench",
+          };
+          await tx.insertLease(lease);
+        }
+      });
+      done += n;
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-bench-d-"));
+  const procs: ChildProcess[] = [];
+  try {
+    // Baseline: framed echo in its own process.
+    const echoPath = join(dir, "echo.sock");
+    const echo = spawn(process.execPath, ["--import", "tsx", here("./echo-server.ts"), echoPath], { stdio: ["ignore", "pipe", "inherit"] });
+    procs.push(echo);
+    await waitReady(echo, "stdout", (l) => l === "ready");
+    const echoClients = await Promise.all(Array.from({ length: 32 }, () => EchoClient.open(echoPath)));
+    const echoRate: Record<number, number> = {};
+    for (const n of [1, 8, 32]) echoRate[n] = await throughput(n, (c) => echoClients[c]!.call("status", {}));
+    for (const n of [1, 8, 32]) emit({ name: `echo_rtt_c${n}`, ops_per_s: Math.round(echoRate[n]!), us_per_op: +(1e6 / echoRate[n]! * n).toFixed(1), note: "baseline: framed JSON echo over a Unix socket" });
+    for (const c of echoClients) c.close();
+
+    // The daemon.
+    const home = join(dir, "home");
+    await initHome({ home, env: { LESSOR_HOME: home } });
+    writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "bench"\neffect = "allow"\nagents = ["bench-*"]\nsecrets = ["token"]\ndomains = ["api.example.com"]\nmax_uses = 1\n`);
+    writeFileSync(join(home, "lessor.toml"), `[vault]\nmax_live_leases_per_agent = 1000\n[server]\nmax_in_flight = 64\n`);
+    const daemon = spawn(process.execPath, ["--import", "tsx", here("../src/cli/main.ts"), "--home", home, "serve"], { stdio: ["ignore", "ignore", "pipe"], env: { PATH: process.env.PATH } });
+    procs.push(daemon);
+    await waitReady(daemon, "stderr", (l) => l.includes("lessor daemon ready"));
+    const socketPath = join(home, "lessor.sock");
+    const clients = await Promise.all(Array.from({ length: 32 }, () => LessorClient.connect({ socketPath })));
+    await clients[0]!.storeSecret({ name: "token", value: "x".repeat(40) });
+
+    for (const n of [1, 8, 32]) {
+      const r = await throughput(n, async (c) => {
+        await clients[c]!.status();
+      });
+      emit({ name: `status_rtt_c${n}`, ops_per_s: Math.round(r), us_per_op: +(1e6 / r * n).toFixed(1), baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio_time_vs_baseline: +(echoRate[n]! / r).toFixed(2), goal: n === 1 ? "<= 1.5" : undefined });
+    }
+    const leaseAccess = async (c: number) => {
+      const cl = clients[c]!;
+      const lease = await cl.requestLease({ agent: `bench-${c}`, secret: "token", domains: ["api.example.com"] });
+      (await cl.accessSecret(lease.id, { domain: "api.example.com" })).value.wipe();
+    };
+    const la: Record<number, number> = {};
+    for (const n of [1, 8, 32]) {
+      la[n] = await throughput(n, leaseAccess);
+      emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(la[n]!), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio: +(la[n]! / echoRate[n]!).toFixed(4), goal: n === 32 ? ">= 20000 ops/s" : undefined });
+    }
+    await addLiveLeases(join(home, "lessor.db"), 1000);
+    const at1k = await throughput(32, leaseAccess);
+    emit({ name: "lease_access_c32_1k_live", ops_per_s: Math.round(at1k) });
+    await addLiveLeases(join(home, "lessor.db"), 99_000);
+    const at100k = await throughput(32, leaseAccess);
+    emit({ name: "lease_access_c32_100k_live", ops_per_s: Math.round(at100k) });
+    emit({ name: "lease_access_100k_vs_1k", ratio: +(at100k / at1k).toFixed(3), goal: ">= 0.8", ok: at100k / at1k >= 0.8 });
+    await Promise.all(clients.map((c) => c.close()));
+  } finally {
+    for (const p of procs) p.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 300));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
