@@ -1,0 +1,67 @@
+/**
+ * Where CLI commands send their calls: the daemon for the home when one is listening on its socket,
+ * otherwise the vault opened in-process from the home (same policy, same audit). Both present the
+ * {@link CliApi} surface — the client SDK's methods — so every command works in both modes.
+ */
+import { existsSync } from "node:fs";
+import { LessorClient } from "../client/client.js";
+import { loadConfig, openVault } from "../config/open-vault.js";
+import { inHome, resolveHome } from "../config/home.js";
+import { VaultError } from "../vault/errors.js";
+import { embeddedApi } from "./embedded-api.js";
+
+/** The calls CLI commands make (the client SDK's surface). */
+export type CliApi = Pick<
+  LessorClient,
+  | "status"
+  | "storeSecret"
+  | "rotateSecret"
+  | "rollbackSecret"
+  | "deleteSecret"
+  | "revealSecret"
+  | "listSecrets"
+  | "getSecretMetadata"
+  | "secretHistory"
+  | "requestLease"
+  | "accessSecret"
+  | "renewLease"
+  | "revokeLease"
+  | "revokeAllForAgent"
+  | "killswitch"
+  | "listLeases"
+  | "auditQuery"
+  | "auditVerify"
+  | "reloadPolicy"
+  | "explain"
+  | "rotateMasterKey"
+  | "createToken"
+  | "listTokens"
+  | "revokeToken"
+>;
+
+/** An open backend. */
+export interface Backend {
+  mode: "daemon" | "embedded";
+  home: string;
+  api: CliApi;
+  close(): Promise<void>;
+}
+
+/** Connects to the home's daemon, or opens the vault in-process when no daemon is listening. */
+export async function openBackend(opts: { home?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Backend> {
+  const env = opts.env ?? process.env;
+  const home = resolveHome(opts.home, env);
+  if (!existsSync(home)) throw new VaultError("key_unavailable", `there is no lessor home at ${home}; run lessor init (or pass --home / set LESSOR_HOME)`);
+  const socketPath = inHome(home, loadConfig(home).server.socket);
+  if (existsSync(socketPath)) {
+    try {
+      const client = await LessorClient.connect({ socketPath }, { reconnect: false });
+      return { mode: "daemon", home, api: client, close: () => client.close() };
+    } catch (e) {
+      // A socket file with nobody listening (a daemon that was killed): fall back to the vault itself.
+      if (!(e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message))) throw e;
+    }
+  }
+  const vault = await openVault({ home, env });
+  return { mode: "embedded", home, api: embeddedApi(vault), close: () => vault.close() };
+}

@@ -1,0 +1,83 @@
+/**
+ * What every command gets: output helpers (plain or --json, NO_COLOR respected), the backend (the
+ * daemon if one is running for the home, else the vault opened in-process), and one error path that
+ * prints one or two plain sentences and exits with a documented code — no stack traces for expected
+ * errors.
+ */
+import type { Backend } from "./backend.js";
+import { EXIT, exitCodeFor } from "./exit-codes.js";
+import { VaultError } from "../vault/errors.js";
+
+/** Shared state of one CLI invocation. */
+export class Cli {
+  #backend: Promise<Backend> | null = null;
+  /** The --home option, if given. */
+  home: string | undefined;
+  readonly stdout: NodeJS.WriteStream = process.stdout;
+  readonly stderr: NodeJS.WriteStream = process.stderr;
+
+  /** True when stdout may carry colour (a TTY and NO_COLOR unset). */
+  get color(): boolean {
+    return !process.env["NO_COLOR"] && this.stdout.isTTY === true;
+  }
+
+  out(line = ""): void {
+    this.stdout.write(`${line}\n`);
+  }
+
+  err(line: string): void {
+    this.stderr.write(`${line}\n`);
+  }
+
+  /** Prints a value as indented JSON (for --json). */
+  json(value: unknown): void {
+    this.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+
+  /** Dims `s` when colour is on. */
+  dim(s: string): string {
+    return this.color ? `\u001b[2m${s}\u001b[22m` : s;
+  }
+
+  /** The daemon for the home if one is listening, else the embedded vault; opened once. */
+  backend(): Promise<Backend> {
+    this.#backend ??= import("./backend.js").then((m) => m.openBackend({ ...(this.home ? { home: this.home } : {}) }));
+    return this.#backend;
+  }
+
+  /** Runs a command body: closes the backend after, maps errors to messages and exit codes. */
+  async run(body: () => Promise<number | void>): Promise<void> {
+    let code: number = EXIT.ok;
+    try {
+      code = (await body()) ?? EXIT.ok;
+    } catch (e) {
+      code = this.fail(e);
+    } finally {
+      if (this.#backend) {
+        try {
+          await (await this.#backend).close();
+        } catch {
+          // already reported, or nothing to close
+        }
+      }
+    }
+    process.exitCode = code;
+  }
+
+  /** Prints an error and returns its exit code. */
+  fail(e: unknown): number {
+    if (e instanceof VaultError) {
+      this.err(`lessor: ${e.message}`);
+      return exitCodeFor(e.code);
+    }
+    if (e instanceof UsageError) {
+      this.err(`lessor: ${e.message}`);
+      return EXIT.usage;
+    }
+    this.err(`lessor: internal error: ${e instanceof Error ? e.message : String(e)} (this is a bug; please report it)`);
+    return EXIT.internal;
+  }
+}
+
+/** A command-line mistake found by a command itself (exit code 2). */
+export class UsageError extends Error {}

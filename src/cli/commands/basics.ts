@@ -1,0 +1,38 @@
+/** `init`, `serve` and `demo`. */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerBasics(program: Command, cli: Cli): void {
+  program
+    .command("init")
+    .description("create the lessor home: 0700 directory, master key, lessor.toml, policy.toml, database")
+    .option("--key-source <kind>", "file (a 0600 key file, default), passphrase (LESSOR_PASSPHRASE), or env (LESSOR_MASTER_KEY)")
+    .addHelpText("after", "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase")
+    .action((o: { keySource?: string }) =>
+      cli.run(async () => {
+        const { init } = await import("../init.js");
+        return init({ ...(cli.home ? { home: cli.home } : {}), ...(o.keySource ? { keySource: o.keySource } : {}) });
+      }),
+    );
+
+  program
+    .command("serve")
+    .description("run the daemon in the foreground on the home's Unix socket (and TCP if configured); logs JSON lines to stderr")
+    .addHelpText("after", "\nExamples:\n  lessor serve\n  lessor --home /srv/lessor serve")
+    .action(() =>
+      cli.run(async () => {
+        const { serve } = await import("../serve.js");
+        return serve(cli.home ? { home: cli.home } : {});
+      }),
+    );
+
+  program
+    .command("demo")
+    .description("walk the life of a secret on the embedded SQLite vault in a throwaway home")
+    .action(() =>
+      cli.run(async () => {
+        const { runDemo } = await import("../demo.js");
+        return runDemo(cli.home ? { home: cli.home } : {});
+      }),
+    );
+}

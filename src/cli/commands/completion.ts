@@ -1,0 +1,5 @@
+/** `lessor completion` (not built yet). */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerCompletion(_program: Command, _cli: Cli): void {}

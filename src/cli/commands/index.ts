@@ -1,0 +1,11 @@
+/** Every command group's register function; main.ts calls each. */
+export { registerBasics } from "./basics.js";
+export { registerSecret } from "./secret.js";
+export { registerLease } from "./lease.js";
+export { registerAudit } from "./audit.js";
+export { registerPolicy } from "./policy.js";
+export { registerToken } from "./token.js";
+export { registerStatus } from "./status.js";
+export { registerCompletion } from "./completion.js";
+export { registerRun } from "./run.js";
+export { registerInject } from "./inject.js";

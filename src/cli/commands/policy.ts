@@ -1,0 +1,5 @@
+/** `lessor policy` (not built yet). */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerPolicy(_program: Command, _cli: Cli): void {}

@@ -1,0 +1,5 @@
+/** `lessor run` (not built yet). */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerRun(_program: Command, _cli: Cli): void {}

@@ -1,0 +1,5 @@
+/** `lessor status` (not built yet). */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerStatus(_program: Command, _cli: Cli): void {}

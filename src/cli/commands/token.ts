@@ -1,0 +1,5 @@
+/** `lessor token` (not built yet). */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+export function registerToken(_program: Command, _cli: Cli): void {}

@@ -1,0 +1,53 @@
+/** Runs the built CLI (dist/bin/lessor.js, made by `npm run build:cli`) as a real child process. */
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { initHome } from "../src/config/open-vault.js";
+
+export const BIN = fileURLToPath(new URL("../dist/bin/lessor.js", import.meta.url));
+if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run npm run build:cli (npm test does it)`);
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+const homes: string[] = [];
+process.on("exit", () => {
+  for (const h of homes) rmSync(h, { recursive: true, force: true });
+});
+
+/** A fresh initialised home (removed when the test process exits). */
+export async function cliHome(): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-cli-"));
+  homes.push(dir);
+  const home = join(dir, "home");
+  await initHome({ home, env: { LESSOR_HOME: home } });
+  return home;
+}
+
+/** Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). */
+export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => err.push(d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
+    });
+    if (opts.input !== undefined) child.stdin.end(opts.input);
+    else child.stdin.end();
+  });
+}
