@@ -1,0 +1,72 @@
+/**
+ * CLI benchmark (issue 4). Prints one JSON line per figure beside `node -e 0` measured in the same run.
+ *
+ *   npm run build && npx tsx bench/cli.ts [--quick]
+ *
+ * Figures (median wall time of N runs of the built dist/bin/lessor.js):
+ *   lessor --version                 goal <= 1.3x node -e 0
+ *   lessor lease … (daemon running)  goal <= 1.6x
+ *   lessor run -- node -e 0          goal <= 2.2x (two Node start-ups)
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { initHome } from "../src/config/open-vault.js";
+
+const quick = process.argv.includes("--quick");
+const RUNS = quick ? 5 : 21;
+const BIN = fileURLToPath(new URL("../dist/bin/lessor.js", import.meta.url));
+const emit = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ bench: "cli", ...o })}\n`);
+
+function time(cmd: string[], env: NodeJS.ProcessEnv): number {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd[0]!, cmd.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.status !== 0) throw new Error(`${cmd.join(" ")} exited ${r.status}: ${r.stderr.toString()}`);
+  return ms;
+}
+
+/** Median of RUNS timings, interleaved with the baseline so drift hits both alike. */
+function compare(cmd: string[], env: NodeJS.ProcessEnv): { ms: number; base: number } {
+  const a: number[] = [];
+  const b: number[] = [];
+  time(cmd, env);
+  for (let i = 0; i < RUNS; i++) {
+    b.push(time([process.execPath, "-e", "0"], env));
+    a.push(time(cmd, env));
+  }
+  const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+  return { ms: med(a), base: med(b) };
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-bench-cli-"));
+  const home = join(dir, "home");
+  const env = { PATH: process.env.PATH, HOME: process.env.HOME, LESSOR_HOME: home };
+  await initHome({ home, env });
+  writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "b"\neffect = "allow"\nagents = ["bench"]\nsecrets = ["token"]\ndomains = ["api.example.com"]\nany_domain = true\n`);
+  const daemon = spawn(process.execPath, [BIN, "serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: daemon.stderr! }).on("line", (l) => l.includes("lessor daemon ready") && resolve());
+      daemon.once("exit", (c) => reject(new Error(`daemon exited ${c}`)));
+    });
+    const r1 = compare([process.execPath, BIN, "--version"], env);
+    emit({ name: "version", ms: +r1.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r1.base.toFixed(1), ratio: +(r1.ms / r1.base).toFixed(2), goal: "<= 1.3" });
+    spawnSync(process.execPath, [BIN, "secret", "set", "token", "--random"], { env });
+    const r2 = compare([process.execPath, BIN, "lease", "token", "--agent", "bench", "--domain", "api.example.com"], env);
+    emit({ name: "lease_daemon", ms: +r2.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r2.base.toFixed(1), ratio: +(r2.ms / r2.base).toFixed(2), goal: "<= 1.6" });
+    writeFileSync(join(dir, "env"), "TOKEN=lessor://global/token\n");
+    const r3 = compare([process.execPath, BIN, "run", "--agent", "bench", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "0"], env);
+    emit({ name: "run_node", ms: +r3.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r3.base.toFixed(1), ratio: +(r3.ms / r3.base).toFixed(2), goal: "<= 2.2" });
+  } finally {
+    daemon.kill("SIGTERM");
+    await new Promise((r) => daemon.once("exit", r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
