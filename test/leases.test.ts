@@ -149,6 +149,9 @@ describe("leases", () => {
     const r2 = await claude.renewLease(lease.id);
     assert.equal(r2.renewals, 2);
     assert.equal(await codeOf(claude.renewLease(lease.id)), "access_denied", "max_renewals = 2");
+    const short = await claude.requestLease({ secret: "github-token" });
+    const shortened = await claude.renewLease(short.id, { ttl: "1m" });
+    assert.equal(shortened.expiresAt, c.now() + MIN, "a renewal with a shorter ttl than what is left sets expiry to ttl from now");
     const capped = await claude.requestLease({ secret: "capped" });
     assert.equal(capped.maxExpiresAt - capped.issuedAt, 20 * MIN);
     c.advance(10 * MIN);

@@ -222,8 +222,9 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
     if (!rule || !decision.allow)
       return denied(audit, who, new VaultError("access_denied", "policy no longer grants this lease; request a new one"), fields);
+    // The new expiry is `ttl` from now (capped by the rule and by max_ttl): a shorter ttl shortens.
     const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), lease.maxExpiresAt);
-    if (expiresAt <= lease.expiresAt)
+    if (lease.expiresAt >= lease.maxExpiresAt && expiresAt >= lease.expiresAt)
       return denied(audit, who, new VaultError("access_denied", `this lease has reached its maximum lifetime (until ${new Date(lease.maxExpiresAt).toISOString()}); request a new one`), fields);
     await tx.renewLease(id, expiresAt, lease.renewals + 1);
     await audit({ type: "lease_renewed", actor: who, ...fields, outcome: "ok", detail: { expires_at: expiresAt, renewals: lease.renewals + 1 } });

@@ -1,5 +1,203 @@
-/** `lessor lease` (not built yet). */
+/**
+ * `lessor lease` (take a lease and print the value, for `$(...)`), `renew`, `revoke`, `killswitch` and
+ * `leases`. See docs/cli/leases.md.
+ */
 import type { Command } from "commander";
-import type { Cli } from "../cli.js";
+import { UsageError, type Cli } from "../cli.js";
+import { EXIT } from "../exit-codes.js";
+import { leaseJson, leaseState } from "../format/lease.js";
+import { collect, positiveInt } from "../format/options.js";
+import { list, table } from "../format/table.js";
+import { relative, shortTime } from "../format/time.js";
+import type { LeaseRecord } from "../../vault/types.js";
 
-export function registerLease(_program: Command, _cli: Cli): void {}
+/** The host to access a new lease for: the first exact requested host, else the lease's first exact host. */
+function accessDomain(requested: readonly string[], lease: LeaseRecord): string | undefined {
+  const exact = (d: string): boolean => !d.includes("*");
+  return requested.find(exact) ?? (lease.anyDomain ? undefined : lease.domains.find(exact));
+}
+
+function leaseLine(l: LeaseRecord, now: number): string {
+  const uses = l.maxUses === null ? `${l.uses} uses` : `${l.uses}/${l.maxUses} uses`;
+  return `lease ${l.id} for agent ${l.agent}, secret ${l.scope}/${l.name}: ${leaseState(l, now)}, expires ${shortTime(l.expiresAt)} (${relative(l.expiresAt, now)}), ${uses}, domains ${l.anyDomain ? "any" : list(l.domains)}`;
+}
+
+const KILL_REFUSAL = "the killswitch revokes every live lease and stdin is not a terminal to confirm on; pass --yes to do it";
+
+export function registerLease(program: Command, cli: Cli): void {
+  program
+    .command("lease <name>")
+    .description("take a lease on a secret for an agent and print the value (only the value, for $(...)); --json prints the grant instead")
+    .requiredOption("--agent <agent>", "the agent the lease is for")
+    .option("--domain <host>", "a host (or *.suffix) the credential is for; repeat for more", collect)
+    .option("--ttl <duration>", "lease lifetime such as 5m or 1h (capped by policy)")
+    .option("--max-uses <n>", "how many times the lease may be used (capped by policy)")
+    .option("--json", "print the lease grant as JSON and do not access the value")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  export GITHUB_TOKEN=$(lessor lease github-token --agent claude --domain api.github.com)\n  lessor lease env:prod/db-password --agent deployer --domain db.internal --ttl 5m --max-uses 1\n  lessor lease github-token --agent claude --domain api.github.com --json",
+    )
+    .action((name: string, o: { agent: string; domain?: string[]; ttl?: string; maxUses?: string; json?: boolean }) =>
+      cli.run(async () => {
+        const domains = o.domain ?? [];
+        const maxUses = o.maxUses === undefined ? undefined : positiveInt("--max-uses", o.maxUses);
+        const { api } = await cli.backend();
+        const lease = await api.requestLease({
+          agent: o.agent,
+          secret: name,
+          ...(domains.length > 0 ? { domains } : {}),
+          ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
+          ...(maxUses !== undefined ? { maxUses } : {}),
+        });
+        if (o.json) {
+          cli.json(leaseJson(lease));
+          return;
+        }
+        const domain = accessDomain(domains, lease);
+        let got: Awaited<ReturnType<typeof api.accessSecret>>;
+        try {
+          got = await api.accessSecret(lease.id, domain === undefined ? undefined : { domain });
+        } catch (e) {
+          // Do not leave a lease nobody can use lying around.
+          await api.revokeLease(lease.id, "the CLI could not use the lease it was granted").catch(() => {});
+          throw e;
+        }
+        try {
+          const bytes = got.value.expose();
+          await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
+          if (cli.stdout.isTTY) cli.stdout.write("\n");
+        } finally {
+          got.value.wipe();
+        }
+      }),
+    );
+
+  program
+    .command("renew <lease-id>")
+    .description("extend a lease (within its rule's max_ttl and max_renewals)")
+    .option("--ttl <duration>", "new lifetime from now, such as 15m (default: the rule's ttl)")
+    .option("--json", "print the renewed lease as JSON")
+    .addHelpText("after", "\nExamples:\n  lessor renew 01940000-0000-7000-8000-000000000000\n  lessor renew 01940000-0000-7000-8000-000000000000 --ttl 30m --json")
+    .action((id: string, o: { ttl?: string; json?: boolean }) =>
+      cli.run(async () => {
+        const { api } = await cli.backend();
+        const lease = await api.renewLease(id, o.ttl === undefined ? undefined : { ttl: o.ttl });
+        if (o.json) cli.json(leaseJson(lease));
+        else cli.out(`renewed ${leaseLine(lease, Date.now())}`);
+      }),
+    );
+
+  program
+    .command("revoke [lease-id]")
+    .description("revoke one lease, every lease of an agent (--agent), or every lease (--all, like killswitch)")
+    .option("--agent <agent>", "revoke every live lease of this agent")
+    .option("--all", "revoke every live lease (asks for confirmation unless --yes)")
+    .option("--reason <text>", "why, recorded in the audit trail")
+    .option("--yes", "do not ask for confirmation (needed for --all when stdin is not a terminal)")
+    .option("--json", 'print { "revoked": N } as JSON')
+    .addHelpText(
+      "after",
+      "\nExamples:\n  lessor revoke 01940000-0000-7000-8000-000000000000\n  lessor revoke --agent claude --reason \"session ended\"\n  lessor revoke --all --yes --reason \"laptop lost\"",
+    )
+    .action((id: string | undefined, o: { agent?: string; all?: boolean; reason?: string; yes?: boolean; json?: boolean }) =>
+      cli.run(async () => {
+        const picked = [id !== undefined, o.agent !== undefined, o.all === true].filter(Boolean).length;
+        if (picked !== 1) throw new UsageError("say what to revoke: a lease id, --agent AGENT, or --all (exactly one of them)");
+        let revoked: number;
+        let what: string;
+        if (id !== undefined) {
+          const { api } = await cli.backend();
+          revoked = (await api.revokeLease(id, o.reason)).revoked ? 1 : 0;
+          what = revoked === 1 ? `revoked lease ${id}` : `lease ${id} was not live (already revoked, expired or used up); nothing changed`;
+        } else if (o.agent !== undefined) {
+          const { api } = await cli.backend();
+          revoked = (await api.revokeAllForAgent(o.agent, o.reason)).revoked;
+          what = `revoked ${revoked} live lease${revoked === 1 ? "" : "s"} of agent ${o.agent}`;
+        } else {
+          const r = await killswitch(cli, o);
+          if (r === null) return EXIT.error;
+          revoked = r;
+          what = `revoked ${revoked} live lease${revoked === 1 ? "" : "s"}`;
+        }
+        if (o.json) cli.json({ revoked });
+        else cli.out(what);
+      }),
+    );
+
+  program
+    .command("killswitch")
+    .description("revoke every live lease now (asks for confirmation unless --yes)")
+    .option("--reason <text>", "why, recorded in the audit trail")
+    .option("--yes", "do not ask (required when stdin is not a terminal)")
+    .option("--json", 'print { "revoked": N } as JSON')
+    .addHelpText("after", '\nExamples:\n  lessor killswitch\n  lessor killswitch --yes --reason "token leaked in a log"')
+    .action((o: { reason?: string; yes?: boolean; json?: boolean }) =>
+      cli.run(async () => {
+        const revoked = await killswitch(cli, o);
+        if (revoked === null) return EXIT.error;
+        if (o.json) cli.json({ revoked });
+        else cli.out(`killswitch: revoked ${revoked} live lease${revoked === 1 ? "" : "s"}`);
+      }),
+    );
+
+  program
+    .command("leases")
+    .description("list leases, newest first")
+    .option("--agent <agent>", "only this agent's leases")
+    .option("--secret <name>", "only leases on this secret (scope/name or a bare name)")
+    .option("--live", "only leases that can still be used")
+    .option("--limit <n>", "at most this many (default 1000)")
+    .option("--json", "print an array of leases as JSON")
+    .addHelpText("after", "\nExamples:\n  lessor leases --live\n  lessor leases --agent claude --json")
+    .action((o: { agent?: string; secret?: string; live?: boolean; limit?: string; json?: boolean }) =>
+      cli.run(async () => {
+        const limit = o.limit === undefined ? undefined : positiveInt("--limit", o.limit);
+        const { api } = await cli.backend();
+        const rows = await api.listLeases({
+          ...(o.agent !== undefined ? { agent: o.agent } : {}),
+          ...(o.secret !== undefined ? { secret: o.secret } : {}),
+          ...(o.live ? { live: true } : {}),
+          ...(limit !== undefined ? { limit } : {}),
+        });
+        const now = Date.now();
+        if (o.json) {
+          cli.json(rows.map((l) => leaseJson(l, now)));
+          return;
+        }
+        if (rows.length === 0) {
+          cli.err(o.live ? "no live leases" : "no leases");
+          return;
+        }
+        const lines = table(
+          ["ID", "AGENT", "SECRET", "STATE", "EXPIRES", "USES", "DOMAINS"],
+          rows.map((l) => [
+            l.id,
+            l.agent,
+            `${l.scope}/${l.name}`,
+            leaseState(l, now),
+            relative(l.expiresAt, now),
+            l.maxUses === null ? String(l.uses) : `${l.uses}/${l.maxUses}`,
+            l.anyDomain ? "any" : list(l.domains),
+          ]),
+        );
+        for (const line of lines) cli.out(line);
+      }),
+    );
+}
+
+/** Confirms (unless --yes) and pulls the killswitch; null when the user said no. */
+async function killswitch(cli: Cli, o: { reason?: string; yes?: boolean }): Promise<number | null> {
+  if (!o.yes) {
+    if (process.stdin.isTTY !== true) throw new UsageError(KILL_REFUSAL);
+    const { confirm } = await import("../format/prompt.js");
+    const { api } = await cli.backend();
+    const live = (await api.listLeases({ live: true, limit: 10_000 })).length;
+    const ok = await confirm(`Revoke all ${live} live lease${live === 1 ? "" : "s"} now?`, KILL_REFUSAL);
+    if (!ok) {
+      cli.err("lessor: nothing was revoked");
+      return null;
+    }
+  }
+  const { api } = await cli.backend();
+  return (await api.killswitch(o.reason)).revoked;
+}
