@@ -1,0 +1,25 @@
+/** Turns a command's NAME argument and `--scope` option into one secret reference. */
+import { UsageError } from "../cli.js";
+import { checkScope, parseRefString, refString } from "../../vault/names.js";
+import type { SecretRef } from "../../vault/types.js";
+
+/** `scope/name` or a bare name (scope `--scope`, else `global`). Throws when the two disagree. */
+export function secretRef(arg: string, scope?: string): SecretRef & { ref: string } {
+  const parsed = parseRefString(arg);
+  if (scope !== undefined) {
+    checkScope(scope);
+    if (arg.includes("/") && parsed.scope !== scope)
+      throw new UsageError(`the secret ${JSON.stringify(arg)} names scope ${parsed.scope} but --scope says ${scope}; give the scope once`);
+    const r = { scope, name: parsed.name };
+    return { ...r, ref: refString(r) };
+  }
+  return { ...parsed, ref: refString(parsed) };
+}
+
+/** Parses a positive whole number option (a version, a length). */
+export function positiveInt(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (!/^[0-9]+$/.test(text)) throw new UsageError(`${what} must be a whole number, not ${JSON.stringify(text)}`);
+  const n = Number(text);
+  if (n < 1 || n > max) throw new UsageError(`${what} must be from 1 to ${max}`);
+  return n;
+}
