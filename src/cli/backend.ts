@@ -5,10 +5,9 @@
  */
 import { existsSync } from "node:fs";
 import { LessorClient } from "../client/client.js";
-import { loadConfig, openVault } from "../config/open-vault.js";
+import { loadConfig } from "../config/load.js";
 import { inHome, resolveHome } from "../config/home.js";
 import { VaultError } from "../vault/errors.js";
-import { embeddedApi } from "./embedded-api.js";
 
 /** The calls CLI commands make (the client SDK's surface). */
 export type CliApi = Pick<
@@ -62,6 +61,7 @@ export async function openBackend(opts: { home?: string; env?: NodeJS.ProcessEnv
       if (!(e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message))) throw e;
     }
   }
+  const [{ openVault }, { embeddedApi }] = await Promise.all([import("../config/open-vault.js"), import("./embedded-api.js")]);
   const vault = await openVault({ home, env });
   return { mode: "embedded", home, api: embeddedApi(vault), close: () => vault.close() };
 }

@@ -1,0 +1,146 @@
+/**
+ * The child's environment for `lessor run`: the parent's variables (minus lessor's own key material),
+ * then each `--env-file` in order (later wins), then every reference in every value resolved through
+ * leases. A variable may be a reference (`TOKEN=$S:github-token`) or contain several
+ * (`DATABASE_URL=postgres://app:$S:db-password@db/app`).
+ */
+import { readFileSync } from "node:fs";
+import type { SecretBytes } from "../../crypto/secret-bytes.js";
+import { VaultError } from "../../vault/errors.js";
+import { extractField, findReferences, type FoundReference, type SecretReference } from "../../vault/refs.js";
+import { parseEnvFile } from "./env-file.js";
+import { keyOf, type LeaseBook } from "./leases.js";
+
+/** Variables never passed to the child: they would hand it the vault's master key. */
+export const WITHHELD_VARIABLES = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE"] as const;
+
+/** A variable of the child's environment and where it came from (for messages). */
+export interface EnvVar {
+  value: string;
+  from: string;
+}
+
+/** The parent's environment without {@link WITHHELD_VARIABLES}, then each env file over it. */
+export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[]): Map<string, EnvVar> {
+  const vars = new Map<string, EnvVar>();
+  for (const [k, v] of Object.entries(parent)) {
+    if (v === undefined || (WITHHELD_VARIABLES as readonly string[]).includes(k)) continue;
+    vars.set(k, { value: v, from: "the environment" });
+  }
+  for (const file of envFiles) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new VaultError("invalid_request", `cannot read the env file ${file} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the --env-file path`);
+    }
+    for (const e of parseEnvFile(text, file)) {
+      vars.delete(e.key); // keep file order for the later-wins variables
+      vars.set(e.key, { value: e.value, from: `${file}:${e.line}` });
+    }
+  }
+  return vars;
+}
+
+/** How a resolved piece is labelled in masked output: `name`, `scope/name`, plus `#field`. */
+export function maskLabel(ref: SecretReference): string {
+  const base = ref.scope === "global" ? ref.name : `${ref.scope}/${ref.name}`;
+  return ref.field === undefined ? base : `${base}#${ref.field}`;
+}
+
+/** The bytes a reference stands for: the secret's value, or one JSON field of it (a new holder). */
+export function referencedBytes(whole: SecretBytes, ref: SecretReference): { bytes: SecretBytes; owned: boolean } {
+  if (ref.field === undefined) return { bytes: whole, owned: false };
+  return { bytes: extractField(whole, ref.field), owned: true };
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The value as environment-variable text; refuses NUL bytes and invalid UTF-8 (without showing the value). */
+export function envText(bytes: SecretBytes, what: string): string {
+  const buf = bytes.expose();
+  if (buf.includes(0)) throw new VaultError("invalid_request", `${what} contains a NUL byte, which an environment variable cannot hold; use lessor inject to write it to a file`);
+  try {
+    return utf8.decode(buf);
+  } catch {
+    throw new VaultError("invalid_request", `${what} is not UTF-8 text, so it cannot go in an environment variable; use lessor inject to write it to a file`);
+  }
+}
+
+/** What {@link resolveEnv} returns: the child's environment and the pieces to mask in its output. */
+export interface ResolvedEnv {
+  env: Record<string, string>;
+  masks: { label: string; value: Buffer }[];
+  /** How many variables held references. */
+  resolved: number;
+}
+
+/** A variable that holds references, with them. */
+export interface VarRefs {
+  key: string;
+  v: EnvVar;
+  refs: FoundReference[];
+}
+
+/**
+ * The variables that hold references, in order. A malformed reference is an error naming the
+ * variable and where it came from.
+ */
+export function scanEnv(vars: Map<string, EnvVar>): VarRefs[] {
+  const found: VarRefs[] = [];
+  for (const [key, v] of vars) {
+    let refs: FoundReference[];
+    try {
+      refs = findReferences(v.value);
+    } catch (e) {
+      if (e instanceof VaultError) throw new VaultError(e.code, `$${key} (from ${v.from}) holds a malformed ${e.message}; fix it or remove it from the environment`);
+      throw e;
+    }
+    if (refs.length > 0) found.push({ key, v, refs });
+  }
+  return found;
+}
+
+/**
+ * Resolves the references `found` in `vars`: leases every distinct secret first (in variable order,
+ * so the first denial is reported before the child is ever started), then renders each variable.
+ * `abort` is called between leases (it throws when the run was interrupted).
+ */
+export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], book: LeaseBook, abort: () => void): Promise<ResolvedEnv> {
+  for (const { key, v, refs } of found)
+    for (const r of refs) {
+      await book.value(r.ref, `$${key} (from ${v.from})`);
+      abort();
+    }
+  const env: Record<string, string> = {};
+  for (const [key, v] of vars) env[key] = v.value;
+  const masks = new Map<string, { label: string; value: Buffer }>();
+  for (const { key, v, refs } of found) {
+    let out = "";
+    let at = 0;
+    for (const r of refs) {
+      const whole = await book.value(r.ref, `$${key}`);
+      const what = `${r.ref.field === undefined ? "secret" : `field "${r.ref.field}" of secret`} ${keyOf(r.ref)} (used by $${key} from ${v.from})`;
+      let picked;
+      try {
+        picked = referencedBytes(whole, r.ref);
+      } catch (e) {
+        if (e instanceof VaultError) throw new VaultError(e.code, `$${key} (from ${v.from}) refers to secret ${keyOf(r.ref)}: ${e.message}`);
+        throw e;
+      }
+      const { bytes, owned } = picked;
+      try {
+        const text = envText(bytes, `the value of ${what}`);
+        out += v.value.slice(at, r.start) + text;
+        at = r.end;
+        const label = maskLabel(r.ref);
+        if (!masks.has(label)) masks.set(label, { label, value: Buffer.from(bytes.expose()) });
+      } finally {
+        if (owned) bytes.wipe();
+      }
+    }
+    env[key] = out + v.value.slice(at);
+  }
+  return { env, masks: [...masks.values()], resolved: found.length };
+}

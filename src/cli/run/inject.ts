@@ -1,0 +1,125 @@
+/**
+ * `lessor inject`: renders the references in a template through leases (taken as `lessor run` takes
+ * them, revoked when done) and writes the result to stdout or to a file created 0600, atomically
+ * (temporary file, fsync, rename). Nothing is written unless every reference resolved.
+ */
+import { lstatSync, readFileSync } from "node:fs";
+import { writeFileAtomic } from "../../crypto/atomic-file.js";
+import { VaultError } from "../../vault/errors.js";
+import { findReferences } from "../../vault/refs.js";
+import type { Cli } from "../cli.js";
+import { referencedBytes } from "./child-env.js";
+import { LeaseBook } from "./leases.js";
+
+/** Options of {@link injectTemplate}. */
+export interface InjectOptions {
+  /** Template path, or "-" for stdin. */
+  input: string;
+  /** Output path; stdout when absent or "-". */
+  output?: string;
+  agent: string;
+  domains: string[];
+  ttl?: string;
+}
+
+/** 1-based line and column of offset `at` in `text` (columns count UTF-16 code units). */
+export function lineCol(text: string, at: number): { line: number; col: number } {
+  let line = 1;
+  let start = 0;
+  for (let i = text.indexOf("\n"); i >= 0 && i < at; i = text.indexOf("\n", i + 1)) {
+    line++;
+    start = i + 1;
+  }
+  return { line, col: at - start + 1 };
+}
+
+function readTemplate(path: string): string {
+  try {
+    return readFileSync(path === "-" ? 0 : path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new VaultError("invalid_request", `cannot read the template ${path} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the -i path`);
+  }
+}
+
+/** Renders the template and writes it; returns the exit code. */
+export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number> {
+  const text = readTemplate(o.input);
+  const where = o.input === "-" ? "<stdin>" : o.input;
+  let refs;
+  try {
+    refs = findReferences(text);
+  } catch (e) {
+    if (e instanceof VaultError) throw new VaultError(e.code, `${where}: ${e.message}. Nothing was written.`);
+    throw e;
+  }
+  let book: LeaseBook | null = null;
+  const parts: Buffer[] = [];
+  let out: Buffer | null = null;
+  try {
+    if (refs.length > 0) {
+      book = new LeaseBook((await cli.backend()).api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      let at = 0;
+      for (const r of refs) {
+        const { line, col } = lineCol(text, r.start);
+        const pos = `${where}:${line}:${col}`;
+        let whole;
+        try {
+          whole = await book.value(r.ref, pos);
+        } catch (e) {
+          if (e instanceof VaultError) throw new VaultError(e.code, `${e.message}. Nothing was written.`);
+          throw e;
+        }
+        let piece;
+        try {
+          piece = referencedBytes(whole, r.ref);
+        } catch (e) {
+          if (e instanceof VaultError) throw new VaultError(e.code, `${pos}: ${e.message}. Nothing was written.`);
+          throw e;
+        }
+        parts.push(Buffer.from(text.slice(at, r.start), "utf8"), Buffer.from(piece.bytes.expose()));
+        if (piece.owned) piece.bytes.wipe();
+        at = r.end;
+      }
+      parts.push(Buffer.from(text.slice(at), "utf8"));
+      out = Buffer.concat(parts);
+    } else {
+      out = Buffer.from(text, "utf8");
+    }
+    if (o.output === undefined || o.output === "-") {
+      const data = out;
+      await new Promise<void>((resolve, reject) => cli.stdout.write(data, (e) => (e ? reject(e) : resolve())));
+    } else {
+      writeOutput(cli, o.output, out);
+    }
+    return 0;
+  } finally {
+    for (const p of parts) p.fill(0);
+    out?.fill(0);
+    if (book) {
+      const { failed } = await book.revokeAll("lessor inject done").catch(() => ({ failed: -1 }));
+      if (failed !== 0) cli.err("lessor: some leases of this inject could not be revoked; they end when they expire (lessor revoke --agent can end them now)");
+    }
+  }
+}
+
+/** Writes `data` to `path` as a new 0600 file (temp + rename); says so when it replaces a wider file. */
+function writeOutput(cli: Cli, path: string, data: Buffer): void {
+  let before: number | null = null;
+  try {
+    const st = lstatSync(path);
+    if (st.isDirectory()) throw new VaultError("invalid_request", `${path} is a directory; give -o a file path`);
+    if (st.isFile()) before = st.mode & 0o777;
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new VaultError("invalid_request", `cannot check ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); check the -o path`);
+  }
+  try {
+    writeFileAtomic(path, data, 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new VaultError("invalid_request", `cannot write ${path} (${code ?? "error"}); check that its directory exists and is writable`);
+  }
+  if (before !== null && (before & 0o077) !== 0)
+    cli.err(`lessor: ${path} had mode ${before.toString(8).padStart(4, "0")}; it was replaced by a file with mode 0600`);
+}

@@ -1,0 +1,142 @@
+/**
+ * Lease bookkeeping for `lessor run` and `lessor inject`: one lease per distinct secret for the agent,
+ * taken through policy and used once; every lease taken is remembered so it can be revoked at the end,
+ * and every value held is wiped.
+ *
+ * Domains: `--domain D` (repeatable) is passed to the lease request, so policy checks each. The
+ * value is then read once (as `lessor lease` does) for the first exact host among the `--domain`s;
+ * without one, with no domain when the rule has `any_domain = true`, else for the lease's first
+ * exact host (the rule's `domains`). A lease bound only to `*.x` patterns needs `--domain HOST`.
+ */
+import type { SecretBytes } from "../../crypto/secret-bytes.js";
+import { VaultError } from "../../vault/errors.js";
+import type { LeaseRecord } from "../../vault/types.js";
+import type { CliApi } from "../backend.js";
+
+/** A secret as references name it (the field part is applied by the caller). */
+export interface SecretKey {
+  scope: string;
+  name: string;
+}
+
+/** Who leases and for where. */
+export interface LeaseBookOptions {
+  agent: string;
+  /** `--domain` values, in order. */
+  domains: string[];
+  /** Lease lifetime to ask for (capped by policy). */
+  ttl?: string;
+}
+
+/** `scope/name`. */
+export function keyOf(s: SecretKey): string {
+  return `${s.scope}/${s.name}`;
+}
+
+/** Takes one lease per secret, reads each value once, and revokes and wipes everything at the end. */
+export class LeaseBook {
+  readonly #api: CliApi;
+  readonly #opts: LeaseBookOptions;
+  readonly #values = new Map<string, SecretBytes>();
+  readonly #leases: LeaseRecord[] = [];
+  readonly #pending = new Set<string>();
+  #revoked = false;
+
+  constructor(api: CliApi, opts: LeaseBookOptions) {
+    this.#api = api;
+    this.#opts = opts;
+  }
+
+  /** The leases taken so far. */
+  get leases(): readonly LeaseRecord[] {
+    return this.#leases;
+  }
+
+  /**
+   * The value of `secret`, leasing it on first use. `usedBy` names where the reference is (a
+   * variable, a template position) for error messages. Errors keep their code (access_denied,
+   * secret_not_found, …) and say which secret, where it is used, and the policy's reason.
+   */
+  async value(secret: SecretKey, usedBy: string): Promise<SecretBytes> {
+    const key = keyOf(secret);
+    const held = this.#values.get(key);
+    if (held) return held;
+    if (this.#revoked) throw new VaultError("internal", "the leases of this run were already revoked");
+    const { agent, domains, ttl } = this.#opts;
+    let lease: LeaseRecord;
+    try {
+      lease = await this.#api.requestLease({
+        agent,
+        secret: { scope: secret.scope, name: secret.name },
+        ...(domains.length > 0 ? { domains } : {}),
+        ...(ttl !== undefined ? { ttl } : {}),
+      });
+    } catch (e) {
+      throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`);
+    }
+    this.#leases.push(lease);
+    this.#pending.add(lease.id);
+    const domain = accessDomain(domains, lease);
+    if (domain === undefined && !lease.anyDomain)
+      throw new VaultError(
+        "access_denied",
+        `${usedBy} refers to secret ${key}, whose lease (rule "${lease.rule}") is bound to domains (${lease.domains.join(", ") || "none"}); pass --domain HOST to say where it will be used, or give the rule any_domain = true`,
+      );
+    try {
+      const got = await this.#api.accessSecret(lease.id, domain === undefined ? {} : { domain });
+      this.#values.set(key, got.value);
+      return got.value;
+    } catch (e) {
+      throw explain(e, `${usedBy} refers to secret ${key}, and agent "${agent}" could not read it through lease ${lease.id}`);
+    }
+  }
+
+  /**
+   * Revokes every lease taken and not yet revoked (best effort: one failure does not stop the
+   * others) and wipes the values. `api` replaces the one the leases were taken through (a new
+   * connection). Leases that could not be revoked stay pending, so a second call retries them.
+   */
+  async revokeAll(reason: string, api: CliApi = this.#api): Promise<{ revoked: number; failed: number }> {
+    this.#revoked = true;
+    this.wipe();
+    let revoked = 0;
+    for (const id of [...this.#pending]) {
+      try {
+        await api.revokeLease(id, reason);
+        this.#pending.delete(id);
+        revoked++;
+      } catch (e) {
+        // A lease already gone is as good as revoked; anything else stays pending.
+        if (e instanceof VaultError && (e.code === "lease_revoked" || e.code === "lease_expired" || e.code === "lease_not_found")) {
+          this.#pending.delete(id);
+          revoked++;
+        }
+      }
+    }
+    return { revoked, failed: this.#pending.size };
+  }
+
+  /** Wipes every value held. */
+  wipe(): void {
+    for (const v of this.#values.values()) v.wipe();
+    this.#values.clear();
+  }
+}
+
+/** The host a new lease's value is read for (see the module comment); undefined = no domain. */
+export function accessDomain(requested: readonly string[], lease: LeaseRecord): string | undefined {
+  const exact = (d: string): boolean => !d.includes("*");
+  return requested.find(exact) ?? (lease.anyDomain ? undefined : lease.domains.find(exact));
+}
+
+/** Prefixes a VaultError's message with `context`, keeping its code; other errors pass through. */
+function explain(e: unknown, context: string): unknown {
+  if (!(e instanceof VaultError)) return e;
+  const fix =
+    e.code === "access_denied"
+      ? "; add or change a rule in the policy (lessor policy explain shows why), then run again"
+      : e.code === "secret_not_found"
+        ? "; or fix the reference"
+        : "";
+  return new VaultError(e.code, `${context}: ${e.message}${fix}`);
+}

@@ -1,0 +1,147 @@
+/**
+ * Output masking for `lessor run`: a Transform that replaces every occurrence of each secret value
+ * (and of its common encodings) with `[redacted:LABEL]`, also when a value is split across chunks.
+ *
+ * It holds back the end of what it has seen only where that end could still grow into a secret
+ * (at most `maxLen - 1` bytes that are a proper prefix of one); everything before is passed on at
+ * once, so plain output is not delayed. It never emits a whole secret, nor a prefix of one that a
+ * later chunk completes. On end it flushes what it held (after masking).
+ */
+import { Transform, type TransformCallback } from "node:stream";
+
+/** One byte string to hide, and what to print instead. */
+export interface MaskPattern {
+  bytes: Buffer;
+  replacement: Buffer;
+}
+
+/**
+ * The byte strings to hide for one value: the raw bytes, and for values of 6 bytes or more also
+ * their base64 (standard with and without padding, and URL-safe), lower- and upper-case hex, the
+ * percent-encoded form and the JSON-escaped form when they differ from the raw bytes.
+ */
+export function encodingsOf(value: Buffer): Buffer[] {
+  if (value.length === 0) return [];
+  const out: Buffer[] = [Buffer.from(value)];
+  if (value.length >= 6) {
+    const b64 = value.toString("base64");
+    out.push(Buffer.from(b64), Buffer.from(b64.replace(/=+$/, "")), Buffer.from(value.toString("base64url")));
+    const hex = value.toString("hex");
+    out.push(Buffer.from(hex), Buffer.from(hex.toUpperCase()));
+    const text = value.toString("utf8");
+    if (Buffer.from(text, "utf8").equals(value)) {
+      out.push(Buffer.from(encodeURIComponent(text)));
+      out.push(Buffer.from(JSON.stringify(text).slice(1, -1)));
+    }
+  }
+  const seen = new Set<string>();
+  return out.filter((b) => {
+    const k = b.toString("latin1");
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
+/** Builds patterns for `values` (label → value bytes); longer patterns win where two start at one place. */
+export function maskPatterns(values: { label: string; value: Buffer }[]): MaskPattern[] {
+  const out: MaskPattern[] = [];
+  const seen = new Set<string>();
+  for (const { label, value } of values) {
+    const replacement = Buffer.from(`[redacted:${label}]`);
+    for (const bytes of encodingsOf(value)) {
+      const k = bytes.toString("latin1");
+      if (seen.has(k)) {
+        bytes.fill(0);
+        continue;
+      }
+      seen.add(k);
+      out.push({ bytes, replacement });
+    }
+  }
+  return out.sort((a, b) => b.bytes.length - a.bytes.length);
+}
+
+/** A Transform that masks `patterns` in the bytes flowing through it. */
+export class MaskStream extends Transform {
+  readonly #patterns: MaskPattern[];
+  readonly #maxLen: number;
+  #tail: Buffer = Buffer.alloc(0);
+
+  constructor(patterns: MaskPattern[]) {
+    super();
+    this.#patterns = patterns;
+    this.#maxLen = patterns.reduce((m, p) => Math.max(m, p.bytes.length), 0);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    const buf = this.#tail.length === 0 ? chunk : Buffer.concat([this.#tail, chunk]);
+    this.#wipeTail();
+    const { out, rest } = this.#scan(buf, false);
+    this.#tail = Buffer.from(rest);
+    if (buf !== chunk) buf.fill(0);
+    if (out.length > 0) this.push(out);
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    const { out } = this.#scan(this.#tail, true);
+    this.#wipeTail();
+    if (out.length > 0) this.push(out);
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    this.#wipeTail();
+    cb(err);
+  }
+
+  #wipeTail(): void {
+    this.#tail.fill(0);
+    this.#tail = Buffer.alloc(0);
+  }
+
+  /**
+   * Masks `buf`. Unless `final`, the bytes from the first place where the rest of `buf` could still
+   * grow into a secret (it is a proper prefix of one) are held back as `rest`: everything before
+   * that is decided, so plain output is passed on at once and only a possible secret start waits.
+   */
+  #scan(buf: Buffer, final: boolean): { out: Buffer; rest: Buffer } {
+    if (this.#maxLen === 0) return { out: Buffer.from(buf), rest: Buffer.alloc(0) };
+    const parts: Buffer[] = [];
+    const next = this.#patterns.map((p) => buf.indexOf(p.bytes));
+    let i = 0;
+    let hold = final ? buf.length : this.#partialFrom(buf, 0);
+    for (;;) {
+      let best = -1;
+      let at = Infinity;
+      for (let k = 0; k < this.#patterns.length; k++) {
+        let idx = next[k]!;
+        if (idx >= 0 && idx < i) next[k] = idx = buf.indexOf(this.#patterns[k]!.bytes, i);
+        // patterns are sorted longest first, so `<` keeps the longest at a tie
+        if (idx >= 0 && idx < at) {
+          at = idx;
+          best = k;
+        }
+      }
+      if (best < 0 || at >= hold) break;
+      if (at > i) parts.push(buf.subarray(i, at));
+      parts.push(this.#patterns[best]!.replacement);
+      i = at + this.#patterns[best]!.bytes.length;
+      if (hold < i) hold = this.#partialFrom(buf, i);
+    }
+    if (hold > i) parts.push(buf.subarray(i, hold));
+    return { out: Buffer.concat(parts), rest: buf.subarray(Math.max(i, hold)) };
+  }
+
+  /** The first position at or after `from` where the rest of `buf` is a proper prefix of a pattern (else buf.length). */
+  #partialFrom(buf: Buffer, from: number): number {
+    for (let p = Math.max(from, buf.length - this.#maxLen + 1); p < buf.length; p++) {
+      const n = buf.length - p;
+      for (const pat of this.#patterns) {
+        if (pat.bytes.length > n && pat.bytes[0] === buf[p] && buf.compare(pat.bytes, 0, n, p) === 0) return p;
+      }
+    }
+    return buf.length;
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * `lessor run`: resolve the references in the child's environment through leases, start the child
+ * (no shell), mask secret values in its output when that goes to a pipe or file, pass signals on,
+ * revoke every lease when it exits, and exit with its code (128 + N when signal N killed it).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import type { Readable, Writable } from "node:stream";
+import { VaultError } from "../../vault/errors.js";
+import type { Backend } from "../backend.js";
+import type { Cli } from "../cli.js";
+import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
+import { LeaseBook } from "./leases.js";
+import { MaskStream, maskPatterns, type MaskPattern } from "./mask.js";
+import { SignalRelay, signalExitCode } from "./signals.js";
+
+/** Options of {@link runChild}. */
+export interface RunOptions {
+  agent: string;
+  envFiles: string[];
+  domains: string[];
+  ttl?: string;
+}
+
+/** Thrown inside the run when a signal arrives before the child starts. */
+class Interrupted extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(signal);
+  }
+}
+
+/** Runs `argv` as the child; resolves with the exit code for lessor. */
+export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise<number> {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined) throw new VaultError("invalid_request", "say which command to run after --, e.g. lessor run --agent claude -- claude");
+  const relay = new SignalRelay();
+  const conn = new Connection(cli);
+  let book: LeaseBook | null = null;
+  let patterns: MaskPattern[] = [];
+  let revoked: Promise<void> | null = null;
+  const revoke = (): Promise<void> => (revoked ??= book ? revokeAll(cli, conn, book) : Promise.resolve());
+  const abort = (): void => {
+    if (relay.early) throw new Interrupted(relay.early);
+  };
+  try {
+    const vars = baseEnv(process.env, o.envFiles);
+    const found = scanEnv(vars);
+    let env: Record<string, string>;
+    if (found.length > 0) {
+      const backend = await conn.open();
+      abort();
+      book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      let resolved;
+      try {
+        resolved = await resolveEnv(vars, found, book, abort);
+      } catch (e) {
+        if (e instanceof VaultError) throw new VaultError(e.code, `${e.message}. The command was not started.`);
+        throw e;
+      }
+      env = resolved.env;
+      patterns = maskPatterns(resolved.masks);
+      for (const m of resolved.masks) m.value.fill(0);
+      book.wipe(); // the child gets the values through its environment; lessor keeps only the mask patterns
+      // A daemon connection is not held while the child runs (the daemon closes idle ones anyway);
+      // a new one revokes the leases at the end. An embedded vault stays open.
+      if (backend.mode === "daemon") await conn.close();
+    } else {
+      env = Object.fromEntries([...vars].map(([k, v]) => [k, v.value]));
+    }
+    abort();
+
+    const maskOut = process.stdout.isTTY !== true;
+    const maskErr = process.stderr.isTTY !== true;
+    const child = spawn(cmd, args, { env, stdio: ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] });
+    relay.attach(child);
+    const flushed: Promise<void>[] = [];
+    if (maskOut && child.stdout) flushed.push(relayOutput(child.stdout, process.stdout, patterns));
+    if (maskErr && child.stderr) flushed.push(relayOutput(child.stderr, process.stderr, patterns));
+
+    const ended = await exited(child);
+    // The child is gone: its leases end now, before lessor waits for the last of its output.
+    await revoke();
+    await Promise.all(flushed);
+    if (ended.error) {
+      const code = ended.error.code;
+      const exit = code === "ENOENT" ? 127 : 126;
+      cli.err(`lessor: cannot run ${JSON.stringify(cmd)}: ${code === "ENOENT" ? "no such command; check the name and PATH" : `${code ?? "error"}; check that it is an executable file`}`);
+      return exit;
+    }
+    if (ended.signal) return signalExitCode(ended.signal);
+    return ended.code ?? 1;
+  } catch (e) {
+    if (e instanceof Interrupted) {
+      cli.err(`lessor: stopped by ${e.signal} before the command started; the leases taken so far are revoked`);
+      return signalExitCode(e.signal);
+    }
+    throw e;
+  } finally {
+    await revoke();
+    await conn.close();
+    for (const p of patterns) p.bytes.fill(0);
+    relay.dispose();
+  }
+}
+
+/** The run's own backend: opened when leases are taken, reopened (daemon mode) to revoke them. */
+class Connection {
+  #backend: Backend | null = null;
+  constructor(readonly cli: Cli) {}
+
+  async open(): Promise<Backend> {
+    if (this.#backend) return this.#backend;
+    const { openBackend } = await import("../backend.js");
+    this.#backend = await openBackend(this.cli.home ? { home: this.cli.home } : {});
+    return this.#backend;
+  }
+
+  async close(): Promise<void> {
+    const b = this.#backend;
+    this.#backend = null;
+    await b?.close().catch(() => {});
+  }
+}
+
+/**
+ * Revokes the run's leases, saying so on stderr if some could not be. When a connection to the
+ * daemon fails (it was restarted, or closed an idle connection), one retry on a new connection.
+ */
+async function revokeAll(cli: Cli, conn: Connection, book: LeaseBook): Promise<void> {
+  const reason = "lessor run ended";
+  let failed = 0;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      ({ failed } = await book.revokeAll(reason, (await conn.open()).api));
+    } catch {
+      failed = book.leases.length;
+    }
+    if (failed === 0) return;
+    await conn.close();
+  }
+  cli.err(`lessor: ${failed} lease(s) of this run could not be revoked; they end when they expire (lessor revoke --agent can end them now)`);
+}
+
+/** Resolves when the child exits, or with the spawn error when it could not start. */
+function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: NodeJS.ErrnoException }> {
+  return new Promise((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+    child.once("error", (error: NodeJS.ErrnoException) => resolve({ code: null, signal: null, error }));
+  });
+}
+
+/**
+ * Copies the child's output to lessor's through a {@link MaskStream}. When lessor's own output is
+ * closed (`| head`), the child's pipe is closed too, so the child sees EPIPE as it would without lessor.
+ */
+function relayOutput(from: Readable, to: Writable, patterns: MaskPattern[]): Promise<void> {
+  const mask = new MaskStream(patterns);
+  return new Promise((resolve) => {
+    const done = (): void => resolve();
+    to.once("error", () => {
+      from.destroy();
+      mask.destroy();
+      done();
+    });
+    from.once("error", () => mask.end());
+    mask.once("end", done);
+    mask.once("close", done);
+    from.pipe(mask).pipe(to, { end: false });
+  });
+}
