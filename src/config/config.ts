@@ -3,8 +3,8 @@
  * wrong type is an error naming the file, the table and the field.
  */
 import { parse, TomlError } from "smol-toml";
-import { ALGS, type Alg } from "../crypto/aead.js";
-import { DEFAULT_LIMITS, type Limits } from "../vault/context.js";
+import type { Alg } from "../crypto/aead.js";
+import { DEFAULT_LIMITS, type Limits } from "../vault/limits.js";
 import { parseDuration } from "../vault/duration.js";
 import { VaultError } from "../vault/errors.js";
 import { isAgentId } from "../vault/names.js";
@@ -73,6 +73,9 @@ export const DEFAULT_CONFIG: Config = {
 };
 
 type Table = Record<string, unknown>;
+
+/** The cipher names lessor.toml accepts (kept in step with crypto/aead.ts by the type below, without loading it). */
+const ALGS = ["aes-256-gcm", "xchacha20-poly1305"] as const satisfies readonly Alg[];
 
 function fail(source: string, where: string, msg: string): never {
   throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);

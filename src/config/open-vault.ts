@@ -2,7 +2,7 @@
  * The composition root for the embedded default: a vault in a home directory with the SQLite store,
  * the configured key source, the policy file and the configured audit sinks.
  */
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { createKeyFile } from "../crypto/keys/file.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
@@ -13,7 +13,8 @@ import { VaultError } from "../vault/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../crypto/atomic-file.js";
 import { STARTER_CONFIG } from "./config.js";
-import { loadConfig, loadPolicyFile } from "./load.js";
+import { loadConfig } from "./load.js";
+import { parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { assertPrivateDir, ensurePrivateDir } from "./perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
@@ -29,6 +30,21 @@ export interface OpenVaultOptions {
   sinks?: AuditSink[];
   /** Passed through to Vault.open (tests). */
   now?: VaultOptions["now"];
+}
+
+/** Reads and parses a policy file. */
+export function loadPolicyFile(path: string): Policy {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new VaultError(
+      "policy_invalid",
+      code === "ENOENT" ? `the policy file ${path} does not exist; create it (see docs/policy.md) or run lessor init` : `cannot read the policy file ${path} (${code ?? "error"})`,
+    );
+  }
+  return parsePolicy(text, path);
 }
 
 /** Opens the vault in a home made by {@link initHome}. */
@@ -128,4 +144,4 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   return { home, created, keySource };
 }
 
-export { loadConfig, loadPolicyFile };
+export { loadConfig };

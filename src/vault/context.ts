@@ -11,27 +11,11 @@ import type { AuditSink } from "../audit/sink.js";
 import type { Store, StoreTx } from "../store/types.js";
 import type { KeySource } from "../crypto/keyring.js";
 import { VaultError } from "./errors.js";
+import type { Limits } from "./limits.js";
+
+export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
 import type { AuditDraft, AuditRecord } from "./types.js";
-
-/** Limits with their defaults (see docs/configuration.md). */
-export interface Limits {
-  /** Largest secret value in bytes. Default 65,536. */
-  maxSecretBytes: number;
-  /** Live leases one agent may hold at once. Default 100. */
-  maxLiveLeasesPerAgent: number;
-  /** Versions kept per secret (older ones are pruned on write). Default 10. */
-  keepVersions: number;
-  /** How long expired leases are kept before garbage collection deletes them. Default 7 days. */
-  leaseRetentionMs: number;
-}
-
-export const DEFAULT_LIMITS: Limits = {
-  maxSecretBytes: 64 * 1024,
-  maxLiveLeasesPerAgent: 100,
-  keepVersions: 10,
-  leaseRetentionMs: 7 * 24 * 3600 * 1000,
-};
 
 /** Shared, mutable state of one open vault. */
 export interface VaultContext {

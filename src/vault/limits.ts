@@ -1,0 +1,21 @@
+/** The vault's size and count limits, with their defaults (set in lessor.toml [vault]). */
+
+/** Limits with their defaults (lessor.toml [vault]). */
+export interface Limits {
+  /** Largest secret value in bytes. Default 65,536. */
+  maxSecretBytes: number;
+  /** Live leases one agent may hold at once. Default 100. */
+  maxLiveLeasesPerAgent: number;
+  /** Versions kept per secret (older ones are pruned on write). Default 10. */
+  keepVersions: number;
+  /** How long expired leases are kept before garbage collection deletes them. Default 7 days. */
+  leaseRetentionMs: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxSecretBytes: 64 * 1024,
+  maxLiveLeasesPerAgent: 100,
+  keepVersions: 10,
+  leaseRetentionMs: 7 * 24 * 3600 * 1000,
+};
+
