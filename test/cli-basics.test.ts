@@ -77,6 +77,12 @@ describe("lessor basics (built CLI)", () => {
     assert.equal(code, 0);
   });
 
+  test("a reader that closes the pipe early (| head) ends the CLI quietly", () => {
+    const r = spawnSync("bash", ["-c", `set -o pipefail; ${process.execPath} ${BIN} completion bash | true`], { encoding: "utf8", timeout: 20_000 });
+    assert.doesNotMatch(r.stderr, /EPIPE|Unhandled/);
+    assert.equal(r.status, 0);
+  });
+
   test("NO_COLOR: no escape codes even on a terminal", () => {
     const home = join(dir, "h1");
     const r = spawnSync("script", ["-qec", `${process.execPath} ${BIN} --home ${home} secret list`, "/dev/null"], { encoding: "utf8", env: { PATH: process.env.PATH, NO_COLOR: "1", TERM: "xterm" }, timeout: 20_000 });
