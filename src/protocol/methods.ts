@@ -8,7 +8,7 @@ import type { AuditVerifyResult } from "../audit/verify.js";
 import type { Explanation } from "../vault/policy.js";
 import type { RotationResult } from "../vault/rotation.js";
 import type { SecretMeta, VersionMeta } from "../vault/secrets.js";
-import { AUDIT_TYPES, SECRET_KINDS, type LeaseRecord, type SecretRecord, type TokenInfo } from "../vault/types.js";
+import { AUDIT_TYPES, SECRET_KINDS, type AuditRecord, type LeaseRecord, type SecretRecord, type TokenInfo } from "../vault/types.js";
 import type { VaultStatus } from "../vault/vault.js";
 import type { WireIdentity } from "./messages.js";
 
@@ -99,25 +99,12 @@ export interface WireValue {
   encoding: "base64";
 }
 
-/** An audit event on the wire: hashes in hex, detail parsed. */
-export interface WireAuditEvent {
-  seq: number;
-  id: string;
-  time: number;
-  type: string;
-  actorId: string;
-  actorRole: string;
-  transport: string;
-  agent: string | null;
-  secret: string | null;
-  leaseId: string | null;
-  domain: string | null;
-  outcome: string;
-  reason: string | null;
+/** An audit event on the wire: the stored record with hashes in hex and detail parsed. */
+export type WireAuditEvent = Omit<AuditRecord, "detail" | "prevHash" | "hash"> & {
   detail: Record<string, unknown> | null;
   prevHash: string;
   hash: string;
-}
+};
 
 /** Result type of every method. */
 export interface Results {
