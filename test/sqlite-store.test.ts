@@ -61,6 +61,53 @@ async function expectLine(lines: AsyncIterator<string>, want: string): Promise<v
 }
 
 describe("sqlite store", () => {
+  test("the batch cache of the audit head and meta never outlives a rolled-back call", async () => {
+    const store = openSqliteStore(freshPath());
+    try {
+      await append(store, "a1");
+      await store.transaction((t) => t.setMeta("k", "v1"));
+      // Three calls queued in the same turn share one batch: the middle one writes and then throws.
+      const before = store.stats().commits;
+      const results = await Promise.allSettled([
+        append(store, "a2"),
+        store.transaction(async (t) => {
+          const head = await t.auditHead();
+          await t.insertAudit(auditRec((head?.seq ?? 0) + 1, { id: "rolled-back" }));
+          await t.setMeta("k", "rolled-back");
+          assert.equal(await t.getMeta("k"), "rolled-back");
+          throw new Error("undo me");
+        }),
+        store.transaction(async (t) => {
+          assert.equal(await t.getMeta("k"), "v1", "the rolled-back meta value is not served from a cache");
+          const head = await t.auditHead();
+          assert.equal(head?.seq, 2, "the rolled-back audit row is not the head");
+          await t.insertAudit(auditRec(head!.seq + 1, { id: "a3" }));
+        }),
+      ]);
+      assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+      assert.equal(store.stats().commits, before + 1, "the three calls shared one commit");
+      assert.deepEqual(await allAudit(store), ["a1", "a2", "a3"]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test("a batch re-reads the audit head another connection moved", async () => {
+    const file = freshPath();
+    const a = openSqliteStore(file);
+    const b = openSqliteStore(file);
+    try {
+      await append(a, "a1");
+      await append(b, "b1");
+      await append(a, "a2");
+      await append(b, "b2");
+      assert.deepEqual(await allAudit(a), ["a1", "b1", "a2", "b2"]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("sets WAL, synchronous=FULL, foreign keys and the busy timeout", async () => {
     const store = openSqliteStore(freshPath(), { busyTimeoutMs: 1234 });
     assert.deepEqual(store.settings(), {

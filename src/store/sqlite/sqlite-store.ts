@@ -233,6 +233,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     super();
     this.rq = new Queries(reader);
     this.wq = new Queries(writer);
+    this.wq.caching = true;
   }
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
@@ -328,6 +329,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private async runBatch(): Promise<void> {
     const w = this.wq;
     try {
+      w.forget();
       w.stmt("BEGIN IMMEDIATE").run();
     } catch (e) {
       const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction");
@@ -385,6 +387,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       call.error = e;
       if (this.writer.inTransaction) {
         try {
+          w.forget();
           w.stmt("ROLLBACK TO s").run();
           w.stmt("RELEASE s").run();
         } catch {
