@@ -38,21 +38,6 @@ const LIVE = "done = 0 AND expires_at > ?";
 /** Statements and row mapping for one better-sqlite3 connection. */
 export class Queries {
   private readonly cache = new Map<string, Stmt>();
-  /**
-   * The audit head and meta values as this connection last read or wrote them, kept only while the
-   * writer holds the write lock (one batch): no other connection can change them then. The store
-   * calls {@link forget} when a batch starts or ends and when a savepoint is rolled back.
-   * `undefined` = not known; the reader connection never caches.
-   */
-  private head: { seq: number; hash: Buffer } | null | undefined = undefined;
-  private readonly metaCache = new Map<string, string | null>();
-  caching = false;
-
-  /** Drops the batch caches. */
-  forget(): void {
-    this.head = undefined;
-    this.metaCache.clear();
-  }
 
   constructor(private readonly db: BetterSqlite3.Database) {}
 
@@ -345,7 +330,6 @@ export class Queries {
       rec.prevHash,
       rec.hash,
     );
-    if (this.caching) this.head = { seq: rec.seq, hash: Buffer.from(rec.hash) };
   }
 
   getCheckpoint(): AuditCheckpoint | null {
@@ -365,10 +349,7 @@ export class Queries {
   // ---- meta ----
 
   getMeta(key: string): string | null {
-    if (this.caching && this.metaCache.has(key)) return this.metaCache.get(key)!;
-    const v = (this.stmt("SELECT value FROM meta WHERE key = ?").pluck().get(key) as string | undefined) ?? null;
-    if (this.caching) this.metaCache.set(key, v);
-    return v;
+    return (this.stmt("SELECT value FROM meta WHERE key = ?").pluck().get(key) as string | undefined) ?? null;
   }
 
   setMeta(key: string, value: string): void {
@@ -376,7 +357,6 @@ export class Queries {
       key,
       value,
     );
-    if (this.caching) this.metaCache.set(key, value);
   }
 
   // ---- tokens ----

@@ -233,7 +233,6 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     super();
     this.rq = new Queries(reader);
     this.wq = new Queries(writer);
-    this.wq.caching = true;
   }
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
@@ -329,7 +328,6 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private async runBatch(): Promise<void> {
     const w = this.wq;
     try {
-      w.forget();
       w.stmt("BEGIN IMMEDIATE").run();
     } catch (e) {
       const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction");
@@ -387,7 +385,6 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       call.error = e;
       if (this.writer.inTransaction) {
         try {
-          w.forget();
           w.stmt("ROLLBACK TO s").run();
           w.stmt("RELEASE s").run();
         } catch {
