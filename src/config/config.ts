@@ -8,6 +8,7 @@ import { DEFAULT_LIMITS, type Limits } from "../vault/limits.js";
 import { parseDuration } from "../vault/duration.js";
 import { VaultError } from "../vault/errors.js";
 import { isAgentId } from "../vault/names.js";
+import type { ServerLimits } from "../server/connection.js";
 
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {
@@ -27,20 +28,13 @@ export interface Config {
 }
 
 /** The `[server]` table. */
-export interface ServerConfig {
+export interface ServerConfig extends ServerLimits {
   /** Unix socket path (relative to the home). */
   socket: string;
   /** Mode of the socket file; 0600 unless agents under other uids must reach it. */
   socketMode: number;
   /** Loopback TCP listener ("127.0.0.1:7391"), or null for none. Clients send a token. */
   tcp: { host: string; port: number } | null;
-  maxConnections: number;
-  handshakeTimeoutMs: number;
-  idleTimeoutMs: number;
-  readTimeoutMs: number;
-  maxInFlight: number;
-  maxFrameBytes: number;
-  shutdownGraceMs: number;
 }
 
 /** One `[[identity]]` entry: a uid and who it is. */
