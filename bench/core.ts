@@ -14,10 +14,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { open, seal } from "../src/crypto/aead.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
-import { openSqliteStore, type SqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import { uuidv7 } from "../src/vault/ids.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { addLiveLeases } from "./live-leases.js";
 import { parsePolicy } from "../src/vault/policy.js";
-import type { LeaseRecord } from "../src/vault/types.js";
 import { Vault } from "../src/vault/vault.js";
 
 const quick = process.argv.includes("--quick");
@@ -50,41 +49,6 @@ function baseline(): number {
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-/** Inserts live leases for background agents directly through the store, in big transactions. */
-async function addLiveLeases(store: SqliteStore, count: number, now: number): Promise<void> {
-  for (let done = 0; done < count; ) {
-    const batch = Math.min(5000, count - done);
-    await store.transaction(async (tx) => {
-      for (let i = 0; i < batch; i++) {
-        const lease: LeaseRecord = {
-          id: uuidv7(now),
-          agent: `bg-${(done + i) % 1000}`,
-          scope: "global",
-          name: "token",
-          domains: ["api.example.com"],
-          anyDomain: false,
-          methods: null,
-          paths: null,
-          rule: "bg",
-          issuedAt: now,
-          expiresAt: now + 3600_000,
-          maxExpiresAt: now + 3600_000,
-          uses: 0,
-          maxUses: null,
-          renewals: 0,
-          maxRenewals: null,
-          renewable: true,
-          revokedAt: null,
-          revokeReason: null,
-          issuedBy: "bench",
-        };
-        await tx.insertLease(lease);
-      }
-    });
-    done += batch;
-  }
-}
 
 const POLICY = `
 [[rule]]

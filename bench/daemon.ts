@@ -20,8 +20,8 @@ import { LessorClient } from "../src/client/index.js";
 import { initHome } from "../src/config/open-vault.js";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { addLiveLeases } from "./live-leases.js";
 import { uuidv7 } from "../src/vault/ids.js";
-import type { LeaseRecord } from "../src/vault/types.js";
 
 const quick = process.argv.includes("--quick");
 const SECONDS = quick ? 1 : 3;
@@ -93,24 +93,11 @@ function waitReady(proc: ChildProcess, stream: "stdout" | "stderr", match: (line
   });
 }
 
-async function addLiveLeases(dbPath: string, count: number): Promise<void> {
+/** Adds live leases to the daemon's database from this process (SQLite lets both write). */
+async function addLiveLeasesTo(dbPath: string, count: number): Promise<void> {
   const store = openSqliteStore(dbPath);
-  const now = Date.now();
   try {
-    for (let done = 0; done < count; ) {
-      const n = Math.min(5000, count - done);
-      await store.transaction(async (tx) => {
-        for (let i = 0; i < n; i++) {
-          const lease: LeaseRecord = {
-            id: uuidv7(now), agent: `bg-${(done + i) % 1000}`, scope: "global", name: "token", domains: ["api.example.com"], anyDomain: false,
-            methods: null, paths: null, rule: "bg", issuedAt: now, expiresAt: now + 3600_000, maxExpiresAt: now + 3600_000, uses: 0, maxUses: null,
-            renewals: 0, maxRenewals: null, renewable: true, revokedAt: null, revokeReason: null, issuedBy: "bench",
-          };
-          await tx.insertLease(lease);
-        }
-      });
-      done += n;
-    }
+    await addLiveLeases(store, count);
   } finally {
     await store.close();
   }
@@ -166,10 +153,10 @@ async function main(): Promise<void> {
       la[n] = await throughput(n, leaseAccess);
       emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(la[n]!), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio: +(la[n]! / echoRate[n]!).toFixed(4), goal: n === 32 ? ">= 20000 ops/s" : undefined });
     }
-    await addLiveLeases(join(home, "lessor.db"), 1000);
+    await addLiveLeasesTo(join(home, "lessor.db"), 1000);
     const at1k = await throughput(32, leaseAccess);
     emit({ name: "lease_access_c32_1k_live", ops_per_s: Math.round(at1k) });
-    await addLiveLeases(join(home, "lessor.db"), 99_000);
+    await addLiveLeasesTo(join(home, "lessor.db"), 99_000);
     const at100k = await throughput(32, leaseAccess);
     emit({ name: "lease_access_c32_100k_live", ops_per_s: Math.round(at100k) });
     emit({ name: "lease_access_100k_vs_1k", ratio: +(at100k / at1k).toFixed(3), goal: ">= 0.8", ok: at100k / at1k >= 0.8 });

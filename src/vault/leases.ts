@@ -15,6 +15,9 @@ import { isUuid, uuidv7 } from "./ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "./names.js";
 import { decide, leaseDomains } from "./policy.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef } from "./types.js";
+import { leaseState } from "./lease-state.js";
+
+export { leaseState, type LeaseState } from "./lease-state.js";
 
 /** What {@link requestLease} takes. */
 export interface LeaseRequest {
@@ -44,17 +47,6 @@ export interface AccessResult {
   value: SecretBytes;
   version: number;
   lease: LeaseRecord;
-}
-
-/** A lease's state at a time. */
-export type LeaseState = "live" | "expired" | "revoked" | "exhausted";
-
-/** The state of `lease` at `now`. */
-export function leaseState(lease: LeaseRecord, now: number): LeaseState {
-  if (lease.revokedAt !== null) return "revoked";
-  if (lease.expiresAt <= now) return "expired";
-  if (lease.maxUses !== null && lease.uses >= lease.maxUses) return "exhausted";
-  return "live";
 }
 
 const patternCache = new Map<string, DomainPattern>();

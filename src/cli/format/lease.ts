@@ -1,17 +1,10 @@
 /** Leases for output: the stable --json shape and the state a lease is in. */
+import { leaseState, type LeaseState } from "../../vault/lease-state.js";
 import type { LeaseRecord } from "../../vault/types.js";
 import { iso } from "./time.js";
 
-/** Where a lease stands now. */
-export type LeaseState = "live" | "expired" | "revoked" | "exhausted";
-
-/** The state of `lease` at `now` (revoked wins over used up, which wins over expired). */
-export function leaseState(lease: LeaseRecord, now = Date.now()): LeaseState {
-  if (lease.revokedAt !== null) return "revoked";
-  if (lease.maxUses !== null && lease.uses >= lease.maxUses) return "exhausted";
-  if (lease.expiresAt <= now) return "expired";
-  return "live";
-}
+/** The core's rule, so the CLI shows the state an access would report. */
+export { leaseState, type LeaseState } from "../../vault/lease-state.js";
 
 /** A lease as printed by --json (docs/cli/leases.md): times as ISO text, `secret` as scope/name. */
 export interface LeaseJson {

@@ -9,7 +9,8 @@ import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../vault/errors.js";
 import { SECRET_KINDS, type SecretKind } from "../../vault/types.js";
 import { confirm, PromptCancelled } from "./prompt.js";
-import { positiveInt, secretRef } from "./ref.js";
+import { positiveInt } from "../format/options.js";
+import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";
 import { checkValueOptions, readSecretValue, willPrompt, type ValueOptions } from "./value-source.js";
 
@@ -108,7 +109,7 @@ export function rotateSecret(cli: Cli, nameArg: string, o: ValueOptions & { scop
 /** `secret get NAME`: metadata with the value redacted, or with `--reveal` the value itself. */
 export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; ver?: string; reveal?: boolean; json?: boolean }): Promise<number> {
   const r = secretRef(nameArg, o.scope);
-  const wanted = o.ver === undefined ? undefined : positiveInt(o.ver, "--ver");
+  const wanted = o.ver === undefined ? undefined : positiveInt("--ver", o.ver);
   const { api } = await cli.backend();
   const meta = await api.getSecretMetadata(r);
   const { versions: _versions, ...record } = meta;
@@ -212,7 +213,7 @@ export async function secretHistory(cli: Cli, nameArg: string, o: { scope?: stri
 /** `secret rollback NAME VERSION`: stores an older version's value as a new version. */
 export async function rollbackSecret(cli: Cli, nameArg: string, versionArg: string, o: { scope?: string; json?: boolean }): Promise<number> {
   const r = secretRef(nameArg, o.scope);
-  const from = positiveInt(versionArg, "VERSION");
+  const from = positiveInt("VERSION", versionArg);
   const { api } = await cli.backend();
   const meta = await api.rollbackSecret(r, from);
   if (o.json) cli.json(meta);

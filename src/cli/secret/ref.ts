@@ -15,11 +15,3 @@ export function secretRef(arg: string, scope?: string): SecretRef & { ref: strin
   }
   return { ...parsed, ref: refString(parsed) };
 }
-
-/** Parses a positive whole number option (a version, a length). */
-export function positiveInt(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
-  if (!/^[0-9]+$/.test(text)) throw new UsageError(`${what} must be a whole number, not ${JSON.stringify(text)}`);
-  const n = Number(text);
-  if (n < 1 || n > max) throw new UsageError(`${what} must be from 1 to ${max}`);
-  return n;
-}

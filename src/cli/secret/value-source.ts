@@ -8,7 +8,7 @@ import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { promptHidden } from "./prompt.js";
 import { isCharset, randomValue, CHARSETS } from "./random.js";
-import { positiveInt } from "./ref.js";
+import { positiveInt } from "../format/options.js";
 
 /** The value options shared by `set` and `rotate`. */
 export interface ValueOptions {
@@ -55,7 +55,7 @@ export function checkValueOptions(o: ValueOptions, extraArgs: readonly string[])
   const sources = [o.fromFile !== undefined, o.random === true, o.value !== undefined].filter(Boolean).length;
   if (sources > 1) throw new UsageError("choose one value source: stdin, the prompt, --from-file, --random or --value");
   if ((o.length !== undefined || o.charset !== undefined) && !o.random) throw new UsageError("--length and --charset go with --random");
-  if (o.length !== undefined) positiveInt(o.length, "--length", MAX_RANDOM_LENGTH);
+  if (o.length !== undefined) positiveInt("--length", o.length, MAX_RANDOM_LENGTH);
   if (o.charset !== undefined && !isCharset(o.charset))
     throw new UsageError(`--charset must be one of ${Object.keys(CHARSETS).join(", ")}`);
   if (o.value !== undefined && !o.forceArgv) throw new UsageError(ARGV_REFUSED);
@@ -85,7 +85,7 @@ export async function readSecretValue(cli: Cli, o: ValueOptions, label: string):
     }
   } else if (o.random) {
     const charset = o.charset !== undefined && isCharset(o.charset) ? o.charset : "base64url";
-    return randomValue(o.length === undefined ? 32 : positiveInt(o.length, "--length", MAX_RANDOM_LENGTH), charset);
+    return randomValue(o.length === undefined ? 32 : positiveInt("--length", o.length, MAX_RANDOM_LENGTH), charset);
   } else if (process.stdin.isTTY) {
     const [first, second] = await promptHidden([`Value for ${label}: `, "Again, to confirm: "], process.stdin, process.stderr);
     if (first !== second) throw new UsageError("the two values did not match; nothing was stored, try again");
