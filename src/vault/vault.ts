@@ -138,11 +138,6 @@ export class Vault {
     });
   }
 
-  /** The store (for adapters that need raw reads, such as benchmarks). */
-  get store(): Store {
-    return this.#ctx.store;
-  }
-
   /** Closes the store and sinks and wipes the keys. */
   async close(): Promise<void> {
     if (this.#ctx.closed) return;
