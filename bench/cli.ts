@@ -3,7 +3,7 @@
  *
  *   npm run build && npx tsx bench/cli.ts [--quick]
  *
- * Figures (median wall time of N runs of the built dist/bin/lessor.js):
+ * Figures (median wall time of N runs of the built dist/bin/lessor.cjs):
  *   lessor --version                 goal <= 1.3x node -e 0
  *   lessor lease … (daemon running)  goal <= 1.6x
  *   lessor run -- node -e 0          goal <= 2.2x (two Node start-ups)
@@ -18,7 +18,7 @@ import { initHome } from "../src/config/open-vault.js";
 
 const quick = process.argv.includes("--quick");
 const RUNS = quick ? 5 : 21;
-const BIN = fileURLToPath(new URL("../dist/bin/lessor.js", import.meta.url));
+const BIN = fileURLToPath(new URL("../dist/bin/lessor.cjs", import.meta.url));
 const emit = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ bench: "cli", ...o })}\n`);
 
 function time(cmd: string[], env: NodeJS.ProcessEnv): number {

@@ -1,16 +1,17 @@
-// Bundles the CLI with esbuild (code splitting) so a command loads only the modules it needs.
-// Output: dist/bin/lessor.js (the `lessor` bin) and its chunks.
+// Bundles the CLI with esbuild into dist/bin, in two parts, so a command loads only what it needs:
+//
+//   dist/bin/lessor.cjs     the `lessor` bin: a small CommonJS bundle (CommonJS starts faster than an
+//                           ES module) holding the entry, `--version` and the fast path for `lease`
+//                           and `run` against a running daemon (src/cli/fast-path.ts);
+//   dist/bin/full/*.mjs     the whole command tree (src/cli/program.ts) as ES modules with code
+//                           splitting, imported by the entry when the fast path does not apply.
 import { build } from "esbuild";
+import { chmodSync, rmSync } from "node:fs";
 
-const { rmSync } = await import("node:fs");
 rmSync("dist/bin", { recursive: true, force: true });
 
-const result = await build({
-  entryPoints: { lessor: "src/cli/main.ts" },
-  outdir: "dist/bin",
+const common = {
   bundle: true,
-  splitting: true,
-  format: "esm",
   platform: "node",
   target: "node20",
   // Pure-JS dependencies are bundled (fewer files to resolve and read at start-up); native addons and
@@ -18,17 +19,47 @@ const result = await build({
   external: ["better-sqlite3", "@node-rs/argon2", "pino"],
   sourcemap: true,
   legalComments: "none",
-  // The shebang for the bin, and a `require` for the bundled CommonJS dependencies (commander) in ESM.
-  banner: { js: '#!/usr/bin/env node\nimport { createRequire as __lessorRequire } from "node:module";\nconst require = __lessorRequire(import.meta.url);' },
-  chunkNames: "chunks/[name]-[hash]",
   logLevel: "warning",
   metafile: true,
+};
+
+// The entry's `import("./program.js")` (and the fast path's `import("./backend.js")`, for the embedded
+// vault) become run-time imports of the ES-module build.
+const fullTree = {
+  name: "full-tree",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/(program|backend)\.js$/ }, (a) =>
+      /src\/cli\/(main|fast-path)\.ts$/.test(a.importer) ? { path: `./full/${a.path.slice(2, -3)}.mjs`, external: true } : undefined,
+    );
+  },
+};
+
+const entry = await build({
+  ...common,
+  entryPoints: { lessor: "src/cli/main.ts" },
+  outdir: "dist/bin",
+  format: "cjs",
+  outExtension: { ".js": ".cjs" },
+  plugins: [fullTree],
+  banner: { js: "#!/usr/bin/env node" },
+});
+
+const tree = await build({
+  ...common,
+  entryPoints: { program: "src/cli/program.ts", backend: "src/cli/backend.ts" },
+  outdir: "dist/bin/full",
+  splitting: true,
+  format: "esm",
+  outExtension: { ".js": ".mjs" },
+  // A `require` for the bundled CommonJS dependencies (commander) in ESM.
+  banner: { js: 'import { createRequire as __lessorRequire } from "node:module";\nconst require = __lessorRequire(import.meta.url);' },
+  chunkNames: "chunks/[name]-[hash]",
 });
 
 // npm makes bins executable when it links them; do it here too for direct runs from a checkout.
-const { chmodSync } = await import("node:fs");
-chmodSync("dist/bin/lessor.js", 0o755);
+chmodSync("dist/bin/lessor.cjs", 0o755);
 if (process.env.LESSOR_BUILD_ANALYZE) {
   const { analyzeMetafile } = await import("esbuild");
-  console.log(await analyzeMetafile(result.metafile));
+  console.log(await analyzeMetafile(entry.metafile));
+  console.log(await analyzeMetafile(tree.metafile));
 }

@@ -1,4 +1,4 @@
-/** Runs the built CLI (dist/bin/lessor.js, made by `npm run build:cli`) as a real child process. */
+/** Runs the built CLI (dist/bin/lessor.cjs, made by `npm run build:cli`) as a real child process. */
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { initHome } from "../src/config/open-vault.js";
 
-export const BIN = fileURLToPath(new URL("../dist/bin/lessor.js", import.meta.url));
+export const BIN = fileURLToPath(new URL("../dist/bin/lessor.cjs", import.meta.url));
 if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run npm run build:cli (npm test does it)`);
 
 export interface CliResult {

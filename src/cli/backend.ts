@@ -4,10 +4,10 @@
  * {@link CliApi} surface — the client SDK's methods — so every command works in both modes.
  */
 import { existsSync } from "node:fs";
-import { LessorClient } from "../client/client.js";
-import { loadConfig } from "../config/load.js";
-import { inHome, resolveHome } from "../config/home.js";
+import type { LessorClient } from "../client/client.js";
+import { resolveHome } from "../config/home.js";
 import { VaultError } from "../vault/errors.js";
+import { connectDaemon } from "./daemon-backend.js";
 
 /** The calls CLI commands make (the client SDK's surface). */
 export type CliApi = Pick<
@@ -23,6 +23,7 @@ export type CliApi = Pick<
   | "secretHistory"
   | "requestLease"
   | "accessSecret"
+  | "leaseAndAccess"
   | "renewLease"
   | "revokeLease"
   | "revokeAllForAgent"
@@ -51,16 +52,8 @@ export async function openBackend(opts: { home?: string; env?: NodeJS.ProcessEnv
   const env = opts.env ?? process.env;
   const home = resolveHome(opts.home, env);
   if (!existsSync(home)) throw new VaultError("key_unavailable", `there is no lessor home at ${home}; run lessor init (or pass --home / set LESSOR_HOME)`);
-  const socketPath = inHome(home, loadConfig(home).server.socket);
-  if (existsSync(socketPath)) {
-    try {
-      const client = await LessorClient.connect({ socketPath }, { reconnect: false });
-      return { mode: "daemon", home, api: client, close: () => client.close() };
-    } catch (e) {
-      // A socket file with nobody listening (a daemon that was killed): fall back to the vault itself.
-      if (!(e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message))) throw e;
-    }
-  }
+  const daemon = await connectDaemon(home);
+  if (daemon) return daemon;
   const [{ openVault }, { embeddedApi }] = await Promise.all([import("../config/open-vault.js"), import("./embedded-api.js")]);
   const vault = await openVault({ home, env });
   return { mode: "embedded", home, api: embeddedApi(vault), close: () => vault.close() };

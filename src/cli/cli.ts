@@ -8,9 +8,13 @@ import type { Backend } from "./backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { VaultError } from "../vault/errors.js";
 
+/** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */
+export type BackendOpener = (home: string | undefined) => Promise<Backend>;
+
 /** Shared state of one CLI invocation. */
 export class Cli {
   #backend: Promise<Backend> | null = null;
+  readonly #open: BackendOpener;
   /** The --home option, if given. */
   home: string | undefined;
   readonly stdout: NodeJS.WriteStream = process.stdout;
@@ -39,10 +43,20 @@ export class Cli {
     return this.color ? `\u001b[2m${s}\u001b[22m` : s;
   }
 
+  /** `open` is how backends are opened: the daemon or the embedded vault (src/cli/backend.ts). */
+  constructor(open: BackendOpener) {
+    this.#open = open;
+  }
+
   /** The daemon for the home if one is listening, else the embedded vault; opened once. */
   backend(): Promise<Backend> {
-    this.#backend ??= import("./backend.js").then((m) => m.openBackend({ ...(this.home ? { home: this.home } : {}) }));
+    this.#backend ??= this.#open(this.home);
     return this.#backend;
+  }
+
+  /** A new backend, apart from {@link backend}'s (the caller closes it). */
+  openBackend(): Promise<Backend> {
+    return this.#open(this.home);
   }
 
   /** Runs a command body: closes the backend after, maps errors to messages and exit codes. */

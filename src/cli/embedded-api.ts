@@ -37,6 +37,7 @@ export function embeddedApi(vault: Vault): CliApi {
     secretHistory: (r) => s.secretHistory(ref(r)),
     requestLease: (req) => s.requestLease({ ...req, secret: typeof req.secret === "string" ? req.secret : ref(req.secret) }),
     accessSecret: (id, target) => s.accessSecret(id, target),
+    leaseAndAccess: (req, target) => s.requestLeaseAndAccess({ ...req, secret: typeof req.secret === "string" ? req.secret : ref(req.secret) }, target),
     renewLease: (id, opts) => s.renewLease(id, opts),
     revokeLease: (id, reason) => s.revokeLease(id, reason),
     revokeAllForAgent: (agent, reason) => s.revokeAllForAgent(agent, reason),

@@ -8,13 +8,13 @@ import { Cli } from "./cli.js";
 import { EXIT } from "./exit-codes.js";
 import { VERSION } from "../version.js";
 import * as commands from "./commands/index.js";
+import { addOptions, GLOBAL_OPTIONS } from "./option-spec.js";
 
-const cli = new Cli();
+const cli = new Cli((home) => import("./backend.js").then((m) => m.openBackend(home ? { home } : {})));
 const program = new Command()
   .name("lessor")
   .description("A credential vault for AI agents: encrypted secrets lent out through leases.")
   .version(VERSION)
-  .option("--home <dir>", "the lessor home (default: $LESSOR_HOME or ~/.lessor)")
   .showSuggestionAfterError()
   .exitOverride()
   .configureOutput({ outputError: (s, write) => write(s.startsWith("error:") ? `lessor: ${s.slice(7)}` : s) })
@@ -22,6 +22,7 @@ const program = new Command()
     cli.home = cmd.optsWithGlobals<{ home?: string }>().home;
   });
 
+addOptions(program, GLOBAL_OPTIONS);
 for (const register of Object.values(commands)) register(program, cli);
 
 /** Parses process.argv and runs the command. */

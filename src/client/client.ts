@@ -19,7 +19,6 @@ import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../pr
 import type { PROTOCOL, VERSION, WireIdentity } from "../protocol/messages.js";
 import type { MethodName, Params, Results, WireAuditEvent } from "../protocol/methods.js";
 import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode } from "../vault/errors.js";
-import { uuidv7 } from "../vault/ids.js";
 import { parseRefString } from "../vault/names.js";
 import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../vault/types.js";
 
@@ -106,6 +105,20 @@ const IDLE = 0;
 const CONNECTING = 1;
 const READY = 2;
 const CLOSED = 3;
+
+let requestSeq = 0;
+
+/**
+ * A request id in the protocol's UUIDv7 form: the time, then a per-process counter, so ids are
+ * unique among the requests of this process. They are not secrets, so no CSPRNG is used, which
+ * keeps node:crypto (several ms to load) out of the CLI's start-up.
+ */
+function requestId(): string {
+  const ms = Date.now().toString(16).padStart(12, "0");
+  requestSeq = (requestSeq + 1) % 0x1_0000_0000_0000;
+  const r = Math.floor(Math.random() * 0x1000).toString(16).padStart(3, "0");
+  return `${ms.slice(0, 8)}-${ms.slice(8)}-7${r}-8000-${requestSeq.toString(16).padStart(12, "0")}`;
+}
 
 /** A client of the lessor daemon. Create with {@link LessorClient.connect}. */
 export class LessorClient {
@@ -216,12 +229,24 @@ export class LessorClient {
 
   /** Requests a lease (policy-checked). */
   requestLease(req: LeaseRequestInput): Promise<LeaseRecord> {
-    const params: Params<"request_lease"> = { secret: secretString(req.secret) };
-    if (req.agent !== undefined) params.agent = req.agent;
-    if (req.domains !== undefined) params.domains = req.domains;
-    if (req.ttl !== undefined) params.ttl = req.ttl;
-    if (req.maxUses !== undefined) params.maxUses = req.maxUses;
-    return this.call("request_lease", params);
+    return this.call("request_lease", leaseParams(req));
+  }
+
+  /**
+   * Requests a lease and uses it once, in one round trip and one durable commit on the daemon
+   * (request_lease with `access`). Without `target.domain` the daemon uses the first exact host among
+   * `req.domains`, else none for an any_domain lease, else the lease's first exact host. If the use is
+   * refused, the daemon revokes the new lease in the same commit and this rejects with the refusal.
+   * The returned lease's `uses` counts this access. Wipe the value (or `using`) when done.
+   */
+  leaseAndAccess(req: LeaseRequestInput, target?: AccessTargetInput): Promise<ClientAccessResult> {
+    const params = leaseParams(req);
+    const access: NonNullable<Params<"request_lease">["access"]> = {};
+    if (target?.domain !== undefined) access.domain = target.domain;
+    if (target?.method !== undefined) access.method = target.method;
+    if (target?.path !== undefined) access.path = target.path;
+    params.access = access;
+    return this.call("request_lease", params).then(toLeasedAndAccessed);
   }
 
   /** Uses a lease once and returns the value. Wipe the value (or `using`) when done. */
@@ -362,7 +387,7 @@ export class LessorClient {
 
   #send(method: string, params: unknown, secret: boolean): Promise<any> {
     const sock = this.#socket!;
-    const id = uuidv7();
+    const id = requestId();
     const message = { id, method, params };
     let frame: Buffer;
     try {
@@ -526,11 +551,13 @@ export class LessorClient {
       };
       sock.on("connect", () => {
         connected = true;
-        const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
-        if (this.#token !== undefined) hello.token = this.#token;
-        const frame = wipeableFrame(hello);
-        sock.write(frame, () => frame.fill(0));
       });
+      // The hello goes out as soon as the socket connects (the socket holds it until then), so the
+      // daemon can take the handshake while this process gets on with other work.
+      const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
+      if (this.#token !== undefined) hello.token = this.#token;
+      const helloFrame = wipeableFrame(hello);
+      sock.write(helloFrame, () => helloFrame.fill(0));
       sock.on("error", (e: NodeJS.ErrnoException) => {
         if (!done) finish(connectError(e, ep));
         else this.#lastSocketError = e.code ?? "socket error";
@@ -660,6 +687,16 @@ function wipeableFrame(message: unknown): Buffer {
   return out;
 }
 
+/** request_lease params (without `access`) from a LeaseRequestInput. */
+function leaseParams(req: LeaseRequestInput): Params<"request_lease"> {
+  const params: Params<"request_lease"> = { secret: secretString(req.secret) };
+  if (req.agent !== undefined) params.agent = req.agent;
+  if (req.domains !== undefined) params.domains = req.domains;
+  if (req.ttl !== undefined) params.ttl = req.ttl;
+  if (req.maxUses !== undefined) params.maxUses = req.maxUses;
+  return params;
+}
+
 /** `{ scope?, name }` params from a SecretSpec. */
 function refParams(ref: SecretSpec): { scope?: string; name: string } {
   if (typeof ref === "string") return parseRefString(ref);
@@ -707,4 +744,13 @@ function toRevealed(r: Results["reveal_secret"]): { value: SecretBytes; version:
 
 function toAccessed(r: Results["access_secret"]): ClientAccessResult {
   return { value: decodeValue(r), version: r.version, lease: r.lease };
+}
+
+function toLeasedAndAccessed(r: Results["request_lease"]): ClientAccessResult {
+  const version = r.version;
+  if (typeof version !== "number")
+    throw new VaultError("internal", "the lessor daemon granted the lease but sent no value; it may predate request_lease with access, so use matching versions");
+  const value = decodeValue(r);
+  const { value: _v, encoding: _e, version: _n, ...lease } = r;
+  return { value, version, lease };
 }

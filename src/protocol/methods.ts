@@ -25,6 +25,9 @@ const value = {
   encoding: z.enum(["utf8", "base64"]).optional(),
 };
 
+/** Where a leased value is about to be used (access_secret, and request_lease's `access`). */
+const target = { domain: z.string().max(300).optional(), method: str(16).optional(), path: z.string().max(8192).optional() };
+
 /** Params schema of every method. */
 export const METHODS = {
   status: z.strictObject({}),
@@ -50,8 +53,10 @@ export const METHODS = {
     domains: z.array(str(253)).max(64).optional(),
     ttl: ttl.optional(),
     maxUses: z.number().int().positive().optional(),
+    /** Also use the new lease once, in the same commit; the result then carries the value. */
+    access: z.strictObject(target).optional(),
   }),
-  access_secret: z.strictObject({ leaseId: uuid, domain: z.string().max(300).optional(), method: str(16).optional(), path: z.string().max(8192).optional() }),
+  access_secret: z.strictObject({ leaseId: uuid, ...target }),
   renew_lease: z.strictObject({ leaseId: uuid, ttl: ttl.optional() }),
   revoke_lease: z.strictObject({ leaseId: uuid, reason }),
   revoke_all_for_agent: z.strictObject({ agent: str(128), reason }),
@@ -99,6 +104,11 @@ export interface WireValue {
   encoding: "base64";
 }
 
+/** The value fields of a result that carries one (access_secret, request_lease with `access`). */
+export interface LeaseValue extends WireValue {
+  version: number;
+}
+
 /** An audit event on the wire: the stored record with hashes in hex and detail parsed. */
 export type WireAuditEvent = Omit<AuditRecord, "detail" | "prevHash" | "hash"> & {
   detail: Record<string, unknown> | null;
@@ -117,7 +127,8 @@ export interface Results {
   list_secrets: SecretRecord[];
   get_secret_metadata: SecretMeta;
   secret_history: VersionMeta[];
-  request_lease: LeaseRecord;
+  /** The lease; with `access` in the params, also the value and its version (the lease's `uses` counts that access). */
+  request_lease: LeaseRecord & Partial<LeaseValue>;
   access_secret: WireValue & { version: number; lease: LeaseRecord };
   renew_lease: LeaseRecord;
   revoke_lease: { revoked: boolean };

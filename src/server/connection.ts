@@ -13,7 +13,7 @@ import { isMethod, METHODS, type MethodName } from "../protocol/methods.js";
 import { VaultError, wireCode, type WireErrorCode } from "../vault/errors.js";
 import type { Identity } from "../vault/types.js";
 import type { Vault, VaultSession } from "../vault/vault.js";
-import { HANDLERS, SECRET_RESULTS, type DispatchContext } from "./dispatch.js";
+import { carriesSecret, HANDLERS, type DispatchContext } from "./dispatch.js";
 import type { Logger } from "./logger.js";
 import { issuesMessage, safeName, wireIdentity } from "./wire.js";
 
@@ -293,7 +293,7 @@ export class Connection {
     try {
       const handler = HANDLERS[method] as (s: VaultSession, p: unknown, c: DispatchContext) => Promise<unknown>;
       const result = await handler(this.#session!, params, this.#host.dispatch);
-      this.#respond({ id, ok: true, result }, SECRET_RESULTS.has(method), method);
+      this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);
     } catch (e) {
       if (e instanceof VaultError) this.#reply(id, wireCode(e.code), e.message);
       else {

@@ -21,6 +21,12 @@ type Handler<M extends MethodName> = (s: VaultSession, p: z.output<(typeof METHO
 /** Methods whose result carries secret material: the server wipes their response frame after writing it. */
 export const SECRET_RESULTS: ReadonlySet<string> = new Set<MethodName>(["access_secret", "reveal_secret", "token_create"]);
 
+/** True when the result of `method` called with (validated) `params` carries secret material. */
+export function carriesSecret(method: MethodName, params: unknown): boolean {
+  if (SECRET_RESULTS.has(method)) return true;
+  return method === "request_lease" && (params as { access?: unknown }).access !== undefined;
+}
+
 /** The handler of every method. */
 export const HANDLERS: { [M in MethodName]: Handler<M> } = {
   async status(s, _p, c) {
@@ -59,7 +65,12 @@ export const HANDLERS: { [M in MethodName]: Handler<M> } = {
   get_secret_metadata: (s, p) => s.getSecretMetadata({ scope: p.scope ?? "global", name: p.name }),
   secret_history: (s, p) => s.secretHistory({ scope: p.scope ?? "global", name: p.name }),
 
-  request_lease: (s, p) => s.requestLease(p),
+  async request_lease(s, p) {
+    const { access, ...req } = p;
+    if (access === undefined) return s.requestLease(req);
+    const got = await s.requestLeaseAndAccess(req, access);
+    return { ...got.lease, value: takeBase64(got.value), encoding: "base64", version: got.version };
+  },
   async access_secret(s, p) {
     const { leaseId, ...target } = p;
     const got = await s.accessSecret(leaseId, target);

@@ -74,8 +74,20 @@ export function wireCode(code: ErrorCode): WireErrorCode {
   return WIRE[code];
 }
 
+/** Marks VaultErrors, so that `instanceof` knows them whichever copy of this module made them. */
+const BRAND: unique symbol = Symbol.for("lessor.VaultError") as never;
+
 /** The one error type lessor throws on purpose. `message` is safe to show to the caller. */
 export class VaultError extends Error {
+  /**
+   * True for a VaultError made by any copy of this module: the CLI's entry bundle and its command
+   * tree are built apart (scripts/build-cli.mjs) and each holds one, and an application may load two
+   * versions of lessor. Code and message are what matter, not which copy of the class.
+   */
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    return typeof x === "object" && x !== null && (x as { [BRAND]?: unknown })[BRAND] === true;
+  }
+
   override readonly name = "VaultError";
   readonly code: ErrorCode;
 
@@ -89,6 +101,8 @@ export class VaultError extends Error {
     return { code: this.code, message: this.message };
   }
 }
+
+Object.defineProperty(VaultError.prototype, BRAND, { value: true });
 
 /** True when `e` is a VaultError, optionally with the given code. */
 export function isVaultError(e: unknown, code?: ErrorCode): e is VaultError {

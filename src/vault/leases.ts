@@ -1,6 +1,6 @@
 /**
  * Leases: request (policy-checked, bound to the requesting agent), access (every check and the use
- * count in one transaction), renew, revoke, revoke-all, killswitch, list and garbage collection.
+ * count in one transaction), request-and-access in one transaction, renew, revoke, revoke-all, killswitch, list and garbage collection.
  * Every grant, use, denial, renewal and revocation is audited inside the same transaction.
  */
 import { openValue } from "../crypto/envelope.js";
@@ -14,7 +14,7 @@ import { VaultError } from "./errors.js";
 import { isUuid, uuidv7 } from "./ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "./names.js";
 import { decide, leaseDomains } from "./policy.js";
-import type { Identity, LeaseFilter, LeaseRecord, SecretRef } from "./types.js";
+import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "./types.js";
 import { leaseState } from "./lease-state.js";
 
 export { leaseState, type LeaseState } from "./lease-state.js";
@@ -71,8 +71,18 @@ async function denied(audit: AuditFn, who: Identity, err: VaultError, fields: { 
   return err;
 }
 
-/** Grants a lease if policy allows it. */
-export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseRequest): Promise<LeaseRecord> {
+/** A {@link LeaseRequest} after its shape was checked (before any transaction). */
+interface CheckedRequest {
+  ref: SecretRef;
+  /** `scope/name`, for audit rows. */
+  secret: string;
+  agent: string | undefined;
+  ttl: number | undefined;
+  maxUses: number | undefined;
+  domains: string[] | undefined;
+}
+
+function checkRequest(req: LeaseRequest): CheckedRequest {
   const ref = typeof req.secret === "string" ? parseRefString(req.secret) : checkRef(req.secret);
   if (req.agent !== undefined) checkAgentId(req.agent);
   const ttl = req.ttl === undefined ? undefined : toMs(req.ttl);
@@ -80,56 +90,114 @@ export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseR
     throw new VaultError("invalid_request", "maxUses must be a whole number from 1");
   if (req.domains !== undefined && (!Array.isArray(req.domains) || req.domains.length > 64 || !req.domains.every((d) => typeof d === "string")))
     throw new VaultError("invalid_request", "domains must be a list of at most 64 host names");
-  const secret = refString(ref);
-  return commit(ctx, async (tx, audit, now) => {
-    const agent = resolveAgent(who, req.agent);
-    if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
-    const q = { agent, secret: ref, domains: req.domains };
-    const decision = decide(ctx.policy, q);
-    if (!decision.allow || !decision.rule)
-      return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
-    const rule = decision.rule;
-    const rec = await tx.getSecret(ref);
-    if (!rec) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
-    const live = await tx.countLiveLeases(agent, now);
-    if (live >= ctx.limits.maxLiveLeasesPerAgent)
-      return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
-    const terms = rule.terms;
-    const maxExpiresAt = now + terms.maxTtlMs;
-    const lease: LeaseRecord = {
-      id: uuidv7(now),
-      agent,
-      scope: ref.scope,
-      name: ref.name,
-      domains: leaseDomains(rule, q),
-      anyDomain: rule.anyDomain,
-      methods: rule.methods ? [...rule.methods] : null,
-      paths: rule.paths ? [...rule.paths] : null,
-      rule: rule.name,
-      issuedAt: now,
-      expiresAt: Math.min(now + Math.min(ttl ?? terms.ttlMs, terms.ttlMs), maxExpiresAt),
-      maxExpiresAt,
-      uses: 0,
-      maxUses: req.maxUses !== undefined ? Math.min(req.maxUses, terms.maxUses ?? req.maxUses) : terms.maxUses,
-      renewals: 0,
-      maxRenewals: terms.maxRenewals,
-      renewable: terms.renewable,
-      revokedAt: null,
-      revokeReason: null,
-      issuedBy: who.id,
-    };
-    await tx.insertLease(lease);
-    await audit({
-      type: "lease_granted",
-      actor: who,
-      agent,
-      secret,
-      leaseId: lease.id,
-      outcome: "ok",
-      detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(",") },
-    });
-    return lease;
+  return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains };
+}
+
+/** The grant itself, inside a transaction: policy, limits, the lease row and its audit event. */
+async function grantIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, who: Identity, req: CheckedRequest): Promise<LeaseRecord | VaultError> {
+  const { ref, secret } = req;
+  const agent = resolveAgent(who, req.agent);
+  if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
+  const q = { agent, secret: ref, domains: req.domains };
+  const decision = decide(ctx.policy, q);
+  if (!decision.allow || !decision.rule)
+    return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
+  const rule = decision.rule;
+  const rec = await tx.getSecret(ref);
+  if (!rec) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
+  const live = await tx.countLiveLeases(agent, now);
+  if (live >= ctx.limits.maxLiveLeasesPerAgent)
+    return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
+  const terms = rule.terms;
+  const maxExpiresAt = now + terms.maxTtlMs;
+  const lease: LeaseRecord = {
+    id: uuidv7(now),
+    agent,
+    scope: ref.scope,
+    name: ref.name,
+    domains: leaseDomains(rule, q),
+    anyDomain: rule.anyDomain,
+    methods: rule.methods ? [...rule.methods] : null,
+    paths: rule.paths ? [...rule.paths] : null,
+    rule: rule.name,
+    issuedAt: now,
+    expiresAt: Math.min(now + Math.min(req.ttl ?? terms.ttlMs, terms.ttlMs), maxExpiresAt),
+    maxExpiresAt,
+    uses: 0,
+    maxUses: req.maxUses !== undefined ? Math.min(req.maxUses, terms.maxUses ?? req.maxUses) : terms.maxUses,
+    renewals: 0,
+    maxRenewals: terms.maxRenewals,
+    renewable: terms.renewable,
+    revokedAt: null,
+    revokeReason: null,
+    issuedBy: who.id,
+  };
+  await tx.insertLease(lease);
+  await audit({
+    type: "lease_granted",
+    actor: who,
+    agent,
+    secret,
+    leaseId: lease.id,
+    outcome: "ok",
+    detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(",") },
   });
+  return lease;
+}
+
+/** Grants a lease if policy allows it. */
+export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseRequest): Promise<LeaseRecord> {
+  const checked = checkRequest(req);
+  return commit(ctx, (tx, audit, now) => grantIn(ctx, tx, audit, now, who, checked));
+}
+
+/**
+ * The domain a lease taken and used in one call is used for when the caller names none: the first
+ * exact (non-`*`) host among the requested domains; else none when the lease is any_domain; else the
+ * lease's first exact host. Undefined means "no domain" (which only an any_domain lease accepts).
+ */
+export function defaultAccessDomain(requested: readonly string[], lease: Pick<LeaseRecord, "domains" | "anyDomain">): string | undefined {
+  const exact = (d: string): boolean => !d.includes("*");
+  return requested.find(exact) ?? (lease.anyDomain ? undefined : lease.domains.find(exact));
+}
+
+/** The revocation reason of a lease whose first access, in the same call as its grant, was refused. */
+export const REFUSED_FIRST_ACCESS = "its first access, requested with the grant, was refused";
+
+/**
+ * Grants a lease and uses it once, in one transaction (one durable commit): the lease_granted and
+ * secret_accessed events are chained in it as two separate calls would chain them. Every check of
+ * {@link requestLease} and then of {@link accessSecret} applies, unchanged. When the grant is refused,
+ * nothing is granted (as with requestLease). When the access is refused, the refusal is audited
+ * (access_denied) and the new lease is revoked in the same transaction (lease_revoked), so no usable
+ * lease ever becomes visible; the access error is thrown. `target.domain` defaults as
+ * {@link defaultAccessDomain} says; a lease bound only to `*.x` patterns needs it.
+ */
+export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, target: AccessTarget = {}): Promise<AccessResult> {
+  const checked = checkRequest(req);
+  const got = await commit(ctx, async (tx, audit, now) => {
+    const lease = await grantIn(ctx, tx, audit, now, who, checked);
+    if (lease instanceof VaultError) return lease;
+    const domain = target.domain ?? defaultAccessDomain(checked.domains ?? [], lease);
+    const used =
+      domain === undefined && !lease.anyDomain
+        ? await denied(
+            audit,
+            who,
+            new VaultError(
+              "access_denied",
+              `this lease is bound only to domain patterns (${lease.domains.join(", ") || "none"}); name the exact host the credential is for (access.domain; --domain HOST in the CLI)`,
+            ),
+            { agent: lease.agent, secret: checked.secret, leaseId: lease.id, domain: null },
+          )
+        : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain });
+    if (used instanceof VaultError) {
+      const n = await tx.revokeLeases({ id: lease.id }, now, REFUSED_FIRST_ACCESS);
+      await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: n } });
+    }
+    return used;
+  });
+  return opened(ctx, got);
 }
 
 /** Why `target` may not use `lease`, or null when it may. */
@@ -172,29 +240,46 @@ async function ownLease(tx: StoreTx, audit: AuditFn, who: Identity, id: string):
   return lease;
 }
 
+/** A use counted in a transaction: the version to open (after the commit) and the updated lease. */
+interface Use {
+  version: VersionRecord;
+  lease: LeaseRecord;
+}
+
+/** The access itself, inside a transaction, for a lease `who` may use: every check, the count, the audit event. */
+async function useIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, who: Identity, lease: LeaseRecord, target: AccessTarget): Promise<Use | VaultError> {
+  const id = lease.id;
+  const secret = `${lease.scope}/${lease.name}`;
+  const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
+  const err = stateError(lease, now) ?? targetError(lease, target);
+  if (err) return denied(audit, who, err, fields);
+  const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
+  if (!decision.allow)
+    return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
+  const rec = await tx.getSecret(lease);
+  if (!rec) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
+  const used = await tx.useLease(id, now);
+  if (!used) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
+  const version = await tx.getVersion(lease, rec.currentVersion);
+  if (!version) return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
+  await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
+  return { version, lease: used };
+}
+
+/** Decrypts a committed use's value (outside the transaction). */
+function opened(ctx: VaultContext, got: Use): AccessResult {
+  return { value: openValue(got.version, got.version, ctx.keyring), version: got.version.version, lease: got.lease };
+}
+
 /** Uses a lease once: returns the secret's current value if every check passes. */
 export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: string, target: AccessTarget = {}): Promise<AccessResult> {
   const id = checkLeaseId(leaseId);
   const got = await commit(ctx, async (tx, audit, now) => {
     const lease = await ownLease(tx, audit, who, id);
     if (lease instanceof VaultError) return lease;
-    const secret = `${lease.scope}/${lease.name}`;
-    const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
-    const err = stateError(lease, now) ?? targetError(lease, target);
-    if (err) return denied(audit, who, err, fields);
-    const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
-    if (!decision.allow)
-      return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
-    const rec = await tx.getSecret(lease);
-    if (!rec) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
-    const used = await tx.useLease(id, now);
-    if (!used) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
-    const version = await tx.getVersion(lease, rec.currentVersion);
-    if (!version) return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
-    await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
-    return { version, lease: used };
+    return useIn(ctx, tx, audit, now, who, lease, target);
   });
-  return { value: openValue(got.version, got.version, ctx.keyring), version: got.version.version, lease: got.lease };
+  return opened(ctx, got);
 }
 
 /** Extends a live lease, bounded by its rule's ttl, its max_ttl and max_renewals. */

@@ -209,6 +209,14 @@ export class VaultSession {
   requestLease(req: leases.LeaseRequest): Promise<LeaseRecord> {
     return leases.requestLease(this.#ctx, this.identity, req);
   }
+  /**
+   * Requests a lease and uses it once, in one transaction: one durable commit holding the grant, the
+   * use and both audit events. If the use is refused, the new lease is revoked in that same commit and
+   * the refusal is thrown. See {@link leases.requestLeaseAndAccess}.
+   */
+  requestLeaseAndAccess(req: leases.LeaseRequest, target?: leases.AccessTarget): Promise<leases.AccessResult> {
+    return leases.requestLeaseAndAccess(this.#ctx, this.identity, req, target);
+  }
   /** Uses a lease once and returns the value. */
   accessSecret(leaseId: string, target?: leases.AccessTarget): Promise<leases.AccessResult> {
     return leases.accessSecret(this.#ctx, this.identity, leaseId, target);

@@ -6,16 +6,11 @@ import type { Command } from "commander";
 import { UsageError, type Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { leaseJson, leaseState } from "../format/lease.js";
-import { collect, positiveInt } from "../format/options.js";
+import { positiveInt } from "../format/options.js";
+import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
 import type { LeaseRecord } from "../../vault/types.js";
-
-/** The host to access a new lease for: the first exact requested host, else the lease's first exact host. */
-function accessDomain(requested: readonly string[], lease: LeaseRecord): string | undefined {
-  const exact = (d: string): boolean => !d.includes("*");
-  return requested.find(exact) ?? (lease.anyDomain ? undefined : lease.domains.find(exact));
-}
 
 function leaseLine(l: LeaseRecord, now: number): string {
   const uses = l.maxUses === null ? `${l.uses} uses` : `${l.uses}/${l.maxUses} uses`;
@@ -24,53 +19,68 @@ function leaseLine(l: LeaseRecord, now: number): string {
 
 const KILL_REFUSAL = "the killswitch revokes every live lease and stdin is not a terminal to confirm on; pass --yes to do it";
 
+/** `lessor lease`'s options (shared with the start-up fast path). */
+export const LEASE_OPTIONS: readonly OptionSpec[] = [
+  { name: "agent", value: "<agent>", description: "the agent the lease is for", required: true },
+  { name: "domain", value: "<host>", description: "a host (or *.suffix) the credential is for; repeat for more", repeat: true },
+  { name: "ttl", value: "<duration>", description: "lease lifetime such as 5m or 1h (capped by policy)" },
+  { name: "max-uses", value: "<n>", description: "how many times the lease may be used (capped by policy)" },
+  { name: "json", description: "print the lease grant as JSON and do not access the value" },
+];
+
+/** `lessor lease`'s parsed options. */
+export interface LeaseOptions {
+  agent: string;
+  domain?: string[] | undefined;
+  ttl?: string | undefined;
+  maxUses?: string | undefined;
+  json?: boolean | undefined;
+}
+
+/** Runs `lessor lease NAME`: takes the lease and prints the value (or, with --json, the grant). */
+export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<void> {
+  return cli.run(async () => {
+    const domains = o.domain ?? [];
+    const maxUses = o.maxUses === undefined ? undefined : positiveInt("--max-uses", o.maxUses);
+    const { api } = await cli.backend();
+    const request = {
+      agent: o.agent,
+      secret: name,
+      ...(domains.length > 0 ? { domains } : {}),
+      ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
+      ...(maxUses !== undefined ? { maxUses } : {}),
+    };
+    if (o.json) {
+      cli.json(leaseJson(await api.requestLease(request)));
+      return;
+    }
+    // The lease and its read in one call: the value is read for the first exact --domain, else for
+    // the lease's first exact host (none when the rule has any_domain). A refused read leaves no
+    // live lease behind (the daemon revokes it in the same commit).
+    const domain = domains.find((d) => !d.includes("*"));
+    const got = await api.leaseAndAccess(request, domain === undefined ? undefined : { domain });
+    try {
+      const bytes = got.value.expose();
+      await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
+      if (cli.stdout.isTTY) cli.stdout.write("\n");
+    } finally {
+      got.value.wipe();
+    }
+  });
+}
+
 export function registerLease(program: Command, cli: Cli): void {
-  program
-    .command("lease <name>")
-    .description("take a lease on a secret for an agent and print the value (only the value, for $(...)); --json prints the grant instead")
-    .requiredOption("--agent <agent>", "the agent the lease is for")
-    .option("--domain <host>", "a host (or *.suffix) the credential is for; repeat for more", collect)
-    .option("--ttl <duration>", "lease lifetime such as 5m or 1h (capped by policy)")
-    .option("--max-uses <n>", "how many times the lease may be used (capped by policy)")
-    .option("--json", "print the lease grant as JSON and do not access the value")
+  addOptions(
+    program
+      .command("lease <name>")
+      .description("take a lease on a secret for an agent and print the value (only the value, for $(...)); --json prints the grant instead"),
+    LEASE_OPTIONS,
+  )
     .addHelpText(
       "after",
       "\nExamples:\n  export GITHUB_TOKEN=$(lessor lease github-token --agent claude --domain api.github.com)\n  lessor lease env:prod/db-password --agent deployer --domain db.internal --ttl 5m --max-uses 1\n  lessor lease github-token --agent claude --domain api.github.com --json",
     )
-    .action((name: string, o: { agent: string; domain?: string[]; ttl?: string; maxUses?: string; json?: boolean }) =>
-      cli.run(async () => {
-        const domains = o.domain ?? [];
-        const maxUses = o.maxUses === undefined ? undefined : positiveInt("--max-uses", o.maxUses);
-        const { api } = await cli.backend();
-        const lease = await api.requestLease({
-          agent: o.agent,
-          secret: name,
-          ...(domains.length > 0 ? { domains } : {}),
-          ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
-          ...(maxUses !== undefined ? { maxUses } : {}),
-        });
-        if (o.json) {
-          cli.json(leaseJson(lease));
-          return;
-        }
-        const domain = accessDomain(domains, lease);
-        let got: Awaited<ReturnType<typeof api.accessSecret>>;
-        try {
-          got = await api.accessSecret(lease.id, domain === undefined ? undefined : { domain });
-        } catch (e) {
-          // Do not leave a lease nobody can use lying around.
-          await api.revokeLease(lease.id, "the CLI could not use the lease it was granted").catch(() => {});
-          throw e;
-        }
-        try {
-          const bytes = got.value.expose();
-          await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
-          if (cli.stdout.isTTY) cli.stdout.write("\n");
-        } finally {
-          got.value.wipe();
-        }
-      }),
-    );
+    .action((name: string, o: LeaseOptions) => leaseAction(cli, name, o));
 
   program
     .command("renew <lease-id>")

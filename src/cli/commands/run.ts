@@ -4,18 +4,41 @@
  */
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
-import { collect } from "../format/options.js";
+import { addOptions, type OptionSpec } from "../option-spec.js";
+
+/** `lessor run`'s options (shared with the start-up fast path). */
+export const RUN_OPTIONS: readonly OptionSpec[] = [
+  { name: "agent", value: "<agent>", description: "the agent the leases are for", required: true },
+  { name: "env-file", value: "<file>", description: "dotenv file whose variables are added (over the environment); repeat for more, later wins", repeat: true },
+  { name: "domain", value: "<host>", description: "a host the credentials are for (passed to policy); repeat for more", repeat: true },
+  { name: "ttl", value: "<duration>", description: "lease lifetime such as 1h (capped by policy)" },
+];
+
+/** `lessor run`'s parsed options. */
+export interface RunCommandOptions {
+  agent: string;
+  envFile?: string[] | undefined;
+  domain?: string[] | undefined;
+  ttl?: string | undefined;
+}
+
+/** Runs `lessor run … -- COMMAND…`; the exit code becomes the command's. */
+export function runAction(cli: Cli, command: string[], o: RunCommandOptions): Promise<void> {
+  return cli.run(async () => {
+    const { runChild } = await import("../run/run.js");
+    return runChild(cli, { agent: o.agent, envFiles: o.envFile ?? [], domains: o.domain ?? [], ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) }, command);
+  });
+}
 
 export function registerRun(program: Command, cli: Cli): void {
-  program
-    .command("run")
-    .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
-    .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] -- CMD [ARGS…]")
-    .argument("<command...>", "the command and its arguments (put them after --)")
-    .requiredOption("--agent <agent>", "the agent the leases are for")
-    .option("--env-file <file>", "dotenv file whose variables are added (over the environment); repeat for more, later wins", collect, [])
-    .option("--domain <host>", "a host the credentials are for (passed to policy); repeat for more", collect, [])
-    .option("--ttl <duration>", "lease lifetime such as 1h (capped by policy)")
+  addOptions(
+    program
+      .command("run")
+      .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] -- CMD [ARGS…]")
+      .argument("<command...>", "the command and its arguments (put them after --)"),
+    RUN_OPTIONS,
+  )
     .addHelpText(
       "after",
       [
@@ -31,10 +54,5 @@ export function registerRun(program: Command, cli: Cli): void {
         "The exit code is the command's own (128+N if signal N killed it; 127 if it was not found).",
       ].join("\n"),
     )
-    .action((command: string[], o: { agent: string; envFile: string[]; domain: string[]; ttl?: string }) =>
-      cli.run(async () => {
-        const { runChild } = await import("../run/run.js");
-        return runChild(cli, { agent: o.agent, envFiles: o.envFile, domains: o.domain, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) }, command);
-      }),
-    );
+    .action((command: string[], o: RunCommandOptions) => runAction(cli, command, o));
 }

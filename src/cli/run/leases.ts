@@ -63,32 +63,22 @@ export class LeaseBook {
     if (held) return held;
     if (this.#revoked) throw new VaultError("internal", "the leases of this run were already revoked");
     const { agent, domains, ttl } = this.#opts;
-    let lease: LeaseRecord;
+    const domain = domains.find(exact);
+    let got: Awaited<ReturnType<CliApi["leaseAndAccess"]>>;
     try {
-      lease = await this.#api.requestLease({
-        agent,
-        secret: { scope: secret.scope, name: secret.name },
-        ...(domains.length > 0 ? { domains } : {}),
-        ...(ttl !== undefined ? { ttl } : {}),
-      });
+      // One round trip and one commit: the lease and its first (only) read. When the read is
+      // refused the daemon revokes the lease in the same commit, so nothing is left to clean up.
+      got = await this.#api.leaseAndAccess(
+        { agent, secret: { scope: secret.scope, name: secret.name }, ...(domains.length > 0 ? { domains } : {}), ...(ttl !== undefined ? { ttl } : {}) },
+        domain === undefined ? undefined : { domain },
+      );
     } catch (e) {
       throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`);
     }
-    this.#leases.push(lease);
-    this.#pending.add(lease.id);
-    const domain = accessDomain(domains, lease);
-    if (domain === undefined && !lease.anyDomain)
-      throw new VaultError(
-        "access_denied",
-        `${usedBy} refers to secret ${key}, whose lease (rule "${lease.rule}") is bound to domains (${lease.domains.join(", ") || "none"}); pass --domain HOST to say where it will be used, or give the rule any_domain = true`,
-      );
-    try {
-      const got = await this.#api.accessSecret(lease.id, domain === undefined ? {} : { domain });
-      this.#values.set(key, got.value);
-      return got.value;
-    } catch (e) {
-      throw explain(e, `${usedBy} refers to secret ${key}, and agent "${agent}" could not read it through lease ${lease.id}`);
-    }
+    this.#leases.push(got.lease);
+    this.#pending.add(got.lease.id);
+    this.#values.set(key, got.value);
+    return got.value;
   }
 
   /**
@@ -123,10 +113,9 @@ export class LeaseBook {
   }
 }
 
-/** The host a new lease's value is read for (see the module comment); undefined = no domain. */
-export function accessDomain(requested: readonly string[], lease: LeaseRecord): string | undefined {
-  const exact = (d: string): boolean => !d.includes("*");
-  return requested.find(exact) ?? (lease.anyDomain ? undefined : lease.domains.find(exact));
+/** An exact host (not a `*.suffix` pattern). */
+function exact(d: string): boolean {
+  return !d.includes("*");
 }
 
 /** Prefixes a VaultError's message with `context`, keeping its code; other errors pass through. */

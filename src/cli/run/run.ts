@@ -60,9 +60,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       patterns = maskPatterns(resolved.masks);
       for (const m of resolved.masks) m.value.fill(0);
       book.wipe(); // the child gets the values through its environment; lessor keeps only the mask patterns
-      // A daemon connection is not held while the child runs (the daemon closes idle ones anyway);
-      // a new one revokes the leases at the end. An embedded vault stays open.
-      if (backend.mode === "daemon") await conn.close();
+      // The connection stays open for the revocation at the end; if the daemon closed it meanwhile
+      // (idle timeout, restart), revokeAll reconnects.
     } else {
       env = Object.fromEntries([...vars].map(([k, v]) => [k, v.value]));
     }
@@ -102,15 +101,13 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   }
 }
 
-/** The run's own backend: opened when leases are taken, reopened (daemon mode) to revoke them. */
+/** The run's own backend: opened when leases are taken, reopened if it failed when revoking them. */
 class Connection {
   #backend: Backend | null = null;
   constructor(readonly cli: Cli) {}
 
   async open(): Promise<Backend> {
-    if (this.#backend) return this.#backend;
-    const { openBackend } = await import("../backend.js");
-    this.#backend = await openBackend(this.cli.home ? { home: this.cli.home } : {});
+    this.#backend ??= await this.cli.openBackend();
     return this.#backend;
   }
 

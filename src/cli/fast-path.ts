@@ -1,0 +1,86 @@
+/**
+ * The start-up fast path for the commands agents run most: `lessor lease` and `lessor run` against
+ * a running daemon. Loading commander and the whole command tree costs more than the command itself
+ * (see bench/cli.ts), so these two are parsed with node:util's parseArgs from the same option
+ * declarations (src/cli/option-spec.ts) and run through the same action functions as the full CLI.
+ *
+ * It handles a command only when all of this holds, and otherwise returns false before doing
+ * anything, so the full CLI runs instead and behaves exactly as without the fast path: the
+ * arguments parse strictly into the expected shape (no help, no mistakes — commander prints those),
+ * the home exists, and a daemon answers on its socket (the embedded vault needs the full CLI).
+ */
+import { existsSync } from "node:fs";
+import { resolveHome } from "../config/home.js";
+import type { Backend } from "./backend.js";
+import { Cli } from "./cli.js";
+import { LEASE_OPTIONS, leaseAction, type LeaseOptions } from "./commands/lease.js";
+import { RUN_OPTIONS, runAction, type RunCommandOptions } from "./commands/run.js";
+import { connectDaemon } from "./daemon-backend.js";
+import { GLOBAL_OPTIONS, parseStrict, type OptionSpec, type OptionValues, type Parsed } from "./option-spec.js";
+
+/** A command the fast path can run: its options, the arguments it takes from a parse (null = not its shape), its action. */
+interface FastCommand {
+  options: readonly OptionSpec[];
+  args(p: Parsed): string[] | null;
+  run(cli: Cli, args: string[], options: OptionValues): Promise<void>;
+  /** Loads what the action will need, while the daemon takes the handshake. */
+  preload?(): Promise<unknown>;
+}
+
+const COMMANDS: Record<string, FastCommand> = {
+  // lessor lease NAME --agent A …
+  lease: {
+    options: LEASE_OPTIONS,
+    args: (p) => (p.positionals.length === 1 && p.afterDashes.length === 0 ? p.positionals : null),
+    run: (cli, args, o) => leaseAction(cli, args[0]!, o as unknown as LeaseOptions),
+  },
+  // lessor run --agent A … -- CMD ARGS…
+  run: {
+    options: RUN_OPTIONS,
+    args: (p) => (p.positionals.length === 0 && p.afterDashes.length > 0 ? p.afterDashes : null),
+    run: (cli, args, o) => runAction(cli, args, o as unknown as RunCommandOptions),
+    // After one turn of the event loop: by then the socket has connected and sent the hello.
+    preload: () => new Promise((next) => setImmediate(next)).then(() => import("./run/run.js")),
+  },
+};
+
+/** What the fast path would run for `args`, or null when the full CLI must take them. */
+export function fastParse(args: readonly string[]): { command: FastCommand; options: OptionValues; args: string[] } | null {
+  const command = Object.hasOwn(COMMANDS, args[0] ?? "") ? COMMANDS[args[0]!]! : null;
+  if (!command) return null;
+  const p = parseStrict(args.slice(1), command.options, GLOBAL_OPTIONS);
+  const rest = p && command.args(p);
+  return p && rest ? { command, options: p.options, args: rest } : null;
+}
+
+/**
+ * Runs `args` (process.argv after the script) on the fast path. Resolves true when it ran the
+ * command (process.exitCode is set), false when the full CLI must run it instead.
+ */
+export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
+  const parsed = fastParse(args);
+  if (!parsed) return false;
+  const homeOption = parsed.options["home"] as string | undefined;
+  let first: Backend | null;
+  try {
+    const home = resolveHome(homeOption, env);
+    if (!existsSync(home)) return false;
+    [first] = await Promise.all([connectDaemon(home), parsed.command.preload?.()]);
+  } catch {
+    return false; // the full CLI reports it (a bad lessor.toml, a refused handshake, …)
+  }
+  if (!first) return false;
+  const home = first.home;
+  let unused: Backend | null = first;
+  const cli = new Cli(async () => {
+    // The connection made to decide is the command's first backend. A later one (`run` revoking
+    // after the daemon went away) is opened as the full CLI opens it: the daemon, else the vault.
+    const b = unused;
+    unused = null;
+    return b ?? (await import("./backend.js")).openBackend({ home });
+  });
+  cli.home = homeOption;
+  await parsed.command.run(cli, parsed.args, parsed.options);
+  await (unused as Backend | null)?.close();
+  return true;
+}

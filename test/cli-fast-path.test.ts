@@ -1,0 +1,161 @@
+/**
+ * The CLI's start-up fast path (src/cli/fast-path.ts): for every argument list it takes, it must
+ * read the options exactly as commander does; it must refuse (so commander runs) whatever it cannot
+ * read the same way; and against a running daemon, `lease` and `run` must really take it — they
+ * work with nothing but the entry bundle, without the command tree beside it.
+ */
+import assert from "node:assert/strict";
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Command, CommanderError } from "commander";
+import { Cli } from "../src/cli/cli.js";
+import { registerLease } from "../src/cli/commands/lease.js";
+import { registerRun } from "../src/cli/commands/run.js";
+import { fastParse } from "../src/cli/fast-path.js";
+import { addOptions, GLOBAL_OPTIONS, optionKey, type OptionValues } from "../src/cli/option-spec.js";
+import { openVault } from "../src/config/open-vault.js";
+import { BIN } from "./cli-harness.js";
+import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+
+class Captured extends Error {
+  constructor(readonly options: OptionValues, readonly args: string[]) {
+    super("captured");
+  }
+}
+
+/** What commander makes of `args`: the action's options (with --home) and arguments, or "error". */
+async function commanderParse(args: string[]): Promise<{ command: string; options: OptionValues; args: string[] } | "error"> {
+  const cli = new Cli(() => Promise.reject(new Error("no backend in this test")));
+  const program = new Command().name("lessor").exitOverride().configureOutput({ writeOut: () => {}, writeErr: () => {} });
+  addOptions(program, GLOBAL_OPTIONS);
+  registerLease(program, cli);
+  registerRun(program, cli);
+  program.hook("preAction", (_root, action) => {
+    const options: OptionValues = { ...action.optsWithGlobals() };
+    const positional = action.processedArgs.flat() as string[];
+    throw new Captured(options, positional);
+  });
+  try {
+    await program.parseAsync(args, { from: "user" });
+  } catch (e) {
+    if (e instanceof Captured) return { command: args.find((a) => a === "lease" || a === "run")!, options: e.options, args: e.args };
+    if (e instanceof CommanderError) return "error";
+    throw e;
+  }
+  return "error";
+}
+
+/** The fast path's reading in the same shape (options it left unset dropped, as commander does). */
+function fastReading(args: string[]): { command: string; options: OptionValues; args: string[] } | null {
+  const p = fastParse(args);
+  if (!p) return null;
+  const options = Object.fromEntries(Object.entries(p.options).filter(([, v]) => v !== undefined));
+  return { command: args[0]!, options, args: p.args };
+}
+
+const TAKEN: string[][] = [
+  ["lease", "tok", "--agent", "a"],
+  ["lease", "tok", "--agent=a", "--domain", "x.com", "--domain", "*.y.com", "--ttl", "5m", "--max-uses", "3", "--json"],
+  ["lease", "--agent", "a", "env:prod/db"],
+  ["lease", "tok", "--agent", "a", "--home", "/somewhere/else"],
+  ["lease", "tok", "--agent", ""],
+  ["lease", "tok", "--agent", "a", "--domain=api.example.com"],
+  ["run", "--agent", "a", "--", "node", "-e", "0"],
+  ["run", "--agent", "a", "--env-file", "f1", "--env-file", "f2", "--domain", "d", "--ttl", "1h", "--", "cmd", "--agent", "x", "--help"],
+  ["run", "--agent", "a", "--", "cmd", "--"],
+  ["run", "--home", "/h", "--agent=a", "--", "sh", "-c", "echo hi"],
+];
+
+const REFUSED: string[][] = [
+  ["lease", "tok"], // no --agent: commander names it
+  ["lease", "tok", "--agent"], // no value
+  ["lease", "tok", "--agent", "a", "--bogus"], // unknown option
+  ["lease", "tok", "--agent", "a", "--help"],
+  ["lease", "tok", "-h"],
+  ["lease", "a", "b", "--agent", "x"], // too many arguments
+  ["lease", "--agent", "x"], // no name
+  ["lease", "tok", "--agent", "a", "--agent", "b"], // repeated single-value option
+  ["lease", "tok", "--agent", "-x"], // a value that looks like an option
+  ["lease", "tok", "--agent", "a", "--json=yes"], // a value for a flag
+  ["lease", "tok", "--agent", "a", "--", "extra"],
+  ["run", "--agent", "a", "cmd"], // the command must come after --
+  ["run", "--agent", "a", "--"], // no command
+  ["run", "--", "cmd"], // no --agent
+  ["run", "--agent", "a", "--help", "--", "cmd"],
+  ["renew", "x"], // not a fast command
+  ["--home", "/h", "lease", "tok", "--agent", "a"], // a global option before the command: commander
+  [],
+];
+
+describe("CLI fast path: parsing", () => {
+  test("reads every argument list it takes exactly as commander does", async () => {
+    for (const args of TAKEN) {
+      const fast = fastReading(args);
+      assert.ok(fast, `the fast path should take ${JSON.stringify(args)}`);
+      assert.deepEqual(fast, await commanderParse(args), JSON.stringify(args));
+    }
+  });
+
+  test("refuses what it cannot read the same way, so commander runs (and prints its help or error)", () => {
+    for (const args of REFUSED) assert.equal(fastParse(args), null, JSON.stringify(args));
+  });
+
+  test("option keys follow commander's camelCase", () => {
+    assert.equal(optionKey("max-uses"), "maxUses");
+    assert.equal(optionKey("env-file"), "envFile");
+  });
+});
+
+describe("CLI fast path: a running daemon", () => {
+  let daemon: RunningDaemon;
+  let dir: string;
+  let lone: string;
+  const env = (): NodeJS.ProcessEnv => ({ PATH: process.env.PATH, HOME: process.env.HOME, LESSOR_HOME: daemon.home, NO_COLOR: "1" });
+
+  before(async () => {
+    const home = await makeHome({
+      policy: `[[rule]]\nname = "r"\neffect = "allow"\nagents = ["bot"]\nsecrets = ["tok"]\ndomains = ["api.example.com"]\n`,
+    });
+    const v = await openVault({ home, env: { LESSOR_HOME: home } });
+    await v.session({ id: "t", role: "admin", transport: "embedded" }).storeSecret({ name: "tok", value: "fast-path-value" });
+    await v.close();
+    daemon = await startServe(home);
+    // The entry bundle alone, without dist/bin/full/ (the command tree) beside it.
+    dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
+    lone = join(dir, "lessor.cjs");
+    copyFileSync(BIN, lone);
+    writeFileSync(join(dir, "env"), "TOKEN=lessor://global/tok\n");
+  });
+  after(async () => {
+    await daemon?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("lessor lease needs nothing but the entry bundle", () => {
+    const r = spawnSync(process.execPath, [lone, "lease", "tok", "--agent", "bot", "--domain", "api.example.com"], { env: env(), encoding: "utf8" });
+    assert.equal(r.stderr, "");
+    assert.equal(r.status, 0);
+    assert.equal(r.stdout, "fast-path-value");
+  });
+
+  test("lessor run needs nothing but the entry bundle, and its errors keep their exit codes", () => {
+    const ok = spawnSync(process.execPath, [lone, "run", "--agent", "bot", "--domain", "api.example.com", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "process.exit(process.env.TOKEN.length)"], {
+      env: env(),
+      encoding: "utf8",
+    });
+    assert.equal(ok.stderr, "");
+    assert.equal(ok.status, "fast-path-value".length);
+    const denied = spawnSync(process.execPath, [lone, "run", "--agent", "intruder", "--env-file", join(dir, "env"), "--", "true"], { env: env(), encoding: "utf8" });
+    assert.equal(denied.status, 3, denied.stderr);
+    assert.match(denied.stderr, /^lessor: .*agent "intruder"/);
+  });
+
+  test("what the fast path does not take still needs the command tree (so the test above proves something)", () => {
+    const r = spawnSync(process.execPath, [lone, "lease", "tok", "--agent", "bot", "--help"], { env: env(), encoding: "utf8" });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /full\/program\.mjs|internal error/);
+  });
+});

@@ -1,0 +1,23 @@
+/** VaultError: recognised across copies of its module, and nothing else passes for one. */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { isVaultError, VaultError } from "../src/vault/errors.js";
+
+test("a VaultError from another copy of the module is still a VaultError (the CLI's two bundles each hold one)", async () => {
+  // A different URL is a different module instance, with its own VaultError class.
+  const other = (await import(`../src/vault/errors.ts?copy=${Date.now()}`)) as typeof import("../src/vault/errors.js");
+  assert.notEqual(other.VaultError, VaultError);
+  const e = new other.VaultError("access_denied", "no");
+  assert.ok(e instanceof VaultError);
+  assert.ok(isVaultError(e, "access_denied"));
+  assert.ok(new VaultError("internal", "x") instanceof other.VaultError);
+});
+
+test("nothing else passes for a VaultError", () => {
+  const lookalike = Object.assign(new Error("no"), { name: "VaultError", code: "access_denied" });
+  assert.equal(lookalike instanceof VaultError, false);
+  assert.equal(isVaultError({ code: "access_denied", message: "no" }), false);
+  assert.equal(isVaultError(null), false);
+  assert.equal(isVaultError("access_denied"), false);
+  assert.ok(new VaultError("internal", "x") instanceof Error);
+});
