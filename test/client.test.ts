@@ -105,6 +105,19 @@ test("connect errors: no socket file, refused port, silent daemon, not a lessor 
   await rejectsWith(LessorClient.connect({ socketPath: "" }), "invalid_request");
 });
 
+test("pipeline option: connect resolves on the socket and the first call goes out before any welcome", async () => {
+  const s = await unixServer({ silentHandshake: true, intercept: () => true }); // never welcomes, never answers
+  const c = await connect(s, { pipeline: true, connectTimeoutMs: 300 });
+  const call = rejectsWith(c.status(), "unavailable", /did not finish the handshake within 300 ms/);
+  for (let i = 0; i < 50 && s.requests.length === 0; i++) await sleep(5);
+  assert.equal(s.requests[0]?.method, "status", "the request reached the daemon behind the hello, with no welcome yet");
+  await call;
+  // And without the option, connect itself waits for the welcome.
+  await rejectsWith(LessorClient.connect(s.endpoint, { connectTimeoutMs: 200 }), "unavailable", /did not finish the handshake/);
+  // A daemon that is not there still fails connect itself (so the CLI can fall back to the vault).
+  await rejectsWith(LessorClient.connect({ socketPath: join(dir, "absent.sock") }, { pipeline: true }), "unavailable", /no lessor daemon is listening/);
+});
+
 test("pipelining: 100 calls in flight on one connection, answered in reverse order, each gets its own answer", async () => {
   const held: Request[] = [];
   const s = await unixServer({

@@ -118,6 +118,31 @@ describe("daemon end to end", () => {
     assert.deepEqual(fails.map((e) => e.reason).sort(), ["no token", "token expired", "token revoked"]);
   });
 
+  test("calls pipelined behind a refused hello fail with its error and are never run", async () => {
+    const gone = await admin.createToken({ name: "gone-pipelined", role: "agent", agent: "claude" });
+    await admin.revokeToken(gone.id);
+    const before = (await admin.auditQuery({ agent: "claude", types: ["lease_granted"] })).length;
+    // pipeline: connect resolves on the socket; the call goes out right behind the (refused) hello.
+    const c = await LessorClient.connect(d.tcp!, { token: gone.token, pipeline: true });
+    try {
+      assert.equal(await codeOf(c.leaseAndAccess({ secret: "github-token", domains: ["api.github.com"] })), "unauthenticated");
+    } finally {
+      await c.close();
+    }
+    assert.equal((await admin.auditQuery({ agent: "claude", types: ["lease_granted"] })).length, before, "no lease was granted");
+    // With a good token the same pipelined call is answered.
+    const ok = await admin.createToken({ name: "ok-pipelined", role: "agent", agent: "claude" });
+    const c2 = await LessorClient.connect(d.tcp!, { token: ok.token, pipeline: true });
+    try {
+      const got = await c2.leaseAndAccess({ secret: "github-token", domains: ["api.github.com"] });
+      assert.equal(got.value.unsafeText(), "tcp-value");
+      got.value.wipe();
+      assert.equal(c2.identity.agent, "claude");
+    } finally {
+      await c2.close();
+    }
+  });
+
   test("malformed input gets its clear error and the daemon keeps serving", async () => {
     const bad = await RawConn.open(d.socket);
     assert.deepEqual(((await bad.hello()) as { ok: boolean }).ok, true);

@@ -19,7 +19,8 @@ export async function connectDaemon(home: string): Promise<Backend | null> {
   const socketPath = inHome(home, loadConfig(home).server.socket);
   if (!existsSync(socketPath)) return null;
   try {
-    const client = await LessorClient.connect({ socketPath }, { reconnect: false });
+    // pipeline: the first call goes out right behind the hello (a refused handshake fails that call).
+    const client = await LessorClient.connect({ socketPath }, { reconnect: false, pipeline: true });
     return { mode: "daemon", home, api: client, close: () => client.close() };
   } catch (e) {
     if (e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message)) return null;

@@ -41,6 +41,13 @@ export interface ClientOptions {
   reconnect?: boolean;
   /** Frame size cap in bytes, for both directions (default and maximum 1 MiB). */
   maxFrameBytes?: number;
+  /**
+   * Let {@link LessorClient.connect} resolve once the socket is connected instead of after the
+   * handshake (default false). Calls made meanwhile are sent right behind the hello, saving a round
+   * trip; the daemon answers them only after it accepts the hello, and a refused handshake fails
+   * them with its error (`unauthenticated`, …). For short-lived callers such as the CLI.
+   */
+  pipeline?: boolean;
 }
 
 /** A secret named as `scope/name`, a bare name (scope `global`), or an object. */
@@ -127,6 +134,7 @@ export class LessorClient {
   readonly #connectTimeoutMs: number;
   readonly #requestTimeoutMs: number;
   readonly #reconnect: boolean;
+  readonly #pipeline: boolean;
   readonly #maxFrame: number;
 
   #state = IDLE;
@@ -145,17 +153,22 @@ export class LessorClient {
     this.#connectTimeoutMs = positive(opts.connectTimeoutMs, 5000, "connectTimeoutMs");
     this.#requestTimeoutMs = positive(opts.requestTimeoutMs, 30_000, "requestTimeoutMs");
     this.#reconnect = opts.reconnect ?? true;
+    this.#pipeline = opts.pipeline ?? false;
     this.#maxFrame = Math.min(positive(opts.maxFrameBytes, MAX_FRAME_BYTES, "maxFrameBytes"), MAX_FRAME_BYTES);
   }
 
-  /** Connects and does the handshake. Throws VaultError (`unavailable`, `unauthenticated`, …) on failure. */
+  /**
+   * Connects and does the handshake. Throws VaultError (`unavailable`, `unauthenticated`, …) on
+   * failure. With `pipeline`, resolves once the socket is connected (see {@link ClientOptions.pipeline}).
+   */
   static async connect(endpoint: Endpoint, opts: ClientOptions = {}): Promise<LessorClient> {
     const client = new LessorClient(endpoint, opts);
-    await client.#connect();
+    if (opts.pipeline) await new Promise<void>((connected, reject) => client.#connect(connected).catch(reject));
+    else await client.#connect();
     return client;
   }
 
-  /** Who the daemon says this connection is (from the handshake). */
+  /** Who the daemon says this connection is (from the handshake; with `pipeline`, after the first answer). */
   get identity(): WireIdentity {
     return this.#identity!;
   }
@@ -377,6 +390,8 @@ export class LessorClient {
 
   async #callAfterConnect<M extends MethodName>(method: M, params: Params<M>, secret: boolean): Promise<Results[M]> {
     if (this.#state === CLOSED) throw new VaultError("unavailable", "this LessorClient was closed; connect a new one");
+    // Behind the hello on the connecting socket: the daemon answers once it has accepted the hello.
+    if (this.#state === CONNECTING && this.#pipeline && this.#connectingSocket) return this.#send(method, params, secret, this.#connectingSocket);
     if (this.#state === CONNECTING) await this.#connecting;
     else if (!this.#reconnect)
       throw new VaultError("unavailable", "the connection to the lessor daemon was lost and reconnect is off; connect a new LessorClient");
@@ -385,8 +400,7 @@ export class LessorClient {
     return this.#send(method, params, secret);
   }
 
-  #send(method: string, params: unknown, secret: boolean): Promise<any> {
-    const sock = this.#socket!;
+  #send(method: string, params: unknown, secret: boolean, sock: Socket = this.#socket!): Promise<any> {
     const id = requestId();
     const message = { id, method, params };
     let frame: Buffer;
@@ -507,8 +521,11 @@ export class LessorClient {
     return false;
   }
 
-  /** Opens a connection and does the handshake; shared by every call that waits for it. */
-  #connect(): Promise<void> {
+  /**
+   * Opens a connection and does the handshake; shared by every call that waits for it.
+   * `connected` is called once the socket is connected (before the handshake is done).
+   */
+  #connect(connected?: () => void): Promise<void> {
     this.#state = CONNECTING;
     const p = new Promise<void>((resolve, reject) => {
       const ep = this.#endpoint;
@@ -516,13 +533,13 @@ export class LessorClient {
       const sock = "socketPath" in ep ? createConnection({ path: ep.socketPath }) : createConnection({ host: ep.host, port: ep.port, noDelay: true });
       const decoder = new FrameDecoder(this.#maxFrame);
       this.#connectingSocket = sock;
-      let connected = false;
+      let isConnected = false;
       let done = false;
       const timer = setTimeout(() => {
         finish(
           new VaultError(
             "unavailable",
-            connected
+            isConnected
               ? `the lessor daemon at ${where} did not finish the handshake within ${this.#connectTimeoutMs} ms; check that it is healthy`
               : `could not connect to the lessor daemon at ${where} within ${this.#connectTimeoutMs} ms; check that it is running`,
           ),
@@ -538,6 +555,7 @@ export class LessorClient {
         if (err !== null) {
           sock.destroy();
           if (this.#state !== CLOSED) this.#state = IDLE;
+          this.#rejectAll(() => err); // calls pipelined behind the hello
           reject(err);
           return;
         }
@@ -550,7 +568,8 @@ export class LessorClient {
         for (let i = 0; i < rest!.length; i++) if (!this.#onFrame(sock, rest![i]!)) return;
       };
       sock.on("connect", () => {
-        connected = true;
+        isConnected = true;
+        connected?.();
       });
       // The hello goes out as soon as the socket connects (the socket holds it until then), so the
       // daemon can take the handshake while this process gets on with other work.
