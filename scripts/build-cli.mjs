@@ -1,11 +1,14 @@
 // Bundles the CLI with esbuild into dist/bin, in two parts, so a command loads only what it needs:
 //
-//   dist/bin/lessor.cjs     the `lessor` bin: a small CommonJS bundle (CommonJS starts faster than an
-//                           ES module) holding the entry, `--version` and the fast path for `lease`
-//                           and `run` against a running daemon (src/cli/fast-path.ts);
+//   dist/bin/lessor.cjs     the `lessor` bin (src/cli/bin.ts): answers --version, else runs main.cjs
+//                           from V8's code cache (main.cache, made here), so no start compiles it;
+//   dist/bin/main.cjs       the fast path for `lease` and `run` against a running daemon
+//                           (src/cli/fast-path.ts), a small CommonJS bundle (CommonJS starts faster
+//                           than an ES module);
 //   dist/bin/full/*.mjs     the whole command tree (src/cli/program.ts) as ES modules with code
 //                           splitting, imported by the entry when the fast path does not apply.
 import { build } from "esbuild";
+import { execFileSync } from "node:child_process";
 import { chmodSync, rmSync } from "node:fs";
 
 rmSync("dist/bin", { recursive: true, force: true });
@@ -23,25 +26,24 @@ const common = {
   metafile: true,
 };
 
-// The entry's `import("./program.js")` (and the fast path's `import("./backend.js")`, for the embedded
-// vault) become run-time imports of the ES-module build.
+// The bin's `import("./program.js")` and `import("./backend.js")` become run-time imports of the
+// ES-module build.
 const fullTree = {
   name: "full-tree",
   setup(b) {
     b.onResolve({ filter: /^\.\/(program|backend)\.js$/ }, (a) =>
-      /src\/cli\/(main|fast-path)\.ts$/.test(a.importer) ? { path: `./full/${a.path.slice(2, -3)}.mjs`, external: true } : undefined,
+      /src\/cli\/bin\.ts$/.test(a.importer) ? { path: `./full/${a.path.slice(2, -3)}.mjs`, external: true } : undefined,
     );
   },
 };
 
 const entry = await build({
   ...common,
-  entryPoints: { lessor: "src/cli/main.ts" },
+  entryPoints: { main: "src/cli/fast-path.ts", lessor: "src/cli/bin.ts" },
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },
   plugins: [fullTree],
-  banner: { js: "#!/usr/bin/env node" },
 });
 
 const tree = await build({
@@ -56,6 +58,9 @@ const tree = await build({
   chunkNames: "chunks/[name]-[hash]",
 });
 
+// The code cache of main.cjs, made with the Node that will run it (a cache from another version is
+// ignored at run time, costing only the compile it would have saved).
+execFileSync(process.execPath, ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => m.writeCodeCache("dist/bin/main.cjs", "dist/bin/main.cache"))'], { stdio: "inherit" });
 // npm makes bins executable when it links them; do it here too for direct runs from a checkout.
 chmodSync("dist/bin/lessor.cjs", 0o755);
 if (process.env.LESSOR_BUILD_ANALYZE) {

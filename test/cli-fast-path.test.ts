@@ -5,10 +5,11 @@
  * work with nothing but the entry bundle, without the command tree beside it.
  */
 import assert from "node:assert/strict";
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { Script } from "node:vm";
 import { after, before, describe, test } from "node:test";
 import { Command, CommanderError } from "commander";
 import { Cli } from "../src/cli/cli.js";
@@ -16,6 +17,8 @@ import { registerLease } from "../src/cli/commands/lease.js";
 import { registerRun } from "../src/cli/commands/run.js";
 import { fastParse } from "../src/cli/fast-path.js";
 import { addOptions, GLOBAL_OPTIONS, optionKey, type OptionValues } from "../src/cli/option-spec.js";
+import { buildIdOf, cachedDataFor, wrapCommonJs } from "../src/cli/code-cache.js";
+import { FAST_COMMANDS } from "../src/cli/entry.js";
 import { openVault } from "../src/config/open-vault.js";
 import { BIN } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
@@ -103,6 +106,12 @@ describe("CLI fast path: parsing", () => {
     for (const args of REFUSED) assert.equal(fastParse(args), null, JSON.stringify(args));
   });
 
+  test("every fast command has its parse", () => {
+    const samples: Record<(typeof FAST_COMMANDS)[number], string[]> = { lease: ["tok", "--agent", "a"], run: ["--agent", "a", "--", "y"] };
+    for (const c of FAST_COMMANDS) assert.notEqual(fastParse([c, ...samples[c]]), null, c);
+    assert.equal(fastParse(["renew", "x"]), null);
+  });
+
   test("option keys follow commander's camelCase", () => {
     assert.equal(optionKey("max-uses"), "maxUses");
     assert.equal(optionKey("env-file"), "envFile");
@@ -123,10 +132,10 @@ describe("CLI fast path: a running daemon", () => {
     await v.session({ id: "t", role: "admin", transport: "embedded" }).storeSecret({ name: "tok", value: "fast-path-value" });
     await v.close();
     daemon = await startServe(home);
-    // The entry bundle alone, without dist/bin/full/ (the command tree) beside it.
+    // The bin and the fast path alone, without dist/bin/full/ (the command tree) beside them.
     dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
     lone = join(dir, "lessor.cjs");
-    copyFileSync(BIN, lone);
+    for (const f of ["lessor.cjs", "main.cjs", "main.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/tok\n");
   });
   after(async () => {
@@ -134,14 +143,14 @@ describe("CLI fast path: a running daemon", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test("lessor lease needs nothing but the entry bundle", () => {
+  test("lessor lease needs nothing but the fast-path bundle", () => {
     const r = spawnSync(process.execPath, [lone, "lease", "tok", "--agent", "bot", "--domain", "api.example.com"], { env: env(), encoding: "utf8" });
     assert.equal(r.stderr, "");
     assert.equal(r.status, 0);
     assert.equal(r.stdout, "fast-path-value");
   });
 
-  test("lessor run needs nothing but the entry bundle, and its errors keep their exit codes", () => {
+  test("lessor run needs nothing but the fast-path bundle, and its errors keep their exit codes", () => {
     const ok = spawnSync(process.execPath, [lone, "run", "--agent", "bot", "--domain", "api.example.com", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "process.exit(process.env.TOKEN.length)"], {
       env: env(),
       encoding: "utf8",
@@ -153,9 +162,47 @@ describe("CLI fast path: a running daemon", () => {
     assert.match(denied.stderr, /^lessor: .*agent "intruder"/);
   });
 
+  test("with a cache from another build, or none, the fast path still works (V8 compiles as usual)", () => {
+    for (const cache of ["0".repeat(32) + "\ngarbage", null]) {
+      const other = mkdtempSync(join(tmpdir(), "lessor-nocache-"));
+      try {
+        for (const f of ["lessor.cjs", "main.cjs"]) copyFileSync(join(dir, f), join(other, f));
+        if (cache !== null) writeFileSync(join(other, "main.cache"), cache);
+        const r = spawnSync(process.execPath, [join(other, "lessor.cjs"), "lease", "tok", "--agent", "bot", "--domain", "api.example.com"], { env: env(), encoding: "utf8" });
+        assert.equal(r.stderr, "");
+        assert.equal(r.stdout, "fast-path-value");
+      } finally {
+        rmSync(other, { recursive: true, force: true });
+      }
+    }
+  });
+
   test("what the fast path does not take still needs the command tree (so the test above proves something)", () => {
     const r = spawnSync(process.execPath, [lone, "lease", "tok", "--agent", "bot", "--help"], { env: env(), encoding: "utf8" });
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /full\/program\.mjs|internal error/);
+  });
+});
+
+describe("CLI fast path: the code cache", () => {
+  const binDir = dirname(BIN);
+  const source = readFileSync(join(binDir, "main.cjs"), "utf8");
+  const cache = readFileSync(join(binDir, "main.cache"));
+
+  test("the build's cache belongs to its main.cjs and this Node accepts it", () => {
+    assert.match(buildIdOf(source) ?? "", /^[0-9a-f]{32}$/);
+    const data = cachedDataFor(cache, source);
+    assert.ok(data, "the cache is stamped with main.cjs's build id");
+    const script = new Script(wrapCommonJs(source), { filename: join(binDir, "main.cjs"), cachedData: data });
+    assert.equal(script.cachedDataRejected, false);
+  });
+
+  test("a cache is not used with another build of main.cjs, even one of the same length", () => {
+    const id = buildIdOf(source)!;
+    const other = source.replace(id, id.replace(/^./, (c) => (c === "0" ? "1" : "0")));
+    assert.equal(other.length, source.length);
+    assert.equal(cachedDataFor(cache, other), undefined);
+    assert.equal(cachedDataFor(cache, source.slice(0, source.lastIndexOf("//# lessor-build="))), undefined);
+    assert.equal(cachedDataFor(Buffer.from("not a cache"), source), undefined);
   });
 });

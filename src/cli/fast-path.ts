@@ -16,6 +16,7 @@ import { Cli } from "./cli.js";
 import { LEASE_OPTIONS, leaseAction, type LeaseOptions } from "./commands/lease.js";
 import { RUN_OPTIONS, runAction, type RunCommandOptions } from "./commands/run.js";
 import { connectDaemon } from "./daemon-backend.js";
+import type { FAST_COMMANDS } from "./entry.js";
 import { GLOBAL_OPTIONS, parseStrict, type OptionSpec, type OptionValues, type Parsed } from "./option-spec.js";
 
 /** A command the fast path can run: its options, the arguments it takes from a parse (null = not its shape), its action. */
@@ -27,7 +28,7 @@ interface FastCommand {
   preload?(): Promise<unknown>;
 }
 
-const COMMANDS: Record<string, FastCommand> = {
+const COMMANDS: Record<(typeof FAST_COMMANDS)[number], FastCommand> = {
   // lessor lease NAME --agent A …
   lease: {
     options: LEASE_OPTIONS,
@@ -46,18 +47,22 @@ const COMMANDS: Record<string, FastCommand> = {
 
 /** What the fast path would run for `args`, or null when the full CLI must take them. */
 export function fastParse(args: readonly string[]): { command: FastCommand; options: OptionValues; args: string[] } | null {
-  const command = Object.hasOwn(COMMANDS, args[0] ?? "") ? COMMANDS[args[0]!]! : null;
+  const command = Object.hasOwn(COMMANDS, args[0] ?? "") ? COMMANDS[args[0] as keyof typeof COMMANDS] : null;
   if (!command) return null;
   const p = parseStrict(args.slice(1), command.options, GLOBAL_OPTIONS);
   const rest = p && command.args(p);
   return p && rest ? { command, options: p.options, args: rest } : null;
 }
 
+/** The full CLI's backend module (src/cli/backend.ts), loaded only if the embedded vault is needed. */
+export type BackendModule = Pick<typeof import("./backend.js"), "openBackend">;
+
 /**
  * Runs `args` (process.argv after the script) on the fast path. Resolves true when it ran the
- * command (process.exitCode is set), false when the full CLI must run it instead.
+ * command (process.exitCode is set), false when the full CLI must run it instead. `loadBackend`
+ * imports src/cli/backend.ts, for `run` to revoke through the vault if the daemon goes away.
  */
-export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
+export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, loadBackend: () => Promise<BackendModule>): Promise<boolean> {
   const parsed = fastParse(args);
   if (!parsed) return false;
   const homeOption = parsed.options["home"] as string | undefined;
@@ -77,7 +82,7 @@ export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv =
     // after the daemon went away) is opened as the full CLI opens it: the daemon, else the vault.
     const b = unused;
     unused = null;
-    return b ?? (await import("./backend.js")).openBackend({ home });
+    return b ?? (await loadBackend()).openBackend({ home });
   });
   cli.home = homeOption;
   await parsed.command.run(cli, parsed.args, parsed.options);

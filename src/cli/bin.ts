@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+/**
+ * The `lessor` bin as built (dist/bin/lessor.cjs; src/cli/entry.ts says what it does). For `lease`
+ * and `run` it runs the fast-path bundle (dist/bin/main.cjs, from src/cli/fast-path.ts) from the V8
+ * code cache the build made beside it (dist/bin/main.cache), so a start does not parse and compile
+ * the bundle's functions again; a missing or unusable cache (another Node version, another build of
+ * main.cjs) only costs that time, as V8 compiles as usual. Everything else imports the command tree
+ * (dist/bin/full/program.mjs).
+ *
+ * The cache is trusted as much as the bundle it sits beside: both are written by the build into the
+ * package's own directory, never into a shared or temporary one.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Script } from "node:vm";
+import { cachedDataFor, wrapCommonJs } from "./code-cache.js";
+import { runCli } from "./entry.js";
+
+/** Runs dist/bin/main.cjs (the fast path) from its code cache and returns its exports. */
+function loadFastPath(): typeof import("./fast-path.js") {
+  const file = join(__dirname, "main.cjs");
+  const source = readFileSync(file, "utf8");
+  let cachedData: Buffer | undefined;
+  try {
+    cachedData = cachedDataFor(readFileSync(join(__dirname, "main.cache")), source);
+  } catch {
+    // no cache: compile as usual
+  }
+  // No import() may run inside this script (Node 20 loses the dynamic-import hook of a script built
+  // from a code cache), so the loaders below, in this file, do every import().
+  const script = new Script(wrapCommonJs(source), { filename: file, ...(cachedData ? { cachedData } : {}) });
+  const mod = { exports: {} as typeof import("./fast-path.js") };
+  (script.runInThisContext() as (...a: unknown[]) => void)(mod.exports, require, mod, file, __dirname);
+  return mod.exports;
+}
+
+runCli(process.argv.slice(2), {
+  fast: (args) => loadFastPath().fastPath(args, process.env, () => import("./backend.js")),
+  program: () => import("./program.js"),
+});

@@ -1,0 +1,52 @@
+/**
+ * The V8 code cache of the CLI's entry bundle (see src/cli/bin.ts): made by the build, read by the
+ * bin. The build ends the bundle with a random build id (`//# lessor-build=<id>`); the cache file is
+ * that id on one line, then V8's data. V8 itself checks little more than the source's length, so the
+ * id is what keeps a cache from running with another build of the bundle.
+ */
+import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { setFlagsFromString } from "node:v8";
+import { Script } from "node:vm";
+
+/** The CommonJS wrapper the bundle runs in; the bin and the build must use the same one. */
+export function wrapCommonJs(source: string): string {
+  return `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
+}
+
+const MARK = "\n//# lessor-build=";
+
+/** The build id a bundle ends with, or undefined. */
+export function buildIdOf(source: string): string | undefined {
+  const at = source.lastIndexOf(MARK);
+  const id = at < 0 ? "" : source.slice(at + MARK.length).trim();
+  return /^[0-9a-f]{32}$/.test(id) ? id : undefined;
+}
+
+/** The V8 data of `cache` when it was made for this build of `source`, else undefined. */
+export function cachedDataFor(cache: Buffer, source: string): Buffer | undefined {
+  const nl = cache.indexOf(10);
+  if (nl !== 32) return undefined;
+  const id = buildIdOf(source);
+  return id !== undefined && cache.subarray(0, nl).toString("latin1") === id ? cache.subarray(nl + 1) : undefined;
+}
+
+/**
+ * Ends the bundle `file` with a new build id, compiles it with every function compiled (not only the
+ * top level) and writes its cache to `out`.
+ */
+export function writeCodeCache(file: string, out: string): void {
+  const id = randomBytes(16).toString("hex");
+  const source = `${readFileSync(file, "utf8").trimEnd()}${MARK}${id}\n`;
+  writeFileSync(file, source);
+  // Eager compilation for this one script, so the cache holds every function; the flag is put back
+  // before the cache is made, since V8 only accepts a cache made under the flags it runs with.
+  setFlagsFromString("--no-lazy");
+  let script: Script;
+  try {
+    script = new Script(wrapCommonJs(source), { filename: file });
+  } finally {
+    setFlagsFromString("--lazy");
+  }
+  writeFileSync(out, Buffer.concat([Buffer.from(`${id}\n`, "latin1"), script.createCachedData()]));
+}

@@ -1,0 +1,48 @@
+/**
+ * What both entry points of the `lessor` command do (src/cli/main.ts, run by tsx from a checkout, and
+ * src/cli/bin.ts, the built bin): `--version` at once, the start-up fast path for the commands that
+ * have one (src/cli/fast-path.ts), else the full command tree (src/cli/program.ts). They differ only
+ * in how they load those two.
+ */
+import { writeSync } from "node:fs";
+import { VERSION } from "../version.js";
+import { EXIT } from "./exit-codes.js";
+
+/** The commands the fast path may take (src/cli/fast-path.ts has one entry for each). */
+export const FAST_COMMANDS = ["lease", "run"] as const;
+
+/** How an entry point loads the two halves of the CLI. */
+export interface CliLoaders {
+  /** Runs `args` on the fast path; false when the full CLI must run them. */
+  fast(args: readonly string[]): Promise<boolean>;
+  /** The full command tree. */
+  program(): Promise<{ main(): void }>;
+}
+
+/** Runs the `lessor` command with `args` (process.argv after the script). */
+export function runCli(args: readonly string[], load: CliLoaders): void {
+  if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+    // Written straight to fd 1: setting up process.stdout would cost more than the rest of this path.
+    try {
+      writeSync(1, `${VERSION}\n`);
+    } catch {
+      // a closed stdout (`| true`) is not an error here
+    }
+    return;
+  }
+  // `lessor … | head` closes the pipe early: that is not an error, so end quietly instead of crashing.
+  for (const stream of [process.stdout, process.stderr])
+    stream.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+      throw e;
+    });
+  const fast = (FAST_COMMANDS as readonly string[]).includes(args[0] ?? "") ? load.fast(args) : Promise.resolve(false);
+  void fast
+    .then(async (done) => {
+      if (!done) (await load.program()).main();
+    })
+    .catch((e: unknown) => {
+      process.stderr.write(`lessor: internal error: ${e instanceof Error ? e.message : String(e)} (this is a bug; please report it)\n`);
+      process.exitCode = EXIT.internal;
+    });
+}
