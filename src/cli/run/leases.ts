@@ -90,19 +90,19 @@ export class LeaseBook {
     this.#revoked = true;
     this.wipe();
     let revoked = 0;
-    for (const id of [...this.#pending]) {
-      try {
-        await api.revokeLease(id, reason);
+    // All at once: pipelined on one connection, and committed together by the store's group commit.
+    await Promise.all(
+      [...this.#pending].map(async (id) => {
+        try {
+          await api.revokeLease(id, reason);
+        } catch (e) {
+          // A lease already gone is as good as revoked; anything else stays pending.
+          if (!(e instanceof VaultError && (e.code === "lease_revoked" || e.code === "lease_expired" || e.code === "lease_not_found"))) return;
+        }
         this.#pending.delete(id);
         revoked++;
-      } catch (e) {
-        // A lease already gone is as good as revoked; anything else stays pending.
-        if (e instanceof VaultError && (e.code === "lease_revoked" || e.code === "lease_expired" || e.code === "lease_not_found")) {
-          this.#pending.delete(id);
-          revoked++;
-        }
-      }
-    }
+      }),
+    );
     return { revoked, failed: this.#pending.size };
   }
 
