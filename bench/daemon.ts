@@ -6,8 +6,14 @@
  *   npx tsx bench/daemon.ts [--quick]
  *
  * Figures: status round trip and lease+access round trips over the Unix socket, sequential and with
- * 8 and 32 concurrent clients (one connection each), and lease+access at 32 clients with 1,000 vs
- * 100,000 live leases. Every lease and access is a durable SQLite commit with its audit row.
+ * 8 and 32 concurrent clients (one connection each): as two calls (request_lease then access_secret)
+ * and as one (request_lease with `access`, lease_access_1rt); and lease+access at 32 clients with
+ * 1,000 vs 100,000 live leases. Every lease and access is a durable SQLite commit with its audit rows.
+ *
+ * LESSOR_BENCH_DAEMON_ARGS: extra node arguments for the daemon process, split on spaces, e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" (the profile is written when the daemon exits at the end).
+ * LESSOR_BENCH_ONLY: a comma-separated list of figure groups to run (echo, status, lease_access,
+ * lease_access_1rt, live); default all. Echo always runs when status does (it is its baseline).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -24,6 +30,9 @@ import { addLiveLeases } from "./live-leases.js";
 import { uuidv7 } from "../src/vault/ids.js";
 
 const quick = process.argv.includes("--quick");
+const only = process.env.LESSOR_BENCH_ONLY?.split(",").map((x) => x.trim());
+const wants = (group: string): boolean => only === undefined || only.includes(group);
+const daemonArgs = process.env.LESSOR_BENCH_DAEMON_ARGS?.split(" ").filter((a) => a !== "") ?? [];
 const SECONDS = quick ? 1 : 3;
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 
@@ -119,7 +128,7 @@ async function main(): Promise<void> {
     await initHome({ home, env: { LESSOR_HOME: home } });
     writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "bench"\neffect = "allow"\nagents = ["bench-*"]\nsecrets = ["token"]\ndomains = ["api.example.com"]\nmax_uses = 1\n`);
     writeFileSync(join(home, "lessor.toml"), `[vault]\nmax_live_leases_per_agent = 1000\n[server]\nmax_in_flight = 64\n`);
-    const daemon = spawn(process.execPath, ["--import", "tsx", here("../src/cli/main.ts"), "--home", home, "serve"], { stdio: ["ignore", "ignore", "pipe"], env: { PATH: process.env.PATH } });
+    const daemon = spawn(process.execPath, [...daemonArgs, "--import", "tsx", here("../src/cli/main.ts"), "--home", home, "serve"], { stdio: ["ignore", "ignore", "pipe"], env: { PATH: process.env.PATH } });
     procs.push(daemon);
     await waitReady(daemon, "stderr", (l) => l.includes("lessor daemon ready"));
     const socketPath = join(home, "lessor.sock");
@@ -129,17 +138,18 @@ async function main(): Promise<void> {
     // Echo and status are measured in alternation (median of ROUNDS short runs each), so that the
     // drift of a noisy machine hits both alike.
     const echoRate: Record<number, number> = {};
-    for (const n of [1, 8, 32]) {
+    for (const n of wants("status") || wants("echo") ? [1, 8, 32] : []) {
       const e: number[] = [];
       const st: number[] = [];
       for (let k = 0; k < ROUNDS; k++) {
         e.push(await throughput(n, (c) => echoClients[c]!.call("status", {}), SLICE_MS));
-        st.push(await throughput(n, async (c) => void (await clients[c]!.status()), SLICE_MS));
+        if (wants("status")) st.push(await throughput(n, async (c) => void (await clients[c]!.status()), SLICE_MS));
       }
       const er = median(e);
-      const r = median(st);
       echoRate[n] = er;
       emit({ name: `echo_rtt_c${n}`, ops_per_s: Math.round(er), us_per_op: +((1e6 / er) * n).toFixed(1), note: "baseline: framed JSON echo over a Unix socket" });
+      if (!wants("status")) continue;
+      const r = median(st);
       emit({ name: `status_rtt_c${n}`, ops_per_s: Math.round(r), us_per_op: +((1e6 / r) * n).toFixed(1), baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(er), ratio_time_vs_baseline: +(er / r).toFixed(2), goal: n === 1 ? "<= 1.5" : undefined });
     }
     for (const c of echoClients) c.close();
@@ -148,11 +158,20 @@ async function main(): Promise<void> {
       const lease = await cl.requestLease({ agent: `bench-${c}`, secret: "token", domains: ["api.example.com"] });
       (await cl.accessSecret(lease.id, { domain: "api.example.com" })).value.wipe();
     };
-    const la: Record<number, number> = {};
-    for (const n of [1, 8, 32]) {
-      la[n] = await throughput(n, leaseAccess);
-      emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(la[n]!), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio: +(la[n]! / echoRate[n]!).toFixed(4), goal: n === 32 ? ">= 20000 ops/s" : undefined });
+    const vsEcho = (n: number, r: number) =>
+      echoRate[n] === undefined ? {} : { baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio: +(r / echoRate[n]!).toFixed(4) };
+    for (const n of wants("lease_access") ? [1, 8, 32] : []) {
+      const r = await throughput(n, leaseAccess);
+      emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(r), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", ...vsEcho(n, r), goal: n === 32 ? ">= 20000 ops/s" : undefined });
     }
+    const leaseAccess1rt = async (c: number) => {
+      (await clients[c]!.leaseAndAccess({ agent: `bench-${c}`, secret: "token", domains: ["api.example.com"] }, { domain: "api.example.com" })).value.wipe();
+    };
+    for (const n of wants("lease_access_1rt") ? [1, 8, 32] : []) {
+      const r = await throughput(n, leaseAccess1rt);
+      emit({ name: `lease_access_1rt_c${n}`, ops_per_s: Math.round(r), note: "request_lease with access: 1 round trip, 1 durable commit with both audit events", ...vsEcho(n, r), goal: n === 32 ? ">= 20000 ops/s" : undefined });
+    }
+    if (!wants("live")) return void (await Promise.all(clients.map((c) => c.close())));
     await addLiveLeasesTo(join(home, "lessor.db"), 1000);
     const at1k = await throughput(32, leaseAccess);
     emit({ name: "lease_access_c32_1k_live", ops_per_s: Math.round(at1k) });
@@ -162,8 +181,18 @@ async function main(): Promise<void> {
     emit({ name: "lease_access_100k_vs_1k", ratio: +(at100k / at1k).toFixed(3), goal: ">= 0.8", ok: at100k / at1k >= 0.8 });
     await Promise.all(clients.map((c) => c.close()));
   } finally {
-    for (const p of procs) p.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 300));
+    // Wait for the processes to exit (a daemon with --cpu-prof writes its profile on the way out).
+    await Promise.all(
+      procs.map((p) =>
+        p.exitCode !== null || p.signalCode !== null
+          ? undefined
+          : new Promise<void>((r) => {
+              const t = setTimeout(r, 15_000);
+              p.once("exit", () => (clearTimeout(t), r()));
+              p.kill("SIGTERM");
+            }),
+      ),
+    );
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -153,4 +153,28 @@ describe("audit trail", () => {
     fail = true;
     assert.equal(await codeOf(claude.accessSecret(lease.id, { domain: "api.example.com" })), "audit_failed");
   });
+
+  test("the JSONL sink writes concurrent operations' events together, in chain order, and fails them together", async () => {
+    const dir = tempDir();
+    const path = join(dir, "audit.jsonl");
+    const t = await makeVault({ dir, policy: POLICY, sinks: [jsonlSink(path)], limits: { maxLiveLeasesPerAgent: 1000 } });
+    const admin = t.vault.admin();
+    const claude = t.vault.session(agent("claude"));
+    await admin.storeSecret({ name: "tok", value: "v" });
+    const got = await Promise.all(Array.from({ length: 40 }, () => claude.requestLeaseAndAccess({ secret: "tok" })));
+    for (const g of got) g.value.wipe();
+    const lines = readFileSync(path, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { seq: number; hash: string });
+    const events = await admin.auditQuery({ limit: 1000 });
+    assert.equal(lines.length, 81);
+    assert.deepEqual(lines.map((l) => l.seq), events.map((e) => e.seq));
+    assert.deepEqual(lines.map((l) => l.hash), events.map((e) => Buffer.from(e.hash).toString("hex")));
+    // A sink whose writes fail (a full disk) refuses every operation it could not record.
+    const full = await makeVault({ policy: POLICY, sinks: [jsonlSink("/dev/full")] });
+    const codes = await Promise.all([
+      codeOf(full.vault.admin().storeSecret({ name: "tok", value: "v" })),
+      codeOf(full.vault.admin().storeSecret({ name: "tok2", value: "v" })),
+      codeOf(full.vault.session(agent("claude")).requestLease({ secret: "tok" })),
+    ]);
+    assert.deepEqual(codes, ["audit_failed", "audit_failed", "audit_failed"]);
+  });
 });

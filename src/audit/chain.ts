@@ -2,9 +2,9 @@
  * The audit hash chain. Each event's hash is SHA-256 over a domain label, the previous event's hash,
  * and every field of the event, each length-prefixed so that no two different events encode alike.
  * A keyed checkpoint (HMAC of the head's seq and hash under a key derived from the master key) is
- * rewritten with every append, so that removing events from the end is detected too.
+ * rewritten in every transaction that appends, so that removing events from the end is detected too.
  */
-import { createHash, createHmac, hkdfSync, timingSafeEqual, type Hash } from "node:crypto";
+import { createHmac, hash, hkdfSync, timingSafeEqual } from "node:crypto";
 import type { MasterKey } from "../crypto/keyring.js";
 import { uuidv7 } from "../vault/ids.js";
 import type { AuditCheckpoint, AuditDraft, AuditRecord } from "../vault/types.js";
@@ -16,41 +16,58 @@ const HASH_LABEL = "lessor audit chain v1";
 const CHECKPOINT_LABEL = "lessor audit checkpoint v1";
 const NULL_LEN = 0xffffffff;
 
-const lenBuf = Buffer.alloc(4);
+/**
+ * The hash input is assembled in one reused buffer and hashed in one call (a native call per field
+ * cost more than the hashing). It holds audit fields only, never secret material.
+ */
+let scratch = Buffer.allocUnsafe(2048);
+let at = 0;
 
-/** Feeds one length-prefixed field to the hash (null has its own length marker). */
-function field(h: Hash, value: string | number | null): void {
+function reserve(n: number): void {
+  if (at + n <= scratch.length) return;
+  const bigger = Buffer.allocUnsafe(Math.max(scratch.length * 2, at + n));
+  scratch.copy(bigger, 0, 0, at);
+  scratch = bigger;
+}
+
+/** Appends one length-prefixed field (null has its own length marker). */
+function field(value: string | number | null): void {
   if (value === null) {
-    lenBuf.writeUInt32BE(NULL_LEN, 0);
-    h.update(lenBuf);
+    reserve(4);
+    scratch.writeUInt32BE(NULL_LEN, at);
+    at += 4;
     return;
   }
   const text = typeof value === "number" ? String(value) : value;
-  lenBuf.writeUInt32BE(Buffer.byteLength(text, "utf8"), 0);
-  h.update(lenBuf);
-  h.update(text, "utf8");
+  reserve(4 + text.length * 3); // a UTF-16 code unit is at most 3 UTF-8 bytes
+  const n = scratch.write(text, at + 4, "utf8");
+  scratch.writeUInt32BE(n, at);
+  at += 4 + n;
 }
 
 /** SHA-256 over prevHash and every field of the record (its own `hash` excluded). */
 export function hashEvent(rec: Omit<AuditRecord, "hash">): Buffer {
-  const h = createHash("sha256");
-  field(h, HASH_LABEL);
-  h.update(rec.prevHash);
-  field(h, rec.seq);
-  field(h, rec.id);
-  field(h, rec.time);
-  field(h, rec.type);
-  field(h, rec.actorId);
-  field(h, rec.actorRole);
-  field(h, rec.transport);
-  field(h, rec.agent);
-  field(h, rec.secret);
-  field(h, rec.leaseId);
-  field(h, rec.domain);
-  field(h, rec.outcome);
-  field(h, rec.reason);
-  field(h, rec.detail);
-  return h.digest();
+  at = 0;
+  field(HASH_LABEL);
+  const prev = rec.prevHash;
+  reserve(prev.byteLength);
+  scratch.set(prev, at);
+  at += prev.byteLength;
+  field(rec.seq);
+  field(rec.id);
+  field(rec.time);
+  field(rec.type);
+  field(rec.actorId);
+  field(rec.actorRole);
+  field(rec.transport);
+  field(rec.agent);
+  field(rec.secret);
+  field(rec.leaseId);
+  field(rec.domain);
+  field(rec.outcome);
+  field(rec.reason);
+  field(rec.detail);
+  return hash("sha256", scratch.subarray(0, at), "buffer");
 }
 
 /** Turns a draft into the next chained record after `head` (null for an empty trail). */
@@ -59,7 +76,7 @@ export function chainEvent(
   draft: AuditDraft,
   time: number,
 ): AuditRecord {
-  const base: Omit<AuditRecord, "hash"> = {
+  const rec: AuditRecord = {
     seq: (head?.seq ?? 0) + 1,
     id: uuidv7(time),
     time,
@@ -75,8 +92,10 @@ export function chainEvent(
     reason: draft.reason ?? null,
     detail: draft.detail ? JSON.stringify(draft.detail) : null,
     prevHash: head ? Buffer.from(head.hash) : GENESIS,
+    hash: GENESIS,
   };
-  return { ...base, hash: hashEvent(base) };
+  rec.hash = hashEvent(rec);
+  return rec;
 }
 
 /** The checkpoint MAC key, derived from a master key with HKDF-SHA256. */

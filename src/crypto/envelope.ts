@@ -53,14 +53,16 @@ export interface SealedInput {
  * UTF-8 bytes preceded by their length as a 4-byte big-endian number.
  */
 export function encodeAad(fields: readonly string[]): Buffer {
-  const parts: Buffer[] = [];
+  let size = 0;
+  for (const f of fields) size += 4 + Buffer.byteLength(f, "utf8");
+  const out = Buffer.alloc(size);
+  let at = 0;
   for (const f of fields) {
-    const bytes = Buffer.from(f, "utf8");
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(bytes.length);
-    parts.push(len, bytes);
+    const n = out.write(f, at + 4, "utf8");
+    out.writeUInt32BE(n, at);
+    at += 4 + n;
   }
-  return Buffer.concat(parts);
+  return out;
 }
 
 function checkPlace(place: Place): void {

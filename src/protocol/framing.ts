@@ -15,10 +15,11 @@ export class FrameTooLarge extends Error {
 
 /** Encodes one message as a frame. */
 export function encodeFrame(message: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(message), "utf8");
-  const out = Buffer.allocUnsafe(4 + body.length);
-  out.writeUInt32BE(body.length, 0);
-  body.copy(out, 4);
+  const json = JSON.stringify(message);
+  const len = Buffer.byteLength(json, "utf8");
+  const out = Buffer.allocUnsafe(4 + len);
+  out.writeUInt32BE(len, 0);
+  out.write(json, 4, "utf8");
   return out;
 }
 

@@ -134,6 +134,14 @@ class Reads implements StoreReader {
     return v === undefined ? null : copyVersion(v);
   }
 
+  async getCurrentVersion(ref: SecretRef): Promise<VersionRecord | null> {
+    this.check();
+    const k = key(ref.scope, ref.name);
+    const s = this.secret(k);
+    const v = s === undefined ? undefined : this.versionsOf(k)?.get(s.currentVersion);
+    return v === undefined ? null : copyVersion(v);
+  }
+
   async listVersions(ref: SecretRef): Promise<VersionRecord[]> {
     this.check();
     const vs = this.versionsOf(key(ref.scope, ref.name));
@@ -357,14 +365,14 @@ class MemoryTx extends Reads implements StoreTx {
     addTo(this.t.bySecret, key(rec.scope, rec.name), rec.id);
   }
 
-  async useLease(id: string, now: number): Promise<LeaseRecord | null> {
+  async useLease(id: string, now: number): Promise<number | null> {
     this.check();
     const l = this.t.leases.get(id);
     if (l === undefined || !isLeaseLive(l, now)) return null;
     this.saveLease(id);
     const next = { ...l, uses: l.uses + 1 };
     this.t.leases.set(id, next);
-    return copyLease(next);
+    return next.uses;
   }
 
   async renewLease(id: string, expiresAt: number, renewals: number): Promise<void> {

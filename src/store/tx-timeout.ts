@@ -5,10 +5,10 @@
 import { VaultError } from "../vault/errors.js";
 
 /** Resolves or rejects as `work` does, or rejects with VaultError("internal") after `ms`. */
-export async function withTxTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
+export function withTxTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  // One promise and one timer per call (this runs for every transaction on the hot path).
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(
       () =>
         reject(
           new VaultError(
@@ -18,10 +18,15 @@ export async function withTxTimeout<T>(work: Promise<T>, ms: number): Promise<T>
         ),
       ms,
     );
+    work.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
   });
-  try {
-    return await Promise.race([work, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

@@ -31,6 +31,8 @@ export interface StoreReader {
   /** Sorted by scope, then name. */
   listSecrets(filter: SecretFilter): Promise<SecretRecord[]>;
   getVersion(ref: SecretRef, version: number): Promise<VersionRecord | null>;
+  /** The secret's current version in one read; null when the secret, or the version it names, is missing. */
+  getCurrentVersion(ref: SecretRef): Promise<VersionRecord | null>;
   /** Every stored version of a secret, oldest first. */
   listVersions(ref: SecretRef): Promise<VersionRecord[]>;
   /** Up to `limit` versions (of any secret) whose DEK is wrapped by a key other than `keyId`. */
@@ -76,9 +78,10 @@ export interface StoreTx extends StoreReader {
   insertLease(rec: LeaseRecord): Promise<void>;
   /**
    * Atomically counts one use: succeeds only if the lease exists, is not revoked, `expiresAt > now`
-   * and it has uses left. Returns the updated lease, or null if nothing changed.
+   * and it has uses left. Returns the lease's use count after this use, or null if nothing changed.
+   * (The caller has the rest of the lease: it read it in the same transaction.)
    */
-  useLease(id: string, now: number): Promise<LeaseRecord | null>;
+  useLease(id: string, now: number): Promise<number | null>;
   /** Sets a live lease's expiry and renewal count (a renewal). */
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void>;
   /** Revokes the selected leases that are not yet revoked, expired or used up; returns how many. */

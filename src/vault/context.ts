@@ -63,6 +63,11 @@ export function setKeyring(ctx: VaultContext, ring: Keyring): void {
  * Runs `fn` in a store transaction with an audit appender. If `fn` returns a VaultError, the
  * transaction still commits (with the audit rows of the denial) and the error is thrown after.
  * Events reach every sink before this resolves; a sink failure throws VaultError("audit_failed").
+ *
+ * Within one call the master-key check and the read of the chain head happen once, at the first
+ * event (later events chain onto the one before, which this transaction wrote), and the keyed
+ * checkpoint is written once, for the last event, when `fn` is done: it commits with the events, so
+ * every committed state still has a checkpoint on its head.
  */
 export async function commit<T>(
   ctx: VaultContext,
@@ -75,16 +80,22 @@ export async function commit<T>(
     result = await ctx.store.transaction(async (tx) => {
       events.length = 0;
       const now = ctx.now();
+      /** The chain head; undefined until the first event of this call has read it. */
+      let head: { seq: number; hash: Uint8Array } | null | undefined;
       const audit: AuditFn = async (draft) => {
-        await checkKeyCurrent(ctx, tx);
-        const head = await tx.auditHead();
+        if (head === undefined) {
+          await checkKeyCurrent(ctx, tx);
+          head = await tx.auditHead();
+        }
         const rec = chainEvent(head, draft, now);
         await tx.insertAudit(rec);
-        await tx.putCheckpoint(makeCheckpoint(rec, ctx.auditKey));
         events.push(rec);
+        head = rec;
         return rec;
       };
-      return fn(tx, audit, now);
+      const out = await fn(tx, audit, now);
+      if (events.length > 0) await tx.putCheckpoint(makeCheckpoint(events[events.length - 1]!, ctx.auditKey));
+      return out;
     });
   } catch (e) {
     if (e instanceof VaultError) throw e;

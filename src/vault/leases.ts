@@ -93,8 +93,26 @@ function checkRequest(req: LeaseRequest): CheckedRequest {
   return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains };
 }
 
-/** The grant itself, inside a transaction: policy, limits, the lease row and its audit event. */
-async function grantIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, who: Identity, req: CheckedRequest): Promise<LeaseRecord | VaultError> {
+/** A lease granted in a transaction, with the secret's current version when the grant read it. */
+interface Granted {
+  lease: LeaseRecord;
+  version: VersionRecord | null;
+}
+
+/**
+ * The grant itself, inside a transaction: policy, limits, the lease row and its audit event. With
+ * `readVersion` the secret's existence is checked by reading its current version (for a use that
+ * follows in the same transaction), else by reading its metadata row.
+ */
+async function grantIn(
+  ctx: VaultContext,
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  who: Identity,
+  req: CheckedRequest,
+  readVersion = false,
+): Promise<Granted | VaultError> {
   const { ref, secret } = req;
   const agent = resolveAgent(who, req.agent);
   if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
@@ -103,8 +121,8 @@ async function grantIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: numb
   if (!decision.allow || !decision.rule)
     return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
   const rule = decision.rule;
-  const rec = await tx.getSecret(ref);
-  if (!rec) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
+  const version = readVersion ? await tx.getCurrentVersion(ref) : null;
+  if (!version && !(await tx.getSecret(ref))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
   const live = await tx.countLiveLeases(agent, now);
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
     return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
@@ -142,13 +160,16 @@ async function grantIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: numb
     outcome: "ok",
     detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(",") },
   });
-  return lease;
+  return { lease, version };
 }
 
 /** Grants a lease if policy allows it. */
 export async function requestLease(ctx: VaultContext, who: Identity, req: LeaseRequest): Promise<LeaseRecord> {
   const checked = checkRequest(req);
-  return commit(ctx, (tx, audit, now) => grantIn(ctx, tx, audit, now, who, checked));
+  return commit(ctx, async (tx, audit, now) => {
+    const got = await grantIn(ctx, tx, audit, now, who, checked);
+    return got instanceof VaultError ? got : got.lease;
+  });
 }
 
 /**
@@ -176,8 +197,9 @@ export const REFUSED_FIRST_ACCESS = "its first access, requested with the grant,
 export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, target: AccessTarget = {}): Promise<AccessResult> {
   const checked = checkRequest(req);
   const got = await commit(ctx, async (tx, audit, now) => {
-    const lease = await grantIn(ctx, tx, audit, now, who, checked);
-    if (lease instanceof VaultError) return lease;
+    const granted = await grantIn(ctx, tx, audit, now, who, checked, true);
+    if (granted instanceof VaultError) return granted;
+    const lease = granted.lease;
     const domain = target.domain ?? defaultAccessDomain(checked.domains ?? [], lease);
     const used =
       domain === undefined && !lease.anyDomain
@@ -190,7 +212,7 @@ export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, re
             ),
             { agent: lease.agent, secret: checked.secret, leaseId: lease.id, domain: null },
           )
-        : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain });
+        : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain }, granted.version);
     if (used instanceof VaultError) {
       const n = await tx.revokeLeases({ id: lease.id }, now, REFUSED_FIRST_ACCESS);
       await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: n } });
@@ -246,8 +268,20 @@ interface Use {
   lease: LeaseRecord;
 }
 
-/** The access itself, inside a transaction, for a lease `who` may use: every check, the count, the audit event. */
-async function useIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, who: Identity, lease: LeaseRecord, target: AccessTarget): Promise<Use | VaultError> {
+/**
+ * The access itself, inside a transaction, for a lease `who` may use: every check, the count, the
+ * audit event. `known` is the secret's current version when this transaction has already read it.
+ */
+async function useIn(
+  ctx: VaultContext,
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  who: Identity,
+  lease: LeaseRecord,
+  target: AccessTarget,
+  known?: VersionRecord | null,
+): Promise<Use | VaultError> {
   const id = lease.id;
   const secret = `${lease.scope}/${lease.name}`;
   const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
@@ -256,12 +290,15 @@ async function useIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
-  const rec = await tx.getSecret(lease);
-  if (!rec) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
-  const used = await tx.useLease(id, now);
-  if (!used) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
-  const version = await tx.getVersion(lease, rec.currentVersion);
-  if (!version) return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
+  const version = known ?? (await tx.getCurrentVersion(lease));
+  if (!version) {
+    if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
+    return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
+  }
+  const uses = await tx.useLease(id, now);
+  if (uses === null) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
+  // `lease` was read (or written) in this transaction, so only its use count has changed.
+  const used: LeaseRecord = { ...lease, uses };
   await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
   return { version, lease: used };
 }

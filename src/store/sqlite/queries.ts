@@ -35,6 +35,38 @@ const AUDIT_COLS =
 /** A lease row that is neither revoked nor used up, and not yet expired at the bound time. */
 const LIVE = "done = 0 AND expires_at > ?";
 
+const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
+
+/** Revocation of live leases, by selector. */
+const REVOKE_SET = "UPDATE leases SET revoked_at = ?, revoke_reason = ?, done = 1 WHERE ";
+
+/**
+ * The fixed statements built from the column lists, made once: a statement's text is its cache key,
+ * and a template evaluated per call would build and hash a new string every time.
+ */
+const SQL = {
+  getSecret: `SELECT ${SECRET_COLS} FROM secrets WHERE scope = ? AND name = ?`,
+  getVersion: `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} AND v.version = ?`,
+  getCurrentVersion: `SELECT ${VERSION_COLS} FROM secrets s JOIN secret_versions v ON v.secret = s.id AND v.version = s.current_version
+       WHERE s.scope = ? AND s.name = ?`,
+  listVersions: `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} ORDER BY v.version`,
+  versionsByKey: `SELECT s.scope, s.name, ${VERSION_COLS} FROM secret_versions v JOIN secrets s ON s.id = v.secret
+       WHERE v.key_id = ? LIMIT ?`,
+  deleteVersionsBelow: `DELETE FROM secret_versions WHERE secret = ${SECRET_ID} AND version < ?`,
+  rewrapVersion: `UPDATE secret_versions SET key_id = ?, wrapped_dek = ? WHERE secret = ${SECRET_ID} AND version = ? AND key_id = ?`,
+  getLease: `SELECT ${LEASE_COLS} FROM leases WHERE id = ?`,
+  countLiveLeases: `SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`,
+  insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  revokeById: `${REVOKE_SET}id = ? AND ${LIVE}`,
+  revokeByAgent: `${REVOKE_SET}agent = ? AND ${LIVE}`,
+  revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${LIVE}`,
+  revokeAll: `${REVOKE_SET}expires_at > ? AND done = 0`,
+  insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
+  listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
+  insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+} as const;
+
 /** Statements and row mapping for one better-sqlite3 connection. */
 export class Queries {
   private readonly cache = new Map<string, Stmt>();
@@ -59,7 +91,7 @@ export class Queries {
   // ---- secrets and versions ----
 
   getSecret(ref: SecretRef): SecretRecord | null {
-    const r = this.stmt(`SELECT ${SECRET_COLS} FROM secrets WHERE scope = ? AND name = ?`).get(ref.scope, ref.name);
+    const r = this.stmt(SQL.getSecret).get(ref.scope, ref.name);
     return r === undefined ? null : secretFromRow(r as Row);
   }
 
@@ -87,7 +119,7 @@ export class Queries {
   }
 
   getVersion(ref: SecretRef, version: number): VersionRecord | null {
-    const r = this.stmt(`SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} AND v.version = ?`).get(
+    const r = this.stmt(SQL.getVersion).get(
       ref.scope,
       ref.name,
       version,
@@ -95,10 +127,13 @@ export class Queries {
     return r === undefined ? null : versionFromRow(ref.scope, ref.name, r as Row);
   }
 
+  getCurrentVersion(ref: SecretRef): VersionRecord | null {
+    const r = this.stmt(SQL.getCurrentVersion).get(ref.scope, ref.name);
+    return r === undefined ? null : versionFromRow(ref.scope, ref.name, r as Row);
+  }
+
   listVersions(ref: SecretRef): VersionRecord[] {
-    const rows = this.stmt(
-      `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} ORDER BY v.version`,
-    ).all(ref.scope, ref.name) as Row[];
+    const rows = this.stmt(SQL.listVersions).all(ref.scope, ref.name) as Row[];
     return rows.map((r) => versionFromRow(ref.scope, ref.name, r));
   }
 
@@ -118,10 +153,7 @@ export class Queries {
   versionsNotUnderKey(keyId: string, limit: number): VersionRecord[] {
     const out: VersionRecord[] = [];
     if (limit <= 0) return out;
-    const byKey = this.stmt(
-      `SELECT s.scope, s.name, ${VERSION_COLS} FROM secret_versions v JOIN secrets s ON s.id = v.secret
-       WHERE v.key_id = ? LIMIT ?`,
-    );
+    const byKey = this.stmt(SQL.versionsByKey);
     for (const k of this.keyIdsInUse()) {
       if (k === keyId) continue;
       for (const r of byKey.all(k, limit - out.length) as Row[]) out.push(versionFromRow(r.scope as string, r.name as string, r));
@@ -154,7 +186,7 @@ export class Queries {
   }
 
   deleteVersionsBelow(ref: SecretRef, version: number): number {
-    return this.stmt(`DELETE FROM secret_versions WHERE secret = ${SECRET_ID} AND version < ?`).run(ref.scope, ref.name, version)
+    return this.stmt(SQL.deleteVersionsBelow).run(ref.scope, ref.name, version)
       .changes;
   }
 
@@ -165,16 +197,14 @@ export class Queries {
 
   rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): boolean {
     return (
-      this.stmt(
-        `UPDATE secret_versions SET key_id = ?, wrapped_dek = ? WHERE secret = ${SECRET_ID} AND version = ? AND key_id = ?`,
-      ).run(toKeyId, wrappedDek, ref.scope, ref.name, version, fromKeyId).changes > 0
+      this.stmt(SQL.rewrapVersion).run(toKeyId, wrappedDek, ref.scope, ref.name, version, fromKeyId).changes > 0
     );
   }
 
   // ---- leases ----
 
   getLease(id: string): LeaseRecord | null {
-    const r = this.stmt(`SELECT ${LEASE_COLS} FROM leases WHERE id = ?`).get(id);
+    const r = this.stmt(SQL.getLease).get(id);
     return r === undefined ? null : leaseFromRow(r as Row);
   }
 
@@ -202,14 +232,12 @@ export class Queries {
   }
 
   countLiveLeases(agent: string, now: number): number {
-    return this.stmt(`SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`).pluck().get(agent, now) as number;
+    return this.stmt(SQL.countLiveLeases).pluck().get(agent, now) as number;
   }
 
   insertLease(rec: LeaseRecord): void {
     const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses) ? 1 : 0;
-    this.stmt(
-      `INSERT INTO leases (${LEASE_COLS}, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ).run(
+    this.stmt(SQL.insertLease).run(
       rec.id,
       rec.agent,
       rec.scope,
@@ -234,15 +262,17 @@ export class Queries {
     );
   }
 
-  useLease(id: string, now: number): LeaseRecord | null {
+  useLease(id: string, now: number): number | null {
     // One conditional update: the row changes only if the lease is live at `now`.
-    const r = this.stmt(
+    const uses = this.stmt(
       `UPDATE leases SET uses = uses + 1,
          done = CASE WHEN max_uses IS NOT NULL AND uses + 1 >= max_uses THEN 1 ELSE done END
        WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)
-       RETURNING ${LEASE_COLS}`,
-    ).get(id, now);
-    return r === undefined ? null : leaseFromRow(r as Row);
+       RETURNING uses`,
+    )
+      .pluck()
+      .get(id, now) as number | undefined;
+    return uses ?? null;
   }
 
   renewLease(id: string, expiresAt: number, renewals: number): void {
@@ -250,12 +280,11 @@ export class Queries {
   }
 
   revokeLeases(sel: RevokeSelector, now: number, reason: string): number {
-    const set = "UPDATE leases SET revoked_at = ?, revoke_reason = ?, done = 1 WHERE ";
-    if ("id" in sel) return this.stmt(`${set}id = ? AND ${LIVE}`).run(now, reason, sel.id, now).changes;
-    if ("agent" in sel) return this.stmt(`${set}agent = ? AND ${LIVE}`).run(now, reason, sel.agent, now).changes;
+    if ("id" in sel) return this.stmt(SQL.revokeById).run(now, reason, sel.id, now).changes;
+    if ("agent" in sel) return this.stmt(SQL.revokeByAgent).run(now, reason, sel.agent, now).changes;
     if ("secret" in sel)
-      return this.stmt(`${set}scope = ? AND name = ? AND ${LIVE}`).run(now, reason, sel.secret.scope, sel.secret.name, now).changes;
-    if (sel.all === true) return this.stmt(`${set}expires_at > ? AND done = 0`).run(now, reason, now).changes;
+      return this.stmt(SQL.revokeBySecret).run(now, reason, sel.secret.scope, sel.secret.name, now).changes;
+    if (sel.all === true) return this.stmt(SQL.revokeAll).run(now, reason, now).changes;
     throw new VaultError("invalid_request", "unknown revoke selector; use {id}, {agent}, {secret} or {all: true}");
   }
 
@@ -309,10 +338,14 @@ export class Queries {
     return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer };
   }
 
-  insertAudit(rec: AuditRecord): void {
-    const head = (this.stmt("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").pluck().get() as number | undefined) ?? 0;
-    if (rec.seq !== head + 1) throw auditGap(rec.seq, head);
-    this.stmt(`INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+  /**
+   * Appends an audit row; it must follow the head (no gaps). `head` is the head's seq when the caller
+   * knows it from this same transaction (it read or wrote it); otherwise it is read here.
+   */
+  insertAudit(rec: AuditRecord, head?: number): void {
+    const last = head ?? ((this.stmt("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").pluck().get() as number | undefined) ?? 0);
+    if (rec.seq !== last + 1) throw auditGap(rec.seq, last);
+    this.stmt(SQL.insertAudit).run(
       rec.seq,
       rec.id,
       rec.time,
@@ -362,16 +395,16 @@ export class Queries {
   // ---- tokens ----
 
   getToken(id: string): TokenRecord | null {
-    const r = this.stmt(`SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`).get(id) as Row | undefined;
+    const r = this.stmt(SQL.getToken).get(id) as Row | undefined;
     return r ? tokenFromRow(r) : null;
   }
 
   listTokens(): TokenRecord[] {
-    return (this.stmt(`SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`).all() as Row[]).map(tokenFromRow);
+    return (this.stmt(SQL.listTokens).all() as Row[]).map(tokenFromRow);
   }
 
   insertToken(t: TokenRecord): void {
-    this.stmt(`INSERT INTO tokens (${TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+    this.stmt(SQL.insertToken).run(
       t.id,
       t.name,
       t.role,
@@ -390,7 +423,6 @@ export class Queries {
   }
 }
 
-const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
 
 function tokenFromRow(r: Row): TokenRecord {
   return {

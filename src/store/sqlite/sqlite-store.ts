@@ -70,6 +70,9 @@ export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): Sq
     writer.pragma("journal_mode = WAL");
     writer.pragma("synchronous = FULL");
     writer.pragma("foreign_keys = ON");
+    // Statement journals (each write inside a call's savepoint keeps one) and other transient data in
+    // memory rather than in temp files; nothing durable lives there.
+    writer.pragma("temp_store = MEMORY");
     migrate(writer);
     reader = new Database(path);
     reader.pragma(`busy_timeout = ${Math.max(0, Math.floor(busyTimeoutMs))}`);
@@ -95,6 +98,9 @@ abstract class SqliteReads implements StoreReader {
   }
   getVersion(ref: SecretRef, version: number): Promise<VersionRecord | null> {
     return this.exec("read a secret version", (q) => q.getVersion(ref, version));
+  }
+  getCurrentVersion(ref: SecretRef): Promise<VersionRecord | null> {
+    return this.exec("read a secret version", (q) => q.getCurrentVersion(ref));
   }
   listVersions(ref: SecretRef): Promise<VersionRecord[]> {
     return this.exec("list secret versions", (q) => q.listVersions(ref));
@@ -137,6 +143,12 @@ abstract class SqliteReads implements StoreReader {
 /** The tx handed to one transaction function; valid only until that function settles. */
 class SqliteTx extends SqliteReads implements StoreTx {
   active = true;
+  /**
+   * The audit head's seq as this transaction last read or wrote it (undefined: not known). Only this
+   * transaction function writes while it runs, so it stays right until the tx ends, and a failed
+   * statement never updates it; the tx object is dropped with its savepoint.
+   */
+  private head: number | undefined;
 
   constructor(private readonly q: Queries) {
     super();
@@ -172,7 +184,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
   insertLease(rec: LeaseRecord): Promise<void> {
     return this.exec("write a lease", (q) => q.insertLease(rec));
   }
-  useLease(id: string, now: number): Promise<LeaseRecord | null> {
+  useLease(id: string, now: number): Promise<number | null> {
     return this.exec("count a lease use", (q) => q.useLease(id, now));
   }
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void> {
@@ -184,8 +196,18 @@ class SqliteTx extends SqliteReads implements StoreTx {
   deleteExpiredLeases(before: number, limit: number): Promise<number> {
     return this.exec("delete expired leases", (q) => q.deleteExpiredLeases(before, limit));
   }
+  override auditHead(): Promise<{ seq: number; hash: Uint8Array } | null> {
+    return this.exec("read the audit head", (q) => {
+      const h = q.auditHead();
+      this.head = h?.seq ?? 0;
+      return h;
+    });
+  }
   insertAudit(rec: AuditRecord): Promise<void> {
-    return this.exec("append to the audit trail", (q) => q.insertAudit(rec));
+    return this.exec("append to the audit trail", (q) => {
+      q.insertAudit(rec, this.head);
+      this.head = rec.seq;
+    });
   }
   putCheckpoint(cp: AuditCheckpoint): Promise<void> {
     return this.exec("write the audit checkpoint", (q) => q.putCheckpoint(cp));
