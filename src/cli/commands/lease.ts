@@ -199,10 +199,13 @@ export function registerLease(program: Command, cli: Cli): void {
 async function killswitch(cli: Cli, o: { reason?: string; yes?: boolean }): Promise<number | null> {
   if (!o.yes) {
     if (process.stdin.isTTY !== true) throw new UsageError(KILL_REFUSAL);
-    const { confirm } = await import("../format/prompt.js");
+    const { confirm, PromptCancelled } = await import("../format/prompt.js");
     const { api } = await cli.backend();
     const live = (await api.listLeases({ live: true, limit: 10_000 })).length;
-    const ok = await confirm(`Revoke all ${live} live lease${live === 1 ? "" : "s"} now?`, KILL_REFUSAL);
+    const ok = await confirm(`Revoke all ${live} live lease${live === 1 ? "" : "s"} now? [y/N] `, process.stdin, process.stderr).catch((e: unknown) => {
+      if (e instanceof PromptCancelled) return false; // Ctrl-C or end of input: the same as no
+      throw e;
+    });
     if (!ok) {
       cli.err("lessor: nothing was revoked");
       return null;

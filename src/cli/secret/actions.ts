@@ -8,7 +8,7 @@ import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../vault/errors.js";
 import { SECRET_KINDS, type SecretKind } from "../../vault/types.js";
-import { confirm, PromptCancelled } from "./prompt.js";
+import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
 import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";

@@ -6,7 +6,7 @@
 import { readFile } from "node:fs/promises";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
-import { promptHidden } from "./prompt.js";
+import { promptHidden } from "../format/prompt.js";
 import { isCharset, randomValue, CHARSETS } from "./random.js";
 import { positiveInt } from "../format/options.js";
 
