@@ -1,16 +1,15 @@
 /**
  * `lessor run`: resolve the references in the child's environment through leases, start the child
  * (no shell), mask secret values in its output when that goes to a pipe or file, pass signals on,
- * revoke every lease when it exits, and exit with its code (128 + N when signal N killed it).
+ * revoke every lease when it exits, and exit with its code (128 + N when signal N killed it). The
+ * child itself is src/cli/run/child.ts.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import type { Readable, Writable } from "node:stream";
 import { VaultError } from "../../vault/errors.js";
 import type { Backend } from "../backend.js";
 import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
-import { MaskStream, maskPatterns, type MaskPattern } from "./mask.js";
+import type { MaskPattern } from "./mask.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 
 /** Options of {@link runChild}. */
@@ -45,36 +44,37 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     const vars = baseEnv(process.env, o.envFiles);
     const found = scanEnv(vars);
     let env: Record<string, string>;
+    let childModule: Promise<typeof import("./child.js")>;
     if (found.length > 0) {
       const backend = await conn.open();
       abort();
       book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      // The first lease request is on its way once resolveEnv is called; the child-process code
+      // loads while the daemon answers it.
+      const resolving = resolveEnv(vars, found, book, abort);
+      childModule = import("./child.js");
       let resolved;
       try {
-        resolved = await resolveEnv(vars, found, book, abort);
+        resolved = await resolving;
       } catch (e) {
         if (e instanceof VaultError) throw new VaultError(e.code, `${e.message}. The command was not started.`);
         throw e;
       }
       env = resolved.env;
-      patterns = maskPatterns(resolved.masks);
+      patterns = (await childModule).maskPatterns(resolved.masks);
       for (const m of resolved.masks) m.value.fill(0);
       book.wipe(); // the child gets the values through its environment; lessor keeps only the mask patterns
       // The connection stays open for the revocation at the end; if the daemon closed it meanwhile
       // (idle timeout, restart), revokeAll reconnects.
     } else {
       env = Object.fromEntries([...vars].map(([k, v]) => [k, v.value]));
+      childModule = import("./child.js");
     }
+    const { startChild, exited } = await childModule;
     abort();
 
-    const maskOut = process.stdout.isTTY !== true;
-    const maskErr = process.stderr.isTTY !== true;
-    const child = spawn(cmd, args, { env, stdio: ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] });
+    const { child, flushed } = startChild(cmd, args, env, patterns);
     relay.attach(child);
-    const flushed: Promise<void>[] = [];
-    if (maskOut && child.stdout) flushed.push(relayOutput(child.stdout, process.stdout, patterns));
-    if (maskErr && child.stderr) flushed.push(relayOutput(child.stderr, process.stderr, patterns));
-
     const ended = await exited(child);
     // The child is gone: its leases end now, before lessor waits for the last of its output.
     await revoke();
@@ -135,32 +135,4 @@ async function revokeAll(cli: Cli, conn: Connection, book: LeaseBook): Promise<v
     await conn.close();
   }
   cli.err(`lessor: ${failed} lease(s) of this run could not be revoked; they end when they expire (lessor revoke --agent can end them now)`);
-}
-
-/** Resolves when the child exits, or with the spawn error when it could not start. */
-function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: NodeJS.ErrnoException }> {
-  return new Promise((resolve) => {
-    child.once("exit", (code, signal) => resolve({ code, signal }));
-    child.once("error", (error: NodeJS.ErrnoException) => resolve({ code: null, signal: null, error }));
-  });
-}
-
-/**
- * Copies the child's output to lessor's through a {@link MaskStream}. When lessor's own output is
- * closed (`| head`), the child's pipe is closed too, so the child sees EPIPE as it would without lessor.
- */
-function relayOutput(from: Readable, to: Writable, patterns: MaskPattern[]): Promise<void> {
-  const mask = new MaskStream(patterns);
-  return new Promise((resolve) => {
-    const done = (): void => resolve();
-    to.once("error", () => {
-      from.destroy();
-      mask.destroy();
-      done();
-    });
-    from.once("error", () => mask.end());
-    mask.once("end", done);
-    mask.once("close", done);
-    from.pipe(mask).pipe(to, { end: false });
-  });
 }

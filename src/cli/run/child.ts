@@ -1,0 +1,58 @@
+/**
+ * The child of `lessor run`: started without a shell, its output copied through the mask when that
+ * output is a pipe or file, and its end awaited. Loaded apart from src/cli/run/run.ts so that the
+ * child-process and stream modules load while the daemon is answering the lease requests.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import type { Readable, Writable } from "node:stream";
+import { MaskStream, type MaskPattern } from "./mask.js";
+
+export { maskPatterns, type MaskPattern } from "./mask.js";
+
+/** A started child and the copies of its output (each resolves when its stream is done). */
+export interface Started {
+  child: ChildProcess;
+  flushed: Promise<void>[];
+}
+
+/**
+ * Starts `cmd` with `env`. stdin is inherited; stdout and stderr are inherited when they are
+ * terminals (nothing is masked for a person watching), else piped through a mask of `patterns`.
+ */
+export function startChild(cmd: string, args: string[], env: Record<string, string>, patterns: MaskPattern[]): Started {
+  const maskOut = process.stdout.isTTY !== true;
+  const maskErr = process.stderr.isTTY !== true;
+  const child = spawn(cmd, args, { env, stdio: ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] });
+  const flushed: Promise<void>[] = [];
+  if (maskOut && child.stdout) flushed.push(relayOutput(child.stdout, process.stdout, patterns));
+  if (maskErr && child.stderr) flushed.push(relayOutput(child.stderr, process.stderr, patterns));
+  return { child, flushed };
+}
+
+/** Resolves when the child exits, or with the spawn error when it could not start. */
+export function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: NodeJS.ErrnoException }> {
+  return new Promise((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+    child.once("error", (error: NodeJS.ErrnoException) => resolve({ code: null, signal: null, error }));
+  });
+}
+
+/**
+ * Copies the child's output to lessor's through a {@link MaskStream}. When lessor's own output is
+ * closed (`| head`), the child's pipe is closed too, so the child sees EPIPE as it would without lessor.
+ */
+function relayOutput(from: Readable, to: Writable, patterns: MaskPattern[]): Promise<void> {
+  const mask = new MaskStream(patterns);
+  return new Promise((resolve) => {
+    const done = (): void => resolve();
+    to.once("error", () => {
+      from.destroy();
+      mask.destroy();
+      done();
+    });
+    from.once("error", () => mask.end());
+    mask.once("end", done);
+    mask.once("close", done);
+    from.pipe(mask).pipe(to, { end: false });
+  });
+}
