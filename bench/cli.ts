@@ -54,13 +54,13 @@ async function main(): Promise<void> {
       createInterface({ input: daemon.stderr! }).on("line", (l) => l.includes("lessor daemon ready") && resolve());
       daemon.once("exit", (c) => reject(new Error(`daemon exited ${c}`)));
     });
-    const r1 = compare([process.execPath, BIN, "--version"], env);
+    const r1 = compare([BIN, "--version"], env);
     emit({ name: "version", ms: +r1.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r1.base.toFixed(1), ratio: +(r1.ms / r1.base).toFixed(2), goal: "<= 1.3" });
     spawnSync(process.execPath, [BIN, "secret", "set", "token", "--random"], { env });
-    const r2 = compare([process.execPath, BIN, "lease", "token", "--agent", "bench", "--domain", "api.example.com"], env);
+    const r2 = compare([BIN, "lease", "token", "--agent", "bench", "--domain", "api.example.com"], env);
     emit({ name: "lease_daemon", ms: +r2.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r2.base.toFixed(1), ratio: +(r2.ms / r2.base).toFixed(2), goal: "<= 1.6" });
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/token\n");
-    const r3 = compare([process.execPath, BIN, "run", "--agent", "bench", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "0"], env);
+    const r3 = compare([BIN, "run", "--agent", "bench", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "0"], env);
     emit({ name: "run_node", ms: +r3.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r3.base.toFixed(1), ratio: +(r3.ms / r3.base).toFixed(2), goal: "<= 2.2" });
   } finally {
     daemon.kill("SIGTERM");

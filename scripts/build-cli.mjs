@@ -37,13 +37,25 @@ const fullTree = {
   },
 };
 
+const fast = await build({
+  ...common,
+  entryPoints: { main: "src/cli/fast-path.ts" },
+  outdir: "dist/bin",
+  format: "cjs",
+  outExtension: { ".js": ".cjs" },
+});
+
+// The bin starts as a shell script that re-runs it as `node -- lessor.cjs ARGS` (to JavaScript the
+// second line is a string and a comment): without the `--`, Node 20 reads a script's own
+// `--env-file F` argument as its option (nodejs/node#54232; see src/cli/bin.ts).
 const entry = await build({
   ...common,
-  entryPoints: { main: "src/cli/fast-path.ts", lessor: "src/cli/bin.ts" },
+  entryPoints: { lessor: "src/cli/bin.ts" },
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },
   plugins: [fullTree],
+  banner: { js: `#!/bin/sh\n':' //; exec node -- "$0" "$@"` },
 });
 
 const tree = await build({
@@ -65,6 +77,7 @@ execFileSync(process.execPath, ["--import", "tsx", "-e", 'import("./src/cli/code
 chmodSync("dist/bin/lessor.cjs", 0o755);
 if (process.env.LESSOR_BUILD_ANALYZE) {
   const { analyzeMetafile } = await import("esbuild");
+  console.log(await analyzeMetafile(fast.metafile));
   console.log(await analyzeMetafile(entry.metafile));
   console.log(await analyzeMetafile(tree.metafile));
 }

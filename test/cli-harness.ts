@@ -33,7 +33,8 @@ export async function cliHome(): Promise<string> {
 /** Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). */
 export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
+    // `node -- BIN`, as the bin's own preamble runs it (see src/cli/bin.ts).
+    const child = spawn(process.execPath, ["--", BIN, ...args], {
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
       stdio: ["pipe", "pipe", "pipe"],
     });

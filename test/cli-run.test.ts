@@ -186,6 +186,21 @@ describe("lessor run (embedded vault)", () => {
     assert.match(noAgent.stderr, /--agent <agent>' not specified/);
   });
 
+  test("run as a program, the bin keeps --env-file for lessor (Node 20 would take it): a missing file is lessor's error, a pipe is read whole", () => {
+    // Node 20 reads a script's own `--env-file F` unless `--` comes first (nodejs/node#54232): it
+    // would exit 9 with "node: F: not found", or drain a pipe before lessor reads it.
+    const env = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", LESSOR_HOME: home, NO_COLOR: "1" };
+    const missing = spawnSync(BIN, ["run", "--agent", "tester-bin", "--env-file", join(home, "no-such.env"), "--", NODE, "-e", "0"], { env, encoding: "utf8" });
+    assert.equal(missing.status, 2, missing.stderr);
+    assert.match(missing.stderr, /^lessor: cannot read the env file .*no-such\.env \(it does not exist\)/);
+    const piped = spawnSync(
+      "bash",
+      ["-c", `"$0" run --agent tester-bin --env-file <(printf 'TOKEN=$S:api-token\\n') -- "$1" -e 'process.exit(process.env.TOKEN === process.argv[1] ? 0 : 9)' "$2"`, BIN, NODE, VALUES.token],
+      { env, encoding: "utf8" },
+    );
+    assert.equal(piped.status, 0, piped.stderr);
+  });
+
   test("resolves references from the environment, an env file, inside a URL and JSON fields; one lease per secret, revoked after", async () => {
     await checkResolution(home, "tester-resolve");
   });

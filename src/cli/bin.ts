@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * The `lessor` bin as built (dist/bin/lessor.cjs; src/cli/entry.ts says what it does). For `lease`
  * and `run` it runs the fast-path bundle (dist/bin/main.cjs, from src/cli/fast-path.ts) from the V8
@@ -9,6 +8,11 @@
  *
  * The cache is trusted as much as the bundle it sits beside: both are written by the build into the
  * package's own directory, never into a shared or temporary one.
+ *
+ * The build puts a two-line shell preamble on top (scripts/build-cli.mjs) that runs
+ * `node -- lessor.cjs ARGS`: Node 20 takes a script's own `--env-file F` argument for its option
+ * unless a `--` comes first (nodejs/node#54232), so `lessor run --env-file F` would fail with
+ * "node: F: not found", or find a pipe such as `<(…)` already drained.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
