@@ -61,8 +61,11 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
         throw e;
       }
       env = resolved.env;
-      patterns = (await childModule).maskPatterns(resolved.masks);
-      for (const m of resolved.masks) m.value.fill(0);
+      try {
+        patterns = (await childModule).maskPatterns(resolved.masks);
+      } finally {
+        for (const m of resolved.masks) m.value.fill(0);
+      }
       book.wipe(); // the child gets the values through its environment; lessor keeps only the mask patterns
       // The connection stays open for the revocation at the end; if the daemon closed it meanwhile
       // (idle timeout, restart), revokeAll reconnects.
