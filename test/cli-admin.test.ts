@@ -12,8 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { LessorClient } from "../src/client/index.js";
-import { openVault } from "../src/config/open-vault.js";
-import { BIN, cliHome, runCli, type CliResult } from "./cli-harness.js";
+import { BIN, cliHome, runCli, seedHome, type CliResult } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 
 const CANARY = `canary-${randomBytes(12).toString("hex")}`;
@@ -56,13 +55,7 @@ function json<T = any>(r: CliResult): T {
 }
 
 async function seed(home: string): Promise<void> {
-  writeFileSync(join(home, "policy.toml"), POLICY, { mode: 0o600 });
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "github-token", value: CANARY });
-  } finally {
-    await v.close();
-  }
+  await seedHome(home, POLICY, [{ name: "github-token", value: CANARY }]);
 }
 
 describe("lessor audit", () => {

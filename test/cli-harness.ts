@@ -1,10 +1,11 @@
 /** Runs the built CLI (dist/bin/lessor.cjs, made by `npm run build:cli`) as a real child process. */
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { initHome } from "../src/config/open-vault.js";
+import { initHome, openVault } from "../src/config/open-vault.js";
+import type { StoreSecretParams } from "../src/vault/secrets.js";
 
 export const BIN = fileURLToPath(new URL("../dist/bin/lessor.cjs", import.meta.url));
 if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run npm run build:cli (npm test does it)`);
@@ -28,6 +29,17 @@ export async function cliHome(): Promise<string> {
   const home = join(dir, "home");
   await initHome({ home, env: { LESSOR_HOME: home } });
   return home;
+}
+
+/** Writes `policy` as the home's policy.toml and stores `secrets` through the vault itself (as admin). */
+export async function seedHome(home: string, policy: string, secrets: StoreSecretParams[]): Promise<void> {
+  writeFileSync(join(home, "policy.toml"), policy, { mode: 0o600 });
+  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
+  try {
+    for (const s of secrets) await vault.admin().storeSecret(s);
+  } finally {
+    await vault.close();
+  }
 }
 
 /** Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). */

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { cliHome, runCli } from "./cli-harness.js";
+import { cliHome, runCli, seedHome } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { openVault } from "../src/config/open-vault.js";
 
@@ -34,17 +34,12 @@ const V = {
 };
 
 async function seed(home: string): Promise<void> {
-  writeFileSync(join(home, "policy.toml"), POLICY, { mode: 0o600 });
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const a = vault.admin();
-    await a.storeSecret({ name: "api-token", value: V.token });
-    await a.storeSecret({ name: "creds", value: JSON.stringify({ user: "svc", password: V.password, nested: { port: 5432 } }) });
-    await a.storeSecret({ scope: "env:prod", name: "API_KEY", value: V.prod });
-    await a.storeSecret({ name: "forbidden", value: "forbidden-value" });
-  } finally {
-    await vault.close();
-  }
+  await seedHome(home, POLICY, [
+    { name: "api-token", value: V.token },
+    { name: "creds", value: JSON.stringify({ user: "svc", password: V.password, nested: { port: 5432 } }) },
+    { scope: "env:prod", name: "API_KEY", value: V.prod },
+    { name: "forbidden", value: "forbidden-value" },
+  ]);
 }
 
 const TEMPLATE = [

@@ -9,8 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { openVault } from "../src/config/open-vault.js";
-import { BIN, cliHome, runCli, type CliResult } from "./cli-harness.js";
+import { BIN, cliHome, runCli, seedHome, type CliResult } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 
 const CANARY = `canary-${randomBytes(12).toString("hex")}`;
@@ -55,16 +54,11 @@ async function cli(args: string[], opts: Parameters<typeof runCli>[1] = {}): Pro
 }
 
 async function seed(home: string): Promise<void> {
-  writeFileSync(join(home, "policy.toml"), POLICY, { mode: 0o600 });
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const admin = v.admin();
-    await admin.storeSecret({ name: "github-token", value: CANARY, kind: "pat" });
-    await admin.storeSecret({ name: "awkward", value: AWKWARD });
-    await admin.storeSecret({ name: "plain", value: `${CANARY}-plain` });
-  } finally {
-    await v.close();
-  }
+  await seedHome(home, POLICY, [
+    { name: "github-token", value: CANARY, kind: "pat" },
+    { name: "awkward", value: AWKWARD },
+    { name: "plain", value: `${CANARY}-plain` },
+  ]);
 }
 
 function json<T = any>(r: CliResult): T {

@@ -13,7 +13,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
-import { BIN, cliHome, runCli } from "./cli-harness.js";
+import { BIN, cliHome, runCli, seedHome } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { openVault } from "../src/config/open-vault.js";
 import { parseEnvFile } from "../src/cli/run/env-file.js";
@@ -54,18 +54,13 @@ const VALUES = {
 };
 
 async function seed(home: string): Promise<void> {
-  writeFileSync(join(home, "policy.toml"), POLICY, { mode: 0o600 });
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const a = vault.admin();
-    await a.storeSecret({ name: "api-token", value: VALUES.token });
-    await a.storeSecret({ name: "db-password", value: VALUES.dbPassword });
-    await a.storeSecret({ name: "creds", value: JSON.stringify({ user: "svc", password: VALUES.credsPassword }) });
-    await a.storeSecret({ scope: "env:prod", name: "API_KEY", value: `prodkey-${randomBytes(6).toString("hex")}` });
-    await a.storeSecret({ name: "forbidden", value: "forbidden-value-123" });
-  } finally {
-    await vault.close();
-  }
+  await seedHome(home, POLICY, [
+    { name: "api-token", value: VALUES.token },
+    { name: "db-password", value: VALUES.dbPassword },
+    { name: "creds", value: JSON.stringify({ user: "svc", password: VALUES.credsPassword }) },
+    { scope: "env:prod", name: "API_KEY", value: `prodkey-${randomBytes(6).toString("hex")}` },
+    { name: "forbidden", value: "forbidden-value-123" },
+  ]);
 }
 
 interface LeaseJson {
