@@ -405,7 +405,7 @@ export class LessorClient {
     const message = { id, method, params };
     let frame: Buffer;
     try {
-      frame = secret ? wipeableFrame(message) : encodeFrame(message);
+      frame = encodeFrame(message, secret);
     } catch {
       return Promise.reject(new VaultError("invalid_request", `the ${method} params cannot be sent as JSON; pass plain values`));
     }
@@ -575,7 +575,7 @@ export class LessorClient {
       // daemon can take the handshake while this process gets on with other work.
       const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
       if (this.#token !== undefined) hello.token = this.#token;
-      const helloFrame = wipeableFrame(hello);
+      const helloFrame = encodeFrame(hello, true);
       sock.write(helloFrame, () => helloFrame.fill(0));
       sock.on("error", (e: NodeJS.ErrnoException) => {
         if (!done) finish(connectError(e, ep));
@@ -694,16 +694,6 @@ function parseWelcome(body: Buffer, where: string): WireIdentity | VaultError {
   if (typeof id !== "object" || id === null || typeof id.id !== "string" || typeof id.transport !== "string" || !["admin", "orchestrator", "agent"].includes(id.role))
     return bad;
   return id as WireIdentity;
-}
-
-/** Like encodeFrame, but into an unpooled buffer the caller zeroes after the write. */
-function wipeableFrame(message: unknown): Buffer {
-  const json = JSON.stringify(message);
-  const len = Buffer.byteLength(json, "utf8");
-  const out = Buffer.alloc(4 + len);
-  out.writeUInt32BE(len, 0);
-  out.write(json, 4, "utf8");
-  return out;
 }
 
 /** request_lease params (without `access`) from a LeaseRequestInput. */

@@ -13,11 +13,14 @@ export class FrameTooLarge extends Error {
   }
 }
 
-/** Encodes one message as a frame. */
-export function encodeFrame(message: unknown): Buffer {
+/**
+ * Encodes one message as a frame. `wipeable`: in a buffer of its own (not a slice of Node's shared
+ * pool), for a frame that carries a secret and is zeroed once written.
+ */
+export function encodeFrame(message: unknown, wipeable = false): Buffer {
   const json = JSON.stringify(message);
   const len = Buffer.byteLength(json, "utf8");
-  const out = Buffer.allocUnsafe(4 + len);
+  const out = wipeable ? Buffer.allocUnsafeSlow(4 + len) : Buffer.allocUnsafe(4 + len);
   out.writeUInt32BE(len, 0);
   out.write(json, 4, "utf8");
   return out;

@@ -316,15 +316,8 @@ export class Connection {
   /** Encodes and writes a success response; a result over the protocol's frame cap becomes an error. */
   #respond(res: Response, secret: boolean, method: string): void {
     if (this.#state !== "open") return; // the client left: the request ran, its answer is dropped
-    let frame: Buffer;
-    if (secret) {
-      // Written into an unpooled buffer that is zeroed once the kernel has it.
-      const json = JSON.stringify(res);
-      const len = Buffer.byteLength(json, "utf8");
-      frame = Buffer.allocUnsafeSlow(4 + len);
-      frame.writeUInt32BE(len, 0);
-      frame.write(json, 4, "utf8");
-    } else frame = encodeFrame(res);
+    // A secret goes into a buffer of its own, zeroed once the kernel has it.
+    const frame = encodeFrame(res, secret);
     if (frame.length - 4 > MAX_FRAME_BYTES) {
       if (secret) frame.fill(0);
       return this.#reply(res.id, "invalid_request", `the result of ${method} is ${frame.length - 4} bytes, over the ${MAX_FRAME_BYTES}-byte frame limit; ask for less (a smaller limit or narrower filters)`);
