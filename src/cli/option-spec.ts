@@ -56,14 +56,12 @@ export interface Parsed {
 
 /**
  * Parses `args` (after the command name) with util.parseArgs, strictly: null for anything it
- * refuses, for a missing required option, for a repeated single-value option, and for `-h`/`--help`
- * (commander prints help). Options not given are undefined, as with commander.
+ * refuses (an unknown option, `-h`/`--help` included, so commander prints help), for a missing
+ * required option and for a repeated single-value option. Options not given are undefined, as with
+ * commander.
  */
 export function parseStrict(args: readonly string[], specs: readonly OptionSpec[], globals: readonly OptionSpec[]): Parsed | null {
   const all = [...specs, ...globals];
-  const dashes = args.indexOf("--");
-  const before = dashes < 0 ? args : args.slice(0, dashes);
-  if (before.some((a) => a === "-h" || a === "--help")) return null;
   const config: Record<string, { type: "string" | "boolean"; multiple: boolean }> = {};
   for (const s of all) config[s.name] = { type: s.value ? "string" : "boolean", multiple: true };
   let parsed;

@@ -54,11 +54,10 @@ export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<vo
       cli.json(leaseJson(await api.requestLease(request)));
       return;
     }
-    // The lease and its read in one call: the value is read for the first exact --domain, else for
-    // the lease's first exact host (none when the rule has any_domain). A refused read leaves no
-    // live lease behind (the daemon revokes it in the same commit).
-    const domain = domains.find((d) => !d.includes("*"));
-    const got = await api.leaseAndAccess(request, domain === undefined ? undefined : { domain });
+    // The lease and its read in one call. With no target the vault reads it for the first exact
+    // --domain, else for the lease's first exact host (none when the rule has any_domain), and a
+    // refused read leaves no live lease behind (it is revoked in the same commit).
+    const got = await api.leaseAndAccess(request);
     try {
       const bytes = got.value.expose();
       await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));

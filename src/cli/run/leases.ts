@@ -63,15 +63,17 @@ export class LeaseBook {
     if (held) return held;
     if (this.#revoked) throw new VaultError("internal", "the leases of this run were already revoked");
     const { agent, domains, ttl } = this.#opts;
-    const domain = domains.find(exact);
     let got: Awaited<ReturnType<CliApi["leaseAndAccess"]>>;
     try {
-      // One round trip and one commit: the lease and its first (only) read. When the read is
-      // refused the daemon revokes the lease in the same commit, so nothing is left to clean up.
-      got = await this.#api.leaseAndAccess(
-        { agent, secret: { scope: secret.scope, name: secret.name }, ...(domains.length > 0 ? { domains } : {}), ...(ttl !== undefined ? { ttl } : {}) },
-        domain === undefined ? undefined : { domain },
-      );
+      // One round trip and one commit: the lease and its first (only) read, for the host the vault
+      // picks (see the module comment). When the read is refused the vault revokes the lease in the
+      // same commit, so nothing is left to clean up.
+      got = await this.#api.leaseAndAccess({
+        agent,
+        secret: { scope: secret.scope, name: secret.name },
+        ...(domains.length > 0 ? { domains } : {}),
+        ...(ttl !== undefined ? { ttl } : {}),
+      });
     } catch (e) {
       throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`);
     }
@@ -111,11 +113,6 @@ export class LeaseBook {
     for (const v of this.#values.values()) v.wipe();
     this.#values.clear();
   }
-}
-
-/** An exact host (not a `*.suffix` pattern). */
-function exact(d: string): boolean {
-  return !d.includes("*");
 }
 
 /** Prefixes a VaultError's message with `context`, keeping its code; other errors pass through. */
