@@ -40,6 +40,10 @@ const fullTree = {
 const fast = await build({
   ...common,
   entryPoints: { main: "src/cli/fast-path.ts" },
+  // Whitespace and syntax only (names stay, for stack traces): a third less source to read and hash
+  // at every start, and a smaller code cache to deserialise.
+  minifyWhitespace: true,
+  minifySyntax: true,
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },

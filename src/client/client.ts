@@ -13,7 +13,6 @@
  * This module imports no zod (the schemas stay on the server side), so the CLI starts fast.
  */
 import { createConnection, type Socket } from "node:net";
-import { performance } from "node:perf_hooks";
 import { SecretBytes } from "../crypto/secret-bytes.js";
 import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
 import type { PROTOCOL, VERSION, WireIdentity } from "../protocol/messages.js";
@@ -361,7 +360,9 @@ export class LessorClient {
     if (sock === null || sock.closed) return;
     await new Promise<void>((resolve) => {
       sock.once("close", () => resolve());
-      sock.destroySoon();
+      // Every call was answered or has just been rejected, so nothing written is still wanted:
+      // destroy at once rather than wait for the daemon to see the end of the stream.
+      sock.destroy();
     });
   }
 
@@ -415,7 +416,7 @@ export class LessorClient {
         new VaultError("invalid_request", `the ${method} request is ${frame.length - 4} bytes, over the ${this.#maxFrame}-byte frame limit; send a smaller value`),
       );
     }
-    const deadline = performance.now() + this.#requestTimeoutMs;
+    const deadline = monotonicMs() + this.#requestTimeoutMs;
     const promise = new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, deadline, method });
     });
@@ -436,7 +437,7 @@ export class LessorClient {
 
   #onSweep = (): void => {
     this.#sweep = null;
-    const now = performance.now();
+    const now = monotonicMs();
     for (const [id, p] of this.#pending) {
       if (p.deadline > now) {
         this.#armSweep(p.deadline - now);
@@ -762,4 +763,10 @@ function toLeasedAndAccessed(r: Results["request_lease"]): ClientAccessResult {
   const value = decodeValue(r);
   const { value: _v, encoding: _e, version: _n, ...lease } = r;
   return { value, version, lease };
+}
+
+/** Milliseconds on a monotonic clock, from process.hrtime (node:perf_hooks costs start-up time to load). */
+function monotonicMs(): number {
+  const [s, ns] = process.hrtime();
+  return s * 1e3 + ns / 1e6;
 }
