@@ -13,7 +13,12 @@
  * LESSOR_BENCH_DAEMON_ARGS: extra node arguments for the daemon process, split on spaces, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" (the profile is written when the daemon exits at the end).
  * LESSOR_BENCH_ONLY: a comma-separated list of figure groups to run (echo, status, lease_access,
- * lease_access_1rt, live); default all. Echo always runs when status does (it is its baseline).
+ * lease_access_1rt, live, store_floor); default all. Echo always runs when status does (it is its
+ * baseline).
+ *
+ * store_floor_c32 is a ceiling rather than a lessor figure: the SQLite store's own work for one
+ * lease+access (bench/store-floor.ts), in-process with nothing else, so the lease+access figures can
+ * be read against what the data model and the disk allow on this machine.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,6 +32,7 @@ import { initHome } from "../src/config/open-vault.js";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { addLiveLeases } from "./live-leases.js";
+import { storeFloor } from "./store-floor.js";
 import { uuidv7 } from "../src/vault/ids.js";
 
 const quick = process.argv.includes("--quick");
@@ -113,6 +119,17 @@ async function addLiveLeasesTo(dbPath: string, count: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  if (wants("store_floor")) {
+    // Before any other process starts, so that it has the machine to itself as the daemon will.
+    const f = await storeFloor(32, SECONDS * 1000);
+    emit({
+      name: "store_floor_c32",
+      ops_per_s: Math.round(f.opsPerS),
+      ops_per_commit: +f.opsPerCommit.toFixed(1),
+      note: "ceiling, not a lessor figure: the SQLite store's work for one lease+access alone (no vault logic, crypto or protocol), in-process, 32 in flight, durable group commits",
+      goal_for_lease_access_c32: ">= 20000 ops/s",
+    });
+  }
   const dir = mkdtempSync(join(tmpdir(), "lessor-bench-d-"));
   const procs: ChildProcess[] = [];
   try {
