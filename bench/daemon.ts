@@ -120,7 +120,7 @@ async function addLiveLeasesTo(dbPath: string, count: number): Promise<void> {
 
 async function main(): Promise<void> {
   if (wants("store_floor")) {
-    // Before any other process starts, so that it has the machine to itself as the daemon will.
+    // First, before the echo server and the daemon start, so that no other process of this bench competes with it.
     const f = await storeFloor(32, SECONDS * 1000);
     emit({
       name: "store_floor_c32",
