@@ -13,7 +13,7 @@ import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { LessorClient } from "../src/client/index.js";
 import { BIN, cliHome, runCli, seedHome, type CliResult } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { serveInSuite } from "./daemon-harness.js";
 
 const CANARY = `canary-${randomBytes(12).toString("hex")}`;
 
@@ -358,49 +358,41 @@ describe("lessor token and status (embedded)", () => {
 });
 
 describe("lessor token, status and policy reload (daemon)", () => {
-  let d: RunningDaemon;
-  before(async () => {
-    const home = await makeHome({ policy: POLICY });
-    await seed(home);
-    d = await startServe(home);
-  });
-  after(async () => {
-    await d?.stop();
-  });
+  const d = serveInSuite(POLICY, seed);
 
   test("status reports the daemon's pid, uptime and connections", async () => {
-    const j = json(await cli(["status", "--json"], { home: d.home }));
+    const j = json(await cli(["status", "--json"], { home: d().home }));
     assert.equal(j.mode, "daemon");
-    assert.equal(j.daemon.pid, d.proc.pid);
+    assert.equal(j.daemon.pid, d().proc.pid);
     assert.equal(j.identity.transport, "uds");
     assert.ok(j.daemon.connections >= 1 && j.daemon.uptimeMs >= 0);
-    const p = await cli(["status"], { home: d.home });
-    assert.match(p.stdout, new RegExp(`^daemon: +version \\S+, pid ${d.proc.pid}, up \\S+, \\d+ connections?$`, "m"));
+    const p = await cli(["status"], { home: d().home });
+    assert.match(p.stdout, new RegExp(`^daemon: +version \\S+, pid ${d().proc.pid}, up \\S+, \\d+ connections?$`, "m"));
   });
 
   test("a token made with the CLI authenticates to the daemon until it is revoked", async () => {
-    const r = await cli(["token", "create", "claude-laptop", "--role", "agent", "--agent", "claude"], { home: d.home });
+    const r = await cli(["token", "create", "claude-laptop", "--role", "agent", "--agent", "claude"], { home: d().home });
     assert.equal(r.code, 0, r.stderr);
     const token = r.stdout.trim();
-    const c = await LessorClient.connect({ socketPath: d.socket }, { token });
+    const c = await LessorClient.connect({ socketPath: d().socket }, { token });
     try {
       assert.equal(c.identity.role, "agent");
       assert.equal(c.identity.agent, "claude");
     } finally {
       await c.close();
     }
-    assert.equal((await cli(["token", "revoke", token.split("_")[1]!], { home: d.home })).code, 0);
-    await assert.rejects(LessorClient.connect({ socketPath: d.socket }, { token, reconnect: false }), /not valid/);
+    assert.equal((await cli(["token", "revoke", token.split("_")[1]!], { home: d().home })).code, 0);
+    await assert.rejects(LessorClient.connect({ socketPath: d().socket }, { token, reconnect: false }), /not valid/);
   });
 
   test("policy reload makes the daemon use the edited file", async () => {
-    const denied = await cli(["lease", "github-token", "--agent", "bob", "--domain", "api.github.com"], { home: d.home });
+    const denied = await cli(["lease", "github-token", "--agent", "bob", "--domain", "api.github.com"], { home: d().home });
     assert.equal(denied.code, 3);
     const next = `${POLICY}\n[[rule]]\nname = "bob-github"\neffect = "allow"\nagents = ["bob"]\nsecrets = ["github-token"]\ndomains = ["api.github.com"]\n`;
-    writeFileSync(join(d.home, "policy.toml"), next, { mode: 0o600 });
-    const r = json(await cli(["policy", "reload", "--json"], { home: d.home }));
+    writeFileSync(join(d().home, "policy.toml"), next, { mode: 0o600 });
+    const r = json(await cli(["policy", "reload", "--json"], { home: d().home }));
     assert.deepEqual(r, { mode: "daemon", rules: 3, digest: createHash("sha256").update(next).digest("hex") });
-    const ok = await cli(["lease", "github-token", "--agent", "bob", "--domain", "api.github.com"], { home: d.home });
+    const ok = await cli(["lease", "github-token", "--agent", "bob", "--domain", "api.github.com"], { home: d().home });
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal(ok.stdout, CANARY);
   });

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
-import { makeHome, startServe } from "./daemon-harness.js";
+import { serveInSuite } from "./daemon-harness.js";
 import { openVault } from "../src/config/open-vault.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "lessor-inject-test-"));
@@ -174,18 +174,10 @@ describe("lessor inject (embedded vault)", () => {
 });
 
 describe("lessor inject (daemon mode)", () => {
-  let home: string;
-  let daemon: Awaited<ReturnType<typeof startServe>>;
-  before(async () => {
-    home = await makeHome({ policy: POLICY });
-    await seed(home);
-    daemon = await startServe(home);
-  });
-  after(async () => {
-    await daemon?.stop();
-  });
+  const daemon = serveInSuite(POLICY, seed);
 
   test("renders through the daemon and revokes the leases", async () => {
+    const { home } = daemon();
     const out = join(tmp, "daemon.yml");
     const r = await runCli(["inject", "-i", file("d.tmpl", TEMPLATE), "-o", out, "--agent", "renderer-daemon"], { home });
     assert.equal(r.code, 0, r.stderr);
@@ -196,7 +188,7 @@ describe("lessor inject (daemon mode)", () => {
       ["global/api-token", "revoked"],
       ["global/creds", "revoked"],
     ]);
-    await daemon.stop();
+    await daemon().stop();
     // The leases went through the daemon (Unix socket), not an embedded vault.
     const vault = await openVault({ home, env: { LESSOR_HOME: home } });
     try {

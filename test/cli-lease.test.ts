@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { BIN, cliHome, runCli, seedHome, type CliResult } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { serveInSuite } from "./daemon-harness.js";
 
 const CANARY = `canary-${randomBytes(12).toString("hex")}`;
 /** A value with awkward bytes: quotes, "=", "#", an inner newline, unicode, trailing spaces. */
@@ -310,18 +310,10 @@ describe("lessor lease (embedded)", () => {
 });
 
 describe("lessor lease (daemon)", () => {
-  let d: RunningDaemon;
-  before(async () => {
-    const home = await makeHome({ policy: POLICY });
-    await seed(home);
-    d = await startServe(home);
-  });
-  after(async () => {
-    await d?.stop();
-  });
+  const d = serveInSuite(POLICY, seed);
 
   test("lease, --json, leases, revoke and killswitch go through the daemon", async () => {
-    const home = d.home;
+    const home = d().home;
     const v = await cli(["lease", ...GH], { home });
     assert.equal(v.code, 0, v.stderr);
     assert.equal(v.stdout, CANARY);
@@ -343,6 +335,6 @@ describe("lessor lease (daemon)", () => {
     const renewGone = await cli(["renew", g.id], { home });
     assert.equal(renewGone.code, 3);
     assert.match(renewGone.stderr, /revoked/);
-    assert.ok(!d.stderr().includes(CANARY), "no value in the daemon's log");
+    assert.ok(!d().stderr().includes(CANARY), "no value in the daemon's log");
   });
 });

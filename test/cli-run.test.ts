@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { BIN, cliHome, runCli, seedHome } from "./cli-harness.js";
-import { makeHome, startServe } from "./daemon-harness.js";
+import { serveInSuite } from "./daemon-harness.js";
 import { openVault } from "../src/config/open-vault.js";
 import { parseEnvFile } from "../src/cli/run/env-file.js";
 import { MaskStream, maskPatterns } from "../src/cli/run/mask.js";
@@ -330,29 +330,22 @@ describe("lessor run (embedded vault)", () => {
 });
 
 describe("lessor run (daemon mode)", () => {
-  let home: string;
-  let daemon: Awaited<ReturnType<typeof startServe>>;
-  before(async () => {
-    home = await makeHome({ policy: POLICY });
-    await seed(home);
-    daemon = await startServe(home);
-  });
-  after(async () => {
-    await daemon?.stop();
-  });
+  const daemon = serveInSuite(POLICY, seed);
 
   test("resolves, masks and revokes through the daemon", async () => {
+    const { home } = daemon();
     await checkResolution(home, "tester-daemon");
     await checkMasking(home, "tester-daemon-mask");
   });
 
   test("the leases are still revoked when the daemon goes away while the command runs", async () => {
+    const { home } = daemon();
     const marker = join(tmp, "daemon-gone.txt");
     const run = await startWaitingRun(home, "tester-gone", marker, 0);
     let result: { code: number | null; err: string };
     try {
       assert.deepEqual((await leasesOf(home, "tester-gone")).map((l) => l.state), ["live"]);
-      await daemon.stop();
+      await daemon().stop();
       run.child.kill("SIGTERM");
       result = await run.exited;
     } finally {

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { initHome } from "../src/config/open-vault.js";
 import { FrameDecoder } from "../src/protocol/framing.js";
@@ -36,6 +37,27 @@ export async function makeHome(opts: { config?: string; policy?: string } = {}):
   if (opts.config) writeFileSync(join(home, "lessor.toml"), opts.config, { mode: 0o600 });
   if (opts.policy) writeFileSync(join(home, "policy.toml"), opts.policy, { mode: 0o600 });
   return home;
+}
+
+/**
+ * A daemon for the enclosing describe(): its before() makes a home with `policy`, fills it with
+ * `seed` and starts `lessor serve` there; its after() stops it. Tests call the returned function for
+ * the running daemon.
+ */
+export function serveInSuite(policy: string, seed: (home: string) => Promise<void>): () => RunningDaemon {
+  let d: RunningDaemon | undefined;
+  before(async () => {
+    const home = await makeHome({ policy });
+    await seed(home);
+    d = await startServe(home);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+  return () => {
+    if (d === undefined) throw new Error("the suite's daemon has not started; call this from a test");
+    return d;
+  };
 }
 
 /** Spawns `lessor serve` for `home`; resolves when it logs "lessor daemon ready" (rejects if it exits first). */
