@@ -9,7 +9,7 @@ import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { Queries } from "../src/store/sqlite/queries.js";
-import { SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import type { Store } from "../src/store/types.js";
 import { isVaultError } from "../src/vault/errors.js";
@@ -161,6 +161,35 @@ describe("sqlite store", () => {
     await store.close();
   });
 
+  test("a schema-2 database migrates to the current schema and keeps its leases", async () => {
+    const p = freshPath();
+    const db = new Database(p);
+    db.exec(MIGRATIONS[0]!);
+    db.exec(MIGRATIONS[1]!);
+    db.pragma("user_version = 2");
+    const old = new Queries(db);
+    old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
+    old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
+    db.close();
+
+    const store = openSqliteStore(p);
+    try {
+      assert.equal(store.settings().schemaVersion, SCHEMA_VERSION);
+      assert.deepEqual(
+        (await store.listLeases({})).map((l) => l.agent),
+        ["agent-b", "agent-a"],
+        "newest first, from the primary key",
+      );
+      assert.equal(await store.countLiveLeases("agent-a", T0), 1);
+    } finally {
+      await store.close();
+    }
+    const check = new Database(p, { readonly: true });
+    const indexes = (check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'leases' AND sql IS NOT NULL ORDER BY name").pluck().all() as string[]);
+    check.close();
+    assert.deepEqual(indexes, ["leases_expiry", "leases_live_agent", "leases_live_secret"], "the lease-history indexes are gone");
+  });
+
   test("refuses a database written by a newer schema, with a plain message", async () => {
     const p = freshPath();
     const db = new Database(p);
@@ -214,6 +243,10 @@ describe("sqlite store", () => {
     noScan(planOf(() => q.revokeLeases({ all: true }, T0, "r")), /INDEX leases_expiry/);
     noScan(planOf(() => q.deleteExpiredLeases(T0, 10)), /INDEX leases_expiry/);
     noScan(planOf(() => q.listLeases({ agent: "a", liveAt: T0 })), /INDEX leases_live_agent/);
+    // History listings walk the primary key newest first and stop at the limit: no sort of every lease.
+    const history = planOf(() => q.listLeases({ agent: "a", limit: 10 }));
+    assert.match(history, /SCAN leases/, history);
+    assert.doesNotMatch(history, /TEMP B-TREE/, history);
     noScan(planOf(() => q.versionsNotUnderKey("k", 10)), /INDEX secret_versions_key \(key_id=\?\)/);
     noScan(planOf(() => q.queryAudit({ agent: "a" })), /INDEX audit_agent/);
     noScan(planOf(() => q.queryAudit({ leaseId: "a" })), /INDEX audit_lease/);

@@ -189,7 +189,7 @@ class Reads implements StoreReader {
       if (filter.liveAt !== undefined && !isLeaseLive(l, filter.liveAt)) continue;
       out.push(l);
     }
-    out.sort((a, b) => b.issuedAt - a.issuedAt || cmp(b.id, a.id));
+    out.sort((a, b) => cmp(b.id, a.id));
     const limit = filter.limit === undefined ? out.length : Math.max(0, Math.floor(filter.limit));
     return out.slice(0, limit).map(copyLease);
   }

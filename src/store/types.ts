@@ -41,7 +41,10 @@ export interface StoreReader {
   keyIdsInUse(): Promise<string[]>;
 
   getLease(id: string): Promise<LeaseRecord | null>;
-  /** Newest first. */
+  /**
+   * Ordered by id, descending. The vault makes each lease id a UUIDv7 at issue, so this is newest
+   * first (and a store can walk its primary key instead of keeping an index on the issue time).
+   */
   listLeases(filter: LeaseFilter): Promise<LeaseRecord[]>;
   /** Leases of `agent` that are live at `now`; must use an index, never scan every lease. */
   countLiveLeases(agent: string, now: number): Promise<number>;

@@ -226,7 +226,7 @@ export class Queries {
     const sql =
       `SELECT ${LEASE_COLS} FROM leases` +
       (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
-      " ORDER BY issued_at DESC, id DESC LIMIT ?";
+      " ORDER BY id DESC LIMIT ?";
     params.push(filter.limit === undefined ? -1 : Math.max(0, Math.floor(filter.limit)));
     return (this.stmt(sql).all(...params) as Row[]).map(leaseFromRow);
   }

@@ -119,6 +119,15 @@ export const MIGRATIONS: readonly string[] = [
     hash       BLOB NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 3: fewer b-trees written per lease. Each index costs every commit a page per distinct key it
+  // touches, and the per-agent history index touched one page per active agent. Lease ids are
+  // UUIDv7 made at issue, so the primary key already orders leases newest first; history listings
+  // walk it, and live listings, counts and revocations keep their partial indexes.
+  `
+  DROP INDEX leases_issued;
+  DROP INDEX leases_agent;
+  DROP INDEX leases_secret;
+  `,
 ];
 
 /** The schema version this build writes. */
