@@ -1,7 +1,7 @@
 /**
  * The store floor of a lease+access: the SQLite store's reads and writes for one lease taken and used
- * (key check, current version, live-lease count, lease insert, use, audit head, two audit rows,
- * checkpoint), with none of the vault's other work (policy, crypto, hash chain) and no protocol. What
+ * (key check, current version, live-lease count, the lease row written once already used, audit
+ * head, two audit rows, checkpoint: what src/vault/leases.ts requestLeaseAndAccess does), with none of the vault's other work (policy, crypto, hash chain) and no protocol. What
  * the daemon's lease+access figures could reach on this machine if everything but the store were
  * free: a ceiling set by the data model (the lease and audit tables and their indexes) and the disk.
  */
@@ -72,7 +72,7 @@ export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS
           issuedAt: now,
           expiresAt: now + 3600_000,
           maxExpiresAt: now + 3600_000,
-          uses: 0,
+          uses: 1,
           maxUses: 1,
           renewals: 0,
           maxRenewals: null,
@@ -82,7 +82,6 @@ export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS
           issuedBy: `uid:${agent}`,
         };
         await tx.insertLease(lease);
-        await tx.useLease(lease.id, now);
         await tx.auditHead();
         // seq is taken inside the transaction, where calls run one at a time, so it has no gaps.
         await tx.insertAudit(audit("lease_granted", agent, lease.id, now));

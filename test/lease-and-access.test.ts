@@ -148,6 +148,7 @@ describe("core: requestLeaseAndAccess", () => {
       assert.ok(rows.every((r) => r.leaseId === id));
       assert.match(rows[1]!.reason ?? "", reason);
       assert.equal(rows[2]!.reason, REFUSED_FIRST_ACCESS);
+      assert.equal(JSON.parse(rows[2]!.detail!).changed, 1, "the revocation changed the new lease");
       const leases = await admin.listLeases({ agent: "claude" });
       assert.equal(leases.length, before + 1);
       const l = leases.find((x) => x.id === id)!;

@@ -101,8 +101,10 @@ interface Granted {
 
 /**
  * The grant itself, inside a transaction: policy, limits, the lease row and its audit event. With
- * `readVersion` the secret's existence is checked by reading its current version (for a use that
- * follows in the same transaction), else by reading its metadata row.
+ * `useNext` the secret's existence is checked by reading its current version, and the lease row is
+ * not written: the caller uses the lease in the same transaction and writes the row once, in its
+ * final state (see {@link requestLeaseAndAccess}). Otherwise the existence check reads the secret's
+ * metadata row and the row is written here.
  */
 async function grantIn(
   ctx: VaultContext,
@@ -111,7 +113,7 @@ async function grantIn(
   now: number,
   who: Identity,
   req: CheckedRequest,
-  readVersion = false,
+  useNext = false,
 ): Promise<Granted | VaultError> {
   const { ref, secret } = req;
   const agent = resolveAgent(who, req.agent);
@@ -121,7 +123,7 @@ async function grantIn(
   if (!decision.allow || !decision.rule)
     return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
   const rule = decision.rule;
-  const version = readVersion ? await tx.getCurrentVersion(ref) : null;
+  const version = useNext ? await tx.getCurrentVersion(ref) : null;
   if (!version && !(await tx.getSecret(ref))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
   const live = await tx.countLiveLeases(agent, now);
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
@@ -150,7 +152,7 @@ async function grantIn(
     revokeReason: null,
     issuedBy: who.id,
   };
-  await tx.insertLease(lease);
+  if (!useNext) await tx.insertLease(lease);
   await audit({
     type: "lease_granted",
     actor: who,
@@ -193,6 +195,10 @@ export const REFUSED_FIRST_ACCESS = "its first access, requested with the grant,
  * (access_denied) and the new lease is revoked in the same transaction (lease_revoked), so no usable
  * lease ever becomes visible; the access error is thrown. `target.domain` defaults as
  * {@link defaultAccessDomain} says; a lease bound only to `*.x` patterns needs it.
+ *
+ * The lease row is written once, after the access, in its final state (used once, or revoked),
+ * rather than inserted live and then updated: the same committed state for one row write instead of
+ * two, and no entry added to and removed from the live-lease indexes in the same commit.
  */
 export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, target: AccessTarget = {}): Promise<AccessResult> {
   const checked = checkRequest(req);
@@ -212,11 +218,13 @@ export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, re
             ),
             { agent: lease.agent, secret: checked.secret, leaseId: lease.id, domain: null },
           )
-        : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain }, granted.version);
+        : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain }, granted.version, true);
     if (used instanceof VaultError) {
-      const n = await tx.revokeLeases({ id: lease.id }, now, REFUSED_FIRST_ACCESS);
-      await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: n } });
-    }
+      // As revokeLeases would: only a live lease is revoked (one born expired or used up stays so).
+      const live = leaseState(lease, now) === "live";
+      await tx.insertLease(live ? { ...lease, revokedAt: now, revokeReason: REFUSED_FIRST_ACCESS } : lease);
+      await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: live ? 1 : 0 } });
+    } else await tx.insertLease(used.lease);
     return used;
   });
   return opened(ctx, got);
@@ -271,6 +279,8 @@ interface Use {
 /**
  * The access itself, inside a transaction, for a lease `who` may use: every check, the count, the
  * audit event. `known` is the secret's current version when this transaction has already read it.
+ * `unwritten`: the lease was granted in this transaction and its row is not written yet, so the use
+ * is counted on the returned lease only and the caller writes the row.
  */
 async function useIn(
   ctx: VaultContext,
@@ -281,6 +291,7 @@ async function useIn(
   lease: LeaseRecord,
   target: AccessTarget,
   known?: VersionRecord | null,
+  unwritten = false,
 ): Promise<Use | VaultError> {
   const id = lease.id;
   const secret = `${lease.scope}/${lease.name}`;
@@ -295,7 +306,8 @@ async function useIn(
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
     return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
   }
-  const uses = await tx.useLease(id, now);
+  // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
+  const uses = unwritten ? lease.uses + 1 : await tx.useLease(id, now);
   if (uses === null) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
   // `lease` was read (or written) in this transaction, so only its use count has changed.
   const used: LeaseRecord = { ...lease, uses };
