@@ -12,6 +12,7 @@ import { Queries } from "../src/store/sqlite/queries.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import type { Store } from "../src/store/types.js";
+import type { AuditFilter } from "../src/vault/types.js";
 import { isVaultError } from "../src/vault/errors.js";
 import { auditRec, leaseRec, secretRec, T0, versionRec } from "./store-conformance.js";
 
@@ -161,7 +162,7 @@ describe("sqlite store", () => {
     await store.close();
   });
 
-  test("a schema-2 database migrates to the current schema and keeps its leases", async () => {
+  test("a schema-2 database migrates to the current schema and keeps its leases and audit", async () => {
     const p = freshPath();
     const db = new Database(p);
     db.exec(MIGRATIONS[0]!);
@@ -170,6 +171,7 @@ describe("sqlite store", () => {
     const old = new Queries(db);
     old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
     old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
+    old.insertAudit(auditRec(1, { agent: "agent-b" }), 0);
     db.close();
 
     const store = openSqliteStore(p);
@@ -181,13 +183,20 @@ describe("sqlite store", () => {
         "newest first, from the primary key",
       );
       assert.equal(await store.countLiveLeases("agent-a", T0), 1);
+      assert.deepEqual((await store.queryAudit({ agent: "agent-b" })).map((r) => r.seq), [1]);
     } finally {
       await store.close();
     }
     const check = new Database(p, { readonly: true });
-    const indexes = (check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'leases' AND sql IS NOT NULL ORDER BY name").pluck().all() as string[]);
+    const indexes = (table: string) =>
+      check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL ORDER BY name").pluck().all(table) as string[];
+    assert.deepEqual(indexes("leases"), ["leases_expiry", "leases_live_agent", "leases_live_secret"], "the lease-history indexes are gone");
+    assert.deepEqual(
+      indexes("audit"),
+      ["audit_agent_run", "audit_lease", "audit_secret_run", "audit_time", "audit_type"],
+      "the audit's agent and secret indexes lead with the run",
+    );
     check.close();
-    assert.deepEqual(indexes, ["leases_expiry", "leases_live_agent", "leases_live_secret"], "the lease-history indexes are gone");
   });
 
   test("refuses a database written by a newer schema, with a plain message", async () => {
@@ -248,9 +257,57 @@ describe("sqlite store", () => {
     assert.match(history, /SCAN leases/, history);
     assert.doesNotMatch(history, /TEMP B-TREE/, history);
     noScan(planOf(() => q.versionsNotUnderKey("k", 10)), /INDEX secret_versions_key \(key_id=\?\)/);
-    noScan(planOf(() => q.queryAudit({ agent: "a" })), /INDEX audit_agent/);
+    noScan(planOf(() => q.queryAudit({ agent: "a" })), /INDEX audit_agent_run \(<expr>=\? AND agent=\?\)/);
+    noScan(planOf(() => q.queryAudit({ secret: "g/n", order: "desc" })), /INDEX audit_secret_run \(<expr>=\? AND secret=\?\)/);
     noScan(planOf(() => q.queryAudit({ leaseId: "a" })), /INDEX audit_lease/);
     db.close();
+  });
+
+  test("audit queries by agent or secret, which seek run by run of 1,024 seqs, match a plain filter", async () => {
+    const store = openSqliteStore(freshPath());
+    try {
+      const rows = Array.from({ length: 3500 }, (_, i) => {
+        const seq = i + 1;
+        return auditRec(seq, {
+          agent: seq % 7 === 0 ? "rare" : seq % 3 === 0 ? null : `agent-${seq % 2}`,
+          secret: seq % 5 === 0 ? "global/other" : "global/github",
+          type: seq % 2 === 0 ? "secret_accessed" : "lease_granted",
+        });
+      });
+      await store.transaction(async (t) => {
+        for (const r of rows) await t.insertAudit(r);
+      });
+      const cases: AuditFilter[] = [
+        { agent: "rare", limit: 10_000 },
+        { agent: "rare", order: "desc", limit: 50 },
+        { agent: "agent-1", afterSeq: 1000, limit: 700 },
+        { agent: "agent-0", since: T0 + 900_000, until: T0 + 2_100_000, limit: 10_000 },
+        { secret: "global/other", order: "desc" },
+        { agent: "rare", secret: "global/other", types: ["lease_granted"], limit: 10_000 },
+        { agent: "rare", afterSeq: 1023, limit: 3 },
+        { agent: "nobody" },
+        { agent: "rare", limit: 0 },
+        { agent: "rare", afterSeq: 3500 },
+      ];
+      for (const f of cases) {
+        const want = rows
+          .filter(
+            (r) =>
+              (f.agent === undefined || r.agent === f.agent) &&
+              (f.secret === undefined || r.secret === f.secret) &&
+              (f.types === undefined || f.types.includes(r.type)) &&
+              (f.since === undefined || r.time >= f.since) &&
+              (f.until === undefined || r.time < f.until) &&
+              (f.afterSeq === undefined || r.seq > f.afterSeq),
+          )
+          .map((r) => r.seq);
+        if (f.order === "desc") want.reverse();
+        const got = (await store.queryAudit(f)).map((r) => r.seq);
+        assert.deepEqual(got, want.slice(0, f.limit ?? 100), JSON.stringify(f));
+      }
+    } finally {
+      await store.close();
+    }
   });
 
   test("group commit: 200 concurrent transactions share a few commits and all land", async () => {

@@ -37,6 +37,10 @@ const LIVE = "done = 0 AND expires_at > ?";
 
 const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
 
+/** The audit's agent and secret indexes lead with `seq >> RUN_SHIFT` (schema step 4 spells out 10). */
+const RUN_SHIFT = 10;
+const RUN_SIZE = 2 ** RUN_SHIFT;
+
 /** Revocation of live leases, by selector. */
 const REVOKE_SET = "UPDATE leases SET revoked_at = ?, revoke_reason = ?, done = 1 WHERE ";
 
@@ -299,6 +303,7 @@ export class Queries {
   // ---- audit ----
 
   queryAudit(filter: AuditFilter): AuditRecord[] {
+    const limit = auditLimit(filter.limit);
     const where: string[] = [];
     const params: unknown[] = [];
     const eq = (col: string, v: unknown): void => {
@@ -325,12 +330,37 @@ export class Queries {
       where.push("seq > ?");
       params.push(filter.afterSeq);
     }
+    const order = filter.order === "desc" ? "DESC" : "ASC";
+    if (filter.leaseId === undefined && (filter.agent !== undefined || filter.secret !== undefined))
+      return this.queryAuditByRun(where, params, order, limit, filter.afterSeq);
     const sql =
       `SELECT ${AUDIT_COLS} FROM audit` +
       (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
-      ` ORDER BY seq ${filter.order === "desc" ? "DESC" : "ASC"} LIMIT ?`;
-    params.push(auditLimit(filter.limit));
+      ` ORDER BY seq ${order} LIMIT ?`;
+    params.push(limit);
     return (this.stmt(sql).all(...params) as Row[]).map(auditFromRow);
+  }
+
+  /**
+   * An audit query by agent or secret, whose indexes lead with the run (`seq >> 10`; schema 4): one
+   * index seek per run of 1,024 seqs, in order, until `limit` rows are found.
+   */
+  private queryAuditByRun(where: string[], params: unknown[], order: "ASC" | "DESC", limit: number, afterSeq: number | undefined): AuditRecord[] {
+    const out: AuditRecord[] = [];
+    const stmt = this.stmt(`SELECT ${AUDIT_COLS} FROM audit WHERE seq >> ${RUN_SHIFT} = ? AND ${where.join(" AND ")} ORDER BY seq ${order} LIMIT ?`);
+    // Two queries: each of min() and max() alone is one seek on the rowid; together they scan.
+    const least = this.stmt("SELECT min(seq) FROM audit").pluck().get() as number | null;
+    const most = this.stmt("SELECT max(seq) FROM audit").pluck().get() as number | null;
+    if (limit === 0 || least === null || most === null) return out;
+    const first = Math.max(least, (afterSeq ?? 0) + 1);
+    if (first > most) return out;
+    const lo = Math.floor(first / RUN_SIZE);
+    const hi = Math.floor(most / RUN_SIZE);
+    for (let i = 0; i <= hi - lo && out.length < limit; i++) {
+      const run = order === "ASC" ? lo + i : hi - i;
+      for (const r of stmt.all(run, ...params, limit - out.length) as Row[]) out.push(auditFromRow(r));
+    }
+    return out;
   }
 
   auditHead(): { seq: number; hash: Uint8Array } | null {

@@ -128,6 +128,15 @@ export const MIGRATIONS: readonly string[] = [
   DROP INDEX leases_agent;
   DROP INDEX leases_secret;
   `,
+  // 4: the audit's agent and secret indexes lead with the seq's run of 1,024 rows (seq >> 10). Keyed
+  // by agent alone, a commit wrote one index page per agent in it; within a run, the rows a commit
+  // appends share a few pages. A query by agent or secret seeks once per run (queries.ts).
+  `
+  DROP INDEX audit_agent;
+  DROP INDEX audit_secret;
+  CREATE INDEX audit_agent_run ON audit(seq >> 10, agent) WHERE agent IS NOT NULL;
+  CREATE INDEX audit_secret_run ON audit(seq >> 10, secret) WHERE secret IS NOT NULL;
+  `,
 ];
 
 /** The schema version this build writes. */
