@@ -9,6 +9,8 @@
  * 8 and 32 concurrent clients (one connection each): as two calls (request_lease then access_secret)
  * and as one (request_lease with `access`, lease_access_1rt); and lease+access at 32 clients with
  * 1,000 vs 100,000 live leases. Every lease and access is a durable SQLite commit with its audit rows.
+ * The lease+access lines also carry the daemon's CPU per op and its CPU use in cores (Linux /proc):
+ * near 1 core means the daemon's one JavaScript thread is the limit.
  *
  * LESSOR_BENCH_DAEMON_ARGS: extra node arguments for the daemon process, split on spaces, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" (the profile is written when the daemon exits at the end).
@@ -21,7 +23,7 @@
  * be read against what the data model and the disk allow on this machine.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -64,6 +66,33 @@ async function throughput(clients: number, op: (c: number) => Promise<void>, ms 
     }),
   );
   return done / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * CPU time (user + system, ms) the process `pid` has used, from /proc (Linux; undefined elsewhere).
+ * /proc counts in USER_HZ ticks, which Linux fixes at 100 per second for user space.
+ */
+function cpuMs(pid: number | undefined): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * {@link throughput}, plus the daemon's CPU per op and its CPU use in cores over the run: whether
+ * the daemon, rather than the disk or the clients, is what limits the figure.
+ */
+async function withDaemonCpu(pid: number | undefined, clients: number, op: (c: number) => Promise<void>): Promise<{ rate: number; cpu: Record<string, number> }> {
+  const c0 = cpuMs(pid);
+  const t0 = performance.now();
+  const rate = await throughput(clients, op);
+  const seconds = (performance.now() - t0) / 1000;
+  const c1 = cpuMs(pid);
+  if (c0 === undefined || c1 === undefined) return { rate, cpu: {} };
+  return { rate, cpu: { daemon_cpu_us_per_op: +(((c1 - c0) * 1000) / (rate * seconds)).toFixed(1), daemon_cpu_cores: +((c1 - c0) / 1000 / seconds).toFixed(2) } };
 }
 
 /** A minimal framed JSON client for the echo baseline: same encode/decode work as LessorClient. */
@@ -178,15 +207,15 @@ async function main(): Promise<void> {
     const vsEcho = (n: number, r: number) =>
       echoRate[n] === undefined ? {} : { baseline: `echo_rtt_c${n}`, baseline_ops_per_s: Math.round(echoRate[n]!), ratio: +(r / echoRate[n]!).toFixed(4) };
     for (const n of wants("lease_access") ? [1, 8, 32] : []) {
-      const r = await throughput(n, leaseAccess);
-      emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(r), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", ...vsEcho(n, r), goal: n === 32 ? ">= 20000 ops/s" : undefined });
+      const { rate: r, cpu } = await withDaemonCpu(daemon.pid, n, leaseAccess);
+      emit({ name: `lease_access_c${n}`, ops_per_s: Math.round(r), note: "request_lease + access_secret: 2 round trips, 2 durable commits with audit", ...vsEcho(n, r), ...cpu, goal: n === 32 ? ">= 20000 ops/s" : undefined });
     }
     const leaseAccess1rt = async (c: number) => {
       (await clients[c]!.leaseAndAccess({ agent: `bench-${c}`, secret: "token", domains: ["api.example.com"] }, { domain: "api.example.com" })).value.wipe();
     };
     for (const n of wants("lease_access_1rt") ? [1, 8, 32] : []) {
-      const r = await throughput(n, leaseAccess1rt);
-      emit({ name: `lease_access_1rt_c${n}`, ops_per_s: Math.round(r), note: "request_lease with access: 1 round trip, 1 durable commit with both audit events", ...vsEcho(n, r), goal: n === 32 ? ">= 20000 ops/s" : undefined });
+      const { rate: r, cpu } = await withDaemonCpu(daemon.pid, n, leaseAccess1rt);
+      emit({ name: `lease_access_1rt_c${n}`, ops_per_s: Math.round(r), note: "request_lease with access: 1 round trip, 1 durable commit with both audit events", ...vsEcho(n, r), ...cpu, goal: n === 32 ? ">= 20000 ops/s" : undefined });
     }
     if (!wants("live")) return void (await Promise.all(clients.map((c) => c.close())));
     await addLiveLeasesTo(join(home, "lessor.db"), 1000);
