@@ -1,9 +1,10 @@
 /**
  * The store floor of a lease+access: the SQLite store's reads and writes for one lease taken and used
- * (key check, current version, live-lease count, the lease row written once already used, audit
- * head, two audit rows, checkpoint: what src/vault/leases.ts requestLeaseAndAccess does), with none of the vault's other work (policy, crypto, hash chain) and no protocol. What
- * the daemon's lease+access figures could reach on this machine if everything but the store were
- * free: a ceiling set by the data model (the lease and audit tables and their indexes) and the disk.
+ * as requestLeaseAndAccess (src/vault/leases.ts) does them (key check, current version, live-lease
+ * count, the lease row written once already used, audit head, two audit rows, checkpoint), with none
+ * of the vault's other work (policy, crypto, hash chain) and no protocol. What the daemon's
+ * lease+access figures could reach on this machine if everything but the store were free: a ceiling
+ * set by the data model (the lease and audit tables and their indexes) and the disk.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
