@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { GENESIS, hashEvent } from "../src/audit/chain.js";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
+import type { SqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { agent, codeOf, grant, makeVault, tempDir } from "./helpers.js";
 
 const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"]);
@@ -66,6 +67,18 @@ describe("audit trail", () => {
     assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1));
     const v = await admin.auditVerify();
     assert.deepEqual(v, { ok: true, events: events.length, headSeq: events.length });
+  });
+
+  test("calls sharing a commit leave one checkpoint, on the head the commit leaves; verify passes", async () => {
+    const { admin, claude, store } = await withHistory();
+    const c0 = (store as SqliteStore).stats().commits;
+    await Promise.all(Array.from({ length: 30 }, () => claude.requestLeaseAndAccess({ secret: "tok" }, { domain: "api.example.com" })));
+    assert.ok((store as SqliteStore).stats().commits - c0 < 30, "the calls shared commits");
+    const head = await store.auditHead();
+    const cp = await store.getCheckpoint();
+    assert.equal(cp!.seq, head!.seq);
+    assert.deepEqual(Buffer.from(cp!.hash), Buffer.from(head!.hash));
+    assert.deepEqual(await admin.auditVerify(), { ok: true, events: head!.seq, headSeq: head!.seq });
   });
 
   test("queries filter by agent, secret, type and time, newest first on request", async () => {

@@ -11,7 +11,7 @@ import Database from "better-sqlite3";
 import { Queries } from "../src/store/sqlite/queries.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import type { Store } from "../src/store/types.js";
+import type { Store, StoreTx } from "../src/store/types.js";
 import type { AuditFilter } from "../src/vault/types.js";
 import { isVaultError } from "../src/vault/errors.js";
 import { auditRec, leaseRec, secretRec, T0, versionRec } from "./store-conformance.js";
@@ -319,6 +319,54 @@ describe("sqlite store", () => {
     assert.ok(st.commits - before.commits <= 10, `expected few commits, got ${st.commits - before.commits}`);
     assert.equal((await store.listLeases({})).length, 200);
     await store.close();
+  });
+
+  test("beforeCommit: one run per batch for a function many calls registered; a failing one undoes the batch", async () => {
+    const store = openSqliteStore(freshPath());
+    try {
+      let shared = 0;
+      let fromFailed = 0;
+      const sharedFn = async (t: StoreTx): Promise<void> => {
+        shared++;
+        await t.setMeta("calls-seen", String((await t.listLeases({})).length));
+      };
+      const c0 = store.stats().commits;
+      const results = await Promise.allSettled([
+        ...Array.from({ length: 10 }, (_, i) =>
+          store.transaction(async (t) => {
+            await t.insertLease(leaseRec(`l${i}`));
+            t.beforeCommit(sharedFn);
+          }),
+        ),
+        store.transaction(async (t) => {
+          t.beforeCommit(async () => void fromFailed++);
+          throw new Error("rolled back");
+        }),
+      ]);
+      assert.equal(store.stats().commits - c0, 1, "one batch");
+      assert.deepEqual(results.map((r) => r.status), [...Array(10).fill("fulfilled"), "rejected"]);
+      assert.equal(shared, 1, "run once for the ten calls that registered it");
+      assert.equal(fromFailed, 0, "nothing runs for a call that was rolled back");
+      assert.equal(await store.getMeta("calls-seen"), "10", "it ran after every call of the batch");
+
+      // A beforeCommit function that throws takes its whole batch with it, siblings included.
+      const failing = await Promise.allSettled([
+        store.transaction((t) => t.setMeta("sibling", "1")),
+        store.transaction(async (t) => {
+          await t.setMeta("owner", "1");
+          t.beforeCommit(async () => {
+            throw new Error("checkpoint write failed");
+          });
+        }),
+      ]);
+      assert.deepEqual(failing.map((r) => r.status), ["rejected", "rejected"]);
+      assert.equal(await store.getMeta("sibling"), null);
+      assert.equal(await store.getMeta("owner"), null);
+      await store.transaction((t) => t.setMeta("after", "1"));
+      assert.equal(await store.getMeta("after"), "1", "the store goes on");
+    } finally {
+      await store.close();
+    }
   });
 
   test("a function that throws inside a batch does not undo its batch siblings", async () => {

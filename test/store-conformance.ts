@@ -601,6 +601,53 @@ export function storeConformance(label: string, make: StoreFactory): void {
     });
 
     describe("transactions", () => {
+      test("beforeCommit runs once per registered function, after the function, and its writes commit with it", withStore(async (s) => {
+        const runs: string[] = [];
+        const finish = async (t: StoreTx): Promise<void> => {
+          runs.push(`finish saw ${await t.getMeta("m")}`);
+          await t.setMeta("finished", String(runs.length));
+        };
+        const v = await tx(s, async (t) => {
+          t.beforeCommit(finish);
+          t.beforeCommit(finish); // the same function again adds nothing
+          await t.setMeta("m", "written after registering");
+          runs.push("fn done");
+          return 7;
+        });
+        assert.equal(v, 7);
+        assert.deepEqual(runs, ["fn done", "finish saw written after registering"]);
+        assert.equal(await s.getMeta("finished"), "2");
+      }));
+
+      test("a throwing beforeCommit function undoes the whole transaction; a throwing transaction drops what it registered", withStore(async (s) => {
+        await tx(s, (t) => t.setMeta("m", "before"));
+        await assert.rejects(
+          tx(s, async (t) => {
+            await t.setMeta("m", "after");
+            t.beforeCommit(async (ft) => {
+              await ft.setMeta("f", "1");
+              throw new Error("finisher failed");
+            });
+          }),
+          /finisher failed/,
+        );
+        assert.equal(await s.getMeta("m"), "before");
+        assert.equal(await s.getMeta("f"), null);
+        let ran = false;
+        await assert.rejects(
+          tx(s, async (t) => {
+            t.beforeCommit(async () => void (ran = true));
+            throw new Error("no");
+          }),
+          /no/,
+        );
+        assert.equal(ran, false, "a function that threw has nothing run for it");
+        await assert.rejects(
+          tx(s, async (t) => t.beforeCommit(async (ft) => ft.beforeCommit(async () => {}))),
+          (e) => isVaultError(e, "internal"),
+        );
+      }));
+
       test("returns the function's value and sees its own writes", withStore(async (s) => {
         const v = await tx(s, async (t) => {
           await t.putSecret(secretRec("global", "github"));

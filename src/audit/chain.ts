@@ -2,7 +2,7 @@
  * The audit hash chain. Each event's hash is SHA-256 over a domain label, the previous event's hash,
  * and every field of the event, each length-prefixed so that no two different events encode alike.
  * A keyed checkpoint (HMAC of the head's seq and hash under a key derived from the master key) is
- * rewritten in every transaction that appends, so that removing events from the end is detected too.
+ * rewritten in every commit that appends, so that removing events from the end is detected too.
  */
 import { createHmac, hash, hkdfSync, timingSafeEqual } from "node:crypto";
 import type { MasterKey } from "../crypto/keyring.js";
@@ -111,7 +111,7 @@ function checkpointMac(key: Buffer, seq: number, hash: Uint8Array): Buffer {
 }
 
 /** A checkpoint for the record that is now the head. */
-export function makeCheckpoint(head: AuditRecord, key: { id: string; key: Buffer }): AuditCheckpoint {
+export function makeCheckpoint(head: { seq: number; hash: Uint8Array }, key: { id: string; key: Buffer }): AuditCheckpoint {
   return { seq: head.seq, hash: Buffer.from(head.hash), keyId: key.id, mac: checkpointMac(key.key, head.seq, head.hash) };
 }
 

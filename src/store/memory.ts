@@ -274,12 +274,22 @@ function copyToken(t: TokenRecord): TokenRecord {
 /** The tx of one transaction function: reads and writes the tables directly, logging undo entries. */
 class MemoryTx extends Reads implements StoreTx {
   active = true;
+  /** What this transaction function registered to run before the commit (see StoreTx.beforeCommit). */
+  readonly finishers = new Set<(tx: StoreTx) => Promise<void>>();
 
   constructor(
     t: Tables,
     private readonly log: Undo,
+    /** A tx handed to a beforeCommit function: it may not register more. */
+    private readonly finishing = false,
   ) {
     super(t, () => null);
+  }
+
+  beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
+    this.check();
+    if (this.finishing) throw new VaultError("internal", "a beforeCommit function cannot register another");
+    this.finishers.add(f);
   }
 
   protected override check(): void {
@@ -517,6 +527,14 @@ class MemoryStore extends Reads implements Store {
     try {
       const value = await withTxTimeout(fn(tx), this.txTimeoutMs);
       tx.active = false;
+      for (const f of tx.finishers) {
+        const ftx = new MemoryTx(this.t, log, true);
+        try {
+          await withTxTimeout(f(ftx), this.txTimeoutMs);
+        } finally {
+          ftx.active = false;
+        }
+      }
       this.commit(log);
       return value;
     } catch (e) {

@@ -96,6 +96,16 @@ export interface StoreTx extends StoreReader {
   insertAudit(rec: AuditRecord): Promise<void>;
   putCheckpoint(cp: AuditCheckpoint): Promise<void>;
 
+  /**
+   * Runs `f` once more before this transaction commits, after every transaction function sharing
+   * the commit (a store may commit several together), with a tx of its own that sees all their
+   * writes. Registering the same `f` again for the same commit adds nothing. What a transaction
+   * function registered is dropped if it throws. If `f` throws, nothing in the commit is kept and
+   * every transaction function sharing it rejects. The vault writes its audit checkpoint this way:
+   * once per commit, for the head that the commit leaves.
+   */
+  beforeCommit(f: (tx: StoreTx) => Promise<void>): void;
+
   setMeta(key: string, value: string): Promise<void>;
 
   /** Inserts a token; throws if the id exists. */

@@ -59,15 +59,35 @@ export function setKeyring(ctx: VaultContext, ring: Keyring): void {
   ctx.auditKey = checkpointKey(ring.current);
 }
 
+const checkpointWriters = new WeakMap<VaultContext, (tx: StoreTx) => Promise<void>>();
+
+/**
+ * The function that writes the keyed checkpoint for the chain head, one per vault context: a store
+ * that commits several transactions together runs it once for all of them (StoreTx.beforeCommit),
+ * so a commit of 32 lease+access calls writes one checkpoint row and one MAC, not 32.
+ */
+function checkpointWriter(ctx: VaultContext): (tx: StoreTx) => Promise<void> {
+  let w = checkpointWriters.get(ctx);
+  if (w === undefined) {
+    w = async (tx) => {
+      const head = await tx.auditHead();
+      if (head !== null) await tx.putCheckpoint(makeCheckpoint(head, ctx.auditKey));
+    };
+    checkpointWriters.set(ctx, w);
+  }
+  return w;
+}
+
 /**
  * Runs `fn` in a store transaction with an audit appender. If `fn` returns a VaultError, the
  * transaction still commits (with the audit rows of the denial) and the error is thrown after.
  * Events reach every sink before this resolves; a sink failure throws VaultError("audit_failed").
  *
  * Within one call the master-key check and the read of the chain head happen once, at the first
- * event (later events chain onto the one before, which this transaction wrote), and the keyed
- * checkpoint is written once, for the last event, when `fn` is done: it commits with the events, so
- * every committed state still has a checkpoint on its head.
+ * event (later events chain onto the one before, which this transaction wrote). The keyed checkpoint
+ * is written once per commit, just before it, for the head the commit leaves (see
+ * {@link checkpointWriter}): it commits with the events, so every committed state still has a
+ * checkpoint on its head.
  */
 export async function commit<T>(
   ctx: VaultContext,
@@ -94,7 +114,7 @@ export async function commit<T>(
         return rec;
       };
       const out = await fn(tx, audit, now);
-      if (events.length > 0) await tx.putCheckpoint(makeCheckpoint(events[events.length - 1]!, ctx.auditKey));
+      if (events.length > 0) tx.beforeCommit(checkpointWriter(ctx));
       return out;
     });
   } catch (e) {

@@ -143,6 +143,8 @@ abstract class SqliteReads implements StoreReader {
 /** The tx handed to one transaction function; valid only until that function settles. */
 class SqliteTx extends SqliteReads implements StoreTx {
   active = true;
+  /** What this transaction function registered to run before the commit (see StoreTx.beforeCommit). */
+  readonly finishers = new Set<(tx: StoreTx) => Promise<void>>();
   /**
    * The audit head's seq as this transaction last read or wrote it (undefined: not known). Only this
    * transaction function writes while it runs, so it stays right until the tx ends, and a failed
@@ -150,8 +152,19 @@ class SqliteTx extends SqliteReads implements StoreTx {
    */
   private head: number | undefined;
 
-  constructor(private readonly q: Queries) {
+  constructor(
+    private readonly q: Queries,
+    /** A tx handed to a beforeCommit function: it may not register more. */
+    private readonly finishing = false,
+  ) {
     super();
+  }
+
+  beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
+    if (!this.active)
+      throw new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function");
+    if (this.finishing) throw new VaultError("internal", "a beforeCommit function cannot register another");
+    this.finishers.add(f);
   }
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
@@ -226,6 +239,8 @@ class SqliteTx extends SqliteReads implements StoreTx {
 /** One queued transaction call. */
 interface Call {
   fn: (tx: StoreTx) => Promise<unknown>;
+  /** What the function registered with beforeCommit, kept only if it succeeded. */
+  finishers?: Set<(tx: StoreTx) => Promise<void>>;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   ok: boolean;
@@ -346,7 +361,10 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  /** BEGIN IMMEDIATE; each call in its own savepoint; COMMIT; then settle every call. */
+  /**
+   * BEGIN IMMEDIATE; each call in its own savepoint; the beforeCommit functions the successful calls
+   * registered, each once; COMMIT; then settle every call.
+   */
   private async runBatch(): Promise<void> {
     const w = this.wq;
     try {
@@ -366,6 +384,25 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
         const err = sqliteError(call.error, "write to the vault database");
         for (const c of batch) c.reject(err);
         return;
+      }
+    }
+    const finishers = new Set<(tx: StoreTx) => Promise<void>>();
+    for (const c of batch) if (c.ok && c.finishers) for (const f of c.finishers) finishers.add(f);
+    for (const f of finishers) {
+      const tx = new SqliteTx(w, true);
+      try {
+        await withTxTimeout(f(tx), this.txTimeoutMs);
+      } catch (e) {
+        // The commit cannot be kept without what f writes: undo the whole batch.
+        try {
+          if (this.writer.inTransaction) w.stmt("ROLLBACK").run();
+        } catch {
+          // nothing more to undo
+        }
+        for (const c of batch) c.reject(e);
+        return;
+      } finally {
+        tx.active = false;
       }
     }
     try {
@@ -402,6 +439,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       tx.active = false;
       w.stmt("RELEASE s").run();
       call.ok = true;
+      if (tx.finishers.size > 0) call.finishers = tx.finishers;
     } catch (e) {
       tx.active = false;
       call.error = e;
