@@ -358,8 +358,15 @@ describe("sqlite store", () => {
             throw new Error("checkpoint write failed");
           });
         }),
+        store.transaction(async () => {
+          throw new Error("its own error");
+        }),
       ]);
-      assert.deepEqual(failing.map((r) => r.status), ["rejected", "rejected"]);
+      assert.deepEqual(
+        failing.map((r) => (r.status === "rejected" ? (r.reason as Error).message : "fulfilled")),
+        ["checkpoint write failed", "checkpoint write failed", "its own error"],
+        "a call that had already failed keeps its own error",
+      );
       assert.equal(await store.getMeta("sibling"), null);
       assert.equal(await store.getMeta("owner"), null);
       await store.transaction((t) => t.setMeta("after", "1"));

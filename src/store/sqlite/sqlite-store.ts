@@ -399,7 +399,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
         } catch {
           // nothing more to undo
         }
-        for (const c of batch) c.reject(e);
+        for (const c of batch) c.reject(c.ok ? e : c.error);
         return;
       } finally {
         tx.active = false;
