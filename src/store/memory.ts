@@ -18,7 +18,7 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../vault/types.js";
-import { auditGap, auditLimit, isLeaseLive } from "./semantics.js";
+import { auditGap, auditLimit, isLeaseLive, nestedBeforeCommit, txFinished } from "./semantics.js";
 import { withTxTimeout } from "./tx-timeout.js";
 import type { Store, StoreReader, StoreTx } from "./types.js";
 
@@ -288,13 +288,12 @@ class MemoryTx extends Reads implements StoreTx {
 
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
     this.check();
-    if (this.finishing) throw new VaultError("internal", "a beforeCommit function cannot register another");
+    if (this.finishing) throw nestedBeforeCommit();
     this.finishers.add(f);
   }
 
   protected override check(): void {
-    if (!this.active)
-      throw new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function");
+    if (!this.active) throw txFinished();
   }
 
   private saveSecret(k: string): void {

@@ -1,17 +1,21 @@
 /**
- * Rules every store applies the same way: when a lease is live, audit query limits, the audit gap
- * error. Kept here so the memory and SQLite stores cannot drift apart.
+ * Rules every store applies the same way: when a lease is live, audit query limits, the errors both
+ * stores raise. Kept here so the memory and SQLite stores cannot drift apart.
  */
 import { VaultError } from "../vault/errors.js";
+import { leaseState } from "../vault/lease-state.js";
 import type { LeaseRecord } from "../vault/types.js";
 
 /** Default and maximum number of audit rows one query returns. */
 export const AUDIT_DEFAULT_LIMIT = 100;
 export const AUDIT_MAX_LIMIT = 10_000;
 
-/** A lease is live at `t` when it is not revoked, not expired (`expiresAt > t`) and has uses left. */
+/**
+ * A lease is live at `t` when it is not revoked, not expired (`expiresAt > t`) and has uses left:
+ * the core's own rule (src/vault/lease-state.ts), which the SQL of the SQLite store spells out too.
+ */
 export function isLeaseLive(l: LeaseRecord, t: number): boolean {
-  return l.revokedAt === null && l.expiresAt > t && (l.maxUses === null || l.uses < l.maxUses);
+  return leaseState(l, t) === "live";
 }
 
 /** The effective row limit for an audit query: default 100, at most 10,000. */
@@ -26,4 +30,14 @@ export function auditGap(seq: number, head: number): VaultError {
     "audit_failed",
     `audit row ${seq} does not follow the trail's last row ${head}; the audit chain must have no gaps`,
   );
+}
+
+/** The error for a tx used after its transaction function settled. */
+export function txFinished(): VaultError {
+  return new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function");
+}
+
+/** The error for a beforeCommit function that registers another. */
+export function nestedBeforeCommit(): VaultError {
+  return new VaultError("internal", "a beforeCommit function cannot register another");
 }

@@ -453,7 +453,6 @@ export class Queries {
   }
 }
 
-
 function tokenFromRow(r: Row): TokenRecord {
   return {
     id: r.id as string,

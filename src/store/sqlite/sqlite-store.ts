@@ -23,6 +23,7 @@ import type {
 import type { Store, StoreReader, StoreTx } from "../types.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
+import { nestedBeforeCommit, txFinished } from "../semantics.js";
 import { withTxTimeout } from "../tx-timeout.js";
 
 /** Options for {@link openSqliteStore}. */
@@ -161,17 +162,13 @@ class SqliteTx extends SqliteReads implements StoreTx {
   }
 
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
-    if (!this.active)
-      throw new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function");
-    if (this.finishing) throw new VaultError("internal", "a beforeCommit function cannot register another");
+    if (!this.active) throw txFinished();
+    if (this.finishing) throw nestedBeforeCommit();
     this.finishers.add(f);
   }
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
-    if (!this.active)
-      return Promise.reject(
-        new VaultError("internal", "this transaction has already finished; use a tx only inside its own transaction function"),
-      );
+    if (!this.active) return Promise.reject(txFinished());
     try {
       return Promise.resolve(f(this.q));
     } catch (e) {
@@ -394,11 +391,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
         await withTxTimeout(f(tx), this.txTimeoutMs);
       } catch (e) {
         // The commit cannot be kept without what f writes: undo the whole batch.
-        try {
-          if (this.writer.inTransaction) w.stmt("ROLLBACK").run();
-        } catch {
-          // nothing more to undo
-        }
+        this.rollback();
         for (const c of batch) c.reject(c.ok ? e : c.error);
         return;
       } finally {
@@ -409,11 +402,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       w.stmt("COMMIT").run();
       this.commits++;
     } catch (e) {
-      try {
-        if (this.writer.inTransaction) w.stmt("ROLLBACK").run();
-      } catch {
-        // nothing more to undo
-      }
+      this.rollback();
       const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "commit a transaction");
       for (const c of batch) c.reject(err);
       return;
@@ -421,6 +410,15 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     for (const c of batch) {
       if (c.ok) c.resolve(c.value);
       else c.reject(c.error);
+    }
+  }
+
+  /** Rolls the writer's transaction back, if SQLite has not already. */
+  private rollback(): void {
+    try {
+      if (this.writer.inTransaction) this.wq.stmt("ROLLBACK").run();
+    } catch {
+      // nothing more to undo
     }
   }
 
