@@ -51,9 +51,13 @@ function compare(cmd: string[], env: NodeJS.ProcessEnv): { ms: number; base: num
 const LEASE_FLOOR = fileURLToPath(new URL("./lease-floor.cjs", import.meta.url));
 const RUN_FLOOR = 'const c = require("node:child_process").spawn(process.execPath, ["-e", "0"], { stdio: ["inherit", "pipe", "pipe"] }); c.stdout.pipe(process.stdout); c.stderr.pipe(process.stderr);';
 
-function floorLine(name: string, r: { ms: number; base: number }, note: string): Record<string, unknown> {
-  return { name, ms: +r.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r.base.toFixed(1), ratio: +(r.ms / r.base).toFixed(2), note: `floor, not a lessor figure: ${note}` };
+/** One figure's line: its median time beside `node -e 0` from the same runs, plus `extra`. */
+function figure(name: string, r: { ms: number; base: number }, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { name, ms: +r.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r.base.toFixed(1), ratio: +(r.ms / r.base).toFixed(2), ...extra };
 }
+
+const floorNote = (note: string) => ({ note: `floor, not a lessor figure: ${note}` });
+const floorRatio = (f: { ms: number; base: number }) => ({ floor_ratio: +(f.ms / f.base).toFixed(2) });
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "lessor-bench-cli-"));
@@ -68,20 +72,20 @@ async function main(): Promise<void> {
       daemon.once("exit", (c) => reject(new Error(`daemon exited ${c}`)));
     });
     const r1 = compare([BIN, "--version"], env);
-    emit({ name: "version", ms: +r1.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r1.base.toFixed(1), ratio: +(r1.ms / r1.base).toFixed(2), goal: "<= 1.3" });
+    emit(figure("version", r1, { goal: "<= 1.3" }));
     spawnSync(process.execPath, [BIN, "secret", "set", "token", "--random"], { env });
     const r2 = compare([BIN, "lease", "token", "--agent", "bench", "--domain", "api.example.com"], env);
     const f2 = compare([process.execPath, LEASE_FLOOR, join(home, "lessor.sock"), "bench", "token", "api.example.com"], env);
-    emit(floorLine("lease_floor", f2, "a bare Node client: connect, hello + request_lease with access in one write, print the value"));
-    emit({ name: "lease_daemon", ms: +r2.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r2.base.toFixed(1), ratio: +(r2.ms / r2.base).toFixed(2), goal: "<= 1.6", floor_ratio: +(f2.ms / f2.base).toFixed(2) });
+    emit(figure("lease_floor", f2, floorNote("a bare Node client: connect, hello + request_lease with access in one write, print the value")));
+    emit(figure("lease_daemon", r2, { goal: "<= 1.6", ...floorRatio(f2) }));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/token\n");
     const r3 = compare([BIN, "run", "--agent", "bench", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "0"], env);
     const f3 = compare([process.execPath, "-e", RUN_FLOOR], env);
-    emit(floorLine("run_floor", f3, "node spawning node -e 0 with its output piped, before any lease or revocation"));
-    emit({ name: "run_node", ms: +r3.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r3.base.toFixed(1), ratio: +(r3.ms / r3.base).toFixed(2), goal: "<= 2.2", floor_ratio: +(f3.ms / f3.base).toFixed(2) });
+    emit(figure("run_floor", f3, floorNote("node spawning node -e 0 with its output piped, before any lease or revocation")));
+    emit(figure("run_node", r3, { goal: "<= 2.2", ...floorRatio(f3) }));
     // Not a goal: a command of the full tree (commander, the ESM bundle), to see what the fast path saves.
     const r4 = compare([BIN, "status"], env);
-    emit({ name: "status_daemon_full_cli", ms: +r4.ms.toFixed(1), baseline: "node -e 0", baseline_ms: +r4.base.toFixed(1), ratio: +(r4.ms / r4.base).toFixed(2) });
+    emit(figure("status_daemon_full_cli", r4));
   } finally {
     daemon.kill("SIGTERM");
     await new Promise((r) => daemon.once("exit", r));
