@@ -162,7 +162,7 @@ export interface AuditRecord {
   hash: Uint8Array;
 }
 
-/** A keyed MAC over the chain head, rewritten with every append, so that truncation is detected. */
+/** A keyed MAC over the chain head, rewritten in every commit that appends, so that truncation is detected. */
 export interface AuditCheckpoint {
   seq: number;
   hash: Uint8Array;
