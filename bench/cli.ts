@@ -10,8 +10,8 @@
  *   lessor status (daemon running)   no goal: a command of the full command tree, for comparison
  *
  * Beside lease and run, their floors (also against `node -e 0`): what the least Node program doing
- * the same job pays. lease_floor is bench/lease-floor.cjs (connect, one request, print); run_floor is
- * node spawning `node -e 0` with piped output; run_lease_floor is bench/run-floor.cjs, run_floor plus
+ * the same job pays. lease_floor is `bench/floors.cjs lease` (connect, one request, print); run_floor is
+ * node spawning `node -e 0` with piped output; run_lease_floor is `bench/floors.cjs run`, run_floor plus
  * what `lessor run` must add to it (take the lease with its one read before the start, revoke it
  * after the exit, each a durable commit in the daemon). The lease and run lines repeat them as
  * floor_ratio (and run_node its lease_floor_ratio).
@@ -51,8 +51,7 @@ function compare(cmd: string[], env: NodeJS.ProcessEnv): { ms: number; base: num
 }
 
 /** The floors: what any Node program doing the same job pays, to read the lessor figures against. */
-const LEASE_FLOOR = fileURLToPath(new URL("./lease-floor.cjs", import.meta.url));
-const RUN_LEASE_FLOOR = fileURLToPath(new URL("./run-floor.cjs", import.meta.url));
+const FLOORS = fileURLToPath(new URL("./floors.cjs", import.meta.url));
 const RUN_FLOOR = 'const c = require("node:child_process").spawn(process.execPath, ["-e", "0"], { stdio: ["inherit", "pipe", "pipe"] }); c.stdout.pipe(process.stdout); c.stderr.pipe(process.stderr);';
 
 /** One figure's line: its median time beside `node -e 0` from the same runs, plus `extra`. */
@@ -79,13 +78,13 @@ async function main(): Promise<void> {
     emit(figure("version", r1, { goal: "<= 1.3" }));
     spawnSync(process.execPath, [BIN, "secret", "set", "token", "--random"], { env });
     const r2 = compare([BIN, "lease", "token", "--agent", "bench", "--domain", "api.example.com"], env);
-    const f2 = compare([process.execPath, LEASE_FLOOR, join(home, "lessor.sock"), "bench", "token", "api.example.com"], env);
+    const f2 = compare([process.execPath, FLOORS, "lease", join(home, "lessor.sock"), "bench", "token", "api.example.com"], env);
     emit(figure("lease_floor", f2, floorNote("a bare Node client: connect, hello + request_lease with access in one write, print the value")));
     emit(figure("lease_daemon", r2, { goal: "<= 1.6", ...floorRatio(f2) }));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/token\n");
     const r3 = compare([BIN, "run", "--agent", "bench", "--env-file", join(dir, "env"), "--", process.execPath, "-e", "0"], env);
     const f3 = compare([process.execPath, "-e", RUN_FLOOR], env);
-    const f4 = compare([process.execPath, RUN_LEASE_FLOOR, join(home, "lessor.sock"), "bench", "token", "TOKEN", "--", process.execPath, "-e", "0"], env);
+    const f4 = compare([process.execPath, FLOORS, "run", join(home, "lessor.sock"), "bench", "token", "TOKEN", "--", process.execPath, "-e", "0"], env);
     emit(figure("run_floor", f3, floorNote("node spawning node -e 0 with its output piped, before any lease or revocation")));
     emit(figure("run_lease_floor", f4, floorNote("a bare Node program doing run's job: hello + lease with its read in one write, spawn with output piped, revoke after the exit and wait for the durable answer")));
     emit(figure("run_node", r3, { goal: "<= 2.2", ...floorRatio(f3), lease_floor_ratio: +(f4.ms / f4.base).toFixed(2) }));
