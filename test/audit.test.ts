@@ -5,8 +5,13 @@ import { describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { GENESIS, hashEvent } from "../src/audit/chain.js";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
-import type { SqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import { agent, codeOf, grant, makeVault, tempDir } from "./helpers.js";
+import { openSqliteStore, type SqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import type { Store } from "../src/store/types.js";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { AUDIT_HEAD_MAX_AGE_MS } from "../src/vault/context.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import { Vault } from "../src/vault/vault.js";
+import { agent, codeOf, grant, hexKey, makeVault, tempDir } from "./helpers.js";
 
 const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"]);
 
@@ -189,5 +194,59 @@ describe("audit trail", () => {
       codeOf(full.vault.session(agent("claude")).requestLease({ secret: "tok" })),
     ]);
     assert.deepEqual(codes, ["audit_failed", "audit_failed", "audit_failed"]);
+  });
+
+  describe("status's audit head", () => {
+    /** A vault on `path` whose store counts the committed-read auditHead calls (tx reads are not counted). */
+    async function counted(path: string, key: string) {
+      const inner = openSqliteStore(path);
+      const reads = { n: 0 };
+      const store = new Proxy(inner, {
+        get(target, prop, receiver) {
+          if (prop === "auditHead") return () => (reads.n++, target.auditHead());
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          return typeof v === "function" ? v.bind(target) : v;
+        },
+      }) as Store;
+      const vault = await Vault.open({ store, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy(POLICY, "p.toml") });
+      return { vault, admin: vault.admin(), store: inner, reads };
+    }
+
+    test("shows this process's writes at once, with no database read while the head is fresh", async () => {
+      const a = await counted(join(tempDir(), "lessor.db"), hexKey());
+      try {
+        assert.equal((await a.admin.status()).auditHead, 0);
+        assert.equal(a.reads.n, 1, "the first status reads the head");
+        await a.admin.storeSecret({ name: "tok", value: "v1" });
+        await a.vault.session(agent("claude")).requestLeaseAndAccess({ secret: "tok" }, { domain: "api.example.com" });
+        await codeOf(a.vault.session(agent("claude")).requestLease({ secret: "other" }));
+        const head = (await a.store.auditHead())!.seq;
+        assert.equal(head, 4, "stored, granted, accessed, denied");
+        for (let i = 0; i < 5; i++) assert.equal((await a.admin.status()).auditHead, head);
+        assert.equal(a.reads.n, 1, "statuses after this process's own commits read nothing");
+      } finally {
+        await a.vault.close();
+      }
+    });
+
+    test("shows another process's writes within AUDIT_HEAD_MAX_AGE_MS", async () => {
+      const path = join(tempDir(), "lessor.db");
+      const key = hexKey();
+      const a = await counted(path, key);
+      const b = await counted(path, key); // another process's vault on the same file
+      try {
+        assert.equal((await a.admin.status()).auditHead, 0);
+        await b.admin.storeSecret({ name: "tok", value: "v1" });
+        const t0 = performance.now();
+        while ((await a.admin.status()).auditHead !== 1) {
+          assert.ok(performance.now() - t0 < AUDIT_HEAD_MAX_AGE_MS + 1000, "status never showed the other vault's event");
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        assert.ok(a.reads.n >= 2, "the head was read again once it was no longer fresh");
+      } finally {
+        await a.vault.close();
+        await b.vault.close();
+      }
+    });
   });
 });

@@ -31,6 +31,28 @@ export interface VaultContext {
   readonly cipher: Alg;
   readonly limits: Limits;
   closed: boolean;
+  /**
+   * The audit trail's last seq as this process last wrote or read it, and when (performance.now()):
+   * what status() reports while it is fresh (see {@link auditHeadSeen}). null until the first.
+   */
+  auditSeen: { seq: number; at: number } | null;
+}
+
+/**
+ * How long a head this process wrote or read stands for the trail's head in status(). Writes by this
+ * process update it at once; writes by another process sharing the store show within this time.
+ */
+export const AUDIT_HEAD_MAX_AGE_MS = 1000;
+
+/** Records that the trail's head is at least `seq`, as of now. */
+export function sawAuditHead(ctx: VaultContext, seq: number): void {
+  ctx.auditSeen = { seq: Math.max(seq, ctx.auditSeen?.seq ?? 0), at: performance.now() };
+}
+
+/** The head last seen, if seen within {@link AUDIT_HEAD_MAX_AGE_MS}; otherwise undefined. */
+export function auditHeadSeen(ctx: VaultContext): number | undefined {
+  const s = ctx.auditSeen;
+  return s !== null && performance.now() - s.at < AUDIT_HEAD_MAX_AGE_MS ? s.seq : undefined;
 }
 
 /** Appends audit events inside a transaction. */
@@ -126,6 +148,7 @@ export async function commit<T>(
     );
   }
   if (events.length > 0) {
+    sawAuditHead(ctx, events[events.length - 1]!.seq);
     for (const sink of ctx.sinks) {
       try {
         await sink.write(events);

@@ -20,7 +20,7 @@ import type { AuditSink } from "../audit/sink.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
 import type { Store } from "../store/types.js";
 import { roleError } from "./access.js";
-import { commit, DEFAULT_LIMITS, type Limits, type VaultContext } from "./context.js";
+import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
 import { VaultError } from "./errors.js";
 import * as leases from "./leases.js";
 import { checkAgentId, checkRef } from "./names.js";
@@ -97,6 +97,7 @@ export class Vault {
         cipher: opts.cipher ?? "aes-256-gcm",
         limits: { ...DEFAULT_LIMITS, ...opts.limits },
         closed: false,
+        auditSeen: null,
       };
       return new Vault(ctx);
     } catch (e) {
@@ -300,10 +301,19 @@ export class VaultSession {
     await this.#requireAdmin("collect garbage");
     return { leasesDeleted: await leases.gcLeases(this.#ctx) };
   }
-  /** A summary of the vault's state (no secrets). */
+  /**
+   * A summary of the vault's state (no secrets). `auditHead` is the trail's last seq: exact for this
+   * process's own writes; writes by another process sharing the store show within
+   * AUDIT_HEAD_MAX_AGE_MS (one second), so that a status call, which clients use as a health check,
+   * costs no database read while the head is fresh.
+   */
   async status(): Promise<VaultStatus> {
     const ctx = this.#ctx;
-    const head = await ctx.store.auditHead();
+    let head = auditHeadSeen(ctx);
+    if (head === undefined) {
+      head = (await ctx.store.auditHead())?.seq ?? 0;
+      sawAuditHead(ctx, head);
+    }
     return {
       store: ctx.store.kind,
       keySource: ctx.keys.describe,
@@ -311,7 +321,7 @@ export class VaultSession {
       keyIds: ctx.keyring.ids(),
       cipher: ctx.cipher,
       policy: { source: ctx.policy.source, digest: ctx.policy.digest, rules: ctx.policy.rules.length },
-      auditHead: head?.seq ?? 0,
+      auditHead: head,
     };
   }
 
