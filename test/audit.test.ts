@@ -155,6 +155,38 @@ describe("audit trail", () => {
     assert.equal((await admin.auditVerify()).ok, true);
   });
 
+  test("a call that fails in the middle of a shared commit leaves its siblings' events once each, chained, and verify passes", async () => {
+    const { vault, admin, claude, store, dbPath } = await withHistory({ policy: POLICY + grant("m", ["mallory"], ["tok"], ["api.example.com"]) });
+    const mallory = vault.session(agent("mallory"));
+    const db = new Database(dbPath!);
+    // Mallory's audit rows cannot be written: her calls throw inside the transactions they share with Claude's.
+    db.exec("CREATE TRIGGER no_mallory BEFORE INSERT ON audit WHEN NEW.agent = 'mallory' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;");
+    db.close();
+    const sqlite = store as SqliteStore;
+    const before = (await store.auditHead())!.seq;
+    const r0 = sqlite.stats().reruns;
+    const c0 = sqlite.stats().commits;
+    const isMallory = (i: number): boolean => i % 4 === 2;
+    const out = await Promise.all(
+      Array.from({ length: 12 }, (_, i) =>
+        isMallory(i)
+          ? codeOf(mallory.requestLeaseAndAccess({ secret: "tok" }, { domain: "api.example.com" }))
+          : claude.requestLeaseAndAccess({ secret: "tok" }, { domain: "api.example.com" }).then((g) => g.lease.id),
+      ),
+    );
+    assert.ok(sqlite.stats().commits - c0 < 12, "the calls shared commits");
+    assert.ok(sqlite.stats().reruns - r0 >= 1, "a batch was run again");
+    assert.ok(out.filter((_, i) => isMallory(i)).every((c) => c === "internal" || c === "unavailable"));
+    const claudes = out.filter((_, i) => !isMallory(i)) as string[];
+    const rows = (await admin.auditQuery({ afterSeq: before, limit: 1000 })).sort((a, b) => a.seq - b.seq);
+    assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => before + 1 + i), "gapless");
+    assert.ok(rows.every((r) => r.agent === "claude"));
+    for (const id of claudes) assert.deepEqual(rows.filter((r) => r.leaseId === id).map((r) => r.type), ["lease_granted", "secret_accessed"], "once each");
+    assert.equal(rows.length, claudes.length * 2);
+    assert.equal((await admin.listLeases({ agent: "mallory" })).length, 0, "none of Mallory's leases was kept");
+    assert.equal((await admin.auditVerify()).ok, true);
+  });
+
   test("a failing sink withholds the value; the JSONL sink mirrors every event", async () => {
     const dir = tempDir();
     const path = join(dir, "audit.jsonl");

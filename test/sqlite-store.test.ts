@@ -401,6 +401,50 @@ describe("sqlite store", () => {
     await store.close();
   });
 
+  test("a batch runs without savepoints until a call throws; then its siblings run again, each once in the commit", async () => {
+    const store = openSqliteStore(freshPath());
+    try {
+      const runs: number[] = [0, 0, 0, 0, 0];
+      // Each call reads a counter and writes it back one higher: a write left over from a first run would count twice.
+      const bump = (i: number) => async (t: StoreTx) => {
+        runs[i]!++;
+        const n = Number((await t.getMeta("n")) ?? "0");
+        await t.setMeta("n", String(n + 1));
+        await t.setMeta(`by-${i}`, String(runs[i]));
+        return n + 1;
+      };
+      const r0 = store.stats().reruns;
+      const c0 = store.stats().commits;
+      const ok = await Promise.all([0, 1, 2].map((i) => store.transaction(bump(i))));
+      assert.deepEqual(ok, [1, 2, 3]);
+      assert.deepEqual(runs.slice(0, 3), [1, 1, 1], "no call failed: each function ran once");
+      assert.equal(store.stats().reruns - r0, 0);
+      runs.fill(0);
+      await store.transaction((t) => t.setMeta("n", "0"));
+      const results = await Promise.allSettled([
+        store.transaction(bump(0)),
+        store.transaction(bump(1)),
+        store.transaction(async (t) => {
+          runs[2]!++;
+          await t.setMeta("n", "1000");
+          await t.insertLease(leaseRec("doomed"));
+          throw new Error("no");
+        }),
+        store.transaction(bump(3)),
+        store.transaction(bump(4)),
+      ]);
+      assert.deepEqual(results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as Error).message)), [1, 2, "no", 3, 4]);
+      assert.equal(store.stats().commits - c0, 3, "one commit per batch (the reset between them is its own)");
+      assert.equal(store.stats().reruns - r0, 1);
+      assert.deepEqual(runs, [2, 2, 1, 1, 1], "the two calls before the failure ran again; the failing one did not");
+      assert.equal(await store.getMeta("n"), "4", "each successful call counted once");
+      assert.equal(await store.getMeta("by-0"), "2", "what a call's last run wrote is what commits");
+      assert.equal(await store.getLease("doomed"), null);
+    } finally {
+      await store.close();
+    }
+  });
+
   test("a function that never settles is rolled back after the timeout; its siblings and later calls commit", async () => {
     const store = openSqliteStore(freshPath(), { txTimeoutMs: 150 });
     let leaked: Parameters<Parameters<Store["transaction"]>[0]>[0] | undefined;

@@ -9,7 +9,10 @@
  *   transactions' functions together in one durable commit ("group commit"), but each function's
  *   writes still succeed or fail as one, and its promise settles only after the commit is durable.
  * - Functions passed to `transaction` must only call the tx and do pure computation: never wait on
- *   anything else (I/O, timers), since other callers' work may be waiting in the same commit.
+ *   anything else (I/O, timers), since other callers' work may be waiting in the same commit. A store
+ *   may run a function more than once before it commits (the SQLite store does when a sibling in the
+ *   same batch throws); only the last run's writes and result count, so a function must not change
+ *   anything outside the tx that a second run would change again.
  */
 import type {
   AuditCheckpoint,

@@ -36,8 +36,12 @@ export interface SqliteStoreOptions {
 
 /** A {@link Store} on one SQLite file, with commit counters for tests and benchmarks. */
 export interface SqliteStore extends Store {
-  /** `commits`: durable COMMITs so far; `transactions`: transaction functions run so far. */
-  stats(): { commits: number; transactions: number };
+  /**
+   * `commits`: durable COMMITs so far; `transactions`: transaction functions run so far (a function
+   * run again after a sibling's failure counts twice); `reruns`: batches run again, with a savepoint
+   * per call, because a call threw.
+   */
+  stats(): { commits: number; transactions: number; reruns: number };
   /** The writer connection's settings, for status output and tests. */
   settings(): { journalMode: string; synchronous: number; foreignKeys: boolean; busyTimeoutMs: number; schemaVersion: number };
 }
@@ -71,8 +75,9 @@ export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): Sq
     writer.pragma("journal_mode = WAL");
     writer.pragma("synchronous = FULL");
     writer.pragma("foreign_keys = ON");
-    // Statement journals (each write inside a call's savepoint keeps one) and other transient data in
-    // memory rather than in temp files; nothing durable lives there.
+    // Statement journals (kept by writes inside a savepoint, and by statements that may have to undo
+    // part of their own work) and other transient data in memory rather than in temp files; nothing
+    // durable lives there.
     writer.pragma("temp_store = MEMORY");
     migrate(writer);
     reader = new Database(path);
@@ -149,7 +154,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
   /**
    * The audit head's seq as this transaction last read or wrote it (undefined: not known). Only this
    * transaction function writes while it runs, so it stays right until the tx ends, and a failed
-   * statement never updates it; the tx object is dropped with its savepoint.
+   * statement never updates it; the tx object is dropped when its call's writes are undone.
    */
   private head: number | undefined;
 
@@ -258,6 +263,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private idleWaiters: (() => void)[] = [];
   private commits = 0;
   private transactions = 0;
+  private reruns = 0;
 
   constructor(
     private readonly writer: BetterSqlite3.Database,
@@ -278,8 +284,8 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     }
   }
 
-  stats(): { commits: number; transactions: number } {
-    return { commits: this.commits, transactions: this.transactions };
+  stats(): { commits: number; transactions: number; reruns: number } {
+    return { commits: this.commits, transactions: this.transactions, reruns: this.reruns };
   }
 
   settings(): { journalMode: string; synchronous: number; foreignKeys: boolean; busyTimeoutMs: number; schemaVersion: number } {
@@ -358,29 +364,61 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
   }
 
+  /** BEGIN IMMEDIATE; false (with `onError` given the error to reject with) when it failed. */
+  private begin(onError: (err: unknown) => void): boolean {
+    try {
+      this.wq.stmt("BEGIN IMMEDIATE").run();
+      return true;
+    } catch (e) {
+      onError(isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction"));
+      return false;
+    }
+  }
+
   /**
-   * BEGIN IMMEDIATE; each call in its own savepoint; the beforeCommit functions the successful calls
-   * registered, each once; COMMIT; then settle every call.
+   * One batch, one commit. BEGIN IMMEDIATE, then the calls one after another with no savepoint (a
+   * savepoint makes SQLite copy every page a call touches, that earlier calls of the batch touched
+   * too, into a statement journal). If a call throws, the batch so far is rolled back and run again,
+   * each call in its own savepoint, so that only the failing call fails; the failing call is not run
+   * again, it rejects with its error; later calls of the batch also get savepoints. Then the
+   * beforeCommit functions the successful calls registered, each once; COMMIT; then settle every call.
    */
   private async runBatch(): Promise<void> {
     const w = this.wq;
-    try {
-      w.stmt("BEGIN IMMEDIATE").run();
-    } catch (e) {
-      const err = isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction");
-      for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
-      return;
-    }
+    const rejectUpTo = (n: number) => (err: unknown) => {
+      for (let i = 0; i < n; i++) this.take()?.reject(err);
+    };
+    if (!this.begin(rejectUpTo(MAX_BATCH))) return;
     const batch: Call[] = [];
     let call: Call | undefined;
+    let guarded = false;
     while (batch.length < MAX_BATCH && (call = this.take()) !== undefined) {
       batch.push(call);
-      await this.runCall(call);
+      await this.runCall(call, guarded);
       if (!this.writer.inTransaction) {
         // SQLite rolled the whole transaction back by itself (disk full, I/O error): nothing was kept.
         const err = sqliteError(call.error, "write to the vault database");
         for (const c of batch) c.reject(err);
         return;
+      }
+      if (!call.ok && !guarded) {
+        // Its writes so far are mixed with its siblings': undo the batch, run the siblings again.
+        this.rollback();
+        this.reruns++;
+        guarded = true;
+        const failed = batch.pop()!;
+        if (!this.begin((err) => [...batch, failed].forEach((c) => c.reject(err)))) return;
+        for (const c of batch) {
+          c.ok = false;
+          c.value = c.error = c.finishers = undefined;
+          await this.runCall(c, true);
+          if (!this.writer.inTransaction) {
+            const err = sqliteError(c.error, "write to the vault database");
+            for (const x of [...batch, failed]) x.reject(err);
+            return;
+          }
+        }
+        batch.push(failed);
       }
     }
     const finishers = new Set<(tx: StoreTx) => Promise<void>>();
@@ -422,26 +460,33 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     }
   }
 
-  private async runCall(call: Call): Promise<void> {
+  /**
+   * Runs one call's function. `guarded`: inside a savepoint, rolled back to it if the function
+   * throws, so that its siblings' writes stay. Unguarded, a throw leaves its writes for the caller
+   * to undo with the whole transaction.
+   */
+  private async runCall(call: Call, guarded: boolean): Promise<void> {
     const w = this.wq;
     const tx = new SqliteTx(w);
-    try {
-      w.stmt("SAVEPOINT s").run();
-    } catch (e) {
-      call.error = sqliteError(e, "start a transaction");
-      tx.active = false;
-      return;
+    if (guarded) {
+      try {
+        w.stmt("SAVEPOINT s").run();
+      } catch (e) {
+        call.error = sqliteError(e, "start a transaction");
+        tx.active = false;
+        return;
+      }
     }
     try {
       call.value = await withTxTimeout(call.fn(tx), this.txTimeoutMs);
       tx.active = false;
-      w.stmt("RELEASE s").run();
+      if (guarded) w.stmt("RELEASE s").run();
       call.ok = true;
       if (tx.finishers.size > 0) call.finishers = tx.finishers;
     } catch (e) {
       tx.active = false;
       call.error = e;
-      if (this.writer.inTransaction) {
+      if (guarded && this.writer.inTransaction) {
         try {
           w.stmt("ROLLBACK TO s").run();
           w.stmt("RELEASE s").run();
