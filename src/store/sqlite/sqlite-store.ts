@@ -385,40 +385,28 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
    */
   private async runBatch(): Promise<void> {
     const w = this.wq;
-    const rejectUpTo = (n: number) => (err: unknown) => {
-      for (let i = 0; i < n; i++) this.take()?.reject(err);
+    const rejectQueued = (err: unknown): void => {
+      for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
     };
-    if (!this.begin(rejectUpTo(MAX_BATCH))) return;
+    if (!this.begin(rejectQueued)) return;
     const batch: Call[] = [];
     let call: Call | undefined;
     let guarded = false;
     while (batch.length < MAX_BATCH && (call = this.take()) !== undefined) {
       batch.push(call);
-      await this.runCall(call, guarded);
-      if (!this.writer.inTransaction) {
-        // SQLite rolled the whole transaction back by itself (disk full, I/O error): nothing was kept.
-        const err = sqliteError(call.error, "write to the vault database");
-        for (const c of batch) c.reject(err);
-        return;
-      }
+      if (!(await this.step(call, guarded, batch))) return;
       if (!call.ok && !guarded) {
         // Its writes so far are mixed with its siblings': undo the batch, run the siblings again.
         this.rollback();
         this.reruns++;
         guarded = true;
-        const failed = batch.pop()!;
-        if (!this.begin((err) => [...batch, failed].forEach((c) => c.reject(err)))) return;
+        if (!this.begin((err) => batch.forEach((c) => c.reject(err)))) return;
         for (const c of batch) {
+          if (c === call) continue; // the one that failed keeps its error
           c.ok = false;
           c.value = c.error = c.finishers = undefined;
-          await this.runCall(c, true);
-          if (!this.writer.inTransaction) {
-            const err = sqliteError(c.error, "write to the vault database");
-            for (const x of [...batch, failed]) x.reject(err);
-            return;
-          }
+          if (!(await this.step(c, true, batch))) return;
         }
-        batch.push(failed);
       }
     }
     const finishers = new Set<(tx: StoreTx) => Promise<void>>();
@@ -449,6 +437,18 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       if (c.ok) c.resolve(c.value);
       else c.reject(c.error);
     }
+  }
+
+  /**
+   * Runs `call` in the open transaction. False when SQLite rolled the whole transaction back by
+   * itself (disk full, I/O error): nothing was kept, and every call of `batch` is rejected.
+   */
+  private async step(call: Call, guarded: boolean, batch: Call[]): Promise<boolean> {
+    await this.runCall(call, guarded);
+    if (this.writer.inTransaction) return true;
+    const err = sqliteError(call.error, "write to the vault database");
+    for (const c of batch) c.reject(err);
+    return false;
   }
 
   /** Rolls the writer's transaction back, if SQLite has not already. */
