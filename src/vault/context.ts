@@ -15,6 +15,7 @@ import type { Limits } from "./limits.js";
 
 export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
+import type { Signals } from "./signals.js";
 import type { AuditDraft, AuditRecord } from "./types.js";
 
 /** Shared, mutable state of one open vault. */
@@ -31,6 +32,8 @@ export interface VaultContext {
   readonly cipher: Alg;
   readonly limits: Limits;
   closed: boolean;
+  /** Where committed changes that live connections must see (token revoked, killswitch) are announced. */
+  readonly signals: Signals;
   /**
    * The audit trail's last seq as this process last wrote or read it, and when (performance.now()):
    * what status() reports while it is fresh (see {@link auditHeadSeen}). null until the first.

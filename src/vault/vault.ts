@@ -26,6 +26,7 @@ import * as leases from "./leases.js";
 import { checkAgentId, checkRef } from "./names.js";
 import { emptyPolicy, explain, type Explanation, type Policy } from "./policy.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
+import { Signals, type SignalListener } from "./signals.js";
 import * as secrets from "./secrets.js";
 import * as tokens from "./tokens.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "./types.js";
@@ -97,6 +98,7 @@ export class Vault {
         cipher: opts.cipher ?? "aes-256-gcm",
         limits: { ...DEFAULT_LIMITS, ...opts.limits },
         closed: false,
+        signals: new Signals(),
         auditSeen: null,
       };
       return new Vault(ctx);
@@ -104,6 +106,14 @@ export class Vault {
       ring.wipe();
       throw e;
     }
+  }
+
+  /**
+   * Subscribes to changes live connections must act on at once (a token revoked, the killswitch);
+   * returns the function that unsubscribes. See {@link VaultSignal}.
+   */
+  onSignal(listener: SignalListener): () => void {
+    return this.#ctx.signals.on(listener);
   }
 
   /** A session acting as `identity` (as decided by the transport, never by a request). */

@@ -1,0 +1,38 @@
+/**
+ * Signals the vault raises when something it decided must reach live connections at once: a token
+ * revoked, the killswitch engaged or released, the policy reloaded. The core knows no connections; an
+ * adapter (the server) subscribes with {@link Vault.onSignal} and closes or re-checks what it holds.
+ * Listeners run synchronously after the change has committed; a throwing listener is ignored (it
+ * must not undo or hide a committed change).
+ */
+
+/** What changed. Carries ids and names only, never a secret or a token's secret part. */
+export type VaultSignal =
+  | { type: "token_revoked"; tokenId: string }
+  | { type: "killswitch"; engaged: boolean }
+  | { type: "policy_reloaded"; ok: boolean };
+
+/** A subscriber. */
+export type SignalListener = (signal: VaultSignal) => void;
+
+/** The listener set behind {@link Vault.onSignal}. */
+export class Signals {
+  readonly #listeners = new Set<SignalListener>();
+
+  /** Subscribes; returns the function that unsubscribes. */
+  on(listener: SignalListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Tells every listener; never throws. */
+  emit(signal: VaultSignal): void {
+    for (const l of this.#listeners) {
+      try {
+        l(signal);
+      } catch {
+        // A listener's failure must not reach the operation that committed the change.
+      }
+    }
+  }
+}
