@@ -53,6 +53,7 @@ export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS
       detail: null,
       prevHash: hash,
       hash,
+      keyId: "bench",
     });
     const op = (c: number) =>
       store.transaction(async (tx) => {

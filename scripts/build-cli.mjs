@@ -47,6 +47,10 @@ const fast = await build({
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },
+  // CommonJS has no import.meta: modules that locate files from their own URL (the peer-credential
+  // addon loader, which the client uses to check the daemon's uid) get this file's URL instead.
+  define: { "import.meta.url": "__lessorImportMetaUrl" },
+  banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
 });
 
 // The bin starts as a shell script that re-runs it as `node -- lessor.cjs ARGS` (to JavaScript the

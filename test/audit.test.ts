@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import { createHmac, hkdfSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { GENESIS, hashEvent } from "../src/audit/chain.js";
+import { eventMacValid, GENESIS, hashEventV1, macEvent } from "../src/audit/chain.js";
+import { deriveAuditKey } from "../src/audit/keys.js";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
 import { openSqliteStore, type SqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import type { Store } from "../src/store/types.js";
@@ -11,25 +13,9 @@ import { envKeySource } from "../src/crypto/keys/env.js";
 import { AUDIT_HEAD_MAX_AGE_MS } from "../src/vault/context.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import { Vault } from "../src/vault/vault.js";
-import { agent, codeOf, grant, hexKey, makeVault, tempDir } from "./helpers.js";
+import { agent, codeOf, grant, hexKey, HISTORY_POLICY, makeVault, tempDir, withHistory } from "./helpers.js";
 
-const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"]);
-
-/** A vault with some history: 12 events or so. */
-async function withHistory(extra: Parameters<typeof makeVault>[0] = {}) {
-  const t = await makeVault({ policy: POLICY, ...extra });
-  const admin = t.vault.admin();
-  const claude = t.vault.session(agent("claude"));
-  await admin.storeSecret({ name: "tok", value: "v1" });
-  await admin.rotateSecret({ scope: "global", name: "tok" }, "v2");
-  for (let i = 0; i < 3; i++) {
-    const l = await claude.requestLease({ secret: "tok" });
-    await claude.accessSecret(l.id, { domain: "api.example.com" });
-    await claude.revokeLease(l.id);
-  }
-  await codeOf(claude.requestLease({ secret: "other" }));
-  return { ...t, admin, claude };
-}
+const POLICY = HISTORY_POLICY;
 
 function tamper(dbPath: string, sql: string, ...args: unknown[]): void {
   const db = new Database(dbPath);
@@ -37,29 +23,60 @@ function tamper(dbPath: string, sql: string, ...args: unknown[]): void {
   db.close();
 }
 
+/** The event of the test vectors below, but for seq, reason, prevHash and keyId. */
+const VECTOR_EVENT = {
+  id: "01890a5d-ac96-774b-bcce-b302099a8057",
+  time: 1700000000000,
+  type: "lease_granted",
+  actorId: "uid:1000",
+  actorRole: "agent",
+  transport: "uds",
+  agent: "claude",
+  secret: "global/github-token",
+  leaseId: null,
+  domain: "api.github.com",
+  outcome: "ok",
+  detail: '{"rule":"gh"}',
+};
+
 describe("audit trail", () => {
   test("the chain hash matches a fixed test vector (the encoding in docs/audit.md)", () => {
-    const rec = {
-      seq: 1,
-      id: "01890a5d-ac96-774b-bcce-b302099a8057",
-      time: 1700000000000,
-      type: "lease_granted",
-      actorId: "uid:1000",
-      actorRole: "agent",
-      transport: "uds",
-      agent: "claude",
-      secret: "global/github-token",
-      leaseId: null,
-      domain: "api.github.com",
-      outcome: "ok",
-      reason: null,
-      detail: '{"rule":"gh"}',
-      prevHash: GENESIS,
-    };
+    const rec = { seq: 1, ...VECTOR_EVENT, reason: null, prevHash: GENESIS };
     // Computed independently from the layout: SHA-256("lessor audit chain v1" field ‖ prev ‖ fields).
-    assert.equal(hashEvent(rec).toString("hex"), "729325c398a833fddfa8698e4f9a4b27ec6bc0c0d39d750f120a2e2ab62eb90d");
-    assert.notEqual(hashEvent({ ...rec, reason: "" }).toString("hex"), hashEvent(rec).toString("hex"), "null and empty differ");
-    assert.notEqual(hashEvent({ ...rec, agent: "claud", secret: "eglobal/github-token" }).toString("hex"), hashEvent(rec).toString("hex"), "field boundaries are unambiguous");
+    assert.equal(hashEventV1(rec).toString("hex"), "729325c398a833fddfa8698e4f9a4b27ec6bc0c0d39d750f120a2e2ab62eb90d");
+    assert.notEqual(hashEventV1({ ...rec, reason: "" }).toString("hex"), hashEventV1(rec).toString("hex"), "null and empty differ");
+    assert.notEqual(hashEventV1({ ...rec, agent: "claud", secret: "eglobal/github-token" }).toString("hex"), hashEventV1(rec).toString("hex"), "field boundaries are unambiguous");
+  });
+
+  test("the keyed chain value is HMAC-SHA256 under the audit key derived from the master key (checked against node:crypto)", () => {
+    const master = { id: "0123456789abcdef", key: Buffer.alloc(32, 7) };
+    const key = deriveAuditKey(master);
+    const rec = { seq: 2, ...VECTOR_EVENT, reason: "é ✓", prevHash: Buffer.alloc(32, 9), keyId: master.id };
+    // The layout of docs/audit.md, built independently: keys by HKDF, the MAC by node:crypto's HMAC.
+    const root = Buffer.from(hkdfSync("sha256", master.key, Buffer.alloc(0), "lessor audit key v2", 32));
+    const chainKey = Buffer.from(hkdfSync("sha256", root, Buffer.alloc(0), "chain", 32));
+    const f = (v: string | number | null): Buffer => {
+      if (v === null) return Buffer.from([0xff, 0xff, 0xff, 0xff]);
+      const b = Buffer.from(String(v), "utf8");
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(b.length);
+      return Buffer.concat([n, b]);
+    };
+    const msg = Buffer.concat([
+      f("lessor audit chain v2"),
+      rec.prevHash,
+      ...[rec.seq, rec.id, rec.time, rec.type, rec.actorId, rec.actorRole, rec.transport, rec.agent, rec.secret, rec.leaseId, rec.domain, rec.outcome, rec.reason, rec.detail, rec.keyId].map(f),
+    ]);
+    const want = createHmac("sha256", chainKey).update(msg).digest();
+    assert.deepEqual(macEvent(rec, key), want);
+    assert.ok(eventMacValid({ ...rec, hash: want }, key));
+    assert.ok(!eventMacValid({ ...rec, agent: "mallory", hash: want }, key), "any field change breaks it");
+    assert.ok(!eventMacValid({ ...rec, keyId: "fedcba9876543210", hash: want }, key), "the key id is covered");
+    const other = deriveAuditKey({ id: master.id, key: Buffer.alloc(32, 8) });
+    assert.notDeepEqual(macEvent(rec, other), want, "another master key gives another MAC");
+    // A long field grows the scratch buffer; the MAC stays right.
+    const long = { ...rec, detail: JSON.stringify({ x: "y".repeat(5000) }) };
+    assert.deepEqual(macEvent(long, key), createHmac("sha256", chainKey).update(Buffer.concat([f("lessor audit chain v2"), long.prevHash, ...[long.seq, long.id, long.time, long.type, long.actorId, long.actorRole, long.transport, long.agent, long.secret, long.leaseId, long.domain, long.outcome, long.reason, long.detail, long.keyId].map(f)])).digest());
   });
 
   test("every step is an event, chained, and verify passes", async () => {
@@ -71,7 +88,7 @@ describe("audit trail", () => {
     );
     assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1));
     const v = await admin.auditVerify();
-    assert.deepEqual(v, { ok: true, events: events.length, headSeq: events.length });
+    assert.deepEqual(v, { ok: true, events: events.length, headSeq: events.length, breaks: [] });
   });
 
   test("calls sharing a commit leave one checkpoint, on the head the commit leaves; verify passes", async () => {
@@ -83,7 +100,7 @@ describe("audit trail", () => {
     const cp = await store.getCheckpoint();
     assert.equal(cp!.seq, head!.seq);
     assert.deepEqual(Buffer.from(cp!.hash), Buffer.from(head!.hash));
-    assert.deepEqual(await admin.auditVerify(), { ok: true, events: head!.seq, headSeq: head!.seq });
+    assert.deepEqual(await admin.auditVerify(), { ok: true, events: head!.seq, headSeq: head!.seq, breaks: [] });
   });
 
   test("queries filter by agent, secret, type and time, newest first on request", async () => {

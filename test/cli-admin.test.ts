@@ -37,7 +37,7 @@ secrets = ["env:prod/*"]
 `;
 
 const GH = ["github-token", "--agent", "claude", "--domain", "api.github.com"];
-const EVENT_KEYS = ["actorId", "actorRole", "agent", "detail", "domain", "hash", "id", "leaseId", "outcome", "prevHash", "reason", "secret", "seq", "time", "timeIso", "transport", "type"];
+const EVENT_KEYS = ["actorId", "actorRole", "agent", "detail", "domain", "hash", "id", "keyId", "leaseId", "outcome", "prevHash", "reason", "secret", "seq", "time", "timeIso", "transport", "type"];
 const TOKEN_KEYS = ["actFor", "agent", "createdAt", "createdBy", "expiresAt", "id", "name", "revokedAt", "role", "state"];
 
 const outputs: string[] = [];
@@ -230,9 +230,9 @@ describe("lessor policy", () => {
   test("explain says which rule decides and every step (plain and --json)", async () => {
     const allow = await cli(["policy", "explain", "--agent", "claude", "--secret", "github-token", "--domain", "api.github.com"], { home });
     assert.equal(allow.code, 0, allow.stderr);
-    assert.equal(allow.stdout, 'allow: rule 1 ("claude-github") allows it\n  rule 1 "claude-github" (allow): matches: agent, secret and every requested domain match\n');
+    assert.match(allow.stdout, /^allow: rule 1 \("claude-github"\) allows it\n {2}rule 1 "claude-github" \(allow\): matches: agent, secret and every requested domain match\n {2}answered by policy version #1 \(digest [0-9a-f]{12}…, loaded \S+Z\)\n$/);
     const deny = json(await cli(["policy", "explain", "--agent", "bob", "--secret", "env:prod/db", "--json"], { home }));
-    assert.deepEqual(Object.keys(deny).sort(), ["allow", "reason", "rule", "steps"]);
+    assert.deepEqual(Object.keys(deny).sort(), ["allow", "policy", "reason", "rule", "steps"]);
     assert.equal(deny.allow, false);
     assert.equal(deny.rule, "nobody-prod");
     assert.deepEqual(deny.steps.map((s: any) => [s.rule, s.matched]), [["claude-github", false], ["nobody-prod", true]]);
@@ -319,7 +319,7 @@ describe("lessor token and status (embedded)", () => {
     assert.match(r.stdout, /^policy: +.*policy\.toml: 2 rules, digest [0-9a-f]{64}$/m);
     assert.doesNotMatch(r.stdout, /^daemon:/m);
     const j = json(await cli(["status", "--json"], { home }));
-    assert.deepEqual(Object.keys(j).sort(), ["auditHead", "cipher", "daemon", "home", "identity", "keyId", "keyIds", "keySource", "mode", "policy", "store", "version"]);
+    assert.deepEqual(Object.keys(j).sort(), ["auditHead", "cipher", "daemon", "endpoint", "home", "identity", "keyId", "keyIds", "keySource", "killswitch", "mode", "policy", "store", "version"]);
     assert.equal(j.mode, "embedded");
     assert.equal(j.daemon, null);
     assert.equal(j.store, "sqlite");
@@ -335,7 +335,7 @@ describe("lessor token and status (embedded)", () => {
   test("status: no home exits with the fix; a daemon that never answers exits 5", async () => {
     const missing = await cli(["status"], { home: join(tmpdir(), `no-lessor-home-${randomBytes(4).toString("hex")}`) });
     assert.equal(missing.code, 1);
-    assert.match(missing.stderr, /^lessor: there is no lessor home at .*; run lessor init/);
+    assert.match(missing.stderr, /^lessor: no lessor daemon is running and there is no vault at .*\. If you are an agent, do not create one: ask the operator .* To create a vault of your own, run lessor init/);
     const hung = await cliHome();
     const server: Server = createServer(() => {}); // accepts, never says hello
     await new Promise<void>((r) => server.listen(join(hung, "lessor.sock"), r));

@@ -4,7 +4,7 @@
  * the no-echo prompt under a real pseudo-terminal (util-linux `script`), and daemon mode.
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,7 @@ import { formatJson, parseJsonExport } from "../src/cli/secret/json-format.js";
 import { openVault } from "../src/config/open-vault.js";
 import { BIN, cliHome, runCli } from "./cli-harness.js";
 import { startServe } from "./daemon-harness.js";
+import { assertPtyEchoes, hasScript, pty as runPty, type PtyOptions } from "./pty.js";
 
 const CANARY = "CANARY-5e1d-secret-cli-do-not-leak";
 const work = mkdtempSync(join(tmpdir(), "lessor-cli-secret-"));
@@ -494,59 +495,13 @@ describe("export and import", { concurrency: 2 }, () => {
   });
 });
 
-const hasScript = (() => {
-  try {
-    execFileSync("script", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
-/** A command run under a real pseudo-terminal by util-linux `script`; `out` is everything the terminal showed. */
-function pty(command: string, env: Record<string, string>) {
-  const child = spawn("script", ["-qec", command, "/dev/null"], {
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", TERM: "dumb", ...env },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString("utf8")));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString("utf8")));
-  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  void exited.then(() => clearTimeout(timer));
-  return {
-    get out() {
-      return out;
-    },
-    type: (s: string) => child.stdin.write(s),
-    /** Resolves once the terminal has shown `s` (after `from`); fails after 10 s. */
-    async waitFor(s: string, from = 0): Promise<void> {
-      const end = Date.now() + 10_000;
-      while (!out.slice(from).includes(s)) {
-        if (Date.now() > end) throw new Error(`timed out waiting for ${JSON.stringify(s)}; terminal showed ${JSON.stringify(out)}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    },
-    async exit(): Promise<number | null> {
-      const code = await exited;
-      child.stdin.destroy();
-      return code;
-    },
-  };
-}
+const PTY: PtyOptions = { killAfterMs: 20_000, waitForMs: 10_000 };
+const pty = (command: string, env: Record<string, string>) => runPty(command, env, PTY);
 
 const lessorCmd = (args: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} ${args}`;
 
 describe("prompts under a real pseudo-terminal", { skip: !hasScript && "util-linux script (bsdutils) is not installed" }, () => {
-  test("the pty echoes typed input by default (so the no-echo checks below mean something)", async () => {
-    const t = pty(`sh -c 'echo ready; read x; echo done'`, {});
-    await t.waitFor("ready");
-    t.type("ECHO-CHECK-typed\r");
-    await t.waitFor("done");
-    assert.equal(await t.exit(), 0);
-    assert.match(t.out, /ECHO-CHECK-typed/);
-  });
+  test("the pty echoes typed input by default (so the no-echo checks below mean something)", () => assertPtyEchoes(PTY));
 
   test("secret set prompts twice without echo; backspace edits; the value is stored", async () => {
     const home = await cliHome();

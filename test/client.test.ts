@@ -17,7 +17,7 @@ import { ADMIN, FakeServer, type FakeOptions } from "./fixtures/fake-server.js";
 import { tempDir } from "./helpers.js";
 
 const CANARY = "CANARY-client-4b1e9d77-do-not-leak";
-const TOKEN = "lsr_testtoken_0123456789abcdef";
+const TOKEN = `lsr_0123456789abcdef_${"s".repeat(43)}`;
 const CLAUDE: WireIdentity = { id: "token:claude", role: "agent", agent: "claude", transport: "tcp" };
 const dir = tempDir("lessor-client-");
 
@@ -69,17 +69,28 @@ test("unix socket: handshake, identity, a call, and an inspect that names the en
   assert.equal(inspect(c), `LessorClient(uds ${(s.endpoint as { socketPath: string }).socketPath}, admin uid:1000)`);
 });
 
-test("tcp: the token goes in the hello; a wrong or missing token surfaces unauthenticated", async () => {
+test("tcp: the hello names the token, the token goes out after the daemon's proof; wrong or missing tokens are refused", async () => {
   const s = await tcpServer({ tokens: { [TOKEN]: CLAUDE } });
   const c = await connect(s, { token: TOKEN });
   assert.deepEqual(c.identity, CLAUDE);
-  assert.equal(s.hellos[0]?.token, TOKEN);
+  assert.equal(s.hellos[0]?.token, undefined, "the token is not in the hello");
+  assert.equal(s.hellos[0]?.tokenId, "0123456789abcdef");
+  assert.match(s.hellos[0]?.nonce ?? "", /^[A-Za-z0-9_-]{43}$/);
+  assert.deepEqual(s.tokensShown, [TOKEN]);
   const shown = inspect(c, { showHidden: true, depth: 10 }) + JSON.stringify(c);
   assert.match(shown, /agent claude/);
   assert.ok(!shown.includes(TOKEN), "the token is not shown");
 
-  await rejectsWith(LessorClient.connect(s.endpoint, { token: "lsr_wrong" }), "unauthenticated", /token is not known/);
-  await rejectsWith(LessorClient.connect(s.endpoint), "unauthenticated");
+  // Not shaped like a token, or none at all over TCP: refused before connecting.
+  await rejectsWith(LessorClient.connect(s.endpoint, { token: "lsr_wrong" }), "unauthenticated", /not a lessor token/);
+  await rejectsWith(LessorClient.connect(s.endpoint), "unauthenticated", /needs a token/);
+  // A token the daemon does not hold (unknown id, or a known id with another secret): its proof fails, the token stays home.
+  const unknown = `lsr_fedcba9876543210_${"s".repeat(43)}`;
+  const otherSecret = `lsr_0123456789abcdef_${"t".repeat(43)}`;
+  for (const t of [unknown, otherSecret]) await rejectsWith(LessorClient.connect(s.endpoint, { token: t }), "daemon_unverified", /could not prove that it holds this token, so the token was not sent/);
+  assert.deepEqual(s.tokensShown, [TOKEN], "only the token the daemon proved it holds was ever sent");
+  // A wrong token the fake does not know never reaches unauthenticated: it is stopped by the proof.
+  assert.equal(s.hellos.length, 3);
 });
 
 test("connect errors: no socket file, refused port, silent daemon, not a lessor daemon", async () => {
@@ -90,17 +101,23 @@ test("connect errors: no socket file, refused port, silent daemon, not a lessor 
   await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
   const port = (probe.address() as { port: number }).port;
   await new Promise<void>((r) => probe.close(() => r()));
-  await rejectsWith(LessorClient.connect({ host: "127.0.0.1", port }), "unavailable", new RegExp(`no lessor daemon is listening on 127\\.0\\.0\\.1:${port}`));
+  await rejectsWith(LessorClient.connect({ host: "127.0.0.1", port }, { token: TOKEN }), "unavailable", new RegExp(`no lessor daemon is listening on 127\\.0\\.0\\.1:${port}`));
 
   const silent = await unixServer({ silentHandshake: true });
   const t0 = Date.now();
   await rejectsWith(LessorClient.connect(silent.endpoint, { connectTimeoutMs: 200 }), "unavailable", /did not finish the handshake within 200 ms/);
   assert.ok(Date.now() - t0 < 2000);
 
-  const liar = createServer((sock) => sock.once("data", () => sock.write(Buffer.from([0, 0, 0, 5, 0x68, 0x65, 0x6c, 0x6c, 0x6f]))));
-  await new Promise<void>((r) => liar.listen(0, "127.0.0.1", () => r()));
+  const liarAnswer = (sock: import("node:net").Socket) => sock.once("data", () => sock.write(Buffer.from([0, 0, 0, 5, 0x68, 0x65, 0x6c, 0x6c, 0x6f])));
+  const liar = createServer(liarAnswer);
+  const liarPath = join(dir, "liar.sock");
+  await new Promise<void>((r) => liar.listen(liarPath, () => r()));
   after(() => liar.close());
-  await rejectsWith(LessorClient.connect({ host: "127.0.0.1", port: (liar.address() as { port: number }).port }), "internal", /malformed handshake/);
+  await rejectsWith(LessorClient.connect({ socketPath: liarPath }), "internal", /malformed handshake/);
+  const tcpLiar = createServer(liarAnswer);
+  await new Promise<void>((r) => tcpLiar.listen(0, "127.0.0.1", () => r()));
+  after(() => tcpLiar.close());
+  await rejectsWith(LessorClient.connect({ host: "127.0.0.1", port: (tcpLiar.address() as { port: number }).port }, { token: TOKEN }), "daemon_unverified", /did not answer the token handshake as a lessor daemon does, so the token was not sent/);
 
   await rejectsWith(LessorClient.connect({ socketPath: "" }), "invalid_request");
 });
@@ -196,7 +213,7 @@ test("connection loss: calls in flight reject and are not resent; the next call 
   assert.equal(got.value.unsafeText(), "v");
   got.value.wipe();
   assert.equal(s.connections.length, 2, "one reconnect");
-  assert.deepEqual(s.hellos.map((h) => h.token), [TOKEN, TOKEN]);
+  assert.deepEqual(s.tokensShown, [TOKEN, TOKEN]);
   assert.equal(s.calls("access_secret").length, 2);
 });
 

@@ -10,6 +10,7 @@ import {
   type DomainPattern,
 } from "../src/vault/domain.js";
 import { isVaultError } from "../src/vault/errors.js";
+import { quoteText } from "../src/vault/text.js";
 
 const label = fc
   .stringMatching(/^[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?$/)
@@ -74,7 +75,7 @@ test("normalizeHost rejects everything that is not a plain DNS name, naming the 
       (e: unknown) => {
         assert.ok(isVaultError(e, "invalid_request"), `${JSON.stringify(input)} should throw invalid_request`);
         assert.match(e.message, re, `message for ${JSON.stringify(input)}: ${e.message}`);
-        assert.ok(e.message.includes(JSON.stringify(input).slice(0, 20)), `message names the input: ${e.message}`);
+        assert.ok(e.message.includes(quoteText(input).slice(0, 20)), `message names the input (escaped): ${e.message}`);
         return true;
       },
     );

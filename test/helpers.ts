@@ -21,6 +21,23 @@ export function tempDir(prefix = "lessor-test-"): string {
   return d;
 }
 
+/** Dirs made by tempDirUntilExit(), removed when the test process exits. */
+const untilExit: string[] = [];
+
+/**
+ * A temp dir removed when the test process exits: for one a test makes and later tests use (tempDir's
+ * after(), called inside a test, runs when that test ends).
+ */
+export function tempDirUntilExit(prefix = "lessor-test-"): string {
+  if (untilExit.length === 0)
+    process.once("exit", () => {
+      for (const d of untilExit) rmSync(d, { recursive: true, force: true });
+    });
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  untilExit.push(d);
+  return d;
+}
+
 /** A controllable clock. */
 export function clock(start = Date.UTC(2026, 0, 1)): { now: () => number; advance: (ms: number) => void; set: (t: number) => void } {
   let t = start;
@@ -84,6 +101,29 @@ ${extra}
 `;
 }
 
+/** The policy withHistory() opens its vault with unless told otherwise: claude may use `tok` for api.example.com. */
+export const HISTORY_POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"]);
+
+/**
+ * A vault on a real SQLite file (makeVault with `opts`, HISTORY_POLICY by default) with 12 events:
+ * stored, rotated, 3 × (granted, accessed, revoked), denied.
+ */
+export async function withHistory(opts: Parameters<typeof makeVault>[0] = {}) {
+  const t = await makeVault({ policy: HISTORY_POLICY, ...opts });
+  if (t.dbPath === null) throw new Error("withHistory needs a vault on a SQLite file");
+  const admin = t.vault.admin();
+  const claude = t.vault.session(agent("claude"));
+  await admin.storeSecret({ name: "tok", value: "v1" });
+  await admin.rotateSecret({ scope: "global", name: "tok" }, "v2");
+  for (let i = 0; i < 3; i++) {
+    const l = await claude.requestLease({ secret: "tok" });
+    (await claude.accessSecret(l.id, { domain: "api.example.com" })).value.wipe();
+    await claude.revokeLease(l.id);
+  }
+  await codeOf(claude.requestLease({ secret: "other" }));
+  return { ...t, admin, claude, dbPath: t.dbPath };
+}
+
 /** Awaits `p` and returns the VaultError code it rejected with (or "resolved"). */
 export async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
@@ -92,4 +132,14 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
   } catch (e) {
     return (e as { code?: string }).code ?? `not a VaultError: ${String(e)}`;
   }
+}
+
+/** Awaits `p` and returns the code and message it was refused with ({ code: "resolved", message: "" } if it resolved). */
+export async function refusalOf(p: Promise<unknown>): Promise<{ code: string; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    return { code: (e as { code: string }).code, message: (e as Error).message };
+  }
+  return { code: "resolved", message: "" };
 }

@@ -145,10 +145,22 @@ describe("home, config and key sources", () => {
     assert.equal(statSync(join(home, "audit.jsonl")).mode & 0o077, 0);
   });
 
-  test("a broken policy file stops the open with a clear error", async () => {
+  test("a broken policy file does not stop the open: the vault denies every grant and status says why", async () => {
     const home = join(tempDir(), "h");
     await initHome({ home, env: env(home) });
     writeFileSync(join(home, "policy.toml"), '[[rule]]\nname = "r"\neffect = "allow"\nagents = ["a"]\nsecrets = ["s"]\ndomains = ["*.com"]\n');
-    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "policy_invalid" && /policy.toml/.test(e.message) && /rule 1/.test(e.message));
+    const v = await openVault({ home, env: env(home) });
+    try {
+      const st = await v.admin().status();
+      assert.equal(st.policy.state, "broken");
+      assert.match(st.policy.error ?? "", /policy\.toml: rule 1/);
+      await v.admin().storeSecret({ name: "s", value: "v" });
+      await assert.rejects(
+        v.admin().requestLease({ agent: "a", secret: "s", domains: ["x.com"] }),
+        (e: Error & { code: string }) => e.code === "access_denied" && /policy is invalid/.test(e.message) && /policy\.toml: rule 1/.test(e.message) && /lessor policy reload/.test(e.message),
+      );
+    } finally {
+      await v.close();
+    }
   });
 });

@@ -37,3 +37,18 @@ test("dependencies are pinned to exact versions", () => {
     for (const [name, v] of Object.entries(deps ?? {})) assert.match(v, /^\d+\.\d+\.\d+$/, `${name}@${v}`);
   assert.match(readFileSync(join(root, ".npmrc"), "utf8"), /engine-strict=true/);
 });
+
+test("the README and docs never show a leased value expanded into another command's arguments (ps shows argv to every user)", () => {
+  const files = ["README.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`), ...readdirSync(join(root, "docs/cli")).map((f) => `docs/cli/${f}`)];
+  for (const f of files) {
+    const lines = readFileSync(join(root, f), "utf8").split("\n");
+    let inCode = false;
+    lines.forEach((line, i) => {
+      if (line.trimStart().startsWith("```")) inCode = !inCode;
+      if (!inCode) return; // prose may quote the mistake; examples in code blocks may not make it
+      // `X=$(lessor lease …)` only sets a variable; `cmd "…$(lessor lease …)…"` hands the value to cmd's argv.
+      const bad = /\b(curl|wget|http|gh|git|ssh|docker|psql|mysql)\b[^|#]*\$\(lessor (lease|secret get)/.test(line);
+      assert.ok(!bad, `${f}:${i + 1} puts a value on a command line: ${line.trim()}`);
+    });
+  }
+});

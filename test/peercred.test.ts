@@ -96,12 +96,16 @@ test("get() returns null for a socket with no file descriptor and throws on a de
   }
 });
 
-test("a missing addon gives a reason fit for the start-up log line", () => {
+test("a missing addon gives a reason fit for the start-up log line, naming the build script", () => {
   const pc = loadPeerCred({ addonPath: join(tempDir(), "nope", "peercred.node") });
   assert.equal(pc.available, false);
   if (pc.available) return;
-  if (process.platform === "linux") assert.match(pc.reason, /was not built/);
-  assert.match(pc.reason, /every Unix-socket client is treated as the socket's owner/);
+  if (process.platform === "linux") {
+    assert.match(pc.reason, /was not built/);
+    assert.match(pc.reason, /build it with: node \S+scripts\/build-addon\.mjs/);
+  }
+  assert.match(pc.reason, /Unix-socket peers cannot be identified by uid/);
+  assert.doesNotMatch(pc.reason, /treated as the socket's owner/, "a missing addon no longer means 'everyone is the owner'");
 });
 
 test("an addon file that is not a loadable module falls back instead of throwing", { skip: process.platform !== "linux" }, () => {
@@ -111,5 +115,5 @@ test("an addon file that is not a loadable module falls back instead of throwing
   assert.equal(pc.available, false);
   if (pc.available) return;
   assert.match(pc.reason, /could not be loaded/);
-  assert.match(pc.reason, /treated as the socket's owner/);
+  assert.match(pc.reason, /cannot be identified by uid/);
 });

@@ -465,3 +465,29 @@ test("the last of 50 rules is found (decide walks rules in order)", () => {
   assert.equal(decide(p, query).rule?.name, "r49");
   assert.equal(decide(p, q("agent-49-x", "workspace:w/s48-key", ["api.d49.example.com"])).allow, false);
 });
+
+test("path prefixes are canonicalised at load time, as request paths are before matching", () => {
+  const p = parsePolicy(allowRule("gh", 'paths = ["/r%65pos//acme/", "/repos/acme/", "/a%3fb", "/Repos"]'), "policy.toml");
+  // "%65" is "e" (unreserved, decoded), "//" collapses, other escapes are upper-cased; the duplicate goes.
+  assert.deepEqual(p.rules[0]!.paths, ["/repos/acme/", "/a%3Fb", "/Repos"]);
+});
+
+test("ambiguous path prefixes are refused with a policy error naming the rule, the item and why", () => {
+  const at = 'rule 1 ("gh")';
+  const cases: [string, string][] = [
+    ["/repos/../admin/", 'has a "." or ".." segment; write the path it stands for'],
+    ["/repos/./acme", 'has a "." or ".." segment'],
+    ["/repos/%2e%2e/admin", 'has a "." or ".." segment'],
+    ["/repos%2facme/", 'has an encoded "/" (%2F)'],
+    ["/repos%5Cacme/", "has an encoded backslash (%5C)"],
+    ["/repos/%252e/", 'has an encoded "%" (%25): double encoding'],
+    ["/repos\\\\acme/", "has a backslash"],
+    ["/repos/%00", "has an encoded control character (%00)"],
+    ["/repos/%g1", 'has a "%" that is not followed by two hex digits'],
+    ["/repos/..;/x", "dot segment with parameters"],
+  ];
+  for (const [prefix, why] of cases)
+    assertLoadError(allowRule("gh", `paths = ["${prefix}"]`), at, 'field "paths"', "item 1", "is refused: it", why);
+  // A prefix that is not a path at all is still refused by the shape check first.
+  assertLoadError(allowRule("gh", 'paths = ["/a?b"]'), at, 'field "paths"', 'no spaces, "?" or "#"');
+});

@@ -171,7 +171,11 @@ describe("sqlite store", () => {
     const old = new Queries(db);
     old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
     old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
-    old.insertAudit(auditRec(1, { agent: "agent-b" }), 0);
+    const a = auditRec(1, { agent: "agent-b" });
+    // The audit table of that schema has no key_id column: the row is written as the old code wrote it.
+    db.prepare(
+      "INSERT INTO audit (seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ).run(a.seq, a.id, a.time, a.type, a.actorId, a.actorRole, a.transport, a.agent, a.secret, a.leaseId, a.domain, a.outcome, a.reason, a.detail, a.prevHash, a.hash);
     db.close();
 
     const store = openSqliteStore(p);
@@ -184,6 +188,8 @@ describe("sqlite store", () => {
       );
       assert.equal(await store.countLiveLeases("agent-a", T0), 1);
       assert.deepEqual((await store.queryAudit({ agent: "agent-b" })).map((r) => r.seq), [1]);
+      assert.equal((await store.queryAudit({}))[0]!.keyId, null, "a row from before the keyed chain reads as format 1");
+      assert.equal((await store.auditHead())!.keyId, null);
     } finally {
       await store.close();
     }

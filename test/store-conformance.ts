@@ -87,6 +87,7 @@ export function auditRec(seq: number, over: Partial<AuditRecord> = {}): AuditRec
     detail: null,
     prevHash: Buffer.alloc(32, seq - 1),
     hash: Buffer.alloc(32, seq),
+    keyId: "k1",
     ...over,
   };
 }
@@ -506,6 +507,18 @@ export function storeConformance(label: string, make: StoreFactory): void {
           prevHash: plainBytes(want.prevHash),
           hash: plainBytes(want.hash),
         });
+      }));
+
+      test("each row keeps its key id (null for a format-1 row), and auditHead reads it", withStore(async (s) => {
+        await tx(s, async (t) => {
+          await t.insertAudit(auditRec(1, { keyId: null }));
+          await t.insertAudit(auditRec(2, { keyId: "0123456789abcdef" }));
+        });
+        assert.deepEqual((await s.queryAudit({})).map((r) => r.keyId), [null, "0123456789abcdef"]);
+        assert.equal((await s.auditHead())!.keyId, "0123456789abcdef");
+        await tx(s, (t) => t.insertAudit(auditRec(3, { keyId: null })));
+        const head = await tx(s, (t) => t.auditHead());
+        assert.deepEqual({ seq: head!.seq, keyId: head!.keyId }, { seq: 3, keyId: null }, "inside a tx too");
       }));
 
       test("the tx sees its own audit head", withStore(async (s) => {

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/vault/token-proof.js";
+import type { VaultSignal } from "../src/vault/signals.js";
 import { agent, clock, codeOf, makeVault } from "./helpers.js";
 
 describe("bearer tokens", () => {
@@ -9,7 +11,7 @@ describe("bearer tokens", () => {
     const t = await vault.admin().createToken({ name: "claude-laptop", role: "agent", agent: "claude" });
     assert.match(t.token, /^lsr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
     const who = await vault.authenticateToken(t.token, "tcp");
-    assert.deepEqual(who, { id: `token:claude-laptop/${t.id}`, role: "agent", agent: "claude", transport: "tcp" });
+    assert.deepEqual(who, { id: `token:claude-laptop/${t.id}`, role: "agent", agent: "claude", transport: "tcp", token: { id: t.id, expiresAt: null } });
     const listed = await vault.admin().listTokens();
     assert.equal(listed.length, 1);
     assert.ok(!JSON.stringify(listed).includes(t.token.slice(21)), "listing never shows the secret");
@@ -53,5 +55,53 @@ describe("bearer tokens", () => {
     assert.equal(await codeOf(admin.createToken({ name: "x", role: "root" as never })), "invalid_request");
     const o = await admin.createToken({ name: "orch", role: "orchestrator", actFor: ["claude-*"] });
     assert.deepEqual((await vault.authenticateToken(o.token, "tcp")).actFor, ["claude-*"]);
+  });
+
+  test("the handshake proof: a known id's proof checks out only with its token; an unknown id gets the same kind of answer", async () => {
+    const { vault } = await makeVault();
+    const t = await vault.admin().createToken({ name: "ci", role: "agent", agent: "claude" });
+    const parts = splitToken(t.token)!;
+    const binding = endpointBinding("tcp", "::ffff:127.0.0.1", 7391);
+    assert.equal(binding, "tcp 127.0.0.1:7391");
+    const cn = newNonce();
+    const known = await vault.tokenChallenge(t.id, cn, binding);
+    assert.equal(known.nonce.length, 32);
+    assert.equal(known.proof.length, 32);
+    assert.ok(checkServerProof(hashTokenSecret(parts.secret), cn, known.nonce, t.id, binding, known.proof), "the holder of the token accepts the proof");
+    assert.ok(!checkServerProof(hashTokenSecret(parts.secret), cn, known.nonce, t.id, "tcp 127.0.0.1:7392", known.proof), "bound to the endpoint");
+    assert.ok(!checkServerProof(hashTokenSecret(parts.secret), newNonce(), known.nonce, t.id, binding, known.proof), "bound to the client's nonce");
+    assert.ok(!checkServerProof(hashTokenSecret("x".repeat(43)), cn, known.nonce, t.id, binding, known.proof), "another secret does not accept it");
+    const unknownId = t.id === "0000000000000000" ? "0000000000000001" : "0000000000000000";
+    const unknown = await vault.tokenChallenge(unknownId, cn, binding);
+    assert.deepEqual([unknown.nonce.length, unknown.proof.length], [32, 32], "an unknown id gets a nonce and a proof of the same shape");
+    assert.notDeepEqual(unknown.proof, known.proof);
+    for (const [id, n] of [["nothex", cn], [t.id, Buffer.alloc(8)]] as const) assert.equal(await codeOf(vault.tokenChallenge(id, n, binding)), "invalid_request");
+    assert.equal((await vault.admin().auditQuery({ types: ["auth_failed"] })).length, 0, "answering a challenge writes nothing (a write only for unknown ids would show in the timing)");
+  });
+
+  test("revocation marks the token at once in memory and raises token_revoked once; another process's revocation is found by recheckTokens", async () => {
+    const { vault, dbPath, key } = await makeVault();
+    const signals: VaultSignal[] = [];
+    vault.onSignal((s) => signals.push(s));
+    const a = await vault.admin().createToken({ name: "a", role: "agent", agent: "claude" });
+    const b = await vault.admin().createToken({ name: "b", role: "agent", agent: "claude" });
+    await vault.authenticateToken(a.token, "tcp");
+    await vault.authenticateToken(b.token, "tcp");
+    assert.equal(vault.tokenStanding(a.id), null);
+    await vault.admin().revokeToken(a.id);
+    assert.equal(vault.tokenStanding(a.id), "token revoked");
+    assert.deepEqual(signals, [{ type: "token_revoked", tokenId: a.id }]);
+    assert.deepEqual(await vault.recheckTokens([a.id, b.id]), [], "nothing new");
+    // Another vault on the same database file (as another process would be) revokes b.
+    const { Vault } = await import("../src/vault/vault.js");
+    const { openSqliteStore } = await import("../src/store/sqlite/sqlite-store.js");
+    const { envKeySource } = await import("../src/crypto/keys/env.js");
+    const other = await Vault.open({ store: openSqliteStore(dbPath!), keys: envKeySource({ LESSOR_MASTER_KEY: key })! });
+    await other.admin().revokeToken(b.id);
+    await other.close();
+    assert.equal(vault.tokenStanding(b.id), null, "not seen yet: memory only");
+    assert.deepEqual(await vault.recheckTokens([a.id, b.id]), [b.id]);
+    assert.equal(vault.tokenStanding(b.id), "token revoked");
+    assert.deepEqual(signals.map((s) => (s.type === "token_revoked" ? s.tokenId : s.type)), [a.id, b.id]);
   });
 });

@@ -1,32 +1,54 @@
 /**
- * The audit hash chain. Each event's hash is SHA-256 over a domain label, the previous event's hash,
- * and every field of the event, each length-prefixed so that no two different events encode alike.
- * A keyed checkpoint (HMAC of the head's seq and hash under a key derived from the master key) is
- * rewritten in every commit that appends, so that removing events from the end is detected too.
+ * The audit chain. Each event's chain value (`hash`) is a MAC: HMAC-SHA256 under an audit key
+ * derived from a master key, over a domain label, the previous event's chain value and every field
+ * of the event (its key id included), each length-prefixed so that no two different events encode
+ * alike. Without the key, no row can be recomputed, so an edited, deleted or inserted event cannot
+ * be made to verify again. A keyed checkpoint (a MAC of the head's seq and chain value) is rewritten
+ * in every commit that appends, so that removing events from the end is detected too.
+ *
+ * Events written before this format (format 1, `keyId` null) were chained with plain SHA-256; they
+ * stay verifiable under those rules (see {@link hashEventV1}) up to the first keyed event.
  */
-import { createHmac, hash, hkdfSync, timingSafeEqual } from "node:crypto";
+import { createHmac, hash, timingSafeEqual } from "node:crypto";
 import type { MasterKey } from "../crypto/keyring.js";
 import { uuidv7 } from "../vault/ids.js";
 import type { AuditCheckpoint, AuditDraft, AuditRecord } from "../vault/types.js";
+import { checkpointKeyV1, type AuditKey } from "./keys.js";
 
-/** The hash that stands before the first event. */
+/** The chain value that stands before the first event. */
 export const GENESIS = Buffer.alloc(32);
 
-const HASH_LABEL = "lessor audit chain v1";
-const CHECKPOINT_LABEL = "lessor audit checkpoint v1";
+/**
+ * The store meta key recording that this vault's trail is keyed ({@link AUDIT_FORMAT_KEYED}), set by
+ * its first keyed event: from then on a trail that is empty, or ends in format-1 events, was cut.
+ */
+export const AUDIT_FORMAT_META = "audit_format";
+/** The value of {@link AUDIT_FORMAT_META} once the trail is keyed. */
+export const AUDIT_FORMAT_KEYED = "2";
+
+const HASH_LABEL_V1 = "lessor audit chain v1";
+const CHECKPOINT_LABEL_V1 = "lessor audit checkpoint v1";
+const MAC_LABEL = "lessor audit chain v2";
+const CHECKPOINT_LABEL = "lessor audit checkpoint v2";
 const NULL_LEN = 0xffffffff;
+const BLOCK = 64;
 
 /**
- * The hash input is assembled in one reused buffer and hashed in one call (a native call per field
- * cost more than the hashing). It holds audit fields only, never secret material.
+ * The MAC input is assembled in one reused buffer and hashed in one call (a native call per field
+ * cost more than the hashing). For a keyed event the buffer starts with the HMAC inner pad block
+ * (key material), which is zeroed again after every use; the fields are audit fields only, never
+ * secret material.
  */
 let scratch = Buffer.allocUnsafe(2048);
 let at = 0;
+/** The HMAC outer block: outer pad (64 bytes) ‖ inner digest (32 bytes). Zeroed after use. */
+const outer = Buffer.alloc(BLOCK + 32);
 
 function reserve(n: number): void {
   if (at + n <= scratch.length) return;
   const bigger = Buffer.allocUnsafe(Math.max(scratch.length * 2, at + n));
   scratch.copy(bigger, 0, 0, at);
+  scratch.fill(0, 0, Math.min(BLOCK, scratch.length));
   scratch = bigger;
 }
 
@@ -45,14 +67,15 @@ function field(value: string | number | null): void {
   at += 4 + n;
 }
 
-/** SHA-256 over prevHash and every field of the record (its own `hash` excluded). */
-export function hashEvent(rec: Omit<AuditRecord, "hash">): Buffer {
-  at = 0;
-  field(HASH_LABEL);
-  const prev = rec.prevHash;
-  reserve(prev.byteLength);
-  scratch.set(prev, at);
-  at += prev.byteLength;
+function bytes(b: Uint8Array): void {
+  reserve(b.byteLength);
+  scratch.set(b, at);
+  at += b.byteLength;
+}
+
+/** Every field of the record after the label (its own `hash` excluded). */
+function fields(rec: Omit<AuditRecord, "hash" | "keyId">): void {
+  bytes(rec.prevHash);
   field(rec.seq);
   field(rec.id);
   field(rec.time);
@@ -67,15 +90,50 @@ export function hashEvent(rec: Omit<AuditRecord, "hash">): Buffer {
   field(rec.outcome);
   field(rec.reason);
   field(rec.detail);
+}
+
+/**
+ * The format-1 chain value: SHA-256 over the v1 label, prevHash and every field. Unkeyed, so anyone
+ * can recompute it; kept only to verify events written before the keyed chain.
+ */
+export function hashEventV1(rec: Omit<AuditRecord, "hash" | "keyId">): Buffer {
+  at = 0;
+  field(HASH_LABEL_V1);
+  fields(rec);
   return hash("sha256", scratch.subarray(0, at), "buffer");
 }
 
-/** Turns a draft into the next chained record after `head` (null for an empty trail). */
-export function chainEvent(
-  head: { seq: number; hash: Uint8Array } | null,
-  draft: AuditDraft,
-  time: number,
-): AuditRecord {
+/**
+ * The keyed chain value: HMAC-SHA256 under `key.chain` over the v2 label, prevHash, every field and
+ * the key id. Computed as SHA-256(K⊕opad ‖ SHA-256(K⊕ipad ‖ m)) with the pads precomputed per key
+ * (two one-shot hashes instead of an HMAC object per event); test/audit-chain.test.ts checks it
+ * against node:crypto's HMAC.
+ */
+export function macEvent(rec: Omit<AuditRecord, "hash">, key: AuditKey): Buffer {
+  at = 0;
+  reserve(BLOCK);
+  scratch.set(key.ipad, 0);
+  at = BLOCK;
+  field(MAC_LABEL);
+  fields(rec);
+  field(rec.keyId);
+  const inner = hash("sha256", scratch.subarray(0, at), "buffer");
+  scratch.fill(0, 0, BLOCK);
+  outer.set(key.opad, 0);
+  outer.set(inner, BLOCK);
+  const out = hash("sha256", outer, "buffer");
+  outer.fill(0);
+  return out;
+}
+
+/** True when `rec.hash` is the keyed MAC of its fields under `key` (constant time). */
+export function eventMacValid(rec: AuditRecord, key: AuditKey): boolean {
+  const want = macEvent(rec, key);
+  return rec.hash.byteLength === want.length && timingSafeEqual(rec.hash, want);
+}
+
+/** Turns a draft into the next record after `head` (null for an empty trail), chained under `key`. */
+export function chainEvent(head: { seq: number; hash: Uint8Array } | null, draft: AuditDraft, time: number, key: AuditKey): AuditRecord {
   const rec: AuditRecord = {
     seq: (head?.seq ?? 0) + 1,
     id: uuidv7(time),
@@ -93,30 +151,50 @@ export function chainEvent(
     detail: draft.detail ? JSON.stringify(draft.detail) : null,
     prevHash: head ? Buffer.from(head.hash) : GENESIS,
     hash: GENESIS,
+    keyId: key.id,
   };
-  rec.hash = hashEvent(rec);
+  rec.hash = macEvent(rec, key);
   return rec;
 }
 
-/** The checkpoint MAC key, derived from a master key with HKDF-SHA256. */
-export function checkpointKey(master: MasterKey): { id: string; key: Buffer } {
-  const key = Buffer.from(hkdfSync("sha256", master.key, Buffer.alloc(0), CHECKPOINT_LABEL, 32));
-  return { id: master.id, key };
+function seqBytes(seq: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(seq));
+  return b;
 }
 
-function checkpointMac(key: Buffer, seq: number, hash: Uint8Array): Buffer {
-  const seqBytes = Buffer.alloc(8);
-  seqBytes.writeBigUInt64BE(BigInt(seq));
-  return createHmac("sha256", key).update(CHECKPOINT_LABEL).update(seqBytes).update(hash).digest();
+function checkpointMac(key: Buffer, label: string, seq: number, head: Uint8Array): Buffer {
+  return createHmac("sha256", key).update(label).update(seqBytes(seq)).update(head).digest();
 }
 
-/** A checkpoint for the record that is now the head. */
-export function makeCheckpoint(head: { seq: number; hash: Uint8Array }, key: { id: string; key: Buffer }): AuditCheckpoint {
-  return { seq: head.seq, hash: Buffer.from(head.hash), keyId: key.id, mac: checkpointMac(key.key, head.seq, head.hash) };
+/** A checkpoint for the record that is now the head, MACed under the audit key `key`. */
+export function makeCheckpoint(head: { seq: number; hash: Uint8Array }, key: AuditKey): AuditCheckpoint {
+  return { seq: head.seq, hash: Buffer.from(head.hash), keyId: key.id, mac: checkpointMac(key.checkpoint, CHECKPOINT_LABEL, head.seq, head.hash) };
 }
 
-/** True when the checkpoint's MAC is right for its seq and hash under `key`. */
-export function checkpointValid(cp: AuditCheckpoint, key: { key: Buffer }): boolean {
-  const want = checkpointMac(key.key, cp.seq, cp.hash);
-  return cp.mac.length === want.length && timingSafeEqual(Buffer.from(cp.mac), want);
+/** True when the checkpoint's MAC is right for its seq and hash under the audit key `key`. */
+export function checkpointValid(cp: AuditCheckpoint, key: AuditKey): boolean {
+  const want = checkpointMac(key.checkpoint, CHECKPOINT_LABEL, cp.seq, cp.hash);
+  return cp.mac.byteLength === want.length && timingSafeEqual(cp.mac, want);
+}
+
+/** True when a format-1 checkpoint (written before the keyed chain) is right under master key `master`. */
+export function checkpointValidV1(cp: AuditCheckpoint, master: MasterKey): boolean {
+  const key = checkpointKeyV1(master);
+  try {
+    const want = checkpointMac(key, CHECKPOINT_LABEL_V1, cp.seq, cp.hash);
+    return cp.mac.byteLength === want.length && timingSafeEqual(cp.mac, want);
+  } finally {
+    key.fill(0);
+  }
+}
+
+/** The format-1 checkpoint for `head` (tests build old-format trails with it). */
+export function makeCheckpointV1(head: { seq: number; hash: Uint8Array }, master: MasterKey): AuditCheckpoint {
+  const key = checkpointKeyV1(master);
+  try {
+    return { seq: head.seq, hash: Buffer.from(head.hash), keyId: master.id, mac: checkpointMac(key, CHECKPOINT_LABEL_V1, head.seq, head.hash) };
+  } finally {
+    key.fill(0);
+  }
 }

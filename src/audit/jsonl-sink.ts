@@ -10,6 +10,7 @@
  */
 import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
 import { VaultError } from "../vault/errors.js";
+import { safeJson } from "../vault/text.js";
 import { eventJson, type AuditSink } from "./sink.js";
 
 /** Opens (creating if needed) `path` for appending. */
@@ -46,7 +47,7 @@ export function jsonlSink(path: string): AuditSink {
     write(events) {
       if (events.length === 0) return;
       let text = "";
-      for (const e of events) text += `${JSON.stringify(eventJson(e))}\n`;
+      for (const e of events) text += `${safeJson(eventJson(e))}\n`;
       lines.push(text);
       const done = new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }));
       if (!scheduled) {

@@ -2,6 +2,7 @@
  * Audit sinks: places every committed audit event is also written to, after the store's own audit
  * table. A sink that fails makes the operation fail (its result is withheld), so audit is fail-closed.
  */
+import { safeJson } from "../vault/text.js";
 import type { AuditRecord } from "../vault/types.js";
 
 /** Receives committed events, in order. Throwing (or rejecting) fails the operation. */
@@ -27,6 +28,7 @@ export function eventJson(e: AuditRecord): Record<string, unknown> {
     detail: e.detail === null ? null : (JSON.parse(e.detail) as unknown),
     prev_hash: Buffer.from(e.prevHash).toString("hex"),
     hash: Buffer.from(e.hash).toString("hex"),
+    key_id: e.keyId,
   };
 }
 
@@ -34,7 +36,7 @@ export function eventJson(e: AuditRecord): Record<string, unknown> {
 export function logSink(write: (line: string) => void): AuditSink {
   return {
     write(events) {
-      for (const e of events) write(JSON.stringify({ msg: "audit", ...eventJson(e) }));
+      for (const e of events) write(safeJson({ msg: "audit", ...eventJson(e) }));
     },
   };
 }

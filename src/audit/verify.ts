@@ -1,11 +1,41 @@
 /**
- * Checks the whole audit trail: seq numbers without gaps, each event's prevHash equal to the hash
- * before it, each hash recomputed from its fields, and the head matching the keyed checkpoint.
- * Names the first bad event.
+ * Checks the whole audit trail: seq numbers without gaps, each event's prevHash equal to the chain
+ * value before it, each keyed event's MAC (format-1 events: their SHA-256) recomputed from its
+ * fields, old-format events only at the start, and the head matching the keyed checkpoint. Names
+ * the first bad event.
+ *
+ * Recoveries: an `audit_break` event (written by `lessor audit recover`, keyed like any other) says
+ * what was found wrong before it, and from which event (`first_bad_seq`) the trail was unverifiable.
+ * Problems at or after that event and before the break are reported with the break, not as a
+ * failure; everything before `first_bad_seq`, the break's own link to the event before it, and
+ * everything after the break must verify. A break cannot be forged without the audit key.
  */
 import type { Keyring } from "../crypto/keyring.js";
 import type { StoreReader } from "../store/types.js";
-import { GENESIS, checkpointKey, checkpointValid, hashEvent } from "./chain.js";
+import type { AuditCheckpoint, AuditHead, AuditRecord } from "../vault/types.js";
+import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, GENESIS, checkpointValid, checkpointValidV1, eventMacValid, hashEventV1 } from "./chain.js";
+import { AuditKeys } from "./keys.js";
+
+/** A recovery found in the trail (an `audit_break` event): what it recorded as found. */
+export interface AuditBreak {
+  /** Seq of the `audit_break` event. */
+  seq: number;
+  time: number;
+  /** Who recovered, and the reason they gave. */
+  actorId: string;
+  reason: string | null;
+  /** What the recovery found wrong. */
+  found: {
+    problem: string | null;
+    /** The first event that did not verify, or null when only the checkpoint was wrong (the end of the trail was cut or rolled back). */
+    firstBadSeq: number | null;
+    /** The trail's last event when the recovery ran, and the event the checkpoint vouched for. */
+    headSeq: number;
+    checkpointSeq: number | null;
+  };
+  /** Events before the break that cannot be verified (from `found.firstBadSeq` up to the break). */
+  unverified: number;
+}
 
 /** The result of {@link verifyAudit}. */
 export interface AuditVerifyResult {
@@ -14,59 +44,169 @@ export interface AuditVerifyResult {
   events: number;
   /** Seq of the last event read (0 when empty). */
   headSeq: number;
+  /** Recoveries in the trail, oldest first (empty when there were none): each says what was found wrong before it. */
+  breaks: AuditBreak[];
   /** The first event found wrong, when there is one (`seq` of where the problem shows). */
   firstBad?: { seq: number; id: string | null };
   /** One plain sentence on what is wrong. */
   problem?: string;
 }
 
+/** A problem at one place in the trail. */
+export interface AuditFault {
+  seq: number;
+  id: string | null;
+  problem: string;
+}
+
+/** What {@link checkTrail} found, for the vault's own use (recovery, upgrade). */
+export interface TrailCheck {
+  result: AuditVerifyResult;
+  /** The first event that does not verify (not covered by a recovery), or null. */
+  eventFault: AuditFault | null;
+  /** What is wrong with the checkpoint, when the events are fine, or null. */
+  checkpointFault: AuditFault | null;
+  /** The last event read, and the checkpoint read. */
+  head: AuditHead | null;
+  checkpoint: AuditCheckpoint | null;
+}
+
 const PAGE = 2000;
 
 /** Walks the trail in pages from the store's committed state. */
 export async function verifyAudit(store: StoreReader, keyring: Keyring): Promise<AuditVerifyResult> {
+  const keys = new AuditKeys(keyring);
+  try {
+    return (await checkTrail(store, keys)).result;
+  } finally {
+    keys.wipe();
+  }
+}
+
+const eq = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(a, b) === 0;
+
+function readBreak(rec: AuditRecord): { firstBad: number | null; found: AuditBreak["found"] } {
+  let d: Record<string, unknown> = {};
+  try {
+    const o = JSON.parse(rec.detail ?? "{}") as unknown;
+    if (typeof o === "object" && o !== null) d = o as Record<string, unknown>;
+  } catch {
+    // a keyed break with unreadable detail cannot exist; treat it as having found nothing
+  }
+  const num = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) ? v : null);
+  const firstBad = num(d.first_bad_seq);
+  return {
+    firstBad,
+    found: {
+      problem: typeof d.problem === "string" ? d.problem : null,
+      firstBadSeq: firstBad,
+      headSeq: num(d.head_seq) ?? rec.seq - 1,
+      checkpointSeq: num(d.checkpoint_seq),
+    },
+  };
+}
+
+/**
+ * Walks the trail through `reader` (the store, or a transaction) with `keys`, and checks the
+ * checkpoint. Every event is checked on its own (its seq, its link to the stored event before it,
+ * its MAC), so a recovery further on can cover a problem found earlier.
+ */
+export async function checkTrail(reader: StoreReader, keys: AuditKeys): Promise<TrailCheck> {
   let prev: Uint8Array = GENESIS;
   let expect = 1;
   let events = 0;
-  let lastId: string | null = null;
-  const fail = (seq: number, id: string | null, problem: string): AuditVerifyResult => ({
-    ok: false,
-    events,
-    headSeq: expect - 1,
-    firstBad: { seq, id },
-    problem,
-  });
+  let keyed = false;
+  let last: AuditRecord | null = null;
+  /** The first problem not (yet) covered by a recovery after it. */
+  let pending: AuditFault | null = null;
+  const breaks: AuditBreak[] = [];
+  const fault = (seq: number, id: string | null, problem: string): void => {
+    pending ??= { seq, id, problem };
+  };
   for (;;) {
-    const page = await store.queryAudit({ afterSeq: expect - 1, order: "asc", limit: PAGE });
+    const page = await reader.queryAudit({ afterSeq: expect - 1, order: "asc", limit: PAGE });
     for (const rec of page) {
-      if (rec.seq !== expect)
-        return fail(expect, null, `event ${expect} is missing (the next event found is ${rec.seq}): events were deleted`);
-      if (!Buffer.from(rec.prevHash).equals(Buffer.from(prev)))
-        return fail(rec.seq, rec.id, `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
-      if (!hashEvent(rec).equals(Buffer.from(rec.hash)))
-        return fail(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
-      prev = rec.hash;
-      lastId = rec.id;
-      expect++;
       events++;
+      const gap = rec.seq !== expect;
+      if (gap) fault(expect, null, `event ${expect} is missing (the next event found is ${rec.seq}): events were deleted`);
+      if (rec.keyId === null) {
+        if (keyed) fault(rec.seq, rec.id, `event ${rec.seq} is in the old unkeyed format after keyed events: it was rewritten without the audit key`);
+        else if (!gap && !eq(rec.prevHash, prev)) fault(rec.seq, rec.id, `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
+        else if (!hashEventV1(rec).equals(Buffer.from(rec.hash))) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
+      } else {
+        keyed = true;
+        const key = await keys.get(rec.keyId, reader);
+        if (key === null)
+          fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${rec.keyId}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
+        else if (!eventMacValid(rec, key)) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
+        else {
+          const isBreak = rec.type === "audit_break";
+          if (isBreak) {
+            const b = readBreak(rec);
+            const first = pending as AuditFault | null; // set by fault(), which TypeScript does not follow
+            if (first !== null && b.firstBad !== null && first.seq >= b.firstBad) pending = null;
+            breaks.push({
+              seq: rec.seq,
+              time: rec.time,
+              actorId: rec.actorId,
+              reason: rec.reason,
+              found: b.found,
+              unverified: b.firstBad === null ? 0 : Math.max(0, rec.seq - b.firstBad),
+            });
+          }
+          // A break must still link to the event it was appended after, as stored now.
+          if ((isBreak || !gap) && !eq(rec.prevHash, prev))
+            fault(rec.seq, rec.id, isBreak
+              ? `event ${rec.seq} (a recovery) does not follow event ${rec.seq - 1}: the event it was appended after was changed or removed since`
+              : `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
+        }
+      }
+      prev = rec.hash;
+      last = rec;
+      expect = rec.seq + 1;
     }
     if (page.length < PAGE) break;
   }
-  const head = expect - 1;
-  const cp = await store.getCheckpoint();
+  const head: AuditHead | null = last === null ? null : { seq: last.seq, hash: last.hash, keyId: last.keyId };
+  const headSeq = head?.seq ?? 0;
+  const cp = await reader.getCheckpoint();
+  const done = (eventFault: AuditFault | null, checkpointFault: AuditFault | null): TrailCheck => {
+    const f = eventFault ?? checkpointFault;
+    const result: AuditVerifyResult =
+      f === null ? { ok: true, events, headSeq, breaks } : { ok: false, events, headSeq, breaks, firstBad: { seq: f.seq, id: f.id }, problem: f.problem };
+    return { result, eventFault, checkpointFault, head, checkpoint: cp };
+  };
+  const unresolved = pending as AuditFault | null;
+  if (unresolved !== null) return done(unresolved, null);
+  const cpFault = (problem: string): TrailCheck => done(null, { seq: headSeq + 1, id: null, problem });
+  const format = await reader.getMeta(AUDIT_FORMAT_META);
   if (cp === null) {
-    if (head === 0) return { ok: true, events, headSeq: 0 };
-    return fail(head, lastId, "the audit checkpoint is missing: the trail cannot be shown to be complete");
+    if (head === null) {
+      if (format === AUDIT_FORMAT_KEYED) return cpFault("the audit trail is empty, but this vault has written events: the trail was wiped");
+      // Storing a secret is always audited.
+      if ((await reader.keyIdsInUse()).length > 0) return cpFault("the audit trail is empty, but the vault holds secrets whose storing was audited: the trail was wiped");
+      return done(null, null);
+    }
+    return cpFault("the audit checkpoint is missing: the trail cannot be shown to be complete");
   }
-  const master = keyring.get(cp.keyId);
-  if (!master)
-    return fail(head, lastId, `the audit checkpoint was made with master key ${cp.keyId}, which is not loaded`);
-  const key = checkpointKey(master);
-  const valid = checkpointValid(cp, key);
-  key.key.fill(0);
-  if (!valid) return fail(cp.seq, null, "the audit checkpoint was altered: its MAC does not match");
-  if (cp.seq > head)
-    return fail(head + 1, null, `the trail ends at event ${head} but the checkpoint says ${cp.seq}: events were removed from the end`);
-  if (cp.seq < head || !Buffer.from(cp.hash).equals(Buffer.from(prev)))
-    return fail(cp.seq, null, `the checkpoint (event ${cp.seq}) does not match the trail's head (event ${head})`);
-  return { ok: true, events, headSeq: head };
+  if (head === null || head.keyId === null) {
+    if (format === AUDIT_FORMAT_KEYED)
+      return cpFault(
+        head === null
+          ? "the audit trail is empty, but its checkpoint vouches for events: the trail was wiped"
+          : "the trail ends in events of the old unkeyed format, but this vault had moved to the keyed chain: its keyed events were removed",
+      );
+    const master = keys.master(cp.keyId);
+    if (!master) return cpFault(`the audit checkpoint was made with master key ${cp.keyId}, which is not loaded`);
+    if (!checkpointValidV1(cp, master)) return cpFault("the audit checkpoint was altered: its MAC does not match");
+  } else {
+    const key = await keys.get(cp.keyId, reader);
+    if (key === null) return cpFault(`the audit checkpoint was made under master key ${cp.keyId}, which is neither loaded nor archived`);
+    if (!checkpointValid(cp, key)) return cpFault("the audit checkpoint was altered: its MAC does not match");
+  }
+  if (cp.seq > headSeq)
+    return cpFault(`the trail ends at event ${headSeq} but the checkpoint says ${cp.seq}: events were removed from the end`);
+  if (cp.seq < headSeq || !eq(cp.hash, head!.hash))
+    return cpFault(`the checkpoint (event ${cp.seq}) does not match the trail's head (event ${headSeq})`);
+  return done(null, null);
 }

@@ -7,6 +7,7 @@
 import type { Backend } from "./backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { VaultError } from "../vault/errors.js";
+import { jsonText, terminalSafe } from "./format/terminal-safe.js";
 
 /** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */
 export type BackendOpener = (home: string | undefined) => Promise<Backend>;
@@ -25,22 +26,34 @@ export class Cli {
     return !process.env["NO_COLOR"] && this.stdout.isTTY === true;
   }
 
+  /** Lines made by {@link dim}: printed as they are (their text was escaped when they were made). */
+  readonly #styled = new Set<string>();
+
+  /** Prints one line on stdout; control, bidi and invisible characters in it are shown escaped. */
   out(line = ""): void {
-    this.stdout.write(`${line}\n`);
+    this.stdout.write(`${this.#safe(line)}\n`);
   }
 
+  /** Prints one line on stderr, escaped as {@link out} does. */
   err(line: string): void {
-    this.stderr.write(`${line}\n`);
+    this.stderr.write(`${this.#safe(line)}\n`);
   }
 
-  /** Prints a value as indented JSON (for --json). */
+  /** Prints a value as indented JSON (for --json), with C1, bidi and invisible characters as \u escapes. */
   json(value: unknown): void {
-    this.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+    this.stdout.write(`${jsonText(value, 2)}\n`);
   }
 
-  /** Dims `s` when colour is on. */
+  /** Dims `s` when colour is on (the one escape sequence the CLI itself prints). Pass it whole to out or err. */
   dim(s: string): string {
-    return this.color ? `\u001b[2m${s}\u001b[22m` : s;
+    if (!this.color) return s;
+    const line = `\u001b[2m${terminalSafe(s)}\u001b[22m`;
+    this.#styled.add(line);
+    return line;
+  }
+
+  #safe(line: string): string {
+    return this.#styled.has(line) ? line : terminalSafe(line);
   }
 
   /** `open` is how backends are opened: the daemon or the embedded vault (src/cli/backend.ts). */

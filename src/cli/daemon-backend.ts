@@ -1,7 +1,8 @@
 /**
- * The daemon half of the CLI's backend: connects to the daemon listening on the home's socket, or
- * says there is none. Kept apart from src/cli/backend.ts (which falls back to the embedded vault) so
- * the start-up fast path can load it without the vault, SQLite and the crypto.
+ * The daemon half of the CLI's backend: connects to the daemon named by the environment
+ * (src/cli/daemon-target.ts), or to the one listening on the home's socket, or says there is none.
+ * Kept apart from src/cli/backend.ts (which falls back to the embedded vault) so the start-up fast
+ * path can load it without the vault, SQLite and the crypto.
  */
 import { existsSync } from "node:fs";
 import { LessorClient } from "../client/client.js";
@@ -9,6 +10,7 @@ import { loadConfig } from "../config/load.js";
 import { inHome } from "../config/home.js";
 import { VaultError } from "../vault/errors.js";
 import type { Backend } from "./backend.js";
+import type { DaemonTarget } from "./daemon-target.js";
 
 /**
  * Connects to the daemon of `home` (an existing home directory). Null when no daemon is listening
@@ -21,9 +23,64 @@ export async function connectDaemon(home: string): Promise<Backend | null> {
   try {
     // pipeline: the first call goes out right behind the hello (a refused handshake fails that call).
     const client = await LessorClient.connect({ socketPath }, { reconnect: false, pipeline: true });
-    return { mode: "daemon", home, api: client, close: () => client.close() };
+    return { mode: "daemon", home, endpoint: null, api: client, close: () => client.close() };
   } catch (e) {
     if (e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message)) return null;
     throw e;
   }
+}
+
+/**
+ * Connects to the daemon the environment names. There is no fallback: when nothing answers there,
+ * it throws VaultError("unavailable") naming the variable and the address. `home` is only reported.
+ */
+export async function connectTarget(target: DaemonTarget, home: string): Promise<Backend> {
+  try {
+    const client = await LessorClient.connect(target.endpoint, {
+      reconnect: false,
+      pipeline: true,
+      ...(target.token !== undefined ? { token: target.token } : {}),
+      ...(target.expectedUid !== undefined ? { expectedUid: target.expectedUid } : {}),
+    });
+    // With `pipeline`, a refused check of the daemon's uid fails the first call rather than connect.
+    const api = target.expectedUid === undefined && target.via === "LESSOR_SOCKET" ? withErrorHint(client, daemonUidHint) : client;
+    return { mode: "daemon", home, endpoint: target.where, api, close: () => client.close() };
+  } catch (e) {
+    if (e instanceof VaultError && e.code === "unavailable") {
+      if (/permission denied/.test(e.message))
+        throw new VaultError(
+          "unavailable",
+          `permission denied connecting to the lessor daemon at ${target.where}: the socket does not let your user in; ask the operator for access (an [[identity]] for your uid and a wider socket_mode), or for LESSOR_ADDR and a token`,
+        );
+      throw new VaultError(
+        "unavailable",
+        `no lessor daemon answers at ${target.where}; is it running? ${target.via} is set, so lessor does not open a vault in this process: ask the operator to start the daemon, or unset ${target.via} to use a vault of your own`,
+      );
+    }
+    throw target.expectedUid === undefined && target.via === "LESSOR_SOCKET" ? daemonUidHint(e) : e;
+  }
+}
+
+/**
+ * A socket served by another uid than this user's (or root's) is refused by the client before
+ * anything is sent (`daemon_unverified`); in CLI terms, the way to accept a daemon run by another
+ * user is LESSOR_DAEMON_UID.
+ */
+function daemonUidHint(e: unknown): unknown {
+  if (!(e instanceof VaultError) || e.code !== "daemon_unverified") return e;
+  return new VaultError(e.code, `${e.message.replace(/, or, if the daemon really runs as uid \d+, pass expectedUid: \d+$/, "")}. If the operator runs the daemon as another user, set LESSOR_DAEMON_UID to that user's uid (ask the operator; do not take it from the socket)`);
+}
+
+/** `client` with every method's rejection passed through `hint` first. */
+function withErrorHint(client: LessorClient, hint: (e: unknown) => unknown): LessorClient {
+  return new Proxy(client, {
+    get(target, key) {
+      const v: unknown = Reflect.get(target, key, target);
+      if (typeof v !== "function") return v;
+      return (...args: unknown[]) => {
+        const r: unknown = (v as (...a: unknown[]) => unknown).apply(target, args);
+        return r instanceof Promise ? r.catch((e: unknown) => Promise.reject(hint(e))) : r;
+      };
+    },
+  });
 }

@@ -27,6 +27,10 @@ export function embeddedApi(vault: Vault): CliApi {
       identity: wireIdentity(who),
       daemon: { version: VERSION, pid: process.pid, uptimeMs: Date.now() - started, connections: 0 },
     }),
+    whoami: async (): Promise<Results["whoami"]> => {
+      const w = await s.whoami();
+      return { identity: wireIdentity(w.identity), token: w.token };
+    },
     storeSecret: (p) => s.storeSecret(p),
     rotateSecret: (r, value) => s.rotateSecret(ref(r), value),
     rollbackSecret: (r, version) => s.rollbackSecret(ref(r), version),
@@ -42,6 +46,7 @@ export function embeddedApi(vault: Vault): CliApi {
     revokeLease: (id, reason) => s.revokeLease(id, reason),
     revokeAllForAgent: (agent, reason) => s.revokeAllForAgent(agent, reason),
     killswitch: (reason) => s.killswitch(reason),
+    releaseKillswitch: (reason) => s.releaseKillswitch(reason),
     listLeases: (f = {}) =>
       s.listLeases({
         ...(f.agent !== undefined ? { agent: f.agent } : {}),
@@ -51,6 +56,7 @@ export function embeddedApi(vault: Vault): CliApi {
       }),
     auditQuery: async (f = {}) => (await s.auditQuery(f)).map(wireAudit),
     auditVerify: () => s.auditVerify(),
+    auditRecover: (reason) => s.auditRecover({ reason }),
     reloadPolicy: () => s.reloadPolicy(),
     explain: async (agent, secret, domain) => wireExplanation(await s.explain(agent, ref(secret), domain)),
     rotateMasterKey: () => s.rotateMasterKey(),

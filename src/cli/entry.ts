@@ -1,12 +1,13 @@
 /**
  * What both entry points of the `lessor` command do (src/cli/main.ts, run by tsx from a checkout, and
- * src/cli/bin.ts, the built bin): `--version` at once, the start-up fast path for the commands that
+ * src/cli/bin.ts, the built bin): `--version` at once (only before a command: src/cli/version-flag.ts), the start-up fast path for the commands that
  * have one (src/cli/fast-path.ts), else the full command tree (src/cli/program.ts). They differ only
  * in how they load those two.
  */
 import { writeSync } from "node:fs";
 import { VERSION } from "../version.js";
 import { EXIT } from "./exit-codes.js";
+import { asksVersion } from "./version-flag.js";
 
 /** The commands the fast path may take (src/cli/fast-path.ts has one entry for each). */
 export const FAST_COMMANDS = ["lease", "run"] as const;
@@ -21,7 +22,7 @@ export interface CliLoaders {
 
 /** Runs the `lessor` command with `args` (process.argv after the script). */
 export function runCli(args: readonly string[], load: CliLoaders): void {
-  if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+  if (asksVersion(args)) {
     // Written straight to fd 1: setting up process.stdout would cost more than the rest of this path.
     try {
       writeSync(1, `${VERSION}\n`);

@@ -27,6 +27,7 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
   config_invalid: EXIT.usage,
   access_denied: EXIT.denied,
   unauthenticated: EXIT.denied,
+  daemon_unverified: EXIT.denied,
   lease_expired: EXIT.denied,
   lease_revoked: EXIT.denied,
   lease_exhausted: EXIT.denied,

@@ -7,7 +7,8 @@
  * It handles a command only when all of this holds, and otherwise returns false before doing
  * anything, so the full CLI runs instead and behaves exactly as without the fast path: the
  * arguments parse strictly into the expected shape (no help, no mistakes — commander prints those),
- * the home exists, and a daemon answers on its socket (the embedded vault needs the full CLI).
+ * the home exists, and a daemon answers on its socket (the embedded vault needs the full CLI) — or,
+ * when LESSOR_SOCKET or LESSOR_ADDR names a daemon (src/cli/daemon-target.ts), that daemon answers.
  */
 import { existsSync } from "node:fs";
 import { resolveHome } from "../config/home.js";
@@ -15,7 +16,8 @@ import type { Backend } from "./backend.js";
 import { Cli } from "./cli.js";
 import { LEASE_OPTIONS, leaseAction, type LeaseOptions } from "./commands/lease.js";
 import { RUN_OPTIONS, runAction, type RunCommandOptions } from "./commands/run.js";
-import { connectDaemon } from "./daemon-backend.js";
+import { connectDaemon, connectTarget } from "./daemon-backend.js";
+import { daemonTarget } from "./daemon-target.js";
 import type { FAST_COMMANDS } from "./entry.js";
 import { GLOBAL_OPTIONS, parseStrict, type OptionSpec, type OptionValues, type Parsed } from "./option-spec.js";
 
@@ -68,21 +70,24 @@ export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, 
   const homeOption = parsed.options["home"] as string | undefined;
   let first: Backend | null;
   try {
+    // A daemon named by the environment (LESSOR_SOCKET, LESSOR_ADDR) is the only one to use; if it
+    // cannot be reached, the full CLI says so (it never falls back to a vault either).
+    const target = daemonTarget(env);
+    if (target && homeOption !== undefined) return false; // the full CLI refuses the mix
     const home = resolveHome(homeOption, env);
-    if (!existsSync(home)) return false;
-    [first] = await Promise.all([connectDaemon(home), parsed.command.preload?.()]);
+    if (!target && !existsSync(home)) return false;
+    [first] = await Promise.all([target ? connectTarget(target, home) : connectDaemon(home), parsed.command.preload?.()]);
   } catch {
-    return false; // the full CLI reports it (a bad lessor.toml, a refused handshake, …)
+    return false; // the full CLI reports it (a bad lessor.toml, a refused handshake, an unreachable $LESSOR_SOCKET, …)
   }
   if (!first) return false;
-  const home = first.home;
   let unused: Backend | null = first;
-  const cli = new Cli(async () => {
+  const cli = new Cli(async (home) => {
     // The connection made to decide is the command's first backend. A later one (`run` revoking
     // after the daemon went away) is opened as the full CLI opens it: the daemon, else the vault.
     const b = unused;
     unused = null;
-    return b ?? (await loadBackend()).openBackend({ home });
+    return b ?? (await loadBackend()).openBackend(home !== undefined ? { home } : {});
   });
   cli.home = homeOption;
   await parsed.command.run(cli, parsed.args, parsed.options);

@@ -1,18 +1,26 @@
 /** `lessor init`: creates the home (0700), the key source, lessor.toml, a starter policy and the database. */
 import { initHome } from "../config/open-vault.js";
 import { VaultError } from "../vault/errors.js";
+import { daemonTarget } from "./daemon-target.js";
+import { newPassphrase } from "./passphrase.js";
 
-/** Runs init; prints what it created. */
-export async function init(opts: { home?: string; keySource?: string }): Promise<number> {
-  const keySource = opts.keySource ?? "file";
+/** Runs init; prints what it created. `passphrase` is `--passphrase` (the same as `--key-source passphrase`). */
+export async function init(opts: { home?: string; keySource?: string; passphrase?: boolean; env?: NodeJS.ProcessEnv }): Promise<number> {
+  const env = opts.env ?? process.env;
+  // Someone told to use a daemon (an agent, a CI job) must not end up with a second, empty vault.
+  const target = daemonTarget(env);
+  if (target)
+    throw new VaultError(
+      "config_invalid",
+      `${target.via} is set: this environment uses the lessor daemon at ${target.where}, and a vault made here would be a separate, empty one that no grant refers to; unset ${target.via} to create a vault of your own`,
+    );
+  if (opts.passphrase && opts.keySource !== undefined && opts.keySource !== "passphrase")
+    throw new VaultError("invalid_request", `--passphrase and --key-source ${opts.keySource} contradict each other; give one`);
+  const keySource = opts.passphrase ? "passphrase" : (opts.keySource ?? "file");
   if (keySource !== "file" && keySource !== "passphrase" && keySource !== "env")
     throw new VaultError("invalid_request", `--key-source must be file, passphrase or env, not ${JSON.stringify(keySource)}`);
-  let passphrase: string | undefined;
-  if (keySource === "passphrase") {
-    passphrase = process.env["LESSOR_PASSPHRASE"];
-    if (!passphrase) throw new VaultError("invalid_request", "set LESSOR_PASSPHRASE to the passphrase to seal the master key with (an interactive prompt comes with the full CLI)");
-  }
-  const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), keySource, ...(passphrase ? { passphrase } : {}) });
+  const passphrase = keySource === "passphrase" ? await newPassphrase(env) : undefined;
+  const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), env, keySource, ...(passphrase ? { passphrase } : {}) });
   if (r.created.length === 0) process.stdout.write(`lessor home ${r.home} is already set up; nothing changed\n`);
   for (const f of r.created) process.stdout.write(`created ${f}\n`);
   if (r.created.length > 0) process.stdout.write(`next: edit ${r.home}/policy.toml, then run: lessor serve\n`);

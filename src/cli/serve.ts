@@ -1,6 +1,7 @@
 /**
  * `lessor serve`: runs the daemon in the foreground, logging JSON lines to stderr, until SIGTERM or
  * SIGINT, then shuts down gracefully (stop accepting, finish in-flight requests, close the store).
+ * SIGHUP re-reads the policy file.
  */
 import { destination, pino } from "pino";
 import { startDaemon } from "../server/daemon.js";
@@ -8,7 +9,9 @@ import { startDaemon } from "../server/daemon.js";
 /** Runs until a signal; resolves with the exit code. */
 export async function serve(opts: { home?: string }): Promise<number> {
   const log = pino({ name: "lessor", base: { pid: process.pid } }, destination({ dest: 2, sync: true }));
-  const daemon = await startDaemon({ ...(opts.home ? { home: opts.home } : {}), log });
+  // A passphrase vault asks on the terminal (no echo) unless LESSOR_PASSPHRASE is set.
+  const getPassphrase = (await import("./passphrase.js")).terminalPassphrase(process.env);
+  const daemon = await startDaemon({ ...(opts.home ? { home: opts.home } : {}), log, getPassphrase });
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {
@@ -23,6 +26,12 @@ export async function serve(opts: { home?: string }): Promise<number> {
         },
       );
     };
+    const hup = () => {
+      if (stopping) return; // still handled, so that a SIGHUP during shutdown does not kill the process
+      log.info({ signal: "SIGHUP" }, "reloading the policy");
+      void daemon.reloadPolicy();
+    };
+    process.on("SIGHUP", hup);
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
   });

@@ -10,7 +10,14 @@
  * text of a frame is a JavaScript string, which cannot be wiped; the frame buffers that carried a value
  * are zeroed as soon as they are used.
  *
- * This module imports no zod (the schemas stay on the server side), so the CLI starts fast.
+ * The client authenticates the daemon before it writes anything that matters (docs/client.md,
+ * "Daemon authentication"): on a Unix socket it checks, before even the hello, that the listening
+ * process runs as the expected uid (SO_PEERCRED, or the socket's and its directory's owners when the
+ * addon is missing); with a token it has the daemon prove it holds the token's hash before the token
+ * is sent, and sends nothing else (no request, no value) until then. Over TCP a token is required.
+ *
+ * This module imports no zod (the schemas stay on the server side), so the CLI starts fast; the
+ * peer-credential check and node:crypto are loaded only when a connection needs them.
  */
 import { createConnection, type Socket } from "node:net";
 import { SecretBytes } from "../crypto/secret-bytes.js";
@@ -21,6 +28,28 @@ import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode }
 import { parseRefString } from "../vault/names.js";
 import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../vault/types.js";
 
+type UnixCheck = typeof import("./daemon-check.js").checkUnixDaemon;
+type ProofLib = typeof import("../vault/token-proof.js");
+let unixCheckModule: Promise<UnixCheck> | null = null;
+let proofModule: Promise<ProofLib> | null = null;
+/** The Unix-socket daemon check (node:fs and the peer-credential addon), loaded on first use. */
+function loadUnixCheck(): Promise<UnixCheck> {
+  return (unixCheckModule ??= import("./daemon-check.js").then((m) => m.checkUnixDaemon));
+}
+/** The token proof (node:crypto), loaded on first use. */
+function loadProof(): Promise<ProofLib> {
+  return (proofModule ??= import("../vault/token-proof.js"));
+}
+
+/** Frames of calls pipelined on a connecting socket, held until the daemon is authenticated. */
+interface Gate {
+  open: boolean;
+  held: { frame: Buffer; wipe: boolean }[];
+}
+
+/** The shape of a token (checked before connecting; the same as src/vault/token-proof.ts TOKEN_RE). */
+const TOKEN_SHAPE = /^lsr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/;
+
 const PROTOCOL_NAME: typeof PROTOCOL = "lessor";
 const PROTOCOL_VERSION: typeof VERSION = 1;
 const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
@@ -30,8 +59,19 @@ export type Endpoint = { socketPath: string } | { host: string; port: number };
 
 /** Options of {@link LessorClient.connect}. */
 export interface ClientOptions {
-  /** Bearer token sent in the hello (TCP). */
+  /**
+   * Bearer token (required over TCP; optional on a Unix socket). It is sent only after the daemon has
+   * proved it holds the token's hash (see docs/protocol.md, "Token handshake").
+   */
   token?: string;
+  /**
+   * On a Unix socket, the uid the daemon must run as (root is also accepted: it is outside the threat
+   * model). Default: this process's uid. Before writing anything the client checks the listening
+   * process's uid (SO_PEERCRED) or, without the peer-credential addon, that the socket file and its
+   * directory belong to this uid and the directory is not writable by others; otherwise `connect`
+   * fails with `daemon_unverified` and nothing is sent.
+   */
+  expectedUid?: number;
   /** Time allowed to connect and finish the handshake, in ms (default 5000). */
   connectTimeoutMs?: number;
   /** Time allowed for each call's answer, in ms (default 30000). */
@@ -130,6 +170,7 @@ function requestId(): string {
 export class LessorClient {
   readonly #endpoint: Endpoint;
   readonly #token: string | undefined;
+  readonly #expectedUid: number | undefined;
   readonly #connectTimeoutMs: number;
   readonly #requestTimeoutMs: number;
   readonly #reconnect: boolean;
@@ -145,10 +186,24 @@ export class LessorClient {
   #sweep: NodeJS.Timeout | null = null;
   #lastSocketError: string | undefined;
   #identity: WireIdentity | null = null;
+  /** Frames of calls pipelined on the connecting socket, held until the daemon is authenticated. */
+  #gate: Gate | null = null;
+  /** Why the last connection attempt failed (null once one succeeds): what later calls report when reconnect is off. */
+  #connectError: VaultError | null = null;
 
   private constructor(endpoint: Endpoint, opts: ClientOptions) {
     this.#endpoint = checkEndpoint(endpoint);
+    if (opts.token !== undefined && (typeof opts.token !== "string" || !TOKEN_SHAPE.test(opts.token)))
+      throw new VaultError("unauthenticated", "the token is not a lessor token (lsr_ followed by 16 hex characters, _ and 43 more); check that it was copied whole");
+    if (opts.token === undefined && "host" in this.#endpoint)
+      throw new VaultError(
+        "unauthenticated",
+        `a TCP connection (${describe(this.#endpoint)}) needs a token: over TCP only a token lets the client check that it reached the real daemon before sending anything; pass { token } (lessor token create makes one) or use the Unix socket`,
+      );
     this.#token = opts.token;
+    if (opts.expectedUid !== undefined && (!Number.isSafeInteger(opts.expectedUid) || opts.expectedUid < 0))
+      throw new VaultError("invalid_request", "expectedUid must be a uid (a whole number of at least 0)");
+    this.#expectedUid = opts.expectedUid ?? process.getuid?.();
     this.#connectTimeoutMs = positive(opts.connectTimeoutMs, 5000, "connectTimeoutMs");
     this.#requestTimeoutMs = positive(opts.requestTimeoutMs, 30_000, "requestTimeoutMs");
     this.#reconnect = opts.reconnect ?? true;
@@ -188,6 +243,11 @@ export class LessorClient {
   /** The daemon's and the vault's state (no secrets). */
   status(): Promise<Results["status"]> {
     return this.call("status", {});
+  }
+
+  /** Who the daemon thinks this connection is; for a token, also its id, name and expiry. Any role. */
+  whoami(): Promise<Results["whoami"]> {
+    return this.call("whoami", {});
   }
 
   /** Stores a value as a new version, creating the secret if needed. Admin. */
@@ -287,9 +347,14 @@ export class LessorClient {
     return this.call("revoke_all_for_agent", reason === undefined ? { agent } : { agent, reason });
   }
 
-  /** Revokes every live lease. Admin. */
+  /** Pulls the killswitch: revokes every live lease and refuses every grant until it is released. Admin. */
   killswitch(reason?: string): Promise<Results["killswitch"]> {
     return this.call("killswitch", reason === undefined ? {} : { reason });
+  }
+
+  /** Releases the killswitch lockout; `released` is false when it was not engaged. Admin. */
+  releaseKillswitch(reason?: string): Promise<Results["killswitch_release"]> {
+    return this.call("killswitch_release", reason === undefined ? {} : { reason });
   }
 
   /** Lists leases visible to this caller. */
@@ -312,6 +377,14 @@ export class LessorClient {
   /** Verifies the audit chain. Admin. */
   auditVerify(): Promise<Results["audit_verify"]> {
     return this.call("audit_verify", {});
+  }
+
+  /**
+   * Recovers a broken audit trail: the daemon appends an `audit_break` event recording what it found
+   * and `reason`, and audited writes resume. Admin. See docs/audit.md.
+   */
+  auditRecover(reason: string): Promise<Results["audit_recover"]> {
+    return this.call("audit_recover", { reason });
   }
 
   /** Re-reads the policy file. Admin. */
@@ -395,7 +468,8 @@ export class LessorClient {
     if (this.#state === CONNECTING && this.#pipeline && this.#connectingSocket) return this.#send(method, params, secret, this.#connectingSocket);
     if (this.#state === CONNECTING) await this.#connecting;
     else if (!this.#reconnect)
-      throw new VaultError("unavailable", "the connection to the lessor daemon was lost and reconnect is off; connect a new LessorClient");
+      // A pipelined connect resolves before the handshake: its failure is this call's answer.
+      throw this.#connectError ?? new VaultError("unavailable", "the connection to the lessor daemon was lost and reconnect is off; connect a new LessorClient");
     else await this.#connect();
     if (this.#state !== READY) throw new VaultError("unavailable", "the connection to the lessor daemon was lost again right after reconnecting; check the daemon");
     return this.#send(method, params, secret);
@@ -421,7 +495,9 @@ export class LessorClient {
       this.#pending.set(id, { resolve, reject, deadline, method });
     });
     if (this.#sweep === null) this.#armSweep(this.#requestTimeoutMs);
-    if (secret) sock.write(frame, () => frame.fill(0));
+    const gate = this.#gate;
+    if (sock !== this.#socket && gate !== null && !gate.open) gate.held.push({ frame, wipe: secret }); // not before the daemon proved itself
+    else if (secret) sock.write(frame, () => frame.fill(0));
     else sock.write(frame);
     return promise;
   }
@@ -506,7 +582,10 @@ export class LessorClient {
     } else if (!isWireErrorShape(msg.error)) return this.#malformed(sock);
     if (msg.id === null) {
       const e = toVaultError(msg.error);
-      this.#fail(sock, () => new VaultError(e.code, `the lessor daemon could not read a request and closed the connection: ${e.message}`));
+      // A frame for no request: the daemon is closing the connection (a frame it could not read, or
+      // the token revoked or expired, or the connection's lifetime over), and says why.
+      const why = e.code === "invalid_request" ? "could not read a request and closed the connection" : "closed the connection";
+      this.#fail(sock, () => new VaultError(e.code, `the lessor daemon ${why}: ${e.message}`));
       return false;
     }
     const p = this.#pending.get(msg.id);
@@ -525,17 +604,33 @@ export class LessorClient {
   /**
    * Opens a connection and does the handshake; shared by every call that waits for it.
    * `connected` is called once the socket is connected (before the handshake is done).
+   *
+   * Order on the wire: nothing until the daemon is checked (Unix socket: its uid), then the hello;
+   * with a token, the hello names it and carries a nonce, the daemon answers with its proof, and only a
+   * proof that checks out lets the token, and any calls pipelined meanwhile, go out.
    */
   #connect(connected?: () => void): Promise<void> {
     this.#state = CONNECTING;
     const p = new Promise<void>((resolve, reject) => {
       const ep = this.#endpoint;
       const where = describe(ep);
+      const token = this.#token;
+      // Loaded while the socket connects; each only when this connection needs it.
+      const unixCheck = "socketPath" in ep && this.#expectedUid !== undefined ? loadUnixCheck() : null;
+      const proofLib = token !== undefined ? loadProof() : null;
+      unixCheck?.catch(() => {});
+      proofLib?.catch(() => {});
       const sock = "socketPath" in ep ? createConnection({ path: ep.socketPath }) : createConnection({ host: ep.host, port: ep.port, noDelay: true });
       const decoder = new FrameDecoder(this.#maxFrame);
+      const gate: Gate = { open: false, held: [] };
       this.#connectingSocket = sock;
+      this.#gate = gate;
       let isConnected = false;
       let done = false;
+      /** What the next frame from the daemon must be. */
+      let stage: "check" | "challenge" | "welcome" = "check";
+      /** The token handshake in progress (after the hello that names the token went out). */
+      let pending: { lib: ProofLib; id: string; secret: string; nonce: Buffer; binding: string } | null = null;
       const timer = setTimeout(() => {
         finish(
           new VaultError(
@@ -552,14 +647,18 @@ export class LessorClient {
         clearTimeout(timer);
         this.#connectingSocket = null;
         this.#connecting = null;
+        if (this.#gate === gate) this.#gate = null;
         if (this.#state === CLOSED && err === null) err = new VaultError("unavailable", "the LessorClient was closed while connecting");
         if (err !== null) {
+          this.#connectError = err;
           sock.destroy();
+          for (const h of gate.held.splice(0)) if (h.wipe) h.frame.fill(0); // never sent
           if (this.#state !== CLOSED) this.#state = IDLE;
           this.#rejectAll(() => err); // calls pipelined behind the hello
           reject(err);
           return;
         }
+        this.#connectError = null;
         this.#identity = identity!;
         this.#socket = sock;
         this.#decoder = decoder;
@@ -568,16 +667,63 @@ export class LessorClient {
         resolve();
         for (let i = 0; i < rest!.length; i++) if (!this.#onFrame(sock, rest![i]!)) return;
       };
+      /** Lets the held calls out: the daemon is authenticated (or, without a token, its uid checked). */
+      const openGate = (): void => {
+        gate.open = true;
+        for (const h of gate.held.splice(0)) {
+          const f = h.frame;
+          if (h.wipe) sock.write(f, () => f.fill(0));
+          else sock.write(f);
+        }
+      };
+      const writeHello = async (): Promise<void> => {
+        if (unixCheck !== null) {
+          const check = await unixCheck;
+          if (done) return;
+          const refusal = check(sock, (ep as { socketPath: string }).socketPath, this.#expectedUid!);
+          if (refusal !== null) return finish(refusal);
+        }
+        const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
+        if (token === undefined) {
+          sock.write(encodeFrame(hello));
+          stage = "welcome";
+          openGate(); // pipelined calls go right behind the hello
+          return;
+        }
+        const lib = await proofLib!;
+        if (done) return;
+        const parts = lib.splitToken(token)!;
+        const nonce = lib.newNonce();
+        const binding = "socketPath" in ep ? "uds" : lib.endpointBinding("tcp", sock.remoteAddress, sock.remotePort);
+        pending = { lib, id: parts.id, secret: parts.secret, nonce, binding };
+        hello.tokenId = parts.id;
+        hello.nonce = nonce.toString("base64url");
+        stage = "challenge";
+        sock.write(encodeFrame(hello));
+      };
+      /** The daemon's proof checked out: shows the token, then lets the held calls out. */
+      const showToken = (body: Buffer): void => {
+        const p = pending!;
+        const proof = parseChallenge(body, where);
+        if (proof instanceof VaultError) return finish(proof);
+        if (!p.lib.checkServerProof(p.lib.hashTokenSecret(p.secret), p.nonce, proof.nonce, p.id, p.binding, proof.proof))
+          return finish(
+            new VaultError(
+              "daemon_unverified",
+              `the server at ${where} could not prove that it holds this token, so the token was not sent: either something other than your lessor daemon is listening there, or that daemon does not know this token (another vault, or a mistyped token id)`,
+            ),
+          );
+        pending = null;
+        stage = "welcome";
+        const frame = encodeFrame({ token }, true);
+        sock.write(frame, () => frame.fill(0));
+        openGate();
+      };
       sock.on("connect", () => {
         isConnected = true;
         connected?.();
+        writeHello().catch((e: unknown) => finish(new VaultError("internal", `could not start the handshake with the lessor daemon at ${where}: ${(e as Error).message}`)));
       });
-      // The hello goes out as soon as the socket connects (the socket holds it until then), so the
-      // daemon can take the handshake while this process gets on with other work.
-      const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
-      if (this.#token !== undefined) hello.token = this.#token;
-      const helloFrame = encodeFrame(hello, true);
-      sock.write(helloFrame, () => helloFrame.fill(0));
       sock.on("error", (e: NodeJS.ErrnoException) => {
         if (!done) finish(connectError(e, ep));
         else this.#lastSocketError = e.code ?? "socket error";
@@ -616,10 +762,20 @@ export class LessorClient {
           finish(new VaultError("internal", `the lessor daemon at ${where} sent a handshake reply over the ${this.#maxFrame}-byte limit`));
           return;
         }
-        if (bodies.length === 0) return;
-        const welcome = parseWelcome(bodies[0]!, where);
-        if (welcome instanceof VaultError) finish(welcome);
-        else finish(null, welcome, bodies.slice(1));
+        for (let i = 0; i < bodies.length && !done; i++) {
+          const body = bodies[i]!;
+          if (stage === "challenge") {
+            showToken(body);
+            continue;
+          }
+          // Before the hello (stage check) only a refusal is acceptable: a daemon at its connection cap
+          // or shutting down says so at once. Anything else there is not the daemon's welcome.
+          const welcome = parseWelcome(body, where);
+          if (welcome instanceof VaultError) return finish(welcome);
+          if (stage === "check")
+            return finish(new VaultError("daemon_unverified", `the server at ${where} sent a welcome before the client said hello; it is not behaving as a lessor daemon, so nothing was sent`));
+          return finish(null, welcome, bodies.slice(i + 1));
+        }
       });
     });
     this.#connecting = p;
@@ -695,6 +851,33 @@ function parseWelcome(body: Buffer, where: string): WireIdentity | VaultError {
   if (typeof id !== "object" || id === null || typeof id.id !== "string" || typeof id.transport !== "string" || !["admin", "orchestrator", "agent"].includes(id.role))
     return bad;
   return id as WireIdentity;
+}
+
+const B64URL_32 = /^[A-Za-z0-9_-]{43}$/;
+
+/** The daemon's nonce and proof from its answer to a token handshake hello, or why there are none. */
+function parseChallenge(body: Buffer, where: string): { nonce: Buffer; proof: Buffer } | VaultError {
+  let msg: any;
+  try {
+    msg = JSON.parse(body.toString("utf8"));
+  } catch {
+    msg = undefined;
+  }
+  const unverified = (what: string) =>
+    new VaultError("daemon_unverified", `the server at ${where} ${what}, so the token was not sent; something other than your lessor daemon may be listening there`);
+  if (typeof msg !== "object" || msg === null || msg.protocol !== PROTOCOL_NAME || typeof msg.ok !== "boolean")
+    return unverified("did not answer the token handshake as a lessor daemon does");
+  if (!msg.ok) {
+    if (!isWireErrorShape(msg.error)) return unverified("sent a malformed refusal");
+    const e = toVaultError(msg.error);
+    if (e.code !== "invalid_request") return e; // a cap or a shutdown; nothing was sent
+    return new VaultError("unavailable", `the lessor daemon at ${where} refused the token handshake (${e.message}); it may be older than this client, so upgrade it. The token was not sent`);
+  }
+  const c = msg.challenge;
+  if (typeof c !== "object" || c === null) return unverified("answered without proving that it holds the token");
+  if (typeof c.nonce !== "string" || typeof c.proof !== "string" || !B64URL_32.test(c.nonce) || !B64URL_32.test(c.proof))
+    return unverified("sent a malformed proof");
+  return { nonce: Buffer.from(c.nonce, "base64url"), proof: Buffer.from(c.proof, "base64url") };
 }
 
 /** request_lease params (without `access`) from a LeaseRequestInput. */

@@ -9,6 +9,7 @@ import { parseDuration } from "../vault/duration.js";
 import { VaultError } from "../vault/errors.js";
 import { isAgentId } from "../vault/names.js";
 import type { ServerLimits } from "../server/connection.js";
+import { DEFAULT_SERVER_LIMITS } from "../server/limits.js";
 
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {
@@ -55,13 +56,7 @@ export const DEFAULT_CONFIG: Config = {
     socket: "lessor.sock",
     socketMode: 0o600,
     tcp: null,
-    maxConnections: 1024,
-    handshakeTimeoutMs: 5000,
-    idleTimeoutMs: 300_000,
-    readTimeoutMs: 10_000,
-    maxInFlight: 64,
-    maxFrameBytes: 1024 * 1024,
-    shutdownGraceMs: 10_000,
+    ...DEFAULT_SERVER_LIMITS,
   },
   identities: [],
 };
@@ -159,8 +154,16 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
     "idle_timeout",
     "read_timeout",
     "max_in_flight",
+    "max_in_flight_per_principal",
+    "max_in_flight_per_principal_shared",
+    "max_in_flight_total",
+    "max_buffered_bytes",
+    "max_connections_per_principal",
+    "max_handshakes",
+    "max_handshakes_per_peer",
     "max_frame_bytes",
     "shutdown_grace",
+    "max_connection_lifetime",
   ]);
   if (t.socket !== undefined) out.socket = str(source, "[server] socket", t.socket);
   if (t.socket_mode !== undefined) {
@@ -179,8 +182,20 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
   if (t.idle_timeout !== undefined) out.idleTimeoutMs = duration(source, "[server] idle_timeout", t.idle_timeout);
   if (t.read_timeout !== undefined) out.readTimeoutMs = duration(source, "[server] read_timeout", t.read_timeout);
   if (t.max_in_flight !== undefined) out.maxInFlight = int(source, "[server] max_in_flight", t.max_in_flight, 1, 10_000);
+  if (t.max_in_flight_per_principal !== undefined)
+    out.maxInFlightPerPrincipal = int(source, "[server] max_in_flight_per_principal", t.max_in_flight_per_principal, 1, 10_000);
+  if (t.max_in_flight_per_principal_shared !== undefined)
+    out.maxInFlightPerPrincipalShared = int(source, "[server] max_in_flight_per_principal_shared", t.max_in_flight_per_principal_shared, 1, 10_000);
+  if (t.max_in_flight_total !== undefined) out.maxInFlightTotal = int(source, "[server] max_in_flight_total", t.max_in_flight_total, 1, 100_000);
+  if (t.max_buffered_bytes !== undefined) out.maxBufferedBytes = int(source, "[server] max_buffered_bytes", t.max_buffered_bytes, 16 * 1024, 1024 * 1024 * 1024);
+  if (t.max_connections_per_principal !== undefined)
+    out.maxConnectionsPerPrincipal = int(source, "[server] max_connections_per_principal", t.max_connections_per_principal, 1, 100_000);
+  if (t.max_handshakes !== undefined) out.maxHandshakes = int(source, "[server] max_handshakes", t.max_handshakes, 1, 100_000);
+  if (t.max_handshakes_per_peer !== undefined) out.maxHandshakesPerPeer = int(source, "[server] max_handshakes_per_peer", t.max_handshakes_per_peer, 1, 100_000);
   if (t.max_frame_bytes !== undefined) out.maxFrameBytes = int(source, "[server] max_frame_bytes", t.max_frame_bytes, 1024, 1024 * 1024);
   if (t.shutdown_grace !== undefined) out.shutdownGraceMs = duration(source, "[server] shutdown_grace", t.shutdown_grace);
+  if (t.max_connection_lifetime !== undefined)
+    out.maxConnectionLifetimeMs = duration(source, "[server] max_connection_lifetime", t.max_connection_lifetime);
 }
 
 function parseIdentities(source: string, v: unknown): UidIdentity[] {
@@ -248,10 +263,21 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # idle_timeout = "5m"
 # read_timeout = "10s"              # a started frame must complete within this
 # max_in_flight = 64                # pipelined requests per connection
+# max_in_flight_per_principal = 32  # requests running at once for one identity, alone (fair scheduling)
+# max_in_flight_per_principal_shared = 4  # the same while other identities are active too
+# max_in_flight_total = 256         # requests running at once in the daemon
+# max_buffered_bytes = 1048576      # unread answers past which a connection is not read
+# max_connections_per_principal = 64  # per uid, vsock cid or token
+# max_handshakes = 128              # connections per transport still in their handshake
+# max_handshakes_per_peer = 64      # of those, from one uid, cid or TCP address
 # max_frame_bytes = 1048576
 # shutdown_grace = "10s"
+# max_connection_lifetime = "24h"   # every connection is closed after this, however busy; clients reconnect
 
 # Unix-socket peers are identified by uid (SO_PEERCRED). The daemon's own uid is admin.
+# A wider socket_mode or any [[identity]] needs the peer-credential addon (native/peercred): without
+# it the daemon refuses to start. A socket other uids reach must sit in a directory you own that they
+# cannot write (e.g. socket = "/run/lessor/agents.sock" with /run/lessor yours, mode 0755).
 # [[identity]]
 # uid = 1001
 # role = "agent"

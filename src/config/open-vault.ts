@@ -4,7 +4,7 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { createKeyFile } from "../crypto/keys/file.js";
-import { createPassphraseKeyStore, tuneArgon2, type Argon2Params } from "../crypto/keys/passphrase.js";
+import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
 import type { AuditSink } from "../audit/sink.js";
@@ -14,7 +14,7 @@ import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../crypto/atomic-file.js";
 import { STARTER_CONFIG } from "./config.js";
 import { loadConfig } from "./load.js";
-import { parsePolicy, type Policy } from "../vault/policy.js";
+import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { assertPrivateDir, ensurePrivateDir } from "./perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
@@ -24,19 +24,20 @@ export interface OpenVaultOptions {
   /** Default: LESSOR_HOME or ~/.lessor. */
   home?: string;
   env?: NodeJS.ProcessEnv;
-  /** Asks for the passphrase when the key store is passphrase-sealed (else LESSOR_PASSPHRASE). */
-  getPassphrase?: () => Promise<string>;
+  /**
+   * Supplies the passphrase when the key store is passphrase-sealed (else LESSOR_PASSPHRASE is
+   * used). Called only then, told the store's path; the CLI's prompts on a terminal (src/cli/passphrase.ts).
+   */
+  getPassphrase?: PassphraseProvider;
   /** Sinks in addition to the configured ones. */
   sinks?: AuditSink[];
   /** Passed through to Vault.open (tests). */
   now?: VaultOptions["now"];
 }
 
-/** Reads and parses a policy file. */
-export function loadPolicyFile(path: string): Policy {
-  let text: string;
+function readPolicyText(path: string): string {
   try {
-    text = readFileSync(path, "utf8");
+    return readFileSync(path, "utf8");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new VaultError(
@@ -44,7 +45,26 @@ export function loadPolicyFile(path: string): Policy {
       code === "ENOENT" ? `the policy file ${path} does not exist; create it (see docs/policy.md) or run lessor init` : `cannot read the policy file ${path} (${code ?? "error"})`,
     );
   }
-  return parsePolicy(text, path);
+}
+
+/** Reads and parses a policy file; throws VaultError("policy_invalid") naming the file, rule and field. */
+export function loadPolicyFile(path: string): Policy {
+  return parsePolicy(readPolicyText(path), path);
+}
+
+/**
+ * Reads and parses a policy file, never throwing: a file that cannot be read or parsed gives a broken
+ * policy (no rules; every grant is denied with the error and what to do), so that the vault still
+ * opens and revoke, killswitch, audit, status and key rotation keep working. See docs/policy.md.
+ */
+export function readPolicyFile(path: string): Policy {
+  let text: string | undefined;
+  try {
+    text = readPolicyText(path);
+    return parsePolicy(text, path);
+  } catch (e) {
+    return brokenPolicy(path, e instanceof VaultError ? e.message : `${path}: could not be parsed (an unexpected ${e instanceof Error ? e.name : "error"})`, text);
+  }
 }
 
 /** Opens the vault in a home made by {@link initHome}. */
@@ -72,7 +92,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
     return await Vault.open({
       store,
       keys,
-      policy: async () => loadPolicyFile(policyPath),
+      policy: async () => readPolicyFile(policyPath),
       sinks,
       cipher: cfg.cipher,
       limits: cfg.limits,

@@ -2,9 +2,19 @@
  * Protocol v1 envelopes (DESIGN.md, "Wire protocol"). Field names are camelCase; method names are
  * snake_case. Every message is one frame (see framing.ts).
  *
- *   client → server  {"protocol":"lessor","version":1,"token"?:"lsr_…"}                 (hello)
+ *   client → server  {"protocol":"lessor","version":1}                                  (hello, Unix socket)
  *   server → client  {"protocol":"lessor","version":1,"ok":true,"identity":{…}}        (welcome)
  *                 or {"protocol":"lessor","version":1,"ok":false,"error":{code,message}} and close
+ *
+ * With a token, the daemon proves it holds the token's hash before the client shows it:
+ *
+ *   client → server  {"protocol":"lessor","version":1,"tokenId":"<16 hex>","nonce":"<32 bytes, base64url>"}
+ *   server → client  {"protocol":"lessor","version":1,"ok":true,"challenge":{"nonce":"…","proof":"…"}}
+ *   client → server  {"token":"lsr_…"}           (only once the proof checks out; see src/vault/token-proof.ts)
+ *   server → client  welcome or refusal, as above
+ *
+ * (A hello carrying `token` directly, as clients before the token handshake sent it, is still
+ * accepted; lessor's client never sends one.)
  *   client → server  {"id":"<uuidv7>","method":"request_lease","params":{…}}           (request)
  *   server → client  {"id":"…","ok":true,"result":…} | {"id":"…","ok":false,"error":{…}}
  *
@@ -39,12 +49,30 @@ export interface WireError {
   message: string;
 }
 
+const BASE64URL_32 = /^[A-Za-z0-9_-]{43}$/;
+
 export const helloSchema = z.strictObject({
   protocol: z.literal(PROTOCOL),
   version: z.number().int(),
+  /** The token itself (the old one-step form; the daemon cannot prove itself first). */
   token: z.string().min(1).max(512).optional(),
+  /** The token handshake: the public id of the token the client holds… */
+  tokenId: z.string().regex(/^[0-9a-f]{16}$/, "expected the 16 hex characters after lsr_ in the token").optional(),
+  /** …and 32 random bytes (base64url, no padding) the daemon's proof must cover. */
+  nonce: z.string().regex(BASE64URL_32, "expected 32 random bytes in base64url without padding (43 characters)").optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
+
+/** The frame that shows the token, sent once the daemon's proof checked out. */
+export const tokenFrameSchema = z.strictObject({ token: z.string().min(1).max(512) });
+
+/** The daemon's answer to a token handshake hello: its nonce and proof (base64url). */
+export interface Challenge {
+  protocol: typeof PROTOCOL;
+  version: typeof VERSION;
+  ok: true;
+  challenge: { nonce: string; proof: string };
+}
 
 /** The identity the server tells the client it has. */
 export interface WireIdentity {

@@ -5,19 +5,30 @@
  */
 import { z } from "zod";
 import type { AuditVerifyResult } from "../audit/verify.js";
-import type { Explanation } from "../vault/policy.js";
+import type { AuditRecoverResult } from "../vault/audit-recover.js";
 import type { RotationResult } from "../vault/rotation.js";
 import type { SecretMeta, VersionMeta } from "../vault/secrets.js";
 import { AUDIT_TYPES, SECRET_KINDS, type AuditRecord, type LeaseRecord, type SecretRecord, type TokenInfo } from "../vault/types.js";
-import type { VaultStatus } from "../vault/vault.js";
+import type { VaultExplanation, VaultStatus } from "../vault/vault.js";
+import type { WhoamiToken } from "../vault/whoami.js";
+import { hasUnsafeText } from "../vault/text.js";
 import type { WireIdentity } from "./messages.js";
 
-const str = (max = 256) => z.string().min(1).max(max);
+/**
+ * Text params refuse control characters and invisible or bidirectional formatting characters
+ * (src/vault/text.ts), so that nothing an agent sends can drive a terminal that later shows it.
+ * Secret values are the one exception: they are bytes, never shown.
+ */
+const plain = (s: z.ZodString) =>
+  s.refine((v) => !hasUnsafeText(v), {
+    message: "must not contain control characters (such as ESC or a line break) or invisible or bidirectional formatting characters (such as U+202E)",
+  });
+const str = (max = 256) => plain(z.string().min(1).max(max));
 const scope = str(160).optional();
 const name = str(128);
 const secretName = { scope, name };
 const ttl = z.union([z.number().int().positive().max(366 * 24 * 3600_000), str(32)]);
-const reason = z.string().max(200).optional();
+const reason = plain(z.string().max(200)).optional();
 const uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, "expected a lease id (a UUID)");
 const value = {
   /** The value: UTF-8 text, or base64 when `encoding` is "base64". */
@@ -26,16 +37,18 @@ const value = {
 };
 
 /** Where a leased value is about to be used (access_secret, and request_lease's `access`). */
-const target = { domain: z.string().max(300).optional(), method: str(16).optional(), path: z.string().max(8192).optional() };
+const target = { domain: plain(z.string().max(300)).optional(), method: str(16).optional(), path: plain(z.string().max(8192)).optional() };
 
 /** Params schema of every method. */
 export const METHODS = {
   status: z.strictObject({}),
+  /** Who the daemon thinks the caller is (any role). */
+  whoami: z.strictObject({}),
   store_secret: z.strictObject({
     ...secretName,
     ...value,
     kind: z.enum(SECRET_KINDS).optional(),
-    description: z.string().max(1024).optional(),
+    description: plain(z.string().max(1024)).optional(),
     tags: z.array(str(64)).max(32).optional(),
     mode: z.enum(["upsert", "create"]).optional(),
   }),
@@ -62,6 +75,8 @@ export const METHODS = {
   revoke_all_for_agent: z.strictObject({ agent: str(128), reason }),
   list_leases: z.strictObject({ agent: str(128).optional(), secret: str(300).optional(), live: z.boolean().optional(), limit: z.number().int().positive().max(10_000).optional() }),
   killswitch: z.strictObject({ reason }),
+  /** Releases the killswitch lockout (admin). */
+  killswitch_release: z.strictObject({ reason }),
   audit_query: z.strictObject({
     agent: str(128).optional(),
     secret: str(300).optional(),
@@ -75,8 +90,10 @@ export const METHODS = {
     limit: z.number().int().positive().max(10_000).optional(),
   }),
   audit_verify: z.strictObject({}),
+  /** Records a break in a broken audit trail so audited writes resume (admin; src/vault/audit-recover.ts). */
+  audit_recover: z.strictObject({ reason: str(200) }),
   reload_policy: z.strictObject({}),
-  explain: z.strictObject({ agent: str(128), secret: str(300), domain: z.string().max(300).optional() }),
+  explain: z.strictObject({ agent: str(128), secret: str(300), domain: plain(z.string().max(300)).optional() }),
   rotate_master_key: z.strictObject({}),
   token_create: z.strictObject({
     /** A label for listings, e.g. "ci" or "claude-laptop". */
@@ -119,6 +136,8 @@ export type WireAuditEvent = Omit<AuditRecord, "detail" | "prevHash" | "hash"> &
 /** Result type of every method. */
 export interface Results {
   status: VaultStatus & { identity: WireIdentity; daemon: { version: string; pid: number; uptimeMs: number; connections: number } };
+  /** The caller's identity; for a token identity, the token's id, name and expiry (ms, or null). */
+  whoami: { identity: WireIdentity; token: WhoamiToken | null };
   store_secret: SecretMeta;
   rotate_secret: SecretMeta;
   rollback_secret: SecretMeta;
@@ -135,10 +154,15 @@ export interface Results {
   revoke_all_for_agent: { revoked: number };
   list_leases: LeaseRecord[];
   killswitch: { revoked: number };
+  /** `released` is false when the killswitch was not engaged. */
+  killswitch_release: { released: boolean };
   audit_query: WireAuditEvent[];
   audit_verify: AuditVerifyResult;
+  /** `recovered` is false when the trail was not broken (nothing was written). */
+  audit_recover: AuditRecoverResult;
   reload_policy: { rules: number; digest: string };
-  explain: Omit<Explanation, "rule"> & { rule: string | null };
+  /** The decision, and `policy`: the version of the policy that answered. */
+  explain: Omit<VaultExplanation, "rule"> & { rule: string | null };
   rotate_master_key: RotationResult;
   token_create: TokenInfo & { token: string };
   token_list: TokenInfo[];

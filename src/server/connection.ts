@@ -5,12 +5,19 @@
  *
  * States: `hello` (waiting for the first frame) → `auth` (authenticate running; later frames are
  * queued) → `open` → `closing` (a final frame may be on its way; input is discarded) → `closed`.
+ * A token handshake (docs/protocol.md) goes `hello` → `challenge` (the vault computes its proof) →
+ * `proof` (waiting for the frame that shows the token) → `auth` → `open`.
+ *
+ * A connection that authenticated with a token is re-checked at every request (from the vault's
+ * memory, no store read) and by the sweep: once the token is revoked or expires it is closed, with an
+ * auth_failed audit event. Every connection is also closed after `maxConnectionLifetimeMs`, however busy.
  */
 import type { Socket } from "node:net";
 import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
-import { helloSchema, PROTOCOL, VERSION, type Hello, type Response, type WireError } from "../protocol/messages.js";
+import { helloSchema, PROTOCOL, tokenFrameSchema, VERSION, type Challenge, type Hello, type Response, type WireError } from "../protocol/messages.js";
 import { isMethod, METHODS, type MethodName } from "../protocol/methods.js";
 import { VaultError, wireCode, type WireErrorCode } from "../vault/errors.js";
+import { endpointBinding, splitToken } from "../vault/token-proof.js";
 import type { Identity } from "../vault/types.js";
 import type { Vault, VaultSession } from "../vault/vault.js";
 import { carriesSecret, HANDLERS, type DispatchContext } from "./dispatch.js";
@@ -37,12 +44,51 @@ export interface ServerLimits {
   idleTimeoutMs: number;
   /** A partial frame must complete within this. Default 10000 ms. */
   readTimeoutMs: number;
-  /** Requests running at once per connection; beyond it the socket is paused. Default 64. */
+  /**
+   * Requests waiting or running at once per connection; beyond it the socket is paused. Default 64.
+   * They start as the scheduler admits them (see maxInFlightPerPrincipal, maxInFlightTotal).
+   */
   maxInFlight: number;
+  /**
+   * Requests running at once for one principal (identity), all its connections together, while it
+   * is the only principal active. Default 32.
+   */
+  maxInFlightPerPrincipal: number;
+  /**
+   * The same while another principal has sent a request within the last second: small, so that the
+   * store's batches (during which the daemon answers nothing else) stay short. Default 4.
+   */
+  maxInFlightPerPrincipalShared: number;
+  /** Requests running at once in the daemon, all principals together. Default 256. */
+  maxInFlightTotal: number;
+  /**
+   * Answers a connection may leave unread: past this many bytes waiting in the socket's send
+   * buffer, the daemon stops reading its requests and starts none of those it has, until the client
+   * has read them all. Default 1048576 (1 MiB).
+   */
+  maxBufferedBytes: number;
+  /**
+   * Connections one principal may hold open: a Unix-socket or vsock peer counts by uid or cid from
+   * the moment it connects, a token by its id once it authenticated. Default 64.
+   */
+  maxConnectionsPerPrincipal: number;
+  /**
+   * Connections of one transport still in their handshake (no identity yet). A new one past it
+   * replaces the oldest that is waiting on its client, from the peers with the most; if none waits
+   * on its client, it is refused. Default 128.
+   */
+  maxHandshakes: number;
+  /** Connections from one peer (uid, cid or TCP address) still in their handshake. Default 64. */
+  maxHandshakesPerPeer: number;
   /** Largest request frame body. Default (and at most) MAX_FRAME_BYTES. */
   maxFrameBytes: number;
   /** How long close() waits for in-flight requests. Default 10000 ms. */
   shutdownGraceMs: number;
+  /**
+   * A connection is closed this long after it was accepted, however busy it is (requests do not
+   * extend it); clients reconnect. Default 86400000 ms (24 h).
+   */
+  maxConnectionLifetimeMs: number;
 }
 
 /** What a connection needs from its server. */
@@ -53,8 +99,21 @@ export interface ConnectionHost {
   readonly dispatch: DispatchContext;
   readonly closing: boolean;
   authenticate(peer: PeerInfo, hello: Hello): Promise<Identity>;
+  /**
+   * Called once authenticate decided who the peer is, before the welcome: counts the connection for
+   * its principal, or throws VaultError("rate_limited") when the principal has too many open.
+   */
+  admit(c: Connection, identity: Identity): void;
+  /** Runs `job` (one request) when the fair scheduler admits it; see src/server/scheduler.ts. */
+  schedule(principal: string, job: () => Promise<void>): void;
   requestStarted(): void;
   requestDone(): void;
+  /**
+   * The connection began closing (it lingers up to a second so the client reads its last frame).
+   * `inHandshake`: it was refused or dropped before it opened, so it leaves the handshake budget now,
+   * not when its socket finally closes.
+   */
+  connectionClosing(c: Connection, inHandshake: boolean): void;
   connectionClosed(c: Connection): void;
 }
 
@@ -76,7 +135,18 @@ function wireError(code: WireErrorCode, message: string): WireError {
 
 let nextId = 1;
 
-type State = "hello" | "auth" | "open" | "closing" | "closed";
+type State = "hello" | "challenge" | "proof" | "auth" | "open" | "closing" | "closed";
+
+/** The audit reason of a token handshake the client left without showing the token (it did not accept the daemon's proof). */
+const ABANDONED = "the client closed the connection during the token handshake without showing the token";
+
+/** Why a token connection is cut. */
+type TokenCut = "token revoked" | "token expired";
+
+const CUT_MESSAGE: Record<TokenCut, string> = {
+  "token revoked": "the token this connection authenticated with was revoked, so the daemon closed the connection; ask an admin for a new token",
+  "token expired": "the token this connection authenticated with has expired, so the daemon closed the connection; ask an admin for a new token",
+};
 
 /** One client connection. Created by LessorServer.handle. */
 export class Connection {
@@ -102,6 +172,12 @@ export class Connection {
   /** Bytes received before the hello completed. */
   #helloBytes = 0;
   #lingerTimer: NodeJS.Timeout | null = null;
+  /** The token handshake under way: the id the hello named (null: none). */
+  #tokenId: string | null = null;
+  /** True once the token handshake's outcome is settled for auditing (token shown, or failure audited). */
+  #tokenShown = false;
+  /** The token the connection authenticated with, once open (null: none). */
+  #token: { id: string; expiresAt: number | null } | null = null;
 
   constructor(host: ConnectionHost, socket: Socket, peer: PeerInfo) {
     this.#host = host;
@@ -117,14 +193,27 @@ export class Connection {
     socket.on("close", this.#onClose);
   }
 
-  /** Requests running now. */
+  /** Requests waiting for the scheduler or running now. */
   get inFlight(): number {
     return this.#inFlight;
+  }
+
+  /**
+   * True while the handshake waits on the client (for its hello, or for the token after the daemon's
+   * proof): such a connection may be closed to make room for a new one (see maxHandshakes).
+   */
+  get awaitingPeer(): boolean {
+    return this.#state === "hello" || this.#state === "proof";
   }
 
   /** The identity, once the handshake succeeded. */
   get identity(): Identity | null {
     return this.#session?.identity ?? null;
+  }
+
+  /** The id of the token this connection authenticated with, or null. */
+  get tokenId(): string | null {
+    return this.#token?.id ?? null;
   }
 
   // ---- socket events ----
@@ -138,11 +227,11 @@ export class Connection {
       if (!(e instanceof FrameTooLarge)) throw e;
       const message = `frame of ${e.length} bytes is over the ${e.max}-byte limit`;
       this.#host.log.warn({ conn: this.id, transport: this.peer.transport, bytes: e.length, max: e.max }, "closing a connection that sent an oversize frame");
-      if (this.#state === "hello" || this.#state === "auth") this.#finish(refusalFrame("invalid_request", message));
+      if (this.#state !== "open") this.#finish(refusalFrame("invalid_request", message));
       else this.#finish(encodeFrame({ id: null, ok: false, error: wireError("invalid_request", message) } satisfies Response));
       return;
     }
-    if (this.#state === "hello" && frames.length === 0 && (this.#helloBytes += chunk.length) > MAX_HELLO_BYTES + 4)
+    if ((this.#state === "hello" || this.#state === "proof") && frames.length === 0 && (this.#helloBytes += chunk.length) > MAX_HELLO_BYTES + 4)
       return this.#refuse("invalid_request", `the hello is over ${MAX_HELLO_BYTES} bytes; send ${HELLO_SHAPE} as the first frame`);
     const now = Date.now();
     this.#lastActive = now;
@@ -151,18 +240,20 @@ export class Connection {
     if (frames.length === 0) return;
     let i = 0;
     if (this.#state === "hello") this.#hello(frames[i++]!);
-    if (this.#state === "auth" || this.#state === "open") for (; i < frames.length; i++) this.#queue.push(frames[i]!);
+    if (this.#state === "challenge" || this.#state === "proof" || this.#state === "auth" || this.#state === "open") for (; i < frames.length; i++) this.#queue.push(frames[i]!);
     this.#pump();
   };
 
   #onDrain = (): void => {
+    // The client read every answer: start what waits, and read again.
     this.#writeBlockedSince = 0;
-    this.#flow();
+    this.#pump();
   };
 
   #onEnd = (): void => {
     // The client will send no more. Finish what is running, then close our side.
     this.#peerEnded = true;
+    if (this.#state === "challenge" || this.#state === "proof") this.#abandoned(ABANDONED);
     if (this.#inFlight === 0 && this.#queue.length === 0 && this.#state !== "closed") this.#finish();
   };
 
@@ -173,6 +264,7 @@ export class Connection {
   };
 
   #onClose = (): void => {
+    if (this.#state === "challenge" || this.#state === "proof") this.#abandoned(ABANDONED);
     this.#state = "closed";
     this.#queue.length = 0;
     if (this.#lingerTimer) clearTimeout(this.#lingerTimer);
@@ -199,7 +291,71 @@ export class Connection {
     const parsed = helloSchema.safeParse(msg);
     if (!parsed.success) return this.#refuse("invalid_request", issuesMessage("hello", parsed.error.issues, Object.keys(helloSchema.shape)));
     if (this.#host.closing) return this.#refuse("unavailable", "the daemon is shutting down; try again when it is back");
-    void this.#authenticate(parsed.data);
+    const h = parsed.data;
+    if (h.tokenId !== undefined || h.nonce !== undefined) {
+      if (h.tokenId === undefined || h.nonce === undefined || h.token !== undefined)
+        return this.#refuse("invalid_request", 'a token handshake hello has both tokenId and nonce and no token; see "Token handshake" in docs/protocol.md');
+      void this.#challenge(h.tokenId, h.nonce);
+      return;
+    }
+    void this.#authenticate(h);
+  }
+
+  /** The token handshake's first step: answers with the vault's nonce and proof, then waits for the token. */
+  async #challenge(tokenId: string, nonce: string): Promise<void> {
+    this.#state = "challenge";
+    this.#tokenId = tokenId;
+    let answer: { nonce: Buffer; proof: Buffer };
+    try {
+      const s = this.socket;
+      const binding = endpointBinding(this.peer.transport, s.localAddress, s.localPort);
+      answer = await this.#host.vault.tokenChallenge(tokenId, Buffer.from(nonce, "base64url"), binding);
+    } catch (e) {
+      if (this.#state !== "challenge") return;
+      this.#tokenShown = true; // the daemon failed, not the client: no auth_failed event
+      if (e instanceof VaultError) return this.#refuse(wireCode(e.code), e.message);
+      this.#host.log.error({ conn: this.id, transport: this.peer.transport, err: e }, "answering a token handshake failed");
+      return this.#refuse("internal", "an unexpected error occurred while authenticating; see the daemon log");
+    }
+    if (this.#state !== "challenge") return; // timed out or closed meanwhile
+    this.#state = "proof";
+    const challenge: Challenge = { protocol: PROTOCOL, version: VERSION, ok: true, challenge: { nonce: answer.nonce.toString("base64url"), proof: answer.proof.toString("base64url") } };
+    this.#write(encodeFrame(challenge), false);
+    this.#pump();
+  }
+
+  /** The token handshake's second step: the frame that shows the token, which must be the one the hello named. */
+  #proof(body: Buffer): void {
+    const tokenId = this.#tokenId!;
+    let msg: unknown;
+    try {
+      msg = JSON.parse(body.toString("utf8"));
+    } catch {
+      msg = undefined;
+    }
+    const parsed = tokenFrameSchema.safeParse(msg);
+    if (!parsed.success) {
+      this.#abandoned("the frame after the daemon's proof was not {\"token\":\"lsr_…\"}");
+      return this.#refuse("invalid_request", 'after the daemon\'s proof, send the token as {"token":"lsr_…"}; see "Token handshake" in docs/protocol.md');
+    }
+    if (splitToken(parsed.data.token)?.id !== tokenId) {
+      this.#abandoned("the token shown is not the one the hello named");
+      return this.#refuse("unauthenticated", "the token shown is not the one named in the hello (tokenId); send the token whose id you named");
+    }
+    this.#tokenShown = true; // from here on, authenticateToken audits a failure
+    this.#state = "auth";
+    void this.#authenticate({ protocol: PROTOCOL, version: VERSION, token: parsed.data.token });
+  }
+
+  /** Audits, once, a token handshake that ended before a token was shown. */
+  #abandoned(why: string): void {
+    if (this.#tokenId === null || this.#tokenShown) return;
+    this.#tokenShown = true;
+    const transport = this.peer.transport;
+    const detail: Record<string, string | number | null> = { token_id: this.#tokenId, remote: this.peer.remoteAddress ?? null };
+    this.#host.vault.recordAuthFailure(transport, why, detail).catch((e: unknown) => {
+      this.#host.log.warn({ conn: this.id, transport, err: (e as Error).message }, "could not audit a failed token handshake");
+    });
   }
 
   async #authenticate(hello: Hello): Promise<void> {
@@ -207,6 +363,7 @@ export class Connection {
     try {
       const identity = await this.#host.authenticate(this.peer, hello);
       session = this.#host.vault.session(identity);
+      this.#host.admit(this, identity); // the principal's connection cap (throws rate_limited)
     } catch (e) {
       if (this.#state !== "auth") return;
       const peer = { conn: this.id, ...this.peer };
@@ -220,6 +377,8 @@ export class Connection {
     }
     if (this.#state !== "auth") return; // timed out or closed meanwhile
     this.#session = session;
+    const t = session.identity.token;
+    this.#token = t ? { id: t.id, expiresAt: t.expiresAt } : null;
     this.#state = "open";
     this.#lastActive = Date.now();
     this.#write(encodeFrame({ protocol: PROTOCOL, version: VERSION, ok: true, identity: wireIdentity(session.identity) }), false);
@@ -234,8 +393,11 @@ export class Connection {
 
   /** Starts queued frames while under the in-flight cap, then pauses or resumes reading. */
   #pump(): void {
+    if (this.#state === "proof" && this.#queue.length > 0) this.#proof(this.#queue.shift()!);
     if (this.#state === "open") {
-      while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight && this.#state === "open") this.#request(this.#queue.shift()!);
+      // Nothing starts while the client leaves more than maxBufferedBytes of answers unread.
+      while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight && this.#writeBlockedSince === 0 && this.#state === "open")
+        this.#request(this.#queue.shift()!);
       if (this.#peerEnded && this.#inFlight === 0 && this.#queue.length === 0) return this.#finish();
     }
     this.#flow();
@@ -245,7 +407,7 @@ export class Connection {
   #flow(): void {
     const s = this.#state;
     if (s === "closing" || s === "closed") return;
-    const hold = s === "auth" || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
+    const hold = s === "auth" || s === "challenge" || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
     if (hold && !this.#paused) {
       this.#paused = true;
       this.socket.pause();
@@ -280,17 +442,21 @@ export class Connection {
     const params = m.params;
     if (params !== undefined && (typeof params !== "object" || params === null || Array.isArray(params)))
       return this.#reply(id, "invalid_request", "params must be a JSON object (or left out)");
+    if (this.#cutIfDue(Date.now(), id)) return;
     if (!isMethod(method)) return this.#reply(id, "invalid_request", `unknown method ${safeName(method) ?? "(with an unusual name)"}; see docs/protocol.md`);
     if (this.#host.closing) return this.#reply(id, "unavailable", "the daemon is shutting down; retry once it is back");
     const parsed = METHODS[method].safeParse(params ?? {});
     if (!parsed.success) return this.#reply(id, "invalid_request", issuesMessage(method, parsed.error.issues, Object.keys(METHODS[method].shape)));
     this.#inFlight++;
     this.#host.requestStarted();
-    void this.#run(id, method, parsed.data);
+    const data = parsed.data;
+    this.#host.schedule(this.#session!.identity.id, () => this.#run(id, method, data));
   }
 
   async #run(id: string, method: MethodName, params: unknown): Promise<void> {
     try {
+      if (this.#state !== "open") return; // closed while it waited for the scheduler: never run
+      if (this.#cutIfDue(Date.now(), id)) return; // the token may have lapsed while it waited
       const handler = HANDLERS[method] as (s: VaultSession, p: unknown, c: DispatchContext) => Promise<unknown>;
       const result = await handler(this.#session!, params, this.#host.dispatch);
       this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);
@@ -331,9 +497,12 @@ export class Connection {
       if (wipe) frame.fill(0);
       return;
     }
-    const flushed = wipe ? s.write(frame, () => frame.fill(0)) : s.write(frame);
-    if (!flushed && this.#writeBlockedSince === 0) {
-      // The client is not reading its answers: stop reading its requests until it catches up.
+    if (wipe) s.write(frame, () => frame.fill(0));
+    else s.write(frame);
+    if (this.#writeBlockedSince === 0 && s.writableLength > this.#host.limits.maxBufferedBytes) {
+      // The client is not reading its answers: read and start nothing more until it has read them
+      // all ('drain'). Requests already running still answer, so the buffer holds at most the
+      // bound plus their answers.
       this.#writeBlockedSince = Date.now();
       this.#flow();
     }
@@ -352,7 +521,16 @@ export class Connection {
           this.#refuse("invalid_request", `no hello within ${lim.handshakeTimeoutMs} ms; send ${HELLO_SHAPE} as the first frame`);
         }
         return;
+      case "challenge":
+      case "proof":
+        if (now - this.#acceptedAt >= lim.handshakeTimeoutMs) {
+          this.#host.log.warn({ conn: this.id, transport: this.peer.transport }, "closing a connection that did not finish the token handshake in time");
+          this.#abandoned(`no token within the ${lim.handshakeTimeoutMs} ms handshake deadline after the daemon's proof`);
+          this.#refuse("invalid_request", `the token handshake did not finish within ${lim.handshakeTimeoutMs} ms; send {"token":"lsr_…"} once the daemon's proof checks out`);
+        }
+        return;
       case "open":
+        if (this.#cutIfDue(now, null)) return;
         if (this.#partialSince !== 0 && !this.#paused && now - this.#partialSince >= lim.readTimeoutMs) {
           this.#host.log.warn({ conn: this.id, transport: this.peer.transport, timeoutMs: lim.readTimeoutMs }, "closing a connection that left a frame unfinished");
           this.#finish();
@@ -369,9 +547,51 @@ export class Connection {
     }
   }
 
+  /**
+   * Closes the connection if its token has expired or its lifetime is over, and, at a request
+   * (`requestId` set), if the vault's memory says the token no longer holds; true when it did. (The
+   * sweep need not ask the vault: a revocation reaches the server as a signal.)
+   */
+  #cutIfDue(now: number, requestId: string | null): boolean {
+    const t = this.#token;
+    if (t !== null) {
+      const expired = t.expiresAt !== null && t.expiresAt <= now;
+      const why: TokenCut | null = expired ? "token expired" : requestId !== null ? this.#host.vault.tokenStanding(t.id) : null;
+      if (why !== null) {
+        this.cutToken(why, requestId);
+        return true;
+      }
+    }
+    const lifetime = this.#host.limits.maxConnectionLifetimeMs;
+    if (now - this.#acceptedAt >= lifetime) {
+      this.#host.log.info({ conn: this.id, transport: this.peer.transport, lifetimeMs: lifetime }, "closing a connection that reached its maximum lifetime");
+      const message = `the connection reached the daemon's maximum connection lifetime (${lifetime} ms); reconnect`;
+      this.#finish(encodeFrame({ id: requestId, ok: false, error: wireError("unavailable", message) } satisfies Response));
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * The connection's token was revoked or has expired: closes it at once (answers still in flight are
+   * dropped), telling the client why, and audits it as auth_failed. Called by the server when the
+   * vault signals a revocation, and by the per-request check and the sweep.
+   */
+  cutToken(why: TokenCut, requestId: string | null = null): void {
+    if (this.#state === "closing" || this.#state === "closed" || this.#token === null) return;
+    const who = this.#session!.identity;
+    const tokenId = this.#token.id;
+    this.#host.log.warn({ conn: this.id, transport: this.peer.transport, tokenId, reason: why, inFlight: this.#inFlight }, "closing a connection whose token no longer holds");
+    this.#finish(encodeFrame({ id: requestId, ok: false, error: wireError("unauthenticated", CUT_MESSAGE[why]) } satisfies Response));
+    const detail = { token_id: tokenId, conn: this.id, remote: this.peer.remoteAddress ?? null, in_flight: this.#inFlight };
+    this.#host.vault.recordConnectionCut(who, why, detail).catch((e: unknown) => {
+      this.#host.log.warn({ conn: this.id, err: (e as Error).message }, "could not audit a connection closed for its token");
+    });
+  }
+
   /** Server shutdown has begun: a connection still in its handshake is refused now. */
   beginShutdown(): void {
-    if (this.#state === "hello" || this.#state === "auth") this.#refuse("unavailable", "the daemon is shutting down; try again when it is back");
+    if (this.#state === "hello" || this.#state === "challenge" || this.#state === "proof" || this.#state === "auth") this.#refuse("unavailable", "the daemon is shutting down; try again when it is back");
   }
 
   /** Closes the connection: writes `last` if given, ends our side, discards input, destroys after a short linger. */
@@ -381,7 +601,9 @@ export class Connection {
 
   #finish(last?: Buffer): void {
     if (this.#state === "closing" || this.#state === "closed") return;
+    const inHandshake = this.#state !== "open";
     this.#state = "closing";
+    this.#host.connectionClosing(this, inHandshake);
     this.#queue.length = 0;
     const s = this.socket;
     if (last && !s.destroyed && s.writable) s.end(last);

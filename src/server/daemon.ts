@@ -2,16 +2,17 @@
  * The daemon: one per home (a lock), the vault opened from the home, the server, the Unix-socket
  * listener and the optional loopback TCP listener. `lessor serve` runs it in the foreground.
  */
-import { unlinkSync } from "node:fs";
 import type { Server } from "node:net";
+import { join } from "node:path";
 import { loadConfig, openVault } from "../config/open-vault.js";
-import { inHome, resolveHome } from "../config/home.js";
+import { HOME_FILES, inHome, resolveHome } from "../config/home.js";
 import { VERSION } from "../version.js";
 import type { Vault } from "../vault/vault.js";
 import { makeAuthenticator } from "./authenticate.js";
 import { acquireDaemonLock } from "./lock.js";
 import { noopLogger, type Logger } from "./logger.js";
 import { loadPeerCred } from "./peercred.js";
+import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
 import { listenTcp } from "./transports/tcp.js";
 import { listenUnix } from "./transports/uds.js";
@@ -22,6 +23,8 @@ export interface DaemonOptions {
   env?: NodeJS.ProcessEnv;
   getPassphrase?: () => Promise<string>;
   log?: Logger;
+  /** Where to load the peer-credential addon from (tests simulate a missing one); default: the package's own. */
+  peercredAddonPath?: string;
 }
 
 /** A running daemon. */
@@ -30,9 +33,20 @@ export interface Daemon {
   readonly socketPath: string;
   readonly tcp: { host: string; port: number } | null;
   readonly vault: Vault;
+  /**
+   * Re-reads the policy file (what SIGHUP does in `lessor serve`), audited as done by
+   * {@link RELOAD_IDENTITY}. A broken file puts deny-all in force; the outcome is logged, never thrown.
+   */
+  reloadPolicy(): Promise<void>;
   /** Stops accepting, finishes in-flight requests, flushes and closes the store, releases the lock. */
   close(): Promise<void>;
 }
+
+/** Who a policy reload asked by a signal to the daemon is audited as. */
+export const RELOAD_IDENTITY = Object.freeze({ id: "signal:SIGHUP", role: "admin", transport: "signal" } as const);
+
+/** How often the daemon looks for a killswitch pulled or released by another process sharing the store. */
+const KILLSWITCH_POLL_MS = 1000;
 
 /** Starts a daemon for a home; resolves once it listens. */
 export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
@@ -53,23 +67,46 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
   };
   try {
     const cfg = loadConfig(home);
+    // Decided before the vault opens (and asks for a passphrase): a configuration that needs peer
+    // credentials the daemon cannot read stops the start here.
+    const peercred = loadPeerCred(opts.peercredAddonPath !== undefined ? { addonPath: opts.peercredAddonPath } : {});
+    const trust = decidePeerTrust({
+      peercred,
+      socketMode: cfg.server.socketMode,
+      identities: cfg.identities,
+      configPath: join(home, HOME_FILES.config),
+      ...(opts.peercredAddonPath !== undefined ? { addonPath: opts.peercredAddonPath } : {}),
+    });
+    if (trust.warning !== null) log.warn({ ownerWithoutPeerCred: true }, trust.warning);
     const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
     cleanups.push(() => vault.close());
+    // The vault refuses audited writes once it finds the audit trail cut or altered; say so loudly, once per problem.
+    const offAudit = vault.onSignal((sig) => {
+      if (sig.type === "audit_broken")
+        log.error({ problem: sig.problem }, "the audit trail is broken: audited operations are refused until an admin checks it (lessor audit verify) and runs lessor audit recover --reason \"…\"");
+    });
+    cleanups.push(offAudit);
     const ownerUid = process.getuid?.() ?? 0;
-    const peercred = loadPeerCred();
-    if (!peercred.available) log.warn({ reason: peercred.reason }, "peer credentials unavailable: every Unix-socket client is treated as the socket owner");
     const s = cfg.server;
     const server = new LessorServer({
       vault,
-      authenticate: makeAuthenticator(vault, cfg.identities, ownerUid),
+      authenticate: makeAuthenticator(vault, cfg.identities, ownerUid, { ownerWithoutPeerCred: trust.ownerWithoutPeerCred }),
       limits: {
         maxConnections: s.maxConnections,
         handshakeTimeoutMs: s.handshakeTimeoutMs,
         idleTimeoutMs: s.idleTimeoutMs,
         readTimeoutMs: s.readTimeoutMs,
         maxInFlight: s.maxInFlight,
+        maxInFlightPerPrincipal: s.maxInFlightPerPrincipal,
+        maxInFlightPerPrincipalShared: s.maxInFlightPerPrincipalShared,
+        maxInFlightTotal: s.maxInFlightTotal,
+        maxBufferedBytes: s.maxBufferedBytes,
+        maxConnectionsPerPrincipal: s.maxConnectionsPerPrincipal,
+        maxHandshakes: s.maxHandshakes,
+        maxHandshakesPerPeer: s.maxHandshakesPerPeer,
         maxFrameBytes: s.maxFrameBytes,
         shutdownGraceMs: s.shutdownGraceMs,
+        maxConnectionLifetimeMs: s.maxConnectionLifetimeMs,
       },
       log,
       version: VERSION,
@@ -83,14 +120,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       onConnection: (sock, peer) => server.handle(sock, peer),
       onError: (e) => log.warn({ err: e.message }, "unix socket listener error"),
     });
-    listeners.push(uds);
-    cleanups.push(() => {
-      try {
-        unlinkSync(socketPath);
-      } catch {
-        // already gone
-      }
-    });
+    listeners.push(uds); // its close() removes the socket file, if it is still the one it created
     // Listeners stop accepting first (close() without waiting: its callback waits for every
     // connection), then the server drains in-flight requests, then the vault closes.
     cleanups.push(() => {
@@ -103,7 +133,18 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       const addr = t.address();
       tcp = addr && typeof addr === "object" ? { host: addr.address, port: addr.port } : s.tcp;
     }
+    // A killswitch pulled by another process (the CLI in embedded mode, another daemon on the same
+    // store) closes this daemon's agent connections too, within a second.
+    const poll = setInterval(() => {
+      vault.checkKillswitch().catch((e: unknown) => log.warn({ err: (e as Error).message }, "could not read the killswitch state"));
+    }, KILLSWITCH_POLL_MS);
+    poll.unref();
+    cleanups.push(() => clearInterval(poll));
     const status = await vault.admin().status();
+    if (status.policy.state === "broken")
+      log.error({ policy: status.policy.source, error: status.policy.error }, "the policy file is invalid: every grant is denied until it is fixed and reloaded (lessor policy reload, or SIGHUP)");
+    if (status.killswitch.engaged)
+      log.warn({ since: status.killswitch.at, by: status.killswitch.by, reason: status.killswitch.reason }, "the killswitch is engaged: no lease is granted until an admin runs lessor killswitch --release");
     log.info(
       { home, socket: socketPath, tcp, store: status.store, keySource: status.keySource, keyId: status.keyId, policyRules: status.policy.rules, version: VERSION },
       "lessor daemon ready",
@@ -114,6 +155,14 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       socketPath,
       tcp,
       vault,
+      reloadPolicy: async () => {
+        try {
+          const r = await vault.session(RELOAD_IDENTITY).reloadPolicy();
+          log.info({ rules: r.rules, digest: r.digest, version: (await vault.admin().status()).policy.load }, "policy reloaded");
+        } catch (e) {
+          log.error({ err: (e as Error).message }, "policy reload failed: every grant is denied until the file is fixed and reloaded");
+        }
+      },
       close: () => {
         closing ??= cleanup().then(() => log.info({ home }, "lessor daemon stopped"));
         return closing;

@@ -38,6 +38,11 @@ export const HANDLERS: { [M in MethodName]: Handler<M> } = {
     };
   },
 
+  async whoami(s) {
+    const w = await s.whoami();
+    return { identity: wireIdentity(w.identity), token: w.token };
+  },
+
   async store_secret(s, p) {
     const bytes = decodeValue(p.value, p.encoding);
     try {
@@ -87,11 +92,13 @@ export const HANDLERS: { [M in MethodName]: Handler<M> } = {
       ...(p.limit !== undefined ? { limit: p.limit } : {}),
     }),
   killswitch: (s, p) => s.killswitch(p.reason),
+  killswitch_release: (s, p) => s.releaseKillswitch(p.reason),
 
   async audit_query(s, p) {
     return (await s.auditQuery(p)).map(wireAudit);
   },
   audit_verify: (s) => s.auditVerify(),
+  audit_recover: (s, p) => s.auditRecover({ reason: p.reason }),
   reload_policy: (s) => s.reloadPolicy(),
   async explain(s, p) {
     return wireExplanation(await s.explain(p.agent, parseRefString(p.secret), p.domain));

@@ -1,7 +1,9 @@
 /**
- * Peer credentials of Unix-socket clients, through the optional native addon in native/peercred
- * (getsockopt SO_PEERCRED on Linux). When the addon is missing the daemon treats every Unix-socket
- * client as the socket's owner, which is safe only because the socket is created 0600.
+ * Peer credentials of Unix sockets, through the optional native addon in native/peercred
+ * (getsockopt SO_PEERCRED on Linux). Without them a Unix-socket peer has no uid, and lessor never
+ * guesses one: the daemon refuses to start when other uids could reach its socket, and otherwise
+ * (a 0600 socket and no `[[identity]]` entries) relies on the file mode, saying so at start
+ * (src/server/peer-trust.ts).
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -22,8 +24,10 @@ export type PeerCredLoader =
       available: true;
       /**
        * The peer's credentials, or `null` when this socket exposes no file descriptor (Node keeps it on
-       * the internal `_handle.fd`; if a future Node hides it, the caller falls back as if the addon were
-       * unavailable for this socket). Throws when the kernel refuses the query (e.g. the socket is closed).
+       * the internal `_handle.fd`; if a future Node hides it, that peer has no uid and gets no identity
+       * from one). Throws when the kernel refuses the query (e.g. the socket is closed). Works on both
+       * ends: on an accepted socket it is the client (as of its connect()); on a client socket it is
+       * the process that created the listening socket (as of its listen()).
        */
       get(socket: Socket): PeerCred | null;
     }
@@ -33,7 +37,8 @@ interface Addon {
   peercred(fd: number): PeerCred;
 }
 
-const FALLBACK = "every Unix-socket client is treated as the socket's owner";
+/** What the missing credentials mean, appended to every reason. */
+const FALLBACK = "Unix-socket peers cannot be identified by uid";
 
 /** The nearest directory at or above `start` that holds a package.json (the package root). */
 export function findPackageRoot(start: string): string | null {
@@ -65,7 +70,7 @@ export function loadPeerCred(opts: { addonPath?: string } = {}): PeerCredLoader 
     return { available: false, reason: `the peer-credential addon was not found (no package root above this module); ${FALLBACK}` };
   }
   if (!existsSync(path)) {
-    return { available: false, reason: `the peer-credential addon was not built (${path} is missing; see native/peercred/README.md); ${FALLBACK}` };
+    return { available: false, reason: `the peer-credential addon was not built (${path} is missing; build it with: node ${buildScript(path)}); ${FALLBACK}` };
   }
   let addon: Addon;
   try {
@@ -84,6 +89,12 @@ export function loadPeerCred(opts: { addonPath?: string } = {}): PeerCredLoader 
       return { uid: c.uid, gid: c.gid, pid: c.pid };
     },
   };
+}
+
+/** The build script beside an addon at `<root>/native/peercred/build/Release/peercred.node`, for messages. */
+export function buildScript(addonPath: string): string {
+  const root = findPackageRoot(dirname(addonPath)) ?? findPackageRoot(dirname(fileURLToPath(import.meta.url)));
+  return join(root ?? ".", "scripts", "build-addon.mjs");
 }
 
 /** The OS file descriptor behind a connected net.Socket, or null when Node does not expose it. */

@@ -16,22 +16,24 @@ import type { Hello } from "../protocol/messages.js";
 import { VaultError } from "../vault/errors.js";
 import type { Identity } from "../vault/types.js";
 import type { Vault } from "../vault/vault.js";
+import { Admission } from "./admission.js";
 import { Connection, refusalFrame, type ConnectionHost, type PeerInfo, type ServerLimits } from "./connection.js";
+import { DEFAULT_SERVER_LIMITS } from "./limits.js";
 import type { DispatchContext } from "./dispatch.js";
 import { noopLogger, type Logger } from "./logger.js";
+import { Scheduler } from "./scheduler.js";
 
 export type { PeerInfo, ServerLimits } from "./connection.js";
+export { DEFAULT_SERVER_LIMITS } from "./limits.js";
 
-/** The default limits. */
-export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
-  maxConnections: 1024,
-  handshakeTimeoutMs: 5000,
-  idleTimeoutMs: 300_000,
-  readTimeoutMs: 10_000,
-  maxInFlight: 64,
-  maxFrameBytes: MAX_FRAME_BYTES,
-  shutdownGraceMs: 10_000,
-});
+/**
+ * How often the server re-reads the tokens its connections hold, to notice a revocation made by
+ * another process sharing the store (this process's own revocations act at once, by signal).
+ */
+export const TOKEN_RECHECK_MS = 500;
+
+/** The sweep runs at least this often, so a token's expiry closes its connections within a second. */
+const MAX_SWEEP_MS = 500;
 
 /** How to build a {@link LessorServer}. */
 export interface ServerOptions {
@@ -64,11 +66,19 @@ function refuse(socket: Socket, frame: Buffer): void {
 }
 
 const SHUTTING_DOWN = refusalFrame("unavailable", "the daemon is shutting down; try again when it is back");
+const EVICTED = refusalFrame(
+  "rate_limited",
+  "closed to make room: the daemon had too many connections in their handshake and this one had not finished its own; send the hello right after connecting, and try again",
+);
 
 /** Serves protocol v1 on sockets handed to {@link handle}. */
 export class LessorServer {
   readonly #host: ConnectionHost;
   readonly #conns = new Set<Connection>();
+  /** Connections closing (lingering up to a second): the first to go when the connection cap is reached. */
+  readonly #lingering = new Set<Connection>();
+  /** Connections destroyed to make room whose close event has not come yet (still in #conns). */
+  #dropped = 0;
   readonly #limits: ServerLimits;
   readonly #log: Logger;
   readonly #rateLimited: Buffer;
@@ -77,15 +87,29 @@ export class LessorServer {
   #inFlight = 0;
   #onIdle: (() => void) | null = null;
   #onEmpty: (() => void) | null = null;
-  #capLoggedAt = 0;
-  #capRefused = 0;
+  readonly #admission: Admission<Connection>;
+  readonly #scheduler: Scheduler;
+  /** Connections refused or replaced since the last log line about them, by why. */
+  #refused = new Map<string, number>();
+  #refusedLoggedAt = 0;
   readonly #sweep: NodeJS.Timeout;
+  readonly #tokenRecheck: NodeJS.Timeout;
+  readonly #offTokens: () => void;
+  readonly #offKillswitch: () => void;
 
   constructor(opts: ServerOptions) {
     const limits = checkLimits({ ...DEFAULT_SERVER_LIMITS, ...opts.limits });
     this.#limits = limits;
     this.#log = opts.log ?? noopLogger;
     this.#rateLimited = refusalFrame("rate_limited", `the daemon has too many connections (${limits.maxConnections}); try again`);
+    this.#admission = new Admission(limits);
+    this.#scheduler = new Scheduler({
+      perPrincipal: limits.maxInFlightPerPrincipal,
+      perPrincipalShared: limits.maxInFlightPerPrincipalShared,
+      total: limits.maxInFlightTotal,
+    });
+    const scheduler = this.#scheduler;
+    const admission = this.#admission;
     const startedAt = Date.now();
     const conns = this.#conns;
     const dispatch: DispatchContext = { version: opts.version, startedAt, connections: () => conns.size };
@@ -99,24 +123,80 @@ export class LessorServer {
         return server.#closing;
       },
       authenticate: (peer, hello) => opts.authenticate(peer, hello),
+      admit: (c, identity) => admission.admit(c, identity),
+      schedule: (principal, job) => scheduler.submit(principal, job),
       requestStarted: () => {
         this.#inFlight++;
       },
       requestDone: () => {
         if (--this.#inFlight === 0 && this.#onIdle) this.#onIdle();
       },
+      connectionClosing: (c, inHandshake) => {
+        if (inHandshake) admission.endHandshake(c);
+        this.#lingering.add(c);
+      },
       connectionClosed: (c) => {
+        this.#lingering.delete(c);
         this.#conns.delete(c);
+        admission.remove(c);
         if (this.#conns.size === 0 && this.#onEmpty) this.#onEmpty();
       },
     };
     // One timer for every deadline of every connection, instead of timers per connection or request.
-    const tick = Math.max(5, Math.min(1000, Math.floor(Math.min(limits.handshakeTimeoutMs, limits.readTimeoutMs, limits.idleTimeoutMs) / 4)));
+    const tick = Math.max(5, Math.min(MAX_SWEEP_MS, Math.floor(Math.min(limits.handshakeTimeoutMs, limits.readTimeoutMs, limits.idleTimeoutMs, limits.maxConnectionLifetimeMs) / 4)));
     this.#sweep = setInterval(() => {
       const now = Date.now();
       for (const c of this.#conns) c.check(now);
     }, tick);
     this.#sweep.unref();
+    // A revoked token's connections close at once: revoked here, by the vault's signal; revoked by
+    // another process sharing the store, when the recheck below reads it (within TOKEN_RECHECK_MS).
+    this.#offTokens = opts.vault.onSignal((signal) => {
+      if (signal.type === "token_revoked") this.#closeForToken(signal.tokenId);
+    });
+    let rechecking = false;
+    this.#tokenRecheck = setInterval(() => {
+      if (rechecking) return;
+      const ids = new Set<string>();
+      for (const c of this.#conns) if (c.tokenId !== null) ids.add(c.tokenId);
+      if (ids.size === 0) return;
+      rechecking = true;
+      opts.vault
+        .recheckTokens(ids)
+        .catch((e: unknown) => this.#log.warn({ err: (e as Error).message }, "could not re-read the tokens of open connections"))
+        .finally(() => (rechecking = false));
+    }, TOKEN_RECHECK_MS);
+    this.#tokenRecheck.unref();
+    this.#offKillswitch = opts.vault.onSignal((signal) => {
+      if (signal.type === "killswitch" && signal.engaged) this.#closeForKillswitch();
+    });
+  }
+
+  /**
+   * The killswitch was pulled: closes every connection of an agent, and of an orchestrator (it acts
+   * for agents), at once; in-flight answers are dropped. Admins keep theirs, to release it.
+   */
+  #closeForKillswitch(): void {
+    let closed = 0;
+    for (const c of this.#conns) {
+      const role = c.identity?.role;
+      if (role === "agent" || role === "orchestrator") {
+        c.end();
+        closed++;
+      }
+    }
+    this.#log.warn({ closed }, "killswitch engaged: closed every agent and orchestrator connection");
+  }
+
+  /** Closes every connection that authenticated with token `tokenId` (it was revoked). */
+  #closeForToken(tokenId: string): void {
+    let closed = 0;
+    for (const c of this.#conns)
+      if (c.tokenId === tokenId) {
+        c.cutToken("token revoked");
+        closed++;
+      }
+    if (closed > 0) this.#log.warn({ tokenId, closed }, "token revoked: closed its connections");
   }
 
   /** The limits in force. */
@@ -133,19 +213,58 @@ export class LessorServer {
   handle(socket: Socket, peer: PeerInfo): void {
     if (socket.destroyed) return;
     if (this.#closing) return refuse(socket, SHUTTING_DOWN);
-    if (this.#conns.size >= this.#limits.maxConnections) {
-      // One log line per second at most, however hard the daemon is being hit.
-      this.#capRefused++;
-      const now = Date.now();
-      if (now - this.#capLoggedAt >= 1000) {
-        this.#log.warn({ refused: this.#capRefused, connections: this.#conns.size }, "refusing connections: the connection cap is reached");
-        this.#capLoggedAt = now;
-        this.#capRefused = 0;
-      }
+    if (this.#conns.size - this.#dropped >= this.#limits.maxConnections && !this.#dropLingering()) {
+      this.#noteRefused("connection cap", peer);
       return refuse(socket, this.#rateLimited);
     }
+    const verdict = this.#admission.check(peer);
+    if (!verdict.ok) {
+      this.#noteRefused(verdict.why, peer);
+      return refuse(socket, refusalFrame("rate_limited", verdict.message));
+    }
+    if (verdict.evict !== null) {
+      // The handshake budget is full: the oldest connection still waiting on its client makes room.
+      this.#noteRefused("replaced in the handshake budget", peer);
+      this.#admission.endHandshake(verdict.evict);
+      verdict.evict.end(EVICTED);
+    }
     if (peer.transport === "tcp") socket.setNoDelay(true);
-    this.#conns.add(new Connection(this.#host, socket, peer));
+    const c = new Connection(this.#host, socket, peer);
+    this.#conns.add(c);
+    this.#admission.add(c, peer);
+  }
+
+  /**
+   * At the connection cap, a connection already closing (refused, or its client gone, lingering so
+   * its last frame is read) is the cheapest to give up: it is destroyed to make room, so refused
+   * connections that a client never closes cannot hold the cap. True when one was dropped.
+   */
+  #dropLingering(): boolean {
+    for (const c of this.#lingering) {
+      this.#lingering.delete(c);
+      if (c.socket.destroyed) continue;
+      this.#dropped++;
+      c.socket.once("close", () => this.#dropped--);
+      c.socket.destroy();
+      return true;
+    }
+    return false;
+  }
+
+  /** Counts a refused connection; logs the counts at most once a second, however hard the daemon is hit. */
+  #noteRefused(why: string, peer: PeerInfo): void {
+    this.#refused.set(why, (this.#refused.get(why) ?? 0) + 1);
+    const now = Date.now();
+    if (now - this.#refusedLoggedAt < 1000) return;
+    const refused = Object.fromEntries(this.#refused);
+    this.#log.warn({ refused, connections: this.#conns.size, transport: peer.transport, uid: peer.uid ?? null, remote: peer.remoteAddress ?? null }, "refusing connections over the daemon's limits");
+    this.#refusedLoggedAt = now;
+    this.#refused = new Map();
+  }
+
+  /** Requests running now, and waiting for the scheduler (for status and tests). */
+  get requests(): { running: number; waiting: number } {
+    return { running: this.#scheduler.running, waiting: this.#scheduler.waiting };
   }
 
   /**
@@ -159,6 +278,9 @@ export class LessorServer {
 
   async #close(): Promise<void> {
     this.#closing = true;
+    this.#offKillswitch();
+    this.#offTokens();
+    clearInterval(this.#tokenRecheck);
     for (const c of this.#conns) c.beginShutdown();
     if (this.#inFlight > 0) {
       let timer: NodeJS.Timeout | undefined;

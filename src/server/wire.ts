@@ -7,7 +7,7 @@ import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { WireIdentity } from "../protocol/messages.js";
 import type { WireAuditEvent } from "../protocol/methods.js";
 import { VaultError } from "../vault/errors.js";
-import type { Explanation } from "../vault/policy.js";
+import type { VaultExplanation } from "../vault/vault.js";
 import type { AuditRecord, Identity } from "../vault/types.js";
 
 /** The identity as told to the client in the welcome and in `status`. */
@@ -37,12 +37,13 @@ export function wireAudit(e: AuditRecord): WireAuditEvent {
     detail: e.detail === null ? null : (JSON.parse(e.detail) as Record<string, unknown>),
     prevHash: Buffer.from(e.prevHash.buffer, e.prevHash.byteOffset, e.prevHash.byteLength).toString("hex"),
     hash: Buffer.from(e.hash.buffer, e.hash.byteOffset, e.hash.byteLength).toString("hex"),
+    keyId: e.keyId,
   };
 }
 
 /** An explanation with the deciding rule replaced by its name. */
-export function wireExplanation(e: Explanation): Omit<Explanation, "rule"> & { rule: string | null } {
-  return { allow: e.allow, rule: e.rule === null ? null : e.rule.name, reason: e.reason, steps: e.steps };
+export function wireExplanation(e: VaultExplanation): Omit<VaultExplanation, "rule"> & { rule: string | null } {
+  return { allow: e.allow, rule: e.rule === null ? null : e.rule.name, reason: e.reason, steps: e.steps, policy: e.policy };
 }
 
 /** Encodes a value as base64 for the wire and wipes the SecretBytes right after. */

@@ -8,6 +8,7 @@ import { VaultError } from "../vault/errors.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
+  AuditHead,
   AuditRecord,
   LeaseFilter,
   LeaseRecord,
@@ -227,11 +228,11 @@ class Reads implements StoreReader {
     return out;
   }
 
-  async auditHead(): Promise<{ seq: number; hash: Uint8Array } | null> {
+  async auditHead(): Promise<AuditHead | null> {
     this.check();
     const n = this.auditLength();
     const last = n > 0 ? this.t.audit[n - 1]! : undefined;
-    return last === undefined ? null : { seq: last.seq, hash: Buffer.from(last.hash) };
+    return last === undefined ? null : { seq: last.seq, hash: Buffer.from(last.hash), keyId: last.keyId ?? null };
   }
 
   async getCheckpoint(): Promise<AuditCheckpoint | null> {
@@ -609,7 +610,7 @@ function copyLease(l: LeaseRecord): LeaseRecord {
 }
 
 function copyAudit(a: AuditRecord): AuditRecord {
-  return { ...a, prevHash: Buffer.from(a.prevHash), hash: Buffer.from(a.hash) };
+  return { ...a, prevHash: Buffer.from(a.prevHash), hash: Buffer.from(a.hash), keyId: a.keyId ?? null };
 }
 
 function copyCheckpoint(c: AuditCheckpoint): AuditCheckpoint {

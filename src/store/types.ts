@@ -17,6 +17,7 @@
 import type {
   AuditCheckpoint,
   AuditFilter,
+  AuditHead,
   AuditRecord,
   LeaseFilter,
   LeaseRecord,
@@ -53,8 +54,8 @@ export interface StoreReader {
   countLiveLeases(agent: string, now: number): Promise<number>;
 
   queryAudit(filter: AuditFilter): Promise<AuditRecord[]>;
-  /** The last audit row's seq and hash, or null when the trail is empty. */
-  auditHead(): Promise<{ seq: number; hash: Uint8Array } | null>;
+  /** The last audit row's seq, hash and key id, or null when the trail is empty. */
+  auditHead(): Promise<AuditHead | null>;
   getCheckpoint(): Promise<AuditCheckpoint | null>;
 
   getMeta(key: string): Promise<string | null>;

@@ -2,11 +2,13 @@
  * The state every vault operation works with, and `commit`, the one way operations write: a store
  * transaction whose audit events are chained inside it and then handed to the sinks before the
  * caller sees a result. Denials are returned (not thrown) from inside the transaction so that their
- * audit rows commit; `commit` throws them afterwards.
+ * audit rows commit; `commit` throws them afterwards. Before the first event, the audit guard
+ * (src/vault/audit-guard.ts) checks the head it extends against the keyed checkpoint.
  */
 import type { Alg } from "../crypto/aead.js";
 import type { Keyring } from "../crypto/keyring.js";
-import { chainEvent, checkpointKey, makeCheckpoint } from "../audit/chain.js";
+import { chainEvent, makeCheckpoint } from "../audit/chain.js";
+import { AuditKeys } from "../audit/keys.js";
 import type { AuditSink } from "../audit/sink.js";
 import type { Store, StoreTx } from "../store/types.js";
 import type { KeySource } from "../crypto/keyring.js";
@@ -16,15 +18,29 @@ import type { Limits } from "./limits.js";
 export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
 import type { Signals } from "./signals.js";
-import type { AuditDraft, AuditRecord } from "./types.js";
+import type { AuditDraft, AuditHead, AuditRecord } from "./types.js";
+import {
+  brokenError,
+  deferBrake,
+  inspectChain,
+  isBrake,
+  markKeyed,
+  noteAuditState,
+  noteChained,
+  noteCheckpoint,
+  noteCommitted,
+  preflight,
+} from "./audit-guard.js";
 
 /** Shared, mutable state of one open vault. */
 export interface VaultContext {
   readonly store: Store;
   readonly keys: KeySource;
   keyring: Keyring;
-  /** MAC key for audit checkpoints, derived from keyring.current. */
-  auditKey: { id: string; key: Buffer };
+  /** Audit keys (chain and checkpoint MACs), derived from the keyring or opened from the archive. */
+  auditKeys: AuditKeys;
+  /** What the last commit found wrong with the audit trail (audited writes are refused), or null. */
+  auditBroken: string | null;
   policy: Policy;
   readonly loadPolicy: (() => Promise<Policy>) | null;
   readonly sinks: readonly AuditSink[];
@@ -58,8 +74,11 @@ export function auditHeadSeen(ctx: VaultContext): number | undefined {
   return s !== null && performance.now() - s.at < AUDIT_HEAD_MAX_AGE_MS ? s.seq : undefined;
 }
 
-/** Appends audit events inside a transaction. */
-export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord>;
+/**
+ * Appends audit events inside a transaction. Resolves to the record, or null for a brake's event
+ * deferred while the trail is broken (see src/vault/audit-guard.ts).
+ */
+export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord | null>;
 
 /** The meta key naming the vault's current master key id (set when a rotation starts). */
 export const CURRENT_KEY_META = "master_key_id";
@@ -77,11 +96,11 @@ async function checkKeyCurrent(ctx: VaultContext, tx: StoreTx): Promise<void> {
     );
 }
 
-/** Installs a new keyring (after load or rotation) and the audit MAC key derived from it. */
+/** Installs a new keyring (after load or rotation) and the audit keys derived from it. */
 export function setKeyring(ctx: VaultContext, ring: Keyring): void {
   ctx.keyring = ring;
-  ctx.auditKey.key.fill(0);
-  ctx.auditKey = checkpointKey(ring.current);
+  ctx.auditKeys.wipe();
+  ctx.auditKeys = new AuditKeys(ring);
 }
 
 const checkpointWriters = new WeakMap<VaultContext, (tx: StoreTx) => Promise<void>>();
@@ -96,11 +115,23 @@ function checkpointWriter(ctx: VaultContext): (tx: StoreTx) => Promise<void> {
   if (w === undefined) {
     w = async (tx) => {
       const head = await tx.auditHead();
-      if (head !== null) await tx.putCheckpoint(makeCheckpoint(head, ctx.auditKey));
+      if (head === null) return;
+      const cp = makeCheckpoint(head, ctx.auditKeys.current);
+      await tx.putCheckpoint(cp);
+      noteCheckpoint(ctx, cp);
     };
     checkpointWriters.set(ctx, w);
   }
   return w;
+}
+
+/** Options of {@link commit}. */
+export interface CommitOptions {
+  /**
+   * Chain onto the database's actual head without the guard's check: only for the recovery
+   * (src/vault/audit-recover.ts), which checks the trail itself and records what it found.
+   */
+  recovery?: boolean;
 }
 
 /**
@@ -108,41 +139,75 @@ function checkpointWriter(ctx: VaultContext): (tx: StoreTx) => Promise<void> {
  * transaction still commits (with the audit rows of the denial) and the error is thrown after.
  * Events reach every sink before this resolves; a sink failure throws VaultError("audit_failed").
  *
- * Within one call the master-key check and the read of the chain head happen once, at the first
- * event (later events chain onto the one before, which this transaction wrote). The keyed checkpoint
- * is written once per commit, just before it, for the head the commit leaves (see
- * {@link checkpointWriter}): it commits with the events, so every committed state still has a
+ * Within one call the master-key check, the read of the chain head and the guard's check of it
+ * against the checkpoint happen once, at the first event (later events chain onto the one before,
+ * which this transaction wrote). A head that fails the check refuses the call with
+ * VaultError("audit_broken"), except that a brake's event is deferred (see src/vault/audit-guard.ts).
+ * The keyed checkpoint is written once per commit, just before it, for the head the commit leaves
+ * (see {@link checkpointWriter}): it commits with the events, so every committed state still has a
  * checkpoint on its head.
  */
 export async function commit<T>(
   ctx: VaultContext,
   fn: (tx: StoreTx, audit: AuditFn, now: number) => Promise<T | VaultError>,
+  opts: CommitOptions = {},
 ): Promise<T> {
   if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+  await preflight(ctx);
   const events: AuditRecord[] = [];
   let result: T | VaultError;
+  /** What the guard found at the first event: undefined when no event was attempted. */
+  let found: string | null | undefined;
   try {
     result = await ctx.store.transaction(async (tx) => {
       events.length = 0;
+      found = undefined;
       const now = ctx.now();
       /** The chain head; undefined until the first event of this call has read it. */
-      let head: { seq: number; hash: Uint8Array } | null | undefined;
-      const audit: AuditFn = async (draft) => {
-        if (head === undefined) {
-          await checkKeyCurrent(ctx, tx);
-          head = await tx.auditHead();
-        }
-        const rec = chainEvent(head, draft, now);
+      let head: AuditHead | { seq: number; hash: Uint8Array } | null | undefined;
+      /** True when the trail is broken and this call's brake events are deferred. */
+      let deferring = false;
+      const append = async (draft: AuditDraft): Promise<AuditRecord> => {
+        const rec = chainEvent(head!, draft, now, ctx.auditKeys.current);
         await tx.insertAudit(rec);
+        noteChained(ctx, rec.seq, rec.hash as Buffer);
         events.push(rec);
         head = rec;
         return rec;
+      };
+      const audit: AuditFn = async (draft) => {
+        if (head === undefined) {
+          await checkKeyCurrent(ctx, tx);
+          if (opts.recovery) {
+            head = await tx.auditHead();
+            found = null;
+          } else {
+            const chain = await inspectChain(ctx, tx);
+            found = chain.problem;
+            if (chain.problem !== null) {
+              if (!isBrake(draft)) throw brokenError(chain.problem);
+              deferring = true;
+              head = null;
+            } else {
+              head = chain.head;
+              if (chain.marksFormat) await markKeyed(tx);
+              for (const d of chain.prelude) await append(d);
+            }
+          }
+        }
+        if (deferring) {
+          if (!isBrake(draft)) throw brokenError(found!);
+          await deferBrake(tx, draft, now);
+          return null;
+        }
+        return append(draft);
       };
       const out = await fn(tx, audit, now);
       if (events.length > 0) tx.beforeCommit(checkpointWriter(ctx));
       return out;
     });
   } catch (e) {
+    if (found !== undefined) noteAuditState(ctx, found);
     if (e instanceof VaultError) throw e;
     throw new VaultError(
       "unavailable",
@@ -150,7 +215,9 @@ export async function commit<T>(
       { cause: e },
     );
   }
+  if (found !== undefined) noteAuditState(ctx, found);
   if (events.length > 0) {
+    noteCommitted(ctx, events[events.length - 1]!.seq, events[events.length - 1]!.time);
     sawAuditHead(ctx, events[events.length - 1]!.seq);
     for (const sink of ctx.sinks) {
       try {

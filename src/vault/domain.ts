@@ -6,6 +6,7 @@
  */
 import { domainToASCII } from "node:url";
 import { VaultError } from "./errors.js";
+import { quoteText } from "./text.js";
 
 /** An exact host (`api.github.com`) or a wildcard (`*.github.com`: any host strictly below the suffix). */
 export type DomainPattern = { kind: "exact"; host: string } | { kind: "wildcard"; suffix: string };
@@ -17,8 +18,9 @@ const MAX_INPUT = 1024;
 /** Control, format (zero-width, soft hyphen, bidi), separator and unassigned characters. */
 const INVISIBLE = /[\p{C}\p{Z}]/u;
 
-function show(s: string): string {
-  return JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);
+/** The value quoted for a message: clipped, and with control and invisible characters escaped. */
+function show(v: unknown): string {
+  return quoteText(typeof v === "string" ? v : String(v));
 }
 
 function fail(problem: string): HostResult {

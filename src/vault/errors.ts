@@ -27,6 +27,8 @@ export const ERROR_CODES = {
   policy_invalid: "the policy file could not be loaded",
   config_invalid: "the configuration file could not be loaded",
   audit_failed: "the audit trail could not be written, so the operation was refused",
+  audit_broken: "the audit trail was found cut or altered, so audited operations are refused until an admin recovers it",
+  daemon_unverified: "the client could not verify that it reached the real lessor daemon, so it sent nothing",
 } as const;
 
 /** One of the documented error codes. */
@@ -67,6 +69,8 @@ const WIRE: Record<ErrorCode, WireErrorCode> = {
   policy_invalid: "invalid_request",
   config_invalid: "unavailable",
   audit_failed: "unavailable",
+  audit_broken: "unavailable",
+  daemon_unverified: "unauthenticated",
 };
 
 /** Maps any core code onto the wire protocol's closed set. */

@@ -13,9 +13,13 @@ import { parseDuration } from "./duration.js";
 import { VaultError } from "./errors.js";
 import { isUuid, uuidv7 } from "./ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "./names.js";
+import { matchPathPrefixes } from "./http-path.js";
+import { checkPlainText, escapeUnsafe, quoteText } from "./text.js";
+import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains } from "./policy.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "./types.js";
 import { leaseState } from "./lease-state.js";
+import { formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
 
 export { leaseState, type LeaseState } from "./lease-state.js";
 
@@ -90,6 +94,7 @@ function checkRequest(req: LeaseRequest): CheckedRequest {
     throw new VaultError("invalid_request", "maxUses must be a whole number from 1");
   if (req.domains !== undefined && (!Array.isArray(req.domains) || req.domains.length > 64 || !req.domains.every((d) => typeof d === "string")))
     throw new VaultError("invalid_request", "domains must be a list of at most 64 host names");
+  if (req.domains !== undefined) checkDomainsText(req.domains);
   return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains };
 }
 
@@ -118,6 +123,9 @@ async function grantIn(
   const { ref, secret } = req;
   const agent = resolveAgent(who, req.agent);
   if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
+  // The killswitch lockout, read in this transaction: no grant commits after a killswitch did.
+  const lockout = await readKillswitch(tx);
+  if (lockout.engaged) return denied(audit, who, lockoutError(lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
   const q = { agent, secret: ref, domains: req.domains };
   const decision = decide(ctx.policy, q);
   if (!decision.allow || !decision.rule)
@@ -202,6 +210,7 @@ export const REFUSED_FIRST_ACCESS = "its first access, requested with the grant,
  */
 export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, target: AccessTarget = {}): Promise<AccessResult> {
   const checked = checkRequest(req);
+  checkTarget(target);
   const got = await commit(ctx, async (tx, audit, now) => {
     const granted = await grantIn(ctx, tx, audit, now, who, checked, true);
     if (granted instanceof VaultError) return granted;
@@ -235,11 +244,14 @@ function targetError(lease: LeaseRecord, target: AccessTarget): VaultError | nul
   if (target.domain === undefined) {
     if (!lease.anyDomain) return new VaultError("access_denied", "this lease is bound to domains; say which domain the credential is for");
   } else if (typeof target.domain !== "string" || (!lease.anyDomain && !lease.domains.some((p) => matchDomain(pattern(p), target.domain as string))))
-    return new VaultError("access_denied", `domain ${JSON.stringify(String(target.domain).slice(0, 80))} is not one this lease was granted for`);
+    return new VaultError("access_denied", `domain ${quoteText(String(target.domain))} is not one this lease was granted for`);
   if (lease.methods && target.method !== undefined && !lease.methods.includes(String(target.method).toUpperCase()))
-    return new VaultError("access_denied", `method ${String(target.method).slice(0, 16)} is not allowed by this lease`);
-  if (lease.paths && target.path !== undefined && !lease.paths.some((p) => String(target.path).startsWith(p)))
-    return new VaultError("access_denied", "this path is not under a prefix the lease allows");
+    return new VaultError("access_denied", `method ${escapeUnsafe(String(target.method).slice(0, 32))} is not allowed by this lease`);
+  if (lease.paths && target.path !== undefined) {
+    // Canonicalised first: "..", "%2e%2e", "//" and the like cannot step out of a prefix (src/vault/http-path.ts).
+    const m = matchPathPrefixes(lease.paths, String(target.path));
+    if (!m.allowed) return new VaultError("access_denied", `${m.reason}; the lease allows paths under ${lease.paths.map((p) => JSON.stringify(p)).join(", ")}`);
+  }
   return null;
 }
 
@@ -323,6 +335,7 @@ function opened(ctx: VaultContext, got: Use): AccessResult {
 /** Uses a lease once: returns the secret's current value if every check passes. */
 export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: string, target: AccessTarget = {}): Promise<AccessResult> {
   const id = checkLeaseId(leaseId);
+  checkTarget(target);
   const got = await commit(ctx, async (tx, audit, now) => {
     const lease = await ownLease(tx, audit, who, id);
     if (lease instanceof VaultError) return lease;
@@ -347,7 +360,7 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     const rule = ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
     const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
     if (!rule || !decision.allow)
-      return denied(audit, who, new VaultError("access_denied", "policy no longer grants this lease; request a new one"), fields);
+      return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? decision.reason : "policy no longer grants this lease; request a new one"), fields);
     // The new expiry is `ttl` from now (capped by the rule and by max_ttl): a shorter ttl shortens.
     const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), lease.maxExpiresAt);
     if (lease.expiresAt >= lease.maxExpiresAt && expiresAt >= lease.expiresAt)
@@ -384,22 +397,58 @@ export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentI
   });
 }
 
-/** Revokes every live lease of every agent at once. Admin only. */
+/**
+ * Pulls the killswitch: revokes every live lease of every agent and engages the lockout (see
+ * src/vault/lockout.ts) in one transaction, then raises the killswitch signal so that a server closes
+ * its agents' connections. Pulling it again while engaged revokes again and keeps the first
+ * engagement's time, actor and reason. Admin only.
+ */
 export async function killswitch(ctx: VaultContext, who: Identity, reason = "killswitch"): Promise<{ revoked: number }> {
   const why = checkReason(reason);
-  return commit(ctx, async (tx, audit, now) => {
+  const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "pull the killswitch");
     if (err) return denied(audit, who, err, {});
+    const before = await readKillswitch(tx);
+    const state: KillswitchState = before.engaged ? before : { engaged: true, at: now, by: who.id, reason: why };
+    if (!before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
     const n = await tx.revokeLeases({ all: true }, now, why);
-    await audit({ type: "killswitch", actor: who, outcome: "ok", reason: why, detail: { count: n } });
-    return { revoked: n };
+    await audit({ type: "killswitch", actor: who, outcome: "ok", reason: why, detail: { count: n, engaged: true, already_engaged: before.engaged } });
+    return { revoked: n, state };
   });
+  sawKillswitch(ctx, got.state);
+  ctx.signals.emit({ type: "killswitch", engaged: true });
+  return { revoked: got.revoked };
 }
 
+/**
+ * Releases the killswitch lockout: grants are decided by the policy again. Audited (a killswitch event
+ * with detail engaged = false) whether or not it was engaged; `released` says whether it was. Admin only.
+ */
+export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason = "released"): Promise<{ released: boolean }> {
+  const why = checkReason(reason);
+  const got = await commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "release the killswitch");
+    if (err) return denied(audit, who, err, {});
+    const before = await readKillswitch(tx);
+    const state: KillswitchState = before.engaged ? { engaged: false, at: now, by: who.id, reason: why } : before;
+    if (before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
+    await audit({
+      type: "killswitch",
+      actor: who,
+      outcome: "ok",
+      reason: why,
+      detail: { engaged: false, was_engaged: before.engaged, engaged_at: before.engaged ? before.at : null, engaged_by: before.engaged ? before.by : null },
+    });
+    return { released: before.engaged, state };
+  });
+  sawKillswitch(ctx, got.state);
+  if (got.released) ctx.signals.emit({ type: "killswitch", engaged: false });
+  return { released: got.released };
+}
+
+/** A revocation or killswitch reason: one line of plain text (src/vault/text.ts), at most 200 characters. */
 function checkReason(r: unknown): string {
-  if (typeof r !== "string" || r.length > 200 || /[\u0000-\u001f]/.test(r))
-    throw new VaultError("invalid_request", "a revocation reason must be one line of at most 200 characters");
-  return r;
+  return checkPlainText(r, "a revocation reason", 200);
 }
 
 /** Lists leases: agents see their own; orchestrators those of agents they act for; admins all. */

@@ -10,6 +10,11 @@ export interface Limits {
   keepVersions: number;
   /** How long expired leases are kept before garbage collection deletes them. Default 7 days. */
   leaseRetentionMs: number;
+  /**
+   * Failed authentications after a source's first are counted and audited as one row per source
+   * this often (see src/vault/auth-failures.ts). Default 10 s.
+   */
+  authFailureWindowMs: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -17,5 +22,6 @@ export const DEFAULT_LIMITS: Limits = {
   maxLiveLeasesPerAgent: 100,
   keepVersions: 10,
   leaseRetentionMs: 7 * 24 * 3600 * 1000,
+  authFailureWindowMs: 10_000,
 };
 

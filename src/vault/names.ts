@@ -3,6 +3,7 @@
  * VaultError("invalid_request") naming the bad value's role and the allowed form.
  */
 import { VaultError } from "./errors.js";
+import { quoteText } from "./text.js";
 import type { SecretRef } from "./types.js";
 
 /** `global`, or `<kind>:<id>` such as `workspace:acme`, `principal:bob`, `env:prod`, `service:api`. */
@@ -22,9 +23,9 @@ export function isAgentId(s: unknown): s is string {
   return typeof s === "string" && AGENT_RE.test(s);
 }
 
+/** The value quoted for a message: clipped, and with control and invisible characters escaped. */
 function show(v: unknown): string {
-  const s = typeof v === "string" ? v : String(v);
-  return JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);
+  return quoteText(typeof v === "string" ? v : String(v));
 }
 
 /** Throws unless `s` is a valid scope. */

@@ -16,6 +16,7 @@ import {
 import { formatDuration, parseDuration } from "./duration.js";
 import { VaultError, isVaultError } from "./errors.js";
 import { refString } from "./names.js";
+import { canonicalPathPrefix } from "./http-path.js";
 import { compileAgentPattern, compileSecretPattern } from "./pattern.js";
 import type { SecretRef } from "./types.js";
 
@@ -43,7 +44,7 @@ export interface Rule {
   readonly anyDomain: boolean;
   /** Upper-case HTTP methods, or null for any. */
   readonly methods: readonly string[] | null;
-  /** Path prefixes, or null for any. */
+  /** Path prefixes in canonical form (src/vault/http-path.ts), or null for any. */
   readonly paths: readonly string[] | null;
   /** Lease terms; deny rules carry the defaults. */
   readonly terms: LeaseTerms;
@@ -53,8 +54,25 @@ export interface Rule {
 export interface Policy {
   readonly source: string;
   readonly rules: readonly Rule[];
-  /** sha256 hex of the file text */
+  /** sha256 hex of the file text ("" when the file could not be read at all) */
   readonly digest: string;
+  /**
+   * Set on a broken policy (see {@link brokenPolicy}): why the file could not be loaded. A broken
+   * policy has no rules and denies everything, saying why.
+   */
+  readonly error?: string;
+}
+
+/**
+ * Which policy answered: the digest of the file, the how-manyth load of this vault it is (1 at open,
+ * then one more per reload, failed reloads included) and when it was loaded (epoch ms).
+ */
+export interface PolicyVersion {
+  load: number;
+  digest: string;
+  loadedAt: number;
+  /** "ok", or "broken": the file could not be loaded and every grant is denied. */
+  state: "ok" | "broken";
 }
 
 /** What is asked of the policy. */
@@ -441,7 +459,11 @@ function parseRule(
           "paths",
           `item ${i + 1}: expected a path prefix that starts with "/" (printable ASCII, no spaces, "?" or "#"), such as "/repos/", got ${describe(p)}`,
         );
-      if (!paths.includes(p)) paths.push(p);
+      // Canonical, as request paths are before they are matched (src/vault/http-path.ts).
+      const c = canonicalPathPrefix(p);
+      if (c.problem !== null)
+        throw fieldError(where, "paths", `item ${i + 1}: path prefix ${describe(p)} is refused: it ${c.problem}`);
+      if (!paths.includes(c.prefix)) paths.push(c.prefix);
     }
   }
 
@@ -527,6 +549,27 @@ export function emptyPolicy(source = "(empty policy)"): Policy {
   return policy;
 }
 
+/**
+ * The policy in force when the policy file could not be loaded: no rules, and every decision denies
+ * with {@link brokenReason}. `error` is the load error's message (it names the file, rule and field);
+ * `text` is the file's text when it could be read, so that the digest names the broken file.
+ */
+export function brokenPolicy(source: string, error: string, text?: string): Policy {
+  const policy: Policy = Object.freeze({
+    source,
+    rules: Object.freeze([]),
+    digest: text === undefined ? "" : digestOf(text),
+    error: clip(error, 600),
+  });
+  compiledPolicies.set(policy, []);
+  return policy;
+}
+
+/** Why a broken policy denies: the load error and what to do. */
+export function brokenReason(policy: Policy): string {
+  return `the policy is invalid, so every grant is denied: ${policy.error ?? "it could not be loaded"}; fix it and run lessor policy reload`;
+}
+
 /* ------------------------------------------------------------------ deciding */
 
 function listText(items: readonly string[]): string {
@@ -558,6 +601,7 @@ function defaultDeny(q: PolicyQuery, requested: readonly DomainPattern[] | null)
 }
 
 function evaluate(policy: Policy, q: PolicyQuery, steps: ExplainStep[] | null): Decision {
+  if (policy.error !== undefined) return { allow: false, rule: null, reason: brokenReason(policy) };
   const compiled = compiledOf(policy);
   let requested: DomainPattern[] | null = null;
   const wanted = q.domains;

@@ -4,15 +4,19 @@
  *    at it (the old keys stay readable);
  * 2. re-wrap: DEKs still under an old key are re-wrapped in small transactions, each conditional on
  *    the row still pointing at the old key;
- * 3. a key_rotated event is appended (its checkpoint is MACed under the new key);
+ * 3. a key_rotated event is appended (its checkpoint is MACed under the new key), and in the same
+ *    commit the audit keys of the old master keys are archived, sealed under the new key, so that
+ *    the events written under them keep verifying once those keys are gone (src/audit/keys.ts);
  * 4. retire: old keys are dropped from the key source.
  * Killed anywhere, the key source holds every key some row points at. Running it again resumes: a
  * keyring that still holds old keys is finished rather than given yet another key.
  */
 import { randomBytes } from "node:crypto";
+import { archiveKeys, AUDIT_KEYS_META, parseArchive } from "../audit/keys.js";
 import { rewrapDek } from "../crypto/envelope.js";
 import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
+import { brokenError, inspectChain } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { VaultError } from "./errors.js";
 import type { Identity } from "./types.js";
@@ -32,9 +36,13 @@ const BATCH = 200;
 
 /** Rotates the master key (admin only). `onBatch` is called after each committed batch (tests). */
 export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?: (done: number) => void): Promise<RotationResult> {
-  await commit(ctx, async (_tx, audit) => {
+  await commit(ctx, async (tx, audit) => {
     const err = roleError(who, ["admin"], "rotate the master key");
-    if (!err) return undefined;
+    if (!err) {
+      // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
+      const chain = await inspectChain(ctx, tx);
+      return chain.problem === null ? undefined : brokenError(chain.problem);
+    }
     await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
     return err;
   });
@@ -67,8 +75,10 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     onBatch?.(rewrapped);
   }
   const from = before.filter((k) => k !== to);
-  await commit(ctx, async (_tx, audit) => {
-    await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed } });
+  await commit(ctx, async (tx, audit) => {
+    const archive = archiveKeys(ctx.keyring, parseArchive(await tx.getMeta(AUDIT_KEYS_META)));
+    await tx.setMeta(AUDIT_KEYS_META, JSON.stringify(archive));
+    await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed, audit_keys_archived: Object.keys(archive).length } });
   });
   let retired = false;
   if (ctx.keys.writable && ctx.keys.retire && ctx.keyring.ids().length > 1) {

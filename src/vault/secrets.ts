@@ -9,6 +9,7 @@ import type { StoreTx } from "../store/types.js";
 import { roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { VaultError } from "./errors.js";
+import { checkPlainText } from "./text.js";
 import { checkRef, refString } from "./names.js";
 import { SECRET_KINDS, type Identity, type SecretFilter, type SecretKind, type SecretRecord, type SecretRef, type VersionRecord } from "./types.js";
 
@@ -60,10 +61,9 @@ function checkTags(tags: unknown): string[] {
   return [...new Set(tags as string[])];
 }
 
+/** One line of plain text (src/vault/text.ts), at most MAX_DESCRIPTION characters. */
 function checkDescription(d: unknown): string {
-  if (typeof d !== "string" || d.length > MAX_DESCRIPTION)
-    throw new VaultError("invalid_request", `description must be text of at most ${MAX_DESCRIPTION} characters`);
-  return d;
+  return checkPlainText(d, "a description", MAX_DESCRIPTION);
 }
 
 function toBytes(value: StoreSecretParams["value"]): { bytes: Buffer; owned: boolean } {

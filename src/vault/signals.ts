@@ -1,7 +1,8 @@
 /**
  * Signals the vault raises when something it decided must reach live connections at once: a token
- * revoked, the killswitch engaged or released, the policy reloaded. The core knows no connections; an
- * adapter (the server) subscribes with {@link Vault.onSignal} and closes or re-checks what it holds.
+ * revoked, the killswitch engaged or released, the policy reloaded, the audit trail found broken. The
+ * core knows no connections; an adapter (the server) subscribes with {@link Vault.onSignal} and
+ * closes or re-checks what it holds, or logs.
  * Listeners run synchronously after the change has committed; a throwing listener is ignored (it
  * must not undo or hide a committed change).
  */
@@ -10,7 +11,12 @@
 export type VaultSignal =
   | { type: "token_revoked"; tokenId: string }
   | { type: "killswitch"; engaged: boolean }
-  | { type: "policy_reloaded"; ok: boolean };
+  | { type: "policy_reloaded"; ok: boolean }
+  /**
+   * A commit found the audit trail broken (cut, edited or rehashed; see src/vault/audit-guard.ts):
+   * audited writes are refused until an admin runs `lessor audit recover`. Raised once per problem.
+   */
+  | { type: "audit_broken"; problem: string };
 
 /** A subscriber. */
 export type SignalListener = (signal: VaultSignal) => void;

@@ -4,16 +4,18 @@
  * is stored, and it is compared in constant time. Each token is bound to one identity and role, and
  * may expire. Created, listed and revoked by admins; every creation, revocation and failed use is audited.
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { roleError } from "./access.js";
+import { recordAuthFailure } from "./auth-failures.js";
 import { commit, type VaultContext } from "./context.js";
 import { parseDuration } from "./duration.js";
 import { VaultError } from "./errors.js";
 import { checkAgentId } from "./names.js";
 import { compileAgentPattern } from "./pattern.js";
+import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "./token-proof.js";
+import { markRevoked, sawLiveToken } from "./token-state.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "./types.js";
 
-const TOKEN_RE = /^lsr_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
 const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];
 const INVALID = "the token is not valid (unknown, revoked, expired or mistyped); ask an admin for a new one";
@@ -30,9 +32,7 @@ export interface TokenParams {
   ttl?: number | string;
 }
 
-function hashSecret(secret: string): Buffer {
-  return createHash("sha256").update(secret, "utf8").digest();
-}
+const hashSecret = hashTokenSecret;
 
 function info(t: TokenRecord): TokenInfo {
   const { hash: _hash, ...rest } = t;
@@ -100,9 +100,12 @@ export async function listTokens(ctx: VaultContext, who: Identity): Promise<Toke
   return (await ctx.store.listTokens()).map(info);
 }
 
-/** Revokes a token at once. Admin only. */
+/**
+ * Revokes a token at once. Admin only. After the commit, the vault raises the `token_revoked` signal
+ * (a server closes the token's open connections) and this process refuses the token's next request.
+ */
 export async function revokeToken(ctx: VaultContext, who: Identity, id: string): Promise<{ revoked: boolean }> {
-  return commit(ctx, async (tx, audit, now) => {
+  const result = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "revoke tokens");
     if (err) {
       await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
@@ -113,11 +116,14 @@ export async function revokeToken(ctx: VaultContext, who: Identity, id: string):
     await audit({ type: "token_revoked", actor: who, outcome: revoked ? "ok" : "error", reason: revoked ? null : "no live token has that id", detail: { token_id: id } });
     return { revoked };
   });
+  if (result.revoked) markRevoked(ctx, id);
+  return result;
 }
 
 /**
  * The identity a token stands for, or VaultError("unauthenticated") (audited as auth_failed, with the
- * token's public id when it could be read and never its secret part).
+ * token's public id when it could be read and never its secret part). The identity carries `token`
+ * (its id and expiry), so a server can close the connection when the token is revoked or expires.
  */
 export async function authenticateToken(ctx: VaultContext, token: string, transport: string): Promise<Identity> {
   const m = typeof token === "string" ? TOKEN_RE.exec(token) : null;
@@ -130,17 +136,41 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   else if (rec.revokedAt !== null) why = "token revoked";
   else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
   if (why !== null || !rec) {
-    const actor: Identity = { id: "unknown", role: "agent", transport };
-    await commit(ctx, async (_tx, audit) => {
-      await audit({ type: "auth_failed", actor, outcome: "denied", reason: why, detail: m ? { token_id: m[1]! } : null });
-    });
+    // In aggregate: a flood of bad tokens is one row per window, not one commit each.
+    await recordAuthFailure(ctx, transport, why ?? "unknown token id", m ? { token_id: m[1]! } : null);
     throw new VaultError("unauthenticated", INVALID);
   }
+  sawLiveToken(ctx, rec.id, rec.expiresAt);
   return {
     id: `token:${rec.name}/${rec.id}`,
     role: rec.role,
     ...(rec.agent !== null ? { agent: rec.agent } : {}),
     ...(rec.actFor !== null ? { actFor: rec.actFor } : {}),
     transport,
+    token: { id: rec.id, expiresAt: rec.expiresAt },
   };
+}
+
+/** A per-vault random key from which the stand-in proof keys of unknown token ids are derived. */
+const standInKeys = new WeakMap<VaultContext, Buffer>();
+
+/**
+ * The daemon's answer to a client that names a token and sends a nonce, before the client shows the
+ * token (docs/protocol.md, "Token handshake"): a fresh server nonce and the proof, made with the
+ * token's stored hash. For an unknown token id the proof is made the same way with a stand-in key the
+ * client cannot match, so before the token is shown a known id and an unknown one get the same kind of
+ * answer after the same work (one store read, one HMAC). Nothing is audited here (an audit write only
+ * for unknown ids would show in the timing); the connection audits a handshake that fails later.
+ */
+export async function tokenChallenge(ctx: VaultContext, tokenId: string, clientNonce: Uint8Array, binding: string): Promise<{ nonce: Buffer; proof: Buffer }> {
+  if (typeof tokenId !== "string" || !TOKEN_ID_RE.test(tokenId)) throw new VaultError("invalid_request", "tokenId must be the 16 hex characters after lsr_ in the token");
+  if (!(clientNonce instanceof Uint8Array) || clientNonce.length !== NONCE_BYTES) throw new VaultError("invalid_request", `nonce must be ${NONCE_BYTES} random bytes`);
+  if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+  const rec = await ctx.store.getToken(tokenId);
+  let base = standInKeys.get(ctx);
+  if (base === undefined) standInKeys.set(ctx, (base = randomBytes(32)));
+  const standIn = createHmac("sha256", base).update(tokenId, "utf8").digest();
+  const key = rec !== null ? Buffer.from(rec.hash) : standIn;
+  const nonce = randomBytes(NONCE_BYTES);
+  return { nonce, proof: serverProof(key, clientNonce, nonce, tokenId, binding) };
 }

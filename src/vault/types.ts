@@ -19,6 +19,11 @@ export interface Identity {
   readonly actFor?: readonly string[];
   /** How the caller reached the vault: `embedded`, `uds`, `tcp`, `vsock`. */
   readonly transport: string;
+  /**
+   * Set when the identity comes from a bearer token: its public id and expiry (epoch ms, or null),
+   * so a server can close the connection the moment the token is revoked or expires.
+   */
+  readonly token?: { readonly id: string; readonly expiresAt: number | null };
 }
 
 /** Secret kinds. */
@@ -114,6 +119,8 @@ export const AUDIT_TYPES = [
   "token_created",
   "token_revoked",
   "proxy_request",
+  "audit_upgraded",
+  "audit_break",
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
 
@@ -156,19 +163,35 @@ export interface AuditRecord {
   reason: string | null;
   /** JSON text of the detail object, or null. */
   detail: string | null;
-  /** Hash of the previous event (32 zero bytes for the first). */
+  /** Chain value of the previous event (32 zero bytes for the first). */
   prevHash: Uint8Array;
-  /** SHA-256 over prevHash and every field above, length-prefixed. */
+  /**
+   * The chain value: HMAC-SHA256 under the audit key `keyId` over prevHash and every other field,
+   * length-prefixed (src/audit/chain.ts). For a format-1 event (`keyId` null), plain SHA-256.
+   */
   hash: Uint8Array;
+  /**
+   * Id of the audit key whose MAC `hash` is (the id of the master key it was derived from); null for
+   * an event written before the keyed chain (format 1), which only the start of a trail may hold.
+   */
+  keyId: string | null;
 }
 
 /** A keyed MAC over the chain head, rewritten in every commit that appends, so that truncation is detected. */
 export interface AuditCheckpoint {
   seq: number;
   hash: Uint8Array;
-  /** Id of the master key the MAC key was derived from. */
+  /** Id of the audit key (the master key it was derived from) the MAC is under. */
   keyId: string;
   mac: Uint8Array;
+}
+
+/** The head of the audit trail as a store reads it: the last row's seq, chain value and key id. */
+export interface AuditHead {
+  seq: number;
+  hash: Uint8Array;
+  /** null for a format-1 (unkeyed) event. */
+  keyId: string | null;
 }
 
 /** Filters for audit queries; all optional and combined with AND. */

@@ -15,7 +15,8 @@
 import type { Alg } from "../crypto/aead.js";
 import type { KeySource } from "../crypto/keyring.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
-import { checkpointKey } from "../audit/chain.js";
+import { AuditKeys } from "../audit/keys.js";
+import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "./audit-recover.js";
 import type { AuditSink } from "../audit/sink.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
 import type { Store } from "../store/types.js";
@@ -24,18 +25,27 @@ import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type 
 import { VaultError } from "./errors.js";
 import * as leases from "./leases.js";
 import { checkAgentId, checkRef } from "./names.js";
-import { emptyPolicy, explain, type Explanation, type Policy } from "./policy.js";
+import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
+import { emptyPolicy, explain, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
+import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
+import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
 import { Signals, type SignalListener } from "./signals.js";
 import * as secrets from "./secrets.js";
+import * as tokenState from "./token-state.js";
 import * as tokens from "./tokens.js";
+import { whoami, type Whoami } from "./whoami.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "./types.js";
 
 /** How to open a vault. */
 export interface VaultOptions {
   store: Store;
   keys: KeySource;
-  /** A policy, or a loader that `reloadPolicy` calls again. Default: deny everything. */
+  /**
+   * A policy, or a loader that `reloadPolicy` calls again. Default: deny everything. A loader that
+   * fails does not stop the vault: it opens with a broken policy that denies every grant and says why
+   * (see {@link VaultStatus.policy}).
+   */
   policy?: Policy | (() => Promise<Policy>);
   /** Extra audit sinks (a JSONL file, a log); the store's audit table is always written. */
   sinks?: AuditSink[];
@@ -49,6 +59,14 @@ export interface VaultOptions {
 /** The identity of the program embedding the vault. */
 export const EMBEDDED_ADMIN: Identity = Object.freeze({ id: "embedded", role: "admin", transport: "embedded" });
 
+/** The policy part of {@link VaultStatus}: the file, its version, and whether it loaded. */
+export interface PolicyStatus extends PolicyVersion {
+  source: string;
+  rules: number;
+  /** For a broken policy: why it could not be loaded (every grant is denied until it is fixed and reloaded); else null. */
+  error: string | null;
+}
+
 /** What {@link VaultSession.status} reports. */
 export interface VaultStatus {
   store: string;
@@ -56,13 +74,21 @@ export interface VaultStatus {
   keyId: string;
   keyIds: string[];
   cipher: Alg;
-  policy: { source: string; digest: string; rules: number };
+  policy: PolicyStatus;
+  /** The killswitch lockout (see src/vault/lockout.ts): while engaged, no lease is granted. */
+  killswitch: KillswitchState;
   auditHead: number;
+}
+
+/** An {@link Explanation} plus the version of the policy that answered. */
+export interface VaultExplanation extends Explanation {
+  policy: PolicyVersion;
 }
 
 /** An open vault. Create sessions from it; close it when done. */
 export class Vault {
   readonly #ctx: VaultContext;
+  #closing: Promise<void> | null = null;
 
   private constructor(ctx: VaultContext) {
     this.#ctx = ctx;
@@ -85,12 +111,13 @@ export class Vault {
           `the master key from ${opts.keys.describe} does not match this vault (it needs key ${missing.join(", ")}, loaded ${ring.ids().join(", ")}); use the key this vault was created with`,
         );
       const loadPolicy = typeof opts.policy === "function" ? opts.policy : null;
-      const policy = typeof opts.policy === "function" ? await opts.policy() : (opts.policy ?? emptyPolicy());
+      const policy = loadPolicy !== null ? await loadOrBroken(loadPolicy) : ((opts.policy as Policy | undefined) ?? emptyPolicy());
       const ctx: VaultContext = {
         store: opts.store,
         keys: opts.keys,
         keyring: ring,
-        auditKey: checkpointKey(ring.current),
+        auditKeys: new AuditKeys(ring),
+        auditBroken: null,
         policy,
         loadPolicy,
         sinks: opts.sinks ?? [],
@@ -101,6 +128,8 @@ export class Vault {
         signals: new Signals(),
         auditSeen: null,
       };
+      installPolicy(ctx, policy);
+      await checkKillswitch(ctx);
       return new Vault(ctx);
     } catch (e) {
       ring.wipe();
@@ -114,6 +143,16 @@ export class Vault {
    */
   onSignal(listener: SignalListener): () => void {
     return this.#ctx.signals.on(listener);
+  }
+
+  /**
+   * Re-reads the persisted killswitch lockout; when another process sharing the store pulled or
+   * released it since this process last looked, raises the killswitch signal (so a server closes its
+   * agents' connections). A daemon calls this about once a second. Returns the state read.
+   */
+  async checkKillswitch(): Promise<KillswitchState> {
+    if (this.#ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+    return checkKillswitch(this.#ctx);
   }
 
   /** A session acting as `identity` (as decided by the transport, never by a request). */
@@ -139,24 +178,84 @@ export class Vault {
   }
 
   /**
-   * Audits a refused connection (an unknown uid, a missing token) as auth_failed. Transports call it;
-   * `reason` and `detail` must never hold a secret (a token's secret part, a passphrase).
+   * The daemon's side of the token handshake: a fresh nonce and the proof that it holds the hash of
+   * token `tokenId`, bound to the client's nonce and the endpoint `binding` (see src/vault/token-proof.ts).
+   * An unknown id gets a proof under a stand-in key, after the same work. Nothing is audited.
    */
-  async recordAuthFailure(transport: string, reason: string, detail?: Record<string, string | number | boolean | null>): Promise<void> {
-    const actor: Identity = { id: "unknown", role: "agent", transport };
+  tokenChallenge(tokenId: string, clientNonce: Uint8Array, binding: string): Promise<{ nonce: Buffer; proof: Buffer }> {
+    return tokens.tokenChallenge(this.#ctx, tokenId, clientNonce, binding);
+  }
+
+  /**
+   * Why a token that authenticated in this process may no longer be used ("token revoked", "token
+   * expired"), or null while it may. From memory, no store read: cheap enough for every request.
+   * Revocations by this process count at once; by another process, once {@link recheckTokens} saw them.
+   */
+  tokenStanding(tokenId: string): "token revoked" | "token expired" | null {
+    return tokenState.tokenStanding(this.#ctx, tokenId);
+  }
+
+  /**
+   * Reads the given tokens from the store and raises the `token_revoked` signal for each that another
+   * process revoked since this one last looked. A server calls this about twice a second with the
+   * tokens its connections hold. Returns the ids newly found revoked.
+   */
+  recheckTokens(tokenIds: Iterable<string>): Promise<string[]> {
+    if (this.#ctx.closed) return Promise.resolve([]);
+    return tokenState.recheckTokens(this.#ctx, tokenIds);
+  }
+
+  /**
+   * Audits, as auth_failed by `who`, that an authenticated connection was cut because its credentials
+   * stopped holding (`reason`: "token revoked", "token expired"). `detail` must never hold a secret.
+   */
+  async recordConnectionCut(who: Identity, reason: string, detail?: Record<string, string | number | boolean | null>): Promise<void> {
+    const actor: Identity = { id: who.id, role: who.role, transport: who.transport };
     await commit(this.#ctx, async (_tx, audit) => {
-      await audit({ type: "auth_failed", actor, outcome: "denied", reason, detail: detail ?? null });
+      await audit({ type: "auth_failed", actor, agent: who.agent ?? null, outcome: "denied", reason, detail: detail ?? null });
     });
   }
 
-  /** Closes the store and sinks and wipes the keys. */
-  async close(): Promise<void> {
+  /**
+   * Audits a refused connection (an unknown uid, a missing token) as auth_failed, in aggregate: the
+   * first failure from a source (transport plus `detail.uid` or `detail.remote`) is written before
+   * this resolves; later ones are counted and written as one row per source and window, with
+   * `detail.count` (see src/vault/auth-failures.ts). Transports call it; `reason` and `detail` must
+   * never hold a secret (a token's secret part, a passphrase).
+   */
+  recordAuthFailure(transport: string, reason: string, detail?: Record<string, string | number | boolean | null>): Promise<void> {
+    return recordAuthFailure(this.#ctx, transport, reason, detail ?? null);
+  }
+
+  /** Writes the failed authentications counted but not yet audited (see {@link recordAuthFailure}). */
+  flushAuthFailures(): Promise<void> {
+    return flushAuthFailures(this.#ctx);
+  }
+
+  /**
+   * Writes the failed authentications still counted, closes the store and sinks and wipes the keys.
+   * Throws (after closing) if those failures could not be audited.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     if (this.#ctx.closed) return;
+    // The failed authentications still counted are written first (one commit), while the store is open.
+    let unwritten: unknown = null;
+    try {
+      await closeAuthFailures(this.#ctx);
+    } catch (e) {
+      unwritten = e;
+    }
     this.#ctx.closed = true;
     await this.#ctx.store.close();
     for (const s of this.#ctx.sinks) await s.close?.();
     this.#ctx.keyring.wipe();
-    this.#ctx.auditKey.key.fill(0);
+    this.#ctx.auditKeys.wipe();
+    if (unwritten !== null) throw unwritten;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -244,9 +343,16 @@ export class VaultSession {
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }
-  /** Revokes every live lease. Admin. */
+  /**
+   * Pulls the killswitch: revokes every live lease and engages a persisted lockout under which no
+   * lease is granted until {@link releaseKillswitch}. Admin.
+   */
   killswitch(reason?: string): Promise<{ revoked: number }> {
     return leases.killswitch(this.#ctx, this.identity, reason);
+  }
+  /** Releases the killswitch lockout; `released` is false when it was not engaged. Admin. */
+  releaseKillswitch(reason?: string): Promise<{ released: boolean }> {
+    return leases.releaseKillswitch(this.#ctx, this.identity, reason);
   }
   /** Lists leases visible to this caller. */
   listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
@@ -259,36 +365,57 @@ export class VaultSession {
     await this.#requireAdmin("read the audit trail");
     return this.#ctx.store.queryAudit({ ...filter, limit: Math.min(filter.limit ?? 100, 10_000) });
   }
-  /** Verifies the audit chain and checkpoint. Admin. */
+  /** Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin. */
   async auditVerify(): Promise<AuditVerifyResult> {
     await this.#requireAdmin("verify the audit trail");
     return verifyAudit(this.#ctx.store, this.#ctx.keyring);
   }
-  /** Re-reads the policy; on error the old policy stays and the error is thrown. Admin. */
+  /**
+   * Recovers a broken audit trail: appends an `audit_break` event recording what was found and
+   * `reason`, then the brake events deferred meanwhile, so that audited writes resume. Does nothing
+   * (recovered: false) when the trail is not broken. Admin. See src/vault/audit-recover.ts.
+   */
+  auditRecover(p: AuditRecoverParams): Promise<AuditRecoverResult> {
+    return auditRecover(this.#ctx, this.identity, p);
+  }
+  /**
+   * Re-reads the policy. A file that does not load puts a broken policy in force (fail closed: every
+   * grant is denied, saying why, until a reload succeeds), is audited as policy_reloaded with outcome
+   * error, and throws VaultError("policy_invalid"). Either way the vault raises the policy_reloaded
+   * signal. Admin.
+   */
   async reloadPolicy(): Promise<{ rules: number; digest: string }> {
     await this.#requireAdmin("reload the policy");
     const ctx = this.#ctx;
     if (!ctx.loadPolicy) throw new VaultError("invalid_request", "this vault was opened with a fixed policy; there is nothing to reload");
-    let next: Policy;
-    try {
-      next = await ctx.loadPolicy();
-    } catch (e) {
-      const msg = e instanceof VaultError ? e.message : "the policy could not be read";
+    const next = await loadOrBroken(ctx.loadPolicy);
+    if (next.error !== undefined) {
+      // Deny first: the file the admin just edited may have meant to take a grant away.
+      const v = installPolicy(ctx, next);
       await commit(ctx, async (_tx, audit) => {
-        await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: msg.slice(0, 500) });
+        await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
-      throw e;
+      ctx.signals.emit({ type: "policy_reloaded", ok: false });
+      throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
     await commit(ctx, async (_tx, audit) => {
-      await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source } });
+      await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load: policyVersion(ctx).load + 1 } });
     });
-    ctx.policy = next;
+    installPolicy(ctx, next);
+    ctx.signals.emit({ type: "policy_reloaded", ok: true });
     return { rules: next.rules.length, digest: next.digest };
   }
-  /** Says which rule decides `agent` × `secret` × `domain`, and why. Admin or orchestrator. */
-  async explain(agent: string, secret: SecretRef, domain?: string): Promise<Explanation> {
+  /**
+   * Says which rule decides `agent` × `secret` × `domain`, and why, and which version of the policy
+   * answered (a broken policy answers deny, with the load error). Admin or orchestrator.
+   */
+  async explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
     if (this.identity.role === "agent") await this.#requireAdmin("explain policy");
-    return explain(this.#ctx.policy, { agent: checkAgentId(agent), secret: checkRef(secret), domains: domain === undefined ? undefined : [domain] });
+    const q = { agent: checkAgentId(agent), secret: checkRef(secret), domains: domain === undefined ? undefined : [domain] };
+    const ctx = this.#ctx;
+    const policy = ctx.policy;
+    const version = policyVersion(ctx);
+    return { ...explain(policy, q), policy: version };
   }
   /** Rotates the master key, re-wrapping every DEK. Admin. */
   rotateMasterKey(onBatch?: (done: number) => void): Promise<RotationResult> {
@@ -305,6 +432,10 @@ export class VaultSession {
   /** Revokes a token at once. Admin. */
   revokeToken(id: string): Promise<{ revoked: boolean }> {
     return tokens.revokeToken(this.#ctx, this.identity, id);
+  }
+  /** Who this session acts as, and for a token identity the token's name, id and expiry. Any role. */
+  whoami(): Promise<Whoami> {
+    return whoami(this.#ctx, this.identity);
   }
   /** Deletes long-expired leases. Admin. */
   async gc(): Promise<{ leasesDeleted: number }> {
@@ -324,13 +455,16 @@ export class VaultSession {
       head = (await ctx.store.auditHead())?.seq ?? 0;
       sawAuditHead(ctx, head);
     }
+    const killswitch = await killswitchState(ctx);
+    const v = policyVersion(ctx);
     return {
       store: ctx.store.kind,
       keySource: ctx.keys.describe,
       keyId: ctx.keyring.current.id,
       keyIds: ctx.keyring.ids(),
       cipher: ctx.cipher,
-      policy: { source: ctx.policy.source, digest: ctx.policy.digest, rules: ctx.policy.rules.length },
+      policy: { load: v.load, digest: v.digest, loadedAt: v.loadedAt, state: v.state, source: ctx.policy.source, rules: ctx.policy.rules.length, error: ctx.policy.error ?? null },
+      killswitch,
       auditHead: head,
     };
   }

@@ -1,11 +1,14 @@
-/** `lessor audit tail|query|verify`: read and check the audit trail. See docs/cli/admin.md. */
+/** `lessor audit tail|query|verify|recover`: read, check and recover the audit trail. See docs/cli/admin.md. */
 import type { Command } from "commander";
 import { UsageError, type Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { table } from "../format/table.js";
+import { jsonText } from "../format/terminal-safe.js";
 import { iso, parseTimeOption, shortTime } from "../format/time.js";
 import type { WireAuditEvent } from "../../protocol/methods.js";
 import { AUDIT_TYPES } from "../../vault/types.js";
+import { escapeUnsafe } from "../../vault/text.js";
+import type { AuditBreak } from "../../audit/verify.js";
 import { positiveInt } from "../format/options.js";
 
 /** An audit event as printed by --json: the wire event plus `timeIso`. */
@@ -81,7 +84,7 @@ export function registerAudit(program: Command, cli: Cli): void {
           return;
         }
         const show = (events: readonly WireAuditEvent[], header: boolean): void => {
-          if (o.json) for (const e of events) cli.stdout.write(`${JSON.stringify(eventJson(e))}\n`);
+          if (o.json) for (const e of events) cli.stdout.write(`${jsonText(eventJson(e))}\n`);
           else if (events.length > 0) printEvents(cli, events, header);
         };
         show(newest, true);
@@ -173,6 +176,7 @@ export function registerAudit(program: Command, cli: Cli): void {
           cli.json({ ...r, ...(r.ok ? {} : { event: bad === null ? null : eventJson(bad) }) });
         } else if (r.ok) {
           cli.out(`audit trail verified: ${r.events} event${r.events === 1 ? "" : "s"}, head at event ${r.headSeq}, checkpoint matches`);
+          for (const b of r.breaks ?? []) cli.out(breakLine(b));
         } else {
           cli.out(`audit trail does NOT verify: ${r.problem ?? "unknown problem"}`);
           if (r.firstBad) cli.out(`first bad event: ${r.firstBad.seq}${r.firstBad.id ? ` (id ${r.firstBad.id})` : ""}`);
@@ -181,4 +185,36 @@ export function registerAudit(program: Command, cli: Cli): void {
         return r.ok ? EXIT.ok : EXIT.error;
       }),
     );
+
+  audit
+    .command("recover")
+    .description("record a break in a broken audit trail (what was found, and your reason) so that audited operations resume")
+    .requiredOption("--reason <text>", "why you recover (one line): recorded in the audit trail")
+    .option("--json", "print the result as JSON")
+    .addHelpText(
+      "after",
+      '\nRun lessor audit verify first to see what is wrong. Nothing is repaired or hidden: the break is an\naudit event of its own, and verify reports it from then on.\n\nExamples:\n  lessor audit verify\n  lessor audit recover --reason "restored the database from backup, incident 42"',
+    )
+    .action((o: { reason: string; json?: boolean }) =>
+      cli.run(async () => {
+        const { api } = await cli.backend();
+        const r = await api.auditRecover(o.reason);
+        if (o.json) cli.json(r);
+        else if (!r.recovered || r.found === null) cli.out("the audit trail is not broken; nothing to recover");
+        else {
+          cli.out(`recorded the break as event ${r.breakSeq}: ${escapeUnsafe(r.found.problem)}`);
+          if (r.found.firstBadSeq !== null) cli.out(`events ${r.found.firstBadSeq} to ${r.breakSeq! - 1} cannot be verified; the rest of the trail is checked as before`);
+          if (r.deferred > 0) cli.out(`${r.deferred} revocation and killswitch event${r.deferred === 1 ? "" : "s"} done while the trail was broken were appended after it`);
+          cli.out("audited operations resume");
+        }
+        return EXIT.ok;
+      }),
+    );
+}
+
+/** One line on a recovery found in the trail. */
+function breakLine(b: AuditBreak): string {
+  const span = b.unverified > 0 ? `; events ${b.seq - b.unverified} to ${b.seq - 1} cannot be verified` : "";
+  const why = b.reason === null ? "" : `, reason ${JSON.stringify(escapeUnsafe(b.reason))}`;
+  return `break at event ${b.seq} (recovered ${shortTime(b.time)} by ${escapeUnsafe(b.actorId)}${why}): ${escapeUnsafe(b.found.problem ?? "unknown problem")}${span}`;
 }

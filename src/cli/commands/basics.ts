@@ -6,12 +6,16 @@ export function registerBasics(program: Command, cli: Cli): void {
   program
     .command("init")
     .description("create the lessor home: 0700 directory, master key, lessor.toml, policy.toml, database")
-    .option("--key-source <kind>", "file (a 0600 key file, default), passphrase (LESSOR_PASSPHRASE), or env (LESSOR_MASTER_KEY)")
-    .addHelpText("after", "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase")
-    .action((o: { keySource?: string }) =>
+    .option("--key-source <kind>", "file (a 0600 key file, default), passphrase (asked on the terminal, or LESSOR_PASSPHRASE), or env (LESSOR_MASTER_KEY)")
+    .option("--passphrase", "seal the master key with a passphrase, typed twice without echo (or LESSOR_PASSPHRASE); the same as --key-source passphrase")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  lessor init --passphrase                             # asks twice, no echo\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase",
+    )
+    .action((o: { keySource?: string; passphrase?: boolean }) =>
       cli.run(async () => {
         const { init } = await import("../init.js");
-        return init({ ...(cli.home ? { home: cli.home } : {}), ...(o.keySource ? { keySource: o.keySource } : {}) });
+        return init({ ...(cli.home ? { home: cli.home } : {}), ...(o.keySource ? { keySource: o.keySource } : {}), ...(o.passphrase ? { passphrase: true } : {}) });
       }),
     );
 

@@ -6,6 +6,7 @@ export { registerAudit } from "./audit.js";
 export { registerPolicy } from "./policy.js";
 export { registerToken } from "./token.js";
 export { registerStatus } from "./status.js";
+export { registerWhoami } from "./whoami.js";
 export { registerCompletion } from "./completion.js";
 export { registerRun } from "./run.js";
 export { registerInject } from "./inject.js";

@@ -10,6 +10,7 @@ import { positiveInt } from "../format/options.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
+import { VaultError } from "../../vault/errors.js";
 import type { LeaseRecord } from "../../vault/types.js";
 
 function leaseLine(l: LeaseRecord, now: number): string {
@@ -19,51 +20,72 @@ function leaseLine(l: LeaseRecord, now: number): string {
 
 const KILL_REFUSAL = "the killswitch revokes every live lease and stdin is not a terminal to confirm on; pass --yes to do it";
 
+/** `lessor lease`'s lifetime unless --ttl says otherwise (the policy's ttl caps it too). */
+export const DEFAULT_LEASE_TTL = "5m";
+
 /** `lessor lease`'s options (shared with the start-up fast path). */
 export const LEASE_OPTIONS: readonly OptionSpec[] = [
-  { name: "agent", value: "<agent>", description: "the agent the lease is for", required: true },
+  { name: "agent", value: "<agent>", description: "the agent the lease is for (an agent connected as itself may leave it out)" },
   { name: "domain", value: "<host>", description: "a host (or *.suffix) the credential is for; repeat for more", repeat: true },
-  { name: "ttl", value: "<duration>", description: "lease lifetime such as 5m or 1h (capped by policy)" },
-  { name: "max-uses", value: "<n>", description: "how many times the lease may be used (capped by policy)" },
+  { name: "ttl", value: "<duration>", description: `lease lifetime such as 5m or 1h (default ${DEFAULT_LEASE_TTL}; capped by policy)` },
+  { name: "max-uses", value: "<n>", description: "how many times the lease may be used (default: 1 when printing the value, the one use being the print; capped by policy)" },
   { name: "json", description: "print the lease grant as JSON and do not access the value" },
 ];
 
 /** `lessor lease`'s parsed options. */
 export interface LeaseOptions {
-  agent: string;
+  agent?: string | undefined;
   domain?: string[] | undefined;
   ttl?: string | undefined;
   maxUses?: string | undefined;
   json?: boolean | undefined;
 }
 
-/** Runs `lessor lease NAME`: takes the lease and prints the value (or, with --json, the grant). */
+/**
+ * Runs `lessor lease NAME`: takes the lease and prints the value (or, with --json, the grant), and
+ * the lease's id on stderr. Casual `$(lessor lease …)` use must not pile up live leases against the
+ * per-agent cap, so the lease lasts {@link DEFAULT_LEASE_TTL} unless --ttl says otherwise, and when
+ * the value is printed the print is its one use (unless --max-uses says otherwise): it is then used
+ * up at once and no longer counts as live.
+ */
 export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<void> {
   return cli.run(async () => {
     const domains = o.domain ?? [];
-    const maxUses = o.maxUses === undefined ? undefined : positiveInt("--max-uses", o.maxUses);
+    const maxUses = o.maxUses === undefined ? (o.json ? undefined : 1) : positiveInt("--max-uses", o.maxUses);
     const { api } = await cli.backend();
     const request = {
-      agent: o.agent,
+      ...(o.agent !== undefined ? { agent: o.agent } : {}),
       secret: name,
       ...(domains.length > 0 ? { domains } : {}),
-      ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
+      ttl: o.ttl ?? DEFAULT_LEASE_TTL,
       ...(maxUses !== undefined ? { maxUses } : {}),
     };
-    if (o.json) {
-      cli.json(leaseJson(await api.requestLease(request)));
-      return;
-    }
-    // The lease and its read in one call. With no target the vault reads it for the first exact
-    // --domain, else for the lease's first exact host (none when the rule has any_domain), and a
-    // refused read leaves no live lease behind (it is revoked in the same commit).
-    const got = await api.leaseAndAccess(request);
     try {
-      const bytes = got.value.expose();
-      await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
-      if (cli.stdout.isTTY) cli.stdout.write("\n");
-    } finally {
-      got.value.wipe();
+      if (o.json) {
+        const lease = await api.requestLease(request);
+        cli.json(leaseJson(lease));
+        cli.err(`lessor: lease ${lease.id} expires ${relative(lease.expiresAt, Date.now())}`);
+        return;
+      }
+      // The lease and its read in one call. With no target the vault reads it for the first exact
+      // --domain, else for the lease's first exact host (none when the rule has any_domain), and a
+      // refused read leaves no live lease behind (it is revoked in the same commit).
+      const got = await api.leaseAndAccess(request);
+      try {
+        const bytes = got.value.expose();
+        await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
+        if (cli.stdout.isTTY) cli.stdout.write("\n");
+      } finally {
+        got.value.wipe();
+      }
+      const l = got.lease;
+      const left = l.maxUses === null ? "" : l.uses >= l.maxUses ? "; used up by this print" : `; ${l.maxUses - l.uses} use${l.maxUses - l.uses === 1 ? "" : "s"} left`;
+      cli.err(`lessor: lease ${l.id} expires ${relative(l.expiresAt, Date.now())}${left}`);
+    } catch (e) {
+      // Only a caller connected as an agent may leave --agent out; say so in the CLI's terms.
+      if (o.agent === undefined && e instanceof VaultError && e.code === "invalid_request" && /must name the agent/.test(e.message))
+        throw new UsageError("say which agent the lease is for with --agent AGENT (only a caller connected as an agent, e.g. through LESSOR_SOCKET, may leave it out)");
+      throw e;
     }
   });
 }
@@ -72,12 +94,12 @@ export function registerLease(program: Command, cli: Cli): void {
   addOptions(
     program
       .command("lease <name>")
-      .description("take a lease on a secret for an agent and print the value (only the value, for $(...)); --json prints the grant instead"),
+      .description("take a lease on a secret for an agent and print the value (only the value, for $(...)); --json prints the grant instead; the lease id goes to stderr"),
     LEASE_OPTIONS,
   )
     .addHelpText(
       "after",
-      "\nExamples:\n  export GITHUB_TOKEN=$(lessor lease github-token --agent claude --domain api.github.com)\n  lessor lease env:prod/db-password --agent deployer --domain db.internal --ttl 5m --max-uses 1\n  lessor lease github-token --agent claude --domain api.github.com --json",
+      "\nThe lease lasts 5m unless --ttl says otherwise, and printing the value is its one use unless --max-uses says otherwise;\nits id goes to stderr. An agent connected as itself (LESSOR_SOCKET, or LESSOR_ADDR with a token) may leave out --agent.\n\nExamples:\n  export GITHUB_TOKEN=$(lessor lease github-token --agent claude --domain api.github.com)\n  LESSOR_SOCKET=/srv/lessor/lessor.sock lessor lease github-token --domain api.github.com\n  lessor lease env:prod/db-password --agent deployer --domain db.internal --ttl 5m --max-uses 1\n  lessor lease github-token --agent claude --domain api.github.com --json",
     )
     .action((name: string, o: LeaseOptions) => leaseAction(cli, name, o));
 
@@ -135,13 +157,21 @@ export function registerLease(program: Command, cli: Cli): void {
 
   program
     .command("killswitch")
-    .description("revoke every live lease now (asks for confirmation unless --yes)")
+    .description("revoke every live lease now and refuse every new lease until an admin releases it (asks for confirmation unless --yes); --release lifts it")
     .option("--reason <text>", "why, recorded in the audit trail")
+    .option("--release", "release the killswitch: leases are granted again as the policy allows")
     .option("--yes", "do not ask (required when stdin is not a terminal)")
-    .option("--json", 'print { "revoked": N } as JSON')
-    .addHelpText("after", '\nExamples:\n  lessor killswitch\n  lessor killswitch --yes --reason "token leaked in a log"')
-    .action((o: { reason?: string; yes?: boolean; json?: boolean }) =>
+    .option("--json", 'print { "revoked": N } (with --release: { "released": true|false }) as JSON')
+    .addHelpText("after", '\nExamples:\n  lessor killswitch\n  lessor killswitch --yes --reason "token leaked in a log"\n  lessor killswitch --release --reason "leaked token rotated"')
+    .action((o: { reason?: string; release?: boolean; yes?: boolean; json?: boolean }) =>
       cli.run(async () => {
+        if (o.release) {
+          const { api } = await cli.backend();
+          const r = await api.releaseKillswitch(o.reason);
+          if (o.json) cli.json(r);
+          else cli.out(r.released ? "killswitch released: leases are granted again as the policy allows" : "the killswitch was not engaged; nothing changed");
+          return;
+        }
         const revoked = await killswitch(cli, o);
         if (revoked === null) return EXIT.error;
         if (o.json) cli.json({ revoked });
@@ -211,5 +241,7 @@ async function killswitch(cli: Cli, o: { reason?: string; yes?: boolean }): Prom
     }
   }
   const { api } = await cli.backend();
-  return (await api.killswitch(o.reason)).revoked;
+  const { revoked } = await api.killswitch(o.reason);
+  cli.err("lessor: the killswitch is engaged: no lease is granted until an admin runs lessor killswitch --release");
+  return revoked;
 }

@@ -119,7 +119,7 @@ export function registerPolicy(program: Command, cli: Cli): void {
     .requiredOption("--agent <agent>", "the agent asking")
     .requiredOption("--secret <name>", "the secret (scope/name or a bare name)")
     .option("--domain <host>", "the host the credential would be used for")
-    .option("--json", "print { allow, rule, reason, steps } as JSON")
+    .option("--json", "print { allow, rule, reason, steps, policy } as JSON (policy: the version that answered)")
     .addHelpText("after", "\nExamples:\n  lessor policy explain --agent claude --secret github-token --domain api.github.com\n  lessor policy explain --agent ci --secret env:prod/db --json")
     .action((o: { agent: string; secret: string; domain?: string; json?: boolean }) =>
       cli.run(async () => {
@@ -130,15 +130,17 @@ export function registerPolicy(program: Command, cli: Cli): void {
           return;
         }
         cli.out(`${x.allow ? "allow" : "deny"}: ${x.reason}`);
-        if (x.steps.length === 0) cli.out("  (the policy has no rules)");
+        if (x.steps.length === 0 && x.policy?.state !== "broken") cli.out("  (the policy has no rules)");
         for (const s of x.steps) cli.out(`  rule ${s.index} ${JSON.stringify(s.rule)} (${s.effect}): ${s.matched ? "matches" : "skipped"}: ${s.why}`);
         if (!x.allow && x.rule === null && x.steps.length > 0) cli.out("  no rule matched: lessor denies by default");
+        const { policyVersionText } = await import("../format/policy-version.js");
+        if (x.policy !== undefined) cli.out(`  answered by policy version ${policyVersionText(x.policy)}`);
       }),
     );
 
   policy
     .command("reload")
-    .description("re-read the policy file (in the running daemon, or check it loads in embedded mode); prints rule count and digest")
+    .description("re-read the policy file (in the running daemon, or check it loads in embedded mode); prints rule count and digest; a file that does not load exits 2 and the daemon then denies every lease until it is fixed and reloaded")
     .option("--json", "print { mode, rules, digest } as JSON")
     .addHelpText("after", "\nExamples:\n  lessor policy reload\n  lessor policy reload --json")
     .action((o: { json?: boolean }) =>

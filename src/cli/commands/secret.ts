@@ -82,7 +82,8 @@ Examples:
     .command("get <name>")
     .description("show a secret's metadata with the value redacted; --reveal prints the value (audited)")
     .option("--scope <scope>", "the scope, when NAME has none (default global)")
-    .option("--ver <n>", "a kept version instead of the current one (--version is lessor's own version)")
+    .option("--version <n>", "a kept version instead of the current one (see lessor secret history)")
+    .option("--ver <n>", "the same as --version <n>")
     .option("--reveal", "print the value's bytes to stdout exactly (a newline is added only on a terminal); audited as secret_revealed")
     .option("--json", "JSON: metadata with value and encoding null, or with --reveal the value in base64")
     .addHelpText(
@@ -91,7 +92,8 @@ Examples:
 Examples:
   lessor secret get github-token
   lessor secret get github-token --reveal | gh auth login --with-token
-  lessor secret get env:prod/stripe-key --ver 2 --reveal --json`,
+  lessor secret get github-token --version 2
+  lessor secret get env:prod/stripe-key --version 2 --reveal --json`,
     )
     .action((name: string, o) => cli.run(async () => (await import("../secret/actions.js")).getSecret(cli, name, o)));
 

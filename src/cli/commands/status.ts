@@ -2,6 +2,20 @@
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
 import { formatDuration } from "../../vault/duration.js";
+import type { KillswitchState } from "../../vault/lockout.js";
+import type { PolicyStatus } from "../../vault/vault.js";
+import { policyVersionText } from "../format/policy-version.js";
+
+function policyLine(p: PolicyStatus): string {
+  if (p.state === "broken") return `${p.source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
+  return `${p.source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}`;
+}
+
+function killswitchLine(k: KillswitchState): string {
+  if (!k.engaged) return k.at === null ? "off" : `off (released ${new Date(k.at).toISOString()}${k.by === null ? "" : ` by ${k.by}`})`;
+  const since = k.at === null ? "" : ` since ${new Date(k.at).toISOString()}`;
+  return `ENGAGED${since}${k.by === null ? "" : ` by ${k.by}`}${k.reason === null ? "" : ` (${JSON.stringify(k.reason)})`}: no lease is granted until lessor killswitch --release`;
+}
 
 export function registerStatus(program: Command, cli: Cli): void {
   program
@@ -17,7 +31,8 @@ export function registerStatus(program: Command, cli: Cli): void {
         if (o.json) {
           cli.json({
             mode: backend.mode,
-            home: backend.home,
+            home: backend.endpoint === null ? backend.home : null,
+            endpoint: backend.endpoint,
             identity: s.identity,
             store: s.store,
             keySource: s.keySource,
@@ -25,6 +40,7 @@ export function registerStatus(program: Command, cli: Cli): void {
             keyIds: s.keyIds,
             cipher: s.cipher,
             policy: s.policy,
+            killswitch: s.killswitch,
             auditHead: s.auditHead,
             version: s.daemon.version,
             daemon,
@@ -34,13 +50,15 @@ export function registerStatus(program: Command, cli: Cli): void {
         const who = s.identity.agent !== undefined ? `${s.identity.role} ${s.identity.id} (agent ${s.identity.agent})` : `${s.identity.role} ${s.identity.id}`;
         const rows: [string, string][] = [
           ["mode", backend.mode === "daemon" ? "daemon (connected over its socket)" : "embedded (no daemon running; the vault is opened in this process)"],
-          ["home", backend.home],
+          backend.endpoint === null ? ["home", backend.home] : ["daemon at", backend.endpoint],
           ["identity", `${who} via ${s.identity.transport}`],
           ["store", s.store],
           ["key source", s.keySource],
           ["key id", s.keyIds.length > 1 ? `${s.keyId} (also loaded: ${s.keyIds.filter((k) => k !== s.keyId).join(", ")})` : s.keyId],
           ["cipher", s.cipher],
-          ["policy", `${s.policy.source}: ${s.policy.rules} rule${s.policy.rules === 1 ? "" : "s"}, digest ${s.policy.digest}`],
+          ["policy", policyLine(s.policy)],
+          ["policy version", s.policy.load === undefined ? "unknown (a daemon older than this CLI)" : policyVersionText(s.policy)],
+          ["killswitch", s.killswitch === undefined ? "unknown (a daemon older than this CLI)" : killswitchLine(s.killswitch)],
           ["audit head", `event ${s.auditHead}`],
         ];
         if (daemon !== null)

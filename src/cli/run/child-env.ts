@@ -11,8 +11,11 @@ import { extractField, findReferences, type FoundReference, type SecretReference
 import { parseEnvFile } from "./env-file.js";
 import { keyOf, type LeaseBook } from "./leases.js";
 
-/** Variables never passed to the child: they would hand it the vault's master key. */
-export const WITHHELD_VARIABLES = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE"] as const;
+/**
+ * Variables never passed to the child: the first three would hand it the vault's master key, the
+ * token ones the caller's own daemon identity (an orchestrator's or admin's token, say).
+ */
+export const WITHHELD_VARIABLES = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_TOKEN_FILE"] as const;
 
 /** A variable of the child's environment and where it came from (for messages). */
 export interface EnvVar {

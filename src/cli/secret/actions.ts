@@ -107,9 +107,11 @@ export function rotateSecret(cli: Cli, nameArg: string, o: ValueOptions & { scop
 }
 
 /** `secret get NAME`: metadata with the value redacted, or with `--reveal` the value itself. */
-export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; ver?: string; reveal?: boolean; json?: boolean }): Promise<number> {
+export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; version?: string; ver?: string; reveal?: boolean; json?: boolean }): Promise<number> {
   const r = secretRef(nameArg, o.scope);
-  const wanted = o.ver === undefined ? undefined : positiveInt("--ver", o.ver);
+  if (o.version !== undefined && o.ver !== undefined && o.version !== o.ver)
+    throw new UsageError(`--version ${o.version} and --ver ${o.ver} ask for different versions; give one`);
+  const wanted = o.version !== undefined ? positiveInt("--version", o.version) : o.ver !== undefined ? positiveInt("--ver", o.ver) : undefined;
   const { api } = await cli.backend();
   const meta = await api.getSecretMetadata(r);
   const { versions: _versions, ...record } = meta;

@@ -282,10 +282,18 @@ export async function createPassphraseKeyStore(path: string, passphrase: string,
 }
 
 /**
- * The passphrase key store source for `path`. `getPassphrase` is called once per {@link KeySource.load}.
- * A wrong passphrase, or an altered file, gives VaultError("key_unavailable").
+ * Supplies the passphrase of a key store, told which store it is for. The key source never reads a
+ * terminal or the environment itself: the caller decides where the passphrase comes from (the CLI
+ * prompts on a terminal without echo, or reads LESSOR_PASSPHRASE; see src/cli/passphrase.ts).
  */
-export function passphraseKeySource(path: string, getPassphrase: () => Promise<string>): KeySource {
+export type PassphraseProvider = (about: { path: string }) => Promise<string>;
+
+/**
+ * The passphrase key store source for `path`. `getPassphrase` is called once per {@link KeySource.load},
+ * after the store file has been read and checked (so nobody is asked for a passphrase for a file that
+ * cannot be opened). A wrong passphrase, or an altered file, gives VaultError("key_unavailable").
+ */
+export function passphraseKeySource(path: string, getPassphrase: PassphraseProvider): KeySource {
   const sessions = new WeakMap<Keyring, Session>();
 
   function sessionOf(ring: Keyring): Session {
@@ -329,7 +337,7 @@ export function passphraseKeySource(path: string, getPassphrase: () => Promise<s
     writable: true,
     load: async () => {
       const doc = readDoc(path);
-      const passphrase = await getPassphrase();
+      const passphrase = await getPassphrase({ path });
       if (passphrase.length === 0) throw new VaultError("key_unavailable", `the passphrase for ${path} is empty`);
       const kek = await derive(passphrase, doc.kdf);
       let keys: Buffer[];

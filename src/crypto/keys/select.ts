@@ -12,7 +12,7 @@ import type { KeySource } from "../keyring.js";
 import { commandKeySource } from "./command.js";
 import { envKeySource } from "./env.js";
 import { fileKeySource } from "./file.js";
-import { passphraseKeySource } from "./passphrase.js";
+import { passphraseKeySource, type PassphraseProvider } from "./passphrase.js";
 
 /** Where {@link selectKeySource} may look. Paths are absolute (resolved by the config loader). */
 export interface KeySourceOptions {
@@ -20,8 +20,12 @@ export interface KeySourceOptions {
   env?: NodeJS.ProcessEnv;
   keyFile?: string;
   passphraseFile?: string;
-  /** Asks for the passphrase (e.g. at a terminal). Without it, LESSOR_PASSPHRASE is used. */
-  getPassphrase?: () => Promise<string>;
+  /**
+   * Supplies the passphrase when the key store is passphrase-sealed; it alone decides where from
+   * (the CLI: LESSOR_PASSPHRASE, else a no-echo prompt on a terminal). Without it, LESSOR_PASSPHRASE
+   * is used. It is called only when the vault opens a passphrase key store.
+   */
+  getPassphrase?: PassphraseProvider;
   keyCommand?: readonly string[];
   keyCommandTimeoutMs?: number;
 }

@@ -8,6 +8,7 @@ import { auditGap, auditLimit } from "../semantics.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
+  AuditHead,
   AuditRecord,
   LeaseFilter,
   LeaseRecord,
@@ -31,7 +32,7 @@ const LEASE_COLS =
   "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
   "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
 const AUDIT_COLS =
-  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash";
+  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
 /** A lease row that is neither revoked nor used up, and not yet expired at the bound time. */
 const LIVE = "done = 0 AND expires_at > ?";
 
@@ -65,7 +66,7 @@ const SQL = {
   revokeByAgent: `${REVOKE_SET}agent = ? AND ${LIVE}`,
   revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${LIVE}`,
   revokeAll: `${REVOKE_SET}expires_at > ? AND done = 0`,
-  insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
   getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
   listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
   insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -363,9 +364,9 @@ export class Queries {
     return out;
   }
 
-  auditHead(): { seq: number; hash: Uint8Array } | null {
-    const r = this.stmt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").get() as Row | undefined;
-    return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer };
+  auditHead(): AuditHead | null {
+    const r = this.stmt("SELECT seq, hash, key_id FROM audit ORDER BY seq DESC LIMIT 1").get() as Row | undefined;
+    return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer, keyId: r.key_id as string | null };
   }
 
   /**
@@ -392,6 +393,7 @@ export class Queries {
       rec.detail,
       rec.prevHash,
       rec.hash,
+      rec.keyId,
     );
   }
 
@@ -539,6 +541,7 @@ function auditFromRow(r: Row): AuditRecord {
     detail: r.detail as string | null,
     prevHash: r.prev_hash as Buffer,
     hash: r.hash as Buffer,
+    keyId: r.key_id as string | null,
   };
 }
 

@@ -137,6 +137,11 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX audit_agent_run ON audit(seq >> 10, agent) WHERE agent IS NOT NULL;
   CREATE INDEX audit_secret_run ON audit(seq >> 10, secret) WHERE secret IS NOT NULL;
   `,
+  // 5: the keyed audit chain. Each event records the id of the audit key whose MAC its hash is; rows
+  // written before (format 1, plain SHA-256) keep NULL and are verified under the old rules.
+  `
+  ALTER TABLE audit ADD COLUMN key_id TEXT;
+  `,
 ];
 
 /** The schema version this build writes. */

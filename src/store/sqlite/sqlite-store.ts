@@ -10,6 +10,7 @@ import { VaultError } from "../../vault/errors.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
+  AuditHead,
   AuditRecord,
   LeaseFilter,
   LeaseRecord,
@@ -129,7 +130,7 @@ abstract class SqliteReads implements StoreReader {
   queryAudit(filter: AuditFilter): Promise<AuditRecord[]> {
     return this.exec("query the audit trail", (q) => q.queryAudit(filter));
   }
-  auditHead(): Promise<{ seq: number; hash: Uint8Array } | null> {
+  auditHead(): Promise<AuditHead | null> {
     return this.exec("read the audit head", (q) => q.auditHead());
   }
   getCheckpoint(): Promise<AuditCheckpoint | null> {
@@ -211,7 +212,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
   deleteExpiredLeases(before: number, limit: number): Promise<number> {
     return this.exec("delete expired leases", (q) => q.deleteExpiredLeases(before, limit));
   }
-  override auditHead(): Promise<{ seq: number; hash: Uint8Array } | null> {
+  override auditHead(): Promise<AuditHead | null> {
     return this.exec("read the audit head", (q) => {
       const h = q.auditHead();
       this.head = h?.seq ?? 0;

@@ -1,0 +1,61 @@
+/**
+ * Reads a bearer token from the file named by `LESSOR_TOKEN_FILE`. The file must be a regular file
+ * owned by the current user with no group or other permission bits (0600 or stricter), as a token
+ * is as good as the identity it stands for. The checks are made on the opened file descriptor
+ * (fstat), so the file cannot be swapped between the check and the read. No message ever quotes
+ * the file's content.
+ */
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { VaultError } from "../vault/errors.js";
+
+/** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
+const MAX_TOKEN_FILE_BYTES = 4096;
+const TOKEN_TEXT = /^[\x21-\x7e]{1,512}$/;
+
+/**
+ * Reads and checks the token file at `path`; returns the token (surrounding whitespace removed).
+ * Throws VaultError `insecure_permissions` for a file another user owns or others may read or write,
+ * and `config_invalid` for a missing, unreadable or malformed one.
+ */
+export function readTokenFile(path: string): string {
+  const what = `LESSOR_TOKEN_FILE (${path})`;
+  let fd: number;
+  try {
+    // O_NONBLOCK: opening a FIFO planted at the path must not hang; it is refused below as not a file.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    const why = code === "ENOENT" ? "does not exist" : code === "EACCES" ? "cannot be read by you (permission denied)" : `cannot be opened (${code})`;
+    throw new VaultError("config_invalid", `${what} ${why}; point it at the file holding your token, or ask the operator for one`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new VaultError("config_invalid", `${what} is not a regular file; point it at the file holding your token`);
+    const uid = process.getuid?.();
+    if (uid !== undefined && st.uid !== uid)
+      throw new VaultError("insecure_permissions", `${what} belongs to uid ${st.uid}, not to you (uid ${uid}); a token file must be your own, mode 0600`);
+    if ((st.mode & 0o077) !== 0)
+      throw new VaultError(
+        "insecure_permissions",
+        `${what} has mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, so other users may read or change your token; run chmod 600 ${path} (and get a new token if others could read it)`,
+      );
+    if (st.size > MAX_TOKEN_FILE_BYTES) throw new VaultError("config_invalid", `${what} is over ${MAX_TOKEN_FILE_BYTES} bytes; it must hold only the token`);
+    const buf = Buffer.alloc(MAX_TOKEN_FILE_BYTES + 1);
+    let n = 0;
+    for (;;) {
+      const got = readSync(fd, buf, n, buf.length - n, null);
+      if (got === 0 || n + got >= buf.length) {
+        n += got;
+        break;
+      }
+      n += got;
+    }
+    const token = buf.subarray(0, n).toString("utf8").trim();
+    buf.fill(0);
+    if (n > MAX_TOKEN_FILE_BYTES || !TOKEN_TEXT.test(token))
+      throw new VaultError("config_invalid", `${what} does not hold one token on one line; put only the token (as lessor token create printed it) in the file`);
+    return token;
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * Who may hold a connection: the counts behind the per-principal connection cap and the handshake
+ * budget, so that one principal cannot take the daemon's connections from the others.
+ *
+ * - **Principals.** A Unix-socket peer counts by uid (`uid:1000`), a vsock peer by cid (`cid:3`),
+ *   from the moment it connects, whatever state its connections are in; a token counts by its id
+ *   (`token:<id>`) once it authenticated, on any transport. Each may hold `maxConnectionsPerPrincipal`.
+ * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
+ *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
+ *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
+ *   connection that is waiting on its client (no hello yet, or no token after the daemon's proof)
+ *   among the peers with the most such connections; only if none waits on its client is the
+ *   newcomer refused. A flood of connections that never say hello therefore neither reaches the
+ *   global connection cap nor keeps a real client (which says hello at once, and is the newest) from
+ *   its handshake.
+ */
+import { VaultError } from "../vault/errors.js";
+import type { Identity } from "../vault/types.js";
+import type { PeerInfo } from "./connection.js";
+
+/** The limits admission applies (a part of ServerLimits). */
+export interface AdmissionLimits {
+  maxConnectionsPerPrincipal: number;
+  maxHandshakes: number;
+  maxHandshakesPerPeer: number;
+}
+
+/** What admission needs to know of a connection. */
+export interface Admittable {
+  /** True while its handshake waits on the client (so it may be replaced). */
+  readonly awaitingPeer: boolean;
+}
+
+/** The answer for a new connection. */
+export type Verdict<C> = { ok: true; evict: C | null } | { ok: false; why: string; message: string };
+
+/** Where one connection is counted. */
+interface Entry {
+  transport: PeerInfo["transport"];
+  peer: string;
+  principals: string[];
+  handshaking: boolean;
+  /** Arrival order. */
+  at: number;
+}
+
+/** The peer a connection's handshake counts against. */
+function peerKey(peer: PeerInfo): string {
+  if (peer.transport === "uds") return `uid:${peer.uid ?? "unknown"}`;
+  if (peer.transport === "vsock") return `cid:${peer.cid ?? "unknown"}`;
+  return `tcp:${peer.remoteAddress ?? "unknown"}`;
+}
+
+/** The principal a connection counts for as soon as it is accepted (a uid or cid), or null (TCP). */
+function acceptPrincipal(peer: PeerInfo): string | null {
+  if (peer.transport === "uds" && peer.uid !== undefined) return `uid:${peer.uid}`;
+  if (peer.transport === "vsock" && peer.cid !== undefined) return `cid:${peer.cid}`;
+  return null;
+}
+
+function describe(principal: string): string {
+  const [kind, id] = [principal.slice(0, principal.indexOf(":")), principal.slice(principal.indexOf(":") + 1)];
+  return kind === "token" ? `token ${id}` : `${kind} ${id}`;
+}
+
+/** The connection counts of one server. */
+export class Admission<C extends Admittable> {
+  readonly #limits: AdmissionLimits;
+  readonly #entries = new Map<C, Entry>();
+  readonly #open = new Map<string, number>();
+  /** Connections in their handshake, by transport, then by peer (each set in arrival order). */
+  readonly #handshakes = new Map<string, Map<string, Set<C>>>();
+  readonly #handshaking = new Map<string, number>();
+  #arrivals = 0;
+
+  constructor(limits: AdmissionLimits) {
+    this.#limits = limits;
+  }
+
+  /** Connections open for `principal` ("uid:1000", "token:<id>"). */
+  openFor(principal: string): number {
+    return this.#open.get(principal) ?? 0;
+  }
+
+  /** Connections of `transport` in their handshake. */
+  handshaking(transport: PeerInfo["transport"]): number {
+    return this.#handshaking.get(transport) ?? 0;
+  }
+
+  /** Decides on a new connection from `peer`, before it is counted. */
+  check(peer: PeerInfo): Verdict<C> {
+    const lim = this.#limits;
+    const principal = acceptPrincipal(peer);
+    if (principal !== null && this.openFor(principal) >= lim.maxConnectionsPerPrincipal)
+      return {
+        ok: false,
+        why: "principal cap",
+        message: `${describe(principal)} already has ${lim.maxConnectionsPerPrincipal} connections open to the daemon (max_connections_per_principal); close some, or ask the admin to raise the limit in lessor.toml [server]`,
+      };
+    const pool = this.#handshakes.get(peer.transport);
+    const mine = pool?.get(peerKey(peer))?.size ?? 0;
+    if (mine >= lim.maxHandshakesPerPeer)
+      return {
+        ok: false,
+        why: "peer handshake cap",
+        message: `${mine} connections from you are still in their handshake (max_handshakes_per_peer); send the hello right after connecting, or close them, then try again`,
+      };
+    if (this.handshaking(peer.transport) < lim.maxHandshakes) return { ok: true, evict: null };
+    const victim = pool === undefined ? null : this.#victim(pool);
+    if (victim === null)
+      return {
+        ok: false,
+        why: "handshake budget",
+        message: `the daemon has ${lim.maxHandshakes} connections in their handshake already (max_handshakes); try again in a moment`,
+      };
+    return { ok: true, evict: victim };
+  }
+
+  /** The oldest connection waiting on its client, among the peers with the most such connections. */
+  #victim(pool: Map<string, Set<C>>): C | null {
+    let most = 0;
+    let victim: C | null = null;
+    let victimAt = Infinity;
+    for (const set of pool.values()) {
+      let waiting = 0;
+      let oldest: C | null = null;
+      for (const c of set)
+        if (c.awaitingPeer) {
+          waiting++;
+          oldest ??= c; // sets keep arrival order
+        }
+      if (oldest === null || waiting < most) continue;
+      const at = this.#entries.get(oldest)!.at;
+      if (waiting > most || at < victimAt) [most, victim, victimAt] = [waiting, oldest, at];
+    }
+    return victim;
+  }
+
+  /** Counts a new connection (after {@link check} said ok). */
+  add(c: C, peer: PeerInfo): void {
+    const principal = acceptPrincipal(peer);
+    const e: Entry = { transport: peer.transport, peer: peerKey(peer), principals: [], handshaking: true, at: this.#arrivals++ };
+    this.#entries.set(c, e);
+    if (principal !== null) this.#count(e, principal);
+    let pool = this.#handshakes.get(e.transport);
+    if (pool === undefined) this.#handshakes.set(e.transport, (pool = new Map()));
+    let set = pool.get(e.peer);
+    if (set === undefined) pool.set(e.peer, (set = new Set()));
+    set.add(c);
+    this.#handshaking.set(e.transport, this.handshaking(e.transport) + 1);
+  }
+
+  /**
+   * The connection authenticated as `identity`: counts it for its token (throwing
+   * VaultError("rate_limited") when the token has too many open) and takes it out of the handshake
+   * budget. A connection no longer counted (closed meanwhile) is ignored.
+   */
+  admit(c: C, identity: Identity): void {
+    const e = this.#entries.get(c);
+    if (e === undefined) return;
+    const token = identity.token?.id;
+    if (token !== undefined) {
+      const principal = `token:${token}`;
+      if (!e.principals.includes(principal)) {
+        if (this.openFor(principal) >= this.#limits.maxConnectionsPerPrincipal)
+          throw new VaultError(
+            "rate_limited",
+            `token ${token} already has ${this.#limits.maxConnectionsPerPrincipal} connections open to the daemon (max_connections_per_principal); close some, or ask the admin to raise the limit in lessor.toml [server]`,
+          );
+        this.#count(e, principal);
+      }
+    }
+    this.endHandshake(c);
+  }
+
+  /** Takes a connection out of the handshake budget (it authenticated, or is being closed). */
+  endHandshake(c: C): void {
+    const e = this.#entries.get(c);
+    if (e === undefined || !e.handshaking) return;
+    e.handshaking = false;
+    const pool = this.#handshakes.get(e.transport)!;
+    const set = pool.get(e.peer)!;
+    set.delete(c);
+    if (set.size === 0) pool.delete(e.peer);
+    this.#handshaking.set(e.transport, this.handshaking(e.transport) - 1);
+  }
+
+  /** Forgets a closed connection. */
+  remove(c: C): void {
+    const e = this.#entries.get(c);
+    if (e === undefined) return;
+    this.endHandshake(c);
+    for (const p of e.principals) {
+      const n = (this.#open.get(p) ?? 1) - 1;
+      if (n <= 0) this.#open.delete(p);
+      else this.#open.set(p, n);
+    }
+    this.#entries.delete(c);
+  }
+
+  #count(e: Entry, principal: string): void {
+    e.principals.push(principal);
+    this.#open.set(principal, this.openFor(principal) + 1);
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * The killswitch lockout. Pulling the killswitch revokes every live lease and engages a lockout kept in
+ * the store's metadata, so that a restart and every other process sharing the store see it: while it is
+ * engaged no lease is granted (request_lease, lease-and-access), until an admin releases it. Grants read
+ * the flag inside their own transaction, so no grant commits after the killswitch did, in any process.
+ * Status reads it through a short cache; {@link checkKillswitch} notices a change made by another
+ * process and raises the killswitch signal, so a daemon closes its agents' connections.
+ */
+import { VaultError } from "./errors.js";
+import type { StoreReader } from "../store/types.js";
+import type { VaultContext } from "./context.js";
+
+/** The store metadata key holding the lockout (JSON of {@link KillswitchState}). */
+export const KILLSWITCH_META = "killswitch";
+
+/** How long a lockout state read from the store stands for it in status(). */
+export const KILLSWITCH_MAX_AGE_MS = 1000;
+
+/**
+ * The lockout and its last change: when `engaged`, `at`/`by`/`reason` say when, by whom and why it
+ * was engaged; when released, they describe the release (all null if it was never engaged).
+ */
+export interface KillswitchState {
+  engaged: boolean;
+  /** Epoch ms of the last change, or null. */
+  at: number | null;
+  /** Identity id of who made the last change, or null. */
+  by: string | null;
+  reason: string | null;
+}
+
+/** The state of a vault whose killswitch was never pulled. */
+export const NEVER_ENGAGED: Readonly<KillswitchState> = Object.freeze({ engaged: false, at: null, by: null, reason: null });
+
+const str = (v: unknown): string | null => (typeof v === "string" ? v.slice(0, 300) : null);
+
+/**
+ * Reads the stored lockout. A value that is not one lessor wrote (a damaged or edited row) counts as
+ * engaged: the lockout fails closed, and an admin's release writes a good one.
+ */
+export function parseKillswitch(text: string | null): KillswitchState {
+  if (text === null) return NEVER_ENGAGED;
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    o = null;
+  }
+  if (typeof o !== "object" || o === null || typeof (o as { engaged?: unknown }).engaged !== "boolean")
+    return { engaged: true, at: null, by: null, reason: "the stored killswitch record is unreadable, so it counts as engaged" };
+  const r = o as Record<string, unknown>;
+  return { engaged: r.engaged as boolean, at: typeof r.at === "number" && Number.isFinite(r.at) ? r.at : null, by: str(r.by), reason: str(r.reason) };
+}
+
+/** The stored form of a state. */
+export function formatKillswitch(state: KillswitchState): string {
+  return JSON.stringify({ engaged: state.engaged, at: state.at, by: state.by, reason: state.reason });
+}
+
+/** Reads the lockout through `r` (a transaction, for grants; the store, for status). */
+export async function readKillswitch(r: StoreReader): Promise<KillswitchState> {
+  return parseKillswitch(await r.getMeta(KILLSWITCH_META));
+}
+
+/** One line on an engaged lockout: since when, by whom, why. */
+export function describeEngaged(state: KillswitchState): string {
+  const since = state.at === null ? "" : ` since ${new Date(state.at).toISOString()}`;
+  const by = state.by === null ? "" : ` by ${state.by}`;
+  const why = state.reason === null ? "" : ` (reason: ${JSON.stringify(state.reason)})`;
+  return `the killswitch is engaged${since}${by}${why}`;
+}
+
+/** The refusal of a grant while the lockout is engaged. */
+export function lockoutError(state: KillswitchState): VaultError {
+  return new VaultError("access_denied", `${describeEngaged(state)}; no lease is granted until an admin releases it with lessor killswitch --release`);
+}
+
+const seen = new WeakMap<VaultContext, { state: KillswitchState; at: number }>();
+
+/** Records `state` as this process's latest view (after a commit that changed it, or a read). */
+export function sawKillswitch(ctx: VaultContext, state: KillswitchState): void {
+  seen.set(ctx, { state, at: performance.now() });
+}
+
+/** The lockout as status() reports it: this process's view if fresher than {@link KILLSWITCH_MAX_AGE_MS}, else read. */
+export async function killswitchState(ctx: VaultContext): Promise<KillswitchState> {
+  const s = seen.get(ctx);
+  if (s !== undefined && performance.now() - s.at < KILLSWITCH_MAX_AGE_MS) return s.state;
+  return checkKillswitch(ctx);
+}
+
+/**
+ * Reads the stored lockout; when it differs from what this process last saw (another process pulled
+ * or released the killswitch), raises the killswitch signal. Returns the state read.
+ */
+export async function checkKillswitch(ctx: VaultContext): Promise<KillswitchState> {
+  const state = await readKillswitch(ctx.store);
+  const before = seen.get(ctx)?.state ?? NEVER_ENGAGED;
+  sawKillswitch(ctx, state);
+  if (before.engaged !== state.engaged) ctx.signals.emit({ type: "killswitch", engaged: state.engaged });
+  return state;
+}

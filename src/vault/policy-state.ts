@@ -1,0 +1,43 @@
+/**
+ * The policy a vault is using and which version of it: a broken policy file never stops the vault.
+ * {@link loadOrBroken} turns a loader's failure into a broken policy (no rules, every decision denies
+ * and says why), so the vault still opens and the brakes (revoke, killswitch, audit, status, key
+ * rotation) keep working while grants are refused. {@link installPolicy} counts each policy put in
+ * force, so `explain` and `status` can say which version answered.
+ */
+import { isVaultError } from "./errors.js";
+import { brokenPolicy, type Policy, type PolicyVersion } from "./policy.js";
+import type { VaultContext } from "./context.js";
+
+const versions = new WeakMap<VaultContext, { load: number; loadedAt: number }>();
+
+/** Where a policy that came from a loader (not a file lessor read itself) is said to come from. */
+const LOADER_SOURCE = "(policy loader)";
+
+/**
+ * Runs `loader`; when it fails, returns a broken policy carrying the error's message instead of
+ * throwing. (The home's loader, in src/config/open-vault.ts, already returns a broken policy that
+ * names its file.)
+ */
+export async function loadOrBroken(loader: () => Promise<Policy>): Promise<Policy> {
+  try {
+    return await loader();
+  } catch (e) {
+    const why = isVaultError(e) ? e.message : `the policy loader failed unexpectedly (${e instanceof Error ? e.name : typeof e})`;
+    return brokenPolicy(LOADER_SOURCE, why);
+  }
+}
+
+/** Puts `policy` in force and counts it as the next version; returns that version. */
+export function installPolicy(ctx: VaultContext, policy: Policy): PolicyVersion {
+  const next = { load: (versions.get(ctx)?.load ?? 0) + 1, loadedAt: ctx.now() };
+  versions.set(ctx, next);
+  ctx.policy = policy;
+  return policyVersion(ctx);
+}
+
+/** The version of the policy in force. */
+export function policyVersion(ctx: VaultContext): PolicyVersion {
+  const v = versions.get(ctx) ?? { load: 1, loadedAt: 0 };
+  return { load: v.load, digest: ctx.policy.digest, loadedAt: v.loadedAt, state: ctx.policy.error === undefined ? "ok" : "broken" };
+}

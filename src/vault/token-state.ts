@@ -1,0 +1,72 @@
+/**
+ * This process's in-memory view of the tokens it has let in, so that a server can re-check a token at
+ * every request without a database read: a token revoked here is marked at once (after its commit); a
+ * token revoked by another process sharing the store is noticed by {@link recheckTokens}, which a
+ * server calls about twice a second for the tokens its connections hold. Either way the vault raises
+ * the `token_revoked` signal once, so the server closes the token's connections.
+ */
+import type { VaultContext } from "./context.js";
+
+/** What this process knows of one token. */
+interface Standing {
+  expiresAt: number | null;
+  revoked: boolean;
+}
+
+const views = new WeakMap<VaultContext, Map<string, Standing>>();
+
+function view(ctx: VaultContext): Map<string, Standing> {
+  let v = views.get(ctx);
+  if (v === undefined) {
+    v = new Map();
+    views.set(ctx, v);
+  }
+  return v;
+}
+
+/** Records a token that has just authenticated (live at that moment). */
+export function sawLiveToken(ctx: VaultContext, id: string, expiresAt: number | null): void {
+  const v = view(ctx);
+  const s = v.get(id);
+  if (s === undefined || !s.revoked) v.set(id, { expiresAt, revoked: false });
+}
+
+/**
+ * Marks a token revoked; the first time, raises the `token_revoked` signal. Call only after the
+ * revocation has committed (or been read from the store).
+ */
+export function markRevoked(ctx: VaultContext, id: string): void {
+  const v = view(ctx);
+  const s = v.get(id);
+  if (s?.revoked) return;
+  v.set(id, { expiresAt: s?.expiresAt ?? null, revoked: true });
+  ctx.signals.emit({ type: "token_revoked", tokenId: id });
+}
+
+/**
+ * Why a token may no longer be used ("token revoked", "token expired"), or null while it may, from
+ * memory only. A token this process never saw authenticate counts as revoked: nothing may act on it.
+ */
+export function tokenStanding(ctx: VaultContext, id: string): "token revoked" | "token expired" | null {
+  const s = views.get(ctx)?.get(id);
+  if (s === undefined || s.revoked) return "token revoked";
+  if (s.expiresAt !== null && s.expiresAt <= ctx.now()) return "token expired";
+  return null;
+}
+
+/**
+ * Reads the given tokens from the store and marks those revoked (or gone) since this process last
+ * looked, raising `token_revoked` for each. Returns the ids newly found revoked.
+ */
+export async function recheckTokens(ctx: VaultContext, ids: Iterable<string>): Promise<string[]> {
+  const found: string[] = [];
+  for (const id of new Set(ids)) {
+    if (views.get(ctx)?.get(id)?.revoked) continue;
+    const rec = await ctx.store.getToken(id);
+    if (rec === null || rec.revokedAt !== null) {
+      markRevoked(ctx, id);
+      found.push(id);
+    }
+  }
+  return found;
+}

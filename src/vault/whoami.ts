@@ -1,0 +1,34 @@
+/**
+ * "Who am I?": the caller's identity as the vault sees it, and for a token identity the token's
+ * name, id and expiry. Any role may ask; it reads nothing but the caller's own token record, and
+ * never a token's secret part or hash.
+ */
+import type { VaultContext } from "./context.js";
+import type { Identity } from "./types.js";
+
+/** The token behind a token identity, as {@link whoami} reports it (never its secret or hash). */
+export interface WhoamiToken {
+  id: string;
+  name: string;
+  /** Expiry (ms since the epoch), or null for a token that does not expire. */
+  expiresAt: number | null;
+}
+
+/** What {@link whoami} returns. */
+export interface Whoami {
+  identity: Identity;
+  /** The token the caller authenticated with, or null when the identity did not come from a token. */
+  token: WhoamiToken | null;
+}
+
+/** Token identities are named `token:<name>/<id>` (src/vault/tokens.ts); the id is 16 hex digits. */
+const TOKEN_IDENTITY = /^token:(.+)\/([0-9a-f]{16})$/;
+
+/** The caller's identity and, for a token identity, the token's name, id and expiry. */
+export async function whoami(ctx: VaultContext, who: Identity): Promise<Whoami> {
+  const m = TOKEN_IDENTITY.exec(who.id);
+  if (!m) return { identity: who, token: null };
+  const rec = await ctx.store.getToken(m[2]!);
+  // A token revoked or removed since the hello: say which it was, without an expiry to trust.
+  return { identity: who, token: rec ? { id: rec.id, name: rec.name, expiresAt: rec.expiresAt } : { id: m[2]!, name: m[1]!, expiresAt: null } };
+}
