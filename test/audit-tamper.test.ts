@@ -464,6 +464,25 @@ describe("trails of the old unkeyed format (written by lessor before the keyed c
     }
   });
 
+  test("a running vault refuses the old trail put back under it, even with the format marker deleted", async () => {
+    const p = v1Copy();
+    const oldCp = checkpointRow(p);
+    const vault = await open(p);
+    try {
+      const admin = vault.admin();
+      await admin.storeSecret({ name: "a1", value: "x" });
+      await admin.revealSecret({ scope: "global", name: "a1" });
+      attack(p, (db) => {
+        db.prepare("DELETE FROM audit WHERE key_id IS NOT NULL").run();
+        db.prepare("DELETE FROM meta WHERE key = 'audit_format'").run();
+        db.prepare("UPDATE audit_checkpoint SET seq = ?, hash = ?, key_id = ?, mac = ?").run(oldCp.seq, oldCp.hash, oldCp.key_id, oldCp.mac);
+      });
+      assert.match(await brokenMessage(admin.storeSecret({ name: "a3", value: "x" })), /this process has written or checked the keyed chain/);
+    } finally {
+      await vault.close();
+    }
+  });
+
   test("after the upgrade, cutting the keyed events and putting the old checkpoint back is refused (no downgrade)", async () => {
     const p = v1Copy();
     const oldCp = checkpointRow(p);
@@ -481,6 +500,64 @@ describe("trails of the old unkeyed format (written by lessor before the keyed c
     } finally {
       await v2.close();
     }
+  });
+});
+
+describe("what an attacker without the key cannot get the vault to sign", () => {
+  test("a deferred-brakes row planted or edited in the database is not chained by the recovery: no forged break, no framed event, and the break says so", async () => {
+    const { admin, dbPath, reopen, vault } = await withHistory();
+    attack(dbPath, (db) => {
+      db.prepare("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)").run(); // so that the admin must recover
+      const forged = {
+        events: [
+          // a break that would excuse every edit from event 1 on, and an event framing agent bob
+          { time: 1, draft: { type: "audit_break", actor: { id: "owner", role: "admin", transport: "uds" }, outcome: "ok", reason: "routine", detail: { problem: "x", first_bad_seq: 1, head_seq: 0 } } },
+          { time: 2, draft: { type: "secret_revealed", actor: { id: "test:bob", role: "agent", transport: "uds", agent: "bob" }, agent: "bob", secret: "global/tok", outcome: "ok", reason: "framed" } },
+          { time: 3, draft: { type: "lease_revoked", actor: { id: "test:bob", role: "agent", transport: "uds", agent: "bob" }, agent: "bob", outcome: "ok", reason: "framed" } },
+        ],
+        dropped: 0,
+      };
+      db.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('audit_deferred', ?)").run(JSON.stringify(forged));
+    });
+    const r = await admin.auditRecover({ reason: "investigated the cut head" });
+    assert.equal(r.recovered, true);
+    assert.equal(r.deferred, 0, "nothing from the planted row is appended");
+    const after = await admin.auditQuery({ afterSeq: r.breakSeq! - 1 });
+    assert.deepEqual(after.map((e) => e.type), ["audit_break"]);
+    assert.equal((JSON.parse(after[0]!.detail!) as { deferred_rejected: boolean }).deferred_rejected, true, "the break records the rejected row");
+    await vault.close();
+    // The attacker then rewrites old events, hoping the planted break excuses them: verify still fails.
+    attack(dbPath, (db) => db.prepare("UPDATE audit SET reason = 'rewritten' WHERE seq BETWEEN 2 AND 5").run());
+    const t2 = await reopen();
+    try {
+      const v = await t2.vault.admin().auditVerify();
+      assert.equal(v.ok, false, "the rewrite is named");
+      assert.match(v.problem ?? "", /event 2 was altered/);
+    } finally {
+      await t2.vault.close();
+    }
+  });
+
+  test("brakes deferred by the vault itself are still appended after the recovery, and one edited entry rejects the row", async () => {
+    const { admin, dbPath, vault, claude } = await withHistory();
+    const lease = await claude.requestLease({ secret: "tok", domains: ["api.example.com"] });
+    attack(dbPath, (db) => db.prepare("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)").run());
+    await admin.revokeLease(lease.id, "while broken");
+    const kept = await admin.auditRecover({ reason: "checked" });
+    assert.equal(kept.deferred, 1, "the vault's own deferred revocation is appended");
+    attack(dbPath, (db) => db.prepare("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)").run());
+    const lease2 = await claude.requestLease({ secret: "tok", domains: ["api.example.com"] }).catch(() => null);
+    assert.equal(lease2, null, "the trail is broken again: grants are refused");
+    await admin.killswitch("while broken again"); // a brake: deferred, under the audit key's MAC
+    attack(dbPath, (db) => {
+      const row = db.prepare("SELECT value FROM meta WHERE key = 'audit_deferred'").get() as { value: string };
+      db.prepare("UPDATE meta SET value = ? WHERE key = 'audit_deferred'").run(row.value.replace("while broken again", "while broken agaim"));
+    });
+    const r = await admin.auditRecover({ reason: "checked again" });
+    assert.equal(r.deferred, 0, "an edited row is appended not at all");
+    const brk = (await admin.auditQuery({ types: ["audit_break"], order: "desc", limit: 1 }))[0]!;
+    assert.equal((JSON.parse(brk.detail!) as { deferred_rejected: boolean }).deferred_rejected, true);
+    await vault.close();
   });
 });
 

@@ -94,7 +94,12 @@ function readBreak(rec: AuditRecord): { firstBad: number | null; found: AuditBre
     // a keyed break with unreadable detail cannot exist; treat it as having found nothing
   }
   const num = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) ? v : null);
-  const firstBad = num(d.first_bad_seq);
+  // A genuine break is the first event its recovery appended, right after the head it recorded: one
+  // that says otherwise (a forged event chained by some other path) excuses nothing.
+  const headSeq = num(d.head_seq);
+  const headHash = typeof d.head_hash === "string" ? d.head_hash : null;
+  const linked = headSeq === rec.seq - 1 && (headSeq === 0 ? headHash === null : headHash === Buffer.from(rec.prevHash).toString("hex"));
+  const firstBad = linked ? num(d.first_bad_seq) : null;
   return {
     firstBad,
     found: {

@@ -15,7 +15,9 @@
  * is broken: their events cannot be chained, so they are kept in the store's `audit_deferred` meta row
  * and appended right after the recovery's `audit_break` event.
  */
+import { createHmac, timingSafeEqual } from "node:crypto";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, checkpointValid, eventMacValid } from "../audit/chain.js";
+import type { AuditKey } from "../audit/keys.js";
 import { checkTrail } from "../audit/verify.js";
 import type { Store, StoreReader, StoreTx } from "../store/types.js";
 import type { VaultContext } from "./context.js";
@@ -100,7 +102,13 @@ export async function inspectChain(ctx: VaultContext, tx: StoreTx): Promise<Chai
     if (s.wiped !== null) return out(s.wiped);
     return out(null, [], true);
   }
-  if (head.keyId === null) return inspectFormat1(ctx, tx, head, out);
+  if (head.keyId === null) {
+    // This process wrote or checked the keyed chain: a trail ending in old-format events now had its
+    // keyed events cut and its old checkpoint put back (the format marker is only a meta row).
+    if (s.committed > head.seq || s.checkpoint !== null)
+      return out(`the trail ends at event ${head.seq}, of the old unkeyed format, but this process has written or checked the keyed chain (up to event ${Math.max(s.committed, s.checkpoint?.seq ?? 0)}): its keyed events were removed and an old checkpoint put back`);
+    return inspectFormat1(ctx, tx, head, out);
+  }
   if (cp === null) return out("the audit checkpoint is missing: the trail cannot be shown to be complete");
   if (!sameCheckpoint(cp, s.checkpoint)) {
     const key = await ctx.auditKeys.get(cp.keyId, tx);
@@ -199,29 +207,101 @@ export interface DeferredEvent {
   draft: AuditDraft;
 }
 
-/** Reads the deferred events; a row that is not one lessor wrote reads as none. */
-export async function readDeferred(r: StoreReader): Promise<{ events: DeferredEvent[]; dropped: number }> {
-  const text = await r.getMeta(DEFERRED_META);
-  if (text === null || text === "") return { events: [], dropped: 0 };
-  try {
-    const o = JSON.parse(text) as { events?: unknown; dropped?: unknown };
-    const events = Array.isArray(o.events) ? (o.events as DeferredEvent[]).filter((e) => typeof e?.time === "number" && typeof e?.draft?.type === "string") : [];
-    return { events, dropped: typeof o.dropped === "number" ? o.dropped : 0 };
-  } catch {
-    return { events: [], dropped: 0 };
-  }
+/** What {@link readDeferred} found. */
+export interface Deferred {
+  events: DeferredEvent[];
+  dropped: number;
+  /**
+   * True when the row was there but not as this vault wrote it (its MAC under the audit key does not
+   * verify, or it cannot be read): none of its events is appended, and the recovery records that.
+   */
+  rejected: boolean;
 }
 
-/** Keeps a brake's event, to be appended after the recovery. */
-export async function deferBrake(tx: StoreTx, draft: AuditDraft, now: number): Promise<void> {
-  const d = await readDeferred(tx);
-  if (d.events.length >= MAX_DEFERRED) d.dropped++;
-  else {
-    const a = draft.actor;
-    const actor: Identity = { id: a.id, role: a.role, transport: a.transport, ...(a.agent !== undefined ? { agent: a.agent } : {}) };
-    d.events.push({ time: now, draft: { ...draft, actor } });
+const DEFERRED_LABEL = "lessor audit deferred v1";
+
+/** The MAC of a deferred row's content under the audit key `key` (its checkpoint key, own label). */
+function deferredMac(key: AuditKey, body: string): string {
+  return createHmac("sha256", key.checkpoint).update(DEFERRED_LABEL).update("\0").update(body).digest("hex");
+}
+
+/**
+ * A brake's draft rebuilt from the fields a brake may carry (never the stored object spread), or
+ * null when it is not a brake's: the deferred row can only ever yield revocations and a killswitch.
+ */
+function brakeDraft(d: unknown): AuditDraft | null {
+  if (typeof d !== "object" || d === null) return null;
+  const o = d as Record<string, unknown>;
+  const a = o.actor as Record<string, unknown> | undefined;
+  const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
+  if (a === undefined || typeof a !== "object" || a === null || typeof a.id !== "string" || typeof a.transport !== "string") return null;
+  if (a.role !== "admin" && a.role !== "orchestrator" && a.role !== "agent") return null;
+  const draft: AuditDraft = {
+    type: o.type as AuditDraft["type"],
+    actor: { id: a.id, role: a.role, transport: a.transport, ...(typeof a.agent === "string" ? { agent: a.agent } : {}) },
+    outcome: o.outcome as AuditDraft["outcome"],
+    ...(str(o.agent) !== undefined ? { agent: str(o.agent)! } : {}),
+    ...(str(o.secret) !== undefined ? { secret: str(o.secret)! } : {}),
+    ...(str(o.leaseId) !== undefined ? { leaseId: str(o.leaseId)! } : {}),
+    ...(str(o.reason) !== undefined ? { reason: str(o.reason)! } : {}),
+    ...(typeof o.detail === "object" && o.detail !== null ? { detail: o.detail as AuditDraft["detail"] } : {}),
+  };
+  return isBrake(draft) ? draft : null;
+}
+
+/**
+ * Reads the deferred events. The row is MACed under the audit key when written, so someone who can
+ * write the database but does not hold the master key cannot add, change or reorder its events
+ * (a recovery would otherwise chain them under the key); a row that does not verify is `rejected`.
+ * Deleting the whole row cannot be told from there having been none (docs/audit.md).
+ */
+export async function readDeferred(ctx: VaultContext, r: StoreReader): Promise<Deferred> {
+  const text = await r.getMeta(DEFERRED_META);
+  if (text === null || text === "") return { events: [], dropped: 0, rejected: false };
+  const none: Deferred = { events: [], dropped: 0, rejected: true };
+  let o: { body?: unknown; keyId?: unknown; mac?: unknown };
+  try {
+    o = JSON.parse(text) as typeof o;
+  } catch {
+    return none;
   }
-  await tx.setMeta(DEFERRED_META, JSON.stringify(d));
+  if (typeof o.body !== "string" || typeof o.keyId !== "string" || typeof o.mac !== "string") return none;
+  const key = await ctx.auditKeys.get(o.keyId, r);
+  if (key === null) return none;
+  const want = Buffer.from(deferredMac(key, o.body), "hex");
+  const got = Buffer.from(o.mac, "hex");
+  if (got.length !== want.length || !timingSafeEqual(got, want)) return none;
+  let body: { events?: unknown; dropped?: unknown };
+  try {
+    body = JSON.parse(o.body) as typeof body;
+  } catch {
+    return none;
+  }
+  const events: DeferredEvent[] = [];
+  for (const e of Array.isArray(body.events) ? body.events : []) {
+    const draft = brakeDraft((e as { draft?: unknown })?.draft);
+    const time = (e as { time?: unknown })?.time;
+    if (draft === null || typeof time !== "number") return none;
+    events.push({ time, draft });
+  }
+  return { events, dropped: typeof body.dropped === "number" ? body.dropped : 0, rejected: false };
+}
+
+/** Keeps a brake's event, to be appended after the recovery (the row is re-MACed under the current audit key). */
+export async function deferBrake(ctx: VaultContext, tx: StoreTx, draft: AuditDraft, now: number): Promise<void> {
+  const d = await readDeferred(ctx, tx);
+  // A row that does not verify is not extended (its events would gain this MAC): it is replaced, and
+  // the loss is counted so the recovery records it.
+  const events = d.rejected ? [] : d.events;
+  let dropped = d.rejected ? d.dropped + 1 : d.dropped;
+  if (events.length >= MAX_DEFERRED) dropped++;
+  else {
+    const rebuilt = brakeDraft(draft);
+    if (rebuilt !== null) events.push({ time: now, draft: rebuilt });
+  }
+  const body = JSON.stringify({ events, dropped, rejectedBefore: d.rejected });
+  const key = ctx.auditKeys.current;
+  await tx.setMeta(DEFERRED_META, JSON.stringify({ body, keyId: key.id, mac: deferredMac(key, body) }));
 }
 
 /** Empties the deferred events (after they were appended). */

@@ -85,7 +85,7 @@ export async function auditRecover(ctx: VaultContext, who: Identity, p: AuditRec
       if (problem === null) return NOTHING;
       const head = chain.head;
       const firstBadSeq = check.eventFault?.seq ?? null;
-      const deferred = await readDeferred(tx);
+      const deferred = await readDeferred(ctx, tx);
       await markKeyed(tx);
       const rec = await audit({
         type: "audit_break",
@@ -101,10 +101,13 @@ export async function auditRecover(ctx: VaultContext, who: Identity, p: AuditRec
           checkpoint_hash: hex(cp?.hash),
           deferred: deferred.events.length,
           dropped: deferred.dropped,
+          // The row of deferred brakes was there but did not verify (changed without the audit key):
+          // none of it was appended, and the brakes it claims cannot be vouched for.
+          deferred_rejected: deferred.rejected,
         },
       });
       for (const e of deferred.events) await audit({ ...e.draft, detail: { ...(e.draft.detail ?? {}), deferred_at: e.time } });
-      if (deferred.events.length > 0 || deferred.dropped > 0) await clearDeferred(tx);
+      if (deferred.events.length > 0 || deferred.dropped > 0 || deferred.rejected) await clearDeferred(tx);
       noteRecovered(ctx);
       const result: AuditRecoverResult = {
         recovered: true,

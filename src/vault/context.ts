@@ -197,7 +197,7 @@ export async function commit<T>(
         }
         if (deferring) {
           if (!isBrake(draft)) throw brokenError(found!);
-          await deferBrake(tx, draft, now);
+          await deferBrake(ctx, tx, draft, now);
           return null;
         }
         return append(draft);
