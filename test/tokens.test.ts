@@ -105,3 +105,18 @@ describe("bearer tokens", () => {
     assert.deepEqual(signals.map((s) => (s.type === "token_revoked" ? s.tokenId : s.type)), [a.id, b.id]);
   });
 });
+
+describe("whoami", () => {
+  test("names the token the transport authenticated, never one read out of an identity id the embedding program chose", async () => {
+    const { vault } = await makeVault();
+    const admin = vault.admin();
+    const made = await admin.createToken({ name: "ci", role: "agent", agent: "claude" });
+    const viaToken = vault.session(await vault.authenticateToken(made.token, "tcp"));
+    const w = await viaToken.whoami();
+    assert.deepEqual(w.token && { id: w.token.id, name: w.token.name }, { id: made.id, name: "ci" });
+    // An identity whose id merely looks like a token's is not one: no token is shown for it.
+    const lookalike = vault.session({ id: `token:ci/${made.id}`, role: "agent", agent: "mallory", transport: "embedded" });
+    assert.equal((await lookalike.whoami()).token, null);
+    await vault.close();
+  });
+});

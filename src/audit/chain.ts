@@ -113,17 +113,23 @@ export function macEvent(rec: Omit<AuditRecord, "hash">, key: AuditKey): Buffer 
   at = 0;
   reserve(BLOCK);
   scratch.set(key.ipad, 0);
-  at = BLOCK;
-  field(MAC_LABEL);
-  fields(rec);
-  field(rec.keyId);
-  const inner = hash("sha256", scratch.subarray(0, at), "buffer");
-  scratch.fill(0, 0, BLOCK);
-  outer.set(key.opad, 0);
-  outer.set(inner, BLOCK);
-  const out = hash("sha256", outer, "buffer");
-  outer.fill(0);
-  return out;
+  let inner: Buffer;
+  try {
+    at = BLOCK;
+    field(MAC_LABEL);
+    fields(rec);
+    field(rec.keyId);
+    inner = hash("sha256", scratch.subarray(0, at), "buffer");
+  } finally {
+    scratch.fill(0, 0, BLOCK); // the key's inner pad never stays in the shared buffer, even on a throw
+  }
+  try {
+    outer.set(key.opad, 0);
+    outer.set(inner, BLOCK);
+    return hash("sha256", outer, "buffer");
+  } finally {
+    outer.fill(0);
+  }
 }
 
 /** True when `rec.hash` is the keyed MAC of its fields under `key` (constant time). */
@@ -184,16 +190,6 @@ export function checkpointValidV1(cp: AuditCheckpoint, master: MasterKey): boole
   try {
     const want = checkpointMac(key, CHECKPOINT_LABEL_V1, cp.seq, cp.hash);
     return cp.mac.byteLength === want.length && timingSafeEqual(cp.mac, want);
-  } finally {
-    key.fill(0);
-  }
-}
-
-/** The format-1 checkpoint for `head` (tests build old-format trails with it). */
-export function makeCheckpointV1(head: { seq: number; hash: Uint8Array }, master: MasterKey): AuditCheckpoint {
-  const key = checkpointKeyV1(master);
-  try {
-    return { seq: head.seq, hash: Buffer.from(head.hash), keyId: master.id, mac: checkpointMac(key, CHECKPOINT_LABEL_V1, head.seq, head.hash) };
   } finally {
     key.fill(0);
   }

@@ -171,6 +171,12 @@ export async function tokenChallenge(ctx: VaultContext, tokenId: string, clientN
   if (base === undefined) standInKeys.set(ctx, (base = randomBytes(32)));
   const standIn = createHmac("sha256", base).update(tokenId, "utf8").digest();
   const key = rec !== null ? Buffer.from(rec.hash) : standIn;
-  const nonce = randomBytes(NONCE_BYTES);
-  return { nonce, proof: serverProof(key, clientNonce, nonce, tokenId, binding) };
+  try {
+    const nonce = randomBytes(NONCE_BYTES);
+    return { nonce, proof: serverProof(key, clientNonce, nonce, tokenId, binding) };
+  } finally {
+    // The stored hash is enough to forge the daemon's proof: no copy outlives the answer.
+    key.fill(0);
+    standIn.fill(0);
+  }
 }

@@ -100,6 +100,7 @@ export class Vault {
    */
   static async open(opts: VaultOptions): Promise<Vault> {
     const ring = await opts.keys.load();
+    let auditKeys: AuditKeys | undefined;
     try {
       const needed = new Set(await opts.store.keyIdsInUse());
       const cp = await opts.store.getCheckpoint();
@@ -116,7 +117,7 @@ export class Vault {
         store: opts.store,
         keys: opts.keys,
         keyring: ring,
-        auditKeys: new AuditKeys(ring),
+        auditKeys: (auditKeys = new AuditKeys(ring)),
         auditBroken: null,
         policy,
         loadPolicy,
@@ -132,6 +133,7 @@ export class Vault {
       await checkKillswitch(ctx);
       return new Vault(ctx);
     } catch (e) {
+      auditKeys?.wipe();
       ring.wipe();
       throw e;
     }

@@ -21,14 +21,13 @@ export interface Whoami {
   token: WhoamiToken | null;
 }
 
-/** Token identities are named `token:<name>/<id>` (src/vault/tokens.ts); the id is 16 hex digits. */
-const TOKEN_IDENTITY = /^token:(.+)\/([0-9a-f]{16})$/;
-
 /** The caller's identity and, for a token identity, the token's name, id and expiry. */
 export async function whoami(ctx: VaultContext, who: Identity): Promise<Whoami> {
-  const m = TOKEN_IDENTITY.exec(who.id);
-  if (!m) return { identity: who, token: null };
-  const rec = await ctx.store.getToken(m[2]!);
+  // The token the transport authenticated (Identity.token), never a parse of the id, which an
+  // embedding program may choose freely.
+  const id = who.token?.id;
+  if (id === undefined) return { identity: who, token: null };
+  const rec = await ctx.store.getToken(id);
   // A token revoked or removed since the hello: say which it was, without an expiry to trust.
-  return { identity: who, token: rec ? { id: rec.id, name: rec.name, expiresAt: rec.expiresAt } : { id: m[2]!, name: m[1]!, expiresAt: null } };
+  return { identity: who, token: rec ? { id: rec.id, name: rec.name, expiresAt: rec.expiresAt } : { id, name: who.id.replace(/^token:/, "").replace(/\/[0-9a-f]{16}$/, ""), expiresAt: null } };
 }
