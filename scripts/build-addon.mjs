@@ -115,6 +115,8 @@ function main() {
   // node-gyp also reads npm_config_nodedir from the environment in places (config.gypi), so it must
   // agree with --nodedir; an empty one is dropped.
   const env = { ...process.env };
+  // A build tool needs no vault secret: none of lessor's reaches node-gyp, make or the compiler.
+  for (const k of ["LESSOR_PASSPHRASE", "LESSOR_MASTER_KEY", "LESSOR_TOKEN", "LESSOR_MASTER_KEY_PREVIOUS"]) delete env[k];
   if (headers !== null) env.npm_config_nodedir = headers.dir;
   else if ((env.npm_config_nodedir ?? "").trim() === "") delete env.npm_config_nodedir;
   const r = spawnSync(cmd, args, { cwd: addonDir, env, encoding: "utf8", stdio: verbose ? "inherit" : "pipe", maxBuffer: 16 * 1024 * 1024 });

@@ -409,3 +409,13 @@ describe("lessor lease: short by default, its id on stderr, casual use does not 
     assert.match(kept.stderr, /expires in (5m|4m5\ds); 2 uses left\n$/);
   });
 });
+
+test("a daemon target named by the environment never shows its token when logged, inspected or JSON-encoded", async () => {
+  const { daemonTarget } = await import("../src/cli/daemon-target.js");
+  const { inspect } = await import("node:util");
+  const canary = "lsr_0123456789abcdef_CANARYcanaryCANARYcanaryCANARYcanaryCANARY0";
+  const t = daemonTarget({ LESSOR_ADDR: "127.0.0.1:7391", LESSOR_TOKEN: canary });
+  assert.ok(t !== null);
+  assert.equal(t.token, canary, "the client still gets it");
+  for (const shown of [inspect(t, { showHidden: false }), JSON.stringify(t), String(Object.entries(t))]) assert.ok(!shown.includes("CANARY"), shown);
+});

@@ -530,8 +530,10 @@ describe("fair scheduling (lessor serve, default limits)", () => {
     t.diagnostic(`status median: ${calm.toFixed(3)} ms quiet, ${median(busy).toFixed(3)} ms during the flood (${ratio.toFixed(1)}x, ${busy.length} samples)`);
     await admin.close();
     quiet.close();
+    // The issue's bound: a flood must not multiply another principal's latency by 100. Measured here
+    // 7-9x (30x once, when the quiet median was an unusually fast 0.05 ms); without the scheduler, ~1,000x.
     assert.ok(
-      ratio < 20,
+      ratio < 100,
       `the quiet principal's status median went from ${calm.toFixed(2)} ms to ${median(busy).toFixed(2)} ms (${ratio.toFixed(1)}x) during the flood`,
     );
   });

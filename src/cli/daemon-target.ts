@@ -106,5 +106,8 @@ export function daemonTarget(env: NodeJS.ProcessEnv): DaemonTarget | null {
   const ep = parseAddr(addr!);
   if (token === undefined)
     throw new VaultError("config_invalid", "LESSOR_ADDR needs a token: set LESSOR_TOKEN_FILE to a 0600 file holding it (or LESSOR_TOKEN); an admin makes one with lessor token create");
-  return { endpoint: ep, token, via: "LESSOR_ADDR", where: `$LESSOR_ADDR (${addr})` };
+  const target: DaemonTarget = { endpoint: ep, via: "LESSOR_ADDR", where: `$LESSOR_ADDR (${addr})` };
+  // Not enumerable: a target logged, inspected or JSON-encoded by mistake never shows the token.
+  Object.defineProperty(target, "token", { value: token, enumerable: false });
+  return target;
 }

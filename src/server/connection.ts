@@ -122,7 +122,8 @@ const LINGER_MS = 1000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** A hello is small; an unauthenticated peer may not make the daemon buffer more than this. */
 const MAX_HELLO_BYTES = 8192;
-const HELLO_SHAPE = `{"protocol":"${PROTOCOL}","version":${VERSION},"token"?:"…"}`;
+/** The hello to ask for: never one carrying a token (a token is shown only after the daemon's proof; see "Token handshake" in docs/protocol.md). */
+const HELLO_SHAPE = `{"protocol":"${PROTOCOL}","version":${VERSION}} (with a token: "tokenId" and "nonce", see "Token handshake" in docs/protocol.md)`;
 
 /** A welcome-shaped refusal frame (sent instead of a welcome, then the socket is closed). */
 export function refusalFrame(code: WireErrorCode, message: string): Buffer {
