@@ -6,6 +6,7 @@
  * the file's content.
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { octal } from "../config/perms.js";
 import { VaultError } from "../vault/errors.js";
 
 /** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
@@ -37,7 +38,7 @@ export function readTokenFile(path: string): string {
     if ((st.mode & 0o077) !== 0)
       throw new VaultError(
         "insecure_permissions",
-        `${what} has mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, so other users may read or change your token; run chmod 600 ${path} (and get a new token if others could read it)`,
+        `${what} has mode ${octal(st.mode)}, so other users may read or change your token; run chmod 600 ${path} (and get a new token if others could read it)`,
       );
     if (st.size > MAX_TOKEN_FILE_BYTES) throw new VaultError("config_invalid", `${what} is over ${MAX_TOKEN_FILE_BYTES} bytes; it must hold only the token`);
     const buf = Buffer.alloc(MAX_TOKEN_FILE_BYTES + 1);

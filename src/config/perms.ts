@@ -14,7 +14,8 @@ import { VaultError } from "../vault/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
 
-function octal(mode: number): string {
+/** A file mode's permission bits as four octal digits ("0600"), for messages. */
+export function octal(mode: number): string {
   return (mode & 0o7777).toString(8).padStart(4, "0");
 }
 

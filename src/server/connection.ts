@@ -443,7 +443,6 @@ export class Connection {
     const params = m.params;
     if (params !== undefined && (typeof params !== "object" || params === null || Array.isArray(params)))
       return this.#reply(id, "invalid_request", "params must be a JSON object (or left out)");
-    if (this.#cutIfDue(Date.now(), id)) return;
     if (!isMethod(method)) return this.#reply(id, "invalid_request", `unknown method ${safeName(method) ?? "(with an unusual name)"}; see docs/protocol.md`);
     if (this.#host.closing) return this.#reply(id, "unavailable", "the daemon is shutting down; retry once it is back");
     const parsed = METHODS[method].safeParse(params ?? {});
@@ -457,7 +456,7 @@ export class Connection {
   async #run(id: string, method: MethodName, params: unknown): Promise<void> {
     try {
       if (this.#state !== "open") return; // closed while it waited for the scheduler: never run
-      if (this.#cutIfDue(Date.now(), id)) return; // the token may have lapsed while it waited
+      if (this.#cutIfDue(Date.now(), id)) return; // once per request, as it starts: after any wait for the scheduler
       const handler = HANDLERS[method] as (s: VaultSession, p: unknown, c: DispatchContext) => Promise<unknown>;
       const result = await handler(this.#session!, params, this.#host.dispatch);
       this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);

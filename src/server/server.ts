@@ -225,7 +225,6 @@ export class LessorServer {
     if (verdict.evict !== null) {
       // The handshake budget is full: the oldest connection still waiting on its client makes room.
       this.#noteRefused("replaced in the handshake budget", peer);
-      this.#admission.endHandshake(verdict.evict);
       verdict.evict.end(EVICTED);
     }
     if (peer.transport === "tcp") socket.setNoDelay(true);

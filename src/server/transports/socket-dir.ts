@@ -13,13 +13,10 @@
  */
 import { realpathSync, statSync, type Stats } from "node:fs";
 import { dirname } from "node:path";
+import { octal } from "../../config/perms.js";
 import { VaultError } from "../../vault/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
-
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, "0");
-}
 
 function stat(path: string, what: string): Stats {
   try {

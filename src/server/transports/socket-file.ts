@@ -16,6 +16,7 @@
 import { chmodSync, linkSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync, type Stats } from "node:fs";
 import type { Server } from "node:net";
 import { dirname, join } from "node:path";
+import { octal } from "../../config/perms.js";
 import { VaultError } from "../../vault/errors.js";
 
 /** A socket file lessor created: where, and which inode (so a replaced file is never removed). */
@@ -112,10 +113,6 @@ export function removeSocketFile(file: SocketFile): void {
   } catch {
     // gone already, or not ours to remove
   }
-}
-
-function octal(mode: number): string {
-  return (mode & 0o777).toString(8).padStart(4, "0");
 }
 
 /** lstat of a socket the daemon created: a socket owned by `uid`, or a clear error naming `wanted`. */
