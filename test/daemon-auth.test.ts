@@ -143,7 +143,7 @@ describe("Unix socket: the daemon's uid is checked before anything is written", 
     await squat(["unix", squatPath, "welcome"]);
     const noAddon = { available: false as const, reason: "the addon is missing (test)" };
     const sock = await open(squatPath);
-    const e = checkUnixDaemon(sock, squatPath, 0, noAddon);
+    const e = checkUnixDaemon(sock, squatPath, 0, undefined, noAddon);
     assert.equal(e?.code, "daemon_unverified");
     assert.match(e!.message, /without peer credentials \(the addon is missing \(test\)\).*the socket file is owned by uid 65534; nothing was sent/);
     // The addon, when present, names the squatter exactly.
@@ -155,7 +155,7 @@ describe("Unix socket: the daemon's uid is checked before anything is written", 
     const ownPath = join(own, "d.sock");
     const srv = await listen(ownPath);
     const c = await open(ownPath);
-    assert.equal(checkUnixDaemon(c, ownPath, process.getuid!(), noAddon), null);
+    assert.equal(checkUnixDaemon(c, ownPath, process.getuid!(), undefined, noAddon), null);
     assert.equal(checkUnixDaemon(c, ownPath, process.getuid!()), null);
     chmodSync(own, 0o777);
     assert.match(checkSocketFiles(ownPath, process.getuid!(), "test")?.message ?? "", /is writable by others \(mode 777\)/);

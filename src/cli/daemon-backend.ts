@@ -41,10 +41,10 @@ export async function connectTarget(target: DaemonTarget, home: string): Promise
       pipeline: true,
       ...(target.token !== undefined ? { token: target.token } : {}),
       ...(target.expectedUid !== undefined ? { expectedUid: target.expectedUid } : {}),
+      // In CLI terms, a daemon run by another user is accepted with LESSOR_DAEMON_UID.
+      expectedUidRemedy: () => "set LESSOR_DAEMON_UID to that user's uid (ask the operator; do not take it from the socket)",
     });
-    // With `pipeline`, a refused check of the daemon's uid fails the first call rather than connect.
-    const api = target.expectedUid === undefined && target.via === "LESSOR_SOCKET" ? withErrorHint(client, daemonUidHint) : client;
-    return { mode: "daemon", home, endpoint: target.where, api, close: () => client.close() };
+    return { mode: "daemon", home, endpoint: target.where, api: client, close: () => client.close() };
   } catch (e) {
     if (e instanceof VaultError && e.code === "unavailable") {
       if (/permission denied/.test(e.message))
@@ -57,30 +57,6 @@ export async function connectTarget(target: DaemonTarget, home: string): Promise
         `no lessor daemon answers at ${target.where}; is it running? ${target.via} is set, so lessor does not open a vault in this process: ask the operator to start the daemon, or unset ${target.via} to use a vault of your own`,
       );
     }
-    throw target.expectedUid === undefined && target.via === "LESSOR_SOCKET" ? daemonUidHint(e) : e;
+    throw e;
   }
-}
-
-/**
- * A socket served by another uid than this user's (or root's) is refused by the client before
- * anything is sent (`daemon_unverified`); in CLI terms, the way to accept a daemon run by another
- * user is LESSOR_DAEMON_UID.
- */
-function daemonUidHint(e: unknown): unknown {
-  if (!(e instanceof VaultError) || e.code !== "daemon_unverified") return e;
-  return new VaultError(e.code, `${e.message.replace(/, or, if the daemon really runs as uid \d+, pass expectedUid: \d+$/, "")}. If the operator runs the daemon as another user, set LESSOR_DAEMON_UID to that user's uid (ask the operator; do not take it from the socket)`);
-}
-
-/** `client` with every method's rejection passed through `hint` first. */
-function withErrorHint(client: LessorClient, hint: (e: unknown) => unknown): LessorClient {
-  return new Proxy(client, {
-    get(target, key) {
-      const v: unknown = Reflect.get(target, key, target);
-      if (typeof v !== "function") return v;
-      return (...args: unknown[]) => {
-        const r: unknown = (v as (...a: unknown[]) => unknown).apply(target, args);
-        return r instanceof Promise ? r.catch((e: unknown) => Promise.reject(hint(e))) : r;
-      };
-    },
-  });
 }

@@ -72,6 +72,12 @@ export interface ClientOptions {
    * fails with `daemon_unverified` and nothing is sent.
    */
   expectedUid?: number;
+  /**
+   * How a program's users accept a daemon that runs as another uid, ending the `daemon_unverified`
+   * message ("…, or, if the daemon really runs as uid N, <this>"). Default: "pass expectedUid: N".
+   * The CLI says "set LESSOR_DAEMON_UID…".
+   */
+  expectedUidRemedy?: (uid: number) => string;
   /** Time allowed to connect and finish the handshake, in ms (default 5000). */
   connectTimeoutMs?: number;
   /** Time allowed for each call's answer, in ms (default 30000). */
@@ -171,6 +177,7 @@ export class LessorClient {
   readonly #endpoint: Endpoint;
   readonly #token: string | undefined;
   readonly #expectedUid: number | undefined;
+  readonly #expectedUidRemedy: ((uid: number) => string) | undefined;
   readonly #connectTimeoutMs: number;
   readonly #requestTimeoutMs: number;
   readonly #reconnect: boolean;
@@ -204,6 +211,7 @@ export class LessorClient {
     if (opts.expectedUid !== undefined && (!Number.isSafeInteger(opts.expectedUid) || opts.expectedUid < 0))
       throw new VaultError("invalid_request", "expectedUid must be a uid (a whole number of at least 0)");
     this.#expectedUid = opts.expectedUid ?? process.getuid?.();
+    this.#expectedUidRemedy = opts.expectedUidRemedy;
     this.#connectTimeoutMs = positive(opts.connectTimeoutMs, 5000, "connectTimeoutMs");
     this.#requestTimeoutMs = positive(opts.requestTimeoutMs, 30_000, "requestTimeoutMs");
     this.#reconnect = opts.reconnect ?? true;
@@ -680,7 +688,7 @@ export class LessorClient {
         if (unixCheck !== null) {
           const check = await unixCheck;
           if (done) return;
-          const refusal = check(sock, (ep as { socketPath: string }).socketPath, this.#expectedUid!);
+          const refusal = check(sock, (ep as { socketPath: string }).socketPath, this.#expectedUid!, this.#expectedUidRemedy);
           if (refusal !== null) return finish(refusal);
         }
         const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };

@@ -45,7 +45,13 @@ function who(uid: number): string {
  * as `expectedUid` (or root), else the `daemon_unverified` VaultError to fail the connection with.
  * `peercred` is for tests (default: the addon, loaded once).
  */
-export function checkUnixDaemon(socket: Socket, socketPath: string, expectedUid: number, peercred: PeerCredLoader = peerCredForClients()): VaultError | null {
+export function checkUnixDaemon(
+  socket: Socket,
+  socketPath: string,
+  expectedUid: number,
+  remedy: (uid: number) => string = (uid) => `pass expectedUid: ${uid}`,
+  peercred: PeerCredLoader = peerCredForClients(),
+): VaultError | null {
   const okUid = (uid: number) => uid === expectedUid || uid === 0;
   if (peercred.available) {
     let cred;
@@ -58,7 +64,7 @@ export function checkUnixDaemon(socket: Socket, socketPath: string, expectedUid:
       if (okUid(cred.uid)) return null;
       return new VaultError(
         "daemon_unverified",
-        `the process listening on ${socketPath} runs as ${who(cred.uid)} (pid ${cred.pid}), not as ${who(expectedUid)}, the user the lessor daemon should run as; ${nothingSent}. Another user may be squatting the socket path: stop that process and restart lessor serve, or, if the daemon really runs as uid ${cred.uid}, pass expectedUid: ${cred.uid}`,
+        `the process listening on ${socketPath} runs as ${who(cred.uid)} (pid ${cred.pid}), not as ${who(expectedUid)}, the user the lessor daemon should run as; ${nothingSent}. Another user may be squatting the socket path: stop that process and restart lessor serve, or, if the daemon really runs as uid ${cred.uid}, ${remedy(cred.uid)}`,
       );
     }
     // No file descriptor on this socket: fall through to the file checks.
