@@ -26,7 +26,7 @@ export class Cli {
     return !process.env["NO_COLOR"] && this.stdout.isTTY === true;
   }
 
-  /** Lines made by {@link dim}: printed as they are (their text was escaped when they were made). */
+  /** Lines made by {@link dim} and not yet printed: printed as they are (their text was escaped when they were made). */
   readonly #styled = new Set<string>();
 
   /** Prints one line on stdout; control, bidi and invisible characters in it are shown escaped. */
@@ -53,7 +53,8 @@ export class Cli {
   }
 
   #safe(line: string): string {
-    return this.#styled.has(line) ? line : terminalSafe(line);
+    // A dimmed line is printed once: forgetting it then keeps the set small in a long `audit tail --follow`.
+    return this.#styled.delete(line) ? line : terminalSafe(line);
   }
 
   /** `open` is how backends are opened: the daemon or the embedded vault (src/cli/backend.ts). */
