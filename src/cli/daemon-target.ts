@@ -15,7 +15,7 @@
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";
 import { VaultError } from "../vault/errors.js";
-import { readTokenFile } from "./token-file.js";
+import { readTokenFile, TOKEN_TEXT } from "./token-file.js";
 
 /** The environment variables that pick a daemon (LESSOR_HOME aside). */
 export const TARGET_VARS = ["LESSOR_SOCKET", "LESSOR_ADDR", "LESSOR_TOKEN", "LESSOR_TOKEN_FILE"] as const;
@@ -33,7 +33,6 @@ export interface DaemonTarget {
   where: string;
 }
 
-const TOKEN_TEXT = /^[\x21-\x7e]{1,512}$/;
 
 function set(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const v = env[name];

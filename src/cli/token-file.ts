@@ -11,7 +11,8 @@ import { VaultError } from "../vault/errors.js";
 
 /** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
 const MAX_TOKEN_FILE_BYTES = 4096;
-const TOKEN_TEXT = /^[\x21-\x7e]{1,512}$/;
+/** What a token given to the CLI may look like before the client checks its exact shape: printable ASCII. */
+export const TOKEN_TEXT = /^[\x21-\x7e]{1,512}$/;
 
 /**
  * Reads and checks the token file at `path`; returns the token (surrounding whitespace removed).

@@ -26,6 +26,7 @@ import type { PROTOCOL, VERSION, WireIdentity } from "../protocol/messages.js";
 import type { MethodName, Params, Results, WireAuditEvent } from "../protocol/methods.js";
 import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode } from "../vault/errors.js";
 import { parseRefString } from "../vault/names.js";
+import { BASE64URL_32, TOKEN_RE } from "../vault/token-shape.js";
 import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../vault/types.js";
 
 type UnixCheck = typeof import("./daemon-check.js").checkUnixDaemon;
@@ -47,8 +48,6 @@ interface Gate {
   held: { frame: Buffer; wipe: boolean }[];
 }
 
-/** The shape of a token (checked before connecting; the same as src/vault/token-proof.ts TOKEN_RE). */
-const TOKEN_SHAPE = /^lsr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/;
 
 const PROTOCOL_NAME: typeof PROTOCOL = "lessor";
 const PROTOCOL_VERSION: typeof VERSION = 1;
@@ -200,7 +199,7 @@ export class LessorClient {
 
   private constructor(endpoint: Endpoint, opts: ClientOptions) {
     this.#endpoint = checkEndpoint(endpoint);
-    if (opts.token !== undefined && (typeof opts.token !== "string" || !TOKEN_SHAPE.test(opts.token)))
+    if (opts.token !== undefined && (typeof opts.token !== "string" || !TOKEN_RE.test(opts.token)))
       throw new VaultError("unauthenticated", "the token is not a lessor token (lsr_ followed by 16 hex characters, _ and 43 more); check that it was copied whole");
     if (opts.token === undefined && "host" in this.#endpoint)
       throw new VaultError(
@@ -861,7 +860,6 @@ function parseWelcome(body: Buffer, where: string): WireIdentity | VaultError {
   return id as WireIdentity;
 }
 
-const B64URL_32 = /^[A-Za-z0-9_-]{43}$/;
 
 /** The daemon's nonce and proof from its answer to a token handshake hello, or why there are none. */
 function parseChallenge(body: Buffer, where: string): { nonce: Buffer; proof: Buffer } | VaultError {
@@ -883,7 +881,7 @@ function parseChallenge(body: Buffer, where: string): { nonce: Buffer; proof: Bu
   }
   const c = msg.challenge;
   if (typeof c !== "object" || c === null) return unverified("answered without proving that it holds the token");
-  if (typeof c.nonce !== "string" || typeof c.proof !== "string" || !B64URL_32.test(c.nonce) || !B64URL_32.test(c.proof))
+  if (typeof c.nonce !== "string" || typeof c.proof !== "string" || !BASE64URL_32.test(c.nonce) || !BASE64URL_32.test(c.proof))
     return unverified("sent a malformed proof");
   return { nonce: Buffer.from(c.nonce, "base64url"), proof: Buffer.from(c.proof, "base64url") };
 }

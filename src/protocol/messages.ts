@@ -23,6 +23,7 @@
  */
 import { z } from "zod";
 import type { WireErrorCode } from "../vault/errors.js";
+import { BASE64URL_32, TOKEN_ID_RE } from "../vault/token-shape.js";
 
 export const PROTOCOL = "lessor";
 export const VERSION = 1;
@@ -49,7 +50,6 @@ export interface WireError {
   message: string;
 }
 
-const BASE64URL_32 = /^[A-Za-z0-9_-]{43}$/;
 
 export const helloSchema = z.strictObject({
   protocol: z.literal(PROTOCOL),
@@ -57,7 +57,7 @@ export const helloSchema = z.strictObject({
   /** The token itself (the old one-step form; the daemon cannot prove itself first). */
   token: z.string().min(1).max(512).optional(),
   /** The token handshake: the public id of the token the client holds… */
-  tokenId: z.string().regex(/^[0-9a-f]{16}$/, "expected the 16 hex characters after lsr_ in the token").optional(),
+  tokenId: z.string().regex(TOKEN_ID_RE, "expected the 16 hex characters after lsr_ in the token").optional(),
   /** …and 32 random bytes (base64url, no padding) the daemon's proof must cover. */
   nonce: z.string().regex(BASE64URL_32, "expected 32 random bytes in base64url without padding (43 characters)").optional(),
 });

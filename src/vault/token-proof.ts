@@ -12,12 +12,9 @@
  * proof the client rejects. Everything but the binding has a fixed length, so the message is unambiguous.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { TOKEN_RE } from "./token-shape.js";
 
-/** A token: `lsr_<16 hex id>_<43 base64url characters of secret>`. */
-export const TOKEN_RE = /^lsr_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
-
-/** A token id: 16 lowercase hex characters. */
-export const TOKEN_ID_RE = /^[0-9a-f]{16}$/;
+export { TOKEN_ID_RE, TOKEN_RE } from "./token-shape.js";
 
 /** The length in bytes of each side's nonce. */
 export const NONCE_BYTES = 32;

@@ -111,7 +111,7 @@ export async function revokeToken(ctx: VaultContext, who: Identity, id: string):
       await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
       return err;
     }
-    if (typeof id !== "string" || !/^[0-9a-f]{16}$/.test(id)) return new VaultError("invalid_request", "a token id is 16 hex characters; list tokens to see them");
+    if (typeof id !== "string" || !TOKEN_ID_RE.test(id)) return new VaultError("invalid_request", "a token id is 16 hex characters; list tokens to see them");
     const revoked = await tx.revokeToken(id, now);
     await audit({ type: "token_revoked", actor: who, outcome: revoked ? "ok" : "error", reason: revoked ? null : "no live token has that id", detail: { token_id: id } });
     return { revoked };
