@@ -580,7 +580,10 @@ describe("master-key rotation", () => {
       await vault.admin().storeSecret({ name: "a", value: "1" });
       await vault.admin().storeSecret({ name: "b", value: "2" });
       attack(dbPath, (db) => db.prepare("DELETE FROM audit WHERE seq = 2").run());
+      const signals: VaultSignal[] = [];
+      vault.onSignal((s) => signals.push(s));
       assert.equal(await codeOf(vault.admin().rotateMasterKey()), "audit_broken");
+      assert.deepEqual(signals.map((s) => s.type), ["audit_broken"], "the refusal raises the alarm a daemon logs");
       assert.equal((await fileKeySource(keyPath).load()).ids().length, 1, "the key file was not touched");
     } finally {
       await vault.close();

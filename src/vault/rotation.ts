@@ -16,7 +16,7 @@ import { archiveKeys, AUDIT_KEYS_META, parseArchive } from "../audit/keys.js";
 import { rewrapDek } from "../crypto/envelope.js";
 import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
-import { brokenError, inspectChain } from "./audit-guard.js";
+import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { VaultError } from "./errors.js";
 import type { Identity } from "./types.js";
@@ -41,6 +41,7 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     if (!err) {
       // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
       const chain = await inspectChain(ctx, tx);
+      noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
       return chain.problem === null ? undefined : brokenError(chain.problem);
     }
     await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
