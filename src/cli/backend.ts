@@ -9,6 +9,7 @@
 import { existsSync } from "node:fs";
 import type { LessorClient } from "../client/client.js";
 import { resolveHome } from "../config/home.js";
+import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VaultError } from "../vault/errors.js";
 import { connectDaemon, connectTarget } from "./daemon-backend.js";
 import { daemonTarget } from "./daemon-target.js";
@@ -63,7 +64,7 @@ export interface OpenBackendOptions {
   home?: string;
   env?: NodeJS.ProcessEnv;
   /** Asks for the passphrase of a passphrase-sealed vault (default: src/cli/passphrase.ts). */
-  getPassphrase?: (about: { path: string }) => Promise<string>;
+  getPassphrase?: PassphraseProvider;
 }
 
 /**

@@ -6,6 +6,7 @@ import type { Server } from "node:net";
 import { join } from "node:path";
 import { loadConfig, openVault } from "../config/open-vault.js";
 import { HOME_FILES, inHome, resolveHome } from "../config/home.js";
+import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VERSION } from "../version.js";
 import type { Vault } from "../vault/vault.js";
 import { makeAuthenticator } from "./authenticate.js";
@@ -21,7 +22,7 @@ import { listenUnix } from "./transports/uds.js";
 export interface DaemonOptions {
   home?: string;
   env?: NodeJS.ProcessEnv;
-  getPassphrase?: () => Promise<string>;
+  getPassphrase?: PassphraseProvider;
   log?: Logger;
   /** Where to load the peer-credential addon from (tests simulate a missing one); default: the package's own. */
   peercredAddonPath?: string;
