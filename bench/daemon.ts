@@ -37,7 +37,7 @@ import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { addLiveLeases } from "./live-leases.js";
 import { storeFloor } from "./store-floor.js";
-import { uuidv7 } from "../src/vault/ids.js";
+import { uuidv7 } from "../src/base/ids.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.env.LESSOR_BENCH_ONLY?.split(",").map((x) => x.trim());

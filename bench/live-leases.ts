@@ -1,7 +1,7 @@
 /** Fills a store with live leases of 1,000 background agents, for the lease-table scaling figures. */
-import type { Store } from "../src/store/types.js";
-import { uuidv7 } from "../src/vault/ids.js";
-import type { LeaseRecord } from "../src/vault/types.js";
+import type { Store } from "../src/vault/ports.js";
+import { uuidv7 } from "../src/base/ids.js";
+import type { LeaseRecord } from "../src/base/types.js";
 
 /** Inserts `count` leases live for an hour, 5,000 per transaction. */
 export async function addLiveLeases(store: Store, count: number, now = Date.now()): Promise<void> {

@@ -11,8 +11,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import { uuidv7 } from "../src/vault/ids.js";
-import type { AuditRecord, LeaseRecord } from "../src/vault/types.js";
+import { uuidv7 } from "../src/base/ids.js";
+import type { AuditRecord, LeaseRecord } from "../src/base/types.js";
 
 /** Runs `clients` loops of one lease+access's store work for `ms`; returns ops/s and commits. */
 export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS: number; opsPerCommit: number }> {

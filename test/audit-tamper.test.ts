@@ -18,7 +18,7 @@ import { envKeySource } from "../src/crypto/keys/env.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import type { VaultSignal } from "../src/vault/signals.js";
-import type { AuditRecord } from "../src/vault/types.js";
+import type { AuditRecord } from "../src/base/types.js";
 import { Vault } from "../src/vault/vault.js";
 import { V1_KEY } from "./fixtures/make-audit-v1-db.js";
 import { codeOf, HISTORY_POLICY, tempDir, withHistory } from "./helpers.js";

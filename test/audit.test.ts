@@ -8,7 +8,7 @@ import { eventMacValid, GENESIS, hashEventV1, macEvent } from "../src/audit/chai
 import { deriveAuditKey } from "../src/audit/keys.js";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
 import { openSqliteStore, type SqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import type { Store } from "../src/store/types.js";
+import type { Store } from "../src/vault/ports.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { AUDIT_HEAD_MAX_AGE_MS } from "../src/vault/context.js";
 import { parsePolicy } from "../src/vault/policy.js";

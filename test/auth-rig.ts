@@ -11,7 +11,7 @@ import { inspect } from "node:util";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { makeAuthenticator } from "../src/server/authenticate.js";
 import type { Logger } from "../src/server/logger.js";
-import { loadPeerCred } from "../src/server/peercred.js";
+import { loadPeerCred } from "../src/native/peercred.js";
 import { LessorServer, type ServerLimits } from "../src/server/server.js";
 import { listenTcp } from "../src/server/transports/tcp.js";
 import { listenUnix } from "../src/server/transports/uds.js";

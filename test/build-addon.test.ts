@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { loadPeerCred } from "../src/server/peercred.js";
+import { loadPeerCred } from "../src/native/peercred.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const LINUX = process.platform === "linux";

@@ -12,7 +12,7 @@ import { CredentialProvider, LessorClient } from "../src/client/index.js";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { WIRE_ERROR_CODES, type WireIdentity } from "../src/protocol/messages.js";
 import type { Request } from "../src/protocol/messages.js";
-import { VaultError } from "../src/vault/errors.js";
+import { VaultError } from "../src/base/errors.js";
 import { ADMIN, FakeServer, type FakeOptions } from "./fixtures/fake-server.js";
 import { tempDir } from "./helpers.js";
 

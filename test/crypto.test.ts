@@ -7,7 +7,7 @@ import { ALGS, type Alg, DECRYPT_FAILED_MESSAGE, isAlg, open, seal } from "../sr
 import { FORMAT, type Place, type Sealed, type SealedInput, encodeAad, openValue, rewrapDek, sealValue } from "../src/crypto/envelope.js";
 import { type Keyring, keyIdOf, makeKeyring } from "../src/crypto/keyring.js";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 
 const key = (): Buffer => randomBytes(32);
 const ringOf = (...keys: Buffer[]): Keyring => makeKeyring(keys.map((k) => Buffer.from(k)));

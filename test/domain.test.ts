@@ -9,8 +9,8 @@ import {
   parseDomainPattern,
   type DomainPattern,
 } from "../src/vault/domain.js";
-import { isVaultError } from "../src/vault/errors.js";
-import { quoteText } from "../src/vault/text.js";
+import { isVaultError } from "../src/base/errors.js";
+import { quoteText } from "../src/base/text.js";
 
 const label = fc
   .stringMatching(/^[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?$/)

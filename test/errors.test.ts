@@ -1,11 +1,11 @@
 /** VaultError: recognised across copies of its module, and nothing else passes for one. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { isVaultError, VaultError } from "../src/vault/errors.js";
+import { isVaultError, VaultError } from "../src/base/errors.js";
 
 test("a VaultError from another copy of the module is still a VaultError (the CLI's two bundles each hold one)", async () => {
   // A different URL is a different module instance, with its own VaultError class.
-  const other = (await import(`../src/vault/errors.ts?copy=${Date.now()}`)) as typeof import("../src/vault/errors.js");
+  const other = (await import(`../src/base/errors.ts?copy=${Date.now()}`)) as typeof import("../src/base/errors.js");
   assert.notEqual(other.VaultError, VaultError);
   const e = new other.VaultError("access_denied", "no");
   assert.ok(e instanceof VaultError);

@@ -5,12 +5,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
 import { envKeySource } from "../src/crypto/keys/env.js";
-import type { AuditSink } from "../src/audit/sink.js";
+import type { AuditSink } from "../src/vault/ports.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { createMemoryStore } from "../src/store/memory.js";
-import type { Store } from "../src/store/types.js";
+import type { Store } from "../src/vault/ports.js";
 import { parsePolicy } from "../src/vault/policy.js";
-import type { Identity } from "../src/vault/types.js";
+import type { Identity } from "../src/base/types.js";
 import { Vault, type VaultOptions } from "../src/vault/vault.js";
 import type { Limits } from "../src/vault/context.js";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { isUuid, uuidv7 } from "../src/vault/ids.js";
+import { isUuid, uuidv7 } from "../src/base/ids.js";
 
 test("uuidv7: version 7, RFC variant, unique and ordered even within one millisecond", () => {
   const ids = Array.from({ length: 20_000 }, () => uuidv7(1_700_000_000_000));

@@ -4,15 +4,15 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../src/config/perms.js";
-import { writeFileAtomic } from "../src/crypto/atomic-file.js";
+import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../src/fs/perms.js";
+import { writeFileAtomic } from "../src/fs/atomic-file.js";
 import { type Keyring, keyIdOf } from "../src/crypto/keyring.js";
 import { commandKeySource } from "../src/crypto/keys/command.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { createKeyFile, fileKeySource } from "../src/crypto/keys/file.js";
 import { TEST_ARGON2_PARAMS, createPassphraseKeyStore, passphraseKeySource, tuneArgon2 } from "../src/crypto/keys/passphrase.js";
 import { selectKeySource } from "../src/crypto/keys/select.js";
-import { type ErrorCode, isVaultError } from "../src/vault/errors.js";
+import { type ErrorCode, isVaultError } from "../src/base/errors.js";
 
 const hex = (): string => randomBytes(32).toString("hex");
 const idOfHex = (h: string): string => keyIdOf(Buffer.from(h, "hex"));

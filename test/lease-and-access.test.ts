@@ -13,7 +13,7 @@ import { embeddedApi } from "../src/cli/embedded-api.js";
 import { LessorClient } from "../src/client/index.js";
 import type { SqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { leaseState, REFUSED_FIRST_ACCESS } from "../src/vault/leases.js";
-import type { AuditRecord } from "../src/vault/types.js";
+import type { AuditRecord } from "../src/base/types.js";
 import { makeHome, RawConn, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { agent, codeOf, makeVault, orchestrator, tempDir } from "./helpers.js";
 

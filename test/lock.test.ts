@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { acquireDaemonLock, LOCK_FILE } from "../src/server/lock.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 import { tempDir } from "./helpers.js";
 
 const LOCK_MODULE = pathToFileURL(fileURLToPath(new URL("../src/server/lock.ts", import.meta.url))).href;

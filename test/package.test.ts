@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { ERROR_CODES, wireCode } from "../src/vault/errors.js";
+import { ERROR_CODES, wireCode } from "../src/base/errors.js";
 import { VERSION } from "../src/version.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));

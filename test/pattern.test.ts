@@ -8,7 +8,7 @@ import { describe, test } from "node:test";
 import { codeOf, grant, makeVault } from "./helpers.js";
 import { compileGlob, globSteps } from "../src/vault/pattern.js";
 import { decide, parsePolicy } from "../src/vault/policy.js";
-import type { Identity } from "../src/vault/types.js";
+import type { Identity } from "../src/base/types.js";
 
 /** The reference: the regex the matcher replaced (fine for short inputs). */
 function byRegex(pattern: string): (s: string) => boolean {

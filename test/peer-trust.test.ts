@@ -12,8 +12,8 @@ import { test } from "node:test";
 import { makeAuthenticator } from "../src/server/authenticate.js";
 import { startDaemon } from "../src/server/daemon.js";
 import type { Logger } from "../src/server/logger.js";
-import { loadPeerCred } from "../src/server/peercred.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { loadPeerCred } from "../src/native/peercred.js";
+import { isVaultError } from "../src/base/errors.js";
 import { makeHome, RawConn } from "./daemon-harness.js";
 import { makeVault, tempDir } from "./helpers.js";
 

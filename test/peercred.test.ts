@@ -5,7 +5,7 @@ import { chmodSync, closeSync, openSync, writeFileSync } from "node:fs";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { loadPeerCred, type PeerCred } from "../src/server/peercred.js";
+import { loadPeerCred, type PeerCred } from "../src/native/peercred.js";
 import { tempDir } from "./helpers.js";
 
 /** Listens on `path` and resolves with the first accepted socket. */

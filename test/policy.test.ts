@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { formatDuration, parseDuration } from "../src/vault/duration.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 import { compileAgentPattern, compileGlob, compileSecretPattern } from "../src/vault/pattern.js";
 import {
   BUILTIN_TERMS,

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
-import { isVaultError, VaultError } from "../src/vault/errors.js";
-import { isScope, isSecretName } from "../src/vault/names.js";
+import { isVaultError, VaultError } from "../src/base/errors.js";
+import { isScope, isSecretName } from "../src/base/names.js";
 import {
   extractField,
   fieldKeys,

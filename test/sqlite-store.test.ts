@@ -11,9 +11,9 @@ import Database from "better-sqlite3";
 import { Queries } from "../src/store/sqlite/queries.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import type { Store, StoreTx } from "../src/store/types.js";
-import type { AuditFilter } from "../src/vault/types.js";
-import { isVaultError } from "../src/vault/errors.js";
+import type { Store, StoreTx } from "../src/vault/ports.js";
+import type { AuditFilter } from "../src/base/types.js";
+import { isVaultError } from "../src/base/errors.js";
 import { auditRec, leaseRec, secretRec, T0, versionRec } from "./store-conformance.js";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "lessor-sqlite-"));

@@ -4,9 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { isVaultError } from "../src/vault/errors.js";
-import type { Store, StoreTx } from "../src/store/types.js";
-import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../src/vault/types.js";
+import { isVaultError } from "../src/base/errors.js";
+import type { Store, StoreTx } from "../src/vault/ports.js";
+import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../src/base/types.js";
 
 /** A fresh empty store and how to dispose of it. */
 export type StoreFactory = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { createMemoryStore } from "../src/store/memory.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 import { storeConformance } from "./store-conformance.js";
 
 storeConformance("memory", async () => {

@@ -7,7 +7,7 @@ import { after, describe, test } from "node:test";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { LessorServer, type PeerInfo } from "../src/server/server.js";
 import { isLoopbackAddress, listenTcp, loopbackBindAddress } from "../src/server/transports/tcp.js";
-import { VaultError } from "../src/vault/errors.js";
+import { VaultError } from "../src/base/errors.js";
 import { makeVault } from "./helpers.js";
 
 const hasIpv6Loopback = Object.values(networkInterfaces()).some((l) => l?.some((a) => a.address === "::1"));

@@ -18,7 +18,7 @@ import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { table } from "../src/cli/format/table.js";
 import { jsonText, terminalSafe } from "../src/cli/format/terminal-safe.js";
-import { checkPlainText, escapeUnsafe, hasUnsafeText, quoteText, safeJson } from "../src/vault/text.js";
+import { checkPlainText, escapeUnsafe, hasUnsafeText, quoteText, safeJson } from "../src/base/text.js";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { agent, codeOf, grant, makeVault, refusalOf, tempDir } from "./helpers.js";
@@ -42,7 +42,7 @@ function assertTerminalSafe(what: string, text: string): void {
   assert.equal(m, null, `${what} holds the raw character U+${m?.[0].codePointAt(0)!.toString(16).padStart(4, "0")} at ${m?.index}: ${JSON.stringify(text.slice(Math.max(0, (m?.index ?? 0) - 40), (m?.index ?? 0) + 40))}`);
 }
 
-describe("the text rules (src/vault/text.ts, src/cli/format/terminal-safe.ts)", () => {
+describe("the text rules (src/base/text.ts, src/cli/format/terminal-safe.ts)", () => {
   test("unsafe characters are escaped visibly; everything else is kept", () => {
     assert.equal(terminalSafe(OSC52), "\\x1b]52;c;cHduZWQ=\\x07");
     assert.equal(terminalSafe(CLEAR), "\\x1b[2J");

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { test } from "node:test";
 import { LessorClient } from "../src/client/index.js";
 import { parseConfig } from "../src/config/config.js";
-import { VaultError } from "../src/vault/errors.js";
+import { VaultError } from "../src/base/errors.js";
 import { authRig, RawConn } from "./auth-rig.js";
 
 const clients: LessorClient[] = [];

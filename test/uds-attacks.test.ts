@@ -25,7 +25,7 @@ import { basename, dirname, join } from "node:path";
 import { test } from "node:test";
 import { startDaemon } from "../src/server/daemon.js";
 import { listenUnix } from "../src/server/transports/uds.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 import { makeHome, RawConn } from "./daemon-harness.js";
 import { tempDir } from "./helpers.js";
 

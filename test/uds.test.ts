@@ -5,9 +5,9 @@ import { lstatSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { loadPeerCred, type PeerCredLoader } from "../src/server/peercred.js";
+import { loadPeerCred, type PeerCredLoader } from "../src/native/peercred.js";
 import { listenUnix, type UdsPeer } from "../src/server/transports/uds.js";
-import { isVaultError } from "../src/vault/errors.js";
+import { isVaultError } from "../src/base/errors.js";
 import { tempDir } from "./helpers.js";
 
 const close = (s: Server): Promise<void> => new Promise((r) => s.close(() => r()));

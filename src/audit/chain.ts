@@ -11,8 +11,8 @@
  */
 import { createHmac, hash, timingSafeEqual } from "node:crypto";
 import type { MasterKey } from "../crypto/keyring.js";
-import { uuidv7 } from "../vault/ids.js";
-import type { AuditCheckpoint, AuditDraft, AuditRecord } from "../vault/types.js";
+import { uuidv7 } from "../base/ids.js";
+import type { AuditCheckpoint, AuditDraft, AuditRecord } from "../base/types.js";
 import { checkpointKeyV1, type AuditKey } from "./keys.js";
 
 /** The chain value that stands before the first event. */

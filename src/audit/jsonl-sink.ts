@@ -9,9 +9,10 @@
  * audit_failed). Lines keep the order in which the operations handed them over.
  */
 import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
-import { VaultError } from "../vault/errors.js";
-import { safeJson } from "../vault/text.js";
-import { eventJson, type AuditSink } from "./sink.js";
+import { VaultError } from "../base/errors.js";
+import { safeJson } from "../base/text.js";
+import type { AuditSink } from "../vault/ports.js";
+import { eventJson } from "./sink.js";
 
 /** Opens (creating if needed) `path` for appending. */
 export function jsonlSink(path: string): AuditSink {

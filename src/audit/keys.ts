@@ -14,7 +14,7 @@ import { hkdfSync } from "node:crypto";
 import { open, seal } from "../crypto/aead.js";
 import { encodeAad } from "../crypto/envelope.js";
 import type { Keyring, MasterKey } from "../crypto/keyring.js";
-import type { StoreReader } from "../store/types.js";
+import type { AuditReader } from "./reader.js";
 
 /** The keys of one audit key id: HMAC pads of the chain key, and the checkpoint key. */
 export interface AuditKey {
@@ -162,7 +162,7 @@ export class AuditKeys {
   }
 
   /** The audit key with id `id`, or null when neither the keyring nor the archive (read through `reader`) has it. */
-  async get(id: string, reader: StoreReader): Promise<AuditKey | null> {
+  async get(id: string, reader: AuditReader): Promise<AuditKey | null> {
     const hit = this.#cache.get(id);
     if (hit) return hit;
     const master = this.#ring.get(id);

@@ -1,15 +1,10 @@
 /**
- * Audit sinks: places every committed audit event is also written to, after the store's own audit
- * table. A sink that fails makes the operation fail (its result is withheld), so audit is fail-closed.
+ * Audit sinks' shared parts: the JSON form of an event, and a sink that hands each event to a
+ * function as one line. The AuditSink port itself is the core's (src/vault/ports.ts); a sink that
+ * fails makes the operation fail (its result is withheld), so audit is fail-closed.
  */
-import { safeJson } from "../vault/text.js";
-import type { AuditRecord } from "../vault/types.js";
-
-/** Receives committed events, in order. Throwing (or rejecting) fails the operation. */
-export interface AuditSink {
-  write(events: readonly AuditRecord[]): void | Promise<void>;
-  close?(): void | Promise<void>;
-}
+import { safeJson } from "../base/text.js";
+import type { AuditRecord } from "../base/types.js";
 
 /** The JSON form of an event used by the JSONL and log sinks (hashes in hex; detail parsed). */
 export function eventJson(e: AuditRecord): Record<string, unknown> {
@@ -33,7 +28,7 @@ export function eventJson(e: AuditRecord): Record<string, unknown> {
 }
 
 /** A sink that hands each event as one JSON line to `write` (e.g. a structured logger or stderr). */
-export function logSink(write: (line: string) => void): AuditSink {
+export function logSink(write: (line: string) => void): { write(events: readonly AuditRecord[]): void } {
   return {
     write(events) {
       for (const e of events) write(safeJson({ msg: "audit", ...eventJson(e) }));

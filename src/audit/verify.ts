@@ -11,8 +11,8 @@
  * everything after the break must verify. A break cannot be forged without the audit key.
  */
 import type { Keyring } from "../crypto/keyring.js";
-import type { StoreReader } from "../store/types.js";
-import type { AuditCheckpoint, AuditHead, AuditRecord } from "../vault/types.js";
+import type { AuditReader } from "./reader.js";
+import type { AuditCheckpoint, AuditHead, AuditRecord } from "../base/types.js";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, GENESIS, checkpointValid, checkpointValidV1, eventMacValid, hashEventV1 } from "./chain.js";
 import { AuditKeys } from "./keys.js";
 
@@ -74,7 +74,7 @@ export interface TrailCheck {
 const PAGE = 2000;
 
 /** Walks the trail in pages from the store's committed state. */
-export async function verifyAudit(store: StoreReader, keyring: Keyring): Promise<AuditVerifyResult> {
+export async function verifyAudit(store: AuditReader, keyring: Keyring): Promise<AuditVerifyResult> {
   const keys = new AuditKeys(keyring);
   try {
     return (await checkTrail(store, keys)).result;
@@ -116,7 +116,7 @@ function readBreak(rec: AuditRecord): { firstBad: number | null; found: AuditBre
  * checkpoint. Every event is checked on its own (its seq, its link to the stored event before it,
  * its MAC), so a recovery further on can cover a problem found earlier.
  */
-export async function checkTrail(reader: StoreReader, keys: AuditKeys): Promise<TrailCheck> {
+export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<TrailCheck> {
   let prev: Uint8Array = GENESIS;
   let expect = 1;
   let events = 0;

@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import type { LessorClient } from "../client/client.js";
 import { resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { connectDaemon, connectTarget } from "./daemon-backend.js";
 import { daemonTarget } from "./daemon-target.js";
 

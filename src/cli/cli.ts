@@ -6,7 +6,7 @@
  */
 import type { Backend } from "./backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { jsonText, terminalSafe } from "./format/terminal-safe.js";
 
 /** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */

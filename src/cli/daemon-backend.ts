@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { LessorClient } from "../client/client.js";
 import { loadConfig } from "../config/load.js";
 import { inHome } from "../config/home.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import type { Backend } from "./backend.js";
 import type { DaemonTarget } from "./daemon-target.js";
 

@@ -14,7 +14,7 @@
  */
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { readTokenFile, TOKEN_TEXT } from "./token-file.js";
 
 /** The environment variables that pick a daemon (LESSOR_HOME aside). */

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { initHome, openVault } from "../config/open-vault.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 const POLICY = `[[rule]]
 name = "claude-github"

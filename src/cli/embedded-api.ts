@@ -4,8 +4,8 @@
  */
 import type { Results } from "../protocol/methods.js";
 import { wireAudit, wireExplanation, wireIdentity } from "../server/wire.js";
-import { parseRefString } from "../vault/names.js";
-import type { Identity, SecretRef } from "../vault/types.js";
+import { parseRefString } from "../base/names.js";
+import type { Identity, SecretRef } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
 import { VERSION } from "../version.js";
 import type { CliApi } from "./backend.js";

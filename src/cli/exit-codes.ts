@@ -2,7 +2,7 @@
  * The CLI's exit codes: distinct per kind of failure so scripts can branch on them
  * (docs/cli.md). `lessor run` exits with its child's code instead.
  */
-import type { ErrorCode } from "../vault/errors.js";
+import type { ErrorCode } from "../base/errors.js";
 
 export const EXIT = {
   ok: 0,

@@ -1,6 +1,6 @@
 /** `lessor init`: creates the home (0700), the key source, lessor.toml, a starter policy and the database. */
 import { initHome } from "../config/open-vault.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { daemonTarget } from "./daemon-target.js";
 import { newPassphrase } from "./passphrase.js";
 

@@ -4,7 +4,7 @@
  * variable nor a terminal on stdin it refuses with what to do, rather than hang or read a pipe.
  * The crypto layer only calls the provider (src/crypto/keys/passphrase.ts); it never reads a terminal.
  */
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { PromptCancelled, promptHidden } from "./format/prompt.js";
 
 /** The terminal streams a prompt uses (stdin and stderr by default, so stdout stays clean for `$(…)`). */

@@ -6,8 +6,8 @@
  * the file's content.
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
-import { octal } from "../config/perms.js";
-import { VaultError } from "../vault/errors.js";
+import { octal } from "../fs/perms.js";
+import { VaultError } from "../base/errors.js";
 
 /** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
 const MAX_TOKEN_FILE_BYTES = 4096;

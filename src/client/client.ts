@@ -24,10 +24,10 @@ import { SecretBytes } from "../crypto/secret-bytes.js";
 import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
 import type { PROTOCOL, VERSION, WireIdentity } from "../protocol/messages.js";
 import type { MethodName, Params, Results, WireAuditEvent } from "../protocol/methods.js";
-import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode } from "../vault/errors.js";
-import { parseRefString } from "../vault/names.js";
-import { BASE64URL_32, TOKEN_RE } from "../vault/token-shape.js";
-import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../vault/types.js";
+import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode } from "../base/errors.js";
+import { parseRefString } from "../base/names.js";
+import { BASE64URL_32, TOKEN_RE } from "../base/token-shape.js";
+import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../base/types.js";
 
 type UnixCheck = typeof import("./daemon-check.js").checkUnixDaemon;
 type ProofLib = typeof import("../vault/token-proof.js");

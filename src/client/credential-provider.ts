@@ -4,8 +4,8 @@
  * handed out.
  */
 import type { SecretBytes } from "../crypto/secret-bytes.js";
-import { VaultError } from "../vault/errors.js";
-import type { LeaseRecord } from "../vault/types.js";
+import { VaultError } from "../base/errors.js";
+import type { LeaseRecord } from "../base/types.js";
 import type { AccessTargetInput, LessorClient, SecretSpec } from "./client.js";
 
 const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");

@@ -4,7 +4,7 @@
  * path is just a name, and a client that sent a token, a value or an admin request to a squatter
  * would hand it over.
  *
- * - With the peer-credential addon (src/server/peercred.ts): the kernel's record of the uid that
+ * - With the peer-credential addon (src/native/peercred.ts): the kernel's record of the uid that
  *   created the listening socket (SO_PEERCRED on the client's end) must be the expected uid or root.
  *   This is exact: no other user can produce it.
  * - Without it: the socket file and the directory holding it must belong to the expected uid (or
@@ -17,8 +17,8 @@
 import { lstatSync, type Stats } from "node:fs";
 import type { Socket } from "node:net";
 import { dirname, resolve } from "node:path";
-import { loadPeerCred, type PeerCredLoader } from "../server/peercred.js";
-import { VaultError } from "../vault/errors.js";
+import { loadPeerCred, type PeerCredLoader } from "../native/peercred.js";
+import { VaultError } from "../base/errors.js";
 
 let cached: PeerCredLoader | null = null;
 

@@ -6,10 +6,10 @@ import { parse, TomlError } from "smol-toml";
 import type { Alg } from "../crypto/aead.js";
 import { DEFAULT_LIMITS, type Limits } from "../vault/limits.js";
 import { parseDuration } from "../vault/duration.js";
-import { VaultError } from "../vault/errors.js";
-import { isAgentId } from "../vault/names.js";
-import type { ServerLimits } from "../server/connection.js";
-import { DEFAULT_SERVER_LIMITS } from "../server/limits.js";
+import { VaultError } from "../base/errors.js";
+import { isAgentId } from "../base/names.js";
+import type { ServerLimits } from "./server-limits.js";
+import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {

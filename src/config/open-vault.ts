@@ -7,16 +7,16 @@ import { createKeyFile } from "../crypto/keys/file.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
-import type { AuditSink } from "../audit/sink.js";
+import type { AuditSink } from "../vault/ports.js";
 import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
-import { writeFileExclusive } from "../crypto/atomic-file.js";
+import { writeFileExclusive } from "../fs/atomic-file.js";
 import { STARTER_CONFIG } from "./config.js";
 import { loadConfig } from "./load.js";
 import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
-import { assertPrivateDir, ensurePrivateDir } from "./perms.js";
+import { assertPrivateDir, ensurePrivateDir } from "../fs/perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
 
 /** How to open a home. */

@@ -6,7 +6,7 @@
  */
 import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import { xchacha20poly1305 } from "@noble/ciphers/chacha.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 /** The AEAD algorithms a record may name. */
 export type Alg = "aes-256-gcm" | "xchacha20-poly1305";

@@ -17,7 +17,7 @@ import { randomFillSync } from "node:crypto";
 import { type Alg, DECRYPT_FAILED_MESSAGE, isAlg, open, seal } from "./aead.js";
 import { type Keyring, type MasterKey, KEY_BYTES } from "./keyring.js";
 import { SecretBytes } from "./secret-bytes.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 /** Format version written as the first byte of every blob and bound into every AAD. */
 export const FORMAT = 1;

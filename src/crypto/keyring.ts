@@ -27,30 +27,6 @@ export interface Keyring {
   wipe(): void;
 }
 
-/**
- * Where master keys come from (env, passphrase file, key file, command). Sources that can store keys
- * (the key file and the passphrase file) support rotation through {@link KeySource.promote} and
- * {@link KeySource.retire}; read-only sources (env, command) rotate by the operator supplying the new
- * key as current and the old one as previous.
- */
-export interface KeySource {
-  /** "env", "passphrase", "file" or "command". */
-  readonly kind: string;
-  /** Human-readable description for status output and errors (a path or variable name; never a key). */
-  readonly describe: string;
-  /** Loads the keyring. Throws VaultError("key_unavailable" | "insecure_permissions") with the fix. */
-  load(): Promise<Keyring>;
-  /** True when this source can store a new key itself. */
-  readonly writable: boolean;
-  /**
-   * Durably stores `newKey` as the current key, keeping every key of `ring` readable, and returns the
-   * new ring. Must be durable (fsynced, atomically replaced) before it returns. Writable sources only.
-   */
-  promote?(ring: Keyring, newKey: Buffer): Promise<Keyring>;
-  /** Durably drops every key whose id is not in `keep`; returns the new ring. Writable sources only. */
-  retire?(ring: Keyring, keep: readonly string[]): Promise<Keyring>;
-}
-
 /** The id of a master key: 16 hex chars of SHA-256 over a label and the key. */
 export function keyIdOf(key: Uint8Array): string {
   return createHash("sha256").update("lessor master key id v1\0").update(key).digest("hex").slice(0, 16);

@@ -22,8 +22,8 @@
  * to a request whose id could not be read has `id: null`.
  */
 import { z } from "zod";
-import type { WireErrorCode } from "../vault/errors.js";
-import { BASE64URL_32, TOKEN_ID_RE } from "../vault/token-shape.js";
+import type { WireErrorCode } from "../base/errors.js";
+import { BASE64URL_32, TOKEN_ID_RE } from "../base/token-shape.js";
 
 export const PROTOCOL = "lessor";
 export const VERSION = 1;

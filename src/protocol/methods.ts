@@ -8,15 +8,15 @@ import type { AuditVerifyResult } from "../audit/verify.js";
 import type { AuditRecoverResult } from "../vault/audit-recover.js";
 import type { RotationResult } from "../vault/rotation.js";
 import type { SecretMeta, VersionMeta } from "../vault/secrets.js";
-import { AUDIT_TYPES, SECRET_KINDS, type AuditRecord, type LeaseRecord, type SecretRecord, type TokenInfo } from "../vault/types.js";
+import { AUDIT_TYPES, SECRET_KINDS, type AuditRecord, type LeaseRecord, type SecretRecord, type TokenInfo } from "../base/types.js";
 import type { VaultExplanation, VaultStatus } from "../vault/vault.js";
 import type { WhoamiToken } from "../vault/whoami.js";
-import { hasUnsafeText } from "../vault/text.js";
+import { hasUnsafeText } from "../base/text.js";
 import type { WireIdentity } from "./messages.js";
 
 /**
  * Text params refuse control characters and invisible or bidirectional formatting characters
- * (src/vault/text.ts), so that nothing an agent sends can drive a terminal that later shows it.
+ * (src/base/text.ts), so that nothing an agent sends can drive a terminal that later shows it.
  * Secret values are the one exception: they are bytes, never shown.
  */
 const plain = (s: z.ZodString) =>

@@ -14,8 +14,8 @@
  *   global connection cap nor keeps a real client (which says hello at once, and is the newest) from
  *   its handshake.
  */
-import { VaultError } from "../vault/errors.js";
-import type { Identity } from "../vault/types.js";
+import { VaultError } from "../base/errors.js";
+import type { Identity } from "../base/types.js";
 import type { PeerInfo } from "./connection.js";
 
 /** The limits admission applies (a part of ServerLimits). */

@@ -11,8 +11,8 @@
  */
 import type { UidIdentity } from "../config/config.js";
 import type { Hello } from "../protocol/messages.js";
-import { VaultError } from "../vault/errors.js";
-import type { Identity } from "../vault/types.js";
+import { VaultError } from "../base/errors.js";
+import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
 import type { PeerInfo } from "./connection.js";
 

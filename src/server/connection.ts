@@ -16,9 +16,9 @@ import type { Socket } from "node:net";
 import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
 import { helloSchema, PROTOCOL, tokenFrameSchema, VERSION, type Challenge, type Hello, type Response, type WireError } from "../protocol/messages.js";
 import { isMethod, METHODS, type MethodName } from "../protocol/methods.js";
-import { VaultError, wireCode, type WireErrorCode } from "../vault/errors.js";
+import { VaultError, wireCode, type WireErrorCode } from "../base/errors.js";
 import { endpointBinding, splitToken } from "../vault/token-proof.js";
-import type { Identity } from "../vault/types.js";
+import type { Identity } from "../base/types.js";
 import type { Vault, VaultSession } from "../vault/vault.js";
 import { carriesSecret, HANDLERS, type DispatchContext } from "./dispatch.js";
 import type { Logger } from "./logger.js";
@@ -34,62 +34,8 @@ export interface PeerInfo {
   cid?: number;
 }
 
-/** Per-connection and daemon-wide limits. */
-export interface ServerLimits {
-  /** Connections served at once; more are refused with rate_limited. Default 1024. */
-  maxConnections: number;
-  /** The hello must arrive (and be accepted) within this. Default 5000 ms. */
-  handshakeTimeoutMs: number;
-  /** A connection with no request and nothing in flight is closed after this. Default 300000 ms. */
-  idleTimeoutMs: number;
-  /** A partial frame must complete within this. Default 10000 ms. */
-  readTimeoutMs: number;
-  /**
-   * Requests waiting or running at once per connection; beyond it the socket is paused. Default 64.
-   * They start as the scheduler admits them (see maxInFlightPerPrincipal, maxInFlightTotal).
-   */
-  maxInFlight: number;
-  /**
-   * Requests running at once for one principal (identity), all its connections together, while it
-   * is the only principal active. Default 32.
-   */
-  maxInFlightPerPrincipal: number;
-  /**
-   * The same while another principal has sent a request within the last second: small, so that the
-   * store's batches (during which the daemon answers nothing else) stay short. Default 4.
-   */
-  maxInFlightPerPrincipalShared: number;
-  /** Requests running at once in the daemon, all principals together. Default 256. */
-  maxInFlightTotal: number;
-  /**
-   * Answers a connection may leave unread: past this many bytes waiting in the socket's send
-   * buffer, the daemon stops reading its requests and starts none of those it has, until the client
-   * has read them all. Default 1048576 (1 MiB).
-   */
-  maxBufferedBytes: number;
-  /**
-   * Connections one principal may hold open: a Unix-socket or vsock peer counts by uid or cid from
-   * the moment it connects, a token by its id once it authenticated. Default 64.
-   */
-  maxConnectionsPerPrincipal: number;
-  /**
-   * Connections of one transport still in their handshake (no identity yet). A new one past it
-   * replaces the oldest that is waiting on its client, from the peers with the most; if none waits
-   * on its client, it is refused. Default 128.
-   */
-  maxHandshakes: number;
-  /** Connections from one peer (uid, cid or TCP address) still in their handshake. Default 64. */
-  maxHandshakesPerPeer: number;
-  /** Largest request frame body. Default (and at most) MAX_FRAME_BYTES. */
-  maxFrameBytes: number;
-  /** How long close() waits for in-flight requests. Default 10000 ms. */
-  shutdownGraceMs: number;
-  /**
-   * A connection is closed this long after it was accepted, however busy it is (requests do not
-   * extend it); clients reconnect. Default 86400000 ms (24 h).
-   */
-  maxConnectionLifetimeMs: number;
-}
+import type { ServerLimits } from "../config/server-limits.js";
+export type { ServerLimits };
 
 /** What a connection needs from its server. */
 export interface ConnectionHost {

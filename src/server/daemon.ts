@@ -12,7 +12,7 @@ import type { Vault } from "../vault/vault.js";
 import { makeAuthenticator } from "./authenticate.js";
 import { acquireDaemonLock } from "./lock.js";
 import { noopLogger, type Logger } from "./logger.js";
-import { loadPeerCred } from "./peercred.js";
+import { loadPeerCred } from "../native/peercred.js";
 import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
 import { listenTcp } from "./transports/tcp.js";

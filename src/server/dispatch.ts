@@ -5,7 +5,7 @@
  */
 import type { z } from "zod";
 import type { MethodName, METHODS, Results } from "../protocol/methods.js";
-import { parseRefString } from "../vault/names.js";
+import { parseRefString } from "../base/names.js";
 import type { VaultSession } from "../vault/vault.js";
 import { decodeValue, takeBase64, wireAudit, wireExplanation, wireIdentity } from "./wire.js";
 

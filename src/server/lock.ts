@@ -11,7 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, constants, fstatSync, linkSync, lstatSync, openSync, readSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 /** The lock file's name inside the home. */
 export const LOCK_FILE = "lessor.pid";

@@ -13,8 +13,8 @@
  * A single connection whose credentials cannot be read while the addon works gets no uid identity.
  */
 import type { UidIdentity } from "../config/config.js";
-import { VaultError } from "../vault/errors.js";
-import { buildScript, defaultAddonPath, type PeerCredLoader } from "./peercred.js";
+import { VaultError } from "../base/errors.js";
+import { buildScript, defaultAddonPath, type PeerCredLoader } from "../native/peercred.js";
 
 /** The decision, handed to the authenticator. */
 export interface PeerTrust {

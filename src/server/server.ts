@@ -13,18 +13,18 @@
 import type { Socket } from "node:net";
 import { MAX_FRAME_BYTES } from "../protocol/framing.js";
 import type { Hello } from "../protocol/messages.js";
-import { VaultError } from "../vault/errors.js";
-import type { Identity } from "../vault/types.js";
+import { VaultError } from "../base/errors.js";
+import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
 import { Admission } from "./admission.js";
 import { Connection, refusalFrame, type ConnectionHost, type PeerInfo, type ServerLimits } from "./connection.js";
-import { DEFAULT_SERVER_LIMITS } from "./limits.js";
+import { DEFAULT_SERVER_LIMITS } from "../config/server-limits.js";
 import type { DispatchContext } from "./dispatch.js";
 import { noopLogger, type Logger } from "./logger.js";
 import { Scheduler } from "./scheduler.js";
 
 export type { PeerInfo, ServerLimits } from "./connection.js";
-export { DEFAULT_SERVER_LIMITS } from "./limits.js";
+export { DEFAULT_SERVER_LIMITS } from "../config/server-limits.js";
 
 /**
  * How often the server re-reads the tokens its connections hold, to notice a revocation made by

@@ -6,9 +6,9 @@
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { WireIdentity } from "../protocol/messages.js";
 import type { WireAuditEvent } from "../protocol/methods.js";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import type { VaultExplanation } from "../vault/vault.js";
-import type { AuditRecord, Identity } from "../vault/types.js";
+import type { AuditRecord, Identity } from "../base/types.js";
 
 /** The identity as told to the client in the welcome and in `status`. */
 export function wireIdentity(who: Identity): WireIdentity {

@@ -4,7 +4,7 @@
  * reads look through the undo log, so they never see a running transaction's writes; a failed
  * transaction is undone from the log.
  */
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
@@ -18,10 +18,10 @@ import type {
   SecretRef,
   TokenRecord,
   VersionRecord,
-} from "../vault/types.js";
+} from "../base/types.js";
 import { auditGap, auditLimit, isLeaseLive, nestedBeforeCommit, txFinished } from "./semantics.js";
 import { withTxTimeout } from "./tx-timeout.js";
-import type { Store, StoreReader, StoreTx } from "./types.js";
+import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
 
 type Versions = Map<number, VersionRecord>;
 

@@ -2,9 +2,9 @@
  * Rules every store applies the same way: when a lease is live, audit query limits, the errors both
  * stores raise. Kept here so the memory and SQLite stores cannot drift apart.
  */
-import { VaultError } from "../vault/errors.js";
-import { leaseState } from "../vault/lease-state.js";
-import type { LeaseRecord } from "../vault/types.js";
+import { VaultError } from "../base/errors.js";
+import { leaseState } from "../base/lease-state.js";
+import type { LeaseRecord } from "../base/types.js";
 
 /** Default and maximum number of audit rows one query returns. */
 export const AUDIT_DEFAULT_LIMIT = 100;
@@ -12,7 +12,7 @@ export const AUDIT_MAX_LIMIT = 10_000;
 
 /**
  * A lease is live at `t` when it is not revoked, not expired (`expiresAt > t`) and has uses left:
- * the core's own rule (src/vault/lease-state.ts), which the SQL of the SQLite store spells out too.
+ * the core's own rule (src/base/lease-state.ts), which the SQL of the SQLite store spells out too.
  */
 export function isLeaseLive(l: LeaseRecord, t: number): boolean {
   return leaseState(l, t) === "live";

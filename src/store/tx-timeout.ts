@@ -2,7 +2,7 @@
  * The guard both stores put around a transaction function: one that never settles (it waited on
  * something other than the tx) is rejected after `ms`, so the store rolls it back and goes on.
  */
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 /** Resolves or rejects as `work` does, or rejects with VaultError("internal") after `ms`. */
 export function withTxTimeout<T>(work: Promise<T>, ms: number): Promise<T> {

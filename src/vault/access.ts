@@ -4,9 +4,9 @@
  * the one agent id its transport bound it to. The agent a request concerns is never taken on trust:
  * {@link resolveAgent} decides it from the identity.
  */
-import { VaultError } from "./errors.js";
+import { VaultError } from "../base/errors.js";
 import { compileAgentPattern } from "./pattern.js";
-import type { Identity, Role } from "./types.js";
+import type { Identity, Role } from "../base/types.js";
 
 const compiled = new WeakMap<readonly string[], ((s: string) => boolean)[]>();
 

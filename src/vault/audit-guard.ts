@@ -19,10 +19,10 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, checkpointValid, eventMacValid } from "../audit/chain.js";
 import type { AuditKey } from "../audit/keys.js";
 import { checkTrail } from "../audit/verify.js";
-import type { Store, StoreReader, StoreTx } from "../store/types.js";
+import type { Store, StoreReader, StoreTx } from "./ports.js";
 import type { VaultContext } from "./context.js";
-import { VaultError } from "./errors.js";
-import type { AuditCheckpoint, AuditDraft, AuditHead, Identity } from "./types.js";
+import { VaultError } from "../base/errors.js";
+import type { AuditCheckpoint, AuditDraft, AuditHead, Identity } from "../base/types.js";
 
 /** Who the vault's own audit events (the format upgrade) are recorded as. */
 export const VAULT_IDENTITY: Identity = Object.freeze({ id: "lessor", role: "admin", transport: "internal" });

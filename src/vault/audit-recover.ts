@@ -10,9 +10,9 @@ import { checkTrail } from "../audit/verify.js";
 import { roleError } from "./access.js";
 import { clearDeferred, inspectChain, markKeyed, noteRecovered, readDeferred } from "./audit-guard.js";
 import { commit, type VaultContext } from "./context.js";
-import { isVaultError, VaultError } from "./errors.js";
-import { checkPlainText } from "./text.js";
-import type { AuditHead, Identity } from "./types.js";
+import { isVaultError, VaultError } from "../base/errors.js";
+import { checkPlainText } from "../base/text.js";
+import type { AuditHead, Identity } from "../base/types.js";
 
 /** Parameters of {@link auditRecover}. */
 export interface AuditRecoverParams {

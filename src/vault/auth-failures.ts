@@ -28,8 +28,8 @@
  * the next window; {@link closeAuthFailures} makes the last attempt and throws if it fails.
  */
 import { commit, type VaultContext } from "./context.js";
-import { VaultError } from "./errors.js";
-import type { AuditDraft, Identity } from "./types.js";
+import { VaultError } from "../base/errors.js";
+import type { AuditDraft, Identity } from "../base/types.js";
 
 /** Failures of one source written one row each per window, before counting starts. */
 export const BURST = 8;

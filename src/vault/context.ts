@@ -9,16 +9,16 @@ import type { Alg } from "../crypto/aead.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { chainEvent, makeCheckpoint } from "../audit/chain.js";
 import { AuditKeys } from "../audit/keys.js";
-import type { AuditSink } from "../audit/sink.js";
-import type { Store, StoreTx } from "../store/types.js";
-import type { KeySource } from "../crypto/keyring.js";
-import { VaultError } from "./errors.js";
+import type { AuditSink } from "./ports.js";
+import type { Store, StoreTx } from "./ports.js";
+import type { KeySource } from "./ports.js";
+import { VaultError } from "../base/errors.js";
 import type { Limits } from "./limits.js";
 
 export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
 import type { Signals } from "./signals.js";
-import type { AuditDraft, AuditHead, AuditRecord } from "./types.js";
+import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
   deferBrake,

@@ -5,8 +5,8 @@
  * invisible characters) is refused rather than guessed at.
  */
 import { domainToASCII } from "node:url";
-import { VaultError } from "./errors.js";
-import { quoteText } from "./text.js";
+import { VaultError } from "../base/errors.js";
+import { quoteText } from "../base/text.js";
 
 /** An exact host (`api.github.com`) or a wildcard (`*.github.com`: any host strictly below the suffix). */
 export type DomainPattern = { kind: "exact"; host: string } | { kind: "wildcard"; suffix: string };

@@ -1,5 +1,5 @@
 /** Durations written as text: "500ms", "90s", "15m", "1h30m", "2d". */
-import { VaultError } from "./errors.js";
+import { VaultError } from "../base/errors.js";
 
 const UNITS = [
   ["d", 86_400_000],

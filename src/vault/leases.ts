@@ -5,23 +5,23 @@
  */
 import { openValue } from "../crypto/envelope.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
-import type { StoreTx } from "../store/types.js";
+import type { StoreTx } from "./ports.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
 import { parseDuration } from "./duration.js";
-import { VaultError } from "./errors.js";
-import { isUuid, uuidv7 } from "./ids.js";
-import { checkAgentId, checkRef, parseRefString, refString } from "./names.js";
+import { VaultError } from "../base/errors.js";
+import { isUuid, uuidv7 } from "../base/ids.js";
+import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
 import { matchPathPrefixes } from "./http-path.js";
-import { checkPlainText, escapeUnsafe, quoteText } from "./text.js";
+import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains } from "./policy.js";
-import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "./types.js";
-import { leaseState } from "./lease-state.js";
+import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
+import { leaseState } from "../base/lease-state.js";
 import { formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
 
-export { leaseState, type LeaseState } from "./lease-state.js";
+export { leaseState, type LeaseState } from "../base/lease-state.js";
 
 /** What {@link requestLease} takes. */
 export interface LeaseRequest {
@@ -446,7 +446,7 @@ export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason
   return { released: got.released };
 }
 
-/** A revocation or killswitch reason: one line of plain text (src/vault/text.ts), at most 200 characters. */
+/** A revocation or killswitch reason: one line of plain text (src/base/text.ts), at most 200 characters. */
 function checkReason(r: unknown): string {
   return checkPlainText(r, "a revocation reason", 200);
 }

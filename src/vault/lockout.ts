@@ -6,8 +6,8 @@
  * Status reads it through a short cache; {@link checkKillswitch} notices a change made by another
  * process and raises the killswitch signal, so a daemon closes its agents' connections.
  */
-import { VaultError } from "./errors.js";
-import type { StoreReader } from "../store/types.js";
+import { VaultError } from "../base/errors.js";
+import type { StoreReader } from "./ports.js";
 import type { VaultContext } from "./context.js";
 
 /** The store metadata key holding the lockout (JSON of {@link KillswitchState}). */

@@ -10,8 +10,8 @@
  * number of stars, and both the pattern (policy) and the subject (a secret name an agent chose) can be
  * long enough for that to hang the daemon.
  */
-import { VaultError } from "./errors.js";
-import type { SecretRef } from "./types.js";
+import { VaultError } from "../base/errors.js";
+import type { SecretRef } from "../base/types.js";
 
 function show(s: string): string {
   return JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);

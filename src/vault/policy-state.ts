@@ -5,7 +5,7 @@
  * rotation) keep working while grants are refused. {@link installPolicy} counts each policy put in
  * force, so `explain` and `status` can say which version answered.
  */
-import { isVaultError } from "./errors.js";
+import { isVaultError } from "../base/errors.js";
 import { brokenPolicy, type Policy, type PolicyVersion } from "./policy.js";
 import type { VaultContext } from "./context.js";
 

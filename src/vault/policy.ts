@@ -14,11 +14,11 @@ import {
   type DomainPattern,
 } from "./domain.js";
 import { formatDuration, parseDuration } from "./duration.js";
-import { VaultError, isVaultError } from "./errors.js";
-import { refString } from "./names.js";
+import { VaultError, isVaultError } from "../base/errors.js";
+import { refString } from "../base/names.js";
 import { canonicalPathPrefix } from "./http-path.js";
 import { compileAgentPattern, compileSecretPattern } from "./pattern.js";
-import type { SecretRef } from "./types.js";
+import type { SecretRef } from "../base/types.js";
 
 /** The terms a lease granted by a rule gets. Times in milliseconds; null means unlimited. */
 export interface LeaseTerms {

@@ -10,8 +10,8 @@
  * Parsing is strict and every error names the 1-based position of what is wrong. No I/O here.
  */
 import { SecretBytes } from "../crypto/secret-bytes.js";
-import { VaultError } from "./errors.js";
-import { isScope, isSecretName } from "./names.js";
+import { VaultError } from "../base/errors.js";
+import { isScope, isSecretName } from "../base/names.js";
 
 /** Points at one secret, optionally at one field of its JSON value. */
 export interface SecretReference {

@@ -18,8 +18,8 @@ import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
-import { VaultError } from "./errors.js";
-import type { Identity } from "./types.js";
+import { VaultError } from "../base/errors.js";
+import type { Identity } from "../base/types.js";
 
 /** What a rotation did. */
 export interface RotationResult {

@@ -5,13 +5,13 @@
  */
 import { openValue, sealValue } from "../crypto/envelope.js";
 import { SecretBytes } from "../crypto/secret-bytes.js";
-import type { StoreTx } from "../store/types.js";
+import type { StoreTx } from "./ports.js";
 import { roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
-import { VaultError } from "./errors.js";
-import { checkPlainText } from "./text.js";
-import { checkRef, refString } from "./names.js";
-import { SECRET_KINDS, type Identity, type SecretFilter, type SecretKind, type SecretRecord, type SecretRef, type VersionRecord } from "./types.js";
+import { VaultError } from "../base/errors.js";
+import { checkPlainText } from "../base/text.js";
+import { checkRef, refString } from "../base/names.js";
+import { SECRET_KINDS, type Identity, type SecretFilter, type SecretKind, type SecretRecord, type SecretRef, type VersionRecord } from "../base/types.js";
 
 /** What {@link storeSecret} takes. */
 export interface StoreSecretParams {
@@ -61,7 +61,7 @@ function checkTags(tags: unknown): string[] {
   return [...new Set(tags as string[])];
 }
 
-/** One line of plain text (src/vault/text.ts), at most MAX_DESCRIPTION characters. */
+/** One line of plain text (src/base/text.ts), at most MAX_DESCRIPTION characters. */
 function checkDescription(d: unknown): string {
   return checkPlainText(d, "a description", MAX_DESCRIPTION);
 }

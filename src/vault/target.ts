@@ -2,11 +2,11 @@
  * The shape of an access target (where a leased value is about to be used: domain, method, path),
  * checked before the access runs. Whether the lease allows the target is decided later, in the
  * transaction, and audited; this only refuses what is not text at all or holds a character that
- * could drive a terminal (src/vault/text.ts), so that no audit row or message ever carries one.
+ * could drive a terminal (src/base/text.ts), so that no audit row or message ever carries one.
  */
-import { VaultError } from "./errors.js";
+import { VaultError } from "../base/errors.js";
 import { MAX_PATH_LENGTH } from "./http-path.js";
-import { checkNoUnsafe } from "./text.js";
+import { checkNoUnsafe } from "../base/text.js";
 
 /** Throws VaultError("invalid_request") unless each field of `target` that is set is clean text. */
 export function checkTarget(target: { domain?: unknown; method?: unknown; path?: unknown }): void {

@@ -12,9 +12,9 @@
  * proof the client rejects. Everything but the binding has a fixed length, so the message is unambiguous.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { TOKEN_RE } from "./token-shape.js";
+import { TOKEN_RE } from "../base/token-shape.js";
 
-export { TOKEN_ID_RE, TOKEN_RE } from "./token-shape.js";
+export { TOKEN_ID_RE, TOKEN_RE } from "../base/token-shape.js";
 
 /** The length in bytes of each side's nonce. */
 export const NONCE_BYTES = 32;

@@ -9,12 +9,12 @@ import { roleError } from "./access.js";
 import { recordAuthFailure } from "./auth-failures.js";
 import { commit, type VaultContext } from "./context.js";
 import { parseDuration } from "./duration.js";
-import { VaultError } from "./errors.js";
-import { checkAgentId } from "./names.js";
+import { VaultError } from "../base/errors.js";
+import { checkAgentId } from "../base/names.js";
 import { compileAgentPattern } from "./pattern.js";
 import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "./token-proof.js";
 import { markRevoked, sawLiveToken } from "./token-state.js";
-import type { Identity, Role, TokenInfo, TokenRecord } from "./types.js";
+import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
 
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
 const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];

@@ -13,18 +13,18 @@
  * ```
  */
 import type { Alg } from "../crypto/aead.js";
-import type { KeySource } from "../crypto/keyring.js";
+import type { KeySource } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
 import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "./audit-recover.js";
-import type { AuditSink } from "../audit/sink.js";
+import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
-import type { Store } from "../store/types.js";
+import type { Store } from "./ports.js";
 import { roleError } from "./access.js";
 import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
-import { VaultError } from "./errors.js";
+import { VaultError } from "../base/errors.js";
 import * as leases from "./leases.js";
-import { checkAgentId, checkRef } from "./names.js";
+import { checkAgentId, checkRef } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
 import { emptyPolicy, explain, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
 import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
@@ -35,7 +35,7 @@ import * as secrets from "./secrets.js";
 import * as tokenState from "./token-state.js";
 import * as tokens from "./tokens.js";
 import { whoami, type Whoami } from "./whoami.js";
-import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "./types.js";
+import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
 /** How to open a vault. */
 export interface VaultOptions {

@@ -4,7 +4,7 @@
  * never a token's secret part or hash.
  */
 import type { VaultContext } from "./context.js";
-import type { Identity } from "./types.js";
+import type { Identity } from "../base/types.js";
 
 /** The token behind a token identity, as {@link whoami} reports it (never its secret or hash). */
 export interface WhoamiToken {

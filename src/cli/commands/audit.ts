@@ -6,8 +6,8 @@ import { table } from "../format/table.js";
 import { jsonText } from "../format/terminal-safe.js";
 import { iso, parseTimeOption, shortTime } from "../format/time.js";
 import type { WireAuditEvent } from "../../protocol/methods.js";
-import { AUDIT_TYPES } from "../../vault/types.js";
-import { escapeUnsafe } from "../../vault/text.js";
+import { AUDIT_TYPES } from "../../base/types.js";
+import { escapeUnsafe } from "../../base/text.js";
 import type { AuditBreak } from "../../audit/verify.js";
 import { positiveInt } from "../format/options.js";
 

@@ -10,8 +10,8 @@ import { positiveInt } from "../format/options.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
-import { VaultError } from "../../vault/errors.js";
-import type { LeaseRecord } from "../../vault/types.js";
+import { VaultError } from "../../base/errors.js";
+import type { LeaseRecord } from "../../base/types.js";
 
 function leaseLine(l: LeaseRecord, now: number): string {
   const uses = l.maxUses === null ? `${l.uses} uses` : `${l.uses}/${l.maxUses} uses`;

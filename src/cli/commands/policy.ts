@@ -84,7 +84,7 @@ export function registerPolicy(program: Command, cli: Cli): void {
         const { resolve } = await import("node:path");
         const { parsePolicy } = await import("../../vault/policy.js");
         const { formatDuration } = await import("../../vault/duration.js");
-        const { VaultError } = await import("../../vault/errors.js");
+        const { VaultError } = await import("../../base/errors.js");
         const source = file === undefined ? await homePolicyPath(cli) : resolve(file);
         try {
           let text: string;

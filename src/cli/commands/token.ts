@@ -5,7 +5,7 @@ import { EXIT } from "../exit-codes.js";
 import { collect } from "../format/options.js";
 import { list, table } from "../format/table.js";
 import { iso, shortTime } from "../format/time.js";
-import type { TokenInfo } from "../../vault/types.js";
+import type { TokenInfo } from "../../base/types.js";
 
 const ROLES = ["admin", "orchestrator", "agent"] as const;
 

@@ -1,10 +1,10 @@
 /** Leases for output: the stable --json shape and the state a lease is in. */
-import { leaseState, type LeaseState } from "../../vault/lease-state.js";
-import type { LeaseRecord } from "../../vault/types.js";
+import { leaseState, type LeaseState } from "../../base/lease-state.js";
+import type { LeaseRecord } from "../../base/types.js";
 import { iso } from "./time.js";
 
 /** The core's rule, so the CLI shows the state an access would report. */
-export { leaseState, type LeaseState } from "../../vault/lease-state.js";
+export { leaseState, type LeaseState } from "../../base/lease-state.js";
 
 /** A lease as printed by --json (docs/cli/leases.md): times as ISO text, `secret` as scope/name. */
 export interface LeaseJson {

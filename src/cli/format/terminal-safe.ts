@@ -11,9 +11,9 @@
  * escapes the rest as `\uXXXX` too, so the same value parses back and a person who prints it to a
  * terminal is safe as well.
  */
-import { escapeUnsafe, safeJson } from "../../vault/text.js";
+import { escapeUnsafe, safeJson } from "../../base/text.js";
 
-/** `s` with every unsafe character as a visible escape (see src/vault/text.ts). */
+/** `s` with every unsafe character as a visible escape (see src/base/text.ts). */
 export function terminalSafe(s: string): string {
   return escapeUnsafe(s);
 }

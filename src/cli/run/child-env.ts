@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 import { extractField, findReferences, type FoundReference, type SecretReference } from "../../vault/refs.js";
 import { parseEnvFile } from "./env-file.js";
 import { keyOf, type LeaseBook } from "./leases.js";

@@ -10,7 +10,7 @@
  * No `${VAR}` expansion (a `$` is literal, so `$S:name` references pass through). Later keys win.
  * Errors name the file, the line and the column, never the value.
  */
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 
 /** One assignment, with the line it started on. */
 export interface EnvEntry {

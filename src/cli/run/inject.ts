@@ -4,8 +4,8 @@
  * (temporary file, fsync, rename). Nothing is written unless every reference resolved.
  */
 import { lstatSync, readFileSync } from "node:fs";
-import { writeFileAtomic } from "../../crypto/atomic-file.js";
-import { VaultError } from "../../vault/errors.js";
+import { writeFileAtomic } from "../../fs/atomic-file.js";
+import { VaultError } from "../../base/errors.js";
 import { findReferences } from "../../vault/refs.js";
 import type { Cli } from "../cli.js";
 import { referencedBytes } from "./child-env.js";

@@ -9,8 +9,8 @@
  * exact host (the rule's `domains`). A lease bound only to `*.x` patterns needs `--domain HOST`.
  */
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
-import { VaultError } from "../../vault/errors.js";
-import type { LeaseRecord } from "../../vault/types.js";
+import { VaultError } from "../../base/errors.js";
+import type { LeaseRecord } from "../../base/types.js";
 import type { CliApi } from "../backend.js";
 
 /** A secret as references name it (the field part is applied by the caller). */

@@ -4,7 +4,7 @@
  * revoke every lease when it exits, and exit with its code (128 + N when signal N killed it). The
  * child itself is src/cli/run/child.ts.
  */
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 import type { Backend } from "../backend.js";
 import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";

@@ -6,8 +6,8 @@
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
-import { VaultError } from "../../vault/errors.js";
-import { SECRET_KINDS, type SecretKind } from "../../vault/types.js";
+import { VaultError } from "../../base/errors.js";
+import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
 import { secretRef } from "./ref.js";

@@ -1,6 +1,6 @@
 /** One secret as it travels through `secret export` and `secret import`. */
 import { isUtf8 } from "node:buffer";
-import type { SecretKind } from "../../vault/types.js";
+import type { SecretKind } from "../../base/types.js";
 
 /** A secret with its value, as written to or read from an export file. */
 export interface SecretEntry {

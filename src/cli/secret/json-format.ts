@@ -6,9 +6,9 @@
  * `encoding` is "utf8" when the bytes are valid UTF-8 (the value is that text) and "base64" otherwise
  * (standard base64 with padding), so any value survives export then import byte for byte.
  */
-import { VaultError } from "../../vault/errors.js";
-import { parseRefString, refString } from "../../vault/names.js";
-import { SECRET_KINDS, type SecretKind } from "../../vault/types.js";
+import { VaultError } from "../../base/errors.js";
+import { parseRefString, refString } from "../../base/names.js";
+import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { decodeBase64Strict, hasLoneSurrogate, isText, type SecretEntry } from "./entry.js";
 import { parseJson, type JsonNode } from "./json-parse.js";
 import { errorAt, position } from "./parse-error.js";

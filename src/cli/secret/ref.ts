@@ -1,7 +1,7 @@
 /** Turns a command's NAME argument and `--scope` option into one secret reference. */
 import { UsageError } from "../cli.js";
-import { checkScope, parseRefString, refString } from "../../vault/names.js";
-import type { SecretRef } from "../../vault/types.js";
+import { checkScope, parseRefString, refString } from "../../base/names.js";
+import type { SecretRef } from "../../base/types.js";
 
 /** `scope/name` or a bare name (scope `--scope`, else `global`). Throws when the two disagree. */
 export function secretRef(arg: string, scope?: string): SecretRef & { ref: string } {

@@ -8,7 +8,7 @@ import { dirname, basename, join } from "node:path";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
-import { checkScope, refString } from "../../vault/names.js";
+import { checkScope, refString } from "../../base/names.js";
 import type { SecretEntry } from "./entry.js";
 import { ENV_KEY, formatDotenv, parseDotenv } from "./dotenv.js";
 import { formatJson, parseJsonExport } from "./json-format.js";

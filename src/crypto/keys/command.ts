@@ -8,8 +8,8 @@
  * include anything it printed, on stdout or stderr: a KMS tool could print key material on either.
  */
 import { execFile, type ExecFileException } from "node:child_process";
-import { VaultError } from "../../vault/errors.js";
-import type { KeySource } from "../keyring.js";
+import { VaultError } from "../../base/errors.js";
+import type { KeySource } from "../../vault/ports.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */

@@ -4,8 +4,8 @@
  * stays in memory until it is garbage-collected; only the Buffers are zeroed.
  */
 import { type Keyring, KEY_BYTES, makeKeyring } from "../keyring.js";
-import { VaultError } from "../../vault/errors.js";
-import { writeFileExclusive } from "../atomic-file.js";
+import { VaultError } from "../../base/errors.js";
+import { writeFileExclusive } from "../../fs/atomic-file.js";
 
 const HEX_KEY = /^[0-9a-fA-F]{64}$/;
 

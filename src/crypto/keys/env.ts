@@ -4,8 +4,9 @@
  * must stay readable during a rotation. Read-only: to rotate, set the new key as LESSOR_MASTER_KEY and
  * move the old one to LESSOR_MASTER_KEY_PREVIOUS.
  */
-import type { Keyring, KeySource } from "../keyring.js";
-import { VaultError } from "../../vault/errors.js";
+import type { Keyring } from "../keyring.js";
+import type { KeySource } from "../../vault/ports.js";
+import { VaultError } from "../../base/errors.js";
 import { hexToKey, isHexKey, ringOf, wipeAll } from "./common.js";
 
 const CURRENT = "LESSOR_MASTER_KEY";

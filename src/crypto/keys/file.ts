@@ -10,10 +10,11 @@
 import { randomFillSync } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../config/perms.js";
-import { VaultError } from "../../vault/errors.js";
-import { writeFileAtomic } from "../atomic-file.js";
-import { type Keyring, type KeySource, KEY_BYTES } from "../keyring.js";
+import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../fs/perms.js";
+import { VaultError } from "../../base/errors.js";
+import { writeFileAtomic } from "../../fs/atomic-file.js";
+import { type Keyring, KEY_BYTES } from "../keyring.js";
+import type { KeySource } from "../../vault/ports.js";
 import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 const WHAT = "the key file";
@@ -107,7 +108,7 @@ export function createKeyFile(path: string): void {
   }
 }
 
-/** The key file source for `path`. Loading checks permissions (see src/config/perms.ts). */
+/** The key file source for `path`. Loading checks permissions (see src/fs/perms.ts). */
 export function fileKeySource(path: string): KeySource {
   return {
     kind: "file",

@@ -20,12 +20,13 @@ import { readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { performance } from "node:perf_hooks";
 import { type Algorithm, hashRaw } from "@node-rs/argon2";
-import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../config/perms.js";
-import { VaultError } from "../../vault/errors.js";
+import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../fs/perms.js";
+import { VaultError } from "../../base/errors.js";
 import { type Alg, isAlg, open, seal } from "../aead.js";
-import { writeFileAtomic } from "../atomic-file.js";
+import { writeFileAtomic } from "../../fs/atomic-file.js";
 import { encodeAad } from "../envelope.js";
-import { type Keyring, type KeySource, KEY_BYTES } from "../keyring.js";
+import { type Keyring, KEY_BYTES } from "../keyring.js";
+import type { KeySource } from "../../vault/ports.js";
 import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 /** Argon2id cost parameters. */

@@ -7,8 +7,8 @@
  * Otherwise it throws VaultError("key_unavailable") saying how to set one up.
  */
 import { existsSync } from "node:fs";
-import { VaultError } from "../../vault/errors.js";
-import type { KeySource } from "../keyring.js";
+import { VaultError } from "../../base/errors.js";
+import type { KeySource } from "../../vault/ports.js";
 import { commandKeySource } from "./command.js";
 import { envKeySource } from "./env.js";
 import { fileKeySource } from "./file.js";

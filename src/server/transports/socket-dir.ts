@@ -13,8 +13,8 @@
  */
 import { realpathSync, statSync, type Stats } from "node:fs";
 import { dirname } from "node:path";
-import { octal } from "../../config/perms.js";
-import { VaultError } from "../../vault/errors.js";
+import { octal } from "../../fs/perms.js";
+import { VaultError } from "../../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
 

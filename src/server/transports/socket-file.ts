@@ -16,8 +16,8 @@
 import { chmodSync, linkSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync, type Stats } from "node:fs";
 import type { Server } from "node:net";
 import { dirname, join } from "node:path";
-import { octal } from "../../config/perms.js";
-import { VaultError } from "../../vault/errors.js";
+import { octal } from "../../fs/perms.js";
+import { VaultError } from "../../base/errors.js";
 
 /** A socket file lessor created: where, and which inode (so a replaced file is never removed). */
 export interface SocketFile {

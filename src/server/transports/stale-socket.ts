@@ -7,7 +7,7 @@
  */
 import { lstatSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 
 /** How long to wait for an existing socket to answer before judging it live. */
 const PROBE_TIMEOUT_MS = 1000;

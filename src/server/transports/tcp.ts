@@ -6,7 +6,7 @@
  */
 import { lookup } from "node:dns/promises";
 import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 import type { PeerInfo } from "../connection.js";
 
 const LOOPBACK = new BlockList();

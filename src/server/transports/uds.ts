@@ -9,8 +9,8 @@
  */
 import { Server, type Socket } from "node:net";
 import { basename, dirname, join } from "node:path";
-import { VaultError } from "../../vault/errors.js";
-import type { PeerCredLoader } from "../peercred.js";
+import { VaultError } from "../../base/errors.js";
+import type { PeerCredLoader } from "../../native/peercred.js";
 import { assertSafeSocketDir } from "./socket-dir.js";
 import { bindSocketFile, MAX_SOCKET_PATH_BYTES, removeSocketFile, type SocketFile } from "./socket-file.js";
 import { clearStaleSocket } from "./stale-socket.js";

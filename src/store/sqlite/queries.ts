@@ -3,7 +3,7 @@
  * Everything here is synchronous; src/store/sqlite/sqlite-store.ts decides which connection runs what.
  */
 import type BetterSqlite3 from "better-sqlite3";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 import { auditGap, auditLimit } from "../semantics.js";
 import type {
   AuditCheckpoint,
@@ -19,7 +19,7 @@ import type {
   SecretRef,
   TokenRecord,
   VersionRecord,
-} from "../../vault/types.js";
+} from "../../base/types.js";
 
 type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
 type Row = Record<string, unknown>;

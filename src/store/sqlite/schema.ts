@@ -4,7 +4,7 @@
  * step: append a new one.
  */
 import type BetterSqlite3 from "better-sqlite3";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 
 /** Migration steps; step i (0-based) brings the schema from version i to version i + 1. */
 export const MIGRATIONS: readonly string[] = [

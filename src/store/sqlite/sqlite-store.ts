@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
-import { VaultError } from "../../vault/errors.js";
+import { VaultError } from "../../base/errors.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
@@ -20,8 +20,8 @@ import type {
   SecretRef,
   TokenRecord,
   VersionRecord,
-} from "../../vault/types.js";
-import type { Store, StoreReader, StoreTx } from "../types.js";
+} from "../../base/types.js";
+import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";

@@ -1,5 +1,8 @@
 /**
- * The storage interface the core is driven through. Stores hold only sealed values, metadata, leases
+ * The ports of the core: the interfaces it is driven through, which adapters implement — the store
+ * ({@link Store}), audit sinks ({@link AuditSink}) and key sources ({@link KeySource}).
+ *
+ * The storage interface: Stores hold only sealed values, metadata, leases
  * and audit rows; they know nothing of keys, policy or roles.
  *
  * Consistency contract (checked by test/store-conformance.ts against every store):
@@ -27,7 +30,8 @@ import type {
   SecretRef,
   TokenRecord,
   VersionRecord,
-} from "../vault/types.js";
+} from "../base/types.js";
+import type { Keyring } from "../crypto/keyring.js";
 
 /** Reads, available both on the store (committed data) and inside a transaction (its own view). */
 export interface StoreReader {
@@ -125,3 +129,36 @@ export interface Store extends StoreReader {
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
+
+/**
+ * An audit sink: a place every committed audit event is also written to, after the store's own audit
+ * table (src/audit/jsonl-sink.ts, the log sink in src/audit/sink.ts). Receives committed events, in order. Throwing (or rejecting) fails the operation. */
+export interface AuditSink {
+  write(events: readonly AuditRecord[]): void | Promise<void>;
+  close?(): void | Promise<void>;
+}
+
+/**
+ * Where master keys come from (env, passphrase file, key file, command). Sources that can store keys
+ * (the key file and the passphrase file) support rotation through {@link KeySource.promote} and
+ * {@link KeySource.retire}; read-only sources (env, command) rotate by the operator supplying the new
+ * key as current and the old one as previous.
+ */
+export interface KeySource {
+  /** "env", "passphrase", "file" or "command". */
+  readonly kind: string;
+  /** Human-readable description for status output and errors (a path or variable name; never a key). */
+  readonly describe: string;
+  /** Loads the keyring. Throws VaultError("key_unavailable" | "insecure_permissions") with the fix. */
+  load(): Promise<Keyring>;
+  /** True when this source can store a new key itself. */
+  readonly writable: boolean;
+  /**
+   * Durably stores `newKey` as the current key, keeping every key of `ring` readable, and returns the
+   * new ring. Must be durable (fsynced, atomically replaced) before it returns. Writable sources only.
+   */
+  promote?(ring: Keyring, newKey: Buffer): Promise<Keyring>;
+  /** Durably drops every key whose id is not in `keep`; returns the new ring. Writable sources only. */
+  retire?(ring: Keyring, keep: readonly string[]): Promise<Keyring>;
+}
+

@@ -10,7 +10,7 @@
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
 import { chmodSync, lstatSync, mkdirSync, statSync, type Stats } from "node:fs";
-import { VaultError } from "../vault/errors.js";
+import { VaultError } from "../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
 
