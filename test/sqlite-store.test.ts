@@ -109,6 +109,54 @@ describe("sqlite store", () => {
     }
   });
 
+  test("the writer's cache of meta, checkpoint and current versions is dropped when another connection commits", async () => {
+    const file = freshPath();
+    const a = openSqliteStore(file);
+    const b = openSqliteStore(file);
+    const ref = { scope: "global", name: "token" };
+    try {
+      await a.transaction(async (t) => {
+        await t.putSecret(secretRec("global", "token"));
+        await t.insertVersion(versionRec("global", "token", 1));
+        await t.setMeta("killswitch", "off");
+        await t.putCheckpoint({ seq: 1, hash: Buffer.alloc(32, 1), keyId: "k1", mac: Buffer.alloc(32, 1) });
+      });
+      // a reads (and caches) all three in a transaction of its own.
+      const seen = await a.transaction(async (t) => [(await t.getCurrentVersion(ref))?.version, await t.getMeta("killswitch"), (await t.getCheckpoint())?.seq]);
+      assert.deepEqual(seen, [1, "off", 1]);
+      // Another connection (as another lessor process would) rotates the secret, engages the killswitch, moves the checkpoint.
+      await b.transaction(async (t) => {
+        await t.insertVersion(versionRec("global", "token", 2));
+        await t.putSecret(secretRec("global", "token", { currentVersion: 2 }));
+        await t.setMeta("killswitch", "on");
+        await t.putCheckpoint({ seq: 2, hash: Buffer.alloc(32, 2), keyId: "k1", mac: Buffer.alloc(32, 2) });
+      });
+      const after = await a.transaction(async (t) => [(await t.getCurrentVersion(ref))?.version, await t.getMeta("killswitch"), (await t.getCheckpoint())?.seq]);
+      assert.deepEqual(after, [2, "on", 2], "a's next transaction sees b's commit, not its cache");
+      // a's own writes are seen by its next transaction (kept in, or dropped from, the cache as written).
+      await a.transaction(async (t) => {
+        await t.insertVersion(versionRec("global", "token", 3));
+        await t.putSecret(secretRec("global", "token", { currentVersion: 3 }));
+        await t.setMeta("killswitch", "off");
+      });
+      const own = await a.transaction(async (t) => [(await t.getCurrentVersion(ref))?.version, await t.getMeta("killswitch")]);
+      assert.deepEqual(own, [3, "off"]);
+      // A call that rotates and then throws leaves no trace in the cache for the next one.
+      await assert.rejects(
+        a.transaction(async (t) => {
+          await t.insertVersion(versionRec("global", "token", 4));
+          await t.putSecret(secretRec("global", "token", { currentVersion: 4 }));
+          assert.equal((await t.getCurrentVersion(ref))?.version, 4);
+          throw new Error("undo me");
+        }),
+      );
+      assert.equal((await a.transaction((t) => t.getCurrentVersion(ref)))?.version, 3);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("sets WAL, synchronous=FULL, foreign keys and the busy timeout", async () => {
     const store = openSqliteStore(freshPath(), { busyTimeoutMs: 1234 });
     assert.deepEqual(store.settings(), {
@@ -467,7 +515,32 @@ describe("sqlite store", () => {
     assert.equal(await store.getMeta("stuck"), null);
     assert.equal(await store.getMeta("sibling"), "1");
     assert.equal(await store.getMeta("later"), "1");
+    // One timer serves every function, re-armed for each: a call that settled is never rejected
+    // later, and the next function that never settles times out as the first did.
+    await store.transaction((t) => t.setMeta("quick", "1"));
+    await new Promise((r) => setTimeout(r, 200));
+    await assert.rejects(
+      store.transaction(async () => new Promise(() => {})),
+      (e) => isVaultError(e, "internal") && /did not finish within 150 ms/.test(e.message),
+    );
+    assert.equal(await store.getMeta("quick"), "1");
     await store.close();
+  });
+
+  test("the transaction timer does not keep an idle process alive", async () => {
+    const file = freshPath();
+    const code = `const { openSqliteStore } = await import(${JSON.stringify(path.join(here, "..", "src", "store", "sqlite", "sqlite-store.ts"))});
+const s = openSqliteStore(${JSON.stringify(file)}, { txTimeoutMs: 60000 });
+await s.transaction((t) => t.setMeta("k", "v"));
+console.log("done");`;
+    const t0 = Date.now();
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    const exit = await new Promise<number | null>((r) => child.on("exit", r));
+    assert.equal(exit, 0);
+    assert.match(out, /done/);
+    assert.ok(Date.now() - t0 < 30_000, "the process exited without waiting out the 60 s transaction timeout");
   });
 
   test("a write lock held elsewhere past the busy timeout fails the batch as unavailable", async () => {

@@ -25,7 +25,8 @@ import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";
-import { withTxTimeout } from "../tx-timeout.js";
+import { TxTimeout } from "../tx-timeout.js";
+import { MISS, WriterCache } from "./writer-cache.js";
 
 /** Options for {@link openSqliteStore}. */
 export interface SqliteStoreOptions {
@@ -161,6 +162,8 @@ class SqliteTx extends SqliteReads implements StoreTx {
 
   constructor(
     private readonly q: Queries,
+    /** The writer's cache of hot rows (src/store/sqlite/writer-cache.ts), kept current by this tx's writes. */
+    private readonly cache: WriterCache,
     /** A tx handed to a beforeCommit function: it may not register more. */
     private readonly finishing = false,
   ) {
@@ -182,19 +185,33 @@ class SqliteTx extends SqliteReads implements StoreTx {
     }
   }
 
+  override getCurrentVersion(ref: SecretRef): Promise<VersionRecord | null> {
+    return this.exec("read a secret version", (q) => {
+      const hit = this.cache.currentVersion(ref);
+      if (hit !== MISS) return hit;
+      const v = q.getCurrentVersion(ref);
+      this.cache.setCurrentVersion(ref, v);
+      return v;
+    });
+  }
   putSecret(rec: SecretRecord): Promise<void> {
+    this.cache.dropSecret(rec);
     return this.exec("write a secret", (q) => q.putSecret(rec));
   }
   insertVersion(rec: VersionRecord): Promise<void> {
+    this.cache.dropSecret(rec);
     return this.exec("write a secret version", (q) => q.insertVersion(rec));
   }
   deleteVersionsBelow(ref: SecretRef, version: number): Promise<number> {
+    this.cache.dropSecret(ref);
     return this.exec("delete old secret versions", (q) => q.deleteVersionsBelow(ref, version));
   }
   deleteSecret(ref: SecretRef): Promise<boolean> {
+    this.cache.dropSecret(ref);
     return this.exec("delete a secret", (q) => q.deleteSecret(ref));
   }
   rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): Promise<boolean> {
+    this.cache.dropSecret(ref);
     return this.exec("re-wrap a secret version", (q) => q.rewrapVersion(ref, version, fromKeyId, toKeyId, wrappedDek));
   }
   insertLease(rec: LeaseRecord): Promise<void> {
@@ -214,22 +231,50 @@ class SqliteTx extends SqliteReads implements StoreTx {
   }
   override auditHead(): Promise<AuditHead | null> {
     return this.exec("read the audit head", (q) => {
-      const h = q.auditHead();
+      const hit = this.cache.head();
+      const h = hit !== MISS ? hit : q.auditHead();
+      this.cache.setHead(h);
       this.head = h?.seq ?? 0;
       return h;
     });
   }
   insertAudit(rec: AuditRecord): Promise<void> {
     return this.exec("append to the audit trail", (q) => {
-      q.insertAudit(rec, this.head);
+      const cached = this.cache.head();
+      q.insertAudit(rec, this.head ?? (cached !== MISS ? (cached?.seq ?? 0) : undefined));
       this.head = rec.seq;
+      this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId });
+    });
+  }
+  override getCheckpoint(): Promise<AuditCheckpoint | null> {
+    return this.exec("read the audit checkpoint", (q) => {
+      const hit = this.cache.checkpoint();
+      if (hit !== MISS) return hit;
+      const cp = q.getCheckpoint();
+      this.cache.setCheckpoint(cp);
+      return cp;
     });
   }
   putCheckpoint(cp: AuditCheckpoint): Promise<void> {
-    return this.exec("write the audit checkpoint", (q) => q.putCheckpoint(cp));
+    return this.exec("write the audit checkpoint", (q) => {
+      q.putCheckpoint(cp);
+      this.cache.setCheckpoint(cp);
+    });
+  }
+  override getMeta(key: string): Promise<string | null> {
+    return this.exec("read metadata", (q) => {
+      const hit = this.cache.meta(key);
+      if (hit !== MISS) return hit;
+      const v = q.getMeta(key);
+      this.cache.setMeta(key, v);
+      return v;
+    });
   }
   setMeta(key: string, value: string): Promise<void> {
-    return this.exec("write metadata", (q) => q.setMeta(key, value));
+    return this.exec("write metadata", (q) => {
+      q.setMeta(key, value);
+      this.cache.setMeta(key, value);
+    });
   }
   insertToken(rec: TokenRecord): Promise<void> {
     return this.exec("write a token", (q) => q.insertToken(rec));
@@ -255,6 +300,10 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   readonly kind = "sqlite";
   private readonly rq: Queries;
   private readonly wq: Queries;
+  /** Hot rows the writer's transactions read, valid while no other connection commits (writer-cache.ts). */
+  private readonly cache = new WriterCache();
+  /** The timeout of each transaction function (they run one at a time). */
+  private readonly timeout: TxTimeout;
   private queue: Call[] = [];
   private qhead = 0;
   private scheduled = false;
@@ -269,11 +318,12 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   constructor(
     private readonly writer: BetterSqlite3.Database,
     private readonly reader: BetterSqlite3.Database,
-    private readonly txTimeoutMs: number,
+    txTimeoutMs: number,
   ) {
     super();
     this.rq = new Queries(reader);
     this.wq = new Queries(writer);
+    this.timeout = new TxTimeout(txTimeoutMs);
   }
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
@@ -369,6 +419,8 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private begin(onError: (err: unknown) => void): boolean {
     try {
       this.wq.stmt("BEGIN IMMEDIATE").run();
+      // Under the write lock: another connection's commit since our last one shows here, and none can happen until ours.
+      this.cache.sync(this.wq.stmt("PRAGMA data_version").pluck().get() as number);
       return true;
     } catch (e) {
       onError(isBusy(e) ? new VaultError("unavailable", LOCKED_MESSAGE, { cause: e }) : sqliteError(e, "start a transaction"));
@@ -413,9 +465,9 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     const finishers = new Set<(tx: StoreTx) => Promise<void>>();
     for (const c of batch) if (c.ok && c.finishers) for (const f of c.finishers) finishers.add(f);
     for (const f of finishers) {
-      const tx = new SqliteTx(w, true);
+      const tx = new SqliteTx(w, this.cache, true);
       try {
-        await withTxTimeout(f(tx), this.txTimeoutMs);
+        await this.timeout.run(f(tx));
       } catch (e) {
         // The commit cannot be kept without what f writes: undo the whole batch.
         this.rollback();
@@ -447,6 +499,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private async step(call: Call, guarded: boolean, batch: Call[]): Promise<boolean> {
     await this.runCall(call, guarded);
     if (this.writer.inTransaction) return true;
+    this.cache.clear();
     const err = sqliteError(call.error, "write to the vault database");
     for (const c of batch) c.reject(err);
     return false;
@@ -454,6 +507,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
 
   /** Rolls the writer's transaction back, if SQLite has not already. */
   private rollback(): void {
+    this.cache.clear();
     try {
       if (this.writer.inTransaction) this.wq.stmt("ROLLBACK").run();
     } catch {
@@ -468,7 +522,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
    */
   private async runCall(call: Call, guarded: boolean): Promise<void> {
     const w = this.wq;
-    const tx = new SqliteTx(w);
+    const tx = new SqliteTx(w, this.cache);
     if (guarded) {
       try {
         w.stmt("SAVEPOINT s").run();
@@ -479,7 +533,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
       }
     }
     try {
-      call.value = await withTxTimeout(call.fn(tx), this.txTimeoutMs);
+      call.value = await this.timeout.run(call.fn(tx));
       tx.active = false;
       if (guarded) w.stmt("RELEASE s").run();
       call.ok = true;
@@ -487,6 +541,7 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     } catch (e) {
       tx.active = false;
       call.error = e;
+      if (guarded) this.cache.clear(); // what this call wrote to the cache is being undone
       if (guarded && this.writer.inTransaction) {
         try {
           w.stmt("ROLLBACK TO s").run();
