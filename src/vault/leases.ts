@@ -8,6 +8,7 @@ import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { StoreTx } from "./ports.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
 import { parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
@@ -70,11 +71,6 @@ function toMs(ttl: number | string): number {
   return ms;
 }
 
-async function denied(audit: AuditFn, who: Identity, err: VaultError, fields: { agent?: string | null; secret?: string | null; leaseId?: string | null; domain?: string | null }): Promise<VaultError> {
-  await audit({ type: "access_denied", actor: who, ...fields, outcome: "denied", reason: `${err.code}: ${err.message}` });
-  return err;
-}
-
 /** A {@link LeaseRequest} after its shape was checked (before any transaction). */
 interface CheckedRequest {
   ref: SecretRef;
@@ -123,17 +119,22 @@ async function grantIn(
   const { ref, secret } = req;
   const agent = resolveAgent(who, req.agent);
   if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
-  // The killswitch lockout, read in this transaction: no grant commits after a killswitch did.
-  const lockout = await readKillswitch(tx);
+  // The reads a grant needs, issued together so that a store over a network can answer them in one
+  // round trip (src/vault/ports.ts). The killswitch lockout is read in this transaction: no grant
+  // commits after a killswitch did.
+  const [lockout, version, exists, live] = await Promise.all([
+    readKillswitch(tx),
+    useNext ? tx.getCurrentVersion(ref) : null,
+    useNext ? null : tx.getSecret(ref),
+    tx.countLiveLeases(agent, now),
+  ]);
   if (lockout.engaged) return denied(audit, who, lockoutError(lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
   const q = { agent, secret: ref, domains: req.domains };
   const decision = decide(ctx.policy, q);
   if (!decision.allow || !decision.rule)
     return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
   const rule = decision.rule;
-  const version = useNext ? await tx.getCurrentVersion(ref) : null;
-  if (!version && !(await tx.getSecret(ref))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
-  const live = await tx.countLiveLeases(agent, now);
+  if (!version && !(exists ?? (await tx.getSecret(ref)))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
     return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
   const terms = rule.terms;

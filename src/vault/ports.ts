@@ -16,6 +16,25 @@
  *   may run a function more than once before it commits (the SQLite store does when a sibling in the
  *   same batch throws); only the last run's writes and result count, so a function must not change
  *   anything outside the tx that a second run would change again.
+ *
+ * Round trips (for a store behind a network, such as PostgreSQL): a transaction should cost as few
+ * as its reads need, not one per call. The contract allows it:
+ * - Writes that resolve to nothing (`Promise<void>`: putSecret, insertVersion, insertLease,
+ *   renewLease, insertAudit, putCheckpoint, setMeta, insertToken) are batchable: a store may defer
+ *   them and send them with the transaction's next read or with its commit. Their failure may then
+ *   surface at that later call or at the commit, and fails the whole transaction (the core never
+ *   needs a void write's failure before its next read). Writes that return a value (useLease,
+ *   revokeLeases, deleteSecret, …) are sent when called.
+ * - The core issues reads it needs together (`Promise.all`) where one does not depend on another,
+ *   so a store can send them in one round trip (a lease grant reads the killswitch, the secret's
+ *   current version and the agent's live-lease count at once).
+ * - Some reads are nearly always the same from one transaction to the next: getMeta,
+ *   getCheckpoint, auditHead and getCurrentVersion. Inside a transaction a store may answer them
+ *   from a cache, provided the cache is kept exact: updated or dropped by the store's own writes,
+ *   dropped when a transaction (or part of one) rolls back, and dropped when another writer may
+ *   have committed (the SQLite store checks `PRAGMA data_version` under its write lock:
+ *   src/store/sqlite/writer-cache.ts). A cache must never let a transaction decide on a value
+ *   another writer has since committed over.
  */
 import type {
   AuditCheckpoint,
