@@ -6,7 +6,7 @@
  * the file's content.
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
-import { octal } from "../fs/perms.js";
+import { octal, privateProblem } from "../fs/perms.js";
 import { VaultError } from "../base/errors.js";
 
 /** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
@@ -33,10 +33,10 @@ export function readTokenFile(path: string): string {
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new VaultError("config_invalid", `${what} is not a regular file; point it at the file holding your token`);
-    const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid)
-      throw new VaultError("insecure_permissions", `${what} belongs to uid ${st.uid}, not to you (uid ${uid}); a token file must be your own, mode 0600`);
-    if ((st.mode & 0o077) !== 0)
+    const problem = privateProblem(st);
+    if (problem === "owner")
+      throw new VaultError("insecure_permissions", `${what} belongs to uid ${st.uid}, not to you (uid ${process.getuid?.()}); a token file must be your own, mode 0600`);
+    if (problem === "mode")
       throw new VaultError(
         "insecure_permissions",
         `${what} has mode ${octal(st.mode)}, so other users may read or change your token; run chmod 600 ${path} (and get a new token if others could read it)`,

@@ -30,21 +30,32 @@ function statOrThrow(path: string, what: string, follow: boolean): Stats {
   }
 }
 
+/**
+ * What keeps a file or directory from being private to the current user: "owner" (another uid owns
+ * it), "mode" (group or other permission bits are set), or null. The one check behind every
+ * "private" path lessor reads (key files, the home, token files); callers word the fix. Always null
+ * on Windows. Takes a Stats, so a caller may check an fstat of the descriptor it reads.
+ */
+export function privateProblem(st: Pick<Stats, "uid" | "mode">): "owner" | "mode" | null {
+  if (!POSIX) return null;
+  if (st.uid !== process.getuid!()) return "owner";
+  return (st.mode & 0o077) !== 0 ? "mode" : null;
+}
+
 function checkOwnerAndMode(st: Stats, path: string, what: string, fixMode: "600" | "700"): void {
-  if (!POSIX) return;
+  const problem = privateProblem(st);
+  if (problem === null) return;
   const uid = process.getuid!();
-  if (st.uid !== uid) {
+  if (problem === "owner") {
     throw new VaultError(
       "insecure_permissions",
       `${what} ${path} is owned by uid ${st.uid}, not by you (uid ${uid}); fix it with: sudo chown ${uid} ${path}`,
     );
   }
-  if ((st.mode & 0o077) !== 0) {
-    throw new VaultError(
-      "insecure_permissions",
-      `${what} ${path} can be read or changed by other users (mode ${octal(st.mode)}); fix it with: chmod ${fixMode} ${path}`,
-    );
-  }
+  throw new VaultError(
+    "insecure_permissions",
+    `${what} ${path} can be read or changed by other users (mode ${octal(st.mode)}); fix it with: chmod ${fixMode} ${path}`,
+  );
 }
 
 /**
