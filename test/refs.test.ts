@@ -4,24 +4,16 @@ import fc from "fast-check";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { isVaultError, VaultError } from "../src/base/errors.js";
 import { isScope, isSecretName } from "../src/base/names.js";
-import {
-  extractField,
-  fieldKeys,
-  findReferences,
-  formatReference,
-  isReference,
-  parseReference,
-  renderReferences,
-  tryParseReference,
-  type ReferenceForm,
-  type SecretReference,
-} from "../src/vault/refs.js";
+import type { ReferenceForm, SecretFieldRef } from "../src/cli/refs/grammar.js";
+import { formatReference, isReference, parseReference, tryParseReference } from "../src/cli/refs/reference.js";
+import { findReferences, renderReferences } from "../src/cli/refs/text.js";
+import { extractField, fieldKeys } from "../src/cli/refs/json-field.js";
 
 const FORMS: ReferenceForm[] = ["canonical", "zlayer", "secret-url"];
 
 // ---------- parsing every form ----------
 
-const GOOD: [string, SecretReference & { form: ReferenceForm }][] = [
+const GOOD: [string, SecretFieldRef & { form: ReferenceForm }][] = [
   ["lessor://global/github-token", { scope: "global", name: "github-token", form: "canonical" }],
   ["lessor://env:prod/db#password", { scope: "env:prod", name: "db", field: "password", form: "canonical" }],
   ["lessor://workspace:acme/gh", { scope: "workspace:acme", name: "gh", form: "canonical" }],
@@ -54,7 +46,7 @@ test("every form parses to the expected parts and formats back to the same text"
 });
 
 test("one reference written in every form it fits", () => {
-  const cases: [SecretReference, Partial<Record<ReferenceForm, string>>][] = [
+  const cases: [SecretFieldRef, Partial<Record<ReferenceForm, string>>][] = [
     [{ scope: "global", name: "gh" }, { canonical: "lessor://global/gh", zlayer: "$S:gh" }],
     [{ scope: "service:api", name: "t", field: "a" }, { canonical: "lessor://service:api/t#a", zlayer: "$S:@api/t/a" }],
     [{ scope: "env:prod", name: "K" }, { canonical: "lessor://env:prod/K", zlayer: "$S::prod/K", "secret-url": "$secret://prod/K" }],
@@ -80,7 +72,7 @@ test("one reference written in every form it fits", () => {
 });
 
 test("formatReference refuses what a form cannot say, and invalid parts", () => {
-  const bad: [SecretReference, ReferenceForm, RegExp][] = [
+  const bad: [SecretFieldRef, ReferenceForm, RegExp][] = [
     [{ scope: "workspace:x", name: "n" }, "zlayer", /workspace:x.*cannot be written as a zlayer reference/],
     [{ scope: "global", name: "n" }, "secret-url", /env:<name> scopes/],
     [{ scope: "service:api", name: "n" }, "secret-url", /env:<name> scopes/],
@@ -217,12 +209,12 @@ const keyArb = fc
   })
   .map((a) => a.join(""));
 const fieldArb = fc.array(keyArb, { minLength: 1, maxLength: 4 }).map((k) => k.join("."));
-const refArb: fc.Arbitrary<SecretReference> = fc
+const refArb: fc.Arbitrary<SecretFieldRef> = fc
   .record({ scope: scopeArb, name: nameArb, field: fc.option(fieldArb, { nil: undefined }) })
   .map((r) => (r.field === undefined ? { scope: r.scope, name: r.name } : r));
 
 /** Which forms can write `r`, worked out independently of the implementation. */
-function expressible(r: SecretReference): ReferenceForm[] {
+function expressible(r: SecretFieldRef): ReferenceForm[] {
   const out: ReferenceForm[] = ["canonical"];
   const env = r.scope.startsWith("env:") ? r.scope.slice(4) : null;
   if (
@@ -416,7 +408,7 @@ test("findReferences: malformed references in text throw with line and column", 
 
 test("renderReferences keeps other text byte for byte and resolves once per occurrence, in order", async () => {
   const text = "héllo 🌍 $S:a, again $S:a; {{ lessor://env:prod/db#pw }} — ¿ü? lessor://global/b.\r\n\ttail\u0000";
-  const calls: SecretReference[] = [];
+  const calls: SecretFieldRef[] = [];
   const out = await renderReferences(text, async (ref) => {
     calls.push(ref);
     await new Promise((r) => setImmediate(r));

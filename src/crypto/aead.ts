@@ -31,11 +31,6 @@ function decryptFailed(): VaultError {
   return new VaultError("decrypt_failed", DECRYPT_FAILED_MESSAGE);
 }
 
-/** Bytes of overhead `seal` adds to a plaintext under `alg` (nonce and tag). */
-export function overhead(alg: Alg): number {
-  return NONCE_LEN[alg] + TAG_LEN;
-}
-
 /**
  * Encrypts and authenticates `plaintext` under a 32-byte `key`, binding `aad`.
  * Returns `nonce ‖ ciphertext ‖ tag` in a new buffer.

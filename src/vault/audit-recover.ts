@@ -8,6 +8,7 @@
  */
 import { checkTrail } from "../audit/verify.js";
 import { roleError } from "./access.js";
+import { denied } from "./denied.js";
 import { clearDeferred, inspectChain, markKeyed, noteRecovered, readDeferred } from "./audit-guard.js";
 import { commit, type VaultContext } from "./context.js";
 import { isVaultError, VaultError } from "../base/errors.js";
@@ -56,10 +57,7 @@ export async function auditRecover(ctx: VaultContext, who: Identity, p: AuditRec
   const err = roleError(who, ["admin"], "recover the audit trail");
   if (err) {
     try {
-      await commit(ctx, async (_tx, audit) => {
-        await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-        return err;
-      });
+      await commit(ctx, async (_tx, audit) => denied(audit, who, err));
     } catch (e) {
       // With the trail broken the denial cannot be recorded; the caller is refused all the same.
       if (isVaultError(e, "audit_broken")) throw err;

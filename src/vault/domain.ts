@@ -116,11 +116,6 @@ export function normalizeHost(input: string): string {
   return r.host;
 }
 
-/** The normalised host, or null when `input` is not a valid host. Never throws. */
-export function tryNormalizeHost(input: string): string | null {
-  return normalize(input).host;
-}
-
 /** Pattern, or the reason it is not one (a full sentence fragment after the quoted input). */
 export type PatternResult = { pattern: DomainPattern; problem: null } | { pattern: null; problem: string };
 

@@ -16,6 +16,7 @@ import { archiveKeys, AUDIT_KEYS_META, parseArchive } from "../audit/keys.js";
 import { rewrapDek } from "../crypto/envelope.js";
 import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
+import { denied } from "./denied.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { VaultError } from "../base/errors.js";
@@ -44,8 +45,7 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
       noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
       return chain.problem === null ? undefined : brokenError(chain.problem);
     }
-    await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-    return err;
+    return denied(audit, who, err);
   });
   const before = ctx.keyring.ids();
   let resumed = true;

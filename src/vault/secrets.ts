@@ -7,7 +7,8 @@ import { openValue, sealValue } from "../crypto/envelope.js";
 import { SecretBytes } from "../crypto/secret-bytes.js";
 import type { StoreTx } from "./ports.js";
 import { roleError } from "./access.js";
-import { commit, type AuditFn, type VaultContext } from "./context.js";
+import { commit, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
 import { VaultError } from "../base/errors.js";
 import { checkPlainText } from "../base/text.js";
 import { checkRef, refString } from "../base/names.js";
@@ -103,11 +104,6 @@ function checkSize(ctx: VaultContext, size: number): void {
     );
 }
 
-async function denyRole(audit: AuditFn, who: Identity, err: VaultError, secret: string | null): Promise<VaultError> {
-  await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, secret, outcome: "denied", reason: `${err.code}: ${err.message}` });
-  return err;
-}
-
 /** Stores a value as a new version (creating the secret if needed). Admin only. */
 export async function storeSecret(ctx: VaultContext, who: Identity, p: StoreSecretParams): Promise<SecretMeta> {
   const ref = checkRef(p);
@@ -118,8 +114,8 @@ export async function storeSecret(ctx: VaultContext, who: Identity, p: StoreSecr
   try {
     checkSize(ctx, bytes.byteLength);
     const version = await commit(ctx, async (tx, audit, now) => {
-      const denied = roleError(who, ["admin"], "store secrets");
-      if (denied) return denyRole(audit, who, denied, refString(ref));
+      const err = roleError(who, ["admin"], "store secrets");
+      if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
       const existing = await tx.getSecret(ref);
       if (existing && p.mode === "create")
         return new VaultError("secret_exists", `secret ${refString(ref)} already exists; use rotate to add a version`);
@@ -143,8 +139,8 @@ export async function rotateSecret(ctx: VaultContext, who: Identity, refIn: Secr
   try {
     checkSize(ctx, bytes.byteLength);
     const version = await commit(ctx, async (tx, audit, now) => {
-      const denied = roleError(who, ["admin"], "rotate secrets");
-      if (denied) return denyRole(audit, who, denied, refString(ref));
+      const err = roleError(who, ["admin"], "rotate secrets");
+      if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
       const existing = await tx.getSecret(ref);
       if (!existing) return notFound(ref);
       const v = await addVersion(ctx, tx, existing, bytes, who.id, now);
@@ -162,8 +158,8 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
   const ref = checkRef(refIn);
   if (!Number.isSafeInteger(version) || version < 1) throw new VaultError("invalid_request", "version must be a whole number from 1");
   const newVersion = await commit(ctx, async (tx, audit, now) => {
-    const denied = roleError(who, ["admin"], "roll back secrets");
-    if (denied) return denyRole(audit, who, denied, refString(ref));
+    const err = roleError(who, ["admin"], "roll back secrets");
+    if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
     const existing = await tx.getSecret(ref);
     if (!existing) return notFound(ref);
     const old = await tx.getVersion(ref, version);
@@ -184,8 +180,8 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
 export async function deleteSecret(ctx: VaultContext, who: Identity, refIn: SecretRef): Promise<{ revokedLeases: number }> {
   const ref = checkRef(refIn);
   return commit(ctx, async (tx, audit, now) => {
-    const denied = roleError(who, ["admin"], "delete secrets");
-    if (denied) return denyRole(audit, who, denied, refString(ref));
+    const err = roleError(who, ["admin"], "delete secrets");
+    if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
     const revoked = await tx.revokeLeases({ secret: ref }, now, "secret deleted");
     if (!(await tx.deleteSecret(ref))) return notFound(ref);
     await audit({ type: "secret_deleted", actor: who, secret: refString(ref), outcome: "ok", detail: { revoked_leases: revoked } });
@@ -199,8 +195,8 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
   if (version !== undefined && (!Number.isSafeInteger(version) || version < 1))
     throw new VaultError("invalid_request", "version must be a whole number from 1");
   const row = await commit(ctx, async (tx, audit) => {
-    const denied = roleError(who, ["admin"], "read secret values directly (agents use leases)");
-    if (denied) return denyRole(audit, who, denied, refString(ref));
+    const err = roleError(who, ["admin"], "read secret values directly (agents use leases)");
+    if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
     const rec = await tx.getSecret(ref);
     if (!rec) return notFound(ref);
     const v = await tx.getVersion(ref, version ?? rec.currentVersion);
@@ -225,7 +221,7 @@ async function metadataOf(ctx: VaultContext, ref: SecretRef): Promise<SecretMeta
 /** Throws (after auditing the denial) unless `who` may read secret metadata. */
 async function readRole(ctx: VaultContext, who: Identity, secret: string | null): Promise<void> {
   const err = roleError(who, ["admin", "orchestrator"], "read secret metadata");
-  if (err) await commit(ctx, async (_tx, audit) => denyRole(audit, who, err, secret));
+  if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err, { agent: who.agent ?? null, secret }));
 }
 
 /** Metadata of one secret with its versions. Admin or orchestrator. */

@@ -6,6 +6,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { roleError } from "./access.js";
+import { denied } from "./denied.js";
 import { recordAuthFailure } from "./auth-failures.js";
 import { commit, type VaultContext } from "./context.js";
 import { parseDuration } from "./duration.js";
@@ -67,10 +68,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
   const secret = randomBytes(32).toString("base64url");
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "create tokens");
-    if (err) {
-      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-      return err;
-    }
+    if (err) return denied(audit, who, err);
     const rec: TokenRecord = {
       id,
       name: p.name,
@@ -92,11 +90,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
 /** Every token (no secrets). Admin only. */
 export async function listTokens(ctx: VaultContext, who: Identity): Promise<TokenInfo[]> {
   const err = roleError(who, ["admin"], "list tokens");
-  if (err)
-    await commit(ctx, async (_tx, audit) => {
-      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-      return err;
-    });
+  if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err));
   return (await ctx.store.listTokens()).map(info);
 }
 
@@ -107,10 +101,7 @@ export async function listTokens(ctx: VaultContext, who: Identity): Promise<Toke
 export async function revokeToken(ctx: VaultContext, who: Identity, id: string): Promise<{ revoked: boolean }> {
   const result = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "revoke tokens");
-    if (err) {
-      await audit({ type: "access_denied", actor: who, agent: who.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-      return err;
-    }
+    if (err) return denied(audit, who, err);
     if (typeof id !== "string" || !TOKEN_ID_RE.test(id)) return new VaultError("invalid_request", "a token id is 16 hex characters; list tokens to see them");
     const revoked = await tx.revokeToken(id, now);
     await audit({ type: "token_revoked", actor: who, outcome: revoked ? "ok" : "error", reason: revoked ? null : "no live token has that id", detail: { token_id: id } });

@@ -7,9 +7,12 @@
 import { readFileSync } from "node:fs";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
-import { extractField, findReferences, type FoundReference, type SecretReference } from "../../vault/refs.js";
+import { refString } from "../../base/names.js";
+import type { SecretFieldRef } from "../refs/grammar.js";
+import { extractField } from "../refs/json-field.js";
+import { findReferences, type FoundReference } from "../refs/text.js";
 import { parseEnvFile } from "./env-file.js";
-import { keyOf, type LeaseBook } from "./leases.js";
+import type { LeaseBook } from "./leases.js";
 
 /**
  * Variables never passed to the child: the first three would hand it the vault's master key, the
@@ -47,13 +50,13 @@ export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[]): Map<stri
 }
 
 /** How a resolved piece is labelled in masked output: `name`, `scope/name`, plus `#field`. */
-export function maskLabel(ref: SecretReference): string {
-  const base = ref.scope === "global" ? ref.name : `${ref.scope}/${ref.name}`;
+export function maskLabel(ref: SecretFieldRef): string {
+  const base = ref.scope === "global" ? ref.name : refString(ref);
   return ref.field === undefined ? base : `${base}#${ref.field}`;
 }
 
 /** The bytes a reference stands for: the secret's value, or one JSON field of it (a new holder). */
-export function referencedBytes(whole: SecretBytes, ref: SecretReference): { bytes: SecretBytes; owned: boolean } {
+export function referencedBytes(whole: SecretBytes, ref: SecretFieldRef): { bytes: SecretBytes; owned: boolean } {
   if (ref.field === undefined) return { bytes: whole, owned: false };
   return { bytes: extractField(whole, ref.field), owned: true };
 }
@@ -124,12 +127,12 @@ export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], bo
     let at = 0;
     for (const r of refs) {
       const whole = await book.value(r.ref, `$${key}`);
-      const what = `${r.ref.field === undefined ? "secret" : `field "${r.ref.field}" of secret`} ${keyOf(r.ref)} (used by $${key} from ${v.from})`;
+      const what = `${r.ref.field === undefined ? "secret" : `field "${r.ref.field}" of secret`} ${refString(r.ref)} (used by $${key} from ${v.from})`;
       let picked;
       try {
         picked = referencedBytes(whole, r.ref);
       } catch (e) {
-        if (e instanceof VaultError) throw new VaultError(e.code, `$${key} (from ${v.from}) refers to secret ${keyOf(r.ref)}: ${e.message}`);
+        if (e instanceof VaultError) throw new VaultError(e.code, `$${key} (from ${v.from}) refers to secret ${refString(r.ref)}: ${e.message}`);
         throw e;
       }
       const { bytes, owned } = picked;

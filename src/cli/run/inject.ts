@@ -6,7 +6,7 @@
 import { lstatSync, readFileSync } from "node:fs";
 import { writeFileAtomic } from "../../fs/atomic-file.js";
 import { VaultError } from "../../base/errors.js";
-import { findReferences } from "../../vault/refs.js";
+import { findReferences } from "../refs/text.js";
 import type { Cli } from "../cli.js";
 import { referencedBytes } from "./child-env.js";
 import { LeaseBook } from "./leases.js";

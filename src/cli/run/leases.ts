@@ -10,14 +10,9 @@
  */
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
-import type { LeaseRecord } from "../../base/types.js";
-import type { CliApi } from "../backend.js";
-
-/** A secret as references name it (the field part is applied by the caller). */
-export interface SecretKey {
-  scope: string;
-  name: string;
-}
+import { refString } from "../../base/names.js";
+import type { LeaseRecord, SecretRef } from "../../base/types.js";
+import type { CliApi as BackendApi } from "../backend.js";
 
 /** Who leases and for where. */
 export interface LeaseBookOptions {
@@ -28,21 +23,16 @@ export interface LeaseBookOptions {
   ttl?: string;
 }
 
-/** `scope/name`. */
-export function keyOf(s: SecretKey): string {
-  return `${s.scope}/${s.name}`;
-}
-
 /** Takes one lease per secret, reads each value once, and revokes and wipes everything at the end. */
 export class LeaseBook {
-  readonly #api: CliApi;
+  readonly #api: BackendApi;
   readonly #opts: LeaseBookOptions;
   readonly #values = new Map<string, SecretBytes>();
   readonly #leases: LeaseRecord[] = [];
   readonly #pending = new Set<string>();
   #revoked = false;
 
-  constructor(api: CliApi, opts: LeaseBookOptions) {
+  constructor(api: BackendApi, opts: LeaseBookOptions) {
     this.#api = api;
     this.#opts = opts;
   }
@@ -53,24 +43,25 @@ export class LeaseBook {
   }
 
   /**
-   * The value of `secret`, leasing it on first use. `usedBy` names where the reference is (a
-   * variable, a template position) for error messages. Errors keep their code (access_denied,
-   * secret_not_found, …) and say which secret, where it is used, and the policy's reason.
+   * The value of the secret `ref` names (a field part, if any, is the caller's), leasing it on first
+   * use. `usedBy` names where the reference is (a variable, a template position) for error messages.
+   * Errors keep their code (access_denied, secret_not_found, …) and say which secret, where it is
+   * used, and the policy's reason.
    */
-  async value(secret: SecretKey, usedBy: string): Promise<SecretBytes> {
-    const key = keyOf(secret);
+  async value(ref: SecretRef, usedBy: string): Promise<SecretBytes> {
+    const key = refString(ref);
     const held = this.#values.get(key);
     if (held) return held;
     if (this.#revoked) throw new VaultError("internal", "the leases of this run were already revoked");
     const { agent, domains, ttl } = this.#opts;
-    let got: Awaited<ReturnType<CliApi["leaseAndAccess"]>>;
+    let got: Awaited<ReturnType<BackendApi["leaseAndAccess"]>>;
     try {
       // One round trip and one commit: the lease and its first (only) read, for the host the vault
       // picks (see the module comment). When the read is refused the vault revokes the lease in the
       // same commit, so nothing is left to clean up.
       got = await this.#api.leaseAndAccess({
         agent,
-        secret: { scope: secret.scope, name: secret.name },
+        secret: { scope: ref.scope, name: ref.name },
         ...(domains.length > 0 ? { domains } : {}),
         ...(ttl !== undefined ? { ttl } : {}),
       });
@@ -88,7 +79,7 @@ export class LeaseBook {
    * others) and wipes the values. `api` replaces the one the leases were taken through (a new
    * connection). Leases that could not be revoked stay pending, so a second call retries them.
    */
-  async revokeAll(reason: string, api: CliApi = this.#api): Promise<{ revoked: number; failed: number }> {
+  async revokeAll(reason: string, api: BackendApi = this.#api): Promise<{ revoked: number; failed: number }> {
     this.#revoked = true;
     this.wipe();
     let revoked = 0;

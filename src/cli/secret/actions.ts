@@ -7,6 +7,7 @@ import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../base/errors.js";
+import { refString } from "../../base/names.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
@@ -65,9 +66,9 @@ export function setSecret(cli: Cli, nameArg: string, o: SetOptions, extraArgs: r
           throw e;
         },
       );
-      if (exists) throw new VaultError("secret_exists", `secret ${r.ref} already exists; use lessor secret rotate to add a version`);
+      if (exists) throw new VaultError("secret_exists", `secret ${refString(r)} already exists; use lessor secret rotate to add a version`);
     }
-    const value = await readSecretValue(cli, o, r.ref);
+    const value = await readSecretValue(cli, o, refString(r));
     try {
       const meta = await api.storeSecret({
         scope: r.scope,
@@ -79,7 +80,7 @@ export function setSecret(cli: Cli, nameArg: string, o: SetOptions, extraArgs: r
         ...(o.create ? { mode: "create" as const } : {}),
       });
       if (o.json) cli.json(meta);
-      else cli.out(`stored ${r.ref} version ${meta.currentVersion}`);
+      else cli.out(`stored ${refString(r)} version ${meta.currentVersion}`);
       return EXIT.ok;
     } finally {
       value.fill(0);
@@ -94,11 +95,11 @@ export function rotateSecret(cli: Cli, nameArg: string, o: ValueOptions & { scop
     const r = secretRef(nameArg, o.scope);
     const { api } = await cli.backend();
     if (willPrompt(o)) await api.getSecretMetadata(r); // not found before the prompt, not after
-    const value = await readSecretValue(cli, o, r.ref);
+    const value = await readSecretValue(cli, o, refString(r));
     try {
       const meta = await api.rotateSecret(r, value);
       if (o.json) cli.json(meta);
-      else cli.out(`rotated ${r.ref} to version ${meta.currentVersion}`);
+      else cli.out(`rotated ${refString(r)} to version ${meta.currentVersion}`);
       return EXIT.ok;
     } finally {
       value.fill(0);
@@ -118,13 +119,13 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
   if (!o.reveal) {
     const version = wanted ?? meta.currentVersion;
     const vm = meta.versions.find((v) => v.version === version);
-    if (!vm) throw new VaultError("secret_not_found", `secret ${r.ref} has no version ${version}; see lessor secret history ${r.ref}`);
+    if (!vm) throw new VaultError("secret_not_found", `secret ${refString(r)} has no version ${version}; see lessor secret history ${refString(r)}`);
     if (o.json) {
-      cli.json({ secret: r.ref, ...record, version, size: vm.size, value: null, encoding: null });
+      cli.json({ secret: refString(r), ...record, version, size: vm.size, value: null, encoding: null });
       return EXIT.ok;
     }
     for (const line of fields([
-      ["secret", r.ref],
+      ["secret", refString(r)],
       ["kind", meta.kind],
       ...(meta.description ? [["description", meta.description] as [string, string]] : []),
       ["tags", meta.tags.length ? meta.tags.join(", ") : "-"],
@@ -134,14 +135,14 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
       ["value", `[redacted, ${vm.size} byte${vm.size === 1 ? "" : "s"}]`],
     ]))
       cli.out(line);
-    if (cli.stdout.isTTY) cli.err(cli.dim(`(lessor secret get ${r.ref} --reveal prints the value; reveals are audited)`));
+    if (cli.stdout.isTTY) cli.err(cli.dim(`(lessor secret get ${refString(r)} --reveal prints the value; reveals are audited)`));
     return EXIT.ok;
   }
   const { value, version } = await api.revealSecret(r, wanted);
   try {
     if (o.json) {
       const vm = meta.versions.find((v) => v.version === version);
-      cli.json({ secret: r.ref, ...record, version, size: vm?.size ?? value.length, value: value.expose().toString("base64"), encoding: "base64" });
+      cli.json({ secret: refString(r), ...record, version, size: vm?.size ?? value.length, value: value.expose().toString("base64"), encoding: "base64" });
       return EXIT.ok;
     }
     await new Promise<void>((resolve, reject) => cli.stdout.write(value.expose(), (e) => (e ? reject(e) : resolve())));
@@ -178,21 +179,21 @@ export function removeSecret(cli: Cli, nameArg: string, o: { scope?: string; yes
   return cancellable(cli, "nothing was deleted", async () => {
     const r = secretRef(nameArg, o.scope);
     if (!o.yes && !process.stdin.isTTY)
-      throw new UsageError(`refusing to delete ${r.ref} without confirmation because stdin is not a terminal; pass --yes`);
+      throw new UsageError(`refusing to delete ${refString(r)} without confirmation because stdin is not a terminal; pass --yes`);
     const { api } = await cli.backend();
     if (!o.yes) {
       const meta = await api.getSecretMetadata(r);
       const live = (await api.listLeases({ secret: r, live: true })).length;
       const leases = live ? ` and revoke its ${live} live lease${live === 1 ? "" : "s"}` : "";
       const versions = `${meta.versions.length} kept version${meta.versions.length === 1 ? "" : "s"}`;
-      if (!(await confirm(`Delete ${r.ref} (${versions})${leases}? [y/N] `, process.stdin, process.stderr))) {
+      if (!(await confirm(`Delete ${refString(r)} (${versions})${leases}? [y/N] `, process.stdin, process.stderr))) {
         cli.err("lessor: not deleted");
         return EXIT.error;
       }
     }
     const res = await api.deleteSecret(r);
-    if (o.json) cli.json({ secret: r.ref, deleted: true, revokedLeases: res.revokedLeases });
-    else cli.out(`deleted ${r.ref}${res.revokedLeases ? ` (revoked ${res.revokedLeases} lease${res.revokedLeases === 1 ? "" : "s"})` : ""}`);
+    if (o.json) cli.json({ secret: refString(r), deleted: true, revokedLeases: res.revokedLeases });
+    else cli.out(`deleted ${refString(r)}${res.revokedLeases ? ` (revoked ${res.revokedLeases} lease${res.revokedLeases === 1 ? "" : "s"})` : ""}`);
     return EXIT.ok;
   });
 }
@@ -219,6 +220,6 @@ export async function rollbackSecret(cli: Cli, nameArg: string, versionArg: stri
   const { api } = await cli.backend();
   const meta = await api.rollbackSecret(r, from);
   if (o.json) cli.json(meta);
-  else cli.out(`rolled back ${r.ref}: version ${meta.currentVersion} has the value of version ${from}`);
+  else cli.out(`rolled back ${refString(r)}: version ${meta.currentVersion} has the value of version ${from}`);
   return EXIT.ok;
 }
