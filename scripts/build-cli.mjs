@@ -26,12 +26,12 @@ const common = {
   metafile: true,
 };
 
-// The bin's `import("./program.js")` and `import("./backend.js")` become run-time imports of the
+// The bin's `import("./program.js")` and `import("./open-backend.js")` become run-time imports of the
 // ES-module build.
 const fullTree = {
   name: "full-tree",
   setup(b) {
-    b.onResolve({ filter: /^\.\/(program|backend)\.js$/ }, (a) =>
+    b.onResolve({ filter: /^\.\/(program|open-backend)\.js$/ }, (a) =>
       /src\/cli\/bin\.ts$/.test(a.importer) ? { path: `./full/${a.path.slice(2, -3)}.mjs`, external: true } : undefined,
     );
   },
@@ -68,7 +68,7 @@ const entry = await build({
 
 const tree = await build({
   ...common,
-  entryPoints: { program: "src/cli/program.ts", backend: "src/cli/backend.ts" },
+  entryPoints: { program: "src/cli/program.ts", "open-backend": "src/cli/open-backend.ts" },
   outdir: "dist/bin/full",
   splitting: true,
   format: "esm",

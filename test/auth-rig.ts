@@ -15,7 +15,7 @@ import { loadPeerCred } from "../src/native/peercred.js";
 import { LessorServer, type ServerLimits } from "../src/server/server.js";
 import { listenTcp } from "../src/server/transports/tcp.js";
 import { listenUnix } from "../src/server/transports/uds.js";
-import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/vault/token-proof.js";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import type { Vault } from "../src/vault/vault.js";
 import { makeVault, tempDir, type TestVault } from "./helpers.js";
 

@@ -411,7 +411,7 @@ describe("lessor lease: short by default, its id on stderr, casual use does not 
 });
 
 test("a daemon target named by the environment never shows its token when logged, inspected or JSON-encoded", async () => {
-  const { daemonTarget } = await import("../src/cli/daemon-target.js");
+  const { daemonTarget } = await import("../src/backend/daemon-target.js");
   const { inspect } = await import("node:util");
   const canary = "lsr_0123456789abcdef_CANARYcanaryCANARYcanaryCANARYcanaryCANARY0";
   const t = daemonTarget({ LESSOR_ADDR: "127.0.0.1:7391", LESSOR_TOKEN: canary });

@@ -16,7 +16,7 @@ import { inspect } from "node:util";
 import { checkSocketFiles, checkUnixDaemon } from "../src/client/daemon-check.js";
 import { LessorClient } from "../src/client/index.js";
 import { VaultError } from "../src/base/errors.js";
-import { splitToken } from "../src/vault/token-proof.js";
+import { splitToken } from "../src/crypto/token-proof.js";
 import { authRig, RawConn } from "./auth-rig.js";
 import { grant, tempDir } from "./helpers.js";
 

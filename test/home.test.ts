@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { initHome, openVault } from "../src/config/open-vault.js";
@@ -130,6 +130,27 @@ describe("home, config and key sources", () => {
     assert.throws(() => parseConfig('[[identity]]\nuid = 5\nrole = "agent"', "c.toml"), /identity 1: agent: an agent identity needs agent/);
     assert.throws(() => parseConfig('[[identity]]\nuid = 5\nrole = "admin"\n[[identity]]\nuid = 5\nrole = "admin"', "c.toml"), /uid 5 is listed twice/);
     assert.throws(() => parseConfig('[identity]\nuid = 5', "c.toml"), /double brackets/);
+  });
+
+  test("[vault] store chooses the store: sqlite by default, memory leaves no file, postgres is not built yet", async () => {
+    assert.equal(parseConfig("", "c.toml").store, "sqlite");
+    assert.equal(parseConfig("[vault]\nstore = 'memory'", "c.toml").store, "memory");
+    assert.throws(() => parseConfig("[vault]\nstore = 'mysql'", "c.toml"), /c.toml: \[vault\] store: expected one of sqlite, memory, postgres, got "mysql"/);
+    const home = join(tempDir(), "h");
+    mkdirSync(home, { mode: 0o700 });
+    writeFileSync(join(home, "lessor.toml"), "[vault]\nstore = 'memory'\n", { mode: 0o600 });
+    const r = await initHome({ home, env: env(home) });
+    assert.ok(!r.created.includes(join(home, "lessor.db")), "a memory store makes no database file");
+    assert.ok(!existsSync(join(home, "lessor.db")));
+    const v = await openVault({ home, env: env(home) });
+    assert.equal((await v.admin().status()).store, "memory");
+    await v.admin().storeSecret({ name: "x", value: "y" });
+    await v.close();
+    const again = await openVault({ home, env: env(home) });
+    assert.equal((await again.admin().listSecrets({})).length, 0, "nothing outlives the process");
+    await again.close();
+    writeFileSync(join(home, "lessor.toml"), "[vault]\nstore = 'postgres'\n", { mode: 0o600 });
+    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "config_invalid" && /PostgreSQL store is not built yet \(issue 15\)/.test(e.message));
   });
 
   test("the configured JSONL audit file and cipher are used", async () => {

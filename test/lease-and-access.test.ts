@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 import { inspect } from "node:util";
 import { jsonlSink } from "../src/audit/jsonl-sink.js";
 import { logSink } from "../src/audit/sink.js";
-import { embeddedApi } from "../src/cli/embedded-api.js";
+import { inProcessApi } from "../src/backend/in-process.js";
 import { LessorClient } from "../src/client/index.js";
 import type { SqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { leaseState, REFUSED_FIRST_ACCESS } from "../src/vault/leases.js";
@@ -206,7 +206,7 @@ describe("core: requestLeaseAndAccess", () => {
   });
 
   test("the embedded CLI API exposes it with the client's result shape", async () => {
-    const api = embeddedApi(t.vault);
+    const api = inProcessApi(t.vault);
     const got = await api.leaseAndAccess({ agent: "claude", secret: { name: "gh" } }, { domain: "api.github.com" });
     assert.equal(got.value.unsafeText(), "value-of-gh");
     assert.equal(got.lease.uses, 1);
@@ -290,15 +290,19 @@ describe("daemon: request_lease with access", () => {
     assert.equal((await admin.auditVerify()).ok, true);
   });
 
-  test("on the wire: flat lease fields plus value, encoding and version only when access is given", async () => {
+  test("on the wire: the lease alone, or with access the value, encoding, version and lease as access_secret sends them", async () => {
     const plain = await admin.call("request_lease", { agent: "claude", secret: "db" });
-    assert.equal("value" in plain, false);
+    assert.ok(!("value" in plain));
     assert.equal(plain.uses, 0);
     const both = await admin.call("request_lease", { agent: "claude", secret: "db", access: {} });
+    assert.ok("value" in both);
+    assert.deepEqual(Object.keys(both).sort(), ["encoding", "lease", "value", "version"]);
     assert.equal(both.encoding, "base64");
-    assert.equal(Buffer.from(both.value!, "base64").toString(), "value-of-db");
+    assert.equal(Buffer.from(both.value, "base64").toString(), "value-of-db");
     assert.equal(both.version, 1);
-    assert.equal(both.uses, 1);
+    assert.equal(both.lease.uses, 1);
+    const again = await admin.call("access_secret", { leaseId: both.lease.id });
+    assert.deepEqual(Object.keys(again).sort(), Object.keys(both).sort(), "one shape for every value-carrying result");
     assert.equal(await codeOf(admin.call("request_lease", { agent: "claude", secret: "db", access: { host: "x" } as never })), "invalid_request");
     const raw = await RawConn.open(d.socket);
     try {

@@ -5,12 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
-import { createServer, connect, type AddressInfo, type Server } from "node:net";
+import { createServer, connect, type AddressInfo, type Server, type Socket } from "node:net";
+import { Duplex } from "node:stream";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { inspect } from "node:util";
 import { after, describe, test } from "node:test";
 import { envKeySource } from "../src/crypto/keys/env.js";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { encodeFrame } from "../src/protocol/framing.js";
 import type { Hello } from "../src/protocol/messages.js";
 import { LessorServer, type PeerInfo, type ServerLimits } from "../src/server/server.js";
@@ -126,7 +128,8 @@ async function rig(limits: Partial<ServerLimits> = {}): Promise<Rig> {
   const { vault, hold } = await openVault();
   const log = captureLogger();
   const server = new LessorServer({ vault, authenticate, limits, log, version: "test-1" });
-  const tcpSrv = createServer((s) => server.handle(s, { transport: "tcp", remoteAddress: s.remoteAddress! }));
+  // A listener's job, as transports/tcp.ts does it: no Nagle delay, and the peer's and our own address.
+  const tcpSrv = createServer({ noDelay: true }, (s) => server.handle(s, { transport: "tcp", remoteAddress: s.remoteAddress!, localAddress: s.localAddress!, localPort: s.localPort! }));
   await listen(tcpSrv, 0);
   const path = join(tempDir("lessor-sock-"), "s.sock");
   const udsSrv = createServer((s) => server.handle(s, { transport: "uds", uid: process.getuid!() }));
@@ -457,6 +460,68 @@ describe("server: handshake", () => {
     const st = await eager.next();
     assert.equal(st.id, id);
     assert.equal(st.result.identity.agent, "claude");
+  });
+});
+
+/** Two in-process duplex streams, each writing into the other: a transport that is no socket at all. */
+function duplexPair(): [Duplex, Duplex] {
+  const ends: Duplex[] = [];
+  const ended = [false, false];
+  const make = (i: number): Duplex =>
+    new Duplex({
+      allowHalfOpen: false, // as a socket: once the peer has ended, end too
+      read() {},
+      write(chunk: Buffer, _enc, cb) {
+        ends[1 - i]!.push(chunk);
+        cb();
+      },
+      final(cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb();
+      },
+      destroy(err, cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb(err);
+      },
+    });
+  ends.push(make(0), make(1));
+  return [ends[0]!, ends[1]!];
+}
+
+describe("server: transports", () => {
+  test("a connection over a plain duplex stream (no socket, as a vsock listener would hand over) is served like any other", async () => {
+    const r = await rig();
+    const [client, served] = duplexPair();
+    r.server.handle(served, { transport: "vsock", cid: 42 });
+    const c = new RawClient(client as unknown as Socket);
+    c.send({ protocol: "lessor", version: 1, token: "admin-token" });
+    const welcome = await c.next();
+    assert.deepEqual(welcome.identity, { id: "test:admin", role: "admin", transport: "vsock" });
+    assert.equal((await c.ok("status")).identity.role, "admin");
+    assert.equal(r.server.connectionCount, 1);
+    client.end(); // the client hangs up: the server finishes and lets the stream go
+    await c.closed;
+    for (let i = 0; i < 100 && r.server.connectionCount > 0; i++) await sleep(10);
+    assert.equal(r.server.connectionCount, 0);
+  });
+
+  test("the token handshake's proof is bound to the endpoint the listener reported, not read off a socket", async () => {
+    const r = await rig();
+    const t = await r.vault.admin().createToken({ name: "duplex", role: "agent", agent: "claude" });
+    const { id, secret } = splitToken(t.token)!;
+    const [client, served] = duplexPair();
+    r.server.handle(served, { transport: "tcp", remoteAddress: "127.0.0.1", localAddress: "::ffff:127.0.0.1", localPort: 7391 });
+    const c = new RawClient(client as unknown as Socket);
+    after(() => c.close());
+    const nonce = newNonce();
+    c.send({ protocol: "lessor", version: 1, tokenId: id, nonce: nonce.toString("base64url") });
+    const ch = (await c.next()).challenge as { nonce: string; proof: string };
+    const check = (binding: string) => checkServerProof(hashTokenSecret(secret), nonce, Buffer.from(ch.nonce, "base64url"), id, binding, Buffer.from(ch.proof, "base64url"));
+    assert.equal(endpointBinding("tcp", "127.0.0.1", 7391), "tcp 127.0.0.1:7391");
+    assert.ok(check("tcp 127.0.0.1:7391"), "the proof binds the address and port in the peer info");
+    assert.ok(!check(endpointBinding("tcp")), "not an endpoint the stream does not have");
   });
 });
 

@@ -88,6 +88,9 @@ describe("tcp transport", () => {
     for (const p of seen) {
       assert.equal(p.transport, "tcp");
       assert.ok(p.remoteAddress !== undefined && isLoopbackAddress(p.remoteAddress), p.remoteAddress);
+      // The endpoint the token handshake binds its proof to comes with the peer, not from the socket.
+      assert.ok(p.localAddress !== undefined && isLoopbackAddress(p.localAddress), p.localAddress);
+      assert.ok(p.localPort !== undefined && p.localPort > 0);
     }
   });
 

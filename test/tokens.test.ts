@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/vault/token-proof.js";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import type { VaultSignal } from "../src/vault/signals.js";
 import { agent, clock, codeOf, makeVault } from "./helpers.js";
 

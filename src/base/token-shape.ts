@@ -1,6 +1,6 @@
 /**
  * The shapes of a token and of the token handshake's values, with no crypto and no schema library, so
- * that the client, the wire schemas and the vault check them alike (src/vault/token-proof.ts does the
+ * that the client, the wire schemas and the vault check them alike (src/crypto/token-proof.ts does the
  * crypto).
  */
 

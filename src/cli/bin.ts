@@ -39,6 +39,6 @@ function loadFastPath(): typeof import("./fast-path.js") {
 }
 
 runCli(process.argv.slice(2), {
-  fast: (args) => loadFastPath().fastPath(args, process.env, () => import("./backend.js")),
+  fast: (args) => loadFastPath().fastPath(args, process.env, () => import("./open-backend.js")),
   program: () => import("./program.js"),
 });

@@ -4,7 +4,7 @@
  * prints one or two plain sentences and exits with a documented code — no stack traces for expected
  * errors.
  */
-import type { Backend } from "./backend.js";
+import type { Backend } from "../backend/backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { VaultError } from "../base/errors.js";
 import { jsonText, terminalSafe } from "./format/terminal-safe.js";
@@ -57,7 +57,7 @@ export class Cli {
     return this.#styled.delete(line) ? line : terminalSafe(line);
   }
 
-  /** `open` is how backends are opened: the daemon or the embedded vault (src/cli/backend.ts). */
+  /** `open` is how backends are opened: the daemon or the embedded vault (src/cli/open-backend.ts, src/backend/backend.ts). */
   constructor(open: BackendOpener) {
     this.#open = open;
   }

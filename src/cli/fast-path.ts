@@ -8,16 +8,16 @@
  * anything, so the full CLI runs instead and behaves exactly as without the fast path: the
  * arguments parse strictly into the expected shape (no help, no mistakes — commander prints those),
  * the home exists, and a daemon answers on its socket (the embedded vault needs the full CLI) — or,
- * when LESSOR_SOCKET or LESSOR_ADDR names a daemon (src/cli/daemon-target.ts), that daemon answers.
+ * when LESSOR_SOCKET or LESSOR_ADDR names a daemon (src/backend/daemon-target.ts), that daemon answers.
  */
 import { existsSync } from "node:fs";
 import { resolveHome } from "../config/home.js";
-import type { Backend } from "./backend.js";
+import type { Backend } from "../backend/backend.js";
 import { Cli } from "./cli.js";
 import { LEASE_OPTIONS, leaseAction, type LeaseOptions } from "./commands/lease.js";
 import { RUN_OPTIONS, runAction, type RunCommandOptions } from "./commands/run.js";
-import { connectDaemon, connectTarget } from "./daemon-backend.js";
-import { daemonTarget } from "./daemon-target.js";
+import { connectDaemon, connectTarget } from "../backend/daemon.js";
+import { daemonTarget } from "../backend/daemon-target.js";
 import type { FAST_COMMANDS } from "./entry.js";
 import { GLOBAL_OPTIONS, parseStrict, type OptionSpec, type OptionValues, type Parsed } from "./option-spec.js";
 
@@ -56,13 +56,13 @@ export function fastParse(args: readonly string[]): { command: FastCommand; opti
   return p && rest ? { command, options: p.options, args: rest } : null;
 }
 
-/** The full CLI's backend module (src/cli/backend.ts), loaded only if the embedded vault is needed. */
-export type BackendModule = Pick<typeof import("./backend.js"), "openBackend">;
+/** The full CLI's backend module (src/cli/open-backend.ts), loaded only if the embedded vault is needed. */
+export type BackendModule = Pick<typeof import("./open-backend.js"), "openCliBackend">;
 
 /**
  * Runs `args` (process.argv after the script) on the fast path. Resolves true when it ran the
  * command (process.exitCode is set), false when the full CLI must run it instead. `loadBackend`
- * imports src/cli/backend.ts, for `run` to revoke through the vault if the daemon goes away.
+ * imports src/cli/open-backend.ts, for `run` to revoke through the vault if the daemon goes away.
  */
 export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, loadBackend: () => Promise<BackendModule>): Promise<boolean> {
   const parsed = fastParse(args);
@@ -87,7 +87,7 @@ export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, 
     // after the daemon went away) is opened as the full CLI opens it: the daemon, else the vault.
     const b = unused;
     unused = null;
-    return b ?? (await loadBackend()).openBackend(home !== undefined ? { home } : {});
+    return b ?? (await loadBackend()).openCliBackend(home);
   });
   cli.home = homeOption;
   await parsed.command.run(cli, parsed.args, parsed.options);

@@ -1,7 +1,7 @@
 /** `lessor init`: creates the home (0700), the key source, lessor.toml, a starter policy and the database. */
 import { initHome } from "../config/open-vault.js";
 import { VaultError } from "../base/errors.js";
-import { daemonTarget } from "./daemon-target.js";
+import { daemonTarget } from "../backend/daemon-target.js";
 import { newPassphrase } from "./passphrase.js";
 
 /** Runs init; prints what it created. `passphrase` is `--passphrase` (the same as `--key-source passphrase`). */

@@ -5,6 +5,6 @@
 import { runCli } from "./entry.js";
 
 runCli(process.argv.slice(2), {
-  fast: (args) => import("./fast-path.js").then((m) => m.fastPath(args, process.env, () => import("./backend.js"))),
+  fast: (args) => import("./fast-path.js").then((m) => m.fastPath(args, process.env, () => import("./open-backend.js"))),
   program: () => import("./program.js"),
 });

@@ -6,7 +6,7 @@
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
-import type { AccessTargetInput, LessorClient, SecretSpec } from "./client.js";
+import type { AccessTargetInput, LessorMethods, SecretSpec } from "./facade.js";
 
 const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
 
@@ -24,12 +24,12 @@ export interface LeaseOptions {
   agent?: string;
 }
 
-/** Requests leases through a {@link LessorClient}. */
+/** Requests leases through a LessorClient (or any {@link LessorMethods}, such as an in-process backend). */
 export class CredentialProvider {
-  readonly #client: LessorClient;
+  readonly #client: LessorMethods;
   readonly #defaults: ProviderDefaults;
 
-  constructor(client: LessorClient, defaults: ProviderDefaults = {}) {
+  constructor(client: LessorMethods, defaults: ProviderDefaults = {}) {
     this.#client = client;
     this.#defaults = { ...defaults };
   }
@@ -58,13 +58,13 @@ const ALREADY_OVER = new Set(["lease_revoked", "lease_expired", "lease_not_found
 
 /** One lease. {@link value} fetches the secret; disposal revokes the lease and wipes every value. */
 export class LeasedCredential {
-  readonly #client: LessorClient;
+  readonly #client: LessorMethods;
   #lease: LeaseRecord;
   #values: SecretBytes[] = [];
   #released = false;
 
   /** @internal Use {@link CredentialProvider.lease}. */
-  constructor(client: LessorClient, lease: LeaseRecord) {
+  constructor(client: LessorMethods, lease: LeaseRecord) {
     this.#client = client;
     this.#lease = lease;
   }

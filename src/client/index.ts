@@ -11,6 +11,9 @@ export {
   type ClientAccessResult,
   type LeaseListFilter,
 } from "./client.js";
+export { LessorMethods } from "./facade.js";
+export type { Api, Caller } from "./api.js";
+export type { ClientTransport, Dial, Binding } from "./transport.js";
 export { CredentialProvider, LeasedCredential, type ProviderDefaults, type LeaseOptions } from "./credential-provider.js";
 export type { WireIdentity } from "../protocol/messages.js";
-export type { MethodName, Params, Results, WireAuditEvent } from "../protocol/methods.js";
+export type { MethodName, Params, Result, Results, WireResult, WireAuditEvent } from "../protocol/registry.js";

@@ -11,9 +11,18 @@ import { isAgentId } from "../base/names.js";
 import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 
+/**
+ * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres" is
+ * accepted here and refused when opened, until it is built (issue 15).
+ */
+export const STORE_KINDS = ["sqlite", "memory", "postgres"] as const;
+export type StoreKind = (typeof STORE_KINDS)[number];
+
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {
   cipher: Alg;
+  /** Which store holds the vault: "sqlite" (lessor.db in the home; the default) or "memory" (gone at exit). */
+  store: StoreKind;
   limits: Limits;
   keys: {
     file: string;
@@ -48,6 +57,7 @@ export interface UidIdentity {
 
 export const DEFAULT_CONFIG: Config = {
   cipher: "aes-256-gcm",
+  store: "sqlite",
   limits: DEFAULT_LIMITS,
   keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000 },
   policyFile: "policy.toml",
@@ -115,7 +125,7 @@ export function parseConfig(text: string, source: string): Config {
   for (const k of Object.keys(root))
     if (!["vault", "keys", "policy", "audit", "server", "identity"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]])`);
-  const v = table(source, root, "vault", ["cipher", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
+  const v = table(source, root, "vault", ["cipher", "store", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -123,6 +133,10 @@ export function parseConfig(text: string, source: string): Config {
   if (v.cipher !== undefined) {
     if (!ALGS.includes(v.cipher as Alg)) fail(source, "[vault] cipher", `expected one of ${ALGS.join(", ")}, got ${show(v.cipher)}`);
     cfg.cipher = v.cipher as Alg;
+  }
+  if (v.store !== undefined) {
+    if (!STORE_KINDS.includes(v.store as StoreKind)) fail(source, "[vault] store", `expected one of ${STORE_KINDS.join(", ")}, got ${show(v.store)}`);
+    cfg.store = v.store as StoreKind;
   }
   if (v.max_secret_bytes !== undefined) cfg.limits.maxSecretBytes = int(source, "[vault] max_secret_bytes", v.max_secret_bytes, 1, 512 * 1024);
   if (v.keep_versions !== undefined) cfg.limits.keepVersions = int(source, "[vault] keep_versions", v.keep_versions, 1, 1000);
@@ -232,6 +246,7 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 
 [vault]
 # cipher = "aes-256-gcm"            # or "xchacha20-poly1305"; applies to newly written values
+# store = "sqlite"                  # lessor.db in this directory; "memory": nothing kept after exit (tests, demos)
 # max_secret_bytes = 65536          # largest secret value
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100

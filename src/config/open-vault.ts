@@ -1,6 +1,7 @@
 /**
- * The composition root for the embedded default: a vault in a home directory with the SQLite store,
- * the configured key source, the policy file and the configured audit sinks.
+ * The composition root for the embedded default: a vault in a home directory with the configured
+ * store (SQLite unless `[vault] store` says otherwise; see store-factory.ts), the configured key
+ * source, the policy file and the configured audit sinks.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { createKeyFile } from "../crypto/keys/file.js";
@@ -8,7 +9,6 @@ import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type Passphras
 import { selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
 import type { AuditSink } from "../vault/ports.js";
-import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
 import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
@@ -18,6 +18,7 @@ import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { assertPrivateDir, ensurePrivateDir } from "../fs/perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
+import { openStore } from "./store-factory.js";
 
 /** How to open a home. */
 export interface OpenVaultOptions {
@@ -84,10 +85,15 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
     keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
   });
   const policyPath = inHome(home, cfg.policyFile);
+  const store = openStore(cfg.store, home);
   const sinks: AuditSink[] = [];
-  if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));
+  try {
+    if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
   sinks.push(...(opts.sinks ?? []));
-  const store = openSqliteStore(inHome(home, HOME_FILES.database));
   try {
     return await Vault.open({
       store,
@@ -160,7 +166,7 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const existed = existsSync(dbPath);
   const vault = await openVault({ home, env, ...(opts.passphrase ? { getPassphrase: async () => opts.passphrase! } : {}) });
   await vault.close();
-  if (!existed) created.push(dbPath);
+  if (!existed && existsSync(dbPath)) created.push(dbPath); // a memory store makes no file
   return { home, created, keySource };
 }
 

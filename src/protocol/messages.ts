@@ -10,7 +10,7 @@
  *
  *   client → server  {"protocol":"lessor","version":1,"tokenId":"<16 hex>","nonce":"<32 bytes, base64url>"}
  *   server → client  {"protocol":"lessor","version":1,"ok":true,"challenge":{"nonce":"…","proof":"…"}}
- *   client → server  {"token":"lsr_…"}           (only once the proof checks out; see src/vault/token-proof.ts)
+ *   client → server  {"token":"lsr_…"}           (only once the proof checks out; see src/crypto/token-proof.ts)
  *   server → client  welcome or refusal, as above
  *
  * (A hello carrying `token` directly, as clients before the token handshake sent it, is still
@@ -83,18 +83,15 @@ export interface WireIdentity {
   transport: string;
 }
 
-export type Welcome =
-  | { protocol: typeof PROTOCOL; version: typeof VERSION; ok: true; identity: WireIdentity }
-  | { protocol: typeof PROTOCOL; version: typeof VERSION; ok: false; error: WireError };
-
-/** Request ids: a UUID string (clients send UUIDv7). */
-export const requestIdSchema = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
-
-export const requestSchema = z.strictObject({
-  id: requestIdSchema,
-  method: z.string().min(1).max(64),
-  params: z.record(z.string(), z.unknown()).optional(),
-});
-export type Request = z.infer<typeof requestSchema>;
+/**
+ * A request: `id` a lowercase UUID (clients send UUIDv7), `method` a method name (1-64 characters),
+ * `params` an object or absent. The server checks the envelope field by field (src/server/connection.ts)
+ * and the params against the method's schema (src/protocol/registry.ts).
+ */
+export interface Request {
+  id: string;
+  method: string;
+  params?: Record<string, unknown> | undefined;
+}
 
 export type Response = { id: string | null; ok: true; result: unknown } | { id: string | null; ok: false; error: WireError };

@@ -1,6 +1,6 @@
 /**
  * One client connection: framing, the hello/welcome handshake, request validation, concurrent
- * dispatch with a per-connection in-flight cap (backpressure by pausing the socket), deadlines
+ * dispatch with a per-connection in-flight cap (backpressure by pausing the stream), deadlines
  * (handshake, partial frame, idle; checked by the server's sweep), and closing.
  *
  * States: `hello` (waiting for the first frame) → `auth` (authenticate running; later frames are
@@ -12,19 +12,25 @@
  * memory, no store read) and by the sweep: once the token is revoked or expires it is closed, with an
  * auth_failed audit event. Every connection is also closed after `maxConnectionLifetimeMs`, however busy.
  */
-import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
 import { helloSchema, PROTOCOL, tokenFrameSchema, VERSION, type Challenge, type Hello, type Response, type WireError } from "../protocol/messages.js";
-import { isMethod, METHODS, type MethodName } from "../protocol/methods.js";
+import { isMethod, parseParams, type MethodName } from "../protocol/registry.js";
 import { VaultError, wireCode, type WireErrorCode } from "../base/errors.js";
-import { endpointBinding, splitToken } from "../vault/token-proof.js";
+import { isUuid } from "../base/ids.js";
+import { endpointBinding, splitToken } from "../crypto/token-proof.js";
 import type { Identity } from "../base/types.js";
 import type { Vault, VaultSession } from "../vault/vault.js";
-import { carriesSecret, HANDLERS, type DispatchContext } from "./dispatch.js";
+import { carriesSecret, dispatch, type DispatchContext } from "./dispatch.js";
 import type { Logger } from "./logger.js";
-import { issuesMessage, safeName, wireIdentity } from "./wire.js";
+import { issuesMessage, safeName } from "../protocol/issues.js";
+import { wireIdentity } from "../protocol/wire.js";
 
-/** Who is at the other end of a connection, as the transport saw it. */
+/**
+ * Who is at the other end of a connection, and where it arrived, as the listener saw it. The server
+ * gets only this and a duplex stream, so any transport that yields a stream (a Unix or TCP socket, an
+ * AF_VSOCK descriptor, an in-process pipe) can be served.
+ */
 export interface PeerInfo {
   transport: "uds" | "tcp" | "vsock";
   uid?: number;
@@ -32,6 +38,9 @@ export interface PeerInfo {
   pid?: number;
   remoteAddress?: string;
   cid?: number;
+  /** TCP: the local address and port the connection arrived on; the token handshake's proof is bound to them. */
+  localAddress?: string;
+  localPort?: number;
 }
 
 import type { ServerLimits } from "../config/server-limits.js";
@@ -65,7 +74,6 @@ export interface ConnectionHost {
 
 /** How long a closing socket may take to say goodbye before it is destroyed. */
 const LINGER_MS = 1000;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** A hello is small; an unauthenticated peer may not make the daemon buffer more than this. */
 const MAX_HELLO_BYTES = 8192;
 /** The hello to ask for: never one carrying a token (a token is shown only after the daemon's proof; see "Token handshake" in docs/protocol.md). */
@@ -99,7 +107,8 @@ const CUT_MESSAGE: Record<TokenCut, string> = {
 export class Connection {
   /** A small number naming the connection in logs. */
   readonly id = nextId++;
-  readonly socket: Socket;
+  /** The connection's byte stream (a socket, or any duplex stream a listener hands over). */
+  readonly stream: Duplex;
   readonly peer: PeerInfo;
   readonly #host: ConnectionHost;
   readonly #decoder: FrameDecoder;
@@ -126,18 +135,18 @@ export class Connection {
   /** The token the connection authenticated with, once open (null: none). */
   #token: { id: string; expiresAt: number | null } | null = null;
 
-  constructor(host: ConnectionHost, socket: Socket, peer: PeerInfo) {
+  constructor(host: ConnectionHost, stream: Duplex, peer: PeerInfo) {
     this.#host = host;
-    this.socket = socket;
+    this.stream = stream;
     this.peer = peer;
     this.#decoder = new FrameDecoder(host.limits.maxFrameBytes);
     this.#maxInFlight = host.limits.maxInFlight;
     this.#acceptedAt = this.#lastActive = Date.now();
-    socket.on("data", this.#onData);
-    socket.on("drain", this.#onDrain);
-    socket.on("end", this.#onEnd);
-    socket.on("error", this.#onError);
-    socket.on("close", this.#onClose);
+    stream.on("data", this.#onData);
+    stream.on("drain", this.#onDrain);
+    stream.on("end", this.#onEnd);
+    stream.on("error", this.#onError);
+    stream.on("close", this.#onClose);
   }
 
   /** Requests waiting for the scheduler or running now. */
@@ -163,7 +172,7 @@ export class Connection {
     return this.#token?.id ?? null;
   }
 
-  // ---- socket events ----
+  // ---- stream events ----
 
   #onData = (chunk: Buffer): void => {
     if (this.#state === "closing" || this.#state === "closed") return; // discard input after a final frame
@@ -207,7 +216,7 @@ export class Connection {
   #onError = (e: NodeJS.ErrnoException): void => {
     if (e.code !== "EPIPE" && e.code !== "ECONNRESET" && e.code !== "ERR_STREAM_DESTROYED")
       this.#host.log.warn({ conn: this.id, transport: this.peer.transport, code: e.code, err: e.message }, "connection error");
-    // 'close' follows: the socket destroys itself on error.
+    // 'close' follows: the stream destroys itself on error.
   };
 
   #onClose = (): void => {
@@ -254,8 +263,7 @@ export class Connection {
     this.#tokenId = tokenId;
     let answer: { nonce: Buffer; proof: Buffer };
     try {
-      const s = this.socket;
-      const binding = endpointBinding(this.peer.transport, s.localAddress, s.localPort);
+      const binding = endpointBinding(this.peer.transport, this.peer.localAddress, this.peer.localPort);
       answer = await this.#host.vault.tokenChallenge(tokenId, Buffer.from(nonce, "base64url"), binding);
     } catch (e) {
       if (this.#state !== "challenge") return;
@@ -350,18 +358,18 @@ export class Connection {
     this.#flow();
   }
 
-  /** Pauses the socket while anything waits (queue, cap, unflushed output, authentication); resumes otherwise. */
+  /** Pauses the stream while anything waits (queue, cap, unflushed output, authentication); resumes otherwise. */
   #flow(): void {
     const s = this.#state;
     if (s === "closing" || s === "closed") return;
     const hold = s === "auth" || s === "challenge" || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
     if (hold && !this.#paused) {
       this.#paused = true;
-      this.socket.pause();
+      this.stream.pause();
     } else if (!hold && this.#paused) {
       this.#paused = false;
       if (this.#partialSince !== 0) this.#partialSince = Date.now(); // the read deadline restarts when we read again
-      this.socket.resume();
+      this.stream.resume();
     }
   }
 
@@ -376,7 +384,7 @@ export class Connection {
     if (typeof msg !== "object" || msg === null || Array.isArray(msg))
       return this.#reply(null, "invalid_request", 'a request must be a JSON object {"id":"<uuid>","method":"…","params":{…}}');
     const m = msg as Record<string, unknown>;
-    const id = typeof m.id === "string" && UUID.test(m.id) ? m.id : null;
+    const id = isUuid(m.id) ? m.id : null;
     if (id === null)
       return this.#reply(null, "invalid_request", m.id === undefined ? "the request has no id; send a UUIDv7 string as id" : "the request id must be a lowercase UUID string (clients send UUIDv7)");
     for (const k in m) {
@@ -391,20 +399,18 @@ export class Connection {
       return this.#reply(id, "invalid_request", "params must be a JSON object (or left out)");
     if (!isMethod(method)) return this.#reply(id, "invalid_request", `unknown method ${safeName(method) ?? "(with an unusual name)"}; see docs/protocol.md`);
     if (this.#host.closing) return this.#reply(id, "unavailable", "the daemon is shutting down; retry once it is back");
-    const parsed = METHODS[method].safeParse(params ?? {});
-    if (!parsed.success) return this.#reply(id, "invalid_request", issuesMessage(method, parsed.error.issues, Object.keys(METHODS[method].shape)));
+    const parsed = parseParams(method, params);
+    if (parsed instanceof VaultError) return this.#reply(id, "invalid_request", parsed.message);
     this.#inFlight++;
     this.#host.requestStarted();
-    const data = parsed.data;
-    this.#host.schedule(this.#session!.identity.id, () => this.#run(id, method, data));
+    this.#host.schedule(this.#session!.identity.id, () => this.#run(id, method, parsed));
   }
 
   async #run(id: string, method: MethodName, params: unknown): Promise<void> {
     try {
       if (this.#state !== "open") return; // closed while it waited for the scheduler: never run
       if (this.#cutIfDue(Date.now(), id)) return; // once per request, as it starts: after any wait for the scheduler
-      const handler = HANDLERS[method] as (s: VaultSession, p: unknown, c: DispatchContext) => Promise<unknown>;
-      const result = await handler(this.#session!, params, this.#host.dispatch);
+      const result = await dispatch(this.#session!, method, params, this.#host.dispatch);
       this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);
     } catch (e) {
       if (e instanceof VaultError) this.#reply(id, wireCode(e.code), e.message);
@@ -438,7 +444,7 @@ export class Connection {
   }
 
   #write(frame: Buffer, wipe: boolean): void {
-    const s = this.socket;
+    const s = this.stream;
     if (this.#state === "closing" || this.#state === "closed" || s.destroyed || !s.writable) {
       if (wipe) frame.fill(0);
       return;
@@ -482,7 +488,7 @@ export class Connection {
           this.#finish();
         } else if (this.#writeBlockedSince !== 0 && now - this.#writeBlockedSince >= lim.idleTimeoutMs) {
           this.#host.log.warn({ conn: this.id, transport: this.peer.transport }, "closing a connection that stopped reading its answers");
-          this.socket.destroy();
+          this.stream.destroy();
         } else if (this.#inFlight === 0 && this.#queue.length === 0 && this.#partialSince === 0 && now - this.#lastActive >= lim.idleTimeoutMs) {
           this.#host.log.info({ conn: this.id, transport: this.peer.transport, idleMs: now - this.#lastActive }, "closing an idle connection");
           this.#finish();
@@ -551,7 +557,7 @@ export class Connection {
     this.#state = "closing";
     this.#host.connectionClosing(this, inHandshake);
     this.#queue.length = 0;
-    const s = this.socket;
+    const s = this.stream;
     if (last && !s.destroyed && s.writable) s.end(last);
     else s.end();
     // Keep reading (and discarding) so the kernel closes with FIN, not RST, and the client reads our last frame.

@@ -1,11 +1,11 @@
 /**
- * The daemon: one per home (a lock), the vault opened from the home, the server, the Unix-socket
- * listener and the optional loopback TCP listener. `lessor serve` runs it in the foreground.
+ * The daemon: one per home (a lock), the vault opened from the home, the server, and the listeners the
+ * configuration asks for (the Unix socket, and optionally loopback TCP; see transports/listeners.ts).
+ * `lessor serve` runs it in the foreground.
  */
-import type { Server } from "node:net";
 import { join } from "node:path";
 import { loadConfig, openVault } from "../config/open-vault.js";
-import { HOME_FILES, inHome, resolveHome } from "../config/home.js";
+import { HOME_FILES, resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VERSION } from "../version.js";
 import type { Vault } from "../vault/vault.js";
@@ -15,8 +15,7 @@ import { noopLogger, type Logger } from "./logger.js";
 import { loadPeerCred } from "../native/peercred.js";
 import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
-import { listenTcp } from "./transports/tcp.js";
-import { listenUnix } from "./transports/uds.js";
+import { listenerSpecs, openListener, type Listener } from "./transports/listeners.js";
 
 /** How to start a daemon. */
 export interface DaemonOptions {
@@ -113,26 +112,23 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       version: VERSION,
     });
     cleanups.push(() => server.close());
-    const socketPath = inHome(home, s.socket);
-    const listeners: Server[] = [];
-    const uds = await listenUnix(socketPath, {
-      mode: s.socketMode,
-      peercred,
-      onConnection: (sock, peer) => server.handle(sock, peer),
-      onError: (e) => log.warn({ err: e.message }, "unix socket listener error"),
-    });
-    listeners.push(uds); // its close() removes the socket file, if it is still the one it created
-    // Listeners stop accepting first (close() without waiting: its callback waits for every
-    // connection), then the server drains in-flight requests, then the vault closes.
+    const listeners: Listener[] = [];
+    // Listeners stop accepting first (close() without waiting: a socket server's callback waits for
+    // every connection), then the server drains in-flight requests, then the vault closes.
     cleanups.push(() => {
       for (const l of listeners) l.close();
     });
+    let socketPath = "";
     let tcp: Daemon["tcp"] = null;
-    if (s.tcp) {
-      const t = await listenTcp(s.tcp.host, s.tcp.port, (sock, peer) => server.handle(sock, peer));
-      listeners.push(t);
-      const addr = t.address();
-      tcp = addr && typeof addr === "object" ? { host: addr.address, port: addr.port } : s.tcp;
+    for (const spec of listenerSpecs(s, home)) {
+      const l = await openListener(spec, {
+        onConnection: (stream, peer) => server.handle(stream, peer),
+        onError: (e) => log.warn({ err: e.message, transport: spec.kind }, "listener error"),
+        peercred,
+      });
+      listeners.push(l); // a Unix socket listener's close() removes its file, if it is still the one it created
+      if (l.bound.kind === "uds") socketPath = l.bound.path;
+      else if (l.bound.kind === "tcp") tcp = { host: l.bound.host, port: l.bound.port };
     }
     // A killswitch pulled by another process (the CLI in embedded mode, another daemon on the same
     // store) closes this daemon's agent connections too, within a second.

@@ -1,16 +1,16 @@
 /**
- * The protocol v1 server: takes connected sockets from any transport (Unix socket, loopback TCP,
- * vsock), runs the handshake through the daemon's `authenticate`, and serves requests against a
- * VaultSession per connection. It owns limits (connection cap, deadlines, in-flight cap) and graceful
+ * The protocol v1 server: takes connected duplex streams, with the peer info their listener found,
+ * from any transport (Unix socket, loopback TCP, vsock), runs the handshake through the daemon's
+ * `authenticate`, and serves requests against a VaultSession per connection. It owns limits (connection cap, deadlines, in-flight cap) and graceful
  * shutdown; it never opens listeners or closes the vault — the daemon does both.
  *
  * ```ts
  * const server = new LessorServer({ vault, authenticate, version: VERSION, log });
- * const tcp = await listenTcp("127.0.0.1", 7878, (socket, peer) => server.handle(socket, peer));
+ * const tcp = await listenTcp("127.0.0.1", 7878, (stream, peer) => server.handle(stream, peer));
  * // on SIGTERM: tcp.close(); await server.close(); await vault.close();
  * ```
  */
-import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { MAX_FRAME_BYTES } from "../protocol/framing.js";
 import type { Hello } from "../protocol/messages.js";
 import { VaultError } from "../base/errors.js";
@@ -46,7 +46,7 @@ export interface ServerOptions {
   version: string;
 }
 
-/** How long a refused socket may linger before it is destroyed. */
+/** How long a refused stream may linger before it is destroyed. */
 const REFUSE_LINGER_MS = 1000;
 
 function checkLimits(l: ServerLimits): ServerLimits {
@@ -58,11 +58,11 @@ function checkLimits(l: ServerLimits): ServerLimits {
 }
 
 /** Writes a welcome-shaped refusal and closes, reading and dropping anything the peer sends meanwhile. */
-function refuse(socket: Socket, frame: Buffer): void {
-  socket.on("error", () => {});
-  socket.resume();
-  socket.end(frame);
-  setTimeout(() => socket.destroy(), REFUSE_LINGER_MS).unref();
+function refuse(stream: Duplex, frame: Buffer): void {
+  stream.on("error", () => {});
+  stream.resume();
+  stream.end(frame);
+  setTimeout(() => stream.destroy(), REFUSE_LINGER_MS).unref();
 }
 
 const SHUTTING_DOWN = refusalFrame("unavailable", "the daemon is shutting down; try again when it is back");
@@ -71,7 +71,7 @@ const EVICTED = refusalFrame(
   "closed to make room: the daemon had too many connections in their handshake and this one had not finished its own; send the hello right after connecting, and try again",
 );
 
-/** Serves protocol v1 on sockets handed to {@link handle}. */
+/** Serves protocol v1 on streams handed to {@link handle}. */
 export class LessorServer {
   readonly #host: ConnectionHost;
   readonly #conns = new Set<Connection>();
@@ -209,26 +209,29 @@ export class LessorServer {
     return this.#conns.size;
   }
 
-  /** Takes ownership of a connected socket (any transport). */
-  handle(socket: Socket, peer: PeerInfo): void {
-    if (socket.destroyed) return;
-    if (this.#closing) return refuse(socket, SHUTTING_DOWN);
+  /**
+   * Takes ownership of a connected stream (any transport: a net.Socket, or any node:stream Duplex such
+   * as one over an AF_VSOCK descriptor) and the peer info its listener found. Transport options such as
+   * TCP_NODELAY are the listener's to set.
+   */
+  handle(stream: Duplex, peer: PeerInfo): void {
+    if (stream.destroyed) return;
+    if (this.#closing) return refuse(stream, SHUTTING_DOWN);
     if (this.#conns.size - this.#dropped >= this.#limits.maxConnections && !this.#dropLingering()) {
       this.#noteRefused("connection cap", peer);
-      return refuse(socket, this.#rateLimited);
+      return refuse(stream, this.#rateLimited);
     }
     const verdict = this.#admission.check(peer);
     if (!verdict.ok) {
       this.#noteRefused(verdict.why, peer);
-      return refuse(socket, refusalFrame("rate_limited", verdict.message));
+      return refuse(stream, refusalFrame("rate_limited", verdict.message));
     }
     if (verdict.evict !== null) {
       // The handshake budget is full: the oldest connection still waiting on its client makes room.
       this.#noteRefused("replaced in the handshake budget", peer);
       verdict.evict.end(EVICTED);
     }
-    if (peer.transport === "tcp") socket.setNoDelay(true);
-    const c = new Connection(this.#host, socket, peer);
+    const c = new Connection(this.#host, stream, peer);
     this.#conns.add(c);
     this.#admission.add(c, peer);
   }
@@ -241,10 +244,10 @@ export class LessorServer {
   #dropLingering(): boolean {
     for (const c of this.#lingering) {
       this.#lingering.delete(c);
-      if (c.socket.destroyed) continue;
+      if (c.stream.destroyed) continue;
       this.#dropped++;
-      c.socket.once("close", () => this.#dropped--);
-      c.socket.destroy();
+      c.stream.once("close", () => this.#dropped--);
+      c.stream.destroy();
       return true;
     }
     return false;

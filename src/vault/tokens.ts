@@ -13,7 +13,7 @@ import { parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
 import { checkAgentId } from "../base/names.js";
 import { compileAgentPattern } from "./pattern.js";
-import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "./token-proof.js";
+import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "../crypto/token-proof.js";
 import { markRevoked, sawLiveToken } from "./token-state.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
 

@@ -181,7 +181,7 @@ export class Vault {
 
   /**
    * The daemon's side of the token handshake: a fresh nonce and the proof that it holds the hash of
-   * token `tokenId`, bound to the client's nonce and the endpoint `binding` (see src/vault/token-proof.ts).
+   * token `tokenId`, bound to the client's nonce and the endpoint `binding` (see src/crypto/token-proof.ts).
    * An unknown id gets a proof under a stand-in key, after the same work. Nothing is audited.
    */
   tokenChallenge(tokenId: string, clientNonce: Uint8Array, binding: string): Promise<{ nonce: Buffer; proof: Buffer }> {
@@ -270,7 +270,11 @@ export class Vault {
   }
 }
 
-/** One caller's view of the vault. Every method checks the caller's role and audits what it did. */
+/**
+ * One caller's view of the vault. Every method checks the caller's role and audits what it did.
+ * The methods a daemon serves are bound to these in one table, src/protocol/registry.ts: a new method
+ * there needs only its function here.
+ */
 export class VaultSession {
   readonly #ctx: VaultContext;
   /** Who this session acts as. */

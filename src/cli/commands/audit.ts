@@ -5,7 +5,7 @@ import { EXIT } from "../exit-codes.js";
 import { table } from "../format/table.js";
 import { jsonText } from "../format/terminal-safe.js";
 import { iso, parseTimeOption, shortTime } from "../format/time.js";
-import type { WireAuditEvent } from "../../protocol/methods.js";
+import type { WireAuditEvent } from "../../protocol/registry.js";
 import { AUDIT_TYPES } from "../../base/types.js";
 import { escapeUnsafe } from "../../base/text.js";
 import type { AuditBreak } from "../../audit/verify.js";

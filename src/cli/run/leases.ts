@@ -12,7 +12,7 @@ import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
 import { refString } from "../../base/names.js";
 import type { LeaseRecord, SecretRef } from "../../base/types.js";
-import type { CliApi as BackendApi } from "../backend.js";
+import type { BackendApi } from "../../backend/backend.js";
 
 /** Who leases and for where. */
 export interface LeaseBookOptions {

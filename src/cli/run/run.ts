@@ -5,7 +5,7 @@
  * child itself is src/cli/run/child.ts.
  */
 import { VaultError } from "../../base/errors.js";
-import type { Backend } from "../backend.js";
+import type { Backend } from "../../backend/backend.js";
 import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";

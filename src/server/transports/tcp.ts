@@ -50,7 +50,8 @@ export async function loopbackBindAddress(host: string): Promise<string> {
 }
 
 /**
- * Listens on loopback TCP and passes each connection, with its peer info, to `onConnection`. Refuses
+ * Listens on loopback TCP and passes each connection, with its peer info (remote address, and the local
+ * address and port the token handshake binds its proof to), to `onConnection`. Refuses
  * (VaultError "config_invalid") a host that is not loopback, and checks the bound address again after
  * listening. Port 0 picks a free port (see `server.address()`). Listener errors after start-up go to
  * `onError` (default: ignored, so an accept failure such as EMFILE never crashes the daemon).
@@ -64,7 +65,11 @@ export async function listenTcp(
   if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new VaultError("config_invalid", `TCP port ${String(port)} is not a port number (0-65535)`);
   const address = await loopbackBindAddress(host);
   const server = createServer({ noDelay: true }, (socket) => {
-    onConnection(socket, { transport: "tcp", ...(socket.remoteAddress !== undefined ? { remoteAddress: socket.remoteAddress } : {}) });
+    const peer: PeerInfo = { transport: "tcp" };
+    if (socket.remoteAddress !== undefined) peer.remoteAddress = socket.remoteAddress;
+    if (socket.localAddress !== undefined) peer.localAddress = socket.localAddress;
+    if (socket.localPort !== undefined) peer.localPort = socket.localPort;
+    onConnection(socket, peer);
   });
   await new Promise<void>((resolve, reject) => {
     const fail = (e: NodeJS.ErrnoException): void => {

@@ -1,8 +1,8 @@
 /**
- * The daemon half of the CLI's backend: connects to the daemon named by the environment
- * (src/cli/daemon-target.ts), or to the one listening on the home's socket, or says there is none.
- * Kept apart from src/cli/backend.ts (which falls back to the embedded vault) so the start-up fast
- * path can load it without the vault, SQLite and the crypto.
+ * The daemon half of the backend: connects to the daemon named by the environment
+ * (src/backend/daemon-target.ts), or to the one listening on the home's socket, or says there is none.
+ * Kept apart from src/backend/backend.ts (which falls back to the in-process vault) so the CLI's
+ * start-up fast path can load it without the vault, SQLite and the crypto.
  */
 import { existsSync } from "node:fs";
 import { LessorClient } from "../client/client.js";

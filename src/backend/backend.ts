@@ -1,51 +1,22 @@
 /**
- * Where CLI commands send their calls:
+ * Where a caller (the CLI; later the MCP server and the proxy) sends its calls:
  * 1. the daemon the environment names (LESSOR_SOCKET, or LESSOR_ADDR with a token; see
- *    src/cli/daemon-target.ts), as the identity that daemon gives this caller — with no fallback;
+ *    src/backend/daemon-target.ts), as the identity that daemon gives this caller — with no fallback;
  * 2. else the daemon for the home when one is listening on its socket;
- * 3. else the vault opened in-process from the home (same policy, same audit).
- * All present the {@link CliApi} surface — the client SDK's methods — so every command works in each mode.
+ * 3. else the vault opened in-process from the home (same policy, same audit; src/backend/in-process.ts).
+ * All present the same {@link BackendApi}: the client SDK's methods and `api`, every method of the
+ * protocol typed from the registry, so a caller works alike in each mode.
  */
 import { existsSync } from "node:fs";
-import type { LessorClient } from "../client/client.js";
+import type { LessorMethods } from "../client/facade.js";
 import { resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VaultError } from "../base/errors.js";
-import { connectDaemon, connectTarget } from "./daemon-backend.js";
+import { connectDaemon, connectTarget } from "./daemon.js";
 import { daemonTarget } from "./daemon-target.js";
 
-/** The calls CLI commands make (the client SDK's surface). */
-export type CliApi = Pick<
-  LessorClient,
-  | "status"
-  | "whoami"
-  | "storeSecret"
-  | "rotateSecret"
-  | "rollbackSecret"
-  | "deleteSecret"
-  | "revealSecret"
-  | "listSecrets"
-  | "getSecretMetadata"
-  | "secretHistory"
-  | "requestLease"
-  | "accessSecret"
-  | "leaseAndAccess"
-  | "renewLease"
-  | "revokeLease"
-  | "revokeAllForAgent"
-  | "killswitch"
-  | "releaseKillswitch"
-  | "listLeases"
-  | "auditQuery"
-  | "auditVerify"
-  | "auditRecover"
-  | "reloadPolicy"
-  | "explain"
-  | "rotateMasterKey"
-  | "createToken"
-  | "listTokens"
-  | "revokeToken"
->;
+/** What a backend serves in every mode: the SDK's methods over a daemon connection or an in-process vault. */
+export type BackendApi = LessorMethods;
 
 /** An open backend. */
 export interface Backend {
@@ -54,16 +25,19 @@ export interface Backend {
   home: string;
   /** For a daemon named by the environment, where it is (`$LESSOR_SOCKET (/path)`); else null. */
   endpoint: string | null;
-  api: CliApi;
+  api: BackendApi;
   close(): Promise<void>;
 }
 
 /** How {@link openBackend} opens a backend. */
 export interface OpenBackendOptions {
-  /** The --home option, when given (LESSOR_HOME or ~/.lessor otherwise). */
+  /** The home to open (the --home option), when given (LESSOR_HOME or ~/.lessor otherwise). */
   home?: string;
   env?: NodeJS.ProcessEnv;
-  /** Asks for the passphrase of a passphrase-sealed vault (default: src/cli/passphrase.ts). */
+  /**
+   * Asks for the passphrase of a passphrase-sealed vault opened in-process (the CLI asks on the
+   * terminal). Without it, only LESSOR_PASSPHRASE is used.
+   */
   getPassphrase?: PassphraseProvider;
 }
 
@@ -95,11 +69,7 @@ export async function openBackend(opts: OpenBackendOptions = {}): Promise<Backen
   if (!existsSync(home)) throw noVaultError(home);
   const daemon = await connectDaemon(home);
   if (daemon) return daemon;
-  const [{ openVault }, { embeddedApi }, { terminalPassphrase }] = await Promise.all([
-    import("../config/open-vault.js"),
-    import("./embedded-api.js"),
-    import("./passphrase.js"),
-  ]);
-  const vault = await openVault({ home, env, getPassphrase: opts.getPassphrase ?? terminalPassphrase(env) });
-  return { mode: "embedded", home, endpoint: null, api: embeddedApi(vault), close: () => vault.close() };
+  const [{ openVault }, { inProcessApi }] = await Promise.all([import("../config/open-vault.js"), import("./in-process.js")]);
+  const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
+  return { mode: "embedded", home, endpoint: null, api: inProcessApi(vault), close: () => vault.close() };
 }

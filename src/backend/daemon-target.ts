@@ -10,7 +10,7 @@
  *   There is deliberately no command-line option for it: arguments show in `ps` and shell history.
  *
  * When one is set, every command goes to that daemon as that identity and never falls back to a
- * vault opened in-process (src/cli/backend.ts, src/cli/fast-path.ts). Nothing here touches the network.
+ * vault opened in-process (src/backend/backend.ts, src/cli/fast-path.ts). Nothing here touches the network.
  */
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";

@@ -1,0 +1,16 @@
+/**
+ * The CLI's backend (src/backend/backend.ts: the daemon if one answers, else the vault in-process),
+ * asking for the passphrase of a passphrase-sealed vault on the terminal. The prompt module is loaded
+ * only if a passphrase is asked for.
+ */
+import { openBackend, type Backend } from "../backend/backend.js";
+
+/** Opens the backend for `home` (the --home option, when given). */
+export function openCliBackend(home: string | undefined): Promise<Backend> {
+  const env = process.env;
+  return openBackend({
+    ...(home !== undefined ? { home } : {}),
+    env,
+    getPassphrase: (about) => import("./passphrase.js").then((m) => m.terminalPassphrase(env)(about)),
+  });
+}
