@@ -186,13 +186,9 @@ class SqliteTx extends SqliteReads implements StoreTx {
   }
 
   override getCurrentVersion(ref: SecretRef): Promise<VersionRecord | null> {
-    return this.exec("read a secret version", (q) => {
-      const hit = this.cache.currentVersion(ref);
-      if (hit !== MISS) return hit;
-      const v = q.getCurrentVersion(ref);
-      this.cache.setCurrentVersion(ref, v);
-      return v;
-    });
+    return this.exec("read a secret version", (q) =>
+      readThrough(this.cache.currentVersion(ref), () => q.getCurrentVersion(ref), (v) => this.cache.setCurrentVersion(ref, v)),
+    );
   }
   putSecret(rec: SecretRecord): Promise<void> {
     this.cache.dropSecret(rec);
@@ -247,13 +243,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
     });
   }
   override getCheckpoint(): Promise<AuditCheckpoint | null> {
-    return this.exec("read the audit checkpoint", (q) => {
-      const hit = this.cache.checkpoint();
-      if (hit !== MISS) return hit;
-      const cp = q.getCheckpoint();
-      this.cache.setCheckpoint(cp);
-      return cp;
-    });
+    return this.exec("read the audit checkpoint", (q) => readThrough(this.cache.checkpoint(), () => q.getCheckpoint(), (cp) => this.cache.setCheckpoint(cp)));
   }
   putCheckpoint(cp: AuditCheckpoint): Promise<void> {
     return this.exec("write the audit checkpoint", (q) => {
@@ -262,13 +252,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
     });
   }
   override getMeta(key: string): Promise<string | null> {
-    return this.exec("read metadata", (q) => {
-      const hit = this.cache.meta(key);
-      if (hit !== MISS) return hit;
-      const v = q.getMeta(key);
-      this.cache.setMeta(key, v);
-      return v;
-    });
+    return this.exec("read metadata", (q) => readThrough(this.cache.meta(key), () => q.getMeta(key), (v) => this.cache.setMeta(key, v)));
   }
   setMeta(key: string, value: string): Promise<void> {
     return this.exec("write metadata", (q) => {
@@ -282,6 +266,14 @@ class SqliteTx extends SqliteReads implements StoreTx {
   revokeToken(id: string, now: number): Promise<boolean> {
     return this.exec("revoke a token", (q) => q.revokeToken(id, now));
   }
+}
+
+/** A cached value (`hit`), or `read()` kept with `keep` when the cache has none. */
+function readThrough<T>(hit: T | typeof MISS, read: () => T, keep: (v: T) => void): T {
+  if (hit !== MISS) return hit;
+  const v = read();
+  keep(v);
+  return v;
 }
 
 /** One queued transaction call. */
