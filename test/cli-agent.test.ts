@@ -227,7 +227,8 @@ describe("the CLI as a restricted agent (a real daemon, the CLI as user nobody)"
     const tokenVars: Record<string, string>[] = [{ LESSOR_TOKEN: tokenSecret }, { LESSOR_TOKEN_FILE: file }];
     for (const tokenVar of tokenVars) {
       const env: Record<string, string> = { LESSOR_ADDR: `127.0.0.1:${d.tcp!.port}`, GH: "lessor://global/github-token", ...tokenVar };
-      const r = asNobody(["run", "--agent", "bot", "--domain", "api.github.com", "--", process.execPath, "-e", show], env, { home });
+      // --no-sandbox: this is about what lessor passes on; the sandbox would also drop LESSOR_ADDR (test/sandbox.test.ts).
+      const r = asNobody(["run", "--agent", "bot", "--domain", "api.github.com", "--no-sandbox", "--", process.execPath, "-e", show], env, { home });
       assert.equal(r.status, 0, r.stderr);
       assert.deepEqual(JSON.parse(r.stdout), { token: null, file: null, addr: env.LESSOR_ADDR, gh: VALUE.length });
       assert.ok(!r.stdout.includes(tokenSecret.slice(21)) && !r.stderr.includes(tokenSecret.slice(21)));

@@ -71,6 +71,7 @@ const TAKEN: string[][] = [
   ["run", "--agent", "a", "--env-file", "f1", "--env-file", "f2", "--domain", "d", "--ttl", "1h", "--", "cmd", "--agent", "x", "--help"],
   ["run", "--agent", "a", "--", "cmd", "--"],
   ["run", "--home", "/h", "--agent=a", "--", "sh", "-c", "echo hi"],
+  ["run", "--agent", "a", "--no-sandbox", "--project", "/p", "--", "cmd"], // commander reads --no-sandbox as sandbox: false
 ];
 
 const REFUSED: string[][] = [

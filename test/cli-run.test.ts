@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -54,6 +54,9 @@ const VALUES = {
 };
 
 async function seed(home: string): Promise<void> {
+  // The children run in the sandbox (docs/sandbox.md): the project directory is this checkout (the
+  // fixtures), and they write their reports to `tmp`, which the sandbox shows only when told.
+  appendFileSync(join(home, "lessor.toml"), `\n[run]\nwrite = [${JSON.stringify(tmp)}]\n`);
   await seedHome(home, POLICY, [
     { name: "api-token", value: VALUES.token },
     { name: "db-password", value: VALUES.dbPassword },

@@ -73,8 +73,11 @@ export function parseStrict(args: readonly string[], specs: readonly OptionSpec[
   const options: OptionValues = {};
   for (const s of all) {
     const got = parsed.values[s.name] as (string | boolean)[] | undefined;
-    const key = optionKey(s.name);
-    if (s.repeat) options[key] = got as string[] | undefined;
+    // commander reads a flag `--no-x` as option `x`: true unless the flag is given.
+    const negated = !s.value && s.name.startsWith("no-");
+    const key = optionKey(negated ? s.name.slice(3) : s.name);
+    if (negated) options[key] = got === undefined;
+    else if (s.repeat) options[key] = got as string[] | undefined;
     else if (got !== undefined && got.length > 1) return null; // commander keeps the last; be conservative
     else options[key] = got?.[0];
     if (s.required && options[key] === undefined) return null;

@@ -10,6 +10,7 @@ import { VaultError } from "../base/errors.js";
 import { isAgentId } from "../base/names.js";
 import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
+import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config.js";
 
 /**
  * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres" is
@@ -35,6 +36,8 @@ export interface Config {
   server: ServerConfig;
   /** Unix-socket peers by uid → identity (the daemon's own uid is admin unless listed). */
   identities: UidIdentity[];
+  /** `[run]`: what `lessor run`'s sandbox shows the agent (src/config/run-config.ts). */
+  run: RunConfig;
 }
 
 /** The `[server]` table. */
@@ -69,6 +72,7 @@ export const DEFAULT_CONFIG: Config = {
     ...DEFAULT_SERVER_LIMITS,
   },
   identities: [],
+  run: DEFAULT_RUN_CONFIG,
 };
 
 type Table = Record<string, unknown>;
@@ -123,8 +127,8 @@ export function parseConfig(text: string, source: string): Config {
     return fail(source, where, `not valid TOML (${(e as Error).message.split("\n")[0]})`);
   }
   for (const k of Object.keys(root))
-    if (!["vault", "keys", "policy", "audit", "server", "identity"].includes(k))
-      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]])`);
+    if (!["vault", "keys", "policy", "audit", "server", "identity", "run"].includes(k))
+      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [run])`);
   const v = table(source, root, "vault", ["cipher", "store", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
@@ -155,6 +159,7 @@ export function parseConfig(text: string, source: string): Config {
   if (a.jsonl !== undefined) cfg.auditJsonl = str(source, "[audit] jsonl", a.jsonl);
   parseServer(source, root, cfg.server);
   cfg.identities = parseIdentities(source, root["identity"]);
+  cfg.run = parseRunConfig(source, root["run"]);
   return cfg;
 }
 
@@ -302,4 +307,12 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # uid = 1002
 # role = "orchestrator"
 # act_for = ["claude-*"]
+
+# [run]
+# What lessor run's sandbox shows the agent (docs/sandbox.md). ~/ is your home, which the agent
+# does not see otherwise; the vault's home, key and socket and your credential stores never show.
+# project = "read-write"            # the current directory; or "read-only", or "none"
+# read = ["~/.nvm"]                 # also shown, read-only (an agent installed under your home)
+# write = ["~/.claude"]             # also shown, writable (an agent's own state)
+# hide = ["~/.config/my-tool"]      # never shown, on top of ~/.ssh, ~/.aws, ~/.config/gh, ~/.netrc, …
 `;

@@ -1,6 +1,7 @@
 /**
  * `lessor run --agent A [--env-file F] [--domain D] -- CMD ARGS…`: start a command with the secrets
- * its environment refers to, leased for agent A and revoked when it exits. See docs/cli/run.md.
+ * its environment refers to, leased for agent A and revoked when it exits, confined by the sandbox
+ * unless --no-sandbox. See docs/cli/run.md and docs/sandbox.md.
  */
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
@@ -12,6 +13,8 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   { name: "env-file", value: "<file>", description: "dotenv file whose variables are added (over the environment); repeat for more, later wins", repeat: true },
   { name: "domain", value: "<host>", description: "a host the credentials are for (passed to policy); repeat for more", repeat: true },
   { name: "ttl", value: "<duration>", description: "lease lifetime such as 1h (capped by policy)" },
+  { name: "project", value: "<dir>", description: "the project directory the sandbox shows the command (default: the current directory)" },
+  { name: "no-sandbox", description: "run the command unconfined, as you (it can read your files and the vault's key); warns once" },
 ];
 
 /** `lessor run`'s parsed options. */
@@ -20,13 +23,27 @@ export interface RunCommandOptions {
   envFile?: string[] | undefined;
   domain?: string[] | undefined;
   ttl?: string | undefined;
+  project?: string | undefined;
+  /** False when --no-sandbox is given (commander's `--no-` flags default to true). */
+  sandbox?: boolean | undefined;
 }
 
 /** Runs `lessor run … -- COMMAND…`; the exit code becomes the command's. */
 export function runAction(cli: Cli, command: string[], o: RunCommandOptions): Promise<void> {
   return cli.run(async () => {
     const { runChild } = await import("../run/run.js");
-    return runChild(cli, { agent: o.agent, envFiles: o.envFile ?? [], domains: o.domain ?? [], ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) }, command);
+    return runChild(
+      cli,
+      {
+        agent: o.agent,
+        envFiles: o.envFile ?? [],
+        domains: o.domain ?? [],
+        ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
+        sandbox: o.sandbox !== false,
+        ...(o.project !== undefined ? { project: o.project } : {}),
+      },
+      command,
+    );
   });
 }
 
@@ -35,7 +52,7 @@ export function registerRun(program: Command, cli: Cli): void {
     program
       .command("run")
       .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
-      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] -- CMD [ARGS…]")
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--no-sandbox] -- CMD [ARGS…]")
       .argument("<command...>", "the command and its arguments (put them after --)"),
     RUN_OPTIONS,
   )
@@ -50,6 +67,10 @@ export function registerRun(program: Command, cli: Cli): void {
         "  GITHUB_TOKEN='$S:github-token' lessor run --agent claude --domain api.github.com -- claude",
         "  lessor run --agent deployer --env-file .env.lessor -- npm run deploy",
         "  DATABASE_URL='postgres://app:$S:db-password@db/app' lessor run --agent app -- node server.js",
+        "",
+        "The command runs in a sandbox (bubblewrap): no network, only the system, the project directory",
+        "and the [run] paths of lessor.toml; never the lessor home, the key, the daemon socket or ~/.ssh,",
+        "~/.aws and other credential stores (docs/sandbox.md). --no-sandbox runs it unconfined, as you.",
         "",
         "The exit code is the command's own (128+N if signal N killed it; 127 if it was not found).",
       ].join("\n"),

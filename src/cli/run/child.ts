@@ -6,6 +6,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 import { MaskStream, type MaskPattern } from "./mask.js";
+import type { BwrapFeatures } from "../../sandbox/detect.js";
+import type { RunSandbox } from "./sandbox.js";
 
 export { maskPatterns, type MaskPattern } from "./mask.js";
 
@@ -13,20 +15,43 @@ export { maskPatterns, type MaskPattern } from "./mask.js";
 export interface Started {
   child: ChildProcess;
   flushed: Promise<void>[];
+  /** Passes a signal on to the command (in a sandbox: to the command inside, not to bwrap). */
+  signal(s: NodeJS.Signals): void;
+  /** In a sandbox: resolves false when bwrap failed before starting the command. */
+  started: Promise<boolean>;
+}
+
+/** The sandbox to start the child in, and what its bwrap supports. */
+export interface SandboxStart {
+  sandbox: RunSandbox;
+  features: BwrapFeatures;
 }
 
 /**
- * Starts `cmd` with `env`. stdin is inherited; stdout and stderr are inherited when they are
- * terminals (nothing is masked for a person watching), else piped through a mask of `patterns`.
+ * Starts `cmd` with `env`, in `sandbox` when given (src/cli/run/sandbox.ts). stdin is inherited;
+ * stdout and stderr are inherited when they are terminals (nothing is masked for a person
+ * watching), else piped through a mask of `patterns`.
  */
-export function startChild(cmd: string, args: string[], env: Record<string, string>, patterns: MaskPattern[]): Started {
+export function startChild(cmd: string, args: string[], env: Record<string, string>, patterns: MaskPattern[], sandbox?: SandboxStart): Started {
   const maskOut = process.stdout.isTTY !== true;
   const maskErr = process.stderr.isTTY !== true;
-  const child = spawn(cmd, args, { env, stdio: ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] });
+  const stdio = ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] as const;
+  let child: ChildProcess;
+  let signal: (s: NodeJS.Signals) => void;
+  let started: Promise<boolean>;
+  if (sandbox) {
+    const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio]);
+    ({ child, signal, started } = s);
+  } else {
+    const c = spawn(cmd, args, { env, stdio: [...stdio] });
+    child = c;
+    signal = (s) => c.kill(s);
+    started = Promise.resolve(true);
+  }
   const flushed: Promise<void>[] = [];
   if (maskOut && child.stdout) flushed.push(relayOutput(child.stdout, process.stdout, patterns));
   if (maskErr && child.stderr) flushed.push(relayOutput(child.stderr, process.stderr, patterns));
-  return { child, flushed };
+  return { child, flushed, signal, started };
 }
 
 /** Resolves when the child exits, or with the spawn error when it could not start. */

@@ -1,6 +1,7 @@
 /**
  * `lessor run`: resolve the references in the child's environment through leases, start the child
- * (no shell), mask secret values in its output when that goes to a pipe or file, pass signals on,
+ * (no shell) in the sandbox (src/cli/run/sandbox.ts; unconfined with --no-sandbox, after one
+ * warning), mask secret values in its output when that goes to a pipe or file, pass signals on,
  * revoke every lease when it exits, and exit with its code (128 + N when signal N killed it). The
  * child itself is src/cli/run/child.ts.
  */
@@ -10,6 +11,7 @@ import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import type { MaskPattern } from "./mask.js";
+import { noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 
 /** Options of {@link runChild}. */
@@ -18,6 +20,10 @@ export interface RunOptions {
   envFiles: string[];
   domains: string[];
   ttl?: string;
+  /** False for --no-sandbox. */
+  sandbox: boolean;
+  /** --project: the directory the sandbox shows (default: the current directory). */
+  project?: string;
 }
 
 /** Thrown inside the run when a signal arrives before the child starts. */
@@ -43,6 +49,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   try {
     const vars = baseEnv(process.env, o.envFiles);
     const found = scanEnv(vars);
+    // Before any lease: a run that cannot be confined takes none.
+    let sandbox: RunSandbox | null = null;
+    if (o.sandbox) sandbox = prepareSandbox(vaultPaths(cli.home, process.env), { project: o.project, cmd, pathValue: vars.get("PATH")?.value });
+    else cli.err(noSandboxWarning(vaultPaths(cli.home, process.env)));
     let env: Record<string, string>;
     let childModule: Promise<typeof import("./child.js")>;
     if (found.length > 0) {
@@ -75,18 +85,29 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     }
     const { startChild, exited } = await childModule;
     abort();
+    let features: Awaited<RunSandbox["ready"]> | undefined;
+    if (sandbox) {
+      if ("error" in sandbox.command) return cannotRun(cli, cmd, sandbox.command.error);
+      features = await sandbox.ready;
+      abort();
+      const scrubbed = sandbox.childEnv(env, vars, found);
+      env = scrubbed.env;
+      if (scrubbed.withheld.length > 0)
+        cli.err(
+          `lessor: not passed to the sandboxed command (credentials in your environment): ${scrubbed.withheld.join(", ")}; store them in the vault and refer to them (${scrubbed.withheld[0]}='$S:name'), or put them in an --env-file`,
+        );
+    }
 
-    const { child, flushed } = startChild(cmd, args, env, patterns);
-    relay.attach(child);
+    const { child, flushed, signal, started } = startChild(cmd, args, env, patterns, sandbox && features ? { sandbox, features } : undefined);
+    relay.attach(child, signal);
     const ended = await exited(child);
     // The child is gone: its leases end now, before lessor waits for the last of its output.
     await revoke();
     await Promise.all(flushed);
-    if (ended.error) {
-      const code = ended.error.code;
-      const exit = code === "ENOENT" ? 127 : 126;
-      cli.err(`lessor: cannot run ${JSON.stringify(cmd)}: ${code === "ENOENT" ? "no such command; check the name and PATH" : `${code ?? "error"}; check that it is an executable file`}`);
-      return exit;
+    if (ended.error) return cannotRun(cli, cmd, ended.error.code);
+    if (!(await started)) {
+      cli.err("lessor: bwrap could not make the sandbox (its message is above); the command was not started");
+      return 126;
     }
     if (ended.signal) return signalExitCode(ended.signal);
     return ended.code ?? 1;
@@ -102,6 +123,12 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     for (const p of patterns) p.bytes.fill(0);
     relay.dispose();
   }
+}
+
+/** Says why `cmd` could not be started; returns the exit code a shell would give (127 not found, 126 not executable). */
+function cannotRun(cli: Cli, cmd: string, code: string | undefined): number {
+  cli.err(`lessor: cannot run ${JSON.stringify(cmd)}: ${code === "ENOENT" ? "no such command; check the name and PATH" : `${code ?? "error"}; check that it is an executable file`}`);
+  return code === "ENOENT" ? 127 : 126;
 }
 
 /** The run's own backend: opened when leases are taken, reopened if it failed when revoking them. */

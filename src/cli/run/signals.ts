@@ -18,6 +18,7 @@ export function signalExitCode(signal: NodeJS.Signals): number {
 /** Catches {@link FORWARDED_SIGNALS} from the moment it is made until {@link SignalRelay.dispose}. */
 export class SignalRelay {
   #child: ChildProcess | null = null;
+  #send: (s: NodeJS.Signals) => void = () => {};
   #first: NodeJS.Signals | null = null;
   readonly #handlers = new Map<NodeJS.Signals, () => void>();
 
@@ -34,9 +35,13 @@ export class SignalRelay {
     return this.#first;
   }
 
-  /** From now on, signals go to `child`. */
-  attach(child: ChildProcess): void {
+  /**
+   * From now on, signals go to `child`, through `send` when given (a sandboxed command is not the
+   * process lessor started: src/sandbox/launch.ts).
+   */
+  attach(child: ChildProcess, send?: (s: NodeJS.Signals) => void): void {
     this.#child = child;
+    this.#send = send ?? ((s) => child.kill(s));
   }
 
   #receive(s: NodeJS.Signals): void {
@@ -47,7 +52,7 @@ export class SignalRelay {
     }
     if (child.exitCode === null && child.signalCode === null) {
       try {
-        child.kill(s);
+        this.#send(s);
       } catch {
         // the child is already gone
       }

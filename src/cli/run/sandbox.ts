@@ -1,0 +1,174 @@
+/**
+ * `lessor run`'s sandbox (src/sandbox/, docs/sandbox.md): what it must not show, taken from the
+ * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
+ * before any lease is taken, so a run that cannot be confined never takes one.
+ */
+import { accessSync, constants, statSync } from "node:fs";
+import { homedir } from "node:os";
+import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
+import { VaultError } from "../../base/errors.js";
+import { loadConfig } from "../../config/load.js";
+import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
+import type { Config } from "../../config/config.js";
+import { bwrapArgs } from "../../sandbox/bwrap-args.js";
+import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
+import { withheldReason } from "../../sandbox/env.js";
+import { CREDENTIAL_STORES, expandHome } from "../../sandbox/hidden.js";
+import { planLayout, shows, type Layout, type Protected } from "../../sandbox/layout.js";
+import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/launch.js";
+import type { EnvVar, VarRefs } from "./child-env.js";
+
+/** Where the vault's own files are, for the sandbox to hide and for the --no-sandbox warning. */
+export interface VaultPaths {
+  home: string;
+  keyFile: string;
+  socket: string;
+  config: Config;
+}
+
+/** The home, its configuration, and the key file and socket it names. */
+export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEnv): VaultPaths {
+  const home = resolveHome(homeOption, env);
+  const config = loadConfig(home);
+  const socket = env["LESSOR_SOCKET"] ? resolve(env["LESSOR_SOCKET"]) : inHome(home, config.server.socket);
+  return { home, keyFile: inHome(home, config.keys.file), socket, config };
+}
+
+/** The one line `--no-sandbox` prints: what the unconfined agent can reach. */
+export function noSandboxWarning(p: VaultPaths): string {
+  return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), the vault's key file ${p.keyFile} and home ${p.home}, and connect to the daemon's socket ${p.socket}`;
+}
+
+/** Directories that hold a socket among other things: hiding one would hide too much. */
+const SHARED_DIRS = ["/", "/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm"];
+
+/** What the sandbox must not show: the vault's files, the caller's token, the owner's credential stores. */
+function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | undefined): Protected[] {
+  const c = p.config;
+  const out: Protected[] = [
+    { path: p.home, what: "the lessor home" },
+    { path: p.keyFile, what: "the vault's key file" },
+    { path: inHome(p.home, c.keys.passphraseFile), what: "the vault's passphrase key store" },
+    { path: inHome(p.home, HOME_FILES.config), what: "the vault's configuration" },
+    { path: inHome(p.home, HOME_FILES.database), what: "the vault's database" },
+    { path: inHome(p.home, c.policyFile), what: "the vault's policy" },
+    { path: p.socket, what: "the daemon's socket" },
+  ];
+  // The socket's directory too, unless it is a shared one (/tmp, /run, the home): then the socket alone.
+  const socketDir = dirname(p.socket);
+  if (!SHARED_DIRS.includes(socketDir) && socketDir !== home) out.push({ path: socketDir, what: "the daemon's socket directory" });
+  if (c.auditJsonl !== null) out.push({ path: inHome(p.home, c.auditJsonl), what: "the vault's audit file" });
+  // The owner's ssh agent: its socket would sign as the owner (it is withheld from the environment too).
+  const agentSocket = env["SSH_AUTH_SOCK"];
+  if (agentSocket && isAbsolute(agentSocket)) out.push({ path: agentSocket, what: "your ssh agent's socket" });
+  const tokenFile = env["LESSOR_TOKEN_FILE"];
+  if (tokenFile && isAbsolute(tokenFile)) out.push({ path: tokenFile, what: "the daemon token file" });
+  for (const s of [...CREDENTIAL_STORES, ...c.run.hide]) {
+    const path = expandHome(s, home);
+    if (path !== null) out.push({ path, what: `a credential store (${s})` });
+  }
+  return out;
+}
+
+/** The first `cmd` on `pathValue` (or `cmd` itself when it holds a slash), as execvp would find it. */
+function findCommand(cmd: string, pathValue: string | undefined, cwd: string): { path: string } | { error: "ENOENT" | "EACCES" } {
+  const candidates = cmd.includes("/") ? [resolve(cwd, cmd)] : (pathValue ?? "/usr/bin:/bin").split(delimiter).map((d) => join(resolve(cwd, d || "."), cmd));
+  let denied = false;
+  for (const c of candidates) {
+    try {
+      if (!statSync(c).isFile()) continue;
+      accessSync(c, constants.X_OK);
+      return { path: c };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EACCES") denied = true;
+    }
+  }
+  return { error: denied ? "EACCES" : "ENOENT" };
+}
+
+/** A sandbox made ready for one run. */
+export interface RunSandbox {
+  layout: Layout;
+  /** The command's path, or why it cannot be run (reported as an unconfined run reports it). */
+  command: { path: string } | { error: "ENOENT" | "EACCES" };
+  /** Resolves once bwrap is known to work here; rejects with the reason it does not. */
+  ready: Promise<BwrapFeatures>;
+  /**
+   * The child's environment in the sandbox: lessor's own variables and the owner's session sockets
+   * dropped; credentials that came as plain values from the owner's environment dropped and named
+   * in `withheld` (a reference or an --env-file line passes).
+   */
+  childEnv(env: Record<string, string>, vars: Map<string, EnvVar>, found: VarRefs[]): { env: Record<string, string>; withheld: string[] };
+  /** Starts the command (`features`: what {@link RunSandbox.ready} found). */
+  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[]): Sandboxed;
+}
+
+/** Options of {@link prepareSandbox}. */
+export interface SandboxOptions {
+  /** --project, else the current directory. */
+  project: string | undefined;
+  cmd: string;
+  /** The child's PATH (as lessor's environment and the env files set it). */
+  pathValue: string | undefined;
+}
+
+/**
+ * Checks that bwrap is installed (synchronously: a missing bwrap stops the run before anything
+ * else), plans the layout and finds the command; the sandbox probe runs meanwhile.
+ */
+export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS.ProcessEnv = process.env): RunSandbox {
+  const bwrap = findBwrap(env["PATH"]);
+  if (bwrap === null) throw bwrapMissingError();
+  const home = env["HOME"] ? resolve(env["HOME"]) : homedir() || undefined;
+  const run = paths.config.run;
+  const expand = (list: string[], field: string): string[] =>
+    list.map((p) => {
+      const e = expandHome(p, home);
+      if (e === null) throw new VaultError("config_invalid", `[run] ${field}: ${p} starts with ~/ and HOME is not set`);
+      return e;
+    });
+  const layout = planLayout({
+    home,
+    project: run.project === "none" ? null : resolve(o.project ?? process.cwd()),
+    projectWritable: run.project === "read-write",
+    read: expand(run.read, "read"),
+    write: expand(run.write, "write"),
+    protect: protectedPaths(paths, env, home),
+  });
+  const command = findCommand(o.cmd, o.pathValue, process.cwd());
+  if ("path" in command && !shows(layout, command.path))
+    throw new VaultError(
+      "invalid_request",
+      `${JSON.stringify(o.cmd)} is ${command.path}, which the sandbox does not show the agent (it shows the system directories, the project directory and the [run] read and write paths of lessor.toml); add its directory to [run] read, e.g. read = ["${dirname(command.path)}"], or install it system-wide. The command was not started`,
+    );
+  const ready = probeSandbox(bwrap);
+  ready.catch(() => {}); // awaited before the start; a run stopped earlier must not see it unhandled
+  return {
+    layout,
+    command,
+    ready,
+    childEnv(childEnv, vars, found) {
+      const referred = new Set(found.map((f) => f.key));
+      const out: Record<string, string> = {};
+      const withheld: string[] = [];
+      for (const [k, v] of Object.entries(childEnv)) {
+        const reason = withheldReason(k);
+        if (reason === "lessor" || reason === "session") continue;
+        if (reason === "credential" && !referred.has(k) && vars.get(k)?.from === "the environment") {
+          withheld.push(k);
+          continue;
+        }
+        out[k] = v;
+      }
+      // Where the agent starts, and a temporary directory it can use (the owner's may not be shown).
+      out["PWD"] = layout.cwd;
+      delete out["OLDPWD"];
+      if (out["TMPDIR"] !== undefined && !shows(layout, out["TMPDIR"])) out["TMPDIR"] = "/tmp";
+      return { env: out, withheld };
+    },
+    start(features, args, childEnv, stdio) {
+      if (!("path" in command)) throw new Error("the command was not found");
+      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, features), command.path, args, stdio);
+    },
+  };
+}

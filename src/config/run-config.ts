@@ -1,0 +1,53 @@
+/**
+ * The `[run]` table of lessor.toml: what `lessor run`'s sandbox shows the agent (src/sandbox/,
+ * docs/sandbox.md). Paths are kept as written (`~/` is the owner's home; expanded by the caller).
+ */
+import { VaultError } from "../base/errors.js";
+
+/** How the project directory (the current directory, or --project) is shown in the sandbox. */
+export const PROJECT_ACCESS = ["read-write", "read-only", "none"] as const;
+export type ProjectAccess = (typeof PROJECT_ACCESS)[number];
+
+/** The `[run]` table, with defaults filled in. */
+export interface RunConfig {
+  /** More paths never shown to the agent, on top of the built-in credential stores. */
+  hide: string[];
+  /** Paths shown read-only (an agent's install directory, say `~/.nvm`). */
+  read: string[];
+  /** Paths shown writable (an agent's own state, say `~/.claude`). */
+  write: string[];
+  project: ProjectAccess;
+}
+
+export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write" };
+
+const FIELDS = ["hide", "read", "write", "project"] as const;
+
+function fail(source: string, where: string, msg: string): never {
+  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
+}
+
+function paths(source: string, field: string, v: unknown): string[] {
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string" && x.length > 0 && x.length <= 4096 && !x.includes("\0")))
+    fail(source, `[run] ${field}`, 'expected a list of paths, such as ["~/.claude"]');
+  for (const p of v as string[])
+    if (!p.startsWith("/") && !p.startsWith("~/")) fail(source, `[run] ${field}`, `${JSON.stringify(p)} is not an absolute path; write /path or ~/path`);
+  return v as string[];
+}
+
+/** Parses the `[run]` table (`raw` is undefined when absent). */
+export function parseRunConfig(source: string, raw: unknown): RunConfig {
+  const out: RunConfig = structuredClone(DEFAULT_RUN_CONFIG);
+  if (raw === undefined) return out;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail(source, "[run]", "expected a table");
+  const t = raw as Record<string, unknown>;
+  for (const k of Object.keys(t)) if (!(FIELDS as readonly string[]).includes(k)) fail(source, "[run]", `unknown field "${k}" (known: ${FIELDS.join(", ")})`);
+  if (t.hide !== undefined) out.hide = paths(source, "hide", t.hide);
+  if (t.read !== undefined) out.read = paths(source, "read", t.read);
+  if (t.write !== undefined) out.write = paths(source, "write", t.write);
+  if (t.project !== undefined) {
+    if (!PROJECT_ACCESS.includes(t.project as ProjectAccess)) fail(source, "[run] project", `expected one of ${PROJECT_ACCESS.map((p) => `"${p}"`).join(", ")}, got ${JSON.stringify(t.project)}`);
+    out.project = t.project as ProjectAccess;
+  }
+  return out;
+}

@@ -1,0 +1,59 @@
+/**
+ * The bwrap arguments for a {@link Layout} and an environment. They reach bwrap through `--args FD`
+ * (a pipe), not its command line: /proc/PID/cmdline is readable by every user of the machine, and
+ * the environment holds the leased values.
+ */
+import type { Layout } from "./layout.js";
+
+/** Options of {@link bwrapArgs}. */
+export interface BwrapOptions {
+  /** Pass `--disable-userns` (bwrap 0.8 and later): the agent cannot make user namespaces of its own. */
+  disableUserns: boolean;
+}
+
+/**
+ * The namespaces and process settings: own user, PID, IPC, UTS, cgroup and network namespaces
+ * (the network one holds only a loopback interface: no route out), killed with lessor, a new
+ * terminal session (no TIOCSTI typing into the owner's terminal), no capabilities even when run as
+ * root.
+ */
+function namespaceArgs(o: BwrapOptions): string[] {
+  return ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL", ...(o.disableUserns ? ["--disable-userns"] : [])];
+}
+
+/** The mounts, in order: the layout's, a fresh /proc and /dev, the read-only overlays, the masks, then the root made read-only. */
+function mountArgs(layout: Layout): string[] {
+  const a: string[] = [];
+  for (const m of layout.mounts) {
+    if (m.kind === "system") a.push("--ro-bind", m.path, m.path);
+    else if (m.kind === "symlink") a.push("--symlink", m.target, m.path);
+    else if (m.kind === "scratch") a.push("--tmpfs", m.path);
+    else a.push(m.writable ? "--bind" : "--ro-bind", m.path, m.path);
+  }
+  a.push("--proc", "/proc", "--dev", "/dev");
+  for (const p of layout.readOnly) a.push("--ro-bind", p, p);
+  for (const m of layout.masks) {
+    if (m.dir) a.push("--tmpfs", m.path, "--remount-ro", m.path);
+    else a.push("--ro-bind", "/dev/null", m.path);
+  }
+  a.push("--remount-ro", "/", "--chdir", layout.cwd);
+  return a;
+}
+
+/** The environment as an allow-list: nothing of bwrap's own environment passes. */
+function envArgs(env: Record<string, string>): string[] {
+  const a = ["--clearenv"];
+  for (const [k, v] of Object.entries(env)) a.push("--setenv", k, v);
+  return a;
+}
+
+/** Every argument before `--` and the command, for `bwrap --args FD`. */
+export function bwrapArgs(layout: Layout, env: Record<string, string>, o: BwrapOptions): string[] {
+  return [...namespaceArgs(o), ...mountArgs(layout), ...envArgs(env)];
+}
+
+/** `args` as `--args FD` reads them: each followed by a NUL byte. An argument holding NUL is refused. */
+export function encodeArgs(args: string[]): Buffer {
+  for (const a of args) if (a.includes("\0")) throw new TypeError("a bwrap argument cannot contain a NUL byte");
+  return Buffer.from(args.map((a) => `${a}\0`).join(""), "utf8");
+}

@@ -1,0 +1,65 @@
+/**
+ * What the sandbox never shows, whatever else it shows: the owner's credential stores (more can be
+ * added with `[run] hide` in lessor.toml) and the secret files of /etc. The owner's home is not
+ * shown at all unless a `[run] read`/`write` entry or the project directory is inside it; these
+ * lists matter when one is, and when a store lives outside the home through a symlink.
+ */
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+
+/** The owner's credential stores, relative to the home (`~/`). */
+export const CREDENTIAL_STORES: readonly string[] = [
+  "~/.ssh",
+  "~/.aws",
+  "~/.config/gh",
+  "~/.netrc",
+  "~/.npmrc",
+  "~/.docker/config.json",
+  "~/.gnupg",
+  "~/.git-credentials",
+  "~/.config/git/credentials",
+  "~/.kube",
+  "~/.config/gcloud",
+  "~/.azure",
+  "~/.pypirc",
+  "~/.cargo/credentials.toml",
+  "~/.cargo/credentials",
+  "~/.terraform.d/credentials.tfrc.json",
+  "~/.password-store",
+  "~/.local/share/keyrings",
+];
+
+/** Files and directories of /etc that hold secrets (readable to root, which a sandbox may run as). */
+const ETC_SECRETS: readonly string[] = [
+  "/etc/shadow",
+  "/etc/shadow-",
+  "/etc/gshadow",
+  "/etc/gshadow-",
+  "/etc/sudoers",
+  "/etc/sudoers.d",
+  "/etc/security/opasswd",
+  "/etc/ssl/private",
+  "/etc/krb5.keytab",
+  "/etc/wireguard",
+  "/etc/NetworkManager/system-connections",
+  "/etc/letsencrypt",
+  "/etc/lessor",
+];
+
+/** {@link ETC_SECRETS} plus the ssh host private keys (`/etc/ssh/ssh_host_*_key`). */
+export function etcSecrets(): string[] {
+  const out = [...ETC_SECRETS];
+  try {
+    for (const f of readdirSync("/etc/ssh")) if (/^ssh_host_.*_key$/.test(f)) out.push(join("/etc/ssh", f));
+  } catch {
+    // no /etc/ssh
+  }
+  return out;
+}
+
+/** `~/x` → `<home>/x`; other paths unchanged. Null for `~/x` when there is no home. */
+export function expandHome(p: string, home: string | undefined): string | null {
+  if (p === "~") return home ?? null;
+  if (!p.startsWith("~/")) return p;
+  return home ? join(home, p.slice(2)) : null;
+}

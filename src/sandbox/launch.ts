@@ -1,0 +1,91 @@
+/**
+ * Starting a command in the sandbox, and reaching it once started. bwrap runs a small init as the
+ * sandbox's PID 1 and the command as its child; bwrap itself does not pass signals on, so lessor
+ * sends each one to the command directly (its host PID, found from the init's, which bwrap reports
+ * on its status pipe).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { encodeArgs } from "./bwrap-args.js";
+
+/** How one of the command's standard streams is given: lessor's own, or a pipe to lessor. */
+export type StdioKind = "inherit" | "pipe" | "ignore";
+
+/** A started sandbox. */
+export interface Sandboxed {
+  /** The bwrap process: its exit code is the command's (128 + N when signal N killed it). */
+  child: ChildProcess;
+  /** Sends `signal` to the command inside (not to bwrap, which would die and take the sandbox with it). */
+  signal(signal: NodeJS.Signals): void;
+  /** Resolves true once the sandbox is made and the command started, false if bwrap failed before. */
+  started: Promise<boolean>;
+}
+
+/** The children of `pid` (Linux ≥ 3.5 with /proc/PID/task/PID/children, else a scan of /proc). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    const out: number[] = [];
+    for (const e of readdirSync("/proc")) {
+      if (!/^\d+$/.test(e)) continue;
+      try {
+        // "pid (comm) state ppid …": comm may hold spaces and parentheses, so read after the last ")".
+        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+        if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(e));
+      } catch {
+        // gone
+      }
+    }
+    return out;
+  }
+}
+
+/**
+ * Starts `bwrap --args 3 --json-status-fd 4 -- CMD ARGS…` with the arguments of
+ * src/sandbox/bwrap-args.ts written to fd 3 (then wiped) and an empty environment of its own.
+ * `stdio` gives the command's stdin, stdout and stderr.
+ */
+export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[]): Sandboxed {
+  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe"] });
+  const blob = encodeArgs(args);
+  const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;
+  argsPipe.on("error", () => {}); // bwrap gone before reading: its exit says why
+  argsPipe.end(blob, () => blob.fill(0));
+
+  let init: number | null = null;
+  const started = new Promise<boolean>((resolve) => {
+    const status = child.stdio[4] as NonNullable<ChildProcess["stdout"]>;
+    let text = "";
+    status.on("data", (d: Buffer) => {
+      text += d.toString("utf8");
+      const m = /"child-pid"\s*:\s*(\d+)/.exec(text);
+      if (m && init === null) {
+        init = Number(m[1]);
+        resolve(true);
+      }
+    });
+    status.on("error", () => resolve(false));
+    status.on("close", () => resolve(init !== null));
+  });
+
+  const signal = (s: NodeJS.Signals, tries = 0): void => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const pids = init === null ? [] : childrenOf(init);
+    if (pids.length === 0) {
+      // The command is not started yet (bwrap is still making the sandbox, or its init has not
+      // forked): try again shortly, then stop bwrap, which takes the whole sandbox with it.
+      if (tries < 20) setTimeout(() => signal(s, tries + 1), 10).unref();
+      else child.kill(s);
+      return;
+    }
+    for (const pid of pids) {
+      try {
+        process.kill(pid, s);
+      } catch {
+        // already gone
+      }
+    }
+  };
+  return { child, signal: (s) => signal(s), started };
+}

@@ -1,0 +1,201 @@
+/**
+ * The sandbox's filesystem, decided before anything runs: which host paths the agent sees, which it
+ * may write, and which are covered. The rules (docs/sandbox.md):
+ *
+ * - the system (/usr, /etc, /opt, /nix and the /bin, /lib… links or directories) read-only;
+ * - an empty /tmp, /var/tmp and home: the owner's home is never bound as a whole, so a symlink or a
+ *   `..` inside the sandbox leads only to what was bound;
+ * - the project directory and the `[run] read`/`write` paths, bound at their real paths (symlinks
+ *   resolved), parents before children;
+ * - every protected path (the lessor home, the key, the daemon socket, the credential stores, /etc's
+ *   secrets) that one of those shows is covered, at its real path and at the path it is known by;
+ * - refused: showing a protected path's own directory or anything inside it; a writable view of the
+ *   home or of any directory above it (the agent could plant ~/.bashrc and run as the owner later);
+ *   the root directory; /tmp, /run and the like as a whole (other programs' sockets live there).
+ */
+import { existsSync, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
+import { isAbsolute, resolve, sep } from "node:path";
+import { VaultError } from "../base/errors.js";
+import { etcSecrets } from "./hidden.js";
+
+/** A path the sandbox must not show, and what it is (for messages). */
+export interface Protected {
+  path: string;
+  what: string;
+}
+
+/** What {@link planLayout} needs. Paths are absolute (the caller expands `~/`). */
+export interface LayoutRequest {
+  /** The owner's home ($HOME): shown as an empty directory. */
+  home: string | undefined;
+  /** The project directory, or null for none. */
+  project: string | null;
+  projectWritable: boolean;
+  /** Also shown read-only / writable; missing paths are skipped. */
+  read: string[];
+  write: string[];
+  protect: Protected[];
+}
+
+/** One mount of the layout, in the order bwrap makes them. */
+export type Mount =
+  | { kind: "system"; path: string }
+  | { kind: "symlink"; path: string; target: string }
+  | { kind: "scratch"; path: string }
+  | { kind: "bind"; path: string; writable: boolean; why: string };
+
+/** A protected path that a shown directory holds, covered in the sandbox. */
+export interface Mask {
+  path: string;
+  dir: boolean;
+  what: string;
+}
+
+/** The sandbox's filesystem. */
+export interface Layout {
+  mounts: Mount[];
+  /** Paths inside writable binds shown read-only (a project's git hooks and config run later as the owner). */
+  readOnly: string[];
+  masks: Mask[];
+  /** The working directory inside. */
+  cwd: string;
+}
+
+/** System directories shown read-only when they exist. */
+const SYSTEM_DIRS = ["/usr", "/etc", "/opt", "/nix"];
+/** Shown as the symlinks they are (merged /usr), or read-only when they are directories. */
+const SYSTEM_LINKS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+/**
+ * Directories every program on the machine puts its sockets in (ssh-agent, tmux, X11, D-Bus): a
+ * Unix socket works across network namespaces, so showing one of these would let the agent drive
+ * the owner's ssh agent or a tmux session outside the sandbox.
+ */
+const SHARED_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/var"];
+/** Inside a writable directory, shown read-only: git runs these as the owner, outside the sandbox. */
+const KEEP_READ_ONLY = [".git/hooks", ".git/config"];
+
+/** True when `p` is `dir` or inside it. */
+export function within(p: string, dir: string): boolean {
+  return p === dir || p.startsWith(dir === sep ? sep : dir + sep);
+}
+
+function depth(p: string): number {
+  return p === sep ? 0 : p.split(sep).length - 1;
+}
+
+function real(p: string): string | null {
+  try {
+    return realpathSync(p);
+  } catch {
+    return null;
+  }
+}
+
+function refuse(msg: string): never {
+  throw new VaultError("invalid_request", `${msg}; lessor run did not start the command`);
+}
+
+/** Decides the sandbox's filesystem; throws VaultError("invalid_request") for a layout it refuses. */
+export function planLayout(req: LayoutRequest): Layout {
+  const mounts: Mount[] = [];
+  for (const d of SYSTEM_DIRS) if (real(d) === d && statSync(d).isDirectory()) mounts.push({ kind: "system", path: d });
+  for (const d of SYSTEM_LINKS) {
+    let st;
+    try {
+      st = lstatSync(d);
+    } catch {
+      continue;
+    }
+    if (st.isSymbolicLink()) mounts.push({ kind: "symlink", path: d, target: readlinkSync(d) });
+    else if (st.isDirectory()) mounts.push({ kind: "system", path: d });
+  }
+  const systemRoots = mounts.map((m) => m.path);
+
+  // The paths to protect, at the path they are known by and at their real path.
+  const protect: Protected[] = [];
+  for (const p of [...req.protect, ...etcSecrets().map((path) => ({ path, what: "a secret file of /etc" }))]) {
+    if (!isAbsolute(p.path)) continue;
+    protect.push({ path: resolve(p.path), what: p.what });
+    const r = real(p.path);
+    if (r !== null && r !== resolve(p.path)) protect.push({ path: r, what: p.what });
+  }
+
+  const home = req.home && isAbsolute(req.home) ? resolve(req.home) : null;
+  const homeReal = home ? real(home) : null;
+  const scratch = new Set(["/tmp", "/var/tmp"]);
+  for (const h of [home, homeReal])
+    if (h !== null && h !== sep && !systemRoots.some((s) => within(s, h) || within(h, s))) scratch.add(h);
+
+  // What is bound: the project, then [run] write and read (a path in both is writable).
+  const binds = new Map<string, { writable: boolean; why: string }>();
+  const add = (given: string, writable: boolean, why: string, required: boolean): void => {
+    const r = real(given);
+    if (r === null) {
+      if (required) refuse(`the ${why} ${given} does not exist`);
+      return;
+    }
+    if (r === sep) refuse(`the ${why} is the root directory /, which would show the whole machine to the agent; run lessor run from your project's directory`);
+    for (const d of SHARED_DIRS)
+      if (within(d, r))
+        refuse(`the ${why} ${given} is or holds ${d}, where other programs keep their sockets (ssh-agent, tmux, D-Bus) that the agent could drive from inside; use a directory of its own, such as mktemp -d makes inside ${d}`);
+    for (const p of protect)
+      if (within(r, p.path)) refuse(`the ${why} ${given} is ${r === p.path ? "" : "inside "}${p.what} (${p.path}), which the agent must not see; run from another directory, or change [run] in lessor.toml`);
+    if (writable) {
+      for (const h of [home, homeReal])
+        if (h !== null && within(h, r))
+          refuse(
+            `the ${why} ${given} would be writable and holds your home directory (${h}): the agent could change ~/.bashrc or ~/.profile and so run as you outside the sandbox; run from your project's directory, or set [run] project = "read-only" in lessor.toml`,
+          );
+      for (const s of systemRoots) if (within(s, r)) refuse(`the ${why} ${given} would be writable and holds ${s}; choose a narrower directory`);
+    }
+    const had = binds.get(r);
+    binds.set(r, { writable: writable || (had?.writable ?? false), why: had?.why ?? why });
+  };
+  if (req.project !== null) add(req.project, req.projectWritable, "project directory", true);
+  for (const w of req.write) add(w, true, "[run] write path", false);
+  for (const r of req.read) add(r, false, "[run] read path", false);
+
+  for (const s of scratch) if (!binds.has(s)) mounts.push({ kind: "scratch", path: s });
+  for (const [path, b] of binds) mounts.push({ kind: "bind", path, ...b });
+  // Parents before children; at one depth the system first, then scratch, then binds (stable sort).
+  mounts.sort((a, b) => depth(a.path) - depth(b.path));
+
+  const readOnly: string[] = [];
+  for (const [path, b] of binds)
+    if (b.writable) for (const k of KEEP_READ_ONLY) if (existsSync(`${path}/${k}`) && !lstatSync(`${path}/${k}`).isSymbolicLink()) readOnly.push(`${path}/${k}`);
+
+  // A protected path is covered when the deepest mount holding it shows the host there.
+  const masks: Mask[] = [];
+  for (const p of protect) {
+    const holder = mounts.filter((m) => m.kind !== "symlink" && within(p.path, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+    if (!holder || holder.kind === "scratch") continue;
+    let st;
+    try {
+      st = lstatSync(p.path);
+    } catch {
+      continue; // nothing there to hide
+    }
+    if (st.isSymbolicLink()) continue; // its target is protected (and covered) on its own
+    masks.push({ path: p.path, dir: st.isDirectory(), what: p.what });
+  }
+  masks.sort((a, b) => depth(a.path) - depth(b.path));
+  const covered = masks.filter((m, i) => !masks.slice(0, i).some((o) => o.dir && within(m.path, o.path) && o.path !== m.path));
+  const unique = covered.filter((m, i) => covered.findIndex((o) => o.path === m.path) === i);
+
+  const project = req.project !== null ? real(req.project) : null;
+  const cwd = project ?? home ?? sep;
+  return { mounts, readOnly, masks: unique, cwd };
+}
+
+/**
+ * True when the sandbox shows the host's `path` (after symlinks): a system directory or a bind
+ * holds it and no mask covers it. Used to tell the owner early that a command lives where the
+ * agent cannot see it (under the home, say).
+ */
+export function shows(layout: Layout, path: string): boolean {
+  const r = real(path);
+  if (r === null) return false;
+  const holder = layout.mounts.filter((m) => m.kind !== "symlink" && within(r, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+  if (!holder || holder.kind === "scratch") return false;
+  return !layout.masks.some((m) => within(r, m.path));
+}
