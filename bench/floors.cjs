@@ -70,7 +70,7 @@ if (mode === "lease") {
     child.stderr.pipe(process.stderr);
     child.once("exit", (c) => {
       code = c ?? 1;
-      sock.write(frame({ id: "01890000-0000-7000-8000-000000000002", method: "revoke_lease", params: { leaseId: result.id, reason: "run ended" } }));
+      sock.write(frame({ id: "01890000-0000-7000-8000-000000000002", method: "revoke_lease", params: { leaseId: result.lease.id, reason: "run ended" } }));
     });
   });
 } else {
