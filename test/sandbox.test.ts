@@ -123,7 +123,7 @@ function ownerEnv(extra: Record<string, string> = {}): Record<string, string> {
  * Runs the probe under `lessor run` from `cwd` (a shell exports lessor run's own pid, then execs it,
  * so the probe knows which /proc entry is its parent's).
  */
-function runProbe(opts: { sandbox: boolean; cwd: string; agent: string; writes: Record<string, string>; env?: Record<string, string> }): Promise<RunResult> {
+function runProbe(opts: { sandbox: boolean; cwd: string; agent: string; writes: Record<string, string>; env?: Record<string, string>; extra?: string[]; lookup?: boolean }): Promise<RunResult> {
   const spec = {
     canaries: Object.values(CANARIES),
     read: {
@@ -139,13 +139,13 @@ function runProbe(opts: { sandbox: boolean; cwd: string; agent: string; writes: 
     tcpPort,
     dnsPort,
     writes: opts.writes,
-    lookup: opts.sandbox,
+    lookup: opts.lookup ?? opts.sandbox,
     scanAll: opts.sandbox,
   };
   // The spec holds the canaries: it goes in a file, since the command line shows in /proc/PID/cmdline.
   const specFile = join(PROJECT, `spec-${opts.agent}.json`);
   writeFileSync(specFile, JSON.stringify(spec));
-  const args = ["run", "--agent", opts.agent, ...(opts.sandbox ? [] : ["--no-sandbox"]), "--", NODE, join(PROJECT, "probe.mjs"), specFile];
+  const args = ["run", "--agent", opts.agent, ...(opts.sandbox ? [] : ["--no-sandbox"]), ...(opts.extra ?? []), "--", NODE, join(PROJECT, "probe.mjs"), specFile];
   return new Promise((resolve, reject) => {
     const child = spawn("/bin/sh", ["-c", 'PROBE_LESSOR_PID=$$; export PROBE_LESSOR_PID; exec "$@"', "sh", NODE, "--", BIN, ...args], {
       cwd: opts.cwd,
@@ -283,6 +283,26 @@ describe("lessor run's sandbox, attacked from inside", { skip: HAVE_BWRAP ? fals
     // Exactly the unconfined run's connection and query reached the listeners.
     assert.equal(tcpConnections, 1);
     assert.equal(dnsQueries, 1);
+  });
+
+  test("--network host: the host's network is shared (a loopback listener answers) and said once; files, sockets and processes stay confined", async () => {
+    const before = tcpConnections;
+    // lookup: false: with the host's network, a system DNS lookup would leave the machine.
+    const shared = await runProbe({ sandbox: true, cwd: PROJECT, agent: "prober-hostnet", writes: {}, extra: ["--network", "host"], lookup: false });
+    assert.equal(shared.code, 0, shared.stderr);
+    assert.deepEqual(shared.probes["tcp-loopback"], { ok: true, detail: "connected" });
+    assert.equal(tcpConnections, before + 1);
+    const warnings = shared.stderr.split("\n").filter((l) => l.startsWith("lessor: warning: network host"));
+    assert.equal(warnings.length, 1, shared.stderr);
+    assert.match(warnings[0]!, /any host \(not only the lease's domains\)/);
+    for (const k of ["read:master-key", "read:lessor-db", "list:lessor-home", "read:ssh"]) assert.equal(shared.probes[k]?.ok, false, `${k}: ${JSON.stringify(shared.probes[k])}`);
+    assert.equal(shared.probes["daemon-socket"]?.ok, false, "the daemon's socket file is still not shown");
+    assert.equal(shared.probes["parent-environ"]?.ok, false);
+    assert.deepEqual(shared.probes["canaries"], { ok: false, detail: "" });
+    // A network setting that is not one is refused before anything runs.
+    const bad = await runProbe({ sandbox: true, cwd: PROJECT, agent: "prober-badnet", writes: {}, extra: ["--network", "bridge"], lookup: false });
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--network: expected one of "none", "host", got "bridge"/);
   });
 
   test("~/.ssh, ~/.aws, ~/.config/gh, ~/.netrc, ~/.npmrc, ~/.docker/config.json are not visible (unconfined they are)", () => {

@@ -315,4 +315,5 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # read = ["~/.nvm"]                 # also shown, read-only (an agent installed under your home)
 # write = ["~/.claude"]             # also shown, writable (an agent's own state)
 # hide = ["~/.config/my-tool"]      # never shown, on top of ~/.ssh, ~/.aws, ~/.config/gh, ~/.netrc, …
+# network = "none"                  # loopback only; "host": this machine's network, unscoped (until the proxy)
 `;

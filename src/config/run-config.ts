@@ -8,6 +8,10 @@ import { VaultError } from "../base/errors.js";
 export const PROJECT_ACCESS = ["read-write", "read-only", "none"] as const;
 export type ProjectAccess = (typeof PROJECT_ACCESS)[number];
 
+/** The sandbox's network: only loopback inside ("none"), or the host's ("host": unscoped, until the proxy). */
+export const RUN_NETWORK = ["none", "host"] as const;
+export type RunNetwork = (typeof RUN_NETWORK)[number];
+
 /** The `[run]` table, with defaults filled in. */
 export interface RunConfig {
   /** More paths never shown to the agent, on top of the built-in credential stores. */
@@ -17,11 +21,12 @@ export interface RunConfig {
   /** Paths shown writable (an agent's own state, say `~/.claude`). */
   write: string[];
   project: ProjectAccess;
+  network: RunNetwork;
 }
 
-export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write" };
+export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write", network: "none" };
 
-const FIELDS = ["hide", "read", "write", "project"] as const;
+const FIELDS = ["hide", "read", "write", "project", "network"] as const;
 
 function fail(source: string, where: string, msg: string): never {
   throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
@@ -49,5 +54,12 @@ export function parseRunConfig(source: string, raw: unknown): RunConfig {
     if (!PROJECT_ACCESS.includes(t.project as ProjectAccess)) fail(source, "[run] project", `expected one of ${PROJECT_ACCESS.map((p) => `"${p}"`).join(", ")}, got ${JSON.stringify(t.project)}`);
     out.project = t.project as ProjectAccess;
   }
+  if (t.network !== undefined) out.network = parseRunNetwork(t.network, (msg) => fail(source, "[run] network", msg));
   return out;
+}
+
+/** Checks a network setting (`[run] network`, `--network`). */
+export function parseRunNetwork(v: unknown, onError: (msg: string) => never): RunNetwork {
+  if (!RUN_NETWORK.includes(v as RunNetwork)) onError(`expected one of ${RUN_NETWORK.map((n) => `"${n}"`).join(", ")}, got ${JSON.stringify(v)}`);
+  return v as RunNetwork;
 }

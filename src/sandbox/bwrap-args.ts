@@ -9,6 +9,12 @@ import type { Layout } from "./layout.js";
 export interface BwrapOptions {
   /** Pass `--disable-userns` (bwrap 0.8 and later): the agent cannot make user namespaces of its own. */
   disableUserns: boolean;
+  /**
+   * Share the host's network namespace (`[run] network = "host"`, `--network host`): the agent can
+   * then reach any host, loopback services and abstract Unix sockets. Off by default: the sandbox's
+   * network namespace holds only a loopback interface.
+   */
+  shareNet?: boolean;
 }
 
 /**
@@ -18,7 +24,16 @@ export interface BwrapOptions {
  * root.
  */
 function namespaceArgs(o: BwrapOptions): string[] {
-  return ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL", ...(o.disableUserns ? ["--disable-userns"] : [])];
+  return [
+    "--unshare-all",
+    ...(o.shareNet ? ["--share-net"] : []),
+    "--unshare-user",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+    ...(o.disableUserns ? ["--disable-userns"] : []),
+  ];
 }
 
 /** The mounts, in order: the layout's, a fresh /proc and /dev, the read-only overlays, the masks, then the root made read-only. */

@@ -14,6 +14,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   { name: "domain", value: "<host>", description: "a host the credentials are for (passed to policy); repeat for more", repeat: true },
   { name: "ttl", value: "<duration>", description: "lease lifetime such as 1h (capped by policy)" },
   { name: "project", value: "<dir>", description: "the project directory the sandbox shows the command (default: the current directory)" },
+  { name: "network", value: "<none|host>", description: "the sandbox's network: none (default: loopback only) or host (any host, unscoped: warns once)" },
   { name: "no-sandbox", description: "run the command unconfined, as you (it can read your files and the vault's key); warns once" },
 ];
 
@@ -24,6 +25,7 @@ export interface RunCommandOptions {
   domain?: string[] | undefined;
   ttl?: string | undefined;
   project?: string | undefined;
+  network?: string | undefined;
   /** False when --no-sandbox is given (commander's `--no-` flags default to true). */
   sandbox?: boolean | undefined;
 }
@@ -41,6 +43,7 @@ export function runAction(cli: Cli, command: string[], o: RunCommandOptions): Pr
         ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
         sandbox: o.sandbox !== false,
         ...(o.project !== undefined ? { project: o.project } : {}),
+        ...(o.network !== undefined ? { network: o.network } : {}),
       },
       command,
     );
@@ -52,7 +55,7 @@ export function registerRun(program: Command, cli: Cli): void {
     program
       .command("run")
       .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
-      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--no-sandbox] -- CMD [ARGS…]")
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--network none|host] [--no-sandbox] -- CMD [ARGS…]")
       .argument("<command...>", "the command and its arguments (put them after --)"),
     RUN_OPTIONS,
   )

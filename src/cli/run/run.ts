@@ -11,7 +11,7 @@ import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import type { MaskPattern } from "./mask.js";
-import { noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
+import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 
 /** Options of {@link runChild}. */
@@ -24,6 +24,8 @@ export interface RunOptions {
   sandbox: boolean;
   /** --project: the directory the sandbox shows (default: the current directory). */
   project?: string;
+  /** --network: "none" or "host" (default: `[run] network`, else "none"). */
+  network?: string;
 }
 
 /** Thrown inside the run when a signal arrives before the child starts. */
@@ -51,8 +53,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     const found = scanEnv(vars);
     // Before any lease: a run that cannot be confined takes none.
     let sandbox: RunSandbox | null = null;
-    if (o.sandbox) sandbox = prepareSandbox(vaultPaths(cli.home, process.env), { project: o.project, cmd, pathValue: vars.get("PATH")?.value });
-    else cli.err(noSandboxWarning(vaultPaths(cli.home, process.env)));
+    if (o.sandbox) {
+      sandbox = prepareSandbox(vaultPaths(cli.home, process.env), { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
+      if (sandbox.network === "host") cli.err(hostNetworkWarning());
+    } else cli.err(noSandboxWarning(vaultPaths(cli.home, process.env)));
     let env: Record<string, string>;
     let childModule: Promise<typeof import("./child.js")>;
     if (found.length > 0) {

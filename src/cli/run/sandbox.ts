@@ -10,6 +10,7 @@ import { VaultError } from "../../base/errors.js";
 import { loadConfig } from "../../config/load.js";
 import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
 import type { Config } from "../../config/config.js";
+import { parseRunNetwork, type RunNetwork } from "../../config/run-config.js";
 import { bwrapArgs } from "../../sandbox/bwrap-args.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
 import { withheldReason } from "../../sandbox/env.js";
@@ -93,6 +94,8 @@ export interface RunSandbox {
   command: { path: string } | { error: "ENOENT" | "EACCES" };
   /** Resolves once bwrap is known to work here; rejects with the reason it does not. */
   ready: Promise<BwrapFeatures>;
+  /** The sandbox's network: "none" (loopback only) or "host". */
+  network: RunNetwork;
   /**
    * The child's environment in the sandbox: lessor's own variables and the owner's session sockets
    * dropped; credentials that came as plain values from the owner's environment dropped and named
@@ -103,10 +106,17 @@ export interface RunSandbox {
   start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[]): Sandboxed;
 }
 
+/** The one line `--network host` prints: the agent's network is not scoped. */
+export function hostNetworkWarning(): string {
+  return "lessor: warning: network host: the sandboxed command shares this machine's network: it can reach any host (not only the lease's domains), services listening on loopback and abstract Unix sockets; only its files and processes are confined";
+}
+
 /** Options of {@link prepareSandbox}. */
 export interface SandboxOptions {
   /** --project, else the current directory. */
   project: string | undefined;
+  /** --network, else `[run] network`. */
+  network?: string | undefined;
   cmd: string;
   /** The child's PATH (as lessor's environment and the env files set it). */
   pathValue: string | undefined;
@@ -141,12 +151,16 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
       "invalid_request",
       `${JSON.stringify(o.cmd)} is ${command.path}, which the sandbox does not show the agent (it shows the system directories, the project directory and the [run] read and write paths of lessor.toml); add its directory to [run] read, e.g. read = ["${dirname(command.path)}"], or install it system-wide. The command was not started`,
     );
+  const network = o.network === undefined ? run.network : parseRunNetwork(o.network, (msg) => {
+    throw new VaultError("invalid_request", `--network: ${msg}`);
+  });
   const ready = probeSandbox(bwrap);
   ready.catch(() => {}); // awaited before the start; a run stopped earlier must not see it unhandled
   return {
     layout,
     command,
     ready,
+    network,
     childEnv(childEnv, vars, found) {
       const referred = new Set(found.map((f) => f.key));
       const out: Record<string, string> = {};
@@ -168,7 +182,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     },
     start(features, args, childEnv, stdio) {
       if (!("path" in command)) throw new Error("the command was not found");
-      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, features), command.path, args, stdio);
+      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host" }), command.path, args, stdio);
     },
   };
 }
