@@ -8,9 +8,10 @@ import type { AddressClass } from "./address.js";
 /**
  * Why the proxy refused an upstream: an address class (the host resolved to such an address), `port`
  * (not on the port allow-list), `host_invalid` (not an IP address in standard form and not a valid DNS
- * name, e.g. `0x7f.1`), or `unresolvable` (the name has no address, or the lookup failed or timed out).
+ * name, e.g. `0x7f.1`), `unresolvable` (the name has no address, or the lookup failed or timed out),
+ * or `not_granted` (the egress policy: no grant of the agent covers the host).
  */
-export type RefusalReason = AddressClass | "port" | "host_invalid" | "unresolvable";
+export type RefusalReason = AddressClass | "port" | "host_invalid" | "unresolvable" | "not_granted";
 
 /** Marks ProxyRefusals across copies of this module, as VaultError does. */
 const BRAND: unique symbol = Symbol.for("lessor.ProxyRefusal") as never;
@@ -57,7 +58,12 @@ export class ProxyRefusal extends VaultError {
   problem(): { type: string; title: string; status: number; detail: string; reason: RefusalReason; host: string; port: number; address?: string } {
     return {
       type: `urn:lessor:egress:${this.reason}`,
-      title: this.status === 502 ? "Upstream host could not be resolved" : "Upstream refused by the proxy's SSRF guard",
+      title:
+        this.status === 502
+          ? "Upstream host could not be resolved"
+          : this.reason === "not_granted"
+            ? "Host not covered by any grant of this agent"
+            : "Upstream refused by the proxy's SSRF guard",
       status: this.status,
       detail: this.message,
       reason: this.reason,

@@ -1,0 +1,256 @@
+/**
+ * The injecting forward proxy (first cut): an HTTP/1.1 proxy server that handles CONNECT host:port.
+ * For each CONNECT it asks the {@link Egress} policy, then refuses (403 + problem document), tunnels the
+ * bytes untouched, or intercepts: terminates the client's TLS with the session's {@link LocalCa}, adds
+ * the credential to each request inside and forwards it over verified TLS (./intercept.ts). Every
+ * upstream connection goes through the SSRF guard first and connects to the checked address only.
+ *
+ * Not yet here: HTTP/2, WebSocket upgrades, plain-HTTP (absolute-form) requests, per-request lease
+ * checks and audit events.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createConnection, type AddressInfo, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { TLSSocket } from "node:tls";
+import { isVaultError } from "../base/errors.js";
+import { safeJson } from "../base/text.js";
+import type { Egress, EgressDecision } from "./egress.js";
+import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo, type SsrfGuard } from "./guard.js";
+import { forwardIntercepted, problemResponse, tunnelAgent, upstreamTrust, type Tunnel, type UpstreamTls } from "./intercept.js";
+import type { LocalCa } from "./ca.js";
+import { ProxyRefusal } from "./refusal.js";
+
+/** Default cap on a request head, bytes (node's own default is 16 KiB). */
+export const DEFAULT_MAX_HEADER_SIZE = 16 * 1024;
+/** Default time a client has to send a complete request head, ms. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+/** Default time a connection (client or upstream) may sit without traffic, ms. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+/** Settings of {@link ForwardProxy}. */
+export interface ForwardProxyOptions {
+  /** The policy asked for each CONNECT. */
+  egress: Egress;
+  /** The session CA that certifies intercepted hosts to the client. */
+  ca: LocalCa;
+  /** The SSRF guard every upstream connection goes through. */
+  guard: SsrfGuard;
+  /** Extra CA certificates (PEM) trusted for upstreams, besides the system roots (private upstreams, tests). */
+  upstreamCa?: string | readonly string[];
+  /** Cap on a request head (CONNECT and intercepted requests), bytes. */
+  maxHeaderSize?: number;
+  /** Time to receive a complete request head, ms. */
+  headersTimeoutMs?: number;
+  /** Idle timeout of client connections, tunnels and upstream connections, ms. */
+  idleTimeoutMs?: number;
+  /**
+   * Opens the TCP connection to a checked address (default `net.createConnection`). Tests instrument
+   * it to prove a refused target never reaches it.
+   */
+  connect?: (to: ConnectTo) => Duplex;
+}
+
+const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 500: "Internal Server Error", 502: "Bad Gateway" };
+
+/** Writes a complete HTTP/1.1 answer with a problem document on a raw CONNECT socket and closes it. */
+function answerRaw(socket: Duplex, status: number, problem: object): void {
+  const body = safeJson(problem);
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\n` +
+      "Content-Type: application/problem+json\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      "Connection: close\r\n\r\n" +
+      body,
+  );
+}
+
+function answerRefusal(socket: Duplex, r: ProxyRefusal): void {
+  answerRaw(socket, r.status, r.problem());
+}
+
+/** Splits a CONNECT target `host:port` (IPv6 in brackets). */
+function parseAuthority(target: string): { host: string; port: number } | undefined {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):([0-9]{1,5})$/.exec(target);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  return port >= 1 && port <= 65535 ? { host: m[1]!, port } : undefined;
+}
+
+/** The injecting forward proxy. `listen`, give the child `HTTPS_PROXY=http://127.0.0.1:<port>`, `close`. */
+export class ForwardProxy {
+  readonly server: Server;
+  readonly #opts: ForwardProxyOptions;
+  readonly #up: UpstreamTls;
+  /** Terminated TLS sockets are handed to this server; it never listens itself. */
+  readonly #inner: Server;
+  readonly #tunnels = new WeakMap<object, Tunnel>();
+  readonly #sockets = new Set<Duplex>();
+  readonly #idleMs: number;
+
+  constructor(opts: ForwardProxyOptions) {
+    this.#opts = opts;
+    this.#idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    const serverOpts = {
+      maxHeaderSize: opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
+      headersTimeout: opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS,
+      keepAliveTimeout: this.#idleMs,
+      // The header timeout is enforced by node's periodic check: make it fine enough for short timeouts.
+      connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS),
+      requestTimeout: 0,
+    };
+    this.#up = {
+      connect: opts.connect ?? ((to) => createConnection({ host: to.host, port: to.port, family: to.family })),
+      ca: upstreamTrust(opts.upstreamCa),
+      idleTimeoutMs: this.#idleMs,
+    };
+    this.server = createServer(serverOpts, (req, res) => this.#plainRequest(req, res));
+    this.server.on("connect", (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#connect(req, socket, head));
+    this.server.on("connection", (s: Socket) => this.#track(s));
+    this.#inner = createServer(serverOpts, (req, res) => {
+      const t = this.#tunnels.get(req.socket);
+      if (!t) {
+        res.destroy();
+        return;
+      }
+      forwardIntercepted(t, req, res);
+    });
+    this.#inner.timeout = this.#idleMs;
+    // node starts tracking connections (the header timeout check) when a server starts listening; this
+    // one never listens, as its sockets come from CONNECT tunnels, so start it by hand.
+    this.#inner.emit("listening");
+  }
+
+  /** Listens on `host:port` (default 127.0.0.1 and a free port); resolves to the port. */
+  async listen(port = 0, host = "127.0.0.1"): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, host, () => {
+        this.server.off("error", reject);
+        resolve();
+      });
+    });
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Stops listening and closes every client, tunnel and upstream connection. */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.#sockets) s.destroy();
+    this.#inner.closeAllConnections();
+    this.#inner.close(() => {}); // stops its header-timeout check; it was never listening
+    this.server.closeAllConnections();
+    await closed;
+  }
+
+  #track(s: Duplex): void {
+    this.#sockets.add(s);
+    s.once("close", () => this.#sockets.delete(s));
+  }
+
+  /** Absolute-form (plain HTTP) proxying is not part of this cut: only CONNECT. */
+  #plainRequest(_req: IncomingMessage, res: ServerResponse): void {
+    res.setHeader("allow", "CONNECT");
+    problemResponse(res, 405, "method", "Method not allowed: this proxy takes CONNECT host:port only (use https:// URLs)");
+  }
+
+  async #connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    const at = parseAuthority(req.url ?? "");
+    if (!at) {
+      answerRaw(socket, 400, { type: "urn:lessor:proxy:connect_target", title: "Bad CONNECT target", status: 400, detail: "CONNECT takes host:port" });
+      return;
+    }
+    try {
+      // Canonical host for the policy: a grant for api.github.com must match API.GitHub.com. too.
+      const lit = parseHostLiteral(at.host);
+      if (typeof lit !== "object") await this.#opts.guard.check(at.host, at.port); // throws the guard's own refusal
+      const host = typeof lit === "object" ? (lit.ip ? lit.ip.text : lit.name) : at.host;
+      const decision: EgressDecision = await this.#opts.egress.decide(host, at.port);
+      if (decision.kind === "refuse") {
+        answerRefusal(socket, decision.refusal);
+        return;
+      }
+      const target = await this.#opts.guard.check(host, at.port);
+      if (decision.kind === "tunnel") await this.#tunnel(target, socket, head);
+      else this.#intercept(host, at.port, target, decision, socket, head);
+    } catch (e) {
+      if (e instanceof ProxyRefusal) answerRefusal(socket, e);
+      else if (isVaultError(e) && e.code === "access_denied")
+        answerRaw(socket, 403, { type: "urn:lessor:proxy:access_denied", title: "Forbidden", status: 403, detail: e.message });
+      else answerRaw(socket, 500, { type: "urn:lessor:proxy:internal", title: "Proxy error", status: 500, detail: "the proxy failed to handle the CONNECT" });
+    }
+  }
+
+  /** Opens the checked upstream, then answers 200 and pipes bytes both ways, untouched. */
+  async #tunnel(target: CheckedTarget, socket: Duplex, head: Buffer): Promise<void> {
+    const up = connectChecked(target, this.#up.connect);
+    this.#track(up);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        up.once("connect", resolve);
+        up.once("error", reject);
+      });
+    } catch (e) {
+      up.destroy();
+      const code = (e as { code?: unknown }).code;
+      answerRaw(socket, 502, {
+        type: "urn:lessor:proxy:upstream",
+        title: "Bad gateway",
+        status: 502,
+        detail: `could not connect to ${target.host} port ${target.port} (${typeof code === "string" ? code : "error"})`,
+      });
+      return;
+    }
+    const closeBoth = (): void => {
+      up.destroy();
+      socket.destroy();
+    };
+    up.on("error", closeBoth);
+    socket.on("error", closeBoth);
+    up.on("close", () => socket.destroy());
+    socket.on("close", () => up.destroy());
+    setIdle(socket, this.#idleMs, closeBoth);
+    socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+    if (head.length > 0) up.write(head);
+    socket.pipe(up);
+    up.pipe(socket);
+  }
+
+  /** Answers 200, terminates the client's TLS with a leaf for `host` and serves HTTP/1.1 inside. */
+  #intercept(host: string, port: number, target: CheckedTarget, decision: Extract<EgressDecision, { kind: "intercept" }>, socket: Duplex, head: Buffer): void {
+    // Throws access_denied for a host the CA may not certify: answered 403 before the tunnel opens.
+    const tlsOpts = this.#opts.ca.tlsSocketOptions(host);
+    const agent = tunnelAgent(target, this.#up);
+    socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+    // Bytes the client sent right after the CONNECT head (an eager ClientHello) go back into the stream.
+    if (head.length > 0) {
+      socket.pause();
+      socket.unshift(head);
+    }
+    // HTTP/1.1 only in this cut: offering h2 would let curl pick a protocol this server does not speak.
+    const tls = new TLSSocket(socket as Socket, { ...tlsOpts, ALPNProtocols: ["http/1.1"] });
+    this.#track(tls);
+    const tunnel: Tunnel = { host, port, target, inject: decision.inject, scrub: decision.scrub, agent };
+    this.#tunnels.set(tls, tunnel);
+    tls.on("error", () => tls.destroy());
+    tls.once("close", () => {
+      agent.destroy();
+      socket.destroy();
+    });
+    tls.once("secure", () => {
+      // The client's SNI must name the CONNECT host: one tunnel, one host.
+      const sni = (tls as unknown as { servername?: string | false }).servername;
+      if (typeof sni === "string" && sni.toLowerCase().replace(/\.$/, "") !== host) tls.destroy();
+    });
+    setIdle(tls, this.#idleMs, () => tls.destroy());
+    this.#inner.emit("connection", tls);
+  }
+}
+
+function setIdle(s: Duplex, ms: number, onIdle: () => void): void {
+  const sock = s as Partial<Socket>;
+  if (typeof sock.setTimeout === "function") {
+    sock.setTimeout(ms);
+    s.on("timeout", onIdle);
+  }
+}

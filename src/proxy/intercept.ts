@@ -1,0 +1,214 @@
+/**
+ * The intercepting half of the forward proxy: the HTTP/1.1 requests inside a TLS tunnel the proxy
+ * terminated. Each request gets the credential from the egress decision's `inject`, goes to the real
+ * upstream over TLS that verifies the upstream's certificate (never over plain HTTP: no downgrade), and
+ * its response streams back (through the scrubber if the decision says so). One upstream keep-alive
+ * connection per tunnel, made only after its certificate verified, to the address the SSRF guard checked.
+ */
+import { Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, request, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { pipeline } from "node:stream";
+import { connect as tlsConnect, rootCertificates, type TLSSocket } from "node:tls";
+import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { safeJson } from "../base/text.js";
+import type { InjectHeaders } from "./egress.js";
+import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo } from "./guard.js";
+import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+
+/** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** Everything the proxy knows about one intercepted tunnel. */
+export interface Tunnel {
+  /** The CONNECT host, canonical. */
+  readonly host: string;
+  readonly port: number;
+  readonly target: CheckedTarget;
+  readonly inject: InjectHeaders;
+  readonly scrub: ScrubPatterns | undefined;
+  /** Upstream connections of this tunnel (keep-alive, made lazily). */
+  readonly agent: Agent;
+}
+
+/** How upstream connections are made (shared by every tunnel of one proxy). */
+export interface UpstreamTls {
+  /** Opens the TCP connection to the checked address (instrumentable in tests). */
+  connect: (to: ConnectTo) => Duplex;
+  /** CA certificates trusted for upstreams: the system roots plus any extra ones. */
+  ca: string[];
+  /** Idle timeout of an upstream connection, ms. */
+  idleTimeoutMs: number;
+}
+
+/** The trust list for upstreams: Node's bundled roots plus the extra PEM certificates given. */
+export function upstreamTrust(extra: string | readonly string[] | undefined): string[] {
+  const more = extra === undefined ? [] : typeof extra === "string" ? [extra] : [...extra];
+  return [...rootCertificates, ...more];
+}
+
+/**
+ * An http.Agent whose every connection is TLS to the checked address, handed over only once the
+ * upstream certificate verified against `servername` (so no request byte is written to an upstream
+ * that failed verification). maxSockets 1: HTTP/1.1 requests inside one tunnel come one at a time.
+ */
+export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1, timeout: up.idleTimeoutMs });
+  (agent as unknown as { createConnection: unknown }).createConnection = (
+    _opts: unknown,
+    done: (err: Error | null, socket?: Duplex) => void,
+  ): undefined => {
+    let settled = false;
+    const finish = (err: Error | null, s?: Duplex): void => {
+      if (settled) return;
+      settled = true;
+      done(err, s);
+    };
+    let tls: TLSSocket;
+    try {
+      const tcp = connectChecked(target, up.connect);
+      tcp.once("error", (e) => finish(e));
+      tls = tlsConnect({
+        socket: tcp,
+        ...(target.servername !== undefined ? { servername: target.servername } : { host: target.address }),
+        ca: up.ca,
+        rejectUnauthorized: true,
+        ALPNProtocols: ["http/1.1"],
+        minVersion: "TLSv1.2",
+      });
+    } catch (e) {
+      finish(e as Error);
+      return undefined;
+    }
+    tls.once("secureConnect", () => finish(null, tls));
+    tls.once("error", (e) => {
+      tls.destroy();
+      finish(e);
+    });
+    return undefined;
+  };
+  return agent;
+}
+
+/** The Host header value for the tunnel's upstream: the host, with the port unless it is 443. */
+function authority(t: Tunnel): string {
+  const h = t.host.includes(":") ? `[${t.host}]` : t.host;
+  return t.port === 443 ? h : `${h}:${t.port}`;
+}
+
+/** The host named by a Host header, canonical, or undefined if it is not one. */
+function hostOf(value: string): string | undefined {
+  const m = /^(\[[^\]]*\]|[^:]*)(?::[0-9]*)?$/.exec(value);
+  if (!m) return undefined;
+  const parsed = parseHostLiteral(m[1]!);
+  return typeof parsed === "object" ? (parsed.ip ? parsed.ip.text : parsed.name) : undefined;
+}
+
+/** Answers an intercepted request with a problem document (the proxy's own answer, not the upstream's). */
+export function problemResponse(res: ServerResponse, status: number, reason: string, detail: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = safeJson({ type: `urn:lessor:proxy:${reason}`, title: detail.split(":")[0], status, detail, reason });
+  res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const listed = new Set(
+    String(headers.connection ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out: IncomingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) if (!HOP_BY_HOP.has(k) && !listed.has(k) && v !== undefined) out[k] = v;
+  return out;
+}
+
+/**
+ * Forwards one request from an intercepted tunnel to its upstream and streams the answer back. The
+ * request must be in origin form and name the tunnel's host (else 400 / 421): an intercepted tunnel
+ * carries requests for its CONNECT host only.
+ */
+export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerResponse): void {
+  const url = req.url ?? "";
+  if (!url.startsWith("/")) {
+    problemResponse(res, 400, "request_target", "Bad request target: inside a tunnel the proxy takes origin-form targets (/path) only");
+    return;
+  }
+  const host = req.headers.host;
+  if (host !== undefined && hostOf(host) !== t.host) {
+    problemResponse(res, 421, "misdirected", `Misdirected request: this tunnel is for ${t.host}, not for the Host header's host`);
+    return;
+  }
+  if (req.headers.upgrade !== undefined) {
+    problemResponse(res, 501, "upgrade", "Not implemented: protocol upgrades (WebSocket) through the injecting proxy are not supported yet");
+    return;
+  }
+
+  let injected: OutgoingHttpHeaders;
+  try {
+    injected = t.inject(endToEnd(req.headers));
+  } catch {
+    // A policy failure must not take the proxy down, and the request must not go out without it.
+    problemResponse(res, 500, "inject", "Proxy error: the credential could not be added; the request was not sent");
+    return;
+  }
+  const headers: OutgoingHttpHeaders = { ...injected, host: authority(t) };
+  // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
+  if (t.scrub) headers["accept-encoding"] = "identity";
+
+  const up: ClientRequest = request({
+    agent: t.agent,
+    host: t.target.address,
+    port: t.port,
+    method: req.method,
+    path: url,
+    headers,
+    setHost: false,
+  });
+  up.on("response", (ur) => relayResponse(t, ur, res));
+  up.on("error", (e) => {
+    const code = (e as { code?: unknown }).code;
+    problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${typeof code === "string" ? code : e.message})`);
+  });
+  req.on("error", () => up.destroy());
+  req.pipe(up);
+}
+
+function relayResponse(t: Tunnel, ur: IncomingMessage, res: ServerResponse): void {
+  const headers: OutgoingHttpHeaders = endToEnd(ur.headers);
+  let body: NodeJS.ReadableStream = ur;
+  if (t.scrub) {
+    const enc = String(ur.headers["content-encoding"] ?? "identity").toLowerCase();
+    const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
+    if (decode === null) {
+      ur.destroy();
+      problemResponse(res, 502, "encoding", `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub`);
+      return;
+    }
+    // A placeholder may be longer than its value and a decoded body is longer than the encoded one.
+    delete headers["content-length"];
+    delete headers["content-encoding"];
+    const scrubber = new ScrubStream(t.scrub);
+    body = decode ? pipeline(ur, decode, scrubber, () => {}) : pipeline(ur, scrubber, () => {});
+  }
+  res.writeHead(ur.statusCode ?? 502, ur.statusMessage, headers);
+  pipeline(body, res, (err) => {
+    if (err) {
+      ur.destroy();
+      res.destroy();
+    }
+  });
+}
