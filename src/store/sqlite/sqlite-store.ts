@@ -153,12 +153,6 @@ class SqliteTx extends SqliteReads implements StoreTx {
   active = true;
   /** What this transaction function registered to run before the commit (see StoreTx.beforeCommit). */
   readonly finishers = new Set<(tx: StoreTx) => Promise<void>>();
-  /**
-   * The audit head's seq as this transaction last read or wrote it (undefined: not known). Only this
-   * transaction function writes while it runs, so it stays right until the tx ends, and a failed
-   * statement never updates it; the tx object is dropped when its call's writes are undone.
-   */
-  private head: number | undefined;
 
   constructor(
     private readonly q: Queries,
@@ -230,15 +224,14 @@ class SqliteTx extends SqliteReads implements StoreTx {
       const hit = this.cache.head();
       const h = hit !== MISS ? hit : q.auditHead();
       this.cache.setHead(h);
-      this.head = h?.seq ?? 0;
       return h;
     });
   }
   insertAudit(rec: AuditRecord): Promise<void> {
     return this.exec("append to the audit trail", (q) => {
+      // The head's seq when the cache knows it (this batch read or wrote it); otherwise insertAudit reads it.
       const cached = this.cache.head();
-      q.insertAudit(rec, this.head ?? (cached !== MISS ? (cached?.seq ?? 0) : undefined));
-      this.head = rec.seq;
+      q.insertAudit(rec, cached !== MISS ? (cached?.seq ?? 0) : undefined);
       this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId });
     });
   }
