@@ -22,6 +22,7 @@ import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
 import type { Store } from "./ports.js";
 import { roleError } from "./access.js";
 import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
 import { VaultError } from "../base/errors.js";
 import * as leases from "./leases.js";
 import { checkAgentId, checkRef } from "../base/names.js";
@@ -478,10 +479,7 @@ export class VaultSession {
   async #requireAdmin(what: string): Promise<void> {
     const err = roleError(this.identity, ["admin"], what);
     if (!err) return;
-    await commit(this.#ctx, async (_tx, audit) => {
-      await audit({ type: "access_denied", actor: this.identity, agent: this.identity.agent ?? null, outcome: "denied", reason: `${err.code}: ${err.message}` });
-      return err;
-    });
+    await commit(this.#ctx, (_tx, audit) => denied(audit, this.identity, err));
   }
 }
 
