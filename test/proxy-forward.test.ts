@@ -17,7 +17,7 @@ import * as tls from "node:tls";
 import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { LocalCa } from "../src/proxy/ca.js";
-import type { Egress, EgressDecision } from "../src/proxy/egress.js";
+import { fixedIntercept, type Egress, type EgressDecision } from "../src/proxy/egress.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
@@ -184,7 +184,7 @@ const egress: Egress = {
   decide(host: string, port: number): EgressDecision {
     decisions.push(`${host}:${port}`);
     if (host === "api.test.example" || host === "bad.test.example" || host === "private.test.example")
-      return { kind: "intercept", inject, scrub: new ScrubPatterns([{ value: SECRET, placeholder: PLACEHOLDER }]) };
+      return fixedIntercept(inject, new ScrubPatterns([{ value: SECRET, placeholder: PLACEHOLDER }]));
     // The metadata address is tunnelled by this policy: the guard must still refuse it.
     if (host === "tunnel.test.example" || host === "169.254.169.254") return { kind: "tunnel" };
     return {

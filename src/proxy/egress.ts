@@ -1,6 +1,7 @@
 /**
- * The egress policy port of the forward proxy: for each CONNECT, what to do with `host:port`. The proxy
- * asks; the vault side (grants, leases) answers. Nothing here knows about leases.
+ * The egress policy port of the forward proxy: for each CONNECT, what to do with `host:port`, and for
+ * each request inside an intercepted tunnel, what to send. The proxy asks; the vault side (leases,
+ * src/proxy/lease-egress.ts) answers. Nothing here knows about leases.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { ProxyRefusal } from "./refusal.js";
@@ -12,14 +13,63 @@ import type { ScrubPatterns } from "./scrub.js";
  */
 export type InjectHeaders = (headers: IncomingHttpHeaders) => OutgoingHttpHeaders;
 
+/** One request inside an intercepted tunnel, as the egress policy sees it. */
+export interface ProxiedRequest {
+  /** Upper case, as the client sent it. */
+  readonly method: string;
+  /** The tunnel's host (canonical) and port. */
+  readonly host: string;
+  readonly port: number;
+  /** The request target in origin form (`/path?query`), as the client sent it. */
+  readonly target: string;
+  /** End-to-end headers (hop-by-hop ones removed), names lower case. */
+  readonly headers: IncomingHttpHeaders;
+  /** "h1" or "h2": the protocol the client spoke. */
+  readonly protocol: "h1" | "h2";
+}
+
+/** How one proxied request ended, for the audit event: never a header or body byte. */
+export interface RequestOutcome {
+  /** The upstream's status, or the proxy's own (403, 502…) when it answered itself; 0 when none. */
+  status: number;
+  /** Body bytes sent upstream and received from it. */
+  bytesOut: number;
+  bytesIn: number;
+  /** From the request head to the end of the response, ms. */
+  ms: number;
+  /** Set when the exchange failed (client or upstream closed early, upstream error). */
+  error?: string;
+}
+
+/** The proxy's answer for one request inside an intercepted tunnel. */
+export type Prepared =
+  /** Send it upstream with these headers (host set by the proxy) and target; scrub the answer if asked. */
+  | {
+      kind: "forward";
+      headers: OutgoingHttpHeaders;
+      target: string;
+      /** If set, the response body streams through the scrubber (an echoed secret becomes its placeholder). */
+      scrub?: ScrubPatterns;
+      /** Called once when the exchange is over. */
+      done?(outcome: RequestOutcome): void;
+    }
+  /** Answer it with a problem document; nothing goes upstream. */
+  | { kind: "refuse"; status: number; reason: string; detail: string; done?(outcome: RequestOutcome): void };
+
+/** An intercepted tunnel, given to the policy so that it can end it (a lease revoked, say). */
+export interface TunnelHandle {
+  /** Closes the client's connection and its upstream connections at once. */
+  close(): void;
+  /** True once closed. */
+  readonly closed: boolean;
+}
+
 /** What the proxy does with one CONNECT. */
 export type EgressDecision =
-  /** Terminate TLS with the local CA, add the credential to each request, forward over verified TLS. */
+  /** Terminate TLS with the local CA; ask `prepare` for each request; forward over verified TLS. */
   | {
       kind: "intercept";
-      inject: InjectHeaders;
-      /** If set, response bodies are streamed through the scrubber (a secret echoed back becomes its placeholder). */
-      scrub?: ScrubPatterns;
+      prepare(req: ProxiedRequest, tunnel: TunnelHandle): Prepared | Promise<Prepared>;
     }
   /** Pass the bytes both ways untouched (open egress). */
   | { kind: "tunnel" }
@@ -29,4 +79,12 @@ export type EgressDecision =
 /** The policy the proxy asks for each CONNECT. `host` is canonical (lower case, punycode, no brackets). */
 export interface Egress {
   decide(host: string, port: number): EgressDecision | Promise<EgressDecision>;
+}
+
+/** An intercept decision that adds headers with `inject` to every request and scrubs with `scrub` (tests, fixed setups). */
+export function fixedIntercept(inject: InjectHeaders, scrub?: ScrubPatterns): EgressDecision {
+  return {
+    kind: "intercept",
+    prepare: (req) => ({ kind: "forward", headers: inject({ ...req.headers }), target: req.target, ...(scrub ? { scrub } : {}) }),
+  };
 }

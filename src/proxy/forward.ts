@@ -5,8 +5,10 @@
  * the credential to each request inside and forwards it over verified TLS (./intercept.ts). Every
  * upstream connection goes through the SSRF guard first and connects to the checked address only.
  *
- * Not yet here: HTTP/2, WebSocket upgrades, plain-HTTP (absolute-form) requests, per-request lease
- * checks and audit events.
+ * The egress policy decides per CONNECT and, inside an intercepted tunnel, per request (the credential,
+ * use counts, audit: src/proxy/lease-egress.ts); it can close a tunnel at any time (a lease revoked).
+ *
+ * Not yet here: HTTP/2, WebSocket upgrades, plain-HTTP (absolute-form) requests.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createConnection, type AddressInfo, type Socket } from "node:net";
@@ -132,6 +134,25 @@ export class ForwardProxy {
     return (this.server.address() as AddressInfo).port;
   }
 
+  /**
+   * Listens on a Unix socket at `path` (lessor run: the socket a bridge inside the sandbox forwards to).
+   * The directory must be private to the owner (the caller makes it); the socket is made 0600.
+   */
+  async listenUnix(path: string): Promise<void> {
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once("error", reject);
+        this.server.listen(path, () => {
+          this.server.off("error", reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(old);
+    }
+  }
+
   /** Stops listening and closes every client, tunnel and upstream connection. */
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -230,10 +251,23 @@ export class ForwardProxy {
     // HTTP/1.1 only in this cut: offering h2 would let curl pick a protocol this server does not speak.
     const tls = new TLSSocket(socket as Socket, { ...tlsOpts, ALPNProtocols: ["http/1.1"] });
     this.#track(tls);
-    const tunnel: Tunnel = { host, port, target, inject: decision.inject, scrub: decision.scrub, agent };
+    let closed = false;
+    const handle = {
+      close: (): void => {
+        closed = true;
+        tls.destroy();
+        agent.destroy();
+        socket.destroy();
+      },
+      get closed(): boolean {
+        return closed;
+      },
+    };
+    const tunnel: Tunnel = { host, port, target, prepare: (r, h) => decision.prepare(r, h), handle, agent };
     this.#tunnels.set(tls, tunnel);
     tls.on("error", () => tls.destroy());
     tls.once("close", () => {
+      closed = true;
       agent.destroy();
       socket.destroy();
     });

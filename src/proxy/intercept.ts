@@ -11,7 +11,7 @@ import { pipeline } from "node:stream";
 import { connect as tlsConnect, rootCertificates, type TLSSocket } from "node:tls";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
-import type { InjectHeaders } from "./egress.js";
+import type { Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
@@ -34,8 +34,10 @@ export interface Tunnel {
   readonly host: string;
   readonly port: number;
   readonly target: CheckedTarget;
-  readonly inject: InjectHeaders;
-  readonly scrub: ScrubPatterns | undefined;
+  /** The egress policy's answer for each request (src/proxy/egress.ts). */
+  readonly prepare: (req: ProxiedRequest, tunnel: TunnelHandle) => Prepared | Promise<Prepared>;
+  /** Ends the tunnel (client connection and upstream). */
+  readonly handle: TunnelHandle;
   /** Upstream connections of this tunnel (keep-alive, made lazily). */
   readonly agent: Agent;
 }
@@ -136,12 +138,19 @@ function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   return out;
 }
 
+/** Counts the bytes passing through a stream without changing them. */
+function counted(from: NodeJS.ReadableStream, onBytes: (n: number) => void): void {
+  from.on("data", (c: Buffer | string) => onBytes(typeof c === "string" ? Buffer.byteLength(c) : c.length));
+}
+
 /**
  * Forwards one request from an intercepted tunnel to its upstream and streams the answer back. The
  * request must be in origin form and name the tunnel's host (else 400 / 421): an intercepted tunnel
- * carries requests for its CONNECT host only.
+ * carries requests for its CONNECT host only. The egress policy's `prepare` decides, per request,
+ * what is sent (the credential added) or refuses it; `done` hears how the exchange ended.
  */
 export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerResponse): void {
+  const began = performance.now();
   const url = req.url ?? "";
   if (!url.startsWith("/")) {
     problemResponse(res, 400, "request_target", "Bad request target: inside a tunnel the proxy takes origin-form targets (/path) only");
@@ -156,52 +165,89 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
     problemResponse(res, 501, "upgrade", "Not implemented: protocol upgrades (WebSocket) through the injecting proxy are not supported yet");
     return;
   }
-
-  let injected: OutgoingHttpHeaders;
+  // The request body waits (paused) while the policy decides.
+  req.pause();
+  const asked: ProxiedRequest = { method: (req.method ?? "GET").toUpperCase(), host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1" };
+  let decided: Promise<Prepared>;
   try {
-    injected = t.inject(endToEnd(req.headers));
-  } catch {
-    // A policy failure must not take the proxy down, and the request must not go out without it.
-    problemResponse(res, 500, "inject", "Proxy error: the credential could not be added; the request was not sent");
+    decided = Promise.resolve(t.prepare(asked, t.handle));
+  } catch (e) {
+    decided = Promise.reject(e);
+  }
+  decided.then(
+    (p) => send(t, req, res, p, began),
+    () => {
+      // A policy failure must not take the proxy down, and the request must not go out without it.
+      problemResponse(res, 500, "inject", "Proxy error: the credential could not be added; the request was not sent");
+    },
+  );
+}
+
+function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared, began: number): void {
+  let bytesOut = 0;
+  let bytesIn = 0;
+  let reported = false;
+  const report = (status: number, error?: string): void => {
+    if (reported) return;
+    reported = true;
+    p.done?.({ status, bytesOut, bytesIn, ms: performance.now() - began, ...(error !== undefined ? { error } : {}) });
+  };
+  if (p.kind === "refuse") {
+    req.resume();
+    problemResponse(res, p.status, p.reason, p.detail);
+    report(p.status);
     return;
   }
-  const headers: OutgoingHttpHeaders = { ...injected, host: authority(t) };
+  if (t.handle.closed) {
+    res.destroy();
+    report(0, "tunnel closed");
+    return;
+  }
+  const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t) };
   // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
-  if (t.scrub) headers["accept-encoding"] = "identity";
+  if (p.scrub) headers["accept-encoding"] = "identity";
 
   const up: ClientRequest = request({
     agent: t.agent,
     host: t.target.address,
     port: t.port,
     method: req.method,
-    path: url,
+    path: p.target,
     headers,
     setHost: false,
   });
-  up.on("response", (ur) => relayResponse(t, ur, res));
+  up.on("response", (ur) => {
+    counted(ur, (n) => (bytesIn += n));
+    relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err));
+  });
   up.on("error", (e) => {
     const code = (e as { code?: unknown }).code;
-    problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${typeof code === "string" ? code : e.message})`);
+    const why = typeof code === "string" ? code : e.message;
+    problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${why})`);
+    report(502, why);
   });
   req.on("error", () => up.destroy());
+  counted(req, (n) => (bytesOut += n));
   req.pipe(up);
+  req.resume();
 }
 
-function relayResponse(t: Tunnel, ur: IncomingMessage, res: ServerResponse): void {
+function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
   const headers: OutgoingHttpHeaders = endToEnd(ur.headers);
   let body: NodeJS.ReadableStream = ur;
-  if (t.scrub) {
+  if (scrub) {
     const enc = String(ur.headers["content-encoding"] ?? "identity").toLowerCase();
     const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
     if (decode === null) {
       ur.destroy();
       problemResponse(res, 502, "encoding", `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub`);
+      done("unscrubbable encoding");
       return;
     }
     // A placeholder may be longer than its value and a decoded body is longer than the encoded one.
     delete headers["content-length"];
     delete headers["content-encoding"];
-    const scrubber = new ScrubStream(t.scrub);
+    const scrubber = new ScrubStream(scrub);
     body = decode ? pipeline(ur, decode, scrubber, () => {}) : pipeline(ur, scrubber, () => {});
   }
   res.writeHead(ur.statusCode ?? 502, ur.statusMessage, headers);
@@ -209,6 +255,7 @@ function relayResponse(t: Tunnel, ur: IncomingMessage, res: ServerResponse): voi
     if (err) {
       ur.destroy();
       res.destroy();
-    }
+      done(err.message);
+    } else done();
   });
 }
