@@ -26,6 +26,11 @@ export interface ProxiedRequest {
   readonly headers: IncomingHttpHeaders;
   /** "h1" or "h2": the protocol the client spoke. */
   readonly protocol: "h1" | "h2";
+  /**
+   * Set for a WebSocket handshake (HTTP/1.1 `Upgrade: websocket`): if forwarded and the upstream
+   * answers 101, the connection then carries frames both ways, untouched, until it closes.
+   */
+  readonly upgrade?: "websocket";
 }
 
 /** How one proxied request ended, for the audit event: never a header or body byte. */

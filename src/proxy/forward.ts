@@ -8,7 +8,9 @@
  * The egress policy decides per CONNECT and, inside an intercepted tunnel, per request (the credential,
  * use counts, audit: src/proxy/lease-egress.ts); it can close a tunnel at any time (a lease revoked).
  *
- * Not yet here: HTTP/2, WebSocket upgrades, plain-HTTP (absolute-form) requests.
+ * WebSocket upgrades inside a tunnel: ./websocket.ts. Plain-HTTP (absolute-form) requests: ./plain-http.ts.
+ * HTTP/2: the client side offers ALPN h2 and http/1.1; a tunnel whose client picks h2 is served by
+ * ./h2.ts (which picks h2 or HTTP/1.1 upstream by ALPN), one that picks http/1.1 by the inner server.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createConnection, type AddressInfo, type Socket } from "node:net";
@@ -20,7 +22,11 @@ import type { Egress, EgressDecision } from "./egress.js";
 import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo, type SsrfGuard } from "./guard.js";
 import { forwardIntercepted, problemResponse, tunnelAgent, upstreamTrust, type Tunnel, type UpstreamTls } from "./intercept.js";
 import type { LocalCa } from "./ca.js";
+import { serveH2, type H2Tunnel } from "./h2.js";
 import { ProxyRefusal } from "./refusal.js";
+import { applyHeaderCount, DEFAULT_MAX_HEADERS, tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
+import { forwardPlain } from "./plain-http.js";
+import { forwardUpgrade } from "./websocket.js";
 
 /** Default cap on a request head, bytes (node's own default is 16 KiB). */
 export const DEFAULT_MAX_HEADER_SIZE = 16 * 1024;
@@ -41,6 +47,8 @@ export interface ForwardProxyOptions {
   upstreamCa?: string | readonly string[];
   /** Cap on a request head (CONNECT and intercepted requests), bytes. */
   maxHeaderSize?: number;
+  /** Cap on the number of header lines of a request (CONNECT, plain HTTP, inside a tunnel); 431 above it. Default 100. */
+  maxHeaders?: number;
   /** Time to receive a complete request head, ms. */
   headersTimeoutMs?: number;
   /** Idle timeout of client connections, tunnels and upstream connections, ms. */
@@ -52,7 +60,7 @@ export interface ForwardProxyOptions {
   connect?: (to: ConnectTo) => Duplex;
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 500: "Internal Server Error", 502: "Bad Gateway" };
+const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway" };
 
 /** Writes a complete HTTP/1.1 answer with a problem document on a raw CONNECT socket and closes it. */
 function answerRaw(socket: Duplex, status: number, problem: object): void {
@@ -88,10 +96,12 @@ export class ForwardProxy {
   readonly #tunnels = new WeakMap<object, Tunnel>();
   readonly #sockets = new Set<Duplex>();
   readonly #idleMs: number;
+  readonly #maxHeaders: number;
 
   constructor(opts: ForwardProxyOptions) {
     this.#opts = opts;
     this.#idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    this.#maxHeaders = opts.maxHeaders ?? DEFAULT_MAX_HEADERS;
     const serverOpts = {
       maxHeaderSize: opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
       headersTimeout: opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS,
@@ -114,8 +124,23 @@ export class ForwardProxy {
         res.destroy();
         return;
       }
+      if (tooManyHeaders(req, this.#maxHeaders)) {
+        problemResponse(res, 431, "header_count", tooManyHeadersDetail(this.#maxHeaders));
+        return;
+      }
       forwardIntercepted(t, req, res);
     });
+    // Upgrade requests (Connection: upgrade) come here instead; only WebSocket is taken (./websocket.ts).
+    this.#inner.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const t = this.#tunnels.get(req.socket);
+      if (!t) {
+        socket.destroy();
+        return;
+      }
+      forwardUpgrade(t, req, socket, head, { idleTimeoutMs: this.#idleMs, maxHeaders: this.#maxHeaders });
+    });
+    applyHeaderCount(this.server, this.#maxHeaders);
+    applyHeaderCount(this.#inner, this.#maxHeaders);
     this.#inner.timeout = this.#idleMs;
     // node starts tracking connections (the header timeout check) when a server starts listening; this
     // one never listens, as its sockets come from CONNECT tunnels, so start it by hand.
@@ -168,14 +193,23 @@ export class ForwardProxy {
     s.once("close", () => this.#sockets.delete(s));
   }
 
-  /** Absolute-form (plain HTTP) proxying is not part of this cut: only CONNECT. */
-  #plainRequest(_req: IncomingMessage, res: ServerResponse): void {
-    res.setHeader("allow", "CONNECT");
-    problemResponse(res, 405, "method", "Method not allowed: this proxy takes CONNECT host:port only (use https:// URLs)");
+  /** Absolute-form (plain HTTP) requests: forwarded untouched for open egress, else refused (./plain-http.ts). */
+  #plainRequest(req: IncomingMessage, res: ServerResponse): void {
+    // Tracked, so that close() ends plain-HTTP upstream connections too.
+    const connect = (to: ConnectTo): Duplex => {
+      const s = this.#up.connect(to);
+      this.#track(s);
+      return s;
+    };
+    void forwardPlain(req, res, { egress: this.#opts.egress, guard: this.#opts.guard, connect, idleTimeoutMs: this.#idleMs, maxHeaders: this.#maxHeaders });
   }
 
   async #connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    if (tooManyHeaders(req, this.#maxHeaders)) {
+      answerRaw(socket, 431, { type: "urn:lessor:proxy:header_count", title: "Request header fields too large", status: 431, detail: `more than ${this.#maxHeaders} header lines`, reason: "header_count" });
+      return;
+    }
     const at = parseAuthority(req.url ?? "");
     if (!at) {
       answerRaw(socket, 400, { type: "urn:lessor:proxy:connect_target", title: "Bad CONNECT target", status: 400, detail: "CONNECT takes host:port" });
@@ -237,7 +271,7 @@ export class ForwardProxy {
     up.pipe(socket);
   }
 
-  /** Answers 200, terminates the client's TLS with a leaf for `host` and serves HTTP/1.1 inside. */
+  /** Answers 200, terminates the client's TLS with a leaf for `host` and serves HTTP/1.1 or HTTP/2 inside. */
   #intercept(host: string, port: number, target: CheckedTarget, decision: Extract<EgressDecision, { kind: "intercept" }>, socket: Duplex, head: Buffer): void {
     // Throws access_denied for a host the CA may not certify: answered 403 before the tunnel opens.
     const tlsOpts = this.#opts.ca.tlsSocketOptions(host);
@@ -248,13 +282,15 @@ export class ForwardProxy {
       socket.pause();
       socket.unshift(head);
     }
-    // HTTP/1.1 only in this cut: offering h2 would let curl pick a protocol this server does not speak.
-    const tls = new TLSSocket(socket as Socket, { ...tlsOpts, ALPNProtocols: ["http/1.1"] });
+    // ALPN offers h2 and http/1.1 (tlsOpts): the protocol the client picks decides the handler below.
+    const tls = new TLSSocket(socket as Socket, tlsOpts);
     this.#track(tls);
     let closed = false;
+    let h2: H2Tunnel | undefined;
     const handle = {
       close: (): void => {
         closed = true;
+        h2?.close();
         tls.destroy();
         agent.destroy();
         socket.destroy();
@@ -268,16 +304,23 @@ export class ForwardProxy {
     tls.on("error", () => tls.destroy());
     tls.once("close", () => {
       closed = true;
+      h2?.close();
       agent.destroy();
       socket.destroy();
     });
     tls.once("secure", () => {
       // The client's SNI must name the CONNECT host: one tunnel, one host.
       const sni = (tls as unknown as { servername?: string | false }).servername;
-      if (typeof sni === "string" && sni.toLowerCase().replace(/\.$/, "") !== host) tls.destroy();
+      if (typeof sni === "string" && sni.toLowerCase().replace(/\.$/, "") !== host) {
+        tls.destroy();
+        return;
+      }
+      // Handed over once the handshake is done (as an https server does), so ALPN is known.
+      if (tls.alpnProtocol === "h2")
+        h2 = serveH2(tunnel, tls, this.#up, { maxHeaderListSize: this.#opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE, maxHeaders: this.#maxHeaders });
+      else this.#inner.emit("connection", tls);
     });
     setIdle(tls, this.#idleMs, () => tls.destroy());
-    this.#inner.emit("connection", tls);
   }
 }
 

@@ -102,13 +102,13 @@ export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
 }
 
 /** The Host header value for the tunnel's upstream: the host, with the port unless it is 443. */
-function authority(t: Tunnel): string {
+export function authority(t: Tunnel): string {
   const h = t.host.includes(":") ? `[${t.host}]` : t.host;
   return t.port === 443 ? h : `${h}:${t.port}`;
 }
 
 /** The host named by a Host header, canonical, or undefined if it is not one. */
-function hostOf(value: string): string | undefined {
+export function hostOf(value: string): string | undefined {
   const m = /^(\[[^\]]*\]|[^:]*)(?::[0-9]*)?$/.exec(value);
   if (!m) return undefined;
   const parsed = parseHostLiteral(m[1]!);
@@ -126,7 +126,8 @@ export function problemResponse(res: ServerResponse, status: number, reason: str
   res.end(body);
 }
 
-function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+/** The end-to-end headers of a message: hop-by-hop ones and those its Connection header lists removed. */
+export function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   const listed = new Set(
     String(headers.connection ?? "")
       .split(",")
@@ -162,7 +163,8 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
     return;
   }
   if (req.headers.upgrade !== undefined) {
-    problemResponse(res, 501, "upgrade", "Not implemented: protocol upgrades (WebSocket) through the injecting proxy are not supported yet");
+    // A real upgrade (Connection: upgrade) goes to the inner server's 'upgrade' event (./websocket.ts).
+    problemResponse(res, 501, "upgrade", "Not implemented: an Upgrade header without Connection: upgrade (a WebSocket handshake needs both)");
     return;
   }
   // The request body waits (paused) while the policy decides.
@@ -232,7 +234,8 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   req.resume();
 }
 
-function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
+/** Streams an upstream response to the client (through the scrubber if `scrub` is set); `done` once, at the end. */
+export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
   const headers: OutgoingHttpHeaders = endToEnd(ur.headers);
   let body: NodeJS.ReadableStream = ur;
   if (scrub) {

@@ -1,0 +1,417 @@
+/**
+ * HTTP/2 inside an intercepted tunnel: when the client picked h2 by ALPN, the proxy serves the tunnel
+ * with a node:http2 session on the TLS socket it terminated. Each stream is one request: it must be in
+ * origin form and name the tunnel's host in `:authority` (else 400 / 421), the egress policy's
+ * `prepare` decides what goes out (the credential added) or refuses it, and the exchange streams both
+ * ways without buffering: request DATA as it arrives, response DATA as it arrives (through the
+ * scrubber if asked), and trailers both ways, so gRPC (whose status travels in trailers) works.
+ *
+ * Upstream, the tunnel speaks what the upstream picked by ALPN (./upstream.ts): h2 on one session per
+ * tunnel, or HTTP/1.1 through the tunnel's agent (request trailers cannot pass to HTTP/1.1 and are
+ * dropped; HTTP/1.1 chunked trailers do come back as HTTP/2 trailers).
+ */
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
+import { request as h1Request } from "node:http";
+import { constants, performServerHandshake, type ClientHttp2Session, type IncomingHttpHeaders as H2Headers, type ServerHttp2Stream } from "node:http2";
+import { pipeline, type Readable } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { safeJson } from "../base/text.js";
+import type { Prepared, ProxiedRequest } from "./egress.js";
+import { parseHostLiteral } from "./guard.js";
+import type { Tunnel, UpstreamTls } from "./intercept.js";
+import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+import { TunnelUpstream, upstreamAuthority } from "./upstream.js";
+
+const { NGHTTP2_FLAG_END_STREAM, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = constants;
+
+/** Default cap on concurrent streams a client may open in one tunnel (node's own default is 2^32-1). */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 128;
+
+/**
+ * Headers that describe one hop, not the message (RFC 9110 §7.6.1), the ones HTTP/2 forbids
+ * (RFC 9113 §8.2.2), and Host (HTTP/2 carries it as `:authority`; the proxy sets it).
+ */
+const NOT_END_TO_END = new Set([
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "http2-settings",
+  "host",
+]);
+
+/** Settings of {@link serveH2}. */
+export interface H2Options {
+  /** Cap on one request's header list (SETTINGS_MAX_HEADER_LIST_SIZE), bytes. */
+  maxHeaderListSize: number;
+  /** Cap on the number of header fields of one request (pseudo-headers not counted); the stream is reset above it. */
+  maxHeaders?: number;
+  /** Cap on concurrent streams per tunnel (default {@link DEFAULT_MAX_CONCURRENT_STREAMS}). */
+  maxConcurrentStreams?: number;
+}
+
+/** The HTTP/2 side of one tunnel. */
+export interface H2Tunnel {
+  /** Ends the client session and the upstream session at once (open streams are reset). */
+  close(): void;
+}
+
+/**
+ * Serves the intercepted tunnel `t` with HTTP/2 on `tls` (a TLS socket the proxy terminated, whose
+ * handshake is done and whose ALPN protocol is h2). Upstream connections follow `up`.
+ */
+export function serveH2(t: Tunnel, tls: TLSSocket, up: UpstreamTls, opts: H2Options): H2Tunnel {
+  const upstream = new TunnelUpstream(t, up);
+  // A TLSSocket made by hand keeps `secureConnecting` set after its handshake (node's tls.Server clears
+  // it before 'secureConnection'); the http2 session would wait for a 'secureConnect' that never comes.
+  (tls as unknown as { secureConnecting: boolean }).secureConnecting = false;
+  const session = performServerHandshake(tls, {
+    // node counts the four request pseudo-headers too.
+    ...(opts.maxHeaders !== undefined ? { maxHeaderListPairs: opts.maxHeaders + 4 } : {}),
+    settings: {
+      enablePush: false,
+      maxConcurrentStreams: opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
+      maxHeaderListSize: opts.maxHeaderListSize,
+    },
+  });
+  session.on("error", () => session.destroy());
+  // No upstream session outlives its client session.
+  session.on("close", () => upstream.close());
+  session.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => onStream(t, upstream, stream, headers, flags));
+  return {
+    close: (): void => {
+      upstream.close();
+      session.destroy();
+    },
+  };
+}
+
+/** The host named by an `:authority` or Host value, canonical, or undefined if it names none. */
+function hostOf(value: string): string | undefined {
+  const m = /^(\[[^\]]*\]|[^:@]*)(?::[0-9]*)?$/.exec(value);
+  if (!m) return undefined;
+  const parsed = parseHostLiteral(m[1]!);
+  return typeof parsed === "object" ? (parsed.ip ? parsed.ip.text : parsed.name) : undefined;
+}
+
+/** The end-to-end headers of `h`: no pseudo-headers, no hop-by-hop or HTTP/2-forbidden ones, no Host. */
+function endToEnd(h: IncomingHttpHeaders | OutgoingHttpHeaders): Record<string, string | string[] | number> {
+  const listed = new Set(
+    String(h.connection ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out: Record<string, string | string[] | number> = {};
+  for (const [k, v] of Object.entries(h)) {
+    const name = k.toLowerCase();
+    if (v === undefined || name.startsWith(":") || NOT_END_TO_END.has(name) || listed.has(name)) continue;
+    out[name] = v;
+  }
+  return out;
+}
+
+/** True if the `te` header asks for trailers (gRPC requires it to reach the server). */
+function wantsTrailers(te: string | string[] | undefined): boolean {
+  const v = Array.isArray(te) ? te.join(",") : (te ?? "");
+  return v.split(",").some((p) => p.trim().toLowerCase().split(";")[0] === "trailers");
+}
+
+/** Answers a stream with a problem document (the proxy's own answer), or resets it if the answer began. */
+function problem(cs: ServerHttp2Stream, status: number, reason: string, detail: string): void {
+  if (cs.destroyed || cs.closed) return;
+  cs.resume(); // a request body still coming is read and dropped
+  if (cs.headersSent) {
+    cs.close(NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  const body = safeJson({ type: `urn:lessor:proxy:${reason}`, title: detail.split(":")[0], status, detail, reason });
+  cs.respond({ ":status": status, "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
+  cs.end(body);
+}
+
+function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h: H2Headers, flags: number): void {
+  const began = performance.now();
+  // Failures surface as 'close' (and through the pipelines): a stream error must not reach the process.
+  cs.on("error", () => {});
+  const method = String(h[":method"] ?? "");
+  if (method === "CONNECT") {
+    problem(cs, 501, "connect", "Not implemented: CONNECT (and WebSocket over HTTP/2) inside an intercepted tunnel is not supported");
+    return;
+  }
+  const path = h[":path"];
+  if (typeof path !== "string" || !path.startsWith("/")) {
+    problem(cs, 400, "request_target", "Bad request target: inside a tunnel the proxy takes origin-form targets (/path) only");
+    return;
+  }
+  if (h[":scheme"] !== "https") {
+    problem(cs, 400, "scheme", "Bad request: inside an intercepted tunnel the scheme must be https");
+    return;
+  }
+  // One tunnel, one host: both :authority and a Host header, where present, must name it.
+  for (const v of [h[":authority"], h.host]) {
+    if (v !== undefined && hostOf(String(v)) !== t.host) {
+      problem(cs, 421, "misdirected", `Misdirected request: this tunnel is for ${t.host}, not for the :authority's host`);
+      return;
+    }
+  }
+  // Request trailers can arrive while the policy decides (they are not held back with the body).
+  let reqTrailers: IncomingHttpHeaders | undefined;
+  cs.once("trailers", (tr: IncomingHttpHeaders) => (reqTrailers = tr));
+  const asked: ProxiedRequest = { method: method.toUpperCase(), host: t.host, port: t.port, target: path, headers: endToEnd(h) as IncomingHttpHeaders, protocol: "h2" };
+  let decided: Promise<Prepared>;
+  try {
+    decided = Promise.resolve(t.prepare(asked, t.handle));
+  } catch (e) {
+    decided = Promise.reject(e);
+  }
+  const ex: Exchange = {
+    t,
+    cs,
+    method,
+    ended: (flags & NGHTTP2_FLAG_END_STREAM) !== 0,
+    te: wantsTrailers(h.te),
+    trailers: () => reqTrailers,
+    began,
+  };
+  decided.then(
+    (p) => send(ex, upstream, p),
+    // A policy failure must not take the proxy down, and the request must not go out without it.
+    () => problem(cs, 500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
+  );
+}
+
+/** One stream being forwarded. */
+interface Exchange {
+  readonly t: Tunnel;
+  readonly cs: ServerHttp2Stream;
+  /** As the client sent it. */
+  readonly method: string;
+  /** The client's request had no body (END_STREAM on its headers). */
+  readonly ended: boolean;
+  /** The client sent `te: trailers`. */
+  readonly te: boolean;
+  /** The client's request trailers, once they came. */
+  readonly trailers: () => IncomingHttpHeaders | undefined;
+  readonly began: number;
+}
+
+/** What the outcome report of one stream counts, and the report itself (once). */
+interface Tally {
+  bytesOut: number;
+  bytesIn: number;
+  status: number;
+  report(error?: string): void;
+}
+
+function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
+  const { t, cs } = ex;
+  let reported = false;
+  const tally: Tally = {
+    bytesOut: 0,
+    bytesIn: 0,
+    status: 0,
+    report(error) {
+      if (reported) return;
+      reported = true;
+      p.done?.({ status: this.status, bytesOut: this.bytesOut, bytesIn: this.bytesIn, ms: performance.now() - ex.began, ...(error !== undefined ? { error } : {}) });
+    },
+  };
+  if (p.kind === "refuse") {
+    problem(cs, p.status, p.reason, p.detail);
+    tally.status = p.status;
+    tally.report();
+    return;
+  }
+  if (t.handle.closed || cs.destroyed || cs.closed) {
+    cs.close(NGHTTP2_CANCEL);
+    tally.report(t.handle.closed ? "tunnel closed" : "client closed");
+    return;
+  }
+  cs.once("close", () => tally.report(cs.rstCode !== undefined && cs.rstCode !== NGHTTP2_NO_ERROR ? `stream reset (code ${cs.rstCode})` : undefined));
+  upstream.link().then(
+    (link) => {
+      if (cs.destroyed || cs.closed) return;
+      if (link.kind === "h2") viaH2(ex, link.session, p, tally);
+      else viaH1(ex, p, tally);
+    },
+    (e: Error) => badGateway(ex, tally, e),
+  );
+}
+
+function badGateway(ex: Exchange, tally: Tally, e: Error): void {
+  const code = (e as { code?: unknown }).code;
+  const why = typeof code === "string" ? code : e.message;
+  tally.status = 502;
+  problem(ex.cs, 502, "upstream", `Bad gateway: the upstream ${ex.t.host} port ${ex.t.port} failed (${why})`);
+  tally.report(why);
+}
+
+/** Counts the bytes passing through a stream without changing them. */
+function counted(from: Readable, onBytes: (n: number) => void): void {
+  from.on("data", (c: Buffer | string) => onBytes(typeof c === "string" ? Buffer.byteLength(c) : c.length));
+}
+
+/** Streams the client's request body (if any) into `to`, counting it. */
+function sendBody(ex: Exchange, to: NodeJS.WritableStream, tally: Tally): void {
+  if (ex.ended) return;
+  counted(ex.cs, (n) => (tally.bytesOut += n));
+  ex.cs.pipe(to);
+}
+
+function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
+  const { t, cs } = ex;
+  const headers: OutgoingHttpHeaders = {
+    ...endToEnd(p.headers),
+    ":method": ex.method,
+    ":scheme": "https",
+    ":authority": upstreamAuthority(t),
+    ":path": p.target,
+  };
+  if (ex.te) headers.te = "trailers";
+  // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
+  if (p.scrub) headers["accept-encoding"] = "identity";
+  let us: ReturnType<ClientHttp2Session["request"]>;
+  try {
+    us = session.request(headers, { endStream: ex.ended, waitForTrailers: !ex.ended });
+  } catch (e) {
+    badGateway(ex, tally, e as Error);
+    return;
+  }
+  us.on("wantTrailers", () => {
+    const tr = ex.trailers();
+    us.sendTrailers(tr ? endToEnd(tr) : {});
+  });
+  let upTrailers: IncomingHttpHeaders | undefined;
+  us.on("trailers", (tr: IncomingHttpHeaders) => (upTrailers = tr));
+  us.on("continue", () => {
+    if (!cs.headersSent && !cs.closed) cs.additionalHeaders({ ":status": 100 });
+  });
+  us.on("error", (e: Error) => {
+    if (!cs.headersSent) badGateway(ex, tally, e);
+    // An upstream reset after the answer began is passed on as a reset, with its code.
+    else if (!cs.closed) cs.close(us.rstCode || NGHTTP2_INTERNAL_ERROR);
+  });
+  // The client gave up: so does the upstream stream.
+  cs.once("close", () => {
+    if (!us.closed) us.close(NGHTTP2_CANCEL);
+  });
+  us.once("response", (rh: H2Headers, rflags: number) => {
+    tally.status = Number(rh[":status"]);
+    counted(us, (n) => (tally.bytesIn += n));
+    relay(cs, p.scrub, tally, rh, us, (rflags & NGHTTP2_FLAG_END_STREAM) !== 0, () => upTrailers);
+  });
+  sendBody(ex, us, tally);
+}
+
+function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
+  const { t, cs } = ex;
+  const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers), host: upstreamAuthority(t) };
+  if (p.scrub) headers["accept-encoding"] = "identity";
+  let ur: ClientRequest;
+  try {
+    ur = h1Request({ agent: t.agent, host: t.target.address, port: t.port, method: ex.method, path: p.target, headers, setHost: false });
+  } catch (e) {
+    badGateway(ex, tally, e as Error);
+    return;
+  }
+  ur.on("continue", () => {
+    if (!cs.headersSent && !cs.closed) cs.additionalHeaders({ ":status": 100 });
+  });
+  ur.on("error", (e: Error) => {
+    if (!cs.headersSent) badGateway(ex, tally, e);
+    else if (!cs.closed) cs.close(NGHTTP2_INTERNAL_ERROR);
+  });
+  cs.once("close", () => ur.destroy());
+  ur.on("response", (res: IncomingMessage) => {
+    const status = res.statusCode ?? 502;
+    tally.status = status;
+    counted(res, (n) => (tally.bytesIn += n));
+    // No body can follow: HEAD, 204, 304.
+    const empty = ex.method === "HEAD" || status === 204 || status === 304;
+    relay(cs, p.scrub, tally, res.headers as H2Headers, res, empty, () => res.trailers);
+  });
+  if (ex.ended) ur.end();
+  else sendBody(ex, ur, tally);
+}
+
+/**
+ * Sends the upstream's answer on the client stream: headers, then the body as it comes (decompressed
+ * and scrubbed when `scrub` is set), then the upstream's trailers.
+ */
+function relay(
+  cs: ServerHttp2Stream,
+  scrub: ScrubPatterns | undefined,
+  tally: Tally,
+  rh: H2Headers,
+  body: Readable,
+  endNow: boolean,
+  trailers: () => IncomingHttpHeaders | undefined,
+): void {
+  if (cs.destroyed || cs.closed) {
+    body.destroy();
+    return;
+  }
+  const headers = endToEnd(rh);
+  const status = tally.status;
+  if (endNow) {
+    // A headers-only answer (gRPC's "Trailers-Only", 204...) stays one HEADERS frame with END_STREAM.
+    body.resume();
+    try {
+      cs.respond({ ...headers, ":status": status }, { endStream: true });
+    } catch {
+      tally.status = 502;
+      problem(cs, 502, "upstream_headers", "Bad gateway: the upstream's answer has headers that cannot be passed on over HTTP/2");
+      tally.report("bad upstream headers");
+    }
+    return;
+  }
+  let src: Readable = body;
+  if (scrub) {
+    const enc = String(rh["content-encoding"] ?? "identity").toLowerCase();
+    const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
+    if (decode === null) {
+      body.destroy();
+      tally.status = 502;
+      problem(cs, 502, "encoding", `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub`);
+      tally.report("unscrubbable encoding");
+      return;
+    }
+    // A placeholder may be longer than its value and a decoded body is longer than the encoded one.
+    delete headers["content-length"];
+    delete headers["content-encoding"];
+    const scrubber = new ScrubStream(scrub);
+    src = decode ? pipeline(body, decode, scrubber, () => {}) : pipeline(body, scrubber, () => {});
+  }
+  try {
+    cs.respond({ ...headers, ":status": status }, { waitForTrailers: true });
+  } catch {
+    // A header HTTP/2 cannot carry (the upstream's, or a stream that closed meanwhile).
+    src.destroy();
+    body.destroy();
+    tally.status = 502;
+    problem(cs, 502, "upstream_headers", "Bad gateway: the upstream's answer has headers that cannot be passed on over HTTP/2");
+    tally.report("bad upstream headers");
+    return;
+  }
+  cs.once("wantTrailers", () => {
+    const tr = trailers();
+    try {
+      cs.sendTrailers(tr ? endToEnd(tr) : {});
+    } catch {
+      cs.close(NGHTTP2_INTERNAL_ERROR);
+    }
+  });
+  pipeline(src, cs, (err) => {
+    if (err) {
+      body.destroy();
+      tally.report(err.message);
+    }
+  });
+}

@@ -1,0 +1,222 @@
+/**
+ * WebSocket upgrades inside an intercepted tunnel (HTTP/1.1 `Upgrade: websocket`, RFC 6455).
+ *
+ * The handshake is one request like any other: the egress policy's `prepare` decides what it carries
+ * (the credential added) or refuses it, and it counts as one request. It goes upstream over the
+ * tunnel's verified TLS (the tunnel's agent: never plain text). If the upstream answers 101 the client
+ * gets 101 with the upstream's headers and the two connections are joined, bytes passing untouched both
+ * ways until either side closes; any other answer is relayed as a normal response (scrubbed if the
+ * policy asks) and the client connection is closed, since the server handed it over for the upgrade.
+ *
+ * Only `websocket` is upgraded: `h2c` and anything else get 501. Closing the tunnel (a lease revoked)
+ * ends the joined pair at once.
+ */
+import { type IncomingMessage, type OutgoingHttpHeaders, request, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import type { Prepared, ProxiedRequest } from "./egress.js";
+import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
+import { authority, endToEnd, hostOf, problemResponse, relayResponse, type Tunnel } from "./intercept.js";
+import { scrub } from "./scrub.js";
+
+/** Settings of {@link forwardUpgrade} (the proxy's own). */
+export interface UpgradeOptions {
+  /** Idle timeout of the joined connections, ms. */
+  idleTimeoutMs: number;
+  /** Cap on the handshake's header lines (431 above it). */
+  maxHeaders: number;
+}
+
+/**
+ * A response written straight on a connection the HTTP server handed over (its 'upgrade' event), for
+ * the proxy's own answers and a relayed non-101 answer. It says `Connection: close` and ends the
+ * connection when done: the server no longer reads requests from it.
+ */
+function detachedResponse(req: IncomingMessage, socket: Duplex): ServerResponse {
+  const res = new ServerResponse(req);
+  res.shouldKeepAlive = false;
+  try {
+    res.assignSocket(socket as Socket);
+  } catch {
+    // Another response still owns the connection (a pipelined request): nothing sane can be written.
+    socket.destroy();
+    return res;
+  }
+  res.once("finish", () => {
+    res.detachSocket(socket as Socket);
+    socket.end();
+  });
+  res.once("close", () => socket.destroy());
+  return res;
+}
+
+/** True if `value` (an Upgrade header) names exactly the WebSocket protocol. */
+function isWebSocket(value: string | undefined): boolean {
+  return value !== undefined && value.trim().toLowerCase() === "websocket";
+}
+
+/**
+ * Handles one upgrade request inside an intercepted tunnel (the inner server's 'upgrade' event):
+ * checks it, asks the policy, and joins the client to the upstream if the upstream switches protocols.
+ */
+export function forwardUpgrade(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer, opts: UpgradeOptions): void {
+  const began = performance.now();
+  const answer = (status: number, reason: string, detail: string): void => problemResponse(detachedResponse(req, client), status, reason, detail);
+  if (tooManyHeaders(req, opts.maxHeaders)) {
+    answer(431, "header_count", tooManyHeadersDetail(opts.maxHeaders));
+    return;
+  }
+  if (!isWebSocket(req.headers.upgrade)) {
+    answer(501, "upgrade", "Not implemented: the proxy upgrades to WebSocket only (Upgrade: websocket)");
+    return;
+  }
+  const url = req.url ?? "";
+  if (!url.startsWith("/")) {
+    answer(400, "request_target", "Bad request target: inside a tunnel the proxy takes origin-form targets (/path) only");
+    return;
+  }
+  if (req.method !== "GET" || req.httpVersion !== "1.1") {
+    answer(400, "websocket_handshake", "Bad WebSocket handshake: it must be a GET in HTTP/1.1 (RFC 6455 section 4.1)");
+    return;
+  }
+  // A handshake has no body. One declared here would be read upstream as frames after the 101.
+  const length = req.headers["content-length"];
+  if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) {
+    answer(400, "websocket_handshake", "Bad WebSocket handshake: a handshake request has no body");
+    return;
+  }
+  const host = req.headers.host;
+  if (host !== undefined && hostOf(host) !== t.host) {
+    answer(421, "misdirected", `Misdirected request: this tunnel is for ${t.host}, not for the Host header's host`);
+    return;
+  }
+  const asked: ProxiedRequest = { method: "GET", host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1", upgrade: "websocket" };
+  let decided: Promise<Prepared>;
+  try {
+    decided = Promise.resolve(t.prepare(asked, t.handle));
+  } catch (e) {
+    decided = Promise.reject(e);
+  }
+  decided.then(
+    (p) => handshake(t, req, client, head, p, began, opts),
+    () => answer(500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
+  );
+}
+
+function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer, p: Prepared, began: number, opts: UpgradeOptions): void {
+  let reported = false;
+  const report = (status: number, bytesOut: number, bytesIn: number, error?: string): void => {
+    if (reported) return;
+    reported = true;
+    p.done?.({ status, bytesOut, bytesIn, ms: performance.now() - began, ...(error !== undefined ? { error } : {}) });
+  };
+  if (p.kind === "refuse") {
+    problemResponse(detachedResponse(req, client), p.status, p.reason, p.detail);
+    report(p.status, 0, 0);
+    return;
+  }
+  if (t.handle.closed || client.destroyed) {
+    client.destroy();
+    report(0, 0, 0, "tunnel closed");
+    return;
+  }
+  const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t), connection: "Upgrade", upgrade: "websocket" };
+  // The scrubber reads plain bytes (a non-101 answer is relayed through it).
+  if (p.scrub) headers["accept-encoding"] = "identity";
+  const up = request({ agent: t.agent, host: t.target.address, port: t.port, method: "GET", path: p.target, headers, setHost: false });
+  // The tunnel closed (or the client left) before the upstream answered: drop the handshake.
+  const onClientClose = (): void => {
+    up.destroy();
+    report(0, 0, 0, "client closed");
+  };
+  client.once("close", onClientClose);
+
+  up.on("upgrade", (ur: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
+    client.off("close", onClientClose);
+    if (ur.statusCode !== 101 || !isWebSocket(ur.headers.upgrade)) {
+      upSocket.destroy();
+      problemResponse(detachedResponse(req, client), 502, "upstream", `Bad gateway: the upstream ${t.host} switched to a protocol other than WebSocket`);
+      report(502, 0, 0, "upgrade to another protocol");
+      return;
+    }
+    if (t.handle.closed || client.destroyed) {
+      upSocket.destroy();
+      client.destroy();
+      report(0, 0, 0, "tunnel closed");
+      return;
+    }
+    // The upstream's own 101 head, header lines as it sent them (llhttp already refused CR/LF in them).
+    // A value that echoes the credential (a token sent as a subprotocol) is scrubbed like a body.
+    let text = "HTTP/1.1 101 Switching Protocols\r\n";
+    for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
+      const value = p.scrub ? scrub(Buffer.from(ur.rawHeaders[i + 1]!, "latin1"), p.scrub).toString("latin1") : ur.rawHeaders[i + 1]!;
+      text += `${ur.rawHeaders[i]!}: ${value}\r\n`;
+    }
+    client.write(text + "\r\n", "latin1");
+    join(client, upSocket, head, upHead, opts.idleTimeoutMs, (bytesOut, bytesIn, error) => report(101, bytesOut, bytesIn, error));
+  });
+
+  up.on("response", (ur) => {
+    client.off("close", onClientClose);
+    let bytesIn = 0;
+    ur.on("data", (c: Buffer) => (bytesIn += c.length));
+    relayResponse(p.scrub, ur, detachedResponse(req, client), (err) => report(ur.statusCode ?? 0, 0, bytesIn, err));
+  });
+
+  up.on("error", (e) => {
+    client.off("close", onClientClose);
+    const code = (e as { code?: unknown }).code;
+    const why = typeof code === "string" ? code : e.message;
+    if (client.destroyed) {
+      report(0, 0, 0, why);
+      return;
+    }
+    problemResponse(detachedResponse(req, client), 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${why})`);
+    report(502, 0, 0, why);
+  });
+  up.end();
+}
+
+/**
+ * Joins the client and upstream connections after a 101: bytes both ways, untouched, until either
+ * side closes or errs, or both are idle for `idleMs`; then both close and `done` hears the byte counts.
+ *
+ * Frames pass as they are: no placeholder in a client frame is replaced. The design allows that for a
+ * rule that asks for it ("WebSocket client frames only if the rule says so"): it would go here, as a
+ * Transform that parses RFC 6455 frames (unmasks, replaces in text frames, re-masks, fixes lengths)
+ * between `client` and `upstream`, given by `prepare` (a field of the forward answer).
+ */
+function join(client: Duplex, upstream: Duplex, clientHead: Buffer, upstreamHead: Buffer, idleMs: number, done: (bytesOut: number, bytesIn: number, error?: string) => void): void {
+  let bytesOut = clientHead.length;
+  let bytesIn = upstreamHead.length;
+  let error: string | undefined;
+  let open = 2;
+  const closeBoth = (): void => {
+    client.destroy();
+    upstream.destroy();
+  };
+  const onClose = (): void => {
+    closeBoth();
+    if (--open === 0) done(bytesOut, bytesIn, error);
+  };
+  const onError = (e: Error): void => {
+    const code = (e as { code?: unknown }).code;
+    error ??= typeof code === "string" ? code : e.message;
+    closeBoth();
+  };
+  client.once("close", onClose);
+  upstream.once("close", onClose);
+  client.on("error", onError);
+  upstream.on("error", onError);
+  const up = upstream as Partial<Socket>;
+  if (typeof up.setTimeout === "function") {
+    up.setTimeout(idleMs);
+    upstream.on("timeout", closeBoth);
+  }
+  client.on("data", (c: Buffer) => (bytesOut += c.length));
+  upstream.on("data", (c: Buffer) => (bytesIn += c.length));
+  if (upstreamHead.length > 0) client.write(upstreamHead);
+  if (clientHead.length > 0) upstream.write(clientHead);
+  client.pipe(upstream);
+  upstream.pipe(client);
+}
