@@ -56,7 +56,9 @@ const VALUES = {
 async function seed(home: string): Promise<void> {
   // The children run in the sandbox (docs/sandbox.md): the project directory is this checkout (the
   // fixtures), and they write their reports to `tmp`, which the sandbox shows only when told.
-  appendFileSync(join(home, "lessor.toml"), `\n[run]\nwrite = [${JSON.stringify(tmp)}]\n`);
+  // These tests are about references resolved to values in the child's environment: network "none"
+  // (no way out) does that; the default, "proxy", hands placeholders instead (test/run-proxy.test.ts).
+  appendFileSync(join(home, "lessor.toml"), `\n[run]\nwrite = [${JSON.stringify(tmp)}]\nnetwork = "none"\n`);
   await seedHome(home, POLICY, [
     { name: "api-token", value: VALUES.token },
     { name: "db-password", value: VALUES.dbPassword },

@@ -11,6 +11,7 @@ import { isAgentId } from "../base/names.js";
 import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config.js";
+import { DEFAULT_PROXY_CONFIG, parseProxyConfig, type ProxyConfig } from "./proxy-config.js";
 
 /**
  * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres" is
@@ -38,6 +39,8 @@ export interface Config {
   identities: UidIdentity[];
   /** `[run]`: what `lessor run`'s sandbox shows the agent (src/config/run-config.ts). */
   run: RunConfig;
+  /** `[proxy]`: the injecting proxy lessor run starts (src/config/proxy-config.ts). */
+  proxy: ProxyConfig;
 }
 
 /** The `[server]` table. */
@@ -73,6 +76,7 @@ export const DEFAULT_CONFIG: Config = {
   },
   identities: [],
   run: DEFAULT_RUN_CONFIG,
+  proxy: DEFAULT_PROXY_CONFIG,
 };
 
 type Table = Record<string, unknown>;
@@ -127,8 +131,8 @@ export function parseConfig(text: string, source: string): Config {
     return fail(source, where, `not valid TOML (${(e as Error).message.split("\n")[0]})`);
   }
   for (const k of Object.keys(root))
-    if (!["vault", "keys", "policy", "audit", "server", "identity", "run"].includes(k))
-      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [run])`);
+    if (!["vault", "keys", "policy", "audit", "server", "identity", "run", "proxy"].includes(k))
+      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [run], [proxy])`);
   const v = table(source, root, "vault", ["cipher", "store", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
@@ -160,6 +164,7 @@ export function parseConfig(text: string, source: string): Config {
   parseServer(source, root, cfg.server);
   cfg.identities = parseIdentities(source, root["identity"]);
   cfg.run = parseRunConfig(source, root["run"]);
+  cfg.proxy = parseProxyConfig(source, root["proxy"]);
   return cfg;
 }
 

@@ -8,8 +8,12 @@ import { VaultError } from "../base/errors.js";
 export const PROJECT_ACCESS = ["read-write", "read-only", "none"] as const;
 export type ProjectAccess = (typeof PROJECT_ACCESS)[number];
 
-/** The sandbox's network: only loopback inside ("none"), or the host's ("host": unscoped, until the proxy). */
-export const RUN_NETWORK = ["none", "host"] as const;
+/**
+ * The sandbox's network: "proxy" (the default: only loopback inside, and lessor's injecting proxy
+ * reached through a bridge), "none" (only loopback: no way out at all), or "host" (the host's network,
+ * unscoped: the agent can reach anything the machine can).
+ */
+export const RUN_NETWORK = ["proxy", "none", "host"] as const;
 export type RunNetwork = (typeof RUN_NETWORK)[number];
 
 /** The `[run]` table, with defaults filled in. */
@@ -24,7 +28,7 @@ export interface RunConfig {
   network: RunNetwork;
 }
 
-export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write", network: "none" };
+export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write", network: "proxy" };
 
 const FIELDS = ["hide", "read", "write", "project", "network"] as const;
 

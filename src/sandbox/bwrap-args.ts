@@ -15,6 +15,11 @@ export interface BwrapOptions {
    * network namespace holds only a loopback interface.
    */
   shareNet?: boolean;
+  /**
+   * Host paths shown read-only at another path inside (the run's proxy directory at /run/lessor, a
+   * Node binary the layout does not show), made after the layout's mounts.
+   */
+  binds?: { from: string; to: string }[];
 }
 
 /**
@@ -37,7 +42,7 @@ function namespaceArgs(o: BwrapOptions): string[] {
 }
 
 /** The mounts, in order: the layout's, a fresh /proc and /dev, the read-only overlays, the masks, then the root made read-only. */
-function mountArgs(layout: Layout): string[] {
+function mountArgs(layout: Layout, binds: { from: string; to: string }[]): string[] {
   const a: string[] = [];
   for (const m of layout.mounts) {
     if (m.kind === "system") a.push("--ro-bind", m.path, m.path);
@@ -45,6 +50,7 @@ function mountArgs(layout: Layout): string[] {
     else if (m.kind === "scratch") a.push("--tmpfs", m.path);
     else a.push(m.writable ? "--bind" : "--ro-bind", m.path, m.path);
   }
+  for (const b of binds) a.push("--ro-bind", b.from, b.to);
   a.push("--proc", "/proc", "--dev", "/dev");
   for (const p of layout.readOnly) a.push("--ro-bind", p, p);
   for (const m of layout.masks) {
@@ -64,7 +70,7 @@ function envArgs(env: Record<string, string>): string[] {
 
 /** Every argument before `--` and the command, for `bwrap --args FD`. */
 export function bwrapArgs(layout: Layout, env: Record<string, string>, o: BwrapOptions): string[] {
-  return [...namespaceArgs(o), ...mountArgs(layout), ...envArgs(env)];
+  return [...namespaceArgs(o), ...mountArgs(layout, o.binds ?? []), ...envArgs(env)];
 }
 
 /** `args` as `--args FD` reads them: each followed by a NUL byte. An argument holding NUL is refused. */

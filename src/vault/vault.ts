@@ -25,6 +25,7 @@ import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type 
 import { denied } from "./denied.js";
 import { VaultError } from "../base/errors.js";
 import * as leases from "./leases.js";
+import * as proxyRequests from "./proxy-requests.js";
 import { checkAgentId, checkRef } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
 import { emptyPolicy, explain, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
@@ -347,6 +348,11 @@ export class VaultSession {
     return leases.revokeLease(this.#ctx, this.identity, leaseId, reason);
   }
   /** Revokes every live lease of an agent. */
+  /** Writes the audit event of one request the injecting proxy handled (src/vault/proxy-requests.ts). */
+  recordProxyRequest(report: proxyRequests.ProxyRequestReport): Promise<{ revoked: number }> {
+    return proxyRequests.recordProxyRequest(this.#ctx, this.identity, report);
+  }
+
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }

@@ -14,7 +14,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   { name: "domain", value: "<host>", description: "a host the credentials are for (passed to policy); repeat for more", repeat: true },
   { name: "ttl", value: "<duration>", description: "lease lifetime such as 1h (capped by policy)" },
   { name: "project", value: "<dir>", description: "the project directory the sandbox shows the command (default: the current directory)" },
-  { name: "network", value: "<none|host>", description: "the sandbox's network: none (default: loopback only) or host (any host, unscoped: warns once)" },
+  { name: "network", value: "<proxy|none|host>", description: "the sandbox's network: proxy (default: only lessor's injecting proxy), none (loopback only) or host (any host, unscoped: warns once)" },
   { name: "no-sandbox", description: "run the command unconfined, as you (it can read your files and the vault's key); warns once" },
 ];
 
@@ -55,7 +55,7 @@ export function registerRun(program: Command, cli: Cli): void {
     program
       .command("run")
       .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
-      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--network none|host] [--no-sandbox] -- CMD [ARGS…]")
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--network proxy|none|host] [--no-sandbox] -- CMD [ARGS…]")
       .argument("<command...>", "the command and its arguments (put them after --)"),
     RUN_OPTIONS,
   )
@@ -71,9 +71,12 @@ export function registerRun(program: Command, cli: Cli): void {
         "  lessor run --agent deployer --env-file .env.lessor -- npm run deploy",
         "  DATABASE_URL='postgres://app:$S:db-password@db/app' lessor run --agent app -- node server.js",
         "",
-        "The command runs in a sandbox (bubblewrap): no network, only the system, the project directory",
+        "The command runs in a sandbox (bubblewrap) that shows only the system, the project directory",
         "and the [run] paths of lessor.toml; never the lessor home, the key, the daemon socket or ~/.ssh,",
-        "~/.aws and other credential stores (docs/sandbox.md). --no-sandbox runs it unconfined, as you.",
+        "~/.aws and other credential stores (docs/sandbox.md). Its only way out is lessor's injecting",
+        "proxy (HTTPS_PROXY is set): it holds placeholders, and the proxy adds the real credentials on",
+        "the way out to the hosts the leases cover (docs/proxy.md). --no-sandbox runs it unconfined, as",
+        "you, with the real values in its environment.",
         "",
         "The exit code is the command's own (128+N if signal N killed it; 127 if it was not found).",
       ].join("\n"),

@@ -109,11 +109,17 @@ export function scanEnv(vars: Map<string, EnvVar>): VarRefs[] {
 }
 
 /**
+ * What a reference becomes in the child's environment, given its value's text: the value itself (the
+ * default), or, when lessor run's proxy adds credentials, a placeholder (src/cli/run/placeholders.ts).
+ */
+export type RenderPiece = (text: string, ref: SecretFieldRef, label: string) => string;
+
+/**
  * Resolves the references `found` in `vars`: leases every distinct secret first (in variable order,
  * so the first denial is reported before the child is ever started), then renders each variable.
  * `abort` is called between leases (it throws when the run was interrupted).
  */
-export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], book: LeaseBook, abort: () => void): Promise<ResolvedEnv> {
+export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], book: LeaseBook, abort: () => void, render: RenderPiece = (text) => text): Promise<ResolvedEnv> {
   for (const { key, v, refs } of found)
     for (const r of refs) {
       await book.value(r.ref, `$${key} (from ${v.from})`);
@@ -138,9 +144,9 @@ export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], bo
       const { bytes, owned } = picked;
       try {
         const text = envText(bytes, `the value of ${what}`);
-        out += v.value.slice(at, r.start) + text;
-        at = r.end;
         const label = maskLabel(r.ref);
+        out += v.value.slice(at, r.start) + render(text, r.ref, label);
+        at = r.end;
         if (!masks.has(label)) masks.set(label, { label, value: Buffer.from(bytes.expose()) });
       } finally {
         if (owned) bytes.wipe();

@@ -25,6 +25,8 @@ export interface Started {
 export interface SandboxStart {
   sandbox: RunSandbox;
   features: BwrapFeatures;
+  /** The run's proxy directory (network "proxy"): the command runs behind the bridge to it. */
+  proxyDir?: string;
 }
 
 /**
@@ -40,7 +42,7 @@ export function startChild(cmd: string, args: string[], env: Record<string, stri
   let signal: (s: NodeJS.Signals) => void;
   let started: Promise<boolean>;
   if (sandbox) {
-    const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio]);
+    const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio], sandbox.proxyDir);
     ({ child, signal, started } = s);
   } else {
     const c = spawn(cmd, args, { env, stdio: [...stdio] });

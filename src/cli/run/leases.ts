@@ -28,6 +28,7 @@ export class LeaseBook {
   readonly #api: BackendApi;
   readonly #opts: LeaseBookOptions;
   readonly #values = new Map<string, SecretBytes>();
+  readonly #byRef = new Map<string, LeaseRecord>();
   readonly #leases: LeaseRecord[] = [];
   readonly #pending = new Set<string>();
   #revoked = false;
@@ -71,7 +72,13 @@ export class LeaseBook {
     this.#leases.push(got.lease);
     this.#pending.add(got.lease.id);
     this.#values.set(key, got.value);
+    this.#byRef.set(key, got.lease);
     return got.value;
+  }
+
+  /** The lease taken for the secret `ref` names, once {@link LeaseBook.value} has taken it. */
+  leaseOf(ref: SecretRef): LeaseRecord | undefined {
+    return this.#byRef.get(refString(ref));
   }
 
   /**

@@ -11,6 +11,8 @@ import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import type { MaskPattern } from "./mask.js";
+import { RunCredentials } from "./placeholders.js";
+import { startRunProxy, type RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 
@@ -24,7 +26,7 @@ export interface RunOptions {
   sandbox: boolean;
   /** --project: the directory the sandbox shows (default: the current directory). */
   project?: string;
-  /** --network: "none" or "host" (default: `[run] network`, else "none"). */
+  /** --network: "proxy", "none" or "host" (default: `[run] network`, else "proxy"). */
   network?: string;
 }
 
@@ -42,6 +44,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   const relay = new SignalRelay();
   const conn = new Connection(cli);
   let book: LeaseBook | null = null;
+  let creds: RunCredentials | null = null;
+  let proxy: RunProxy | null = null;
   let patterns: MaskPattern[] = [];
   let revoked: Promise<void> | null = null;
   const revoke = (): Promise<void> => (revoked ??= book ? revokeAll(cli, conn, book) : Promise.resolve());
@@ -53,19 +57,23 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     const found = scanEnv(vars);
     // Before any lease: a run that cannot be confined takes none.
     let sandbox: RunSandbox | null = null;
+    const paths = vaultPaths(cli.home, process.env);
     if (o.sandbox) {
-      sandbox = prepareSandbox(vaultPaths(cli.home, process.env), { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
+      sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
-    } else cli.err(noSandboxWarning(vaultPaths(cli.home, process.env)));
+    } else cli.err(noSandboxWarning(paths));
+    // The default: the child holds placeholders, and lessor's proxy adds the credentials on the way out.
+    const proxied = sandbox?.network === "proxy";
     let env: Record<string, string>;
     let childModule: Promise<typeof import("./child.js")>;
     if (found.length > 0) {
       const backend = await conn.open();
       abort();
       book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      if (proxied) creds = new RunCredentials(o.agent, book, paths.config.proxy.inject);
       // The first lease request is on its way once resolveEnv is called; the child-process code
       // loads while the daemon answers it.
-      const resolving = resolveEnv(vars, found, book, abort);
+      const resolving = resolveEnv(vars, found, book, abort, creds?.render);
       childModule = import("./child.js");
       let resolved;
       try {
@@ -80,7 +88,9 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       } finally {
         for (const m of resolved.masks) m.value.fill(0);
       }
-      book.wipe(); // the child gets the values through its environment; lessor keeps only the mask patterns
+      // The child gets the values (or, through the proxy, placeholders) in its environment; lessor
+      // keeps only the mask patterns, and the proxy's credentials.
+      book.wipe();
       // The connection stays open for the revocation at the end; if the daemon closed it meanwhile
       // (idle timeout, restart), revokeAll reconnects.
     } else {
@@ -100,12 +110,24 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
         cli.err(
           `lessor: not passed to the sandboxed command (credentials in your environment): ${scrubbed.withheld.join(", ")}; store them in the vault and refer to them (${scrubbed.withheld[0]}='$S:name'), or put them in an --env-file`,
         );
+      if (proxied) {
+        proxy = await startRunProxy({
+          config: paths.config.proxy,
+          api: (await conn.current())?.api ?? null,
+          agent: o.agent,
+          credentials: creds?.credentials ?? [],
+          warn: (line) => cli.err(line),
+        });
+        env = proxy.childEnv(env);
+      }
     }
 
-    const { child, flushed, signal, started } = startChild(cmd, args, env, patterns, sandbox && features ? { sandbox, features } : undefined);
+    const { child, flushed, signal, started } = startChild(cmd, args, env, patterns, sandbox && features ? { sandbox, features, ...(proxy ? { proxyDir: proxy.dir } : {}) } : undefined);
     relay.attach(child, signal);
     const ended = await exited(child);
-    // The child is gone: its leases end now, before lessor waits for the last of its output.
+    // The child is gone: its proxy stops (its last audit reports written), then its leases end,
+    // before lessor waits for the last of its output.
+    await proxy?.close();
     await revoke();
     await Promise.all(flushed);
     if (ended.error) return cannotRun(cli, cmd, ended.error.code);
@@ -122,6 +144,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     }
     throw e;
   } finally {
+    await proxy?.close();
+    creds?.wipe();
     await revoke();
     await conn.close();
     for (const p of patterns) p.bytes.fill(0);
@@ -139,6 +163,11 @@ function cannotRun(cli: Cli, cmd: string, code: string | undefined): number {
 class Connection {
   #backend: Backend | null = null;
   constructor(readonly cli: Cli) {}
+
+  /** The backend if one is open. */
+  async current(): Promise<Backend | null> {
+    return this.#backend;
+  }
 
   async open(): Promise<Backend> {
     this.#backend ??= await this.cli.openBackend();

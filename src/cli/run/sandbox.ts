@@ -3,7 +3,7 @@
  * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
-import { accessSync, constants, statSync } from "node:fs";
+import { accessSync, constants, realpathSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
@@ -12,6 +12,7 @@ import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
 import type { Config } from "../../config/config.js";
 import { parseRunNetwork, type RunNetwork } from "../../config/run-config.js";
 import { bwrapArgs } from "../../sandbox/bwrap-args.js";
+import { bridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
 import { withheldReason } from "../../sandbox/env.js";
 import { CREDENTIAL_STORES, expandHome } from "../../sandbox/hidden.js";
@@ -94,7 +95,7 @@ export interface RunSandbox {
   command: { path: string } | { error: "ENOENT" | "EACCES" };
   /** Resolves once bwrap is known to work here; rejects with the reason it does not. */
   ready: Promise<BwrapFeatures>;
-  /** The sandbox's network: "none" (loopback only) or "host". */
+  /** The sandbox's network: "proxy" (loopback, and lessor's proxy through the bridge), "none" (loopback only) or "host". */
   network: RunNetwork;
   /**
    * The child's environment in the sandbox: lessor's own variables and the owner's session sockets
@@ -102,8 +103,12 @@ export interface RunSandbox {
    * in `withheld` (a reference or an --env-file line passes).
    */
   childEnv(env: Record<string, string>, vars: Map<string, EnvVar>, found: VarRefs[]): { env: Record<string, string>; withheld: string[] };
-  /** Starts the command (`features`: what {@link RunSandbox.ready} found). */
-  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[]): Sandboxed;
+  /**
+   * Starts the command (`features`: what {@link RunSandbox.ready} found). With `proxyDir` (network
+   * "proxy"), that directory is shown at /run/lessor and the command runs behind the bridge
+   * (src/sandbox/bridge.ts).
+   */
+  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string): Sandboxed;
 }
 
 /** The one line `--network host` prints: the agent's network is not scoped. */
@@ -180,9 +185,15 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
       if (out["TMPDIR"] !== undefined && !shows(layout, out["TMPDIR"])) out["TMPDIR"] = "/tmp";
       return { env: out, withheld };
     },
-    start(features, args, childEnv, stdio) {
+    start(features, args, childEnv, stdio, proxyDir) {
       if (!("path" in command)) throw new Error("the command was not found");
-      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host" }), command.path, args, stdio);
+      if (proxyDir === undefined)
+        return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host" }), command.path, args, stdio);
+      // The bridge runs on the Node running lessor; shown read-only if the layout does not show it.
+      const node = realpathSync(process.execPath);
+      const binds = [{ from: proxyDir, to: SANDBOX_PROXY_DIR }, ...(shows(layout, node) ? [] : [{ from: node, to: node }])];
+      const line = bridgeCommand(node, command.path, args);
+      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: false, binds }), line.cmd, line.args, stdio);
     },
   };
 }

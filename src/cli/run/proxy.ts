@@ -1,0 +1,164 @@
+/**
+ * `lessor run`'s injecting proxy (docs/proxy.md): a session CA, the SSRF guard, the lease-backed egress
+ * policy and the forward proxy, listening on a Unix socket in a private directory that the sandbox
+ * shows at /run/lessor (src/sandbox/bridge.ts). Also the child's environment for it: the proxy
+ * variables and the CA bundle paths that curl, git, Node and Python read.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { rootCertificates } from "node:tls";
+import { VaultError } from "../../base/errors.js";
+import type { BackendApi } from "../../backend/backend.js";
+import type { ProxyConfig } from "../../config/proxy-config.js";
+import { LocalCa } from "../../proxy/ca.js";
+import { ForwardProxy } from "../../proxy/forward.js";
+import { SsrfGuard, systemResolver, type Resolver } from "../../proxy/guard.js";
+import { LeaseEgress, type ProxyCredential } from "../../proxy/lease-egress.js";
+import { BRIDGE_PORT, PROXY_SOCKET_NAME, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
+import { expandHome } from "../../sandbox/hidden.js";
+
+/** The system's CA bundle, where Debian, Fedora and Alpine keep it. */
+const SYSTEM_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/** A running proxy for one run. */
+export interface RunProxy {
+  /** The private directory (socket, CA files) to show in the sandbox at {@link SANDBOX_PROXY_DIR}. */
+  dir: string;
+  /** `env` with the proxy variables and CA bundle paths (paths inside the sandbox) added. */
+  childEnv(env: Record<string, string>): Record<string, string>;
+  /** Stops the proxy (closing every tunnel), waits for its audit reports, removes the directory. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link startRunProxy}. */
+export interface RunProxyOptions {
+  config: ProxyConfig;
+  api: BackendApi | null;
+  agent: string;
+  credentials: ProxyCredential[];
+  /** Says one line on stderr (alarms, audit failures). */
+  warn(line: string): void;
+  /** Where the run's private directory is made (default: the system's temporary directory). */
+  tmp?: string;
+}
+
+/** A resolver that answers `[proxy] hosts` names from the table and the rest from the system. */
+function resolverWith(hosts: Record<string, string>): Resolver {
+  return async (host) => {
+    const fixed = hosts[host];
+    if (fixed !== undefined) return [{ address: fixed, family: fixed.includes(":") ? 6 : 4 }];
+    return systemResolver(host);
+  };
+}
+
+/** The PEM text of `[proxy] upstream_ca`, read now (a missing file is an error naming it). */
+function upstreamCa(path: string | null): string | undefined {
+  if (path === null) return undefined;
+  const p = expandHome(path, process.env["HOME"] ?? homedir());
+  if (p === null) throw new VaultError("config_invalid", `[proxy] upstream_ca: ${path} starts with ~/ and HOME is not set`);
+  try {
+    return readFileSync(resolve(p), "utf8");
+  } catch (e) {
+    throw new VaultError("config_invalid", `[proxy] upstream_ca: cannot read ${p} (${(e as NodeJS.ErrnoException).code ?? "error"}); fix the path in lessor.toml`);
+  }
+}
+
+/** The CA bundle for the child: the session CA, then the system's roots (for hosts tunnelled untouched). */
+function bundle(caPem: string): string {
+  for (const f of SYSTEM_BUNDLES)
+    if (existsSync(f)) {
+      try {
+        return `${caPem.trim()}\n${readFileSync(f, "utf8")}`;
+      } catch {
+        // unreadable: fall through to Node's roots
+      }
+    }
+  return [caPem.trim(), ...rootCertificates].join("\n") + "\n";
+}
+
+/** The child's variables for the proxy: every spelling tools read, and git's own settings. */
+function childEnv(withCa: boolean, parentGitCount: string | undefined): Record<string, string> {
+  const proxy = `http://127.0.0.1:${BRIDGE_PORT}`;
+  const env: Record<string, string> = {
+    HTTPS_PROXY: proxy,
+    HTTP_PROXY: proxy,
+    https_proxy: proxy,
+    http_proxy: proxy,
+    ALL_PROXY: proxy,
+    NO_PROXY: "localhost,127.0.0.1,::1",
+    no_proxy: "localhost,127.0.0.1,::1",
+  };
+  // git reads http.proxy and http.sslCAInfo from GIT_CONFIG_* (git 2.31+), after any the parent set.
+  const start = Number.isSafeInteger(Number(parentGitCount)) && Number(parentGitCount) > 0 ? Number(parentGitCount) : 0;
+  const git: [string, string][] = [["http.proxy", proxy]];
+  if (withCa) {
+    const caFile = `${SANDBOX_PROXY_DIR}/ca.pem`;
+    const bundleFile = `${SANDBOX_PROXY_DIR}/ca-bundle.pem`;
+    Object.assign(env, {
+      NODE_EXTRA_CA_CERTS: caFile,
+      SSL_CERT_FILE: bundleFile,
+      REQUESTS_CA_BUNDLE: bundleFile,
+      CURL_CA_BUNDLE: bundleFile,
+      GIT_SSL_CAINFO: bundleFile,
+    });
+    git.push(["http.sslCAInfo", bundleFile]);
+  }
+  git.forEach(([k, v], i) => {
+    env[`GIT_CONFIG_KEY_${start + i}`] = k;
+    env[`GIT_CONFIG_VALUE_${start + i}`] = v;
+  });
+  env["GIT_CONFIG_COUNT"] = String(start + git.length);
+  return env;
+}
+
+/**
+ * Starts the run's proxy: the CA names only the hosts the leases cover (its name constraints), the
+ * guard applies `[proxy]` ports, allow and hosts, and the egress policy is the leases'.
+ */
+export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
+  const dir = mkdtempSync(join(o.tmp ?? tmpdir(), "lessor-run-")); // mode 0700
+  let proxy: ForwardProxy | null = null;
+  let egress: LeaseEgress | null = null;
+  let ca: LocalCa | null = null;
+  try {
+    const hosts = [...new Set(o.credentials.flatMap((c) => c.lease.domains))];
+    ca = hosts.length > 0 ? LocalCa.create({ permitted: hosts }) : null;
+    if (ca) {
+      writeFileSync(join(dir, "ca.pem"), ca.certPem, { mode: 0o644 });
+      writeFileSync(join(dir, "ca-bundle.pem"), bundle(ca.certPem), { mode: 0o644 });
+    }
+    if (o.credentials.length > 0 && o.api === null) throw new VaultError("internal", "the run's proxy has credentials but no vault to check them with");
+    egress = new LeaseEgress({ api: o.api as BackendApi, agent: o.agent, credentials: o.credentials, egress: o.config.egress, warn: o.warn });
+    const guard = new SsrfGuard({ ports: o.config.ports, allow: o.config.allow, resolve: resolverWith(o.config.hosts) });
+    const extraCa = upstreamCa(o.config.upstreamCa);
+    proxy = new ForwardProxy({
+      egress,
+      // Without credentials nothing is intercepted; the CA is still needed by the type.
+      ca: ca ?? LocalCa.create({ permitted: ["lessor.invalid"] }),
+      guard,
+      ...(extraCa !== undefined ? { upstreamCa: extraCa } : {}),
+    });
+    await proxy.listenUnix(join(dir, PROXY_SOCKET_NAME));
+    egress.start();
+  } catch (e) {
+    await proxy?.close().catch(() => {});
+    await egress?.close();
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  const p = proxy;
+  const eg = egress;
+  const withCa = ca !== null;
+  let closing: Promise<void> | null = null;
+  return {
+    dir,
+    childEnv: (env) => ({ ...env, ...childEnv(withCa, env["GIT_CONFIG_COUNT"]) }),
+    close: () =>
+      (closing ??= (async () => {
+        await p.close().catch(() => {});
+        await eg.close();
+        rmSync(dir, { recursive: true, force: true });
+      })()),
+  };
+}

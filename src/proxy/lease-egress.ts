@@ -1,0 +1,305 @@
+/**
+ * The egress policy of `lessor run`'s proxy, backed by the run's leases: which hosts are intercepted,
+ * what each request carries, and when a tunnel must end.
+ *
+ * - CONNECT: a host one of the leases covers (its domains) is intercepted; any other host is refused
+ *   (strict egress, the default) or tunnelled untouched (open egress).
+ * - Each request inside an intercepted tunnel: the credentials it uses are those whose placeholder it
+ *   carries (mode "placeholder") or whose rule adds them unasked (bearer, basic, header, query) for a
+ *   host the lease covers. Each is used through the vault at that moment (`access_secret` with the
+ *   host, method and path: one use counted, expiry, revocation, method and path rules checked and
+ *   audited by the vault); a refusal answers 403 and nothing goes upstream.
+ * - Tripwire: a request that carries a credential's placeholder or real value to a host that
+ *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited.
+ * - Every request is reported (`record_proxy_request`): agent, leases, method, host, path, status,
+ *   bytes, duration; never a credential.
+ * - A lease that ends (revoked anywhere, expired, used up) closes every tunnel that used it within
+ *   one watch period (50 ms by default): the watcher polls the vault, since the daemon does not push.
+ */
+import type { OutgoingHttpHeaders } from "node:http";
+import { isVaultError, VaultError } from "../base/errors.js";
+import type { LeaseRecord } from "../base/types.js";
+import type { BackendApi } from "../backend/backend.js";
+import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
+import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
+import { ProxyRefusal } from "./refusal.js";
+import { ScrubPatterns } from "./scrub.js";
+
+/** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
+export type InjectionRule =
+  | { mode: "placeholder" }
+  | { mode: "bearer" }
+  | { mode: "basic"; username: string }
+  | { mode: "header"; header: string }
+  | { mode: "query"; param: string };
+
+/** One credential the run lends through the proxy. */
+export interface ProxyCredential {
+  lease: LeaseRecord;
+  /** `scope/name`, for messages. */
+  secret: string;
+  /** What the agent holds instead of the value. */
+  placeholder: string;
+  /** The value as text (held by lessor, outside the sandbox: scrubbing and the tripwire need it). */
+  value: string;
+  rule: InjectionRule;
+}
+
+/** Options of {@link LeaseEgress}. */
+export interface LeaseEgressOptions {
+  api: BackendApi;
+  agent: string;
+  credentials: ProxyCredential[];
+  egress: "strict" | "open";
+  /** Period of the lease watch, ms (default 50). */
+  watchMs?: number;
+  /** Hears alarms (a tripwire fired) and failures to audit, one line each, never a credential. */
+  warn?(line: string): void;
+}
+
+interface Held extends ProxyCredential {
+  patterns: DomainPattern[];
+  dead: string | null;
+  tunnels: Set<TunnelHandle>;
+}
+
+/** Headers a rule or a placeholder may never be put in: they frame the message or belong to the proxy. */
+const FRAMING = new Set(["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization"]);
+/** Why a lease is dead, from the vault's error codes. */
+const ENDED = new Set(["lease_revoked", "lease_expired", "lease_exhausted", "lease_not_found"]);
+
+/** The run's egress policy; `close` stops the watch and waits for the audit reports in flight. */
+export class LeaseEgress implements Egress {
+  readonly #o: LeaseEgressOptions;
+  readonly #held: Held[];
+  readonly #scrub: ScrubPatterns | undefined;
+  readonly #reports = new Set<Promise<unknown>>();
+  #timer: NodeJS.Timeout | null = null;
+  #polling = false;
+
+  constructor(o: LeaseEgressOptions) {
+    this.#o = o;
+    this.#held = o.credentials.map((c) => ({
+      ...c,
+      patterns: c.lease.domains.map((d) => parseDomainPattern(d)),
+      dead: null,
+      tunnels: new Set(),
+    }));
+    const pairs = this.#held.filter((h) => h.value.length > 0).map((h) => ({ value: h.value, placeholder: h.placeholder }));
+    this.#scrub = pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
+  }
+
+  /** Starts watching the leases (revocation anywhere, expiry) so that their tunnels close at once. */
+  start(): void {
+    if (this.#timer || this.#held.length === 0) return;
+    this.#timer = setInterval(() => void this.#poll(), this.#o.watchMs ?? 50);
+    this.#timer.unref();
+  }
+
+  /** Stops the watch and waits for the audit reports still on their way. */
+  async close(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    await Promise.allSettled([...this.#reports]);
+  }
+
+  decide(host: string, port: number): EgressDecision {
+    if (this.#held.some((h) => covers(h, host))) return { kind: "intercept", prepare: (req, t) => this.#prepare(req, t) };
+    if (this.#o.egress === "open") return { kind: "tunnel" };
+    return {
+      kind: "refuse",
+      refusal: new ProxyRefusal(
+        { reason: "not_granted", host, port },
+        `no lease of agent "${this.#o.agent}" in this run covers ${host}; ask the operator for a grant whose domains include it (lessor policy explain), or set [proxy] egress = "open" to let uncovered hosts through untouched`,
+      ),
+    };
+  }
+
+  async #prepare(req: ProxiedRequest, tunnel: TunnelHandle): Promise<Prepared> {
+    const carried = this.#carried(req);
+    // Tripwire first: a credential on its way to a host its lease does not cover.
+    const astray = carried.filter((h) => !covers(h, req.host));
+    if (astray.length > 0) return this.#tripwire(req, astray);
+
+    const using = this.#held.filter((h) => covers(h, req.host) && (h.rule.mode !== "placeholder" || carried.includes(h)));
+    for (const h of using)
+      if (h.dead !== null) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${h.secret} has ended (${h.dead}); lessor run no longer adds this credential`);
+
+    const path = req.target.split("?")[0]!;
+    const values = new Map<Held, string>();
+    for (const h of using) {
+      try {
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target });
+        // The value as the vault has it now (a rotation mid-run is picked up), as text for a header.
+        try {
+          values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(got.value.expose()));
+        } finally {
+          got.value.wipe();
+        }
+      } catch (e) {
+        const code = isVaultError(e) ? e.code : "internal";
+        if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""));
+        const status = code === "unavailable" || code === "internal" ? 503 : 403;
+        const why = isVaultError(e) ? e.message : "the vault could not be asked";
+        return this.#refuse(req, using, status, code, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${why}`);
+      }
+    }
+    let headers: OutgoingHttpHeaders = { ...req.headers };
+    let target = req.target;
+    for (const [h, value] of values) {
+      headers = inject(headers, h, value);
+      if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
+      h.tunnels.add(tunnel);
+    }
+    const leaseIds = using.map((h) => h.lease.id);
+    return {
+      kind: "forward",
+      headers,
+      target,
+      ...(this.#scrub ? { scrub: this.#scrub } : {}),
+      done: (o) => this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error),
+    };
+  }
+
+  /** The credentials whose placeholder or real value appears in the request's target or headers. */
+  #carried(req: ProxiedRequest): Held[] {
+    const texts = [req.target];
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v === undefined) continue;
+      for (const one of Array.isArray(v) ? v : [v]) {
+        texts.push(one);
+        if (k === "authorization") {
+          const basic = decodeBasic(one);
+          if (basic !== null) texts.push(basic);
+        }
+      }
+    }
+    return this.#held.filter((h) => texts.some((t) => t.includes(h.placeholder) || (h.value.length >= 8 && t.includes(h.value))));
+  }
+
+  async #tripwire(req: ProxiedRequest, astray: Held[]): Promise<Prepared> {
+    const names = astray.map((h) => h.secret).join(", ");
+    this.#o.warn?.(`lessor: ALARM: the agent sent the credential of ${names} to ${req.host}, which its lease does not cover; the request was refused and the lease revoked`);
+    for (const h of astray) this.#end(h, "revoked by the tripwire");
+    const reason = `the credential of ${names} was sent to ${req.host}, which its grant does not cover`;
+    const report = this.#report(req, astray.map((h) => h.lease.id), { status: 403, bytesIn: 0, bytesOut: 0, ms: 0 }, "tripwire", reason);
+    // The revocation is part of the answer: wait for it, so the agent cannot retry before it lands.
+    await report;
+    return {
+      kind: "refuse",
+      status: 403,
+      reason: "tripwire",
+      detail: `Forbidden: ${reason}. The request was not sent, the lease is revoked and the event is audited as an alarm.`,
+    };
+  }
+
+  #refuse(req: ProxiedRequest, using: Held[], status: number, reason: string, detail: string): Prepared {
+    const leaseIds = using.map((h) => h.lease.id);
+    return { kind: "refuse", status, reason, detail, done: (o) => this.#report(req, leaseIds, o, "refused", reason) };
+  }
+
+  /** Sends the request's audit event; failures are said once per occurrence, never thrown. */
+  #report(req: ProxiedRequest, leaseIds: string[], o: RequestOutcome, outcome: "ok" | "refused" | "error" | "tripwire", reason?: string): Promise<unknown> {
+    const p = this.#o.api.api
+      .record_proxy_request({
+        agent: this.#o.agent,
+        leaseIds,
+        method: req.method,
+        host: req.host,
+        path: req.target.split("?")[0]!.slice(0, 8192) || "/",
+        status: o.status,
+        bytesOut: o.bytesOut,
+        bytesIn: o.bytesIn,
+        ms: Math.round(o.ms * 1000) / 1000,
+        outcome,
+        ...(reason !== undefined ? { reason: reason.slice(0, 300) } : {}),
+      })
+      .catch((e: unknown) => this.#o.warn?.(`lessor: could not audit a proxied request to ${req.host}: ${isVaultError(e) ? e.message : "error"}`));
+    this.#reports.add(p);
+    void p.finally(() => this.#reports.delete(p));
+    return p;
+  }
+
+  /** Marks a lease dead and closes every tunnel that used it. */
+  #end(h: Held, why: string): void {
+    if (h.dead === null) h.dead = why;
+    for (const t of h.tunnels) t.close();
+    h.tunnels.clear();
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#polling) return;
+    this.#polling = true;
+    try {
+      const now = Date.now();
+      for (const h of this.#held) if (h.dead === null && h.lease.expiresAt <= now) this.#end(h, "expired");
+      const live = this.#held.filter((h) => h.dead === null);
+      if (live.length === 0) return;
+      const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
+      const alive = new Map(rows.map((l) => [l.id, l]));
+      for (const h of live) {
+        const l = alive.get(h.lease.id);
+        if (!l) this.#end(h, "revoked");
+        else if (l.maxUses !== null && l.uses >= l.maxUses) this.#end(h, "used up");
+      }
+    } catch {
+      // The vault is unreachable for a moment: each request still asks it, and is refused meanwhile.
+    } finally {
+      this.#polling = false;
+    }
+  }
+}
+
+/** True when one of the lease's domain patterns covers `host`. */
+function covers(h: Held, host: string): boolean {
+  return h.patterns.some((p) => matchDomain(p, host));
+}
+
+/** The `user:password` text of a Basic Authorization value, or null. */
+function decodeBasic(v: string): string | null {
+  const m = /^basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(v);
+  return m ? Buffer.from(m[1]!, "base64").toString("utf8") : null;
+}
+
+/** A credential may go in a header only if it is one line of visible text. */
+function checkHeaderValue(value: string, secret: string): void {
+  if (/[\x00-\x1f\x7f]/.test(value))
+    throw new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
+}
+
+/** The headers with `h`'s credential added as its rule says. */
+function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingHttpHeaders {
+  const r = h.rule;
+  if (r.mode === "query") return headers;
+  checkHeaderValue(value, h.secret);
+  if (r.mode === "bearer") return { ...headers, authorization: `Bearer ${value}` };
+  if (r.mode === "basic") return { ...headers, authorization: `Basic ${Buffer.from(`${r.username}:${value}`, "utf8").toString("base64")}` };
+  if (r.mode === "header") return { ...headers, [r.header]: value };
+  // Placeholder: replaced wherever it appears in a header value, inside a Basic pair too.
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined) continue;
+    if (FRAMING.has(k)) {
+      out[k] = v;
+      continue;
+    }
+    const swap = (s: string): string => {
+      if (k === "authorization") {
+        const pair = decodeBasic(s);
+        if (pair !== null && pair.includes(h.placeholder)) return `Basic ${Buffer.from(pair.split(h.placeholder).join(value), "utf8").toString("base64")}`;
+      }
+      return s.includes(h.placeholder) ? s.split(h.placeholder).join(value) : s;
+    };
+    out[k] = Array.isArray(v) ? v.map(swap) : typeof v === "string" ? swap(v) : v;
+  }
+  return out;
+}
+
+/** `target` with the query parameter `param` set to `value` (replacing any the agent sent). */
+function withQueryParam(target: string, param: string, value: string): string {
+  const q = target.indexOf("?");
+  const path = q < 0 ? target : target.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? "" : target.slice(q + 1));
+  params.set(param, value);
+  return `${path}?${params.toString()}`;
+}

@@ -1,0 +1,105 @@
+/**
+ * The audit record of one request the injecting proxy handled (src/proxy/lease-egress.ts): who, which
+ * leases' credentials it carried, method, host, normalised path, status, bytes and duration; never a
+ * header or body byte. A tripwire record (a credential or its placeholder sent to a host its grant
+ * does not cover) revokes the leases it names in the same commit and is written as an alarm.
+ */
+import { VaultError } from "../base/errors.js";
+import { isUuid } from "../base/ids.js";
+import { checkAgentId } from "../base/names.js";
+import { checkPlainText } from "../base/text.js";
+import type { Identity } from "../base/types.js";
+import { mayActFor } from "./access.js";
+import { commit, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
+import { canonicalRequestPath } from "./http-path.js";
+import { checkTarget } from "./target.js";
+
+/** How a proxied request ended. */
+export const PROXY_OUTCOMES = ["ok", "refused", "error", "tripwire"] as const;
+export type ProxyOutcome = (typeof PROXY_OUTCOMES)[number];
+
+/** What the proxy reports about one request. */
+export interface ProxyRequestReport {
+  agent: string;
+  /** The leases whose credentials the request carried (for a tripwire: the leases to revoke). */
+  leaseIds: string[];
+  method: string;
+  host: string;
+  /** The request path (the query is dropped here: it may hold a credential). */
+  path: string;
+  status: number;
+  bytesOut: number;
+  bytesIn: number;
+  ms: number;
+  outcome: ProxyOutcome;
+  /** Why it was refused or failed; plain text, never a credential. */
+  reason?: string;
+}
+
+/** At most this many leases per report. */
+const MAX_LEASES = 32;
+
+function count(n: unknown, what: string, max: number): number {
+  if (typeof n !== "number" || !Number.isFinite(n) || n < 0 || n > max) throw new VaultError("invalid_request", `${what} must be a number from 0 to ${max}`);
+  return Math.round(n);
+}
+
+/**
+ * Writes the `proxy_request` audit event for one request. The caller must be allowed to act for the
+ * agent, and every lease named must be that agent's. For outcome "tripwire" the named leases are
+ * revoked in the same commit and the event is flagged `alarm`. Returns how many leases it revoked.
+ */
+export async function recordProxyRequest(ctx: VaultContext, who: Identity, r: ProxyRequestReport): Promise<{ revoked: number }> {
+  const agent = checkAgentId(r.agent);
+  if (!Array.isArray(r.leaseIds) || r.leaseIds.length > MAX_LEASES || !r.leaseIds.every(isUuid))
+    throw new VaultError("invalid_request", `leaseIds must be a list of at most ${MAX_LEASES} lease ids`);
+  checkTarget({ domain: r.host, method: r.method, path: r.path });
+  if (!(PROXY_OUTCOMES as readonly string[]).includes(r.outcome)) throw new VaultError("invalid_request", `outcome must be one of ${PROXY_OUTCOMES.join(", ")}`);
+  const reason = r.reason === undefined ? null : checkPlainText(r.reason, "the reason", 300);
+  const canon = canonicalRequestPath(r.path);
+  const path = canon.path ?? "(unparseable path)";
+  const detail = {
+    method: r.method.toUpperCase(),
+    path,
+    status: count(r.status, "status", 999),
+    bytes_out: count(r.bytesOut, "bytesOut", Number.MAX_SAFE_INTEGER),
+    bytes_in: count(r.bytesIn, "bytesIn", Number.MAX_SAFE_INTEGER),
+    ms: count(r.ms, "ms", 7 * 24 * 3600_000),
+    leases: r.leaseIds.join(","),
+    ...(r.outcome === "tripwire" ? { alarm: true } : {}),
+  };
+  const tripwire = r.outcome === "tripwire";
+  return commit(ctx, async (tx, audit, now) => {
+    if (!mayActFor(who, agent))
+      return denied(audit, who, new VaultError("access_denied", `you may not report proxy requests of agent "${agent}"`), { agent });
+    const leases = [];
+    for (const id of r.leaseIds) {
+      const lease = await tx.getLease(id);
+      if (!lease || lease.agent !== agent)
+        return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
+      leases.push(lease);
+    }
+    const first = leases[0];
+    await audit({
+      type: "proxy_request",
+      actor: who,
+      agent,
+      secret: first ? `${first.scope}/${first.name}` : null,
+      leaseId: first?.id ?? null,
+      domain: r.host,
+      outcome: r.outcome === "ok" ? "ok" : r.outcome === "error" ? "error" : "denied",
+      reason: tripwire ? `tripwire: ${reason ?? "a credential was sent to a host its grant does not cover"}` : reason,
+      detail,
+    });
+    let revoked = 0;
+    if (tripwire)
+      for (const l of leases) {
+        const why = `tripwire: its credential was sent to ${r.host}, which its grant does not cover`.slice(0, 200);
+        const n = await tx.revokeLeases({ id: l.id }, now, why);
+        revoked += n;
+        await audit({ type: "lease_revoked", actor: who, agent, secret: `${l.scope}/${l.name}`, leaseId: l.id, outcome: "ok", reason: why, detail: { changed: n, alarm: true } });
+      }
+    return { revoked };
+  });
+}
