@@ -37,8 +37,34 @@ const fullTree = {
   },
 };
 
+// lessor run's proxy (CA, x509, http2: more than the rest of the fast path together) is its own file,
+// loaded only by a run that starts the proxy.
+const runProxyApart = {
+  name: "run-proxy-apart",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/proxy\.js$/ }, (a) => (/src\/cli\/run\/run\.ts$/.test(a.importer) ? { path: "./run-proxy.cjs", external: true } : undefined));
+  },
+};
+
+const fastCjs = {
+  ...common,
+  minifyWhitespace: true,
+  minifySyntax: true,
+  outdir: "dist/bin",
+  format: "cjs",
+  outExtension: { ".js": ".cjs" },
+  define: { "import.meta.url": "__lessorImportMetaUrl" },
+  banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
+};
+
+await build({ ...fastCjs, entryPoints: { "run-proxy": "src/cli/run/proxy.ts" } });
+
 const fast = await build({
   ...common,
+  plugins: [runProxyApart],
+  // No import() may run in main.cjs (it runs from a code cache: see src/cli/bin.ts): the one it has,
+  // of run-proxy.cjs, becomes a require.
+  supported: { "dynamic-import": false },
   entryPoints: { main: "src/cli/fast-path.ts" },
   // Whitespace and syntax only (names stay, for stack traces): a third less source to read and hash
   // at every start, and a smaller code cache to deserialise.

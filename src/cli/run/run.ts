@@ -12,7 +12,7 @@ import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import type { MaskPattern } from "./mask.js";
 import { RunCredentials } from "./placeholders.js";
-import { startRunProxy, type RunProxy } from "./proxy.js";
+import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 
@@ -111,6 +111,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
           `lessor: not passed to the sandboxed command (credentials in your environment): ${scrubbed.withheld.join(", ")}; store them in the vault and refer to them (${scrubbed.withheld[0]}='$S:name'), or put them in an --env-file`,
         );
       if (proxied) {
+        // Loaded only here: the CA, x509 and http2 code is not needed by a run without the proxy.
+        const { startRunProxy } = await import("./proxy.js");
         proxy = await startRunProxy({
           config: paths.config.proxy,
           api: (await conn.current())?.api ?? null,
