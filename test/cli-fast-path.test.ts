@@ -136,7 +136,7 @@ describe("CLI fast path: a running daemon", () => {
     // The bin and the fast path alone, without dist/bin/full/ (the command tree) beside them.
     dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
     lone = join(dir, "lessor.cjs");
-    for (const f of ["lessor.cjs", "main.cjs", "main.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
+    for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run-proxy.cjs"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/tok\n");
   });
   after(async () => {
@@ -167,7 +167,7 @@ describe("CLI fast path: a running daemon", () => {
     for (const cache of ["0".repeat(32) + "\ngarbage", null]) {
       const other = mkdtempSync(join(tmpdir(), "lessor-nocache-"));
       try {
-        for (const f of ["lessor.cjs", "main.cjs"]) copyFileSync(join(dir, f), join(other, f));
+        for (const f of ["lessor.cjs", "main.cjs", "run-proxy.cjs"]) copyFileSync(join(dir, f), join(other, f));
         if (cache !== null) writeFileSync(join(other, "main.cache"), cache);
         const r = spawnSync(process.execPath, [join(other, "lessor.cjs"), "lease", "tok", "--agent", "bot", "--domain", "api.example.com"], { env: env(), encoding: "utf8" });
         assert.match(r.stderr, /^lessor: lease [0-9a-f-]{36} expires in /);

@@ -25,17 +25,18 @@ const PLACEHOLDER = makePlaceholder(SECRET);
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const accept = (key: string): string => createHash("sha1").update(key + GUID).digest("base64");
 
-// --- RFC 6455 frames (just enough: FIN frames, 7/16/64-bit lengths, masking) ---------------------
+// --- RFC 6455 frames (just enough: FIN and fragments, 7/16/64-bit lengths, masking) --------------
 
-function frame(opcode: number, payload: Buffer, mask: boolean): Buffer {
+function frame(opcode: number, payload: Buffer, mask: boolean, fin = true): Buffer {
   const len = payload.length;
-  const head = len < 126 ? Buffer.from([0x80 | opcode, (mask ? 0x80 : 0) | len]) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
+  const b0 = (fin ? 0x80 : 0) | opcode;
+  const head = len < 126 ? Buffer.from([b0, (mask ? 0x80 : 0) | len]) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
   if (len >= 126 && len < 65536) {
-    head[0] = 0x80 | opcode;
+    head[0] = b0;
     head[1] = (mask ? 0x80 : 0) | 126;
     head.writeUInt16BE(len, 2);
   } else if (len >= 65536) {
-    head[0] = 0x80 | opcode;
+    head[0] = b0;
     head[1] = (mask ? 0x80 : 0) | 127;
     head.writeBigUInt64BE(BigInt(len), 2);
   }
@@ -47,8 +48,11 @@ function frame(opcode: number, payload: Buffer, mask: boolean): Buffer {
 
 interface Frame {
   opcode: number;
+  fin: boolean;
   masked: boolean;
   payload: Buffer;
+  /** The masking key as sent (masked frames). */
+  key?: Buffer;
 }
 
 /** Reads frames from a byte stream, as they complete. */
@@ -76,11 +80,9 @@ class FrameReader {
       if (masked) at += 4;
       if (b.length < at + len) break;
       let payload = Buffer.from(b.subarray(at, at + len));
-      if (masked) {
-        const key = b.subarray(keyAt, keyAt + 4);
-        payload = Buffer.from(payload.map((x, i) => x ^ key[i % 4]!));
-      }
-      out.push({ opcode: b[0]! & 0x0f, masked, payload });
+      const key = masked ? Buffer.from(b.subarray(keyAt, keyAt + 4)) : undefined;
+      if (key) payload = Buffer.from(payload.map((x, i) => x ^ key[i % 4]!));
+      out.push({ opcode: b[0]! & 0x0f, fin: (b[0]! & 0x80) !== 0, masked, payload, ...(key ? { key } : {}) });
       this.#buf = b.subarray(at + len);
     }
     return out;
@@ -97,6 +99,8 @@ interface Handshake {
 const upCa = LocalCa.create({ permitted: ["ws.test.example"] });
 const handshakes: Handshake[] = [];
 const upSockets: Duplex[] = [];
+/** Every frame the upstream received, in order (unmasked). */
+const upFrames: Frame[] = [];
 const plainRequests: string[] = [];
 let upConnections = 0;
 const upstream = https.createServer({ SNICallback: upCa.sniCallback, secureContext: upCa.secureContextFor("ws.test.example") }, (req, res) => {
@@ -119,6 +123,11 @@ upstream.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     return;
   }
   const key = String(req.headers["sec-websocket-key"] ?? "");
+  if (req.url === "/frames/ext") {
+    // Turns on compression though the proxy offered no extension.
+    socket.end(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept(key)}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n`);
+    return;
+  }
   // A header echoing the credential (as a server echoing a token subprotocol would).
   socket.write(
     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
@@ -126,13 +135,26 @@ upstream.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
   );
   upSockets.push(socket);
   const reader = new FrameReader();
+  // A fragmented message is collected and echoed whole, once its last fragment came.
+  let message: { opcode: number; parts: Buffer[] } | null = null;
   const onData = (d: Buffer): void => {
     for (const f of reader.push(d)) {
+      upFrames.push(f);
       if (!f.masked) {
         socket.destroy(); // RFC 6455 5.1: a client frame must be masked
         return;
       }
-      if (f.opcode === 0x1 || f.opcode === 0x2) socket.write(frame(f.opcode, Buffer.concat([Buffer.from("echo:"), f.payload]), false));
+      if (f.opcode === 0x1 || f.opcode === 0x2 || f.opcode === 0x0) {
+        if (f.opcode !== 0x0) message = { opcode: f.opcode, parts: [] };
+        message!.parts.push(f.payload);
+        if (!f.fin) continue;
+        const whole = Buffer.concat(message!.parts);
+        const op = message!.opcode;
+        message = null;
+        // Asked to close: a close frame whose reason echoes the secret (the proxy must scrub it).
+        if (whole.toString() === "close-with-secret") socket.end(frame(0x8, Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from(`bye ${SECRET}`)]), false));
+        else socket.write(frame(op, Buffer.concat([Buffer.from("echo:"), whole]), false));
+      } else if (f.opcode === 0x9) socket.write(frame(0xa, f.payload, false));
       else if (f.opcode === 0x8) socket.end(frame(0x8, f.payload, false));
     }
   };
@@ -166,6 +188,14 @@ const handles: TunnelHandle[] = [];
 const outcomes: RequestOutcome[] = [];
 let mode: "forward" | "refuse" = "forward";
 const scrubPatterns = new ScrubPatterns([{ value: SECRET, placeholder: PLACEHOLDER }]);
+/** A second credential whose placeholder is shorter than its value: frames must be re-measured. */
+const SHORT_PLACEHOLDER = "PH_SHORT_01";
+const LONG_VALUE = "long-value-" + "v".repeat(200);
+/** What a `websocket = true` rule gives for handshakes to /frames…: placeholder → value. */
+const framePatterns = new ScrubPatterns([
+  { value: PLACEHOLDER, placeholder: SECRET },
+  { value: SHORT_PLACEHOLDER, placeholder: LONG_VALUE },
+]);
 const egress: Egress = {
   decide(host: string, port: number): EgressDecision {
     if (host !== "ws.test.example") return { kind: "refuse", refusal: new ProxyRefusal({ reason: "not_granted", host, port }, `no grant covers ${host}`) };
@@ -176,7 +206,8 @@ const egress: Egress = {
         handles.push(handle);
         const done = (o: RequestOutcome): void => void outcomes.push(o);
         if (mode === "refuse") return { kind: "refuse", status: 403, reason: "lease_used_up", detail: "Forbidden: the lease has no uses left", done };
-        return { kind: "forward", headers: { ...req.headers, authorization: `Bearer ${SECRET}` }, target: req.target, scrub: scrubPatterns, done };
+        const frames = req.target.startsWith("/frames") ? { frames: framePatterns } : {};
+        return { kind: "forward", headers: { ...req.headers, authorization: `Bearer ${SECRET}` }, target: req.target, scrub: scrubPatterns, ...frames, done };
       },
     };
   },
@@ -490,3 +521,191 @@ async function waitFor(cond: () => boolean, ms = 2000): Promise<void> {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+// --- frames rewritten (a `websocket = true` rule, and the server's frames scrubbed) ----------------
+
+/** Reads every frame from `s` until it closes. */
+function framesUntilClosed(s: tls.TLSSocket, first: Buffer): Promise<Frame[]> {
+  const reader = new FrameReader();
+  const got = reader.push(first);
+  return new Promise((resolve) => {
+    s.on("data", (d: Buffer) => got.push(...reader.push(d)));
+    s.once("close", () => resolve(got));
+    s.on("error", () => {});
+    s.resume();
+  });
+}
+
+/** A WebSocket through the proxy to `path`, handshake done; `extra` header lines for the handshake. */
+async function open(path: string, extra = ""): Promise<{ s: tls.TLSSocket; rest: Buffer; hs: Handshake }> {
+  const before = handshakes.length;
+  const s = await tunnel();
+  const a = await exchange(s, handshakeRequest(path, randomBytes(16).toString("base64"), extra));
+  assert.equal(a.status, 101);
+  assert.equal(handshakes.length, before + 1);
+  return { s, rest: a.rest, hs: handshakes[handshakes.length - 1]! };
+}
+
+test("frames rule: a placeholder in a client frame reaches the upstream as the value (re-masked, re-measured); the echo comes back as the placeholder", async () => {
+  mode = "forward";
+  const { s, rest, hs } = await open("/frames", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+  // No extension is offered upstream: a compressed frame could not be rewritten.
+  assert.equal(hs.headers["sec-websocket-extensions"], undefined);
+  const first = upFrames.length;
+  const text = frame(0x1, Buffer.from(`{"token":"${PLACEHOLDER}"}`), true);
+  const binary = frame(0x2, Buffer.concat([Buffer.from([0, 1, 2]), Buffer.from(PLACEHOLDER), Buffer.from([255])]), true);
+  // 100 bytes with a short placeholder whose value is 211 bytes: the frame grows past the 7-bit length.
+  const grows = frame(0x1, Buffer.from(`k=${SHORT_PLACEHOLDER};`.padEnd(100, ".")), true);
+  // Written byte by byte in part, so the proxy parses frames across reads.
+  s.write(text.subarray(0, 1));
+  await new Promise((r) => setTimeout(r, 10));
+  s.write(text.subarray(1, 5));
+  await new Promise((r) => setTimeout(r, 10));
+  // And a frame with a 64-bit length, the placeholder at its very end.
+  const big = frame(0x2, Buffer.concat([Buffer.alloc(70_000, 0x2e), Buffer.from(PLACEHOLDER)]), true);
+  s.write(Buffer.concat([text.subarray(5), binary, grows, big]));
+  const echoed = await readFrames(s, rest, 4);
+
+  const got = upFrames.slice(first);
+  assert.equal(got.length, 4);
+  assert.equal(got[3]!.payload.length, 70_000 + SECRET.length);
+  assert.equal(got[3]!.payload.subarray(70_000).toString(), SECRET);
+  assert.equal(got[0]!.opcode, 0x1);
+  assert.equal(got[0]!.payload.toString(), `{"token":"${SECRET}"}`, "the upstream got the value");
+  assert.deepEqual(got[1]!.payload, Buffer.concat([Buffer.from([0, 1, 2]), Buffer.from(SECRET), Buffer.from([255])]), "in a binary frame too");
+  assert.equal(got[2]!.payload.toString(), `k=${LONG_VALUE};`.padEnd(100 - SHORT_PLACEHOLDER.length + LONG_VALUE.length, "."));
+  assert.equal(got[2]!.payload.length, 100 - SHORT_PLACEHOLDER.length + LONG_VALUE.length, "the length was recomputed (16-bit form)");
+  for (const f of got) {
+    assert.equal(f.masked, true, "re-masked");
+    assert.equal(f.fin, true);
+  }
+  // A fresh key, not the client's: the client's key for the first frame is at bytes 2..6.
+  assert.notDeepEqual(got[0]!.key, text.subarray(2, 6));
+
+  // The upstream echoed the value: the client sees the placeholder only.
+  assert.equal(echoed[0]!.payload.toString(), `echo:{"token":"${PLACEHOLDER}"}`);
+  assert.equal(echoed[0]!.masked, false);
+  assert.ok(!echoed[1]!.payload.includes(SECRET));
+  assert.ok(echoed[1]!.payload.includes(PLACEHOLDER));
+  s.destroy();
+});
+
+test("frames rule: a placeholder split across the fragments of one message, with a ping between them, is replaced", async () => {
+  mode = "forward";
+  const { s, rest } = await open("/frames/fragmented");
+  const first = upFrames.length;
+  const cut = 13;
+  s.write(frame(0x1, Buffer.from("abc" + PLACEHOLDER.slice(0, cut)), true, false));
+  await new Promise((r) => setTimeout(r, 10));
+  s.write(frame(0x9, Buffer.from("ping-" + PLACEHOLDER.slice(0, 5)), true)); // a control frame inside the message
+  s.write(frame(0x0, Buffer.from(PLACEHOLDER.slice(cut, cut + 7)), true, false));
+  s.write(frame(0x0, Buffer.from(PLACEHOLDER.slice(cut + 7) + "xyz"), true, true));
+  const echoed = await readFrames(s, rest, 2);
+
+  const got = upFrames.slice(first);
+  const data = got.filter((f) => f.opcode !== 0x9);
+  assert.deepEqual(
+    data.map((f) => [f.opcode, f.fin]),
+    [
+      [0x1, false],
+      [0x0, false],
+      [0x0, true],
+    ],
+    "the fragmentation is kept (the fragments' sizes may move)",
+  );
+  assert.equal(Buffer.concat(data.map((f) => f.payload)).toString(), "abc" + SECRET + "xyz", "the upstream got the value, whole");
+  for (const f of data) assert.ok(!f.payload.toString().includes(PLACEHOLDER.slice(0, cut)), "no piece of the placeholder went upstream");
+  // The ping passed as it was (control frames are not rewritten), and its pong came back.
+  const ping = got.find((f) => f.opcode === 0x9)!;
+  assert.equal(ping.payload.toString(), "ping-" + PLACEHOLDER.slice(0, 5));
+  assert.deepEqual(
+    echoed.map((f) => f.opcode),
+    [0xa, 0x1],
+  );
+  assert.equal(echoed[1]!.payload.toString(), "echo:abc" + PLACEHOLDER + "xyz");
+  s.destroy();
+});
+
+test("without a frames rule the client's frames are not rewritten: a placeholder reaches the upstream as is", async () => {
+  mode = "forward";
+  const { s, rest } = await open("/chat");
+  const first = upFrames.length;
+  s.write(frame(0x1, Buffer.from(`t=${PLACEHOLDER}`), true));
+  await readFrames(s, rest, 1);
+  assert.equal(upFrames[first]!.payload.toString(), `t=${PLACEHOLDER}`);
+  s.destroy();
+});
+
+test("a close frame from the server whose reason echoes the secret reaches the client scrubbed", async () => {
+  mode = "forward";
+  const { s, rest } = await open("/frames/close");
+  s.write(frame(0x1, Buffer.from("close-with-secret"), true));
+  const frames = await framesUntilClosed(s, rest);
+  const close = frames.find((f) => f.opcode === 0x8)!;
+  assert.ok(close, "a close frame came");
+  assert.equal(close.payload.readUInt16BE(0), 1000);
+  assert.equal(close.payload.subarray(2).toString(), `bye ${PLACEHOLDER}`);
+});
+
+test("a frame above the 16 MiB cap closes both sides with 1009 before its payload is read; nothing of it goes upstream", async () => {
+  mode = "forward";
+  const { s, rest } = await open("/frames/big");
+  const first = upFrames.length;
+  const up = upSockets[upSockets.length - 1]!;
+  // The head of a masked binary frame of 16 MiB + 1 bytes, and a little of its payload.
+  const head = Buffer.alloc(14);
+  head[0] = 0x82;
+  head[1] = 0x80 | 127;
+  head.writeBigUInt64BE(BigInt(16 * 1024 * 1024 + 1), 2);
+  randomBytes(4).copy(head, 10);
+  s.write(Buffer.concat([head, randomBytes(1000)]));
+  const frames = await framesUntilClosed(s, rest);
+  assert.deepEqual(
+    frames.map((f) => f.opcode),
+    [0x8],
+  );
+  assert.equal(frames[0]!.payload.readUInt16BE(0), 1009);
+  await closed(up);
+  const got = upFrames.slice(first);
+  assert.ok(
+    got.every((f) => f.opcode === 0x8),
+    "the upstream got no data frame",
+  );
+  if (got.length > 0) assert.equal(got[0]!.payload.readUInt16BE(0), 1009);
+});
+
+test("attack: an unmasked client frame, RSV bits, or a continuation with no message close with 1002 and are not forwarded", async () => {
+  mode = "forward";
+  const bad = [
+    frame(0x1, Buffer.from(`x=${PLACEHOLDER}`), false),
+    (() => {
+      const f = frame(0x1, Buffer.from(`x=${PLACEHOLDER}`), true);
+      f[0] = f[0]! | 0x40; // RSV1: a "compressed" frame nobody negotiated
+      return f;
+    })(),
+    frame(0x0, Buffer.from(`x=${PLACEHOLDER}`), true),
+    frame(0x9, Buffer.alloc(126), true), // a control frame above 125 bytes
+  ];
+  for (const b of bad) {
+    const { s, rest } = await open("/frames/attack");
+    const first = upFrames.length;
+    s.write(b);
+    const frames = await framesUntilClosed(s, rest);
+    assert.equal(frames.length, 1);
+    assert.equal(frames[0]!.opcode, 0x8);
+    assert.equal(frames[0]!.payload.readUInt16BE(0), 1002);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      upFrames.slice(first).every((f) => f.opcode === 0x8),
+      "nothing but a close frame reached the upstream",
+    );
+  }
+});
+
+test("an upstream that turns on an extension the proxy did not offer gets 502 when frames are rewritten", async () => {
+  mode = "forward";
+  const s = await tunnel();
+  const a = await exchange(s, handshakeRequest("/frames/ext", randomBytes(16).toString("base64")));
+  assert.equal(a.status, 502);
+  assert.match(a.rest.toString(), /extension/);
+});

@@ -359,4 +359,41 @@ describe("lessor run through the injecting proxy", { skip: SKIP }, () => {
     assert.doesNotMatch(r.stdout, /slow-rc=0/, "curl saw its stream cut");
     assert.match(r.stdout, /after:403/);
   });
+
+  test("a [[proxy.inject]] rule with body = true: a placeholder in a request body reaches the upstream as the credential; a compressed body is refused (415)", async () => {
+    const HEADER_RULE = '\n[[proxy.inject]]\nsecret = "header-key"\nmode = "header"\nheader = "X-Api-Key"\n';
+    setProxyConfig(HEADER_RULE + '\n[[proxy.inject]]\nsecret = "github-token"\nbody = true\n');
+    const bodies: { url: string; body: string }[] = [];
+    const capture = (req: import("node:http").IncomingMessage): void => {
+      const chunks: Buffer[] = [];
+      req.on("data", (d: Buffer) => chunks.push(d));
+      req.on("end", () => bodies.push({ url: req.url ?? "", body: Buffer.concat(chunks).toString("utf8") }));
+    };
+    server.on("request", capture);
+    try {
+      const r = await lessorRun(
+        "claude",
+        [
+          'curl -sS -o form.out -w "form:%{http_code}\\n" --data "token=$GITHUB_TOKEN&n=1" "https://api.test.example:$PORT/form"',
+          'curl -sS -o gz.out -w "gz:%{http_code}\\n" -H "Content-Encoding: gzip" --data "token=$GITHUB_TOKEN" "https://api.test.example:$PORT/gz"',
+          'printf "ENV:%s\\n" "$GITHUB_TOKEN"',
+        ].join("\n"),
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /form:200/);
+      assert.match(r.stdout, /gz:415/);
+      const placeholder = /ENV:(\S+)/.exec(r.stdout)?.[1] ?? "";
+      assert.notEqual(placeholder, CANARY);
+      const form = bodies.filter((b) => b.url === "/form");
+      assert.equal(form.length, 1);
+      assert.equal(form[0]!.body, `token=${CANARY}&n=1`, "the upstream received the credential in the body");
+      assert.equal(bodies.filter((b) => b.url === "/gz").length, 0, "the compressed body never reached the upstream");
+      assert.match(readFileSync(join(PROJECT, "gz.out"), "utf8"), /"reason":"request_encoding"/);
+      leaked("stdout", r.stdout);
+      leaked("stderr", r.stderr);
+    } finally {
+      server.off("request", capture);
+      setProxyConfig(HEADER_RULE);
+    }
+  });
 });

@@ -15,7 +15,14 @@
  * header = "X-Api-Key"               # mode = "header"
  * param = "api_key"                  # mode = "query"
  * username = "x-access-token"        # mode = "basic" (the secret is the password)
+ * body = true                        # mode = "placeholder": also replace it in request bodies
+ * websocket = true                   # mode = "placeholder": also replace it in WebSocket client frames
  * ```
+ *
+ * `body` and `websocket` widen where a placeholder is swapped for its credential. Since the proxy cannot
+ * read a body (or a future frame) before deciding, a rule with either one spends one use of the lease
+ * for every request with a body (or every WebSocket handshake) to a host the lease covers, whether the
+ * placeholder turns up in it or not (src/proxy/lease-egress.ts).
  */
 import { isIP } from "node:net";
 import { VaultError } from "../base/errors.js";
@@ -40,6 +47,10 @@ export interface InjectRule {
   param?: string;
   /** mode "basic": the user name (the secret is the password). */
   username?: string;
+  /** mode "placeholder": the placeholder is replaced in request bodies too (set only when true). */
+  body?: true;
+  /** mode "placeholder": the placeholder is replaced in WebSocket client frames too (set only when true). */
+  websocket?: true;
 }
 
 /** The `[proxy]` table, with defaults filled in. */
@@ -56,7 +67,7 @@ export interface ProxyConfig {
 export const DEFAULT_PROXY_CONFIG: ProxyConfig = { egress: "strict", ports: [443, 80], allow: [], hosts: {}, upstreamCa: null, inject: [] };
 
 const FIELDS = ["egress", "ports", "allow", "hosts", "upstream_ca", "inject"] as const;
-const RULE_FIELDS = ["secret", "mode", "header", "param", "username"] as const;
+const RULE_FIELDS = ["secret", "mode", "header", "param", "username", "body", "websocket"] as const;
 /** An HTTP header name (RFC 9110 token). */
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
 /** Headers the proxy owns or that frame the message: a rule may not set them. */
@@ -108,6 +119,15 @@ function parseRule(source: string, i: number, raw: unknown): InjectRule {
     const u = text(source, `${where} username`, t.username, 256);
     if (u.includes(":")) fail(source, `${where} username`, "a Basic user name cannot contain a colon");
     rule.username = u;
+  }
+  for (const field of ["body", "websocket"] as const) {
+    const v = t[field];
+    if (v === undefined) continue;
+    if (typeof v !== "boolean") fail(source, `${where} ${field}`, `expected true or false, got ${JSON.stringify(v)}`);
+    // The other modes add the credential themselves: there is no placeholder in a body or frame to swap.
+    if (rule.mode !== "placeholder")
+      fail(source, `${where} ${field}`, `only mode = "placeholder" takes ${field} (mode "${rule.mode}" adds the credential itself; there is no placeholder to replace)`);
+    if (v) rule[field] = true;
   }
   return rule;
 }

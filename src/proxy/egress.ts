@@ -31,6 +31,12 @@ export interface ProxiedRequest {
    * answers 101, the connection then carries frames both ways, untouched, until it closes.
    */
   readonly upgrade?: "websocket";
+  /**
+   * False when the request certainly has no body (HTTP/1.1: no Transfer-Encoding and no Content-Length
+   * above 0; HTTP/2: END_STREAM on its HEADERS); true or absent when it may have one. The policy cannot
+   * read the body before it decides: this is all it knows of it.
+   */
+  readonly hasBody?: boolean;
 }
 
 /** How one proxied request ended, for the audit event: never a header or body byte. */
@@ -53,8 +59,22 @@ export type Prepared =
       kind: "forward";
       headers: OutgoingHttpHeaders;
       target: string;
-      /** If set, the response body streams through the scrubber (an echoed secret becomes its placeholder). */
+      /**
+       * If set, the response body streams through the scrubber (an echoed secret becomes its placeholder);
+       * after a WebSocket upgrade, so do the server's frames.
+       */
       scrub?: ScrubPatterns;
+      /**
+       * If set, the request body streams through these patterns (used in reverse: placeholder → value),
+       * never buffered whole. A body with a Content-Encoding is then refused (415): it cannot be rewritten.
+       * If a pattern changes the length, the body goes without Content-Length (chunked over HTTP/1.1).
+       */
+      requestBody?: ScrubPatterns;
+      /**
+       * WebSocket only: if set, the payloads of the client's text and binary frames go through these
+       * patterns (placeholder → value) and are re-masked and re-framed (src/proxy/ws-frames.ts).
+       */
+      frames?: ScrubPatterns;
       /** Called once when the exchange is over. */
       done?(outcome: RequestOutcome): void;
     }

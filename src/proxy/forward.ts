@@ -58,21 +58,33 @@ export interface ForwardProxyOptions {
    * it to prove a refused target never reaches it.
    */
   connect?: (to: ConnectTo) => Duplex;
+  /**
+   * Who may use the proxy, asked first for each CONNECT and each plain-HTTP request (requests inside
+   * an intercepted tunnel belong to its CONNECT); false answers 407 with `Proxy-Authenticate: Basic
+   * realm="lessor"` and nothing is forwarded. Default: whoever can connect (a private Unix socket).
+   * `lessor proxy` on a TCP port passes ./proxy-auth.ts's basicProxyAuth.
+   */
+  authorize?: (req: IncomingMessage) => boolean;
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway" };
+const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 407: "Proxy Authentication Required", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway" };
 
 /** Writes a complete HTTP/1.1 answer with a problem document on a raw CONNECT socket and closes it. */
-function answerRaw(socket: Duplex, status: number, problem: object): void {
+function answerRaw(socket: Duplex, status: number, problem: object, extraHeaders = ""): void {
   const body = safeJson(problem);
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\n` +
+      extraHeaders +
       "Content-Type: application/problem+json\r\n" +
       `Content-Length: ${Buffer.byteLength(body)}\r\n` +
       "Connection: close\r\n\r\n" +
       body,
   );
 }
+
+/** The 407 problem document, and the challenge that makes clients send their credentials. */
+const AUTH_PROBLEM = { type: "urn:lessor:proxy:proxy_auth", title: "Proxy authentication required", status: 407, detail: "this proxy takes requests only with its session's credentials (HTTPS_PROXY=http://lessor:TOKEN@host:port, as lessor proxy printed it)", reason: "proxy_auth" };
+const AUTH_CHALLENGE = 'Basic realm="lessor"';
 
 function answerRefusal(socket: Duplex, r: ProxyRefusal): void {
   answerRaw(socket, r.status, r.problem());
@@ -112,7 +124,7 @@ export class ForwardProxy {
     };
     this.#up = {
       connect: opts.connect ?? ((to) => createConnection({ host: to.host, port: to.port, family: to.family })),
-      ca: upstreamTrust(opts.upstreamCa),
+      trust: upstreamTrust(opts.upstreamCa),
       idleTimeoutMs: this.#idleMs,
     };
     this.server = createServer(serverOpts, (req, res) => this.#plainRequest(req, res));
@@ -195,6 +207,13 @@ export class ForwardProxy {
 
   /** Absolute-form (plain HTTP) requests: forwarded untouched for open egress, else refused (./plain-http.ts). */
   #plainRequest(req: IncomingMessage, res: ServerResponse): void {
+    if (this.#opts.authorize && !this.#opts.authorize(req)) {
+      // The body (if any) is not read: the connection ends with the answer.
+      const body = safeJson(AUTH_PROBLEM);
+      res.writeHead(407, { "proxy-authenticate": AUTH_CHALLENGE, "content-type": "application/problem+json", "content-length": Buffer.byteLength(body), connection: "close" });
+      res.end(body);
+      return;
+    }
     // Tracked, so that close() ends plain-HTTP upstream connections too.
     const connect = (to: ConnectTo): Duplex => {
       const s = this.#up.connect(to);
@@ -206,6 +225,10 @@ export class ForwardProxy {
 
   async #connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    if (this.#opts.authorize && !this.#opts.authorize(req)) {
+      answerRaw(socket, 407, AUTH_PROBLEM, `Proxy-Authenticate: ${AUTH_CHALLENGE}\r\n`);
+      return;
+    }
     if (tooManyHeaders(req, this.#maxHeaders)) {
       answerRaw(socket, 431, { type: "urn:lessor:proxy:header_count", title: "Request header fields too large", status: 431, detail: `more than ${this.#maxHeaders} header lines`, reason: "header_count" });
       return;

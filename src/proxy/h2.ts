@@ -20,6 +20,7 @@ import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { parseHostLiteral } from "./guard.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { TunnelUpstream, upstreamAuthority } from "./upstream.js";
 
@@ -164,7 +165,16 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
   // Request trailers can arrive while the policy decides (they are not held back with the body).
   let reqTrailers: IncomingHttpHeaders | undefined;
   cs.once("trailers", (tr: IncomingHttpHeaders) => (reqTrailers = tr));
-  const asked: ProxiedRequest = { method: method.toUpperCase(), host: t.host, port: t.port, target: path, headers: endToEnd(h) as IncomingHttpHeaders, protocol: "h2" };
+  const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+  const asked: ProxiedRequest = {
+    method: method.toUpperCase(),
+    host: t.host,
+    port: t.port,
+    target: path,
+    headers: endToEnd(h) as IncomingHttpHeaders,
+    protocol: "h2",
+    hasBody: !ended,
+  };
   let decided: Promise<Prepared>;
   try {
     decided = Promise.resolve(t.prepare(asked, t.handle));
@@ -175,7 +185,8 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
     t,
     cs,
     method,
-    ended: (flags & NGHTTP2_FLAG_END_STREAM) !== 0,
+    ended,
+    encoding: h["content-encoding"],
     te: wantsTrailers(h.te),
     trailers: () => reqTrailers,
     began,
@@ -195,6 +206,8 @@ interface Exchange {
   readonly method: string;
   /** The client's request had no body (END_STREAM on its headers). */
   readonly ended: boolean;
+  /** The request's Content-Encoding, if any. */
+  readonly encoding: string | string[] | undefined;
   /** The client sent `te: trailers`. */
   readonly te: boolean;
   /** The client's request trailers, once they came. */
@@ -229,6 +242,14 @@ function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
     tally.report();
     return;
   }
+  // A body rule and a compressed body: refused before anything goes upstream (./request-body.ts).
+  const coding = p.requestBody !== undefined && !ex.ended ? encodedBody(ex.encoding) : null;
+  if (coding !== null) {
+    tally.status = 415;
+    problem(cs, 415, ENCODED_BODY_REASON, encodedBodyDetail(coding));
+    tally.report("compressed request body");
+    return;
+  }
   if (t.handle.closed || cs.destroyed || cs.closed) {
     cs.close(NGHTTP2_CANCEL);
     tally.report(t.handle.closed ? "tunnel closed" : "client closed");
@@ -258,11 +279,15 @@ function counted(from: Readable, onBytes: (n: number) => void): void {
   from.on("data", (c: Buffer | string) => onBytes(typeof c === "string" ? Buffer.byteLength(c) : c.length));
 }
 
-/** Streams the client's request body (if any) into `to`, counting it. */
-function sendBody(ex: Exchange, to: NodeJS.WritableStream, tally: Tally): void {
+/** Streams the client's request body (if any) into `to`, counting it; through `rewrite` (placeholder → value) if set. */
+function sendBody(ex: Exchange, to: NodeJS.WritableStream & { destroy(): void }, tally: Tally, rewrite: ScrubPatterns | undefined): void {
   if (ex.ended) return;
   counted(ex.cs, (n) => (tally.bytesOut += n));
-  ex.cs.pipe(to);
+  if (rewrite) {
+    const swap = bodyRewriter(rewrite);
+    swap.on("error", () => to.destroy());
+    ex.cs.pipe(swap).pipe(to);
+  } else ex.cs.pipe(to);
 }
 
 function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
@@ -277,6 +302,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
   if (ex.te) headers.te = "trailers";
   // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
   if (p.scrub) headers["accept-encoding"] = "identity";
+  if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, false);
   let us: ReturnType<ClientHttp2Session["request"]>;
   try {
     us = session.request(headers, { endStream: ex.ended, waitForTrailers: !ex.ended });
@@ -307,13 +333,14 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
     counted(us, (n) => (tally.bytesIn += n));
     relay(cs, p.scrub, tally, rh, us, (rflags & NGHTTP2_FLAG_END_STREAM) !== 0, () => upTrailers);
   });
-  sendBody(ex, us, tally);
+  sendBody(ex, us, tally, p.requestBody);
 }
 
 function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
   const { t, cs } = ex;
   const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers), host: upstreamAuthority(t) };
   if (p.scrub) headers["accept-encoding"] = "identity";
+  if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, true);
   let ur: ClientRequest;
   try {
     ur = h1Request({ agent: t.agent, host: t.target.address, port: t.port, method: ex.method, path: p.target, headers, setHost: false });
@@ -338,7 +365,7 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
     relay(cs, p.scrub, tally, res.headers as H2Headers, res, empty, () => res.trailers);
   });
   if (ex.ended) ur.end();
-  else sendBody(ex, ur, tally);
+  else sendBody(ex, ur, tally, p.requestBody);
 }
 
 /**

@@ -8,11 +8,12 @@
 import { Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, request, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { pipeline } from "node:stream";
-import { connect as tlsConnect, rootCertificates, type TLSSocket } from "node:tls";
+import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureContext, type SecureContext } from "node:tls";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo } from "./guard.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
 /** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
@@ -46,16 +47,19 @@ export interface Tunnel {
 export interface UpstreamTls {
   /** Opens the TCP connection to the checked address (instrumentable in tests). */
   connect: (to: ConnectTo) => Duplex;
-  /** CA certificates trusted for upstreams: the system roots plus any extra ones. */
-  ca: string[];
+  /**
+   * The TLS context every upstream connection verifies with: the system roots plus any extra CA,
+   * built once per proxy ({@link upstreamTrust}; building one from ~145 PEM roots costs tens of ms).
+   */
+  trust: SecureContext;
   /** Idle timeout of an upstream connection, ms. */
   idleTimeoutMs: number;
 }
 
-/** The trust list for upstreams: Node's bundled roots plus the extra PEM certificates given. */
-export function upstreamTrust(extra: string | readonly string[] | undefined): string[] {
+/** The TLS context for upstreams: Node's bundled roots plus the extra PEM certificates given, TLS 1.2 at least. */
+export function upstreamTrust(extra: string | readonly string[] | undefined): SecureContext {
   const more = extra === undefined ? [] : typeof extra === "string" ? [extra] : [...extra];
-  return [...rootCertificates, ...more];
+  return createSecureContext({ ca: [...rootCertificates, ...more], minVersion: "TLSv1.2" });
 }
 
 /**
@@ -82,10 +86,9 @@ export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
       tls = tlsConnect({
         socket: tcp,
         ...(target.servername !== undefined ? { servername: target.servername } : { host: target.address }),
-        ca: up.ca,
+        secureContext: up.trust,
         rejectUnauthorized: true,
         ALPNProtocols: ["http/1.1"],
-        minVersion: "TLSv1.2",
       });
     } catch (e) {
       finish(e as Error);
@@ -169,7 +172,15 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
   }
   // The request body waits (paused) while the policy decides.
   req.pause();
-  const asked: ProxiedRequest = { method: (req.method ?? "GET").toUpperCase(), host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1" };
+  const asked: ProxiedRequest = {
+    method: (req.method ?? "GET").toUpperCase(),
+    host: t.host,
+    port: t.port,
+    target: url,
+    headers: endToEnd(req.headers),
+    protocol: "h1",
+    hasBody: h1HasBody(req.headers),
+  };
   let decided: Promise<Prepared>;
   try {
     decided = Promise.resolve(t.prepare(asked, t.handle));
@@ -208,6 +219,18 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t) };
   // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
   if (p.scrub) headers["accept-encoding"] = "identity";
+  // A body rule: the body streams through the reverse patterns (./request-body.ts), unless compressed.
+  const rewrite = p.requestBody !== undefined && h1HasBody(req.headers) ? p.requestBody : undefined;
+  if (rewrite) {
+    const coding = encodedBody(req.headers["content-encoding"]);
+    if (coding !== null) {
+      req.resume();
+      problemResponse(res, 415, ENCODED_BODY_REASON, encodedBodyDetail(coding));
+      report(415, "compressed request body");
+      return;
+    }
+    rewrittenBodyHeaders(headers, rewrite, true);
+  }
 
   const up: ClientRequest = request({
     agent: t.agent,
@@ -230,7 +253,11 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   });
   req.on("error", () => up.destroy());
   counted(req, (n) => (bytesOut += n));
-  req.pipe(up);
+  if (rewrite) {
+    const swap = bodyRewriter(rewrite);
+    swap.on("error", () => up.destroy());
+    req.pipe(swap).pipe(up);
+  } else req.pipe(up);
   req.resume();
 }
 

@@ -9,12 +9,23 @@
  *   host the lease covers. Each is used through the vault at that moment (`access_secret` with the
  *   host, method and path: one use counted, expiry, revocation, method and path rules checked and
  *   audited by the vault); a refusal answers 403 and nothing goes upstream.
+ * - Bodies and WebSocket frames: a placeholder rule with `body = true` (or `websocket = true`) also has
+ *   the placeholder replaced in the request body (or the client's frames), streaming. The body cannot be
+ *   read before deciding, so for a host the lease covers such a credential counts as used by every
+ *   request that may have a body (`hasBody` not false), and by every WebSocket handshake, whether the
+ *   placeholder turns up or not: one use each (a WebSocket's frames then ride on its handshake's use,
+ *   and the connection closes when the lease is revoked or expires). If that use is refused (method or path rule, use
+ *   count, revocation) the request is refused: the proxy fails closed rather than guess.
  * - Tripwire: a request that carries a credential's placeholder or real value to a host that
- *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited.
+ *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited. It reads
+ *   the target and headers only: a body (or a frame) going to a host the lease does not cover is not
+ *   scanned, and a placeholder in it is not replaced either (it goes as is, which leaks nothing).
  * - Every request is reported (`record_proxy_request`): agent, leases, method, host, path, status,
  *   bytes, duration; never a credential.
- * - A lease that ends (revoked anywhere, expired, used up) closes every tunnel that used it within
- *   one watch period (50 ms by default): the watcher polls the vault, since the daemon does not push.
+ * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
+ *   period (50 ms by default): the watcher polls the vault, since the daemon does not push. A used-up
+ *   lease adds nothing more, but the requests that took its uses (the last one still streaming, say)
+ *   were granted and run to their end.
  */
 import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
@@ -27,7 +38,13 @@ import { ScrubPatterns } from "./scrub.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
 export type InjectionRule =
-  | { mode: "placeholder" }
+  | {
+      mode: "placeholder";
+      /** Also replace the placeholder in request bodies. */
+      body?: boolean;
+      /** Also replace the placeholder in WebSocket client frames. */
+      websocket?: boolean;
+    }
   | { mode: "bearer" }
   | { mode: "basic"; username: string }
   | { mode: "header"; header: string }
@@ -121,7 +138,10 @@ export class LeaseEgress implements Egress {
     const astray = carried.filter((h) => !covers(h, req.host));
     if (astray.length > 0) return this.#tripwire(req, astray);
 
-    const using = this.#held.filter((h) => covers(h, req.host) && (h.rule.mode !== "placeholder" || carried.includes(h)));
+    // A body or frames still to come may carry a placeholder the headers do not: see the module comment.
+    const inBody = (h: Held): boolean => h.rule.mode === "placeholder" && h.rule.body === true && req.hasBody !== false;
+    const inFrames = (h: Held): boolean => h.rule.mode === "placeholder" && h.rule.websocket === true && req.upgrade === "websocket";
+    const using = this.#held.filter((h) => covers(h, req.host) && (h.rule.mode !== "placeholder" || carried.includes(h) || inBody(h) || inFrames(h)));
     for (const h of using)
       if (h.dead !== null) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${h.secret} has ended (${h.dead}); lessor run no longer adds this credential`);
 
@@ -138,7 +158,7 @@ export class LeaseEgress implements Egress {
         }
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
-        if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""));
+        if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
         const status = code === "unavailable" || code === "internal" ? 503 : 403;
         const why = isVaultError(e) ? e.message : "the vault could not be asked";
         return this.#refuse(req, using, status, code, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${why}`);
@@ -151,12 +171,21 @@ export class LeaseEgress implements Egress {
       if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
       h.tunnels.add(tunnel);
     }
+    // Reverse patterns (placeholder → value) with the values just read, so a rotation is picked up here too.
+    const reverse = (pick: (h: Held) => boolean): ScrubPatterns | undefined => {
+      const pairs = [...values].filter(([h]) => pick(h)).map(([h, value]) => ({ value: h.placeholder, placeholder: value }));
+      return pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
+    };
+    const requestBody = reverse(inBody);
+    const frames = reverse(inFrames);
     const leaseIds = using.map((h) => h.lease.id);
     return {
       kind: "forward",
       headers,
       target,
       ...(this.#scrub ? { scrub: this.#scrub } : {}),
+      ...(requestBody ? { requestBody } : {}),
+      ...(frames ? { frames } : {}),
       done: (o) => this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error),
     };
   }
@@ -220,9 +249,10 @@ export class LeaseEgress implements Egress {
     return p;
   }
 
-  /** Marks a lease dead and closes every tunnel that used it. */
-  #end(h: Held, why: string): void {
+  /** Marks a lease dead and (unless `close` is false: used up) closes every tunnel that used it. */
+  #end(h: Held, why: string, close = true): void {
     if (h.dead === null) h.dead = why;
+    if (!close) return;
     for (const t of h.tunnels) t.close();
     h.tunnels.clear();
   }
@@ -238,15 +268,26 @@ export class LeaseEgress implements Egress {
       const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
       const alive = new Map(rows.map((l) => [l.id, l]));
       for (const h of live) {
-        const l = alive.get(h.lease.id);
-        if (!l) this.#end(h, "revoked");
-        else if (l.maxUses !== null && l.uses >= l.maxUses) this.#end(h, "used up");
+        if (alive.has(h.lease.id)) continue;
+        // Not live: revoked, or used up (the live list leaves both out). The request that took the
+        // last use may still be on its way: it keeps its tunnel; a revoked lease's tunnels close now.
+        if (h.lease.maxUses !== null && (await this.#usedUp(h))) this.#end(h, "used up", false);
+        else this.#end(h, "revoked");
       }
     } catch {
       // The vault is unreachable for a moment: each request still asks it, and is refused meanwhile.
     } finally {
       this.#polling = false;
     }
+  }
+
+  /** True when `h`'s lease ended by its last use, not a revocation (not found: taken as revoked). */
+  async #usedUp(h: Held): Promise<boolean> {
+    // Newest first (ids are UUIDv7): the run's own lease is among the first unless the agent took
+    // a thousand more of this secret since.
+    const rows = await this.#o.api.listLeases({ agent: this.#o.agent, secret: `${h.lease.scope}/${h.lease.name}`, limit: 1000 });
+    const l = rows.find((r) => r.id === h.lease.id);
+    return l !== undefined && l.revokedAt === null && l.maxUses !== null && l.uses >= l.maxUses;
   }
 }
 
@@ -271,11 +312,12 @@ function checkHeaderValue(value: string, secret: string): void {
 function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingHttpHeaders {
   const r = h.rule;
   if (r.mode === "query") return headers;
-  checkHeaderValue(value, h.secret);
+  if (r.mode !== "placeholder") checkHeaderValue(value, h.secret);
   if (r.mode === "bearer") return { ...headers, authorization: `Bearer ${value}` };
   if (r.mode === "basic") return { ...headers, authorization: `Basic ${Buffer.from(`${r.username}:${value}`, "utf8").toString("base64")}` };
   if (r.mode === "header") return { ...headers, [r.header]: value };
-  // Placeholder: replaced wherever it appears in a header value, inside a Basic pair too.
+  // Placeholder: replaced wherever it appears in a header value, inside a Basic pair too. The value is
+  // checked only when it goes in a header: a body-only credential may hold line breaks (a PEM key).
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) {
     if (v === undefined) continue;
@@ -286,9 +328,14 @@ function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingH
     const swap = (s: string): string => {
       if (k === "authorization") {
         const pair = decodeBasic(s);
-        if (pair !== null && pair.includes(h.placeholder)) return `Basic ${Buffer.from(pair.split(h.placeholder).join(value), "utf8").toString("base64")}`;
+        if (pair !== null && pair.includes(h.placeholder)) {
+          checkHeaderValue(value, h.secret);
+          return `Basic ${Buffer.from(pair.split(h.placeholder).join(value), "utf8").toString("base64")}`;
+        }
       }
-      return s.includes(h.placeholder) ? s.split(h.placeholder).join(value) : s;
+      if (!s.includes(h.placeholder)) return s;
+      checkHeaderValue(value, h.secret);
+      return s.split(h.placeholder).join(value);
     };
     out[k] = Array.isArray(v) ? v.map(swap) : typeof v === "string" ? swap(v) : v;
   }

@@ -43,6 +43,11 @@ export class ScrubPatterns {
   readonly longest: number;
   /** Number of distinct secret values. */
   readonly count: number;
+  /**
+   * True when every placeholder has its value's byte length, so a scrubbed stream keeps its length
+   * (a Content-Length or a WebSocket frame length stays true).
+   */
+  readonly lengthPreserving: boolean;
 
   /** Byte → class (0 for bytes no secret contains), so the table has one column per class, not 256. */
   /** @internal */ readonly cls: Uint8Array;
@@ -91,6 +96,7 @@ export class ScrubPatterns {
     }
     this.count = values.length;
     this.placeholders = placeholders;
+    this.lengthPreserving = values.every((v, i) => v.length === placeholders[i]!.length);
     this.longest = values.reduce((m, v) => Math.max(m, v.length), 0);
 
     const cls = new Uint8Array(256);

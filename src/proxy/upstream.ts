@@ -86,10 +86,9 @@ export class TunnelUpstream {
     const tls = tlsConnect({
       socket: tcp,
       ...(t.target.servername !== undefined ? { servername: t.target.servername } : { host: t.target.address }),
-      ca: this.#up.ca,
+      secureContext: this.#up.trust,
       rejectUnauthorized: true,
       ALPNProtocols: [...UPSTREAM_ALPN],
-      minVersion: "TLSv1.2",
     });
     this.#opening = tls;
     try {

@@ -10,6 +10,13 @@
  *
  * Only `websocket` is upgraded: `h2c` and anything else get 501. Closing the tunnel (a lease revoked)
  * ends the joined pair at once.
+ *
+ * When the policy's answer has `frames` (a rule with `websocket = true`) or `scrub`, the bytes do not
+ * pass untouched: both directions are parsed as frames (./ws-frames.ts), the client's payloads have
+ * placeholders replaced by values (`frames`) and the server's have values replaced by placeholders
+ * (`scrub`). Then no extension is offered upstream (the client's Sec-WebSocket-Extensions is dropped:
+ * a permessage-deflate frame could not be rewritten), an upstream that turns one on anyway gets 502,
+ * and a frame the rewriter refuses closes both sides with a close frame (1009 too big, 1002 protocol).
  */
 import { type IncomingMessage, type OutgoingHttpHeaders, request, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -17,7 +24,8 @@ import type { Duplex } from "node:stream";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
 import { authority, endToEnd, hostOf, problemResponse, relayResponse, type Tunnel } from "./intercept.js";
-import { scrub } from "./scrub.js";
+import { scrub, type ScrubPatterns } from "./scrub.js";
+import { closeFrame, FrameError, FrameRewriter } from "./ws-frames.js";
 
 /** Settings of {@link forwardUpgrade} (the proxy's own). */
 export interface UpgradeOptions {
@@ -25,6 +33,8 @@ export interface UpgradeOptions {
   idleTimeoutMs: number;
   /** Cap on the handshake's header lines (431 above it). */
   maxHeaders: number;
+  /** Cap on one frame's payload when frames are rewritten, bytes (default 16 MiB; 1009 above it). */
+  maxFrameBytes?: number;
 }
 
 /**
@@ -90,7 +100,7 @@ export function forwardUpgrade(t: Tunnel, req: IncomingMessage, client: Duplex, 
     answer(421, "misdirected", `Misdirected request: this tunnel is for ${t.host}, not for the Host header's host`);
     return;
   }
-  const asked: ProxiedRequest = { method: "GET", host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1", upgrade: "websocket" };
+  const asked: ProxiedRequest = { method: "GET", host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1", upgrade: "websocket", hasBody: false };
   let decided: Promise<Prepared>;
   try {
     decided = Promise.resolve(t.prepare(asked, t.handle));
@@ -123,6 +133,9 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
   const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t), connection: "Upgrade", upgrade: "websocket" };
   // The scrubber reads plain bytes (a non-101 answer is relayed through it).
   if (p.scrub) headers["accept-encoding"] = "identity";
+  // Frames to rewrite: no extension (a compressed frame cannot be rewritten).
+  const rewrite: Rewrite | undefined = p.frames || p.scrub ? { fromClient: p.frames, fromServer: p.scrub, maxFrameBytes: opts.maxFrameBytes } : undefined;
+  if (rewrite) delete headers["sec-websocket-extensions"];
   const up = request({ agent: t.agent, host: t.target.address, port: t.port, method: "GET", path: p.target, headers, setHost: false });
   // The tunnel closed (or the client left) before the upstream answered: drop the handshake.
   const onClientClose = (): void => {
@@ -139,6 +152,12 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
       report(502, 0, 0, "upgrade to another protocol");
       return;
     }
+    if (rewrite && ur.headers["sec-websocket-extensions"] !== undefined) {
+      upSocket.destroy();
+      problemResponse(detachedResponse(req, client), 502, "upstream", `Bad gateway: the upstream ${t.host} turned on a WebSocket extension the proxy did not offer`);
+      report(502, 0, 0, "unrequested websocket extension");
+      return;
+    }
     if (t.handle.closed || client.destroyed) {
       upSocket.destroy();
       client.destroy();
@@ -153,7 +172,7 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
       text += `${ur.rawHeaders[i]!}: ${value}\r\n`;
     }
     client.write(text + "\r\n", "latin1");
-    join(client, upSocket, head, upHead, opts.idleTimeoutMs, (bytesOut, bytesIn, error) => report(101, bytesOut, bytesIn, error));
+    join(client, upSocket, head, upHead, opts.idleTimeoutMs, rewrite, (bytesOut, bytesIn, error) => report(101, bytesOut, bytesIn, error));
   });
 
   up.on("response", (ur) => {
@@ -177,16 +196,30 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
   up.end();
 }
 
+/** How the frames of a joined pair are rewritten: patterns per direction (./ws-frames.ts). */
+interface Rewrite {
+  /** placeholder → value, on the client's frames. */
+  fromClient: ScrubPatterns | undefined;
+  /** value → placeholder, on the server's frames. */
+  fromServer: ScrubPatterns | undefined;
+  maxFrameBytes: number | undefined;
+}
+
 /**
- * Joins the client and upstream connections after a 101: bytes both ways, untouched, until either
- * side closes or errs, or both are idle for `idleMs`; then both close and `done` hears the byte counts.
- *
- * Frames pass as they are: no placeholder in a client frame is replaced. The design allows that for a
- * rule that asks for it ("WebSocket client frames only if the rule says so"): it would go here, as a
- * Transform that parses RFC 6455 frames (unmasks, replaces in text frames, re-masks, fixes lengths)
- * between `client` and `upstream`, given by `prepare` (a field of the forward answer).
+ * Joins the client and upstream connections after a 101: bytes both ways until either side closes or
+ * errs, or both are idle for `idleMs`; then both close and `done` hears the byte counts (as received).
+ * Without `rewrite` the bytes pass untouched; with it, each direction goes through a FrameRewriter,
+ * and a frame it refuses ends both sides with a close frame carrying its code.
  */
-function join(client: Duplex, upstream: Duplex, clientHead: Buffer, upstreamHead: Buffer, idleMs: number, done: (bytesOut: number, bytesIn: number, error?: string) => void): void {
+function join(
+  client: Duplex,
+  upstream: Duplex,
+  clientHead: Buffer,
+  upstreamHead: Buffer,
+  idleMs: number,
+  rewrite: Rewrite | undefined,
+  done: (bytesOut: number, bytesIn: number, error?: string) => void,
+): void {
   let bytesOut = clientHead.length;
   let bytesIn = upstreamHead.length;
   let error: string | undefined;
@@ -215,8 +248,34 @@ function join(client: Duplex, upstream: Duplex, clientHead: Buffer, upstreamHead
   }
   client.on("data", (c: Buffer) => (bytesOut += c.length));
   upstream.on("data", (c: Buffer) => (bytesIn += c.length));
-  if (upstreamHead.length > 0) client.write(upstreamHead);
-  if (clientHead.length > 0) upstream.write(clientHead);
-  client.pipe(upstream);
-  upstream.pipe(client);
+  if (!rewrite) {
+    if (upstreamHead.length > 0) client.write(upstreamHead);
+    if (clientHead.length > 0) upstream.write(clientHead);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    return;
+  }
+  const fromClient = new FrameRewriter({ from: "client", patterns: rewrite.fromClient, ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}) });
+  const fromServer = new FrameRewriter({ from: "server", patterns: rewrite.fromServer, ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}) });
+  let failed = false;
+  const onFrameError = (e: Error): void => {
+    if (failed) return;
+    failed = true;
+    error ??= `websocket frame: ${e.message}`;
+    // Both outputs hold whole frames only, so a close frame can follow on each side: the proxy speaks
+    // as the server to the client (unmasked) and as the client to the upstream (masked).
+    const code = e instanceof FrameError ? e.code : 1011;
+    client.unpipe(fromClient);
+    upstream.unpipe(fromServer);
+    fromClient.unpipe(upstream);
+    fromServer.unpipe(client);
+    if (!client.destroyed) client.end(closeFrame(code, false));
+    if (!upstream.destroyed) upstream.end(closeFrame(code, true));
+  };
+  fromClient.on("error", onFrameError);
+  fromServer.on("error", onFrameError);
+  client.pipe(fromClient).pipe(upstream);
+  upstream.pipe(fromServer).pipe(client);
+  if (clientHead.length > 0) fromClient.write(clientHead);
+  if (upstreamHead.length > 0) fromServer.write(upstreamHead);
 }

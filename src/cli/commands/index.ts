@@ -10,3 +10,4 @@ export { registerWhoami } from "./whoami.js";
 export { registerCompletion } from "./completion.js";
 export { registerRun } from "./run.js";
 export { registerInject } from "./inject.js";
+export { registerProxy } from "./proxy.js";

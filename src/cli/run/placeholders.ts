@@ -51,7 +51,8 @@ export class RunCredentials {
 /** The `[[proxy.inject]]` rule for `secret` (`scope/name`), else placeholder swapping. */
 function ruleFor(rules: readonly InjectRule[], secret: string): InjectionRule {
   const r = rules.find((x) => x.secret === secret);
-  if (!r || r.mode === "placeholder") return { mode: "placeholder" };
+  if (!r) return { mode: "placeholder" };
+  if (r.mode === "placeholder") return { mode: "placeholder", ...(r.body ? { body: true } : {}), ...(r.websocket ? { websocket: true } : {}) };
   if (r.mode === "bearer") return { mode: "bearer" };
   if (r.mode === "basic") return { mode: "basic", username: r.username ?? "" };
   if (r.mode === "header") return { mode: "header", header: r.header! };

@@ -3,6 +3,10 @@
  * policy and the forward proxy, listening on a Unix socket in a private directory that the sandbox
  * shows at /run/lessor (src/sandbox/bridge.ts). Also the child's environment for it: the proxy
  * variables and the CA bundle paths that curl, git, Node and Python read.
+ *
+ * `lessor proxy` (src/cli/run/serve-proxy.ts) starts the same proxy for an agent that runs elsewhere:
+ * listening on a loopback port or a socket path it names (./proxy-listen.ts), requiring a session
+ * token from its clients, and with the environment pointing at those real places.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
@@ -13,20 +17,39 @@ import type { BackendApi } from "../../backend/backend.js";
 import type { ProxyConfig } from "../../config/proxy-config.js";
 import { LocalCa } from "../../proxy/ca.js";
 import { ForwardProxy } from "../../proxy/forward.js";
+import { basicProxyAuth } from "../../proxy/proxy-auth.js";
 import { SsrfGuard, systemResolver, type Resolver } from "../../proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../../proxy/lease-egress.js";
 import { BRIDGE_PORT, PROXY_SOCKET_NAME, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { expandHome } from "../../sandbox/hidden.js";
+import { bindPrivateSocket, type BoundSocket, type ProxyListen } from "./proxy-listen.js";
 
 /** The system's CA bundle, where Debian, Fedora and Alpine keep it. */
 const SYSTEM_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/** How the agent reaches the proxy: the proxy URL and the CA files, as the agent sees them. */
+export interface ProxyView {
+  /** The HTTPS_PROXY value (with the session's credentials when there is a token). */
+  url: string;
+  /** The session CA certificate alone (NODE_EXTRA_CA_CERTS). */
+  caFile: string;
+  /** The session CA then the system's roots (SSL_CERT_FILE, CURL_CA_BUNDLE, …). */
+  bundleFile: string;
+}
 
 /** A running proxy for one run. */
 export interface RunProxy {
   /** The private directory (socket, CA files) to show in the sandbox at {@link SANDBOX_PROXY_DIR}. */
   dir: string;
-  /** `env` with the proxy variables and CA bundle paths (paths inside the sandbox) added. */
-  childEnv(env: Record<string, string>): Record<string, string>;
+  /** Where it listens: the loopback address and port, or the socket path. */
+  address: { host: string; port: number } | { socket: string };
+  /** The session CA's certificate (public), or null when no lease covers a host (nothing is intercepted). */
+  caPem: string | null;
+  /**
+   * `env` with the proxy variables and CA bundle paths added: as the sandbox sees them (the bridge's
+   * port, {@link SANDBOX_PROXY_DIR}), or as `view` says.
+   */
+  childEnv(env: Record<string, string>, view?: ProxyView): Record<string, string>;
   /** Stops the proxy (closing every tunnel), waits for its audit reports, removes the directory. */
   close(): Promise<void>;
 }
@@ -41,6 +64,10 @@ export interface RunProxyOptions {
   warn(line: string): void;
   /** Where the run's private directory is made (default: the system's temporary directory). */
   tmp?: string;
+  /** Where to listen (default: a socket in the private directory, for the sandbox's bridge). */
+  listen?: ProxyListen;
+  /** When given, clients must send `Proxy-Authorization: Basic base64("lessor:" + token)` (src/proxy/proxy-auth.ts). */
+  token?: string;
 }
 
 /** A resolver that answers `[proxy] hosts` names from the table and the rest from the system. */
@@ -65,7 +92,7 @@ function upstreamCa(path: string | null): string | undefined {
 }
 
 /** The CA bundle for the child: the session CA, then the system's roots (for hosts tunnelled untouched). */
-function bundle(caPem: string): string {
+export function caBundle(caPem: string): string {
   for (const f of SYSTEM_BUNDLES)
     if (existsSync(f)) {
       try {
@@ -77,9 +104,12 @@ function bundle(caPem: string): string {
   return [caPem.trim(), ...rootCertificates].join("\n") + "\n";
 }
 
+/** What the sandboxed child sees: the bridge's port and the directory shown at {@link SANDBOX_PROXY_DIR}. */
+const SANDBOX_VIEW: ProxyView = { url: `http://127.0.0.1:${BRIDGE_PORT}`, caFile: `${SANDBOX_PROXY_DIR}/ca.pem`, bundleFile: `${SANDBOX_PROXY_DIR}/ca-bundle.pem` };
+
 /** The child's variables for the proxy: every spelling tools read, and git's own settings. */
-function childEnv(withCa: boolean, parentGitCount: string | undefined): Record<string, string> {
-  const proxy = `http://127.0.0.1:${BRIDGE_PORT}`;
+function childEnv(withCa: boolean, parentGitCount: string | undefined, view: ProxyView): Record<string, string> {
+  const proxy = view.url;
   const env: Record<string, string> = {
     HTTPS_PROXY: proxy,
     HTTP_PROXY: proxy,
@@ -93,8 +123,7 @@ function childEnv(withCa: boolean, parentGitCount: string | undefined): Record<s
   const start = Number.isSafeInteger(Number(parentGitCount)) && Number(parentGitCount) > 0 ? Number(parentGitCount) : 0;
   const git: [string, string][] = [["http.proxy", proxy]];
   if (withCa) {
-    const caFile = `${SANDBOX_PROXY_DIR}/ca.pem`;
-    const bundleFile = `${SANDBOX_PROXY_DIR}/ca-bundle.pem`;
+    const { caFile, bundleFile } = view;
     Object.assign(env, {
       NODE_EXTRA_CA_CERTS: caFile,
       SSL_CERT_FILE: bundleFile,
@@ -121,12 +150,14 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
   let proxy: ForwardProxy | null = null;
   let egress: LeaseEgress | null = null;
   let ca: LocalCa | null = null;
+  let socket: BoundSocket | null = null;
+  let address: RunProxy["address"];
   try {
     const hosts = [...new Set(o.credentials.flatMap((c) => c.lease.domains))];
     ca = hosts.length > 0 ? LocalCa.create({ permitted: hosts }) : null;
     if (ca) {
       writeFileSync(join(dir, "ca.pem"), ca.certPem, { mode: 0o644 });
-      writeFileSync(join(dir, "ca-bundle.pem"), bundle(ca.certPem), { mode: 0o644 });
+      writeFileSync(join(dir, "ca-bundle.pem"), caBundle(ca.certPem), { mode: 0o644 });
     }
     if (o.credentials.length > 0 && o.api === null) throw new VaultError("internal", "the run's proxy has credentials but no vault to check them with");
     egress = new LeaseEgress({ api: o.api as BackendApi, agent: o.agent, credentials: o.credentials, egress: o.config.egress, warn: o.warn });
@@ -138,11 +169,20 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
       ca: ca ?? LocalCa.create({ permitted: ["lessor.invalid"] }),
       guard,
       ...(extraCa !== undefined ? { upstreamCa: extraCa } : {}),
+      ...(o.token !== undefined ? { authorize: basicProxyAuth(o.token) } : {}),
     });
-    await proxy.listenUnix(join(dir, PROXY_SOCKET_NAME));
+    const at = o.listen;
+    if (at === undefined) {
+      await proxy.listenUnix(join(dir, PROXY_SOCKET_NAME));
+      address = { socket: join(dir, PROXY_SOCKET_NAME) };
+    } else if ("socket" in at) {
+      socket = await bindPrivateSocket(proxy.server, at.socket);
+      address = { socket: socket.path };
+    } else address = { host: at.host, port: await proxy.listen(at.port, at.host) };
     egress.start();
   } catch (e) {
     await proxy?.close().catch(() => {});
+    socket?.remove();
     await egress?.close();
     rmSync(dir, { recursive: true, force: true });
     throw e;
@@ -150,13 +190,18 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
   const p = proxy;
   const eg = egress;
   const withCa = ca !== null;
+  const sock = socket;
+  const addr = address;
   let closing: Promise<void> | null = null;
   return {
     dir,
-    childEnv: (env) => ({ ...env, ...childEnv(withCa, env["GIT_CONFIG_COUNT"]) }),
+    address: addr,
+    caPem: ca?.certPem ?? null,
+    childEnv: (env, view = SANDBOX_VIEW) => ({ ...env, ...childEnv(withCa, env["GIT_CONFIG_COUNT"], view) }),
     close: () =>
       (closing ??= (async () => {
         await p.close().catch(() => {});
+        sock?.remove();
         await eg.close();
         rmSync(dir, { recursive: true, force: true });
       })()),

@@ -1,0 +1,240 @@
+/**
+ * `lessor proxy`: lessor run's injecting proxy (./proxy.ts) for an agent that runs elsewhere — in a VM
+ * or a container — and is pointed at the proxy. The secrets are named as for `lessor run` (references
+ * in the environment and in env files), leased through the same LeaseBook, and rendered as
+ * placeholders (./placeholders.ts); the values stay in this process.
+ *
+ * It prints (or writes to --env-out, 0600) the agent's environment: the variables that held
+ * references, now with placeholders; HTTPS_PROXY and friends with the session's credentials; the CA
+ * file paths. Then it serves until SIGINT, SIGTERM or SIGHUP, stops the proxy, revokes the leases,
+ * removes the files it wrote, and exits 0.
+ *
+ * Clients authenticate with a random per-session token (src/proxy/proxy-auth.ts), on a socket too:
+ * a socket is usually forwarded into the VM or container as a TCP port again, where every user there
+ * could reach it.
+ */
+import { lstatSync, unlinkSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { VaultError } from "../../base/errors.js";
+import type { Backend } from "../../backend/backend.js";
+import { EGRESS_MODES, type EgressMode } from "../../config/proxy-config.js";
+import { resolveHome } from "../../config/home.js";
+import { loadConfig } from "../../config/load.js";
+import { writeFileAtomic } from "../../fs/atomic-file.js";
+import { newProxyToken, proxyUrl } from "../../proxy/proxy-auth.js";
+import { BRIDGE_PORT } from "../../sandbox/bridge.js";
+import { UsageError, type Cli } from "../cli.js";
+import { EXIT } from "../exit-codes.js";
+import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
+import { LeaseBook } from "./leases.js";
+import { RunCredentials } from "./placeholders.js";
+import { caBundle, startRunProxy, type ProxyView, type RunProxy } from "./proxy.js";
+import { checkSocketDir, parseListen, type ProxyListen } from "./proxy-listen.js";
+import { signalExitCode } from "./signals.js";
+
+/** Options of {@link serveProxy}. */
+export interface ServeProxyOptions {
+  agent: string;
+  envFiles: string[];
+  domains: string[];
+  ttl?: string;
+  /** --listen HOST:PORT (loopback only; default 127.0.0.1:0, a free port). */
+  listen?: string;
+  /** --socket PATH instead of a TCP port. */
+  socket?: string;
+  /** --egress strict|open (default: `[proxy] egress`). */
+  egress?: string;
+  /** --env-out FILE: write the agent's environment there (0600) instead of stdout. */
+  envOut?: string;
+}
+
+/** The signals that stop the proxy. */
+const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/** Catches the stop signals from the moment it is made; `stopped` resolves with the first one. */
+class StopSignals {
+  first: NodeJS.Signals | null = null;
+  readonly stopped: Promise<NodeJS.Signals>;
+  readonly #handlers: [NodeJS.Signals, () => void][] = [];
+
+  constructor() {
+    let done: (s: NodeJS.Signals) => void = () => {};
+    this.stopped = new Promise((r) => (done = r));
+    for (const s of STOP_SIGNALS) {
+      const h = (): void => {
+        this.first ??= s;
+        done(s);
+      };
+      this.#handlers.push([s, h]);
+      process.on(s, h);
+    }
+  }
+
+  dispose(): void {
+    for (const [s, h] of this.#handlers) process.off(s, h);
+  }
+}
+
+/** Thrown when a stop signal arrives before the proxy serves. */
+class Interrupted extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(signal);
+  }
+}
+
+/** A file this command wrote, removed at the end only if it is still that file. */
+interface Written {
+  path: string;
+  dev: number;
+  ino: number;
+}
+
+function written(path: string): Written {
+  const st = lstatSync(path);
+  return { path, dev: st.dev, ino: st.ino };
+}
+
+function removeWritten(f: Written): void {
+  try {
+    const st = lstatSync(f.path);
+    if (st.dev === f.dev && st.ino === f.ino) unlinkSync(f.path);
+  } catch {
+    // gone already, or replaced: not ours to remove
+  }
+}
+
+function parseEgress(text: string | undefined, fallback: EgressMode): EgressMode {
+  if (text === undefined) return fallback;
+  if (!(EGRESS_MODES as readonly string[]).includes(text)) throw new UsageError(`--egress ${JSON.stringify(text)}: expected strict (hosts no lease covers are refused) or open (tunnelled untouched)`);
+  return text as EgressMode;
+}
+
+/** An environment line: `KEY=VALUE`, as docker's and systemd's env files and lessor's --env-file read it. */
+function envLine(key: string, value: string): string {
+  return `${key}=${value}`;
+}
+
+/**
+ * Checks that a variable can go on one line of an env file as it is (docker reads values literally,
+ * without quotes or escapes): no control character, no leading or trailing white space.
+ */
+function assertOneLine(key: string, value: string, from: string): void {
+  if (/[\x00-\x1f\x7f]/.test(value) || value !== value.trim())
+    throw new UsageError(`$${key} (from ${from}) has a control character or surrounding white space, which an env file line cannot carry as it is; remove them`);
+}
+
+/** Runs `lessor proxy`; resolves with the exit code. */
+export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number> {
+  if (o.listen !== undefined && o.socket !== undefined) throw new UsageError("--listen and --socket: give one (a loopback TCP address, or a Unix socket path)");
+  const listen: ProxyListen = o.socket !== undefined ? { socket: o.socket } : parseListen(o.listen ?? "127.0.0.1:0");
+  if ("socket" in listen) checkSocketDir(listen.socket);
+  const config = loadConfig(resolveHome(cli.home, process.env)).proxy;
+  const egress = parseEgress(o.egress, config.egress);
+  const vars = baseEnv(process.env, o.envFiles);
+  const found = scanEnv(vars);
+  if (found.length === 0)
+    throw new UsageError("no variable in the environment or the env files refers to a secret, so the proxy would add no credential; name them as for lessor run, e.g. GITHUB_TOKEN='$S:github-token' lessor proxy --agent claude");
+  for (const f of found) assertOneLine(f.key, f.v.value, f.v.from);
+
+  const stop = new StopSignals();
+  const abort = (): void => {
+    if (stop.first) throw new Interrupted(stop.first);
+  };
+  let backend: Backend | null = null;
+  let book: LeaseBook | null = null;
+  let creds: RunCredentials | null = null;
+  let proxy: RunProxy | null = null;
+  const files: Written[] = [];
+  let code: number = EXIT.ok;
+  let failed = 0;
+  try {
+    backend = await cli.openBackend();
+    abort();
+    book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+    creds = new RunCredentials(o.agent, book, config.inject);
+    let resolved;
+    try {
+      resolved = await resolveEnv(vars, found, book, abort, creds.render);
+    } catch (e) {
+      if (e instanceof VaultError) throw new VaultError(e.code, `${e.message}. The proxy was not started.`);
+      throw e;
+    }
+    // The agent gets placeholders; this process keeps only the proxy's credentials (no output to mask).
+    for (const m of resolved.masks) m.value.fill(0);
+    book.wipe();
+    const token = newProxyToken();
+    proxy = await startRunProxy({ config: { ...config, egress }, api: backend.api, agent: o.agent, credentials: creds.credentials, warn: (line) => cli.err(line), listen, token });
+    abort();
+
+    const view = agentView(proxy, token, o.envOut, files);
+    const lines = found.map((f) => envLine(f.key, resolved.env[f.key]!));
+    for (const [k, v] of Object.entries(proxy.childEnv({}, view))) lines.push(envLine(k, v));
+    const text = lines.join("\n") + "\n";
+    if (o.envOut !== undefined) {
+      const out = resolve(o.envOut);
+      writeFileAtomic(out, text, 0o600);
+      files.push(written(out));
+    } else cli.stdout.write(text);
+    const at = "socket" in proxy.address ? `the Unix socket ${proxy.address.socket} (the printed HTTPS_PROXY assumes the agent reaches it at 127.0.0.1:${BRIDGE_PORT})` : `${view.url.replace(/\/\/[^@]*@/, "//")}`;
+    cli.err(
+      `lessor: proxy for agent ${o.agent} on ${at}: ${book.leases.length} lease(s), egress ${egress}${proxy.caPem ? `, CA ${view.caFile}` : ""}${o.envOut !== undefined ? `; the agent's environment is in ${resolve(o.envOut)}` : ""}. Stop it with Ctrl-C or SIGTERM.`,
+    );
+    const signal = await stop.stopped;
+    cli.err(`lessor: ${signal}: stopping the proxy and revoking its leases`);
+  } catch (e) {
+    if (!(e instanceof Interrupted)) throw e;
+    cli.err(`lessor: stopped by ${e.signal} before the proxy served; the leases taken so far are revoked`);
+    code = signalExitCode(e.signal);
+  } finally {
+    // The proxy stops first (its last audit reports written), then the leases end.
+    await proxy?.close();
+    creds?.wipe();
+    for (const f of files) removeWritten(f);
+    failed = book ? await revokeAll(cli, book, backend) : 0;
+    await backend?.close().catch(() => {});
+    stop.dispose();
+  }
+  return failed > 0 && code === EXIT.ok ? EXIT.error : code;
+}
+
+/**
+ * Where the agent finds the proxy and the CA: the loopback URL with the session's credentials (the
+ * bridge's port for a socket), and the CA files — next to --env-out when given (mode 0644: they are
+ * public, and a container's user must read them), else in the proxy's private directory.
+ */
+function agentView(proxy: RunProxy, token: string, envOut: string | undefined, files: Written[]): ProxyView {
+  const a = proxy.address;
+  const url = "socket" in a ? proxyUrl(token, "127.0.0.1", BRIDGE_PORT) : proxyUrl(token, a.host, a.port);
+  if (envOut === undefined || proxy.caPem === null) return { url, caFile: join(proxy.dir, "ca.pem"), bundleFile: join(proxy.dir, "ca-bundle.pem") };
+  const out = resolve(envOut);
+  const caFile = join(dirname(out), `${basename(out)}.ca.pem`);
+  const bundleFile = join(dirname(out), `${basename(out)}.ca-bundle.pem`);
+  writeFileAtomic(caFile, proxy.caPem, 0o644);
+  files.push(written(caFile));
+  writeFileAtomic(bundleFile, caBundle(proxy.caPem), 0o644);
+  files.push(written(bundleFile));
+  return { url, caFile, bundleFile };
+}
+
+/**
+ * Revokes the leases (one retry on a new connection, as lessor run does when the daemon closed the
+ * first); returns how many could not be, after saying so.
+ */
+async function revokeAll(cli: Cli, book: LeaseBook, first: Backend | null): Promise<number> {
+  const reason = "lessor proxy ended";
+  let failed = 0;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    let fresh: Backend | null = null;
+    try {
+      const api = attempt === 0 && first ? first.api : (fresh = await cli.openBackend()).api;
+      ({ failed } = await book.revokeAll(reason, api));
+    } catch {
+      failed = book.leases.length;
+    } finally {
+      await fresh?.close().catch(() => {});
+    }
+    if (failed === 0) return 0;
+  }
+  cli.err(`lessor: ${failed} lease(s) of this proxy could not be revoked; they end when they expire (lessor revoke --agent can end them now)`);
+  return failed;
+}

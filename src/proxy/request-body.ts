@@ -1,0 +1,53 @@
+/**
+ * Placeholders in request bodies (a `[[proxy.inject]]` rule with `body = true`): the pieces HTTP/1.1
+ * (./intercept.ts) and HTTP/2 (./h2.ts) share. The body streams through the reverse patterns
+ * (placeholder → value, ./scrub.ts) chunk by chunk, never buffered whole; a placeholder split across
+ * chunks is caught because the scrubber holds back a possible prefix.
+ *
+ * A compressed body (any Content-Encoding but identity) cannot be rewritten without decompressing and
+ * recompressing it, which would change what the client signed or hashed and open a decompression bomb:
+ * the proxy refuses it (415) instead of sending the placeholder on unreplaced, so the agent learns why.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+
+/** The reason word of the 415 problem document. */
+export const ENCODED_BODY_REASON = "request_encoding";
+
+/** True when a message with these HTTP/1.1 headers has a body (RFC 9112 §6.3: Transfer-Encoding, or Content-Length above 0). */
+export function h1HasBody(headers: IncomingHttpHeaders): boolean {
+  if (headers["transfer-encoding"] !== undefined) return true;
+  const cl = headers["content-length"];
+  return cl !== undefined && !/^0+$/.test(cl.trim());
+}
+
+/** The body's content coding (lower case) if it is anything but identity, else null. */
+export function encodedBody(value: string | string[] | number | undefined): string | null {
+  if (value === undefined) return null;
+  const codings = (Array.isArray(value) ? value.join(",") : String(value))
+    .split(",")
+    .map((s) => s.trim().toLowerCase())
+    .filter((s) => s !== "" && s !== "identity");
+  return codings.length > 0 ? codings.join(", ") : null;
+}
+
+/** The 415 detail for a compressed body that a body rule would have to rewrite. */
+export function encodedBodyDetail(coding: string): string {
+  return `Unsupported media type: the request body has content-encoding ${coding}, and a [[proxy.inject]] rule with body = true replaces placeholders in bodies, which the proxy cannot do in a compressed body; the request was not sent. Send the body uncompressed`;
+}
+
+/**
+ * Adjusts the outgoing headers for a rewritten body: a Content-Length stays only if every pattern
+ * keeps the length (the usual case: placeholders are shaped like their values). Otherwise it goes,
+ * and over HTTP/1.1 (`chunked` true) the body is sent chunked.
+ */
+export function rewrittenBodyHeaders(headers: OutgoingHttpHeaders, patterns: ScrubPatterns, chunked: boolean): void {
+  if (patterns.lengthPreserving && headers["content-length"] !== undefined) return;
+  delete headers["content-length"];
+  if (chunked) headers["transfer-encoding"] = "chunked";
+}
+
+/** The stream that swaps placeholders for values in a body (patterns are placeholder → value). */
+export function bodyRewriter(patterns: ScrubPatterns): ScrubStream {
+  return new ScrubStream(patterns);
+}

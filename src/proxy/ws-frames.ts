@@ -1,0 +1,237 @@
+/**
+ * WebSocket frames (RFC 6455 §5) rewritten on their way through the proxy, one direction per stream:
+ *
+ * - client → server (a `[[proxy.inject]]` rule with `websocket = true`): each frame is unmasked, the
+ *   payload of text and binary messages goes through the reverse patterns (placeholder → value), and
+ *   the frame is re-masked with a fresh random key and its length recomputed;
+ * - server → client (the policy's `scrub`): the same with the forward patterns (value → placeholder),
+ *   on frames that stay unmasked.
+ *
+ * One scrubber follows each message across its fragments, so a placeholder split between two
+ * continuation frames is replaced too: the bytes that could still start one are held back from a
+ * fragment and sent at the head of the next (an intermediary may refragment a message that uses no
+ * extension, §5.4). Control frames (close, ping, pong) may come between fragments; the client's pass
+ * untouched, the server's have their payload scrubbed (a close reason could echo a secret).
+ *
+ * Frames are buffered one at a time, never more than `maxFrameBytes` of payload: a longer frame fails
+ * the connection with 1009 (message too big) before its payload is read. Anything RFC 6455 forbids
+ * fails it with 1002 (protocol error): an unmasked client frame or a masked server frame, RSV bits (no
+ * extension is negotiated when frames are rewritten: a compressed frame could not be), an unknown
+ * opcode, a fragmented or oversized control frame, a continuation with no message or a new message
+ * inside one. The output is always whole frames, so the proxy can end either side with a close frame.
+ */
+import { randomFillSync } from "node:crypto";
+import { Transform, type TransformCallback } from "node:stream";
+import { Scrubber, scrub, type ScrubPatterns } from "./scrub.js";
+
+/** Default cap on one frame's payload, bytes. */
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/** Close codes the proxy fails a connection with (RFC 6455 §7.4.1). */
+export const CLOSE_PROTOCOL_ERROR = 1002;
+export const CLOSE_TOO_BIG = 1009;
+
+/** A frame that cannot be passed on: the connection is to be closed with `code`. */
+export class FrameError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = "FrameError";
+  }
+}
+
+/** Settings of {@link FrameRewriter}. */
+export interface FrameRewriterOptions {
+  /** Whose frames these are: the client's are masked (and re-masked on the way out), the server's not. */
+  from: "client" | "server";
+  /** Applied to text and binary payloads; without it, frames are checked and passed whole, unchanged. */
+  patterns?: ScrubPatterns;
+  /** Cap on one frame's payload (default {@link DEFAULT_MAX_FRAME_BYTES}). */
+  maxFrameBytes?: number;
+}
+
+/** A parsed frame head. */
+interface Head {
+  fin: boolean;
+  opcode: number;
+  /** Bytes of the head, masking key included. */
+  size: number;
+  length: number;
+  masked: boolean;
+}
+
+/** A FIFO of byte chunks: takes exact lengths without concatenating on every push. */
+class ByteQueue {
+  #chunks: Buffer[] = [];
+  length = 0;
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#chunks.push(b);
+    this.length += b.length;
+  }
+
+  /** The first `n` bytes (n ≤ length), without consuming them. */
+  peek(n: number): Buffer {
+    const first = this.#chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    return Buffer.concat(this.#chunks, Math.min(this.length, Math.max(n, 0))).subarray(0, n);
+  }
+
+  /** Removes and returns the first `n` bytes (n ≤ length), as a buffer of its own. */
+  take(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.#chunks[0]!;
+      const k = Math.min(c.length, n - at);
+      c.copy(out, at, 0, k);
+      at += k;
+      if (k === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(k);
+    }
+    this.length -= n;
+    return out;
+  }
+}
+
+/** XORs `data` in place with the 4-byte `key` (masking and unmasking are the same). */
+function xorMask(data: Buffer, key: Buffer): void {
+  for (let i = 0; i < data.length; i++) data[i] = data[i]! ^ key[i & 3]!;
+}
+
+/** One frame's bytes: head (minimal length encoding) and payload, masked with a fresh key if `mask`. */
+export function encodeFrame(fin: boolean, opcode: number, payload: Buffer, mask: boolean): Buffer {
+  const len = payload.length;
+  const ext = len < 126 ? 0 : len < 65536 ? 2 : 8;
+  const out = Buffer.allocUnsafe(2 + ext + (mask ? 4 : 0) + len);
+  out[0] = (fin ? 0x80 : 0) | opcode;
+  out[1] = (mask ? 0x80 : 0) | (ext === 0 ? len : ext === 2 ? 126 : 127);
+  if (ext === 2) out.writeUInt16BE(len, 2);
+  else if (ext === 8) {
+    out.writeUInt32BE(Math.floor(len / 2 ** 32), 2);
+    out.writeUInt32BE(len >>> 0, 6);
+  }
+  let at = 2 + ext;
+  if (mask) {
+    // RFC 6455 §5.3: a fresh, unpredictable key per frame.
+    const key = randomFillSync(Buffer.allocUnsafe(4));
+    key.copy(out, at);
+    at += 4;
+    payload.copy(out, at);
+    xorMask(out.subarray(at), key);
+  } else payload.copy(out, at);
+  return out;
+}
+
+/** A close frame with `code` (masked if sent as a client). */
+export function closeFrame(code: number, mask: boolean): Buffer {
+  const body = Buffer.alloc(2);
+  body.writeUInt16BE(code, 0);
+  return encodeFrame(true, 0x8, body, mask);
+}
+
+/**
+ * Parses one direction's frames and writes them rewritten (see the module comment). A frame that
+ * cannot be passed on ends the stream with a {@link FrameError}; the caller closes the connection.
+ */
+export class FrameRewriter extends Transform {
+  readonly #clientSide: boolean;
+  readonly #patterns: ScrubPatterns | undefined;
+  readonly #max: number;
+  readonly #queue = new ByteQueue();
+  #head: Head | null = null;
+  /** The data message in progress (its first frame came without FIN), and its scrubber. */
+  #inMessage = false;
+  #scrubber: Scrubber | null = null;
+
+  constructor(o: FrameRewriterOptions) {
+    super();
+    this.#clientSide = o.from === "client";
+    this.#patterns = o.patterns;
+    this.#max = o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
+    try {
+      this.#queue.push(chunk);
+      for (;;) {
+        if (this.#head === null) {
+          this.#head = this.#parseHead();
+          if (this.#head === null) break;
+        }
+        const h = this.#head;
+        if (this.#queue.length < h.size + h.length) break;
+        this.#head = null;
+        this.#frame(h, this.#queue.take(h.size + h.length));
+      }
+      callback();
+    } catch (e) {
+      callback(e as Error);
+    }
+  }
+
+  /** The next frame's head once enough bytes came, else null; throws on a frame that breaks the rules. */
+  #parseHead(): Head | null {
+    const q = this.#queue;
+    if (q.length < 2) return null;
+    const two = q.peek(2);
+    const b0 = two[0]!;
+    const b1 = two[1]!;
+    const fin = (b0 & 0x80) !== 0;
+    const opcode = b0 & 0x0f;
+    const masked = (b1 & 0x80) !== 0;
+    if ((b0 & 0x70) !== 0) throw new FrameError(CLOSE_PROTOCOL_ERROR, "a frame with RSV bits set (no extension was negotiated)");
+    if (!(opcode <= 2 || (opcode >= 8 && opcode <= 10))) throw new FrameError(CLOSE_PROTOCOL_ERROR, `a frame with the unknown opcode ${opcode}`);
+    if (masked !== this.#clientSide) throw new FrameError(CLOSE_PROTOCOL_ERROR, this.#clientSide ? "an unmasked client frame" : "a masked server frame");
+    const len7 = b1 & 0x7f;
+    const ext = len7 === 126 ? 2 : len7 === 127 ? 8 : 0;
+    const size = 2 + ext + (masked ? 4 : 0);
+    if (q.length < 2 + ext) return null;
+    let length = len7;
+    if (ext === 2) length = q.peek(4).readUInt16BE(2);
+    else if (ext === 8) {
+      const b = q.peek(10);
+      const hi = b.readUInt32BE(2);
+      if (hi > 0x7fffffff) throw new FrameError(CLOSE_PROTOCOL_ERROR, "a frame length with its most significant bit set");
+      length = hi * 2 ** 32 + b.readUInt32BE(6);
+    }
+    // Before its payload is read: the cap is what bounds the proxy's memory.
+    if (length > this.#max) throw new FrameError(CLOSE_TOO_BIG, `a frame of ${length} bytes, above the cap of ${this.#max}`);
+    if (opcode >= 8 && (!fin || length > 125)) throw new FrameError(CLOSE_PROTOCOL_ERROR, "a fragmented or oversized control frame");
+    if (opcode === 0 && !this.#inMessage) throw new FrameError(CLOSE_PROTOCOL_ERROR, "a continuation frame with no message to continue");
+    if ((opcode === 1 || opcode === 2) && this.#inMessage) throw new FrameError(CLOSE_PROTOCOL_ERROR, "a new message inside a fragmented one");
+    return { fin, opcode, size, length, masked };
+  }
+
+  /** Passes on one whole frame (`raw`: its head and payload as received, ours to change). */
+  #frame(h: Head, raw: Buffer): void {
+    if (h.opcode !== 0 && h.opcode < 8) this.#inMessage = true;
+    if (h.fin && h.opcode < 8) this.#inMessage = false;
+    const patterns = this.#patterns;
+    // The client's control frames, and any frame when there is nothing to replace, pass as they came.
+    if (!patterns || (this.#clientSide && h.opcode >= 8)) {
+      this.push(raw);
+      return;
+    }
+    const payload = raw.subarray(h.size);
+    if (h.masked) xorMask(payload, raw.subarray(h.size - 4, h.size));
+    if (h.opcode >= 8) {
+      // A server's control frame: its payload is scrubbed (a close reason or a pong could echo a
+      // secret), and cut back to what a control frame may hold if that grew it.
+      let out = scrub(payload, patterns);
+      if (out.length > 125) out = h.opcode === 0x8 ? out.subarray(0, 2) : Buffer.alloc(0);
+      this.push(encodeFrame(true, h.opcode, out, false));
+      return;
+    }
+    this.#scrubber ??= new Scrubber(patterns);
+    const parts = this.#scrubber.push(payload);
+    if (h.fin) {
+      parts.push(...this.#scrubber.end());
+      this.#scrubber = null;
+    }
+    this.push(encodeFrame(h.fin, h.opcode, Buffer.concat(parts), this.#clientSide));
+  }
+}
