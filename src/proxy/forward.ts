@@ -15,7 +15,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createConnection, type AddressInfo, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { TLSSocket } from "node:tls";
+import { TLSSocket, type SecureContext } from "node:tls";
 import { isVaultError } from "../base/errors.js";
 import { safeJson } from "../base/text.js";
 import type { Egress, EgressDecision } from "./egress.js";
@@ -122,9 +122,14 @@ export class ForwardProxy {
       connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS),
       requestTimeout: 0,
     };
+    // Built on the first upstream connection, not here: ~145 PEM roots cost 30 ms or more, which
+    // every lessor run would otherwise pay at start-up.
+    let trust: SecureContext | undefined;
     this.#up = {
       connect: opts.connect ?? ((to) => createConnection({ host: to.host, port: to.port, family: to.family })),
-      trust: upstreamTrust(opts.upstreamCa),
+      get trust(): SecureContext {
+        return (trust ??= upstreamTrust(opts.upstreamCa));
+      },
       idleTimeoutMs: this.#idleMs,
     };
     this.server = createServer(serverOpts, (req, res) => this.#plainRequest(req, res));
