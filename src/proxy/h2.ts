@@ -18,34 +18,17 @@ import type { TLSSocket } from "node:tls";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
-import { parseHostLiteral } from "./guard.js";
+import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2 } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
-import { TunnelUpstream, upstreamAuthority } from "./upstream.js";
+import { TunnelUpstream } from "./upstream.js";
 
 const { NGHTTP2_FLAG_END_STREAM, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = constants;
 
 /** Default cap on concurrent streams a client may open in one tunnel (node's own default is 2^32-1). */
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 128;
 
-/**
- * Headers that describe one hop, not the message (RFC 9110 §7.6.1), the ones HTTP/2 forbids
- * (RFC 9113 §8.2.2), and Host (HTTP/2 carries it as `:authority`; the proxy sets it).
- */
-const NOT_END_TO_END = new Set([
-  "connection",
-  "proxy-connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "http2-settings",
-  "host",
-]);
 
 /** Settings of {@link serveH2}. */
 export interface H2Options {
@@ -91,31 +74,6 @@ export function serveH2(t: Tunnel, tls: TLSSocket, up: UpstreamTls, opts: H2Opti
       session.destroy();
     },
   };
-}
-
-/** The host named by an `:authority` or Host value, canonical, or undefined if it names none. */
-function hostOf(value: string): string | undefined {
-  const m = /^(\[[^\]]*\]|[^:@]*)(?::[0-9]*)?$/.exec(value);
-  if (!m) return undefined;
-  const parsed = parseHostLiteral(m[1]!);
-  return typeof parsed === "object" ? (parsed.ip ? parsed.ip.text : parsed.name) : undefined;
-}
-
-/** The end-to-end headers of `h`: no pseudo-headers, no hop-by-hop or HTTP/2-forbidden ones, no Host. */
-function endToEnd(h: IncomingHttpHeaders | OutgoingHttpHeaders): Record<string, string | string[] | number> {
-  const listed = new Set(
-    String(h.connection ?? "")
-      .split(",")
-      .map((s) => s.trim().toLowerCase())
-      .filter(Boolean),
-  );
-  const out: Record<string, string | string[] | number> = {};
-  for (const [k, v] of Object.entries(h)) {
-    const name = k.toLowerCase();
-    if (v === undefined || name.startsWith(":") || NOT_END_TO_END.has(name) || listed.has(name)) continue;
-    out[name] = v;
-  }
-  return out;
 }
 
 /** True if the `te` header asks for trailers (gRPC requires it to reach the server). */
@@ -171,16 +129,11 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
     host: t.host,
     port: t.port,
     target: path,
-    headers: endToEnd(h) as IncomingHttpHeaders,
+    headers: endToEnd(h, NOT_END_TO_END_H2),
     protocol: "h2",
     hasBody: !ended,
   };
-  let decided: Promise<Prepared>;
-  try {
-    decided = Promise.resolve(t.prepare(asked, t.handle));
-  } catch (e) {
-    decided = Promise.reject(e);
-  }
+  const decided = askPolicy(t.prepare, asked, t.handle);
   const ex: Exchange = {
     t,
     cs,
@@ -293,10 +246,10 @@ function sendBody(ex: Exchange, to: NodeJS.WritableStream & { destroy(): void },
 function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
   const { t, cs } = ex;
   const headers: OutgoingHttpHeaders = {
-    ...endToEnd(p.headers),
+    ...endToEnd(p.headers, NOT_END_TO_END_H2),
     ":method": ex.method,
     ":scheme": "https",
-    ":authority": upstreamAuthority(t),
+    ":authority": authority(t),
     ":path": p.target,
   };
   if (ex.te) headers.te = "trailers";
@@ -312,7 +265,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
   }
   us.on("wantTrailers", () => {
     const tr = ex.trailers();
-    us.sendTrailers(tr ? endToEnd(tr) : {});
+    us.sendTrailers(tr ? endToEnd(tr, NOT_END_TO_END_H2) : {});
   });
   let upTrailers: IncomingHttpHeaders | undefined;
   us.on("trailers", (tr: IncomingHttpHeaders) => (upTrailers = tr));
@@ -338,7 +291,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
 
 function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
   const { t, cs } = ex;
-  const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers), host: upstreamAuthority(t) };
+  const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers, NOT_END_TO_END_H2), host: authority(t) };
   if (p.scrub) headers["accept-encoding"] = "identity";
   if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, true);
   let ur: ClientRequest;
@@ -385,7 +338,7 @@ function relay(
     body.destroy();
     return;
   }
-  const headers = endToEnd(rh);
+  const headers = endToEnd(rh, NOT_END_TO_END_H2);
   const status = tally.status;
   if (endNow) {
     // A headers-only answer (gRPC's "Trailers-Only", 204...) stays one HEADERS frame with END_STREAM.
@@ -430,7 +383,7 @@ function relay(
   cs.once("wantTrailers", () => {
     const tr = trailers();
     try {
-      cs.sendTrailers(tr ? endToEnd(tr) : {});
+      cs.sendTrailers(tr ? endToEnd(tr, NOT_END_TO_END_H2) : {});
     } catch {
       cs.close(NGHTTP2_INTERNAL_ERROR);
     }

@@ -5,29 +5,18 @@
  * its response streams back (through the scrubber if the decision says so). One upstream keep-alive
  * connection per tunnel, made only after its certificate verified, to the address the SSRF guard checked.
  */
-import { Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, request, type ServerResponse } from "node:http";
+import { Agent, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, request, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { pipeline } from "node:stream";
 import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureContext, type SecureContext } from "node:tls";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
-import type { Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
-import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo } from "./guard.js";
+import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
+import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
+import { askPolicy, authority, endToEnd, hostOf } from "./headers.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
-/** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "proxy-connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
 
 /** Everything the proxy knows about one intercepted tunnel. */
 export interface Tunnel {
@@ -104,20 +93,6 @@ export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
   return agent;
 }
 
-/** The Host header value for the tunnel's upstream: the host, with the port unless it is 443. */
-export function authority(t: Tunnel): string {
-  const h = t.host.includes(":") ? `[${t.host}]` : t.host;
-  return t.port === 443 ? h : `${h}:${t.port}`;
-}
-
-/** The host named by a Host header, canonical, or undefined if it is not one. */
-export function hostOf(value: string): string | undefined {
-  const m = /^(\[[^\]]*\]|[^:]*)(?::[0-9]*)?$/.exec(value);
-  if (!m) return undefined;
-  const parsed = parseHostLiteral(m[1]!);
-  return typeof parsed === "object" ? (parsed.ip ? parsed.ip.text : parsed.name) : undefined;
-}
-
 /** Answers an intercepted request with a problem document (the proxy's own answer, not the upstream's). */
 export function problemResponse(res: ServerResponse, status: number, reason: string, detail: string): void {
   if (res.headersSent) {
@@ -127,19 +102,6 @@ export function problemResponse(res: ServerResponse, status: number, reason: str
   const body = safeJson({ type: `urn:lessor:proxy:${reason}`, title: detail.split(":")[0], status, detail, reason });
   res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
   res.end(body);
-}
-
-/** The end-to-end headers of a message: hop-by-hop ones and those its Connection header lists removed. */
-export function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const listed = new Set(
-    String(headers.connection ?? "")
-      .split(",")
-      .map((s) => s.trim().toLowerCase())
-      .filter(Boolean),
-  );
-  const out: IncomingHttpHeaders = {};
-  for (const [k, v] of Object.entries(headers)) if (!HOP_BY_HOP.has(k) && !listed.has(k) && v !== undefined) out[k] = v;
-  return out;
 }
 
 /** Counts the bytes passing through a stream without changing them. */
@@ -181,13 +143,7 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
     protocol: "h1",
     hasBody: h1HasBody(req.headers),
   };
-  let decided: Promise<Prepared>;
-  try {
-    decided = Promise.resolve(t.prepare(asked, t.handle));
-  } catch (e) {
-    decided = Promise.reject(e);
-  }
-  decided.then(
+  askPolicy(t.prepare, asked, t.handle).then(
     (p) => send(t, req, res, p, began),
     () => {
       // A policy failure must not take the proxy down, and the request must not go out without it.

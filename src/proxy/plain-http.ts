@@ -19,7 +19,8 @@ import { safeJson } from "../base/text.js";
 import type { Egress } from "./egress.js";
 import { connectChecked, parseHostLiteral, type ConnectTo, type SsrfGuard } from "./guard.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
-import { endToEnd, problemResponse } from "./intercept.js";
+import { endToEnd } from "./headers.js";
+import { problemResponse } from "./intercept.js";
 import { ProxyRefusal } from "./refusal.js";
 
 /** What {@link forwardPlain} needs from the proxy. */

@@ -12,6 +12,7 @@ import type { Duplex } from "node:stream";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { VaultError } from "../base/errors.js";
 import { connectChecked } from "./guard.js";
+import { authority } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 
 /** The protocols offered to upstreams, in order of preference. */
@@ -19,12 +20,6 @@ export const UPSTREAM_ALPN: readonly string[] = Object.freeze(["h2", "http/1.1"]
 
 /** How a tunnel reaches its upstream: an HTTP/2 session, or the tunnel's HTTP/1.1 agent. */
 export type UpstreamLink = { readonly kind: "h2"; readonly session: ClientHttp2Session } | { readonly kind: "h1"; readonly agent: Agent };
-
-/** The authority (`host[:port]`) of the tunnel's upstream, for `:authority`, Host and the session's origin. */
-export function upstreamAuthority(t: Pick<Tunnel, "host" | "port">): string {
-  const h = t.host.includes(":") ? `[${t.host}]` : t.host;
-  return t.port === 443 ? h : `${h}:${t.port}`;
-}
 
 /**
  * Makes the first `createConnection` call of `agent` answer with `socket` (an upstream connection
@@ -117,7 +112,7 @@ export class TunnelUpstream {
       lendSocket(t.agent, tls);
       return { kind: "h1", agent: t.agent };
     }
-    const session = h2Connect(`https://${upstreamAuthority(t)}`, {
+    const session = h2Connect(`https://${authority(t)}`, {
       // The connection is made and verified above; the session must not open another (nor look a name up).
       createConnection: () => tls,
       settings: { enablePush: false },

@@ -23,7 +23,8 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
-import { authority, endToEnd, hostOf, problemResponse, relayResponse, type Tunnel } from "./intercept.js";
+import { askPolicy, authority, endToEnd, hostOf } from "./headers.js";
+import { problemResponse, relayResponse, type Tunnel } from "./intercept.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
 import { closeFrame, FrameError, FrameRewriter } from "./ws-frames.js";
 
@@ -101,13 +102,7 @@ export function forwardUpgrade(t: Tunnel, req: IncomingMessage, client: Duplex, 
     return;
   }
   const asked: ProxiedRequest = { method: "GET", host: t.host, port: t.port, target: url, headers: endToEnd(req.headers), protocol: "h1", upgrade: "websocket", hasBody: false };
-  let decided: Promise<Prepared>;
-  try {
-    decided = Promise.resolve(t.prepare(asked, t.handle));
-  } catch (e) {
-    decided = Promise.reject(e);
-  }
-  decided.then(
+  askPolicy(t.prepare, asked, t.handle).then(
     (p) => handshake(t, req, client, head, p, began, opts),
     () => answer(500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
   );

@@ -1,0 +1,71 @@
+/**
+ * Header handling every protocol path of the proxy shares (HTTP/1.1, HTTP/2, WebSocket, plain HTTP):
+ * which headers are end to end, which host a Host or `:authority` value names, the authority the
+ * upstream is addressed by, and asking the egress policy about one request.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
+import { parseHostLiteral } from "./guard.js";
+
+/** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** {@link HOP_BY_HOP}, the headers HTTP/2 forbids (RFC 9113 §8.2.2), and Host (HTTP/2 says `:authority`). */
+export const NOT_END_TO_END_H2: ReadonlySet<string> = new Set([...HOP_BY_HOP, "http2-settings", "host"]);
+
+/**
+ * The end-to-end headers of `h`: names lower case, no pseudo-headers, none of `drop`, none that the
+ * Connection header lists.
+ */
+export function endToEnd(h: IncomingHttpHeaders | OutgoingHttpHeaders, drop: ReadonlySet<string> = HOP_BY_HOP): IncomingHttpHeaders {
+  const listed = new Set(
+    String(h.connection ?? "")
+      .split(",")
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out: Record<string, string | string[] | number> = {};
+  for (const [k, v] of Object.entries(h)) {
+    const name = k.toLowerCase();
+    if (v === undefined || name.startsWith(":") || drop.has(name) || listed.has(name)) continue;
+    out[name] = v;
+  }
+  return out as IncomingHttpHeaders;
+}
+
+/** The host named by a Host or `:authority` value, canonical, or undefined if it names none (userinfo included). */
+export function hostOf(value: string): string | undefined {
+  const m = /^(\[[^\]]*\]|[^:@]*)(?::[0-9]*)?$/.exec(value);
+  if (!m) return undefined;
+  const parsed = parseHostLiteral(m[1]!);
+  return typeof parsed === "object" ? (parsed.ip ? parsed.ip.text : parsed.name) : undefined;
+}
+
+/** The authority (`host[:port]`) of a tunnel's upstream, for Host and `:authority`: the port unless it is 443. */
+export function authority(t: { readonly host: string; readonly port: number }): string {
+  const h = t.host.includes(":") ? `[${t.host}]` : t.host;
+  return t.port === 443 ? h : `${h}:${t.port}`;
+}
+
+/** Asks the egress policy about one request; a policy that throws becomes a rejected promise. */
+export function askPolicy(
+  prepare: (req: ProxiedRequest, tunnel: TunnelHandle) => Prepared | Promise<Prepared>,
+  req: ProxiedRequest,
+  tunnel: TunnelHandle,
+): Promise<Prepared> {
+  try {
+    return Promise.resolve(prepare(req, tunnel));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
