@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, createConnection, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, type AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { gzipSync } from "node:zlib";
 import type { BackendApi } from "../src/backend/backend.js";
@@ -29,6 +29,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { scrub, ScrubPatterns } from "../src/proxy/scrub.js";
+import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const SECRET = "ghp_" + "B1c2D3e4F5g6H7i8J9k0L1m2N3o4P5q6R7s8";
 const PLACEHOLDER = makePlaceholder(SECRET);
@@ -86,18 +87,10 @@ const TABLE: Record<string, string> = { "h1.body.example": "127.0.0.1", "h2.body
 const guard = new SsrfGuard({
   ports: [port1, port2],
   allow: ["127.0.0.0/8"],
-  resolve: async (host) => {
-    const a = TABLE[host];
-    if (a === undefined) throw Object.assign(new Error("not in the test's table"), { code: "ENOTFOUND" });
-    return [{ address: a, family: 4 }];
-  },
+  resolve: tableResolver(TABLE),
 });
 const connects: ConnectTo[] = [];
-function connect(to: ConnectTo): Socket {
-  connects.push(to);
-  if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
-  return createConnection({ host: to.host, port: to.port, family: to.family });
-}
+const connect = loopbackOnly(connects);
 
 /** placeholder → value, lengths kept. */
 const SAME = new ScrubPatterns([{ value: PLACEHOLDER, placeholder: SECRET }]);

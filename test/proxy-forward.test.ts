@@ -10,7 +10,7 @@ import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, createConnection, createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -24,6 +24,7 @@ import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { tempDir } from "./helpers.js";
+import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const run = promisify(execFile);
 const SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8";
@@ -158,20 +159,12 @@ const TABLE: Record<string, string> = {
 const guard = new SsrfGuard({
   ports: [good.port, bad.port, echoPort, 443],
   allow: ["127.0.0.0/8"],
-  resolve: async (host) => {
-    const a = TABLE[host];
-    if (a === undefined) throw Object.assign(new Error("not in the test's table"), { code: "ENOTFOUND" });
-    return [{ address: a, family: 4 }];
-  },
+  resolve: tableResolver(TABLE),
 });
 
 /** The instrumented connect step: only loopback is ever reached; anything else fails the test. */
 const connects: ConnectTo[] = [];
-function connect(to: ConnectTo): Socket {
-  connects.push(to);
-  if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
-  return createConnection({ host: to.host, port: to.port, family: to.family });
-}
+const connect = loopbackOnly(connects);
 
 /** What the agent sent to the proxy inside the tunnel, before injection. */
 const beforeInjection: IncomingHttpHeaders[] = [];

@@ -12,7 +12,7 @@ import { writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, createConnection, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import { join } from "node:path";
 import * as tls from "node:tls";
 import { promisify } from "node:util";
@@ -25,6 +25,7 @@ import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { tempDir } from "./helpers.js";
+import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const run = promisify(execFile);
 const SECRET = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
@@ -256,20 +257,12 @@ const TABLE: Record<string, string> = { "h2.test.example": "127.0.0.1", "h1.test
 const guard = new SsrfGuard({
   ports: [up2.port, up1.port, untrusted.port],
   allow: ["127.0.0.0/8"],
-  resolve: async (host) => {
-    const a = TABLE[host];
-    if (a === undefined) throw Object.assign(new Error("not in the test's table"), { code: "ENOTFOUND" });
-    return [{ address: a, family: 4 }];
-  },
+  resolve: tableResolver(TABLE),
 });
 
 /** The instrumented connect step: only loopback is ever reached. */
 const connects: ConnectTo[] = [];
-function connect(to: ConnectTo): Socket {
-  connects.push(to);
-  if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
-  return createConnection({ host: to.host, port: to.port, family: to.family });
-}
+const connect = loopbackOnly(connects);
 
 /** What the policy was asked, the tunnels it was given, and the outcomes it heard. */
 const asked: ProxiedRequest[] = [];

@@ -9,7 +9,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createServer, request, type IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, createConnection, createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, createServer as createNetServer, type AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { isVaultError } from "../src/base/errors.js";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -19,6 +19,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { parseAbsoluteTarget } from "../src/proxy/plain-http.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { tempDir } from "./helpers.js";
+import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const run = promisify(execFile);
 
@@ -59,19 +60,11 @@ const TABLE: Record<string, string> = {
 const guard = new SsrfGuard({
   ports: [upPort, deadPort, 80],
   allow: ["127.0.0.0/8"],
-  resolve: async (host) => {
-    const a = TABLE[host];
-    if (a === undefined) throw Object.assign(new Error("not in the test's table"), { code: "ENOTFOUND" });
-    return [{ address: a, family: 4 }];
-  },
+  resolve: tableResolver(TABLE),
 });
 
 const connects: ConnectTo[] = [];
-function connect(to: ConnectTo): Socket {
-  connects.push(to);
-  if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
-  return createConnection({ host: to.host, port: to.port, family: to.family });
-}
+const connect = loopbackOnly(connects);
 
 const decisions: string[] = [];
 const egress: Egress = {

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import * as https from "node:https";
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
-import { connect as netConnect, createConnection, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, type AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -19,6 +19,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
+import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const SECRET = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
 const PLACEHOLDER = makePlaceholder(SECRET);
@@ -170,17 +171,10 @@ const upPort = (upstream.address() as AddressInfo).port;
 const guard = new SsrfGuard({
   ports: [upPort],
   allow: ["127.0.0.0/8"],
-  resolve: async (host) => {
-    if (host === "ws.test.example") return [{ address: "127.0.0.1", family: 4 }];
-    throw Object.assign(new Error("not in the test's table"), { code: "ENOTFOUND" });
-  },
+  resolve: tableResolver({ "ws.test.example": "127.0.0.1" }),
 });
 const connects: ConnectTo[] = [];
-function connect(to: ConnectTo): Socket {
-  connects.push(to);
-  if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
-  return createConnection({ host: to.host, port: to.port, family: to.family });
-}
+const connect = loopbackOnly(connects);
 
 /** What the policy saw and the handles it was given; `mode` says how it answers the next request. */
 const asked: ProxiedRequest[] = [];
