@@ -12,12 +12,13 @@
  *   lease taken with leaseAndAccess, and a placeholder issued for it. The client sends
  *   `Authorization: Bearer <placeholder>`; per request the policy uses the lease through the vault
  *   (access_secret: one use, counted and audited), swaps the placeholder for the value, scrubs the
- *   response, and afterwards reports the request (record_proxy_request: an audit event); it also polls
+ *   response, and afterwards reports the request (record_proxy_requests: an audit event, batched); it also polls
  *   the leases every 50 ms. The home is removed on exit.
  *
  * Input: LESSOR_BENCH_UPSTREAM, the JSON line bench/proxy-upstream.ts printed ({ host, port, caPem });
  * LESSOR_BENCH_SECRET, the credential (the upstream answers 401 to any other); LESSOR_BENCH_NO_SCRUB=1
- * turns scrubbing off in fixed mode (LeaseEgress always scrubs, as lessor run does).
+ * turns scrubbing off in fixed mode (LeaseEgress always scrubs, as lessor run does);
+ * LESSOR_BENCH_LEASED_TMP, where the leased mode's temp home goes (default: the system's temp dir).
  * Output: one JSON line on stdout when ready: { mode, port, caPem, scrub } and, leased, `placeholder`
  * (what the client must send instead of the credential). Leased, on SIGTERM, one more before it exits:
  * { leaseUses }, the uses the vault counted, so the client can check that each request took one.
@@ -77,7 +78,7 @@ const SECRET_NAME = "bench-token";
 
 /** Leased mode: lessor run's LeaseEgress over an in-process vault in a temp home (see the module comment). */
 async function leasedPolicy(host: string): Promise<Policy> {
-  const dir = mkdtempSync(join(tmpdir(), "lessor-bench-proxy-leased-"));
+  const dir = mkdtempSync(join(process.env.LESSOR_BENCH_LEASED_TMP || tmpdir(), "lessor-bench-proxy-leased-"));
   const home = join(dir, "home");
   // Only what the vault needs: the parent's LESSOR_* variables must not pick another key or daemon.
   const env = { PATH: process.env.PATH };

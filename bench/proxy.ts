@@ -14,7 +14,7 @@
  *   leased  lessor run's policy (LeaseEgress) over an in-process vault in a temp home (SQLite): the
  *           client sends a placeholder, and per request the proxy uses the lease through the vault
  *           (access_secret: counted and audited), swaps the placeholder for the value, and reports the
- *           request (record_proxy_request: an audit event). This is what `lessor run` pays.
+ *           request (record_proxy_requests: an audit event, batched). This is what `lessor run` pays.
  * Direct and proxied use the same client code and keep-alive connections; through a proxy each
  * connection is a CONNECT tunnel with TLS to the proxy inside. Direct, fixed and leased rounds
  * alternate so that the VM's drift hits all alike.
@@ -45,6 +45,9 @@
  * proxies' pids are said on stderr, and a profile's file name holds its pid).
  * LESSOR_BENCH_NO_SCRUB=1: the fixed proxy does not scrub responses, to see what scrubbing costs (the
  * leased one always scrubs, as lessor run does).
+ * LESSOR_BENCH_LEASED_TMP: the directory the leased proxy's temp home is made in (default: the system's
+ * temp dir); e.g. /dev/shm (tmpfs, where fsync costs next to nothing) to see what the vault's durable
+ * commits cost per request.
  * LESSOR_BENCH_ONLY: a comma-separated list of figure groups to run (latency, throughput, stream,
  * connect, startup); default all. With a profile, one group at a time shows what that figure pays for.
  */
@@ -582,7 +585,7 @@ async function main(): Promise<void> {
   let leasedRoute: Route | undefined;
   try {
     const up = await upstream.ready;
-    const env = { PATH: process.env.PATH, LESSOR_BENCH_UPSTREAM: JSON.stringify(up), LESSOR_BENCH_SECRET: SECRET, LESSOR_BENCH_NO_SCRUB: noScrub ? "1" : "0" };
+    const env = { PATH: process.env.PATH, LESSOR_BENCH_UPSTREAM: JSON.stringify(up), LESSOR_BENCH_SECRET: SECRET, LESSOR_BENCH_NO_SCRUB: noScrub ? "1" : "0", LESSOR_BENCH_LEASED_TMP: process.env.LESSOR_BENCH_LEASED_TMP ?? "" };
     for (const mode of [[], ["--leased"]]) helpers.push(start<ProxyReady>([...proxyArgs, "--import", "tsx", here("./proxy-server.ts"), ...mode], env));
     const ready = await Promise.all(helpers.map((h) => h.ready));
     process.stderr.write(`bench/proxy: proxy pids: ${ready.map((r, i) => `${r.mode} ${helpers[i]!.proc.pid}`).join(", ")}\n`);

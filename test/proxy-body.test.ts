@@ -396,7 +396,7 @@ function leaseEgress(credentials: ProxyCredential[], refuse = new Set<string>())
       const v = Buffer.from(byId.get(id)!);
       return { value: { expose: () => v, wipe: () => v.fill(0) } };
     },
-    api: { record_proxy_request: async (r: unknown) => void reports.push(r) },
+    api: { record_proxy_requests: async (p: { reports: unknown[] }) => void reports.push(...p.reports) },
     listLeases: async () => [],
   } as unknown as BackendApi;
   return { egress: new LeaseEgress({ api, agent: "bot", credentials, egress: "strict" }), accessed, reports };

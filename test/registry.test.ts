@@ -49,7 +49,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   access_secret: (c) => ({ leaseId: c.leaseId, domain: "api.github.com" }),
   renew_lease: (c) => ({ leaseId: c.leaseId, ttl: "10m" }),
   revoke_lease: (c) => ({ leaseId: c.leaseId, reason: "done" }),
-  record_proxy_request: (c) => ({ agent: "claude", leaseIds: [c.leaseId], method: "GET", host: "api.github.com", path: "/user", status: 200, bytesOut: 0, bytesIn: 12, ms: 3.5, outcome: "ok" }),
+  record_proxy_requests: (c) => ({ reports: [{ agent: "claude", leaseIds: [c.leaseId], method: "GET", host: "api.github.com", path: "/user", status: 200, bytesOut: 0, bytesIn: 12, ms: 3.5, outcome: "ok" }] }),
   revoke_all_for_agent: () => ({ agent: "claude" }),
   list_leases: () => ({ agent: "claude", live: false }),
   killswitch: () => ({ reason: "drill" }),

@@ -248,27 +248,34 @@ export const REGISTRY = {
     audit: "audited",
     call: (s, p) => s.revokeLease(p.leaseId, p.reason),
   }),
-  record_proxy_request: method({
+  record_proxy_requests: method({
     description:
-      "Writes the audit event of one request the injecting proxy handled (agent, leases, method, host, path, status, bytes, duration). Outcome \"tripwire\" also revokes the leases named, as an alarm.",
+      "Writes the audit events of requests the injecting proxy handled (agent, leases, method, host, path, status, bytes, duration), all in one commit. Outcome \"tripwire\" also revokes the leases named, as an alarm.",
     roles: ALL,
     params: z.strictObject({
-      agent: str(128),
-      leaseIds: z.array(leaseId).max(32),
-      method: str(32),
-      host: str(253),
-      path: plain(z.string().min(1).max(8192)),
-      status: z.number().int().min(0).max(999),
-      bytesOut: z.number().int().min(0),
-      bytesIn: z.number().int().min(0),
-      ms: z.number().min(0),
-      outcome: z.enum(["ok", "refused", "error", "tripwire"]),
-      reason: plain(z.string().max(300)).optional(),
+      reports: z
+        .array(
+          z.strictObject({
+            agent: str(128),
+            leaseIds: z.array(leaseId).max(32),
+            method: str(32),
+            host: str(253),
+            path: plain(z.string().min(1).max(8192)),
+            status: z.number().int().min(0).max(999),
+            bytesOut: z.number().int().min(0),
+            bytesIn: z.number().int().min(0),
+            ms: z.number().min(0),
+            outcome: z.enum(["ok", "refused", "error", "tripwire"]),
+            reason: plain(z.string().max(300)).optional(),
+          }),
+        )
+        .min(1)
+        .max(256),
     }),
     result: z.strictObject({ revoked: z.number() }),
     secret: false,
     audit: "audited",
-    call: (s, p) => s.recordProxyRequest(p),
+    call: (s, p) => s.recordProxyRequests(p.reports),
   }),
   revoke_all_for_agent: method({
     description: "Revokes every live lease of an agent.",

@@ -20,8 +20,8 @@
  *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited. It reads
  *   the target and headers only: a body (or a frame) going to a host the lease does not cover is not
  *   scanned, and a placeholder in it is not replaced either (it goes as is, which leaks nothing).
- * - Every request is reported (`record_proxy_request`): agent, leases, method, host, path, status,
- *   bytes, duration; never a credential.
+ * - Every request is reported (`record_proxy_requests`, in batches: one commit for many requests):
+ *   agent, leases, method, host, path, status, bytes, duration; never a credential.
  * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
  *   period (50 ms by default): the watcher polls the vault, since the daemon does not push. A used-up
  *   lease adds nothing more, but the requests that took its uses (the last one still streaming, say)
@@ -31,6 +31,7 @@ import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
+import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -80,6 +81,13 @@ interface Held extends ProxyCredential {
   tunnels: Set<TunnelHandle>;
 }
 
+/** What record_proxy_requests takes for one request. */
+type ProxyReport = Params<"record_proxy_requests">["reports"][number];
+
+/** Reports per audit commit, and how long a report may wait for others. */
+const MAX_BATCH = 128;
+const BATCH_MS = 50;
+
 /** Headers a rule or a placeholder may never be put in: they frame the message or belong to the proxy. */
 const FRAMING = new Set(["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization"]);
 /** Why a lease is dead, from the vault's error codes. */
@@ -91,6 +99,8 @@ export class LeaseEgress implements Egress {
   readonly #held: Held[];
   readonly #scrub: ScrubPatterns | undefined;
   readonly #reports = new Set<Promise<unknown>>();
+  readonly #queue: ProxyReport[] = [];
+  #batchTimer: NodeJS.Timeout | null = null;
   #timer: NodeJS.Timeout | null = null;
   #polling = false;
 
@@ -113,10 +123,11 @@ export class LeaseEgress implements Egress {
     this.#timer.unref();
   }
 
-  /** Stops the watch and waits for the audit reports still on their way. */
+  /** Stops the watch, sends the queued audit reports and waits for every report on its way. */
   async close(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    void this.#flush();
     await Promise.allSettled([...this.#reports]);
   }
 
@@ -227,23 +238,49 @@ export class LeaseEgress implements Egress {
     return { kind: "refuse", status, reason, detail, done: (o) => this.#report(req, leaseIds, o, "refused", reason) };
   }
 
-  /** Sends the request's audit event; failures are said once per occurrence, never thrown. */
+  /**
+   * Queues the request's audit event. Events go to the vault in batches (one commit for up to
+   * {@link MAX_BATCH} requests, at most {@link BATCH_MS} ms later), so a proxied request costs one
+   * durable commit (its use), not two; a tripwire report goes at once, alone. Failures are said on
+   * stderr, never thrown.
+   */
   #report(req: ProxiedRequest, leaseIds: string[], o: RequestOutcome, outcome: "ok" | "refused" | "error" | "tripwire", reason?: string): Promise<unknown> {
+    const report: ProxyReport = {
+      agent: this.#o.agent,
+      leaseIds,
+      method: req.method,
+      host: req.host,
+      path: req.target.split("?")[0]!.slice(0, 8192) || "/",
+      status: o.status,
+      bytesOut: o.bytesOut,
+      bytesIn: o.bytesIn,
+      ms: Math.round(o.ms * 1000) / 1000,
+      outcome,
+      ...(reason !== undefined ? { reason: reason.slice(0, 300) } : {}),
+    };
+    if (outcome === "tripwire") return this.#send([report]);
+    this.#queue.push(report);
+    if (this.#queue.length >= MAX_BATCH) return this.#flush();
+    if (this.#batchTimer === null) {
+      this.#batchTimer = setTimeout(() => void this.#flush(), BATCH_MS);
+      this.#batchTimer.unref();
+    }
+    return Promise.resolve();
+  }
+
+  /** Sends every queued report (in batches of at most {@link MAX_BATCH}). */
+  #flush(): Promise<unknown> {
+    if (this.#batchTimer !== null) clearTimeout(this.#batchTimer);
+    this.#batchTimer = null;
+    const sent: Promise<unknown>[] = [];
+    while (this.#queue.length > 0) sent.push(this.#send(this.#queue.splice(0, MAX_BATCH)));
+    return Promise.all(sent);
+  }
+
+  #send(reports: ProxyReport[]): Promise<unknown> {
     const p = this.#o.api.api
-      .record_proxy_request({
-        agent: this.#o.agent,
-        leaseIds,
-        method: req.method,
-        host: req.host,
-        path: req.target.split("?")[0]!.slice(0, 8192) || "/",
-        status: o.status,
-        bytesOut: o.bytesOut,
-        bytesIn: o.bytesIn,
-        ms: Math.round(o.ms * 1000) / 1000,
-        outcome,
-        ...(reason !== undefined ? { reason: reason.slice(0, 300) } : {}),
-      })
-      .catch((e: unknown) => this.#o.warn?.(`lessor: could not audit a proxied request to ${req.host}: ${isVaultError(e) ? e.message : "error"}`));
+      .record_proxy_requests({ reports })
+      .catch((e: unknown) => this.#o.warn?.(`lessor: could not audit ${reports.length} proxied request(s) to ${[...new Set(reports.map((r) => r.host))].join(", ")}: ${isVaultError(e) ? e.message : "error"}`));
     this.#reports.add(p);
     void p.finally(() => this.#reports.delete(p));
     return p;

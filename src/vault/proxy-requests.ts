@@ -45,12 +45,18 @@ function count(n: unknown, what: string, max: number): number {
   return Math.round(n);
 }
 
-/**
- * Writes the `proxy_request` audit event for one request. The caller must be allowed to act for the
- * agent, and every lease named must be that agent's. For outcome "tripwire" the named leases are
- * revoked in the same commit and the event is flagged `alarm`. Returns how many leases it revoked.
- */
-export async function recordProxyRequest(ctx: VaultContext, who: Identity, r: ProxyRequestReport): Promise<{ revoked: number }> {
+/** At most this many reports per call. */
+export const MAX_REPORTS = 256;
+
+/** One report checked and shaped for its audit event. */
+interface Checked {
+  r: ProxyRequestReport;
+  agent: string;
+  reason: string | null;
+  detail: Record<string, string | number | boolean>;
+}
+
+function check(r: ProxyRequestReport): Checked {
   const agent = checkAgentId(r.agent);
   if (!Array.isArray(r.leaseIds) || r.leaseIds.length > MAX_LEASES || !r.leaseIds.every(isUuid))
     throw new VaultError("invalid_request", `leaseIds must be a list of at most ${MAX_LEASES} lease ids`);
@@ -58,10 +64,9 @@ export async function recordProxyRequest(ctx: VaultContext, who: Identity, r: Pr
   if (!(PROXY_OUTCOMES as readonly string[]).includes(r.outcome)) throw new VaultError("invalid_request", `outcome must be one of ${PROXY_OUTCOMES.join(", ")}`);
   const reason = r.reason === undefined ? null : checkPlainText(r.reason, "the reason", 300);
   const canon = canonicalRequestPath(r.path);
-  const path = canon.path ?? "(unparseable path)";
   const detail = {
     method: r.method.toUpperCase(),
-    path,
+    path: canon.path ?? "(unparseable path)",
     status: count(r.status, "status", 999),
     bytes_out: count(r.bytesOut, "bytesOut", Number.MAX_SAFE_INTEGER),
     bytes_in: count(r.bytesIn, "bytesIn", Number.MAX_SAFE_INTEGER),
@@ -69,37 +74,53 @@ export async function recordProxyRequest(ctx: VaultContext, who: Identity, r: Pr
     leases: r.leaseIds.join(","),
     ...(r.outcome === "tripwire" ? { alarm: true } : {}),
   };
-  const tripwire = r.outcome === "tripwire";
+  return { r, agent, reason, detail };
+}
+
+/**
+ * Writes one `proxy_request` audit event per report, all in one commit (the proxy batches them: one
+ * durable commit for many requests). The caller must be allowed to act for each report's agent, and
+ * every lease a report names must be that agent's; otherwise nothing of the batch is written. For
+ * outcome "tripwire" the named leases are revoked in the same commit and the event is flagged `alarm`.
+ * Returns how many leases it revoked.
+ */
+export async function recordProxyRequests(ctx: VaultContext, who: Identity, reports: readonly ProxyRequestReport[]): Promise<{ revoked: number }> {
+  if (!Array.isArray(reports) || reports.length === 0 || reports.length > MAX_REPORTS)
+    throw new VaultError("invalid_request", `reports must be a list of 1 to ${MAX_REPORTS} proxied requests`);
+  const checked = reports.map(check);
   return commit(ctx, async (tx, audit, now) => {
-    if (!mayActFor(who, agent))
-      return denied(audit, who, new VaultError("access_denied", `you may not report proxy requests of agent "${agent}"`), { agent });
-    const leases = [];
-    for (const id of r.leaseIds) {
-      const lease = await tx.getLease(id);
-      if (!lease || lease.agent !== agent)
-        return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
-      leases.push(lease);
-    }
-    const first = leases[0];
-    await audit({
-      type: "proxy_request",
-      actor: who,
-      agent,
-      secret: first ? `${first.scope}/${first.name}` : null,
-      leaseId: first?.id ?? null,
-      domain: r.host,
-      outcome: r.outcome === "ok" ? "ok" : r.outcome === "error" ? "error" : "denied",
-      reason: tripwire ? `tripwire: ${reason ?? "a credential was sent to a host its grant does not cover"}` : reason,
-      detail,
-    });
     let revoked = 0;
-    if (tripwire)
-      for (const l of leases) {
-        const why = `tripwire: its credential was sent to ${r.host}, which its grant does not cover`.slice(0, 200);
-        const n = await tx.revokeLeases({ id: l.id }, now, why);
-        revoked += n;
-        await audit({ type: "lease_revoked", actor: who, agent, secret: `${l.scope}/${l.name}`, leaseId: l.id, outcome: "ok", reason: why, detail: { changed: n, alarm: true } });
+    for (const { r, agent, reason, detail } of checked) {
+      if (!mayActFor(who, agent))
+        return denied(audit, who, new VaultError("access_denied", `you may not report proxy requests of agent "${agent}"`), { agent });
+      const leases = [];
+      for (const id of r.leaseIds) {
+        const lease = await tx.getLease(id);
+        if (!lease || lease.agent !== agent)
+          return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
+        leases.push(lease);
       }
+      const tripwire = r.outcome === "tripwire";
+      const first = leases[0];
+      await audit({
+        type: "proxy_request",
+        actor: who,
+        agent,
+        secret: first ? `${first.scope}/${first.name}` : null,
+        leaseId: first?.id ?? null,
+        domain: r.host,
+        outcome: r.outcome === "ok" ? "ok" : r.outcome === "error" ? "error" : "denied",
+        reason: tripwire ? `tripwire: ${reason ?? "a credential was sent to a host its grant does not cover"}` : reason,
+        detail,
+      });
+      if (tripwire)
+        for (const l of leases) {
+          const why = `tripwire: its credential was sent to ${r.host}, which its grant does not cover`.slice(0, 200);
+          const n = await tx.revokeLeases({ id: l.id }, now, why);
+          revoked += n;
+          await audit({ type: "lease_revoked", actor: who, agent, secret: `${l.scope}/${l.name}`, leaseId: l.id, outcome: "ok", reason: why, detail: { changed: n, alarm: true } });
+        }
+    }
     return { revoked };
   });
 }

@@ -348,9 +348,9 @@ export class VaultSession {
     return leases.revokeLease(this.#ctx, this.identity, leaseId, reason);
   }
   /** Revokes every live lease of an agent. */
-  /** Writes the audit event of one request the injecting proxy handled (src/vault/proxy-requests.ts). */
-  recordProxyRequest(report: proxyRequests.ProxyRequestReport): Promise<{ revoked: number }> {
-    return proxyRequests.recordProxyRequest(this.#ctx, this.identity, report);
+  /** Writes the audit events of requests the injecting proxy handled, in one commit (src/vault/proxy-requests.ts). */
+  recordProxyRequests(reports: readonly proxyRequests.ProxyRequestReport[]): Promise<{ revoked: number }> {
+    return proxyRequests.recordProxyRequests(this.#ctx, this.identity, reports);
   }
 
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
