@@ -51,6 +51,10 @@ async function upstream(names: string[]): Promise<{ port: number; ca: LocalCa; s
         res.writeHead(200, { "content-type": "text/plain" });
         res.write("you sent: " + auth.slice(0, 15));
         setTimeout(() => res.end(auth.slice(15) + "\n"), 20);
+      } else if (req.url === "/echo-len") {
+        const body = "len: " + String(req.headers.authorization ?? "");
+        res.writeHead(200, { "content-type": "text/plain", "content-length": Buffer.byteLength(body) });
+        res.end(body);
       } else if (req.url === "/echo-gzip") {
         const body = gzipSync("gz: " + String(req.headers.authorization ?? ""));
         res.writeHead(200, { "content-type": "text/plain", "content-encoding": "gzip", "content-length": body.length });
@@ -349,7 +353,11 @@ test("an upstream echoing the secret returns the placeholder (split across write
   const agent = tunnelledAgent(proxyPort, proxyCa.certPem, counter);
   const plain = await get(agent, "api.test.example", good.port, "/echo");
   const gz = await get(agent, "api.test.example", good.port, "/echo-gzip");
+  const len = await get(agent, "api.test.example", good.port, "/echo-len");
   agent.destroy();
+  // The placeholder has the value's length: an identity body keeps its Content-Length (no chunking).
+  assert.equal(len.body, `len: Bearer ${PLACEHOLDER}`);
+  assert.equal(len.headers["content-length"], String(Buffer.byteLength(len.body)));
   assert.equal(plain.body, `you sent: Bearer ${PLACEHOLDER}\n`);
   assert.ok(!plain.body.includes(SECRET));
   assert.equal(gz.body, `gz: Bearer ${PLACEHOLDER}`);

@@ -363,8 +363,9 @@ function relay(
       tally.report("unscrubbable encoding");
       return;
     }
-    // A placeholder may be longer than its value and a decoded body is longer than the encoded one.
-    delete headers["content-length"];
+    // A decoded body is longer than the encoded one, and a placeholder may be longer than its value;
+    // same-length placeholders (the usual case) keep an identity body's Content-Length true.
+    if (decode || !scrub.lengthPreserving) delete headers["content-length"];
     delete headers["content-encoding"];
     const scrubber = new ScrubStream(scrub);
     src = decode ? pipeline(body, decode, scrubber, () => {}) : pipeline(body, scrubber, () => {});

@@ -220,7 +220,7 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
 /** Streams an upstream response to the client (through the scrubber if `scrub` is set); `done` once, at the end. */
 export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
   const headers: OutgoingHttpHeaders = endToEnd(ur.headers);
-  let body: NodeJS.ReadableStream = ur;
+  const stages: NodeJS.ReadWriteStream[] = [];
   if (scrub) {
     const enc = String(ur.headers["content-encoding"] ?? "identity").toLowerCase();
     const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
@@ -230,14 +230,17 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
       done("unscrubbable encoding");
       return;
     }
-    // A placeholder may be longer than its value and a decoded body is longer than the encoded one.
-    delete headers["content-length"];
+    // A decoded body is longer than the encoded one, and a placeholder may be longer than its value:
+    // then the length is unknown and the answer goes chunked. Placeholders of the same length as their
+    // values (the usual case) keep an identity body's Content-Length true, so it stays.
+    if (decode || !scrub.lengthPreserving) delete headers["content-length"];
     delete headers["content-encoding"];
-    const scrubber = new ScrubStream(scrub);
-    body = decode ? pipeline(ur, decode, scrubber, () => {}) : pipeline(ur, scrubber, () => {});
+    if (decode) stages.push(decode);
+    stages.push(new ScrubStream(scrub));
   }
   res.writeHead(ur.statusCode ?? 502, ur.statusMessage, headers);
-  pipeline(body, res, (err) => {
+  // One pipeline for the whole chain (each pipeline() call costs an AbortController and listeners).
+  pipeline([ur, ...stages, res], (err) => {
     if (err) {
       ur.destroy();
       res.destroy();
