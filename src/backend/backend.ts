@@ -12,6 +12,7 @@ import type { LessorMethods } from "../client/facade.js";
 import { resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VaultError } from "../base/errors.js";
+import type { Vault } from "../vault/vault.js";
 import { connectDaemon, connectTarget } from "./daemon.js";
 import { daemonTarget } from "./daemon-target.js";
 
@@ -26,6 +27,8 @@ export interface Backend {
   /** For a daemon named by the environment, where it is (`$LESSOR_SOCKET (/path)`); else null. */
   endpoint: string | null;
   api: BackendApi;
+  /** Embedded mode only: the vault opened in this process (`lessor run --vault-session` serves it to its sandbox). */
+  vault?: Vault;
   close(): Promise<void>;
 }
 
@@ -71,5 +74,5 @@ export async function openBackend(opts: OpenBackendOptions = {}): Promise<Backen
   if (daemon) return daemon;
   const [{ openVault }, { inProcessApi }] = await Promise.all([import("../config/open-vault.js"), import("./in-process.js")]);
   const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
-  return { mode: "embedded", home, endpoint: null, api: inProcessApi(vault), close: () => vault.close() };
+  return { mode: "embedded", home, endpoint: null, api: inProcessApi(vault), vault, close: () => vault.close() };
 }

@@ -26,11 +26,16 @@ export interface RunConfig {
   write: string[];
   project: ProjectAccess;
   network: RunNetwork;
+  /**
+   * Give the sandboxed command an agent session at the vault for the run (`vault_session = true`, or
+   * `lessor run --vault-session`; src/cli/run/vault-session.ts). Off by default.
+   */
+  vaultSession: boolean;
 }
 
-export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write", network: "proxy" };
+export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], project: "read-write", network: "proxy", vaultSession: false };
 
-const FIELDS = ["hide", "read", "write", "project", "network"] as const;
+const FIELDS = ["hide", "read", "write", "project", "network", "vault_session"] as const;
 
 function fail(source: string, where: string, msg: string): never {
   throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
@@ -59,6 +64,10 @@ export function parseRunConfig(source: string, raw: unknown): RunConfig {
     out.project = t.project as ProjectAccess;
   }
   if (t.network !== undefined) out.network = parseRunNetwork(t.network, (msg) => fail(source, "[run] network", msg));
+  if (t.vault_session !== undefined) {
+    if (typeof t.vault_session !== "boolean") fail(source, "[run] vault_session", `expected true or false, got ${JSON.stringify(t.vault_session)}`);
+    out.vaultSession = t.vault_session;
+  }
   return out;
 }
 

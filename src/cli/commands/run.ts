@@ -15,6 +15,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   { name: "ttl", value: "<duration>", description: "lease lifetime such as 1h (capped by policy)" },
   { name: "project", value: "<dir>", description: "the project directory the sandbox shows the command (default: the current directory)" },
   { name: "network", value: "<proxy|none|host>", description: "the sandbox's network: proxy (default: only lessor's injecting proxy), none (loopback only) or host (any host, unscoped: warns once)" },
+  { name: "vault-session", description: "let the sandboxed command use the vault as the agent, for this run only (LESSOR_SOCKET=/run/lessor/vault.sock); also [run] vault_session" },
   { name: "no-sandbox", description: "run the command unconfined, as you (it can read your files and the vault's key); warns once" },
 ];
 
@@ -26,6 +27,8 @@ export interface RunCommandOptions {
   ttl?: string | undefined;
   project?: string | undefined;
   network?: string | undefined;
+  /** True when --vault-session is given. */
+  vaultSession?: boolean | undefined;
   /** False when --no-sandbox is given (commander's `--no-` flags default to true). */
   sandbox?: boolean | undefined;
 }
@@ -44,6 +47,7 @@ export function runAction(cli: Cli, command: string[], o: RunCommandOptions): Pr
         sandbox: o.sandbox !== false,
         ...(o.project !== undefined ? { project: o.project } : {}),
         ...(o.network !== undefined ? { network: o.network } : {}),
+        ...(o.vaultSession === true ? { vaultSession: true } : {}),
       },
       command,
     );
@@ -55,7 +59,7 @@ export function registerRun(program: Command, cli: Cli): void {
     program
       .command("run")
       .description("run a command with the secrets its environment refers to, leased for an agent; masks them in piped output, revokes the leases when it exits")
-      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--network proxy|none|host] [--no-sandbox] -- CMD [ARGS…]")
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--project DIR] [--network proxy|none|host] [--vault-session] [--no-sandbox] -- CMD [ARGS…]")
       .argument("<command...>", "the command and its arguments (put them after --)"),
     RUN_OPTIONS,
   )
@@ -77,6 +81,11 @@ export function registerRun(program: Command, cli: Cli): void {
         "proxy (HTTPS_PROXY is set): it holds placeholders, and the proxy adds the real credentials on",
         "the way out to the hosts the leases cover (docs/proxy.md). --no-sandbox runs it unconfined, as",
         "you, with the real values in its environment.",
+        "",
+        "--vault-session (or [run] vault_session = true) lets the sandboxed command talk to the vault",
+        "itself, as agent A and only within A's policy: lessor commands inside reach it through",
+        "LESSOR_SOCKET=/run/lessor/vault.sock. With a daemon, the run makes an agent token for it",
+        "(never shown to the command) and revokes it when the command exits; never the owner's identity.",
         "",
         "The exit code is the command's own (128+N if signal N killed it; 127 if it was not found).",
       ].join("\n"),

@@ -27,6 +27,8 @@ export interface SandboxStart {
   features: BwrapFeatures;
   /** The run's proxy directory (network "proxy"): the command runs behind the bridge to it. */
   proxyDir?: string;
+  /** Without a proxy: the vault session's directory, shown at /run/lessor (src/cli/run/vault-session.ts). */
+  runDir?: string;
 }
 
 /**
@@ -42,7 +44,7 @@ export function startChild(cmd: string, args: string[], env: Record<string, stri
   let signal: (s: NodeJS.Signals) => void;
   let started: Promise<boolean>;
   if (sandbox) {
-    const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio], sandbox.proxyDir);
+    const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio], sandbox.proxyDir, sandbox.runDir);
     ({ child, signal, started } = s);
   } else {
     const c = spawn(cmd, args, { env, stdio: [...stdio] });

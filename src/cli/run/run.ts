@@ -15,6 +15,7 @@ import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
+import type { VaultSession } from "./vault-session.js";
 
 /** Options of {@link runChild}. */
 export interface RunOptions {
@@ -28,6 +29,8 @@ export interface RunOptions {
   project?: string;
   /** --network: "proxy", "none" or "host" (default: `[run] network`, else "proxy"). */
   network?: string;
+  /** --vault-session: true; absent: `[run] vault_session` (src/cli/run/vault-session.ts). */
+  vaultSession?: boolean;
 }
 
 /** Thrown inside the run when a signal arrives before the child starts. */
@@ -46,6 +49,9 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;
+  let session: VaultSession | null = null;
+  let sessionEnded: Promise<void> | null = null;
+  const endSession = (): Promise<void> => (sessionEnded ??= session ? closeSession(cli, conn, session) : Promise.resolve());
   let patterns: MaskPattern[] = [];
   let revoked: Promise<void> | null = null;
   const revoke = (): Promise<void> => (revoked ??= book ? revokeAll(cli, conn, book) : Promise.resolve());
@@ -62,6 +68,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
     } else cli.err(noSandboxWarning(paths));
+    // An agent session for the sandboxed command; unconfined, the command is you and needs none.
+    if (!o.sandbox && o.vaultSession === true)
+      throw new VaultError("invalid_request", "--vault-session gives the sandboxed command an agent session at the vault; with --no-sandbox the command runs as you and can reach the vault as you: drop one of the two");
+    const wantSession = sandbox !== null && (o.vaultSession ?? paths.config.run.vaultSession);
     // The default: the child holds placeholders, and lessor's proxy adds the credentials on the way out.
     const proxied = sandbox?.network === "proxy";
     let env: Record<string, string>;
@@ -110,6 +120,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
         cli.err(
           `lessor: not passed to the sandboxed command (credentials in your environment): ${scrubbed.withheld.join(", ")}; store them in the vault and refer to them (${scrubbed.withheld[0]}='$S:name'), or put them in an --env-file`,
         );
+      if (wantSession) {
+        await conn.open();
+        abort();
+      }
       if (proxied) {
         // Loaded only here: the CA, x509 and http2 code is not needed by a run without the proxy.
         const { startRunProxy } = await import("./proxy.js");
@@ -122,13 +136,32 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
         });
         env = proxy.childEnv(env);
       }
+      if (wantSession) {
+        const { daemonEndpoint, startVaultSession } = await import("./vault-session.js");
+        session = await startVaultSession({
+          backend: await conn.open(),
+          agent: o.agent,
+          ...(proxy ? { dir: proxy.dir } : {}),
+          ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
+          daemon: daemonEndpoint(process.env, paths.socket),
+        });
+        abort();
+        env = session.childEnv(env);
+      }
     }
 
-    const { child, flushed, signal, started } = startChild(cmd, args, env, patterns, sandbox && features ? { sandbox, features, ...(proxy ? { proxyDir: proxy.dir } : {}) } : undefined);
+    const { child, flushed, signal, started } = startChild(
+      cmd,
+      args,
+      env,
+      patterns,
+      sandbox && features ? { sandbox, features, ...(proxy ? { proxyDir: proxy.dir } : session ? { runDir: session.dir } : {}) } : undefined,
+    );
     relay.attach(child, signal);
     const ended = await exited(child);
-    // The child is gone: its proxy stops (its last audit reports written), then its leases end,
-    // before lessor waits for the last of its output.
+    // The child is gone: its vault session ends (its token revoked), its proxy stops (its last audit
+    // reports written), then its leases end, before lessor waits for the last of its output.
+    await endSession();
     await proxy?.close();
     await revoke();
     await Promise.all(flushed);
@@ -146,6 +179,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     }
     throw e;
   } finally {
+    await endSession();
     await proxy?.close();
     creds?.wipe();
     await revoke();
@@ -159,6 +193,15 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
 function cannotRun(cli: Cli, cmd: string, code: string | undefined): number {
   cli.err(`lessor: cannot run ${JSON.stringify(cmd)}: ${code === "ENOENT" ? "no such command; check the name and PATH" : `${code ?? "error"}; check that it is an executable file`}`);
   return code === "ENOENT" ? 127 : 126;
+}
+
+/** Ends the run's vault session; says so on stderr if its token could not be revoked. */
+async function closeSession(cli: Cli, conn: Connection, s: VaultSession): Promise<void> {
+  const revoked = await s.close(
+    async () => (await conn.open()).api,
+    () => conn.close(),
+  );
+  if (!revoked) cli.err(`lessor: the vault session token of this run (${s.tokenId}) could not be revoked; it ends when it expires (lessor token revoke ${s.tokenId} ends it now)`);
 }
 
 /** The run's own backend: opened when leases are taken, reopened if it failed when revoking them. */

@@ -106,9 +106,10 @@ export interface RunSandbox {
   /**
    * Starts the command (`features`: what {@link RunSandbox.ready} found). With `proxyDir` (network
    * "proxy"), that directory is shown at /run/lessor and the command runs behind the bridge
-   * (src/sandbox/bridge.ts).
+   * (src/sandbox/bridge.ts). Without it, `runDir` (the vault session's own directory, network "none"
+   * or "host") is shown there instead, with no bridge.
    */
-  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string): Sandboxed;
+  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string, runDir?: string): Sandboxed;
 }
 
 /** The one line `--network host` prints: the agent's network is not scoped. */
@@ -185,10 +186,12 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
       if (out["TMPDIR"] !== undefined && !shows(layout, out["TMPDIR"])) out["TMPDIR"] = "/tmp";
       return { env: out, withheld };
     },
-    start(features, args, childEnv, stdio, proxyDir) {
+    start(features, args, childEnv, stdio, proxyDir, runDir) {
       if (!("path" in command)) throw new Error("the command was not found");
-      if (proxyDir === undefined)
-        return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host" }), command.path, args, stdio);
+      if (proxyDir === undefined) {
+        const binds = runDir === undefined ? [] : [{ from: runDir, to: SANDBOX_PROXY_DIR }];
+        return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host", binds }), command.path, args, stdio);
+      }
       // The bridge runs on the Node running lessor; shown read-only if the layout does not show it.
       const node = realpathSync(process.execPath);
       const binds = [{ from: proxyDir, to: SANDBOX_PROXY_DIR }, ...(shows(layout, node) ? [] : [{ from: node, to: node }])];
