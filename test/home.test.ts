@@ -132,7 +132,7 @@ describe("home, config and key sources", () => {
     assert.throws(() => parseConfig('[identity]\nuid = 5', "c.toml"), /double brackets/);
   });
 
-  test("[vault] store chooses the store: sqlite by default, memory leaves no file, postgres is not built yet", async () => {
+  test("[vault] store chooses the store: sqlite by default, memory leaves no file, postgres needs a URL", async () => {
     assert.equal(parseConfig("", "c.toml").store, "sqlite");
     assert.equal(parseConfig("[vault]\nstore = 'memory'", "c.toml").store, "memory");
     assert.throws(() => parseConfig("[vault]\nstore = 'mysql'", "c.toml"), /c.toml: \[vault\] store: expected one of sqlite, memory, postgres, got "mysql"/);
@@ -150,7 +150,7 @@ describe("home, config and key sources", () => {
     assert.equal((await again.admin().listSecrets({})).length, 0, "nothing outlives the process");
     await again.close();
     writeFileSync(join(home, "lessor.toml"), "[vault]\nstore = 'postgres'\n", { mode: 0o600 });
-    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "config_invalid" && /PostgreSQL store is not built yet \(issue 15\)/.test(e.message));
+    await assert.rejects(openVault({ home, env: env(home) }), (e: Error & { code: string }) => e.code === "config_invalid" && /needs the database's URL: set LESSOR_DATABASE_URL or \[vault\] database_url/.test(e.message));
   });
 
   test("the configured JSONL audit file and cipher are used", async () => {

@@ -1,4 +1,4 @@
-/** Runs the store conformance suite against the memory store and the SQLite store. */
+/** Runs the store conformance suite against the memory store, the SQLite store and (with LESSOR_TEST_PG_URL) the PostgreSQL store. */
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -8,6 +8,8 @@ import { createMemoryStore } from "../src/store/memory.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { isVaultError } from "../src/base/errors.js";
 import { storeConformance } from "./store-conformance.js";
+import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
+import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 storeConformance("memory", async () => {
   const store = createMemoryStore();
@@ -25,6 +27,20 @@ storeConformance("sqlite", async () => {
     },
   };
 });
+
+if (PG_URL !== undefined)
+  storeConformance("postgres", async () => {
+    const { schema, drop } = await testSchema();
+    const store = await openPostgresStore({ url: PG_URL!, schema });
+    return {
+      store,
+      cleanup: async () => {
+        await store.close();
+        await drop();
+      },
+    };
+  });
+else test("store conformance: postgres", { skip: PG_SKIP }, () => {});
 
 describe("memory store specifics", () => {
   test("a transaction function that never settles is rolled back after the timeout and later calls go on", async () => {

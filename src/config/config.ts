@@ -14,8 +14,8 @@ import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config
 import { DEFAULT_PROXY_CONFIG, parseProxyConfig, type ProxyConfig } from "./proxy-config.js";
 
 /**
- * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres" is
- * accepted here and refused when opened, until it is built (issue 15).
+ * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres"
+ * needs a URL: `[vault] database_url`, or LESSOR_DATABASE_URL in the environment (which wins).
  */
 export const STORE_KINDS = ["sqlite", "memory", "postgres"] as const;
 export type StoreKind = (typeof STORE_KINDS)[number];
@@ -23,8 +23,10 @@ export type StoreKind = (typeof STORE_KINDS)[number];
 /** The parsed configuration, with defaults filled in. Paths are as written (relative to the home). */
 export interface Config {
   cipher: Alg;
-  /** Which store holds the vault: "sqlite" (lessor.db in the home; the default) or "memory" (gone at exit). */
+  /** Which store holds the vault: "sqlite" (lessor.db in the home; the default), "memory" (gone at exit) or "postgres". */
   store: StoreKind;
+  /** `[vault] database_url`: the PostgreSQL URL for store = "postgres" (LESSOR_DATABASE_URL overrides it). */
+  databaseUrl: string | null;
   limits: Limits;
   keys: {
     file: string;
@@ -64,6 +66,7 @@ export interface UidIdentity {
 export const DEFAULT_CONFIG: Config = {
   cipher: "aes-256-gcm",
   store: "sqlite",
+  databaseUrl: null,
   limits: DEFAULT_LIMITS,
   keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000 },
   policyFile: "policy.toml",
@@ -133,7 +136,7 @@ export function parseConfig(text: string, source: string): Config {
   for (const k of Object.keys(root))
     if (!["vault", "keys", "policy", "audit", "server", "identity", "run", "proxy"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [run], [proxy])`);
-  const v = table(source, root, "vault", ["cipher", "store", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
+  const v = table(source, root, "vault", ["cipher", "store", "database_url", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -145,6 +148,11 @@ export function parseConfig(text: string, source: string): Config {
   if (v.store !== undefined) {
     if (!STORE_KINDS.includes(v.store as StoreKind)) fail(source, "[vault] store", `expected one of ${STORE_KINDS.join(", ")}, got ${show(v.store)}`);
     cfg.store = v.store as StoreKind;
+  }
+  if (v.database_url !== undefined) {
+    if (typeof v.database_url !== "string" || !/^postgres(ql)?:\/\/./.test(v.database_url))
+      fail(source, "[vault] database_url", "expected a URL such as \"postgres://lessor@db.internal:5432/lessor\" (the value is not shown: it may hold a password)");
+    cfg.databaseUrl = v.database_url;
   }
   if (v.max_secret_bytes !== undefined) cfg.limits.maxSecretBytes = int(source, "[vault] max_secret_bytes", v.max_secret_bytes, 1, 512 * 1024);
   if (v.keep_versions !== undefined) cfg.limits.keepVersions = int(source, "[vault] keep_versions", v.keep_versions, 1, 1000);
@@ -256,7 +264,10 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 
 [vault]
 # cipher = "aes-256-gcm"            # or "xchacha20-poly1305"; applies to newly written values
-# store = "sqlite"                  # lessor.db in this directory; "memory": nothing kept after exit (tests, demos)
+# store = "sqlite"                  # lessor.db in this directory; "memory": nothing kept after exit (tests, demos);
+#                                   # "postgres": one vault shared by several lessor instances (docs/storage.md)
+# database_url = "postgres://lessor@db.internal:5432/lessor"   # for "postgres"; LESSOR_DATABASE_URL wins;
+#                                   # keep a password out of this file: use ~/.pgpass or the environment
 # max_secret_bytes = 65536          # largest secret value
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100

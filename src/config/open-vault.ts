@@ -85,7 +85,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
     keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
   });
   const policyPath = inHome(home, cfg.policyFile);
-  const store = openStore(cfg.store, home);
+  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, env });
   const sinks: AuditSink[] = [];
   try {
     if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));

@@ -1,26 +1,48 @@
 /**
- * The store factory: opens the store `[vault] store` in lessor.toml names. A new store adapter (the
- * PostgreSQL store shared by several daemons, issue 15) is one more case here; openVault and the
- * daemon do not change.
+ * The store factory: opens the store `[vault] store` in lessor.toml names. openVault and the daemon
+ * do not change with the adapter.
  */
 import { VaultError } from "../base/errors.js";
 import type { Store } from "../vault/ports.js";
 import { createMemoryStore } from "../store/memory.js";
 import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
+import { openPostgresStore } from "../store/postgres/postgres-store.js";
 import type { StoreKind } from "./config.js";
 import { HOME_FILES, inHome } from "./home.js";
 
+/** The environment variable that names the PostgreSQL URL; it wins over `[vault] database_url`. */
+export const DATABASE_URL_ENV = "LESSOR_DATABASE_URL";
+
+/** What {@link openStore} needs besides the kind and the home. */
+export interface StoreSettings {
+  /** `[vault] database_url` from lessor.toml, if any. */
+  databaseUrl?: string | null;
+  /** Where LESSOR_DATABASE_URL is read (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}
+
 /**
  * Opens the store of kind `kind` for the home `home`: "sqlite" is the database file in the home,
- * "memory" a store that lives as long as the process. "postgres" throws VaultError("config_invalid").
+ * "memory" a store that lives as long as the process, "postgres" the database at LESSOR_DATABASE_URL
+ * or `[vault] database_url` (never taken from the command line, where other users could read it).
+ * Throws VaultError("config_invalid") when "postgres" has no URL, VaultError("unavailable") when the
+ * database cannot be reached (the message never shows the password).
  */
-export function openStore(kind: StoreKind, home: string): Store {
+export async function openStore(kind: StoreKind, home: string, settings: StoreSettings = {}): Promise<Store> {
   switch (kind) {
     case "sqlite":
       return openSqliteStore(inHome(home, HOME_FILES.database));
     case "memory":
       return createMemoryStore();
-    case "postgres":
-      throw new VaultError("config_invalid", 'the PostgreSQL store is not built yet (issue 15); set [vault] store = "sqlite" in lessor.toml');
+    case "postgres": {
+      const env = settings.env ?? process.env;
+      const url = env[DATABASE_URL_ENV] || settings.databaseUrl || null;
+      if (url === null)
+        throw new VaultError(
+          "config_invalid",
+          `[vault] store = "postgres" needs the database's URL: set ${DATABASE_URL_ENV} or [vault] database_url in lessor.toml (postgres://user@host:5432/database)`,
+        );
+      return openPostgresStore({ url });
+    }
   }
 }

@@ -1,0 +1,105 @@
+/**
+ * How the PostgreSQL store connects: the pool's settings from a `postgres://` URL, a schema and the
+ * timeouts, and {@link redactUrl}, the only form in which a URL may appear in an error or a log (its
+ * password, and any `password` parameter, replaced).
+ */
+import type { PoolConfig } from "pg";
+import { VaultError } from "../../base/errors.js";
+
+/** A schema name the store will put in `search_path`: a plain lower-case SQL identifier. */
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Query-string parameters whose values are secret (libpq's and node-postgres's spellings). */
+const SECRET_PARAMS = ["password", "sslpassword", "sslkey"];
+
+/**
+ * The URL with its password (and any password-like query parameter) replaced by "***", for errors
+ * and logs. Something that does not parse as a URL is not echoed at all: it may be a password typed
+ * in the wrong place.
+ */
+export function redactUrl(raw: string): string {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    return "(a database URL that does not parse; not shown)";
+  }
+  if (u.password !== "") u.password = "***";
+  for (const p of SECRET_PARAMS) if (u.searchParams.has(p)) u.searchParams.set(p, "***");
+  return u.toString();
+}
+
+/** Where the store connects, for messages: `host:port/database`, never a user or password. */
+export function describeTarget(raw: string): string {
+  try {
+    const u = new URL(raw);
+    const host = u.hostname !== "" ? u.hostname : (u.searchParams.get("host") ?? "localhost");
+    const port = u.port !== "" ? u.port : "5432";
+    const db = decodeURIComponent(u.pathname.replace(/^\//, "")) || "(default database)";
+    return `${host}:${port}/${db}`;
+  } catch {
+    return "(the configured database)";
+  }
+}
+
+/** The settings {@link poolConfig} turns into a pool's configuration. */
+export interface ConnectionSettings {
+  /** A `postgres://` or `postgresql://` URL. */
+  url: string;
+  /** The schema the store's tables live in (first in `search_path`); the URL's (or "public") when absent. */
+  schema?: string | undefined;
+  /** Most connections in the pool (default 8): one runs the transactions, the rest serve committed reads. */
+  poolSize?: number | undefined;
+  /** How long to wait for a connection to open (default 5000 ms). */
+  connectTimeoutMs?: number | undefined;
+  /** How long a transaction waits for another instance's write lock before failing "unavailable" (default 5000 ms). */
+  lockTimeoutMs?: number | undefined;
+  /** Server-side cap on one statement (default 30000 ms). */
+  statementTimeoutMs?: number | undefined;
+}
+
+/**
+ * The pool configuration for `s`. Throws VaultError("config_invalid") for a URL that is not a
+ * PostgreSQL URL or a schema that is not a plain identifier; the message shows the URL redacted.
+ */
+export function poolConfig(s: ConnectionSettings): PoolConfig {
+  let u: URL;
+  try {
+    u = new URL(s.url);
+  } catch {
+    throw new VaultError("config_invalid", `the database URL does not parse; write it as postgres://user@host:5432/database`);
+  }
+  if (u.protocol !== "postgres:" && u.protocol !== "postgresql:")
+    throw new VaultError("config_invalid", `the database URL ${redactUrl(s.url)} is not a postgres:// URL; write it as postgres://user@host:5432/database`);
+  if (s.schema !== undefined && !SCHEMA_NAME.test(s.schema))
+    throw new VaultError("config_invalid", `the schema name ${JSON.stringify(s.schema)} is not a plain lower-case identifier (letters, digits, _)`);
+  // Session settings travel in the startup packet's `options`: the schema first in search_path, and
+  // the timeouts. node-postgres lets the URL's own `options` override the config, so they are merged
+  // here and the URL's copy removed.
+  const opts: string[] = [];
+  const fromUrl = u.searchParams.get("options");
+  if (fromUrl !== null) {
+    opts.push(fromUrl);
+    u.searchParams.delete("options");
+  }
+  if (s.schema !== undefined) opts.push(`-c search_path=${s.schema}`);
+  opts.push(`-c lock_timeout=${ms(s.lockTimeoutMs, 5000)}`);
+  opts.push(`-c statement_timeout=${ms(s.statementTimeoutMs, 30_000)}`);
+  opts.push("-c idle_in_transaction_session_timeout=60000");
+  return {
+    connectionString: u.toString(),
+    options: opts.join(" "),
+    max: Math.max(2, Math.floor(s.poolSize ?? 8)),
+    connectionTimeoutMillis: ms(s.connectTimeoutMs, 5000),
+    idleTimeoutMillis: 30_000,
+    // Several statements are written before the first answer comes back (see the Store contract's
+    // round trips); node-postgres keeps their answers in order.
+    pipeline: true,
+    application_name: "lessor",
+    keepAlive: true,
+  };
+}
+
+function ms(v: number | undefined, dflt: number): number {
+  return v === undefined || !Number.isFinite(v) || v < 0 ? dflt : Math.floor(v);
+}

@@ -1,0 +1,449 @@
+/**
+ * The SQL behind the PostgreSQL store and its row mapping. Reads run through an {@link Exec} (the
+ * pool for committed reads, the transaction's connection inside one); writes are built as
+ * {@link Stmt}s so that the transaction can send the ones whose result nobody waits for without
+ * waiting (src/store/postgres/postgres-store.ts). Every value is a bound parameter.
+ */
+import { VaultError } from "../../base/errors.js";
+import { auditLimit } from "../semantics.js";
+import type {
+  AuditCheckpoint,
+  AuditFilter,
+  AuditHead,
+  AuditRecord,
+  LeaseFilter,
+  LeaseRecord,
+  RevokeSelector,
+  SecretFilter,
+  SecretKind,
+  SecretRecord,
+  SecretRef,
+  TokenRecord,
+  VersionRecord,
+} from "../../base/types.js";
+
+/** A row as node-postgres returns it (int8 parsed to number by the pool's type parser). */
+export type Row = Record<string, unknown>;
+
+/** One statement: what it does (for errors), its text and its bound values. */
+export interface Stmt {
+  what: string;
+  text: string;
+  values: unknown[];
+}
+
+/** Runs statements on some connection. */
+export interface Exec {
+  rows(s: Stmt): Promise<Row[]>;
+  /** The number of rows the statement changed. */
+  count(s: Stmt): Promise<number>;
+}
+
+const SECRET_COLS = "scope, name, kind, description, tags, current_version, created_at, updated_at";
+const VERSION_COLS = "v.version, v.alg, v.key_id, v.wrapped_dek, v.ciphertext, v.size, v.created_at, v.created_by";
+const SECRET_ID = "(SELECT id FROM secrets WHERE scope = $1 AND name = $2)";
+const LEASE_COLS =
+  "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
+  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
+const AUDIT_COLS =
+  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
+const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
+
+const st = (what: string, text: string, values: unknown[]): Stmt => ({ what, text, values });
+const one = async (x: Exec, s: Stmt): Promise<Row | undefined> => (await x.rows(s))[0];
+
+// ---- reads ----
+
+export async function getSecret(x: Exec, ref: SecretRef): Promise<SecretRecord | null> {
+  const r = await one(x, st("read a secret", `SELECT ${SECRET_COLS} FROM secrets WHERE scope = $1 AND name = $2`, [ref.scope, ref.name]));
+  return r === undefined ? null : secretFromRow(r);
+}
+
+export async function listSecrets(x: Exec, filter: SecretFilter): Promise<SecretRecord[]> {
+  const where: string[] = [];
+  const values: unknown[] = [];
+  const bind = (v: unknown): string => {
+    values.push(v);
+    return `$${values.length}`;
+  };
+  if (filter.scope !== undefined) where.push(`scope = ${bind(filter.scope)}`);
+  if (filter.namePrefix !== undefined && filter.namePrefix !== "") {
+    // A range bound the (scope, name) index can use, and an exact match: no LIKE, so "_" and "%" are literal.
+    const p = bind(filter.namePrefix);
+    where.push(`name >= ${p} AND left(name, length(${p})) = ${p}`);
+  }
+  if (filter.tag !== undefined) where.push(`tags ? ${bind(filter.tag)}`);
+  const text = `SELECT ${SECRET_COLS} FROM secrets${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY scope, name`;
+  return (await x.rows(st("list secrets", text, values))).map(secretFromRow);
+}
+
+export async function getVersion(x: Exec, ref: SecretRef, version: number): Promise<VersionRecord | null> {
+  const r = await one(
+    x,
+    st("read a secret version", `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} AND v.version = $3`, [ref.scope, ref.name, version]),
+  );
+  return r === undefined ? null : versionFromRow(ref.scope, ref.name, r);
+}
+
+export async function getCurrentVersion(x: Exec, ref: SecretRef): Promise<VersionRecord | null> {
+  const r = await one(
+    x,
+    st(
+      "read a secret version",
+      `SELECT ${VERSION_COLS} FROM secrets s JOIN secret_versions v ON v.secret = s.id AND v.version = s.current_version WHERE s.scope = $1 AND s.name = $2`,
+      [ref.scope, ref.name],
+    ),
+  );
+  return r === undefined ? null : versionFromRow(ref.scope, ref.name, r);
+}
+
+export async function listVersions(x: Exec, ref: SecretRef): Promise<VersionRecord[]> {
+  const rows = await x.rows(
+    st("list secret versions", `SELECT ${VERSION_COLS} FROM secret_versions v WHERE v.secret = ${SECRET_ID} ORDER BY v.version`, [ref.scope, ref.name]),
+  );
+  return rows.map((r) => versionFromRow(ref.scope, ref.name, r));
+}
+
+export async function versionsNotUnderKey(x: Exec, keyId: string, limit: number): Promise<VersionRecord[]> {
+  if (limit <= 0) return [];
+  const rows = await x.rows(
+    st(
+      "list versions to re-wrap",
+      `SELECT s.scope, s.name, ${VERSION_COLS} FROM secret_versions v JOIN secrets s ON s.id = v.secret WHERE v.key_id <> $1 LIMIT $2`,
+      [keyId, Math.floor(limit)],
+    ),
+  );
+  return rows.map((r) => versionFromRow(r.scope as string, r.name as string, r));
+}
+
+export async function keyIdsInUse(x: Exec): Promise<string[]> {
+  const rows = await x.rows(st("list key ids in use", "SELECT DISTINCT key_id FROM secret_versions ORDER BY key_id", []));
+  return rows.map((r) => r.key_id as string);
+}
+
+export async function getLease(x: Exec, id: string): Promise<LeaseRecord | null> {
+  const r = await one(x, st("read a lease", `SELECT ${LEASE_COLS} FROM leases WHERE id = $1`, [id]));
+  return r === undefined ? null : leaseFromRow(r);
+}
+
+export async function listLeases(x: Exec, filter: LeaseFilter): Promise<LeaseRecord[]> {
+  const where: string[] = [];
+  const values: unknown[] = [];
+  const bind = (v: unknown): string => {
+    values.push(v);
+    return `$${values.length}`;
+  };
+  if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
+  if (filter.secret !== undefined) where.push(`scope = ${bind(filter.secret.scope)} AND name = ${bind(filter.secret.name)}`);
+  if (filter.liveAt !== undefined) where.push(`NOT done AND expires_at > ${bind(filter.liveAt)}`);
+  const limit = filter.limit === undefined ? "" : ` LIMIT ${bind(Math.max(0, Math.floor(filter.limit)))}`;
+  const text = `SELECT ${LEASE_COLS} FROM leases${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY id DESC${limit}`;
+  return (await x.rows(st("list leases", text, values))).map(leaseFromRow);
+}
+
+export async function countLiveLeases(x: Exec, agent: string, now: number): Promise<number> {
+  const r = await one(x, st("count live leases", "SELECT count(*) AS n FROM leases WHERE agent = $1 AND NOT done AND expires_at > $2", [agent, now]));
+  return Number(r?.n ?? 0);
+}
+
+export async function queryAudit(x: Exec, filter: AuditFilter): Promise<AuditRecord[]> {
+  const limit = auditLimit(filter.limit);
+  const where: string[] = [];
+  const values: unknown[] = [];
+  const bind = (v: unknown): string => {
+    values.push(v);
+    return `$${values.length}`;
+  };
+  if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
+  if (filter.secret !== undefined) where.push(`secret = ${bind(filter.secret)}`);
+  if (filter.leaseId !== undefined) where.push(`lease_id = ${bind(filter.leaseId)}`);
+  if (filter.actorId !== undefined) where.push(`actor_id = ${bind(filter.actorId)}`);
+  if (filter.types !== undefined && filter.types.length > 0) where.push(`type = ANY(${bind(filter.types)}::text[])`);
+  if (filter.since !== undefined) where.push(`time >= ${bind(filter.since)}`);
+  if (filter.until !== undefined) where.push(`time < ${bind(filter.until)}`);
+  if (filter.afterSeq !== undefined) where.push(`seq > ${bind(filter.afterSeq)}`);
+  const order = filter.order === "desc" ? "DESC" : "ASC";
+  const text = `SELECT ${AUDIT_COLS} FROM audit${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY seq ${order} LIMIT ${bind(limit)}`;
+  return (await x.rows(st("query the audit trail", text, values))).map(auditFromRow);
+}
+
+export async function auditHead(x: Exec): Promise<AuditHead | null> {
+  const r = await one(x, st("read the audit head", "SELECT seq, hash, key_id FROM audit ORDER BY seq DESC LIMIT 1", []));
+  return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer, keyId: (r.key_id as string | null) ?? null };
+}
+
+export async function getCheckpoint(x: Exec): Promise<AuditCheckpoint | null> {
+  const r = await one(x, st("read the audit checkpoint", "SELECT seq, hash, key_id, mac FROM audit_checkpoint WHERE id = 1", []));
+  return r === undefined ? null : { seq: r.seq as number, hash: r.hash as Buffer, keyId: r.key_id as string, mac: r.mac as Buffer };
+}
+
+export async function getMeta(x: Exec, key: string): Promise<string | null> {
+  const r = await one(x, st("read metadata", "SELECT value FROM meta WHERE key = $1", [key]));
+  return r === undefined ? null : (r.value as string);
+}
+
+export async function getToken(x: Exec, id: string): Promise<TokenRecord | null> {
+  const r = await one(x, st("read a token", `SELECT ${TOKEN_COLS} FROM tokens WHERE id = $1`, [id]));
+  return r === undefined ? null : tokenFromRow(r);
+}
+
+export async function listTokens(x: Exec): Promise<TokenRecord[]> {
+  return (await x.rows(st("list tokens", `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`, []))).map(tokenFromRow);
+}
+
+// ---- writes that return nothing (a transaction may send them without waiting) ----
+
+export function putSecret(rec: SecretRecord): Stmt {
+  return st(
+    "write a secret",
+    `INSERT INTO secrets (${SECRET_COLS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
+     ON CONFLICT (scope, name) DO UPDATE SET kind = excluded.kind, description = excluded.description, tags = excluded.tags,
+       current_version = excluded.current_version, created_at = excluded.created_at, updated_at = excluded.updated_at`,
+    [rec.scope, rec.name, rec.kind, rec.description, JSON.stringify(rec.tags), rec.currentVersion, rec.createdAt, rec.updatedAt],
+  );
+}
+
+/** Fails (NOT NULL) when the secret row is missing, (primary key) when the version exists. */
+export function insertVersion(rec: VersionRecord): Stmt {
+  return st(
+    "write a secret version (it must be new, and its secret's row written first)",
+    `INSERT INTO secret_versions (secret, version, alg, key_id, wrapped_dek, ciphertext, size, created_at, created_by)
+     VALUES (${SECRET_ID}, $3, $4, $5, $6, $7, $8, $9, $10)`,
+    [rec.scope, rec.name, rec.version, rec.alg, rec.keyId, Buffer.from(rec.wrappedDek), Buffer.from(rec.ciphertext), rec.size, rec.createdAt, rec.createdBy],
+  );
+}
+
+export function insertLease(rec: LeaseRecord): Stmt {
+  const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses);
+  return st(
+    "write a lease (its id must be new)",
+    `INSERT INTO leases (${LEASE_COLS}, done) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
+    [
+      rec.id,
+      rec.agent,
+      rec.scope,
+      rec.name,
+      JSON.stringify(rec.domains),
+      rec.anyDomain,
+      rec.methods === null ? null : JSON.stringify(rec.methods),
+      rec.paths === null ? null : JSON.stringify(rec.paths),
+      rec.rule,
+      rec.issuedAt,
+      rec.expiresAt,
+      rec.maxExpiresAt,
+      rec.uses,
+      rec.maxUses,
+      rec.renewals,
+      rec.maxRenewals,
+      rec.renewable,
+      rec.revokedAt,
+      rec.revokeReason,
+      rec.issuedBy,
+      done,
+    ],
+  );
+}
+
+export function renewLease(id: string, expiresAt: number, renewals: number): Stmt {
+  return st("renew a lease", "UPDATE leases SET expires_at = $2, renewals = $3 WHERE id = $1", [id, expiresAt, renewals]);
+}
+
+/** The database's trigger refuses a row that does not follow the head (schema.ts). */
+export function insertAudit(rec: AuditRecord): Stmt {
+  return st(
+    "append to the audit trail",
+    `INSERT INTO audit (${AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+    [
+      rec.seq,
+      rec.id,
+      rec.time,
+      rec.type,
+      rec.actorId,
+      rec.actorRole,
+      rec.transport,
+      rec.agent,
+      rec.secret,
+      rec.leaseId,
+      rec.domain,
+      rec.outcome,
+      rec.reason,
+      rec.detail,
+      Buffer.from(rec.prevHash),
+      Buffer.from(rec.hash),
+      rec.keyId ?? null,
+    ],
+  );
+}
+
+export function putCheckpoint(cp: AuditCheckpoint): Stmt {
+  return st(
+    "write the audit checkpoint",
+    `INSERT INTO audit_checkpoint (id, seq, hash, key_id, mac) VALUES (1, $1, $2, $3, $4)
+     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, key_id = excluded.key_id, mac = excluded.mac`,
+    [cp.seq, Buffer.from(cp.hash), cp.keyId, Buffer.from(cp.mac)],
+  );
+}
+
+export function setMeta(key: string, value: string): Stmt {
+  return st("write metadata", "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value]);
+}
+
+export function insertToken(t: TokenRecord): Stmt {
+  return st(
+    "write a token (its id must be new)",
+    `INSERT INTO tokens (${TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+    [t.id, t.name, t.role, t.agent, t.actFor === null ? null : JSON.stringify(t.actFor), t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, Buffer.from(t.hash)],
+  );
+}
+
+// ---- writes whose result the caller needs ----
+
+export function deleteVersionsBelow(ref: SecretRef, version: number): Stmt {
+  return st("delete old secret versions", `DELETE FROM secret_versions WHERE secret = ${SECRET_ID} AND version < $3`, [ref.scope, ref.name, version]);
+}
+
+export function deleteSecret(ref: SecretRef): Stmt {
+  // secret_versions rows go with it (ON DELETE CASCADE).
+  return st("delete a secret", "DELETE FROM secrets WHERE scope = $1 AND name = $2", [ref.scope, ref.name]);
+}
+
+export function rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): Stmt {
+  return st(
+    "re-wrap a secret version",
+    `UPDATE secret_versions SET key_id = $4, wrapped_dek = $5 WHERE secret = ${SECRET_ID} AND version = $3 AND key_id = $6`,
+    [ref.scope, ref.name, version, toKeyId, Buffer.from(wrappedDek), fromKeyId],
+  );
+}
+
+/**
+ * One use, counted atomically by the database: the row changes only if the lease is live at `now`,
+ * so two instances racing for the last use cannot both win (the second UPDATE re-reads the row the
+ * first committed, under PostgreSQL's row lock).
+ */
+export async function useLease(x: Exec, id: string, now: number): Promise<number | null> {
+  const r = await one(
+    x,
+    st(
+      "count a lease use",
+      `UPDATE leases SET uses = uses + 1, done = (max_uses IS NOT NULL AND uses + 1 >= max_uses)
+       WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND (max_uses IS NULL OR uses < max_uses)
+       RETURNING uses`,
+      [id, now],
+    ),
+  );
+  return r === undefined ? null : (r.uses as number);
+}
+
+export function revokeLeases(sel: RevokeSelector, now: number, reason: string): Stmt {
+  const set = "UPDATE leases SET revoked_at = $1, revoke_reason = $2, done = true WHERE NOT done AND expires_at > $1";
+  const what = "revoke leases";
+  if ("id" in sel) return st(what, `${set} AND id = $3`, [now, reason, sel.id]);
+  if ("agent" in sel) return st(what, `${set} AND agent = $3`, [now, reason, sel.agent]);
+  if ("secret" in sel) return st(what, `${set} AND scope = $3 AND name = $4`, [now, reason, sel.secret.scope, sel.secret.name]);
+  if (sel.all === true) return st(what, set, [now, reason]);
+  throw new VaultError("invalid_request", "unknown revoke selector; use {id}, {agent}, {secret} or {all: true}");
+}
+
+export function deleteExpiredLeases(before: number, limit: number): Stmt {
+  return st(
+    "delete expired leases",
+    "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE expires_at < $1 LIMIT $2)",
+    [before, Math.max(0, Math.floor(limit))],
+  );
+}
+
+export function revokeToken(id: string, now: number): Stmt {
+  return st("revoke a token", "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", [id, now]);
+}
+
+// ---- rows ----
+
+function secretFromRow(r: Row): SecretRecord {
+  return {
+    scope: r.scope as string,
+    name: r.name as string,
+    kind: r.kind as SecretKind,
+    description: r.description as string,
+    tags: r.tags as string[],
+    currentVersion: r.current_version as number,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function versionFromRow(scope: string, name: string, r: Row): VersionRecord {
+  return {
+    scope,
+    name,
+    version: r.version as number,
+    alg: r.alg as string,
+    keyId: r.key_id as string,
+    wrappedDek: r.wrapped_dek as Buffer,
+    ciphertext: r.ciphertext as Buffer,
+    size: r.size as number,
+    createdAt: r.created_at as number,
+    createdBy: r.created_by as string,
+  };
+}
+
+function leaseFromRow(r: Row): LeaseRecord {
+  return {
+    id: r.id as string,
+    agent: r.agent as string,
+    scope: r.scope as string,
+    name: r.name as string,
+    domains: JSON.parse(r.domains as string) as string[],
+    anyDomain: r.any_domain as boolean,
+    methods: r.methods === null ? null : (JSON.parse(r.methods as string) as string[]),
+    paths: r.paths === null ? null : (JSON.parse(r.paths as string) as string[]),
+    rule: r.rule as string,
+    issuedAt: r.issued_at as number,
+    expiresAt: r.expires_at as number,
+    maxExpiresAt: r.max_expires_at as number,
+    uses: r.uses as number,
+    maxUses: r.max_uses as number | null,
+    renewals: r.renewals as number,
+    maxRenewals: r.max_renewals as number | null,
+    renewable: r.renewable as boolean,
+    revokedAt: r.revoked_at as number | null,
+    revokeReason: r.revoke_reason as string | null,
+    issuedBy: r.issued_by as string,
+  };
+}
+
+function auditFromRow(r: Row): AuditRecord {
+  return {
+    seq: r.seq as number,
+    id: r.id as string,
+    time: r.time as number,
+    type: r.type as string,
+    actorId: r.actor_id as string,
+    actorRole: r.actor_role as string,
+    transport: r.transport as string,
+    agent: r.agent as string | null,
+    secret: r.secret as string | null,
+    leaseId: r.lease_id as string | null,
+    domain: r.domain as string | null,
+    outcome: r.outcome as string,
+    reason: r.reason as string | null,
+    detail: r.detail as string | null,
+    prevHash: r.prev_hash as Buffer,
+    hash: r.hash as Buffer,
+    keyId: (r.key_id as string | null) ?? null,
+  };
+}
+
+function tokenFromRow(r: Row): TokenRecord {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    role: r.role as TokenRecord["role"],
+    agent: (r.agent as string | null) ?? null,
+    actFor: r.act_for === null ? null : (JSON.parse(r.act_for as string) as string[]),
+    createdAt: r.created_at as number,
+    expiresAt: (r.expires_at as number | null) ?? null,
+    revokedAt: (r.revoked_at as number | null) ?? null,
+    createdBy: r.created_by as string,
+    hash: r.hash as Buffer,
+  };
+}

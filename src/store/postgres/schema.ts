@@ -1,0 +1,190 @@
+/**
+ * The PostgreSQL schema as an ordered list of migrations, recorded one row per step in
+ * `lessor_migrations`. Opening a store applies the missing steps in one transaction under a
+ * transaction-scoped advisory lock keyed by the schema, so several instances starting at once apply
+ * each step once: the others wait for the lock, then find nothing left to do. Never edit a released
+ * step: append a new one.
+ *
+ * Text keys that are sorted (scope, name, lease and token ids) use the "C" collation, so that the
+ * order is by code point, as the other stores sort, whatever the database's locale.
+ */
+import type { PoolClient } from "pg";
+import { VaultError } from "../../base/errors.js";
+import { AUDIT_GAP_STATE } from "./errors.js";
+
+/** Advisory lock class ids (the first key of the two-key form); the second key is the schema's hash. */
+export const LOCK_CLASS = { migrate: 0x4c53_0001, write: 0x4c53_0002 } as const;
+
+/** The second advisory-lock key: this session's schema, so vaults in different schemas do not contend. */
+export const SCHEMA_KEY = "hashtext(current_schema())";
+
+/** Migration steps; step i (0-based) brings the schema from version i to version i + 1. */
+export const MIGRATIONS: readonly string[] = [
+  // 1: the schema of SQLite step 5, the commit counter and the audit chain's gap check.
+  `
+  CREATE TABLE meta (
+    key   TEXT COLLATE "C" PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+
+  CREATE TABLE secrets (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    scope           TEXT COLLATE "C" NOT NULL,
+    name            TEXT COLLATE "C" NOT NULL,
+    kind            TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    tags            JSONB NOT NULL,
+    current_version INTEGER NOT NULL,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    UNIQUE (scope, name)
+  );
+
+  CREATE TABLE secret_versions (
+    secret      BIGINT NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL,
+    alg         TEXT NOT NULL,
+    key_id      TEXT COLLATE "C" NOT NULL,
+    wrapped_dek BYTEA NOT NULL,
+    ciphertext  BYTEA NOT NULL,
+    size        INTEGER NOT NULL,
+    created_at  BIGINT NOT NULL,
+    created_by  TEXT NOT NULL,
+    PRIMARY KEY (secret, version)
+  );
+  CREATE INDEX secret_versions_key ON secret_versions(key_id);
+
+  CREATE TABLE leases (
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    agent          TEXT COLLATE "C" NOT NULL,
+    scope          TEXT COLLATE "C" NOT NULL,
+    name           TEXT COLLATE "C" NOT NULL,
+    domains        TEXT NOT NULL,
+    any_domain     BOOLEAN NOT NULL,
+    methods        TEXT,
+    paths          TEXT,
+    rule           TEXT NOT NULL,
+    issued_at      BIGINT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    max_expires_at BIGINT NOT NULL,
+    uses           INTEGER NOT NULL,
+    max_uses       INTEGER,
+    renewals       INTEGER NOT NULL,
+    max_renewals   INTEGER,
+    renewable      BOOLEAN NOT NULL,
+    revoked_at     BIGINT,
+    revoke_reason  TEXT,
+    issued_by      TEXT NOT NULL,
+    done           BOOLEAN NOT NULL DEFAULT false -- true once revoked or used up
+  );
+  CREATE INDEX leases_live_agent ON leases(agent, expires_at) WHERE NOT done;
+  CREATE INDEX leases_live_secret ON leases(scope, name, expires_at) WHERE NOT done;
+  CREATE INDEX leases_expiry ON leases(expires_at);
+
+  CREATE TABLE audit (
+    seq        BIGINT PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    time       BIGINT NOT NULL,
+    type       TEXT NOT NULL,
+    actor_id   TEXT NOT NULL,
+    actor_role TEXT NOT NULL,
+    transport  TEXT NOT NULL,
+    agent      TEXT,
+    secret     TEXT,
+    lease_id   TEXT,
+    domain     TEXT,
+    outcome    TEXT NOT NULL,
+    reason     TEXT,
+    detail     TEXT,
+    prev_hash  BYTEA NOT NULL,
+    hash       BYTEA NOT NULL,
+    key_id     TEXT
+  );
+  CREATE INDEX audit_time ON audit(time);
+  CREATE INDEX audit_agent ON audit(agent, seq) WHERE agent IS NOT NULL;
+  CREATE INDEX audit_secret ON audit(secret, seq) WHERE secret IS NOT NULL;
+  CREATE INDEX audit_type ON audit(type, seq);
+  CREATE INDEX audit_lease ON audit(lease_id) WHERE lease_id IS NOT NULL;
+
+  -- Every row must follow the head: checked by the database, so no writer (this store batching
+  -- statements, another instance, a hand-written INSERT) can leave a gap or fork the chain.
+  CREATE FUNCTION lessor_audit_follows() RETURNS trigger LANGUAGE plpgsql
+  SET search_path FROM CURRENT AS $$
+  DECLARE last BIGINT;
+  BEGIN
+    SELECT seq INTO last FROM audit ORDER BY seq DESC LIMIT 1;
+    IF NEW.seq IS DISTINCT FROM coalesce(last, 0) + 1 THEN
+      RAISE EXCEPTION 'audit row % does not follow the trail''s last row %', NEW.seq, coalesce(last, 0)
+        USING ERRCODE = '${AUDIT_GAP_STATE}';
+    END IF;
+    RETURN NEW;
+  END $$;
+  CREATE TRIGGER audit_follows BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION lessor_audit_follows();
+
+  CREATE TABLE audit_checkpoint (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    seq    BIGINT NOT NULL,
+    hash   BYTEA NOT NULL,
+    key_id TEXT NOT NULL,
+    mac    BYTEA NOT NULL
+  );
+
+  CREATE TABLE tokens (
+    id         TEXT COLLATE "C" PRIMARY KEY,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    agent      TEXT,
+    act_for    TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    revoked_at BIGINT,
+    created_by TEXT NOT NULL,
+    hash       BYTEA NOT NULL
+  );
+
+  -- Bumped by every transaction that writes (under the write lock): an instance whose last commit
+  -- left n knows, on seeing n again, that no other instance has written since (postgres-store.ts).
+  CREATE TABLE lessor_commits (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL
+  );
+  INSERT INTO lessor_commits (id, n) VALUES (1, 0);
+  `,
+];
+
+/** The schema version this build writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings the schema of `client`'s search_path up to {@link SCHEMA_VERSION}, in one transaction under
+ * the migration advisory lock. Throws VaultError("unavailable") for a schema written by a newer
+ * lessor. Returns how many steps this call applied (0 when another instance had already).
+ */
+export async function migrate(client: PoolClient): Promise<number> {
+  await client.query("BEGIN");
+  try {
+    await client.query(`SELECT pg_advisory_xact_lock(${LOCK_CLASS.migrate}, ${SCHEMA_KEY})`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS lessor_migrations (
+         version    INTEGER PRIMARY KEY,
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+       )`,
+    );
+    const r = await client.query<{ v: number | null }>("SELECT max(version) AS v FROM lessor_migrations");
+    const current = r.rows[0]?.v ?? 0;
+    if (current > SCHEMA_VERSION)
+      throw new VaultError(
+        "unavailable",
+        `this vault database was written by a newer lessor (schema ${current}, this build knows ${SCHEMA_VERSION}); upgrade lessor`,
+      );
+    for (let i = current; i < SCHEMA_VERSION; i++) {
+      await client.query(MIGRATIONS[i]!);
+      await client.query("INSERT INTO lessor_migrations (version) VALUES ($1)", [i + 1]);
+    }
+    await client.query("COMMIT");
+    return SCHEMA_VERSION - current;
+  } catch (e) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw e;
+  }
+}

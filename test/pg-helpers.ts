@@ -1,0 +1,34 @@
+/**
+ * PostgreSQL test helpers: the server comes from LESSOR_TEST_PG_URL (e.g.
+ * postgres://postgres@127.0.0.1:5432/test); without it the PostgreSQL tests skip, saying why. Each
+ * test gets a schema of its own (lessor_test_<random>), dropped after, so test files running in
+ * parallel never share tables or advisory locks.
+ */
+import crypto from "node:crypto";
+import pg from "pg";
+
+/** The test server's URL, or undefined when PostgreSQL tests are to be skipped. */
+export const PG_URL: string | undefined = process.env.LESSOR_TEST_PG_URL || undefined;
+
+/** The `skip` option for node:test: false when a server is configured, else the reason. */
+export const PG_SKIP: false | string =
+  PG_URL === undefined ? "LESSOR_TEST_PG_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test): PostgreSQL store tests skipped" : false;
+
+/** A fresh empty schema on the test server, and how to drop it. */
+export async function testSchema(): Promise<{ schema: string; drop: () => Promise<void> }> {
+  if (PG_URL === undefined) throw new Error(String(PG_SKIP));
+  const schema = `lessor_test_${crypto.randomBytes(6).toString("hex")}`;
+  await admin(`CREATE SCHEMA ${schema}`);
+  return { schema, drop: async () => void (await admin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)) };
+}
+
+/** Runs one statement on the test server outside any store. */
+export async function admin(sql: string, values: unknown[] = []): Promise<pg.QueryResult> {
+  const c = new pg.Client({ connectionString: PG_URL });
+  await c.connect();
+  try {
+    return await c.query(sql, values);
+  } finally {
+    await c.end();
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * The PostgreSQL store beyond the conformance suite (test/store.test.ts runs that): URL redaction,
+ * strict connection settings, migrations raced by several instances, connection failures mapped to
+ * "unavailable" without the password, reconnection, and two instances (two pools) sharing one vault:
+ * a max_uses = 1 lease used from both at once succeeds once, and the audit chain they append to
+ * together verifies. Needs LESSOR_TEST_PG_URL; skips with the reason without it.
+ */
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { isVaultError, VaultError } from "../src/base/errors.js";
+import { redactUrl, poolConfig, describeTarget } from "../src/store/postgres/connection.js";
+import { openPostgresStore, type PostgresStore } from "../src/store/postgres/postgres-store.js";
+import { SCHEMA_VERSION } from "../src/store/postgres/schema.js";
+import { openStore } from "../src/config/store-factory.js";
+import { parseConfig } from "../src/config/config.js";
+import { Vault } from "../src/vault/vault.js";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import { agent, grant, hexKey } from "./helpers.js";
+import { auditRec, leaseRec, T0 } from "./store-conformance.js";
+import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+
+/** Rejects with a VaultError of `code` whose message does not contain `secret`. */
+async function refusedWithout(p: Promise<unknown>, code: string, secret: string): Promise<VaultError> {
+  let err: unknown;
+  await assert.rejects(p, (e) => ((err = e), true));
+  assert.ok(isVaultError(err), `expected a VaultError, got ${String(err)}`);
+  assert.equal(err.code, code, err.message);
+  assert.ok(!err.message.includes(secret), `the message shows the password: ${err.message}`);
+  assert.ok(!JSON.stringify(err).includes(secret));
+  return err;
+}
+
+describe("postgres connection settings (no server needed)", () => {
+  test("redactUrl hides the password and password parameters, and never echoes what does not parse", () => {
+    assert.equal(redactUrl("postgres://lessor:s3cr3t@db:5432/vault"), "postgres://lessor:***@db:5432/vault");
+    assert.equal(redactUrl("postgres://lessor@db/vault?password=s3cr3t&sslmode=require"), "postgres://lessor@db/vault?password=***&sslmode=require");
+    assert.equal(redactUrl("postgresql://u:p%40ss@h/d?sslpassword=x"), "postgresql://u:***@h/d?sslpassword=***");
+    assert.equal(redactUrl("postgres://lessor@db/vault"), "postgres://lessor@db/vault");
+    const junk = redactUrl("s3cr3t not a url");
+    assert.ok(!junk.includes("s3cr3t"), junk);
+    assert.equal(describeTarget("postgres://u:s3cr3t@db.internal:6543/vault"), "db.internal:6543/vault");
+    assert.equal(describeTarget("postgres://u:s3cr3t@db.internal/vault"), "db.internal:5432/vault");
+  });
+
+  test("poolConfig refuses another scheme and a schema that is not a plain identifier (no option injection)", () => {
+    for (const bad of ["x -c log_statement=all", "Public", "a;drop", "", "a b", "1abc", "a".repeat(64)])
+      assert.throws(() => poolConfig({ url: "postgres://u@h/d", schema: bad }), (e) => isVaultError(e, "config_invalid"), bad);
+    assert.throws(
+      () => poolConfig({ url: "mysql://u:s3cr3t@h/d" }),
+      (e) => isVaultError(e, "config_invalid") && !e.message.includes("s3cr3t") && /postgres:\/\//.test(e.message),
+    );
+    assert.throws(() => poolConfig({ url: "s3cr3t" }), (e) => isVaultError(e, "config_invalid") && !e.message.includes("s3cr3t"));
+    const c = poolConfig({ url: "postgres://u@h/d?options=-c%20work_mem%3D4MB", schema: "lessor_x" });
+    assert.equal(c.options, "-c work_mem=4MB -c search_path=lessor_x -c lock_timeout=5000 -c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000");
+    assert.ok(!String(c.connectionString).includes("options"), "the URL's options are merged, not left to override");
+    assert.equal(c.pipeline, true);
+  });
+
+  test("[vault] database_url is parsed strictly and never echoed; store = postgres without a URL says what to set", async () => {
+    assert.equal(parseConfig("[vault]\nstore = 'postgres'\ndatabase_url = 'postgres://u@h/d'", "c.toml").databaseUrl, "postgres://u@h/d");
+    assert.equal(parseConfig("", "c.toml").databaseUrl, null);
+    assert.throws(
+      () => parseConfig("[vault]\ndatabase_url = 'mysql://u:s3cr3t@h/d'", "c.toml"),
+      (e) => isVaultError(e, "config_invalid") && /\[vault\] database_url/.test(e.message) && !e.message.includes("s3cr3t"),
+    );
+    await assert.rejects(openStore("postgres", "/nonexistent", { env: {} }), (e) => isVaultError(e, "config_invalid") && /LESSOR_DATABASE_URL/.test(e.message));
+  });
+
+  test("a refused connection is 'unavailable' naming host and port, never the password", async () => {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    const err = await refusedWithout(openPostgresStore({ url: "postgres://lessor:s3cr3t@127.0.0.1:1/vault", connectTimeoutMs: 2000 }), "unavailable", "s3cr3t");
+    assert.match(err.message, /127\.0\.0\.1:1\/vault cannot be reached \(ECONNREFUSED\)/);
+    // LESSOR_DATABASE_URL wins over [vault] database_url.
+    await refusedWithout(
+      openStore("postgres", "/nonexistent", { databaseUrl: "postgres://x@127.0.0.1:2/other", env: { LESSOR_DATABASE_URL: "postgres://lessor:s3cr3t@127.0.0.1:1/vault" } }).then(
+        async (s) => s.close(),
+      ),
+      "unavailable",
+      "s3cr3t",
+    ).then((e) => assert.match(e.message, /127\.0\.0\.1:1\/vault/));
+  });
+});
+
+describe("postgres store against a server", { skip: PG_SKIP }, () => {
+  const stores: PostgresStore[] = [];
+  const drops: (() => Promise<void>)[] = [];
+  after(async () => {
+    for (const s of stores) await s.close();
+    for (const d of drops) await d();
+  });
+  const fresh = async (): Promise<string> => {
+    const { schema, drop } = await testSchema();
+    drops.push(drop);
+    return schema;
+  };
+  const open = async (schema: string, extra: Partial<Parameters<typeof openPostgresStore>[0]> = {}): Promise<PostgresStore> => {
+    const s = await openPostgresStore({ url: PG_URL!, schema, ...extra });
+    stores.push(s);
+    return s;
+  };
+
+  test("several instances opening one fresh schema at once all succeed; each migration is applied once", async () => {
+    const schema = await fresh();
+    const opened = await Promise.all([open(schema), open(schema), open(schema), open(schema)]);
+    assert.equal(opened.reduce((n, s) => n + s.migrationsApplied, 0), SCHEMA_VERSION, "the steps were applied by exactly one of them");
+    const rows = (await admin(`SELECT version FROM ${schema}.lessor_migrations ORDER BY version`)).rows.map((r) => r.version);
+    assert.deepEqual(rows, Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1));
+    // Opening again applies nothing; a schema from a newer lessor is refused.
+    assert.equal((await open(schema)).migrationsApplied, 0);
+    await admin(`INSERT INTO ${schema}.lessor_migrations (version) VALUES (${SCHEMA_VERSION + 1})`);
+    await assert.rejects(openPostgresStore({ url: PG_URL!, schema }), (e) => isVaultError(e, "unavailable") && /newer lessor/.test(e.message));
+  });
+
+  test("a schema that does not exist, or a missing database, is 'unavailable' with the fix", async () => {
+    await assert.rejects(openPostgresStore({ url: PG_URL!, schema: "lessor_test_missing_schema" }), (e) => isVaultError(e, "unavailable") || isVaultError(e, "internal"));
+    const u = new URL(PG_URL!);
+    u.pathname = "/lessor_no_such_db";
+    u.password = "s3cr3t";
+    const err = await refusedWithout(openPostgresStore({ url: u.toString() }), "unavailable", "s3cr3t");
+    assert.match(err.message, /does not exist/);
+  });
+
+  test("the audit trigger refuses a gap even from a hand-written INSERT", async () => {
+    const schema = await fresh();
+    await open(schema);
+    await assert.rejects(
+      admin(`INSERT INTO ${schema}.audit (seq, id, time, type, actor_id, actor_role, transport, outcome, prev_hash, hash) VALUES (5, 'x', 0, 't', 'a', 'r', 'x', 'ok', '\\x00', '\\x00')`),
+      (e: { code?: string }) => e.code === "LSGAP",
+    );
+  });
+
+  test("a killed connection fails the transaction fast with 'unavailable'; the next one reconnects", async () => {
+    const schema = await fresh();
+    const s = await open(schema);
+    await s.transaction((t) => t.setMeta("m", "1"));
+    // Kill every server process of this schema's pool (as a PostgreSQL restart would).
+    const killAll = () =>
+      admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'lessor' AND pid <> pg_backend_pid() AND query NOT LIKE '%pg_terminate_backend%'");
+    await killAll();
+    await new Promise((r) => setTimeout(r, 50));
+    const started = Date.now();
+    const first = await Promise.allSettled([s.transaction((t) => t.setMeta("m", "2")), s.getMeta("m")]);
+    assert.ok(Date.now() - started < 3000, "fails fast");
+    for (const r of first) if (r.status === "rejected") assert.ok(isVaultError(r.reason, "unavailable"), String(r.reason));
+    // Whatever the first attempt did, the store serves again without being reopened.
+    await s.transaction((t) => t.setMeta("m", "3"));
+    assert.equal(await s.getMeta("m"), "3");
+  });
+
+  test("two instances: max_uses = 1 used from both at once succeeds exactly once (store level)", async () => {
+    const schema = await fresh();
+    const a = await open(schema);
+    const b = await open(schema);
+    for (let round = 0; round < 10; round++) {
+      const id = `once-${round}`;
+      await a.transaction((t) => t.insertLease(leaseRec(id, { maxUses: 1 })));
+      const results = await Promise.all(
+        Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? a : b).transaction((t) => t.useLease(id, T0 + 1))),
+      );
+      assert.equal(results.filter((r) => r !== null).length, 1, `round ${round}: ${JSON.stringify(results)}`);
+      assert.equal((await b.getLease(id))!.uses, 1);
+    }
+  });
+
+  test("two instances see each other's writes in their transactions (the hot-row cache does not go stale)", async () => {
+    const schema = await fresh();
+    const a = await open(schema);
+    const b = await open(schema);
+    for (let i = 0; i < 20; i++) {
+      const [w, r] = i % 2 === 0 ? [a, b] : [b, a];
+      // The reader's cache holds the head and the meta row from its last transaction; the writer moves both.
+      await r.transaction(async (t) => void (await Promise.all([t.getMeta("k"), t.auditHead()])));
+      await w.transaction(async (t) => {
+        const head = await t.auditHead();
+        await t.setMeta("k", String(i));
+        await t.insertAudit(auditRec((head?.seq ?? 0) + 1, { id: `x-${i}` }));
+      });
+      const seen = await r.transaction(async (t) => [await t.getMeta("k"), (await t.auditHead())?.seq]);
+      assert.deepEqual(seen, [String(i), i + 1]);
+    }
+    assert.ok(a.stats().stale + b.stats().stale > 0, "a stale cache was detected and the batch run again");
+  });
+
+  test("two Vaults on two pools: a max_uses = 1 lease accessed from both at once succeeds once; the interleaved audit chain verifies", async () => {
+    const schema = await fresh();
+    const key = hexKey();
+    const policy = parsePolicy(grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1"), "p.toml");
+    const mk = async (): Promise<Vault> => {
+      const v = await Vault.open({ store: await open(schema), keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy });
+      after(() => v.close());
+      return v;
+    };
+    const va = await mk();
+    const vb = await mk();
+    await va.admin().storeSecret({ name: "tok", value: "the-value" });
+    const ca = va.session(agent("claude"));
+    const cb = vb.session(agent("claude"));
+    for (let round = 0; round < 5; round++) {
+      const lease = await (round % 2 === 0 ? ca : cb).requestLease({ secret: "tok" });
+      assert.equal(lease.maxUses, 1);
+      const tries = await Promise.allSettled(
+        Array.from({ length: 6 }, (_, i) => (i % 2 === 0 ? ca : cb).accessSecret(lease.id, { domain: "api.example.com" })),
+      );
+      const won = tries.filter((r) => r.status === "fulfilled");
+      assert.equal(won.length, 1, `round ${round}: ${tries.map((r) => (r.status === "rejected" ? (r.reason as VaultError).code : "ok")).join(",")}`);
+      for (const r of tries) if (r.status === "rejected") assert.ok(isVaultError(r.reason, "lease_exhausted"), String(r.reason));
+      const v = (won[0] as PromiseFulfilledResult<{ value: { toString(): string; wipe(): void } }>).value.value;
+      v.wipe();
+    }
+    // Audited writes from both at once, interleaved in one chain.
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? ca : cb).requestLease({ secret: "tok" }).then((l) => (i % 4 < 2 ? ca : cb).revokeLease(l.id))),
+    );
+    for (const v of [va, vb]) {
+      const res = await v.admin().auditVerify();
+      assert.equal(res.ok, true, res.problem);
+      assert.ok(res.events >= 5 * 7 + 40, `events: ${res.events}`);
+    }
+    const rows = await va.admin().auditQuery({ limit: 10_000 });
+    assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => i + 1), "one chain, no gaps");
+  });
+});
