@@ -11,3 +11,4 @@ export { registerCompletion } from "./completion.js";
 export { registerRun } from "./run.js";
 export { registerInject } from "./inject.js";
 export { registerProxy } from "./proxy.js";
+export { registerMcp } from "./mcp.js";

@@ -1,0 +1,106 @@
+/**
+ * The leases an MCP session took for its agent (`request_access`), each with the placeholder the
+ * agent holds and the value the injecting proxy swaps it for. The values stay in this process: the
+ * proxy needs them to scrub responses and to fire its tripwire (as `lessor run` keeps them,
+ * src/cli/run/placeholders.ts). Nothing here ever goes into a tool result but the placeholder.
+ */
+import { VaultError } from "../base/errors.js";
+import type { LeaseRecord } from "../base/types.js";
+import type { InjectRule } from "../config/proxy-config.js";
+import { PlaceholderRegistry } from "../proxy/placeholder-registry.js";
+import type { InjectionRule, ProxyCredential } from "../proxy/lease-egress.js";
+import { ScrubPatterns, scrub } from "../proxy/scrub.js";
+
+/** The session's credentials, by lease id. */
+export class SessionCredentials {
+  readonly #registry = new PlaceholderRegistry();
+  readonly #byLease = new Map<string, ProxyCredential>();
+  /** Bumped whenever the set changes, so the proxy built for an older set is replaced. */
+  #generation = 0;
+
+  constructor(
+    readonly agent: string,
+    readonly rules: readonly InjectRule[],
+  ) {}
+
+  /** Which set of credentials this is (changes on every add and remove). */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /** The credentials held now, for the proxy. */
+  get credentials(): ProxyCredential[] {
+    return [...this.#byLease.values()];
+  }
+
+  /** The credential of `leaseId`, when this session took it. */
+  get(leaseId: string): ProxyCredential | undefined {
+    return this.#byLease.get(leaseId);
+  }
+
+  /**
+   * Adds a lease with its value (as text: it goes in headers), and returns the placeholder shaped
+   * like it. A value that is not UTF-8 text cannot be put in a header and is refused.
+   */
+  add(lease: LeaseRecord, value: Uint8Array): ProxyCredential {
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(value);
+    } catch {
+      throw new VaultError("invalid_request", `the value of ${lease.scope}/${lease.name} is not UTF-8 text, so lessor mcp cannot put it in an HTTP request; the lease was revoked`);
+    }
+    const secret = `${lease.scope}/${lease.name}`;
+    const placeholder = this.#registry.issue(lease.id, this.agent, text);
+    const c: ProxyCredential = { lease, secret, placeholder, value: text, rule: ruleFor(this.rules, secret) };
+    this.#byLease.set(lease.id, c);
+    this.#generation++;
+    return c;
+  }
+
+  /** Forgets a lease (revoked or ended); true when it was held. */
+  remove(leaseId: string): boolean {
+    const c = this.#byLease.get(leaseId);
+    if (!c) return false;
+    this.#byLease.delete(leaseId);
+    this.#registry.release(leaseId);
+    (c as { value: string }).value = "";
+    this.#generation++;
+    return true;
+  }
+
+  /**
+   * `text` with every held value replaced by its placeholder: the last guard before anything goes back
+   * to the agent (the proxy already scrubs response bodies; headers and error texts pass here too).
+   */
+  scrub(text: string): string {
+    return text.length === 0 ? text : this.scrubBytes(Buffer.from(text, "utf8")).toString("utf8");
+  }
+
+  /** {@link scrub} for bytes. */
+  scrubBytes(bytes: Buffer): Buffer {
+    const pairs = this.credentials.filter((c) => c.value.length > 0).map((c) => ({ value: c.value, placeholder: c.placeholder }));
+    if (pairs.length === 0 || bytes.length === 0) return bytes;
+    return scrub(bytes, new ScrubPatterns(pairs));
+  }
+
+  /** The lease ids held. */
+  leaseIds(): string[] {
+    return [...this.#byLease.keys()];
+  }
+
+  /** Forgets every value (the session is over). */
+  wipe(): void {
+    for (const id of this.leaseIds()) this.remove(id);
+  }
+}
+
+/** The `[[proxy.inject]]` rule for `secret` (`scope/name`), else placeholder swapping (as lessor run). */
+function ruleFor(rules: readonly InjectRule[], secret: string): InjectionRule {
+  const r = rules.find((x) => x.secret === secret);
+  if (!r) return { mode: "placeholder" };
+  if (r.mode === "placeholder") return { mode: "placeholder", ...(r.body ? { body: true } : {}), ...(r.websocket ? { websocket: true } : {}) };
+  if (r.mode === "bearer") return { mode: "bearer" };
+  if (r.mode === "basic") return { mode: "basic", username: r.username ?? "" };
+  if (r.mode === "header") return { mode: "header", header: r.header! };
+  return { mode: "query", param: r.param! };
+}

@@ -1,0 +1,153 @@
+/**
+ * `lessor mcp`'s server: the tools of ./tools.ts over the Model Context Protocol, on stdio.
+ *
+ * It is built on the SDK's low-level `Server` rather than `McpServer`, so that lessor, not the SDK,
+ * checks each call's arguments against the schemas derived from the method registry: a malformed call
+ * then gets lessor's message (which names fields and never quotes a value), is logged like any other,
+ * and the server keeps serving. Every result's text passes the session's scrubber last, so a value the
+ * session holds cannot reach the agent whatever path it took.
+ *
+ * The session's leases are revoked when the client goes away (stdin closes) or on SIGINT/SIGTERM, as
+ * `lessor run` revokes its leases when its command exits.
+ */
+import { z } from "zod";
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import { CallToolRequestSchema, ErrorCode as McpErrorCode, ListToolsRequestSchema, McpError } from "@modelcontextprotocol/sdk/types.js";
+import { VaultError } from "../base/errors.js";
+import type { BackendApi } from "../backend/backend.js";
+import type { ProxyConfig } from "../config/proxy-config.js";
+import { issuesMessage, safeName } from "../protocol/issues.js";
+import { VERSION } from "../version.js";
+import { SessionCredentials } from "./credentials.js";
+import type { McpIdentity } from "./identity.js";
+import { errorDoc, failed, ok, type ToolResult } from "./results.js";
+import { SessionProxy } from "./session-proxy.js";
+import { TOOLS, type ToolContext, type ToolSpec } from "./tools.js";
+
+/** Options of {@link createMcpSession}. */
+export interface McpSessionOptions {
+  api: BackendApi;
+  identity: McpIdentity;
+  /** The home's `[proxy]` settings (ports, allow, hosts, upstream_ca, inject rules). */
+  proxyConfig: ProxyConfig;
+  /** One line on stderr (the per-call log, alarms); never a credential. */
+  log(line: string): void;
+  /** Where the proxy's private directory is made (default: the system's temporary directory). */
+  tmp?: string;
+}
+
+/** An MCP server bound to one agent, not yet connected to a transport. */
+export interface McpSession {
+  server: Server;
+  /** Revokes the session's leases, stops its proxy, forgets the values. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** A tool's entry in tools/list: its input schema as JSON Schema, from the zod schema. */
+function listed(t: ToolSpec): Record<string, unknown> {
+  const { $schema: _drop, ...inputSchema } = z.toJSONSchema(t.input, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  return { name: t.name, title: t.title, description: t.description, inputSchema, annotations: t.annotations };
+}
+
+/** `result` with every value the session holds replaced by its placeholder. */
+function scrubbed(result: ToolResult, creds: SessionCredentials): ToolResult {
+  const text = result.content.map((c) => c.text).join("\n");
+  const clean = creds.scrub(text);
+  if (clean === text) return result;
+  // A value turned up (it should not: the proxy scrubs, errors carry none): send the scrubbed text only.
+  let doc: Record<string, unknown> | undefined;
+  try {
+    doc = JSON.parse(clean) as Record<string, unknown>;
+  } catch {
+    doc = undefined;
+  }
+  return { content: [{ type: "text", text: clean }], ...(doc ? { structuredContent: doc } : {}), ...(result.isError ? { isError: true } : {}) };
+}
+
+/** Builds the server for one agent. */
+export function createMcpSession(o: McpSessionOptions): McpSession {
+  const credentials = new SessionCredentials(o.identity.agent, o.proxyConfig.inject);
+  const proxy = new SessionProxy({ api: o.api, agent: o.identity.agent, config: o.proxyConfig, credentials, warn: o.log, ...(o.tmp !== undefined ? { tmp: o.tmp } : {}) });
+  const ctx: ToolContext = { api: o.api, agent: o.identity.agent, role: o.identity.role, credentials, proxy };
+  const byName = new Map(TOOLS.map((t) => [t.name, t]));
+  const agentText = JSON.stringify(o.identity.agent);
+
+  const server = new Server(
+    { name: "lessor", version: VERSION },
+    {
+      capabilities: { tools: {} },
+      instructions:
+        "lessor lends this agent credentials without showing them: list_secrets and explain_access say what it may use, request_access takes a lease and returns a placeholder, and http_request sends HTTPS requests in which lessor swaps placeholders for the real credentials. Secret values are never returned.",
+    },
+  );
+
+  server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: TOOLS.map(listed) }));
+
+  server.setRequestHandler(CallToolRequestSchema, async (req) => {
+    const name = req.params.name;
+    const spec = byName.get(name);
+    if (!spec) {
+      o.log(`lessor mcp: agent ${agentText}: unknown tool refused`);
+      throw new McpError(McpErrorCode.InvalidParams, `unknown tool ${safeName(name) ?? "(with an unusual name)"}; tools/list gives the tools (${TOOLS.map((t) => t.name).join(", ")})`);
+    }
+    const started = performance.now();
+    let result: ToolResult;
+    let outcome: string;
+    const parsed = spec.input.safeParse(req.params.arguments ?? {});
+    if (!parsed.success) {
+      const e = new VaultError("invalid_request", issuesMessage(spec.name, parsed.error.issues, Object.keys(spec.input.shape)).replace("see docs/protocol.md", "tools/list gives the schema"));
+      result = failed(errorDoc(e, o.identity.agent));
+      outcome = "error invalid_request";
+    } else {
+      try {
+        result = ok(await spec.run(ctx, parsed.data as Record<string, unknown>));
+        outcome = "ok";
+      } catch (e) {
+        const doc = errorDoc(e, o.identity.agent);
+        if (!(e instanceof VaultError)) o.log(`lessor mcp: ${spec.name} failed unexpectedly: ${e instanceof Error ? e.name : "error"}`);
+        result = failed(doc);
+        outcome = `error ${doc.error.code}`;
+      }
+    }
+    o.log(`lessor mcp: agent ${agentText} ${spec.name}: ${outcome} (${Math.round(performance.now() - started)} ms)`);
+    return scrubbed(result, credentials);
+  });
+
+  let closing: Promise<void> | null = null;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      await proxy.close();
+      const ids = credentials.leaseIds();
+      credentials.wipe();
+      const results = await Promise.allSettled(ids.map((id) => o.api.revokeLease(id, "lessor mcp session ended")));
+      const failedCount = results.filter((r) => r.status === "rejected" && !(r.reason instanceof VaultError && ["lease_revoked", "lease_expired", "lease_not_found"].includes(r.reason.code))).length;
+      if (failedCount > 0) o.log(`lessor mcp: ${failedCount} lease(s) could not be revoked; they end when they expire`);
+    })());
+  return { server, close };
+}
+
+/**
+ * Serves `session` on stdin/stdout until the client closes stdin or a stop signal arrives; then
+ * closes the session. Nothing else may write to stdout meanwhile: it carries the protocol.
+ */
+export async function serveStdio(session: McpSession, log: (line: string) => void): Promise<void> {
+  const transport = new StdioServerTransport();
+  let stop: () => void = () => {};
+  const stopped = new Promise<void>((r) => (stop = r));
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const s of signals) process.on(s, stop);
+  process.stdin.once("end", stop);
+  process.stdin.once("close", stop);
+  transport.onclose = stop;
+  // The error's name only: a parse error's message quotes the input, which may hold anything.
+  session.server.onerror = (e) => log(`lessor mcp: a message from the client could not be handled (${e instanceof McpError ? `MCP error ${e.code}` : e.name})`);
+  await session.server.connect(transport);
+  try {
+    await stopped;
+  } finally {
+    for (const s of signals) process.off(s, stop);
+    await session.server.close().catch(() => {});
+    await session.close();
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * The injecting proxy an MCP session runs in-process for `http_request`: the same pieces as
+ * `lessor run`'s (src/cli/run/proxy.ts; docs/proxy.md) — a session CA whose name constraints allow only
+ * the hosts the leases cover, the SSRF guard with `[proxy]` ports, allow and hosts, the lease-backed
+ * egress policy (one vault access per request, audited as proxy_request; scrubbed responses; the
+ * tripwire) and the forward proxy — listening on a Unix socket in a private directory (0700) that only
+ * this process uses.
+ *
+ * The egress policy and the CA are built for a fixed set of leases, and `request_access` and `revoke`
+ * change that set: so the proxy is rebuilt for the new set on the next request, and the old one
+ * closes once the requests still using it have finished.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { isIP } from "node:net";
+import { homedir, tmpdir } from "node:os";
+import { isAbsolute, join, resolve } from "node:path";
+import { VaultError } from "../base/errors.js";
+import type { BackendApi } from "../backend/backend.js";
+import type { ProxyConfig } from "../config/proxy-config.js";
+import { LocalCa } from "../proxy/ca.js";
+import { ForwardProxy } from "../proxy/forward.js";
+import { SsrfGuard, systemResolver, type Resolver } from "../proxy/guard.js";
+import { LeaseEgress } from "../proxy/lease-egress.js";
+import type { SessionCredentials } from "./credentials.js";
+
+/** Where a running proxy is, for one request. */
+export interface ProxyLease {
+  socket: string;
+  /** The session CA (PEM) the request must trust for intercepted hosts. */
+  caPem: string;
+  /** Says the request is over (the proxy may close if it was replaced). */
+  release(): void;
+}
+
+interface Running {
+  generation: number;
+  dir: string;
+  socket: string;
+  caPem: string;
+  proxy: ForwardProxy;
+  egress: LeaseEgress;
+  users: number;
+  retired: boolean;
+}
+
+/** Options of {@link SessionProxy}. */
+export interface SessionProxyOptions {
+  api: BackendApi;
+  agent: string;
+  config: ProxyConfig;
+  credentials: SessionCredentials;
+  /** One line on stderr (alarms, audit failures); never a credential. */
+  warn(line: string): void;
+  /** Where the private directory is made (default: the system's temporary directory). */
+  tmp?: string;
+}
+
+/** A resolver that answers `[proxy] hosts` names from the table and the rest from the system. */
+function resolverWith(hosts: Record<string, string>): Resolver {
+  return async (host) => {
+    const fixed = hosts[host];
+    if (fixed !== undefined) return [{ address: fixed, family: fixed.includes(":") ? 6 : 4 }];
+    return systemResolver(host);
+  };
+}
+
+/** The PEM text of `[proxy] upstream_ca`, read once (a missing file is an error naming it). */
+function upstreamCa(path: string | null): string | undefined {
+  if (path === null) return undefined;
+  let p = path;
+  if (p === "~" || p.startsWith("~/")) {
+    const home = process.env["HOME"] ?? homedir();
+    if (!home) throw new VaultError("config_invalid", `[proxy] upstream_ca: ${path} starts with ~/ and HOME is not set`);
+    p = join(home, p.slice(1));
+  }
+  const abs = isAbsolute(p) ? p : resolve(p);
+  try {
+    return readFileSync(abs, "utf8");
+  } catch (e) {
+    throw new VaultError("config_invalid", `[proxy] upstream_ca: cannot read ${abs} (${(e as NodeJS.ErrnoException).code ?? "error"}); fix the path in lessor.toml`);
+  }
+}
+
+/** The session's proxy, built on demand for the current set of leases. */
+export class SessionProxy {
+  readonly #o: SessionProxyOptions;
+  readonly #upstreamCa: string | undefined;
+  readonly #guard: SsrfGuard;
+  #current: Running | null = null;
+  #starting: Promise<Running> | null = null;
+  readonly #all = new Set<Running>();
+  #closed = false;
+
+  constructor(o: SessionProxyOptions) {
+    this.#o = o;
+    this.#upstreamCa = upstreamCa(o.config.upstreamCa);
+    this.#guard = new SsrfGuard({ ports: o.config.ports, allow: o.config.allow, resolve: resolverWith(o.config.hosts) });
+  }
+
+  /**
+   * Refuses an IP-literal target the SSRF guard refuses (a metadata, private or loopback address not
+   * allowed, a port not on the list) before anything is sent: the proxy asks its egress policy first
+   * for a literal in standard form, and an address must be refused as such, not as merely uncovered.
+   * A name is left to the proxy, which refuses an uncovered name before resolving it.
+   */
+  async checkLiteral(host: string, port: number): Promise<void> {
+    if (isIP(host) !== 0) await this.#guard.check(host, port);
+  }
+
+  /** A proxy for the current leases, held until `release`. */
+  async acquire(): Promise<ProxyLease> {
+    if (this.#closed) throw new VaultError("unavailable", "the MCP session is closing");
+    const gen = this.#o.credentials.generation;
+    let r = this.#current;
+    if (r === null || r.generation !== gen) {
+      if (r !== null) this.#retire(r);
+      this.#current = null;
+      this.#starting ??= this.#start(gen).finally(() => (this.#starting = null));
+      r = await this.#starting;
+      // Another change landed while it started: use it anyway (it covers what the request was sent with).
+      this.#current = r;
+    }
+    const held = r;
+    held.users++;
+    let released = false;
+    return {
+      socket: held.socket,
+      caPem: held.caPem,
+      release: () => {
+        if (released) return;
+        released = true;
+        held.users--;
+        if (held.retired && held.users === 0) void this.#stop(held);
+      },
+    };
+  }
+
+  /** Stops every proxy (their last audit reports written) and removes their directories. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#starting?.catch(() => {});
+    await Promise.all([...this.#all].map((r) => this.#stop(r)));
+  }
+
+  #retire(r: Running): void {
+    r.retired = true;
+    if (r.users === 0) void this.#stop(r);
+  }
+
+  async #start(generation: number): Promise<Running> {
+    const o = this.#o;
+    const creds = o.credentials.credentials;
+    const dir = mkdtempSync(join(o.tmp ?? tmpdir(), "lessor-mcp-")); // mode 0700
+    let proxy: ForwardProxy | null = null;
+    let egress: LeaseEgress | null = null;
+    try {
+      const hosts = [...new Set(creds.flatMap((c) => c.lease.domains))];
+      // Without a covered host nothing is intercepted; the CA is still needed by the type.
+      const ca = LocalCa.create({ permitted: hosts.length > 0 ? hosts : ["lessor.invalid"] });
+      // Strict egress whatever [proxy] egress says: http_request exists to use the agent's leases, and
+      // an uncovered host tunnelled untouched would be a request lessor cannot scrub or audit by lease.
+      egress = new LeaseEgress({ api: o.api, agent: o.agent, credentials: creds, egress: "strict", warn: o.warn });
+      proxy = new ForwardProxy({ egress, ca, guard: this.#guard, ...(this.#upstreamCa !== undefined ? { upstreamCa: this.#upstreamCa } : {}) });
+      const socket = join(dir, "proxy.sock");
+      await proxy.listenUnix(socket);
+      egress.start();
+      const r: Running = { generation, dir, socket, caPem: ca.certPem, proxy, egress, users: 0, retired: false };
+      this.#all.add(r);
+      return r;
+    } catch (e) {
+      await proxy?.close().catch(() => {});
+      await egress?.close();
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  async #stop(r: Running): Promise<void> {
+    if (!this.#all.delete(r)) return;
+    await r.proxy.close().catch(() => {});
+    await r.egress.close();
+    rmSync(r.dir, { recursive: true, force: true });
+  }
+}

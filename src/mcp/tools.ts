@@ -1,0 +1,305 @@
+/**
+ * The tools `lessor mcp` offers an agent. Each works with names, leases and placeholders; none ever
+ * returns a secret value. Where a tool maps to a method of the registry (src/protocol/registry.ts), its
+ * input schema is that method's params schema narrowed to what an agent may choose: the agent itself is
+ * never an argument (it is fixed when the server starts: ./identity.ts), so `agent` is left out.
+ *
+ * | tool           | registry methods                                      | audited by the vault as          |
+ * |----------------|-------------------------------------------------------|----------------------------------|
+ * | list_secrets   | list_secrets, explain (per secret)                    | read-only (not audited)          |
+ * | explain_access | explain                                               | read-only (not audited)          |
+ * | request_access | request_lease with access (one use, to shape it)      | lease_granted, secret_accessed   |
+ * | http_request   | access_secret per request, record_proxy_requests      | secret_accessed, proxy_request   |
+ * | revoke         | list_leases (ownership), revoke_lease                 | lease_revoked                    |
+ * | list_leases    | list_leases                                           | read-only (not audited)          |
+ *
+ * Refusals are audited by the core as access_denied. There is no registry method to audit a tool
+ * call as such; ./server.ts logs one line per call on stderr (agent, tool, outcome, code).
+ */
+import { z } from "zod";
+import { VaultError } from "../base/errors.js";
+import type { LeaseRecord, Role } from "../base/types.js";
+import type { BackendApi } from "../backend/backend.js";
+import { plain } from "../protocol/params.js";
+import { REGISTRY } from "../protocol/registry.js";
+import type { SessionCredentials } from "./credentials.js";
+import { fetchThroughProxy } from "./fetch.js";
+import type { SessionProxy } from "./session-proxy.js";
+
+/** What every tool call gets. */
+export interface ToolContext {
+  api: BackendApi;
+  /** The agent the server acts for. */
+  agent: string;
+  /** The role of the backend's identity: an agent's own daemon identity, or the owner acting for `agent`. */
+  role: Role;
+  credentials: SessionCredentials;
+  proxy: SessionProxy;
+}
+
+/** One tool. */
+export interface ToolSpec {
+  name: string;
+  title: string;
+  description: string;
+  input: z.ZodObject;
+  /** MCP tool annotations (hints for clients). */
+  annotations: { readOnlyHint?: boolean; destructiveHint?: boolean; idempotentHint?: boolean; openWorldHint?: boolean };
+  run(ctx: ToolContext, args: Record<string, unknown>): Promise<Record<string, unknown>>;
+}
+
+/** Bytes of a response body returned to the agent; the rest is cut with a note. */
+export const MAX_RESPONSE_BODY = 64 * 1024;
+/** Characters of a request body an agent may send. */
+export const MAX_REQUEST_BODY = 1024 * 1024;
+/** Most headers in one request. */
+const MAX_HEADERS = 64;
+/** Deadline of one http_request, ms. */
+const HTTP_TIMEOUT_MS = 30_000;
+/** Most secrets list_secrets looks at (one explain each). */
+const MAX_LISTED = 500;
+
+/** An HTTP header name (RFC 9110 token). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
+/** Headers lessor sets itself (framing, the tunnel): an agent may not. */
+const RESERVED = new Set(["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization", "proxy-connection", "expect"]);
+const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+
+const explainParams = REGISTRY.explain.params.shape;
+const leaseParams = REGISTRY.request_lease.params.shape;
+const listParams = REGISTRY.list_leases.params.shape;
+
+const describe = <T extends z.ZodType>(s: T, d: string): T => s.describe(d) as T;
+
+const SECRET_DOC = "the secret's name: scope/name, or a bare name in scope global (as list_secrets gives it)";
+
+/** ISO time of an epoch-ms instant. */
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** The terms of a lease as an agent should see them: never a value. */
+function terms(l: LeaseRecord): Record<string, unknown> {
+  return {
+    leaseId: l.id,
+    secret: `${l.scope}/${l.name}`,
+    domains: l.domains,
+    anyDomain: l.anyDomain,
+    methods: l.methods,
+    paths: l.paths,
+    rule: l.rule,
+    expiresAt: iso(l.expiresAt),
+    uses: l.uses,
+    maxUses: l.maxUses,
+    revoked: l.revokedAt !== null,
+  };
+}
+
+/** The leases of the agent (an agent's own identity sees only its own; the owner filters by agent). */
+function listOwn(ctx: ToolContext, filter: { live?: boolean; secret?: string; limit?: number }): Promise<LeaseRecord[]> {
+  return ctx.api.listLeases({ ...(ctx.role === "agent" ? {} : { agent: ctx.agent }), ...filter });
+}
+
+const listSecrets: ToolSpec = {
+  name: "list_secrets",
+  title: "List the secrets you may ask for",
+  description:
+    "Lists the secrets this agent may request access to: name, kind, description and the rule that grants it. Never returns a value. Use a name with explain_access or request_access.",
+  input: z.strictObject({}),
+  annotations: { readOnlyHint: true, openWorldHint: false },
+  async run(ctx) {
+    if (ctx.role === "agent")
+      throw new VaultError(
+        "access_denied",
+        `lessor mcp reaches the vault as agent "${ctx.agent}", and an agent may not read the policy; ask the operator which secrets you are granted, or run lessor mcp as the owner (without LESSOR_SOCKET / LESSOR_TOKEN_FILE)`,
+      );
+    const all = await ctx.api.listSecrets({});
+    const secrets: Record<string, unknown>[] = [];
+    for (const s of all.slice(0, MAX_LISTED)) {
+      const name = `${s.scope}/${s.name}`;
+      const e = await ctx.api.explain(ctx.agent, name);
+      if (e.allow) secrets.push({ secret: name, kind: s.kind, description: s.description, rule: e.rule });
+    }
+    return { agent: ctx.agent, secrets, ...(all.length > MAX_LISTED ? { note: `only the first ${MAX_LISTED} secrets of the vault were checked` } : {}) };
+  },
+};
+
+const explainAccess: ToolSpec = {
+  name: "explain_access",
+  title: "Explain whether access would be granted",
+  description: "Says whether this agent would be granted a lease on a secret (for a domain, if given), which policy rule decides, and why. Takes no lease.",
+  input: z.strictObject({ secret: describe(explainParams.secret, SECRET_DOC), domain: describe(explainParams.domain, "the host the credential would be sent to, e.g. api.github.com") }),
+  annotations: { readOnlyHint: true, openWorldHint: false },
+  async run(ctx, a) {
+    if (ctx.role === "agent")
+      throw new VaultError("access_denied", `lessor mcp reaches the vault as agent "${ctx.agent}", and an agent may not read the policy; call request_access to try, or ask the operator`);
+    const e = await ctx.api.explain(ctx.agent, a["secret"] as string, a["domain"] as string | undefined);
+    return { agent: ctx.agent, secret: a["secret"], ...(a["domain"] !== undefined ? { domain: a["domain"] } : {}), allow: e.allow, rule: e.rule, reason: e.reason };
+  },
+};
+
+const requestAccess: ToolSpec = {
+  name: "request_access",
+  title: "Request access to a secret",
+  description:
+    "Takes a lease on a secret for this agent (checked against policy) and returns its id, its terms (domains, expiry, uses) and a placeholder. Put the placeholder where the credential goes in http_request (e.g. header Authorization: Bearer <placeholder>); lessor swaps it for the real value on the way to the lease's domains. The value itself is never returned. Taking the lease uses it once.",
+  input: z.strictObject({
+    secret: describe(leaseParams.secret, SECRET_DOC),
+    domains: describe(leaseParams.domains, "the hosts you will call with it (each checked against policy); default: the grant's domains"),
+    ttl: describe(leaseParams.ttl, "how long the lease should live, in ms or as 5m, 1h (capped by policy)"),
+  }),
+  annotations: { readOnlyHint: false, destructiveHint: false, openWorldHint: false },
+  async run(ctx, a) {
+    const got = await ctx.api.leaseAndAccess({
+      ...(ctx.role === "agent" ? {} : { agent: ctx.agent }),
+      secret: a["secret"] as string,
+      ...(a["domains"] !== undefined ? { domains: a["domains"] as string[] } : {}),
+      ...(a["ttl"] !== undefined ? { ttl: a["ttl"] as string | number } : {}),
+    });
+    let placeholder: string;
+    let mode: string;
+    try {
+      const c = ctx.credentials.add(got.lease, got.value.expose());
+      placeholder = c.placeholder;
+      mode = c.rule.mode;
+    } catch (e) {
+      await ctx.api.revokeLease(got.lease.id, "lessor mcp could not use the value").catch(() => {});
+      throw e;
+    } finally {
+      got.value.wipe();
+    }
+    const where = got.lease.anyDomain ? "any host" : got.lease.domains.join(", ");
+    const usage =
+      mode === "placeholder"
+        ? `send the placeholder where the credential goes (a header such as Authorization: Bearer ${placeholder}, or a URL query value) in http_request to ${where}; lessor replaces it with the real value on the way out and masks the value in the response`
+        : `lessor adds this credential itself (${mode}) to every http_request to ${where}; you need not send the placeholder`;
+    return { ...terms(got.lease), placeholder, usage };
+  },
+};
+
+const httpRequest: ToolSpec = {
+  name: "http_request",
+  title: "Make an HTTPS request with your leased credentials",
+  description: `Sends an HTTPS request through lessor's injecting proxy with this agent's leases: placeholders from request_access in the URL or headers are replaced with the real credentials for the hosts their leases cover. Hosts no lease covers, private addresses and cloud metadata endpoints are refused. Returns status, headers and the body (credentials masked), cut at ${MAX_RESPONSE_BODY / 1024} KiB with a note.`,
+  input: z.strictObject({
+    method: describe(z.enum(METHODS), "the HTTP method"),
+    url: describe(plain(z.string().min(1).max(8192)), "an https:// URL on a host one of your leases covers"),
+    headers: describe(
+      z
+        .record(z.string().regex(TOKEN, "header names are HTTP tokens (letters, digits, - and a few symbols)"), plain(z.string().max(8192)))
+        .refine((h) => Object.keys(h).length <= MAX_HEADERS, { message: `at most ${MAX_HEADERS} headers` })
+        .optional(),
+      "request headers; placeholders in values are replaced with the credentials",
+    ),
+    body: describe(z.string().max(MAX_REQUEST_BODY).optional(), `the request body as text (at most ${MAX_REQUEST_BODY} characters)`),
+  }),
+  annotations: { readOnlyHint: false, openWorldHint: true },
+  async run(ctx, a) {
+    const url = parseUrl(a["url"] as string);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries((a["headers"] as Record<string, string> | undefined) ?? {})) {
+      const name = k.toLowerCase();
+      if (RESERVED.has(name) || name.startsWith("proxy-")) throw new VaultError("invalid_request", `header ${name} is set by lessor, not by the caller; leave it out`);
+      headers[name] = v;
+    }
+    headers["host"] = url.host;
+    const body = a["body"] === undefined ? undefined : Buffer.from(a["body"] as string, "utf8");
+    if (body !== undefined) headers["content-length"] = String(body.length);
+    await ctx.proxy.checkLiteral(url.hostname.replace(/^\[|\]$/g, ""), url.port === "" ? 443 : Number(url.port));
+    const held = await ctx.proxy.acquire();
+    try {
+      const r = await fetchThroughProxy({
+        socket: held.socket,
+        caPem: held.caPem,
+        method: a["method"] as string,
+        url,
+        headers,
+        ...(body !== undefined ? { body } : {}),
+        maxBody: MAX_RESPONSE_BODY,
+        timeoutMs: HTTP_TIMEOUT_MS,
+      });
+      const out: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(r.headers)) if (v !== undefined) out[k] = Array.isArray(v) ? v.map((x) => ctx.credentials.scrub(x)) : ctx.credentials.scrub(v);
+      const { text, encoding } = bodyText(ctx.credentials.scrubBytes(r.body), r.truncated);
+      return {
+        status: r.status,
+        headers: out,
+        body: text,
+        bodyEncoding: encoding,
+        truncated: r.truncated,
+        ...(r.truncated ? { note: `the body was longer than ${MAX_RESPONSE_BODY} bytes; only the first ${MAX_RESPONSE_BODY} are returned` } : {}),
+      };
+    } finally {
+      held.release();
+    }
+  },
+};
+
+const revoke: ToolSpec = {
+  name: "revoke",
+  title: "Revoke one of your leases",
+  description: "Revokes a lease of this agent at once: its placeholder stops working.",
+  input: z.strictObject({ leaseId: describe(REGISTRY.revoke_lease.params.shape.leaseId, "the lease id, as request_access or list_leases gave it") }),
+  annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+  async run(ctx, a) {
+    const id = a["leaseId"] as string;
+    // The owner may revoke any lease: so check that this one is the agent's, and say nothing more
+    // about a lease that is not (another agent's lease id gets the same answer as an unknown one).
+    const mine = (await listOwn(ctx, { limit: 10_000 })).find((l) => l.id === id && l.agent === ctx.agent);
+    if (!mine) throw new VaultError("lease_not_found", `agent "${ctx.agent}" has no lease with that id`);
+    const r = await ctx.api.revokeLease(id, "revoked by the agent through lessor mcp");
+    ctx.credentials.remove(id);
+    return { leaseId: id, revoked: r.revoked, ...(r.revoked ? {} : { note: "the lease had already ended" }) };
+  },
+};
+
+const listLeases: ToolSpec = {
+  name: "list_leases",
+  title: "List your leases",
+  description: "Lists this agent's leases (live ones by default) with their terms, and the placeholder of each taken in this session.",
+  input: z.strictObject({
+    secret: describe(listParams.secret, "only leases on this secret (scope/name)"),
+    live: describe(listParams.live, "false to include ended leases (default true)"),
+  }),
+  annotations: { readOnlyHint: true, openWorldHint: false },
+  async run(ctx, a) {
+    const rows = await listOwn(ctx, { live: a["live"] !== false, ...(a["secret"] !== undefined ? { secret: a["secret"] as string } : {}), limit: 1000 });
+    return {
+      agent: ctx.agent,
+      leases: rows
+        .filter((l) => l.agent === ctx.agent)
+        .map((l) => {
+          const c = ctx.credentials.get(l.id);
+          return { ...terms(l), ...(c ? { placeholder: c.placeholder } : {}) };
+        }),
+    };
+  },
+};
+
+/** The tools, in the order tools/list gives them. */
+export const TOOLS: readonly ToolSpec[] = [listSecrets, explainAccess, requestAccess, httpRequest, revoke, listLeases];
+
+/** An https URL without credentials in it; anything else is refused with what to send instead. */
+function parseUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new VaultError("invalid_request", "url is not an absolute URL; send one such as https://api.example.com/path");
+  }
+  if (url.protocol !== "https:") throw new VaultError("invalid_request", "url must start with https:// (lessor mcp sends credentials over TLS only)");
+  if (url.username !== "" || url.password !== "") throw new VaultError("invalid_request", "url must not carry a user name or password; put credentials (placeholders) in headers");
+  url.hash = "";
+  return url;
+}
+
+/** The body as UTF-8 text when it is (a cut may split a character: up to 3 bytes are dropped), else base64. */
+function bodyText(body: Buffer, truncated: boolean): { text: string; encoding: "utf8" | "base64" } {
+  const dec = new TextDecoder("utf-8", { fatal: true });
+  for (let drop = 0; drop <= (truncated ? 3 : 0) && drop <= body.length; drop++) {
+    try {
+      return { text: dec.decode(body.subarray(0, body.length - drop)), encoding: "utf8" };
+    } catch {
+      // try one byte shorter
+    }
+  }
+  return { text: body.toString("base64"), encoding: "base64" };
+}
