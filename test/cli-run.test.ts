@@ -260,6 +260,21 @@ describe("lessor run (embedded vault)", () => {
     assert.deepEqual((await leasesOf(home, "tester-exit")).map((l) => l.state), ["revoked", "revoked"]);
   });
 
+  test("its output closed early (| head): the command stops as it would without lessor, and the leases are still revoked", async () => {
+    // A child that writes until its pipe breaks; lessor's stdout is closed after the first chunk.
+    const writer = "const w=()=>{while(process.stdout.write('line\\n'));process.stdout.once('drain',w)};w()";
+    const child = spawn(NODE, ["--", BIN, "run", "--agent", "tester-pipe", "--", NODE, "-e", writer], {
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", LESSOR_HOME: home, TOKEN: "$S:api-token" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+    await new Promise<void>((r) => child.stdout.once("data", () => r()));
+    child.stdout.destroy();
+    await exited;
+    // Without the hold on EPIPE, lessor exited at once and the lease stayed live until it expired.
+    assert.deepEqual((await leasesOf(home, "tester-pipe")).map((l) => l.state), ["revoked"]);
+  });
+
   test("a denied secret stops the run with exit 3 before the child starts, and revokes the leases already taken", async () => {
     const marker = join(tmp, "denied-started.json");
     const file = envFile("denied.env", 'export FORBIDDEN="$S:forbidden"\n');

@@ -8,6 +8,7 @@ import { writeSync } from "node:fs";
 import { VERSION } from "../version.js";
 import { EXIT } from "./exit-codes.js";
 import { asksVersion } from "./version-flag.js";
+import { holdingLeases } from "./holding.js";
 
 /** The commands the fast path may take (src/cli/fast-path.ts has one entry for each). */
 export const FAST_COMMANDS = ["lease", "run"] as const;
@@ -31,10 +32,14 @@ export function runCli(args: readonly string[], load: CliLoaders): void {
     }
     return;
   }
-  // `lessor … | head` closes the pipe early: that is not an error, so end quietly instead of crashing.
+  // `lessor … | head` closes the pipe early: that is not an error, so end quietly instead of crashing;
+  // unless a command holds leases (run, proxy, mcp): it goes on, and revokes them when it ends.
   for (const stream of [process.stdout, process.stderr])
     stream.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+      if (e.code === "EPIPE") {
+        if (holdingLeases()) return;
+        process.exit(process.exitCode ?? 0);
+      }
       throw e;
     });
   const fast = (FAST_COMMANDS as readonly string[]).includes(args[0] ?? "") ? load.fast(args) : Promise.resolve(false);

@@ -5,6 +5,7 @@
  */
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
+import { holdLeases } from "../holding.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
 /** `lessor mcp`'s options. */
@@ -45,7 +46,13 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
     }
     const session = createMcpSession({ api: backend.api, identity, proxyConfig, log });
     log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role})`);
-    await serveStdio(session, log);
+    // The session's leases are revoked when it ends: a closed stdout must not end the process first.
+    const release = holdLeases();
+    try {
+      await serveStdio(session, log);
+    } finally {
+      release();
+    }
   });
 }
 

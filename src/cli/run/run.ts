@@ -11,6 +11,7 @@ import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import type { MaskPattern } from "./mask.js";
+import { holdLeases } from "../holding.js";
 import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
@@ -45,6 +46,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   const [cmd, ...args] = argv;
   if (cmd === undefined) throw new VaultError("invalid_request", "say which command to run after --, e.g. lessor run --agent claude -- claude");
   const relay = new SignalRelay();
+  // lessor's output closing early (| head) must not end the process before the leases are revoked.
+  const release = holdLeases();
   const conn = new Connection(cli);
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
@@ -186,6 +189,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     await conn.close();
     for (const p of patterns) p.bytes.fill(0);
     relay.dispose();
+    release();
   }
 }
 

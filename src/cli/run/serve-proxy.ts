@@ -31,6 +31,7 @@ import { RunCredentials } from "./placeholders.js";
 import { caBundle, startRunProxy, type ProxyView, type RunProxy } from "./proxy.js";
 import { checkSocketDir, parseListen, type ProxyListen } from "./proxy-listen.js";
 import { signalExitCode } from "./signals.js";
+import { holdLeases } from "../holding.js";
 
 /** Options of {@link serveProxy}. */
 export interface ServeProxyOptions {
@@ -137,6 +138,8 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   for (const f of found) assertOneLine(f.key, f.v.value, f.v.from);
 
   const stop = new StopSignals();
+  // stdout closing after the environment was printed (| head) must not end the proxy unrevoked.
+  const release = holdLeases();
   const abort = (): void => {
     if (stop.first) throw new Interrupted(stop.first);
   };
@@ -193,6 +196,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
     failed = book ? await revokeAll(cli, book, backend) : 0;
     await backend?.close().catch(() => {});
     stop.dispose();
+    release();
   }
   return failed > 0 && code === EXIT.ok ? EXIT.error : code;
 }
