@@ -299,7 +299,11 @@ export class LeaseEgress implements Egress {
     this.#polling = true;
     try {
       const now = Date.now();
-      for (const h of this.#held) if (h.dead === null && h.lease.expiresAt <= now) this.#end(h, "expired");
+      for (const h of this.#held) {
+        // Tunnels the client already closed need no closing: forget them (a long run opens many).
+        for (const t of h.tunnels) if (t.closed) h.tunnels.delete(t);
+        if (h.dead === null && h.lease.expiresAt <= now) this.#end(h, "expired");
+      }
       const live = this.#held.filter((h) => h.dead === null);
       if (live.length === 0) return;
       const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
