@@ -1,6 +1,10 @@
 #!/usr/bin/env node
-// Builds the optional peer-credential addon (native/peercred) — the package's `install` script, and
-// the command to run by hand after installing a compiler:  node scripts/build-addon.mjs
+// Builds the optional native addons — the package's `install` script, and the command to run by hand
+// after installing a compiler:  node scripts/build-addon.mjs
+//   - native/peercred: peer credentials of Unix-socket clients (SO_PEERCRED);
+//   - native/vsock: the AF_VSOCK listener for QEMU/vhost-vsock guests (docs/vm.md), built only when
+//     its directory is there.
+// Each is built on its own: one failing does not stop the other, and each failure gets its own warning.
 //
 // It never needs the network. node-gyp is told where the Node headers are (--nodedir), so it does not
 // try to download them:
@@ -24,8 +28,6 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const addonDir = join(root, "native", "peercred");
-const built = join(addonDir, "build", "Release", "peercred.node");
 const self = join(root, "scripts", "build-addon.mjs");
 const verbose = process.env.LESSOR_ADDON_VERBOSE === "1";
 
@@ -77,21 +79,44 @@ function relevant(output) {
     .slice(-12);
 }
 
-function warn(why, details) {
+/** The addons: where, what the built file must export, and what its absence means (for the warning). */
+const ADDONS = [
+  {
+    name: "peercred",
+    title: "peer-credential addon",
+    export: "peercred",
+    meaning: [
+      "  What it means: the lessor daemon cannot tell which local user connects to its Unix",
+      "  socket. `lessor serve` then starts only with an owner-only socket (socket_mode",
+      "  \"0600\") and no [[identity]] entries in lessor.toml, and refuses to start otherwise;",
+      "  agents under other uids cannot be identified by uid (give them tokens instead).",
+      "  Everything else (the CLI, the embedded vault, TCP with tokens) works as usual.",
+    ],
+  },
+  {
+    name: "vsock",
+    title: "vsock addon",
+    export: "listen",
+    optionalDir: true,
+    meaning: [
+      "  What it means: the daemon cannot listen on AF_VSOCK, so `[server] vsock_port`",
+      "  (QEMU/vhost-vsock guests) makes `lessor serve` refuse to start. Firecracker VMs",
+      "  ([[vm]] entries, served on Unix sockets) and everything else work as usual.",
+    ],
+  },
+];
+
+function warn(addon, why, details) {
   const lines = [
     "",
     "==================================================================================",
-    "WARNING: lessor's peer-credential addon (native/peercred) is NOT available.",
+    `WARNING: lessor's ${addon.title} (native/${addon.name}) is NOT available.`,
     `  Why: ${why}`,
-    "  What it means: the lessor daemon cannot tell which local user connects to its Unix",
-    "  socket. `lessor serve` then starts only with an owner-only socket (socket_mode",
-    "  \"0600\") and no [[identity]] entries in lessor.toml, and refuses to start otherwise;",
-    "  agents under other uids cannot be identified by uid (give them tokens instead).",
-    "  Everything else (the CLI, the embedded vault, TCP with tokens) works as usual.",
+    ...addon.meaning,
     "  How to fix: install python3, make and a C compiler (Debian/Ubuntu:",
     "  apt-get install python3 make gcc), then run:",
     `    node ${self}`,
-    "  (set LESSOR_ADDON_VERBOSE=1 for the full build output; see native/peercred/README.md)",
+    `  (set LESSOR_ADDON_VERBOSE=1 for the full build output; see native/${addon.name}/README.md)`,
   ];
   const said = details ? relevant(details) : [];
   if (said.length > 0) {
@@ -103,8 +128,22 @@ function warn(why, details) {
 }
 
 function main() {
+  for (const addon of ADDONS) {
+    const addonDir = join(root, "native", addon.name);
+    if (addon.optionalDir && !existsSync(join(addonDir, "binding.gyp"))) continue;
+    try {
+      build(addon, addonDir);
+    } catch (e) {
+      warn(addon, `the build script failed (${e instanceof Error ? e.message : String(e)})`, null);
+    }
+  }
+}
+
+function build(addon, addonDir) {
+  const built = join(addonDir, "build", "Release", `${addon.name}.node`);
   if (process.platform !== "linux") {
-    warn(`peer credentials are only read on Linux (this is ${process.platform}), so the addon is not built`, null);
+    const what = addon.name === "peercred" ? "peer credentials are only read" : "AF_VSOCK is only used";
+    warn(addon, `${what} on Linux (this is ${process.platform}), so the addon is not built`, null);
     return;
   }
   const notes = [];
@@ -128,21 +167,17 @@ function main() {
       : headers === null
         ? "the build failed, and no Node headers were found on this machine (node-gyp then needs to download them)"
         : `the build failed (node-gyp exited with ${r.status ?? r.signal})`;
-    warn(why, output);
+    warn(addon, why, output);
     return;
   }
   try {
-    const addon = createRequire(import.meta.url)(built);
-    if (typeof addon.peercred !== "function") throw new Error("it exports no peercred function");
+    const loaded = createRequire(import.meta.url)(built);
+    if (typeof loaded[addon.export] !== "function") throw new Error(`it exports no ${addon.export} function`);
   } catch (e) {
-    warn(`the addon was built but does not load (${String(e instanceof Error ? e.message : e).split("\n")[0]})`, output);
+    warn(addon, `the addon was built but does not load (${String(e instanceof Error ? e.message : e).split("\n")[0]})`, output);
     return;
   }
-  process.stdout.write(`lessor: built the peer-credential addon (${built}${headers ? `, Node headers from ${headers.from}` : ""})\n`);
+  process.stdout.write(`lessor: built the ${addon.title} (${built}${headers ? `, Node headers from ${headers.from}` : ""})\n`);
 }
 
-try {
-  main();
-} catch (e) {
-  warn(`the build script failed (${e instanceof Error ? e.message : String(e)})`, null);
-}
+main();

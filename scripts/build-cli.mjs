@@ -7,9 +7,12 @@
 //                           than an ES module);
 //   dist/bin/full/*.mjs     the whole command tree (src/cli/program.ts) as ES modules with code
 //                           splitting, imported by the entry when the fast path does not apply.
+//   dist/bin/docker-credential-lessor.cjs
+//                           docker's credential helper bin: `lessor docker-credential ACTION`
+//                           through lessor.cjs (written below, not bundled).
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { chmodSync, rmSync } from "node:fs";
+import { chmodSync, rmSync, writeFileSync } from "node:fs";
 
 rmSync("dist/bin", { recursive: true, force: true });
 
@@ -107,8 +110,16 @@ const tree = await build({
 // The code cache of main.cjs, made with the Node that will run it (a cache from another version is
 // ignored at run time, costing only the compile it would have saved).
 execFileSync(process.execPath, ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => m.writeCodeCache("dist/bin/main.cjs", "dist/bin/main.cache"))'], { stdio: "inherit" });
+// docker-credential-lessor: docker runs a credential helper by that name (docker-credential-<name>),
+// so it is a bin of its own; it is `lessor docker-credential ACTION` through the same entry
+// (src/cli/credentials/docker-credential.ts), with the same shell preamble as lessor.cjs.
+writeFileSync(
+  "dist/bin/docker-credential-lessor.cjs",
+  `#!/bin/sh\n':' //; exec node -- "$0" "$@"\n// docker's credential helper: runs \`lessor docker-credential ACTION\` (see docs/cli/credential-helpers.md).\nprocess.argv.splice(2, 0, "docker-credential");\nrequire("./lessor.cjs");\n`,
+);
 // npm makes bins executable when it links them; do it here too for direct runs from a checkout.
 chmodSync("dist/bin/lessor.cjs", 0o755);
+chmodSync("dist/bin/docker-credential-lessor.cjs", 0o755);
 if (process.env.LESSOR_BUILD_ANALYZE) {
   const { analyzeMetafile } = await import("esbuild");
   console.log(await analyzeMetafile(fast.metafile));

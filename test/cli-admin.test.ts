@@ -217,7 +217,7 @@ describe("lessor policy", () => {
     const r = await cli(["policy", "check", file]);
     assert.equal(r.code, 2);
     assert.equal(r.stdout, "");
-    assert.equal(r.stderr, `lessor: ${file}: rule 1 ("gh"): unknown field "domians" (did you mean "domains"?); expected one of: name, effect, agents, secrets, domains, any_domain, methods, paths, ttl, max_ttl, max_uses, renewable, max_renewals\n`);
+    assert.equal(r.stderr, `lessor: ${file}: rule 1 ("gh"): unknown field "domians" (did you mean "domains"?); expected one of: name, effect, agents, secrets, domains, any_domain, methods, paths, approval, ttl, max_ttl, max_uses, renewable, max_renewals\n`);
     const j = await cli(["policy", "check", file, "--json"]);
     assert.equal(j.code, 2);
     assert.deepEqual(Object.keys(JSON.parse(j.stdout)).sort(), ["error", "ok", "source"]);

@@ -23,7 +23,7 @@ import { parsePolicy } from "../src/vault/policy.js";
 import { Vault } from "../src/vault/vault.js";
 import { grant, hexKey, tempDir } from "./helpers.js";
 
-const POLICY = grant("gh", ["claude"], ["github-token"], ["api.github.com"]);
+const POLICY = grant("gh", ["claude"], ["github-token"], ["api.github.com"]) + grant("gate", ["claude"], ["gated"], ["api.github.com"], 'approval = "required"');
 const NAMES = Object.keys(REGISTRY) as MethodName[];
 const ROLES: Role[] = ["admin", "orchestrator", "agent"];
 
@@ -31,6 +31,8 @@ const ROLES: Role[] = ["admin", "orchestrator", "agent"];
 interface Ctx {
   leaseId: string;
   tokenId: string;
+  /** A pending approval (rule "gate"). */
+  approvalId: string;
 }
 
 /** Params for one call of each method, valid for an admin on the rig below (run in registry order). */
@@ -39,6 +41,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   whoami: () => ({}),
   store_secret: () => ({ name: "github-token", value: "ghp_one", kind: "pat" }),
   rotate_secret: () => ({ name: "github-token", value: Buffer.from("ghp_two").toString("base64"), encoding: "base64" }),
+  rotate_secret_hook: () => ({ name: "github-token" }),
   rollback_secret: () => ({ name: "github-token", version: 1 }),
   delete_secret: () => ({ name: "old-token" }),
   reveal_secret: () => ({ name: "github-token" }),
@@ -52,6 +55,9 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   record_proxy_requests: (c) => ({ reports: [{ agent: "claude", leaseIds: [c.leaseId], method: "GET", host: "api.github.com", path: "/user", status: 200, bytesOut: 0, bytesIn: 12, ms: 3.5, outcome: "ok" }] }),
   revoke_all_for_agent: () => ({ agent: "claude" }),
   list_leases: () => ({ agent: "claude", live: false }),
+  approval_request: () => ({ agent: "claude", secret: "gated", domains: ["api.github.com"], reason: "the sample asks" }),
+  approval_list: () => ({ all: true }),
+  approval_decide: (c) => ({ id: c.approvalId, approve: true, reason: "looks right" }),
   killswitch: () => ({ reason: "drill" }),
   killswitch_release: () => ({ reason: "drill over" }),
   audit_query: () => ({ limit: 5, order: "desc" }),
@@ -73,14 +79,20 @@ const IDENTITIES: Record<Role, Omit<Identity, "transport">> = {
 
 /** A vault (policy from a loader, so reload_policy works) with the state the samples refer to. */
 async function openRigVault(): Promise<{ vault: Vault; ctx: Ctx }> {
-  const vault = await Vault.open({ store: createMemoryStore(), keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!, policy: async () => parsePolicy(POLICY, "test-policy.toml") });
+  // A rotation hook that makes a value without running anything; revoke "none" keeps the samples' lease.
+  const hook = { secret: { scope: "global", name: "github-token" }, command: ["fake"], timeoutMs: 1000, revoke: "none", stdin: "none", everyMs: null } as const;
+  const rotationHooks = { find: () => hook, list: () => [hook], run: async () => ({ ok: true as const, value: Buffer.from("ghp_hooked") }) };
+  const vault = await Vault.open({ store: createMemoryStore(), keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!, policy: async () => parsePolicy(POLICY, "test-policy.toml"), rotationHooks });
   after(() => vault.close());
   const admin = vault.admin();
   await admin.storeSecret({ name: "github-token", value: "ghp_zero" });
   await admin.storeSecret({ name: "old-token", value: "old" });
   const lease = await admin.requestLease({ agent: "claude", secret: "github-token", domains: ["api.github.com"] });
   const token = await admin.createToken({ name: "spare", role: "agent", agent: "claude" });
-  return { vault, ctx: { leaseId: lease.id, tokenId: token.id } };
+  await admin.storeSecret({ name: "gated", value: "gated-value" });
+  const asked = await admin.requestApproval({ agent: "claude", secret: "gated" });
+  assert.ok(asked.required);
+  return { vault, ctx: { leaseId: lease.id, tokenId: token.id, approvalId: asked.approval.id } };
 }
 
 /** A server with one Unix socket per role (the peer's role told by a fake uid), and a client on each. */

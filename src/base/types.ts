@@ -121,6 +121,9 @@ export const AUDIT_TYPES = [
   "proxy_request",
   "audit_upgraded",
   "audit_break",
+  "approval_requested",
+  "approval_granted",
+  "approval_denied",
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
 

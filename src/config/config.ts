@@ -12,6 +12,12 @@ import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config.js";
 import { DEFAULT_PROXY_CONFIG, parseProxyConfig, type ProxyConfig } from "./proxy-config.js";
+import { parseDockerConfig, type DockerConfig } from "./docker-config.js";
+import { parseRotateHooks } from "./rotate-config.js";
+import type { RotationHook } from "../vault/rotation-hooks.js";
+import { parseVms, parseVsockGuests, parseVsockPort, type VmConfig, type VsockGuest } from "./vm-config.js";
+
+export type { GuestIdentity, VmConfig, VsockGuest } from "./vm-config.js";
 
 /**
  * The store adapters `[vault] store` may name (src/config/store-factory.ts opens them). "postgres"
@@ -27,6 +33,11 @@ export interface Config {
   store: StoreKind;
   /** `[vault] database_url`: the PostgreSQL URL for store = "postgres" (LESSOR_DATABASE_URL overrides it). */
   databaseUrl: string | null;
+  /**
+   * `[vault] listen` and `[vault] poll_ms`: how a store shared by several instances (PostgreSQL) hears
+   * the others' revocations: LISTEN/NOTIFY (unless listen = false) plus a poll every pollMs (docs/team.md).
+   */
+  changeFeed: { listen: boolean; pollMs: number };
   limits: Limits;
   keys: {
     file: string;
@@ -39,10 +50,18 @@ export interface Config {
   server: ServerConfig;
   /** Unix-socket peers by uid → identity (the daemon's own uid is admin unless listed). */
   identities: UidIdentity[];
+  /** `[[vm]]`: Firecracker VMs, each served on its own Unix socket `<uds_path>_<port>` (src/config/vm-config.ts). */
+  vms: VmConfig[];
+  /** `[[vsock]]`: AF_VSOCK guests by CID, for `[server] vsock_port`. */
+  vsockGuests: VsockGuest[];
   /** `[run]`: what `lessor run`'s sandbox shows the agent (src/config/run-config.ts). */
   run: RunConfig;
   /** `[proxy]`: the injecting proxy lessor run starts (src/config/proxy-config.ts). */
   proxy: ProxyConfig;
+  /** `[docker]`: the registries docker-credential-lessor lends for (src/config/docker-config.ts). */
+  docker: DockerConfig;
+  /** `[[rotate]]`: rotation hooks, commands that make a secret's new value (src/config/rotate-config.ts). */
+  rotate: RotationHook[];
 }
 
 /** The `[server]` table. */
@@ -53,6 +72,8 @@ export interface ServerConfig extends ServerLimits {
   socketMode: number;
   /** Loopback TCP listener ("127.0.0.1:7391"), or null for none. Clients send a token. */
   tcp: { host: string; port: number } | null;
+  /** AF_VSOCK port to listen on (any CID; QEMU/vhost-vsock guests, mapped by `[[vsock]]`), or null for none. */
+  vsockPort: number | null;
 }
 
 /** One `[[identity]]` entry: a uid and who it is. */
@@ -67,6 +88,7 @@ export const DEFAULT_CONFIG: Config = {
   cipher: "aes-256-gcm",
   store: "sqlite",
   databaseUrl: null,
+  changeFeed: { listen: true, pollMs: 1000 },
   limits: DEFAULT_LIMITS,
   keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000 },
   policyFile: "policy.toml",
@@ -75,11 +97,16 @@ export const DEFAULT_CONFIG: Config = {
     socket: "lessor.sock",
     socketMode: 0o600,
     tcp: null,
+    vsockPort: null,
     ...DEFAULT_SERVER_LIMITS,
   },
   identities: [],
+  vms: [],
+  vsockGuests: [],
   run: DEFAULT_RUN_CONFIG,
   proxy: DEFAULT_PROXY_CONFIG,
+  docker: [],
+  rotate: [],
 };
 
 type Table = Record<string, unknown>;
@@ -134,9 +161,9 @@ export function parseConfig(text: string, source: string): Config {
     return fail(source, where, `not valid TOML (${(e as Error).message.split("\n")[0]})`);
   }
   for (const k of Object.keys(root))
-    if (!["vault", "keys", "policy", "audit", "server", "identity", "run", "proxy"].includes(k))
-      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [run], [proxy])`);
-  const v = table(source, root, "vault", ["cipher", "store", "database_url", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
+    if (!["vault", "keys", "policy", "audit", "server", "identity", "vm", "vsock", "run", "proxy", "docker", "rotate"].includes(k))
+      fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [[vm]], [[vsock]], [run], [proxy], [docker], [[rotate]])`);
+  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -154,6 +181,11 @@ export function parseConfig(text: string, source: string): Config {
       fail(source, "[vault] database_url", "expected a URL such as \"postgres://lessor@db.internal:5432/lessor\" (the value is not shown: it may hold a password)");
     cfg.databaseUrl = v.database_url;
   }
+  if (v.listen !== undefined) {
+    if (typeof v.listen !== "boolean") fail(source, "[vault] listen", `expected true or false, got ${show(v.listen)}`);
+    cfg.changeFeed.listen = v.listen;
+  }
+  if (v.poll_ms !== undefined) cfg.changeFeed.pollMs = int(source, "[vault] poll_ms", v.poll_ms, 10, 600_000);
   if (v.max_secret_bytes !== undefined) cfg.limits.maxSecretBytes = int(source, "[vault] max_secret_bytes", v.max_secret_bytes, 1, 512 * 1024);
   if (v.keep_versions !== undefined) cfg.limits.keepVersions = int(source, "[vault] keep_versions", v.keep_versions, 1, 1000);
   if (v.max_live_leases_per_agent !== undefined)
@@ -171,8 +203,14 @@ export function parseConfig(text: string, source: string): Config {
   if (a.jsonl !== undefined) cfg.auditJsonl = str(source, "[audit] jsonl", a.jsonl);
   parseServer(source, root, cfg.server);
   cfg.identities = parseIdentities(source, root["identity"]);
+  cfg.vms = parseVms(source, root["vm"]);
+  cfg.vsockGuests = parseVsockGuests(source, root["vsock"]);
+  if (cfg.vsockGuests.length > 0 && cfg.server.vsockPort === null)
+    fail(source, "[[vsock]]", "guests are mapped by CID but no AF_VSOCK listener is configured; set [server] vsock_port");
   cfg.run = parseRunConfig(source, root["run"]);
   cfg.proxy = parseProxyConfig(source, root["proxy"]);
+  cfg.docker = parseDockerConfig(source, root["docker"]);
+  cfg.rotate = parseRotateHooks(source, root["rotate"]);
   return cfg;
 }
 
@@ -181,6 +219,7 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
     "socket",
     "socket_mode",
     "tcp",
+    "vsock_port",
     "max_connections",
     "handshake_timeout",
     "idle_timeout",
@@ -209,6 +248,7 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
       fail(source, "[server] tcp", `expected "host:port" on a loopback address such as "127.0.0.1:7391", got ${show(t.tcp)}`);
     out.tcp = { host: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) };
   }
+  if (t.vsock_port !== undefined) out.vsockPort = parseVsockPort(source, t.vsock_port);
   if (t.max_connections !== undefined) out.maxConnections = int(source, "[server] max_connections", t.max_connections, 1, 100_000);
   if (t.handshake_timeout !== undefined) out.handshakeTimeoutMs = duration(source, "[server] handshake_timeout", t.handshake_timeout);
   if (t.idle_timeout !== undefined) out.idleTimeoutMs = duration(source, "[server] idle_timeout", t.idle_timeout);
@@ -268,6 +308,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 #                                   # "postgres": one vault shared by several lessor instances (docs/storage.md)
 # database_url = "postgres://lessor@db.internal:5432/lessor"   # for "postgres"; LESSOR_DATABASE_URL wins;
 #                                   # keep a password out of this file: use ~/.pgpass or the environment
+# listen = true                     # "postgres": hear other instances' revocations by LISTEN/NOTIFY (docs/team.md)
+# poll_ms = 1000                    # "postgres": also read the change log this often (a pooler may drop NOTIFY)
 # max_secret_bytes = 65536          # largest secret value
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100
@@ -332,4 +374,32 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # write = ["~/.claude"]             # also shown, writable (an agent's own state)
 # hide = ["~/.config/my-tool"]      # never shown, on top of ~/.ssh, ~/.aws, ~/.config/gh, ~/.netrc, …
 # network = "none"                  # loopback only; "host": this machine's network, unscoped (until the proxy)
+
+# VM guests (docs/vm.md). A guest is an agent or an orchestrator, never admin.
+# Firecracker: a guest's connection to vsock port 7391 arrives on the Unix socket
+# <uds_path>_7391, which lessor creates (0600, in a directory only you can write); every
+# connection there is this VM, whatever its hello says.
+# [[vm]]
+# name = "vm1"                      # identity vm:vm1
+# uds_path = "/run/fc/vm1.vsock"    # the vsock device's uds_path in Firecracker's configuration
+# port = 7391
+# agent = "claude"                  # role = "agent" (default) or "orchestrator" with act_for
+# socket_mode = "0600"              # "0660" with uid = <Firecracker's uid> if it runs as another user
+#
+# QEMU/vhost-vsock: listen on AF_VSOCK (needs the native/vsock addon) and map guest CIDs.
+# vsock_port = 7391                # in [server] above
+# [[vsock]]
+# cid = 5
+# agent = "claude"
+
+# Rotation hooks (docs/cli/secret.md): a command, run without a shell, that makes a secret's new
+# value at its issuer and prints it on stdout. lessor secret rotate NAME runs it; with every, the
+# daemon does too. Its environment holds only PATH, HOME, LANG, LC_ALL and TZ.
+# [[rotate]]
+# secret = "db-password"
+# command = ["/usr/local/bin/rotate-db", "--user", "app"]
+# timeout = "30s"
+# revoke = "all"                    # the secret's live leases; or "none"
+# stdin = "none"                    # or "current": the old value on the command's stdin
+# every = "24h"                     # optional: lessor serve rotates it this often
 `;

@@ -19,6 +19,7 @@ import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { assertPrivateDir, ensurePrivateDir } from "../fs/perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
 import { openStore } from "./store-factory.js";
+import { commandRotationHooks } from "../hooks/run-hook.js";
 
 /** How to open a home. */
 export interface OpenVaultOptions {
@@ -85,7 +86,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
     keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
   });
   const policyPath = inHome(home, cfg.policyFile);
-  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, env });
+  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, changeFeed: cfg.changeFeed, env });
   const sinks: AuditSink[] = [];
   try {
     if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));
@@ -103,6 +104,8 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
       cipher: cfg.cipher,
       limits: cfg.limits,
       ...(opts.now ? { now: opts.now } : {}),
+      // [[rotate]] commands run in the home, with a minimal environment taken from this one.
+      ...(cfg.rotate.length > 0 ? { rotationHooks: commandRotationHooks(cfg.rotate, { cwd: home, env }) } : {}),
     });
   } catch (e) {
     await store.close();

@@ -19,6 +19,8 @@ export interface StoreSettings {
   databaseUrl?: string | null;
   /** Where LESSOR_DATABASE_URL is read (default process.env). */
   env?: NodeJS.ProcessEnv;
+  /** `[vault] listen` and `[vault] poll_ms`: the PostgreSQL change feed (docs/team.md). */
+  changeFeed?: { listen: boolean; pollMs: number };
 }
 
 /**
@@ -42,7 +44,7 @@ export async function openStore(kind: StoreKind, home: string, settings: StoreSe
           "config_invalid",
           `[vault] store = "postgres" needs the database's URL: set ${DATABASE_URL_ENV} or [vault] database_url in lessor.toml (postgres://user@host:5432/database)`,
         );
-      return openPostgresStore({ url });
+      return openPostgresStore({ url, ...(settings.changeFeed ? { feed: settings.changeFeed } : {}) });
     }
   }
 }

@@ -23,6 +23,7 @@ import { SessionCredentials } from "./credentials.js";
 import type { McpIdentity } from "./identity.js";
 import { errorDoc, failed, ok, type ToolResult } from "./results.js";
 import { SessionProxy } from "./session-proxy.js";
+import { ApprovalPages } from "./approval-page.js";
 import { TOOLS, type ToolContext, type ToolSpec } from "./tools.js";
 
 /** Options of {@link createMcpSession}. */
@@ -35,11 +36,22 @@ export interface McpSessionOptions {
   log(line: string): void;
   /** Where the proxy's private directory is made (default: the system's temporary directory). */
   tmp?: string;
+  /**
+   * False: never offer the approval page (URL-mode elicitation); approvals are decided in a terminal
+   * only. For clients that may open and submit pages without a person (docs/mcp.md). Default true.
+   */
+  approvalPage?: boolean;
 }
 
 /** An MCP server bound to one agent, not yet connected to a transport. */
 export interface McpSession {
+  /** The server for one transport (stdio serves this one). */
   server: Server;
+  /**
+   * Another server for the same agent and the same leases: streamable HTTP connects one per MCP
+   * session (the SDK's Server speaks to one transport), all sharing this session's credentials and proxy.
+   */
+  newServer(): Server;
   /** Revokes the session's leases, stops its proxy, forgets the values. Idempotent. */
   close(): Promise<void>;
 }
@@ -69,62 +81,67 @@ function scrubbed(result: ToolResult, creds: SessionCredentials): ToolResult {
 export function createMcpSession(o: McpSessionOptions): McpSession {
   const credentials = new SessionCredentials(o.identity.agent, o.proxyConfig.inject);
   const proxy = new SessionProxy({ api: o.api, agent: o.identity.agent, config: o.proxyConfig, credentials, warn: o.log, ...(o.tmp !== undefined ? { tmp: o.tmp } : {}) });
-  const ctx: ToolContext = { api: o.api, agent: o.identity.agent, role: o.identity.role, credentials, proxy };
+  const pages = new ApprovalPages(o.log);
+  const ctx: ToolContext = { api: o.api, agent: o.identity.agent, role: o.identity.role, credentials, proxy, ...(o.approvalPage !== false ? { pages } : {}), log: o.log };
   const byName = new Map(TOOLS.map((t) => [t.name, t]));
   const agentText = JSON.stringify(o.identity.agent);
 
-  const server = new Server(
-    { name: "lessor", version: VERSION },
-    {
-      capabilities: { tools: {} },
-      instructions:
-        "lessor lends this agent credentials without showing them: list_secrets and explain_access say what it may use, request_access takes a lease and returns a placeholder, and http_request sends HTTPS requests in which lessor swaps placeholders for the real credentials. Secret values are never returned.",
-    },
-  );
+  const makeServer = (): Server => {
+    const server = new Server(
+      { name: "lessor", version: VERSION },
+      {
+        capabilities: { tools: {} },
+        instructions:
+          "lessor lends this agent credentials without showing them: list_secrets and explain_access say what it may use, request_access takes a lease and returns a placeholder, and http_request sends HTTPS requests in which lessor swaps placeholders for the real credentials. Secret values are never returned.",
+      },
+    );
 
-  server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: TOOLS.map(listed) }));
+    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: TOOLS.map(listed) }));
 
-  server.setRequestHandler(CallToolRequestSchema, async (req) => {
-    const name = req.params.name;
-    const spec = byName.get(name);
-    if (!spec) {
-      o.log(`lessor mcp: agent ${agentText}: unknown tool refused`);
-      throw new McpError(McpErrorCode.InvalidParams, `unknown tool ${safeName(name) ?? "(with an unusual name)"}; tools/list gives the tools (${TOOLS.map((t) => t.name).join(", ")})`);
-    }
-    const started = performance.now();
-    let result: ToolResult;
-    let outcome: string;
-    const parsed = spec.input.safeParse(req.params.arguments ?? {});
-    if (!parsed.success) {
-      const e = new VaultError("invalid_request", issuesMessage(spec.name, parsed.error.issues, Object.keys(spec.input.shape)).replace("see docs/protocol.md", "tools/list gives the schema"));
-      result = failed(errorDoc(e, o.identity.agent));
-      outcome = "error invalid_request";
-    } else {
-      try {
-        result = ok(await spec.run(ctx, parsed.data as Record<string, unknown>));
-        outcome = "ok";
-      } catch (e) {
-        const doc = errorDoc(e, o.identity.agent);
-        if (!(e instanceof VaultError)) o.log(`lessor mcp: ${spec.name} failed unexpectedly: ${e instanceof Error ? e.name : "error"}`);
-        result = failed(doc);
-        outcome = `error ${doc.error.code}`;
+    server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
+      const name = req.params.name;
+      const spec = byName.get(name);
+      if (!spec) {
+        o.log(`lessor mcp: agent ${agentText}: unknown tool refused`);
+        throw new McpError(McpErrorCode.InvalidParams, `unknown tool ${safeName(name) ?? "(with an unusual name)"}; tools/list gives the tools (${TOOLS.map((t) => t.name).join(", ")})`);
       }
-    }
-    o.log(`lessor mcp: agent ${agentText} ${spec.name}: ${outcome} (${Math.round(performance.now() - started)} ms)`);
-    return scrubbed(result, credentials);
-  });
+      const started = performance.now();
+      let result: ToolResult;
+      let outcome: string;
+      const parsed = spec.input.safeParse(req.params.arguments ?? {});
+      if (!parsed.success) {
+        const e = new VaultError("invalid_request", issuesMessage(spec.name, parsed.error.issues, Object.keys(spec.input.shape)).replace("see docs/protocol.md", "tools/list gives the schema"));
+        result = failed(errorDoc(e, o.identity.agent));
+        outcome = "error invalid_request";
+      } else {
+        try {
+          result = ok(await spec.run({ ...ctx, server, requestId: extra.requestId }, parsed.data as Record<string, unknown>));
+          outcome = "ok";
+        } catch (e) {
+          const doc = errorDoc(e, o.identity.agent);
+          if (!(e instanceof VaultError)) o.log(`lessor mcp: ${spec.name} failed unexpectedly: ${e instanceof Error ? e.name : "error"}`);
+          result = failed(doc);
+          outcome = `error ${doc.error.code}`;
+        }
+      }
+      o.log(`lessor mcp: agent ${agentText} ${spec.name}: ${outcome} (${Math.round(performance.now() - started)} ms)`);
+      return scrubbed(result, credentials);
+    });
+    return server;
+  };
 
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       await proxy.close();
+      await pages.close();
       const ids = credentials.leaseIds();
       credentials.wipe();
       const results = await Promise.allSettled(ids.map((id) => o.api.revokeLease(id, "lessor mcp session ended")));
       const failedCount = results.filter((r) => r.status === "rejected" && !(r.reason instanceof VaultError && ["lease_revoked", "lease_expired", "lease_not_found"].includes(r.reason.code))).length;
       if (failedCount > 0) o.log(`lessor mcp: ${failedCount} lease(s) could not be revoked; they end when they expire`);
     })());
-  return { server, close };
+  return { server: makeServer(), newServer: makeServer, close };
 }
 
 /**

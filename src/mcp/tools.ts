@@ -8,7 +8,8 @@
  * |----------------|-------------------------------------------------------|----------------------------------|
  * | list_secrets   | list_secrets, explain (per secret)                    | read-only (not audited)          |
  * | explain_access | explain                                               | read-only (not audited)          |
- * | request_access | request_lease with access (one use, to shape it)      | lease_granted, secret_accessed   |
+ * | request_access | approval_request, then request_lease with access      | lease_granted, secret_accessed;  |
+ * |                | (one use, to shape it); approval_decide from the page | approval_* (./approval-flow.ts)  |
  * | http_request   | access_secret per request, record_proxy_requests      | secret_accessed, proxy_request   |
  * | revoke         | list_leases (ownership), revoke_lease                 | lease_revoked                    |
  * | list_leases    | list_leases                                           | read-only (not audited)          |
@@ -25,6 +26,9 @@ import { REGISTRY } from "../protocol/registry.js";
 import type { SessionCredentials } from "./credentials.js";
 import { fetchThroughProxy } from "./fetch.js";
 import type { SessionProxy } from "./session-proxy.js";
+import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { awaitApproval, type PendingApproval } from "./approval-flow.js";
+import type { ApprovalPages } from "./approval-page.js";
 
 /** What every tool call gets. */
 export interface ToolContext {
@@ -35,6 +39,14 @@ export interface ToolContext {
   role: Role;
   credentials: SessionCredentials;
   proxy: SessionProxy;
+  /** The MCP server this call came through (request_access asks the client to open an approval page). */
+  server?: Server | undefined;
+  /** The JSON-RPC id of this tool call. */
+  requestId?: string | number | undefined;
+  /** The session's approval pages (./approval-page.ts). */
+  pages?: ApprovalPages | undefined;
+  /** One line on stderr; never a credential. */
+  log(line: string): void;
 }
 
 /** One tool. */
@@ -140,20 +152,35 @@ const requestAccess: ToolSpec = {
   name: "request_access",
   title: "Request access to a secret",
   description:
-    "Takes a lease on a secret for this agent (checked against policy) and returns its id, its terms (domains, expiry, uses) and a placeholder. Put the placeholder where the credential goes in http_request (e.g. header Authorization: Bearer <placeholder>); lessor swaps it for the real value on the way to the lease's domains. The value itself is never returned. Taking the lease uses it once.",
+    "Takes a lease on a secret for this agent (checked against policy) and returns its id, its terms (domains, expiry, uses) and a placeholder. Put the placeholder where the credential goes in http_request (e.g. header Authorization: Bearer <placeholder>); lessor swaps it for the real value on the way to the lease's domains. The value itself is never returned. Taking the lease uses it once. Some grants need a person's approval: then the person is asked (a page your client may open, or a terminal), and until they approve the result has status approval_pending with an approvalId and what to do; call request_access again with the same arguments once they have.",
   input: z.strictObject({
     secret: describe(leaseParams.secret, SECRET_DOC),
     domains: describe(leaseParams.domains, "the hosts you will call with it (each checked against policy); default: the grant's domains"),
     ttl: describe(leaseParams.ttl, "how long the lease should live, in ms or as 5m, 1h (capped by policy)"),
+    reason: describe(plain(z.string().min(1).max(300)).optional(), "why you need it, in one line: shown to the person asked to approve (for grants that need approval)"),
+    approvalId: describe(plain(z.string().max(64)).optional(), "the approvalId of an earlier approval_pending answer (optional: the same arguments find it too)"),
   }),
   annotations: { readOnlyHint: false, destructiveHint: false, openWorldHint: false },
   async run(ctx, a) {
-    const got = await ctx.api.leaseAndAccess({
+    const req = {
       ...(ctx.role === "agent" ? {} : { agent: ctx.agent }),
       secret: a["secret"] as string,
       ...(a["domains"] !== undefined ? { domains: a["domains"] as string[] } : {}),
       ...(a["ttl"] !== undefined ? { ttl: a["ttl"] as string | number } : {}),
-    });
+    };
+    // First ask whether the grant needs a person (it opens or finds the approval for this exact request).
+    const ask = await ctx.api.api.approval_request({ ...req, ...(a["reason"] !== undefined ? { reason: a["reason"] as string } : {}) });
+    let approval: string | undefined;
+    if (ask.required) {
+      if (a["approvalId"] !== undefined && a["approvalId"] !== ask.approval.id && ask.approval.state !== "approved")
+        throw new VaultError("access_denied", `approval ${String(a["approvalId"]).slice(0, 64)} is not in force for these arguments; use the approvalId of the latest approval_pending answer, or the same arguments as then`);
+      const flow = await awaitApproval(ctx, ask.approval as PendingApproval);
+      if ("result" in flow) return flow.result;
+      approval = flow.approved;
+    }
+    const r = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: {} });
+    if (!("value" in r)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
+    const got = r;
     let placeholder: string;
     let mode: string;
     try {

@@ -83,6 +83,31 @@ async function withValue<T>(p: { value: string; encoding?: "utf8" | "base64" | u
   }
 }
 
+const nullableString = z.string().nullable();
+const nullableNumber = z.number().nullable();
+
+/** An approval on the wire (src/vault/approvals.ts): the request it is bound to and its decision; never a value. */
+const APPROVAL = z.strictObject({
+  id: z.string(),
+  agent: z.string(),
+  secret: z.string(),
+  domains: z.array(z.string()).nullable(),
+  hosts: z.array(z.string()),
+  anyDomain: z.boolean(),
+  ttlMs: nullableNumber,
+  maxUses: nullableNumber,
+  rule: z.string(),
+  reason: nullableString,
+  requestedBy: z.string(),
+  requestedAt: z.number(),
+  expiresAt: z.number(),
+  state: z.enum(["pending", "approved", "denied", "used"]),
+  decidedBy: nullableString,
+  decidedAt: nullableNumber,
+  decisionReason: nullableString,
+  leaseId: nullableString,
+});
+
 /** Every method of protocol v1, by wire name. */
 export const REGISTRY = {
   status: method({
@@ -139,6 +164,15 @@ export const REGISTRY = {
     secret: false,
     audit: "audited",
     call: (s, p) => withValue(p, (bytes) => s.rotateSecret(ref(p), bytes)),
+  }),
+  rotate_secret_hook: method({
+    description: "Rotates a secret by its configured hook (a [[rotate]] command in lessor.toml): its output becomes the new version.",
+    roles: ADMIN,
+    params: z.strictObject(secretName),
+    result: z.strictObject({ secret: R.secretMeta, version: z.number(), revokedLeases: z.number() }),
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.rotateSecretByHook(ref(p)),
   }),
   rollback_secret: method({
     description: "Re-stores an older version's value as the newest version.",
@@ -207,6 +241,8 @@ export const REGISTRY = {
       domains: z.array(str(253)).max(64).optional(),
       ttl: ttl.optional(),
       maxUses: z.number().int().positive().optional(),
+      /** For a rule with approval = "required": the id of the approval a person gave this request. */
+      approval: str(64).optional(),
       /** Also use the new lease once, in the same commit; the result then carries the value. */
       access: z.strictObject(target).optional(),
     }),
@@ -300,6 +336,41 @@ export const REGISTRY = {
         ...(p.live ? { liveAt: Date.now() } : {}),
         ...(p.limit !== undefined ? { limit: p.limit } : {}),
       }),
+  }),
+  approval_request: method({
+    description:
+      "Asks a person to approve a lease request whose rule says approval = \"required\" (same fields as request_lease, plus the agent's reason): the approval for exactly this request, opened now or already open. `required` is false (and nothing is opened) when the rule needs no approval.",
+    roles: ALL,
+    params: z.strictObject({
+      agent: str(128).optional(),
+      secret: str(300),
+      domains: z.array(str(253)).max(64).optional(),
+      ttl: ttl.optional(),
+      maxUses: z.number().int().positive().optional(),
+      reason: plain(z.string().min(1).max(300)).optional(),
+    }),
+    result: z.union([z.strictObject({ required: z.literal(false), rule: z.string() }), z.strictObject({ required: z.literal(true), rule: z.string(), created: z.boolean(), approval: APPROVAL })]),
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.requestApproval(p),
+  }),
+  approval_list: method({
+    description: "Lists the approvals waiting for a person (with `all`, decided ones too, until they lapse).",
+    roles: READERS,
+    params: z.strictObject({ all: z.boolean().optional() }),
+    result: z.array(APPROVAL),
+    secret: false,
+    audit: "read-only",
+    call: (s, p) => s.listApprovals(p.all === undefined ? {} : { all: p.all }),
+  }),
+  approval_decide: method({
+    description: "Approves or denies a pending approval (the person in the loop); the same request then gets its lease, once, or is refused.",
+    roles: ADMIN,
+    params: z.strictObject({ id: str(64), approve: z.boolean(), reason: plain(z.string().min(1).max(200)).optional() }),
+    result: APPROVAL,
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.decideApproval(p.id, p.approve, p.reason),
   }),
   killswitch: method({
     description: "Pulls the killswitch: revokes every live lease and refuses every grant until it is released.",

@@ -2,7 +2,8 @@
  * Who may hold a connection: the counts behind the per-principal connection cap and the handshake
  * budget, so that one principal cannot take the daemon's connections from the others.
  *
- * - **Principals.** A Unix-socket peer counts by uid (`uid:1000`), a vsock peer by cid (`cid:3`),
+ * - **Principals.** A Unix-socket peer counts by uid (`uid:1000`), a vsock peer by cid (`cid:3`) or,
+ *   from a Firecracker VM's socket, by VM (`vm:vm1`),
  *   from the moment it connects, whatever state its connections are in; a token counts by its id
  *   (`token:<id>`) once it authenticated, on any transport. Each may hold `maxConnectionsPerPrincipal`.
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
@@ -47,13 +48,14 @@ interface Entry {
 /** The peer a connection's handshake counts against. */
 function peerKey(peer: PeerInfo): string {
   if (peer.transport === "uds") return `uid:${peer.uid ?? "unknown"}`;
-  if (peer.transport === "vsock") return `cid:${peer.cid ?? "unknown"}`;
+  if (peer.transport === "vsock") return peer.vm !== undefined ? `vm:${peer.vm}` : `cid:${peer.cid ?? "unknown"}`;
   return `tcp:${peer.remoteAddress ?? "unknown"}`;
 }
 
 /** The principal a connection counts for as soon as it is accepted (a uid or cid), or null (TCP). */
 function acceptPrincipal(peer: PeerInfo): string | null {
   if (peer.transport === "uds" && peer.uid !== undefined) return `uid:${peer.uid}`;
+  if (peer.transport === "vsock" && peer.vm !== undefined) return `vm:${peer.vm}`;
   if (peer.transport === "vsock" && peer.cid !== undefined) return `cid:${peer.cid}`;
   return null;
 }

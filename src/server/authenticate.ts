@@ -7,9 +7,14 @@
  *   unknown gets no identity from a uid (refused; it may still send a token), except when the daemon
  *   decided at start that the socket is reachable by its owner only (`ownerWithoutPeerCred`, see
  *   peer-trust.ts): then it is the owner.
+ * - a vsock peer → the guest it is: a Firecracker VM by the `[[vm]]` socket the connection arrived
+ *   on (`vm:<name>`; if the entry names the Firecracker process's uid, another uid is refused), an
+ *   AF_VSOCK guest by its CID through `[[vsock]]` (`cid:<n>`); anything else is refused. A token in
+ *   the hello is refused on vsock, before it is looked at: the guest is its VM and nothing more, so
+ *   a token that reached a guest (an admin's, say) cannot raise it above its VM's identity.
  * Every refusal is audited as auth_failed.
  */
-import type { UidIdentity } from "../config/config.js";
+import type { GuestIdentity, UidIdentity, VmConfig, VsockGuest } from "../config/config.js";
 import type { Hello } from "../protocol/messages.js";
 import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
@@ -22,15 +27,64 @@ export interface UdsTrust {
   ownerWithoutPeerCred?: boolean;
 }
 
+/** The VM guests of lessor.toml: Firecracker VMs by name, AF_VSOCK guests by CID. */
+export interface Guests {
+  vms?: readonly VmConfig[];
+  vsock?: readonly VsockGuest[];
+}
+
+function guestIdentity(id: string, g: GuestIdentity): Identity {
+  return { id, role: g.role, ...(g.agent ? { agent: g.agent } : {}), ...(g.actFor ? { actFor: [...g.actFor] } : {}), transport: "vsock" };
+}
+
 /** Builds the daemon's authenticate function. */
 export function makeAuthenticator(
   vault: Vault,
   identities: readonly UidIdentity[],
   ownerUid: number,
   trust: UdsTrust = {},
+  guests: Guests = {},
 ): (peer: PeerInfo, hello: Hello) => Promise<Identity> {
   const byUid = new Map(identities.map((i) => [i.uid, i]));
+  const byVm = new Map((guests.vms ?? []).map((v) => [v.name, v]));
+  const byCid = new Map((guests.vsock ?? []).map((g) => [g.cid, g]));
+
+  /** Refuses a vsock peer, audited with the VM or CID it came from. */
+  const refuseGuest = async (peer: PeerInfo, reason: string, message: string): Promise<never> => {
+    const remote = peer.vm !== undefined ? `vm:${peer.vm}` : peer.cid !== undefined ? `cid:${peer.cid}` : null;
+    await vault.recordAuthFailure("vsock", reason, { remote, uid: peer.uid ?? null, pid: peer.pid ?? null });
+    throw new VaultError("unauthenticated", message);
+  };
+
+  const authenticateGuest = async (peer: PeerInfo, hello: Hello): Promise<Identity> => {
+    if (hello.token !== undefined)
+      return refuseGuest(
+        peer,
+        "token on vsock",
+        "a VM guest is identified by its vsock connection, never by a token: connect without one (the daemon refuses tokens on vsock so that a guest cannot be raised above its VM's identity)",
+      );
+    if (peer.vm !== undefined) {
+      const vm = byVm.get(peer.vm);
+      if (vm === undefined) return refuseGuest(peer, "unknown vm", `VM ${JSON.stringify(peer.vm)} is not in lessor.toml; add a [[vm]] entry for it`);
+      if (vm.uid !== undefined && peer.uid !== vm.uid)
+        return refuseGuest(
+          peer,
+          "wrong uid for vm",
+          `only uid ${vm.uid} (the Firecracker process of VM ${JSON.stringify(vm.name)}) may connect to its socket; this connection is from uid ${peer.uid ?? "unknown"}`,
+        );
+      return guestIdentity(`vm:${vm.name}`, vm);
+    }
+    if (peer.cid !== undefined) {
+      const g = byCid.get(peer.cid);
+      if (g === undefined) return refuseGuest(peer, "unknown cid", `guest CID ${peer.cid} is not mapped to an identity; add a [[vsock]] entry for it in lessor.toml`);
+      return guestIdentity(`cid:${g.cid}`, g);
+    }
+    return refuseGuest(peer, "unknown guest", "this vsock connection names neither a VM nor a guest CID, so the daemon cannot tell who it is");
+  };
+
   return async (peer, hello) => {
+    // Decided by the transport before anything else: a vsock guest never authenticates by token.
+    if (peer.transport === "vsock") return authenticateGuest(peer, hello);
     if (hello.token !== undefined) return vault.authenticateToken(hello.token, peer.transport);
     if (peer.transport === "uds") {
       if (peer.uid === undefined && trust.ownerWithoutPeerCred !== true) {

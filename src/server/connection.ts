@@ -38,6 +38,8 @@ export interface PeerInfo {
   pid?: number;
   remoteAddress?: string;
   cid?: number;
+  /** vsock from a Firecracker VM: the `[[vm]]` name, known from the Unix socket the connection arrived on. */
+  vm?: string;
   /** TCP: the local address and port the connection arrived on; the token handshake's proof is bound to them. */
   localAddress?: string;
   localPort?: number;

@@ -13,8 +13,10 @@ import { makeAuthenticator } from "./authenticate.js";
 import { acquireDaemonLock } from "./lock.js";
 import { noopLogger, type Logger } from "./logger.js";
 import { loadPeerCred } from "../native/peercred.js";
+import { loadVsock } from "../native/vsock.js";
 import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
+import { scheduleRotations } from "./rotation-schedule.js";
 import { listenerSpecs, openListener, type Listener } from "./transports/listeners.js";
 
 /** How to start a daemon. */
@@ -25,6 +27,8 @@ export interface DaemonOptions {
   log?: Logger;
   /** Where to load the peer-credential addon from (tests simulate a missing one); default: the package's own. */
   peercredAddonPath?: string;
+  /** Where to load the AF_VSOCK addon from, when `[server] vsock_port` is set; default: the package's own. */
+  vsockAddonPath?: string;
 }
 
 /** A running daemon. */
@@ -86,11 +90,22 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
         log.error({ problem: sig.problem }, "the audit trail is broken: audited operations are refused until an admin checks it (lessor audit verify) and runs lessor audit recover --reason \"…\"");
     });
     cleanups.push(offAudit);
+    // Another instance sharing the store (PostgreSQL) reloaded its policy: say what happened here.
+    const offPolicy = vault.onSignal((sig) => {
+      if (sig.type === "policy_reloaded" && sig.remote === true)
+        (sig.ok ? log.info.bind(log) : log.error.bind(log))({ ok: sig.ok }, "policy reloaded because another instance sharing the database reloaded its own");
+      else if (sig.type === "policy_stale")
+        log.error(
+          { local: sig.local, stored: sig.stored },
+          "this instance's policy differs from the one the last reload on the shared database put in force: it decides by its own copy; make the policy files the same on every instance and reload",
+        );
+    });
+    cleanups.push(offPolicy);
     const ownerUid = process.getuid?.() ?? 0;
     const s = cfg.server;
     const server = new LessorServer({
       vault,
-      authenticate: makeAuthenticator(vault, cfg.identities, ownerUid, { ownerWithoutPeerCred: trust.ownerWithoutPeerCred }),
+      authenticate: makeAuthenticator(vault, cfg.identities, ownerUid, { ownerWithoutPeerCred: trust.ownerWithoutPeerCred }, { vms: cfg.vms, vsock: cfg.vsockGuests }),
       limits: {
         maxConnections: s.maxConnections,
         handshakeTimeoutMs: s.handshakeTimeoutMs,
@@ -120,15 +135,20 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     });
     let socketPath = "";
     let tcp: Daemon["tcp"] = null;
-    for (const spec of listenerSpecs(s, home)) {
+    const vmSockets: { vm: string; socket: string }[] = [];
+    // The AF_VSOCK addon is loaded only when asked for; without it that listener refuses to open.
+    const vsock = s.vsockPort !== null ? loadVsock(opts.vsockAddonPath !== undefined ? { addonPath: opts.vsockAddonPath } : {}) : undefined;
+    for (const spec of listenerSpecs(s, home, cfg.vms)) {
       const l = await openListener(spec, {
         onConnection: (stream, peer) => server.handle(stream, peer),
         onError: (e) => log.warn({ err: e.message, transport: spec.kind }, "listener error"),
         peercred,
+        ...(vsock !== undefined ? { vsock } : {}),
       });
       listeners.push(l); // a Unix socket listener's close() removes its file, if it is still the one it created
       if (l.bound.kind === "uds") socketPath = l.bound.path;
       else if (l.bound.kind === "tcp") tcp = { host: l.bound.host, port: l.bound.port };
+      else if (l.bound.kind === "vsock-uds") vmSockets.push({ vm: l.bound.vm, socket: l.bound.path });
     }
     // A killswitch pulled by another process (the CLI in embedded mode, another daemon on the same
     // store) closes this daemon's agent connections too, within a second.
@@ -137,13 +157,21 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     }, KILLSWITCH_POLL_MS);
     poll.unref();
     cleanups.push(() => clearInterval(poll));
+    // Other instances' revocations, killswitch and policy reloads, within milliseconds (PostgreSQL's
+    // LISTEN/NOTIFY and change log; a no-op for stores one process owns). The polls above stay as a
+    // safety net, and are what several processes on one SQLite file rely on.
+    cleanups.push(vault.followChanges());
+    // [[rotate]] entries with `every`: rotated by their hook when due (src/server/rotation-schedule.ts);
+    // stopped, waiting for a running hook, before the vault closes.
+    const schedule = scheduleRotations(vault, cfg.rotate, log);
+    cleanups.push(() => schedule.stop());
     const status = await vault.admin().status();
     if (status.policy.state === "broken")
       log.error({ policy: status.policy.source, error: status.policy.error }, "the policy file is invalid: every grant is denied until it is fixed and reloaded (lessor policy reload, or SIGHUP)");
     if (status.killswitch.engaged)
       log.warn({ since: status.killswitch.at, by: status.killswitch.by, reason: status.killswitch.reason }, "the killswitch is engaged: no lease is granted until an admin runs lessor killswitch --release");
     log.info(
-      { home, socket: socketPath, tcp, store: status.store, keySource: status.keySource, keyId: status.keyId, policyRules: status.policy.rules, version: VERSION },
+      { home, socket: socketPath, tcp, ...(vmSockets.length > 0 ? { vms: vmSockets } : {}), ...(s.vsockPort !== null ? { vsockPort: s.vsockPort } : {}), store: status.store, keySource: status.keySource, keyId: status.keyId, policyRules: status.policy.rules, version: VERSION },
       "lessor daemon ready",
     );
     let closing: Promise<void> | null = null;

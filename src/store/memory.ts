@@ -248,6 +248,19 @@ class Reads implements StoreReader {
     return (u !== null && u.meta.has(k) ? u.meta.get(k) : this.t.meta.get(k)) ?? null;
   }
 
+  /** Every metadata entry in this view, sorted by key (Store.listMeta). */
+  async listMeta(): Promise<{ key: string; value: string }[]> {
+    this.check();
+    const u = this.undo();
+    const keys = [...new Set([...this.t.meta.keys(), ...(u?.meta.keys() ?? [])])];
+    const out: { key: string; value: string }[] = [];
+    for (const key of keys) {
+      const value = u !== null && u.meta.has(key) ? u.meta.get(key) : this.t.meta.get(key);
+      if (value !== undefined) out.push({ key, value });
+    }
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
   async getToken(id: string): Promise<TokenRecord | null> {
     this.check();
     const u = this.undo();

@@ -18,6 +18,7 @@ import type { Limits } from "./limits.js";
 export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
 import type { Signals } from "./signals.js";
+import type { RotationHooks } from "./rotation-hooks.js";
 import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
@@ -55,6 +56,8 @@ export interface VaultContext {
    * what status() reports while it is fresh (see {@link auditHeadSeen}). null until the first.
    */
   auditSeen: { seq: number; at: number } | null;
+  /** The configured rotation hooks (src/vault/rotation-hooks.ts), if any. */
+  readonly rotationHooks?: RotationHooks;
 }
 
 /**

@@ -14,6 +14,7 @@ export type * from "../base/types.js";
 export type { StoreSecretParams, SecretMeta, VersionMeta } from "./secrets.js";
 export { leaseState, type LeaseRequest, type AccessTarget, type AccessResult, type LeaseState } from "./leases.js";
 export type { RotationResult } from "./rotation.js";
+export type { RotationHook, RotationHooks, HookRunResult, HookFailure, HookRotationResult } from "./rotation-hooks.js";
 export type { Limits } from "./context.js";
 export { parsePolicy, emptyPolicy, decide, explain, type Policy, type Rule, type Decision, type Explanation } from "./policy.js";
 export { matchDomain, parseDomainPattern, normalizeHost } from "./domain.js";

@@ -18,6 +18,7 @@ import { matchPathPrefixes } from "./http-path.js";
 import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains } from "./policy.js";
+import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { leaseState } from "../base/lease-state.js";
 import { formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
@@ -35,6 +36,11 @@ export interface LeaseRequest {
   ttl?: number | string;
   /** Use cap; capped by the rule's max_uses. */
   maxUses?: number;
+  /**
+   * For a rule with `approval = "required"`: the id of the approval a person gave this exact request
+   * (optional: an approved approval for the same request is found without it). See ./approvals.ts.
+   */
+  approval?: string;
 }
 
 /** Where the value is going to be used; checked against the lease. */
@@ -71,8 +77,8 @@ function toMs(ttl: number | string): number {
   return ms;
 }
 
-/** A {@link LeaseRequest} after its shape was checked (before any transaction). */
-interface CheckedRequest {
+/** A {@link LeaseRequest} after its shape was checked (before any transaction); also read by ./approval-calls.ts. */
+export interface CheckedRequest {
   ref: SecretRef;
   /** `scope/name`, for audit rows. */
   secret: string;
@@ -80,9 +86,10 @@ interface CheckedRequest {
   ttl: number | undefined;
   maxUses: number | undefined;
   domains: string[] | undefined;
+  approval: string | undefined;
 }
 
-function checkRequest(req: LeaseRequest): CheckedRequest {
+export function checkRequest(req: LeaseRequest): CheckedRequest {
   const ref = typeof req.secret === "string" ? parseRefString(req.secret) : checkRef(req.secret);
   if (req.agent !== undefined) checkAgentId(req.agent);
   const ttl = req.ttl === undefined ? undefined : toMs(req.ttl);
@@ -91,7 +98,8 @@ function checkRequest(req: LeaseRequest): CheckedRequest {
   if (req.domains !== undefined && (!Array.isArray(req.domains) || req.domains.length > 64 || !req.domains.every((d) => typeof d === "string")))
     throw new VaultError("invalid_request", "domains must be a list of at most 64 host names");
   if (req.domains !== undefined) checkDomainsText(req.domains);
-  return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains };
+  const approval = req.approval === undefined ? undefined : checkApprovalId(req.approval);
+  return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains, approval };
 }
 
 /** A lease granted in a transaction, with the secret's current version when the grant read it. */
@@ -137,10 +145,19 @@ async function grantIn(
   if (!version && !(exists ?? (await tx.getSecret(ref)))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
     return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
+  const leaseId = uuidv7(now);
+  let approvalId: string | null = null;
+  if (rule.approval === "required") {
+    // Never granted on the rule alone: only for a request a person approved (./approvals.ts).
+    const gate = await gateGrant(tx, audit, now, who, bindingOf(agent, secret, req.domains, req.ttl, req.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, leaseId, req.approval);
+    if (!gate.ok) return gate.error;
+    approvalId = gate.approval.id;
+  } else if (req.approval !== undefined)
+    return denied(audit, who, new VaultError("invalid_request", `rule "${rule.name}" needs no approval; ask without one`), { agent, secret });
   const terms = rule.terms;
   const maxExpiresAt = now + terms.maxTtlMs;
   const lease: LeaseRecord = {
-    id: uuidv7(now),
+    id: leaseId,
     agent,
     scope: ref.scope,
     name: ref.name,
@@ -156,7 +173,8 @@ async function grantIn(
     maxUses: req.maxUses !== undefined ? Math.min(req.maxUses, terms.maxUses ?? req.maxUses) : terms.maxUses,
     renewals: 0,
     maxRenewals: terms.maxRenewals,
-    renewable: terms.renewable,
+    // A person approved this lease as shown to them: renewing it past that needs a new approval.
+    renewable: terms.renewable && rule.approval !== "required",
     revokedAt: null,
     revokeReason: null,
     issuedBy: who.id,
@@ -169,7 +187,7 @@ async function grantIn(
     secret,
     leaseId: lease.id,
     outcome: "ok",
-    detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(",") },
+    detail: { rule: rule.name, expires_at: lease.expiresAt, max_uses: lease.maxUses, domains: lease.domains.join(","), ...(approvalId !== null ? { approval: approvalId } : {}) },
   });
   return { lease, version };
 }

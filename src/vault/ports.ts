@@ -147,7 +147,47 @@ export interface Store extends StoreReader {
   readonly kind: string;
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   close(): Promise<void>;
+  /**
+   * Every metadata entry, as committed, sorted by key (code point order). Only `lessor migrate`
+   * needs it (to copy a vault without a list of the keys the core happens to use today).
+   */
+  listMeta(): Promise<MetaEntry[]>;
+  /**
+   * The change feed, for a store that several processes share over a network (PostgreSQL): calls
+   * `listener` with what other processes' commits changed that live connections must see at once
+   * (see {@link StoreChange}), soon after each commit; returns the function that unsubscribes. A
+   * store announces a commit's changes from inside that commit, so they are delivered only if it
+   * commits. Changes made through this store object itself are not delivered (the vault acted on
+   * them already). Absent for stores one process owns (memory; SQLite, where several processes on
+   * one file rely on the daemon's polls instead: src/server/daemon.ts).
+   */
+  changes?(listener: ChangeListener): () => void;
 }
+
+/** One metadata entry, as {@link Store.listMeta} lists it. */
+export interface MetaEntry {
+  key: string;
+  value: string;
+}
+
+/**
+ * What another process's commit changed, as a change feed reports it: ids and names only, never a
+ * secret or a token's secret part.
+ * - `leases_revoked`: leases were revoked (by id, agent, secret or all); `leaseIds` is null when
+ *   there were too many to list.
+ * - `token_revoked`: a bearer token was revoked.
+ * - `meta`: a metadata key was written (the killswitch lockout, the policy version, the master key id).
+ * - `resync`: the feed may have missed changes (it was disconnected longer than the store keeps its
+ *   change log, or the log was cut): re-read everything that matters.
+ */
+export type StoreChange =
+  | { kind: "leases_revoked"; count: number; leaseIds: string[] | null }
+  | { kind: "token_revoked"; tokenId: string }
+  | { kind: "meta"; key: string }
+  | { kind: "resync"; reason: string };
+
+/** A change-feed subscriber; called once per change, in commit order. Must not throw (it is ignored if it does). */
+export type ChangeListener = (change: StoreChange) => void;
 
 /**
  * An audit sink: a place every committed audit event is also written to, after the store's own audit

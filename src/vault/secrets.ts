@@ -75,7 +75,7 @@ function toBytes(value: StoreSecretParams["value"]): { bytes: Buffer; owned: boo
 }
 
 /** Seals and inserts version `current + 1` of `rec` (inside a transaction), then prunes old versions. */
-async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretRecord, bytes: Uint8Array, by: string, now: number): Promise<number> {
+export async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretRecord, bytes: Uint8Array, by: string, now: number): Promise<number> {
   const version = rec.currentVersion + 1;
   const sealed = sealValue({ scope: rec.scope, name: rec.name, version }, bytes, ctx.keyring.current, ctx.cipher);
   await tx.putSecret({ ...rec, currentVersion: version, updatedAt: now });
@@ -96,7 +96,8 @@ async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretRecord, byt
   return version;
 }
 
-function checkSize(ctx: VaultContext, size: number): void {
+/** Throws value_too_large when `size` is over the vault's cap. */
+export function checkSize(ctx: VaultContext, size: number): void {
   if (size > ctx.limits.maxSecretBytes)
     throw new VaultError(
       "value_too_large",
@@ -207,11 +208,13 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
   return { value: openValue(row, row, ctx.keyring), version: row.version };
 }
 
-function notFound(ref: SecretRef): VaultError {
+/** The secret_not_found error for `ref`. */
+export function notFound(ref: SecretRef): VaultError {
   return new VaultError("secret_not_found", `secret ${refString(ref)} does not exist; list secrets to see what is stored`);
 }
 
-async function metadataOf(ctx: VaultContext, ref: SecretRef): Promise<SecretMeta> {
+/** A secret's metadata and versions, read outside any transaction. */
+export async function metadataOf(ctx: VaultContext, ref: SecretRef): Promise<SecretMeta> {
   const rec = await ctx.store.getSecret(ref);
   if (!rec) throw notFound(ref);
   const versions = await ctx.store.listVersions(ref);

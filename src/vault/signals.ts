@@ -11,7 +11,13 @@
 export type VaultSignal =
   | { type: "token_revoked"; tokenId: string }
   | { type: "killswitch"; engaged: boolean }
-  | { type: "policy_reloaded"; ok: boolean }
+  /** `remote`: reloaded because another instance sharing the store reloaded (src/vault/remote-changes.ts). */
+  | { type: "policy_reloaded"; ok: boolean; remote?: true }
+  /**
+   * This instance's policy differs from the one the last reload on any instance sharing the store put
+   * in force (by digest): it decides by its own copy, and says so through this signal.
+   */
+  | { type: "policy_stale"; local: string; stored: string }
   /**
    * A commit found the audit trail broken (cut, edited or rehashed; see src/vault/audit-guard.ts):
    * audited writes are refused until an admin runs `lessor audit recover`. Raised once per problem.

@@ -70,3 +70,10 @@ export async function recheckTokens(ctx: VaultContext, ids: Iterable<string>): P
   }
   return found;
 }
+
+/** The ids of the tokens this process has seen authenticate and not yet found revoked. */
+export function liveTokenIds(ctx: VaultContext): string[] {
+  const out: string[] = [];
+  for (const [id, s] of views.get(ctx) ?? []) if (!s.revoked) out.push(id);
+  return out;
+}

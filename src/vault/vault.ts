@@ -32,11 +32,15 @@ import { emptyPolicy, explain, type Explanation, type Policy, type PolicyVersion
 import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
+import { rotateSecretByHook, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
 import { Signals, type SignalListener } from "./signals.js";
 import * as secrets from "./secrets.js";
 import * as tokenState from "./token-state.js";
 import * as tokens from "./tokens.js";
+import * as approvalCalls from "./approval-calls.js";
+import type { ApprovalRecord } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
+import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
 /** How to open a vault. */
@@ -56,6 +60,8 @@ export interface VaultOptions {
   limits?: Partial<Limits>;
   /** Clock in epoch ms (tests). Default Date.now. */
   now?: () => number;
+  /** Commands that make a secret's new value (`[[rotate]]` in lessor.toml; src/vault/rotation-hooks.ts). */
+  rotationHooks?: RotationHooks;
 }
 
 /** The identity of the program embedding the vault. */
@@ -130,6 +136,7 @@ export class Vault {
         closed: false,
         signals: new Signals(),
         auditSeen: null,
+        ...(opts.rotationHooks !== undefined ? { rotationHooks: opts.rotationHooks } : {}),
       };
       installPolicy(ctx, policy);
       await checkKillswitch(ctx);
@@ -147,6 +154,21 @@ export class Vault {
    */
   onSignal(listener: SignalListener): () => void {
     return this.#ctx.signals.on(listener);
+  }
+
+  /**
+   * Follows the changes other instances sharing the store commit (when the store has a change feed,
+   * as PostgreSQL does): their token revocations, killswitch and policy reloads raise this vault's
+   * signals as local ones do (src/vault/remote-changes.ts). A daemon calls this once; one-shot users
+   * (the CLI) need not. Also raises `policy_stale` at once if this instance's policy is not the one
+   * the last reload stored. Returns the function that stops following (close() stops it too).
+   */
+  followChanges(): () => void {
+    const ctx = this.#ctx;
+    if (ctx.closed || ctx.store.changes === undefined) return () => {};
+    const off = ctx.store.changes((c) => applyRemoteChange(ctx, c));
+    void checkPolicyStamp(ctx).catch(() => {});
+    return off;
   }
 
   /**
@@ -297,6 +319,10 @@ export class VaultSession {
   rotateSecret(ref: SecretRef, value: secrets.StoreSecretParams["value"]): Promise<secrets.SecretMeta> {
     return secrets.rotateSecret(this.#ctx, this.identity, ref, value);
   }
+  /** Rotates a secret by its configured hook: the command's output becomes the new version. Admin. */
+  rotateSecretByHook(ref: SecretRef): Promise<HookRotationResult> {
+    return rotateSecretByHook(this.#ctx, this.identity, ref);
+  }
   /** Re-stores an older version's value as the newest version. Admin. */
   rollbackSecret(ref: SecretRef, version: number): Promise<secrets.SecretMeta> {
     return secrets.rollbackSecret(this.#ctx, this.identity, ref, version);
@@ -372,6 +398,20 @@ export class VaultSession {
     return leases.listLeases(this.#ctx, this.identity, filter);
   }
 
+  // ---- approvals (src/vault/approvals.ts) ----
+  /** Asks a person to approve a lease request whose rule needs approval; see {@link approvalCalls.requestApproval}. */
+  requestApproval(ask: approvalCalls.ApprovalAsk): Promise<approvalCalls.ApprovalAnswer> {
+    return approvalCalls.requestApproval(this.#ctx, this.identity, ask);
+  }
+  /** Pending approvals (all, with `all`) the caller may see. Admin or orchestrator. */
+  listApprovals(opts?: { all?: boolean }): Promise<ApprovalRecord[]> {
+    return approvalCalls.listApprovals(this.#ctx, this.identity, opts);
+  }
+  /** Approves or denies a pending approval. Admin. */
+  decideApproval(id: string, approve: boolean, reason?: string): Promise<ApprovalRecord> {
+    return approvalCalls.decideApproval(this.#ctx, this.identity, id, approve, reason);
+  }
+
   // ---- admin ----
   /** Queries the audit trail. Admin. */
   async auditQuery(filter: AuditFilter = {}): Promise<AuditRecord[]> {
@@ -405,13 +445,16 @@ export class VaultSession {
     if (next.error !== undefined) {
       // Deny first: the file the admin just edited may have meant to take a grant away.
       const v = installPolicy(ctx, next);
-      await commit(ctx, async (_tx, audit) => {
+      await commit(ctx, async (tx, audit, now) => {
+        // The stamp tells the other instances sharing the store to reload too (src/vault/remote-changes.ts).
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
       ctx.signals.emit({ type: "policy_reloaded", ok: false });
       throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
-    await commit(ctx, async (_tx, audit) => {
+    await commit(ctx, async (tx, audit, now) => {
+      await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id }));
       await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load: policyVersion(ctx).load + 1 } });
     });
     installPolicy(ctx, next);

@@ -12,3 +12,6 @@ export { registerRun } from "./run.js";
 export { registerInject } from "./inject.js";
 export { registerProxy } from "./proxy.js";
 export { registerMcp } from "./mcp.js";
+export { registerCredentialHelpers } from "./credential-helpers.js";
+export { registerMigrate } from "./migrate.js";
+export { registerApproval } from "./approval.js";

@@ -1,9 +1,13 @@
 /**
- * `lessor mcp [--agent A]`: an MCP server on stdio for an LLM agent, acting for agent A. The agent
+ * `lessor mcp [--agent A] [--http 127.0.0.1:PORT]`: an MCP server on stdio (or streamable HTTP on
+ * loopback: src/mcp/http.ts) for an LLM agent, acting for agent A. The agent
  * works with names, leases and placeholders; `http_request` goes through an injecting proxy this
  * process runs, so a value never enters the model's context. See docs/mcp.md.
  */
 import type { Command } from "commander";
+import { VaultError } from "../../base/errors.js";
+import type { LoopbackAddress } from "../../mcp/http.js";
+import type { McpSession } from "../../mcp/server.js";
 import type { Cli } from "../cli.js";
 import { holdLeases } from "../holding.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
@@ -15,21 +19,42 @@ export const MCP_OPTIONS: readonly OptionSpec[] = [
     value: "<agent>",
     description: "the agent the server acts for (its grants apply); required unless the daemon (LESSOR_SOCKET / LESSOR_TOKEN_FILE) already knows this process as an agent, and then it must match",
   },
+  {
+    name: "http",
+    value: "<addr>",
+    description: "serve streamable HTTP on this loopback address and port (127.0.0.1:PORT or [::1]:PORT; port 0 picks one) instead of stdio; clients must send the bearer token",
+  },
+  {
+    name: "terminal-approval",
+    description: "never offer the approval page to the client (URL-mode elicitation): requests that need a person's approval are decided with lessor approve / lessor deny only",
+  },
+  {
+    name: "token-file",
+    value: "<path>",
+    description: "with --http: write the bearer token to this file (mode 0600) instead of printing it on stderr",
+  },
 ];
 
 /** `lessor mcp`'s parsed options. */
 export interface McpCommandOptions {
   agent?: string | undefined;
+  http?: string | undefined;
+  tokenFile?: string | undefined;
+  terminalApproval?: boolean | undefined;
 }
 
 /** Serves MCP on stdio until the client closes it. */
 export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
   return cli.run(async () => {
-    const [{ createMcpSession, serveStdio }, { resolveAgent }, { loadConfig }] = await Promise.all([
+    if (o.tokenFile !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--token-file goes with --http (over stdio there is no token)");
+    const [{ createMcpSession, serveStdio }, http, { resolveAgent }, { loadConfig }] = await Promise.all([
       import("../../mcp/server.js"),
+      import("../../mcp/http.js"),
       import("../../mcp/identity.js"),
       import("../../config/load.js"),
     ]);
+    // Refused before the vault is opened: a non-loopback address is never listened on.
+    const address = o.http === undefined ? undefined : http.parseLoopbackAddress(o.http);
     const backend = await cli.backend();
     const who = await backend.api.whoami();
     const identity = resolveAgent(o.agent, who.identity);
@@ -44,24 +69,55 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
       proxyConfig = structuredClone(DEFAULT_PROXY_CONFIG);
       log(`lessor mcp: cannot read the [proxy] settings of ${backend.home}; using the defaults`);
     }
-    const session = createMcpSession({ api: backend.api, identity, proxyConfig, log });
-    log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role})`);
+    const session = createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
+    const via = `${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role}`;
     // The session's leases are revoked when it ends: a closed stdout must not end the process first.
     const release = holdLeases();
     try {
-      await serveStdio(session, log);
+      if (address === undefined) {
+        log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${via})`);
+        await serveStdio(session, log);
+      } else await serveOverHttp(session, address, o.tokenFile, log, `agent ${JSON.stringify(identity.agent)} (${via})`);
     } finally {
       release();
     }
   });
 }
 
+/** Serves streamable HTTP until SIGINT/SIGTERM/SIGHUP; then closes the sessions and revokes the leases. */
+async function serveOverHttp(session: McpSession, address: LoopbackAddress, tokenFile: string | undefined, log: (line: string) => void, who: string): Promise<void> {
+  const http = await import("../../mcp/http.js");
+  const token = http.newToken();
+  if (tokenFile !== undefined) http.writeTokenFile(tokenFile, token);
+  let server;
+  try {
+    server = await http.serveHttp({ session, address, token, log });
+  } catch (e) {
+    await session.close();
+    throw e;
+  }
+  log(`lessor mcp: serving ${who} on ${server.url}`);
+  // Shown once: whoever holds it acts as this agent (the MCP client's configuration needs it).
+  log(tokenFile !== undefined ? `lessor mcp: the bearer token is in ${tokenFile}` : `lessor mcp: bearer token: ${token}`);
+  let stop: () => void = () => {};
+  const stopped = new Promise<void>((r) => (stop = r));
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const s of signals) process.on(s, stop);
+  try {
+    await stopped;
+  } finally {
+    for (const s of signals) process.off(s, stop);
+    await server.close();
+    await session.close();
+  }
+}
+
 export function registerMcp(program: Command, cli: Cli): void {
   addOptions(
     program
       .command("mcp")
-      .description("serve the Model Context Protocol on stdio for an LLM agent: secret names, leases, placeholders and HTTPS through the injecting proxy; never a value")
-      .usage("[--agent A]"),
+      .description("serve the Model Context Protocol (stdio, or streamable HTTP on loopback with --http) for an LLM agent: secret names, leases, placeholders and HTTPS through the injecting proxy; never a value")
+      .usage("[--agent A] [--http 127.0.0.1:PORT [--token-file PATH]]"),
     MCP_OPTIONS,
   )
     .addHelpText(
@@ -73,6 +129,7 @@ export function registerMcp(program: Command, cli: Cli): void {
         "Examples (the command an MCP client starts):",
         "  lessor mcp --agent claude",
         "  LESSOR_SOCKET=/run/lessor/agent.sock lessor mcp      # the daemon says which agent",
+        "  lessor mcp --agent claude --http 127.0.0.1:8765 --token-file ~/.lessor/mcp.token",
         "",
         "stdout carries the protocol; one line per tool call goes to stderr. The leases the session",
         "took are revoked when the client closes the connection. See docs/mcp.md.",

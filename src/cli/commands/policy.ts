@@ -21,6 +21,8 @@ interface RuleJson {
   maxUses: number | null;
   renewable: boolean | null;
   maxRenewals: number | null;
+  /** Present (as "required") only on rules that need a person's approval. */
+  approval?: "required";
 }
 
 function ruleJson(r: Rule, fmt: (ms: number) => string): RuleJson {
@@ -40,6 +42,7 @@ function ruleJson(r: Rule, fmt: (ms: number) => string): RuleJson {
     maxUses: allow ? r.terms.maxUses : null,
     renewable: allow ? r.terms.renewable : null,
     maxRenewals: allow ? r.terms.maxRenewals : null,
+    ...(r.approval === "required" ? { approval: "required" as const } : {}),
   };
 }
 
@@ -52,6 +55,7 @@ function ruleLine(r: RuleJson): string {
     s += ` ttl ${r.ttl} max_ttl ${r.maxTtl}`;
     if (r.maxUses !== null) s += ` max_uses ${r.maxUses}`;
     s += r.renewable ? (r.maxRenewals !== null ? ` renewable (${r.maxRenewals} times)` : " renewable") : " not renewable";
+    if (r.approval === "required") s += " approval required";
   }
   return s;
 }

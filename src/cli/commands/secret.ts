@@ -134,18 +134,25 @@ Examples:
   valueOptions(
     secret
       .command("rotate <name>")
-      .description("add a new version to an existing secret")
+      .description("add a new version to an existing secret: a value you give, or one its rotation hook makes")
       .option("--scope <scope>", "the scope, when NAME has none (default global)")
+      .option("--hook", "run the secret's rotation hook ([[rotate]] in lessor.toml) even if stdin has data")
       .option("--json", "print the secret's metadata as JSON"),
   )
     .addHelpText(
       "after",
       `${VALUE_HELP}
 
+With a rotation hook ([[rotate]] in lessor.toml): when no value is given (stdin is a terminal or
+empty) or with --hook, its command runs where the vault is (the daemon, else here) and what it prints
+becomes the new version; live leases are revoked as its revoke says. Neither its output nor its
+stderr is ever shown (either may hold a value): a failure says the exit code or the time limit.
+
 Examples:
-  lessor secret rotate github-token                    # prompts, no echo
+  lessor secret rotate github-token                    # prompts, no echo (no hook configured)
   gh auth refresh && gh auth token | lessor secret rotate github-token
-  lessor secret rotate session-secret --random`,
+  lessor secret rotate session-secret --random
+  lessor secret rotate db-password --hook              # runs its [[rotate]] command`,
     )
     .action((name: string, o, cmd: Command) =>
       cli.run(async () => (await import("../secret/actions.js")).rotateSecret(cli, name, o, cmd.args.slice(1))),

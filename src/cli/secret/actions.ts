@@ -88,14 +88,29 @@ export function setSecret(cli: Cli, nameArg: string, o: SetOptions, extraArgs: r
   });
 }
 
-/** `secret rotate NAME`. */
-export function rotateSecret(cli: Cli, nameArg: string, o: ValueOptions & { scope?: string; json?: boolean }, extraArgs: readonly string[]): Promise<number> {
+/** Options of `secret rotate`. */
+export interface RotateOptions extends ValueOptions {
+  scope?: string;
+  json?: boolean;
+  /** Run the secret's rotation hook (refused with a value option). */
+  hook?: boolean;
+}
+
+/**
+ * `secret rotate NAME`: to a given value (stdin, the prompt, --from-file, --random, --value), or by the
+ * secret's rotation hook (src/cli/secret/rotate-hook.ts): with --hook, or when it has one and no value
+ * is given (stdin is a terminal or empty).
+ */
+export function rotateSecret(cli: Cli, nameArg: string, o: RotateOptions, extraArgs: readonly string[]): Promise<number> {
   return cancellable(cli, "nothing was stored", async () => {
     checkValueOptions(o, extraArgs);
     const r = secretRef(nameArg, o.scope);
+    const hook = await import("./rotate-hook.js");
+    const choice = await hook.chooseRotation(cli, r, o);
+    if (choice.kind === "hook") return hook.rotateByHook(cli, r, o);
     const { api } = await cli.backend();
-    if (willPrompt(o)) await api.getSecretMetadata(r); // not found before the prompt, not after
-    const value = await readSecretValue(cli, o, refString(r));
+    if (choice.kind === "ask" && willPrompt(o)) await api.getSecretMetadata(r); // not found before the prompt, not after
+    const value = choice.kind === "piped" ? choice.value : await readSecretValue(cli, o, refString(r));
     try {
       const meta = await api.rotateSecret(r, value);
       if (o.json) cli.json(meta);

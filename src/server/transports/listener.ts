@@ -15,7 +15,13 @@ export type ListenerSpec =
   | { kind: "uds"; path: string; mode: number }
   /** Loopback TCP; port 0 picks a free port. */
   | { kind: "tcp"; host: string; port: number }
-  /** AF_VSOCK (not built yet). */
+  /**
+   * A Firecracker VM's vsock socket: the Unix socket `path` (= `<uds_path>_<port>`) where Firecracker
+   * delivers the guest's connections to host port `port`. Every connection is the VM named `vm`; when
+   * `uid` is set, only that uid (the Firecracker process) may be the peer.
+   */
+  | { kind: "vsock-uds"; path: string; mode: number; vm: string; port: number; uid?: number }
+  /** AF_VSOCK on any local CID (QEMU/vhost-vsock guests; needs the native/vsock addon). */
   | { kind: "vsock"; port: number };
 
 /** An open listener. */

@@ -25,6 +25,7 @@
  * batch is rolled back and run again with a savepoint per function, each function's writes waited
  * for at its end; then only the failing function fails.
  */
+import { randomBytes } from "node:crypto";
 import pg from "pg";
 import type { Pool, PoolClient } from "pg";
 import { VaultError } from "../../base/errors.js";
@@ -42,7 +43,8 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
-import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
+import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
+import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";
 import { TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
@@ -56,6 +58,8 @@ import { LOCK_CLASS, migrate, SCHEMA_KEY, SCHEMA_VERSION } from "./schema.js";
 export interface PostgresStoreOptions extends ConnectionSettings {
   /** How long one transaction function may run before it is rolled back and rejected (default 10000). */
   txTimeoutMs?: number;
+  /** The change feed's LISTEN and polling (src/store/postgres/change-feed.ts); default listen, poll every 1000 ms. */
+  feed?: Partial<FeedOptions>;
 }
 
 /** A {@link Store} on PostgreSQL, with counters for tests and benchmarks. */
@@ -69,6 +73,10 @@ export interface PostgresStore extends Store {
   /** Migration steps this open applied (0 when the schema was current, or another instance migrated it). */
   readonly migrationsApplied: number;
   readonly schemaVersion: number;
+  /** Delivers other instances' revocations, killswitch and metadata changes (see {@link Store.changes}). */
+  changes(listener: ChangeListener): () => void;
+  /** The change feed's state (tests). */
+  feedState(): FeedState;
 }
 
 /** Most transaction functions sharing one commit. */
@@ -108,7 +116,12 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
     await pool.end().catch(() => {});
     throw pgError(e, "open the vault database", target);
   }
-  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied);
+  const feedOpts = { ...DEFAULT_FEED_OPTIONS, ...opts.feed };
+  if (!Number.isSafeInteger(feedOpts.pollMs) || feedOpts.pollMs < 10)
+    throw new VaultError("config_invalid", `the change feed's poll interval must be a whole number of milliseconds, at least 10 (got ${String(feedOpts.pollMs)})`);
+  const origin = randomBytes(9).toString("base64url");
+  const feed = new PgChangeFeed(pool, { ...cfg, types: TYPES }, origin, feedOpts);
+  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed);
 }
 
 /** Read methods over one {@link Exec}; `x()` decides which connection and when reads are allowed. */
@@ -166,6 +179,10 @@ abstract class PgReads implements StoreReader {
   }
   getMeta(key: string): Promise<string | null> {
     return this.read((x) => Q.getMeta(x, key));
+  }
+  /** Every metadata entry, sorted by key (Store.listMeta; added for lessor migrate). */
+  listMeta(): Promise<{ key: string; value: string }[]> {
+    return this.read((x) => Q.listMeta(x));
   }
   getToken(id: string): Promise<TokenRecord | null> {
     return this.read((x) => Q.getToken(x, id));
@@ -258,6 +275,8 @@ class Conn implements Exec {
 class PgTx extends PgReads implements StoreTx {
   active = true;
   readonly finishers = new Set<(tx: StoreTx) => Promise<void>>();
+  /** What this function changed that other instances must hear of (the change feed). */
+  readonly changes: StoreChange[] = [];
 
   constructor(
     private readonly conn: Conn,
@@ -357,7 +376,14 @@ class PgTx extends PgReads implements StoreTx {
     return this.put(() => Q.renewLease(id, expiresAt, renewals));
   }
   revokeLeases(sel: RevokeSelector, now: number, reason: string): Promise<number> {
-    return this.change(() => Q.revokeLeases(sel, now, reason));
+    return this.read(async (x) => {
+      this.conn.wrote = true;
+      const s = Q.revokeLeases(sel, now, reason);
+      const rows = await x.rows({ ...s, text: `${s.text} RETURNING id` });
+      if (rows.length > 0)
+        this.changes.push({ kind: "leases_revoked", count: rows.length, leaseIds: rows.length <= MAX_LISTED_LEASES ? rows.map((r) => r.id as string) : null });
+      return rows.length;
+    });
   }
   deleteExpiredLeases(before: number, limit: number): Promise<number> {
     if (limit <= 0) return this.read(async () => 0);
@@ -371,13 +397,18 @@ class PgTx extends PgReads implements StoreTx {
     return this.put(() => Q.putCheckpoint(cp), () => this.cache.setCheckpoint(cp));
   }
   setMeta(key: string, value: string): Promise<void> {
-    return this.put(() => Q.setMeta(key, value), () => this.cache.setMeta(key, value));
+    return this.put(() => Q.setMeta(key, value), () => {
+      this.cache.setMeta(key, value);
+      this.changes.push({ kind: "meta", key });
+    });
   }
   insertToken(rec: TokenRecord): Promise<void> {
     return this.put(() => Q.insertToken(rec));
   }
   async revokeToken(id: string, now: number): Promise<boolean> {
-    return (await this.change(() => Q.revokeToken(id, now))) > 0;
+    const changed = (await this.change(() => Q.revokeToken(id, now))) > 0;
+    if (changed) this.changes.push({ kind: "token_revoked", tokenId: id });
+    return changed;
   }
 }
 
@@ -385,6 +416,8 @@ class PgTx extends PgReads implements StoreTx {
 interface Call {
   fn: (tx: StoreTx) => Promise<unknown>;
   finishers?: Set<(tx: StoreTx) => Promise<void>> | undefined;
+  /** What the call's successful run changed (for the change feed). */
+  changes?: StoreChange[] | undefined;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   ok: boolean;
@@ -420,6 +453,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     private readonly target: string,
     txTimeoutMs: number,
     readonly migrationsApplied: number,
+    private readonly origin: string,
+    private readonly feed: PgChangeFeed,
   ) {
     super();
     this.timeout = new TxTimeout(txTimeoutMs);
@@ -450,6 +485,15 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return { ...this.counts };
   }
 
+  changes(listener: ChangeListener): () => void {
+    if (this.closing) return () => {};
+    return this.feed.subscribe(listener);
+  }
+
+  feedState(): FeedState {
+    return this.feed.state();
+  }
+
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     if (this.closing) return Promise.reject(closedError());
     return new Promise<T>((resolve, reject) => {
@@ -466,6 +510,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     this.closing = true;
     if (this.running || this.scheduled || this.pending() > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     this.closed = true;
+    await this.feed.close();
     await this.pool.end().catch(() => {});
     for (const w of this.idleWaiters.splice(0)) w();
   }
@@ -605,7 +650,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private async rerun(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
     for (const c of batch) {
       c.ok = false;
-      c.value = c.error = c.finishers = undefined;
+      c.value = c.error = c.finishers = c.changes = undefined;
       await this.runCall(conn, c, guarded);
       if (!c.ok && isConnectionError(c.error)) return c.error;
       if (!c.ok && !guarded) {
@@ -623,10 +668,13 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private async finish(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
     const finishers = new Set<(tx: StoreTx) => Promise<void>>();
     for (const c of batch) if (c.ok && c.finishers) for (const f of c.finishers) finishers.add(f);
+    const changes: StoreChange[] = [];
+    for (const c of batch) if (c.ok && c.changes) changes.push(...c.changes);
     for (const f of finishers) {
       const tx = new PgTx(conn, this.cache, true);
       try {
         await this.timeout.run(f(tx));
+        changes.push(...tx.changes);
       } catch (e) {
         tx.active = false;
         if (isConnectionError(e)) return e;
@@ -652,6 +700,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
       if (conn.wrote) bumped = conn.rows({ what: "commit a transaction", text: "UPDATE lessor_commits SET n = n + 1 WHERE id = 1 RETURNING n", values: [] });
       bumped?.catch(() => {});
+      // In the same transaction: announced (and NOTIFY delivered) only if it commits.
+      if (changes.length > 0) conn.send(changeStatement(this.origin, changes, Date.now()));
       await conn.rows({ what: "commit a transaction", text: "COMMIT", values: [] });
       // COMMIT of a transaction a deferred write aborted answers ROLLBACK, not an error: check.
       await conn.settle();
@@ -711,6 +761,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
       call.ok = true;
       if (tx.finishers.size > 0) call.finishers = tx.finishers;
+      if (tx.changes.length > 0) call.changes = tx.changes;
     } catch (e) {
       tx.active = false;
       call.error = e;

@@ -182,6 +182,12 @@ export async function getMeta(x: Exec, key: string): Promise<string | null> {
   return r === undefined ? null : (r.value as string);
 }
 
+/** Every metadata entry, in code point order of the key (COLLATE "C", whatever the database's locale). */
+export async function listMeta(x: Exec): Promise<{ key: string; value: string }[]> {
+  const rows = await x.rows(st("list metadata", 'SELECT key, value FROM meta ORDER BY key COLLATE "C"', []));
+  return rows.map((r) => ({ key: r.key as string, value: r.value as string }));
+}
+
 export async function getToken(x: Exec, id: string): Promise<TokenRecord | null> {
   const r = await one(x, st("read a token", `SELECT ${TOKEN_COLS} FROM tokens WHERE id = $1`, [id]));
   return r === undefined ? null : tokenFromRow(r);

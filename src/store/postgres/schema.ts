@@ -150,6 +150,24 @@ export const MIGRATIONS: readonly string[] = [
   );
   INSERT INTO lessor_commits (id, n) VALUES (1, 0);
   `,
+  // 2: the change log behind the change feed (src/store/postgres/change-feed.ts). A commit that
+  // revoked leases or a token, or wrote metadata, takes the next seq from lessor_change_seq (a row
+  // lock held to its commit, so seqs are gap-free and in commit order), appends one row here and
+  // sends the same row with NOTIFY; instances that missed the notification read the row instead.
+  `
+  CREATE TABLE lessor_change_seq (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL
+  );
+  INSERT INTO lessor_change_seq (id, n) VALUES (1, 0);
+
+  CREATE TABLE lessor_changes (
+    seq     BIGINT PRIMARY KEY,
+    at      BIGINT NOT NULL,
+    origin  TEXT NOT NULL,
+    changes JSONB NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. */

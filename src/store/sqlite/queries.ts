@@ -417,6 +417,11 @@ export class Queries {
     return (this.stmt("SELECT value FROM meta WHERE key = ?").pluck().get(key) as string | undefined) ?? null;
   }
 
+  /** Every metadata entry; `key` is TEXT with the default BINARY collation, so this is code point order. */
+  listMeta(): { key: string; value: string }[] {
+    return this.stmt("SELECT key, value FROM meta ORDER BY key").all() as { key: string; value: string }[];
+  }
+
   setMeta(key: string, value: string): void {
     this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value").run(
       key,

@@ -140,6 +140,10 @@ abstract class SqliteReads implements StoreReader {
   getMeta(key: string): Promise<string | null> {
     return this.exec("read metadata", (q) => q.getMeta(key));
   }
+  /** Every metadata entry, sorted by key (Store.listMeta). */
+  listMeta(): Promise<{ key: string; value: string }[]> {
+    return this.exec("list metadata", (q) => q.listMeta());
+  }
   getToken(id: string): Promise<TokenRecord | null> {
     return this.exec("read a token", (q) => q.getToken(id));
   }

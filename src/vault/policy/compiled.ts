@@ -29,7 +29,8 @@ export function makeCompiled(
   domains: DomainPattern[],
 ): Compiled {
   const verb = rule.effect === "allow" ? "allows" : "denies";
-  return { rule, agents, secrets, domains, reason: `${ruleLabel(rule.index, rule.name)} ${verb} it` };
+  const approval = rule.approval === "required" ? " once a person approves the request (approval = \"required\")" : "";
+  return { rule, agents, secrets, domains, reason: `${ruleLabel(rule.index, rule.name)} ${verb} it${approval}` };
 }
 
 /** Compiles a rule that did not come from `parsePolicy` (e.g. a hand-built policy). */

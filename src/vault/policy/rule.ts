@@ -10,10 +10,10 @@ import { makeCompiled, type Compiled } from "./compiled.js";
 import { checkKeys, compileEach, isTable, readBool, readRequiredList, readStringList, type Table } from "./fields.js";
 import { describe, expected, fieldError, ruleLabel } from "./messages.js";
 import { readTerms, TERM_KEYS, type Origins } from "./terms.js";
-import type { LeaseTerms, Rule } from "./types.js";
+import type { ApprovalMode, LeaseTerms, Rule } from "./types.js";
 
-const RULE_KEYS = ["name", "effect", "agents", "secrets", "domains", "any_domain", "methods", "paths", ...TERM_KEYS] as const;
-const ALLOW_ONLY_KEYS = ["domains", "any_domain", "methods", "paths", ...TERM_KEYS] as const;
+const RULE_KEYS = ["name", "effect", "agents", "secrets", "domains", "any_domain", "methods", "paths", "approval", ...TERM_KEYS] as const;
+const ALLOW_ONLY_KEYS = ["domains", "any_domain", "methods", "paths", "approval", ...TERM_KEYS] as const;
 
 const RULE_NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,63}$/;
 /** An HTTP method token (RFC 9110). */
@@ -59,6 +59,7 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
       methods: null,
       paths: null,
       terms: cx.defaults,
+      approval: "none",
     });
     return makeCompiled(rule, agentFns, secretFns, []);
   }
@@ -68,6 +69,7 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
   const methods = readMethods(t, where);
   const paths = readPaths(t, where);
   const terms = readTerms(t, where, cx.defaults, cx.origins);
+  const approval = readApproval(t, where);
   const rule: Rule = Object.freeze({
     ...common,
     domains: Object.freeze(domains),
@@ -75,6 +77,7 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
     methods: methods === null ? null : Object.freeze(methods),
     paths: paths === null ? null : Object.freeze(paths),
     terms,
+    approval,
   });
   return makeCompiled(rule, agentFns, secretFns, patterns);
 }
@@ -107,6 +110,17 @@ function readEffect(t: Table, where: string): "allow" | "deny" {
   if (effect === undefined) throw fieldError(where, "effect", 'is required: write effect = "allow" or effect = "deny"');
   if (effect !== "allow" && effect !== "deny") throw expected(where, "effect", '"allow" or "deny"', effect);
   return effect;
+}
+
+/**
+ * `approval = "required"` (a person approves each grant: src/vault/approvals.ts) or `"none"` (the
+ * default). Anything else is an error rather than a guess: a typo must not silently drop the approval.
+ */
+function readApproval(t: Table, where: string): ApprovalMode {
+  const v = t.approval;
+  if (v === undefined) return "none";
+  if (v !== "required" && v !== "none") throw expected(where, "approval", '"required" (a person approves each grant) or "none"', v);
+  return v;
 }
 
 /** A deny rule matches on agents and secrets only: any allow-only field is an error. */

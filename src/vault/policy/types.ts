@@ -32,7 +32,15 @@ export interface Rule {
   readonly paths: readonly string[] | null;
   /** Lease terms; deny rules carry the defaults. */
   readonly terms: LeaseTerms;
+  /**
+   * "required": a lease is granted only for a request a person approved (src/vault/approvals.ts);
+   * "none" (the default, and always for deny rules): the rule grants on its own.
+   */
+  readonly approval: ApprovalMode;
 }
+
+/** Whether a rule's grants need a person's approval. */
+export type ApprovalMode = "none" | "required";
 
 /** A loaded policy. Immutable: a reload builds a new one. */
 export interface Policy {

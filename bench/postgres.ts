@@ -1,0 +1,288 @@
+/**
+ * PostgreSQL benchmark (issue 15). One JSON line per figure; every throughput figure sits beside the
+ * SQLite single-instance figure of the same run and at the same concurrency (`baseline`, `ratio`).
+ *
+ *   LESSOR_BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/test npm run bench:postgres [-- --quick]
+ *   (LESSOR_TEST_PG_URL is used when LESSOR_BENCH_PG_URL is unset; without either, it says so and exits.)
+ *
+ * Figures (lease+access = `requestLeaseAndAccess`, a durable commit with its audit rows, 32 agents):
+ * - sqlite_1: one vault on a SQLite file, concurrency 1 and 32 (the baseline);
+ * - postgres_1: one vault (one pool) on PostgreSQL, concurrency 1 and 32;
+ * - postgres_2: two vaults, each with its own pool, on the same schema: one caller per instance (c2)
+ *   and 16 per instance (c32). Goal: postgres_2 at c32 >= 0.5 x sqlite_1 at c32.
+ * - revocation: a lease granted on B is revoked on A; the time from the revoke call on A until an
+ *   access on B is refused (`revoke_to_refused`), and, when the store has a change feed, until B's
+ *   feed delivers the revocation (`revoke_to_feed`): p50 and p99. Goal: p99 <= 100 ms.
+ *
+ * Both instances run in this one process (two Vaults, two pools, one event loop, a 2-core machine):
+ * they share a CPU that two daemons on two machines would not, so the two-instance figure is a floor.
+ * Each configuration gets a fresh schema (dropped at the end).
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { isVaultError } from "../src/base/errors.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { openPostgresStore, type PostgresStore } from "../src/store/postgres/postgres-store.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import type { Store } from "../src/vault/ports.js";
+import { Vault } from "../src/vault/vault.js";
+
+const quick = process.argv.includes("--quick");
+const URL_ = process.env["LESSOR_BENCH_PG_URL"] || process.env["LESSOR_TEST_PG_URL"] || "";
+const KEY = randomBytes(32).toString("hex");
+const VALUE = `ghp_${randomBytes(27).toString("base64url")}`;
+
+function emit(o: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify({ bench: "postgres", ...o })}\n`);
+}
+
+const POLICY = `
+[[rule]]
+name = "bench"
+effect = "allow"
+agents = ["bench-*"]
+secrets = ["token"]
+domains = ["api.example.com"]
+max_uses = 1
+
+[[rule]]
+name = "revocation"
+effect = "allow"
+agents = ["revoke-*"]
+secrets = ["multi"]
+domains = ["api.example.com"]
+ttl = "1h"
+`;
+
+/** Runs `op` `n` times with `conc` in flight (op gets the caller's index and the op's index); returns ops/s. */
+async function rate(n: number, conc: number, op: (caller: number, i: number) => Promise<unknown>): Promise<number> {
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: conc }, async (_, c) => {
+      for (let i = next++; i < n; i = next++) await op(c, i);
+    }),
+  );
+  return n / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+const ms = (x: number) => +x.toFixed(2);
+
+function openVault(store: Store): Promise<Vault> {
+  return Vault.open({
+    store,
+    keys: envKeySource({ LESSOR_MASTER_KEY: KEY })!,
+    policy: parsePolicy(POLICY, "bench-policy.toml"),
+    limits: { maxLiveLeasesPerAgent: 1000 },
+  });
+}
+
+/** lease+access for caller `c`, spread over `vaults` (caller c uses vault c % vaults.length), as agent bench-<c>. */
+function leaseAccess(vaults: Vault[]) {
+  const sessions = Array.from({ length: 32 }, (_, c) =>
+    vaults[c % vaults.length]!.session({ id: `bench:${c}`, role: "agent", agent: `bench-${c}`, transport: "embedded" }),
+  );
+  return async (c: number): Promise<void> => {
+    const got = await sessions[c % 32]!.requestLeaseAndAccess({ secret: "token" }, { domain: "api.example.com" });
+    got.value.wipe();
+  };
+}
+
+/** Median of three runs after a warm-up, to damp a noisy 2-core VM. */
+async function measure(n: number, conc: number, op: (c: number) => Promise<void>): Promise<number> {
+  await rate(Math.min(n, 200), conc, op);
+  const runs: number[] = [];
+  for (let k = 0; k < 3; k++) runs.push(await rate(n, conc, op));
+  return runs.sort((a, b) => a - b)[1]!;
+}
+
+async function withSchema<T>(f: (url: string) => Promise<T>): Promise<T> {
+  const schema = `lessor_bench_${randomBytes(5).toString("hex")}`;
+  const admin = async (sql: string) => {
+    const c = new pg.Client({ connectionString: URL_ });
+    await c.connect();
+    try {
+      await c.query(sql);
+    } finally {
+      await c.end();
+    }
+  };
+  await admin(`CREATE SCHEMA ${schema}`);
+  try {
+    const u = new URL(URL_);
+    u.searchParams.set("options", `-c search_path=${schema}`);
+    return await f(u.toString());
+  } finally {
+    await admin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  }
+}
+
+async function main(): Promise<void> {
+  if (URL_ === "") {
+    emit({ name: "skipped", note: "set LESSOR_BENCH_PG_URL (or LESSOR_TEST_PG_URL), e.g. postgres://postgres@127.0.0.1:5432/test" });
+    return;
+  }
+  const n1 = quick ? 150 : 500;
+  const n32 = quick ? 600 : 3000;
+  emit({ name: "config", quick, n_c1: n1, n_c32: n32, node: process.version, note: "lease+access = requestLeaseAndAccess; median of 3 runs after a warm-up" });
+
+  // SQLite, one instance: the baseline.
+  const dir = mkdtempSync(join(tmpdir(), "lessor-bench-pg-"));
+  const base: Record<number, number> = {};
+  try {
+    const v = await openVault(openSqliteStore(join(dir, "lessor.db")));
+    try {
+      await v.admin().storeSecret({ name: "token", value: VALUE });
+      const op = leaseAccess([v]);
+      for (const [conc, n] of [[1, n1], [32, n32]] as const) {
+        base[conc] = await measure(n, conc, op);
+        emit({ name: `lease_access_sqlite_1_c${conc}`, ops_per_s: Math.round(base[conc]!), concurrency: conc, instances: 1, store: "sqlite", note: "baseline" });
+      }
+    } finally {
+      await v.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const line = (name: string, ops: number, conc: number, baseConc: number, extra: Record<string, unknown>) =>
+    emit({
+      name,
+      ops_per_s: Math.round(ops),
+      concurrency: conc,
+      baseline: `lease_access_sqlite_1_c${baseConc}`,
+      baseline_ops_per_s: Math.round(base[baseConc]!),
+      ratio: +(ops / base[baseConc]!).toFixed(3),
+      ...extra,
+    });
+
+  // PostgreSQL, one instance.
+  await withSchema(async (url) => {
+    const store = await openPostgresStore({ url, feed: { listen: false, pollMs: 600_000 } });
+    const v = await openVault(store);
+    try {
+      await v.admin().storeSecret({ name: "token", value: VALUE });
+      const op = leaseAccess([v]);
+      for (const [conc, n] of [[1, n1], [32, n32]] as const) {
+        const before = store.stats();
+        const ops = await measure(n, conc, op);
+        const s = store.stats();
+        line(`lease_access_postgres_1_c${conc}`, ops, conc, conc, { instances: 1, store: "postgres", commits: s.commits - before.commits, transactions: s.transactions - before.transactions, stale_reruns: s.stale - before.stale });
+      }
+    } finally {
+      await v.close();
+    }
+  });
+
+  // PostgreSQL, two instances (two vaults, two pools) on one schema; then revocation between them.
+  await withSchema(async (url) => {
+    const stores = [await openPostgresStore({ url }), await openPostgresStore({ url })] as [PostgresStore, PostgresStore];
+    const vaults = [await openVault(stores[0]), await openVault(stores[1])];
+    try {
+      await vaults[0]!.admin().storeSecret({ name: "token", value: VALUE });
+      await vaults[0]!.admin().storeSecret({ name: "multi", value: VALUE });
+      const op = leaseAccess(vaults);
+      for (const [conc, n, baseConc] of [[2, n1, 1], [32, n32, 32]] as const) {
+        const before = stores.map((s) => s.stats());
+        const ops = await measure(n, conc, op);
+        const after = stores.map((s) => s.stats());
+        const sum = (k: "commits" | "transactions" | "stale") => after.reduce((t, s, i) => t + s[k] - before[i]![k], 0);
+        line(`lease_access_postgres_2_c${conc}`, ops, conc, baseConc, {
+          instances: 2,
+          per_instance: conc / 2,
+          store: "postgres",
+          commits: sum("commits"),
+          transactions: sum("transactions"),
+          stale_reruns: sum("stale"),
+          ...(conc === 32 ? { goal: ">= 0.5 x sqlite_1_c32", ok: ops / base[32]! >= 0.5 } : {}),
+        });
+      }
+
+      // Revocation: grant on B, revoke on A, time until B refuses (and until B's change feed hears it).
+      const [a, b] = vaults as [Vault, Vault];
+      const agentB = b.session({ id: "bench:revoke", role: "agent", agent: "revoke-1", transport: "embedded" });
+      const adminA = a.admin();
+      const waiting = new Map<string, (t: bigint) => void>();
+      const hasFeed = typeof stores[1].changes === "function";
+      const off = hasFeed
+        ? stores[1].changes((c) => {
+            if (c.kind !== "leases_revoked" || c.leaseIds === null) return;
+            const t = process.hrtime.bigint();
+            for (const id of c.leaseIds) waiting.get(id)?.(t);
+          })
+        : () => {};
+      // Let the feed's LISTEN connection come up before timing it.
+      await new Promise((r) => setTimeout(r, 300));
+      const rounds = quick ? 60 : 300;
+      const refused: number[] = [];
+      const fed: number[] = [];
+      const tries: number[] = [];
+      try {
+        for (let i = 0; i < rounds; i++) {
+          const lease = await agentB.requestLease({ secret: "multi" });
+          (await agentB.accessSecret(lease.id, { domain: "api.example.com" })).value.wipe();
+          const heard = new Promise<bigint | null>((resolve) => {
+            waiting.set(lease.id, resolve);
+            setTimeout(() => resolve(null), 3000).unref();
+          });
+          const t0 = process.hrtime.bigint();
+          await adminA.revokeLease(lease.id, "bench");
+          let k = 0;
+          for (;;) {
+            k++;
+            try {
+              (await agentB.accessSecret(lease.id, { domain: "api.example.com" })).value.wipe();
+            } catch (e) {
+              if (!isVaultError(e, "lease_revoked")) throw e;
+              break;
+            }
+          }
+          refused.push(Number(process.hrtime.bigint() - t0) / 1e6);
+          tries.push(k);
+          if (hasFeed) {
+            const t = await heard;
+            if (t !== null) fed.push(Number(t - t0) / 1e6);
+          }
+          waiting.delete(lease.id);
+        }
+      } finally {
+        off();
+      }
+      emit({
+        name: "revoke_to_refused",
+        rounds,
+        p50_ms: ms(pct(refused, 50)),
+        p99_ms: ms(pct(refused, 99)),
+        max_ms: ms(Math.max(...refused)),
+        accesses_until_refused_max: Math.max(...tries),
+        goal: "p99 <= 100 ms",
+        ok: pct(refused, 99) <= 100,
+        note: "revoke on A (its commit) until an access on B is refused; access reads the database, so the first one after the commit is",
+      });
+      if (hasFeed)
+        emit({
+          name: "revoke_to_feed",
+          rounds,
+          delivered: fed.length,
+          p50_ms: fed.length ? ms(pct(fed, 50)) : null,
+          p99_ms: fed.length ? ms(pct(fed, 99)) : null,
+          max_ms: fed.length ? ms(Math.max(...fed)) : null,
+          goal: "p99 <= 100 ms",
+          ok: fed.length === rounds && pct(fed, 99) <= 100,
+          note: "revoke call on A until B's change feed (LISTEN/NOTIFY) delivers leases_revoked: what closes live connections on B",
+        });
+      else emit({ name: "revoke_to_feed", skipped: true, note: "this build's PostgreSQL store has no change feed" });
+    } finally {
+      for (const v of vaults) await v!.close();
+    }
+  });
+}
+
+await main();

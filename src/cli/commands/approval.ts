@@ -1,0 +1,79 @@
+/**
+ * The person in the loop (src/vault/approvals.ts): `lessor approvals` lists the lease requests waiting
+ * for a decision, `lessor approve ID` and `lessor deny ID` decide one. Admin only (the owner, or an
+ * admin token); every decision is audited.
+ */
+import type { Command } from "commander";
+import type { Cli } from "../cli.js";
+
+/** An approval as the protocol gives it (src/protocol/registry.ts, approval_list). */
+interface ApprovalRow {
+  id: string;
+  agent: string;
+  secret: string;
+  hosts: string[];
+  anyDomain: boolean;
+  ttlMs: number | null;
+  maxUses: number | null;
+  rule: string;
+  reason: string | null;
+  requestedBy: string;
+  requestedAt: number;
+  expiresAt: number;
+  state: string;
+  decidedBy: string | null;
+  decisionReason: string | null;
+}
+
+/** The lines that show one approval to the person deciding it. */
+function describeApproval(a: ApprovalRow): string[] {
+  return [
+    `${a.id}  ${a.state}`,
+    `  agent ${JSON.stringify(a.agent)} asks for ${a.secret} (rule ${JSON.stringify(a.rule)})`,
+    `  to send it to: ${a.anyDomain && a.hosts.length === 0 ? "any host" : a.hosts.join(", ")}`,
+    `  lease: ${a.ttlMs === null ? "the rule's ttl" : `ttl ${Math.round(a.ttlMs / 1000)}s`}${a.maxUses === null ? "" : `, at most ${a.maxUses} uses`}`,
+    `  why: ${a.reason ?? "(no reason given)"}`,
+    `  asked by ${a.requestedBy} at ${new Date(a.requestedAt).toISOString()}; lapses at ${new Date(a.expiresAt).toISOString()}`,
+    ...(a.decidedBy !== null ? [`  decided by ${a.decidedBy}${a.decisionReason ? `: ${a.decisionReason}` : ""}`] : []),
+  ];
+}
+
+export function registerApproval(program: Command, cli: Cli): void {
+  program
+    .command("approvals")
+    .description("list the lease requests waiting for a person's approval (rules with approval = \"required\")")
+    .option("--all", "also the decided and used ones, until they lapse")
+    .option("--json", "print an array of approvals as JSON")
+    .addHelpText("after", "\nThen: lessor approve ID, or lessor deny ID.\n\nExamples:\n  lessor approvals\n  lessor approvals --all --json")
+    .action((o: { all?: boolean; json?: boolean }) =>
+      cli.run(async () => {
+        const { api } = await cli.backend();
+        const rows = (await api.api.approval_list(o.all ? { all: true } : {})) as ApprovalRow[];
+        if (o.json) return void cli.json(rows);
+        if (rows.length === 0) return void cli.out(o.all ? "no approvals" : "no request is waiting for approval");
+        for (const [i, a] of rows.entries()) {
+          if (i > 0) cli.out();
+          for (const line of describeApproval(a)) cli.out(line);
+        }
+      }),
+    );
+
+  for (const approve of [true, false]) {
+    const name = approve ? "approve" : "deny";
+    program
+      .command(`${name} <id>`)
+      .description(approve ? "approve a pending lease request: the same request from the same agent then gets its lease, once (within 10 minutes)" : "deny a pending lease request: the same request is refused until the decision lapses (10 minutes)")
+      .option("--reason <text>", "why, recorded in the audit trail (and shown to the agent on a denial)")
+      .option("--json", "print the decided approval as JSON")
+      .addHelpText("after", `\nExamples:\n  lessor approvals\n  lessor ${name} 01890a5d-ac96-774b-bcce-b302099a8057${approve ? "" : ' --reason "not during the freeze"'}`)
+      .action((id: string, o: { reason?: string; json?: boolean }) =>
+        cli.run(async () => {
+          const { api } = await cli.backend();
+          const a = (await api.api.approval_decide({ id, approve, ...(o.reason !== undefined ? { reason: o.reason } : {}) })) as ApprovalRow;
+          if (o.json) return void cli.json(a);
+          cli.out(approve ? `approved: agent ${JSON.stringify(a.agent)} may now take its lease on ${a.secret} (until ${new Date(a.expiresAt).toISOString()})` : `denied: agent ${JSON.stringify(a.agent)} is refused ${a.secret}`);
+          for (const line of describeApproval(a).slice(1)) cli.out(line);
+        }),
+      );
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * `lessor git-credential get|store|erase`: git's credential helper (docs/cli/credential-helpers.md).
+ *
+ * `get` answers only an https request for a host the policy lets the agent have the secret for: it
+ * takes a lease with `domains = [host]` (so policy decides, as for any lease), reads the value in
+ * the same commit (one use, a short ttl), prints it to git and leaves no live lease behind. When
+ * there is nothing to answer (plain http, a host the policy does not cover, no such secret) it prints
+ * nothing and exits 0, with one line on stderr saying why, so git goes on to its next helper or fails
+ * as it would with no credential. `store` and `erase` do nothing: lessor is the store.
+ */
+import { UsageError, type Cli } from "../cli.js";
+import { EXIT } from "../exit-codes.js";
+import { VaultError } from "../../base/errors.js";
+import { parseRefString } from "../../base/names.js";
+import type { SecretRef } from "../../base/types.js";
+import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
+import { readRequest } from "./stdin.js";
+
+/** The username git sends with the token unless --username or the URL names one (GitHub's and Gitea's convention). */
+export const DEFAULT_GIT_USERNAME = "x-access-token";
+
+/** One request's lease: long enough for the round trip, and used up by its one read. */
+export const GIT_LEASE_TTL = "60s";
+
+/** `lessor git-credential`'s options. */
+export interface GitCredentialOptions {
+  agent?: string | undefined;
+  secret?: string | undefined;
+  username?: string | undefined;
+}
+
+/** Errors that mean "no credential for this request" rather than a broken set-up. */
+const NO_ANSWER = new Set(["access_denied", "secret_not_found", "lease_expired", "lease_revoked", "lease_exhausted", "rate_limited"]);
+
+/** Runs `lessor git-credential ACTION`. */
+export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOptions): Promise<void> {
+  return cli.run(async () => {
+    if (action === "store" || action === "erase") {
+      // git hands back the credential it got from `get` (store) or one the server refused (erase).
+      // lessor is where it lives, so there is nothing to keep or forget here; the request is read and
+      // dropped so git's write never meets a closed pipe.
+      await readRequest(process.stdin, true);
+      return EXIT.ok;
+    }
+    if (action !== "get") throw new UsageError(`git-credential takes get, store or erase (git appends it), got ${JSON.stringify(action.slice(0, 40))}`);
+    if (o.secret === undefined) throw new UsageError("say which secret git's password is with --secret NAME, in the helper's configuration (docs/cli/credential-helpers.md)");
+    let ref: SecretRef;
+    try {
+      ref = parseRefString(o.secret);
+    } catch (e) {
+      throw new UsageError(`--secret: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    const req = parseGitRequest(await readRequest(process.stdin, true));
+    const skip = (why: string): number => {
+      cli.err(`lessor git-credential: no credential: ${why}`);
+      return EXIT.ok;
+    };
+    if (req.protocol === "http") return skip("the URL is plain http://, which would send the token unencrypted; use https://");
+    if (req.protocol !== "https") return skip(`lessor answers only for https:// URLs, not ${JSON.stringify(req.protocol ?? "(no protocol)")}`);
+    if (req.host === null || req.host === "") return skip("git sent no host");
+    let host: string;
+    try {
+      host = gitHost(req.host).name;
+    } catch (e) {
+      return skip(e instanceof Error ? e.message : String(e));
+    }
+    const username = o.username ?? (req.username !== null && req.username !== "" ? req.username : DEFAULT_GIT_USERNAME);
+    const { api } = await cli.backend();
+    let got: Awaited<ReturnType<typeof api.leaseAndAccess>>;
+    try {
+      // The lease is for this host only, so the policy decides whether the secret may go there; its
+      // one read is in the same commit, and a refused read leaves no live lease.
+      got = await api.leaseAndAccess(
+        { ...(o.agent !== undefined ? { agent: o.agent } : {}), secret: ref, domains: [host], ttl: GIT_LEASE_TTL, maxUses: 1 },
+        { domain: host, ...(req.path !== null && req.path !== "" ? { path: `/${req.path}` } : {}) },
+      );
+    } catch (e) {
+      if (e instanceof VaultError && NO_ANSWER.has(e.code)) return skip(`for ${host}: ${e.message}`);
+      if (o.agent === undefined && e instanceof VaultError && e.code === "invalid_request" && /must name the agent/.test(e.message))
+        throw new UsageError("say which agent git's credential is for with --agent AGENT in the helper's configuration (only a caller connected as an agent may leave it out)");
+      throw e;
+    }
+    const lease = got.lease;
+    let answer: Buffer | null = null;
+    try {
+      answer = formatGitAnswer(username, got.value.expose());
+      await new Promise<void>((resolve, reject) => process.stdout.write(answer!, (e) => (e ? reject(e) : resolve())));
+    } finally {
+      got.value.wipe();
+      answer?.fill(0);
+      // The value is git's now; the lease has no more use. One use was asked for, so it is used up
+      // already; should policy ever grant more, it is revoked here so none is left live.
+      if (lease.maxUses === null || lease.uses < lease.maxUses) await api.revokeLease(lease.id, "git-credential: the value was handed to git").catch(() => undefined);
+    }
+    return EXIT.ok;
+  });
+}

@@ -1,0 +1,67 @@
+/**
+ * `lessor secret rotate NAME` by the secret's rotation hook (a `[[rotate]]` command in lessor.toml;
+ * docs/cli/secret.md). The command runs where the vault is: in the daemon when one answers, else in
+ * this process; either way its output goes straight into the vault and is never printed here, and
+ * neither is its stderr (it may hold the old or the new value).
+ *
+ * Which way `rotate` goes:
+ * - `--hook`: the hook (an error if NAME has none); no value option may be given with it;
+ * - `--from-file`, `--random` or `--value`: that value, as before;
+ * - otherwise, when NAME has a hook in the home's lessor.toml: a value piped on stdin still wins (as
+ *   before); a terminal or an empty stdin runs the hook instead of prompting or failing;
+ * - otherwise, as before: stdin or the prompt.
+ */
+import type { Cli } from "../cli.js";
+import { UsageError } from "../cli.js";
+import { EXIT } from "../exit-codes.js";
+import { refString } from "../../base/names.js";
+import type { SecretRef } from "../../base/types.js";
+import { loadConfig } from "../../config/load.js";
+import { resolveHome } from "../../config/home.js";
+import { readAll, stripOneNewline, type ValueOptions } from "./value-source.js";
+
+/** How `rotate` gets its new value. */
+export type RotationChoice = { kind: "hook" } | { kind: "piped"; value: Buffer } | { kind: "ask" };
+
+/** True when the home's lessor.toml has a `[[rotate]]` entry for `r` (false when it cannot be read). */
+export function hasHook(cli: Cli, r: SecretRef): boolean {
+  try {
+    return loadConfig(resolveHome(cli.home, process.env)).rotate.some((h) => h.secret.scope === r.scope && h.secret.name === r.name);
+  } catch {
+    return false; // a remote daemon's home may not be here; --hook still asks it
+  }
+}
+
+/** Decides between the hook and a given value (see the module comment). Reads stdin only to see whether a value was piped. */
+export async function chooseRotation(cli: Cli, r: SecretRef, o: ValueOptions & { hook?: boolean }): Promise<RotationChoice> {
+  const explicit = o.fromFile !== undefined || o.random === true || o.value !== undefined;
+  if (o.hook) {
+    if (explicit || o.keepNewline || o.allowEmpty)
+      throw new UsageError("--hook runs the secret's rotation command, which makes the value itself: drop --from-file, --random, --value, --keep-newline and --allow-empty");
+    return { kind: "hook" };
+  }
+  if (explicit || !hasHook(cli, r)) return { kind: "ask" };
+  if (process.stdin.isTTY) return { kind: "hook" };
+  const all = await readAll(process.stdin);
+  if (all.length === 0) return { kind: "hook" };
+  if (o.keepNewline) return { kind: "piped", value: all };
+  const kept = stripOneNewline(all);
+  const value = Buffer.alloc(kept.length);
+  kept.copy(value);
+  all.fill(0);
+  if (value.length === 0 && !o.allowEmpty) throw new UsageError("the value from stdin is empty; nothing was stored (pass --allow-empty to store an empty value, or give no input to run the rotation hook)");
+  return { kind: "piped", value };
+}
+
+/** Runs the hook through the backend and says what it did, never the value. */
+export async function rotateByHook(cli: Cli, r: SecretRef, o: { json?: boolean }): Promise<number> {
+  const { api } = await cli.backend();
+  const res = await api.api.rotate_secret_hook({ scope: r.scope, name: r.name });
+  if (o.json) {
+    cli.json(res);
+    return EXIT.ok;
+  }
+  const revoked = res.revokedLeases > 0 ? ` and revoked ${res.revokedLeases} live lease${res.revokedLeases === 1 ? "" : "s"}` : "";
+  cli.out(`rotated ${refString(r)} to version ${res.version} by its rotation hook${revoked}`);
+  return EXIT.ok;
+}

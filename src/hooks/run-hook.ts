@@ -1,0 +1,154 @@
+/**
+ * Runs a rotation hook's command (src/vault/rotation-hooks.ts): directly, never through a shell, so
+ * its arguments reach it exactly as written in lessor.toml, in its own process group so that a time
+ * limit kills whatever it started too.
+ *
+ * - Environment: only PATH, HOME, LANG, LC_ALL and TZ from the vault's own (when set). Nothing else:
+ *   no LESSOR_* variable (the master key can be one), no token, no database URL.
+ * - stdin: the current value when the hook has `stdin = "current"` (rotation scripts often need the
+ *   old credential to authenticate the change), else /dev/null.
+ * - stdout: the new value; one trailing "\n" or "\r\n" is removed; it must not be empty, and more
+ *   than `maxBytes` kills the command.
+ * - stderr: read (so the command never blocks on a full pipe), counted and dropped. It may hold the
+ *   old or the new value (a script that echoes what it did), so it is never shown, logged or
+ *   audited; run the command yourself to debug it.
+ *
+ * Every buffer that held output is zeroed once it has been copied.
+ */
+import { spawn } from "node:child_process";
+import type { HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
+import type { SecretRef } from "../base/types.js";
+
+/** The environment variables a hook inherits from the vault, when set. */
+export const HOOK_ENV_KEEP = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"] as const;
+
+/** The minimal environment for a hook, built from the vault's own. */
+export function hookEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const k of HOOK_ENV_KEEP) if (typeof env[k] === "string") out[k] = env[k];
+  out.PATH ??= "/usr/local/bin:/usr/bin:/bin";
+  return out;
+}
+
+/** Removes one trailing "\n" or "\r\n". */
+function trimNewline(b: Buffer): Buffer {
+  if (b.length >= 2 && b[b.length - 2] === 0x0d && b[b.length - 1] === 0x0a) return b.subarray(0, b.length - 2);
+  if (b.length >= 1 && b[b.length - 1] === 0x0a) return b.subarray(0, b.length - 1);
+  return b;
+}
+
+/** Options of {@link runHookCommand}. */
+export interface RunHookOptions {
+  /** The working directory (the vault's home). */
+  cwd: string;
+  /** The vault's environment, from which {@link hookEnv} keeps a few variables. */
+  env: NodeJS.ProcessEnv;
+}
+
+/** Runs `hook.command` once; see the module comment. Never rejects. */
+export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions): Promise<HookRunResult> {
+  const [file, ...args] = hook.command;
+  // Room for the trailing newline that is removed.
+  const cap = maxBytes + 2;
+  return new Promise<HookRunResult>((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let overflow = false;
+    let timedOut = false;
+    let settled = false;
+    const wipe = () => {
+      for (const c of chunks.splice(0)) c.fill(0);
+    };
+    const finish = (r: HookRunResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      wipe();
+      resolve(r);
+    };
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(file!, args, {
+        cwd: opts.cwd,
+        env: hookEnv(opts.env),
+        shell: false,
+        detached: true, // its own process group, killed whole on a time limit
+        windowsHide: true,
+        stdio: [stdin === null ? "ignore" : "pipe", "pipe", "pipe"],
+      });
+    } catch (e) {
+      const code = String((e as NodeJS.ErrnoException).code ?? "error");
+      return resolve({ ok: false, failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } });
+    }
+    const killGroup = () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL"); // the group is gone already, or was never made
+      }
+      // A process that left the group could hold the pipes open and delay "close" forever.
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup();
+    }, hook.timeoutMs);
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      const code = String(e.code ?? "error");
+      finish({ ok: false, failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } });
+    });
+    child.stdout!.on("data", (d: Buffer) => {
+      if (overflow) return d.fill(0);
+      size += d.length;
+      if (size > cap) {
+        overflow = true;
+        d.fill(0);
+        wipe();
+        killGroup();
+        return;
+      }
+      chunks.push(d);
+    });
+    child.stderr!.on("data", (d: Buffer) => d.fill(0));
+    if (stdin !== null && child.stdin) {
+      // A command that exits without reading its stdin makes this write fail with EPIPE: not an error.
+      child.stdin.on("error", () => {});
+      child.stdin.end(Buffer.from(stdin));
+    }
+    child.on("close", (code, signal) => {
+      if (settled) return;
+      if (timedOut) return finish({ ok: false, failure: { kind: "timeout", timeoutMs: hook.timeoutMs } });
+      if (overflow) return finish({ ok: false, failure: { kind: "too_large", maxBytes } });
+      if (code !== 0) {
+        if (code === null) return finish({ ok: false, failure: { kind: "signal", signal: String(signal ?? "unknown") } });
+        return finish({ ok: false, failure: { kind: "exit", exitCode: code } });
+      }
+      const all = Buffer.concat(chunks);
+      const kept = trimNewline(all);
+      if (kept.length === 0) {
+        all.fill(0);
+        return finish({ ok: false, failure: { kind: "empty" } });
+      }
+      if (kept.length > maxBytes) {
+        all.fill(0);
+        return finish({ ok: false, failure: { kind: "too_large", maxBytes } });
+      }
+      const value = Buffer.alloc(kept.length);
+      kept.copy(value);
+      all.fill(0);
+      finish({ ok: true, value });
+    });
+  });
+}
+
+/** The {@link RotationHooks} port over configured hooks, run by {@link runHookCommand}. */
+export function commandRotationHooks(hooks: readonly RotationHook[], opts: RunHookOptions): RotationHooks {
+  const list = [...hooks];
+  const same = (a: SecretRef, b: SecretRef) => a.scope === b.scope && a.name === b.name;
+  return {
+    find: (ref) => list.find((h) => same(h.secret, ref)) ?? null,
+    list: () => list,
+    run: (hook, stdin, maxBytes) => runHookCommand(hook, stdin, maxBytes, opts),
+  };
+}

@@ -1,0 +1,253 @@
+/**
+ * `lessor mcp --http 127.0.0.1:PORT`: the MCP session over streamable HTTP (the SDK's
+ * StreamableHTTPServerTransport on node:http), for clients that connect to a URL instead of starting
+ * a process. It listens on a loopback address only, and every request must pass, in this order:
+ * 1. `Host` is exactly the address and port listened on: a DNS-rebinding page reaches us under its own
+ *    name, so a foreign Host is refused (403) before anything else;
+ * 2. `Origin`, when present, is a loopback origin (http(s)://127.x.x.x, [::1] or localhost): a web page
+ *    of any other site that makes the browser post here is refused (403);
+ * 3. `Authorization: Bearer <token>` with the random token of this run (compared in constant time);
+ *    else 401. The token is printed once on stderr, or written to a 0600 file (--token-file).
+ * The MCP endpoint is `/mcp`; each MCP session (initialize) gets its own SDK Server and transport,
+ * all acting for the same agent and sharing the session's leases (./server.ts).
+ */
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from "node:fs";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import { isIP } from "node:net";
+import { basename, dirname, join } from "node:path";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import { VaultError } from "../base/errors.js";
+import type { McpSession } from "./server.js";
+
+/** Largest request body read, bytes (an http_request body of 1 MiB characters, JSON-escaped, fits). */
+export const MAX_HTTP_BODY = 8 * 1024 * 1024;
+/** Most MCP sessions open at once on one server. */
+export const MAX_HTTP_SESSIONS = 32;
+/** The endpoint path. */
+export const MCP_PATH = "/mcp";
+
+/** A loopback address and port to listen on. */
+export interface LoopbackAddress {
+  /** An IP literal: 127.x.x.x or ::1. */
+  host: string;
+  port: number;
+}
+
+/** True for an IPv4 address in 127.0.0.0/8 or the IPv6 loopback (also written as ::ffff:127.x). */
+export function isLoopbackIp(ip: string): boolean {
+  const v = isIP(ip);
+  if (v === 4) return ip.split(".")[0] === "127";
+  if (v === 6) {
+    const l = ip.toLowerCase();
+    if (l === "::1" || l === "0:0:0:0:0:0:0:1") return true;
+    const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(l);
+    return m !== null && isLoopbackIp(m[1]!);
+  }
+  return false;
+}
+
+/**
+ * Parses `--http`: `127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT` (taken as 127.0.0.1). Anything
+ * that is not a loopback IP literal is refused: this server lends credentials to whoever holds its
+ * token, and must not be reachable from another machine.
+ */
+export function parseLoopbackAddress(text: string): LoopbackAddress {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
+  if (!m) throw new VaultError("invalid_request", "--http takes a loopback address and port such as 127.0.0.1:8765 or [::1]:8765");
+  let host = (m[1] ?? m[2])!;
+  const port = Number(m[3]);
+  if (port > 65535) throw new VaultError("invalid_request", "--http: the port must be from 0 to 65535");
+  if (host.toLowerCase() === "localhost") host = "127.0.0.1";
+  if (!isLoopbackIp(host))
+    throw new VaultError("invalid_request", "--http listens on a loopback address only (127.0.0.1 or [::1]): lessor mcp lends credentials, so it must not be reachable from another machine");
+  return { host, port };
+}
+
+/** `host:port` as it appears in a Host header and a URL (IPv6 in brackets). */
+export function hostPort(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** True when `origin` (an Origin header) names a loopback host, over http or https. */
+export function isLoopbackOrigin(origin: string): boolean {
+  let u: URL;
+  try {
+    u = new URL(origin);
+  } catch {
+    return false;
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") return false;
+  if (u.origin !== origin.replace(/\/$/, "")) return false;
+  const h = u.hostname.replace(/^\[|\]$/g, "");
+  return h === "localhost" || isLoopbackIp(h);
+}
+
+/** A bearer-token check that takes the same time whatever the guess (both sides are hashed first). */
+export function tokenMatcher(token: string): (header: string | undefined) => boolean {
+  const want = createHash("sha256").update(token).digest();
+  return (header) => {
+    const m = header === undefined ? null : /^Bearer ([A-Za-z0-9_-]{1,512})$/.exec(header);
+    const got = createHash("sha256")
+      .update(m ? m[1]! : "")
+      .digest();
+    return timingSafeEqual(got, want) && m !== null;
+  };
+}
+
+/** Writes `token` to `path` with mode 0600, atomically (a temporary file renamed over it). */
+export function writeTokenFile(path: string, token: string): void {
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const fd = openSync(tmp, "wx", 0o600);
+  try {
+    writeSync(fd, `${token}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+/** Options of {@link serveHttp}. */
+export interface ServeHttpOptions {
+  session: McpSession;
+  address: LoopbackAddress;
+  /** The bearer token clients must send; {@link newToken} makes one. */
+  token: string;
+  log(line: string): void;
+}
+
+/** A running server. */
+export interface HttpMcpServer {
+  /** The URL clients connect to (`http://127.0.0.1:PORT/mcp`). */
+  url: string;
+  port: number;
+  /** Stops listening, closes every MCP session (not the McpSession: the caller does). */
+  close(): Promise<void>;
+}
+
+/** A new random bearer token (256 bits, base64url). */
+export function newToken(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+/** A plain refusal (never echoing what was sent). */
+function refuse(res: http.ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
+  if (res.headersSent) return void res.destroy();
+  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store", ...extra });
+  res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message }, id: null }));
+}
+
+/** Reads a JSON body of at most {@link MAX_HTTP_BODY} bytes; undefined after answering an error. */
+async function readJson(req: http.IncomingMessage, res: http.ServerResponse): Promise<{ body: unknown } | undefined> {
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > MAX_HTTP_BODY) {
+    refuse(res, 413, `the request body is over ${MAX_HTTP_BODY} bytes`, { connection: "close" });
+    req.resume();
+    return undefined;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    size += c.length;
+    if (size > MAX_HTTP_BODY) {
+      refuse(res, 413, `the request body is over ${MAX_HTTP_BODY} bytes`, { connection: "close" });
+      req.destroy();
+      return undefined;
+    }
+    chunks.push(c);
+  }
+  try {
+    return { body: JSON.parse(Buffer.concat(chunks).toString("utf8")) };
+  } catch {
+    res.writeHead(400, { "content-type": "application/json" });
+    res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32700, message: "Parse error: the body is not JSON" }, id: null }));
+    return undefined;
+  }
+}
+
+/** Serves `o.session` over streamable HTTP on `o.address` until closed. */
+export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
+  const authorized = tokenMatcher(o.token);
+  const transports = new Map<string, StreamableHTTPServerTransport>();
+  let expectedHosts: string[] = [];
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    // 1. Host: the exact address and port (a rebinding attacker's name never matches).
+    const host = req.headers.host?.toLowerCase();
+    if (host === undefined || !expectedHosts.includes(host)) return refuse(res, 403, "forbidden: the Host header must be the address lessor mcp listens on");
+    // 2. Origin: absent (not a browser) or a loopback origin.
+    const origin = req.headers.origin;
+    if (origin !== undefined && !isLoopbackOrigin(origin)) {
+      o.log("lessor mcp: a request with a foreign Origin was refused (403)");
+      return refuse(res, 403, "forbidden: requests from web pages of other origins are refused");
+    }
+    // 3. The bearer token.
+    if (!authorized(req.headers.authorization)) {
+      o.log("lessor mcp: a request without the right bearer token was refused (401)");
+      return refuse(res, 401, "unauthorized: send Authorization: Bearer <the token lessor mcp printed or wrote to --token-file>", { "www-authenticate": 'Bearer realm="lessor mcp"' });
+    }
+    const path = (req.url ?? "/").split("?")[0];
+    if (path !== MCP_PATH) return refuse(res, 404, `not found: the MCP endpoint is ${MCP_PATH}`);
+    const sid = req.headers["mcp-session-id"];
+    if (Array.isArray(sid)) return refuse(res, 400, "one Mcp-Session-Id header, please");
+    if (sid !== undefined) {
+      const t = transports.get(sid);
+      if (!t) return refuse(res, 404, "unknown or closed MCP session; initialize a new one");
+      if (req.method === "POST") {
+        const got = await readJson(req, res);
+        if (got) await t.handleRequest(req, res, got.body);
+      } else await t.handleRequest(req, res);
+      return;
+    }
+    if (req.method !== "POST") return refuse(res, 400, "no Mcp-Session-Id: start with an initialize request (POST)");
+    const got = await readJson(req, res);
+    if (!got) return;
+    if (!isInitializeRequest(got.body)) return refuse(res, 400, "no Mcp-Session-Id: start with an initialize request");
+    if (transports.size >= MAX_HTTP_SESSIONS) return refuse(res, 503, `too many MCP sessions (${MAX_HTTP_SESSIONS}); close one (DELETE) first`);
+    const server = o.session.newServer();
+    const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      onsessioninitialized: (id) => void transports.set(id, transport),
+    });
+    transport.onclose = () => {
+      if (transport.sessionId !== undefined) transports.delete(transport.sessionId);
+      void server.close().catch(() => {});
+    };
+    server.onerror = (e) => o.log(`lessor mcp: a message from the client could not be handled (${e.name})`);
+    await server.connect(transport);
+    await transport.handleRequest(req, res, got.body);
+  };
+
+  const srv = http.createServer({ maxHeaderSize: 16 * 1024 }, (req, res) => {
+    handle(req, res).catch((e: unknown) => {
+      o.log(`lessor mcp: an HTTP request failed (${e instanceof Error ? e.name : "error"})`);
+      if (!res.headersSent) refuse(res, 500, "internal error");
+      else res.destroy();
+    });
+  });
+  srv.headersTimeout = 10_000;
+  srv.requestTimeout = 0; // SSE streams stay open
+  await new Promise<void>((resolve, reject) => {
+    srv.once("error", reject);
+    srv.listen(o.address.port, o.address.host, () => {
+      srv.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (srv.address() as AddressInfo).port;
+  // localhost:PORT too, when listening on 127.0.0.1: a rebinding page's own name is never "localhost".
+  expectedHosts = [hostPort(o.address.host, port).toLowerCase(), ...(o.address.host === "127.0.0.1" ? [`localhost:${port}`] : [])];
+  return {
+    url: `http://${hostPort(o.address.host, port)}${MCP_PATH}`,
+    port,
+    async close() {
+      await Promise.allSettled([...transports.values()].map((t) => t.close()));
+      transports.clear();
+      srv.closeAllConnections();
+      await new Promise<void>((r) => srv.close(() => r()));
+    },
+  };
+}

@@ -1,0 +1,318 @@
+/**
+ * The PostgreSQL change feed: how a revocation, a killswitch or a policy reload committed by one
+ * lessor instance reaches every other instance sharing the database within milliseconds.
+ *
+ * Writing (inside the commit, {@link changeStatement}): a commit that revoked leases or a token, or
+ * wrote metadata, takes the next seq from `lessor_change_seq` (a row lock held until its commit, so
+ * seqs are gap-free and in commit order even without the vault-wide write lock), appends one row to
+ * `lessor_changes` and sends the same row with `pg_notify`. Both are part of the transaction: nothing
+ * is announced for a commit that rolls back, and a notification is delivered only after its commit.
+ *
+ * Reading ({@link PgChangeFeed}): each instance LISTENs on one dedicated connection (not from the
+ * pool: a pooled connection is handed to transactions, and a pooler in transaction mode drops
+ * LISTEN). A notification whose seq follows the last one seen is applied as it comes; anything else
+ * (a gap, a payload too large to carry its changes) is read from the table. Independently, every
+ * `pollMs` the feed reads the counter and applies what it missed: the fallback for setups where
+ * notifications never arrive (PgBouncer in transaction mode). After the LISTEN connection drops, the
+ * feed reconnects with backoff and catches up from the last seq it applied before it trusts
+ * notifications again. An instance that missed more than the table keeps gets a `resync` change.
+ */
+import pg from "pg";
+import type { Pool, PoolConfig } from "pg";
+import type { ChangeListener, StoreChange } from "../../vault/ports.js";
+import type { Stmt } from "./queries.js";
+
+/** Rows of `lessor_changes` kept; an instance that fell further behind re-reads everything instead. */
+export const CHANGE_LOG_KEEP = 10_000;
+
+/** Most lease ids one change lists; a larger revocation says only how many (`leaseIds: null`). */
+export const MAX_LISTED_LEASES = 50;
+
+/** A NOTIFY payload must stay under 8000 bytes; changes larger than this are read from the table. */
+const MAX_INLINE_CHANGES = 7000;
+
+/** Rows read per catch-up query. */
+const CATCH_UP_PAGE = 500;
+
+/** The channel, per schema so that vaults in different schemas of one database never hear each other. */
+const CHANNEL_SQL = "'lessor_changes.' || current_schema()";
+
+/** How the feed runs (`[vault] listen` and `[vault] poll_ms` in lessor.toml). */
+export interface FeedOptions {
+  /** LISTEN for notifications (default true). Off, changes arrive only by polling. */
+  listen: boolean;
+  /** How often the change counter is read, whether or not notifications arrive (default 1000 ms). */
+  pollMs: number;
+}
+
+export const DEFAULT_FEED_OPTIONS: Readonly<FeedOptions> = Object.freeze({ listen: true, pollMs: 1000 });
+
+/**
+ * The statement that records `changes` for the commit it runs in: the seq, the log row, pruning of
+ * rows older than {@link CHANGE_LOG_KEEP}, and the notification.
+ */
+export function changeStatement(origin: string, changes: readonly StoreChange[], now: number): Stmt {
+  const json = JSON.stringify(changes);
+  return {
+    what: "announce the commit's changes to the other instances",
+    text: `WITH s AS (UPDATE lessor_change_seq SET n = n + 1 WHERE id = 1 RETURNING n),
+      i AS (INSERT INTO lessor_changes (seq, at, origin, changes) SELECT n, $1, $2, $3::text::jsonb FROM s RETURNING seq),
+      d AS (DELETE FROM lessor_changes WHERE seq <= (SELECT n FROM s) - ${CHANGE_LOG_KEEP})
+      SELECT pg_notify(${CHANNEL_SQL}, json_build_object('seq', i.seq, 'origin', $2::text,
+        'changes', CASE WHEN octet_length($3::text) <= ${MAX_INLINE_CHANGES} THEN $3::text::json END)::text) FROM i`,
+    values: [now, origin, json],
+  };
+}
+
+/** Strictly parses one change as stored or sent; null for anything lessor did not write. */
+export function parseChange(v: unknown): StoreChange | null {
+  if (typeof v !== "object" || v === null) return null;
+  const o = v as Record<string, unknown>;
+  switch (o.kind) {
+    case "leases_revoked": {
+      const ids = o.leaseIds;
+      if (!Number.isSafeInteger(o.count) || (o.count as number) < 0) return null;
+      if (ids !== null && (!Array.isArray(ids) || ids.length > MAX_LISTED_LEASES || !ids.every((i) => typeof i === "string" && i.length <= 100))) return null;
+      return { kind: "leases_revoked", count: o.count as number, leaseIds: ids === null ? null : [...(ids as string[])] };
+    }
+    case "token_revoked":
+      return typeof o.tokenId === "string" && o.tokenId.length > 0 && o.tokenId.length <= 100 ? { kind: "token_revoked", tokenId: o.tokenId } : null;
+    case "meta":
+      return typeof o.key === "string" && o.key.length > 0 && o.key.length <= 100 ? { kind: "meta", key: o.key } : null;
+    default:
+      return null;
+  }
+}
+
+/** A notification's payload, or null when it is not one lessor sent. `changes` is null when they did not fit. */
+function parsePayload(text: string): { seq: number; origin: string; changes: StoreChange[] | null } | null {
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof o !== "object" || o === null) return null;
+  const r = o as Record<string, unknown>;
+  if (!Number.isSafeInteger(r.seq) || typeof r.origin !== "string") return null;
+  if (r.changes === null || r.changes === undefined) return { seq: r.seq as number, origin: r.origin, changes: null };
+  const changes = parseChanges(r.changes);
+  return changes === null ? null : { seq: r.seq as number, origin: r.origin, changes };
+}
+
+function parseChanges(v: unknown): StoreChange[] | null {
+  if (!Array.isArray(v)) return null;
+  const out: StoreChange[] = [];
+  for (const c of v) {
+    const p = parseChange(c);
+    if (p === null) return null;
+    out.push(p);
+  }
+  return out;
+}
+
+/** What {@link PgChangeFeed.state} reports (tests, status). */
+export interface FeedState {
+  /** The last seq applied, or null before the feed started. */
+  last: number | null;
+  /** A LISTEN connection is up and has caught up: notifications are trusted. */
+  listening: boolean;
+  /** Times the LISTEN connection was (re)established. */
+  connects: number;
+}
+
+/** The reading side: LISTEN plus polling, delivering other instances' changes in commit order. */
+export class PgChangeFeed {
+  readonly #pool: Pool;
+  readonly #clientConfig: PoolConfig;
+  readonly #origin: string;
+  readonly #opts: FeedOptions;
+  readonly #listeners = new Set<ChangeListener>();
+  #last: number | null = null;
+  #client: pg.Client | null = null;
+  #listening = false;
+  #connects = 0;
+  #backoff = 250;
+  #poll: NodeJS.Timeout | null = null;
+  #reconnect: NodeJS.Timeout | null = null;
+  /** Every read and delivery runs on this chain, one at a time, so seqs are applied in order. */
+  #chain: Promise<void> = Promise.resolve();
+  #catchUpQueued = false;
+  #started = false;
+  #closed = false;
+
+  constructor(pool: Pool, clientConfig: PoolConfig, origin: string, opts: FeedOptions) {
+    this.#pool = pool;
+    this.#clientConfig = clientConfig;
+    this.#origin = origin;
+    this.#opts = opts;
+  }
+
+  /** Subscribes; the feed starts with the first subscriber and stops with the last. */
+  subscribe(listener: ChangeListener): () => void {
+    this.#listeners.add(listener);
+    if (!this.#started && !this.#closed) this.#start();
+    return () => {
+      this.#listeners.delete(listener);
+      if (this.#listeners.size === 0) void this.#stop();
+    };
+  }
+
+  state(): FeedState {
+    return { last: this.#last, listening: this.#listening, connects: this.#connects };
+  }
+
+  /** Stops listening and polling; waits for a read in progress. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#stop();
+  }
+
+  #start(): void {
+    this.#started = true;
+    // From the counter as it is now: what this process reads from the store from here on is current.
+    this.#enqueue(async () => {
+      while (this.#last === null && this.#started) {
+        try {
+          const r = await this.#pool.query<{ n: number }>("SELECT n FROM lessor_change_seq WHERE id = 1");
+          this.#last = Number(r.rows[0]?.n ?? 0);
+        } catch {
+          await new Promise((res) => setTimeout(res, Math.min(this.#opts.pollMs, 1000)).unref());
+        }
+      }
+    });
+    if (this.#opts.listen) this.#connect();
+    this.#poll = setInterval(() => this.#catchUpSoon(), this.#opts.pollMs);
+    this.#poll.unref();
+  }
+
+  async #stop(): Promise<void> {
+    this.#started = false;
+    if (this.#poll !== null) clearInterval(this.#poll);
+    if (this.#reconnect !== null) clearTimeout(this.#reconnect);
+    this.#poll = this.#reconnect = null;
+    this.#listening = false;
+    const c = this.#client;
+    this.#client = null;
+    if (c !== null) await c.end().catch(() => {});
+    await this.#chain;
+  }
+
+  #enqueue(f: () => Promise<void>): void {
+    this.#chain = this.#chain.then(f).catch(() => {
+      // A failed read is retried by the next poll or notification; nothing is marked as seen.
+    });
+  }
+
+  #catchUpSoon(): void {
+    if (this.#catchUpQueued || !this.#started) return;
+    this.#catchUpQueued = true;
+    this.#enqueue(async () => {
+      this.#catchUpQueued = false;
+      await this.#catchUp();
+    });
+  }
+
+  /** Opens the LISTEN connection; on failure or loss, tries again with backoff (up to 5 s). */
+  #connect(): void {
+    if (!this.#started || this.#closed) return;
+    const client = new pg.Client({ ...this.#clientConfig, application_name: "lessor-listen" });
+    this.#client = client;
+    const lost = (): void => {
+      if (this.#client !== client) return;
+      this.#client = null;
+      this.#listening = false;
+      client.end().catch(() => {});
+      if (!this.#started) return;
+      // Meanwhile the poll still runs; this only restores the fast path.
+      this.#reconnect = setTimeout(() => {
+        this.#reconnect = null;
+        this.#connect();
+      }, this.#backoff);
+      this.#reconnect.unref();
+      this.#backoff = Math.min(this.#backoff * 2, 5000);
+    };
+    client.on("error", lost);
+    client.on("end", lost);
+    client.on("notification", (msg) => {
+      if (this.#client !== client || msg.payload === undefined) return;
+      this.#onNotification(msg.payload);
+    });
+    void (async () => {
+      try {
+        await client.connect();
+        const r = await client.query<{ c: string }>(`SELECT ${CHANNEL_SQL} AS c`);
+        const channel = r.rows[0]!.c;
+        await client.query(`LISTEN "${channel.replaceAll('"', '""')}"`);
+        if (this.#client !== client) return;
+        // Catch up on what committed while there was no LISTEN before trusting notifications again.
+        this.#enqueue(async () => {
+          await this.#catchUp();
+          if (this.#client === client) {
+            this.#listening = true;
+            this.#connects++;
+            this.#backoff = 250;
+          }
+        });
+      } catch {
+        lost();
+      }
+    })();
+  }
+
+  #onNotification(payload: string): void {
+    this.#enqueue(async () => {
+      const n = parsePayload(payload);
+      if (n === null || this.#last === null) return this.#catchUp();
+      if (n.seq <= this.#last) return; // already applied (by a poll)
+      if (n.seq !== this.#last + 1 || n.changes === null) return this.#catchUp();
+      this.#last = n.seq;
+      if (n.origin !== this.#origin) this.#deliver(n.changes);
+    });
+  }
+
+  /** Reads the counter and, when it moved, the rows after the last seq applied. */
+  async #catchUp(): Promise<void> {
+    if (this.#last === null || !this.#started) return;
+    const c = await this.#pool.query<{ n: number }>("SELECT n FROM lessor_change_seq WHERE id = 1");
+    const n = Number(c.rows[0]?.n ?? 0);
+    let last: number = this.#last;
+    if (n === last) return;
+    if (n < last) {
+      // The counter went back: the schema was recreated or restored from a backup.
+      this.#last = n;
+      return this.#deliver([{ kind: "resync", reason: "the change log was reset (the database was restored or recreated)" }]);
+    }
+    for (;;) {
+      const r: pg.QueryResult<{ seq: number; origin: string; changes: unknown }> = await this.#pool.query(
+        "SELECT seq, origin, changes FROM lessor_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        [last, CATCH_UP_PAGE],
+      );
+      if (r.rows.length === 0) {
+        if (last >= n) return;
+        this.#last = n;
+        return this.#deliver([{ kind: "resync", reason: "the change log no longer holds the changes this instance missed" }]);
+      }
+      for (const row of r.rows) {
+        const seq = Number(row.seq);
+        if (seq !== last + 1) this.#deliver([{ kind: "resync", reason: `missed changes ${last + 1}..${seq - 1}: the change log no longer holds them` }]);
+        this.#last = last = seq;
+        if (row.origin === this.#origin) continue;
+        const changes = parseChanges(row.changes);
+        this.#deliver(changes ?? [{ kind: "resync", reason: `change ${seq} is not one lessor wrote` }]);
+      }
+      if (r.rows.length < CATCH_UP_PAGE) return;
+    }
+  }
+
+  #deliver(changes: readonly StoreChange[]): void {
+    for (const ch of changes)
+      for (const l of this.#listeners) {
+        try {
+          l(ch);
+        } catch {
+          // A listener's failure must not stop the others or the feed.
+        }
+      }
+  }
+}

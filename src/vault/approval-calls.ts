@@ -1,0 +1,74 @@
+/**
+ * The calls on approvals (./approvals.ts): ask for one without taking a lease (`approval_request`,
+ * what `lessor mcp`'s request_access uses to learn an approval's id and state), list them
+ * (`approval_list`) and decide one (`approval_decide`, admin only: the person in the loop).
+ */
+import { VaultError } from "../base/errors.js";
+import { checkPlainText } from "../base/text.js";
+import type { Identity } from "../base/types.js";
+import { mayActFor, resolveAgent, roleError } from "./access.js";
+import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, type ApprovalRecord } from "./approvals.js";
+import { commit, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
+import { checkRequest, type LeaseRequest } from "./leases.js";
+import { decide, leaseDomains } from "./policy.js";
+
+/** What {@link requestApproval} takes: a lease request, and why the agent asks. */
+export interface ApprovalAsk extends Omit<LeaseRequest, "approval"> {
+  /** The agent's reason, shown to the person (one line of plain text, at most 300 characters). */
+  reason?: string;
+}
+
+/** What {@link requestApproval} answers. */
+export type ApprovalAnswer = { required: false; rule: string } | { required: true; rule: string; created: boolean; approval: ApprovalRecord };
+
+/**
+ * Asks a person to approve a lease request, when the rule that would grant it needs approval:
+ * returns the approval for exactly this request (opened now, or the one already open: pending,
+ * approved or denied). When the rule needs none, says so (`required: false`) and opens nothing.
+ * Refused like the lease itself when policy does not allow the request at all.
+ */
+export async function requestApproval(ctx: VaultContext, who: Identity, ask: ApprovalAsk): Promise<ApprovalAnswer> {
+  const { reason: why, ...req } = ask;
+  const checked = checkRequest(req);
+  const reason = why === undefined ? null : checkPlainText(why, "a reason", 300);
+  return commit(ctx, async (tx, audit, now) => {
+    const agent = resolveAgent(who, checked.agent);
+    if (agent instanceof VaultError) return denied(audit, who, agent, { agent: checked.agent ?? null, secret: checked.secret });
+    const q = { agent, secret: checked.ref, domains: checked.domains };
+    const decision = decide(ctx.policy, q);
+    if (!decision.allow || !decision.rule)
+      return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
+    const rule = decision.rule;
+    if (rule.approval !== "required") return { required: false as const, rule: rule.name };
+    if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
+    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, reason);
+    if (got instanceof VaultError) return got;
+    return { required: true as const, rule: rule.name, created: got.created, approval: got.approval };
+  });
+}
+
+/**
+ * The approvals the caller may see, newest first: an admin all, an orchestrator those of the agents
+ * it acts for. Pending ones only, unless `all` (then decided and used ones too, until they lapse).
+ */
+export async function listApprovals(ctx: VaultContext, who: Identity, opts: { all?: boolean } = {}): Promise<ApprovalRecord[]> {
+  const err = roleError(who, ["admin", "orchestrator"], "list approvals");
+  // A refusal is audited like every other (commit throws it after the row is written).
+  if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err, { agent: who.agent ?? null }));
+  const items = await readApprovals(ctx.store, ctx.now());
+  return items
+    .filter((a) => (opts.all === true || a.state === "pending") && (who.role === "admin" || mayActFor(who, a.agent)))
+    .sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+}
+
+/** Approves or denies a pending approval. Admin only: the person in the loop, never the agent. */
+export async function decideApproval(ctx: VaultContext, who: Identity, idIn: string, approve: boolean, reasonIn?: string): Promise<ApprovalRecord> {
+  const id = checkApprovalId(idIn);
+  const reason = reasonIn === undefined ? null : checkDecisionReason(reasonIn);
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], approve ? "approve a request" : "deny a request");
+    if (err) return denied(audit, who, err, {});
+    return decideIn(tx, audit, now, who, id, approve, reason);
+  });
+}

@@ -1,0 +1,264 @@
+/**
+ * Approvals: a person in the loop for the grants of rules that say `approval = "required"`.
+ *
+ * A lease request such a rule decides is not granted on its own. Instead an approval is opened for
+ * that exact request — agent, secret, requested domains, ttl, use cap, and the deciding rule — and
+ * the request is refused (`access_denied`, naming the approval's id). A person then approves or
+ * denies it (`approval_decide`: admin only; `lessor approve ID` / `lessor deny ID`). Once approved,
+ * the same request from the same agent gets the lease, once: the approval is used up by the grant.
+ * A different request (another agent, secret, domain, ttl or cap) does not match it, and an
+ * approval expires: pending ones {@link APPROVAL_PENDING_MS} after they were asked for, approved ones
+ * {@link APPROVAL_USE_MS} after the decision. Asking, approving, denying and the grant are audited
+ * (approval_requested, approval_granted, approval_denied, lease_granted with the approval's id).
+ *
+ * They live in the vault's meta as one JSON document (key {@link APPROVALS_META}), read and written
+ * inside the transaction that decides: every store (memory, SQLite, PostgreSQL) has transactional
+ * meta, so no new store surface is needed, and two requests can never both use one approval. The
+ * document is small by construction: entries are dropped when they expire, and their number is capped.
+ */
+import { VaultError } from "../base/errors.js";
+import { uuidv7, isUuid } from "../base/ids.js";
+import { checkPlainText } from "../base/text.js";
+import type { Identity } from "../base/types.js";
+import type { AuditFn } from "./context.js";
+import { denied } from "./denied.js";
+import { formatDomainPattern, parseDomainPattern } from "./domain.js";
+import type { StoreReader, StoreTx } from "./ports.js";
+import type { Rule } from "./policy.js";
+
+/** The meta key of the approvals document. */
+export const APPROVALS_META = "approvals";
+/** How long a request waits for a person before it lapses (ms). */
+export const APPROVAL_PENDING_MS = 10 * 60_000;
+/** How long an approved request may be taken up after the decision (ms). */
+export const APPROVAL_USE_MS = 10 * 60_000;
+/** Most approvals kept at once (pending, approved, denied, used: all until they expire). */
+export const MAX_APPROVALS = 256;
+/** Most pending approvals of one agent: an agent cannot bury the person under requests. */
+export const MAX_PENDING_PER_AGENT = 16;
+
+/** Where an approval stands. */
+export type ApprovalState = "pending" | "approved" | "denied" | "used";
+
+/** One approval: the exact request it is for, and the decision. Never holds a value. */
+export interface ApprovalRecord {
+  id: string;
+  agent: string;
+  /** `scope/name` */
+  secret: string;
+  /** The domains as requested (normalised, sorted), or null when the request named none (the rule's). */
+  domains: string[] | null;
+  /** The hosts the lease would be bound to (what the person is shown). */
+  hosts: string[];
+  anyDomain: boolean;
+  /** Requested ttl (ms), or null for the rule's. */
+  ttlMs: number | null;
+  /** Requested use cap, or null for the rule's. */
+  maxUses: number | null;
+  /** The rule that decided when it was asked for; a grant must be decided by the same rule. */
+  rule: string;
+  /** Why the agent asks (its own words; plain text), or null. */
+  reason: string | null;
+  requestedBy: string;
+  requestedAt: number;
+  /** When it lapses: pending, {@link APPROVAL_PENDING_MS} after asking; decided, {@link APPROVAL_USE_MS} after the decision. */
+  expiresAt: number;
+  state: ApprovalState;
+  decidedBy: string | null;
+  decidedAt: number | null;
+  decisionReason: string | null;
+  /** The lease granted with it (state "used"). */
+  leaseId: string | null;
+}
+
+/** The request an approval is bound to. */
+export interface ApprovalBinding {
+  agent: string;
+  secret: string;
+  domains: string[] | null;
+  ttlMs: number | null;
+  maxUses: number | null;
+  rule: string;
+}
+
+/** The binding of a lease request, with its domains normalised and sorted (so order does not matter). */
+export function bindingOf(agent: string, secret: string, domains: readonly string[] | undefined, ttlMs: number | undefined, maxUses: number | undefined, rule: Rule): ApprovalBinding {
+  const norm = domains === undefined || domains.length === 0 ? null : [...new Set(domains.map((d) => formatDomainPattern(parseDomainPattern(d))))].sort();
+  return { agent, secret, domains: norm, ttlMs: ttlMs ?? null, maxUses: maxUses ?? null, rule: rule.name };
+}
+
+function sameBinding(a: ApprovalRecord, b: ApprovalBinding): boolean {
+  return (
+    a.agent === b.agent &&
+    a.secret === b.secret &&
+    a.rule === b.rule &&
+    a.ttlMs === b.ttlMs &&
+    a.maxUses === b.maxUses &&
+    (a.domains === null ? b.domains === null : b.domains !== null && a.domains.length === b.domains.length && a.domains.every((d, i) => d === b.domains![i]))
+  );
+}
+
+/** Reads the document; entries that expired by `now` are dropped. A damaged document counts as empty. */
+export async function readApprovals(r: Pick<StoreReader, "getMeta">, now: number): Promise<ApprovalRecord[]> {
+  const text = await r.getMeta(APPROVALS_META);
+  if (text === null) return [];
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return [];
+  }
+  const items = (doc as { v?: unknown; items?: unknown }).items;
+  if ((doc as { v?: unknown }).v !== 1 || !Array.isArray(items)) return [];
+  return (items as ApprovalRecord[]).filter((a) => typeof a === "object" && a !== null && typeof a.id === "string" && typeof a.expiresAt === "number" && a.expiresAt > now);
+}
+
+async function writeApprovals(tx: StoreTx, items: readonly ApprovalRecord[]): Promise<void> {
+  await tx.setMeta(APPROVALS_META, JSON.stringify({ v: 1, items }));
+}
+
+/** What the approval gate says about a lease request that needs approval. */
+export type GateResult = { ok: true; approval: ApprovalRecord } | { ok: false; error: VaultError; approval: ApprovalRecord | null };
+
+/** The refusal of a request whose approval is pending (or was just asked for). */
+function pendingError(a: ApprovalRecord, created: boolean): VaultError {
+  return new VaultError(
+    "access_denied",
+    `rule "${a.rule}" needs a person's approval for this request: approval ${a.id} ${created ? "was opened" : "is pending"} and lapses at ${new Date(a.expiresAt).toISOString()}; a person approves it with lessor approve ${a.id} (or refuses it with lessor deny ${a.id}), then the same request gets the lease`,
+  );
+}
+
+/**
+ * Finds the approval for `b`, or opens one (audited as approval_requested). Returns the approval, and
+ * whether it was opened now. Refuses with rate_limited when the agent has too many pending.
+ */
+export async function findOrOpen(
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  who: Identity,
+  b: ApprovalBinding,
+  hosts: string[],
+  anyDomain: boolean,
+  reason: string | null,
+): Promise<{ approval: ApprovalRecord; created: boolean } | VaultError> {
+  const items = await readApprovals(tx, now);
+  // An approved one first (it is what the request is waiting for), then a denial (it stands until it
+  // lapses: asking again does not reopen the question), then a pending one.
+  const order: ApprovalState[] = ["approved", "denied", "pending"];
+  for (const st of order) {
+    const hit = items.find((a) => a.state === st && sameBinding(a, b));
+    if (hit) return { approval: hit, created: false };
+  }
+  if (items.filter((a) => a.state === "pending" && a.agent === b.agent).length >= MAX_PENDING_PER_AGENT)
+    return denied(audit, who, new VaultError("rate_limited", `agent "${b.agent}" already has ${MAX_PENDING_PER_AGENT} requests waiting for a person's approval; wait for them to be decided or to lapse`), { agent: b.agent, secret: b.secret });
+  if (items.length >= MAX_APPROVALS)
+    return denied(audit, who, new VaultError("rate_limited", `${MAX_APPROVALS} approvals are open; wait for some to be decided or to lapse`), { agent: b.agent, secret: b.secret });
+  const approval: ApprovalRecord = {
+    id: uuidv7(now),
+    ...b,
+    hosts,
+    anyDomain,
+    reason,
+    requestedBy: who.id,
+    requestedAt: now,
+    expiresAt: now + APPROVAL_PENDING_MS,
+    state: "pending",
+    decidedBy: null,
+    decidedAt: null,
+    decisionReason: null,
+    leaseId: null,
+  };
+  await writeApprovals(tx, [...items, approval]);
+  await audit({
+    type: "approval_requested",
+    actor: who,
+    agent: b.agent,
+    secret: b.secret,
+    outcome: "ok",
+    ...(reason !== null ? { reason } : {}),
+    detail: { approval: approval.id, rule: b.rule, domains: hosts.join(","), expires_at: approval.expiresAt },
+  });
+  return { approval, created: true };
+}
+
+/**
+ * The gate of a grant by a rule that needs approval, inside the grant's transaction. With an approved,
+ * unexpired approval for exactly this request (and, when `approvalId` is given, that one), the approval
+ * is used up (its lease id recorded) and the grant may go on. Otherwise the request is refused, and
+ * an approval is opened for it when there is none: so any client (the CLI, the SDK) learns the id.
+ */
+export async function gateGrant(
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  who: Identity,
+  b: ApprovalBinding,
+  hosts: string[],
+  anyDomain: boolean,
+  leaseId: string,
+  approvalId: string | undefined,
+): Promise<GateResult> {
+  const fields = { agent: b.agent, secret: b.secret, domain: b.domains?.join(",") ?? null };
+  if (approvalId !== undefined) {
+    const items = await readApprovals(tx, now);
+    const a = items.find((x) => x.id === approvalId);
+    // Another agent's approval, a lapsed one and an unknown id get the same answer.
+    if (!a || !sameBinding(a, b))
+      return { ok: false, approval: null, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is not one for this request (agent, secret, domains, ttl and use cap must be those approved), or it lapsed; ask again without it`), fields) };
+  }
+  const got = await findOrOpen(tx, audit, now, who, b, hosts, anyDomain, null);
+  if (got instanceof VaultError) return { ok: false, error: got, approval: null };
+  const a = got.approval;
+  if (approvalId !== undefined && a.id !== approvalId && a.state !== "approved")
+    return { ok: false, approval: a, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is no longer in force; ask again`), fields) };
+  if (a.state === "denied")
+    return { ok: false, approval: a, error: await denied(audit, who, new VaultError("access_denied", `a person denied this request (approval ${a.id}${a.decisionReason ? `: ${a.decisionReason}` : ""}); it stands until ${new Date(a.expiresAt).toISOString()}`), fields) };
+  if (a.state === "pending") return { ok: false, approval: a, error: await denied(audit, who, pendingError(a, got.created), fields) };
+  // Approved: use it up in this transaction, so no second grant can.
+  const items = await readApprovals(tx, now);
+  const used: ApprovalRecord = { ...a, state: "used", leaseId };
+  await writeApprovals(
+    tx,
+    items.map((x) => (x.id === a.id ? used : x)),
+  );
+  return { ok: true, approval: used };
+}
+
+/** Checks an approval id's shape. */
+export function checkApprovalId(id: unknown): string {
+  if (!isUuid(id)) throw new VaultError("invalid_request", "an approval id is a UUID such as 01890a5d-ac96-774b-bcce-b302099a8057 (lessor approvals lists them)");
+  return id;
+}
+
+/** A decision's reason: one line of plain text, at most 200 characters. */
+export function checkDecisionReason(r: unknown): string {
+  return checkPlainText(r, "a reason", 200);
+}
+
+/**
+ * Decides a pending approval (inside a transaction): approved ones may then be used for
+ * {@link APPROVAL_USE_MS}; denied ones refuse the same request until then. Audited as
+ * approval_granted or approval_denied. The caller checks the role.
+ */
+export async function decideIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, id: string, approve: boolean, reason: string | null): Promise<ApprovalRecord | VaultError> {
+  const items = await readApprovals(tx, now);
+  const a = items.find((x) => x.id === id);
+  if (!a) return denied(audit, who, new VaultError("invalid_request", `no open approval has id ${id} (it may have lapsed); lessor approvals lists the pending ones`), {});
+  if (a.state !== "pending") return new VaultError("invalid_request", `approval ${id} was already ${a.state === "used" ? "approved and used" : a.state}`);
+  const decided: ApprovalRecord = { ...a, state: approve ? "approved" : "denied", decidedBy: who.id, decidedAt: now, decisionReason: reason, expiresAt: now + APPROVAL_USE_MS };
+  await writeApprovals(
+    tx,
+    items.map((x) => (x.id === id ? decided : x)),
+  );
+  await audit({
+    type: approve ? "approval_granted" : "approval_denied",
+    actor: who,
+    agent: a.agent,
+    secret: a.secret,
+    outcome: approve ? "ok" : "denied",
+    ...(reason !== null ? { reason } : {}),
+    detail: { approval: id, rule: a.rule, domains: a.hosts.join(","), requested_by: a.requestedBy, expires_at: decided.expiresAt },
+  });
+  return decided;
+}

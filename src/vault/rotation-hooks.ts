@@ -1,0 +1,184 @@
+/**
+ * Secret rotation by a hook: a command configured for a secret (`[[rotate]]` in lessor.toml) that makes
+ * the credential's new value at its issuer (a database password, an API key) and prints it. The vault
+ * stores what it printed as a new version, revokes the live leases of the secret when the hook says so,
+ * and audits it (`secret_rotated` with `hook: true`), all in one commit. Not to be confused with
+ * master-key rotation (./rotation.ts), which re-wraps data keys and leaves values alone.
+ *
+ * The core does not run processes: it is handed a {@link RotationHooks} port (src/hooks/ runs the
+ * command without a shell, with a time limit, a minimal environment and capped output). A hook that
+ * fails (non-zero exit, signal, time limit, no output, too much output) is audited as `secret_rotated`
+ * with outcome "error", and the current version stays as it was: nothing is stored, nothing revoked.
+ *
+ * What the command printed is never put in an error, an audit row or a log; only its program name
+ * (argv[0]) and how it failed. One hook runs at a time per secret in this process: a second call for
+ * the same secret while one runs is refused rather than queued, since its value would be stale.
+ */
+import { openValue } from "../crypto/envelope.js";
+import type { SecretBytes } from "../crypto/secret-bytes.js";
+import { roleError } from "./access.js";
+import { commit, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
+import { addVersion, checkSize, metadataOf, notFound, type SecretMeta } from "./secrets.js";
+import { VaultError } from "../base/errors.js";
+import { checkRef, refString } from "../base/names.js";
+import type { Identity, SecretRef } from "../base/types.js";
+
+/** Which leases a successful hook revokes: "all" live leases of the secret, or "none". */
+export const HOOK_REVOKE = ["all", "none"] as const;
+export type HookRevoke = (typeof HOOK_REVOKE)[number];
+
+/** What the hook's command reads on stdin: nothing (default), or the current value. */
+export const HOOK_STDIN = ["none", "current"] as const;
+export type HookStdin = (typeof HOOK_STDIN)[number];
+
+/** One configured rotation hook. */
+export interface RotationHook {
+  readonly secret: SecretRef;
+  /** The program and its arguments, run without a shell. */
+  readonly command: readonly string[];
+  readonly timeoutMs: number;
+  readonly revoke: HookRevoke;
+  readonly stdin: HookStdin;
+  /** How often the daemon rotates the secret by this hook, or null for only on demand. */
+  readonly everyMs: number | null;
+}
+
+/** How a hook's command failed; never holds anything it printed. */
+export type HookFailure =
+  | { kind: "exit"; exitCode: number }
+  | { kind: "signal"; signal: string }
+  | { kind: "timeout"; timeoutMs: number }
+  | { kind: "not_found" }
+  | { kind: "spawn"; code: string }
+  | { kind: "too_large"; maxBytes: number }
+  | { kind: "empty" };
+
+/** What running a hook gave: the new value (owned by the caller, who wipes it) or a failure. */
+export type HookRunResult = { ok: true; value: Buffer } | { ok: false; failure: HookFailure };
+
+/** The port through which the vault finds and runs rotation hooks (src/hooks/ implements it). */
+export interface RotationHooks {
+  /** The hook configured for `ref`, or null. */
+  find(ref: SecretRef): RotationHook | null;
+  /** Every configured hook (the daemon schedules those with `everyMs`). */
+  list(): readonly RotationHook[];
+  /**
+   * Runs the hook's command. `stdin` is the current value when the hook asks for it (the runner does
+   * not keep it). At most `maxBytes` of output (after one trailing newline is removed) are accepted.
+   * Resolves with a failure rather than throwing for anything the command did.
+   */
+  run(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number): Promise<HookRunResult>;
+}
+
+/** What a hook rotation did. */
+export interface HookRotationResult {
+  secret: SecretMeta;
+  /** The version made by the hook. */
+  version: number;
+  /** Live leases of the secret revoked (0 with revoke = "none"). */
+  revokedLeases: number;
+}
+
+/** Secrets whose hook runs now, per vault context. */
+const running = new WeakMap<VaultContext, Set<string>>();
+
+/** The command's program name as written (arguments may hold tokens or references, so never those). */
+export function hookName(hook: RotationHook): string {
+  return hook.command[0] ?? "";
+}
+
+/** A sentence saying how the hook failed, and audit detail fields for it. */
+function describeFailure(f: HookFailure, timeoutMs: number): { text: string; detail: Record<string, string | number> } {
+  switch (f.kind) {
+    case "exit":
+      return { text: `failed with exit code ${f.exitCode}`, detail: { failure: "exit", exit_code: f.exitCode } };
+    case "signal":
+      return { text: `was stopped by signal ${f.signal}`, detail: { failure: "signal", signal: f.signal } };
+    case "timeout":
+      return { text: `did not finish within ${timeoutMs} ms (raise timeout in its [[rotate]] entry if it needs longer)`, detail: { failure: "timeout", timeout_ms: timeoutMs } };
+    case "not_found":
+      return { text: "was not found (check command in its [[rotate]] entry)", detail: { failure: "not_found" } };
+    case "spawn":
+      return { text: `could not be started (${f.code})`, detail: { failure: "spawn", code: f.code } };
+    case "too_large":
+      return { text: `printed more than ${f.maxBytes} bytes (the vault's max_secret_bytes)`, detail: { failure: "too_large", max_bytes: f.maxBytes } };
+    case "empty":
+      return { text: "printed nothing: it must print the new value on stdout", detail: { failure: "empty" } };
+  }
+}
+
+/**
+ * Rotates `ref` by its configured hook (admin only): runs the command, stores what it printed as a new
+ * version, revokes live leases per the hook's `revoke`, and audits it. On any failure of the command
+ * the attempt is audited as an error, nothing changes, and VaultError("unavailable") is thrown.
+ */
+export async function rotateSecretByHook(ctx: VaultContext, who: Identity, refIn: SecretRef): Promise<HookRotationResult> {
+  const ref = checkRef(refIn);
+  const secret = refString(ref);
+  const roleErr = roleError(who, ["admin"], "rotate secrets");
+  if (roleErr) await commit(ctx, async (_tx, audit) => denied(audit, who, roleErr, { agent: who.agent ?? null, secret }));
+  const hook = ctx.rotationHooks?.find(ref) ?? null;
+  if (hook === null)
+    throw new VaultError("invalid_request", `secret ${secret} has no rotation hook; add a [[rotate]] entry for it to lessor.toml, or give the new value`);
+  let busy = running.get(ctx);
+  if (busy === undefined) running.set(ctx, (busy = new Set()));
+  if (busy.has(secret)) throw new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);
+  busy.add(secret);
+  try {
+    return await runAndStore(ctx, who, ref, hook);
+  } finally {
+    busy.delete(secret);
+  }
+}
+
+async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hook: RotationHook): Promise<HookRotationResult> {
+  const secret = refString(ref);
+  const command = hookName(hook);
+  const rec = await ctx.store.getSecret(ref);
+  if (!rec) throw notFound(ref);
+  const fromVersion = rec.currentVersion;
+  let current: SecretBytes | null = null;
+  if (hook.stdin === "current") {
+    const row = await ctx.store.getVersion(ref, fromVersion);
+    if (!row) throw new VaultError("secret_not_found", `secret ${secret} has no version ${fromVersion}; see its history`);
+    current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
+  }
+  let result: HookRunResult;
+  try {
+    result = await ctx.rotationHooks!.run(hook, current === null ? null : current.expose(), ctx.limits.maxSecretBytes);
+  } finally {
+    current?.wipe();
+  }
+  const base = { hook: true, command, stdin: hook.stdin, from: fromVersion };
+  if (!result.ok) {
+    const { text, detail } = describeFailure(result.failure, hook.timeoutMs);
+    await commit(ctx, async (_tx, audit) => {
+      await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: `hook_failed: ${result.failure.kind}`, detail: { ...base, ...detail } });
+    });
+    throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current`);
+  }
+  const value = result.value;
+  try {
+    checkSize(ctx, value.byteLength);
+    const done = await commit(ctx, async (tx, audit, now) => {
+      const err = roleError(who, ["admin"], "rotate secrets");
+      if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret });
+      const existing = await tx.getSecret(ref);
+      if (!existing) return notFound(ref); // deleted while the hook ran: nothing to rotate
+      const version = await addVersion(ctx, tx, existing, value, who.id, now);
+      const revokedLeases = hook.revoke === "all" ? await tx.revokeLeases({ secret: ref }, now, `secret rotated to version ${version}`) : 0;
+      await audit({
+        type: "secret_rotated",
+        actor: who,
+        secret,
+        outcome: "ok",
+        detail: { ...base, version, size: value.byteLength, revoke: hook.revoke, revoked_leases: revokedLeases },
+      });
+      return { version, revokedLeases };
+    });
+    return { secret: await metadataOf(ctx, ref), ...done };
+  } finally {
+    value.fill(0);
+  }
+}
