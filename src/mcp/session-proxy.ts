@@ -10,18 +10,19 @@
  * change that set: so the proxy is rebuilt for the new set on the next request, and the old one
  * closes once the requests still using it have finished.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { isIP } from "node:net";
-import { homedir, tmpdir } from "node:os";
-import { isAbsolute, join, resolve } from "node:path";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { VaultError } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { ProxyConfig } from "../config/proxy-config.js";
 import { LocalCa } from "../proxy/ca.js";
 import { ForwardProxy } from "../proxy/forward.js";
-import { SsrfGuard, systemResolver, type Resolver } from "../proxy/guard.js";
+import { SsrfGuard } from "../proxy/guard.js";
 import { LeaseEgress } from "../proxy/lease-egress.js";
 import type { SessionCredentials } from "./credentials.js";
+import { readUpstreamCa, resolverWith } from "../proxy/upstream-settings.js";
 
 /** Where a running proxy is, for one request. */
 export interface ProxyLease {
@@ -55,32 +56,6 @@ export interface SessionProxyOptions {
   tmp?: string;
 }
 
-/** A resolver that answers `[proxy] hosts` names from the table and the rest from the system. */
-function resolverWith(hosts: Record<string, string>): Resolver {
-  return async (host) => {
-    const fixed = hosts[host];
-    if (fixed !== undefined) return [{ address: fixed, family: fixed.includes(":") ? 6 : 4 }];
-    return systemResolver(host);
-  };
-}
-
-/** The PEM text of `[proxy] upstream_ca`, read once (a missing file is an error naming it). */
-function upstreamCa(path: string | null): string | undefined {
-  if (path === null) return undefined;
-  let p = path;
-  if (p === "~" || p.startsWith("~/")) {
-    const home = process.env["HOME"] ?? homedir();
-    if (!home) throw new VaultError("config_invalid", `[proxy] upstream_ca: ${path} starts with ~/ and HOME is not set`);
-    p = join(home, p.slice(1));
-  }
-  const abs = isAbsolute(p) ? p : resolve(p);
-  try {
-    return readFileSync(abs, "utf8");
-  } catch (e) {
-    throw new VaultError("config_invalid", `[proxy] upstream_ca: cannot read ${abs} (${(e as NodeJS.ErrnoException).code ?? "error"}); fix the path in lessor.toml`);
-  }
-}
-
 /** The session's proxy, built on demand for the current set of leases. */
 export class SessionProxy {
   readonly #o: SessionProxyOptions;
@@ -93,7 +68,7 @@ export class SessionProxy {
 
   constructor(o: SessionProxyOptions) {
     this.#o = o;
-    this.#upstreamCa = upstreamCa(o.config.upstreamCa);
+    this.#upstreamCa = readUpstreamCa(o.config.upstreamCa);
     this.#guard = new SsrfGuard({ ports: o.config.ports, allow: o.config.allow, resolve: resolverWith(o.config.hosts) });
   }
 

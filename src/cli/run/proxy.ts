@@ -9,8 +9,8 @@
  * token from its clients, and with the environment pointing at those real places.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import { VaultError } from "../../base/errors.js";
 import type { BackendApi } from "../../backend/backend.js";
@@ -18,11 +18,11 @@ import type { ProxyConfig } from "../../config/proxy-config.js";
 import { LocalCa } from "../../proxy/ca.js";
 import { ForwardProxy } from "../../proxy/forward.js";
 import { basicProxyAuth } from "../../proxy/proxy-auth.js";
-import { SsrfGuard, systemResolver, type Resolver } from "../../proxy/guard.js";
+import { SsrfGuard } from "../../proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../../proxy/lease-egress.js";
 import { BRIDGE_PORT, PROXY_SOCKET_NAME, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
-import { expandHome } from "../../sandbox/hidden.js";
 import { bindPrivateSocket, type BoundSocket, type ProxyListen } from "./proxy-listen.js";
+import { readUpstreamCa, resolverWith } from "../../proxy/upstream-settings.js";
 
 /** The system's CA bundle, where Debian, Fedora and Alpine keep it. */
 const SYSTEM_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
@@ -68,27 +68,6 @@ export interface RunProxyOptions {
   listen?: ProxyListen;
   /** When given, clients must send `Proxy-Authorization: Basic base64("lessor:" + token)` (src/proxy/proxy-auth.ts). */
   token?: string;
-}
-
-/** A resolver that answers `[proxy] hosts` names from the table and the rest from the system. */
-function resolverWith(hosts: Record<string, string>): Resolver {
-  return async (host) => {
-    const fixed = hosts[host];
-    if (fixed !== undefined) return [{ address: fixed, family: fixed.includes(":") ? 6 : 4 }];
-    return systemResolver(host);
-  };
-}
-
-/** The PEM text of `[proxy] upstream_ca`, read now (a missing file is an error naming it). */
-function upstreamCa(path: string | null): string | undefined {
-  if (path === null) return undefined;
-  const p = expandHome(path, process.env["HOME"] ?? homedir());
-  if (p === null) throw new VaultError("config_invalid", `[proxy] upstream_ca: ${path} starts with ~/ and HOME is not set`);
-  try {
-    return readFileSync(resolve(p), "utf8");
-  } catch (e) {
-    throw new VaultError("config_invalid", `[proxy] upstream_ca: cannot read ${p} (${(e as NodeJS.ErrnoException).code ?? "error"}); fix the path in lessor.toml`);
-  }
 }
 
 /** The CA bundle for the child: the session CA, then the system's roots (for hosts tunnelled untouched). */
@@ -162,7 +141,7 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
     if (o.credentials.length > 0 && o.api === null) throw new VaultError("internal", "the run's proxy has credentials but no vault to check them with");
     egress = new LeaseEgress({ api: o.api as BackendApi, agent: o.agent, credentials: o.credentials, egress: o.config.egress, warn: o.warn });
     const guard = new SsrfGuard({ ports: o.config.ports, allow: o.config.allow, resolve: resolverWith(o.config.hosts) });
-    const extraCa = upstreamCa(o.config.upstreamCa);
+    const extraCa = readUpstreamCa(o.config.upstreamCa);
     proxy = new ForwardProxy({
       egress,
       // Without credentials nothing is intercepted; the CA is still needed by the type.
