@@ -14,15 +14,17 @@ import type {
   LeaseRecord,
   RevokeSelector,
   SecretFilter,
-  SecretKind,
   SecretRecord,
   SecretRef,
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
+import { rowMappers } from "../rows.js";
 
 type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
 type Row = Record<string, unknown>;
+
+const { secretFromRow, versionFromRow, leaseFromRow, auditFromRow, tokenFromRow } = rowMappers({ list: (v) => JSON.parse(v as string) as string[], bool: (v) => v === 1 });
 
 const SECRET_COLS = "scope, name, kind, description, tags, current_version, created_at, updated_at";
 const VERSION_COLS =
@@ -458,96 +460,6 @@ export class Queries {
   revokeToken(id: string, now: number): boolean {
     return this.stmt("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes > 0;
   }
-}
-
-function tokenFromRow(r: Row): TokenRecord {
-  return {
-    id: r.id as string,
-    name: r.name as string,
-    role: r.role as TokenRecord["role"],
-    agent: (r.agent as string | null) ?? null,
-    actFor: r.act_for === null ? null : (JSON.parse(r.act_for as string) as string[]),
-    createdAt: r.created_at as number,
-    expiresAt: (r.expires_at as number | null) ?? null,
-    revokedAt: (r.revoked_at as number | null) ?? null,
-    createdBy: r.created_by as string,
-    hash: r.hash as Buffer,
-  };
-}
-
-function secretFromRow(r: Row): SecretRecord {
-  return {
-    scope: r.scope as string,
-    name: r.name as string,
-    kind: r.kind as SecretKind,
-    description: r.description as string,
-    tags: JSON.parse(r.tags as string) as string[],
-    currentVersion: r.current_version as number,
-    createdAt: r.created_at as number,
-    updatedAt: r.updated_at as number,
-  };
-}
-
-function versionFromRow(scope: string, name: string, r: Row): VersionRecord {
-  return {
-    scope,
-    name,
-    version: r.version as number,
-    alg: r.alg as string,
-    keyId: r.key_id as string,
-    wrappedDek: r.wrapped_dek as Buffer,
-    ciphertext: r.ciphertext as Buffer,
-    size: r.size as number,
-    createdAt: r.created_at as number,
-    createdBy: r.created_by as string,
-  };
-}
-
-function leaseFromRow(r: Row): LeaseRecord {
-  return {
-    id: r.id as string,
-    agent: r.agent as string,
-    scope: r.scope as string,
-    name: r.name as string,
-    domains: JSON.parse(r.domains as string) as string[],
-    anyDomain: r.any_domain === 1,
-    methods: r.methods === null ? null : (JSON.parse(r.methods as string) as string[]),
-    paths: r.paths === null ? null : (JSON.parse(r.paths as string) as string[]),
-    rule: r.rule as string,
-    issuedAt: r.issued_at as number,
-    expiresAt: r.expires_at as number,
-    maxExpiresAt: r.max_expires_at as number,
-    uses: r.uses as number,
-    maxUses: r.max_uses as number | null,
-    renewals: r.renewals as number,
-    maxRenewals: r.max_renewals as number | null,
-    renewable: r.renewable === 1,
-    revokedAt: r.revoked_at as number | null,
-    revokeReason: r.revoke_reason as string | null,
-    issuedBy: r.issued_by as string,
-  };
-}
-
-function auditFromRow(r: Row): AuditRecord {
-  return {
-    seq: r.seq as number,
-    id: r.id as string,
-    time: r.time as number,
-    type: r.type as string,
-    actorId: r.actor_id as string,
-    actorRole: r.actor_role as string,
-    transport: r.transport as string,
-    agent: r.agent as string | null,
-    secret: r.secret as string | null,
-    leaseId: r.lease_id as string | null,
-    domain: r.domain as string | null,
-    outcome: r.outcome as string,
-    reason: r.reason as string | null,
-    detail: r.detail as string | null,
-    prevHash: r.prev_hash as Buffer,
-    hash: r.hash as Buffer,
-    keyId: r.key_id as string | null,
-  };
 }
 
 /**
