@@ -8,7 +8,7 @@ import { VaultError } from "../base/errors.js";
 import { isUuid } from "../base/ids.js";
 import { checkAgentId } from "../base/names.js";
 import { checkPlainText } from "../base/text.js";
-import type { Identity } from "../base/types.js";
+import type { Identity, LeaseRecord } from "../base/types.js";
 import { mayActFor } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
@@ -89,17 +89,24 @@ export async function recordProxyRequests(ctx: VaultContext, who: Identity, repo
     throw new VaultError("invalid_request", `reports must be a list of 1 to ${MAX_REPORTS} proxied requests`);
   const checked = reports.map(check);
   return commit(ctx, async (tx, audit, now) => {
-    let revoked = 0;
-    for (const { r, agent, reason, detail } of checked) {
+    // Every report is checked before any event is written: a refusal commits only its own
+    // access_denied event, so a valid report ahead of a forged one must not be written either.
+    const leasesOf: LeaseRecord[][] = [];
+    for (const { r, agent } of checked) {
       if (!mayActFor(who, agent))
         return denied(audit, who, new VaultError("access_denied", `you may not report proxy requests of agent "${agent}"`), { agent });
-      const leases = [];
+      const leases: LeaseRecord[] = [];
       for (const id of r.leaseIds) {
         const lease = await tx.getLease(id);
         if (!lease || lease.agent !== agent)
           return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
         leases.push(lease);
       }
+      leasesOf.push(leases);
+    }
+    let revoked = 0;
+    for (const [i, { r, agent, reason, detail }] of checked.entries()) {
+      const leases = leasesOf[i]!;
       const tripwire = r.outcome === "tripwire";
       const first = leases[0];
       await audit({
