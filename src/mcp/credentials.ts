@@ -8,7 +8,7 @@ import { VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { InjectRule } from "../config/proxy-config.js";
 import { PlaceholderRegistry } from "../proxy/placeholder-registry.js";
-import type { InjectionRule, ProxyCredential } from "../proxy/lease-egress.js";
+import { injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
 import { ScrubPatterns, scrub } from "../proxy/scrub.js";
 
 /** The session's credentials, by lease id. */
@@ -51,7 +51,7 @@ export class SessionCredentials {
     }
     const secret = `${lease.scope}/${lease.name}`;
     const placeholder = this.#registry.issue(lease.id, this.agent, text);
-    const c: ProxyCredential = { lease, secret, placeholder, value: text, rule: ruleFor(this.rules, secret) };
+    const c: ProxyCredential = { lease, secret, placeholder, value: text, rule: injectionRuleFor(this.rules, secret) };
     this.#byLease.set(lease.id, c);
     this.#generation++;
     return c;
@@ -92,15 +92,4 @@ export class SessionCredentials {
   wipe(): void {
     for (const id of this.leaseIds()) this.remove(id);
   }
-}
-
-/** The `[[proxy.inject]]` rule for `secret` (`scope/name`), else placeholder swapping (as lessor run). */
-function ruleFor(rules: readonly InjectRule[], secret: string): InjectionRule {
-  const r = rules.find((x) => x.secret === secret);
-  if (!r) return { mode: "placeholder" };
-  if (r.mode === "placeholder") return { mode: "placeholder", ...(r.body ? { body: true } : {}), ...(r.websocket ? { websocket: true } : {}) };
-  if (r.mode === "bearer") return { mode: "bearer" };
-  if (r.mode === "basic") return { mode: "basic", username: r.username ?? "" };
-  if (r.mode === "header") return { mode: "header", header: r.header! };
-  return { mode: "query", param: r.param! };
 }

@@ -51,6 +51,22 @@ export type InjectionRule =
   | { mode: "header"; header: string }
   | { mode: "query"; param: string };
 
+/**
+ * The injection rule for `secret` (`scope/name`) from the `[[proxy.inject]]` entries of lessor.toml
+ * (given by shape: this layer does not read the configuration), else placeholder swapping.
+ */
+export function injectionRuleFor(
+  rules: readonly { secret: string; mode: string; header?: string; param?: string; username?: string; body?: boolean; websocket?: boolean }[],
+  secret: string,
+): InjectionRule {
+  const r = rules.find((x) => x.secret === secret);
+  if (!r || r.mode === "placeholder") return { mode: "placeholder", ...(r?.body ? { body: true } : {}), ...(r?.websocket ? { websocket: true } : {}) };
+  if (r.mode === "bearer") return { mode: "bearer" };
+  if (r.mode === "basic") return { mode: "basic", username: r.username ?? "" };
+  if (r.mode === "header") return { mode: "header", header: r.header! };
+  return { mode: "query", param: r.param! };
+}
+
 /** One credential the run lends through the proxy. */
 export interface ProxyCredential {
   lease: LeaseRecord;

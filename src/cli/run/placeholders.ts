@@ -6,7 +6,7 @@
 import { VaultError } from "../../base/errors.js";
 import type { InjectRule } from "../../config/proxy-config.js";
 import { PlaceholderRegistry } from "../../proxy/placeholder-registry.js";
-import type { InjectionRule, ProxyCredential } from "../../proxy/lease-egress.js";
+import { injectionRuleFor, type ProxyCredential } from "../../proxy/lease-egress.js";
 import type { SecretFieldRef } from "../refs/grammar.js";
 import { refString } from "../../base/names.js";
 import type { LeaseBook } from "./leases.js";
@@ -37,7 +37,7 @@ export class RunCredentials {
     const secret = refString(ref);
     // One placeholder per (lease, field): the registry keys it by lease and "agent#field".
     const placeholder = this.#registry.issue(lease.id, ref.field === undefined ? this.agent : `${this.agent}#${ref.field}`, text);
-    this.#byLabel.set(label, { lease, secret: label, placeholder, value: text, rule: ruleFor(this.rules, secret) });
+    this.#byLabel.set(label, { lease, secret: label, placeholder, value: text, rule: injectionRuleFor(this.rules, secret) });
     return placeholder;
   };
 
@@ -46,15 +46,4 @@ export class RunCredentials {
     for (const c of this.#byLabel.values()) (c as { value: string }).value = "";
     this.#byLabel.clear();
   }
-}
-
-/** The `[[proxy.inject]]` rule for `secret` (`scope/name`), else placeholder swapping. */
-function ruleFor(rules: readonly InjectRule[], secret: string): InjectionRule {
-  const r = rules.find((x) => x.secret === secret);
-  if (!r) return { mode: "placeholder" };
-  if (r.mode === "placeholder") return { mode: "placeholder", ...(r.body ? { body: true } : {}), ...(r.websocket ? { websocket: true } : {}) };
-  if (r.mode === "bearer") return { mode: "bearer" };
-  if (r.mode === "basic") return { mode: "basic", username: r.username ?? "" };
-  if (r.mode === "header") return { mode: "header", header: r.header! };
-  return { mode: "query", param: r.param! };
 }
