@@ -97,7 +97,8 @@ describe("[[vm]], [[vsock]] and vsock_port in lessor.toml", () => {
     configError(`[vm]\nname = "v"\n`, /\[\[vm\]\]: expected \[\[vm\]\] tables/);
     configError(`[server]\nvsock_port = 7391\n[[vsock]]\ncid = 2\nagent = "c"\n`, /vsock 1: cid: expected a whole number from 3 to/);
     configError(`[server]\nvsock_port = 7391\n[[vsock]]\ncid = 5\nagent = "c"\n[[vsock]]\ncid = 5\nagent = "d"\n`, /vsock 2: cid: cid 5 is listed twice/);
-    configError(`[[vsock]]\ncid = 5\nagent = "c"\n`, /\[\[vsock\]\]: .*set \[server\] vsock_port/);
+    // [[vsock]] without vsock_port is valid: lessor proxy/mcp --vsock-port use the entries too.
+    assert.deepEqual(parseConfig(`[[vsock]]\ncid = 5\nagent = "c"\n`, "lessor.toml").vsockGuests, [{ cid: 5, role: "agent", agent: "c" }]);
     configError(`[server]\nvsock_port = -1\n`, /\[server\] vsock_port: expected a whole number/);
   });
 });

@@ -204,9 +204,8 @@ export function parseConfig(text: string, source: string): Config {
   parseServer(source, root, cfg.server);
   cfg.identities = parseIdentities(source, root["identity"]);
   cfg.vms = parseVms(source, root["vm"]);
+  // Without [server] vsock_port the entries still serve lessor proxy/mcp --vsock-port (the daemon refuses every CID it does not map either way).
   cfg.vsockGuests = parseVsockGuests(source, root["vsock"]);
-  if (cfg.vsockGuests.length > 0 && cfg.server.vsockPort === null)
-    fail(source, "[[vsock]]", "guests are mapped by CID but no AF_VSOCK listener is configured; set [server] vsock_port");
   cfg.run = parseRunConfig(source, root["run"]);
   cfg.proxy = parseProxyConfig(source, root["proxy"]);
   cfg.docker = parseDockerConfig(source, root["docker"]);

@@ -109,6 +109,8 @@ export class ForwardProxy {
   readonly #sockets = new Set<Duplex>();
   readonly #idleMs: number;
   readonly #maxHeaders: number;
+  #closed = false;
+  #checking = false;
 
   constructor(opts: ForwardProxyOptions) {
     this.#opts = opts;
@@ -195,8 +197,26 @@ export class ForwardProxy {
     }
   }
 
+  /**
+   * Serves a client connection accepted elsewhere (a VM guest's, which `lessor proxy` takes from a vsock
+   * listener after deciding who it is) as if it had arrived on a listening socket, timeouts included.
+   * After {@link close} it is destroyed.
+   */
+  accept(socket: Duplex): void {
+    if (this.#closed) {
+      socket.destroy();
+      return;
+    }
+    // node's header-timeout check starts when a server starts listening; one that only takes handed-over
+    // connections never does, so start it here (as for the inner server).
+    if (!this.server.listening && !this.#checking) this.server.emit("listening");
+    this.#checking = true;
+    this.server.emit("connection", socket);
+  }
+
   /** Stops listening and closes every client, tunnel and upstream connection. */
   async close(): Promise<void> {
+    this.#closed = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.#sockets) s.destroy();
     this.#inner.closeAllConnections();

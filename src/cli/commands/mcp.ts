@@ -1,6 +1,7 @@
 /**
- * `lessor mcp [--agent A] [--http 127.0.0.1:PORT]`: an MCP server on stdio (or streamable HTTP on
- * loopback: src/mcp/http.ts) for an LLM agent, acting for agent A. The agent
+ * `lessor mcp [--agent A] [--http 127.0.0.1:PORT | --socket PATH | --vsock-port P]`: an MCP server on
+ * stdio (or streamable HTTP on loopback: src/mcp/http.ts; or a socket / AF_VSOCK port for VM guests,
+ * one session per connection: ../mcp-guests.ts) for an LLM agent, acting for agent A. The agent
  * works with names, leases and placeholders; `http_request` goes through an injecting proxy this
  * process runs, so a value never enters the model's context. See docs/mcp.md.
  */
@@ -17,12 +18,22 @@ export const MCP_OPTIONS: readonly OptionSpec[] = [
   {
     name: "agent",
     value: "<agent>",
-    description: "the agent the server acts for (its grants apply); required unless the daemon (LESSOR_SOCKET / LESSOR_TOKEN_FILE) already knows this process as an agent, and then it must match",
+    description: "the agent the server acts for (its grants apply); required unless the daemon (LESSOR_SOCKET / LESSOR_TOKEN_FILE) already knows this process as an agent, and then it must match, or --socket / --vsock-port map each guest to its agent (then it narrows them to this one)",
   },
   {
     name: "http",
     value: "<addr>",
     description: "serve streamable HTTP on this loopback address and port (127.0.0.1:PORT or [::1]:PORT; port 0 picks one) instead of stdio; clients must send the bearer token",
+  },
+  {
+    name: "socket",
+    value: "<path>",
+    description: "serve on a Unix socket instead of stdio, one MCP session per connection: a [[vm]]'s <uds_path>_<port> serves that Firecracker VM as its agent; another path is a 0600 socket for --agent",
+  },
+  {
+    name: "vsock-port",
+    value: "<port>",
+    description: "serve on this AF_VSOCK port (QEMU/vhost-vsock guests), one MCP session per connection, as the agent [[vsock]] maps the guest's CID to; other CIDs are refused",
   },
   {
     name: "terminal-approval",
@@ -40,13 +51,21 @@ export interface McpCommandOptions {
   agent?: string | undefined;
   http?: string | undefined;
   tokenFile?: string | undefined;
+  socket?: string | undefined;
+  vsockPort?: string | undefined;
   terminalApproval?: boolean | undefined;
 }
 
 /** Serves MCP on stdio until the client closes it. */
 export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
   return cli.run(async () => {
-    if (o.tokenFile !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--token-file goes with --http (over stdio there is no token)");
+    if (o.tokenFile !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--token-file goes with --http (over stdio and sockets there is no token)");
+    const ways = [o.http !== undefined ? "--http" : "", o.socket !== undefined ? "--socket" : "", o.vsockPort !== undefined ? "--vsock-port" : ""].filter((w) => w !== "");
+    if (ways.length > 1) throw new VaultError("invalid_request", `${ways.join(" and ")}: give one (or none, for stdio)`);
+    if (o.socket !== undefined || o.vsockPort !== undefined) {
+      const { serveMcpGuests } = await import("../mcp-guests.js");
+      return serveMcpGuests(cli, o);
+    }
     const [{ createMcpSession, serveStdio }, http, { resolveAgent }, { loadConfig }] = await Promise.all([
       import("../../mcp/server.js"),
       import("../../mcp/http.js"),
@@ -116,8 +135,8 @@ export function registerMcp(program: Command, cli: Cli): void {
   addOptions(
     program
       .command("mcp")
-      .description("serve the Model Context Protocol (stdio, or streamable HTTP on loopback with --http) for an LLM agent: secret names, leases, placeholders and HTTPS through the injecting proxy; never a value")
-      .usage("[--agent A] [--http 127.0.0.1:PORT [--token-file PATH]]"),
+      .description("serve the Model Context Protocol (stdio, streamable HTTP on loopback with --http, or a socket / AF_VSOCK port for VM guests) for an LLM agent: secret names, leases, placeholders and HTTPS through the injecting proxy; never a value")
+      .usage("[--agent A] [--http 127.0.0.1:PORT [--token-file PATH] | --socket PATH | --vsock-port P]"),
     MCP_OPTIONS,
   )
     .addHelpText(
@@ -130,6 +149,8 @@ export function registerMcp(program: Command, cli: Cli): void {
         "  lessor mcp --agent claude",
         "  LESSOR_SOCKET=/run/lessor/agent.sock lessor mcp      # the daemon says which agent",
         "  lessor mcp --agent claude --http 127.0.0.1:8765 --token-file ~/.lessor/mcp.token",
+        "  lessor mcp --socket /run/fc/vm1.vsock_5000     # Firecracker VM vm1 ([[vm]]): in the guest, socat - VSOCK-CONNECT:2:5000",
+        "  lessor mcp --vsock-port 5000                   # QEMU guests by CID ([[vsock]])",
         "",
         "stdout carries the protocol; one line per tool call goes to stderr. The leases the session",
         "took are revoked when the client closes the connection. See docs/mcp.md.",

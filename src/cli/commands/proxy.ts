@@ -1,5 +1,5 @@
 /**
- * `lessor proxy --agent A [--env-file F]… [--domain D]… [--ttl T] [--listen 127.0.0.1:PORT | --socket PATH]
+ * `lessor proxy --agent A [--env-file F]… [--domain D]… [--ttl T] [--listen 127.0.0.1:PORT | --socket PATH | --vsock-port P]
  * [--egress strict|open] [--env-out FILE]`: the injecting proxy on its own, for an agent in a VM or a
  * container. See docs/cli/proxy.md and docs/proxy.md.
  */
@@ -14,7 +14,8 @@ export const PROXY_OPTIONS: readonly OptionSpec[] = [
   { name: "domain", value: "<host>", description: "a host the credentials are for (passed to policy); repeat for more", repeat: true },
   { name: "ttl", value: "<duration>", description: "lease lifetime such as 8h (capped by policy)" },
   { name: "listen", value: "<addr>", description: "loopback address and port to listen on, 127.0.0.1:PORT or [::1]:PORT (default 127.0.0.1:0, a free port)" },
-  { name: "socket", value: "<path>", description: "listen on a Unix socket (0600, in a directory only you can change) instead of a TCP port" },
+  { name: "socket", value: "<path>", description: "listen on a Unix socket (0600, in a directory only you can change) instead of a TCP port; a [[vm]]'s <uds_path>_<port> serves that Firecracker VM only, and its agent must be --agent" },
+  { name: "vsock-port", value: "<port>", description: "listen on this AF_VSOCK port (QEMU/vhost-vsock guests) instead: only guest CIDs that [[vsock]] maps to --agent are served, others refused" },
   { name: "egress", value: "<strict|open>", description: "hosts no lease covers: strict refuses them (403), open tunnels them untouched (default: [proxy] egress, else strict)" },
   { name: "env-out", value: "<file>", description: "write the agent's environment here (mode 0600; the CA files beside it) instead of stdout" },
 ];
@@ -27,6 +28,7 @@ export interface ProxyCommandOptions {
   ttl?: string | undefined;
   listen?: string | undefined;
   socket?: string | undefined;
+  vsockPort?: string | undefined;
   egress?: string | undefined;
   envOut?: string | undefined;
 }
@@ -36,7 +38,7 @@ export function registerProxy(program: Command, cli: Cli): void {
     program
       .command("proxy")
       .description("serve the injecting proxy for an agent in a VM or container: prints its environment (placeholders, HTTPS_PROXY, CA), serves until stopped, revokes the leases")
-      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--listen 127.0.0.1:PORT | --socket PATH] [--egress strict|open] [--env-out FILE]"),
+      .usage("--agent A [--env-file F]… [--domain D]… [--ttl T] [--listen 127.0.0.1:PORT | --socket PATH | --vsock-port P] [--egress strict|open] [--env-out FILE]"),
     PROXY_OPTIONS,
   )
     .addHelpText(
@@ -54,7 +56,8 @@ export function registerProxy(program: Command, cli: Cli): void {
         "random token per session: other local users can reach a loopback port, so clients must send",
         "it); the session CA's files (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, …). The proxy swaps the",
         "placeholders for the real credentials on the way to the hosts the leases cover (docs/proxy.md).",
-        "It listens on loopback only; a VM reaches it through a forwarded port. Ctrl-C or SIGTERM stops",
+        "It listens on loopback only, or on a VM's vsock: --socket <uds_path>_<port> of a [[vm]]",
+        "(Firecracker), --vsock-port P for the guest CIDs [[vsock]] maps to the agent. Ctrl-C or SIGTERM stops",
         "it, revokes the leases and removes the files it wrote.",
       ].join("\n"),
     )
@@ -68,6 +71,7 @@ export function registerProxy(program: Command, cli: Cli): void {
           ...(o.ttl !== undefined ? { ttl: o.ttl } : {}),
           ...(o.listen !== undefined ? { listen: o.listen } : {}),
           ...(o.socket !== undefined ? { socket: o.socket } : {}),
+          ...(o.vsockPort !== undefined ? { vsockPort: o.vsockPort } : {}),
           ...(o.egress !== undefined ? { egress: o.egress } : {}),
           ...(o.envOut !== undefined ? { envOut: o.envOut } : {}),
         });

@@ -17,8 +17,11 @@ import { assertSafeSocketDir } from "../../server/transports/socket-dir.js";
 import { bindSocketFile, removeSocketFile, type SocketFile } from "../../server/transports/socket-file.js";
 import { clearStaleSocket } from "../../server/transports/stale-socket.js";
 
-/** Where the proxy listens: a loopback TCP address (port 0: any free port), or a Unix socket path. */
-export type ProxyListen = { host: string; port: number } | { socket: string };
+/**
+ * Where the proxy listens: a loopback TCP address (port 0: any free port), a Unix socket path, or
+ * nowhere: `guests`, whose connections a guest listener hands over (`RunProxy.accept`; src/cli/guest-gate.ts).
+ */
+export type ProxyListen = { host: string; port: number } | { socket: string } | { guests: true };
 
 const LOOPBACK_V4 = new BlockList();
 LOOPBACK_V4.addSubnet("127.0.0.0", 8, "ipv4");

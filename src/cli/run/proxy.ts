@@ -11,6 +11,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Duplex } from "node:stream";
 import { rootCertificates } from "node:tls";
 import { VaultError } from "../../base/errors.js";
 import type { BackendApi } from "../../backend/backend.js";
@@ -41,8 +42,10 @@ export interface ProxyView {
 export interface RunProxy {
   /** The private directory (socket, CA files) to show in the sandbox at {@link SANDBOX_PROXY_DIR}. */
   dir: string;
-  /** Where it listens: the loopback address and port, or the socket path. */
-  address: { host: string; port: number } | { socket: string };
+  /** Where it listens: the loopback address and port, the socket path, or nowhere (guests: connections handed over). */
+  address: { host: string; port: number } | { socket: string } | { guests: true };
+  /** Serves a connection accepted elsewhere (a VM guest's, let through by src/cli/guest-gate.ts). */
+  accept(socket: Duplex): void;
   /** The session CA's certificate (public), or null when no lease covers a host (nothing is intercepted). */
   caPem: string | null;
   /**
@@ -157,7 +160,8 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
     } else if ("socket" in at) {
       socket = await bindPrivateSocket(proxy.server, at.socket);
       address = { socket: socket.path };
-    } else address = { host: at.host, port: await proxy.listen(at.port, at.host) };
+    } else if ("guests" in at) address = { guests: true };
+    else address = { host: at.host, port: await proxy.listen(at.port, at.host) };
     egress.start();
   } catch (e) {
     await proxy?.close().catch(() => {});
@@ -177,6 +181,7 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
     address: addr,
     caPem: ca?.certPem ?? null,
     childEnv: (env, view = SANDBOX_VIEW) => ({ ...env, ...childEnv(withCa, env["GIT_CONFIG_COUNT"], view) }),
+    accept: (s) => p.accept(s),
     close: () =>
       (closing ??= (async () => {
         await p.close().catch(() => {});

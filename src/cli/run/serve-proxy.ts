@@ -15,6 +15,7 @@
  */
 import { lstatSync, unlinkSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
+import type { Duplex } from "node:stream";
 import { VaultError } from "../../base/errors.js";
 import type { Backend } from "../../backend/backend.js";
 import { EGRESS_MODES, type EgressMode } from "../../config/proxy-config.js";
@@ -32,6 +33,7 @@ import { caBundle, startRunProxy, type ProxyView, type RunProxy } from "./proxy.
 import { checkSocketDir, parseListen, type ProxyListen } from "./proxy-listen.js";
 import { signalExitCode } from "./signals.js";
 import { holdLeases } from "../holding.js";
+import { GuestGate, guestSourceOf, listenGuests, preflightGuests, type GuestListener } from "../guest-gate.js";
 
 /** Options of {@link serveProxy}. */
 export interface ServeProxyOptions {
@@ -41,8 +43,10 @@ export interface ServeProxyOptions {
   ttl?: string;
   /** --listen HOST:PORT (loopback only; default 127.0.0.1:0, a free port). */
   listen?: string;
-  /** --socket PATH instead of a TCP port. */
+  /** --socket PATH instead of a TCP port (a `[[vm]]`'s `<uds_path>_<P>`: that VM's guests only). */
   socket?: string;
+  /** --vsock-port P: AF_VSOCK, for the guest CIDs `[[vsock]]` maps to the agent. */
+  vsockPort?: string;
   /** --egress strict|open (default: `[proxy] egress`). */
   egress?: string;
   /** --env-out FILE: write the agent's environment there (0600) instead of stdout. */
@@ -124,12 +128,25 @@ function assertOneLine(key: string, value: string, from: string): void {
     throw new UsageError(`$${key} (from ${from}) has a control character or surrounding white space, which an env file line cannot carry as it is; remove them`);
 }
 
+/** Answers a refused guest with a 403 before its connection is closed. */
+function refuseHttp(stream: Duplex, message: string): void {
+  const body = `${message}\n`;
+  stream.write(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
 /** Runs `lessor proxy`; resolves with the exit code. */
 export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number> {
-  if (o.listen !== undefined && o.socket !== undefined) throw new UsageError("--listen and --socket: give one (a loopback TCP address, or a Unix socket path)");
-  const listen: ProxyListen = o.socket !== undefined ? { socket: o.socket } : parseListen(o.listen ?? "127.0.0.1:0");
-  if ("socket" in listen) checkSocketDir(listen.socket);
-  const config = loadConfig(resolveHome(cli.home, process.env)).proxy;
+  const flags = [o.listen !== undefined ? "--listen" : "", o.socket !== undefined ? "--socket" : "", o.vsockPort !== undefined ? "--vsock-port" : ""].filter((f) => f !== "");
+  if (flags.length > 1) throw new UsageError(`${flags.join(" and ")}: give one (a loopback TCP address, a Unix socket path, or an AF_VSOCK port)`);
+  const home = resolveHome(cli.home, process.env);
+  const full = loadConfig(home);
+  const config = full.proxy;
+  // A VM's socket or an AF_VSOCK port: each connection is let through only for a guest mapped to this agent.
+  const guests = guestSourceOf(o, full, home);
+  const gate = guests === null ? null : new GuestGate(guests, { what: "lessor proxy", agent: o.agent, onGuest: (s) => (proxy ? proxy.accept(s) : s.destroy()), refuse: refuseHttp, log: (l) => cli.err(l) });
+  const addons = guests === null ? {} : preflightGuests(guests);
+  const listen: ProxyListen = guests !== null ? { guests: true } : o.socket !== undefined ? { socket: o.socket } : parseListen(o.listen ?? "127.0.0.1:0");
+  if (o.socket !== undefined) checkSocketDir(o.socket);
   const egress = parseEgress(o.egress, config.egress);
   const vars = baseEnv(process.env, o.envFiles);
   const found = scanEnv(vars);
@@ -147,6 +164,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;
+  let door: GuestListener | null = null;
   const files: Written[] = [];
   let code: number = EXIT.ok;
   let failed = 0;
@@ -167,6 +185,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
     book.wipe();
     const token = newProxyToken();
     proxy = await startRunProxy({ config: { ...config, egress }, api: backend.api, agent: o.agent, credentials: creds.credentials, warn: (line) => cli.err(line), listen, token });
+    if (guests !== null && gate !== null) door = await listenGuests(guests, gate, addons);
     abort();
 
     const view = agentView(proxy, token, o.envOut, files);
@@ -178,7 +197,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
       writeFileAtomic(out, text, 0o600);
       files.push(written(out));
     } else cli.stdout.write(text);
-    const at = "socket" in proxy.address ? `the Unix socket ${proxy.address.socket} (the printed HTTPS_PROXY assumes the agent reaches it at 127.0.0.1:${BRIDGE_PORT})` : `${view.url.replace(/\/\/[^@]*@/, "//")}`;
+    const at = door !== null ? `${door.where} (the printed HTTPS_PROXY assumes the guest forwards 127.0.0.1:${BRIDGE_PORT} to it)` : "socket" in proxy.address ? `the Unix socket ${proxy.address.socket} (the printed HTTPS_PROXY assumes the agent reaches it at 127.0.0.1:${BRIDGE_PORT})` : `${view.url.replace(/\/\/[^@]*@/, "//")}`;
     cli.err(
       `lessor: proxy for agent ${o.agent} on ${at}: ${book.leases.length} lease(s), egress ${egress}${proxy.caPem ? `, CA ${view.caFile}` : ""}${o.envOut !== undefined ? `; the agent's environment is in ${resolve(o.envOut)}` : ""}. Stop it with Ctrl-C or SIGTERM.`,
     );
@@ -189,7 +208,10 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
     cli.err(`lessor: stopped by ${e.signal} before the proxy served; the leases taken so far are revoked`);
     code = signalExitCode(e.signal);
   } finally {
-    // The proxy stops first (its last audit reports written), then the leases end.
+    // Guests are shut out, the proxy stops (its last audit reports written), then the leases end.
+    gate?.close();
+    door?.close();
+    if (gate !== null && gate.refused > 0) cli.err(`lessor: ${gate.refused} guest connection(s) were refused`);
     await proxy?.close();
     creds?.wipe();
     for (const f of files) removeWritten(f);
@@ -208,7 +230,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
  */
 function agentView(proxy: RunProxy, token: string, envOut: string | undefined, files: Written[]): ProxyView {
   const a = proxy.address;
-  const url = "socket" in a ? proxyUrl(token, "127.0.0.1", BRIDGE_PORT) : proxyUrl(token, a.host, a.port);
+  const url = "host" in a ? proxyUrl(token, a.host, a.port) : proxyUrl(token, "127.0.0.1", BRIDGE_PORT);
   if (envOut === undefined || proxy.caPem === null) return { url, caFile: join(proxy.dir, "ca.pem"), bundleFile: join(proxy.dir, "ca-bundle.pem") };
   const out = resolve(envOut);
   const caFile = join(dirname(out), `${basename(out)}.ca.pem`);
