@@ -35,7 +35,7 @@ describe("roles", () => {
     assert.equal((await admin.auditVerify()).ok, true);
   });
 
-  test("explain says which rule decides, for admins and orchestrators only", async () => {
+  test("explain says which rule decides, for admins and orchestrators; for an agent, about itself only", async () => {
     const { vault } = await makeVault({ policy: `[[rule]]\nname = "no"\neffect = "deny"\nagents = ["bad"]\nsecrets = ["*"]\n` + grant("g", ["*"], ["s"], ["x.example.com"]) });
     const ref = { scope: "global", name: "s" };
     const allowed = await vault.admin().explain("claude", ref, "x.example.com");
@@ -48,7 +48,10 @@ describe("roles", () => {
     const other = await vault.admin().explain("claude", ref, "y.example.com");
     assert.equal(other.allow, false);
     assert.match(other.steps.find((st) => st.rule === "g")!.why, /y\.example\.com/);
-    assert.equal(await codeOf(vault.session(agent("claude")).explain("claude", ref)), "access_denied");
+    const own = await vault.session(agent("claude")).explain("claude", ref);
+    assert.equal(own.allow, true);
+    assert.deepEqual(own.steps.map((st) => st.rule), ["g"], "the rule naming agent \"bad\" is not shown to claude");
+    assert.equal(await codeOf(vault.session(agent("claude")).explain("bad", ref)), "access_denied");
   });
 
   test("a session's identity is fixed: it cannot be changed after creation", async () => {

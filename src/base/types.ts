@@ -124,6 +124,7 @@ export const AUDIT_TYPES = [
   "approval_requested",
   "approval_granted",
   "approval_denied",
+  "tool_call",
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
 

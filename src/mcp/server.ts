@@ -3,9 +3,11 @@
  *
  * It is built on the SDK's low-level `Server` rather than `McpServer`, so that lessor, not the SDK,
  * checks each call's arguments against the schemas derived from the method registry: a malformed call
- * then gets lessor's message (which names fields and never quotes a value), is logged like any other,
- * and the server keeps serving. Every result's text passes the session's scrubber last, so a value the
- * session holds cannot reach the agent whatever path it took.
+ * then gets lessor's message (which names fields and never quotes a value), is logged and audited like
+ * any other, and the server keeps serving. Every call, a malformed one or one to an unknown tool too,
+ * is written to the audit trail as one `tool_call` event before its answer goes out (./call-audit.ts).
+ * Every result's text passes the session's scrubber last, so a value the session holds cannot reach
+ * the agent whatever path it took.
  *
  * The session's leases are revoked when the client goes away (stdin closes) or on SIGINT/SIGTERM, as
  * `lessor run` revokes its leases when its command exits.
@@ -14,11 +16,12 @@ import { z } from "zod";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 import { CallToolRequestSchema, ErrorCode as McpErrorCode, ListToolsRequestSchema, McpError } from "@modelcontextprotocol/sdk/types.js";
-import { VaultError } from "../base/errors.js";
+import { VaultError, type ErrorCode } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { ProxyConfig } from "../config/proxy-config.js";
 import { issuesMessage, safeName } from "../protocol/issues.js";
 import { VERSION } from "../version.js";
+import { CallAudit, UNKNOWN_TOOL, UNKNOWN_TOOL_CODE } from "./call-audit.js";
 import { SessionCredentials } from "./credentials.js";
 import type { McpIdentity } from "./identity.js";
 import { errorDoc, failed, ok, type ToolResult } from "./results.js";
@@ -56,6 +59,9 @@ export interface McpSession {
   close(): Promise<void>;
 }
 
+/** The fields of a tools/call request a refusal may name. */
+const REQUEST_FIELDS: ReadonlySet<string> = new Set(["params", "params.name", "params.arguments", "params._meta", "params.task"]);
+
 /** A tool's entry in tools/list: its input schema as JSON Schema, from the zod schema. */
 function listed(t: ToolSpec): Record<string, unknown> {
   const { $schema: _drop, ...inputSchema } = z.toJSONSchema(t.input, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
@@ -85,6 +91,7 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
   const ctx: ToolContext = { api: o.api, agent: o.identity.agent, role: o.identity.role, credentials, proxy, ...(o.approvalPage !== false ? { pages } : {}), log: o.log };
   const byName = new Map(TOOLS.map((t) => [t.name, t]));
   const agentText = JSON.stringify(o.identity.agent);
+  const audit = new CallAudit(o.api, o.identity, o.log);
 
   const makeServer = (): Server => {
     const server = new Server(
@@ -98,35 +105,52 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
 
     server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: TOOLS.map(listed) }));
 
-    server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
-      const name = req.params.name;
+    // tools/call is served by the fallback handler, not setRequestHandler: the SDK's Server checks a
+    // tools/call request's shape before its handler runs and answers a malformed one itself, so that
+    // call would go unaudited. Here every call, well-formed or not, is audited exactly once.
+    server.fallbackRequestHandler = async (request, extra) => {
+      if (request.method !== "tools/call") throw new McpError(McpErrorCode.MethodNotFound, "Method not found");
+      const started = performance.now();
+      const req = CallToolRequestSchema.safeParse(request);
+      if (!req.success) {
+        const named = (request.params as { name?: unknown } | undefined)?.name;
+        const spec = typeof named === "string" ? byName.get(named) : undefined;
+        o.log(`lessor mcp: agent ${agentText}: a malformed tools/call refused`);
+        await audit.record(spec?.name ?? UNKNOWN_TOOL, "invalid_request", started);
+        // Known field names only: the parser's own message, or a key the client chose, may quote what was sent.
+        const fields = [...new Set(req.error.issues.map((i) => i.path.slice(0, 2).map(String).join(".")))].filter((f) => REQUEST_FIELDS.has(f));
+        throw new McpError(McpErrorCode.InvalidParams, `invalid tools/call request${fields.length > 0 ? ` (check ${fields.join(", ")})` : ""}: params must be {name: string, arguments?: object}`);
+      }
+      const name = req.data.params.name;
       const spec = byName.get(name);
       if (!spec) {
         o.log(`lessor mcp: agent ${agentText}: unknown tool refused`);
+        await audit.record(UNKNOWN_TOOL, UNKNOWN_TOOL_CODE, started);
         throw new McpError(McpErrorCode.InvalidParams, `unknown tool ${safeName(name) ?? "(with an unusual name)"}; tools/list gives the tools (${TOOLS.map((t) => t.name).join(", ")})`);
       }
-      const started = performance.now();
       let result: ToolResult;
-      let outcome: string;
-      const parsed = spec.input.safeParse(req.params.arguments ?? {});
+      let code: ErrorCode | null;
+      const parsed = spec.input.safeParse(req.data.params.arguments ?? {});
       if (!parsed.success) {
         const e = new VaultError("invalid_request", issuesMessage(spec.name, parsed.error.issues, Object.keys(spec.input.shape)).replace("see docs/protocol.md", "tools/list gives the schema"));
         result = failed(errorDoc(e, o.identity.agent));
-        outcome = "error invalid_request";
+        code = "invalid_request";
       } else {
         try {
           result = ok(await spec.run({ ...ctx, server, requestId: extra.requestId }, parsed.data as Record<string, unknown>));
-          outcome = "ok";
+          code = null;
         } catch (e) {
           const doc = errorDoc(e, o.identity.agent);
           if (!(e instanceof VaultError)) o.log(`lessor mcp: ${spec.name} failed unexpectedly: ${e instanceof Error ? e.name : "error"}`);
           result = failed(doc);
-          outcome = `error ${doc.error.code}`;
+          code = doc.error.code;
         }
       }
-      o.log(`lessor mcp: agent ${agentText} ${spec.name}: ${outcome} (${Math.round(performance.now() - started)} ms)`);
+      o.log(`lessor mcp: agent ${agentText} ${spec.name}: ${code === null ? "ok" : `error ${code}`} (${Math.round(performance.now() - started)} ms)`);
+      const unaudited = await audit.record(spec.name, code, started);
+      if (unaudited !== null) result = failed(errorDoc(unaudited, o.identity.agent));
       return scrubbed(result, credentials);
-    });
+    };
     return server;
   };
 

@@ -6,16 +6,20 @@
  *
  * | tool           | registry methods                                      | audited by the vault as          |
  * |----------------|-------------------------------------------------------|----------------------------------|
- * | list_secrets   | list_secrets, explain (per secret)                    | read-only (not audited)          |
+ * | list_secrets   | list_granted                                          | read-only (not audited)          |
  * | explain_access | explain                                               | read-only (not audited)          |
  * | request_access | approval_request, then request_lease with access      | lease_granted, secret_accessed;  |
  * |                | (one use, to shape it); approval_decide from the page | approval_* (./approval-flow.ts)  |
  * | http_request   | access_secret per request, record_proxy_requests      | secret_accessed, proxy_request   |
  * | revoke         | list_leases (ownership), revoke_lease                 | lease_revoked                    |
  * | list_leases    | list_leases                                           | read-only (not audited)          |
+ * | (every call)   | record_tool_call (./call-audit.ts)                    | tool_call                        |
  *
- * Refusals are audited by the core as access_denied. There is no registry method to audit a tool
- * call as such; ./server.ts logs one line per call on stderr (agent, tool, outcome, code).
+ * Refusals are audited by the core as access_denied. Every call, whatever it did, and including a
+ * malformed call or one to an unknown tool, is also audited as one `tool_call` event (agent, tool,
+ * outcome, error code, duration; never an argument) by ./server.ts before the agent sees its result.
+ * An agent reaching the vault with its own identity may list and explain only its own grants
+ * (src/vault/own-access.ts); the owner's server asks the same for the agent it serves.
  */
 import { z } from "zod";
 import { VaultError } from "../base/errors.js";
@@ -68,7 +72,7 @@ export const MAX_REQUEST_BODY = 1024 * 1024;
 const MAX_HEADERS = 64;
 /** Deadline of one http_request, ms. */
 const HTTP_TIMEOUT_MS = 30_000;
-/** Most secrets list_secrets looks at (one explain each). */
+/** Most secrets list_secrets returns. */
 const MAX_LISTED = 500;
 
 /** An HTTP header name (RFC 9110 token). */
@@ -114,23 +118,22 @@ const listSecrets: ToolSpec = {
   name: "list_secrets",
   title: "List the secrets you may ask for",
   description:
-    "Lists the secrets this agent may request access to: name, kind, description and the rule that grants it. Never returns a value. Use a name with explain_access or request_access.",
+    "Lists the secrets this agent may request access to: name, kind, description, the rule that grants it and the domains it may be used on (approval: required when a person must approve each lease). Never returns a value. Use a name with explain_access or request_access.",
   input: z.strictObject({}),
   annotations: { readOnlyHint: true, openWorldHint: false },
   async run(ctx) {
-    if (ctx.role === "agent")
-      throw new VaultError(
-        "access_denied",
-        `lessor mcp reaches the vault as agent "${ctx.agent}", and an agent may not read the policy; ask the operator which secrets you are granted, or run lessor mcp as the owner (without LESSOR_SOCKET / LESSOR_TOKEN_FILE)`,
-      );
-    const all = await ctx.api.listSecrets({});
-    const secrets: Record<string, unknown>[] = [];
-    for (const s of all.slice(0, MAX_LISTED)) {
-      const name = `${s.scope}/${s.name}`;
-      const e = await ctx.api.explain(ctx.agent, name);
-      if (e.allow) secrets.push({ secret: name, kind: s.kind, description: s.description, rule: e.rule });
-    }
-    return { agent: ctx.agent, secrets, ...(all.length > MAX_LISTED ? { note: `only the first ${MAX_LISTED} secrets of the vault were checked` } : {}) };
+    // One call: the vault lists what the agent's grants cover (an agent's own identity: only its own).
+    const all = await ctx.api.api.list_granted(ctx.role === "agent" ? {} : { agent: ctx.agent });
+    const secrets = all.slice(0, MAX_LISTED).map((s) => ({
+      secret: `${s.scope}/${s.name}`,
+      kind: s.kind,
+      description: s.description,
+      rule: s.rule,
+      domains: s.domains,
+      ...(s.anyDomain ? { anyDomain: true } : {}),
+      ...(s.approval === "required" ? { approval: "required" } : {}),
+    }));
+    return { agent: ctx.agent, secrets, ...(all.length > MAX_LISTED ? { note: `only the first ${MAX_LISTED} of ${all.length} granted secrets are listed` } : {}) };
   },
 };
 
@@ -141,8 +144,7 @@ const explainAccess: ToolSpec = {
   input: z.strictObject({ secret: describe(explainParams.secret, SECRET_DOC), domain: describe(explainParams.domain, "the host the credential would be sent to, e.g. api.github.com") }),
   annotations: { readOnlyHint: true, openWorldHint: false },
   async run(ctx, a) {
-    if (ctx.role === "agent")
-      throw new VaultError("access_denied", `lessor mcp reaches the vault as agent "${ctx.agent}", and an agent may not read the policy; call request_access to try, or ask the operator`);
+    // As an agent's own identity the vault answers for that agent only; the owner asks for the agent served.
     const e = await ctx.api.explain(ctx.agent, a["secret"] as string, a["domain"] as string | undefined);
     return { agent: ctx.agent, secret: a["secret"], ...(a["domain"] !== undefined ? { domain: a["domain"] } : {}), allow: e.allow, rule: e.rule, reason: e.reason };
   },

@@ -15,6 +15,7 @@
 import { z } from "zod";
 import { VaultError } from "../base/errors.js";
 import { parseRefString } from "../base/names.js";
+import { MAX_TOOL_CALL_MS, TOOL_CODES, TOOL_NAME_RE, TOOL_OUTCOMES } from "../base/tool-call.js";
 import { AUDIT_TYPES, SECRET_KINDS, type Role } from "../base/types.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { VaultSession } from "../vault/vault.js";
@@ -210,6 +211,16 @@ export const REGISTRY = {
     audit: "read-only",
     call: (s, p) => s.listSecrets(p),
   }),
+  list_granted: method({
+    description:
+      "Lists the secrets an agent's grants cover (name, kind, description, the granting rule and its domains; never a value). An agent lists its own; others name the agent.",
+    roles: ALL,
+    params: z.strictObject({ agent: str(128).optional(), scope, namePrefix: str(128).optional() }),
+    result: z.array(R.grantedSecret),
+    secret: false,
+    audit: "read-only",
+    call: (s, p) => s.listGranted(p),
+  }),
   get_secret_metadata: method({
     description: "One secret's metadata and kept versions.",
     roles: READERS,
@@ -312,6 +323,22 @@ export const REGISTRY = {
     secret: false,
     audit: "audited",
     call: (s, p) => s.recordProxyRequests(p.reports),
+  }),
+  record_tool_call: method({
+    description:
+      "Writes the tool_call audit event of one tool call an MCP server handled for an agent: the tool's name, the outcome, the error code and the duration; never an argument or a result.",
+    roles: ALL,
+    params: z.strictObject({
+      agent: str(128).optional(),
+      tool: z.string().regex(TOOL_NAME_RE, 'expected a tool name: 1 to 64 letters, digits, "_", "." or "-", starting with a letter'),
+      outcome: z.enum(TOOL_OUTCOMES),
+      code: z.enum(TOOL_CODES).optional(),
+      ms: z.number().min(0).max(MAX_TOOL_CALL_MS),
+    }),
+    result: z.strictObject({ recorded: z.literal(true) }),
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.recordToolCall(p),
   }),
   revoke_all_for_agent: method({
     description: "Revokes every live lease of an agent.",
@@ -440,8 +467,9 @@ export const REGISTRY = {
     call: (s) => s.reloadPolicy(),
   }),
   explain: method({
-    description: "Says which rule decides agent × secret × domain, and why, and which version of the policy answered.",
-    roles: READERS,
+    description:
+      "Says which rule decides agent × secret × domain, and why, and which version of the policy answered. An agent may ask about itself only (the rules naming other agents left out).",
+    roles: ALL,
     params: z.strictObject({ agent: str(128), secret: str(300), domain: plain(z.string().max(300)).optional() }),
     result: R.explanation,
     secret: false,

@@ -34,6 +34,18 @@ export const secretRecord = z.strictObject({
   updatedAt: z.number(),
 });
 
+/** A secret an agent's grants cover (list_granted; src/vault/own-access.ts): never a value, never another agent's. */
+export const grantedSecret = z.strictObject({
+  scope: z.string(),
+  name: z.string(),
+  kind: z.enum(SECRET_KINDS),
+  description: z.string(),
+  rule: z.string(),
+  domains: z.array(z.string()),
+  anyDomain: z.boolean(),
+  approval: z.enum(["none", "required"]),
+});
+
 /** One kept version's metadata. */
 export const versionMeta = z.strictObject({ version: z.number(), size: z.number(), alg: z.string(), keyId: z.string(), createdAt: z.number(), createdBy: z.string() });
 
@@ -104,8 +116,17 @@ export const auditEvent = z.strictObject({
   keyId: nullableString,
 });
 
-/** Which load of the policy file answered, and whether it loaded. */
-const policyVersion = { load: z.number(), digest: z.string(), loadedAt: z.number(), state: z.enum(["ok", "broken"]) };
+/**
+ * Which load of the policy file answered, and whether it loaded; `stale` when another instance sharing
+ * the store put another policy in force (this one then grants nothing; src/vault/policy-sync.ts).
+ */
+const policyVersion = {
+  load: z.number(),
+  digest: z.string(),
+  loadedAt: z.number(),
+  state: z.enum(["ok", "broken"]),
+  stale: z.strictObject({ stored: z.string(), at: z.number(), by: z.string() }).optional(),
+};
 
 /** The vault's and the daemon's state (no secrets). */
 export const status = z.strictObject({

@@ -26,9 +26,11 @@ import { denied } from "./denied.js";
 import { VaultError } from "../base/errors.js";
 import * as leases from "./leases.js";
 import * as proxyRequests from "./proxy-requests.js";
-import { checkAgentId, checkRef } from "../base/names.js";
+import * as toolCalls from "./tool-calls.js";
+import * as ownAccess from "./own-access.js";
+import { checkAgentId } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
-import { emptyPolicy, explain, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
+import { emptyPolicy, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
 import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
@@ -41,6 +43,8 @@ import * as approvalCalls from "./approval-calls.js";
 import type { ApprovalRecord } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
 import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
+import { openPolicyStamp, refreshPolicyStamp, stampedHere } from "./policy-sync.js";
+import { catchUpKeys } from "./key-reload.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
 /** How to open a vault. */
@@ -140,6 +144,8 @@ export class Vault {
       };
       installPolicy(ctx, policy);
       await checkKillswitch(ctx);
+      // On a shared store, whether this policy is the one in force there (src/vault/policy-sync.ts).
+      await openPolicyStamp(ctx);
       return new Vault(ctx);
     } catch (e) {
       auditKeys?.wipe();
@@ -161,7 +167,8 @@ export class Vault {
    * as PostgreSQL does): their token revocations, killswitch and policy reloads raise this vault's
    * signals as local ones do (src/vault/remote-changes.ts). A daemon calls this once; one-shot users
    * (the CLI) need not. Also raises `policy_stale` at once if this instance's policy is not the one
-   * the last reload stored. Returns the function that stops following (close() stops it too).
+   * the store names as in force (it then grants nothing: src/vault/policy-sync.ts). Returns the
+   * function that stops following (close() stops it too).
    */
   followChanges(): () => void {
     const ctx = this.#ctx;
@@ -379,6 +386,11 @@ export class VaultSession {
     return proxyRequests.recordProxyRequests(this.#ctx, this.identity, reports);
   }
 
+  /** Writes the `tool_call` audit event of one tool call an MCP server made for an agent (src/vault/tool-calls.ts). */
+  recordToolCall(report: toolCalls.ToolCallReport): Promise<{ recorded: true }> {
+    return toolCalls.recordToolCall(this.#ctx, this.identity, report);
+  }
+
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }
@@ -421,6 +433,8 @@ export class VaultSession {
   /** Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin. */
   async auditVerify(): Promise<AuditVerifyResult> {
     await this.#requireAdmin("verify the audit trail");
+    // Another instance may have rotated the master key: load it first (src/vault/key-reload.ts).
+    await catchUpKeys(this.#ctx);
     return verifyAudit(this.#ctx.store, this.#ctx.keyring);
   }
   /**
@@ -450,6 +464,7 @@ export class VaultSession {
         await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
+      stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id });
       ctx.signals.emit({ type: "policy_reloaded", ok: false });
       throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
@@ -458,20 +473,24 @@ export class VaultSession {
       await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load: policyVersion(ctx).load + 1 } });
     });
     installPolicy(ctx, next);
+    stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id });
     ctx.signals.emit({ type: "policy_reloaded", ok: true });
     return { rules: next.rules.length, digest: next.digest };
   }
   /**
    * Says which rule decides `agent` × `secret` × `domain`, and why, and which version of the policy
-   * answered (a broken policy answers deny, with the load error). Admin or orchestrator.
+   * answered (a broken policy answers deny, with the load error). Admin or orchestrator; an agent for
+   * itself only, narrowed to the rules that name it (src/vault/own-access.ts).
    */
-  async explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
-    if (this.identity.role === "agent") await this.#requireAdmin("explain policy");
-    const q = { agent: checkAgentId(agent), secret: checkRef(secret), domains: domain === undefined ? undefined : [domain] };
-    const ctx = this.#ctx;
-    const policy = ctx.policy;
-    const version = policyVersion(ctx);
-    return { ...explain(policy, q), policy: version };
+  explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
+    return ownAccess.explainAccess(this.#ctx, this.identity, agent, secret, domain);
+  }
+  /**
+   * The secrets an agent's grants cover (name, kind, description, granting rule; never a value). Any
+   * role: an agent for itself only, an orchestrator for the agents it acts for. See src/vault/own-access.ts.
+   */
+  listGranted(filter?: ownAccess.GrantedFilter): Promise<ownAccess.GrantedSecret[]> {
+    return ownAccess.listGranted(this.#ctx, this.identity, filter);
   }
   /** Rotates the master key, re-wrapping every DEK. Admin. */
   rotateMasterKey(onBatch?: (done: number) => void): Promise<RotationResult> {
@@ -512,6 +531,7 @@ export class VaultSession {
       sawAuditHead(ctx, head);
     }
     const killswitch = await killswitchState(ctx);
+    await refreshPolicyStamp(ctx);
     const v = policyVersion(ctx);
     return {
       store: ctx.store.kind,
@@ -519,7 +539,7 @@ export class VaultSession {
       keyId: ctx.keyring.current.id,
       keyIds: ctx.keyring.ids(),
       cipher: ctx.cipher,
-      policy: { load: v.load, digest: v.digest, loadedAt: v.loadedAt, state: v.state, source: ctx.policy.source, rules: ctx.policy.rules.length, error: ctx.policy.error ?? null },
+      policy: { load: v.load, digest: v.digest, loadedAt: v.loadedAt, state: v.state, ...(v.stale ? { stale: v.stale } : {}), source: ctx.policy.source, rules: ctx.policy.rules.length, error: ctx.policy.error ?? null },
       killswitch,
       auditHead: head,
     };

@@ -134,7 +134,8 @@ export function registerPolicy(program: Command, cli: Cli): void {
           return;
         }
         cli.out(`${x.allow ? "allow" : "deny"}: ${x.reason}`);
-        if (x.steps.length === 0 && x.policy?.state !== "broken") cli.out("  (the policy has no rules)");
+        // An agent sees only the rules naming it (src/vault/own-access.ts), so none may be shown.
+        if (x.steps.length === 0 && x.policy?.state !== "broken") cli.out("  (no rule of the policy applies to this agent)");
         for (const s of x.steps) cli.out(`  rule ${s.index} ${JSON.stringify(s.rule)} (${s.effect}): ${s.matched ? "matches" : "skipped"}: ${s.why}`);
         if (!x.allow && x.rule === null && x.steps.length > 0) cli.out("  no rule matched: lessor denies by default");
         const { policyVersionText } = await import("../format/policy-version.js");
