@@ -83,21 +83,34 @@ describe("home, config and key sources", () => {
     await v2.close();
   });
 
-  test("a process still on the old master key is refused once another rotated it", async () => {
+  test("a process still on the old master key loads the rotated one from its key source before it writes; without it, it is refused", async () => {
     const home = join(tempDir(), "h");
     await initHome({ home, env: env(home) });
     const a = await openVault({ home, env: env(home) });
     const b = await openVault({ home, env: env(home) });
+    // e holds the same key, from the environment: a source that cannot change under a running process.
+    const keyHex = (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys[0]!;
+    const e = await openVault({ home, env: { ...env(home), LESSOR_MASTER_KEY: keyHex } });
     await b.admin().storeSecret({ name: "x", value: "1" });
-    await a.admin().rotateMasterKey();
-    // b still holds only the retired key: its writes and audited reads would be sealed or MACed under it.
-    assert.equal(await codeOf(b.admin().storeSecret({ name: "y", value: "2" })), "key_unavailable");
-    assert.equal(await codeOf(b.admin().revealSecret({ scope: "global", name: "x" })), "key_unavailable");
+    const r = await a.admin().rotateMasterKey();
+    // b read the key file again (src/vault/key-reload.ts): its writes and audited reads are under the new key.
+    await b.admin().storeSecret({ name: "y", value: "2" });
+    assert.equal((await b.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "1");
+    assert.equal((await b.admin().status()).keyId, r.to);
+    // e cannot load it: refused, saying how, and nothing is sealed or MACed under the retired key.
+    await assert.rejects(e.admin().storeSecret({ name: "z", value: "3" }), (err: Error & { code?: string }) => {
+      assert.equal(err.code, "key_unavailable");
+      assert.match(err.message, new RegExp(`master key ${r.to} is in use`));
+      assert.match(err.message, /LESSOR_MASTER_KEY/);
+      return true;
+    });
+    assert.equal(await codeOf(e.admin().revealSecret({ scope: "global", name: "x" })), "key_unavailable");
+    await e.close();
     await b.close();
     await a.close();
     const c = await openVault({ home, env: env(home) });
-    assert.equal((await c.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "1");
-    assert.equal(await codeOf(c.admin().revealSecret({ scope: "global", name: "y" })), "secret_not_found");
+    assert.equal((await c.admin().revealSecret({ scope: "global", name: "y" })).value.unsafeText(), "2");
+    assert.equal(await codeOf(c.admin().revealSecret({ scope: "global", name: "z" })), "secret_not_found");
     assert.ok((await c.admin().auditVerify()).ok);
     await c.close();
   });

@@ -316,6 +316,31 @@ test("passphrase store: promote and retire reseal with the same passphrase", asy
   await rejects(src.promote!(foreign, randomBytes(32)), "internal");
 });
 
+test("passphrase store: reload reads keys another process rotated in, with the key derived at load, never asking again", async () => {
+  const f = join(home(), "keystore.json");
+  await createPassphraseKeyStore(f, "pw", TEST_ARGON2_PARAMS);
+  let asked = 0;
+  const mine = passphraseKeySource(f, async () => (asked++, "pw"));
+  const ring = await mine.load();
+  assert.equal(asked, 1);
+  // Another process (its own source on the same file) rotates.
+  const other = passphraseKeySource(f, async () => "pw");
+  const theirs = await other.load();
+  const newKey = randomBytes(32);
+  const rotated = await other.promote!(theirs, newKey);
+  const again = await mine.reload!(ring);
+  assert.equal(asked, 1, "the passphrase is not asked for again");
+  assert.deepEqual(again.ids(), rotated.ids());
+  // The reloaded ring belongs to this source's session: it can rotate further.
+  ring.wipe();
+  const r3 = await mine.retire!(again, [keyIdOf(newKey)]);
+  assert.deepEqual(r3.ids(), [keyIdOf(newKey)]);
+  // A store sealed again under another passphrase (another salt) is refused, saying to restart.
+  rmSync(f);
+  await createPassphraseKeyStore(f, "other passphrase", TEST_ARGON2_PARAMS);
+  await rejects(mine.reload!(r3), "key_unavailable", (m) => m.includes("restart lessor"));
+});
+
 async function fileKeySourceRing(): Promise<Keyring> {
   const f = join(home(), "k");
   createKeyFile(f);

@@ -182,6 +182,65 @@ describe("postgres store against a server", { skip: PG_SKIP }, () => {
     assert.ok(a.stats().stale + b.stats().stale > 0, "a stale cache was detected and the batch run again");
   });
 
+  test("the cached live-lease bound: another instance's live inserts drop it; used-up inserts do not move the live counter", async () => {
+    const schema = await fresh();
+    const a = await open(schema);
+    const b = await open(schema);
+    const count = (s: PostgresStore, cap: number): Promise<number> => s.transaction((t) => t.countLiveLeases("agent-a", T0, cap));
+    // A reads (and caches) a bound of 0 for the agent, and then commits so its cache is carried.
+    assert.equal(await count(a, 3), 0);
+    await a.transaction(async (t) => void (await t.setMeta("k", "1")));
+    const live = async (): Promise<number> => Number((await admin(`SELECT live FROM ${schema}.lessor_commits`)).rows[0]!.live);
+    // A lease used up at birth (lease+access with max_uses = 1) is never live: the live counter stays.
+    const before = await live();
+    await b.transaction((t) => t.insertLease(leaseRec("used-up", { uses: 1, maxUses: 1 })));
+    assert.equal(await live(), before);
+    // B fills the agent's cap with live leases: A must see them, not its cached 0.
+    for (const id of ["l1", "l2", "l3"]) await b.transaction((t) => t.insertLease(leaseRec(id)));
+    assert.equal(await live(), before + 3);
+    assert.equal(await count(a, 3), 3, "A's bound was dropped when B inserted live leases; at the cap the count is exact");
+    // A's own inserts raise its bound, so a cap it reaches is read exactly too.
+    assert.equal(await count(b, 10), 3);
+    await b.transaction((t) => t.insertLease(leaseRec("l4")));
+    assert.equal(await count(b, 10), 4, "the bound grew with B's own insert");
+    assert.equal(await count(b, 4), 4, "at the cap: the exact count");
+    // Without a cap the count is always exact (a revoked lease is not counted).
+    await a.transaction((t) => t.revokeLeases({ id: "l1" }, T0, "test"));
+    assert.equal(await b.transaction((t) => t.countLiveLeases("agent-a", T0)), 3);
+    assert.equal(await count(b, 3), 3);
+  });
+
+  test("round trips: 32 lease+access at once cost a few round trips per batch, not one per call; another instance's commit costs no re-run", async () => {
+    const schema = await fresh();
+    const key = hexKey();
+    const policy = parsePolicy(grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1"), "p.toml");
+    const sa = await open(schema);
+    const sb = await open(schema);
+    const va = await Vault.open({ store: sa, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy });
+    const vb = await Vault.open({ store: sb, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy });
+    after(() => va.close());
+    after(() => vb.close());
+    await va.admin().storeSecret({ name: "tok", value: "the-value" });
+    const ca = va.session(agent("claude"));
+    const use = async (s: typeof ca): Promise<void> => (await s.requestLeaseAndAccess({ secret: "tok" }, { domain: "api.example.com" })).value.wipe();
+    await use(ca); // warm: the cache holds the hot rows and the agent's live-lease bound
+    const burst = async (): Promise<{ flights: number; commits: number; stale: number; reruns: number }> => {
+      const s0 = sa.stats();
+      await Promise.all(Array.from({ length: 32 }, () => use(ca)));
+      const s1 = sa.stats();
+      return { flights: s1.flights - s0.flights, commits: s1.commits - s0.commits, stale: s1.stale - s0.stale, reruns: s1.reruns - s0.reruns };
+    };
+    const alone = await burst();
+    assert.ok(alone.commits >= 1 && alone.flights <= 3 * alone.commits, `one instance: ${JSON.stringify(alone)}`);
+    // B commits between two of A's batches: A drops what B changed (the audit head) and goes on.
+    await use(vb.session(agent("claude")));
+    const after_ = await burst();
+    assert.ok(after_.stale >= 1, `A saw B's commit: ${JSON.stringify(after_)}`);
+    assert.equal(after_.reruns, 0);
+    assert.ok(after_.flights <= 3 * after_.commits + 1, `after B's commit: ${JSON.stringify(after_)}`);
+    for (const v of [va, vb]) assert.equal((await v.admin().auditVerify()).ok, true);
+  });
+
   test("two Vaults on two pools: a max_uses = 1 lease accessed from both at once succeeds once; the interleaved audit chain verifies", async () => {
     const schema = await fresh();
     const key = hexKey();

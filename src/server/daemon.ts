@@ -90,15 +90,18 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
         log.error({ problem: sig.problem }, "the audit trail is broken: audited operations are refused until an admin checks it (lessor audit verify) and runs lessor audit recover --reason \"…\"");
     });
     cleanups.push(offAudit);
-    // Another instance sharing the store (PostgreSQL) reloaded its policy: say what happened here.
+    // Another instance sharing the store (PostgreSQL) reloaded its policy or rotated the master key: say what happened here.
     const offPolicy = vault.onSignal((sig) => {
       if (sig.type === "policy_reloaded" && sig.remote === true)
         (sig.ok ? log.info.bind(log) : log.error.bind(log))({ ok: sig.ok }, "policy reloaded because another instance sharing the database reloaded its own");
       else if (sig.type === "policy_stale")
         log.error(
           { local: sig.local, stored: sig.stored },
-          "this instance's policy differs from the one the last reload on the shared database put in force: it decides by its own copy; make the policy files the same on every instance and reload",
+          "this instance's policy differs from the one in force on the shared database: it grants nothing until they match; copy the policy file in force to this instance (picked up within a second), or run lessor policy reload here to put this one in force everywhere",
         );
+      // Another instance rotated the master key: this one read its key source again (src/vault/key-reload.ts).
+      else if (sig.type === "keys_reloaded" && sig.ok) log.info({ keyIds: sig.keyIds }, "master keys read again: another instance sharing the store rotated the master key");
+      else if (sig.type === "keys_reloaded") log.error({ keyIds: sig.keyIds, err: sig.error }, "the master key another instance rotated to cannot be loaded here: what needs it is refused until it can");
     });
     cleanups.push(offPolicy);
     const ownerUid = process.getuid?.() ?? 0;

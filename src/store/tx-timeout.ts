@@ -4,8 +4,17 @@
  */
 import { VaultError } from "../base/errors.js";
 
+const timeouts = new WeakSet<VaultError>();
+
 function timeoutError(ms: number): VaultError {
-  return new VaultError("internal", `a store transaction did not finish within ${ms} ms and was rolled back; transaction functions must only use the tx`);
+  const e = new VaultError("internal", `a store transaction did not finish within ${ms} ms and was rolled back; transaction functions must only use the tx`);
+  timeouts.add(e);
+  return e;
+}
+
+/** True for the error a transaction function is rejected with when it runs past its deadline. */
+export function isTxTimeout(e: unknown): boolean {
+  return e instanceof VaultError && timeouts.has(e);
 }
 
 /** Resolves or rejects as `work` does, or rejects with VaultError("internal") after `ms`. */

@@ -12,6 +12,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
 import { decide, leaseDomains } from "./policy.js";
+import { policyGateIn } from "./policy-sync.js";
 
 /** What {@link requestApproval} takes: a lease request, and why the agent asks. */
 export interface ApprovalAsk extends Omit<LeaseRequest, "approval"> {
@@ -35,6 +36,9 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
   return commit(ctx, async (tx, audit, now) => {
     const agent = resolveAgent(who, checked.agent);
     if (agent instanceof VaultError) return denied(audit, who, agent, { agent: checked.agent ?? null, secret: checked.secret });
+    // A stale instance (src/vault/policy-sync.ts) opens no approval by its own copy of the policy.
+    const stale = await policyGateIn(ctx, tx);
+    if (stale) return denied(audit, who, stale, { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     const q = { agent, secret: checked.ref, domains: checked.domains };
     const decision = decide(ctx.policy, q);
     if (!decision.allow || !decision.rule)

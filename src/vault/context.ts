@@ -19,6 +19,9 @@ export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 import type { Policy } from "./policy.js";
 import type { Signals } from "./signals.js";
 import type { RotationHooks } from "./rotation-hooks.js";
+import { behindOf, type Behind } from "./behind.js";
+import { catchUpKey, checkKeysIn } from "./key-reload.js";
+import { catchUpPolicy } from "./policy-sync.js";
 import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
@@ -84,20 +87,7 @@ export function auditHeadSeen(ctx: VaultContext): number | undefined {
 export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord | null>;
 
 /** The meta key naming the vault's current master key id (set when a rotation starts). */
-export const CURRENT_KEY_META = "master_key_id";
-
-/**
- * Refuses to write when another process has rotated the master key to one this process has not
- * loaded: its writes would be wrapped, and its audit checkpoints MACed, under a key being retired.
- */
-async function checkKeyCurrent(ctx: VaultContext, tx: StoreTx): Promise<void> {
-  const current = await tx.getMeta(CURRENT_KEY_META);
-  if (current !== null && !ctx.keyring.get(current))
-    throw new VaultError(
-      "key_unavailable",
-      `the master key was rotated to ${current} by another lessor process; reopen the vault to load the new key`,
-    );
-}
+export { CURRENT_KEY_META } from "./key-reload.js";
 
 /** Installs a new keyring (after load or rotation) and the audit keys derived from it. */
 export function setKeyring(ctx: VaultContext, ring: Keyring): void {
@@ -128,6 +118,15 @@ function checkpointWriter(ctx: VaultContext): (tx: StoreTx) => Promise<void> {
   return w;
 }
 
+/** How many times {@link commit} catches up with another process sharing the store and runs a call again. */
+const MAX_CATCH_UPS = 3;
+
+/** Catches this process up on what a transaction found it behind on (src/vault/behind.ts). */
+async function catchUp(ctx: VaultContext, b: Behind): Promise<void> {
+  if (b.kind === "key") await catchUpKey(ctx, b.keyId, b.hard);
+  else await catchUpPolicy(ctx);
+}
+
 /** Options of {@link commit}. */
 export interface CommitOptions {
   /**
@@ -155,6 +154,25 @@ export async function commit<T>(
   fn: (tx: StoreTx, audit: AuditFn, now: number) => Promise<T | VaultError>,
   opts: CommitOptions = {},
 ): Promise<T> {
+  // A function that finds this process behind another sharing the store (a master key rotated, a
+  // policy reloaded there) throws a marked error: its transaction rolls back, this process catches
+  // up outside it (src/vault/key-reload.ts, src/vault/policy-sync.ts), and the call runs again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await commitOnce(ctx, fn, opts);
+    } catch (e) {
+      const b = behindOf(e);
+      if (b === undefined || attempt >= MAX_CATCH_UPS) throw e;
+      await catchUp(ctx, b);
+    }
+  }
+}
+
+async function commitOnce<T>(
+  ctx: VaultContext,
+  fn: (tx: StoreTx, audit: AuditFn, now: number) => Promise<T | VaultError>,
+  opts: CommitOptions,
+): Promise<T> {
   if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
   await preflight(ctx);
   const events: AuditRecord[] = [];
@@ -180,7 +198,7 @@ export async function commit<T>(
       };
       const audit: AuditFn = async (draft) => {
         if (head === undefined) {
-          await checkKeyCurrent(ctx, tx);
+          await checkKeysIn(ctx, tx);
           if (opts.recovery) {
             head = await tx.auditHead();
             found = null;

@@ -22,6 +22,8 @@ import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { leaseState } from "../base/lease-state.js";
 import { formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
+import { policyGateIn } from "./policy-sync.js";
+import { requireKeyIn } from "./key-reload.js";
 
 export { leaseState, type LeaseState } from "../base/lease-state.js";
 
@@ -129,14 +131,17 @@ async function grantIn(
   if (agent instanceof VaultError) return denied(audit, who, agent, { agent: req.agent ?? null, secret });
   // The reads a grant needs, issued together so that a store over a network can answer them in one
   // round trip (src/vault/ports.ts). The killswitch lockout is read in this transaction: no grant
-  // commits after a killswitch did.
-  const [lockout, version, exists, live] = await Promise.all([
+  // commits after a killswitch did; so is the policy stamp of a shared store: no grant commits by a
+  // policy other than the one in force there (src/vault/policy-sync.ts).
+  const [lockout, version, exists, live, stale] = await Promise.all([
     readKillswitch(tx),
     useNext ? tx.getCurrentVersion(ref) : null,
     useNext ? null : tx.getSecret(ref),
-    tx.countLiveLeases(agent, now),
+    tx.countLiveLeases(agent, now, ctx.limits.maxLiveLeasesPerAgent),
+    policyGateIn(ctx, tx),
   ]);
   if (lockout.engaged) return denied(audit, who, lockoutError(lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
+  if (stale) return denied(audit, who, stale, { agent, secret, domain: req.domains?.join(",") ?? null });
   const q = { agent, secret: ref, domains: req.domains };
   const decision = decide(ctx.policy, q);
   if (!decision.allow || !decision.rule)
@@ -329,14 +334,18 @@ async function useIn(
   const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
   const err = stateError(lease, now) ?? targetError(lease, target);
   if (err) return denied(audit, who, err, fields);
+  // The policy stamp (a shared store) and the version are read together: one round trip.
+  const [stale, version] = await Promise.all([policyGateIn(ctx, tx), known ?? tx.getCurrentVersion(lease)]);
+  if (stale) return denied(audit, who, stale, fields);
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
-  const version = known ?? (await tx.getCurrentVersion(lease));
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
     return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
   }
+  // Its DEK may be wrapped under a key another instance rotated to: load it before the use counts.
+  requireKeyIn(ctx, version.keyId);
   // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
   const uses = unwritten ? lease.uses + 1 : await tx.useLease(id, now);
   if (uses === null) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
@@ -376,6 +385,8 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     if (!lease.renewable) return denied(audit, who, new VaultError("access_denied", "this lease is not renewable; request a new one"), fields);
     if (lease.maxRenewals !== null && lease.renewals >= lease.maxRenewals)
       return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);
+    const stale = await policyGateIn(ctx, tx);
+    if (stale) return denied(audit, who, stale, fields);
     const rule = ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
     const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
     if (!rule || !decision.allow)

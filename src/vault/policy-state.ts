@@ -6,7 +6,7 @@
  * force, so `explain` and `status` can say which version answered.
  */
 import { isVaultError } from "../base/errors.js";
-import { brokenPolicy, type Policy, type PolicyVersion } from "./policy.js";
+import { brokenPolicy, type Policy, type PolicyStaleness, type PolicyVersion } from "./policy.js";
 import type { VaultContext } from "./context.js";
 
 const versions = new WeakMap<VaultContext, { load: number; loadedAt: number }>();
@@ -36,8 +36,23 @@ export function installPolicy(ctx: VaultContext, policy: Policy): PolicyVersion 
   return policyVersion(ctx);
 }
 
-/** The version of the policy in force. */
+/** The policy the store last said is in force (its digest, when and by whom), as this process last read it. */
+const stamps = new WeakMap<VaultContext, { digest: string; at: number; by: string } | null>();
+
+/** Records the policy stamp just read from the store, or written by this process (src/vault/policy-sync.ts). */
+export function notePolicyStamp(ctx: VaultContext, stamp: { digest: string; at: number; by: string } | null): void {
+  stamps.set(ctx, stamp === null ? null : { digest: stamp.digest, at: stamp.at, by: stamp.by });
+}
+
+/** How the policy in force differs from the last stamp read, or undefined when it does not (or none was read). */
+export function policyStaleness(ctx: VaultContext): PolicyStaleness | undefined {
+  const s = stamps.get(ctx);
+  return s === undefined || s === null || s.digest === ctx.policy.digest ? undefined : { stored: s.digest, at: s.at, by: s.by };
+}
+
+/** The version of the policy in force (with `stale` when the store says another one is in force). */
 export function policyVersion(ctx: VaultContext): PolicyVersion {
   const v = versions.get(ctx) ?? { load: 1, loadedAt: 0 };
-  return { load: v.load, digest: ctx.policy.digest, loadedAt: v.loadedAt, state: ctx.policy.error === undefined ? "ok" : "broken" };
+  const stale = policyStaleness(ctx);
+  return { load: v.load, digest: ctx.policy.digest, loadedAt: v.loadedAt, state: ctx.policy.error === undefined ? "ok" : "broken", ...(stale ? { stale } : {}) };
 }

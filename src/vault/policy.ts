@@ -4,7 +4,7 @@
  * answer is deny. The parts: ./policy/types.ts (the data), ./policy/parse.ts and ./policy/rule.ts
  * (loading, strict), ./policy/decide.ts (deciding and explaining). See docs/policy.md.
  */
-export type { Decision, Explanation, ExplainStep, LeaseTerms, Policy, PolicyQuery, PolicyVersion, Rule } from "./policy/types.js";
+export type { Decision, Explanation, ExplainStep, LeaseTerms, Policy, PolicyQuery, PolicyStaleness, PolicyVersion, Rule } from "./policy/types.js";
 export { BUILTIN_TERMS, MAX_TTL_CEILING_MS } from "./policy/terms.js";
 export { brokenPolicy, emptyPolicy, parsePolicy } from "./policy/parse.js";
 export { brokenReason, decide, explain, leaseDomains } from "./policy/decide.js";

@@ -73,8 +73,13 @@ export interface StoreReader {
    * first (and a store can walk its primary key instead of keeping an index on the issue time).
    */
   listLeases(filter: LeaseFilter): Promise<LeaseRecord[]>;
-  /** Leases of `agent` that are live at `now`; must use an index, never scan every lease. */
-  countLiveLeases(agent: string, now: number): Promise<number>;
+  /**
+   * Leases of `agent` that are live at `now`; must use an index, never scan every lease. With `cap`,
+   * the caller only needs to know whether the count reaches `cap`: a store may then answer any number
+   * below `cap` that it knows to be at least the count (a bound it keeps, so that a grant need not
+   * wait for a read), and must answer the exact count when that count is `cap` or more.
+   */
+  countLiveLeases(agent: string, now: number, cap?: number): Promise<number>;
 
   queryAudit(filter: AuditFilter): Promise<AuditRecord[]>;
   /** The last audit row's seq, hash and key id, or null when the trail is empty. */
@@ -210,6 +215,13 @@ export interface KeySource {
   readonly describe: string;
   /** Loads the keyring. Throws VaultError("key_unavailable" | "insecure_permissions") with the fix. */
   load(): Promise<Keyring>;
+  /**
+   * Reads the keys again, after another process sharing the store rotated the master key
+   * (src/vault/key-reload.ts), without asking anyone for anything: `ring` is the keyring in use (a
+   * passphrase store re-opens its file with the key derived when `ring` was loaded). Absent: the
+   * vault calls {@link KeySource.load} again (the key file is re-read, the key command run again).
+   */
+  reload?(ring: Keyring): Promise<Keyring>;
   /** True when this source can store a new key itself. */
   readonly writable: boolean;
   /**

@@ -19,6 +19,7 @@ import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { roleError } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
+import { ensureKey } from "./key-reload.js";
 import { addVersion, checkSize, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
@@ -142,6 +143,7 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   if (hook.stdin === "current") {
     const row = await ctx.store.getVersion(ref, fromVersion);
     if (!row) throw new VaultError("secret_not_found", `secret ${secret} has no version ${fromVersion}; see its history`);
+    await ensureKey(ctx, row.keyId); // wrapped under a key another instance rotated to: load it first
     current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
   }
   let result: HookRunResult;

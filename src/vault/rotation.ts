@@ -7,7 +7,9 @@
  * 3. a key_rotated event is appended (its checkpoint is MACed under the new key), and in the same
  *    commit the audit keys of the old master keys are archived, sealed under the new key, so that
  *    the events written under them keep verifying once those keys are gone (src/audit/keys.ts);
- * 4. retire: old keys are dropped from the key source.
+ * 4. retire: old keys are dropped from the key source, and the key id is written again so that the
+ *    other instances sharing the store read their key source again (src/vault/key-reload.ts).
+ * Before it starts, the keyring is read again from the key source (another instance may have rotated).
  * Killed anywhere, the key source holds every key some row points at. Running it again resumes: a
  * keyring that still holds old keys is finished rather than given yet another key.
  */
@@ -19,6 +21,7 @@ import { roleError } from "./access.js";
 import { denied } from "./denied.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
+import { checkKeysIn, reloadBeforeRotation } from "./key-reload.js";
 import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 
@@ -40,6 +43,9 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   await commit(ctx, async (tx, audit) => {
     const err = roleError(who, ["admin"], "rotate the master key");
     if (!err) {
+      // Another instance may have rotated already: load its key first (src/vault/key-reload.ts), so
+      // that this rotation neither judges the trail by an old keyring nor rotates back to an old key.
+      await checkKeysIn(ctx, tx);
       // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
       const chain = await inspectChain(ctx, tx);
       noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
@@ -47,6 +53,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     }
     return denied(audit, who, err);
   });
+  // Start from what the key source holds now, not from keys another instance has since retired.
+  if (ctx.keys.writable) await reloadBeforeRotation(ctx);
   const before = ctx.keyring.ids();
   let resumed = true;
   if (ctx.keys.writable && before.length === 1) {
@@ -87,6 +95,9 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     const keep = [to, ...inUse.filter((k) => k !== to)];
     setKeyring(ctx, await ctx.keys.retire(ctx.keyring, keep));
     retired = true;
+    // Written again so that the other instances sharing the store hear of it (a change-feed notice)
+    // and read their key source again, dropping the retired keys too.
+    await ctx.store.transaction(async (tx) => tx.setMeta(CURRENT_KEY_META, to));
   }
   return { from, to, rewrapped, resumed, retired };
 }

@@ -9,6 +9,7 @@ import type { StoreTx } from "./ports.js";
 import { roleError } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
+import { requireKeyIn } from "./key-reload.js";
 import { VaultError } from "../base/errors.js";
 import { checkPlainText } from "../base/text.js";
 import { checkRef, refString } from "../base/names.js";
@@ -165,6 +166,7 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
     if (!existing) return notFound(ref);
     const old = await tx.getVersion(ref, version);
     if (!old) return new VaultError("secret_not_found", `secret ${refString(ref)} has no version ${version} (it may have been pruned); see its history`);
+    requireKeyIn(ctx, old.keyId); // wrapped under a key another instance rotated to: load it first
     const value = openValue({ ...ref, version }, old, ctx.keyring);
     try {
       const v = await addVersion(ctx, tx, existing, value.expose(), who.id, now);
@@ -202,6 +204,7 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
     if (!rec) return notFound(ref);
     const v = await tx.getVersion(ref, version ?? rec.currentVersion);
     if (!v) return new VaultError("secret_not_found", `secret ${refString(ref)} has no version ${version}; see its history`);
+    requireKeyIn(ctx, v.keyId); // wrapped under a key another instance rotated to: load it before the reveal is audited
     await audit({ type: "secret_revealed", actor: who, secret: refString(ref), outcome: "ok", detail: { version: v.version } });
     return v;
   });

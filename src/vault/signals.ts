@@ -19,6 +19,13 @@ export type VaultSignal =
    */
   | { type: "policy_stale"; local: string; stored: string }
   /**
+   * The keyring was read again because another process sharing the store rotated the master key
+   * (src/vault/key-reload.ts): `ok` with the key ids now loaded; or not ok, with why the key needed
+   * could not be loaded (what needs it is refused until it can be). Raised when the key ids change,
+   * or once per distinct failure.
+   */
+  | { type: "keys_reloaded"; ok: boolean; keyIds: string[]; error?: string }
+  /**
    * A commit found the audit trail broken (cut, edited or rehashed; see src/vault/audit-guard.ts):
    * audited writes are refused until an admin runs `lessor audit recover`. Raised once per problem.
    */

@@ -7,6 +7,8 @@ import type { PolicyStatus } from "../../vault/vault.js";
 import { policyVersionText } from "../format/policy-version.js";
 
 function policyLine(p: PolicyStatus): string {
+  if (p.stale !== undefined)
+    return `${p.source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
   if (p.state === "broken") return `${p.source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
   return `${p.source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}`;
 }

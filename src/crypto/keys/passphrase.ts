@@ -305,16 +305,21 @@ export function passphraseKeySource(path: string, getPassphrase: PassphraseProvi
     return s;
   }
 
-  /** Refuses to rotate when the file no longer holds exactly the keys of `ring` under the same KDF. */
-  function checkUnchanged(s: Session, ring: Keyring): void {
-    const doc = readDoc(path);
-    const sameKdf =
+  /** True when `doc` is sealed under the same KDF parameters and salt as the session's key. */
+  function sameKdf(s: Session, doc: StoreDoc): boolean {
+    return (
       doc.kdf.memoryKib === s.kdf.memoryKib &&
       doc.kdf.iterations === s.kdf.iterations &&
       doc.kdf.parallelism === s.kdf.parallelism &&
-      doc.kdf.salt.equals(s.kdf.salt);
+      doc.kdf.salt.equals(s.kdf.salt)
+    );
+  }
+
+  /** Refuses to rotate when the file no longer holds exactly the keys of `ring` under the same KDF. */
+  function checkUnchanged(s: Session, ring: Keyring): void {
+    const doc = readDoc(path);
     let same = false;
-    if (sameKdf) {
+    if (sameKdf(s, doc)) {
       const onDisk = ringOf(openKeys(doc, s.kek, path));
       same = onDisk.ids().join(",") === ring.ids().join(",");
       onDisk.wipe();
@@ -350,6 +355,15 @@ export function passphraseKeySource(path: string, getPassphrase: PassphraseProvi
       }
       const session: Session = { kek, kdf: doc.kdf, alg: doc.alg, live: 0 };
       return track(session, ringOf(keys), sessions);
+    },
+    // After another instance rotated: the file is opened again with the key derived when `ring` was
+    // loaded (a rotation reseals under the same salt and parameters), so nobody is asked again.
+    reload: async (ring) => {
+      const s = sessionOf(ring);
+      const doc = readDoc(path);
+      if (!sameKdf(s, doc))
+        throw new VaultError("key_unavailable", `${WHAT} ${path} was sealed again under another passphrase or other key-derivation settings; restart lessor to enter its passphrase`);
+      return track(s, ringOf(openKeys(doc, s.kek, path)), sessions);
     },
     promote: async (ring, newKey) => {
       if (newKey.length !== KEY_BYTES) throw new VaultError("internal", `a master key must be ${KEY_BYTES} bytes`);

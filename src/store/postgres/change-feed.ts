@@ -15,7 +15,9 @@
  * `pollMs` the feed reads the counter and applies what it missed: the fallback for setups where
  * notifications never arrive (PgBouncer in transaction mode). After the LISTEN connection drops, the
  * feed reconnects with backoff and catches up from the last seq it applied before it trusts
- * notifications again. An instance that missed more than the table keeps gets a `resync` change.
+ * notifications again. The store calls {@link PgChangeFeed.catchUpNow} before it serves again after its
+ * own connections failed, which also ends a pending backoff. An instance that missed more than the
+ * table keeps gets a `resync` change.
  */
 import pg from "pg";
 import type { Pool, PoolConfig } from "pg";
@@ -166,6 +168,28 @@ export class PgChangeFeed {
   async close(): Promise<void> {
     this.#closed = true;
     await this.#stop();
+  }
+
+  /**
+   * Reads and applies, now, what other instances committed after the last change applied: the store
+   * calls it before it serves again after it lost the database, so that nothing committed meanwhile (a
+   * revoked token, the killswitch, a policy reload) is missed while the LISTEN connection is still
+   * waiting out its backoff. Once the database answers, that connection is also opened again at once.
+   * Rejects when the database cannot be read. Resolves at once when the feed is not running.
+   */
+  catchUpNow(): Promise<void> {
+    if (!this.#started || this.#last === null) return Promise.resolve();
+    const p = this.#chain.then(async () => {
+      await this.#catchUp();
+      if (this.#reconnect !== null && this.#started) {
+        clearTimeout(this.#reconnect);
+        this.#reconnect = null;
+        this.#backoff = 250;
+        this.#connect();
+      }
+    });
+    this.#chain = p.catch(() => {});
+    return p;
   }
 
   #start(): void {

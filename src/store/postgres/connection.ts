@@ -6,6 +6,9 @@
 import type { PoolConfig } from "pg";
 import { VaultError } from "../../base/errors.js";
 
+/** How much longer than statement_timeout the client waits for an answer before it gives the connection up. */
+export const QUERY_TIMEOUT_MARGIN_MS = 2000;
+
 /** A schema name the store will put in `search_path`: a plain lower-case SQL identifier. */
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
@@ -54,7 +57,7 @@ export interface ConnectionSettings {
   connectTimeoutMs?: number | undefined;
   /** How long a transaction waits for another instance's write lock before failing "unavailable" (default 5000 ms). */
   lockTimeoutMs?: number | undefined;
-  /** Server-side cap on one statement (default 30000 ms). */
+  /** Server-side cap on one statement (default 30000 ms; 0: none); the client gives up 2 s after it. */
   statementTimeoutMs?: number | undefined;
 }
 
@@ -84,13 +87,19 @@ export function poolConfig(s: ConnectionSettings): PoolConfig {
   }
   if (s.schema !== undefined) opts.push(`-c search_path=${s.schema}`);
   opts.push(`-c lock_timeout=${ms(s.lockTimeoutMs, 5000)}`);
-  opts.push(`-c statement_timeout=${ms(s.statementTimeoutMs, 30_000)}`);
+  const statementMs = ms(s.statementTimeoutMs, 30_000);
+  opts.push(`-c statement_timeout=${statementMs}`);
   opts.push("-c idle_in_transaction_session_timeout=60000");
   return {
     connectionString: u.toString(),
     options: opts.join(" "),
     max: Math.max(2, Math.floor(s.poolSize ?? 8)),
     connectionTimeoutMillis: ms(s.connectTimeoutMs, 5000),
+    // The client's own bound on one statement's answer, for a server or network that stops answering
+    // without closing the connection (the server's statement_timeout cannot fire then): a little past
+    // statement_timeout, so it never cuts a statement the server would still finish. On a pipelined
+    // connection it destroys the connection, failing the transaction as "unavailable".
+    query_timeout: statementMs === 0 ? 0 : statementMs + QUERY_TIMEOUT_MARGIN_MS,
     idleTimeoutMillis: 30_000,
     // Several statements are written before the first answer comes back (see the Store contract's
     // round trips); node-postgres keeps their answers in order.

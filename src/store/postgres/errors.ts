@@ -23,7 +23,51 @@ export function isConnectionError(e: unknown): boolean {
   const code = codeOf(e);
   if (NET_CODES.has(code) || code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03" || code === "53300") return true;
   const msg = e instanceof Error ? e.message : "";
-  return /Connection terminated|connection error|not queryable|timeout exceeded when trying to connect|Connection closed/i.test(msg);
+  return /Connection terminated|connection error|not queryable|timeout exceeded when trying to connect|Connection closed|Query read timeout/i.test(msg);
+}
+
+/** Why a connection failed, in words, for the codes a stopped, restarting or unreachable server gives. */
+function connectionReason(code: string, e: unknown): string {
+  switch (code) {
+    case "ECONNREFUSED":
+      return "nothing accepts connections there (the server is stopped or restarting)";
+    case "57P01":
+    case "57P02":
+      return "the server is shutting down";
+    case "57P03":
+      return "the server is starting up or recovering and does not accept connections yet";
+    case "53300":
+      return "the server has no free connection slots";
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return "the host name does not resolve";
+    case "ECONNRESET":
+    case "EPIPE":
+      return "the connection was cut";
+  }
+  const msg = e instanceof Error ? e.message : "";
+  if (/timeout exceeded when trying to connect|due to connection timeout/i.test(msg)) return "no answer within the connect timeout";
+  if (/Query read timeout/i.test(msg)) return "no answer within the statement timeout; the connection was given up";
+  if (/Connection terminated|Connection closed|not queryable/i.test(msg)) return "the connection was cut";
+  return "";
+}
+
+/** The "unavailable" error for a lost or refused connection; {@link isConnectionError} knows it again. */
+function connectionError(message: string, cause: unknown): VaultError {
+  const err = new VaultError("unavailable", message, { cause });
+  (err as { connection?: boolean }).connection = true;
+  return err;
+}
+
+/**
+ * A transaction ran past its deadline while a statement of it was still unanswered: the server (or
+ * the network to it) went silent. A connection error, so the connection is dropped, not reused.
+ */
+export function silentServer(target: string, ms: number): VaultError {
+  return connectionError(
+    `the PostgreSQL server at ${target} did not answer within ${ms} ms (it or the network to it stopped responding); the connection was dropped and lessor reconnects by itself, so try again once the server answers`,
+    undefined,
+  );
 }
 
 /** The VaultError for `e`, raised while the store tried to `what` ("read a lease"). */
@@ -31,13 +75,11 @@ export function pgError(e: unknown, what: string, target: string): VaultError {
   if (e instanceof VaultError) return e;
   const code = codeOf(e);
   if (isConnectionError(e)) {
-    const err = new VaultError(
-      "unavailable",
-      `could not ${what}: the PostgreSQL server at ${target} cannot be reached (${code || "connection lost"}); check that it is running and reachable, lessor reconnects by itself`,
-      { cause: e },
+    const why = connectionReason(code, e);
+    return connectionError(
+      `could not ${what}: the PostgreSQL server at ${target} cannot be reached (${code || "connection lost"})${why ? `: ${why}` : ""}; lessor reconnects by itself, so try again once the server is back`,
+      e,
     );
-    (err as { connection?: boolean }).connection = true;
-    return err;
   }
   let vcode: "unavailable" | "internal" | "audit_failed" = "internal";
   let msg: string;
@@ -92,4 +134,19 @@ export function pgError(e: unknown, what: string, target: string): VaultError {
       msg = code !== "" ? `unexpected database error (${code})` : "unexpected database error";
   }
   return new VaultError(vcode, `could not ${what}: ${msg}`, { cause: e });
+}
+
+/**
+ * The error for a connection lost after COMMIT was sent: the server may have committed before the
+ * connection went, so the caller must not take it for a failure that changed nothing (nor, of course,
+ * for a success). Still "unavailable" and a connection error.
+ */
+export function commitOutcomeUnknown(e: unknown, target: string): VaultError {
+  const root = e instanceof VaultError && e.cause !== undefined ? e.cause : e;
+  const code = codeOf(root);
+  const why = connectionReason(code, root);
+  return connectionError(
+    `could not confirm a commit: the PostgreSQL server at ${target} cannot be reached (${code || "connection lost"})${why ? `: ${why}` : ""}; the commit was sent before the connection was lost, so the change may or may not have been saved: check before repeating it (lessor reconnects by itself)`,
+    root,
+  );
 }

@@ -15,15 +15,24 @@
  * commit counter go out with the batch's first reads; writes that return nothing are sent and not
  * waited for (their failure surfaces at the next read or at the commit and fails the transaction);
  * reads issued together (`Promise.all`) travel together. The hot rows (metadata, the audit head and
- * checkpoint, current versions) are cached while no other instance writes: every writing transaction
- * bumps `lessor_commits.n` under the lock, and a batch that answered from the cache checks, before
- * it commits, that n is still what this instance's last commit left; if not, it is rolled back and
- * run again with the cache emptied (the contract lets a store run a function again).
+ * checkpoint, current versions) and a bound of each agent's live leases are cached between
+ * transactions: every writing transaction bumps the counters of `lessor_commits` under the lock (`n`
+ * always, `cfg` when it changed secrets or metadata, `live` when it inserted a lease that may be
+ * live), and before a transaction's first call runs, the counters read under the lock (in BEGIN's
+ * round trip, with the audit head and checkpoint) tell what another instance changed since this one's
+ * last commit: only those kinds are dropped, and the head and checkpoint are taken from that round
+ * trip. So a batch after another instance's commit costs one round trip more, not a re-run, and a
+ * lease+access whose agent's bound is below the cap waits for no read at all.
  *
  * Failure of one function among several in a batch: the database aborts the whole transaction on
  * any error, and a deferred write's failure cannot always be told apart from a sibling's, so the
  * batch is rolled back and run again with a savepoint per function, each function's writes waited
  * for at its end; then only the failing function fails.
+ *
+ * Lost connections (the server stopped, crashed or cut off; docs/team.md, "When PostgreSQL restarts"):
+ * the batch fails "unavailable" (after COMMIT was sent, saying the outcome is unknown), the connection
+ * is dropped from the pool, and the next request opens a new one, after the change feed has caught up
+ * on what other instances committed meanwhile.
  */
 import { randomBytes } from "node:crypto";
 import pg from "pg";
@@ -46,10 +55,10 @@ import type {
 import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
 import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";
-import { TxTimeout } from "../tx-timeout.js";
+import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
 import { describeTarget, poolConfig, type ConnectionSettings } from "./connection.js";
-import { isConnectionError, pgError } from "./errors.js";
+import { commitOutcomeUnknown, isConnectionError, pgError, silentServer } from "./errors.js";
 import * as Q from "./queries.js";
 import type { Exec, Row, Stmt } from "./queries.js";
 import { LOCK_CLASS, migrate, SCHEMA_KEY, SCHEMA_VERSION } from "./schema.js";
@@ -67,9 +76,11 @@ export interface PostgresStore extends Store {
   /**
    * `commits`: database transactions committed; `transactions`: transaction functions run (a function
    * run again counts again); `reruns`: batches run again with savepoints because a function failed;
-   * `stale`: batches run again because another instance had written while they answered from the cache.
+   * `stale`: transactions that found, as they began, that another instance had written since this
+   * one's last commit (and dropped what that changed from the cache); `flights`: round trips of
+   * transactions (a statement sent while none was outstanding on the connection).
    */
-  stats(): { commits: number; transactions: number; reruns: number; stale: number };
+  stats(): { commits: number; transactions: number; reruns: number; stale: number; flights: number };
   /** Migration steps this open applied (0 when the schema was current, or another instance migrated it). */
   readonly migrationsApplied: number;
   readonly schemaVersion: number;
@@ -107,10 +118,16 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
   let applied: number;
   try {
     const client = await pool.connect();
+    // A checked-out client has no error listener of the pool's: one that dies between statements would
+    // otherwise end the process. Its statements fail by themselves.
+    let broken: Error | undefined;
+    const onError = (e: Error): void => void (broken ??= e);
+    client.on("error", onError);
     try {
       applied = await migrate(client);
     } finally {
-      client.release();
+      client.removeListener("error", onError);
+      client.release(broken);
     }
   } catch (e) {
     await pool.end().catch(() => {});
@@ -192,6 +209,20 @@ abstract class PgReads implements StoreReader {
   }
 }
 
+/** The row of `lessor_commits`: commits that wrote, and of those, ones that changed each cached kind. */
+interface Counters {
+  /** Every committed transaction that wrote. */
+  n: number;
+  /** Those that changed secrets, versions or metadata. */
+  cfg: number;
+  /** Those that inserted a lease that may be live. */
+  live: number;
+}
+
+function counters(row: Row | undefined): Counters {
+  return { n: Number(row?.n ?? 0), cfg: Number(row?.cfg ?? 0), live: Number(row?.live ?? 0) };
+}
+
 /**
  * One database transaction on one pooled connection. Statements are written as they come (pipeline
  * mode); those whose answer nobody waits for are kept in `deferred`, and the first of them to fail is
@@ -203,30 +234,52 @@ class Conn implements Exec {
   failure: VaultError | null = null;
   /** A statement that changes rows was sent: the commit bumps the commit counter. */
   wrote = false;
-  /**
-   * A read was answered from the cache. When the cache held entries from earlier transactions
-   * (`inherited`), the commit first checks that no other instance wrote since.
-   */
-  hits = false;
-  /** `lessor_commits.n` as BEGIN found it, under the write lock. */
-  readonly counter: Promise<number>;
+  /** A statement that changes secrets, versions or metadata was sent: the commit bumps `cfg` too. */
+  wroteConfig = false;
+  /** Leases that may be live were inserted: the commit bumps `live` too. */
+  wroteLive = false;
+  /** The cache was checked against the counters ({@link PostgresStoreImpl.sync}); reads may use it. */
+  synced = false;
+  /** The commit counters as BEGIN found them, under the write lock. */
+  readonly counters: Promise<Counters>;
+  /** The audit head and checkpoint as BEGIN found them (read with the counters, in the same round trip). */
+  readonly audit: Promise<[AuditHead | null, AuditCheckpoint | null]>;
+
+  /** Statements sent and not yet answered. */
+  private outstanding = 0;
+
+  /** True while a statement waits for its answer. */
+  get waiting(): boolean {
+    return this.outstanding > 0;
+  }
 
   constructor(
     readonly client: PoolClient,
     private readonly target: string,
-    readonly inherited: boolean,
+    /** Called when a statement goes out while none is outstanding: it starts a round trip. */
+    private readonly onFlight: () => void,
   ) {
     this.send({ what: "start a transaction", text: "BEGIN", values: [] });
     this.send({ what: "take the vault's write lock", text: LOCK_SQL, values: [] });
-    this.counter = this.rows({ what: "start a transaction", text: "SELECT n FROM lessor_commits WHERE id = 1", values: [] }).then((r) =>
-      Number(r[0]?.n ?? 0),
-    );
-    this.counter.catch(() => {}); // a failure here is seen again by whatever waits next
+    this.counters = this.rows({ what: "start a transaction", text: "SELECT n, cfg, live FROM lessor_commits WHERE id = 1", values: [] }).then((r) => counters(r[0]));
+    this.audit = Promise.all([Q.auditHead(this), Q.getCheckpoint(this)]);
+    // A failure here is seen again by whatever waits next.
+    this.counters.catch(() => {});
+    this.audit.catch(() => {});
+  }
+
+  /** Sends one statement (pipelined: without waiting for those before it). */
+  private query(s: Stmt): Promise<pg.QueryResult> {
+    if (this.outstanding++ === 0) this.onFlight();
+    const p = this.client.query(Q.queryConfig(s));
+    const answered = (): void => void this.outstanding--;
+    p.then(answered, answered);
+    return p;
   }
 
   /** Sends a statement without waiting for its answer. */
   send(s: Stmt): void {
-    const p = this.client.query(s.text, s.values).then(
+    const p = this.query(s).then(
       () => undefined,
       (e: unknown) => {
         this.failure ??= pgError(e, s.what, this.target);
@@ -237,7 +290,7 @@ class Conn implements Exec {
 
   async rows(s: Stmt): Promise<Row[]> {
     try {
-      return (await this.client.query(s.text, s.values)).rows as Row[];
+      return (await this.query(s)).rows as Row[];
     } catch (e) {
       throw await this.blame(e, s.what);
     }
@@ -245,7 +298,7 @@ class Conn implements Exec {
 
   async count(s: Stmt): Promise<number> {
     try {
-      return (await this.client.query(s.text, s.values)).rowCount ?? 0;
+      return (await this.query(s)).rowCount ?? 0;
     } catch (e) {
       throw await this.blame(e, s.what);
     }
@@ -323,10 +376,7 @@ class PgTx extends PgReads implements StoreTx {
   /** A cached value, or `load()` kept in the cache. */
   private async cached<T>(hit: T | typeof MISS, load: (x: Exec) => Promise<T>, keep: (v: T) => void): Promise<T> {
     const x = this.x();
-    if (hit !== MISS) {
-      this.conn.hits = true;
-      return hit;
-    }
+    if (hit !== MISS) return hit;
     const v = await load(x);
     keep(v);
     return v;
@@ -344,27 +394,46 @@ class PgTx extends PgReads implements StoreTx {
   override getMeta(key: string): Promise<string | null> {
     return this.cached(this.cache.meta(key), (x) => Q.getMeta(x, key), (v) => this.cache.setMeta(key, v));
   }
+  /** With `cap`, a bound below it from the cache when there is one (see WriterCache.liveBound); else the count, kept as the bound. */
+  override countLiveLeases(agent: string, now: number, cap?: number): Promise<number> {
+    const bound = cap === undefined ? MISS : this.cache.liveBound(agent);
+    return this.cached(bound !== MISS && bound < cap! ? bound : MISS, (x) => Q.countLiveLeases(x, agent, now), (n) => this.cache.setLiveBound(agent, n));
+  }
+
+  /** A write to secrets, versions or metadata (other instances drop those entries of their caches). */
+  private config(): void {
+    this.conn.wroteConfig = true;
+  }
 
   putSecret(rec: SecretRecord): Promise<void> {
-    return this.put(() => Q.putSecret(rec), () => this.cache.dropSecret(rec));
+    return this.put(() => Q.putSecret(rec), () => (this.config(), this.cache.dropSecret(rec)));
   }
   insertVersion(rec: VersionRecord): Promise<void> {
-    return this.put(() => Q.insertVersion(rec), () => this.cache.dropSecret(rec));
+    return this.put(() => Q.insertVersion(rec), () => (this.config(), this.cache.dropSecret(rec)));
   }
   deleteVersionsBelow(ref: SecretRef, version: number): Promise<number> {
     this.cache.dropSecret(ref);
+    this.config();
     return this.change(() => Q.deleteVersionsBelow(ref, version));
   }
   async deleteSecret(ref: SecretRef): Promise<boolean> {
     this.cache.dropSecret(ref);
+    this.config();
     return (await this.change(() => Q.deleteSecret(ref))) > 0;
   }
   async rewrapVersion(ref: SecretRef, version: number, fromKeyId: string, toKeyId: string, wrappedDek: Uint8Array): Promise<boolean> {
     this.cache.dropSecret(ref);
+    this.config();
     return (await this.change(() => Q.rewrapVersion(ref, version, fromKeyId, toKeyId, wrappedDek))) > 0;
   }
   insertLease(rec: LeaseRecord): Promise<void> {
-    return this.put(() => Q.insertLease(rec));
+    // Expiry is left out: a lease counted as live that has expired only loosens the bound.
+    const live = rec.revokedAt === null && (rec.maxUses === null || rec.uses < rec.maxUses);
+    return this.put(() => Q.insertLease(rec), () => {
+      if (!live) return;
+      this.conn.wroteLive = true;
+      this.cache.noteLiveInsert(rec.agent);
+    });
   }
   useLease(id: string, now: number): Promise<number | null> {
     return this.read((x) => {
@@ -398,6 +467,7 @@ class PgTx extends PgReads implements StoreTx {
   }
   setMeta(key: string, value: string): Promise<void> {
     return this.put(() => Q.setMeta(key, value), () => {
+      this.config();
       this.cache.setMeta(key, value);
       this.changes.push({ kind: "meta", key });
     });
@@ -425,17 +495,16 @@ interface Call {
   error: unknown;
 }
 
-/** Why a batch must be run again, with savepoints or with the cache emptied. */
+/** Why a batch must be run again: with savepoints, to find which call failed. */
 const RERUN_GUARDED = Symbol("guarded");
-const RERUN_STALE = Symbol("stale");
 
 class PostgresStoreImpl extends PgReads implements PostgresStore {
   readonly kind = "postgres";
   readonly schemaVersion = SCHEMA_VERSION;
   private readonly poolExec: Exec;
   private readonly cache = new WriterCache();
-  /** `lessor_commits.n` after this instance's last transaction: while it is unchanged, the cache holds. */
-  private seen: number | undefined;
+  /** `lessor_commits` after this instance's last transaction: while `n` is unchanged, the cache holds. */
+  private seen: Counters | undefined;
   /** The cache holds entries from committed transactions (not only ones read under the current lock). */
   private carried = false;
   private readonly timeout: TxTimeout;
@@ -446,12 +515,16 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private closing = false;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
-  private counts = { commits: 0, transactions: 0, reruns: 0, stale: 0 };
+  private counts = { commits: 0, transactions: 0, reruns: 0, stale: 0, flights: 0 };
+  /** Connection losses noted, and how many of them the change feed has caught up after (see caughtUp). */
+  private lostCount = 0;
+  private caughtUpTo = 0;
+  private catching: Promise<void> | null = null;
 
   constructor(
     private readonly pool: Pool,
     private readonly target: string,
-    txTimeoutMs: number,
+    private readonly txTimeoutMs: number,
     readonly migrationsApplied: number,
     private readonly origin: string,
     private readonly feed: PgChangeFeed,
@@ -461,19 +534,52 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     this.poolExec = {
       rows: async (s) => {
         try {
-          return (await pool.query(s.text, s.values)).rows as Row[];
+          await this.caughtUp();
+          return (await pool.query(Q.queryConfig(s))).rows as Row[];
         } catch (e) {
-          throw pgError(e, s.what, target);
+          throw this.noteLost(pgError(e, s.what, target));
         }
       },
       count: async (s) => {
         try {
-          return (await pool.query(s.text, s.values)).rowCount ?? 0;
+          await this.caughtUp();
+          return (await pool.query(Q.queryConfig(s))).rowCount ?? 0;
         } catch (e) {
-          throw pgError(e, s.what, target);
+          throw this.noteLost(pgError(e, s.what, target));
         }
       },
     };
+  }
+
+  /** Notes a lost or refused connection (the next request first catches up, see {@link caughtUp}); returns `e`. */
+  private noteLost<E>(e: E): E {
+    if (isConnectionError(e)) this.lostCount++;
+    return e;
+  }
+
+  /**
+   * After this instance lost the database, applies what other instances committed meanwhile (the change
+   * feed's catch-up) before anything is served again: "an instance that was disconnected catches up
+   * before it serves again". One catch-up at a time, shared by every waiting request; while the database
+   * is still unreachable it fails at once with "unavailable".
+   */
+  private caughtUp(): Promise<void> | undefined {
+    if (this.caughtUpTo === this.lostCount) return undefined;
+    if (this.catching === null) {
+      const upTo = this.lostCount;
+      this.catching = this.feed.catchUpNow().then(
+        () => {
+          this.catching = null;
+          // A loss noted during the catch-up is caught up on by the next request.
+          if (this.caughtUpTo < upTo) this.caughtUpTo = upTo;
+        },
+        (e: unknown) => {
+          this.catching = null;
+          throw pgError(e, "reconnect to the vault database (and catch up on other instances' changes)", this.target);
+        },
+      );
+    }
+    return this.catching;
   }
 
   protected x(): Exec {
@@ -481,7 +587,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return this.poolExec;
   }
 
-  stats(): { commits: number; transactions: number; reruns: number; stale: number } {
+  stats(): { commits: number; transactions: number; reruns: number; stale: number; flights: number } {
     return { ...this.counts };
   }
 
@@ -554,9 +660,31 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  /** A database transaction on `client`, noting whether the cache carries entries from before it. */
+  /** A database transaction on `client`. */
   private begin(client: PoolClient): Conn {
-    return new Conn(client, this.target, this.carried);
+    return new Conn(client, this.target, () => void this.counts.flights++);
+  }
+
+  /**
+   * Before a transaction's first call: checks the cache against the commit counters read under the
+   * write lock, and drops what another instance's commits may have changed since this one's last
+   * commit (by kind: secrets and metadata, leases that may be live, and always the audit head and
+   * checkpoint, which it takes from the same first round trip). From then until the commit no other
+   * instance writes, so the cache answers for the whole batch.
+   */
+  private async sync(conn: Conn): Promise<void> {
+    conn.synced = true;
+    if (!this.carried) return; // the cache holds nothing from before this transaction
+    const now = await conn.counters;
+    const was = this.seen;
+    if (was !== undefined && now.n === was.n) return;
+    this.counts.stale++;
+    if (was === undefined || now.cfg !== was.cfg) this.cache.dropConfig();
+    if (was === undefined || now.live !== was.live) this.cache.dropLive();
+    const [head, checkpoint] = await conn.audit;
+    this.cache.setHead(head);
+    this.cache.setCheckpoint(checkpoint);
+    this.seen = now;
   }
 
   private clearCache(): void {
@@ -568,13 +696,20 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private async runBatch(): Promise<void> {
     let client: PoolClient;
     try {
+      await this.caughtUp();
       client = await this.pool.connect();
     } catch (e) {
-      const err = pgError(e, "start a transaction", this.target);
+      const err = this.noteLost(pgError(e, "start a transaction", this.target));
       for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
       return;
     }
     let broken: unknown = undefined;
+    // While checked out the client has no error listener of the pool's: a connection that dies between
+    // statements (the server shut down) emits 'error' here instead of ending the process. Its pending
+    // and later statements fail with a connection error, which fails the batch.
+    let died: Error | undefined;
+    const onError = (e: Error): void => void (died ??= e);
+    client.on("error", onError);
     const batch: Call[] = [];
     try {
       broken = await this.batchOn(client, batch);
@@ -583,7 +718,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       broken = e;
       for (const c of batch) c.reject(e instanceof VaultError ? e : pgError(e, "run a transaction", this.target));
     } finally {
-      client.release(broken instanceof Error ? broken : undefined);
+      client.removeListener("error", onError);
+      client.release(broken instanceof Error ? broken : died);
     }
   }
 
@@ -622,11 +758,9 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
       const outcome = await this.finish(conn, batch, guarded);
       if (outcome === undefined) return undefined;
-      if (outcome === RERUN_GUARDED || outcome === RERUN_STALE) {
-        if (outcome === RERUN_GUARDED) {
-          this.counts.reruns++;
-          guarded = true;
-        } else this.counts.stale++;
+      if (outcome === RERUN_GUARDED) {
+        this.counts.reruns++;
+        guarded = true;
         let broke: unknown;
         do {
           if (broke === RERUN_GUARDED) {
@@ -645,7 +779,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
 
   /**
    * Runs every call of `batch` again in the fresh transaction `conn`. Returns a connection error if
-   * one broke it, or RERUN_GUARDED when an unguarded rerun (for a stale cache) had a call fail.
+   * one broke it, or RERUN_GUARDED when an unguarded rerun had a call fail.
    */
   private async rerun(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
     for (const c of batch) {
@@ -688,31 +822,32 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
     }
     let bumped: Promise<Row[]> | null = null;
+    let commitSent = false;
     try {
-      if (conn.hits && conn.inherited) {
-        const n = await conn.counter;
-        if (n !== this.seen) {
-          // Another instance wrote since this one last committed: what the cache answered may be stale.
-          await this.rollback(conn);
-          this.seen = n;
-          return RERUN_STALE;
-        }
-      }
-      if (conn.wrote) bumped = conn.rows({ what: "commit a transaction", text: "UPDATE lessor_commits SET n = n + 1 WHERE id = 1 RETURNING n", values: [] });
+      if (conn.wrote)
+        bumped = conn.rows({
+          what: "commit a transaction",
+          text: "UPDATE lessor_commits SET n = n + 1, cfg = cfg + $1, live = live + $2 WHERE id = 1 RETURNING n, cfg, live",
+          values: [conn.wroteConfig ? 1 : 0, conn.wroteLive ? 1 : 0],
+        });
       bumped?.catch(() => {});
       // In the same transaction: announced (and NOTIFY delivered) only if it commits.
       if (changes.length > 0) conn.send(changeStatement(this.origin, changes, Date.now()));
+      commitSent = true;
       await conn.rows({ what: "commit a transaction", text: "COMMIT", values: [] });
       // COMMIT of a transaction a deferred write aborted answers ROLLBACK, not an error: check.
       await conn.settle();
-      const n = bumped !== null ? Number((await bumped)[0]?.n) : await conn.counter;
-      if (bumped === null && n !== this.seen) this.clearCache();
-      else if (bumped !== null && n !== (this.seen ?? 0) + 1) this.clearCache();
-      this.seen = n;
+      // The cache now holds what this transaction left (sync dropped anything older another instance
+      // changed). Under the lock only this commit moved the counters; if not, trust nothing cached.
+      const before = await conn.counters;
+      const now = bumped !== null ? counters((await bumped)[0]) : before;
+      if (bumped !== null && now.n !== before.n + 1) this.clearCache();
+      this.seen = now;
       this.carried = true;
       this.counts.commits++;
     } catch (e) {
-      if (isConnectionError(e)) return e;
+      // Lost after COMMIT went out: it may have committed. Never reported ok, and not as "nothing happened".
+      if (isConnectionError(e)) return commitSent ? commitOutcomeUnknown(e, this.target) : e;
       await this.rollback(conn);
       if (!guarded && batch.length > 1) return RERUN_GUARDED;
       for (const c of batch) c.reject(c.ok ? e : c.error);
@@ -729,7 +864,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private fail(batch: Call[], e: unknown): unknown {
     this.clearCache();
     this.seen = undefined;
-    const err = e instanceof VaultError ? e : pgError(e, "run a transaction", this.target);
+    const err = this.noteLost(e instanceof VaultError ? e : pgError(e, "run a transaction", this.target));
     for (const c of batch) c.reject(err);
     return err;
   }
@@ -753,7 +888,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     const tx = new PgTx(conn, this.cache);
     if (guarded) conn.send({ what: "start a transaction", text: "SAVEPOINT s", values: [] });
     try {
-      call.value = await this.timeout.run(call.fn(tx));
+      // The first call of a transaction waits for the lock and the counters (under its deadline) first.
+      call.value = await this.timeout.run(conn.synced ? call.fn(tx) : this.sync(conn).then(() => call.fn(tx)));
       tx.active = false;
       if (guarded) {
         await conn.rows({ what: "write to the vault database", text: "RELEASE SAVEPOINT s", values: [] });
@@ -764,8 +900,9 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       if (tx.changes.length > 0) call.changes = tx.changes;
     } catch (e) {
       tx.active = false;
-      call.error = e;
-      if (guarded && !isConnectionError(e)) {
+      // Past the deadline with a statement unanswered: the server went silent, not the function astray.
+      call.error = isTxTimeout(e) && conn.waiting ? silentServer(this.target, this.txTimeoutMs) : e;
+      if (guarded && !isConnectionError(call.error)) {
         this.clearCache(); // what this call put in the cache is being undone
         try {
           await conn.client.query("ROLLBACK TO SAVEPOINT s");

@@ -34,6 +34,28 @@ export interface Stmt {
   values: unknown[];
 }
 
+/** Most statement texts given a name; past it, statements go unnamed (parsed and planned each time). */
+const MAX_NAMED = 256;
+const names = new Map<string, string>();
+
+/**
+ * `s` as node-postgres takes it. A statement with values gets a name, one per distinct text in this
+ * process, so that each connection parses and plans it once and then only binds and executes it (the
+ * server's work per statement, on the hot path, about halves). Every connection of a store has one
+ * search_path for its life (set in the startup packet), so a named statement always means the same
+ * tables on it.
+ */
+export function queryConfig(s: Stmt): { text: string; values?: unknown[]; name?: string } {
+  if (s.values.length === 0) return { text: s.text };
+  let name = names.get(s.text);
+  if (name === undefined) {
+    if (names.size >= MAX_NAMED) return { text: s.text, values: s.values };
+    name = `lessor_${names.size + 1}`;
+    names.set(s.text, name);
+  }
+  return { name, text: s.text, values: s.values };
+}
+
 /** Runs statements on some connection. */
 export interface Exec {
   rows(s: Stmt): Promise<Row[]>;

@@ -168,6 +168,14 @@ export const MIGRATIONS: readonly string[] = [
     changes JSONB NOT NULL
   );
   `,
+  // 3: the commit counter by kind, so that an instance drops from its cache only what another
+  // instance's commits changed: cfg counts commits that changed secrets, versions or metadata, live
+  // those that inserted a lease that may be live (postgres-store.ts, sync).
+  `
+  ALTER TABLE lessor_commits
+    ADD COLUMN cfg  BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN live BIGINT NOT NULL DEFAULT 0;
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -12,6 +12,10 @@
  * update or drop the entries they touch as they are made, and every rollback (a whole batch, one
  * call's savepoint, a failed commit) empties the cache, since what it holds may have been undone.
  *
+ * The PostgreSQL store keeps one more kind of entry here: an upper bound of each agent's live leases
+ * ({@link WriterCache.liveBound}), and drops entries by kind when another instance's commit changed
+ * that kind ({@link WriterCache.dropConfig}, {@link WriterCache.dropAudit}, {@link WriterCache.dropLive}).
+ *
  * Entries are shared objects: callers must not mutate what a read returns (the vault never does).
  */
 import type { AuditCheckpoint, AuditHead, SecretRef, VersionRecord } from "../../base/types.js";
@@ -31,6 +35,7 @@ export class WriterCache {
   #head: AuditHead | null | typeof MISS = MISS;
   #checkpoint: AuditCheckpoint | null | typeof MISS = MISS;
   readonly #versions = new Map<string, VersionRecord | null>();
+  readonly #live = new Map<string, number>();
 
   /** Called at each BEGIN with the writer's `data_version`: empties the cache if another connection committed. */
   sync(dataVersion: number): void {
@@ -40,10 +45,26 @@ export class WriterCache {
 
   /** Forgets everything (after a rollback, or another connection's commit). */
   clear(): void {
+    this.dropConfig();
+    this.dropAudit();
+    this.dropLive();
+  }
+
+  /** Forgets metadata and current versions (another writer changed secrets or metadata). */
+  dropConfig(): void {
     this.#meta.clear();
+    this.#versions.clear();
+  }
+
+  /** Forgets the audit head and checkpoint (another writer appended to the trail). */
+  dropAudit(): void {
     this.#head = MISS;
     this.#checkpoint = MISS;
-    this.#versions.clear();
+  }
+
+  /** Forgets the live-lease bounds (another writer inserted a lease that may be live). */
+  dropLive(): void {
+    this.#live.clear();
   }
 
   meta(key: string): string | null | typeof MISS {
@@ -79,5 +100,24 @@ export class WriterCache {
   /** A write touched the secret's rows (metadata, versions): its current version is read again. */
   dropSecret(ref: SecretRef): void {
     this.#versions.delete(refKey(ref));
+  }
+
+  /**
+   * An upper bound of `agent`'s live leases: the exact count when it was read, plus every lease this
+   * writer inserted for the agent since. Leases only stop being live over time (expiry, use,
+   * revocation) and only an insert adds one, so while no other writer inserted a lease the bound
+   * holds; a bound below a cap proves the count is below it.
+   */
+  liveBound(agent: string): number | typeof MISS {
+    return this.#live.get(agent) ?? MISS;
+  }
+  setLiveBound(agent: string, n: number): void {
+    if (this.#live.size >= MAX_VERSIONS) this.#live.clear();
+    this.#live.set(agent, n);
+  }
+  /** This writer inserted a lease of `agent` that may be live: its bound grows by one. */
+  noteLiveInsert(agent: string): void {
+    const n = this.#live.get(agent);
+    if (n !== undefined) this.#live.set(agent, n + 1);
   }
 }

@@ -65,6 +65,20 @@ export interface PolicyVersion {
   loadedAt: number;
   /** "ok", or "broken": the file could not be loaded and every grant is denied. */
   state: "ok" | "broken";
+  /**
+   * Present when the store is shared by several instances (PostgreSQL) and the policy the last reload
+   * on any of them put in force is not this one (src/vault/policy-sync.ts): this instance grants
+   * nothing until they match. `stored` is that policy's digest, `at` (epoch ms) and `by` (an identity
+   * id) say when and by whom it was put in force.
+   */
+  stale?: PolicyStaleness;
+}
+
+/** See {@link PolicyVersion.stale}. */
+export interface PolicyStaleness {
+  stored: string;
+  at: number;
+  by: string;
 }
 
 /** What is asked of the policy. */

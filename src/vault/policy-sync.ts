@@ -1,0 +1,225 @@
+/**
+ * One policy on every instance sharing a store (several `lessor serve` over one PostgreSQL database).
+ * Each instance reads its own policy file; the store holds a stamp ({@link POLICY_META}) naming the
+ * policy in force: the one the last `lessor policy reload` on any instance loaded (by the sha-256 of its
+ * text), or, before any reload, the one the first instance opened with ({@link openPolicyStamp}).
+ *
+ * An instance whose policy is not the stamped one is stale, and grants nothing by its own copy: every
+ * grant, access, renewal and approval request reads the stamp inside its own transaction
+ * ({@link policyGateIn}), so no grant commits after a reload elsewhere committed unless this instance
+ * is in line with it. On a mismatch it first reads its own policy file again (once a second at most,
+ * {@link POLICY_RETRY_MS}): when the file is the stamped policy, it is put in force and the request
+ * goes on. Otherwise the request is refused with `unavailable`, naming both digests and the fix (copy
+ * the policy in force to this instance, or reload this instance's own to put it in force everywhere).
+ * Brakes (revoke, killswitch, token revocation), audit and status never read the stamp: they keep
+ * working on a stale instance. `status` and `policy explain` report the staleness
+ * (the `stale` field of the policy version). Stores one process owns (memory, SQLite) have no stamp check: there
+ * the daemon and the CLI read the same file.
+ */
+import { VaultError } from "../base/errors.js";
+import { markBehind } from "./behind.js";
+import type { StoreReader } from "./ports.js";
+import type { VaultContext } from "./context.js";
+import { installPolicy, loadOrBroken, notePolicyStamp, policyStaleness } from "./policy-state.js";
+
+/** The store metadata key naming the policy the last reload (on any instance) put in force. */
+export const POLICY_META = "policy";
+
+/** After a stale instance read its policy file again, how long it refuses grants before reading it again. */
+export const POLICY_RETRY_MS = 1000;
+
+/** Who a stamp written by {@link openPolicyStamp} names. */
+const FIRST_OPEN = "the first lessor instance to open this vault";
+
+/** How long a stamp read stands for the stored one in status() and explain. */
+const STAMP_MAX_AGE_MS = 1000;
+
+/** What {@link POLICY_META} holds. */
+export interface PolicyStamp {
+  /** The sha-256 of the policy text that was loaded. */
+  digest: string;
+  state: "ok" | "broken";
+  /** Epoch ms of the reload. */
+  at: number;
+  /** Who reloaded it (an identity id). */
+  by: string;
+}
+
+/** The stored form of a stamp. */
+export function formatPolicyStamp(p: PolicyStamp): string {
+  return JSON.stringify({ digest: p.digest, state: p.state, at: p.at, by: p.by });
+}
+
+/** Reads a stamp; null when absent or not one lessor wrote. */
+export function parsePolicyStamp(text: string | null): PolicyStamp | null {
+  if (text === null) return null;
+  try {
+    const o = JSON.parse(text) as Record<string, unknown>;
+    if (typeof o.digest !== "string" || !/^[0-9a-f]{64}$/.test(o.digest)) return null;
+    return {
+      digest: o.digest,
+      state: o.state === "broken" ? "broken" : "ok",
+      at: typeof o.at === "number" ? o.at : 0,
+      by: typeof o.by === "string" ? o.by.slice(0, 200) : "",
+    };
+  } catch {
+    return null;
+  }
+}
+
+interface SyncState {
+  /** performance.now() of the last stamp read into policy-state (status freshness). */
+  readAt: number;
+  /** The (stored, local) digests a catch-up last ended on, and when: within POLICY_RETRY_MS, refuse without trying again. */
+  tried: { pair: string; at: number } | null;
+  running: Promise<void> | null;
+  /** The (local, stored) pair `policy_stale` was last raised for. */
+  said: string | null;
+}
+
+const states = new WeakMap<VaultContext, SyncState>();
+
+function state(ctx: VaultContext): SyncState {
+  let s = states.get(ctx);
+  if (s === undefined) states.set(ctx, (s = { readAt: -Infinity, tried: null, running: null, said: null }));
+  return s;
+}
+
+/** True for a store several instances share (it has a change feed). */
+function shared(ctx: VaultContext): boolean {
+  return ctx.store.changes !== undefined;
+}
+
+/** Records a stamp read (or written) now. */
+function note(ctx: VaultContext, stamp: PolicyStamp | null): void {
+  notePolicyStamp(ctx, stamp);
+  state(ctx).readAt = performance.now();
+}
+
+/** Reads the stamp through `r` and records it. */
+async function readStamp(ctx: VaultContext, r: StoreReader): Promise<PolicyStamp | null> {
+  const stamp = parsePolicyStamp(await r.getMeta(POLICY_META));
+  note(ctx, stamp);
+  return stamp;
+}
+
+/** Raises `policy_stale` once per (local, stored) pair, and forgets the pair once in line. */
+function sayIfStale(ctx: VaultContext): void {
+  const s = state(ctx);
+  const stale = policyStaleness(ctx);
+  if (stale === undefined) {
+    s.said = null;
+    return;
+  }
+  const pair = `${ctx.policy.digest}/${stale.stored}`;
+  if (s.said === pair) return;
+  s.said = pair;
+  ctx.signals.emit({ type: "policy_stale", local: ctx.policy.digest, stored: stale.stored });
+}
+
+/** The refusal of a grant by a stale instance: both digests, and what to do. */
+export function staleError(ctx: VaultContext, stamp: PolicyStamp): VaultError {
+  // Who reloaded it is left out: agents read this message (status shows it to an admin).
+  const when = stamp.at > 0 ? `, put in force on ${new Date(stamp.at).toISOString()}` : "";
+  return new VaultError(
+    "unavailable",
+    `this lessor instance's policy (${ctx.policy.source}, digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${stamp.digest}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
+  );
+}
+
+/**
+ * Inside a grant's (or access's, renewal's, approval request's) transaction, before the policy
+ * decides: null when the policy in force here is the stamped one (or the store is not shared, or
+ * has no stamp). Otherwise throws an error marked "behind" (src/vault/behind.ts), so that `commit`
+ * reads this instance's policy file again and retries; once that was tried in the last
+ * {@link POLICY_RETRY_MS} for the same pair of digests, returns the refusal to audit and return.
+ */
+export async function policyGateIn(ctx: VaultContext, tx: StoreReader): Promise<VaultError | null> {
+  if (!shared(ctx)) return null;
+  const stamp = parsePolicyStamp(await tx.getMeta(POLICY_META));
+  if (stamp === null || stamp.digest === ctx.policy.digest) return null;
+  const tried = state(ctx).tried;
+  if (tried !== null && tried.pair === `${stamp.digest}/${ctx.policy.digest}` && performance.now() - tried.at < POLICY_RETRY_MS) return staleError(ctx, stamp);
+  throw markBehind(new VaultError("unavailable", "the policy was reloaded on another lessor instance and this one is catching up; retry"), { kind: "policy" });
+}
+
+/** After {@link policyGateIn} asked: reads the stamp and this instance's policy file again (one at a time). */
+export async function catchUpPolicy(ctx: VaultContext): Promise<void> {
+  const s = state(ctx);
+  if (s.running !== null) return s.running;
+  s.running = (async () => {
+    try {
+      await followPolicy(ctx);
+    } finally {
+      const stale = policyStaleness(ctx);
+      s.tried = { pair: `${stale?.stored ?? ctx.policy.digest}/${ctx.policy.digest}`, at: performance.now() };
+      s.running = null;
+    }
+  })();
+  return s.running;
+}
+
+/**
+ * Brings this instance's policy in line with the stamp the last reload stored: when the stored digest
+ * differs from the policy in force, reloads from this instance's loader (its policy file) and puts
+ * it in force if it changed; when they still differ, raises `policy_stale` (once per pair of
+ * digests). A vault opened with a fixed policy cannot reload: it only says it is stale. Not audited:
+ * the reload that caused it was, on the instance that did it.
+ */
+export async function followPolicy(ctx: VaultContext): Promise<void> {
+  const stamp = await readStamp(ctx, ctx.store);
+  if (stamp === null || ctx.closed) return;
+  if (stamp.digest !== ctx.policy.digest && ctx.loadPolicy !== null) {
+    const next = await loadOrBroken(ctx.loadPolicy);
+    if (ctx.closed) return;
+    if (next.digest !== ctx.policy.digest) {
+      installPolicy(ctx, next);
+      ctx.signals.emit({ type: "policy_reloaded", ok: next.error === undefined, remote: true });
+    }
+  }
+  sayIfStale(ctx);
+}
+
+/** At start: raises `policy_stale` when the policy in force is not the one the last reload stored (no reload). */
+export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
+  await readStamp(ctx, ctx.store);
+  if (!ctx.closed) sayIfStale(ctx);
+}
+
+/**
+ * When a vault opens on a shared store: reads the stamp and records it (for `stale` in the policy
+ * version), raising nothing yet. A store that has no stamp (no reload ever ran) gets this vault's
+ * policy stamped as the one in force (unless it is broken), so that an instance started later with
+ * another file is stale rather than silently different: the first to open wins. Not audited (no
+ * policy file was reloaded; the store only learns which one is in force).
+ */
+export async function openPolicyStamp(ctx: VaultContext): Promise<void> {
+  if (!shared(ctx)) return;
+  let stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META));
+  if (stamp === null && ctx.policy.error === undefined && ctx.policy.digest !== "") {
+    const mine: PolicyStamp = { digest: ctx.policy.digest, state: "ok", at: ctx.now(), by: FIRST_OPEN };
+    stamp = await ctx.store.transaction(async (tx) => {
+      const text = await tx.getMeta(POLICY_META);
+      if (text !== null) return parsePolicyStamp(text);
+      await tx.setMeta(POLICY_META, formatPolicyStamp(mine));
+      return mine;
+    });
+  }
+  note(ctx, stamp);
+}
+
+/** Records the stamp this process just committed (a reload here), so status says at once that it is in line. */
+export function stampedHere(ctx: VaultContext, stamp: PolicyStamp): void {
+  if (!shared(ctx)) return;
+  note(ctx, stamp);
+  sayIfStale(ctx);
+}
+
+/**
+ * Re-reads the stamp for status() when the one recorded is older than a second (a shared store only;
+ * never throws: an unreadable store leaves the last stamp read), so that status says whether the
+ * policy in force here is stale.
+ */
+export async function refreshPolicyStamp(ctx: VaultContext): Promise<void> {
+  if (shared(ctx) && performance.now() - state(ctx).readAt >= STAMP_MAX_AGE_MS) await readStamp(ctx, ctx.store).catch(() => null);
+}
