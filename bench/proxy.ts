@@ -38,7 +38,10 @@
  * --no-sandbox (no goal set; the ratio is the figure). `skipped` lines say why a figure is missing.
  *
  * The proxied lines carry the proxy process's CPU (Linux /proc): per request, or per MiB streamed,
- * and in cores; near 1 core means its one JavaScript thread is the limit.
+ * and in cores; near 1 core means its one JavaScript thread is the limit. The throughput and stream
+ * lines also set the CPU of the whole path beside the direct one (client and upstream, plus the proxy):
+ * `proxy_vs_direct_cpu` and `cpu_ceiling`, see cpuSide(). On a machine whose few cores the client, the
+ * upstream and the proxy share, the ratio cannot pass cpu_ceiling however the proxy is scheduled.
  *
  * LESSOR_BENCH_PROXY_ARGS: extra node arguments for the proxy processes, split on spaces, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" (each profile is written when its proxy exits at the end; the
@@ -147,6 +150,30 @@ function cpuMs(pid: number | undefined): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** CPU ms used so far by this process (the client) and the processes `pids`; NaN when one cannot be read. */
+function cpuOfAll(pids: (number | undefined)[]): number {
+  const self = process.cpuUsage();
+  let ms = (self.user + self.system) / 1000;
+  for (const pid of pids) ms += cpuMs(pid) ?? NaN;
+  return ms;
+}
+
+/**
+ * The CPU side of a proxied figure beside its direct one. Direct, the client and the upstream do the
+ * work; proxied, the proxy too. `proxy_vs_direct_cpu` (the proxy's CPU per request over the client's
+ * and upstream's together, direct) holds on any machine: at 1 or below, a machine with a core for each
+ * process would see proxied throughput at 0.5x direct or better. `cpu_ceiling` (direct CPU per unit
+ * over proxied CPU per unit, all three processes) is the most the ratio can reach on a machine whose
+ * cores all three share, when every process is busy: what this machine allows.
+ */
+function cpuSide(direct: { cpu: number; n: number }, proxied: { all: number; proxy: number; n: number }, per: number, unit: string): Record<string, number> {
+  const d = (direct.cpu * per) / direct.n;
+  const x = (proxied.all * per) / proxied.n;
+  const p = (proxied.proxy * per) / proxied.n;
+  if (![d, x, p].every(Number.isFinite)) return {};
+  return { [`direct_cpu_${unit}`]: round(d, 1), [`proxied_cpu_${unit}`]: round(x, 1), proxy_vs_direct_cpu: round(p / d), cpu_ceiling: round(d / x) };
 }
 
 /** Runs `fn` and returns its result with the CPU ms `pid` used meanwhile and the wall ms. */
@@ -377,6 +404,8 @@ interface Proxied {
 
 interface Setup {
   up: Upstream;
+  /** The upstream process (its CPU is counted in the cpu_ceiling figures). */
+  upPid: number | undefined;
   direct: Route;
   /** Fixed, then leased. */
   proxies: Proxied[];
@@ -429,12 +458,19 @@ async function latencyFigures(name: string, s: Setup, d: Client, xs: Client[]): 
 /** CONCURRENCY requests in flight: requests/s, median of the rounds, per proxy. */
 async function throughputFigure(name: string, s: Setup, d: Client, xs: Client[]): Promise<void> {
   const td: number[] = [];
-  const tx = xs.map(() => ({ rates: [] as number[], cpu: 0, wall: 0, n: 0 }));
+  const dc = { cpu: 0, n: 0 };
+  const tx = xs.map(() => ({ rates: [] as number[], cpu: 0, wall: 0, n: 0, all: 0 }));
   for (let r = 0; r < ROUNDS; r++) {
-    td.push((await throughput(d, CONCURRENCY, THROUGHPUT_MS)).rate);
+    const d0 = cpuOfAll([s.upPid]);
+    const dr = await throughput(d, CONCURRENCY, THROUGHPUT_MS);
+    td.push(dr.rate);
+    dc.cpu += cpuOfAll([s.upPid]) - d0;
+    dc.n += dr.n;
     for (const [i, x] of xs.entries()) {
+      const a0 = cpuOfAll([s.upPid, s.proxies[i]!.pid]);
       const m = await withCpu(s.proxies[i]!.pid, () => throughput(x, CONCURRENCY, THROUGHPUT_MS));
       const t = tx[i]!;
+      t.all += cpuOfAll([s.upPid, s.proxies[i]!.pid]) - a0;
       t.rates.push(m.value.rate);
       t.cpu += m.cpuMs ?? NaN;
       t.wall += m.wallMs;
@@ -446,19 +482,27 @@ async function throughputFigure(name: string, s: Setup, d: Client, xs: Client[])
     const t = tx[i]!;
     const proxied = median(t.rates);
     const cpu = Number.isNaN(t.cpu) ? {} : { proxy_cpu_us_per_req: round((t.cpu * 1000) / t.n, 0), proxy_cpu_cores: round(t.cpu / t.wall) };
-    emit({ figure: named(`${name}_throughput`, p), proxy: p.route.via, unit: "req/s", concurrency: CONCURRENCY, direct: Math.round(direct), proxied: Math.round(proxied), ratio: round(proxied / direct), goal: "ratio >= 0.5", met: proxied / direct >= 0.5, ...cpu });
+    const side = cpuSide(dc, { all: t.all, proxy: t.cpu, n: t.n }, 1000, "us_per_req");
+    emit({ figure: named(`${name}_throughput`, p), proxy: p.route.via, unit: "req/s", concurrency: CONCURRENCY, direct: Math.round(direct), proxied: Math.round(proxied), ratio: round(proxied / direct), goal: "ratio >= 0.5", met: proxied / direct >= 0.5, ...cpu, ...side });
   }
 }
 
 /** One 100 MiB response at a time: MiB/s, median of the rounds, per proxy. */
 async function streamFigure(name: string, s: Setup, d: Client, xs: Client[]): Promise<void> {
   const sd: number[] = [];
-  const sx = xs.map(() => ({ rates: [] as number[], cpu: 0, wall: 0 }));
+  const dc = { cpu: 0, n: 0 };
+  const sx = xs.map(() => ({ rates: [] as number[], cpu: 0, wall: 0, all: 0 }));
+  const mib = s.up.streamBytes / MiB;
   for (let r = 0; r < STREAM_ROUNDS; r++) {
+    const d0 = cpuOfAll([s.upPid]);
     sd.push(await streamed(d, s.up.streamBytes));
+    dc.cpu += cpuOfAll([s.upPid]) - d0;
+    dc.n += mib;
     for (const [i, x] of xs.entries()) {
+      const a0 = cpuOfAll([s.upPid, s.proxies[i]!.pid]);
       const m = await withCpu(s.proxies[i]!.pid, () => streamed(x, s.up.streamBytes));
       const t = sx[i]!;
+      t.all += cpuOfAll([s.upPid, s.proxies[i]!.pid]) - a0;
       t.rates.push(m.value);
       t.cpu += m.cpuMs ?? NaN;
       t.wall += m.wallMs;
@@ -468,8 +512,9 @@ async function streamFigure(name: string, s: Setup, d: Client, xs: Client[]): Pr
   for (const [i, p] of s.proxies.entries()) {
     const t = sx[i]!;
     const proxied = median(t.rates);
-    const scpu = Number.isNaN(t.cpu) ? {} : { proxy_cpu_ms_per_mib: round(t.cpu / ((STREAM_ROUNDS * s.up.streamBytes) / MiB), 3), proxy_cpu_cores: round(t.cpu / t.wall) };
-    emit({ figure: named(`${name}_stream`, p), proxy: p.route.via, unit: "MiB/s", bytes: s.up.streamBytes, chunk: 64 * 1024, scrub: p.scrub, direct: Math.round(direct), proxied: Math.round(proxied), ratio: round(proxied / direct), goal: "ratio >= 0.7", met: proxied / direct >= 0.7, ...scpu });
+    const scpu = Number.isNaN(t.cpu) ? {} : { proxy_cpu_ms_per_mib: round(t.cpu / (STREAM_ROUNDS * mib), 3), proxy_cpu_cores: round(t.cpu / t.wall) };
+    const side = cpuSide(dc, { all: t.all, proxy: t.cpu, n: STREAM_ROUNDS * mib }, 1, "ms_per_mib");
+    emit({ figure: named(`${name}_stream`, p), proxy: p.route.via, unit: "MiB/s", bytes: s.up.streamBytes, chunk: 64 * 1024, scrub: p.scrub, direct: Math.round(direct), proxied: Math.round(proxied), ratio: round(proxied / direct), goal: "ratio >= 0.7", met: proxied / direct >= 0.7, ...scpu, ...side });
   }
 }
 
@@ -592,7 +637,7 @@ async function main(): Promise<void> {
     await checkLeased(up, ready[1]!);
     const proxies = ready.map((r, i): Proxied => ({ route: proxiedRoute(up, r), pid: helpers[i]!.proc.pid, scrub: r.scrub }));
     leasedRoute = proxies[1]!.route;
-    const s: Setup = { up, direct: directRoute(up), proxies };
+    const s: Setup = { up, upPid: upstream.proc.pid, direct: directRoute(up), proxies };
 
     await protocolFigures("h1", s, (r) => h1Client(up, r, CONCURRENCY));
     if (await proxySpeaksH2(proxies[0]!.route)) await protocolFigures("h2", s, (r) => h2Client(up, r));
