@@ -281,13 +281,19 @@ async function faultyProxy(to: { host: string; port: number }): Promise<{ port: 
 }
 
 describe("one instance cut off from PostgreSQL: it fails fast and catches up before it serves again", { skip: PG_SKIP }, () => {
-  test("a change committed by A while B could not reach the database is applied on B before B's first transaction; B's LISTEN is back at once", async () => {
+  /** A fresh schema, and a proxy in front of the shared server that a test can cut or freeze (viaProxy: the URL through it). */
+  async function behindFaultyProxy(): Promise<{ schema: string; drop: () => Promise<void>; proxy: Awaited<ReturnType<typeof faultyProxy>>; viaProxy: URL }> {
     const { schema, drop } = await testSchema();
     const u = new URL(PG_URL!);
     const proxy = await faultyProxy({ host: u.hostname, port: Number(u.port || 5432) });
     const viaProxy = new URL(PG_URL!);
     viaProxy.hostname = "127.0.0.1";
     viaProxy.port = String(proxy.port);
+    return { schema, drop, proxy, viaProxy };
+  }
+
+  test("a change committed by A while B could not reach the database is applied on B before B's first transaction; B's LISTEN is back at once", async () => {
+    const { schema, drop, proxy, viaProxy } = await behindFaultyProxy();
     // Polling set to a minute: only the LISTEN connection or the catch-up can bring B the change.
     const a = await openPostgresStore({ url: PG_URL!, schema, feed: { pollMs: 60_000 } });
     const b = await openPostgresStore({ url: viaProxy.toString(), schema, feed: { pollMs: 60_000 } });
@@ -331,12 +337,7 @@ describe("one instance cut off from PostgreSQL: it fails fast and catches up bef
   });
 
   test("a server that goes silent mid-transaction, before the client's own timeout: 'unavailable' at the transaction's deadline (not 'internal'), the connection dropped", { timeout: 20_000 }, async () => {
-    const { schema, drop } = await testSchema();
-    const u = new URL(PG_URL!);
-    const proxy = await faultyProxy({ host: u.hostname, port: Number(u.port || 5432) });
-    const viaProxy = new URL(PG_URL!);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
+    const { schema, drop, proxy, viaProxy } = await behindFaultyProxy();
     // The transaction's deadline (1 s) comes long before the client would give a statement up (8 s + 2 s).
     const b = await openPostgresStore({ url: viaProxy.toString(), schema, statementTimeoutMs: 8000, txTimeoutMs: 1000, feed: { pollMs: 60_000 } });
     try {
@@ -364,12 +365,7 @@ describe("one instance cut off from PostgreSQL: it fails fast and catches up bef
   });
 
   test("a server that stops answering without closing the connection: requests fail with 'unavailable' once the client's timeouts pass, not never", { timeout: 20_000 }, async () => {
-    const { schema, drop } = await testSchema();
-    const u = new URL(PG_URL!);
-    const proxy = await faultyProxy({ host: u.hostname, port: Number(u.port || 5432) });
-    const viaProxy = new URL(PG_URL!);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
+    const { schema, drop, proxy, viaProxy } = await behindFaultyProxy();
     // statement_timeout 500 ms: the client gives an unanswered statement up 2 s after it; connecting, after 1 s.
     const b = await openPostgresStore({ url: viaProxy.toString(), schema, statementTimeoutMs: 500, connectTimeoutMs: 1000, feed: { pollMs: 60_000 } });
     try {
