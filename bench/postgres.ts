@@ -178,7 +178,7 @@ async function main(): Promise<void> {
         const before = store.stats();
         const ops = await measure(n, conc, op);
         const s = store.stats();
-        line(`lease_access_postgres_1_c${conc}`, ops, conc, conc, { instances: 1, store: "postgres", commits: s.commits - before.commits, transactions: s.transactions - before.transactions, behind_other: s.stale - before.stale, flights: s.flights - before.flights });
+        line(`lease_access_postgres_1_c${conc}`, ops, conc, conc, { instances: 1, store: "postgres", commits: s.commits - before.commits, transactions: s.transactions - before.transactions, behind_other: s.behind - before.behind, flights: s.flights - before.flights });
       }
     } finally {
       await v.close();
@@ -197,14 +197,14 @@ async function main(): Promise<void> {
         const before = stores.map((s) => s.stats());
         const ops = await measure(n, conc, op);
         const after = stores.map((s) => s.stats());
-        const sum = (k: "commits" | "transactions" | "stale" | "flights") => after.reduce((t, s, i) => t + s[k] - before[i]![k], 0);
+        const sum = (k: "commits" | "transactions" | "behind" | "flights") => after.reduce((t, s, i) => t + s[k] - before[i]![k], 0);
         line(`lease_access_postgres_2_c${conc}`, ops, conc, baseConc, {
           instances: 2,
           per_instance: conc / 2,
           store: "postgres",
           commits: sum("commits"),
           transactions: sum("transactions"),
-          behind_other: sum("stale"),
+          behind_other: sum("behind"),
           flights: sum("flights"),
           ...(conc === 32 ? { goal: ">= 0.5 x sqlite_1_c32", ok: ops / base[32]! >= 0.5 } : {}),
         });

@@ -21,7 +21,7 @@
  * live), and before a transaction's first call runs, the counters read under the lock (in BEGIN's
  * round trip, with the audit head and checkpoint) tell what another instance changed since this one's
  * last commit: only those kinds are dropped, and the head and checkpoint are taken from that round
- * trip. So a batch after another instance's commit costs one round trip more, not a re-run, and a
+ * trip. So a batch after another instance's commit costs neither a re-run nor a round trip more, and a
  * lease+access whose agent's bound is below the cap waits for no read at all.
  *
  * Failure of one function among several in a batch: the database aborts the whole transaction on
@@ -76,11 +76,11 @@ export interface PostgresStore extends Store {
   /**
    * `commits`: database transactions committed; `transactions`: transaction functions run (a function
    * run again counts again); `reruns`: batches run again with savepoints because a function failed;
-   * `stale`: transactions that found, as they began, that another instance had written since this
+   * `behind`: transactions that found, as they began, that another instance had written since this
    * one's last commit (and dropped what that changed from the cache); `flights`: round trips of
    * transactions (a statement sent while none was outstanding on the connection).
    */
-  stats(): { commits: number; transactions: number; reruns: number; stale: number; flights: number };
+  stats(): { commits: number; transactions: number; reruns: number; behind: number; flights: number };
   /** Migration steps this open applied (0 when the schema was current, or another instance migrated it). */
   readonly migrationsApplied: number;
   readonly schemaVersion: number;
@@ -515,7 +515,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private closing = false;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
-  private counts = { commits: 0, transactions: 0, reruns: 0, stale: 0, flights: 0 };
+  private counts = { commits: 0, transactions: 0, reruns: 0, behind: 0, flights: 0 };
   /** Connection losses noted, and how many of them the change feed has caught up after (see caughtUp). */
   private lostCount = 0;
   private caughtUpTo = 0;
@@ -587,7 +587,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return this.poolExec;
   }
 
-  stats(): { commits: number; transactions: number; reruns: number; stale: number; flights: number } {
+  stats(): { commits: number; transactions: number; reruns: number; behind: number; flights: number } {
     return { ...this.counts };
   }
 
@@ -678,7 +678,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     const now = await conn.counters;
     const was = this.seen;
     if (was !== undefined && now.n === was.n) return;
-    this.counts.stale++;
+    this.counts.behind++;
     if (was === undefined || now.cfg !== was.cfg) this.cache.dropConfig();
     if (was === undefined || now.live !== was.live) this.cache.dropLive();
     const [head, checkpoint] = await conn.audit;
