@@ -130,6 +130,21 @@ describe("postgres store against a server", { skip: PG_SKIP }, () => {
     );
   });
 
+  test("audit rows sent without waiting: a gap among them fails the whole transaction, and nothing of it is written", async () => {
+    const schema = await fresh();
+    const s = await open(schema);
+    await s.transaction(async (t) => {
+      for (const seq of [1, 2, 3]) await t.insertAudit(auditRec(seq, { id: `ok-${seq}` }));
+    });
+    await assert.rejects(
+      s.transaction(async (t) => {
+        for (const seq of [4, 5, 7]) await t.insertAudit(auditRec(seq, { id: `gap-${seq}` }));
+      }),
+      (e) => isVaultError(e, "audit_failed"),
+    );
+    assert.deepEqual((await s.queryAudit({ limit: 10 })).map((r) => r.seq), [1, 2, 3]);
+  });
+
   test("a killed connection fails the transaction fast with 'unavailable'; the next one reconnects", async () => {
     const schema = await fresh();
     const s = await open(schema);
