@@ -125,6 +125,11 @@ describe("home, config and key sources", () => {
     assert.equal(c.cipher, "xchacha20-poly1305");
     assert.equal(c.limits.keepVersions, 3);
     assert.equal(c.auditJsonl, "a.jsonl");
+    assert.throws(() => parseConfig("[vault]\napproval_wait = '25h'", "c.toml"), /\[vault\] approval_wait: expected a duration from "1s" to "24h", got "25h"/);
+    assert.throws(() => parseConfig("[vault]\napproval_use = 600", "c.toml"), /\[vault\] approval_use: expected a duration/);
+    const d = parseConfig("[vault]\napproval_wait = '2m'\napproval_use = '30s'", "c.toml");
+    assert.deepEqual([d.limits.approvalWaitMs, d.limits.approvalUseMs], [120_000, 30_000]);
+    assert.deepEqual([c.limits.approvalWaitMs, c.limits.approvalUseMs], [600_000, 600_000], "10 minutes each by default");
   });
 
   test("[server] and [[identity]] parse strictly", () => {

@@ -7,7 +7,10 @@
  * - elicitation path: a client that supports URL-mode elicitation is asked to open a one-time loopback
  *   page; the test plays the person (GET the page, POST the form) and the same call returns the lease.
  *   The page refuses a POST without its CSRF token, from a foreign Origin or Host, and is gone once used.
- * Expiry is covered with a controlled clock in test/approvals.test.ts. The canary never shows.
+ * - expiry: with [vault] approval_wait and approval_use set to 1 s in lessor.toml, a request nobody
+ *   decided in time cannot be approved any more, and an approval not taken up in time lets nothing
+ *   through (asking again opens a new one). The same with a controlled clock: test/approvals.test.ts.
+ * The canary never shows.
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -49,8 +52,8 @@ interface Session {
 }
 
 /** A `lessor mcp --agent A` session; `elicit` makes the client support URL elicitation with that handler. */
-async function startSession(agent: string, elicit?: (url: string, message: string) => Promise<ElicitResult>, extraArgs: string[] = []): Promise<Session> {
-  const transport = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", agent, ...extraArgs], env: ENV, stderr: "pipe" });
+async function startSession(agent: string, elicit?: (url: string, message: string) => Promise<ElicitResult>, extraArgs: string[] = [], env: Record<string, string> = ENV): Promise<Session> {
+  const transport = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", agent, ...extraArgs], env, stderr: "pipe" });
   const err: Buffer[] = [];
   transport.stderr!.on("data", (d: Buffer) => err.push(d));
   const client = new Client({ name: "lessor-approval-test", version: "1.0.0" }, elicit ? { capabilities: { elicitation: { url: {} } } } : {});
@@ -76,7 +79,11 @@ async function startSession(agent: string, elicit?: (url: string, message: strin
 }
 
 function cli(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { env: ENV, encoding: "utf8", timeout: 30_000 });
+  return cliIn(ENV, ...args);
+}
+
+function cliIn(env: Record<string, string>, ...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { env, encoding: "utf8", timeout: 30_000 });
   transcript.push(r.stdout, r.stderr);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -291,5 +298,68 @@ describe("lessor mcp: approval by a person", () => {
     } finally {
       await vault.close();
     }
+  });
+});
+
+describe("lessor mcp: approvals lapse ([vault] approval_wait and approval_use)", () => {
+  const home2 = join(root, "home-lapse");
+  const lessorHome2 = join(home2, ".lessor");
+  const env2 = { HOME: home2, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME: lessorHome2 };
+  let claude: Session;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  before(async () => {
+    mkdirSync(home2, { recursive: true });
+    await initHome({ home: lessorHome2, env: { LESSOR_HOME: lessorHome2 } });
+    writeFileSync(join(lessorHome2, "policy.toml"), POLICY, { mode: 0o600 });
+    writeFileSync(join(lessorHome2, "lessor.toml"), '[vault]\napproval_wait = "1s"\napproval_use = "1s"\n', { mode: 0o600 });
+    const vault = await openVault({ home: lessorHome2, env: { LESSOR_HOME: lessorHome2 } });
+    try {
+      await vault.admin().storeSecret({ name: "deploy-key", value: CANARY });
+    } finally {
+      await vault.close();
+    }
+    claude = await startSession("claude", undefined, [], env2);
+  });
+
+  after(async () => {
+    await claude?.close().catch(() => {});
+    for (const t of transcript) assert.ok(!t.includes(CANARY), "the canary appears in a result, an error, stderr or CLI output");
+  });
+
+  test("a request nobody decided in time lapses: it cannot be approved, and asking again opens a new one", async () => {
+    const r = await claude.call("request_access", { secret: "deploy-key", reason: "nightly deploy" });
+    assert.equal(r.doc["status"], "approval_pending", r.text);
+    const id = String(r.doc["approvalId"]);
+    await sleep(1300);
+    const late = cliIn(env2, "approve", id);
+    assert.notEqual(late.status, 0, "a lapsed request cannot be approved");
+    assert.match(late.stderr, /no open approval has id .* \(it may have lapsed\)/);
+    const again = await claude.call("request_access", { secret: "deploy-key" });
+    assert.equal(again.doc["status"], "approval_pending");
+    assert.notEqual(again.doc["approvalId"], id, "a new approval, not the lapsed one");
+  });
+
+  test("an approval not taken up in time lets nothing through", async () => {
+    const r = await claude.call("request_access", { secret: "deploy-key" });
+    const id = String(r.doc["approvalId"]);
+    const ok = cliIn(env2, "approve", id);
+    assert.equal(ok.status, 0, ok.stderr);
+    await sleep(1300);
+    const late = await claude.call("request_access", { secret: "deploy-key", approvalId: id });
+    assert.equal(late.isError, true, "the lapsed approval gives no lease");
+    assert.ok(!("placeholder" in late.doc));
+    const err = late.doc["error"] as { code: string; message: string; hint: string };
+    assert.equal(err.code, "access_denied");
+    assert.match(err.message, new RegExp(`approval ${id} is not in force for these arguments \\(it lapsed`));
+    // What to do next: the new approval's id, not "ask the operator for a grant".
+    const fresh = /approval ([0-9a-f-]{36}) is the one for them now \(pending\)/.exec(err.message)?.[1];
+    assert.ok(fresh !== undefined && fresh !== id, err.message);
+    assert.match(err.hint, new RegExp(`lessor approve ${fresh}`));
+    assert.doesNotMatch(err.hint, /ask the operator for a grant/);
+    assert.equal(cliIn(env2, "approve", fresh).status, 0);
+    const granted = await claude.call("request_access", { secret: "deploy-key", approvalId: fresh });
+    assert.equal(granted.isError, false, granted.text);
+    assert.equal(typeof granted.doc["placeholder"], "string");
   });
 });

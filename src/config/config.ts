@@ -163,7 +163,7 @@ export function parseConfig(text: string, source: string): Config {
   for (const k of Object.keys(root))
     if (!["vault", "keys", "policy", "audit", "server", "identity", "vm", "vsock", "run", "proxy", "docker", "rotate"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [[vm]], [[vsock]], [run], [proxy], [docker], [[rotate]])`);
-  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention"]);
+  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention", "approval_wait", "approval_use"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -191,6 +191,12 @@ export function parseConfig(text: string, source: string): Config {
   if (v.max_live_leases_per_agent !== undefined)
     cfg.limits.maxLiveLeasesPerAgent = int(source, "[vault] max_live_leases_per_agent", v.max_live_leases_per_agent, 1, 1_000_000);
   if (v.lease_retention !== undefined) cfg.limits.leaseRetentionMs = duration(source, "[vault] lease_retention", v.lease_retention);
+  for (const [key, field] of [["approval_wait", "approvalWaitMs"], ["approval_use", "approvalUseMs"]] as const) {
+    if (v[key] === undefined) continue;
+    const ms = duration(source, `[vault] ${key}`, v[key]);
+    if (ms < 1000 || ms > 24 * 3600_000) fail(source, `[vault] ${key}`, `expected a duration from "1s" to "24h", got ${show(v[key])}`);
+    cfg.limits[field] = ms;
+  }
   if (k.file !== undefined) cfg.keys.file = str(source, "[keys] file", k.file);
   if (k.passphrase_file !== undefined) cfg.keys.passphraseFile = str(source, "[keys] passphrase_file", k.passphrase_file);
   if (k.command !== undefined) {
@@ -313,6 +319,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100
 # lease_retention = "7d"            # expired leases are deleted after this
+# approval_wait = "10m"             # a request needing a person's approval lapses if nobody decides in this time
+# approval_use = "10m"              # an approved request must be taken up (and a denial stands) this long
 
 [keys]
 # The master key comes from the first source that is configured:

@@ -3,7 +3,7 @@
  * programs. A failure is an `isError` result (the MCP way to tell the model a tool failed, so it can
  * act on it) carrying lessor's error code, a message that never holds a secret value, and what to do.
  */
-import { isVaultError, type ErrorCode } from "../base/errors.js";
+import { isVaultError, type ErrorCode, type VaultError } from "../base/errors.js";
 
 /** A tool result as the MCP SDK takes it. */
 export interface ToolResult {
@@ -47,12 +47,20 @@ export function ok(doc: Record<string, unknown>): ToolResult {
   return { content: [{ type: "text", text: JSON.stringify(doc, null, 2) }], structuredContent: doc };
 }
 
+const hints = new WeakMap<VaultError, string>();
+
+/** `e` with a hint of its own in place of its code's (for an error this server raises, where it knows better). */
+export function withHint(e: VaultError, hint: string): VaultError {
+  hints.set(e, hint);
+  return e;
+}
+
 /** The error document for `e` (a VaultError keeps its code and message; anything else is `internal`). */
 export function errorDoc(e: unknown, agent: string): ToolErrorDoc {
   // Only a VaultError's message is known to be safe to show; others may quote anything.
   const code: ErrorCode = isVaultError(e) ? e.code : "internal";
   const message = isVaultError(e) ? e.message : "an unexpected error occurred in lessor mcp (see its stderr)";
-  return { error: { code, message, hint: hintFor(code, agent) } };
+  return { error: { code, message, hint: (isVaultError(e) ? hints.get(e) : undefined) ?? hintFor(code, agent) } };
 }
 
 /** A failed result for `doc`. */

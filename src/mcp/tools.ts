@@ -29,6 +29,7 @@ import { plain } from "../protocol/params.js";
 import { REGISTRY } from "../protocol/registry.js";
 import type { SessionCredentials } from "./credentials.js";
 import { fetchThroughProxy } from "./fetch.js";
+import { withHint } from "./results.js";
 import type { SessionProxy } from "./session-proxy.js";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { awaitApproval, type PendingApproval } from "./approval-flow.js";
@@ -175,7 +176,13 @@ const requestAccess: ToolSpec = {
     let approval: string | undefined;
     if (ask.required) {
       if (a["approvalId"] !== undefined && a["approvalId"] !== ask.approval.id && ask.approval.state !== "approved")
-        throw new VaultError("access_denied", `approval ${String(a["approvalId"]).slice(0, 64)} is not in force for these arguments; use the approvalId of the latest approval_pending answer, or the same arguments as then`);
+        throw withHint(
+          new VaultError(
+            "access_denied",
+            `approval ${String(a["approvalId"]).slice(0, 64)} is not in force for these arguments (it lapsed, or it was given for other arguments); approval ${ask.approval.id} is the one for them now (${ask.approval.state})`,
+          ),
+          `a person decides approval ${ask.approval.id} (lessor approve ${ask.approval.id}); then call request_access again with the same arguments, or with approvalId ${ask.approval.id}`,
+        );
       const flow = await awaitApproval(ctx, ask.approval as PendingApproval);
       if ("result" in flow) return flow.result;
       approval = flow.approved;

@@ -46,7 +46,7 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
-    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, reason);
+    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, reason, ctx.limits);
     if (got instanceof VaultError) return got;
     return { required: true as const, rule: rule.name, created: got.created, approval: got.approval };
   });
@@ -73,6 +73,6 @@ export async function decideApproval(ctx: VaultContext, who: Identity, idIn: str
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], approve ? "approve a request" : "deny a request");
     if (err) return denied(audit, who, err, {});
-    return decideIn(tx, audit, now, who, id, approve, reason);
+    return decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
   });
 }

@@ -25,13 +25,17 @@ import { denied } from "./denied.js";
 import { formatDomainPattern, parseDomainPattern } from "./domain.js";
 import type { StoreReader, StoreTx } from "./ports.js";
 import type { Rule } from "./policy.js";
+import { DEFAULT_LIMITS, type Limits } from "./limits.js";
 
 /** The meta key of the approvals document. */
 export const APPROVALS_META = "approvals";
-/** How long a request waits for a person before it lapses (ms). */
-export const APPROVAL_PENDING_MS = 10 * 60_000;
-/** How long an approved request may be taken up after the decision (ms). */
-export const APPROVAL_USE_MS = 10 * 60_000;
+/** How long a request waits for a person before it lapses (ms), unless lessor.toml sets [vault] approval_wait. */
+export const APPROVAL_PENDING_MS = DEFAULT_LIMITS.approvalWaitMs;
+/** How long an approved request may be taken up after the decision (ms), unless [vault] approval_use says otherwise. */
+export const APPROVAL_USE_MS = DEFAULT_LIMITS.approvalUseMs;
+
+/** How long approvals stand (the vault's limits). */
+export type ApprovalLapse = Pick<Limits, "approvalWaitMs" | "approvalUseMs">;
 /** Most approvals kept at once (pending, approved, denied, used: all until they expire). */
 export const MAX_APPROVALS = 256;
 /** Most pending approvals of one agent: an agent cannot bury the person under requests. */
@@ -141,6 +145,7 @@ export async function findOrOpen(
   hosts: string[],
   anyDomain: boolean,
   reason: string | null,
+  lapse: ApprovalLapse = DEFAULT_LIMITS,
 ): Promise<{ approval: ApprovalRecord; created: boolean } | VaultError> {
   const items = await readApprovals(tx, now);
   // An approved one first (it is what the request is waiting for), then a denial (it stands until it
@@ -162,7 +167,7 @@ export async function findOrOpen(
     reason,
     requestedBy: who.id,
     requestedAt: now,
-    expiresAt: now + APPROVAL_PENDING_MS,
+    expiresAt: now + lapse.approvalWaitMs,
     state: "pending",
     decidedBy: null,
     decidedAt: null,
@@ -198,6 +203,7 @@ export async function gateGrant(
   anyDomain: boolean,
   leaseId: string,
   approvalId: string | undefined,
+  lapse: ApprovalLapse = DEFAULT_LIMITS,
 ): Promise<GateResult> {
   const fields = { agent: b.agent, secret: b.secret, domain: b.domains?.join(",") ?? null };
   if (approvalId !== undefined) {
@@ -207,7 +213,7 @@ export async function gateGrant(
     if (!a || !sameBinding(a, b))
       return { ok: false, approval: null, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is not one for this request (agent, secret, domains, ttl and use cap must be those approved), or it lapsed; ask again without it`), fields) };
   }
-  const got = await findOrOpen(tx, audit, now, who, b, hosts, anyDomain, null);
+  const got = await findOrOpen(tx, audit, now, who, b, hosts, anyDomain, null, lapse);
   if (got instanceof VaultError) return { ok: false, error: got, approval: null };
   const a = got.approval;
   if (approvalId !== undefined && a.id !== approvalId && a.state !== "approved")
@@ -241,12 +247,21 @@ export function checkDecisionReason(r: unknown): string {
  * {@link APPROVAL_USE_MS}; denied ones refuse the same request until then. Audited as
  * approval_granted or approval_denied. The caller checks the role.
  */
-export async function decideIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, id: string, approve: boolean, reason: string | null): Promise<ApprovalRecord | VaultError> {
+export async function decideIn(
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  who: Identity,
+  id: string,
+  approve: boolean,
+  reason: string | null,
+  lapse: ApprovalLapse = DEFAULT_LIMITS,
+): Promise<ApprovalRecord | VaultError> {
   const items = await readApprovals(tx, now);
   const a = items.find((x) => x.id === id);
   if (!a) return denied(audit, who, new VaultError("invalid_request", `no open approval has id ${id} (it may have lapsed); lessor approvals lists the pending ones`), {});
   if (a.state !== "pending") return new VaultError("invalid_request", `approval ${id} was already ${a.state === "used" ? "approved and used" : a.state}`);
-  const decided: ApprovalRecord = { ...a, state: approve ? "approved" : "denied", decidedBy: who.id, decidedAt: now, decisionReason: reason, expiresAt: now + APPROVAL_USE_MS };
+  const decided: ApprovalRecord = { ...a, state: approve ? "approved" : "denied", decidedBy: who.id, decidedAt: now, decisionReason: reason, expiresAt: now + lapse.approvalUseMs };
   await writeApprovals(
     tx,
     items.map((x) => (x.id === id ? decided : x)),

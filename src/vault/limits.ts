@@ -15,6 +15,10 @@ export interface Limits {
    * this often (see src/vault/auth-failures.ts). Default 10 s.
    */
   authFailureWindowMs: number;
+  /** How long a request waits for a person's approval before it lapses. Default 10 minutes. */
+  approvalWaitMs: number;
+  /** How long an approved (or denied) request stands after the decision. Default 10 minutes. */
+  approvalUseMs: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -23,5 +27,7 @@ export const DEFAULT_LIMITS: Limits = {
   keepVersions: 10,
   leaseRetentionMs: 7 * 24 * 3600 * 1000,
   authFailureWindowMs: 10_000,
+  approvalWaitMs: 10 * 60_000,
+  approvalUseMs: 10 * 60_000,
 };
 
