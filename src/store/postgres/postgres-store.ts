@@ -55,6 +55,7 @@ import type {
 import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
 import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";
+import { BatchQueue } from "../batch-queue.js";
 import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
 import { describeTarget, poolConfig, type ConnectionSettings } from "./connection.js";
@@ -508,13 +509,10 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   /** The cache holds entries from committed transactions (not only ones read under the current lock). */
   private carried = false;
   private readonly timeout: TxTimeout;
-  private queue: Call[] = [];
-  private qhead = 0;
-  private scheduled = false;
-  private running = false;
-  private closing = false;
+  private readonly calls = new BatchQueue<Call>(() => this.runBatch());
+  /** The pool is ended: reads are refused too. */
   private closed = false;
-  private idleWaiters: (() => void)[] = [];
+  private closedP: Promise<void> | null = null;
   private counts = { commits: 0, transactions: 0, reruns: 0, behind: 0, flights: 0 };
   /** Connection losses noted, and how many of them the change feed has caught up after (see caughtUp). */
   private lostCount = 0;
@@ -592,7 +590,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   }
 
   changes(listener: ChangeListener): () => void {
-    if (this.closing) return () => {};
+    if (this.calls.closing) return () => {};
     return this.feed.subscribe(listener);
   }
 
@@ -601,63 +599,19 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   }
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-    if (this.closing) return Promise.reject(closedError());
+    if (this.calls.closing) return Promise.reject(closedError());
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined, error: undefined });
-      this.schedule();
+      this.calls.push({ fn, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined, error: undefined });
     });
   }
 
-  async close(): Promise<void> {
-    if (this.closing) {
-      if (!this.closed) await new Promise<void>((r) => this.idleWaiters.push(r));
-      return;
-    }
-    this.closing = true;
-    if (this.running || this.scheduled || this.pending() > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
-    this.closed = true;
-    await this.feed.close();
-    await this.pool.end().catch(() => {});
-    for (const w of this.idleWaiters.splice(0)) w();
-  }
-
-  private pending(): number {
-    return this.queue.length - this.qhead;
-  }
-
-  private take(): Call | undefined {
-    if (this.qhead >= this.queue.length) return undefined;
-    const c = this.queue[this.qhead]!;
-    this.queue[this.qhead++] = undefined as unknown as Call;
-    if (this.qhead === this.queue.length) {
-      this.queue = [];
-      this.qhead = 0;
-    } else if (this.qhead > 1024 && this.qhead * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.qhead);
-      this.qhead = 0;
-    }
-    return c;
-  }
-
-  /** Starts a batch on a later turn (so callers queued in this turn share it), unless one is due. */
-  private schedule(): void {
-    if (this.running || this.scheduled || this.pending() === 0) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      void this.drain();
+  close(): Promise<void> {
+    this.closedP ??= this.calls.close().then(async () => {
+      this.closed = true;
+      await this.feed.close();
+      await this.pool.end().catch(() => {});
     });
-  }
-
-  private async drain(): Promise<void> {
-    this.running = true;
-    try {
-      await this.runBatch();
-    } finally {
-      this.running = false;
-    }
-    if (this.pending() > 0) this.schedule();
-    else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
+    return this.closedP;
   }
 
   /** A database transaction on `client`. */
@@ -700,7 +654,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       client = await this.pool.connect();
     } catch (e) {
       const err = this.noteLost(pgError(e, "start a transaction", this.target));
-      for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
+      for (let i = 0; i < MAX_BATCH; i++) this.calls.take()?.reject(err);
       return;
     }
     let broken: unknown = undefined;
@@ -732,7 +686,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     let guarded = false;
     let call: Call | undefined;
     for (;;) {
-      while (batch.length < MAX_BATCH && (call = this.take()) !== undefined) {
+      while (batch.length < MAX_BATCH && (call = this.calls.take()) !== undefined) {
         batch.push(call);
         await this.runCall(conn, call, guarded);
         if (call.ok) continue;

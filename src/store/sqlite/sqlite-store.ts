@@ -25,6 +25,7 @@ import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
 import { nestedBeforeCommit, txFinished } from "../semantics.js";
+import { BatchQueue } from "../batch-queue.js";
 import { TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "./writer-cache.js";
 
@@ -293,13 +294,10 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private readonly cache = new WriterCache();
   /** The timeout of each transaction function (they run one at a time). */
   private readonly timeout: TxTimeout;
-  private queue: Call[] = [];
-  private qhead = 0;
-  private scheduled = false;
-  private running = false;
-  private closing = false;
+  private readonly calls = new BatchQueue<Call>(() => this.runBatch());
+  /** The connections are closed: reads are refused too. */
   private closed = false;
-  private idleWaiters: (() => void)[] = [];
+  private closedP: Promise<void> | null = null;
   private commits = 0;
   private transactions = 0;
   private reruns = 0;
@@ -341,67 +339,19 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   }
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-    if (this.closing) return Promise.reject(closedError());
+    if (this.calls.closing) return Promise.reject(closedError());
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined, error: undefined });
-      this.schedule();
+      this.calls.push({ fn, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined, error: undefined });
     });
   }
 
-  async close(): Promise<void> {
-    if (this.closing) {
-      if (!this.closed) await new Promise<void>((r) => this.idleWaiters.push(r));
-      return;
-    }
-    this.closing = true;
-    if (this.busy()) await new Promise<void>((r) => this.idleWaiters.push(r));
-    this.closed = true;
-    this.reader.close();
-    this.writer.close(); // the last connection to close checkpoints the WAL into the main file
-    for (const w of this.idleWaiters.splice(0)) w();
-  }
-
-  private busy(): boolean {
-    return this.running || this.scheduled || this.pending() > 0;
-  }
-
-  private pending(): number {
-    return this.queue.length - this.qhead;
-  }
-
-  private take(): Call | undefined {
-    if (this.qhead >= this.queue.length) return undefined;
-    const c = this.queue[this.qhead]!;
-    this.queue[this.qhead++] = undefined as unknown as Call;
-    if (this.qhead === this.queue.length) {
-      this.queue = [];
-      this.qhead = 0;
-    } else if (this.qhead > 1024 && this.qhead * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.qhead);
-      this.qhead = 0;
-    }
-    return c;
-  }
-
-  /** Starts a batch on a later turn (so callers queued in this turn share it), unless one is due. */
-  private schedule(): void {
-    if (this.running || this.scheduled || this.pending() === 0) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      void this.drain();
+  close(): Promise<void> {
+    this.closedP ??= this.calls.close().then(() => {
+      this.closed = true;
+      this.reader.close();
+      this.writer.close(); // the last connection to close checkpoints the WAL into the main file
     });
-  }
-
-  private async drain(): Promise<void> {
-    this.running = true;
-    try {
-      await this.runBatch();
-    } finally {
-      this.running = false;
-    }
-    if (this.pending() > 0) this.schedule();
-    else if (this.closing) for (const w of this.idleWaiters.splice(0)) w();
+    return this.closedP;
   }
 
   /** BEGIN IMMEDIATE; false (with `onError` given the error to reject with) when it failed. */
@@ -428,13 +378,13 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private async runBatch(): Promise<void> {
     const w = this.wq;
     const rejectQueued = (err: unknown): void => {
-      for (let i = 0; i < MAX_BATCH; i++) this.take()?.reject(err);
+      for (let i = 0; i < MAX_BATCH; i++) this.calls.take()?.reject(err);
     };
     if (!this.begin(rejectQueued)) return;
     const batch: Call[] = [];
     let call: Call | undefined;
     let guarded = false;
-    while (batch.length < MAX_BATCH && (call = this.take()) !== undefined) {
+    while (batch.length < MAX_BATCH && (call = this.calls.take()) !== undefined) {
       batch.push(call);
       if (!(await this.step(call, guarded, batch))) return;
       if (!call.ok && !guarded) {
