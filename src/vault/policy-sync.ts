@@ -50,9 +50,19 @@ export function formatPolicyStamp(p: PolicyStamp): string {
   return JSON.stringify({ digest: p.digest, state: p.state, at: p.at, by: p.by });
 }
 
-/** Reads a stamp; null when absent or not one lessor wrote. */
+/** The last stamp text parsed, and what it gave: every grant on a shared store reads the same text. */
+let lastParsed: { text: string; stamp: PolicyStamp | null } | null = null;
+
+/** Reads a stamp; null when absent or not one lessor wrote. The result is shared: do not change it. */
 export function parsePolicyStamp(text: string | null): PolicyStamp | null {
   if (text === null) return null;
+  if (lastParsed?.text === text) return lastParsed.stamp;
+  const stamp = parseStampText(text);
+  lastParsed = { text, stamp };
+  return stamp;
+}
+
+function parseStampText(text: string): PolicyStamp | null {
   try {
     const o = JSON.parse(text) as Record<string, unknown>;
     if (typeof o.digest !== "string" || !/^[0-9a-f]{64}$/.test(o.digest)) return null;
