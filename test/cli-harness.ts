@@ -1,5 +1,5 @@
 /** Runs the built CLI (dist/bin/lessor.cjs, made by `npm run build:cli`) as a real child process. */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -63,4 +63,36 @@ export function runCli(args: string[], opts: { home?: string; env?: Record<strin
     if (opts.input !== undefined) child.stdin.end(opts.input);
     else child.stdin.end();
   });
+}
+
+/** A CLI command left running (a proxy, an MCP server): its output so far, and its exit. */
+export interface RunningCli {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Starts the built CLI with `args` and exactly `env`; resolves once its stderr matches `ready` (or it
+ * exits, or 30 s pass). It is killed after 60 s if it is still running.
+ */
+export async function startCli(args: string[], ready: RegExp, env: Record<string, string>): Promise<RunningCli> {
+  const child = spawn(process.execPath, ["--", BIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout!.on("data", (d: Buffer) => out.push(d));
+  child.stderr!.on("data", (d: Buffer) => err.push(d));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal });
+    }),
+  );
+  const r: RunningCli = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
+  let gone = false;
+  void exited.then(() => (gone = true));
+  for (let i = 0; i < 1500 && !gone && !ready.test(r.stderr()); i++) await new Promise((s) => setTimeout(s, 20));
+  return r;
 }

@@ -8,7 +8,7 @@
  * `[proxy] hosts` (never a real lookup; curl leaves the name to the proxy), and `[proxy] allow`
  * opens loopback for this test only.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { request as httpRequest } from "node:http";
@@ -23,7 +23,7 @@ import assert from "node:assert/strict";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import type { LeaseRecord } from "../src/base/types.js";
-import { BIN } from "./cli-harness.js";
+import { startCli, type RunningCli } from "./cli-harness.js";
 
 const HAVE_CURL = spawnSync("curl", ["--version"]).status === 0;
 const SKIP = HAVE_CURL ? false : "curl is not installed (apt-get install curl)";
@@ -54,35 +54,17 @@ secrets = ["github-token"]
 domains = ["api.test.example"]
 `;
 
-interface Running {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+type Running = RunningCli;
 
 /** Starts `lessor proxy --agent AGENT ARGS…` with GITHUB_TOKEN='$S:github-token'; resolves once it serves (or exits). */
-async function startProxy(agent: string, args: string[] = []): Promise<Running> {
-  const child = spawn(process.execPath, ["--", BIN, "proxy", "--agent", agent, "--domain", "api.test.example", ...args], {
-    env: { PATH: "/usr/bin:/bin", HOME, LESSOR_HOME, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" },
-    stdio: ["ignore", "pipe", "pipe"],
+function startProxy(agent: string, args: string[] = []): Promise<Running> {
+  return startCli(["proxy", "--agent", agent, "--domain", "api.test.example", ...args], /lessor: proxy for agent/, {
+    PATH: "/usr/bin:/bin",
+    HOME,
+    LESSOR_HOME,
+    NO_COLOR: "1",
+    GITHUB_TOKEN: "$S:github-token",
   });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal });
-    }),
-  );
-  const r: Running = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  let gone = false;
-  void exited.then(() => (gone = true));
-  for (let i = 0; i < 1500 && !gone && !/lessor: proxy for agent/.test(r.stderr()); i++) await new Promise((s) => setTimeout(s, 20));
-  return r;
 }
 
 /** KEY=VALUE lines into a map (the format the command prints). */

@@ -21,7 +21,7 @@
  * A canary value never appears in a tool result, a response, stdout or stderr. Nothing leaves the
  * machine: the upstream listens on 127.0.0.1 and its name resolves through `[proxy] hosts`.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
@@ -51,7 +51,7 @@ import { hasVsockDevice, loadVsock } from "../src/native/vsock.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { acceptVsock } from "../src/server/transports/vsock.js";
 import type { Vault } from "../src/vault/vault.js";
-import { BIN } from "./cli-harness.js";
+import { startCli, type RunningCli } from "./cli-harness.js";
 
 const HAVE_SOCAT = spawnSync("socat", ["-V"]).status === 0;
 const CANARY = "ghp_" + randomBytes(18).toString("hex"); // shaped like a GitHub token
@@ -81,32 +81,11 @@ function noCanary(where: string, text: string): void {
   assert.ok(!text.includes(CANARY), `the credential appears in ${where}`);
 }
 
-interface Running {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+type Running = RunningCli;
 
 /** Starts the built CLI with `args`; resolves once stderr matches `ready` (or it exits). */
-async function start(args: string[], ready: RegExp, env: Record<string, string> = {}): Promise<Running> {
-  const child = spawn(process.execPath, ["--", BIN, ...args], { env: { PATH: "/usr/bin:/bin", HOME, LESSOR_HOME, NO_COLOR: "1", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal });
-    }),
-  );
-  const r: Running = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  let gone = false;
-  void exited.then(() => (gone = true));
-  for (let i = 0; i < 1500 && !gone && !ready.test(r.stderr()); i++) await new Promise((s) => setTimeout(s, 20));
-  return r;
+function start(args: string[], ready: RegExp, env: Record<string, string> = {}): Promise<Running> {
+  return startCli(args, ready, { PATH: "/usr/bin:/bin", HOME, LESSOR_HOME, NO_COLOR: "1", ...env });
 }
 
 async function stopped(r: Running): Promise<number | null> {
