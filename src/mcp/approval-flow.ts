@@ -16,24 +16,13 @@ import { VaultError } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { Role } from "../base/types.js";
 import type { ApprovalPages } from "./approval-page.js";
+import type { WireApproval } from "../protocol/registry.js";
 
 /** How long a request_access call waits for the person on the page before answering "pending", ms. */
 export const APPROVAL_WAIT_MS = 45_000;
 
-/** An approval as approval_request gives it (the fields used here). */
-export interface PendingApproval {
-  id: string;
-  agent: string;
-  secret: string;
-  hosts: string[];
-  anyDomain: boolean;
-  ttlMs: number | null;
-  rule: string;
-  reason: string | null;
-  expiresAt: number;
-  state: "pending" | "approved" | "denied" | "used";
-  decisionReason: string | null;
-}
+/** An approval as approval_request gives it. */
+export type PendingApproval = WireApproval;
 
 /** What the flow needs from the tool context. */
 export interface ApprovalFlowContext {

@@ -15,19 +15,10 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
+import type { WireApproval } from "../protocol/registry.js";
 
 /** What the page shows; all of it is escaped. */
-export interface ApprovalView {
-  id: string;
-  agent: string;
-  secret: string;
-  hosts: string[];
-  anyDomain: boolean;
-  ttlMs: number | null;
-  rule: string;
-  reason: string | null;
-  expiresAt: number;
-}
+export type ApprovalView = Pick<WireApproval, "id" | "agent" | "secret" | "hosts" | "anyDomain" | "ttlMs" | "rule" | "reason" | "expiresAt">;
 
 /** How the page decides (the backend's approval_decide). */
 export type Decide = (approve: boolean, reason: string | undefined) => Promise<void>;

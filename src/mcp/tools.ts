@@ -32,7 +32,7 @@ import { fetchThroughProxy } from "./fetch.js";
 import { withHint } from "./results.js";
 import type { SessionProxy } from "./session-proxy.js";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
-import { awaitApproval, type PendingApproval } from "./approval-flow.js";
+import { awaitApproval } from "./approval-flow.js";
 import type { ApprovalPages } from "./approval-page.js";
 
 /** What every tool call gets. */
@@ -183,7 +183,7 @@ const requestAccess: ToolSpec = {
           ),
           `a person decides approval ${ask.approval.id} (lessor approve ${ask.approval.id}); then call request_access again with the same arguments, or with approvalId ${ask.approval.id}`,
         );
-      const flow = await awaitApproval(ctx, ask.approval as PendingApproval);
+      const flow = await awaitApproval(ctx, ask.approval);
       if ("result" in flow) return flow.result;
       approval = flow.approved;
     }

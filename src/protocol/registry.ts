@@ -531,6 +531,8 @@ export type WireResult<M extends MethodName> = z.output<(typeof REGISTRY)[M]["re
 export type Result<M extends MethodName> = Decoded<WireResult<M>>;
 /** The wire result of every method. */
 export type Results = { [M in MethodName]: WireResult<M> };
+/** An approval as the protocol gives it (approval_list, approval_decide, approval_request). */
+export type WireApproval = z.output<typeof APPROVAL>;
 /** An audit event on the wire: the stored record with hashes in hex and detail parsed. */
 export type { WireAuditEvent } from "./wire.js";
 

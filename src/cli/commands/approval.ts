@@ -5,25 +5,9 @@
  */
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
+import type { WireApproval } from "../../protocol/registry.js";
 
-/** An approval as the protocol gives it (src/protocol/registry.ts, approval_list). */
-interface ApprovalRow {
-  id: string;
-  agent: string;
-  secret: string;
-  hosts: string[];
-  anyDomain: boolean;
-  ttlMs: number | null;
-  maxUses: number | null;
-  rule: string;
-  reason: string | null;
-  requestedBy: string;
-  requestedAt: number;
-  expiresAt: number;
-  state: string;
-  decidedBy: string | null;
-  decisionReason: string | null;
-}
+type ApprovalRow = WireApproval;
 
 /** The lines that show one approval to the person deciding it. */
 function describeApproval(a: ApprovalRow): string[] {
@@ -48,7 +32,7 @@ export function registerApproval(program: Command, cli: Cli): void {
     .action((o: { all?: boolean; json?: boolean }) =>
       cli.run(async () => {
         const { api } = await cli.backend();
-        const rows = (await api.api.approval_list(o.all ? { all: true } : {})) as ApprovalRow[];
+        const rows = await api.api.approval_list(o.all ? { all: true } : {});
         if (o.json) return void cli.json(rows);
         if (rows.length === 0) return void cli.out(o.all ? "no approvals" : "no request is waiting for approval");
         for (const [i, a] of rows.entries()) {
@@ -69,7 +53,7 @@ export function registerApproval(program: Command, cli: Cli): void {
       .action((id: string, o: { reason?: string; json?: boolean }) =>
         cli.run(async () => {
           const { api } = await cli.backend();
-          const a = (await api.api.approval_decide({ id, approve, ...(o.reason !== undefined ? { reason: o.reason } : {}) })) as ApprovalRow;
+          const a = await api.api.approval_decide({ id, approve, ...(o.reason !== undefined ? { reason: o.reason } : {}) });
           if (o.json) return void cli.json(a);
           cli.out(approve ? `approved: agent ${JSON.stringify(a.agent)} may now take its lease on ${a.secret} (until ${new Date(a.expiresAt).toISOString()})` : `denied: agent ${JSON.stringify(a.agent)} is refused ${a.secret}`);
           for (const line of describeApproval(a).slice(1)) cli.out(line);
