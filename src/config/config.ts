@@ -6,8 +6,6 @@ import { parse, TomlError } from "smol-toml";
 import type { Alg } from "../crypto/aead.js";
 import { DEFAULT_LIMITS, type Limits } from "../vault/limits.js";
 import { parseDuration } from "../vault/duration.js";
-import { VaultError } from "../base/errors.js";
-import { isAgentId } from "../base/names.js";
 import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config.js";
@@ -16,6 +14,7 @@ import { parseDockerConfig, type DockerConfig } from "./docker-config.js";
 import { parseRotateHooks } from "./rotate-config.js";
 import type { RotationHook } from "../vault/rotation-hooks.js";
 import { parseVms, parseVsockGuests, parseVsockPort, type VmConfig, type VsockGuest } from "./vm-config.js";
+import { fail, roleFields, show } from "./fields.js";
 
 export type { GuestIdentity, VmConfig, VsockGuest } from "./vm-config.js";
 
@@ -114,14 +113,7 @@ type Table = Record<string, unknown>;
 /** The cipher names lessor.toml accepts (kept in step with crypto/aead.ts by the type below, without loading it). */
 const ALGS = ["aes-256-gcm", "xchacha20-poly1305"] as const satisfies readonly Alg[];
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
-function show(v: unknown): string {
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 60 ? `${s.slice(0, 60)}…` : s;
-}
 
 function table(source: string, root: Table, name: string, allowed: readonly string[]): Table {
   const t = root[name];
@@ -290,17 +282,7 @@ function parseIdentities(source: string, v: unknown): UidIdentity[] {
     const role = t.role;
     if (role !== "admin" && role !== "orchestrator" && role !== "agent")
       fail(source, `${where}: role`, `expected "admin", "orchestrator" or "agent", got ${show(role)}`);
-    const id: UidIdentity = { uid, role };
-    if (role === "agent") {
-      if (typeof t.agent !== "string" || !isAgentId(t.agent)) fail(source, `${where}: agent`, `an agent identity needs agent = "<agent id>", got ${show(t.agent)}`);
-      id.agent = t.agent;
-    } else if (t.agent !== undefined) fail(source, `${where}: agent`, "only role agent takes an agent id");
-    if (role === "orchestrator") {
-      if (!Array.isArray(t.act_for) || t.act_for.length === 0 || !t.act_for.every((x) => typeof x === "string" && x.length > 0))
-        fail(source, `${where}: act_for`, 'an orchestrator needs act_for = ["<agent pattern>", …]');
-      id.actFor = t.act_for as string[];
-    } else if (t.act_for !== undefined) fail(source, `${where}: act_for`, "only role orchestrator takes act_for");
-    return id;
+    return { uid, role, ...roleFields(source, where, t, role, "identity") } satisfies UidIdentity;
   });
 }
 

@@ -13,6 +13,7 @@ import { VaultError } from "../base/errors.js";
 import { isAgentId, parseRefString } from "../base/names.js";
 import type { SecretRef } from "../base/types.js";
 import { normalizeHost } from "../vault/domain.js";
+import { fail } from "./fields.js";
 
 /** One registry's entry. */
 export interface DockerRegistry {
@@ -31,9 +32,6 @@ export type DockerConfig = DockerRegistry[];
 
 const FIELDS = ["secret", "username", "agent"] as const;
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
 /**
  * The canonical form of a registry as docker names it (`ghcr.io`, `https://ghcr.io`,

@@ -27,6 +27,7 @@
 import { isIP } from "node:net";
 import { VaultError } from "../base/errors.js";
 import { parseRefString, refString } from "../base/names.js";
+import { fail } from "./fields.js";
 
 /** How hosts no lease covers are treated. */
 export const EGRESS_MODES = ["strict", "open"] as const;
@@ -73,9 +74,6 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
 /** Headers the proxy owns or that frame the message: a rule may not set them. */
 const RESERVED_HEADERS = new Set(["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "proxy-authorization", "keep-alive"]);
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
 function table(source: string, where: string, v: unknown): Record<string, unknown> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) fail(source, where, "expected a table");

@@ -13,11 +13,11 @@
  * Parsed strictly: an unknown field, a wrong type, a command that is a string rather than a list, or
  * a secret listed twice is an error naming the file and the entry.
  */
-import { VaultError } from "../base/errors.js";
 import { parseRefString, refString } from "../base/names.js";
 import type { SecretRef } from "../base/types.js";
 import { parseDuration } from "../vault/duration.js";
 import { HOOK_REVOKE, HOOK_STDIN, type HookRevoke, type HookStdin, type RotationHook } from "../vault/rotation-hooks.js";
+import { fail } from "./fields.js";
 
 /** Default time limit of a hook's command. */
 export const DEFAULT_HOOK_TIMEOUT_MS = 30_000;
@@ -29,9 +29,6 @@ const MAX_ARGS = 256;
 
 const FIELDS = ["secret", "command", "timeout", "revoke", "stdin", "every"] as const;
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
 function durationField(source: string, where: string, v: unknown, min: number, max: number): number {
   let ms: number;

@@ -2,7 +2,7 @@
  * The `[run]` table of lessor.toml: what `lessor run`'s sandbox shows the agent (src/sandbox/,
  * docs/sandbox.md). Paths are kept as written (`~/` is the owner's home; expanded by the caller).
  */
-import { VaultError } from "../base/errors.js";
+import { fail } from "./fields.js";
 
 /** How the project directory (the current directory, or --project) is shown in the sandbox. */
 export const PROJECT_ACCESS = ["read-write", "read-only", "none"] as const;
@@ -37,9 +37,6 @@ export const DEFAULT_RUN_CONFIG: RunConfig = { hide: [], read: [], write: [], pr
 
 const FIELDS = ["hide", "read", "write", "project", "network", "vault_session"] as const;
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
 function paths(source: string, field: string, v: unknown): string[] {
   if (!Array.isArray(v) || !v.every((x) => typeof x === "string" && x.length > 0 && x.length <= 4096 && !x.includes("\0")))

@@ -10,8 +10,7 @@
  * A guest is an agent or an orchestrator, never an admin: a VM exists to run code lessor does not
  * trust, and administration belongs on the host. Parsed strictly, like the rest of the file.
  */
-import { VaultError } from "../base/errors.js";
-import { isAgentId } from "../base/names.js";
+import { fail, roleFields, show } from "./fields.js";
 
 /** Who a guest is: the role and its agent id (agent) or the agents it may act for (orchestrator). */
 export interface GuestIdentity {
@@ -47,14 +46,7 @@ const MAX_U32_REAL = 2 ** 32 - 2;
 export const MIN_GUEST_CID = 3;
 const VM_NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 
-function fail(source: string, where: string, msg: string): never {
-  throw new VaultError("config_invalid", `${source}: ${where}: ${msg}`);
-}
 
-function show(v: unknown): string {
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 60 ? `${s.slice(0, 60)}…` : s;
-}
 
 function u32(source: string, where: string, v: unknown, min: number, max: number): number {
   if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max)
@@ -81,17 +73,7 @@ function guestIdentity(source: string, where: string, t: Table): GuestIdentity {
   if (role === "admin")
     fail(source, `${where}: role`, "a VM guest cannot be admin (it runs code lessor does not trust); administer the vault from the host, and give the guest role \"agent\" or \"orchestrator\"");
   if (role !== "orchestrator" && role !== "agent") fail(source, `${where}: role`, `expected "agent" or "orchestrator", got ${show(role)}`);
-  const id: GuestIdentity = { role };
-  if (role === "agent") {
-    if (typeof t.agent !== "string" || !isAgentId(t.agent)) fail(source, `${where}: agent`, `an agent guest needs agent = "<agent id>", got ${show(t.agent)}`);
-    id.agent = t.agent;
-  } else if (t.agent !== undefined) fail(source, `${where}: agent`, "only role agent takes an agent id");
-  if (role === "orchestrator") {
-    if (!Array.isArray(t.act_for) || t.act_for.length === 0 || !t.act_for.every((x) => typeof x === "string" && x.length > 0))
-      fail(source, `${where}: act_for`, 'an orchestrator needs act_for = ["<agent pattern>", …]');
-    id.actFor = t.act_for as string[];
-  } else if (t.act_for !== undefined) fail(source, `${where}: act_for`, "only role orchestrator takes act_for");
-  return id;
+  return { role, ...roleFields(source, where, t, role, "guest") };
 }
 
 /** Parses the `[[vm]]` tables. */
