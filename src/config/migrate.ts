@@ -22,7 +22,6 @@ import { VaultError } from "../base/errors.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { openValue } from "../crypto/envelope.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
-import { selectKeySource } from "../crypto/keys/select.js";
 import { verifyAudit } from "../audit/verify.js";
 import type { Store } from "../vault/ports.js";
 import { assertEmptyStore, copyStore, storeSummary, TABLES, type StoreSummary, type TableCounts } from "../store/copy.js";
@@ -34,6 +33,7 @@ import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { loadConfig } from "./load.js";
 import { DATABASE_URL_ENV, openStore } from "./store-factory.js";
 import { describeMigrateTarget, type MigrateTarget } from "./migrate-target.js";
+import { homeKeySource } from "./open-vault.js";
 import type { Config } from "./config.js";
 
 /** How to run {@link migrateHome}. */
@@ -149,14 +149,7 @@ export async function migrateHome(opts: MigrateOptions): Promise<MigrateReport> 
     throw new VaultError("invalid_request", `the target ${opts.target.path} is this home's own database; name another file`);
   await assertNoDaemon(home, cfg);
 
-  const keys = selectKeySource({
-    env,
-    keyFile: inHome(home, cfg.keys.file),
-    passphraseFile: inHome(home, cfg.keys.passphraseFile),
-    ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}),
-    ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
-    keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
-  });
+  const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
   const keyring = await keys.load();
 
   const src = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, env, changeFeed: { listen: false, pollMs: 600_000 } });

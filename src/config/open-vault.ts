@@ -8,11 +8,11 @@ import { createKeyFile } from "../crypto/keys/file.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
-import type { AuditSink } from "../vault/ports.js";
+import type { AuditSink, KeySource } from "../vault/ports.js";
 import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
-import { STARTER_CONFIG } from "./config.js";
+import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
 import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
@@ -69,6 +69,18 @@ export function readPolicyFile(path: string): Policy {
   }
 }
 
+/** The master key's source for a home, as its lessor.toml (`[keys]`) and the environment say. */
+export function homeKeySource(home: string, cfg: Config, env: NodeJS.ProcessEnv, getPassphrase?: PassphraseProvider): KeySource {
+  return selectKeySource({
+    env,
+    keyFile: inHome(home, cfg.keys.file),
+    passphraseFile: inHome(home, cfg.keys.passphraseFile),
+    ...(getPassphrase ? { getPassphrase } : {}),
+    ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
+    keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
+  });
+}
+
 /** Opens the vault in a home made by {@link initHome}. */
 export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
   const env = opts.env ?? process.env;
@@ -77,14 +89,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
     throw new VaultError("key_unavailable", `there is no lessor home at ${home}; run lessor init (or set LESSOR_HOME)`);
   assertPrivateDir(home, "the lessor home");
   const cfg = loadConfig(home);
-  const keys = selectKeySource({
-    env,
-    keyFile: inHome(home, cfg.keys.file),
-    passphraseFile: inHome(home, cfg.keys.passphraseFile),
-    ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}),
-    ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
-    keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
-  });
+  const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
   const policyPath = inHome(home, cfg.policyFile);
   const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, changeFeed: cfg.changeFeed, env });
   const sinks: AuditSink[] = [];
