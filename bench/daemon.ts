@@ -25,7 +25,7 @@
  * be read against what the data model and the disk allow on this machine.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,6 +38,7 @@ import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { addLiveLeases } from "./live-leases.js";
 import { storeFloor } from "./store-floor.js";
 import { uuidv7 } from "../src/base/ids.js";
+import { cpuMs } from "./cpu.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.env.LESSOR_BENCH_ONLY?.split(",").map((x) => x.trim());
@@ -68,19 +69,6 @@ async function throughput(clients: number, op: (c: number) => Promise<void>, ms 
     }),
   );
   return done / ((performance.now() - t0) / 1000);
-}
-
-/**
- * CPU time (user + system, ms) the process `pid` has used, from /proc (Linux; undefined elsewhere).
- * /proc counts in USER_HZ ticks, which Linux fixes at 100 per second for user space.
- */
-function cpuMs(pid: number | undefined): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Issue 3's goal for lease+access at 32 clients. */

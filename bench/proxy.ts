@@ -56,7 +56,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomInt } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import { connect as netConnect, type Socket } from "node:net";
@@ -66,6 +66,7 @@ import { createInterface } from "node:readline";
 import * as tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import { initHome } from "../src/config/open-vault.js";
+import { cpuMs } from "./cpu.js";
 
 const quick = process.argv.includes("--quick");
 const ROUNDS = 3; // direct and proxied alternate, ROUNDS times each
@@ -137,19 +138,6 @@ async function stop(h: Helper<unknown> | undefined): Promise<void> {
   const exited = new Promise((r) => c.once("close", r));
   c.kill("SIGTERM");
   await exited;
-}
-
-/**
- * CPU time (user + system, ms) the process `pid` has used, from /proc (Linux; undefined elsewhere).
- * /proc counts in USER_HZ ticks, which Linux fixes at 100 per second for user space.
- */
-function cpuMs(pid: number | undefined): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return undefined;
-  }
 }
 
 /** CPU ms used so far by this process (the client) and the processes `pids`; NaN when one cannot be read. */
