@@ -145,7 +145,7 @@ export async function findOrOpen(
   hosts: string[],
   anyDomain: boolean,
   reason: string | null,
-  lapse: ApprovalLapse = DEFAULT_LIMITS,
+  lapse: ApprovalLapse,
 ): Promise<{ approval: ApprovalRecord; created: boolean } | VaultError> {
   const items = await readApprovals(tx, now);
   // An approved one first (it is what the request is waiting for), then a denial (it stands until it
@@ -203,7 +203,7 @@ export async function gateGrant(
   anyDomain: boolean,
   leaseId: string,
   approvalId: string | undefined,
-  lapse: ApprovalLapse = DEFAULT_LIMITS,
+  lapse: ApprovalLapse,
 ): Promise<GateResult> {
   const fields = { agent: b.agent, secret: b.secret, domain: b.domains?.join(",") ?? null };
   if (approvalId !== undefined) {
@@ -255,7 +255,7 @@ export async function decideIn(
   id: string,
   approve: boolean,
   reason: string | null,
-  lapse: ApprovalLapse = DEFAULT_LIMITS,
+  lapse: ApprovalLapse,
 ): Promise<ApprovalRecord | VaultError> {
   const items = await readApprovals(tx, now);
   const a = items.find((x) => x.id === id);
