@@ -621,7 +621,7 @@ describe("master-key rotation", () => {
     let vault = await open();
     const admin = vault.admin();
     await admin.storeSecret({ name: "tok", value: "v1" });
-    const oldKey = (await admin.status()).keyId;
+    const oldKey = (await admin.describe()).keyId;
     const r1 = await admin.rotateMasterKey();
     assert.equal(r1.retired, true);
     await admin.storeSecret({ name: "tok2", value: "v2" });
@@ -635,7 +635,7 @@ describe("master-key rotation", () => {
     await vault.close();
     // A new process holds only the newest key.
     vault = await open();
-    assert.deepEqual((await vault.admin().status()).keyIds, [r2.to]);
+    assert.deepEqual((await vault.admin().describe()).keyIds, [r2.to]);
     assert.deepEqual(await vault.admin().auditVerify(), { ok: true, events: events.length, headSeq: events.length, breaks: [] });
     await vault.admin().storeSecret({ name: "tok4", value: "v4" });
     assert.equal((await vault.admin().auditVerify()).ok, true);

@@ -70,9 +70,22 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
     const claude = await agentClient(d, admin, "claude");
     try {
       assert.match(d.stderr(), /the policy file is invalid: every grant is denied/);
-      const st = await admin.status();
+      const st = await admin.describe();
       assert.equal(st.policy.state, "broken");
       assert.match(st.policy.error ?? "", /policy\.toml: TOML syntax error at line \d+/);
+      // status is the brief health check, the same for every role; describe shows the files to admins only.
+      for (const c of [admin, claude]) {
+        const brief = await c.status();
+        assert.deepEqual(Object.keys(brief).sort(), ["auditHead", "daemon", "identity", "killswitch", "policy"]);
+        assert.equal(brief.policy, "broken");
+        assert.equal(brief.killswitch, false);
+        assert.ok(!JSON.stringify(brief).includes(home), "no path of the owner's in a status answer");
+      }
+      assert.ok(st.keySource !== null && st.keySource.includes(home) && st.policy.source?.includes(home), "an admin sees where the key and the policy are");
+      const agentView = await claude.describe();
+      assert.equal(agentView.policy.state, "broken");
+      assert.deepEqual([agentView.keySource, agentView.policy.source, agentView.policy.error], [null, null, null]);
+      assert.ok(!JSON.stringify(agentView).includes(home), "an agent learns no path of the owner's from describe");
       const REASON = /^the policy is invalid, so every grant is denied: \S*policy\.toml: TOML syntax error .*; fix it and run lessor policy reload$/;
       await refused(claude.requestLease(GH), "access_denied", REASON);
       await refused(claude.leaseAndAccess(GH, { domain: "api.github.com" }), "access_denied", REASON);
@@ -95,7 +108,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       const fixed = `${GOOD}\n# fixed\n`;
       writeFileSync(join(home, "policy.toml"), fixed, { mode: 0o600 });
       d.proc.kill("SIGHUP");
-      await within(5000, "the SIGHUP reload", async () => (await admin.status()).policy.state === "ok");
+      await within(5000, "the SIGHUP reload", async () => (await admin.describe()).policy.state === "ok");
       const got = await claude.leaseAndAccess(GH, { domain: "api.github.com" });
       assert.equal(got.value.unsafeText(), "gh-value");
       got.value.wipe();
@@ -108,7 +121,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       // Broken again by a reload: deny-all at once, audited as an error; the daemon stays up.
       writeFileSync(join(home, "policy.toml"), SYNTAX_ERROR, { mode: 0o600 });
       d.proc.kill("SIGHUP");
-      await within(5000, "the second SIGHUP reload", async () => (await admin.status()).policy.state === "broken");
+      await within(5000, "the second SIGHUP reload", async () => (await admin.describe()).policy.state === "broken");
       await refused(claude.requestLease(GH), "access_denied", REASON);
       const [failed] = await admin.auditQuery({ types: ["policy_reloaded"], order: "desc", limit: 1 });
       assert.deepEqual([failed!.actorId, failed!.outcome], ["signal:SIGHUP", "error"]);
@@ -141,7 +154,8 @@ describe("the killswitch is a lockout (daemon)", () => {
       const took = await within(1000, "closing the agent's and orchestrator's connections", () => !claude.connected && !orch.connected);
       assert.ok(took < 1000);
       await refused(claude.accessSecret(lease.id, { domain: "api.github.com" }), "unavailable", /lost/);
-      assert.equal((await admin.status()).killswitch.engaged, true, "the admin's connection stays open");
+      assert.equal((await admin.describe()).killswitch.engaged, true, "the admin's connection stays open");
+      assert.equal((await admin.status()).killswitch, true, "the brief status says the lockout is engaged");
 
       const LOCKED = /^the killswitch is engaged since \S+Z by uid:\d+ \(reason: "incident 7"\); no lease is granted until an admin releases it with lessor killswitch --release$/;
       const claude2 = await agentClient(d, admin, "claude");
@@ -157,7 +171,7 @@ describe("the killswitch is a lockout (daemon)", () => {
       admin = await LessorClient.connect({ socketPath: d.socket });
       open.push(admin);
       assert.match(d.stderr(), /the killswitch is engaged: no lease is granted/);
-      const ks = (await admin.status()).killswitch;
+      const ks = (await admin.describe()).killswitch;
       assert.deepEqual({ engaged: ks.engaged, reason: ks.reason }, { engaged: true, reason: "incident 7" });
       const claude3 = await agentClient(d, admin, "claude");
       open.push(claude3);
@@ -176,7 +190,7 @@ describe("the killswitch is a lockout (daemon)", () => {
       }
       await within(2500, "noticing another process's killswitch", () => !claude4.connected);
       await refused(claude3.requestLease(GH), "access_denied", /killswitch is engaged .* \(reason: "from another process"\)/);
-      assert.equal((await admin.status()).killswitch.engaged, true);
+      assert.equal((await admin.describe()).killswitch.engaged, true);
       assert.deepEqual(await admin.releaseKillswitch(), { released: true });
     } finally {
       for (const c of open) await c.close();

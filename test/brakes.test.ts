@@ -60,7 +60,7 @@ describe("a broken policy never blocks the brakes (embedded)", () => {
       try {
         const admin = v.admin();
         const claude = v.session(agent("claude"));
-        const st = await admin.status();
+        const st = await admin.describe();
         assert.equal(st.policy.state, "broken");
         assert.equal(st.policy.rules, 0);
         assert.equal(st.policy.digest, sha(text), "the digest names the broken file");
@@ -103,7 +103,7 @@ describe("a broken policy never blocks the brakes (embedded)", () => {
     try {
       await v.admin().storeSecret({ name: "github-token", value: "v1" });
       await refused(v.session(agent("claude")).requestLease(GH), "access_denied", /policy\.toml does not exist; create it .*; fix it and run lessor policy reload$/);
-      const st = await v.admin().status();
+      const st = await v.admin().describe();
       assert.equal(st.policy.state, "broken");
       assert.equal(st.policy.digest, "");
     } finally {
@@ -136,7 +136,7 @@ describe("a broken policy never blocks the brakes (embedded)", () => {
       assert.equal(ex2.allow, false);
       assert.deepEqual({ load: ex2.policy.load, digest: ex2.policy.digest, state: ex2.policy.state }, { load: 2, digest: sha(bad), state: "broken" });
       assert.ok(ex2.policy.loadedAt >= ex1.policy.loadedAt);
-      const st = await admin.status();
+      const st = await admin.describe();
       assert.equal(st.policy.state, "broken");
       assert.equal(st.policy.load, 2);
       const [failed] = await admin.auditQuery({ types: ["policy_reloaded"], order: "desc", limit: 1 });
@@ -150,7 +150,7 @@ describe("a broken policy never blocks the brakes (embedded)", () => {
       assert.equal((await claude.requestLeaseAndAccess(GH, AT)).value.unsafeText(), "v1");
       const ex3 = await admin.explain("claude", ref, "api.github.com");
       assert.deepEqual({ allow: ex3.allow, load: ex3.policy.load, digest: ex3.policy.digest, state: ex3.policy.state }, { allow: true, load: 3, digest: sha(fixed), state: "ok" });
-      assert.equal((await admin.status()).policy.state, "ok");
+      assert.equal((await admin.describe()).policy.state, "ok");
       assert.deepEqual(
         signals.filter((s) => s.type === "policy_reloaded"),
         [
@@ -192,7 +192,7 @@ describe("the killswitch is a lockout (embedded)", () => {
     // The other vault notices on its next look, and tells its listeners (a daemon closes its agents).
     assert.equal((await b.vault.checkKillswitch()).engaged, true);
     assert.deepEqual(seenB, [{ type: "killswitch", engaged: true }]);
-    const ks = (await b.vault.admin().status()).killswitch;
+    const ks = (await b.vault.admin().describe()).killswitch;
     assert.deepEqual({ engaged: ks.engaged, by: ks.by, reason: ks.reason }, { engaged: true, by: "embedded", reason: "token leaked" });
 
     // Only an admin releases it.
@@ -203,7 +203,7 @@ describe("the killswitch is a lockout (embedded)", () => {
     const a2 = await a.reopen();
     await refused(a2.vault.session(agent("claude")).requestLease(GH), "access_denied", LOCKED);
     assert.deepEqual(await a2.vault.admin().killswitch("again"), { revoked: 0 });
-    const still = (await a2.vault.admin().status()).killswitch;
+    const still = (await a2.vault.admin().describe()).killswitch;
     assert.deepEqual({ engaged: still.engaged, reason: still.reason, at: still.at }, { engaged: true, reason: "token leaked", at: ks.at });
 
     assert.deepEqual(await a2.vault.admin().releaseKillswitch("leaked token rotated"), { released: true });

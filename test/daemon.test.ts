@@ -44,7 +44,7 @@ describe("daemon end to end", () => {
   test("the owner's uid is admin over the Unix socket, and every method round-trips", async () => {
     assert.equal(admin.identity.role, "admin");
     assert.equal(admin.identity.transport, "uds");
-    const st = await admin.status();
+    const st = await admin.describe();
     assert.equal(st.store, "sqlite");
     assert.equal(st.daemon.pid, d.proc.pid);
     const m = await admin.storeSecret({ name: "github-token", value: Buffer.from([0, 1, 2, 255]), kind: "pat", tags: ["ci"] });
@@ -188,7 +188,7 @@ describe("daemon end to end", () => {
     const w = (await v2.waitFrames(1))[0] as { ok: boolean; error: { code: string; message: string } };
     assert.equal(w.ok, false);
     assert.match(w.error.message, /version 1/);
-    assert.equal((await admin.status()).store, "sqlite");
+    assert.equal((await admin.describe()).store, "sqlite");
   });
 });
 
@@ -205,7 +205,7 @@ describe("daemon limits and lifecycle", () => {
       // all 1,000 are open at once afterwards.
       const conns: RawConn[] = [];
       for (let i = 0; i < 5; i++) conns.push(...(await Promise.all(Array.from({ length: 200 }, () => RawConn.open(d.socket)))));
-      const status = admin.status();
+      const status = admin.describe();
       const welcomes = await Promise.all(conns.map(async (c) => ((await c.hello()) as { ok: boolean; error?: { code: string } })));
       assert.equal((await status).store, "sqlite", "the existing client kept working");
       const ok = welcomes.filter((w) => w.ok).length;

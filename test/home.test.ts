@@ -96,7 +96,7 @@ describe("home, config and key sources", () => {
     // b read the key file again (src/vault/key-reload.ts): its writes and audited reads are under the new key.
     await b.admin().storeSecret({ name: "y", value: "2" });
     assert.equal((await b.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "1");
-    assert.equal((await b.admin().status()).keyId, r.to);
+    assert.equal((await b.admin().describe()).keyId, r.to);
     // e cannot load it: refused, saying how, and nothing is sealed or MACed under the retired key.
     await assert.rejects(e.admin().storeSecret({ name: "z", value: "3" }), (err: Error & { code?: string }) => {
       assert.equal(err.code, "key_unavailable");
@@ -161,7 +161,7 @@ describe("home, config and key sources", () => {
     assert.ok(!r.created.includes(join(home, "lessor.db")), "a memory store makes no database file");
     assert.ok(!existsSync(join(home, "lessor.db")));
     const v = await openVault({ home, env: env(home) });
-    assert.equal((await v.admin().status()).store, "memory");
+    assert.equal((await v.admin().describe()).store, "memory");
     await v.admin().storeSecret({ name: "x", value: "y" });
     await v.close();
     const again = await openVault({ home, env: env(home) });
@@ -190,7 +190,7 @@ describe("home, config and key sources", () => {
     writeFileSync(join(home, "policy.toml"), '[[rule]]\nname = "r"\neffect = "allow"\nagents = ["a"]\nsecrets = ["s"]\ndomains = ["*.com"]\n');
     const v = await openVault({ home, env: env(home) });
     try {
-      const st = await v.admin().status();
+      const st = await v.admin().describe();
       assert.equal(st.policy.state, "broken");
       assert.match(st.policy.error ?? "", /policy\.toml: rule 1/);
       await v.admin().storeSecret({ name: "s", value: "v" });

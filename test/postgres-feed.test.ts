@@ -103,7 +103,7 @@ describe("postgres change feed: another instance's changes become this vault's s
       a.policyText.text = b.policyText.text = text2;
       await a.vault.admin().reloadPolicy();
       const pol = await within(1000, "policy reload on B", () => b.signals.some((s) => s.type === "policy_reloaded" && s.remote === true && s.ok));
-      assert.equal((await b.vault.admin().status()).policy.digest, (await a.vault.admin().status()).policy.digest);
+      assert.equal((await b.vault.admin().describe()).policy.digest, (await a.vault.admin().describe()).policy.digest);
       assert.ok(!b.signals.some((s) => s.type === "policy_stale"));
 
       // B's copy differs from what A reloads: B reloads its own and says it is stale.
@@ -111,8 +111,8 @@ describe("postgres change feed: another instance's changes become this vault's s
       await a.vault.admin().reloadPolicy();
       await within(1000, "policy_stale on B", () => b.signals.some((s) => s.type === "policy_stale"));
       const stale = b.signals.find((s) => s.type === "policy_stale") as Extract<VaultSignal, { type: "policy_stale" }>;
-      assert.equal(stale.stored, (await a.vault.admin().status()).policy.digest);
-      assert.equal(stale.local, (await b.vault.admin().status()).policy.digest);
+      assert.equal(stale.stored, (await a.vault.admin().describe()).policy.digest);
+      assert.equal(stale.local, (await b.vault.admin().describe()).policy.digest);
 
       // Own changes are not delivered back: A saw each of its signals once.
       assert.equal(a.signals.filter((s) => s.type === "token_revoked").length, 1);

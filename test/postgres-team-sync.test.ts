@@ -117,14 +117,14 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const onA = await agentOn(a, adminA);
     const onB = await agentOn(b, adminB);
     assert.equal(await readOn(onB), CANARY);
-    const before = (await adminB.status()).keyId;
+    const before = (await adminB.describe()).keyId;
 
     const r = await adminA.rotateMasterKey();
     assert.equal(r.rewrapped, 1);
     assert.equal(r.retired, true);
     assert.notEqual(r.to, before);
     // The notice of the rotation (and of its retirement) reaches B: it holds the new key alone.
-    const loadMs = await within(3000, "B loading the new key", async () => (await adminB.status()).keyIds.join(",") === r.to);
+    const loadMs = await within(3000, "B loading the new key", async () => (await adminB.describe()).keyIds.join(",") === r.to);
     assert.match(b.stderr(), /master keys read again/);
 
     // The secret's DEK is now wrapped under the new key only: B leases and reads it, no restart.
@@ -150,9 +150,9 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const onB = await agentOn(b, adminB);
     assert.equal(await readOn(onB), CANARY);
     const r = await adminA.rotateMasterKey();
-    assert.notEqual((await adminB.status()).keyId, r.to, "B has not heard of the rotation");
+    assert.notEqual((await adminB.describe()).keyId, r.to, "B has not heard of the rotation");
     assert.equal(await readOn(onB), CANARY);
-    assert.equal((await adminB.status()).keyId, r.to);
+    assert.equal((await adminB.describe()).keyId, r.to);
     assert.equal((await adminB.auditVerify()).ok, true);
     assert.equal((await adminA.auditVerify()).ok, true);
   });
@@ -178,7 +178,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     await assert.rejects(adminB.storeSecret({ name: "made-on-b", value: "x" }), (e: Coded) => e.code === "unavailable" && /cannot load it/.test(e.message));
     // Still running and answering; nothing was written under the old key: the trail still verifies on A.
     assert.equal(b.proc.exitCode, null);
-    assert.equal((await adminB.status()).keyIds.includes(r.to), false);
+    assert.equal((await adminB.describe()).keyIds.includes(r.to), false);
     const v = await adminA.auditVerify();
     assert.equal(v.ok, true, v.problem);
     assert.equal(v.headSeq, auditBefore + 2, "only the rotation's two events (key_rotation_started, key_rotated) were added");
@@ -199,8 +199,8 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     await adminA.storeSecret({ name: "prod-db", value: "prod-db-value" });
     const onA = await agentOn(a, adminA);
     const onB = await agentOn(b, adminB);
-    const digestA = (await adminA.status()).policy.digest;
-    const sB = await adminB.status();
+    const digestA = (await adminA.describe()).policy.digest;
+    const sB = await adminB.describe();
     assert.ok(sB.policy.stale !== undefined, "B's status says its policy is stale");
     assert.equal(sB.policy.stale.stored, digestA);
     assert.notEqual(sB.policy.digest, digestA);
@@ -211,6 +211,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
         assert.equal(e.code, "unavailable");
         assert.ok(e.message.includes(sB.policy.digest) && e.message.includes(digestA), e.message);
         assert.match(e.message, /lessor policy reload/);
+        assert.ok(!e.message.includes(homeB), "the agent is not told where the owner keeps the policy file");
         return true;
       });
     // A lease granted on A is not used on B either, and policy explain on B says it is stale.
@@ -229,7 +230,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     // Brakes on the stale instance: revoke, killswitch and its release, audit verify.
     assert.equal((await adminB.revokeLease(lease.id, "done")).revoked, true);
     await adminB.killswitch("drill");
-    await within(1000, "the killswitch pulled on B seen on A", async () => (await adminA.status()).killswitch.engaged);
+    await within(1000, "the killswitch pulled on B seen on A", async () => (await adminA.describe()).killswitch.engaged);
     await adminB.releaseKillswitch("drill over");
     assert.equal((await adminB.auditVerify()).ok, true);
     const onB2 = await agentOn(b, adminB); // the killswitch closed the agents' connections
@@ -238,7 +239,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     // reads the stamp, never the file), and B grants again.
     writeFileSync(join(homeB, "policy.toml"), POLICY, { mode: 0o600 });
     await adminA.reloadPolicy();
-    const backMs = await within(1000, "B back in line", async () => (await adminB.status()).policy.stale === undefined);
+    const backMs = await within(1000, "B back in line", async () => (await adminB.describe()).policy.stale === undefined);
     assert.equal(await readOn(onB2), CANARY);
     assert.match(b.stderr(), /policy reloaded because another instance/);
     console.log(`# policy reloaded on A with B's file fixed → B in line again ${backMs.toFixed(0)} ms after the reload`);
@@ -248,7 +249,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const v3 = `${POLICY}\n# v3\n`;
     writeFileSync(join(a.home, "policy.toml"), v3, { mode: 0o600 });
     await adminA.reloadPolicy();
-    await within(1000, "B stale again", async () => (await adminB.status()).policy.stale !== undefined);
+    await within(1000, "B stale again", async () => (await adminB.describe()).policy.stale !== undefined);
     await assert.rejects(readOn(onB2), (e: Coded) => e.code === "unavailable");
     writeFileSync(join(homeB, "policy.toml"), v3, { mode: 0o600 });
     await within(2500, "B picking up its fixed file", () => works(() => readOn(onB2)));
@@ -261,10 +262,10 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const onA = await agentOn(a, adminA);
     assert.equal(await readOn(onA), CANARY);
     await adminB.reloadPolicy();
-    const digestB = (await adminB.status()).policy.digest;
-    assert.equal((await adminB.status()).policy.stale, undefined);
+    const digestB = (await adminB.describe()).policy.digest;
+    assert.equal((await adminB.describe()).policy.stale, undefined);
     await within(1000, "A refusing", async () => !(await works(() => readOn(onA))));
-    const s = await adminA.status();
+    const s = await adminA.describe();
     assert.equal(s.policy.stale?.stored, digestB);
   });
 });

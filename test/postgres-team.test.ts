@@ -94,7 +94,7 @@ describe("two lessor serve processes on one PostgreSQL database", { skip: PG_SKI
 
     await adminA.killswitch("incident");
     const killMs = await within(1000, "B closing its agent connection", () => !onB.client.connected);
-    assert.equal((await adminB.status()).killswitch.engaged, true);
+    assert.equal((await adminB.describe()).killswitch.engaged, true);
     const again = await LessorClient.connect(b.tcp!, { token: (await adminB.createToken({ name: "late", role: "agent", agent: "claude" })).token, reconnect: false });
     cleanups.push(() => again.close());
     await assert.rejects(again.requestLease(GH), (e: Error & { code?: string }) => e.code === "access_denied" && /killswitch is engaged/.test(e.message));
@@ -119,7 +119,7 @@ describe("two lessor serve processes on one PostgreSQL database", { skip: PG_SKI
 
     // A dies without a goodbye; B keeps granting and serving.
     await a.stop("SIGKILL");
-    await within(3000, "B's release seen", async () => !(await adminB.status()).killswitch.engaged);
+    await within(3000, "B's release seen", async () => !(await adminB.describe()).killswitch.engaged);
     const onB2 = await agentOn(b, adminB);
     const got = await onB2.client.leaseAndAccess(GH, { domain: "api.github.com" });
     assert.equal(got.value.unsafeText(), "gh-value");

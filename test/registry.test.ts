@@ -38,6 +38,7 @@ interface Ctx {
 /** Params for one call of each method, valid for an admin on the rig below (run in registry order). */
 const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   status: () => ({}),
+  describe: () => ({}),
   whoami: () => ({}),
   store_secret: () => ({ name: "github-token", value: "ghp_one", kind: "pat" }),
   rotate_secret: () => ({ name: "github-token", value: Buffer.from("ghp_two").toString("base64"), encoding: "base64" }),

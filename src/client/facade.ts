@@ -73,9 +73,14 @@ export class LessorMethods {
 
   // ---- secrets (admin; listing also orchestrator) ----
 
-  /** The daemon's and the vault's state (no secrets). */
+  /** The daemon's and the vault's health in brief: audit head, killswitch, policy state. Any role. */
   status(): Promise<Results["status"]> {
     return this.api.status();
+  }
+
+  /** The daemon's and the vault's state in full (no secrets; file paths for admins only). Any role. */
+  describe(): Promise<Results["describe"]> {
+    return this.api.describe();
   }
 
   /** Who the daemon thinks this connection is; for a token, also its id, name and expiry. Any role. */

@@ -109,20 +109,29 @@ const APPROVAL = z.strictObject({
   leaseId: nullableString,
 });
 
+function daemonFacts(c: CallContext): { version: string; pid: number; uptimeMs: number; connections: number } {
+  return { version: c.version, pid: process.pid, uptimeMs: Date.now() - c.startedAt, connections: c.connections() };
+}
+
 /** Every method of protocol v1, by wire name. */
 export const REGISTRY = {
   status: method({
-    description: "The vault's and the daemon's state (no secrets).",
+    description: "The vault's and the daemon's health in brief: audit head, killswitch, policy state (a health check; no secrets, no paths).",
     roles: ALL,
     params: none,
     result: R.status,
     secret: false,
     audit: "read-only",
-    call: async (s, _p, c) => ({
-      ...(await s.status()),
-      identity: wireIdentity(s.identity),
-      daemon: { version: c.version, pid: process.pid, uptimeMs: Date.now() - c.startedAt, connections: c.connections() },
-    }),
+    call: async (s, _p, c) => ({ ...(await s.status()), identity: wireIdentity(s.identity), daemon: daemonFacts(c) }),
+  }),
+  describe: method({
+    description: "The vault's and the daemon's state in full: store, master key ids, cipher, policy version, killswitch, audit head (no secrets; file paths for admins only).",
+    roles: ALL,
+    params: none,
+    result: R.describe,
+    secret: false,
+    audit: "read-only",
+    call: async (s, _p, c) => ({ ...(await s.describe()), identity: wireIdentity(s.identity), daemon: daemonFacts(c) }),
   }),
   whoami: method({
     description: "Who the daemon thinks the caller is; for a token identity, the token's id, name and expiry.",

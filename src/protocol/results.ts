@@ -128,18 +128,29 @@ const policyVersion = {
   stale: z.strictObject({ stored: z.string(), at: z.number(), by: z.string() }).optional(),
 };
 
-/** The vault's and the daemon's state (no secrets). */
+const daemon = z.strictObject({ version: z.string(), pid: z.number(), uptimeMs: z.number(), connections: z.number() });
+
+/** The vault's and the daemon's health in brief (a health check's answer; no secrets, no paths). */
 export const status = z.strictObject({
+  auditHead: z.number(),
+  killswitch: z.boolean(),
+  policy: z.enum(["ok", "broken", "stale"]),
+  identity,
+  daemon,
+});
+
+/** The vault's and the daemon's state in full (no secrets; file paths for admins only). */
+export const describe = z.strictObject({
   store: z.string(),
-  keySource: z.string(),
+  keySource: nullableString,
   keyId: z.string(),
   keyIds: z.array(z.string()),
   cipher: z.string(),
-  policy: z.strictObject({ ...policyVersion, source: z.string(), rules: z.number(), error: nullableString }),
+  policy: z.strictObject({ ...policyVersion, source: nullableString, rules: z.number(), error: nullableString }),
   killswitch: z.strictObject({ engaged: z.boolean(), at: nullableNumber, by: nullableString, reason: nullableString }),
   auditHead: z.number(),
   identity,
-  daemon: z.strictObject({ version: z.string(), pid: z.number(), uptimeMs: z.number(), connections: z.number() }),
+  daemon,
 });
 
 /** The caller's identity; for a token identity, the token's id, name and expiry. */

@@ -168,7 +168,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     // stopped, waiting for a running hook, before the vault closes.
     const schedule = scheduleRotations(vault, cfg.rotate, log);
     cleanups.push(() => schedule.stop());
-    const status = await vault.admin().status();
+    const status = await vault.admin().describe();
     if (status.policy.state === "broken")
       log.error({ policy: status.policy.source, error: status.policy.error }, "the policy file is invalid: every grant is denied until it is fixed and reloaded (lessor policy reload, or SIGHUP)");
     if (status.killswitch.engaged)
@@ -186,7 +186,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       reloadPolicy: async () => {
         try {
           const r = await vault.session(RELOAD_IDENTITY).reloadPolicy();
-          log.info({ rules: r.rules, digest: r.digest, version: (await vault.admin().status()).policy.load }, "policy reloaded");
+          log.info({ rules: r.rules, digest: r.digest, version: (await vault.admin().describe()).policy.load }, "policy reloaded");
         } catch (e) {
           log.error({ err: (e as Error).message }, "policy reload failed: every grant is denied until the file is fixed and reloaded");
         }

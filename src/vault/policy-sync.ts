@@ -129,11 +129,11 @@ function sayIfStale(ctx: VaultContext): void {
 
 /** The refusal of a grant by a stale instance: both digests, and what to do. */
 export function staleError(ctx: VaultContext, stamp: PolicyStamp): VaultError {
-  // Who reloaded it is left out: agents read this message (status shows it to an admin).
+  // Who reloaded it and the policy file's path are left out: agents read this message (`lessor status` shows both to an admin).
   const when = stamp.at > 0 ? `, put in force on ${new Date(stamp.at).toISOString()}` : "";
   return new VaultError(
     "unavailable",
-    `this lessor instance's policy (${ctx.policy.source}, digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${stamp.digest}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
+    `this lessor instance's policy file (digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${stamp.digest}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
   );
 }
 

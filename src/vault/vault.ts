@@ -73,16 +73,36 @@ export const EMBEDDED_ADMIN: Identity = Object.freeze({ id: "embedded", role: "a
 
 /** The policy part of {@link VaultStatus}: the file, its version, and whether it loaded. */
 export interface PolicyStatus extends PolicyVersion {
-  source: string;
+  /** Where the policy is read from (admins only; null for other roles). */
+  source: string | null;
   rules: number;
-  /** For a broken policy: why it could not be loaded (every grant is denied until it is fixed and reloaded); else null. */
+  /** For a broken policy: why it could not be loaded (every grant is denied until it is fixed and reloaded); else null (and always null for roles other than admin). */
   error: string | null;
 }
 
-/** What {@link VaultSession.status} reports. */
+/**
+ * What {@link VaultSession.status} reports: the brief state a health check needs, the same for
+ * every role. The detail is in {@link VaultSession.describe}.
+ */
+export interface VaultHealth {
+  /** The trail's last seq (see {@link VaultSession.status} for how fresh). */
+  auditHead: number;
+  /** True while the killswitch lockout is engaged (no lease is granted). */
+  killswitch: boolean;
+  /**
+   * "ok"; "broken" when the policy file did not load (every grant denied); "stale" when the shared
+   * store has another policy in force (every grant denied here until it is in line).
+   */
+  policy: "ok" | "broken" | "stale";
+}
+
+/**
+ * What {@link VaultSession.describe} reports. File paths (`keySource`, `policy.source`) and the
+ * policy's load error are shown to admins only; for other roles they are null.
+ */
 export interface VaultStatus {
   store: string;
-  keySource: string;
+  keySource: string | null;
   keyId: string;
   keyIds: string[];
   cipher: Alg;
@@ -518,31 +538,63 @@ export class VaultSession {
     return { leasesDeleted: await leases.gcLeases(this.#ctx) };
   }
   /**
-   * A summary of the vault's state (no secrets). `auditHead` is the trail's last seq: exact for this
-   * process's own writes; writes by another process sharing the store show within
-   * AUDIT_HEAD_MAX_AGE_MS (one second), so that a status call, which clients use as a health check,
-   * costs no database read while the head is fresh.
+   * The vault's health in brief (no secrets, no paths): audit head, killswitch, policy state. It is
+   * what clients use as a health check, so it is small and costs no database read while what it
+   * reports is fresh: `auditHead` is exact for this process's own writes, and writes by another
+   * process sharing the store show within AUDIT_HEAD_MAX_AGE_MS (one second); the killswitch and the
+   * policy stamp are read at most a second ago likewise. Any role.
    */
-  async status(): Promise<VaultStatus> {
+  async status(): Promise<VaultHealth> {
+    const ctx = this.#ctx;
+    const auditHead = await this.#auditHead();
+    const killswitch = (await killswitchState(ctx)).engaged;
+    await refreshPolicyStamp(ctx);
+    const v = policyVersion(ctx);
+    return { auditHead, killswitch, policy: v.stale ? "stale" : v.state };
+  }
+
+  /**
+   * The vault's state in full (no secrets): store, master key ids, cipher, policy version, killswitch
+   * detail, audit head (as fresh as in {@link status}). Any role; the key source and policy file
+   * paths and a broken policy's load error are shown to admins only (null for others), so an agent
+   * learns nothing about the owner's files from it.
+   */
+  async describe(): Promise<VaultStatus> {
+    const ctx = this.#ctx;
+    const auditHead = await this.#auditHead();
+    const killswitch = await killswitchState(ctx);
+    await refreshPolicyStamp(ctx);
+    const v = policyVersion(ctx);
+    const admin = this.identity.role === "admin";
+    return {
+      store: ctx.store.kind,
+      keySource: admin ? ctx.keys.describe : null,
+      keyId: ctx.keyring.current.id,
+      keyIds: ctx.keyring.ids(),
+      cipher: ctx.cipher,
+      policy: {
+        load: v.load,
+        digest: v.digest,
+        loadedAt: v.loadedAt,
+        state: v.state,
+        ...(v.stale ? { stale: v.stale } : {}),
+        source: admin ? ctx.policy.source : null,
+        rules: ctx.policy.rules.length,
+        error: admin ? (ctx.policy.error ?? null) : null,
+      },
+      killswitch,
+      auditHead,
+    };
+  }
+
+  async #auditHead(): Promise<number> {
     const ctx = this.#ctx;
     let head = auditHeadSeen(ctx);
     if (head === undefined) {
       head = (await ctx.store.auditHead())?.seq ?? 0;
       sawAuditHead(ctx, head);
     }
-    const killswitch = await killswitchState(ctx);
-    await refreshPolicyStamp(ctx);
-    const v = policyVersion(ctx);
-    return {
-      store: ctx.store.kind,
-      keySource: ctx.keys.describe,
-      keyId: ctx.keyring.current.id,
-      keyIds: ctx.keyring.ids(),
-      cipher: ctx.cipher,
-      policy: { load: v.load, digest: v.digest, loadedAt: v.loadedAt, state: v.state, ...(v.stale ? { stale: v.stale } : {}), source: ctx.policy.source, rules: ctx.policy.rules.length, error: ctx.policy.error ?? null },
-      killswitch,
-      auditHead: head,
-    };
+    return head;
   }
 
   async #requireAdmin(what: string): Promise<void> {

@@ -6,11 +6,15 @@ import type { KillswitchState } from "../../vault/lockout.js";
 import type { PolicyStatus } from "../../vault/vault.js";
 import { policyVersionText } from "../format/policy-version.js";
 
+/** What a non-admin is shown for a file path the daemon keeps to admins. */
+const HIDDEN = "(shown to admins only)";
+
 function policyLine(p: PolicyStatus): string {
+  const source = p.source ?? "policy";
   if (p.stale !== undefined)
-    return `${p.source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
-  if (p.state === "broken") return `${p.source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
-  return `${p.source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}`;
+    return `${source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
+  if (p.state === "broken") return `${source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
+  return `${source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}`;
 }
 
 function killswitchLine(k: KillswitchState): string {
@@ -22,13 +26,13 @@ function killswitchLine(k: KillswitchState): string {
 export function registerStatus(program: Command, cli: Cli): void {
   program
     .command("status")
-    .description("show the mode (daemon or embedded), home, identity, store, master key, policy and audit head")
+    .description("show the mode (daemon or embedded), home, identity, store, master key, policy, killswitch and audit head")
     .option("--json", "print the status as JSON")
     .addHelpText("after", "\nExamples:\n  lessor status\n  lessor status --json | jq .policy.digest")
     .action((o: { json?: boolean }) =>
       cli.run(async () => {
         const backend = await cli.backend();
-        const s = await backend.api.status();
+        const s = await backend.api.describe();
         const daemon = backend.mode === "daemon" ? s.daemon : null;
         if (o.json) {
           cli.json({
@@ -55,7 +59,7 @@ export function registerStatus(program: Command, cli: Cli): void {
           backend.endpoint === null ? ["home", backend.home] : ["daemon at", backend.endpoint],
           ["identity", `${who} via ${s.identity.transport}`],
           ["store", s.store],
-          ["key source", s.keySource],
+          ["key source", s.keySource ?? HIDDEN],
           ["key id", s.keyIds.length > 1 ? `${s.keyId} (also loaded: ${s.keyIds.filter((k) => k !== s.keyId).join(", ")})` : s.keyId],
           ["cipher", s.cipher],
           ["policy", policyLine(s.policy)],
