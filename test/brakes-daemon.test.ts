@@ -87,8 +87,10 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       assert.deepEqual([agentView.keySource, agentView.policy.source, agentView.policy.error], [null, null, null]);
       assert.ok(!JSON.stringify(agentView).includes(home), "an agent learns no path of the owner's from describe");
       const REASON = /^the policy is invalid, so every grant is denied: \S*policy\.toml: TOML syntax error .*; fix it and run lessor policy reload$/;
-      await refused(claude.requestLease(GH), "access_denied", REASON);
-      await refused(claude.leaseAndAccess(GH, { domain: "api.github.com" }), "access_denied", REASON);
+      const BRIEF = /^the policy is invalid, so every grant is denied; ask the operator to fix it \(lessor policy check\)$/;
+      await refused(admin.requestLease({ ...GH, agent: "claude" }), "access_denied", REASON);
+      await refused(claude.requestLease(GH), "access_denied", BRIEF);
+      await refused(claude.leaseAndAccess(GH, { domain: "api.github.com" }), "access_denied", BRIEF);
       await refused(claude.accessSecret(held.id, { domain: "api.github.com" }), "access_denied", /policy is invalid/);
       const ex1 = await admin.explain("claude", "github-token", "api.github.com");
       assert.equal(ex1.allow, false);
@@ -100,7 +102,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       assert.deepEqual((await admin.listSecrets()).map((s) => s.name), ["github-token"]);
       assert.deepEqual(await admin.revokeLease(held.id, "policy broke"), { revoked: true });
       assert.deepEqual(await admin.revokeAllForAgent("claude"), { revoked: 0 });
-      assert.equal((await admin.auditQuery({ types: ["access_denied"], limit: 10 })).length, 3);
+      assert.equal((await admin.auditQuery({ types: ["access_denied"], limit: 10 })).length, 4);
       assert.equal((await admin.auditVerify()).ok, true);
       assert.equal((await admin.rotateMasterKey()).rewrapped, 1);
 
@@ -122,7 +124,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       writeFileSync(join(home, "policy.toml"), SYNTAX_ERROR, { mode: 0o600 });
       d.proc.kill("SIGHUP");
       await within(5000, "the second SIGHUP reload", async () => (await admin.describe()).policy.state === "broken");
-      await refused(claude.requestLease(GH), "access_denied", REASON);
+      await refused(claude.requestLease(GH), "access_denied", BRIEF);
       const [failed] = await admin.auditQuery({ types: ["policy_reloaded"], order: "desc", limit: 1 });
       assert.deepEqual([failed!.actorId, failed!.outcome], ["signal:SIGHUP", "error"]);
       assert.equal((await admin.explain("claude", "github-token")).policy.load, 3);

@@ -11,7 +11,7 @@ import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, 
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
-import { decide, leaseDomains } from "./policy.js";
+import { decide, leaseDomains, reasonFor } from "./policy.js";
 import { policyGateIn } from "./policy-sync.js";
 
 /** What {@link requestApproval} takes: a lease request, and why the agent asks. */
@@ -42,7 +42,7 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     const q = { agent, secret: checked.ref, domains: checked.domains };
     const decision = decide(ctx.policy, q);
     if (!decision.allow || !decision.rule)
-      return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
+      return denied(audit, who, new VaultError("access_denied", reasonFor(ctx.policy, who.role, decision.reason)), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);

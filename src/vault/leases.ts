@@ -17,7 +17,7 @@ import { checkAgentId, checkRef, parseRefString, refString } from "../base/names
 import { matchPathPrefixes } from "./http-path.js";
 import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
-import { decide, leaseDomains } from "./policy.js";
+import { decide, leaseDomains, reasonFor } from "./policy.js";
 import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { leaseState } from "../base/lease-state.js";
@@ -145,7 +145,7 @@ async function grantIn(
   const q = { agent, secret: ref, domains: req.domains };
   const decision = decide(ctx.policy, q);
   if (!decision.allow || !decision.rule)
-    return denied(audit, who, new VaultError("access_denied", decision.reason), { agent, secret, domain: req.domains?.join(",") ?? null });
+    return denied(audit, who, new VaultError("access_denied", reasonFor(ctx.policy, who.role, decision.reason)), { agent, secret, domain: req.domains?.join(",") ?? null });
   const rule = decision.rule;
   if (!version && !(exists ?? (await tx.getSecret(ref)))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
@@ -339,7 +339,7 @@ async function useIn(
   if (stale) return denied(audit, who, stale, fields);
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
-    return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${decision.reason})`), fields);
+    return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
     return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
@@ -390,7 +390,7 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     const rule = ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
     const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
     if (!rule || !decision.allow)
-      return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? decision.reason : "policy no longer grants this lease; request a new one"), fields);
+      return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? reasonFor(ctx.policy, who.role, decision.reason) : "policy no longer grants this lease; request a new one"), fields);
     // The new expiry is `ttl` from now (capped by the rule and by max_ttl): a shorter ttl shortens.
     const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), lease.maxExpiresAt);
     if (lease.expiresAt >= lease.maxExpiresAt && expiresAt >= lease.expiresAt)

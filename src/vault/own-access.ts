@@ -13,7 +13,7 @@ import type { Identity, SecretKind, SecretRef } from "../base/types.js";
 import { resolveAgent } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
-import { decide, explain, type Explanation, type PolicyVersion } from "./policy.js";
+import { decide, explain, reasonFor, type Explanation, type PolicyVersion } from "./policy.js";
 import { compiledOf } from "./policy/compiled.js";
 import { policyVersion } from "./policy-state.js";
 
@@ -97,6 +97,6 @@ export async function explainAccess(ctx: VaultContext, who: Identity, agentIn: s
   const e = explain(policy, q);
   if (who.role !== "agent") return { ...e, policy: version };
   const mine = new Set(compiledOf(policy).filter((c) => c.agents.some((f) => f(agent))).map((c) => c.rule.index));
-  const reason = policy.error !== undefined ? "the policy is invalid, so every grant is denied; ask the operator to fix it (lessor policy check)" : e.reason;
+  const reason = reasonFor(policy, who.role, e.reason);
   return { ...e, reason, steps: e.steps.filter((s) => mine.has(s.index)), policy: version };
 }

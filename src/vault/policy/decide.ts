@@ -5,6 +5,7 @@
  */
 import { coversPattern, formatDomainPattern, parseDomainPattern, tryParseDomainPattern, type DomainPattern } from "../domain.js";
 import { refString } from "../../base/names.js";
+import type { Role } from "../../base/types.js";
 import { compiledOf } from "./compiled.js";
 import { clip, quote } from "./messages.js";
 import type { Decision, Explanation, ExplainStep, Policy, PolicyQuery, Rule } from "./types.js";
@@ -12,6 +13,17 @@ import type { Decision, Explanation, ExplainStep, Policy, PolicyQuery, Rule } fr
 /** Why a broken policy denies: the load error and what to do. */
 export function brokenReason(policy: Policy): string {
   return `the policy is invalid, so every grant is denied: ${policy.error ?? "it could not be loaded"}; fix it and run lessor policy reload`;
+}
+
+/**
+ * What a broken policy's refusal tells a caller other than an admin: that it is broken and whom to
+ * ask, not the load error (which may quote any rule, another agent's included).
+ */
+export const BROKEN_REASON_BRIEF = "the policy is invalid, so every grant is denied; ask the operator to fix it (lessor policy check)";
+
+/** `reason`, a decision's, as a caller of `role` is told it: see {@link BROKEN_REASON_BRIEF}. */
+export function reasonFor(policy: Policy, role: Role, reason: string): string {
+  return policy.error !== undefined && role !== "admin" ? BROKEN_REASON_BRIEF : reason;
 }
 
 function listText(items: readonly string[]): string {
