@@ -1,18 +1,31 @@
 /**
- * Rows of the SQL stores (SQLite, PostgreSQL) turned into the core's records. The two stores have the
- * same columns; they differ only in how a list column (`tags`: JSON text in SQLite, a text[] in
- * PostgreSQL) and a boolean column (0/1 in SQLite, a boolean in PostgreSQL) come back.
+ * Rows of the SQL stores (SQLite, PostgreSQL) turned into the core's records, and the core's records
+ * into the values an INSERT binds. The two stores have the same columns, listed here once; they
+ * differ only in how a list column (`tags`: JSON text in SQLite, a text[] in PostgreSQL) and a
+ * boolean column (0/1 in SQLite, a boolean in PostgreSQL) are stored.
  */
 import type { AuditRecord, LeaseRecord, SecretKind, SecretRecord, TokenRecord, VersionRecord } from "../base/types.js";
 
 /** A row as a SQL driver returns it: column name → value. */
 export type Row = Record<string, unknown>;
 
-/** How one store's driver returns the columns that differ between the stores. */
+/** The lease columns, in the order {@link rowMappers}' `leaseValues` gives them (an INSERT adds `done`). */
+export const LEASE_COLS =
+  "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
+  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
+/** The audit columns, in the order of `auditValues`. */
+export const AUDIT_COLS =
+  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
+/** The token columns, in the order of `tokenValues`. */
+export const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
+
+/** How one store's driver returns, and takes, the columns that differ between the stores. */
 export interface ColumnCodec {
   /** `tags`. */
   list(v: unknown): string[];
   bool(v: unknown): boolean;
+  /** A boolean as the driver binds it. */
+  boolValue(b: boolean): unknown;
 }
 
 /** The row mappers for one store. */
@@ -103,5 +116,64 @@ export function rowMappers(c: ColumnCodec) {
         hash: r.hash as Buffer,
       };
     },
+    /** A lease's values in {@link LEASE_COLS} order, then `done` (revoked or used up: never live again). */
+    leaseValues(rec: LeaseRecord): unknown[] {
+      const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses);
+      return [
+        rec.id,
+        rec.agent,
+        rec.scope,
+        rec.name,
+        JSON.stringify(rec.domains),
+        c.boolValue(rec.anyDomain),
+        rec.methods === null ? null : JSON.stringify(rec.methods),
+        rec.paths === null ? null : JSON.stringify(rec.paths),
+        rec.rule,
+        rec.issuedAt,
+        rec.expiresAt,
+        rec.maxExpiresAt,
+        rec.uses,
+        rec.maxUses,
+        rec.renewals,
+        rec.maxRenewals,
+        c.boolValue(rec.renewable),
+        rec.revokedAt,
+        rec.revokeReason,
+        rec.issuedBy,
+        c.boolValue(done),
+      ];
+    },
+    /** An audit record's values in {@link AUDIT_COLS} order. */
+    auditValues(rec: AuditRecord): unknown[] {
+      return [
+        rec.seq,
+        rec.id,
+        rec.time,
+        rec.type,
+        rec.actorId,
+        rec.actorRole,
+        rec.transport,
+        rec.agent,
+        rec.secret,
+        rec.leaseId,
+        rec.domain,
+        rec.outcome,
+        rec.reason,
+        rec.detail,
+        Buffer.from(rec.prevHash),
+        Buffer.from(rec.hash),
+        rec.keyId ?? null,
+      ];
+    },
+    /** A token's values in {@link TOKEN_COLS} order (its hash, never the token). */
+    tokenValues(t: TokenRecord): unknown[] {
+      return [t.id, t.name, t.role, t.agent, t.actFor === null ? null : JSON.stringify(t.actFor), t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, Buffer.from(t.hash)];
+    },
   };
 }
+
+/** `n` placeholders in SQLite's form: `?, ?, …`. */
+export const sqlitePlaceholders = (n: number): string => Array.from({ length: n }, () => "?").join(", ");
+
+/** `n` placeholders in PostgreSQL's form: `$1, $2, …`. */
+export const pgPlaceholders = (n: number): string => Array.from({ length: n }, (_, i) => `$${i + 1}`).join(", ");

@@ -20,12 +20,16 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
-import { rowMappers } from "../rows.js";
+import { AUDIT_COLS, LEASE_COLS, pgPlaceholders, rowMappers, TOKEN_COLS } from "../rows.js";
 
 /** A row as node-postgres returns it (int8 parsed to number by the pool's type parser). */
 export type Row = Record<string, unknown>;
 
-const { secretFromRow, versionFromRow, leaseFromRow, auditFromRow, tokenFromRow } = rowMappers({ list: (v) => v as string[], bool: (v) => v as boolean });
+const { secretFromRow, versionFromRow, leaseFromRow, auditFromRow, tokenFromRow, leaseValues, auditValues, tokenValues } = rowMappers({
+  list: (v) => v as string[],
+  bool: (v) => v as boolean,
+  boolValue: (b) => b,
+});
 
 /** One statement: what it does (for errors), its text and its bound values. */
 export interface Stmt {
@@ -66,12 +70,6 @@ export interface Exec {
 const SECRET_COLS = "scope, name, kind, description, tags, current_version, created_at, updated_at";
 const VERSION_COLS = "v.version, v.alg, v.key_id, v.wrapped_dek, v.ciphertext, v.size, v.created_at, v.created_by";
 const SECRET_ID = "(SELECT id FROM secrets WHERE scope = $1 AND name = $2)";
-const LEASE_COLS =
-  "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
-  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
-const AUDIT_COLS =
-  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
-const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
 
 const st = (what: string, text: string, values: unknown[]): Stmt => ({ what, text, values });
 const one = async (x: Exec, s: Stmt): Promise<Row | undefined> => (await x.rows(s))[0];
@@ -244,34 +242,7 @@ export function insertVersion(rec: VersionRecord): Stmt {
 }
 
 export function insertLease(rec: LeaseRecord): Stmt {
-  const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses);
-  return st(
-    "write a lease (its id must be new)",
-    `INSERT INTO leases (${LEASE_COLS}, done) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
-    [
-      rec.id,
-      rec.agent,
-      rec.scope,
-      rec.name,
-      JSON.stringify(rec.domains),
-      rec.anyDomain,
-      rec.methods === null ? null : JSON.stringify(rec.methods),
-      rec.paths === null ? null : JSON.stringify(rec.paths),
-      rec.rule,
-      rec.issuedAt,
-      rec.expiresAt,
-      rec.maxExpiresAt,
-      rec.uses,
-      rec.maxUses,
-      rec.renewals,
-      rec.maxRenewals,
-      rec.renewable,
-      rec.revokedAt,
-      rec.revokeReason,
-      rec.issuedBy,
-      done,
-    ],
-  );
+  return st("write a lease (its id must be new)", `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${pgPlaceholders(21)})`, leaseValues(rec));
 }
 
 export function renewLease(id: string, expiresAt: number, renewals: number): Stmt {
@@ -280,29 +251,7 @@ export function renewLease(id: string, expiresAt: number, renewals: number): Stm
 
 /** The database's trigger refuses a row that does not follow the head (schema.ts). */
 export function insertAudit(rec: AuditRecord): Stmt {
-  return st(
-    "append to the audit trail",
-    `INSERT INTO audit (${AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
-    [
-      rec.seq,
-      rec.id,
-      rec.time,
-      rec.type,
-      rec.actorId,
-      rec.actorRole,
-      rec.transport,
-      rec.agent,
-      rec.secret,
-      rec.leaseId,
-      rec.domain,
-      rec.outcome,
-      rec.reason,
-      rec.detail,
-      Buffer.from(rec.prevHash),
-      Buffer.from(rec.hash),
-      rec.keyId ?? null,
-    ],
-  );
+  return st("append to the audit trail", `INSERT INTO audit (${AUDIT_COLS}) VALUES (${pgPlaceholders(17)})`, auditValues(rec));
 }
 
 export function putCheckpoint(cp: AuditCheckpoint): Stmt {
@@ -319,11 +268,7 @@ export function setMeta(key: string, value: string): Stmt {
 }
 
 export function insertToken(t: TokenRecord): Stmt {
-  return st(
-    "write a token (its id must be new)",
-    `INSERT INTO tokens (${TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-    [t.id, t.name, t.role, t.agent, t.actFor === null ? null : JSON.stringify(t.actFor), t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, Buffer.from(t.hash)],
-  );
+  return st("write a token (its id must be new)", `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${pgPlaceholders(10)})`, tokenValues(t));
 }
 
 // ---- writes whose result the caller needs ----

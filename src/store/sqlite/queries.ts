@@ -19,26 +19,24 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
-import { rowMappers } from "../rows.js";
+import { AUDIT_COLS, LEASE_COLS, rowMappers, sqlitePlaceholders, TOKEN_COLS } from "../rows.js";
 
 type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
 type Row = Record<string, unknown>;
 
-const { secretFromRow, versionFromRow, leaseFromRow, auditFromRow, tokenFromRow } = rowMappers({ list: (v) => JSON.parse(v as string) as string[], bool: (v) => v === 1 });
+const { secretFromRow, versionFromRow, leaseFromRow, auditFromRow, tokenFromRow, leaseValues, auditValues, tokenValues } = rowMappers({
+  list: (v) => JSON.parse(v as string) as string[],
+  bool: (v) => v === 1,
+  boolValue: (b) => (b ? 1 : 0),
+});
 
 const SECRET_COLS = "scope, name, kind, description, tags, current_version, created_at, updated_at";
 const VERSION_COLS =
   "v.version, v.alg, v.key_id, v.wrapped_dek, v.ciphertext, v.size, v.created_at, v.created_by";
 const SECRET_ID = "(SELECT id FROM secrets WHERE scope = ? AND name = ?)";
-const LEASE_COLS =
-  "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
-  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
-const AUDIT_COLS =
-  "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
 /** A lease row that is neither revoked nor used up, and not yet expired at the bound time. */
 const LIVE = "done = 0 AND expires_at > ?";
 
-const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
 
 /** The audit's agent and secret indexes lead with `seq >> RUN_SHIFT` (schema step 4 spells out 10). */
 const RUN_SHIFT = 10;
@@ -63,15 +61,15 @@ const SQL = {
   rewrapVersion: `UPDATE secret_versions SET key_id = ?, wrapped_dek = ? WHERE secret = ${SECRET_ID} AND version = ? AND key_id = ?`,
   getLease: `SELECT ${LEASE_COLS} FROM leases WHERE id = ?`,
   countLiveLeases: `SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`,
-  insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${sqlitePlaceholders(21)})`,
   revokeById: `${REVOKE_SET}id = ? AND ${LIVE}`,
   revokeByAgent: `${REVOKE_SET}agent = ? AND ${LIVE}`,
   revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${LIVE}`,
   revokeAll: `${REVOKE_SET}expires_at > ? AND done = 0`,
-  insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (${sqlitePlaceholders(17)})`,
   getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
   listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
-  insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${sqlitePlaceholders(10)})`,
 } as const;
 
 /** Statements and row mapping for one better-sqlite3 connection. */
@@ -243,30 +241,7 @@ export class Queries {
   }
 
   insertLease(rec: LeaseRecord): void {
-    const done = rec.revokedAt !== null || (rec.maxUses !== null && rec.uses >= rec.maxUses) ? 1 : 0;
-    this.stmt(SQL.insertLease).run(
-      rec.id,
-      rec.agent,
-      rec.scope,
-      rec.name,
-      JSON.stringify(rec.domains),
-      rec.anyDomain ? 1 : 0,
-      rec.methods === null ? null : JSON.stringify(rec.methods),
-      rec.paths === null ? null : JSON.stringify(rec.paths),
-      rec.rule,
-      rec.issuedAt,
-      rec.expiresAt,
-      rec.maxExpiresAt,
-      rec.uses,
-      rec.maxUses,
-      rec.renewals,
-      rec.maxRenewals,
-      rec.renewable ? 1 : 0,
-      rec.revokedAt,
-      rec.revokeReason,
-      rec.issuedBy,
-      done,
-    );
+    this.stmt(SQL.insertLease).run(...leaseValues(rec));
   }
 
   useLease(id: string, now: number): number | null {
@@ -378,25 +353,7 @@ export class Queries {
   insertAudit(rec: AuditRecord, head?: number): void {
     const last = head ?? ((this.stmt("SELECT seq FROM audit ORDER BY seq DESC LIMIT 1").pluck().get() as number | undefined) ?? 0);
     if (rec.seq !== last + 1) throw auditGap(rec.seq, last);
-    this.stmt(SQL.insertAudit).run(
-      rec.seq,
-      rec.id,
-      rec.time,
-      rec.type,
-      rec.actorId,
-      rec.actorRole,
-      rec.transport,
-      rec.agent,
-      rec.secret,
-      rec.leaseId,
-      rec.domain,
-      rec.outcome,
-      rec.reason,
-      rec.detail,
-      rec.prevHash,
-      rec.hash,
-      rec.keyId,
-    );
+    this.stmt(SQL.insertAudit).run(...auditValues(rec));
   }
 
   getCheckpoint(): AuditCheckpoint | null {
@@ -443,18 +400,7 @@ export class Queries {
   }
 
   insertToken(t: TokenRecord): void {
-    this.stmt(SQL.insertToken).run(
-      t.id,
-      t.name,
-      t.role,
-      t.agent,
-      t.actFor === null ? null : JSON.stringify(t.actFor),
-      t.createdAt,
-      t.expiresAt,
-      t.revokedAt,
-      t.createdBy,
-      Buffer.from(t.hash),
-    );
+    this.stmt(SQL.insertToken).run(...tokenValues(t));
   }
 
   revokeToken(id: string, now: number): boolean {
