@@ -23,7 +23,7 @@ import assert from "node:assert/strict";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import type { LeaseRecord } from "../src/base/types.js";
-import { startCli, type RunningCli } from "./cli-harness.js";
+import { seedHome, startCli, type RunningCli } from "./cli-harness.js";
 
 const HAVE_CURL = spawnSync("curl", ["--version"]).status === 0;
 const SKIP = HAVE_CURL ? false : "curl is not installed (apt-get install curl)";
@@ -141,13 +141,7 @@ describe("lessor proxy", { skip: SKIP }, () => {
       `${base}\n[proxy]\nports = [${port}]\nallow = ["127.0.0.1"]\nhosts = { "api.test.example" = "127.0.0.1" }\nupstream_ca = "${join(root, "upstream-ca.pem")}"\n`,
       { mode: 0o600 },
     );
-    writeFileSync(join(LESSOR_HOME, "policy.toml"), POLICY, { mode: 0o600 });
-    const vault = await openVault({ home: LESSOR_HOME, env: { LESSOR_HOME } });
-    try {
-      await vault.admin().storeSecret({ name: "github-token", value: CANARY, kind: "pat" });
-    } finally {
-      await vault.close();
-    }
+    await seedHome(LESSOR_HOME, POLICY, [{ name: "github-token", value: CANARY, kind: "pat" }]);
   });
   after(async () => {
     server?.closeAllConnections();

@@ -51,7 +51,7 @@ import { hasVsockDevice, loadVsock } from "../src/native/vsock.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { acceptVsock } from "../src/server/transports/vsock.js";
 import type { Vault } from "../src/vault/vault.js";
-import { startCli, type RunningCli } from "./cli-harness.js";
+import { seedHome, startCli, type RunningCli } from "./cli-harness.js";
 
 const HAVE_SOCAT = spawnSync("socat", ["-V"]).status === 0;
 const CANARY = "ghp_" + randomBytes(18).toString("hex"); // shaped like a GitHub token
@@ -187,13 +187,7 @@ before(async () => {
       `\n[[vsock]]\ncid = 5\nagent = "claude"\n\n[[vsock]]\ncid = 6\nagent = "codex"\n`,
     { mode: 0o600 },
   );
-  writeFileSync(join(LESSOR_HOME, "policy.toml"), POLICY, { mode: 0o600 });
-  const vault = await openVault({ home: LESSOR_HOME, env: { LESSOR_HOME } });
-  try {
-    await vault.admin().storeSecret({ name: "github-token", value: CANARY, kind: "pat" });
-  } finally {
-    await vault.close();
-  }
+  await seedHome(LESSOR_HOME, POLICY, [{ name: "github-token", value: CANARY, kind: "pat" }]);
 });
 
 after(async () => {
