@@ -11,7 +11,7 @@ import { describe, test } from "node:test";
 import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { grant } from "./helpers.js";
+import { grant, within } from "./helpers.js";
 
 const GOOD = grant("claude-github", ["claude"], ["github-token"], ["api.github.com"]);
 const SYNTAX_ERROR = '[[rule]\nname = "claude-github"\n';
@@ -27,16 +27,6 @@ async function refused(p: Promise<unknown>, code: string, re: RegExp): Promise<v
     assert.match(e.message, re);
     return true;
   });
-}
-
-/** Polls `f` every 20 ms until it returns true; returns the ms it took (fails after `ms`). */
-async function within(ms: number, what: string, f: () => boolean | Promise<boolean>): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    if (await f()) return performance.now() - t0;
-    assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /** A home with CONFIG and `policy`, holding the secret github-token. */
@@ -110,7 +100,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       const fixed = `${GOOD}\n# fixed\n`;
       writeFileSync(join(home, "policy.toml"), fixed, { mode: 0o600 });
       d.proc.kill("SIGHUP");
-      await within(5000, "the SIGHUP reload", async () => (await admin.describe()).policy.state === "ok");
+      await within(5000, "the SIGHUP reload", async () => (await admin.describe()).policy.state === "ok", 20);
       const got = await claude.leaseAndAccess(GH, { domain: "api.github.com" });
       assert.equal(got.value.unsafeText(), "gh-value");
       got.value.wipe();
@@ -123,7 +113,7 @@ describe("a broken policy never blocks the brakes (daemon)", () => {
       // Broken again by a reload: deny-all at once, audited as an error; the daemon stays up.
       writeFileSync(join(home, "policy.toml"), SYNTAX_ERROR, { mode: 0o600 });
       d.proc.kill("SIGHUP");
-      await within(5000, "the second SIGHUP reload", async () => (await admin.describe()).policy.state === "broken");
+      await within(5000, "the second SIGHUP reload", async () => (await admin.describe()).policy.state === "broken", 20);
       await refused(claude.requestLease(GH), "access_denied", BRIEF);
       const [failed] = await admin.auditQuery({ types: ["policy_reloaded"], order: "desc", limit: 1 });
       assert.deepEqual([failed!.actorId, failed!.outcome], ["signal:SIGHUP", "error"]);
@@ -153,7 +143,7 @@ describe("the killswitch is a lockout (daemon)", () => {
       assert.ok(claude.connected && orch.connected);
 
       assert.deepEqual(await admin.killswitch("incident 7"), { revoked: 1 });
-      const took = await within(1000, "closing the agent's and orchestrator's connections", () => !claude.connected && !orch.connected);
+      const took = await within(1000, "closing the agent's and orchestrator's connections", () => !claude.connected && !orch.connected, 20);
       assert.ok(took < 1000);
       await refused(claude.accessSecret(lease.id, { domain: "api.github.com" }), "unavailable", /lost/);
       assert.equal((await admin.describe()).killswitch.engaged, true, "the admin's connection stays open");
@@ -190,7 +180,7 @@ describe("the killswitch is a lockout (daemon)", () => {
       } finally {
         await other.close();
       }
-      await within(2500, "noticing another process's killswitch", () => !claude4.connected);
+      await within(2500, "noticing another process's killswitch", () => !claude4.connected, 20);
       await refused(claude3.requestLease(GH), "access_denied", /killswitch is engaged .* \(reason: "from another process"\)/);
       assert.equal((await admin.describe()).killswitch.engaged, true);
       assert.deepEqual(await admin.releaseKillswitch(), { released: true });

@@ -1,4 +1,5 @@
 /** Shared test helpers: temp dirs, a vault on a real SQLite file with a chosen policy, a clock. */
+import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -142,4 +143,17 @@ export async function refusalOf(p: Promise<unknown>): Promise<{ code: string; me
     return { code: (e as { code: string }).code, message: (e as Error).message };
   }
   return { code: "resolved", message: "" };
+}
+
+/**
+ * Polls `f` every `everyMs` until it returns true; returns the ms it took. Fails (naming `what`)
+ * once `ms` have passed without it.
+ */
+export async function within(ms: number, what: string, f: () => boolean | Promise<boolean>, everyMs = 5): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    if (await f()) return performance.now() - t0;
+    assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
 }

@@ -17,20 +17,10 @@ import type { VaultSignal } from "../src/vault/signals.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { parsePolicy, type Policy } from "../src/vault/policy.js";
 import { isVaultError } from "../src/base/errors.js";
-import { agent, grant, hexKey } from "./helpers.js";
+import { agent, grant, hexKey, within } from "./helpers.js";
 import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits until `f` holds; returns the ms it took (fails after `ms`). */
-async function within(ms: number, what: string, f: () => boolean): Promise<number> {
-  const t0 = performance.now();
-  while (!f()) {
-    assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
-    await sleep(2);
-  }
-  return performance.now() - t0;
-}
 
 interface Instance {
   vault: Vault;
@@ -70,7 +60,7 @@ describe("postgres change feed: another instance's changes become this vault's s
       await b.vault.close();
       await drop();
     });
-    if (feedB.listen !== false) await within(5000, "B's LISTEN", () => b.store.feedState().listening);
+    if (feedB.listen !== false) await within(5000, "B's LISTEN", () => b.store.feedState().listening, 2);
     return { a, b, schema };
   }
 
@@ -89,27 +79,27 @@ describe("postgres change feed: another instance's changes become this vault's s
       assert.equal(b.vault.tokenStanding(t.id), null);
 
       await a.vault.admin().revokeToken(t.id);
-      const tok = await within(1000, "token_revoked on B", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id));
+      const tok = await within(1000, "token_revoked on B", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id), 2);
       assert.equal(b.vault.tokenStanding(t.id), "token revoked");
 
       const lease = await a.vault.session(agent("claude")).requestLease({ secret: "tok" });
       await a.vault.admin().killswitch("incident");
-      const ks = await within(1000, "killswitch on B", () => b.signals.some((s) => s.type === "killswitch" && s.engaged));
+      const ks = await within(1000, "killswitch on B", () => b.signals.some((s) => s.type === "killswitch" && s.engaged), 2);
       await assert.rejects(b.vault.session(agent("claude")).requestLease({ secret: "tok" }), (e) => isVaultError(e, "access_denied") && /killswitch is engaged/.test(e.message));
       await a.vault.admin().releaseKillswitch("over");
-      await within(1000, "release on B", () => b.signals.some((s) => s.type === "killswitch" && !s.engaged));
+      await within(1000, "release on B", () => b.signals.some((s) => s.type === "killswitch" && !s.engaged), 2);
 
       const text2 = `${grant("g", ["claude"], ["tok"], ["api.example.com"])}\n# v2\n`;
       a.policyText.text = b.policyText.text = text2;
       await a.vault.admin().reloadPolicy();
-      const pol = await within(1000, "policy reload on B", () => b.signals.some((s) => s.type === "policy_reloaded" && s.remote === true && s.ok));
+      const pol = await within(1000, "policy reload on B", () => b.signals.some((s) => s.type === "policy_reloaded" && s.remote === true && s.ok), 2);
       assert.equal((await b.vault.admin().describe()).policy.digest, (await a.vault.admin().describe()).policy.digest);
       assert.ok(!b.signals.some((s) => s.type === "policy_stale"));
 
       // B's copy differs from what A reloads: B reloads its own and says it is stale.
       a.policyText.text = `${text2}# v3 on A only\n`;
       await a.vault.admin().reloadPolicy();
-      await within(1000, "policy_stale on B", () => b.signals.some((s) => s.type === "policy_stale"));
+      await within(1000, "policy_stale on B", () => b.signals.some((s) => s.type === "policy_stale"), 2);
       const stale = b.signals.find((s) => s.type === "policy_stale") as Extract<VaultSignal, { type: "policy_stale" }>;
       assert.equal(stale.stored, (await a.vault.admin().describe()).policy.digest);
       assert.equal(stale.local, (await b.vault.admin().describe()).policy.digest);
@@ -119,7 +109,7 @@ describe("postgres change feed: another instance's changes become this vault's s
       assert.equal(a.signals.filter((s) => s.type === "killswitch").length, 2);
       assert.ok(!a.signals.some((s) => s.type === "policy_reloaded" && s.remote === true));
 
-      await within(1000, "the spy's notifications", () => payloads.length >= 5);
+      await within(1000, "the spy's notifications", () => payloads.length >= 5, 2);
       const all = payloads.join("\n");
       assert.ok(!all.includes("the-secret-value") && !all.includes(t.token) && !all.includes(t.token.split(".").pop()!), all);
       assert.ok(all.includes(t.id) && all.includes(lease.id), "payloads carry kind and ids");
@@ -141,7 +131,7 @@ describe("postgres change feed: another instance's changes become this vault's s
     assert.ok(!b.signals.some((s) => s.type === "token_revoked"), "a notification that is not backed by the change log revokes nothing");
     assert.equal(b.vault.tokenStanding(t.id), null);
     await a.vault.admin().revokeToken(t.id);
-    await within(1000, "the real revocation", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id));
+    await within(1000, "the real revocation", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id), 2);
   });
 
   test("with LISTEN off, polling alone propagates within poll_ms plus a margin", async () => {
@@ -152,9 +142,9 @@ describe("postgres change feed: another instance's changes become this vault's s
     await sleep(200); // B's poll has seen the counter
     const times: number[] = [];
     await a.vault.admin().revokeToken(t.id);
-    times.push(await within(150 + 500, "token_revoked by polling", () => b.signals.some((s) => s.type === "token_revoked")));
+    times.push(await within(150 + 500, "token_revoked by polling", () => b.signals.some((s) => s.type === "token_revoked"), 2));
     await a.vault.admin().killswitch("incident");
-    times.push(await within(150 + 500, "killswitch by polling", () => b.signals.some((s) => s.type === "killswitch" && s.engaged)));
+    times.push(await within(150 + 500, "killswitch by polling", () => b.signals.some((s) => s.type === "killswitch" && s.engaged), 2));
     console.log(`# polling propagation (poll_ms = 150): ${times.map((x) => x.toFixed(0)).join(", ")} ms`);
   });
 
@@ -169,8 +159,8 @@ describe("postgres change feed: another instance's changes become this vault's s
     );
     assert.ok(killed.rowCount! >= 1, "the listen connection was found");
     await a.vault.admin().revokeToken(t.id); // while B has no LISTEN (or before it notices)
-    await within(5000, "the reconnect", () => b.store.feedState().connects > before);
-    await within(2000, "token_revoked after catch-up", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id));
+    await within(5000, "the reconnect", () => b.store.feedState().connects > before, 2);
+    await within(2000, "token_revoked after catch-up", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id), 2);
     assert.equal(b.store.feedState().listening, true);
   });
 
@@ -181,7 +171,7 @@ describe("postgres change feed: another instance's changes become this vault's s
     await sleep(350);
     await a.vault.admin().revokeToken(t.id);
     await admin(`DELETE FROM ${schema}.lessor_changes`); // before B's next poll reads it
-    await within(2000, "token_revoked by resync", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id));
+    await within(2000, "token_revoked by resync", () => b.signals.some((s) => s.type === "token_revoked" && s.tokenId === t.id), 2);
   });
 
   test("per-agent live-lease cap across two instances granting at once: never exceeded", async () => {

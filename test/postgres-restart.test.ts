@@ -22,7 +22,7 @@ import { openVault } from "../src/config/open-vault.js";
 import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import type { StoreChange } from "../src/vault/ports.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { grant } from "./helpers.js";
+import { grant, within } from "./helpers.js";
 import { PG_CLUSTER_SKIP, startCluster, type PgCluster } from "./pg-cluster.js";
 import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
@@ -47,15 +47,6 @@ interface Outcome {
 
 /** A write a client got an ok for. */
 type Ack = { kind: "secret"; name: string; value: string; version: number } | { kind: "lease"; id: string };
-
-async function within(ms: number, what: string, f: () => boolean | Promise<boolean>): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    if (await f()) return performance.now() - t0;
-    assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
-    await sleep(5);
-  }
-}
 
 const pct = (xs: number[], p: number): number => {
   if (xs.length === 0) return NaN;

@@ -20,23 +20,13 @@ import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { execFileSync } from "node:child_process";
 import { CLI, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { grant } from "./helpers.js";
+import { grant, within } from "./helpers.js";
 import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 const POLICY = grant("claude-github", ["claude"], ["github-token", "made-on-b"], ["api.github.com"]);
 const GH = { secret: "github-token", domains: ["api.github.com"] };
 const CANARY = "gh-canary-7c1e9a52";
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Coded = Error & { code?: string };
-
-async function within(ms: number, what: string, f: () => boolean | Promise<boolean>): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    if (await f()) return performance.now() - t0;
-    assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
-    await sleep(5);
-  }
-}
 
 /** Resolves true once `f` resolves, false while it rejects with `unavailable` (any other error fails). */
 async function works(f: () => Promise<unknown>): Promise<boolean> {
