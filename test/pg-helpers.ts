@@ -14,12 +14,18 @@ export const PG_URL: string | undefined = process.env.LESSOR_TEST_PG_URL || unde
 export const PG_SKIP: false | string =
   PG_URL === undefined ? "LESSOR_TEST_PG_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test): PostgreSQL store tests skipped" : false;
 
-/** A fresh empty schema on the test server, and how to drop it. */
-export async function testSchema(): Promise<{ schema: string; drop: () => Promise<void> }> {
+/**
+ * A fresh empty schema on the test server, the server's URL with that schema in search_path (what a
+ * lessor.toml's database_url says: the store has no schema setting of its own there), and how to
+ * drop it.
+ */
+export async function testSchema(): Promise<{ schema: string; url: string; drop: () => Promise<void> }> {
   if (PG_URL === undefined) throw new Error(String(PG_SKIP));
   const schema = `lessor_test_${crypto.randomBytes(6).toString("hex")}`;
   await admin(`CREATE SCHEMA ${schema}`);
-  return { schema, drop: async () => void (await admin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)) };
+  const u = new URL(PG_URL);
+  u.searchParams.set("options", `-c search_path=${schema}`);
+  return { schema, url: u.toString(), drop: async () => void (await admin(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)) };
 }
 
 /** Runs one statement on the test server outside any store. */

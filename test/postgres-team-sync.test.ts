@@ -21,7 +21,7 @@ import { openVault } from "../src/config/open-vault.js";
 import { execFileSync } from "node:child_process";
 import { CLI, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant, within } from "./helpers.js";
-import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { PG_SKIP, testSchema } from "./pg-helpers.js";
 
 const POLICY = grant("claude-github", ["claude"], ["github-token", "made-on-b"], ["api.github.com"]);
 const GH = { secret: "github-token", domains: ["api.github.com"] };
@@ -39,12 +39,6 @@ async function works(f: () => Promise<unknown>): Promise<boolean> {
   }
 }
 
-function urlFor(schema: string): string {
-  const u = new URL(PG_URL!);
-  u.searchParams.set("options", `-c search_path=${schema}`);
-  return u.toString();
-}
-
 describe("two lessor serve processes on PostgreSQL: one master key and one policy, without a restart", { skip: PG_SKIP }, () => {
   const cleanups: (() => Promise<unknown>)[] = [];
   after(async () => {
@@ -56,13 +50,13 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
    * "copied" gives B a copy of A's. `vault`: extra [vault] lines; `policyB`: B's policy.toml.
    */
   async function team(opts: { keys: "shared" | "copied"; vault?: string; policyB?: string }) {
-    const { schema, drop } = await testSchema();
+    const { url, drop } = await testSchema();
     cleanups.push(drop);
     const keyDir = mkdtempSync(join(tmpdir(), "lessor-keys-"));
     chmodSync(keyDir, 0o700);
     cleanups.push(async () => rmSync(keyDir, { recursive: true, force: true }));
     const sharedKey = join(keyDir, "master.key");
-    const base = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(urlFor(schema))}\n${opts.vault ?? ""}\n[server]\ntcp = "127.0.0.1:0"\n`;
+    const base = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${opts.vault ?? ""}\n[server]\ntcp = "127.0.0.1:0"\n`;
     const keysLine = opts.keys === "shared" ? `\n[keys]\nfile = ${JSON.stringify(sharedKey)}\n` : "";
     const homeA = await makeHome({ config: base + keysLine, policy: POLICY });
     const homeB = await makeHome({ config: base + keysLine, policy: opts.policyB ?? POLICY });

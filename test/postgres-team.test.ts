@@ -14,17 +14,10 @@ import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant, within } from "./helpers.js";
-import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { PG_SKIP, testSchema } from "./pg-helpers.js";
 
 const POLICY = grant("claude-github", ["claude"], ["github-token"], ["api.github.com"]);
 const GH = { secret: "github-token", domains: ["api.github.com"] };
-
-/** The URL with the schema in search_path (the store has no schema setting of its own in lessor.toml). */
-function urlFor(schema: string): string {
-  const u = new URL(PG_URL!);
-  u.searchParams.set("options", `-c search_path=${schema}`);
-  return u.toString();
-}
 
 describe("two lessor serve processes on one PostgreSQL database", { skip: PG_SKIP }, () => {
   const cleanups: (() => Promise<unknown>)[] = [];
@@ -34,9 +27,9 @@ describe("two lessor serve processes on one PostgreSQL database", { skip: PG_SKI
 
   /** Two daemons on a fresh schema; `vault` is extra [vault] lines (listen, poll_ms). */
   async function team(vault: string): Promise<{ a: RunningDaemon; b: RunningDaemon; adminA: LessorClient; adminB: LessorClient }> {
-    const { schema, drop } = await testSchema();
+    const { url, drop } = await testSchema();
     cleanups.push(drop);
-    const config = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(urlFor(schema))}\n${vault}\n[server]\ntcp = "127.0.0.1:0"\n`;
+    const config = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${vault}\n[server]\ntcp = "127.0.0.1:0"\n`;
     const homeA = await makeHome({ config, policy: POLICY });
     const homeB = await makeHome({ config, policy: POLICY });
     copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
