@@ -17,6 +17,8 @@ import { openVault } from "../src/config/open-vault.js";
 import { BIN, cliHome, runCli } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant, tempDirUntilExit } from "./helpers.js";
+import { FakeServer } from "./fixtures/fake-server.js";
+import { VERSION } from "../src/version.js";
 
 const NOBODY = 65534;
 const VALUE = `agent-canary-${randomBytes(12).toString("hex")}`;
@@ -308,6 +310,28 @@ describe("no fallback to a vault in this process", () => {
     assert.equal((await v1.admin().status()).auditHead, head0, "the home's vault was not opened (no audit event)");
     await v1.close();
     assert.deepEqual(readdirSync(dirname(nowhere)), [], "nothing was created beside the missing socket");
+  });
+
+  test("a daemon older than the CLI: a call it does not know is reported as the daemon's age, with what to do", async () => {
+    // A daemon from before `describe` existed answers it the way every daemon answers an unknown name.
+    const old = await FakeServer.unix(tempDirUntilExit("lessor-old-daemon-"), {
+      intercept: (req, conn) => {
+        if (req.method !== "describe") return false;
+        conn.send({ id: req.id, ok: false, error: { code: "invalid_request", message: "unknown method describe; see docs/protocol.md" } });
+        return true;
+      },
+    });
+    try {
+      const socket = (old.endpoint as { socketPath: string }).socketPath;
+      const r = await runCli(["status"], { env: { LESSOR_SOCKET: socket } });
+      assert.equal(r.code, 5, r.stderr);
+      assert.equal(
+        r.stderr,
+        `lessor: the lessor daemon does not know the describe call this CLI (lessor ${VERSION}) made: it runs an older lessor; restart it with this version (stop it, then lessor serve), or use the CLI of the daemon's version\n`,
+      );
+    } finally {
+      await old.close();
+    }
   });
 
   test("whoami without a daemon: the embedded vault takes the local user for admin", async () => {

@@ -7,6 +7,7 @@
 import type { Backend } from "../backend/backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { VaultError } from "../base/errors.js";
+import { VERSION } from "../version.js";
 import { jsonText, terminalSafe } from "./format/terminal-safe.js";
 
 /** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */
@@ -79,7 +80,7 @@ export class Cli {
     try {
       code = (await body()) ?? EXIT.ok;
     } catch (e) {
-      code = this.fail(e);
+      code = this.fail(await this.#olderDaemon(e));
     } finally {
       if (this.#backend) {
         try {
@@ -90,6 +91,24 @@ export class Cli {
       }
     }
     process.exitCode = code;
+  }
+
+  /**
+   * A daemon older than this CLI answers a call it does not know with "unknown method …": that is
+   * the daemon's age, not the user's mistake (every call the CLI makes is one it knows), so say so
+   * and what to do. Other errors pass through.
+   */
+  async #olderDaemon(e: unknown): Promise<unknown> {
+    if (!(e instanceof VaultError) || e.code !== "invalid_request" || this.#backend === null) return e;
+    const m = /^unknown method ([a-z][a-z0-9_]*);/.exec(e.message);
+    if (m === null) return e;
+    const backend = await this.#backend.catch(() => null);
+    if (backend?.mode !== "daemon") return e;
+    return new VaultError(
+      "unavailable",
+      `the lessor daemon does not know the ${m[1]} call this CLI (lessor ${VERSION}) made: it runs an older lessor; restart it with this version (stop it, then lessor serve), or use the CLI of the daemon's version`,
+      { cause: e },
+    );
   }
 
   /** Prints an error and returns its exit code. */
