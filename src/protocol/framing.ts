@@ -1,6 +1,7 @@
 /**
  * Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON. The cap (default 1 MiB)
- * is checked on the length prefix, before any body is buffered.
+ * is checked on the length prefix, before any body is buffered. A body that is not valid UTF-8 is
+ * refused ({@link frameText}), never repaired.
  */
 
 /** The default and largest frame body size, in bytes. */
@@ -24,6 +25,24 @@ export function encodeFrame(message: unknown, wipeable = false): Buffer {
   out.writeUInt32BE(len, 0);
   out.write(json, 4, "utf8");
   return out;
+}
+
+/** Throws on invalid UTF-8; keeps a leading BOM, as Buffer#toString does (JSON.parse then refuses it). */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * A frame body as text, or null when it is not valid UTF-8 (a stray continuation byte, a truncated
+ * sequence, an overlong form, an encoded surrogate, a code point past U+10FFFF). Decoding such bytes
+ * the lenient way would put U+FFFD in their place, so a reason, a name or a secret value sent as text
+ * would be accepted altered, and two different frames would read the same; a receiver refuses them
+ * with `invalid_request` instead.
+ */
+export function frameText(body: Buffer): string | null {
+  try {
+    return strictUtf8.decode(body);
+  } catch {
+    return null;
+  }
 }
 
 /**

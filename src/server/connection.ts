@@ -13,7 +13,7 @@
  * auth_failed audit event. Every connection is also closed after `maxConnectionLifetimeMs`, however busy.
  */
 import type { Duplex } from "node:stream";
-import { encodeFrame, FrameDecoder, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
+import { encodeFrame, FrameDecoder, frameText, FrameTooLarge, MAX_FRAME_BYTES } from "../protocol/framing.js";
 import { helloSchema, PROTOCOL, tokenFrameSchema, VERSION, type Challenge, type Hello, type Response, type WireError } from "../protocol/messages.js";
 import { isMethod, parseParams, type MethodName } from "../protocol/registry.js";
 import { VaultError, wireCode, type WireErrorCode } from "../base/errors.js";
@@ -233,9 +233,11 @@ export class Connection {
 
   #hello(body: Buffer): void {
     this.#state = "auth";
+    const text = frameText(body);
+    if (text === null) return this.#refuse("invalid_request", `the first frame must be a hello ${HELLO_SHAPE}; it was not valid UTF-8`);
     let msg: unknown;
     try {
-      msg = JSON.parse(body.toString("utf8"));
+      msg = JSON.parse(text);
     } catch {
       return this.#refuse("invalid_request", `the first frame must be a hello ${HELLO_SHAPE}; it was not valid JSON`);
     }
@@ -286,7 +288,8 @@ export class Connection {
     const tokenId = this.#tokenId!;
     let msg: unknown;
     try {
-      msg = JSON.parse(body.toString("utf8"));
+      const text = frameText(body);
+      msg = text === null ? undefined : JSON.parse(text);
     } catch {
       msg = undefined;
     }
@@ -377,9 +380,13 @@ export class Connection {
 
   /** Validates one request frame and starts it, or answers it with an error at once. */
   #request(body: Buffer): void {
+    // Strict UTF-8: invalid bytes are refused, never turned into U+FFFD (see frameText).
+    const text = frameText(body);
+    if (text === null)
+      return this.#reply(null, "invalid_request", "the frame is not valid UTF-8; send one JSON request object per frame, encoded as UTF-8 (binary secret values go in base64, see docs/protocol.md)");
     let msg: unknown;
     try {
-      msg = JSON.parse(body.toString("utf8"));
+      msg = JSON.parse(text);
     } catch {
       return this.#reply(null, "invalid_request", "the frame is not valid JSON; send one JSON request object per frame (see docs/protocol.md)");
     }
