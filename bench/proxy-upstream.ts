@@ -10,8 +10,9 @@
  *   GET /stream  100 MiB of JSON-lines text in 64 KiB writes (backpressure respected)
  *   GET /*       a small JSON body (about 200 bytes)
  *
- * The streamed body is text, not random bytes: the scrubber's fast path skips to the next byte that
- * could start a secret, and text has many more of those (a `g` for `ghp_…`) than random bytes do.
+ * The streamed body is text, not random bytes: the scrubber's fast path skips to the next place a
+ * secret's first bytes (or one of its encoded forms') start, and text has many more near misses than
+ * random bytes do.
  */
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import type { IncomingMessage, ServerResponse } from "node:http";

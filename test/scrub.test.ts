@@ -128,7 +128,7 @@ test("property: any chunking gives the oracle's output, over an alphabet that fo
       (values, text, cuts) => {
         const secrets = values.map((v, i) => pair(v, `<${i}>`));
         const patterns = new ScrubPatterns(secrets);
-        assert.ok(patterns.firsts !== null, "at most three first bytes: the memchr jump is used");
+        assert.ok(patterns.needles !== null, "a few needles: the jump is used");
         const data = bytesOf(text);
         const want = reference(data, secrets);
         assert.deepEqual(streamed(split(data, cuts), patterns), want);
@@ -139,17 +139,37 @@ test("property: any chunking gives the oracle's output, over an alphabet that fo
   );
 });
 
-test("property: same with more than four distinct first bytes (no first-byte jump)", () => {
-  const secret = fc.stringMatching(/^[a-h]{1,6}$/);
+test("property: same with longer secrets, whose needles (first bytes, up to four) can be cut by a chunk's end", () => {
+  const secret = fc.stringMatching(/^[a-d]{3,8}$/);
   fc.assert(
     fc.property(
-      fc.uniqueArray(secret, { minLength: 5, maxLength: 12, selector: (v) => v[0] }),
-      fc.stringMatching(/^[a-hx]{0,80}$/),
+      fc.uniqueArray(secret, { minLength: 1, maxLength: 10 }),
+      fc.stringMatching(/^[a-dx]{0,120}$/),
+      fc.array(fc.nat(200), { maxLength: 16 }),
+      (values, text, cuts) => {
+        const secrets = values.map((v, i) => pair(v, `<${i}>`));
+        const patterns = new ScrubPatterns(secrets);
+        assert.ok(patterns.needleLength >= 3 && patterns.needles !== null);
+        const data = bytesOf(text);
+        assert.deepEqual(streamed(split(data, cuts), patterns), reference(data, secrets));
+        assert.deepEqual(scrub(data, patterns), reference(data, secrets));
+      },
+    ),
+    { numRuns: 3000 },
+  );
+});
+
+test("property: same with more than sixteen distinct needles (no jump)", () => {
+  const secret = fc.stringMatching(/^[a-z]{1,4}$/);
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(secret, { minLength: 17, maxLength: 26, selector: (v) => v[0] }),
+      fc.stringMatching(/^[a-zx]{0,80}$/),
       fc.array(fc.nat(200), { maxLength: 12 }),
       (values, text, cuts) => {
         const secrets = values.map((v, i) => pair(v, `<${i}>`));
         const patterns = new ScrubPatterns(secrets);
-        assert.equal(patterns.firsts, null);
+        assert.equal(patterns.needles, null);
         const data = bytesOf(text);
         assert.deepEqual(streamed(split(data, cuts), patterns), reference(data, secrets));
       },

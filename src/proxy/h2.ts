@@ -18,7 +18,7 @@ import type { TLSSocket } from "node:tls";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
-import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2 } from "./headers.js";
+import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
@@ -338,7 +338,9 @@ function relay(
     body.destroy();
     return;
   }
-  const headers = endToEnd(rh, NOT_END_TO_END_H2);
+  // Header values and trailers are scrubbed too: an upstream may reflect a request header (the
+  // credential the proxy put there) into a response header or a trailer.
+  const headers = scrubHeaders(endToEnd(rh, NOT_END_TO_END_H2), scrub);
   const status = tally.status;
   if (endNow) {
     // A headers-only answer (gRPC's "Trailers-Only", 204...) stays one HEADERS frame with END_STREAM.
@@ -384,7 +386,7 @@ function relay(
   cs.once("wantTrailers", () => {
     const tr = trailers();
     try {
-      cs.sendTrailers(tr ? endToEnd(tr, NOT_END_TO_END_H2) : {});
+      cs.sendTrailers(tr ? scrubHeaders(endToEnd(tr, NOT_END_TO_END_H2), scrub) : {});
     } catch {
       cs.close(NGHTTP2_INTERNAL_ERROR);
     }

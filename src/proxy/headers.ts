@@ -6,6 +6,7 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { parseHostLiteral } from "./guard.js";
+import { scrub, type ScrubPatterns } from "./scrub.js";
 
 /** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -68,4 +69,23 @@ export function askPolicy(
   } catch (e) {
     return Promise.reject(e);
   }
+}
+
+/**
+ * `h` with every header value scrubbed (a credential the upstream reflects, in a CORS
+ * `Access-Control-Allow-Origin` echoing `Origin`, a `Location` keeping the query, a cookie, a trailer,
+ * becomes its placeholder), as bytes: values are taken as latin1, as node's parsers give them. Names
+ * are kept; a value with nothing to replace is the same string.
+ */
+export function scrubHeaders<T extends IncomingHttpHeaders | OutgoingHttpHeaders>(h: T, patterns: ScrubPatterns | undefined): T {
+  if (!patterns) return h;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(h)) out[k] = Array.isArray(v) ? v.map((one: string) => scrubText(one, patterns)) : typeof v === "string" ? scrubText(v, patterns) : v;
+  return out as T;
+}
+
+/** One header value (or a reason phrase) scrubbed, latin1 in and out. */
+export function scrubText(value: string, patterns: ScrubPatterns | undefined): string {
+  if (!patterns || value.length === 0) return value;
+  return scrub(Buffer.from(value, "latin1"), patterns).toString("latin1");
 }

@@ -13,7 +13,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
-import { askPolicy, authority, endToEnd, hostOf } from "./headers.js";
+import { askPolicy, authority, endToEnd, hostOf, scrubHeaders, scrubText } from "./headers.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
@@ -219,7 +219,9 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
 
 /** Streams an upstream response to the client (through the scrubber if `scrub` is set); `done` once, at the end. */
 export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
-  const headers: OutgoingHttpHeaders = endToEnd(ur.headers);
+  // Header values and the reason phrase are scrubbed too: an upstream may reflect a request header
+  // (the credential the proxy put there) into a response header.
+  const headers: OutgoingHttpHeaders = scrubHeaders(endToEnd(ur.headers), scrub);
   const stages: NodeJS.ReadWriteStream[] = [];
   if (scrub) {
     const enc = String(ur.headers["content-encoding"] ?? "identity").toLowerCase();
@@ -238,7 +240,7 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
     if (decode) stages.push(decode);
     stages.push(new ScrubStream(scrub));
   }
-  res.writeHead(ur.statusCode ?? 502, ur.statusMessage, headers);
+  res.writeHead(ur.statusCode ?? 502, scrubText(ur.statusMessage ?? "", scrub) || undefined, headers);
   // One pipeline for the whole chain (each pipeline() call costs an AbortController and listeners).
   pipeline([ur, ...stages, res], (err) => {
     if (err) {

@@ -93,6 +93,11 @@ export interface LeaseEgressOptions {
 
 interface Held extends ProxyCredential {
   patterns: DomainPattern[];
+  /**
+   * What the tripwire looks for besides the placeholder and value as they are: their base64 and
+   * base64url forms at each alignment ({@link base64Cores}); texts are also percent-decoded first.
+   */
+  hidden: string[];
   dead: string | null;
   tunnels: Set<TunnelHandle>;
 }
@@ -125,10 +130,14 @@ export class LeaseEgress implements Egress {
     this.#held = o.credentials.map((c) => ({
       ...c,
       patterns: c.lease.domains.map((d) => parseDomainPattern(d)),
+      hidden: [...base64Cores(c.placeholder), ...(c.value.length >= 8 ? base64Cores(c.value) : [])],
       dead: null,
       tunnels: new Set(),
     }));
-    const pairs = this.#held.filter((h) => h.value.length > 0).map((h) => ({ value: h.value, placeholder: h.placeholder }));
+    // Each value as it is, and in the encoded forms an upstream may echo it in (the base64 of a Basic
+    // pair, a percent-encoded query parameter in a Location, a JSON-escaped string), each replaced by
+    // the same form of its placeholder.
+    const pairs = this.#held.filter((h) => h.value.length > 0).flatMap((h) => [{ value: h.value, placeholder: h.placeholder }, ...encodedForms(h.value, h.placeholder)]);
     this.#scrub = pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
   }
 
@@ -161,8 +170,9 @@ export class LeaseEgress implements Egress {
 
   async #prepare(req: ProxiedRequest, tunnel: TunnelHandle): Promise<Prepared> {
     const carried = this.#carried(req);
-    // Tripwire first: a credential on its way to a host its lease does not cover.
-    const astray = carried.filter((h) => !covers(h, req.host));
+    // Tripwire first: a credential on its way to a host its lease does not cover, as it is or hidden
+    // (percent-encoded, base64, in a header name).
+    const astray = this.#held.filter((h) => !covers(h, req.host) && (carried.includes(h) || this.#hides(req, h)));
     if (astray.length > 0) return this.#tripwire(req, astray);
 
     // A body or frames still to come may carry a placeholder the headers do not: see the module comment.
@@ -231,6 +241,20 @@ export class LeaseEgress implements Egress {
       }
     }
     return this.#held.filter((h) => texts.some((t) => t.includes(h.placeholder) || (h.value.length >= 8 && t.includes(h.value))));
+  }
+
+  /** True when the request's target, a header name or a header value hides `h`'s placeholder or value in an encoded form. */
+  #hides(req: ProxiedRequest, h: Held): boolean {
+    const lower = [h.placeholder.toLowerCase(), ...(h.value.length >= 8 ? [h.value.toLowerCase()] : [])];
+    const texts = [req.target];
+    for (const [k, v] of Object.entries(req.headers)) {
+      // Header names arrive lower case: compare them so.
+      if (lower.some((m) => k.includes(m))) return true;
+      if (v !== undefined) texts.push(...(Array.isArray(v) ? v : [v]));
+    }
+    const marks = [h.placeholder, ...(h.value.length >= 8 ? [h.value] : []), ...h.hidden];
+    for (const text of texts) for (const t of percentDecodings(text)) if (marks.some((m) => t.includes(m))) return true;
+    return false;
   }
 
   async #tripwire(req: ProxiedRequest, astray: Held[]): Promise<Prepared> {
@@ -406,4 +430,63 @@ function withQueryParam(target: string, param: string, value: string): string {
   const params = new URLSearchParams(q < 0 ? "" : target.slice(q + 1));
   params.set(param, value);
   return `${path}?${params.toString()}`;
+}
+
+/** Shortest encoded form worth matching (the tripwire and the scrubber): shorter ones could occur by chance. */
+const MIN_FORM = 12;
+
+/**
+ * The base64 and base64url characters that encode `text` alone, at each of the three alignments it can
+ * have inside a longer encoded string (the characters that also depend on its neighbours are left
+ * out): `base64("u:" + text)`, the Basic pair, holds one of them whatever `u` is.
+ */
+export function base64Cores(text: string): string[] {
+  const bytes = Buffer.from(text, "utf8");
+  const out: string[] = [];
+  for (const shift of [0, 1, 2]) {
+    const enc = Buffer.concat([Buffer.alloc(shift), bytes]).toString("base64");
+    const core = enc.slice([0, 2, 3][shift], Math.floor((8 * (shift + bytes.length)) / 6));
+    out.push(core, core.replace(/\+/g, "-").replace(/\//g, "_"));
+  }
+  return out.filter((c) => c.length >= MIN_FORM);
+}
+
+/**
+ * Encoded forms of `value`, each paired with the same form of `placeholder`, for the response
+ * scrubber: percent-encoded (upper and lower case hex, and form-encoded), JSON-escaped (`/` as `\/`
+ * too), base64 and base64url at each alignment. Forms equal to the value, or too short to match safely,
+ * are left out.
+ */
+export function encodedForms(value: string, placeholder: string): { value: string; placeholder: string }[] {
+  const form = (s: string): string => new URLSearchParams([["", s]]).toString().slice(1);
+  const lowerHex = (s: string): string => s.replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
+  const json = (s: string): string => JSON.stringify(s).slice(1, -1);
+  const text: ((s: string) => string)[] = [
+    encodeURIComponent,
+    (s) => lowerHex(encodeURIComponent(s)),
+    form,
+    (s) => lowerHex(form(s)),
+    json,
+    (s) => json(s).replace(/\//g, "\\/"),
+  ];
+  const pairs = new Map<string, string>();
+  for (const f of text) pairs.set(f(value), f(placeholder));
+  const cv = base64Cores(value);
+  const cp = base64Cores(placeholder);
+  // Both lists drop short cores alike only when lengths match: pair them by position when they do.
+  if (cv.length === cp.length) cv.forEach((c, i) => pairs.set(c, cp[i]!));
+  pairs.delete(value);
+  return [...pairs].filter(([v]) => v.length >= MIN_FORM).map(([v, p]) => ({ value: v, placeholder: p }));
+}
+
+/** `text`, and it percent-decoded once, twice and three times (bytes as latin1), while that changes it. */
+function percentDecodings(text: string): string[] {
+  const out = [text];
+  let t = text;
+  for (let i = 0; i < 3 && t.includes("%"); i++) {
+    const next = t.replace(/%([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+    if (next === t) break;
+    out.push((t = next));
+  }
+  return out;
 }

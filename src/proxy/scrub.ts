@@ -29,6 +29,9 @@ export interface SecretPattern {
   placeholder: Uint8Array | string;
 }
 
+/** Most distinct needles the root-state jump searches for ({@link ScrubPatterns.needles}); with more, every byte is stepped. */
+const MAX_NEEDLES = 16;
+
 /** The automaton's table is capped (entries: states × byte classes), so a huge set cannot eat memory. */
 const MAX_TABLE_ENTRIES = 16 * 1024 * 1024;
 
@@ -69,11 +72,15 @@ export class ScrubPatterns {
   /** Per state: 1 if a longer secret extends this state's prefix. @internal */
   readonly hasDeeper: Uint8Array;
   /**
-   * The distinct first bytes of the secrets when there are at most four (usually: secrets share a
-   * public prefix such as `ghp_`), else null. At the root state the scrubber jumps to the next of them
-   * with `Buffer.indexOf` (memchr) instead of stepping byte by byte. @internal
+   * The distinct first {@link needleLength} bytes of the secrets when there are at most
+   * {@link MAX_NEEDLES} of them, else null. At the root state the scrubber jumps to the next place one
+   * of them starts, with `Buffer.indexOf` (native), instead of stepping byte by byte: a secret's
+   * encoded forms (src/proxy/lease-egress.ts) start with letters that plain text is full of, so a
+   * first byte alone would stop the jump every few bytes, where four rarely match. @internal
    */
-  readonly firsts: readonly number[] | null;
+  readonly needles: readonly Buffer[] | null;
+  /** Length of each needle: the shortest secret's length, at most 4. @internal */
+  readonly needleLength: number;
   /** @internal */ readonly placeholders: readonly Buffer[];
 
   /**
@@ -176,8 +183,15 @@ export class ScrubPatterns {
     this.dict = dict;
     this.hasOut = hasOut;
     this.hasDeeper = hasDeeper;
-    const firsts = [...new Set(values.map((v) => v[0]!))];
-    this.firsts = firsts.length > 0 && firsts.length <= 4 ? firsts : null;
+    const len = Math.min(4, ...values.map((v) => v.length));
+    const needles: Buffer[] = [];
+    for (const v of values) {
+      const prefix = v.subarray(0, len);
+      if (!needles.some((nd) => nd.equals(prefix))) needles.push(Buffer.from(prefix)); // a copy: the caller may wipe its value
+      if (needles.length > MAX_NEEDLES) break;
+    }
+    this.needleLength = len;
+    this.needles = needles.length > 0 && needles.length <= MAX_NEEDLES ? needles : null;
   }
 }
 
@@ -251,21 +265,25 @@ export class Scrubber {
       if (b > start) out.push(input.subarray(Math.max(a, start) - start, b - start));
     };
 
-    // At the root state with nothing pending, jump to the next byte that starts a secret (memchr).
-    const firsts = this.p.firsts;
-    const nextAt = firsts ? firsts.map(() => -1) : [];
+    // At the root state with nothing pending, jump to the next place a secret's first bytes start. No
+    // secret starts before it (each starts with one of the needles), so the automaton would be back at
+    // the root there anyway. A needle cut by the chunk's end is not found: the last needleLength - 1
+    // bytes are always stepped, so that the state carried to the next chunk is exact.
+    const needles = this.p.needles;
+    const stepFrom = n - this.p.needleLength + 1;
+    const nextAt = needles ? needles.map(() => -1) : [];
     const nextFirst = (from: number): number => {
       let j = n;
       for (let k = 0; k < nextAt.length; k++) {
         if (nextAt[k]! < from) {
-          const f = input.indexOf(firsts![k]!, from);
+          const f = input.indexOf(needles![k]!, from);
           nextAt[k] = f < 0 ? n : f;
         }
         if (nextAt[k]! < j) j = nextAt[k]!;
       }
-      return j;
+      return j === n ? Math.max(from, stepFrom) : j;
     };
-    const skip = firsts !== null;
+    const skip = needles !== null;
 
     // A local copy of `pending === 0`, refreshed after every change (a field read costs in the hot loop).
     let idle = this.pending === 0;
