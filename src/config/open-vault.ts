@@ -16,7 +16,7 @@ import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
 import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
-import { assertPrivateDir, ensurePrivateDir } from "../fs/perms.js";
+import { assertPrivateDir, assertSafeLocation, ensurePrivateDir } from "../fs/perms.js";
 import { STARTER_POLICY } from "./starter-policy.js";
 import { openStore } from "./store-factory.js";
 import { commandRotationHooks } from "../hooks/run-hook.js";
@@ -144,6 +144,8 @@ export interface InitResult {
 export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const env = opts.env ?? process.env;
   const home = resolveHome(opts.home, env);
+  // Before anything is made: no other user may be able to swap the home (or a directory above it) for theirs.
+  assertSafeLocation(home, "the lessor home");
   ensurePrivateDir(home, "the lessor home");
   const created: string[] = [];
   const configPath = inHome(home, HOME_FILES.config);

@@ -9,7 +9,8 @@
  *
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
-import { chmodSync, lstatSync, mkdirSync, statSync, type Stats } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, realpathSync, statSync, type Stats } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
@@ -98,4 +99,61 @@ export function ensurePrivateDir(path: string, what = "the directory"): void {
   }
   if (created !== undefined && POSIX) chmodSync(path, 0o700); // mkdir's mode is narrowed by the umask only
   assertPrivateDir(path, what);
+}
+
+/**
+ * Checks that no other user can swap `path` for something of theirs: on the way to it (as given, then
+ * as its real path once it exists), every existing directory belongs to root or the current user and
+ * is not writable by group or others unless it is sticky (like /tmp) and the entry below it belongs
+ * to root or the current user; and no entry on the way is a symlink of another user's. Missing
+ * components are skipped (the caller creates them, privately). The same rule as the daemon's socket
+ * directory (src/server/transports/socket-dir.ts). Throws VaultError("insecure_permissions") naming
+ * the directory at fault. Does nothing on Windows.
+ */
+export function assertSafeLocation(path: string, what: string): void {
+  if (!POSIX) return;
+  const uid = process.getuid!();
+  const trusted = (u: number): boolean => u === 0 || u === uid;
+  const walk = (p: string): void => {
+    for (let child = p, parent = dirname(p); parent !== child; child = parent, parent = dirname(parent)) {
+      const cs = lstatOrNull(child);
+      if (cs?.isSymbolicLink() && !trusted(cs.uid))
+        throw new VaultError("insecure_permissions", `${child}, on the way to ${what} ${path}, is a symbolic link of uid ${cs.uid}, who could point it elsewhere; use a path without it`);
+      let ps: Stats;
+      try {
+        ps = statSync(parent);
+      } catch {
+        continue; // missing: created by us
+      }
+      if (!trusted(ps.uid))
+        throw new VaultError("insecure_permissions", `${parent}, above ${what} ${path}, belongs to uid ${ps.uid}, who could move ${child} away and replace it; choose a path under directories owned by you or root`);
+      if ((ps.mode & 0o022) !== 0) {
+        const sticky = (ps.mode & 0o1000) !== 0;
+        if (!sticky || (cs !== null && !trusted(cs.uid)))
+          throw new VaultError(
+            "insecure_permissions",
+            cs !== null && sticky
+              ? `${child}, on the way to ${what} ${path}, belongs to uid ${cs.uid} in the shared directory ${parent}; choose a path of your own`
+              : `${parent}, above ${what} ${path}, can be written by other users (mode ${octal(ps.mode)}), who could move ${child} away and replace it; fix it with: chmod go-w ${parent}, or choose another path`,
+          );
+      }
+    }
+  };
+  const given = resolve(path);
+  walk(given);
+  let real: string | null = null;
+  try {
+    real = realpathSync(given);
+  } catch {
+    // does not exist yet
+  }
+  if (real !== null && real !== given) walk(real);
+}
+
+function lstatOrNull(p: string): Stats | null {
+  try {
+    return lstatSync(p);
+  } catch {
+    return null;
+  }
 }

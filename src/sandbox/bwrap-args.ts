@@ -41,7 +41,10 @@ function namespaceArgs(o: BwrapOptions): string[] {
   ];
 }
 
-/** The mounts, in order: the layout's, a fresh /proc and /dev, the read-only overlays, the masks, then the root made read-only. */
+/**
+ * The mounts, in order: the layout's, a fresh /proc and /dev, the pinned git directories, the
+ * read-only overlays and sealed directories, the masks, then the root made read-only.
+ */
 function mountArgs(layout: Layout, binds: { from: string; to: string }[]): string[] {
   const a: string[] = [];
   for (const m of layout.mounts) {
@@ -52,7 +55,9 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
   }
   for (const b of binds) a.push("--ro-bind", b.from, b.to);
   a.push("--proc", "/proc", "--dev", "/dev");
+  for (const p of layout.pinned) a.push("--bind", p, p);
   for (const p of layout.readOnly) a.push("--ro-bind", p, p);
+  for (const p of layout.sealed) a.push("--tmpfs", p, "--remount-ro", p);
   for (const m of layout.masks) {
     if (m.dir) a.push("--tmpfs", m.path, "--remount-ro", m.path);
     else a.push("--ro-bind", "/dev/null", m.path);

@@ -5,7 +5,7 @@
  * on its status pipe).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { closeSync, readdirSync, readFileSync } from "node:fs";
 import { encodeArgs } from "./bwrap-args.js";
 
 /** How one of the command's standard streams is given: lessor's own, or a pipe to lessor. */
@@ -41,12 +41,55 @@ function childrenOf(pid: number): number[] {
   }
 }
 
+/** O_CLOEXEC as /proc/PID/fdinfo/N's octal `flags:` line shows it (Linux: 02000000). */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes, in this process, every descriptor above stderr that is not close-on-exec: those lessor
+ * inherited from whoever started it (a shell's `exec 5<file`, a careless parent, a supervisor's
+ * pipe). bwrap passes on every descriptor it inherits, so without this the agent would find them
+ * under /proc/self/fd and read the owner's files through them. lessor's own descriptors (Node and
+ * libuv open everything with O_CLOEXEC) are kept, and so is a Node IPC channel
+ * (`NODE_CHANNEL_FD`). Returns the descriptors closed. Linux only; elsewhere it closes nothing.
+ */
+export function closeInheritedDescriptors(): number[] {
+  let fds: number[];
+  try {
+    fds = readdirSync("/proc/self/fd").map(Number).filter((n) => Number.isInteger(n) && n > 2);
+  } catch {
+    return [];
+  }
+  const keep = Number(process.env["NODE_CHANNEL_FD"] ?? -1);
+  const closed: number[] = [];
+  for (const fd of fds) {
+    if (fd === keep) continue;
+    let flags: number;
+    try {
+      const m = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"));
+      if (!m) continue;
+      flags = parseInt(m[1]!, 8);
+    } catch {
+      continue; // the directory's own descriptor (gone by now), or closed meanwhile
+    }
+    if ((flags & O_CLOEXEC) !== 0) continue;
+    try {
+      closeSync(fd);
+      closed.push(fd);
+    } catch {
+      // already closed
+    }
+  }
+  return closed;
+}
+
 /**
  * Starts `bwrap --args 3 --json-status-fd 4 -- CMD ARGS…` with the arguments of
  * src/sandbox/bwrap-args.ts written to fd 3 (then wiped) and an empty environment of its own.
- * `stdio` gives the command's stdin, stdout and stderr.
+ * `stdio` gives the command's stdin, stdout and stderr; no other descriptor of lessor's reaches the
+ * sandbox ({@link closeInheritedDescriptors}).
  */
 export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[]): Sandboxed {
+  closeInheritedDescriptors();
   const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe"] });
   const blob = encodeArgs(args);
   const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;

@@ -13,10 +13,11 @@
  *   home or of any directory above it (the agent could plant ~/.bashrc and run as the owner later);
  *   the root directory; /tmp, /run and the like as a whole (other programs' sockets live there).
  */
-import { existsSync, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
+import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets } from "./hidden.js";
+import { planGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
 export interface Protected {
@@ -54,8 +55,17 @@ export interface Mask {
 /** The sandbox's filesystem. */
 export interface Layout {
   mounts: Mount[];
+  /**
+   * Paths inside writable binds bound onto themselves, still writable, so that they are mount points
+   * the agent cannot rename or remove (a repository's `.git`: src/sandbox/git-guard.ts).
+   */
+  pinned: string[];
   /** Paths inside writable binds shown read-only (a project's git hooks and config run later as the owner). */
   readOnly: string[];
+  /** Missing paths inside writable binds made empty read-only directories (a repository's missing hooks directory). */
+  sealed: string[];
+  /** What to check in each guarded repository after the run (src/sandbox/git-guard.ts). */
+  git: GitGuard[];
   masks: Mask[];
   /** The working directory inside. */
   cwd: string;
@@ -71,8 +81,6 @@ const SYSTEM_LINKS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
  * the owner's ssh agent or a tmux session outside the sandbox.
  */
 const SHARED_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/var"];
-/** Inside a writable directory, shown read-only: git runs these as the owner, outside the sandbox. */
-const KEEP_READ_ONLY = [".git/hooks", ".git/config"];
 
 /** True when `p` is `dir` or inside it. */
 export function within(p: string, dir: string): boolean {
@@ -160,9 +168,20 @@ export function planLayout(req: LayoutRequest): Layout {
   // Parents before children; at one depth the system first, then scratch, then binds (stable sort).
   mounts.sort((a, b) => depth(a.path) - depth(b.path));
 
+  // Git repositories in writable binds: what the owner's git runs later stays out of the agent's reach.
+  const pinned: string[] = [];
   const readOnly: string[] = [];
-  for (const [path, b] of binds)
-    if (b.writable) for (const k of KEEP_READ_ONLY) if (existsSync(`${path}/${k}`) && !lstatSync(`${path}/${k}`).isSymbolicLink()) readOnly.push(`${path}/${k}`);
+  const sealed: string[] = [];
+  const git: GitGuard[] = [];
+  const writable = (p: string): boolean => [...binds].some(([path, b]) => b.writable && within(p, path));
+  for (const [path, b] of binds) {
+    if (!b.writable) continue;
+    const g = planGit(path, writable, homeReal ?? home);
+    pinned.push(...g.pinned);
+    for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
+    sealed.push(...g.sealed);
+    if (g.guard) git.push(g.guard);
+  }
 
   // A protected path is covered when the deepest mount holding it shows the host there.
   const masks: Mask[] = [];
@@ -175,7 +194,10 @@ export function planLayout(req: LayoutRequest): Layout {
     } catch {
       continue; // nothing there to hide
     }
-    if (st.isSymbolicLink()) continue; // its target is protected (and covered) on its own
+    // Reached through a symlink (itself or a directory on its way, such as a home given as a link
+    // inside the project): inside, the kernel follows it to the real path, which is protected and
+    // covered on its own; a mask here would have bwrap make a mount point inside another cover.
+    if (st.isSymbolicLink() || real(p.path) !== p.path) continue;
     masks.push({ path: p.path, dir: st.isDirectory(), what: p.what });
   }
   masks.sort((a, b) => depth(a.path) - depth(b.path));
@@ -184,7 +206,7 @@ export function planLayout(req: LayoutRequest): Layout {
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
-  return { mounts, readOnly, masks: unique, cwd };
+  return { mounts, pinned, readOnly, sealed, git, masks: unique, cwd };
 }
 
 /**
@@ -198,4 +220,13 @@ export function shows(layout: Layout, path: string): boolean {
   const holder = layout.mounts.filter((m) => m.kind !== "symlink" && within(r, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
   if (!holder || holder.kind === "scratch") return false;
   return !layout.masks.some((m) => within(r, m.path));
+}
+
+/**
+ * The writable bind (the project, a `[run] write` path) that holds the host's `path`, or null: what
+ * the agent can change there, the owner may run later.
+ */
+export function writableAt(layout: Layout, path: string): string | null {
+  const holder = layout.mounts.filter((m) => m.kind === "bind" && within(path, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+  return holder && holder.kind === "bind" && holder.writable && !layout.readOnly.some((r) => within(path, r)) ? holder.path : null;
 }

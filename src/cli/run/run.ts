@@ -16,6 +16,7 @@ import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
+import { checkGitAfterRun } from "../../sandbox/git-guard.js";
 import type { VaultSession } from "./vault-session.js";
 
 /** Options of {@link runChild}. */
@@ -70,7 +71,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     if (o.sandbox) {
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
-    } else cli.err(noSandboxWarning(paths));
+    } else cli.err(noSandboxWarning(paths, process.env));
     // An agent session for the sandboxed command; unconfined, the command is you and needs none.
     if (!o.sandbox && o.vaultSession === true)
       throw new VaultError("invalid_request", "--vault-session gives the sandboxed command an agent session at the vault; with --no-sandbox the command runs as you and can reach the vault as you: drop one of the two");
@@ -162,6 +163,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     );
     relay.attach(child, signal);
     const ended = await exited(child);
+    // Every process of the sandbox is gone: undo what it planted for the owner's git (src/sandbox/git-guard.ts).
+    if (sandbox) for (const line of checkGitAfterRun(sandbox.layout.git)) cli.err(line);
     // The child is gone: its vault session ends (its token revoked), its proxy stops (its last audit
     // reports written), then its leases end, before lessor waits for the last of its output.
     await endSession();

@@ -16,7 +16,7 @@ import { bridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
 import { withheldReason } from "../../sandbox/env.js";
 import { CREDENTIAL_STORES, expandHome } from "../../sandbox/hidden.js";
-import { planLayout, shows, type Layout, type Protected } from "../../sandbox/layout.js";
+import { planLayout, shows, writableAt, type Layout, type Protected } from "../../sandbox/layout.js";
 import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/launch.js";
 import type { EnvVar, VarRefs } from "./child-env.js";
 
@@ -36,9 +36,15 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
   return { home, keyFile: inHome(home, config.keys.file), socket, config };
 }
 
-/** The one line `--no-sandbox` prints: what the unconfined agent can reach. */
-export function noSandboxWarning(p: VaultPaths): string {
-  return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), the vault's key file ${p.keyFile} and home ${p.home}, and connect to the daemon's socket ${p.socket}`;
+/**
+ * The one line `--no-sandbox` prints: what the unconfined agent can reach. When the master key or
+ * the passphrase is in lessor's own environment, the line says so: the agent is not given them, but
+ * it can read them from lessor's /proc/PID/environ.
+ */
+export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
+  const inEnv = ["LESSOR_MASTER_KEY", "LESSOR_PASSPHRASE", "LESSOR_TOKEN"].filter((k) => env[k]);
+  const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
+  return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), the vault's key file ${p.keyFile} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
 }
 
 /** Directories that hold a socket among other things: hiding one would hide too much. */
@@ -112,6 +118,29 @@ export interface RunSandbox {
   start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string, runDir?: string): Sandboxed;
 }
 
+/**
+ * Refuses a bwrap that the sandboxed agent could write (found on PATH in the project, a virtualenv's
+ * bin in it, a `[run] write` path): an agent of an earlier run could have replaced it, and lessor runs
+ * it as the owner, unconfined, with the child's environment in its arguments. Throws
+ * VaultError("invalid_request").
+ */
+export function refuseWritableBwrap(bwrap: string, layout: Layout): void {
+  let real: string;
+  try {
+    real = realpathSync(bwrap);
+  } catch {
+    return; // gone: the probe reports it
+  }
+  for (const p of [bwrap, real]) {
+    const at = writableAt(layout, p);
+    if (at !== null)
+      throw new VaultError(
+        "invalid_request",
+        `the bwrap found on PATH, ${bwrap}, is inside ${at}, which the sandboxed agent can write: an agent of an earlier run could have replaced it, and lessor runs bwrap as you, outside any sandbox; install bubblewrap system-wide and take that directory off PATH (or put it after /usr/bin). The command was not started`,
+      );
+  }
+}
+
 /** The one line `--network host` prints: the agent's network is not scoped. */
 export function hostNetworkWarning(): string {
   return "lessor: warning: network host: the sandboxed command shares this machine's network: it can reach any host (not only the lease's domains), services listening on loopback and abstract Unix sockets; only its files and processes are confined";
@@ -151,6 +180,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     write: expand(run.write, "write"),
     protect: protectedPaths(paths, env, home),
   });
+  refuseWritableBwrap(bwrap, layout);
   const command = findCommand(o.cmd, o.pathValue, process.cwd());
   if ("path" in command && !shows(layout, command.path))
     throw new VaultError(
