@@ -612,6 +612,22 @@ describe("lessor init against another local user (uid 65534) and a careless umas
     const ok = await init(join(sticky, "home"));
     assert.equal(ok.code, 0, ok.stderr);
   });
+
+  test("a home whose parent became writable by other users after init is not opened (embedded), and is again once fixed", async () => {
+    const parent = join(base, "later-wide");
+    mkdirSync(parent, { mode: 0o755 });
+    const home = join(parent, "home");
+    assert.equal((await init(home)).code, 0);
+    const before = await runCli(["secret", "list"], { home });
+    assert.equal(before.code, 0, before.stderr);
+    chmodSync(parent, 0o777);
+    const r = await runCli(["secret", "list"], { home });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /later-wide, above the lessor home .* can be written by other users \(mode 0777\)/);
+    chmodSync(parent, 0o755);
+    const after = await runCli(["secret", "list"], { home });
+    assert.equal(after.code, 0, after.stderr);
+  });
 });
 
 describe("the owner's terminal", { skip }, () => {

@@ -88,6 +88,8 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
   if (!existsSync(home) || !statSync(home).isDirectory())
     throw new VaultError("key_unavailable", `there is no lessor home at ${home}; run lessor init (or set LESSOR_HOME)`);
   assertPrivateDir(home, "the lessor home");
+  // As at init: a home that another user could have swapped since (a parent made writable, a symlink of theirs on the way) is not opened.
+  assertSafeLocation(home, "the lessor home");
   const cfg = loadConfig(home);
   const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
   const policyPath = inHome(home, cfg.policyFile);
