@@ -101,53 +101,72 @@ export function ensurePrivateDir(path: string, what = "the directory"): void {
   assertPrivateDir(path, what);
 }
 
+/** How {@link assertSafeAncestors} names, in its messages, the path it guards and the way out. */
+export interface GuardedPlace {
+  /** What and where, e.g. "the lessor home /home/me/.lessor". */
+  what: string;
+  /** The alternative to fixing the directory at fault, e.g. "choose another path". */
+  elsewhere: string;
+}
+
 /**
- * Checks that no other user can swap `path` for something of theirs: on the way to it (as given, then
- * as its real path once it exists), every existing directory belongs to root or the current user and
- * is not writable by group or others unless it is sticky (like /tmp) and the entry below it belongs
- * to root or the current user; and no entry on the way is a symlink of another user's. Missing
- * components are skipped (the caller creates them, privately). The same rule as the daemon's socket
- * directory (src/server/transports/socket-dir.ts). Throws VaultError("insecure_permissions") naming
- * the directory at fault. Does nothing on Windows.
+ * The rule for the directories on the way to `path`, so that no user but `uid` (and root) can swap
+ * what is there for something of theirs: whoever can write a directory can rename, delete or replace
+ * the entries in it. Each existing directory above `path` belongs to root or `uid` and is not
+ * writable by group or others, unless it is sticky (like /tmp) and the entry below it on the way
+ * belongs to root or `uid`; no entry on the way is a symbolic link of another user's. Missing
+ * components are skipped (the caller creates them, privately). Shared by the lessor home
+ * ({@link assertSafeLocation}) and the daemon's socket directory (src/server/transports/socket-dir.ts).
+ * Throws VaultError("insecure_permissions") naming the directory at fault and the fix.
+ */
+export function assertSafeAncestors(path: string, uid: number, place: GuardedPlace): void {
+  const trusted = (u: number): boolean => u === 0 || u === uid;
+  for (let child = path, parent = dirname(path); parent !== child; child = parent, parent = dirname(parent)) {
+    const cs = lstatOrNull(child);
+    if (cs?.isSymbolicLink() && !trusted(cs.uid))
+      throw new VaultError("insecure_permissions", `${child}, on the way to ${place.what}, is a symbolic link of uid ${cs.uid}, who could point it elsewhere; use a path without it`);
+    let ps: Stats;
+    try {
+      ps = statSync(parent);
+    } catch {
+      continue; // missing: created by us
+    }
+    if (!trusted(ps.uid))
+      throw new VaultError(
+        "insecure_permissions",
+        `${parent}, above ${place.what}, belongs to uid ${ps.uid}, who could move ${child} away and replace it; use directories owned by you or root, or ${place.elsewhere}`,
+      );
+    if ((ps.mode & 0o022) !== 0) {
+      const sticky = (ps.mode & 0o1000) !== 0;
+      if (!sticky || (cs !== null && !trusted(cs.uid)))
+        throw new VaultError(
+          "insecure_permissions",
+          cs !== null && sticky
+            ? `${child}, on the way to ${place.what}, belongs to uid ${cs.uid} in the shared directory ${parent}; ${place.elsewhere}`
+            : `${parent}, above ${place.what}, can be written by other users (mode ${octal(ps.mode)}), who could move ${child} away and replace it; fix it with: chmod go-w ${parent}, or ${place.elsewhere}`,
+        );
+    }
+  }
+}
+
+/**
+ * Checks the way to `path` with {@link assertSafeAncestors} for the current user: as given, then as
+ * its real path once it exists (a symlink of the user's own may lead elsewhere). Throws
+ * VaultError("insecure_permissions") naming the directory at fault. Does nothing on Windows.
  */
 export function assertSafeLocation(path: string, what: string): void {
   if (!POSIX) return;
   const uid = process.getuid!();
-  const trusted = (u: number): boolean => u === 0 || u === uid;
-  const walk = (p: string): void => {
-    for (let child = p, parent = dirname(p); parent !== child; child = parent, parent = dirname(parent)) {
-      const cs = lstatOrNull(child);
-      if (cs?.isSymbolicLink() && !trusted(cs.uid))
-        throw new VaultError("insecure_permissions", `${child}, on the way to ${what} ${path}, is a symbolic link of uid ${cs.uid}, who could point it elsewhere; use a path without it`);
-      let ps: Stats;
-      try {
-        ps = statSync(parent);
-      } catch {
-        continue; // missing: created by us
-      }
-      if (!trusted(ps.uid))
-        throw new VaultError("insecure_permissions", `${parent}, above ${what} ${path}, belongs to uid ${ps.uid}, who could move ${child} away and replace it; choose a path under directories owned by you or root`);
-      if ((ps.mode & 0o022) !== 0) {
-        const sticky = (ps.mode & 0o1000) !== 0;
-        if (!sticky || (cs !== null && !trusted(cs.uid)))
-          throw new VaultError(
-            "insecure_permissions",
-            cs !== null && sticky
-              ? `${child}, on the way to ${what} ${path}, belongs to uid ${cs.uid} in the shared directory ${parent}; choose a path of your own`
-              : `${parent}, above ${what} ${path}, can be written by other users (mode ${octal(ps.mode)}), who could move ${child} away and replace it; fix it with: chmod go-w ${parent}, or choose another path`,
-          );
-      }
-    }
-  };
+  const place = { what: `${what} ${path}`, elsewhere: "choose another path" };
   const given = resolve(path);
-  walk(given);
+  assertSafeAncestors(given, uid, place);
   let real: string | null = null;
   try {
     real = realpathSync(given);
   } catch {
     // does not exist yet
   }
-  if (real !== null && real !== given) walk(real);
+  if (real !== null && real !== given) assertSafeAncestors(real, uid, place);
 }
 
 function lstatOrNull(p: string): Stats | null {

@@ -7,13 +7,13 @@
  * - the socket's own directory belongs to the daemon's uid and is not writable by group or others;
  * - each ancestor belongs to root or the daemon's uid and is not writable by group or others, unless
  *   it is sticky (like /tmp): then others cannot rename or delete entries they do not own, and the
- *   entry on our way down is checked to belong to root or the daemon's uid.
+ *   entry on our way down is checked to belong to root or the daemon's uid (assertSafeAncestors in
+ *   src/fs/perms.ts, the rule the lessor home follows too).
  * Symbolic links on the way are resolved first and the real directories are checked, and the caller
  * uses the real path from then on, so a link changed later does not matter.
  */
 import { realpathSync, statSync, type Stats } from "node:fs";
-import { dirname } from "node:path";
-import { octal } from "../../fs/perms.js";
+import { assertSafeAncestors, octal } from "../../fs/perms.js";
 import { VaultError } from "../../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
@@ -55,25 +55,7 @@ export function assertSafeSocketDir(dir: string, uid: number): string {
       `the socket directory ${real} can be written by other users (mode ${octal(st.mode)}), who could replace the socket; fix it with: chmod go-w ${real}`,
     );
   }
-  // Walk up: each ancestor must keep others from renaming the entry below it.
-  for (let child = real, parent = dirname(real); parent !== child; child = parent, parent = dirname(parent)) {
-    const p = stat(parent, "the directory");
-    if (p.uid !== 0 && p.uid !== uid) {
-      throw new VaultError(
-        "insecure_permissions",
-        `${parent}, above the socket directory ${real}, belongs to uid ${p.uid}, who could move the socket directory away and replace it; put the socket under directories owned by you or root.`,
-      );
-    }
-    if ((p.mode & 0o022) !== 0) {
-      const c = stat(child, "the directory");
-      const sticky = (p.mode & 0o1000) !== 0;
-      if (!sticky || (c.uid !== 0 && c.uid !== uid)) {
-        throw new VaultError(
-          "insecure_permissions",
-          `${parent}, above the socket directory ${real}, can be written by other users (mode ${octal(p.mode)}), who could move ${child} away and replace it; fix it with: chmod go-w ${parent}, or put the socket elsewhere.`,
-        );
-      }
-    }
-  }
+  // Each ancestor must keep others from renaming the entry below it (the rule the lessor home follows too).
+  assertSafeAncestors(real, uid, { what: `the socket directory ${real}`, elsewhere: "put the socket elsewhere" });
   return real;
 }
