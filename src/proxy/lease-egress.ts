@@ -94,10 +94,12 @@ export interface LeaseEgressOptions {
 interface Held extends ProxyCredential {
   patterns: DomainPattern[];
   /**
-   * What the tripwire looks for besides the placeholder and value as they are: their base64 and
-   * base64url forms at each alignment ({@link base64Cores}); texts are also percent-decoded first.
+   * What the tripwire looks for in a request's texts, each also percent-decoded: the placeholder, the
+   * value (8 bytes or more), and their base64 and base64url forms at each alignment ({@link base64Cores}).
    */
-  hidden: string[];
+  marks: string[];
+  /** The placeholder and value (8 bytes or more) in lower case, as header names arrive. */
+  nameMarks: string[];
   dead: string | null;
   tunnels: Set<TunnelHandle>;
 }
@@ -130,7 +132,8 @@ export class LeaseEgress implements Egress {
     this.#held = o.credentials.map((c) => ({
       ...c,
       patterns: c.lease.domains.map((d) => parseDomainPattern(d)),
-      hidden: [...base64Cores(c.placeholder), ...(c.value.length >= 8 ? base64Cores(c.value) : [])],
+      marks: [c.placeholder, ...base64Cores(c.placeholder), ...(c.value.length >= 8 ? [c.value, ...base64Cores(c.value)] : [])],
+      nameMarks: [c.placeholder.toLowerCase(), ...(c.value.length >= 8 ? [c.value.toLowerCase()] : [])],
       dead: null,
       tunnels: new Set(),
     }));
@@ -172,7 +175,8 @@ export class LeaseEgress implements Egress {
     const carried = this.#carried(req);
     // Tripwire first: a credential on its way to a host its lease does not cover, as it is or hidden
     // (percent-encoded, base64, in a header name).
-    const astray = this.#held.filter((h) => !covers(h, req.host) && (carried.includes(h) || this.#hides(req, h)));
+    let seen: SeenTexts | undefined; // read once per request, and only when some credential is astray of this host
+    const astray = this.#held.filter((h) => !covers(h, req.host) && (carried.includes(h) || hides((seen ??= seenTexts(req)), h)));
     if (astray.length > 0) return this.#tripwire(req, astray);
 
     // A body or frames still to come may carry a placeholder the headers do not: see the module comment.
@@ -241,20 +245,6 @@ export class LeaseEgress implements Egress {
       }
     }
     return this.#held.filter((h) => texts.some((t) => t.includes(h.placeholder) || (h.value.length >= 8 && t.includes(h.value))));
-  }
-
-  /** True when the request's target, a header name or a header value hides `h`'s placeholder or value in an encoded form. */
-  #hides(req: ProxiedRequest, h: Held): boolean {
-    const lower = [h.placeholder.toLowerCase(), ...(h.value.length >= 8 ? [h.value.toLowerCase()] : [])];
-    const texts = [req.target];
-    for (const [k, v] of Object.entries(req.headers)) {
-      // Header names arrive lower case: compare them so.
-      if (lower.some((m) => k.includes(m))) return true;
-      if (v !== undefined) texts.push(...(Array.isArray(v) ? v : [v]));
-    }
-    const marks = [h.placeholder, ...(h.value.length >= 8 ? [h.value] : []), ...h.hidden];
-    for (const text of texts) for (const t of percentDecodings(text)) if (marks.some((m) => t.includes(m))) return true;
-    return false;
   }
 
   async #tripwire(req: ProxiedRequest, astray: Held[]): Promise<Prepared> {
@@ -477,6 +467,24 @@ export function encodedForms(value: string, placeholder: string): { value: strin
   if (cv.length === cp.length) cv.forEach((c, i) => pairs.set(c, cp[i]!));
   pairs.delete(value);
   return [...pairs].filter(([v]) => v.length >= MIN_FORM).map(([v, p]) => ({ value: v, placeholder: p }));
+}
+
+/** A request's header names, and its target and header values each with their percent-decodings. */
+interface SeenTexts {
+  names: string[];
+  texts: string[];
+}
+
+function seenTexts(req: ProxiedRequest): SeenTexts {
+  const names = Object.keys(req.headers);
+  const texts = percentDecodings(req.target);
+  for (const v of Object.values(req.headers)) if (v !== undefined) for (const one of Array.isArray(v) ? v : [v]) texts.push(...percentDecodings(one));
+  return { names, texts };
+}
+
+/** True when a header name, or the target or a header value (as sent or percent-decoded), holds one of `h`'s marks. */
+function hides(seen: SeenTexts, h: Held): boolean {
+  return seen.names.some((k) => h.nameMarks.some((m) => k.includes(m))) || seen.texts.some((t) => h.marks.some((m) => t.includes(m)));
 }
 
 /** `text`, and it percent-decoded once, twice and three times (bytes as latin1), while that changes it. */
