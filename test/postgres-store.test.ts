@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { isVaultError, VaultError } from "../src/base/errors.js";
+import { leaseState } from "../src/base/lease-state.js";
 import { redactUrl, poolConfig, describeTarget } from "../src/store/postgres/connection.js";
 import { openPostgresStore, type PostgresStore } from "../src/store/postgres/postgres-store.js";
 import { SCHEMA_VERSION } from "../src/store/postgres/schema.js";
@@ -293,5 +294,111 @@ describe("postgres store against a server", { skip: PG_SKIP }, () => {
     }
     const rows = await va.admin().auditQuery({ limit: 10_000 });
     assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => i + 1), "one chain, no gaps");
+  });
+
+  describe("the late lock: a batch runs before taking the write lock, and is checked under it", () => {
+    /** Two Vaults on two pools over one fresh schema, each warmed so that its next batch runs late. */
+    const pair = async (policyText: string, limits?: { maxLiveLeasesPerAgent: number }) => {
+      const schema = await fresh();
+      const key = hexKey();
+      const policy = parsePolicy(policyText, "p.toml");
+      const sa = await open(schema);
+      const sb = await open(schema);
+      const va = await Vault.open({ store: sa, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy, ...(limits ? { limits } : {}) });
+      const vb = await Vault.open({ store: sb, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy, ...(limits ? { limits } : {}) });
+      after(() => va.close());
+      after(() => vb.close());
+      await va.admin().storeSecret({ name: "tok", value: "the-value" });
+      return { sa, sb, va, vb };
+    };
+    const AT = { domain: "api.example.com" };
+
+    test("a late call that fails on what another instance has since changed is run again under the lock, not failed", async () => {
+      const schema = await fresh();
+      const a = await open(schema);
+      const b = await open(schema);
+      await a.transaction((t) => t.setMeta("key_id", "k1"));
+      await a.transaction(async (t) => void (await t.getMeta("key_id"))); // A caches k1, and its next batch runs late
+      await b.transaction((t) => t.setMeta("key_id", "k2")); // B moves it on (as a key rotation would)
+      const r0 = a.stats().relocked;
+      // Like a decrypt under a key this instance no longer holds: the call throws on a stale read.
+      const got = await a.transaction(async (t) => {
+        const k = await t.getMeta("key_id");
+        if (k !== "k2") throw new VaultError("key_unavailable", `stale key id ${String(k)}`);
+        await t.insertLease(leaseRec("after-rotation"));
+        return k;
+      });
+      assert.equal(got, "k2");
+      assert.equal(a.stats().relocked - r0, 1, "the late run failed and was run again under the lock");
+      // A real failure still fails (under the lock, once more), and leaves nothing.
+      await assert.rejects(
+        a.transaction(async (t) => {
+          await t.insertLease(leaseRec("doomed"));
+          throw new VaultError("invalid_request", "its own fault");
+        }),
+        (e) => isVaultError(e, "invalid_request"),
+      );
+      assert.equal(await a.getLease("doomed"), null);
+    });
+
+    test("a killswitch pulled on A while B's cache says it is off: B's late grant is caught under the lock and refused", async () => {
+      const { sa, sb, va, vb } = await pair(grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1"));
+      const cb = vb.session(agent("claude"));
+      for (let i = 0; i < 3; i++) (await cb.requestLeaseAndAccess({ secret: "tok" }, AT)).value.wipe();
+      assert.ok(sb.stats().late >= 1, `B's batches ran late: ${JSON.stringify(sb.stats())}`);
+      await va.admin().killswitch("drill");
+      const r0 = sb.stats().relocked;
+      // B's cache still holds "killswitch off" from its last commit: the grant is decided on it, and
+      // only the check under the lock (A's commit changed metadata) can stop it.
+      const code = await cb.requestLeaseAndAccess({ secret: "tok" }, AT).then((g) => (g.value.wipe(), "granted"), (e: VaultError) => e.code);
+      assert.equal(code, "access_denied");
+      assert.equal(sb.stats().relocked - r0, 1, "the late batch ran again under the lock");
+      assert.equal((await va.admin().listLeases({ agent: "claude" })).filter((l) => leaseState(l, Date.now()) === "live").length, 0);
+      void sa;
+    });
+
+    test("per-agent cap across instances: both grant from cached bounds at once, and no more than the cap commit", async () => {
+      const policy = grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1") + grant("g2", ["claude"], ["tok2"], ["api.example.com"], 'ttl = "1h"');
+      const { sa, sb, va, vb } = await pair(policy, { maxLiveLeasesPerAgent: 4 });
+      await va.admin().storeSecret({ name: "tok2", value: "the-other-value" });
+      const ca = va.session(agent("claude"));
+      const cb = vb.session(agent("claude"));
+      // Warm both with plain commits (leases used up at birth): each caches the agent's bound, 0.
+      for (let i = 0; i < 12; i++) for (const c of [ca, cb]) (await c.requestLeaseAndAccess({ secret: "tok" }, AT)).value.wipe();
+      const l0 = sa.stats().late + sb.stats().late;
+      const r0 = sa.stats().relocked + sb.stats().relocked;
+      const out = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? ca : cb).requestLease({ secret: "tok2" })));
+      const granted = out.filter((r) => r.status === "fulfilled").length;
+      for (const r of out) if (r.status === "rejected") assert.ok(isVaultError(r.reason, "rate_limited"), String(r.reason));
+      const live = (await va.admin().listLeases({ agent: "claude" })).filter((l) => leaseState(l, Date.now()) === "live").length;
+      assert.equal(live, 4, `live leases after the race (granted ${granted})`);
+      assert.equal(granted, 4);
+      assert.ok(sa.stats().late + sb.stats().late - l0 >= 1, "a batch committed late");
+      assert.ok(sa.stats().relocked + sb.stats().relocked - r0 >= 1, "the other side's late batch, which read a stale bound, ran again under the lock");
+    });
+
+    test("an instance's own late batches need no re-run when the other's commits are plain; the chain they interleave verifies", async () => {
+      const { sa, sb, va, vb } = await pair(grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1"));
+      const ca = va.session(agent("claude"));
+      const cb = vb.session(agent("claude"));
+      for (let i = 0; i < 12; i++) for (const c of [ca, cb]) (await c.requestLeaseAndAccess({ secret: "tok" }, AT)).value.wipe();
+      const r0 = sa.stats().relocked + sb.stats().relocked;
+      const l0 = sa.stats().late + sb.stats().late;
+      await Promise.all(Array.from({ length: 64 }, (_, i) => (i % 2 === 0 ? ca : cb).requestLeaseAndAccess({ secret: "tok" }, AT).then((g) => g.value.wipe())));
+      assert.equal(sa.stats().relocked + sb.stats().relocked - r0, 0, "lease+access commits are plain: nothing ran again");
+      assert.ok(sa.stats().late + sb.stats().late - l0 >= 2, "they committed late");
+      // A commit that is not plain (a revocation on A) makes B's next late batch run again under the lock.
+      const lease = await ca.requestLease({ secret: "tok" });
+      await va.admin().revokeLease(lease.id, "test");
+      const rb = sb.stats().relocked;
+      (await cb.requestLeaseAndAccess({ secret: "tok" }, AT)).value.wipe();
+      assert.equal(sb.stats().relocked - rb, 1);
+      for (const v of [va, vb]) {
+        const res = await v.admin().auditVerify();
+        assert.equal(res.ok, true, res.problem);
+      }
+      const rows = await va.admin().auditQuery({ limit: 10_000 });
+      assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => i + 1), "one chain, no gaps");
+    });
   });
 });

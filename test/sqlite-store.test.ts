@@ -375,7 +375,7 @@ describe("sqlite store", () => {
     await store.close();
   });
 
-  test("beforeCommit: one run per batch for a function many calls registered; a failing one undoes the batch", async () => {
+  test("beforeCommit: one run per batch for a function many calls registered; a failing one fails the calls that registered it", async () => {
     const store = openSqliteStore(freshPath());
     try {
       let shared = 0;
@@ -403,26 +403,43 @@ describe("sqlite store", () => {
       assert.equal(fromFailed, 0, "nothing runs for a call that was rolled back");
       assert.equal(await store.getMeta("calls-seen"), "10", "it ran after every call of the batch");
 
-      // A beforeCommit function that throws takes its whole batch with it, siblings included.
+      // A beforeCommit function that only one call registered and that throws fails that call alone:
+      // its writes are undone, its siblings commit (a call's own audit events work this way).
       const failing = await Promise.allSettled([
         store.transaction((t) => t.setMeta("sibling", "1")),
         store.transaction(async (t) => {
           await t.setMeta("owner", "1");
-          t.beforeCommit(async () => {
-            throw new Error("checkpoint write failed");
+          t.beforeCommit(async (ft) => {
+            await ft.setMeta("owner-finisher", "1");
+            throw new Error("its audit write failed");
           });
         }),
         store.transaction(async () => {
           throw new Error("its own error");
         }),
       ]);
-      assert.deepEqual(
-        failing.map((r) => (r.status === "rejected" ? (r.reason as Error).message : "fulfilled")),
-        ["checkpoint write failed", "checkpoint write failed", "its own error"],
-        "a call that had already failed keeps its own error",
-      );
-      assert.equal(await store.getMeta("sibling"), null);
-      assert.equal(await store.getMeta("owner"), null);
+      const outcome = (rs: PromiseSettledResult<unknown>[]) => rs.map((r) => (r.status === "rejected" ? (r.reason as Error).message : "fulfilled"));
+      assert.deepEqual(outcome(failing), ["fulfilled", "its audit write failed", "its own error"], "a call that had already failed keeps its own error");
+      assert.equal(await store.getMeta("sibling"), "1");
+      assert.equal(await store.getMeta("owner"), null, "the owner's own writes are undone");
+      assert.equal(await store.getMeta("owner-finisher"), null);
+      // One that several calls registered and that throws takes the whole batch with it.
+      const sharedFailing = async (): Promise<void> => {
+        throw new Error("checkpoint write failed");
+      };
+      const all = await Promise.allSettled([
+        store.transaction(async (t) => {
+          await t.setMeta("first", "1");
+          t.beforeCommit(sharedFailing);
+        }),
+        store.transaction(async (t) => {
+          await t.setMeta("second", "1");
+          t.beforeCommit(sharedFailing);
+        }),
+      ]);
+      assert.deepEqual(outcome(all), ["checkpoint write failed", "checkpoint write failed"]);
+      assert.equal(await store.getMeta("first"), null);
+      assert.equal(await store.getMeta("second"), null);
       await store.transaction((t) => t.setMeta("after", "1"));
       assert.equal(await store.getMeta("after"), "1", "the store goes on");
     } finally {

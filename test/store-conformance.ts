@@ -622,7 +622,7 @@ export function storeConformance(label: string, make: StoreFactory): void {
         };
         const v = await tx(s, async (t) => {
           t.beforeCommit(finish);
-          t.beforeCommit(finish); // the same function again adds nothing
+          t.beforeCommit(finish); // the same function again adds no second run
           await t.setMeta("m", "written after registering");
           runs.push("fn done");
           return 7;
@@ -630,6 +630,43 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal(v, 7);
         assert.deepEqual(runs, ["fn done", "finish saw written after registering"]);
         assert.equal(await s.getMeta("finished"), "2");
+      }));
+
+      test("beforeCommit functions run in registration order; one registered again moves after those registered since", withStore(async (s) => {
+        const order: string[] = [];
+        const last = async (): Promise<void> => void order.push("last");
+        // Concurrent calls (a store may commit them together): each registers its own function, then the shared one.
+        await Promise.all(
+          ["a", "b", "c"].map((name) =>
+            tx(s, async (t) => {
+              t.beforeCommit(last);
+              t.beforeCommit(async () => void order.push(name));
+              t.beforeCommit(last);
+            }),
+          ),
+        );
+        // Whether or not they shared a commit, the shared function ran after each call's own.
+        assert.deepEqual(order.filter((x) => x !== "last"), ["a", "b", "c"]);
+        assert.equal(order[order.length - 1], "last");
+        for (let i = 0; i < order.length; i++) if (order[i] !== "last") assert.equal(order[i + 1] === "last" || ["a", "b", "c"].includes(order[i + 1]!), true);
+        assert.ok(order.indexOf("last") > order.indexOf("a"), "never before the function registered ahead of its last registration");
+      }));
+
+      test("a throwing beforeCommit function that one call registered fails that call, not its concurrent siblings", withStore(async (s) => {
+        const out = await Promise.allSettled([
+          tx(s, (t) => t.setMeta("sib1", "1")),
+          tx(s, async (t) => {
+            await t.setMeta("owner", "1");
+            t.beforeCommit(async () => {
+              throw new Error("its audit write failed");
+            });
+          }),
+          tx(s, (t) => t.setMeta("sib2", "1")),
+        ]);
+        assert.deepEqual(out.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+        assert.equal(await s.getMeta("owner"), null);
+        assert.equal(await s.getMeta("sib1"), "1");
+        assert.equal(await s.getMeta("sib2"), "1");
       }));
 
       test("a throwing beforeCommit function undoes the whole transaction; a throwing transaction drops what it registered", withStore(async (s) => {

@@ -303,6 +303,7 @@ class MemoryTx extends Reads implements StoreTx {
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
     this.check();
     if (this.finishing) throw nestedBeforeCommit();
+    this.finishers.delete(f); // registered again: it moves after those registered since
     this.finishers.add(f);
   }
 

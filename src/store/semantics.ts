@@ -5,6 +5,7 @@
 import { VaultError } from "../base/errors.js";
 import { leaseState } from "../base/lease-state.js";
 import type { LeaseRecord } from "../base/types.js";
+import type { StoreTx } from "../vault/ports.js";
 
 /** Default and maximum number of audit rows one query returns. */
 export const AUDIT_DEFAULT_LIMIT = 100;
@@ -40,4 +41,26 @@ export function txFinished(): VaultError {
 /** The error for a beforeCommit function that registers another. */
 export function nestedBeforeCommit(): VaultError {
   return new VaultError("internal", "a beforeCommit function cannot register another");
+}
+
+/** A beforeCommit function (StoreTx.beforeCommit). */
+export type Finisher = (tx: StoreTx) => Promise<void>;
+
+/**
+ * The beforeCommit functions of a batch's successful calls, each once, in the place of its last
+ * registration (StoreTx.beforeCommit), with the calls that registered it: when one registered by a
+ * single call throws, that call fails alone and its siblings commit without it.
+ */
+export function batchFinishers<C extends { ok: boolean; finishers?: Set<Finisher> | undefined }>(batch: readonly C[]): Map<Finisher, C[]> {
+  const out = new Map<Finisher, C[]>();
+  for (const c of batch) {
+    if (!c.ok || c.finishers === undefined) continue;
+    for (const f of c.finishers) {
+      const owners = out.get(f) ?? [];
+      out.delete(f);
+      owners.push(c);
+      out.set(f, owners);
+    }
+  }
+  return out;
 }

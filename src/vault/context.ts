@@ -1,6 +1,6 @@
 /**
  * The state every vault operation works with, and `commit`, the one way operations write: a store
- * transaction whose audit events are chained inside it and then handed to the sinks before the
+ * transaction whose audit events are chained at its end and then handed to the sinks before the
  * caller sees a result. Denials are returned (not thrown) from inside the transaction so that their
  * audit rows commit; `commit` throws them afterwards. Before the first event, the audit guard
  * (src/vault/audit-guard.ts) checks the head it extends against the keyed checkpoint.
@@ -81,8 +81,10 @@ export function auditHeadSeen(ctx: VaultContext): number | undefined {
 }
 
 /**
- * Appends audit events inside a transaction. Resolves to the record, or null for a brake's event
- * deferred while the trail is broken (see src/vault/audit-guard.ts).
+ * Records an audit event inside a transaction. The event is chained just before the commit (see
+ * {@link commit}), so this resolves to null; only the recovery's events (CommitOptions.recovery) are
+ * chained at once and resolve to their record. A brake's event while the trail is broken is deferred
+ * (see src/vault/audit-guard.ts).
  */
 export type AuditFn = (draft: AuditDraft) => Promise<AuditRecord | null>;
 
@@ -94,6 +96,12 @@ export function setKeyring(ctx: VaultContext, ring: Keyring): void {
   ctx.keyring = ring;
   ctx.auditKeys.wipe();
   ctx.auditKeys = new AuditKeys(ring);
+}
+
+/** True when `a` is the head `b` (same seq and chain value; both null counts). */
+function sameHead(a: { seq: number; hash: Uint8Array } | null, b: { seq: number; hash: Uint8Array } | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.seq === b.seq && Buffer.compare(a.hash, b.hash) === 0;
 }
 
 const checkpointWriters = new WeakMap<VaultContext, (tx: StoreTx) => Promise<void>>();
@@ -142,12 +150,15 @@ export interface CommitOptions {
  * Events reach every sink before this resolves; a sink failure throws VaultError("audit_failed").
  *
  * Within one call the master-key check, the read of the chain head and the guard's check of it
- * against the checkpoint happen once, at the first event (later events chain onto the one before,
- * which this transaction wrote). A head that fails the check refuses the call with
- * VaultError("audit_broken"), except that a brake's event is deferred (see src/vault/audit-guard.ts).
- * The keyed checkpoint is written once per commit, just before it, for the head the commit leaves
- * (see {@link checkpointWriter}): it commits with the events, so every committed state still has a
- * checkpoint on its head.
+ * against the checkpoint happen once, at the first event. A head that fails the check refuses the
+ * call with VaultError("audit_broken"), except that a brake's event is deferred (see
+ * src/vault/audit-guard.ts). The events themselves are chained just before the commit
+ * (StoreTx.beforeCommit), onto the head as it is then: a store that commits several calls together
+ * chains them in their order, and a store that takes its write lock only for the commit (PostgreSQL)
+ * reads that head under the lock; a head that moved since the guard's check is checked again. The
+ * keyed checkpoint is written once per commit, after every call's events, for the head the commit
+ * leaves (see {@link checkpointWriter}): it commits with the events, so every committed state still
+ * has a checkpoint on its head.
  */
 export async function commit<T>(
   ctx: VaultContext,
@@ -184,17 +195,45 @@ async function commitOnce<T>(
       events.length = 0;
       found = undefined;
       const now = ctx.now();
-      /** The chain head; undefined until the first event of this call has read it. */
+      /** The head the guard checked at this call's first event; undefined until then. */
       let head: AuditHead | { seq: number; hash: Uint8Array } | null | undefined;
       /** True when the trail is broken and this call's brake events are deferred. */
       let deferring = false;
-      const append = async (draft: AuditDraft): Promise<AuditRecord> => {
-        const rec = chainEvent(head!, draft, now, ctx.auditKeys.current);
-        await tx.insertAudit(rec);
-        noteChained(ctx, rec.seq, rec.hash as Buffer);
-        events.push(rec);
-        head = rec;
+      /** Events waiting to be chained by {@link chainPending}, in order. */
+      const pending: AuditDraft[] = [];
+      /** What the guard's check asked to go first, if the events are chained onto the head it checked. */
+      let prelude: AuditDraft[] = [];
+      let marksFormat = false;
+      const chainOnto = async (at: AuditHead | { seq: number; hash: Uint8Array } | null, drafts: readonly AuditDraft[], into: StoreTx): Promise<AuditRecord | null> => {
+        let rec: AuditRecord | null = null;
+        for (const draft of drafts) {
+          rec = chainEvent(at, draft, now, ctx.auditKeys.current);
+          await into.insertAudit(rec);
+          noteChained(ctx, rec.seq, rec.hash as Buffer);
+          events.push(rec);
+          at = rec;
+        }
         return rec;
+      };
+      // Chains this call's events onto the head as it is just before the commit: a store that commits
+      // several calls together runs it after all of them, in their order (a store that takes its write
+      // lock late, such as PostgreSQL's, reads that head under the lock). A head other than the one
+      // the guard checked, and not one this process chained in the same commit, is checked again.
+      // The format upgrade (prelude, marker) is decided by the head the events go onto: the first call
+      // of a commit upgrades, later ones extend what it chained.
+      const chainPending = async (ftx: StoreTx): Promise<void> => {
+        let at = await ftx.auditHead();
+        let first = prelude;
+        let marks = marksFormat;
+        if (!sameHead(at, head!)) {
+          const again = await inspectChain(ctx, ftx);
+          if (again.problem !== null) throw brokenError(again.problem);
+          at = again.head;
+          first = again.prelude;
+          marks = again.marksFormat;
+        }
+        if (marks) await markKeyed(ftx);
+        await chainOnto(at, [...first, ...pending], ftx);
       };
       const audit: AuditFn = async (draft) => {
         if (head === undefined) {
@@ -211,8 +250,8 @@ async function commitOnce<T>(
               head = null;
             } else {
               head = chain.head;
-              if (chain.marksFormat) await markKeyed(tx);
-              for (const d of chain.prelude) await append(d);
+              prelude = chain.prelude;
+              marksFormat = chain.marksFormat;
             }
           }
         }
@@ -221,10 +260,19 @@ async function commitOnce<T>(
           await deferBrake(ctx, tx, draft, now);
           return null;
         }
-        return append(draft);
+        // The recovery chains at once onto the head it found (it checks the trail itself).
+        if (opts.recovery) {
+          const rec = await chainOnto(head, [draft], tx);
+          head = rec;
+          return rec;
+        }
+        pending.push(draft);
+        return null;
       };
       const out = await fn(tx, audit, now);
-      if (events.length > 0) tx.beforeCommit(checkpointWriter(ctx));
+      if (pending.length > 0) tx.beforeCommit(chainPending);
+      // Registered by every call that appends, so it runs once, after every call's events are chained.
+      if (pending.length > 0 || events.length > 0) tx.beforeCommit(checkpointWriter(ctx));
       return out;
     });
   } catch (e) {

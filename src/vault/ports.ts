@@ -131,10 +131,13 @@ export interface StoreTx extends StoreReader {
   /**
    * Runs `f` once more before this transaction commits, after every transaction function sharing
    * the commit (a store may commit several together), with a tx of its own that sees all their
-   * writes. Registering the same `f` again for the same commit adds nothing. What a transaction
+   * writes, in the order they were registered. Registering the same `f` again for the same commit
+   * runs it once still, in the place of its last registration (after those registered before it),
+   * so a function every transaction registers last runs after all the others. What a transaction
    * function registered is dropped if it throws. If `f` throws, nothing in the commit is kept and
-   * every transaction function sharing it rejects. The vault writes its audit checkpoint this way:
-   * once per commit, for the head that the commit leaves.
+   * every transaction function sharing it rejects. The vault chains each call's audit events this
+   * way, onto the head as it is just before the commit, and then writes its audit checkpoint: once
+   * per commit, for the head that the commit leaves.
    */
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void;
 

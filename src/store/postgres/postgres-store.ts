@@ -4,9 +4,19 @@
  *
  * Transactions. Each instance runs its transaction functions one after another on one pooled
  * connection, several to a database transaction ("group commit", as the SQLite store does). Every
- * database transaction first takes a transaction-scoped advisory lock keyed by the schema (the
- * vault's write lock), so transactions of all instances run one at a time: serialisable, and the
- * audit chain has one writer. Use counts are changed by one conditional UPDATE … RETURNING, so even a
+ * database transaction takes a transaction-scoped advisory lock keyed by the schema (the vault's
+ * write lock), so the commits of all instances happen one at a time: serialisable, and the audit
+ * chain has one writer.
+ *
+ * The late lock. A batch takes the lock at BEGIN only when it must; otherwise (this instance's cache
+ * is carried from its last commit and no late batch had to run again lately) its calls run first,
+ * and the lock is taken at the commit, with the counters, head and checkpoint in one round trip
+ * ({@link PostgresStoreImpl.validate}). While its calls run, a late batch may only read and insert
+ * leases (the vault writes audit rows in beforeCommit functions, which run under the lock); any other
+ * write throws NeedsLock and the batch runs again under the lock. Under the lock the batch is valid
+ * when every commit since this instance's last was plain (new leases, audit rows and the checkpoint
+ * only: the `plain` counter) and, if a call read a live-lease count, none inserted a live lease;
+ * otherwise it runs again under the lock. See docs/storage.md, "The late lock". Use counts are changed by one conditional UPDATE … RETURNING, so even a
  * writer that skipped the lock could not use a lease twice past its limit, and a trigger refuses any
  * audit row that does not follow the head.
  *
@@ -54,7 +64,7 @@ import type {
 } from "../../base/types.js";
 import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
 import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
-import { nestedBeforeCommit, txFinished } from "../semantics.js";
+import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
 import { BatchQueue } from "../batch-queue.js";
 import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
@@ -68,20 +78,38 @@ import { LOCK_CLASS, migrate, SCHEMA_KEY, SCHEMA_VERSION } from "./schema.js";
 export interface PostgresStoreOptions extends ConnectionSettings {
   /** How long one transaction function may run before it is rolled back and rejected (default 10000). */
   txTimeoutMs?: number;
+  /**
+   * Take the write lock only to commit, when the batch's writes allow it (see "The late lock" in this
+   * file's comment); default true. False takes it at BEGIN for every batch (benchmarks compare both).
+   */
+  lateLock?: boolean;
   /** The change feed's LISTEN and polling (src/store/postgres/change-feed.ts); default listen, poll every 1000 ms. */
   feed?: Partial<FeedOptions>;
 }
 
+/**
+ * `commits`: database transactions committed; `transactions`: transaction functions run (a function
+ * run again counts again); `reruns`: batches run again with savepoints because a function failed;
+ * `behind`: transactions that found, under the lock, that another instance had written since this
+ * one's last commit (and dropped what that changed from the cache); `flights`: round trips of
+ * transactions (a statement sent while none was outstanding on the connection); `late`: batches that
+ * ran before taking the write lock and committed so; `relocked`: late batches run again under the
+ * lock (another instance's commit changed what they decided by, or a call needed the lock).
+ */
+export interface PgStats {
+  commits: number;
+  transactions: number;
+  reruns: number;
+  behind: number;
+  flights: number;
+  late: number;
+  relocked: number;
+}
+
 /** A {@link Store} on PostgreSQL, with counters for tests and benchmarks. */
 export interface PostgresStore extends Store {
-  /**
-   * `commits`: database transactions committed; `transactions`: transaction functions run (a function
-   * run again counts again); `reruns`: batches run again with savepoints because a function failed;
-   * `behind`: transactions that found, as they began, that another instance had written since this
-   * one's last commit (and dropped what that changed from the cache); `flights`: round trips of
-   * transactions (a statement sent while none was outstanding on the connection).
-   */
-  stats(): { commits: number; transactions: number; reruns: number; behind: number; flights: number };
+  /** Counters for tests and benchmarks (see {@link PgStats}). */
+  stats(): PgStats;
   /** Migration steps this open applied (0 when the schema was current, or another instance migrated it). */
   readonly migrationsApplied: number;
   readonly schemaVersion: number;
@@ -139,7 +167,7 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
     throw new VaultError("config_invalid", `the change feed's poll interval must be a whole number of milliseconds, at least 10 (got ${String(feedOpts.pollMs)})`);
   const origin = randomBytes(9).toString("base64url");
   const feed = new PgChangeFeed(pool, { ...cfg, types: TYPES }, origin, feedOpts);
-  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed);
+  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed, opts.lateLock ?? true);
 }
 
 /** Read methods over one {@link Exec}; `x()` decides which connection and when reads are allowed. */
@@ -147,13 +175,11 @@ abstract class PgReads implements StoreReader {
   protected abstract x(): Exec;
 
   protected read<T>(f: (x: Exec) => Promise<T>): Promise<T> {
-    let x: Exec;
     try {
-      x = this.x();
+      return f(this.x());
     } catch (e) {
       return Promise.reject(e);
     }
-    return f(x);
   }
 
   getSecret(ref: SecretRef): Promise<SecretRecord | null> {
@@ -218,10 +244,21 @@ interface Counters {
   cfg: number;
   /** Those that inserted a lease that may be live. */
   live: number;
+  /** Those whose only writes were new leases, audit rows and the checkpoint ("plain"; see {@link PgTx}). */
+  plain: number;
 }
 
 function counters(row: Row | undefined): Counters {
-  return { n: Number(row?.n ?? 0), cfg: Number(row?.cfg ?? 0), live: Number(row?.live ?? 0) };
+  return { n: Number(row?.n ?? 0), cfg: Number(row?.cfg ?? 0), live: Number(row?.live ?? 0), plain: Number(row?.plain ?? 0) };
+}
+
+const COUNTERS_SQL = "SELECT n, cfg, live, plain FROM lessor_commits WHERE id = 1";
+
+/** Thrown by a write a batch without the write lock may not make: the batch runs again under the lock. */
+class NeedsLock extends Error {
+  constructor() {
+    super("this write needs the vault's write lock");
+  }
 }
 
 /**
@@ -239,12 +276,18 @@ class Conn implements Exec {
   wroteConfig = false;
   /** Leases that may be live were inserted: the commit bumps `live` too. */
   wroteLive = false;
+  /** Something other than new leases, audit rows and the checkpoint was written: the commit is not plain. */
+  wroteOther = false;
+  /** A late batch: a write that needs the lock was attempted (see {@link NeedsLock}). */
+  needsLock = false;
+  /** A late batch read an agent's live-lease count (or bound): another instance's live lease invalidates it. */
+  readLive = false;
   /** The cache was checked against the counters ({@link PostgresStoreImpl.sync}); reads may use it. */
   synced = false;
-  /** The commit counters as BEGIN found them, under the write lock. */
-  readonly counters: Promise<Counters>;
-  /** The audit head and checkpoint as BEGIN found them (read with the counters, in the same round trip). */
-  readonly audit: Promise<[AuditHead | null, AuditCheckpoint | null]>;
+  /** The commit counters under the write lock (as BEGIN found them; for a late batch, as {@link lock} did). */
+  counters!: Promise<Counters>;
+  /** The audit head and checkpoint read with the counters, in the same round trip. */
+  audit!: Promise<[AuditHead | null, AuditCheckpoint | null]>;
 
   /** Statements sent and not yet answered. */
   private outstanding = 0;
@@ -259,19 +302,52 @@ class Conn implements Exec {
     private readonly target: string,
     /** Called when a statement goes out while none is outstanding: it starts a round trip. */
     private readonly onFlight: () => void,
+    /** Run the calls first and take the write lock only to commit (see PostgresStoreImpl, "The late lock"). */
+    readonly late = false,
   ) {
-    this.send({ what: "start a transaction", text: "BEGIN", values: [] });
+    // A late batch sends BEGIN with its first statement: one whose first call needs the lock (an
+    // admin's write) then costs nothing to abandon.
+    if (!late) this.lock();
+  }
+
+  /** BEGIN was sent. */
+  begun = false;
+
+  /** Takes the vault's write lock and reads the counters, head and checkpoint under it (one round trip). */
+  lock(): void {
     this.send({ what: "take the vault's write lock", text: LOCK_SQL, values: [] });
-    this.counters = this.rows({ what: "start a transaction", text: "SELECT n, cfg, live FROM lessor_commits WHERE id = 1", values: [] }).then((r) => counters(r[0]));
+    this.counters = this.rows({ what: "start a transaction", text: COUNTERS_SQL, values: [] }).then((r) => counters(r[0]));
     this.audit = Promise.all([Q.auditHead(this), Q.getCheckpoint(this)]);
     // A failure here is seen again by whatever waits next.
     this.counters.catch(() => {});
     this.audit.catch(() => {});
   }
 
-  /** Sends one statement (pipelined: without waiting for those before it). */
+  /** The connection's socket is corked until the current tick ends (see {@link query}). */
+  private corked = false;
+
+  /**
+   * Sends one statement (pipelined: without waiting for those before it). Statements sent in one
+   * tick of the event loop leave in one write: the socket is corked at the first and uncorked when the
+   * tick's callbacks have run (a write per statement cost more CPU than the statement itself).
+   */
   private query(s: Stmt): Promise<pg.QueryResult> {
+    if (!this.begun) {
+      this.begun = true;
+      this.send({ what: "start a transaction", text: "BEGIN", values: [] });
+    }
     if (this.outstanding++ === 0) this.onFlight();
+    if (!this.corked) {
+      const stream = (this.client as unknown as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream;
+      if (stream?.cork !== undefined && stream.uncork !== undefined) {
+        stream.cork();
+        this.corked = true;
+        process.nextTick(() => {
+          this.corked = false;
+          stream.uncork!();
+        });
+      }
+    }
     const p = this.client.query(Q.queryConfig(s));
     const answered = (): void => void this.outstanding--;
     p.then(answered, answered);
@@ -345,22 +421,38 @@ class PgTx extends PgReads implements StoreTx {
     return this.conn;
   }
 
+  /**
+   * Notes a write of `kind`. In a late batch (no write lock yet) only new leases may be written while
+   * the calls run (audit rows and the checkpoint are written by beforeCommit functions, which run
+   * under the lock): any other write throws {@link NeedsLock} before it is sent. A commit whose writes
+   * were all new leases, audit rows and the checkpoint is plain.
+   */
+  private writes(kind: "lease" | "audit" | "other"): void {
+    if (!this.active) throw txFinished();
+    if (this.conn.late && !this.finishing && kind !== "lease") {
+      this.conn.needsLock = true;
+      throw new NeedsLock();
+    }
+    this.conn.wrote = true;
+    if (kind === "other") this.conn.wroteOther = true;
+  }
+
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
     if (!this.active) throw txFinished();
     if (this.finishing) throw nestedBeforeCommit();
+    this.finishers.delete(f); // registered again: it moves after those registered since
     this.finishers.add(f);
   }
 
   /** A write whose result nobody needs: sent, not waited for. */
-  private put(s: () => Stmt, after?: () => void): Promise<void> {
-    if (!this.active) return Promise.reject(txFinished());
+  private put(s: () => Stmt, after?: () => void, kind: "lease" | "audit" | "other" = "other"): Promise<void> {
     let stmt: Stmt;
     try {
+      this.writes(kind);
       stmt = s();
     } catch (e) {
       return Promise.reject(e);
     }
-    this.conn.wrote = true;
     this.conn.send(stmt);
     after?.();
     return Promise.resolve();
@@ -369,7 +461,7 @@ class PgTx extends PgReads implements StoreTx {
   /** A write whose count of changed rows the caller needs. */
   private change(s: () => Stmt): Promise<number> {
     return this.read((x) => {
-      this.conn.wrote = true;
+      this.writes("other");
       return x.count(s());
     });
   }
@@ -397,6 +489,7 @@ class PgTx extends PgReads implements StoreTx {
   }
   /** With `cap`, a bound below it from the cache when there is one (see WriterCache.liveBound); else the count, kept as the bound. */
   override countLiveLeases(agent: string, now: number, cap?: number): Promise<number> {
+    this.conn.readLive = true;
     const bound = cap === undefined ? MISS : this.cache.liveBound(agent);
     return this.cached(bound !== MISS && bound < cap! ? bound : MISS, (x) => Q.countLiveLeases(x, agent, now), (n) => this.cache.setLiveBound(agent, n));
   }
@@ -430,15 +523,19 @@ class PgTx extends PgReads implements StoreTx {
   insertLease(rec: LeaseRecord): Promise<void> {
     // Expiry is left out: a lease counted as live that has expired only loosens the bound.
     const live = rec.revokedAt === null && (rec.maxUses === null || rec.uses < rec.maxUses);
-    return this.put(() => Q.insertLease(rec), () => {
-      if (!live) return;
-      this.conn.wroteLive = true;
-      this.cache.noteLiveInsert(rec.agent);
-    });
+    return this.put(
+      () => Q.insertLease(rec),
+      () => {
+        if (!live) return;
+        this.conn.wroteLive = true;
+        this.cache.noteLiveInsert(rec.agent);
+      },
+      "lease",
+    );
   }
   useLease(id: string, now: number): Promise<number | null> {
     return this.read((x) => {
-      this.conn.wrote = true;
+      this.writes("other");
       return Q.useLease(x, id, now);
     });
   }
@@ -447,7 +544,7 @@ class PgTx extends PgReads implements StoreTx {
   }
   revokeLeases(sel: RevokeSelector, now: number, reason: string): Promise<number> {
     return this.read(async (x) => {
-      this.conn.wrote = true;
+      this.writes("other");
       const s = Q.revokeLeases(sel, now, reason);
       const rows = await x.rows({ ...s, text: `${s.text} RETURNING id` });
       if (rows.length > 0)
@@ -461,10 +558,10 @@ class PgTx extends PgReads implements StoreTx {
   }
   insertAudit(rec: AuditRecord): Promise<void> {
     // The trigger checks that it follows the head; the cache follows this transaction's own appends.
-    return this.put(() => Q.insertAudit(rec), () => this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId ?? null }));
+    return this.put(() => Q.insertAudit(rec), () => this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId ?? null }), "audit");
   }
   putCheckpoint(cp: AuditCheckpoint): Promise<void> {
-    return this.put(() => Q.putCheckpoint(cp), () => this.cache.setCheckpoint(cp));
+    return this.put(() => Q.putCheckpoint(cp), () => this.cache.setCheckpoint(cp), "audit");
   }
   setMeta(key: string, value: string): Promise<void> {
     return this.put(() => Q.setMeta(key, value), () => {
@@ -494,10 +591,16 @@ interface Call {
   ok: boolean;
   value: unknown;
   error: unknown;
+  /** Failed by a beforeCommit function of its own: left out when its batch runs again. */
+  dropped?: boolean;
 }
 
 /** Why a batch must be run again: with savepoints, to find which call failed. */
 const RERUN_GUARDED = Symbol("guarded");
+/** Why a late batch must be run again: under the lock from BEGIN (what it decided by changed). */
+const RERUN_LOCKED = Symbol("locked");
+/** Batches that take the lock at BEGIN after a late one had to run again. */
+const LOCKED_AFTER_RELOCK = 8;
 
 class PostgresStoreImpl extends PgReads implements PostgresStore {
   readonly kind = "postgres";
@@ -513,7 +616,9 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   /** The pool is ended: reads are refused too. */
   private closed = false;
   private closedP: Promise<void> | null = null;
-  private counts = { commits: 0, transactions: 0, reruns: 0, behind: 0, flights: 0 };
+  private counts = { commits: 0, transactions: 0, reruns: 0, behind: 0, flights: 0, late: 0, relocked: 0 };
+  /** Batches still to take the lock at BEGIN (after a late one had to run again). */
+  private lockedBatches = 0;
   /** Connection losses noted, and how many of them the change feed has caught up after (see caughtUp). */
   private lostCount = 0;
   private caughtUpTo = 0;
@@ -526,6 +631,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     readonly migrationsApplied: number,
     private readonly origin: string,
     private readonly feed: PgChangeFeed,
+    private readonly lateLock: boolean,
   ) {
     super();
     this.timeout = new TxTimeout(txTimeoutMs);
@@ -585,7 +691,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return this.poolExec;
   }
 
-  stats(): { commits: number; transactions: number; reruns: number; behind: number; flights: number } {
+  stats(): PgStats {
     return { ...this.counts };
   }
 
@@ -614,9 +720,62 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return this.closedP;
   }
 
-  /** A database transaction on `client`. */
-  private begin(client: PoolClient): Conn {
-    return new Conn(client, this.target, () => void this.counts.flights++);
+  /** A database transaction on `client`, under the write lock from BEGIN unless `late`. */
+  private begin(client: PoolClient, late = false): Conn {
+    return new Conn(client, this.target, () => void this.counts.flights++, late);
+  }
+
+  /**
+   * A new batch's transaction: late when this instance's cache holds what its last commit left (so the
+   * counters tell what changed since) and no late batch had to run again in the last few.
+   */
+  private startBatch(client: PoolClient): Conn {
+    const late = this.lateLock && this.carried && this.seen !== undefined && this.lockedBatches === 0;
+    if (this.lockedBatches > 0) this.lockedBatches--;
+    return this.begin(client, late);
+  }
+
+  /** A late batch must run again under the lock: so do the next few (a conflict tends to recur). */
+  private relock(): void {
+    this.counts.relocked++;
+    this.lockedBatches = LOCKED_AFTER_RELOCK;
+  }
+
+  /**
+   * Under the lock a late batch has just taken: true when what its calls decided by still holds,
+   * that is when every commit since this instance's last was plain (new leases and audit rows only),
+   * none changed secrets, versions or metadata, and none inserted a live lease if a call read a live
+   * count. Then the cache takes the head and checkpoint read under the lock, for the audit chaining.
+   */
+  private async validate(conn: Conn): Promise<boolean> {
+    const now = await conn.counters;
+    const was = this.seen!;
+    if (now.n === was.n) return true;
+    if (now.cfg !== was.cfg || now.n - was.n !== now.plain - was.plain) return false;
+    if (now.live !== was.live) {
+      if (conn.readLive) return false;
+      this.cache.dropLive();
+    }
+    this.counts.behind++;
+    const [head, checkpoint] = await conn.audit;
+    this.cache.setHead(head);
+    this.cache.setCheckpoint(checkpoint);
+    this.seen = now;
+    return true;
+  }
+
+  /**
+   * Runs `batch` again in a new transaction under the lock, with savepoints once a call fails.
+   * Returns the transaction and mode to go on with, or the error that broke the connection.
+   */
+  private async again(client: PoolClient, batch: Call[], guarded: boolean): Promise<{ conn: Conn; guarded: boolean; broke?: unknown }> {
+    for (;;) {
+      const conn = this.begin(client);
+      const broke = await this.rerun(conn, batch, guarded);
+      if (broke !== RERUN_GUARDED) return broke === undefined ? { conn, guarded } : { conn, guarded, broke };
+      this.counts.reruns++;
+      guarded = true;
+    }
   }
 
   /**
@@ -682,13 +841,24 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
    * error that broke the connection, if one did (every call of the batch is then rejected).
    */
   private async batchOn(client: PoolClient, batch: Call[]): Promise<unknown> {
-    let conn = this.begin(client);
+    let conn = this.startBatch(client);
     let guarded = false;
     let call: Call | undefined;
     for (;;) {
       while (batch.length < MAX_BATCH && (call = this.calls.take()) !== undefined) {
         batch.push(call);
         await this.runCall(conn, call, guarded);
+        if (conn.needsLock || (conn.late && !call.ok && !isConnectionError(call.error))) {
+          // A late batch's call made a write that needs the lock, or failed: it may have failed on what
+          // another instance has since changed (a key, a secret's version), which only the lock can
+          // tell. Run the batch again under the lock, where a real failure fails again.
+          await this.rollback(conn);
+          this.relock();
+          const r = await this.again(client, batch, guarded);
+          if (r.broke !== undefined) return this.fail(batch, r.broke);
+          ({ conn, guarded } = r);
+          continue;
+        }
         if (call.ok) continue;
         if (isConnectionError(call.error)) return this.fail(batch, call.error);
         if (guarded) continue; // its savepoint undid it alone
@@ -712,6 +882,12 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
       const outcome = await this.finish(conn, batch, guarded);
       if (outcome === undefined) return undefined;
+      if (outcome === RERUN_LOCKED) {
+        const r = await this.again(client, batch, guarded);
+        if (r.broke !== undefined) return this.fail(batch, r.broke);
+        ({ conn, guarded } = r);
+        continue; // then take more calls, and finish again
+      }
       if (outcome === RERUN_GUARDED) {
         this.counts.reruns++;
         guarded = true;
@@ -737,6 +913,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
    */
   private async rerun(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
     for (const c of batch) {
+      if (c.dropped) continue; // it keeps its error
       c.ok = false;
       c.value = c.error = c.finishers = c.changes = undefined;
       await this.runCall(conn, c, guarded);
@@ -754,11 +931,26 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
    * Returns undefined when done, a rerun marker, or the error that broke the connection.
    */
   private async finish(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
-    const finishers = new Set<(tx: StoreTx) => Promise<void>>();
-    for (const c of batch) if (c.ok && c.finishers) for (const f of c.finishers) finishers.add(f);
+    if (conn.late) {
+      // The late lock: taken now, with the counters, head and checkpoint in one round trip.
+      conn.lock();
+      let valid: boolean;
+      try {
+        valid = await this.validate(conn);
+      } catch (e) {
+        if (isConnectionError(e)) return e;
+        valid = false; // a deferred lease insert failed, say: find out under the lock
+      }
+      if (!valid) {
+        await this.rollback(conn);
+        this.relock();
+        return RERUN_LOCKED;
+      }
+      this.counts.late++;
+    }
     const changes: StoreChange[] = [];
     for (const c of batch) if (c.ok && c.changes) changes.push(...c.changes);
-    for (const f of finishers) {
+    for (const [f, owners] of batchFinishers(batch)) {
       const tx = new PgTx(conn, this.cache, true);
       try {
         await this.timeout.run(f(tx));
@@ -767,8 +959,19 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
         tx.active = false;
         if (isConnectionError(e)) return e;
         await this.rollback(conn);
+        if (conn.late) {
+          this.relock();
+          return RERUN_LOCKED;
+        }
         // Unguarded, the failure may be a deferred write of one of the calls: find out with savepoints.
         if (!guarded && batch.length > 1) return RERUN_GUARDED;
+        // Guarded, a function only one call registered (its audit events) fails that call alone.
+        if (owners.length === 1 && batch.some((c) => c.ok && c !== owners[0])) {
+          owners[0]!.ok = false;
+          owners[0]!.error = e;
+          owners[0]!.dropped = true;
+          return RERUN_GUARDED;
+        }
         for (const c of batch) c.reject(c.ok ? e : c.error);
         return undefined;
       } finally {
@@ -781,8 +984,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       if (conn.wrote)
         bumped = conn.rows({
           what: "commit a transaction",
-          text: "UPDATE lessor_commits SET n = n + 1, cfg = cfg + $1, live = live + $2 WHERE id = 1 RETURNING n, cfg, live",
-          values: [conn.wroteConfig ? 1 : 0, conn.wroteLive ? 1 : 0],
+          text: "UPDATE lessor_commits SET n = n + 1, cfg = cfg + $1, live = live + $2, plain = plain + $3 WHERE id = 1 RETURNING n, cfg, live, plain",
+          values: [conn.wroteConfig ? 1 : 0, conn.wroteLive ? 1 : 0, conn.wroteOther ? 0 : 1],
         });
       bumped?.catch(() => {});
       // In the same transaction: announced (and NOTIFY delivered) only if it commits.
@@ -825,6 +1028,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
 
   /** Rolls the connection's transaction back (if the server still has one) and empties the cache. */
   private async rollback(conn: Conn): Promise<void> {
+    if (!conn.begun) return; // a late batch that sent nothing: nothing to undo, the cache still holds
     this.clearCache();
     try {
       await conn.client.query("ROLLBACK");
@@ -843,7 +1047,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     if (guarded) conn.send({ what: "start a transaction", text: "SAVEPOINT s", values: [] });
     try {
       // The first call of a transaction waits for the lock and the counters (under its deadline) first.
-      call.value = await this.timeout.run(conn.synced ? call.fn(tx) : this.sync(conn).then(() => call.fn(tx)));
+      // (A late batch has no lock to wait for: it is checked against the counters at its commit.)
+      call.value = await this.timeout.run(conn.synced || conn.late ? call.fn(tx) : this.sync(conn).then(() => call.fn(tx)));
       tx.active = false;
       if (guarded) {
         await conn.rows({ what: "write to the vault database", text: "RELEASE SAVEPOINT s", values: [] });

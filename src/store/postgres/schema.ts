@@ -176,6 +176,13 @@ export const MIGRATIONS: readonly string[] = [
     ADD COLUMN cfg  BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN live BIGINT NOT NULL DEFAULT 0;
   `,
+  // 4: plain counts commits whose only writes were new leases and audit rows (and the checkpoint):
+  // a batch that ran before taking the write lock is valid if every commit since this instance's
+  // last was plain (postgres-store.ts, "The late lock"). An instance of an older build never bumps
+  // it, so its commits count as not plain.
+  `
+  ALTER TABLE lessor_commits ADD COLUMN plain BIGINT NOT NULL DEFAULT 0;
+  `,
 ];
 
 /** The schema version this build writes. */

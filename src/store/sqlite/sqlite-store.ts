@@ -24,7 +24,7 @@ import type {
 import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
-import { nestedBeforeCommit, txFinished } from "../semantics.js";
+import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
 import { BatchQueue } from "../batch-queue.js";
 import { TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "./writer-cache.js";
@@ -172,6 +172,7 @@ class SqliteTx extends SqliteReads implements StoreTx {
   beforeCommit(f: (tx: StoreTx) => Promise<void>): void {
     if (!this.active) throw txFinished();
     if (this.finishing) throw nestedBeforeCommit();
+    this.finishers.delete(f); // registered again: it moves after those registered since
     this.finishers.add(f);
   }
 
@@ -373,7 +374,8 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
    * too, into a statement journal). If a call throws, the batch so far is rolled back and run again,
    * each call in its own savepoint, so that only the failing call fails; the failing call is not run
    * again, it rejects with its error; later calls of the batch also get savepoints. Then the
-   * beforeCommit functions the successful calls registered, each once; COMMIT; then settle every call.
+   * beforeCommit functions the successful calls registered, each once (one that a single call
+   * registered and that throws fails that call the same way); COMMIT; then settle every call.
    */
   private async runBatch(): Promise<void> {
     const w = this.wq;
@@ -401,19 +403,41 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
         }
       }
     }
-    const finishers = new Set<(tx: StoreTx) => Promise<void>>();
-    for (const c of batch) if (c.ok && c.finishers) for (const f of c.finishers) finishers.add(f);
-    for (const f of finishers) {
-      const tx = new SqliteTx(w, this.cache, true);
-      try {
-        await this.timeout.run(f(tx));
-      } catch (e) {
-        // The commit cannot be kept without what f writes: undo the whole batch.
-        this.rollback();
+    // The beforeCommit functions, each once. One that a single call registered (its audit events)
+    // and that throws fails that call alone: the batch is undone and its siblings run again without it.
+    for (;;) {
+      let failed: { owners: Call[]; e: unknown } | undefined;
+      for (const [f, owners] of batchFinishers(batch)) {
+        const tx = new SqliteTx(w, this.cache, true);
+        try {
+          await this.timeout.run(f(tx));
+        } catch (e) {
+          failed = { owners, e };
+          break;
+        } finally {
+          tx.active = false;
+        }
+      }
+      if (failed === undefined) break;
+      // The commit cannot be kept without what the function writes.
+      this.rollback();
+      const e = failed.e;
+      if (failed.owners.length !== 1 || batch.filter((c) => c.ok).length === 1) {
         for (const c of batch) c.reject(c.ok ? e : c.error);
         return;
-      } finally {
-        tx.active = false;
+      }
+      const owner = failed.owners[0]!;
+      owner.ok = false;
+      owner.error = e;
+      owner.finishers = undefined;
+      this.reruns++;
+      guarded = true;
+      if (!this.begin((err) => batch.forEach((c) => c.reject(err)))) return;
+      for (const c of batch) {
+        if (!c.ok) continue; // a failed call keeps its error
+        c.ok = false;
+        c.value = c.error = c.finishers = undefined;
+        if (!(await this.step(c, true, batch))) return;
       }
     }
     try {
