@@ -326,6 +326,20 @@ class Conn implements Exec {
   /** The connection's socket is corked until the current tick ends (see {@link query}). */
   private corked = false;
 
+  /** Audit rows written and not yet sent: they go as one multi-row INSERT before the next statement. */
+  private auditRows: AuditRecord[] = [];
+
+  /** Appends an audit row (sent with the next statement, see {@link auditRows}). */
+  appendAudit(rec: AuditRecord): void {
+    this.auditRows.push(rec);
+  }
+
+  private flushAudit(): void {
+    const rows = this.auditRows;
+    this.auditRows = [];
+    for (const s of Q.insertAuditRows(rows)) this.send(s);
+  }
+
   /**
    * Sends one statement (pipelined: without waiting for those before it). Statements sent in one
    * tick of the event loop leave in one write: the socket is corked at the first and uncorked when the
@@ -336,6 +350,7 @@ class Conn implements Exec {
       this.begun = true;
       this.send({ what: "start a transaction", text: "BEGIN", values: [] });
     }
+    if (this.auditRows.length > 0) this.flushAudit();
     if (this.outstanding++ === 0) this.onFlight();
     if (!this.corked) {
       const stream = (this.client as unknown as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream;
@@ -394,10 +409,11 @@ class Conn implements Exec {
     return this.failure ?? pgError(e, what, this.target);
   }
 
-  /** Forgets failures of statements undone by a ROLLBACK TO SAVEPOINT. */
+  /** Forgets failures of statements undone by a ROLLBACK TO SAVEPOINT, and audit rows not yet sent. */
   reset(): void {
     this.deferred = [];
     this.failure = null;
+    this.auditRows = [];
   }
 }
 
@@ -558,7 +574,14 @@ class PgTx extends PgReads implements StoreTx {
   }
   insertAudit(rec: AuditRecord): Promise<void> {
     // The trigger checks that it follows the head; the cache follows this transaction's own appends.
-    return this.put(() => Q.insertAudit(rec), () => this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId ?? null }), "audit");
+    try {
+      this.writes("audit");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    this.conn.appendAudit(rec);
+    this.cache.setHead({ seq: rec.seq, hash: rec.hash, keyId: rec.keyId ?? null });
+    return Promise.resolve();
   }
   putCheckpoint(cp: AuditCheckpoint): Promise<void> {
     return this.put(() => Q.putCheckpoint(cp), () => this.cache.setCheckpoint(cp), "audit");
@@ -599,8 +622,9 @@ interface Call {
 const RERUN_GUARDED = Symbol("guarded");
 /** Why a late batch must be run again: under the lock from BEGIN (what it decided by changed). */
 const RERUN_LOCKED = Symbol("locked");
-/** Batches that take the lock at BEGIN after a late one had to run again. */
+/** Batches that take the lock at BEGIN after a late one had to run again (doubling while late ones keep failing). */
 const LOCKED_AFTER_RELOCK = 8;
+const MAX_LOCKED_AFTER_RELOCK = 128;
 
 class PostgresStoreImpl extends PgReads implements PostgresStore {
   readonly kind = "postgres";
@@ -619,6 +643,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private counts = { commits: 0, transactions: 0, reruns: 0, behind: 0, flights: 0, late: 0, relocked: 0 };
   /** Batches still to take the lock at BEGIN (after a late one had to run again). */
   private lockedBatches = 0;
+  /** How many batches the next relock keeps under the lock from BEGIN. */
+  private relockRun = LOCKED_AFTER_RELOCK;
   /** Connection losses noted, and how many of them the change feed has caught up after (see caughtUp). */
   private lostCount = 0;
   private caughtUpTo = 0;
@@ -738,7 +764,21 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   /** A late batch must run again under the lock: so do the next few (a conflict tends to recur). */
   private relock(): void {
     this.counts.relocked++;
-    this.lockedBatches = LOCKED_AFTER_RELOCK;
+    this.lockedBatches = this.relockRun;
+    this.relockRun = Math.min(this.relockRun * 2, MAX_LOCKED_AFTER_RELOCK);
+  }
+
+  /**
+   * Gives a late batch up, to run it again under the lock ({@link relock}): its ROLLBACK is sent
+   * without waiting (the next BEGIN follows it on the same connection). The cache is kept when the
+   * batch wrote nothing, since what it read was committed, and the locked run's check of the counters
+   * drops what changed; writes put their own effects in the cache, so then it is emptied.
+   */
+  private abandon(conn: Conn): void {
+    this.relock();
+    if (conn.wrote) this.clearCache();
+    if (conn.begun) conn.client.query("ROLLBACK").catch(() => {});
+    conn.reset();
   }
 
   /**
@@ -852,8 +892,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
           // A late batch's call made a write that needs the lock, or failed: it may have failed on what
           // another instance has since changed (a key, a secret's version), which only the lock can
           // tell. Run the batch again under the lock, where a real failure fails again.
-          await this.rollback(conn);
-          this.relock();
+          this.abandon(conn);
           const r = await this.again(client, batch, guarded);
           if (r.broke !== undefined) return this.fail(batch, r.broke);
           ({ conn, guarded } = r);
@@ -942,11 +981,11 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
         valid = false; // a deferred lease insert failed, say: find out under the lock
       }
       if (!valid) {
-        await this.rollback(conn);
-        this.relock();
+        this.abandon(conn);
         return RERUN_LOCKED;
       }
       this.counts.late++;
+      this.relockRun = LOCKED_AFTER_RELOCK;
     }
     const changes: StoreChange[] = [];
     for (const c of batch) if (c.ok && c.changes) changes.push(...c.changes);
@@ -958,11 +997,11 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       } catch (e) {
         tx.active = false;
         if (isConnectionError(e)) return e;
-        await this.rollback(conn);
         if (conn.late) {
-          this.relock();
+          this.abandon(conn);
           return RERUN_LOCKED;
         }
+        await this.rollback(conn);
         // Unguarded, the failure may be a deferred write of one of the calls: find out with savepoints.
         if (!guarded && batch.length > 1) return RERUN_GUARDED;
         // Guarded, a function only one call registered (its audit events) fails that call alone.

@@ -250,8 +250,32 @@ export function renewLease(id: string, expiresAt: number, renewals: number): Stm
 }
 
 /** The database's trigger refuses a row that does not follow the head (schema.ts). */
-export function insertAudit(rec: AuditRecord): Stmt {
-  return st("append to the audit trail", `INSERT INTO audit (${AUDIT_COLS}) VALUES (${pgPlaceholders(17)})`, auditValues(rec));
+/** Row counts of the multi-row audit INSERTs (each a prepared statement of its own). */
+const AUDIT_CHUNKS = [32, 8, 1] as const;
+const auditInsertText = new Map<number, string>();
+
+/**
+ * Audit rows appended in order, as few multi-row INSERTs as {@link AUDIT_CHUNKS} allow (32 rows cost
+ * the server about a tenth less as one statement than as 32, and the client one query, not 32). The
+ * gap trigger runs per row and sees the rows before it in the same statement.
+ */
+export function insertAuditRows(recs: readonly AuditRecord[]): Stmt[] {
+  const out: Stmt[] = [];
+  let i = 0;
+  while (i < recs.length) {
+    const n = AUDIT_CHUNKS.find((c) => c <= recs.length - i)!;
+    let text = auditInsertText.get(n);
+    if (text === undefined) {
+      const rows = Array.from({ length: n }, (_, r) => `(${Array.from({ length: 17 }, (_, k) => `$${r * 17 + k + 1}`).join(", ")})`);
+      text = `INSERT INTO audit (${AUDIT_COLS}) VALUES ${rows.join(", ")}`;
+      auditInsertText.set(n, text);
+    }
+    const values: unknown[] = [];
+    for (let r = 0; r < n; r++) values.push(...auditValues(recs[i + r]!));
+    out.push(st(n === 1 ? "append to the audit trail" : `append ${n} rows to the audit trail`, text, values));
+    i += n;
+  }
+  return out;
 }
 
 export function putCheckpoint(cp: AuditCheckpoint): Stmt {
