@@ -341,6 +341,24 @@ describe("postgres store against a server", { skip: PG_SKIP }, () => {
       assert.equal(await a.getLease("doomed"), null);
     });
 
+    test("a database restored under a running instance (its counters went back): nothing cached is trusted, late or locked", async () => {
+      const schema = await fresh();
+      const a = await open(schema);
+      await a.transaction((t) => t.setMeta("killswitch", "off"));
+      for (let i = 0; i < 3; i++) await a.transaction(async (t) => void (await t.getMeta("killswitch")));
+      // The restore: other data, and counters from an older state whose differences look plain.
+      await admin(`UPDATE ${schema}.meta SET value = 'on' WHERE key = 'killswitch'`);
+      await admin(`UPDATE ${schema}.lessor_commits SET n = n - 2, plain = plain - 2`);
+      assert.equal(await a.transaction((t) => t.getMeta("killswitch")), "on", "the late batch's check refused the counters");
+      // And under the lock from BEGIN (lateLock off), the same.
+      const b = await open(schema, { lateLock: false });
+      await b.transaction((t) => t.setMeta("killswitch", "off"));
+      await b.transaction(async (t) => void (await t.getMeta("killswitch")));
+      await admin(`UPDATE ${schema}.meta SET value = 'on' WHERE key = 'killswitch'`);
+      await admin(`UPDATE ${schema}.lessor_commits SET n = n - 1, plain = plain - 1`);
+      assert.equal(await b.transaction((t) => t.getMeta("killswitch")), "on", "sync under the lock refused them too");
+    });
+
     test("a killswitch pulled on A while B's cache says it is off: B's late grant is caught under the lock and refused", async () => {
       const { sa, sb, va, vb } = await pair(grant("g", ["claude"], ["tok"], ["api.example.com"], "max_uses = 1"));
       const cb = vb.session(agent("claude"));

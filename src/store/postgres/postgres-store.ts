@@ -252,6 +252,11 @@ function counters(row: Row | undefined): Counters {
   return { n: Number(row?.n ?? 0), cfg: Number(row?.cfg ?? 0), live: Number(row?.live ?? 0), plain: Number(row?.plain ?? 0) };
 }
 
+/** True when a counter is below what this instance saw: the database is not the one its cache came from. */
+function wentBack(now: Counters, was: Counters): boolean {
+  return now.n < was.n || now.cfg < was.cfg || now.live < was.live || now.plain < was.plain;
+}
+
 const COUNTERS_SQL = "SELECT n, cfg, live, plain FROM lessor_commits WHERE id = 1";
 
 /** Thrown by a write a batch without the write lock may not make: the batch runs again under the lock. */
@@ -790,6 +795,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   private async validate(conn: Conn): Promise<boolean> {
     const now = await conn.counters;
     const was = this.seen!;
+    // Counters that went back (a database restored from a backup) vouch for nothing.
+    if (wentBack(now, was)) return false;
     if (now.n === was.n) return true;
     if (now.cfg !== was.cfg || now.n - was.n !== now.plain - was.plain) return false;
     if (now.live !== was.live) {
@@ -830,10 +837,12 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     if (!this.carried) return; // the cache holds nothing from before this transaction
     const now = await conn.counters;
     const was = this.seen;
-    if (was !== undefined && now.n === was.n) return;
+    // Counters that went back (a database restored from a backup) vouch for nothing.
+    const back = was !== undefined && wentBack(now, was);
+    if (was !== undefined && now.n === was.n && !back) return;
     this.counts.behind++;
-    if (was === undefined || now.cfg !== was.cfg) this.cache.dropConfig();
-    if (was === undefined || now.live !== was.live) this.cache.dropLive();
+    if (was === undefined || back || now.cfg !== was.cfg) this.cache.dropConfig();
+    if (was === undefined || back || now.live !== was.live) this.cache.dropLive();
     const [head, checkpoint] = await conn.audit;
     this.cache.setHead(head);
     this.cache.setCheckpoint(checkpoint);
