@@ -183,6 +183,18 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE lessor_commits ADD COLUMN plain BIGINT NOT NULL DEFAULT 0;
   `,
+  // 5: the audit trail's indexed text columns compare bytes (COLLATE "C"), as the other tables' keys
+  // do: the rows are appended under the vault's write lock, and a database whose default collation is
+  // a locale's (en_US.UTF-8, even C.UTF-8) made every index insertion call strcoll. Lookups are by
+  // equality only, which no collation changes. Rebuilds the five indexes once.
+  `
+  ALTER TABLE audit
+    ALTER COLUMN id TYPE TEXT COLLATE "C",
+    ALTER COLUMN type TYPE TEXT COLLATE "C",
+    ALTER COLUMN agent TYPE TEXT COLLATE "C",
+    ALTER COLUMN secret TYPE TEXT COLLATE "C",
+    ALTER COLUMN lease_id TYPE TEXT COLLATE "C";
+  `,
 ];
 
 /** The schema version this build writes. */
