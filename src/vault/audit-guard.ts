@@ -83,6 +83,12 @@ export async function preflight(ctx: VaultContext): Promise<void> {
   s.preflighted = true;
 }
 
+/** True when `head` is an event this process chained in the commit being built (not yet committed). */
+export function chainedInCommit(ctx: VaultContext, head: { seq: number; hash: Uint8Array } | null): boolean {
+  const s = state(ctx);
+  return head !== null && s.chained !== null && s.chained.seq > s.committed && s.chained.seq === head.seq && eq(s.chained.hash, head.hash);
+}
+
 /**
  * Reads the head row and checkpoint through `tx` and decides whether the head may be extended.
  * Changes nothing in the store; caches only what it proved (a checkpoint's MAC, a recovery).
@@ -93,7 +99,7 @@ export async function inspectChain(ctx: VaultContext, tx: StoreTx): Promise<Chai
   const out = (problem: string | null, prelude: AuditDraft[] = [], marksFormat = false): ChainState => ({ head, problem, prelude, marksFormat });
   // An event this process chained in the commit being built: a store may run several transactions in
   // one commit and writes the checkpoint once, at its end; no one else can write meanwhile.
-  if (head !== null && s.chained !== null && s.chained.seq > s.committed && s.chained.seq === head.seq && eq(s.chained.hash, head.hash)) return out(null);
+  if (chainedInCommit(ctx, head)) return out(null);
   const cp = await tx.getCheckpoint();
   if (head === null) {
     if (cp !== null) return out(`the audit trail is empty but its checkpoint vouches for event ${cp.seq}: every event was deleted`);

@@ -25,6 +25,7 @@ import { catchUpPolicy } from "./policy-sync.js";
 import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
+  chainedInCommit,
   deferBrake,
   inspectChain,
   isBrake,
@@ -225,7 +226,10 @@ async function commitOnce<T>(
         let at = await ftx.auditHead();
         let first = prelude;
         let marks = marksFormat;
-        if (!sameHead(at, head!)) {
+        if (chainedInCommit(ctx, at)) {
+          first = [];
+          marks = false;
+        } else if (!sameHead(at, head!)) {
           const again = await inspectChain(ctx, ftx);
           if (again.problem !== null) throw brokenError(again.problem);
           at = again.head;
@@ -233,7 +237,7 @@ async function commitOnce<T>(
           marks = again.marksFormat;
         }
         if (marks) await markKeyed(ftx);
-        await chainOnto(at, [...first, ...pending], ftx);
+        await chainOnto(at, first.length > 0 ? [...first, ...pending] : pending, ftx);
       };
       const audit: AuditFn = async (draft) => {
         if (head === undefined) {
