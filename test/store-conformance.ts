@@ -645,11 +645,13 @@ export function storeConformance(label: string, make: StoreFactory): void {
             }),
           ),
         );
-        // Whether or not they shared a commit, the shared function ran after each call's own.
+        // Each call's own function ran in call order; the shared one ran once per commit, after the
+        // own functions of every call in that commit (never right after "a" with "b" still to come
+        // in the same commit: that is what "moved to its last registration" means).
         assert.deepEqual(order.filter((x) => x !== "last"), ["a", "b", "c"]);
         assert.equal(order[order.length - 1], "last");
-        for (let i = 0; i < order.length; i++) if (order[i] !== "last") assert.equal(order[i + 1] === "last" || ["a", "b", "c"].includes(order[i + 1]!), true);
-        assert.ok(order.indexOf("last") > order.indexOf("a"), "never before the function registered ahead of its last registration");
+        assert.ok(order.indexOf("last") > order.indexOf("a"));
+        assert.ok(order.filter((x) => x === "last").length <= 3);
       }));
 
       test("a throwing beforeCommit function that one call registered fails that call, not its concurrent siblings", withStore(async (s) => {
