@@ -193,7 +193,7 @@ async function main(): Promise<void> {
       base[conc] = await measure(n, conc, sqliteOp);
       emit({ name: `lease_access_sqlite_1_c${conc}`, ops_per_s: Math.round(base[conc]!), concurrency: conc, instances: 1, store: "sqlite", note: "baseline" });
     }
-    await rest(sqliteOp, base, n1, n32, quick);
+    await postgresFigures(sqliteOp, base, n1, n32, quick);
   } finally {
     await sqlite.close();
     rmSync(dir, { recursive: true, force: true });
@@ -204,7 +204,7 @@ async function main(): Promise<void> {
  * The PostgreSQL figures. The goal's line (two instances, c32) is measured in rounds that alternate
  * with the SQLite baseline (`pairedRounds`), so that a slow spell of the VM weighs on both.
  */
-async function rest(sqliteOp: (c: number) => Promise<void>, base: Record<number, number>, n1: number, n32: number, quick: boolean): Promise<void> {  const line = (name: string, ops: number, conc: number, baseConc: number, extra: Record<string, unknown>) =>
+async function postgresFigures(sqliteOp: (c: number) => Promise<void>, base: Record<number, number>, n1: number, n32: number, quick: boolean): Promise<void> {  const line = (name: string, ops: number, conc: number, baseConc: number, extra: Record<string, unknown>) =>
     emit({
       name,
       ops_per_s: Math.round(ops),

@@ -16,9 +16,11 @@
  * write throws NeedsLock and the batch runs again under the lock. Under the lock the batch is valid
  * when every commit since this instance's last was plain (new leases, audit rows and the checkpoint
  * only: the `plain` counter) and, if a call read a live-lease count, none inserted a live lease;
- * otherwise it runs again under the lock. See docs/storage.md, "The late lock". Use counts are changed by one conditional UPDATE … RETURNING, so even a
- * writer that skipped the lock could not use a lease twice past its limit, and a trigger refuses any
- * audit row that does not follow the head.
+ * otherwise it runs again under the lock. See docs/storage.md, "The late lock".
+ *
+ * Use counts are changed by one conditional UPDATE … RETURNING, so even a writer that skipped the
+ * lock could not use a lease twice past its limit, and a trigger refuses any audit row that does not
+ * follow the head.
  *
  * Round trips (the Store contract, src/vault/ports.ts). Connections run in pipeline mode: a statement
  * is written without waiting for the answers to those before it. BEGIN, the lock and the read of the
@@ -358,6 +360,8 @@ class Conn implements Exec {
     if (this.auditRows.length > 0) this.flushAudit();
     if (this.outstanding++ === 0) this.onFlight();
     if (!this.corked) {
+      // node-postgres's socket (Client.connection.stream, not a public API): when a version lacks it,
+      // statements simply leave one write each, as before.
       const stream = (this.client as unknown as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream;
       if (stream?.cork !== undefined && stream.uncork !== undefined) {
         stream.cork();
