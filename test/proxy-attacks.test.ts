@@ -5,7 +5,9 @@
  *
  * - domain spoofing: Host / :authority / SNI / CONNECT authority that disagree, userinfo, absolute form;
  * - path rule bypass: dot segments in their encodings, backslashes, `;`, `//`, a keep-alive switch;
- * - tripwire evasion: a placeholder percent-encoded, base64-encoded, in a header name;
+ * - tripwire evasion: a placeholder percent-encoded, base64-encoded, in a header name, split across
+ *   two headers, in a request body (split across chunks, encoded; HTTP/1.1 and HTTP/2), in HTTP/2
+ *   request trailers;
  * - response masking: a credential reflected by the upstream in response headers (CORS `Origin`
  *   reflection, a redirect keeping the query), the reason phrase, HTTP/2 trailers, and in encoded forms
  *   (the base64 of a Basic pair, the percent-encoded query value);
@@ -25,6 +27,7 @@ import type { IncomingHttpHeaders } from "node:http";
 import { connect as netConnect, type AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { gzipSync } from "node:zlib";
+import { randomBytes } from "node:crypto";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import type { Egress, EgressDecision } from "../src/proxy/egress.js";
@@ -60,9 +63,13 @@ const seen: Seen[] = [];
 
 const upCa = LocalCa.create({ permitted: [HOST, H2HOST, OTHER] });
 
+/** Request body bytes as each upstream received them, in order (an aborted request's too). */
+const arrived: string[] = [];
+
 const up1 = https.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (req, res) => {
   const chunks: Buffer[] = [];
-  req.on("data", (d: Buffer) => chunks.push(d));
+  req.on("error", () => {});
+  req.on("data", (d: Buffer) => (chunks.push(d), arrived.push(d.toString("latin1"))));
   req.on("end", () => {
     const body = Buffer.concat(chunks).toString("latin1");
     seen.push({ method: req.method!, url: req.url!, headers: req.headers, body });
@@ -96,14 +103,18 @@ await new Promise<void>((r) => up1.listen(0, "127.0.0.1", r));
 const port1 = (up1.address() as AddressInfo).port;
 
 const up2 = http2.createSecureServer({ SNICallback: upCa.sniCallback, allowHTTP1: false });
+/** Request trailers as the HTTP/2 upstream received them. */
+const arrivedTrailers: IncomingHttpHeaders[] = [];
 up2.on("stream", (stream, h) => {
   stream.on("error", () => {});
   const chunks: Buffer[] = [];
-  stream.on("data", (d: Buffer) => chunks.push(d));
+  stream.on("data", (d: Buffer) => (chunks.push(d), arrived.push(d.toString("latin1"))));
+  stream.on("trailers", (t: IncomingHttpHeaders) => arrivedTrailers.push(t));
   stream.on("end", () => {
     const headers: IncomingHttpHeaders = {};
     for (const [k, v] of Object.entries(h)) if (!k.startsWith(":")) headers[k] = v as string;
     seen.push({ method: String(h[":method"]), url: String(h[":path"]), headers, body: Buffer.concat(chunks).toString("latin1") });
+    if (stream.destroyed || stream.closed) return; // reset by the proxy (the body tripwire, say)
     const origin = String(h.origin ?? "*");
     stream.respond({ ":status": 200, "access-control-allow-origin": origin, "x-echo-auth": String(h.authorization ?? "") }, { waitForTrailers: true });
     stream.on("wantTrailers", () => stream.sendTrailers({ "x-trailer-echo": origin }));
@@ -476,6 +487,159 @@ test("tripwire evasion: another host's placeholder percent-encoded, base64-encod
     const answer = await rawH1(r, `GET /ok/t?x=${pct(r.ph("tok"))} HTTP/1.1\r\nHost: ${HOST}\r\nX-Data: ${b64("x" + r.ph("tok"))}\r\nConnection: close\r\n\r\n`);
     assert.equal(statusOf(answer), 200);
     assert.equal(r.warns.length, 0);
+  } finally {
+    await r.close();
+  }
+});
+
+test("tripwire evasion: another host's placeholder split across two headers trips the wire", async () => {
+  const r = await rig();
+  try {
+    const ph = r.ph("oth");
+    const before = seen.length;
+    const answer = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-A: ${ph.slice(0, 17)}\r\nX-B: ${ph.slice(17)}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(answer), 403, answer.slice(0, 300));
+    assert.match(answer, /"reason":"tripwire"/);
+    assert.equal(seen.length, before, "nothing reached the upstream");
+    assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "the lease is revoked");
+    assert.ok(await r.alarmed());
+    await assertCanaryFree(r);
+  } finally {
+    await r.close();
+  }
+});
+
+/** The forms of a placeholder an agent may hide in a body: each with the text the tripwire must stop before. */
+const BODY_FORMS: [string, (ph: string) => { body: string; mark: string }][] = [
+  ["as is, in JSON", (ph) => ({ body: `{"note":"hello","token":"${ph}","n":1}`, mark: ph })],
+  ["every byte percent-encoded, in a form", (ph) => ({ body: `a=1&token=${pct(ph)}&b=2`, mark: pct(ph) })],
+  ["lower-case percent-encoded", (ph) => ({ body: `token=${pct(ph, true)}`, mark: pct(ph, true) })],
+  ["base64 after a one-byte prefix", (ph) => ({ body: `blob=${b64("x" + ph + "yz")}`, mark: b64("x" + ph + "yz").slice(2, -4) })],
+];
+
+/** Fails unless the upstream got no more than the bytes before `mark` (none of it, not even its first half). */
+function assertStoppedBefore(got: string, body: string, mark: string, what: string): void {
+  const at = body.indexOf(mark);
+  assert.ok(at >= 0, `${what}: the test's mark is in the body`);
+  assert.ok(body.startsWith(got), `${what}: the upstream got a prefix of the body`);
+  assert.ok(got.length <= at, `${what}: the upstream got ${got.length} bytes, the mark starts at ${at}`);
+}
+
+test("tripwire in request bodies over HTTP/1.1: another host's placeholder, split across chunks or encoded, is stopped before it goes", async () => {
+  for (const [name, form] of BODY_FORMS)
+    for (const chunked of [false, true]) {
+      const what = `${name}${chunked ? ", chunked" : ""}`;
+      const r = await rig();
+      try {
+        const { body, mark } = form(r.ph("oth"));
+        // The cut falls inside the mark: the first half must be held back until the second shows what it is.
+        const cut = body.indexOf(mark) + Math.floor(mark.length / 2);
+        const from = arrived.length;
+        const s = await tunnel(r, HOST);
+        const head = `POST /ok/t HTTP/1.1\r\nHost: ${HOST}\r\n${chunked ? "Transfer-Encoding: chunked" : `Content-Length: ${body.length}`}\r\n\r\n`;
+        const piece = (t: string): string => (chunked ? `${t.length.toString(16)}\r\n${t}\r\n` : t);
+        s.write(head + piece(body.slice(0, cut)));
+        await delay(80);
+        s.write(piece(body.slice(cut)) + (chunked ? "0\r\n\r\n" : ""));
+        const answer = await readAll(s, 3000);
+        assert.equal(statusOf(answer), 403, `${what}: ${answer.slice(0, 300)}`);
+        assert.match(answer, /"reason":"tripwire"/, what);
+        assertStoppedBefore(arrived.slice(from).join(""), body, mark, what);
+        assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), `${what}: the lease is revoked`);
+        assert.ok(await r.alarmed(), `${what}: an alarm is audited`);
+        assert.ok(r.warns.some((w) => /ALARM: .*global\/oth in the request body/.test(w)), `${what}: the warning says where`);
+        await assertCanaryFree(r);
+      } finally {
+        await r.close();
+      }
+    }
+});
+
+test("tripwire in request bodies over HTTP/2: another host's placeholder in DATA frames, split across them, or in request trailers", async () => {
+  for (const [name, form] of BODY_FORMS) {
+    const r = await rig();
+    try {
+      const { body, mark } = form(r.ph("oth"));
+      const cut = body.indexOf(mark) + Math.floor(mark.length / 2);
+      const from = arrived.length;
+      const s = await tunnel(r, H2HOST, "h2");
+      const session = http2.connect(`https://${H2HOST}`, { createConnection: () => s });
+      try {
+        const status = await new Promise<number>((resolve, reject) => {
+          const req = session.request({ ":method": "POST", ":path": "/ok/t" });
+          let st = 0;
+          req.on("response", (h) => (st = Number(h[":status"])));
+          req.on("data", () => {});
+          req.on("end", () => resolve(st));
+          req.on("close", () => resolve(st));
+          req.on("error", reject);
+          req.write(body.slice(0, cut));
+          setTimeout(() => req.end(body.slice(cut)), 80);
+        });
+        assert.equal(status, 403, name);
+      } finally {
+        session.destroy();
+      }
+      assertStoppedBefore(arrived.slice(from).join(""), body, mark, `h2, ${name}`);
+      assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), `h2, ${name}: the lease is revoked`);
+      assert.ok(await r.alarmed(), `h2, ${name}: an alarm is audited`);
+      await assertCanaryFree(r);
+    } finally {
+      await r.close();
+    }
+  }
+
+  // Request trailers: the body is clean, the trailer carries the placeholder.
+  const r = await rig();
+  try {
+    const trailersBefore = arrivedTrailers.length;
+    const s = await tunnel(r, H2HOST, "h2");
+    const session = http2.connect(`https://${H2HOST}`, { createConnection: () => s });
+    try {
+      await new Promise<void>((resolve) => {
+        const req = session.request({ ":method": "POST", ":path": "/ok/t", te: "trailers" }, { waitForTrailers: true });
+        req.on("wantTrailers", () => req.sendTrailers({ "x-sig": r.ph("oth") }));
+        req.on("data", () => {});
+        req.on("close", () => resolve());
+        req.on("error", () => {});
+        req.end("a clean body");
+      });
+    } finally {
+      session.destroy();
+    }
+    assert.ok(!arrivedTrailers.slice(trailersBefore).some((t) => JSON.stringify(t).includes(r.ph("oth"))), "the trailer never reached the upstream");
+    assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "trailers: the lease is revoked");
+    assert.ok(await r.alarmed(), "trailers: an alarm is audited");
+    await assertCanaryFree(r);
+  } finally {
+    await r.close();
+  }
+});
+
+test("the body tripwire passes other bodies on byte for byte: the host's own placeholder, binary data, a body of 1 MiB in many chunks", async () => {
+  const r = await rig();
+  try {
+    const own = r.ph("tok");
+    // Random bytes with the host's own placeholder and the other one's first half inside: neither is an alarm.
+    const bin = Buffer.concat([randomBytes(300_000), Buffer.from(own), randomBytes(300_000), Buffer.from(r.ph("oth").slice(0, 20)), randomBytes(448_576)]);
+    for (const host of [HOST, H2HOST]) {
+      const before = seen.length;
+      if (host === HOST) {
+        const s = await tunnel(r, HOST);
+        s.write(`POST /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: ${bin.length}\r\nConnection: close\r\n\r\n`);
+        for (let i = 0; i < bin.length; i += 7_001) s.write(bin.subarray(i, i + 7_001));
+        const answer = await readAll(s, 5000);
+        assert.equal(statusOf(answer), 200, answer.slice(0, 200));
+      } else {
+        const a = await h2Request(r, H2HOST, { ":method": "POST", ":path": "/ok/t" }, bin);
+        assert.equal(a.headers[":status"], 200);
+      }
+      const got = seen.slice(before);
+      assert.equal(got.length, 1, host);
+      assert.ok(Buffer.from(got[0]!.body, "latin1").equals(bin), `${host}: the upstream got the body unchanged`);
+    }
+    assert.equal(r.warns.length, 0);
+    assert.ok((await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "no lease was revoked");
   } finally {
     await r.close();
   }

@@ -5,6 +5,7 @@
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { ProxyRefusal } from "./refusal.js";
+import type { TripwireMarks } from "./body-tripwire.js";
 import type { ScrubPatterns } from "./scrub.js";
 
 /**
@@ -75,6 +76,13 @@ export type Prepared =
        * patterns (placeholder → value) and are re-masked and re-framed (src/proxy/ws-frames.ts).
        */
       frames?: ScrubPatterns;
+      /**
+       * If set, the request body (and HTTP/2 request trailers) are watched on their way upstream for
+       * these marks (./body-tripwire.ts): credentials that must not go to this host. At the first one
+       * the proxy ends the upstream request, waits for `trip` with the owners of the marks found, and
+       * answers 403 with the detail `trip` gives (or resets the exchange if the answer had begun).
+       */
+      bodyTripwire?: { marks: TripwireMarks<unknown>; trip(owners: readonly unknown[]): Promise<string> };
       /** Called once when the exchange is over. */
       done?(outcome: RequestOutcome): void;
     }

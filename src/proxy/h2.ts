@@ -20,6 +20,7 @@ import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
+import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { TunnelUpstream } from "./upstream.js";
@@ -232,15 +233,61 @@ function counted(from: Readable, onBytes: (n: number) => void): void {
   from.on("data", (c: Buffer | string) => onBytes(typeof c === "string" ? Buffer.byteLength(c) : c.length));
 }
 
-/** Streams the client's request body (if any) into `to`, counting it; through `rewrite` (placeholder → value) if set. */
-function sendBody(ex: Exchange, to: NodeJS.WritableStream & { destroy(): void }, tally: Tally, rewrite: ScrubPatterns | undefined): void {
+/** The body tripwire of one stream (./body-tripwire.ts). */
+interface Trip {
+  readonly marks: TripwireMarks<unknown>;
+  /** True once it fired. */
+  tripped: boolean;
+  /** Fires it (once): ends the upstream request; the client gets 403 once the policy has revoked what tripped it. */
+  fire(owners: readonly unknown[]): void;
+}
+
+/** The stream's body tripwire, if the policy asked for one and the body can be read (`stop` ends the upstream request). */
+function tripFor(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally, stop: () => void): Trip | undefined {
+  const w = p.bodyTripwire;
+  if (w === undefined || ex.ended || encodedBody(ex.encoding) !== null) return undefined;
+  const trip: Trip = {
+    marks: w.marks,
+    tripped: false,
+    fire(owners) {
+      if (trip.tripped) return;
+      trip.tripped = true;
+      stop();
+      tally.status = 403;
+      w.trip(owners).then(
+        (detail) => problem(ex.cs, 403, "tripwire", detail),
+        () => void (ex.cs.closed || ex.cs.close(NGHTTP2_INTERNAL_ERROR)),
+      );
+      tally.report("tripwire");
+    },
+  };
+  return trip;
+}
+
+/** Header names and values of `tr`, for the tripwire. */
+function trailerTexts(tr: IncomingHttpHeaders): string[] {
+  return Object.entries(tr).flatMap(([k, v]) => [k, ...(v === undefined ? [] : Array.isArray(v) ? v : [String(v)])]);
+}
+
+/**
+ * Streams the client's request body (if any) into `to`, counting it: watched by `trip` if set, then
+ * through `rewrite` (placeholder → value) if set.
+ */
+function sendBody(ex: Exchange, to: NodeJS.WritableStream & { destroy(): void }, tally: Tally, rewrite: ScrubPatterns | undefined, trip?: Trip): void {
   if (ex.ended) return;
   counted(ex.cs, (n) => (tally.bytesOut += n));
+  let body: NodeJS.ReadableStream = ex.cs;
+  if (trip) {
+    const wire = new BodyTripwire(trip.marks, (hit) => trip.fire(hit.owners));
+    wire.on("error", () => {});
+    body = body.pipe(wire);
+  }
   if (rewrite) {
     const swap = bodyRewriter(rewrite);
     swap.on("error", () => to.destroy());
-    ex.cs.pipe(swap).pipe(to);
-  } else ex.cs.pipe(to);
+    body = body.pipe(swap);
+  }
+  body.pipe(to);
 }
 
 function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
@@ -263,8 +310,13 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
     badGateway(ex, tally, e as Error);
     return;
   }
+  const trip = tripFor(ex, p, tally, () => {
+    if (!us.closed) us.close(NGHTTP2_CANCEL);
+  });
   us.on("wantTrailers", () => {
     const tr = ex.trailers();
+    const found = trip && tr ? trip.marks.find(trailerTexts(tr)) : [];
+    if (found.length > 0) return trip!.fire(found);
     us.sendTrailers(tr ? endToEnd(tr, NOT_END_TO_END_H2) : {});
   });
   let upTrailers: IncomingHttpHeaders | undefined;
@@ -273,6 +325,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
     if (!cs.headersSent && !cs.closed) cs.additionalHeaders({ ":status": 100 });
   });
   us.on("error", (e: Error) => {
+    if (trip?.tripped) return;
     if (!cs.headersSent) badGateway(ex, tally, e);
     // An upstream reset after the answer began is passed on as a reset, with its code.
     else if (!cs.closed) cs.close(us.rstCode || NGHTTP2_INTERNAL_ERROR);
@@ -282,11 +335,12 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
     if (!us.closed) us.close(NGHTTP2_CANCEL);
   });
   us.once("response", (rh: H2Headers, rflags: number) => {
+    if (trip?.tripped) return;
     tally.status = Number(rh[":status"]);
     counted(us, (n) => (tally.bytesIn += n));
     relay(cs, p.scrub, tally, rh, us, (rflags & NGHTTP2_FLAG_END_STREAM) !== 0, () => upTrailers);
   });
-  sendBody(ex, us, tally, p.requestBody);
+  sendBody(ex, us, tally, p.requestBody, trip);
 }
 
 function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
@@ -304,12 +358,15 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
   ur.on("continue", () => {
     if (!cs.headersSent && !cs.closed) cs.additionalHeaders({ ":status": 100 });
   });
+  const trip = tripFor(ex, p, tally, () => ur.destroy());
   ur.on("error", (e: Error) => {
+    if (trip?.tripped) return;
     if (!cs.headersSent) badGateway(ex, tally, e);
     else if (!cs.closed) cs.close(NGHTTP2_INTERNAL_ERROR);
   });
   cs.once("close", () => ur.destroy());
   ur.on("response", (res: IncomingMessage) => {
+    if (trip?.tripped) return void res.destroy();
     const status = res.statusCode ?? 502;
     tally.status = status;
     counted(res, (n) => (tally.bytesIn += n));
@@ -318,7 +375,7 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
     relay(cs, p.scrub, tally, res.headers as H2Headers, res, empty, () => res.trailers);
   });
   if (ex.ended) ur.end();
-  else sendBody(ex, ur, tally, p.requestBody);
+  else sendBody(ex, ur, tally, p.requestBody, trip);
 }
 
 /**

@@ -14,6 +14,7 @@ import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { askPolicy, authority, endToEnd, hostOf, scrubHeaders, scrubText } from "./headers.js";
+import { BodyTripwire } from "./body-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
@@ -197,11 +198,17 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     headers,
     setHost: false,
   });
+  // The body tripwire (./body-tripwire.ts): at a mark the upstream request ends, and once the policy
+  // has revoked what tripped it, the agent gets 403 (or, if the answer had begun, a closed connection).
+  let tripped = false;
+  const watch = p.bodyTripwire !== undefined && h1HasBody(req.headers) && encodedBody(req.headers["content-encoding"]) === null ? p.bodyTripwire : undefined;
   up.on("response", (ur) => {
+    if (tripped) return void ur.destroy();
     counted(ur, (n) => (bytesIn += n));
     relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err));
   });
   up.on("error", (e) => {
+    if (tripped) return;
     const code = (e as { code?: unknown }).code;
     const why = typeof code === "string" ? code : e.message;
     problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${why})`);
@@ -209,11 +216,28 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   });
   req.on("error", () => up.destroy());
   counted(req, (n) => (bytesOut += n));
+  let body: NodeJS.ReadableStream = req;
+  if (watch) {
+    const wire = new BodyTripwire(watch.marks, (hit) => {
+      tripped = true;
+      up.destroy();
+      // The rest of the body is never read: the connection closes after the answer.
+      res.shouldKeepAlive = false;
+      watch.trip(hit.owners).then(
+        (detail) => problemResponse(res, 403, "tripwire", detail),
+        () => res.destroy(),
+      );
+      report(403, "tripwire");
+    });
+    wire.on("error", () => {});
+    body = body.pipe(wire);
+  }
   if (rewrite) {
     const swap = bodyRewriter(rewrite);
     swap.on("error", () => up.destroy());
-    req.pipe(swap).pipe(up);
-  } else req.pipe(up);
+    body = body.pipe(swap);
+  }
+  body.pipe(up);
   req.resume();
 }
 

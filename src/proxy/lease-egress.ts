@@ -17,9 +17,12 @@
  *   and the connection closes when the lease is revoked or expires). If that use is refused (method or path rule, use
  *   count, revocation) the request is refused: the proxy fails closed rather than guess.
  * - Tripwire: a request that carries a credential's placeholder or real value to a host that
- *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited. It reads
- *   the target and headers only: a body (or a frame) going to a host the lease does not cover is not
- *   scanned, and a placeholder in it is not replaced either (it goes as is, which leaks nothing).
+ *   credential's lease does not cover is refused, the lease is revoked and an alarm is audited. The
+ *   target and headers (each header, and all of them joined, so a mark split across two is seen) are
+ *   read before deciding; the body and HTTP/2 request trailers are watched as they stream
+ *   (./body-tripwire.ts): at a mark the upstream request is ended, nothing more of the body goes, and
+ *   the agent gets 403 (or a reset, if the answer had begun). WebSocket frames and compressed bodies
+ *   are not watched; a placeholder in them goes as is, which leaks nothing.
  * - Every request is reported (`record_proxy_requests`, in batches: one commit for many requests):
  *   agent, leases, method, host, path, status, bytes, duration; never a credential.
  * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
@@ -34,6 +37,7 @@ import type { BackendApi } from "../backend/backend.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
+import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
 import { ScrubPatterns } from "./scrub.js";
 
@@ -100,6 +104,11 @@ interface Held extends ProxyCredential {
   marks: string[];
   /** The placeholder and value (8 bytes or more) in lower case, as header names arrive. */
   nameMarks: string[];
+  /**
+   * What the body tripwire looks for: the placeholder and value (8 bytes or more), their
+   * {@link encodedForms}, and every byte of them percent-encoded (upper and lower case hex).
+   */
+  bodyMarks: string[];
   dead: string | null;
   tunnels: Set<TunnelHandle>;
 }
@@ -123,6 +132,8 @@ export class LeaseEgress implements Egress {
   readonly #scrub: ScrubPatterns | undefined;
   readonly #reports = new Set<Promise<unknown>>();
   readonly #queue: ProxyReport[] = [];
+  /** The body tripwire's marks, by the set of credentials whose leases do not cover a host (./body-tripwire.ts). */
+  readonly #awayMarks = new Map<string, TripwireMarks<Held>>();
   #batchTimer: NodeJS.Timeout | null = null;
   #timer: NodeJS.Timeout | null = null;
   #polling = false;
@@ -134,6 +145,7 @@ export class LeaseEgress implements Egress {
       patterns: c.lease.domains.map((d) => parseDomainPattern(d)),
       marks: [c.placeholder, ...base64Cores(c.placeholder), ...(c.value.length >= 8 ? [c.value, ...base64Cores(c.value)] : [])],
       nameMarks: [c.placeholder.toLowerCase(), ...(c.value.length >= 8 ? [c.value.toLowerCase()] : [])],
+      bodyMarks: [c.placeholder, ...(c.value.length >= 8 ? [c.value] : [])].flatMap((t) => [t, ...encodedForms(t, t).map((f) => f.value), ...everyBytePercent(t)]),
       dead: null,
       tunnels: new Set(),
     }));
@@ -220,6 +232,7 @@ export class LeaseEgress implements Egress {
     const requestBody = reverse(inBody);
     const frames = reverse(inFrames);
     const leaseIds = using.map((h) => h.lease.id);
+    const away = req.hasBody !== false && req.upgrade === undefined ? this.#marksAwayFrom(req.host) : null;
     return {
       kind: "forward",
       headers,
@@ -227,6 +240,7 @@ export class LeaseEgress implements Egress {
       ...(this.#scrub ? { scrub: this.#scrub } : {}),
       ...(requestBody ? { requestBody } : {}),
       ...(frames ? { frames } : {}),
+      ...(away ? { bodyTripwire: { marks: away, trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], "in the request body") } } : {}),
       done: (o) => this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error),
     };
   }
@@ -248,19 +262,40 @@ export class LeaseEgress implements Egress {
   }
 
   async #tripwire(req: ProxiedRequest, astray: Held[]): Promise<Prepared> {
-    const names = astray.map((h) => h.secret).join(", ");
-    this.#o.warn?.(`lessor: ALARM: the agent sent the credential of ${names} to ${req.host}, which its lease does not cover; the request was refused and the lease revoked`);
+    return { kind: "refuse", status: 403, reason: "tripwire", detail: await this.#trip(req, astray, "") };
+  }
+
+  /**
+   * The tripwire fired for `astray` (`where`: "" for the request head, else where in the request):
+   * ends their leases (revoked by the vault on the alarm report) and closes their tunnels, and
+   * resolves, once the revocation has landed, to the 403 detail for the agent.
+   */
+  async #trip(req: ProxiedRequest, astray: Held[], where: string): Promise<string> {
+    const names = astray.map((h) => h.secret).join(", ") || "a credential";
+    const place = where === "" ? "" : ` ${where}`;
+    this.#o.warn?.(`lessor: ALARM: the agent sent the credential of ${names}${place} to ${req.host}, which its lease does not cover; the request was refused and the lease revoked`);
     for (const h of astray) this.#end(h, "revoked by the tripwire");
-    const reason = `the credential of ${names} was sent to ${req.host}, which its grant does not cover`;
+    const reason = `the credential of ${names} was sent${place} to ${req.host}, which its grant does not cover`;
     const report = this.#report(req, astray.map((h) => h.lease.id), { status: 403, bytesIn: 0, bytesOut: 0, ms: 0 }, "tripwire", reason);
     // The revocation is part of the answer: wait for it, so the agent cannot retry before it lands.
     await report;
-    return {
-      kind: "refuse",
-      status: 403,
-      reason: "tripwire",
-      detail: `Forbidden: ${reason}. The request was not sent, the lease is revoked and the event is audited as an alarm.`,
-    };
+    const sent = where === "" ? "The request was not sent" : "The request was stopped before that part of it went upstream";
+    return `Forbidden: ${reason}. ${sent}, the lease is revoked and the event is audited as an alarm.`;
+  }
+
+  /** The body tripwire's marks for requests to `host`, or null when every credential covers it. */
+  #marksAwayFrom(host: string): TripwireMarks<Held> | null {
+    const away = this.#held.filter((h) => !covers(h, host));
+    if (away.length === 0) return null;
+    // Cached by which credentials are away, not by host: a run has few such sets, and many hosts.
+    const key = away.map((h) => this.#held.indexOf(h)).join(",");
+    let m = this.#awayMarks.get(key);
+    if (m === undefined) {
+      m = new TripwireMarks(away.map((h) => [h, h.bodyMarks] as const));
+      if (this.#awayMarks.size >= 64) this.#awayMarks.clear();
+      this.#awayMarks.set(key, m);
+    }
+    return m;
   }
 
   #refuse(req: ProxiedRequest, using: Held[], status: number, reason: string, detail: string): Prepared {
@@ -469,6 +504,12 @@ export function encodedForms(value: string, placeholder: string): { value: strin
   return [...pairs].filter(([v]) => v.length >= MIN_FORM).map(([v, p]) => ({ value: v, placeholder: p }));
 }
 
+/** `text` with every byte percent-encoded, in upper and in lower case hex (what the head's percent-decoding catches). */
+function everyBytePercent(text: string): string[] {
+  const upper = [...Buffer.from(text, "utf8")].map((b) => "%" + b.toString(16).toUpperCase().padStart(2, "0")).join("");
+  return [upper, upper.toLowerCase()];
+}
+
 /** A request's header names, and its target and header values each with their percent-decodings. */
 interface SeenTexts {
   names: string[];
@@ -478,7 +519,11 @@ interface SeenTexts {
 function seenTexts(req: ProxiedRequest): SeenTexts {
   const names = Object.keys(req.headers);
   const texts = percentDecodings(req.target);
-  for (const v of Object.values(req.headers)) if (v !== undefined) for (const one of Array.isArray(v) ? v : [v]) texts.push(...percentDecodings(one));
+  const values: string[] = [];
+  for (const v of Object.values(req.headers)) if (v !== undefined) for (const one of Array.isArray(v) ? v : [v]) values.push(one);
+  for (const one of values) texts.push(...percentDecodings(one));
+  // A mark split across headers (an upstream may join them): all values joined, in order, as well.
+  if (values.length > 1) texts.push(...percentDecodings(values.join("")));
   return { names, texts };
 }
 
