@@ -452,6 +452,33 @@ test("LeaseEgress: a WebSocket handshake uses the websocket rule's credential on
   assert.equal(scrub(`x${c[1]!.placeholder}x`, p.frames).toString(), `x${WS_VALUE}x`);
 });
 
+test("LeaseEgress: the body tripwire watches bodies and WebSocket frames for the credentials away from the host, and nothing else", async () => {
+  const c = creds();
+  const { egress: e, reports } = leaseEgress(c);
+  const fwd = async (o: Parameters<typeof request>[0]) => (await prepareWith(e, request(o))) as Extract<Prepared, { kind: "forward" }>;
+  // A body to api.example: "else" (other.example only) is away; the covered ones are not watched.
+  const post = await fwd({ hasBody: true });
+  assert.ok(post.bodyTripwire);
+  const found = post.bodyTripwire.marks.find([`x=${c[3]!.placeholder}`]) as ProxyCredential[];
+  assert.deepEqual(found.map((k) => k.lease.id), ["L-else"]);
+  assert.equal(post.bodyTripwire.marks.find([`x=${c[0]!.placeholder}&y=${c[2]!.placeholder}`]).length, 0, "covered placeholders are no alarm");
+  // Encoded forms of the away credential are marks too.
+  const pct = [...Buffer.from(c[3]!.placeholder)].map((b) => "%" + b.toString(16).padStart(2, "0")).join("");
+  assert.equal(post.bodyTripwire.marks.find([pct, Buffer.from(c[3]!.placeholder).toString("base64")]).length, 1);
+  // A WebSocket handshake has no body, but its frames are watched.
+  assert.ok((await fwd({ method: "GET", upgrade: "websocket", hasBody: false })).bodyTripwire);
+  // No body, nothing to watch.
+  assert.equal((await fwd({ method: "GET", hasBody: false })).bodyTripwire, undefined);
+  // Firing it revokes the away lease (a tripwire report naming it) and says where.
+  const detail = await post.bodyTripwire.trip(post.bodyTripwire.marks.find([c[3]!.placeholder]));
+  assert.match(detail, /^Forbidden: the credential of else was sent in the request body to api\.example/);
+  assert.ok(reports.some((r) => (r as { outcome: string; leaseIds: string[] }).outcome === "tripwire" && (r as { leaseIds: string[] }).leaseIds[0] === "L-else"));
+
+  // Every credential covers the host: nothing watched.
+  const { egress: only } = leaseEgress(c.slice(0, 3));
+  assert.equal(((await prepareWith(only, request({ hasBody: true }))) as Extract<Prepared, { kind: "forward" }>).bodyTripwire, undefined);
+});
+
 test("LeaseEgress: a refused use of a body credential refuses the request (fail closed); the header tripwire still fires", async () => {
   const c = creds();
   const { egress: e } = leaseEgress(c, new Set(["L-body"]));

@@ -18,6 +18,7 @@ import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
+import { TripwireMarks } from "../src/proxy/body-tripwire.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { loopbackOnly, tableResolver } from "./proxy-harness.js";
 
@@ -190,6 +191,10 @@ const framePatterns = new ScrubPatterns([
   { value: PLACEHOLDER, placeholder: SECRET },
   { value: SHORT_PLACEHOLDER, placeholder: LONG_VALUE },
 ]);
+/** Another host's placeholder: the tripwire's mark for handshakes to /trip…, and what it reported. */
+const OTHER_PH = "sk-oth-" + "PLACEHOLDERforAnotherHost0123456789";
+const tripMarks = new TripwireMarks([["other", [OTHER_PH]]]);
+const tripped: unknown[][] = [];
 const egress: Egress = {
   decide(host: string, port: number): EgressDecision {
     if (host !== "ws.test.example") return { kind: "refuse", refusal: new ProxyRefusal({ reason: "not_granted", host, port }, `no grant covers ${host}`) };
@@ -201,7 +206,9 @@ const egress: Egress = {
         const done = (o: RequestOutcome): void => void outcomes.push(o);
         if (mode === "refuse") return { kind: "refuse", status: 403, reason: "lease_used_up", detail: "Forbidden: the lease has no uses left", done };
         const frames = req.target.startsWith("/frames") ? { frames: framePatterns } : {};
-        return { kind: "forward", headers: { ...req.headers, authorization: `Bearer ${SECRET}` }, target: req.target, scrub: scrubPatterns, ...frames, done };
+        // /trip…: the client's frames are watched for another host's placeholder (the body tripwire).
+        const wire = req.target.startsWith("/trip") ? { bodyTripwire: { marks: tripMarks, trip: async (owners: readonly unknown[]) => (tripped.push([...owners]), "Forbidden: tripped") } } : {};
+        return { kind: "forward", headers: { ...req.headers, authorization: `Bearer ${SECRET}` }, target: req.target, scrub: scrubPatterns, ...frames, ...wire, done };
       },
     };
   },
@@ -628,6 +635,48 @@ test("without a frames rule the client's frames are not rewritten: a placeholder
   await readFrames(s, rest, 1);
   assert.equal(upFrames[first]!.payload.toString(), `t=${PLACEHOLDER}`);
   s.destroy();
+});
+
+test("tripwire in frames: another host's placeholder split across a message's fragments closes both sides with 1008; no byte of it goes upstream", async () => {
+  mode = "forward";
+  const { s, rest } = await open("/trip/a");
+  const first = upFrames.length;
+  const firstTrip = tripped.length;
+  const cut = 13;
+  s.write(frame(0x1, Buffer.from("abc" + OTHER_PH.slice(0, cut)), true, false));
+  await new Promise((r) => setTimeout(r, 20));
+  s.write(frame(0x0, Buffer.from(OTHER_PH.slice(cut) + "xyz"), true, true));
+  const got = await framesUntilClosed(s, rest);
+  const close = got.find((f) => f.opcode === 0x8);
+  assert.ok(close, "the client got a close frame");
+  assert.equal(close.payload.readUInt16BE(0), 1008);
+  await waitFor(() => tripped.length > firstTrip);
+  assert.deepEqual(tripped[firstTrip], ["other"], "the policy heard whose mark it was");
+  const up = upFrames.slice(first);
+  for (const f of up) assert.ok(!f.payload.toString("latin1").includes(OTHER_PH.slice(0, 6)), "no piece of the mark went upstream");
+  assert.equal(Buffer.concat(up.filter((f) => f.opcode < 8).map((f) => f.payload)).toString(), "abc", "the bytes before it did");
+  assert.ok(up.some((f) => f.opcode === 0x8 && f.payload.readUInt16BE(0) === 1008), "the upstream got a close frame");
+});
+
+test("tripwire in frames: a client ping carrying the mark closes with 1008; clean frames pass unchanged (re-masked)", async () => {
+  mode = "forward";
+  const clean = await open("/trip/b");
+  const first = upFrames.length;
+  clean.s.write(frame(0x1, Buffer.from(`hello ${OTHER_PH.slice(0, 20)} and ${PLACEHOLDER}`), true));
+  const echoed = await readFrames(clean.s, clean.rest, 1);
+  assert.equal(upFrames[first]!.payload.toString(), `hello ${OTHER_PH.slice(0, 20)} and ${PLACEHOLDER}`, "a prefix of the mark alone is no alarm");
+  assert.equal(upFrames[first]!.masked, true);
+  assert.equal(echoed[0]!.payload.toString(), `echo:hello ${OTHER_PH.slice(0, 20)} and ${PLACEHOLDER}`);
+  clean.s.destroy();
+
+  const firstTrip = tripped.length;
+  const { s, rest } = await open("/trip/c");
+  const before = upFrames.length;
+  s.write(frame(0x9, Buffer.from("p " + OTHER_PH), true));
+  const got = await framesUntilClosed(s, rest);
+  assert.equal(got.find((f) => f.opcode === 0x8)?.payload.readUInt16BE(0), 1008);
+  await waitFor(() => tripped.length > firstTrip);
+  assert.ok(!upFrames.slice(before).some((f) => f.opcode === 0x9), "the ping never went upstream");
 });
 
 test("a close frame from the server whose reason echoes the secret reaches the client scrubbed", async () => {

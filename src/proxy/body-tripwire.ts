@@ -1,5 +1,6 @@
 /**
- * The tripwire in request bodies: a stream that passes a body on unchanged while it watches for the
+ * The tripwire in request bodies (and, through ./ws-frames.ts, WebSocket client frames): a stream that
+ * passes a body on unchanged while it watches for the
  * marks of credentials whose leases do not cover the request's host (their placeholders and values,
  * in the encoded forms src/proxy/lease-egress.ts lists). At the first mark it passes nothing more on,
  * not even the bytes before the mark in the same chunk, and fails with {@link TripwireHit} naming the
@@ -40,15 +41,22 @@ export class TripwireMarks<T> {
     return this.patterns.count === 0;
   }
 
-  /** The owners whose marks appear in any of `texts` (each read as UTF-8): for trailers, say. */
-  find(texts: Iterable<string>): T[] {
+  /** The owners whose marks appear in any of `texts` (strings read as UTF-8): for trailers, say. */
+  find(texts: Iterable<string | Uint8Array>): T[] {
     const found = new Set<T>();
     for (const t of texts) {
       const s = new Scrubber(this.patterns);
-      for (const b of [...s.push(Buffer.from(t, "utf8")), ...s.end()]) {
-        const o = this.owners.get(b);
-        if (o !== undefined) found.add(o);
-      }
+      for (const o of this.ownersIn([...s.push(typeof t === "string" ? Buffer.from(t, "utf8") : t), ...s.end()])) found.add(o);
+    }
+    return [...found];
+  }
+
+  /** The owners named in `out`, the output of a Scrubber over {@link patterns} (each once). */
+  ownersIn(out: readonly Buffer[]): T[] {
+    const found = new Set<T>();
+    for (const b of out) {
+      const o = this.owners.get(b);
+      if (o !== undefined) found.add(o);
     }
     return [...found];
   }
@@ -100,8 +108,7 @@ export class BodyTripwire<T> extends Transform {
       return;
     }
     this.#tripped = true;
-    const owners = [...new Set(out.flatMap((b) => (this.#marks.owners.has(b) ? [this.#marks.owners.get(b)!] : [])))];
-    const hit = new TripwireHit(owners);
+    const hit = new TripwireHit(this.#marks.ownersIn(out));
     this.#onHit(hit);
     callback(hit);
   }

@@ -77,10 +77,11 @@ export type Prepared =
        */
       frames?: ScrubPatterns;
       /**
-       * If set, the request body (and HTTP/2 request trailers) are watched on their way upstream for
-       * these marks (./body-tripwire.ts): credentials that must not go to this host. At the first one
-       * the proxy ends the upstream request, waits for `trip` with the owners of the marks found, and
-       * answers 403 with the detail `trip` gives (or resets the exchange if the answer had begun).
+       * If set, the request body (and HTTP/2 request trailers, and after a WebSocket upgrade the
+       * client's frames) are watched on their way upstream for these marks (./body-tripwire.ts):
+       * credentials that must not go to this host. At the first one the proxy ends the upstream
+       * request, waits for `trip` with the owners of the marks found, and answers 403 with the detail
+       * `trip` gives (or resets the exchange if the answer had begun; a WebSocket closes with 1008).
        */
       bodyTripwire?: { marks: TripwireMarks<unknown>; trip(owners: readonly unknown[]): Promise<string> };
       /** Called once when the exchange is over. */

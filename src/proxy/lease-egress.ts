@@ -21,8 +21,9 @@
  *   target and headers (each header, and all of them joined, so a mark split across two is seen) are
  *   read before deciding; the body and HTTP/2 request trailers are watched as they stream
  *   (./body-tripwire.ts): at a mark the upstream request is ended, nothing more of the body goes, and
- *   the agent gets 403 (or a reset, if the answer had begun). WebSocket frames and compressed bodies
- *   are not watched; a placeholder in them goes as is, which leaks nothing.
+ *   the agent gets 403 (or a reset, if the answer had begun). A WebSocket's client frames are watched
+ *   the same way; a frame with a mark closes the connection (1008). Compressed bodies are not watched;
+ *   a placeholder in one goes as is, which leaks nothing.
  * - Every request is reported (`record_proxy_requests`, in batches: one commit for many requests):
  *   agent, leases, method, host, path, status, bytes, duration; never a credential.
  * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
@@ -232,7 +233,7 @@ export class LeaseEgress implements Egress {
     const requestBody = reverse(inBody);
     const frames = reverse(inFrames);
     const leaseIds = using.map((h) => h.lease.id);
-    const away = req.hasBody !== false && req.upgrade === undefined ? this.#marksAwayFrom(req.host) : null;
+    const away = req.hasBody !== false || req.upgrade === "websocket" ? this.#marksAwayFrom(req.host) : null;
     return {
       kind: "forward",
       headers,
@@ -240,7 +241,7 @@ export class LeaseEgress implements Egress {
       ...(this.#scrub ? { scrub: this.#scrub } : {}),
       ...(requestBody ? { requestBody } : {}),
       ...(frames ? { frames } : {}),
-      ...(away ? { bodyTripwire: { marks: away, trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], "in the request body") } } : {}),
+      ...(away ? { bodyTripwire: { marks: away, trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], req.upgrade === "websocket" ? "in a WebSocket frame" : "in the request body") } } : {}),
       done: (o) => this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error),
     };
   }

@@ -26,7 +26,7 @@ import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
 import { askPolicy, authority, endToEnd, hostOf } from "./headers.js";
 import { problemResponse, relayResponse, type Tunnel } from "./intercept.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
-import { closeFrame, FrameError, FrameRewriter } from "./ws-frames.js";
+import { closeFrame, FrameError, FrameRewriter, type FrameRewriterOptions } from "./ws-frames.js";
 
 /** Settings of {@link forwardUpgrade} (the proxy's own). */
 export interface UpgradeOptions {
@@ -129,7 +129,12 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
   // The scrubber reads plain bytes (a non-101 answer is relayed through it).
   if (p.scrub) headers["accept-encoding"] = "identity";
   // Frames to rewrite: no extension (a compressed frame cannot be rewritten).
-  const rewrite: Rewrite | undefined = p.frames || p.scrub ? { fromClient: p.frames, fromServer: p.scrub, maxFrameBytes: opts.maxFrameBytes } : undefined;
+  // The body tripwire watches the client's frames (./ws-frames.ts): at a mark the connection closes
+  // with 1008, and the policy revokes what tripped it.
+  const wire = p.bodyTripwire;
+  const tripwire = wire ? { marks: wire.marks, onHit: (owners: readonly unknown[]) => void wire.trip(owners).catch(() => {}) } : undefined;
+  const rewrite: Rewrite | undefined =
+    p.frames || p.scrub || tripwire ? { fromClient: p.frames, fromServer: p.scrub, maxFrameBytes: opts.maxFrameBytes, ...(tripwire ? { tripwire } : {}) } : undefined;
   if (rewrite) delete headers["sec-websocket-extensions"];
   const up = request({ agent: t.agent, host: t.target.address, port: t.port, method: "GET", path: p.target, headers, setHost: false });
   // The tunnel closed (or the client left) before the upstream answered: drop the handshake.
@@ -198,6 +203,8 @@ interface Rewrite {
   /** value → placeholder, on the server's frames. */
   fromServer: ScrubPatterns | undefined;
   maxFrameBytes: number | undefined;
+  /** Marks watched in the client's frames (./body-tripwire.ts). */
+  tripwire?: FrameRewriterOptions["tripwire"];
 }
 
 /**
@@ -250,7 +257,12 @@ function join(
     upstream.pipe(client);
     return;
   }
-  const fromClient = new FrameRewriter({ from: "client", patterns: rewrite.fromClient, ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}) });
+  const fromClient = new FrameRewriter({
+    from: "client",
+    patterns: rewrite.fromClient,
+    ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}),
+    ...(rewrite.tripwire ? { tripwire: rewrite.tripwire } : {}),
+  });
   const fromServer = new FrameRewriter({ from: "server", patterns: rewrite.fromServer, ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}) });
   let failed = false;
   const onFrameError = (e: Error): void => {

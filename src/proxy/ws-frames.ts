@@ -19,9 +19,13 @@
  * extension is negotiated when frames are rewritten: a compressed frame could not be), an unknown
  * opcode, a fragmented or oversized control frame, a continuation with no message or a new message
  * inside one. The output is always whole frames, so the proxy can end either side with a close frame.
+ *
+ * With a tripwire (the client's frames, ./body-tripwire.ts) the client's frames are parsed and
+ * re-masked even when nothing is replaced; a frame with a mark fails the connection with 1008.
  */
 import { randomFillSync } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
+import type { TripwireMarks } from "./body-tripwire.js";
 import { Scrubber, scrub, type ScrubPatterns } from "./scrub.js";
 
 /** Default cap on one frame's payload, bytes. */
@@ -29,6 +33,7 @@ export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 /** Close codes the proxy fails a connection with (RFC 6455 §7.4.1). */
 export const CLOSE_PROTOCOL_ERROR = 1002;
+export const CLOSE_POLICY_VIOLATION = 1008;
 export const CLOSE_TOO_BIG = 1009;
 
 /** A frame that cannot be passed on: the connection is to be closed with `code`. */
@@ -50,6 +55,13 @@ export interface FrameRewriterOptions {
   patterns?: ScrubPatterns;
   /** Cap on one frame's payload (default {@link DEFAULT_MAX_FRAME_BYTES}). */
   maxFrameBytes?: number;
+  /**
+   * The client's frames only: marks that must not go to this upstream (./body-tripwire.ts). Payloads
+   * are watched across a message's fragments (a mark's first bytes are held back until the next
+   * fragment says what they are), control frames one by one; at a mark, `onHit` hears its owners and
+   * the stream fails with 1008 (policy violation) before any byte of the mark is passed on.
+   */
+  tripwire?: { marks: TripwireMarks<unknown>; onHit(owners: readonly unknown[]): void };
 }
 
 /** A parsed frame head. */
@@ -146,12 +158,16 @@ export class FrameRewriter extends Transform {
   /** The data message in progress (its first frame came without FIN), and its scrubber. */
   #inMessage = false;
   #scrubber: Scrubber | null = null;
+  readonly #wire: FrameRewriterOptions["tripwire"];
+  /** The tripwire's scrubber for the data message in progress. */
+  #watch: Scrubber | null = null;
 
   constructor(o: FrameRewriterOptions) {
     super();
     this.#clientSide = o.from === "client";
     this.#patterns = o.patterns;
     this.#max = o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.#wire = o.from === "client" ? o.tripwire : undefined;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
@@ -211,13 +227,34 @@ export class FrameRewriter extends Transform {
     if (h.opcode !== 0 && h.opcode < 8) this.#inMessage = true;
     if (h.fin && h.opcode < 8) this.#inMessage = false;
     const patterns = this.#patterns;
-    // The client's control frames, and any frame when there is nothing to replace, pass as they came.
-    if (!patterns || (this.#clientSide && h.opcode >= 8)) {
+    const wire = this.#wire;
+    // The client's control frames, and any frame when there is nothing to replace or watch, pass as they came.
+    if ((!patterns && !wire) || (this.#clientSide && h.opcode >= 8 && !wire)) {
       this.push(raw);
       return;
     }
-    const payload = raw.subarray(h.size);
+    let payload = raw.subarray(h.size);
     if (h.masked) xorMask(payload, raw.subarray(h.size - 4, h.size));
+    if (wire && h.opcode >= 8) {
+      // A client's control frame (a close reason, a ping) is watched on its own, and passes as it came.
+      const found = wire.marks.find([payload]);
+      if (found.length > 0) this.#trip(found);
+      this.push(raw);
+      return;
+    }
+    if (wire) {
+      this.#watch ??= new Scrubber(wire.marks.patterns);
+      const seen = this.#watch.push(payload);
+      if (h.fin) seen.push(...this.#watch.end());
+      if (this.#watch.replaced > 0) this.#trip(wire.marks.ownersIn(seen));
+      if (h.fin) this.#watch = null;
+      payload = Buffer.concat(seen);
+      if (!patterns) {
+        this.push(encodeFrame(h.fin, h.opcode, payload, this.#clientSide));
+        return;
+      }
+    }
+    if (!patterns) return; // unreachable: a frame with neither returned above
     if (h.opcode >= 8) {
       // A server's control frame: its payload is scrubbed (a close reason or a pong could echo a
       // secret), and cut back to what a control frame may hold if that grew it.
@@ -233,5 +270,11 @@ export class FrameRewriter extends Transform {
       this.#scrubber = null;
     }
     this.push(encodeFrame(h.fin, h.opcode, Buffer.concat(parts), this.#clientSide));
+  }
+
+  /** The tripwire fired: tell, and fail the stream before the frame is passed on. */
+  #trip(owners: readonly unknown[]): never {
+    this.#wire!.onHit(owners);
+    throw new FrameError(CLOSE_POLICY_VIOLATION, "a frame carried a credential to a host its lease does not cover");
   }
 }
