@@ -24,12 +24,15 @@
  * on its reason: a known token id with a wrong secret and an unknown id cost the same, so timing
  * tells nothing about which token ids exist.
  *
+ * The window's mechanics are shared with refused calls (./audit-window.ts, ./refusals.ts).
+ *
  * All summaries of a window share one commit. A summary that cannot be written keeps its counts for
  * the next window; {@link closeAuthFailures} makes the last attempt and throws if it fails.
  */
 import { commit, type VaultContext } from "./context.js";
 import { VaultError } from "../base/errors.js";
 import type { AuditDraft, Identity } from "../base/types.js";
+import { AuditWindow, reasonsText, type Tally as WindowTally } from "./audit-window.js";
 
 /** Failures of one source written one row each per window, before counting starts. */
 export const BURST = 8;
@@ -43,43 +46,42 @@ export const MAX_TOKEN_IDS = 8;
 type Detail = Record<string, string | number | boolean | null>;
 
 /** One source's failures in the current window. */
-interface Tally {
+interface Tally extends WindowTally {
   transport: string;
   /** The detail field naming the peer, or null (unknown, or the overflow source "*"). */
   peerField: "uid" | "remote" | null;
   peer: string | number | null;
-  /** Rows written one each this window (BURST when the source has no burst left). */
-  written: number;
-  /** Failures counted, not yet written. */
-  count: number;
-  since: number;
-  reasons: Map<string, number>;
   tokenIds: Set<string>;
 }
 
 /** The tallies of one vault. */
 class AuthFailureLog {
   readonly #ctx: VaultContext;
-  #sources = new Map<string, Tally>();
-  /** Rows written one each this window, all sources together. */
-  #spent = 0;
-  #timer: ReturnType<typeof setInterval> | null = null;
-  #closed = false;
+  readonly #window: AuditWindow<Tally>;
 
   constructor(ctx: VaultContext) {
     this.#ctx = ctx;
+    this.#window = new AuditWindow<Tally>(ctx, {
+      burst: BURST,
+      budget: WINDOW_BUDGET,
+      maxKeys: MAX_SOURCES,
+      keyOf: (t) => sourceKey(t.transport, t.peerField, t.peer),
+      overflow: (t) => newTally(t.transport, null, "*", BURST),
+      fresh: (t, written) => newTally(t.transport, t.peerField, t.peer, written),
+      merge: (into, from) => {
+        for (const id of from.tokenIds) if (into.tokenIds.size < MAX_TOKEN_IDS) into.tokenIds.add(id);
+      },
+      summary,
+    });
   }
 
   async record(transport: string, reason: string, detail: Detail | null): Promise<void> {
-    if (this.#ctx.closed || this.#closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+    if (this.#ctx.closed || this.#window.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
     const tally = this.#tallyFor(transport, detail);
-    this.#start();
-    if (tally.written >= BURST || this.#spent >= WINDOW_BUDGET) {
-      count(tally, reason, detail, this.#ctx.now());
+    if (!this.#window.admit(tally)) {
+      this.#count(tally, reason, detail);
       return;
     }
-    tally.written++;
-    this.#spent++;
     try {
       await commit(this.#ctx, async (_tx, audit) => {
         await audit({ type: "auth_failed", actor: unknownActor(transport), outcome: "denied", reason, detail });
@@ -87,7 +89,7 @@ class AuthFailureLog {
     } catch (e) {
       // Not written: counted instead, so a later summary has it (the source may be gone from the
       // map if a window closed meanwhile).
-      count(this.#tallyFor(transport, detail), reason, detail, this.#ctx.now());
+      this.#count(this.#tallyFor(transport, detail), reason, detail);
       throw e;
     }
   }
@@ -95,74 +97,21 @@ class AuthFailureLog {
   /** The source's tally, made if needed (or the overflow source's, past MAX_SOURCES). */
   #tallyFor(transport: string, detail: Detail | null): Tally {
     const { field, peer } = peerOf(detail);
-    const key = sourceKey(transport, field, peer);
-    let t = this.#sources.get(key);
-    if (t !== undefined) return t;
-    if (this.#sources.size >= MAX_SOURCES) {
-      const over = sourceKey(transport, null, "*");
-      t = this.#sources.get(over);
-      if (t === undefined) this.#sources.set(over, (t = newTally(transport, null, "*", BURST)));
-      return t;
-    }
-    this.#sources.set(key, (t = newTally(transport, field, peer, 0)));
-    return t;
+    return this.#window.tally(sourceKey(transport, field, peer), () => newTally(transport, field, peer, 0));
   }
 
-  #start(): void {
-    if (this.#timer !== null || this.#closed) return;
-    this.#timer = setInterval(() => {
-      this.flush().catch(() => {
-        // Kept for the next window; closeAuthFailures reports a last failure.
-      });
-    }, this.#ctx.limits.authFailureWindowMs);
-    this.#timer.unref?.();
+  #count(t: Tally, reason: string, detail: Detail | null): void {
+    this.#window.count(t, reason, this.#ctx.now());
+    const id = detail?.token_id;
+    if (typeof id === "string" && t.tokenIds.size < MAX_TOKEN_IDS) t.tokenIds.add(id);
   }
 
-  /** Closes the window: one row per source with failures counted; forgets sources that had none. */
-  async flush(): Promise<void> {
-    const due: Tally[] = [];
-    const next = new Map<string, Tally>();
-    for (const [key, t] of this.#sources) {
-      if (t.count === 0) continue;
-      due.push(t);
-      // Still failing: no new burst for this source next window.
-      if (!this.#closed) next.set(key, newTally(t.transport, t.peerField, t.peer, BURST));
-    }
-    this.#sources = next;
-    this.#spent = 0;
-    if (next.size === 0 && this.#timer !== null) {
-      clearInterval(this.#timer);
-      this.#timer = null;
-    }
-    if (due.length === 0) return;
-    try {
-      await commit(this.#ctx, async (_tx, audit) => {
-        for (const t of due) await audit(summary(t));
-      });
-    } catch (e) {
-      for (const t of due) this.#putBack(t);
-      throw e;
-    }
+  flush(): Promise<void> {
+    return this.#window.flush();
   }
 
-  /** Puts back the counts of a summary that could not be written. */
-  #putBack(t: Tally): void {
-    const key = sourceKey(t.transport, t.peerField, t.peer);
-    let into = this.#sources.get(key);
-    if (into === undefined) this.#sources.set(key, (into = newTally(t.transport, t.peerField, t.peer, BURST)));
-    if (into.count === 0 || t.since < into.since) into.since = t.since;
-    into.count += t.count;
-    for (const [r, n] of t.reasons) into.reasons.set(r, (into.reasons.get(r) ?? 0) + n);
-    for (const id of t.tokenIds) if (into.tokenIds.size < MAX_TOKEN_IDS) into.tokenIds.add(id);
-    this.#start();
-  }
-
-  /** Stops the timer and writes what is counted; later failures are refused (the vault is closing). */
-  async close(): Promise<void> {
-    this.#closed = true;
-    if (this.#timer !== null) clearInterval(this.#timer);
-    this.#timer = null;
-    await this.flush();
+  close(): Promise<void> {
+    return this.#window.close();
   }
 }
 
@@ -186,24 +135,14 @@ function newTally(transport: string, peerField: Tally["peerField"], peer: Tally[
   return { transport, peerField, peer, written, count: 0, since: 0, reasons: new Map(), tokenIds: new Set() };
 }
 
-function count(t: Tally, reason: string, detail: Detail | null, now: number): void {
-  if (t.count === 0) t.since = now;
-  t.count++;
-  if (t.reasons.size < 32 || t.reasons.has(reason)) t.reasons.set(reason, (t.reasons.get(reason) ?? 0) + 1);
-  const id = detail?.token_id;
-  if (typeof id === "string" && t.tokenIds.size < MAX_TOKEN_IDS) t.tokenIds.add(id);
-}
-
 /** The row standing for a tally's counted failures. */
 function summary(t: Tally): AuditDraft {
-  const reasons = [...t.reasons].sort((a, b) => b[1] - a[1]);
-  const text = reasons.map(([r, n]) => `${r} ×${n}`).join("; ");
-  const detail: Detail = { count: t.count, since: t.since, reasons: text.length > 500 ? `${text.slice(0, 499)}…` : text };
+  const { text, top } = reasonsText(t.reasons);
+  const detail: Detail = { count: t.count, since: t.since, reasons: text };
   if (t.peerField !== null) detail[t.peerField] = t.peer;
   else if (t.peer === "*") detail.peer = "*";
   if (t.tokenIds.size > 0) detail.token_ids = [...t.tokenIds].join(",");
-  const reason = reasons.length === 1 ? reasons[0]![0] : "several reasons (see detail.reasons)";
-  return { type: "auth_failed", actor: unknownActor(t.transport), outcome: "denied", reason, detail };
+  return { type: "auth_failed", actor: unknownActor(t.transport), outcome: "denied", reason: top ?? "several reasons (see detail.reasons)", detail };
 }
 
 const logs = new WeakMap<VaultContext, AuthFailureLog>();

@@ -22,6 +22,7 @@ import type { RotationHooks } from "./rotation-hooks.js";
 import { behindOf, type Behind } from "./behind.js";
 import { catchUpKey, checkKeysIn } from "./key-reload.js";
 import { catchUpPolicy } from "./policy-sync.js";
+import { admitRefusal, countRefusals, isTallied } from "./refusals.js";
 import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
@@ -188,12 +189,15 @@ async function commitOnce<T>(
   if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
   await preflight(ctx);
   const events: AuditRecord[] = [];
+  /** Refusals of this call counted, not written (./refusals.ts): tallied once the transaction commits. */
+  const counted: AuditDraft[] = [];
   let result: T | VaultError;
   /** What the guard found at the first event: undefined when no event was attempted. */
   let found: string | null | undefined;
   try {
     result = await ctx.store.transaction(async (tx) => {
       events.length = 0;
+      counted.length = 0;
       found = undefined;
       const now = ctx.now();
       /** The head the guard checked at this call's first event; undefined until then. */
@@ -240,6 +244,11 @@ async function commitOnce<T>(
         await chainOnto(at, first.length > 0 ? [...first, ...pending] : pending, ftx);
       };
       const audit: AuditFn = async (draft) => {
+        // A refusal past its identity's burst is counted, not written (./refusals.ts).
+        if (!opts.recovery && isTallied(draft) && !admitRefusal(ctx, draft)) {
+          counted.push(draft);
+          return null;
+        }
         if (head === undefined) {
           await checkKeysIn(ctx, tx);
           if (opts.recovery) {
@@ -289,6 +298,7 @@ async function commitOnce<T>(
     );
   }
   if (found !== undefined) noteAuditState(ctx, found);
+  countRefusals(ctx, counted, ctx.now());
   if (events.length > 0) {
     noteCommitted(ctx, events[events.length - 1]!.seq, events[events.length - 1]!.time);
     sawAuditHead(ctx, events[events.length - 1]!.seq);

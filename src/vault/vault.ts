@@ -33,6 +33,7 @@ import { checkKillswitch, killswitchState, type KillswitchState } from "./lockou
 import { emptyPolicy, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
 import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
+import { closeRefusals, flushRefusals } from "./refusals.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
 import { rotateSecretByHook, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
 import { Signals, type SignalListener } from "./signals.js";
@@ -286,8 +287,16 @@ export class Vault {
   }
 
   /**
-   * Writes the failed authentications still counted, closes the store and sinks and wipes the keys.
-   * Throws (after closing) if those failures could not be audited.
+   * Writes the refused calls counted but not yet audited: past a burst per identity and window, a
+   * refusal is counted and written in one summary row per identity and window (src/vault/refusals.ts).
+   */
+  flushRefusals(): Promise<void> {
+    return flushRefusals(this.#ctx);
+  }
+
+  /**
+   * Writes the failed authentications and refused calls still counted, closes the store and sinks and
+   * wipes the keys. Throws (after closing) if those could not be audited.
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -296,12 +305,17 @@ export class Vault {
 
   async #close(): Promise<void> {
     if (this.#ctx.closed) return;
-    // The failed authentications still counted are written first (one commit), while the store is open.
+    // The failed authentications and refusals still counted are written first, while the store is open.
     let unwritten: unknown = null;
     try {
       await closeAuthFailures(this.#ctx);
     } catch (e) {
       unwritten = e;
+    }
+    try {
+      await closeRefusals(this.#ctx);
+    } catch (e) {
+      unwritten ??= e;
     }
     this.#ctx.closed = true;
     await this.#ctx.store.close();
