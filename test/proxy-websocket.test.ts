@@ -667,6 +667,15 @@ test("tripwire in frames: a client ping carrying the mark closes with 1008; clea
   assert.equal(upFrames[first]!.payload.toString(), `hello ${OTHER_PH.slice(0, 20)} and ${PLACEHOLDER}`, "a prefix of the mark alone is no alarm");
   assert.equal(upFrames[first]!.masked, true);
   assert.equal(echoed[0]!.payload.toString(), `echo:hello ${OTHER_PH.slice(0, 20)} and ${PLACEHOLDER}`);
+  // A clean ping reaches the upstream intact (its pong echoes the payload back).
+  const pingAt = upFrames.length;
+  clean.s.write(frame(0x9, Buffer.from("are you there"), true));
+  const pong = await readFrames(clean.s, Buffer.alloc(0), 1);
+  assert.equal(upFrames[pingAt]!.opcode, 0x9);
+  assert.equal(upFrames[pingAt]!.payload.toString(), "are you there");
+  assert.equal(upFrames[pingAt]!.masked, true);
+  assert.equal(pong[0]!.opcode, 0xa);
+  assert.equal(pong[0]!.payload.toString(), "are you there");
   clean.s.destroy();
 
   const firstTrip = tripped.length;

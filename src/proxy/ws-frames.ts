@@ -236,10 +236,11 @@ export class FrameRewriter extends Transform {
     let payload = raw.subarray(h.size);
     if (h.masked) xorMask(payload, raw.subarray(h.size - 4, h.size));
     if (wire && h.opcode >= 8) {
-      // A client's control frame (a close reason, a ping) is watched on its own, and passes as it came.
+      // A client's control frame (a close reason, a ping) is watched on its own, and passes unchanged
+      // (re-masked: its payload was unmasked in place).
       const found = wire.marks.find([payload]);
       if (found.length > 0) this.#trip(found);
-      this.push(raw);
+      this.push(encodeFrame(true, h.opcode, payload, true));
       return;
     }
     if (wire) {
