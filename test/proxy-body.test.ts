@@ -479,6 +479,33 @@ test("LeaseEgress: the body tripwire watches bodies and WebSocket frames for the
   assert.equal(((await prepareWith(only, request({ hasBody: true }))) as Extract<Prepared, { kind: "forward" }>).bodyTripwire, undefined);
 });
 
+test("LeaseEgress: too many marks for one automaton: bodies go unwatched with one warning; the head's tripwire still fires", async () => {
+  // 60 long values away from api.example: the response scrubber compiles them, the body tripwire's
+  // marks (about three times the bytes) are over the automaton's cap.
+  const many: ProxyCredential[] = Array.from({ length: 60 }, (_, i) => {
+    const value = `sk-${i}-` + Buffer.from(Array.from({ length: 150 }, (_, k) => (i * 31 + k * 7) % 256)).toString("base64");
+    return { lease: lease(`L-${i}`, `s${i}`, ["far.example"]), secret: `s${i}`, placeholder: makePlaceholder(value), value, rule: { mode: "placeholder" } };
+  });
+  const api = {
+    accessSecret: async () => assert.fail("the covered credential is not used by these requests"),
+    api: { record_proxy_requests: async () => undefined },
+    listLeases: async () => [],
+  } as unknown as BackendApi;
+  const warns: string[] = [];
+  // One credential covers api.example; the other 59 are away from it.
+  const mixed = new LeaseEgress({ api, agent: "bot", credentials: [{ ...many[0]!, lease: lease("L-near", "near", ["api.example"]) }, ...many.slice(1)], egress: "strict", warn: (l) => warns.push(l) });
+  const a = (await prepareWith(mixed, request({ hasBody: true }))) as Extract<Prepared, { kind: "forward" }>;
+  assert.equal(a.kind, "forward");
+  assert.equal(a.bodyTripwire, undefined, "too many marks: the body goes unwatched");
+  assert.equal(warns.length, 1);
+  assert.match(warns[0]!, /does not watch request bodies to api\.example/);
+  await prepareWith(mixed, request({ hasBody: true }));
+  assert.equal(warns.length, 1, "said once");
+  // The head's tripwire still fires for those credentials.
+  const trip = await prepareWith(mixed, request({ headers: { "x-k": many[5]!.placeholder } }));
+  assert.equal((trip as Extract<Prepared, { kind: "refuse" }>).reason, "tripwire");
+});
+
 test("LeaseEgress: a refused use of a body credential refuses the request (fail closed); the header tripwire still fires", async () => {
   const c = creds();
   const { egress: e } = leaseEgress(c, new Set(["L-body"]));
