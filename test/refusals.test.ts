@@ -65,6 +65,7 @@ test("an identity's refusals past its burst are counted into one row per window;
   assert.equal(d.count, 68);
   assert.match(String(d.reasons), /^(lease_not_found ×34; access_denied ×34|access_denied ×34; lease_not_found ×34)$/);
   assert.match(String(summary.reason), /^several: 68 refusals counted/);
+  assert.equal(d.secrets, "global/not-granted", "the secrets the counted refusals named");
   assert.equal(total(rows.filter((r) => r.actorId === "token:mallory")), 100, "every refusal is counted");
 
   // Still refused in the next window: counted, not written at once (no new burst during a flood).

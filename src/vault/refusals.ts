@@ -12,8 +12,10 @@
  * - Its later refusals are counted, not written: the call is refused all the same, and its transaction
  *   writes nothing. When the window closes (and when the vault closes) each identity with refusals
  *   counted writes **one** `access_denied` row: `detail.count` the refusals it stands for,
- *   `detail.reasons` how many of each error code, `detail.since` the time of the first. A row without
- *   `count` stands for one refusal.
+ *   `detail.reasons` how many of each error code, `detail.secrets` the first {@link MAX_SECRETS}
+ *   secrets they named, `detail.since` the time of the first. A row without `count` stands for one
+ *   refusal. Past the burst, which lease id each refusal named is not kept: a flood is itself the
+ *   signal, and it shows as the count.
  * - An identity still refused when its window closes gets no new burst; one quiet for a whole window
  *   is forgotten. At most {@link MAX_IDENTITIES} are tallied at once; refusals of further identities are
  *   counted together under actor id `*` of their transport.
@@ -37,10 +39,14 @@ export const BURST = 32;
 export const WINDOW_BUDGET = 256;
 /** Identities tallied at once; refusals of further identities are counted under actor id "*". */
 export const MAX_IDENTITIES = 256;
+/** Secrets named in one summary row, at most (the first ones the counted refusals named). */
+export const MAX_SECRETS = 16;
 
 /** One identity's refusals in the current window (reasons: by error code). */
 interface Tally extends WindowTally {
   actor: Identity;
+  /** `scope/name` of the secrets the counted refusals named, the first {@link MAX_SECRETS}. */
+  secrets: Set<string>;
 }
 
 /** Summary drafts: written past the tally (see {@link isTallied}). */
@@ -56,6 +62,7 @@ function newLog(ctx: VaultContext): RefusalLog {
     keyOf: (t) => identityKey(t.actor),
     overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST),
     fresh: (t, written) => newTally(t.actor, written),
+    merge: (into, from) => addSecrets(into, from.secrets),
     summary,
   });
 }
@@ -65,7 +72,11 @@ function identityKey(actor: Identity): string {
 }
 
 function newTally(actor: Identity, written: number): Tally {
-  return { actor, written, count: 0, since: 0, reasons: new Map() };
+  return { actor, written, count: 0, since: 0, reasons: new Map(), secrets: new Set() };
+}
+
+function addSecrets(t: Tally, names: Iterable<string | null | undefined>): void {
+  for (const n of names) if (typeof n === "string" && t.secrets.size < MAX_SECRETS) t.secrets.add(n);
 }
 
 function tallyOf(log: RefusalLog, actor: Identity): Tally {
@@ -87,7 +98,7 @@ function summary(t: Tally): AuditDraft {
     agent: t.actor.agent ?? null,
     outcome: "denied",
     reason: `${top ?? "several"}: ${t.count} refusals counted in this window (detail.reasons says why)`,
-    detail: { count: t.count, since: t.since, reasons: text },
+    detail: { count: t.count, since: t.since, reasons: text, ...(t.secrets.size > 0 ? { secrets: [...t.secrets].join(",") } : {}) },
   };
   summaries.add(draft);
   return draft;
@@ -117,7 +128,11 @@ export function admitRefusal(ctx: VaultContext, draft: AuditDraft): boolean {
 export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], now: number): void {
   if (drafts.length === 0) return;
   const log = logOf(ctx);
-  for (const d of drafts) log.count(tallyOf(log, d.actor), codeOf(d.reason), now);
+  for (const d of drafts) {
+    const t = tallyOf(log, d.actor);
+    log.count(t, codeOf(d.reason), now);
+    addSecrets(t, [d.secret]);
+  }
 }
 
 /** Closes the current window now: writes every refusal counted but not yet written. */
