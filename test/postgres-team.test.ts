@@ -1,7 +1,8 @@
 /**
  * Two real `lessor serve` processes on one PostgreSQL schema (a team server, docs/team.md): each has
  * its own home and socket, the same database URL and the same master key (the key file copied). A
- * lease granted on A is used on B; revoked on B, refused on A; the killswitch on A closes B's agent
+ * lease granted on A is used on B; revoked on B, refused on A; a max_uses = 1 lease raced from both is
+ * used once; the killswitch on A closes B's agent
  * connections and B refuses grants; a token revoked on A closes its TCP connection on B; with LISTEN
  * off, polling alone propagates; killing A leaves B serving. Measured times are printed; the bound
  * asserted is the issue's one second. Needs LESSOR_TEST_PG_URL; skips with the reason without it.
@@ -83,6 +84,24 @@ describe("two lessor serve processes on one PostgreSQL database", { skip: PG_SKI
     await assert.rejects(again.requestLease(GH), (e: Error & { code?: string }) => e.code === "access_denied" && /killswitch is engaged/.test(e.message));
     assert.match(b.stderr(), /killswitch engaged: closed every agent/);
     console.log(`# two daemons, NOTIFY: revoke on B → refused on A ${revokeMs.toFixed(1)} ms (shared rows: the next access), token revoked on A → connection on B closed ${tokenMs.toFixed(0)} ms, killswitch on A → B's agent closed ${killMs.toFixed(0)} ms`);
+  });
+
+  test("the max_uses race across daemons: a max_uses = 1 lease accessed 24 times at once over A and B gives the value exactly once", async () => {
+    const { a, b, adminA, adminB } = await team("");
+    // Three agent connections to each daemon, all as claude.
+    const clients = [...(await Promise.all([0, 1, 2].map(() => agentOn(a, adminA)))), ...(await Promise.all([0, 1, 2].map(() => agentOn(b, adminB))))].map((x) => x.client);
+    for (let round = 0; round < 3; round++) {
+      const lease = await clients[round]!.requestLease({ ...GH, maxUses: 1 });
+      const results = await Promise.allSettled(Array.from({ length: 24 }, (_, i) => clients[i % clients.length]!.accessSecret(lease.id, { domain: "api.github.com" })));
+      const won = results.filter((r) => r.status === "fulfilled");
+      assert.equal(won.length, 1, `round ${round}: ${won.length} accesses got the value`);
+      (won[0] as PromiseFulfilledResult<{ value: { unsafeText(): string; wipe(): void } }>).value.value.wipe();
+      for (const r of results)
+        if (r.status === "rejected") assert.equal((r.reason as { code?: string }).code, "lease_exhausted", String(r.reason));
+      const [onA, onB] = await Promise.all([adminA.listLeases({ agent: "claude" }), adminB.listLeases({ agent: "claude" })]);
+      assert.equal(onA.find((l) => l.id === lease.id)?.uses, 1, "A sees one use");
+      assert.equal(onB.find((l) => l.id === lease.id)?.uses, 1, "B sees one use");
+    }
   });
 
   test("LISTEN off: polling alone closes B's connections within poll_ms plus a margin; killing A leaves B serving", async () => {
