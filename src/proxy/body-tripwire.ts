@@ -1,10 +1,10 @@
 /**
  * The tripwire in request bodies (and, through ./ws-frames.ts, WebSocket client frames): a stream that
- * passes a body on unchanged while it watches for the
- * marks of credentials whose leases do not cover the request's host (their placeholders and values,
- * in the encoded forms src/proxy/lease-egress.ts lists). At the first mark it passes nothing more on,
- * not even the bytes before the mark in the same chunk, and fails with {@link TripwireHit} naming the
- * credentials found: the proxy then ends the upstream request and answers 403 (./intercept.ts, ./h2.ts).
+ * passes a body on unchanged while it watches for the marks of credentials whose leases do not cover
+ * the request's host (their placeholders and values, in the encoded forms src/proxy/lease-egress.ts
+ * lists). At the first mark it passes nothing more on, not even the bytes before the mark in the same
+ * chunk, and fails with {@link TripwireHit} naming the credentials found: the proxy then ends the
+ * upstream request and answers 403 (./intercept.ts, ./h2.ts).
  *
  * It reuses the scrubber's automaton (./scrub.ts), so a mark split across chunks is caught: the
  * scrubber holds back any tail that could begin one, and the held bytes go on only once they cannot.
@@ -34,11 +34,6 @@ export class TripwireMarks<T> {
     // ScrubPatterns copies each replacement: map its copies (compared by identity) back to owners.
     for (const b of this.patterns.placeholders) owners.set(b, byTag.get(b.toString("latin1"))!);
     this.owners = owners;
-  }
-
-  /** True when there is nothing to look for. */
-  get empty(): boolean {
-    return this.patterns.count === 0;
   }
 
   /** The owners whose marks appear in any of `texts` (strings read as UTF-8): for trailers, say. */
@@ -84,11 +79,6 @@ export class BodyTripwire<T> extends Transform {
     this.#marks = marks;
     this.#scrubber = new Scrubber(marks.patterns);
     this.#onHit = onHit;
-  }
-
-  /** True once a mark was found. */
-  get tripped(): boolean {
-    return this.#tripped;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
