@@ -13,7 +13,7 @@ import { isVaultError } from "../src/base/errors.js";
 import type { AuditRecord } from "../src/base/types.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { BURST } from "../src/vault/refusals.js";
+import { BURST, MAX_IDENTITIES, WINDOW_BUDGET } from "../src/vault/refusals.js";
 
 const POLICY = grant("gh", ["claude", "bob"], ["github-token"], ["api.github.com"]);
 
@@ -83,6 +83,26 @@ test("an identity's refusals past its burst are counted into one row per window;
   assert.equal(rows[BURST + 3]!.detail, null);
   // The trail with its summary rows verifies.
   assert.equal((await admin.auditVerify()).ok, true);
+});
+
+test("attack: refusals spread over many identities (one token each) are bounded by the window's budget and the identity cap; all are counted", async () => {
+  const { vault } = await makeVault({ policy: POLICY, limits: { authFailureWindowMs: 3_600_000 } });
+  after(() => vault.close());
+  const admin = vault.admin();
+  const n = MAX_IDENTITIES + 44;
+  for (let i = 0; i < n; i++) {
+    const s = vault.session({ id: `token:sybil-${i}`, role: "agent", agent: "claude", transport: "tcp" });
+    for (let k = 0; k < 2; k++) assert.equal(await codeOf(s.accessSecret(randomUUID())), "lease_not_found");
+  }
+  const rows = async (): Promise<AuditRecord[]> => (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })) as AuditRecord[];
+  assert.equal((await rows()).length, WINDOW_BUDGET, "one row each only while the window's budget lasts");
+  await vault.flushRefusals();
+  const all = await rows();
+  assert.equal(total(all), 2 * n, "every refusal is counted");
+  // One summary per identity tallied, and the identities past the cap under "*".
+  const summaries = all.filter((r) => r.detail !== null);
+  assert.ok(summaries.length <= MAX_IDENTITIES + 1, `${summaries.length} summary rows`);
+  assert.ok(summaries.some((r) => r.actorId === "*"), "identities past the cap are counted together");
 });
 
 test("refusals counted when the vault closes are written by close()", async () => {
