@@ -26,7 +26,7 @@ import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
 import { connect as netConnect, type AddressInfo } from "node:net";
 import * as tls from "node:tls";
-import { gzipSync } from "node:zlib";
+import { brotliCompressSync, brotliDecompressSync, constants as zc, gunzipSync, gzipSync } from "node:zlib";
 import { randomBytes } from "node:crypto";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -639,6 +639,98 @@ test("the body tripwire passes other bodies on byte for byte: the host's own pla
       assert.ok(Buffer.from(got[0]!.body, "latin1").equals(bin), `${host}: the upstream got the body unchanged`);
     }
     assert.equal(r.warns.length, 0);
+    assert.ok((await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "no lease was revoked");
+  } finally {
+    await r.close();
+  }
+});
+
+/** What a compressed prefix decodes to (all an upstream could read of it); empty if too short to decode. */
+function decodedPrefix(coding: "gzip" | "br", b: Buffer): string {
+  if (b.length === 0) return "";
+  try {
+    return (coding === "gzip" ? gunzipSync(b, { finishFlush: zc.Z_SYNC_FLUSH }) : brotliDecompressSync(b, { finishFlush: zc.BROTLI_OPERATION_FLUSH })).toString("latin1");
+  } catch {
+    return "";
+  }
+}
+
+test("tripwire in compressed request bodies: another host's placeholder in a gzip body (h1) or a br body (h2) is stopped before any of it goes; a zstd body is refused unsent", async () => {
+  for (const coding of ["gzip", "br"] as const) {
+    const r = await rig();
+    try {
+      const ph = r.ph("oth");
+      const body = `{"note":"${"hello ".repeat(40)}","token":"${ph}","n":${randomBytes(16).toString("hex")}}`;
+      const at = body.indexOf(ph);
+      const packed = coding === "gzip" ? gzipSync(body) : brotliCompressSync(body);
+      const cut = Math.floor(packed.length / 2);
+      const from = arrived.length;
+      let status: number;
+      if (coding === "gzip") {
+        const s = await tunnel(r, HOST);
+        s.write(`POST /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nContent-Encoding: gzip\r\nContent-Length: ${packed.length}\r\n\r\n`);
+        s.write(packed.subarray(0, cut));
+        await delay(80);
+        s.write(packed.subarray(cut));
+        const answer = await readAll(s, 3000);
+        status = statusOf(answer);
+        assert.match(answer, /"reason":"tripwire"/, coding);
+      } else {
+        const s = await tunnel(r, H2HOST, "h2");
+        const session = http2.connect(`https://${H2HOST}`, { createConnection: () => s });
+        try {
+          status = await new Promise<number>((resolve, reject) => {
+            const req = session.request({ ":method": "POST", ":path": "/ok/t", "content-encoding": "br" });
+            let st = 0;
+            req.on("response", (h) => (st = Number(h[":status"])));
+            req.on("data", () => {});
+            req.on("end", () => resolve(st));
+            req.on("close", () => resolve(st));
+            req.on("error", reject);
+            req.write(packed.subarray(0, cut));
+            setTimeout(() => req.end(packed.subarray(cut)), 80);
+          });
+        } finally {
+          session.destroy();
+        }
+      }
+      assert.equal(status, 403, coding);
+      const got = Buffer.from(arrived.slice(from).join(""), "latin1");
+      assert.ok(packed.subarray(0, got.length).equals(got), `${coding}: the upstream got a prefix of the compressed body`);
+      const readable = decodedPrefix(coding, got);
+      assert.ok(readable.length <= at, `${coding}: what went upstream decodes to ${readable.length} bytes, the placeholder starts at ${at}`);
+      assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), `${coding}: the lease is revoked`);
+      assert.ok(await r.alarmed(), `${coding}: an alarm is audited`);
+      await assertCanaryFree(r);
+    } finally {
+      await r.close();
+    }
+  }
+
+  const r = await rig();
+  try {
+    // A clean gzip body goes on byte for byte, still compressed.
+    const clean = gzipSync(Buffer.concat([Buffer.from(r.ph("tok")), randomBytes(50_000), Buffer.from("z".repeat(100_000))]));
+    const before = seen.length;
+    const s = await tunnel(r, HOST);
+    s.write(`POST /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nContent-Encoding: gzip\r\nContent-Length: ${clean.length}\r\nConnection: close\r\n\r\n`);
+    for (let i = 0; i < clean.length; i += 4_001) s.write(clean.subarray(i, i + 4_001));
+    const answer = await readAll(s, 5000);
+    assert.equal(statusOf(answer), 200, answer.slice(0, 200));
+    assert.equal(seen.length, before + 1);
+    assert.ok(Buffer.from(seen[before]!.body, "latin1").equals(clean), "the upstream got the compressed body unchanged");
+    assert.equal(seen[before]!.headers["content-encoding"], "gzip");
+
+    // A coding the tripwire cannot read, or two: refused before anything goes, on h1 and h2.
+    const n = seen.length;
+    for (const enc of ["zstd", "gzip, br"]) {
+      const a = await rawH1(r, `POST /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nContent-Encoding: ${enc}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`);
+      assert.equal(statusOf(a), 415, `${enc}: ${a.slice(0, 300)}`);
+      assert.match(a, /reads only gzip, deflate or br/, enc);
+    }
+    const h2 = await h2Request(r, H2HOST, { ":method": "POST", ":path": "/ok/t", "content-encoding": "zstd" }, "hello");
+    assert.equal(h2.headers[":status"], 415);
+    assert.equal(seen.length, n, "nothing reached an upstream");
     assert.ok((await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "no lease was revoked");
   } finally {
     await r.close();

@@ -21,7 +21,8 @@ import type { Prepared, ProxiedRequest } from "./egress.js";
 import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders } from "./request-body.js";
+import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { TunnelUpstream } from "./upstream.js";
 
@@ -204,6 +205,14 @@ function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
     tally.report("compressed request body");
     return;
   }
+  // A body the tripwire must read, in a coding it cannot decode: refused the same way.
+  const watched = p.bodyTripwire !== undefined && !ex.ended ? encodedBody(ex.encoding) : null;
+  if (watched !== null && decodableCoding(watched) === null) {
+    tally.status = 415;
+    problem(cs, 415, ENCODED_BODY_REASON, unwatchableBodyDetail(watched));
+    tally.report("compressed request body");
+    return;
+  }
   if (t.handle.closed || cs.destroyed || cs.closed) {
     cs.close(NGHTTP2_CANCEL);
     tally.report(t.handle.closed ? "tunnel closed" : "client closed");
@@ -236,19 +245,34 @@ function counted(from: Readable, onBytes: (n: number) => void): void {
 /** The body tripwire of one stream (./body-tripwire.ts). */
 interface Trip {
   readonly marks: TripwireMarks<unknown>;
-  /** True once it fired. */
+  /** The body's coding, read by ./encoded-tripwire.ts; null for a plain body. */
+  readonly coding: DecodableCoding | null;
+  /** True once it fired (or refused the body). */
   tripped: boolean;
   /** Fires it (once): ends the upstream request; the client gets 403 once the policy has revoked what tripped it. */
   fire(owners: readonly unknown[]): void;
+  /** A compressed body that could not be read to its end: ends the upstream request, answers `e.status`. */
+  refuse(e: BodyUnreadable): void;
 }
 
 /** The stream's body tripwire, if the policy asked for one and the body can be read (`stop` ends the upstream request). */
 function tripFor(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally, stop: () => void): Trip | undefined {
   const w = p.bodyTripwire;
-  if (w === undefined || ex.ended || encodedBody(ex.encoding) !== null) return undefined;
+  if (w === undefined || ex.ended) return undefined;
+  const coding = encodedBody(ex.encoding);
   const trip: Trip = {
     marks: w.marks,
+    // `send` refused any coding the tripwire cannot read.
+    coding: coding === null ? null : decodableCoding(coding),
     tripped: false,
+    refuse(e) {
+      if (trip.tripped) return;
+      trip.tripped = true;
+      stop();
+      tally.status = e.status;
+      problem(ex.cs, e.status, ENCODED_BODY_REASON, e.detail);
+      tally.report("unreadable compressed request body");
+    },
     fire(owners) {
       if (trip.tripped) return;
       trip.tripped = true;
@@ -278,7 +302,10 @@ function sendBody(ex: Exchange, to: NodeJS.WritableStream & { destroy(): void },
   counted(ex.cs, (n) => (tally.bytesOut += n));
   let body: NodeJS.ReadableStream = ex.cs;
   if (trip) {
-    const wire = new BodyTripwire(trip.marks, (hit) => trip.fire(hit.owners));
+    const wire =
+      trip.coding === null
+        ? new BodyTripwire(trip.marks, (hit) => trip.fire(hit.owners))
+        : new DecodingTripwire(trip.marks, trip.coding, { onHit: (hit) => trip.fire(hit.owners), onUnreadable: (e) => trip.refuse(e) });
     wire.on("error", () => {});
     body = body.pipe(wire);
   }

@@ -14,8 +14,9 @@ import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { askPolicy, authority, endToEnd, hostOf, scrubHeaders, scrubText } from "./headers.js";
-import { BodyTripwire } from "./body-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
+import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
+import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
 
@@ -189,6 +190,17 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     rewrittenBodyHeaders(headers, rewrite, true);
   }
 
+  // The body tripwire (./body-tripwire.ts, ./encoded-tripwire.ts for a compressed body): a coding it
+  // cannot read is refused before anything goes upstream.
+  const watch = p.bodyTripwire !== undefined && h1HasBody(req.headers) ? p.bodyTripwire : undefined;
+  const watchedCoding = watch ? encodedBody(req.headers["content-encoding"]) : null;
+  if (watchedCoding !== null && decodableCoding(watchedCoding) === null) {
+    req.resume();
+    problemResponse(res, 415, ENCODED_BODY_REASON, unwatchableBodyDetail(watchedCoding));
+    report(415, "compressed request body");
+    return;
+  }
+
   const up: ClientRequest = request({
     agent: t.agent,
     host: t.target.address,
@@ -198,17 +210,17 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     headers,
     setHost: false,
   });
-  // The body tripwire (./body-tripwire.ts): at a mark the upstream request ends, and once the policy
-  // has revoked what tripped it, the agent gets 403 (or, if the answer had begun, a closed connection).
-  let tripped = false;
-  const watch = p.bodyTripwire !== undefined && h1HasBody(req.headers) && encodedBody(req.headers["content-encoding"]) === null ? p.bodyTripwire : undefined;
+  // At a mark the upstream request ends, and once the policy has revoked what tripped it, the agent
+  // gets 403 (or, if the answer had begun, a closed connection). A compressed body that cannot be read
+  // to its end stops it the same way, with no revocation.
+  let stopped = false;
   up.on("response", (ur) => {
-    if (tripped) return void ur.destroy();
+    if (stopped) return void ur.destroy();
     counted(ur, (n) => (bytesIn += n));
     relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err));
   });
   up.on("error", (e) => {
-    if (tripped) return;
+    if (stopped) return;
     const code = (e as { code?: unknown }).code;
     const why = typeof code === "string" ? code : e.message;
     problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} failed (${why})`);
@@ -218,17 +230,32 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   counted(req, (n) => (bytesOut += n));
   let body: NodeJS.ReadableStream = req;
   if (watch) {
-    const wire = new BodyTripwire(watch.marks, (hit) => {
-      tripped = true;
+    const stop = (): void => {
+      stopped = true;
       up.destroy();
       // The rest of the body is never read: the connection closes after the answer.
       res.shouldKeepAlive = false;
+    };
+    const onHit = (hit: TripwireHit<unknown>): void => {
+      stop();
       watch.trip(hit.owners).then(
         (detail) => problemResponse(res, 403, "tripwire", detail),
         () => res.destroy(),
       );
       report(403, "tripwire");
-    });
+    };
+    const coding = watchedCoding === null ? null : decodableCoding(watchedCoding);
+    const wire =
+      coding === null
+        ? new BodyTripwire(watch.marks, onHit)
+        : new DecodingTripwire(watch.marks, coding, {
+            onHit,
+            onUnreadable: (e) => {
+              stop();
+              problemResponse(res, e.status, ENCODED_BODY_REASON, e.detail);
+              report(e.status, "unreadable compressed request body");
+            },
+          });
     wire.on("error", () => {});
     body = body.pipe(wire);
   }

@@ -37,6 +37,14 @@ export function encodedBodyDetail(coding: string): string {
 }
 
 /**
+ * The 415 detail for a body the tripwire must read (other credentials' marks are watched on this host)
+ * in a coding it cannot decode (./encoded-tripwire.ts reads gzip, deflate and br, one at a time).
+ */
+export function unwatchableBodyDetail(coding: string): string {
+  return `Unsupported media type: the request body has content-encoding ${coding}; the proxy reads request bodies to this host to check that no other credential leaves with them, and reads only gzip, deflate or br (one coding); the request was not sent. Send the body uncompressed or in one of those`;
+}
+
+/**
  * Adjusts the outgoing headers for a rewritten body: a Content-Length stays only if every pattern
  * keeps the length (the usual case: placeholders are shaped like their values). Otherwise it goes,
  * and over HTTP/1.1 (`chunked` true) the body is sent chunked.

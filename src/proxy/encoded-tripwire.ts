@@ -1,0 +1,175 @@
+/**
+ * The body tripwire for a compressed request body (`Content-Encoding: gzip`, `deflate` or `br`): the
+ * compressed bytes pass on unchanged, but only once what they decode to has been read by the same
+ * watch as ./body-tripwire.ts. An agent that gzips a body does not get a credential past the proxy.
+ *
+ * The gate: the body is decoded beside the stream, and a compressed chunk goes on only when the
+ * decoded bytes it produced have all passed the scrubber, including the tail the scrubber holds back
+ * because it could begin a mark. So when a mark turns up, the upstream has had none of its decoded
+ * bytes; at most the bits of one unfinished code at the end of a released chunk (under a byte of it).
+ *
+ * Refused rather than passed unread (the caller answers with {@link BodyUnreadable}'s status): a body
+ * that does not decode, bytes after the end of the compressed data (an upstream might read them), and
+ * a body that decodes to more than `maxDecodedBytes` (a decompression bomb). Any other coding, or more
+ * than one, is refused before anything is sent (see {@link decodableCoding}).
+ */
+import { Transform, type TransformCallback } from "node:stream";
+import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+import { TripwireHit, type TripwireMarks } from "./body-tripwire.js";
+import { Scrubber } from "./scrub.js";
+
+/** The codings this tripwire can read, as the request names them (lower case). */
+export type DecodableCoding = "gzip" | "x-gzip" | "deflate" | "br";
+
+/** `coding` (as ./request-body.ts's `encodedBody` gives it) if this tripwire can read it, else null. */
+export function decodableCoding(coding: string): DecodableCoding | null {
+  return coding === "gzip" || coding === "x-gzip" || coding === "deflate" || coding === "br" ? coding : null;
+}
+
+/** The default cap on what one compressed body may decode to: 256 MiB. */
+export const MAX_DECODED_BYTES = 256 * 1024 * 1024;
+
+/** A compressed body the tripwire could not read to the end: the request is refused with `status`. */
+export class BodyUnreadable extends Error {
+  constructor(
+    /** 400 (does not decode, or data after its end) or 413 (decodes to more than the cap). */
+    readonly status: 400 | 413,
+    /** For the agent: what is wrong and what to do. */
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+/** Options of {@link DecodingTripwire}. */
+export interface DecodingTripwireOptions<T> {
+  /** Called once, at the first mark, before the stream fails with the same error. */
+  onHit(hit: TripwireHit<T>): void;
+  /** Called once when the body cannot be read to the end, before the stream fails with the same error. */
+  onUnreadable(e: BodyUnreadable): void;
+  /** Cap on the decoded bytes (default {@link MAX_DECODED_BYTES}). */
+  maxDecodedBytes?: number;
+}
+
+function decoder(coding: DecodableCoding): Transform {
+  return coding === "br" ? createBrotliDecompress() : coding === "deflate" ? createInflate() : createGunzip();
+}
+
+/**
+ * Passes a compressed body through unchanged, each chunk once what it decodes to is known to carry
+ * none of `marks`; fails with a {@link TripwireHit} at the first mark, or a {@link BodyUnreadable}.
+ */
+export class DecodingTripwire<T> extends Transform {
+  readonly #marks: TripwireMarks<T>;
+  readonly #scrubber: Scrubber;
+  readonly #decoder: Transform;
+  readonly #opts: DecodingTripwireOptions<T>;
+  readonly #max: number;
+  readonly #coding: DecodableCoding;
+  /** Compressed chunks not yet passed on, oldest first, each with the decoded total once it was read. */
+  readonly #held: { chunk: Buffer; decodedThrough: number }[] = [];
+  #written = 0;
+  #decoded = 0;
+  #failed = false;
+  /** The decoder reached the end of the compressed data (it may do so before the body ends). */
+  #ended = false;
+
+  constructor(marks: TripwireMarks<T>, coding: DecodableCoding, opts: DecodingTripwireOptions<T>) {
+    super();
+    this.#marks = marks;
+    this.#scrubber = new Scrubber(marks.patterns);
+    this.#coding = coding;
+    this.#opts = opts;
+    this.#max = opts.maxDecodedBytes ?? MAX_DECODED_BYTES;
+    this.#decoder = decoder(coding);
+    this.#decoder.on("data", (out: Buffer) => this.#read(out));
+    this.#decoder.on("end", () => (this.#ended = true));
+    this.#decoder.on("error", () => this.#unreadable(400, `Bad request: the request body is labelled content-encoding ${coding} but does not decode as it; the proxy must read a body to check it and did not send it. Send it uncompressed or correctly encoded`));
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    if (this.#failed) return callback();
+    this.#written += chunk.length;
+    if (this.#ended) return this.#trailing(), callback();
+    const entry = { chunk, decodedThrough: -1 };
+    this.#held.push(entry);
+    // The decoder's write callback comes once it has consumed the whole chunk and pushed all it
+    // decoded from it; in flowing mode each push reached #read at once (its buffer stays empty).
+    this.#decoder.write(chunk, () => {
+      if (this.#failed) return callback();
+      if (this.#decoder.readableLength !== 0) {
+        // Not read yet (it never happens in flowing mode): decide nothing on a partial view.
+        return setImmediate(() => this.#settle(entry, callback));
+      }
+      this.#settle(entry, callback);
+    });
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.#failed) return callback();
+    const finish = (): void => {
+      if (this.#failed) return callback();
+      this.#check(this.#scrubber.end());
+      if (this.#failed) return callback();
+      if (this.#consumed() !== this.#written) return this.#trailing(), callback();
+      for (const h of this.#held.splice(0)) this.push(h.chunk);
+      callback();
+    };
+    if (this.#ended) return finish();
+    this.#decoder.once("end", finish);
+    this.#decoder.end();
+  }
+
+  /** Compressed bytes the decoder consumed. */
+  #consumed(): number {
+    return (this.#decoder as Transform & { bytesWritten: number }).bytesWritten;
+  }
+
+  #trailing(): void {
+    this.#unreadable(400, `Bad request: the request body has bytes after the end of its ${this.#coding} data; the proxy must read a body to check it and did not send them. Send only the compressed data`);
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.#decoder.destroy();
+    callback(err);
+  }
+
+  /** `entry`'s chunk was read: pass on every held chunk whose decoded bytes all cleared the scrubber. */
+  #settle(entry: { decodedThrough: number }, callback: TransformCallback): void {
+    if (this.#failed) return callback();
+    // After the write callback the decoder has consumed the whole chunk, unless its data ended inside it.
+    if (this.#consumed() !== this.#written) return this.#trailing(), callback();
+    entry.decodedThrough = this.#decoded;
+    const clear = this.#decoded - this.#scrubber.held;
+    while (this.#held.length > 0 && this.#held[0]!.decodedThrough >= 0 && this.#held[0]!.decodedThrough <= clear) this.push(this.#held.shift()!.chunk);
+    callback();
+  }
+
+  #read(out: Buffer): void {
+    if (this.#failed) return;
+    this.#decoded += out.length;
+    if (this.#decoded > this.#max) {
+      this.#unreadable(413, `Content too large: the request body decodes to more than ${this.#max} bytes, the most the proxy reads to check a compressed body; it was not sent. Send it uncompressed`);
+      return;
+    }
+    this.#check(this.#scrubber.push(out));
+  }
+
+  #check(out: Buffer[]): void {
+    if (this.#scrubber.replaced === 0) return;
+    this.#failed = true;
+    this.#decoder.destroy();
+    const hit = new TripwireHit(this.#marks.ownersIn(out));
+    this.#opts.onHit(hit);
+    this.destroy(hit);
+  }
+
+  #unreadable(status: 400 | 413, detail: string): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.#decoder.destroy();
+    const e = new BodyUnreadable(status, detail);
+    this.#opts.onUnreadable(e);
+    this.destroy(e);
+  }
+}
