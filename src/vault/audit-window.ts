@@ -51,6 +51,8 @@ export class AuditWindow<T extends Tally> {
   #spent = 0;
   #timer: ReturnType<typeof setInterval> | null = null;
   #closed = false;
+  /** The summaries' commit under way, if any: close() waits for it (its counts may come back). */
+  #writing: Promise<void> | null = null;
 
   constructor(ctx: VaultContext, rules: WindowRules<T>) {
     this.#ctx = ctx;
@@ -121,14 +123,24 @@ export class AuditWindow<T extends Tally> {
       this.#timer = null;
     }
     if (due.length === 0) return;
-    try {
-      await commit(this.#ctx, async (_tx, audit) => {
-        for (const t of due) await audit(this.#rules.summary(t));
-      });
-    } catch (e) {
-      for (const t of due) this.#putBack(t);
-      throw e;
-    }
+    const writing = commit(this.#ctx, async (_tx, audit) => {
+      for (const t of due) await audit(this.#rules.summary(t));
+    }).then(
+      () => undefined,
+      (e: unknown) => {
+        for (const t of due) this.#putBack(t);
+        throw e;
+      },
+    );
+    const settled = writing.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#writing = settled;
+    void settled.then(() => {
+      if (this.#writing === settled) this.#writing = null;
+    });
+    await writing;
   }
 
   /** Puts back the counts of a summary that could not be written. */
@@ -143,11 +155,15 @@ export class AuditWindow<T extends Tally> {
     this.#start();
   }
 
-  /** Stops the timer and writes what is counted. */
+  /**
+   * Stops the timer and writes what is counted, after any summaries' commit under way has settled (a
+   * failed one puts its counts back, and they are written here); throws if this last write fails.
+   */
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer !== null) clearInterval(this.#timer);
     this.#timer = null;
+    while (this.#writing !== null) await this.#writing;
     await this.flush();
   }
 }

@@ -246,6 +246,14 @@ async function commitOnce<T>(
       const audit: AuditFn = async (draft) => {
         // A refusal past its identity's burst is counted, not written (./refusals.ts).
         if (!opts.recovery && isTallied(draft) && !admitRefusal(ctx, draft)) {
+          // A trail last seen broken is checked first, as for any audited step: while it is broken a
+          // refusal is answered audit_broken, whatever the caller's count (a check that finds it
+          // mended clears the note).
+          if (ctx.auditBroken !== null) {
+            const chain = await inspectChain(ctx, tx);
+            found = chain.problem;
+            if (chain.problem !== null) throw brokenError(chain.problem);
+          }
           counted.push(draft);
           return null;
         }

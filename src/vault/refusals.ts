@@ -12,10 +12,14 @@
  * - Its later refusals are counted, not written: the call is refused all the same, and its transaction
  *   writes nothing. When the window closes (and when the vault closes) each identity with refusals
  *   counted writes **one** `access_denied` row: `detail.count` the refusals it stands for,
- *   `detail.reasons` how many of each error code, `detail.secrets` the first {@link MAX_SECRETS}
- *   secrets they named, `detail.since` the time of the first. A row without `count` stands for one
- *   refusal. Past the burst, which lease id each refusal named is not kept: a flood is itself the
- *   signal, and it shows as the count.
+ *   `detail.reasons` how many of each error code (a refusal for the caller's role names the step it
+ *   tried, `access_denied (may not create tokens)`, so an escalation attempt is not read as a policy
+ *   denial), `detail.since` the time of the first, and what they named: `detail.secrets` (up to
+ *   {@link MAX_SECRETS}), `detail.domains` and `detail.agents` (up to {@link MAX_NAMED} each; the agent
+ *   an orchestrator acted for), each list with a `…_omitted` count of the refusals that named one not
+ *   listed, so that a list cut short by decoys says so. A row without `count` stands for one refusal.
+ *   Past the burst, which lease id each refusal named is not kept: a flood is itself the signal, and
+ *   it shows as the count.
  * - An identity still refused when its window closes gets no new burst; one quiet for a whole window
  *   is forgotten. At most {@link MAX_IDENTITIES} are tallied at once; refusals of further identities are
  *   counted together under actor id `*` of their transport.
@@ -39,14 +43,29 @@ export const BURST = 32;
 export const WINDOW_BUDGET = 256;
 /** Identities tallied at once; refusals of further identities are counted under actor id "*". */
 export const MAX_IDENTITIES = 256;
-/** Secrets named in one summary row, at most (the first ones the counted refusals named). */
-export const MAX_SECRETS = 16;
+/**
+ * Secrets named in one summary row, at most (the first ones the counted refusals named): enough that
+ * hiding one behind decoys takes a flood of names, and the row says how many it left out.
+ */
+export const MAX_SECRETS = 128;
+/** Domains, and agents, named in one summary row, at most each. */
+export const MAX_NAMED = 32;
+
+/** Distinct names a summary lists, at most `max`, and how many refusals named one left out. */
+interface Named {
+  names: Set<string>;
+  omitted: number;
+}
 
 /** One identity's refusals in the current window (reasons: by error code). */
 interface Tally extends WindowTally {
   actor: Identity;
-  /** `scope/name` of the secrets the counted refusals named, the first {@link MAX_SECRETS}. */
-  secrets: Set<string>;
+  /** `scope/name` of the secrets the counted refusals named. */
+  secrets: Named;
+  /** The domains they named. */
+  domains: Named;
+  /** The agents they were for (an orchestrator's, or another agent's an agent asked for). */
+  agents: Named;
 }
 
 /** Summary drafts: written past the tally (see {@link isTallied}). */
@@ -62,7 +81,11 @@ function newLog(ctx: VaultContext): RefusalLog {
     keyOf: (t) => identityKey(t.actor),
     overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST),
     fresh: (t, written) => newTally(t.actor, written),
-    merge: (into, from) => addSecrets(into, from.secrets),
+    merge: (into, from) => {
+      mergeNamed(into.secrets, from.secrets, MAX_SECRETS);
+      mergeNamed(into.domains, from.domains, MAX_NAMED);
+      mergeNamed(into.agents, from.agents, MAX_NAMED);
+    },
     summary,
   });
 }
@@ -71,21 +94,49 @@ function identityKey(actor: Identity): string {
   return `${actor.transport}\u0000${actor.id}`;
 }
 
-function newTally(actor: Identity, written: number): Tally {
-  return { actor, written, count: 0, since: 0, reasons: new Map(), secrets: new Set() };
+function named(): Named {
+  return { names: new Set(), omitted: 0 };
 }
 
-function addSecrets(t: Tally, names: Iterable<string | null | undefined>): void {
-  for (const n of names) if (typeof n === "string" && t.secrets.size < MAX_SECRETS) t.secrets.add(n);
+function newTally(actor: Identity, written: number): Tally {
+  return { actor, written, count: 0, since: 0, reasons: new Map(), secrets: named(), domains: named(), agents: named() };
+}
+
+/** Notes one refusal naming `name` (nothing when it named none). */
+function addNamed(into: Named, raw: string | null | undefined, max: number): void {
+  if (typeof raw !== "string") return;
+  const name = raw.length > 256 ? `${raw.slice(0, 255)}…` : raw;
+  if (into.names.has(name) || into.names.size < max) into.names.add(name);
+  else into.omitted++;
+}
+
+function mergeNamed(into: Named, from: Named, max: number): void {
+  for (const n of from.names) addNamed(into, n, max);
+  into.omitted += from.omitted;
+}
+
+/** A summary's fields for one list: `key` (comma-separated) and `key_omitted`, when there is anything. */
+function namedDetail(key: string, n: Named): Record<string, string | number> {
+  return {
+    ...(n.names.size > 0 ? { [key]: [...n.names].join(",") } : {}),
+    ...(n.omitted > 0 ? { [`${key}_omitted`]: n.omitted } : {}),
+  };
 }
 
 function tallyOf(log: RefusalLog, actor: Identity): Tally {
   return log.tally(identityKey(actor), () => newTally(actor, 0));
 }
 
-/** The error code at the head of a refusal's reason (`code: message`, src/vault/denied.ts). */
+/**
+ * What a summary counts a refusal under: the error code at the head of its reason (`code: message`,
+ * src/vault/denied.ts); for a refusal of the caller's role (./access.ts, `roleError`), the code and
+ * the step it may not take, from a fixed set written in the code (never a caller's text).
+ */
 function codeOf(reason: string | null | undefined): string {
-  const m = /^([a-z_]+):/.exec(reason ?? "");
+  const text = reason ?? "";
+  const role = /^access_denied: role [a-z]+ may not ([a-z][a-z ()]*?)(?: \(agents use leases\))?; it needs role /.exec(text);
+  if (role) return `access_denied (may not ${role[1]!})`;
+  const m = /^([a-z_]+):/.exec(text);
   return m ? m[1]! : "refused";
 }
 
@@ -95,10 +146,18 @@ function summary(t: Tally): AuditDraft {
   const draft: AuditDraft = {
     type: "access_denied",
     actor: t.actor,
-    agent: t.actor.agent ?? null,
+    // An orchestrator's refusals all for one agent are filed under it (`lessor audit --agent` finds them).
+    agent: t.actor.agent ?? (t.agents.names.size === 1 && t.agents.omitted === 0 ? [...t.agents.names][0]! : null),
     outcome: "denied",
     reason: `${top ?? "several"}: ${t.count} refusals counted in this window (detail.reasons says why)`,
-    detail: { count: t.count, since: t.since, reasons: text, ...(t.secrets.size > 0 ? { secrets: [...t.secrets].join(",") } : {}) },
+    detail: {
+      count: t.count,
+      since: t.since,
+      reasons: text,
+      ...namedDetail("secrets", t.secrets),
+      ...namedDetail("domains", t.domains),
+      ...namedDetail("agents", t.agents),
+    },
   };
   summaries.add(draft);
   return draft;
@@ -131,7 +190,10 @@ export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], 
   for (const d of drafts) {
     const t = tallyOf(log, d.actor);
     log.count(t, codeOf(d.reason), now);
-    addSecrets(t, [d.secret]);
+    addNamed(t.secrets, d.secret, MAX_SECRETS);
+    addNamed(t.domains, d.domain, MAX_NAMED);
+    // The agent a refusal was for, when it is not the caller's own (an orchestrator's, say).
+    if (d.agent !== (d.actor.agent ?? null)) addNamed(t.agents, d.agent, MAX_NAMED);
   }
 }
 
