@@ -150,6 +150,8 @@ interface Rig {
   alarmed(): Promise<boolean>;
   /** Live (not revoked) lease ids. */
   live(): Promise<Set<string>>;
+  /** Rotates a secret in the vault (the owner, while the run goes on). */
+  rotate(name: "tok" | "bas" | "qry" | "oth", value: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -181,6 +183,7 @@ async function rig(): Promise<Rig> {
     audit: async () => JSON.stringify(await admin.auditQuery({ limit: 10_000 })),
     alarmed: async () => (await admin.auditQuery({ types: ["proxy_request"], limit: 10_000 })).some((e) => JSON.parse(e.detail ?? "{}").alarm === true),
     live: async () => new Set((await admin.listLeases({ agent: "bot" })).filter((l) => l.revokedAt === null).map((l) => l.id)),
+    rotate: async (name, value) => void (await admin.rotateSecret({ scope: "global", name }, value)),
     close: async () => {
       await proxy.close();
       await egress.close();
@@ -732,6 +735,32 @@ test("tripwire in compressed request bodies: another host's placeholder in a gzi
     assert.equal(h2.headers[":status"], 415);
     assert.equal(seen.length, n, "nothing reached an upstream");
     assert.ok((await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "no lease was revoked");
+  } finally {
+    await r.close();
+  }
+});
+
+test("a secret rotated while the run goes on: the new value is injected, its echo is masked (and the old one's), and the tripwire knows it", async () => {
+  const r = await rig();
+  try {
+    const ph = r.ph("tok");
+    const fresh = "ghp_" + randomBytes(18).toString("hex").slice(0, 36);
+    // Once before the rotation, so the old value has been injected and may still be echoed.
+    const before = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Token: ${ph}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(before), 200);
+    await r.rotate("tok", fresh);
+    const n = seen.length;
+    const after = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Token: ${ph}\r\nOrigin: ${ph}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(after), 200, after.slice(0, 200));
+    assert.equal(seen[n]?.headers["x-token"], fresh, "the upstream got the value as the vault has it now");
+    assert.ok(!after.includes(fresh), "the new value's echo (the body, access-control-allow-origin) reached the agent");
+    assert.ok(!after.includes(TOK), "the old value reached the agent");
+    assert.ok(after.includes(ph), "the echo came back as the placeholder");
+    // The new value (base64 too) sent to a host tok's lease does not cover trips the wire.
+    const trip = await rawH1(r, `GET /x HTTP/1.1\r\nHost: ${OTHER}\r\nX-Leak: ${b64(fresh)}\r\nConnection: close\r\n\r\n`, OTHER);
+    assert.equal(statusOf(trip), 403, trip.slice(0, 200));
+    assert.match(trip, /"reason":"tripwire"/);
+    assert.ok(await r.alarmed());
   } finally {
     await r.close();
   }

@@ -8,13 +8,15 @@ import { VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { InjectRule } from "../config/proxy-config.js";
 import { PlaceholderRegistry } from "../proxy/placeholder-registry.js";
-import { injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
+import { encodedForms, injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
 import { ScrubPatterns, scrub } from "../proxy/scrub.js";
 
 /** The session's credentials, by lease id. */
 export class SessionCredentials {
   readonly #registry = new PlaceholderRegistry();
   readonly #byLease = new Map<string, ProxyCredential>();
+  /** Values a credential had before a rotation under the session (the last few), still masked. */
+  readonly #earlier = new Map<string, string[]>();
   /** Bumped whenever the set changes, so the proxy built for an older set is replaced. */
   #generation = 0;
 
@@ -62,10 +64,22 @@ export class SessionCredentials {
     const c = this.#byLease.get(leaseId);
     if (!c) return false;
     this.#byLease.delete(leaseId);
+    this.#earlier.delete(leaseId);
     this.#registry.release(leaseId);
     (c as { value: string }).value = "";
     this.#generation++;
     return true;
+  }
+
+  /**
+   * The proxy injected `value` for `leaseId`, not the value held (the secret was rotated): it is held
+   * from now on, and the old one stays masked too.
+   */
+  rotated(leaseId: string, value: string): void {
+    const c = this.#byLease.get(leaseId);
+    if (!c || c.value === value || value.length === 0) return;
+    this.#earlier.set(leaseId, [...(this.#earlier.get(leaseId) ?? []), c.value].slice(-4));
+    (c as { value: string }).value = value;
   }
 
   /**
@@ -78,7 +92,10 @@ export class SessionCredentials {
 
   /** {@link scrub} for bytes. */
   scrubBytes(bytes: Buffer): Buffer {
-    const pairs = this.credentials.filter((c) => c.value.length > 0).map((c) => ({ value: c.value, placeholder: c.placeholder }));
+    // Each value (and any it had before a rotation) as it is and in the forms an upstream echoes it in.
+    const pairs = this.credentials.flatMap((c) =>
+      [c.value, ...(this.#earlier.get(c.lease.id) ?? [])].filter((v) => v.length > 0).flatMap((v) => [{ value: v, placeholder: c.placeholder }, ...encodedForms(v, c.placeholder)]),
+    );
     if (pairs.length === 0 || bytes.length === 0) return bytes;
     return scrub(bytes, new ScrubPatterns(pairs));
   }

@@ -134,7 +134,7 @@ export class SessionProxy {
       const ca = LocalCa.create({ permitted: hosts.length > 0 ? hosts : ["lessor.invalid"] });
       // Strict egress whatever [proxy] egress says: http_request exists to use the agent's leases, and
       // an uncovered host tunnelled untouched would be a request lessor cannot scrub or audit by lease.
-      egress = new LeaseEgress({ api: o.api, agent: o.agent, credentials: creds, egress: "strict", warn: o.warn });
+      egress = new LeaseEgress({ api: o.api, agent: o.agent, credentials: creds, egress: "strict", warn: o.warn, onValue: (id, v) => o.credentials.rotated(id, v) });
       proxy = new ForwardProxy({ egress, ca, guard: this.#guard, ...(this.#upstreamCa !== undefined ? { upstreamCa: this.#upstreamCa } : {}) });
       const socket = join(dir, "proxy.sock");
       await proxy.listenUnix(socket);

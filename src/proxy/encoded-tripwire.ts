@@ -7,6 +7,9 @@
  * decoded bytes it produced have all passed the scrubber, including the tail the scrubber holds back
  * because it could begin a mark. So when a mark turns up, the upstream has had none of its decoded
  * bytes; at most the bits of one unfinished code at the end of a released chunk (under a byte of it).
+ * The compressed bytes are watched as they are too, as ./body-tripwire.ts watches a plain body: a
+ * format's fields that decoders skip (gzip's file name, comment and extra field; a brotli metadata
+ * block) decode to nothing, and an upstream could still read them.
  *
  * Refused rather than passed unread (the caller answers with {@link BodyUnreadable}'s status): a body
  * that does not decode, bytes after the end of the compressed data (an upstream might read them), and
@@ -62,12 +65,17 @@ function decoder(coding: DecodableCoding): Transform {
 export class DecodingTripwire<T> extends Transform {
   readonly #marks: TripwireMarks<T>;
   readonly #scrubber: Scrubber;
+  /** The watch over the compressed bytes as they are. */
+  readonly #raw: Scrubber;
   readonly #decoder: Transform;
   readonly #opts: DecodingTripwireOptions<T>;
   readonly #max: number;
   readonly #coding: DecodableCoding;
-  /** Compressed chunks not yet passed on, oldest first, each with the decoded total once it was read. */
-  readonly #held: { chunk: Buffer; decodedThrough: number }[] = [];
+  /**
+   * Compressed chunks not yet passed on, oldest first: each with the compressed total through its end,
+   * and the decoded total once it was read.
+   */
+  readonly #held: { chunk: Buffer; end: number; decodedThrough: number }[] = [];
   #written = 0;
   #decoded = 0;
   #failed = false;
@@ -78,6 +86,7 @@ export class DecodingTripwire<T> extends Transform {
     super();
     this.#marks = marks;
     this.#scrubber = new Scrubber(marks.patterns);
+    this.#raw = new Scrubber(marks.patterns);
     this.#coding = coding;
     this.#opts = opts;
     this.#max = opts.maxDecodedBytes ?? MAX_DECODED_BYTES;
@@ -90,8 +99,10 @@ export class DecodingTripwire<T> extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     if (this.#failed) return callback();
     this.#written += chunk.length;
+    this.#check(this.#raw, this.#raw.push(chunk));
+    if (this.#failed) return callback();
     if (this.#ended) return this.#trailing(), callback();
-    const entry = { chunk, decodedThrough: -1 };
+    const entry = { chunk, end: this.#written, decodedThrough: -1 };
     this.#held.push(entry);
     // The decoder's write callback comes once it has consumed the whole chunk and pushed all it
     // decoded from it; in flowing mode each push reached #read at once (its buffer stays empty).
@@ -109,7 +120,8 @@ export class DecodingTripwire<T> extends Transform {
     if (this.#failed) return callback();
     const finish = (): void => {
       if (this.#failed) return callback();
-      this.#check(this.#scrubber.end());
+      this.#check(this.#scrubber, this.#scrubber.end());
+      this.#check(this.#raw, this.#raw.end());
       if (this.#failed) return callback();
       if (this.#consumed() !== this.#written) return this.#trailing(), callback();
       for (const h of this.#held.splice(0)) this.push(h.chunk);
@@ -140,8 +152,12 @@ export class DecodingTripwire<T> extends Transform {
     // After the write callback the decoder has consumed the whole chunk, unless its data ended inside it.
     if (this.#consumed() !== this.#written) return this.#trailing(), callback();
     entry.decodedThrough = this.#decoded;
+    // Clear in both views: what it decodes to, and its own bytes (the raw watch holds a tail back too).
     const clear = this.#decoded - this.#scrubber.held;
-    while (this.#held.length > 0 && this.#held[0]!.decodedThrough >= 0 && this.#held[0]!.decodedThrough <= clear) this.push(this.#held.shift()!.chunk);
+    const rawClear = this.#written - this.#raw.held;
+    for (let h = this.#held[0]; h !== undefined && h.decodedThrough >= 0 && h.decodedThrough <= clear && h.end <= rawClear; h = this.#held[0]) {
+      this.push(this.#held.shift()!.chunk);
+    }
     callback();
   }
 
@@ -152,11 +168,12 @@ export class DecodingTripwire<T> extends Transform {
       this.#unreadable(413, `Content too large: the request body decodes to more than ${this.#max} bytes, the most the proxy reads to check a compressed body; it was not sent. Send it uncompressed`);
       return;
     }
-    this.#check(this.#scrubber.push(out));
+    this.#check(this.#scrubber, this.#scrubber.push(out));
   }
 
-  #check(out: Buffer[]): void {
-    if (this.#scrubber.replaced === 0) return;
+  /** Fails the stream if `by` (the decoded or the raw watch) found a mark; `out` is its output. */
+  #check(by: Scrubber, out: Buffer[]): void {
+    if (this.#failed || by.replaced === 0) return;
     this.#failed = true;
     this.#decoder.destroy();
     const hit = new TripwireHit(this.#marks.ownersIn(out));

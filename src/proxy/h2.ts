@@ -11,7 +11,7 @@
  * dropped; HTTP/1.1 chunked trailers do come back as HTTP/2 trailers).
  */
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
-import { request as h1Request } from "node:http";
+import { METHODS, request as h1Request } from "node:http";
 import { constants, performServerHandshake, type ClientHttp2Session, type IncomingHttpHeaders as H2Headers, type ServerHttp2Stream } from "node:http2";
 import { pipeline, type Readable } from "node:stream";
 import type { TLSSocket } from "node:tls";
@@ -97,6 +97,9 @@ function problem(cs: ServerHttp2Stream, status: number, reason: string, detail: 
   cs.end(body);
 }
 
+/** The methods forwarded over HTTP/2: node's HTTP/1.1 list (CONNECT is refused before). */
+const H1_METHODS = new Set(METHODS);
+
 function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h: H2Headers, flags: number): void {
   const began = performance.now();
   // Failures surface as 'close' (and through the pipelines): a stream error must not reach the process.
@@ -104,6 +107,12 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
   const method = String(h[":method"] ?? "");
   if (method === "CONNECT") {
     problem(cs, 501, "connect", "Not implemented: CONNECT (and WebSocket over HTTP/2) inside an intercepted tunnel is not supported");
+    return;
+  }
+  // HTTP/2 takes any token as a method; the HTTP/1.1 side takes node's list only. The same list here,
+  // so that a method cannot carry what the policy and the tripwire do not read as a method.
+  if (!H1_METHODS.has(method)) {
+    problem(cs, 501, "method", "Not implemented: the proxy forwards the standard HTTP methods only (as node's HTTP/1.1 parser knows them), in upper case");
     return;
   }
   const path = h[":path"];
@@ -288,9 +297,10 @@ function tripFor(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally:
   return trip;
 }
 
-/** Header names and values of `tr`, for the tripwire. */
+/** Header names and values of `tr`, for the tripwire; and the values joined (a mark split across two). */
 function trailerTexts(tr: IncomingHttpHeaders): string[] {
-  return Object.entries(tr).flatMap(([k, v]) => [k, ...(v === undefined ? [] : Array.isArray(v) ? v : [String(v)])]);
+  const values = Object.values(tr).flatMap((v) => (v === undefined ? [] : Array.isArray(v) ? v : [String(v)]));
+  return [...Object.keys(tr), ...values, ...(values.length > 1 ? [values.join("")] : [])];
 }
 
 /**

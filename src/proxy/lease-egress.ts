@@ -94,10 +94,20 @@ export interface LeaseEgressOptions {
   watchMs?: number;
   /** Hears alarms (a tripwire fired) and failures to audit, one line each, never a credential. */
   warn?(line: string): void;
+  /**
+   * Hears that a credential's value changed under the run (rotated: the vault's current value is what
+   * is injected), so that a holder of the old one (lessor mcp's last guard) masks the new one too.
+   */
+  onValue?(leaseId: string, value: string): void;
 }
+
+/** Values of one credential masked at once: the current one and the last few before a rotation. */
+const KEPT_VALUES = 4;
 
 interface Held extends ProxyCredential {
   patterns: DomainPattern[];
+  /** The values this run has seen for it, oldest first (the current one last; at most {@link KEPT_VALUES}). */
+  values: string[];
   /**
    * What the tripwire looks for in a request's texts, each also percent-decoded: the placeholder, the
    * value (8 bytes or more), and their base64 and base64url forms at each alignment ({@link base64Cores}).
@@ -130,7 +140,8 @@ const ENDED = new Set(["lease_revoked", "lease_expired", "lease_exhausted", "lea
 export class LeaseEgress implements Egress {
   readonly #o: LeaseEgressOptions;
   readonly #held: Held[];
-  readonly #scrub: ScrubPatterns | undefined;
+  /** The response scrubber's patterns: rebuilt when a value changes (a rotation mid-run). */
+  #scrub: ScrubPatterns | undefined;
   readonly #reports = new Set<Promise<unknown>>();
   readonly #queue: ProxyReport[] = [];
   /** The body tripwire's marks, by the set of credentials whose leases do not cover a host (./body-tripwire.ts). */
@@ -141,20 +152,33 @@ export class LeaseEgress implements Egress {
 
   constructor(o: LeaseEgressOptions) {
     this.#o = o;
-    this.#held = o.credentials.map((c) => ({
-      ...c,
-      patterns: c.lease.domains.map((d) => parseDomainPattern(d)),
-      marks: [c.placeholder, ...base64Cores(c.placeholder), ...(c.value.length >= 8 ? [c.value, ...base64Cores(c.value)] : [])],
-      nameMarks: [c.placeholder.toLowerCase(), ...(c.value.length >= 8 ? [c.value.toLowerCase()] : [])],
-      bodyMarks: [c.placeholder, ...(c.value.length >= 8 ? [c.value] : [])].flatMap((t) => [t, ...encodedForms(t, t).map((f) => f.value), ...everyBytePercent(t)]),
-      dead: null,
-      tunnels: new Set(),
-    }));
-    // Each value as it is, and in the encoded forms an upstream may echo it in (the base64 of a Basic
-    // pair, a percent-encoded query parameter in a Location, a JSON-escaped string), each replaced by
-    // the same form of its placeholder.
-    const pairs = this.#held.filter((h) => h.value.length > 0).flatMap((h) => [{ value: h.value, placeholder: h.placeholder }, ...encodedForms(h.value, h.placeholder)]);
-    this.#scrub = pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
+    this.#held = o.credentials.map((c) => {
+      const h: Held = { ...c, patterns: c.lease.domains.map((d) => parseDomainPattern(d)), values: c.value.length > 0 ? [c.value] : [], marks: [], nameMarks: [], bodyMarks: [], dead: null, tunnels: new Set() };
+      markAll(h);
+      return h;
+    });
+    this.#scrub = this.#scrubPatterns();
+  }
+
+  /**
+   * Each value as it is, and in the encoded forms an upstream may echo it in (the base64 of a Basic
+   * pair, a percent-encoded query parameter in a Location, a JSON-escaped string), each replaced by the
+   * same form of its placeholder; every value a credential had this run, so an echo of the value
+   * injected before a rotation is masked too.
+   */
+  #scrubPatterns(): ScrubPatterns | undefined {
+    const pairs = this.#held.flatMap((h) => h.values.flatMap((v) => [{ value: v, placeholder: h.placeholder }, ...encodedForms(v, h.placeholder)]));
+    return pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
+  }
+
+  /** `h`'s value is now `value` (the vault's, read for this request: a rotation under the run). */
+  #rotated(h: Held, value: string): void {
+    h.value = value;
+    h.values = [...h.values.filter((v) => v !== value), value].slice(-KEPT_VALUES);
+    markAll(h);
+    this.#awayMarks.clear();
+    this.#scrub = this.#scrubPatterns();
+    this.#o.onValue?.(h.lease.id, value);
   }
 
   /** Starts watching the leases (revocation anywhere, expiry) so that their tunnels close at once. */
@@ -218,6 +242,9 @@ export class LeaseEgress implements Egress {
         return this.#refuse(req, using, status, code, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${why}`);
       }
     }
+    // A value other than the one held: the secret was rotated under the run. What is injected now must
+    // be masked in the answer, and watched for by the tripwire, before the request goes.
+    for (const [h, value] of values) if (value !== h.value && value.length > 0) this.#rotated(h, value);
     let headers: OutgoingHttpHeaders = { ...req.headers };
     let target = req.target;
     for (const [h, value] of values) {
@@ -259,7 +286,7 @@ export class LeaseEgress implements Egress {
         }
       }
     }
-    return this.#held.filter((h) => texts.some((t) => t.includes(h.placeholder) || (h.value.length >= 8 && t.includes(h.value))));
+    return this.#held.filter((h) => texts.some((t) => t.includes(h.placeholder) || h.values.some((v) => v.length >= 8 && t.includes(v))));
   }
 
   async #tripwire(req: ProxiedRequest, astray: Held[]): Promise<Prepared> {
@@ -494,6 +521,9 @@ export function encodedForms(value: string, placeholder: string): { value: strin
   const form = (s: string): string => new URLSearchParams([["", s]]).toString().slice(1);
   const lowerHex = (s: string): string => s.replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
   const json = (s: string): string => JSON.stringify(s).slice(1, -1);
+  const u = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  const html = (s: string, quot: string, apos: string): string =>
+    s.replace(/[&<>"']/g, (c) => (c === "&" ? "&amp;" : c === "<" ? "&lt;" : c === ">" ? "&gt;" : c === '"' ? quot : apos));
   const text: ((s: string) => string)[] = [
     encodeURIComponent,
     (s) => lowerHex(encodeURIComponent(s)),
@@ -501,6 +531,13 @@ export function encodedForms(value: string, placeholder: string): { value: strin
     (s) => lowerHex(form(s)),
     json,
     (s) => json(s).replace(/\//g, "\\/"),
+    // Go's encoding/json (HTML-safe by default): & < > and U+2028/2029 as \u escapes.
+    (s) => json(s).replace(/[&<>\u2028\u2029]/g, u),
+    // HTML-escaped (an error page quoting the request), with the common entities for quotes.
+    (s) => html(s, "&quot;", "&#39;"),
+    (s) => html(s, "&quot;", "&#x27;"),
+    (s) => html(s, "&#34;", "&#39;"),
+    (s) => html(s, "&quot;", "&#039;"),
   ];
   const pairs = new Map<string, string>();
   for (const f of text) pairs.set(f(value), f(placeholder));
@@ -510,6 +547,14 @@ export function encodedForms(value: string, placeholder: string): { value: strin
   if (cv.length === cp.length) cv.forEach((c, i) => pairs.set(c, cp[i]!));
   pairs.delete(value);
   return [...pairs].filter(([v]) => v.length >= MIN_FORM).map(([v, p]) => ({ value: v, placeholder: p }));
+}
+
+/** Sets `h`'s tripwire marks from its placeholder and every value it has had this run (values under 8 bytes are not marks). */
+function markAll(h: Held): void {
+  const values = h.values.filter((v) => v.length >= 8);
+  h.marks = [h.placeholder, ...base64Cores(h.placeholder), ...values.flatMap((v) => [v, ...base64Cores(v)])];
+  h.nameMarks = [h.placeholder.toLowerCase(), ...values.map((v) => v.toLowerCase())];
+  h.bodyMarks = [h.placeholder, ...values].flatMap((t) => [t, ...encodedForms(t, t).map((f) => f.value), ...everyBytePercent(t)]);
 }
 
 /** `text` with every byte percent-encoded, in upper and in lower case hex (what the head's percent-decoding catches). */
@@ -530,8 +575,9 @@ function seenTexts(req: ProxiedRequest): SeenTexts {
   const values: string[] = [];
   for (const v of Object.values(req.headers)) if (v !== undefined) for (const one of Array.isArray(v) ? v : [v]) values.push(one);
   for (const one of values) texts.push(...percentDecodings(one));
-  // A mark split across headers (an upstream may join them): all values joined, in order, as well.
-  if (values.length > 1) texts.push(...percentDecodings(values.join("")));
+  // A mark split across headers, or between the target and a header (an upstream may join them):
+  // the target and all values joined, in order, as well.
+  if (values.length > 0) texts.push(...percentDecodings(req.target + values.join("")));
   return { names, texts };
 }
 
