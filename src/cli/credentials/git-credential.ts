@@ -14,6 +14,7 @@ import { VaultError } from "../../base/errors.js";
 import { parseRefString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
+import { repositoryRoutingHere } from "./repo-transport.js";
 import { readRequest } from "./stdin.js";
 
 /** The username git sends with the token unless --username or the URL names one (GitHub's and Gitea's convention). */
@@ -58,6 +59,11 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
     if (req.protocol === "http") return skip("the URL is plain http://, which would send the token unencrypted; use https://");
     if (req.protocol !== "https") return skip(`lessor answers only for https:// URLs, not ${JSON.stringify(req.protocol ?? "(no protocol)")}`);
     if (req.host === null || req.host === "") return skip("git sent no host");
+    const routed = repositoryRoutingHere();
+    if (routed.length > 0)
+      return skip(
+        `this repository's own git config sets ${routed.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,
+      );
     let host: string;
     try {
       host = gitHost(req.host).name;
@@ -72,7 +78,7 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
       // one read is in the same commit, and a refused read leaves no live lease.
       got = await api.leaseAndAccess(
         { ...(o.agent !== undefined ? { agent: o.agent } : {}), secret: ref, domains: [host], ttl: GIT_LEASE_TTL, maxUses: 1 },
-        { domain: host, ...(req.path !== null && req.path !== "" ? { path: `/${req.path}` } : {}) },
+        { domain: host, ...(req.path !== null && req.path !== "" ? { path: requestPath(req.path) } : {}) },
       );
     } catch (e) {
       if (e instanceof VaultError && NO_ANSWER.has(e.code)) return skip(`for ${host}: ${e.message}`);
@@ -94,4 +100,14 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
     }
     return EXIT.ok;
   });
+}
+
+/**
+ * git's `path` attribute as a request path for the policy: git sends it percent-decoded, and the
+ * policy reads a request target, where `?` starts a query and `#` a fragment. So `%`, `?` and `#` are
+ * encoded again: `allowed.git?/../other.git` (git's decoding of `allowed.git%3F/../other.git`, which
+ * curl asks for as `/other.git`) is checked as `/other.git`, not as `/allowed.git`.
+ */
+export function requestPath(path: string): string {
+  return `/${path.replace(/%/g, "%25").replace(/\?/g, "%3F").replace(/#/g, "%23")}`;
 }

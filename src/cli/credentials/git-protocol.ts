@@ -22,7 +22,9 @@ const SINGLE = ["protocol", "host", "path", "username", "url"] as const;
 /**
  * Parses a request. Unknown attributes are ignored, as the protocol asks (git adds new ones, such as
  * `capability[]` and `wwwauth[]`); a request git would never send (a NUL, a line without "=", one
- * of {@link SINGLE} twice) is refused with VaultError("invalid_request").
+ * of {@link SINGLE} twice) is refused with VaultError("invalid_request"). So is `url=`: git splits a
+ * URL into the other attributes before it asks a helper, and git itself lets a later `url=` replace
+ * the host given before it, so a request with both could name one host here and another to git.
  */
 export function parseGitRequest(raw: Buffer): GitCredentialRequest {
   const text = raw.toString("utf8");
@@ -39,6 +41,8 @@ export function parseGitRequest(raw: Buffer): GitCredentialRequest {
     if (!(SINGLE as readonly string[]).includes(key)) continue;
     if (seen.has(key)) throw new VaultError("invalid_request", `the request gives "${key}" twice`);
     seen.add(key);
+    if (key === "url")
+      throw new VaultError("invalid_request", "the request gives url=, which git never sends a helper (it sends protocol, host and path); give those instead");
     if (key === "protocol" || key === "host" || key === "path" || key === "username") out[key] = value;
   }
   return out;
