@@ -69,9 +69,19 @@ export interface ForwardProxyOptions {
 
 const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 407: "Proxy Authentication Required", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway" };
 
+/**
+ * How long a refused CONNECT's socket stays open after its answer, for the client to read it and close.
+ * Then it is destroyed: a client that keeps its half open must not hold one of the proxy's descriptors
+ * (ending our half alone would leave it open for as long as the client likes).
+ */
+const REFUSED_LINGER_MS = 1000;
+
 /** Writes a complete HTTP/1.1 answer with a problem document on a raw CONNECT socket and closes it. */
 function answerRaw(socket: Duplex, status: number, problem: object, extraHeaders = ""): void {
   const body = safeJson(problem);
+  const linger = setTimeout(() => socket.destroy(), REFUSED_LINGER_MS);
+  linger.unref();
+  socket.once("close", () => clearTimeout(linger));
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\n` +
       extraHeaders +

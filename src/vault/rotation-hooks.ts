@@ -11,8 +11,9 @@
  * with outcome "error", and the current version stays as it was: nothing is stored, nothing revoked.
  *
  * What the command printed is never put in an error, an audit row or a log; only its program name
- * (argv[0]) and how it failed. One hook runs at a time per secret in this process: a second call for
- * the same secret while one runs is refused rather than queued, since its value would be stale.
+ * (argv[0]) and how it failed. One hook runs at a time per secret, across every process sharing the
+ * store (./hook-claims.ts): a second call for the same secret while one runs is refused rather than
+ * queued, since its value would be stale.
  */
 import { openValue } from "../crypto/envelope.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
@@ -20,7 +21,8 @@ import { roleError } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
-import { addVersion, checkSize, metadataOf, notFound, type SecretMeta } from "./secrets.js";
+import { claimHookRun, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
+import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
 import type { Identity, SecretRef } from "../base/types.js";
@@ -81,9 +83,6 @@ export interface HookRotationResult {
   revokedLeases: number;
 }
 
-/** Secrets whose hook runs now, per vault context. */
-const running = new WeakMap<VaultContext, Set<string>>();
-
 /** The command's program name as written (arguments may hold tokens or references, so never those). */
 export function hookName(hook: RotationHook): string {
   return hook.command[0] ?? "";
@@ -122,18 +121,22 @@ export async function rotateSecretByHook(ctx: VaultContext, who: Identity, refIn
   const hook = ctx.rotationHooks?.find(ref) ?? null;
   if (hook === null)
     throw new VaultError("invalid_request", `secret ${secret} has no rotation hook; add a [[rotate]] entry for it to lessor.toml, or give the new value`);
-  let busy = running.get(ctx);
-  if (busy === undefined) running.set(ctx, (busy = new Set()));
-  if (busy.has(secret)) throw new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);
-  busy.add(secret);
+  const claim = { secret, owner: await claimHookRun(ctx, secret, hook.timeoutMs), released: false };
   try {
-    return await runAndStore(ctx, who, ref, hook);
+    return await runAndStore(ctx, who, ref, hook, claim);
   } finally {
-    busy.delete(secret);
+    if (!claim.released) await releaseHookRun(ctx, secret, claim.owner);
   }
 }
 
-async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hook: RotationHook): Promise<HookRotationResult> {
+/** A claimed hook run; `released` once a commit ended the claim with its outcome. */
+interface Claim {
+  readonly secret: string;
+  readonly owner: string;
+  released: boolean;
+}
+
+async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hook: RotationHook, claim: Claim): Promise<HookRotationResult> {
   const secret = refString(ref);
   const command = hookName(hook);
   const rec = await ctx.store.getSecret(ref);
@@ -155,19 +158,28 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   const base = { hook: true, command, stdin: hook.stdin, from: fromVersion };
   if (!result.ok) {
     const { text, detail } = describeFailure(result.failure, hook.timeoutMs);
-    await commit(ctx, async (_tx, audit) => {
+    await commit(ctx, async (tx, audit, now) => {
       await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: `hook_failed: ${result.failure.kind}`, detail: { ...base, ...detail } });
+      await releaseHookRunIn(tx, claim.secret, claim.owner, now);
     });
+    claim.released = true;
     throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current`);
   }
   const value = result.value;
   try {
-    checkSize(ctx, value.byteLength);
     const done = await commit(ctx, async (tx, audit, now) => {
+      await releaseHookRunIn(tx, claim.secret, claim.owner, now);
       const err = roleError(who, ["admin"], "rotate secrets");
       if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret });
+      // What the hook made is discarded (the issuer has it; the vault does not): say so in the trail.
+      const discarded = async (why: string, e: VaultError): Promise<VaultError> => {
+        await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: `hook_discarded: ${why}`, detail: { ...base, failure: why } });
+        return e;
+      };
+      const tooBig = sizeError(ctx, value.byteLength);
+      if (tooBig) return discarded("too_large", tooBig);
       const existing = await tx.getSecret(ref);
-      if (!existing) return notFound(ref); // deleted while the hook ran: nothing to rotate
+      if (!existing) return discarded("secret_deleted", notFound(ref));
       const version = await addVersion(ctx, tx, existing, value, who.id, now);
       const revokedLeases = hook.revoke === "all" ? await tx.revokeLeases({ secret: ref }, now, `secret rotated to version ${version}`) : 0;
       await audit({
@@ -179,6 +191,7 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
       });
       return { version, revokedLeases };
     });
+    claim.released = true;
     return { secret: await metadataOf(ctx, ref), ...done };
   } finally {
     value.fill(0);

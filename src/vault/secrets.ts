@@ -99,11 +99,17 @@ export async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretReco
 
 /** Throws value_too_large when `size` is over the vault's cap. */
 export function checkSize(ctx: VaultContext, size: number): void {
-  if (size > ctx.limits.maxSecretBytes)
-    throw new VaultError(
-      "value_too_large",
-      `the secret value is ${size} bytes; the limit is ${ctx.limits.maxSecretBytes} (raise max_secret_bytes in lessor.toml if you must)`,
-    );
+  const err = sizeError(ctx, size);
+  if (err) throw err;
+}
+
+/** The `value_too_large` error for a value of `size` bytes, or null when it fits. */
+export function sizeError(ctx: VaultContext, size: number): VaultError | null {
+  if (size <= ctx.limits.maxSecretBytes) return null;
+  return new VaultError(
+    "value_too_large",
+    `the secret value is ${size} bytes; the limit is ${ctx.limits.maxSecretBytes} (raise max_secret_bytes in lessor.toml if you must)`,
+  );
 }
 
 /** Stores a value as a new version (creating the secret if needed). Admin only. */

@@ -10,6 +10,8 @@ import { findReferences } from "../refs/text.js";
 import type { Cli } from "../cli.js";
 import { referencedBytes } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
+import { holdLeases } from "../holding.js";
+import { EXIT } from "../exit-codes.js";
 
 /** Options of {@link injectTemplate}. */
 export interface InjectOptions {
@@ -22,15 +24,25 @@ export interface InjectOptions {
   ttl?: string;
 }
 
-/** 1-based line and column of offset `at` in `text` (columns count UTF-16 code units). */
-export function lineCol(text: string, at: number): { line: number; col: number } {
+/**
+ * 1-based line and column of each offset in `offsets` (ascending) in `text`; columns count UTF-16
+ * code units. One pass over the text for all of them: a template with many references on many lines
+ * costs linear time, not a scan from the start per reference.
+ */
+export function lineCols(text: string, offsets: readonly number[]): { line: number; col: number }[] {
+  const out: { line: number; col: number }[] = [];
   let line = 1;
   let start = 0;
-  for (let i = text.indexOf("\n"); i >= 0 && i < at; i = text.indexOf("\n", i + 1)) {
-    line++;
-    start = i + 1;
+  let next = text.indexOf("\n");
+  for (const at of offsets) {
+    while (next >= 0 && next < at) {
+      line++;
+      start = next + 1;
+      next = text.indexOf("\n", start);
+    }
+    out.push({ line, col: at - start + 1 });
   }
-  return { line, col: at - start + 1 };
+  return out;
 }
 
 function readTemplate(path: string): string {
@@ -56,12 +68,15 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
   let book: LeaseBook | null = null;
   const parts: Buffer[] = [];
   let out: Buffer | null = null;
+  // A closed stdout (EPIPE) must not end the process before the leases below are revoked.
+  const release = holdLeases();
   try {
     if (refs.length > 0) {
+      const positions = lineCols(text, refs.map((r) => r.start));
       book = new LeaseBook((await cli.backend()).api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
       let at = 0;
-      for (const r of refs) {
-        const { line, col } = lineCol(text, r.start);
+      for (const [i, r] of refs.entries()) {
+        const { line, col } = positions[i]!;
         const pos = `${where}:${line}:${col}`;
         let whole;
         try {
@@ -88,7 +103,11 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
     }
     if (o.output === undefined || o.output === "-") {
       const data = out;
-      await new Promise<void>((resolve, reject) => cli.stdout.write(data, (e) => (e ? reject(e) : resolve())));
+      const failed = await new Promise<NodeJS.ErrnoException | null>((resolve) => cli.stdout.write(data, (e) => resolve(e ?? null)));
+      if (failed) {
+        cli.err(`lessor: could not write the output (${failed.code ?? "error"}${failed.code === "EPIPE" ? ": its reader closed the pipe" : ""}); it is incomplete, and its leases are revoked`);
+        return EXIT.error;
+      }
     } else {
       writeOutput(cli, o.output, out);
     }
@@ -100,6 +119,7 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
       const { failed } = await book.revokeAll("lessor inject done").catch(() => ({ failed: -1 }));
       if (failed !== 0) cli.err("lessor: some leases of this inject could not be revoked; they end when they expire (lessor revoke --agent can end them now)");
     }
+    release();
   }
 }
 
