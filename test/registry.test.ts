@@ -63,6 +63,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   approval_decide: (c) => ({ id: c.approvalId, approve: true, reason: "looks right" }),
   killswitch: () => ({ reason: "drill" }),
   killswitch_release: () => ({ reason: "drill over" }),
+  heartbeat: () => ({ reason: "still watching" }),
   audit_query: () => ({ limit: 5, order: "desc" }),
   audit_verify: () => ({}),
   audit_recover: () => ({ reason: "nothing is broken" }),

@@ -107,6 +107,7 @@ export const AUDIT_TYPES = [
   "lease_renewed",
   "lease_revoked",
   "killswitch",
+  "heartbeat",
   "secret_stored",
   "secret_rotated",
   "secret_rolled_back",

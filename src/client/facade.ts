@@ -193,6 +193,11 @@ export class LessorMethods {
     return this.api.killswitch_release(reason === undefined ? {} : { reason });
   }
 
+  /** Records a heartbeat for the dead-man switch (`[vault] heartbeat`); says when it fires next. Admin. */
+  heartbeat(note?: string): Promise<Results["heartbeat"]> {
+    return this.api.heartbeat(note === undefined ? {} : { reason: note });
+  }
+
   /** Lists leases visible to this caller. */
   listLeases(filter: LeaseListFilter = {}): Promise<LeaseRecord[]> {
     const params: Params<"list_leases"> = {};

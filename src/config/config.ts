@@ -5,7 +5,8 @@
 import { parse, TomlError } from "smol-toml";
 import type { Alg } from "../crypto/aead.js";
 import { DEFAULT_LIMITS, type Limits } from "../vault/limits.js";
-import { parseDuration } from "../vault/duration.js";
+import { formatDuration, parseDuration } from "../vault/duration.js";
+import { MAX_HEARTBEAT_MS, MIN_HEARTBEAT_MS } from "../vault/heartbeat.js";
 import type { ServerLimits } from "./server-limits.js";
 import { DEFAULT_SERVER_LIMITS } from "./server-limits.js";
 import { DEFAULT_RUN_CONFIG, parseRunConfig, type RunConfig } from "./run-config.js";
@@ -155,7 +156,7 @@ export function parseConfig(text: string, source: string): Config {
   for (const k of Object.keys(root))
     if (!["vault", "keys", "policy", "audit", "server", "identity", "vm", "vsock", "run", "proxy", "docker", "rotate"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [[vm]], [[vsock]], [run], [proxy], [docker], [[rotate]])`);
-  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention", "approval_wait", "approval_use"]);
+  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention", "approval_wait", "approval_use", "heartbeat"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -188,6 +189,12 @@ export function parseConfig(text: string, source: string): Config {
     const ms = duration(source, `[vault] ${key}`, v[key]);
     if (ms < 1000 || ms > 24 * 3600_000) fail(source, `[vault] ${key}`, `expected a duration from "1s" to "24h", got ${show(v[key])}`);
     cfg.limits[field] = ms;
+  }
+  if (v.heartbeat !== undefined) {
+    const ms = duration(source, "[vault] heartbeat", v.heartbeat);
+    if (ms < MIN_HEARTBEAT_MS || ms > MAX_HEARTBEAT_MS)
+      fail(source, "[vault] heartbeat", `expected a duration from "${formatDuration(MIN_HEARTBEAT_MS)}" to "${formatDuration(MAX_HEARTBEAT_MS)}" (how long lessor waits for lessor heartbeat before it pulls the killswitch), got ${show(v.heartbeat)}`);
+    cfg.limits.heartbeatMs = ms;
   }
   if (k.file !== undefined) cfg.keys.file = str(source, "[keys] file", k.file);
   if (k.passphrase_file !== undefined) cfg.keys.passphraseFile = str(source, "[keys] passphrase_file", k.passphrase_file);
@@ -303,6 +310,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # lease_retention = "7d"            # expired leases are deleted after this
 # approval_wait = "10m"             # a request needing a person's approval lapses if nobody decides in this time
 # approval_use = "10m"              # an approved request must be taken up (and a denial stands) this long
+# heartbeat = "8h"                  # dead-man switch: with no lessor heartbeat for this long, the killswitch
+#                                   # is pulled (every live lease revoked, no grants until --release)
 
 [keys]
 # The master key comes from the first source that is configured:

@@ -427,6 +427,16 @@ export const REGISTRY = {
     call: (s, p) => s.releaseKillswitch(p.reason),
   }),
 
+  heartbeat: method({
+    description: "Records a heartbeat for the dead-man switch ([vault] heartbeat): without one for that long, the killswitch is pulled.",
+    roles: ADMIN,
+    params: z.strictObject({ reason }),
+    result: R.heartbeat,
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.heartbeat(p.reason),
+  }),
+
   // ---- audit, policy, keys, tokens ----
   audit_query: method({
     description: "Queries the audit trail.",

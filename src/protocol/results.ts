@@ -139,6 +139,9 @@ export const status = z.strictObject({
   daemon,
 });
 
+/** The heartbeat dead-man switch (src/vault/heartbeat.ts): its period, last heartbeat and deadline. */
+export const heartbeat = z.strictObject({ everyMs: nullableNumber, lastAt: nullableNumber, lastBy: nullableString, dueAt: nullableNumber });
+
 /** The vault's and the daemon's state in full (no secrets; file paths for admins only). */
 export const describe = z.strictObject({
   store: z.string(),
@@ -148,6 +151,8 @@ export const describe = z.strictObject({
   cipher: z.string(),
   policy: z.strictObject({ ...policyVersion, source: nullableString, rules: z.number(), error: nullableString }),
   killswitch: z.strictObject({ engaged: z.boolean(), at: nullableNumber, by: nullableString, reason: nullableString }),
+  /** Absent from daemons older than the switch. */
+  heartbeat: heartbeat.optional(),
   auditHead: z.number(),
   identity,
   daemon,

@@ -21,7 +21,8 @@ import { decide, leaseDomains, reasonFor } from "./policy.js";
 import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { leaseState } from "../base/lease-state.js";
-import { formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
+import { engageKillswitchIn, formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
+import { deadmanIn, heartbeatIn, recordIn } from "./heartbeat.js";
 import { policyGateIn } from "./policy-sync.js";
 import { requireKeyIn } from "./key-reload.js";
 
@@ -133,14 +134,17 @@ async function grantIn(
   // round trip (src/vault/ports.ts). The killswitch lockout is read in this transaction: no grant
   // commits after a killswitch did; so is the policy stamp of a shared store: no grant commits by a
   // policy other than the one in force there (src/vault/policy-sync.ts).
-  const [lockout, version, exists, live, stale] = await Promise.all([
+  // With the dead-man switch on, its last heartbeat too: no grant commits past its deadline (./heartbeat.ts).
+  const [lockout, version, exists, live, stale, beat] = await Promise.all([
     readKillswitch(tx),
     useNext ? tx.getCurrentVersion(ref) : null,
     useNext ? null : tx.getSecret(ref),
     tx.countLiveLeases(agent, now, ctx.limits.maxLiveLeasesPerAgent),
     policyGateIn(ctx, tx),
+    heartbeatIn(ctx, tx),
   ]);
-  if (lockout.engaged) return denied(audit, who, lockoutError(lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
+  const fired = lockout.engaged ? null : await deadmanIn(ctx, tx, audit, now, beat);
+  if (lockout.engaged || fired) return denied(audit, who, lockoutError(fired ?? lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
   if (stale) return denied(audit, who, stale, { agent, secret, domain: req.domains?.join(",") ?? null });
   const q = { agent, secret: ref, domains: req.domains };
   const decision = decide(ctx.policy, q);
@@ -334,9 +338,12 @@ async function useIn(
   const fields = { agent: lease.agent, secret, leaseId: id, domain: target.domain === undefined ? null : String(target.domain).slice(0, 253) };
   const err = stateError(lease, now) ?? targetError(lease, target);
   if (err) return denied(audit, who, err, fields);
-  // The policy stamp (a shared store) and the version are read together: one round trip.
-  const [stale, version] = await Promise.all([policyGateIn(ctx, tx), known ?? tx.getCurrentVersion(lease)]);
+  // The policy stamp (a shared store), the version and (with the dead-man switch on, for a lease not
+  // granted in this transaction) the last heartbeat are read together: one round trip.
+  const [stale, version, beat] = await Promise.all([policyGateIn(ctx, tx), known ?? tx.getCurrentVersion(lease), unwritten ? null : heartbeatIn(ctx, tx)]);
   if (stale) return denied(audit, who, stale, fields);
+  const fired = await deadmanIn(ctx, tx, audit, now, beat);
+  if (fired) return denied(audit, who, lockoutError(fired), fields);
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
@@ -438,12 +445,7 @@ export async function killswitch(ctx: VaultContext, who: Identity, reason = "kil
   const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "pull the killswitch");
     if (err) return denied(audit, who, err, {});
-    const before = await readKillswitch(tx);
-    const state: KillswitchState = before.engaged ? before : { engaged: true, at: now, by: who.id, reason: why };
-    if (!before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
-    const n = await tx.revokeLeases({ all: true }, now, why);
-    await audit({ type: "killswitch", actor: who, outcome: "ok", reason: why, detail: { count: n, engaged: true, already_engaged: before.engaged } });
-    return { revoked: n, state };
+    return engageKillswitchIn(tx, audit, now, who, why);
   });
   sawKillswitch(ctx, got.state);
   ctx.signals.emit({ type: "killswitch", engaged: true });
@@ -459,6 +461,8 @@ export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason
   const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "release the killswitch");
     if (err) return denied(audit, who, err, {});
+    // An admin is here: that is a heartbeat, or the dead-man switch would fire again at once.
+    if (ctx.limits.heartbeatMs !== null) await recordIn(ctx, tx, audit, now, who, "killswitch released");
     const before = await readKillswitch(tx);
     const state: KillswitchState = before.engaged ? { engaged: false, at: now, by: who.id, reason: why } : before;
     if (before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));

@@ -19,6 +19,11 @@ export interface Limits {
   approvalWaitMs: number;
   /** How long an approved (or denied) request stands after the decision. Default 10 minutes. */
   approvalUseMs: number;
+  /**
+   * The heartbeat dead-man switch's period (./heartbeat.ts): with no heartbeat for this long the
+   * killswitch is pulled. Default null: off.
+   */
+  heartbeatMs: number | null;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -29,5 +34,6 @@ export const DEFAULT_LIMITS: Limits = {
   authFailureWindowMs: 10_000,
   approvalWaitMs: 10 * 60_000,
   approvalUseMs: 10 * 60_000,
+  heartbeatMs: null,
 };
 

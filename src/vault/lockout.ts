@@ -7,8 +7,9 @@
  * process and raises the killswitch signal, so a daemon closes its agents' connections.
  */
 import { VaultError } from "../base/errors.js";
-import type { StoreReader } from "./ports.js";
-import type { VaultContext } from "./context.js";
+import type { Identity } from "../base/types.js";
+import type { StoreReader, StoreTx } from "./ports.js";
+import type { AuditFn, VaultContext } from "./context.js";
 
 /** The store metadata key holding the lockout (JSON of {@link KillswitchState}). */
 export const KILLSWITCH_META = "killswitch";
@@ -82,6 +83,15 @@ export function sawKillswitch(ctx: VaultContext, state: KillswitchState): void {
   seen.set(ctx, { state, at: performance.now() });
 }
 
+/**
+ * Drops this process's view, so that the next look reads the store (and raises the signal if the
+ * lockout changed): for a transaction that engages it where the caller cannot record the outcome
+ * after the commit (the dead-man switch, firing inside a grant).
+ */
+export function forgetKillswitch(ctx: VaultContext): void {
+  seen.delete(ctx);
+}
+
 /** The lockout as status() reports it: this process's view if fresher than {@link KILLSWITCH_MAX_AGE_MS}, else read. */
 export async function killswitchState(ctx: VaultContext): Promise<KillswitchState> {
   const s = seen.get(ctx);
@@ -99,4 +109,19 @@ export async function checkKillswitch(ctx: VaultContext): Promise<KillswitchStat
   sawKillswitch(ctx, state);
   if (before.engaged !== state.engaged) ctx.signals.emit({ type: "killswitch", engaged: state.engaged });
   return state;
+}
+
+/**
+ * The killswitch itself, inside a transaction: engages the lockout (keeping the first engagement's
+ * time, actor and reason when it is engaged already), revokes every live lease, and audits it as done
+ * by `who`. The caller checks the role, and afterwards records the state ({@link sawKillswitch}) and
+ * raises the signal.
+ */
+export async function engageKillswitchIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, reason: string): Promise<{ revoked: number; state: KillswitchState }> {
+  const before = await readKillswitch(tx);
+  const state: KillswitchState = before.engaged ? before : { engaged: true, at: now, by: who.id, reason };
+  if (!before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
+  const revoked = await tx.revokeLeases({ all: true }, now, reason);
+  await audit({ type: "killswitch", actor: who, outcome: "ok", reason, detail: { count: revoked, engaged: true, already_engaged: before.engaged } });
+  return { revoked, state };
 }

@@ -30,6 +30,8 @@ import * as toolCalls from "./tool-calls.js";
 import * as ownAccess from "./own-access.js";
 import { checkAgentId } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
+import * as heartbeats from "./heartbeat.js";
+import { armHeartbeat, checkDeadman } from "./heartbeat.js";
 import { emptyPolicy, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
 import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
@@ -110,6 +112,8 @@ export interface VaultStatus {
   policy: PolicyStatus;
   /** The killswitch lockout (see src/vault/lockout.ts): while engaged, no lease is granted. */
   killswitch: KillswitchState;
+  /** The heartbeat dead-man switch (see src/vault/heartbeat.ts). */
+  heartbeat: heartbeats.HeartbeatStatus;
   auditHead: number;
 }
 
@@ -167,6 +171,9 @@ export class Vault {
       await checkKillswitch(ctx);
       // On a shared store, whether this policy is the one in force there (src/vault/policy-sync.ts).
       await openPolicyStamp(ctx);
+      // The dead-man switch arms on the first open with [vault] heartbeat set. A vault whose audit trail
+      // refuses writes opens all the same (an admin must be able to recover it); grants are refused there.
+      await armHeartbeat(ctx).catch(() => undefined);
       return new Vault(ctx);
     } catch (e) {
       auditKeys?.wipe();
@@ -206,6 +213,8 @@ export class Vault {
    */
   async checkKillswitch(): Promise<KillswitchState> {
     if (this.#ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
+    // The dead-man switch's deadline passed with nothing asked: it fires here (./heartbeat.ts).
+    await checkDeadman(this.#ctx);
     return checkKillswitch(this.#ctx);
   }
 
@@ -439,6 +448,13 @@ export class VaultSession {
   releaseKillswitch(reason?: string): Promise<{ released: boolean }> {
     return leases.releaseKillswitch(this.#ctx, this.identity, reason);
   }
+  /**
+   * Records a heartbeat for the dead-man switch (`[vault] heartbeat`): its deadline moves to now plus
+   * the period. Admin. See {@link heartbeats.heartbeat}.
+   */
+  heartbeat(note?: string): Promise<heartbeats.HeartbeatStatus> {
+    return heartbeats.heartbeat(this.#ctx, this.identity, note);
+  }
   /** Lists leases visible to this caller. */
   listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
     return leases.listLeases(this.#ctx, this.identity, filter);
@@ -597,6 +613,7 @@ export class VaultSession {
         error: admin ? (ctx.policy.error ?? null) : null,
       },
       killswitch,
+      heartbeat: await heartbeats.heartbeatStatus(ctx, this.identity),
       auditHead,
     };
   }

@@ -1,5 +1,5 @@
 /**
- * `lessor lease` (take a lease and print the value, for `$(...)`), `renew`, `revoke`, `killswitch` and
+ * `lessor lease` (take a lease and print the value, for `$(...)`), `renew`, `revoke`, `killswitch`, `heartbeat` and
  * `leases`. See docs/cli/leases.md.
  */
 import type { Command } from "commander";
@@ -176,6 +176,23 @@ export function registerLease(program: Command, cli: Cli): void {
         if (revoked === null) return EXIT.error;
         if (o.json) cli.json({ revoked });
         else cli.out(`killswitch: revoked ${revoked} live lease${revoked === 1 ? "" : "s"}`);
+      }),
+    );
+
+  program
+    .command("heartbeat")
+    .description("check in with the dead-man switch ([vault] heartbeat in lessor.toml): without a heartbeat for that long, the killswitch is pulled")
+    .option("--reason <text>", "a note, recorded in the audit trail")
+    .option("--json", 'print { "everyMs", "lastAt", "lastBy", "dueAt" } as JSON')
+    .addHelpText("after", '\nExamples:\n  lessor heartbeat\n  */30 * * * * lessor heartbeat --reason "still watching"   (a crontab line)')
+    .action((o: { reason?: string; json?: boolean }) =>
+      cli.run(async () => {
+        const { api } = await cli.backend();
+        const r = await api.heartbeat(o.reason);
+        if (o.json) cli.json(r);
+        else if (r.dueAt === null)
+          cli.err("lessor: heartbeat recorded, but no dead-man switch is set: add heartbeat = \"8h\" (or another period) to [vault] in lessor.toml to arm one");
+        else cli.out(`heartbeat recorded: the dead-man switch pulls the killswitch at ${shortTime(r.dueAt)} (${relative(r.dueAt)}) unless another comes`);
       }),
     );
 

@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
 import { formatDuration } from "../../vault/duration.js";
+import { relative, shortTime } from "../format/time.js";
 import type { KillswitchState } from "../../vault/lockout.js";
 import type { PolicyStatus } from "../../vault/vault.js";
 import { policyVersionText } from "../format/policy-version.js";
@@ -23,10 +24,23 @@ function killswitchLine(k: KillswitchState): string {
   return `ENGAGED${since}${k.by === null ? "" : ` by ${k.by}`}${k.reason === null ? "" : ` (${JSON.stringify(k.reason)})`}: no lease is granted until lessor killswitch --release`;
 }
 
+function heartbeatLine(h: { everyMs: number | null; lastAt: number | null; lastBy: string | null; dueAt: number | null }, killswitch: KillswitchState | undefined): string {
+  if (h.everyMs === null) return "off (no dead-man switch: [vault] heartbeat is not set)";
+  if (h.dueAt === null) return `every ${formatDuration(h.everyMs)}, not armed yet (it arms at the next open of the vault or lessor heartbeat)`;
+  const last = h.lastAt === null ? "" : `; last ${shortTime(h.lastAt)}${h.lastBy === null ? "" : ` by ${h.lastBy}`}`;
+  const due =
+    h.dueAt >= Date.now()
+      ? `the killswitch is pulled ${relative(h.dueAt)} without lessor heartbeat`
+      : killswitch?.engaged === true
+        ? `overdue since ${shortTime(h.dueAt)} (the killswitch is engaged)`
+        : `overdue since ${shortTime(h.dueAt)}: the killswitch is pulled at the next grant, use or daemon check`;
+  return `every ${formatDuration(h.everyMs)}: ${due}${last}`;
+}
+
 export function registerStatus(program: Command, cli: Cli): void {
   program
     .command("status")
-    .description("show the mode (daemon or embedded), home, identity, store, master key, policy, killswitch and audit head")
+    .description("show the mode (daemon or embedded), home, identity, store, master key, policy, killswitch, heartbeat and audit head")
     .option("--json", "print the status as JSON")
     .addHelpText("after", "\nExamples:\n  lessor status\n  lessor status --json | jq .policy.digest")
     .action((o: { json?: boolean }) =>
@@ -47,6 +61,7 @@ export function registerStatus(program: Command, cli: Cli): void {
             cipher: s.cipher,
             policy: s.policy,
             killswitch: s.killswitch,
+            heartbeat: s.heartbeat ?? null,
             auditHead: s.auditHead,
             version: s.daemon.version,
             daemon,
@@ -65,6 +80,7 @@ export function registerStatus(program: Command, cli: Cli): void {
           ["policy", policyLine(s.policy)],
           ["policy version", s.policy.load === undefined ? "unknown (a daemon older than this CLI)" : policyVersionText(s.policy)],
           ["killswitch", s.killswitch === undefined ? "unknown (a daemon older than this CLI)" : killswitchLine(s.killswitch)],
+          ["heartbeat", s.heartbeat === undefined ? "unknown (a daemon older than this CLI)" : heartbeatLine(s.heartbeat, s.killswitch)],
           ["audit head", `event ${s.auditHead}`],
         ];
         if (daemon !== null)

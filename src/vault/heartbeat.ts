@@ -1,0 +1,162 @@
+/**
+ * The heartbeat dead-man switch. With `[vault] heartbeat = "8h"` in lessor.toml, an admin (the person
+ * watching the agents, or a supervisor they trust with an admin token) must check in at least that
+ * often (`lessor heartbeat`). When none came for that long, the killswitch is pulled on its own: every
+ * live lease revoked, every grant refused until an admin releases it. Agents left running unattended
+ * lose their credentials when no one is watching.
+ *
+ * The last heartbeat is kept in the store (metadata `heartbeat`: `{at, by}`), so every process sharing
+ * it agrees. The deadline is checked inside every grant's and every use's transaction (so no lease is
+ * granted or used past it, daemon or not), and by the daemon once a second (so live leases end and
+ * agents' connections close within about a second of it, even when no one asks for anything).
+ *
+ * The switch arms when a vault is opened with the setting and no heartbeat is stored (the deadline
+ * counts from then), and with every heartbeat; releasing the killswitch counts as one. A stored record
+ * that is not one lessor wrote counts as a heartbeat at time 0: past due, so the switch fails closed.
+ * Without the setting nothing is read or checked.
+ */
+import { checkPlainText } from "../base/text.js";
+import type { Identity } from "../base/types.js";
+import { roleError } from "./access.js";
+import { commit, type AuditFn, type VaultContext } from "./context.js";
+import { denied } from "./denied.js";
+import { formatDuration } from "./duration.js";
+import { engageKillswitchIn, forgetKillswitch, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
+import type { StoreReader, StoreTx } from "./ports.js";
+
+/** The store metadata key holding the last heartbeat (JSON of {@link HeartbeatRecord}). */
+export const HEARTBEAT_META = "heartbeat";
+
+/** Who the switch acts as when it fires, and when it arms. */
+export const DEADMAN_IDENTITY: Identity = Object.freeze({ id: "dead-man-switch", role: "admin", transport: "internal" });
+
+/** The last heartbeat: when (epoch ms) and by whom (an identity id). */
+export interface HeartbeatRecord {
+  at: number;
+  by: string;
+}
+
+/** What a heartbeat, or a look at the switch, reports. */
+export interface HeartbeatStatus {
+  /** The configured period in ms, or null when the switch is off. */
+  everyMs: number | null;
+  /** When the last heartbeat was recorded (epoch ms), or null when none is stored or the switch is off. */
+  lastAt: number | null;
+  /** Who sent it (an identity id; shown to admins only, else null). */
+  lastBy: string | null;
+  /** When the switch fires unless another heartbeat comes (epoch ms), or null when it is off or not armed. */
+  dueAt: number | null;
+}
+
+/** Reads a stored record; one lessor did not write counts as a heartbeat at time 0 (past due). */
+export function parseHeartbeat(text: string | null): HeartbeatRecord | null {
+  if (text === null || text === "") return null;
+  try {
+    const o = JSON.parse(text) as { at?: unknown; by?: unknown };
+    if (typeof o.at === "number" && Number.isFinite(o.at) && typeof o.by === "string") return { at: o.at, by: o.by.slice(0, 300) };
+  } catch {
+    // falls through: unreadable
+  }
+  return { at: 0, by: "(an unreadable heartbeat record)" };
+}
+
+/** Reads the last heartbeat through `r` (a transaction, or the store). */
+export async function readHeartbeat(r: Pick<StoreReader, "getMeta">): Promise<HeartbeatRecord | null> {
+  return parseHeartbeat(await r.getMeta(HEARTBEAT_META));
+}
+
+function dueAt(ctx: VaultContext, last: HeartbeatRecord | null): number | null {
+  return ctx.limits.heartbeatMs === null || last === null ? null : last.at + ctx.limits.heartbeatMs;
+}
+
+/** The reason the switch gives when it fires. */
+function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
+  const since = last.at === 0 ? "an unreadable heartbeat record" : new Date(last.at).toISOString();
+  return `dead-man switch: no heartbeat for ${formatDuration(ctx.limits.heartbeatMs ?? 0)} (the last: ${since})`;
+}
+
+/**
+ * Inside a transaction that has read `last` (null when the switch is off, or not armed): when the
+ * deadline has passed, pulls the killswitch as {@link DEADMAN_IDENTITY} and returns the lockout now in
+ * force; otherwise null. The caller then refuses what it was doing with lockoutError(state).
+ */
+export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, last: HeartbeatRecord | null): Promise<KillswitchState | null> {
+  const due = dueAt(ctx, last);
+  if (due === null || now <= due) return null;
+  const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last!));
+  // The caller refuses and its commit throws: the next look at the lockout (status, the daemon's
+  // once-a-second check, which then raises the signal) must read what this commit stored.
+  forgetKillswitch(ctx);
+  return state;
+}
+
+/** Reads the last heartbeat in `tx` when the switch is on; null (nothing read) when it is off. */
+export function heartbeatIn(ctx: VaultContext, tx: StoreTx): Promise<HeartbeatRecord | null> | null {
+  return ctx.limits.heartbeatMs === null ? null : readHeartbeat(tx);
+}
+
+/**
+ * Records a heartbeat by `who` (admin only): the switch's deadline moves to now + the period. Audited
+ * (`heartbeat`). It does not release a killswitch the switch (or anyone) pulled: that is
+ * `lessor killswitch --release`. With the switch off it is recorded all the same, and `everyMs` says so.
+ */
+export async function heartbeat(ctx: VaultContext, who: Identity, reasonIn?: string): Promise<HeartbeatStatus> {
+  const reason = reasonIn === undefined ? null : checkPlainText(reasonIn, "a heartbeat note", 200);
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "send the heartbeat");
+    if (err) return denied(audit, who, err, {});
+    return recordIn(ctx, tx, audit, now, who, reason);
+  });
+}
+
+/** Writes and audits a heartbeat by `who` inside a transaction. */
+export async function recordIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, who: Identity, reason: string | null, armed = false): Promise<HeartbeatStatus> {
+  const last = { at: now, by: who.id };
+  await tx.setMeta(HEARTBEAT_META, JSON.stringify(last));
+  const status = { everyMs: ctx.limits.heartbeatMs, lastAt: now, lastBy: who.id, dueAt: dueAt(ctx, last) };
+  await audit({ type: "heartbeat", actor: who, outcome: "ok", reason, detail: { every_ms: status.everyMs, due_at: status.dueAt, ...(armed ? { armed: true } : {}) } });
+  return status;
+}
+
+/** The switch as stored now (for status); `lastBy` only for an admin `who`. */
+export async function heartbeatStatus(ctx: VaultContext, who: Identity): Promise<HeartbeatStatus> {
+  const last = ctx.limits.heartbeatMs === null ? null : await readHeartbeat(ctx.store);
+  return { everyMs: ctx.limits.heartbeatMs, lastAt: last?.at ?? null, lastBy: who.role === "admin" ? (last?.by ?? null) : null, dueAt: dueAt(ctx, last) };
+}
+
+/**
+ * Arms the switch when it is on and no heartbeat is stored (a vault opened with the setting for the
+ * first time): the deadline counts from now. Audited as a heartbeat by {@link DEADMAN_IDENTITY} with
+ * `armed: true`. Does nothing otherwise.
+ */
+export async function armHeartbeat(ctx: VaultContext): Promise<void> {
+  if (ctx.limits.heartbeatMs === null) return;
+  if ((await ctx.store.getMeta(HEARTBEAT_META)) !== null) return;
+  await commit(ctx, async (tx, audit, now) => {
+    if ((await tx.getMeta(HEARTBEAT_META)) !== null) return;
+    await recordIn(ctx, tx, audit, now, DEADMAN_IDENTITY, "armed: [vault] heartbeat is set and no heartbeat was stored", true);
+  });
+}
+
+/**
+ * Fires the switch when its deadline has passed and the killswitch is not engaged (the daemon calls
+ * this once a second, so that live leases end even when nothing is asked). Returns true when it fired.
+ */
+export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
+  if (ctx.limits.heartbeatMs === null) return false;
+  const due = dueAt(ctx, await readHeartbeat(ctx.store));
+  if (due === null || ctx.now() <= due) return false;
+  if ((await readKillswitch(ctx.store)).engaged) return false;
+  const state = await commit(ctx, async (tx, audit, now) => {
+    if ((await readKillswitch(tx)).engaged) return null;
+    return deadmanIn(ctx, tx, audit, now, await readHeartbeat(tx));
+  });
+  if (state === null) return false;
+  sawKillswitch(ctx, state);
+  ctx.signals.emit({ type: "killswitch", engaged: true });
+  return true;
+}
+
+/** The shortest and longest heartbeat periods allowed. */
+export const MIN_HEARTBEAT_MS = 2000;
+export const MAX_HEARTBEAT_MS = 366 * 24 * 3600_000;
