@@ -7,7 +7,7 @@ import { VaultError } from "../base/errors.js";
 import { checkPlainText } from "../base/text.js";
 import type { Identity } from "../base/types.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
-import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, type ApprovalRecord } from "./approvals.js";
+import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, type ApprovalRecord } from "./approvals.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
@@ -46,9 +46,10 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
-    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, reason, ctx.limits);
+    const hosts = leaseDomains(rule, q);
+    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule, hosts), hosts, rule.anyDomain, reason, ctx.limits);
     if (got instanceof VaultError) return got;
-    return { required: true as const, rule: rule.name, created: got.created, approval: got.approval };
+    return { required: true as const, rule: rule.name, created: got.created, approval: shownApproval(got.approval) };
   });
 }
 
@@ -63,7 +64,8 @@ export async function listApprovals(ctx: VaultContext, who: Identity, opts: { al
   const items = await readApprovals(ctx.store, ctx.now());
   return items
     .filter((a) => (opts.all === true || a.state === "pending") && (who.role === "admin" || mayActFor(who, a.agent)))
-    .sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    .sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0))
+    .map(shownApproval);
 }
 
 /** Approves or denies a pending approval. Admin only: the person in the loop, never the agent. */
@@ -73,6 +75,7 @@ export async function decideApproval(ctx: VaultContext, who: Identity, idIn: str
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], approve ? "approve a request" : "deny a request");
     if (err) return denied(audit, who, err, {});
-    return decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
+    const got = await decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
+    return got instanceof VaultError ? got : shownApproval(got);
   });
 }

@@ -61,6 +61,12 @@ export interface ApprovalRecord {
   maxUses: number | null;
   /** The rule that decided when it was asked for; a grant must be decided by the same rule. */
   rule: string;
+  /**
+   * What the rule gave the lease when it was asked for (hosts, any_domain, methods, paths, lease
+   * terms), in canonical form: a grant must find the same, so a rule widened after the approval asks
+   * again. Absent from approvals stored before it was kept: those match nothing.
+   */
+  terms?: string;
   /** Why the agent asks (its own words; plain text), or null. */
   reason: string | null;
   requestedBy: string;
@@ -83,12 +89,25 @@ export interface ApprovalBinding {
   ttlMs: number | null;
   maxUses: number | null;
   rule: string;
+  /** See {@link ApprovalRecord.terms}. */
+  terms: string;
 }
 
-/** The binding of a lease request, with its domains normalised and sorted (so order does not matter). */
-export function bindingOf(agent: string, secret: string, domains: readonly string[] | undefined, ttlMs: number | undefined, maxUses: number | undefined, rule: Rule): ApprovalBinding {
+/**
+ * The binding of a lease request, with its domains normalised and sorted (so order does not matter),
+ * and what the deciding rule gives it (`hosts`: the lease's domains, as the person is shown them).
+ */
+export function bindingOf(agent: string, secret: string, domains: readonly string[] | undefined, ttlMs: number | undefined, maxUses: number | undefined, rule: Rule, hosts: readonly string[]): ApprovalBinding {
   const norm = domains === undefined || domains.length === 0 ? null : [...new Set(domains.map((d) => formatDomainPattern(parseDomainPattern(d))))].sort();
-  return { agent, secret, domains: norm, ttlMs: ttlMs ?? null, maxUses: maxUses ?? null, rule: rule.name };
+  const t = rule.terms;
+  const terms = JSON.stringify({
+    hosts: [...hosts].sort(),
+    anyDomain: rule.anyDomain,
+    methods: rule.methods,
+    paths: rule.paths,
+    terms: [t.ttlMs, t.maxTtlMs, t.maxUses, t.renewable, t.maxRenewals],
+  });
+  return { agent, secret, domains: norm, ttlMs: ttlMs ?? null, maxUses: maxUses ?? null, rule: rule.name, terms };
 }
 
 function sameBinding(a: ApprovalRecord, b: ApprovalBinding): boolean {
@@ -96,10 +115,17 @@ function sameBinding(a: ApprovalRecord, b: ApprovalBinding): boolean {
     a.agent === b.agent &&
     a.secret === b.secret &&
     a.rule === b.rule &&
+    a.terms === b.terms &&
     a.ttlMs === b.ttlMs &&
     a.maxUses === b.maxUses &&
     (a.domains === null ? b.domains === null : b.domains !== null && a.domains.length === b.domains.length && a.domains.every((d, i) => d === b.domains![i]))
   );
+}
+
+/** An approval as callers see it: without its internal {@link ApprovalRecord.terms}. */
+export function shownApproval(a: ApprovalRecord): ApprovalRecord {
+  const { terms: _terms, ...shown } = a;
+  return shown;
 }
 
 /** Reads the document; entries that expired by `now` are dropped. A damaged document counts as empty. */
@@ -211,7 +237,7 @@ export async function gateGrant(
     const a = items.find((x) => x.id === approvalId);
     // Another agent's approval, a lapsed one and an unknown id get the same answer.
     if (!a || !sameBinding(a, b))
-      return { ok: false, approval: null, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is not one for this request (agent, secret, domains, ttl and use cap must be those approved), or it lapsed; ask again without it`), fields) };
+      return { ok: false, approval: null, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is not one for this request (agent, secret, domains, ttl and use cap must be those approved, and the rule must give the lease what it gave when the person approved), or it lapsed; ask again without it`), fields) };
   }
   const got = await findOrOpen(tx, audit, now, who, b, hosts, anyDomain, null, lapse);
   if (got instanceof VaultError) return { ok: false, error: got, approval: null };

@@ -158,7 +158,8 @@ async function grantIn(
   let approvalId: string | null = null;
   if (rule.approval === "required") {
     // Never granted on the rule alone: only for a request a person approved (./approvals.ts).
-    const gate = await gateGrant(tx, audit, now, who, bindingOf(agent, secret, req.domains, req.ttl, req.maxUses, rule), leaseDomains(rule, q), rule.anyDomain, leaseId, req.approval, ctx.limits);
+    const hosts = leaseDomains(rule, q);
+    const gate = await gateGrant(tx, audit, now, who, bindingOf(agent, secret, req.domains, req.ttl, req.maxUses, rule, hosts), hosts, rule.anyDomain, leaseId, req.approval, ctx.limits);
     if (!gate.ok) return gate.error;
     approvalId = gate.approval.id;
   } else if (req.approval !== undefined)

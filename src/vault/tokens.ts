@@ -59,11 +59,16 @@ function checkParams(p: TokenParams): void {
   } else if (p.actFor !== undefined) throw new VaultError("invalid_request", "only orchestrator tokens take actFor");
 }
 
+/** The longest ttl a token may be given: 100 years. */
+export const MAX_TOKEN_TTL_MS = 36_600 * 24 * 3600_000;
+
 /** Creates a token; the returned `token` string is shown once and never stored. Admin only. */
 export async function createToken(ctx: VaultContext, who: Identity, p: TokenParams): Promise<TokenInfo & { token: string }> {
   checkParams(p);
   const ttl = p.ttl === undefined ? null : typeof p.ttl === "string" ? parseDuration(p.ttl) : p.ttl;
   if (ttl !== null && (!Number.isSafeInteger(ttl) || ttl <= 0)) throw new VaultError("invalid_request", "ttl must be positive");
+  // An expiry past what a date can hold would break every listing of tokens (and whoami) after it.
+  if (ttl !== null && ttl > MAX_TOKEN_TTL_MS) throw new VaultError("invalid_request", "ttl must be at most 100 years (36600d); leave it out for a token that does not expire");
   const id = randomBytes(8).toString("hex");
   const secret = randomBytes(32).toString("base64url");
   return commit(ctx, async (tx, audit, now) => {

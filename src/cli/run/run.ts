@@ -202,13 +202,18 @@ function cannotRun(cli: Cli, cmd: string, code: string | undefined): number {
   return code === "ENOENT" ? 127 : 126;
 }
 
-/** Ends the run's vault session; says so on stderr if its token could not be revoked. */
+/** Ends the run's vault session; says so on stderr if its token or leases could not be revoked. */
 async function closeSession(cli: Cli, conn: Connection, s: VaultSession): Promise<void> {
   const revoked = await s.close(
     async () => (await conn.open()).api,
     () => conn.close(),
   );
-  if (!revoked) cli.err(`lessor: the vault session token of this run (${s.tokenId}) could not be revoked; it ends when it expires (lessor token revoke ${s.tokenId} ends it now)`);
+  if (!revoked)
+    cli.err(
+      s.tokenId === null
+        ? "lessor: the leases this run's vault session granted could not all be revoked; they end when they expire (lessor revoke --agent can end them now)"
+        : `lessor: the vault session token of this run (${s.tokenId}) or its leases could not be revoked; they end when they expire (lessor token revoke ${s.tokenId} and lessor revoke --agent end them now)`,
+    );
 }
 
 /** The run's own backend: opened when leases are taken, reopened if it failed when revoking them. */

@@ -91,9 +91,10 @@ export interface VaultSession {
   /** `env` with LESSOR_SOCKET pointing at the session socket as the sandbox shows it. */
   childEnv(env: Record<string, string>): Record<string, string>;
   /**
-   * Stops serving (closing every session connection), revokes the token through `api` (daemon mode;
-   * one retry on a fresh connection from `reconnect`), removes a directory it made. Resolves false
-   * when the token could not be revoked (it then ends with its ttl).
+   * Stops serving (closing every session connection), revokes the token (daemon mode) and every live
+   * lease granted through the session, through `api` (one retry on a fresh connection from
+   * `reconnect`), removes a directory it made. Resolves false when that failed (the token and those
+   * leases then end with their ttl).
    */
   close(api: () => Promise<BackendApi>, reconnect: () => Promise<void>): Promise<boolean>;
 }
@@ -106,12 +107,14 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
   const socket = join(dir, VAULT_SOCKET_NAME);
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
+  /** The identity id the session's grants are issued by (their leases' issuedBy). */
+  let issuer = `run:${pid}:${o.agent}`;
   let revokeFirst: ((api: BackendApi) => Promise<void>) | null = null;
   try {
     if (o.backend.mode === "embedded") {
       const vault = o.backend.vault;
       if (vault === undefined) throw new VaultError("internal", "the run's embedded backend does not expose its vault");
-      const who: Identity = { id: `run:${pid}:${o.agent}`, role: "agent", agent: o.agent, transport: "uds" };
+      const who: Identity = { id: issuer, role: "agent", agent: o.agent, transport: "uds" };
       // Whatever the child sends in its hello (a token included), it is agent A: the socket is this run's own.
       const server = new LessorServer({ vault, authenticate: async () => who, version: VERSION });
       let listener: UnixListener;
@@ -129,6 +132,7 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
       const created = await o.backend.api.createToken({ name: `lessor-run-${pid}`, role: "agent", agent: o.agent, ttl: o.ttl ?? "1h" });
       tokenId = created.id;
       const id = created.id;
+      issuer = `token:${created.name}/${created.id}`; // as the daemon names a token's identity (src/vault/tokens.ts)
       revokeFirst = async (api) => {
         await api.revokeToken(id);
       };
@@ -153,7 +157,15 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
     throw e;
   }
   const halt = stop;
-  const revoke = revokeFirst;
+  const revokeToken = revokeFirst;
+  const issuedBy = issuer;
+  // The session is for this run only: so are the leases the child took through it, whatever ttl it
+  // asked for (after the token, so that no new one can be granted meanwhile).
+  const revoke = async (api: BackendApi): Promise<void> => {
+    if (revokeToken !== null) await revokeToken(api);
+    for (const l of await api.listLeases({ agent: o.agent, live: true, limit: 10_000 }))
+      if (l.issuedBy === issuedBy) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
+  };
   let closing: Promise<boolean> | null = null;
   return {
     mode: o.backend.mode,
@@ -165,7 +177,6 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
       (closing ??= (async () => {
         await halt().catch(() => {});
         if (ownDir) rmSync(dir, { recursive: true, force: true });
-        if (revoke === null) return true;
         for (let attempt = 0; attempt < 2; attempt++) {
           try {
             await revoke(await api());
