@@ -36,7 +36,7 @@ import { SsrfGuard, type ConnectTo, type Resolver } from "../src/proxy/guard.js"
 import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack.example"; // HTTP/1.1 upstream
 const H2HOST = "h2.attack.example"; // HTTP/2 upstream
@@ -235,21 +235,6 @@ async function rawH1(r: Rig, bytes: string, host = HOST, ms = 3000): Promise<str
   return readAll(s, ms);
 }
 
-function readAll(s: tls.TLSSocket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const done = (): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(Buffer.concat(chunks).toString("latin1"));
-    };
-    const timer = setTimeout(done, ms);
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("error", done);
-    s.on("close", done);
-    s.on("end", done);
-  });
-}
 
 const statusOf = (answer: string): number => Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1] ?? 0);
 const allStatuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));

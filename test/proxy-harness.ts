@@ -1,10 +1,12 @@
 /**
  * What the proxy tests share: a resolver that answers from a fixed table (no test ever does a real
  * lookup), and the instrumented connect step that fails the test if the proxy ever tries to reach
- * anything but loopback (so a refused target is proven never to be connected to).
+ * anything but loopback (so a refused target is proven never to be connected to), and a reader of
+ * raw answers.
  */
 import assert from "node:assert/strict";
 import { createConnection, type Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
 import type { ConnectTo, Resolver } from "../src/proxy/guard.js";
 
 /** Resolves names from `table` (IPv4 addresses); anything else fails as ENOTFOUND. */
@@ -23,4 +25,21 @@ export function loopbackOnly(log: ConnectTo[] = []): (to: ConnectTo) => Socket {
     if (to.host !== "127.0.0.1") assert.fail(`the proxy tried to connect to ${to.host}`);
     return createConnection({ host: to.host, port: to.port, family: to.family });
   };
+}
+
+/** Everything `s` delivers until it closes, ends or errors, or `ms` pass (then it is destroyed), as latin1 text. */
+export function readAll(s: Socket | TLSSocket, ms: number): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const done = (): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(Buffer.concat(chunks).toString("latin1"));
+    };
+    const timer = setTimeout(done, ms);
+    s.on("data", (d: Buffer) => chunks.push(d));
+    s.on("error", done);
+    s.on("close", done);
+    s.on("end", done);
+  });
 }

@@ -33,7 +33,7 @@ import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
 import { bindPrivateSocket } from "../src/cli/run/proxy-listen.js";
 import { openVault } from "../src/config/open-vault.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
 import { BIN, cliHome, seedHome } from "./cli-harness.js";
 
 const HOST = "api.sap.example"; // HTTPS upstream, covered by the lease
@@ -201,21 +201,6 @@ async function tunnel(to: To, token: string, host = HOST, port = tlsPort): Promi
   return s;
 }
 
-function readAll(s: Socket | tls.TLSSocket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const done = (): void => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(Buffer.concat(chunks).toString("latin1"));
-    };
-    const t = setTimeout(done, ms);
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("error", done);
-    s.on("close", done);
-    s.on("end", done);
-  });
-}
 
 function noSecret(where: string, text: string, token?: string): void {
   assert.ok(!text.includes(CANARY), `the credential appears in ${where}`);

@@ -29,7 +29,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack2.example"; // covered by tok/bas/qry; HTTP/1.1 upstream on port1, HTTP/2 on port2
 const H2HOST = "h2.attack2.example";
@@ -225,21 +225,6 @@ async function tunnel(r: Rig, host: string, port: number, alpn = "http/1.1"): Pr
   return s;
 }
 
-function readAll(s: tls.TLSSocket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const done = (): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(Buffer.concat(chunks).toString("latin1"));
-    };
-    const timer = setTimeout(done, ms);
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("error", done);
-    s.on("close", done);
-    s.on("end", done);
-  });
-}
 
 async function rawH1(r: Rig, bytes: string | Buffer | (string | Buffer)[], host = HOST, ms = 2500, port = port1): Promise<string> {
   const s = await tunnel(r, host, port);

@@ -38,11 +38,22 @@ export function wireAudit(e: AuditRecord): WireAuditEvent {
     domain: e.domain,
     outcome: e.outcome,
     reason: e.reason,
-    detail: e.detail === null ? null : (JSON.parse(e.detail) as Record<string, unknown>),
+    detail: e.detail === null ? null : detailOf(e.detail),
     prevHash: Buffer.from(e.prevHash.buffer, e.prevHash.byteOffset, e.prevHash.byteLength).toString("hex"),
     hash: Buffer.from(e.hash.buffer, e.hash.byteOffset, e.hash.byteLength).toString("hex"),
     keyId: e.keyId,
   };
+}
+
+/** An event's detail object; one that is not JSON (a damaged row) is shown as such, never thrown on. */
+function detailOf(text: string): Record<string, unknown> {
+  try {
+    const d = JSON.parse(text) as unknown;
+    if (typeof d === "object" && d !== null && !Array.isArray(d)) return d as Record<string, unknown>;
+  } catch {
+    // falls through
+  }
+  return { unreadable: "the stored detail is not a JSON object (a damaged row; lessor audit verify says more)" };
 }
 
 /** An explanation with the deciding rule replaced by its name. */

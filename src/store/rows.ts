@@ -82,24 +82,31 @@ export function rowMappers(c: ColumnCodec) {
       };
     },
     auditFromRow(r: Row): AuditRecord {
+      // A damaged row (a NULL or a value of another type where the schema says NOT NULL, read from a
+      // corrupted page) reads as empty fields: the chain check then reports the event as altered, and
+      // listings print it, instead of a crash further on.
+      const text = (v: unknown): string => (typeof v === "string" ? v : "");
+      const textOrNull = (v: unknown): string | null => (typeof v === "string" ? v : null);
+      const num = (v: unknown): number => (typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : 0);
+      const bytes = (v: unknown): Uint8Array => (v instanceof Uint8Array ? v : new Uint8Array(0));
       return {
-        seq: r.seq as number,
-        id: r.id as string,
-        time: r.time as number,
-        type: r.type as string,
-        actorId: r.actor_id as string,
-        actorRole: r.actor_role as string,
-        transport: r.transport as string,
-        agent: r.agent as string | null,
-        secret: r.secret as string | null,
-        leaseId: r.lease_id as string | null,
-        domain: r.domain as string | null,
-        outcome: r.outcome as string,
-        reason: r.reason as string | null,
-        detail: r.detail as string | null,
-        prevHash: r.prev_hash as Buffer,
-        hash: r.hash as Buffer,
-        keyId: (r.key_id as string | null) ?? null,
+        seq: num(r.seq),
+        id: text(r.id),
+        time: num(r.time),
+        type: text(r.type),
+        actorId: text(r.actor_id),
+        actorRole: text(r.actor_role),
+        transport: text(r.transport),
+        agent: textOrNull(r.agent),
+        secret: textOrNull(r.secret),
+        leaseId: textOrNull(r.lease_id),
+        domain: textOrNull(r.domain),
+        outcome: text(r.outcome),
+        reason: textOrNull(r.reason),
+        detail: textOrNull(r.detail),
+        prevHash: bytes(r.prev_hash),
+        hash: bytes(r.hash),
+        keyId: textOrNull(r.key_id),
       };
     },
     tokenFromRow(r: Row): TokenRecord {

@@ -350,7 +350,7 @@ async function useIn(
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
-    return new VaultError("internal", `secret ${secret} has no current version; restore from backup or store it again`);
+    return new VaultError("unavailable", `secret ${secret} has no current version: the database is damaged or was edited; run lessor audit verify, and restore it from a backup (or store the secret again)`);
   }
   // Its DEK may be wrapped under a key another instance rotated to: load it before the use counts.
   requireKeyIn(ctx, version.keyId);

@@ -209,7 +209,13 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
     const rec = await tx.getSecret(ref);
     if (!rec) return notFound(ref);
     const v = await tx.getVersion(ref, version ?? rec.currentVersion);
-    if (!v) return new VaultError("secret_not_found", `secret ${refString(ref)} has no version ${version}; see its history`);
+    if (!v)
+      return version !== undefined
+        ? new VaultError("secret_not_found", `secret ${refString(ref)} has no version ${version}; see its history`)
+        : new VaultError(
+            "unavailable",
+            `secret ${refString(ref)} names version ${rec.currentVersion} as current but the database holds no such version: the database is damaged or was edited; run lessor audit verify, and restore it from a backup`,
+          );
     requireKeyIn(ctx, v.keyId); // wrapped under a key another instance rotated to: load it before the reveal is audited
     await audit({ type: "secret_revealed", actor: who, secret: refString(ref), outcome: "ok", detail: { version: v.version } });
     return v;
