@@ -4,7 +4,7 @@
  * closes the agents' connections), and through the built CLI.
  */
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { copyFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
@@ -14,6 +14,7 @@ import { HEARTBEAT_META } from "../src/vault/heartbeat.js";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { agent, clock, grant, makeVault, orchestrator, refusalOf } from "./helpers.js";
+import { PG_SKIP, testSchema } from "./pg-helpers.js";
 
 const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"], "any_domain = true");
 const MIN = 60_000;
@@ -194,6 +195,51 @@ describe("the dead-man switch in a real lessor serve", () => {
       await d.stop();
     }
     assert.ok(!d.stderr().includes(CANARY));
+  });
+});
+
+describe("the dead-man switch on PostgreSQL: two lessor serve processes share one deadline", { skip: PG_SKIP }, () => {
+  test("heartbeats sent to A keep B's agents going; when they stop, B's agent loses its lease and its connection within about a second of the deadline", { timeout: 90_000 }, async () => {
+    const { url, drop } = await testSchema();
+    const base = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\nheartbeat = "3s"\n\n[server]\ntcp = "127.0.0.1:0"\n`;
+    const homeA = await makeHome({ config: base, policy: POLICY });
+    const homeB = await makeHome({ config: base, policy: POLICY });
+    copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
+    const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
+    await v.admin().storeSecret({ name: "tok", value: CANARY });
+    await v.close();
+    const a = await startServe(homeA);
+    const b = await startServe(homeB);
+    const clients: LessorClient[] = [];
+    try {
+      const adminA = await LessorClient.connect({ socketPath: a.socket });
+      const adminB = await LessorClient.connect({ socketPath: b.socket });
+      clients.push(adminA, adminB);
+      const t = await adminB.createToken({ name: "claude", role: "agent", agent: "claude", ttl: "1h" });
+      const claude = await LessorClient.connect({ host: b.tcp!.host, port: b.tcp!.port }, { token: t.token, reconnect: false });
+      clients.push(claude);
+      const lease = await claude.requestLease({ secret: "tok", ttl: "10m" });
+      for (let i = 0; i < 10; i++) {
+        await adminA.heartbeat();
+        await sleep(500);
+        (await claude.accessSecret(lease.id, { domain: "api.example.com" })).value.wipe();
+      }
+      assert.equal((await adminB.describe()).heartbeat?.lastBy, (await adminA.whoami()).identity.id, "B reads the heartbeat A recorded");
+      const due = (await adminA.heartbeat()).dueAt!;
+      while (claude.connected && Date.now() < due + 6000) await sleep(20);
+      assert.equal(claude.connected, false, "B's agent connection was closed");
+      assert.ok(Date.now() - due < 3000, `closed ${Date.now() - due} ms after the deadline`);
+      for (const admin of [adminA, adminB]) assert.equal((await admin.describe()).killswitch?.engaged, true);
+      const fired = (await adminA.auditQuery({ types: ["killswitch"] })).filter((e) => e.actorId === "dead-man-switch");
+      assert.equal(fired.length, 1, "the switch fired once, on one of the two");
+      const [l] = await adminA.listLeases({ agent: "claude" });
+      assert.notEqual(l!.revokedAt, null);
+    } finally {
+      for (const c of clients) await c.close().catch(() => undefined);
+      await a.stop();
+      await b.stop();
+      await drop();
+    }
   });
 });
 
