@@ -319,7 +319,7 @@ describe("lessor token and status (embedded)", () => {
     assert.match(r.stdout, /^policy: +.*policy\.toml: 2 rules, digest [0-9a-f]{64}$/m);
     assert.doesNotMatch(r.stdout, /^daemon:/m);
     const j = json(await cli(["status", "--json"], { home }));
-    assert.deepEqual(Object.keys(j).sort(), ["auditHead", "cipher", "daemon", "endpoint", "home", "identity", "keyId", "keyIds", "keySource", "killswitch", "mode", "policy", "store", "version"]);
+    assert.deepEqual(Object.keys(j).sort(), ["auditHead", "cipher", "daemon", "endpoint", "heartbeat", "home", "identity", "keyId", "keyIds", "keySource", "killswitch", "mode", "policy", "store", "version"]);
     assert.equal(j.mode, "embedded");
     assert.equal(j.daemon, null);
     assert.equal(j.store, "sqlite");

@@ -210,6 +210,7 @@ const VALID: Partial<Record<MethodName, Record<string, unknown>>> = {
   approval_decide: { id: randomUUID(), approve: true },
   killswitch: {},
   killswitch_release: {},
+  heartbeat: { reason: "keep me alive" },
   audit_query: {},
   audit_verify: {},
   audit_recover: { reason: "evil" },
