@@ -98,7 +98,8 @@ function normaliseChars(p: string): { text: string; problem: null } | { text: nu
 
 /**
  * What a server that decodes the normalised path would read: the percent-encoded bytes must be UTF-8
- * (an overlong %C0%AE%C0%AE is ".." to some decoders), and no character may turn into ".", "/", "\\",
+ * (an overlong %C0%AE%C0%AE is ".." to some decoders), no character may be a control or invisible
+ * formatting character (as raw ones may not), and no character may turn into ".", "/", "\\",
  * "%", ";", "?" or "#" under NFKC (fullwidth dots U+FF0E, U+2024, …, which some servers normalise).
  */
 function checkDecodedText(normalised: string): string | null {
@@ -118,6 +119,9 @@ function checkDecodedText(normalised: string): string | null {
   }
   for (const ch of text) {
     if (ch.charCodeAt(0) < 0x80) continue;
+    // The same set refused raw (above): C1 controls, bidi overrides, zero-width and line separators.
+    if (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(ch))
+      return `has an encoded control or invisible formatting character (U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")})`;
     if (STRUCTURAL.test(ch.normalize("NFKC")))
       return `has a character (U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}) that Unicode normalisation turns into a "." or "/" or another character that shapes a path`;
   }

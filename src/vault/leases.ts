@@ -274,12 +274,20 @@ function targetError(lease: LeaseRecord, target: AccessTarget): VaultError | nul
     if (!lease.anyDomain) return new VaultError("access_denied", "this lease is bound to domains; say which domain the credential is for");
   } else if (typeof target.domain !== "string" || (!lease.anyDomain && !lease.domains.some((p) => matchDomain(pattern(p), target.domain as string))))
     return new VaultError("access_denied", `domain ${quoteText(String(target.domain))} is not one this lease was granted for`);
-  if (lease.methods && target.method !== undefined && !lease.methods.includes(String(target.method).toUpperCase()))
-    return new VaultError("access_denied", `method ${escapeUnsafe(String(target.method).slice(0, 32))} is not allowed by this lease`);
-  if (lease.paths && target.path !== undefined) {
+  return requestError(lease.methods, lease.paths, target, "this lease");
+}
+
+/**
+ * Why `target`'s method or path is outside `methods`/`paths` (null: any) of `whose` ("this lease",
+ * or the rule that decides now), or null when they allow it.
+ */
+function requestError(methods: readonly string[] | null, paths: readonly string[] | null, target: AccessTarget, whose: string): VaultError | null {
+  if (methods && target.method !== undefined && !methods.includes(String(target.method).toUpperCase()))
+    return new VaultError("access_denied", `method ${escapeUnsafe(String(target.method).slice(0, 32))} is not allowed by ${whose}`);
+  if (paths && target.path !== undefined) {
     // Canonicalised first: "..", "%2e%2e", "//" and the like cannot step out of a prefix (src/vault/http-path.ts).
-    const m = matchPathPrefixes(lease.paths, String(target.path));
-    if (!m.allowed) return new VaultError("access_denied", `${m.reason}; the lease allows paths under ${lease.paths.map((p) => JSON.stringify(p)).join(", ")}`);
+    const m = matchPathPrefixes(paths, String(target.path));
+    if (!m.allowed) return new VaultError("access_denied", `${m.reason}; ${whose} allows paths under ${paths.map((p) => JSON.stringify(p)).join(", ")}`);
   }
   return null;
 }
@@ -348,6 +356,9 @@ async function useIn(
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
+  // A reload that narrowed the methods or paths binds leases granted before it too.
+  const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
+  if (narrowed) return denied(audit, who, narrowed, fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
     return new VaultError("unavailable", `secret ${secret} has no current version: the database is damaged or was edited; run lessor audit verify, and restore it from a backup (or store the secret again)`);
@@ -391,18 +402,24 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     const err = stateError(lease, now);
     if (err) return denied(audit, who, err, fields);
     if (!lease.renewable) return denied(audit, who, new VaultError("access_denied", "this lease is not renewable; request a new one"), fields);
-    if (lease.maxRenewals !== null && lease.renewals >= lease.maxRenewals)
-      return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);
     const stale = await policyGateIn(ctx, tx);
     if (stale) return denied(audit, who, stale, fields);
-    const rule = ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
-    const decision = decide(ctx.policy, { agent: lease.agent, secret: lease });
-    if (!rule || !decision.allow)
-      return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? reasonFor(ctx.policy, who.role, decision.reason) : "policy no longer grants this lease; request a new one"), fields);
+    // The policy in force decides, for the lease's own domains, and must still grant it by the rule
+    // that granted it; that rule's terms as they are now bound the renewal (a reload that lowered
+    // them, or made the rule not renewable, applies to leases granted before it).
+    const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, ...(lease.anyDomain ? {} : { domains: lease.domains }) });
+    const rule = decision.allow ? decision.rule : null;
+    if (!rule || rule.name !== lease.rule || (lease.anyDomain && !rule.anyDomain))
+      return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? reasonFor(ctx.policy, who.role, decision.reason) : "policy no longer grants this lease as it was granted; request a new one"), fields);
+    if (!rule.terms.renewable) return denied(audit, who, new VaultError("access_denied", `rule "${rule.name}" no longer lets its leases be renewed; request a new one`), fields);
+    const maxRenewals = lease.maxRenewals === null ? rule.terms.maxRenewals : rule.terms.maxRenewals === null ? lease.maxRenewals : Math.min(lease.maxRenewals, rule.terms.maxRenewals);
+    if (maxRenewals !== null && lease.renewals >= maxRenewals)
+      return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);
+    const maxExpiresAt = Math.min(lease.maxExpiresAt, lease.issuedAt + rule.terms.maxTtlMs);
     // The new expiry is `ttl` from now (capped by the rule and by max_ttl): a shorter ttl shortens.
-    const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), lease.maxExpiresAt);
-    if (lease.expiresAt >= lease.maxExpiresAt && expiresAt >= lease.expiresAt)
-      return denied(audit, who, new VaultError("access_denied", `this lease has reached its maximum lifetime (until ${new Date(lease.maxExpiresAt).toISOString()}); request a new one`), fields);
+    const expiresAt = Math.min(now + Math.min(ttl ?? rule.terms.ttlMs, rule.terms.ttlMs), maxExpiresAt);
+    if (lease.expiresAt >= maxExpiresAt && expiresAt >= lease.expiresAt)
+      return denied(audit, who, new VaultError("access_denied", `this lease has reached its maximum lifetime (until ${new Date(maxExpiresAt).toISOString()}); request a new one`), fields);
     await tx.renewLease(id, expiresAt, lease.renewals + 1);
     await audit({ type: "lease_renewed", actor: who, ...fields, outcome: "ok", detail: { expires_at: expiresAt, renewals: lease.renewals + 1 } });
     return { ...lease, expiresAt, renewals: lease.renewals + 1 };

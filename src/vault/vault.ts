@@ -518,11 +518,19 @@ export class VaultSession {
       ctx.signals.emit({ type: "policy_reloaded", ok: false });
       throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
-    await commit(ctx, async (tx, audit, now) => {
-      await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id }));
-      await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load: policyVersion(ctx).load + 1 } });
-    });
-    installPolicy(ctx, next);
+    // In force before the reload's commit is queued: a grant decided by the old rules cannot commit
+    // after the policy_reloaded event (the old rules may be what the admin meant to take away).
+    const previous = ctx.policy;
+    const load = installPolicy(ctx, next).load;
+    try {
+      await commit(ctx, async (tx, audit, now) => {
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id }));
+        await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load } });
+      });
+    } catch (e) {
+      installPolicy(ctx, previous);
+      throw e;
+    }
     stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id });
     ctx.signals.emit({ type: "policy_reloaded", ok: true });
     return { rules: next.rules.length, digest: next.digest };
