@@ -15,3 +15,4 @@ export { registerMcp } from "./mcp.js";
 export { registerCredentialHelpers } from "./credential-helpers.js";
 export { registerMigrate } from "./migrate.js";
 export { registerApproval } from "./approval.js";
+export { registerKey } from "./key.js";
