@@ -257,6 +257,24 @@ export async function gateGrant(
   return { ok: true, approval: used };
 }
 
+/**
+ * Withdraws every approval for `secret` (`scope/name`) not yet used, inside the transaction that
+ * deletes it: a person approved that secret, not one stored again under its name later. Each is
+ * audited as approval_denied (reason "withdrawn: …"). Returns how many.
+ */
+export async function withdrawForSecret(tx: StoreTx, audit: AuditFn, now: number, who: Identity, secret: string): Promise<number> {
+  const items = await readApprovals(tx, now);
+  const gone = items.filter((a) => a.secret === secret && (a.state === "pending" || a.state === "approved"));
+  if (gone.length === 0) return 0;
+  await writeApprovals(
+    tx,
+    items.filter((a) => !gone.includes(a)),
+  );
+  for (const a of gone)
+    await audit({ type: "approval_denied", actor: who, agent: a.agent, secret, outcome: "ok", reason: "withdrawn: the secret was deleted", detail: { approval: a.id, rule: a.rule, domains: a.hosts.join(","), expires_at: a.expiresAt } });
+  return gone.length;
+}
+
 /** Checks an approval id's shape. */
 export function checkApprovalId(id: unknown): string {
   if (!isUuid(id)) throw new VaultError("invalid_request", "an approval id is a UUID such as 01890a5d-ac96-774b-bcce-b302099a8057 (lessor approvals lists them)");

@@ -9,6 +9,7 @@ import type { StoreTx } from "./ports.js";
 import { roleError } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
+import { withdrawForSecret } from "./approvals.js";
 import { requireKeyIn } from "./key-reload.js";
 import { VaultError } from "../base/errors.js";
 import { checkPlainText } from "../base/text.js";
@@ -57,14 +58,15 @@ function checkKind(kind: unknown): SecretKind {
   return kind as SecretKind;
 }
 
-function checkTags(tags: unknown): string[] {
+/** A secret's tags, checked: at most MAX_TAGS words of letters, digits and _ . : = - (duplicates dropped). */
+export function checkTags(tags: unknown): string[] {
   if (!Array.isArray(tags) || tags.length > MAX_TAGS || !tags.every((t) => typeof t === "string" && TAG_RE.test(t)))
     throw new VaultError("invalid_request", `tags must be a list of at most ${MAX_TAGS} words of letters, digits and _ . : = -`);
   return [...new Set(tags as string[])];
 }
 
 /** One line of plain text (src/base/text.ts), at most MAX_DESCRIPTION characters. */
-function checkDescription(d: unknown): string {
+export function checkDescription(d: unknown): string {
   return checkPlainText(d, "a description", MAX_DESCRIPTION);
 }
 
@@ -185,7 +187,7 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
   return metadataOf(ctx, ref);
 }
 
-/** Deletes a secret, all its versions, and revokes its live leases. Admin only. */
+/** Deletes a secret, all its versions, revokes its live leases and withdraws its open approvals. Admin only. */
 export async function deleteSecret(ctx: VaultContext, who: Identity, refIn: SecretRef): Promise<{ revokedLeases: number }> {
   const ref = checkRef(refIn);
   return commit(ctx, async (tx, audit, now) => {
@@ -193,6 +195,7 @@ export async function deleteSecret(ctx: VaultContext, who: Identity, refIn: Secr
     if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret: refString(ref) });
     const revoked = await tx.revokeLeases({ secret: ref }, now, "secret deleted");
     if (!(await tx.deleteSecret(ref))) return notFound(ref);
+    await withdrawForSecret(tx, audit, now, who, refString(ref));
     await audit({ type: "secret_deleted", actor: who, secret: refString(ref), outcome: "ok", detail: { revoked_leases: revoked } });
     return { revokedLeases: revoked };
   });

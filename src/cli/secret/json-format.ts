@@ -12,6 +12,7 @@ import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { decodeBase64Strict, hasLoneSurrogate, isText, type SecretEntry } from "./entry.js";
 import { parseJson, type JsonNode } from "./json-parse.js";
 import { errorAt, position } from "./parse-error.js";
+import { checkDescription, checkTags } from "../../vault/secrets.js";
 
 /** One entry of the JSON export file. */
 export interface JsonExportEntry {
@@ -45,6 +46,8 @@ export function parseJsonExport(text: string): SecretEntry[] {
   const fail = (node: { at: number }, msg: string) => errorAt(text, node.at, msg);
   if (root.type !== "object") throw fail(root, 'expected an object of "scope/name": { "value": … } entries');
   const entries: SecretEntry[] = [];
+  /** Where each secret was named first: `x` and `global/x` are one secret. */
+  const named = new Map<string, number>();
   for (const { key, keyAt, value: node } of root.entries) {
     let ref;
     try {
@@ -52,6 +55,9 @@ export function parseJsonExport(text: string): SecretEntry[] {
     } catch (e) {
       throw errorAt(text, keyAt, e instanceof VaultError ? e.message : "not a secret name");
     }
+    const first = named.get(refString(ref));
+    if (first !== undefined) throw errorAt(text, keyAt, `${key} is ${refString(ref)}, named already at line ${position(text, first).line}; give each secret once`);
+    named.set(refString(ref), keyAt);
     if (node.type !== "object") throw fail(node, `the entry for ${key} must be an object with a "value"`);
     const get = (f: string): JsonNode | undefined => node.entries.find((x) => x.key === f)?.value;
     for (const f of node.entries)
@@ -86,12 +92,21 @@ export function parseJsonExport(text: string): SecretEntry[] {
     const desc = get("description");
     if (desc !== undefined) {
       if (desc.type !== "string") throw fail(desc, "description must be a string");
-      entry.description = desc.value;
+      // The vault's own rules, here, so that nothing is stored when a later entry breaks them.
+      try {
+        entry.description = checkDescription(desc.value);
+      } catch (e) {
+        throw fail(desc, e instanceof VaultError ? e.message : "description is not valid");
+      }
     }
     const tags = get("tags");
     if (tags !== undefined) {
       if (tags.type !== "array" || !tags.items.every((t) => t.type === "string")) throw fail(tags, "tags must be an array of strings");
-      entry.tags = tags.items.map((t) => (t as { value: string }).value);
+      try {
+        entry.tags = checkTags(tags.items.map((t) => (t as { value: string }).value));
+      } catch (e) {
+        throw fail(tags, e instanceof VaultError ? e.message : "tags are not valid");
+      }
     }
     entries.push(entry);
   }
