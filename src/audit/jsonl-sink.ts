@@ -1,27 +1,44 @@
 /**
  * An append-only JSONL file of audit events (one JSON object per line, fsynced before any operation
  * whose events it holds returns), for shipping to a log pipeline or keeping a copy outside the
- * database. Created 0600.
+ * database. Created 0600; an existing one must be a private regular file of yours (see jsonlSink), and
+ * one removed or replaced while lessor runs refuses the operations whose lines it would have held.
  *
  * Group write: the operations of one store commit reach the sinks one after another in the same
  * turn of the event loop; their lines are collected and written with one write and one fdatasync,
  * after which every one of them resolves (or, if the write fails, every one fails with
  * audit_failed). Lines keep the order in which the operations handed them over.
  */
-import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
+import { closeSync, constants, fdatasyncSync, fstatSync, openSync, statSync, writeSync } from "node:fs";
 import { VaultError } from "../base/errors.js";
 import { safeJson } from "../base/text.js";
 import type { AuditSink } from "../vault/ports.js";
 import { eventJson } from "./sink.js";
 
-/** Opens (creating if needed) `path` for appending. */
+const POSIX = process.platform !== "win32";
+
+/**
+ * Opens (creating if needed, 0600) `path` for appending. It must be a regular file of yours that no
+ * other user can read or write, reached without a symbolic link: another user's file (or a link planted
+ * in a shared directory) would get a copy of the trail to read or rewrite. Refused with audit_failed.
+ */
 export function jsonlSink(path: string): AuditSink {
   let fd: number;
   try {
-    fd = openSync(path, "a", 0o600);
+    fd = openSync(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | (POSIX ? constants.O_NOFOLLOW | constants.O_NONBLOCK : 0), 0o600);
   } catch (e) {
-    throw new VaultError("audit_failed", `cannot open the audit file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); check the path and its directory's permissions`);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ELOOP")
+      throw new VaultError("audit_failed", `the audit file ${path} is a symbolic link; lessor writes the audit copy only to a file itself: point [audit] jsonl at a file in a directory of yours`);
+    throw new VaultError("audit_failed", `cannot open the audit file ${path} (${code ?? "error"}); check the path and its directory's permissions`);
   }
+  const st = fstatSync(fd);
+  const problem = !st.isFile() ? "is not a regular file" : POSIX && st.uid !== process.getuid!() ? `belongs to uid ${st.uid}, not to you` : POSIX && (st.mode & 0o077) !== 0 ? `can be read or changed by other users (mode ${(st.mode & 0o777).toString(8)}); fix it with: chmod 600 ${path}` : null;
+  if (problem !== null) {
+    closeSync(fd);
+    throw new VaultError("audit_failed", `the audit file ${path} ${problem}; lessor keeps the audit copy only in a private file of yours`);
+  }
+  const opened = { dev: st.dev, ino: st.ino };
   let lines: string[] = [];
   let waiting: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   let scheduled = false;
@@ -34,10 +51,15 @@ export function jsonlSink(path: string): AuditSink {
     lines = [];
     waiting = [];
     try {
+      // The file at the path must still be the one open here: a copy deleted or replaced meanwhile
+      // would take the lines nowhere, so the operation is refused instead (fail closed).
+      const now = statSync(path, { throwIfNoEntry: false });
+      if (now === undefined || now.dev !== opened.dev || now.ino !== opened.ino)
+        throw Object.assign(new Error("replaced"), { code: now === undefined ? "ENOENT: it was removed" : "it was replaced by another file" });
       writeSync(fd, text);
       fdatasyncSync(fd);
     } catch (e) {
-      const err = new VaultError("audit_failed", `cannot write the audit file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); the operation was refused`);
+      const err = new VaultError("audit_failed", `cannot write the audit file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); the operation was refused (restore the file, or restart lessor to make a new one)`);
       for (const w of writers) w.reject(err);
       return;
     }

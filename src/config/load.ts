@@ -3,14 +3,26 @@
  * callers that only need the configuration (the CLI finding the daemon's socket) do not load the
  * store and the crypto.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { VaultError } from "../base/errors.js";
+import { readTrustedText } from "../fs/trusted-file.js";
 import { DEFAULT_CONFIG, parseConfig, type Config } from "./config.js";
 import { HOME_FILES, inHome } from "./home.js";
 
-/** Reads `lessor.toml` in `home` (defaults when it is absent). */
+/**
+ * Reads `lessor.toml` in `home` (defaults when it is absent). It names commands lessor runs as you and
+ * who is admin, so it must be a regular file of yours that no other user can write (src/fs/trusted-file.ts).
+ */
 export function loadConfig(home: string): Config {
   const path = inHome(home, HOME_FILES.config);
-  if (!existsSync(path)) return structuredClone(DEFAULT_CONFIG);
-  return parseConfig(readFileSync(path, "utf8"), path);
+  let text: string;
+  try {
+    text = readTrustedText(path, "the configuration file", "config_invalid");
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return structuredClone(DEFAULT_CONFIG);
+    throw new VaultError("config_invalid", `cannot read the configuration file ${path} (${code ?? "error"}); check that it is a file you can read`);
+  }
+  return parseConfig(text, path);
 }
 

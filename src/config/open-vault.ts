@@ -3,7 +3,7 @@
  * store (SQLite unless `[vault] store` says otherwise; see store-factory.ts), the configured key
  * source, the policy file and the configured audit sinks.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { createKeyFile } from "../crypto/keys/file.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
@@ -14,6 +14,7 @@ import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
 import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
+import { readTrustedText } from "../fs/trusted-file.js";
 import { brokenPolicy, parsePolicy, type Policy } from "../vault/policy.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { assertPrivateDir, assertSafeLocation, ensurePrivateDir } from "../fs/perms.js";
@@ -39,8 +40,10 @@ export interface OpenVaultOptions {
 
 function readPolicyText(path: string): string {
   try {
-    return readFileSync(path, "utf8");
+    // Owned by you, writable by no one else, a regular file: else another user could grant themselves leases.
+    return readTrustedText(path, "the policy file", "policy_invalid");
   } catch (e) {
+    if (e instanceof VaultError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new VaultError(
       "policy_invalid",

@@ -62,13 +62,10 @@ function ruleLine(r: RuleJson): string {
 
 /** The policy file named by the home's lessor.toml (policy.toml unless it says otherwise). */
 async function homePolicyPath(cli: Cli): Promise<string> {
-  const { existsSync, readFileSync } = await import("node:fs");
-  const { HOME_FILES, inHome, resolveHome } = await import("../../config/home.js");
-  const { DEFAULT_CONFIG, parseConfig } = await import("../../config/config.js");
+  const { inHome, resolveHome } = await import("../../config/home.js");
+  const { loadConfig } = await import("../../config/load.js");
   const home = resolveHome(cli.home);
-  const cfgPath = inHome(home, HOME_FILES.config);
-  const cfg = existsSync(cfgPath) ? parseConfig(readFileSync(cfgPath, "utf8"), cfgPath) : DEFAULT_CONFIG;
-  return inHome(home, cfg.policyFile);
+  return inHome(home, loadConfig(home).policyFile);
 }
 
 export function registerPolicy(program: Command, cli: Cli): void {
@@ -84,7 +81,7 @@ export function registerPolicy(program: Command, cli: Cli): void {
     .addHelpText("after", "\nExamples:\n  lessor policy check\n  lessor policy check ./policy.toml --json")
     .action((file: string | undefined, o: { json?: boolean }) =>
       cli.run(async () => {
-        const { readFileSync } = await import("node:fs");
+        const { readTrustedText } = await import("../../fs/trusted-file.js");
         const { resolve } = await import("node:path");
         const { parsePolicy } = await import("../../vault/policy.js");
         const { formatDuration } = await import("../../vault/duration.js");
@@ -93,8 +90,9 @@ export function registerPolicy(program: Command, cli: Cli): void {
         try {
           let text: string;
           try {
-            text = readFileSync(source, "utf8");
+            text = readTrustedText(source, "the policy file", "policy_invalid");
           } catch (e) {
+            if (e instanceof VaultError) throw e;
             const code = (e as NodeJS.ErrnoException).code ?? "error";
             throw new VaultError(
               "policy_invalid",
