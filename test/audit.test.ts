@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHmac, hkdfSync } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
@@ -235,8 +235,12 @@ describe("audit trail", () => {
     assert.equal(lines.length, 81);
     assert.deepEqual(lines.map((l) => l.seq), events.map((e) => e.seq));
     assert.deepEqual(lines.map((l) => l.hash), events.map((e) => Buffer.from(e.hash).toString("hex")));
-    // A sink whose writes fail (a full disk) refuses every operation it could not record.
-    const full = await makeVault({ policy: POLICY, sinks: [jsonlSink("/dev/full")] });
+    // A sink whose writes fail (here its file removed; a full disk in test/durability-attacks.test.ts)
+    // refuses every operation it could not record.
+    const gonePath = join(tempDir(), "gone.jsonl");
+    const gone = jsonlSink(gonePath);
+    unlinkSync(gonePath);
+    const full = await makeVault({ policy: POLICY, sinks: [gone] });
     const codes = await Promise.all([
       codeOf(full.vault.admin().storeSecret({ name: "tok", value: "v" })),
       codeOf(full.vault.admin().storeSecret({ name: "tok2", value: "v" })),
