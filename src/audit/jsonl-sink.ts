@@ -14,6 +14,7 @@ import { VaultError } from "../base/errors.js";
 import { safeJson } from "../base/text.js";
 import type { AuditSink } from "../vault/ports.js";
 import { eventJson } from "./sink.js";
+import { octal, privateProblem } from "../fs/perms.js";
 
 const POSIX = process.platform !== "win32";
 
@@ -33,7 +34,15 @@ export function jsonlSink(path: string): AuditSink {
     throw new VaultError("audit_failed", `cannot open the audit file ${path} (${code ?? "error"}); check the path and its directory's permissions`);
   }
   const st = fstatSync(fd);
-  const problem = !st.isFile() ? "is not a regular file" : POSIX && st.uid !== process.getuid!() ? `belongs to uid ${st.uid}, not to you` : POSIX && (st.mode & 0o077) !== 0 ? `can be read or changed by other users (mode ${(st.mode & 0o777).toString(8)}); fix it with: chmod 600 ${path}` : null;
+  // The same "private to you" test as the key files (src/fs/perms.ts).
+  const priv = st.isFile() ? privateProblem(st) : null;
+  const problem = !st.isFile()
+    ? "is not a regular file"
+    : priv === "owner"
+      ? `belongs to uid ${st.uid}, not to you`
+      : priv === "mode"
+        ? `can be read or changed by other users (mode ${octal(st.mode)}); fix it with: chmod 600 ${path}`
+        : null;
   if (problem !== null) {
     closeSync(fd);
     throw new VaultError("audit_failed", `the audit file ${path} ${problem}; lessor keeps the audit copy only in a private file of yours`);
