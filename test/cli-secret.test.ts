@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -177,6 +177,42 @@ describe("secret set", { concurrency: 2 }, () => {
     const two = await cli(["secret", "set", "bin", "--from-file", join(work, "bin.dat"), "--random"], { home });
     assert.equal(two.code, 2);
     assert.match(two.stderr, /one value source/);
+  });
+
+  test("endless or oversized input is refused before it is all read: /dev/zero as --from-file, on stdin and to import; nothing stored", async () => {
+    const home = await cliHome();
+    /** Runs with stdin read from `path` (a device: it never ends). */
+    const fromDevice = (args: string[], path: string): Promise<{ code: number | null; stderr: string }> =>
+      new Promise((resolve, reject) => {
+        const fd = openSync(path, "r");
+        const child = spawn(process.execPath, [BIN, ...args], {
+          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
+          stdio: [fd, "ignore", "pipe"],
+        });
+        closeSync(fd);
+        let err = "";
+        child.stderr!.on("data", (d: Buffer) => (err += d.toString("utf8")));
+        const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+        child.on("error", reject);
+        child.on("close", (code) => (clearTimeout(timer), resolve({ code, stderr: err })));
+      });
+    const file = await cli(["secret", "set", "z", "--from-file", "/dev/zero"], { home });
+    assert.equal(file.code, 2, file.stderr);
+    assert.match(file.stderr, /--from-file \/dev\/zero is larger than 524290 bytes.*nothing was stored.*max_secret_bytes/);
+    const piped = await fromDevice(["secret", "set", "z"], "/dev/zero");
+    assert.equal(piped.code, 2, piped.stderr);
+    assert.match(piped.stderr, /the value on stdin is larger than 524290 bytes/);
+    // Just over the cap, on a pipe that ends: refused the same way (the cap, not the vault's limit).
+    const over = await cli(["secret", "set", "z"], { home, input: Buffer.alloc(512 * 1024 + 3, 0x61) });
+    assert.equal(over.code, 2, over.stderr);
+    assert.match(over.stderr, /larger than 524290 bytes/);
+    const imp = await cli(["secret", "import", "/dev/zero"], { home });
+    assert.equal(imp.code, 2, imp.stderr);
+    assert.match(imp.stderr, /\/dev\/zero is larger than 67108864 bytes.*split it/);
+    const impStdin = await fromDevice(["secret", "import", "-"], "/dev/zero");
+    assert.equal(impStdin.code, 2, impStdin.stderr);
+    assert.match(impStdin.stderr, /stdin is larger than 67108864 bytes/);
+    assert.equal(JSON.parse(await ok(["secret", "list", "--json"], home)).length, 0, "nothing stored");
   });
 
   test("--random: default 32 base64url characters; --length and --charset hex|alnum; a fresh value each time", async () => {

@@ -13,6 +13,7 @@ import { parsePolicy } from "../src/vault/policy.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import type { Identity, SecretRef } from "../src/base/types.js";
+import type { VaultError } from "../src/base/errors.js";
 import { agent, clock, codeOf, grant, hexKey, makeVault, refusalOf, tempDir } from "./helpers.js";
 
 const CANARY = "CANARY-pa-7f3e9c1d5b2a4e6f8091a2b3c4d5e6f7";
@@ -731,6 +732,35 @@ describe("policy reload", () => {
     const del = await refused(seen, c.accessSecret(l.id, { domain: "api.github.com", method: "DELETE", path: "/repos/acme/app" }));
     const admin = await refused(seen, c.accessSecret(l.id, { domain: "api.github.com", method: "GET", path: "/admin" }));
     assert.deepEqual({ del, admin }, { del: "access_denied", admin: "access_denied" }, "the old lease still DELETEs and reaches /admin after the rule was narrowed and reloaded");
+    await assertNoCanary(r.vault, seen);
+    await r.close();
+  });
+
+  test("a reload that lowers a rule's max_uses caps the leases it granted before; one that raises it gives no lease more than its own", async () => {
+    const seen: Seen = [];
+    const r = await reloadable(allow("g", { extra: "max_uses = 5" }));
+    await store(r.vault, ["tok"]);
+    const c = r.vault.session(agent("claude"));
+    const old = await c.requestLease({ secret: "tok" });
+    const spent = await c.requestLease({ secret: "tok" });
+    for (let i = 0; i < 2; i++) (await c.accessSecret(old.id, { domain: "api.example.com" })).value.wipe();
+    for (let i = 0; i < 3; i++) (await c.accessSecret(spent.id, { domain: "api.example.com" })).value.wipe();
+    r.set(allow("g", { extra: "max_uses = 3" }));
+    await r.admin.reloadPolicy();
+    // `old` has used 2 of the 3 the rule now allows: one more, then no more, racing included.
+    const race = await Promise.allSettled(Array.from({ length: 6 }, () => c.accessSecret(old.id, { domain: "api.example.com" })));
+    const won = race.filter((x) => x.status === "fulfilled");
+    for (const w of won) (w as PromiseFulfilledResult<{ value: { wipe(): void } }>).value.value.wipe();
+    assert.equal(won.length, 1, "a lease granted under max_uses = 5 was used past the 3 the reloaded rule allows");
+    const err = (race.find((x) => x.status === "rejected") as PromiseRejectedResult).reason as VaultError;
+    assert.equal(err.code, "lease_exhausted");
+    assert.match(err.message, /rule "g" of the policy in force allows 3/);
+    assert.equal(await refused(seen, c.accessSecret(spent.id, { domain: "api.example.com" })), "lease_exhausted");
+    // Raised again: the lease's own max_uses (5) still binds; the rule never adds uses.
+    r.set(allow("g", { extra: "max_uses = 100" }));
+    await r.admin.reloadPolicy();
+    for (let i = 0; i < 2; i++) (await c.accessSecret(old.id, { domain: "api.example.com" })).value.wipe();
+    assert.equal(await refused(seen, c.accessSecret(old.id, { domain: "api.example.com" })), "lease_exhausted");
     await assertNoCanary(r.vault, seen);
     await r.close();
   });

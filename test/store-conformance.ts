@@ -355,6 +355,17 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal(await tx(s, (t) => t.useLease("expiring", T0 + 10)), null, "expiresAt must be > now");
         assert.equal(await tx(s, (t) => t.useLease("expiring", T0 + 11)), null);
         assert.equal(await tx(s, (t) => t.useLease("nope", T0)), null);
+        // a cap (the rule's max_uses in force) binds below the lease's own, and never adds uses
+        await tx(s, (t) => t.insertLease(leaseRec("capped", { maxUses: 5 })));
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 2)), 1);
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 2)), 2);
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 2)), null);
+        assert.equal(await tx(s, (t) => t.useLease("unlimited", T0, 5)), null, "5 uses already");
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 9)), 3);
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, null)), 4);
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 9)), 5);
+        assert.equal(await tx(s, (t) => t.useLease("capped", T0, 9)), null, "the lease's own max_uses still binds");
+        assert.equal((await s.getLease("capped"))!.uses, 5);
         // a lease revoked after some use is no longer usable
         await tx(s, (t) => t.revokeLeases({ id: "unlimited" }, T0 + 2, "stop"));
         assert.equal(await tx(s, (t) => t.useLease("unlimited", T0 + 3)), null);

@@ -389,10 +389,10 @@ class MemoryTx extends Reads implements StoreTx {
     addTo(this.t.bySecret, key(rec.scope, rec.name), rec.id);
   }
 
-  async useLease(id: string, now: number): Promise<number | null> {
+  async useLease(id: string, now: number, cap: number | null = null): Promise<number | null> {
     this.check();
     const l = this.t.leases.get(id);
-    if (l === undefined || !isLeaseLive(l, now)) return null;
+    if (l === undefined || !isLeaseLive(l, now) || (cap !== null && l.uses >= cap)) return null;
     this.saveLease(id);
     const next = { ...l, uses: l.uses + 1 };
     this.t.leases.set(id, next);

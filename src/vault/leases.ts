@@ -366,8 +366,22 @@ async function useIn(
   // Its DEK may be wrapped under a key another instance rotated to: load it before the use counts.
   requireKeyIn(ctx, version.keyId);
   // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
-  const uses = unwritten ? lease.uses + 1 : await tx.useLease(id, now);
-  if (uses === null) return denied(audit, who, new VaultError("lease_exhausted", `lease ${id} has no uses left`), fields);
+  // A reload that lowered the rule's max_uses binds leases granted before it too (the store counts
+  // the use only under both caps, atomically).
+  const cap = decision.rule?.terms.maxUses ?? null;
+  const uses = unwritten ? lease.uses + 1 : await tx.useLease(id, now, cap);
+  if (uses === null)
+    return denied(
+      audit,
+      who,
+      new VaultError(
+        "lease_exhausted",
+        cap !== null && lease.uses >= cap && (lease.maxUses === null || cap < lease.maxUses)
+          ? `lease ${id} has no uses left: rule "${decision.rule!.name}" of the policy in force allows ${cap}`
+          : `lease ${id} has no uses left`,
+      ),
+      fields,
+    );
   // `lease` was read (or written) in this transaction, so only its use count has changed.
   const used: LeaseRecord = { ...lease, uses };
   await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });

@@ -113,10 +113,12 @@ export interface StoreTx extends StoreReader {
   insertLease(rec: LeaseRecord): Promise<void>;
   /**
    * Atomically counts one use: succeeds only if the lease exists, is not revoked, `expiresAt > now`
-   * and it has uses left. Returns the lease's use count after this use, or null if nothing changed.
-   * (The caller has the rest of the lease: it read it in the same transaction.)
+   * and it has uses left: fewer than its own `maxUses`, and fewer than `cap` when one is given (the
+   * `max_uses` of the rule in force, which a reload may have lowered below the lease's). Returns the
+   * lease's use count after this use, or null if nothing changed. (The caller has the rest of the
+   * lease: it read it in the same transaction.)
    */
-  useLease(id: string, now: number): Promise<number | null>;
+  useLease(id: string, now: number, cap?: number | null): Promise<number | null>;
   /** Sets a live lease's expiry and renewal count (a renewal). */
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void>;
   /** Revokes the selected leases that are not yet revoked, expired or used up; returns how many. */

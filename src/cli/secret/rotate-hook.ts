@@ -18,7 +18,7 @@ import { refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { loadConfig } from "../../config/load.js";
 import { resolveHome } from "../../config/home.js";
-import { readAll, stripOneNewline, type ValueOptions } from "./value-source.js";
+import { MAX_VALUE_INPUT, readAll, stripOneNewline, VALUE_TOO_LARGE, type ValueOptions } from "./value-source.js";
 
 /** How `rotate` gets its new value. */
 export type RotationChoice = { kind: "hook" } | { kind: "piped"; value: Buffer } | { kind: "ask" };
@@ -42,7 +42,7 @@ export async function chooseRotation(cli: Cli, r: SecretRef, o: ValueOptions & {
   }
   if (explicit || !hasHook(cli, r)) return { kind: "ask" };
   if (process.stdin.isTTY) return { kind: "hook" };
-  const all = await readAll(process.stdin);
+  const all = await readAll(process.stdin, { bytes: MAX_VALUE_INPUT, what: "the value on stdin", fix: VALUE_TOO_LARGE });
   if (all.length === 0) return { kind: "hook" };
   if (o.keepNewline) return { kind: "piped", value: all };
   const kept = stripOneNewline(all);

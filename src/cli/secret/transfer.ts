@@ -3,7 +3,7 @@
  * in JSON or dotenv (formats in json-format.ts and dotenv.ts). Export reveals every value it writes,
  * and each reveal is audited as `secret_revealed`; files it writes are created 0600.
  */
-import { open, readFile, rename, unlink } from "node:fs/promises";
+import { open, rename, unlink } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
@@ -13,7 +13,7 @@ import type { SecretEntry } from "./entry.js";
 import { ENV_KEY, formatDotenv, parseDotenv } from "./dotenv.js";
 import { formatJson, parseJsonExport } from "./json-format.js";
 import { ParseError } from "./parse-error.js";
-import { readAll } from "./value-source.js";
+import { readAll, readFileCapped } from "./value-source.js";
 
 type Format = "dotenv" | "json";
 
@@ -110,19 +110,19 @@ export async function exportSecrets(
   return EXIT.ok;
 }
 
+/**
+ * The largest file `secret import` reads (64 MiB: about 750 values of 64 KiB as base64, or many
+ * thousands of ordinary ones). More is refused before it is all read, so an endless pipe or a device
+ * ends with an error, not with the memory.
+ */
+export const MAX_IMPORT_BYTES = 64 * 1024 * 1024;
+
 /** `secret import FILE|-`: parses the whole file strictly first, then stores each secret (a new version if it exists). */
 export async function importSecrets(cli: Cli, file: string, o: { format?: string; scope?: string; json?: boolean }): Promise<number> {
   if (o.scope !== undefined) checkScope(o.scope);
   const label = file === "-" ? "stdin" : file;
-  let bytes: Buffer;
-  if (file === "-") bytes = await readAll(process.stdin);
-  else {
-    try {
-      bytes = await readFile(file);
-    } catch (e) {
-      throw new UsageError(`cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? "error"}); check the path`);
-    }
-  }
+  const cap = { bytes: MAX_IMPORT_BYTES, fix: "split it: export with --scope, --prefix or --tag, and import each part" };
+  const bytes = file === "-" ? await readAll(process.stdin, { ...cap, what: "stdin" }) : await readFileCapped(file, file, cap);
   let entries: SecretEntry[];
   try {
     const { isUtf8 } = await import("node:buffer");

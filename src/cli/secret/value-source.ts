@@ -3,7 +3,6 @@
  * prompt (asked twice) when it is a terminal, `--from-file`, `--random`, or — only with
  * `--force-argv`, and with a warning — `--value`. The value is never printed or put in a message.
  */
-import { readFile } from "node:fs/promises";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { promptHidden } from "../format/prompt.js";
@@ -33,6 +32,9 @@ export const ARGV_REFUSED =
 const ARGV_WARNING =
   "lessor: warning: the value was given on the command line, so it may be kept in your shell history and was visible in ps while this ran";
 
+/** What to do about a value over {@link MAX_VALUE_INPUT}. */
+export const VALUE_TOO_LARGE = "a secret holds at most [vault] max_secret_bytes, 65536 by default and 524288 at most";
+
 /** Removes one trailing "\n" or "\r\n" from `b` (a view, not a copy). */
 export function stripOneNewline(b: Buffer): Buffer {
   if (b.length >= 2 && b[b.length - 2] === 0x0d && b[b.length - 1] === 0x0a) return b.subarray(0, b.length - 2);
@@ -40,13 +42,50 @@ export function stripOneNewline(b: Buffer): Buffer {
   return b;
 }
 
-/** Reads all of a stream into one buffer, zeroing the chunks it copied from. */
-export async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+/**
+ * The most `secret set` and `secret rotate` read from stdin or `--from-file`: the largest value
+ * `[vault] max_secret_bytes` can allow (512 KiB), plus a trailing CRLF. More is refused before it is
+ * all read, so `--from-file /dev/zero` or an endless pipe ends with an error, not with the memory.
+ */
+export const MAX_VALUE_INPUT = 512 * 1024 + 2;
+
+/**
+ * Reads all of a stream into one buffer, zeroing the chunks it copied from. With `max`, more than
+ * `max` bytes is a {@link UsageError} saying `what` is too large (read no further; nothing kept).
+ */
+export async function readAll(stream: NodeJS.ReadableStream, max?: { bytes: number; what: string; fix: string }): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(typeof c === "string" ? Buffer.from(c) : (c as Buffer));
-  const all = Buffer.concat(chunks);
-  for (const c of chunks) c.fill(0);
-  return all;
+  let total = 0;
+  try {
+    for await (const c of stream) {
+      const b = typeof c === "string" ? Buffer.from(c) : (c as Buffer);
+      chunks.push(b);
+      total += b.length;
+      if (max !== undefined && total > max.bytes) {
+        (stream as { destroy?: () => void }).destroy?.();
+        throw new UsageError(`${max.what} is larger than ${max.bytes} bytes, the most lessor reads; nothing was stored (${max.fix})`);
+      }
+    }
+    return Buffer.concat(chunks);
+  } finally {
+    for (const c of chunks) c.fill(0);
+  }
+}
+
+/**
+ * Reads the file at `path` as {@link readAll} does, at most `max.bytes` of it: a device or a file
+ * that grows cannot make it read for ever. A file that cannot be opened is a {@link UsageError}
+ * naming `label` and the error code.
+ */
+export async function readFileCapped(path: string, label: string, max: { bytes: number; fix: string }): Promise<Buffer> {
+  const { createReadStream } = await import("node:fs");
+  try {
+    return await readAll(createReadStream(path), { ...max, what: label });
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new UsageError(`cannot read ${label} (${code}); check the path and its permissions`);
+  }
 }
 
 /** Checks the options before anything is read (so a mistake is reported before a prompt). */
@@ -77,12 +116,7 @@ export async function readSecretValue(cli: Cli, o: ValueOptions, label: string):
     cli.err(ARGV_WARNING);
     value = Buffer.from(o.value, "utf8");
   } else if (o.fromFile !== undefined) {
-    try {
-      value = await readFile(o.fromFile);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? "error";
-      throw new UsageError(`cannot read --from-file ${o.fromFile} (${code}); check the path and its permissions`);
-    }
+    value = await readFileCapped(o.fromFile, `--from-file ${o.fromFile}`, { bytes: MAX_VALUE_INPUT, fix: VALUE_TOO_LARGE });
   } else if (o.random) {
     const charset = o.charset !== undefined && isCharset(o.charset) ? o.charset : "base64url";
     return randomValue(o.length === undefined ? 32 : positiveInt("--length", o.length, MAX_RANDOM_LENGTH), charset);
@@ -91,7 +125,7 @@ export async function readSecretValue(cli: Cli, o: ValueOptions, label: string):
     if (first !== second) throw new UsageError("the two values did not match; nothing was stored, try again");
     value = Buffer.from(first!, "utf8");
   } else {
-    const all = await readAll(process.stdin);
+    const all = await readAll(process.stdin, { bytes: MAX_VALUE_INPUT, what: "the value on stdin", fix: VALUE_TOO_LARGE });
     if (o.keepNewline) value = all;
     else {
       const kept = stripOneNewline(all);

@@ -558,10 +558,10 @@ class PgTx extends PgReads implements StoreTx {
       "lease",
     );
   }
-  useLease(id: string, now: number): Promise<number | null> {
+  useLease(id: string, now: number, cap: number | null = null): Promise<number | null> {
     return this.read((x) => {
       this.writes("other");
-      return Q.useLease(x, id, now);
+      return Q.useLease(x, id, now, cap);
     });
   }
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void> {

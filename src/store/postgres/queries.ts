@@ -319,15 +319,16 @@ export function rewrapVersion(ref: SecretRef, version: number, fromKeyId: string
  * so two instances racing for the last use cannot both win (the second UPDATE re-reads the row the
  * first committed, under PostgreSQL's row lock).
  */
-export async function useLease(x: Exec, id: string, now: number): Promise<number | null> {
+export async function useLease(x: Exec, id: string, now: number, cap: number | null): Promise<number | null> {
   const r = await one(
     x,
     st(
       "count a lease use",
       `UPDATE leases SET uses = uses + 1, done = (max_uses IS NOT NULL AND uses + 1 >= max_uses)
        WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND (max_uses IS NULL OR uses < max_uses)
+         AND ($3::integer IS NULL OR uses < $3::integer)
        RETURNING uses`,
-      [id, now],
+      [id, now, cap],
     ),
   );
   return r === undefined ? null : (r.uses as number);

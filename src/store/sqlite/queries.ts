@@ -244,16 +244,17 @@ export class Queries {
     this.stmt(SQL.insertLease).run(...leaseValues(rec));
   }
 
-  useLease(id: string, now: number): number | null {
+  useLease(id: string, now: number, cap: number | null = null): number | null {
     // One conditional update: the row changes only if the lease is live at `now`.
     const uses = this.stmt(
       `UPDATE leases SET uses = uses + 1,
          done = CASE WHEN max_uses IS NOT NULL AND uses + 1 >= max_uses THEN 1 ELSE done END
        WHERE id = ? AND revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)
+         AND (? IS NULL OR uses < ?)
        RETURNING uses`,
     )
       .pluck()
-      .get(id, now) as number | undefined;
+      .get(id, now, cap, cap) as number | undefined;
     return uses ?? null;
   }
 

@@ -213,8 +213,8 @@ class SqliteTx extends SqliteReads implements StoreTx {
   insertLease(rec: LeaseRecord): Promise<void> {
     return this.exec("write a lease", (q) => q.insertLease(rec));
   }
-  useLease(id: string, now: number): Promise<number | null> {
-    return this.exec("count a lease use", (q) => q.useLease(id, now));
+  useLease(id: string, now: number, cap: number | null = null): Promise<number | null> {
+    return this.exec("count a lease use", (q) => q.useLease(id, now, cap));
   }
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void> {
     return this.exec("renew a lease", (q) => q.renewLease(id, expiresAt, renewals));
