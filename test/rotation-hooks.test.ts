@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -224,6 +224,45 @@ command = ["/nonexistent/rotate-me"]
     const rejected = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
     assert.equal(rejected.reason.code, "rate_limited");
     assert.equal(readFileSync(join(dir, "count"), "utf8"), "1", "the command ran once");
+    assert.equal((await vault.admin().getSecretMetadata(ref)).currentVersion, 2);
+  });
+});
+
+describe("a rotation hook's claim after a crash", () => {
+  test("a process SIGKILLed mid-hook blocks the secret's hook for its time limit plus the slack, then no longer", async () => {
+    const dir = state();
+    const home = await makeHome({ config: entry("db-password", "hang-child", dir, "", 'timeout = "30s"'), policy: POLICY });
+    const env = { LESSOR_HOME: home, PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp" };
+    const seed = await openVault({ home, env });
+    await seed.admin().storeSecret({ name: "db-password", value: OLD });
+    await seed.close();
+    // A real `lessor secret rotate --hook`, killed while its hook runs (the hook writes its child's pid once it has started).
+    const t0 = Date.now();
+    const cli = spawn(NODE, ["--import", "tsx", CLI, "secret", "rotate", "db-password", "--hook"], { env, stdio: "ignore" });
+    const deadline = Date.now() + 20_000;
+    while (!existsSync(join(dir, "child")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(join(dir, "child")), "the hook never started");
+    const exited = new Promise((r) => cli.once("exit", r));
+    cli.kill("SIGKILL");
+    await exited;
+    // The orphaned hook and its child: end them (a crash leaves them; they are not what this test is about).
+    spawn("pkill", ["-KILL", "-f", dir]).once("error", () => undefined);
+    process.kill(Number(readFileSync(join(dir, "child"), "utf8")), "SIGKILL");
+    // Now a hook that finishes, and a vault whose clock the test moves.
+    writeFileSync(join(home, "lessor.toml"), entry("db-password", "counter", dir, "after", 'timeout = "30s"'), { mode: 0o600 });
+    let now = Date.now();
+    const vault = await openVault({ home, env, now: () => now });
+    vaults.push(vault);
+    const ref = { scope: "global", name: "db-password" };
+    const held = await refusalOf(vault.admin().rotateSecretByHook(ref));
+    assert.equal(held.code, "rate_limited", "the dead process's claim must hold: its hook may still be changing the credential at the issuer");
+    assert.match(held.message, /already running/);
+    now = t0 + 30_000 + 60_000 - 2_000;
+    assert.equal((await refusalOf(vault.admin().rotateSecretByHook(ref))).code, "rate_limited", "still within the time limit plus the slack");
+    now = Date.now() + 30_000 + 60_000 + 1_000;
+    const res = await vault.admin().rotateSecretByHook(ref);
+    assert.equal(res.version, 2);
+    assert.equal(readFileSync(join(dir, "count"), "utf8"), "1", "the lapsed claim let the hook run, once");
     assert.equal((await vault.admin().getSecretMetadata(ref)).currentVersion, 2);
   });
 });
