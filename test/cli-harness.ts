@@ -42,11 +42,14 @@ export async function seedHome(home: string, policy: string, secrets: StoreSecre
   }
 }
 
-/** Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). */
-export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> {
+/**
+ * Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). `bin`: another
+ * build of the CLI than dist's (a snapshot a test took, say).
+ */
+export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number; bin?: string } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     // `node -- BIN`, as the bin's own preamble runs it (see src/cli/bin.ts).
-    const child = spawn(process.execPath, ["--", BIN, ...args], {
+    const child = spawn(process.execPath, ["--", opts.bin ?? BIN, ...args], {
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
       stdio: ["pipe", "pipe", "pipe"],
     });
@@ -60,6 +63,7 @@ export function runCli(args: string[], opts: { home?: string; env?: Record<strin
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
     });
+    child.stdin.on("error", () => {}); // a CLI that exits before reading all of `input`
     if (opts.input !== undefined) child.stdin.end(opts.input);
     else child.stdin.end();
   });

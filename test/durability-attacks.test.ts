@@ -18,7 +18,7 @@ import { after, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { LessorClient } from "../src/client/index.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
-import { BIN, type CliResult } from "./cli-harness.js";
+import { BIN, runCli as runCliOf, type CliResult } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant } from "./helpers.js";
 
@@ -49,27 +49,7 @@ const SNAP_BIN = join(SNAP, "dist/bin/lessor.cjs");
 void BIN;
 
 /** runCli (test/cli-harness.ts) on the snapshot. */
-function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--", SNAP_BIN, ...args], {
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
-    });
-    child.stdin.on("error", () => {});
-    if (opts.input !== undefined) child.stdin.end(opts.input);
-    else child.stdin.end();
-  });
-}
+const runCli = (args: string[], opts: Parameters<typeof runCliOf>[1] = {}): Promise<CliResult> => runCliOf(args, { ...opts, bin: SNAP_BIN });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
