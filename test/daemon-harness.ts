@@ -60,12 +60,15 @@ export function serveInSuite(policy: string, seed: (home: string) => Promise<voi
   };
 }
 
-/** Spawns `lessor serve` for `home`; resolves when it logs "lessor daemon ready" (rejects if it exits first). */
-export function startServe(home: string): Promise<RunningDaemon> {
+/**
+ * Spawns `lessor serve` for `home`; resolves when it logs "lessor daemon ready" (rejects if it exits
+ * first). `nodeArgs` go before the script (a preload, say), `env` adds to its PATH and HOME.
+ */
+export function startServe(home: string, opts: { nodeArgs?: string[]; env?: Record<string, string> } = {}): Promise<RunningDaemon> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, ["--import", "tsx", CLI, "--home", home, "serve"], {
+    const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), "--import", "tsx", CLI, "--home", home, "serve"], {
       stdio: ["ignore", "ignore", "pipe"],
-      env: { PATH: process.env.PATH, HOME: process.env.HOME },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...opts.env },
     });
     let err = "";
     let ready = false;

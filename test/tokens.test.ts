@@ -21,6 +21,33 @@ describe("bearer tokens", () => {
     assert.ok(!raw.includes(Buffer.from(t.token.slice(21))), "the secret part is not in the database");
   });
 
+  test("a session of a token acts only while the store says the token holds: revoked elsewhere, expired, or revoking itself", async () => {
+    const c = clock();
+    const { vault } = await makeVault({ now: c.now, policy: '[[rule]]\nname = "g"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["tok"]\ndomains = ["api.example.com"]\n' });
+    const admin = vault.admin();
+    await admin.storeSecret({ name: "tok", value: "v" });
+    const a = await admin.createToken({ name: "a", role: "agent", agent: "claude" });
+    const b = await admin.createToken({ name: "b", role: "admin", ttl: "1h" });
+    const self = await admin.createToken({ name: "self", role: "admin" });
+    const asA = vault.session(await vault.authenticateToken(a.token, "tcp"));
+    const asB = vault.session(await vault.authenticateToken(b.token, "tcp"));
+    const asSelf = vault.session(await vault.authenticateToken(self.token, "tcp"));
+    await asA.requestLease({ secret: "tok", domains: ["api.example.com"] });
+    // Revoked: the session itself never asks the memory view a server keeps (a daemon sharing the
+    // store may not have heard yet), yet nothing it does commits: the token is read in its transaction.
+    await admin.revokeToken(a.id);
+    const e = await codeOf(asA.requestLease({ secret: "tok", domains: ["api.example.com"] }));
+    assert.equal(e, "unauthenticated");
+    // Expired by the vault's clock.
+    c.advance(3600_000);
+    assert.equal(await codeOf(asB.createToken({ name: "minted", role: "admin" })), "unauthenticated");
+    assert.ok(!(await admin.listTokens()).some((t) => t.name === "minted"), "nothing minted by an expired token");
+    // A token may revoke itself (its check precedes the revocation), and then does nothing more.
+    assert.deepEqual(await asSelf.revokeToken(self.id), { revoked: true });
+    assert.equal(await codeOf(asSelf.createToken({ name: "after", role: "admin" })), "unauthenticated");
+    assert.equal(await codeOf(asSelf.revokeToken(b.id)), "unauthenticated");
+  });
+
   test("revoked, expired, forged and malformed tokens are refused and audited", async () => {
     const c = clock();
     const { vault } = await makeVault({ now: c.now });

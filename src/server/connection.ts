@@ -516,7 +516,8 @@ export class Connection {
   #cutIfDue(now: number, requestId: string | null): boolean {
     const t = this.#token;
     if (t !== null) {
-      const expired = t.expiresAt !== null && t.expiresAt <= now;
+      // By the vault's clock (a shared store's), as the vault judged it at the hello: not this host's.
+      const expired = t.expiresAt !== null && t.expiresAt <= this.#host.vault.now();
       const why: TokenCut | null = expired ? "token expired" : requestId !== null ? this.#host.vault.tokenStanding(t.id) : null;
       if (why !== null) {
         this.cutToken(why, requestId);

@@ -5,6 +5,7 @@
  * audit rows commit; `commit` throws them afterwards. Before the first event, the audit guard
  * (src/vault/audit-guard.ts) checks the head it extends against the keyed checkpoint.
  */
+import { revokesItself, tokenGateIn } from "./token-state.js";
 import type { Alg } from "../crypto/aead.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { chainEvent, makeCheckpoint } from "../audit/chain.js";
@@ -209,6 +210,8 @@ async function commitOnce<T>(
       /** What the guard's check asked to go first, if the events are chained onto the head it checked. */
       let prelude: AuditDraft[] = [];
       let marksFormat = false;
+      /** The token of this call's identity was read in this transaction (see below). */
+      let tokenChecked = false;
       const chainOnto = async (at: AuditHead | { seq: number; hash: Uint8Array } | null, drafts: readonly AuditDraft[], into: StoreTx): Promise<AuditRecord | null> => {
         let rec: AuditRecord | null = null;
         for (const draft of drafts) {
@@ -244,6 +247,13 @@ async function commitOnce<T>(
         await chainOnto(at, first.length > 0 ? [...first, ...pending] : pending, ftx);
       };
       const audit: AuditFn = async (draft) => {
+        // The first event of a token's identity: the token is read in this transaction, so that
+        // nothing it does commits after another instance committed its revocation (./token-state.ts).
+        if (!tokenChecked && draft.actor.token !== undefined && !opts.recovery && !revokesItself(draft)) {
+          tokenChecked = true;
+          const dead = await tokenGateIn(ctx, tx, draft.actor, now);
+          if (dead !== null) throw dead;
+        }
         // A refusal past its identity's burst is counted, not written (./refusals.ts).
         if (!opts.recovery && isTallied(draft) && !admitRefusal(ctx, draft)) {
           // A trail last seen broken is checked first, as for any audited step: while it is broken a

@@ -172,6 +172,13 @@ export interface Store extends StoreReader {
    * one file rely on the daemon's polls instead: src/server/daemon.ts).
    */
   changes?(listener: ChangeListener): () => void;
+  /**
+   * The time by the store's own clock, in epoch ms, for a store several machines share (PostgreSQL:
+   * the database server's clock). The vault decides every time by it (expiry of leases, tokens and
+   * approvals, issue times, the killswitch's live leases, the dead-man switch), so that instances
+   * whose clocks differ still agree. Absent: this process's clock (stores on one machine).
+   */
+  now?(): number;
 }
 
 /** One metadata entry, as {@link Store.listMeta} lists it. */

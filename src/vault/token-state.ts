@@ -5,7 +5,10 @@
  * server calls about twice a second for the tokens its connections hold. Either way the vault raises
  * the `token_revoked` signal once, so the server closes the token's connections.
  */
+import { VaultError } from "../base/errors.js";
+import type { AuditDraft, Identity } from "../base/types.js";
 import type { VaultContext } from "./context.js";
+import type { StoreReader } from "./ports.js";
 
 /** What this process knows of one token. */
 interface Standing {
@@ -76,4 +79,31 @@ export function liveTokenIds(ctx: VaultContext): string[] {
   const out: string[] = [];
   for (const [id, s] of views.get(ctx) ?? []) if (!s.revoked) out.push(id);
   return out;
+}
+
+/**
+ * Why the token `who` authenticated with may not act now, read from the store in the transaction
+ * that is about to act (`tx`), or null while it may (and for an identity that is not a token's). A
+ * grant, use or write must not outlive a revocation that another instance sharing the store has
+ * committed, whatever this process has heard of it yet: the memory view above closes connections
+ * soon after, this closes the window. Expiry is judged by `now`, the vault's (the store's) clock.
+ */
+export async function tokenGateIn(ctx: VaultContext, tx: Pick<StoreReader, "getToken">, who: Identity, now: number): Promise<VaultError | null> {
+  if (who.token === undefined) return null;
+  const rec = await tx.getToken(who.token.id);
+  if (rec === null || rec.revokedAt !== null) {
+    markRevoked(ctx, who.token.id);
+    return new VaultError("unauthenticated", "the token this connection authenticated with was revoked; nothing was done; ask an admin for a new token");
+  }
+  if (rec.expiresAt !== null && rec.expiresAt <= now)
+    return new VaultError("unauthenticated", "the token this connection authenticated with has expired; nothing was done; ask an admin for a new token");
+  return null;
+}
+
+/**
+ * True for the event of a token revoking itself: its transaction checked the token before the
+ * revocation (src/vault/tokens.ts), and reads it revoked after.
+ */
+export function revokesItself(draft: AuditDraft): boolean {
+  return draft.type === "token_revoked" && draft.actor.token !== undefined && draft.detail?.["token_id"] === draft.actor.token.id;
 }

@@ -14,7 +14,7 @@ import { VaultError } from "../base/errors.js";
 import { checkAgentId } from "../base/names.js";
 import { compileAgentPattern } from "./pattern.js";
 import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "../crypto/token-proof.js";
-import { markRevoked, sawLiveToken } from "./token-state.js";
+import { markRevoked, sawLiveToken, tokenGateIn } from "./token-state.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
 
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
@@ -108,6 +108,9 @@ export async function revokeToken(ctx: VaultContext, who: Identity, id: string):
     const err = roleError(who, ["admin"], "revoke tokens");
     if (err) return denied(audit, who, err);
     if (typeof id !== "string" || !TOKEN_ID_RE.test(id)) return new VaultError("invalid_request", "a token id is 16 hex characters; list tokens to see them");
+    // Its own token read before the revocation: a token that revokes itself reads revoked after it.
+    const dead = await tokenGateIn(ctx, tx, who, now);
+    if (dead !== null) return dead;
     const revoked = await tx.revokeToken(id, now);
     await audit({ type: "token_revoked", actor: who, outcome: revoked ? "ok" : "error", reason: revoked ? null : "no live token has that id", detail: { token_id: id } });
     return { revoked };

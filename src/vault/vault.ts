@@ -65,7 +65,7 @@ export interface VaultOptions {
   /** AEAD for new values. Default "aes-256-gcm". */
   cipher?: Alg;
   limits?: Partial<Limits>;
-  /** Clock in epoch ms (tests). Default Date.now. */
+  /** Clock in epoch ms (tests). Default: the store's clock when it has one ({@link Store.now}), else Date.now. */
   now?: () => number;
   /** Commands that make a secret's new value (`[[rotate]]` in lessor.toml; src/vault/rotation-hooks.ts). */
   rotationHooks?: RotationHooks;
@@ -123,6 +123,11 @@ export interface VaultExplanation extends Explanation {
 }
 
 /** An open vault. Create sessions from it; close it when done. */
+/** The store's clock when it keeps one (a shared store), else this process's. */
+function storeClock(store: Store): () => number {
+  return store.now ? () => store.now!() : Date.now;
+}
+
 export class Vault {
   readonly #ctx: VaultContext;
   #closing: Promise<void> | null = null;
@@ -159,7 +164,7 @@ export class Vault {
         policy,
         loadPolicy,
         sinks: opts.sinks ?? [],
-        now: opts.now ?? Date.now,
+        now: opts.now ?? storeClock(opts.store),
         cipher: opts.cipher ?? "aes-256-gcm",
         limits: { ...DEFAULT_LIMITS, ...opts.limits },
         closed: false,
@@ -247,6 +252,14 @@ export class Vault {
    */
   tokenChallenge(tokenId: string, clientNonce: Uint8Array, binding: string): Promise<{ nonce: Buffer; proof: Buffer }> {
     return tokens.tokenChallenge(this.#ctx, tokenId, clientNonce, binding);
+  }
+
+  /**
+   * The vault's clock, in epoch ms: the shared store's when it keeps one ({@link Store.now}), so a
+   * transport judges a token's expiry as the vault does.
+   */
+  now(): number {
+    return this.#ctx.now();
   }
 
   /**

@@ -36,8 +36,13 @@ const MAX_INLINE_CHANGES = 7000;
 /** Rows read per catch-up query. */
 const CATCH_UP_PAGE = 500;
 
-/** The channel, per schema so that vaults in different schemas of one database never hear each other. */
-const CHANNEL_SQL = "'lessor_changes.' || current_schema()";
+/**
+ * The channel, per schema so that vaults in different schemas of one database never hear each other.
+ * Named by the schema's md5, not the name itself: a channel name is cut at 63 bytes, and pg_notify
+ * refuses a longer one, which made every announcing commit fail for a schema name of 49 characters
+ * or more.
+ */
+const CHANNEL_SQL = "'lessor_changes.' || md5(current_schema())";
 
 /** How the feed runs (`[vault] listen` and `[vault] poll_ms` in lessor.toml). */
 export interface FeedOptions {

@@ -66,6 +66,7 @@ import type {
 } from "../../base/types.js";
 import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
 import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
+import { DbClock } from "./db-clock.js";
 import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
 import { BatchQueue } from "../batch-queue.js";
 import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
@@ -167,9 +168,16 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
   const feedOpts = { ...DEFAULT_FEED_OPTIONS, ...opts.feed };
   if (!Number.isSafeInteger(feedOpts.pollMs) || feedOpts.pollMs < 10)
     throw new VaultError("config_invalid", `the change feed's poll interval must be a whole number of milliseconds, at least 10 (got ${String(feedOpts.pollMs)})`);
+  let clock: DbClock;
+  try {
+    clock = await DbClock.open(pool);
+  } catch (e) {
+    await pool.end().catch(() => {});
+    throw pgError(e, "read the database server's clock", target);
+  }
   const origin = randomBytes(9).toString("base64url");
   const feed = new PgChangeFeed(pool, { ...cfg, types: TYPES }, origin, feedOpts);
-  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed, opts.lateLock ?? true);
+  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed, opts.lateLock ?? true, clock);
 }
 
 /** Read methods over one {@link Exec}; `x()` decides which connection and when reads are allowed. */
@@ -667,6 +675,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     private readonly origin: string,
     private readonly feed: PgChangeFeed,
     private readonly lateLock: boolean,
+    private readonly clock: DbClock,
   ) {
     super();
     this.timeout = new TxTimeout(txTimeoutMs);
@@ -746,9 +755,15 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     });
   }
 
+  /** The database server's time (src/store/postgres/db-clock.ts): every instance on this database decides time alike. */
+  now(): number {
+    return this.clock.now();
+  }
+
   close(): Promise<void> {
     this.closedP ??= this.calls.close().then(async () => {
       this.closed = true;
+      this.clock.close();
       await this.feed.close();
       await this.pool.end().catch(() => {});
     });

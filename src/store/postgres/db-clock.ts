@@ -1,0 +1,87 @@
+/**
+ * The database server's clock, as a PostgreSQL store tells the vault the time. Several daemons that
+ * share one database must agree on when a lease or token expires, on a lease's issue time and on the
+ * killswitch's "every live lease": by each one's own clock, a daemon ten minutes behind would serve a
+ * lease the others call expired, and one ahead would stamp leases that outlive their ttl everywhere.
+ *
+ * The clock is read as `clock_timestamp()` and kept as an offset from this process's monotonic clock
+ * (`performance.now()`): a jump of the local wall clock changes nothing, and no round trip is paid per
+ * read. It is read again every {@link REFRESH_MS} to follow the server's clock (NTP slews it); a read
+ * that fails keeps the last offset. Readings are taken at the middle of their round trip, the
+ * quickest of three, so the error is at most half of one loopback or LAN round trip.
+ */
+import type { Pool } from "pg";
+
+/** How often the offset is read again. */
+export const REFRESH_MS = 30_000;
+
+const CLOCK_SQL = "SELECT (extract(epoch from clock_timestamp()) * 1000)::float8 AS ms";
+
+interface Reading {
+  /** The database's time, epoch ms. */
+  ms: number;
+  /** performance.now() at the middle of the round trip. */
+  at: number;
+  rtt: number;
+}
+
+async function readOnce(pool: Pick<Pool, "query">): Promise<Reading> {
+  const t0 = performance.now();
+  const r = await pool.query<{ ms: number }>(CLOCK_SQL);
+  const t1 = performance.now();
+  const ms = Number(r.rows[0]?.ms);
+  if (!Number.isFinite(ms)) throw new Error("clock_timestamp() gave no time");
+  return { ms, at: (t0 + t1) / 2, rtt: t1 - t0 };
+}
+
+/** The quickest of `n` readings. */
+async function bestOf(pool: Pick<Pool, "query">, n: number): Promise<Reading> {
+  let best: Reading | undefined;
+  for (let i = 0; i < n; i++) {
+    const r = await readOnce(pool);
+    if (best === undefined || r.rtt < best.rtt) best = r;
+  }
+  return best!;
+}
+
+/** The database's clock (see the module comment). */
+export class DbClock {
+  #base: Reading;
+  #last = 0;
+  #timer: NodeJS.Timeout | null = null;
+
+  private constructor(private readonly pool: Pick<Pool, "query">, first: Reading) {
+    this.#base = first;
+  }
+
+  /** Reads the server's clock (throws what the query throws) and starts following it. */
+  static async open(pool: Pick<Pool, "query">): Promise<DbClock> {
+    const c = new DbClock(pool, await bestOf(pool, 3));
+    c.#timer = setInterval(() => void c.refresh().catch(() => undefined), REFRESH_MS);
+    c.#timer.unref();
+    return c;
+  }
+
+  /** Reads the server's clock again now. */
+  async refresh(): Promise<void> {
+    this.#base = await bestOf(this.pool, 3);
+  }
+
+  /** The database's time now, in epoch ms; never less than a time it returned before. */
+  now(): number {
+    const t = Math.round(this.#base.ms + (performance.now() - this.#base.at));
+    if (t > this.#last) this.#last = t;
+    return this.#last;
+  }
+
+  /** How far this process's wall clock is ahead of the database's (negative: behind), in ms. */
+  skewMs(): number {
+    return Date.now() - this.now();
+  }
+
+  /** Stops following the server's clock. */
+  close(): void {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+}
