@@ -56,23 +56,69 @@ export function upstreamTrust(extra: string | readonly string[] | undefined): Se
 /**
  * An http.Agent whose every connection is TLS to the checked address, handed over only once the
  * upstream certificate verified against `servername` (so no request byte is written to an upstream
- * that failed verification). maxSockets 1: HTTP/1.1 requests inside one tunnel come one at a time.
+ * that failed verification). One connection per tunnel: requests that come while it is being made
+ * wait for it (node's Agent counts a connection only once it is handed over, so without this each
+ * would open its own: a pipelining agent could open a thousand). `destroy()` also ends the connection
+ * being made, and a request still waiting for it: once a tunnel is closed (its lease revoked, the
+ * proxy closing) nothing it granted before goes out.
  */
 export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
   const agent = new Agent({ keepAlive: true, maxSockets: 1, timeout: up.idleTimeoutMs });
-  (agent as unknown as { createConnection: unknown }).createConnection = (
-    _opts: unknown,
-    done: (err: Error | null, socket?: Duplex) => void,
-  ): undefined => {
+  type AddRequest = (req: ClientRequest, options: unknown) => void;
+  const inner = agent as unknown as { addRequest: AddRequest; createConnection: unknown };
+  const addRequest = inner.addRequest.bind(agent);
+  /** The connection being made, if any. */
+  let making: { tcp?: Duplex; tls?: TLSSocket } | null = null;
+  /** Requests that came while it was being made. */
+  let waiting: [ClientRequest, unknown][] = [];
+  let destroyed = false;
+  const closedError = (): Error => Object.assign(new Error("the tunnel was closed"), { code: "ETUNNELCLOSED" });
+  inner.addRequest = (req, options) => {
+    if (destroyed) return void req.destroy(closedError());
+    if (making !== null) return void waiting.push([req, options]);
+    addRequest(req, options);
+  };
+  /** The connection is made (or failed): the waiting requests go to the agent, one connection at a time. */
+  const release = (): void => {
+    making = null;
+    const next = waiting;
+    waiting = [];
+    for (const [req, options] of next) inner.addRequest(req, options);
+  };
+  const destroy = agent.destroy.bind(agent);
+  agent.destroy = (): void => {
+    destroyed = true;
+    making?.tls?.destroy();
+    making?.tcp?.destroy();
+    making = null;
+    const dropped = waiting;
+    waiting = [];
+    for (const [req] of dropped) req.destroy(closedError());
+    destroy();
+  };
+  inner.createConnection = (_opts: unknown, done: (err: Error | null, socket?: Duplex) => void): undefined => {
+    const mine: { tcp?: Duplex; tls?: TLSSocket } = {};
+    making = mine;
     let settled = false;
     const finish = (err: Error | null, s?: Duplex): void => {
       if (settled) return;
       settled = true;
-      done(err, s);
+      // Closed meanwhile: the connection is not handed over, and no request byte goes out on it.
+      if (err === null && destroyed) {
+        s?.destroy();
+        done(closedError());
+      } else done(err, s);
+      // After the agent holds it (or heard the failure), so that the waiting requests queue on it.
+      if (making === mine) release();
     };
+    if (destroyed) {
+      finish(closedError());
+      return undefined;
+    }
     let tls: TLSSocket;
     try {
       const tcp = connectChecked(target, up.connect);
+      mine.tcp = tcp;
       tcp.once("error", (e) => finish(e));
       tls = tlsConnect({
         socket: tcp,
@@ -81,10 +127,12 @@ export function tunnelAgent(target: CheckedTarget, up: UpstreamTls): Agent {
         rejectUnauthorized: true,
         ALPNProtocols: ["http/1.1"],
       });
+      mine.tls = tls;
     } catch (e) {
       finish(e as Error);
       return undefined;
     }
+    tls.once("close", () => finish(closedError()));
     tls.once("secureConnect", () => finish(null, tls));
     tls.once("error", (e) => {
       tls.destroy();
@@ -134,8 +182,49 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
     problemResponse(res, 501, "upgrade", "Not implemented: an Upgrade header without Connection: upgrade (a WebSocket handshake needs both)");
     return;
   }
-  // The request body waits (paused) while the policy decides.
+  // The request body waits (paused) while the policy decides, and while the requests before it are answered.
   req.pause();
+  inLine(t, res, () => ask(t, req, res, url, began));
+}
+
+/**
+ * Pipelined requests of one tunnel beyond this many waiting are answered 503 and the connection
+ * closes after them.
+ */
+export const MAX_PIPELINED = 32;
+
+/** Each tunnel's requests in line: the one being served, and those waiting for it to be answered. */
+const lines = new WeakMap<Tunnel, { busy: boolean; waiting: (() => void)[] }>();
+
+/**
+ * Runs `serve` for one request of `t` once the requests before it on the tunnel were answered: the
+ * policy is asked (a use counted) and the upstream reached for one request at a time, as HTTP/1.1
+ * answers them, so that a pipelining agent neither opens an upstream connection per request nor
+ * spends uses on requests queued behind one that hangs.
+ */
+function inLine(t: Tunnel, res: ServerResponse, serve: () => void): void {
+  let line = lines.get(t);
+  if (line === undefined) lines.set(t, (line = { busy: false, waiting: [] }));
+  const l = line;
+  const go = (): void => {
+    l.busy = true;
+    // 'close' comes once the answer is written, or its connection ended first.
+    res.once("close", () => {
+      l.busy = false;
+      l.waiting.shift()?.();
+    });
+    serve();
+  };
+  if (!l.busy) return go();
+  if (l.waiting.length >= MAX_PIPELINED) {
+    res.shouldKeepAlive = false;
+    problemResponse(res, 503, "pipelined", `Service unavailable: more than ${MAX_PIPELINED} requests wait in this tunnel; send fewer at once (this connection closes)`);
+    return;
+  }
+  l.waiting.push(go);
+}
+
+function ask(t: Tunnel, req: IncomingMessage, res: ServerResponse, url: string, began: number): void {
   const asked: ProxiedRequest = {
     method: (req.method ?? "GET").toUpperCase(),
     host: t.host,
@@ -209,6 +298,10 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     path: p.target,
     headers,
     setHost: false,
+  });
+  // The agent went away (or the tunnel closed) before its answer was written: the upstream request ends too.
+  res.once("close", () => {
+    if (!res.writableFinished) up.destroy();
   });
   // At a mark the upstream request ends, and once the policy has revoked what tripped it, the agent
   // gets 403 (or, if the answer had begun, a closed connection). A compressed body that cannot be read

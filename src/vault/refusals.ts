@@ -24,6 +24,12 @@
  *   is forgotten. At most {@link MAX_IDENTITIES} are tallied at once; refusals of further identities are
  *   counted together under actor id `*` of their transport.
  *
+ * The injecting proxy's reports of requests it refused (`proxy_request`, outcome denied, not a
+ * tripwire alarm: src/vault/proxy-requests.ts) are tallied the same way, apart from the identity's
+ * `access_denied` ones (their own burst, their own summary row, of type `proxy_request`): a hostile
+ * agent sending thousands of refused requests, each costing it nothing upstream, must not fill the
+ * disk either. A tripwire alarm is never counted: each is written.
+ *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
  * a catch-up) counts once. Whether a refusal waits for a commit depends on its identity's count and
  * the budget, never on its reason: the time of an answer does not tell a lease that exists but is
@@ -60,6 +66,8 @@ interface Named {
 /** One identity's refusals in the current window (reasons: by error code). */
 interface Tally extends WindowTally {
   actor: Identity;
+  /** What is tallied: the identity's refused calls, or the refused requests its proxy reported. */
+  type: TalliedType;
   /** `scope/name` of the secrets the counted refusals named. */
   secrets: Named;
   /** The domains they named. */
@@ -67,6 +75,9 @@ interface Tally extends WindowTally {
   /** The agents they were for (an orchestrator's, or another agent's an agent asked for). */
   agents: Named;
 }
+
+/** The audit types whose refusals are tallied. */
+type TalliedType = "access_denied" | "proxy_request";
 
 /** Summary drafts: written past the tally (see {@link isTallied}). */
 const summaries = new WeakSet<AuditDraft>();
@@ -78,9 +89,9 @@ function newLog(ctx: VaultContext): RefusalLog {
     burst: BURST,
     budget: WINDOW_BUDGET,
     maxKeys: MAX_IDENTITIES,
-    keyOf: (t) => identityKey(t.actor),
-    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST),
-    fresh: (t, written) => newTally(t.actor, written),
+    keyOf: (t) => tallyKey(t.actor, t.type),
+    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST, t.type),
+    fresh: (t, written) => newTally(t.actor, written, t.type),
     merge: (into, from) => {
       mergeNamed(into.secrets, from.secrets, MAX_SECRETS);
       mergeNamed(into.domains, from.domains, MAX_NAMED);
@@ -90,16 +101,16 @@ function newLog(ctx: VaultContext): RefusalLog {
   });
 }
 
-function identityKey(actor: Identity): string {
-  return `${actor.transport}\u0000${actor.id}`;
+function tallyKey(actor: Identity, type: TalliedType): string {
+  return `${actor.transport}\u0000${actor.id}\u0000${type}`;
 }
 
 function named(): Named {
   return { names: new Set(), omitted: 0 };
 }
 
-function newTally(actor: Identity, written: number): Tally {
-  return { actor, written, count: 0, since: 0, reasons: new Map(), secrets: named(), domains: named(), agents: named() };
+function newTally(actor: Identity, written: number, type: TalliedType): Tally {
+  return { actor, type, written, count: 0, since: 0, reasons: new Map(), secrets: named(), domains: named(), agents: named() };
 }
 
 /** Notes one refusal naming `name` (nothing when it named none). */
@@ -123,8 +134,9 @@ function namedDetail(key: string, n: Named): Record<string, string | number> {
   };
 }
 
-function tallyOf(log: RefusalLog, actor: Identity): Tally {
-  return log.tally(identityKey(actor), () => newTally(actor, 0));
+function tallyOf(log: RefusalLog, d: AuditDraft): Tally {
+  const type: TalliedType = d.type === "proxy_request" ? "proxy_request" : "access_denied";
+  return log.tally(tallyKey(d.actor, type), () => newTally(d.actor, 0, type));
 }
 
 /**
@@ -144,7 +156,7 @@ function codeOf(reason: string | null | undefined): string {
 function summary(t: Tally): AuditDraft {
   const { text, top } = reasonsText(t.reasons);
   const draft: AuditDraft = {
-    type: "access_denied",
+    type: t.type,
     actor: t.actor,
     // An orchestrator's refusals all for one agent are filed under it (`lessor audit --agent` finds them).
     agent: t.actor.agent ?? (t.agents.names.size === 1 && t.agents.omitted === 0 ? [...t.agents.names][0]! : null),
@@ -171,16 +183,20 @@ function logOf(ctx: VaultContext): RefusalLog {
   return log;
 }
 
-/** True for an `access_denied` draft that goes through the tally (not a summary this module made). */
+/**
+ * True for a draft that goes through the tally (not a summary this module made): an `access_denied`
+ * refusal, or a refused `proxy_request` that is not a tripwire alarm.
+ */
 export function isTallied(draft: AuditDraft): boolean {
-  return draft.type === "access_denied" && draft.outcome === "denied" && !summaries.has(draft);
+  if (draft.outcome !== "denied" || summaries.has(draft)) return false;
+  return draft.type === "access_denied" || (draft.type === "proxy_request" && draft.detail?.["alarm"] !== true);
 }
 
 /** Decides for a refusal's draft ({@link isTallied}): true to write it now, false to count it once its call commits. */
 export function admitRefusal(ctx: VaultContext, draft: AuditDraft): boolean {
   const log = logOf(ctx);
   // The vault is closing: written as before.
-  return log.closed || log.admit(tallyOf(log, draft.actor));
+  return log.closed || log.admit(tallyOf(log, draft));
 }
 
 /** Counts refusals that were not written, once their call's transaction committed. */
@@ -188,7 +204,7 @@ export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], 
   if (drafts.length === 0) return;
   const log = logOf(ctx);
   for (const d of drafts) {
-    const t = tallyOf(log, d.actor);
+    const t = tallyOf(log, d);
     log.count(t, codeOf(d.reason), now);
     addNamed(t.secrets, d.secret, MAX_SECRETS);
     addNamed(t.domains, d.domain, MAX_NAMED);
