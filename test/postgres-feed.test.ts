@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import pg from "pg";
 import { openPostgresStore, type PostgresStore } from "../src/store/postgres/postgres-store.js";
-import type { FeedOptions } from "../src/store/postgres/change-feed.js";
+import { channelFor as channelOf, type FeedOptions } from "../src/store/postgres/change-feed.js";
 import { Vault } from "../src/vault/vault.js";
 import type { VaultSignal } from "../src/vault/signals.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
@@ -71,7 +71,7 @@ describe("postgres change feed: another instance's changes become this vault's s
     await spy.connect();
     const payloads: string[] = [];
     spy.on("notification", (m) => payloads.push(m.payload ?? ""));
-    await spy.query(`LISTEN "lessor_changes.${schema}"`);
+    await spy.query(`LISTEN "${channelOf(schema)}"`);
     try {
       await a.vault.admin().storeSecret({ name: "tok", value: "the-secret-value" });
       const t = await a.vault.admin().createToken({ name: "bot", role: "agent", agent: "claude" });
@@ -123,7 +123,7 @@ describe("postgres change feed: another instance's changes become this vault's s
     const { a, b, schema } = await pair({ pollMs: 60_000 });
     const t = await a.vault.admin().createToken({ name: "bot", role: "agent", agent: "claude" });
     await b.vault.authenticateToken(t.token, "tcp");
-    const ch = `"lessor_changes.${schema}"`;
+    const ch = `"${channelOf(schema)}"`;
     await admin(`NOTIFY ${ch}, 'not json'`);
     await admin(`NOTIFY ${ch}, '{"seq":999999,"origin":"x","changes":[{"kind":"token_revoked","tokenId":"${t.id}"}]}'`);
     await admin(`NOTIFY ${ch}, '{"seq":1,"origin":"x","changes":[{"kind":"nonsense"}]}'`);
@@ -155,7 +155,7 @@ describe("postgres change feed: another instance's changes become this vault's s
     const before = b.store.feedState().connects;
     const killed = await admin(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'lessor-listen' AND query = $1",
-      [`LISTEN "lessor_changes.${schema}"`],
+      [`LISTEN "${channelOf(schema)}"`],
     );
     assert.ok(killed.rowCount! >= 1, "the listen connection was found");
     await a.vault.admin().revokeToken(t.id); // while B has no LISTEN (or before it notices)

@@ -19,6 +19,7 @@
  * own connections failed, which also ends a pending backoff. An instance that missed more than the
  * table keeps gets a `resync` change.
  */
+import { createHash } from "node:crypto";
 import pg from "pg";
 import type { Pool, PoolConfig } from "pg";
 import type { ChangeListener, StoreChange } from "../../vault/ports.js";
@@ -43,6 +44,11 @@ const CATCH_UP_PAGE = 500;
  * or more.
  */
 const CHANNEL_SQL = "'lessor_changes.' || md5(current_schema())";
+
+/** The channel of the vault in `schema`, as {@link CHANNEL_SQL} names it (for tools and tests that listen). */
+export function channelFor(schema: string): string {
+  return `lessor_changes.${createHash("md5").update(schema, "utf8").digest("hex")}`;
+}
 
 /** How the feed runs (`[vault] listen` and `[vault] poll_ms` in lessor.toml). */
 export interface FeedOptions {
