@@ -21,3 +21,14 @@ test("nothing else passes for a VaultError", () => {
   assert.equal(isVaultError("access_denied"), false);
   assert.ok(new VaultError("internal", "x") instanceof Error);
 });
+
+test("an unexpected error is printed by class and code only; its message (which may quote a secret) only with LESSOR_DEBUG=1", async () => {
+  const { internalErrorLine } = await import("../src/cli/internal-error.js");
+  const canary = "sk_live_CANARY_internal_error";
+  const e = Object.assign(new TypeError(`The argument 'options.env['X']' must be a string without null bytes. Received '${canary}\\x00'`), { code: "ERR_INVALID_ARG_VALUE" });
+  const line = internalErrorLine(e, {});
+  assert.match(line, /^internal error: TypeError ERR_INVALID_ARG_VALUE \(this is a bug/);
+  assert.ok(!line.includes(canary), line);
+  assert.match(internalErrorLine(e, { LESSOR_DEBUG: "1" }), new RegExp(canary));
+  assert.match(internalErrorLine("thrown text", {}), /^internal error: string \(/);
+});

@@ -1,7 +1,8 @@
 /** Keeps the package, the docs and the layering true to the code. */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -137,5 +138,31 @@ test("the README and docs never show a leased value expanded into another comman
       const bad = /\b(curl|wget|http|gh|git|ssh|docker|psql|mysql)\b[^|#]*\$\(lessor (lease|secret get)/.test(line);
       assert.ok(!bad, `${f}:${i + 1} puts a value on a command line: ${line.trim()}`);
     });
+  }
+});
+
+test("the README's program example runs as written (its home in a temporary directory, its fetch recorded instead of sent)", () => {
+  const readme = readFileSync(join(root, "README.md"), "utf8");
+  const block = /In a program:\s*```ts\n([\s\S]*?)```/.exec(readme)?.[1];
+  assert.ok(block, "the README has a TypeScript example after 'In a program:'");
+  const dir = mkdtempSync(join(tmpdir(), "lessor-readme-"));
+  try {
+    const home = join(dir, "home");
+    const script = [
+      'const token = "ghp_READMEexample0123456789abcdefghijklmn";',
+      "const sent: unknown[] = [];",
+      "const fetch = async (url: string, init: unknown) => void sent.push({ url, init }); // no packet leaves",
+      block.replaceAll("/home/me/.lessor", home).replace('from "lessor"', `from ${JSON.stringify(join(root, "src/index.ts"))}`),
+      "console.log(JSON.stringify({ sent }));",
+    ].join("\n");
+    const file = join(dir, "example.mts");
+    writeFileSync(file, script);
+    const r = spawnSync(process.execPath, ["--import", "tsx", file], { encoding: "utf8", env: { PATH: process.env.PATH, HOME: dir }, timeout: 60_000 });
+    assert.equal(r.status, 0, `the example failed:\n${r.stderr}`);
+    assert.match(r.stdout, /ok: true, events: 4/, r.stdout);
+    const sent = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { sent: { url: string; init: { headers: { authorization: string } } }[] };
+    assert.deepEqual(sent.sent.map((s) => [s.url, s.init.headers.authorization]), [["https://api.github.com/user", "Bearer ghp_READMEexample0123456789abcdefghijklmn"]]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -4,6 +4,7 @@
  * prints one or two plain sentences and exits with a documented code — no stack traces for expected
  * errors.
  */
+import { internalErrorLine } from "./internal-error.js";
 import type { Backend } from "../backend/backend.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { VaultError } from "../base/errors.js";
@@ -121,7 +122,7 @@ export class Cli {
       this.err(`lessor: ${e.message}`);
       return EXIT.usage;
     }
-    this.err(`lessor: internal error: ${e instanceof Error ? e.message : String(e)} (this is a bug; please report it)`);
+    this.err(`lessor: ${internalErrorLine(e)}`);
     return EXIT.internal;
   }
 }

@@ -4,6 +4,7 @@
  * have one (src/cli/fast-path.ts), else the full command tree (src/cli/program.ts). They differ only
  * in how they load those two.
  */
+import { internalErrorLine } from "./internal-error.js";
 import { writeSync } from "node:fs";
 import { VERSION } from "../version.js";
 import { EXIT } from "./exit-codes.js";
@@ -48,7 +49,7 @@ export function runCli(args: readonly string[], load: CliLoaders): void {
       if (!done) (await load.program()).main();
     })
     .catch((e: unknown) => {
-      process.stderr.write(`lessor: internal error: ${e instanceof Error ? e.message : String(e)} (this is a bug; please report it)\n`);
+      process.stderr.write(`lessor: ${internalErrorLine(e)}\n`);
       process.exitCode = EXIT.internal;
     });
 }

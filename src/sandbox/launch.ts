@@ -89,9 +89,10 @@ export function closeInheritedDescriptors(): number[] {
  * sandbox ({@link closeInheritedDescriptors}).
  */
 export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[]): Sandboxed {
+  // Encoded first: an argument it refuses (a NUL byte) must not leave bwrap started, waiting on fd 3.
+  const blob = encodeArgs(args);
   closeInheritedDescriptors();
   const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe"] });
-  const blob = encodeArgs(args);
   const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;
   argsPipe.on("error", () => {}); // bwrap gone before reading: its exit says why
   argsPipe.end(blob, () => blob.fill(0));

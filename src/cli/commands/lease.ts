@@ -11,6 +11,7 @@ import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
 import { VaultError } from "../../base/errors.js";
+import { parseDuration } from "../../vault/duration.js";
 import type { LeaseRecord } from "../../base/types.js";
 
 function leaseLine(l: LeaseRecord, now: number): string {
@@ -41,6 +42,15 @@ export interface LeaseOptions {
   json?: boolean | undefined;
 }
 
+/** Checks a --ttl before anything is asked, so that the message names the option. */
+function checkTtl(ttl: string): void {
+  try {
+    parseDuration(ttl);
+  } catch (e) {
+    throw new UsageError(`--ttl: ${(e as Error).message}`);
+  }
+}
+
 /**
  * Runs `lessor lease NAME`: takes the lease and prints the value (or, with --json, the grant), and
  * the lease's id on stderr. Casual `$(lessor lease …)` use must not pile up live leases against the
@@ -52,6 +62,7 @@ export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<vo
   return cli.run(async () => {
     const domains = o.domain ?? [];
     const maxUses = o.maxUses === undefined ? (o.json ? undefined : 1) : positiveInt("--max-uses", o.maxUses);
+    if (o.ttl !== undefined) checkTtl(o.ttl);
     const { api } = await cli.backend();
     const request = {
       ...(o.agent !== undefined ? { agent: o.agent } : {}),
@@ -111,6 +122,7 @@ export function registerLease(program: Command, cli: Cli): void {
     .addHelpText("after", "\nExamples:\n  lessor renew 01940000-0000-7000-8000-000000000000\n  lessor renew 01940000-0000-7000-8000-000000000000 --ttl 30m --json")
     .action((id: string, o: { ttl?: string; json?: boolean }) =>
       cli.run(async () => {
+        if (o.ttl !== undefined) checkTtl(o.ttl);
         const { api } = await cli.backend();
         const lease = await api.renewLease(id, o.ttl === undefined ? undefined : { ttl: o.ttl });
         if (o.json) cli.json(leaseJson(lease));

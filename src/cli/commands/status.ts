@@ -11,7 +11,7 @@ import { policyVersionText } from "../format/policy-version.js";
 const HIDDEN = "(shown to admins only)";
 
 function policyLine(p: PolicyStatus): string {
-  const source = p.source ?? "policy";
+  const source = p.source ?? HIDDEN;
   if (p.stale !== undefined)
     return `${source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
   if (p.state === "broken") return `${source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;

@@ -14,6 +14,7 @@
  * was given is dropped; the secret belongs in lessor (`lessor secret set`). `erase` (`docker
  * logout`) does nothing and succeeds: lessor is the store, and logging out must not fail.
  */
+import { internalErrorLine } from "../internal-error.js";
 import type { Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../base/errors.js";
@@ -50,7 +51,7 @@ export function dockerCredentialAction(cli: Cli, action: string): Promise<void> 
       return await act(cli, action);
     } catch (e) {
       const r =
-        e instanceof Reply ? e : new Reply(e instanceof VaultError ? `lessor: ${e.message}` : `lessor: internal error: ${e instanceof Error ? e.message : String(e)}`, EXIT.error);
+        e instanceof Reply ? e : new Reply(e instanceof VaultError ? `lessor: ${e.message}` : `lessor: ${internalErrorLine(e)}`, EXIT.error);
       cli.out(r.text);
       return r.code;
     }

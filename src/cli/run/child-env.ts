@@ -4,7 +4,7 @@
  * leases. A variable may be a reference (`TOKEN=$S:github-token`) or contain several
  * (`DATABASE_URL=postgres://app:$S:db-password@db/app`).
  */
-import { readFileSync } from "node:fs";
+import { firstNonUtf8Line, readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
 import { refString } from "../../base/names.js";
@@ -26,6 +26,32 @@ export interface EnvVar {
   from: string;
 }
 
+/** The most an env file or a template may hold (more is refused before it is all read). */
+export const MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Reads `path` ("-": stdin) as UTF-8 text, at most {@link MAX_TEXT_FILE_BYTES}: a file that cannot
+ * be read, is larger, or is not UTF-8 is an `invalid_request` naming `what` (and the line), never
+ * its content. A byte sequence that is not UTF-8 is never silently replaced.
+ */
+export function readTextFile(path: string, what: string, option: string): string {
+  let got: Capped;
+  try {
+    got = readCappedSync(path === "-" ? 0 : path, MAX_TEXT_FILE_BYTES);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new VaultError("invalid_request", `cannot read ${what} ${path} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the ${option} path`);
+  }
+  if ("tooLarge" in got) throw new VaultError("invalid_request", `${what} ${path} is larger than ${MAX_TEXT_FILE_BYTES} bytes, the most lessor reads; check the ${option} path`);
+  try {
+    const bad = firstNonUtf8Line(got.bytes);
+    if (bad !== null) throw new VaultError("invalid_request", `${what} ${path} is not UTF-8 text (line ${bad}); convert it (iconv -t UTF-8) and try again`);
+    return got.bytes.toString("utf8");
+  } finally {
+    got.bytes.fill(0);
+  }
+}
+
 /** The parent's environment without {@link WITHHELD_VARIABLES}, then each env file over it. */
 export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[]): Map<string, EnvVar> {
   const vars = new Map<string, EnvVar>();
@@ -34,14 +60,7 @@ export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[]): Map<stri
     vars.set(k, { value: v, from: "the environment" });
   }
   for (const file of envFiles) {
-    let text: string;
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new VaultError("invalid_request", `cannot read the env file ${file} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the --env-file path`);
-    }
-    for (const e of parseEnvFile(text, file)) {
+    for (const e of parseEnvFile(readTextFile(file, "the env file", "--env-file"), file)) {
       vars.delete(e.key); // keep file order for the later-wins variables
       vars.set(e.key, { value: e.value, from: `${file}:${e.line}` });
     }

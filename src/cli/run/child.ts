@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
+import { VaultError } from "../../base/errors.js";
 import { MaskStream, type MaskPattern } from "./mask.js";
 import type { BwrapFeatures } from "../../sandbox/detect.js";
 import type { RunSandbox } from "./sandbox.js";
@@ -37,6 +38,10 @@ export interface SandboxStart {
  * watching), else piped through a mask of `patterns`.
  */
 export function startChild(cmd: string, args: string[], env: Record<string, string>, patterns: MaskPattern[], sandbox?: SandboxStart): Started {
+  // The system cannot pass a NUL byte in a variable, and node's refusal would quote the value.
+  for (const [k, v] of Object.entries(env))
+    if (k.includes("\0") || k.includes("=") || v.includes("\0"))
+      throw new VaultError("invalid_request", `the environment variable ${JSON.stringify(k.replace(/\0/g, "\\0").slice(0, 100))} has a NUL byte (or "=" in its name), which no environment can carry; nothing was started`);
   const maskOut = process.stdout.isTTY !== true;
   const maskErr = process.stderr.isTTY !== true;
   const stdio = ["inherit", maskOut ? "pipe" : "inherit", maskErr ? "pipe" : "inherit"] as const;

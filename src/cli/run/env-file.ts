@@ -32,6 +32,9 @@ function fail(where: string, line: number, col: number, what: string): never {
 export function parseEnvFile(text: string, where: string): EnvEntry[] {
   const src = text.startsWith("\uFEFF") ? text.slice(1) : text;
   const lines = src.split(/\r?\n/);
+  // No environment variable can hold a NUL byte (the process would not start): refused, naming where.
+  const nul = lines.findIndex((l) => l.includes("\0"));
+  if (nul >= 0) fail(where, nul + 1, lines[nul]!.indexOf("\0") + 1, "a NUL byte, which no environment variable can hold; remove it");
   const out: EnvEntry[] = [];
   for (let i = 0; i < lines.length; i++) {
     const lineNo = i + 1;
@@ -48,8 +51,8 @@ export function parseEnvFile(text: string, where: string): EnvEntry[] {
     const eq = rest.indexOf("=");
     if (eq < 0) fail(where, lineNo, col, 'expected KEY=value (no "=" on this line)');
     const key = rest.slice(0, eq).trimEnd();
-    if (!KEY_RE.test(key))
-      fail(where, lineNo, col, `${JSON.stringify(key.slice(0, 40))} is not a variable name: use letters, digits and "_", not starting with a digit`);
+    // The text is not quoted: a line that is not KEY=value may be a value (an unquoted key's first line).
+    if (!KEY_RE.test(key)) fail(where, lineNo, col, 'expected KEY=value with a variable name before "=": letters, digits and "_", not starting with a digit');
     let valueCol = col + eq + 1;
     let v = rest.slice(eq + 1);
     const trimmed = v.trimStart();

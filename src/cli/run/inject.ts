@@ -3,12 +3,12 @@
  * them, revoked when done) and writes the result to stdout or to a file created 0600, atomically
  * (temporary file, fsync, rename). Nothing is written unless every reference resolved.
  */
-import { lstatSync, readFileSync } from "node:fs";
+import { lstatSync } from "node:fs";
 import { writeFileAtomic } from "../../fs/atomic-file.js";
 import { VaultError } from "../../base/errors.js";
 import { findReferences } from "../refs/text.js";
 import type { Cli } from "../cli.js";
-import { referencedBytes } from "./child-env.js";
+import { readTextFile, referencedBytes } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
 import { holdLeases } from "../holding.js";
 import { EXIT } from "../exit-codes.js";
@@ -46,12 +46,7 @@ export function lineCols(text: string, offsets: readonly number[]): { line: numb
 }
 
 function readTemplate(path: string): string {
-  try {
-    return readFileSync(path === "-" ? 0 : path, "utf8");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new VaultError("invalid_request", `cannot read the template ${path} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the -i path`);
-  }
+  return readTextFile(path, "the template", "-i");
 }
 
 /** Renders the template and writes it; returns the exit code. */
