@@ -12,7 +12,7 @@
  * `[proxy] hosts` (never a real lookup), and `[proxy] allow` opens 127.0.0.1 only. The metadata address
  * is refused by the SSRF guard before any connection (it is never allowed, whatever the config says).
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as https from "node:https";
@@ -357,6 +357,32 @@ describe("lessor mcp over stdio with the SDK's client", () => {
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /--agent is required/);
     assert.equal(r.stdout, "");
+  });
+
+  test("stdin closed right after the calls (input piped in): every call is still answered before the server ends", async () => {
+    const msgs = [
+      { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "pipe", version: "1" } } },
+      { jsonrpc: "2.0", method: "notifications/initialized" },
+      { jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "list_secrets", arguments: {} } },
+      { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "request_access", arguments: { secret: "github-token", domains: ["api.test.example"] } } },
+      { jsonrpc: "2.0", id: 4, method: "tools/call", params: { name: "http_request", arguments: { method: "GET", url: `https://api.test.example:${port}/big` } } },
+    ];
+    // Not spawnSync: the upstream answering http_request runs in this process.
+    const child = spawn(process.execPath, [BIN, "mcp", "--agent", "claude"], { env: { HOME, LESSOR_HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1" }, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString("utf8")));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const closed = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
+    child.stdin.end(msgs.map((m) => JSON.stringify(m)).join("\n") + "\n");
+    const status = await closed;
+    clearTimeout(timer);
+    const r = { status, stdout, stderr };
+    assert.equal(r.status, 0, r.stderr);
+    const answered = r.stdout.split("\n").filter((l) => l.trim() !== "").map((l) => (JSON.parse(l) as { id?: number }).id);
+    assert.deepEqual(answered.sort(), [1, 2, 3, 4], `answers on stdout: ${r.stdout.slice(0, 500)}`);
+    assert.ok(!r.stdout.includes(CANARY) && !r.stderr.includes(CANARY));
   });
 
   test("closing the session revokes its leases; no value in any result, stderr or audit row", async () => {

@@ -57,6 +57,8 @@ export interface McpSession {
   newServer(): Server;
   /** Revokes the session's leases, stops its proxy, forgets the values. Idempotent. */
   close(): Promise<void>;
+  /** Resolves once no tool call is being served (at once when none is). */
+  idle(): Promise<void>;
 }
 
 /** The fields of a tools/call request a refusal may name. */
@@ -109,6 +111,14 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
     // tools/call request's shape before its handler runs and answers a malformed one itself, so that
     // call would go unaudited. Here every call, well-formed or not, is audited exactly once.
     server.fallbackRequestHandler = async (request, extra) => {
+      calls++;
+      try {
+        return await serveCall(request, extra);
+      } finally {
+        if (--calls === 0) for (const w of idleWaiters.splice(0)) w();
+      }
+    };
+    const serveCall = async (request: Parameters<NonNullable<Server["fallbackRequestHandler"]>>[0], extra: Parameters<NonNullable<Server["fallbackRequestHandler"]>>[1]) => {
       if (request.method !== "tools/call") throw new McpError(McpErrorCode.MethodNotFound, "Method not found");
       const started = performance.now();
       const req = CallToolRequestSchema.safeParse(request);
@@ -154,6 +164,9 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
     return server;
   };
 
+  let calls = 0;
+  const idleWaiters: (() => void)[] = [];
+  const idle = (): Promise<void> => (calls === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r)));
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> =>
     (closing ??= (async () => {
@@ -165,11 +178,15 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
       const failedCount = results.filter((r) => r.status === "rejected" && !(r.reason instanceof VaultError && ["lease_revoked", "lease_expired", "lease_not_found"].includes(r.reason.code))).length;
       if (failedCount > 0) o.log(`lessor mcp: ${failedCount} lease(s) could not be revoked; they end when they expire`);
     })());
-  return { server: makeServer(), newServer: makeServer, close };
+  return { server: makeServer(), newServer: makeServer, close, idle };
 }
 
+/** How long calls still being served may take once the client closed stdin. */
+const DRAIN_MS = 60_000;
+
 /**
- * Serves `session` on stdin/stdout until the client closes stdin or a stop signal arrives; then
+ * Serves `session` on stdin/stdout until the client closes stdin (its calls still served are answered
+ * first, for up to {@link DRAIN_MS}) or a stop signal arrives; then
  * closes the session. Nothing else may write to stdout meanwhile: it carries the protocol.
  */
 export async function serveStdio(session: McpSession, log: (line: string) => void): Promise<void> {
@@ -178,8 +195,11 @@ export async function serveStdio(session: McpSession, log: (line: string) => voi
   const stopped = new Promise<void>((r) => (stop = r));
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   for (const s of signals) process.on(s, stop);
-  process.stdin.once("end", stop);
-  process.stdin.once("close", stop);
+  // The client closed its end (input piped in, say): the calls it sent are still answered first.
+  const drained = (): void =>
+    void Promise.race([session.idle(), new Promise((r) => setTimeout(r, DRAIN_MS).unref())]).then(() => setImmediate(stop));
+  process.stdin.once("end", drained);
+  process.stdin.once("close", drained);
   transport.onclose = stop;
   // The error's name only: a parse error's message quotes the input, which may hold anything.
   session.server.onerror = (e) => log(`lessor mcp: a message from the client could not be handled (${e instanceof McpError ? `MCP error ${e.code}` : e.name})`);
