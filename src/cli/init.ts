@@ -17,12 +17,16 @@ export async function init(opts: { home?: string; keySource?: string; passphrase
   if (opts.passphrase && opts.keySource !== undefined && opts.keySource !== "passphrase")
     throw new VaultError("invalid_request", `--passphrase and --key-source ${opts.keySource} contradict each other; give one`);
   const keySource = opts.passphrase ? "passphrase" : (opts.keySource ?? "file");
-  if (keySource !== "file" && keySource !== "passphrase" && keySource !== "env")
-    throw new VaultError("invalid_request", `--key-source must be file, passphrase or env, not ${JSON.stringify(keySource)}`);
+  if (keySource !== "file" && keySource !== "passphrase" && keySource !== "keychain" && keySource !== "env")
+    throw new VaultError("invalid_request", `--key-source must be file, passphrase, keychain or env, not ${JSON.stringify(keySource)}`);
   const passphrase = keySource === "passphrase" ? await newPassphrase(env) : undefined;
   const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), env, keySource, ...(passphrase ? { passphrase } : {}) });
   if (r.created.length === 0) process.stdout.write(`lessor home ${r.home} is already set up; nothing changed\n`);
   for (const f of r.created) process.stdout.write(`created ${f}\n`);
+  if (r.keychain)
+    process.stdout.write(
+      `the master key is in the OS keychain: service "${r.keychain.service}", account "${r.keychain.account}" (no key file was written); the keychain must be unlocked for lessor to open this vault, and a backup of that entry is a backup of the key\n`,
+    );
   if (r.created.length > 0) process.stdout.write(`next: edit ${r.home}/policy.toml, then run: lessor serve\n`);
   return 0;
 }

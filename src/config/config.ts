@@ -44,6 +44,10 @@ export interface Config {
     passphraseFile: string;
     command: string[] | null;
     commandTimeoutMs: number;
+    /** `[keys] keychain_file`: the marker naming the OS keychain entry that holds the key (src/crypto/keys/keychain.ts). */
+    keychainFile: string;
+    /** `[keys] keychain_timeout`: time limit for one keychain call. */
+    keychainTimeoutMs: number;
   };
   policyFile: string;
   auditJsonl: string | null;
@@ -90,7 +94,7 @@ export const DEFAULT_CONFIG: Config = {
   databaseUrl: null,
   changeFeed: { listen: true, pollMs: 1000 },
   limits: DEFAULT_LIMITS,
-  keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000 },
+  keys: { file: "master.key", passphraseFile: "keystore.json", command: null, commandTimeoutMs: 10_000, keychainFile: "keychain.json", keychainTimeoutMs: 30_000 },
   policyFile: "policy.toml",
   auditJsonl: null,
   server: {
@@ -132,6 +136,8 @@ function int(source: string, where: string, v: unknown, min: number, max: number
 
 function str(source: string, where: string, v: unknown): string {
   if (typeof v !== "string" || v.length === 0 || v.length > 4096) fail(source, where, `expected a non-empty string, got ${show(v)}`);
+  // A path or an argument cannot hold a NUL byte: refused here rather than by the system call later.
+  if (v.includes("\0")) fail(source, where, "the string holds a NUL byte (\\u0000), which no path or argument can hold; remove it");
   return v;
 }
 
@@ -157,7 +163,7 @@ export function parseConfig(text: string, source: string): Config {
     if (!["vault", "keys", "policy", "audit", "server", "identity", "vm", "vsock", "run", "proxy", "docker", "rotate"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [[vm]], [[vsock]], [run], [proxy], [docker], [[rotate]])`);
   const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention", "approval_wait", "approval_use", "heartbeat"]);
-  const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout"]);
+  const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout", "keychain_file", "keychain_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
   const cfg: Config = structuredClone(DEFAULT_CONFIG);
@@ -201,9 +207,16 @@ export function parseConfig(text: string, source: string): Config {
   if (k.command !== undefined) {
     if (!Array.isArray(k.command) || k.command.length === 0 || !k.command.every((x) => typeof x === "string" && x.length > 0))
       fail(source, "[keys] command", 'expected a list of strings, program first, such as ["op", "read", "op://vault/item/key"] (it runs without a shell)');
+    if (k.command.some((x) => (x as string).includes("\0"))) fail(source, "[keys] command", "an argument holds a NUL byte (\\u0000), which no argument can hold; remove it");
     cfg.keys.command = k.command as string[];
   }
   if (k.command_timeout !== undefined) cfg.keys.commandTimeoutMs = duration(source, "[keys] command_timeout", k.command_timeout);
+  if (k.keychain_file !== undefined) cfg.keys.keychainFile = str(source, "[keys] keychain_file", k.keychain_file);
+  if (k.keychain_timeout !== undefined) {
+    const ms = duration(source, "[keys] keychain_timeout", k.keychain_timeout);
+    if (ms < 1000 || ms > 600_000) fail(source, "[keys] keychain_timeout", `expected a duration from "1s" to "10m", got ${show(k.keychain_timeout)}`);
+    cfg.keys.keychainTimeoutMs = ms;
+  }
   if (p.file !== undefined) cfg.policyFile = str(source, "[policy] file", p.file);
   if (a.jsonl !== undefined) cfg.auditJsonl = str(source, "[audit] jsonl", a.jsonl);
   parseServer(source, root, cfg.server);
@@ -318,9 +331,13 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 #   1. the LESSOR_MASTER_KEY environment variable (64 hex characters; for CI),
 #   2. the passphrase key store (passphrase_file), if it exists,
 #   3. the key file (file), if it exists,
-#   4. a command (run without a shell; prints the key as 64 hex characters).
+#   4. the OS keychain, if the marker file naming its entry (keychain_file) exists
+#      (lessor init --key-source keychain; needs the optional package @napi-rs/keyring),
+#   5. a command (run without a shell; prints the key as 64 hex characters).
 # file = "master.key"
 # passphrase_file = "keystore.json"
+# keychain_file = "keychain.json"
+# keychain_timeout = "30s"          # a keychain that does not answer (locked, hung) fails after this
 # command = ["op", "read", "op://Private/lessor/master-key"]
 # command_timeout = "10s"
 

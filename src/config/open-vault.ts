@@ -5,6 +5,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { createKeyFile } from "../crypto/keys/file.js";
+import { createKeychainKey, keychainMarkerPresent, type KeychainEntry } from "../crypto/keys/keychain.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
@@ -36,6 +37,8 @@ export interface OpenVaultOptions {
   sinks?: AuditSink[];
   /** Passed through to Vault.open (tests). */
   now?: VaultOptions["now"];
+  /** @internal initHome: the SQLite database may be made (see StoreSettings.create). */
+  create?: boolean;
 }
 
 function readPolicyText(path: string): string {
@@ -81,6 +84,8 @@ export function homeKeySource(home: string, cfg: Config, env: NodeJS.ProcessEnv,
     ...(getPassphrase ? { getPassphrase } : {}),
     ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
     keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
+    keychainFile: inHome(home, cfg.keys.keychainFile),
+    keychainTimeoutMs: cfg.keys.keychainTimeoutMs,
   });
 }
 
@@ -96,7 +101,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
   const cfg = loadConfig(home);
   const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
   const policyPath = inHome(home, cfg.policyFile);
-  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, changeFeed: cfg.changeFeed, env });
+  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, changeFeed: cfg.changeFeed, env, ...(opts.create ? { create: true } : {}) });
   const sinks: AuditSink[] = [];
   try {
     if (cfg.auditJsonl) sinks.push(jsonlSink(inHome(home, cfg.auditJsonl)));
@@ -128,23 +133,32 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
 export interface InitOptions {
   home?: string;
   env?: NodeJS.ProcessEnv;
-  /** "file" (default): a 0600 key file; "passphrase": a key store sealed by `passphrase`. */
-  keySource?: "file" | "passphrase" | "env";
+  /**
+   * "file" (default): a 0600 key file; "passphrase": a key store sealed by `passphrase`; "keychain":
+   * the OS keychain (a new entry, named by a marker file in the home); "env": LESSOR_MASTER_KEY.
+   */
+  keySource?: InitKeySource;
   passphrase?: string;
   /** Argon2id parameters; default: tuned to about 0.4 s on this machine. */
   argon2?: Argon2Params;
 }
 
+/** The key sources `lessor init` can set up. */
+export type InitKeySource = "file" | "passphrase" | "keychain" | "env";
+
 /** What {@link initHome} did. */
 export interface InitResult {
   home: string;
   created: string[];
-  keySource: "file" | "passphrase" | "env";
+  keySource: InitKeySource;
+  /** The keychain entry made for the master key (keySource "keychain", when one was made). */
+  keychain?: KeychainEntry;
 }
 
 /**
  * Creates the home (0700), a commented lessor.toml, a starter policy, the key source and the database.
- * Files that exist are kept; an existing key file or key store is never overwritten.
+ * Files that exist are kept; an existing key file, key store or keychain marker is never overwritten,
+ * and no second key source is made beside one that exists.
  */
 export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const env = opts.env ?? process.env;
@@ -167,22 +181,29 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const keySource = opts.keySource ?? "file";
   const keyFile = inHome(home, cfg.keys.file);
   const storeFile = inHome(home, cfg.keys.passphraseFile);
-  if (keySource === "file" && !existsSync(keyFile) && !existsSync(storeFile)) {
+  const markerFile = inHome(home, cfg.keys.keychainFile);
+  // A home has one key source of its own: none is added beside another (see select.ts).
+  const anyKey = existsSync(keyFile) || existsSync(storeFile) || keychainMarkerPresent(markerFile);
+  let keychain: KeychainEntry | undefined;
+  if (keySource === "file" && !anyKey) {
     createKeyFile(keyFile);
     created.push(keyFile);
-  } else if (keySource === "passphrase" && !existsSync(storeFile) && !existsSync(keyFile)) {
+  } else if (keySource === "passphrase" && !anyKey) {
     if (!opts.passphrase) throw new VaultError("invalid_request", "a passphrase is needed to create a passphrase key store");
     await createPassphraseKeyStore(storeFile, opts.passphrase, opts.argon2 ?? (await tuneArgon2()));
     created.push(storeFile);
+  } else if (keySource === "keychain" && !anyKey) {
+    keychain = await createKeychainKey(markerFile, { timeoutMs: cfg.keys.keychainTimeoutMs });
+    created.push(markerFile);
   } else if (keySource === "env" && !env["LESSOR_MASTER_KEY"]) {
     throw new VaultError("key_unavailable", "keySource env needs LESSOR_MASTER_KEY set to 64 hex characters");
   }
   const dbPath = inHome(home, HOME_FILES.database);
   const existed = existsSync(dbPath);
-  const vault = await openVault({ home, env, ...(opts.passphrase ? { getPassphrase: async () => opts.passphrase! } : {}) });
+  const vault = await openVault({ home, env, create: true, ...(opts.passphrase ? { getPassphrase: async () => opts.passphrase! } : {}) });
   await vault.close();
   if (!existed && existsSync(dbPath)) created.push(dbPath); // a memory store makes no file
-  return { home, created, keySource };
+  return { home, created, keySource, ...(keychain ? { keychain } : {}) };
 }
 
 export { loadConfig };

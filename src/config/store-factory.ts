@@ -2,6 +2,7 @@
  * The store factory: opens the store `[vault] store` in lessor.toml names. openVault and the daemon
  * do not change with the adapter.
  */
+import { statSync } from "node:fs";
 import { VaultError } from "../base/errors.js";
 import type { Store } from "../vault/ports.js";
 import { createMemoryStore } from "../store/memory.js";
@@ -15,6 +16,12 @@ export const DATABASE_URL_ENV = "LESSOR_DATABASE_URL";
 
 /** What {@link openStore} needs besides the kind and the home. */
 export interface StoreSettings {
+  /**
+   * "sqlite" only: make the database file when it is missing or empty. Only `lessor init` does: for
+   * anything else a missing or emptied lessor.db is a lost vault, refused (naming the file and what to
+   * do), never opened as a new empty one (which would answer "no secrets" and verify an empty trail).
+   */
+  create?: boolean;
   /** `[vault] database_url` from lessor.toml, if any. */
   databaseUrl?: string | null;
   /** Where LESSOR_DATABASE_URL is read (default process.env). */
@@ -32,8 +39,23 @@ export interface StoreSettings {
  */
 export async function openStore(kind: StoreKind, home: string, settings: StoreSettings = {}): Promise<Store> {
   switch (kind) {
-    case "sqlite":
-      return openSqliteStore(inHome(home, HOME_FILES.database));
+    case "sqlite": {
+      const path = inHome(home, HOME_FILES.database);
+      if (!settings.create) {
+        let size: number | null = null;
+        try {
+          size = statSync(path).size;
+        } catch {
+          // missing: refused below
+        }
+        if (size === null || size === 0)
+          throw new VaultError(
+            "unavailable",
+            `the vault database ${path} is ${size === null ? "missing" : "empty"}, though the home was made by lessor init: its secrets and audit trail are gone from here; restore the file from a backup (lessor init would make a new, empty vault only once you move the home's key and files aside)`,
+          );
+      }
+      return openSqliteStore(path);
+    }
     case "memory":
       return createMemoryStore();
     case "postgres": {

@@ -215,13 +215,13 @@ export interface AuditSink {
 }
 
 /**
- * Where master keys come from (env, passphrase file, key file, command). Sources that can store keys
- * (the key file and the passphrase file) support rotation through {@link KeySource.promote} and
+ * Where master keys come from (env, passphrase file, key file, OS keychain, command). Sources that can
+ * store keys (the key file, the passphrase file and the keychain) support rotation through {@link KeySource.promote} and
  * {@link KeySource.retire}; read-only sources (env, command) rotate by the operator supplying the new
  * key as current and the old one as previous.
  */
 export interface KeySource {
-  /** "env", "passphrase", "file" or "command". */
+  /** "env", "passphrase", "file", "keychain" or "command". */
   readonly kind: string;
   /** Human-readable description for status output and errors (a path or variable name; never a key). */
   readonly describe: string;

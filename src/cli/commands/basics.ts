@@ -6,11 +6,11 @@ export function registerBasics(program: Command, cli: Cli): void {
   program
     .command("init")
     .description("create the lessor home: 0700 directory, master key, lessor.toml, policy.toml, database")
-    .option("--key-source <kind>", "file (a 0600 key file, default), passphrase (asked on the terminal, or LESSOR_PASSPHRASE), or env (LESSOR_MASTER_KEY)")
+    .option("--key-source <kind>", "file (a 0600 key file, default), passphrase (asked on the terminal, or LESSOR_PASSPHRASE), keychain (the OS keychain; needs the optional package @napi-rs/keyring), or env (LESSOR_MASTER_KEY)")
     .option("--passphrase", "seal the master key with a passphrase, typed twice without echo (or LESSOR_PASSPHRASE); the same as --key-source passphrase")
     .addHelpText(
       "after",
-      "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  lessor init --passphrase                             # asks twice, no echo\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase",
+      "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  lessor init --passphrase                             # asks twice, no echo\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase\n  lessor init --key-source keychain                    # the key in the OS keychain, no key file",
     )
     .action((o: { keySource?: string; passphrase?: boolean }) =>
       cli.run(async () => {

@@ -1,11 +1,15 @@
 /**
  * Shared helpers for key sources: parsing 64-hex-character master keys into wipeable buffers, keyrings
- * built from copies, and checking retire lists. JavaScript strings cannot be wiped, so the hex text a key was read from
- * stays in memory until it is garbage-collected; only the Buffers are zeroed.
+ * built from copies, checking retire lists, the key-ring JSON of a key file (also what the OS keychain
+ * entry holds), and reading a private file strictly. JavaScript strings cannot be wiped, so the hex text
+ * a key was read from stays in memory until it is garbage-collected; only the Buffers are zeroed.
  */
+import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { type Keyring, KEY_BYTES, makeKeyring } from "../keyring.js";
 import { VaultError } from "../../base/errors.js";
 import { writeFileExclusive } from "../../fs/atomic-file.js";
+import { assertPrivateDir, assertPrivateFile } from "../../fs/perms.js";
 
 const HEX_KEY = /^[0-9a-fA-F]{64}$/;
 
@@ -73,5 +77,55 @@ export function writeNewKeyFile(path: string, data: string, what: string): void 
       );
     }
     throw e;
+  }
+}
+
+/** The key-ring JSON of a key file (and of an OS keychain entry) for `keys`, current first. */
+export function renderKeyRing(keys: readonly Buffer[]): string {
+  return JSON.stringify({ lessor_keyfile: 1, keys: keys.map((k) => k.toString("hex")) }) + "\n";
+}
+
+/**
+ * Strictly parses key-ring JSON (`{"lessor_keyfile":1,"keys":["<hex>", ...]}`) into fresh key buffers.
+ * `invalid` words the error for a reason; errors never echo the contents.
+ */
+export function parseKeyRing(text: string, invalid: (reason: string) => VaultError): Buffer[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw invalid("it is not JSON");
+  }
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw invalid("it is not a JSON object");
+  const fields = Object.keys(doc).sort();
+  if (fields.length !== 2 || fields[0] !== "keys" || fields[1] !== "lessor_keyfile") {
+    throw invalid('it must have exactly the fields "lessor_keyfile" and "keys"');
+  }
+  const { lessor_keyfile: version, keys } = doc as { lessor_keyfile: unknown; keys: unknown };
+  if (version !== 1) throw invalid("unsupported lessor_keyfile version; this lessor reads version 1");
+  if (!Array.isArray(keys) || keys.length === 0) throw invalid('"keys" must be a non-empty list');
+  if (!keys.every((k): k is string => typeof k === "string" && isHexKey(k))) {
+    throw invalid("every key must be 64 hex characters");
+  }
+  return keys.map(hexToKey);
+}
+
+/**
+ * Reads a file that must be private (0600, yours, not a symlink, in a 0700 directory of yours), without
+ * following a symlink, and re-checks the open file so a swap between the check and the open is caught.
+ * `what` names it in errors. The caller wipes the returned buffer.
+ */
+export function readPrivateFile(path: string, what: string): Buffer {
+  assertPrivateDir(dirname(path), `the directory of ${what}`);
+  assertPrivateFile(path, what);
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || (st.mode & 0o077) !== 0 || (typeof process.getuid === "function" && st.uid !== process.getuid())) {
+      throw new VaultError("insecure_permissions", `${what} ${path} changed while it was being opened; check it and try again`);
+    }
+    return readFileSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }

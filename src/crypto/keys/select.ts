@@ -3,8 +3,14 @@
  * 1. `LESSOR_MASTER_KEY` in the environment;
  * 2. the passphrase key store, if `passphraseFile` exists;
  * 3. the key file, if `keyFile` exists;
- * 4. `keyCommand`, if given and non-empty.
+ * 4. the OS keychain, if the keychain marker file `keychainFile` exists (anything at that path, even a
+ *    symlink, which the keychain source then refuses);
+ * 5. `keyCommand`, if given and non-empty.
  * Otherwise it throws VaultError("key_unavailable") saying how to set one up.
+ *
+ * A home with the keychain marker beside a key file or passphrase key store is refused (unless
+ * LESSOR_MASTER_KEY is set): which of them holds the vault's key cannot be told, and the one not
+ * chosen would be a forgotten copy of a master key, or the only one.
  */
 import { existsSync } from "node:fs";
 import { VaultError } from "../../base/errors.js";
@@ -12,6 +18,7 @@ import type { KeySource } from "../../vault/ports.js";
 import { commandKeySource } from "./command.js";
 import { envKeySource } from "./env.js";
 import { fileKeySource } from "./file.js";
+import { keychainKeySource, keychainMarkerPresent } from "./keychain.js";
 import { passphraseKeySource, type PassphraseProvider } from "./passphrase.js";
 
 /** Where {@link selectKeySource} may look. Paths are absolute (resolved by the config loader). */
@@ -28,6 +35,10 @@ export interface KeySourceOptions {
   getPassphrase?: PassphraseProvider;
   keyCommand?: readonly string[];
   keyCommandTimeoutMs?: number;
+  /** The keychain marker file (`[keys] keychain_file`). */
+  keychainFile?: string;
+  /** Time limit for one keychain call (`[keys] keychain_timeout`). */
+  keychainTimeoutMs?: number;
 }
 
 /** Returns the first configured key source (see the module comment for the order). */
@@ -36,6 +47,17 @@ export function selectKeySource(opts: KeySourceOptions): KeySource {
 
   const fromEnv = envKeySource(env);
   if (fromEnv !== null) return fromEnv;
+
+  const keychain = opts.keychainFile !== undefined && keychainMarkerPresent(opts.keychainFile) ? opts.keychainFile : null;
+  if (keychain !== null) {
+    const beside = [opts.passphraseFile, opts.keyFile].filter((p): p is string => p !== undefined && existsSync(p));
+    if (beside.length > 0) {
+      throw new VaultError(
+        "key_unavailable",
+        `this home has both the keychain marker ${keychain} and ${beside.join(" and ")}, so which holds the master key cannot be told; move aside the one this vault was not created with (keep a backup of it), then try again`,
+      );
+    }
+  }
 
   if (opts.passphraseFile !== undefined && existsSync(opts.passphraseFile)) {
     let ask = opts.getPassphrase;
@@ -54,6 +76,8 @@ export function selectKeySource(opts: KeySourceOptions): KeySource {
 
   if (opts.keyFile !== undefined && existsSync(opts.keyFile)) return fileKeySource(opts.keyFile);
 
+  if (keychain !== null) return keychainKeySource(keychain, opts.keychainTimeoutMs === undefined ? {} : { timeoutMs: opts.keychainTimeoutMs });
+
   if (opts.keyCommand !== undefined && opts.keyCommand.length > 0) {
     return commandKeySource(
       opts.keyCommand,
@@ -63,6 +87,6 @@ export function selectKeySource(opts: KeySourceOptions): KeySource {
 
   throw new VaultError(
     "key_unavailable",
-    "no master key is configured: run `lessor init`, or set LESSOR_MASTER_KEY to 64 hex characters",
+    "no master key is configured: run `lessor init` (or `lessor init --key-source keychain`), or set LESSOR_MASTER_KEY to 64 hex characters",
   );
 }
