@@ -561,3 +561,15 @@ out.credentials = findCredentials("lessor").map((c) => c.account);
     assert.deepEqual(out.credentials, [], "no orphaned entry is left in the keychain");
   });
 });
+
+test("--no-sandbox's warning names where this home's master key is: the keychain for a keychain home, not a key file it does not have", async () => {
+  const { noSandboxWarning, vaultPaths } = await import("../src/cli/run/sandbox.js");
+  const home = join(tempDir(), "home");
+  mkdirSync(home, { mode: 0o700 });
+  writeFileSync(join(home, "keychain.json"), '{"lessor_keychain":1,"service":"lessor","account":"abc"}\n', { mode: 0o600 });
+  const w = noSandboxWarning(vaultPaths(home, {}));
+  assert.match(w, /the master key in your OS keychain .*keychain\.json names the entry/);
+  assert.doesNotMatch(w, /master\.key/);
+  writeFileSync(join(home, "master.key"), "x", { mode: 0o600 });
+  assert.match(noSandboxWarning(vaultPaths(home, {})), /the vault's key file .*master\.key/);
+});

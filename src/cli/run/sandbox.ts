@@ -3,7 +3,7 @@
  * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
-import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, realpathSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
@@ -44,7 +44,17 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
 export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
   const inEnv = ["LESSOR_MASTER_KEY", "LESSOR_PASSPHRASE", "LESSOR_TOKEN"].filter((k) => env[k]);
   const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
-  return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), the vault's key file ${p.keyFile} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
+  return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), ${keyWhere(p)} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
+}
+
+/** Where the master key is, as the warning names it: the key source the home actually has. */
+function keyWhere(p: VaultPaths): string {
+  const marker = inHome(p.home, p.config.keys.keychainFile);
+  const store = inHome(p.home, p.config.keys.passphraseFile);
+  if (!existsSync(p.keyFile) && existsSync(marker))
+    return `the master key in your OS keychain (through your session's keychain service, as you; ${marker} names the entry)`;
+  if (!existsSync(p.keyFile) && existsSync(store)) return `the vault's passphrase-sealed key store ${store}`;
+  return `the vault's key file ${p.keyFile}`;
 }
 
 /** Directories that hold a socket among other things: hiding one would hide too much. */
