@@ -1,7 +1,7 @@
 /** Shared test helpers: temp dirs, a vault on a real SQLite file with a chosen policy, a clock. */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
@@ -12,6 +12,7 @@ import { createMemoryStore } from "../src/store/memory.js";
 import type { Store } from "../src/vault/ports.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import type { Identity } from "../src/base/types.js";
+import { type ErrorCode, isVaultError } from "../src/base/errors.js";
 import { Vault, type VaultOptions } from "../src/vault/vault.js";
 import type { Limits } from "../src/vault/context.js";
 
@@ -156,4 +157,32 @@ export async function within(ms: number, what: string, f: () => boolean | Promis
     assert.ok(performance.now() - t0 < ms, `${what} did not happen within ${ms} ms`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * The message of `p`'s (or `p()`'s) VaultError with `code`; fails the test on anything else, or when
+ * `check` does not accept the message.
+ */
+export async function rejectsWith(p: Promise<unknown> | (() => unknown), code: ErrorCode, check?: (msg: string) => boolean): Promise<string> {
+  let caught: unknown;
+  try {
+    await (typeof p === "function" ? p() : p);
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(isVaultError(caught, code), `expected ${code}, got ${String(caught)}`);
+  const msg = (caught as Error).message;
+  if (check) assert.ok(check(msg), `unexpected message: ${msg}`);
+  return msg;
+}
+
+/** Every regular file under `dir`, recursively. */
+export function filesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...filesUnder(p));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
 }

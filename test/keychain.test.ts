@@ -13,19 +13,19 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { createServer, type Socket } from "node:net";
 import { delimiter, join } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { type ErrorCode, isVaultError } from "../src/base/errors.js";
+import type { ErrorCode } from "../src/base/errors.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { createKeyFile } from "../src/crypto/keys/file.js";
 import { keychainKeySource } from "../src/crypto/keys/keychain.js";
 import { TEST_ARGON2_PARAMS, createPassphraseKeyStore } from "../src/crypto/keys/passphrase.js";
 import { selectKeySource } from "../src/crypto/keys/select.js";
-import { tempDir } from "./helpers.js";
+import { filesUnder, rejectsWith, tempDir } from "./helpers.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(root, "src/cli/main.ts");
@@ -63,16 +63,7 @@ const missing = !onPath("dbus-run-session")
       ? "the optional package @napi-rs/keyring is not installed (npm install)"
       : null;
 
-async function rejects(p: Promise<unknown> | (() => unknown), code: ErrorCode): Promise<string> {
-  let caught: unknown;
-  try {
-    await (typeof p === "function" ? p() : p);
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(isVaultError(caught, code), `expected ${code}, got ${String(caught)}`);
-  return (caught as Error).message;
-}
+const rejects = (p: Promise<unknown> | (() => unknown), code: ErrorCode): Promise<string> => rejectsWith(p, code);
 
 /** A private (0700) directory. */
 function privateDir(prefix: string): string {
@@ -83,16 +74,6 @@ function privateDir(prefix: string): string {
 
 const marker = (account: string, service = "lessor"): string => JSON.stringify({ lessor_keychain: 1, service, account }) + "\n";
 
-/** Every regular file under `dir`, recursively. */
-function filesUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
-}
 
 // ---- without a keychain: the marker file, the selection order, a missing package ----
 

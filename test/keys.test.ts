@@ -12,7 +12,7 @@ import { envKeySource } from "../src/crypto/keys/env.js";
 import { createKeyFile, fileKeySource } from "../src/crypto/keys/file.js";
 import { TEST_ARGON2_PARAMS, createPassphraseKeyStore, passphraseKeySource, tuneArgon2 } from "../src/crypto/keys/passphrase.js";
 import { selectKeySource } from "../src/crypto/keys/select.js";
-import { type ErrorCode, isVaultError } from "../src/base/errors.js";
+import { rejectsWith } from "./helpers.js";
 
 const hex = (): string => randomBytes(32).toString("hex");
 const idOfHex = (h: string): string => keyIdOf(Buffer.from(h, "hex"));
@@ -31,18 +31,7 @@ function home(): string {
   return d;
 }
 
-async function rejects(p: Promise<unknown> | (() => unknown), code: ErrorCode, check?: (msg: string) => boolean): Promise<string> {
-  let caught: unknown;
-  try {
-    await (typeof p === "function" ? p() : p);
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(isVaultError(caught, code), `expected ${code}, got ${String(caught)}`);
-  const msg = (caught as Error).message;
-  if (check) assert.ok(check(msg), `unexpected message: ${msg}`);
-  return msg;
-}
+const rejects = rejectsWith;
 
 // ---- env ----
 

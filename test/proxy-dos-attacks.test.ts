@@ -30,7 +30,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault, within } from "./helpers.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { inTime, loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const H2 = "h2.dos.test.example"; // upstream speaking HTTP/2 only
 const H1 = "h1.dos.test.example"; // upstream speaking HTTP/1.1 only (and WebSocket)
@@ -40,16 +40,6 @@ const AWAY_VALUE = "sk-" + "away0123456789abcdef0123456789abcdef"; // a lease fo
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Resolves as `p` does, or fails the test after `ms`: a hang is a failure, not a stuck run. */
-function inTime<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]);
-}
 
 // --- upstreams ----------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { tempDir } from "./helpers.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { inTime, loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const run = promisify(execFile);
 const SECRET = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
@@ -39,16 +39,7 @@ interface Seen {
   headers: IncomingHttpHeaders;
 }
 
-/** Resolves when `p` does, or fails the test after `ms` (a hang is a failure, not a stuck run). */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]);
-}
+const within = inTime;
 
 // --- upstreams ----------------------------------------------------------------------------------
 

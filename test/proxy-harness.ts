@@ -43,3 +43,14 @@ export function readAll(s: Socket | TLSSocket, ms: number): Promise<string> {
     s.on("end", done);
   });
 }
+
+/** Resolves as `p` does, or fails the test after `ms`: a hang is a failure, not a stuck run. */
+export function inTime<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    }),
+  ]);
+}

@@ -13,7 +13,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import * as https from "node:https";
 import type { AddressInfo } from "node:net";
@@ -27,6 +27,7 @@ import { LocalCa } from "../src/proxy/ca.js";
 import { BIN } from "./cli-harness.js";
 import { startServe, type RunningDaemon } from "./daemon-harness.js";
 import { makeBareRepo, serveGit } from "./fixtures/git-http-backend.js";
+import { filesUnder } from "./helpers.js";
 
 const GIT = "/usr/bin/git";
 const PYTHON = "/usr/bin/python3";
@@ -163,16 +164,6 @@ function assertClean(where: string, data: Buffer | string): void {
   for (const secret of SECRETS) for (const f of forms(secret)) assert.equal(buf.indexOf(f), -1, `a credential appears in ${where}`);
 }
 
-/** Every regular file under `dir`, recursively. */
-function filesUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
-}
 
 /** The requests the upstream saw for `host` since `from`. */
 function seenFor(host: string, from: number): Seen[] {
