@@ -478,7 +478,9 @@ describe("env file parser (unit)", () => {
   test("errors name the file, line and column and never the value", () => {
     const cases: [string, RegExp][] = [
       ["OK=1\nNOEQUALS", /^f:2:1: expected KEY=value/],
-      ["1BAD=x", /^f:1:1: "1BAD" is not a variable name/],
+      // The line is not quoted: it may be a value (the first line of an unquoted multi-line key).
+      ["1BADsecretvalue=x", /^f:1:1: expected KEY=value with a variable name before "="/],
+      ["A=x\u0000secretvalue", /^f:1:4: a NUL byte, which no environment variable can hold/],
       ['X="abc" junk', /^f:1:9: unexpected text after the closing quote of X/],
       ['X="a\\qsecretvalue"', /^f:1:5: unknown escape \\q in the value of X/],
     ];
