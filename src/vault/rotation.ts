@@ -57,7 +57,13 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   if (ctx.keys.writable) await reloadBeforeRotation(ctx);
   const before = ctx.keyring.ids();
   let resumed = true;
-  if (ctx.keys.writable && before.length === 1) {
+  // Resumed only onto the key an earlier rotation recorded in the store as current: a key that
+  // appeared first in the source otherwise (planted there by whoever could write to it, such as an
+  // agent that reached the OS keychain) is never adopted; a fresh key is made and every key but it
+  // retired at the end, the planted one included.
+  const recorded = await ctx.store.getMeta(CURRENT_KEY_META);
+  const resumable = before.length > 1 && recorded === ctx.keyring.current.id;
+  if (ctx.keys.writable && !resumable) {
     if (!ctx.keys.promote) throw new VaultError("internal", "the key source says it is writable but cannot store keys");
     resumed = false;
     const fresh = randomBytes(KEY_BYTES);

@@ -57,6 +57,45 @@ function keyWhere(p: VaultPaths): string {
   return `the vault's key file ${p.keyFile}`;
 }
 
+/**
+ * The filesystem sockets of the owner's D-Bus session bus: each `unix:path=` of
+ * DBUS_SESSION_BUS_ADDRESS (and DBUS_STARTER_ADDRESS), and the usual `$XDG_RUNTIME_DIR/bus`.
+ */
+export function sessionBusPaths(env: NodeJS.ProcessEnv): string[] {
+  const out = new Set<string>();
+  for (const name of ["DBUS_SESSION_BUS_ADDRESS", "DBUS_STARTER_ADDRESS"]) {
+    for (const addr of (env[name] ?? "").split(";")) {
+      if (!addr.startsWith("unix:")) continue;
+      for (const kv of addr.slice(5).split(",")) {
+        if (!kv.startsWith("path=")) continue;
+        const path = decodeBusValue(kv.slice(5));
+        if (path !== null && isAbsolute(path)) out.add(path);
+      }
+    }
+  }
+  const runtime = env["XDG_RUNTIME_DIR"];
+  if (runtime && isAbsolute(runtime)) out.add(join(runtime, "bus"));
+  return [...out];
+}
+
+/**
+ * True when the session bus listens on an abstract Unix socket (`unix:abstract=`, or `unix:tmpdir=`
+ * which is abstract on Linux): such a socket lives in the network namespace, not the filesystem, so
+ * `--network host` would hand it to the agent.
+ */
+export function sessionBusIsAbstract(env: NodeJS.ProcessEnv): boolean {
+  return [env["DBUS_SESSION_BUS_ADDRESS"], env["DBUS_STARTER_ADDRESS"]].some((a) => a !== undefined && /(^|;)unix:([^;]*,)?(abstract|tmpdir)=/.test(a));
+}
+
+/** A D-Bus address value with its %XX escapes decoded, or null when they are malformed. */
+function decodeBusValue(v: string): string | null {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return null;
+  }
+}
+
 /** Directories that hold a socket among other things: hiding one would hide too much. */
 const SHARED_DIRS = ["/", "/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm"];
 
@@ -79,6 +118,11 @@ function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | un
   // The owner's ssh agent: its socket would sign as the owner (it is withheld from the environment too).
   const agentSocket = env["SSH_AUTH_SOCK"];
   if (agentSocket && isAbsolute(agentSocket)) out.push({ path: agentSocket, what: "your ssh agent's socket" });
+  // The owner's session bus: through it, as the owner, the OS keychain gives up what it holds (the
+  // master key itself, with the keychain key source), and other services act for the owner.
+  for (const path of sessionBusPaths(env)) out.push({ path, what: "your D-Bus session bus" });
+  const runtime = env["XDG_RUNTIME_DIR"];
+  if (runtime && isAbsolute(runtime)) out.push({ path: join(runtime, "keyring"), what: "your keyring daemon's sockets" });
   const tokenFile = env["LESSOR_TOKEN_FILE"];
   if (tokenFile && isAbsolute(tokenFile)) out.push({ path: tokenFile, what: "the daemon token file" });
   for (const s of [...CREDENTIAL_STORES, ...c.run.hide]) {
@@ -200,6 +244,13 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
   const network = o.network === undefined ? run.network : parseRunNetwork(o.network, (msg) => {
     throw new VaultError("invalid_request", `--network: ${msg}`);
   });
+  // A keychain home's master key is one session-bus call away: an abstract bus socket lives in the
+  // network namespace that --network host would share with the agent.
+  if (network === "host" && existsSync(inHome(paths.home, paths.config.keys.keychainFile)) && sessionBusIsAbstract(env))
+    throw new VaultError(
+      "invalid_request",
+      "--network host would let the agent reach your D-Bus session bus (it listens on an abstract socket, which lives in the network namespace), and through it the OS keychain that holds this vault's master key; use the default network (the proxy), or run the session bus on a path (unix:path=…). The command was not started",
+    );
   const ready = probeSandbox(bwrap);
   ready.catch(() => {}); // awaited before the start; a run stopped earlier must not see it unhandled
   return {
