@@ -207,6 +207,12 @@ function inLine(t: Tunnel, res: ServerResponse, serve: () => void): void {
   if (line === undefined) lines.set(t, (line = { busy: false, waiting: [] }));
   const l = line;
   const go = (): void => {
+    // The tunnel closed (or the agent left) while it waited: nothing is asked, no use is spent.
+    if (t.handle.closed || res.destroyed) {
+      res.destroy();
+      l.waiting.shift()?.();
+      return;
+    }
     l.busy = true;
     // 'close' comes once the answer is written, or its connection ended first.
     res.once("close", () => {
