@@ -425,3 +425,38 @@ test("selectKeySource: env, then passphrase store, then key file, then command, 
   assert.deepEqual(fromFile.ids(), [idOfHex(JSON.parse(readFileSync(keyFile, "utf8")).keys[0])]);
   assert.deepEqual((await selectKeySource({ env: { LESSOR_MASTER_KEY: envKey }, keyFile }).load()).ids(), [idOfHex(envKey)]);
 });
+
+test("opening while another process rotates: a source read before the new key was promoted is read once more, not refused", async () => {
+  const { Vault } = await import("../src/vault/vault.js");
+  const { openSqliteStore } = await import("../src/store/sqlite/sqlite-store.js");
+  const dir = mkdtempSync(join(tmpdir(), "lessor-open-race-"));
+  try {
+    const db = join(dir, "lessor.db");
+    const k0 = hex();
+    const k1 = hex();
+    // The other process's state mid-rotation: k1 promoted, a version already wrapped under it.
+    const w = await Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: k1, LESSOR_MASTER_KEY_PREVIOUS: k0 })! });
+    await w.admin().storeSecret({ name: "x", value: "v" });
+    await w.close();
+    // This process read its source just before the promote: [k0]; a second read gives [k1, k0].
+    const reads: string[][] = [];
+    const staleThenFresh = {
+      kind: "env",
+      describe: "a test source",
+      writable: false,
+      load: async () => {
+        const ring = await envKeySource(reads.length === 0 ? { LESSOR_MASTER_KEY: k0 } : { LESSOR_MASTER_KEY: k1, LESSOR_MASTER_KEY_PREVIOUS: k0 })!.load();
+        reads.push(ring.ids());
+        return ring;
+      },
+    };
+    const v = await Vault.open({ store: openSqliteStore(db), keys: staleThenFresh });
+    assert.equal(reads.length, 2, "the source was read again");
+    assert.equal((await v.admin().revealSecret({ scope: "global", name: "x" })).value.unsafeText(), "v");
+    await v.close();
+    // A source that really lacks the key is still refused, after the one more read.
+    await rejectsWith(Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: k0 })! }), "key_unavailable", (m) => /does not match this vault/.test(m));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

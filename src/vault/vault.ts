@@ -13,6 +13,7 @@
  * ```
  */
 import type { Alg } from "../crypto/aead.js";
+import type { Keyring } from "../crypto/keyring.js";
 import type { KeySource } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
@@ -141,13 +142,24 @@ export class Vault {
    * needs (a wrong master key fails here with key_unavailable, before any request).
    */
   static async open(opts: VaultOptions): Promise<Vault> {
-    const ring = await opts.keys.load();
+    let ring = await opts.keys.load();
     let auditKeys: AuditKeys | undefined;
     try {
-      const needed = new Set(await opts.store.keyIdsInUse());
-      const cp = await opts.store.getCheckpoint();
-      if (cp) needed.add(cp.keyId);
-      const missing = [...needed].filter((id) => !ring.get(id));
+      const missingFrom = async (r: Keyring): Promise<string[]> => {
+        const needed = new Set(await opts.store.keyIdsInUse());
+        const cp = await opts.store.getCheckpoint();
+        if (cp) needed.add(cp.keyId);
+        return [...needed].filter((id) => !r.get(id));
+      };
+      let missing = await missingFrom(ring);
+      if (missing.length > 0) {
+        // Another process may be rotating the master key: it promoted a new key after the source was
+        // read here and has begun to wrap under it. Read the source once more before refusing.
+        const again = await opts.keys.load();
+        ring.wipe();
+        ring = again;
+        missing = await missingFrom(ring);
+      }
       if (missing.length > 0)
         throw new VaultError(
           "key_unavailable",
