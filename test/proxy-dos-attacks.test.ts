@@ -494,6 +494,27 @@ test("HTTP/1.1 pipelining: 50 requests in one write to one tunnel take one upstr
   assert.ok(uses <= 1, `${uses} uses counted for requests queued behind one whose answer is pending`);
 });
 
+test("requests waiting in a tunnel's line when its lease is revoked are dropped unasked: no policy decision, no use, no report for them", { timeout: 30_000 }, async () => {
+  const r = await rig();
+  const s = await tunnel(r, H1, ["http/1.1"]);
+  s.resume();
+  const closed = new Promise<void>((res) => s.once("close", () => res()));
+  let burst = "";
+  for (let i = 0; i < 10; i++) burst += `GET /hang/line-${i} HTTP/1.1\r\nHost: ${H1}:${h1port}\r\n\r\n`;
+  s.write(burst);
+  await within(10_000, "the first request reaching the upstream", () => seenUnder("/hang/line-").length >= 1);
+  await r.admin.revokeLease(r.leaseId, "the owner pulls it");
+  await inTime(closed, 5000, "the tunnel closing after the revocation");
+  await delay(500);
+  const reports = (await r.admin.auditQuery({ types: ["proxy_request"], limit: 10_000 })).filter((e) => String(JSON.parse(e.detail ?? "{}").path ?? "").startsWith("/hang/line-"));
+  await r.close();
+  assert.deepEqual(
+    reports.map((e) => JSON.parse(e.detail ?? "{}").path),
+    ["/hang/line-0"],
+    "only the request being served when the tunnel closed is reported; the nine behind it were never asked",
+  );
+});
+
 test("HTTP/2 client to an HTTP/1.1 upstream: once the tunnel's first upstream connection is gone, 60 concurrent streams open one more, not 60", { timeout: 30_000 }, async () => {
   const r = await rig();
   const session = await h2session(r, H1);
