@@ -122,7 +122,7 @@ export async function importSecrets(cli: Cli, file: string, o: { format?: string
   if (o.scope !== undefined) checkScope(o.scope);
   const label = file === "-" ? "stdin" : file;
   const cap = { bytes: MAX_IMPORT_BYTES, fix: "split it: export with --scope, --prefix or --tag, and import each part" };
-  const bytes = file === "-" ? await readAll(process.stdin, { ...cap, what: "stdin" }) : await readFileCapped(file, file, cap);
+  const bytes = file === "-" ? await readAll(process.stdin, { ...cap, what: "stdin" }) : readFileCapped(file, file, cap);
   let entries: SecretEntry[];
   try {
     const { isUtf8 } = await import("node:buffer");

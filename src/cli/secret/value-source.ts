@@ -3,6 +3,7 @@
  * prompt (asked twice) when it is a terminal, `--from-file`, `--random`, or — only with
  * `--force-argv`, and with a warning — `--value`. The value is never printed or put in a message.
  */
+import { readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { promptHidden } from "../format/prompt.js";
@@ -73,19 +74,20 @@ export async function readAll(stream: NodeJS.ReadableStream, max?: { bytes: numb
 }
 
 /**
- * Reads the file at `path` as {@link readAll} does, at most `max.bytes` of it: a device or a file
- * that grows cannot make it read for ever. A file that cannot be opened is a {@link UsageError}
- * naming `label` and the error code.
+ * Reads the file at `path`, at most `max.bytes` of it ({@link readCappedSync}: a device or a file that
+ * grows cannot make it read for ever). A file that cannot be opened is a {@link UsageError} naming
+ * `label` and the error code; a larger one says so and what to do.
  */
-export async function readFileCapped(path: string, label: string, max: { bytes: number; fix: string }): Promise<Buffer> {
-  const { createReadStream } = await import("node:fs");
+export function readFileCapped(path: string, label: string, max: { bytes: number; fix: string }): Buffer {
+  let got: Capped;
   try {
-    return await readAll(createReadStream(path), { ...max, what: label });
+    got = readCappedSync(path, max.bytes);
   } catch (e) {
-    if (e instanceof UsageError) throw e;
     const code = (e as NodeJS.ErrnoException).code ?? "error";
     throw new UsageError(`cannot read ${label} (${code}); check the path and its permissions`);
   }
+  if ("tooLarge" in got) throw new UsageError(`${label} is larger than ${max.bytes} bytes, the most lessor reads; nothing was stored (${max.fix})`);
+  return got.bytes;
 }
 
 /** Checks the options before anything is read (so a mistake is reported before a prompt). */
@@ -116,7 +118,7 @@ export async function readSecretValue(cli: Cli, o: ValueOptions, label: string):
     cli.err(ARGV_WARNING);
     value = Buffer.from(o.value, "utf8");
   } else if (o.fromFile !== undefined) {
-    value = await readFileCapped(o.fromFile, `--from-file ${o.fromFile}`, { bytes: MAX_VALUE_INPUT, fix: VALUE_TOO_LARGE });
+    value = readFileCapped(o.fromFile, `--from-file ${o.fromFile}`, { bytes: MAX_VALUE_INPUT, fix: VALUE_TOO_LARGE });
   } else if (o.random) {
     const charset = o.charset !== undefined && isCharset(o.charset) ? o.charset : "base64url";
     return randomValue(o.length === undefined ? 32 : positiveInt("--length", o.length, MAX_RANDOM_LENGTH), charset);
