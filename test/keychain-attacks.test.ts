@@ -23,14 +23,15 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { before, describe, test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { keyIdOf } from "../src/crypto/keyring.js";
 import { keychainKeySource } from "../src/crypto/keys/keychain.js";
+import { keychainMissing, onPath } from "./keychain-harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(root, "src/cli/main.ts");
@@ -38,38 +39,11 @@ const TSX = pathToFileURL(createRequire(join(root, "package.json")).resolve("tsx
 const IS_ROOT = process.getuid?.() === 0;
 const CANARY = `CANARY-kc-attack-${randomBytes(6).toString("hex")}`;
 
-// Nothing in this process may reach the user's own keychain.
-process.env.DBUS_SESSION_BUS_ADDRESS = "unix:path=/nonexistent/lessor-test-bus";
-
-function onPath(cmd: string): boolean {
-  return (process.env.PATH ?? "").split(delimiter).some((d) => {
-    try {
-      accessSync(join(d, cmd), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-function keyringInstalled(): boolean {
-  try {
-    createRequire(import.meta.url).resolve("@napi-rs/keyring");
-    return true;
-  } catch {
-    return false;
-  }
-}
-const missing = !onPath("dbus-run-session")
-  ? "dbus-run-session is not installed (apt-get install dbus-bin)"
-  : !onPath("gnome-keyring-daemon")
-    ? "gnome-keyring-daemon is not installed (apt-get install gnome-keyring)"
-    : !onPath("bwrap") || spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status !== 0
-      ? "bwrap is not installed or user namespaces are off"
-      : !onPath("perl")
-        ? "perl is not installed"
-        : !keyringInstalled()
-          ? "the optional package @napi-rs/keyring is not installed"
-          : null;
+// Importing the harness points this process's session bus nowhere: nothing here may reach the user's own keychain.
+const missing = keychainMissing([
+  () => (!onPath("bwrap") || spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status !== 0 ? "bwrap is not installed or user namespaces are off" : null),
+  () => (onPath("perl") ? null : "perl is not installed"),
+]);
 const skip = missing === null ? false : `keychain attack tests skipped: ${missing}`;
 
 // ---- the hostile agent: a raw D-Bus client and the probe ----

@@ -13,10 +13,9 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { ErrorCode } from "../src/base/errors.js";
@@ -26,42 +25,13 @@ import { keychainKeySource } from "../src/crypto/keys/keychain.js";
 import { TEST_ARGON2_PARAMS, createPassphraseKeyStore } from "../src/crypto/keys/passphrase.js";
 import { selectKeySource } from "../src/crypto/keys/select.js";
 import { filesUnder, rejectsWith, tempDir } from "./helpers.js";
+import { keychainMissing } from "./keychain-harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(root, "src/cli/main.ts");
 const CANARY = `CANARY-keychain-${randomBytes(6).toString("hex")}`;
 
-function onPath(cmd: string): boolean {
-  return (process.env.PATH ?? "").split(delimiter).some((d) => {
-    try {
-      accessSync(join(d, cmd), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-function keyringInstalled(): boolean {
-  try {
-    createRequire(import.meta.url).resolve("@napi-rs/keyring");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-// Tests outside a keychain session must never reach the user's own keychain (nor wait on its unlock
-// prompt): the keychain helper inherits this process's environment, so point the session bus nowhere.
-process.env.DBUS_SESSION_BUS_ADDRESS = "unix:path=/nonexistent/lessor-test-bus";
-
-const missing = !onPath("dbus-run-session")
-  ? "dbus-run-session is not installed (Debian: apt-get install dbus-bin)"
-  : !onPath("gnome-keyring-daemon")
-    ? "gnome-keyring-daemon is not installed (Debian: apt-get install gnome-keyring)"
-    : !keyringInstalled()
-      ? "the optional package @napi-rs/keyring is not installed (npm install)"
-      : null;
+const missing = keychainMissing();
 
 const rejects = (p: Promise<unknown> | (() => unknown), code: ErrorCode): Promise<string> => rejectsWith(p, code);
 
