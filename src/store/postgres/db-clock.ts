@@ -6,9 +6,10 @@
  *
  * The clock is read as `clock_timestamp()` and kept as an offset from this process's monotonic clock
  * (`performance.now()`): a jump of the local wall clock changes nothing, and no round trip is paid per
- * read. It is read again every {@link REFRESH_MS} to follow the server's clock (NTP slews it); a read
- * that fails keeps the last offset. Readings are taken at the middle of their round trip, the
- * quickest of three, so the error is at most half of one loopback or LAN round trip.
+ * read. Opening costs one reading (one round trip); the quickest of three follows in the background at
+ * once, and again every {@link REFRESH_MS} to follow the server's clock (NTP slews it); a read that
+ * fails keeps the last offset. Readings are taken at the middle of their round trip, so the error is
+ * at most half of one round trip.
  */
 import type { Pool } from "pg";
 
@@ -54,15 +55,17 @@ export class DbClock {
     this.#base = first;
   }
 
-  /** Reads the server's clock (throws what the query throws) and starts following it. */
+  /** Reads the server's clock once (throws what the query throws) and starts following it. */
   static async open(pool: Pick<Pool, "query">): Promise<DbClock> {
-    const c = new DbClock(pool, await bestOf(pool, 3));
-    c.#timer = setInterval(() => void c.refresh().catch(() => undefined), REFRESH_MS);
+    const c = new DbClock(pool, await readOnce(pool));
+    const refresh = (): void => void c.refresh().catch(() => undefined);
+    refresh();
+    c.#timer = setInterval(refresh, REFRESH_MS);
     c.#timer.unref();
     return c;
   }
 
-  /** Reads the server's clock again now. */
+  /** Reads the server's clock again now (the quickest of three readings). */
   async refresh(): Promise<void> {
     this.#base = await bestOf(this.pool, 3);
   }
