@@ -8,7 +8,10 @@
  *   writes nothing under the old key, keeps running, and serves again once the file is fixed;
  * - a B whose policy.toml is not the policy in force grants nothing (naming both digests and the
  *   fix), while revoke, killswitch, audit and status keep working on it; once its file matches and A
- *   reloads, B grants again within a second; a fixed file alone is picked up too.
+ *   reloads, B grants again within a second; a fixed file alone is picked up too;
+ * - a B started with laxer `[vault]` limits than those in force (a higher per-agent lease cap) grants
+ *   nothing either, naming the limit, until a reload on B puts B's limits in force everywhere (then A,
+ *   with the old ones, grants nothing).
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
@@ -47,19 +50,19 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
 
   /**
    * Two daemons on a fresh schema. `keys`: "shared" points both at one key file outside the homes;
-   * "copied" gives B a copy of A's. `vault`: extra [vault] lines; `policyB`: B's policy.toml.
+   * "copied" gives B a copy of A's. `vault`: extra [vault] lines (`vaultB`: B's, when they differ); `policyB`: B's policy.toml.
    */
-  async function team(opts: { keys: "shared" | "copied"; vault?: string; policyB?: string }) {
+  async function team(opts: { keys: "shared" | "copied"; vault?: string; vaultB?: string; policyB?: string }) {
     const { url, drop } = await testSchema();
     cleanups.push(drop);
     const keyDir = mkdtempSync(join(tmpdir(), "lessor-keys-"));
     chmodSync(keyDir, 0o700);
     cleanups.push(async () => rmSync(keyDir, { recursive: true, force: true }));
     const sharedKey = join(keyDir, "master.key");
-    const base = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${opts.vault ?? ""}\n[server]\ntcp = "127.0.0.1:0"\n`;
+    const base = (vault: string | undefined) => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${vault ?? ""}\n[server]\ntcp = "127.0.0.1:0"\n`;
     const keysLine = opts.keys === "shared" ? `\n[keys]\nfile = ${JSON.stringify(sharedKey)}\n` : "";
-    const homeA = await makeHome({ config: base + keysLine, policy: POLICY });
-    const homeB = await makeHome({ config: base + keysLine, policy: opts.policyB ?? POLICY });
+    const homeA = await makeHome({ config: base(opts.vault) + keysLine, policy: POLICY });
+    const homeB = await makeHome({ config: base(opts.vaultB ?? opts.vault) + keysLine, policy: opts.policyB ?? POLICY });
     if (opts.keys === "shared") {
       copyFileSync(join(homeA, "master.key"), sharedKey);
       chmodSync(sharedKey, 0o600);
@@ -251,5 +254,37 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     await within(1000, "A refusing", async () => !(await works(() => readOn(onA))));
     const s = await adminA.describe();
     assert.equal(s.policy.stale?.stored, digestB);
+  });
+
+  test("B started with a laxer per-agent lease cap than the one in force grants nothing, naming the limit; a reload on B puts B's limits in force and A then grants nothing", async () => {
+    // A opened first, so its cap of 2 is pinned with the policy; B's lessor.toml says 50.
+    const { a, b, adminA, adminB, homeB } = await team({ keys: "shared", vault: "max_live_leases_per_agent = 2", vaultB: "max_live_leases_per_agent = 50" });
+    const onA = await agentOn(a, adminA);
+    const onB = await agentOn(b, adminB);
+    // Through B, the agent would hold more than 2 live leases: refused instead, naming the limit and not its value.
+    const refused = await onB.requestLease(GH).then(
+      () => null,
+      (e: Coded) => e,
+    );
+    assert.equal(refused?.code, "unavailable");
+    assert.match(refused!.message, /\[vault\] limits in lessor\.toml \(max_live_leases_per_agent\) are not the ones in force/);
+    assert.doesNotMatch(refused!.message, /\b50\b/);
+    const sB = await adminB.describe();
+    assert.deepEqual(sB.policy.stale?.limits, ["max_live_leases_per_agent"]);
+    assert.equal(sB.policy.stale?.stored, sB.policy.digest, "the policy itself is the one in force");
+    assert.match(b.stderr(), /\[vault\] limits in lessor\.toml differ from the ones in force/);
+    const cli = (...args: string[]) => execFileSync(process.execPath, ["--import", "tsx", CLI, "--home", homeB, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: "utf8" });
+    assert.match(cli("status"), /STALE LIMITS, every lease is denied here: this instance's \[vault\] limits \(max_live_leases_per_agent\)/);
+    // A applies the cap in force: two live leases, then rate_limited.
+    await onA.requestLease(GH);
+    await onA.requestLease(GH);
+    await assert.rejects(onA.requestLease(GH), (e: Coded) => e.code === "rate_limited");
+    assert.equal((await adminA.describe()).policy.stale, undefined);
+    // A reload on B pins B's limits: B grants (its cap of 50 now counts the 2 live leases), and A, still at 2, refuses.
+    await adminB.reloadPolicy();
+    assert.equal((await adminB.describe()).policy.stale, undefined);
+    await onB.requestLease(GH);
+    await within(1000, "A refusing under the limits B put in force", async () => !(await works(() => onA.requestLease(GH))));
+    assert.deepEqual((await adminA.describe()).policy.stale?.limits, ["max_live_leases_per_agent"]);
   });
 });

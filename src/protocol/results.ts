@@ -125,7 +125,7 @@ const policyVersion = {
   digest: z.string(),
   loadedAt: z.number(),
   state: z.enum(["ok", "broken"]),
-  stale: z.strictObject({ stored: z.string(), at: z.number(), by: z.string() }).optional(),
+  stale: z.strictObject({ stored: z.string(), at: z.number(), by: z.string(), limits: z.array(z.string()).optional() }).optional(),
 };
 
 const daemon = z.strictObject({ version: z.string(), pid: z.number(), uptimeMs: z.number(), connections: z.number() });

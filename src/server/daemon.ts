@@ -94,9 +94,14 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     const offPolicy = vault.onSignal((sig) => {
       if (sig.type === "policy_reloaded" && sig.remote === true)
         (sig.ok ? log.info.bind(log) : log.error.bind(log))({ ok: sig.ok }, "policy reloaded because another instance sharing the database reloaded its own");
+      else if (sig.type === "policy_stale" && sig.local === sig.stored)
+        log.error(
+          { limits: sig.limits },
+          "this instance's [vault] limits in lessor.toml differ from the ones in force on the shared database: it grants nothing until they match; give it the same [vault] section as the other instances and restart it, or run lessor policy reload here to put its own limits in force everywhere",
+        );
       else if (sig.type === "policy_stale")
         log.error(
-          { local: sig.local, stored: sig.stored },
+          { local: sig.local, stored: sig.stored, ...(sig.limits ? { limits: sig.limits } : {}) },
           "this instance's policy differs from the one in force on the shared database: it grants nothing until they match; copy the policy file in force to this instance (picked up within a second), or run lessor policy reload here to put this one in force everywhere",
         );
       // Another instance rotated the master key: this one read its key source again (src/vault/key-reload.ts).

@@ -37,3 +37,43 @@ export const DEFAULT_LIMITS: Limits = {
   heartbeatMs: null,
 };
 
+
+/** The name each limit has in lessor.toml's `[vault]` section (auth_failure_window only an embedding program sets). */
+const LIMIT_NAMES: Record<keyof Limits, string> = {
+  maxSecretBytes: "max_secret_bytes",
+  maxLiveLeasesPerAgent: "max_live_leases_per_agent",
+  keepVersions: "keep_versions",
+  leaseRetentionMs: "lease_retention",
+  authFailureWindowMs: "auth_failure_window",
+  approvalWaitMs: "approval_wait",
+  approvalUseMs: "approval_use",
+  heartbeatMs: "heartbeat",
+};
+
+const texts = new WeakMap<Limits, string>();
+
+/**
+ * The limits as one line of `name=value` pairs in a fixed order (durations in ms, `off` for no
+ * heartbeat): what a store shared by several instances pins beside the policy digest
+ * (src/vault/policy-sync.ts), so that every instance grants under the same limits. Computed once per
+ * limits object: do not change a Limits after a vault opened with it.
+ */
+export function limitsText(limits: Limits): string {
+  let t = texts.get(limits);
+  if (t === undefined) {
+    t = (Object.keys(LIMIT_NAMES) as (keyof Limits)[]).map((k) => `${LIMIT_NAMES[k]}=${limits[k] ?? "off"}`).join(" ");
+    texts.set(limits, t);
+  }
+  return t;
+}
+
+/**
+ * The names of the limits whose values differ between two {@link limitsText} lines, in this
+ * vault's order; a name present in only one of them counts as differing (a newer lessor's limit).
+ */
+export function differingLimits(a: string, b: string): string[] {
+  const pairs = (t: string): Map<string, string> => new Map(t.split(" ").map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
+  const x = pairs(a);
+  const y = pairs(b);
+  return [...new Set([...x.keys(), ...y.keys()])].filter((k) => k !== "" && x.get(k) !== y.get(k));
+}

@@ -8,6 +8,7 @@
 import { isVaultError } from "../base/errors.js";
 import { brokenPolicy, type Policy, type PolicyStaleness, type PolicyVersion } from "./policy.js";
 import type { VaultContext } from "./context.js";
+import { differingLimits, limitsText } from "./limits.js";
 
 const versions = new WeakMap<VaultContext, { load: number; loadedAt: number }>();
 
@@ -36,18 +37,26 @@ export function installPolicy(ctx: VaultContext, policy: Policy): PolicyVersion 
   return policyVersion(ctx);
 }
 
-/** The policy the store last said is in force (its digest, when and by whom), as this process last read it. */
-const stamps = new WeakMap<VaultContext, { digest: string; at: number; by: string } | null>();
+/** The policy the store last said is in force (its digest and limits, when and by whom), as this process last read it. */
+const stamps = new WeakMap<VaultContext, Stamp | null>();
+
+type Stamp = { digest: string; at: number; by: string; limits?: string };
 
 /** Records the policy stamp just read from the store, or written by this process (src/vault/policy-sync.ts). */
-export function notePolicyStamp(ctx: VaultContext, stamp: { digest: string; at: number; by: string } | null): void {
-  stamps.set(ctx, stamp === null ? null : { digest: stamp.digest, at: stamp.at, by: stamp.by });
+export function notePolicyStamp(ctx: VaultContext, stamp: Stamp | null): void {
+  stamps.set(ctx, stamp === null ? null : { digest: stamp.digest, at: stamp.at, by: stamp.by, ...(stamp.limits === undefined ? {} : { limits: stamp.limits }) });
 }
 
-/** How the policy in force differs from the last stamp read, or undefined when it does not (or none was read). */
+/**
+ * How the policy in force (or the `[vault]` limits) differs from the last stamp read, or undefined
+ * when it does not (or none was read).
+ */
 export function policyStaleness(ctx: VaultContext): PolicyStaleness | undefined {
   const s = stamps.get(ctx);
-  return s === undefined || s === null || s.digest === ctx.policy.digest ? undefined : { stored: s.digest, at: s.at, by: s.by };
+  if (s === undefined || s === null) return undefined;
+  const limits = s.limits === undefined ? [] : differingLimits(limitsText(ctx.limits), s.limits);
+  if (s.digest === ctx.policy.digest && limits.length === 0) return undefined;
+  return { stored: s.digest, at: s.at, by: s.by, ...(limits.length > 0 ? { limits } : {}) };
 }
 
 /** The version of the policy in force (with `stale` when the store says another one is in force). */

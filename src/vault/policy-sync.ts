@@ -11,6 +11,11 @@
  * {@link POLICY_RETRY_MS}): when the file is the stamped policy, it is put in force and the request
  * goes on. Otherwise the request is refused with `unavailable`, naming both digests and the fix (copy
  * the policy in force to this instance, or reload this instance's own to put it in force everywhere).
+ * The stamp pins the `[vault]` limits too ({@link limitsText}: the per-agent lease cap, approval
+ * times, the heartbeat, …), written with the digest by every reload and by the first instance to open:
+ * an instance started with other limits grants nothing either, until it is restarted with the limits
+ * in force or a reload on it puts its own in force everywhere (limits are read at start, so there is
+ * no catching up). Otherwise an agent that can reach several instances would get the laxest limits.
  * Brakes (revoke, killswitch, token revocation), audit and status never read the stamp: they keep
  * working on a stale instance. `status` and `policy explain` report the staleness
  * (the `stale` field of the policy version). Stores one process owns (memory, SQLite) have no stamp check: there
@@ -21,6 +26,7 @@ import { markBehind } from "./behind.js";
 import type { StoreReader } from "./ports.js";
 import type { VaultContext } from "./context.js";
 import { installPolicy, loadOrBroken, notePolicyStamp, policyStaleness } from "./policy-state.js";
+import { differingLimits, limitsText } from "./limits.js";
 
 /** The store metadata key naming the policy the last reload (on any instance) put in force. */
 export const POLICY_META = "policy";
@@ -43,11 +49,19 @@ export interface PolicyStamp {
   at: number;
   /** Who reloaded it (an identity id). */
   by: string;
+  /**
+   * The `[vault]` limits in force ({@link limitsText}); absent in a stamp written before they were
+   * pinned (then each instance keeps its own, until the next reload or open stamps them).
+   */
+  limits?: string;
 }
+
+/** A stamp's limits line as lessor writes it: `name=value` pairs. */
+const LIMITS_SHAPE = /^[a-z_]{1,40}=[0-9a-z]{1,20}( [a-z_]{1,40}=[0-9a-z]{1,20}){0,63}$/;
 
 /** The stored form of a stamp. */
 export function formatPolicyStamp(p: PolicyStamp): string {
-  return JSON.stringify({ digest: p.digest, state: p.state, at: p.at, by: p.by });
+  return JSON.stringify({ digest: p.digest, state: p.state, at: p.at, by: p.by, ...(p.limits === undefined ? {} : { limits: p.limits }) });
 }
 
 /** The last stamp text parsed, and what it gave: every grant on a shared store reads the same text. */
@@ -71,6 +85,8 @@ function parseStampText(text: string): PolicyStamp | null {
       state: o.state === "broken" ? "broken" : "ok",
       at: typeof o.at === "number" ? o.at : 0,
       by: typeof o.by === "string" ? o.by.slice(0, 200) : "",
+      // A limits field lessor did not write (damaged, or edited by hand) pins nothing readable: it differs from every instance's.
+      ...(o.limits === undefined ? {} : { limits: typeof o.limits === "string" && LIMITS_SHAPE.test(o.limits) ? o.limits : "unreadable" }),
     };
   } catch {
     return null;
@@ -121,10 +137,19 @@ function sayIfStale(ctx: VaultContext): void {
     s.said = null;
     return;
   }
-  const pair = `${ctx.policy.digest}/${stale.stored}`;
+  const pair = `${ctx.policy.digest}/${stale.stored}/${stale.limits?.join(",") ?? ""}`;
   if (s.said === pair) return;
   s.said = pair;
-  ctx.signals.emit({ type: "policy_stale", local: ctx.policy.digest, stored: stale.stored });
+  ctx.signals.emit({ type: "policy_stale", local: ctx.policy.digest, stored: stale.stored, ...(stale.limits ? { limits: stale.limits } : {}) });
+}
+
+/** The refusal of a grant by an instance whose `[vault]` limits are not the ones in force. */
+function limitsError(names: string[]): VaultError {
+  // Names only: agents read this message, and the values are the admin's business (`lessor status` on the instance).
+  return new VaultError(
+    "unavailable",
+    `this lessor instance's [vault] limits in lessor.toml (${names.join(", ")}) are not the ones in force on the shared database, so this instance grants nothing until they match: give it the same [vault] section as the other instances and restart it, or run lessor policy reload on this instance to put its own limits in force on every instance`,
+  );
 }
 
 /** The refusal of a grant by a stale instance: both digests, and what to do. */
@@ -147,7 +172,11 @@ export function staleError(ctx: VaultContext, stamp: PolicyStamp): VaultError {
 export async function policyGateIn(ctx: VaultContext, tx: StoreReader): Promise<VaultError | null> {
   if (!shared(ctx)) return null;
   const stamp = parsePolicyStamp(await tx.getMeta(POLICY_META));
-  if (stamp === null || stamp.digest === ctx.policy.digest) return null;
+  if (stamp === null) return null;
+  if (stamp.digest === ctx.policy.digest) {
+    const mine = limitsText(ctx.limits);
+    return stamp.limits === undefined || stamp.limits === mine ? null : limitsError(differingLimits(mine, stamp.limits));
+  }
   const tried = state(ctx).tried;
   if (tried !== null && tried.pair === `${stamp.digest}/${ctx.policy.digest}` && performance.now() - tried.at < POLICY_RETRY_MS) return staleError(ctx, stamp);
   throw markBehind(new VaultError("unavailable", "the policy was reloaded on another lessor instance and this one is catching up; retry"), { kind: "policy" });
@@ -199,18 +228,20 @@ export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
 /**
  * When a vault opens on a shared store: reads the stamp and records it (for `stale` in the policy
  * version), raising nothing yet. A store that has no stamp (no reload ever ran) gets this vault's
- * policy stamped as the one in force (unless it is broken), so that an instance started later with
- * another file is stale rather than silently different: the first to open wins. Not audited (no
- * policy file was reloaded; the store only learns which one is in force).
+ * policy and limits stamped as the ones in force (unless the policy is broken), so that an instance
+ * started later with another file or other limits is stale rather than silently different: the first
+ * to open wins. A stamp of this same policy written before limits were pinned gets this vault's
+ * limits. Not audited (no policy file was reloaded; the store only learns which one is in force).
  */
 export async function openPolicyStamp(ctx: VaultContext): Promise<void> {
   if (!shared(ctx)) return;
+  const unpinned = (s: PolicyStamp | null): boolean => s === null || (s.limits === undefined && s.digest === ctx.policy.digest);
   let stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META));
-  if (stamp === null && ctx.policy.error === undefined && ctx.policy.digest !== "") {
-    const mine: PolicyStamp = { digest: ctx.policy.digest, state: "ok", at: ctx.now(), by: FIRST_OPEN };
+  if (unpinned(stamp) && ctx.policy.error === undefined && ctx.policy.digest !== "") {
     stamp = await ctx.store.transaction(async (tx) => {
-      const text = await tx.getMeta(POLICY_META);
-      if (text !== null) return parsePolicyStamp(text);
+      const now = parsePolicyStamp(await tx.getMeta(POLICY_META));
+      if (!unpinned(now)) return now;
+      const mine: PolicyStamp = { digest: ctx.policy.digest, state: "ok", at: now?.at ?? ctx.now(), by: now?.by ?? FIRST_OPEN, limits: limitsText(ctx.limits) };
       await tx.setMeta(POLICY_META, formatPolicyStamp(mine));
       return mine;
     });

@@ -15,9 +15,10 @@ export type VaultSignal =
   | { type: "policy_reloaded"; ok: boolean; remote?: true }
   /**
    * This instance's policy differs from the one the last reload on any instance sharing the store put
-   * in force (by digest): it decides by its own copy, and says so through this signal.
+   * in force (by digest), or its `[vault]` limits differ from those pinned with it (`limits`: their
+   * names): it grants nothing until they match, and says so through this signal.
    */
-  | { type: "policy_stale"; local: string; stored: string }
+  | { type: "policy_stale"; local: string; stored: string; limits?: string[] }
   /**
    * The keyring was read again because another process sharing the store rotated the master key
    * (src/vault/key-reload.ts): `ok` with the key ids now loaded; or not ok, with why the key needed

@@ -48,6 +48,7 @@ import type { ApprovalRecord } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
 import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
 import { openPolicyStamp, refreshPolicyStamp, stampedHere } from "./policy-sync.js";
+import { limitsText } from "./limits.js";
 import { catchUpKeys } from "./key-reload.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
@@ -536,10 +537,10 @@ export class VaultSession {
       const v = installPolicy(ctx, next);
       await commit(ctx, async (tx, audit, now) => {
         // The stamp tells the other instances sharing the store to reload too (src/vault/remote-changes.ts).
-        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id }));
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id, limits: limitsText(ctx.limits) }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
-      stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id });
+      stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id, limits: limitsText(ctx.limits) });
       ctx.signals.emit({ type: "policy_reloaded", ok: false });
       throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
@@ -549,14 +550,14 @@ export class VaultSession {
     const load = installPolicy(ctx, next).load;
     try {
       await commit(ctx, async (tx, audit, now) => {
-        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id }));
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id, limits: limitsText(ctx.limits) }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load } });
       });
     } catch (e) {
       installPolicy(ctx, previous);
       throw e;
     }
-    stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id });
+    stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id, limits: limitsText(ctx.limits) });
     ctx.signals.emit({ type: "policy_reloaded", ok: true });
     return { rules: next.rules.length, digest: next.digest };
   }

@@ -7,6 +7,11 @@ import type { PolicyVersion } from "../../vault/policy.js";
  */
 export function policyVersionText(v: PolicyVersion): string {
   const digest = v.digest === "" ? "no file read" : `digest ${v.digest.slice(0, 12)}…`;
-  const stale = v.stale === undefined ? "" : `, STALE: the shared database has digest ${v.stale.stored.slice(0, 12)}… in force, so this instance grants nothing`;
+  const stale =
+    v.stale === undefined
+      ? ""
+      : v.stale.stored === v.digest
+        ? `, STALE: this instance's [vault] limits (${(v.stale.limits ?? []).join(", ")}) are not the ones in force on the shared database, so it grants nothing`
+        : `, STALE: the shared database has digest ${v.stale.stored.slice(0, 12)}… in force, so this instance grants nothing`;
   return `#${v.load} (${digest}, loaded ${new Date(v.loadedAt).toISOString()}${v.state === "broken" ? ", broken" : ""}${stale})`;
 }

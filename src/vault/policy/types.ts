@@ -79,6 +79,11 @@ export interface PolicyStaleness {
   stored: string;
   at: number;
   by: string;
+  /**
+   * Present when this instance's `[vault]` limits differ from those pinned beside the policy: their
+   * names (as in lessor.toml). `stored` may then equal this instance's own digest.
+   */
+  limits?: string[];
 }
 
 /** What is asked of the policy. */
