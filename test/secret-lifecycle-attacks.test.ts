@@ -188,6 +188,37 @@ describe("export: the file it writes", { concurrency: 1 }, () => {
     assert.ok(!r.stderr.includes(CANARY));
   });
 
+  test("an export killed before its rename leaves a 0600 temp holding the values: the next export to that path removes it, and leaves a live process's temp, a link and another user's file alone", async () => {
+    const home = await cliHome();
+    await ok(["secret", "set", "API_KEY"], home, CANARY);
+    const dir = scratch("lessor-slc-stale-");
+    const out = join(dir, "backup.env");
+    // What a SIGKILLed export leaves: ".<base>.<pid>.tmp", 0600, with the values, its process gone.
+    const dead = spawnSync(process.execPath, ["-e", "0"]).pid!;
+    const stale = join(dir, `.backup.env.${dead}.tmp`);
+    writeFileSync(stale, `API_KEY=${CANARY}\n`, { mode: 0o600 });
+    const live = join(dir, `.backup.env.${process.pid}.tmp`); // an export running now
+    writeFileSync(live, "in progress\n", { mode: 0o600 });
+    const deadLink = join(dir, `.backup.env.${dead + 1}.tmp`);
+    symlinkSync(join(dir, "elsewhere"), deadLink);
+    const r = await run(["secret", "export", "-o", out], { home });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(!existsSync(stale), "the stale temp with the values is gone");
+    assert.match(r.stderr, /removed 1 temporary file holding secret values that an interrupted export to .*backup\.env left beside it/);
+    assert.ok(!r.stderr.includes(CANARY));
+    assert.equal(readFileSync(live, "utf8"), "in progress\n", "a live process's temp is not touched");
+    assert.ok(lstatSync(deadLink).isSymbolicLink(), "a link is not removed");
+    assert.ok(readFileSync(out, "utf8").includes(CANARY));
+    if (nobodyWorks) {
+      const theirs = join(dir, `.backup.env.${dead + 2}.tmp`);
+      writeFileSync(theirs, "theirs\n");
+      chownSync(theirs, NOBODY, NOBODY);
+      const again = await run(["secret", "export", "-o", out], { home });
+      assert.equal(again.code, 0, again.stderr);
+      assert.ok(existsSync(theirs), "another user's file is not removed");
+    }
+  });
+
   test("export -o onto a FIFO does not hang and does not write the values into the pipe", async () => {
     const home = await cliHome();
     await ok(["secret", "set", "API_KEY"], home, CANARY);

@@ -3,7 +3,7 @@
  * in JSON or dotenv (formats in json-format.ts and dotenv.ts). Export reveals every value it writes,
  * and each reveal is audited as `secret_revealed`; files it writes are created 0600.
  */
-import { open, rename, unlink } from "node:fs/promises";
+import { lstat, open, readdir, rename, unlink } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
@@ -28,8 +28,52 @@ function examples(names: string[]): string {
   return names.length > 3 ? `${shown}, …` : shown;
 }
 
+/**
+ * Removes the temporary files an export to `path` that was killed before its rename left behind
+ * (`.<base>.<pid>.tmp`, 0600, holding values): regular files of this user whose process is gone.
+ * Links, other users' files and files of a live process are left alone. Returns how many it removed.
+ */
+async function removeStaleTemps(path: string): Promise<number> {
+  const dir = dirname(path);
+  const prefix = `.${basename(path)}.`;
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
+    const pid = name.slice(prefix.length, -".tmp".length);
+    if (!/^[1-9][0-9]{0,9}$/.test(pid) || Number(pid) === process.pid || alive(Number(pid))) continue;
+    const p = join(dir, name);
+    try {
+      const st = await lstat(p);
+      if (!st.isFile() || st.uid !== process.getuid?.()) continue;
+      await unlink(p);
+      removed++;
+    } catch {
+      // gone meanwhile, or not ours to remove
+    }
+  }
+  return removed;
+}
+
+/** True while a process with this pid exists (EPERM: it exists, as another user). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
 /** Writes `data` to `path` through a 0600 temporary file renamed into place. */
-async function writePrivate(path: string, data: Buffer): Promise<void> {
+async function writePrivate(cli: Cli, path: string, data: Buffer): Promise<void> {
+  const stale = await removeStaleTemps(path);
+  if (stale > 0) cli.err(`lessor: removed ${stale} temporary file${stale === 1 ? "" : "s"} holding secret values that an interrupted export to ${path} left beside it`);
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
   let fh;
   try {
@@ -98,7 +142,7 @@ export async function exportSecrets(
     const data = Buffer.from(text, "utf8");
     try {
       if (toFile) {
-        await writePrivate(o.output!, data);
+        await writePrivate(cli, o.output!, data);
         cli.err(`exported ${entries.length} secret${entries.length === 1 ? "" : "s"} as ${format} to ${o.output} (0600)`);
       } else await new Promise<void>((resolve, reject) => cli.stdout.write(data, (e) => (e ? reject(e) : resolve())));
     } finally {
