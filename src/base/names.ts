@@ -60,6 +60,8 @@ export function checkAgentId(s: unknown): string {
 
 /** Validates and returns a SecretRef. */
 export function checkRef(ref: { scope?: unknown; name?: unknown }): SecretRef {
+  if (typeof ref !== "object" || ref === null)
+    throw new VaultError("invalid_request", 'a secret is given as { scope?, name } (or as "scope/name" where a string is taken)');
   return { scope: checkScope(ref.scope ?? "global"), name: checkSecretName(ref.name) };
 }
 

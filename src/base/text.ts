@@ -137,3 +137,17 @@ export function describeUnsafe(ch: string): string {
   if (/\p{Cs}/u.test(ch)) return `a lone surrogate (${name})`;
   return `the line or paragraph separator ${name}`;
 }
+
+/** True when `s` has a UTF-16 surrogate without its pair (JSON can say "\ud800"; UTF-8 cannot). */
+export function hasLoneSurrogate(s: string): boolean {
+  return /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s);
+}
+
+/**
+ * Refuses a secret value given as text with a lone surrogate, which UTF-8 cannot hold: it would be
+ * stored as U+FFFD, a value other than the one given.
+ */
+export function checkTextValue(value: string): void {
+  if (hasLoneSurrogate(value))
+    throw new VaultError("invalid_request", "the secret value has an unpaired UTF-16 surrogate, which UTF-8 cannot hold (it would be stored altered); send the bytes instead (base64)");
+}

@@ -8,8 +8,12 @@
 import { SecretBytes } from "../crypto/secret-bytes.js";
 import type { PROTOCOL, VERSION, WireIdentity } from "../protocol/messages.js";
 import type { Decoded } from "../protocol/registry.js";
+import { checkTextValue } from "../base/text.js";
 import { ERROR_CODES, VaultError, wireCode, type ErrorCode, type WireErrorCode } from "../base/errors.js";
 import { BASE64URL_32 } from "../base/token-shape.js";
+
+/** Standard base64 with padding: a value in any other form is refused, never decoded leniently into other bytes. */
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 export const PROTOCOL_NAME: typeof PROTOCOL = "lessor";
 export const PROTOCOL_VERSION: typeof VERSION = 1;
@@ -84,7 +88,8 @@ export function parseChallenge(body: Buffer, where: string): { nonce: Buffer; pr
 export function decodeResult<W>(r: W): Decoded<W> {
   if (typeof r !== "object" || r === null || (r as { encoding?: unknown }).encoding !== "base64" || !("value" in r)) return r as Decoded<W>;
   const { value: s, encoding: _e, ...rest } = r as unknown as { value: unknown; encoding: string };
-  if (typeof s !== "string") throw new VaultError("internal", "the lessor daemon sent a value in an unexpected form; check that client and daemon versions match");
+  if (typeof s !== "string" || s.length % 4 !== 0 || !BASE64.test(s))
+    throw new VaultError("internal", "the lessor daemon sent a value in an unexpected form; check that client and daemon versions match");
   const buf = Buffer.alloc(Buffer.byteLength(s, "base64"));
   const n = buf.write(s, "base64");
   (r as { value: unknown }).value = ""; // drop our reference to the text (strings cannot be wiped)
@@ -96,7 +101,10 @@ export function decodeResult<W>(r: W): Decoded<W> {
  * string, so encoding it again would only add copies).
  */
 export function wireValueOf(v: SecretInput): { value: string; encoding: "utf8" | "base64" } {
-  if (typeof v === "string") return { value: v, encoding: "utf8" };
+  if (typeof v === "string") {
+    checkTextValue(v);
+    return { value: v, encoding: "utf8" };
+  }
   if (v instanceof SecretBytes) {
     if (v.wiped) throw new VaultError("invalid_request", "the SecretBytes value was already wiped; pass a live value");
     return { value: v.expose().toString("base64"), encoding: "base64" };

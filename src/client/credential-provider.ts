@@ -5,6 +5,7 @@
  */
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { VaultError } from "../base/errors.js";
+import { optionalObjectParam } from "../base/shape.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { AccessTargetInput, LessorMethods, SecretSpec } from "./facade.js";
 
@@ -36,6 +37,7 @@ export class CredentialProvider {
 
   /** Requests a lease on `secret`; dispose the result (or `await using`) to revoke it. */
   async lease(secret: SecretSpec, opts: LeaseOptions = {}): Promise<LeasedCredential> {
+    optionalObjectParam(opts, "the lease options");
     const agent = opts.agent ?? this.#defaults.agent;
     const ttl = opts.ttl ?? this.#defaults.ttl;
     const lease = await this.#client.requestLease({

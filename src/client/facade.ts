@@ -5,10 +5,11 @@
  * results; every method of the protocol is also reachable as `api.<wire name>(params)`, including
  * ones added to the registry after this file was written.
  */
-import type { SecretBytes } from "../crypto/secret-bytes.js";
+import { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params, Results } from "../protocol/registry.js";
 import type { WireAuditEvent } from "../protocol/wire.js";
 import { VaultError } from "../base/errors.js";
+import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { parseRefString } from "../base/names.js";
 import type { LeaseRecord, SecretKind, SecretRecord, TokenInfo } from "../base/types.js";
 import { apiOf, type Api, type Caller } from "./api.js";
@@ -117,12 +118,12 @@ export class LessorMethods {
   async revealSecret(ref: SecretSpec, version?: number): Promise<{ value: SecretBytes; version: number }> {
     const params: Params<"reveal_secret"> = refParams(ref);
     if (version !== undefined) params.version = version;
-    return this.api.reveal_secret(params);
+    return valueResult(await this.api.reveal_secret(params), "reveal_secret");
   }
 
   /** Lists secret metadata. Admin or orchestrator. */
   listSecrets(filter: Params<"list_secrets"> = {}): Promise<SecretRecord[]> {
-    return this.api.list_secrets(filter);
+    return this.api.list_secrets(objectParam(filter, "the secret filter"));
   }
 
   /** One secret's metadata and versions. */
@@ -140,6 +141,7 @@ export class LessorMethods {
   /** Requests a lease (policy-checked). */
   async requestLease(req: LeaseRequestInput): Promise<LeaseRecord> {
     const r = await this.api.request_lease(leaseParams(req));
+    if (typeof r !== "object" || r === null || typeof (r as { id?: unknown }).id !== "string") throw malformed("request_lease");
     if ("value" in r) {
       r.value.wipe();
       throw new VaultError("internal", "the lessor daemon sent a value for a lease requested without access; check that client and daemon versions match");
@@ -156,20 +158,21 @@ export class LessorMethods {
    */
   async leaseAndAccess(req: LeaseRequestInput, target?: AccessTargetInput): Promise<ClientAccessResult> {
     const r = await this.api.request_lease({ ...leaseParams(req), access: targetParams(target) });
-    if (!("value" in r))
+    if (typeof r === "object" && r !== null && !("value" in r))
       throw new VaultError("internal", "the lessor daemon granted the lease but sent no value; it may predate request_lease with access, so use matching versions");
-    return r;
+    return valueResult(r, "request_lease with access");
   }
 
   /** Uses a lease once and returns the value. Wipe the value (or `using`) when done. */
-  accessSecret(leaseId: string, target?: AccessTargetInput): Promise<ClientAccessResult> {
-    return this.api.access_secret({ leaseId, ...targetParams(target) });
+  async accessSecret(leaseId: string, target?: AccessTargetInput): Promise<ClientAccessResult> {
+    return valueResult(await this.api.access_secret({ leaseId, ...targetParams(target) }), "access_secret");
   }
 
   /** Extends a lease within its rule's bounds. */
   renewLease(leaseId: string, opts?: { ttl?: number | string }): Promise<LeaseRecord> {
     const params: Params<"renew_lease"> = { leaseId };
-    if (opts?.ttl !== undefined) params.ttl = opts.ttl;
+    const ttl = optionalObjectParam(opts, "the renewal's options").ttl;
+    if (ttl !== undefined) params.ttl = ttl;
     return this.api.renew_lease(params);
   }
 
@@ -200,6 +203,7 @@ export class LessorMethods {
 
   /** Lists leases visible to this caller. */
   listLeases(filter: LeaseListFilter = {}): Promise<LeaseRecord[]> {
+    objectParam(filter, "the lease filter");
     const params: Params<"list_leases"> = {};
     if (filter.agent !== undefined) params.agent = filter.agent;
     if (filter.secret !== undefined) params.secret = secretString(filter.secret);
@@ -212,7 +216,7 @@ export class LessorMethods {
 
   /** Queries the audit trail. Admin. */
   auditQuery(filter: Params<"audit_query"> = {}): Promise<WireAuditEvent[]> {
-    return this.api.audit_query(filter);
+    return this.api.audit_query(objectParam(filter, "the audit filter"));
   }
 
   /** Verifies the audit chain. Admin. */
@@ -247,7 +251,7 @@ export class LessorMethods {
 
   /** Creates a bearer token; the result's `token` is shown only this once. Admin. */
   createToken(p: Params<"token_create">): Promise<Results["token_create"]> {
-    return this.api.token_create(p);
+    return this.api.token_create(objectParam(p, "the token's parameters"));
   }
 
   /** Lists tokens (never their secret part). Admin. */
@@ -263,6 +267,7 @@ export class LessorMethods {
 
 /** request_lease params (without `access`) from a LeaseRequestInput. */
 function leaseParams(req: LeaseRequestInput): Params<"request_lease"> {
+  objectParam(req, "a lease request");
   const params: Params<"request_lease"> = { secret: secretString(req.secret) };
   if (req.agent !== undefined) params.agent = req.agent;
   if (req.domains !== undefined) params.domains = req.domains;
@@ -273,6 +278,7 @@ function leaseParams(req: LeaseRequestInput): Params<"request_lease"> {
 
 /** Access target params, with only the fields given. */
 function targetParams(target: AccessTargetInput | undefined): AccessTargetInput {
+  optionalObjectParam(target, "the access target");
   const out: AccessTargetInput = {};
   if (target?.domain !== undefined) out.domain = target.domain;
   if (target?.method !== undefined) out.method = target.method;
@@ -283,7 +289,25 @@ function targetParams(target: AccessTargetInput | undefined): AccessTargetInput 
 /** `{ scope?, name }` params from a SecretSpec. */
 function refParams(ref: SecretSpec): { scope?: string; name: string } {
   if (typeof ref === "string") return parseRefString(ref);
-  return nameParams(ref);
+  return nameParams(specObject(ref));
+}
+
+/** A SecretSpec that is not a string, refused unless it is an object. */
+function specObject(ref: unknown): { scope?: string; name: string } {
+  if (typeof ref !== "object" || ref === null)
+    throw new VaultError("invalid_request", 'a secret is given as "scope/name" (or a bare name) or as { scope?, name }');
+  return ref as { scope?: string; name: string };
+}
+
+/** The daemon answered a call with something that is not that call's result. */
+function malformed(method: string): VaultError {
+  return new VaultError("internal", `the lessor daemon answered ${method} in an unexpected form; check that client and daemon versions match`);
+}
+
+/** A result that must carry a value (decoded into a SecretBytes by the codecs); anything else is refused. */
+function valueResult<R>(r: R, method: string): R {
+  if (typeof r !== "object" || r === null || !((r as { value?: unknown }).value instanceof SecretBytes)) throw malformed(method);
+  return r;
 }
 
 function nameParams(ref: { scope?: string; name: string }): { scope?: string; name: string } {
@@ -293,5 +317,6 @@ function nameParams(ref: { scope?: string; name: string }): { scope?: string; na
 /** `scope/name` (or a bare name) from a SecretSpec. */
 function secretString(s: SecretSpec): string {
   if (typeof s === "string") return s;
+  s = specObject(s);
   return s.scope === undefined ? s.name : `${s.scope}/${s.name}`;
 }

@@ -1,8 +1,10 @@
 /**
  * A wipeable holder for secret bytes. It never shows its contents by accident: `toString`,
  * `toJSON` and `util.inspect` all print a redaction. Call {@link SecretBytes.wipe} (or let `using`
- * do it) when done; after that every read throws.
+ * do it) when done; after that every read throws VaultError("invalid_request").
  */
+import { VaultError } from "../base/errors.js";
+
 const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
 const REDACTED = "[redacted]";
 
@@ -42,7 +44,7 @@ export class SecretBytes {
 
   /** The live buffer (not a copy). Do not keep it past the holder's life; it is zeroed by `wipe`. */
   expose(): Buffer {
-    if (this.#buf === null) throw new Error("SecretBytes: used after wipe");
+    if (this.#buf === null) throw new VaultError("invalid_request", "this secret value was wiped (SecretBytes.wipe) and cannot be read; read the secret again");
     return this.#buf;
   }
 

@@ -96,6 +96,9 @@ export class FrameDecoder {
         const c = this.#chunks[0]!;
         const k = Math.min(c.length, n - at);
         c.copy(buf, at, 0, k);
+        // The read buffer's copy of the frame is zeroed: a receiver that zeroes a body holding a
+        // secret value (the client, once decoded) leaves no copy behind in the socket's chunks.
+        c.fill(0, 0, k);
         at += k;
         if (k === c.length) this.#chunks.shift();
         else this.#chunks[0] = c.subarray(k);

@@ -4,6 +4,7 @@
  * (strict base64 or UTF-8 in). Nothing here ever puts a secret value into a message.
  */
 import { VaultError } from "../base/errors.js";
+import { checkTextValue } from "../base/text.js";
 import type { AuditRecord, Identity } from "../base/types.js";
 import type { WireIdentity } from "./messages.js";
 
@@ -68,7 +69,10 @@ const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
  * (standard alphabet, padded, length a multiple of 4); the error never quotes the value.
  */
 export function decodeValue(value: string, encoding: "utf8" | "base64" | undefined): Buffer {
-  if (encoding === undefined || encoding === "utf8") return Buffer.from(value, "utf8");
+  if (encoding === undefined || encoding === "utf8") {
+    checkTextValue(value);
+    return Buffer.from(value, "utf8");
+  }
   if (value.length % 4 !== 0 || !BASE64.test(value))
     throw new VaultError("invalid_request", 'value is not valid base64 (standard alphabet, "=" padding, length a multiple of 4); send text with encoding "utf8"');
   return Buffer.from(value, "base64");

@@ -12,6 +12,7 @@ import { denied } from "./denied.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
 import { parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
+import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { isUuid, uuidv7 } from "../base/ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
 import { matchPathPrefixes } from "./http-path.js";
@@ -93,6 +94,7 @@ export interface CheckedRequest {
 }
 
 export function checkRequest(req: LeaseRequest): CheckedRequest {
+  objectParam(req, "a lease request");
   const ref = typeof req.secret === "string" ? parseRefString(req.secret) : checkRef(req.secret);
   if (req.agent !== undefined) checkAgentId(req.agent);
   const ttl = req.ttl === undefined ? undefined : toMs(req.ttl);
@@ -408,7 +410,8 @@ export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: st
 /** Extends a live lease, bounded by its rule's ttl, its max_ttl and max_renewals. */
 export async function renewLease(ctx: VaultContext, who: Identity, leaseId: string, opts: { ttl?: number | string } = {}): Promise<LeaseRecord> {
   const id = checkLeaseId(leaseId);
-  const ttl = opts.ttl === undefined ? undefined : toMs(opts.ttl);
+  const asked = optionalObjectParam(opts, "the renewal's options").ttl;
+  const ttl = asked === undefined ? undefined : toMs(asked);
   return commit(ctx, async (tx, audit, now) => {
     const lease = await ownLease(tx, audit, who, id);
     if (lease instanceof VaultError) return lease;
@@ -519,7 +522,7 @@ function checkReason(r: unknown): string {
 
 /** Lists leases: agents see their own; orchestrators those of agents they act for; admins all. */
 export async function listLeases(ctx: VaultContext, who: Identity, filter: LeaseFilter = {}): Promise<LeaseRecord[]> {
-  const f: LeaseFilter = { ...filter, limit: Math.min(filter.limit ?? 1000, 10_000) };
+  const f: LeaseFilter = { ...optionalObjectParam(filter, "the lease filter"), limit: Math.min(filter.limit ?? 1000, 10_000) };
   if (who.role === "agent") {
     if (f.agent !== undefined && f.agent !== who.agent)
       throw new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`);

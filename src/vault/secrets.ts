@@ -12,7 +12,8 @@ import { denied } from "./denied.js";
 import { withdrawForSecret } from "./approvals.js";
 import { requireKeyIn } from "./key-reload.js";
 import { VaultError } from "../base/errors.js";
-import { checkPlainText } from "../base/text.js";
+import { optionalObjectParam } from "../base/shape.js";
+import { checkPlainText, checkTextValue } from "../base/text.js";
 import { checkRef, refString } from "../base/names.js";
 import { SECRET_KINDS, type Identity, type SecretFilter, type SecretKind, type SecretRecord, type SecretRef, type VersionRecord } from "../base/types.js";
 
@@ -72,7 +73,10 @@ export function checkDescription(d: unknown): string {
 
 function toBytes(value: StoreSecretParams["value"]): { bytes: Buffer; owned: boolean } {
   if (value instanceof SecretBytes) return { bytes: value.expose(), owned: false };
-  if (typeof value === "string") return { bytes: SecretBytes.from(value).expose(), owned: true };
+  if (typeof value === "string") {
+    checkTextValue(value);
+    return { bytes: SecretBytes.from(value).expose(), owned: true };
+  }
   if (value instanceof Uint8Array) return { bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength), owned: false };
   throw new VaultError("invalid_request", "a secret value must be bytes or text");
 }
@@ -254,6 +258,7 @@ export async function getSecretMetadata(ctx: VaultContext, who: Identity, refIn:
 
 /** Metadata of every matching secret (no values, no versions). Admin or orchestrator. */
 export async function listSecrets(ctx: VaultContext, who: Identity, filter: SecretFilter = {}): Promise<SecretRecord[]> {
+  optionalObjectParam(filter, "the secret filter");
   await readRole(ctx, who, null);
   return ctx.store.listSecrets(filter);
 }

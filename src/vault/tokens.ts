@@ -11,6 +11,7 @@ import { recordAuthFailure } from "./auth-failures.js";
 import { commit, type VaultContext } from "./context.js";
 import { parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
+import { objectParam } from "../base/shape.js";
 import { checkAgentId } from "../base/names.js";
 import { compileAgentPattern } from "./pattern.js";
 import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "../crypto/token-proof.js";
@@ -41,6 +42,7 @@ function info(t: TokenRecord): TokenInfo {
 }
 
 function checkParams(p: TokenParams): void {
+  objectParam(p, "the token's parameters");
   if (typeof p.name !== "string" || !NAME_RE.test(p.name))
     throw new VaultError("invalid_request", 'a token name is 1-64 letters, digits or "_ . : @ -"');
   if (!ROLES.includes(p.role)) throw new VaultError("invalid_request", `role must be one of ${ROLES.join(", ")}`);

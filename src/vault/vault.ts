@@ -25,6 +25,8 @@ import { roleError } from "./access.js";
 import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { VaultError } from "../base/errors.js";
+import { objectParam, optionalObjectParam } from "../base/shape.js";
+import { checkPlainText } from "../base/text.js";
 import * as leases from "./leases.js";
 import * as proxyRequests from "./proxy-requests.js";
 import * as toolCalls from "./tool-calls.js";
@@ -238,6 +240,12 @@ export class Vault {
 
   /** A session acting as `identity` (as decided by the transport, never by a request). */
   session(identity: Identity): VaultSession {
+    objectParam(identity, "an identity");
+    // Audited as given: an id or transport that is not one line of text would be stored other than it was hashed.
+    for (const k of ["id", "transport"] as const) {
+      checkPlainText(identity[k], `the identity's ${k}`, 200);
+      if (identity[k] === "") throw new VaultError("invalid_request", `the identity's ${k} must not be empty`);
+    }
     if (identity.role === "agent") checkAgentId(identity.agent);
     else if (identity.role !== "admin" && identity.role !== "orchestrator")
       throw new VaultError("invalid_request", `role ${JSON.stringify(identity.role)} is not one of admin, orchestrator, agent`);
@@ -503,6 +511,9 @@ export class VaultSession {
   // ---- admin ----
   /** Queries the audit trail. Admin. */
   async auditQuery(filter: AuditFilter = {}): Promise<AuditRecord[]> {
+    optionalObjectParam(filter, "the audit filter");
+    if (filter.limit !== undefined && (!Number.isSafeInteger(filter.limit) || filter.limit < 1))
+      throw new VaultError("invalid_request", "the audit filter's limit must be a whole number from 1");
     await this.#requireAdmin("read the audit trail");
     return this.#ctx.store.queryAudit({ ...filter, limit: Math.min(filter.limit ?? 100, 10_000) });
   }

@@ -28,7 +28,3 @@ export function decodeBase64Strict(s: string): Buffer | null {
   return b.toString("base64") === s ? b : null;
 }
 
-/** True when `s` has a UTF-16 surrogate without its pair (JSON can say "\ud800"; UTF-8 cannot). */
-export function hasLoneSurrogate(s: string): boolean {
-  return /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s);
-}

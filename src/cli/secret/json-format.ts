@@ -9,7 +9,8 @@
 import { VaultError } from "../../base/errors.js";
 import { parseRefString, refString } from "../../base/names.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
-import { decodeBase64Strict, hasLoneSurrogate, isText, type SecretEntry } from "./entry.js";
+import { decodeBase64Strict, isText, type SecretEntry } from "./entry.js";
+import { hasLoneSurrogate } from "../../base/text.js";
 import { parseJson, type JsonNode } from "./json-parse.js";
 import { errorAt, position } from "./parse-error.js";
 import { checkDescription, checkTags } from "../../vault/secrets.js";
