@@ -1,5 +1,5 @@
 /**
- * Master keys printed by a command (`key_command` in lessor.toml), e.g. a KMS or password-manager CLI.
+ * Master keys printed by a command (`[keys] command` in lessor.toml), e.g. a KMS or password-manager CLI.
  * The command runs directly, never through a shell, so its arguments are passed exactly as written.
  * It must print one or more lines of 64 hex characters: the current key first, then older keys that
  * must stay readable. Read-only: to rotate, make the command print the new key first.
