@@ -16,8 +16,8 @@
  *   every code is in docs/errors.md with its wire code; this checks the other way).
  * - The LESSOR_* environment variables the code reads against those the docs name.
  *
- * A check that finds the docs and the code apart today is named "BREAK: …", and its message lists every
- * mismatch with file:line. The last tests plant mistakes to show that each check sees them.
+ * A check that finds the docs and the code apart lists every mismatch with file:line in its message.
+ * The last tests plant mistakes to show that each check sees them.
  */
 import assert from "node:assert/strict";
 import type { EventEmitter } from "node:events";
