@@ -217,7 +217,7 @@ describe("lessor migrate, SQLite to SQLite (no server needed)", () => {
     await checkVault(c, s);
   });
 
-  test("refuses a target that is not empty, even one holding only metadata (a failed run), and writes nothing to it", async () => {
+  test("refuses a target file that exists, even one holding only metadata (a failed run), and writes nothing to it", async () => {
     const a = await newHome();
     await seed(a);
     const path = join(scratch(), "partial.db");
@@ -226,7 +226,7 @@ describe("lessor migrate, SQLite to SQLite (no server needed)", () => {
     await t.close();
     await assert.rejects(
       migrateHome({ home: a, env: { LESSOR_HOME: a }, target: { kind: "sqlite", path } }),
-      (e) => isVaultError(e, "invalid_request") && /not empty/.test(e.message) && /1 metadata entry/.test(e.message),
+      (e) => isVaultError(e, "invalid_request") && /partial\.db exists; lessor migrate writes a new file/.test(e.message),
     );
     const again = openSqliteStore(path);
     assert.deepEqual((await storeSummary(again)).counts, { secrets: 0, versions: 0, leases: 0, tokens: 0, meta: 1, audit: 0, checkpoint: 0 });

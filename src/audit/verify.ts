@@ -111,6 +111,9 @@ function readBreak(rec: AuditRecord): { firstBad: number | null; found: AuditBre
   };
 }
 
+/** How many times {@link checkTrail} reads on when a concurrent commit moved the checkpoint past the events it read. */
+const MAX_CATCH_UP = 20;
+
 /**
  * Walks the trail through `reader` (the store, or a transaction) with `keys`, and checks the
  * checkpoint. Every event is checked on its own (its seq, its link to the stored event before it,
@@ -128,53 +131,67 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
   const fault = (seq: number, id: string | null, problem: string): void => {
     pending ??= { seq, id, problem };
   };
-  for (;;) {
-    const page = await reader.queryAudit({ afterSeq: expect - 1, order: "asc", limit: PAGE });
-    for (const rec of page) {
-      events++;
-      const gap = rec.seq !== expect;
-      if (gap) fault(expect, null, `event ${expect} is missing (the next event found is ${rec.seq}): events were deleted`);
-      if (rec.keyId === null) {
-        if (keyed) fault(rec.seq, rec.id, `event ${rec.seq} is in the old unkeyed format after keyed events: it was rewritten without the audit key`);
-        else if (!gap && !eq(rec.prevHash, prev)) fault(rec.seq, rec.id, `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
-        else if (!hashEventV1(rec).equals(Buffer.from(rec.hash))) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
-      } else {
-        keyed = true;
-        const key = await keys.get(rec.keyId, reader);
-        if (key === null)
-          fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${rec.keyId}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
-        else if (!eventMacValid(rec, key)) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
-        else {
-          const isBreak = rec.type === "audit_break";
-          if (isBreak) {
-            const b = readBreak(rec);
-            const first = pending as AuditFault | null; // set by fault(), which TypeScript does not follow
-            if (first !== null && b.firstBad !== null && first.seq >= b.firstBad) pending = null;
-            breaks.push({
-              seq: rec.seq,
-              time: rec.time,
-              actorId: rec.actorId,
-              reason: rec.reason,
-              found: b.found,
-              unverified: b.firstBad === null ? 0 : Math.max(0, rec.seq - b.firstBad),
-            });
+  /** Reads and checks the events from `expect` to the end of what is stored now. */
+  const walk = async (): Promise<void> => {
+    for (;;) {
+      const page = await reader.queryAudit({ afterSeq: expect - 1, order: "asc", limit: PAGE });
+      for (const rec of page) {
+        events++;
+        const gap = rec.seq !== expect;
+        if (gap) fault(expect, null, `event ${expect} is missing (the next event found is ${rec.seq}): events were deleted`);
+        if (rec.keyId === null) {
+          if (keyed) fault(rec.seq, rec.id, `event ${rec.seq} is in the old unkeyed format after keyed events: it was rewritten without the audit key`);
+          else if (!gap && !eq(rec.prevHash, prev)) fault(rec.seq, rec.id, `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
+          else if (!hashEventV1(rec).equals(Buffer.from(rec.hash))) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
+        } else {
+          keyed = true;
+          const key = await keys.get(rec.keyId, reader);
+          if (key === null)
+            fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${rec.keyId}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
+          else if (!eventMacValid(rec, key)) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
+          else {
+            const isBreak = rec.type === "audit_break";
+            if (isBreak) {
+              const b = readBreak(rec);
+              const first = pending as AuditFault | null; // set by fault(), which TypeScript does not follow
+              if (first !== null && b.firstBad !== null && first.seq >= b.firstBad) pending = null;
+              breaks.push({
+                seq: rec.seq,
+                time: rec.time,
+                actorId: rec.actorId,
+                reason: rec.reason,
+                found: b.found,
+                unverified: b.firstBad === null ? 0 : Math.max(0, rec.seq - b.firstBad),
+              });
+            }
+            // A break must still link to the event it was appended after, as stored now.
+            if ((isBreak || !gap) && !eq(rec.prevHash, prev))
+              fault(rec.seq, rec.id, isBreak
+                ? `event ${rec.seq} (a recovery) does not follow event ${rec.seq - 1}: the event it was appended after was changed or removed since`
+                : `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
           }
-          // A break must still link to the event it was appended after, as stored now.
-          if ((isBreak || !gap) && !eq(rec.prevHash, prev))
-            fault(rec.seq, rec.id, isBreak
-              ? `event ${rec.seq} (a recovery) does not follow event ${rec.seq - 1}: the event it was appended after was changed or removed since`
-              : `event ${rec.seq} does not follow event ${rec.seq - 1}: its previous-hash link is wrong`);
         }
+        prev = rec.hash;
+        last = rec;
+        expect = rec.seq + 1;
       }
-      prev = rec.hash;
-      last = rec;
-      expect = rec.seq + 1;
+      if (page.length < PAGE) break;
     }
-    if (page.length < PAGE) break;
+  };
+  await walk();
+  let cp = await reader.getCheckpoint();
+  // Read outside a transaction (the store itself), a commit made after the events were read has moved
+  // the checkpoint past them (events and checkpoint are written in one commit): read on to it, a few
+  // times, rather than call a busy trail cut. A checkpoint past every event stored is still a cut.
+  for (let round = 0; round < MAX_CATCH_UP && cp !== null && cp.seq > ((last as AuditRecord | null)?.seq ?? 0); round++) {
+    const before = events;
+    await walk();
+    if (events === before) break;
+    cp = await reader.getCheckpoint();
   }
-  const head: AuditHead | null = last === null ? null : { seq: last.seq, hash: last.hash, keyId: last.keyId };
+  const end = last as AuditRecord | null; // set inside walk(), which TypeScript does not follow
+  const head: AuditHead | null = end === null ? null : { seq: end.seq, hash: end.hash, keyId: end.keyId };
   const headSeq = head?.seq ?? 0;
-  const cp = await reader.getCheckpoint();
   const done = (eventFault: AuditFault | null, checkpointFault: AuditFault | null): TrailCheck => {
     const f = eventFault ?? checkpointFault;
     const result: AuditVerifyResult =

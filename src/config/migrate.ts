@@ -2,7 +2,8 @@
  * `lessor migrate`: copies a home's vault from the store its lessor.toml names to another store
  * (SQLite ↔ PostgreSQL), then proves the copy. Steps:
  *
- * 1. Refuse while a daemon serves the home (its socket answers): the copy needs a quiescent source.
+ * 1. Refuse while a daemon serves the home (its socket answers, or it holds the home's lock, which
+ *    migrate then holds until it ends): the copy needs a quiescent source.
  *    Other instances on a shared PostgreSQL source cannot be seen from here; a source that changes
  *    during the copy is caught in step 5.
  * 2. Load the master keys (the same key source the vault opens with) and check the source's audit
@@ -16,7 +17,7 @@
  * The home's lessor.toml is not changed: the report says what to set to switch to the target.
  */
 import { createConnection } from "node:net";
-import { existsSync, statSync } from "node:fs";
+import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
 import { resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 import type { Keyring } from "../crypto/keyring.js";
@@ -24,11 +25,12 @@ import { openValue } from "../crypto/envelope.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { verifyAudit } from "../audit/verify.js";
 import type { Store } from "../vault/ports.js";
-import { assertEmptyStore, copyStore, storeSummary, TABLES, type StoreSummary, type TableCounts } from "../store/copy.js";
+import { assertEmptyStore, copyStore, storeSummary, TABLES, TargetNotEmpty, type StoreSummary, type TableCounts } from "../store/copy.js";
 import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
 import { openPostgresStore } from "../store/postgres/postgres-store.js";
 import { describeTarget } from "../store/postgres/connection.js";
-import { assertPrivateDir } from "../fs/perms.js";
+import { assertFreshSchema } from "../store/postgres/fresh-schema.js";
+import { assertPrivateDir, assertSafeLocation } from "../fs/perms.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { loadConfig } from "./load.js";
 import { DATABASE_URL_ENV, openStore } from "./store-factory.js";
@@ -48,6 +50,12 @@ export interface MigrateOptions {
   spotChecks?: number;
   /** Progress, one short line at a time (never a value or a URL). */
   progress?: (line: string) => void;
+  /**
+   * Takes the home's daemon lock (`lessor.pid`, src/server/lock.ts, which the CLI passes in) for the
+   * whole migration: a daemon still running without its socket file is found, and none can start
+   * during the copy. Throws when a live daemon holds it.
+   */
+  lockHome?: (home: string) => { release(): void };
 }
 
 /** What {@link migrateHome} did and checked. */
@@ -90,13 +98,51 @@ function describeSource(home: string, cfg: Config, env: NodeJS.ProcessEnv): stri
   return cfg.store;
 }
 
-async function openTarget(t: MigrateTarget): Promise<Store> {
-  if (t.kind === "sqlite") {
-    if (existsSync(t.path) && !statSync(t.path).isFile()) throw new VaultError("invalid_request", `the target ${t.path} exists and is not a file`);
-    return openSqliteStore(t.path);
+/**
+ * Makes the SQLite target: a new file of this user's, mode 0600, in a place no other user can swap it
+ * in. A path that exists is refused whatever it is (another user's file, a link, a file with objects
+ * planted in it such as a trigger, another vault), as is a leftover journal of one: migrate never
+ * writes into what it did not create.
+ */
+function createSqliteTarget(path: string): void {
+  assertSafeLocation(path, "the migration target");
+  for (const p of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) {
+    let there = true;
+    try {
+      lstatSync(p);
+    } catch {
+      there = false;
+    }
+    if (there)
+      throw new VaultError(
+        "invalid_request",
+        `the target ${p} exists; lessor migrate writes a new file, never into one that exists (it may be another vault, or hold what someone planted in it): name a path that does not exist yet`,
+      );
   }
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new VaultError("invalid_request", `cannot create the target ${path} (${code}); name a new file in a directory that exists and that you can write`);
+  }
+  try {
+    fchmodSync(fd, 0o600); // the umask may have widened or narrowed the mode
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Opens the target store, made new for this copy; `describe`: where it really is, for the report. */
+async function openTarget(t: MigrateTarget, describe: string): Promise<{ store: Store; describe: string }> {
+  if (t.kind === "sqlite") {
+    createSqliteTarget(t.path);
+    return { store: openSqliteStore(t.path), describe };
+  }
+  const place = await assertFreshSchema(t.url);
   // No LISTEN: the migration neither needs nor should hold the change feed's connection.
-  return openPostgresStore({ url: t.url, feed: { listen: false, pollMs: 600_000 } });
+  const store = await openPostgresStore({ url: t.url, feed: { listen: false, pollMs: 600_000 } });
+  return { store, describe: `postgres ${place.where} (schema ${place.schema})` };
 }
 
 function diff(a: StoreSummary, b: StoreSummary): string[] {
@@ -148,7 +194,24 @@ export async function migrateHome(opts: MigrateOptions): Promise<MigrateReport> 
   if (opts.target.kind === "sqlite" && cfg.store === "sqlite" && resolve(opts.target.path) === resolve(inHome(home, HOME_FILES.database)))
     throw new VaultError("invalid_request", `the target ${opts.target.path} is this home's own database; name another file`);
   await assertNoDaemon(home, cfg);
+  let lock: { release(): void } | null = null;
+  if (opts.lockHome !== undefined) {
+    try {
+      lock = opts.lockHome(home);
+    } catch (e) {
+      if (!(e instanceof VaultError)) throw e;
+      throw new VaultError("unavailable", `${e.message}; stop it (and every other instance sharing its database) before lessor migrate, which copies a vault that nothing is writing to`);
+    }
+  }
+  try {
+    return await migrateLocked(opts, home, cfg, env, source, target, started, say);
+  } finally {
+    lock?.release();
+  }
+}
 
+async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, env: NodeJS.ProcessEnv, source: string, target0: string, started: number, say: (line: string) => void): Promise<MigrateReport> {
+  let target = target0;
   const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
   const keyring = await keys.load();
 
@@ -163,12 +226,15 @@ export async function migrateHome(opts: MigrateOptions): Promise<MigrateReport> 
       );
     say(`reading ${source}`);
     const before = await storeSummary(src);
-    dst = await openTarget(opts.target);
+    const opened = await openTarget(opts.target, target);
+    dst = opened.store;
+    target = opened.describe;
     await assertEmptyStore(dst, target);
     say(`copying to ${target}`);
     try {
-      await copyStore(src, dst, { onBatch: (table, n) => say(`  ${table}: ${n}`) });
+      await copyStore(src, dst, { describe: target, onBatch: (table, n) => say(`  ${table}: ${n}`) });
     } catch (e) {
+      if (e instanceof TargetNotEmpty) throw e; // nothing of this copy was written
       const why = e instanceof VaultError ? e.message : `an unexpected ${e instanceof Error ? e.name : "error"}`;
       throw new VaultError(
         e instanceof VaultError ? e.code : "internal",

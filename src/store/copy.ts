@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { VaultError } from "../base/errors.js";
 import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../base/types.js";
-import type { Store, StoreTx } from "../vault/ports.js";
+import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
 
 /** Rows per table (`checkpoint`: 0 or 1). */
 export interface TableCounts {
@@ -47,6 +47,8 @@ export interface CopyOptions {
   batchSecrets?: number;
   /** Called after each committed batch (progress output). */
   onBatch?: (table: keyof TableCounts, copied: number) => void;
+  /** The target in messages (default "the target store"). */
+  describe?: string;
 }
 
 /** The audit page size: the most rows a store's queryAudit returns at once. */
@@ -134,26 +136,32 @@ function sortById<T extends { id: string }>(rows: T[]): T[] {
  * a migration never merges into, or overwrites, another vault.
  */
 export async function assertEmptyStore(target: Store, describe: string): Promise<void> {
-  const [secrets, leases, tokens, head, cp, meta] = await Promise.all([
-    target.listSecrets({}),
-    target.listLeases({ limit: 1 }),
-    target.listTokens(),
-    target.auditHead(),
-    target.getCheckpoint(),
-    target.listMeta(),
-  ]);
+  const found = await heldBy(target);
+  const meta = await target.listMeta();
+  if (meta.length > 0) found.push(`${meta.length} metadata entr${meta.length === 1 ? "y" : "ies"}`);
+  if (found.length > 0) throw new TargetNotEmpty(describe, found);
+}
+
+/** What `r` holds of a vault, in words (metadata aside: a transaction cannot list it); empty when nothing. */
+async function heldBy(r: StoreReader): Promise<string[]> {
+  const [secrets, leases, tokens, head, cp] = await Promise.all([r.listSecrets({}), r.listLeases({ limit: 1 }), r.listTokens(), r.auditHead(), r.getCheckpoint()]);
   const found: string[] = [];
   if (secrets.length > 0) found.push(`${secrets.length} secret(s)`);
   if (leases.length > 0) found.push("leases");
   if (tokens.length > 0) found.push(`${tokens.length} token(s)`);
   if (head !== null) found.push(`${head.seq} audit event(s)`);
   if (cp !== null) found.push("an audit checkpoint");
-  if (meta.length > 0) found.push(`${meta.length} metadata entr${meta.length === 1 ? "y" : "ies"}`);
-  if (found.length > 0)
-    throw new VaultError(
+  return found;
+}
+
+/** The refusal of a target that holds something: nothing of this copy was written into it. */
+export class TargetNotEmpty extends VaultError {
+  constructor(describe: string, found: string[]) {
+    super(
       "invalid_request",
       `the target ${describe} is not empty (it holds ${found.join(", ")}); lessor migrate copies only into an empty store, never over another vault. Use a new database, schema or file (or empty this one yourself if it is a failed earlier migration)`,
     );
+  }
 }
 
 /**
@@ -166,7 +174,19 @@ export async function copyStore(source: Store, target: Store, opts: CopyOptions 
   const rows = Math.max(1, opts.batchRows ?? 1000);
   const perSecrets = Math.max(1, opts.batchSecrets ?? 100);
   const counts: TableCounts = { secrets: 0, versions: 0, leases: 0, tokens: 0, meta: 0, audit: 0, checkpoint: 0 };
-  const write = (f: (tx: StoreTx) => Promise<void>) => target.transaction(f);
+  // The first write checks, in its own transaction (under the store's write lock), that the target
+  // is still empty: another migration that passed the same check meanwhile cannot merge into this one.
+  let claimed = false;
+  const write = async (f: (tx: StoreTx) => Promise<void>): Promise<void> => {
+    await target.transaction(async (tx) => {
+      if (!claimed) {
+        const found = await heldBy(tx);
+        if (found.length > 0) throw new TargetNotEmpty(opts.describe ?? "store", found);
+      }
+      await f(tx);
+    });
+    claimed = true;
+  };
 
   for (const group of chunks(await source.listSecrets({}), perSecrets)) {
     // Read the group's versions first: the target transaction must only talk to its tx.

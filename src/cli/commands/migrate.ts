@@ -24,16 +24,18 @@ export function registerMigrate(program: Command, cli: Cli): void {
     )
     .action((o: { to?: string; toFile?: string; json?: boolean }) =>
       cli.run(async () => {
-        const [{ migrateHome }, { resolveMigrateTarget }, { terminalPassphrase }] = await Promise.all([
+        const [{ migrateHome }, { resolveMigrateTarget }, { terminalPassphrase }, { acquireDaemonLock }] = await Promise.all([
           import("../../config/migrate.js"),
           import("../../config/migrate-target.js"),
           import("../passphrase.js"),
+          import("../../server/lock.js"),
         ]);
         const target = resolveMigrateTarget({ to: o.to, toFile: o.toFile, env: process.env });
         const report = await migrateHome({
           ...(cli.home ? { home: cli.home } : {}),
           env: process.env,
           target,
+          lockHome: acquireDaemonLock,
           getPassphrase: (about) => terminalPassphrase(process.env)(about),
           ...(o.json ? {} : { progress: (line: string) => cli.err(line) }),
         });

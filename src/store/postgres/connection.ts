@@ -36,8 +36,9 @@ export function redactUrl(raw: string): string {
 export function describeTarget(raw: string): string {
   try {
     const u = new URL(raw);
-    const host = u.hostname !== "" ? u.hostname : (u.searchParams.get("host") ?? "localhost");
-    const port = u.port !== "" ? u.port : "5432";
+    // node-postgres takes ?host= and ?port= over the URL's own parts: so does this.
+    const host = u.searchParams.get("host") ?? (u.hostname !== "" ? u.hostname : "localhost");
+    const port = u.searchParams.get("port") ?? (u.port !== "" ? u.port : "5432");
     const db = decodeURIComponent(u.pathname.replace(/^\//, "")) || "(default database)";
     return `${host}:${port}/${db}`;
   } catch {
