@@ -322,6 +322,11 @@ if (mode === "reject-value") Promise.reject(v);
       [0, 0],
       `pieces of the value's base64 still in the socket's read buffers after wipe(): ${JSON.stringify(leftover)}`,
     );
+    // A token's secret (token_create's answer, shown once) is not left in the read buffers either.
+    chunks.length = 0;
+    const made = await c.createToken({ name: "frame-check", role: "agent", agent: "claude" });
+    const secret = made.token.split("_").slice(2).join("_");
+    assert.ok(!chunks.map((ch) => ch.toString("latin1")).join("\u0000").includes(secret), "the token's secret is still in the socket's read buffer");
   });
 
   test("a text value UTF-8 cannot hold (a lone surrogate) is refused, never stored altered, through the client and the daemon", async () => {

@@ -263,7 +263,8 @@ export class ClientEngine {
     if (msg.ok) {
       if (!("result" in msg)) return this.#malformed(stream);
       const r = msg.result;
-      if (typeof r === "object" && r !== null && typeof r.value === "string") body.fill(0);
+      // A value, or a token's secret (token_create): the frame that carried it is zeroed too.
+      if (typeof r === "object" && r !== null && (typeof r.value === "string" || typeof r.token === "string")) body.fill(0);
     } else if (!isWireErrorShape(msg.error)) return this.#malformed(stream);
     if (msg.id === null) {
       const e = toVaultError(msg.error);
