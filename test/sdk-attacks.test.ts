@@ -21,7 +21,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { format, inspect } from "node:util";
-import { CredentialProvider, LessorClient } from "../src/client/index.js";
+import { CredentialProvider, LeasedCredential, LessorClient } from "../src/client/index.js";
 import { netTransport } from "../src/client/transport.js";
 import { ERROR_CODES, VaultError } from "../src/base/errors.js";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
@@ -460,6 +460,24 @@ if (mode === "reject-value") Promise.reject(v);
     assert.equal((await racing).code, "lease_revoked");
     assert.ok((await rig.admin.listLeases({ agent: "claude" })).find((l) => l.id === cred3.lease.id)!.revokedAt !== null);
     assert.match(inspect(cred3), /released/);
+
+    // revoke() on a lease that already expired: whatever the daemon answers, the credential counts as released.
+    const cred4 = await provider.lease("canary", { domains: [DOMAIN], maxUses: 10, ttl: "1s" });
+    await sleep(1100);
+    const revoked = await cred4.revoke().then(
+      () => "resolved",
+      (e: unknown) => (e instanceof VaultError ? e.code : String(e)),
+    );
+    assert.ok(["resolved", "lease_expired"].includes(revoked), revoked);
+    assert.equal(cred4.released, true);
+    // A lease the daemon no longer knows (collected, or never its own): revoke() says so, and the credential counts as released.
+    const ghost = new LeasedCredential(claude, { ...cred4.lease, id: "01890a5d-ac96-774b-bcce-b302099a8057" });
+    assert.equal((await vaultError(ghost.revoke(), "revoke() of an unknown lease")).code, "lease_not_found");
+    assert.equal(ghost.released, true);
+    const before = (await rig.admin.auditQuery({ leaseId: cred4.lease.id, limit: 1000 })).length;
+    assert.equal((await vaultError(cred4.value({ domain: DOMAIN }), "value() after a failed revoke")).code, "lease_revoked");
+    await sleep(100);
+    assert.equal((await rig.admin.auditQuery({ leaseId: cred4.lease.id, limit: 1000 })).length, before, "value() did not go to the daemon");
   });
 
   test("the SDK's convenience methods refuse a missing or misnamed secret with a VaultError (invalid_request), never a TypeError", async () => {
@@ -772,6 +790,24 @@ domains = ["${DOMAIN}"]
     return h;
   }
   const who = (agent: string, id = `embedded:${agent}`): Identity => ({ id, role: "agent", agent, transport: "embedded" });
+
+  test("a closed vault answers nothing: status, describe, explain, whoami and listGranted are refused (unavailable), as every other call", async () => {
+    const vault = await openVault({ home: await home() });
+    const admin = vault.admin();
+    const claude = vault.session(who("claude"));
+    await vault.close();
+    const calls: Record<string, () => Promise<unknown>> = {
+      status: () => admin.status(),
+      describe: () => admin.describe(),
+      explain: () => admin.explain("claude", { scope: "global", name: "tok" }, DOMAIN),
+      whoami: () => claude.whoami(),
+      listGranted: () => claude.listGranted(),
+      listSecrets: () => admin.listSecrets(),
+    };
+    const got: Record<string, string> = {};
+    for (const [k, f] of Object.entries(calls)) got[k] = await outcome(f);
+    assert.deepEqual(got, Object.fromEntries(Object.keys(calls).map((k) => [k, "unavailable"])));
+  });
 
   test("an agent session reads only through its own live leases: another agent's lease, another domain, another agent's name, a secret it is not granted, an exhausted, expired, revoked or unknown lease are each refused with their documented code, never with the value", async () => {
     const clk = clock(Date.now());

@@ -98,9 +98,18 @@ export class LeasedCredential {
     return r.value;
   }
 
-  /** Revokes the lease at the daemon (every error surfaces). Values already handed out stay readable until disposal. */
+  /**
+   * Revokes the lease at the daemon (every error surfaces). A lease that was already revoked, expired
+   * or gone counts as released too, so `value()` no longer asks for it. Values already handed out stay
+   * readable until disposal.
+   */
   async revoke(reason?: string): Promise<void> {
-    await this.#client.revokeLease(this.#lease.id, reason);
+    try {
+      await this.#client.revokeLease(this.#lease.id, reason);
+    } catch (e) {
+      if (e instanceof VaultError && ALREADY_OVER.has(e.code)) this.#released = true;
+      throw e;
+    }
     this.#released = true;
   }
 

@@ -577,14 +577,16 @@ export class VaultSession {
    * answered (a broken policy answers deny, with the load error). Admin or orchestrator; an agent for
    * itself only, narrowed to the rules that name it (src/vault/own-access.ts).
    */
-  explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
+  async explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
+    this.#open();
     return ownAccess.explainAccess(this.#ctx, this.identity, agent, secret, domain);
   }
   /**
    * The secrets an agent's grants cover (name, kind, description, granting rule; never a value). Any
    * role: an agent for itself only, an orchestrator for the agents it acts for. See src/vault/own-access.ts.
    */
-  listGranted(filter?: ownAccess.GrantedFilter): Promise<ownAccess.GrantedSecret[]> {
+  async listGranted(filter?: ownAccess.GrantedFilter): Promise<ownAccess.GrantedSecret[]> {
+    this.#open();
     return ownAccess.listGranted(this.#ctx, this.identity, filter);
   }
   /** Rotates the master key, re-wrapping every DEK. Admin. */
@@ -604,7 +606,8 @@ export class VaultSession {
     return tokens.revokeToken(this.#ctx, this.identity, id);
   }
   /** Who this session acts as, and for a token identity the token's name, id and expiry. Any role. */
-  whoami(): Promise<Whoami> {
+  async whoami(): Promise<Whoami> {
+    this.#open();
     return whoami(this.#ctx, this.identity);
   }
   /** Deletes long-expired leases. Admin. */
@@ -620,6 +623,7 @@ export class VaultSession {
    * policy stamp are read at most a second ago likewise. Any role.
    */
   async status(): Promise<VaultHealth> {
+    this.#open();
     const ctx = this.#ctx;
     const auditHead = await this.#auditHead();
     const killswitch = (await killswitchState(ctx)).engaged;
@@ -635,6 +639,7 @@ export class VaultSession {
    * learns nothing about the owner's files from it.
    */
   async describe(): Promise<VaultStatus> {
+    this.#open();
     const ctx = this.#ctx;
     const auditHead = await this.#auditHead();
     const killswitch = await killswitchState(ctx);
@@ -671,6 +676,11 @@ export class VaultSession {
       sawAuditHead(ctx, head);
     }
     return head;
+  }
+
+  /** Refuses once the vault is closed: its keys are wiped, and what it would report is no longer kept. */
+  #open(): void {
+    if (this.#ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
   }
 
   async #requireAdmin(what: string): Promise<void> {
