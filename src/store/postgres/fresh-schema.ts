@@ -43,7 +43,9 @@ export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   }
   if (row.schema === null)
     throw new VaultError("invalid_request", `no schema named in the target's search_path exists at ${describeTarget(url)}; create the schema (owned by the role lessor connects as) first`);
-  const where = `${(row.addr ?? "").replace(/\/\d+$/, "") || describeTarget(url).split(":")[0]}:${row.port}/${row.db}`;
+  const addr = (row.addr ?? "").replace(/\/\d+$/, "");
+  const host = addr === "" ? describeTarget(url).split(":")[0] : addr.includes(":") ? `[${addr}]` : addr;
+  const where = `${host}:${row.port}/${row.db}`;
   if (row.owned !== true)
     throw new VaultError(
       "invalid_request",
