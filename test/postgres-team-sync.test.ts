@@ -9,13 +9,13 @@
  * - a B whose policy.toml is not the policy in force grants nothing (naming both digests and the
  *   fix), while revoke, killswitch, audit and status keep working on it; once its file matches and A
  *   reloads, B grants again within a second; a fixed file alone is picked up too;
- * - a B started with laxer `[vault]` limits than those in force (a higher per-agent lease cap) grants
- *   nothing either, naming the limit, until a reload on B puts B's limits in force everywhere (then A,
- *   with the old ones, grants nothing).
+ * - a daemon that starts puts its `[vault]` grant limits in force (audited as limits_pinned); an
+ *   instance on other limits grants nothing, naming the limit, until restarted with them; an embedded
+ *   lessor command never changes them; one instance restarted with a changed limit applies it.
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -256,35 +256,72 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     assert.equal(s.policy.stale?.stored, digestB);
   });
 
-  test("B started with a laxer per-agent lease cap than the one in force grants nothing, naming the limit; a reload on B puts B's limits in force and A then grants nothing", async () => {
-    // A opened first, so its cap of 2 is pinned with the policy; B's lessor.toml says 50.
-    const { a, b, adminA, adminB, homeB } = await team({ keys: "shared", vault: "max_live_leases_per_agent = 2", vaultB: "max_live_leases_per_agent = 50" });
+  test("B started with other [vault] limits puts them in force (audited); A, on the old ones, grants nothing, naming the limit, until restarted with them; an embedded lessor command never changes them", async () => {
+    // A opened first (cap 2); B's lessor.toml says 50, and B started after A.
+    const { a, b, adminA, adminB, homeA, homeB } = await team({ keys: "shared", vault: "max_live_leases_per_agent = 2", vaultB: "max_live_leases_per_agent = 50" });
     const onA = await agentOn(a, adminA);
     const onB = await agentOn(b, adminB);
-    // Through B, the agent would hold more than 2 live leases: refused instead, naming the limit and not its value.
-    const refused = await onB.requestLease(GH).then(
+    // Through A, the agent would be held to a cap that is no longer the one in force: refused, naming the limit and not a value.
+    const refused = await onA.requestLease(GH).then(
       () => null,
       (e: Coded) => e,
     );
     assert.equal(refused?.code, "unavailable");
     assert.match(refused!.message, /\[vault\] limits in lessor\.toml \(max_live_leases_per_agent\) are not the ones in force/);
-    assert.doesNotMatch(refused!.message, /\b50\b/);
-    const sB = await adminB.describe();
-    assert.deepEqual(sB.policy.stale?.limits, ["max_live_leases_per_agent"]);
-    assert.equal(sB.policy.stale?.stored, sB.policy.digest, "the policy itself is the one in force");
-    assert.match(b.stderr(), /\[vault\] limits in lessor\.toml differ from the ones in force/);
-    const cli = (...args: string[]) => execFileSync(process.execPath, ["--import", "tsx", CLI, "--home", homeB, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: "utf8" });
-    assert.match(cli("status"), /STALE LIMITS, every lease is denied here: this instance's \[vault\] limits \(max_live_leases_per_agent\)/);
-    // A applies the cap in force: two live leases, then rate_limited.
+    assert.doesNotMatch(refused!.message, /\b(2|50)\b/);
+    const sA = await adminA.describe();
+    assert.deepEqual(sA.policy.stale?.limits, ["max_live_leases_per_agent"]);
+    assert.equal(sA.policy.stale?.stored, sA.policy.digest, "the policy itself is the one in force");
+    await within(2000, "A's log saying so", async () => /\[vault\] limits in lessor\.toml differ from the ones in force/.test(a.stderr()));
+    const cli = (home: string, ...args: string[]) => execFileSync(process.execPath, ["--import", "tsx", CLI, "--home", home, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: "utf8" });
+    assert.match(cli(homeA, "status"), /STALE LIMITS, every lease is denied here: this instance's \[vault\] limits \(max_live_leases_per_agent\)/);
+    // B grants under the limits in force (more than 2 live leases), and its start is in the trail.
+    for (let i = 0; i < 3; i++) await onB.requestLease(GH);
+    assert.equal((await adminB.describe()).policy.stale, undefined);
+    const pinned = await adminB.auditQuery({ types: ["limits_pinned"] });
+    assert.equal(pinned.length, 1);
+    assert.match(String(pinned[0]!.detail?.["previous"]), /max_live_leases_per_agent=2\b/);
+    assert.match(String(pinned[0]!.detail?.["limits"]), /max_live_leases_per_agent=50\b/);
+    assert.equal(pinned[0]!.detail?.["changed"], "max_live_leases_per_agent");
+    // An embedded lessor command with yet other limits (a stale lessor.toml on an admin's laptop) changes nothing for the daemons.
+    const homeC = join(mkdtempSync(join(tmpdir(), "lessor-c-")), "home");
+    cpSync(homeB, homeC, { recursive: true, filter: (src) => !/lessor\.(sock|pid)$/.test(src) });
+    writeFileSync(join(homeC, "lessor.toml"), readFileSync(join(homeB, "lessor.toml"), "utf8").replace("max_live_leases_per_agent = 50", "max_live_leases_per_agent = 7"), { mode: 0o600 });
+    const embedded = await openVault({ home: homeC, env: { LESSOR_HOME: homeC } });
+    try {
+      await assert.rejects(embedded.session({ id: "embedded:claude", role: "agent", agent: "claude", transport: "embedded" }).requestLease(GH), (e: Coded) => e.code === "unavailable");
+    } finally {
+      await embedded.close();
+    }
+    await onB.requestLease(GH);
+    assert.equal((await adminB.auditQuery({ types: ["limits_pinned"] })).length, 1);
+    // A restarted with B's limits grants again.
+    writeFileSync(join(homeA, "lessor.toml"), readFileSync(join(homeB, "lessor.toml"), "utf8"), { mode: 0o600 });
+    await a.stop();
+    const a2 = await startServe(homeA);
+    cleanups.push(() => a2.stop());
+    const adminA2 = await LessorClient.connect({ socketPath: a2.socket });
+    cleanups.push(() => adminA2.close());
+    const onA2 = await agentOn(a2, adminA2);
+    await onA2.requestLease(GH);
+    assert.equal((await adminA2.describe()).policy.stale, undefined);
+  });
+
+  test("one instance restarted with a changed [vault] limit applies it: no reload needed", async () => {
+    const { a, b, adminA, homeA } = await team({ keys: "shared", vault: "max_live_leases_per_agent = 2" });
+    await b.stop();
+    const onA = await agentOn(a, adminA);
     await onA.requestLease(GH);
     await onA.requestLease(GH);
     await assert.rejects(onA.requestLease(GH), (e: Coded) => e.code === "rate_limited");
-    assert.equal((await adminA.describe()).policy.stale, undefined);
-    // A reload on B pins B's limits: B grants (its cap of 50 now counts the 2 live leases), and A, still at 2, refuses.
-    await adminB.reloadPolicy();
-    assert.equal((await adminB.describe()).policy.stale, undefined);
-    await onB.requestLease(GH);
-    await within(1000, "A refusing under the limits B put in force", async () => !(await works(() => onA.requestLease(GH))));
-    assert.deepEqual((await adminA.describe()).policy.stale?.limits, ["max_live_leases_per_agent"]);
+    writeFileSync(join(homeA, "lessor.toml"), readFileSync(join(homeA, "lessor.toml"), "utf8").replace("max_live_leases_per_agent = 2", "max_live_leases_per_agent = 3"), { mode: 0o600 });
+    await a.stop();
+    const a2 = await startServe(homeA);
+    cleanups.push(() => a2.stop());
+    const admin2 = await LessorClient.connect({ socketPath: a2.socket });
+    cleanups.push(() => admin2.close());
+    const on2 = await agentOn(a2, admin2);
+    await on2.requestLease(GH);
+    await assert.rejects(on2.requestLease(GH), (e: Coded) => e.code === "rate_limited");
   });
 });

@@ -114,6 +114,7 @@ export const AUDIT_TYPES = [
   "secret_deleted",
   "secret_revealed",
   "policy_reloaded",
+  "limits_pinned",
   "key_rotation_started",
   "key_rotated",
   "auth_failed",

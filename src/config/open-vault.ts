@@ -39,6 +39,8 @@ export interface OpenVaultOptions {
   now?: VaultOptions["now"];
   /** @internal initHome: the SQLite database may be made (see StoreSettings.create). */
   create?: boolean;
+  /** Passed through to Vault.open: a daemon starting puts its [vault] limits in force on a shared store. */
+  claimLimits?: VaultOptions["claimLimits"];
 }
 
 function readPolicyText(path: string): string {
@@ -119,6 +121,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
       cipher: cfg.cipher,
       limits: cfg.limits,
       ...(opts.now ? { now: opts.now } : {}),
+      ...(opts.claimLimits ? { claimLimits: opts.claimLimits } : {}),
       // [[rotate]] commands run in the home, with a minimal environment taken from this one.
       ...(cfg.rotate.length > 0 ? { rotationHooks: commandRotationHooks(cfg.rotate, { cwd: home, env }) } : {}),
     });

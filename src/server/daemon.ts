@@ -82,7 +82,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       ...(opts.peercredAddonPath !== undefined ? { addonPath: opts.peercredAddonPath } : {}),
     });
     if (trust.warning !== null) log.warn({ ownerWithoutPeerCred: true }, trust.warning);
-    const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
+    // A daemon that starts puts its [vault] limits in force on a shared store (docs/team.md).
+    const claimLimits = { id: `uid:${process.getuid?.() ?? 0}`, role: "admin" as const, transport: "serve" };
+    const vault = await openVault({ home, env, claimLimits, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
     cleanups.push(() => vault.close());
     // The vault refuses audited writes once it finds the audit trail cut or altered; say so loudly, once per problem.
     const offAudit = vault.onSignal((sig) => {
@@ -97,7 +99,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       else if (sig.type === "policy_stale" && sig.local === sig.stored)
         log.error(
           { limits: sig.limits },
-          "this instance's [vault] limits in lessor.toml differ from the ones in force on the shared database: it grants nothing until they match; give it the same [vault] section as the other instances and restart it, or run lessor policy reload here to put its own limits in force everywhere",
+          "this instance's [vault] limits in lessor.toml differ from the ones in force on the shared database (another instance started or reloaded since with other limits): it grants nothing until they match; give it the same [vault] section as the instance in force and restart it",
         );
       else if (sig.type === "policy_stale")
         log.error(

@@ -1,4 +1,5 @@
 /** The vault's size and count limits, with their defaults (set in lessor.toml [vault]). */
+import { VaultError } from "../base/errors.js";
 
 /** Limits with their defaults (lessor.toml [vault]). */
 export interface Limits {
@@ -38,42 +39,64 @@ export const DEFAULT_LIMITS: Limits = {
 };
 
 
-/** The name each limit has in lessor.toml's `[vault]` section (auth_failure_window only an embedding program sets). */
-const LIMIT_NAMES: Record<keyof Limits, string> = {
-  maxSecretBytes: "max_secret_bytes",
+/**
+ * The limits a grant (or an access, a renewal, an approval) decides by, pinned beside the policy on a
+ * store several instances share (src/vault/policy-sync.ts), by the name each has in lessor.toml's
+ * `[vault]` section. The others (value size, versions kept, retention, the refusal window) change what
+ * an admin's writes or the trail's housekeeping do, never what an agent is granted.
+ */
+const PINNED: Partial<Record<keyof Limits, string>> = {
   maxLiveLeasesPerAgent: "max_live_leases_per_agent",
-  keepVersions: "keep_versions",
-  leaseRetentionMs: "lease_retention",
-  authFailureWindowMs: "auth_failure_window",
   approvalWaitMs: "approval_wait",
   approvalUseMs: "approval_use",
   heartbeatMs: "heartbeat",
 };
 
+/**
+ * Throws VaultError("invalid_request") unless every limit is a whole number from 1 (the heartbeat may
+ * be null: off). lessor.toml's parser already holds them to this; a program embedding the vault is
+ * held to it here.
+ */
+export function checkLimits(limits: Limits): void {
+  for (const [k, v] of Object.entries(limits) as [keyof Limits, unknown][]) {
+    if (k === "heartbeatMs" && v === null) continue;
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) throw new VaultError("invalid_request", `the vault limit ${k} must be a whole number from 1, not ${String(v)}`);
+  }
+}
+
 const texts = new WeakMap<Limits, string>();
 
 /**
- * The limits as one line of `name=value` pairs in a fixed order (durations in ms, `off` for no
- * heartbeat): what a store shared by several instances pins beside the policy digest
- * (src/vault/policy-sync.ts), so that every instance grants under the same limits. Computed once per
- * limits object: do not change a Limits after a vault opened with it.
+ * The pinned limits as one line of `name=value` pairs in a fixed order (durations in ms, `off` for no
+ * heartbeat): what a shared store holds beside the policy digest, so that every instance grants under
+ * the same limits. Computed once per limits object: do not change a Limits after a vault opened with it.
  */
 export function limitsText(limits: Limits): string {
   let t = texts.get(limits);
   if (t === undefined) {
-    t = (Object.keys(LIMIT_NAMES) as (keyof Limits)[]).map((k) => `${LIMIT_NAMES[k]}=${limits[k] ?? "off"}`).join(" ");
+    t = (Object.keys(PINNED) as (keyof Limits)[]).map((k) => `${PINNED[k]}=${limits[k] ?? "off"}`).join(" ");
     texts.set(limits, t);
   }
   return t;
 }
 
 /**
- * The names of the limits whose values differ between two {@link limitsText} lines, in this
- * vault's order; a name present in only one of them counts as differing (a newer lessor's limit).
+ * The names of the limits whose values differ between two {@link limitsText} lines; a name present in
+ * only one of them counts as differing (a newer lessor's limit), and a line that is not pairs at all
+ * (a damaged stamp) differs in every limit.
  */
 export function differingLimits(a: string, b: string): string[] {
-  const pairs = (t: string): Map<string, string> => new Map(t.split(" ").map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
+  const pairs = (t: string): Map<string, string> | null => {
+    const m = new Map<string, string>();
+    for (const p of t.split(" ")) {
+      const eq = p.indexOf("=");
+      if (eq <= 0) return null;
+      m.set(p.slice(0, eq), p.slice(eq + 1));
+    }
+    return m;
+  };
   const x = pairs(a);
   const y = pairs(b);
-  return [...new Set([...x.keys(), ...y.keys()])].filter((k) => k !== "" && x.get(k) !== y.get(k));
+  if (x === null || y === null) return Object.values(PINNED) as string[];
+  return [...new Set([...x.keys(), ...y.keys()])].filter((k) => x.get(k) !== y.get(k));
 }

@@ -11,11 +11,12 @@
  * {@link POLICY_RETRY_MS}): when the file is the stamped policy, it is put in force and the request
  * goes on. Otherwise the request is refused with `unavailable`, naming both digests and the fix (copy
  * the policy in force to this instance, or reload this instance's own to put it in force everywhere).
- * The stamp pins the `[vault]` limits too ({@link limitsText}: the per-agent lease cap, approval
- * times, the heartbeat, …), written with the digest by every reload and by the first instance to open:
- * an instance started with other limits grants nothing either, until it is restarted with the limits
- * in force or a reload on it puts its own in force everywhere (limits are read at start, so there is
- * no catching up). Otherwise an agent that can reach several instances would get the laxest limits.
+ * The stamp pins the `[vault]` limits grants decide by too ({@link limitsText}: the per-agent lease
+ * cap, the approval times, the heartbeat), written with the digest by every reload, by the first
+ * instance to open, and by every daemon that starts ({@link openPolicyStamp}): an instance on other
+ * limits grants nothing either, until it is restarted with the limits in force (limits are read at
+ * start, so there is no catching up). Otherwise an agent that can reach several instances would get
+ * the laxest limits.
  * Brakes (revoke, killswitch, token revocation), audit and status never read the stamp: they keep
  * working on a stale instance. `status` and `policy explain` report the staleness
  * (the `stale` field of the policy version). Stores one process owns (memory, SQLite) have no stamp check: there
@@ -23,8 +24,9 @@
  */
 import { VaultError } from "../base/errors.js";
 import { markBehind } from "./behind.js";
-import type { StoreReader } from "./ports.js";
-import type { VaultContext } from "./context.js";
+import type { StoreReader, StoreTx } from "./ports.js";
+import { commit, type AuditFn, type VaultContext } from "./context.js";
+import type { Identity } from "../base/types.js";
 import { installPolicy, loadOrBroken, notePolicyStamp, policyStaleness } from "./policy-state.js";
 import { differingLimits, limitsText } from "./limits.js";
 
@@ -148,7 +150,7 @@ function limitsError(names: string[]): VaultError {
   // Names only: agents read this message, and the values are the admin's business (`lessor status` on the instance).
   return new VaultError(
     "unavailable",
-    `this lessor instance's [vault] limits in lessor.toml (${names.join(", ")}) are not the ones in force on the shared database, so this instance grants nothing until they match: give it the same [vault] section as the other instances and restart it, or run lessor policy reload on this instance to put its own limits in force on every instance`,
+    `this lessor instance's [vault] limits in lessor.toml (${names.join(", ")}) are not the ones in force on the shared database (another instance started or reloaded since with other limits), so this instance grants nothing until they match: give it the same [vault] section as the instance in force and restart it (a daemon that starts puts its own limits in force on every instance)`,
   );
 }
 
@@ -229,22 +231,41 @@ export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
  * When a vault opens on a shared store: reads the stamp and records it (for `stale` in the policy
  * version), raising nothing yet. A store that has no stamp (no reload ever ran) gets this vault's
  * policy and limits stamped as the ones in force (unless the policy is broken), so that an instance
- * started later with another file or other limits is stale rather than silently different: the first
- * to open wins. A stamp of this same policy written before limits were pinned gets this vault's
- * limits. Not audited (no policy file was reloaded; the store only learns which one is in force).
+ * started later with another file is stale rather than silently different: the first to open wins.
+ * Not audited (no policy file was reloaded; the store only learns which one is in force).
+ *
+ * With `claimLimits` (a daemon starting, `lessor serve`), this vault's `[vault]` limits are put in
+ * force if they are not the pinned ones, audited as `limits_pinned`: a restart with a changed
+ * lessor.toml applies it, and every instance still on other limits grants nothing until it is
+ * restarted with these. Without it (an embedded lessor command) the stamp's limits are left as they
+ * are, except that a stamp of this same policy written before limits were pinned gets this vault's.
+ * A trail that refuses writes leaves the limits unclaimed (this instance is then the stale one).
  */
-export async function openPolicyStamp(ctx: VaultContext): Promise<void> {
+export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity | null = null): Promise<void> {
   if (!shared(ctx)) return;
-  const unpinned = (s: PolicyStamp | null): boolean => s === null || (s.limits === undefined && s.digest === ctx.policy.digest);
+  const mine = limitsText(ctx.limits);
+  const needs = (s: PolicyStamp | null): boolean =>
+    s === null
+      ? ctx.policy.error === undefined && ctx.policy.digest !== ""
+      : s.limits !== mine && (claimLimits !== null || (s.limits === undefined && s.digest === ctx.policy.digest));
   let stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META));
-  if (unpinned(stamp) && ctx.policy.error === undefined && ctx.policy.digest !== "") {
-    stamp = await ctx.store.transaction(async (tx) => {
-      const now = parsePolicyStamp(await tx.getMeta(POLICY_META));
-      if (!unpinned(now)) return now;
-      const mine: PolicyStamp = { digest: ctx.policy.digest, state: "ok", at: now?.at ?? ctx.now(), by: now?.by ?? FIRST_OPEN, limits: limitsText(ctx.limits) };
-      await tx.setMeta(POLICY_META, formatPolicyStamp(mine));
-      return mine;
-    });
+  if (needs(stamp)) {
+    const write = async (tx: StoreTx, audit: AuditFn | null, now: number): Promise<PolicyStamp | null> => {
+      const was = parsePolicyStamp(await tx.getMeta(POLICY_META));
+      if (!needs(was)) return was;
+      const next: PolicyStamp = was === null ? { digest: ctx.policy.digest, state: "ok", at: now, by: FIRST_OPEN, limits: mine } : { ...was, limits: mine };
+      await tx.setMeta(POLICY_META, formatPolicyStamp(next));
+      if (audit !== null && was !== null && was.limits !== undefined)
+        await audit({ type: "limits_pinned", actor: claimLimits!, outcome: "ok", detail: { limits: mine, previous: was.limits, changed: differingLimits(mine, was.limits).join(",") } });
+      return next;
+    };
+    if (claimLimits === null) stamp = await ctx.store.transaction((tx) => write(tx, null, ctx.now()));
+    else
+      try {
+        stamp = await commit(ctx, (tx, audit, now) => write(tx, audit, now));
+      } catch {
+        stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META)); // stays stale: status and the log say so
+      }
   }
   note(ctx, stamp);
 }

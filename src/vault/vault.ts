@@ -50,7 +50,13 @@ import type { ApprovalRecord } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
 import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
 import { openPolicyStamp, refreshPolicyStamp, stampedHere } from "./policy-sync.js";
-import { limitsText } from "./limits.js";
+import { checkLimits, limitsText, type Limits as VaultLimits } from "./limits.js";
+
+/** `limits`, checked (a program embedding the vault is held to what lessor.toml's parser allows). */
+function checkedLimits(limits: VaultLimits): VaultLimits {
+  checkLimits(limits);
+  return limits;
+}
 import { catchUpKeys } from "./key-reload.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
@@ -73,6 +79,12 @@ export interface VaultOptions {
   now?: () => number;
   /** Commands that make a secret's new value (`[[rotate]]` in lessor.toml; src/vault/rotation-hooks.ts). */
   rotationHooks?: RotationHooks;
+  /**
+   * On a store several instances share: put this vault's grant limits in force there, audited as
+   * `limits_pinned` by this identity (a daemon starting). Without it the limits in force are left as
+   * they are (src/vault/policy-sync.ts openPolicyStamp).
+   */
+  claimLimits?: Identity;
 }
 
 /** The identity of the program embedding the vault. */
@@ -181,7 +193,7 @@ export class Vault {
         sinks: opts.sinks ?? [],
         now: opts.now ?? storeClock(opts.store),
         cipher: opts.cipher ?? "aes-256-gcm",
-        limits: { ...DEFAULT_LIMITS, ...opts.limits },
+        limits: checkedLimits({ ...DEFAULT_LIMITS, ...opts.limits }),
         closed: false,
         signals: new Signals(),
         auditSeen: null,
@@ -190,7 +202,7 @@ export class Vault {
       installPolicy(ctx, policy);
       await checkKillswitch(ctx);
       // On a shared store, whether this policy is the one in force there (src/vault/policy-sync.ts).
-      await openPolicyStamp(ctx);
+      await openPolicyStamp(ctx, opts.claimLimits ?? null);
       // The dead-man switch arms on the first open with [vault] heartbeat set. A vault whose audit trail
       // refuses writes opens all the same (an admin must be able to recover it); grants are refused there.
       await armHeartbeat(ctx).catch(() => undefined);

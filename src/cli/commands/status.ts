@@ -13,7 +13,7 @@ const HIDDEN = "(shown to admins only)";
 function policyLine(p: PolicyStatus): string {
   const source = p.source ?? HIDDEN;
   if (p.stale !== undefined && p.stale.stored === p.digest)
-    return `${source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}; STALE LIMITS, every lease is denied here: this instance's [vault] limits (${(p.stale.limits ?? []).join(", ")}) are not the ones in force on the shared database (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); give it the same [vault] section as the other instances and restart it, or run lessor policy reload here to put its limits in force everywhere`;
+    return `${source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}; STALE LIMITS, every lease is denied here: this instance's [vault] limits (${(p.stale.limits ?? []).join(", ")}) are not the ones in force on the shared database (another instance started or reloaded since with other limits); give it the same [vault] section as the instance in force and restart it`;
   if (p.stale !== undefined)
     return `${source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
   if (p.state === "broken") return `${source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
