@@ -666,6 +666,42 @@ describe("PostgreSQL targets and sources", { skip: PG_SKIP }, () => {
     assert.equal(loot + seen, 0);
   });
 
+  test("the schema must be the connecting role's own: a superuser is refused another role's empty schema, and a schema where another role may CREATE is refused; a schema holding only an extension's objects is taken", async () => {
+    const tag = randomBytes(4).toString("hex");
+    const other = `lessor_atk_o_${tag}`;
+    const theirs = `lessor_atk_t_${tag}`;
+    const open = `lessor_atk_c_${tag}`;
+    const ext = `lessor_atk_e_${tag}`;
+    await admin(`CREATE ROLE ${other} LOGIN`);
+    cleanups.push(async () => {
+      for (const x of [theirs, open, ext]) await admin(`DROP SCHEMA IF EXISTS ${x} CASCADE`);
+      await admin(`DROP OWNED BY ${other} CASCADE`).catch(() => {});
+      await admin(`DROP ROLE IF EXISTS ${other}`);
+    });
+    await admin(`CREATE SCHEMA ${theirs} AUTHORIZATION ${other}`); // empty, but another role's: it could drop and replace lessor's tables later
+    await admin(`CREATE SCHEMA ${open}`);
+    await admin(`GRANT CREATE ON SCHEMA ${open} TO ${other}`); // ours, but another role may plant objects (a trigger) in it
+    await admin(`CREATE SCHEMA ${ext}`);
+    const hasTrgm = (await admin("SELECT count(*) AS n FROM pg_available_extensions WHERE name = 'pg_trgm'")).rows[0].n > 0;
+    if (hasTrgm) await admin(`CREATE EXTENSION pg_trgm SCHEMA ${ext}`);
+    const home = await newHome();
+    await seed(home);
+    const as = (sch: string) => ({ LESSOR_MIGRATE_TO: withUser(urlAs("postgres", sch), "postgres", PW) });
+    const r1 = await lessor(["migrate"], { home, env: as(theirs) });
+    assertClean("migrate into another role's schema as a superuser", r1);
+    assert.equal(r1.code, 2, show(r1));
+    assert.match(r1.stderr, /belongs to another role/);
+    const r2 = await lessor(["migrate"], { home, env: as(open) });
+    assertClean("migrate into a schema others may create in", r2);
+    assert.equal(r2.code, 2, show(r2));
+    assert.match(r2.stderr, /other roles may create objects/);
+    for (const sch of [theirs, open]) assert.equal(Number((await admin(`SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '${sch}'`)).rows[0].n), 0, `nothing was created in ${sch}`);
+    if (!hasTrgm) return void console.log("# pg_trgm is not available here: the extension case was not checked");
+    const r3 = await lessor(["migrate"], { home, env: as(ext) });
+    assertClean("migrate into a schema holding an extension", r3);
+    assert.equal(r3.code, 0, show(r3));
+  });
+
   // Was broken (fixed since). Reproduction: a schema whose vault tables (empty) carry
   //   CREATE FUNCTION s.mark() RETURNS trigger AS $$ BEGIN NEW.done := true; RETURN NEW; END $$ LANGUAGE plpgsql;
   //   CREATE TRIGGER mark BEFORE INSERT ON s.leases FOR EACH ROW EXECUTE FUNCTION s.mark();

@@ -23,6 +23,7 @@ import { fileURLToPath } from "node:url";
 import { format, inspect } from "node:util";
 import { CredentialProvider, LeasedCredential, LessorClient } from "../src/client/index.js";
 import { netTransport } from "../src/client/transport.js";
+import { LessorMethods } from "../src/client/facade.js";
 import { ERROR_CODES, VaultError } from "../src/base/errors.js";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
@@ -620,6 +621,14 @@ describe("the client SDK against a hostile daemon", () => {
   });
 });
 
+test("a value sent for a lease requested without access is wiped, and the call refused (internal)", async () => {
+  const sent = SecretBytes.from(CANARY);
+  const lease = { id: randomUUID(), agent: "claude" };
+  const facade = new LessorMethods((async () => ({ value: sent, version: 1, lease })) as never);
+  await assert.rejects(facade.requestLease({ agent: "claude", secret: "x" }), (e) => e instanceof VaultError && e.code === "internal");
+  assert.equal(sent.wiped, true, "the value the daemon should not have sent was wiped");
+});
+
 // ---------------------------------------------------------------------------------------------
 
 /** Starts the squatter fixture (as user nobody when `asNobody`); resolves once it listens. */
@@ -970,6 +979,10 @@ domains = ["${DOMAIN}"]
       "auditQuery(null)": () => admin.auditQuery(null as never),
       "revealSecret(undefined)": () => admin.revealSecret(undefined as never),
       "createToken(undefined)": () => admin.createToken(undefined as never),
+      "requestApproval(null)": () => claude.requestApproval(null as never),
+      "auditRecover(null)": () => admin.auditRecover(null as never),
+      "listGranted(null)": () => claude.listGranted(null as never),
+      "listApprovals(null)": () => admin.listApprovals(null as never),
       "in-process api.request_lease({})": () => api.request_lease({} as never),
       "in-process api.reveal_secret({})": () => api.reveal_secret({} as never),
     };

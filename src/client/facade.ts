@@ -141,11 +141,11 @@ export class LessorMethods {
   /** Requests a lease (policy-checked). */
   async requestLease(req: LeaseRequestInput): Promise<LeaseRecord> {
     const r = await this.api.request_lease(leaseParams(req));
-    if (typeof r !== "object" || r === null || typeof (r as { id?: unknown }).id !== "string") throw malformed("request_lease");
-    if ("value" in r) {
-      r.value.wipe();
+    if (typeof r === "object" && r !== null && "value" in r) {
+      if (r.value instanceof SecretBytes) r.value.wipe();
       throw new VaultError("internal", "the lessor daemon sent a value for a lease requested without access; check that client and daemon versions match");
     }
+    if (typeof r !== "object" || r === null || typeof (r as { id?: unknown }).id !== "string") throw malformed("request_lease");
     return r;
   }
 

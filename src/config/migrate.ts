@@ -133,6 +133,11 @@ function createSqliteTarget(path: string): void {
   }
 }
 
+/** How to clear away a failed copy so that the next run takes the target (it refuses anything that exists). */
+function dropHow(t: MigrateTarget): string {
+  return t.kind === "sqlite" ? `delete ${t.path} (and its -wal and -shm)` : "drop the schema (or everything in it) and create it again";
+}
+
 /** Opens the target store, made new for this copy; `describe`: where it really is, for the report. */
 async function openTarget(t: MigrateTarget, describe: string): Promise<{ store: Store; describe: string }> {
   if (t.kind === "sqlite") {
@@ -238,7 +243,7 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
       const why = e instanceof VaultError ? e.message : `an unexpected ${e instanceof Error ? e.name : "error"}`;
       throw new VaultError(
         e instanceof VaultError ? e.code : "internal",
-        `the copy to ${target} failed part way (${why}); the target now holds part of the vault: empty it (or drop it) before running lessor migrate again`,
+        `the copy to ${target} failed part way (${why}); the target now holds part of the vault: ${dropHow(opts.target)} before running lessor migrate again`,
       );
     }
 
@@ -248,7 +253,7 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
     if (changed.length > 0)
       throw new VaultError(
         "unavailable",
-        `the source changed while it was copied (${changed.join(", ")}): something else writes to it (another lessor instance?). Stop every instance, empty the target and migrate again`,
+        `the source changed while it was copied (${changed.join(", ")}): something else writes to it (another lessor instance?). Stop every instance, ${dropHow(opts.target)}, and migrate again`,
       );
     const wrong = diff(after, copied);
     if (wrong.length > 0) throw new VaultError("internal", `the copy on ${target} differs from the source in: ${wrong.join(", ")}; do not use it`);

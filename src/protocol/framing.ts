@@ -61,7 +61,11 @@ export class FrameDecoder {
     return this.#size > 0 || this.#need >= 0;
   }
 
-  /** Adds a chunk; returns the complete frame bodies it finished. Throws FrameTooLarge. */
+  /**
+   * Adds a chunk; returns the complete frame bodies it finished. Throws FrameTooLarge. The bytes of a
+   * frame that spans chunks are copied out and zeroed in the chunks given: pass buffers nothing else
+   * reuses (a socket's reads, not a constant frame handed over by an in-memory stream).
+   */
   push(chunk: Buffer): Buffer[] {
     this.#chunks.push(chunk);
     this.#size += chunk.length;

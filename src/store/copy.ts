@@ -159,7 +159,7 @@ export class TargetNotEmpty extends VaultError {
   constructor(describe: string, found: string[]) {
     super(
       "invalid_request",
-      `the target ${describe} is not empty (it holds ${found.join(", ")}); lessor migrate copies only into an empty store, never over another vault. Use a new database, schema or file (or empty this one yourself if it is a failed earlier migration)`,
+      `the target ${describe} is not empty (it holds ${found.join(", ")}); lessor migrate copies only into an empty store, never over another vault. Use a new file or schema (or, if it is a failed earlier migration, delete the file or drop the schema's contents)`,
     );
   }
 }

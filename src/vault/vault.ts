@@ -508,12 +508,12 @@ export class VaultSession {
 
   // ---- approvals (src/vault/approvals.ts) ----
   /** Asks a person to approve a lease request whose rule needs approval; see {@link approvalCalls.requestApproval}. */
-  requestApproval(ask: approvalCalls.ApprovalAsk): Promise<approvalCalls.ApprovalAnswer> {
-    return approvalCalls.requestApproval(this.#ctx, this.identity, ask);
+  async requestApproval(ask: approvalCalls.ApprovalAsk): Promise<approvalCalls.ApprovalAnswer> {
+    return approvalCalls.requestApproval(this.#ctx, this.identity, objectParam(ask, "the approval request"));
   }
   /** Pending approvals (all, with `all`) the caller may see. Admin or orchestrator. */
-  listApprovals(opts?: { all?: boolean }): Promise<ApprovalRecord[]> {
-    return approvalCalls.listApprovals(this.#ctx, this.identity, opts);
+  async listApprovals(opts?: { all?: boolean }): Promise<ApprovalRecord[]> {
+    return approvalCalls.listApprovals(this.#ctx, this.identity, opts === undefined ? undefined : objectParam(opts, "the options"));
   }
   /** Approves or denies a pending approval. Admin. */
   decideApproval(id: string, approve: boolean, reason?: string): Promise<ApprovalRecord> {
@@ -541,8 +541,8 @@ export class VaultSession {
    * `reason`, then the brake events deferred meanwhile, so that audited writes resume. Does nothing
    * (recovered: false) when the trail is not broken. Admin. See src/vault/audit-recover.ts.
    */
-  auditRecover(p: AuditRecoverParams): Promise<AuditRecoverResult> {
-    return auditRecover(this.#ctx, this.identity, p);
+  async auditRecover(p: AuditRecoverParams): Promise<AuditRecoverResult> {
+    return auditRecover(this.#ctx, this.identity, objectParam(p, "the recovery's parameters"));
   }
   /**
    * Re-reads the policy. A file that does not load puts a broken policy in force (fail closed: every
@@ -599,7 +599,7 @@ export class VaultSession {
    */
   async listGranted(filter?: ownAccess.GrantedFilter): Promise<ownAccess.GrantedSecret[]> {
     this.#open();
-    return ownAccess.listGranted(this.#ctx, this.identity, filter);
+    return ownAccess.listGranted(this.#ctx, this.identity, optionalObjectParam(filter, "the filter"));
   }
   /** Rotates the master key, re-wrapping every DEK. Admin. */
   rotateMasterKey(onBatch?: (done: number) => void): Promise<RotationResult> {

@@ -1,7 +1,9 @@
 /**
  * For `lessor migrate` (src/config/migrate.ts): the schema a PostgreSQL URL leads to, checked before a
- * vault is created in it. It must exist, belong to the connecting role (or a role it is a member of),
- * and hold nothing: no table, view, sequence or function. A schema another role prepared could keep
+ * vault is created in it. It must exist, belong to the connecting role itself (or, for a database that
+ * role owns, to pg_database_owner, as `public` does since PostgreSQL 15; a superuser or a member of
+ * the owning role does not count), let no other role create objects in it, and hold nothing: no
+ * table, view, sequence or function (an extension's own objects aside). A schema another role prepared could keep
  * tables it owns (and so reads) or triggers that copy or alter every row written, and the copy's
  * verification reads through the same tables; so lessor creates its tables only where nothing else is.
  * Also says where the URL really leads (the server's own address, port, database and schema), since
@@ -19,11 +21,21 @@ export interface SchemaPlace {
   where: string;
 }
 
+/** The connecting role's oid, and pg_database_owner's (PostgreSQL 14+; null before) when that role owns the database. */
+const ME = "(SELECT oid FROM pg_roles WHERE rolname = current_user)";
+const DB_OWNER_ROLE = `(SELECT r.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'pg_database_owner' AND d.datname = current_database() AND d.datdba = ${ME})`;
+/** Objects an extension installed (public often holds some) are not "something in the schema". */
+const NOT_EXTENSION = (catalog: string, alias: string) =>
+  `NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '${catalog}'::regclass AND d.objid = ${alias}.oid AND d.deptype = 'e')`;
+
 const PLACE_SQL = `
 SELECT current_schema() AS schema, current_database() AS db, inet_server_addr()::text AS addr, current_setting('port') AS port,
-  (SELECT pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_namespace n WHERE n.nspname = current_schema()) AS owned,
-  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema())::int AS relations,
-  (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema())::int AS functions`;
+  (n.nspowner = ${ME} OR n.nspowner = ${DB_OWNER_ROLE}) AS owned,
+  (SELECT count(*) FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+     WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner)::int AS others_create,
+  (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND ${NOT_EXTENSION("pg_class", "c")})::int AS relations,
+  (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid AND ${NOT_EXTENSION("pg_proc", "p")})::int AS functions
+FROM pg_namespace n WHERE n.nspname = current_schema()`;
 
 /**
  * Connects once to `url` and checks its schema as above. Throws VaultError("invalid_request") naming
@@ -32,7 +44,7 @@ SELECT current_schema() AS schema, current_database() AS db, inet_server_addr():
 export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   const cfg = poolConfig({ url });
   const client = new pg.Client({ connectionString: cfg.connectionString, options: cfg.options, connectionTimeoutMillis: cfg.connectionTimeoutMillis, application_name: "lessor-migrate" });
-  let row: { schema: string | null; db: string; addr: string | null; port: string; owned: boolean | null; relations: number; functions: number };
+  let row: { schema: string; db: string; addr: string | null; port: string; owned: boolean | null; others_create: number; relations: number; functions: number } | undefined;
   try {
     await client.connect();
     row = (await client.query(PLACE_SQL)).rows[0];
@@ -41,7 +53,7 @@ export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   } finally {
     await client.end().catch(() => {});
   }
-  if (row.schema === null)
+  if (row === undefined)
     throw new VaultError("invalid_request", `no schema named in the target's search_path exists at ${describeTarget(url)}; create the schema (owned by the role lessor connects as) first`);
   const addr = (row.addr ?? "").replace(/\/\d+$/, "");
   const host = addr === "" ? describeTarget(url).split(":")[0] : addr.includes(":") ? `[${addr}]` : addr;
@@ -49,7 +61,12 @@ export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   if (row.owned !== true)
     throw new VaultError(
       "invalid_request",
-      `the target schema ${row.schema} at ${where} belongs to another role: its owner could read the vault's rows or change them as they are written; create a schema owned by the role lessor connects as (CREATE SCHEMA name AUTHORIZATION that_role) and name it in the URL`,
+      `the target schema ${row.schema} at ${where} belongs to another role (being a superuser or a member of its owner does not count): its owner could read the vault's rows or change them as they are written; create a schema owned by the role lessor connects as (CREATE SCHEMA name AUTHORIZATION that_role) and name it in the URL`,
+    );
+  if (row.others_create > 0)
+    throw new VaultError(
+      "invalid_request",
+      `other roles may create objects in the target schema ${row.schema} at ${where} (CREATE is granted to ${row.others_create} other role(s) or to PUBLIC): one could plant a trigger on lessor's tables; REVOKE CREATE ON SCHEMA ${row.schema} FROM those roles, or use a schema of your own`,
     );
   if (row.relations > 0 || row.functions > 0)
     throw new VaultError(
