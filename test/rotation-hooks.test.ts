@@ -246,7 +246,8 @@ describe("a rotation hook's claim after a crash", () => {
     cli.kill("SIGKILL");
     await exited;
     // The orphaned hook and its child: end them (a crash leaves them; they are not what this test is about).
-    spawn("pkill", ["-KILL", "-f", dir]).once("error", () => undefined);
+    // Waited for: a pkill still on its way would kill the next hook, whose command line names `dir` too.
+    await new Promise((r) => spawn("pkill", ["-KILL", "-f", dir]).once("exit", r).once("error", r));
     process.kill(Number(readFileSync(join(dir, "child"), "utf8")), "SIGKILL");
     // Now a hook that finishes, and a vault whose clock the test moves.
     writeFileSync(join(home, "lessor.toml"), entry("db-password", "counter", dir, "after", 'timeout = "30s"'), { mode: 0o600 });

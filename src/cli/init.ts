@@ -16,11 +16,12 @@ export async function init(opts: { home?: string; keySource?: string; passphrase
     );
   if (opts.passphrase && opts.keySource !== undefined && opts.keySource !== "passphrase")
     throw new VaultError("invalid_request", `--passphrase and --key-source ${opts.keySource} contradict each other; give one`);
-  const keySource = opts.passphrase ? "passphrase" : (opts.keySource ?? "file");
-  if (keySource !== "file" && keySource !== "passphrase" && keySource !== "keychain" && keySource !== "env")
+  // Not given: a key file, or the key command lessor.toml names (initHome decides).
+  const keySource = opts.passphrase ? "passphrase" : opts.keySource;
+  if (keySource !== undefined && keySource !== "file" && keySource !== "passphrase" && keySource !== "keychain" && keySource !== "env")
     throw new VaultError("invalid_request", `--key-source must be file, passphrase, keychain or env, not ${JSON.stringify(keySource)}`);
   const passphrase = keySource === "passphrase" ? await newPassphrase(env) : undefined;
-  const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), env, keySource, ...(passphrase ? { passphrase } : {}) });
+  const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), env, ...(keySource !== undefined ? { keySource } : {}), ...(passphrase ? { passphrase } : {}) });
   if (r.created.length === 0) process.stdout.write(`lessor home ${r.home} is already set up; nothing changed\n`);
   for (const f of r.created) process.stdout.write(`created ${f}\n`);
   if (r.keychain)

@@ -210,7 +210,11 @@ export function parseConfig(text: string, source: string): Config {
     if (k.command.some((x) => (x as string).includes("\0"))) fail(source, "[keys] command", "an argument holds a NUL byte (\\u0000), which no argument can hold; remove it");
     cfg.keys.command = k.command as string[];
   }
-  if (k.command_timeout !== undefined) cfg.keys.commandTimeoutMs = duration(source, "[keys] command_timeout", k.command_timeout);
+  if (k.command_timeout !== undefined) {
+    const ms = duration(source, "[keys] command_timeout", k.command_timeout);
+    if (ms < 100 || ms > 600_000) fail(source, "[keys] command_timeout", `expected a duration from "100ms" to "10m", got ${show(k.command_timeout)}`);
+    cfg.keys.commandTimeoutMs = ms;
+  }
   if (k.keychain_file !== undefined) cfg.keys.keychainFile = str(source, "[keys] keychain_file", k.keychain_file);
   if (k.keychain_timeout !== undefined) {
     const ms = duration(source, "[keys] keychain_timeout", k.keychain_timeout);

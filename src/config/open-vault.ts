@@ -147,7 +147,7 @@ export interface InitOptions {
 }
 
 /** The key sources `lessor init` can set up. */
-export type InitKeySource = "file" | "passphrase" | "keychain" | "env";
+export type InitKeySource = "file" | "passphrase" | "keychain" | "env" | "command";
 
 /** What {@link initHome} did. */
 export interface InitResult {
@@ -181,12 +181,29 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
     writeFileExclusive(policyPath, STARTER_POLICY, 0o600);
     created.push(policyPath);
   }
-  const keySource = opts.keySource ?? "file";
+  const hasCommand = (cfg.keys.command?.length ?? 0) > 0;
+  // A home whose lessor.toml names a key command uses it, unless another source is asked for.
+  const keySource = opts.keySource ?? (hasCommand ? "command" : "file");
   const keyFile = inHome(home, cfg.keys.file);
   const storeFile = inHome(home, cfg.keys.passphraseFile);
   const markerFile = inHome(home, cfg.keys.keychainFile);
   // A home has one key source of its own: none is added beside another (see select.ts).
   const anyKey = existsSync(keyFile) || existsSync(storeFile) || keychainMarkerPresent(markerFile);
+  const making = (keySource === "file" || keySource === "passphrase" || keySource === "keychain") && !anyKey;
+  const what = keySource === "file" ? "key file" : keySource === "passphrase" ? "passphrase key store" : "keychain entry";
+  // A source made here that the selection order (select.ts: env, passphrase, key file, keychain,
+  // command) would never use, or that would silently replace the configured command, is not made.
+  if (making && env["LESSOR_MASTER_KEY"])
+    throw new VaultError(
+      "invalid_request",
+      `LESSOR_MASTER_KEY is set, so lessor would seal this vault under it and never use the ${what} init would make; unset LESSOR_MASTER_KEY, or run lessor init --key-source env to keep the key in the environment`,
+    );
+  if (making && hasCommand)
+    throw new VaultError(
+      "invalid_request",
+      `lessor.toml names a key command ([keys] command), which a ${what} would silently replace; run lessor init without --key-source to use the command, or remove [keys] command`,
+    );
+  if (keySource === "command" && !hasCommand) throw new VaultError("invalid_request", "keySource command needs [keys] command in lessor.toml");
   let keychain: KeychainEntry | undefined;
   if (keySource === "file" && !anyKey) {
     createKeyFile(keyFile);

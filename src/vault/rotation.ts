@@ -70,6 +70,11 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     setKeyring(ctx, await ctx.keys.promote(ctx.keyring, fresh));
   } else if (!ctx.keys.writable) {
     setKeyring(ctx, await ctx.keys.load());
+    // A read-only source (env, command) rotates only to a key the operator put first there.
+    resumed = recorded === ctx.keyring.current.id;
+    // One key, and the one already in force (or the first, never rotated from): nothing to rotate,
+    // and nothing is recorded as rotated.
+    if (ctx.keyring.ids().length === 1 && (recorded === null || resumed)) return { from: [], to: ctx.keyring.current.id, rewrapped: 0, resumed: false, retired: false };
   }
   const to = ctx.keyring.current.id;
   await commit(ctx, async (tx, audit) => {

@@ -6,55 +6,149 @@
  *
  * Errors name the command (argv[0] only, since arguments may hold references or tokens) and never
  * include anything it printed, on stdout or stderr: a KMS tool could print key material on either.
+ *
+ * The program decides the master key, so it is held to what lessor.toml is: given by its full path or
+ * found on PATH's absolute directories (never the working directory), a file of yours or root's that
+ * no one else can write, in directories no one else can write. It runs in a process group of its own,
+ * killed whole at the time limit, with stdin closed and lessor's own secrets (LESSOR_MASTER_KEY,
+ * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment.
  */
-import { execFile, type ExecFileException } from "node:child_process";
+import { spawn } from "node:child_process";
+import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import type { KeySource } from "../../vault/ports.js";
+import { assertSafeAncestors, octal } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */
 export const DEFAULT_KEY_COMMAND_TIMEOUT_MS = 10_000;
 const MAX_OUTPUT = 64 * 1024;
 
-function run(argv: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv): Promise<Buffer> {
-  const [file, ...args] = argv;
-  const name = JSON.stringify(file);
+/** lessor's own secrets in its environment, which the key command never gets. */
+const WITHHELD = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_DATABASE_URL", "LESSOR_MIGRATE_TO"];
+
+/**
+ * The program `file` names, as an absolute path: a path as written (it must be absolute: a relative
+ * one would be looked up from wherever lessor happens to run), or a bare name looked up once in the
+ * absolute directories of PATH. The program is then run by that path, with no second lookup.
+ */
+function locate(file: string, env: NodeJS.ProcessEnv, name: string): string {
+  if (file.includes("/")) {
+    if (!isAbsolute(file)) throw new VaultError("config_invalid", `the key command ${name} is a relative path, which would be looked up from the directory lessor runs in; write its full path under [keys] command in lessor.toml`);
+    return file;
+  }
+  for (const dir of (env.PATH ?? "").split(delimiter)) {
+    if (!isAbsolute(dir)) continue; // "" and "." mean the working directory: never searched
+    const p = join(dir, file);
+    try {
+      if (statSync(p).isFile()) {
+        accessSync(p, constants.X_OK);
+        return p;
+      }
+    } catch {
+      // not here
+    }
+  }
+  throw new VaultError("key_unavailable", `the key command ${name} was not found on PATH; check command under [keys] in lessor.toml (or give its full path)`);
+}
+
+/**
+ * Refuses a program another user could change (it decides the vault's master key): it must be a
+ * regular file of yours or root's that no one else can write, in directories no one else can write
+ * either (src/fs/perms.ts assertSafeAncestors), as found and as its real path.
+ */
+function assertTrustedProgram(path: string, name: string): void {
+  if (process.platform === "win32") return;
+  const uid = process.getuid!();
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch (e) {
+    throw new VaultError("key_unavailable", `the key command ${name} was not found (${(e as NodeJS.ErrnoException).code ?? "error"}); check command under [keys] in lessor.toml`);
+  }
+  const st = statSync(real);
+  if (!st.isFile()) throw new VaultError("key_unavailable", `the key command ${name} is not a regular file; check command under [keys] in lessor.toml`);
+  if (st.uid !== uid && st.uid !== 0)
+    throw new VaultError("insecure_permissions", `the key command ${name} (${real}) belongs to uid ${st.uid}, who could make it print any key; use a program owned by you or root`);
+  if ((st.mode & 0o022) !== 0)
+    throw new VaultError("insecure_permissions", `the key command ${name} (${real}) can be changed by other users (mode ${octal(st.mode)}), who could make it print any key; fix it with: chmod go-w ${real}`);
+  const place = { what: `the key command ${name}`, elsewhere: "install it in a directory only you or root can write" };
+  assertSafeAncestors(path, uid, place);
+  if (real !== path) assertSafeAncestors(real, uid, place);
+}
+
+/**
+ * Runs the program at `path` with `args` (no shell, stdin closed, lessor's own secrets withheld from
+ * its environment) in a process group of its own, killed whole at the time limit; resolves to what it
+ * printed on stdout (at most 64 KiB, stderr discarded unread).
+ */
+function run(path: string, args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv, name: string): Promise<Buffer> {
+  const childEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !WITHHELD.includes(k)));
   return new Promise((resolve, reject) => {
-    execFile(
-      file!,
-      args,
-      { encoding: "buffer", timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: MAX_OUTPUT, env, shell: false, windowsHide: true },
-      (err: ExecFileException | null, stdout: Buffer, stderr: Buffer) => {
-        stderr.fill(0);
-        if (err === null) return resolve(stdout);
-        stdout.fill(0);
-        // No `cause`: the child-process error carries stdout and stderr.
-        if (err.code === "ENOENT") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} was not found; check command under [keys] in lessor.toml`));
-        }
-        if (err.code === "EACCES") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (permission denied); check command under [keys] in lessor.toml`));
-        }
-        if (err.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} printed more than ${MAX_OUTPUT / 1024} KiB; it must print only keys, one per line`));
-        }
-        if (err.killed) {
-          return reject(
-            new VaultError(
-              "key_unavailable",
-              `the key command ${name} did not finish within ${timeoutMs} ms; raise command_timeout under [keys] in lessor.toml if it needs longer`,
-            ),
-          );
-        }
-        if (typeof err.code === "number") {
-          return reject(new VaultError("key_unavailable", `the key command ${name} failed with exit code ${err.code}; run it yourself to see why`));
-        }
-        if (err.signal) {
-          return reject(new VaultError("key_unavailable", `the key command ${name} was stopped by signal ${err.signal}; run it yourself to see why`));
-        }
-        return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String(err.code ?? "unknown error")}); check command under [keys] in lessor.toml`));
-      },
-    );
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    let why: "timeout" | "too_large" | null = null;
+    const wipe = () => {
+      for (const c of chunks.splice(0)) c.fill(0);
+    };
+    const fail = (message: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      wipe();
+      reject(new VaultError("key_unavailable", message));
+    };
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(path, [...args], { env: childEnv, shell: false, detached: true, windowsHide: true, stdio: ["ignore", "pipe", "pipe"] });
+    } catch (e) {
+      return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String((e as NodeJS.ErrnoException).code ?? "error")}); check command under [keys] in lessor.toml`));
+    }
+    const killGroup = () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    };
+    const timer = setTimeout(() => {
+      why = "timeout";
+      killGroup();
+    }, timeoutMs);
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return fail(`the key command ${name} was not found; check command under [keys] in lessor.toml`);
+      if (e.code === "EACCES") return fail(`the key command ${name} could not be run (permission denied); check command under [keys] in lessor.toml`);
+      fail(`the key command ${name} could not be run (${String(e.code ?? "unknown error")}); check command under [keys] in lessor.toml`);
+    });
+    child.stdout!.on("data", (d: Buffer) => {
+      if (why !== null) return d.fill(0);
+      size += d.length;
+      if (size > MAX_OUTPUT) {
+        why = "too_large";
+        d.fill(0);
+        wipe();
+        killGroup();
+        return;
+      }
+      chunks.push(d);
+    });
+    child.stderr!.on("data", (d: Buffer) => d.fill(0)); // never read: a KMS tool may print key material there
+    child.on("close", (code, signal) => {
+      if (settled) return;
+      if (why === "timeout") return fail(`the key command ${name} did not finish within ${timeoutMs} ms; raise command_timeout under [keys] in lessor.toml if it needs longer`);
+      if (why === "too_large") return fail(`the key command ${name} printed more than ${MAX_OUTPUT / 1024} KiB on stdout; it must print only keys, one per line`);
+      if (code === null) return fail(`the key command ${name} was stopped by signal ${String(signal ?? "unknown")}; run it yourself to see why`);
+      if (code !== 0) return fail(`the key command ${name} failed with exit code ${code}; run it yourself to see why`);
+      settled = true;
+      clearTimeout(timer);
+      const out = Buffer.concat(chunks);
+      wipe();
+      resolve(out);
+    });
   });
 }
 
@@ -85,11 +179,16 @@ export function commandKeySource(argv: readonly string[], opts: { timeoutMs?: nu
   }
   const timeoutMs = opts.timeoutMs ?? DEFAULT_KEY_COMMAND_TIMEOUT_MS;
   const name = JSON.stringify(argv[0]);
-  const list = [...argv];
+  const [file, ...args] = argv;
   return {
     kind: "command",
     describe: `key command ${name}`,
     writable: false,
-    load: async () => ringOf(parse(await run(list, timeoutMs, opts.env ?? process.env), name)),
+    load: async () => {
+      const env = opts.env ?? process.env;
+      const path = locate(file!, env, name);
+      assertTrustedProgram(path, name);
+      return ringOf(parse(await run(path, args, timeoutMs, env, name), name));
+    },
   };
 }
