@@ -308,4 +308,12 @@ test("wipe zeroes the underlying buffer and later use throws", () => {
   const r = makeKeyring([k]);
   r.wipe();
   assert.ok(k.every((b) => b === 0), "keyring wipe zeroes the key");
+  // A key given twice (LESSOR_MASTER_KEY_PREVIOUS repeating the current one): the duplicate's copy is zeroed at once; one passed twice as the same buffer is kept.
+  const a = Buffer.from(key());
+  const dup = Buffer.from(a);
+  const ring = makeKeyring([a, dup, a]);
+  assert.deepEqual(ring.ids(), [keyIdOf(a)]);
+  assert.ok(dup.every((b) => b === 0), "the duplicate's bytes are zeroed");
+  assert.ok(!a.every((b) => b === 0), "the kept key is not");
+  ring.wipe();
 });

@@ -39,7 +39,9 @@ export function makeKeyring(keys: readonly Buffer[]): Keyring {
   for (const key of keys) {
     if (key.length !== KEY_BYTES) throw new Error(`makeKeyring: a master key must be ${KEY_BYTES} bytes`);
     const id = keyIdOf(key);
-    if (!list.some((k) => k.id === id)) list.push({ id, key });
+    const same = list.find((k) => k.id === id);
+    if (same === undefined) list.push({ id, key });
+    else if (same.key !== key) key.fill(0); // a duplicate's bytes (the ring owns what it is given) are not left in memory
   }
   const byId = new Map(list.map((k) => [k.id, k]));
   return {
