@@ -309,11 +309,11 @@ test("wipe zeroes the underlying buffer and later use throws", () => {
   r.wipe();
   assert.ok(k.every((b) => b === 0), "keyring wipe zeroes the key");
   // A key given twice (LESSOR_MASTER_KEY_PREVIOUS repeating the current one): the duplicate's copy is zeroed at once; one passed twice as the same buffer is kept.
-  const a = Buffer.from(key());
-  const dup = Buffer.from(a);
-  const ring = makeKeyring([a, dup, a]);
-  assert.deepEqual(ring.ids(), [keyIdOf(a)]);
+  const kept = Buffer.from(key());
+  const dup = Buffer.from(kept);
+  const twice = makeKeyring([kept, dup, kept]);
+  assert.deepEqual(twice.ids(), [keyIdOf(kept)]);
   assert.ok(dup.every((b) => b === 0), "the duplicate's bytes are zeroed");
-  assert.ok(!a.every((b) => b === 0), "the kept key is not");
-  ring.wipe();
+  assert.ok(!kept.every((b) => b === 0), "the kept key is not");
+  twice.wipe();
 });
