@@ -83,6 +83,16 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     return { a, b, adminA, adminB, homeA, homeB, sharedKey };
   }
 
+  /** Stops `d` and starts a daemon on `home` again (reading its lessor.toml anew), with an admin client. */
+  async function restart(d: RunningDaemon, home: string): Promise<{ d: RunningDaemon; admin: LessorClient }> {
+    await d.stop();
+    const again = await startServe(home);
+    cleanups.push(() => again.stop());
+    const admin = await LessorClient.connect({ socketPath: again.socket });
+    cleanups.push(() => admin.close());
+    return { d: again, admin };
+  }
+
   async function agentOn(d: RunningDaemon, adminClient: LessorClient): Promise<LessorClient> {
     const t = await adminClient.createToken({ name: `claude-${Math.random().toString(36).slice(2, 8)}`, role: "agent", agent: "claude" });
     const client = await LessorClient.connect(d.tcp!, { token: t.token, reconnect: false });
@@ -297,11 +307,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     assert.equal((await adminB.auditQuery({ types: ["limits_pinned"] })).length, 1);
     // A restarted with B's limits grants again.
     writeFileSync(join(homeA, "lessor.toml"), readFileSync(join(homeB, "lessor.toml"), "utf8"), { mode: 0o600 });
-    await a.stop();
-    const a2 = await startServe(homeA);
-    cleanups.push(() => a2.stop());
-    const adminA2 = await LessorClient.connect({ socketPath: a2.socket });
-    cleanups.push(() => adminA2.close());
+    const { d: a2, admin: adminA2 } = await restart(a, homeA);
     const onA2 = await agentOn(a2, adminA2);
     await onA2.requestLease(GH);
     assert.equal((await adminA2.describe()).policy.stale, undefined);
@@ -315,11 +321,7 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     await onA.requestLease(GH);
     await assert.rejects(onA.requestLease(GH), (e: Coded) => e.code === "rate_limited");
     writeFileSync(join(homeA, "lessor.toml"), readFileSync(join(homeA, "lessor.toml"), "utf8").replace("max_live_leases_per_agent = 2", "max_live_leases_per_agent = 3"), { mode: 0o600 });
-    await a.stop();
-    const a2 = await startServe(homeA);
-    cleanups.push(() => a2.stop());
-    const admin2 = await LessorClient.connect({ socketPath: a2.socket });
-    cleanups.push(() => admin2.close());
+    const { d: a2, admin: admin2 } = await restart(a, homeA);
     const on2 = await agentOn(a2, admin2);
     await on2.requestLease(GH);
     await assert.rejects(on2.requestLease(GH), (e: Coded) => e.code === "rate_limited");
