@@ -800,6 +800,18 @@ domains = ["${DOMAIN}"]
   }
   const who = (agent: string, id = `embedded:${agent}`): Identity => ({ id, role: "agent", agent, transport: "embedded" });
 
+  test("Vault.open refuses limits that are not whole numbers from 1 (they would be enforced as nonsense), and a limit given as undefined keeps its default", async () => {
+    const keys = () => envKeySource({ LESSOR_MASTER_KEY: randomBytes(32).toString("hex") })!;
+    for (const limits of [{ approvalWaitMs: 1500.5 }, { maxLiveLeasesPerAgent: 0 }, { maxSecretBytes: Infinity }, { heartbeatMs: -1 }, { keepVersions: "3" as never }]) {
+      const store = createMemoryStore();
+      await assert.rejects(Vault.open({ store, keys: keys(), limits }), (e) => e instanceof VaultError && e.code === "invalid_request", JSON.stringify(limits));
+      await store.close();
+    }
+    const vault = await Vault.open({ store: createMemoryStore(), keys: keys(), limits: { maxSecretBytes: undefined, heartbeatMs: null } });
+    await vault.admin().storeSecret({ name: "ok", value: "x".repeat(1000) });
+    await vault.close();
+  });
+
   test("a closed vault answers nothing: status, describe, explain, whoami and listGranted are refused (unavailable), as every other call", async () => {
     const vault = await openVault({ home: await home() });
     const admin = vault.admin();

@@ -193,7 +193,8 @@ export class Vault {
         sinks: opts.sinks ?? [],
         now: opts.now ?? storeClock(opts.store),
         cipher: opts.cipher ?? "aes-256-gcm",
-        limits: checkedLimits({ ...DEFAULT_LIMITS, ...opts.limits }),
+        // A limit given as undefined keeps its default (a Partial<Limits> built from optional settings).
+        limits: checkedLimits({ ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) }),
         closed: false,
         signals: new Signals(),
         auditSeen: null,
