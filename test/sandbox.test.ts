@@ -490,3 +490,16 @@ describe("sandbox parts (unit)", () => {
     assert.throws(() => encodeArgs(["a\0b"]), /NUL/);
   });
 });
+
+test("the --no-sandbox warning names the key source the home really has: no key file on an env-key home, LESSOR_MASTER_KEY_PREVIOUS too when set", async () => {
+  const { noSandboxWarning, vaultPaths } = await import("../src/cli/run/sandbox.js");
+  const home = join(mkdtempSync(join(tmpdir(), "lessor-nosb-")), "home");
+  const key = randomBytes(32).toString("hex");
+  await initHome({ home, env: { LESSOR_HOME: home, LESSOR_MASTER_KEY: key }, keySource: "env" });
+  const env = { LESSOR_MASTER_KEY: key, LESSOR_MASTER_KEY_PREVIOUS: randomBytes(32).toString("hex") };
+  const w = noSandboxWarning(vaultPaths(home, env), env);
+  assert.doesNotMatch(w, /key file/, w);
+  assert.match(w, /LESSOR_MASTER_KEY and LESSOR_MASTER_KEY_PREVIOUS from lessor's environment/);
+  assert.ok(!w.includes(key), "the warning never shows a key");
+  rmSync(home, { recursive: true, force: true });
+});

@@ -42,7 +42,7 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
  * it can read them from lessor's /proc/PID/environ.
  */
 export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
-  const inEnv = ["LESSOR_MASTER_KEY", "LESSOR_PASSPHRASE", "LESSOR_TOKEN"].filter((k) => env[k]);
+  const inEnv = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN"].filter((k) => env[k]);
   const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
   return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), ${keyWhere(p)} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
 }
@@ -54,7 +54,10 @@ function keyWhere(p: VaultPaths): string {
   if (!existsSync(p.keyFile) && existsSync(marker))
     return `the master key in your OS keychain (through your session's keychain service, as you; ${marker} names the entry)`;
   if (!existsSync(p.keyFile) && existsSync(store)) return `the vault's passphrase-sealed key store ${store}`;
-  return `the vault's key file ${p.keyFile}`;
+  if (existsSync(p.keyFile)) return `the vault's key file ${p.keyFile}`;
+  const command = p.config.keys.command;
+  if (command !== null && command !== undefined && command.length > 0) return `the master key by running the key command ${JSON.stringify(command[0])} as you`;
+  return "the master key wherever you keep it";
 }
 
 /**
