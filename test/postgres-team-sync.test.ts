@@ -300,9 +300,12 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const embedded = await openVault({ home: homeC, env: { LESSOR_HOME: homeC } });
     try {
       await assert.rejects(embedded.session({ id: "embedded:claude", role: "agent", agent: "claude", transport: "embedded" }).requestLease(GH), (e: Coded) => e.code === "unavailable");
+      // Its policy reload (lessor policy reload with no daemon on that home) keeps the limits in force.
+      await embedded.admin().reloadPolicy();
     } finally {
       await embedded.close();
     }
+    assert.equal((await adminB.describe()).policy.stale, undefined, "B's limits are still the ones in force");
     await onB.requestLease(GH);
     assert.equal((await adminB.auditQuery({ types: ["limits_pinned"] })).length, 1);
     // A restarted with B's limits grants again.
@@ -325,5 +328,14 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     const on2 = await agentOn(a2, admin2);
     await on2.requestLease(GH);
     await assert.rejects(on2.requestLease(GH), (e: Coded) => e.code === "rate_limited");
+  });
+
+  test("an instance left on a dead-man switch that is no longer in force does not fire it: the instance in line, without the switch, decides", async () => {
+    // A starts with heartbeat = "2s" (armed at open); B starts after it with no heartbeat and claims.
+    const { a, adminA, adminB } = await team({ keys: "shared", vault: 'heartbeat = "2s"', vaultB: "" });
+    await within(2000, "A stale on its heartbeat", async () => ((await adminA.describe()).policy.stale?.limits ?? []).includes("heartbeat"));
+    await new Promise((r) => setTimeout(r, 3500)); // past A's own deadline; A checks once a second
+    assert.equal((await adminB.describe()).killswitch.engaged, false, "the killswitch was not pulled by A's stale period");
+    assert.doesNotMatch(a.stderr(), /dead-man switch: no heartbeat/);
   });
 });

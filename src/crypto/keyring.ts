@@ -53,3 +53,12 @@ export function makeKeyring(keys: readonly Buffer[]): Keyring {
     },
   };
 }
+
+/**
+ * A new ring holding copies of `ring`'s keys with `id` first (the others in their order): the key the
+ * store records as current, when the source gave another first. `ring` is left as it is.
+ */
+export function withCurrent(ring: Keyring, id: string): Keyring {
+  const order = [id, ...ring.ids().filter((k) => k !== id)];
+  return makeKeyring(order.map((k) => Buffer.from(ring.get(k)!.key)));
+}

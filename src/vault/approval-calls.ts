@@ -75,6 +75,10 @@ export async function decideApproval(ctx: VaultContext, who: Identity, idIn: str
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], approve ? "approve a request" : "deny a request");
     if (err) return denied(audit, who, err, {});
+    // A stale instance (its policy or its approval_use not the ones in force) decides nothing: the
+    // decision would stand for its own approval_use, not the one every instance grants by.
+    const stale = await policyGateIn(ctx, tx);
+    if (stale) return denied(audit, who, stale, {});
     const got = await decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
     return got instanceof VaultError ? got : shownApproval(got);
   });

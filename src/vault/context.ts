@@ -54,6 +54,11 @@ export interface VaultContext {
   readonly now: () => number;
   readonly cipher: Alg;
   readonly limits: Limits;
+  /**
+   * True in a daemon (`lessor serve`): on a store several instances share, its opening and its
+   * reloads put its grant limits in force (src/vault/policy-sync.ts); an embedded vault never does.
+   */
+  readonly claimsLimits: boolean;
   closed: boolean;
   /** Where committed changes that live connections must see (token revoked, killswitch) are announced. */
   readonly signals: Signals;

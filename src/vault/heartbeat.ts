@@ -23,6 +23,7 @@ import { denied } from "./denied.js";
 import { formatDuration } from "./duration.js";
 import { engageKillswitchIn, forgetKillswitch, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
 import type { StoreReader, StoreTx } from "./ports.js";
+import { policyStaleness } from "./policy-state.js";
 
 /** The store metadata key holding the last heartbeat (JSON of {@link HeartbeatRecord}). */
 export const HEARTBEAT_META = "heartbeat";
@@ -90,6 +91,11 @@ export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, 
   return state;
 }
 
+/** True when the limits pinned on a shared store are not this instance's (src/vault/policy-sync.ts). */
+function limitsStale(ctx: VaultContext): boolean {
+  return policyStaleness(ctx)?.limits !== undefined;
+}
+
 /** Reads the last heartbeat in `tx` when the switch is on; null (nothing read) when it is off. */
 export function heartbeatIn(ctx: VaultContext, tx: StoreTx): Promise<HeartbeatRecord | null> | null {
   return ctx.limits.heartbeatMs === null ? null : readHeartbeat(tx);
@@ -130,7 +136,7 @@ export async function heartbeatStatus(ctx: VaultContext, who: Identity): Promise
  * `armed: true`. Does nothing otherwise.
  */
 export async function armHeartbeat(ctx: VaultContext): Promise<void> {
-  if (ctx.limits.heartbeatMs === null) return;
+  if (ctx.limits.heartbeatMs === null || limitsStale(ctx)) return;
   if ((await ctx.store.getMeta(HEARTBEAT_META)) !== null) return;
   await commit(ctx, async (tx, audit, now) => {
     if ((await tx.getMeta(HEARTBEAT_META)) !== null) return;
@@ -143,7 +149,9 @@ export async function armHeartbeat(ctx: VaultContext): Promise<void> {
  * this once a second, so that live leases end even when nothing is asked). Returns true when it fired.
  */
 export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
-  if (ctx.limits.heartbeatMs === null) return false;
+  // An instance whose limits are not the ones in force (another daemon started with others, perhaps
+  // without the switch) does not fire by its own period: the instances in line do, by theirs.
+  if (ctx.limits.heartbeatMs === null || limitsStale(ctx)) return false;
   const due = dueAt(ctx, await readHeartbeat(ctx.store));
   if (due === null || ctx.now() <= due) return false;
   if ((await readKillswitch(ctx.store)).engaged) return false;

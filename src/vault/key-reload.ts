@@ -20,7 +20,8 @@
  * second per key ({@link KEY_RETRY_MS}).
  */
 import { isVaultError, VaultError } from "../base/errors.js";
-import { AUDIT_KEYS_META, AuditKeys, parseArchive } from "../audit/keys.js";
+import { AuditKeys } from "../audit/keys.js";
+import { withCurrent } from "../crypto/keyring.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { markBehind } from "./behind.js";
 import type { StoreTx } from "./ports.js";
@@ -165,17 +166,19 @@ export async function checkKeysIn(ctx: VaultContext, tx: StoreTx): Promise<void>
       new VaultError("key_unavailable", `the master key was rotated to ${current} by another lessor process sharing this vault's store; this instance is loading it, retry`),
       { kind: "key", keyId: current, hard: true },
     );
-  // The source puts first a key a rotation already retired (an old LESSOR_MASTER_KEY, a key command
-  // printing the old key first, a key file put back): nothing is sealed or MACed under it, or values
-  // and events would depend on a key the operator was told to drop.
+  // The source gives first a key other than the one the store records as current (a rotation
+  // retired it: an old LESSOR_MASTER_KEY, a key command printing the old key first, a key file put
+  // back; or a key planted there; or another process's rotation not recorded yet): nothing is sealed
+  // or MACed under it. The recorded key, which this ring holds, is made current, and the call runs
+  // again (what it sealed so far used the other key).
   if (current !== null && ctx.keyring.current.id !== current && ctx.keyring.get(current)) {
-    const retired = parseArchive(await tx.getMeta(AUDIT_KEYS_META));
     const first = ctx.keyring.current.id;
-    if (Object.prototype.hasOwnProperty.call(retired, first))
-      throw new VaultError(
-        "key_unavailable",
-        `${ctx.keys.describe} gives master key ${first} first, but a rotation retired it for ${current}: nothing is written under a retired key. Make ${current} the current (first) key there, with ${first} after it only while something still needs it`,
-      );
+    install(ctx, withCurrent(ctx.keyring, current));
+    throw markBehind(new VaultError("key_unavailable", `${ctx.keys.describe} gives master key ${first} first, but the store records ${current} as current; writing under ${current}, retry`), {
+      kind: "key",
+      keyId: current,
+      hard: true,
+    });
   }
   if (cp !== null && !ctx.keyring.get(cp.keyId)) {
     const last = state(ctx).failed.get(cp.keyId);

@@ -145,7 +145,8 @@ async function grantIn(
     policyGateIn(ctx, tx),
     heartbeatIn(ctx, tx),
   ]);
-  const fired = lockout.engaged ? null : await deadmanIn(ctx, tx, audit, now, beat);
+  // A stale instance (its policy or limits not the ones in force) never fires the switch by its own period.
+  const fired = lockout.engaged || stale ? null : await deadmanIn(ctx, tx, audit, now, beat);
   if (lockout.engaged || fired) return denied(audit, who, lockoutError(fired ?? lockout), { agent, secret, domain: req.domains?.join(",") ?? null });
   if (stale) return denied(audit, who, stale, { agent, secret, domain: req.domains?.join(",") ?? null });
   const q = { agent, secret: ref, domains: req.domains };

@@ -247,7 +247,8 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
   const needs = (s: PolicyStamp | null): boolean =>
     s === null
       ? ctx.policy.error === undefined && ctx.policy.digest !== ""
-      : s.limits !== mine && (claimLimits !== null || (s.limits === undefined && s.digest === ctx.policy.digest));
+      : // A daemon whose policy is stale claims nothing: it would leave no instance granting at all.
+        s.limits !== mine && s.digest === ctx.policy.digest && (claimLimits !== null || s.limits === undefined);
   let stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META));
   if (needs(stamp)) {
     const write = async (tx: StoreTx, audit: AuditFn | null, now: number): Promise<PolicyStamp | null> => {
@@ -268,6 +269,21 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
       }
   }
   note(ctx, stamp);
+}
+
+/**
+ * Inside a reload's transaction: the limits its stamp keeps. A daemon's reload puts its own in force
+ * (audited as `limits_pinned` when they change); any other (an embedded `lessor policy reload`) keeps
+ * the limits in force as they are, so that a lessor.toml on an admin's laptop cannot change what the
+ * daemons grant.
+ */
+export async function reloadLimitsIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, who: Identity): Promise<string | undefined> {
+  const was = parsePolicyStamp(await tx.getMeta(POLICY_META));
+  if (!ctx.claimsLimits) return was?.limits;
+  const mine = limitsText(ctx.limits);
+  if (was?.limits !== undefined && was.limits !== mine)
+    await audit({ type: "limits_pinned", actor: who, outcome: "ok", detail: { limits: mine, previous: was.limits, changed: differingLimits(mine, was.limits).join(",") } });
+  return mine;
 }
 
 /** Records the stamp this process just committed (a reload here), so status says at once that it is in line. */

@@ -13,7 +13,7 @@
  * ```
  */
 import type { Alg } from "../crypto/aead.js";
-import type { Keyring } from "../crypto/keyring.js";
+import { withCurrent, type Keyring } from "../crypto/keyring.js";
 import type { KeySource } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
@@ -49,15 +49,15 @@ import * as approvalCalls from "./approval-calls.js";
 import type { ApprovalRecord } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
 import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
-import { openPolicyStamp, refreshPolicyStamp, stampedHere } from "./policy-sync.js";
-import { checkLimits, limitsText, type Limits as VaultLimits } from "./limits.js";
+import { openPolicyStamp, refreshPolicyStamp, reloadLimitsIn, stampedHere } from "./policy-sync.js";
+import { checkLimits, type Limits as VaultLimits } from "./limits.js";
 
 /** `limits`, checked (a program embedding the vault is held to what lessor.toml's parser allows). */
 function checkedLimits(limits: VaultLimits): VaultLimits {
   checkLimits(limits);
   return limits;
 }
-import { catchUpKeys } from "./key-reload.js";
+import { catchUpKeys, CURRENT_KEY_META } from "./key-reload.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
 /** How to open a vault. */
@@ -180,6 +180,14 @@ export class Vault {
           "key_unavailable",
           `the master key from ${opts.keys.describe} does not match this vault (it needs key ${missing.join(", ")}, loaded ${ring.ids().join(", ")}); use the key this vault was created with`,
         );
+      // The key the store records as current is the one written under, whatever the source gives
+      // first (a retired key put back, a planted one): src/vault/key-reload.ts checkKeysIn.
+      const recorded = await opts.store.getMeta(CURRENT_KEY_META);
+      if (recorded !== null && ring.current.id !== recorded && ring.get(recorded)) {
+        const reordered = withCurrent(ring, recorded);
+        ring.wipe();
+        ring = reordered;
+      }
       const loadPolicy = typeof opts.policy === "function" ? opts.policy : null;
       const policy = loadPolicy !== null ? await loadOrBroken(loadPolicy) : ((opts.policy as Policy | undefined) ?? emptyPolicy());
       const ctx: VaultContext = {
@@ -195,6 +203,7 @@ export class Vault {
         cipher: opts.cipher ?? "aes-256-gcm",
         // A limit given as undefined keeps its default (a Partial<Limits> built from optional settings).
         limits: checkedLimits({ ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) }),
+        claimsLimits: opts.claimLimits !== undefined,
         closed: false,
         signals: new Signals(),
         auditSeen: null,
@@ -559,12 +568,14 @@ export class VaultSession {
     if (next.error !== undefined) {
       // Deny first: the file the admin just edited may have meant to take a grant away.
       const v = installPolicy(ctx, next);
+      let limits: string | undefined;
       await commit(ctx, async (tx, audit, now) => {
+        limits = await reloadLimitsIn(ctx, tx, audit, this.identity);
         // The stamp tells the other instances sharing the store to reload too (src/vault/remote-changes.ts).
-        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id, limits: limitsText(ctx.limits) }));
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id, ...(limits === undefined ? {} : { limits }) }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
-      stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id, limits: limitsText(ctx.limits) });
+      stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id, ...(limits === undefined ? {} : { limits }) });
       ctx.signals.emit({ type: "policy_reloaded", ok: false });
       throw new VaultError("policy_invalid", `${next.error}; every grant is now denied until you fix the policy and run lessor policy reload again`);
     }
@@ -572,16 +583,18 @@ export class VaultSession {
     // after the policy_reloaded event (the old rules may be what the admin meant to take away).
     const previous = ctx.policy;
     const load = installPolicy(ctx, next).load;
+    let limits: string | undefined;
     try {
       await commit(ctx, async (tx, audit, now) => {
-        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id, limits: limitsText(ctx.limits) }));
+        limits = await reloadLimitsIn(ctx, tx, audit, this.identity);
+        await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "ok", at: now, by: this.identity.id, ...(limits === undefined ? {} : { limits }) }));
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load } });
       });
     } catch (e) {
       installPolicy(ctx, previous);
       throw e;
     }
-    stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id, limits: limitsText(ctx.limits) });
+    stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id, ...(limits === undefined ? {} : { limits }) });
     ctx.signals.emit({ type: "policy_reloaded", ok: true });
     return { rules: next.rules.length, digest: next.digest };
   }

@@ -24,9 +24,11 @@ import { hexToKey, isHexKey, ringOf } from "./common.js";
 /** Default time limit for the key command. */
 export const DEFAULT_KEY_COMMAND_TIMEOUT_MS = 10_000;
 const MAX_OUTPUT = 64 * 1024;
+/** After the command exited 0, how long its stdout may stay open (a child it left holding it). */
+const EXIT_GRACE_MS = 250;
 
 /** lessor's own secrets in its environment, which the key command never gets. */
-const WITHHELD = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_DATABASE_URL", "LESSOR_MIGRATE_TO"];
+const WITHHELD = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_DATABASE_URL", "LESSOR_MIGRATE_TO", "PGPASSWORD"];
 
 /**
  * The program `file` names, as an absolute path: a path as written (it must be absolute: a relative
@@ -102,7 +104,11 @@ function run(path: string, args: readonly string[], timeoutMs: number, env: Node
     };
     let child: ReturnType<typeof spawn>;
     try {
-      child = spawn(path, [...args], { env: childEnv, shell: false, detached: true, windowsHide: true, stdio: ["ignore", "pipe", "pipe"] });
+      // A process group of its own, killed whole at the time limit; but not while lessor runs on a
+      // terminal, where a group of its own would cut the command off the terminal it may prompt on
+      // (age -d, sudo, ssh ask on /dev/tty): there the person at it can stop what is left.
+      const detached = !(process.stdin.isTTY || process.stderr.isTTY);
+      child = spawn(path, [...args], { env: childEnv, shell: false, detached, windowsHide: true, stdio: ["ignore", "pipe", "pipe"] });
     } catch (e) {
       return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String((e as NodeJS.ErrnoException).code ?? "error")}); check command under [keys] in lessor.toml`));
     }
@@ -137,6 +143,21 @@ function run(path: string, args: readonly string[], timeoutMs: number, env: Node
       chunks.push(d);
     });
     child.stderr!.on("data", (d: Buffer) => d.fill(0)); // never read: a KMS tool may print key material there
+    // Exited well, but a child it left (an agent such as op's) still holds stdout open: what was
+    // printed is taken after a short grace, and the child is left alone.
+    child.on("exit", (code) => {
+      if (code !== 0) return;
+      setTimeout(() => {
+        if (settled || why !== null) return;
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        settled = true;
+        clearTimeout(timer);
+        const out = Buffer.concat(chunks);
+        wipe();
+        resolve(out);
+      }, EXIT_GRACE_MS).unref();
+    });
     child.on("close", (code, signal) => {
       if (settled) return;
       if (why === "timeout") return fail(`the key command ${name} did not finish within ${timeoutMs} ms; raise command_timeout under [keys] in lessor.toml if it needs longer`);

@@ -32,7 +32,7 @@ const PLACE_SQL = `
 SELECT current_schema() AS schema, current_database() AS db, inet_server_addr()::text AS addr, current_setting('port') AS port,
   (n.nspowner = ${ME} OR n.nspowner = ${DB_OWNER_ROLE}) AS owned,
   (SELECT count(*) FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-     WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner)::int AS others_create,
+     WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner AND a.grantee <> ${ME})::int AS others_create,
   (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND ${NOT_EXTENSION("pg_class", "c")})::int AS relations,
   (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid AND ${NOT_EXTENSION("pg_proc", "p")})::int AS functions
 FROM pg_namespace n WHERE n.nspname = current_schema()`;
