@@ -328,6 +328,20 @@ test("the key command gets none of lessor's descriptors (the database, its journ
   assert.equal(got.stdout.trim(), "STDIN-CANARY-5d2e", "lessor read its whole stdin itself");
 });
 
+test("a key command that prints the key and exits 0, leaving a child that holds its stdout (an agent), is read at once, not after its time limit; the child is left running", async () => {
+  const k = hex();
+  const d = tmp();
+  const prog = script(join(d, "getkey"), `echo ${k}\nsleep 30 &\necho $! > ${d}/agent.pid\nexit 0`);
+  const h = await envHome(k, toml([prog], 'command_timeout = "5s"\n'));
+  const r = await cli(["status"], { LESSOR_HOME: h, LESSOR_MASTER_KEY: "" });
+  const pid = Number(readFileSync(join(d, "agent.pid"), "utf8"));
+  const alive = existsSync(`/proc/${pid}`);
+  if (alive) process.kill(pid, "SIGKILL");
+  assert.equal(r.code, 0, show(r));
+  assert.ok(r.ms < 4_000, `status took ${r.ms} ms: the command's stdout held open by its child was waited on`);
+  assert.ok(alive, "the child the command left is not killed on success");
+});
+
 test("the key command's time limit ends its whole process tree: a grandchild it started does not outlive the refusal", async () => {
   const k = hex();
   const d = tmp();
