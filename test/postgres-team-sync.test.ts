@@ -338,4 +338,25 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     assert.equal((await adminB.describe()).killswitch.engaged, false, "the killswitch was not pulled by A's stale period");
     assert.doesNotMatch(a.stderr(), /dead-man switch: no heartbeat/);
   });
+
+  test("an instance whose approval_use is not the one in force decides no approval (its decision would stand for its own time)", async () => {
+    const { url, drop } = await testSchema();
+    cleanups.push(drop);
+    const policy = grant("gated", ["claude"], ["github-token"], ["api.github.com"], 'approval = "required"');
+    const config = (extra: string) => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${extra}\n`;
+    const homeA = await makeHome({ config: config('approval_use = "1m"'), policy });
+    const homeB = await makeHome({ config: config('approval_use = "24h"'), policy });
+    copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
+    const serve = { id: "uid:0", role: "admin" as const, transport: "serve" };
+    const a = await openVault({ home: homeA, env: { LESSOR_HOME: homeA }, claimLimits: serve });
+    cleanups.push(() => a.close());
+    await a.admin().storeSecret({ name: "github-token", value: CANARY });
+    // B starts after A and puts its approval_use in force: A is now the stale one.
+    const b = await openVault({ home: homeB, env: { LESSOR_HOME: homeB }, claimLimits: serve });
+    cleanups.push(() => b.close());
+    const asked = await b.session({ id: "embedded:claude", role: "agent", agent: "claude", transport: "embedded" }).requestApproval({ secret: "github-token", domains: ["api.github.com"] });
+    assert.ok(asked.required);
+    await assert.rejects(a.admin().decideApproval(asked.approval.id, true), (e: Coded) => e.code === "unavailable" && /approval_use/.test(e.message));
+    assert.equal((await b.admin().decideApproval(asked.approval.id, true)).state, "approved");
+  });
 });
