@@ -31,7 +31,7 @@ import { before, describe, test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { keyIdOf } from "../src/crypto/keyring.js";
 import { keychainKeySource } from "../src/crypto/keys/keychain.js";
-import { keychainMissing, onPath } from "./keychain-harness.js";
+import { keychainMissing, onPath, runInBusSession, type BusSessionResult } from "./keychain-harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(root, "src/cli/main.ts");
@@ -347,45 +347,13 @@ const out = {};
 `;
 
 /** Runs `body` (after PRELUDE) inside a private D-Bus session listening on `listen`, gnome-keyring unlocked. */
-function session(b: Box, listen: string, body: string, timeoutMs = 110_000): Promise<{ out: Record<string, unknown>; stdout: string; stderr: string }> {
+function session(b: Box, listen: string, body: string, timeoutMs = 110_000): Promise<BusSessionResult> {
   const cfg = join(b.dir, "bus.xml");
   writeFileSync(cfg, busConfig(listen));
   const script = join(b.dir, "owner.mts");
   writeFileSync(script, `${PRELUDE}\n${body}\nprocess.stdout.write("\\nRESULT " + JSON.stringify(out) + "\\n");\n`, { mode: 0o600 });
   const start = 'printf "%s" "$KEYRING_PW" | gnome-keyring-daemon --unlock --components=secrets >/dev/null';
-  return new Promise((resolve, reject) => {
-    const child = spawn("dbus-run-session", [`--config-file=${cfg}`, "--", "sh", "-c", `${start}; exec node --import "$TSX" "$SCRATCH"`], {
-      cwd: root,
-      env: { ...b.env, SCRATCH: script, TSX, PROJECT: b.project },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // its own process group: a timeout ends the bus and the keyring daemon too
-    });
-    const o: Buffer[] = [];
-    const e: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => o.push(d));
-    child.stderr.on("data", (d: Buffer) => e.push(d));
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid!, "SIGKILL");
-      } catch {
-        // gone
-      }
-    }, timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      try {
-        process.kill(-child.pid!, "SIGKILL"); // a keyring daemon left behind
-      } catch {
-        // gone
-      }
-      const stdout = Buffer.concat(o).toString("utf8");
-      const stderr = Buffer.concat(e).toString("utf8");
-      const line = stdout.split("\n").find((l) => l.startsWith("RESULT "));
-      if (line === undefined) return reject(new Error(`the keychain session ended (${code ?? signal}) without a result:\n${stdout}\n${stderr}`));
-      resolve({ out: JSON.parse(line.slice("RESULT ".length)) as Record<string, unknown>, stdout, stderr });
-    });
-  });
+  return runInBusSession({ busArgs: [`--config-file=${cfg}`], start, tsx: TSX, script, cwd: root, env: { ...b.env, PROJECT: b.project }, timeoutMs });
 }
 
 const keysOf = (ring: unknown): string[] => (JSON.parse(ring as string) as { keys: string[] }).keys;

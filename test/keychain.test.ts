@@ -25,7 +25,7 @@ import { keychainKeySource } from "../src/crypto/keys/keychain.js";
 import { TEST_ARGON2_PARAMS, createPassphraseKeyStore } from "../src/crypto/keys/passphrase.js";
 import { selectKeySource } from "../src/crypto/keys/select.js";
 import { filesUnder, rejectsWith, tempDir } from "./helpers.js";
-import { keychainMissing } from "./keychain-harness.js";
+import { keychainMissing, runInBusSession, type BusSessionResult } from "./keychain-harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(root, "src/cli/main.ts");
@@ -204,12 +204,6 @@ const account = () => JSON.parse(readFileSync(join(process.env.LESSOR_HOME, "key
 const out = {};
 `;
 
-interface SessionResult {
-  out: Record<string, unknown>;
-  stdout: string;
-  stderr: string;
-}
-
 let scripts = 0;
 
 /**
@@ -217,41 +211,14 @@ let scripts = 0;
  * "unlocked" starts it unlocked with the box's password (creating the login keyring the first time);
  * "locked" starts it without the password, so the keyring made earlier stays locked.
  */
-function session(b: Box, body: string, keyring: "unlocked" | "locked" = "unlocked", timeoutMs = 200_000): Promise<SessionResult> {
+function session(b: Box, body: string, keyring: "unlocked" | "locked" = "unlocked", timeoutMs = 200_000): Promise<BusSessionResult> {
   const script = join(b.dir, `scratch-${++scripts}.mts`);
   writeFileSync(script, `${PRELUDE}\n${body}\nprocess.stdout.write("\\nRESULT " + JSON.stringify(out) + "\\n");\n`, { mode: 0o600 });
   const start =
     keyring === "unlocked"
       ? 'printf "%s" "$KEYRING_PW" | gnome-keyring-daemon --unlock --components=secrets >/dev/null'
       : "gnome-keyring-daemon --start --components=secrets >/dev/null";
-  return new Promise((resolve, reject) => {
-    const child = spawn("dbus-run-session", ["--", "sh", "-c", `${start}; exec node --import tsx "$SCRATCH"`], {
-      cwd: root,
-      env: { ...b.env, SCRATCH: script },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // its own process group, so a timeout ends the bus and the keyring daemon too
-    });
-    const o: Buffer[] = [];
-    const e: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => o.push(d));
-    child.stderr.on("data", (d: Buffer) => e.push(d));
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid!, "SIGKILL");
-      } catch {
-        // gone
-      }
-    }, timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const stdout = Buffer.concat(o).toString("utf8");
-      const stderr = Buffer.concat(e).toString("utf8");
-      const line = stdout.split("\n").find((l) => l.startsWith("RESULT "));
-      if (line === undefined) return reject(new Error(`the keychain session ended (${code ?? signal}) without a result:\n${stdout}\n${stderr}`));
-      resolve({ out: JSON.parse(line.slice("RESULT ".length)) as Record<string, unknown>, stdout, stderr });
-    });
-  });
+  return runInBusSession({ start, tsx: "tsx", script, cwd: root, env: b.env, timeoutMs });
 }
 
 interface Run {
