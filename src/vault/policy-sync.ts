@@ -257,7 +257,7 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
       const next: PolicyStamp = was === null ? { digest: ctx.policy.digest, state: "ok", at: now, by: FIRST_OPEN, limits: mine } : { ...was, limits: mine };
       await tx.setMeta(POLICY_META, formatPolicyStamp(next));
       if (audit !== null && was !== null && was.limits !== undefined)
-        await audit({ type: "limits_pinned", actor: claimLimits!, outcome: "ok", detail: { limits: mine, previous: was.limits, changed: differingLimits(mine, was.limits).join(",") } });
+        await auditPinned(audit, claimLimits!, mine, was.limits);
       return next;
     };
     if (claimLimits === null) stamp = await ctx.store.transaction((tx) => write(tx, null, ctx.now()));
@@ -271,6 +271,11 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
   note(ctx, stamp);
 }
 
+/** The `limits_pinned` event: `who` put `limits` in force over `previous`. */
+function auditPinned(audit: AuditFn, who: Identity, limits: string, previous: string): Promise<unknown> {
+  return audit({ type: "limits_pinned", actor: who, outcome: "ok", detail: { limits, previous, changed: differingLimits(limits, previous).join(",") } });
+}
+
 /**
  * Inside a reload's transaction: the limits its stamp keeps. A daemon's reload puts its own in force
  * (audited as `limits_pinned` when they change); any other (an embedded `lessor policy reload`) keeps
@@ -282,7 +287,7 @@ export async function reloadLimitsIn(ctx: VaultContext, tx: StoreTx, audit: Audi
   if (!ctx.claimsLimits) return was?.limits;
   const mine = limitsText(ctx.limits);
   if (was?.limits !== undefined && was.limits !== mine)
-    await audit({ type: "limits_pinned", actor: who, outcome: "ok", detail: { limits: mine, previous: was.limits, changed: differingLimits(mine, was.limits).join(",") } });
+    await auditPinned(audit, who, mine, was.limits);
   return mine;
 }
 
