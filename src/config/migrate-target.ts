@@ -6,8 +6,7 @@
  * only); a password-free URL may be given with `--to` (the password then comes from `PGPASSWORD` or
  * `~/.pgpass`, which node-postgres reads). No message here ever shows the URL itself.
  */
-import { closeSync, constants, fstatSync, openSync } from "node:fs";
-import { readCappedSync } from "../fs/capped-read.js";
+import { readTrustedFile } from "../fs/trusted-file.js";
 import { resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { describeTarget } from "../store/postgres/connection.js";
@@ -60,43 +59,19 @@ export function parseMigrateTarget(text: string, from: string, passwordAllowed: 
 const MAX_TARGET_FILE_BYTES = 64 * 1024;
 
 /**
- * Reads a target from a file: a regular file of yours that no one else can write (its owner or a
- * writer could choose where the vault is copied); one holding a password must be readable by you only.
- * Checked on the descriptor that is read, opened non-blocking (a fifo is refused, never waited on),
- * and read with a cap (a device such as /dev/zero is refused as not a file).
+ * Reads a target from a file: a regular file of yours (or root's) that no one else can write (its
+ * owner or a writer could choose where the vault is copied), read by src/fs/trusted-file.ts with a
+ * cap (a fifo or a device such as /dev/zero is refused, never waited on); one holding a password must
+ * be readable by you only.
  */
 export function readMigrateTargetFile(path: string): MigrateTarget {
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  } catch (e) {
-    throw new VaultError("invalid_request", `cannot read the target file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
-  }
   let text: string;
   let mode: number;
   try {
-    const st = fstatSync(fd);
-    mode = st.mode;
-    if (!st.isFile()) throw new VaultError("invalid_request", `the target file ${path} is not a regular file (${st.isFIFO() ? "a fifo" : st.isDirectory() ? "a directory" : "a device or socket"}); write the target into a file of its own`);
-    const me = process.getuid?.();
-    if (me !== undefined && st.uid !== me)
-      throw new VaultError(
-        "invalid_request",
-        `the target file ${path} belongs to uid ${st.uid}, not to you (uid ${me}): its owner could read a password in it or change where the vault is copied; write the target into a file of your own`,
-      );
-    if ((mode & 0o022) !== 0)
-      throw new VaultError("invalid_request", `the target file ${path} can be changed by other users (mode ${(mode & 0o777).toString(8)}), who could choose where the vault is copied; chmod go-w ${path}`);
-    let read;
-    try {
-      read = readCappedSync(fd, MAX_TARGET_FILE_BYTES);
-    } catch (e) {
-      throw new VaultError("invalid_request", `cannot read the target file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
-    }
-    if ("tooLarge" in read) throw new VaultError("invalid_request", `the target file ${path} is larger than ${MAX_TARGET_FILE_BYTES} bytes; it must hold one line: ${FORMS}`);
-    text = read.bytes.toString("utf8");
-    read.bytes.fill(0);
-  } finally {
-    closeSync(fd);
+    ({ text, mode } = readTrustedFile(path, "the target file", "invalid_request", MAX_TARGET_FILE_BYTES));
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    throw new VaultError("invalid_request", `cannot read the target file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
   }
   const lines = text.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
   if (lines.length !== 1) throw new VaultError("invalid_request", `the target file ${path} must hold exactly one line: ${FORMS}`);

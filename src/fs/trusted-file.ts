@@ -9,6 +9,7 @@
 import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
 import { VaultError, type ErrorCode } from "../base/errors.js";
 import { octal } from "./perms.js";
+import { readCappedSync } from "./capped-read.js";
 
 const POSIX = process.platform !== "win32";
 
@@ -18,6 +19,14 @@ const POSIX = process.platform !== "win32";
  * (ENOENT included) is thrown as it is, for the caller to word.
  */
 export function readTrustedText(path: string, what: string, code: ErrorCode): string {
+  return readTrustedFile(path, what, code).text;
+}
+
+/**
+ * {@link readTrustedText}, with the mode of the file read; with `maxBytes`, a file larger than that
+ * is refused (`code`) rather than read whole.
+ */
+export function readTrustedFile(path: string, what: string, code: ErrorCode, maxBytes?: number): { text: string; mode: number } {
   const fd = openSync(path, constants.O_RDONLY | (POSIX ? constants.O_NONBLOCK : 0));
   try {
     const st = fstatSync(fd);
@@ -29,7 +38,12 @@ export function readTrustedText(path: string, what: string, code: ErrorCode): st
       if ((st.mode & 0o022) !== 0)
         throw new VaultError(code, `${what} ${path} can be changed by other users (mode ${octal(st.mode)}), so it is not used; fix it with: chmod go-w ${path}`);
     }
-    return readFileSync(fd, "utf8");
+    if (maxBytes === undefined) return { text: readFileSync(fd, "utf8"), mode: st.mode };
+    const read = readCappedSync(fd, maxBytes);
+    if ("tooLarge" in read) throw new VaultError(code, `${what} ${path} is larger than ${maxBytes} bytes`);
+    const text = read.bytes.toString("utf8");
+    read.bytes.fill(0);
+    return { text, mode: st.mode };
   } finally {
     closeSync(fd);
   }
