@@ -553,6 +553,28 @@ describe("the source: a daemon serving it, other writers, a broken trail", () =>
     }
   });
 
+  test("no daemon starts on the home while migrate copies it: lessor serve is refused, naming the lock, and the copy completes", { timeout: 60_000 }, async () => {
+    const home = await newHome();
+    await seed(home);
+    const preload = join(tempDirUntilExit("lessor-mig-pause-"), "pause.cjs");
+    writeFileSync(preload, PAUSE_PRELOAD);
+    const path = join(tempDirUntilExit("lessor-mig-l-"), "copy.db");
+    const run = start(["migrate", "--to", `sqlite:${path}`], { home, env: { LESSOR_TEST_PAUSE_AT: "copying to" }, nodeArgs: ["--require", preload] });
+    await until("migrate to be copying", () => run.stderr().includes("copying to") || run.child.exitCode !== null);
+    const d = start(["--home", home, "serve"], { home, timeoutMs: 30_000 });
+    await until("lessor serve to start or give up", () => d.stderr().includes("lessor daemon ready") || d.child.exitCode !== null);
+    const ready = d.stderr().includes("lessor daemon ready");
+    if (ready) d.child.kill("SIGTERM");
+    const served = await d.done;
+    run.child.kill("SIGCONT");
+    const r = await run.done;
+    assert.ok(!ready && served.code !== 0, `a daemon started on the home during the copy:\n${show(served)}`);
+    assert.match(served.stderr, /lessor\.pid|another lessor daemon|pid \d+/);
+    assertClean("migrate with a daemon refused beside it", r);
+    assert.equal(r.code, 0, show(r));
+    assert.ok(!existsSync(join(home, "lessor.pid")), "migrate released the home's lock");
+  });
+
   // Was broken (fixed since). Reproduction: no daemon; another `lessor` process (an embedded CLI, a script on the vault)
   // stores secrets while `lessor migrate --to sqlite:/tmp/copy.db` runs. Observed, every run here: exit
   // 1, "the source's audit trail does not verify (the trail ends at event 858 but the checkpoint says
