@@ -21,6 +21,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import Database from "better-sqlite3";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { fileKeySource } from "../src/crypto/keys/file.js";
+import { commandKeySource } from "../src/crypto/keys/command.js";
 import { passphraseKeySource, TEST_ARGON2_PARAMS } from "../src/crypto/keys/passphrase.js";
 import { keyIdOf } from "../src/crypto/keyring.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
@@ -326,6 +327,25 @@ test("the key command gets none of lessor's descriptors (the database, its journ
   assert.equal(readFileSync(join(d, "stdin.txt"), "utf8"), "");
   const got = await cli(["secret", "get", "x", "--reveal"], { LESSOR_HOME: h });
   assert.equal(got.stdout.trim(), "STDIN-CANARY-5d2e", "lessor read its whole stdin itself");
+});
+
+test("the key command never gets lessor's own secrets in its environment (passphrase, token, database URL and password, other master keys); the rest of the environment reaches it", async () => {
+  const k = hex();
+  const d = tmp();
+  const prog = script(join(d, "getkey"), `env > ${d}/env.txt\necho ${k}`);
+  const secrets = {
+    LESSOR_MASTER_KEY_PREVIOUS: hex(),
+    LESSOR_PASSPHRASE: "pass-canary-7f3a",
+    LESSOR_TOKEN: "lsr_0123456789abcdef_tokcanary",
+    LESSOR_DATABASE_URL: "postgres://u:dbpw-canary@db.invalid/x",
+    LESSOR_MIGRATE_TO: "postgres://u:migpw-canary@db.invalid/x",
+    PGPASSWORD: "pgpw-canary",
+  };
+  const ring = await commandKeySource([prog], { env: { PATH: process.env.PATH ?? "", KMS_PROFILE: "prod", ...secrets } }).load();
+  ring.wipe();
+  const seen = readFileSync(join(d, "env.txt"), "utf8");
+  for (const [name, value] of Object.entries(secrets)) assert.ok(!seen.includes(value) && !seen.includes(`${name}=`), `${name} reached the key command`);
+  assert.match(seen, /^KMS_PROFILE=prod$/m, "the rest of the environment reaches it");
 });
 
 test("a key command that prints the key and exits 0, leaving a child that holds its stdout (an agent), is read at once, not after its time limit; the child is left running", async () => {
