@@ -359,4 +359,23 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     await assert.rejects(a.admin().decideApproval(asked.approval.id, true), (e: Coded) => e.code === "unavailable" && /approval_use/.test(e.message));
     assert.equal((await b.admin().decideApproval(asked.approval.id, true)).state, "approved");
   });
+
+  test("a daemon whose policy file is stale claims no limits at start: the instance in line keeps granting", async () => {
+    const { url, drop } = await testSchema();
+    cleanups.push(drop);
+    const config = (extra: string) => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${extra}\n`;
+    const homeA = await makeHome({ config: config("max_live_leases_per_agent = 2"), policy: POLICY });
+    const homeB = await makeHome({ config: config("max_live_leases_per_agent = 50"), policy: `${POLICY}\n# B's own edit\n` });
+    copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
+    const serve = { id: "uid:0", role: "admin" as const, transport: "serve" };
+    const a = await openVault({ home: homeA, env: { LESSOR_HOME: homeA }, claimLimits: serve });
+    cleanups.push(() => a.close());
+    await a.admin().storeSecret({ name: "github-token", value: CANARY });
+    const b = await openVault({ home: homeB, env: { LESSOR_HOME: homeB }, claimLimits: serve });
+    cleanups.push(() => b.close());
+    assert.ok((await b.admin().describe()).policy.stale !== undefined, "B's policy is stale");
+    assert.equal((await a.admin().describe()).policy.stale, undefined, "A's limits are still the ones in force");
+    await a.session({ id: "embedded:claude", role: "agent", agent: "claude", transport: "embedded" }).requestLease(GH);
+    assert.equal((await a.admin().auditQuery({ types: ["limits_pinned"] })).length, 0);
+  });
 });
