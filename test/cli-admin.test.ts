@@ -28,6 +28,8 @@ secrets = ["github-token"]
 domains = ["api.github.com"]
 max_uses = 5
 methods = ["GET"]
+# the CLI's lease prints the value: these tests take the value as the owner
+reveal = true
 
 [[rule]]
 name = "nobody-prod"
@@ -202,7 +204,7 @@ describe("lessor policy", () => {
     assert.equal(j.digest, digest);
     assert.deepEqual(j.rules[0], {
       index: 1, name: "claude-github", effect: "allow", agents: ["claude"], secrets: ["github-token"], domains: ["api.github.com"], anyDomain: false,
-      methods: ["GET"], paths: null, ttl: "10m", maxTtl: "1d", maxUses: 5, renewable: true, maxRenewals: null,
+      methods: ["GET"], paths: null, reveal: true, ttl: "10m", maxTtl: "1d", maxUses: 5, renewable: true, maxRenewals: null,
     });
     const file = join(mkdtempSync(join(tmpdir(), "lessor-pol-")), "p.toml");
     writeFileSync(file, POLICY);
@@ -217,7 +219,7 @@ describe("lessor policy", () => {
     const r = await cli(["policy", "check", file]);
     assert.equal(r.code, 2);
     assert.equal(r.stdout, "");
-    assert.equal(r.stderr, `lessor: ${file}: rule 1 ("gh"): unknown field "domians" (did you mean "domains"?); expected one of: name, effect, agents, secrets, domains, any_domain, methods, paths, approval, ttl, max_ttl, max_uses, renewable, max_renewals\n`);
+    assert.equal(r.stderr, `lessor: ${file}: rule 1 ("gh"): unknown field "domians" (did you mean "domains"?); expected one of: name, effect, agents, secrets, domains, any_domain, methods, paths, reveal, approval, ttl, max_ttl, max_uses, renewable, max_renewals\n`);
     const j = await cli(["policy", "check", file, "--json"]);
     assert.equal(j.code, 2);
     assert.deepEqual(Object.keys(JSON.parse(j.stdout)).sort(), ["error", "ok", "source"]);

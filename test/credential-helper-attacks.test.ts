@@ -57,6 +57,8 @@ agents = ["claude"]
 secrets = ["path-token"]
 domains = ["git.test.example"]
 paths = ["/allowed.git"]
+# the helper hands the value to git: a rule with paths must say so (docs/cli/credential-helpers.md)
+reveal = true
 
 [[rule]]
 name = "registry"

@@ -45,6 +45,7 @@ agents = ["claude"]
 secrets = ["github-token", "canary", "temp", "racy"]
 domains = ["${DOMAIN}"]
 methods = ["GET"]
+reveal = true
 `;
 const BOB_RULE = `[[rule]]
 name = "bob-private-rule"

@@ -241,7 +241,7 @@ describe("canonical paths, property-based", () => {
 });
 
 describe("through the vault", () => {
-  const POLICY = grant("acme-repos", ["claude"], ["github-token"], ["api.github.com"], 'paths = ["/repos/acme/"]\nmethods = ["GET"]');
+  const POLICY = grant("acme-repos", ["claude"], ["github-token"], ["api.github.com"], 'paths = ["/repos/acme/"]\nmethods = ["GET"]\nreveal = true');
 
   test("an agent's access with a path that escapes the grant's prefix is denied and audited; one inside works", async () => {
     const t = await makeVault({ policy: POLICY });

@@ -28,6 +28,8 @@ secrets = ["gh"]
 domains = ["api.github.com", "*.githubusercontent.com"]
 methods = ["GET"]
 paths = ["/repos/"]
+# these tests use the value in the agent itself, not through a proxy
+reveal = true
 
 [[rule]]
 name = "once"

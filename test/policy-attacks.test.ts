@@ -339,7 +339,7 @@ describe("domains", () => {
 
 // ---------------------------------------------------------------------------------------------
 describe("methods and paths through the access check", () => {
-  const RULE = allow("gh", { domains: ["api.github.com"], extra: 'methods = ["get", "POST"]\npaths = ["/repos/acme/", "/user"]' });
+  const RULE = allow("gh", { domains: ["api.github.com"], extra: 'methods = ["get", "POST"]\npaths = ["/repos/acme/", "/user"]\nreveal = true' });
 
   async function setup() {
     const t = await makeVault({ policy: RULE });

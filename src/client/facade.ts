@@ -45,6 +45,12 @@ export interface AccessTargetInput {
   domain?: string;
   method?: string;
   path?: string;
+  /**
+   * "proxy": the value goes into a request your injecting proxy sends for the agent, not to the agent.
+   * Honoured for the owner and orchestrators only; the only way to use a lease whose rule says
+   * `reveal = false` (docs/policy.md).
+   */
+  via?: "proxy";
 }
 
 /** A value from the daemon; wipe it (or `using`) when done. */
@@ -283,6 +289,7 @@ function targetParams(target: AccessTargetInput | undefined): AccessTargetInput 
   if (target?.domain !== undefined) out.domain = target.domain;
   if (target?.method !== undefined) out.method = target.method;
   if (target?.path !== undefined) out.path = target.path;
+  if (target?.via !== undefined) out.via = target.via;
   return out;
 }
 

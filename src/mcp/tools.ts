@@ -187,7 +187,7 @@ const requestAccess: ToolSpec = {
       if ("result" in flow) return flow.result;
       approval = flow.approved;
     }
-    const r = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: {} });
+    const r = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: { via: "proxy" } });
     if (!("value" in r)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
     const got = r;
     let placeholder: string;

@@ -33,4 +33,10 @@ export const value = {
 };
 
 /** Where a leased value is about to be used (access_secret, and request_lease's `access`). */
-export const target = { domain: plain(z.string().max(300)).optional(), method: str(16).optional(), path: plain(z.string().max(8192)).optional() };
+export const target = {
+  domain: plain(z.string().max(300)).optional(),
+  method: str(16).optional(),
+  path: plain(z.string().max(8192)).optional(),
+  /** "proxy": an injecting proxy uses the value (honoured for the owner and orchestrators only). */
+  via: z.literal("proxy").optional(),
+};

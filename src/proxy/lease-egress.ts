@@ -227,7 +227,7 @@ export class LeaseEgress implements Egress {
     const values = new Map<Held, string>();
     for (const h of using) {
       try {
-        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target });
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy" });
         // The value as the vault has it now (a rotation mid-run is picked up), as text for a header.
         try {
           values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(got.value.expose()));

@@ -105,6 +105,8 @@ export function bindingOf(agent: string, secret: string, domains: readonly strin
     anyDomain: rule.anyDomain,
     methods: rule.methods,
     paths: rule.paths,
+    // Only when false, so that approvals of rules that reveal keep their text across the upgrade.
+    ...(rule.reveal ? {} : { reveal: false }),
     terms: [t.ttlMs, t.maxTtlMs, t.maxUses, t.renewable, t.maxRenewals],
   });
   return { agent, secret, domains: norm, ttlMs: ttlMs ?? null, maxUses: maxUses ?? null, rule: rule.name, terms };

@@ -18,7 +18,7 @@ import { checkAgentId, checkRef, parseRefString, refString } from "../base/names
 import { matchPathPrefixes } from "./http-path.js";
 import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
-import { decide, leaseDomains, reasonFor } from "./policy.js";
+import { decide, leaseDomains, reasonFor, type Rule } from "./policy.js";
 import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { leaseState } from "../base/lease-state.js";
@@ -55,6 +55,12 @@ export interface AccessTarget {
   method?: string;
   /** HTTP path (checked when the lease restricts path prefixes). */
   path?: string;
+  /**
+   * "proxy": the value goes into a request an injecting proxy sends for the agent, not to the agent
+   * (lessor run, lessor proxy, lessor mcp). Taken only from the owner or an orchestrator: the only
+   * way to use a lease whose rule says `reveal = false`. An agent's own call cannot claim it.
+   */
+  via?: "proxy";
 }
 
 /** A granted value; wipe `value` (or `using`) when done. */
@@ -362,6 +368,8 @@ async function useIn(
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
+  const hidden = decision.rule && !decision.rule.reveal ? revealError(decision.rule, who, target, secret) : null;
+  if (hidden) return denied(audit, who, hidden, fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
     return new VaultError("unavailable", `secret ${secret} has no current version: the database is damaged or was edited; run lessor audit verify, and restore it from a backup (or store the secret again)`);
@@ -389,6 +397,21 @@ async function useIn(
   const used: LeaseRecord = { ...lease, uses };
   await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
   return { version, lease: used };
+}
+
+/**
+ * Why an access may not hand the value of a lease of `rule` (whose `reveal` is false) to `who`, or
+ * null when it goes into an injecting proxy's request: `via: "proxy"` from the owner or an orchestrator.
+ */
+function revealError(rule: Rule, who: Identity, target: AccessTarget, secret: string): VaultError | null {
+  if (target.via === "proxy" && who.role !== "agent") return null;
+  const why = rule.methods !== null || rule.paths !== null ? "reveal = false, the default for a rule with methods or paths" : "reveal = false";
+  return new VaultError(
+    "access_denied",
+    who.role === "agent"
+      ? `rule "${rule.name}" does not hand the value of ${secret} to the agent (${why}): use it through the injecting proxy (lessor run --agent ${who.agent ?? "AGENT"} -- …), which adds it to the requests the rule allows`
+      : `rule "${rule.name}" does not hand the value of ${secret} to the agent (${why}): only an injecting proxy may use it (lessor run or lessor proxy; in code, an access with via "proxy")`,
+  );
 }
 
 /** Decrypts a committed use's value (outside the transaction). */

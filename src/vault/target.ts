@@ -1,5 +1,6 @@
 /**
- * The shape of an access target (where a leased value is about to be used: domain, method, path),
+ * The shape of an access target (where a leased value is about to be used: domain, method, path, and
+ * whether an injecting proxy uses it),
  * checked before the access runs. Whether the lease allows the target is decided later, in the
  * transaction, and audited; this only refuses what is not text at all or holds a character that
  * could drive a terminal (src/base/text.ts), so that no audit row or message ever carries one.
@@ -9,9 +10,11 @@ import { MAX_PATH_LENGTH } from "./http-path.js";
 import { checkNoUnsafe } from "../base/text.js";
 
 /** Throws VaultError("invalid_request") unless each field of `target` that is set is clean text. */
-export function checkTarget(target: { domain?: unknown; method?: unknown; path?: unknown }): void {
-  if (target === null || typeof target !== "object") throw new VaultError("invalid_request", "the access target must be an object {domain?, method?, path?}");
-  const { domain, method, path } = target;
+export function checkTarget(target: { domain?: unknown; method?: unknown; path?: unknown; via?: unknown }): void {
+  if (target === null || typeof target !== "object") throw new VaultError("invalid_request", "the access target must be an object {domain?, method?, path?, via?}");
+  const { domain, method, path, via } = target;
+  if (via !== undefined && via !== "proxy")
+    throw new VaultError("invalid_request", 'via must be "proxy" (the value goes into an injecting proxy\'s request), or left out');
   if (domain !== undefined) {
     if (typeof domain !== "string" || domain.length > 1024) throw new VaultError("invalid_request", "domain must be a host name such as \"api.example.com\"");
     checkNoUnsafe(domain, "the domain");

@@ -16,6 +16,8 @@ interface RuleJson {
   anyDomain: boolean;
   methods: string[] | null;
   paths: string[] | null;
+  /** Whether an access may hand the value to the agent (null on deny rules); false: proxy only. */
+  reveal: boolean | null;
   ttl: string | null;
   maxTtl: string | null;
   maxUses: number | null;
@@ -37,6 +39,7 @@ function ruleJson(r: Rule, fmt: (ms: number) => string): RuleJson {
     anyDomain: r.anyDomain,
     methods: r.methods === null ? null : [...r.methods],
     paths: r.paths === null ? null : [...r.paths],
+    reveal: allow ? r.reveal : null,
     ttl: allow ? fmt(r.terms.ttlMs) : null,
     maxTtl: allow ? fmt(r.terms.maxTtlMs) : null,
     maxUses: allow ? r.terms.maxUses : null,
@@ -52,6 +55,7 @@ function ruleLine(r: RuleJson): string {
     s += ` domains ${r.anyDomain ? "any" : list(r.domains)}`;
     if (r.methods !== null) s += ` methods ${list(r.methods)}`;
     if (r.paths !== null) s += ` paths ${list(r.paths)}`;
+    if (r.reveal === false) s += " proxy only (reveal = false)";
     s += ` ttl ${r.ttl} max_ttl ${r.maxTtl}`;
     if (r.maxUses !== null) s += ` max_uses ${r.maxUses}`;
     s += r.renewable ? (r.maxRenewals !== null ? ` renewable (${r.maxRenewals} times)` : " renewable") : " not renewable";

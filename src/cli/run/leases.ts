@@ -21,6 +21,11 @@ export interface LeaseBookOptions {
   domains: string[];
   /** Lease lifetime to ask for (capped by policy). */
   ttl?: string;
+  /**
+   * "proxy": the values go to lessor's injecting proxy, the agent gets placeholders (so a rule with
+   * `reveal = false` may be used); left out, they go to the agent itself.
+   */
+  via?: "proxy";
 }
 
 /** Takes one lease per secret, reads each value once, and revokes and wipes everything at the end. */
@@ -54,7 +59,7 @@ export class LeaseBook {
     const held = this.#values.get(key);
     if (held) return held;
     if (this.#revoked) throw new VaultError("internal", "the leases of this run were already revoked");
-    const { agent, domains, ttl } = this.#opts;
+    const { agent, domains, ttl, via } = this.#opts;
     let got: Awaited<ReturnType<BackendApi["leaseAndAccess"]>>;
     try {
       // One round trip and one commit: the lease and its first (only) read, for the host the vault
@@ -65,7 +70,7 @@ export class LeaseBook {
         secret: { scope: ref.scope, name: ref.name },
         ...(domains.length > 0 ? { domains } : {}),
         ...(ttl !== undefined ? { ttl } : {}),
-      });
+      }, via !== undefined ? { via } : undefined);
     } catch (e) {
       throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`);
     }

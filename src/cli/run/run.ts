@@ -83,7 +83,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     if (found.length > 0) {
       const backend = await conn.open();
       abort();
-      book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}), ...(proxied ? { via: "proxy" as const } : {}) });
       if (proxied) creds = new RunCredentials(o.agent, book, paths.config.proxy.inject);
       // The first lease request is on its way once resolveEnv is called; the child-process code
       // loads while the daemon answers it.

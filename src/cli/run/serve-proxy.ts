@@ -171,7 +171,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   try {
     backend = await cli.openBackend();
     abort();
-    book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+    book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}), via: "proxy" });
     creds = new RunCredentials(o.agent, book, config.inject);
     let resolved;
     try {

@@ -1,6 +1,6 @@
 /**
  * One `[[rule]]`: its fields read and checked one by one (name, effect, agents, secrets, then for
- * allow rules domains, methods, paths and terms), each error naming the file, the rule and the field.
+ * allow rules domains, methods, paths, reveal and terms), each error naming the file, the rule and the field.
  */
 import { VaultError } from "../../base/errors.js";
 import { formatDomainPattern, parseDomainPattern, type DomainPattern } from "../domain.js";
@@ -12,8 +12,8 @@ import { describe, expected, fieldError, ruleLabel } from "./messages.js";
 import { readTerms, TERM_KEYS, type Origins } from "./terms.js";
 import type { ApprovalMode, LeaseTerms, Rule } from "./types.js";
 
-const RULE_KEYS = ["name", "effect", "agents", "secrets", "domains", "any_domain", "methods", "paths", "approval", ...TERM_KEYS] as const;
-const ALLOW_ONLY_KEYS = ["domains", "any_domain", "methods", "paths", "approval", ...TERM_KEYS] as const;
+const RULE_KEYS = ["name", "effect", "agents", "secrets", "domains", "any_domain", "methods", "paths", "reveal", "approval", ...TERM_KEYS] as const;
+const ALLOW_ONLY_KEYS = ["domains", "any_domain", "methods", "paths", "reveal", "approval", ...TERM_KEYS] as const;
 
 const RULE_NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,63}$/;
 /** An HTTP method token (RFC 9110). */
@@ -58,6 +58,7 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
       anyDomain: false,
       methods: null,
       paths: null,
+      reveal: false,
       terms: cx.defaults,
       approval: "none",
     });
@@ -68,6 +69,9 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
   const { domains, patterns } = readDomains(t, where, anyDomain);
   const methods = readMethods(t, where);
   const paths = readPaths(t, where);
+  // A rule that restricts methods or paths keeps the value from the agent unless it says otherwise:
+  // an agent holding the value could send it with any method to any path.
+  const reveal = readBool(t, "reveal", where) ?? (methods === null && paths === null);
   const terms = readTerms(t, where, cx.defaults, cx.origins);
   const approval = readApproval(t, where);
   const rule: Rule = Object.freeze({
@@ -76,6 +80,7 @@ export function parseRule(raw: unknown, index: number, cx: RuleContext): Compile
     anyDomain,
     methods: methods === null ? null : Object.freeze(methods),
     paths: paths === null ? null : Object.freeze(paths),
+    reveal,
     terms,
     approval,
   });

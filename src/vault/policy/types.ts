@@ -30,6 +30,12 @@ export interface Rule {
   readonly methods: readonly string[] | null;
   /** Path prefixes in canonical form (src/vault/http-path.ts), or null for any. */
   readonly paths: readonly string[] | null;
+  /**
+   * Whether an access may hand the value to the agent (`reveal` in the rule; default true, false when
+   * the rule sets methods or paths). False: only an injecting proxy run by the owner or an
+   * orchestrator uses it (an access with `via: "proxy"`), so the agent never holds it. Deny rules: false.
+   */
+  readonly reveal: boolean;
   /** Lease terms; deny rules carry the defaults. */
   readonly terms: LeaseTerms;
   /**
