@@ -15,7 +15,12 @@ export async function serve(opts: { home?: string }): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {
-      if (stopping) return;
+      // Still handled after the first: a repeated SIGTERM (a supervisor, an impatient operator) would
+      // otherwise kill the process mid-grace, dropping answers and leaving the socket and lock.
+      if (stopping) {
+        log.info({ signal }, "already shutting down: in-flight requests finish first (up to shutdown_grace)");
+        return;
+      }
       stopping = true;
       log.info({ signal }, "shutting down");
       daemon.close().then(
@@ -32,7 +37,7 @@ export async function serve(opts: { home?: string }): Promise<number> {
       void daemon.reloadPolicy();
     };
     process.on("SIGHUP", hup);
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
   });
 }

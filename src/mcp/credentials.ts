@@ -19,6 +19,10 @@ export class SessionCredentials {
   readonly #earlier = new Map<string, string[]>();
   /** Bumped whenever the set changes, so the proxy built for an older set is replaced. */
   #generation = 0;
+  /** Set by {@link end}: the session has ended. */
+  #ended = false;
+  /** Grants on their way (see {@link granting}). */
+  readonly #granting = new Set<Promise<unknown>>();
 
   constructor(
     readonly agent: string,
@@ -45,6 +49,9 @@ export class SessionCredentials {
    * like it. A value that is not UTF-8 text cannot be put in a header and is refused.
    */
   add(lease: LeaseRecord, value: Uint8Array): ProxyCredential {
+    // A grant that was still on its way when the session ended (a stop signal during request_access):
+    // its caller revokes it, as the session's end did the others.
+    if (this.#ended) throw new VaultError("unavailable", "this lessor mcp session has ended; the lease it was granted was revoked");
     let text: string;
     try {
       text = new TextDecoder("utf-8", { fatal: true }).decode(value);
@@ -105,8 +112,35 @@ export class SessionCredentials {
     return [...this.#byLease.keys()];
   }
 
-  /** Forgets every value (the session is over). */
+  /**
+   * Runs `grant` (a lease request whose value is then added here, or whose lease is revoked when it
+   * cannot be) as one step the session's end waits for: see {@link end}.
+   */
+  async granting<T>(grant: () => Promise<T>): Promise<T> {
+    const p = grant();
+    this.#granting.add(p);
+    try {
+      return await p;
+    } finally {
+      this.#granting.delete(p);
+    }
+  }
+
+  /**
+   * The session is over: {@link add} refuses from now on (a grant still on its way revokes its own
+   * lease), and this resolves once every grant on its way has settled, or after `waitMs`.
+   */
+  async end(waitMs: number): Promise<void> {
+    this.#ended = true;
+    if (this.#granting.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled([...this.#granting]), new Promise((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
+  }
+
+  /** Forgets every value (the session is over; call {@link end} first). */
   wipe(): void {
+    this.#ended = true;
     for (const id of this.leaseIds()) this.remove(id);
   }
 }

@@ -172,6 +172,9 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
     (closing ??= (async () => {
       await proxy.close();
       await pages.close();
+      // A request_access still granting (its commit waiting on the database, say) adds nothing now:
+      // it revokes its own lease, before the vault closes.
+      await credentials.end(GRANT_WAIT_MS);
       const ids = credentials.leaseIds();
       credentials.wipe();
       const results = await Promise.allSettled(ids.map((id) => o.api.revokeLease(id, "lessor mcp session ended")));
@@ -180,6 +183,9 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
     })());
   return { server: makeServer(), newServer: makeServer, close, idle };
 }
+
+/** How long the session's end waits for a grant on its way (the store's busy wait is 5 s by default). */
+const GRANT_WAIT_MS = 15_000;
 
 /** How long calls still being served may take once the client closed stdin. */
 const DRAIN_MS = 60_000;

@@ -187,27 +187,26 @@ const requestAccess: ToolSpec = {
       if ("result" in flow) return flow.result;
       approval = flow.approved;
     }
-    const r = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: { via: "proxy" } });
-    if (!("value" in r)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
-    const got = r;
-    let placeholder: string;
-    let mode: string;
-    try {
-      const c = ctx.credentials.add(got.lease, got.value.expose());
-      placeholder = c.placeholder;
-      mode = c.rule.mode;
-    } catch (e) {
-      await ctx.api.revokeLease(got.lease.id, "lessor mcp could not use the value").catch(() => {});
-      throw e;
-    } finally {
-      got.value.wipe();
-    }
-    const where = got.lease.anyDomain ? "any host" : got.lease.domains.join(", ");
+    // One step the session's end waits for: the lease is held here, or revoked, before the vault closes.
+    const { lease, placeholder, mode } = await ctx.credentials.granting(async () => {
+      const got = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: { via: "proxy" } });
+      if (!("value" in got)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
+      try {
+        const c = ctx.credentials.add(got.lease, got.value.expose());
+        return { lease: got.lease, placeholder: c.placeholder, mode: c.rule.mode };
+      } catch (e) {
+        await ctx.api.revokeLease(got.lease.id, e instanceof VaultError && e.code === "unavailable" ? "lessor mcp session ended" : "lessor mcp could not use the value").catch(() => {});
+        throw e;
+      } finally {
+        got.value.wipe();
+      }
+    });
+    const where = lease.anyDomain ? "any host" : lease.domains.join(", ");
     const usage =
       mode === "placeholder"
         ? `send the placeholder where the credential goes (a header such as Authorization: Bearer ${placeholder}, or a URL query value) in http_request to ${where}; lessor replaces it with the real value on the way out and masks the value in the response`
         : `lessor adds this credential itself (${mode}) to every http_request to ${where}; you need not send the placeholder`;
-    return { ...terms(got.lease), placeholder, usage };
+    return { ...terms(lease), placeholder, usage };
   },
 };
 

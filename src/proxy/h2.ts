@@ -15,7 +15,6 @@ import { METHODS, request as h1Request } from "node:http";
 import { constants, performServerHandshake, type ClientHttp2Session, type IncomingHttpHeaders as H2Headers, type ServerHttp2Stream } from "node:http2";
 import { pipeline, type Readable } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
@@ -24,6 +23,7 @@ import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+import { responseCoding } from "./response-coding.js";
 import { TunnelUpstream } from "./upstream.js";
 
 const { NGHTTP2_FLAG_END_STREAM, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = constants;
@@ -450,15 +450,15 @@ function relay(
   }
   let src: Readable = body;
   if (scrub) {
-    const enc = String(rh["content-encoding"] ?? "identity").toLowerCase();
-    const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
-    if (decode === null) {
+    const coding = responseCoding(rh);
+    if ("problem" in coding) {
       body.destroy();
       tally.status = 502;
-      problem(cs, 502, "encoding", `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub`);
+      problem(cs, 502, "encoding", coding.problem);
       tally.report("unscrubbable encoding");
       return;
     }
+    const decode = coding.decode;
     // A decoded body is longer than the encoded one, and a placeholder may be longer than its value;
     // same-length placeholders (the usual case) keep an identity body's Content-Length true.
     if (decode || !scrub.lengthPreserving) delete headers["content-length"];

@@ -9,7 +9,6 @@ import { Agent, type ClientRequest, type IncomingMessage, type OutgoingHttpHeade
 import type { Duplex } from "node:stream";
 import { pipeline } from "node:stream";
 import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureContext, type SecureContext } from "node:tls";
-import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
@@ -18,6 +17,7 @@ import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+import { responseCoding } from "./response-coding.js";
 
 
 /** Everything the proxy knows about one intercepted tunnel. */
@@ -374,14 +374,14 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
   const headers: OutgoingHttpHeaders = scrubHeaders(endToEnd(ur.headers), scrub);
   const stages: NodeJS.ReadWriteStream[] = [];
   if (scrub) {
-    const enc = String(ur.headers["content-encoding"] ?? "identity").toLowerCase();
-    const decode = enc === "gzip" || enc === "x-gzip" ? createGunzip() : enc === "deflate" ? createInflate() : enc === "br" ? createBrotliDecompress() : enc === "identity" ? undefined : null;
-    if (decode === null) {
+    const coding = responseCoding(ur.headers);
+    if ("problem" in coding) {
       ur.destroy();
-      problemResponse(res, 502, "encoding", `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub`);
+      problemResponse(res, 502, "encoding", coding.problem);
       done("unscrubbable encoding");
       return;
     }
+    const decode = coding.decode;
     // A decoded body is longer than the encoded one, and a placeholder may be longer than its value:
     // then the length is unknown and the answer goes chunked. Placeholders of the same length as their
     // values (the usual case) keep an identity body's Content-Length true, so it stays.

@@ -47,7 +47,7 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
     const hosts = leaseDomains(rule, q);
-    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule, hosts), hosts, rule.anyDomain, reason, ctx.limits);
+    const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule, hosts), hosts, rule.anyDomain && (checked.domains?.length ?? 0) === 0, reason, ctx.limits);
     if (got instanceof VaultError) return got;
     return { required: true as const, rule: rule.name, created: got.created, approval: shownApproval(got.approval) };
   });

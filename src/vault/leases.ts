@@ -165,10 +165,11 @@ async function grantIn(
     return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
   const leaseId = uuidv7(now);
   let approvalId: string | null = null;
+  const named = req.domains?.length ?? 0;
   if (rule.approval === "required") {
     // Never granted on the rule alone: only for a request a person approved (./approvals.ts).
     const hosts = leaseDomains(rule, q);
-    const gate = await gateGrant(tx, audit, now, who, bindingOf(agent, secret, req.domains, req.ttl, req.maxUses, rule, hosts), hosts, rule.anyDomain, leaseId, req.approval, ctx.limits);
+    const gate = await gateGrant(tx, audit, now, who, bindingOf(agent, secret, req.domains, req.ttl, req.maxUses, rule, hosts), hosts, rule.anyDomain && named === 0, leaseId, req.approval, ctx.limits);
     if (!gate.ok) return gate.error;
     approvalId = gate.approval.id;
   } else if (req.approval !== undefined)
@@ -181,7 +182,8 @@ async function grantIn(
     scope: ref.scope,
     name: ref.name,
     domains: leaseDomains(rule, q),
-    anyDomain: rule.anyDomain,
+    // A request that names domains gets a lease for exactly those, any_domain rule or not.
+    anyDomain: rule.anyDomain && named === 0,
     methods: rule.methods ? [...rule.methods] : null,
     paths: rule.paths ? [...rule.paths] : null,
     rule: rule.name,
@@ -365,6 +367,15 @@ async function useIn(
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
+  // A use without a domain (an any_domain lease) needs a rule in force that still says any_domain:
+  // asked without domains, any allow rule for the agent and secret would match.
+  if (target.domain === undefined && !decision.rule?.anyDomain)
+    return denied(
+      audit,
+      who,
+      new VaultError("access_denied", `access denied: the policy in force no longer lets this lease be used without a domain${decision.rule ? ` (rule "${decision.rule.name}" has no any_domain = true)` : ""}; name the host it is for, or request a new lease`),
+      fields,
+    );
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
@@ -443,8 +454,11 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     const err = stateError(lease, now);
     if (err) return denied(audit, who, err, fields);
     if (!lease.renewable) return denied(audit, who, new VaultError("access_denied", "this lease is not renewable; request a new one"), fields);
-    const stale = await policyGateIn(ctx, tx);
+    // As for a use: past the dead-man deadline the switch fires here, and nothing is extended.
+    const [stale, beat] = await Promise.all([policyGateIn(ctx, tx), heartbeatIn(ctx, tx)]);
     if (stale) return denied(audit, who, stale, fields);
+    const fired = await deadmanIn(ctx, tx, audit, now, beat);
+    if (fired) return denied(audit, who, lockoutError(fired), fields);
     // The policy in force decides, for the lease's own domains, and must still grant it by the rule
     // that granted it; that rule's terms as they are now bound the renewal (a reload that lowered
     // them, or made the rule not renewable, applies to leases granted before it).

@@ -119,15 +119,16 @@ function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | un
   if (!SHARED_DIRS.includes(socketDir) && socketDir !== home) out.push({ path: socketDir, what: "the daemon's socket directory" });
   if (c.auditJsonl !== null) out.push({ path: inHome(p.home, c.auditJsonl), what: "the vault's audit file" });
   // The owner's ssh agent: its socket would sign as the owner (it is withheld from the environment too).
+  // A relative one is what ssh and lessor themselves read from this directory: hidden there too.
   const agentSocket = env["SSH_AUTH_SOCK"];
-  if (agentSocket && isAbsolute(agentSocket)) out.push({ path: agentSocket, what: "your ssh agent's socket" });
+  if (agentSocket) out.push({ path: resolve(agentSocket), what: "your ssh agent's socket" });
   // The owner's session bus: through it, as the owner, the OS keychain gives up what it holds (the
   // master key itself, with the keychain key source), and other services act for the owner.
   for (const path of sessionBusPaths(env)) out.push({ path, what: "your D-Bus session bus" });
   const runtime = env["XDG_RUNTIME_DIR"];
   if (runtime && isAbsolute(runtime)) out.push({ path: join(runtime, "keyring"), what: "your keyring daemon's sockets" });
   const tokenFile = env["LESSOR_TOKEN_FILE"];
-  if (tokenFile && isAbsolute(tokenFile)) out.push({ path: tokenFile, what: "the daemon token file" });
+  if (tokenFile) out.push({ path: resolve(tokenFile), what: "the daemon token file" });
   for (const s of [...CREDENTIAL_STORES, ...c.run.hide]) {
     const path = expandHome(s, home);
     if (path !== null) out.push({ path, what: `a credential store (${s})` });

@@ -1,0 +1,29 @@
+/**
+ * How a response body the proxy scrubs is coded, read from both coding headers: the decoder its
+ * Content-Encoding needs (gzip, deflate or br, one of them; identity needs none), or why it cannot be
+ * scrubbed. A Transfer-Encoding other than `chunked` (RFC 9112 §6.1: `gzip, chunked` is valid HTTP/1.1)
+ * leaves its coding on the bytes Node's parser hands over once it removed the chunking, so it is
+ * refused too: scrubbing compressed bytes finds nothing, and the client would decode the value.
+ */
+import type { IncomingHttpHeaders } from "node:http";
+import type { Transform } from "node:stream";
+import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
+
+/** The decoder (undefined: none needed), or the problem sentence for a 502. */
+export type ResponseCoding = { decode: Transform | undefined } | { problem: string };
+
+/** See the module comment. */
+export function responseCoding(headers: IncomingHttpHeaders | Record<string, unknown>): ResponseCoding {
+  const te = headers["transfer-encoding"];
+  if (te !== undefined) {
+    const codings = String(te).toLowerCase().split(",").map((c) => c.trim()).filter((c) => c !== "");
+    if (codings.some((c) => c !== "chunked"))
+      return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.join(", ")}, which the proxy cannot scrub` };
+  }
+  const enc = String(headers["content-encoding"] ?? "identity").toLowerCase();
+  if (enc === "identity") return { decode: undefined };
+  if (enc === "gzip" || enc === "x-gzip") return { decode: createGunzip() };
+  if (enc === "deflate") return { decode: createInflate() };
+  if (enc === "br") return { decode: createBrotliDecompress() };
+  return { problem: `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub` };
+}
