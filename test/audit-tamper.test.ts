@@ -212,6 +212,16 @@ describe("the audit trail cannot be laundered", () => {
     assert.match(v.problem!, /event 4 was altered/);
   });
 
+  test("a key id forged with terminal controls (C1, bidi) is named escaped in verify's problem, not raw", async () => {
+    const { admin, dbPath } = await withHistory();
+    attack(dbPath, (db) => db.prepare("UPDATE audit SET key_id = ? WHERE seq = 3").run("k\u009b31m\u202eevil"));
+    const v = await admin.auditVerify();
+    assert.equal(v.ok, false);
+    assert.equal(v.firstBad!.seq, 3);
+    assert.match(v.problem!, /master key k\\x9b31m\\u202eevil, which is neither loaded nor archived/);
+    assert.doesNotMatch(v.problem!, /[\u0080-\u009f\u202a-\u202e]/);
+  });
+
   test("editing only the head event and rehashing it is refused; editing a middle event without rehashing is named by verify", async () => {
     const a = await withHistory();
     attack(a.dbPath, (db) => {

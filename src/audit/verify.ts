@@ -15,6 +15,7 @@ import type { AuditReader } from "./reader.js";
 import type { AuditCheckpoint, AuditHead, AuditRecord } from "../base/types.js";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, GENESIS, checkpointValid, checkpointValidV1, eventMacValid, hashEventV1 } from "./chain.js";
 import { AuditKeys } from "./keys.js";
+import { escapeUnsafe } from "../base/text.js";
 
 /** A recovery found in the trail (an `audit_break` event): what it recorded as found. */
 export interface AuditBreak {
@@ -147,7 +148,7 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
           keyed = true;
           const key = await keys.get(rec.keyId, reader);
           if (key === null)
-            fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${rec.keyId}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
+            fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${escapeUnsafe(rec.keyId)}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
           else if (!eventMacValid(rec, key)) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
           else {
             const isBreak = rec.type === "audit_break";
@@ -219,11 +220,11 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
           : "the trail ends in events of the old unkeyed format, but this vault had moved to the keyed chain: its keyed events were removed",
       );
     const master = keys.master(cp.keyId);
-    if (!master) return cpFault(`the audit checkpoint was made with master key ${cp.keyId}, which is not loaded`);
+    if (!master) return cpFault(`the audit checkpoint was made with master key ${escapeUnsafe(cp.keyId)}, which is not loaded`);
     if (!checkpointValidV1(cp, master)) return cpFault("the audit checkpoint was altered: its MAC does not match");
   } else {
     const key = await keys.get(cp.keyId, reader);
-    if (key === null) return cpFault(`the audit checkpoint was made under master key ${cp.keyId}, which is neither loaded nor archived`);
+    if (key === null) return cpFault(`the audit checkpoint was made under master key ${escapeUnsafe(cp.keyId)}, which is neither loaded nor archived`);
     if (!checkpointValid(cp, key)) return cpFault("the audit checkpoint was altered: its MAC does not match");
   }
   if (cp.seq > headSeq)

@@ -36,6 +36,14 @@ export interface LayoutRequest {
   read: string[];
   write: string[];
   protect: Protected[];
+  /**
+   * Further directories where the owner's programs keep sockets, refused like /run when a shown path
+   * is or holds one: the owner's runtime directory ($XDG_RUNTIME_DIR, /run/user/UID: gpg-agent,
+   * systemd, pulse).
+   */
+  socketDirs?: string[];
+  /** The owner's home as the passwd database says, when $HOME says another: never writable either. */
+  passwdHome?: string | undefined;
 }
 
 /** One mount of the layout, in the order bwrap makes them. */
@@ -130,6 +138,9 @@ export function planLayout(req: LayoutRequest): Layout {
 
   const home = req.home && isAbsolute(req.home) ? resolve(req.home) : null;
   const homeReal = home ? real(home) : null;
+  const pw = req.passwdHome && isAbsolute(req.passwdHome) ? resolve(req.passwdHome) : null;
+  const homes = [home, homeReal, pw, pw ? real(pw) : null];
+  const socketDirs = [...SHARED_DIRS, ...(req.socketDirs ?? []).filter((d) => isAbsolute(d) && resolve(d) !== sep).map((d) => resolve(d))];
   const scratch = new Set(["/tmp", "/var/tmp"]);
   for (const h of [home, homeReal])
     if (h !== null && h !== sep && !systemRoots.some((s) => within(s, h) || within(h, s))) scratch.add(h);
@@ -143,13 +154,13 @@ export function planLayout(req: LayoutRequest): Layout {
       return;
     }
     if (r === sep) refuse(`the ${why} is the root directory /, which would show the whole machine to the agent; run lessor run from your project's directory`);
-    for (const d of SHARED_DIRS)
+    for (const d of socketDirs)
       if (within(d, r))
         refuse(`the ${why} ${given} is or holds ${d}, where other programs keep their sockets (ssh-agent, tmux, D-Bus) that the agent could drive from inside; use a directory of its own, such as mktemp -d makes inside ${d}`);
     for (const p of protect)
       if (within(r, p.path)) refuse(`the ${why} ${given} is ${r === p.path ? "" : "inside "}${p.what} (${p.path}), which the agent must not see; run from another directory, or change [run] in lessor.toml`);
     if (writable) {
-      for (const h of [home, homeReal])
+      for (const h of homes)
         if (h !== null && within(h, r))
           refuse(
             `the ${why} ${given} would be writable and holds your home directory (${h}): the agent could change ~/.bashrc or ~/.profile and so run as you outside the sandbox; run from your project's directory, or set [run] project = "read-only" in lessor.toml`,

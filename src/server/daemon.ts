@@ -18,6 +18,7 @@ import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
 import { scheduleRotations } from "./rotation-schedule.js";
 import { listenerSpecs, openListener, type Listener } from "./transports/listeners.js";
+import { escapeUnsafe } from "../base/text.js";
 
 /** How to start a daemon. */
 export interface DaemonOptions {
@@ -89,7 +90,8 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     // The vault refuses audited writes once it finds the audit trail cut or altered; say so loudly, once per problem.
     const offAudit = vault.onSignal((sig) => {
       if (sig.type === "audit_broken")
-        log.error({ problem: sig.problem }, "the audit trail is broken: audited operations are refused until an admin checks it (lessor audit verify) and runs lessor audit recover --reason \"…\"");
+        // The problem may quote a forged row (a key id): pino escapes C0 controls only, not C1 or bidi.
+        log.error({ problem: escapeUnsafe(sig.problem) }, "the audit trail is broken: audited operations are refused until an admin checks it (lessor audit verify) and runs lessor audit recover --reason \"…\"");
     });
     cleanups.push(offAudit);
     // Another instance sharing the store (PostgreSQL) reloaded its policy or rotated the master key: say what happened here.

@@ -4,7 +4,7 @@
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
 import { accessSync, constants, existsSync, realpathSync, statSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { loadConfig } from "../../config/load.js";
@@ -103,7 +103,7 @@ function decodeBusValue(v: string): string | null {
 const SHARED_DIRS = ["/", "/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm"];
 
 /** What the sandbox must not show: the vault's files, the caller's token, the owner's credential stores. */
-function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | undefined): Protected[] {
+function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | undefined, passwdHome?: string): Protected[] {
   const c = p.config;
   const out: Protected[] = [
     { path: p.home, what: "the lessor home" },
@@ -130,9 +130,31 @@ function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | un
   const tokenFile = env["LESSOR_TOKEN_FILE"];
   if (tokenFile) out.push({ path: resolve(tokenFile), what: "the daemon token file" });
   for (const s of [...CREDENTIAL_STORES, ...c.run.hide]) {
-    const path = expandHome(s, home);
-    if (path !== null) out.push({ path, what: `a credential store (${s})` });
+    for (const h of passwdHome !== undefined && passwdHome !== home ? [home, passwdHome] : [home]) {
+      const path = expandHome(s, h);
+      if (path !== null) out.push({ path, what: `a credential store (${s})` });
+    }
   }
+  return out;
+}
+
+/** The owner's home from the passwd database, or undefined when it cannot be read. */
+function ownerHome(): string | undefined {
+  try {
+    const h = userInfo().homedir;
+    return h && isAbsolute(h) ? resolve(h) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The owner's runtime directories: $XDG_RUNTIME_DIR and /run/user/UID (sockets of the owner's services). */
+function runtimeDirs(env: NodeJS.ProcessEnv): string[] {
+  const out: string[] = [];
+  const x = env["XDG_RUNTIME_DIR"];
+  if (x && isAbsolute(x)) out.push(resolve(x));
+  const uid = process.getuid?.();
+  if (uid !== undefined) out.push(`/run/user/${uid}`);
   return out;
 }
 
@@ -223,6 +245,9 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
   const bwrap = findBwrap(env["PATH"]);
   if (bwrap === null) throw bwrapMissingError();
   const home = env["HOME"] ? resolve(env["HOME"]) : homedir() || undefined;
+  // $HOME may name another directory than the owner's own (set by hand, or by a tool): the owner's
+  // credential stores and dotfiles in the passwd home stay protected too.
+  const passwdHome = ownerHome();
   const run = paths.config.run;
   const expand = (list: string[], field: string): string[] =>
     list.map((p) => {
@@ -236,7 +261,9 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     projectWritable: run.project === "read-write",
     read: expand(run.read, "read"),
     write: expand(run.write, "write"),
-    protect: protectedPaths(paths, env, home),
+    protect: protectedPaths(paths, env, home, passwdHome),
+    socketDirs: runtimeDirs(env),
+    passwdHome,
   });
   refuseWritableBwrap(bwrap, layout);
   const command = findCommand(o.cmd, o.pathValue, process.cwd());
