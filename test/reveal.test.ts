@@ -192,6 +192,32 @@ describe("an agent never gets the value of a rule that does not reveal it (embed
     }
   });
 
+  test("a lease whose granting rule left the policy reveals nothing, even when another rule that reveals decides the use", async () => {
+    const other = `[[rule]]\nname = "other"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["gh"]\ndomains = ["${HOST}"]\n`;
+    let text = POLICY.replace('secrets = ["gh"]\ndomains = ["api.github.com"]\nmethods = ["GET"]\npaths = ["/repos/"]', 'secrets = ["gh"]\ndomains = ["api.github.com"]\nreveal = true');
+    assert.notEqual(text, POLICY);
+    const vault = await Vault.open({
+      store: openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")),
+      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+      policy: async () => parsePolicy(text, "policy.toml"),
+    });
+    try {
+      await vault.admin().storeSecret({ name: "gh", value: CANARY });
+      const claude = vault.session(agent("claude"));
+      const lease = await claude.requestLease({ secret: "gh" });
+      assert.equal(lease.rule, "limited");
+      text = other;
+      await vault.admin().reloadPolicy();
+      const r = await refusalOf(claude.accessSecret(lease.id, { domain: HOST }));
+      assert.equal(r.code, "access_denied");
+      assert.match(r.message, /rule "limited", which granted this lease, is no longer in the policy/);
+      using v = (await vault.admin().accessSecret(lease.id, { domain: HOST, via: "proxy" })).value;
+      assert.equal(v.unsafeText(), CANARY);
+    } finally {
+      await vault.close();
+    }
+  });
+
   test("via takes only \"proxy\"", async () => {
     const t = await seeded();
     const admin = t.vault.admin();

@@ -1,7 +1,7 @@
 /**
  * How a response body the proxy scrubs is coded, read from both coding headers: the decoder its
  * Content-Encoding needs (gzip, deflate or br, one of them; identity needs none), or why it cannot be
- * scrubbed. A Transfer-Encoding other than `chunked` (RFC 9112 §6.1: `gzip, chunked` is valid HTTP/1.1)
+ * scrubbed. A Transfer-Encoding other than `chunked` or `identity` (RFC 9112 §6.1: `gzip, chunked` is valid HTTP/1.1)
  * leaves its coding on the bytes Node's parser hands over once it removed the chunking, so it is
  * refused too: scrubbing compressed bytes finds nothing, and the client would decode the value.
  */
@@ -17,7 +17,8 @@ export function responseCoding(headers: IncomingHttpHeaders | Record<string, unk
   const te = headers["transfer-encoding"];
   if (te !== undefined) {
     const codings = String(te).toLowerCase().split(",").map((c) => c.trim()).filter((c) => c !== "");
-    if (codings.some((c) => c !== "chunked"))
+    // `identity` (obsolete, RFC 2616) leaves the bytes as they are: Node reads them to the close.
+    if (codings.some((c) => c !== "chunked" && c !== "identity"))
       return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.join(", ")}, which the proxy cannot scrub` };
   }
   const enc = String(headers["content-encoding"] ?? "identity").toLowerCase();

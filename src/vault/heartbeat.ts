@@ -6,8 +6,8 @@
  * lose their credentials when no one is watching.
  *
  * The last heartbeat is kept in the store (metadata `heartbeat`: `{at, by}`), so every process sharing
- * it agrees. The deadline is checked inside every grant's and every use's transaction (so no lease is
- * granted or used past it, daemon or not), and by the daemon once a second (so live leases end and
+ * it agrees. The deadline is checked inside every grant's, use's and renewal's transaction (so no lease
+ * is granted, used or extended past it, daemon or not), and by the daemon once a second (so live leases end and
  * agents' connections close within about a second of it, even when no one asks for anything).
  *
  * The switch arms when a vault is opened with the setting and no heartbeat is stored (the deadline

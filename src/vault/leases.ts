@@ -379,7 +379,9 @@ async function useIn(
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
-  const hidden = decision.rule && !decision.rule.reveal ? revealError(decision.rule, who, target, secret) : null;
+  // The value goes to the caller only when both the rule that granted the lease (as it is now) and
+  // the rule deciding this use reveal it: the caller picks the domain, and so which rule decides.
+  const hidden = revealError(ctx.policy.rules, lease.rule, decision.rule, who, target, secret);
   if (hidden) return denied(audit, who, hidden, fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
@@ -411,17 +413,25 @@ async function useIn(
 }
 
 /**
- * Why an access may not hand the value of a lease of `rule` (whose `reveal` is false) to `who`, or
- * null when it goes into an injecting proxy's request: `via: "proxy"` from the owner or an orchestrator.
+ * Why an access may not hand the value to `who`, or null when it may: when it goes into an injecting
+ * proxy's request (`via: "proxy"` from the owner or an orchestrator), or when both the lease's
+ * granting rule `granted` (as it is in `rules` now) and the `deciding` rule reveal it. A granting rule
+ * no longer in the policy reveals nothing: nothing says its value may be handed out.
  */
-function revealError(rule: Rule, who: Identity, target: AccessTarget, secret: string): VaultError | null {
+function revealError(rules: readonly Rule[], granted: string, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
   if (target.via === "proxy" && who.role !== "agent") return null;
-  const why = rule.methods !== null || rule.paths !== null ? "reveal = false, the default for a rule with methods or paths" : "reveal = false";
+  const own = deciding?.name === granted ? deciding : rules.find((r) => r.name === granted && r.effect === "allow");
+  const keeper = own === undefined ? null : !own.reveal ? own : deciding && !deciding.reveal ? deciding : null;
+  if (own !== undefined && keeper === null) return null;
+  const why =
+    keeper === null
+      ? `rule "${granted}", which granted this lease, is no longer in the policy, so nothing says its value may be handed out`
+      : `rule "${keeper.name}" does not hand the value of ${secret} to the agent (${keeper.methods !== null || keeper.paths !== null ? "reveal = false, the default for a rule with methods or paths" : "reveal = false"})`;
   return new VaultError(
     "access_denied",
     who.role === "agent"
-      ? `rule "${rule.name}" does not hand the value of ${secret} to the agent (${why}): use it through the injecting proxy (lessor run --agent ${who.agent ?? "AGENT"} -- …), which adds it to the requests the rule allows`
-      : `rule "${rule.name}" does not hand the value of ${secret} to the agent (${why}): only an injecting proxy may use it (lessor run or lessor proxy; in code, an access with via "proxy")`,
+      ? `${why}: use it through the injecting proxy (lessor run --agent ${who.agent ?? "AGENT"} -- …), which adds it to the requests the rule allows`
+      : `${why}: only an injecting proxy may use it (lessor run or lessor proxy; in code, an access with via "proxy")`,
   );
 }
 

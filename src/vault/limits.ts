@@ -64,6 +64,17 @@ export function checkLimits(limits: Limits): void {
   }
 }
 
+/**
+ * What policy rules mean, pinned with the limits as `rule_semantics=N`: 2 since `reveal` (a rule with
+ * methods or paths keeps the value from the agent). An older lessor sharing the store reads it as a
+ * limit it does not have and grants nothing under that stamp, rather than hand out values a newer
+ * instance keeps back; every instance must run a lessor of the same rule semantics.
+ */
+export const RULE_SEMANTICS = 2;
+
+/** The pseudo-limit's name in {@link limitsText}. */
+export const RULE_SEMANTICS_NAME = "rule_semantics";
+
 const texts = new WeakMap<Limits, string>();
 
 /**
@@ -74,7 +85,7 @@ const texts = new WeakMap<Limits, string>();
 export function limitsText(limits: Limits): string {
   let t = texts.get(limits);
   if (t === undefined) {
-    t = (Object.keys(PINNED) as (keyof Limits)[]).map((k) => `${PINNED[k]}=${limits[k] ?? "off"}`).join(" ");
+    t = [...(Object.keys(PINNED) as (keyof Limits)[]).map((k) => `${PINNED[k]}=${limits[k] ?? "off"}`), `${RULE_SEMANTICS_NAME}=${RULE_SEMANTICS}`].join(" ");
     texts.set(limits, t);
   }
   return t;
@@ -97,6 +108,6 @@ export function differingLimits(a: string, b: string): string[] {
   };
   const x = pairs(a);
   const y = pairs(b);
-  if (x === null || y === null) return Object.values(PINNED) as string[];
+  if (x === null || y === null) return [...(Object.values(PINNED) as string[]), RULE_SEMANTICS_NAME];
   return [...new Set([...x.keys(), ...y.keys()])].filter((k) => x.get(k) !== y.get(k));
 }

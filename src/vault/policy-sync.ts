@@ -28,7 +28,7 @@ import type { StoreReader, StoreTx } from "./ports.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import type { Identity } from "../base/types.js";
 import { installPolicy, loadOrBroken, notePolicyStamp, policyStaleness } from "./policy-state.js";
-import { differingLimits, limitsText } from "./limits.js";
+import { differingLimits, limitsText, RULE_SEMANTICS_NAME } from "./limits.js";
 
 /** The store metadata key naming the policy the last reload (on any instance) put in force. */
 export const POLICY_META = "policy";
@@ -147,6 +147,11 @@ function sayIfStale(ctx: VaultContext): void {
 
 /** The refusal of a grant by an instance whose `[vault]` limits are not the ones in force. */
 function limitsError(names: string[]): VaultError {
+  if (names.includes(RULE_SEMANTICS_NAME))
+    return new VaultError(
+      "unavailable",
+      "this lessor instance reads policy rules differently from the instance in force on the shared database (another version of lessor: what reveal, methods and paths mean), so it grants nothing: run the same lessor version on every instance and restart this one",
+    );
   // Names only: agents read this message, and the values are the admin's business (`lessor status` on the instance).
   return new VaultError(
     "unavailable",
