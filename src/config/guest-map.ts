@@ -10,7 +10,8 @@
  * An agent guest is its agent; an orchestrator guest may be offered an agent its `act_for` covers
  * (the service's `--agent` names it). Nothing a guest sends changes this.
  */
-import { resolve } from "node:path";
+import { realpathSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { compileAgentPattern } from "../vault/pattern.js";
 import { inHome } from "./home.js";
 import type { GuestIdentity, VmConfig } from "./vm-config.js";
@@ -23,10 +24,15 @@ export type GuestAgent = { agent: string } | { refused: string };
  * daemon's own (the entry's `port`), relative paths taken in `home`. Null when it is no VM's.
  */
 export function vmOfSocket(vms: readonly VmConfig[], home: string, path: string): { vm: VmConfig; port: number } | null {
-  const abs = resolve(path);
+  // By the real directory too: a path through a symlinked directory (/var/run for /run, a link of
+  // one's own) is the same socket Firecracker delivers the guest to.
+  const forms = [resolve(path), canonicalSocketPath(path)];
   for (const vm of vms) {
-    const prefix = `${resolve(inHome(home, vm.udsPath))}_`;
-    if (!abs.startsWith(prefix)) continue;
+    const uds = inHome(home, vm.udsPath);
+    const prefixes = [`${resolve(uds)}_`, `${canonicalSocketPath(uds)}_`];
+    const abs = forms.find((f) => prefixes.some((p) => f.startsWith(p)));
+    if (abs === undefined) continue;
+    const prefix = prefixes.find((p) => abs.startsWith(p))!;
     const rest = abs.slice(prefix.length);
     if (!/^[1-9][0-9]{0,9}$/.test(rest)) continue;
     const port = Number(rest);
@@ -34,6 +40,19 @@ export function vmOfSocket(vms: readonly VmConfig[], home: string, path: string)
     return { vm, port };
   }
   return null;
+}
+
+/**
+ * `path` with its directory's symlinks resolved (the file itself may not exist yet: a socket about to
+ * be made); the path as resolved when the directory cannot be.
+ */
+export function canonicalSocketPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return join(realpathSync(dirname(abs)), basename(abs));
+  } catch {
+    return abs;
+  }
 }
 
 /**

@@ -10,6 +10,7 @@
  * A guest is an agent or an orchestrator, never an admin: a VM exists to run code lessor does not
  * trust, and administration belongs on the host. Parsed strictly, like the rest of the file.
  */
+import { normalize } from "node:path";
 import { fail, roleFields, show } from "./fields.js";
 
 /** Who a guest is: the role and its agent id (agent) or the agents it may act for (orchestrator). */
@@ -91,7 +92,8 @@ export function parseVms(source: string, v: unknown): VmConfig[] {
     if (typeof udsPath !== "string" || udsPath.length === 0 || udsPath.length > 1024 || udsPath.includes("\0") || udsPath.endsWith("/"))
       fail(source, `${where}: uds_path`, `expected the path Firecracker's vsock device was given as uds_path, such as "/run/fc/vm1.vsock", got ${show(udsPath)}`);
     const port = u32(source, `${where}: port`, t.port, 1, MAX_U32_REAL);
-    const key = `${udsPath}_${port}`;
+    // One socket however it is spelled (`/x/./fc`, `/x//fc`, `/x/fc/../fc`).
+    const key = `${normalize(udsPath)}_${port}`;
     if (sockets.has(key)) fail(source, `${where}: uds_path`, `${key} is used by another [[vm]] entry; each VM needs its own socket`);
     sockets.add(key);
     let socketMode = 0o600;

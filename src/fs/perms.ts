@@ -10,7 +10,7 @@
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
 import { chmodSync, lstatSync, mkdirSync, realpathSync, statSync, type Stats } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
@@ -160,13 +160,27 @@ export function assertSafeLocation(path: string, what: string): void {
   const place = { what: `${what} ${path}`, elsewhere: "choose another path" };
   const given = resolve(path);
   assertSafeAncestors(given, uid, place);
-  let real: string | null = null;
-  try {
-    real = realpathSync(given);
-  } catch {
-    // does not exist yet
+  // The place as it really is: through a symlink on the way (one's own link into a directory others
+  // can write), the directories that decide are the real ones. A path that does not exist yet (a file
+  // about to be made) is taken by its deepest directory that does.
+  const real = realPlace(given);
+  if (real !== given) assertSafeAncestors(real, uid, place);
+}
+
+/** `p` with the symlinks of its deepest existing directory (or itself) resolved. */
+function realPlace(p: string): string {
+  let dir = p;
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return join(realpathSync(dir), ...rest.reverse());
+    } catch {
+      const up = dirname(dir);
+      if (up === dir) return p;
+      rest.push(basename(dir));
+      dir = up;
+    }
   }
-  if (real !== null && real !== given) assertSafeAncestors(real, uid, place);
 }
 
 function lstatOrNull(p: string): Stats | null {

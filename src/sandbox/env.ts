@@ -40,17 +40,25 @@ const CREDENTIALS = new Set([
   "AZURE_CLIENT_SECRET",
   "DOCKER_AUTH_CONFIG",
   "VAULT_TOKEN",
+  // Database clients' own: where docs/storage.md keeps the vault's PostgreSQL password, too.
+  "PGPASSWORD",
+  "PGPASSFILE",
+  "MYSQL_PWD",
+  "REDISCLI_AUTH",
 ]);
+/** A URL with a password in its user info (`postgres://app:pw@db/app`): a credential whatever its name. */
+const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s:]*:[^/?#@\s]+@/i;
 const CREDENTIAL_NAME = /(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?)$/i;
 
 /**
- * Why the owner's variable `name` is withheld from a sandboxed agent: lessor's own variables, the
- * owner's session sockets, and plain credentials (a credential the agent should use is stored in
+ * Why the owner's variable `name` (holding `value`) is withheld from a sandboxed agent: lessor's own
+ * variables, the owner's session sockets, and plain credentials (by name, or a URL with a password) (a credential the agent should use is stored in
  * the vault and referred to, `GITHUB_TOKEN='$S:github-token'`, or given in an --env-file).
  */
-export function withheldReason(name: string): WithheldReason | null {
+export function withheldReason(name: string, value?: string): WithheldReason | null {
   if (name.toUpperCase().startsWith(LESSOR_PREFIX)) return "lessor";
   if (SESSION.has(name)) return "session";
   if (CREDENTIALS.has(name) || CREDENTIAL_NAME.test(name)) return "credential";
+  if (value !== undefined && URL_WITH_PASSWORD.test(value)) return "credential";
   return null;
 }

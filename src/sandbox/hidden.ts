@@ -27,6 +27,12 @@ export const CREDENTIAL_STORES: readonly string[] = [
   "~/.terraform.d/credentials.tfrc.json",
   "~/.password-store",
   "~/.local/share/keyrings",
+  // Database clients' password files (docs/storage.md suggests ~/.pgpass for the vault's own).
+  "~/.pgpass",
+  "~/.my.cnf",
+  // Token files: lessor's own (docs/cli.md keeps an agent token in ~/.config/lessor) and HashiCorp Vault's.
+  "~/.config/lessor",
+  "~/.vault-token",
 ];
 
 /** Files and directories of /etc that hold secrets (readable to root, which a sandbox may run as). */

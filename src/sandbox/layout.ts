@@ -14,7 +14,7 @@
  *   the root directory; /tmp, /run and the like as a whole (other programs' sockets live there).
  */
 import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
-import { isAbsolute, resolve, sep } from "node:path";
+import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets } from "./hidden.js";
 import { planGit, type GitGuard } from "./git-guard.js";
@@ -81,6 +81,8 @@ export interface Layout {
 
 /** System directories shown read-only when they exist. */
 const SYSTEM_DIRS = ["/usr", "/etc", "/opt", "/nix"];
+/** Where, for root, a writable path becomes code run outside the sandbox (beside the system directories). */
+const ROOT_RUN_DIRS = ["/opt", "/nix", "/boot", "/var/spool", "/var/lib", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/root/.config/systemd"];
 /** Shown as the symlinks they are (merged /usr), or read-only when they are directories. */
 const SYSTEM_LINKS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 /**
@@ -166,6 +168,10 @@ export function planLayout(req: LayoutRequest): Layout {
             `the ${why} ${given} would be writable and holds your home directory (${h}): the agent could change ~/.bashrc or ~/.profile and so run as you outside the sandbox; run from your project's directory, or set [run] project = "read-only" in lessor.toml`,
           );
       for (const s of systemRoots) if (within(s, r)) refuse(`the ${why} ${given} would be writable and holds ${s}; choose a narrower directory`);
+      // Inside one, a writable path is what the machine runs outside the sandbox (/etc/cron.d,
+      // /etc/profile.d, /usr/local/bin), and for root no permission stands in the way.
+      for (const s of ["/usr", "/etc", ...(process.getuid?.() === 0 ? ROOT_RUN_DIRS : [])])
+        if (within(r, s)) refuse(`the ${why} ${given} would be writable and is inside ${s}, which the machine runs or reads outside the sandbox; use a directory of the project's own (or make the project read-only: [run] project = "read-only")`);
     }
     const had = binds.get(r);
     binds.set(r, { writable: writable || (had?.writable ?? false), why: had?.why ?? why });
@@ -214,6 +220,17 @@ export function planLayout(req: LayoutRequest): Layout {
   masks.sort((a, b) => depth(a.path) - depth(b.path));
   const covered = masks.filter((m, i) => !masks.slice(0, i).some((o) => o.dir && within(m.path, o.path) && o.path !== m.path));
   const unique = covered.filter((m, i) => covered.findIndex((o) => o.path === m.path) === i);
+
+  // A cover is a mount point, which cannot be renamed or removed; the directories above it inside a
+  // writable bind could be, and a new directory of the agent's own put in their place (a policy file,
+  // a lessor home, a socket the owner's next lessor command trusts). Each is bound onto itself:
+  // pinned, like a repository's .git.
+  for (const m of unique) {
+    const bind = mounts.filter((x) => x.kind === "bind" && x.writable && within(m.path, x.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+    if (!bind) continue;
+    for (let d = dirname(m.path); d !== bind.path && within(d, bind.path); d = dirname(d)) if (!pinned.includes(d)) pinned.push(d);
+  }
+  pinned.sort((a, b) => depth(a) - depth(b));
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;

@@ -4,7 +4,7 @@
  * unless --no-sandbox. See docs/cli/run.md and docs/sandbox.md.
  */
 import type { Command } from "commander";
-import type { Cli } from "../cli.js";
+import { UsageError, type Cli } from "../cli.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
 /** `lessor run`'s options (shared with the start-up fast path). */
@@ -90,5 +90,25 @@ export function registerRun(program: Command, cli: Cli): void {
         "The exit code is the command's own (128+N if signal N killed it; 127 if it was not found).",
       ].join("\n"),
     )
-    .action((command: string[], o: RunCommandOptions) => runAction(cli, command, o));
+    .action((command: string[], o: RunCommandOptions, cmd: Command) =>
+      afterDashes(cmd, command)
+        ? runAction(cli, command, o)
+        : cli.run(async () => {
+            throw new UsageError(
+              `put -- before the command: lessor run --agent A [options] -- ${command[0] ?? "CMD"} … (without it, options written after the command, such as --no-sandbox, --network or --agent, are taken as lessor's own, not the command's); the command was not started`,
+            );
+          }),
+    );
+}
+
+/**
+ * True when every word of `command` came after a `--` (commander reads options anywhere before one,
+ * even after the command's name: `lessor run --agent a ./agent.sh --no-sandbox` would run it unconfined).
+ */
+function afterDashes(cmd: Command, command: readonly string[]): boolean {
+  const raw = (cmd.parent as (Command & { rawArgs?: string[] }) | null)?.rawArgs ?? [];
+  const at = raw.indexOf("--");
+  if (at < 0) return false;
+  const tail = raw.slice(at + 1);
+  return tail.length === command.length && tail.every((w, i) => w === command[i]);
 }

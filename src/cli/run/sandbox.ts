@@ -294,7 +294,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
       const out: Record<string, string> = {};
       const withheld: string[] = [];
       for (const [k, v] of Object.entries(childEnv)) {
-        const reason = withheldReason(k);
+        const reason = withheldReason(k, v);
         if (reason === "lessor" || reason === "session") continue;
         if (reason === "credential" && !referred.has(k) && vars.get(k)?.from === "the environment") {
           withheld.push(k);
