@@ -38,19 +38,36 @@ describe("rule semantics pinned on a shared store", { skip: PG_SKIP }, () => {
       assert.match(stamp.limits, /(^| )rule_semantics=2( |$)/, "the stamp pins the rule semantics");
 
       await vault.close();
-      // Another instance opens after an older lessor wrote the stamp (edited here behind the stores' backs).
-      for (const limits of [stamp.limits.replace(/ ?rule_semantics=2/, ""), stamp.limits.replace("rule_semantics=2", "rule_semantics=1")]) {
-        await admin(`UPDATE ${schema}.meta SET value = $2 WHERE key = $1`, [POLICY_META, JSON.stringify({ ...stamp, limits })]);
-        const other = await Vault.open({
+      const open = async () =>
+        Vault.open({
           store: await openPostgresStore({ url: process.env.LESSOR_TEST_PG_URL!, schema }),
           keys: envKeySource({ LESSOR_MASTER_KEY: key })!,
           policy: async () => parsePolicy(POLICY, "policy.toml"),
         });
+      const stored = async (): Promise<string> => (JSON.parse(String((await admin(`SELECT value FROM ${schema}.meta WHERE key = $1`, [POLICY_META])).rows[0].value)) as { limits: string }).limits;
+
+      // A stamp of a newer lessor (rule semantics 3): this one reads rules another way, grants nothing, and leaves it as it is.
+      await admin(`UPDATE ${schema}.meta SET value = $2 WHERE key = $1`, [POLICY_META, JSON.stringify({ ...stamp, limits: stamp.limits.replace("rule_semantics=2", "rule_semantics=3") })]);
+      let other = await open();
+      try {
+        const r = await refusalOf(other.session(agent("claude")).requestLease({ secret: "tok" }));
+        assert.equal(r.code, "unavailable");
+        assert.match(r.message, /reads policy rules differently from the instance in force .* run the same lessor version on every instance/);
+        assert.deepEqual(await other.admin().revokeLease(held.id, "brakes work"), { revoked: true });
+        assert.match(await stored(), /rule_semantics=3/, "an older lessor does not bring a newer stamp down to its own");
+      } finally {
+        await other.close();
+      }
+
+      // A stamp of an older lessor (no rule_semantics, or 1), with no daemon to restart: an embedded
+      // command brings it up to this lessor's (which makes instances of the older one grant nothing).
+      for (const limits of [stamp.limits.replace(/ ?rule_semantics=2/, ""), stamp.limits.replace("rule_semantics=2", "rule_semantics=1")]) {
+        await admin(`UPDATE ${schema}.meta SET value = $2 WHERE key = $1`, [POLICY_META, JSON.stringify({ ...stamp, limits })]);
+        other = await open();
         try {
-          const r = await refusalOf(other.session(agent("claude")).requestLease({ secret: "tok" }));
-          assert.equal(r.code, "unavailable", limits);
-          assert.match(r.message, /reads policy rules differently from the instance in force .* run the same lessor version on every instance/);
-          if (limits.includes("rule_semantics=1")) assert.deepEqual(await other.admin().revokeLease(held.id, "brakes work"), { revoked: true });
+          const l = await other.session(agent("claude")).requestLease({ secret: "tok" });
+          assert.equal(l.agent, "claude", limits);
+          assert.match(await stored(), /(^| )rule_semantics=2( |$)/, limits);
         } finally {
           await other.close();
         }

@@ -487,13 +487,16 @@ describe("the vault's files hidden wherever they are: a home in the project, thr
     attacked(await lessorRun(o.project, ownerEnv(o.home, link), "attacker-home-link", [], [NODE, join(o.project, "probe.mjs"), probeSpec("link")]), "symlinked LESSOR_HOME");
   });
 
-  test("--home through a symlink inside the project, LESSOR_HOME unset", async () => {
+  test("--home through a symlink inside the project, LESSOR_HOME unset: refused, since the agent could point the link at a home of its own", async () => {
+    // It was run with the home covered at its real path; the link stayed the agent's to change (and
+    // the owner's next `lessor --home link …` would then open the agent's home). test/review-2026-12-04b.
     const link = join(o.project, "vault-link");
     symlinkSync(".vault", link);
     const env = ownerEnv(o.home, "");
     delete env["LESSOR_HOME"];
     const r = await lessorRun(o.project, env, "attacker-home-flag", [], [NODE, join(o.project, "probe.mjs"), probeSpec("flag")], (argv) => ({ file: argv[0]!, args: [...argv.slice(1, 3), "--home", link, ...argv.slice(3)] }));
-    attacked(r, "--home via a symlink");
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /is named through .*vault-link, a symbolic link the agent could change/);
   });
 });
 

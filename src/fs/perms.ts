@@ -9,7 +9,7 @@
  *
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
-import { chmodSync, lstatSync, mkdirSync, realpathSync, statSync, type Stats } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
@@ -167,14 +167,19 @@ export function assertSafeLocation(path: string, what: string): void {
   if (real !== given) assertSafeAncestors(real, uid, place);
 }
 
-/** `p` with the symlinks of its deepest existing directory (or itself) resolved. */
-function realPlace(p: string): string {
+/**
+ * `p` with the symlinks of its deepest existing directory (or itself) resolved; a dangling link on the
+ * way is followed to where it points (another user may make its target later).
+ */
+function realPlace(p: string, hops = 0): string {
   let dir = p;
   const rest: string[] = [];
   for (;;) {
     try {
       return join(realpathSync(dir), ...rest.reverse());
     } catch {
+      const st = lstatOrNull(dir);
+      if (st?.isSymbolicLink() && hops < 40) return realPlace(join(resolve(dirname(dir), readlinkSync(dir)), ...rest.reverse()), hops + 1);
       const up = dirname(dir);
       if (up === dir) return p;
       rest.push(basename(dir));

@@ -17,8 +17,11 @@ export function responseCoding(headers: IncomingHttpHeaders | Record<string, unk
   const te = headers["transfer-encoding"];
   if (te !== undefined) {
     const codings = String(te).toLowerCase().split(",").map((c) => c.trim()).filter((c) => c !== "");
-    // `identity` (obsolete, RFC 2616) leaves the bytes as they are: Node reads them to the close.
-    if (codings.some((c) => c !== "chunked" && c !== "identity"))
+    // `identity` (obsolete, RFC 2616) leaves the bytes as they are: Node reads them to the close. Node
+    // removes the chunking only when `chunked` is the last coding (`chunked, identity` reaches here
+    // still chunked, and the chunk-size lines would cut a value the scrubber looks for).
+    const rest = codings.filter((c) => c !== "identity");
+    if (!(rest.length === 0 || (rest.length === 1 && rest[0] === "chunked" && codings[codings.length - 1] === "chunked")))
       return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.join(", ")}, which the proxy cannot scrub` };
   }
   const enc = String(headers["content-encoding"] ?? "identity").toLowerCase();

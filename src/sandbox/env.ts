@@ -59,6 +59,17 @@ export function withheldReason(name: string, value?: string): WithheldReason | n
   if (name.toUpperCase().startsWith(LESSOR_PREFIX)) return "lessor";
   if (SESSION.has(name)) return "session";
   if (CREDENTIALS.has(name) || CREDENTIAL_NAME.test(name)) return "credential";
-  if (value !== undefined && URL_WITH_PASSWORD.test(value)) return "credential";
+  if (value !== undefined && urlHasPassword(value)) return "credential";
   return null;
+}
+
+/** True for a URL with a password in it, as a URL parser (node-postgres's) reads it, or the pattern. */
+function urlHasPassword(value: string): boolean {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return false;
+  if (URL_WITH_PASSWORD.test(value)) return true;
+  try {
+    return new URL(value).password !== "";
+  } catch {
+    return false;
+  }
 }

@@ -82,7 +82,9 @@ export interface Layout {
 /** System directories shown read-only when they exist. */
 const SYSTEM_DIRS = ["/usr", "/etc", "/opt", "/nix"];
 /** Where, for root, a writable path becomes code run outside the sandbox (beside the system directories). */
-const ROOT_RUN_DIRS = ["/opt", "/nix", "/boot", "/var/spool", "/var/lib", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/root/.config/systemd"];
+const ROOT_RUN_DIRS = ["/boot", "/var/spool", "/var/lib/dpkg", "/var/lib/rpm", "/var/lib/systemd", "/run/systemd", "/run/udev", "/run/tmpfiles.d", "/root/.config/systemd"];
+/** Where a writable path is code or configuration the machine runs outside the sandbox, for anyone. */
+const RUN_DIRS = ["/etc", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/usr/local/etc", "/usr/local/libexec", "/usr/local/share"];
 /** Shown as the symlinks they are (merged /usr), or read-only when they are directories. */
 const SYSTEM_LINKS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 /**
@@ -170,7 +172,7 @@ export function planLayout(req: LayoutRequest): Layout {
       for (const s of systemRoots) if (within(s, r)) refuse(`the ${why} ${given} would be writable and holds ${s}; choose a narrower directory`);
       // Inside one, a writable path is what the machine runs outside the sandbox (/etc/cron.d,
       // /etc/profile.d, /usr/local/bin), and for root no permission stands in the way.
-      for (const s of ["/usr", "/etc", ...(process.getuid?.() === 0 ? ROOT_RUN_DIRS : [])])
+      for (const s of [...RUN_DIRS, ...(process.getuid?.() === 0 ? ROOT_RUN_DIRS : [])])
         if (within(r, s)) refuse(`the ${why} ${given} would be writable and is inside ${s}, which the machine runs or reads outside the sandbox; use a directory of the project's own (or make the project read-only: [run] project = "read-only")`);
     }
     const had = binds.get(r);
@@ -221,13 +223,27 @@ export function planLayout(req: LayoutRequest): Layout {
   const covered = masks.filter((m, i) => !masks.slice(0, i).some((o) => o.dir && within(m.path, o.path) && o.path !== m.path));
   const unique = covered.filter((m, i) => covered.findIndex((o) => o.path === m.path) === i);
 
+  // A protected path named through a symlink that lies in a writable bind: the cover is at the real
+  // path, and the agent could point the link somewhere of its own (a lessor home whose [keys] command
+  // the owner's next lessor command runs). A link cannot be pinned (bwrap follows it): refused.
+  for (const p of req.protect) {
+    if (!isAbsolute(p.path)) continue;
+    const link = linkOnTheWay(resolve(p.path), (d) => [...binds].some(([path, b]) => b.writable && within(d, path) && d !== path));
+    if (link !== null)
+      refuse(
+        `${p.what} is named through ${link}, a symbolic link the agent could change (it is in a writable path of the sandbox); name it by its real path (${real(p.path) ?? "its target"}), or move the link out of the project`,
+      );
+  }
+
   // A cover is a mount point, which cannot be renamed or removed; the directories above it inside a
   // writable bind could be, and a new directory of the agent's own put in their place (a policy file,
   // a lessor home, a socket the owner's next lessor command trusts). Each is bound onto itself:
   // pinned, like a repository's .git.
   for (const m of unique) {
-    const bind = mounts.filter((x) => x.kind === "bind" && x.writable && within(m.path, x.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
-    if (!bind) continue;
+    // The deepest bind holding it decides: under a read-only one nothing can be renamed (and a pin,
+    // a writable bind, would make it writable).
+    const bind = mounts.filter((x) => x.kind === "bind" && within(m.path, x.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+    if (!bind || bind.kind !== "bind" || !bind.writable) continue;
     for (let d = dirname(m.path); d !== bind.path && within(d, bind.path); d = dirname(d)) if (!pinned.includes(d)) pinned.push(d);
   }
   pinned.sort((a, b) => depth(a) - depth(b));
@@ -235,6 +251,27 @@ export function planLayout(req: LayoutRequest): Layout {
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
   return { mounts, pinned, readOnly, sealed, git, masks: unique, cwd };
+}
+
+/** The first symbolic link on the way to `p` (p itself included) for which `inside` holds, or null. */
+function linkOnTheWay(p: string, inside: (dir: string) => boolean): string | null {
+  const parts = p.split(sep).filter((x) => x !== "");
+  let cur = "";
+  for (const part of parts) {
+    cur = `${cur}${sep}${part}`;
+    let st;
+    try {
+      st = lstatSync(cur);
+    } catch {
+      return null;
+    }
+    if (st.isSymbolicLink()) {
+      // Where the link itself really is (the directories above it may be links too).
+      const at = real(dirname(cur));
+      return inside(at === null ? cur : `${at === sep ? "" : at}${sep}${part}`) ? cur : null;
+    }
+  }
+  return null;
 }
 
 /**

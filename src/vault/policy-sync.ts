@@ -28,7 +28,7 @@ import type { StoreReader, StoreTx } from "./ports.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import type { Identity } from "../base/types.js";
 import { installPolicy, loadOrBroken, notePolicyStamp, policyStaleness } from "./policy-state.js";
-import { differingLimits, limitsText, RULE_SEMANTICS_NAME } from "./limits.js";
+import { differingLimits, limitsText, RULE_SEMANTICS, RULE_SEMANTICS_NAME } from "./limits.js";
 
 /** The store metadata key naming the policy the last reload (on any instance) put in force. */
 export const POLICY_META = "policy";
@@ -243,7 +243,8 @@ export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
  * force if they are not the pinned ones, audited as `limits_pinned`: a restart with a changed
  * lessor.toml applies it, and every instance still on other limits grants nothing until it is
  * restarted with these. Without it (an embedded lessor command) the stamp's limits are left as they
- * are, except that a stamp of this same policy written before limits were pinned gets this vault's.
+ * are, except that a stamp of this same policy written before limits were pinned gets this vault's,
+ * and one whose limits differ only in an older rule semantics is brought up to this lessor's.
  * A trail that refuses writes leaves the limits unclaimed (this instance is then the stale one).
  */
 export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity | null = null): Promise<void> {
@@ -253,7 +254,7 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
     s === null
       ? ctx.policy.error === undefined && ctx.policy.digest !== ""
       : // A daemon whose policy is stale claims nothing: it would leave no instance granting at all.
-        s.limits !== mine && s.digest === ctx.policy.digest && (claimLimits !== null || s.limits === undefined);
+        s.limits !== mine && s.digest === ctx.policy.digest && (claimLimits !== null || s.limits === undefined || olderSemanticsOnly(s.limits, mine));
   let stamp = parsePolicyStamp(await ctx.store.getMeta(POLICY_META));
   if (needs(stamp)) {
     const write = async (tx: StoreTx, audit: AuditFn | null, now: number): Promise<PolicyStamp | null> => {
@@ -274,6 +275,18 @@ export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity |
       }
   }
   note(ctx, stamp);
+}
+
+/**
+ * True when `stamped` differs from `mine` only in an older rule semantics (an older lessor wrote it):
+ * any instance of this lessor may bring it up to date, which changes no `[vault]` limit and makes
+ * instances of the older lessor grant nothing (they would read rules another way).
+ */
+function olderSemanticsOnly(stamped: string, mine: string): boolean {
+  const diff = differingLimits(mine, stamped);
+  if (diff.length !== 1 || diff[0] !== RULE_SEMANTICS_NAME) return false;
+  const m = new RegExp(`(?:^| )${RULE_SEMANTICS_NAME}=([0-9]+)(?: |$)`).exec(stamped);
+  return m === null || Number(m[1]) < RULE_SEMANTICS;
 }
 
 /** The `limits_pinned` event: `who` put `limits` in force over `previous`. */
