@@ -179,7 +179,16 @@ function realPlace(p: string, hops = 0): string {
       return join(realpathSync(dir), ...rest.reverse());
     } catch {
       const st = lstatOrNull(dir);
-      if (st?.isSymbolicLink() && hops < 40) return realPlace(join(resolve(dirname(dir), readlinkSync(dir)), ...rest.reverse()), hops + 1);
+      if (st?.isSymbolicLink() && hops < 40) {
+        // Relative to the link's real directory (its parent exists: the lstat above found the link).
+        let target: string | null = null;
+        try {
+          target = resolve(realpathSync(dirname(dir)), readlinkSync(dir));
+        } catch {
+          // changed under us: judged by the directories above, as a missing one is
+        }
+        if (target !== null) return realPlace(join(target, ...rest.reverse()), hops + 1);
+      }
       const up = dirname(dir);
       if (up === dir) return p;
       rest.push(basename(dir));

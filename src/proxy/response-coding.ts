@@ -16,7 +16,9 @@ export type ResponseCoding = { decode: Transform | undefined } | { problem: stri
 export function responseCoding(headers: IncomingHttpHeaders | Record<string, unknown>): ResponseCoding {
   const te = headers["transfer-encoding"];
   if (te !== undefined) {
-    const codings = String(te).toLowerCase().split(",").map((c) => c.trim()).filter((c) => c !== "");
+    // Split as the HTTP grammar does (spaces and tabs only around commas): a no-break space or an
+    // empty item (`chunked,`) is not the `chunked` Node's parser removes, so it is not accepted here.
+    const codings = String(te).toLowerCase().split(",").map((c) => c.replace(/^[ \t]+|[ \t]+$/g, ""));
     // `identity` (obsolete, RFC 2616) leaves the bytes as they are: Node reads them to the close. Node
     // removes the chunking only when `chunked` is the last coding (`chunked, identity` reaches here
     // still chunked, and the chunk-size lines would cut a value the scrubber looks for).

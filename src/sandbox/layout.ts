@@ -82,7 +82,12 @@ export interface Layout {
 /** System directories shown read-only when they exist. */
 const SYSTEM_DIRS = ["/usr", "/etc", "/opt", "/nix"];
 /** Where, for root, a writable path becomes code run outside the sandbox (beside the system directories). */
-const ROOT_RUN_DIRS = ["/boot", "/var/spool", "/var/lib/dpkg", "/var/lib/rpm", "/var/lib/systemd", "/run/systemd", "/run/udev", "/run/tmpfiles.d", "/root/.config/systemd"];
+const ROOT_RUN_DIRS = ["/boot", "/var/spool", "/var/lib/dpkg", "/var/lib/rpm", "/var/lib/systemd", "/var/lib/cloud", "/run/systemd", "/run/udev", "/run/tmpfiles.d", "/root/.config/systemd", "/nix/store", "/nix/var"];
+
+/** {@link ROOT_RUN_DIRS}, and /bin, /sbin and /lib* where they are directories of their own (not merged into /usr). */
+function rootRunDirs(): string[] {
+  return [...ROOT_RUN_DIRS, ...SYSTEM_LINKS.filter((d) => real(d) === d)];
+}
 /** Where a writable path is code or configuration the machine runs outside the sandbox, for anyone. */
 const RUN_DIRS = ["/etc", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share", "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/usr/local/etc", "/usr/local/libexec", "/usr/local/share"];
 /** Shown as the symlinks they are (merged /usr), or read-only when they are directories. */
@@ -172,8 +177,8 @@ export function planLayout(req: LayoutRequest): Layout {
       for (const s of systemRoots) if (within(s, r)) refuse(`the ${why} ${given} would be writable and holds ${s}; choose a narrower directory`);
       // Inside one, a writable path is what the machine runs outside the sandbox (/etc/cron.d,
       // /etc/profile.d, /usr/local/bin), and for root no permission stands in the way.
-      for (const s of [...RUN_DIRS, ...(process.getuid?.() === 0 ? ROOT_RUN_DIRS : [])])
-        if (within(r, s)) refuse(`the ${why} ${given} would be writable and is inside ${s}, which the machine runs or reads outside the sandbox; use a directory of the project's own (or make the project read-only: [run] project = "read-only")`);
+      for (const s of [...RUN_DIRS, ...(process.getuid?.() === 0 ? rootRunDirs() : [])])
+        if (within(r, s) || within(s, r)) refuse(`the ${why} ${given} would be writable and ${within(r, s) ? "is inside" : "holds"} ${s}, which the machine runs or reads outside the sandbox; use a directory of the project's own (or make the project read-only: [run] project = "read-only")`);
     }
     const had = binds.get(r);
     binds.set(r, { writable: writable || (had?.writable ?? false), why: had?.why ?? why });
@@ -228,7 +233,11 @@ export function planLayout(req: LayoutRequest): Layout {
   // the owner's next lessor command runs). A link cannot be pinned (bwrap follows it): refused.
   for (const p of req.protect) {
     if (!isAbsolute(p.path)) continue;
-    const link = linkOnTheWay(resolve(p.path), (d) => [...binds].some(([path, b]) => b.writable && within(d, path) && d !== path));
+    // The deepest bind holding the link decides (one in a read-only [run] read path cannot be changed).
+    const link = linkOnTheWay(resolve(p.path), (at) => {
+      const holder = [...binds].filter(([path]) => within(at, path) && at !== path).sort((x, y) => depth(y[0]) - depth(x[0]))[0];
+      return holder !== undefined && holder[1].writable;
+    });
     if (link !== null)
       refuse(
         `${p.what} is named through ${link}, a symbolic link the agent could change (it is in a writable path of the sandbox); name it by its real path (${real(p.path) ?? "its target"}), or move the link out of the project`,
@@ -253,23 +262,39 @@ export function planLayout(req: LayoutRequest): Layout {
   return { mounts, pinned, readOnly, sealed, git, masks: unique, cwd };
 }
 
-/** The first symbolic link on the way to `p` (p itself included) for which `inside` holds, or null. */
-function linkOnTheWay(p: string, inside: (dir: string) => boolean): string | null {
-  const parts = p.split(sep).filter((x) => x !== "");
+/**
+ * The first symbolic link on the way to `p` (p itself included, every link of the chain followed)
+ * that really lies where `inside` holds, or null. A link elsewhere (the project opened through
+ * /home -> /data/home) is followed, and the walk goes on from its target.
+ */
+function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null {
+  let todo = p.split(sep).filter((x) => x !== "");
   let cur = "";
-  for (const part of parts) {
-    cur = `${cur}${sep}${part}`;
+  for (let hops = 0; todo.length > 0; ) {
+    const part = todo.shift()!;
+    const next = `${cur}${sep}${part}`;
     let st;
     try {
-      st = lstatSync(cur);
+      st = lstatSync(next);
+    } catch {
+      return null; // nothing there (yet): nothing to repoint
+    }
+    if (!st.isSymbolicLink()) {
+      cur = next;
+      continue;
+    }
+    // `cur` has no link in it: this is where the link really is.
+    if (inside(next)) return next;
+    if (++hops > 40) return null;
+    let target: string;
+    try {
+      target = readlinkSync(next);
     } catch {
       return null;
     }
-    if (st.isSymbolicLink()) {
-      // Where the link itself really is (the directories above it may be links too).
-      const at = real(dirname(cur));
-      return inside(at === null ? cur : `${at === sep ? "" : at}${sep}${part}`) ? cur : null;
-    }
+    const to = resolve(cur === "" ? sep : cur, target);
+    todo = [...to.split(sep).filter((x) => x !== ""), ...todo];
+    cur = "";
   }
   return null;
 }
