@@ -10,7 +10,7 @@
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
 import { chmodSync, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
@@ -163,7 +163,8 @@ export function assertSafeLocation(path: string, what: string): void {
   // The place as it really is: through a symlink on the way (one's own link into a directory others
   // can write), the directories that decide are the real ones. A path that does not exist yet (a file
   // about to be made) is taken by its deepest directory that does.
-  const real = realPlace(given);
+  // The path as written (not normalised: a `..` after a link is the kernel's to apply).
+  const real = realPlace(isAbsolute(path) ? path : `${process.cwd()}/${path}`);
   if (real !== given) assertSafeAncestors(real, uid, place);
 }
 
@@ -174,23 +175,27 @@ export function assertSafeLocation(path: string, what: string): void {
 function realPlace(p: string, hops = 0): string {
   let dir = p;
   const rest: string[] = [];
+  const withRest = (base: string): string => (rest.length === 0 ? base : `${base}/${[...rest].reverse().join("/")}`);
   for (;;) {
     try {
-      return join(realpathSync(dir), ...rest.reverse());
+      // The kernel's resolution (Node's JavaScript realpath applies `..` in a link's target as text).
+      return resolve(withRest(realpathSync.native(dir)));
     } catch {
       const st = lstatOrNull(dir);
       if (st?.isSymbolicLink() && hops < 40) {
-        // Relative to the link's real directory (its parent exists: the lstat above found the link).
+        // From the link's real directory (it exists: the lstat above found the link), its target as
+        // written, `..` included, for the kernel to resolve on the next round.
         let target: string | null = null;
         try {
-          target = resolve(realpathSync(dirname(dir)), readlinkSync(dir));
+          const t = readlinkSync(dir);
+          target = t.startsWith("/") ? t : `${realpathSync.native(dirname(dir))}/${t}`;
         } catch {
           // changed under us: judged by the directories above, as a missing one is
         }
-        if (target !== null) return realPlace(join(target, ...rest.reverse()), hops + 1);
+        if (target !== null) return realPlace(withRest(target), hops + 1);
       }
       const up = dirname(dir);
-      if (up === dir) return p;
+      if (up === dir) return resolve(p);
       rest.push(basename(dir));
       dir = up;
     }

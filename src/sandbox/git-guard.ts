@@ -52,7 +52,9 @@ function lst(p: string): Stats | null {
 
 function realOrNull(p: string): string | null {
   try {
-    return realpathSync(p);
+    // The kernel's own resolution: Node's JavaScript realpath applies a `..` in a link's target as
+    // text, before following the link it comes after.
+    return realpathSync.native(p);
   } catch {
     return null;
   }

@@ -110,7 +110,9 @@ function depth(p: string): number {
 
 function real(p: string): string | null {
   try {
-    return realpathSync(p);
+    // The kernel's own resolution: Node's JavaScript realpath applies a `..` in a link's target as
+    // text, before following the link it comes after.
+    return realpathSync.native(p);
   } catch {
     return null;
   }
@@ -177,7 +179,7 @@ export function planLayout(req: LayoutRequest): Layout {
       for (const s of systemRoots) if (within(s, r)) refuse(`the ${why} ${given} would be writable and holds ${s}; choose a narrower directory`);
       // Inside one, a writable path is what the machine runs outside the sandbox (/etc/cron.d,
       // /etc/profile.d, /usr/local/bin), and for root no permission stands in the way.
-      for (const s of [...RUN_DIRS, ...(process.getuid?.() === 0 ? rootRunDirs() : [])])
+      for (const s of [...RUN_DIRS, ...(process.getuid?.() === 0 ? rootRunDirs() : [])].flatMap((d) => [d, real(d) ?? d]))
         if (within(r, s) || within(s, r)) refuse(`the ${why} ${given} would be writable and ${within(r, s) ? "is inside" : "holds"} ${s}, which the machine runs or reads outside the sandbox; use a directory of the project's own (or make the project read-only: [run] project = "read-only")`);
     }
     const had = binds.get(r);
@@ -256,6 +258,10 @@ export function planLayout(req: LayoutRequest): Layout {
     for (let d = dirname(m.path); d !== bind.path && within(d, bind.path); d = dirname(d)) if (!pinned.includes(d)) pinned.push(d);
   }
   pinned.sort((a, b) => depth(a) - depth(b));
+  // A pin is a writable bind made after the layout's: a read-only bind inside one is made again after
+  // the pins (with the git guard's read-only paths), or the pin would show it writable.
+  for (const [path, b] of binds)
+    if (!b.writable && pinned.some((d) => within(path, d) && path !== d) && !readOnly.includes(path)) readOnly.push(path);
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
@@ -272,18 +278,26 @@ function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null
   let cur = "";
   for (let hops = 0; todo.length > 0; ) {
     const part = todo.shift()!;
+    // `cur` holds no link, so `..` and `.` may be applied to it as text.
+    if (part === ".") continue;
+    if (part === "..") {
+      cur = cur === "" ? "" : dirname(cur) === sep ? "" : dirname(cur);
+      continue;
+    }
     const next = `${cur}${sep}${part}`;
     let st;
     try {
       st = lstatSync(next);
-    } catch {
-      return null; // nothing there (yet): nothing to repoint
+    } catch (e) {
+      // Nothing there (yet): nothing to repoint. Anything else (a directory made unreadable, which
+      // the agent could open again) is judged as a link would be.
+      const code = (e as NodeJS.ErrnoException).code;
+      return code === "ENOENT" || code === "ENOTDIR" ? null : inside(next) ? next : null;
     }
     if (!st.isSymbolicLink()) {
       cur = next;
       continue;
     }
-    // `cur` has no link in it: this is where the link really is.
     if (inside(next)) return next;
     if (++hops > 40) return null;
     let target: string;
@@ -292,9 +306,9 @@ function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null
     } catch {
       return null;
     }
-    const to = resolve(cur === "" ? sep : cur, target);
-    todo = [...to.split(sep).filter((x) => x !== ""), ...todo];
-    cur = "";
+    // The target's parts as written (not normalised): a `..` after a link in it is the kernel's to apply.
+    if (target.startsWith(sep)) cur = "";
+    todo = [...target.split(sep).filter((x) => x !== ""), ...todo];
   }
   return null;
 }
