@@ -89,6 +89,31 @@ describe("any_domain leases and the domains a request names", () => {
     assert.ok(!(await auditText(t.vault)).includes(CANARY));
   });
 
+  // The domain-less use is decided by the lease's own rule: a reload that puts an earlier rule for the
+  // same agent and secret, one that needs a domain (which decide() without domains returns first),
+  // before it does not take the any_domain lease away; the rule that granted it still says any_domain.
+  test("an any_domain lease stays usable without a domain after a reload puts an earlier, domain-bound rule for the same secret before its rule", async () => {
+    let text = DB_RULE;
+    const vault = await Vault.open({
+      store: openSqliteStore(join(tempDir("lessor-pa-"), "lessor.db")),
+      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+      policy: async () => parsePolicy(text, "policy.toml"),
+    });
+    try {
+      await vault.admin().storeSecret({ ...DB, value: CANARY });
+      const nightly = vault.session(agent("nightly"));
+      const l = await nightly.requestLease({ secret: DB });
+      assert.equal(l.rule, "nightly-db");
+      assert.equal(l.anyDomain, true);
+      text = allow("nightly-api", { agents: ["nightly"], secrets: ["service:reports/db-password"], domains: ["reports.example.com"] }) + DB_RULE;
+      await vault.admin().reloadPolicy();
+      using v = (await nightly.accessSecret(l.id)).value;
+      assert.equal(v.unsafeText(), CANARY);
+    } finally {
+      await vault.close();
+    }
+  });
+
   // docs/policy.md, "Approval": the approval is "bound to that exact request: agent, secret,
   // requested domains, …"; "the person approved those". `lessor approvals` shows the person
   // "to send it to: db.internal" (src/cli/commands/approval.ts), yet the lease it yields is accepted

@@ -367,13 +367,15 @@ async function useIn(
   const decision = decide(ctx.policy, { agent: lease.agent, secret: lease, domains: target.domain === undefined ? undefined : [target.domain] });
   if (!decision.allow)
     return denied(audit, who, new VaultError("access_denied", `access denied: policy no longer allows it (${reasonFor(ctx.policy, who.role, decision.reason)})`), fields);
-  // A use without a domain (an any_domain lease) needs a rule in force that still says any_domain:
-  // asked without domains, any allow rule for the agent and secret would match.
-  if (target.domain === undefined && !decision.rule?.anyDomain)
+  // The rule that granted the lease, as it is in the policy in force (undefined: no longer there).
+  const own = decision.rule?.name === lease.rule ? decision.rule : ctx.policy.rules.find((r) => r.name === lease.rule && r.effect === "allow");
+  // A use without a domain (an any_domain lease) needs its own rule to still say any_domain: asked
+  // without domains, any allow rule for the agent and secret would match.
+  if (target.domain === undefined && !own?.anyDomain)
     return denied(
       audit,
       who,
-      new VaultError("access_denied", `access denied: the policy in force no longer lets this lease be used without a domain${decision.rule ? ` (rule "${decision.rule.name}" has no any_domain = true)` : ""}; name the host it is for, or request a new lease`),
+      new VaultError("access_denied", `access denied: the policy in force no longer lets this lease be used without a domain (rule "${lease.rule}" ${own ? "has no any_domain = true" : "is no longer in it"}); name the host it is for, or request a new lease`),
       fields,
     );
   // A reload that narrowed the methods or paths binds leases granted before it too.
@@ -381,7 +383,7 @@ async function useIn(
   if (narrowed) return denied(audit, who, narrowed, fields);
   // The value goes to the caller only when both the rule that granted the lease (as it is now) and
   // the rule deciding this use reveal it: the caller picks the domain, and so which rule decides.
-  const hidden = revealError(ctx.policy.rules, lease.rule, decision.rule, who, target, secret);
+  const hidden = revealError(own, lease.rule, decision.rule, who, target, secret);
   if (hidden) return denied(audit, who, hidden, fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
@@ -415,12 +417,11 @@ async function useIn(
 /**
  * Why an access may not hand the value to `who`, or null when it may: when it goes into an injecting
  * proxy's request (`via: "proxy"` from the owner or an orchestrator), or when both the lease's
- * granting rule `granted` (as it is in `rules` now) and the `deciding` rule reveal it. A granting rule
+ * granting rule `granted` (`own`: as it is in the policy now) and the `deciding` rule reveal it. A granting rule
  * no longer in the policy reveals nothing: nothing says its value may be handed out.
  */
-function revealError(rules: readonly Rule[], granted: string, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
+function revealError(own: Rule | undefined, granted: string, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
   if (target.via === "proxy" && who.role !== "agent") return null;
-  const own = deciding?.name === granted ? deciding : rules.find((r) => r.name === granted && r.effect === "allow");
   const keeper = own === undefined ? null : !own.reveal ? own : deciding && !deciding.reveal ? deciding : null;
   if (own !== undefined && keeper === null) return null;
   const why =
