@@ -236,7 +236,8 @@ export function planLayout(req: LayoutRequest): Layout {
   for (const p of req.protect) {
     if (!isAbsolute(p.path)) continue;
     // The deepest bind holding the link decides (one in a read-only [run] read path cannot be changed).
-    const link = linkOnTheWay(resolve(p.path), (at) => {
+    // The path as lessor uses it (not normalised: the kernel applies a `..` after a link).
+    const link = linkOnTheWay(p.path, (at) => {
       const holder = [...binds].filter(([path]) => within(at, path) && at !== path).sort((x, y) => depth(y[0]) - depth(x[0]))[0];
       return holder !== undefined && holder[1].writable;
     });
