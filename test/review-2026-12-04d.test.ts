@@ -136,3 +136,19 @@ describe("assertSafeLocation: realPlace and `..` after a link", () => {
     assert.throws(() => assertSafeLocation(target, "the lessor home"), /can be written by other users/, "existing: still checked at <mine>/later");
   });
 });
+
+describe("vmOfSocket: a `..` after a link in a socket path", () => {
+  test("a service socket named `<dir-link>/../fc/vm1.vsock_5000`, which the kernel puts in vm1's directory, is vm1's", async () => {
+    const { vmOfSocket } = await import("../src/config/guest-map.js");
+    const base = mkdtempSync(join(ROOT, "vmsock-"));
+    const fc = join(base, "real", "fc");
+    mkdirSync(fc, { recursive: true });
+    mkdirSync(join(base, "real", "sub"));
+    mkdirSync(join(base, "fc")); // a decoy where the text alone would lead
+    symlinkSync(join(base, "real", "sub"), join(base, "link"));
+    const vm = { name: "vm1", udsPath: join(fc, "vm1.vsock"), port: 7391, socketMode: 0o600, role: "agent" as const, agent: "claude" };
+    const got = vmOfSocket([vm], base, `${base}/link/../fc/vm1.vsock_5000`);
+    assert.equal(got?.vm.name, "vm1", "the socket the kernel makes in vm1's directory is recognised as vm1's");
+    assert.equal(got?.port, 5000);
+  });
+});

@@ -11,7 +11,7 @@
  * (the service's `--agent` names it). Nothing a guest sends changes this.
  */
 import { realpathSync } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { compileAgentPattern } from "../vault/pattern.js";
 import { inHome } from "./home.js";
 import type { GuestIdentity, VmConfig } from "./vm-config.js";
@@ -47,11 +47,13 @@ export function vmOfSocket(vms: readonly VmConfig[], home: string, path: string)
  * be made); the path as resolved when the directory cannot be.
  */
 export function canonicalSocketPath(path: string): string {
-  const abs = resolve(path);
+  // The path as written, resolved by the kernel (`realpathSync.native`): a `..` after a link in it is
+  // applied after following the link, as listen() will, not as text first.
+  const raw = isAbsolute(path) ? path : `${process.cwd()}/${path}`;
   try {
-    return join(realpathSync(dirname(abs)), basename(abs));
+    return join(realpathSync.native(dirname(raw)), basename(raw));
   } catch {
-    return abs;
+    return resolve(path);
   }
 }
 
