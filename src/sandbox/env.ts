@@ -52,7 +52,8 @@ const CREDENTIAL_NAME = /(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCES
 
 /**
  * Why the owner's variable `name` (holding `value`) is withheld from a sandboxed agent: lessor's own
- * variables, the owner's session sockets, and plain credentials (by name, or a URL with a password) (a credential the agent should use is stored in
+ * variables, the owner's session sockets, and plain credentials, by name or as a URL with a password
+ * (a credential the agent should use is stored in
  * the vault and referred to, `GITHUB_TOKEN='$S:github-token'`, or given in an --env-file).
  */
 export function withheldReason(name: string, value?: string): WithheldReason | null {

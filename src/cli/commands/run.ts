@@ -5,6 +5,7 @@
  */
 import type { Command } from "commander";
 import { UsageError, type Cli } from "../cli.js";
+import { escapeUnsafe } from "../../base/text.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
 /** `lessor run`'s options (shared with the start-up fast path). */
@@ -95,7 +96,7 @@ export function registerRun(program: Command, cli: Cli): void {
         ? runAction(cli, command, o)
         : cli.run(async () => {
             throw new UsageError(
-              `put -- before the command: lessor run --agent A [options] -- ${command[0] ?? "CMD"} … (without it, options written after the command, such as --no-sandbox, --network or --agent, are taken as lessor's own, not the command's); the command was not started`,
+              `put -- before the command: lessor run --agent A [options] -- ${escapeUnsafe(command[0] ?? "CMD")} … (without it, options written after the command, such as --no-sandbox, --network or --agent, are taken as lessor's own, not the command's); the command was not started`,
             );
           }),
     );
