@@ -174,6 +174,9 @@ const requestAccess: ToolSpec = {
     // First ask whether the grant needs a person (it opens or finds the approval for this exact request).
     const ask = await ctx.api.api.approval_request({ ...req, ...(a["reason"] !== undefined ? { reason: a["reason"] as string } : {}) });
     let approval: string | undefined;
+    // A grant for any host, asked for no host, would be a lease the proxy adds nowhere: it covers
+    // hosts by name. Say so before a person is asked to approve it, or a use is spent on it.
+    if (ask.required && ask.approval.anyDomain && ask.approval.hosts.length === 0) throw namesNoHost(req.secret);
     if (ask.required) {
       if (a["approvalId"] !== undefined && a["approvalId"] !== ask.approval.id && ask.approval.state !== "approved")
         throw withHint(
@@ -191,6 +194,11 @@ const requestAccess: ToolSpec = {
     const { lease, placeholder, mode } = await ctx.credentials.granting(async () => {
       const got = await ctx.api.api.request_lease({ ...req, ...(approval !== undefined ? { approval } : {}), access: { via: "proxy" } });
       if (!("value" in got)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
+      if (got.lease.anyDomain && got.lease.domains.length === 0) {
+        got.value.wipe();
+        await ctx.api.revokeLease(got.lease.id, "lessor mcp: a lease for no named host is of no use to http_request").catch(() => {});
+        throw namesNoHost(req.secret);
+      }
       try {
         const c = ctx.credentials.add(got.lease, got.value.expose());
         return { lease: got.lease, placeholder: c.placeholder, mode: c.rule.mode };
@@ -201,7 +209,7 @@ const requestAccess: ToolSpec = {
         got.value.wipe();
       }
     });
-    const where = lease.anyDomain ? "any host" : lease.domains.join(", ");
+    const where = lease.domains.join(", ");
     const usage =
       mode === "placeholder"
         ? `send the placeholder where the credential goes (a header such as Authorization: Bearer ${placeholder}, or a URL query value) in http_request to ${where}; lessor replaces it with the real value on the way out and masks the value in the response`
@@ -209,6 +217,17 @@ const requestAccess: ToolSpec = {
     return { ...terms(lease), placeholder, usage };
   },
 };
+
+/**
+ * The refusal of a request that names no host under a grant for any host: the proxy adds a
+ * credential only for hosts its lease names, so such a lease would be of no use.
+ */
+function namesNoHost(secret: string): VaultError {
+  return withHint(
+    new VaultError("invalid_request", `the grant of ${secret} allows any host, so the lease must name the hosts you will call: lessor adds the credential only to requests for hosts the lease names`),
+    `call request_access again with domains, e.g. domains: ["api.example.com"]`,
+  );
+}
 
 const httpRequest: ToolSpec = {
   name: "http_request",
