@@ -1,11 +1,12 @@
 /**
  * What the proxy tests share: a resolver that answers from a fixed table (no test ever does a real
  * lookup), and the instrumented connect step that fails the test if the proxy ever tries to reach
- * anything but loopback (so a refused target is proven never to be connected to), and a reader of
- * raw answers.
+ * anything but loopback (so a refused target is proven never to be connected to), a reader of
+ * raw answers, and a raw HTTP/1.1 request through a CONNECT tunnel.
  */
 import assert from "node:assert/strict";
 import { createConnection, type Socket } from "node:net";
+import * as tls from "node:tls";
 import type { TLSSocket } from "node:tls";
 import type { ConnectTo, Resolver } from "../src/proxy/guard.js";
 
@@ -53,4 +54,35 @@ export function inTime<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
       timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
     }),
   ]);
+}
+
+/**
+ * Opens a CONNECT tunnel to `host:upPort` through the proxy on 127.0.0.1:`proxyPort` (its answer must be
+ * 200), TLS inside it (the session CA is not checked: the tests read what the proxy sends), sends
+ * `GET path` with `Authorization: Bearer <bearer>` and `Connection: close`, and returns the raw answer.
+ */
+export async function getThroughTunnel(proxyPort: number, host: string, upPort: number, path: string, bearer: string): Promise<string> {
+  const raw = createConnection(proxyPort, "127.0.0.1");
+  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n\r\n`);
+  await new Promise<void>((resolve, reject) => {
+    let got = "";
+    const onData = (d: Buffer): void => {
+      got += d.toString("latin1");
+      if (!got.includes("\r\n\r\n")) return;
+      raw.off("data", onData);
+      raw.pause();
+      if (!/^HTTP\/1\.1 200 /.test(got)) reject(new Error(`the proxy refused the tunnel: ${got.split("\r\n")[0]}`));
+      else resolve();
+    };
+    raw.on("data", onData);
+    raw.once("error", reject);
+  });
+  raw.resume();
+  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
+  await new Promise<void>((resolve, reject) => {
+    s.once("secureConnect", resolve);
+    s.once("error", reject);
+  });
+  s.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${bearer}\r\nConnection: close\r\n\r\n`);
+  return readAll(s, 3000);
 }

@@ -7,7 +7,7 @@
  * table; the connect step refuses anything but 127.0.0.1).
  */
 import assert from "node:assert/strict";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { after, describe, test } from "node:test";
 import { inProcessApi } from "../src/backend/in-process.js";
@@ -17,7 +17,7 @@ import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { agent, clock, codeOf, makeVault, refusalOf } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const CANARY = "ghp_REVIEWcanary0123456789abcdefABCDEFgh";
 const API = "api.github.com";
@@ -175,30 +175,8 @@ describe("Transfer-Encoding check on scrubbed responses (b286ff4)", () => {
     };
   }
 
-  async function ask(r: { port: number; upPort: number; ph: string }, path: string): Promise<string> {
-    const raw = netConnect(r.port, "127.0.0.1");
-    raw.write(`CONNECT ${HOST}:${r.upPort} HTTP/1.1\r\nHost: ${HOST}:${r.upPort}\r\n\r\n`);
-    await new Promise<void>((resolve, reject) => {
-      let got = "";
-      const onData = (d: Buffer): void => {
-        got += d.toString("latin1");
-        if (!got.includes("\r\n\r\n")) return;
-        raw.off("data", onData);
-        raw.pause();
-        assert.match(got, /^HTTP\/1\.1 200 /);
-        resolve();
-      };
-      raw.on("data", onData);
-      raw.once("error", reject);
-    });
-    raw.resume();
-    const s = tls.connect({ socket: raw, servername: HOST, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
-    await new Promise<void>((resolve, reject) => {
-      s.once("secureConnect", resolve);
-      s.once("error", reject);
-    });
-    s.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph}\r\nConnection: close\r\n\r\n`);
-    return readAll(s, 3000);
+  function ask(r: { port: number; upPort: number; ph: string }, path: string): Promise<string> {
+    return getThroughTunnel(r.port, HOST, r.upPort, path, r.ph);
   }
 
   test("chunked in odd case and with spaces, and a 204 with no body, pass", async () => {

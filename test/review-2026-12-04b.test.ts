@@ -23,7 +23,7 @@ import { POLICY_META } from "../src/vault/policy-sync.js";
 import { Vault } from "../src/vault/vault.js";
 import { agent, grant, hexKey, refusalOf } from "./helpers.js";
 import { admin, PG_SKIP, testSchema } from "./pg-helpers.js";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -32,7 +32,7 @@ import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
 const HAVE_DIST = existsSync(join(REPO, "dist/bin/lessor.cjs"));
@@ -312,30 +312,7 @@ describe("response coding: Transfer-Encoding identity", () => {
     const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [HOST]: "127.0.0.1" }) });
     const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [HOST] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly([]) });
     const port = await proxy.listen();
-    const ask = async (path: string): Promise<string> => {
-      const raw = netConnect(port, "127.0.0.1");
-      raw.write(`CONNECT ${HOST}:${upPort} HTTP/1.1\r\nHost: ${HOST}:${upPort}\r\n\r\n`);
-      await new Promise<void>((resolve, reject) => {
-        let got = "";
-        const onData = (d: Buffer): void => {
-          got += d.toString("latin1");
-          if (!got.includes("\r\n\r\n")) return;
-          raw.off("data", onData);
-          raw.pause();
-          resolve();
-        };
-        raw.on("data", onData);
-        raw.once("error", reject);
-      });
-      raw.resume();
-      const s = tls.connect({ socket: raw, servername: HOST, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
-      await new Promise<void>((resolve, reject) => {
-        s.once("secureConnect", resolve);
-        s.once("error", reject);
-      });
-      s.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${cred.placeholder}\r\nConnection: close\r\n\r\n`);
-      return readAll(s, 3000);
-    };
+    const ask = (path: string): Promise<string> => getThroughTunnel(port, HOST, upPort, path, cred.placeholder);
     /** De-chunks as often as the text looks chunked: the agent's own reading. */
     const readings = (answer: string): string => {
       let text = answer.slice(answer.indexOf("\r\n\r\n") + 4);

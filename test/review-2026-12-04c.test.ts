@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from "node:fs";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -20,7 +20,7 @@ import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, loopbackOnly, tableResolver } from "./proxy-harness.js";
 
 const ROOT = realpathSync(mkdtempSync(join(tmpdir(), "lessor-review-c-")));
 process.on("exit", () => rmSync(ROOT, { recursive: true, force: true }));
@@ -147,30 +147,7 @@ describe("response coding: Transfer-Encoding forms Node does not de-chunk", () =
     const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [HOST]: "127.0.0.1" }) });
     const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [HOST] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly([]) });
     const port = await proxy.listen();
-    const ask = async (path: string): Promise<string> => {
-      const raw = netConnect(port, "127.0.0.1");
-      raw.write(`CONNECT ${HOST}:${upPort} HTTP/1.1\r\nHost: ${HOST}:${upPort}\r\n\r\n`);
-      await new Promise<void>((resolve, reject) => {
-        let got = "";
-        const onData = (d: Buffer): void => {
-          got += d.toString("latin1");
-          if (!got.includes("\r\n\r\n")) return;
-          raw.off("data", onData);
-          raw.pause();
-          resolve();
-        };
-        raw.on("data", onData);
-        raw.once("error", reject);
-      });
-      raw.resume();
-      const s = tls.connect({ socket: raw, servername: HOST, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
-      await new Promise<void>((resolve, reject) => {
-        s.once("secureConnect", resolve);
-        s.once("error", reject);
-      });
-      s.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${cred.placeholder}\r\nConnection: close\r\n\r\n`);
-      return readAll(s, 3000);
-    };
+    const ask = (path: string): Promise<string> => getThroughTunnel(port, HOST, upPort, path, cred.placeholder);
     /** The body as the agent can read it: de-chunked as often as it looks chunked, each reading kept. */
     const readings = (answer: string): string => {
       let text = answer.slice(answer.indexOf("\r\n\r\n") + 4);

@@ -212,7 +212,7 @@ const requestAccess: ToolSpec = {
     const where = lease.domains.join(", ");
     const usage =
       mode === "placeholder"
-        ? `send the placeholder where the credential goes (a header such as Authorization: Bearer ${placeholder}, or a URL query value) in http_request to ${where}; lessor replaces it with the real value on the way out and masks the value in the response`
+        ? `send the placeholder where the credential goes (a header such as Authorization: Bearer ${placeholder}; not the URL, where it is not replaced) in http_request to ${where}; lessor replaces it with the real value on the way out and masks the value in the response`
         : `lessor adds this credential itself (${mode}) to every http_request to ${where}; you need not send the placeholder`;
     return { ...terms(lease), placeholder, usage };
   },
@@ -232,7 +232,7 @@ function namesNoHost(secret: string): VaultError {
 const httpRequest: ToolSpec = {
   name: "http_request",
   title: "Make an HTTPS request with your leased credentials",
-  description: `Sends an HTTPS request through lessor's injecting proxy with this agent's leases: placeholders from request_access in the URL or headers are replaced with the real credentials for the hosts their leases cover. Hosts no lease covers, private addresses and cloud metadata endpoints are refused. Returns status, headers and the body (credentials masked), cut at ${MAX_RESPONSE_BODY / 1024} KiB with a note.`,
+  description: `Sends an HTTPS request through lessor's injecting proxy with this agent's leases: placeholders from request_access in headers are replaced with the real credentials for the hosts their leases cover (not in the URL: a request with one there is refused). Hosts no lease covers, private addresses and cloud metadata endpoints are refused. Returns status, headers and the body (credentials masked), cut at ${MAX_RESPONSE_BODY / 1024} KiB with a note.`,
   input: z.strictObject({
     method: describe(z.enum(METHODS), "the HTTP method"),
     url: describe(plain(z.string().min(1).max(8192)), "an https:// URL on a host one of your leases covers"),

@@ -223,6 +223,19 @@ export class LeaseEgress implements Egress {
     for (const h of using)
       if (h.dead !== null) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${h.secret} has ended (${h.dead}); lessor run no longer adds this credential`);
 
+    // A placeholder is replaced in headers (and bodies or frames when the rule says so), never in the
+    // URL: one there would go upstream as it is, a use spent for a request bound to fail. Say what to
+    // do instead, before any use.
+    const inUrl = this.#held.filter((h) => h.rule.mode === "placeholder" && covers(h, req.host) && req.target.includes(h.placeholder));
+    if (inUrl.length > 0)
+      return this.#refuse(
+        req,
+        inUrl,
+        403,
+        "invalid_request",
+        `the placeholder of ${inUrl[0]!.secret} is in the URL, where lessor does not replace it (only in headers); send it in a header (Authorization: Bearer <placeholder>), or have the operator add a [[proxy.inject]] rule with mode = "query" for a credential that goes in a query parameter`,
+      );
+
     const path = req.target.split("?")[0]!;
     const values = new Map<Held, string>();
     for (const h of using) {
