@@ -4,6 +4,7 @@
  * act on it) carrying lessor's error code, a message that never holds a secret value, and what to do.
  */
 import { isVaultError, type ErrorCode, type VaultError } from "../base/errors.js";
+import { refusalForAgent } from "../vault/policy.js";
 
 /** A tool result as the MCP SDK takes it. */
 export interface ToolResult {
@@ -59,8 +60,11 @@ export function withHint(e: VaultError, hint: string): VaultError {
 export function errorDoc(e: unknown, agent: string): ToolErrorDoc {
   // Only a VaultError's message is known to be safe to show; others may quote anything.
   const code: ErrorCode = isVaultError(e) ? e.code : "internal";
-  const message = isVaultError(e) ? e.message : "an unexpected error occurred in lessor mcp (see its stderr)";
-  return { error: { code, message, hint: (isVaultError(e) ? hints.get(e) : undefined) ?? hintFor(code, agent) } };
+  // The vault may have worded it for the owner this server acts as: an agent is told less.
+  const message = isVaultError(e) ? refusalForAgent(e.message) : "an unexpected error occurred in lessor mcp (see its stderr)";
+  const broken = isVaultError(e) && message !== e.message;
+  const hint = broken ? "no grant works until the operator fixes the policy (lessor policy check); do not retry before then" : ((isVaultError(e) ? hints.get(e) : undefined) ?? hintFor(code, agent));
+  return { error: { code, message, hint } };
 }
 
 /** A failed result for `doc`. */

@@ -23,6 +23,7 @@
  */
 import { z } from "zod";
 import { VaultError } from "../base/errors.js";
+import { refusalForAgent } from "../vault/policy.js";
 import type { LeaseRecord, Role } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
 import { plain } from "../protocol/params.js";
@@ -147,7 +148,7 @@ const explainAccess: ToolSpec = {
   async run(ctx, a) {
     // As an agent's own identity the vault answers for that agent only; the owner asks for the agent served.
     const e = await ctx.api.explain(ctx.agent, a["secret"] as string, a["domain"] as string | undefined);
-    return { agent: ctx.agent, secret: a["secret"], ...(a["domain"] !== undefined ? { domain: a["domain"] } : {}), allow: e.allow, rule: e.rule, reason: e.reason };
+    return { agent: ctx.agent, secret: a["secret"], ...(a["domain"] !== undefined ? { domain: a["domain"] } : {}), allow: e.allow, rule: e.rule, reason: refusalForAgent(e.reason) };
   },
 };
 

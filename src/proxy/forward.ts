@@ -17,6 +17,7 @@ import { createConnection, type AddressInfo, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { TLSSocket, type SecureContext } from "node:tls";
 import { isVaultError } from "../base/errors.js";
+import { refusalForAgent } from "../vault/policy.js";
 import { safeJson } from "../base/text.js";
 import type { Egress, EgressDecision } from "./egress.js";
 import { connectChecked, parseHostLiteral, type CheckedTarget, type ConnectTo, type SsrfGuard } from "./guard.js";
@@ -289,7 +290,7 @@ export class ForwardProxy {
     } catch (e) {
       if (e instanceof ProxyRefusal) answerRefusal(socket, e);
       else if (isVaultError(e) && e.code === "access_denied")
-        answerRaw(socket, 403, { type: "urn:lessor:proxy:access_denied", title: "Forbidden", status: 403, detail: e.message });
+        answerRaw(socket, 403, { type: "urn:lessor:proxy:access_denied", title: "Forbidden", status: 403, detail: refusalForAgent(e.message) });
       else answerRaw(socket, 500, { type: "urn:lessor:proxy:internal", title: "Proxy error", status: 500, detail: "the proxy failed to handle the CONNECT" });
     }
   }

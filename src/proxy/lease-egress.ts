@@ -37,6 +37,7 @@ import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
+import { refusalForAgent } from "../vault/policy.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -251,7 +252,7 @@ export class LeaseEgress implements Egress {
         const code = isVaultError(e) ? e.code : "internal";
         if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
         const status = code === "unavailable" || code === "internal" ? 503 : 403;
-        const why = isVaultError(e) ? e.message : "the vault could not be asked";
+        const why = isVaultError(e) ? refusalForAgent(e.message) : "the vault could not be asked";
         return this.#refuse(req, using, status, code, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${why}`);
       }
     }

@@ -15,6 +15,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { pipeline } from "node:stream";
 import { isVaultError } from "../base/errors.js";
+import { refusalForAgent } from "../vault/policy.js";
 import { safeJson } from "../base/text.js";
 import type { Egress } from "./egress.js";
 import { connectChecked, parseHostLiteral, type ConnectTo, type SsrfGuard } from "./guard.js";
@@ -166,7 +167,7 @@ export async function forwardPlain(req: IncomingMessage, res: ServerResponse, op
     req.pipe(up);
   } catch (e) {
     if (e instanceof ProxyRefusal) problemDocument(res, e.status, e.problem());
-    else if (isVaultError(e) && e.code === "access_denied") problemResponse(res, 403, "access_denied", `Forbidden: ${e.message}`);
+    else if (isVaultError(e) && e.code === "access_denied") problemResponse(res, 403, "access_denied", `Forbidden: ${refusalForAgent(e.message)}`);
     else problemResponse(res, 500, "internal", "Proxy error: the proxy failed to handle the request");
   }
 }

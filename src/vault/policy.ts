@@ -7,4 +7,4 @@
 export type { Decision, Explanation, ExplainStep, LeaseTerms, Policy, PolicyQuery, PolicyStaleness, PolicyVersion, Rule } from "./policy/types.js";
 export { BUILTIN_TERMS, MAX_TTL_CEILING_MS } from "./policy/terms.js";
 export { brokenPolicy, emptyPolicy, parsePolicy } from "./policy/parse.js";
-export { BROKEN_REASON_BRIEF, brokenReason, decide, explain, leaseDomains, reasonFor } from "./policy/decide.js";
+export { BROKEN_REASON_BRIEF, brokenReason, decide, explain, leaseDomains, reasonFor, refusalForAgent } from "./policy/decide.js";

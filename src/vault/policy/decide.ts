@@ -10,9 +10,12 @@ import { compiledOf } from "./compiled.js";
 import { clip, quote } from "./messages.js";
 import type { Decision, Explanation, ExplainStep, Policy, PolicyQuery, Rule } from "./types.js";
 
+/** How a broken policy's refusal begins, before the load error. */
+const BROKEN_PREFIX = "the policy is invalid, so every grant is denied: ";
+
 /** Why a broken policy denies: the load error and what to do. */
 export function brokenReason(policy: Policy): string {
-  return `the policy is invalid, so every grant is denied: ${policy.error ?? "it could not be loaded"}; fix it and run lessor policy reload`;
+  return `${BROKEN_PREFIX}${policy.error ?? "it could not be loaded"}; fix it and run lessor policy reload`;
 }
 
 /**
@@ -20,6 +23,16 @@ export function brokenReason(policy: Policy): string {
  * ask, not the load error (which may quote any rule, another agent's included).
  */
 export const BROKEN_REASON_BRIEF = "the policy is invalid, so every grant is denied; ask the operator to fix it (lessor policy check)";
+
+/**
+ * `message`, a refusal the vault worded for an admin, as an agent may be told it: when it carries a
+ * broken policy's load error ({@link brokenReason}), {@link BROKEN_REASON_BRIEF} instead. For adapters
+ * that reach the vault as the owner on an agent's behalf (lessor mcp, lessor run's proxy) and pass
+ * its refusals on to the agent.
+ */
+export function refusalForAgent(message: string): string {
+  return message.includes(BROKEN_PREFIX) ? BROKEN_REASON_BRIEF : message;
+}
 
 /** `reason`, a decision's, as a caller of `role` is told it: see {@link BROKEN_REASON_BRIEF}. */
 export function reasonFor(policy: Policy, role: Role, reason: string): string {
