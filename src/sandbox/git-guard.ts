@@ -2,32 +2,41 @@
  * A git repository in a writable directory the sandbox shows (the project, a `[run] write` path):
  * the agent may commit there, but what the owner's git runs later, outside the sandbox, must not be
  * the agent's. Git runs hooks and commands named in its configuration (`core.fsmonitor`,
- * `core.hooksPath`, filters…), so the sandbox keeps these read-only or out of the agent's reach:
+ * `core.hooksPath`, filters…), so the sandbox keeps these read-only or out of the agent's reach, in
+ * the repository's git directory and in each git directory git keeps inside it for the owner's
+ * submodules (`.git/modules/…`, nested ones too):
  *
- * - `.git/config` and the hooks directory read-only; a hooks directory the repository does not have
- *   yet becomes an empty read-only one (so the agent cannot create it); a symlinked `.git/hooks` has
- *   its target shown read-only, and `core.hooksPath` too when it points into a writable directory;
- * - the `.git` directory bound onto itself, so it is a mount point the agent cannot rename away or
- *   replace with one of its own (the read-only mounts would move with it);
+ * - `config` (and `config.worktree`, when there is one) and the hooks directory read-only; a hooks
+ *   directory the repository does not have yet becomes an empty read-only one (so the agent cannot
+ *   create it); a symlinked `hooks` has its target shown read-only, and `core.hooksPath` too when it
+ *   points into a writable directory;
+ * - each git directory bound onto itself, and the directories between it and `.git` too, so that none
+ *   can be renamed away and replaced with one of the agent's (the read-only mounts would move with it);
  * - a `.git` file (a linked worktree or a submodule: `gitdir: …`) read-only, so it cannot be pointed at
- *   a git directory of the agent's;
- * - after the run, a `.git/commondir` the agent planted (it redirects git to another directory's
- *   config and hooks; it cannot be made read-only in advance without breaking git inside) is moved
- *   aside, and a swapped `.git/hooks` symlink is put back ({@link checkGitAfterRun}).
+ *   a git directory of the agent's: the project's own, and each of the owner's submodules' (found from
+ *   their git directories' `core.worktree`), with the directories above it pinned;
+ * - for each linked worktree of the repository (`.git/worktrees/NAME`, whose checkout may be outside
+ *   the sandbox), its `commondir`, `gitdir` and `config.worktree` read-only: `commondir` says where
+ *   that worktree's git finds its config and hooks;
+ * - `commondir` in a repository's or submodule's own git directory (git never makes one there; it
+ *   redirects git to another directory's config and hooks, and it cannot be made read-only in advance
+ *   without breaking git inside) is moved aside before the run (one left by a run that was killed)
+ *   and after it, and so is a new `config.worktree`; a swapped `hooks` symlink is put back
+ *   ({@link checkGitAfterRun}).
  *
  * Not covered (docs/sandbox.md, "What is not protected"): nested repositories and gitlinks the agent
  * adds to the index, which `git status` at the root enters and whose own configuration it honours.
  */
-import { existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, type Stats } from "node:fs";
-import { isAbsolute, join, resolve } from "node:path";
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, type Stats } from "node:fs";
+import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 
-/** What is recorded about a repository before the run, to check after it. */
+/** What is recorded about a git directory before the run, to check after it. */
 export interface GitGuard {
-  /** The `.git` directory. */
+  /** The git directory (a repository's `.git`, or a submodule's under `.git/modules`). */
   gitDir: string;
-  /** Whether `.git/commondir` existed before the run (it does not in a main repository). */
-  hadCommondir: boolean;
-  /** The `.git/hooks` symlink's text, when it is one. */
+  /** Whether `config.worktree` existed before the run (then it is read-only). */
+  hadConfigWorktree: boolean;
+  /** The `hooks` symlink's text, when it is one. */
   hooksLink: string | null;
 }
 
@@ -39,7 +48,8 @@ export interface GitPlan {
   readOnly: string[];
   /** Missing paths made empty read-only directories (bwrap leaves an empty directory behind). */
   sealed: string[];
-  guard: GitGuard | null;
+  /** One per git directory guarded, to check after the run (and before it: {@link checkGitAfterRun}). */
+  guards: GitGuard[];
 }
 
 function lst(p: string): Stats | null {
@@ -60,8 +70,8 @@ function realOrNull(p: string): string | null {
   }
 }
 
-/** `core.hooksPath` from a git config file's text (the last one set in a `[core]` section), or null. */
-export function coreHooksPath(configText: string): string | null {
+/** `core.<key>` from a git config file's text (the last one set in a `[core]` section), or null. */
+function coreValue(configText: string, key: string): string | null {
   let section = "";
   let found: string | null = null;
   for (const raw of configText.split("\n")) {
@@ -71,18 +81,46 @@ export function coreHooksPath(configText: string): string | null {
       section = s[2] ? "" : s[1]!.toLowerCase();
       continue;
     }
-    const kv = /^hookspath\s*=\s*(.*)$/i.exec(line);
-    if (section === "core" && kv) found = kv[1]!.replace(/^"(.*)"$/, "$1").trim();
+    const kv = /^([A-Za-z0-9-]+)\s*=\s*(.*)$/.exec(line);
+    if (section === "core" && kv && kv[1]!.toLowerCase() === key) found = kv[2]!.replace(/^"(.*)"$/, "$1").trim();
   }
   return found === "" ? null : found;
 }
+
+/** `core.hooksPath` from a git config file's text (the last one set in a `[core]` section), or null. */
+export function coreHooksPath(configText: string): string | null {
+  return coreValue(configText, "hookspath");
+}
+
+/** Whether `p` is `dir` or inside it. */
+function within(p: string, dir: string): boolean {
+  return p === dir || p.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+}
+
+/** A plain file or directory at `p` (not a link), as lstat sees it, or null. */
+function plain(p: string): Stats | null {
+  const st = lst(p);
+  return st === null || st.isSymbolicLink() ? null : st;
+}
+
+/** The directories from `top` (excluded) down to `p` (included). */
+function dirsBetween(top: string, p: string): string[] {
+  const out: string[] = [];
+  for (let d = p; d !== top && within(d, top); d = dirname(d)) out.unshift(d);
+  return out;
+}
+
+/** Submodule git directories nested this deep under one `modules` directory are not looked for. */
+const MAX_MODULE_DEPTH = 8;
+/** At most this many git directories are guarded per repository (a submodule per directory entry). */
+const MAX_GIT_DIRS = 256;
 
 /**
  * The guards for the repository at `dir/.git`, `dir` being a writable directory the sandbox shows;
  * `writable(p)` says whether a real path `p` is inside any writable one.
  */
 export function planGit(dir: string, writable: (p: string) => boolean, home: string | null): GitPlan {
-  const plan: GitPlan = { pinned: [], readOnly: [], sealed: [], guard: null };
+  const plan: GitPlan = { pinned: [], readOnly: [], sealed: [], guards: [] };
   const gitPath = join(dir, ".git");
   const st = lst(gitPath);
   if (st === null || st.isSymbolicLink()) return plan;
@@ -92,20 +130,34 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
   }
   if (!st.isDirectory()) return plan;
   plan.pinned.push(gitPath);
-  const hooks = join(gitPath, "hooks");
-  const config = join(gitPath, "config");
+  guardGitDir(plan, gitPath, dir, dir, writable, home);
+  return plan;
+}
+
+/** Adds `path` to `list` once. */
+function once(list: string[], path: string): void {
+  if (!list.includes(path)) list.push(path);
+}
+
+/**
+ * Guards the git directory `gitDir` (already pinned) whose checkout is `workTree` (null: unknown),
+ * inside the writable directory `top`: its config and hooks, its linked worktrees' admin files, and
+ * the git directories of its submodules, each in turn.
+ */
+function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top: string, writable: (p: string) => boolean, home: string | null): void {
+  const hooks = join(gitDir, "hooks");
+  const config = join(gitDir, "config");
   const hs = lst(hooks);
   let hooksLink: string | null = null;
-  if (hs === null) plan.sealed.push(hooks);
+  if (hs === null) once(plan.sealed, hooks);
   else if (hs.isSymbolicLink()) {
     hooksLink = readlinkSync(hooks);
     const target = realOrNull(hooks);
-    if (target !== null && writable(target)) plan.readOnly.push(target);
-  } else plan.readOnly.push(hooks);
-  const cs = lst(config);
-  if (cs !== null && !cs.isSymbolicLink()) {
-    plan.readOnly.push(config);
-    let text = "";
+    if (target !== null && writable(target)) once(plan.readOnly, target);
+  } else once(plan.readOnly, hooks);
+  let text = "";
+  if (plain(config) !== null) {
+    once(plan.readOnly, config);
     try {
       text = readFileSync(config, "utf8");
     } catch {
@@ -115,36 +167,118 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
     if (hp !== null) {
       if (hp === "~" || hp.startsWith("~/")) hp = home ? join(home, hp.slice(1)) : null;
       if (hp !== null) {
-        const abs = isAbsolute(hp) ? hp : resolve(dir, hp);
+        const abs = isAbsolute(hp) ? hp : resolve(workTree ?? gitDir, hp);
         const r = realOrNull(abs);
-        if (r !== null && writable(r) && !plan.readOnly.includes(r)) plan.readOnly.push(r);
-        else if (r === null && (abs + "/").startsWith(dir + "/")) plan.sealed.push(abs); // the agent could create it
+        if (r !== null && writable(r)) once(plan.readOnly, r);
+        else if (r === null && within(abs, top)) once(plan.sealed, abs); // the agent could create it
       }
     }
   }
-  plan.guard = { gitDir: gitPath, hadCommondir: existsSync(join(gitPath, "commondir")), hooksLink };
-  return plan;
+  const configWorktree = join(gitDir, "config.worktree");
+  const hadConfigWorktree = plain(configWorktree) !== null;
+  if (hadConfigWorktree) once(plan.readOnly, configWorktree);
+  plan.guards.push({ gitDir, hadConfigWorktree, hooksLink });
+
+  // Linked worktrees: their checkouts may be anywhere; what their git follows is kept here.
+  const worktrees = join(gitDir, "worktrees");
+  if (plain(worktrees)?.isDirectory()) {
+    for (const name of entries(worktrees)) {
+      const admin = join(worktrees, name);
+      if (!plain(admin)?.isDirectory()) continue;
+      for (const d of dirsBetween(gitDir, admin)) once(plan.pinned, d);
+      for (const f of ["commondir", "gitdir", "config.worktree"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
+    }
+  }
+
+  // The owner's submodules: each has a git directory under modules/ (its name may hold slashes).
+  const modules = join(gitDir, "modules");
+  if (!plain(modules)?.isDirectory()) return;
+  const visit = (d: string, depth: number): void => {
+    if (depth > MAX_MODULE_DEPTH || plan.guards.length >= MAX_GIT_DIRS) return;
+    for (const name of entries(d)) {
+      const sub = join(d, name);
+      if (!plain(sub)?.isDirectory()) continue;
+      if (!isGitDir(sub)) {
+        visit(sub, depth + 1);
+        continue;
+      }
+      for (const p of dirsBetween(gitDir, sub)) once(plan.pinned, p);
+      // Its checkout's `.git` file names this directory: kept read-only, the directories above it pinned.
+      let wt: string | null = null;
+      try {
+        const w = coreValue(readFileSync(join(sub, "config"), "utf8"), "worktree");
+        if (w !== null) wt = resolve(sub, w);
+      } catch {
+        // no config: git does not know the checkout either
+      }
+      if (wt !== null && within(wt, top) && wt !== top && plain(join(wt, ".git"))?.isFile()) {
+        for (const p of dirsBetween(top, wt)) once(plan.pinned, p);
+        once(plan.readOnly, join(wt, ".git"));
+      }
+      guardGitDir(plan, sub, wt, top, writable, home);
+    }
+  };
+  visit(modules, 0);
+}
+
+/** The names in directory `d`, sorted; none when it cannot be read. */
+function entries(d: string): string[] {
+  try {
+    return readdirSync(d).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Whether `d` looks like a git directory (git's own test: `HEAD`, `objects` and `refs` there). */
+function isGitDir(d: string): boolean {
+  return existsSync(join(d, "HEAD")) && existsSync(join(d, "objects")) && existsSync(join(d, "refs"));
+}
+
+/**
+ * Before the run: a `commondir` in a guarded git directory (git never makes one there) was left by an
+ * earlier sandboxed command whose check did not run (lessor killed with SIGKILL, or the machine
+ * stopped), or put there by hand: it is moved aside as after a run, before the owner's git or the
+ * agent uses it. Returns one line per repair, for lessor to print.
+ */
+export function checkGitBeforeRun(guards: readonly GitGuard[]): string[] {
+  const out: string[] = [];
+  for (const g of guards) {
+    const commondir = join(g.gitDir, "commondir");
+    try {
+      if (lst(commondir) !== null)
+        out.push(`lessor: ${commondir} was there before this run (git never makes one in a repository's own git directory; an earlier sandboxed command may have planted it, and it would make your git run another directory's hooks and config); moved it to ${aside(commondir)}`);
+    } catch (e) {
+      out.push(`lessor: could not move ${commondir} aside (${(e as NodeJS.ErrnoException).code ?? "error"}): remove it before you run git there`);
+    }
+  }
+  return out;
+}
+
+/** Moves `p` to `p.lessor-quarantine` (replacing one there), and returns where. */
+function aside(p: string): string {
+  const to = `${p}.lessor-quarantine`;
+  rmSync(to, { recursive: true, force: true });
+  renameSync(p, to);
+  return to;
 }
 
 /**
  * After the run (every process of the sandbox is gone): undoes what the agent planted that git would
- * follow outside the sandbox. A new `.git/commondir` is moved to `commondir.lessor-quarantine`; a
- * `.git/hooks` symlink that was swapped is moved aside the same way and put back. Returns one line
- * per repair, for lessor to print.
+ * follow outside the sandbox. A `commondir`, and a `config.worktree` that was not there before, are
+ * moved to `<name>.lessor-quarantine`; a `hooks` symlink that was swapped is moved aside the same way
+ * and put back. Returns one line per repair, for lessor to print.
  */
 export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
   const out: string[] = [];
-  const aside = (p: string): string => {
-    const to = `${p}.lessor-quarantine`;
-    rmSync(to, { recursive: true, force: true });
-    renameSync(p, to);
-    return to;
-  };
   for (const g of guards) {
     try {
       const commondir = join(g.gitDir, "commondir");
-      if (!g.hadCommondir && lst(commondir) !== null)
+      if (lst(commondir) !== null)
         out.push(`lessor: the sandboxed command planted ${commondir}, which would make your git run another directory's hooks and config; moved it to ${aside(commondir)}`);
+      const configWorktree = join(g.gitDir, "config.worktree");
+      if (!g.hadConfigWorktree && lst(configWorktree) !== null)
+        out.push(`lessor: the sandboxed command planted ${configWorktree}, a configuration your git would read (with extensions.worktreeConfig); moved it to ${aside(configWorktree)}`);
       if (g.hooksLink !== null) {
         const hooks = join(g.gitDir, "hooks");
         const now = lst(hooks);
@@ -155,7 +289,7 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
         }
       }
     } catch (e) {
-      out.push(`lessor: could not check ${g.gitDir} after the run (${(e as NodeJS.ErrnoException).code ?? "error"}): check its commondir and hooks before you run git there`);
+      out.push(`lessor: could not check ${g.gitDir} after the run (${(e as NodeJS.ErrnoException).code ?? "error"}): check its commondir, config.worktree and hooks before you run git there`);
     }
   }
   return out;

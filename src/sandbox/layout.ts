@@ -203,10 +203,10 @@ export function planLayout(req: LayoutRequest): Layout {
   for (const [path, b] of binds) {
     if (!b.writable) continue;
     const g = planGit(path, writable, homeReal ?? home);
-    pinned.push(...g.pinned);
+    for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
     sealed.push(...g.sealed);
-    if (g.guard) git.push(g.guard);
+    git.push(...g.guards);
   }
 
   // A protected path is covered when the deepest mount holding it shows the host there.

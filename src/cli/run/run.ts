@@ -16,7 +16,7 @@ import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
-import { checkGitAfterRun } from "../../sandbox/git-guard.js";
+import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
 import type { VaultSession } from "./vault-session.js";
 
 /** Options of {@link runChild}. */
@@ -46,7 +46,7 @@ class Interrupted extends Error {
 export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
   if (cmd === undefined) throw new VaultError("invalid_request", "say which command to run after --, e.g. lessor run --agent claude -- claude");
-  const relay = new SignalRelay();
+  const relay = new SignalRelay({ say: (line) => cli.err(line) });
   // lessor's output closing early (| head) must not end the process before the leases are revoked.
   const release = holdLeases();
   const conn = new Connection(cli);
@@ -154,6 +154,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       }
     }
 
+    // A commondir left by an earlier run that was killed before its check (src/sandbox/git-guard.ts).
+    if (sandbox) for (const line of checkGitBeforeRun(sandbox.layout.git)) cli.err(line);
     const { child, flushed, signal, started } = startChild(
       cmd,
       args,
