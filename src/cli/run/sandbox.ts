@@ -4,6 +4,7 @@
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
 import { accessSync, constants, existsSync, realpathSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
@@ -221,6 +222,69 @@ export function refuseWritableBwrap(bwrap: string, layout: Layout): void {
   }
 }
 
+/** The npm packages lessor loads from node_modules at run time (the rest is bundled into dist/). */
+const EXTERNAL_PACKAGES = ["better-sqlite3", "@node-rs/argon2", "pino"];
+
+/**
+ * Where the code of this lessor comes from: the command as started (`process.argv[1]`, a
+ * `node_modules/.bin` link say) and its real file, the package directory holding it, the packages it
+ * loads from node_modules, and the Node binary running it. Paths that cannot be found are left out.
+ */
+export function lessorCodePaths(): string[] {
+  const out = new Set<string>();
+  const add = (p: string | undefined): void => {
+    if (p === undefined || !isAbsolute(p)) return;
+    out.add(p);
+    try {
+      out.add(realpathSync(p));
+    } catch {
+      // gone: nothing to run from there either
+    }
+  };
+  const entry = process.argv[1];
+  add(process.execPath);
+  if (entry === undefined) return [...out];
+  add(entry);
+  let real: string;
+  try {
+    real = realpathSync(entry);
+  } catch {
+    return [...out];
+  }
+  // The package directory: the nearest one above the entry with a package.json.
+  for (let d = dirname(real); d !== dirname(d); d = dirname(d))
+    if (existsSync(join(d, "package.json"))) {
+      add(d);
+      break;
+    }
+  const req = createRequire(real);
+  for (const name of EXTERNAL_PACKAGES) {
+    try {
+      add(dirname(req.resolve(`${name}/package.json`)));
+    } catch {
+      // not installed (optional) or not resolvable from here: not loaded from there either
+    }
+  }
+  return [...out];
+}
+
+/**
+ * Refuses to run when lessor's own code ({@link lessorCodePaths}) lies in a path the sandboxed agent can
+ * write (lessor installed in the project's node_modules, a Node under a `[run] write` path): the
+ * agent could rewrite it, and the owner's next lessor command would run the agent's code, unconfined,
+ * with the master key at hand. Throws VaultError("invalid_request").
+ */
+export function refuseWritableSelf(layout: Layout, code: readonly string[] = lessorCodePaths()): void {
+  for (const p of code) {
+    const at = writableAt(layout, p);
+    if (at !== null)
+      throw new VaultError(
+        "invalid_request",
+        `lessor's own code (${p}) is inside ${at}, which the sandboxed agent can write: it could rewrite it, and your next lessor command would run the agent's code as you, outside any sandbox, with your master key at hand; install lessor (and Node) outside the directories the agent may write (npm install -g lessor, or a directory of its own) and run that one. The command was not started`,
+      );
+  }
+}
+
 /** The one line `--network host` prints: the agent's network is not scoped. */
 export function hostNetworkWarning(): string {
   return "lessor: warning: network host: the sandboxed command shares this machine's network: it can reach any host (not only the lease's domains), services listening on loopback and abstract Unix sockets; only its files and processes are confined";
@@ -266,6 +330,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     passwdHome,
   });
   refuseWritableBwrap(bwrap, layout);
+  refuseWritableSelf(layout);
   const command = findCommand(o.cmd, o.pathValue, process.cwd());
   if ("path" in command && !shows(layout, command.path))
     throw new VaultError(

@@ -1,0 +1,295 @@
+/**
+ * A hostile agent started by `lessor run --agent X -- CMD` (the default sandbox with the injecting
+ * proxy, and --network none), third pass: what it leaves behind for the owner's later git in places
+ * the git guard (src/sandbox/git-guard.ts) does not look at, and what it can do through the run's
+ * proxy and lifetime. Each attack that should be stopped is also shown to work with --no-sandbox, so a
+ * failure inside proves the sandbox and not a broken probe.
+ *
+ * Only loopback and temporary directories: the vault is embedded (its master key in lessor run's own
+ * environment), the HTTPS upstream listens on 127.0.0.1 and is reached through `[proxy] hosts`.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { BIN } from "./cli-harness.js";
+import { inTime } from "./proxy-harness.js";
+import { initHome, openVault } from "../src/config/open-vault.js";
+
+const NODE = process.execPath;
+const REPO = fileURLToPath(new URL("..", import.meta.url));
+const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
+const HAVE_GIT = spawnSync("git", ["--version"]).status === 0;
+const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
+const skipGit = skip || (!HAVE_GIT ? "git is not installed" : false);
+
+const root = mkdtempSync(join(tmpdir(), "lessor-hostile3-"));
+process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+
+const MASTER_KEY = randomBytes(32).toString("hex");
+const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
+const POLICY = `
+[[rule]]
+name = "attackers"
+effect = "allow"
+agents = ["attacker*"]
+secrets = ["granted"]
+any_domain = true
+`;
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `lessor run --agent AGENT EXTRA -- sh -c SCRIPT` from `cwd`, as the owner would start it. */
+function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string, timeoutMs = 40_000): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, ...extra, "--", "/bin/sh", "-c", script], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), and a project directory. */
+async function makeOwner(name: string, config = ""): Promise<{ home: string; project: string; lessorHome: string; env: Record<string, string> }> {
+  const home = join(root, name, "home");
+  const project = join(home, "project");
+  mkdirSync(project, { recursive: true });
+  const lessorHome = join(home, ".lessor");
+  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
+  await initHome({ home: lessorHome, env, keySource: "env" });
+  writeFileSync(join(lessorHome, "policy.toml"), POLICY, { mode: 0o600 });
+  if (config) writeFileSync(join(lessorHome, "lessor.toml"), readFileSync(join(lessorHome, "lessor.toml"), "utf8") + config, { mode: 0o600 });
+  const vault = await openVault({ home: lessorHome, env });
+  try {
+    await vault.admin().storeSecret({ name: "granted", value: GRANTED });
+  } finally {
+    await vault.close();
+  }
+  return { home, project, lessorHome, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
+}
+
+const GIT_ENV = { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GIT_CONFIG_NOSYSTEM: "1", GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
+/** The owner's git, outside any sandbox. */
+function git(cwd: string, ...args: string[]) {
+  return spawnSync("git", ["-c", "safe.directory=*", "-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main", ...args], { cwd, env: GIT_ENV, encoding: "utf8", timeout: 15_000 });
+}
+function gitOk(cwd: string, ...args: string[]): void {
+  const r = git(cwd, ...args);
+  assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
+}
+function gitInit(dir: string): void {
+  gitOk(dir, "init", "-q");
+  writeFileSync(join(dir, "README"), "the project\n");
+  gitOk(dir, "add", "README");
+  gitOk(dir, "commit", "-qm", "init");
+}
+
+/** A shell line writing an executable script at `path` that appends a line to `marker` when run. */
+const plantScript = (path: string, marker: string): string => `printf '#!/bin/sh\\necho ran >> ${marker}\\n' > ${path} && chmod 755 ${path}`;
+
+describe("what the agent leaves in git's own directory for the owner's git, outside the sandbox", { skip: skipGit }, () => {
+  test("an existing submodule's config under .git/modules is read-only in the sandbox: core.fsmonitor written there (as --no-sandbox can) would run at the owner's next `git status` at the project root", async () => {
+    for (const confined of [true, false]) {
+      const o = await makeOwner(`submodule-${confined}`);
+      const upstream = join(root, `submodule-${confined}`, "subsrc");
+      mkdirSync(upstream);
+      gitInit(upstream);
+      gitInit(o.project);
+      gitOk(o.project, "submodule", "add", "-q", upstream, "sub");
+      gitOk(o.project, "commit", "-qm", "a submodule");
+      assert.ok(existsSync(join(o.project, ".git/modules/sub/config")));
+      const marker = join(root, `submodule-${confined}`, "marker");
+      const evil = join(o.project, "evil.sh");
+      const r = await lessorRun(
+        o.project,
+        o.env,
+        "attacker-submodule",
+        confined ? [] : ["--no-sandbox"],
+        `${plantScript(evil, marker)} && { git config -f .git/modules/sub/config core.fsmonitor ${evil} && echo planted || echo refused; }`,
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, confined ? /refused/ : /planted/, "inside the sandbox the submodule's config is read-only");
+      git(o.project, "status");
+      assert.equal(existsSync(marker), !confined, `${confined ? "confined" : "unconfined"}: the owner's git status ran the agent's fsmonitor from .git/modules/sub/config`);
+    }
+  });
+
+  test("around a submodule the sandbox keeps the ways to swap its git directory: .git/modules cannot be renamed away, the checkout's .git file is read-only, its directory cannot be replaced; a nested submodule's config is read-only too", async () => {
+    for (const confined of [true, false]) {
+      const o = await makeOwner(`submodule-swap-${confined}`);
+      const inner = join(root, `submodule-swap-${confined}`, "inner");
+      const outer = join(root, `submodule-swap-${confined}`, "outer");
+      for (const d of [inner, outer]) {
+        mkdirSync(d);
+        gitInit(d);
+      }
+      gitOk(outer, "-c", "protocol.file.allow=always", "submodule", "add", "-q", inner, "in");
+      gitOk(outer, "commit", "-qm", "nested");
+      gitInit(o.project);
+      gitOk(o.project, "-c", "protocol.file.allow=always", "submodule", "add", "-q", outer, "sub");
+      gitOk(o.project, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "--recursive", "-q");
+      gitOk(o.project, "commit", "-qm", "a submodule with one inside");
+      assert.ok(existsSync(join(o.project, ".git/modules/sub/modules/in/config")));
+      const tries = [
+        "git config -f .git/modules/sub/modules/in/config core.fsmonitor /bin/true",
+        "echo 'gitdir: ../evil-gitdir' > sub/.git",
+        "mv sub sub-old",
+        "mv .git/modules .git/modules-old",
+      ];
+      const script = tries.map((t, i) => `if ${t} 2>/dev/null; then echo "try${i}:done"; else echo "try${i}:refused"; fi`).join("\n");
+      const r = await lessorRun(o.project, o.env, "attacker-swap", confined ? [] : ["--no-sandbox"], script);
+      assert.equal(r.code, 0, r.stderr);
+      for (let i = 0; i < tries.length; i++) assert.match(r.stdout, new RegExp(`try${i}:${confined ? "refused" : "done"}`), `${confined ? "confined" : "unconfined"}: ${tries[i]}`);
+    }
+  });
+
+  test(".git/worktrees/NAME/commondir of the owner's linked worktree (kept outside the project) is read-only in the sandbox: rewritten (as --no-sandbox can), the owner's next `git status` there would run the agent's config", async () => {
+    for (const confined of [true, false]) {
+      const o = await makeOwner(`worktree-${confined}`);
+      gitInit(o.project);
+      const wt = join(root, `worktree-${confined}`, "wt");
+      gitOk(o.project, "worktree", "add", "-q", wt);
+      assert.equal(readFileSync(join(o.project, ".git/worktrees/wt/commondir"), "utf8").trim(), "../..");
+      const marker = join(root, `worktree-${confined}`, "marker");
+      const evil = join(o.project, "evil.sh");
+      // A common directory of the agent's: the repository's objects and refs, and a config with core.fsmonitor.
+      const r = await lessorRun(
+        o.project,
+        o.env,
+        "attacker-worktree",
+        confined ? [] : ["--no-sandbox"],
+        [
+          "set -e",
+          plantScript(evil, marker),
+          "mkdir -p evil-common/hooks && cp -r .git/objects .git/refs evil-common/ && cp .git/HEAD evil-common/",
+          `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
+          "set +e",
+          `if echo "$PWD/evil-common" > .git/worktrees/wt/commondir; then echo planted; else echo refused; fi`,
+        ].join("\n"),
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, confined ? /refused/ : /planted/, "inside the sandbox the worktree's commondir is read-only");
+      git(wt, "status");
+      assert.equal(existsSync(marker), !confined, `${confined ? "confined" : "unconfined"}: the owner's git status in the linked worktree ran the agent's fsmonitor`);
+    }
+  });
+});
+
+describe("an agent that will not stop", { skip: skipGit }, () => {
+  /** A script that plants .git/commondir (a common directory whose config runs `evil`), ignores every stop signal and waits. */
+  const stubborn = (evil: string, marker: string): string =>
+    [
+      "set -e",
+      plantScript(evil, marker),
+      "mkdir -p evil-common/hooks evil-common/objects evil-common/refs/heads",
+      "echo 'ref: refs/heads/main' > evil-common/HEAD",
+      `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
+      `echo "$PWD/evil-common" > .git/commondir`,
+      "trap '' INT TERM HUP QUIT USR1 USR2",
+      "echo ready",
+      "while :; do sleep 1; done",
+    ].join("\n");
+
+  async function startStubborn(o: { project: string; env: Record<string, string> }, agent: string, script: string) {
+    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, "--", "/bin/sh", "-c", script], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    const closed = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+    for (let i = 0; i < 300 && !out.includes("ready"); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.match(out, /ready/, err);
+    return { child, closed, err: () => err };
+  }
+
+  test("a second SIGTERM ends a sandbox that ignores signals: lessor run still moves the planted .git/commondir aside, and the owner's git status runs nothing of the agent's", async () => {
+    const o = await makeOwner("sigterm");
+    gitInit(o.project);
+    const marker = join(root, "sigterm", "marker");
+    const run = await startStubborn(o, "attacker-sigterm", stubborn(join(o.project, "evil.sh"), marker));
+    try {
+      run.child.kill("SIGINT"); // passed on, ignored: SIGINT alone never escalates
+      await new Promise((r) => setTimeout(r, 300));
+      run.child.kill("SIGTERM");
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(run.child.exitCode, null, "after one SIGTERM the command has its grace period");
+      run.child.kill("SIGTERM");
+      const code = await inTime(run.closed, 10_000, "lessor run ends after the second SIGTERM");
+      assert.equal(code, 128 + 9, "the command was killed (SIGKILL)");
+    } finally {
+      run.child.kill("SIGKILL");
+    }
+    assert.match(run.err(), /a second SIGTERM, lessor ends it \(SIGKILL\)/);
+    assert.match(run.err(), /planted .*\.git\/commondir.*moved it to/);
+    assert.ok(!existsSync(join(o.project, ".git/commondir")));
+    git(o.project, "status");
+    assert.equal(existsSync(marker), false, "the owner's git status ran the agent's fsmonitor");
+  });
+
+  test("lessor run killed with SIGKILL skips its check: the next lessor run moves the planted .git/commondir aside before it starts", async () => {
+    const o = await makeOwner("sigkill");
+    gitInit(o.project);
+    const marker = join(root, "sigkill", "marker");
+    const run = await startStubborn(o, "attacker-sigkill", stubborn(join(o.project, "evil.sh"), marker));
+    run.child.kill("SIGKILL");
+    await run.closed;
+    assert.ok(existsSync(join(o.project, ".git/commondir")), "the plant survived lessor's death (nothing can check then)");
+    const next = await lessorRun(o.project, o.env, "attacker-sigkill", [], "git status >/dev/null 2>&1; echo ran");
+    assert.equal(next.code, 0, next.stderr);
+    assert.match(next.stderr, /\.git\/commondir was there before this run.*moved it to/);
+    assert.ok(!existsSync(join(o.project, ".git/commondir")));
+    git(o.project, "status");
+    assert.equal(existsSync(marker), false, "git, inside or out, ran the agent's fsmonitor through the planted .git/commondir");
+  });
+});
+
+describe("lessor's own code in the writable project", { skip }, () => {
+  test("lessor installed as a project dependency (node_modules/lessor, run with npx) refuses to run the agent there, naming why: the agent could rewrite it, and the owner's next lessor command would run the agent's code unconfined, master key in hand", async () => {
+    const o = await makeOwner("npx");
+    // `npm install lessor` in the project: the CLI under node_modules/lessor (its own dependencies linked).
+    const pkg = join(o.project, "node_modules", "lessor");
+    mkdirSync(pkg, { recursive: true });
+    cpSync(join(REPO, "dist"), join(pkg, "dist"), { recursive: true });
+    cpSync(join(REPO, "package.json"), join(pkg, "package.json"));
+    symlinkSync(join(REPO, "node_modules"), join(pkg, "node_modules"));
+    const cli = join(pkg, "dist", "bin", "lessor.cjs");
+    const marker = join(root, "npx", "stolen-key");
+    const payload = `\n;require("node:fs").writeFileSync(${JSON.stringify(marker)}, String(process.env.LESSOR_MASTER_KEY));\n`;
+    writeFileSync(join(o.project, "payload.js"), payload);
+    const run = await new Promise<Ran>((resolve) => {
+      const child = spawn(NODE, ["--", cli, "run", "--agent", "attacker-npx", "--", "/bin/sh", "-c", `cat payload.js >> ${cli} && echo appended`], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      const timer = setTimeout(() => child.kill("SIGKILL"), 40_000);
+      child.on("close", (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr });
+      });
+    });
+    assert.notEqual(run.code, 0, run.stdout);
+    assert.doesNotMatch(run.stdout, /appended/, "the command was not started");
+    assert.match(run.stderr, /lessor's own code \(.*node_modules.*\) is inside .*which the sandboxed agent can write/);
+    assert.match(run.stderr, /npm install -g lessor/);
+    // The owner's next command, with the same installation.
+    spawnSync(NODE, ["--", cli, "status"], { cwd: o.project, env: o.env, encoding: "utf8", timeout: 20_000 });
+    const stole = existsSync(marker) && readFileSync(marker, "utf8") === MASTER_KEY;
+    assert.equal(existsSync(marker), false, `the agent's code ran in the owner's next lessor command${stole ? " and read LESSOR_MASTER_KEY" : ""} (run: exit ${run.code}, ${run.stdout.trim()} ${run.stderr.trim()})`);
+  });
+});
