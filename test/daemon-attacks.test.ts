@@ -372,9 +372,10 @@ describe("a hostile agent against lessor serve", () => {
     record(await orch.refused("access_secret", { leaseId: bobLease.id, domain: DOMAIN }, "access_denied"));
     record(await orch.refused("revoke_lease", { leaseId: bobLease.id }, "access_denied"));
     record(await claude.refused("access_secret", { leaseId: bobLease.id, domain: DOMAIN }, "access_denied"));
-    // The orchestrator's listings never show bob's leases, whatever it filters by.
-    for (const f of [{}, { agent: "bob" }, { secret: BOB_ONLY }])
+    // The orchestrator's listings never show bob's leases, whatever it filters by; naming bob is refused.
+    for (const f of [{}, { secret: BOB_ONLY }])
       assert.ok(!record(await orch.ok("list_leases", f)).some((l: Msg) => l.agent !== "claude"), `orchestrator list_leases ${JSON.stringify(f)}`);
+    record(await orch.refused("list_leases", { agent: "bob" }, "access_denied"));
     // Each refusal is audited under the caller's identity.
     const rows = await r.audit({ types: ["access_denied"], actorId: r.bobId });
     assert.ok(rows.filter((e: Msg) => e.leaseId === lease.id).length >= 6, "bob's attempts on claude's lease are audited");

@@ -416,7 +416,7 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal(await s.countLiveLeases("agent-a", T0 + 60_000), 0);
       }));
 
-      test("listLeases: by id descending (newest first for UUIDv7 ids), filters by agent, secret, liveAt, and limits", withStore(async (s) => {
+      test("listLeases: by id descending (newest first for UUIDv7 ids), filters by agent, secret, liveAt, beforeId, and limits", withStore(async (s) => {
         await tx(s, async (t) => {
           await t.insertLease(leaseRec("l1", { issuedAt: T0 + 1 }));
           await t.insertLease(leaseRec("l2", { issuedAt: T0 + 2, agent: "agent-b" }));
@@ -435,6 +435,10 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.deepEqual(ids(await s.listLeases({ liveAt: T0 + 100 })), ["l3", "l2", "l1"]);
         assert.deepEqual(ids(await s.listLeases({ liveAt: T0 + 10, agent: "agent-a", limit: 2 })), ["l4", "l3"]);
         assert.deepEqual(ids(await s.listLeases({ agent: "nobody" })), []);
+        // The next page of a listing: ids before the last one seen.
+        assert.deepEqual(ids(await s.listLeases({ beforeId: "l5", limit: 2 })), ["l4", "l3"]);
+        assert.deepEqual(ids(await s.listLeases({ beforeId: "l4", agent: "agent-a" })), ["l3", "l1"]);
+        assert.deepEqual(ids(await s.listLeases({ beforeId: "l1" })), []);
         // The order is the id's, not issuedAt's: the vault's ids are UUIDv7 made at issue, so the two agree.
         await tx(s, (t) => t.insertLease(leaseRec("l7", { issuedAt: T0 })));
         assert.deepEqual(ids(await s.listLeases({ limit: 2 })), ["l7", "l6"]);

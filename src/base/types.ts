@@ -233,6 +233,8 @@ export interface LeaseFilter {
   secret?: SecretRef;
   /** When set, only leases that are live at this time (not revoked, not expired, not used up). */
   liveAt?: number;
+  /** When set, only leases whose id sorts before this one (the next page of a listing, newest first). */
+  beforeId?: string;
   limit?: number;
 }
 

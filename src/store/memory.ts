@@ -188,6 +188,7 @@ class Reads implements StoreReader {
       if (filter.agent !== undefined && l.agent !== filter.agent) continue;
       if (filter.secret !== undefined && (l.scope !== filter.secret.scope || l.name !== filter.secret.name)) continue;
       if (filter.liveAt !== undefined && !isLeaseLive(l, filter.liveAt)) continue;
+      if (filter.beforeId !== undefined && cmp(l.id, filter.beforeId) >= 0) continue;
       out.push(l);
     }
     out.sort((a, b) => cmp(b.id, a.id));

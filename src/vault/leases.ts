@@ -577,9 +577,27 @@ export async function listLeases(ctx: VaultContext, who: Identity, filter: Lease
       throw new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`);
     f.agent = who.agent;
   }
-  const rows = await ctx.store.listLeases(f);
-  return who.role === "orchestrator" ? rows.filter((l) => mayActFor(who, l.agent)) : rows;
+  if (who.role !== "orchestrator") return ctx.store.listLeases(f);
+  if (f.agent !== undefined) {
+    if (!mayActFor(who, f.agent)) throw new VaultError("access_denied", `orchestrator "${who.id}" is not configured to act for agent "${f.agent}", so it may not list its leases`);
+    return ctx.store.listLeases(f);
+  }
+  // The leases of the agents it acts for, newest first: page through the others' rather than let
+  // them fill the limit (another agent's thousand expired leases would hide these).
+  const want = f.limit!;
+  const out: LeaseRecord[] = [];
+  let page: LeaseRecord[];
+  let beforeId = f.beforeId;
+  do {
+    page = await ctx.store.listLeases({ ...f, ...(beforeId !== undefined ? { beforeId } : {}), limit: LIST_PAGE });
+    for (const l of page) if (mayActFor(who, l.agent) && out.length < want) out.push(l);
+    beforeId = page.at(-1)?.id;
+  } while (out.length < want && page.length === LIST_PAGE);
+  return out;
 }
+
+/** Leases read per page when an orchestrator's listing is filtered to the agents it acts for. */
+const LIST_PAGE = 1000;
 
 /** Deletes leases that expired more than the retention period ago, in bounded batches. */
 export async function gcLeases(ctx: VaultContext): Promise<number> {

@@ -85,17 +85,18 @@ export async function listGranted(ctx: VaultContext, who: Identity, filter: Gran
 
 /**
  * Which rule decides `agent` × `secret` × `domain`, and why, and which version of the policy answered.
- * Admin or orchestrator for any agent. An agent only for itself (another agent's name is refused,
- * audited), and its answer is narrowed to what concerns it: the steps of rules that name other agents
- * are left out, and a broken policy's load error (which may quote any rule) is not shown.
+ * Admin for any agent; an orchestrator for the agents it acts for, an agent only for itself (another
+ * agent's name is refused, audited). Their answer is narrowed to what concerns that agent: the steps
+ * of rules that name other agents are left out, and a broken policy's load error (which may quote any
+ * rule) is not shown.
  */
 export async function explainAccess(ctx: VaultContext, who: Identity, agentIn: string, secretIn: SecretRef, domain?: string): Promise<OwnExplanation> {
-  const agent = who.role === "agent" ? await subject(ctx, who, agentIn, "explain access") : checkAgentId(agentIn);
+  const agent = who.role === "admin" ? checkAgentId(agentIn) : await subject(ctx, who, agentIn, "explain access");
   const q = { agent, secret: checkRef(secretIn), domains: domain === undefined ? undefined : [domain] };
   const policy = ctx.policy;
   const version = policyVersion(ctx);
   const e = explain(policy, q);
-  if (who.role !== "agent") return { ...e, policy: version };
+  if (who.role === "admin") return { ...e, policy: version };
   const mine = new Set(compiledOf(policy).filter((c) => c.agents.some((f) => f(agent))).map((c) => c.rule.index));
   const reason = reasonFor(policy, who.role, e.reason);
   return { ...e, reason, steps: e.steps.filter((s) => mine.has(s.index)), policy: version };

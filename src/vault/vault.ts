@@ -600,8 +600,9 @@ export class VaultSession {
   }
   /**
    * Says which rule decides `agent` × `secret` × `domain`, and why, and which version of the policy
-   * answered (a broken policy answers deny, with the load error). Admin or orchestrator; an agent for
-   * itself only, narrowed to the rules that name it (src/vault/own-access.ts).
+   * answered (a broken policy answers deny, with the load error to admins). Admin for any agent; an
+   * orchestrator for the agents it acts for and an agent for itself, narrowed to the rules that name
+   * that agent (src/vault/own-access.ts).
    */
   async explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
     this.#open();

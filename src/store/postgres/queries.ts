@@ -158,6 +158,7 @@ export async function listLeases(x: Exec, filter: LeaseFilter): Promise<LeaseRec
   if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
   if (filter.secret !== undefined) where.push(`scope = ${bind(filter.secret.scope)} AND name = ${bind(filter.secret.name)}`);
   if (filter.liveAt !== undefined) where.push(`NOT done AND expires_at > ${bind(filter.liveAt)}`);
+  if (filter.beforeId !== undefined) where.push(`id < ${bind(filter.beforeId)}`);
   const limit = filter.limit === undefined ? "" : ` LIMIT ${bind(Math.max(0, Math.floor(filter.limit)))}`;
   const text = `SELECT ${LEASE_COLS} FROM leases${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY id DESC${limit}`;
   return (await x.rows(st("list leases", text, values))).map(leaseFromRow);

@@ -228,6 +228,10 @@ export class Queries {
       where.push(LIVE);
       params.push(filter.liveAt);
     }
+    if (filter.beforeId !== undefined) {
+      where.push("id < ?");
+      params.push(filter.beforeId);
+    }
     const sql =
       `SELECT ${LEASE_COLS} FROM leases` +
       (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
