@@ -258,6 +258,36 @@ describe("an agent that will not stop", { skip: skipGit }, () => {
   });
 });
 
+describe("files lessor reads for the run, in the writable project", { skip }, () => {
+  test("an --env-file the agent turned into a symbolic link to another file of the owner's is refused, naming the link; the same file in place works", async () => {
+    const o = await makeOwner("env-file-link");
+    const elsewhere = join(o.home, "other-project");
+    mkdirSync(elsewhere);
+    const CANARY_ENV = "other-" + randomBytes(12).toString("hex");
+    writeFileSync(join(elsewhere, ".env"), `OTHER_DB_PASSWORD=${CANARY_ENV}\n`);
+    // What an earlier run's agent leaves in place of the owner's .env.lessor (it cannot read the target).
+    symlinkSync(join(elsewhere, ".env"), join(o.project, ".env.lessor"));
+    const spawnRun = (): Promise<Ran> =>
+      new Promise((resolve) => {
+        const child = spawn(NODE, ["--", BIN, "run", "--agent", "attacker-envfile", "--env-file", ".env.lessor", "--", "/bin/sh", "-c", "env"], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+        child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+        child.on("close", (code) => resolve({ code, stdout, stderr }));
+      });
+    const r = await spawnRun();
+    assert.notEqual(r.code, 0);
+    assert.ok(!r.stdout.includes(CANARY_ENV) && !r.stderr.includes(CANARY_ENV), "the other file's value reached the agent or the output");
+    assert.match(r.stderr, /--env-file \.env\.lessor is reached through the symbolic link .*\.env\.lessor, which the sandboxed agent can change/);
+    rmSync(join(o.project, ".env.lessor"));
+    writeFileSync(join(o.project, ".env.lessor"), "PLAIN_SETTING=1\n");
+    const ok = await spawnRun();
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /PLAIN_SETTING=1/);
+  });
+});
+
 describe("lessor's own code in the writable project", { skip }, () => {
   test("lessor installed as a project dependency (node_modules/lessor, run with npx) refuses to run the agent there, naming why: the agent could rewrite it, and the owner's next lessor command would run the agent's code unconfined, master key in hand", async () => {
     const o = await makeOwner("npx");

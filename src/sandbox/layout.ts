@@ -328,6 +328,15 @@ export function shows(layout: Layout, path: string): boolean {
 }
 
 /**
+ * The first symbolic link on the way to `p` that the sandboxed agent could change (it lies in a
+ * writable path of `layout`), or null: a file lessor reads for the run through such a link (an
+ * `--env-file`) could have been pointed at another file of the owner's by an earlier run's agent.
+ */
+export function agentLinkOnTheWay(layout: Layout, p: string): string | null {
+  return linkOnTheWay(p, (at) => writableAt(layout, at) !== null);
+}
+
+/**
  * The writable bind (the project, a `[run] write` path) that holds the host's `path`, or null: what
  * the agent can change there, the owner may run later.
  */

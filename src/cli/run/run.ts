@@ -17,6 +17,9 @@ import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
+import { agentLinkOnTheWay, type Layout } from "../../sandbox/layout.js";
+import { escapeUnsafe } from "../../base/text.js";
+import { resolve } from "node:path";
 import type { VaultSession } from "./vault-session.js";
 
 /** Options of {@link runChild}. */
@@ -39,6 +42,22 @@ export interface RunOptions {
 class Interrupted extends Error {
   constructor(readonly signal: NodeJS.Signals) {
     super(signal);
+  }
+}
+
+/**
+ * Refuses an `--env-file` reached through a symbolic link the sandboxed agent can change (in the
+ * project, say): an earlier run's agent could have pointed it at another dotenv file of the owner's,
+ * whose values would then be handed to the agent. Throws VaultError("invalid_request").
+ */
+function refuseAgentLinkedEnvFiles(layout: Layout, files: readonly string[]): void {
+  for (const f of files) {
+    const link = agentLinkOnTheWay(layout, resolve(f));
+    if (link !== null)
+      throw new VaultError(
+        "invalid_request",
+        `--env-file ${escapeUnsafe(f)} is reached through the symbolic link ${escapeUnsafe(link)}, which the sandboxed agent can change (it is in a writable path of the sandbox): an agent of an earlier run could have pointed it at another file of yours. Name the file by its real path, or put the file itself in place of the link. The command was not started`,
+      );
   }
 }
 
@@ -70,6 +89,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     const paths = vaultPaths(cli.home, process.env);
     if (o.sandbox) {
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
+      refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles);
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
     } else cli.err(noSandboxWarning(paths, process.env));
     // An agent session for the sandboxed command; unconfined, the command is you and needs none.
