@@ -43,7 +43,7 @@ function namespaceArgs(o: BwrapOptions): string[] {
 
 /**
  * The mounts, in order: the layout's, a fresh /proc and /dev, the pinned git directories, the
- * read-only overlays and sealed directories, the masks, then the root made read-only.
+ * read-only overlays, sealed directories and files, the masks, then the root made read-only.
  */
 function mountArgs(layout: Layout, binds: { from: string; to: string }[]): string[] {
   const a: string[] = [];
@@ -58,6 +58,7 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
   for (const p of layout.pinned) a.push("--bind", p, p);
   for (const p of layout.readOnly) a.push("--ro-bind", p, p);
   for (const p of layout.sealed) a.push("--tmpfs", p, "--remount-ro", p);
+  for (const p of layout.sealedFiles) a.push("--ro-bind", "/dev/null", p);
   for (const m of layout.masks) {
     if (m.dir) a.push("--tmpfs", m.path, "--remount-ro", m.path);
     else a.push("--ro-bind", "/dev/null", m.path);

@@ -29,13 +29,14 @@
  */
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, type Stats } from "node:fs";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
+import { VaultError } from "../base/errors.js";
 
 /** What is recorded about a git directory before the run, to check after it. */
 export interface GitGuard {
   /** The git directory (a repository's `.git`, or a submodule's under `.git/modules`). */
   gitDir: string;
-  /** Whether `config.worktree` existed before the run (then it is read-only). */
-  hadConfigWorktree: boolean;
+  /** Files that did not exist, shown as empty read-only ones: removed after the run if still empty. */
+  sealedFiles: string[];
   /** The `hooks` symlink's text, when it is one. */
   hooksLink: string | null;
 }
@@ -48,8 +49,12 @@ export interface GitPlan {
   readOnly: string[];
   /** Missing paths made empty read-only directories (bwrap leaves an empty directory behind). */
   sealed: string[];
+  /** Missing files shown as empty read-only ones (bwrap makes an empty file for the mount). */
+  sealedFiles: string[];
   /** One per git directory guarded, to check after the run (and before it: {@link checkGitAfterRun}). */
   guards: GitGuard[];
+  /** Directories looked at under `modules` directories so far. */
+  walked: number;
 }
 
 function lst(p: string): Stats | null {
@@ -110,17 +115,21 @@ function dirsBetween(top: string, p: string): string[] {
   return out;
 }
 
-/** Submodule git directories nested this deep under one `modules` directory are not looked for. */
-const MAX_MODULE_DEPTH = 8;
-/** At most this many git directories are guarded per repository (a submodule per directory entry). */
+/**
+ * Limits of the walk for submodule git directories: how deep under one `modules` directory, how many
+ * git directories per repository, how many directories looked at. Past one, the run is refused: a
+ * git directory left unguarded would be a way out (an agent can plant decoys to reach a limit).
+ */
+const MAX_MODULE_DEPTH = 16;
 const MAX_GIT_DIRS = 256;
+const MAX_DIRS_WALKED = 4096;
 
 /**
  * The guards for the repository at `dir/.git`, `dir` being a writable directory the sandbox shows;
  * `writable(p)` says whether a real path `p` is inside any writable one.
  */
 export function planGit(dir: string, writable: (p: string) => boolean, home: string | null): GitPlan {
-  const plan: GitPlan = { pinned: [], readOnly: [], sealed: [], guards: [] };
+  const plan: GitPlan = { pinned: [], readOnly: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
   const gitPath = join(dir, ".git");
   const st = lst(gitPath);
   if (st === null || st.isSymbolicLink()) return plan;
@@ -174,10 +183,12 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       }
     }
   }
+  // config.worktree is read when extensions.worktreeConfig is on (sparse-checkout turns it on): one
+  // there is read-only, a missing one an empty read-only file (git reads it as an empty config).
+  const sealedFiles: string[] = [];
   const configWorktree = join(gitDir, "config.worktree");
-  const hadConfigWorktree = plain(configWorktree) !== null;
-  if (hadConfigWorktree) once(plan.readOnly, configWorktree);
-  plan.guards.push({ gitDir, hadConfigWorktree, hooksLink });
+  if (plain(configWorktree) !== null) once(plan.readOnly, configWorktree);
+  else sealedFiles.push(configWorktree);
 
   // Linked worktrees: their checkouts may be anywhere; what their git follows is kept here.
   const worktrees = join(gitDir, "worktrees");
@@ -186,18 +197,30 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       const admin = join(worktrees, name);
       if (!plain(admin)?.isDirectory()) continue;
       for (const d of dirsBetween(gitDir, admin)) once(plan.pinned, d);
-      for (const f of ["commondir", "gitdir", "config.worktree"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
+      for (const f of ["commondir", "gitdir"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
+      const cw = join(admin, "config.worktree");
+      if (plain(cw) !== null) once(plan.readOnly, cw);
+      else sealedFiles.push(cw);
     }
   }
+  for (const f of sealedFiles) once(plan.sealedFiles, f);
+  plan.guards.push({ gitDir, sealedFiles, hooksLink });
 
   // The owner's submodules: each has a git directory under modules/ (its name may hold slashes).
   const modules = join(gitDir, "modules");
   if (!plain(modules)?.isDirectory()) return;
+  const tooMany = (what: string): VaultError =>
+    new VaultError(
+      "invalid_request",
+      `${modules} ${what}, more than lessor guards, and a submodule git directory it left unguarded would let the sandboxed agent plant what your git runs; remove what is not a git directory of your submodules (git submodule status lists them), or run the agent on a project without them. The command was not started`,
+    );
   const visit = (d: string, depth: number): void => {
-    if (depth > MAX_MODULE_DEPTH || plan.guards.length >= MAX_GIT_DIRS) return;
+    if (depth > MAX_MODULE_DEPTH) throw tooMany(`nests directories deeper than ${MAX_MODULE_DEPTH} levels`);
     for (const name of entries(d)) {
       const sub = join(d, name);
       if (!plain(sub)?.isDirectory()) continue;
+      if (++plan.walked > MAX_DIRS_WALKED) throw tooMany(`holds more than ${MAX_DIRS_WALKED} directories`);
+      if (plan.guards.length >= MAX_GIT_DIRS) throw tooMany(`holds more than ${MAX_GIT_DIRS} git directories`);
       if (!isGitDir(sub)) {
         visit(sub, depth + 1);
         continue;
@@ -276,9 +299,11 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
       const commondir = join(g.gitDir, "commondir");
       if (lst(commondir) !== null)
         out.push(`lessor: the sandboxed command planted ${commondir}, which would make your git run another directory's hooks and config; moved it to ${aside(commondir)}`);
-      const configWorktree = join(g.gitDir, "config.worktree");
-      if (!g.hadConfigWorktree && lst(configWorktree) !== null)
-        out.push(`lessor: the sandboxed command planted ${configWorktree}, a configuration your git would read (with extensions.worktreeConfig); moved it to ${aside(configWorktree)}`);
+      // The empty files bwrap made to mount the sealed ones on: nothing of the agent's (they were read-only).
+      for (const f of g.sealedFiles) {
+        const st = lst(f);
+        if (st !== null && st.isFile() && st.size === 0) rmSync(f, { force: true });
+      }
       if (g.hooksLink !== null) {
         const hooks = join(g.gitDir, "hooks");
         const now = lst(hooks);

@@ -72,6 +72,8 @@ export interface Layout {
   readOnly: string[];
   /** Missing paths inside writable binds made empty read-only directories (a repository's missing hooks directory). */
   sealed: string[];
+  /** Missing files inside writable binds shown as empty read-only ones (a git directory's missing `config.worktree`). */
+  sealedFiles: string[];
   /** What to check in each guarded repository after the run (src/sandbox/git-guard.ts). */
   git: GitGuard[];
   masks: Mask[];
@@ -198,6 +200,7 @@ export function planLayout(req: LayoutRequest): Layout {
   const pinned: string[] = [];
   const readOnly: string[] = [];
   const sealed: string[] = [];
+  const sealedFiles: string[] = [];
   const git: GitGuard[] = [];
   const writable = (p: string): boolean => [...binds].some(([path, b]) => b.writable && within(p, path));
   for (const [path, b] of binds) {
@@ -206,6 +209,7 @@ export function planLayout(req: LayoutRequest): Layout {
     for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
     sealed.push(...g.sealed);
+    sealedFiles.push(...g.sealedFiles);
     git.push(...g.guards);
   }
 
@@ -266,7 +270,7 @@ export function planLayout(req: LayoutRequest): Layout {
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
-  return { mounts, pinned, readOnly, sealed, git, masks: unique, cwd };
+  return { mounts, pinned, readOnly, sealed, sealedFiles, git, masks: unique, cwd };
 }
 
 /**

@@ -3,7 +3,7 @@
  * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
-import { accessSync, constants, existsSync, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
@@ -270,19 +270,84 @@ export function lessorCodePaths(): string[] {
 
 /**
  * Refuses to run when lessor's own code ({@link lessorCodePaths}) lies in a path the sandboxed agent can
- * write (lessor installed in the project's node_modules, a Node under a `[run] write` path): the
- * agent could rewrite it, and the owner's next lessor command would run the agent's code, unconfined,
- * with the master key at hand. Throws VaultError("invalid_request").
+ * write (lessor installed in the project's node_modules, a Node under a `[run] write` path), or is
+ * the same file as a copy there ({@link sharedWithWritable}): the agent could rewrite it, and the
+ * owner's next lessor command would run the agent's code, unconfined, with the master key at hand.
+ * Throws VaultError("invalid_request").
  */
 export function refuseWritableSelf(layout: Layout, code: readonly string[] = lessorCodePaths()): void {
+  const advice = "install lessor (and Node) outside the directories the agent may write, with a package manager that copies files (npm install -g lessor, or a directory of its own), and run that one. The command was not started";
   for (const p of code) {
     const at = writableAt(layout, p);
     if (at !== null)
       throw new VaultError(
         "invalid_request",
-        `lessor's own code (${p}) is inside ${at}, which the sandboxed agent can write: it could rewrite it, and your next lessor command would run the agent's code as you, outside any sandbox, with your master key at hand; install lessor (and Node) outside the directories the agent may write (npm install -g lessor, or a directory of its own) and run that one. The command was not started`,
+        `lessor's own code (${p}) is inside ${at}, which the sandboxed agent can write: it could rewrite it, and your next lessor command would run the agent's code as you, outside any sandbox, with your master key at hand; ${advice}`,
       );
   }
+  const shared = sharedWithWritable(layout, code);
+  if (shared !== null)
+    throw new VaultError(
+      "invalid_request",
+      `lessor's own file ${shared.ours} is the same file (a hard link, as pnpm and bun install) as ${shared.theirs}, which the sandboxed agent can write: rewriting it there would rewrite your lessor, and your next lessor command would run the agent's code as you, with your master key at hand; ${advice}`,
+    );
+}
+
+/** Files compared by identity (device and inode) between lessor's packages and copies in writable paths. */
+const SHARED_CHECK_FILES = ["package.json", "dist/bin/lessor.cjs", "dist/bin/main.cjs"];
+
+/**
+ * A file of lessor's packages (among `code`, the package directories) that is the very same file as
+ * one in a copy of that package installed in a writable path of `layout`, or null. Package managers
+ * that hard-link every install of a version from one store (pnpm, bun) make lessor outside the
+ * project and a dependency in it share their files. Looked for where they install: `node_modules/NAME`
+ * and pnpm's `node_modules/.pnpm/NAME@VERSION/node_modules/NAME`, at the top of each writable path.
+ */
+export function sharedWithWritable(layout: Layout, code: readonly string[]): { ours: string; theirs: string } | null {
+  const roots = layout.mounts.filter((m) => m.kind === "bind" && m.writable).map((m) => m.path);
+  for (const dir of code) {
+    let name: string;
+    try {
+      name = (JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: unknown }).name as string;
+    } catch {
+      continue; // not a package directory (Node's binary, the entry file)
+    }
+    if (typeof name !== "string" || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
+    const ours = new Map<string, string>();
+    for (const f of SHARED_CHECK_FILES) {
+      try {
+        const st = statSync(join(dir, f));
+        if (st.nlink > 1) ours.set(`${st.dev}:${st.ino}`, join(dir, f));
+      } catch {
+        // not in this package
+      }
+    }
+    if (ours.size === 0) continue;
+    for (const root of roots) {
+      const copies = [join(root, "node_modules", name)];
+      const pnpm = join(root, "node_modules", ".pnpm");
+      let entries: string[] = [];
+      try {
+        entries = readdirSync(pnpm);
+      } catch {
+        // no pnpm store links here
+      }
+      const prefix = `${name.replace("/", "+")}@`;
+      for (const e of entries) if (e.startsWith(prefix)) copies.push(join(pnpm, e, "node_modules", name));
+      for (const copy of copies)
+        for (const f of SHARED_CHECK_FILES) {
+          try {
+            const st = statSync(join(copy, f));
+            const mine = ours.get(`${st.dev}:${st.ino}`);
+            const theirs = join(copy, f);
+            if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
+          } catch {
+            // no such file there
+          }
+        }
+    }
+  }
+  return null;
 }
 
 /** The one line `--network host` prints: the agent's network is not scoped. */
