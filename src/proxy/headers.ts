@@ -80,8 +80,21 @@ export function askPolicy(
 export function scrubHeaders<T extends IncomingHttpHeaders | OutgoingHttpHeaders>(h: T, patterns: ScrubPatterns | undefined): T {
   if (!patterns) return h;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(h)) out[k] = Array.isArray(v) ? v.map((one: string) => scrubText(one, patterns)) : typeof v === "string" ? scrubText(v, patterns) : v;
+  // Names too: an upstream may put what it received into a header's name (`x-seen-<value>: 1`).
+  for (const [k, v] of Object.entries(h)) out[scrubText(k, patterns)] = Array.isArray(v) ? v.map((one: string) => scrubText(one, patterns)) : typeof v === "string" ? scrubText(v, patterns) : v;
   return out as T;
+}
+
+/**
+ * An upstream's status line as it may be passed on: the status when it is a three-digit code of a
+ * final answer (200–599; Node's client also reads `000` or `099`, which its server refuses to
+ * write), and the reason phrase without the control bytes Node's server refuses (which its client
+ * takes). Null status: answer 502 instead.
+ */
+export function relayableStatus(statusCode: number | undefined, statusMessage: string | undefined): { status: number | null; reason: string | undefined } {
+  const status = statusCode !== undefined && Number.isInteger(statusCode) && statusCode >= 200 && statusCode <= 599 ? statusCode : null;
+  const reason = (statusMessage ?? "").replace(/[^\t\x20-\x7e\x80-\xff]/g, "");
+  return { status, reason: reason === "" ? undefined : reason };
 }
 
 /** One header value (or a reason phrase) scrubbed, latin1 in and out. */

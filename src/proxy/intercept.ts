@@ -12,7 +12,7 @@ import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureCo
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
-import { askPolicy, authority, endToEnd, hostOf, scrubHeaders, scrubText } from "./headers.js";
+import { askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
@@ -390,7 +390,22 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
     if (decode) stages.push(decode);
     stages.push(new ScrubStream(scrub));
   }
-  res.writeHead(ur.statusCode ?? 502, scrubText(ur.statusMessage ?? "", scrub) || undefined, headers);
+  const head = relayableStatus(ur.statusCode, scrubText(ur.statusMessage ?? "", scrub));
+  if (head.status === null) {
+    ur.destroy();
+    problemResponse(res, 502, "upstream", `Bad gateway: the upstream answered with status ${String(ur.statusCode).slice(0, 8)}, which is not a status of a final answer`);
+    done("invalid upstream status");
+    return;
+  }
+  try {
+    res.writeHead(head.status, head.reason, headers);
+  } catch {
+    // A header Node's client read but its server will not write: nothing of the answer has gone yet.
+    ur.destroy();
+    problemResponse(res, 502, "upstream", "Bad gateway: the upstream's answer has a header that cannot be passed on");
+    done("unrelayable upstream header");
+    return;
+  }
   // One pipeline for the whole chain (each pipeline() call costs an AbortController and listeners).
   pipeline([ur, ...stages, res], (err) => {
     if (err) {

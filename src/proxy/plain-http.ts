@@ -20,7 +20,7 @@ import { safeJson } from "../base/text.js";
 import type { Egress } from "./egress.js";
 import { connectChecked, parseHostLiteral, type ConnectTo, type SsrfGuard } from "./guard.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
-import { endToEnd } from "./headers.js";
+import { endToEnd, relayableStatus } from "./headers.js";
 import { problemResponse } from "./intercept.js";
 import { ProxyRefusal } from "./refusal.js";
 
@@ -147,7 +147,16 @@ export async function forwardPlain(req: IncomingMessage, res: ServerResponse, op
     });
     up.setTimeout(opts.idleTimeoutMs, () => up.destroy(Object.assign(new Error("idle timeout"), { code: "ETIMEDOUT" })));
     up.on("response", (ur) => {
-      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, endToEnd(ur.headers));
+      const head = relayableStatus(ur.statusCode, ur.statusMessage);
+      try {
+        if (head.status === null) throw new Error("status");
+        res.writeHead(head.status, head.reason, endToEnd(ur.headers));
+      } catch {
+        // A status or header Node's client read but its server will not write: nothing has gone yet.
+        ur.destroy();
+        problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${host} port ${parsed.port} answered with a status line or header that cannot be passed on`);
+        return;
+      }
       pipeline(ur, res, (err) => {
         if (err) {
           ur.destroy();

@@ -165,12 +165,11 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
       return;
     }
     // The upstream's own 101 head, header lines as it sent them (llhttp already refused CR/LF in them).
-    // A value that echoes the credential (a token sent as a subprotocol) is scrubbed like a body.
+    // A value that echoes the credential (a token sent as a subprotocol), or a name made of it, is
+    // scrubbed like a body.
+    const clean = (t: string): string => (p.scrub ? scrub(Buffer.from(t, "latin1"), p.scrub).toString("latin1") : t);
     let text = "HTTP/1.1 101 Switching Protocols\r\n";
-    for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
-      const value = p.scrub ? scrub(Buffer.from(ur.rawHeaders[i + 1]!, "latin1"), p.scrub).toString("latin1") : ur.rawHeaders[i + 1]!;
-      text += `${ur.rawHeaders[i]!}: ${value}\r\n`;
-    }
+    for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) text += `${clean(ur.rawHeaders[i]!)}: ${clean(ur.rawHeaders[i + 1]!)}\r\n`;
     client.write(text + "\r\n", "latin1");
     join(client, upSocket, head, upHead, opts.idleTimeoutMs, rewrite, (bytesOut, bytesIn, error) => report(101, bytesOut, bytesIn, error));
   });
