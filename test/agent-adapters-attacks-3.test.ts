@@ -280,7 +280,7 @@ describe("lessor mcp --http: sessions end when their client is gone", () => {
 });
 
 describe("the dead-man switch and its stored record", () => {
-  test("BREAK: a heartbeat record lessor did not write, forged with a far-future time by a second connection to lessor.db, keeps the switch from ever firing", async () => {
+  test("a heartbeat record dated in the future (lessor never writes one), forged by a second connection to lessor.db, counts as long past due: the switch fires", async () => {
     const c = clock();
     const MIN = 60_000;
     const t = await makeVault({ policy: grant("g", ["claude"], ["tok"], ["api.example.com"]), now: c.now, limits: { heartbeatMs: MIN } });
@@ -297,8 +297,26 @@ describe("the dead-man switch and its stored record", () => {
     c.advance(2 * MIN); // no admin checked in: the switch is past due
     const claude = again.vault.session(agent("claude"));
     const r = await refusalOf(claude.requestLeaseAndAccess({ secret: "tok" }).then((l) => l.value.wipe()));
-    // docs/cli/leases.md: "A stored record that is not one lessor wrote counts as long past due: the switch fails closed."
+    // docs/cli/leases.md: a record dated more than an hour ahead of the clock counts as long past due.
     assert.equal(r.code, "access_denied", "past the deadline, with no heartbeat from an admin, a grant must be refused");
-    assert.equal((await again.vault.admin().describe()).killswitch.engaged, true, "the dead-man switch must have pulled the killswitch");
+    const ks = (await again.vault.admin().describe()).killswitch;
+    assert.equal(ks.engaged, true, "the dead-man switch must have pulled the killswitch");
+    assert.match(ks.reason ?? "", /dead-man switch: .*a heartbeat record dated in the future/);
+    await again.vault.close();
+  });
+
+  test("a heartbeat record up to an hour ahead of the clock (a clock stepped back since it was written) still counts", async () => {
+    const c = clock();
+    const MIN = 60_000;
+    const t = await makeVault({ policy: grant("g", ["claude"], ["tok"], ["api.example.com"]), now: c.now, limits: { heartbeatMs: MIN } });
+    await t.vault.admin().storeSecret({ name: "tok", value: CANARY });
+    await t.vault.admin().heartbeat();
+    c.set(c.now() - 30 * MIN); // the clock is stepped back half an hour
+    const status = (await t.vault.admin().describe()).heartbeat;
+    assert.equal(status.dueAt, c.now() + 30 * MIN + MIN, "due a period after the stored heartbeat");
+    const l = await t.vault.session(agent("claude")).requestLeaseAndAccess({ secret: "tok" });
+    l.value.wipe();
+    assert.equal((await t.vault.admin().describe()).killswitch.engaged, false);
+    await t.vault.close();
   });
 });
