@@ -9,6 +9,7 @@
  * connects anywhere but 127.0.0.1.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
 import { tmpdir } from "node:os";
@@ -135,7 +136,7 @@ describe("lessor mcp --http (a real child process, the SDK's own client)", () =>
 });
 
 /** An in-process `serveHttp` for agent claude on a fresh vault holding "tok" (grant for api.example.com). */
-async function httpServer(idleMs?: number): Promise<{ srv: HttpMcpServer; vault: Vault; token: string; done(): Promise<void> }> {
+async function httpServer(idleMs?: number): Promise<{ srv: HttpMcpServer; vault: Vault; dbPath: string; token: string; done(): Promise<void> }> {
   const t = await makeVault({ policy: grant("g", ["claude"], ["tok"], ["api.example.com"]) });
   await t.vault.admin().storeSecret({ name: "tok", value: CANARY });
   const tmp = mkdtempSync(join(tmpdir(), "lessor-mcp-idle-"));
@@ -151,6 +152,7 @@ async function httpServer(idleMs?: number): Promise<{ srv: HttpMcpServer; vault:
   return {
     srv,
     vault: t.vault,
+    dbPath: t.dbPath!,
     token,
     async done() {
       await srv.close();
@@ -274,6 +276,40 @@ describe("lessor mcp --http: sessions end when their client is gone", () => {
       for (const sid of sids.slice(0, 29)) assert.equal(await probe(sid), 202, "a session with its stream open is never ended for another");
     } finally {
       for (const r of held) r.destroy();
+      await h.done();
+    }
+  });
+});
+
+describe("lessor mcp's revoke tool", () => {
+  test("revoke finds an agent's old live lease by its id, however many leases the agent has had since", { timeout: 60_000 }, async () => {
+    const h = await httpServer();
+    const client = new Client({ name: "c", version: "1" });
+    await client.connect(new StreamableHTTPClientTransport(new URL(h.srv.url), { requestInit: { headers: { authorization: `Bearer ${h.token}` } } }));
+    try {
+      const r = (await client.callTool({ name: "request_access", arguments: { secret: "tok" } })) as { content: { text: string }[] };
+      const leaseId = (JSON.parse(r.content[0]!.text) as { leaseId: string }).leaseId;
+      // 10,001 ended leases of the same agent, newer than that one (a busy agent's week, say).
+      const db = new Database(h.dbPath);
+      db.transaction(() => {
+        const row = db.prepare("SELECT * FROM leases WHERE id = ?").get(leaseId) as Record<string, unknown>;
+        const cols = Object.keys(row);
+        const ins = db.prepare(`INSERT INTO leases (${cols.join(", ")}) VALUES (${cols.map(() => "?").join(", ")})`);
+        for (let i = 0; i < 10_001; i++)
+          ins.run(...cols.map((c) => (c === "id" ? `${leaseId}-${String(i).padStart(5, "0")}` : c === "done" ? 1 : c === "revoked_at" ? row["issued_at"] : c === "revoke_reason" ? "old" : row[c])));
+      })();
+      db.close();
+      const v = (await client.callTool({ name: "revoke", arguments: { leaseId } })) as { isError?: boolean; content: { text: string }[] };
+      assert.notEqual(v.isError, true, v.content[0]?.text);
+      assert.equal((JSON.parse(v.content[0]!.text) as { revoked: boolean }).revoked, true);
+      const l = (await h.vault.admin().listLeases({ agent: "claude", limit: 10_000 })).length;
+      assert.equal(l, 10_000, "the newest 10,000 leases are the ended ones");
+      // An unknown id is still lease_not_found.
+      const u = (await client.callTool({ name: "revoke", arguments: { leaseId: randomUUID() } })) as { isError?: boolean; content: { text: string }[] };
+      assert.equal(u.isError, true);
+      assert.match(u.content[0]!.text, /lease_not_found/);
+    } finally {
+      await client.close();
       await h.done();
     }
   });
