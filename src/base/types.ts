@@ -229,6 +229,8 @@ export interface SecretFilter {
 
 /** Filters for listing leases. */
 export interface LeaseFilter {
+  /** Only the lease with this id (none when it is not there, or the other fields exclude it). */
+  id?: string;
   agent?: string;
   secret?: SecretRef;
   /** When set, only leases that are live at this time (not revoked, not expired, not used up). */

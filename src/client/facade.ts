@@ -62,6 +62,8 @@ export interface ClientAccessResult {
 
 /** Filters of {@link LessorMethods.listLeases}. */
 export interface LeaseListFilter {
+  /** Only the lease with this id. */
+  id?: string;
   agent?: string;
   secret?: SecretSpec;
   /** Only leases that are live now. */
@@ -211,6 +213,7 @@ export class LessorMethods {
   listLeases(filter: LeaseListFilter = {}): Promise<LeaseRecord[]> {
     objectParam(filter, "the lease filter");
     const params: Params<"list_leases"> = {};
+    if (filter.id !== undefined) params.id = filter.id;
     if (filter.agent !== undefined) params.agent = filter.agent;
     if (filter.secret !== undefined) params.secret = secretString(filter.secret);
     if (filter.live !== undefined) params.live = filter.live;

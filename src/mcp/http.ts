@@ -8,8 +8,14 @@
  *    of any other site that makes the browser post here is refused (403);
  * 3. `Authorization: Bearer <token>` with the random token of this run (compared in constant time);
  *    else 401. The token is printed once on stderr, or written to a 0600 file (--token-file).
- * The MCP endpoint is `/mcp`; each MCP session (initialize) gets its own SDK Server and transport,
- * all acting for the same agent and sharing the session's leases (./server.ts).
+ * The MCP endpoint is `/mcp`; each MCP session (initialize) is an MCP session of its own (./server.ts):
+ * its own leases, placeholders and injecting proxy, all acting for the same agent.
+ *
+ * A session ends, and its leases are revoked, on DELETE, when the server stops, or when it has had no
+ * request and no open stream for the idle period ({@link DEFAULT_HTTP_IDLE_MS}): a client that quits
+ * sends no DELETE (the SDK's `close()` only drops its connections), so without that every client that
+ * ever connected would hold a place for good. When {@link MAX_HTTP_SESSIONS} are open, a new session
+ * ends the one idle the longest; one with a request being answered or a stream open is never ended so.
  */
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from "node:fs";
@@ -20,12 +26,16 @@ import { basename, dirname, join } from "node:path";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError } from "../base/errors.js";
+import { formatDuration } from "../vault/duration.js";
+import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import type { McpSession } from "./server.js";
 
 /** Largest request body read, bytes (an http_request body of 1 MiB characters, JSON-escaped, fits). */
 export const MAX_HTTP_BODY = 8 * 1024 * 1024;
 /** Most MCP sessions open at once on one server. */
 export const MAX_HTTP_SESSIONS = 32;
+/** How long an MCP session may have no request and no open stream before it ends (5 minutes). */
+export const DEFAULT_HTTP_IDLE_MS = 5 * 60_000;
 /** The endpoint path. */
 export const MCP_PATH = "/mcp";
 
@@ -112,7 +122,13 @@ export function writeTokenFile(path: string, token: string): void {
 
 /** Options of {@link serveHttp}. */
 export interface ServeHttpOptions {
-  session: McpSession;
+  /** A new MCP session for the agent (its own leases and placeholders): one per MCP session a client opens. */
+  newSession(): McpSession;
+  /**
+   * How long, in ms, a session may have no request being answered and no stream open before it ends
+   * and its leases are revoked. Default {@link DEFAULT_HTTP_IDLE_MS}.
+   */
+  idleMs?: number;
   address: LoopbackAddress;
   /** The bearer token clients must send; {@link newToken} makes one. */
   token: string;
@@ -124,7 +140,9 @@ export interface HttpMcpServer {
   /** The URL clients connect to (`http://127.0.0.1:PORT/mcp`). */
   url: string;
   port: number;
-  /** Stops listening, closes every MCP session (not the McpSession: the caller does). */
+  /** MCP sessions open now. */
+  readonly sessions: number;
+  /** Stops listening, ends every MCP session and revokes their leases. */
   close(): Promise<void>;
 }
 
@@ -168,11 +186,77 @@ async function readJson(req: http.IncomingMessage, res: http.ServerResponse): Pr
   }
 }
 
-/** Serves `o.session` over streamable HTTP on `o.address` until closed. */
+/** One MCP session of {@link serveHttp}. */
+interface HttpSession {
+  /** 1, 2, …: names the session in the log. */
+  n: number;
+  transport: StreamableHTTPServerTransport;
+  server: Server;
+  session: McpSession;
+  /** HTTP exchanges of this session open now: requests being answered, SSE streams. */
+  open: number;
+  /** When the last exchange ended (performance.now()), or the session began. */
+  lastUsed: number;
+  /** Set once the session is ending: its leases are being revoked. */
+  ending: Promise<void> | null;
+}
+
+/** Serves MCP sessions made by `o.newSession` over streamable HTTP on `o.address` until closed. */
 export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   const authorized = tokenMatcher(o.token);
-  const transports = new Map<string, StreamableHTTPServerTransport>();
+  const idleMs = o.idleMs ?? DEFAULT_HTTP_IDLE_MS;
+  if (!Number.isFinite(idleMs) || idleMs <= 0) throw new VaultError("invalid_request", "the MCP session idle period must be a positive number of milliseconds");
+  /** Every session not yet ending, from its initialize on (before it has an id, too). */
+  const live = new Set<HttpSession>();
+  const byId = new Map<string, HttpSession>();
+  const endings = new Set<Promise<void>>();
+  let count = 0;
   let expectedHosts: string[] = [];
+
+  /** Counts one HTTP exchange of `s` until `res` closes (answered, stream ended, or the client gone). */
+  const use = (s: HttpSession, res: http.ServerResponse): void => {
+    s.open++;
+    res.once("close", () => {
+      s.open--;
+      s.lastUsed = performance.now();
+    });
+  };
+
+  /** Ends `s` as a DELETE does: its transport and server closed, its leases revoked. Idempotent. */
+  const end = (s: HttpSession, why: string): Promise<void> =>
+    (s.ending ??= (async () => {
+      live.delete(s);
+      if (s.transport.sessionId !== undefined) byId.delete(s.transport.sessionId);
+      await s.transport.close().catch(() => {});
+      await s.server.close().catch(() => {});
+      await s.session.close();
+      o.log(`lessor mcp: MCP session ${s.n} ended (${why}); its leases are revoked`);
+    })());
+  const retire = (s: HttpSession, why: string): void => {
+    const p = end(s, why);
+    endings.add(p);
+    const done = (): void => void endings.delete(p);
+    p.then(done, (e: unknown) => {
+      done();
+      o.log(`lessor mcp: MCP session ${s.n} could not end cleanly (${e instanceof Error ? e.name : "error"})`);
+    });
+  };
+
+  /** The session with no exchange open that has been idle the longest, or undefined. */
+  const idlest = (): HttpSession | undefined => {
+    let best: HttpSession | undefined;
+    for (const s of live) if (s.open === 0 && (best === undefined || s.lastUsed < best.lastUsed)) best = s;
+    return best;
+  };
+
+  const sweep = setInterval(
+    () => {
+      const now = performance.now();
+      for (const s of [...live]) if (s.open === 0 && now - s.lastUsed >= idleMs) retire(s, `idle for ${formatDuration(idleMs)}`);
+    },
+    Math.min(Math.max(idleMs / 4, 10), 15_000),
+  );
+  sweep.unref();
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     // 1. Host: the exact address and port (a rebinding attacker's name never matches).
@@ -194,31 +278,44 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
     const sid = req.headers["mcp-session-id"];
     if (Array.isArray(sid)) return refuse(res, 400, "one Mcp-Session-Id header, please");
     if (sid !== undefined) {
-      const t = transports.get(sid);
-      if (!t) return refuse(res, 404, "unknown or closed MCP session; initialize a new one");
+      const s = byId.get(sid);
+      if (!s) return refuse(res, 404, "unknown or closed MCP session; initialize a new one");
+      // Counted from here: a session reading a large body is not idle.
+      use(s, res);
       if (req.method === "POST") {
         const got = await readJson(req, res);
-        if (got) await t.handleRequest(req, res, got.body);
-      } else await t.handleRequest(req, res);
+        if (got) await s.transport.handleRequest(req, res, got.body);
+      } else await s.transport.handleRequest(req, res);
       return;
     }
     if (req.method !== "POST") return refuse(res, 400, "no Mcp-Session-Id: start with an initialize request (POST)");
     const got = await readJson(req, res);
     if (!got) return;
     if (!isInitializeRequest(got.body)) return refuse(res, 400, "no Mcp-Session-Id: start with an initialize request");
-    if (transports.size >= MAX_HTTP_SESSIONS) return refuse(res, 503, `too many MCP sessions (${MAX_HTTP_SESSIONS}); close one (DELETE) first`);
-    const server = o.session.newServer();
+    if (live.size >= MAX_HTTP_SESSIONS) {
+      // A client that quit sent no DELETE: the session idle the longest makes room. Never a busy one.
+      const victim = idlest();
+      if (victim === undefined) return refuse(res, 503, `too many MCP sessions (${MAX_HTTP_SESSIONS}), every one busy; close one (DELETE) or try again later`);
+      retire(victim, `the session idle the longest, ended to make room for a new one (at most ${MAX_HTTP_SESSIONS})`);
+    }
+    const session = o.newSession();
+    const server = session.server;
     const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
-      onsessioninitialized: (id) => void transports.set(id, transport),
+      onsessioninitialized: (id) => void byId.set(id, s),
     });
-    transport.onclose = () => {
-      if (transport.sessionId !== undefined) transports.delete(transport.sessionId);
-      void server.close().catch(() => {});
-    };
+    const s: HttpSession = { n: ++count, transport, server, session, open: 0, lastUsed: performance.now(), ending: null };
+    live.add(s);
+    use(s, res);
+    transport.onclose = () => retire(s, "closed by the client");
     server.onerror = (e) => o.log(`lessor mcp: a message from the client could not be handled (${e.name})`);
-    await server.connect(transport);
-    await transport.handleRequest(req, res, got.body);
+    try {
+      await server.connect(transport);
+      await transport.handleRequest(req, res, got.body);
+    } finally {
+      // An initialize the transport refused leaves a session no client can name.
+      if (transport.sessionId === undefined) retire(s, "its initialize failed");
+    }
   };
 
   const srv = http.createServer({ maxHeaderSize: 16 * 1024 }, (req, res) => {
@@ -231,9 +328,13 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   srv.headersTimeout = 10_000;
   srv.requestTimeout = 0; // SSE streams stay open
   await new Promise<void>((resolve, reject) => {
-    srv.once("error", reject);
+    const fail = (e: Error): void => {
+      clearInterval(sweep);
+      reject(e);
+    };
+    srv.once("error", fail);
     srv.listen(o.address.port, o.address.host, () => {
-      srv.off("error", reject);
+      srv.off("error", fail);
       resolve();
     });
   });
@@ -243,9 +344,13 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   return {
     url: `http://${hostPort(o.address.host, port)}${MCP_PATH}`,
     port,
+    get sessions() {
+      return live.size;
+    },
     async close() {
-      await Promise.allSettled([...transports.values()].map((t) => t.close()));
-      transports.clear();
+      clearInterval(sweep);
+      for (const s of [...live]) retire(s, "the server stopped");
+      await Promise.allSettled([...endings]);
       srv.closeAllConnections();
       await new Promise<void>((r) => srv.close(() => r()));
     },

@@ -48,11 +48,11 @@ export interface McpSessionOptions {
 
 /** An MCP server bound to one agent, not yet connected to a transport. */
 export interface McpSession {
-  /** The server for one transport (stdio serves this one). */
+  /** The server for one transport (stdio, a socket connection, or one streamable HTTP session serves this one). */
   server: Server;
   /**
-   * Another server for the same agent and the same leases: streamable HTTP connects one per MCP
-   * session (the SDK's Server speaks to one transport), all sharing this session's credentials and proxy.
+   * Another server for the same agent and the same leases (the SDK's Server speaks to one transport),
+   * sharing this session's credentials and proxy: for several transports on one set of leases.
    */
   newServer(): Server;
   /** Revokes the session's leases, stops its proxy, forgets the values. Idempotent. */

@@ -112,7 +112,7 @@ function terms(l: LeaseRecord): Record<string, unknown> {
 }
 
 /** The leases of the agent (an agent's own identity sees only its own; the owner filters by agent). */
-function listOwn(ctx: ToolContext, filter: { live?: boolean; secret?: string; limit?: number }): Promise<LeaseRecord[]> {
+function listOwn(ctx: ToolContext, filter: { id?: string; live?: boolean; secret?: string; limit?: number }): Promise<LeaseRecord[]> {
   return ctx.api.listLeases({ ...(ctx.role === "agent" ? {} : { agent: ctx.agent }), ...filter });
 }
 
@@ -298,7 +298,8 @@ const revoke: ToolSpec = {
     const id = a["leaseId"] as string;
     // The owner may revoke any lease: so check that this one is the agent's, and say nothing more
     // about a lease that is not (another agent's lease id gets the same answer as an unknown one).
-    const mine = (await listOwn(ctx, { limit: 10_000 })).find((l) => l.id === id && l.agent === ctx.agent);
+    // Looked up by id: however many leases the agent has had since, an old live one is found.
+    const mine = (await listOwn(ctx, { id, limit: 1 })).find((l) => l.id === id && l.agent === ctx.agent);
     if (!mine) throw new VaultError("lease_not_found", `agent "${ctx.agent}" has no lease with that id`);
     const r = await ctx.api.revokeLease(id, "revoked by the agent through lessor mcp");
     ctx.credentials.remove(id);

@@ -361,12 +361,13 @@ export const REGISTRY = {
   list_leases: method({
     description: "Lists the leases the caller may see.",
     roles: ALL,
-    params: z.strictObject({ agent: str(128).optional(), secret: str(300).optional(), live: z.boolean().optional(), limit: z.number().int().positive().max(10_000).optional() }),
+    params: z.strictObject({ id: str(128).optional(), agent: str(128).optional(), secret: str(300).optional(), live: z.boolean().optional(), limit: z.number().int().positive().max(10_000).optional() }),
     result: z.array(R.lease),
     secret: false,
     audit: "read-only",
     call: (s, p) =>
       s.listLeases({
+        ...(p.id !== undefined ? { id: p.id } : {}),
         ...(p.agent !== undefined ? { agent: p.agent } : {}),
         ...(p.secret !== undefined ? { secret: parseRefString(p.secret) } : {}),
         ...(p.live ? { liveAt: Date.now() } : {}),

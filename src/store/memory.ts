@@ -185,6 +185,7 @@ class Reads implements StoreReader {
           : this.allLeases();
     const out: LeaseRecord[] = [];
     for (const l of source) {
+      if (filter.id !== undefined && l.id !== filter.id) continue;
       if (filter.agent !== undefined && l.agent !== filter.agent) continue;
       if (filter.secret !== undefined && (l.scope !== filter.secret.scope || l.name !== filter.secret.name)) continue;
       if (filter.liveAt !== undefined && !isLeaseLive(l, filter.liveAt)) continue;

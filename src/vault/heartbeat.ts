@@ -12,7 +12,11 @@
  *
  * The switch arms when a vault is opened with the setting and no heartbeat is stored (the deadline
  * counts from then), and with every heartbeat; releasing the killswitch counts as one. A stored record
- * that is not one lessor wrote counts as a heartbeat at time 0: past due, so the switch fails closed.
+ * lessor cannot read, or one dated more than {@link HEARTBEAT_FUTURE_SLACK_MS} ahead of the clock
+ * (lessor dates each at the moment it writes it), counts as a heartbeat at time 0: past due, so the
+ * switch fails closed. The record is not authenticated: someone who can write the database can store
+ * a current one again and again, but they can as well clear the killswitch itself (./lockout.ts), so
+ * that is a known limit of the database's writers (docs/security.md), not something a MAC here would close.
  * Without the setting nothing is read or checked.
  */
 import { checkPlainText } from "../base/text.js";
@@ -66,13 +70,27 @@ export async function readHeartbeat(r: Pick<StoreReader, "getMeta">): Promise<He
   return parseHeartbeat(await r.getMeta(HEARTBEAT_META));
 }
 
+/**
+ * How far ahead of the clock a stored heartbeat may be dated and still count: lessor dates a record
+ * when it writes it, so only a clock stepped back since (an NTP correction, a resumed VM) puts one
+ * ahead. One dated further ahead is not lessor's: it would hold the switch off until then.
+ */
+export const HEARTBEAT_FUTURE_SLACK_MS = 3600_000;
+
+const FROM_THE_FUTURE = "(a heartbeat record dated in the future)";
+
+/** `last` as the switch counts it at `now`: one dated too far ahead is a heartbeat at time 0. */
+function counted(last: HeartbeatRecord | null, now: number): HeartbeatRecord | null {
+  return last === null || last.at <= now + HEARTBEAT_FUTURE_SLACK_MS ? last : { at: 0, by: FROM_THE_FUTURE };
+}
+
 function dueAt(ctx: VaultContext, last: HeartbeatRecord | null): number | null {
   return ctx.limits.heartbeatMs === null || last === null ? null : last.at + ctx.limits.heartbeatMs;
 }
 
 /** The reason the switch gives when it fires. */
 function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
-  const since = last.at === 0 ? "an unreadable heartbeat record" : new Date(last.at).toISOString();
+  const since = last.at !== 0 ? new Date(last.at).toISOString() : last.by === FROM_THE_FUTURE ? "a heartbeat record dated in the future" : "an unreadable heartbeat record";
   return `dead-man switch: no heartbeat for ${formatDuration(ctx.limits.heartbeatMs ?? 0)} (the last: ${since})`;
 }
 
@@ -81,7 +99,8 @@ function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
  * deadline has passed, pulls the killswitch as {@link DEADMAN_IDENTITY} and returns the lockout now in
  * force; otherwise null. The caller then refuses what it was doing with lockoutError(state).
  */
-export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, last: HeartbeatRecord | null): Promise<KillswitchState | null> {
+export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, stored: HeartbeatRecord | null): Promise<KillswitchState | null> {
+  const last = counted(stored, now);
   const due = dueAt(ctx, last);
   if (due === null || now <= due) return null;
   const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last!));
@@ -126,7 +145,7 @@ export async function recordIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, n
 
 /** The switch as stored now (for status); `lastBy` only for an admin `who`. */
 export async function heartbeatStatus(ctx: VaultContext, who: Identity): Promise<HeartbeatStatus> {
-  const last = ctx.limits.heartbeatMs === null ? null : await readHeartbeat(ctx.store);
+  const last = ctx.limits.heartbeatMs === null ? null : counted(await readHeartbeat(ctx.store), ctx.now());
   return { everyMs: ctx.limits.heartbeatMs, lastAt: last?.at ?? null, lastBy: who.role === "admin" ? (last?.by ?? null) : null, dueAt: dueAt(ctx, last) };
 }
 
@@ -152,8 +171,9 @@ export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
   // An instance whose limits are not the ones in force (another daemon started with others, perhaps
   // without the switch) does not fire by its own period: the instances in line do, by theirs.
   if (ctx.limits.heartbeatMs === null || limitsStale(ctx)) return false;
-  const due = dueAt(ctx, await readHeartbeat(ctx.store));
-  if (due === null || ctx.now() <= due) return false;
+  const now = ctx.now();
+  const due = dueAt(ctx, counted(await readHeartbeat(ctx.store), now));
+  if (due === null || now <= due) return false;
   if ((await readKillswitch(ctx.store)).engaged) return false;
   const state = await commit(ctx, async (tx, audit, now) => {
     if ((await readKillswitch(tx)).engaged) return null;

@@ -10,6 +10,7 @@ import { VaultError } from "../../base/errors.js";
 import type { LoopbackAddress } from "../../mcp/http.js";
 import type { McpSession } from "../../mcp/server.js";
 import type { Cli } from "../cli.js";
+import { parseDuration } from "../../vault/duration.js";
 import { holdLeases } from "../holding.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
@@ -40,6 +41,11 @@ export const MCP_OPTIONS: readonly OptionSpec[] = [
     description: "never offer the approval page to the client (URL-mode elicitation): requests that need a person's approval are decided with lessor approve / lessor deny only",
   },
   {
+    name: "idle-timeout",
+    value: "<duration>",
+    description: "with --http: end an MCP session that has had no request and no open stream for this long, revoking its leases (default 5m; from 1s to 24h)",
+  },
+  {
     name: "token-file",
     value: "<path>",
     description: "with --http: write the bearer token to this file (mode 0600) instead of printing it on stderr",
@@ -51,6 +57,7 @@ export interface McpCommandOptions {
   agent?: string | undefined;
   http?: string | undefined;
   tokenFile?: string | undefined;
+  idleTimeout?: string | undefined;
   socket?: string | undefined;
   vsockPort?: string | undefined;
   terminalApproval?: boolean | undefined;
@@ -60,6 +67,7 @@ export interface McpCommandOptions {
 export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
   return cli.run(async () => {
     if (o.tokenFile !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--token-file goes with --http (over stdio and sockets there is no token)");
+    if (o.idleTimeout !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--idle-timeout goes with --http (over stdio and sockets a session ends when its connection closes)");
     const ways = [o.http !== undefined ? "--http" : "", o.socket !== undefined ? "--socket" : "", o.vsockPort !== undefined ? "--vsock-port" : ""].filter((w) => w !== "");
     if (ways.length > 1) throw new VaultError("invalid_request", `${ways.join(" and ")}: give one (or none, for stdio)`);
     if (o.socket !== undefined || o.vsockPort !== undefined) {
@@ -74,6 +82,7 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
     ]);
     // Refused before the vault is opened: a non-loopback address is never listened on.
     const address = o.http === undefined ? undefined : http.parseLoopbackAddress(o.http);
+    const idleMs = o.idleTimeout === undefined ? undefined : idleTimeout(o.idleTimeout);
     const backend = await cli.backend();
     const who = await backend.api.whoami();
     const identity = resolveAgent(o.agent, who.identity);
@@ -88,33 +97,39 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
       proxyConfig = structuredClone(DEFAULT_PROXY_CONFIG);
       log(`lessor mcp: cannot read the [proxy] settings of ${backend.home}; using the defaults`);
     }
-    const session = createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
+    const newSession = (): McpSession => createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
     const via = `${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role}`;
     // The session's leases are revoked when it ends: a closed stdout must not end the process first.
     const release = holdLeases();
     try {
       if (address === undefined) {
         log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${via})`);
-        await serveStdio(session, log);
-      } else await serveOverHttp(session, address, o.tokenFile, log, `agent ${JSON.stringify(identity.agent)} (${via})`);
+        await serveStdio(newSession(), log);
+      } else await serveOverHttp(newSession, address, o.tokenFile, idleMs, log, `agent ${JSON.stringify(identity.agent)} (${via})`);
     } finally {
       release();
     }
   });
 }
 
-/** Serves streamable HTTP until SIGINT/SIGTERM/SIGHUP; then closes the sessions and revokes the leases. */
-async function serveOverHttp(session: McpSession, address: LoopbackAddress, tokenFile: string | undefined, log: (line: string) => void, who: string): Promise<void> {
+/** `--idle-timeout`: a duration from 1 s to 24 h, in ms. */
+function idleTimeout(text: string): number {
+  let ms: number;
+  try {
+    ms = parseDuration(text);
+  } catch {
+    ms = NaN;
+  }
+  if (!(ms >= 1000 && ms <= 24 * 3600_000)) throw new VaultError("invalid_request", "--idle-timeout takes a duration from 1s to 24h, such as 5m or 1h");
+  return ms;
+}
+
+/** Serves streamable HTTP until SIGINT/SIGTERM/SIGHUP; then ends the sessions, revoking their leases. */
+async function serveOverHttp(newSession: () => McpSession, address: LoopbackAddress, tokenFile: string | undefined, idleMs: number | undefined, log: (line: string) => void, who: string): Promise<void> {
   const http = await import("../../mcp/http.js");
   const token = http.newToken();
   if (tokenFile !== undefined) http.writeTokenFile(tokenFile, token);
-  let server;
-  try {
-    server = await http.serveHttp({ session, address, token, log });
-  } catch (e) {
-    await session.close();
-    throw e;
-  }
+  const server = await http.serveHttp({ newSession, address, token, log, ...(idleMs !== undefined ? { idleMs } : {}) });
   log(`lessor mcp: serving ${who} on ${server.url}`);
   // Shown once: whoever holds it acts as this agent (the MCP client's configuration needs it).
   log(tokenFile !== undefined ? `lessor mcp: the bearer token is in ${tokenFile}` : `lessor mcp: bearer token: ${token}`);
@@ -127,7 +142,6 @@ async function serveOverHttp(session: McpSession, address: LoopbackAddress, toke
   } finally {
     for (const s of signals) process.off(s, stop);
     await server.close();
-    await session.close();
   }
 }
 
@@ -136,7 +150,7 @@ export function registerMcp(program: Command, cli: Cli): void {
     program
       .command("mcp")
       .description("serve the Model Context Protocol (stdio, streamable HTTP on loopback with --http, or a socket / AF_VSOCK port for VM guests) for an LLM agent: secret names, leases, placeholders and HTTPS through the injecting proxy; never a value")
-      .usage("[--agent A] [--http 127.0.0.1:PORT [--token-file PATH] | --socket PATH | --vsock-port P]"),
+      .usage("[--agent A] [--http 127.0.0.1:PORT [--token-file PATH] [--idle-timeout D] | --socket PATH | --vsock-port P]"),
     MCP_OPTIONS,
   )
     .addHelpText(
@@ -148,7 +162,7 @@ export function registerMcp(program: Command, cli: Cli): void {
         "Examples (the command an MCP client starts):",
         "  lessor mcp --agent claude",
         "  LESSOR_SOCKET=/run/lessor/agent.sock lessor mcp      # the daemon says which agent",
-        "  lessor mcp --agent claude --http 127.0.0.1:8765 --token-file ~/.lessor/mcp.token",
+        "  lessor mcp --agent claude --http 127.0.0.1:8765 --token-file ~/.lessor/mcp.token [--idle-timeout 15m]",
         "  lessor mcp --socket /run/fc/vm1.vsock_5000     # Firecracker VM vm1 ([[vm]]): in the guest, socat - VSOCK-CONNECT:2:5000",
         "  lessor mcp --vsock-port 5000                   # QEMU guests by CID ([[vsock]])",
         "",

@@ -155,6 +155,7 @@ export async function listLeases(x: Exec, filter: LeaseFilter): Promise<LeaseRec
     values.push(v);
     return `$${values.length}`;
   };
+  if (filter.id !== undefined) where.push(`id = ${bind(filter.id)}`);
   if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
   if (filter.secret !== undefined) where.push(`scope = ${bind(filter.secret.scope)} AND name = ${bind(filter.secret.name)}`);
   if (filter.liveAt !== undefined) where.push(`NOT done AND expires_at > ${bind(filter.liveAt)}`);

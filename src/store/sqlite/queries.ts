@@ -216,6 +216,10 @@ export class Queries {
   listLeases(filter: LeaseFilter): LeaseRecord[] {
     const where: string[] = [];
     const params: unknown[] = [];
+    if (filter.id !== undefined) {
+      where.push("id = ?");
+      params.push(filter.id);
+    }
     if (filter.agent !== undefined) {
       where.push("agent = ?");
       params.push(filter.agent);
