@@ -9,7 +9,10 @@ import { writeSync } from "node:fs";
 import { VERSION } from "../version.js";
 import { EXIT } from "./exit-codes.js";
 import { asksVersion } from "./version-flag.js";
-import { holdingLeases } from "./holding.js";
+import { crashCleanups, holdingLeases } from "./holding.js";
+
+/** How long a crashed command's cleanups may take before lessor exits all the same, ms. */
+const CRASH_CLEANUP_MS = 5000;
 
 /** The commands the fast path may take (src/cli/fast-path.ts has one entry for each). */
 export const FAST_COMMANDS = ["lease", "run"] as const;
@@ -43,6 +46,32 @@ export function runCli(args: readonly string[], load: CliLoaders): void {
       }
       throw e;
     });
+  // An error nothing caught (a bug): said as a bug is (Node's own report would print its message,
+  // which may quote a value), the leases of the command revoked, and lessor exits.
+  let crashed = false;
+  const crash = (e: unknown): void => {
+    try {
+      writeSync(2, `lessor: ${internalErrorLine(e)}\n`);
+    } catch {
+      // stderr is gone
+    }
+    if (crashed) return;
+    crashed = true;
+    const cleanups = crashCleanups().map((f) => f().catch(() => {}));
+    if (cleanups.length > 0)
+      try {
+        writeSync(2, "lessor: revoking the leases this command holds before it exits\n");
+      } catch {
+        // stderr is gone
+      }
+    const timer = setTimeout(() => process.exit(EXIT.internal), CRASH_CLEANUP_MS);
+    void Promise.allSettled(cleanups).then(() => {
+      clearTimeout(timer);
+      process.exit(EXIT.internal);
+    });
+  };
+  process.on("uncaughtException", crash);
+  process.on("unhandledRejection", crash);
   const fast = (FAST_COMMANDS as readonly string[]).includes(args[0] ?? "") ? load.fast(args) : Promise.resolve(false);
   void fast
     .then(async (done) => {

@@ -97,10 +97,21 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
       proxyConfig = structuredClone(DEFAULT_PROXY_CONFIG);
       log(`lessor mcp: cannot read the [proxy] settings of ${backend.home}; using the defaults`);
     }
-    const newSession = (): McpSession => createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
+    // The sessions open now, so that a crash can still end them (their leases revoked).
+    const open = new Set<McpSession>();
+    const newSession = (): McpSession => {
+      const s = createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
+      const close = s.close;
+      s.close = () => {
+        open.delete(s);
+        return close();
+      };
+      open.add(s);
+      return s;
+    };
     const via = `${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role}`;
     // The session's leases are revoked when it ends: a closed stdout must not end the process first.
-    const release = holdLeases();
+    const release = holdLeases(() => Promise.allSettled([...open].map((s) => s.close())));
     try {
       if (address === undefined) {
         log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${via})`);

@@ -67,7 +67,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   if (cmd === undefined) throw new VaultError("invalid_request", "say which command to run after --, e.g. lessor run --agent claude -- claude");
   const relay = new SignalRelay({ say: (line) => cli.err(line) });
   // lessor's output closing early (| head) must not end the process before the leases are revoked.
-  const release = holdLeases();
+  const release = holdLeases(() => revoke());
   const conn = new Connection(cli);
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;

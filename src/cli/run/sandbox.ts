@@ -6,7 +6,7 @@
 import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
-import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
+import { delimiter, dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { loadConfig } from "../../config/load.js";
 import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
@@ -273,12 +273,17 @@ export function lessorCodePaths(): string[] {
  * write (lessor installed in the project's node_modules, a Node under a `[run] write` path), or is
  * the same file as a copy there ({@link sharedWithWritable}): the agent could rewrite it, and the
  * owner's next lessor command would run the agent's code, unconfined, with the master key at hand.
- * Throws VaultError("invalid_request").
+ * Throws VaultError("invalid_request"). One case passes: lessor run from a source checkout of lessor
+ * (a `.git` and `src/cli` beside its package.json) on that checkout, which is how lessor's developers,
+ * and its tests, run it: they build what they run from what they read.
  */
 export function refuseWritableSelf(layout: Layout, code: readonly string[] = lessorCodePaths()): void {
   const advice = "install lessor (and Node) outside the directories the agent may write, with a package manager that copies files (npm install -g lessor, or a directory of its own), and run that one. The command was not started";
+  const checkout = code.find((p) => existsSync(join(p, ".git")) && existsSync(join(p, "src", "cli")) && existsSync(join(p, "package.json")));
   for (const p of code) {
     const at = writableAt(layout, p);
+    // The checkout is the project itself (not one vendored inside a project).
+    if (at !== null && checkout !== undefined && at === checkout && (p === checkout || p.startsWith(checkout + sep))) continue;
     if (at !== null)
       throw new VaultError(
         "invalid_request",

@@ -156,7 +156,10 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
 
   const stop = new StopSignals();
   // stdout closing after the environment was printed (| head) must not end the proxy unrevoked.
-  const release = holdLeases();
+  const release = holdLeases(async () => {
+    for (const f of files) removeWritten(f);
+    if (book) await revokeAll(cli, book, backend);
+  });
   const abort = (): void => {
     if (stop.first) throw new Interrupted(stop.first);
   };
