@@ -31,7 +31,7 @@ import * as leases from "./leases.js";
 import * as proxyRequests from "./proxy-requests.js";
 import * as toolCalls from "./tool-calls.js";
 import * as ownAccess from "./own-access.js";
-import { checkAgentId } from "../base/names.js";
+import { checkAgentId, parseRefString, refString } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
 import * as heartbeats from "./heartbeat.js";
 import { armHeartbeat, checkDeadman } from "./heartbeat.js";
@@ -531,13 +531,22 @@ export class VaultSession {
   }
 
   // ---- admin ----
-  /** Queries the audit trail. Admin. */
+  /**
+   * Queries the audit trail. Admin. An agent, secret (`scope/name`, or a bare name in scope `global`)
+   * or lease id no event can carry is refused (invalid_request) rather than answered with no events,
+   * so that a mistyped filter is not read as "nothing happened".
+   */
   async auditQuery(filter: AuditFilter = {}): Promise<AuditRecord[]> {
     optionalObjectParam(filter, "the audit filter");
     if (filter.limit !== undefined && (!Number.isSafeInteger(filter.limit) || filter.limit < 1))
       throw new VaultError("invalid_request", "the audit filter's limit must be a whole number from 1");
+    if (filter.agent !== undefined) checkAgentId(filter.agent);
+    if (filter.leaseId !== undefined) leases.checkLeaseId(filter.leaseId);
+    if (filter.secret !== undefined && typeof filter.secret !== "string")
+      throw new VaultError("invalid_request", 'the audit filter\'s secret is a string "scope/name"');
+    const secret = filter.secret === undefined ? undefined : refString(parseRefString(filter.secret));
     await this.#requireAdmin("read the audit trail");
-    return this.#ctx.store.queryAudit({ ...filter, limit: Math.min(filter.limit ?? 100, 10_000) });
+    return this.#ctx.store.queryAudit({ ...filter, ...(secret !== undefined ? { secret } : {}), limit: Math.min(filter.limit ?? 100, 10_000) });
   }
   /** Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin. */
   async auditVerify(): Promise<AuditVerifyResult> {
