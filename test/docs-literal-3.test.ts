@@ -7,7 +7,7 @@
  * checks the docs' structure against the code; test/newcomer-attacks*.test.ts the first passes;
  * nothing here repeats them.
  *
- * Tests named "BREAK: …" fail until the behaviour the docs promise is restored.
+ * Each test states a behaviour the docs promise that this pass found broken, and that now holds.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -35,7 +35,7 @@ function freshDir(): string {
 const NO_STACK = /\n\s+at .+[:(]\d+/;
 
 describe("docs/cli/admin.md, lessor init --key-source env: the vault is bound to the key it was made with", () => {
-  test("BREAK: after lessor init --key-source env with key K, the first write under another LESSOR_MASTER_KEY takes the vault over and K is refused as not the key it was created with", async () => {
+  test("after lessor init --key-source env with key K, a write under another LESSOR_MASTER_KEY is refused as not this vault's key, and K still opens it", async () => {
     const home = join(freshDir(), "home");
     const K = hex();
     const W = hex(); // a wrong key: another vault's, a stale CI variable, a mis-paste
@@ -51,6 +51,7 @@ describe("docs/cli/admin.md, lessor init --key-source env: the vault is bound to
       1,
       `a write under a key the vault was not created with must be refused (key_unavailable, exit 1); it exited ${wrong.code}: ${wrong.stdout}${wrong.stderr}`,
     );
+    assert.match(wrong.stderr, /does not match this vault/);
     assert.equal(right.code, 0, `the key the vault was created with must still open it; got exit ${right.code}: ${right.stderr}`);
   });
 
@@ -64,7 +65,7 @@ describe("docs/cli/admin.md, lessor init --key-source env: the vault is bound to
 });
 
 describe("README.md / docs/cli/admin.md, lessor init on a home whose key file was lost", () => {
-  test("BREAK: with master.key gone, lessor says `run lessor init`, which writes a new random master.key beside the old data (exit 1, 'does not match this vault') and leaves it there", async () => {
+  test("with master.key gone, lessor says to put the key back (naming where), and lessor init refuses, writing no new master.key beside the old data", async () => {
     const home = await cliHome();
     await seedHome(home, "", [{ name: "github-token", value: CANARY, kind: "pat" }]);
     const keyFile = join(home, "master.key");
@@ -80,6 +81,13 @@ describe("README.md / docs/cli/admin.md, lessor init on a home whose key file wa
       `lessor init wrote a new master.key into a home whose lessor.db is sealed under another key (init exit ${init.code}: ${init.stderr.trim()}); status had said: ${status.stderr.trim()}`,
     );
     assert.doesNotMatch(status.stderr, /run `?lessor init/, "the advice for a vault with data but no key should be to restore the key, not to run lessor init");
+    assert.ok(status.stderr.includes(keyFile), `the advice names where the key file goes: ${status.stderr}`);
+    assert.match(status.stderr, /LESSOR_MASTER_KEY/);
+    assert.equal(init.code, 1, init.stderr);
+    assert.match(init.stderr, /already holds a vault/);
+    assert.match(init.stderr, /1 secret/, `init names what it found: ${init.stderr}`);
+    assert.ok(init.stderr.includes(keyFile), `init says where the key goes back: ${init.stderr}`);
+    assert.doesNotMatch(init.stderr, NO_STACK);
   });
 });
 
