@@ -154,7 +154,9 @@ function duration(source: string, where: string, v: unknown): number {
 export function parseConfig(text: string, source: string): Config {
   let root: Table;
   try {
-    root = parse(text) as Table;
+    // An editor that saves UTF-8 with a byte-order mark puts U+FEFF in front; TOML does not allow it,
+    // and policy.toml drops it the same way (src/vault/policy/parse.ts).
+    root = parse(text.startsWith("\uFEFF") ? text.slice(1) : text) as Table;
   } catch (e) {
     const where = e instanceof TomlError ? `line ${e.line}, column ${e.column}` : "syntax";
     return fail(source, where, `not valid TOML (${(e as Error).message.split("\n")[0]})`);

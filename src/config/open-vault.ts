@@ -4,10 +4,11 @@
  * source, the policy file and the configured audit sinks.
  */
 import { existsSync, statSync } from "node:fs";
+import { storeHoldings } from "../store/copy.js";
 import { createKeyFile } from "../crypto/keys/file.js";
 import { createKeychainKey, keychainMarkerPresent, type KeychainEntry } from "../crypto/keys/keychain.js";
 import { createPassphraseKeyStore, tuneArgon2, type Argon2Params, type PassphraseProvider } from "../crypto/keys/passphrase.js";
-import { selectKeySource } from "../crypto/keys/select.js";
+import { NoKeySource, selectKeySource } from "../crypto/keys/select.js";
 import { jsonlSink } from "../audit/jsonl-sink.js";
 import type { AuditSink, KeySource } from "../vault/ports.js";
 import { VaultError } from "../base/errors.js";
@@ -37,7 +38,10 @@ export interface OpenVaultOptions {
   sinks?: AuditSink[];
   /** Passed through to Vault.open (tests). */
   now?: VaultOptions["now"];
-  /** @internal initHome: the SQLite database may be made (see StoreSettings.create). */
+  /**
+   * @internal initHome: the SQLite database may be made (see StoreSettings.create), and a store that
+   * names no master key yet is bound to the one loaded (see VaultOptions.bindKey).
+   */
   create?: boolean;
   /** Passed through to Vault.open: a daemon starting puts its [vault] limits in force on a shared store. */
   claimLimits?: VaultOptions["claimLimits"];
@@ -91,6 +95,50 @@ export function homeKeySource(home: string, cfg: Config, env: NodeJS.ProcessEnv,
   });
 }
 
+/**
+ * What the home's store holds of a vault, in words (src/store/copy.ts storeHoldings), with where it
+ * is; null when it holds nothing (a memory store, a SQLite file missing or empty or holding no data).
+ */
+async function vaultHoldings(home: string, cfg: Config, env: NodeJS.ProcessEnv): Promise<{ where: string; found: string[] } | null> {
+  if (cfg.store === "memory") return null;
+  const path = inHome(home, HOME_FILES.database);
+  if (cfg.store === "sqlite") {
+    try {
+      if (statSync(path).size === 0) return null;
+    } catch {
+      return null;
+    }
+  }
+  const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, env });
+  try {
+    const found = await storeHoldings(store);
+    return found.length === 0 ? null : { where: cfg.store === "sqlite" ? path : "the PostgreSQL database lessor.toml names", found };
+  } finally {
+    await store.close();
+  }
+}
+
+/** What to do when the home holds a vault but not its key: put the key back, never make a new one. */
+function putKeyBack(home: string, cfg: Config): string {
+  return `put the key the vault was made with back from your backup (a key file goes to ${inHome(home, cfg.keys.file)}, mode 0600; a passphrase key store to ${inHome(home, cfg.keys.passphraseFile)}), or set LESSOR_MASTER_KEY to it (64 hex characters)`;
+}
+
+/**
+ * {@link homeKeySource}; but when no key source is there while the home's store holds a vault (the
+ * key file deleted, or left out of a restored backup), the refusal says to put the vault's key back,
+ * not to run lessor init, whose new key could never open it.
+ */
+async function homeKeySourceFor(home: string, cfg: Config, env: NodeJS.ProcessEnv, getPassphrase?: PassphraseProvider): Promise<KeySource> {
+  try {
+    return homeKeySource(home, cfg, env, getPassphrase);
+  } catch (e) {
+    if (!(e instanceof NoKeySource)) throw e;
+    const held = await vaultHoldings(home, cfg, env).catch(() => null);
+    if (held === null) throw e;
+    throw new VaultError("key_unavailable", `this home holds a vault (${held.where}: ${held.found.join(", ")}) but not its master key: ${putKeyBack(home, cfg)}. A new key from lessor init could never open this vault`);
+  }
+}
+
 /** Opens the vault in a home made by {@link initHome}. */
 export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
   const env = opts.env ?? process.env;
@@ -101,7 +149,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
   // As at init: a home that another user could have swapped since (a parent made writable, a symlink of theirs on the way) is not opened.
   assertSafeLocation(home, "the lessor home");
   const cfg = loadConfig(home);
-  const keys = homeKeySource(home, cfg, env, opts.getPassphrase);
+  const keys = await homeKeySourceFor(home, cfg, env, opts.getPassphrase);
   const policyPath = inHome(home, cfg.policyFile);
   const store = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, changeFeed: cfg.changeFeed, env, ...(opts.create ? { create: true } : {}) });
   const sinks: AuditSink[] = [];
@@ -122,6 +170,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
       limits: cfg.limits,
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.claimLimits ? { claimLimits: opts.claimLimits } : {}),
+      ...(opts.create ? { bindKey: true } : {}),
       // [[rotate]] commands run in the home, with a minimal environment taken from this one.
       ...(cfg.rotate.length > 0 ? { rotationHooks: commandRotationHooks(cfg.rotate, { cwd: home, env }) } : {}),
     });
@@ -159,9 +208,24 @@ export interface InitResult {
 }
 
 /**
+ * Throws VaultError("key_unavailable") when the home's store already holds a vault (its key source
+ * lost: deleted, or left out of a restored backup): a new key made beside it could never open it, and
+ * would sit where the vault's own key must be put back. Says what it found and what to do.
+ */
+async function refuseOverVault(home: string, cfg: Config, env: NodeJS.ProcessEnv, what: string): Promise<void> {
+  const held = await vaultHoldings(home, cfg, env);
+  if (held === null) return;
+  throw new VaultError(
+    "key_unavailable",
+    `this home already holds a vault (${held.where}: ${held.found.join(", ")}) but not the master key it was made with, so lessor init makes no new ${what}: a new key could never open it. Instead, ${putKeyBack(home, cfg)}. To start over with an empty vault, move ${held.where} aside first. Nothing was changed`,
+  );
+}
+
+/**
  * Creates the home (0700), a commented lessor.toml, a starter policy, the key source and the database.
  * Files that exist are kept; an existing key file, key store or keychain marker is never overwritten,
- * and no second key source is made beside one that exists.
+ * and no second key source is made beside one that exists, nor a first one beside a vault that holds
+ * anything (its key was lost: see refuseOverVault).
  */
 export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const env = opts.env ?? process.env;
@@ -171,16 +235,9 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   ensurePrivateDir(home, "the lessor home");
   const created: string[] = [];
   const configPath = inHome(home, HOME_FILES.config);
-  if (!existsSync(configPath)) {
-    writeFileExclusive(configPath, STARTER_CONFIG, 0o600);
-    created.push(configPath);
-  }
+  // The defaults when lessor.toml is absent, which are what the starter file written below says: the
+  // refusals come before anything is written.
   const cfg = loadConfig(home);
-  const policyPath = inHome(home, cfg.policyFile);
-  if (!existsSync(policyPath)) {
-    writeFileExclusive(policyPath, STARTER_POLICY, 0o600);
-    created.push(policyPath);
-  }
   const hasCommand = (cfg.keys.command?.length ?? 0) > 0;
   // A home whose lessor.toml names a key command uses it, unless another source is asked for.
   const keySource = opts.keySource ?? (hasCommand ? "command" : "file");
@@ -204,19 +261,28 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
       `lessor.toml names a key command ([keys] command), which a ${what} would silently replace; run lessor init without --key-source to use the command, or remove [keys] command`,
     );
   if (keySource === "command" && !hasCommand) throw new VaultError("invalid_request", "keySource command needs [keys] command in lessor.toml");
+  if (keySource === "env" && !env["LESSOR_MASTER_KEY"]) throw new VaultError("key_unavailable", "keySource env needs LESSOR_MASTER_KEY set to 64 hex characters");
+  if (keySource === "passphrase" && !anyKey && !opts.passphrase) throw new VaultError("invalid_request", "a passphrase is needed to create a passphrase key store");
+  if (making) await refuseOverVault(home, cfg, env, what);
+  if (!existsSync(configPath)) {
+    writeFileExclusive(configPath, STARTER_CONFIG, 0o600);
+    created.push(configPath);
+  }
+  const policyPath = inHome(home, cfg.policyFile);
+  if (!existsSync(policyPath)) {
+    writeFileExclusive(policyPath, STARTER_POLICY, 0o600);
+    created.push(policyPath);
+  }
   let keychain: KeychainEntry | undefined;
   if (keySource === "file" && !anyKey) {
     createKeyFile(keyFile);
     created.push(keyFile);
   } else if (keySource === "passphrase" && !anyKey) {
-    if (!opts.passphrase) throw new VaultError("invalid_request", "a passphrase is needed to create a passphrase key store");
-    await createPassphraseKeyStore(storeFile, opts.passphrase, opts.argon2 ?? (await tuneArgon2()));
+    await createPassphraseKeyStore(storeFile, opts.passphrase!, opts.argon2 ?? (await tuneArgon2()));
     created.push(storeFile);
   } else if (keySource === "keychain" && !anyKey) {
     keychain = await createKeychainKey(markerFile, { timeoutMs: cfg.keys.keychainTimeoutMs });
     created.push(markerFile);
-  } else if (keySource === "env" && !env["LESSOR_MASTER_KEY"]) {
-    throw new VaultError("key_unavailable", "keySource env needs LESSOR_MASTER_KEY set to 64 hex characters");
   }
   const dbPath = inHome(home, HOME_FILES.database);
   const existed = existsSync(dbPath);

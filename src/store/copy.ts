@@ -136,10 +136,16 @@ function sortById<T extends { id: string }>(rows: T[]): T[] {
  * a migration never merges into, or overwrites, another vault.
  */
 export async function assertEmptyStore(target: Store, describe: string): Promise<void> {
-  const found = await heldBy(target);
-  const meta = await target.listMeta();
-  if (meta.length > 0) found.push(`${meta.length} metadata entr${meta.length === 1 ? "y" : "ies"}`);
+  const found = await storeHoldings(target);
   if (found.length > 0) throw new TargetNotEmpty(describe, found);
+}
+
+/** What `store` holds of a vault, in words ("2 secret(s)", "5 audit event(s)", …, metadata included); empty when nothing. */
+export async function storeHoldings(store: Store): Promise<string[]> {
+  const found = await heldBy(store);
+  const meta = await store.listMeta();
+  if (meta.length > 0) found.push(`${meta.length} metadata entr${meta.length === 1 ? "y" : "ies"}`);
+  return found;
 }
 
 /** What `r` holds of a vault, in words (metadata aside: a transaction cannot list it); empty when nothing. */

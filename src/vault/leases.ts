@@ -316,7 +316,8 @@ function stateError(lease: LeaseRecord, now: number): VaultError | null {
   }
 }
 
-function checkLeaseId(id: unknown): string {
+/** Throws VaultError("invalid_request") unless `id` has a lease id's form (a UUID). */
+export function checkLeaseId(id: unknown): string {
   if (!isUuid(id)) throw new VaultError("invalid_request", "a lease id is a UUID such as 01890a5d-ac96-774b-bcce-b302099a8057");
   return id;
 }
@@ -572,6 +573,8 @@ function checkReason(r: unknown): string {
 /** Lists leases: agents see their own; orchestrators those of agents they act for; admins all. */
 export async function listLeases(ctx: VaultContext, who: Identity, filter: LeaseFilter = {}): Promise<LeaseRecord[]> {
   const f: LeaseFilter = { ...optionalObjectParam(filter, "the lease filter"), limit: Math.min(filter.limit ?? 1000, 10_000) };
+  // A name no agent can have matches nothing: say so rather than answer "no leases".
+  if (f.agent !== undefined) checkAgentId(f.agent);
   if (who.role === "agent") {
     if (f.agent !== undefined && f.agent !== who.agent)
       throw new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`);

@@ -14,7 +14,7 @@ import { requireKeyIn } from "./key-reload.js";
 import { VaultError } from "../base/errors.js";
 import { optionalObjectParam } from "../base/shape.js";
 import { checkPlainText, checkTextValue } from "../base/text.js";
-import { checkRef, refString } from "../base/names.js";
+import { checkRef, checkScope, refString } from "../base/names.js";
 import { SECRET_KINDS, type Identity, type SecretFilter, type SecretKind, type SecretRecord, type SecretRef, type VersionRecord } from "../base/types.js";
 
 /** What {@link storeSecret} takes. */
@@ -256,9 +256,15 @@ export async function getSecretMetadata(ctx: VaultContext, who: Identity, refIn:
   return metadataOf(ctx, ref);
 }
 
-/** Metadata of every matching secret (no values, no versions). Admin or orchestrator. */
+/**
+ * Metadata of every matching secret (no values, no versions). Admin or orchestrator. A scope or tag no
+ * secret can have is refused (invalid_request) rather than answered with an empty list.
+ */
 export async function listSecrets(ctx: VaultContext, who: Identity, filter: SecretFilter = {}): Promise<SecretRecord[]> {
   optionalObjectParam(filter, "the secret filter");
+  if (filter.scope !== undefined) checkScope(filter.scope);
+  if (filter.tag !== undefined && (typeof filter.tag !== "string" || !TAG_RE.test(filter.tag)))
+    throw new VaultError("invalid_request", "a tag is a word of 1-64 letters, digits and _ . : = -");
   await readRole(ctx, who, null);
   return ctx.store.listSecrets(filter);
 }

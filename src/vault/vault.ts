@@ -31,7 +31,7 @@ import * as leases from "./leases.js";
 import * as proxyRequests from "./proxy-requests.js";
 import * as toolCalls from "./tool-calls.js";
 import * as ownAccess from "./own-access.js";
-import { checkAgentId } from "../base/names.js";
+import { checkAgentId, parseRefString, refString } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
 import * as heartbeats from "./heartbeat.js";
 import { armHeartbeat, checkDeadman } from "./heartbeat.js";
@@ -85,6 +85,13 @@ export interface VaultOptions {
    * they are (src/vault/policy-sync.ts openPolicyStamp).
    */
   claimLimits?: Identity;
+  /**
+   * `lessor init`: a store that names no master key yet (no value stored, no audit checkpoint, no
+   * key recorded) records this keyring's current key as the one it was made with
+   * ({@link INIT_KEY_META}), so that from the first open on a different key is refused, not taken as
+   * the vault's by the first write made under it.
+   */
+  bindKey?: boolean;
 }
 
 /** The identity of the program embedding the vault. */
@@ -144,6 +151,21 @@ function storeClock(store: Store): () => number {
   return store.now ? () => store.now!() : Date.now;
 }
 
+/**
+ * The meta key naming the master key id `lessor init` made the vault with. It binds the vault to that
+ * key while nothing else does: once a value is stored or an audit event written, their key ids do
+ * (and a rotation may retire this one).
+ */
+export const INIT_KEY_META = "init_key_id";
+
+/** Records `keyId` as the key the store was made with when the store names none yet (see {@link VaultOptions.bindKey}). */
+async function bindKey(store: Store, keyId: string): Promise<void> {
+  await store.transaction(async (tx) => {
+    const [made, current, cp, inUse] = await Promise.all([tx.getMeta(INIT_KEY_META), tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint(), tx.keyIdsInUse()]);
+    if (made === null && current === null && cp === null && inUse.length === 0) await tx.setMeta(INIT_KEY_META, keyId);
+  });
+}
+
 export class Vault {
   readonly #ctx: VaultContext;
   #closing: Promise<void> | null = null;
@@ -160,10 +182,14 @@ export class Vault {
     let ring = await opts.keys.load();
     let auditKeys: AuditKeys | undefined;
     try {
+      // The keys the stored values and the audit checkpoint name; before either exists, the key
+      // lessor init made the vault with: a vault made under one key never opens under another.
       const missingFrom = async (r: Keyring): Promise<string[]> => {
         const needed = new Set(await opts.store.keyIdsInUse());
         const cp = await opts.store.getCheckpoint();
         if (cp) needed.add(cp.keyId);
+        const made = needed.size === 0 ? await opts.store.getMeta(INIT_KEY_META) : null;
+        if (made !== null) needed.add(made);
         return [...needed].filter((id) => !r.get(id));
       };
       let missing = await missingFrom(ring);
@@ -180,6 +206,7 @@ export class Vault {
           "key_unavailable",
           `the master key from ${opts.keys.describe} does not match this vault (it needs key ${missing.join(", ")}, loaded ${ring.ids().join(", ")}); use the key this vault was created with`,
         );
+      if (opts.bindKey) await bindKey(opts.store, ring.current.id);
       // The key the store records as current is the one written under, whatever the source gives
       // first (a retired key put back, a planted one): src/vault/key-reload.ts checkKeysIn.
       const recorded = await opts.store.getMeta(CURRENT_KEY_META);
@@ -531,13 +558,22 @@ export class VaultSession {
   }
 
   // ---- admin ----
-  /** Queries the audit trail. Admin. */
+  /**
+   * Queries the audit trail. Admin. An agent, secret (`scope/name`, or a bare name in scope `global`)
+   * or lease id no event can carry is refused (invalid_request) rather than answered with no events,
+   * so that a mistyped filter is not read as "nothing happened".
+   */
   async auditQuery(filter: AuditFilter = {}): Promise<AuditRecord[]> {
     optionalObjectParam(filter, "the audit filter");
     if (filter.limit !== undefined && (!Number.isSafeInteger(filter.limit) || filter.limit < 1))
       throw new VaultError("invalid_request", "the audit filter's limit must be a whole number from 1");
+    if (filter.agent !== undefined) checkAgentId(filter.agent);
+    if (filter.leaseId !== undefined) leases.checkLeaseId(filter.leaseId);
+    if (filter.secret !== undefined && typeof filter.secret !== "string")
+      throw new VaultError("invalid_request", 'the audit filter\'s secret is a string "scope/name"');
+    const secret = filter.secret === undefined ? undefined : refString(parseRefString(filter.secret));
     await this.#requireAdmin("read the audit trail");
-    return this.#ctx.store.queryAudit({ ...filter, limit: Math.min(filter.limit ?? 100, 10_000) });
+    return this.#ctx.store.queryAudit({ ...filter, ...(secret !== undefined ? { secret } : {}), limit: Math.min(filter.limit ?? 100, 10_000) });
   }
   /** Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin. */
   async auditVerify(): Promise<AuditVerifyResult> {

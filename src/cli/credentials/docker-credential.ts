@@ -115,6 +115,13 @@ async function get(cli: Cli, serverUrl: string): Promise<number> {
     );
   } catch (e) {
     if (e instanceof VaultError && NO_ANSWER.has(e.code)) return skip(`secret ${refString(reg.secret)}: ${e.message}`);
+    // The owner (not an agent) must say whose lease this is; the place to say it is the entry's
+    // `agent` field, not the protocol's param the core names.
+    if (reg.agent === null && e instanceof VaultError && e.code === "invalid_request" && /must name the agent/.test(e.message))
+      throw new Reply(
+        `lessor: the [docker] entry ${JSON.stringify(reg.registry)} in lessor.toml has no agent: add agent = "<agent id>" to it (only a helper connected as an agent, through LESSOR_SOCKET, may leave it out); see docs/cli/credential-helpers.md`,
+        EXIT.error,
+      );
     throw e;
   }
   try {

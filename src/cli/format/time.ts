@@ -21,7 +21,8 @@ export function relative(ms: number, now = Date.now()): string {
 
 /**
  * Reads a --since/--until value: a duration back from now ("90s", "1h", "2d") or an ISO 8601 date or
- * time ("2025-01-31", "2025-01-31T14:00:00Z"). Throws UsageError naming the option.
+ * time ("2025-01-31", "2025-01-31T14:00:00Z"). Throws UsageError naming the option, for a day the month
+ * does not have ("2025-02-30") too.
  */
 export function parseTimeOption(option: string, text: string, now = Date.now()): number {
   if (/^\d/.test(text) && /[dhms]$/.test(text) && !/[-:T]/.test(text)) {
@@ -31,9 +32,13 @@ export function parseTimeOption(option: string, text: string, now = Date.now()):
       // fall through to the message below
     }
   }
-  if (/^\d{4}-\d{2}-\d{2}/.test(text)) {
+  const ymd = /^(\d{4})-(\d{2})-(\d{2})/.exec(text);
+  if (ymd) {
     const t = Date.parse(text);
-    if (Number.isFinite(t)) return t;
+    // Date.parse rolls a day the month does not have over into the next ("2025-02-30" is 2025-03-02):
+    // the written day must exist in the written month.
+    const [y, m, d] = [Number(ymd[1]), Number(ymd[2]), Number(ymd[3])];
+    if (Number.isFinite(t) && m >= 1 && m <= 12 && d >= 1 && d <= new Date(Date.UTC(y, m, 0)).getUTCDate()) return t;
   }
   throw new UsageError(
     `${option} ${JSON.stringify(text.slice(0, 40))} is not a time: give a duration back from now such as "1h" or "2d", or an ISO date such as "2025-01-31T14:00:00Z"`,

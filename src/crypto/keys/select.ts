@@ -6,7 +6,7 @@
  * 4. the OS keychain, if the keychain marker file `keychainFile` exists (anything at that path, even a
  *    symlink, which the keychain source then refuses);
  * 5. `keyCommand`, if given and non-empty.
- * Otherwise it throws VaultError("key_unavailable") saying how to set one up.
+ * Otherwise it throws {@link NoKeySource} (VaultError "key_unavailable") saying how to set one up.
  *
  * A home with the keychain marker beside a key file or passphrase key store is refused (unless
  * LESSOR_MASTER_KEY is set): which of them holds the vault's key cannot be told, and the one not
@@ -85,8 +85,22 @@ export function selectKeySource(opts: KeySourceOptions): KeySource {
     );
   }
 
-  throw new VaultError(
-    "key_unavailable",
-    "no master key is configured: run `lessor init` (or `lessor init --key-source keychain`), or set LESSOR_MASTER_KEY to 64 hex characters",
-  );
+  throw new NoKeySource();
+}
+
+/**
+ * The refusal of {@link selectKeySource} when no key source is configured at all. A home that still
+ * holds its vault (its key lost) is told instead to put the key back: src/config/open-vault.ts.
+ */
+export class NoKeySource extends VaultError {
+  /** VaultError's own check answers true for every VaultError (any copy of the module); this one only for this refusal. */
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    return x instanceof VaultError && (x as { noKeySource?: unknown }).noKeySource === true;
+  }
+
+  readonly noKeySource = true;
+
+  constructor() {
+    super("key_unavailable", "no master key is configured: run `lessor init` (or `lessor init --key-source keychain`), or set LESSOR_MASTER_KEY to 64 hex characters");
+  }
 }
