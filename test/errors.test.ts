@@ -32,3 +32,22 @@ test("an unexpected error is printed by class and code only; its message (which 
   assert.match(internalErrorLine(e, { LESSOR_DEBUG: "1" }), new RegExp(canary));
   assert.match(internalErrorLine("thrown text", {}), /^internal error: string \(/);
 });
+
+test("a subclass of VaultError is checked by its own prototype: a plain VaultError is not a ProxyRefusal or a TargetNotEmpty", async () => {
+  // VaultError's own instanceof check (any copy of the module) was inherited by its subclasses, so
+  // `e instanceof ProxyRefusal` held for every VaultError: the proxy took any refusal for its own
+  // kind (calling methods it lacks), and migrate took a failed copy for "target not empty" and left
+  // out that the target holds part of the vault.
+  const { ProxyRefusal } = await import("../src/proxy/refusal.js");
+  const { TargetNotEmpty } = await import("../src/store/copy.js");
+  const plain = new VaultError("access_denied", "no");
+  assert.equal(plain instanceof ProxyRefusal, false);
+  assert.equal(plain instanceof TargetNotEmpty, false);
+  const refusal = new ProxyRefusal({ reason: "not_granted", host: "h.example", port: 443 }, "not granted");
+  assert.equal(refusal instanceof ProxyRefusal, true);
+  assert.equal(refusal instanceof VaultError, true);
+  assert.equal(refusal instanceof TargetNotEmpty, false);
+  const full = new TargetNotEmpty("x.db", ["secrets"]);
+  assert.equal(full instanceof TargetNotEmpty, true);
+  assert.equal(full instanceof VaultError, true);
+});

@@ -89,6 +89,9 @@ export class VaultError extends Error {
    * versions of lessor. Code and message are what matter, not which copy of the class.
    */
   static override [Symbol.hasInstance](x: unknown): boolean {
+    // A subclass inherits this method: for it, the plain prototype check (a ProxyRefusal is not any
+    // VaultError). Subclasses are checked within the bundle that made them.
+    if (this !== VaultError) return Function.prototype[Symbol.hasInstance].call(this, x);
     return typeof x === "object" && x !== null && (x as { [BRAND]?: unknown })[BRAND] === true;
   }
 
