@@ -402,6 +402,11 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
     else if (!cs.closed) cs.close(NGHTTP2_INTERNAL_ERROR);
   });
   cs.once("close", () => ur.destroy());
+  // A 101 the agent did not ask for: Node's client would take it as an upgrade and answer nothing.
+  ur.on("upgrade", (_res: IncomingMessage, socket: import("node:stream").Duplex) => {
+    socket.destroy();
+    if (!cs.headersSent) badGateway(ex, tally, Object.assign(new Error("the upstream switched protocols unasked"), { code: "EPROTO" }));
+  });
   ur.on("response", (res: IncomingMessage) => {
     if (trip?.tripped) return void res.destroy();
     const status = res.statusCode ?? 502;

@@ -81,8 +81,21 @@ export function scrubHeaders<T extends IncomingHttpHeaders | OutgoingHttpHeaders
   if (!patterns) return h;
   const out: Record<string, unknown> = {};
   // Names too: an upstream may put what it received into a header's name (`x-seen-<value>: 1`).
-  for (const [k, v] of Object.entries(h)) out[scrubText(k, patterns)] = Array.isArray(v) ? v.map((one: string) => scrubText(one, patterns)) : typeof v === "string" ? scrubText(v, patterns) : v;
+  for (const [k, v] of Object.entries(h)) out[scrubName(k, patterns)] = Array.isArray(v) ? v.map((one: string) => scrubText(one, patterns)) : typeof v === "string" ? scrubText(v, patterns) : v;
   return out as T;
+}
+
+/**
+ * A header name scrubbed. Names arrive lower-cased (Node's parser, HTTP/2), or in any case, and mean
+ * the same in every case: the name is looked at in lower case against the values in lower case, and
+ * when one is found the name goes on in lower case with the placeholder's lower-case form.
+ */
+export function scrubName(name: string, patterns: ScrubPatterns | undefined): string {
+  if (!patterns) return name;
+  const exact = scrubText(name, patterns);
+  const lower = exact.toLowerCase();
+  const scrubbed = scrubText(lower, patterns.lowerCased());
+  return scrubbed === lower ? exact : scrubbed;
 }
 
 /**

@@ -318,6 +318,14 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     counted(ur, (n) => (bytesIn += n));
     relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err));
   });
+  // A 101 the agent did not ask for (this is not an upgrade): Node's client would take it as one and
+  // answer nothing; the agent gets 502.
+  up.on("upgrade", (ur, socket) => {
+    socket.destroy();
+    if (stopped) return;
+    problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${t.host} port ${t.port} answered ${ur.statusCode} to a request that did not ask to switch protocols`);
+    report(502, "unasked upgrade");
+  });
   up.on("error", (e) => {
     if (stopped) return;
     const code = (e as { code?: unknown }).code;

@@ -87,6 +87,17 @@ export class ScrubPatterns {
    * Compiles `patterns`. Throws `invalid_request` for an empty value; a value given twice keeps its
    * first placeholder.
    */
+  readonly #values: readonly Buffer[];
+  #lower: ScrubPatterns | undefined;
+
+  /**
+   * The same patterns in lower case (values and placeholders, ASCII letters only), for text that
+   * arrives lower-cased whatever was sent: header names. Built once, on first use.
+   */
+  lowerCased(): ScrubPatterns {
+    return (this.#lower ??= new ScrubPatterns(this.#values.map((v, i) => ({ value: lowerAscii(v), placeholder: lowerAscii(this.placeholders[i]!) }))));
+  }
+
   constructor(patterns: Iterable<SecretPattern>) {
     const values: Buffer[] = [];
     const placeholders: Buffer[] = [];
@@ -103,6 +114,7 @@ export class ScrubPatterns {
     }
     this.count = values.length;
     this.placeholders = placeholders;
+    this.#values = values;
     this.lengthPreserving = values.every((v, i) => v.length === placeholders[i]!.length);
     this.longest = values.reduce((m, v) => Math.max(m, v.length), 0);
 
@@ -412,4 +424,11 @@ export class ScrubStream extends Transform {
     for (const b of this.scrubber.end()) this.push(b);
     callback();
   }
+}
+
+/** `b` with ASCII letters in lower case (a copy). */
+function lowerAscii(b: Buffer): Buffer {
+  const out = Buffer.from(b);
+  for (let i = 0; i < out.length; i++) if (out[i]! >= 0x41 && out[i]! <= 0x5a) out[i] = out[i]! + 0x20;
+  return out;
 }

@@ -23,7 +23,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Prepared, ProxiedRequest } from "./egress.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
-import { askPolicy, authority, endToEnd, hostOf } from "./headers.js";
+import { askPolicy, authority, endToEnd, hostOf, scrubName } from "./headers.js";
 import { problemResponse, relayResponse, type Tunnel } from "./intercept.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
 import { closeFrame, FrameError, FrameRewriter, type FrameRewriterOptions } from "./ws-frames.js";
@@ -169,7 +169,7 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
     // scrubbed like a body.
     const clean = (t: string): string => (p.scrub ? scrub(Buffer.from(t, "latin1"), p.scrub).toString("latin1") : t);
     let text = "HTTP/1.1 101 Switching Protocols\r\n";
-    for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) text += `${clean(ur.rawHeaders[i]!)}: ${clean(ur.rawHeaders[i + 1]!)}\r\n`;
+    for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) text += `${scrubName(ur.rawHeaders[i]!, p.scrub)}: ${clean(ur.rawHeaders[i + 1]!)}\r\n`;
     client.write(text + "\r\n", "latin1");
     join(client, upSocket, head, upHead, opts.idleTimeoutMs, rewrite, (bytesOut, bytesIn, error) => report(101, bytesOut, bytesIn, error));
   });

@@ -223,7 +223,9 @@ export function refuseWritableBwrap(bwrap: string, layout: Layout): void {
 }
 
 /** The npm packages lessor loads from node_modules at run time (the rest is bundled into dist/). */
-const EXTERNAL_PACKAGES = ["better-sqlite3", "@node-rs/argon2", "pino"];
+const EXTERNAL_PACKAGES = ["better-sqlite3", "@node-rs/argon2", "pino", "@napi-rs/keyring"];
+/** At most this many packages are followed from them (pino's tree is the largest, a few dozen). */
+const MAX_PACKAGES = 400;
 
 /**
  * Where the code of this lessor comes from: the command as started (`process.argv[1]`, a
@@ -257,12 +259,25 @@ export function lessorCodePaths(): string[] {
       add(d);
       break;
     }
-  const req = createRequire(real);
-  for (const name of EXTERNAL_PACKAGES) {
+  // The packages lessor loads from node_modules, and theirs in turn (better-sqlite3 loads bindings…).
+  const seen = new Set<string>();
+  const queue: [string, string][] = EXTERNAL_PACKAGES.map((name) => [name, real]);
+  while (queue.length > 0 && seen.size < MAX_PACKAGES) {
+    const [name, from] = queue.shift()!;
+    let dir: string;
     try {
-      add(dirname(req.resolve(`${name}/package.json`)));
+      dir = dirname(createRequire(from).resolve(`${name}/package.json`));
     } catch {
-      // not installed (optional) or not resolvable from here: not loaded from there either
+      continue; // not installed (optional) or not resolvable from here: not loaded from there either
+    }
+    if (seen.has(dir)) continue;
+    seen.add(dir);
+    add(dir);
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
+      for (const dep of Object.keys({ ...pkg.dependencies, ...pkg.optionalDependencies })) queue.push([dep, join(dir, "package.json")]);
+    } catch {
+      // no readable package.json: nothing more to follow
     }
   }
   return [...out];
