@@ -279,6 +279,16 @@ export function planLayout(req: LayoutRequest): Layout {
  * /home -> /data/home) is followed, and the walk goes on from its target.
  */
 function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null {
+  return walkLinks(p, inside).link;
+}
+
+/**
+ * {@link linkOnTheWay}'s walk: the first link that lies where `inside` holds (`link`), else where `p`
+ * leads once every link on the way is followed (`resolved`; null when a part is missing or the walk
+ * gave up).
+ */
+function walkLinks(p: string, inside: (at: string) => boolean): { link: string | null; resolved: string | null } {
+  const none = { link: null, resolved: null };
   let todo = p.split(sep).filter((x) => x !== "");
   let cur = "";
   for (let hops = 0; todo.length > 0; ) {
@@ -297,25 +307,25 @@ function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null
       // Nothing there (yet): nothing to repoint. Anything else (a directory made unreadable, which
       // the agent could open again) is judged as a link would be.
       const code = (e as NodeJS.ErrnoException).code;
-      return code === "ENOENT" || code === "ENOTDIR" ? null : inside(next) ? next : null;
+      return code === "ENOENT" || code === "ENOTDIR" ? none : { link: inside(next) ? next : null, resolved: null };
     }
     if (!st.isSymbolicLink()) {
       cur = next;
       continue;
     }
-    if (inside(next)) return next;
-    if (++hops > 40) return null;
+    if (inside(next)) return { link: next, resolved: null };
+    if (++hops > 40) return none;
     let target: string;
     try {
       target = readlinkSync(next);
     } catch {
-      return null;
+      return none;
     }
     // The target's parts as written (not normalised): a `..` after a link in it is the kernel's to apply.
     if (target.startsWith(sep)) cur = "";
     todo = [...target.split(sep).filter((x) => x !== ""), ...todo];
   }
-  return null;
+  return { link: null, resolved: cur === "" ? sep : cur };
 }
 
 /**
@@ -332,12 +342,11 @@ export function shows(layout: Layout, path: string): boolean {
 }
 
 /**
- * The first symbolic link on the way to `p` that the sandboxed agent could change (it lies in a
- * writable path of `layout`), or null: a file lessor reads for the run through such a link (an
- * `--env-file`) could have been pointed at another file of the owner's by an earlier run's agent.
+ * Where `p` leads when no link the agent could change is on the way (`resolved`, null if a part is
+ * missing), else that link: to check that a file lessor read for the run is the one the owner named.
  */
-export function agentLinkOnTheWay(layout: Layout, p: string): string | null {
-  return linkOnTheWay(p, (at) => writableAt(layout, at) !== null);
+export function pathForOwner(layout: Layout, p: string): { link: string | null; resolved: string | null } {
+  return walkLinks(p, (at) => writableAt(layout, at) !== null);
 }
 
 /**

@@ -4,6 +4,7 @@
  * leases. A variable may be a reference (`TOKEN=$S:github-token`) or contain several
  * (`DATABASE_URL=postgres://app:$S:db-password@db/app`).
  */
+import { closeSync, openSync, readlinkSync } from "node:fs";
 import { firstNonUtf8Line, readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
@@ -34,10 +35,26 @@ export const MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024;
  * be read, is larger, or is not UTF-8 is an `invalid_request` naming `what` (and the line), never
  * its content. A byte sequence that is not UTF-8 is never silently replaced.
  */
-export function readTextFile(path: string, what: string, option: string): string {
+export function readTextFile(path: string, what: string, option: string, opened?: (real: string | null) => void): string {
   let got: Capped;
   try {
-    got = readCappedSync(path === "-" ? 0 : path, MAX_TEXT_FILE_BYTES);
+    if (path === "-" || opened === undefined) got = readCappedSync(path === "-" ? 0 : path, MAX_TEXT_FILE_BYTES);
+    else {
+      // The file as opened, for a check after the read (src/cli/run/run.ts): which file this really was.
+      const fd = openSync(path, "r");
+      try {
+        let real: string | null = null;
+        try {
+          real = readlinkSync(`/proc/self/fd/${fd}`);
+        } catch {
+          // no /proc: not known
+        }
+        opened(real);
+        got = readCappedSync(fd, MAX_TEXT_FILE_BYTES);
+      } finally {
+        closeSync(fd);
+      }
+    }
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new VaultError("invalid_request", `cannot read ${what} ${path} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the ${option} path`);
@@ -53,14 +70,14 @@ export function readTextFile(path: string, what: string, option: string): string
 }
 
 /** The parent's environment without {@link WITHHELD_VARIABLES}, then each env file over it. */
-export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[]): Map<string, EnvVar> {
+export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[], opened?: Map<string, string | null>): Map<string, EnvVar> {
   const vars = new Map<string, EnvVar>();
   for (const [k, v] of Object.entries(parent)) {
     if (v === undefined || (WITHHELD_VARIABLES as readonly string[]).includes(k)) continue;
     vars.set(k, { value: v, from: "the environment" });
   }
   for (const file of envFiles) {
-    for (const e of parseEnvFile(readTextFile(file, "the env file", "--env-file"), file)) {
+    for (const e of parseEnvFile(readTextFile(file, "the env file", "--env-file", opened ? (real) => opened.set(file, real) : undefined), file)) {
       vars.delete(e.key); // keep file order for the later-wins variables
       vars.set(e.key, { value: e.value, from: `${file}:${e.line}` });
     }

@@ -17,9 +17,9 @@ import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { SignalRelay, signalExitCode } from "./signals.js";
 import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
-import { agentLinkOnTheWay, type Layout } from "../../sandbox/layout.js";
+import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 import { escapeUnsafe } from "../../base/text.js";
-import { resolve } from "node:path";
+import { resolve, sep } from "node:path";
 import type { VaultSession } from "./vault-session.js";
 
 /** Options of {@link runChild}. */
@@ -48,11 +48,23 @@ class Interrupted extends Error {
 /**
  * Refuses an `--env-file` reached through a symbolic link the sandboxed agent can change (in the
  * project, say): an earlier run's agent could have pointed it at another dotenv file of the owner's,
- * whose values would then be handed to the agent. Throws VaultError("invalid_request").
+ * whose values would then be handed to the agent. Checked after the read, against the file that was
+ * really read (`opened`: its path from /proc when it was open), so that an agent of another run
+ * flipping the path between a file and a link cannot slip one past. Throws VaultError("invalid_request").
  */
-function refuseAgentLinkedEnvFiles(layout: Layout, files: readonly string[]): void {
+function refuseAgentLinkedEnvFiles(layout: Layout, files: readonly string[], opened: ReadonlyMap<string, string | null>): void {
   for (const f of files) {
-    const link = agentLinkOnTheWay(layout, resolve(f));
+    const named = resolve(f);
+    const real = opened.get(f) ?? null;
+    const { link, resolved } = pathForOwner(layout, named);
+    // What was read must be where the path leads with no agent's link on the way: a link there when
+    // it was read (and gone now) shows as another file.
+    const inWritable = writableAt(layout, named) !== null || (real !== null && real.startsWith(sep) && writableAt(layout, real) !== null);
+    if (link === null && inWritable && (real === null || resolved !== real))
+      throw new VaultError(
+        "invalid_request",
+        `--env-file ${escapeUnsafe(f)} changed while lessor read it (it is in a writable path of the sandbox, where an agent can replace it with a link to another file of yours); run again, and keep other runs from changing it. The command was not started`,
+      );
     if (link !== null)
       throw new VaultError(
         "invalid_request",
@@ -82,14 +94,15 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     if (relay.early) throw new Interrupted(relay.early);
   };
   try {
-    const vars = baseEnv(process.env, o.envFiles);
+    const opened = new Map<string, string | null>();
+    const vars = baseEnv(process.env, o.envFiles, opened);
     const found = scanEnv(vars);
     // Before any lease: a run that cannot be confined takes none.
     let sandbox: RunSandbox | null = null;
     const paths = vaultPaths(cli.home, process.env);
     if (o.sandbox) {
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
-      refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles);
+      refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles, opened);
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
     } else cli.err(noSandboxWarning(paths, process.env));
     // An agent session for the sandboxed command; unconfined, the command is you and needs none.
