@@ -91,7 +91,7 @@ export function scrubHeaders<T extends IncomingHttpHeaders | OutgoingHttpHeaders
  * when one is found the name goes on in lower case with the placeholder's lower-case form.
  */
 export function scrubName(name: string, patterns: ScrubPatterns | undefined): string {
-  if (!patterns) return name;
+  if (!patterns || name.length < patterns.shortest) return name;
   const exact = scrubText(name, patterns);
   const lower = exact.toLowerCase();
   const scrubbed = scrubText(lower, patterns.lowerCased());
@@ -112,6 +112,7 @@ export function relayableStatus(statusCode: number | undefined, statusMessage: s
 
 /** One header value (or a reason phrase) scrubbed, latin1 in and out. */
 export function scrubText(value: string, patterns: ScrubPatterns | undefined): string {
-  if (!patterns || value.length === 0) return value;
+  // Latin1: one byte per character, so text shorter than the shortest secret cannot hold one.
+  if (!patterns || value.length < patterns.shortest) return value;
   return scrub(Buffer.from(value, "latin1"), patterns).toString("latin1");
 }

@@ -44,6 +44,8 @@ const toBytes = (v: Uint8Array | string): Buffer => (typeof v === "string" ? Buf
 export class ScrubPatterns {
   /** Length of the longest secret, in bytes: a stream holds back at most one byte less. */
   readonly longest: number;
+  /** Length of the shortest secret, in bytes: shorter text cannot hold one. */
+  readonly shortest: number;
   /** Number of distinct secret values. */
   readonly count: number;
   /**
@@ -117,6 +119,7 @@ export class ScrubPatterns {
     this.#values = values;
     this.lengthPreserving = values.every((v, i) => v.length === placeholders[i]!.length);
     this.longest = values.reduce((m, v) => Math.max(m, v.length), 0);
+    this.shortest = values.reduce((m, v) => Math.min(m, v.length), Infinity);
 
     const cls = new Uint8Array(256);
     let classes = 1;
