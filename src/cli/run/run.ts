@@ -79,7 +79,16 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   if (cmd === undefined) throw new VaultError("invalid_request", "say which command to run after --, e.g. lessor run --agent claude -- claude");
   const relay = new SignalRelay({ say: (line) => cli.err(line) });
   // lessor's output closing early (| head) must not end the process before the leases are revoked.
-  const release = holdLeases(() => revoke());
+  // On a crash, what the run's normal end does: its vault session ends (token and its leases
+  // revoked), its proxy stops, its own leases are revoked.
+  const release = holdLeases(async () => {
+    // The command first (its connections to the vault session end with it).
+    relay.killNow();
+    await new Promise((r) => setTimeout(r, 200));
+    await endSession().catch(() => {});
+    await proxy?.close().catch(() => {});
+    await revoke();
+  });
   const conn = new Connection(cli);
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;

@@ -294,7 +294,7 @@ export function lessorCodePaths(): string[] {
  */
 export function refuseWritableSelf(layout: Layout, code: readonly string[] = lessorCodePaths()): void {
   const advice = "install lessor (and Node) outside the directories the agent may write, with a package manager that copies files (npm install -g lessor, or a directory of its own), and run that one. The command was not started";
-  const checkout = code.find((p) => existsSync(join(p, ".git")) && existsSync(join(p, "src", "cli")) && existsSync(join(p, "package.json")));
+  const checkout = code.find((p) => existsSync(join(p, ".git")) && existsSync(join(p, "src", "cli")) && packageName(p) === "lessor");
   for (const p of code) {
     const at = writableAt(layout, p);
     // The checkout is the project itself (not one vendored inside a project).
@@ -311,6 +311,16 @@ export function refuseWritableSelf(layout: Layout, code: readonly string[] = les
       "invalid_request",
       `lessor's own file ${shared.ours} is the same file (a hard link, as pnpm and bun install) as ${shared.theirs}, which the sandboxed agent can write: rewriting it there would rewrite your lessor, and your next lessor command would run the agent's code as you, with your master key at hand; ${advice}`,
     );
+}
+
+/** The `name` of the package.json in `dir`, or null. */
+function packageName(dir: string): string | null {
+  try {
+    const name = (JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: unknown }).name;
+    return typeof name === "string" ? name : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Files compared by identity (device and inode) between lessor's packages and copies in writable paths. */

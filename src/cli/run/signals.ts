@@ -77,6 +77,17 @@ export class SignalRelay {
     else this.#stopTimer = setTimeout(() => this.#kill(`${this.#graceMs / 1000} s after ${s}`), this.#graceMs);
   }
 
+  /** Ends the child at once (SIGKILL, the whole sandbox with it), quietly: lessor itself is failing. */
+  killNow(): void {
+    const child = this.#child;
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+    try {
+      this.#send("SIGKILL");
+    } catch {
+      // the child is already gone
+    }
+  }
+
   #kill(why: string): void {
     const child = this.#child;
     if (child === null || child.exitCode !== null || child.signalCode !== null) return;
