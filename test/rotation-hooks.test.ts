@@ -42,9 +42,10 @@ after(async () => {
 });
 
 /** A home with `config` and the policy, db-password (and api-key) stored as OLD, opened in this process. */
-async function vaultWith(config: string, env: Record<string, string> = {}): Promise<{ vault: Vault; home: string }> {
+async function vaultWith(config: string, env: Record<string, string> | ((home: string) => Record<string, string>) = {}): Promise<{ vault: Vault; home: string }> {
   const home = await makeHome({ config, policy: POLICY });
-  const vault = await openVault({ home, env: { LESSOR_HOME: home, PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env } });
+  const extra = typeof env === "function" ? env(home) : env;
+  const vault = await openVault({ home, env: { LESSOR_HOME: home, PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...extra } });
   vaults.push(vault);
   await vault.admin().storeSecret({ name: "db-password", value: OLD });
   await vault.admin().storeSecret({ name: "api-key", value: OLD });
@@ -116,7 +117,9 @@ describe("a rotation hook run by the vault", () => {
 
   test("the command's environment is minimal: no LESSOR_* variable, nothing the vault's environment adds", async () => {
     const dir = state();
-    const { vault } = await vaultWith(entry("db-password", "env", dir, NEW), { LESSOR_MASTER_KEY: "ab".repeat(32), LESSOR_PASSPHRASE: OLD, AWS_SECRET_ACCESS_KEY: OLD, LANG: "C.UTF-8" });
+    // The vault's own key, given in the environment as well (a vault is bound to its key at init).
+    const keyOf = (home: string): string => (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys[0]!;
+    const { vault } = await vaultWith(entry("db-password", "env", dir, NEW), (home) => ({ LESSOR_MASTER_KEY: keyOf(home), LESSOR_PASSPHRASE: OLD, AWS_SECRET_ACCESS_KEY: OLD, LANG: "C.UTF-8" }));
     await vault.admin().rotateSecretByHook({ scope: "global", name: "db-password" });
     const names = JSON.parse(readFileSync(join(dir, "env"), "utf8")) as string[];
     for (const n of names) assert.ok((HOOK_ENV_KEEP as readonly string[]).includes(n), `the hook saw ${n}`);
