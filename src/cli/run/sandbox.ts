@@ -262,23 +262,22 @@ export function lessorCodePaths(): string[] {
   // The packages lessor loads from node_modules, and theirs in turn (better-sqlite3 loads bindings…).
   const seen = new Set<string>();
   const queue: [string, string][] = EXTERNAL_PACKAGES.map((name) => [name, real]);
+  const requirers = new Map<string, NodeJS.Require>();
   while (queue.length > 0 && seen.size < MAX_PACKAGES) {
     const [name, from] = queue.shift()!;
+    let req = requirers.get(from);
+    if (req === undefined) requirers.set(from, (req = createRequire(from)));
     let dir: string;
     try {
-      dir = dirname(createRequire(from).resolve(`${name}/package.json`));
+      dir = dirname(req.resolve(`${name}/package.json`));
     } catch {
       continue; // not installed (optional) or not resolvable from here: not loaded from there either
     }
     if (seen.has(dir)) continue;
     seen.add(dir);
     add(dir);
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
-      for (const dep of Object.keys({ ...pkg.dependencies, ...pkg.optionalDependencies })) queue.push([dep, join(dir, "package.json")]);
-    } catch {
-      // no readable package.json: nothing more to follow
-    }
+    const pkg = readPackage(dir);
+    for (const dep of Object.keys({ ...pkg?.dependencies, ...pkg?.optionalDependencies })) queue.push([dep, join(dir, "package.json")]);
   }
   return [...out];
 }
@@ -313,14 +312,32 @@ export function refuseWritableSelf(layout: Layout, code: readonly string[] = les
     );
 }
 
+/** What lessor reads of a package.json. */
+interface PackageJson {
+  name?: unknown;
+  dependencies?: Record<string, string>;
+  optionalDependencies?: Record<string, string>;
+}
+
+/** The package.json in `dir` (null: none, or unreadable), read once per process. */
+const packages = new Map<string, PackageJson | null>();
+function readPackage(dir: string): PackageJson | null {
+  if (!packages.has(dir)) {
+    let pkg: PackageJson | null = null;
+    try {
+      pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as PackageJson;
+    } catch {
+      // no readable package.json
+    }
+    packages.set(dir, pkg);
+  }
+  return packages.get(dir)!;
+}
+
 /** The `name` of the package.json in `dir`, or null. */
 function packageName(dir: string): string | null {
-  try {
-    const name = (JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: unknown }).name;
-    return typeof name === "string" ? name : null;
-  } catch {
-    return null;
-  }
+  const name = readPackage(dir)?.name;
+  return typeof name === "string" ? name : null;
 }
 
 /** Files compared by identity (device and inode) between lessor's packages and copies in writable paths. */
@@ -336,13 +353,8 @@ const SHARED_CHECK_FILES = ["package.json", "dist/bin/lessor.cjs", "dist/bin/mai
 export function sharedWithWritable(layout: Layout, code: readonly string[]): { ours: string; theirs: string } | null {
   const roots = layout.mounts.filter((m) => m.kind === "bind" && m.writable).map((m) => m.path);
   for (const dir of code) {
-    let name: string;
-    try {
-      name = (JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: unknown }).name as string;
-    } catch {
-      continue; // not a package directory (Node's binary, the entry file)
-    }
-    if (typeof name !== "string" || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
+    const name = packageName(dir); // null: not a package directory (Node's binary, the entry file)
+    if (name === null || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
     const ours = new Map<string, string>();
     for (const f of SHARED_CHECK_FILES) {
       try {
