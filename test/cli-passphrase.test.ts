@@ -119,4 +119,17 @@ describe("a passphrase vault prompts on the terminal", { skip: !hasScript && "ut
     assert.equal(i.code, 2, i.stderr);
     assert.match(i.stderr, /stdin is not a terminal to ask for it on; run lessor init --passphrase in a terminal, or set LESSOR_PASSPHRASE/);
   });
+
+  test("init refuses a LESSOR_PASSPHRASE with a trailing newline or other control character, which no prompt could type", async () => {
+    for (const [pass, what] of [[`${PASS}\n`, /a newline at position 24/], [`${PASS}\r`, /0x0d at position 24/], [`a\x1bb`, /0x1b at position 2/]] as const) {
+      const h = freshHome();
+      const r = await runCli(["init", "--key-source", "passphrase"], { home: h, env: { LESSOR_PASSPHRASE: pass } });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /LESSOR_PASSPHRASE holds a control character/);
+      assert.match(r.stderr, what);
+      assert.match(r.stderr, /nothing was created/);
+      assert.ok(!r.stderr.includes(PASS), "the passphrase itself is not echoed");
+      assert.equal(existsSync(join(h, "keystore.json")), false, "no key store was made");
+    }
+  });
 });

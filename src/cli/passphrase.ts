@@ -51,11 +51,23 @@ export function terminalPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = S
 
 /**
  * The passphrase for a new key store (`lessor init --passphrase`): LESSOR_PASSPHRASE, else typed
- * twice on the terminal without echo. Refuses an empty or mismatched one; creates nothing itself.
+ * twice on the terminal without echo. Refuses an empty or mismatched one, and a variable holding a
+ * control character (a trailing newline, say) that no prompt could type; creates nothing itself.
  */
 export async function newPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = STD()): Promise<string> {
   const set = fromEnv(env);
-  if (set !== undefined) return set;
+  if (set !== undefined) {
+    // A newline or other control character (from `echo` or a file read whole) would be part of the
+    // passphrase, and no terminal prompt could ever type it: the vault would open from scripts only.
+    // eslint-disable-next-line no-control-regex
+    const bad = /[\x00-\x1f\x7f]/.exec(set);
+    if (bad !== null)
+      throw new VaultError(
+        "invalid_request",
+        `LESSOR_PASSPHRASE holds a control character (${bad[0] === "\n" ? "a newline" : `0x${bad[0].charCodeAt(0).toString(16).padStart(2, "0")}`} at position ${bad.index + 1}), which a passphrase typed at the prompt can never hold; nothing was created. Set it without one (printf '%s', or $(cat file) which drops the last newline) and run lessor init again`,
+      );
+    return set;
+  }
   if (io.input.isTTY !== true)
     throw new VaultError(
       "invalid_request",
