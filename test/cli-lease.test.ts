@@ -167,6 +167,12 @@ describe("lessor lease (embedded)", () => {
       [["revoke"], /say what to revoke/],
       [["revoke", "01940000-0000-7000-8000-000000000000", "--agent", "claude"], /exactly one/],
       [["leases", "--limit", "x"], /--limit takes a whole number/],
+      // a malformed --domain is a typo, not a policy refusal (which would read as a missing grant)
+      [["lease", "github-token", "--agent", "claude", "--domain", "api..github.com"], /^lessor: --domain "api\.\.github\.com": it has an empty label/],
+      [["lease", "github-token", "--agent", "claude", "--domain", "*.*.github.com"], /^lessor: --domain "\*\.\*\.github\.com": it may have only one "\*"/],
+      [["run", "--agent", "claude", "--domain", "api.github.com/x", "--", "true"], /^lessor: --domain "api\.github\.com\/x":/],
+      [["proxy", "--agent", "claude", "--domain", "a b"], /^lessor: --domain "a b":/],
+      [["inject", "-i", "-", "--agent", "claude", "--domain", "x_y.com"], /^lessor: --domain "x_y\.com":/],
     ];
     for (const [args, msg] of cases) {
       const r = await cli(args, { home });

@@ -4,7 +4,7 @@
  */
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
-import { collect } from "../format/options.js";
+import { checkDomains, collect } from "../format/options.js";
 
 export function registerInject(program: Command, cli: Cli): void {
   program
@@ -31,6 +31,7 @@ export function registerInject(program: Command, cli: Cli): void {
     )
     .action((o: { in: string; out?: string; agent: string; domain: string[]; ttl?: string }) =>
       cli.run(async () => {
+        checkDomains(o.domain);
         const { injectTemplate } = await import("../run/inject.js");
         return injectTemplate(cli, {
           input: o.in,

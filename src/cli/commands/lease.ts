@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { UsageError, type Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { leaseJson, leaseState } from "../format/lease.js";
-import { positiveInt } from "../format/options.js";
+import { checkDomains, positiveInt } from "../format/options.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
@@ -61,6 +61,7 @@ function checkTtl(ttl: string): void {
 export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<void> {
   return cli.run(async () => {
     const domains = o.domain ?? [];
+    checkDomains(domains);
     const maxUses = o.maxUses === undefined ? (o.json ? undefined : 1) : positiveInt("--max-uses", o.maxUses);
     if (o.ttl !== undefined) checkTtl(o.ttl);
     const { api } = await cli.backend();

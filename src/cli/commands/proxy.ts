@@ -4,6 +4,7 @@
  * container. See docs/cli/proxy.md and docs/proxy.md.
  */
 import type { Command } from "commander";
+import { checkDomains } from "../format/options.js";
 import type { Cli } from "../cli.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
@@ -63,6 +64,7 @@ export function registerProxy(program: Command, cli: Cli): void {
     )
     .action((o: ProxyCommandOptions) =>
       cli.run(async () => {
+        checkDomains(o.domain ?? []);
         const { serveProxy } = await import("../run/serve-proxy.js");
         return serveProxy(cli, {
           agent: o.agent,

@@ -4,6 +4,7 @@
  * unless --no-sandbox. See docs/cli/run.md and docs/sandbox.md.
  */
 import type { Command } from "commander";
+import { checkDomains } from "../format/options.js";
 import { UsageError, type Cli } from "../cli.js";
 import { escapeUnsafe } from "../../base/text.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
@@ -37,6 +38,7 @@ export interface RunCommandOptions {
 /** Runs `lessor run … -- COMMAND…`; the exit code becomes the command's. */
 export function runAction(cli: Cli, command: string[], o: RunCommandOptions): Promise<void> {
   return cli.run(async () => {
+    checkDomains(o.domain ?? []);
     const { runChild } = await import("../run/run.js");
     return runChild(
       cli,
