@@ -3,7 +3,8 @@
  * (the class, never the message, which may quote a value), revokes the command's leases, removes
  * what it wrote, and exits 70. Shown with the built CLI's `lessor proxy`, crashed by a preloaded
  * script (test/fixtures/crash-later.cjs) once it serves; without the entry's handler Node would print
- * the message and exit, the lease left live.
+ * the message and exit, the lease left live. `lessor inject` likewise, crashed as it writes its output
+ * (test/fixtures/crash-on-output.cjs).
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -18,6 +19,7 @@ import { BIN } from "./cli-harness.js";
 import { inTime } from "./proxy-harness.js";
 
 const PRELOAD = fileURLToPath(new URL("./fixtures/crash-later.cjs", import.meta.url));
+const ON_OUTPUT = fileURLToPath(new URL("./fixtures/crash-on-output.cjs", import.meta.url));
 
 test("lessor proxy crashing on a bug: the bug is said without its message, the lease is revoked, the env file removed, exit 70", async () => {
   const dir = mkdtempSync(join(tmpdir(), "lessor-crash-"));
@@ -58,6 +60,46 @@ test("lessor proxy crashing on a bug: the bug is said without its message, the l
       const leases = await after.admin().listLeases({ agent: "crashy" });
       assert.equal(leases.length, 1);
       assert.notEqual(leases[0]!.revokedAt, null, "the proxy's lease is revoked");
+    } finally {
+      await after.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("lessor inject crashing on a bug while it holds its leases: they are revoked, exit 70", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-crash-"));
+  try {
+    const home = join(dir, "home", ".lessor");
+    const TOKEN = "ghp_" + randomBytes(18).toString("hex");
+    const CANARY = "canary-" + randomBytes(8).toString("hex");
+    await initHome({ home, env: { LESSOR_HOME: home } });
+    writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "g"\neffect = "allow"\nagents = ["crashy"]\nsecrets = ["tok"]\ndomains = ["api.crash.example"]\n`, { mode: 0o600 });
+    const vault = await openVault({ home, env: { LESSOR_HOME: home } });
+    try {
+      await vault.admin().storeSecret({ name: "tok", value: TOKEN });
+    } finally {
+      await vault.close();
+    }
+    const child = spawn(process.execPath, ["--require", ON_OUTPUT, "--", BIN, "inject", "-i", "-", "--agent", "crashy"], {
+      env: { PATH: "/usr/bin:/bin", HOME: join(dir, "home"), LESSOR_HOME: home, LESSOR_TEST_CRASH_CANARY: CANARY },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    child.stdin.end("token: $S:tok\n");
+    const code = await inTime(new Promise<number | null>((r) => child.on("close", (c) => r(c))), 30_000, "lessor inject exits after the crash");
+    assert.equal(code, 70, err);
+    assert.match(err, /lessor: internal error: Error \(this is a bug/);
+    assert.ok(!err.includes(CANARY) && !err.includes(TOKEN) && !out.includes(TOKEN));
+    const after = await openVault({ home, env: { LESSOR_HOME: home } });
+    try {
+      const leases = await after.admin().listLeases({ agent: "crashy" });
+      assert.equal(leases.length, 1, "inject took its lease before the crash");
+      assert.notEqual(leases[0]!.revokedAt, null, "inject's lease is revoked by the crash handler");
     } finally {
       await after.close();
     }

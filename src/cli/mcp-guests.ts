@@ -60,7 +60,8 @@ export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<void
     maxPerGuest: MAX_GUEST_SESSIONS,
     maxTotal: MAX_STREAM_SESSIONS,
   });
-  const release = holdLeases();
+  // On a bug (an error nothing catches) the entry closes the open sessions, which revokes their leases.
+  const release = holdLeases(async () => sessions.close());
   let stop: () => void = () => {};
   const stopped = new Promise<void>((r) => (stop = r));
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;

@@ -63,8 +63,9 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
   let book: LeaseBook | null = null;
   const parts: Buffer[] = [];
   let out: Buffer | null = null;
-  // A closed stdout (EPIPE) must not end the process before the leases below are revoked.
-  const release = holdLeases();
+  // A closed stdout (EPIPE) must not end the process before the leases below are revoked, nor
+  // must a bug (an error nothing catches): the entry then revokes them (holding.ts).
+  const release = holdLeases(async () => book?.revokeAll("lessor inject failed"));
   try {
     if (refs.length > 0) {
       const positions = lineCols(text, refs.map((r) => r.start));
