@@ -23,7 +23,7 @@ import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
-import { responseCoding } from "./response-coding.js";
+import { askWhole, responseCoding } from "./response-coding.js";
 import { TunnelUpstream } from "./upstream.js";
 
 const { NGHTTP2_FLAG_END_STREAM, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = constants;
@@ -337,8 +337,8 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
     ":path": p.target,
   };
   if (ex.te) headers.te = "trailers";
-  // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
-  if (p.scrub) headers["accept-encoding"] = "identity";
+  // The scrubber reads whole plain answers: ask for an identity body and no range (./response-coding.ts).
+  if (p.scrub) askWhole(headers);
   if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, false);
   let us: ReturnType<ClientHttp2Session["request"]>;
   try {
@@ -383,7 +383,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
 function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: Tally): void {
   const { t, cs } = ex;
   const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers, NOT_END_TO_END_H2), host: authority(t) };
-  if (p.scrub) headers["accept-encoding"] = "identity";
+  if (p.scrub) askWhole(headers);
   if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, true);
   let ur: ClientRequest;
   try {
@@ -455,7 +455,7 @@ function relay(
   }
   let src: Readable = body;
   if (scrub) {
-    const coding = responseCoding(rh);
+    const coding = responseCoding(status, rh);
     if ("problem" in coding) {
       body.destroy();
       tally.status = 502;

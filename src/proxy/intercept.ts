@@ -17,7 +17,7 @@ import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
-import { responseCoding } from "./response-coding.js";
+import { askWhole, responseCoding } from "./response-coding.js";
 
 
 /** Everything the proxy knows about one intercepted tunnel. */
@@ -270,8 +270,8 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     return;
   }
   const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t) };
-  // The scrubber reads plain bytes: ask for an identity body; a compressed one is decompressed below.
-  if (p.scrub) headers["accept-encoding"] = "identity";
+  // The scrubber reads whole plain answers: ask for an identity body and no range (./response-coding.ts).
+  if (p.scrub) askWhole(headers);
   // A body rule: the body streams through the reverse patterns (./request-body.ts), unless compressed.
   const rewrite = p.requestBody !== undefined && h1HasBody(req.headers) ? p.requestBody : undefined;
   if (rewrite) {
@@ -382,7 +382,7 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
   const headers: OutgoingHttpHeaders = scrubHeaders(endToEnd(ur.headers), scrub);
   const stages: NodeJS.ReadWriteStream[] = [];
   if (scrub) {
-    const coding = responseCoding(ur.headers);
+    const coding = responseCoding(ur.statusCode ?? 0, ur.headers);
     if ("problem" in coding) {
       ur.destroy();
       problemResponse(res, 502, "encoding", coding.problem);

@@ -4,16 +4,33 @@
  * scrubbed. A Transfer-Encoding other than `chunked` or `identity` (RFC 9112 §6.1: `gzip, chunked` is valid HTTP/1.1)
  * leaves its coding on the bytes Node's parser hands over once it removed the chunking, so it is
  * refused too: scrubbing compressed bytes finds nothing, and the client would decode the value.
+ *
+ * The scrubber sees one answer at a time, so a value an upstream echoes must come whole: a request
+ * whose answer is scrubbed asks for an identity body and the whole resource ({@link askWhole}), and a
+ * partial answer (206) is refused: two ranged reads of a stored echo would each hold half a value,
+ * which no pattern matches, and the agent would join them.
  */
-import type { IncomingHttpHeaders } from "node:http";
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Transform } from "node:stream";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 
 /** The decoder (undefined: none needed), or the problem sentence for a 502. */
 export type ResponseCoding = { decode: Transform | undefined } | { problem: string };
 
-/** See the module comment. */
-export function responseCoding(headers: IncomingHttpHeaders | Record<string, unknown>): ResponseCoding {
+/**
+ * Makes `headers` (names lower case) ask for what the scrubber can read: an identity body (a
+ * compressed one is still decoded if it comes), and the whole resource, never a range of it.
+ */
+export function askWhole(headers: OutgoingHttpHeaders): void {
+  headers["accept-encoding"] = "identity";
+  delete headers["range"];
+  delete headers["if-range"];
+}
+
+/** See the module comment. `status`: the answer's; a partial one (206) cannot be scrubbed. */
+export function responseCoding(status: number, headers: IncomingHttpHeaders | Record<string, unknown>): ResponseCoding {
+  if (status === 206)
+    return { problem: "Bad gateway: the upstream answered with part of a resource (206), which the proxy cannot scrub; it asked for the whole" };
   const te = headers["transfer-encoding"];
   if (te !== undefined) {
     // Split as the HTTP grammar does (spaces and tabs only around commas): a no-break space or an

@@ -25,6 +25,7 @@ import type { Prepared, ProxiedRequest } from "./egress.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
 import { askPolicy, authority, endToEnd, hostOf, scrubName } from "./headers.js";
 import { problemResponse, relayResponse, type Tunnel } from "./intercept.js";
+import { askWhole } from "./response-coding.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
 import { closeFrame, FrameError, FrameRewriter, type FrameRewriterOptions } from "./ws-frames.js";
 
@@ -127,7 +128,7 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
   }
   const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t), connection: "Upgrade", upgrade: "websocket" };
   // The scrubber reads plain bytes (a non-101 answer is relayed through it).
-  if (p.scrub) headers["accept-encoding"] = "identity";
+  if (p.scrub) askWhole(headers);
   // Frames to rewrite: no extension (a compressed frame cannot be rewritten).
   // The body tripwire watches the client's frames (./ws-frames.ts): at a mark the connection closes
   // with 1008, and the policy revokes what tripped it.
