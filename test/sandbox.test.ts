@@ -21,8 +21,9 @@ import { BIN, runCli, seedHome } from "./cli-harness.js";
 import { startServe, type RunningDaemon } from "./daemon-harness.js";
 import { initHome } from "../src/config/open-vault.js";
 import { planLayout } from "../src/sandbox/layout.js";
-import { withheldReason } from "../src/sandbox/env.js";
+import { parsePaths, pathsNamedBy, PATH_VARIABLES, withheldReason } from "../src/sandbox/env.js";
 import { encodeArgs } from "../src/sandbox/bwrap-args.js";
+import { expandStore } from "../src/sandbox/hidden.js";
 import { findBwrap, probeSandbox } from "../src/sandbox/detect.js";
 
 const NODE = process.execPath;
@@ -483,6 +484,44 @@ describe("sandbox parts (unit)", () => {
     for (const n of ["SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"]) assert.equal(withheldReason(n), "session", n);
     for (const n of ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY", "DB_PASSWORD", "TOKEN", "NPM_TOKEN"]) assert.equal(withheldReason(n), "credential", n);
     for (const n of ["PATH", "HOME", "LANG", "TERM", "TOKENIZERS_PARALLELISM", "NODE_OPTIONS", "EDITOR"]) assert.equal(withheldReason(n), null, n);
+  });
+
+  test("env: every variable that names a credential path is withheld, and the paths it names are read as its tools read them", () => {
+    for (const v of PATH_VARIABLES) assert.equal(withheldReason(v.name), v.reason, v.name);
+    for (const n of ["AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "PASSWORD_STORE_DIR", "PGPASSFILE", "GOOGLE_APPLICATION_CREDENTIALS"]) assert.equal(withheldReason(n), "credential", n);
+    const env = {
+      KUBECONFIG: "/h/.kube/a::rel/b",
+      DOCKER_HOST: "unix:///h/.colima/docker.sock",
+      PGPASSFILE: "pg/pass",
+      GPG_AGENT_INFO: "/h/.gnupg/S.gpg-agent:1234:1",
+      KRB5CCNAME: "DIR::/h/krb/tkt",
+      DBUS_SESSION_BUS_ADDRESS: "unix:abstract=/x;unix:path=/h/bus%20sock,guid=1",
+      GNUPGHOME: "/",
+      PATH: "/usr/bin",
+    };
+    assert.deepEqual(
+      pathsNamedBy(env, "/cwd").map((p) => `${p.name}=${p.path}`).sort(),
+      ["DBUS_SESSION_BUS_ADDRESS=/h/bus sock", "DOCKER_HOST=/h/.colima/docker.sock", "GPG_AGENT_INFO=/h/.gnupg/S.gpg-agent", "KRB5CCNAME=/h/krb/tkt", "KUBECONFIG=/cwd/rel/b", "KUBECONFIG=/h/.kube/a", "PGPASSFILE=/cwd/pg/pass"],
+    );
+    for (const v of ["tcp://127.0.0.1:2375", "ssh://me@host", "unix://"]) assert.deepEqual(parsePaths("unix-url", v), [], v);
+    for (const v of ["KEYRING:persistent:1000", "KCM:", "MEMORY:x"]) assert.deepEqual(parsePaths("krb5-ccache", v), [], v);
+    assert.deepEqual(parsePaths("krb5-ccache", "FILE:/tmp/krb5cc_1"), ["/tmp/krb5cc_1"]);
+    assert.deepEqual(parsePaths("krb5-ccache", "/tmp/krb5cc_1"), ["/tmp/krb5cc_1"]);
+  });
+
+  test("a credential store with a * in its last part covers what that directory holds now (~/.cache/keyring-*)", () => {
+    const home = mkdtempSync(join(tmpdir(), "lessor-store-glob-"));
+    try {
+      mkdirSync(join(home, ".cache", "keyring-AB12"), { recursive: true });
+      mkdirSync(join(home, ".cache", "keyring-CD34"));
+      mkdirSync(join(home, ".cache", "pip"));
+      assert.deepEqual(expandStore("~/.cache/keyring-*", home).sort(), [join(home, ".cache", "keyring-AB12"), join(home, ".cache", "keyring-CD34")]);
+      assert.deepEqual(expandStore("~/.nothing/keyring-*", home), []);
+      assert.deepEqual(expandStore("~/.ssh", home), [join(home, ".ssh")]);
+      assert.deepEqual(expandStore("~/.ssh", undefined), []);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 
   test("bwrap arguments go through a NUL-separated pipe; a NUL inside one is refused", () => {

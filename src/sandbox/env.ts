@@ -3,6 +3,7 @@
  * environment is passed to bwrap as an allow-list (`--clearenv`, then one `--setenv` per variable),
  * so nothing else of lessor's own environment reaches it.
  */
+import { isAbsolute, resolve, sep } from "node:path";
 
 /** Why a variable from the owner's environment is withheld, or null when it may pass. */
 export type WithheldReason = "lessor" | "session" | "credential";
@@ -10,39 +11,85 @@ export type WithheldReason = "lessor" | "session" | "credential";
 /** lessor's own: the master key, the passphrase, the daemon's address and the caller's token. */
 const LESSOR_PREFIX = "LESSOR_";
 
+/** Where a variable's value names paths, and how to read them out of it. */
+export type PathSyntax =
+  /** One path (relative: to where lessor runs, as the tools that read it do). */
+  | "path"
+  /** Paths separated by `:` (KUBECONFIG). */
+  | "path-list"
+  /** `unix://PATH` (DOCKER_HOST); other schemes name no path. */
+  | "unix-url"
+  /** `PATH:PID:PROTOCOL` (GPG_AGENT_INFO). */
+  | "gpg-agent-info"
+  /** A Kerberos cache name: `FILE:PATH`, `DIR:PATH` or a bare path; other types (KEYRING:, KCM:) name no path. */
+  | "krb5-ccache"
+  /** A D-Bus address: each `unix:path=` of its `;`-separated entries, %XX decoded; only absolute ones. */
+  | "dbus-address";
+
+/** A variable of the owner's whose value names a credential, a session socket or a store of them. */
+export interface PathVariable {
+  name: string;
+  /** Why it is withheld from the agent ({@link withheldReason}). */
+  reason: WithheldReason;
+  syntax: PathSyntax;
+  /** What the path is, for messages. */
+  what: string;
+}
+
+/**
+ * The variables whose value names a path the agent must not reach: each is withheld from the agent's
+ * environment (below), and the paths it names are covered in the sandbox like the credential stores
+ * (src/cli/run/sandbox.ts), so withholding the variable does not leave its file, directory or socket
+ * to be found by name. One table, so the two cannot drift apart.
+ */
+export const PATH_VARIABLES: readonly PathVariable[] = [
+  { name: "SSH_AUTH_SOCK", reason: "session", syntax: "path", what: "your ssh agent's socket" },
+  { name: "GPG_AGENT_INFO", reason: "session", syntax: "gpg-agent-info", what: "your gpg agent's socket" },
+  { name: "GNUPGHOME", reason: "session", syntax: "path", what: "your GnuPG home ($GNUPGHOME)" },
+  { name: "DBUS_SESSION_BUS_ADDRESS", reason: "session", syntax: "dbus-address", what: "your D-Bus session bus" },
+  { name: "DBUS_STARTER_ADDRESS", reason: "session", syntax: "dbus-address", what: "your D-Bus session bus" },
+  { name: "GNOME_KEYRING_CONTROL", reason: "session", syntax: "path", what: "your keyring daemon's sockets ($GNOME_KEYRING_CONTROL)" },
+  { name: "XAUTHORITY", reason: "session", syntax: "path", what: "your X11 authority file ($XAUTHORITY)" },
+  { name: "KRB5CCNAME", reason: "session", syntax: "krb5-ccache", what: "your Kerberos tickets ($KRB5CCNAME)" },
+  { name: "DOCKER_HOST", reason: "session", syntax: "unix-url", what: "your Docker daemon's socket ($DOCKER_HOST)" },
+  { name: "DOCKER_CONFIG", reason: "session", syntax: "path", what: "your Docker configuration ($DOCKER_CONFIG)" },
+  { name: "DOCKER_CERT_PATH", reason: "session", syntax: "path", what: "your Docker client certificates ($DOCKER_CERT_PATH)" },
+  { name: "KUBECONFIG", reason: "session", syntax: "path-list", what: "your Kubernetes configuration ($KUBECONFIG)" },
+  { name: "GOOGLE_APPLICATION_CREDENTIALS", reason: "credential", syntax: "path", what: "your Google Cloud credentials ($GOOGLE_APPLICATION_CREDENTIALS)" },
+  { name: "CLOUDSDK_CONFIG", reason: "credential", syntax: "path", what: "your gcloud configuration ($CLOUDSDK_CONFIG)" },
+  { name: "AZURE_CONFIG_DIR", reason: "credential", syntax: "path", what: "your Azure CLI configuration ($AZURE_CONFIG_DIR)" },
+  { name: "AWS_SHARED_CREDENTIALS_FILE", reason: "credential", syntax: "path", what: "your AWS credentials ($AWS_SHARED_CREDENTIALS_FILE)" },
+  { name: "AWS_CONFIG_FILE", reason: "credential", syntax: "path", what: "your AWS configuration ($AWS_CONFIG_FILE)" },
+  { name: "GH_CONFIG_DIR", reason: "credential", syntax: "path", what: "your GitHub CLI configuration ($GH_CONFIG_DIR)" },
+  { name: "PASSWORD_STORE_DIR", reason: "credential", syntax: "path", what: "your password store ($PASSWORD_STORE_DIR)" },
+  { name: "PGPASSFILE", reason: "credential", syntax: "path", what: "your PostgreSQL password file ($PGPASSFILE)" },
+  { name: "LESSOR_TOKEN_FILE", reason: "lessor", syntax: "path", what: "the daemon token file" },
+];
+
+const pathVariables = (reason: WithheldReason): string[] => PATH_VARIABLES.filter((v) => v.reason === reason).map((v) => v.name);
+
 /** The owner's session: agents (ssh, gpg), the desktop bus, X11/Wayland and the runtime directory. */
 const SESSION = new Set([
-  "SSH_AUTH_SOCK",
+  ...pathVariables("session"),
   "SSH_AGENT_PID",
-  "GPG_AGENT_INFO",
-  "GNUPGHOME",
-  "DBUS_SESSION_BUS_ADDRESS",
-  "DBUS_STARTER_ADDRESS",
   "DBUS_STARTER_BUS_TYPE",
   "DBUS_SYSTEM_BUS_ADDRESS",
-  "GNOME_KEYRING_CONTROL",
   "XDG_RUNTIME_DIR",
   "DISPLAY",
   "WAYLAND_DISPLAY",
-  "XAUTHORITY",
-  "KRB5CCNAME",
-  "DOCKER_HOST",
-  "DOCKER_CONFIG",
-  "KUBECONFIG",
 ]);
 
 /** Well-known credential variables; the patterns below catch most others. */
 const CREDENTIALS = new Set([
+  ...pathVariables("credential"),
   "AWS_ACCESS_KEY_ID",
   "AWS_SECRET_ACCESS_KEY",
   "AWS_SESSION_TOKEN",
-  "GOOGLE_APPLICATION_CREDENTIALS",
   "AZURE_CLIENT_SECRET",
   "DOCKER_AUTH_CONFIG",
   "VAULT_TOKEN",
   // Database clients' own: where docs/storage.md keeps the vault's PostgreSQL password, too.
   "PGPASSWORD",
-  "PGPASSFILE",
   "MYSQL_PWD",
   "REDISCLI_AUTH",
 ]);
@@ -72,5 +119,64 @@ function urlHasPassword(value: string): boolean {
     return new URL(value).password !== "";
   } catch {
     return false;
+  }
+}
+
+/**
+ * The paths the owner's environment names through {@link PATH_VARIABLES}, each with what it is:
+ * relative ones resolved against `cwd` (where lessor runs, as the tools reading them would), the root
+ * directory left out (covering it would cover everything).
+ */
+export function pathsNamedBy(env: NodeJS.ProcessEnv, cwd: string): { path: string; what: string; name: string }[] {
+  const out: { path: string; what: string; name: string }[] = [];
+  for (const v of PATH_VARIABLES) {
+    const value = env[v.name];
+    if (!value) continue;
+    for (const p of parsePaths(v.syntax, value)) {
+      const path = resolve(cwd, p);
+      if (path !== sep) out.push({ path, what: v.what, name: v.name });
+    }
+  }
+  return out;
+}
+
+/** The paths in `value`, read as `syntax` says (not yet resolved; empty parts left out). */
+export function parsePaths(syntax: PathSyntax, value: string): string[] {
+  switch (syntax) {
+    case "path":
+      return value ? [value] : [];
+    case "path-list":
+      return value.split(":").filter((p) => p !== "");
+    case "unix-url":
+      return value.startsWith("unix://") && value.length > "unix://".length ? [value.slice("unix://".length)] : [];
+    case "gpg-agent-info": {
+      const p = value.split(":")[0] ?? "";
+      return p ? [p] : [];
+    }
+    case "krb5-ccache": {
+      const typed = /^([A-Za-z0-9_-]+):(.*)$/.exec(value);
+      if (typed === null) return value ? [value] : [];
+      const type = typed[1]!.toUpperCase();
+      // DIR::PATH names one cache file of the collection; DIR:PATH the collection's directory.
+      const p = type === "DIR" ? typed[2]!.replace(/^:/, "") : type === "FILE" ? typed[2]! : "";
+      return p ? [p] : [];
+    }
+    case "dbus-address": {
+      const out: string[] = [];
+      for (const addr of value.split(";")) {
+        if (!addr.startsWith("unix:")) continue;
+        for (const kv of addr.slice(5).split(",")) {
+          if (!kv.startsWith("path=")) continue;
+          let p: string;
+          try {
+            p = decodeURIComponent(kv.slice(5));
+          } catch {
+            continue; // malformed %XX: no path a client would use
+          }
+          if (isAbsolute(p)) out.push(p);
+        }
+      }
+      return out;
+    }
   }
 }

@@ -5,7 +5,7 @@
  * lists matter when one is, and when a store lives outside the home through a symlink.
  */
 import { readdirSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 
 /** The owner's credential stores, relative to the home (`~/`). */
 export const CREDENTIAL_STORES: readonly string[] = [
@@ -27,6 +27,9 @@ export const CREDENTIAL_STORES: readonly string[] = [
   "~/.terraform.d/credentials.tfrc.json",
   "~/.password-store",
   "~/.local/share/keyrings",
+  // gnome-keyring's sockets (its control socket stops it) when there is no $XDG_RUNTIME_DIR, and X11's cookie.
+  "~/.cache/keyring-*",
+  "~/.Xauthority",
   // Database clients' password files (docs/storage.md suggests ~/.pgpass for the vault's own).
   "~/.pgpass",
   "~/.my.cnf",
@@ -61,6 +64,33 @@ export function etcSecrets(): string[] {
     // no /etc/ssh
   }
   return out;
+}
+
+/**
+ * Sockets of the machine's own services in the system directories the sandbox shows read-only (a
+ * read-only mount does not stop a connect): the Nix daemon's, through which the agent would build and
+ * run as the daemon's build users and fill the store.
+ */
+export const SYSTEM_SOCKETS: readonly string[] = ["/nix/var/nix/daemon-socket"];
+
+/**
+ * A credential store's paths: `~/` expanded ({@link expandHome}); a `*` in the last part matches the
+ * names that directory holds now (`~/.cache/keyring-*`). None for `~/x` when there is no home.
+ */
+export function expandStore(p: string, home: string | undefined): string[] {
+  const path = expandHome(p, home);
+  if (path === null) return [];
+  const name = basename(path);
+  if (!name.includes("*")) return [path];
+  const pattern = new RegExp(`^${name.split("*").map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, "\\$&")).join(".*")}$`);
+  const dir = dirname(path);
+  try {
+    return readdirSync(dir)
+      .filter((e) => pattern.test(e))
+      .map((e) => join(dir, e));
+  } catch {
+    return []; // no such directory: nothing there to cover
+  }
 }
 
 /** `~/x` → `<home>/x`; other paths unchanged. Null for `~/x` when there is no home. */

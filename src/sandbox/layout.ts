@@ -8,7 +8,7 @@
  * - the project directory and the `[run] read`/`write` paths, bound at their real paths (symlinks
  *   resolved), parents before children;
  * - every protected path (the lessor home, the key, the daemon socket, the credential stores, /etc's
- *   secrets) that one of those shows is covered, at its real path and at the path it is known by;
+ *   secrets, the Nix daemon's socket) that one of those shows is covered, at its real path and at the path it is known by;
  * - refused: showing a protected path's own directory or anything inside it; a writable view of the
  *   home or of any directory above it (the agent could plant ~/.bashrc and run as the owner later);
  *   the root directory; /tmp, /run and the like as a whole (other programs' sockets live there).
@@ -16,7 +16,7 @@
 import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
-import { etcSecrets } from "./hidden.js";
+import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
 import { planGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
@@ -142,7 +142,8 @@ export function planLayout(req: LayoutRequest): Layout {
 
   // The paths to protect, at the path they are known by and at their real path.
   const protect: Protected[] = [];
-  for (const p of [...req.protect, ...etcSecrets().map((path) => ({ path, what: "a secret file of /etc" }))]) {
+  const system = [...etcSecrets().map((path) => ({ path, what: "a secret file of /etc" })), ...SYSTEM_SOCKETS.map((path) => ({ path, what: "a system service's socket" }))];
+  for (const p of [...req.protect, ...system]) {
     if (!isAbsolute(p.path)) continue;
     protect.push({ path: resolve(p.path), what: p.what });
     const r = real(p.path);

@@ -15,8 +15,8 @@ import { parseRunNetwork, type RunNetwork } from "../../config/run-config.js";
 import { bwrapArgs } from "../../sandbox/bwrap-args.js";
 import { bridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
-import { withheldReason } from "../../sandbox/env.js";
-import { CREDENTIAL_STORES, expandHome } from "../../sandbox/hidden.js";
+import { pathsNamedBy, withheldReason } from "../../sandbox/env.js";
+import { CREDENTIAL_STORES, expandHome, expandStore } from "../../sandbox/hidden.js";
 import { planLayout, shows, writableAt, type Layout, type Protected } from "../../sandbox/layout.js";
 import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/launch.js";
 import type { EnvVar, VarRefs } from "./child-env.js";
@@ -62,42 +62,12 @@ function keyWhere(p: VaultPaths): string {
 }
 
 /**
- * The filesystem sockets of the owner's D-Bus session bus: each `unix:path=` of
- * DBUS_SESSION_BUS_ADDRESS (and DBUS_STARTER_ADDRESS), and the usual `$XDG_RUNTIME_DIR/bus`.
- */
-export function sessionBusPaths(env: NodeJS.ProcessEnv): string[] {
-  const out = new Set<string>();
-  for (const name of ["DBUS_SESSION_BUS_ADDRESS", "DBUS_STARTER_ADDRESS"]) {
-    for (const addr of (env[name] ?? "").split(";")) {
-      if (!addr.startsWith("unix:")) continue;
-      for (const kv of addr.slice(5).split(",")) {
-        if (!kv.startsWith("path=")) continue;
-        const path = decodeBusValue(kv.slice(5));
-        if (path !== null && isAbsolute(path)) out.add(path);
-      }
-    }
-  }
-  const runtime = env["XDG_RUNTIME_DIR"];
-  if (runtime && isAbsolute(runtime)) out.add(join(runtime, "bus"));
-  return [...out];
-}
-
-/**
  * True when the session bus listens on an abstract Unix socket (`unix:abstract=`, or `unix:tmpdir=`
  * which is abstract on Linux): such a socket lives in the network namespace, not the filesystem, so
  * `--network host` would hand it to the agent.
  */
 export function sessionBusIsAbstract(env: NodeJS.ProcessEnv): boolean {
   return [env["DBUS_SESSION_BUS_ADDRESS"], env["DBUS_STARTER_ADDRESS"]].some((a) => a !== undefined && /(^|;)unix:([^;]*,)?(abstract|tmpdir)=/.test(a));
-}
-
-/** A D-Bus address value with its %XX escapes decoded, or null when they are malformed. */
-function decodeBusValue(v: string): string | null {
-  try {
-    return decodeURIComponent(v);
-  } catch {
-    return null;
-  }
 }
 
 /** Directories that hold a socket among other things: hiding one would hide too much. */
@@ -119,21 +89,20 @@ function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | un
   const socketDir = dirname(p.socket);
   if (!SHARED_DIRS.includes(socketDir) && socketDir !== home) out.push({ path: socketDir, what: "the daemon's socket directory" });
   if (c.auditJsonl !== null) out.push({ path: inHome(p.home, c.auditJsonl), what: "the vault's audit file" });
-  // The owner's ssh agent: its socket would sign as the owner (it is withheld from the environment too).
-  // A relative one is what ssh and lessor themselves read from this directory: hidden there too.
-  const agentSocket = env["SSH_AUTH_SOCK"];
-  if (agentSocket) out.push({ path: resolve(agentSocket), what: "your ssh agent's socket" });
-  // The owner's session bus: through it, as the owner, the OS keychain gives up what it holds (the
-  // master key itself, with the keychain key source), and other services act for the owner.
-  for (const path of sessionBusPaths(env)) out.push({ path, what: "your D-Bus session bus" });
+  // What the owner's environment names and lessor withholds from the agent (src/sandbox/env.ts): the ssh
+  // agent's socket (it would sign as the owner), the D-Bus session bus (through it, as the owner, the
+  // OS keychain gives up what it holds, a keychain home's master key included), Docker's socket,
+  // GNUPGHOME, KUBECONFIG, PGPASSFILE… Withholding the variable alone would leave what it names to be
+  // found by name. A relative one is what the tools (and lessor) read from this directory: covered there.
+  for (const { path, what } of pathsNamedBy(env, process.cwd())) out.push({ path, what });
   const runtime = env["XDG_RUNTIME_DIR"];
-  if (runtime && isAbsolute(runtime)) out.push({ path: join(runtime, "keyring"), what: "your keyring daemon's sockets" });
-  const tokenFile = env["LESSOR_TOKEN_FILE"];
-  if (tokenFile) out.push({ path: resolve(tokenFile), what: "the daemon token file" });
+  if (runtime && isAbsolute(runtime)) {
+    out.push({ path: join(runtime, "bus"), what: "your D-Bus session bus" });
+    out.push({ path: join(runtime, "keyring"), what: "your keyring daemon's sockets" });
+  }
   for (const s of [...CREDENTIAL_STORES, ...c.run.hide]) {
     for (const h of passwdHome !== undefined && passwdHome !== home ? [home, passwdHome] : [home]) {
-      const path = expandHome(s, h);
-      if (path !== null) out.push({ path, what: `a credential store (${s})` });
+      for (const path of expandStore(s, h)) out.push({ path, what: `a credential store (${s})` });
     }
   }
   return out;
