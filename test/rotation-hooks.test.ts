@@ -213,7 +213,7 @@ command = ["/nonexistent/rotate-me"]
     assert.deepEqual(failures, ["empty", "too_large", "not_found"]);
   });
 
-  test("attacks: an agent cannot run a hook; a secret without a hook is refused; two runs for one secret never overlap", async () => {
+  test("attacks: an agent cannot run a hook; a secret without a hook is refused, one that does not exist is not found; two runs for one secret never overlap", async () => {
     const dir = state();
     const { vault } = await vaultWith(entry("db-password", "counter", dir, "x", 'timeout = "5s"'));
     const denied = await refusalOf(claude(vault).rotateSecretByHook({ scope: "global", name: "db-password" }));
@@ -221,6 +221,12 @@ command = ["/nonexistent/rotate-me"]
     const none = await refusalOf(vault.admin().rotateSecretByHook({ scope: "global", name: "api-key" }));
     assert.equal(none.code, "invalid_request");
     assert.match(none.message, /no rotation hook/);
+    // A misspelt name is not found (not "add a [[rotate]] entry"), and only to an admin: an agent
+    // learns neither whether the secret nor whether a hook for it exists.
+    const typo = await refusalOf(vault.admin().rotateSecretByHook({ scope: "global", name: "db-pasword" }));
+    assert.equal(typo.code, "secret_not_found");
+    assert.doesNotMatch(typo.message, /rotate/);
+    for (const name of ["db-password", "db-pasword"]) assert.equal((await refusalOf(claude(vault).rotateSecretByHook({ scope: "global", name }))).code, "access_denied");
     const ref = { scope: "global", name: "db-password" };
     const results = await Promise.allSettled([vault.admin().rotateSecretByHook(ref), vault.admin().rotateSecretByHook(ref)]);
     assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);

@@ -15,7 +15,7 @@
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";
 import { VaultError } from "../base/errors.js";
-import { readTokenFile, TOKEN_TEXT } from "./token-file.js";
+import { readTokenFile, TOKEN_LOOKS_LIKE, tokenShaped } from "./token-file.js";
 
 /** The environment variables that pick a daemon (LESSOR_HOME aside). */
 export const TARGET_VARS = ["LESSOR_SOCKET", "LESSOR_ADDR", "LESSOR_TOKEN", "LESSOR_TOKEN_FILE"] as const;
@@ -67,8 +67,8 @@ function tokenFrom(env: NodeJS.ProcessEnv): string | undefined {
   if (file !== undefined && inline !== undefined)
     throw new VaultError("config_invalid", "LESSOR_TOKEN and LESSOR_TOKEN_FILE are both set; keep one (LESSOR_TOKEN_FILE, a 0600 file, keeps the token out of the environment of every child process)");
   if (file !== undefined) return readTokenFile(file);
-  if (inline !== undefined && !TOKEN_TEXT.test(inline.trim()))
-    throw new VaultError("config_invalid", "LESSOR_TOKEN does not hold one token; set it to the token exactly as lessor token create printed it");
+  if (inline !== undefined && !tokenShaped(inline.trim()))
+    throw new VaultError("config_invalid", `LESSOR_TOKEN does not hold a lessor token; ${TOKEN_LOOKS_LIKE}`);
   return inline?.trim();
 }
 

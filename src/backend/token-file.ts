@@ -8,11 +8,21 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { octal, privateProblem } from "../fs/perms.js";
 import { VaultError } from "../base/errors.js";
+import { TOKEN_RE } from "../base/token-shape.js";
 
-/** A token is one line of printable ASCII; lessor's own are `lsr_<16 hex>_<43 base64url>` (64 characters). */
+/** A token file holds one token, `lsr_<16 hex>_<43 base64url>` (64 characters), and perhaps a newline. */
 const MAX_TOKEN_FILE_BYTES = 4096;
-/** What a token given to the CLI may look like before the client checks its exact shape: printable ASCII. */
-export const TOKEN_TEXT = /^[\x21-\x7e]{1,512}$/;
+
+/**
+ * What a token looks like, for the message refusing a malformed one: the setting is then unusable
+ * (config_invalid, exit 2), found before anything is sent, never a denial. Never quotes the token.
+ */
+export const TOKEN_LOOKS_LIKE = "a lessor token is lsr_ followed by 16 hex characters, _ and 43 more (64 in all), exactly as lessor token create printed it; check that it was copied whole";
+
+/** True when `token` has the shape of a lessor token ({@link TOKEN_RE}). */
+export function tokenShaped(token: string): boolean {
+  return TOKEN_RE.test(token);
+}
 
 /**
  * Reads and checks the token file at `path`; returns the token (surrounding whitespace removed).
@@ -54,8 +64,8 @@ export function readTokenFile(path: string): string {
     }
     const token = buf.subarray(0, n).toString("utf8").trim();
     buf.fill(0);
-    if (n > MAX_TOKEN_FILE_BYTES || !TOKEN_TEXT.test(token))
-      throw new VaultError("config_invalid", `${what} does not hold one token on one line; put only the token (as lessor token create printed it) in the file`);
+    if (n > MAX_TOKEN_FILE_BYTES || !tokenShaped(token))
+      throw new VaultError("config_invalid", `${what} does not hold one token on one line; ${TOKEN_LOOKS_LIKE}`);
     return token;
   } finally {
     closeSync(fd);

@@ -394,7 +394,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # read = ["~/.nvm"]                 # also shown, read-only (an agent installed under your home)
 # write = ["~/.claude"]             # also shown, writable (an agent's own state)
 # hide = ["~/.config/my-tool"]      # never shown, on top of ~/.ssh, ~/.aws, ~/.config/gh, ~/.netrc, …
-# network = "none"                  # loopback only; "host": this machine's network, unscoped (until the proxy)
+# network = "proxy"                 # lessor's injecting proxy only; "none": no network; "host": this machine's network, unscoped
+# vault_session = false             # true: the command gets an agent session at the vault for the run (--vault-session)
 
 # VM guests (docs/vm.md). A guest is an agent or an orchestrator, never admin.
 # Firecracker: a guest's connection to vsock port 7391 arrives on the Unix socket

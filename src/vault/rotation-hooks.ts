@@ -118,6 +118,9 @@ export async function rotateSecretByHook(ctx: VaultContext, who: Identity, refIn
   const secret = refString(ref);
   const roleErr = roleError(who, ["admin"], "rotate secrets");
   if (roleErr) await commit(ctx, async (_tx, audit) => denied(audit, who, roleErr, { agent: who.agent ?? null, secret }));
+  // Only an admin, who may see every secret, gets here: a missing secret is said first (a misspelt
+  // name is not told to get a [[rotate]] entry), and whether a hook exists is told to no one else.
+  if (!(await ctx.store.getSecret(ref))) throw notFound(ref);
   const hook = ctx.rotationHooks?.find(ref) ?? null;
   if (hook === null)
     throw new VaultError("invalid_request", `secret ${secret} has no rotation hook; add a [[rotate]] entry for it to lessor.toml, or give the new value`);

@@ -49,7 +49,7 @@ export function registerApproval(program: Command, cli: Cli): void {
       .description(approve ? "approve a pending lease request: the same request from the same agent then gets its lease, once (within 10 minutes)" : "deny a pending lease request: the same request is refused until the decision lapses (10 minutes)")
       .option("--reason <text>", "why, recorded in the audit trail (and shown to the agent on a denial)")
       .option("--json", "print the decided approval as JSON")
-      .addHelpText("after", `\nExamples:\n  lessor approvals\n  lessor ${name} 01890a5d-ac96-774b-bcce-b302099a8057${approve ? "" : ' --reason "not during the freeze"'}`)
+      .addHelpText("after", `\nAn id that names no open approval (unknown, lapsed or already decided) exits 2.\n\nExamples:\n  lessor approvals\n  lessor ${name} 01890a5d-ac96-774b-bcce-b302099a8057${approve ? "" : ' --reason "not during the freeze"'}`)
       .action((id: string, o: { reason?: string; json?: boolean }) =>
         cli.run(async () => {
           const { api } = await cli.backend();

@@ -19,6 +19,20 @@ function leaseLine(l: LeaseRecord, now: number): string {
   return `lease ${l.id} for agent ${l.agent}, secret ${l.scope}/${l.name}: ${leaseState(l, now)}, expires ${shortTime(l.expiresAt)} (${relative(l.expiresAt, now)}), ${uses}, domains ${l.anyDomain ? "any" : list(l.domains)}`;
 }
 
+/**
+ * Says on stderr (stdout and --json unchanged) when a renewal ends sooner than `--ttl` asked: the
+ * rule's ttl caps a renewal, and its max_ttl the lease's whole life (docs/policy.md).
+ */
+function noteCappedRenewal(cli: Cli, lease: LeaseRecord, ttl: string, asked: number): void {
+  // A second of slack for the time between `asked` and the daemon's own clock reading.
+  if (lease.expiresAt >= asked + parseDuration(ttl) - 1000) return;
+  const why =
+    lease.expiresAt >= lease.maxExpiresAt
+      ? `the lease may not live past its max_ttl from issue (${shortTime(lease.maxExpiresAt)})`
+      : `a renewal lasts at most the ttl of rule ${JSON.stringify(lease.rule)}`;
+  cli.err(`lessor: note: the lease expires ${shortTime(lease.expiresAt)} (${relative(lease.expiresAt, Date.now())}), shorter than --ttl ${ttl} asked: ${why}`);
+}
+
 const KILL_REFUSAL = "the killswitch revokes every live lease and stdin is not a terminal to confirm on; pass --yes to do it";
 
 /** `lessor lease`'s lifetime unless --ttl says otherwise (the policy's ttl caps it too). */
@@ -117,17 +131,22 @@ export function registerLease(program: Command, cli: Cli): void {
 
   program
     .command("renew <lease-id>")
-    .description("extend a lease (within its rule's max_ttl and max_renewals)")
-    .option("--ttl <duration>", "new lifetime from now, such as 15m (default: the rule's ttl)")
+    .description("extend a lease to now + --ttl (at most its rule's ttl, never past its max_ttl from issue; within max_renewals)")
+    .option("--ttl <duration>", "new lifetime from now, such as 10m (default and upper bound: the rule's ttl)")
     .option("--json", "print the renewed lease as JSON")
-    .addHelpText("after", "\nExamples:\n  lessor renew 01940000-0000-7000-8000-000000000000\n  lessor renew 01940000-0000-7000-8000-000000000000 --ttl 30m --json")
+    .addHelpText(
+      "after",
+      "\nA renewal lasts at most the granting rule's ttl (15m unless the policy says otherwise): a longer --ttl is cut\nto it, and a note on stderr says so. Its max_ttl bounds the lease's whole life from issue.\n\nExamples:\n  lessor renew 01940000-0000-7000-8000-000000000000\n  lessor renew 01940000-0000-7000-8000-000000000000 --ttl 10m --json",
+    )
     .action((id: string, o: { ttl?: string; json?: boolean }) =>
       cli.run(async () => {
         if (o.ttl !== undefined) checkTtl(o.ttl);
         const { api } = await cli.backend();
+        const asked = Date.now();
         const lease = await api.renewLease(id, o.ttl === undefined ? undefined : { ttl: o.ttl });
         if (o.json) cli.json(leaseJson(lease));
         else cli.out(`renewed ${leaseLine(lease, Date.now())}`);
+        if (o.ttl !== undefined) noteCappedRenewal(cli, lease, o.ttl, asked);
       }),
     );
 

@@ -128,13 +128,20 @@ function runtimeDirs(env: NodeJS.ProcessEnv): string[] {
   return out;
 }
 
-/** The first `cmd` on `pathValue` (or `cmd` itself when it holds a slash), as execvp would find it. */
+/**
+ * The first `cmd` on `pathValue` (or `cmd` itself when it holds a slash), as execvp would find it:
+ * a candidate that exists but is not an executable regular file (a directory, a FIFO, a file without
+ * x) makes it "not executable" (EACCES, exit 126) unless a later one runs, as execve's EACCES does.
+ */
 function findCommand(cmd: string, pathValue: string | undefined, cwd: string): { path: string } | { error: "ENOENT" | "EACCES" } {
   const candidates = cmd.includes("/") ? [resolve(cwd, cmd)] : (pathValue ?? "/usr/bin:/bin").split(delimiter).map((d) => join(resolve(cwd, d || "."), cmd));
   let denied = false;
   for (const c of candidates) {
     try {
-      if (!statSync(c).isFile()) continue;
+      if (!statSync(c).isFile()) {
+        denied = true;
+        continue;
+      }
       accessSync(c, constants.X_OK);
       return { path: c };
     } catch (e) {
