@@ -121,16 +121,33 @@ function gitInit(dir: string): void {
 const plantScript = (path: string, marker: string): string => `printf '#!/bin/sh\\necho ran >> ${marker}\\n' > ${path} && chmod 755 ${path}`;
 
 describe("1. the git guard and what the agent creates under .git/worktrees and .git/modules", { skip: skipGit }, () => {
-  test("BREAK: an agent plants a new .git/worktrees/NAME admin directory and repoints the owner's linked worktree inside the project at it: the owner's next `git status` in that worktree runs the agent's core.fsmonitor, outside the sandbox", async () => {
+  /** Not imported at the top of the file (its other parts are edited apart from this one). */
+  const fsMore = (): Promise<typeof import("node:fs")> => import("node:fs");
+  /** A shell line running `cmd`, then printing `label:done` or `label:refused` (and, refused, its stderr). */
+  const attempt = (label: string, cmd: string): string => `if ( ${cmd} ) 2>.attempt-err; then echo "${label}:done"; else echo "${label}:refused: $(tr '\\n' ' ' <.attempt-err)"; fi`;
+
+  test("an agent cannot plant a new .git/worktrees/NAME admin directory nor repoint the owner's linked worktree inside the project: .git/worktrees takes no new entry, the checkout's .git file is read-only, its `git worktree add` fails with git's error, and the owner's `git status` in that worktree runs nothing of the agent's", async () => {
+    const { readdirSync } = await fsMore();
     for (const confined of [false, true]) {
       const o = await makeOwner(`wt-inside-${confined}`);
       gitInit(o.project);
       // A linked worktree kept inside the project, as agents' tools do (.claude/worktrees/NAME, .worktrees/NAME).
       gitOk(o.project, "worktree", "add", "-q", ".worktrees/feat");
       const wt = join(o.project, ".worktrees/feat");
-      assert.equal(readFileSync(join(wt, ".git"), "utf8").trim(), `gitdir: ${join(o.project, ".git/worktrees/feat")}`);
+      const dotGit = `gitdir: ${join(o.project, ".git/worktrees/feat")}`;
+      assert.equal(readFileSync(join(wt, ".git"), "utf8").trim(), dotGit);
       const marker = join(root, `wt-inside-${confined}`, "marker");
       const evil = join(o.project, "evil.sh");
+      const plant = [
+        "set -e",
+        // A NEW worktree admin directory (nothing there before the run to guard), its commondir the agent's.
+        "mkdir -p .git/worktrees/evil",
+        "cp .git/worktrees/feat/HEAD .git/worktrees/evil/HEAD",
+        `echo "$PWD/evil-common" > .git/worktrees/evil/commondir`,
+        `echo "$PWD/.worktrees/feat/.git" > .git/worktrees/evil/gitdir`,
+        // The owner's worktree's .git file now names it.
+        `echo "gitdir: $PWD/.git/worktrees/evil" > .worktrees/feat/.git`,
+      ].join("\n");
       const r = await lessorRun(
         o.project,
         o.env,
@@ -142,33 +159,52 @@ describe("1. the git guard and what the agent creates under .git/worktrees and .
           // A common directory of the agent's: the repository's objects and refs, a config with core.fsmonitor.
           "mkdir -p evil-common/hooks && cp -r .git/objects .git/refs evil-common/ && cp .git/HEAD evil-common/",
           `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
-          // A NEW worktree admin directory (nothing there before the run to guard), pointing at it.
-          "mkdir -p .git/worktrees/evil",
-          "cp .git/worktrees/feat/HEAD .git/worktrees/evil/HEAD",
-          `echo "$PWD/evil-common" > .git/worktrees/evil/commondir`,
-          `echo "$PWD/.worktrees/feat/.git" > .git/worktrees/evil/gitdir`,
-          // The owner's worktree's .git file (not read-only: only submodule checkouts' are) now names it.
-          `echo "gitdir: $PWD/.git/worktrees/evil" > .worktrees/feat/.git`,
-          "echo planted",
+          "set +e",
+          ...(confined
+            ? [
+                // Also the shorter ways: the .git file straight at the agent's git directory, the checkout or
+                // its admin directory renamed away, and git's own command for a new worktree.
+                attempt("repoint", `echo "gitdir: $PWD/evil-common" > .worktrees/feat/.git`),
+                attempt("mvcheckout", "mv .worktrees/feat .worktrees/feat-old"),
+                attempt("mvadmin", "mv .git/worktrees/feat .git/worktrees/feat-old"),
+                attempt("wtadd", "git worktree add -q .worktrees/new"),
+                attempt("commit", "cd .worktrees/feat && echo x > f && git add f && git -c user.name=a -c user.email=a@a commit -qm agent"),
+              ]
+            : []),
+          attempt("plant", plant),
         ].join("\n"),
       );
       assert.equal(r.code, 0, `${confined ? "confined" : "unconfined"}: ${r.stderr}`);
-      assert.match(r.stdout, /planted/);
       // The owner, after the run, in their worktree: a plain git status.
-      git(wt, "status");
+      const st = git(wt, "status");
       if (!confined) {
+        assert.match(r.stdout, /plant:done/);
         assert.ok(existsSync(marker), "the probe works unconfined: git status in the worktree ran the agent's fsmonitor");
         continue;
       }
+      for (const label of ["plant", "repoint", "mvcheckout", "mvadmin", "wtadd"]) assert.match(r.stdout, new RegExp(`${label}:refused`), `${label}: ${r.stdout}`);
+      // git's own error, nothing of lessor's.
+      assert.match(r.stdout, /wtadd:refused: .*(Read-only file system|could not create)/i, r.stdout);
+      // The worktree's own git directory stays writable: the agent still commits there.
+      assert.match(r.stdout, /commit:done/, r.stdout);
       assert.equal(
         existsSync(marker),
         false,
-        `after a sandboxed run (lessor printed: ${JSON.stringify(r.stderr.trim())}), the owner's \`git -C .worktrees/feat status\` ran the agent's core.fsmonitor from ${join(o.project, "evil-common/config")} through the new .git/worktrees/evil`,
+        `after a sandboxed run (lessor printed: ${JSON.stringify(r.stderr.trim())}), the owner's \`git -C .worktrees/feat status\` ran the agent's core.fsmonitor`,
       );
+      assert.equal(st.status, 0, st.stderr);
+      assert.equal(readFileSync(join(wt, ".git"), "utf8").trim(), dotGit);
+      // Nothing corrupted: the owner's git lists the one worktree, and can add another.
+      assert.deepEqual(readdirSync(join(o.project, ".git/worktrees")), ["feat"]);
+      const list = git(o.project, "worktree", "list", "--porcelain");
+      assert.equal(list.status, 0, list.stderr);
+      assert.deepEqual([...list.stdout.matchAll(/^worktree (.*)$/gm)].map((m) => m[1]), [o.project, wt]);
+      gitOk(o.project, "worktree", "add", "-q", ".worktrees/later");
+      assert.equal(existsSync(join(o.project, ".git/worktrees.lessor-quarantine")), false, "nothing new got past the mounts, so nothing was quarantined");
     }
   });
 
-  test("BREAK: an agent plants .git/modules/NAME for the owner's submodule that is not checked out yet (a fresh clone): the owner's next `git submodule update --init` adopts it and runs the agent's post-checkout hook, outside the sandbox", async () => {
+  test("an agent cannot plant .git/modules/NAME for the owner's submodule that is not checked out yet (a fresh clone): .git/modules and .git/worktrees are sealed while missing, its `git submodule update --init` and `git worktree add` fail with git's error, and the owner's `git submodule update --init` afterwards runs nothing of the agent's", async () => {
     for (const confined of [false, true]) {
       const base = join(root, `mod-new-${confined}`);
       const o = await makeOwner(`mod-new-${confined}`);
@@ -185,38 +221,121 @@ describe("1. the git guard and what the agent creates under .git/worktrees and .
       gitOk(base, "clone", "-q", origin, o.project);
       assert.equal(existsSync(join(o.project, ".git/modules")), false, "a fresh clone has no submodule git directory yet");
       const marker = join(base, "marker");
+      const plant = [
+        "set -e",
+        // An empty git directory for the submodule, its origin the URL .gitmodules names (fetched later
+        // by the owner's git, outside), and a post-checkout hook.
+        "git init -q --bare .git/modules/sub",
+        "git config -f .git/modules/sub/config core.bare false",
+        `git config -f .git/modules/sub/config remote.origin.url "$(git config -f .gitmodules submodule.sub.url)"`,
+        "git config -f .git/modules/sub/config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*'",
+        plantScript(".git/modules/sub/hooks/post-checkout", marker),
+      ].join("\n");
       const r = await lessorRun(
         o.project,
         o.env,
         "attacker-mod",
         confined ? [] : ["--no-sandbox"],
         [
-          "set -e",
-          // An empty git directory for the submodule, its origin the URL .gitmodules names (fetched later
-          // by the owner's git, outside), and a post-checkout hook.
-          "git init -q --bare .git/modules/sub",
-          "git config -f .git/modules/sub/config core.bare false",
-          `git config -f .git/modules/sub/config remote.origin.url "$(git config -f .gitmodules submodule.sub.url)"`,
-          "git config -f .git/modules/sub/config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*'",
-          plantScript(".git/modules/sub/hooks/post-checkout", marker),
-          "echo planted",
+          ...(confined
+            ? [
+                attempt("mkdir", "mkdir .git/modules/sub"),
+                attempt("mvmodules", "mv .git/modules .git/modules-old"),
+                // git's way: refused at .git/config (read-only) by `--init`, and without it (the submodule
+                // made active for this command only) at .git/modules.
+                attempt("update", "git -c protocol.file.allow=always submodule update --init"),
+                // (The owner's upstream is not shown in the sandbox: a repository of the agent's stands in.)
+                "git init -q /tmp/up && git -C /tmp/up -c user.name=a -c user.email=a@a commit -q --allow-empty -m up",
+                attempt("update2", "git -c protocol.file.allow=always -c submodule.sub.active=true -c submodule.sub.url=/tmp/up submodule update"),
+                "ls -A sub; cat sub/.git 2>/dev/null; true",
+                attempt("wtadd", "git worktree add -q ../wt2"),
+              ]
+            : []),
+          attempt("plant", plant),
         ].join("\n"),
       );
       assert.equal(r.code, 0, `${confined ? "confined" : "unconfined"}: ${r.stderr}`);
-      assert.match(r.stdout, /planted/);
       // The owner, after the run: the usual next step in a fresh clone.
       const u = git(o.project, "submodule", "update", "--init");
       assert.equal(u.status, 0, u.stderr);
       if (!confined) {
+        assert.match(r.stdout, /plant:done/);
         assert.ok(existsSync(marker), "the probe works unconfined: git submodule update adopted the planted git directory and ran its hook");
         continue;
       }
+      for (const label of ["plant", "mkdir", "mvmodules", "update", "update2", "wtadd"]) assert.match(r.stdout, new RegExp(`${label}:refused`), `${label}: ${r.stdout}`);
+      assert.match(r.stdout, /update:refused: .*could not write config file \.git\/config/i, r.stdout);
+      assert.match(r.stdout, /update2:refused: .*Read-only file system/i, r.stdout);
+      assert.match(r.stdout, /wtadd:refused: .*(Read-only file system|could not create)/i, r.stdout);
       assert.equal(
         existsSync(marker),
         false,
         `after a sandboxed run (lessor printed: ${JSON.stringify(r.stderr.trim())}), the owner's \`git submodule update --init\` adopted the agent's .git/modules/sub and ran its post-checkout hook`,
       );
+      // The owner's submodule is checked out from its own URL, and the sealed directories bwrap made are gone.
+      assert.equal(readFileSync(join(o.project, "sub/README"), "utf8"), "the project\n");
+      assert.equal(existsSync(join(o.project, ".git/worktrees")), false);
+      assert.equal(existsSync(join(base, "wt2")), false);
+      assert.equal(existsSync(join(o.project, ".git/modules.lessor-quarantine")), false);
     }
+  });
+
+  test("the second line: an entry of .git/worktrees or .git/modules that was not there when the run was planned (nested ones too) is moved aside after it, and the empty directories sealed for the run are removed", async () => {
+    const { checkGitAfterRun, planGit } = await import("../src/sandbox/git-guard.js");
+    const { readdirSync } = await fsMore();
+    const base = join(root, "second-line");
+    const project = join(base, "project");
+    mkdirSync(project, { recursive: true });
+    gitInit(project);
+    gitOk(project, "worktree", "add", "-q", ".worktrees/feat");
+    mkdirSync(join(project, ".git/modules/a/b"), { recursive: true });
+    const plan = planGit(project, (p) => p === project || p.startsWith(project + "/"), null);
+    const main = plan.guards.find((g) => g.gitDir === join(project, ".git"))!;
+    assert.ok(plan.locked.includes(join(project, ".git/worktrees")) && plan.locked.includes(join(project, ".git/modules/a/b")), JSON.stringify(plan.locked));
+    assert.ok(plan.pinned.includes(join(project, ".git/worktrees/feat")) && !plan.pinned.includes(join(project, ".git/worktrees")));
+    assert.ok(plan.readOnly.includes(join(project, ".worktrees/feat/.git")), "the linked checkout's .git file is read-only");
+    assert.ok(plan.pinned.includes(join(project, ".worktrees/feat")), "and its directory pinned");
+    // What got past the mounts (say, planted by hand while the sandbox ran).
+    mkdirSync(join(project, ".git/worktrees/evil"));
+    mkdirSync(join(project, ".git/modules/a/b/sub"));
+    mkdirSync(join(project, ".git/modules/sub"));
+    const out = checkGitAfterRun([main]);
+    assert.equal(out.length, 3, out.join("\n"));
+    assert.deepEqual(readdirSync(join(project, ".git/worktrees")), ["feat"]);
+    assert.deepEqual(readdirSync(join(project, ".git/modules")), ["a"]);
+    assert.deepEqual(readdirSync(join(project, ".git/modules/a/b")), []);
+    assert.ok(existsSync(join(project, ".git/worktrees.lessor-quarantine/evil")));
+    assert.ok(existsSync(join(project, ".git/modules.lessor-quarantine/sub")));
+    assert.ok(existsSync(join(project, ".git/modules.lessor-quarantine/a/b/sub")));
+    // A repository without them: both sealed, and the empty directories bwrap would make removed after.
+    const fresh = join(base, "fresh");
+    mkdirSync(fresh);
+    gitInit(fresh);
+    const p2 = planGit(fresh, (p) => p === fresh || p.startsWith(fresh + "/"), null);
+    assert.ok(p2.sealed.includes(join(fresh, ".git/worktrees")) && p2.sealed.includes(join(fresh, ".git/modules")), JSON.stringify(p2.sealed));
+    mkdirSync(join(fresh, ".git/worktrees"));
+    mkdirSync(join(fresh, ".git/modules"));
+    assert.deepEqual(checkGitAfterRun(p2.guards), []);
+    assert.equal(existsSync(join(fresh, ".git/worktrees")), false);
+    assert.equal(existsSync(join(fresh, ".git/modules")), false);
+  });
+
+  test("a symlinked .git/modules or .git/worktrees refuses the run (the agent could repoint it), and so does a link under them into a writable directory", async () => {
+    const { planGit } = await import("../src/sandbox/git-guard.js");
+    const { symlinkSync } = await fsMore();
+    const base = join(root, "linked");
+    const project = join(base, "project");
+    mkdirSync(project, { recursive: true });
+    gitInit(project);
+    const inside = (p: string): boolean => p === project || p.startsWith(project + "/");
+    mkdirSync(join(base, "elsewhere"));
+    symlinkSync(join(base, "elsewhere"), join(project, ".git/modules"));
+    assert.throws(() => planGit(project, inside, null), /modules is a symbolic link/);
+    rmSync(join(project, ".git/modules"));
+    mkdirSync(join(project, ".git/modules"));
+    mkdirSync(join(project, "gitdir-of-the-agent"));
+    symlinkSync(join(project, "gitdir-of-the-agent"), join(project, ".git/modules/sub"));
+    assert.throws(() => planGit(project, inside, null), /sub is a symbolic link to .*gitdir-of-the-agent/);
   });
 
   test("a symlinked .git/modules/NAME for an existing submodule cannot be swapped in: .git/modules/NAME is pinned, and the owner's git status runs nothing of the agent's", async () => {

@@ -9,7 +9,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -160,7 +160,7 @@ describe("submodule git directories the walk of .git/modules does not reach", { 
     return o;
   }
 
-  test("255 look-alike git directories planted in .git/modules make the next run refuse (naming the limit) rather than leave the owner's submodule vendor/lib unguarded", async () => {
+  test("255 look-alike git directories in .git/modules make the next run refuse (naming the limit) rather than leave the owner's submodule vendor/lib unguarded; a sandboxed agent can no longer plant them", async () => {
     const o = await withSubmodule("decoys", "vendor/lib");
     const marker = join(o.base, "marker");
     const evil = join(o.project, "evil.sh");
@@ -169,9 +169,15 @@ describe("submodule git directories the walk of .git/modules does not reach", { 
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, /refused/, "the submodule's config is read-only in a first run (as the fix intends)");
     // Directories named to sort before "vendor", each passing the walk's HEAD/objects/refs test.
-    const decoys = await lessorRun(o.project, o.env, "attacker-decoys", [], `i=100; while [ $i -lt 355 ]; do d=.git/modules/0$i; mkdir -p $d/objects $d/refs && echo 'ref: refs/heads/main' > $d/HEAD; i=$((i+1)); done; echo decoys`);
+    const plantDecoys = `i=100; while [ $i -lt 355 ]; do d=.git/modules/0$i; mkdir -p $d/objects $d/refs && echo 'ref: refs/heads/main' > $d/HEAD; i=$((i+1)); done; echo decoys`;
+    // In the sandbox .git/modules takes no new entry (test/leftover-suspicions.test.ts, describe 1):
+    // the agent plants none. The limit still holds for decoys put there another way (an unconfined
+    // run, by hand).
+    const decoys = await lessorRun(o.project, o.env, "attacker-decoys", [], plantDecoys);
     assert.equal(decoys.code, 0, decoys.stderr);
     assert.match(decoys.stdout, /decoys/);
+    assert.deepEqual(readdirSync(join(o.project, ".git/modules")), ["vendor"], "the sandboxed agent planted nothing in .git/modules");
+    assert.equal(spawnSync("/bin/sh", ["-c", plantDecoys], { cwd: o.project }).status, 0);
     const second = await lessorRun(o.project, o.env, "attacker-decoys", [], attempt);
     assert.notEqual(second.code, 0, "the run is refused rather than leave a submodule unguarded");
     assert.doesNotMatch(second.stdout, /planted|refused/, "the command was not started");

@@ -42,8 +42,10 @@ function namespaceArgs(o: BwrapOptions): string[] {
 }
 
 /**
- * The mounts, in order: the layout's, a fresh /proc and /dev, the pinned git directories, the
- * read-only overlays, sealed directories and files, the masks, then the root made read-only.
+ * The mounts, in order: the layout's, a fresh /proc and /dev, the pinned git directories and the
+ * locked directories (parents first, so a pin inside a locked directory is made after it and stays
+ * writable), the read-only overlays, sealed directories and files, the masks, then the root made
+ * read-only.
  */
 function mountArgs(layout: Layout, binds: { from: string; to: string }[]): string[] {
   const a: string[] = [];
@@ -55,7 +57,10 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
   }
   for (const b of binds) a.push("--ro-bind", b.from, b.to);
   a.push("--proc", "/proc", "--dev", "/dev");
-  for (const p of layout.pinned) a.push("--bind", p, p);
+  const frame = [...layout.pinned.map((p) => ({ p, writable: true })), ...layout.locked.map((p) => ({ p, writable: false }))];
+  // Stable: at one depth a pin comes first, and a locked directory at the same path stays read-only.
+  frame.sort((x, y) => depth(x.p) - depth(y.p));
+  for (const { p, writable } of frame) a.push(writable ? "--bind" : "--ro-bind", p, p);
   for (const p of layout.readOnly) a.push("--ro-bind", p, p);
   for (const p of layout.sealed) a.push("--tmpfs", p, "--remount-ro", p);
   for (const p of layout.sealedFiles) a.push("--ro-bind", "/dev/null", p);
@@ -65,6 +70,11 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
   }
   a.push("--remount-ro", "/", "--chdir", layout.cwd);
   return a;
+}
+
+/** How many directories deep `p` is. */
+function depth(p: string): number {
+  return p.split("/").filter((x) => x !== "").length;
 }
 
 /** The environment as an allow-list: nothing of bwrap's own environment passes. */

@@ -10,25 +10,37 @@
  *   directory the repository does not have yet becomes an empty read-only one (so the agent cannot
  *   create it); a symlinked `hooks` has its target shown read-only, and `core.hooksPath` too when it
  *   points into a writable directory;
- * - each git directory bound onto itself, and the directories between it and `.git` too, so that none
- *   can be renamed away and replaced with one of the agent's (the read-only mounts would move with it);
+ * - each git directory bound onto itself (the directories between it and `.git` are mount points too,
+ *   read-only ones: below), so that none can be renamed away and replaced with one of the agent's (the
+ *   read-only mounts would move with it); a linked worktree's admin directory likewise;
  * - a `.git` file (a linked worktree or a submodule: `gitdir: …`) read-only, so it cannot be pointed at
  *   a git directory of the agent's: the project's own, and each of the owner's submodules' (found from
  *   their git directories' `core.worktree`), with the directories above it pinned;
  * - for each linked worktree of the repository (`.git/worktrees/NAME`, whose checkout may be outside
  *   the sandbox), its `commondir`, `gitdir` and `config.worktree` read-only: `commondir` says where
- *   that worktree's git finds its config and hooks;
+ *   that worktree's git finds its config and hooks; and its checkout's `.git` file, when that lies in a
+ *   writable directory, read-only with the directories above it pinned (as a submodule checkout's);
+ * - `worktrees` and `modules` themselves (and the directories between `modules` and a submodule's git
+ *   directory) shown read-only, made before the pins inside them, so the agent can add no new entry:
+ *   a new `worktrees/NAME` would be a git directory of its own that a checkout's `.git` file (or a
+ *   `git worktree` command of the owner's) follows, and a new `modules/NAME` one that the owner's
+ *   `git submodule update` adopts for a submodule `.gitmodules` names. A missing one is sealed (an
+ *   empty read-only directory, removed after the run); a symlinked one refuses the run (a link cannot
+ *   be made read-only: bwrap follows it). What git inside does there fails (`git worktree add`,
+ *   `git submodule update` of a submodule not yet cloned: "Read-only file system"); the existing
+ *   worktrees' and submodules' git directories stay writable;
  * - `commondir` in a repository's or submodule's own git directory (git never makes one there; it
  *   redirects git to another directory's config and hooks, and it cannot be made read-only in advance
  *   without breaking git inside) is moved aside before the run (one left by a run that was killed)
- *   and after it, and so is a new `config.worktree`; a swapped `hooks` symlink is put back
- *   ({@link checkGitAfterRun}).
+ *   and after it, and so is a new `config.worktree`; a swapped `hooks` symlink is put back; and an
+ *   entry of `worktrees` or `modules` that was not there before the run is moved to
+ *   `worktrees.lessor-quarantine/` or `modules.lessor-quarantine/` ({@link checkGitAfterRun}).
  *
  * Not covered (docs/sandbox.md, "What is not protected"): nested repositories and gitlinks the agent
  * adds to the index, which `git status` at the root enters and whose own configuration it honours.
  */
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, type Stats } from "node:fs";
-import { dirname, isAbsolute, join, resolve, sep } from "node:path";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmdirSync, rmSync, symlinkSync, type Stats } from "node:fs";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 /** What is recorded about a git directory before the run, to check after it. */
@@ -39,6 +51,13 @@ export interface GitGuard {
   sealedFiles: string[];
   /** The `hooks` symlink's text, when it is one. */
   hooksLink: string | null;
+  /**
+   * Directories where nothing new may appear (`worktrees`, `modules` and the directories between
+   * `modules` and a submodule's git directory), with the names they held before the run.
+   */
+  listed: { dir: string; names: string[] }[];
+  /** Of those, the ones that did not exist (sealed): bwrap made them to mount on, removed after the run if empty. */
+  sealedDirs: string[];
 }
 
 /** The mounts that guard one repository (see the file's comment). */
@@ -47,6 +66,11 @@ export interface GitPlan {
   pinned: string[];
   /** Shown read-only (existing paths). */
   readOnly: string[];
+  /**
+   * Existing directories shown read-only so that nothing new can be made in them, mounted with the
+   * pins in order of depth: the pins inside them (the git directories they hold) stay writable.
+   */
+  locked: string[];
   /** Missing paths made empty read-only directories (bwrap leaves an empty directory behind). */
   sealed: string[];
   /** Missing files shown as empty read-only ones (bwrap makes an empty file for the mount). */
@@ -129,7 +153,7 @@ const MAX_DIRS_WALKED = 4096;
  * `writable(p)` says whether a real path `p` is inside any writable one.
  */
 export function planGit(dir: string, writable: (p: string) => boolean, home: string | null): GitPlan {
-  const plan: GitPlan = { pinned: [], readOnly: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
+  const plan: GitPlan = { pinned: [], readOnly: [], locked: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
   const gitPath = join(dir, ".git");
   const st = lst(gitPath);
   if (st === null || st.isSymbolicLink()) return plan;
@@ -190,25 +214,40 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
   if (plain(configWorktree) !== null) once(plan.readOnly, configWorktree);
   else sealedFiles.push(configWorktree);
 
-  // Linked worktrees: their checkouts may be anywhere; what their git follows is kept here.
+  // Linked worktrees: their checkouts may be anywhere; what their git follows is kept here, and no
+  // new one can be added (its admin directory would be the agent's).
+  const listed: GitGuard["listed"] = [];
+  const sealedDirs: string[] = [];
   const worktrees = join(gitDir, "worktrees");
-  if (plain(worktrees)?.isDirectory()) {
+  if (lockDir(plan, worktrees, listed, sealedDirs)) {
     for (const name of entries(worktrees)) {
       const admin = join(worktrees, name);
-      if (!plain(admin)?.isDirectory()) continue;
-      for (const d of dirsBetween(gitDir, admin)) once(plan.pinned, d);
+      if (!plain(admin)?.isDirectory()) {
+        refuseLinkInto(admin, writable);
+        continue;
+      }
+      once(plan.pinned, admin);
       for (const f of ["commondir", "gitdir"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
       const cw = join(admin, "config.worktree");
       if (plain(cw) !== null) once(plan.readOnly, cw);
       else sealedFiles.push(cw);
+      // The checkout's `.git` file names this directory; in a writable directory the agent could point
+      // it at another (`gitdir` says where it is: absolute, or relative to this directory).
+      try {
+        const to = readFileSync(join(admin, "gitdir"), "utf8").trim();
+        if (to !== "") guardDotGitFile(plan, resolve(admin, to), writable);
+      } catch {
+        // no gitdir: git does not know the checkout either
+      }
     }
   }
+  const modules = join(gitDir, "modules");
+  const walkModules = lockDir(plan, modules, listed, sealedDirs);
   for (const f of sealedFiles) once(plan.sealedFiles, f);
-  plan.guards.push({ gitDir, sealedFiles, hooksLink });
+  plan.guards.push({ gitDir, sealedFiles, hooksLink, listed, sealedDirs });
 
   // The owner's submodules: each has a git directory under modules/ (its name may hold slashes).
-  const modules = join(gitDir, "modules");
-  if (!plain(modules)?.isDirectory()) return;
+  if (!walkModules || !plain(modules)?.isDirectory()) return;
   const tooMany = (what: string): VaultError =>
     new VaultError(
       "invalid_request",
@@ -218,14 +257,19 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
     if (depth > MAX_MODULE_DEPTH) throw tooMany(`nests directories deeper than ${MAX_MODULE_DEPTH} levels`);
     for (const name of entries(d)) {
       const sub = join(d, name);
-      if (!plain(sub)?.isDirectory()) continue;
+      if (!plain(sub)?.isDirectory()) {
+        refuseLinkInto(sub, writable);
+        continue;
+      }
       if (++plan.walked > MAX_DIRS_WALKED) throw tooMany(`holds more than ${MAX_DIRS_WALKED} directories`);
       if (plan.guards.length >= MAX_GIT_DIRS) throw tooMany(`holds more than ${MAX_GIT_DIRS} git directories`);
       if (!isGitDir(sub)) {
+        // A directory on the way to submodules' git directories (a name with a slash): nothing new in it either.
+        lockDir(plan, sub, listed, sealedDirs);
         visit(sub, depth + 1);
         continue;
       }
-      for (const p of dirsBetween(gitDir, sub)) once(plan.pinned, p);
+      once(plan.pinned, sub);
       // Its checkout's `.git` file names this directory: kept read-only, the directories above it pinned.
       let wt: string | null = null;
       try {
@@ -251,6 +295,59 @@ function entries(d: string): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * Makes `d` (a git directory's `worktrees` or `modules`, or a directory under `modules`) a place the
+ * agent cannot add to: an existing one read-only ({@link GitPlan.locked}), a missing one sealed; its
+ * names recorded in `listed` for the check after the run. Returns whether `d` exists. A symbolic link
+ * there refuses the run: the agent could repoint it (it lies in a pinned, writable directory), and
+ * bwrap would mount on its target.
+ */
+function lockDir(plan: GitPlan, d: string, listed: GitGuard["listed"], sealedDirs: string[]): boolean {
+  const st = lst(d);
+  if (st === null) {
+    once(plan.sealed, d);
+    sealedDirs.push(d);
+    listed.push({ dir: d, names: [] });
+    return false;
+  }
+  if (st.isSymbolicLink())
+    throw new VaultError(
+      "invalid_request",
+      `${d} is a symbolic link, which the sandboxed agent could point at a directory of its own (new linked worktrees or submodule git directories your git would then use, with their hooks and config); replace it with the directory it points to, or run the agent on a project without it. The command was not started`,
+    );
+  once(plan.locked, d);
+  listed.push({ dir: d, names: st.isDirectory() ? entries(d) : [] });
+  return true;
+}
+
+/**
+ * A symbolic link under `worktrees` or `modules` that leads into a writable directory: git follows it
+ * as a worktree's or submodule's git directory, whose config the agent could write. Refused.
+ */
+function refuseLinkInto(p: string, writable: (p: string) => boolean): void {
+  if (!lst(p)?.isSymbolicLink()) return;
+  const r = realOrNull(p);
+  if (r !== null && writable(r))
+    throw new VaultError(
+      "invalid_request",
+      `${p} is a symbolic link to ${r}, a directory the sandboxed agent can write: your git would use the config and hooks it puts there; move that git directory to where the link is, or run the agent on a project without it. The command was not started`,
+    );
+}
+
+/**
+ * A checkout's `.git` file (`gitdir: …`) at `file`: when it lies in a writable directory, read-only,
+ * with the directories between that directory and it pinned (so the checkout cannot be renamed away
+ * and replaced with one whose `.git` file is the agent's).
+ */
+function guardDotGitFile(plan: GitPlan, file: string, writable: (p: string) => boolean): void {
+  const r = realOrNull(file);
+  if (r === null || !plain(r)?.isFile() || !writable(r)) return;
+  let top = dirname(r);
+  while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
+  for (const p of dirsBetween(top, dirname(r))) once(plan.pinned, p);
+  once(plan.readOnly, r);
 }
 
 /** Whether `d` looks like a git directory (git's own test: `HEAD`, `objects` and `refs` there). */
@@ -290,7 +387,9 @@ function aside(p: string): string {
  * After the run (every process of the sandbox is gone): undoes what the agent planted that git would
  * follow outside the sandbox. A `commondir`, and a `config.worktree` that was not there before, are
  * moved to `<name>.lessor-quarantine`; a `hooks` symlink that was swapped is moved aside the same way
- * and put back. Returns one line per repair, for lessor to print.
+ * and put back; an entry of `worktrees` or `modules` (or of a directory on the way to a submodule's
+ * git directory) that was not there before is moved to `worktrees.lessor-quarantine/NAME` or
+ * `modules.lessor-quarantine/…`. Returns one line per repair, for lessor to print.
  */
 export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
   const out: string[] = [];
@@ -304,6 +403,28 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
         const st = lst(f);
         if (st !== null && st.isFile() && st.size === 0) rmSync(f, { force: true });
       }
+      // New entries of worktrees/ and modules/ (the mounts kept the agent from making any; one made by
+      // other means would be a git directory the owner's git adopts): moved out of git's sight.
+      for (const { dir, names } of g.listed) {
+        if (!lst(dir)?.isDirectory()) continue;
+        for (const name of entries(dir)) {
+          if (names.includes(name)) continue;
+          const [head, ...rest] = relative(g.gitDir, join(dir, name)).split(sep);
+          const to = join(g.gitDir, `${head}.lessor-quarantine`, ...rest);
+          rmSync(to, { recursive: true, force: true });
+          mkdirSync(dirname(to), { recursive: true });
+          renameSync(join(dir, name), to);
+          out.push(`lessor: ${join(dir, name)} was not there before the run (a linked worktree's or submodule's git directory your git would use, with its hooks and config); moved it to ${to}`);
+        }
+      }
+      // The empty directories bwrap made to mount the sealed ones on.
+      for (const d of g.sealedDirs) {
+        try {
+          rmdirSync(d);
+        } catch {
+          // not empty (the owner made it meanwhile) or gone: left as it is
+        }
+      }
       if (g.hooksLink !== null) {
         const hooks = join(g.gitDir, "hooks");
         const now = lst(hooks);
@@ -314,7 +435,7 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
         }
       }
     } catch (e) {
-      out.push(`lessor: could not check ${g.gitDir} after the run (${(e as NodeJS.ErrnoException).code ?? "error"}): check its commondir, config.worktree and hooks before you run git there`);
+      out.push(`lessor: could not check ${g.gitDir} after the run (${(e as NodeJS.ErrnoException).code ?? "error"}): check its commondir, config.worktree, hooks, worktrees and modules before you run git there`);
     }
   }
   return out;

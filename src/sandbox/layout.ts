@@ -70,6 +70,12 @@ export interface Layout {
   pinned: string[];
   /** Paths inside writable binds shown read-only (a project's git hooks and config run later as the owner). */
   readOnly: string[];
+  /**
+   * Existing directories inside writable binds shown read-only, mounted with the pins in order of
+   * depth so that the pins inside them stay writable: nothing new can be made there (a git
+   * directory's `worktrees` and `modules`: src/sandbox/git-guard.ts).
+   */
+  locked: string[];
   /** Missing paths inside writable binds made empty read-only directories (a repository's missing hooks directory). */
   sealed: string[];
   /** Missing files inside writable binds shown as empty read-only ones (a git directory's missing `config.worktree`). */
@@ -200,6 +206,7 @@ export function planLayout(req: LayoutRequest): Layout {
   // Git repositories in writable binds: what the owner's git runs later stays out of the agent's reach.
   const pinned: string[] = [];
   const readOnly: string[] = [];
+  const locked: string[] = [];
   const sealed: string[] = [];
   const sealedFiles: string[] = [];
   const git: GitGuard[] = [];
@@ -209,6 +216,7 @@ export function planLayout(req: LayoutRequest): Layout {
     const g = planGit(path, writable, homeReal ?? home);
     for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
+    for (const d of g.locked) if (!locked.includes(d)) locked.push(d);
     sealed.push(...g.sealed);
     sealedFiles.push(...g.sealedFiles);
     git.push(...g.guards);
@@ -271,7 +279,8 @@ export function planLayout(req: LayoutRequest): Layout {
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
-  return { mounts, pinned, readOnly, sealed, sealedFiles, git, masks: unique, cwd };
+  locked.sort((a, b) => depth(a) - depth(b));
+  return { mounts, pinned, readOnly, locked, sealed, sealedFiles, git, masks: unique, cwd };
 }
 
 /**
