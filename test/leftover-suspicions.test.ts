@@ -344,7 +344,21 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
 // ---------------------------------------------------------------------------------------------
 
 describe("4. the refusal burst when a shared commit is run again (src/store/sqlite/sqlite-store.ts runBatch)", () => {
-  test("BREAK: another identity's call failing in the same commit makes bob's first 32 refusals count twice against his burst: they land in a summary row (no lease ids) instead of one row each as docs/audit.md promises", async () => {
+  // A refusal written takes its place in its identity's burst inside the transaction, and keeps it only
+  // if the transaction commits: a run again or a rollback gives it back (src/vault/context.ts commitOnce,
+  // AuditWindow.release). Refusals counted past the burst are tallied only after the commit.
+
+  /** The access_denied rows of `actor`, before and after the window closes. */
+  const bobRows = async (vault: Awaited<ReturnType<typeof makeVault>>["vault"], actor: string) => {
+    const admin = vault.admin();
+    const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === actor);
+    await vault.flushRefusals();
+    const after = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === actor);
+    const summarised = after.filter((r) => r.detail !== null && /"count"/.test(r.detail));
+    return { rows, summarised, counts: summarised.map((r) => JSON.parse(r.detail!).count).join("+") || "0" };
+  };
+
+  test("another identity's call failing in the same commit (the store runs bob's calls again) leaves bob's first 32 refusals one row each, each naming the lease id probed, as docs/audit.md promises", async () => {
     const { vault, store, dbPath } = await makeVault({ policy: grant("gh", ["bob", "mallory"], ["tok"], ["api.example.com"]), limits: { authFailureWindowMs: 3_600_000 } });
     const admin = vault.admin();
     await admin.storeSecret({ name: "tok", value: "t".repeat(24) });
@@ -360,16 +374,37 @@ describe("4. the refusal burst when a shared commit is run again (src/store/sqli
     const probes = Array.from({ length: BURST }, () => randomUUID());
     const out = await Promise.all([...probes.map((id) => codeOf(bob.accessSecret(id, { domain: "api.example.com" }))), codeOf(mallory.accessSecret(randomUUID(), { domain: "api.example.com" }))]);
     assert.deepEqual(new Set(out.slice(0, BURST)), new Set(["lease_not_found"]), "every probe of bob's is refused");
+    assert.ok(out[BURST] !== "resolved" && out[BURST] !== "lease_not_found", `mallory's call failed in the commit (${out[BURST]})`);
     assert.ok(sqlite.stats().reruns - r0 >= 1, "the commit was run again");
-    const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
-    await vault.flushRefusals();
-    const after = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
-    const summarised = after.filter((r) => r.detail !== null && /"count"/.test(r.detail));
+    const { rows, summarised, counts } = await bobRows(vault, "token:bob");
     assert.equal(
       rows.length,
       BURST,
-      `bob made ${BURST} refused calls, his first in this window: docs/audit.md says they are one row each (each naming the lease id probed). ${rows.length} were written; after the window closed, ${summarised.length} summary row(s) stand for ${summarised.map((r) => JSON.parse(r.detail!).count).join("+") || 0} of them, without the lease ids`,
+      `bob made ${BURST} refused calls, his first in this window: docs/audit.md says they are one row each (each naming the lease id probed). ${rows.length} were written; after the window closed, ${summarised.length} summary row(s) stand for ${counts} of them, without the lease ids`,
     );
+    assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set(probes), "each row names the lease id probed");
+    assert.equal(summarised.length, 0, "nothing was counted past the burst");
+  });
+
+  test("refusals whose commits failed (rolled back) do not spend the burst: once the disk is back, bob's next 32 refusals are one row each", async () => {
+    const { vault, dbPath } = await makeVault({ policy: grant("gh", ["bob"], ["tok"], ["api.example.com"]), limits: { authFailureWindowMs: 3_600_000 } });
+    const bob = vault.session({ id: "token:bob", role: "agent", agent: "bob", transport: "tcp" });
+    const db = new Database(dbPath!);
+    try {
+      db.exec("CREATE TRIGGER no_bob BEFORE INSERT ON audit WHEN NEW.actor_id = 'token:bob' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;");
+      for (let i = 0; i < BURST; i++) {
+        const code = await codeOf(bob.accessSecret(randomUUID(), { domain: "api.example.com" }));
+        assert.ok(code !== "resolved" && code !== "lease_not_found", `the refusal's row could not be written, so the call failed (${code})`);
+      }
+      db.exec("DROP TRIGGER no_bob");
+    } finally {
+      db.close();
+    }
+    const probes = Array.from({ length: BURST }, () => randomUUID());
+    for (const id of probes) assert.equal(await codeOf(bob.accessSecret(id, { domain: "api.example.com" })), "lease_not_found");
+    const { rows, summarised, counts } = await bobRows(vault, "token:bob");
+    assert.equal(rows.length, BURST, `${rows.length} rows written; ${summarised.length} summary row(s) stand for ${counts}`);
+    assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set(probes));
   });
 
   test("without a rerun the same 32 refusals are one row each (the control)", async () => {
@@ -380,6 +415,52 @@ describe("4. the refusal burst when a shared commit is run again (src/store/sqli
     const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
     assert.equal(rows.length, BURST);
     assert.ok(rows.every((r) => r.leaseId !== null && r.detail === null));
+  });
+
+  test("PostgreSQL: bob's refusals in a batch the store runs again after mallory's call fails in the commit spend his burst only if they commit (src/store/postgres/postgres-store.ts)", { skip: process.env.LESSOR_TEST_PG_URL ? false : "LESSOR_TEST_PG_URL is not set" }, async () => {
+    const { Vault } = await import("../src/vault/vault.js");
+    const { openPostgresStore } = await import("../src/store/postgres/postgres-store.js");
+    const { envKeySource } = await import("../src/crypto/keys/env.js");
+    const { parsePolicy } = await import("../src/vault/policy.js");
+    const { hexKey } = await import("./helpers.js");
+    const { admin: pgAdmin, testSchema } = await import("./pg-helpers.js");
+    const { schema, drop } = await testSchema();
+    const store = await openPostgresStore({ url: process.env.LESSOR_TEST_PG_URL!, schema });
+    const vault = await Vault.open({
+      store,
+      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+      policy: parsePolicy(grant("gh", ["bob", "mallory"], ["tok"], ["api.example.com"]), "policy.toml"),
+      limits: { authFailureWindowMs: 3_600_000 },
+    });
+    try {
+      await vault.admin().storeSecret({ name: "tok", value: "t".repeat(24) });
+      await pgAdmin(
+        `CREATE FUNCTION ${schema}.no_mallory() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk trouble'; END $$;` +
+          `CREATE TRIGGER no_mallory BEFORE INSERT ON ${schema}.audit FOR EACH ROW WHEN (NEW.actor_id = 'token:mallory') EXECUTE FUNCTION ${schema}.no_mallory();`,
+      );
+      const bob = vault.session({ id: "token:bob", role: "agent", agent: "bob", transport: "tcp" });
+      const mallory = vault.session({ id: "token:mallory", role: "agent", agent: "mallory", transport: "tcp" });
+      const r0 = store.stats().reruns;
+      const probes = Array.from({ length: BURST }, () => randomUUID());
+      const out = await Promise.all([...probes.map((id) => codeOf(bob.accessSecret(id, { domain: "api.example.com" }))), codeOf(mallory.accessSecret(randomUUID(), { domain: "api.example.com" }))]);
+      assert.ok(out[BURST] !== "resolved" && out[BURST] !== "lease_not_found", `mallory's call failed in the commit (${out[BURST]})`);
+      assert.ok(store.stats().reruns - r0 >= 1, "the batch was run again");
+      // Mallory's row is written in the commit (a deferred insert, failing at COMMIT), so the store cannot
+      // tell whose it was and fails the whole batch, bob's refusals with it: those committed nothing.
+      const committed = probes.filter((_, i) => out[i] === "lease_not_found");
+      assert.ok(out.slice(0, BURST).every((c) => c !== "resolved"), "no probe of bob's succeeded");
+      await pgAdmin(`DROP TRIGGER no_mallory ON ${schema}.audit`);
+      // Bob's refusals that did not commit spent nothing: his next ones, up to his burst, are one row each.
+      const more = Array.from({ length: BURST - committed.length }, () => randomUUID());
+      for (const id of more) assert.equal(await codeOf(bob.accessSecret(id, { domain: "api.example.com" })), "lease_not_found");
+      const { rows, summarised, counts } = await bobRows(vault, "token:bob");
+      assert.equal(rows.length, BURST, `${committed.length} of bob's first probes committed, then ${more.length} more; ${rows.length} rows written; ${summarised.length} summary row(s) stand for ${counts}`);
+      assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set([...committed, ...more]));
+      assert.equal(summarised.length, 0);
+    } finally {
+      await vault.close();
+      await drop();
+    }
   });
 });
 
