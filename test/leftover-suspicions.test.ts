@@ -268,9 +268,16 @@ const OVERSIZE = (() => {
 })();
 
 describe("2. requests pipelined before an oversize frame (lessor serve, Unix socket)", () => {
-  test("BREAK: a rotation the daemon commits gets no answer when the client's next frame is oversize: the connection closes with one id:null error, the new version exists, and the client cannot tell it took effect", async () => {
+  // On an oversize length prefix the daemon reads no more; the requests it started run to the end and
+  // are answered, then it sends the id:null error and closes (src/server/connection.ts, #lastWord;
+  // docs/protocol.md "Framing"). Requests received but not started never run and get no answer.
+
+  type Answer = { id: string | null; ok: boolean; result?: unknown; error?: { code: string; message: string } };
+
+  /** A home whose secret "db" rotates through a hook that sleeps `sleep` seconds first. */
+  const rotatingHome = async (sleep: number, server = ""): Promise<string> => {
     const home = await makeHome({
-      config: `[[rotate]]\nsecret = "db"\ncommand = ["/bin/sh", "-c", "sleep 1; echo rotated-value-from-hook"]\ntimeout = "20s"\n`,
+      config: `${server}[[rotate]]\nsecret = "db"\ncommand = ["/bin/sh", "-c", "sleep ${sleep}; echo rotated-value-from-hook"]\ntimeout = "20s"\n`,
     });
     const v = await openVault({ home, env: { LESSOR_HOME: home } });
     try {
@@ -278,6 +285,25 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
     } finally {
       await v.close();
     }
+    return home;
+  };
+  /** What another connection reads: the current version of "db" and the names of the secrets. */
+  const look = async (socket: string): Promise<{ version: number; names: string }> => {
+    const client = await RawConn.open(socket);
+    await client.hello();
+    const [mid, lid] = [randomUUID(), randomUUID()];
+    client.send({ id: mid, method: "get_secret_metadata", params: { name: "db" } });
+    client.send({ id: lid, method: "list_secrets", params: {} });
+    await client.waitFrames(3);
+    client.sock.destroy();
+    // Answers come in the order the requests finish, not the order sent.
+    const answer = (id: string) => (client.frames.slice(1) as Answer[]).find((f) => f.id === id)!;
+    const meta = answer(mid) as { result: { currentVersion: number } };
+    return { version: meta.result.currentVersion, names: JSON.stringify(answer(lid)) };
+  };
+
+  test("a rotation in flight when the client's next frame is oversize is answered first (ok, version 2), then the id:null error, then the close: the client knows it took effect", async () => {
+    const home = await rotatingHome(1);
     const d = await startServe(home);
     try {
       const c = await RawConn.open(d.socket);
@@ -290,30 +316,64 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
       await new Promise((r) => setTimeout(r, 300));
       c.sock.write(OVERSIZE);
       assert.equal(await c.waitClosed(8000), true, "the daemon closes the connection");
-      const answers = c.frames.slice(1) as { id: string | null; ok: boolean; error?: { code: string; message: string } }[];
-      assert.equal(answers.length >= 1, true);
-      assert.match(answers[answers.length - 1]!.error?.message ?? "", /over the 1048576-byte limit/);
-      // Wait for the rotation to finish in the daemon, then look at the secret.
-      await new Promise((r) => setTimeout(r, 1500));
-      const client = await RawConn.open(d.socket);
-      await client.hello();
-      const mid = randomUUID();
-      client.send({ id: mid, method: "get_secret_metadata", params: { name: "db" } });
-      await client.waitFrames(2);
-      const meta = client.frames[1] as { ok: boolean; result: { currentVersion?: number; version?: number } };
-      client.sock.destroy();
-      const version = meta.result.currentVersion ?? meta.result.version;
-      assert.equal(version, 2, `the rotation committed (metadata: ${JSON.stringify(meta)})`);
-      assert.ok(
-        answers.some((a) => a.id === id),
-        `the rotation committed (version 2 is there), yet its request ${id} got no answer: the client saw only ${JSON.stringify(answers)} before the close`,
-      );
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => [a.id, a.ok]), [[id, true], [null, false]], `the rotation's answer, then the oversize error: ${JSON.stringify(answers)}`);
+      assert.match(answers[1]!.error!.message, /over the 1048576-byte limit/);
+      assert.equal((await look(d.socket)).version, 2, "the rotation committed");
     } finally {
       await d.stop();
     }
   });
 
-  test("requests in the same read as an oversize frame's length prefix never run (no answer, no write): facts", async () => {
+  // (A frame queued behind the connection's max_in_flight cannot meet an oversize prefix in a later
+  // read: the daemon reads nothing while one is queued, so it starts before the prefix is read.)
+  test("a request received but not started (waiting for the scheduler behind max_in_flight_per_principal) when the oversize frame comes never runs and gets no answer; the one running is answered", async () => {
+    const home = await rotatingHome(1, "[server]\nmax_in_flight_per_principal = 1\n");
+    const d = await startServe(home);
+    try {
+      const c = await RawConn.open(d.socket);
+      await c.hello();
+      const id = randomUUID();
+      const queued = randomUUID();
+      c.send({ id, method: "rotate_secret_hook", params: { name: "db" } });
+      c.send({ id: queued, method: "store_secret", params: { name: "queued-store", value: "vq" } });
+      await new Promise((r) => setTimeout(r, 300));
+      c.sock.write(OVERSIZE);
+      assert.equal(await c.waitClosed(8000), true);
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => [a.id, a.ok]), [[id, true], [null, false]], JSON.stringify(answers));
+      const seen = await look(d.socket);
+      assert.equal(seen.version, 2);
+      assert.doesNotMatch(seen.names, /queued-store/, "the queued store never ran");
+    } finally {
+      await d.stop();
+    }
+  });
+
+  test("the wait for requests running is bounded by shutdown_grace: a hostile client cannot hold the connection half-open while a slow request runs (its answer is dropped, as at shutdown)", async () => {
+    const home = await rotatingHome(8, '[server]\nshutdown_grace = "1s"\n');
+    const d = await startServe(home);
+    try {
+      const c = await RawConn.open(d.socket);
+      await c.hello();
+      c.send({ id: randomUUID(), method: "rotate_secret_hook", params: { name: "db" } });
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      c.sock.write(OVERSIZE);
+      // More bytes after it change nothing: they are not read.
+      c.sock.write(Buffer.alloc(64 * 1024, 0x41));
+      assert.equal(await c.waitClosed(6000), true, "closed within the grace (plus a sweep and the linger)");
+      const took = Date.now() - t0;
+      assert.ok(took >= 900 && took < 4000, `closed ${took} ms after the oversize frame (grace 1 s, hook 8 s)`);
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => a.id), [null], JSON.stringify(answers));
+      assert.match(answers[0]!.error!.message, /over the 1048576-byte limit/);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  test("requests in the same read as an oversize frame's length prefix never run (no answer, no write)", async () => {
     const home = await makeHome();
     const d = await startServe(home);
     try {
@@ -329,8 +389,9 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
       await client.waitFrames(2);
       const listed = JSON.stringify(client.frames[1]);
       client.sock.destroy();
-      // What happens (src/protocol/framing.ts FrameDecoder.push throws and the frames it had decoded are lost):
-      // neither request ran, and neither got an answer; the client gets one id:null error and a close.
+      // src/protocol/framing.ts FrameDecoder.push throws and the frames it had decoded are lost: they
+      // were never started, so neither ran and neither got an answer; the client gets one id:null error
+      // and a close.
       assert.deepEqual(answers.map((a) => a.id), [null], "only the oversize frame's error");
       assert.doesNotMatch(listed, /piped-a|piped-b/, "neither pipelined store ran");
     } finally {
