@@ -387,9 +387,16 @@ const OVERSIZE = (() => {
 })();
 
 describe("2. requests pipelined before an oversize frame (lessor serve, Unix socket)", () => {
-  test("BREAK: a rotation the daemon commits gets no answer when the client's next frame is oversize: the connection closes with one id:null error, the new version exists, and the client cannot tell it took effect", async () => {
+  // On an oversize length prefix the daemon reads no more; the requests it started run to the end and
+  // are answered, then it sends the id:null error and closes (src/server/connection.ts, #lastWord;
+  // docs/protocol.md "Framing"). Requests received but not started never run and get no answer.
+
+  type Answer = { id: string | null; ok: boolean; result?: unknown; error?: { code: string; message: string } };
+
+  /** A home whose secret "db" rotates through a hook that sleeps `sleep` seconds first. */
+  const rotatingHome = async (sleep: number, server = ""): Promise<string> => {
     const home = await makeHome({
-      config: `[[rotate]]\nsecret = "db"\ncommand = ["/bin/sh", "-c", "sleep 1; echo rotated-value-from-hook"]\ntimeout = "20s"\n`,
+      config: `${server}[[rotate]]\nsecret = "db"\ncommand = ["/bin/sh", "-c", "sleep ${sleep}; echo rotated-value-from-hook"]\ntimeout = "20s"\n`,
     });
     const v = await openVault({ home, env: { LESSOR_HOME: home } });
     try {
@@ -397,6 +404,25 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
     } finally {
       await v.close();
     }
+    return home;
+  };
+  /** What another connection reads: the current version of "db" and the names of the secrets. */
+  const look = async (socket: string): Promise<{ version: number; names: string }> => {
+    const client = await RawConn.open(socket);
+    await client.hello();
+    const [mid, lid] = [randomUUID(), randomUUID()];
+    client.send({ id: mid, method: "get_secret_metadata", params: { name: "db" } });
+    client.send({ id: lid, method: "list_secrets", params: {} });
+    await client.waitFrames(3);
+    client.sock.destroy();
+    // Answers come in the order the requests finish, not the order sent.
+    const answer = (id: string) => (client.frames.slice(1) as Answer[]).find((f) => f.id === id)!;
+    const meta = answer(mid) as { result: { currentVersion: number } };
+    return { version: meta.result.currentVersion, names: JSON.stringify(answer(lid)) };
+  };
+
+  test("a rotation in flight when the client's next frame is oversize is answered first (ok, version 2), then the id:null error, then the close: the client knows it took effect", async () => {
+    const home = await rotatingHome(1);
     const d = await startServe(home);
     try {
       const c = await RawConn.open(d.socket);
@@ -409,30 +435,64 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
       await new Promise((r) => setTimeout(r, 300));
       c.sock.write(OVERSIZE);
       assert.equal(await c.waitClosed(8000), true, "the daemon closes the connection");
-      const answers = c.frames.slice(1) as { id: string | null; ok: boolean; error?: { code: string; message: string } }[];
-      assert.equal(answers.length >= 1, true);
-      assert.match(answers[answers.length - 1]!.error?.message ?? "", /over the 1048576-byte limit/);
-      // Wait for the rotation to finish in the daemon, then look at the secret.
-      await new Promise((r) => setTimeout(r, 1500));
-      const client = await RawConn.open(d.socket);
-      await client.hello();
-      const mid = randomUUID();
-      client.send({ id: mid, method: "get_secret_metadata", params: { name: "db" } });
-      await client.waitFrames(2);
-      const meta = client.frames[1] as { ok: boolean; result: { currentVersion?: number; version?: number } };
-      client.sock.destroy();
-      const version = meta.result.currentVersion ?? meta.result.version;
-      assert.equal(version, 2, `the rotation committed (metadata: ${JSON.stringify(meta)})`);
-      assert.ok(
-        answers.some((a) => a.id === id),
-        `the rotation committed (version 2 is there), yet its request ${id} got no answer: the client saw only ${JSON.stringify(answers)} before the close`,
-      );
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => [a.id, a.ok]), [[id, true], [null, false]], `the rotation's answer, then the oversize error: ${JSON.stringify(answers)}`);
+      assert.match(answers[1]!.error!.message, /over the 1048576-byte limit/);
+      assert.equal((await look(d.socket)).version, 2, "the rotation committed");
     } finally {
       await d.stop();
     }
   });
 
-  test("requests in the same read as an oversize frame's length prefix never run (no answer, no write): facts", async () => {
+  // (A frame queued behind the connection's max_in_flight cannot meet an oversize prefix in a later
+  // read: the daemon reads nothing while one is queued, so it starts before the prefix is read.)
+  test("a request received but not started (waiting for the scheduler behind max_in_flight_per_principal) when the oversize frame comes never runs and gets no answer; the one running is answered", async () => {
+    const home = await rotatingHome(1, "[server]\nmax_in_flight_per_principal = 1\n");
+    const d = await startServe(home);
+    try {
+      const c = await RawConn.open(d.socket);
+      await c.hello();
+      const id = randomUUID();
+      const queued = randomUUID();
+      c.send({ id, method: "rotate_secret_hook", params: { name: "db" } });
+      c.send({ id: queued, method: "store_secret", params: { name: "queued-store", value: "vq" } });
+      await new Promise((r) => setTimeout(r, 300));
+      c.sock.write(OVERSIZE);
+      assert.equal(await c.waitClosed(8000), true);
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => [a.id, a.ok]), [[id, true], [null, false]], JSON.stringify(answers));
+      const seen = await look(d.socket);
+      assert.equal(seen.version, 2);
+      assert.doesNotMatch(seen.names, /queued-store/, "the queued store never ran");
+    } finally {
+      await d.stop();
+    }
+  });
+
+  test("the wait for requests running is bounded by shutdown_grace: a hostile client cannot hold the connection half-open while a slow request runs (its answer is dropped, as at shutdown)", async () => {
+    const home = await rotatingHome(8, '[server]\nshutdown_grace = "1s"\n');
+    const d = await startServe(home);
+    try {
+      const c = await RawConn.open(d.socket);
+      await c.hello();
+      c.send({ id: randomUUID(), method: "rotate_secret_hook", params: { name: "db" } });
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      c.sock.write(OVERSIZE);
+      // More bytes after it change nothing: they are not read.
+      c.sock.write(Buffer.alloc(64 * 1024, 0x41));
+      assert.equal(await c.waitClosed(6000), true, "closed within the grace (plus a sweep and the linger)");
+      const took = Date.now() - t0;
+      assert.ok(took >= 900 && took < 4000, `closed ${took} ms after the oversize frame (grace 1 s, hook 8 s)`);
+      const answers = c.frames.slice(1) as Answer[];
+      assert.deepEqual(answers.map((a) => a.id), [null], JSON.stringify(answers));
+      assert.match(answers[0]!.error!.message, /over the 1048576-byte limit/);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  test("requests in the same read as an oversize frame's length prefix never run (no answer, no write)", async () => {
     const home = await makeHome();
     const d = await startServe(home);
     try {
@@ -448,8 +508,9 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
       await client.waitFrames(2);
       const listed = JSON.stringify(client.frames[1]);
       client.sock.destroy();
-      // What happens (src/protocol/framing.ts FrameDecoder.push throws and the frames it had decoded are lost):
-      // neither request ran, and neither got an answer; the client gets one id:null error and a close.
+      // src/protocol/framing.ts FrameDecoder.push throws and the frames it had decoded are lost: they
+      // were never started, so neither ran and neither got an answer; the client gets one id:null error
+      // and a close.
       assert.deepEqual(answers.map((a) => a.id), [null], "only the oversize frame's error");
       assert.doesNotMatch(listed, /piped-a|piped-b/, "neither pipelined store ran");
     } finally {
@@ -463,7 +524,21 @@ describe("2. requests pipelined before an oversize frame (lessor serve, Unix soc
 // ---------------------------------------------------------------------------------------------
 
 describe("4. the refusal burst when a shared commit is run again (src/store/sqlite/sqlite-store.ts runBatch)", () => {
-  test("BREAK: another identity's call failing in the same commit makes bob's first 32 refusals count twice against his burst: they land in a summary row (no lease ids) instead of one row each as docs/audit.md promises", async () => {
+  // A refusal written takes its place in its identity's burst inside the transaction, and keeps it only
+  // if the transaction commits: a run again or a rollback gives it back (src/vault/context.ts commitOnce,
+  // AuditWindow.release). Refusals counted past the burst are tallied only after the commit.
+
+  /** The access_denied rows of `actor`, before and after the window closes. */
+  const bobRows = async (vault: Awaited<ReturnType<typeof makeVault>>["vault"], actor: string) => {
+    const admin = vault.admin();
+    const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === actor);
+    await vault.flushRefusals();
+    const after = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === actor);
+    const summarised = after.filter((r) => r.detail !== null && /"count"/.test(r.detail));
+    return { rows, summarised, counts: summarised.map((r) => JSON.parse(r.detail!).count).join("+") || "0" };
+  };
+
+  test("another identity's call failing in the same commit (the store runs bob's calls again) leaves bob's first 32 refusals one row each, each naming the lease id probed, as docs/audit.md promises", async () => {
     const { vault, store, dbPath } = await makeVault({ policy: grant("gh", ["bob", "mallory"], ["tok"], ["api.example.com"]), limits: { authFailureWindowMs: 3_600_000 } });
     const admin = vault.admin();
     await admin.storeSecret({ name: "tok", value: "t".repeat(24) });
@@ -479,16 +554,37 @@ describe("4. the refusal burst when a shared commit is run again (src/store/sqli
     const probes = Array.from({ length: BURST }, () => randomUUID());
     const out = await Promise.all([...probes.map((id) => codeOf(bob.accessSecret(id, { domain: "api.example.com" }))), codeOf(mallory.accessSecret(randomUUID(), { domain: "api.example.com" }))]);
     assert.deepEqual(new Set(out.slice(0, BURST)), new Set(["lease_not_found"]), "every probe of bob's is refused");
+    assert.ok(out[BURST] !== "resolved" && out[BURST] !== "lease_not_found", `mallory's call failed in the commit (${out[BURST]})`);
     assert.ok(sqlite.stats().reruns - r0 >= 1, "the commit was run again");
-    const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
-    await vault.flushRefusals();
-    const after = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
-    const summarised = after.filter((r) => r.detail !== null && /"count"/.test(r.detail));
+    const { rows, summarised, counts } = await bobRows(vault, "token:bob");
     assert.equal(
       rows.length,
       BURST,
-      `bob made ${BURST} refused calls, his first in this window: docs/audit.md says they are one row each (each naming the lease id probed). ${rows.length} were written; after the window closed, ${summarised.length} summary row(s) stand for ${summarised.map((r) => JSON.parse(r.detail!).count).join("+") || 0} of them, without the lease ids`,
+      `bob made ${BURST} refused calls, his first in this window: docs/audit.md says they are one row each (each naming the lease id probed). ${rows.length} were written; after the window closed, ${summarised.length} summary row(s) stand for ${counts} of them, without the lease ids`,
     );
+    assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set(probes), "each row names the lease id probed");
+    assert.equal(summarised.length, 0, "nothing was counted past the burst");
+  });
+
+  test("refusals whose commits failed (rolled back) do not spend the burst: once the disk is back, bob's next 32 refusals are one row each", async () => {
+    const { vault, dbPath } = await makeVault({ policy: grant("gh", ["bob"], ["tok"], ["api.example.com"]), limits: { authFailureWindowMs: 3_600_000 } });
+    const bob = vault.session({ id: "token:bob", role: "agent", agent: "bob", transport: "tcp" });
+    const db = new Database(dbPath!);
+    try {
+      db.exec("CREATE TRIGGER no_bob BEFORE INSERT ON audit WHEN NEW.actor_id = 'token:bob' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;");
+      for (let i = 0; i < BURST; i++) {
+        const code = await codeOf(bob.accessSecret(randomUUID(), { domain: "api.example.com" }));
+        assert.ok(code !== "resolved" && code !== "lease_not_found", `the refusal's row could not be written, so the call failed (${code})`);
+      }
+      db.exec("DROP TRIGGER no_bob");
+    } finally {
+      db.close();
+    }
+    const probes = Array.from({ length: BURST }, () => randomUUID());
+    for (const id of probes) assert.equal(await codeOf(bob.accessSecret(id, { domain: "api.example.com" })), "lease_not_found");
+    const { rows, summarised, counts } = await bobRows(vault, "token:bob");
+    assert.equal(rows.length, BURST, `${rows.length} rows written; ${summarised.length} summary row(s) stand for ${counts}`);
+    assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set(probes));
   });
 
   test("without a rerun the same 32 refusals are one row each (the control)", async () => {
@@ -499,6 +595,52 @@ describe("4. the refusal burst when a shared commit is run again (src/store/sqli
     const rows = (await admin.auditQuery({ types: ["access_denied"], limit: 10_000 })).filter((r) => r.actorId === "token:bob");
     assert.equal(rows.length, BURST);
     assert.ok(rows.every((r) => r.leaseId !== null && r.detail === null));
+  });
+
+  test("PostgreSQL: bob's refusals in a batch the store runs again after mallory's call fails in the commit spend his burst only if they commit (src/store/postgres/postgres-store.ts)", { skip: process.env.LESSOR_TEST_PG_URL ? false : "LESSOR_TEST_PG_URL is not set" }, async () => {
+    const { Vault } = await import("../src/vault/vault.js");
+    const { openPostgresStore } = await import("../src/store/postgres/postgres-store.js");
+    const { envKeySource } = await import("../src/crypto/keys/env.js");
+    const { parsePolicy } = await import("../src/vault/policy.js");
+    const { hexKey } = await import("./helpers.js");
+    const { admin: pgAdmin, testSchema } = await import("./pg-helpers.js");
+    const { schema, drop } = await testSchema();
+    const store = await openPostgresStore({ url: process.env.LESSOR_TEST_PG_URL!, schema });
+    const vault = await Vault.open({
+      store,
+      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+      policy: parsePolicy(grant("gh", ["bob", "mallory"], ["tok"], ["api.example.com"]), "policy.toml"),
+      limits: { authFailureWindowMs: 3_600_000 },
+    });
+    try {
+      await vault.admin().storeSecret({ name: "tok", value: "t".repeat(24) });
+      await pgAdmin(
+        `CREATE FUNCTION ${schema}.no_mallory() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk trouble'; END $$;` +
+          `CREATE TRIGGER no_mallory BEFORE INSERT ON ${schema}.audit FOR EACH ROW WHEN (NEW.actor_id = 'token:mallory') EXECUTE FUNCTION ${schema}.no_mallory();`,
+      );
+      const bob = vault.session({ id: "token:bob", role: "agent", agent: "bob", transport: "tcp" });
+      const mallory = vault.session({ id: "token:mallory", role: "agent", agent: "mallory", transport: "tcp" });
+      const r0 = store.stats().reruns;
+      const probes = Array.from({ length: BURST }, () => randomUUID());
+      const out = await Promise.all([...probes.map((id) => codeOf(bob.accessSecret(id, { domain: "api.example.com" }))), codeOf(mallory.accessSecret(randomUUID(), { domain: "api.example.com" }))]);
+      assert.ok(out[BURST] !== "resolved" && out[BURST] !== "lease_not_found", `mallory's call failed in the commit (${out[BURST]})`);
+      assert.ok(store.stats().reruns - r0 >= 1, "the batch was run again");
+      // Mallory's row is written in the commit (a deferred insert, failing at COMMIT), so the store cannot
+      // tell whose it was and fails the whole batch, bob's refusals with it: those committed nothing.
+      const committed = probes.filter((_, i) => out[i] === "lease_not_found");
+      assert.ok(out.slice(0, BURST).every((c) => c !== "resolved"), "no probe of bob's succeeded");
+      await pgAdmin(`DROP TRIGGER no_mallory ON ${schema}.audit`);
+      // Bob's refusals that did not commit spent nothing: his next ones, up to his burst, are one row each.
+      const more = Array.from({ length: BURST - committed.length }, () => randomUUID());
+      for (const id of more) assert.equal(await codeOf(bob.accessSecret(id, { domain: "api.example.com" })), "lease_not_found");
+      const { rows, summarised, counts } = await bobRows(vault, "token:bob");
+      assert.equal(rows.length, BURST, `${committed.length} of bob's first probes committed, then ${more.length} more; ${rows.length} rows written; ${summarised.length} summary row(s) stand for ${counts}`);
+      assert.deepEqual(new Set(rows.map((r) => r.leaseId)), new Set([...committed, ...more]));
+      assert.equal(summarised.length, 0);
+    } finally {
+      await vault.close();
+      await drop();
+    }
   });
 });
 

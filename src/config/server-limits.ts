@@ -53,7 +53,10 @@ export interface ServerLimits {
   maxHandshakesPerPeer: number;
   /** Largest request frame body. Default (and at most) MAX_FRAME_BYTES. */
   maxFrameBytes: number;
-  /** How long close() waits for in-flight requests. Default 10000 ms. */
+  /**
+   * How long close() waits for in-flight requests, and a connection that sent an oversize frame
+   * waits for its requests running before it sends the error and closes. Default 10000 ms.
+   */
   shutdownGraceMs: number;
   /**
    * A connection is closed this long after it was accepted, however busy it is (requests do not

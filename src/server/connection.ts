@@ -6,7 +6,9 @@
  * States: `hello` (waiting for the first frame) → `auth` (authenticate running; later frames are
  * queued) → `open` → `closing` (a final frame may be on its way; input is discarded) → `closed`.
  * A token handshake (docs/protocol.md) goes `hello` → `challenge` (the vault computes its proof) →
- * `proof` (waiting for the frame that shows the token) → `auth` → `open`.
+ * `proof` (waiting for the frame that shows the token) → `auth` → `open`. An oversize frame on an open
+ * connection stops reading and starting requests; the connection stays `open` until the requests
+ * running have answered (at most `shutdownGraceMs`), then closes with the error (`#lastWord`).
  *
  * A connection that authenticated with a token is re-checked at every request (from the vault's
  * memory, no store read) and by the sweep: once the token is revoked or expires it is closed, with an
@@ -136,6 +138,13 @@ export class Connection {
   #tokenShown = false;
   /** The token the connection authenticated with, once open (null: none). */
   #token: { id: string; expiresAt: number | null } | null = null;
+  /**
+   * An oversize frame arrived on the open connection: nothing more is read or started, and this error
+   * is sent and the connection closed once the requests running have answered (null: none).
+   */
+  #lastWord: Buffer | null = null;
+  /** When {@link #lastWord} was set: the requests running get `shutdownGraceMs` from then to answer. */
+  #drainingSince = 0;
 
   constructor(host: ConnectionHost, stream: Duplex, peer: PeerInfo) {
     this.#host = host;
@@ -177,7 +186,8 @@ export class Connection {
   // ---- stream events ----
 
   #onData = (chunk: Buffer): void => {
-    if (this.#state === "closing" || this.#state === "closed") return; // discard input after a final frame
+    // Discard input after a final frame, or once an oversize frame was seen.
+    if (this.#state === "closing" || this.#state === "closed" || this.#lastWord !== null) return;
     let frames: Buffer[];
     try {
       frames = this.#decoder.push(chunk);
@@ -185,9 +195,15 @@ export class Connection {
       if (!(e instanceof FrameTooLarge)) throw e;
       const message = `frame of ${e.length} bytes is over the ${e.max}-byte limit`;
       this.#host.log.warn({ conn: this.id, transport: this.peer.transport, bytes: e.length, max: e.max }, "closing a connection that sent an oversize frame");
-      if (this.#state !== "open") this.#finish(refusalFrame("invalid_request", message));
-      else this.#finish(encodeFrame({ id: null, ok: false, error: wireError("invalid_request", message) } satisfies Response));
-      return;
+      if (this.#state !== "open") return this.#finish(refusalFrame("invalid_request", message));
+      // The stream cannot be read past this frame. Requests the daemon started still run to the end:
+      // their answers go out first (a client must learn what took effect), then this error and the
+      // close. Frames not started (queued, or in this read) never run. See "Framing" in docs/protocol.md.
+      this.#lastWord = encodeFrame({ id: null, ok: false, error: wireError("invalid_request", message) } satisfies Response);
+      this.#drainingSince = Date.now();
+      this.#queue.length = 0;
+      this.#partialSince = 0;
+      return this.#pump();
     }
     if ((this.#state === "hello" || this.#state === "proof") && frames.length === 0 && (this.#helloBytes += chunk.length) > MAX_HELLO_BYTES + 4)
       return this.#refuse("invalid_request", `the hello is over ${MAX_HELLO_BYTES} bytes; send ${HELLO_SHAPE} as the first frame`);
@@ -358,7 +374,7 @@ export class Connection {
       // Nothing starts while the client leaves more than maxBufferedBytes of answers unread.
       while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight && this.#writeBlockedSince === 0 && this.#state === "open")
         this.#request(this.#queue.shift()!);
-      if (this.#peerEnded && this.#inFlight === 0 && this.#queue.length === 0) return this.#finish();
+      if (this.#inFlight === 0 && (this.#lastWord !== null || (this.#peerEnded && this.#queue.length === 0))) return this.#finish(this.#lastWord);
     }
     this.#flow();
   }
@@ -367,7 +383,7 @@ export class Connection {
   #flow(): void {
     const s = this.#state;
     if (s === "closing" || s === "closed") return;
-    const hold = s === "auth" || s === "challenge" || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
+    const hold = s === "auth" || s === "challenge" || this.#lastWord !== null || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
     if (hold && !this.#paused) {
       this.#paused = true;
       this.stream.pause();
@@ -417,7 +433,8 @@ export class Connection {
 
   async #run(id: string, method: MethodName, params: unknown): Promise<void> {
     try {
-      if (this.#state !== "open") return; // closed while it waited for the scheduler: never run
+      // Closed while it waited for the scheduler, or an oversize frame came meanwhile: never run.
+      if (this.#state !== "open" || this.#lastWord !== null) return;
       if (this.#cutIfDue(Date.now(), id)) return; // once per request, as it starts: after any wait for the scheduler
       const result = await dispatch(this.#session!, method, params, this.#host.dispatch);
       this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);
@@ -492,7 +509,12 @@ export class Connection {
         return;
       case "open":
         if (this.#cutIfDue(now, null)) return;
-        if (this.#partialSince !== 0 && !this.#paused && now - this.#partialSince >= lim.readTimeoutMs) {
+        if (this.#lastWord !== null) {
+          if (now - this.#drainingSince < lim.shutdownGraceMs) return;
+          // Past the grace: answers of requests still running are dropped, as at shutdown.
+          this.#host.log.warn({ conn: this.id, transport: this.peer.transport, inFlight: this.#inFlight, graceMs: lim.shutdownGraceMs }, "closing a connection after an oversize frame; dropping the answers of requests still running");
+          this.#finish(this.#lastWord);
+        } else if (this.#partialSince !== 0 && !this.#paused && now - this.#partialSince >= lim.readTimeoutMs) {
           this.#host.log.warn({ conn: this.id, transport: this.peer.transport, timeoutMs: lim.readTimeoutMs }, "closing a connection that left a frame unfinished");
           this.#finish();
         } else if (this.#writeBlockedSince !== 0 && now - this.#writeBlockedSince >= lim.idleTimeoutMs) {
@@ -561,7 +583,7 @@ export class Connection {
     this.#finish(last);
   }
 
-  #finish(last?: Buffer): void {
+  #finish(last?: Buffer | null): void {
     if (this.#state === "closing" || this.#state === "closed") return;
     const inHandshake = this.#state !== "open";
     this.#state = "closing";

@@ -88,6 +88,17 @@ export class AuditWindow<T extends Tally> {
     return true;
   }
 
+  /**
+   * Gives back an admission of `t` whose row was not written after all (its transaction rolled back,
+   * or is run again and admits anew). Nothing once `t`'s window has closed: the new window started
+   * from zero.
+   */
+  release(t: T): void {
+    if (t.written === 0 || this.#tallies.get(this.#rules.keyOf(t)) !== t) return;
+    t.written--;
+    if (this.#spent > 0) this.#spent--;
+  }
+
   /** Counts an event of `t` that was not written. */
   count(t: T, reason: string, now: number): void {
     if (t.count === 0) t.since = now;

@@ -23,7 +23,7 @@ import type { RotationHooks } from "./rotation-hooks.js";
 import { behindOf, type Behind } from "./behind.js";
 import { catchUpKey, checkKeysIn } from "./key-reload.js";
 import { catchUpPolicy } from "./policy-sync.js";
-import { admitRefusal, countRefusals, isTallied } from "./refusals.js";
+import { admitRefusal, countRefusals, isTallied, releaseRefusals } from "./refusals.js";
 import type { AuditDraft, AuditHead, AuditRecord } from "../base/types.js";
 import {
   brokenError,
@@ -197,6 +197,8 @@ async function commitOnce<T>(
   const events: AuditRecord[] = [];
   /** Refusals of this call counted, not written (./refusals.ts): tallied once the transaction commits. */
   const counted: AuditDraft[] = [];
+  /** Places in the refusal burst this call's run took (./refusals.ts): kept if it commits, given back otherwise. */
+  let held: unknown[] | null = null;
   let result: T | VaultError;
   /** What the guard found at the first event: undefined when no event was attempted. */
   let found: string | null | undefined;
@@ -204,6 +206,8 @@ async function commitOnce<T>(
     result = await ctx.store.transaction(async (tx) => {
       events.length = 0;
       counted.length = 0;
+      // Run again (a batch rerun): what the last run admitted was rolled back; this run decides anew.
+      if (held !== null) releaseRefusals(ctx, held);
       found = undefined;
       const now = ctx.now();
       /** The head the guard checked at this call's first event; undefined until then. */
@@ -260,7 +264,7 @@ async function commitOnce<T>(
           if (dead !== null) throw dead;
         }
         // A refusal past its identity's burst is counted, not written (./refusals.ts).
-        if (!opts.recovery && isTallied(draft) && !admitRefusal(ctx, draft)) {
+        if (!opts.recovery && isTallied(draft) && !admitRefusal(ctx, draft, (held ??= []))) {
           // A trail last seen broken is checked first, as for any audited step: while it is broken a
           // refusal is answered audit_broken, whatever the caller's count (a check that finds it
           // mended clears the note).
@@ -312,6 +316,7 @@ async function commitOnce<T>(
       return out;
     });
   } catch (e) {
+    if (held !== null) releaseRefusals(ctx, held);
     if (found !== undefined) noteAuditState(ctx, found);
     if (e instanceof VaultError) throw e;
     throw new VaultError(

@@ -31,9 +31,11 @@
  * disk either. A tripwire alarm is never counted: each is written.
  *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
- * a catch-up) counts once. Whether a refusal waits for a commit depends on its identity's count and
- * the budget, never on its reason: the time of an answer does not tell a lease that exists but is
- * another agent's from one that does not.
+ * a catch-up) counts once; a refusal written holds its place in the burst only if its transaction
+ * commits (a rerun or a rollback gives it back), so a rerun does not spend the burst twice either.
+ * Whether a refusal waits for a commit depends on its identity's count and the budget, never on its
+ * reason: the time of an answer does not tell a lease that exists but is another agent's from one
+ * that does not.
  */
 import type { AuditDraft, Identity } from "../base/types.js";
 import { AuditWindow, reasonsText, type Tally as WindowTally } from "./audit-window.js";
@@ -192,11 +194,27 @@ export function isTallied(draft: AuditDraft): boolean {
   return draft.type === "access_denied" || (draft.type === "proxy_request" && draft.detail?.["alarm"] !== true);
 }
 
-/** Decides for a refusal's draft ({@link isTallied}): true to write it now, false to count it once its call commits. */
-export function admitRefusal(ctx: VaultContext, draft: AuditDraft): boolean {
+/**
+ * Decides for a refusal's draft ({@link isTallied}), inside its call's transaction: true to write it
+ * now, false to count it once its call commits. A refusal written takes its place in the burst at
+ * once, noted in `held`: the place is kept if the transaction commits, and given back by
+ * {@link releaseRefusals} if it rolls back or its function is run again (which decides anew).
+ */
+export function admitRefusal(ctx: VaultContext, draft: AuditDraft, held: unknown[]): boolean {
   const log = logOf(ctx);
   // The vault is closing: written as before.
-  return log.closed || log.admit(tallyOf(log, draft));
+  if (log.closed) return true;
+  const t = tallyOf(log, draft);
+  if (!log.admit(t)) return false;
+  held.push(t);
+  return true;
+}
+
+/** Gives back the places in the burst `held` took ({@link admitRefusal}): its transaction did not keep them. */
+export function releaseRefusals(ctx: VaultContext, held: unknown[]): void {
+  const log = logs.get(ctx);
+  if (log !== undefined) for (const t of held) log.release(t as Tally);
+  held.length = 0;
 }
 
 /** Counts refusals that were not written, once their call's transaction committed. */
