@@ -21,6 +21,7 @@ import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypt
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from "node:fs";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
+import * as net from "node:net";
 import { isIP } from "node:net";
 import { basename, dirname, join } from "node:path";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
@@ -74,6 +75,60 @@ export function parseLoopbackAddress(text: string): LoopbackAddress {
   if (!isLoopbackIp(host))
     throw new VaultError("invalid_request", "--http listens on a loopback address only (127.0.0.1 or [::1]): lessor mcp lends credentials, so it must not be reachable from another machine");
   return { host, port };
+}
+
+/**
+ * The other loopback address `localhost` may resolve to, for a server on 127.0.0.1 or ::1; null for
+ * other loopback addresses (127.0.0.2…), which no client reaches by the name localhost.
+ */
+export function twinOf(host: string): string | null {
+  return host === "127.0.0.1" ? "::1" : host === "::1" ? "127.0.0.1" : null;
+}
+
+/** Errors that say the machine has no such address family or address (no IPv6): nobody can listen there either. */
+const NO_SUCH_ADDRESS = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
+
+/**
+ * Listens `srv` on `address`, and, for 127.0.0.1 or ::1, on the same port of the other loopback
+ * address too (its connections handed to `srv`). A client told `http://localhost:PORT` resolves
+ * localhost to ::1 first on many systems (Debian's stock /etc/hosts): were that port free, any local
+ * user could listen there and be sent this server's bearer token. A twin port already taken refuses
+ * the start (port 0: another free port is tried); a machine without the other family needs no twin.
+ */
+async function listenWithTwin(srv: http.Server, address: LoopbackAddress): Promise<net.Server | null> {
+  const twinHost = twinOf(address.host);
+  for (let attempt = 0; ; attempt++) {
+    await listenOn(srv, address.port, address.host);
+    if (twinHost === null) return null;
+    const port = (srv.address() as AddressInfo).port;
+    const twin = net.createServer((socket) => srv.emit("connection", socket));
+    try {
+      await listenOn(twin, port, twinHost);
+      return twin;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? "";
+      if (NO_SUCH_ADDRESS.has(code)) return null;
+      await new Promise<void>((r) => srv.close(() => r()));
+      if (code === "EADDRINUSE" && address.port === 0 && attempt < 8) continue;
+      if (code === "EADDRINUSE")
+        throw new VaultError(
+          "unavailable",
+          `--http: ${hostPort(twinHost, port)} is taken by another program; a client told http://localhost:${port} could reach it instead of lessor mcp and hand it the bearer token. Stop that program or choose another port`,
+        );
+      throw e;
+    }
+  }
+}
+
+function listenOn(server: net.Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const fail = (e: Error): void => reject(e);
+    server.once("error", fail);
+    server.listen(port, host, () => {
+      server.off("error", fail);
+      resolve();
+    });
+  });
 }
 
 /** `host:port` as it appears in a Host header and a URL (IPv6 in brackets). */
@@ -327,20 +382,17 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   });
   srv.headersTimeout = 10_000;
   srv.requestTimeout = 0; // SSE streams stay open
-  await new Promise<void>((resolve, reject) => {
-    const fail = (e: Error): void => {
-      clearInterval(sweep);
-      reject(e);
-    };
-    srv.once("error", fail);
-    srv.listen(o.address.port, o.address.host, () => {
-      srv.off("error", fail);
-      resolve();
-    });
-  });
+  let twin: net.Server | null;
+  try {
+    twin = await listenWithTwin(srv, o.address);
+  } catch (e) {
+    clearInterval(sweep);
+    throw e;
+  }
   const port = (srv.address() as AddressInfo).port;
-  // localhost:PORT too, when listening on 127.0.0.1: a rebinding page's own name is never "localhost".
-  expectedHosts = [hostPort(o.address.host, port).toLowerCase(), ...(o.address.host === "127.0.0.1" ? [`localhost:${port}`] : [])];
+  // localhost:PORT too, when there is a twin (a client told localhost reaches this server on either
+  // address): a rebinding page's own name is never "localhost". The twin's literal is not taken.
+  expectedHosts = [hostPort(o.address.host, port).toLowerCase(), ...(twinOf(o.address.host) !== null ? [`localhost:${port}`] : [])];
   return {
     url: `http://${hostPort(o.address.host, port)}${MCP_PATH}`,
     port,
@@ -352,6 +404,7 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
       for (const s of [...live]) retire(s, "the server stopped");
       await Promise.allSettled([...endings]);
       srv.closeAllConnections();
+      twin?.close();
       await new Promise<void>((r) => srv.close(() => r()));
     },
   };

@@ -139,8 +139,16 @@ function idleTimeout(text: string): number {
 async function serveOverHttp(newSession: () => McpSession, address: LoopbackAddress, tokenFile: string | undefined, idleMs: number | undefined, log: (line: string) => void, who: string): Promise<void> {
   const http = await import("../../mcp/http.js");
   const token = http.newToken();
-  if (tokenFile !== undefined) http.writeTokenFile(tokenFile, token);
   const server = await http.serveHttp({ newSession, address, token, log, ...(idleMs !== undefined ? { idleMs } : {}) });
+  // Written once the server holds its address (and its twin's): a start refused leaves no token file.
+  if (tokenFile !== undefined) {
+    try {
+      http.writeTokenFile(tokenFile, token);
+    } catch (e) {
+      await server.close();
+      throw e;
+    }
+  }
   log(`lessor mcp: serving ${who} on ${server.url}`);
   // Shown once: whoever holds it acts as this agent (the MCP client's configuration needs it).
   log(tokenFile !== undefined ? `lessor mcp: the bearer token is in ${tokenFile}` : `lessor mcp: bearer token: ${token}`);
