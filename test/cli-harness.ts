@@ -42,30 +42,57 @@ export async function seedHome(home: string, policy: string, secrets: StoreSecre
   }
 }
 
+/** Children started here that still run when the test process exits are killed then. */
+const running: ChildProcess[] = [];
+process.on("exit", () => {
+  for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+});
+
 /**
- * Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). `bin`: another
- * build of the CLI than dist's (a snapshot a test took, say).
+ * Runs `file args` from `cwd` with exactly `env` (nothing added: no PATH, no HOME); `input` is written
+ * to its stdin (then closed), without it stdin is /dev/null. Killed after `timeoutMs` (30 s; Infinity:
+ * never, the test's own timeout ends a hang).
  */
-export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number; bin?: string } = {}): Promise<CliResult> {
+export function runProcess(file: string, args: string[], opts: { env: Record<string, string>; cwd?: string; input?: string | Buffer; timeoutMs?: number }): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    // `node -- BIN`, as the bin's own preamble runs it (see src/cli/bin.ts).
-    const child = spawn(process.execPath, ["--", opts.bin ?? BIN, ...args], {
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
+    const child = spawn(file, args, { cwd: opts.cwd, env: opts.env, stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
+    running.push(child);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
+    child.stdout!.on("data", (d: Buffer) => out.push(d));
+    child.stderr!.on("data", (d: Buffer) => err.push(d));
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const timer = timeoutMs === Infinity ? undefined : setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     child.on("error", reject);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
     });
-    child.stdin.on("error", () => {}); // a CLI that exits before reading all of `input`
-    if (opts.input !== undefined) child.stdin.end(opts.input);
-    else child.stdin.end();
+    if (opts.input !== undefined) {
+      child.stdin!.on("error", () => {}); // a command that exits before reading all of `input`
+      child.stdin!.end(opts.input);
+    }
+  });
+}
+
+/**
+ * `node -- BIN <args>` from `cwd` with exactly `env`: unlike runCli, no PATH or HOME of the test's
+ * (the sandbox tests' owner has its own HOME, which decides the sandbox's layout). stdin is /dev/null.
+ */
+export function runCliWithEnv(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number; bin?: string }): Promise<CliResult> {
+  return runProcess(process.execPath, ["--", opts.bin ?? BIN, ...args], { env: opts.env, cwd: opts.cwd, timeoutMs: opts.timeoutMs });
+}
+
+/**
+ * Runs `lessor <args>` with LESSOR_HOME=home; `input` is written to stdin (then closed). `bin`: another
+ * build of the CLI than dist's (a snapshot a test took, say).
+ */
+export function runCli(args: string[], opts: { home?: string; env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number; bin?: string } = {}): Promise<CliResult> {
+  // `node -- BIN`, as the bin's own preamble runs it (see src/cli/bin.ts); stdin a pipe, closed after `input`.
+  return runProcess(process.execPath, ["--", opts.bin ?? BIN, ...args], {
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...(opts.home ? { LESSOR_HOME: opts.home } : {}), ...opts.env },
+    input: opts.input ?? "",
+    timeoutMs: opts.timeoutMs,
   });
 }
 
