@@ -17,7 +17,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { connect as netConnect, createServer as netServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { connect as netConnect, createServer as netServer, type AddressInfo, type Server } from "node:net";
 import { dirname, join } from "node:path";
 import * as tls from "node:tls";
 import { after, before, describe, test } from "node:test";
@@ -31,7 +31,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { BIN, cliHome, seedHome } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { h2Get as h2GetOver, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.pa3.example"; // HTTPS upstream (hostile), covered by the lease
 const H2HOST = "h2.pa3.example"; // HTTP/2 upstream (hostile), covered by the lease
@@ -133,45 +133,9 @@ after(async () => {
 
 // --- raw clients -------------------------------------------------------------------------------------
 
-/** Writes a CONNECT (with `auth`, a Proxy-Authorization value, if given) and returns the socket once answered 200. */
-async function connectTunnel(port: number, host: string, upPort: number, auth?: string): Promise<Socket> {
-  const raw = netConnect(port, "127.0.0.1");
-  raw.on("error", () => {});
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n${auth ? `Proxy-Authorization: ${auth}\r\n` : ""}\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf.subarray(0, end).toString("latin1"));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve(buf.toString("latin1")));
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  return raw;
-}
-
-/** TLS inside a tunnel (the agent is the attacker here: it trusts anything). */
-async function tlsIn(raw: Socket, host: string, alpn: string): Promise<tls.TLSSocket> {
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  s.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-    s.once("close", () => reject(new Error("tunnel closed during the handshake")));
-  });
-  return s;
-}
-
 /** One raw HTTP/1.1 exchange in a fresh tunnel to HOST; the answer as latin1 text. */
 async function h1(port: number, request: string, auth?: string, ms = 3000): Promise<string> {
-  const s = await tlsIn(await connectTunnel(port, HOST, tlsPort, auth), HOST, "http/1.1");
+  const s = await openTunnel(port, HOST, tlsPort, { proxyAuth: auth });
   s.write(request);
   return readAll(s, ms);
 }
@@ -369,24 +333,8 @@ async function rig(): Promise<Rig> {
  * HTTP/1.1-only one): everything the agent gets (informational heads too), as JSON.
  */
 async function h2Get(r: Rig, path: string, host = H2HOST): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, host, host === HOST ? tlsPort : h2Port), host, "h2");
-  const session = http2.connect(`https://${host}`, { createConnection: () => s });
-  session.on("error", () => {});
-  try {
-    return await new Promise<string>((resolve, reject) => {
-      const got: unknown[] = [];
-      const req = session.request({ ":method": "GET", ":path": path, authorization: `Bearer ${r.placeholder}` });
-      req.on("headers", (h) => got.push(h));
-      req.on("response", (h) => got.push(h));
-      req.on("trailers", (t) => got.push(t));
-      req.on("data", (d: Buffer) => got.push(d.toString("latin1")));
-      req.on("end", () => resolve(JSON.stringify(got)));
-      req.on("error", reject);
-      req.end();
-    });
-  } finally {
-    session.destroy();
-  }
+  const s = await openTunnel(r.port, host, host === HOST ? tlsPort : h2Port, { alpn: "h2" });
+  return h2GetOver(s, host, path, { authorization: `Bearer ${r.placeholder}` }, { allHeads: true });
 }
 
 describe("in process: a covered upstream reflecting the injected credential", () => {

@@ -11,7 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -26,7 +26,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, h2Get as h2GetOver, loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
 import { HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
@@ -87,37 +87,6 @@ after(async () => {
   await new Promise<void>((r) => upH2.close(() => r()));
 });
 
-async function connectTunnel(port: number, host: string, upPort: number): Promise<Socket> {
-  const raw = netConnect(port, "127.0.0.1");
-  raw.on("error", () => {});
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString("latin1");
-      if (!buf.includes("\r\n\r\n")) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf);
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  return raw;
-}
-
-async function tlsIn(raw: Socket, host: string, alpn: string): Promise<tls.TLSSocket> {
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  s.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
-
 interface Rig {
   port: number;
   placeholder: string;
@@ -148,31 +117,12 @@ async function rig(value: string): Promise<Rig> {
 }
 
 /** The agent, over HTTP/1.1 to HOST: the raw answer. */
-async function h1Get(r: Rig, path = "/x"): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, HOST, tlsPort), HOST, "http/1.1");
-  s.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.placeholder}\r\nConnection: close\r\n\r\n`);
-  return readAll(s, 3000);
-}
+const h1Get = (r: Rig, path = "/x"): Promise<string> => getThroughTunnel(r.port, HOST, tlsPort, path, r.placeholder);
 
 /** The agent, over HTTP/2 to `host`: every head it gets, as JSON. */
 async function h2Get(r: Rig, host: string, path = "/x", ms = 10_000): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, host, host === HOST ? tlsPort : h2Port), host, "h2");
-  const session = http2.connect(`https://${host}`, { createConnection: () => s });
-  session.on("error", () => {});
-  try {
-    return await new Promise<string>((resolve, reject) => {
-      const got: unknown[] = [];
-      const req = session.request({ ":method": "GET", ":path": path, authorization: `Bearer ${r.placeholder}` });
-      setTimeout(() => resolve(`(no answer in ${ms} ms) ${JSON.stringify(got)}`), ms);
-      req.on("response", (h) => got.push(h));
-      req.on("data", (d: Buffer) => got.push(d.toString("latin1")));
-      req.on("end", () => resolve(JSON.stringify(got)));
-      req.on("error", reject);
-      req.end();
-    });
-  } finally {
-    session.destroy();
-  }
+  const s = await openTunnel(r.port, host, host === HOST ? tlsPort : h2Port, { alpn: "h2" });
+  return h2GetOver(s, host, path, { authorization: `Bearer ${r.placeholder}` }, { ms });
 }
 
 describe("the proxy: a covered upstream's status line outside 200-599", () => {

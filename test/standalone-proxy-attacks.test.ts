@@ -33,7 +33,7 @@ import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
 import { bindPrivateSocket } from "../src/cli/run/proxy-listen.js";
 import { openVault } from "../src/config/open-vault.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { BIN, cliHome, seedHome } from "./cli-harness.js";
 
 const HOST = "api.sap.example"; // HTTPS upstream, covered by the lease
@@ -174,33 +174,7 @@ function exchange(to: To, bytes: string | Buffer, ms = 3000): Promise<string> {
 const statuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map((m) => Number(m[1]));
 
 /** CONNECT with the right token, then TLS inside (the agent trusts anything: it is the attacker here). */
-async function tunnel(to: To, token: string, host = HOST, port = tlsPort): Promise<tls.TLSSocket> {
-  const raw = dial(to);
-  raw.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\nProxy-Authorization: ${basic("lessor", token)}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf.subarray(0, end).toString("latin1"));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve(buf.toString("latin1")));
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, head);
-  raw.resume();
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
-
+const tunnel = (to: To, token: string, host = HOST, port = tlsPort): Promise<tls.TLSSocket> => openTunnel(to, host, port, { proxyAuth: basic("lessor", token) });
 
 function noSecret(where: string, text: string, token?: string): void {
   assert.ok(!text.includes(CANARY), `the credential appears in ${where}`);
