@@ -106,15 +106,19 @@ export interface RunningCli {
 
 /**
  * Starts the built CLI with `args` and exactly `env`; resolves once its stderr matches `ready` (or it
- * exits, or 30 s pass). It is killed after 60 s if it is still running.
+ * exits, or 30 s pass). `prefix`: a command it runs under (`prlimit … --`, say). It is killed after
+ * `killAfterMs` (60 s; Infinity: never) if it is still running, and when the test process exits.
  */
-export async function startCli(args: string[], ready: RegExp, env: Record<string, string>): Promise<RunningCli> {
-  const child = spawn(process.execPath, ["--", BIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+export async function startCli(args: string[], ready: RegExp, env: Record<string, string>, opts: { prefix?: string[]; killAfterMs?: number } = {}): Promise<RunningCli> {
+  const argv = [...(opts.prefix ?? []), process.execPath, "--", BIN, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
+  running.push(child);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   child.stdout!.on("data", (d: Buffer) => out.push(d));
   child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const killAfterMs = opts.killAfterMs ?? 60_000;
+  const timer = killAfterMs === Infinity ? undefined : setTimeout(() => child.kill("SIGKILL"), killAfterMs);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on("close", (code, signal) => {
       clearTimeout(timer);
@@ -126,4 +130,24 @@ export async function startCli(args: string[], ready: RegExp, env: Record<string
   void exited.then(() => (gone = true));
   for (let i = 0; i < 1500 && !gone && !ready.test(r.stderr()); i++) await new Promise((s) => setTimeout(s, 20));
   return r;
+}
+
+/** `NAME=value` lines (what `lessor proxy` prints for the agent's environment, say) as a record. */
+export function envOf(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const i = line.indexOf("=");
+    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return env;
+}
+
+/** How many of `agent`'s leases in `home`'s vault are live now (the vault opened as its admin, then closed). */
+export async function liveLeases(home: string, agent: string): Promise<number> {
+  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
+  try {
+    return (await vault.admin().listLeases({ agent, liveAt: Date.now() })).length;
+  } finally {
+    await vault.close();
+  }
 }

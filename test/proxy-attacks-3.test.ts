@@ -13,7 +13,6 @@
  *
  * Every upstream is a loopback server this file creates; nothing else is ever reached.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
@@ -23,13 +22,12 @@ import * as tls from "node:tls";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { inProcessApi } from "../src/backend/in-process.js";
-import { openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { BIN, cliHome, seedHome } from "./cli-harness.js";
+import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
 import { h2Get as h2GetOver, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
@@ -159,53 +157,12 @@ secrets = ["api-key"]
 domains = ["${HOST}"]
 `;
 
-interface Child {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-async function startLessorProxy(home: string, agent: string, args: string[]): Promise<Child> {
-  const child = spawn(process.execPath, ["--", BIN, "proxy", "--agent", agent, "--domain", HOST, ...args], {
-    env: { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", API_KEY: "$S:api-key" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
-  const c: Child = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  let gone = false;
-  void exited.then(() => (gone = true));
-  for (let i = 0; i < 1500 && !gone && !/lessor: proxy for agent/.test(c.stderr()); i++) await delay(20);
+/** `lessor proxy` for `agent` (its credential API_KEY), once it says it serves; the test fails if it does not. */
+async function startLessorProxy(home: string, agent: string, args: string[]): Promise<RunningCli> {
+  const env = { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", API_KEY: "$S:api-key" };
+  const c = await startCli(["proxy", "--agent", agent, "--domain", HOST, ...args], /lessor: proxy for agent/, env, { killAfterMs: Infinity });
   assert.match(c.stderr(), /lessor: proxy for agent/, `lessor proxy did not start: ${c.stderr()}`);
   return c;
-}
-
-function envOf(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const i = line.indexOf("=");
-    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return env;
-}
-
-async function liveLeases(home: string, agent: string): Promise<number> {
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    return (await vault.admin().listLeases({ agent, liveAt: Date.now() })).length;
-  } finally {
-    await vault.close();
-  }
 }
 
 describe("the built CLI: lessor proxy and answers Node's HTTP server refuses to write", () => {

@@ -11,7 +11,6 @@
  *
  * Traffic goes to loopback servers and Unix sockets this file creates, nowhere else.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, existsSync } from "node:fs";
 import * as http from "node:http";
@@ -34,7 +33,7 @@ import { bindPrivateSocket } from "../src/cli/run/proxy-listen.js";
 import { openVault } from "../src/config/open-vault.js";
 import { grant, makeVault } from "./helpers.js";
 import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
-import { BIN, cliHome, seedHome } from "./cli-harness.js";
+import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 
 const HOST = "api.sap.example"; // HTTPS upstream, covered by the lease
 const PLAIN = "plain.sap.example"; // plain-HTTP upstream, covered by nothing (open egress only)
@@ -539,61 +538,14 @@ secrets = ["github-token"]
 domains = ["${HOST}"]
 `;
 
-interface Child {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-function startLessorProxy(home: string, agent: string, args: string[], prefix: string[] = []): Promise<Child> {
-  const argv = [...prefix, process.execPath, "--", BIN, "proxy", "--agent", agent, "--domain", HOST, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), {
-    env: { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
-  const c: Child = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  return (async () => {
-    let gone = false;
-    void exited.then(() => (gone = true));
-    for (let i = 0; i < 1500 && !gone && !/lessor: proxy for agent/.test(c.stderr()); i++) await delay(20);
-    return c;
-  })();
-}
-
-function envOf(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const i = line.indexOf("=");
-    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return env;
-}
+/** `lessor proxy` for `agent` (its credential GITHUB_TOKEN), under `prefix` if given, once it says it serves. */
+const startLessorProxy = (home: string, agent: string, args: string[], prefix: string[] = []): Promise<RunningCli> =>
+  startCli(["proxy", "--agent", agent, "--domain", HOST, ...args], /lessor: proxy for agent/, { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" }, { prefix, killAfterMs: Infinity });
 
 function tokenOf(env: Record<string, string>): { token: string; port: number } {
   const m = /^http:\/\/lessor:([A-Za-z0-9_-]{43})@127\.0\.0\.1:(\d+)$/.exec(env["HTTPS_PROXY"] ?? "");
   assert.ok(m, `HTTPS_PROXY: ${env["HTTPS_PROXY"]}`);
   return { token: m[1]!, port: Number(m[2]) };
-}
-
-async function liveLeases(home: string, agent: string): Promise<number> {
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    return (await vault.admin().listLeases({ agent, liveAt: Date.now() })).length;
-  } finally {
-    await vault.close();
-  }
 }
 
 const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
