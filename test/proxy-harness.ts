@@ -61,15 +61,14 @@ export function inTime<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 export type ProxyAt = number | { port: number } | { path: string };
 
 /**
- * Writes `CONNECT host:upPort` (with a Proxy-Authorization of `proxyAuth` if given) to the proxy at
- * `proxy` and returns the socket once the proxy's answer head is read; the test fails unless that
- * answer is 200. Socket errors after that are the caller's to see (or not): they are swallowed here.
+ * Writes `CONNECT authority` (with a Proxy-Authorization of `proxyAuth` if given) to the proxy at
+ * `proxy`; resolves with the socket (paused), the proxy's answer head and any bytes after it, or with
+ * what came before the socket closed. Whatever the proxy answers: the caller checks the head.
  */
-export async function connectTunnel(proxy: ProxyAt, host: string, upPort: number, proxyAuth?: string): Promise<Socket> {
+export function connectRaw(proxy: ProxyAt, authority: string, proxyAuth?: string): Promise<{ raw: Socket; head: string; rest: Buffer }> {
   const raw = typeof proxy === "number" ? createConnection(proxy, "127.0.0.1") : "path" in proxy ? createConnection({ path: proxy.path }) : createConnection({ port: proxy.port, host: "127.0.0.1" });
-  raw.on("error", () => {});
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n${proxyAuth ? `Proxy-Authorization: ${proxyAuth}\r\n` : ""}\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
+  raw.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${proxyAuth ? `Proxy-Authorization: ${proxyAuth}\r\n` : ""}\r\n`);
+  return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
     const onData = (d: Buffer): void => {
       buf = Buffer.concat([buf, d]);
@@ -77,20 +76,32 @@ export async function connectTunnel(proxy: ProxyAt, host: string, upPort: number
       if (end < 0) return;
       raw.off("data", onData);
       raw.pause();
-      resolve(buf.subarray(0, end).toString("latin1"));
+      resolve({ raw, head: buf.subarray(0, end).toString("latin1"), rest: buf.subarray(end + 4) });
     };
     raw.on("data", onData);
     raw.once("error", reject);
-    raw.once("close", () => resolve(buf.toString("latin1")));
+    raw.once("close", () => resolve({ raw, head: buf.toString("latin1"), rest: Buffer.alloc(0) }));
   });
+}
+
+/**
+ * connectRaw to `host:upPort`; the test fails unless the proxy answers 200. The socket, resumed, past
+ * the answer; its errors after that are the caller's to see (or not): they are swallowed here.
+ */
+export async function connectTunnel(proxy: ProxyAt, host: string, upPort: number, proxyAuth?: string): Promise<Socket> {
+  const { raw, head } = await connectRaw(proxy, `${host}:${upPort}`, proxyAuth);
+  raw.on("error", () => {});
   assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
   raw.resume();
   return raw;
 }
 
-/** TLS inside a tunnel, offering `alpn` (the agent is the attacker here: it trusts any certificate). */
-export async function tlsIn(raw: Socket, host: string, alpn = "http/1.1"): Promise<TLSSocket> {
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
+/**
+ * TLS inside a tunnel, naming `servername` and offering `alpn` (the client's trust in the session CA is
+ * tested elsewhere, test/proxy-ca.test.ts: here the agent is the attacker, it trusts any certificate).
+ */
+export async function tlsIn(raw: Socket, servername: string, alpn = "http/1.1"): Promise<TLSSocket> {
+  const s = tls.connect({ socket: raw, servername, ALPNProtocols: [alpn], rejectUnauthorized: false });
   s.on("error", () => {});
   await new Promise<void>((resolve, reject) => {
     s.once("secureConnect", resolve);
@@ -100,9 +111,9 @@ export async function tlsIn(raw: Socket, host: string, alpn = "http/1.1"): Promi
   return s;
 }
 
-/** connectTunnel, then TLS inside it (tlsIn): a TLS socket to `host` through the proxy. */
-export async function openTunnel(proxy: ProxyAt, host: string, upPort: number, opts: { proxyAuth?: string; alpn?: string } = {}): Promise<TLSSocket> {
-  return tlsIn(await connectTunnel(proxy, host, upPort, opts.proxyAuth), host, opts.alpn);
+/** connectTunnel, then TLS inside it (tlsIn, naming `sni`: `host` unless given): a TLS socket to `host` through the proxy. */
+export async function openTunnel(proxy: ProxyAt, host: string, upPort: number, opts: { proxyAuth?: string; alpn?: string; sni?: string } = {}): Promise<TLSSocket> {
+  return tlsIn(await connectTunnel(proxy, host, upPort, opts.proxyAuth), opts.sni ?? host, opts.alpn);
 }
 
 /**
