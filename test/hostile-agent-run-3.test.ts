@@ -18,7 +18,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { inTime } from "./proxy-harness.js";
-import { git, gitOk, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
+import { ATTACKERS_POLICY, git, gitOk, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
 const REPO = fileURLToPath(new URL("..", import.meta.url));
@@ -31,17 +31,9 @@ process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const MASTER_KEY = randomBytes(32).toString("hex");
 const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
 
 /** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), and a project directory. */
-const makeOwner = (name: string, config = "") => newOwner({ root, name, masterKey: MASTER_KEY, policy: POLICY, secrets: [{ name: "granted", value: GRANTED }], config });
+const makeOwner = (name: string, config = "") => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], config });
 
 function gitInit(dir: string): void {
   gitOk(dir, "init", "-q");

@@ -16,6 +16,16 @@ import { runCliWithEnv, type CliResult } from "./cli-harness.js";
 
 export const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 
+/** A policy for hostile agents: every agent named attacker* may use the secret "granted" on any domain. */
+export const ATTACKERS_POLICY = `
+[[rule]]
+name = "attackers"
+effect = "allow"
+agents = ["attacker*"]
+secrets = ["granted"]
+any_domain = true
+`;
+
 export interface Owner {
   /** root/name: room for the test's own files next to the owner's home. */
   base: string;

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BIN, runCli, runProcess } from "./cli-harness.js";
-import { HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
+import { ATTACKERS_POLICY, HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
 
 const NODE = process.execPath;
 const IS_ROOT = typeof process.getuid === "function" && process.getuid() === 0;
@@ -30,14 +30,6 @@ const MASTER_KEY = randomBytes(32).toString("hex");
 const ENV_CANARY = `canary-env-${randomBytes(8).toString("hex")}`;
 const FD_CANARY = `canary-fd-${randomBytes(8).toString("hex")}`;
 const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
 
 /** The probe run inside: each attack reported as { ok, detail } (ok: it worked), one JSON line at the end. */
 const PROBE = String.raw`
@@ -161,7 +153,7 @@ async function lessorRun(cwd: string, env: Record<string, string>, agent: string
 
 /** A fake owner: home, ~/.lessor (the env key, seeded), ~/.ssh with a canary, and a project that is a git repository. */
 async function makeOwner(name: string, opts: { lessorHome?: (home: string, project: string) => string; git?: boolean } = {}) {
-  const { home, project, lessorHome } = await newOwner({ root, name, masterKey: MASTER_KEY, policy: POLICY, secrets: [{ name: "granted", value: GRANTED }], lessorHome: opts.lessorHome });
+  const { home, project, lessorHome } = await newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], lessorHome: opts.lessorHome });
   mkdirSync(join(home, ".ssh"), { recursive: true });
   const sshCanary = `canary-ssh-${randomBytes(8).toString("hex")}`;
   writeFileSync(join(home, ".ssh/id_ed25519"), sshCanary, { mode: 0o600 });
