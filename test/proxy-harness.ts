@@ -97,11 +97,12 @@ export async function connectTunnel(proxy: ProxyAt, host: string, upPort: number
 }
 
 /**
- * TLS inside a tunnel, naming `servername` and offering `alpn` (the client's trust in the session CA is
- * tested elsewhere, test/proxy-ca.test.ts: here the agent is the attacker, it trusts any certificate).
+ * TLS inside a tunnel, naming `servername` and offering `alpn`. With `ca` (the proxy's session CA) the
+ * proxy's certificate must verify against it; without, the agent is the attacker and trusts any
+ * certificate (the client's trust in the session CA is tested elsewhere, test/proxy-ca.test.ts).
  */
-export async function tlsIn(raw: Socket, servername: string, alpn = "http/1.1"): Promise<TLSSocket> {
-  const s = tls.connect({ socket: raw, servername, ALPNProtocols: [alpn], rejectUnauthorized: false });
+export async function tlsIn(raw: Socket, servername: string, alpn = "http/1.1", ca?: string): Promise<TLSSocket> {
+  const s = tls.connect({ socket: raw, servername, ALPNProtocols: [alpn], ...(ca === undefined ? { rejectUnauthorized: false } : { ca }) });
   s.on("error", () => {});
   await new Promise<void>((resolve, reject) => {
     s.once("secureConnect", resolve);
@@ -112,8 +113,8 @@ export async function tlsIn(raw: Socket, servername: string, alpn = "http/1.1"):
 }
 
 /** connectTunnel, then TLS inside it (tlsIn, naming `sni`: `host` unless given): a TLS socket to `host` through the proxy. */
-export async function openTunnel(proxy: ProxyAt, host: string, upPort: number, opts: { proxyAuth?: string; alpn?: string; sni?: string } = {}): Promise<TLSSocket> {
-  return tlsIn(await connectTunnel(proxy, host, upPort, opts.proxyAuth), opts.sni ?? host, opts.alpn);
+export async function openTunnel(proxy: ProxyAt, host: string, upPort: number, opts: { proxyAuth?: string; alpn?: string; sni?: string; ca?: string } = {}): Promise<TLSSocket> {
+  return tlsIn(await connectTunnel(proxy, host, upPort, opts.proxyAuth), opts.sni ?? host, opts.alpn, opts.ca);
 }
 
 /**
