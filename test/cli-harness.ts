@@ -43,10 +43,14 @@ export async function seedHome(home: string, policy: string, secrets: StoreSecre
 }
 
 /** Children started here that still run when the test process exits are killed then. */
-const running: ChildProcess[] = [];
+const running = new Set<ChildProcess>();
 process.on("exit", () => {
   for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
 });
+function track(child: ChildProcess): void {
+  running.add(child);
+  child.on("close", () => running.delete(child));
+}
 
 /**
  * Runs `file args` from `cwd` with exactly `env` (nothing added: no PATH, no HOME); `input` is written
@@ -56,7 +60,7 @@ process.on("exit", () => {
 export function runProcess(file: string, args: string[], opts: { env: Record<string, string>; cwd?: string; input?: string | Buffer; timeoutMs?: number }): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { cwd: opts.cwd, env: opts.env, stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
-    running.push(child);
+    track(child);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout!.on("data", (d: Buffer) => out.push(d));
@@ -112,7 +116,7 @@ export interface RunningCli {
 export async function startCli(args: string[], ready: RegExp, env: Record<string, string>, opts: { prefix?: string[]; killAfterMs?: number } = {}): Promise<RunningCli> {
   const argv = [...(opts.prefix ?? []), process.execPath, "--", BIN, ...args];
   const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
-  running.push(child);
+  track(child);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   child.stdout!.on("data", (d: Buffer) => out.push(d));
