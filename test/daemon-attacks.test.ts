@@ -21,15 +21,14 @@
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { encodeFrame } from "../src/protocol/framing.js";
 import { REGISTRY, type MethodName } from "../src/protocol/registry.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { RawClient, type Msg } from "./raw-client.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import type { Msg } from "./raw-client.js";
 
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const GH_VALUE = `ghp_${randomBytes(16).toString("hex")}`;
@@ -77,22 +76,8 @@ function assertNoCanary(text: string, where: string): void {
 // ---------- clients ----------
 
 /** A raw client that can do the token handshake and send bytes as they are. */
-class Conn extends RawClient {
-  static async open(to: string | { host: string; port: number }): Promise<Conn> {
-    const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-    return RawClient.connected(new Conn(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
-  }
-
-  /** The Unix socket as its owner (root here): admin. */
-  static async admin(d: RunningDaemon): Promise<Conn> {
-    const c = await Conn.open(d.socket);
-    c.send({ protocol: "lessor", version: 1 });
-    const w = await c.next();
-    assert.equal(w.ok, true, JSON.stringify(w));
-    assert.equal(w.identity.role, "admin");
-    return c;
-  }
-
+/** Conn.admin: the Unix socket as its owner (root here). */
+class Conn extends DaemonConn {
   /** The token handshake, checking the daemon's proof as lessor's client does; resolves once welcomed. */
   static async token(to: string | { host: string; port: number }, token: string): Promise<Conn> {
     const c = await Conn.open(to);

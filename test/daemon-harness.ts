@@ -1,4 +1,4 @@
-/** Starts `lessor serve` as a real child process for end-to-end tests. */
+/** Starts `lessor serve` as a real child process for end-to-end tests; raw connections to it. */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,8 +7,10 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
 import { initHome } from "../src/config/open-vault.js";
 import { FrameDecoder } from "../src/protocol/framing.js";
+import { RawClient, type RawClientOptions } from "./raw-client.js";
 
 /** Homes made here are removed when the test process exits (node:test hooks run too early for suites' before()). */
 const homes: string[] = [];
@@ -167,5 +169,31 @@ export class RawConn {
     this.send({ protocol: "lessor", version: 1, ...(token ? { token } : {}) });
     await this.waitFrames(1);
     return this.frames[0];
+  }
+}
+
+type ConnClass<C> = new (socket: Socket, opts: RawClientOptions) => C;
+
+/** A `cls` connection to a Unix socket path or a TCP address (frames up to 16 MiB, 10 s for next()), once connected (or closed first). */
+function openAs<C extends RawClient>(cls: ConnClass<C>, to: string | { host: string; port: number }): Promise<C> {
+  const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
+  return RawClient.connected(new cls(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
+}
+
+/** A RawClient to a running daemon, for tests that subclass it with their own calls: `open` and `admin` make one of the subclass. */
+export class DaemonConn extends RawClient {
+  /** A connection to a Unix socket path or a TCP address (frames up to 16 MiB, 10 s for next()), once connected (or closed first). */
+  static open<C extends DaemonConn>(this: ConnClass<C>, to: string | { host: string; port: number }): Promise<C> {
+    return openAs(this, to);
+  }
+
+  /** The daemon's Unix socket as its owner: the hello, which the test fails unless welcomed as admin. */
+  static async admin<C extends DaemonConn>(this: ConnClass<C>, d: { socket: string }): Promise<C> {
+    const c = await openAs(this, d.socket);
+    c.send({ protocol: "lessor", version: 1 });
+    const w = await c.next();
+    assert.equal(w.ok, true, JSON.stringify(w));
+    assert.equal(w.identity?.role, "admin", JSON.stringify(w));
+    return c;
   }
 }

@@ -16,13 +16,12 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { BIN } from "./cli-harness.js";
+import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { inTime } from "./proxy-harness.js";
-import { initHome, openVault } from "../src/config/open-vault.js";
+import { ATTACKERS_POLICY, git, gitOk, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
 const REPO = fileURLToPath(new URL("..", import.meta.url));
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const HAVE_GIT = spawnSync("git", ["--version"]).status === 0;
 const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
 const skipGit = skip || (!HAVE_GIT ? "git is not installed" : false);
@@ -32,66 +31,10 @@ process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const MASTER_KEY = randomBytes(32).toString("hex");
 const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `lessor run --agent AGENT EXTRA -- sh -c SCRIPT` from `cwd`, as the owner would start it. */
-function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string, timeoutMs = 40_000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, ...extra, "--", "/bin/sh", "-c", script], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 /** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), and a project directory. */
-async function makeOwner(name: string, config = ""): Promise<{ home: string; project: string; lessorHome: string; env: Record<string, string> }> {
-  const home = join(root, name, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
-  const lessorHome = join(home, ".lessor");
-  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
-  await initHome({ home: lessorHome, env, keySource: "env" });
-  writeFileSync(join(lessorHome, "policy.toml"), POLICY, { mode: 0o600 });
-  if (config) writeFileSync(join(lessorHome, "lessor.toml"), readFileSync(join(lessorHome, "lessor.toml"), "utf8") + config, { mode: 0o600 });
-  const vault = await openVault({ home: lessorHome, env });
-  try {
-    await vault.admin().storeSecret({ name: "granted", value: GRANTED });
-  } finally {
-    await vault.close();
-  }
-  return { home, project, lessorHome, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
-}
+const makeOwner = (name: string, config = "") => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], config });
 
-const GIT_ENV = { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GIT_CONFIG_NOSYSTEM: "1", GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
-/** The owner's git, outside any sandbox. */
-function git(cwd: string, ...args: string[]) {
-  return spawnSync("git", ["-c", "safe.directory=*", "-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main", ...args], { cwd, env: GIT_ENV, encoding: "utf8", timeout: 15_000 });
-}
-function gitOk(cwd: string, ...args: string[]): void {
-  const r = git(cwd, ...args);
-  assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
-}
 function gitInit(dir: string): void {
   gitOk(dir, "init", "-q");
   writeFileSync(join(dir, "README"), "the project\n");
@@ -115,7 +58,7 @@ describe("what the agent leaves in git's own directory for the owner's git, outs
       assert.ok(existsSync(join(o.project, ".git/modules/sub/config")));
       const marker = join(root, `submodule-${confined}`, "marker");
       const evil = join(o.project, "evil.sh");
-      const r = await lessorRun(
+      const r = await runAgent(
         o.project,
         o.env,
         "attacker-submodule",
@@ -152,7 +95,7 @@ describe("what the agent leaves in git's own directory for the owner's git, outs
         "mv .git/modules .git/modules-old",
       ];
       const script = tries.map((t, i) => `if ${t} 2>/dev/null; then echo "try${i}:done"; else echo "try${i}:refused"; fi`).join("\n");
-      const r = await lessorRun(o.project, o.env, "attacker-swap", confined ? [] : ["--no-sandbox"], script);
+      const r = await runAgent(o.project, o.env, "attacker-swap", confined ? [] : ["--no-sandbox"], script);
       assert.equal(r.code, 0, r.stderr);
       for (let i = 0; i < tries.length; i++) assert.match(r.stdout, new RegExp(`try${i}:${confined ? "refused" : "done"}`), `${confined ? "confined" : "unconfined"}: ${tries[i]}`);
     }
@@ -168,7 +111,7 @@ describe("what the agent leaves in git's own directory for the owner's git, outs
       const marker = join(root, `worktree-${confined}`, "marker");
       const evil = join(o.project, "evil.sh");
       // A common directory of the agent's: the repository's objects and refs, and a config with core.fsmonitor.
-      const r = await lessorRun(
+      const r = await runAgent(
         o.project,
         o.env,
         "attacker-worktree",
@@ -249,7 +192,7 @@ describe("an agent that will not stop", { skip: skipGit }, () => {
     run.child.kill("SIGKILL");
     await run.closed;
     assert.ok(existsSync(join(o.project, ".git/commondir")), "the plant survived lessor's death (nothing can check then)");
-    const next = await lessorRun(o.project, o.env, "attacker-sigkill", [], "git status >/dev/null 2>&1; echo ran");
+    const next = await runAgent(o.project, o.env, "attacker-sigkill", [], "git status >/dev/null 2>&1; echo ran");
     assert.equal(next.code, 0, next.stderr);
     assert.match(next.stderr, /\.git\/commondir was there before this run.*moved it to/);
     assert.ok(!existsSync(join(o.project, ".git/commondir")));
@@ -267,15 +210,8 @@ describe("files lessor reads for the run, in the writable project", { skip }, ()
     writeFileSync(join(elsewhere, ".env"), `OTHER_DB_PASSWORD=${CANARY_ENV}\n`);
     // What an earlier run's agent leaves in place of the owner's .env.lessor (it cannot read the target).
     symlinkSync(join(elsewhere, ".env"), join(o.project, ".env.lessor"));
-    const spawnRun = (): Promise<Ran> =>
-      new Promise((resolve) => {
-        const child = spawn(NODE, ["--", BIN, "run", "--agent", "attacker-envfile", "--env-file", ".env.lessor", "--", "/bin/sh", "-c", "env"], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
-        let stdout = "";
-        let stderr = "";
-        child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-        child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-        child.on("close", (code) => resolve({ code, stdout, stderr }));
-      });
+    const spawnRun = (): Promise<CliResult> =>
+      runCliWithEnv(["run", "--agent", "attacker-envfile", "--env-file", ".env.lessor", "--", "/bin/sh", "-c", "env"], { cwd: o.project, env: o.env, timeoutMs: Infinity });
     const r = await spawnRun();
     assert.notEqual(r.code, 0);
     assert.ok(!r.stdout.includes(CANARY_ENV) && !r.stderr.includes(CANARY_ENV), "the other file's value reached the agent or the output");
@@ -301,18 +237,7 @@ describe("lessor's own code in the writable project", { skip }, () => {
     const marker = join(root, "npx", "stolen-key");
     const payload = `\n;require("node:fs").writeFileSync(${JSON.stringify(marker)}, String(process.env.LESSOR_MASTER_KEY));\n`;
     writeFileSync(join(o.project, "payload.js"), payload);
-    const run = await new Promise<Ran>((resolve) => {
-      const child = spawn(NODE, ["--", cli, "run", "--agent", "attacker-npx", "--", "/bin/sh", "-c", `cat payload.js >> ${cli} && echo appended`], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-      const timer = setTimeout(() => child.kill("SIGKILL"), 40_000);
-      child.on("close", (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-    });
+    const run = await runCliWithEnv(["run", "--agent", "attacker-npx", "--", "/bin/sh", "-c", `cat payload.js >> ${cli} && echo appended`], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 40_000 });
     assert.notEqual(run.code, 0, run.stdout);
     assert.doesNotMatch(run.stdout, /appended/, "the command was not started");
     assert.match(run.stderr, /lessor's own code \(.*node_modules.*\) is inside .*which the sandboxed agent can write/);

@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -19,8 +18,8 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { BIN, runCli } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { RawClient, type Msg } from "./raw-client.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import type { Msg } from "./raw-client.js";
 
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const GH = `ghp_${randomBytes(16).toString("hex")}`;
@@ -36,18 +35,7 @@ function forms(v: string): string[] {
   return [v, ...[0, 1, 2].map((i) => b.subarray(i).toString("base64").slice(0, -4))];
 }
 
-class Conn extends RawClient {
-  static async open(to: string | { host: string; port: number }): Promise<Conn> {
-    const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-    return RawClient.connected(new Conn(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
-  }
-  static async admin(d: RunningDaemon): Promise<Conn> {
-    const c = await Conn.open(d.socket);
-    c.send({ protocol: "lessor", version: 1 });
-    const w = await c.next();
-    assert.equal(w.identity?.role, "admin", JSON.stringify(w));
-    return c;
-  }
+class Conn extends DaemonConn {
   /** The token handshake over TCP; resolves with the welcome (ok or not). */
   static async tokenRaw(d: RunningDaemon, token: string): Promise<{ c: Conn; welcome: Msg }> {
     const c = await Conn.open(d.tcp!);

@@ -9,7 +9,6 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
@@ -18,7 +17,7 @@ import { openVault } from "../src/config/open-vault.js";
 import { checkServerProof, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { encodeFrame } from "../src/protocol/framing.js";
 import { BIN, cliHome, runCli, seedHome } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { RawClient, type Msg } from "./raw-client.js";
 
 const CANARY = `CANARY_${randomBytes(12).toString("hex")}`;
@@ -48,20 +47,7 @@ approval = "required"
 `;
 
 /** A raw protocol client that can do the token handshake. */
-class Conn extends RawClient {
-  static async open(path: string): Promise<Conn> {
-    return RawClient.connected(new Conn(connect(path), { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
-  }
-
-  static async admin(d: RunningDaemon): Promise<Conn> {
-    const c = await Conn.open(d.socket);
-    c.send({ protocol: "lessor", version: 1 });
-    const w = await c.next();
-    assert.equal(w.ok, true, JSON.stringify(w));
-    assert.equal(w.identity.role, "admin");
-    return c;
-  }
-
+class Conn extends DaemonConn {
   /** Sends the token hello and checks the daemon's proof; resolves with the connection, before the token frame. */
   static async challenged(path: string, token: string): Promise<Conn> {
     const c = await Conn.open(path);

@@ -19,7 +19,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -33,7 +33,7 @@ import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { BIN } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { inTime, loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.audit.example"; // covered by tok's lease
 const OTHER = "other.audit.example"; // covered by oth's lease only
@@ -194,31 +194,7 @@ async function rig(): Promise<Rig> {
 }
 
 /** A CONNECT tunnel to `host` through the proxy, TLS inside (the agent is the attacker: it trusts anything). */
-async function tunnel(r: Rig, host: string, alpn = "http/1.1"): Promise<tls.TLSSocket> {
-  const raw = netConnect(r.port, "127.0.0.1");
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let got = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      got = Buffer.concat([got, d]);
-      const end = got.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(got.subarray(0, end).toString("latin1"));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
+const tunnel = (r: Rig, host: string, alpn = "http/1.1"): Promise<tls.TLSSocket> => openTunnel(r.port, host, upPort, { alpn });
 
 /** The body of a raw HTTP/1.1 answer, de-chunked (the agent's own reading of it). */
 function bodyOf(answer: string): Buffer {

@@ -14,7 +14,6 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -23,8 +22,8 @@ import { newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { encodeFrame } from "../src/protocol/framing.js";
 import { REGISTRY, type MethodName } from "../src/protocol/registry.js";
 import { runCli } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { RawClient, type Msg } from "./raw-client.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import type { Msg } from "./raw-client.js";
 
 const DOMAIN = "api.github.com";
 const BOB_DOMAIN = "internal.bob.example";
@@ -54,20 +53,7 @@ domains = ["hidden.bob.example", 5]
 `;
 
 /** A raw client that does the token handshake; calls resolve with a closed marker if the daemon closes. */
-class Conn extends RawClient {
-  static async open(to: string | { host: string; port: number }): Promise<Conn> {
-    const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-    return RawClient.connected(new Conn(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
-  }
-
-  static async admin(d: RunningDaemon): Promise<Conn> {
-    const c = await Conn.open(d.socket);
-    c.send({ protocol: "lessor", version: 1 });
-    const w = await c.next();
-    assert.equal(w.identity?.role, "admin", JSON.stringify(w));
-    return c;
-  }
-
+class Conn extends DaemonConn {
   static async token(to: string | { host: string; port: number }, token: string): Promise<Conn> {
     const c = await Conn.open(to);
     c.send({ protocol: "lessor", version: 1, tokenId: splitToken(token)!.id, nonce: newNonce().toString("base64url") });

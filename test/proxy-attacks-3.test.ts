@@ -13,25 +13,23 @@
  *
  * Every upstream is a loopback server this file creates; nothing else is ever reached.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { connect as netConnect, createServer as netServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { connect as netConnect, createServer as netServer, type AddressInfo, type Server } from "node:net";
 import { dirname, join } from "node:path";
 import * as tls from "node:tls";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { inProcessApi } from "../src/backend/in-process.js";
-import { openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { BIN, cliHome, seedHome } from "./cli-harness.js";
+import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { h2Get as h2GetOver, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.pa3.example"; // HTTPS upstream (hostile), covered by the lease
 const H2HOST = "h2.pa3.example"; // HTTP/2 upstream (hostile), covered by the lease
@@ -133,45 +131,9 @@ after(async () => {
 
 // --- raw clients -------------------------------------------------------------------------------------
 
-/** Writes a CONNECT (with `auth`, a Proxy-Authorization value, if given) and returns the socket once answered 200. */
-async function connectTunnel(port: number, host: string, upPort: number, auth?: string): Promise<Socket> {
-  const raw = netConnect(port, "127.0.0.1");
-  raw.on("error", () => {});
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n${auth ? `Proxy-Authorization: ${auth}\r\n` : ""}\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf.subarray(0, end).toString("latin1"));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve(buf.toString("latin1")));
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  return raw;
-}
-
-/** TLS inside a tunnel (the agent is the attacker here: it trusts anything). */
-async function tlsIn(raw: Socket, host: string, alpn: string): Promise<tls.TLSSocket> {
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  s.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-    s.once("close", () => reject(new Error("tunnel closed during the handshake")));
-  });
-  return s;
-}
-
 /** One raw HTTP/1.1 exchange in a fresh tunnel to HOST; the answer as latin1 text. */
 async function h1(port: number, request: string, auth?: string, ms = 3000): Promise<string> {
-  const s = await tlsIn(await connectTunnel(port, HOST, tlsPort, auth), HOST, "http/1.1");
+  const s = await openTunnel(port, HOST, tlsPort, { proxyAuth: auth });
   s.write(request);
   return readAll(s, ms);
 }
@@ -195,53 +157,12 @@ secrets = ["api-key"]
 domains = ["${HOST}"]
 `;
 
-interface Child {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-async function startLessorProxy(home: string, agent: string, args: string[]): Promise<Child> {
-  const child = spawn(process.execPath, ["--", BIN, "proxy", "--agent", agent, "--domain", HOST, ...args], {
-    env: { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", API_KEY: "$S:api-key" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
-  const c: Child = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  let gone = false;
-  void exited.then(() => (gone = true));
-  for (let i = 0; i < 1500 && !gone && !/lessor: proxy for agent/.test(c.stderr()); i++) await delay(20);
+/** `lessor proxy` for `agent` (its credential API_KEY), once it says it serves; the test fails if it does not. */
+async function startLessorProxy(home: string, agent: string, args: string[]): Promise<RunningCli> {
+  const env = { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", API_KEY: "$S:api-key" };
+  const c = await startCli(["proxy", "--agent", agent, "--domain", HOST, ...args], /lessor: proxy for agent/, env, { killAfterMs: Infinity });
   assert.match(c.stderr(), /lessor: proxy for agent/, `lessor proxy did not start: ${c.stderr()}`);
   return c;
-}
-
-function envOf(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const i = line.indexOf("=");
-    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return env;
-}
-
-async function liveLeases(home: string, agent: string): Promise<number> {
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    return (await vault.admin().listLeases({ agent, liveAt: Date.now() })).length;
-  } finally {
-    await vault.close();
-  }
 }
 
 describe("the built CLI: lessor proxy and answers Node's HTTP server refuses to write", () => {
@@ -369,24 +290,8 @@ async function rig(): Promise<Rig> {
  * HTTP/1.1-only one): everything the agent gets (informational heads too), as JSON.
  */
 async function h2Get(r: Rig, path: string, host = H2HOST): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, host, host === HOST ? tlsPort : h2Port), host, "h2");
-  const session = http2.connect(`https://${host}`, { createConnection: () => s });
-  session.on("error", () => {});
-  try {
-    return await new Promise<string>((resolve, reject) => {
-      const got: unknown[] = [];
-      const req = session.request({ ":method": "GET", ":path": path, authorization: `Bearer ${r.placeholder}` });
-      req.on("headers", (h) => got.push(h));
-      req.on("response", (h) => got.push(h));
-      req.on("trailers", (t) => got.push(t));
-      req.on("data", (d: Buffer) => got.push(d.toString("latin1")));
-      req.on("end", () => resolve(JSON.stringify(got)));
-      req.on("error", reject);
-      req.end();
-    });
-  } finally {
-    session.destroy();
-  }
+  const s = await openTunnel(r.port, host, host === HOST ? tlsPort : h2Port, { alpn: "h2" });
+  return h2GetOver(s, host, path, { authorization: `Bearer ${r.placeholder}` }, { allHeads: true });
 }
 
 describe("in process: a covered upstream reflecting the injected credential", () => {

@@ -36,7 +36,7 @@ import { SsrfGuard, type ConnectTo, type Resolver } from "../src/proxy/guard.js"
 import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { connectRaw, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack.example"; // HTTP/1.1 upstream
 const H2HOST = "h2.attack.example"; // HTTP/2 upstream
@@ -193,40 +193,8 @@ async function rig(): Promise<Rig> {
 
 // --- clients ----------------------------------------------------------------------------------------
 
-/** Sends CONNECT `authority` and returns the raw socket and the proxy's answer head. */
-async function connectRaw(proxyPort: number, authority: string): Promise<{ raw: import("node:net").Socket; head: string; rest: Buffer }> {
-  const raw = netConnect(proxyPort, "127.0.0.1");
-  raw.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve({ raw, head: buf.subarray(0, end).toString("latin1"), rest: buf.subarray(end + 4) });
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve({ raw, head: buf.toString("latin1"), rest: Buffer.alloc(0) }));
-  });
-}
-
 /** A CONNECT tunnel to `host` through the proxy, TLS inside with the given SNI and ALPN. */
-async function tunnel(r: Rig, host: string, alpn = "http/1.1", sni = host): Promise<tls.TLSSocket> {
-  const { raw, head } = await connectRaw(r.port, `${host}:${portOf(host)}`);
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  // The client's trust in the session CA is tested elsewhere (test/proxy-ca.test.ts); here the agent is the attacker.
-  const s = tls.connect({ socket: raw, servername: sni, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-    s.once("close", () => reject(new Error("tunnel closed during the handshake")));
-  });
-  return s;
-}
+const tunnel = (r: Rig, host: string, alpn = "http/1.1", sni = host): Promise<tls.TLSSocket> => openTunnel(r.port, host, portOf(host), { alpn, sni });
 
 /** Writes raw HTTP/1.1 bytes in a fresh tunnel and reads until the proxy closes it (or `ms` pass). */
 async function rawH1(r: Rig, bytes: string, host = HOST, ms = 3000): Promise<string> {

@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { gzipSync } from "node:zlib";
 import type { BackendApi } from "../src/backend/backend.js";
@@ -29,7 +29,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { scrub, ScrubPatterns } from "../src/proxy/scrub.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
 
 const SECRET = "ghp_" + "B1c2D3e4F5g6H7i8J9k0L1m2N3o4P5q6R7s8";
 const PLACEHOLDER = makePlaceholder(SECRET);
@@ -129,29 +129,7 @@ after(async () => {
 // --- clients --------------------------------------------------------------------------------------
 
 /** A CONNECT tunnel through the proxy, then TLS to it with the proxy's CA. */
-async function tunnel(host: string, port: number, alpn: string): Promise<tls.TLSSocket> {
-  const raw = netConnect(proxyPort, "127.0.0.1");
-  raw.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
-  await new Promise<void>((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString("latin1");
-      if (!buf.includes("\r\n\r\n")) return;
-      raw.off("data", onData);
-      raw.pause();
-      if (buf.startsWith("HTTP/1.1 200")) resolve();
-      else reject(new Error("CONNECT answered " + buf));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-  });
-  const s = tls.connect({ socket: raw, servername: host, ca: proxyCa.certPem, ALPNProtocols: [alpn] });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
+const tunnel = (host: string, port: number, alpn: string): Promise<tls.TLSSocket> => openTunnel(proxyPort, host, port, { alpn, ca: proxyCa.certPem });
 
 interface Answer {
   status: number;

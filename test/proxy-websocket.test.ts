@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import * as https from "node:https";
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
-import { connect as netConnect, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -20,7 +20,7 @@ import { ProxyRefusal } from "../src/proxy/refusal.js";
 import { ScrubPatterns } from "../src/proxy/scrub.js";
 import { TripwireMarks } from "../src/proxy/body-tripwire.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { loopbackOnly, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
 
 const SECRET = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
 const PLACEHOLDER = makePlaceholder(SECRET);
@@ -226,30 +226,7 @@ after(async () => {
 // --- the client ---------------------------------------------------------------------------------
 
 /** CONNECT through the proxy, then TLS to it (HTTP/1.1) with the proxy's CA. */
-async function tunnel(): Promise<tls.TLSSocket> {
-  const raw = netConnect(proxyPort, "127.0.0.1");
-  raw.write(`CONNECT ws.test.example:${upPort} HTTP/1.1\r\nHost: ws.test.example:${upPort}\r\n\r\n`);
-  await new Promise<void>((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString("latin1");
-      if (buf.includes("\r\n\r\n")) {
-        raw.off("data", onData);
-        raw.pause();
-        if (!buf.startsWith("HTTP/1.1 200")) reject(new Error("CONNECT answered " + buf));
-        else resolve();
-      }
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-  });
-  const s = tls.connect({ socket: raw, servername: "ws.test.example", ca: proxyCa.certPem, ALPNProtocols: ["http/1.1"] });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
+const tunnel = (): Promise<tls.TLSSocket> => openTunnel(proxyPort, "ws.test.example", upPort, { ca: proxyCa.certPem });
 
 interface Answer {
   status: number;

@@ -15,12 +15,11 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { BIN } from "./cli-harness.js";
-import { initHome } from "../src/config/open-vault.js";
+import { BIN, runCliWithEnv } from "./cli-harness.js";
+import { gitOk, git, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
 const REPO = fileURLToPath(new URL("..", import.meta.url));
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const HAVE_GIT = spawnSync("git", ["--version"]).status === 0;
 const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : !HAVE_GIT ? "git is not installed" : false;
 
@@ -29,50 +28,12 @@ process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const MASTER_KEY = randomBytes(32).toString("hex");
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** `lessor run --agent AGENT EXTRA -- sh -c SCRIPT` from `cwd`, as the owner would start it. */
-function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string, timeoutMs = 25_000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, ...extra, "--", "/bin/sh", "-c", script], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const lessorRun = (cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string) => runAgent(cwd, env, agent, extra, script, 25_000);
 
 /** A fake owner: a home, ~/.lessor (env key, the default empty policy) and a project directory. */
-async function makeOwner(name: string): Promise<{ base: string; project: string; env: Record<string, string> }> {
-  const base = join(root, name);
-  const home = join(base, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
-  const lessorHome = join(home, ".lessor");
-  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
-  await initHome({ home: lessorHome, env, keySource: "env" });
-  return { base, project, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
-}
+const makeOwner = (name: string) => newOwner({ root, name, masterKey: MASTER_KEY });
 
-const GIT_ENV = { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GIT_CONFIG_NOSYSTEM: "1", GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
-/** The owner's git, outside any sandbox. */
-function git(cwd: string, ...args: string[]) {
-  return spawnSync("git", ["-c", "safe.directory=*", "-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main", ...args], { cwd, env: GIT_ENV, encoding: "utf8", timeout: 15_000 });
-}
-function gitOk(cwd: string, ...args: string[]): void {
-  const r = git(cwd, ...args);
-  assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
-}
 function gitInit(dir: string): void {
   mkdirSync(join(dir, "src"), { recursive: true });
   gitOk(dir, "init", "-q");
@@ -215,18 +176,7 @@ describe("lessor's own code reached through a hard link in the writable project"
     assert.ok(statSync(cli).nlink > 1);
     const marker = join(o.base, "stolen-key");
     writeFileSync(join(o.project, "payload.js"), `\n;require("node:fs").writeFileSync(${JSON.stringify(marker)}, String(process.env.LESSOR_MASTER_KEY));\n`);
-    const run = await new Promise<Ran>((resolve) => {
-      const child = spawn(NODE, ["--", cli, "run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", `cat payload.js >> node_modules/.pnpm/lessor@0.1.0/node_modules/lessor/dist/bin/lessor.cjs && echo appended`], { cwd: o.project, env: o.env, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-      const timer = setTimeout(() => child.kill("SIGKILL"), 25_000);
-      child.on("close", (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-    });
+    const run = await runCliWithEnv(["run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", `cat payload.js >> node_modules/.pnpm/lessor@0.1.0/node_modules/lessor/dist/bin/lessor.cjs && echo appended`], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 25_000 });
     assert.notEqual(run.code, 0);
     assert.doesNotMatch(run.stdout, /appended/, "the command was not started");
     assert.match(run.stderr, /is the same file \(a hard link, as pnpm and bun install\) as .*node_modules\/\.pnpm\/lessor@0\.1\.0/);

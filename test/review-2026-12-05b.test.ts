@@ -8,11 +8,10 @@
  * Real parts only: a real vault on SQLite in temporary directories, real TLS and HTTP/2 on loopback,
  * the built CLI as child processes, bubblewrap. Nothing is sent anywhere but 127.0.0.1.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -20,27 +19,22 @@ import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { inProcessApi } from "../src/backend/in-process.js";
-import { initHome } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { BIN } from "./cli-harness.js";
+import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, h2Get as h2GetOver, loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
+import { HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
 
-const NODE = process.execPath;
 const REPO = fileURLToPath(new URL("..", import.meta.url));
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const noBwrap = HAVE_BWRAP ? false : "bwrap is not installed or user namespaces are off";
 
 const root = mkdtempSync(join(tmpdir(), "lessor-review-1205b-"));
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-  rmSync(root, { recursive: true, force: true });
-});
+// (cli-harness kills the lessor commands still running at exit, before this removes their files.)
+process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -93,37 +87,6 @@ after(async () => {
   await new Promise<void>((r) => upH2.close(() => r()));
 });
 
-async function connectTunnel(port: number, host: string, upPort: number): Promise<Socket> {
-  const raw = netConnect(port, "127.0.0.1");
-  raw.on("error", () => {});
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString("latin1");
-      if (!buf.includes("\r\n\r\n")) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf);
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  return raw;
-}
-
-async function tlsIn(raw: Socket, host: string, alpn: string): Promise<tls.TLSSocket> {
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  s.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
-
 interface Rig {
   port: number;
   placeholder: string;
@@ -154,31 +117,12 @@ async function rig(value: string): Promise<Rig> {
 }
 
 /** The agent, over HTTP/1.1 to HOST: the raw answer. */
-async function h1Get(r: Rig, path = "/x"): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, HOST, tlsPort), HOST, "http/1.1");
-  s.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.placeholder}\r\nConnection: close\r\n\r\n`);
-  return readAll(s, 3000);
-}
+const h1Get = (r: Rig, path = "/x"): Promise<string> => getThroughTunnel(r.port, HOST, tlsPort, path, r.placeholder);
 
 /** The agent, over HTTP/2 to `host`: every head it gets, as JSON. */
 async function h2Get(r: Rig, host: string, path = "/x", ms = 10_000): Promise<string> {
-  const s = await tlsIn(await connectTunnel(r.port, host, host === HOST ? tlsPort : h2Port), host, "h2");
-  const session = http2.connect(`https://${host}`, { createConnection: () => s });
-  session.on("error", () => {});
-  try {
-    return await new Promise<string>((resolve, reject) => {
-      const got: unknown[] = [];
-      const req = session.request({ ":method": "GET", ":path": path, authorization: `Bearer ${r.placeholder}` });
-      setTimeout(() => resolve(`(no answer in ${ms} ms) ${JSON.stringify(got)}`), ms);
-      req.on("response", (h) => got.push(h));
-      req.on("data", (d: Buffer) => got.push(d.toString("latin1")));
-      req.on("end", () => resolve(JSON.stringify(got)));
-      req.on("error", reject);
-      req.end();
-    });
-  } finally {
-    session.destroy();
-  }
+  const s = await openTunnel(r.port, host, host === HOST ? tlsPort : h2Port, { alpn: "h2" });
+  return h2GetOver(s, host, path, { authorization: `Bearer ${r.placeholder}` }, { ms });
 }
 
 describe("the proxy: a covered upstream's status line outside 200-599", () => {
@@ -236,41 +180,11 @@ describe("the proxy: a mixed-case credential reflected into a response header's 
 
 const MASTER_KEY = randomBytes(32).toString("hex");
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `node -- CLI ARGS` from `cwd`, as the owner would start it. */
-function lessor(cli: string, cwd: string, env: Record<string, string>, args: string[], timeoutMs = 25_000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE, ["--", cli, ...args], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    children.push(child);
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+/** `node -- CLI ARGS` from `cwd` with exactly `env`, as the owner would start it. */
+const lessor = (cli: string, cwd: string, env: Record<string, string>, args: string[], timeoutMs = 25_000) => runCliWithEnv(args, { bin: cli, cwd, env, timeoutMs });
 
 /** A fake owner: a home, ~/.lessor (env key, the default empty policy) and a project directory. */
-async function makeOwner(name: string): Promise<{ base: string; home: string; project: string; env: Record<string, string> }> {
-  const base = join(root, name);
-  const home = join(base, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
-  const lessorHome = join(home, ".lessor");
-  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
-  await initHome({ home: lessorHome, env, keySource: "env" });
-  return { base, home, project, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
-}
+const makeOwner = (name: string) => newOwner({ root, name, masterKey: MASTER_KEY });
 
 describe("lessor's code hard-linked into the writable project", { skip: noBwrap }, () => {
   test("lessor installed outside the project by pnpm sharing `bindings` (which better-sqlite3 loads in every lessor command that opens the vault) with the project's pnpm store link: lessor run refuses, naming the shared file", { timeout: 60_000 }, async () => {
@@ -332,7 +246,7 @@ describe("--env-file and an agent that runs at the same time", { skip: noBwrap }
     try {
       await delay(1500);
       // The owner starts agent 2 with the usual env file, a few times (each an ordinary run).
-      let leaked: Ran | null = null;
+      let leaked: CliResult | null = null;
       const refusals: number[] = [];
       const t0 = Date.now();
       for (let i = 0; i < 80 && leaked === null && Date.now() - t0 < 20_000; i++) {

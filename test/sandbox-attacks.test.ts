@@ -17,11 +17,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { BIN, runCli } from "./cli-harness.js";
-import { initHome } from "../src/config/open-vault.js";
+import { BIN, runCli, runProcess } from "./cli-harness.js";
+import { ATTACKERS_POLICY, HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
 
 const NODE = process.execPath;
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const IS_ROOT = typeof process.getuid === "function" && process.getuid() === 0;
 
 const root = mkdtempSync(join(tmpdir(), "lessor-attacks-"));
@@ -31,14 +30,6 @@ const MASTER_KEY = randomBytes(32).toString("hex");
 const ENV_CANARY = `canary-env-${randomBytes(8).toString("hex")}`;
 const FD_CANARY = `canary-fd-${randomBytes(8).toString("hex")}`;
 const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
 
 /** The probe run inside: each attack reported as { ok, detail } (ok: it worked), one JSON line at the end. */
 const PROBE = String.raw`
@@ -147,48 +138,25 @@ function ownerEnv(home: string, lessorHome: string, extra: Record<string, string
 }
 
 /** Runs `node -- BIN run --agent AGENT EXTRA -- CMD…` from `cwd`; parses the last stdout line as the probe's report. */
-function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], cmd: string[], wrap?: (argv: string[]) => { file: string; args: string[] }): Promise<Run> {
+async function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], cmd: string[], wrap?: (argv: string[]) => { file: string; args: string[] }): Promise<Run> {
   const argv = [NODE, "--", BIN, "run", "--agent", agent, ...extra, "--", ...cmd];
   const { file, args } = wrap ? wrap(argv) : { file: argv[0]!, args: argv.slice(1) };
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 40_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      let probes: Record<string, Probe> = {};
-      try {
-        probes = JSON.parse(stdout.replaceAll("\r", "").trim().split("\n").pop() ?? "{}") as Record<string, Probe>;
-      } catch {
-        // the caller's assertions say what went wrong
-      }
-      resolve({ code, stdout, stderr, probes });
-    });
-  });
+  const { code, stdout, stderr } = await runProcess(file, args, { cwd, env, timeoutMs: 40_000 });
+  let probes: Record<string, Probe> = {};
+  try {
+    probes = JSON.parse(stdout.replaceAll("\r", "").trim().split("\n").pop() ?? "{}") as Record<string, Probe>;
+  } catch {
+    // the caller's assertions say what went wrong
+  }
+  return { code, stdout, stderr, probes };
 }
 
 /** A fake owner: home, ~/.lessor (the env key, seeded), ~/.ssh with a canary, and a project that is a git repository. */
 async function makeOwner(name: string, opts: { lessorHome?: (home: string, project: string) => string; git?: boolean } = {}) {
-  const home = join(root, name, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
+  const { home, project, lessorHome } = await newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], lessorHome: opts.lessorHome });
   mkdirSync(join(home, ".ssh"), { recursive: true });
   const sshCanary = `canary-ssh-${randomBytes(8).toString("hex")}`;
   writeFileSync(join(home, ".ssh/id_ed25519"), sshCanary, { mode: 0o600 });
-  const lessorHome = opts.lessorHome ? opts.lessorHome(home, project) : join(home, ".lessor");
-  await initHome({ home: lessorHome, env: { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY }, keySource: "env" });
-  writeFileSync(join(lessorHome, "policy.toml"), POLICY, { mode: 0o600 });
-  const { openVault } = await import("../src/config/open-vault.js");
-  const vault = await openVault({ home: lessorHome, env: { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY } });
-  try {
-    await vault.admin().storeSecret({ name: "granted", value: GRANTED });
-  } finally {
-    await vault.close();
-  }
   if (opts.git !== false) gitInit(project);
   writeFileSync(join(project, "probe.mjs"), PROBE);
   return { home, project, lessorHome, sshCanary };

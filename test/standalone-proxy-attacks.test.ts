@@ -11,7 +11,6 @@
  *
  * Traffic goes to loopback servers and Unix sockets this file creates, nowhere else.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, existsSync } from "node:fs";
 import * as http from "node:http";
@@ -33,8 +32,8 @@ import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
 import { bindPrivateSocket } from "../src/cli/run/proxy-listen.js";
 import { openVault } from "../src/config/open-vault.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
-import { BIN, cliHome, seedHome } from "./cli-harness.js";
+import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 
 const HOST = "api.sap.example"; // HTTPS upstream, covered by the lease
 const PLAIN = "plain.sap.example"; // plain-HTTP upstream, covered by nothing (open egress only)
@@ -174,33 +173,7 @@ function exchange(to: To, bytes: string | Buffer, ms = 3000): Promise<string> {
 const statuses = (answer: string): number[] => [...answer.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map((m) => Number(m[1]));
 
 /** CONNECT with the right token, then TLS inside (the agent trusts anything: it is the attacker here). */
-async function tunnel(to: To, token: string, host = HOST, port = tlsPort): Promise<tls.TLSSocket> {
-  const raw = dial(to);
-  raw.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\nProxy-Authorization: ${basic("lessor", token)}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf.subarray(0, end).toString("latin1"));
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve(buf.toString("latin1")));
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, head);
-  raw.resume();
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: ["http/1.1"], rejectUnauthorized: false });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-  });
-  return s;
-}
-
+const tunnel = (to: To, token: string, host = HOST, port = tlsPort): Promise<tls.TLSSocket> => openTunnel(to, host, port, { proxyAuth: basic("lessor", token) });
 
 function noSecret(where: string, text: string, token?: string): void {
   assert.ok(!text.includes(CANARY), `the credential appears in ${where}`);
@@ -565,61 +538,14 @@ secrets = ["github-token"]
 domains = ["${HOST}"]
 `;
 
-interface Child {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-function startLessorProxy(home: string, agent: string, args: string[], prefix: string[] = []): Promise<Child> {
-  const argv = [...prefix, process.execPath, "--", BIN, "proxy", "--agent", agent, "--domain", HOST, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), {
-    env: { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (d: Buffer) => out.push(d));
-  child.stderr!.on("data", (d: Buffer) => err.push(d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
-  const c: Child = { child, stdout: () => Buffer.concat(out).toString("utf8"), stderr: () => Buffer.concat(err).toString("utf8"), exited };
-  return (async () => {
-    let gone = false;
-    void exited.then(() => (gone = true));
-    for (let i = 0; i < 1500 && !gone && !/lessor: proxy for agent/.test(c.stderr()); i++) await delay(20);
-    return c;
-  })();
-}
-
-function envOf(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const i = line.indexOf("=");
-    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return env;
-}
+/** `lessor proxy` for `agent` (its credential GITHUB_TOKEN), under `prefix` if given, once it says it serves. */
+const startLessorProxy = (home: string, agent: string, args: string[], prefix: string[] = []): Promise<RunningCli> =>
+  startCli(["proxy", "--agent", agent, "--domain", HOST, ...args], /lessor: proxy for agent/, { PATH: "/usr/bin:/bin", HOME: dirname(home), LESSOR_HOME: home, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" }, { prefix, killAfterMs: Infinity });
 
 function tokenOf(env: Record<string, string>): { token: string; port: number } {
   const m = /^http:\/\/lessor:([A-Za-z0-9_-]{43})@127\.0\.0\.1:(\d+)$/.exec(env["HTTPS_PROXY"] ?? "");
   assert.ok(m, `HTTPS_PROXY: ${env["HTTPS_PROXY"]}`);
   return { token: m[1]!, port: Number(m[2]) };
-}
-
-async function liveLeases(home: string, agent: string): Promise<number> {
-  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    return (await vault.admin().listLeases({ agent, liveAt: Date.now() })).length;
-  } finally {
-    await vault.close();
-  }
 }
 
 const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;

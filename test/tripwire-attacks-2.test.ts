@@ -17,7 +17,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { brotliDecompressSync, constants as zc, gunzipSync, gzipSync, deflateSync } from "node:zlib";
@@ -29,7 +29,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack2.example"; // covered by tok/bas/qry; HTTP/1.1 upstream on port1, HTTP/2 on port2
 const H2HOST = "h2.attack2.example";
@@ -192,39 +192,8 @@ async function rig(): Promise<Rig> {
 
 // --- clients -------------------------------------------------------------------------------------------
 
-async function connectRaw(proxyPort: number, authority: string): Promise<{ raw: Socket; head: string }> {
-  const raw = netConnect(proxyPort, "127.0.0.1");
-  raw.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve({ raw, head: buf.subarray(0, end).toString("latin1") });
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve({ raw, head: buf.toString("latin1") }));
-  });
-}
-
 /** A CONNECT tunnel to `host:port` through the proxy, TLS inside with the given ALPN. */
-async function tunnel(r: Rig, host: string, port: number, alpn = "http/1.1"): Promise<tls.TLSSocket> {
-  const { raw, head } = await connectRaw(r.port, `${host}:${port}`);
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head}`);
-  raw.resume();
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-    s.once("close", () => reject(new Error("tunnel closed during the handshake")));
-  });
-  return s;
-}
-
+const tunnel = (r: Rig, host: string, port: number, alpn = "http/1.1"): Promise<tls.TLSSocket> => openTunnel(r.port, host, port, { alpn });
 
 async function rawH1(r: Rig, bytes: string | Buffer | (string | Buffer)[], host = HOST, ms = 2500, port = port1): Promise<string> {
   const s = await tunnel(r, host, port);
