@@ -21,20 +21,27 @@ import { inTime } from "./proxy-harness.js";
 const PRELOAD = fileURLToPath(new URL("./fixtures/crash-later.cjs", import.meta.url));
 const ON_OUTPUT = fileURLToPath(new URL("./fixtures/crash-on-output.cjs", import.meta.url));
 
+
+/** A home under `dir` whose policy grants agent "crashy" secret "tok" (a fresh token) for api.crash.example. */
+async function crashyHome(dir: string): Promise<{ home: string; TOKEN: string; CANARY: string }> {
+  const home = join(dir, "home", ".lessor");
+  const TOKEN = "ghp_" + randomBytes(18).toString("hex");
+  const CANARY = "canary-" + randomBytes(8).toString("hex");
+  await initHome({ home, env: { LESSOR_HOME: home } });
+  writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "g"\neffect = "allow"\nagents = ["crashy"]\nsecrets = ["tok"]\ndomains = ["api.crash.example"]\n`, { mode: 0o600 });
+  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
+  try {
+    await vault.admin().storeSecret({ name: "tok", value: TOKEN });
+  } finally {
+    await vault.close();
+  }
+  return { home, TOKEN, CANARY };
+}
+
 test("lessor proxy crashing on a bug: the bug is said without its message, the lease is revoked, the env file removed, exit 70", async () => {
   const dir = mkdtempSync(join(tmpdir(), "lessor-crash-"));
   try {
-    const home = join(dir, "home", ".lessor");
-    const TOKEN = "ghp_" + randomBytes(18).toString("hex");
-    const CANARY = "canary-" + randomBytes(8).toString("hex");
-    await initHome({ home, env: { LESSOR_HOME: home } });
-    writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "g"\neffect = "allow"\nagents = ["crashy"]\nsecrets = ["tok"]\ndomains = ["api.crash.example"]\n`, { mode: 0o600 });
-    const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-    try {
-      await vault.admin().storeSecret({ name: "tok", value: TOKEN });
-    } finally {
-      await vault.close();
-    }
+    const { home, TOKEN, CANARY } = await crashyHome(dir);
     const envOut = join(dir, "agent.env");
     const ready = join(dir, "ready");
     const child = spawn(process.execPath, ["--require", PRELOAD, "--", BIN, "proxy", "--agent", "crashy", "--domain", "api.crash.example", "--env-out", envOut], {
@@ -71,17 +78,7 @@ test("lessor proxy crashing on a bug: the bug is said without its message, the l
 test("lessor inject crashing on a bug while it holds its leases: they are revoked, exit 70", async () => {
   const dir = mkdtempSync(join(tmpdir(), "lessor-crash-"));
   try {
-    const home = join(dir, "home", ".lessor");
-    const TOKEN = "ghp_" + randomBytes(18).toString("hex");
-    const CANARY = "canary-" + randomBytes(8).toString("hex");
-    await initHome({ home, env: { LESSOR_HOME: home } });
-    writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "g"\neffect = "allow"\nagents = ["crashy"]\nsecrets = ["tok"]\ndomains = ["api.crash.example"]\n`, { mode: 0o600 });
-    const vault = await openVault({ home, env: { LESSOR_HOME: home } });
-    try {
-      await vault.admin().storeSecret({ name: "tok", value: TOKEN });
-    } finally {
-      await vault.close();
-    }
+    const { home, TOKEN, CANARY } = await crashyHome(dir);
     const child = spawn(process.execPath, ["--require", ON_OUTPUT, "--", BIN, "inject", "-i", "-", "--agent", "crashy"], {
       env: { PATH: "/usr/bin:/bin", HOME: join(dir, "home"), LESSOR_HOME: home, LESSOR_TEST_CRASH_CANARY: CANARY },
       stdio: ["pipe", "pipe", "pipe"],
