@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { appendFileSync, existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, chownSync, existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -317,6 +317,30 @@ describe("lessor run (embedded vault)", () => {
     assert.equal(field.code, 2);
     assert.match(field.stderr, /\$X .* refers to secret global\/api-token: the secret's value is not JSON/);
     assert.ok(!field.stderr.includes(VALUES.token));
+  });
+
+  test("an --env-file other users may change (writable by them, or theirs) is refused before anything runs: it decides which secrets and variables (LD_PRELOAD…) the command gets", async () => {
+    const marker = join(tmp, "env-file-ran");
+    const run = (file: string) => runCli(["run", "--agent", "tester-x", "--env-file", file, "--", NODE, "-e", `require("node:fs").writeFileSync(${JSON.stringify(marker)}, "")`], { home });
+    const open = envFile("open.env", "TOKEN=$S:api-token\n");
+    chmodSync(open, 0o646);
+    const r = await run(open);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /the env file .*open\.env can be changed by other users \(mode 0?646\).*chmod go-w/);
+    chmodSync(open, 0o664);
+    assert.match((await run(open)).stderr, /can be changed by other users \(mode 0?664\)/);
+    if (process.getuid?.() === 0) {
+      const theirs = envFile("theirs.env", "TOKEN=$S:api-token\n");
+      chownSync(theirs, 65534, 65534);
+      const t = await run(theirs);
+      assert.equal(t.code, 1, t.stderr);
+      assert.match(t.stderr, /theirs\.env belongs to uid 65534, not to you/);
+    }
+    assert.equal(existsSync(marker), false, "the command never ran");
+    chmodSync(open, 0o644);
+    const ok = await run(open);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(existsSync(marker), true);
   });
 
   test("--domain goes to policy; a domain-bound lease is read for the --domain or the rule's host", async () => {

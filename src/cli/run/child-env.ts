@@ -4,7 +4,8 @@
  * leases. A variable may be a reference (`TOKEN=$S:github-token`) or contain several
  * (`DATABASE_URL=postgres://app:$S:db-password@db/app`).
  */
-import { closeSync, openSync, readlinkSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readlinkSync, type Stats } from "node:fs";
+import { octal } from "../../fs/perms.js";
 import { firstNonUtf8Line, readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
@@ -30,32 +31,48 @@ export interface EnvVar {
 /** The most an env file or a template may hold (more is refused before it is all read). */
 export const MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024;
 
+/** How {@link readTextFile} reads a file. */
+export interface ReadTextOptions {
+  /** Called with the file's real path as opened (/proc/self/fd), or null when that cannot be told. */
+  opened?: (real: string | null) => void;
+  /**
+   * The file decides what the command gets (an --env-file: which secrets, and variables such as
+   * LD_PRELOAD): refused unless it belongs to you or root and no other user may change it, the rule
+   * policy.toml follows (src/fs/trusted-file.ts).
+   */
+  trusted?: boolean;
+}
+
 /**
  * Reads `path` ("-": stdin) as UTF-8 text, at most {@link MAX_TEXT_FILE_BYTES}: a file that cannot
  * be read, is larger, or is not UTF-8 is an `invalid_request` naming `what` (and the line), never
  * its content. A byte sequence that is not UTF-8 is never silently replaced.
  */
-export function readTextFile(path: string, what: string, option: string, opened?: (real: string | null) => void): string {
+export function readTextFile(path: string, what: string, option: string, o: ReadTextOptions = {}): string {
   let got: Capped;
   try {
-    if (path === "-" || opened === undefined) got = readCappedSync(path === "-" ? 0 : path, MAX_TEXT_FILE_BYTES);
+    if (path === "-") got = readCappedSync(0, MAX_TEXT_FILE_BYTES);
     else {
-      // The file as opened, for a check after the read (src/cli/run/run.ts): which file this really was.
       const fd = openSync(path, "r");
       try {
-        let real: string | null = null;
-        try {
-          real = readlinkSync(`/proc/self/fd/${fd}`);
-        } catch {
-          // no /proc: not known
+        if (o.trusted) checkTrusted(fstatSync(fd), path, what);
+        if (o.opened) {
+          // The file as opened, for a check after the read (src/cli/run/run.ts): which file this really was.
+          let real: string | null = null;
+          try {
+            real = readlinkSync(`/proc/self/fd/${fd}`);
+          } catch {
+            // no /proc: not known
+          }
+          o.opened(real);
         }
-        opened(real);
         got = readCappedSync(fd, MAX_TEXT_FILE_BYTES);
       } finally {
         closeSync(fd);
       }
     }
   } catch (e) {
+    if (e instanceof VaultError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new VaultError("invalid_request", `cannot read ${what} ${path} (${code === "ENOENT" ? "it does not exist" : (code ?? "error")}); check the ${option} path`);
   }
@@ -77,7 +94,8 @@ export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[], opened?: 
     vars.set(k, { value: v, from: "the environment" });
   }
   for (const file of envFiles) {
-    for (const e of parseEnvFile(readTextFile(file, "the env file", "--env-file", opened ? (real) => opened.set(file, real) : undefined), file)) {
+    const text = readTextFile(file, "the env file", "--env-file", { trusted: true, ...(opened ? { opened: (real: string | null) => void opened.set(file, real) } : {}) });
+    for (const e of parseEnvFile(text, file)) {
       vars.delete(e.key); // keep file order for the later-wins variables
       vars.set(e.key, { value: e.value, from: `${file}:${e.line}` });
     }
@@ -191,4 +209,14 @@ export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], bo
     env[key] = out + v.value.slice(at);
   }
   return { env, masks: [...masks.values()], resolved: found.length };
+}
+
+/** See {@link ReadTextOptions.trusted}. */
+function checkTrusted(st: Stats, path: string, what: string): void {
+  if (typeof process.getuid !== "function") return;
+  const me = process.getuid();
+  if (st.uid !== me && st.uid !== 0)
+    throw new VaultError("insecure_permissions", `${what} ${path} belongs to uid ${st.uid}, not to you (uid ${me}): another user could change which variables and secrets your command gets, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
+  if ((st.mode & 0o022) !== 0)
+    throw new VaultError("insecure_permissions", `${what} ${path} can be changed by other users (mode ${octal(st.mode)}), who could change which variables and secrets your command gets, so it is not read; fix it with: chmod go-w ${path}`);
 }
