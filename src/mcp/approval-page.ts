@@ -6,6 +6,8 @@
  * - lives at `/approval/<256-bit random token>`: the URL is the capability, given only to the MCP
  *   client; it is removed once decided and when the approval lapses;
  * - shows who asks for what, for which hosts, for how long and why, with Approve and Deny buttons;
+ * - is shown and decided only for a client whose socket belongs to the user running lessor mcp (or
+ *   root), read from /proc/net/tcp (./loopback-peer.ts): a leaked URL does not serve another user;
  * - takes the decision only as a POST carrying the page's own CSRF token (a second random value, in
  *   the form), with `Host` exactly 127.0.0.1:PORT (DNS rebinding) and `Origin`, when sent, exactly
  *   this server's origin; framing is forbidden (clickjacking) and nothing is cached.
@@ -16,6 +18,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
+import { loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
 export type ApprovalView = Pick<WireApproval, "id" | "agent" | "secret" | "hosts" | "anyDomain" | "ttlMs" | "rule" | "reason" | "expiresAt">;
@@ -130,6 +133,10 @@ export class ApprovalPages {
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const self = `127.0.0.1:${this.#port}`;
     if (req.headers.host !== self) return done(res, 403, "forbidden");
+    // The URL is the capability, but a URL handed to a browser sits in its argv, which every local
+    // user may read: a page is shown and decided only for a client of this user's (or root's).
+    const uid = typeof process.getuid === "function" ? loopbackPeerUid(req.socket) : null;
+    if (uid !== null && uid !== 0 && uid !== process.getuid!()) return done(res, 403, "forbidden: this page is for the user running lessor mcp");
     const m = /^\/approval\/([A-Za-z0-9_-]{43})$/.exec(req.url ?? "");
     const page = m ? this.#pages.get(m[1]!) : undefined;
     if (!m || !page || Date.now() >= page.view.expiresAt) return done(res, 404, "This approval page does not exist, was used, or lapsed.");
