@@ -7,25 +7,18 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
+import { grant, tempDir } from "./helpers.js";
 
 const CANARY = "ghp_DOCSLITERAL4canaryZq8Wm3Lp";
 const NO_STACK = /\n\s+at .+[:(]\d+/;
 
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-function freshDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "lessor-docs4-"));
-  dirs.push(d);
-  return d;
-}
+/** A temp dir of the test's own, removed when that test ends (helpers.ts's tempDir). */
+const freshDir = (): string => tempDir("lessor-docs4-");
 
 /** A loopback listener that counts connections (and closes each at once): "nothing is sent" made checkable. */
 async function countingListener(): Promise<{ port: number; count: () => number; server: Server }> {
@@ -40,13 +33,7 @@ async function countingListener(): Promise<{ port: number; count: () => number; 
   return { port: addr.port, count: () => n, server };
 }
 
-const POLICY = `[[rule]]
-name = "claude-github"
-effect = "allow"
-agents = ["claude"]
-secrets = ["github-token"]
-domains = ["api.github.com"]
-`;
+const POLICY = grant("claude-github", ["claude"], ["github-token"], ["api.github.com"]);
 
 // ═════════════════════ docs/cli.md: LESSOR_TOKEN_FILE / LESSOR_TOKEN ═════════════════════
 

@@ -18,7 +18,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { inTime } from "./proxy-harness.js";
-import { ATTACKERS_POLICY, git, gitOk, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
+import { ATTACKERS_POLICY, evilCommonDir, git, gitInit, gitOk, HAVE_BWRAP, makeOwner as newOwner, plantScript, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
 const REPO = fileURLToPath(new URL("..", import.meta.url));
@@ -34,16 +34,6 @@ const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
 
 /** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), and a project directory. */
 const makeOwner = (name: string, config = "") => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], config });
-
-function gitInit(dir: string): void {
-  gitOk(dir, "init", "-q");
-  writeFileSync(join(dir, "README"), "the project\n");
-  gitOk(dir, "add", "README");
-  gitOk(dir, "commit", "-qm", "init");
-}
-
-/** A shell line writing an executable script at `path` that appends a line to `marker` when run. */
-const plantScript = (path: string, marker: string): string => `printf '#!/bin/sh\\necho ran >> ${marker}\\n' > ${path} && chmod 755 ${path}`;
 
 describe("what the agent leaves in git's own directory for the owner's git, outside the sandbox", { skip: skipGit }, () => {
   test("an existing submodule's config under .git/modules is read-only in the sandbox: core.fsmonitor written there (as --no-sandbox can) would run at the owner's next `git status` at the project root", async () => {
@@ -119,8 +109,7 @@ describe("what the agent leaves in git's own directory for the owner's git, outs
         [
           "set -e",
           plantScript(evil, marker),
-          "mkdir -p evil-common/hooks && cp -r .git/objects .git/refs evil-common/ && cp .git/HEAD evil-common/",
-          `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
+          ...evilCommonDir(evil),
           "set +e",
           `if echo "$PWD/evil-common" > .git/worktrees/wt/commondir; then echo planted; else echo refused; fi`,
         ].join("\n"),

@@ -8,7 +8,7 @@
  * process, and count what reaches them), a real gnome-keyring-daemon on a private D-Bus session
  * (dbus-run-session, its own HOME), loopback and temporary directories only.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";
@@ -17,12 +17,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { BIN } from "./cli-harness.js";
+import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { keychainMissing } from "./keychain-harness.js";
-import { initHome, openVault } from "../src/config/open-vault.js";
+import { ATTACKERS_POLICY, HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
 const keyringMissing = keychainMissing();
 const skipKeyring = skip || (keyringMissing !== null ? `needs a private keyring: ${keyringMissing}` : false);
@@ -32,55 +31,13 @@ process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const MASTER_KEY = randomBytes(32).toString("hex");
 const GRANTED = `granted-${randomBytes(12).toString("hex")}`;
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+/** A fake owner (run-harness): a home, ~/.lessor with the env key and ATTACKERS_POLICY, the granted secret stored, a project directory. */
+const makeOwner = (name: string, config = "") => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: GRANTED }], config });
 
-/** `lessor run --agent AGENT EXTRA -- CMD…` from `cwd`, as the owner would start it. */
-function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], cmd: string[], timeoutMs = 40_000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, ...extra, "--", ...cmd], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-/** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), a project directory. */
-async function makeOwner(name: string, config = ""): Promise<{ home: string; project: string; lessorHome: string; env: Record<string, string> }> {
-  const home = join(root, name, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
-  const lessorHome = join(home, ".lessor");
-  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
-  await initHome({ home: lessorHome, env, keySource: "env" });
-  writeFileSync(join(lessorHome, "policy.toml"), POLICY, { mode: 0o600 });
-  if (config) writeFileSync(join(lessorHome, "lessor.toml"), readFileSync(join(lessorHome, "lessor.toml"), "utf8") + config, { mode: 0o600 });
-  const vault = await openVault({ home: lessorHome, env });
-  try {
-    await vault.admin().storeSecret({ name: "granted", value: GRANTED });
-  } finally {
-    await vault.close();
-  }
-  return { home, project, lessorHome, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
+/** `lessor run --agent AGENT -- node ARGS…` from `cwd` with exactly `env`, as the owner would start it. */
+function runNode(cwd: string, env: Record<string, string>, agent: string, args: string[]): Promise<CliResult> {
+  return runCliWithEnv(["run", "--agent", agent, "--", NODE, ...args], { cwd, env, timeoutMs: 40_000 });
 }
 
 /** A Unix socket server that counts connections (and answers HTTP when `http`). */
@@ -129,7 +86,7 @@ for (const p of dials) {
 }
 `;
 
-function resultOf(r: Ran): { read: Record<string, string>; dial: Record<string, string>; wrote: Record<string, string>; kill: Record<string, string>; sockets: string[] } {
+function resultOf(r: CliResult): { read: Record<string, string>; dial: Record<string, string>; wrote: Record<string, string>; kill: Record<string, string>; sockets: string[] } {
   const line = r.stdout.split("\n").find((l) => l.startsWith("RESULT "));
   assert.ok(line, `the probe printed no result (exit ${r.code}):\n${r.stdout}\n${r.stderr}`);
   return JSON.parse(line.slice("RESULT ".length));
@@ -144,7 +101,7 @@ describe("the sandbox's lifetime", { skip }, () => {
       "sleep 0.3",
       "echo parent-exits",
     ].join("\n");
-    const r = await lessorRun(o.project, o.env, "attacker-bg", [], ["/bin/sh", "-c", script]);
+    const r = await runAgent(o.project, o.env, "attacker-bg", [], script);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /parent-exits/);
     assert.ok(existsSync(join(o.project, "bg-started")), "the grandchild started (the probe works)");
@@ -218,7 +175,7 @@ describe("shared places and host sockets in the default layout (project writable
       kill: [process.pid, process.ppid],
     };
     try {
-      const r = await lessorRun(o.project, o.env, "attacker-shared", [], [NODE, probe, JSON.stringify(spec)]);
+      const r = await runNode(o.project, o.env, "attacker-shared", [probe, JSON.stringify(spec)]);
       assert.equal(r.code, 0, r.stderr);
       const res = resultOf(r);
       for (const f of [...names, ...dotfiles]) {
@@ -275,7 +232,7 @@ describe("the home shown read-only: what the owner's environment names there", {
     for (const f of defaults) writeFileSync(f, "DEFAULTcanary\n", { mode: 0o600 });
     const probe = h("probe.cjs");
     writeFileSync(probe, PROBE);
-    const r = await lessorRun(o.home, env, "attacker-named", [], [NODE, probe, JSON.stringify({ read: [...Object.values(files).map((f) => f.file), ...defaults] })]);
+    const r = await runNode(o.home, env, "attacker-named", [probe, JSON.stringify({ read: [...Object.values(files).map((f) => f.file), ...defaults] })]);
     assert.equal(r.code, 0, r.stderr);
     const res = resultOf(r);
     for (const f of defaults) assert.match(res.read[f] ?? "", /^ERR|^$/, `${f} at its default place is covered`);
@@ -300,7 +257,7 @@ describe("the home shown read-only: what the owner's environment names there", {
     writeFileSync(probe, PROBE);
     try {
       const say = 'POST /v1.43/containers/create HTTP/1.0\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{"Image":"alpine","HostConfig":{"Binds":["/:/host"]},"Cmd":[]}  ';
-      const r = await lessorRun(o.home, { ...o.env, DOCKER_HOST: `unix://${sock}`, SSH_AUTH_SOCK: sshSock }, "attacker-docker", [], [NODE, probe, JSON.stringify({ say })]);
+      const r = await runNode(o.home, { ...o.env, DOCKER_HOST: `unix://${sock}`, SSH_AUTH_SOCK: sshSock }, "attacker-docker", [probe, JSON.stringify({ say })]);
       assert.equal(r.code, 0, r.stderr);
       const res = resultOf(r);
       assert.equal(ssh.hits(), 0, `SSH_AUTH_SOCK's socket is covered (held): ${JSON.stringify(res.dial)}`);
@@ -358,10 +315,10 @@ for (const d of dirs) {
         "sleep 1",
         `node -- "$BIN" secret list >/dev/null 2>&1 && echo after:ok || echo after:failed`,
       ].join("\n");
-      const r = await new Promise<Ran>((resolve) => {
+      const r = await new Promise<CliResult>((resolve) => {
         const child = spawn("dbus-run-session", ["--", "sh", "-c", script], {
           cwd: home,
-          env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", LESSOR_HOME: lessorHome, BIN, NODE, AGENT: agent, POLICY, SECRET: GRANTED },
+          env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", LESSOR_HOME: lessorHome, BIN, NODE, AGENT: agent, POLICY: ATTACKERS_POLICY, SECRET: GRANTED },
           stdio: ["ignore", "pipe", "pipe"],
           detached: true,
         });
@@ -377,10 +334,10 @@ for (const d of dirs) {
           }
         };
         const timer = setTimeout(kill, 90_000);
-        child.on("close", (code) => {
+        child.on("close", (code, signal) => {
           clearTimeout(timer);
           kill(); // the bus and a keyring daemon left behind
-          resolve({ code, stdout, stderr });
+          resolve({ code, signal, stdout, stderr });
         });
       });
       const all = `${r.stdout}\n${r.stderr}`;

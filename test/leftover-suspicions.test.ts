@@ -14,7 +14,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import * as https from "node:https";
 import { connect as netConnect, type AddressInfo } from "node:net";
@@ -25,10 +25,9 @@ import * as tls from "node:tls";
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import Database from "better-sqlite3";
-import { BIN } from "./cli-harness.js";
 import { makeHome, RawConn, startServe } from "./daemon-harness.js";
 import { codeOf, grant, makeVault } from "./helpers.js";
-import { initHome, openVault } from "../src/config/open-vault.js";
+import { openVault } from "../src/config/open-vault.js";
 import { BURST } from "../src/vault/refusals.js";
 import type { SqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { inProcessApi } from "../src/backend/in-process.js";
@@ -38,9 +37,9 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { ATTACKERS_POLICY, evilCommonDir, git, gitInit, gitOk, HAVE_BWRAP, makeOwner as newOwner, plantScript, runAgent } from "./run-harness.js";
 
 const NODE = process.execPath;
-const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
 const HAVE_GIT = spawnSync("git", ["--version"]).status === 0;
 const skipGit = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : !HAVE_GIT ? "git is not installed" : false;
 
@@ -52,73 +51,13 @@ process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 // ---------------------------------------------------------------------------------------------
 
 const MASTER_KEY = randomBytes(32).toString("hex");
-const POLICY = `
-[[rule]]
-name = "attackers"
-effect = "allow"
-agents = ["attacker*"]
-secrets = ["granted"]
-any_domain = true
-`;
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+/** A fake owner (run-harness): a home, ~/.lessor with the env key and ATTACKERS_POLICY (a granted secret stored), and a project directory. */
+const makeOwner = (name: string) => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: `granted-${randomBytes(12).toString("hex")}` }] });
 
-/** `lessor run --agent AGENT EXTRA -- sh -c SCRIPT` from `cwd`, as the owner would start it. */
-function lessorRun(cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string, timeoutMs = 60_000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE, ["--", BIN, "run", "--agent", agent, ...extra, "--", "/bin/sh", "-c", script], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+/** `lessor run --agent AGENT EXTRA -- sh -c SCRIPT` from `cwd` (run-harness's runAgent, given 60 s). */
+const lessorRun = (cwd: string, env: Record<string, string>, agent: string, extra: string[], script: string) => runAgent(cwd, env, agent, extra, script, 60_000);
 
-/** A fake owner: a home, ~/.lessor with the env key (a granted secret stored), and a project directory. */
-async function makeOwner(name: string): Promise<{ home: string; project: string; env: Record<string, string> }> {
-  const home = join(root, name, "home");
-  const project = join(home, "project");
-  mkdirSync(project, { recursive: true });
-  const lessorHome = join(home, ".lessor");
-  const env = { LESSOR_HOME: lessorHome, LESSOR_MASTER_KEY: MASTER_KEY };
-  await initHome({ home: lessorHome, env, keySource: "env" });
-  writeFileSync(join(lessorHome, "policy.toml"), POLICY, { mode: 0o600 });
-  const vault = await openVault({ home: lessorHome, env });
-  try {
-    await vault.admin().storeSecret({ name: "granted", value: `granted-${randomBytes(12).toString("hex")}` });
-  } finally {
-    await vault.close();
-  }
-  return { home, project, env: { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", ...env } };
-}
-
-const GIT_ENV = { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GIT_CONFIG_NOSYSTEM: "1", GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
-/** The owner's git, outside any sandbox (file:// submodules allowed, as for a local mirror). */
-function git(cwd: string, ...args: string[]) {
-  return spawnSync("git", ["-c", "safe.directory=*", "-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main", ...args], { cwd, env: GIT_ENV, encoding: "utf8", timeout: 20_000 });
-}
-function gitOk(cwd: string, ...args: string[]): void {
-  const r = git(cwd, ...args);
-  assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
-}
-function gitInit(dir: string): void {
-  gitOk(dir, "init", "-q");
-  writeFileSync(join(dir, "README"), "the project\n");
-  gitOk(dir, "add", "README");
-  gitOk(dir, "commit", "-qm", "init");
-}
-/** A shell line writing an executable script at `path` that appends a line to `marker` when run. */
-const plantScript = (path: string, marker: string): string => `printf '#!/bin/sh\\necho ran >> ${marker}\\n' > ${path} && chmod 755 ${path}`;
 
 describe("1. the git guard and what the agent creates under .git/worktrees and .git/modules", { skip: skipGit }, () => {
   /** Not imported at the top of the file (its other parts are edited apart from this one). */
@@ -157,8 +96,7 @@ describe("1. the git guard and what the agent creates under .git/worktrees and .
           "set -e",
           plantScript(evil, marker),
           // A common directory of the agent's: the repository's objects and refs, a config with core.fsmonitor.
-          "mkdir -p evil-common/hooks && cp -r .git/objects .git/refs evil-common/ && cp .git/HEAD evil-common/",
-          `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
+          ...evilCommonDir(evil),
           "set +e",
           ...(confined
             ? [

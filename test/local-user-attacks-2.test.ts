@@ -23,6 +23,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { LocalCa } from "../src/proxy/ca.js";
 import { BIN } from "./cli-harness.js";
+import { grant } from "./helpers.js";
 
 const NOBODY = 65534;
 const OWNER_NAME = `lsrlu2${randomBytes(3).toString("hex")}`;
@@ -148,14 +149,7 @@ async function freePortBoth(): Promise<number> {
   }
 }
 
-const POLICY = `
-[[rule]]
-name = "github"
-effect = "allow"
-agents = ["claude"]
-secrets = ["github-token"]
-domains = ["api.test.example"]
-`;
+const POLICY = grant("github", ["claude"], ["github-token"], ["api.test.example"]);
 
 describe("another local user against lessor's run-time files and listeners (non-root owner)", { skip: SKIP }, () => {
   before(async () => {

@@ -18,8 +18,8 @@ import { randomBytes } from "node:crypto";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
-import * as tls from "node:tls";
+import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { inProcessApi } from "../src/backend/in-process.js";
@@ -29,7 +29,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type InjectionRule, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { inTime, loopbackOnly, readAll, tableResolver } from "./proxy-harness.js";
+import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const H1HOST = "h1.pa4.example"; // HTTPS upstream, HTTP/1.1 only
 const H2HOST = "h2.pa4.example"; // HTTPS upstream, HTTP/2 only
@@ -209,35 +209,9 @@ async function rig(secrets: Record<string, [string, InjectionRule]>): Promise<Ri
 
 // --- the agent's clients -----------------------------------------------------------------------------
 
-/** A CONNECT tunnel to `host` through the proxy, TLS inside it offering `alpn` (the agent trusts anything). */
-async function tunnel(r: Rig, host: string, alpn: string): Promise<tls.TLSSocket> {
-  const raw: Socket = netConnect(r.port, "127.0.0.1");
-  raw.on("error", () => {});
-  const upPort = portOf(host);
-  raw.write(`CONNECT ${host}:${upPort} HTTP/1.1\r\nHost: ${host}:${upPort}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString("latin1");
-      if (!buf.includes("\r\n\r\n")) return;
-      raw.off("data", onData);
-      raw.pause();
-      resolve(buf);
-    };
-    raw.on("data", onData);
-    raw.once("error", reject);
-    raw.once("close", () => resolve(buf));
-  });
-  assert.match(head, /^HTTP\/1\.1 200 /, `CONNECT ${host}: ${head.split("\r\n")[0]}`);
-  raw.resume();
-  const s = tls.connect({ socket: raw, servername: host, ALPNProtocols: [alpn], rejectUnauthorized: false });
-  s.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    s.once("secureConnect", resolve);
-    s.once("error", reject);
-    s.once("close", () => reject(new Error("tunnel closed during the handshake")));
-  });
-  return s;
+/** A CONNECT tunnel to `host` through the proxy (its answer must be 200), TLS inside it offering `alpn` (the agent trusts anything). */
+function tunnel(r: Rig, host: string, alpn: string): Promise<TLSSocket> {
+  return openTunnel(r.port, host, portOf(host), { alpn });
 }
 
 /** One raw HTTP/1.1 exchange (the request text as given) in a fresh tunnel to H1HOST; the answer as latin1. */

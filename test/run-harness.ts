@@ -87,3 +87,23 @@ export function gitOk(cwd: string, ...args: string[]): void {
   const r = git(cwd, ...args);
   assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
 }
+
+/** A repository at `dir` with one commit (README), made by the owner's git. */
+export function gitInit(dir: string): void {
+  gitOk(dir, "init", "-q");
+  writeFileSync(join(dir, "README"), "the project\n");
+  gitOk(dir, "add", "README");
+  gitOk(dir, "commit", "-qm", "init");
+}
+
+/** A shell line writing an executable script at `path` that appends a line to `marker` when run. */
+export const plantScript = (path: string, marker: string): string => `printf '#!/bin/sh\\necho ran >> ${marker}\\n' > ${path} && chmod 755 ${path}`;
+
+/**
+ * Shell lines, run in the project, making the agent's own git directory evil-common/: a copy of the
+ * repository's objects, refs and HEAD, with a config whose core.fsmonitor is `evil` (git runs it on status).
+ */
+export const evilCommonDir = (evil: string): string[] => [
+  "mkdir -p evil-common/hooks && cp -r .git/objects .git/refs evil-common/ && cp .git/HEAD evil-common/",
+  `printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tfsmonitor = ${evil}\\n' > evil-common/config`,
+];
