@@ -1,0 +1,380 @@
+/**
+ * Security round 2 on the audit trail, the sealed rows and master-key rotation, through the built CLI
+ * (dist/bin/lessor.cjs), a real `lessor serve` and a second better-sqlite3 connection to the vault's
+ * real lessor.db playing someone who can write the database file but does not hold the current
+ * master key (docs/audit.md "Tamper evidence", docs/crypto.md "Rotation", docs/security.md).
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import Database from "better-sqlite3";
+import type BetterSqlite3 from "better-sqlite3";
+import { chainEvent, makeCheckpoint } from "../src/audit/chain.js";
+import { deriveAuditKey } from "../src/audit/keys.js";
+import { keyIdOf } from "../src/crypto/keyring.js";
+import { openVault } from "../src/config/open-vault.js";
+import type { AuditRecord } from "../src/base/types.js";
+import { cliHome, runCli, seedHome } from "./cli-harness.js";
+import { makeHome, startServe } from "./daemon-harness.js";
+import { tempDirUntilExit } from "./helpers.js";
+
+const CANARY = "CANARY-auditkey2-7f3e91c4";
+
+/** The attacker: a separate connection to the vault's database file, one transaction. */
+function attack<T>(dbPath: string, f: (db: BetterSqlite3.Database) => T): T {
+  const db = new Database(dbPath);
+  db.pragma("busy_timeout = 5000");
+  try {
+    return db.transaction(() => f(db))();
+  } finally {
+    db.close();
+  }
+}
+
+interface Row {
+  seq: number;
+  id: string;
+  time: number;
+  type: string;
+  actor_id: string;
+  actor_role: string;
+  transport: string;
+  agent: string | null;
+  secret: string | null;
+  lease_id: string | null;
+  domain: string | null;
+  outcome: string;
+  reason: string | null;
+  detail: string | null;
+  prev_hash: Buffer;
+  hash: Buffer;
+  key_id: string | null;
+}
+
+const keysIn = (home: string): string[] => (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys;
+const auditKeyOf = (hex: string) => {
+  const key = Buffer.from(hex, "hex");
+  return deriveAuditKey({ id: keyIdOf(key), key });
+};
+
+function insertAudit(db: BetterSqlite3.Database, r: AuditRecord): void {
+  db.prepare(
+    `INSERT INTO audit (seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  ).run(r.seq, r.id, r.time, r.type, r.actorId, r.actorRole, r.transport, r.agent, r.secret, r.leaseId, r.domain, r.outcome, r.reason, r.detail, r.prevHash, r.hash, r.keyId);
+}
+
+function writeCheckpoint(db: BetterSqlite3.Database, cp: { seq: number; hash: Uint8Array; keyId: string; mac: Uint8Array }): void {
+  db.prepare("UPDATE audit_checkpoint SET seq = ?, hash = ?, key_id = ?, mac = ? WHERE id = 1").run(cp.seq, cp.hash, cp.keyId, cp.mac);
+}
+
+const verifyJson = async (home: string, env?: Record<string, string>) => {
+  const r = await runCli(["audit", "verify", "--json"], { home, ...(env ? { env } : {}) });
+  return { code: r.code, out: r.stdout, err: r.stderr, v: r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; problem?: string; firstBad?: { seq: number } }) : null };
+};
+
+describe("an exposed master key after lessor key rotate (the documented remedy)", { concurrency: 1 }, () => {
+  test("BREAK: the retired (exposed) key still MACs a checkpoint and events a running lessor serve accepts after lessor key rotate: a post-rotation reveal is cut, a forged event put in its place, verify exit 0, and the daemon's next write seals it for good", { timeout: 90_000 }, async () => {
+    const home = await cliHome();
+    await seedHome(home, "", [{ name: "tok", value: CANARY }]);
+    const exposed = keysIn(home)[0]!; // the key that leaked: why the owner rotates
+    const d = await startServe(home);
+    let stopped = false;
+    try {
+      const rot = await runCli(["key", "rotate", "--json"], { home });
+      assert.equal(rot.code, 0, rot.stderr);
+      const rotated = JSON.parse(rot.stdout) as { from: string[]; to: string; retired: boolean };
+      assert.equal(rotated.retired, true);
+      assert.ok(!keysIn(home).includes(exposed), "the exposed key is gone from the key file");
+      // After the rotation, the owner reveals the secret: the event the attacker wants gone.
+      const got = await runCli(["secret", "get", "tok", "--reveal"], { home });
+      assert.equal(got.code, 0, got.stderr);
+      const dbPath = join(home, "lessor.db");
+
+      // The attacker holds the exposed key and can write lessor.db. It drops the reveal, chains a
+      // forged event (framing another identity) under the exposed key's audit key, and re-MACs the
+      // checkpoint with it.
+      const old = auditKeyOf(exposed);
+      const forged = attack(dbPath, (db) => {
+        const last = db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").get() as Row;
+        assert.equal(last.type, "secret_revealed");
+        db.prepare("DELETE FROM audit WHERE seq = ?").run(last.seq);
+        const head = db.prepare("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").get() as { seq: number; hash: Buffer };
+        const rec = chainEvent(
+          head,
+          { type: "secret_deleted", actor: { id: "uid:4242", role: "admin", transport: "uds" }, outcome: "ok", secret: "global/decoy", reason: "framed" },
+          last.time,
+          old,
+        );
+        insertAudit(db, rec);
+        writeCheckpoint(db, makeCheckpoint(rec, old));
+        return rec;
+      });
+      assert.equal(forged.keyId, rotated.from[0]);
+
+      const ver = await verifyJson(home); // answered by the daemon
+      const next = await runCli(["secret", "set", "after"], { home, input: "x" });
+      await d.stop();
+      stopped = true;
+      const later = await verifyJson(home); // a fresh embedded process, after the daemon's write
+      const q = await runCli(["audit", "query", "--json", "--limit", "100"], { home });
+      const events = q.code === 0 ? (JSON.parse(q.stdout) as { type: string; actorId: string }[]) : [];
+      // What should hold: after the rotation only the new key MACs the trail; an event or checkpoint
+      // under the key the rotation retired is tampering, and the vault does not extend it.
+      assert.ok(
+        ver.code === 1 || next.code !== 0 || later.code === 1,
+        `the retired key rewrote the trail after the rotation and nothing noticed: verify through the daemon exit ${ver.code} ${ver.out.trim()}; the daemon's next write exit ${next.code}; ` +
+          `verify afterwards exit ${later.code} ${later.out.trim()}; reveal in the trail: ${events.some((e) => e.type === "secret_revealed")}, forged event by uid:4242: ${events.some((e) => e.actorId === "uid:4242")}`,
+      );
+    } finally {
+      if (!stopped) await d.stop();
+    }
+  });
+
+  test("BREAK: a database writer sets master_key_id back to the retired key: with LESSOR_MASTER_KEY_PREVIOUS still set (the documented rotation procedure), new secrets are sealed under the retired key and verify exit 0", async () => {
+    const dir = tempDirUntilExit("lessor-akey2-");
+    const home = join(dir, "home");
+    const oldHex = randomBytes(32).toString("hex");
+    const newHex = randomBytes(32).toString("hex");
+    const oldId = keyIdOf(Buffer.from(oldHex, "hex"));
+    const newId = keyIdOf(Buffer.from(newHex, "hex"));
+    const init = await runCli(["init", "--key-source", "env"], { home, env: { LESSOR_MASTER_KEY: oldHex } });
+    assert.equal(init.code, 0, init.stderr);
+    const s1 = await runCli(["secret", "set", "one"], { home, env: { LESSOR_MASTER_KEY: oldHex }, input: CANARY });
+    assert.equal(s1.code, 0, s1.stderr);
+    // docs/cli/admin.md: make the new key current and pass the old one after it, run this, then drop the old one yourself.
+    const both = { LESSOR_MASTER_KEY: newHex, LESSOR_MASTER_KEY_PREVIOUS: oldHex };
+    const rot = await runCli(["key", "rotate", "--json"], { home, env: both });
+    assert.equal(rot.code, 0, rot.stderr);
+    assert.equal((JSON.parse(rot.stdout) as { to: string }).to, newId);
+    const dbPath = join(home, "lessor.db");
+    const keyOf = (name: string) => attack(dbPath, (db) => db.prepare("SELECT v.key_id FROM secret_versions v JOIN secrets s ON s.id = v.secret WHERE s.name = ? ORDER BY v.version DESC LIMIT 1").pluck().get(name) as string);
+    assert.equal(keyOf("one"), newId, "re-wrapped under the new key");
+
+    // The attacker (database write, no key) points the store's current key back at the retired one.
+    attack(dbPath, (db) => db.prepare("UPDATE meta SET value = ? WHERE key = 'master_key_id'").run(oldId));
+    const s2 = await runCli(["secret", "set", "two"], { home, env: both, input: `${CANARY}-2` });
+    const ver = await verifyJson(home, both);
+    const sealedUnder = s2.code === 0 ? keyOf("two") : null;
+    assert.ok(!`${s2.stdout}${s2.stderr}`.includes(CANARY));
+    assert.notEqual(sealedUnder, oldId, `the new secret was sealed under the retired key ${oldId} (verify exit ${ver.code}: ${ver.out})`);
+  });
+});
+
+describe("rows a database writer can add without the key", { concurrency: 1 }, () => {
+  test("BREAK: a token row inserted into lessor.db (SHA-256 of a secret of the writer's choosing) is an admin token the daemon accepts over TCP: every secret value is revealed, and the trail shows no token_created", { timeout: 90_000 }, async () => {
+    const home = await makeHome({ config: `[server]\ntcp = "127.0.0.1:0"\n` });
+    const v = await openVault({ home, env: { LESSOR_HOME: home } });
+    await v.admin().storeSecret({ name: "prod-db", value: CANARY });
+    await v.close();
+    const d = await startServe(home);
+    try {
+      assert.ok(d.tcp, "the daemon listens on loopback TCP");
+      const id = randomBytes(8).toString("hex");
+      const secret = randomBytes(32).toString("base64url");
+      attack(join(home, "lessor.db"), (db) =>
+        db
+          .prepare("INSERT INTO tokens (id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash) VALUES (?, ?, 'admin', NULL, NULL, ?, NULL, NULL, 'uid:0', ?)")
+          .run(id, "backup-job", Date.now(), createHash("sha256").update(secret, "utf8").digest()),
+      );
+      const env = { LESSOR_ADDR: `127.0.0.1:${d.tcp!.port}`, LESSOR_TOKEN: `lsr_${id}_${secret}` };
+      const who = await runCli(["whoami", "--json"], { env });
+      const got = await runCli(["secret", "get", "prod-db", "--reveal"], { env });
+      const events = JSON.parse((await runCli(["audit", "query", "--json", "--limit", "100"], { home })).stdout) as { type: string }[];
+      assert.ok(!events.some((e) => e.type === "token_created"), "(no token was created through lessor)");
+      assert.ok(!got.stdout.includes(CANARY), `a token planted in the database revealed the value (whoami: ${who.stdout.trim()})`);
+      assert.notEqual(got.code, 0);
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe("restoring an older copy of lessor.db under a running lessor serve", { concurrency: 1 }, () => {
+  test("BREAK: a backup moved over lessor.db (mv, its -wal and -shm removed) while lessor serve runs is never noticed: the daemon acknowledges writes into the unlinked file, and after its restart a revoked admin token is live again and verify exit 0", { timeout: 90_000 }, async () => {
+    const home = await makeHome({ config: `[server]\ntcp = "127.0.0.1:0"\n` });
+    const v = await openVault({ home, env: { LESSOR_HOME: home } });
+    await v.admin().storeSecret({ name: "prod-db", value: CANARY });
+    await v.close();
+    const dbPath = join(home, "lessor.db");
+    let d = await startServe(home);
+    try {
+      const made = await runCli(["token", "create", "ci", "--role", "admin", "--json"], { home });
+      assert.equal(made.code, 0, made.stderr);
+      const tok = JSON.parse(made.stdout) as { id: string; token: string };
+      // A backup tool's online copy, taken while the token is live.
+      const backup = join(tempDirUntilExit("lessor-bak-"), "lessor.db");
+      const src = new Database(dbPath, { readonly: true });
+      await src.backup(backup);
+      src.close();
+      const rv = await runCli(["token", "revoke", tok.id], { home });
+      assert.equal(rv.code, 0, rv.stderr);
+      const tokEnv = () => ({ LESSOR_ADDR: `127.0.0.1:${d.tcp!.port}`, LESSOR_TOKEN: tok.token });
+      assert.notEqual((await runCli(["whoami"], { env: tokEnv() })).code, 0, "revoked");
+
+      // The attacker (or a restore gone wrong) puts the backup in place the way files are restored.
+      renameSync(backup, dbPath);
+      for (const f of ["lessor.db-wal", "lessor.db-shm"]) rmSync(join(home, f), { force: true });
+      const w = await runCli(["secret", "set", "written-after-restore"], { home, input: "y" });
+      const daemonNoticed = w.code !== 0;
+      await d.stop();
+      d = await startServe(home);
+      const who = await runCli(["whoami", "--json"], { env: tokEnv() });
+      const reveal = await runCli(["secret", "get", "prod-db", "--reveal"], { env: tokEnv() });
+      const ver = await verifyJson(home);
+      const list = await runCli(["secret", "list", "--json"], { home });
+      assert.ok(
+        daemonNoticed || (who.code !== 0 && !reveal.stdout.includes(CANARY)),
+        `the running daemon acknowledged a write after the restore (exit ${w.code}; after its restart the secret it acknowledged is ${list.stdout.includes("written-after-restore") ? "there" : "gone"}); ` +
+          `after the restart the revoked token is back: whoami exit ${who.code}, reveal gives the value: ${reveal.stdout.includes(CANARY)}; verify exit ${ver.code}`,
+      );
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe("what a database writer without the key cannot do (these hold)", { concurrency: 1 }, () => {
+  /** A home with events and secrets, copied whole per attack (key file and database together). */
+  async function seeded(): Promise<string> {
+    const home = await cliHome();
+    await seedHome(home, "", [
+      { name: "a", value: `${CANARY}-a1` },
+      { name: "a", value: `${CANARY}-a2` },
+      { name: "b", value: `${CANARY}-b1` },
+    ]);
+    return home;
+  }
+  function copyHome(home: string): string {
+    const to = join(tempDirUntilExit("lessor-copy-"), "home");
+    execFileSync("cp", ["-a", home, to]);
+    return to;
+  }
+
+  test("the chain MACs the detail text as stored: whitespace or key order changed in a detail, a type renamed, or two same-millisecond events' ids and times swapped, each fails verify at that event (the MAC is over the stored text, not a canonical form)", { timeout: 90_000 }, async () => {
+    const home = await seeded();
+    const edits: [string, (db: BetterSqlite3.Database) => number][] = [
+      ["detail whitespace", (db) => {
+        db.prepare("UPDATE audit SET detail = replace(detail, ':', ': ') WHERE seq = 2").run();
+        return 2;
+      }],
+      ["detail key order", (db) => {
+        const t = db.prepare("SELECT detail FROM audit WHERE seq = 1").pluck().get() as string;
+        const o = JSON.parse(t) as Record<string, unknown>;
+        const re = JSON.stringify(Object.fromEntries(Object.entries(o).reverse()));
+        assert.notEqual(re, t, "the detail has several keys");
+        db.prepare("UPDATE audit SET detail = ? WHERE seq = 1").run(re);
+        return 1;
+      }],
+      ["type renamed on the head", (db) => {
+        db.prepare("UPDATE audit SET type = 'secret_rotated' WHERE seq = (SELECT max(seq) FROM audit)").run();
+        return db.prepare("SELECT max(seq) FROM audit").pluck().get() as number;
+      }],
+      ["ids and times swapped between two events made the same millisecond", (db) => {
+        db.prepare("UPDATE audit SET time = (SELECT time FROM audit WHERE seq = 2) WHERE seq = 3").run();
+        const [x, y] = db.prepare("SELECT id FROM audit WHERE seq IN (2, 3) ORDER BY seq").pluck().all() as string[];
+        db.prepare("UPDATE audit SET id = 'tmp' WHERE seq = 2").run();
+        db.prepare("UPDATE audit SET id = ? WHERE seq = 3").run(x);
+        db.prepare("UPDATE audit SET id = ? WHERE seq = 2").run(y);
+        return 2;
+      }],
+    ];
+    for (const [what, edit] of edits) {
+      const h = copyHome(home);
+      const seq = attack(join(h, "lessor.db"), edit);
+      const ver = await verifyJson(h);
+      assert.equal(ver.code, 1, `${what}: ${ver.out}`);
+      assert.equal(ver.v!.firstBad!.seq, seq, `${what}: ${ver.v!.problem}`);
+      assert.match(ver.v!.problem!, /was altered/, what);
+    }
+  });
+
+  test("ciphertext games: a version's row swapped with another version's, copied onto another secret, the secret row renamed, or its cipher label changed: reveal fails with decrypt_failed's one message, never the other value, never a canary in the error", { timeout: 90_000 }, async () => {
+    const home = await seeded();
+    const games: [string, (db: BetterSqlite3.Database) => void][] = [
+      ["v1 and v2 of one secret swapped whole", (db) => {
+        const id = db.prepare("SELECT id FROM secrets WHERE name = 'a'").pluck().get() as number;
+        const rows = db.prepare("SELECT version, alg, key_id, wrapped_dek, ciphertext, size FROM secret_versions WHERE secret = ? ORDER BY version").all(id) as { version: number; alg: string; key_id: string; wrapped_dek: Buffer; ciphertext: Buffer; size: number }[];
+        const up = db.prepare("UPDATE secret_versions SET alg = ?, key_id = ?, wrapped_dek = ?, ciphertext = ?, size = ? WHERE secret = ? AND version = ?");
+        up.run(rows[1]!.alg, rows[1]!.key_id, rows[1]!.wrapped_dek, rows[1]!.ciphertext, rows[1]!.size, id, 1);
+        up.run(rows[0]!.alg, rows[0]!.key_id, rows[0]!.wrapped_dek, rows[0]!.ciphertext, rows[0]!.size, id, 2);
+      }],
+      ["b's current row copied onto a's current version", (db) => {
+        const b = db.prepare("SELECT v.* FROM secret_versions v JOIN secrets s ON s.id = v.secret AND v.version = s.current_version WHERE s.name = 'b'").get() as { alg: string; key_id: string; wrapped_dek: Buffer; ciphertext: Buffer; size: number };
+        db.prepare("UPDATE secret_versions SET alg = ?, key_id = ?, wrapped_dek = ?, ciphertext = ?, size = ? WHERE secret = (SELECT id FROM secrets WHERE name = 'a') AND version = 2").run(b.alg, b.key_id, b.wrapped_dek, b.ciphertext, b.size);
+      }],
+      ["b's secret row renamed to a's name after a is deleted", (db) => {
+        db.prepare("DELETE FROM secrets WHERE name = 'a'").run();
+        db.prepare("UPDATE secrets SET name = 'a' WHERE name = 'b'").run();
+      }],
+      ["the cipher label changed", (db) => {
+        db.prepare("UPDATE secret_versions SET alg = 'chacha20-poly1305' WHERE secret = (SELECT id FROM secrets WHERE name = 'a')").run();
+      }],
+    ];
+    for (const [what, game] of games) {
+      const h = copyHome(home);
+      attack(join(h, "lessor.db"), game);
+      const r = await runCli(["secret", "get", "a", "--reveal"], { home: h });
+      assert.notEqual(r.code, 0, `${what}: revealed ${JSON.stringify(r.stdout.slice(0, 40))}`);
+      assert.ok(!r.stdout.includes(CANARY) && !r.stderr.includes(CANARY), what);
+      assert.match(r.stderr, /^lessor: a stored value could not be opened: the master key is wrong, or the data was moved or altered\n$/, `${what}: ${r.stderr}`);
+    }
+  });
+
+  test("the [audit] jsonl copy swapped for a FIFO (with a reader holding it) or a symlink to the original: the next write is refused promptly with audit_failed, nothing hangs, and the value is in no line", { timeout: 90_000 }, async () => {
+    const home = await cliHome();
+    const toml = join(home, "lessor.toml");
+    writeFileSync(toml, readFileSync(toml, "utf8").replace('# jsonl = "audit.jsonl"', 'jsonl = "audit.jsonl"'));
+    await seedHome(home, "", [{ name: "a", value: CANARY }]);
+    const file = join(home, "audit.jsonl");
+    assert.ok(existsSync(file));
+    const kept = join(home, "audit.jsonl.kept");
+    renameSync(file, kept);
+    execFileSync("mkfifo", ["-m", "600", file]);
+    // A reader on the FIFO, so that a non-blocking open for writing would succeed.
+    const reader = execFileSync("sh", ["-c", `(exec sleep 20 3<>"$1") >/dev/null 2>&1 & echo $!`, "sh", file]).toString().trim();
+    try {
+      const t0 = Date.now();
+      const r = await runCli(["secret", "set", "b"], { home, input: `${CANARY}-b`, timeoutMs: 20_000 });
+      assert.ok(Date.now() - t0 < 15_000, "no hang");
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.match(r.stderr, /audit file .*audit\.jsonl/);
+      assert.ok(!r.stderr.includes(CANARY));
+    } finally {
+      process.kill(Number(reader), "SIGKILL");
+    }
+    rmSync(file);
+    execFileSync("ln", ["-s", kept, file]);
+    const r2 = await runCli(["secret", "set", "c"], { home, input: "z" });
+    assert.notEqual(r2.code, 0);
+    assert.match(r2.stderr, /symbolic link/);
+    assert.ok(!readFileSync(kept, "utf8").includes(CANARY));
+  });
+
+  test("a 12 MB audit row and a row full of control bytes planted in the trail: audit tail, query and query --json finish, escape what they print, and verify names the planted row", { timeout: 90_000 }, async () => {
+    const home = await seeded();
+    attack(join(home, "lessor.db"), (db) => {
+      const head = db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").get() as Row;
+      const ins = db.prepare(
+        `INSERT INTO audit (seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, 'ok', ?, ?, ?, ?, ?)`,
+      );
+      ins.run(head.seq + 1, randomBytes(16).toString("hex"), head.time + 1, "secret_stored", "uid:0", "admin", "cli", "x".repeat(12 * 1024 * 1024), JSON.stringify({ big: "y".repeat(1024) }), head.hash, head.hash, head.key_id);
+      ins.run(head.seq + 2, randomBytes(16).toString("hex"), head.time + 2, "secret_stored\x1b]52;c;ZWNobyBwd25lZA==\x07", "uid:0\x1b[2J", "admin", "cli\u202e", "\x9b31m\x00end", null, head.hash, head.hash, head.key_id);
+    });
+    for (const args of [["audit", "tail", "-n", "5"], ["audit", "query", "--limit", "10"], ["audit", "query", "--json", "--limit", "10"]]) {
+      const r = await runCli(args, { home, timeoutMs: 60_000 });
+      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr.slice(0, 300)}`);
+      assert.equal(r.signal, null);
+      assert.ok(!/[\x1b\x07\x00\x9b\u202e]/.test(r.stdout), `${args.join(" ")} printed a raw control character`);
+    }
+    const ver = await verifyJson(home);
+    assert.equal(ver.code, 1);
+    assert.equal(ver.v!.firstBad!.seq, 4);
+    assert.ok(ver.out.length < 200_000 || !/[\x1b\x07\x9b]/.test(ver.out));
+    assert.ok(!/[\x1b\x07\x00\x9b\u202e]/.test(ver.out));
+  });
+});
