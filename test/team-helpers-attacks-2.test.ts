@@ -339,7 +339,7 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, input: string,
 }
 
 describe("credential helpers: a hostile repository's own git config, docker list", { skip: HAVE_GIT ? false : "git is not installed" }, () => {
-  test("BREAK: a hostile repository's .git/config turns credential.useHttpPath off, and the helper gives the one-repository token for another repository", async () => {
+  test("a hostile repository's .git/config turning credential.useHttpPath off gets no answer: the helper does not hand the one-repository token to a request without its path", async () => {
     const root = tempDirUntilExit("lessor-helpers2-");
     const lessorHome = await cliHome();
     await seedHome(lessorHome, HELPER_POLICY, [{ name: "path-token", value: PATH_CANARY }]);
@@ -380,6 +380,9 @@ describe("credential helpers: a hostile repository's own git config, docker list
       !steered.stdout.includes(PATH_CANARY),
       "inside the hostile repository, git asked for org/other.git (the path dropped by the repository's own useHttpPath = false) and the helper answered with the token the rule keeps for /org/allowed.git",
     );
+    assert.match(steered.stderr, /this repository's own git config sets credential\.https:\/\/git\.test\.example\.usehttppath/i, "the helper says why it gave no answer");
+    const stillAllowed = await fill(hostile, "org/allowed.git");
+    assert.ok(!stillAllowed.stdout.includes(PATH_CANARY), "nor for the allowed repository while the repository's own setting stands");
   });
 
   test("docker list names each configured registry and its user name only: no secret, no agent, nothing of the vault", async () => {

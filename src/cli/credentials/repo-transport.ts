@@ -6,7 +6,9 @@
  * repository config the owner did not write (an unpacked archive, another user's checkout) can do
  * that, so `lessor git-credential get` asks git which of these come from the repository (the `local`
  * and `worktree` scopes, or any scope but the owner's `system`, `global` and `command`) and answers
- * nothing when one does. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
+ * nothing when one does. `credential.useHttpPath` counts too: a repository turning it off makes git
+ * send no path, and a grant limited to some repositories (`paths`) would then be asked for none in
+ * particular. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
  */
 import { spawnSync } from "node:child_process";
 
@@ -40,7 +42,7 @@ export function repositoryRouting(out: string): string[] {
     const key = parts[i + 1]!.split("\n", 1)[0]!;
     const last = key.slice(key.lastIndexOf(".") + 1).toLowerCase();
     const section = key.slice(0, key.indexOf(".")).toLowerCase();
-    const routes = section === "http" ? ROUTING.has(last) : section === "remote" && last === "proxy";
+    const routes = section === "http" ? ROUTING.has(last) : section === "remote" ? last === "proxy" : section === "credential" && last === "usehttppath";
     if (routes && !OWNERS.has(scope)) found.push(key);
   }
   return found;
@@ -52,7 +54,7 @@ export function repositoryRouting(out: string): string[] {
  * cannot be run here (then git is not the one asking either).
  */
 export function repositoryRoutingHere(): string[] {
-  const r = spawnSync("git", ["config", "--show-scope", "-z", "--get-regexp", "^(http|remote)\\."], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "ignore"] });
+  const r = spawnSync("git", ["config", "--show-scope", "-z", "--get-regexp", "^(http|remote|credential)\\."], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "ignore"] });
   if (r.error !== undefined || r.status !== 0 || typeof r.stdout !== "string") return [];
   return repositoryRouting(r.stdout);
 }
