@@ -165,7 +165,7 @@ describe("an exposed master key after lessor key rotate (the documented remedy)"
 });
 
 describe("rows a database writer can add without the key", { concurrency: 1 }, () => {
-  test("BREAK: a token row inserted into lessor.db (SHA-256 of a secret of the writer's choosing) is an admin token the daemon accepts over TCP: every secret value is revealed, and the trail shows no token_created", { timeout: 90_000 }, async () => {
+  test("a token row inserted into lessor.db (SHA-256 of a secret of the writer's choosing, no MAC under the key) is no token: the daemon refuses it over TCP, no value is revealed, and lessor token list marks it unverified", { timeout: 90_000 }, async () => {
     const home = await makeHome({ config: `[server]\ntcp = "127.0.0.1:0"\n` });
     const v = await openVault({ home, env: { LESSOR_HOME: home } });
     await v.admin().storeSecret({ name: "prod-db", value: CANARY });
@@ -187,6 +187,15 @@ describe("rows a database writer can add without the key", { concurrency: 1 }, (
       assert.ok(!events.some((e) => e.type === "token_created"), "(no token was created through lessor)");
       assert.ok(!got.stdout.includes(CANARY), `a token planted in the database revealed the value (whoami: ${who.stdout.trim()})`);
       assert.notEqual(got.code, 0);
+      assert.notEqual(who.code, 0, "whoami is refused too");
+      const listed = JSON.parse((await runCli(["token", "list", "--json"], { home })).stdout) as { id: string; state: string }[];
+      assert.equal(listed.find((t) => t.id === id)?.state, "unverified");
+      // With a MAC copied from a real token's row onto the planted one, it is still refused: the MAC covers the row.
+      const made = await runCli(["token", "create", "ci", "--role", "agent", "--agent", "ci", "--json"], { home });
+      assert.equal(made.code, 0, made.stderr);
+      const realId = (JSON.parse(made.stdout) as { id: string }).id;
+      attack(join(home, "lessor.db"), (db) => db.prepare("UPDATE tokens SET mac = (SELECT mac FROM tokens WHERE id = ?) WHERE id = ?").run(realId, id));
+      assert.notEqual((await runCli(["whoami", "--json"], { env })).code, 0, "a copied MAC does not fit the planted row");
     } finally {
       await d.stop();
     }

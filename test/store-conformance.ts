@@ -873,7 +873,7 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal(await s.getLease("l1"), null);
       }));
 
-      test("tokens: insert, get by id, list oldest first, revoke once, rollback undoes", withStore(async (s) => {
+      test("tokens: insert, get by id, list oldest first, revoke once, set a MAC, rollback undoes", withStore(async (s) => {
         const tok = (id: string, over: Partial<TokenRecord> = {}): TokenRecord => ({
           id,
           name: `n-${id}`,
@@ -885,15 +885,23 @@ export function storeConformance(label: string, make: StoreFactory): void {
           revokedAt: null,
           createdBy: "test",
           hash: Buffer.alloc(32, 7),
+          mac: Buffer.alloc(32, 9),
           ...over,
         });
         await tx(s, async (t) => {
-          await t.insertToken(tok("bbbb", { createdAt: T0 + 1 }));
+          await t.insertToken(tok("bbbb", { createdAt: T0 + 1, mac: null }));
           await t.insertToken(tok("aaaa", { role: "orchestrator", agent: null, actFor: ["x-*"], expiresAt: T0 + 99 }));
         });
         const got = await s.getToken("aaaa");
-        assert.deepEqual({ ...got!, hash: plainBytes(got!.hash) }, { ...tok("aaaa", { role: "orchestrator", agent: null, actFor: ["x-*"], expiresAt: T0 + 99 }), hash: plainBytes(Buffer.alloc(32, 7)) });
-        assert.ok(Buffer.isBuffer(got!.hash));
+        assert.deepEqual(
+          { ...got!, hash: plainBytes(got!.hash), mac: plainBytes(got!.mac!) },
+          { ...tok("aaaa", { role: "orchestrator", agent: null, actFor: ["x-*"], expiresAt: T0 + 99 }), hash: plainBytes(Buffer.alloc(32, 7)), mac: plainBytes(Buffer.alloc(32, 9)) },
+        );
+        assert.ok(Buffer.isBuffer(got!.hash) && Buffer.isBuffer(got!.mac));
+        assert.equal((await s.getToken("bbbb"))!.mac, null, "a row without a MAC reads as null");
+        assert.equal(await tx(s, (t) => t.setTokenMac("bbbb", Buffer.alloc(32, 3))), true);
+        assert.equal(await tx(s, (t) => t.setTokenMac("nope", Buffer.alloc(32, 3))), false);
+        assert.deepEqual(plainBytes((await s.getToken("bbbb"))!.mac!), plainBytes(Buffer.alloc(32, 3)));
         got!.actFor!.push("mutated");
         assert.deepEqual((await s.getToken("aaaa"))!.actFor, ["x-*"]);
         assert.equal(await s.getToken("nope"), null);
@@ -907,11 +915,13 @@ export function storeConformance(label: string, make: StoreFactory): void {
           tx(s, async (t) => {
             await t.insertToken(tok("cccc"));
             await t.revokeToken("aaaa", T0 + 7);
+            await t.setTokenMac("aaaa", Buffer.alloc(32, 4));
             throw new Error("roll back");
           }),
         );
         assert.equal(await s.getToken("cccc"), null);
         assert.equal((await s.getToken("aaaa"))!.revokedAt, null);
+        assert.deepEqual(plainBytes((await s.getToken("aaaa"))!.mac!), plainBytes(Buffer.alloc(32, 9)));
       }));
 
       test("many concurrent transactions all commit, in a serial order", withStore(async (s) => {

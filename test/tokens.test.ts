@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { join } from "node:path";
 import Database from "better-sqlite3";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import { Vault } from "../src/vault/vault.js";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import type { VaultSignal } from "../src/vault/signals.js";
-import { agent, clock, codeOf, makeVault } from "./helpers.js";
+import { agent, clock, codeOf, makeVault, tempDir } from "./helpers.js";
 
 describe("bearer tokens", () => {
   test("a token authenticates as its bound identity; only a hash is stored", async () => {
@@ -145,5 +150,53 @@ describe("whoami", () => {
     const lookalike = vault.session({ id: `token:ci/${made.id}`, role: "agent", agent: "mallory", transport: "embedded" });
     assert.equal((await lookalike.whoami()).token, null);
     await vault.close();
+  });
+});
+
+describe("token records carry a MAC under the master key", () => {
+  test("a token row is MACed under the master key: a row without its MAC, or with a field changed, authenticates no one (listed unverified); rotation MACs live rows again under the new key", async () => {
+    const dbPath = join(tempDir(), "lessor.db");
+    const oldKey = "55".repeat(32);
+    const newKey = "66".repeat(32);
+    const open = (env: Record<string, string>) => Vault.open({ store: openSqliteStore(dbPath), keys: envKeySource(env)!, policy: parsePolicy("", "p.toml") });
+    const edit = (sql: string, ...args: unknown[]) => {
+      const db = new Database(dbPath);
+      try {
+        db.prepare(sql).run(...args);
+      } finally {
+        db.close();
+      }
+    };
+    let vault = await open({ LESSOR_MASTER_KEY: oldKey });
+    const admin = vault.admin();
+    const keep = await admin.createToken({ name: "keep", role: "agent", agent: "claude" });
+    const bare = await admin.createToken({ name: "bare", role: "agent", agent: "claude" });
+    const promoted = await admin.createToken({ name: "promoted", role: "agent", agent: "claude" });
+    edit("UPDATE tokens SET mac = NULL WHERE id = ?", bare.id);
+    edit("UPDATE tokens SET role = 'admin', agent = NULL WHERE id = ?", promoted.id);
+    assert.equal((await vault.authenticateToken(keep.token, "tcp")).agent, "claude");
+    assert.equal(await codeOf(vault.authenticateToken(bare.token, "tcp")), "unauthenticated");
+    assert.equal(await codeOf(vault.authenticateToken(promoted.token, "tcp")), "unauthenticated");
+    const listed = await admin.listTokens();
+    assert.deepEqual(listed.map((t) => [t.name, t.unverified ?? false]), [["keep", false], ["bare", true], ["promoted", true]]);
+    const failures = (await admin.auditQuery({ types: ["auth_failed"] })).map((e) => e.reason);
+    assert.ok(failures.length > 0 && failures.every((r) => r?.startsWith("token record without a valid MAC")), JSON.stringify(failures));
+    await vault.close();
+
+    vault = await open({ LESSOR_MASTER_KEY: newKey, LESSOR_MASTER_KEY_PREVIOUS: oldKey });
+    assert.equal((await vault.authenticateToken(keep.token, "tcp")).agent, "claude", "under the old key while it is loaded");
+    await vault.admin().rotateMasterKey();
+    const rotated = (await vault.admin().auditQuery({ types: ["key_rotated"] }))[0]!;
+    assert.equal((JSON.parse(rotated.detail!) as { tokens_remaced: number }).tokens_remaced, 1);
+    await vault.close();
+    // The old key dropped: the token MACed again under the new key still works; the others still do not.
+    vault = await open({ LESSOR_MASTER_KEY: newKey });
+    try {
+      assert.equal((await vault.authenticateToken(keep.token, "tcp")).agent, "claude");
+      assert.equal(await codeOf(vault.authenticateToken(bare.token, "tcp")), "unauthenticated");
+      assert.equal(await codeOf(vault.authenticateToken(promoted.token, "tcp")), "unauthenticated");
+    } finally {
+      await vault.close();
+    }
   });
 });

@@ -258,7 +258,15 @@ export interface TokenRecord {
   createdBy: string;
   /** SHA-256 of the token's secret part. */
   hash: Uint8Array;
+  /**
+   * HMAC of the record (all but `revokedAt`) under a key derived from the master key
+   * (src/vault/token-mac.ts); null for a row written without it, which authenticates no one.
+   */
+  mac: Uint8Array | null;
 }
 
-/** A token as listed (no hash). */
-export type TokenInfo = Omit<TokenRecord, "hash">;
+/**
+ * A token as listed (no hash nor MAC). `unverified` marks a row whose MAC is missing or wrong (made
+ * before lessor MACed tokens, or written into the database without the key): it authenticates no one.
+ */
+export type TokenInfo = Omit<TokenRecord, "hash" | "mac"> & { unverified?: true };

@@ -86,7 +86,7 @@ const leaseRow = (l: LeaseRecord) => [
   l.id, l.agent, l.scope, l.name, l.domains, l.anyDomain, l.methods, l.paths, l.rule, l.issuedAt, l.expiresAt, l.maxExpiresAt,
   l.uses, l.maxUses, l.renewals, l.maxRenewals, l.renewable, l.revokedAt, l.revokeReason, l.issuedBy,
 ];
-const tokenRow = (t: TokenRecord) => [t.id, t.name, t.role, t.agent, t.actFor, t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, t.hash];
+const tokenRow = (t: TokenRecord) => [t.id, t.name, t.role, t.agent, t.actFor, t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, t.hash, t.mac];
 const auditRow = (a: AuditRecord) => [
   a.seq, a.id, a.time, a.type, a.actorId, a.actorRole, a.transport, a.agent, a.secret, a.leaseId, a.domain, a.outcome, a.reason,
   a.detail, a.prevHash, a.hash, a.keyId,

@@ -284,7 +284,7 @@ class Reads implements StoreReader {
 }
 
 function copyToken(t: TokenRecord): TokenRecord {
-  return { ...t, actFor: t.actFor === null ? null : [...t.actFor], hash: Buffer.from(t.hash) };
+  return { ...t, actFor: t.actFor === null ? null : [...t.actFor], hash: Buffer.from(t.hash), mac: t.mac === null ? null : Buffer.from(t.mac) };
 }
 
 /** The tx of one transaction function: reads and writes the tables directly, logging undo entries. */
@@ -481,6 +481,15 @@ class MemoryTx extends Reads implements StoreTx {
     if (t === undefined || t.revokedAt !== null) return false;
     if (!this.log.tokens.has(id)) this.log.tokens.set(id, t);
     this.t.tokens.set(id, { ...t, revokedAt: now });
+    return true;
+  }
+
+  async setTokenMac(id: string, mac: Uint8Array): Promise<boolean> {
+    this.check();
+    const t = this.t.tokens.get(id);
+    if (t === undefined) return false;
+    if (!this.log.tokens.has(id)) this.log.tokens.set(id, t);
+    this.t.tokens.set(id, { ...t, mac: Buffer.from(mac) });
     return true;
   }
 }

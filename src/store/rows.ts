@@ -17,7 +17,7 @@ export const LEASE_COLS =
 export const AUDIT_COLS =
   "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
 /** The token columns, in the order of `tokenValues`. */
-export const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash";
+export const TOKEN_COLS = "id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash, mac";
 
 /** How one store's driver returns, and takes, the columns that differ between the stores. */
 export interface ColumnCodec {
@@ -121,6 +121,7 @@ export function rowMappers(c: ColumnCodec) {
         revokedAt: (r.revoked_at as number | null) ?? null,
         createdBy: r.created_by as string,
         hash: r.hash as Buffer,
+        mac: (r.mac as Buffer | null) ?? null,
       };
     },
     /** A lease's values in {@link LEASE_COLS} order, then `done` (revoked or used up: never live again). */
@@ -174,7 +175,7 @@ export function rowMappers(c: ColumnCodec) {
     },
     /** A token's values in {@link TOKEN_COLS} order (its hash, never the token). */
     tokenValues(t: TokenRecord): unknown[] {
-      return [t.id, t.name, t.role, t.agent, t.actFor === null ? null : JSON.stringify(t.actFor), t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, Buffer.from(t.hash)];
+      return [t.id, t.name, t.role, t.agent, t.actFor === null ? null : JSON.stringify(t.actFor), t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, Buffer.from(t.hash), t.mac === null ? null : Buffer.from(t.mac)];
     },
   };
 }

@@ -149,6 +149,8 @@ export interface StoreTx extends StoreReader {
   insertToken(rec: TokenRecord): Promise<void>;
   /** Marks a token revoked at `now` if it is not already; returns whether it changed. */
   revokeToken(id: string, now: number): Promise<boolean>;
+  /** Replaces a token's MAC (key rotation, src/vault/token-mac.ts); returns whether the token exists. */
+  setTokenMac(id: string, mac: Uint8Array): Promise<boolean>;
 }
 
 /** A store: committed reads plus serialisable transactions. */

@@ -6,7 +6,9 @@
  *    the row still pointing at the old key;
  * 3. a key_rotated event is appended (its checkpoint is MACed under the new key), and in the same
  *    commit the audit keys of the old master keys are archived, sealed under the new key, so that
- *    the events written under them keep verifying once those keys are gone (src/audit/keys.ts);
+ *    the events written under them keep verifying once those keys are gone (src/audit/keys.ts), and
+ *    every token row whose MAC verifies under an older key of the keyring is MACed again under the
+ *    new one (src/vault/token-mac.ts; a row no key verifies stays as it is, refused);
  * 4. retire: old keys are dropped from the key source, and the key id is written again so that the
  *    other instances sharing the store read their key source again (src/vault/key-reload.ts).
  * Before it starts, the keyring is read again from the key source (another instance may have rotated).
@@ -22,6 +24,7 @@ import { denied } from "./denied.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { checkKeysIn, reloadBeforeRotation } from "./key-reload.js";
+import { tokenMac, tokenMacKey } from "./token-mac.js";
 import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 
@@ -98,7 +101,15 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   await commit(ctx, async (tx, audit) => {
     const archive = archiveKeys(ctx.keyring, parseArchive(await tx.getMeta(AUDIT_KEYS_META)));
     await tx.setMeta(AUDIT_KEYS_META, JSON.stringify(archive));
-    await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed, audit_keys_archived: Object.keys(archive).length } });
+    // In the commit that records the rotation: a token made before it is MACed again here.
+    let tokensRemaced = 0;
+    for (const t of await tx.listTokens()) {
+      const under = tokenMacKey(ctx.keyring, t);
+      if (under === null || under === to) continue;
+      await tx.setTokenMac(t.id, tokenMac(ctx.keyring.current, t));
+      tokensRemaced++;
+    }
+    await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed, audit_keys_archived: Object.keys(archive).length, tokens_remaced: tokensRemaced } });
   });
   let retired = false;
   if (ctx.keys.writable && ctx.keys.retire && ctx.keyring.ids().length > 1) {

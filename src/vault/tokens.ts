@@ -3,6 +3,8 @@
  * `lsr_<id>_<secret>`: the id is public and used for lookup; only SHA-256 of the 256-bit random secret
  * is stored, and it is compared in constant time. Each token is bound to one identity and role, and
  * may expire. Created, listed and revoked by admins; every creation, revocation and failed use is audited.
+ * Each row carries a MAC under the master key (src/vault/token-mac.ts): a row without a valid one
+ * (written into the database without the key, or made before lessor MACed tokens) is no token.
  */
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { roleError } from "./access.js";
@@ -16,11 +18,14 @@ import { checkAgentId } from "../base/names.js";
 import { compileAgentPattern } from "./pattern.js";
 import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "../crypto/token-proof.js";
 import { markRevoked, sawLiveToken, tokenGateIn } from "./token-state.js";
+import { tokenMac, tokenMacKey } from "./token-mac.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
 
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
 const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];
 const INVALID = "the token is not valid (unknown, revoked, expired or mistyped); ask an admin for a new one";
+/** The audit reason for a row whose MAC is missing or wrong; the client hears {@link INVALID}, as for an unknown id. */
+const UNMACED = "token record without a valid MAC (made before lessor MACed tokens, or written into the database without the key): make the token again";
 
 /** What {@link createToken} takes. */
 export interface TokenParams {
@@ -37,7 +42,7 @@ export interface TokenParams {
 const hashSecret = hashTokenSecret;
 
 function info(t: TokenRecord): TokenInfo {
-  const { hash: _hash, ...rest } = t;
+  const { hash: _hash, mac: _mac, ...rest } = t;
   return rest;
 }
 
@@ -76,7 +81,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "create tokens");
     if (err) return denied(audit, who, err);
-    const rec: TokenRecord = {
+    const fields = {
       id,
       name: p.name,
       role: p.role,
@@ -84,21 +89,21 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
       actFor: p.actFor ? [...p.actFor] : null,
       createdAt: now,
       expiresAt: ttl === null ? null : now + ttl,
-      revokedAt: null,
       createdBy: who.id,
       hash: hashSecret(secret),
     };
+    const rec: TokenRecord = { ...fields, revokedAt: null, mac: tokenMac(ctx.keyring.current, fields) };
     await tx.insertToken(rec);
     await audit({ type: "token_created", actor: who, agent: rec.agent, outcome: "ok", detail: { token_id: id, name: rec.name, role: rec.role, expires_at: rec.expiresAt } });
     return { ...info(rec), token: `lsr_${id}_${secret}` };
   });
 }
 
-/** Every token (no secrets). Admin only. */
+/** Every token (no secrets); rows without a valid MAC are marked `unverified`. Admin only. */
 export async function listTokens(ctx: VaultContext, who: Identity): Promise<TokenInfo[]> {
   const err = roleError(who, ["admin"], "list tokens");
   if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err));
-  return (await ctx.store.listTokens()).map(info);
+  return (await ctx.store.listTokens()).map((t) => (tokenMacKey(ctx.keyring, t) === null ? { ...info(t), unverified: true } : info(t)));
 }
 
 /**
@@ -133,6 +138,7 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   let why: string | null = null;
   if (!m) why = "malformed token";
   else if (!rec) why = "unknown token id";
+  else if (tokenMacKey(ctx.keyring, rec) === null) why = UNMACED;
   else if (!timingSafeEqual(hashSecret(m[2]!), Buffer.from(rec.hash))) why = "wrong token secret";
   else if (rec.revokedAt !== null) why = "token revoked";
   else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
@@ -152,6 +158,11 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   };
 }
 
+/** A record no MAC verifies for (an empty MAC), checked for an unknown id so that it costs what a known one does. */
+function standInRecord(id: string): TokenRecord {
+  return { id, name: "", role: "agent", agent: null, actFor: null, createdAt: 0, expiresAt: null, revokedAt: null, createdBy: "", hash: Buffer.alloc(32), mac: Buffer.alloc(32) };
+}
+
 /** A per-vault random key from which the stand-in proof keys of unknown token ids are derived. */
 const standInKeys = new WeakMap<VaultContext, Buffer>();
 
@@ -167,7 +178,10 @@ export async function tokenChallenge(ctx: VaultContext, tokenId: string, clientN
   if (typeof tokenId !== "string" || !TOKEN_ID_RE.test(tokenId)) throw new VaultError("invalid_request", "tokenId must be the 16 hex characters after lsr_ in the token");
   if (!(clientNonce instanceof Uint8Array) || clientNonce.length !== NONCE_BYTES) throw new VaultError("invalid_request", `nonce must be ${NONCE_BYTES} random bytes`);
   if (ctx.closed) throw new VaultError("unavailable", "the vault is closed; open it again");
-  const rec = await ctx.store.getToken(tokenId);
+  const found = await ctx.store.getToken(tokenId);
+  // A row without a valid MAC is answered as an unknown id: the daemon proves nothing for it. An
+  // unknown id costs the same MAC computation, so that the two take the same work.
+  const rec = tokenMacKey(ctx.keyring, found ?? standInRecord(tokenId)) !== null ? found : null;
   let base = standInKeys.get(ctx);
   if (base === undefined) standInKeys.set(ctx, (base = randomBytes(32)));
   const standIn = createHmac("sha256", base).update(tokenId, "utf8").digest();

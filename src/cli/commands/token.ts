@@ -20,11 +20,13 @@ interface TokenJson {
   expiresAt: string | null;
   revokedAt: string | null;
   createdBy: string;
-  state: "live" | "expired" | "revoked";
+  /** unverified: a row without a valid MAC (made before lessor MACed tokens, or planted in the database), which authenticates no one. */
+  state: "live" | "expired" | "revoked" | "unverified";
 }
 
 function tokenState(t: TokenInfo, now: number): TokenJson["state"] {
   if (t.revokedAt !== null) return "revoked";
+  if (t.unverified) return "unverified";
   if (t.expiresAt !== null && t.expiresAt <= now) return "expired";
   return "live";
 }
@@ -112,6 +114,8 @@ export function registerToken(program: Command, cli: Cli): void {
           t.expiresAt === null ? "never" : shortTime(Date.parse(t.expiresAt)),
         ]);
         for (const line of table(["ID", "NAME", "ROLE", "FOR", "STATE", "CREATED", "EXPIRES"], rows)) cli.out(line);
+        if (tokens.some((t) => t.state === "unverified"))
+          cli.err("lessor: unverified tokens authenticate no one (made before this lessor MACed tokens, or written into the database without the key); revoke them and create new ones");
       }),
     );
 

@@ -618,6 +618,9 @@ class PgTx extends PgReads implements StoreTx {
     if (changed) this.changes.push({ kind: "token_revoked", tokenId: id });
     return changed;
   }
+  async setTokenMac(id: string, mac: Uint8Array): Promise<boolean> {
+    return (await this.change(() => Q.setTokenMac(id, mac))) > 0;
+  }
 }
 
 /** One queued transaction call. */

@@ -294,7 +294,7 @@ export function setMeta(key: string, value: string): Stmt {
 }
 
 export function insertToken(t: TokenRecord): Stmt {
-  return st("write a token (its id must be new)", `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${pgPlaceholders(10)})`, tokenValues(t));
+  return st("write a token (its id must be new)", `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${pgPlaceholders(11)})`, tokenValues(t));
 }
 
 // ---- writes whose result the caller needs ----
@@ -356,6 +356,10 @@ export function deleteExpiredLeases(before: number, limit: number): Stmt {
 
 export function revokeToken(id: string, now: number): Stmt {
   return st("revoke a token", "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", [id, now]);
+}
+
+export function setTokenMac(id: string, mac: Uint8Array): Stmt {
+  return st("write a token's MAC", "UPDATE tokens SET mac = $2 WHERE id = $1", [id, Buffer.from(mac)]);
 }
 
 // ---- rows ----

@@ -195,6 +195,12 @@ export const MIGRATIONS: readonly string[] = [
     ALTER COLUMN secret TYPE TEXT COLLATE "C",
     ALTER COLUMN lease_id TYPE TEXT COLLATE "C";
   `,
+  // 6: each token row carries a MAC under a key derived from the master key (src/vault/token-mac.ts),
+  // so that a row written by a role without the key is no token. Rows made before stay NULL and
+  // authenticate no one: such tokens are made again (docs/storage.md).
+  `
+  ALTER TABLE tokens ADD COLUMN mac BYTEA;
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -69,7 +69,7 @@ const SQL = {
   insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (${sqlitePlaceholders(17)})`,
   getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
   listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
-  insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${sqlitePlaceholders(10)})`,
+  insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${sqlitePlaceholders(11)})`,
 } as const;
 
 /** Statements and row mapping for one better-sqlite3 connection. */
@@ -414,6 +414,10 @@ export class Queries {
 
   revokeToken(id: string, now: number): boolean {
     return this.stmt("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes > 0;
+  }
+
+  setTokenMac(id: string, mac: Uint8Array): boolean {
+    return this.stmt("UPDATE tokens SET mac = ? WHERE id = ?").run(Buffer.from(mac), id).changes > 0;
   }
 }
 

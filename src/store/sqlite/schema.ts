@@ -142,6 +142,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE audit ADD COLUMN key_id TEXT;
   `,
+  // 6: each token row carries a MAC under a key derived from the master key (src/vault/token-mac.ts),
+  // so that a row written into the database without the key is no token. Rows made before stay
+  // NULL and authenticate no one: such tokens are made again (docs/storage.md).
+  `
+  ALTER TABLE tokens ADD COLUMN mac BLOB;
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -265,6 +265,9 @@ class SqliteTx extends SqliteReads implements StoreTx {
   revokeToken(id: string, now: number): Promise<boolean> {
     return this.exec("revoke a token", (q) => q.revokeToken(id, now));
   }
+  setTokenMac(id: string, mac: Uint8Array): Promise<boolean> {
+    return this.exec("write a token's MAC", (q) => q.setTokenMac(id, mac));
+  }
 }
 
 /** A cached value (`hit`), or `read()` kept with `keep` when the cache has none. */
