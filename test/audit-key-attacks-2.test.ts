@@ -203,7 +203,7 @@ describe("rows a database writer can add without the key", { concurrency: 1 }, (
 });
 
 describe("restoring an older copy of lessor.db under a running lessor serve", { concurrency: 1 }, () => {
-  test("BREAK: a backup moved over lessor.db (mv, its -wal and -shm removed) while lessor serve runs is never noticed: the daemon acknowledges writes into the unlinked file, and after its restart a revoked admin token is live again and verify exit 0", { timeout: 90_000 }, async () => {
+  test("a backup moved over lessor.db (mv, its -wal and -shm removed) while lessor serve runs: the daemon's next write and reads are refused with unavailable naming the replaced file and saying to restart, it logs that once, and nothing it acknowledged is lost", { timeout: 90_000 }, async () => {
     const home = await makeHome({ config: `[server]\ntcp = "127.0.0.1:0"\n` });
     const v = await openVault({ home, env: { LESSOR_HOME: home } });
     await v.admin().storeSecret({ name: "prod-db", value: CANARY });
@@ -227,19 +227,29 @@ describe("restoring an older copy of lessor.db under a running lessor serve", { 
       // The attacker (or a restore gone wrong) puts the backup in place the way files are restored.
       renameSync(backup, dbPath);
       for (const f of ["lessor.db-wal", "lessor.db-shm"]) rmSync(join(home, f), { force: true });
+      const replaced = /lessor\.db was replaced by another file .*while this process had it open/;
+      // The write is refused, not acknowledged into the unlinked file.
       const w = await runCli(["secret", "set", "written-after-restore"], { home, input: "y" });
-      const daemonNoticed = w.code !== 0;
+      assert.equal(w.code, 5, `the write after the restore: exit ${w.code} ${w.stderr}`);
+      assert.match(w.stderr, replaced);
+      assert.match(w.stderr, /restart lessor serve/);
+      // So are reads, through the daemon: what it would read is the old file, not the one at the path.
+      const r = await runCli(["secret", "list", "--json"], { home });
+      assert.equal(r.code, 5, `a read after the restore: exit ${r.code} ${r.stdout} ${r.stderr}`);
+      assert.match(r.stderr, replaced);
+      // The daemon's log says it, once, though its once-a-second killswitch read keeps failing.
+      await new Promise((s) => setTimeout(s, 2500));
+      const logged = d.stderr().split("\n").filter((l) => replaced.test(l));
+      assert.equal(logged.length, 1, d.stderr());
+
+      // A restart opens the file now at the path: the restored copy, without the refused write.
+      // (What the copy holds is served again, its revoked token included: docs/security.md "Known limits".)
       await d.stop();
       d = await startServe(home);
-      const who = await runCli(["whoami", "--json"], { env: tokEnv() });
-      const reveal = await runCli(["secret", "get", "prod-db", "--reveal"], { env: tokEnv() });
-      const ver = await verifyJson(home);
       const list = await runCli(["secret", "list", "--json"], { home });
-      assert.ok(
-        daemonNoticed || (who.code !== 0 && !reveal.stdout.includes(CANARY)),
-        `the running daemon acknowledged a write after the restore (exit ${w.code}; after its restart the secret it acknowledged is ${list.stdout.includes("written-after-restore") ? "there" : "gone"}); ` +
-          `after the restart the revoked token is back: whoami exit ${who.code}, reveal gives the value: ${reveal.stdout.includes(CANARY)}; verify exit ${ver.code}`,
-      );
+      assert.equal(list.code, 0, list.stderr);
+      assert.ok(list.stdout.includes("prod-db") && !list.stdout.includes("written-after-restore"), list.stdout);
+      assert.equal((await verifyJson(home)).code, 0);
     } finally {
       await d.stop();
     }

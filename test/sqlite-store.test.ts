@@ -657,3 +657,30 @@ console.log("done");`;
     await store.close();
   });
 });
+
+describe("the file replaced under an open store", () => {
+  for (const how of ["replaced", "removed"] as const)
+    test(`${how}: the next transaction is refused with unavailable naming it (never written into the old file), later reads too, and a store opened again sees the file now at the path`, async () => {
+      const p = freshPath();
+      const store = openSqliteStore(p);
+      await append(store, "before");
+      const copy = freshPath();
+      fs.copyFileSync(p, copy); // the WAL holds "before": the copy is an empty vault
+      if (how === "replaced") fs.renameSync(copy, p);
+      else fs.rmSync(p);
+      for (const s of ["-wal", "-shm"]) fs.rmSync(p + s, { force: true });
+      const refused = await append(store, "after").then(
+        () => null,
+        (e: unknown) => e,
+      );
+      assert.ok(isVaultError(refused) && refused.code === "unavailable", String(refused));
+      assert.match(refused.message, new RegExp(`${path.basename(p)} was ${how === "replaced" ? "replaced by another file .*" : "removed"} while this process had it open.*restart lessor serve`));
+      await assert.rejects(store.auditHead(), (e: unknown) => isVaultError(e) && e.message === refused.message);
+      await store.close();
+      if (how === "removed") return;
+      const again = openSqliteStore(p);
+      assert.deepEqual(await allAudit(again), []);
+      await append(again, "on the restored file");
+      await again.close();
+    });
+});

@@ -164,8 +164,18 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     }
     // A killswitch pulled by another process (the CLI in embedded mode, another daemon on the same
     // store) closes this daemon's agent connections too, within a second.
+    // It also reads the database once a second, which is when the store notices that the path no
+    // longer names the file it has open (a backup restored over it): logged once, not every second.
+    let pollError: string | null = null;
     const poll = setInterval(() => {
-      vault.checkKillswitch().catch((e: unknown) => log.warn({ err: (e as Error).message }, "could not read the killswitch state"));
+      vault.checkKillswitch().then(
+        () => (pollError = null),
+        (e: unknown) => {
+          const err = (e as Error).message;
+          if (err !== pollError) log.error({ err }, "could not read the killswitch state");
+          pollError = err;
+        },
+      );
     }, KILLSWITCH_POLL_MS);
     poll.unref();
     cleanups.push(() => clearInterval(poll));

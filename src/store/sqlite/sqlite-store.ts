@@ -4,6 +4,7 @@
  * See docs/storage.md for the schema, durability and sharing one file between processes.
  */
 import fs from "node:fs";
+import { resolve } from "node:path";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
 import { VaultError } from "../../base/errors.js";
@@ -62,8 +63,16 @@ export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): Sq
   const busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
   if (path === "" || path === ":memory:" || path.startsWith("file:"))
     throw new VaultError("invalid_request", "the SQLite store needs a plain file path; use createMemoryStore() for a store in memory");
+  path = resolve(path); // as SQLite keeps it: a later chdir does not change which file it names
+  let file: FileId;
   try {
-    fs.closeSync(fs.openSync(path, "a", 0o600));
+    const fd = fs.openSync(path, "a", 0o600);
+    try {
+      const st = fs.fstatSync(fd);
+      file = { dev: st.dev, ino: st.ino };
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? "error";
     throw new VaultError("unavailable", `cannot open the vault database ${path} (${code}); check that its directory exists and is writable`, {
@@ -86,7 +95,7 @@ export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): Sq
     reader = new Database(path);
     reader.pragma(`busy_timeout = ${Math.max(0, Math.floor(busyTimeoutMs))}`);
     reader.pragma("foreign_keys = ON");
-    return new SqliteStoreImpl(writer, reader, opts.txTimeoutMs ?? 10_000);
+    return new SqliteStoreImpl(writer, reader, opts.txTimeoutMs ?? 10_000, path, file);
   } catch (e) {
     reader?.close();
     writer?.close();
@@ -94,6 +103,15 @@ export function openSqliteStore(path: string, opts: SqliteStoreOptions = {}): Sq
     throw sqliteError(e, `open the vault database ${path}`);
   }
 }
+
+/** Which file a path named when it was opened. */
+interface FileId {
+  dev: number;
+  ino: number;
+}
+
+/** How often reads look again at which file the path names (writes look at every batch). */
+const READ_FILE_CHECK_MS = 1000;
 
 /** Read methods over one connection; `exec` decides which connection and when reads are allowed. */
 abstract class SqliteReads implements StoreReader {
@@ -305,11 +323,22 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
   private commits = 0;
   private transactions = 0;
   private reruns = 0;
+  /**
+   * Set once the path no longer names the file the connections have open (it was replaced, e.g. by
+   * a restored backup moved over it, or removed): from then on every transaction and read is refused
+   * with it, since whatever is written would go into a file no one will open again.
+   */
+  private replaced: VaultError | null = null;
+  /** When a read last looked at the path (see {@link READ_FILE_CHECK_MS}). */
+  private readCheckedAt = 0;
 
   constructor(
     private readonly writer: BetterSqlite3.Database,
     private readonly reader: BetterSqlite3.Database,
     txTimeoutMs: number,
+    /** The database's absolute path, and the file it named when the connections opened it. */
+    private readonly path: string,
+    private readonly file: FileId,
   ) {
     super();
     this.rq = new Queries(reader);
@@ -319,6 +348,14 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
 
   protected exec<T>(what: string, f: (q: Queries) => T): Promise<T> {
     if (this.closed) return Promise.reject(closedError());
+    // Reads look too, at most once a second (the daemon reads the killswitch every second), so that
+    // an idle daemon notices a replaced file without waiting for a write.
+    const now = Date.now();
+    if (this.replaced === null && now - this.readCheckedAt >= READ_FILE_CHECK_MS) {
+      this.readCheckedAt = now;
+      this.checkFile();
+    }
+    if (this.replaced !== null) return Promise.reject(this.replaced);
     try {
       return Promise.resolve(f(this.rq));
     } catch (e) {
@@ -358,6 +395,30 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     return this.closedP;
   }
 
+  /**
+   * Null while the path still names the file the connections opened (same device and inode, as
+   * src/audit/jsonl-sink.ts checks its file); otherwise the error to refuse with, kept in
+   * {@link replaced} when the file was replaced or removed. One stat.
+   */
+  private checkFile(): VaultError | null {
+    if (this.replaced !== null) return this.replaced;
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(this.path, { throwIfNoEntry: false });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? "error";
+      return new VaultError("unavailable", `cannot check the vault database ${this.path} (${code}); nothing was written; check the path and its directory's permissions`, { cause: e });
+    }
+    if (st !== undefined && st.dev === this.file.dev && st.ino === this.file.ino) return null;
+    this.replaced = new VaultError(
+      "unavailable",
+      `the vault database ${this.path} was ${st === undefined ? "removed" : "replaced by another file (a backup restored over it?)"} while this process had it open; ` +
+        "this process refuses every write and read, since they would go to the old file no one opens again. " +
+        "Check who replaced it, then restart lessor serve (or this command) so that it opens the file now at that path",
+    );
+    return this.replaced;
+  }
+
   /** BEGIN IMMEDIATE; false (with `onError` given the error to reject with) when it failed. */
   private begin(onError: (err: unknown) => void): boolean {
     try {
@@ -385,6 +446,9 @@ class SqliteStoreImpl extends SqliteReads implements SqliteStore {
     const rejectQueued = (err: unknown): void => {
       for (let i = 0; i < MAX_BATCH; i++) this.calls.take()?.reject(err);
     };
+    // Once per batch, before anything is written: the path must still name the file open here.
+    const gone = this.checkFile();
+    if (gone !== null) return rejectQueued(gone);
     if (!this.begin(rejectQueued)) return;
     const batch: Call[] = [];
     let call: Call | undefined;
