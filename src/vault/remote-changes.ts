@@ -28,7 +28,10 @@ export function applyRemoteChange(ctx: VaultContext, change: StoreChange): void 
   if (ctx.closed) return;
   switch (change.kind) {
     case "token_revoked":
-      markRevoked(ctx, change.tokenId);
+      // Marked only once the store says so: a mark lasts until the process restarts, and a change is
+      // a notice to look, not a verdict (a read failure marks it: the notice came from the store's own
+      // log, and failing closed is the safe way).
+      void recheckTokens(ctx, [change.tokenId]).catch(() => markRevoked(ctx, change.tokenId));
       return;
     case "meta":
       if (change.key === KILLSWITCH_META) void checkKillswitch(ctx).catch(() => {});

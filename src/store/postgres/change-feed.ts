@@ -10,12 +10,15 @@
  *
  * Reading ({@link PgChangeFeed}): each instance LISTENs on one dedicated connection (not from the
  * pool: a pooled connection is handed to transactions, and a pooler in transaction mode drops
- * LISTEN). A notification whose seq follows the last one seen is applied as it comes; anything else
- * (a gap, a payload too large to carry its changes) is read from the table. Independently, every
- * `pollMs` the feed reads the counter and applies what it missed: the fallback for setups where
- * notifications never arrive (PgBouncer in transaction mode). After the LISTEN connection drops, the
- * feed reconnects with backoff and catches up from the last seq it applied before it trusts
- * notifications again. The store calls {@link PgChangeFeed.catchUpNow} before it serves again after its
+ * LISTEN). A notification is only a hint to read the table: what is applied is what `lessor_changes`
+ * holds, and the last seq applied moves only with rows read. Any role that may connect to the
+ * database may NOTIFY on any channel (no privilege is needed, and the channel's name is the md5 of
+ * the schema's), so a payload's seq and changes are never trusted; a forged notification can at most
+ * cause a read. Notifications that arrive while a read is queued share it (a burst costs one read,
+ * one round trip: the counter and the rows after the last seq in one statement). Independently,
+ * every `pollMs` the feed reads the same way: the fallback for setups where notifications never
+ * arrive (PgBouncer in transaction mode). After the LISTEN connection drops, the feed reconnects with
+ * backoff and catches up from the last seq it applied. The store calls {@link PgChangeFeed.catchUpNow} before it serves again after its
  * own connections failed, which also ends a pending backoff. An instance that missed more than the
  * table keeps gets a `resync` change.
  */
@@ -97,8 +100,11 @@ export function parseChange(v: unknown): StoreChange | null {
   }
 }
 
-/** A notification's payload, or null when it is not one lessor sent. `changes` is null when they did not fit. */
-function parsePayload(text: string): { seq: number; origin: string; changes: StoreChange[] | null } | null {
+/**
+ * What a notification says of itself, for one decision only: whether it may be skipped without a read
+ * (this instance's own commit, or a seq already read). Never applied: anyone may send one.
+ */
+function parseHint(text: string): { seq: number; origin: string } | null {
   let o: unknown;
   try {
     o = JSON.parse(text);
@@ -108,10 +114,16 @@ function parsePayload(text: string): { seq: number; origin: string; changes: Sto
   if (typeof o !== "object" || o === null) return null;
   const r = o as Record<string, unknown>;
   if (!Number.isSafeInteger(r.seq) || typeof r.origin !== "string") return null;
-  if (r.changes === null || r.changes === undefined) return { seq: r.seq as number, origin: r.origin, changes: null };
-  const changes = parseChanges(r.changes);
-  return changes === null ? null : { seq: r.seq as number, origin: r.origin, changes };
+  return { seq: r.seq as number, origin: r.origin };
 }
+
+/**
+ * The counter and, in the same snapshot, the rows after the last seq applied (a page): one round trip.
+ * With nothing new, one row whose seq is null.
+ */
+const CATCH_UP_SQL = `SELECT c.n, l.seq, l.origin, l.changes FROM lessor_change_seq c
+  LEFT JOIN LATERAL (SELECT seq, origin, changes FROM lessor_changes WHERE seq > $1 ORDER BY seq LIMIT $2) l ON true
+  WHERE c.id = 1`;
 
 function parseChanges(v: unknown): StoreChange[] | null {
   if (!Array.isArray(v)) return null;
@@ -295,40 +307,41 @@ export class PgChangeFeed {
     })();
   }
 
+  /**
+   * A notification: a hint that the table may hold something new, never a change in itself. Skipped
+   * without a read only when it claims to be this instance's own commit or a seq already read (a
+   * forged one can only skip itself); otherwise one read, shared with every notification that arrives
+   * before it starts.
+   */
   #onNotification(payload: string): void {
-    this.#enqueue(async () => {
-      const n = parsePayload(payload);
-      if (n === null || this.#last === null) return this.#catchUp();
-      if (n.seq <= this.#last) return; // already applied (by a poll)
-      if (n.seq !== this.#last + 1 || n.changes === null) return this.#catchUp();
-      this.#last = n.seq;
-      if (n.origin !== this.#origin) this.#deliver(n.changes);
-    });
+    const h = parseHint(payload);
+    if (h !== null && this.#last !== null && (h.origin === this.#origin || h.seq <= this.#last)) return;
+    this.#catchUpSoon();
   }
 
-  /** Reads the counter and, when it moved, the rows after the last seq applied. */
+  /** Reads the counter and the rows after the last seq applied (one statement per page), and applies them. */
   async #catchUp(): Promise<void> {
     if (this.#last === null || !this.#started) return;
-    const c = await this.#pool.query<{ n: number }>("SELECT n FROM lessor_change_seq WHERE id = 1");
-    const n = Number(c.rows[0]?.n ?? 0);
     let last: number = this.#last;
-    if (n === last) return;
-    if (n < last) {
-      // The counter went back: the schema was recreated or restored from a backup.
-      this.#last = n;
-      return this.#deliver([{ kind: "resync", reason: "the change log was reset (the database was restored or recreated)" }]);
-    }
     for (;;) {
-      const r: pg.QueryResult<{ seq: number; origin: string; changes: unknown }> = await this.#pool.query(
-        "SELECT seq, origin, changes FROM lessor_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-        [last, CATCH_UP_PAGE],
-      );
-      if (r.rows.length === 0) {
+      const r: pg.QueryResult<{ n: number; seq: number | null; origin: string | null; changes: unknown }> = await this.#pool.query(CATCH_UP_SQL, [
+        last,
+        CATCH_UP_PAGE,
+      ]);
+      if (r.rows.length === 0) return; // no counter row: not a schema lessor made; the poll tries again
+      const n = Number(r.rows[0]!.n);
+      if (n < last) {
+        // The counter went back: the schema was recreated or restored from a backup.
+        this.#last = n;
+        return this.#deliver([{ kind: "resync", reason: "the change log was reset (the database was restored or recreated)" }]);
+      }
+      const rows = r.rows.filter((row) => row.seq !== null);
+      if (rows.length === 0) {
         if (last >= n) return;
         this.#last = n;
         return this.#deliver([{ kind: "resync", reason: "the change log no longer holds the changes this instance missed" }]);
       }
-      for (const row of r.rows) {
+      for (const row of rows) {
         const seq = Number(row.seq);
         if (seq !== last + 1) this.#deliver([{ kind: "resync", reason: `missed changes ${last + 1}..${seq - 1}: the change log no longer holds them` }]);
         this.#last = last = seq;
@@ -336,7 +349,7 @@ export class PgChangeFeed {
         const changes = parseChanges(row.changes);
         this.#deliver(changes ?? [{ kind: "resync", reason: `change ${seq} is not one lessor wrote` }]);
       }
-      if (r.rows.length < CATCH_UP_PAGE) return;
+      if (rows.length < CATCH_UP_PAGE) return;
     }
   }
 

@@ -9,6 +9,16 @@ import { VaultError } from "../../base/errors.js";
 /** The SQLSTATE the audit trigger raises for a row that does not follow the head (schema.ts). */
 export const AUDIT_GAP_STATE = "LSGAP";
 
+/** True when `e` (or the database error behind a VaultError) is lock_not_available: a lock not had within lock_timeout. */
+export function isLockTimeout(e: unknown): boolean {
+  return codeOf(e instanceof VaultError ? e.cause : e) === "55P03";
+}
+
+/** True when `e` (or the error behind it) is "current transaction is aborted": the effect of an earlier failure, never a cause. */
+export function inFailedTransaction(e: unknown): boolean {
+  return codeOf(e instanceof VaultError ? e.cause : e) === "25P02";
+}
+
 /** Socket-level error codes that mean the server cannot be reached. */
 const NET_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
 
@@ -103,7 +113,8 @@ export function pgError(e: unknown, what: string, target: string): VaultError {
       break;
     case "55P03":
       vcode = "unavailable";
-      msg = "another lessor instance held the vault's write lock for too long; try again";
+      msg =
+        "another session of the vault's database role (another lessor instance mid-commit, or an operator's session) held a lock the vault needs for longer than lock_timeout; try again";
       break;
     case "40001":
     case "40P01":

@@ -4,9 +4,11 @@
  *
  * Transactions. Each instance runs its transaction functions one after another on one pooled
  * connection, several to a database transaction ("group commit", as the SQLite store does). Every
- * database transaction takes a transaction-scoped advisory lock keyed by the schema (the vault's
- * write lock), so the commits of all instances happen one at a time: serialisable, and the audit
- * chain has one writer.
+ * database transaction takes a row lock on the one row of `lessor_commits` (the vault's write lock,
+ * {@link LOCK_SQL}: only a role that may update the vault's tables can hold it), so the commits of
+ * all instances happen one at a time: serialisable, and the audit chain has one writer. A lock not
+ * had within lock_timeout fails the batch `unavailable` at once, rolled back whole: no rerun waits
+ * for it again.
  *
  * The late lock. A batch takes the lock at BEGIN only when it must; otherwise (this instance's cache
  * is carried from its last commit and no late batch had to run again lately) its calls run first,
@@ -72,10 +74,10 @@ import { BatchQueue } from "../batch-queue.js";
 import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
 import { describeTarget, poolConfig, type ConnectionSettings } from "./connection.js";
-import { commitOutcomeUnknown, isConnectionError, pgError, silentServer } from "./errors.js";
+import { commitOutcomeUnknown, inFailedTransaction, isConnectionError, isLockTimeout, pgError, silentServer } from "./errors.js";
 import * as Q from "./queries.js";
 import type { Exec, Row, Stmt } from "./queries.js";
-import { LOCK_CLASS, migrate, SCHEMA_KEY, SCHEMA_VERSION } from "./schema.js";
+import { migrate, SCHEMA_VERSION } from "./schema.js";
 
 /** Options for {@link openPostgresStore}. */
 export interface PostgresStoreOptions extends ConnectionSettings {
@@ -125,7 +127,6 @@ export interface PostgresStore extends Store {
 /** Most transaction functions sharing one commit. */
 const MAX_BATCH = 256;
 
-const LOCK_SQL = `SELECT pg_advisory_xact_lock(${LOCK_CLASS.write}, ${SCHEMA_KEY})`;
 
 /** int8 (oid 20) as a JS number: times are epoch milliseconds and seqs count events, far below 2^53. */
 const INT8_OID = 20;
@@ -267,7 +268,15 @@ function wentBack(now: Counters, was: Counters): boolean {
   return now.n < was.n || now.cfg < was.cfg || now.live < was.live || now.plain < was.plain;
 }
 
-const COUNTERS_SQL = "SELECT n, cfg, live, plain FROM lessor_commits WHERE id = 1";
+/**
+ * The vault's write lock, and the commit counters read under it, in one statement: a row lock on the
+ * one row of `lessor_commits`, which only a role that may update the vault's tables can take (an
+ * advisory lock, keyed by numbers anyone can work out, can be taken by any role that may connect to
+ * the database, and was). In READ COMMITTED, a `FOR UPDATE` that waited returns the row as the commit
+ * it waited for left it. Every writing commit updates that row anyway, so the lock costs no more than
+ * the advisory lock did, and vacuum never conflicts with a row lock.
+ */
+const LOCK_SQL = "SELECT n, cfg, live, plain FROM lessor_commits WHERE id = 1 FOR UPDATE";
 
 /** Thrown by a write a batch without the write lock may not make: the batch runs again under the lock. */
 class NeedsLock extends Error {
@@ -299,6 +308,11 @@ class Conn implements Exec {
   readLive = false;
   /** The cache was checked against the counters ({@link PostgresStoreImpl.sync}); reads may use it. */
   synced = false;
+  /**
+   * The transaction cannot go on: a guarded call failed where its savepoint cannot undo it alone (the
+   * savepoint was never made, or a lock was not had within lock_timeout).
+   */
+  aborted = false;
   /** The commit counters under the write lock (as BEGIN found them; for a late batch, as {@link lock} did). */
   counters!: Promise<Counters>;
   /** The audit head and checkpoint read with the counters, in the same round trip. */
@@ -330,8 +344,7 @@ class Conn implements Exec {
 
   /** Takes the vault's write lock and reads the counters, head and checkpoint under it (one round trip). */
   lock(): void {
-    this.send({ what: "take the vault's write lock", text: LOCK_SQL, values: [] });
-    this.counters = this.rows({ what: "start a transaction", text: COUNTERS_SQL, values: [] }).then((r) => counters(r[0]));
+    this.counters = this.rows({ what: "take the vault's write lock", text: LOCK_SQL, values: [] }).then((r) => counters(r[0]));
     this.audit = Promise.all([Q.auditHead(this), Q.getCheckpoint(this)]);
     // A failure here is seen again by whatever waits next.
     this.counters.catch(() => {});
@@ -386,6 +399,20 @@ class Conn implements Exec {
     return p;
   }
 
+  /** Sends SAVEPOINT s without waiting; resolves to whether it was made. */
+  savepoint(): Promise<boolean> {
+    const s: Stmt = { what: "start a transaction", text: "SAVEPOINT s", values: [] };
+    const made = this.query(s).then(
+      () => true,
+      (e: unknown) => {
+        this.failure ??= pgError(e, s.what, this.target);
+        return false;
+      },
+    );
+    this.deferred.push(made.then(() => undefined));
+    return made;
+  }
+
   /** Sends a statement without waiting for its answer. */
   send(s: Stmt): void {
     const p = this.query(s).then(
@@ -423,7 +450,12 @@ class Conn implements Exec {
   /** The error to report for `e`: the first deferred failure (the cause of an aborted transaction), or `e`'s own. */
   private async blame(e: unknown, what: string): Promise<VaultError> {
     await Promise.all(this.deferred);
-    return this.failure ?? pgError(e, what, this.target);
+    const own = pgError(e, what, this.target);
+    // A deferred statement sent after this one failed only because this one did ("current
+    // transaction is aborted"): this one's error is the cause (the write lock, say, and the SAVEPOINT
+    // pipelined after it).
+    if (this.failure !== null && inFailedTransaction(this.failure) && !inFailedTransaction(own)) this.failure = own;
+    return this.failure ?? own;
   }
 
   /** Forgets failures of statements undone by a ROLLBACK TO SAVEPOINT, and audit rows not yet sent. */
@@ -642,6 +674,11 @@ interface Call {
 const RERUN_GUARDED = Symbol("guarded");
 /** Why a late batch must be run again: under the lock from BEGIN (what it decided by changed). */
 const RERUN_LOCKED = Symbol("locked");
+/**
+ * The batch's transaction could not go on (a lock not had within lock_timeout, a savepoint never made):
+ * it was rolled back and every call of it rejected; go on with a new transaction.
+ */
+const ENDED = Symbol("ended");
 /** Batches that take the lock at BEGIN after a late one had to run again (doubling while late ones keep failing). */
 const LOCKED_AFTER_RELOCK = 8;
 const MAX_LOCKED_AFTER_RELOCK = 128;
@@ -919,12 +956,25 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       while (batch.length < MAX_BATCH && (call = this.calls.take()) !== undefined) {
         batch.push(call);
         await this.runCall(conn, call, guarded);
+        if (!call.ok && (conn.aborted || isLockTimeout(call.error))) {
+          // Waited out lock_timeout (the lock is taken before the first call), or a guarded call whose
+          // savepoint cannot undo it: no rerun would do better, and none should wait for the lock again.
+          await this.endBatch(conn, batch, call.error);
+          conn = this.begin(client);
+          guarded = false;
+          continue;
+        }
         if (conn.needsLock || (conn.late && !call.ok && !isConnectionError(call.error))) {
           // A late batch's call made a write that needs the lock, or failed: it may have failed on what
           // another instance has since changed (a key, a secret's version), which only the lock can
           // tell. Run the batch again under the lock, where a real failure fails again.
           this.abandon(conn);
           const r = await this.again(client, batch, guarded);
+          if (r.broke === ENDED) {
+            conn = this.begin(client);
+            guarded = false;
+            continue;
+          }
           if (r.broke !== undefined) return this.fail(batch, r.broke);
           ({ conn, guarded } = r);
           continue;
@@ -944,6 +994,11 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
         guarded = true;
         conn = this.begin(client);
         const broke = await this.rerun(conn, batch, true);
+        if (broke === ENDED) {
+          conn = this.begin(client);
+          guarded = false;
+          continue;
+        }
         if (broke !== undefined) return this.fail(batch, broke);
       }
       if (batch.length === 0) {
@@ -952,8 +1007,18 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       }
       const outcome = await this.finish(conn, batch, guarded);
       if (outcome === undefined) return undefined;
+      if (outcome === ENDED) {
+        conn = this.begin(client);
+        guarded = false;
+        continue;
+      }
       if (outcome === RERUN_LOCKED) {
         const r = await this.again(client, batch, guarded);
+        if (r.broke === ENDED) {
+          conn = this.begin(client);
+          guarded = false;
+          continue;
+        }
         if (r.broke !== undefined) return this.fail(batch, r.broke);
         ({ conn, guarded } = r);
         continue; // then take more calls, and finish again
@@ -970,6 +1035,11 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
           conn = this.begin(client);
           broke = await this.rerun(conn, batch, guarded);
         } while (broke === RERUN_GUARDED);
+        if (broke === ENDED) {
+          conn = this.begin(client);
+          guarded = false;
+          continue;
+        }
         if (broke !== undefined) return this.fail(batch, broke);
         continue; // then take more calls, and finish again
       }
@@ -979,7 +1049,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
 
   /**
    * Runs every call of `batch` again in the fresh transaction `conn`. Returns a connection error if
-   * one broke it, or RERUN_GUARDED when an unguarded rerun had a call fail.
+   * one broke it, RERUN_GUARDED when an unguarded rerun had a call fail, or ENDED when the
+   * transaction could not go on (every call rejected, the batch emptied).
    */
   private async rerun(conn: Conn, batch: Call[], guarded: boolean): Promise<unknown> {
     for (const c of batch) {
@@ -988,6 +1059,10 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       c.value = c.error = c.finishers = c.changes = undefined;
       await this.runCall(conn, c, guarded);
       if (!c.ok && isConnectionError(c.error)) return c.error;
+      if (!c.ok && (conn.aborted || isLockTimeout(c.error))) {
+        await this.endBatch(conn, batch, c.error);
+        return ENDED;
+      }
       if (!c.ok && !guarded) {
         await this.rollback(conn);
         return RERUN_GUARDED;
@@ -1009,6 +1084,11 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
         valid = await this.validate(conn);
       } catch (e) {
         if (isConnectionError(e)) return e;
+        if (isLockTimeout(e)) {
+          // Waited out lock_timeout: running the batch again under the lock would wait as long again.
+          await this.endBatch(conn, batch, e);
+          return ENDED;
+        }
         valid = false; // a deferred lease insert failed, say: find out under the lock
       }
       if (!valid) {
@@ -1028,6 +1108,10 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       } catch (e) {
         tx.active = false;
         if (isConnectionError(e)) return e;
+        if (isLockTimeout(e)) {
+          await this.endBatch(conn, batch, e);
+          return ENDED;
+        }
         if (conn.late) {
           this.abandon(conn);
           return RERUN_LOCKED;
@@ -1075,6 +1159,10 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     } catch (e) {
       // Lost after COMMIT went out: it may have committed. Never reported ok, and not as "nothing happened".
       if (isConnectionError(e)) return commitSent ? commitOutcomeUnknown(e, this.target) : e;
+      if (isLockTimeout(e)) {
+        await this.endBatch(conn, batch, e);
+        return ENDED;
+      }
       await this.rollback(conn);
       if (!guarded && batch.length > 1) return RERUN_GUARDED;
       for (const c of batch) c.reject(c.ok ? e : c.error);
@@ -1096,6 +1184,16 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     return err;
   }
 
+  /**
+   * Rolls the whole transaction back and rejects every call of `batch` with `e` (a call failed by its
+   * own beforeCommit function keeps its own error); empties the batch.
+   */
+  private async endBatch(conn: Conn, batch: Call[], e: unknown): Promise<void> {
+    await this.rollback(conn);
+    for (const c of batch) c.reject(c.dropped ? c.error : e);
+    batch.length = 0;
+  }
+
   /** Rolls the connection's transaction back (if the server still has one) and empties the cache. */
   private async rollback(conn: Conn): Promise<void> {
     if (!conn.begun) return; // a late batch that sent nothing: nothing to undo, the cache still holds
@@ -1114,7 +1212,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
    */
   private async runCall(conn: Conn, call: Call, guarded: boolean): Promise<void> {
     const tx = new PgTx(conn, this.cache);
-    if (guarded) conn.send({ what: "start a transaction", text: "SAVEPOINT s", values: [] });
+    const saved = guarded ? conn.savepoint() : null;
     try {
       // The first call of a transaction waits for the lock and the counters (under its deadline) first.
       // (A late batch has no lock to wait for: it is checked against the counters at its commit.)
@@ -1133,6 +1231,13 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
       call.error = isTxTimeout(e) && conn.waiting ? silentServer(this.target, this.txTimeoutMs) : e;
       if (guarded && !isConnectionError(call.error)) {
         this.clearCache(); // what this call put in the cache is being undone
+        // A savepoint never made (the transaction failed before it: the lock it waited for at BEGIN,
+        // say) undoes nothing, and ROLLBACK TO it would fail in place of the real cause; a lock not had
+        // within lock_timeout is the transaction's failure, not this call's. The batch ends.
+        if (!(await saved!) || isLockTimeout(call.error)) {
+          conn.aborted = true;
+          return;
+        }
         try {
           await conn.client.query("ROLLBACK TO SAVEPOINT s");
           await conn.client.query("RELEASE SAVEPOINT s");

@@ -1,9 +1,12 @@
 /**
  * The PostgreSQL schema as an ordered list of migrations, recorded one row per step in
- * `lessor_migrations`. Opening a store applies the missing steps in one transaction under a
- * transaction-scoped advisory lock keyed by the schema, so several instances starting at once apply
- * each step once: the others wait for the lock, then find nothing left to do. Never edit a released
- * step: append a new one.
+ * `lessor_migrations`. Opening a store whose schema is current reads that and takes no lock. Otherwise
+ * it applies the missing steps in one transaction under a transaction-scoped advisory lock keyed by
+ * the schema, so several instances starting at once apply each step once: the others wait for the
+ * lock, then find nothing left to do. (An advisory lock can be taken by any role that may connect to
+ * the database, and its keys can be worked out: docs/team.md, step 1, gives the database to lessor's
+ * role alone. Only creating and upgrading the schema depends on it.) Never edit a released step:
+ * append a new one.
  *
  * Text keys that are sorted (scope, name, lease and token ids) use the "C" collation, so that the
  * order is by code point, as the other stores sort, whatever the database's locale.
@@ -12,7 +15,11 @@ import type { PoolClient } from "pg";
 import { VaultError } from "../../base/errors.js";
 import { AUDIT_GAP_STATE } from "./errors.js";
 
-/** Advisory lock class ids (the first key of the two-key form); the second key is the schema's hash. */
+/**
+ * Advisory lock class ids (the first key of the two-key form); the second key is the schema's hash.
+ * `write` is what builds before the row lock on `lessor_commits` took (postgres-store.ts, LOCK_SQL);
+ * this build takes only `migrate`, and only to create or upgrade the schema.
+ */
 export const LOCK_CLASS = { migrate: 0x4c53_0001, write: 0x4c53_0002 } as const;
 
 /** The second advisory-lock key: this session's schema, so vaults in different schemas do not contend. */
@@ -212,9 +219,24 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
  * lessor. Returns how many steps this call applied (0 when another instance had already).
  */
 export async function migrate(client: PoolClient): Promise<number> {
+  // A current schema (the usual open): a committed version row says so, and no lock is needed.
+  const found = await client.query<{ t: string | null }>("SELECT to_regclass(quote_ident(current_schema()) || '.lessor_migrations')::text AS t");
+  if (found.rows[0]?.t != null) {
+    const r = await client.query<{ v: number | null }>("SELECT max(version) AS v FROM lessor_migrations");
+    if ((r.rows[0]?.v ?? 0) === SCHEMA_VERSION) return 0;
+  }
   await client.query("BEGIN");
   try {
-    await client.query(`SELECT pg_advisory_xact_lock(${LOCK_CLASS.migrate}, ${SCHEMA_KEY})`);
+    try {
+      await client.query(`SELECT pg_advisory_xact_lock(${LOCK_CLASS.migrate}, ${SCHEMA_KEY})`);
+    } catch (e) {
+      if ((e as { code?: unknown }).code !== "55P03") throw e;
+      throw new VaultError(
+        "unavailable",
+        "could not create or upgrade the vault's tables: a session of the database held lessor's migration lock for longer than lock_timeout (another lessor instance migrating, or any role that may connect to the database: see docs/team.md, step 1); try again",
+        { cause: e },
+      );
+    }
     await client.query(
       `CREATE TABLE IF NOT EXISTS lessor_migrations (
          version    INTEGER PRIMARY KEY,
