@@ -8,7 +8,8 @@
  * keys, so before that the rotation archives them: each old key's audit root (the HKDF output the
  * two keys come from, never the master key) is sealed under the new master key (AES-256-GCM, bound
  * to its id and the sealing key's id) in the store's `audit_keys` meta row. An archived root only
- * verifies and MACs the old segment; it opens no secret.
+ * verifies the old segment; it opens no secret. {@link AuditKeys.get} serves it for any event, so the
+ * callers also refuse a retired key after its retirement (./retired.ts): no later event, no checkpoint.
  */
 import { hkdfSync } from "node:crypto";
 import { open, seal } from "../crypto/aead.js";
@@ -178,6 +179,21 @@ export class AuditKeys {
     }
     if (key) this.#cache.set(id, key);
     return key;
+  }
+
+  /**
+   * The ids the archive holds a genuine entry for (one that opens with this keyring): keys a rotation
+   * retired. An entry that does not open (planted, or sealed under a key not loaded) is not counted.
+   */
+  async archivedIds(reader: AuditReader): Promise<string[]> {
+    const out: string[] = [];
+    for (const [id, e] of Object.entries(parseArchive(await reader.getMeta(AUDIT_KEYS_META)))) {
+      const root = openEntry(id, e, this.#ring);
+      if (root === null) continue;
+      root.fill(0);
+      out.push(id);
+    }
+    return out;
   }
 
   /** Zeroes every cached key. */

@@ -15,6 +15,7 @@ import type { AuditReader } from "./reader.js";
 import type { AuditCheckpoint, AuditHead, AuditRecord } from "../base/types.js";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, GENESIS, checkpointValid, checkpointValidV1, eventMacValid, hashEventV1 } from "./chain.js";
 import { AuditKeys } from "./keys.js";
+import { KEY_ROTATED, retiredBy, retiredWhere } from "./retired.js";
 import { escapeUnsafe } from "../base/text.js";
 
 /** A recovery found in the trail (an `audit_break` event): what it recorded as found. */
@@ -129,6 +130,8 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
   /** The first problem not (yet) covered by a recovery after it. */
   let pending: AuditFault | null = null;
   const breaks: AuditBreak[] = [];
+  /** Keys retired by the rotations read so far, with the seq of the `key_rotated` event that retired each. */
+  const retired = new Map<string, number>();
   const fault = (seq: number, id: string | null, problem: string): void => {
     pending ??= { seq, id, problem };
   };
@@ -150,7 +153,11 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
           if (key === null)
             fault(rec.seq, rec.id, `event ${rec.seq} was written under master key ${escapeUnsafe(rec.keyId)}, which is neither loaded nor archived: load that key (as a previous key) to verify it`);
           else if (!eventMacValid(rec, key)) fault(rec.seq, rec.id, `event ${rec.seq} was altered: its fields do not match its hash`);
+          else if (retired.has(rec.keyId))
+            // Whoever still holds a retired key (the leak the rotation answered) can MAC under it.
+            fault(rec.seq, rec.id, `event ${rec.seq} is MACed under master key ${escapeUnsafe(rec.keyId)}, which ${retiredWhere(retired.get(rec.keyId)!)} retired: it was written after that with the retired key, not by this vault`);
           else {
+            if (rec.type === KEY_ROTATED) for (const id of retiredBy(rec)) if (!retired.has(id)) retired.set(id, rec.seq);
             const isBreak = rec.type === "audit_break";
             if (isBreak) {
               const b = readBreak(rec);
@@ -226,6 +233,10 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
     const key = await keys.get(cp.keyId, reader);
     if (key === null) return cpFault(`the audit checkpoint was made under master key ${escapeUnsafe(cp.keyId)}, which is neither loaded nor archived`);
     if (!checkpointValid(cp, key)) return cpFault("the audit checkpoint was altered: its MAC does not match");
+    // The checkpoint is written under the key in force: never one a rotation retired (the trail's, or the archive's).
+    const gone = retired.get(cp.keyId) ?? ((await keys.archivedIds(reader)).includes(cp.keyId) ? 0 : undefined);
+    if (gone !== undefined)
+      return cpFault(`the audit checkpoint is MACed under master key ${escapeUnsafe(cp.keyId)}, which ${retiredWhere(gone)} retired: it was rewritten with the retired key, not by this vault`);
   }
   if (cp.seq > headSeq)
     return cpFault(`the trail ends at event ${headSeq} but the checkpoint says ${cp.seq}: events were removed from the end`);

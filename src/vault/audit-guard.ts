@@ -18,6 +18,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { AUDIT_FORMAT_KEYED, AUDIT_FORMAT_META, checkpointValid, eventMacValid } from "../audit/chain.js";
 import type { AuditKey } from "../audit/keys.js";
+import { retiredKeys, retiredWhere } from "../audit/retired.js";
 import { checkTrail } from "../audit/verify.js";
 import type { Store, StoreReader, StoreTx } from "./ports.js";
 import type { VaultContext } from "./context.js";
@@ -83,6 +84,11 @@ export async function preflight(ctx: VaultContext): Promise<void> {
   s.preflighted = true;
 }
 
+/** The seq of the rotation that retired master key `id` (0: only the archive shows it), or undefined when it was not retired. */
+async function retiredIn(ctx: VaultContext, r: StoreReader, id: string): Promise<number | undefined> {
+  return (await retiredKeys(r, ctx.auditKeys)).get(id);
+}
+
 /** True when `head` is an event this process chained in the commit being built (not yet committed). */
 export function chainedInCommit(ctx: VaultContext, head: { seq: number; hash: Uint8Array } | null): boolean {
   const s = state(ctx);
@@ -120,6 +126,13 @@ export async function inspectChain(ctx: VaultContext, tx: StoreTx): Promise<Chai
     const key = await ctx.auditKeys.get(cp.keyId, tx);
     if (key === null) return out(`the audit checkpoint was made under master key ${cp.keyId}, which is neither loaded nor archived`);
     if (!checkpointValid(cp, key)) return out("the audit checkpoint was altered: its MAC does not match");
+    // Never under a key a rotation retired (whoever still holds it, the leak the rotation answered,
+    // could cut the trail and vouch for the cut). This process's current key was checked at its
+    // first commit (src/vault/key-reload.ts), so only another key is looked up.
+    if (cp.keyId !== ctx.keyring.current.id) {
+      const gone = await retiredIn(ctx, tx, cp.keyId);
+      if (gone !== undefined) return out(`the audit checkpoint is MACed under master key ${cp.keyId}, which ${retiredWhere(gone)} retired: it was rewritten with the retired key`);
+    }
     s.checkpoint = cp;
   }
   if (cp.seq === head.seq && eq(cp.hash, head.hash)) {
@@ -145,6 +158,7 @@ async function recoveredBelow(ctx: VaultContext, tx: StoreTx, seq: number, since
   if (b === undefined || b.keyId === null || b.time < since) return false;
   const key = await ctx.auditKeys.get(b.keyId, tx);
   if (key === null || !eventMacValid(b, key)) return false;
+  if (b.keyId !== ctx.keyring.current.id && (await retiredIn(ctx, tx, b.keyId)) !== undefined) return false;
   try {
     const found = (JSON.parse(b.detail ?? "{}") as { head_seq?: unknown }).head_seq;
     return typeof found === "number" && found < seq;
@@ -274,6 +288,7 @@ export async function readDeferred(ctx: VaultContext, r: StoreReader): Promise<D
   if (typeof o.body !== "string" || typeof o.keyId !== "string" || typeof o.mac !== "string") return none;
   const key = await ctx.auditKeys.get(o.keyId, r);
   if (key === null) return none;
+  if (o.keyId !== ctx.keyring.current.id && (await retiredIn(ctx, r, o.keyId)) !== undefined) return none;
   const want = Buffer.from(deferredMac(key, o.body), "hex");
   const got = Buffer.from(o.mac, "hex");
   if (got.length !== want.length || !timingSafeEqual(got, want)) return none;

@@ -277,7 +277,7 @@ async function commitOnce<T>(
           return null;
         }
         if (head === undefined) {
-          await checkKeysIn(ctx, tx);
+          await checkKeysIn(ctx, tx, { brake: isBrake(draft) });
           if (opts.recovery) {
             head = await tx.auditHead();
             found = null;

@@ -21,6 +21,7 @@
  */
 import { isVaultError, VaultError } from "../base/errors.js";
 import { AuditKeys } from "../audit/keys.js";
+import { retiredKeys, retiredWhere } from "../audit/retired.js";
 import { withCurrent } from "../crypto/keyring.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { markBehind } from "./behind.js";
@@ -159,8 +160,19 @@ async function reload(ctx: VaultContext, need: string | null, force: boolean): P
  * audit checkpoint was made under a key neither this keyring nor the archive holds and no reload for
  * it failed in the last second (after that, the audit guard judges the checkpoint as it is).
  */
-export async function checkKeysIn(ctx: VaultContext, tx: StoreTx): Promise<void> {
-  const [current, cp] = await Promise.all([tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint()]);
+export async function checkKeysIn(ctx: VaultContext, tx: StoreTx, opts: { rotating?: boolean; brake?: boolean } = {}): Promise<void> {
+  let [current, cp] = await Promise.all([tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint()]);
+  // The record names a key other than the one written under: never one a rotation retired (the row
+  // is not authenticated; someone who can write the database could point it back at a leaked key).
+  // A rotation records a fresh current key, and a brake (a revocation, the killswitch) must not be
+  // stopped by a meta row: both go on under the source's current key, as if nothing were recorded.
+  if (current !== null && current !== ctx.keyring.current.id) {
+    const gone = (await retiredKeys(tx, ctx.auditKeys)).get(current);
+    if (gone !== undefined) {
+      if (!opts.rotating && !opts.brake) throw retiredCurrent(current, gone, "the store records it as the current master key (meta master_key_id): someone who can write the database set it back");
+      current = null;
+    }
+  }
   if (current !== null && !ctx.keyring.get(current))
     throw markBehind(
       new VaultError("key_unavailable", `the master key was rotated to ${current} by another lessor process sharing this vault's store; this instance is loading it, retry`),
@@ -180,6 +192,14 @@ export async function checkKeysIn(ctx: VaultContext, tx: StoreTx): Promise<void>
       hard: true,
     });
   }
+  // The key written under was never retired either (a source giving a retired key first, with the
+  // record pointing at it too): checked once per keyring.
+  if (!opts.rotating && !checkedCurrent.has(ctx.auditKeys)) {
+    const id = ctx.keyring.current.id;
+    const gone = (await retiredKeys(tx, ctx.auditKeys)).get(id);
+    if (gone !== undefined) throw retiredCurrent(id, gone, `${ctx.keys.describe} gives it first${current === id ? " and the store records it as current (meta master_key_id)" : ""}`);
+    checkedCurrent.add(ctx.auditKeys);
+  }
   if (cp !== null && !ctx.keyring.get(cp.keyId)) {
     const last = state(ctx).failed.get(cp.keyId);
     if (last !== undefined && performance.now() - last.at < KEY_RETRY_MS) return;
@@ -189,6 +209,17 @@ export async function checkKeysIn(ctx: VaultContext, tx: StoreTx): Promise<void>
       { kind: "key", keyId: cp.keyId, hard: false },
     );
   }
+}
+
+/** Audit keys whose keyring's current key was found not retired. */
+const checkedCurrent = new WeakSet<AuditKeys>();
+
+/** The refusal to write under master key `id`, which a rotation retired (at event `seq`; 0: the archive shows it). */
+function retiredCurrent(id: string, seq: number, why: string): VaultError {
+  return new VaultError(
+    "key_unavailable",
+    `master key ${id} was retired by ${retiredWhere(seq)}, but ${why}. Nothing is sealed or MACed under a retired key: check the trail with lessor audit verify, then run lessor key rotate (with the key source giving a key that was never retired first) to record a current key again`,
+  );
 }
 
 /** Inside a transaction, before a value wrapped under `keyId` is opened: throws "behind" when the keyring lacks it. */
@@ -254,7 +285,9 @@ export async function followKeyRotation(ctx: VaultContext): Promise<void> {
  * or rotated. Throws why the source could not be read.
  */
 export async function reloadBeforeRotation(ctx: VaultContext): Promise<void> {
-  const current = await ctx.store.getMeta(CURRENT_KEY_META);
+  let current = await ctx.store.getMeta(CURRENT_KEY_META);
+  // A record pointing at a retired key is not followed (the rotation records a fresh key).
+  if (current !== null && (await retiredKeys(ctx.store, ctx.auditKeys)).has(current)) current = null;
   const err = await reload(ctx, current, true);
   if (err !== null) throw err;
 }

@@ -17,6 +17,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { archiveKeys, AUDIT_KEYS_META, parseArchive } from "../audit/keys.js";
+import { retiredKeys, retiredWhere } from "../audit/retired.js";
 import { rewrapDek } from "../crypto/envelope.js";
 import { KEY_BYTES } from "../crypto/keyring.js";
 import { roleError } from "./access.js";
@@ -41,6 +42,17 @@ export interface RotationResult {
 
 const BATCH = 200;
 
+/** Refuses to rotate to a key an earlier rotation retired (a read-only source giving an old key first). */
+async function refuseRetired(ctx: VaultContext): Promise<void> {
+  const to = ctx.keyring.current.id;
+  const gone = (await retiredKeys(ctx.store, ctx.auditKeys)).get(to);
+  if (gone !== undefined)
+    throw new VaultError(
+      "key_unavailable",
+      `${ctx.keys.describe} gives master key ${to} first, which ${retiredWhere(gone)} retired; a retired key is never made current again. Make a new key (openssl rand -hex 32) the first one there, the older ones after it, and run lessor key rotate again`,
+    );
+}
+
 /** Rotates the master key (admin only). `onBatch` is called after each committed batch (tests). */
 export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?: (done: number) => void): Promise<RotationResult> {
   await commit(ctx, async (tx, audit) => {
@@ -48,7 +60,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     if (!err) {
       // Another instance may have rotated already: load its key first (src/vault/key-reload.ts), so
       // that this rotation neither judges the trail by an old keyring nor rotates back to an old key.
-      await checkKeysIn(ctx, tx);
+      // A record of the current key pointing at a retired key is not followed: this rotation records a fresh one.
+      await checkKeysIn(ctx, tx, { rotating: true });
       // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
       const chain = await inspectChain(ctx, tx);
       noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
@@ -73,12 +86,14 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     setKeyring(ctx, await ctx.keys.promote(ctx.keyring, fresh));
   } else if (!ctx.keys.writable) {
     setKeyring(ctx, await ctx.keys.load());
+    await refuseRetired(ctx);
     // A read-only source (env, command) rotates only to a key the operator put first there.
     resumed = recorded === ctx.keyring.current.id;
     // One key, and the one already in force (or the first, never rotated from): nothing to rotate,
     // and nothing is recorded as rotated.
     if (ctx.keyring.ids().length === 1 && (recorded === null || resumed)) return { from: [], to: ctx.keyring.current.id, rewrapped: 0, resumed: false, retired: false };
   }
+  if (resumable) await refuseRetired(ctx);
   const to = ctx.keyring.current.id;
   await commit(ctx, async (tx, audit) => {
     await tx.setMeta(CURRENT_KEY_META, to);

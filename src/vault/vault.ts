@@ -17,6 +17,7 @@ import { withCurrent, type Keyring } from "../crypto/keyring.js";
 import type { KeySource } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
+import { retiredKeys } from "../audit/retired.js";
 import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "./audit-recover.js";
 import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
@@ -159,6 +160,27 @@ function storeClock(store: Store): () => number {
 export const INIT_KEY_META = "init_key_id";
 
 /** Records `keyId` as the key the store was made with when the store names none yet (see {@link VaultOptions.bindKey}). */
+/** True when a rotation recorded in `store` (its trail, or its archive of audit keys) retired master key `id`. */
+async function isRetired(store: Store, ring: Keyring, id: string): Promise<boolean> {
+  const keys = new AuditKeys(ring);
+  try {
+    return (await retiredKeys(store, keys)).has(id);
+  } finally {
+    keys.wipe();
+  }
+}
+
+/** True when the archive of audit keys holds `id`, sealed under a key of `ring`. */
+async function isArchived(store: Store, ring: Keyring, id: string): Promise<boolean> {
+  if (ring.get(id)) return false;
+  const keys = new AuditKeys(ring);
+  try {
+    return (await keys.archivedIds(store)).includes(id);
+  } finally {
+    keys.wipe();
+  }
+}
+
 async function bindKey(store: Store, keyId: string): Promise<void> {
   await store.transaction(async (tx) => {
     const [made, current, cp, inUse] = await Promise.all([tx.getMeta(INIT_KEY_META), tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint(), tx.keyIdsInUse()]);
@@ -187,7 +209,9 @@ export class Vault {
       const missingFrom = async (r: Keyring): Promise<string[]> => {
         const needed = new Set(await opts.store.keyIdsInUse());
         const cp = await opts.store.getCheckpoint();
-        if (cp) needed.add(cp.keyId);
+        // A checkpoint under a key this keyring archived (a retired key; verify and the audit guard
+        // refuse it) does not keep the vault from opening: audit verify and recover must run.
+        if (cp && !(await isArchived(opts.store, r, cp.keyId))) needed.add(cp.keyId);
         const made = needed.size === 0 ? await opts.store.getMeta(INIT_KEY_META) : null;
         if (made !== null) needed.add(made);
         return [...needed].filter((id) => !r.get(id));
@@ -209,8 +233,10 @@ export class Vault {
       if (opts.bindKey) await bindKey(opts.store, ring.current.id);
       // The key the store records as current is the one written under, whatever the source gives
       // first (a retired key put back, a planted one): src/vault/key-reload.ts checkKeysIn.
+      // Never a key a rotation retired (the row is not authenticated): then the source's order stands,
+      // and the first write is refused with what to do (checkKeysIn).
       const recorded = await opts.store.getMeta(CURRENT_KEY_META);
-      if (recorded !== null && ring.current.id !== recorded && ring.get(recorded)) {
+      if (recorded !== null && ring.current.id !== recorded && ring.get(recorded) && !(await isRetired(opts.store, ring, recorded))) {
         const reordered = withCurrent(ring, recorded);
         ring.wipe();
         ring = reordered;
