@@ -14,7 +14,8 @@ import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
 import { chainEvent, makeCheckpoint } from "../src/audit/chain.js";
 import { deriveAuditKey } from "../src/audit/keys.js";
-import { keyIdOf } from "../src/crypto/keyring.js";
+import { keyIdOf, type MasterKey } from "../src/crypto/keyring.js";
+import { tokenMac } from "../src/vault/token-mac.js";
 import { openVault } from "../src/config/open-vault.js";
 import type { AuditRecord } from "../src/base/types.js";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
@@ -192,6 +193,43 @@ describe("an exposed master key after lessor key rotate (the documented remedy)"
     const back = await runCli(["key", "rotate"], { home, env: { LESSOR_MASTER_KEY: oldHex, LESSOR_MASTER_KEY_PREVIOUS: newHex } });
     assert.notEqual(back.code, 0, back.stdout);
     assert.match(back.stderr, new RegExp(`master key ${oldId} first, which the rotation at event \\d+ retired`));
+  });
+});
+
+describe("a token row MACed under the retired key", { concurrency: 1 }, () => {
+  test("after lessor key rotate, a token row the holder of the old (exposed) key writes with a valid old-key MAC is refused, even while LESSOR_MASTER_KEY_PREVIOUS is still set, and listed unverified", async () => {
+    const dir = tempDirUntilExit("lessor-akey2t-");
+    const home = join(dir, "home");
+    const oldHex = randomBytes(32).toString("hex");
+    const newHex = randomBytes(32).toString("hex");
+    assert.equal((await runCli(["init", "--key-source", "env"], { home, env: { LESSOR_MASTER_KEY: oldHex } })).code, 0);
+    assert.equal((await runCli(["secret", "set", "prod-db"], { home, env: { LESSOR_MASTER_KEY: oldHex }, input: CANARY })).code, 0);
+    const both = { LESSOR_MASTER_KEY: newHex, LESSOR_MASTER_KEY_PREVIOUS: oldHex };
+    const made = await runCli(["token", "create", "ci", "--role", "agent", "--agent", "ci", "--json"], { home, env: { LESSOR_MASTER_KEY: oldHex } });
+    assert.equal(made.code, 0, made.stderr);
+    const legit = JSON.parse(made.stdout) as { id: string; token: string };
+    assert.equal((await runCli(["key", "rotate"], { home, env: both })).code, 0);
+    // The attacker holds the old key and can write the database: an admin row MACed under the old key.
+    const id = randomBytes(8).toString("hex");
+    const secret = randomBytes(32).toString("base64url");
+    const row = { id, name: "backup-job", role: "admin" as const, agent: null, actFor: null, createdAt: Date.now(), expiresAt: null, createdBy: "uid:0", hash: createHash("sha256").update(secret, "utf8").digest() };
+    const mac = tokenMac({ id: keyIdOf(Buffer.from(oldHex, "hex")), key: Buffer.from(oldHex, "hex") } as MasterKey, row);
+    attack(join(home, "lessor.db"), (db) =>
+      db
+        .prepare("INSERT INTO tokens (id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash, mac) VALUES (?, ?, 'admin', NULL, NULL, ?, NULL, NULL, 'uid:0', ?, ?)")
+        .run(id, row.name, row.createdAt, row.hash, mac),
+    );
+    const v = await openVault({ home, env: { LESSOR_HOME: home, ...both } });
+    try {
+      await assert.rejects(v.authenticateToken(`lsr_${id}_${secret}`, "tcp"), (e: { code?: string }) => e.code === "unauthenticated", "the old-key row is no token");
+      const ok = await v.authenticateToken(legit.token, "tcp");
+      assert.equal(ok.agent, "ci", "the token made before the rotation (re-MACed by it) still works");
+    } finally {
+      await v.close();
+    }
+    const listed = JSON.parse((await runCli(["token", "list", "--json"], { home, env: both })).stdout) as { id: string; state: string }[];
+    assert.equal(listed.find((t) => t.id === id)?.state, "unverified");
+    assert.notEqual(listed.find((t) => t.id === legit.id)?.state, "unverified");
   });
 });
 

@@ -19,12 +19,15 @@ import { compileAgentPattern } from "./pattern.js";
 import { hashTokenSecret, NONCE_BYTES, serverProof, TOKEN_ID_RE, TOKEN_RE } from "../crypto/token-proof.js";
 import { markRevoked, sawLiveToken, tokenGateIn } from "./token-state.js";
 import { tokenMac, tokenMacKey } from "./token-mac.js";
+import { retiredKeys } from "../audit/retired.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
 
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
 const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];
 const INVALID = "the token is not valid (unknown, revoked, expired or mistyped); ask an admin for a new one";
 /** The audit reason for a row whose MAC is missing or wrong; the client hears {@link INVALID}, as for an unknown id. */
+/** The audit reason for a row MACed under a master key a rotation retired (which re-MACed every row it knew). */
+const RETIRED_MAC = "token record MACed under a retired master key (written after the rotation that retired it, by someone holding that key): make the token again";
 const UNMACED = "token record without a valid MAC (made before lessor MACed tokens, or written into the database without the key): make the token again";
 
 /** What {@link createToken} takes. */
@@ -99,11 +102,14 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
   });
 }
 
-/** Every token (no secrets); rows without a valid MAC are marked `unverified`. Admin only. */
+/** Every token (no secrets); rows without a valid MAC, or MACed under a retired key, are marked `unverified`. Admin only. */
 export async function listTokens(ctx: VaultContext, who: Identity): Promise<TokenInfo[]> {
   const err = roleError(who, ["admin"], "list tokens");
   if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err));
-  return (await ctx.store.listTokens()).map((t) => (tokenMacKey(ctx.keyring, t) === null ? { ...info(t), unverified: true } : info(t)));
+  const rows = await ctx.store.listTokens();
+  const keys = rows.map((t) => tokenMacKey(ctx.keyring, t));
+  const retired = keys.some((k) => k !== null && k !== ctx.keyring.current.id) ? await retiredKeys(ctx.store, ctx.auditKeys) : null;
+  return rows.map((t, i) => (keys[i] === null || (retired !== null && retired.has(keys[i]!)) ? { ...info(t), unverified: true } : info(t)));
 }
 
 /**
@@ -136,9 +142,14 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   const rec = m ? await ctx.store.getToken(m[1]!) : null;
   const now = ctx.now();
   let why: string | null = null;
+  let macKey: string | null = null;
   if (!m) why = "malformed token";
   else if (!rec) why = "unknown token id";
-  else if (tokenMacKey(ctx.keyring, rec) === null) why = UNMACED;
+  else if ((macKey = tokenMacKey(ctx.keyring, rec)) === null) why = UNMACED;
+  // MACed under an older key still loaded (LESSOR_MASTER_KEY_PREVIOUS): good during a rotation, but
+  // once a rotation retired that key (re-MACing every row under the new one), a row under it was
+  // written by whoever holds the retired, perhaps exposed, key.
+  else if (macKey !== ctx.keyring.current.id && (await retiredKeys(ctx.store, ctx.auditKeys)).has(macKey)) why = RETIRED_MAC;
   else if (!timingSafeEqual(hashSecret(m[2]!), Buffer.from(rec.hash))) why = "wrong token secret";
   else if (rec.revokedAt !== null) why = "token revoked";
   else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
