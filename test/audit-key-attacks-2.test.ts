@@ -21,40 +21,11 @@ import type { AuditRecord } from "../src/base/types.js";
 import { cliHome, runCli, seedHome } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { tempDirUntilExit } from "./helpers.js";
+import { attack, type Row } from "./db-attack.js";
 
 const CANARY = "CANARY-auditkey2-7f3e91c4";
 
 /** The attacker: a separate connection to the vault's database file, one transaction. */
-function attack<T>(dbPath: string, f: (db: BetterSqlite3.Database) => T): T {
-  const db = new Database(dbPath);
-  db.pragma("busy_timeout = 5000");
-  try {
-    return db.transaction(() => f(db))();
-  } finally {
-    db.close();
-  }
-}
-
-interface Row {
-  seq: number;
-  id: string;
-  time: number;
-  type: string;
-  actor_id: string;
-  actor_role: string;
-  transport: string;
-  agent: string | null;
-  secret: string | null;
-  lease_id: string | null;
-  domain: string | null;
-  outcome: string;
-  reason: string | null;
-  detail: string | null;
-  prev_hash: Buffer;
-  hash: Buffer;
-  key_id: string | null;
-}
-
 const keysIn = (home: string): string[] => (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys;
 const auditKeyOf = (hex: string) => {
   const key = Buffer.from(hex, "hex");

@@ -22,41 +22,12 @@ import type { AuditRecord } from "../src/base/types.js";
 import { Vault } from "../src/vault/vault.js";
 import { V1_KEY } from "./fixtures/make-audit-v1-db.js";
 import { codeOf, HISTORY_POLICY, tempDir, withHistory } from "./helpers.js";
+import { attack, type Row } from "./db-attack.js";
 
 const POLICY = HISTORY_POLICY;
 const V1_FIXTURE = fileURLToPath(new URL("./fixtures/audit-v1.db", import.meta.url));
 
 /** The attacker: a separate connection to the database file. */
-function attack(dbPath: string, f: (db: BetterSqlite3.Database) => void): void {
-  const db = new Database(dbPath);
-  db.pragma("busy_timeout = 5000");
-  try {
-    db.transaction(() => f(db))();
-  } finally {
-    db.close();
-  }
-}
-
-interface Row {
-  seq: number;
-  id: string;
-  time: number;
-  type: string;
-  actor_id: string;
-  actor_role: string;
-  transport: string;
-  agent: string | null;
-  secret: string | null;
-  lease_id: string | null;
-  domain: string | null;
-  outcome: string;
-  reason: string | null;
-  detail: string | null;
-  prev_hash: Buffer;
-  hash: Buffer;
-  key_id: string | null;
-}
-
 const asRecord = (r: Row): AuditRecord => ({
   seq: r.seq,
   id: r.id,
