@@ -19,7 +19,7 @@
  * connects nowhere.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -29,7 +29,7 @@ import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { channelFor } from "../src/store/postgres/change-feed.js";
 import { LOCK_CLASS } from "../src/store/postgres/schema.js";
-import { BIN, cliHome, runCli, seedHome } from "./cli-harness.js";
+import { BIN, cliHome, runCli, runProcess, seedHome, type CliResult } from "./cli-harness.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant, tempDirUntilExit, within } from "./helpers.js";
 import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
@@ -323,28 +323,9 @@ secrets = ["registry-token"]
 domains = ["registry.test.example"]
 `;
 
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, input: string, cwd: string): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env, cwd, stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
-    });
-    child.stdin.on("error", () => {});
-    child.stdin.end(input);
-  });
+/** `cmd args` from `cwd` with exactly `env`, `input` on stdin. */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, input: string, cwd: string): Promise<CliResult> {
+  return runProcess(cmd, args, { env: env as Record<string, string>, cwd, input, timeoutMs: 60_000 });
 }
 
 describe("credential helpers: a hostile repository's own git config, docker list", { skip: HAVE_GIT ? false : "git is not installed" }, () => {
