@@ -72,7 +72,14 @@ export async function makeVault(opts: {
   cipher?: VaultOptions["cipher"];
 } = {}): Promise<TestVault> {
   const key = opts.key ?? hexKey();
-  const dir = opts.dir ?? tempDir();
+  // The vault closes before its directory goes: a vault may still write at close (refusal tallies),
+  // and the SQLite store refuses to write once its file was removed (src/store/sqlite/sqlite-store.ts).
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "lessor-test-"));
+  let current: Vault | null = null;
+  after(async () => {
+    await current?.close();
+    if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+  });
   const dbPath = opts.store === "memory" ? null : join(dir, "lessor.db");
   const open = async (): Promise<TestVault> => {
     const store = dbPath ? openSqliteStore(dbPath) : createMemoryStore();
@@ -85,7 +92,7 @@ export async function makeVault(opts: {
       ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.cipher ? { cipher: opts.cipher } : {}),
     });
-    after(() => vault.close());
+    current = vault;
     return { vault, store, dbPath, key, reopen: async () => { await vault.close(); return open(); } };
   };
   return open();
