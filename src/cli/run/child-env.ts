@@ -213,7 +213,8 @@ export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], bo
 
 /** See {@link ReadTextOptions.trusted}. */
 function checkTrusted(st: Stats, path: string, what: string): void {
-  if (typeof process.getuid !== "function") return;
+  // Files and pipes carry what someone wrote into them; a device (/dev/zero, a terminal) does not.
+  if (typeof process.getuid !== "function" || !(st.isFile() || st.isFIFO())) return;
   const me = process.getuid();
   if (st.uid !== me && st.uid !== 0)
     throw new VaultError("insecure_permissions", `${what} ${path} belongs to uid ${st.uid}, not to you (uid ${me}): another user could change which variables and secrets your command gets, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
