@@ -16,11 +16,13 @@ import { type ErrorCode, isVaultError } from "../src/base/errors.js";
 import { Vault, type VaultOptions } from "../src/vault/vault.js";
 import type { Limits } from "../src/vault/context.js";
 
-/** A temp dir removed after the test file. */
+/**
+ * A temp dir removed when the test file's process exits. Not in an after() hook: hooks run in the
+ * order they were added, so the directory would go before a vault or store opened in it later is
+ * closed, and the SQLite store refuses to write (a vault's close may) once its file was removed.
+ */
 export function tempDir(prefix = "lessor-test-"): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
-  after(() => rmSync(d, { recursive: true, force: true }));
-  return d;
+  return tempDirUntilExit(prefix);
 }
 
 /** Dirs made by tempDirUntilExit(), removed when the test process exits. */
