@@ -159,7 +159,6 @@ function storeClock(store: Store): () => number {
  */
 export const INIT_KEY_META = "init_key_id";
 
-/** Records `keyId` as the key the store was made with when the store names none yet (see {@link VaultOptions.bindKey}). */
 /** True when a rotation recorded in `store` (its trail, or its archive of audit keys) retired master key `id`. */
 async function isRetired(store: Store, ring: Keyring, id: string): Promise<boolean> {
   const keys = new AuditKeys(ring);
@@ -181,6 +180,7 @@ async function isArchived(store: Store, ring: Keyring, id: string): Promise<bool
   }
 }
 
+/** Records `keyId` as the key the store was made with when the store names none yet (see {@link VaultOptions.bindKey}). */
 async function bindKey(store: Store, keyId: string): Promise<void> {
   await store.transaction(async (tx) => {
     const [made, current, cp, inUse] = await Promise.all([tx.getMeta(INIT_KEY_META), tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint(), tx.keyIdsInUse()]);
