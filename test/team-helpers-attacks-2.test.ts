@@ -228,11 +228,56 @@ describe("a team server on PostgreSQL, attacked from the database's other roles 
     console.log(`# lock held: answered in ${took} ms: ${got.join(" | ")}`);
     await holder.query("ROLLBACK");
     for (const g of got) assert.match(g, /: unavailable: .*(write lock|lock_timeout).*try again/, `while the lock was held: ${got.join(" | ")}`);
-    // lock_timeout is 5 s (src/store/postgres/connection.ts): waited once, not again for a rerun.
+    // lock_timeout is 5 s (src/store/postgres/connection.ts): waited once, not again for a rerun, and
+    // not twice for the one waiting second on the row (the tuple lock, then the holder: see the next test).
     assert.ok(took < 9000, `waited ${took} ms: more than one lock_timeout`);
     // Released, both work again.
     await tm.adminA.revokeLease(lease.id, "incident");
     await tm.adminB.killswitch("incident");
+  });
+
+  test("a write queued behind another session waiting for the write lock still fails after one lock_timeout, not one per lock PostgreSQL makes it wait for", async (t) => {
+    // PostgreSQL arms lock_timeout afresh for each lock a statement waits for; a row lock's second
+    // waiter waits for the tuple lock behind the first waiter, then for the holder's transaction. With
+    // a first waiter that gives up after 2.5 s, a write limited by lock_timeout alone answered after
+    // 2.5 + 5 s.
+    const tm = await team(t);
+    const agentB = await tokenOn(tm, tm.b, "agent");
+    const lease = await agentB.client.requestLease(GH);
+    const session = async (): Promise<pg.Client> => {
+      const c = new pg.Client({ connectionString: PG_URL });
+      c.on("error", () => {});
+      await c.connect();
+      t.after(() => c.end().catch(() => {}));
+      return c;
+    };
+    const holder = await session();
+    await holder.query("BEGIN");
+    await holder.query(`SELECT 1 FROM ${tm.schema}.lessor_commits WHERE id = 1 FOR UPDATE`);
+    const first = await session();
+    await first.query("SET lock_timeout = 2500");
+    const firstPid = ((await first.query("SELECT pg_backend_pid() AS pid")).rows[0] as { pid: number }).pid;
+    const firstWait = first.query(`SELECT 1 FROM ${tm.schema}.lessor_commits WHERE id = 1 FOR UPDATE`).then(
+      () => "had it",
+      (e: Coded) => e.code,
+    );
+    // The first waiter is queued on the row before the daemon's write starts.
+    await within(2000, "the first waiter queued on the row", async () => {
+      const q = await holder.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", [firstPid]);
+      return (q.rows[0] as { n: number }).n === 1;
+    }, 20);
+    const t0 = Date.now();
+    const r = await tm.adminA.revokeLease(lease.id, "incident").then(
+      () => "ok",
+      (e: Coded) => `${e.code}: ${e.message}`,
+    );
+    const took = Date.now() - t0;
+    console.log(`# queued second: answered in ${took} ms: ${r}; the first waiter: ${await firstWait}`);
+    await holder.query("ROLLBACK");
+    assert.equal(await firstWait, "55P03", "the test's first waiter did not give up as set up");
+    assert.match(r, /^unavailable: .*write lock.*lock_timeout.*try again/);
+    assert.ok(took < 6500, `waited ${took} ms behind the first waiter: more than one lock_timeout (5 s)`);
+    await tm.adminA.revokeLease(lease.id, "incident");
   });
 
   test("an embedded lessor command beside the daemons (no daemon in its home): its killswitch closes B's agent connections and stops B's grants; its token revocation closes the token's connection on B", async (t) => {

@@ -87,8 +87,8 @@ export function poolConfig(s: ConnectionSettings): PoolConfig {
     u.searchParams.delete("options");
   }
   if (s.schema !== undefined) opts.push(`-c search_path=${s.schema}`);
-  opts.push(`-c lock_timeout=${ms(s.lockTimeoutMs, 5000)}`);
-  const statementMs = ms(s.statementTimeoutMs, 30_000);
+  const { lockMs, statementMs } = sessionTimeouts(s);
+  opts.push(`-c lock_timeout=${lockMs}`);
   opts.push(`-c statement_timeout=${statementMs}`);
   opts.push("-c idle_in_transaction_session_timeout=60000");
   return {
@@ -108,6 +108,11 @@ export function poolConfig(s: ConnectionSettings): PoolConfig {
     application_name: "lessor",
     keepAlive: true,
   };
+}
+
+/** The session's lock_timeout and statement_timeout for `s`, in milliseconds (0: none), as {@link poolConfig} sets them. */
+export function sessionTimeouts(s: Pick<ConnectionSettings, "lockTimeoutMs" | "statementTimeoutMs">): { lockMs: number; statementMs: number } {
+  return { lockMs: ms(s.lockTimeoutMs, 5000), statementMs: ms(s.statementTimeoutMs, 30_000) };
 }
 
 function ms(v: number | undefined, dflt: number): number {

@@ -73,7 +73,7 @@ import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js"
 import { BatchQueue } from "../batch-queue.js";
 import { isTxTimeout, TxTimeout } from "../tx-timeout.js";
 import { MISS, WriterCache } from "../sqlite/writer-cache.js";
-import { describeTarget, poolConfig, type ConnectionSettings } from "./connection.js";
+import { describeTarget, poolConfig, sessionTimeouts, type ConnectionSettings } from "./connection.js";
 import { commitOutcomeUnknown, inFailedTransaction, isConnectionError, isLockTimeout, pgError, silentServer } from "./errors.js";
 import * as Q from "./queries.js";
 import type { Exec, Row, Stmt } from "./queries.js";
@@ -178,7 +178,9 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
   }
   const origin = randomBytes(9).toString("base64url");
   const feed = new PgChangeFeed(pool, { ...cfg, types: TYPES }, origin, feedOpts);
-  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed, opts.lateLock ?? true, clock);
+  const { lockMs, statementMs } = sessionTimeouts(opts);
+  const wait = lockWait(lockMs, statementMs);
+  return new PostgresStoreImpl(pool, target, opts.txTimeoutMs ?? 10_000, applied, origin, feed, opts.lateLock ?? true, clock, wait);
 }
 
 /** Read methods over one {@link Exec}; `x()` decides which connection and when reads are allowed. */
@@ -278,6 +280,40 @@ function wentBack(now: Counters, was: Counters): boolean {
  */
 const LOCK_SQL = "SELECT n, cfg, live, plain FROM lessor_commits WHERE id = 1 FOR UPDATE";
 
+/**
+ * The wait for the write lock, bounded as a whole. PostgreSQL arms lock_timeout afresh for each lock
+ * a statement waits for, and a row lock's second waiter waits twice: for the tuple lock, behind the
+ * first waiter, then for the holder's transaction. So the lock statement runs under a
+ * statement_timeout of lock_timeout (set just before it; its own set_config puts the session's back
+ * for the statements after it, which a statement's own change does not affect), and that timeout on
+ * it is the lock's error ({@link lockWaitError}): one wait of lock_timeout at most, however many
+ * instances queue. Without a lock_timeout (0), the lock statement is {@link LOCK_SQL} alone.
+ */
+interface LockWait {
+  /** `SELECT set_config('statement_timeout', lock_timeout, true)`, sent before the lock. */
+  before: Stmt;
+  /** {@link LOCK_SQL} that also sets statement_timeout back to the session's. */
+  lock: Stmt;
+}
+
+function lockWait(lockMs: number, statementMs: number): LockWait | null {
+  if (lockMs === 0) return null;
+  return {
+    before: { what: "take the vault's write lock", text: "SELECT set_config('statement_timeout', $1, true)", values: [String(lockMs)] },
+    lock: {
+      what: "take the vault's write lock",
+      text: "SELECT n, cfg, live, plain, set_config('statement_timeout', $1, true) FROM lessor_commits WHERE id = 1 FOR UPDATE",
+      values: [String(statementMs)],
+    },
+  };
+}
+
+/** The lock statement's statement_timeout (57014) is the lock's own timeout: reported, and handled, as lock_not_available. */
+function lockWaitError(e: unknown): unknown {
+  if ((e as { code?: unknown })?.code !== "57014") return e;
+  return Object.assign(new Error("the vault's write lock was not had within lock_timeout"), { code: "55P03", cause: e });
+}
+
 /** Thrown by a write a batch without the write lock may not make: the batch runs again under the lock. */
 class NeedsLock extends Error {
   constructor() {
@@ -333,6 +369,8 @@ class Conn implements Exec {
     private readonly onFlight: () => void,
     /** Run the calls first and take the write lock only to commit (see PostgresStoreImpl, "The late lock"). */
     readonly late = false,
+    /** The lock statements that bound the wait for the lock (null: {@link LOCK_SQL} under lock_timeout alone). */
+    private readonly wait: LockWait | null = null,
   ) {
     // A late batch sends BEGIN with its first statement: one whose first call needs the lock (an
     // admin's write) then costs nothing to abandon.
@@ -344,7 +382,18 @@ class Conn implements Exec {
 
   /** Takes the vault's write lock and reads the counters, head and checkpoint under it (one round trip). */
   lock(): void {
-    this.counters = this.rows({ what: "take the vault's write lock", text: LOCK_SQL, values: [] }).then((r) => counters(r[0]));
+    if (this.wait === null) {
+      this.counters = this.rows({ what: "take the vault's write lock", text: LOCK_SQL, values: [] }).then((r) => counters(r[0]));
+    } else {
+      this.send(this.wait.before);
+      const lock = this.wait.lock;
+      this.counters = this.query(lock).then(
+        (r) => counters(r.rows[0] as Row),
+        async (e: unknown) => {
+          throw await this.blame(lockWaitError(e), lock.what);
+        },
+      );
+    }
     this.audit = Promise.all([Q.auditHead(this), Q.getCheckpoint(this)]);
     // A failure here is seen again by whatever waits next.
     this.counters.catch(() => {});
@@ -716,6 +765,8 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     private readonly feed: PgChangeFeed,
     private readonly lateLock: boolean,
     private readonly clock: DbClock,
+    /** How the wait for the write lock is bounded (see {@link LockWait}). */
+    private readonly lockWait: LockWait | null,
   ) {
     super();
     this.timeout = new TxTimeout(txTimeoutMs);
@@ -812,7 +863,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
 
   /** A database transaction on `client`, under the write lock from BEGIN unless `late`. */
   private begin(client: PoolClient, late = false): Conn {
-    return new Conn(client, this.target, () => void this.counts.flights++, late);
+    return new Conn(client, this.target, () => void this.counts.flights++, late, this.lockWait);
   }
 
   /**
