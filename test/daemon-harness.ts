@@ -8,6 +8,7 @@ import { createInterface } from "node:readline";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
+import { LessorClient } from "../src/client/index.js";
 import { initHome } from "../src/config/open-vault.js";
 import { FrameDecoder } from "../src/protocol/framing.js";
 import { RawClient, type RawClientOptions } from "./raw-client.js";
@@ -28,6 +29,27 @@ export interface RunningDaemon {
   stderr: () => string;
   /** Sends a signal and resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/**
+ * Two daemons started at once (`starts`), each with an admin client on its socket. What started is
+ * pushed onto `daemons` and the clients onto `clients` (the caller stops and closes them); when one
+ * fails to start, its error is thrown after the other was kept for that cleanup.
+ */
+export async function startTwo(
+  starts: [Promise<RunningDaemon>, Promise<RunningDaemon>],
+  daemons: RunningDaemon[],
+  clients: { close(): unknown }[],
+): Promise<{ a: RunningDaemon; b: RunningDaemon; adminA: LessorClient; adminB: LessorClient }> {
+  const started = await Promise.allSettled(starts);
+  for (const r of started) if (r.status === "fulfilled") daemons.push(r.value);
+  for (const r of started) if (r.status === "rejected") throw r.reason;
+  const [a, b] = started.map((r) => (r as PromiseFulfilledResult<RunningDaemon>).value) as [RunningDaemon, RunningDaemon];
+  const adminA = await LessorClient.connect({ socketPath: a.socket });
+  clients.push(adminA);
+  const adminB = await LessorClient.connect({ socketPath: b.socket });
+  clients.push(adminB);
+  return { a, b, adminA, adminB };
 }
 
 /** A fresh home with `config` appended to lessor.toml and `policy` as policy.toml. */

@@ -31,7 +31,7 @@ import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { Vault } from "../src/vault/vault.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { parsePolicy } from "../src/vault/policy.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { makeHome, startServe, startTwo, type RunningDaemon } from "./daemon-harness.js";
 import { agent as agentId, grant, hexKey, within } from "./helpers.js";
 import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
@@ -125,14 +125,7 @@ async function team(
     for (const [name, value] of Object.entries(seed)) await v.admin().storeSecret({ name, value: home === homeA ? value : `other-vault-${value}` });
     await v.close();
   }
-  const started = await Promise.allSettled([serve(homeA), serve(homeB, opts.skewB ?? 0)]);
-  for (const r of started) if (r.status === "fulfilled") daemons.push(r.value);
-  for (const r of started) if (r.status === "rejected") throw r.reason;
-  const [a, b] = daemons as [RunningDaemon, RunningDaemon];
-  const adminA = await LessorClient.connect({ socketPath: a.socket });
-  clients.push(adminA);
-  const adminB = await LessorClient.connect({ socketPath: b.socket });
-  clients.push(adminB);
+  const { a, b, adminA, adminB } = await startTwo([serve(homeA), serve(homeB, opts.skewB ?? 0)], daemons, clients);
   return { a, b, adminA, adminB, schema: s.schema, schemaB: sB.schema, appB, closeLater: (c) => void clients.push(c) };
 }
 

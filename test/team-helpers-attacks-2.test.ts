@@ -30,7 +30,7 @@ import { openVault } from "../src/config/open-vault.js";
 import { channelFor } from "../src/store/postgres/change-feed.js";
 import { LOCK_CLASS } from "../src/store/postgres/schema.js";
 import { BIN, cliHome, runCli, runProcess, seedHome, type CliResult } from "./cli-harness.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { makeHome, startServe, startTwo, type RunningDaemon } from "./daemon-harness.js";
 import { grant, tempDirUntilExit, within } from "./helpers.js";
 import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
@@ -72,14 +72,7 @@ async function team(t: TestContext, opts: { urlA?: (u: string) => string } = {})
   const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
   await v.admin().storeSecret({ name: "github-token", value: GH_CANARY });
   await v.close();
-  const started = await Promise.allSettled([startServe(homeA), startServe(homeB)]);
-  for (const r of started) if (r.status === "fulfilled") daemons.push(r.value);
-  for (const r of started) if (r.status === "rejected") throw r.reason;
-  const [a, b] = daemons as [RunningDaemon, RunningDaemon];
-  const adminA = await LessorClient.connect({ socketPath: a.socket });
-  clients.push(adminA);
-  const adminB = await LessorClient.connect({ socketPath: b.socket });
-  clients.push(adminB);
+  const { a, b, adminA, adminB } = await startTwo([startServe(homeA), startServe(homeB)], daemons, clients);
   return { a, b, adminA, adminB, schema: s.schema, url: s.url, homeA, closeLater: (c) => void clients.push(c) };
 }
 
