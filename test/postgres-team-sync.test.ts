@@ -331,11 +331,14 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
   });
 
   test("an instance left on a dead-man switch that is no longer in force does not fire it: the instance in line, without the switch, decides", async () => {
-    // A starts with heartbeat = "6s" (armed at open); B starts after it with no heartbeat and claims.
-    // (6 s, not less: B must claim before A's own deadline, and a busy machine starts B slowly.)
-    const { a, adminA, adminB } = await team({ keys: "shared", vault: 'heartbeat = "6s"', vaultB: "" });
+    // A starts with heartbeat = "12s" (armed at open); B starts after it with no heartbeat and claims.
+    // (12 s: B must claim before A's own deadline, and a machine busy with a CI run once took longer
+    // than 6 s to start B.)
+    const { a, adminA, adminB } = await team({ keys: "shared", vault: 'heartbeat = "12s"', vaultB: "" });
+    const started = Date.now(); // A opened before this
     await within(2000, "A stale on its heartbeat", async () => ((await adminA.describe()).policy.stale?.limits ?? []).includes("heartbeat"));
-    await new Promise((r) => setTimeout(r, 7500)); // past A's own deadline; A checks once a second
+    // Past A's own deadline (A checks once a second).
+    await new Promise((r) => setTimeout(r, Math.max(0, started + 13_500 - Date.now())));
     assert.equal((await adminB.describe()).killswitch.engaged, false, "the killswitch was not pulled by A's stale period");
     assert.doesNotMatch(a.stderr(), /dead-man switch: no heartbeat/);
   });
