@@ -186,10 +186,10 @@ export class RawConn {
     return this.closed;
   }
 
-  /** Sends the hello and waits for the welcome. */
-  async hello(token?: string): Promise<unknown> {
+  /** Sends the hello and waits for the welcome (undefined if none came within `ms` or the socket closed). */
+  async hello(token?: string, ms = 5000): Promise<unknown> {
     this.send({ protocol: "lessor", version: 1, ...(token ? { token } : {}) });
-    await this.waitFrames(1);
+    await this.waitFrames(1, ms);
     return this.frames[0];
   }
 }
