@@ -35,6 +35,7 @@ import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
+import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
 import { refusalForAgent } from "../vault/policy.js";
@@ -83,6 +84,12 @@ export interface ProxyCredential {
   /** The value as text (held by lessor, outside the sandbox: scrubbing and the tripwire need it). */
   value: string;
   rule: InjectionRule;
+  /**
+   * What of the secret's value this credential is, when not all of it: a reference's `#field` picks
+   * one field out of a JSON secret. Applied to the value each request reads from the vault, so the
+   * upstream gets that field and never the rest of the secret. Returns a new holder (the caller wipes both).
+   */
+  pick?: (whole: SecretBytes) => SecretBytes;
 }
 
 /** Options of {@link LeaseEgress}. */
@@ -242,10 +249,14 @@ export class LeaseEgress implements Egress {
     for (const h of using) {
       try {
         const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy" });
-        // The value as the vault has it now (a rotation mid-run is picked up), as text for a header.
+        // The value as the vault has it now (a rotation mid-run is picked up), as text for a header:
+        // the field the credential stands for, when it stands for one, never the whole secret.
+        let part: SecretBytes | undefined;
         try {
-          values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(got.value.expose()));
+          part = h.pick ? h.pick(got.value) : got.value;
+          values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(part.expose()));
         } finally {
+          part?.wipe();
           got.value.wipe();
         }
       } catch (e) {

@@ -8,6 +8,7 @@ import type { InjectRule } from "../../config/proxy-config.js";
 import { PlaceholderRegistry } from "../../proxy/placeholder-registry.js";
 import { injectionRuleFor, type ProxyCredential } from "../../proxy/lease-egress.js";
 import type { SecretFieldRef } from "../refs/grammar.js";
+import { extractField } from "../refs/json-field.js";
 import { refString } from "../../base/names.js";
 import type { LeaseBook } from "./leases.js";
 import type { RenderPiece } from "./child-env.js";
@@ -37,7 +38,16 @@ export class RunCredentials {
     const secret = refString(ref);
     // One placeholder per (lease, field): the registry keys it by lease and "agent#field".
     const placeholder = this.#registry.issue(lease.id, ref.field === undefined ? this.agent : `${this.agent}#${ref.field}`, text);
-    this.#byLabel.set(label, { lease, secret: label, placeholder, value: text, rule: injectionRuleFor(this.rules, secret) });
+    const field = ref.field;
+    this.#byLabel.set(label, {
+      lease,
+      secret: label,
+      placeholder,
+      value: text,
+      rule: injectionRuleFor(this.rules, secret),
+      // Each request reads the secret again: the proxy injects this field of it, never the whole JSON.
+      ...(field === undefined ? {} : { pick: (whole) => extractField(whole, field) }),
+    });
     return placeholder;
   };
 
