@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { copyFileSync, writeFileSync } from "node:fs";
+import Database from "better-sqlite3";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
@@ -138,6 +139,26 @@ describe("the dead-man switch in the core (SQLite, a controlled clock)", () => {
     const ks = (await r.admin.describe()).killswitch;
     assert.equal(ks.engaged, true);
     assert.match(ks.reason ?? "", /an unreadable heartbeat record/);
+  });
+
+  test("a heartbeat record deleted from lessor.db under a running vault counts as long past due, not as 'not armed yet': the daemon's check fires", async () => {
+    const r = await rig();
+    const live = await r.claude.requestLease({ secret: "tok" });
+    assert.ok(r.dbPath);
+    // A second connection (someone who can write the database, not lessor) deletes the armed record.
+    const db = new Database(r.dbPath);
+    db.prepare("DELETE FROM meta WHERE key = ?").run(HEARTBEAT_META);
+    db.close();
+    const s = (await r.admin.describe()).heartbeat;
+    assert.deepEqual([s.lastAt, s.dueAt], [0, MIN], "status says the switch is past due, not that it is not armed");
+    assert.equal((await r.vault.checkKillswitch()).engaged, true);
+    const ks = (await r.admin.describe()).killswitch;
+    assert.match(ks.reason ?? "", /dead-man switch: .*no heartbeat record \(it was deleted/);
+    assert.notEqual((await r.admin.listLeases({ agent: "claude" })).find((x) => x.id === live.id)!.revokedAt, null);
+    assert.equal((await refusalOf(r.claude.requestLease({ secret: "tok" }))).code, "access_denied");
+    // Releasing the killswitch counts as a heartbeat: the switch is armed again from then.
+    await r.admin.releaseKillswitch();
+    assert.equal((await r.admin.describe()).heartbeat.dueAt, r.c.now() + MIN);
   });
 
   test("without the setting nothing is armed or checked: years without a heartbeat change nothing", async () => {

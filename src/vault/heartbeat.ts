@@ -12,8 +12,9 @@
  *
  * The switch arms when a vault is opened with the setting and no heartbeat is stored (the deadline
  * counts from then), and with every heartbeat; releasing the killswitch counts as one. A stored record
- * lessor cannot read, or one dated more than {@link HEARTBEAT_FUTURE_SLACK_MS} ahead of the clock
- * (lessor dates each at the moment it writes it), counts as a heartbeat at time 0: past due, so the
+ * lessor cannot read (an empty one too), one dated more than {@link HEARTBEAT_FUTURE_SLACK_MS} ahead of
+ * the clock (lessor dates each at the moment it writes it), and no record at all once the vault is open
+ * (lessor never deletes it: it was deleted under it) count as a heartbeat at time 0: past due, so the
  * switch fails closed. The record is not authenticated: someone who can write the database can store
  * a current one again and again, but they can as well clear the killswitch itself (./lockout.ts), so
  * that is a known limit of the database's writers (docs/security.md), not something a MAC here would close.
@@ -45,24 +46,27 @@ export interface HeartbeatRecord {
 export interface HeartbeatStatus {
   /** The configured period in ms, or null when the switch is off. */
   everyMs: number | null;
-  /** When the last heartbeat was recorded (epoch ms), or null when none is stored or the switch is off. */
+  /** When the last heartbeat was recorded (epoch ms); 0 for a record that counts as past due (unreadable, dated ahead, missing); null when the switch is off. */
   lastAt: number | null;
   /** Who sent it (an identity id; shown to admins only, else null). */
   lastBy: string | null;
-  /** When the switch fires unless another heartbeat comes (epoch ms), or null when it is off or not armed. */
+  /** When the switch fires unless another heartbeat comes (epoch ms), or null when it is off. */
   dueAt: number | null;
 }
 
-/** Reads a stored record; one lessor did not write counts as a heartbeat at time 0 (past due). */
+/**
+ * Reads a stored record: null when none is stored; one lessor did not write (an empty one included:
+ * lessor never writes that) counts as a heartbeat at time 0 (past due).
+ */
 export function parseHeartbeat(text: string | null): HeartbeatRecord | null {
-  if (text === null || text === "") return null;
+  if (text === null) return null;
   try {
     const o = JSON.parse(text) as { at?: unknown; by?: unknown };
     if (typeof o.at === "number" && Number.isFinite(o.at) && typeof o.by === "string") return { at: o.at, by: o.by.slice(0, 300) };
   } catch {
     // falls through: unreadable
   }
-  return { at: 0, by: "(an unreadable heartbeat record)" };
+  return { at: 0, by: UNREADABLE };
 }
 
 /** Reads the last heartbeat through `r` (a transaction, or the store). */
@@ -77,11 +81,24 @@ export async function readHeartbeat(r: Pick<StoreReader, "getMeta">): Promise<He
  */
 export const HEARTBEAT_FUTURE_SLACK_MS = 3600_000;
 
+/** Who the heartbeats at time 0 that stand for a record lessor cannot count are "by", and the reason's words for each. */
+const UNREADABLE = "(an unreadable heartbeat record)";
 const FROM_THE_FUTURE = "(a heartbeat record dated in the future)";
+const MISSING = "(no heartbeat record: it was deleted)";
+const SENTINELS: Record<string, string> = {
+  [UNREADABLE]: "an unreadable heartbeat record",
+  [FROM_THE_FUTURE]: "a heartbeat record dated in the future",
+  [MISSING]: "no heartbeat record (it was deleted from the database)",
+};
 
-/** `last` as the switch counts it at `now`: one dated too far ahead is a heartbeat at time 0. */
-function counted(last: HeartbeatRecord | null, now: number): HeartbeatRecord | null {
-  return last === null || last.at <= now + HEARTBEAT_FUTURE_SLACK_MS ? last : { at: 0, by: FROM_THE_FUTURE };
+/**
+ * `stored` (read with the switch on) as the switch counts it at `now`: one dated too far ahead, and
+ * none at all, are a heartbeat at time 0. None at all is not "not armed yet": the vault arms the switch
+ * when it opens (armHeartbeat), and lessor never deletes the record, so it was deleted under the vault.
+ */
+function counted(stored: HeartbeatRecord | null, now: number): HeartbeatRecord {
+  if (stored === null) return { at: 0, by: MISSING };
+  return stored.at <= now + HEARTBEAT_FUTURE_SLACK_MS ? stored : { at: 0, by: FROM_THE_FUTURE };
 }
 
 function dueAt(ctx: VaultContext, last: HeartbeatRecord | null): number | null {
@@ -90,20 +107,22 @@ function dueAt(ctx: VaultContext, last: HeartbeatRecord | null): number | null {
 
 /** The reason the switch gives when it fires. */
 function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
-  const since = last.at !== 0 ? new Date(last.at).toISOString() : last.by === FROM_THE_FUTURE ? "a heartbeat record dated in the future" : "an unreadable heartbeat record";
+  const since = last.at !== 0 ? new Date(last.at).toISOString() : (SENTINELS[last.by] ?? SENTINELS[UNREADABLE]!);
   return `dead-man switch: no heartbeat for ${formatDuration(ctx.limits.heartbeatMs ?? 0)} (the last: ${since})`;
 }
 
 /**
- * Inside a transaction that has read `last` (null when the switch is off, or not armed): when the
- * deadline has passed, pulls the killswitch as {@link DEADMAN_IDENTITY} and returns the lockout now in
- * force; otherwise null. The caller then refuses what it was doing with lockoutError(state).
+ * Inside a transaction that has read `beat` with {@link heartbeatIn} (null when the switch is off, or
+ * when the caller checked it earlier in the transaction): when the deadline has passed, pulls the
+ * killswitch as {@link DEADMAN_IDENTITY} and returns the lockout now in force; otherwise null. The
+ * caller then refuses what it was doing with lockoutError(state).
  */
-export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, stored: HeartbeatRecord | null): Promise<KillswitchState | null> {
-  const last = counted(stored, now);
+export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, beat: HeartbeatRead | null): Promise<KillswitchState | null> {
+  if (beat === null) return null;
+  const last = counted(beat.stored, now);
   const due = dueAt(ctx, last);
   if (due === null || now <= due) return null;
-  const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last!));
+  const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last));
   // The caller refuses and its commit throws: the next look at the lockout (status, the daemon's
   // once-a-second check, which then raises the signal) must read what this commit stored.
   forgetKillswitch(ctx);
@@ -115,9 +134,14 @@ function limitsStale(ctx: VaultContext): boolean {
   return policyStaleness(ctx)?.limits !== undefined;
 }
 
+/** What {@link heartbeatIn} read: the stored record, null when none is stored (which counts as past due). */
+export interface HeartbeatRead {
+  readonly stored: HeartbeatRecord | null;
+}
+
 /** Reads the last heartbeat in `tx` when the switch is on; null (nothing read) when it is off. */
-export function heartbeatIn(ctx: VaultContext, tx: StoreTx): Promise<HeartbeatRecord | null> | null {
-  return ctx.limits.heartbeatMs === null ? null : readHeartbeat(tx);
+export function heartbeatIn(ctx: VaultContext, tx: StoreTx): Promise<HeartbeatRead> | null {
+  return ctx.limits.heartbeatMs === null ? null : readHeartbeat(tx).then((stored) => ({ stored }));
 }
 
 /**
@@ -177,7 +201,7 @@ export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
   if ((await readKillswitch(ctx.store)).engaged) return false;
   const state = await commit(ctx, async (tx, audit, now) => {
     if ((await readKillswitch(tx)).engaged) return null;
-    return deadmanIn(ctx, tx, audit, now, await readHeartbeat(tx));
+    return deadmanIn(ctx, tx, audit, now, await heartbeatIn(ctx, tx));
   });
   if (state === null) return false;
   sawKillswitch(ctx, state);

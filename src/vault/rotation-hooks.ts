@@ -25,7 +25,8 @@ import { claimHookRun, releaseHookRun, releaseHookRunIn } from "./hook-claims.js
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
-import type { Identity, SecretRef } from "../base/types.js";
+import type { Identity, SecretRecord, SecretRef, VersionRecord } from "../base/types.js";
+import type { StoreReader } from "./ports.js";
 
 /** Which leases a successful hook revokes: "all" live leases of the secret, or "none". */
 export const HOOK_REVOKE = ["all", "none"] as const;
@@ -145,10 +146,11 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   const rec = await ctx.store.getSecret(ref);
   if (!rec) throw notFound(ref);
   const fromVersion = rec.currentVersion;
+  // Read always, not only for stdin: with `rec` it is what the commit checks the secret by (sameSecret).
+  const row = await ctx.store.getVersion(ref, fromVersion);
+  if (!row) throw new VaultError("secret_not_found", `secret ${secret} has no version ${fromVersion}; see its history`);
   let current: SecretBytes | null = null;
   if (hook.stdin === "current") {
-    const row = await ctx.store.getVersion(ref, fromVersion);
-    if (!row) throw new VaultError("secret_not_found", `secret ${secret} has no version ${fromVersion}; see its history`);
     await ensureKey(ctx, row.keyId); // wrapped under a key another instance rotated to: load it first
     current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
   }
@@ -183,6 +185,11 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
       if (tooBig) return discarded("too_large", tooBig);
       const existing = await tx.getSecret(ref);
       if (!existing) return discarded("secret_deleted", notFound(ref));
+      if (!(await sameSecret(tx, existing, rec, row)))
+        return discarded(
+          "secret_deleted",
+          new VaultError("secret_not_found", `secret ${secret} was deleted while its rotation hook ran (and stored again since); what the hook made was not stored`),
+        );
       const version = await addVersion(ctx, tx, existing, value, who.id, now);
       const revokedLeases = hook.revoke === "all" ? await tx.revokeLeases({ secret: ref }, now, `secret rotated to version ${version}`) : 0;
       await audit({
@@ -199,4 +206,17 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   } finally {
     value.fill(0);
   }
+}
+
+/**
+ * Whether `now` (the secret under the name at commit) is the secret `then` was when its hook started,
+ * whose version `from` was current then; not one deleted and stored again under the name meanwhile.
+ * Names are reused and the store keeps no id, so it is told by what a new secret cannot share: its
+ * creation time, versions that never count down for one secret, and the ciphertext of `from` (sealed
+ * under a fresh data key and nonce, untouched by master-key rotation), when no later rotation trimmed it.
+ */
+async function sameSecret(tx: Pick<StoreReader, "getVersion">, now: SecretRecord, then: SecretRecord, from: VersionRecord): Promise<boolean> {
+  if (now.createdAt !== then.createdAt || now.currentVersion < then.currentVersion) return false;
+  const row = await tx.getVersion(now, from.version);
+  return row === null || Buffer.compare(row.ciphertext, from.ciphertext) === 0;
 }
