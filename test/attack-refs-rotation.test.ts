@@ -77,7 +77,7 @@ describe("a field reference under lessor run's injecting proxy (real bwrap, curl
   });
   after(() => new Promise<void>((r) => server.close(() => r())));
 
-  test("BREAK: GITHUB_TOKEN='$S:gh-creds/token' sends the upstream only the token field, never the secret's other fields", { timeout: 60_000 }, async () => {
+  test("GITHUB_TOKEN='$S:gh-creds/token' sends the upstream only the token field, never the secret's other fields", { timeout: 60_000 }, async () => {
     const script = `curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $GITHUB_TOKEN" https://api.test.example:${port}/user`;
     const child = spawn(process.execPath, ["--", BIN, "run", "--agent", "claude", "--", "/bin/sh", "-c", script], {
       cwd: PROJECT,
