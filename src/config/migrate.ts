@@ -17,8 +17,8 @@
  * The home's lessor.toml is not changed: the report says what to set to switch to the target.
  */
 import { createConnection } from "node:net";
-import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
-import { resolve } from "node:path";
+import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync, realpathSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { openValue } from "../crypto/envelope.js";
@@ -30,7 +30,7 @@ import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
 import { openPostgresStore } from "../store/postgres/postgres-store.js";
 import { describeTarget } from "../store/postgres/connection.js";
 import { assertFreshSchema } from "../store/postgres/fresh-schema.js";
-import { assertPrivateDir, assertSafeLocation } from "../fs/perms.js";
+import { assertPrivateDir, assertSafeLocation, assertUnsharedDir } from "../fs/perms.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { loadConfig } from "./load.js";
 import { DATABASE_URL_ENV, openStore } from "./store-factory.js";
@@ -102,10 +102,19 @@ function describeSource(home: string, cfg: Config, env: NodeJS.ProcessEnv): stri
  * Makes the SQLite target: a new file of this user's, mode 0600, in a place no other user can swap it
  * in. A path that exists is refused whatever it is (another user's file, a link, a file with objects
  * planted in it such as a trigger, another vault), as is a leftover journal of one: migrate never
- * writes into what it did not create.
+ * writes into what it did not create. Its directory must be one only this user (or root) can write,
+ * sticky or not: SQLite opens the `-wal` and `-shm` beside the file by name, later than this check, so
+ * in a shared directory such as /tmp another user could create them first and read the copy from them.
  */
 function createSqliteTarget(path: string): void {
   assertSafeLocation(path, "the migration target");
+  let dir = dirname(resolve(path));
+  try {
+    dir = realpathSync.native(dir);
+  } catch {
+    // missing: the create below says so
+  }
+  assertUnsharedDir(dir, `the migration target ${path}`);
   for (const p of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) {
     let there = true;
     try {

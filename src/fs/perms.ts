@@ -101,6 +101,31 @@ export function ensurePrivateDir(path: string, what = "the directory"): void {
   assertPrivateDir(path, what);
 }
 
+/**
+ * Checks that no user but the current one (and root) can add entries to directory `dir` (symlinks
+ * followed): it belongs to the current user or root and has no group or other write bit, sticky or
+ * not. For a file that a library completes with companions it opens by name beside it (SQLite's
+ * `-wal`, `-shm` and `-journal`): in a directory others can write, even a sticky one such as /tmp,
+ * another user can create those first and read what is written into them. Throws
+ * VaultError("insecure_permissions") naming the directory and `what` it holds. Does nothing on
+ * Windows, or when `dir` cannot be read (the caller's own create then fails).
+ */
+export function assertUnsharedDir(dir: string, what: string): void {
+  if (!POSIX) return;
+  let st: Stats;
+  try {
+    st = statSync(dir);
+  } catch {
+    return;
+  }
+  const uid = process.getuid!();
+  if ((st.uid === uid || st.uid === 0) && (st.mode & 0o022) === 0) return;
+  throw new VaultError(
+    "insecure_permissions",
+    `${dir}, the directory of ${what}, ${st.uid !== uid && st.uid !== 0 ? `belongs to uid ${st.uid}` : `can be written by other users (mode ${octal(st.mode)})`}: another user could create the database's -wal or -shm file there before lessor does, and read the vault from it; choose a directory that only you can write (in your home, for example)`,
+  );
+}
+
 /** How {@link assertSafeAncestors} names, in its messages, the path it guards and the way out. */
 export interface GuardedPlace {
   /** What and where, e.g. "the lessor home /home/me/.lessor". */

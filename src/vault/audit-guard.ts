@@ -148,6 +148,19 @@ export async function inspectChain(ctx: VaultContext, tx: StoreTx): Promise<Chai
 }
 
 /**
+ * What this process's guard finds wrong with the committed trail now, or null: for `auditVerify()`,
+ * whose walk cannot see a cut with an older checkpoint put back (the shorter trail verifies on its
+ * own), which a process that committed past it refuses to build on. Reads the head and checkpoint in a
+ * transaction that writes nothing, as a commit's first event would, and notes what it found (as a
+ * commit does: a new problem raises the `audit_broken` signal, none clears the note).
+ */
+export async function guardProblem(ctx: VaultContext): Promise<string | null> {
+  const { problem } = await ctx.store.transaction((tx) => inspectChain(ctx, tx));
+  noteAuditState(ctx, problem);
+  return problem;
+}
+
+/**
  * True when the latest recovery (a valid `audit_break`) was made after this process's last commit
  * (at `since`), on a trail cut below `seq`: another process recovered the cut this process sees, so
  * the shorter trail stands. Only read when the head is below what this process wrote, which never

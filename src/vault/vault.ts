@@ -19,6 +19,7 @@ import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
 import { retiredKeys } from "../audit/retired.js";
 import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "./audit-recover.js";
+import { guardProblem } from "./audit-guard.js";
 import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
 import type { Store } from "./ports.js";
@@ -601,12 +602,19 @@ export class VaultSession {
     await this.#requireAdmin("read the audit trail");
     return this.#ctx.store.queryAudit({ ...filter, ...(secret !== undefined ? { secret } : {}), limit: Math.min(filter.limit ?? 100, 10_000) });
   }
-  /** Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin. */
+  /**
+   * Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin.
+   * A trail that verifies on its own but that this process's commit guard refuses (in a running
+   * process: a head older than one it committed, an older checkpoint put back) does not verify either.
+   */
   async auditVerify(): Promise<AuditVerifyResult> {
     await this.#requireAdmin("verify the audit trail");
     // Another instance may have rotated the master key: load it first (src/vault/key-reload.ts).
     await catchUpKeys(this.#ctx);
-    return verifyAudit(this.#ctx.store, this.#ctx.keyring);
+    const r = await verifyAudit(this.#ctx.store, this.#ctx.keyring);
+    if (!r.ok) return r;
+    const problem = await guardProblem(this.#ctx);
+    return problem === null ? r : { ...r, ok: false, problem };
   }
   /**
    * Recovers a broken audit trail: appends an `audit_break` event recording what was found and

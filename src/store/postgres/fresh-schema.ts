@@ -2,9 +2,11 @@
  * For `lessor migrate` (src/config/migrate.ts): the schema a PostgreSQL URL leads to, checked before a
  * vault is created in it. It must exist, belong to the connecting role itself (or, for a database that
  * role owns, to pg_database_owner, as `public` does since PostgreSQL 15; a superuser or a member of
- * the owning role does not count), let no other role create objects in it, and hold nothing: no
- * table, view, sequence or function (an extension's own objects aside). A schema another role prepared could keep
- * tables it owns (and so reads) or triggers that copy or alter every row written, and the copy's
+ * the owning role does not count), let no other role create objects in it, hold nothing (no table,
+ * view, sequence or function; an extension's own objects aside), and not be one where the role's
+ * default privileges would grant the tables it creates to another role (./grants.ts). A schema
+ * another role prepared could keep tables it owns (and so reads) or triggers that copy or alter
+ * every row written, and the copy's
  * verification reads through the same tables; so lessor creates its tables only where nothing else is.
  * Also says where the URL really leads (the server's own address, port, database and schema), since
  * `?host=`, `?port=` and a search_path of several schemas make the URL's text misleading.
@@ -13,6 +15,7 @@ import pg from "pg";
 import { VaultError } from "../../base/errors.js";
 import { describeTarget, poolConfig } from "./connection.js";
 import { pgError } from "./errors.js";
+import { defaultGrantsError, defaultGrantsSql } from "./grants.js";
 
 /** Where a URL leads, as the server says. */
 export interface SchemaPlace {
@@ -34,7 +37,8 @@ SELECT current_schema() AS schema, current_database() AS db, inet_server_addr():
   (SELECT count(*) FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
      WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner AND a.grantee <> ${ME})::int AS others_create,
   (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND ${NOT_EXTENSION("pg_class", "c")})::int AS relations,
-  (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid AND ${NOT_EXTENSION("pg_proc", "p")})::int AS functions
+  (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid AND ${NOT_EXTENSION("pg_proc", "p")})::int AS functions,
+  ${defaultGrantsSql("n")} AS default_grants
 FROM pg_namespace n WHERE n.nspname = current_schema()`;
 
 /**
@@ -44,7 +48,7 @@ FROM pg_namespace n WHERE n.nspname = current_schema()`;
 export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   const cfg = poolConfig({ url });
   const client = new pg.Client({ connectionString: cfg.connectionString, options: cfg.options, connectionTimeoutMillis: cfg.connectionTimeoutMillis, application_name: "lessor-migrate" });
-  let row: { schema: string; db: string; addr: string | null; port: string; owned: boolean | null; others_create: number; relations: number; functions: number } | undefined;
+  let row: { schema: string; db: string; addr: string | null; port: string; owned: boolean | null; others_create: number; relations: number; functions: number; default_grants: string[] } | undefined;
   try {
     await client.connect();
     row = (await client.query(PLACE_SQL)).rows[0];
@@ -73,5 +77,6 @@ export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
       "invalid_request",
       `the target schema ${row.schema} at ${where} is not empty (it holds ${row.relations} table(s), view(s), index(es) or sequence(s) and ${row.functions} function(s)); lessor migrate creates its tables only in an empty schema: use a new one, or drop this one's contents if it is a failed earlier migration`,
     );
+  if (row.default_grants.length > 0) throw defaultGrantsError(row.schema, where, row.default_grants);
   return { schema: row.schema, where };
 }

@@ -5,8 +5,9 @@
  * the schema, so several instances starting at once apply each step once: the others wait for the
  * lock, then find nothing left to do. (An advisory lock can be taken by any role that may connect to
  * the database, and its keys can be worked out: docs/team.md, step 1, gives the database to lessor's
- * role alone. Only creating and upgrading the schema depends on it.) Never edit a released step:
- * append a new one.
+ * role alone. Only creating and upgrading the schema depends on it.) Creating the tables new is
+ * refused, and rolled back, when another role could reach them through the role's default privileges
+ * (./grants.ts). Never edit a released step: append a new one.
  *
  * Text keys that are sorted (scope, name, lease and token ids) use the "C" collation, so that the
  * order is by code point, as the other stores sort, whatever the database's locale.
@@ -14,6 +15,7 @@
 import type { PoolClient } from "pg";
 import { VaultError } from "../../base/errors.js";
 import { AUDIT_GAP_STATE } from "./errors.js";
+import { assertTablesPrivate } from "./grants.js";
 
 /**
  * Advisory lock class ids (the first key of the two-key form); the second key is the schema's hash.
@@ -254,6 +256,9 @@ export async function migrate(client: PoolClient): Promise<number> {
       await client.query(MIGRATIONS[i]!);
       await client.query("INSERT INTO lessor_migrations (version) VALUES ($1)", [i + 1]);
     }
+    // A schema's tables made new: none may be reachable by another role (its default privileges),
+    // or they are not made at all. (An upgrade leaves the grants of a running vault as they are.)
+    if (current === 0) await assertTablesPrivate(client);
     await client.query("COMMIT");
     return SCHEMA_VERSION - current;
   } catch (e) {
