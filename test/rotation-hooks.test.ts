@@ -14,6 +14,7 @@ import { LessorClient } from "../src/client/index.js";
 import { parseConfig } from "../src/config/config.js";
 import { openVault } from "../src/config/open-vault.js";
 import { HOOK_ENV_KEEP } from "../src/hooks/run-hook.js";
+import { scheduleRotations } from "../src/server/rotation-schedule.js";
 import type { Vault } from "../src/vault/vault.js";
 import { CLI, makeHome, startServe } from "./daemon-harness.js";
 import { agent, grant, refusalOf } from "./helpers.js";
@@ -374,6 +375,38 @@ describe("lessor secret rotate with a hook", () => {
 });
 
 describe("the daemon's schedule", () => {
+  test("of lessor processes sharing a store that each found a secret due, one asks the issuer: the schedule checks it is still due as it claims the run", async () => {
+    const dir = state();
+    const { vault } = await vaultWith(entry("db-password", "counter", dir, "x", 'every = "1s"'));
+    const ref = { scope: "global", name: "db-password" };
+    await new Promise((r) => setTimeout(r, 1100)); // version 1 is now older than every = 1s: due
+    // What another daemon's schedule read, and found due, just before this process rotated it.
+    const stale = await vault.admin().getSecretMetadata(ref);
+    assert.equal((await vault.admin().rotateSecretByHook(ref)).version, 2);
+    // That daemon's schedule goes on from its read: its session answers the metadata it had read.
+    const behind = {
+      session: (id: Parameters<Vault["session"]>[0]) => {
+        const s = vault.session(id);
+        return new Proxy(s, {
+          get: (t, k) => {
+            if (k === "getSecretMetadata") return async () => stale;
+            const v: unknown = Reflect.get(t, k, t);
+            return typeof v === "function" ? v.bind(t) : v;
+          },
+        });
+      },
+    } as unknown as Vault;
+    const lines: string[] = [];
+    const log = { info: (_o: unknown, m: string) => void lines.push(m), warn: (_o: unknown, m: string) => void lines.push(m), error: (_o: unknown, m: string) => void lines.push(m) };
+    const hook = { secret: ref, command: [NODE, FIXTURE, "counter", dir, "x"], timeoutMs: 5000, revoke: "all" as const, stdin: "none" as const, everyMs: 1000 };
+    const sched = scheduleRotations(behind, [hook], log, { random: () => 0 });
+    await new Promise((r) => setTimeout(r, 500));
+    await sched.stop();
+    assert.equal(readFileSync(join(dir, "count"), "utf8"), "1", `the issuer was asked twice in one period: ${lines.join(" | ")}`);
+    assert.equal((await vault.admin().getSecretMetadata(ref)).currentVersion, 2);
+    assert.ok(lines.some((l) => /not due when claimed/.test(l)), lines.join(" | "));
+  });
+
   test("runs a due hook every period (new versions, old leases revoked), logs a failing one and keeps its old version; no value in its logs", async () => {
     const dir = state();
     const failDir = state();

@@ -5,7 +5,8 @@
  *
  * - One loop per secret, each awaiting its own run, so two runs for one secret never overlap here;
  *   the core also refuses a second run for a secret while one is going (`lessor secret rotate` at
- *   the same moment gets rate_limited).
+ *   the same moment gets rate_limited), and checks the secret is still due in the transaction that
+ *   claims the run: of several daemons sharing a store that found it due, one asks the issuer.
  * - Jitter: each wait is lengthened by a random part (up to a tenth of `every`, at most a minute), so
  *   that hooks of many secrets, or several daemons sharing a database, do not all fire together.
  * - A failing hook is logged as an error (the vault has audited it) and tried again one period later,
@@ -86,8 +87,11 @@ export function scheduleRotations(vault: Vault, hooks: readonly RotationHook[], 
         } else if (due > now()) {
           next = due - now();
         } else {
-          const r = await session.rotateSecretByHook(hook.secret);
-          log.info({ secret, version: r.version, revokedLeases: r.revokedLeases }, "rotated a secret by its rotation hook, on schedule");
+          // Due is judged again as the run is claimed: another daemon sharing the store may have
+          // rotated it since it was read here.
+          const r = await session.rotateSecretByHookIfDue(hook.secret, every);
+          if (r === null) log.info({ secret }, "a scheduled rotation was not due when claimed (another lessor process rotated the secret); its schedule looks again");
+          else log.info({ secret, version: r.version, revokedLeases: r.revokedLeases }, "rotated a secret by its rotation hook, on schedule");
         }
       } catch (e) {
         // The message names the command (argv[0]) and how it failed, never what it printed.

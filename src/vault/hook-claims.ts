@@ -48,14 +48,22 @@ async function writeRuns(tx: StoreTx, runs: Runs): Promise<void> {
 
 /**
  * Claims the run of `secret`'s hook for `timeoutMs` (plus slack), or throws `rate_limited` when a run
- * is claimed already, by this process or another. Returns the claim's owner id for {@link releaseHookRun}.
+ * is claimed already, by this process or another. Returns the claim's owner id for {@link releaseHookRun};
+ * null, claiming nothing, when `wanted` (asked in the claim's own transaction) says the run is no
+ * longer wanted (a schedule's rotation another process has made since it looked).
  */
-export async function claimHookRun(ctx: VaultContext, secret: string, timeoutMs: number): Promise<string> {
+export async function claimHookRun(
+  ctx: VaultContext,
+  secret: string,
+  timeoutMs: number,
+  wanted?: (tx: StoreTx, now: number) => Promise<boolean>,
+): Promise<string | null> {
   const owner = uuidv7();
   return commit(ctx, async (tx, _audit, now) => {
     const runs = await readRuns(tx, now);
     if (runs[secret] !== undefined)
       return new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);
+    if (wanted !== undefined && !(await wanted(tx, now))) return null;
     runs[secret] = { owner, until: now + timeoutMs + CLAIM_SLACK_MS };
     await writeRuns(tx, runs);
     return owner;

@@ -26,7 +26,7 @@ import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
 import type { Identity, SecretRecord, SecretRef, VersionRecord } from "../base/types.js";
-import type { StoreReader } from "./ports.js";
+import type { StoreReader, StoreTx } from "./ports.js";
 
 /** Which leases a successful hook revokes: "all" live leases of the secret, or "none". */
 export const HOOK_REVOKE = ["all", "none"] as const;
@@ -115,6 +115,30 @@ function describeFailure(f: HookFailure, timeoutMs: number): { text: string; det
  * the attempt is audited as an error, nothing changes, and VaultError("unavailable") is thrown.
  */
 export async function rotateSecretByHook(ctx: VaultContext, who: Identity, refIn: SecretRef): Promise<HookRotationResult> {
+  return (await rotateByHook(ctx, who, refIn, null))!;
+}
+
+/**
+ * {@link rotateSecretByHook} for a schedule: only while the secret's current version is at least
+ * `everyMs` old, judged in the transaction that claims the run, so that of several daemons sharing a
+ * store that each found it due, one runs the hook and the others find the new version and run
+ * nothing (the issuer is asked once per period). Returns null when it was not due.
+ */
+export async function rotateSecretByHookIfDue(ctx: VaultContext, who: Identity, refIn: SecretRef, everyMs: number): Promise<HookRotationResult | null> {
+  return rotateByHook(ctx, who, refIn, async (tx, now) => {
+    const rec = await tx.getSecret(refIn);
+    if (rec === null) return true; // said below, by the run's own read
+    const row = await tx.getVersion(refIn, rec.currentVersion);
+    return (row?.createdAt ?? rec.updatedAt) + everyMs <= now;
+  });
+}
+
+async function rotateByHook(
+  ctx: VaultContext,
+  who: Identity,
+  refIn: SecretRef,
+  due: ((tx: StoreTx, now: number) => Promise<boolean>) | null,
+): Promise<HookRotationResult | null> {
   const ref = checkRef(refIn);
   const secret = refString(ref);
   const roleErr = roleError(who, ["admin"], "rotate secrets");
@@ -125,7 +149,9 @@ export async function rotateSecretByHook(ctx: VaultContext, who: Identity, refIn
   const hook = ctx.rotationHooks?.find(ref) ?? null;
   if (hook === null)
     throw new VaultError("invalid_request", `secret ${secret} has no rotation hook; add a [[rotate]] entry for it to lessor.toml, or give the new value`);
-  const claim = { secret, owner: await claimHookRun(ctx, secret, hook.timeoutMs), released: false };
+  const owner = await claimHookRun(ctx, secret, hook.timeoutMs, due ?? undefined);
+  if (owner === null) return null;
+  const claim = { secret, owner, released: false };
   try {
     return await runAndStore(ctx, who, ref, hook, claim);
   } finally {

@@ -42,7 +42,7 @@ import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { closeRefusals, flushRefusals } from "./refusals.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
-import { rotateSecretByHook, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
+import { rotateSecretByHook, rotateSecretByHookIfDue, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
 import { Signals, type SignalListener } from "./signals.js";
 import * as secrets from "./secrets.js";
 import * as tokenState from "./token-state.js";
@@ -482,6 +482,14 @@ export class VaultSession {
   /** Rotates a secret by its configured hook: the command's output becomes the new version. Admin. */
   rotateSecretByHook(ref: SecretRef): Promise<HookRotationResult> {
     return rotateSecretByHook(this.#ctx, this.identity, ref);
+  }
+  /**
+   * Rotates by the hook only while the current version is at least `everyMs` old, judged as the run is
+   * claimed (a schedule shared by several daemons asks the issuer once per period); null when not due.
+   * Admin. In-process only (the daemon's schedule), not a protocol method.
+   */
+  rotateSecretByHookIfDue(ref: SecretRef, everyMs: number): Promise<HookRotationResult | null> {
+    return rotateSecretByHookIfDue(this.#ctx, this.identity, ref, everyMs);
   }
   /** Re-stores an older version's value as the newest version. Admin. */
   rollbackSecret(ref: SecretRef, version: number): Promise<secrets.SecretMeta> {
