@@ -135,7 +135,11 @@ export class ApprovalPages {
     if (req.headers.host !== self) return done(res, 403, "forbidden");
     // The URL is the capability, but a URL handed to a browser sits in its argv, which every local
     // user may read: a page is shown and decided only for a client of this user's (or root's).
+    // Fail closed where the owner can be told (Linux): a peer not found in /proc/net/tcp{,6} is not
+    // shown the page. Elsewhere (no /proc) the URL alone guards it, as docs/mcp.md says.
     const uid = typeof process.getuid === "function" ? loopbackPeerUid(req.socket) : null;
+    if (uid === null && process.platform === "linux")
+      return done(res, 403, "forbidden: could not tell which user is connecting; open the page as the user running lessor mcp, from 127.0.0.1");
     if (uid !== null && uid !== 0 && uid !== process.getuid!()) return done(res, 403, "forbidden: this page is for the user running lessor mcp");
     const m = /^\/approval\/([A-Za-z0-9_-]{43})$/.exec(req.url ?? "");
     const page = m ? this.#pages.get(m[1]!) : undefined;

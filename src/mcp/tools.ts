@@ -173,10 +173,10 @@ const requestAccess: ToolSpec = {
       ...(a["ttl"] !== undefined ? { ttl: a["ttl"] as string | number } : {}),
     };
     // First ask whether the grant needs a person (it opens or finds the approval for this exact request).
-    const ask = await ctx.api.api.approval_request({ ...req, ...(a["reason"] !== undefined ? { reason: a["reason"] as string } : {}) });
-    let approval: string | undefined;
     // A grant for any host, asked for no host, would be a lease the proxy adds nowhere: it covers
-    // hosts by name. Say so before a person is asked to approve it, or a use is spent on it.
+    // hosts by name. The vault says so (namedHosts) before a person is asked to approve it.
+    const ask = await ctx.api.api.approval_request({ ...req, namedHosts: true, ...(a["reason"] !== undefined ? { reason: a["reason"] as string } : {}) });
+    let approval: string | undefined;
     if (ask.required && ask.approval.anyDomain && ask.approval.hosts.length === 0) throw namesNoHost(req.secret);
     if (ask.required) {
       if (a["approvalId"] !== undefined && a["approvalId"] !== ask.approval.id && ask.approval.state !== "approved")

@@ -376,7 +376,7 @@ export const REGISTRY = {
   }),
   approval_request: method({
     description:
-      "Asks a person to approve a lease request whose rule says approval = \"required\" (same fields as request_lease, plus the agent's reason): the approval for exactly this request, opened now or already open. `required` is false (and nothing is opened) when the rule needs no approval.",
+      "Asks a person to approve a lease request whose rule says approval = \"required\" (same fields as request_lease, plus the agent's reason): the approval for exactly this request, opened now or already open. `required` is false (and nothing is opened) when the rule needs no approval. With namedHosts, a request naming no host under a grant for any host is refused before anything is opened.",
     roles: ALL,
     params: z.strictObject({
       agent: str(128).optional(),
@@ -385,6 +385,7 @@ export const REGISTRY = {
       ttl: ttl.optional(),
       maxUses: z.number().int().positive().optional(),
       reason: plain(z.string().min(1).max(300)).optional(),
+      namedHosts: z.boolean().optional(),
     }),
     result: z.union([z.strictObject({ required: z.literal(false), rule: z.string() }), z.strictObject({ required: z.literal(true), rule: z.string(), created: z.boolean(), approval: APPROVAL })]),
     secret: false,

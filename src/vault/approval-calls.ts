@@ -18,6 +18,11 @@ import { policyGateIn } from "./policy-sync.js";
 export interface ApprovalAsk extends Omit<LeaseRequest, "approval"> {
   /** The agent's reason, shown to the person (one line of plain text, at most 300 characters). */
   reason?: string;
+  /**
+   * The lease will be of use only for hosts it names (lessor mcp's proxy): under a grant for any
+   * host, a request naming none is refused `invalid_request` before an approval is opened.
+   */
+  namedHosts?: boolean;
 }
 
 /** What {@link requestApproval} answers. */
@@ -30,7 +35,7 @@ export type ApprovalAnswer = { required: false; rule: string } | { required: tru
  * Refused like the lease itself when policy does not allow the request at all.
  */
 export async function requestApproval(ctx: VaultContext, who: Identity, ask: ApprovalAsk): Promise<ApprovalAnswer> {
-  const { reason: why, ...req } = ask;
+  const { reason: why, namedHosts, ...req } = ask;
   const checked = checkRequest(req);
   const reason = why === undefined ? null : checkPlainText(why, "a reason", 300);
   return commit(ctx, async (tx, audit, now) => {
@@ -46,6 +51,11 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
+    if (namedHosts === true && rule.anyDomain && (checked.domains?.length ?? 0) === 0)
+      return new VaultError(
+        "invalid_request",
+        `the grant of ${checked.secret} allows any host, so the request must name the hosts it will call: the credential is added only to requests for hosts the lease names; nothing was opened for approval`,
+      );
     const hosts = leaseDomains(rule, q);
     const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule, hosts), hosts, rule.anyDomain && (checked.domains?.length ?? 0) === 0, reason, ctx.limits);
     if (got instanceof VaultError) return got;
