@@ -73,6 +73,24 @@ async function asRole(user: string, sql: string): Promise<pg.QueryResult> {
   }
 }
 
+/** A login role for lessor, another one (eve) and a schema name, all dropped when the file ends. */
+async function rolesAndSchemaName(): Promise<{ lessorRole: string; eve: string; sch: string }> {
+  const tag = randomBytes(4).toString("hex");
+  const lessorRole = `lessor_am_l_${tag}`;
+  const eve = `lessor_am_e_${tag}`;
+  const sch = `lessor_am_s_${tag}`;
+  await pgAdmin(`CREATE ROLE ${lessorRole} LOGIN`);
+  await pgAdmin(`CREATE ROLE ${eve} LOGIN`);
+  cleanups.push(async () => {
+    await pgAdmin(`DROP SCHEMA IF EXISTS ${sch} CASCADE`);
+    for (const r of [lessorRole, eve]) {
+      await pgAdmin(`DROP OWNED BY ${r} CASCADE`).catch(() => {});
+      await pgAdmin(`DROP ROLE IF EXISTS ${r}`);
+    }
+  });
+  return { lessorRole, eve, sch };
+}
+
 // =====================================================================================================
 
 describe("PostgreSQL target: who else can reach the tables migrate creates", { skip: PG_SKIP }, () => {
@@ -80,19 +98,7 @@ describe("PostgreSQL target: who else can reach the tables migrate creates", { s
     "a target schema whose default privileges would grant the tables migrate creates to another role is refused, naming that role and the statement that removes the grant; the role reaches no row",
     { timeout: 60_000 },
     async () => {
-      const tag = randomBytes(4).toString("hex");
-      const lessorRole = `lessor_am_l_${tag}`;
-      const eve = `lessor_am_e_${tag}`;
-      const sch = `lessor_am_s_${tag}`;
-      await pgAdmin(`CREATE ROLE ${lessorRole} LOGIN`);
-      await pgAdmin(`CREATE ROLE ${eve} LOGIN`);
-      cleanups.push(async () => {
-        await pgAdmin(`DROP SCHEMA IF EXISTS ${sch} CASCADE`);
-        for (const r of [lessorRole, eve]) {
-          await pgAdmin(`DROP OWNED BY ${r} CASCADE`).catch(() => {});
-          await pgAdmin(`DROP ROLE IF EXISTS ${r}`);
-        }
-      });
+      const { lessorRole, eve, sch } = await rolesAndSchemaName();
       // docs/team.md: "give each its own role, owning its schema, and REVOKE ALL ON SCHEMA … FROM PUBLIC".
       await pgAdmin(`CREATE SCHEMA ${sch} AUTHORIZATION ${lessorRole}`);
       await pgAdmin(`REVOKE ALL ON SCHEMA ${sch} FROM PUBLIC`);
@@ -136,19 +142,7 @@ describe("PostgreSQL target: who else can reach the tables migrate creates", { s
     "role-wide default privileges are refused too: by migrate before it creates anything, and by the first open of a fresh schema (the daemon's), which rolls its tables back; after the REVOKE it names, the open succeeds",
     { timeout: 60_000 },
     async () => {
-      const tag = randomBytes(4).toString("hex");
-      const lessorRole = `lessor_am_l_${tag}`;
-      const eve = `lessor_am_e_${tag}`;
-      const sch = `lessor_am_s_${tag}`;
-      await pgAdmin(`CREATE ROLE ${lessorRole} LOGIN`);
-      await pgAdmin(`CREATE ROLE ${eve} LOGIN`);
-      cleanups.push(async () => {
-        await pgAdmin(`DROP SCHEMA IF EXISTS ${sch} CASCADE`);
-        for (const r of [lessorRole, eve]) {
-          await pgAdmin(`DROP OWNED BY ${r} CASCADE`).catch(() => {});
-          await pgAdmin(`DROP ROLE IF EXISTS ${r}`);
-        }
-      });
+      const { lessorRole, eve, sch } = await rolesAndSchemaName();
       await pgAdmin(`CREATE SCHEMA ${sch} AUTHORIZATION ${lessorRole}`);
       await pgAdmin(`REVOKE ALL ON SCHEMA ${sch} FROM PUBLIC`);
       await pgAdmin(`GRANT USAGE ON SCHEMA ${sch} TO ${eve}`);
