@@ -58,6 +58,12 @@ export interface ClientAccessResult {
   value: SecretBytes;
   version: number;
   lease: LeaseRecord;
+  /**
+   * When a method or path restriction applied: the methods the lease and the rule in force allow (null:
+   * any) and the canonical path the use was matched on (null: no `paths` restriction). An injecting
+   * proxy sends the request within them (docs/proxy.md).
+   */
+  bounds?: { methods: string[] | null; path: string | null };
 }
 
 /** Filters of {@link LessorMethods.listLeases}. */

@@ -79,8 +79,14 @@ export const lease = z.strictObject({
 /** A secret value on the wire, with the version it came from. */
 export const secretValue = z.strictObject({ value: z.string(), encoding: z.literal("base64"), version: z.number() });
 
-/** A leased value: the value, its version, and the lease as it stands after this use. */
-export const leasedValue = secretValue.extend({ lease });
+/**
+ * A leased value: the value, its version, the lease as it stands after this use and, when a method or
+ * path restriction applied, the bounds the use was checked against (src/vault/leases.ts UseBounds).
+ */
+export const leasedValue = secretValue.extend({
+  lease,
+  bounds: z.strictObject({ methods: z.array(z.string()).nullable(), path: z.string().nullable() }).optional(),
+});
 
 /** A token as listed (never its secret part). */
 export const tokenInfo = z.strictObject({

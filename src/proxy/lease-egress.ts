@@ -8,7 +8,10 @@
  *   carries (mode "placeholder") or whose rule adds them unasked (bearer, basic, header, query) for a
  *   host the lease covers. Each is used through the vault at that moment (`access_secret` with the
  *   host, method and path: one use counted, expiry, revocation, method and path rules checked and
- *   audited by the vault); a refusal answers 403 and nothing goes upstream.
+ *   audited by the vault); a refusal answers 403 and nothing goes upstream. Under a `methods` or
+ *   `paths` restriction (the lease's, or the rule's in force as the vault reports it) the request
+ *   goes with the canonical path the vault matched, and one that names another method or path some
+ *   other way (dropped segments, override headers) is refused (./request-bounds.ts).
  * - Bodies and WebSocket frames: a placeholder rule with `body = true` (or `websocket = true`) also has
  *   the placeholder replaced in the request body (or the client's frames), streaming. The body cannot be
  *   read before deciding, so for a host the lease covers such a credential counts as used by every
@@ -38,10 +41,12 @@ import type { BackendApi } from "../backend/backend.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
+import { matchPathPrefixes } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
+import { overrideRefusal, pathRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
@@ -245,10 +250,29 @@ export class LeaseEgress implements Egress {
       );
 
     const path = req.target.split("?")[0]!;
+    // A lease that restricts methods or paths: the request must not name another method or path some
+    // other way (./request-bounds.ts). Checked before any use, so such a refusal costs none.
+    for (const h of using) {
+      const { methods, paths } = h.lease;
+      if (methods === null && paths === null) continue;
+      const m = paths === null ? null : matchPathPrefixes(paths, req.target);
+      const bad = outOfBounds(req, methods, paths !== null, m?.allowed ? m.path : null);
+      if (bad) return this.#refuse(req, using, bad.status, bad.reason, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${bad.detail}`);
+    }
     const values = new Map<Held, string>();
+    /** The canonical path the vault matched under a `paths` restriction: what goes upstream. */
+    let canonical: string | null = null;
     for (const h of using) {
       try {
         const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy" });
+        // The bounds the vault checked the use against (the rule in force may be narrower than the
+        // lease): checked again here, as above, for the rule's.
+        const bad = got.bounds ? outOfBounds(req, got.bounds.methods, got.bounds.path !== null, got.bounds.path) : null;
+        if (bad) {
+          got.value.wipe();
+          return this.#refuse(req, using, bad.status, bad.reason, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${bad.detail}`);
+        }
+        if (got.bounds && got.bounds.path !== null) canonical = got.bounds.path;
         // The value as the vault has it now (a rotation mid-run is picked up), as text for a header:
         // the field the credential stands for, when it stands for one, never the whole secret.
         let part: SecretBytes | undefined;
@@ -271,7 +295,8 @@ export class LeaseEgress implements Egress {
     // be masked in the answer, and watched for by the tripwire, before the request goes.
     for (const [h, value] of values) if (value !== h.value && value.length > 0) this.#rotated(h, value);
     let headers: OutgoingHttpHeaders = { ...req.headers };
-    let target = req.target;
+    // Under a `paths` restriction the upstream gets the path the vault matched, never the raw one.
+    let target = canonical === null ? req.target : withCanonicalPath(req.target, canonical);
     for (const [h, value] of values) {
       headers = inject(headers, h, value);
       if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
@@ -580,6 +605,15 @@ function markAll(h: Held): void {
   h.marks = [h.placeholder, ...base64Cores(h.placeholder), ...values.flatMap((v) => [v, ...base64Cores(v)])];
   h.nameMarks = [h.placeholder.toLowerCase(), ...values.map((v) => v.toLowerCase())];
   h.bodyMarks = [h.placeholder, ...values].flatMap((t) => [t, ...encodedForms(t, t).map((f) => f.value), ...everyBytePercent(t)]);
+}
+
+/**
+ * Why `req` may not go with a credential bounded by `methods` (null: any) and a `paths` restriction
+ * (`paths`; `canonical`: the canonical path it matched, null when it matched none, which the vault
+ * refuses itself), or null.
+ */
+function outOfBounds(req: ProxiedRequest, methods: readonly string[] | null, paths: boolean, canonical: string | null): BoundsRefusal | null {
+  return overrideRefusal(req.headers, methods, paths) ?? (canonical === null ? null : pathRefusal(req.target, canonical));
 }
 
 /** `text` with every byte percent-encoded, in upper and in lower case hex (what the head's percent-decoding catches). */

@@ -1,8 +1,9 @@
 /**
  * HTTP request paths, canonicalised before a grant's `paths` prefixes are matched (RFC 3986 §6.2.2
- * and §5.2.4). Pure: no I/O. The access check (src/vault/leases.ts) and the injecting proxy use it,
- * and the proxy forwards the canonical path it matched, so the upstream server sees exactly the path
- * the grant allowed.
+ * and §5.2.4). Pure: no I/O. The access check (src/vault/leases.ts) and the injecting proxy use it:
+ * under a `paths` rule the proxy forwards the canonical path the vault matched (plus the query as
+ * sent), so the upstream server sees exactly the path the grant allowed, and it refuses a path whose
+ * canonical form drops segments ({@link rewritesSegments}) rather than guess how the upstream routes it.
  *
  * Canonical form: percent-encodings of unreserved characters (`A–Z a–z 0–9 - . _ ~`) decoded, every
  * other percent-encoding in upper case, characters a URI may not hold raw (`"<>^\`{|}` and non-ASCII)
@@ -188,6 +189,24 @@ export function canonicalRequestPath(input: unknown): CanonicalPath {
   const resolved = resolveSegments(chars.text);
   if (resolved.problem !== null) return refuse(resolved.problem);
   return { path: resolved.path, query, problem: null };
+}
+
+/**
+ * True when canonicalising the path of `input` (an origin-form target; the query is ignored) removes a
+ * segment: a `.` or `..` segment (encoded ones too) or an empty one (`//`). Such a path names the
+ * canonical one only on a server that resolves segments exactly as {@link canonicalRequestPath} does,
+ * so the injecting proxy refuses to send it with a credential rather than guess (docs/proxy.md). A
+ * path that is refused outright, or that only changes in spelling (`%7E` for `~`, `%3f` for `%3F`), is
+ * not such a path. Never throws.
+ */
+export function rewritesSegments(input: string): boolean {
+  const q = input.indexOf("?");
+  const raw = q < 0 ? input : input.slice(0, q);
+  if (!raw.startsWith("/") || raw.length > MAX_PATH_LENGTH) return false;
+  const chars = normaliseChars(raw);
+  if (chars.problem !== null) return false;
+  const resolved = resolveSegments(chars.text);
+  return resolved.problem === null && resolved.path !== chars.text;
 }
 
 /**

@@ -15,7 +15,7 @@ import { VaultError } from "../base/errors.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { isUuid, uuidv7 } from "../base/ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
-import { matchPathPrefixes } from "./http-path.js";
+import { canonicalRequestPath, matchPathPrefixes } from "./http-path.js";
 import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains, reasonFor, type Rule } from "./policy.js";
@@ -68,6 +68,20 @@ export interface AccessResult {
   value: SecretBytes;
   version: number;
   lease: LeaseRecord;
+  /** Present when the use was checked against a method or path restriction: see {@link UseBounds}. */
+  bounds?: UseBounds;
+}
+
+/**
+ * The method and path restrictions one use was checked against: the lease's, and the rule's in force
+ * (a reload may have narrowed them since the grant). An injecting proxy sends the request within them
+ * (src/proxy/lease-egress.ts): it forwards `path` rather than the path as sent.
+ */
+export interface UseBounds {
+  /** The methods both the lease and the rule in force allow (upper case); null: any. */
+  methods: string[] | null;
+  /** The canonical path the use was matched on (src/vault/http-path.ts), under a `paths` restriction; else null. */
+  path: string | null;
 }
 
 const patternCache = new Map<string, DomainPattern>();
@@ -335,6 +349,19 @@ async function ownLease(tx: StoreTx, audit: AuditFn, who: Identity, id: string):
 interface Use {
   version: VersionRecord;
   lease: LeaseRecord;
+  bounds?: UseBounds;
+}
+
+/** The bounds of a use of `lease` decided by `rule` (the rule in force), or undefined when neither restricts. */
+function boundsOf(lease: LeaseRecord, rule: Rule | null, target: AccessTarget): UseBounds | undefined {
+  const a = lease.methods;
+  const b = rule?.methods ?? null;
+  const methods = a === null ? (b === null ? null : [...b]) : b === null ? [...a] : a.filter((m) => b.includes(m));
+  const paths = lease.paths !== null || (rule?.paths ?? null) !== null;
+  if (methods === null && !paths) return undefined;
+  // The path was matched (requestError) before the use was counted, so it canonicalises.
+  const path = paths && target.path !== undefined ? canonicalRequestPath(String(target.path)).path : null;
+  return { methods, path };
 }
 
 /**
@@ -412,7 +439,8 @@ async function useIn(
   // `lease` was read (or written) in this transaction, so only its use count has changed.
   const used: LeaseRecord = { ...lease, uses };
   await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
-  return { version, lease: used };
+  const bounds = boundsOf(lease, decision.rule, target);
+  return { version, lease: used, ...(bounds ? { bounds } : {}) };
 }
 
 /**
@@ -439,7 +467,7 @@ function revealError(own: Rule | undefined, granted: string, deciding: Rule | nu
 
 /** Decrypts a committed use's value (outside the transaction). */
 function opened(ctx: VaultContext, got: Use): AccessResult {
-  return { value: openValue(got.version, got.version, ctx.keyring), version: got.version.version, lease: got.lease };
+  return { value: openValue(got.version, got.version, ctx.keyring), version: got.version.version, lease: got.lease, ...(got.bounds ? { bounds: got.bounds } : {}) };
 }
 
 /** Uses a lease once: returns the secret's current value if every check passes. */

@@ -1,0 +1,89 @@
+/**
+ * What the injecting proxy checks of a request, beyond the vault's method and path check, before it
+ * sends a credential that a `methods` or `paths` rule bounds: that the upstream will act on the method
+ * and path the vault checked, and not on others the request names another way.
+ *
+ * - Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`: Rails and
+ *   Rack, Express's method-override, Laravel, Google APIs read them as the real method) are refused
+ *   under a `methods` rule unless they name one method it allows.
+ * - URL-override headers (`X-Original-URL`, `X-Rewrite-URL`: IIS URL Rewrite, older Symfony and Zend
+ *   read them as the real path) are refused under a `paths` rule, whatever they say.
+ * - Under a `paths` rule, a path whose canonical form drops segments (`/a/../ok/x`, `/a/%2e%2e/ok/x`,
+ *   `//ok/x`) is refused: whether the upstream reads it as the canonical path depends on how it
+ *   resolves segments, and ordinary clients (curl, fetch, git) resolve them before sending. Any other
+ *   path goes upstream in the canonical form the vault matched, the query as sent.
+ *
+ * Pure: the caller (./lease-egress.ts) turns a refusal into the agent's answer and the audit report.
+ */
+import { rewritesSegments } from "../vault/http-path.js";
+import type { IncomingHttpHeaders } from "node:http";
+
+/** Headers that common frameworks read as the request's real method. */
+const METHOD_OVERRIDES = [
+  ["x-http-method-override", "X-HTTP-Method-Override"],
+  ["x-http-method", "X-HTTP-Method"],
+  ["x-method-override", "X-Method-Override"],
+] as const;
+
+/** Headers that some servers read as the request's real path. */
+const URL_OVERRIDES = [
+  ["x-original-url", "X-Original-URL"],
+  ["x-rewrite-url", "X-Rewrite-URL"],
+] as const;
+
+/** A request the proxy may not send with a bounded credential: the status, the reason code and the agent's detail. */
+export interface BoundsRefusal {
+  status: 400 | 403;
+  reason: "override_header" | "request_path";
+  detail: string;
+}
+
+/**
+ * Why `headers` name a method or path other than the one checked, under the `methods` (null: any) and
+ * `paths` (restricted or not) bounds of a credential, or null. Header names arrive in lower case (h1
+ * and h2 alike). A header value is never quoted: the agent chose it.
+ */
+export function overrideRefusal(headers: IncomingHttpHeaders, methods: readonly string[] | null, paths: boolean): BoundsRefusal | null {
+  if (paths)
+    for (const [name, shown] of URL_OVERRIDES)
+      if (headers[name] !== undefined)
+        return {
+          status: 403,
+          reason: "override_header",
+          detail: `the request carries ${shown}, which some servers read as the path to serve instead of the one requested; the grant restricts paths, so lessor does not send its credential with it: drop the header and request that path itself`,
+        };
+  if (methods === null) return null;
+  for (const [name, shown] of METHOD_OVERRIDES) {
+    const v = headers[name];
+    if (v === undefined) continue;
+    const values = (Array.isArray(v) ? v : [v]).flatMap((one) => one.split(","));
+    const named = values.map((one) => one.trim().toUpperCase());
+    if (named.length === 1 && methods.includes(named[0]!)) continue;
+    return {
+      status: 403,
+      reason: "override_header",
+      detail: `the request carries ${shown}, which servers read as its method, naming ${named.length === 1 ? "a method" : "methods"} the grant does not allow (it allows ${methods.join(", ")}); lessor does not send its credential with it: drop the header, or send the request with that method if the grant allows it`,
+    };
+  }
+  return null;
+}
+
+/**
+ * Why the path of `target` (origin form) may not go upstream under a `paths` rule, or null: its
+ * canonical form drops segments. `canonical` is the canonical path, for the message (printable ASCII).
+ */
+export function pathRefusal(target: string, canonical: string): BoundsRefusal | null {
+  if (!rewritesSegments(target)) return null;
+  const shown = canonical.length > 120 ? `${canonical.slice(0, 120)}…` : canonical;
+  return {
+    status: 400,
+    reason: "request_path",
+    detail: `the path has "." or ".." segments (encoded ones too) or "//", which servers resolve differently; the grant restricts paths, so lessor sends its credential only with the canonical path: send ${JSON.stringify(shown)} instead`,
+  };
+}
+
+/** `target` with its path replaced by `canonical`, the query (after the first `?`) as sent. */
+export function withCanonicalPath(target: string, canonical: string): string {
+  const q = target.indexOf("?");
+  return q < 0 ? canonical : canonical + target.slice(q);
+}
