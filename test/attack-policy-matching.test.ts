@@ -205,6 +205,18 @@ test("with methods = [\"GET\"] and paths = [\"/ok/\"], a GET /ok/… carrying a 
       'docs/proxy.md:168 ("it cannot use a credential against a host, method or path its grant does not name") and docs/policy.md ("methods and paths restrict what the HTTP proxy will send with the secret"): these override headers went upstream with the real credential on a GET-only, /ok/-only grant:\n' +
         through.join("\n"),
     );
+    // The `_method` query parameter (Rails, Laravel, Express's method-override): refused unless it
+    // names the one method allowed, in any case or encoding.
+    const queries = ["/ok/x?_method=DELETE", "/ok/x?a=1&_METHOD=delete", "/ok/x?%5Fmethod=PUT", "/ok/x?_method=GET&_method=DELETE"];
+    const viaQuery: string[] = [];
+    for (const q of queries) {
+      const before = seen.length;
+      const answer = await rawH1(r, `GET ${q} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph}\r\nConnection: close\r\n\r\n`);
+      if (statusOf(answer) !== 403 || seen.slice(before).some((x) => x.auth === `Bearer ${TOK}`)) viaQuery.push(`${q}: ${statusOf(answer)}`);
+    }
+    assert.deepEqual(viaQuery, [], "a _method query parameter naming a method the grant does not allow went upstream with the credential");
+    const allowed = await rawH1(r, `GET /ok/x?_method=get HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(allowed), 200, "a _method naming the allowed method passes");
   } finally {
     await r.close();
   }

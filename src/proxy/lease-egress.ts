@@ -46,7 +46,7 @@ import { refusalForAgent } from "../vault/policy.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
-import { overrideRefusal, pathRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
+import { overrideRefusal, pathRefusal, queryMethodRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
@@ -613,7 +613,7 @@ function markAll(h: Held): void {
  * refuses itself), or null.
  */
 function outOfBounds(req: ProxiedRequest, methods: readonly string[] | null, paths: boolean, canonical: string | null): BoundsRefusal | null {
-  return overrideRefusal(req.headers, methods, paths) ?? (canonical === null ? null : pathRefusal(req.target, canonical));
+  return overrideRefusal(req.headers, methods, paths) ?? queryMethodRefusal(req.target, methods) ?? (canonical === null ? null : pathRefusal(req.target, canonical));
 }
 
 /** `text` with every byte percent-encoded, in upper and in lower case hex (what the head's percent-decoding catches). */

@@ -6,6 +6,9 @@
  * - Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`: Rails and
  *   Rack, Express's method-override, Laravel, Google APIs read them as the real method) are refused
  *   under a `methods` rule unless they name one method it allows.
+ * - A `_method` query parameter (Rails, Laravel, Express's method-override read it, on POST) is
+ *   refused under a `methods` rule unless it names one method the rule allows. (A `_method` field in
+ *   a form body is not seen: the body streams; docs/proxy.md says so.)
  * - URL-override headers (`X-Original-URL`, `X-Rewrite-URL`: IIS URL Rewrite, older Symfony and Zend
  *   read them as the real path) are refused under a `paths` rule, whatever they say.
  * - Under a `paths` rule, a path whose canonical form drops segments (`/a/../ok/x`, `/a/%2e%2e/ok/x`,
@@ -66,6 +69,30 @@ export function overrideRefusal(headers: IncomingHttpHeaders, methods: readonly 
     };
   }
   return null;
+}
+
+/**
+ * Why the query of `target` names a method other than the ones `methods` allows (a `_method`
+ * parameter, in any case and encoding), or null. The value is not quoted: the agent chose it.
+ */
+export function queryMethodRefusal(target: string, methods: readonly string[] | null): BoundsRefusal | null {
+  if (methods === null) return null;
+  const q = target.indexOf("?");
+  if (q < 0) return null;
+  let params: URLSearchParams;
+  try {
+    params = new URLSearchParams(target.slice(q + 1));
+  } catch {
+    return null;
+  }
+  const named: string[] = [];
+  for (const [k, v] of params) if (k.toLowerCase() === "_method") named.push(v.trim().toUpperCase());
+  if (named.length === 0 || (named.length === 1 && methods.includes(named[0]!))) return null;
+  return {
+    status: 403,
+    reason: "override_header",
+    detail: `the query carries _method, which servers read as the request's method, naming ${named.length === 1 ? "a method" : "methods"} the grant does not allow (it allows ${methods.join(", ")}); lessor does not send its credential with it: drop the parameter, or send the request with that method if the grant allows it`,
+  };
 }
 
 /**
