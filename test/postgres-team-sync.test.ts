@@ -26,6 +26,9 @@ import { CLI, makeHome, startServe, type RunningDaemon } from "./daemon-harness.
 import { grant, within } from "./helpers.js";
 import { PG_SKIP, testSchema } from "./pg-helpers.js";
 
+/** `lessor ARGS` on `home` (the source CLI: it reaches the home's daemon when one serves it). */
+const cli = (home: string, ...args: string[]) => execFileSync(process.execPath, ["--import", "tsx", CLI, "--home", home, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: "utf8" });
+
 const POLICY = grant("claude-github", ["claude"], ["github-token", "made-on-b"], ["api.github.com"]);
 const GH = { secret: "github-token", domains: ["api.github.com"] };
 const CANARY = "gh-canary-7c1e9a52";
@@ -283,7 +286,6 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     assert.deepEqual(sA.policy.stale?.limits, ["max_live_leases_per_agent"]);
     assert.equal(sA.policy.stale?.stored, sA.policy.digest, "the policy itself is the one in force");
     await within(2000, "A's log saying so", async () => /\[vault\] limits in lessor\.toml differ from the ones in force/.test(a.stderr()));
-    const cli = (home: string, ...args: string[]) => execFileSync(process.execPath, ["--import", "tsx", CLI, "--home", home, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: "utf8" });
     assert.match(cli(homeA, "status"), /STALE LIMITS, every lease is denied here: this instance's \[vault\] limits \(max_live_leases_per_agent\)/);
     // B grants under the limits in force (more than 2 live leases), and its start is in the trail.
     for (let i = 0; i < 3; i++) await onB.requestLease(GH);
@@ -334,13 +336,17 @@ describe("two lessor serve processes on PostgreSQL: one master key and one polic
     // A starts with heartbeat = "12s" (armed at open); B starts after it with no heartbeat and claims.
     // (12 s: B must claim before A's own deadline, and a machine busy with a CI run once took longer
     // than 6 s to start B.)
-    const { a, adminA, adminB } = await team({ keys: "shared", vault: 'heartbeat = "12s"', vaultB: "" });
+    const { a, adminA, adminB, homeA } = await team({ keys: "shared", vault: 'heartbeat = "12s"', vaultB: "" });
     const started = Date.now(); // A opened before this
     await within(2000, "A stale on its heartbeat", async () => ((await adminA.describe()).policy.stale?.limits ?? []).includes("heartbeat"));
     // Past A's own deadline (A checks once a second).
     await new Promise((r) => setTimeout(r, Math.max(0, started + 13_500 - Date.now())));
     assert.equal((await adminB.describe()).killswitch.engaged, false, "the killswitch was not pulled by A's stale period");
     assert.doesNotMatch(a.stderr(), /dead-man switch: no heartbeat/);
+    // A's status says its switch is not in force, not that it is overdue since 1970 (it never armed).
+    const status = cli(homeA, "status");
+    assert.match(status, /heartbeat:\s+every 12s here, but not in force \(STALE LIMITS/);
+    assert.doesNotMatch(status, /overdue since/);
   });
 
   test("an instance whose approval_use is not the one in force decides no approval (its decision would stand for its own time)", async () => {

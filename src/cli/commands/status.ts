@@ -26,8 +26,11 @@ function killswitchLine(k: KillswitchState): string {
   return `ENGAGED${since}${k.by === null ? "" : ` by ${k.by}`}${k.reason === null ? "" : ` (${JSON.stringify(k.reason)})`}: no lease is granted until lessor killswitch --release`;
 }
 
-function heartbeatLine(h: { everyMs: number | null; lastAt: number | null; lastBy: string | null; dueAt: number | null }, killswitch: KillswitchState | undefined): string {
+function heartbeatLine(h: { everyMs: number | null; lastAt: number | null; lastBy: string | null; dueAt: number | null }, killswitch: KillswitchState | undefined, staleLimits: readonly string[] | undefined): string {
   if (h.everyMs === null) return "off (no dead-man switch: [vault] heartbeat is not set)";
+  // This instance's [vault] limits are not the ones in force: it neither arms nor fires its switch
+  // (the instances in line decide, by theirs), so its own deadline means nothing here.
+  if (staleLimits?.includes("heartbeat") === true) return `every ${formatDuration(h.everyMs)} here, but not in force (STALE LIMITS, see policy): the instances in line decide the dead-man switch`;
   if (h.dueAt === null) return `every ${formatDuration(h.everyMs)}, not armed yet (it arms at the next open of the vault or lessor heartbeat)`;
   const last = h.lastAt === null ? "" : `; last ${shortTime(h.lastAt)}${h.lastBy === null ? "" : ` by ${h.lastBy}`}`;
   const due =
@@ -82,7 +85,7 @@ export function registerStatus(program: Command, cli: Cli): void {
           ["policy", policyLine(s.policy)],
           ["policy version", s.policy.load === undefined ? "unknown (a daemon older than this CLI)" : policyVersionText(s.policy)],
           ["killswitch", s.killswitch === undefined ? "unknown (a daemon older than this CLI)" : killswitchLine(s.killswitch)],
-          ["heartbeat", s.heartbeat === undefined ? "unknown (a daemon older than this CLI)" : heartbeatLine(s.heartbeat, s.killswitch)],
+          ["heartbeat", s.heartbeat === undefined ? "unknown (a daemon older than this CLI)" : heartbeatLine(s.heartbeat, s.killswitch, s.policy.stale?.limits)],
           ["audit head", `event ${s.auditHead}`],
         ];
         if (daemon !== null)
