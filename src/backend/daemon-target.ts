@@ -14,6 +14,7 @@
  */
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";
+import { loopbackHost } from "../client/transport.js";
 import { VaultError } from "../base/errors.js";
 import { readTokenFile, TOKEN_LOOKS_LIKE, tokenShaped } from "./token-file.js";
 
@@ -44,10 +45,6 @@ export function targetConfigured(env: NodeJS.ProcessEnv): boolean {
   return TARGET_VARS.some((n) => set(env, n) !== undefined);
 }
 
-/** Loopback hosts only: a bearer token must never cross a network in the clear. */
-function loopbackHost(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
 
 /** Parses `host:port` or `[v6]:port`. */
 function parseAddr(addr: string): { host: string; port: number } {
@@ -55,9 +52,11 @@ function parseAddr(addr: string): { host: string; port: number } {
   const port = m ? Number(m[2]) : NaN;
   if (!m || !(port >= 1 && port <= 65535))
     throw new VaultError("config_invalid", `LESSOR_ADDR must be host:port, such as 127.0.0.1:7391 (or [::1]:7391), not ${JSON.stringify(addr.slice(0, 80))}`);
-  const host = m[1]!;
-  if (!loopbackHost(host))
-    throw new VaultError("config_invalid", `LESSOR_ADDR host ${JSON.stringify(host.slice(0, 80))} is not a loopback address; lessor daemons listen on loopback only (127.0.0.1, ::1 or localhost), and a token must not cross a network in the clear`);
+  // A loopback IP literal (or localhost, dialled as 127.0.0.1): a name, even one shaped like an
+  // address (127.0.0.256), would be looked up and go wherever the resolver says.
+  const host = loopbackHost(m[1]!);
+  if (host === null)
+    throw new VaultError("config_invalid", `LESSOR_ADDR host ${JSON.stringify(m[1]!.slice(0, 80))} is not a loopback address; lessor daemons listen on loopback only (127.0.0.1, ::1 or localhost), and a token must not cross a network in the clear`);
   return { host, port };
 }
 
@@ -94,13 +93,15 @@ export function daemonTarget(env: NodeJS.ProcessEnv): DaemonTarget | null {
     const uid = set(env, "LESSOR_DAEMON_UID");
     if (uid !== undefined && !/^\d{1,10}$/.test(uid))
       throw new VaultError("config_invalid", `LESSOR_DAEMON_UID must be the daemon's numeric uid (see ls -n on the socket), not ${JSON.stringify(uid.slice(0, 40))}`);
-    return {
+    const target: DaemonTarget = {
       endpoint: { socketPath: socket },
-      ...(token !== undefined ? { token } : {}),
       ...(uid !== undefined ? { expectedUid: Number(uid) } : {}),
       via: "LESSOR_SOCKET",
       where: `$LESSOR_SOCKET (${socket})`,
     };
+    // Not enumerable, as below.
+    if (token !== undefined) Object.defineProperty(target, "token", { value: token, enumerable: false });
+    return target;
   }
   const ep = parseAddr(addr!);
   if (token === undefined)

@@ -3,7 +3,7 @@
  * what the handshake needs to know about it. The connection engine (src/client/engine.ts) sees only
  * this, so any stream will do (a Unix or TCP socket here; an AF_VSOCK descriptor later).
  */
-import { createConnection } from "node:net";
+import { createConnection, isIPv4, isIPv6 } from "node:net";
 import type { Duplex } from "node:stream";
 import { VaultError } from "../base/errors.js";
 
@@ -62,10 +62,29 @@ function loadUnixCheck(): Promise<UnixCheck> {
 export function checkEndpoint(ep: Endpoint): Endpoint {
   if (ep !== null && typeof ep === "object") {
     if ("socketPath" in ep && typeof ep.socketPath === "string" && ep.socketPath !== "") return { socketPath: ep.socketPath };
-    if ("host" in ep && typeof ep.host === "string" && ep.host !== "" && Number.isInteger(ep.port) && ep.port > 0 && ep.port < 65536)
-      return { host: ep.host, port: ep.port };
+    if ("host" in ep && typeof ep.host === "string" && ep.host !== "" && Number.isInteger(ep.port) && ep.port > 0 && ep.port < 65536) {
+      const host = loopbackHost(ep.host);
+      if (host === null)
+        throw new VaultError(
+          "invalid_request",
+          `the daemon's host must be a loopback address (127.x.x.x, ::1 or localhost): lessor daemons listen on loopback only, and a token must not cross a network in the clear; ${JSON.stringify(ep.host.slice(0, 80))} is not one`,
+        );
+      return { host, port: ep.port };
+    }
   }
   throw new VaultError("invalid_request", "the endpoint must be { socketPath } or { host, port } with a port from 1 to 65535");
+}
+
+/**
+ * `host` as the loopback IP literal to dial, or null when it is not one: an IPv4 address in
+ * 127.0.0.0/8 or ::1 as written, or `localhost` (dialled as 127.0.0.1, never looked up). Anything
+ * else, such as `127.0.0.256` (no address: a name a resolver would answer for), is refused.
+ */
+export function loopbackHost(host: string): string | null {
+  if (host === "localhost") return "127.0.0.1";
+  if (isIPv4(host) && host.startsWith("127.")) return host;
+  if (isIPv6(host) && new URL(`http://[${host}]/`).hostname === "[::1]") return host;
+  return null;
 }
 
 /** `uds /path` or `tcp host:port`. */

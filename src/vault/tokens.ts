@@ -141,16 +141,20 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   const m = typeof token === "string" ? TOKEN_RE.exec(token) : null;
   const rec = m ? await ctx.store.getToken(m[1]!) : null;
   const now = ctx.now();
+  // The same work for a well-formed token whatever its id (docs/daemon.md: timing does not tell a
+  // wrong secret for a real id from an unknown id): an unknown id's MAC is checked on a stand-in row
+  // (which none verifies), and the secret is always hashed and compared (with a stand-in hash).
+  const macKey = m ? tokenMacKey(ctx.keyring, rec ?? standInRecord(m[1]!)) : null;
+  const secretOk = m ? timingSafeEqual(hashSecret(m[2]!), rec && rec.hash.length === STAND_IN_HASH.length ? Buffer.from(rec.hash) : STAND_IN_HASH) : false;
   let why: string | null = null;
-  let macKey: string | null = null;
   if (!m) why = "malformed token";
   else if (!rec) why = "unknown token id";
-  else if ((macKey = tokenMacKey(ctx.keyring, rec)) === null) why = UNMACED;
+  else if (macKey === null) why = UNMACED;
   // MACed under an older key still loaded (LESSOR_MASTER_KEY_PREVIOUS): good during a rotation, but
   // once a rotation retired that key (re-MACing every row under the new one), a row under it was
   // written by whoever holds the retired, perhaps exposed, key.
   else if (macKey !== ctx.keyring.current.id && (await retiredKeys(ctx.store, ctx.auditKeys)).has(macKey)) why = RETIRED_MAC;
-  else if (!timingSafeEqual(hashSecret(m[2]!), Buffer.from(rec.hash))) why = "wrong token secret";
+  else if (!secretOk) why = "wrong token secret";
   else if (rec.revokedAt !== null) why = "token revoked";
   else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
   if (why !== null || !rec) {
@@ -168,6 +172,9 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
     token: { id: rec.id, expiresAt: rec.expiresAt },
   };
 }
+
+/** What an unknown id's secret is compared with: the length of a stored hash (SHA-256), matching none. */
+const STAND_IN_HASH = Buffer.alloc(32);
 
 /** A record no MAC verifies for (an empty MAC), checked for an unknown id so that it costs what a known one does. */
 function standInRecord(id: string): TokenRecord {
