@@ -178,6 +178,23 @@ describe("PostgreSQL target: who else can reach the tables migrate creates", { s
       await assert.rejects(asRole(eve, `SELECT count(*) FROM ${sch}.tokens`), /permission denied/);
     },
   );
+
+  test(
+    "another role's own table in the schema (a shared public), granted to PUBLIC, does not stop the first open: only the vault's tables must be private",
+    { timeout: 60_000 },
+    async () => {
+      const { lessorRole, eve, sch } = await rolesAndSchemaName();
+      await pgAdmin(`CREATE SCHEMA ${sch} AUTHORIZATION ${lessorRole}`);
+      await pgAdmin(`GRANT USAGE ON SCHEMA ${sch} TO ${eve}`);
+      // Another application's table beside where the vault goes, owned by its own role and open to all.
+      await pgAdmin(`CREATE TABLE ${sch}.other_app (x int)`);
+      await pgAdmin(`ALTER TABLE ${sch}.other_app OWNER TO ${eve}`);
+      await pgAdmin(`GRANT SELECT ON ${sch}.other_app TO PUBLIC`);
+      const store = await openPostgresStore({ url: urlAs(lessorRole, sch), feed: { listen: false } });
+      await store.close();
+      await assert.rejects(asRole(eve, `SELECT count(*) FROM ${sch}.tokens`), /permission denied/);
+    },
+  );
 });
 
 // =====================================================================================================

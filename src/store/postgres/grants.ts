@@ -40,7 +40,7 @@ export function defaultGrantsError(schema: string, where: string, fixes: readonl
 const TABLES_SQL = `
 SELECT n.nspname AS schema,
   array(SELECT DISTINCT ${GRANTEE("a.grantee")} FROM pg_class c, aclexplode(c.relacl) a
-    WHERE c.relnamespace = n.oid AND a.grantee <> c.relowner ORDER BY 1) AS grantees,
+    WHERE c.relnamespace = n.oid AND c.relowner = ${ME} AND a.grantee <> c.relowner ORDER BY 1) AS grantees,
   ${defaultGrantsSql("n")} AS fixes
 FROM pg_namespace n WHERE n.nspname = current_schema()`;
 
@@ -50,8 +50,9 @@ interface Queryable {
 }
 
 /**
- * Throws VaultError("insecure_permissions") when a table, view or sequence in the session's schema
- * grants anything to a role other than its owner (or to PUBLIC), naming the grantees and, when the
+ * Throws VaultError("insecure_permissions") when a table, view or sequence of the connecting role's in
+ * the session's schema (the vault's, just made; another role's objects in a shared `public` are not
+ * the vault's business) grants anything to a role other than its owner (or to PUBLIC), naming the grantees and, when the
  * role's default privileges are why, the statements that remove them. Run it inside the transaction
  * that created the tables, so that the refusal rolls them back.
  */
