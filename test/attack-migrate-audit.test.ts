@@ -18,7 +18,7 @@ import { migrateHome } from "../src/config/migrate.js";
 import { isVaultError } from "../src/base/errors.js";
 import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { agent, grant, tempDirUntilExit } from "./helpers.js";
-import { admin as pgAdmin, PG_SKIP, PG_URL } from "./pg-helpers.js";
+import { admin as pgAdmin, asRole, PG_SKIP, PG_URL, urlAs } from "./pg-helpers.js";
 import { runCli } from "./cli-harness.js";
 import { startServe } from "./daemon-harness.js";
 
@@ -56,22 +56,6 @@ after(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
 });
 
-function urlAs(user: string, path?: string): string {
-  const u = new URL(PG_URL!);
-  u.username = user;
-  if (path !== undefined) u.searchParams.set("options", `-c search_path=${path}`);
-  return u.toString();
-}
-
-async function asRole(user: string, sql: string): Promise<pg.QueryResult> {
-  const c = new pg.Client({ connectionString: urlAs(user) });
-  await c.connect();
-  try {
-    return await c.query(sql);
-  } finally {
-    await c.end();
-  }
-}
 
 /** A login role for lessor, another one (eve) and a schema name, all dropped when the file ends. */
 async function rolesAndSchemaName(): Promise<{ lessorRole: string; eve: string; sch: string }> {

@@ -29,7 +29,7 @@ import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import type { Store } from "../src/vault/ports.js";
 import { agent, grant, tempDirUntilExit } from "./helpers.js";
-import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { admin, asRole, PG_SKIP, PG_URL, testSchema, urlAs } from "./pg-helpers.js";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(REPO, "src/cli/main.ts");
@@ -250,23 +250,6 @@ function withUser(url: string, user: string, password?: string): string {
 }
 
 /** PG_URL's server as `user` with `search_path` set to `path` (raw, as written in the options). */
-function urlAs(user: string, path?: string): string {
-  const u = new URL(PG_URL!);
-  u.username = user;
-  if (path !== undefined) u.searchParams.set("options", `-c search_path=${path}`);
-  return u.toString();
-}
-
-/** Runs `sql` on the test server as `user` (trust auth). */
-async function asRole(user: string, sql: string): Promise<pg.QueryResult> {
-  const c = new pg.Client({ connectionString: urlAs(user) });
-  await c.connect();
-  try {
-    return await c.query(sql);
-  } finally {
-    await c.end();
-  }
-}
 
 /** Creates the vault's (empty) tables in the schema of `url`, as lessor itself would at first start. */
 async function lessorTables(url: string): Promise<void> {

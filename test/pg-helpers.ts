@@ -38,3 +38,22 @@ export async function admin(sql: string, values: unknown[] = []): Promise<pg.Que
     await c.end();
   }
 }
+
+/** The test server's URL as login role `user` (trust auth), with `path` as its search_path when given. */
+export function urlAs(user: string, path?: string): string {
+  const u = new URL(PG_URL!);
+  u.username = user;
+  if (path !== undefined) u.searchParams.set("options", `-c search_path=${path}`);
+  return u.toString();
+}
+
+/** Runs `sql` on the test server as `user` (trust auth). */
+export async function asRole(user: string, sql: string): Promise<pg.QueryResult> {
+  const c = new pg.Client({ connectionString: urlAs(user) });
+  await c.connect();
+  try {
+    return await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
