@@ -76,3 +76,22 @@ test("another local user with the page's URL (and its CSRF token) is refused 403
     await pages.close();
   }
 });
+
+test("on Linux, a client whose socket owner cannot be found in /proc is refused the page and its decision (fail closed)", { skip: process.platform !== "linux" || !hasCurl ? "Linux with curl only" : false }, async () => {
+  // The lookup reads a table that does not exist: the owner of every client is unknown.
+  const pages = new ApprovalPages(() => {}, (s) => loopbackPeerUid(s, "/nonexistent/proc/net/tcp"));
+  const decisions: boolean[] = [];
+  try {
+    const opened = await pages.open(view(), async (approve) => void decisions.push(approve));
+    assert.ok(opened);
+    const got = await curl(false, [opened.url]);
+    assert.equal(got.status, 403, got.body);
+    assert.match(got.body, /could not tell which user is connecting/);
+    assert.ok(!got.body.includes("csrf"), "the page (and its form token) is not shown");
+    const post = await curl(false, ["-X", "POST", "-H", "Content-Type: application/x-www-form-urlencoded", "--data", "csrf=x&decision=approve", opened.url]);
+    assert.equal(post.status, 403, post.body);
+    assert.deepEqual(decisions, [], "nothing was decided");
+  } finally {
+    await pages.close();
+  }
+});

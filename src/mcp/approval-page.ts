@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import * as http from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
@@ -92,7 +92,14 @@ export class ApprovalPages {
   #starting: Promise<number> | null = null;
   #port = 0;
 
-  constructor(private readonly log: (line: string) => void) {}
+  /**
+   * `log`: one line per event worth telling the operator. `peerUid`: who owns the client's socket, or
+   * null when that cannot be told (default: the kernel's /proc tables, ./loopback-peer.ts).
+   */
+  constructor(
+    private readonly log: (line: string) => void,
+    private readonly peerUid: (socket: Socket) => number | null = loopbackPeerUid,
+  ) {}
 
   /**
    * Opens a page for `view`; resolves to its URL and a promise of the decision made on it (which stays
@@ -137,7 +144,7 @@ export class ApprovalPages {
     // user may read: a page is shown and decided only for a client of this user's (or root's).
     // Fail closed where the owner can be told (Linux): a peer not found in /proc/net/tcp{,6} is not
     // shown the page. Elsewhere (no /proc) the URL alone guards it, as docs/mcp.md says.
-    const uid = typeof process.getuid === "function" ? loopbackPeerUid(req.socket) : null;
+    const uid = typeof process.getuid === "function" ? this.peerUid(req.socket) : null;
     if (uid === null && process.platform === "linux")
       return done(res, 403, "forbidden: could not tell which user is connecting; open the page as the user running lessor mcp, from 127.0.0.1");
     if (uid !== null && uid !== 0 && uid !== process.getuid!()) return done(res, 403, "forbidden: this page is for the user running lessor mcp");
