@@ -1,7 +1,8 @@
 /**
  * `lessor inject`: renders the references in a template through leases (taken as `lessor run` takes
- * them, revoked when done) and writes the result to stdout or to a file created 0600, atomically
- * (temporary file, fsync, rename). Nothing is written unless every reference resolved.
+ * them, revoked when done, as `lessor run` revokes them) and writes the result to stdout or to a file
+ * created 0600, atomically (temporary file, fsync, rename). Nothing is written unless every reference
+ * resolved.
  */
 import { lstatSync } from "node:fs";
 import { writeFileAtomic } from "../../fs/atomic-file.js";
@@ -10,6 +11,8 @@ import { findReferences } from "../refs/text.js";
 import type { Cli } from "../cli.js";
 import { readTextFile, referencedBytes } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
+import { Connection, revokeLeases } from "./connection.js";
+import { Interrupted, signalExitCode, StopSignals } from "./signals.js";
 import { holdLeases } from "../holding.js";
 import { EXIT } from "../exit-codes.js";
 
@@ -49,7 +52,12 @@ function readTemplate(path: string): string {
   return readTextFile(path, "the template", "-i");
 }
 
-/** Renders the template and writes it; returns the exit code. */
+/**
+ * Renders the template and writes it; returns the exit code. The leases are revoked when it ends,
+ * also when the daemon closed the connection meanwhile ({@link revokeLeases}); leases that could
+ * not be make the exit code 1. SIGINT, SIGTERM or SIGHUP stops it: nothing more is written, the
+ * leases are revoked, and it exits 128 + the signal's number.
+ */
 export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number> {
   const text = readTemplate(o.input);
   const where = o.input === "-" ? "<stdin>" : o.input;
@@ -60,18 +68,30 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
     if (e instanceof VaultError) throw new VaultError(e.code, `${where}: ${e.message}. Nothing was written.`);
     throw e;
   }
+  // From before the first lease: SIGINT, SIGTERM and SIGHUP stop inject, which then revokes its
+  // leases, instead of killing it with them live.
+  const stop = new StopSignals();
+  const abort = (): void => {
+    if (stop.first) throw new Interrupted(stop.first);
+  };
+  const conn = new Connection(cli);
   let book: LeaseBook | null = null;
   const parts: Buffer[] = [];
   let out: Buffer | null = null;
+  /** True while stdout has not taken the whole output (its reader is slow, or gone). */
+  let writing = false;
+  let code: number = EXIT.ok;
+  let unrevoked: readonly string[] = [];
   // A closed stdout (EPIPE) must not end the process before the leases below are revoked, nor
   // must a bug (an error nothing catches): the entry then revokes them (holding.ts).
-  const release = holdLeases(async () => book?.revokeAll("lessor inject failed"));
+  const release = holdLeases(async () => book && revokeLeases(cli, conn, book, "lessor inject failed", "this inject"));
   try {
     if (refs.length > 0) {
       const positions = lineCols(text, refs.map((r) => r.start));
-      book = new LeaseBook((await cli.backend()).api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
+      book = new LeaseBook((await conn.open()).api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });
       let at = 0;
       for (const [i, r] of refs.entries()) {
+        abort();
         const { line, col } = positions[i]!;
         const pos = `${where}:${line}:${col}`;
         let whole;
@@ -97,26 +117,45 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
     } else {
       out = Buffer.from(text, "utf8");
     }
+    abort();
     if (o.output === undefined || o.output === "-") {
       const data = out;
-      const failed = await new Promise<NodeJS.ErrnoException | null>((resolve) => cli.stdout.write(data, (e) => resolve(e ?? null)));
-      if (failed) {
+      writing = true;
+      const written = new Promise<NodeJS.ErrnoException | null>((resolve) =>
+        cli.stdout.write(data, (e) => {
+          writing = false;
+          resolve(e ?? null);
+        }),
+      );
+      // A signal while the reader has not taken it all (a pager, a slow pipeline) stops the wait.
+      const ended = await Promise.race([written.then((failed) => ({ failed })), stop.stopped.then((signal) => ({ signal }))]);
+      if ("signal" in ended) throw new Interrupted(ended.signal);
+      if (ended.failed) {
+        const failed = ended.failed;
         cli.err(`lessor: could not write the output (${failed.code ?? "error"}${failed.code === "EPIPE" ? ": its reader closed the pipe" : ""}); it is incomplete, and its leases are revoked`);
-        return EXIT.error;
+        code = EXIT.error;
       }
     } else {
       writeOutput(cli, o.output, out);
     }
-    return 0;
+  } catch (e) {
+    if (!(e instanceof Interrupted)) throw e;
+    cli.err(`lessor: stopped by ${e.signal}; ${writing ? "the output is incomplete" : "nothing was written"}; revoking the leases taken`);
   } finally {
     for (const p of parts) p.fill(0);
     out?.fill(0);
-    if (book) {
-      const { failed } = await book.revokeAll("lessor inject done").catch(() => ({ failed: -1 }));
-      if (failed !== 0) cli.err("lessor: some leases of this inject could not be revoked; they end when they expire (lessor revoke --agent can end them now)");
-    }
+    if (book) unrevoked = await revokeLeases(cli, conn, book, "lessor inject done", "this inject");
+    await conn.close();
+    stop.dispose();
     release();
   }
+  // A signal that came after the output was written (while its leases were being revoked) counts too.
+  if (stop.first) code = signalExitCode(stop.first);
+  else if (unrevoked.length > 0 && code === EXIT.ok) code = EXIT.error;
+  // The output its reader has not taken would keep lessor waiting for it: lessor ends, as the signal
+  // would have ended it (the rest of the output is not written).
+  if (writing) process.exit(code);
+  return code;
 }
 
 /** Writes `data` to `path` as a new 0600 file (temp + rename); says so when it replaces a wider file. */

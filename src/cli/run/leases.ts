@@ -81,6 +81,11 @@ export class LeaseBook {
     return got.value;
   }
 
+  /** The ids of the leases taken and not revoked yet (those {@link LeaseBook.revokeAll} could not revoke). */
+  get unrevoked(): string[] {
+    return [...this.#pending];
+  }
+
   /** The lease taken for the secret `ref` names, once {@link LeaseBook.value} has taken it. */
   leaseOf(ref: SecretRef): LeaseRecord | undefined {
     return this.#byRef.get(refString(ref));

@@ -6,16 +6,16 @@
  * child itself is src/cli/run/child.ts.
  */
 import { VaultError } from "../../base/errors.js";
-import type { Backend } from "../../backend/backend.js";
 import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
+import { Connection, revokeLeases } from "./connection.js";
 import type { MaskPattern } from "./mask.js";
 import { holdLeases } from "../holding.js";
 import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
 import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
-import { SignalRelay, signalExitCode } from "./signals.js";
+import { Interrupted, SignalRelay, signalExitCode } from "./signals.js";
 import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 import { escapeUnsafe } from "../../base/text.js";
@@ -36,13 +36,6 @@ export interface RunOptions {
   network?: string;
   /** --vault-session: true; absent: `[run] vault_session` (src/cli/run/vault-session.ts). */
   vaultSession?: boolean;
-}
-
-/** Thrown inside the run when a signal arrives before the child starts. */
-class Interrupted extends Error {
-  constructor(readonly signal: NodeJS.Signals) {
-    super(signal);
-  }
 }
 
 /**
@@ -97,8 +90,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   let sessionEnded: Promise<void> | null = null;
   const endSession = (): Promise<void> => (sessionEnded ??= session ? closeSession(cli, conn, session) : Promise.resolve());
   let patterns: MaskPattern[] = [];
-  let revoked: Promise<void> | null = null;
-  const revoke = (): Promise<void> => (revoked ??= book ? revokeAll(cli, conn, book) : Promise.resolve());
+  let revoked: Promise<unknown> | null = null;
+  const revoke = (): Promise<unknown> => (revoked ??= book ? revokeLeases(cli, conn, book, "lessor run ended", "this run") : Promise.resolve());
   const abort = (): void => {
     if (relay.early) throw new Interrupted(relay.early);
   };
@@ -148,7 +141,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       // keeps only the mask patterns, and the proxy's credentials.
       book.wipe();
       // The connection stays open for the revocation at the end; if the daemon closed it meanwhile
-      // (idle timeout, restart), revokeAll reconnects.
+      // (idle timeout, restart), revokeLeases reconnects.
     } else {
       env = Object.fromEntries([...vars].map(([k, v]) => [k, v.value]));
       childModule = import("./child.js");
@@ -258,45 +251,4 @@ async function closeSession(cli: Cli, conn: Connection, s: VaultSession): Promis
         ? "lessor: the leases this run's vault session granted could not all be revoked; they end when they expire (lessor revoke --agent can end them now)"
         : `lessor: the vault session token of this run (${s.tokenId}) or its leases could not be revoked; they end when they expire (lessor token revoke ${s.tokenId} and lessor revoke --agent end them now)`,
     );
-}
-
-/** The run's own backend: opened when leases are taken, reopened if it failed when revoking them. */
-class Connection {
-  #backend: Backend | null = null;
-  constructor(readonly cli: Cli) {}
-
-  /** The backend if one is open. */
-  async current(): Promise<Backend | null> {
-    return this.#backend;
-  }
-
-  async open(): Promise<Backend> {
-    this.#backend ??= await this.cli.openBackend();
-    return this.#backend;
-  }
-
-  async close(): Promise<void> {
-    const b = this.#backend;
-    this.#backend = null;
-    await b?.close().catch(() => {});
-  }
-}
-
-/**
- * Revokes the run's leases, saying so on stderr if some could not be. When a connection to the
- * daemon fails (it was restarted, or closed an idle connection), one retry on a new connection.
- */
-async function revokeAll(cli: Cli, conn: Connection, book: LeaseBook): Promise<void> {
-  const reason = "lessor run ended";
-  let failed = 0;
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      ({ failed } = await book.revokeAll(reason, (await conn.open()).api));
-    } catch {
-      failed = book.leases.length;
-    }
-    if (failed === 0) return;
-    await conn.close();
-  }
-  cli.err(`lessor: ${failed} lease(s) of this run could not be revoked; they end when they expire (lessor revoke --agent can end them now)`);
 }

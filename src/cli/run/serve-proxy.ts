@@ -17,7 +17,6 @@ import { lstatSync, unlinkSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Duplex } from "node:stream";
 import { VaultError } from "../../base/errors.js";
-import type { Backend } from "../../backend/backend.js";
 import { EGRESS_MODES, type EgressMode } from "../../config/proxy-config.js";
 import { resolveHome } from "../../config/home.js";
 import { loadConfig } from "../../config/load.js";
@@ -28,10 +27,11 @@ import { UsageError, type Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
 import { LeaseBook } from "./leases.js";
+import { Connection, revokeLeases } from "./connection.js";
 import { RunCredentials } from "./placeholders.js";
 import { caBundle, startRunProxy, type ProxyView, type RunProxy } from "./proxy.js";
 import { checkSocketDir, parseListen, type ProxyListen } from "./proxy-listen.js";
-import { signalExitCode } from "./signals.js";
+import { Interrupted, signalExitCode, StopSignals } from "./signals.js";
 import { holdLeases } from "../holding.js";
 import { GuestGate, guestSourceOf, listenGuests, preflightGuests, type GuestListener } from "../guest-gate.js";
 
@@ -53,39 +53,8 @@ export interface ServeProxyOptions {
   envOut?: string;
 }
 
-/** The signals that stop the proxy. */
-const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-
-/** Catches the stop signals from the moment it is made; `stopped` resolves with the first one. */
-class StopSignals {
-  first: NodeJS.Signals | null = null;
-  readonly stopped: Promise<NodeJS.Signals>;
-  readonly #handlers: [NodeJS.Signals, () => void][] = [];
-
-  constructor() {
-    let done: (s: NodeJS.Signals) => void = () => {};
-    this.stopped = new Promise((r) => (done = r));
-    for (const s of STOP_SIGNALS) {
-      const h = (): void => {
-        this.first ??= s;
-        done(s);
-      };
-      this.#handlers.push([s, h]);
-      process.on(s, h);
-    }
-  }
-
-  dispose(): void {
-    for (const [s, h] of this.#handlers) process.off(s, h);
-  }
-}
-
-/** Thrown when a stop signal arrives before the proxy serves. */
-class Interrupted extends Error {
-  constructor(readonly signal: NodeJS.Signals) {
-    super(signal);
-  }
-}
+/** Why the proxy's leases are revoked, in the audit. */
+const REASON = "lessor proxy ended";
 
 /** A file this command wrote, removed at the end only if it is still that file. */
 interface Written {
@@ -158,12 +127,12 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   // stdout closing after the environment was printed (| head) must not end the proxy unrevoked.
   const release = holdLeases(async () => {
     for (const f of files) removeWritten(f);
-    if (book) await revokeAll(cli, book, backend);
+    if (book) await revokeLeases(cli, conn, book, REASON, "this proxy");
   });
   const abort = (): void => {
     if (stop.first) throw new Interrupted(stop.first);
   };
-  let backend: Backend | null = null;
+  const conn = new Connection(cli);
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;
@@ -172,7 +141,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   let code: number = EXIT.ok;
   let failed = 0;
   try {
-    backend = await cli.openBackend();
+    const backend = await conn.open();
     abort();
     book = new LeaseBook(backend.api, { agent: o.agent, domains: o.domains, ...(o.ttl !== undefined ? { ttl: o.ttl } : {}), via: "proxy" });
     creds = new RunCredentials(o.agent, book, config.inject);
@@ -218,8 +187,8 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
     await proxy?.close();
     creds?.wipe();
     for (const f of files) removeWritten(f);
-    failed = book ? await revokeAll(cli, book, backend) : 0;
-    await backend?.close().catch(() => {});
+    failed = book ? (await revokeLeases(cli, conn, book, REASON, "this proxy")).length : 0;
+    await conn.close();
     stop.dispose();
     release();
   }
@@ -243,27 +212,4 @@ function agentView(proxy: RunProxy, token: string, envOut: string | undefined, f
   writeFileAtomic(bundleFile, caBundle(proxy.caPem), 0o644);
   files.push(written(bundleFile));
   return { url, caFile, bundleFile };
-}
-
-/**
- * Revokes the leases (one retry on a new connection, as lessor run does when the daemon closed the
- * first); returns how many could not be, after saying so.
- */
-async function revokeAll(cli: Cli, book: LeaseBook, first: Backend | null): Promise<number> {
-  const reason = "lessor proxy ended";
-  let failed = 0;
-  for (let attempt = 0; attempt < 2; attempt++) {
-    let fresh: Backend | null = null;
-    try {
-      const api = attempt === 0 && first ? first.api : (fresh = await cli.openBackend()).api;
-      ({ failed } = await book.revokeAll(reason, api));
-    } catch {
-      failed = book.leases.length;
-    } finally {
-      await fresh?.close().catch(() => {});
-    }
-    if (failed === 0) return 0;
-  }
-  cli.err(`lessor: ${failed} lease(s) of this proxy could not be revoked; they end when they expire (lessor revoke --agent can end them now)`);
-  return failed;
 }

@@ -1,5 +1,7 @@
 /**
- * Signal handling for `lessor run`. Handlers go in before the first lease is taken, so a signal that
+ * Signal handling for the commands that hold leases. {@link StopSignals}: `lessor proxy` and
+ * `lessor inject` stop on SIGINT, SIGTERM or SIGHUP and revoke their leases before they exit.
+ * {@link SignalRelay}: `lessor run`. Handlers go in before the first lease is taken, so a signal that
  * arrives while leases are being taken stops the run (and the leases are revoked) instead of killing
  * lessor with leases left live. Once the child runs, each signal is passed on to it, and lessor waits
  * for the child to exit. A child that outlives a stop request is ended: SIGTERM or SIGHUP is passed on,
@@ -105,5 +107,44 @@ export class SignalRelay {
     this.#stopTimer = null;
     for (const [s, h] of this.#handlers) process.off(s, h);
     this.#handlers.clear();
+  }
+}
+
+/** The signals that stop `lessor proxy` and `lessor inject`. */
+const STOP_ON = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/**
+ * Catches SIGINT, SIGTERM and SIGHUP from the moment it is made until {@link StopSignals.dispose}, so
+ * that they stop the command (which then revokes its leases) instead of killing lessor with leases
+ * left live. `stopped` resolves with the first one.
+ */
+export class StopSignals {
+  first: NodeJS.Signals | null = null;
+  readonly stopped: Promise<NodeJS.Signals>;
+  readonly #handlers: [NodeJS.Signals, () => void][] = [];
+
+  constructor() {
+    let done: (s: NodeJS.Signals) => void = () => {};
+    this.stopped = new Promise((r) => (done = r));
+    for (const s of STOP_ON) {
+      const h = (): void => {
+        this.first ??= s;
+        done(s);
+      };
+      this.#handlers.push([s, h]);
+      process.on(s, h);
+    }
+  }
+
+  /** Removes the handlers. */
+  dispose(): void {
+    for (const [s, h] of this.#handlers) process.off(s, h);
+  }
+}
+
+/** Thrown inside a command when a signal stops it before it is done (see {@link StopSignals}, {@link SignalRelay.early}). */
+export class Interrupted extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(signal);
   }
 }
