@@ -56,6 +56,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   revoke_lease: (c) => ({ leaseId: c.leaseId, reason: "done" }),
   record_proxy_requests: (c) => ({ reports: [{ agent: "claude", leaseIds: [c.leaseId], method: "GET", host: "api.github.com", path: "/user", status: 200, bytesOut: 0, bytesIn: 12, ms: 3.5, outcome: "ok" }] }),
   record_tool_call: () => ({ agent: "claude", tool: "list_secrets", outcome: "refused", code: "access_denied", ms: 4.5 }),
+  record_refusal: () => ({ agent: "claude", secret: "github-token", domain: "api.github.com", by: "git-credential", reason: "the URL is plain http://" }),
   revoke_all_for_agent: () => ({ agent: "claude" }),
   list_leases: () => ({ agent: "claude", live: false }),
   approval_request: () => ({ agent: "claude", secret: "gated", domains: ["api.github.com"], reason: "the sample asks" }),

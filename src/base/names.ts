@@ -12,6 +12,8 @@ const SCOPE_RE = /^(?:global|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@-]{0,
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 /** Letters, digits, `_`, `.`, `-`, `@`, `:`; starts with a letter, digit or `_`; at most 128 chars. */
 const AGENT_RE = /^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,127}$/;
+/** A client's name as an audit event records it (`git-credential`, `docker-credential`; src/vault/client-refusals.ts). */
+export const CLIENT_NAME_RE = /^[a-z][a-z0-9-]{0,31}$/;
 
 export function isScope(s: unknown): s is string {
   return typeof s === "string" && SCOPE_RE.test(s);

@@ -14,7 +14,7 @@
  */
 import { z } from "zod";
 import { VaultError } from "../base/errors.js";
-import { parseRefString } from "../base/names.js";
+import { CLIENT_NAME_RE, parseRefString } from "../base/names.js";
 import { MAX_TOOL_CALL_MS, TOOL_CODES, TOOL_NAME_RE, TOOL_OUTCOMES } from "../base/tool-call.js";
 import { AUDIT_TYPES, SECRET_KINDS, type Role } from "../base/types.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
@@ -348,6 +348,22 @@ export const REGISTRY = {
     secret: false,
     audit: "audited",
     call: (s, p) => s.recordToolCall(p),
+  }),
+  record_refusal: method({
+    description:
+      "Writes the access_denied audit event of a refusal a client made on its own before asking for a lease (a credential helper that answers nothing): the agent, the secret, the host and why; never a value.",
+    roles: ALL,
+    params: z.strictObject({
+      agent: str(128).optional(),
+      secret: str(300),
+      domain: str(253).optional(),
+      by: z.string().regex(CLIENT_NAME_RE, 'expected a client name: 1 to 32 lower-case letters, digits or "-", starting with a letter'),
+      reason: str(300),
+    }),
+    result: z.strictObject({ recorded: z.literal(true) }),
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.recordRefusal(p),
   }),
   revoke_all_for_agent: method({
     description: "Revokes every live lease of an agent.",

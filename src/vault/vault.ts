@@ -32,6 +32,7 @@ import { checkPlainText } from "../base/text.js";
 import * as leases from "./leases.js";
 import * as proxyRequests from "./proxy-requests.js";
 import * as toolCalls from "./tool-calls.js";
+import * as clientRefusals from "./client-refusals.js";
 import * as ownAccess from "./own-access.js";
 import { checkAgentId, parseRefString, refString } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
@@ -550,6 +551,11 @@ export class VaultSession {
   /** Writes the `tool_call` audit event of one tool call an MCP server made for an agent (src/vault/tool-calls.ts). */
   recordToolCall(report: toolCalls.ToolCallReport): Promise<{ recorded: true }> {
     return toolCalls.recordToolCall(this.#ctx, this.identity, report);
+  }
+
+  /** Writes the `access_denied` event of a refusal a client made before asking the vault (src/vault/client-refusals.ts). */
+  recordRefusal(refusal: clientRefusals.ClientRefusal): Promise<{ recorded: true }> {
+    return clientRefusals.recordClientRefusal(this.#ctx, this.identity, refusal);
   }
 
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {

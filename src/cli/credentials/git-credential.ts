@@ -6,12 +6,15 @@
  * the same commit (one use, a short ttl), prints it to git and leaves no live lease behind. When
  * there is nothing to answer (plain http, a host the policy does not cover, no such secret) it prints
  * nothing and exits 0, with one line on stderr saying why, so git goes on to its next helper or fails
- * as it would with no credential. `store` and `erase` do nothing: lessor is the store.
+ * as it would with no credential. A refusal made here, before the vault is asked (the URL's protocol
+ * or host, the repository's own git config, or that config unreadable), is audited through
+ * `record_refusal`; the policy's refusals the vault audits itself. `store` and `erase` do nothing:
+ * lessor is the store.
  */
 import { UsageError, type Cli } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../base/errors.js";
-import { parseRefString } from "../../base/names.js";
+import { parseRefString, refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
 import { repositoryRoutingHere } from "./repo-transport.js";
@@ -56,20 +59,42 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
       cli.err(`lessor git-credential: no credential: ${why}`);
       return EXIT.ok;
     };
-    if (req.protocol === "http") return skip("the URL is plain http://, which would send the token unencrypted; use https://");
-    if (req.protocol !== "https") return skip(`lessor answers only for https:// URLs, not ${JSON.stringify(req.protocol ?? "(no protocol)")}`);
-    if (req.host === null || req.host === "") return skip("git sent no host");
-    const routed = repositoryRoutingHere();
-    if (routed.length > 0)
-      return skip(
-        `this repository's own git config sets ${routed.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,
-      );
+    // A refusal made here, before the vault is asked, is audited too (src/vault/client-refusals.ts):
+    // the vault never sees the request otherwise. One that cannot be audited is refused all the same.
+    const refuse = async (why: string, audited: string, domain?: string): Promise<number> => {
+      skip(why);
+      try {
+        const { api } = await cli.backend();
+        await api.api.record_refusal({ ...(o.agent !== undefined ? { agent: o.agent } : {}), secret: refString(ref), ...(domain !== undefined ? { domain } : {}), by: "git-credential", reason: auditText(audited) });
+      } catch (e) {
+        cli.err(`lessor git-credential: this refusal could not be audited: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      return EXIT.ok;
+    };
+    if (req.protocol === "http") return refuse("the URL is plain http://, which would send the token unencrypted; use https://", "the URL is plain http://");
+    if (req.protocol !== "https")
+      return refuse(`lessor answers only for https:// URLs, not ${JSON.stringify(req.protocol ?? "(no protocol)")}`, `the protocol is not https: ${JSON.stringify(req.protocol ?? "(none)")}`);
+    if (req.host === null || req.host === "") return refuse("git sent no host", "git sent no host");
     let host: string;
     try {
       host = gitHost(req.host).name;
     } catch (e) {
-      return skip(e instanceof Error ? e.message : String(e));
+      const why = e instanceof Error ? e.message : String(e);
+      return refuse(why, `the host is not a DNS name: ${why}`);
     }
+    const routing = repositoryRoutingHere();
+    if ("failed" in routing)
+      return refuse(
+        `could not read this repository's git config to check where git would send the credential (git config failed: ${routing.failed}), so lessor answers nothing; run git config --list --show-scope here to see what git says, and fix what it names (or run git where its config can be read)`,
+        `the repository's git config could not be checked (git config failed: ${routing.failed})`,
+        host,
+      );
+    if (routing.keys.length > 0)
+      return refuse(
+        `this repository's own git config sets ${routing.keys.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,
+        `the repository's own git config sets ${routing.keys.join(", ")}, which decides where git sends the credential or whom it trusts`,
+        host,
+      );
     const username = o.username ?? (req.username !== null && req.username !== "" ? req.username : DEFAULT_GIT_USERNAME);
     const { api } = await cli.backend();
     let got: Awaited<ReturnType<typeof api.leaseAndAccess>>;
@@ -100,6 +125,15 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
     }
     return EXIT.ok;
   });
+}
+
+/**
+ * `s` as an audit reason: one line of printable ASCII (anything else, which git's request or a repository's
+ * key names could hold, becomes `?`), at most 300 characters.
+ */
+function auditText(s: string): string {
+  const clean = s.replace(/[^\x20-\x7e]/g, "?");
+  return clean.length > 300 ? `${clean.slice(0, 299)}…` : clean;
 }
 
 /**

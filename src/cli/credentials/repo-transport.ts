@@ -6,11 +6,11 @@
  * repository config the owner did not write (an unpacked archive, another user's checkout) can do
  * that, so `lessor git-credential get` asks git which of these come from the repository (the `local`
  * and `worktree` scopes, or any scope but the owner's `system`, `global` and `command`) and answers
- * nothing when one does. `credential.useHttpPath` counts too: a repository turning it off makes git
- * send no path, and a grant limited to some repositories (`paths`) would then be asked for none in
- * particular. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
+ * nothing when one does, or when git's answer cannot be had (it fails, is killed, times out).
+ * `credential.useHttpPath` counts too: a repository turning it off makes git send no path, and a
+ * grant limited to some repositories (`paths`) would then be asked for none in particular. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
  */
-import { spawnSync } from "node:child_process";
+import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 
 /** The keys (the last part of `http.<key>` or `http.<url>.<key>`) that decide routing or trust. */
 const ROUTING = new Set([
@@ -33,7 +33,7 @@ const ROUTING = new Set([
 /** Scopes the owner controls; anything else is the repository's. */
 const OWNERS = new Set(["system", "global", "command"]);
 
-/** Parses `git config --show-scope -z --get-regexp` output: the keys that come from the repository. */
+/** Parses `git config --show-scope -z [--name-only] --get-regexp` output: the keys that come from the repository. */
 export function repositoryRouting(out: string): string[] {
   const found: string[] = [];
   const parts = out.split("\0");
@@ -49,12 +49,59 @@ export function repositoryRouting(out: string): string[] {
 }
 
 /**
- * The repository-scope settings (in the current directory's repository, as git sees it) that would
- * route or trust a connection: empty when there are none, when this is no repository, or when git
- * cannot be run here (then git is not the one asking either).
+ * The regular expression given to `git config --get-regexp`: only the keys whose last part is one
+ * {@link repositoryRouting} looks at, so that what git prints stays small however large the rest of
+ * the config is ({@link repositoryRouting} still decides which of them count).
  */
-export function repositoryRoutingHere(): string[] {
-  const r = spawnSync("git", ["config", "--show-scope", "-z", "--get-regexp", "^(http|remote|credential)\\."], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "ignore"] });
-  if (r.error !== undefined || r.status !== 0 || typeof r.stdout !== "string") return [];
-  return repositoryRouting(r.stdout);
+export const ROUTING_KEYS_RE = `^(http|remote|credential)\\.(.*\\.)?(${[...ROUTING, "usehttppath"].join("|")})$`;
+
+/** The most `git config` may print here (names only: a few lines in any honest config). */
+export const MAX_CONFIG_OUTPUT = 16 * 1024 * 1024;
+
+/** How long `git config` may take here. */
+export const CONFIG_TIMEOUT_MS = 10_000;
+
+/** What {@link repositoryRoutingHere} found: the repository's routing keys, or why it could not tell. */
+export type RoutingCheck = { keys: string[] } | { failed: string };
+
+/**
+ * Reads the result of the `git config` run {@link repositoryRoutingHere} makes. Exit 0 is keys found
+ * and exit 1 none; anything else (git not run, killed, timed out, output over the limit, another exit
+ * code such as 3 for a config git cannot parse) is `failed`, never "none": a check that did not run
+ * must not read as a repository that sets nothing.
+ */
+export function routingCheckOf(r: SpawnSyncReturns<string>): RoutingCheck {
+  if (r.error !== undefined) {
+    const code = (r.error as NodeJS.ErrnoException).code;
+    const why =
+      code === "ETIMEDOUT" ? `it took longer than ${CONFIG_TIMEOUT_MS / 1000} s` : code === "ENOBUFS" ? `it printed more than ${MAX_CONFIG_OUTPUT} bytes` : code === "ENOENT" ? "git was not found on PATH" : (code ?? r.error.message);
+    return { failed: why };
+  }
+  if (r.signal !== null) return { failed: `it was killed by ${r.signal}` };
+  if (r.status === 1) return { keys: [] };
+  if (r.status !== 0 || typeof r.stdout !== "string") return { failed: `it exited with code ${r.status}${stderrLine(r.stderr)}` };
+  return { keys: repositoryRouting(r.stdout) };
+}
+
+function stderrLine(err: unknown): string {
+  const line = typeof err === "string" ? (err.split("\n").find((l) => l.trim() !== "") ?? "") : "";
+  // git's own words (e.g. "fatal: bad config line 3 in file .git/config"), one line, printable only.
+  const clean = line.replace(/[^\x20-\x7e]/g, "?").slice(0, 200);
+  return clean === "" ? "" : ` (${clean})`;
+}
+
+/**
+ * The repository-scope settings (in the current directory's repository, as git sees it) that would
+ * route or trust a connection: `keys` (empty when there are none, or when this is no repository), or
+ * `failed` when git's answer could not be had; then the caller answers nothing.
+ */
+export function repositoryRoutingHere(): RoutingCheck {
+  return routingCheckOf(
+    spawnSync("git", ["config", "--show-scope", "-z", "--name-only", "--get-regexp", ROUTING_KEYS_RE], {
+      encoding: "utf8",
+      timeout: CONFIG_TIMEOUT_MS,
+      maxBuffer: MAX_CONFIG_OUTPUT,
+      stdio: ["ignore", "pipe", "pipe"],
+    }),
+  );
 }
