@@ -542,7 +542,6 @@ export class VaultSession {
   revokeLease(leaseId: string, reason?: string): Promise<{ revoked: boolean }> {
     return leases.revokeLease(this.#ctx, this.identity, leaseId, reason);
   }
-  /** Revokes every live lease of an agent. */
   /** Writes the audit events of requests the injecting proxy handled, in one commit (src/vault/proxy-requests.ts). */
   recordProxyRequests(reports: readonly proxyRequests.ProxyRequestReport[]): Promise<{ revoked: number }> {
     return proxyRequests.recordProxyRequests(this.#ctx, this.identity, reports);
@@ -558,6 +557,7 @@ export class VaultSession {
     return clientRefusals.recordClientRefusal(this.#ctx, this.identity, refusal);
   }
 
+  /** Revokes every live lease of an agent. */
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }
