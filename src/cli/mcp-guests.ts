@@ -13,7 +13,8 @@
  * approvals are decided on the host (`lessor approve`).
  */
 import { resolve } from "node:path";
-import { DEFAULT_PROXY_CONFIG, type ProxyConfig } from "../config/proxy-config.js";
+import { VaultError } from "../base/errors.js";
+import type { ProxyConfig } from "../config/proxy-config.js";
 import type { VmConfig, VsockGuest } from "../config/vm-config.js";
 import { resolveAgent, type McpIdentity } from "../mcp/identity.js";
 import { createMcpSession } from "../mcp/server.js";
@@ -38,7 +39,7 @@ export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<void
   const log = (line: string): void => cli.err(line);
   const backend = await cli.backend();
   const who = (await backend.api.whoami()).identity;
-  const { proxy, vms, vsockGuests } = await readConfig(backend.home, backend.endpoint !== null && o.vsockPort === undefined, log);
+  const { proxy, vms, vsockGuests } = await readConfig(backend.home, o.vsockPort !== undefined ? `--vsock-port ${o.vsockPort}` : `--socket ${o.socket!}`);
   const source: GuestSource = guestSourceOf(o, { vms, vsockGuests }, backend.home) ?? { kind: "socket", path: resolve(o.socket!), agent: resolveAgent(o.agent, who).agent };
   const identities = new Map<string, McpIdentity>();
   const sessions = new StreamSessions({ log, newSession: (identity) => createMcpSession({ api: backend.api, identity, proxyConfig: proxy, log, approvalPage: false }) });
@@ -85,17 +86,20 @@ export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<void
 }
 
 /**
- * The home's `[proxy]`, `[[vm]]` and `[[vsock]]` settings. `lenient`: an agent reaching a daemon named
- * by the environment may not read the owner's home; then the defaults, and no VM is known.
+ * The home's `[proxy]`, `[[vm]]` and `[[vsock]]` settings. There is no fallback: without the `[[vm]]`
+ * entries a VM's socket would pass for a plain one, served as `--agent` rather than as the VM's agent,
+ * so a configuration that cannot be read or parsed stops the command (`flag` names the one given).
  */
-async function readConfig(home: string, lenient: boolean, log: (line: string) => void): Promise<{ proxy: ProxyConfig; vms: VmConfig[]; vsockGuests: VsockGuest[] }> {
+async function readConfig(home: string, flag: string): Promise<{ proxy: ProxyConfig; vms: VmConfig[]; vsockGuests: VsockGuest[] }> {
   const { loadConfig } = await import("../config/load.js");
   try {
     const c = loadConfig(home);
     return { proxy: c.proxy, vms: c.vms, vsockGuests: c.vsockGuests };
   } catch (e) {
-    if (!lenient) throw e;
-    log(`lessor mcp: cannot read the settings of ${home}; using the [proxy] defaults, and no [[vm]] is known`);
-    return { proxy: structuredClone(DEFAULT_PROXY_CONFIG), vms: [], vsockGuests: [] };
+    if (!(e instanceof VaultError)) throw e;
+    throw new VaultError(
+      e.code,
+      `${flag}: lessor mcp needs the [[vm]] and [[vsock]] entries of lessor.toml to tell which agent each guest is, and cannot use those of ${home}: ${e.message}. Fix lessor.toml (lessor serve refuses it too), or point LESSOR_HOME at a home whose lessor.toml you can read`,
+    );
   }
 }

@@ -4,15 +4,17 @@
  * entries that tell the daemon who a guest is tell these services which agent's credentials the guest
  * may use, so a guest reaches, on every port, only what its own entry grants:
  *
- * - a Firecracker VM's socket `<uds_path>_<P>` (any port P) is that `[[vm]]`'s;
+ * - a Firecracker VM's socket `<uds_path>_<P>` (any port P) is that `[[vm]]`'s, however the path is
+ *   spelled (by its text, its real directory, or its directory's device and inode);
  * - an AF_VSOCK connection is the `[[vsock]]` entry of its peer CID; a CID without one is nobody.
  *
  * An agent guest is its agent; an orchestrator guest may be offered an agent its `act_for` covers
  * (the service's `--agent` names it). Nothing a guest sends changes this.
  */
-import { realpathSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { compileAgentPattern } from "../vault/pattern.js";
+import { fail, show } from "./fields.js";
 import { inHome } from "./home.js";
 import type { GuestIdentity, VmConfig } from "./vm-config.js";
 
@@ -27,19 +29,57 @@ export function vmOfSocket(vms: readonly VmConfig[], home: string, path: string)
   // By the real directory too: a path through a symlinked directory (/var/run for /run, a link of
   // one's own) is the same socket Firecracker delivers the guest to.
   const forms = [resolve(path), canonicalSocketPath(path)];
+  // And by the directory itself, its (dev, ino): a spelling no text comparison sees through (a bind
+  // mount of the directory, say) still names the file Firecracker connects to.
+  const real = canonicalSocketPath(path);
+  const dir = dirOf(real);
   for (const vm of vms) {
     const uds = inHome(home, vm.udsPath);
-    const prefixes = [`${resolve(uds)}_`, `${canonicalSocketPath(uds)}_`];
-    const abs = forms.find((f) => prefixes.some((p) => f.startsWith(p)));
-    if (abs === undefined) continue;
-    const prefix = prefixes.find((p) => abs.startsWith(p))!;
-    const rest = abs.slice(prefix.length);
-    if (!/^[1-9][0-9]{0,9}$/.test(rest)) continue;
-    const port = Number(rest);
-    if (port > 2 ** 32 - 2) continue;
-    return { vm, port };
+    const rests: string[] = [];
+    for (const prefix of [`${resolve(uds)}_`, `${canonicalSocketPath(uds)}_`]) for (const f of forms) if (f.startsWith(prefix)) rests.push(f.slice(prefix.length));
+    const udsName = `${basename(uds)}_`;
+    if (dir !== null && basename(real).startsWith(udsName) && sameDir(dir, dirOf(canonicalSocketPath(uds)))) rests.push(basename(real).slice(udsName.length));
+    const port = rests.map(portOf).find((p): p is number => p !== null);
+    if (port !== undefined) return { vm, port };
   }
   return null;
+}
+
+/** The vsock port a socket name's suffix spells (`5000` of `vm1.vsock_5000`), or null. */
+function portOf(rest: string): number | null {
+  if (!/^[1-9][0-9]{0,9}$/.test(rest)) return null;
+  const port = Number(rest);
+  return port > 2 ** 32 - 2 ? null : port;
+}
+
+/** The (dev, ino) of the directory holding `path`, or null when it cannot be read. */
+function dirOf(path: string): { dev: bigint; ino: bigint } | null {
+  try {
+    const st = statSync(dirname(path), { bigint: true });
+    return st.isDirectory() ? { dev: st.dev, ino: st.ino } : null;
+  } catch {
+    return null;
+  }
+}
+
+function sameDir(a: { dev: bigint; ino: bigint }, b: { dev: bigint; ino: bigint } | null): boolean {
+  return b !== null && a.dev === b.dev && a.ino === b.ino;
+}
+
+/**
+ * Refuses two `[[vm]]` entries whose sockets are one file once their paths are resolved in `home` and
+ * their directories' links followed (a relative and an absolute spelling, say): parsing compares the
+ * paths as written, and the daemon would otherwise stop at the second listen, blaming another daemon.
+ */
+export function checkVmSockets(source: string, vms: readonly VmConfig[], home: string): void {
+  const seen = new Map<string, string>();
+  vms.forEach((vm, i) => {
+    const path = canonicalSocketPath(inHome(home, `${vm.udsPath}_${vm.port}`));
+    const other = seen.get(path);
+    if (other !== undefined)
+      fail(source, `vm ${i + 1}: uds_path`, `${show(vm.udsPath)} (port ${vm.port}) is the socket ${path}, which VM ${show(other)} uses too; each VM needs its own socket, so give one of them another uds_path`);
+    seen.set(path, vm.name);
+  });
 }
 
 /**

@@ -6,6 +6,7 @@
 import { VaultError } from "../base/errors.js";
 import { readTrustedText } from "../fs/trusted-file.js";
 import { DEFAULT_CONFIG, parseConfig, type Config } from "./config.js";
+import { checkVmSockets } from "./guest-map.js";
 import { HOME_FILES, inHome } from "./home.js";
 
 /**
@@ -23,6 +24,9 @@ export function loadConfig(home: string): Config {
     if (code === "ENOENT") return structuredClone(DEFAULT_CONFIG);
     throw new VaultError("config_invalid", `cannot read the configuration file ${path} (${code ?? "error"}); check that it is a file you can read`);
   }
-  return parseConfig(text, path);
+  const cfg = parseConfig(text, path);
+  // Relative uds_paths are in the home, which parsing does not know.
+  checkVmSockets(path, cfg.vms, home);
+  return cfg;
 }
 

@@ -10,8 +10,9 @@
  * - a vsock peer → the guest it is: a Firecracker VM by the `[[vm]]` socket the connection arrived
  *   on (`vm:<name>`; if the entry names the Firecracker process's uid, another uid is refused), an
  *   AF_VSOCK guest by its CID through `[[vsock]]` (`cid:<n>`); anything else is refused. A token in
- *   the hello is refused on vsock, before it is looked at: the guest is its VM and nothing more, so
- *   a token that reached a guest (an admin's, say) cannot raise it above its VM's identity.
+ *   the hello (the token itself, or a token handshake's tokenId and nonce: the connection starts no
+ *   handshake on vsock) is refused on vsock, before it is looked up: the guest is its VM and nothing
+ *   more, so a token that reached a guest (an admin's, say) cannot raise it above its VM's identity.
  * Every refusal is audited as auth_failed.
  */
 import type { GuestIdentity, UidIdentity, VmConfig, VsockGuest } from "../config/config.js";
@@ -19,7 +20,8 @@ import type { Hello } from "../protocol/messages.js";
 import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
-import type { PeerInfo } from "./connection.js";
+import { peerRemote, type PeerInfo } from "./connection.js";
+import { splitToken } from "../crypto/token-proof.js";
 
 /** How Unix-socket peers without credentials are treated (from decidePeerTrust). */
 export interface UdsTrust {
@@ -50,19 +52,23 @@ export function makeAuthenticator(
   const byCid = new Map((guests.vsock ?? []).map((g) => [g.cid, g]));
 
   /** Refuses a vsock peer, audited with the VM or CID it came from. */
-  const refuseGuest = async (peer: PeerInfo, reason: string, message: string): Promise<never> => {
-    const remote = peer.vm !== undefined ? `vm:${peer.vm}` : peer.cid !== undefined ? `cid:${peer.cid}` : null;
-    await vault.recordAuthFailure("vsock", reason, { remote, uid: peer.uid ?? null, pid: peer.pid ?? null });
+  const refuseGuest = async (peer: PeerInfo, reason: string, message: string, extra: Record<string, string> = {}): Promise<never> => {
+    await vault.recordAuthFailure("vsock", reason, { remote: peerRemote(peer), uid: peer.uid ?? null, pid: peer.pid ?? null, ...extra });
     throw new VaultError("unauthenticated", message);
   };
 
   const authenticateGuest = async (peer: PeerInfo, hello: Hello): Promise<Identity> => {
-    if (hello.token !== undefined)
+    // Either form: the one-step token, or the token handshake's hello (refused before any lookup, so
+    // no proof is made from the token's hash). The row names the token's public id, never its secret.
+    if (hello.token !== undefined || hello.tokenId !== undefined || hello.nonce !== undefined) {
+      const tokenId = hello.tokenId ?? splitToken(hello.token)?.id;
       return refuseGuest(
         peer,
         "token on vsock",
         "a VM guest is identified by its vsock connection, never by a token: connect without one (the daemon refuses tokens on vsock so that a guest cannot be raised above its VM's identity)",
+        tokenId !== undefined ? { token_id: tokenId } : {},
       );
+    }
     if (peer.vm !== undefined) {
       const vm = byVm.get(peer.vm);
       if (vm === undefined) return refuseGuest(peer, "unknown vm", `VM ${JSON.stringify(peer.vm)} is not in lessor.toml; add a [[vm]] entry for it`);
@@ -108,7 +114,7 @@ export function makeAuthenticator(
       await vault.recordAuthFailure("uds", "unknown uid", { uid, pid: peer.pid ?? null });
       throw new VaultError("unauthenticated", `uid ${uid} is not mapped to an identity; add an [[identity]] entry for it in lessor.toml, or connect with a token`);
     }
-    await vault.recordAuthFailure(peer.transport, "no token", { remote: peer.remoteAddress ?? null });
+    await vault.recordAuthFailure(peer.transport, "no token", { remote: peerRemote(peer) });
     throw new VaultError("unauthenticated", `${peer.transport} clients must send a token in the hello; an admin creates one with lessor token create`);
   };
 }

@@ -47,6 +47,15 @@ export interface PeerInfo {
   localPort?: number;
 }
 
+/**
+ * The peer an audit row names as `remote`: the VM (`vm:<name>`) or guest CID (`cid:<n>`) of a vsock
+ * peer, the address of a TCP one, null for a Unix-socket peer (its row names its uid).
+ */
+export function peerRemote(peer: PeerInfo): string | null {
+  if (peer.transport === "vsock") return peer.vm !== undefined ? `vm:${peer.vm}` : peer.cid !== undefined ? `cid:${peer.cid}` : null;
+  return peer.remoteAddress ?? null;
+}
+
 import type { ServerLimits } from "../config/server-limits.js";
 export type { ServerLimits };
 
@@ -268,6 +277,9 @@ export class Connection {
     if (!parsed.success) return this.#refuse("invalid_request", issuesMessage("hello", parsed.error.issues, Object.keys(helloSchema.shape)));
     if (this.#host.closing) return this.#refuse("unavailable", "the daemon is shutting down; try again when it is back");
     const h = parsed.data;
+    // A vsock guest never authenticates by token (authenticate.ts): its token hello goes straight to
+    // the refusal, before any token is looked up, so the daemon proves nothing to a guest.
+    if (this.peer.transport === "vsock") return void this.#authenticate(h);
     if (h.tokenId !== undefined || h.nonce !== undefined) {
       if (h.tokenId === undefined || h.nonce === undefined || h.token !== undefined)
         return this.#refuse("invalid_request", 'a token handshake hello has both tokenId and nonce and no token; see "Token handshake" in docs/protocol.md');
@@ -328,7 +340,7 @@ export class Connection {
     if (this.#tokenId === null || this.#tokenShown) return;
     this.#tokenShown = true;
     const transport = this.peer.transport;
-    const detail: Record<string, string | number | null> = { token_id: this.#tokenId, remote: this.peer.remoteAddress ?? null };
+    const detail: Record<string, string | number | null> = { token_id: this.#tokenId, remote: peerRemote(this.peer) };
     this.#host.vault.recordAuthFailure(transport, why, detail).catch((e: unknown) => {
       this.#host.log.warn({ conn: this.id, transport, err: (e as Error).message }, "could not audit a failed token handshake");
     });
@@ -567,7 +579,7 @@ export class Connection {
     const tokenId = this.#token.id;
     this.#host.log.warn({ conn: this.id, transport: this.peer.transport, tokenId, reason: why, inFlight: this.#inFlight }, "closing a connection whose token no longer holds");
     this.#finish(encodeFrame({ id: requestId, ok: false, error: wireError("unauthenticated", CUT_MESSAGE[why]) } satisfies Response));
-    const detail = { token_id: tokenId, conn: this.id, remote: this.peer.remoteAddress ?? null, in_flight: this.#inFlight };
+    const detail = { token_id: tokenId, conn: this.id, remote: peerRemote(this.peer), in_flight: this.#inFlight };
     this.#host.vault.recordConnectionCut(who, why, detail).catch((e: unknown) => {
       this.#host.log.warn({ conn: this.id, err: (e as Error).message }, "could not audit a connection closed for its token");
     });

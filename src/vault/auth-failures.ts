@@ -3,9 +3,13 @@
  * one durable commit (an fsync): a flood of bad tokens or unmapped uids became a flood of fsyncs that
  * slowed every other client, and a trail of thousands of identical rows.
  *
- * Now failures are tallied per **source**: the transport plus the peer when known (`uid` for a Unix
- * socket, `remote` for TCP; the token check does not know its peer, so there the source is the
- * transport). Time is cut into windows of `limits.authFailureWindowMs` (10 s by default).
+ * Now failures are tallied per **source**: the transport plus the peer when known — `remote` when
+ * the detail names one (a TCP address, a VM guest's `vm:<name>` or `cid:<n>`), else `uid` (a Unix
+ * socket). A remote comes first because it is the narrower: every Firecracker VM's connections
+ * arrive from the same uid (the daemon's, or Firecracker's), so grouping them by uid would let one
+ * VM's flood hide another's failures under a row naming no VM. The token check does not know its
+ * peer, so there the source is the transport. Time is cut into windows of
+ * `limits.authFailureWindowMs` (10 s by default).
  * - A source's first {@link BURST} failures in a window are written at once, one row each, as before
  *   (the reason and detail as given), while the window's budget of {@link WINDOW_BUDGET} such rows
  *   lasts.
@@ -123,11 +127,12 @@ function unknownActor(transport: string): Identity {
   return { id: "unknown", role: "agent", transport };
 }
 
+/** The peer a failure is tallied under: its remote when named (the narrower), else its uid. */
 function peerOf(detail: Detail | null): { field: Tally["peerField"]; peer: Tally["peer"] } {
-  const uid = detail?.uid;
-  if (typeof uid === "number") return { field: "uid", peer: uid };
   const remote = detail?.remote;
   if (typeof remote === "string") return { field: "remote", peer: remote };
+  const uid = detail?.uid;
+  if (typeof uid === "number") return { field: "uid", peer: uid };
   return { field: null, peer: null };
 }
 

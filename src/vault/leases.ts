@@ -57,8 +57,9 @@ export interface AccessTarget {
   path?: string;
   /**
    * "proxy": the value goes into a request an injecting proxy sends for the agent, not to the agent
-   * (lessor run, lessor proxy, lessor mcp). Taken only from the owner or an orchestrator: the only
-   * way to use a lease whose rule says `reveal = false`. An agent's own call cannot claim it.
+   * (lessor run, lessor proxy, lessor mcp). Taken only from the owner or an orchestrator on the
+   * host: the only way to use a lease whose rule says `reveal = false`. An agent's own call cannot
+   * claim it, nor can a VM guest's (an identity whose transport is `vsock`), whatever its role.
    */
   via?: "proxy";
 }
@@ -445,12 +446,17 @@ async function useIn(
 
 /**
  * Why an access may not hand the value to `who`, or null when it may: when it goes into an injecting
- * proxy's request (`via: "proxy"` from the owner or an orchestrator), or when both the lease's
- * granting rule `granted` (`own`: as it is in the policy now) and the `deciding` rule reveal it. A granting rule
- * no longer in the policy reveals nothing: nothing says its value may be handed out.
+ * proxy's request (`via: "proxy"` from the owner or an orchestrator on the host), or when both the
+ * lease's granting rule `granted` (`own`: as it is in the policy now) and the `deciding` rule reveal
+ * it. A granting rule no longer in the policy reveals nothing: nothing says its value may be handed out.
+ *
+ * `via: "proxy"` is the caller's word. It is taken from an admin or orchestrator on the host, never
+ * from an agent, nor from a VM guest (transport `vsock`) of any role: the injecting proxies run on the
+ * host and never reach the vault over vsock, and code in a VM is not trusted with values that stay
+ * on the host (docs/vm.md).
  */
 function revealError(own: Rule | undefined, granted: string, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
-  if (target.via === "proxy" && who.role !== "agent") return null;
+  if (target.via === "proxy" && who.role !== "agent" && who.transport !== "vsock") return null;
   const keeper = own === undefined ? null : !own.reveal ? own : deciding && !deciding.reveal ? deciding : null;
   if (own !== undefined && keeper === null) return null;
   const why =
@@ -461,7 +467,9 @@ function revealError(own: Rule | undefined, granted: string, deciding: Rule | nu
     "access_denied",
     who.role === "agent"
       ? `${why}: use it through the injecting proxy (lessor run --agent ${who.agent ?? "AGENT"} -- …), which adds it to the requests the rule allows`
-      : `${why}: only an injecting proxy may use it (lessor run or lessor proxy; in code, an access with via "proxy")`,
+      : who.transport === "vsock"
+        ? `${why}: only an injecting proxy on the host may use it; a VM guest's via "proxy" is not taken (run lessor proxy on the host for the VM's requests, see docs/vm.md)`
+        : `${why}: only an injecting proxy may use it (lessor run or lessor proxy; in code, an access with via "proxy")`,
   );
 }
 
