@@ -7,7 +7,7 @@
  * - elicitation path: a client that supports URL-mode elicitation is asked to open a one-time loopback
  *   page; the test plays the person (GET the page, POST the form) and the same call returns the lease.
  *   The page refuses a POST without its CSRF token, from a foreign Origin or Host, and is gone once used.
- * - expiry: with [vault] approval_wait and approval_use set to 1 s in lessor.toml, a request nobody
+ * - expiry: with [vault] approval_wait (4 s) and approval_use (2 s) set short in lessor.toml, a request nobody
  *   decided in time cannot be approved any more, and an approval not taken up in time lets nothing
  *   through (asking again opens a new one). The same with a controlled clock: test/approvals.test.ts.
  * The canary never shows.
@@ -312,7 +312,7 @@ describe("lessor mcp: approvals lapse ([vault] approval_wait and approval_use)",
     mkdirSync(home2, { recursive: true });
     await initHome({ home: lessorHome2, env: { LESSOR_HOME: lessorHome2 } });
     writeFileSync(join(lessorHome2, "policy.toml"), POLICY, { mode: 0o600 });
-    writeFileSync(join(lessorHome2, "lessor.toml"), '[vault]\napproval_wait = "1s"\napproval_use = "1s"\n', { mode: 0o600 });
+    writeFileSync(join(lessorHome2, "lessor.toml"), '[vault]\napproval_wait = "4s"\napproval_use = "2s"\n', { mode: 0o600 });
     const vault = await openVault({ home: lessorHome2, env: { LESSOR_HOME: lessorHome2 } });
     try {
       await vault.admin().storeSecret({ name: "deploy-key", value: CANARY });
@@ -331,7 +331,7 @@ describe("lessor mcp: approvals lapse ([vault] approval_wait and approval_use)",
     const r = await claude.call("request_access", { secret: "deploy-key", reason: "nightly deploy" });
     assert.equal(r.doc["status"], "approval_pending", r.text);
     const id = String(r.doc["approvalId"]);
-    await sleep(1300);
+    await sleep(4300);
     const late = cliIn(env2, "approve", id);
     assert.notEqual(late.status, 0, "a lapsed request cannot be approved");
     assert.match(late.stderr, /no open approval has id .* \(it may have lapsed\)/);
@@ -345,7 +345,7 @@ describe("lessor mcp: approvals lapse ([vault] approval_wait and approval_use)",
     const id = String(r.doc["approvalId"]);
     const ok = cliIn(env2, "approve", id);
     assert.equal(ok.status, 0, ok.stderr);
-    await sleep(1300);
+    await sleep(2300);
     const late = await claude.call("request_access", { secret: "deploy-key", approvalId: id });
     assert.equal(late.isError, true, "the lapsed approval gives no lease");
     assert.ok(!("placeholder" in late.doc));
