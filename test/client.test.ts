@@ -232,6 +232,31 @@ test("connection loss with reconnect off, and a reconnect that fails, both rejec
   assert.equal(s2.hellos.length, 1);
 });
 
+test("keepIdentity: a reconnection the daemon gives another identity is refused before any call goes out on it (none pipelined either); back to the first identity, calls go through", async () => {
+  const first: WireIdentity = { id: "uid:1000", role: "agent", agent: "claude", transport: "uds" };
+  const s = await unixServer({ identity: first, intercept: (req, conn) => (req.method === "killswitch" ? (conn.destroy(), true) : false) });
+  const c = await connect(s, { keepIdentity: true, pipeline: true });
+  assert.deepEqual((await c.status()).identity, first);
+  await rejectsWith(c.killswitch(), "unavailable", /lost/);
+  // The daemon came back knowing this uid as another agent (another [[identity]] table, say).
+  s.opts.identity = { ...first, agent: "other" };
+  const sent = s.requests.length;
+  const calls = [c.status(), c.listLeases({}), c.revokeLease("01900000-0000-7000-8000-000000000001")];
+  for (const p of calls) await rejectsWith(p, "unauthenticated", /now knows this client as agent "other", not as agent "claude"/);
+  await sleep(30);
+  assert.equal(s.requests.length, sent, "no call went out on the connection of the other identity");
+  assert.deepEqual(c.identity, first);
+  s.opts.identity = first;
+  assert.deepEqual((await c.status()).identity, first);
+
+  // Without keepIdentity (the default) the reconnection is taken as the daemon gives it.
+  const s2 = await unixServer({ identity: first, intercept: (req, conn) => (req.method === "killswitch" ? (conn.destroy(), true) : false) });
+  const c2 = await connect(s2);
+  await rejectsWith(c2.killswitch(), "unavailable", /lost/);
+  s2.opts.identity = { ...first, agent: "other" };
+  assert.equal((await c2.status()).identity.agent, "other");
+});
+
 test("a frame over the cap, garbage, or a malformed response closes the connection and rejects the calls in flight", async () => {
   const s = await unixServer({
     intercept(req, conn) {

@@ -13,7 +13,7 @@ import { resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VaultError } from "../base/errors.js";
 import type { Vault } from "../vault/vault.js";
-import { connectDaemon, connectTarget } from "./daemon.js";
+import { connectDaemon, connectTarget, type DaemonConnectOptions } from "./daemon.js";
 import { daemonTarget } from "./daemon-target.js";
 
 /** What a backend serves in every mode: the SDK's methods over a daemon connection or an in-process vault. */
@@ -42,6 +42,8 @@ export interface OpenBackendOptions {
    * terminal). Without it, only LESSOR_PASSPHRASE is used.
    */
   getPassphrase?: PassphraseProvider;
+  /** For a daemon backend: reconnect after the daemon closed the connection ({@link DaemonConnectOptions.reconnect}). */
+  reconnect?: boolean;
 }
 
 /**
@@ -62,15 +64,16 @@ export function noVaultError(home: string): VaultError {
  */
 export async function openBackend(opts: OpenBackendOptions = {}): Promise<Backend> {
   const env = opts.env ?? process.env;
+  const daemonOpts: DaemonConnectOptions = opts.reconnect === true ? { reconnect: true } : {};
   const target = daemonTarget(env);
   if (target) {
     if (opts.home !== undefined)
       throw new VaultError("config_invalid", `--home and ${target.via} are both given: --home opens a vault, ${target.via} names a daemon; drop --home, or unset ${target.via}`);
-    return connectTarget(target, resolveHome(undefined, env));
+    return connectTarget(target, resolveHome(undefined, env), daemonOpts);
   }
   const home = resolveHome(opts.home, env);
   if (!existsSync(home)) throw noVaultError(home);
-  const daemon = await connectDaemon(home);
+  const daemon = await connectDaemon(home, daemonOpts);
   if (daemon) return daemon;
   const [{ openVault }, { inProcessApi }] = await Promise.all([import("../config/open-vault.js"), import("./in-process.js")]);
   const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });

@@ -12,17 +12,30 @@ import { VaultError } from "../base/errors.js";
 import type { Backend } from "./backend.js";
 import type { DaemonTarget } from "./daemon-target.js";
 
+/** How a daemon backend's connection behaves once the daemon has closed it. */
+export interface DaemonConnectOptions {
+  /**
+   * False (the default): a command's calls all go over the one connection it opened, and once the
+   * daemon closed it (`idle_timeout`, `max_connection_lifetime`, a restart) every later call fails
+   * with `unavailable` (src/cli/run/connection.ts opens a new backend where a command must carry on).
+   * True, for a process that keeps its backend for hours (`lessor mcp`): the next call reconnects, with
+   * the same token and the daemon checked again (its uid; with a token, its proof), and only as the
+   * identity of the first connection (`keepIdentity`). A call cut off by the loss is never resent.
+   */
+  reconnect?: boolean;
+}
+
 /**
  * Connects to the daemon of `home` (an existing home directory). Null when no daemon is listening
  * there (no socket file, or a stale one left by a killed daemon); other failures — a bad
  * lessor.toml, a refused handshake — throw.
  */
-export async function connectDaemon(home: string): Promise<Backend | null> {
+export async function connectDaemon(home: string, opts: DaemonConnectOptions = {}): Promise<Backend | null> {
   const socketPath = inHome(home, loadConfig(home).server.socket);
   if (!existsSync(socketPath)) return null;
   try {
     // pipeline: the first call goes out right behind the hello (a refused handshake fails that call).
-    const client = await LessorClient.connect({ socketPath }, { reconnect: false, pipeline: true });
+    const client = await LessorClient.connect({ socketPath }, { ...reconnecting(opts), pipeline: true });
     return { mode: "daemon", home, endpoint: null, api: client, close: () => client.close() };
   } catch (e) {
     if (e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message)) return null;
@@ -34,10 +47,10 @@ export async function connectDaemon(home: string): Promise<Backend | null> {
  * Connects to the daemon the environment names. There is no fallback: when nothing answers there,
  * it throws VaultError("unavailable") naming the variable and the address. `home` is only reported.
  */
-export async function connectTarget(target: DaemonTarget, home: string): Promise<Backend> {
+export async function connectTarget(target: DaemonTarget, home: string, opts: DaemonConnectOptions = {}): Promise<Backend> {
   try {
     const client = await LessorClient.connect(target.endpoint, {
-      reconnect: false,
+      ...reconnecting(opts),
       pipeline: true,
       ...(target.token !== undefined ? { token: target.token } : {}),
       ...(target.expectedUid !== undefined ? { expectedUid: target.expectedUid } : {}),
@@ -59,4 +72,9 @@ export async function connectTarget(target: DaemonTarget, home: string): Promise
     }
     throw e;
   }
+}
+
+/** The client options for {@link DaemonConnectOptions.reconnect}. */
+function reconnecting(opts: DaemonConnectOptions): { reconnect: boolean; keepIdentity: boolean } {
+  return opts.reconnect === true ? { reconnect: true, keepIdentity: true } : { reconnect: false, keepIdentity: false };
 }

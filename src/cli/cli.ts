@@ -11,8 +11,14 @@ import { VaultError } from "../base/errors.js";
 import { VERSION } from "../version.js";
 import { jsonText, terminalSafe } from "./format/terminal-safe.js";
 
+/** How {@link Cli.openBackend} opens a backend. */
+export interface BackendOpenOptions {
+  /** Reconnect to the daemon after it closed the connection, for a command that keeps its backend for long (src/backend/daemon.ts). */
+  reconnect?: boolean;
+}
+
 /** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */
-export type BackendOpener = (home: string | undefined) => Promise<Backend>;
+export type BackendOpener = (home: string | undefined, opts?: BackendOpenOptions) => Promise<Backend>;
 
 /** Shared state of one CLI invocation. */
 export class Cli {
@@ -71,8 +77,8 @@ export class Cli {
   }
 
   /** A new backend, apart from {@link backend}'s (the caller closes it). */
-  openBackend(): Promise<Backend> {
-    return this.#open(this.home);
+  openBackend(opts?: BackendOpenOptions): Promise<Backend> {
+    return opts === undefined ? this.#open(this.home) : this.#open(this.home, opts);
   }
 
   /** Runs a command body: closes the backend after, maps errors to messages and exit codes. */

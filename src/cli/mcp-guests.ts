@@ -22,6 +22,7 @@ import { refuseMcpStream, StreamSessions } from "../mcp/stream.js";
 import type { Cli } from "./cli.js";
 import { GuestGate, guestSourceOf, listenGuests, preflightGuests, type GuestSource } from "./guest-gate.js";
 import { holdLeases } from "./holding.js";
+import { McpBackend } from "./mcp-backend.js";
 
 /** Most MCP sessions open at once from one guest, and in all. */
 export const MAX_GUEST_SESSIONS = 8;
@@ -34,15 +35,27 @@ export interface McpGuestOptions {
   vsockPort?: string | undefined;
 }
 
-/** Serves MCP on a socket or an AF_VSOCK port until SIGINT/SIGTERM/SIGHUP; then ends every session. */
-export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<void> {
+/**
+ * Serves MCP on a socket or an AF_VSOCK port until SIGINT/SIGTERM/SIGHUP; then ends every session.
+ * Resolves to the exit code: 1 when a session's lease could not be revoked at its end.
+ */
+export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<number> {
+  const mcp = await McpBackend.open(cli);
+  try {
+    return await serveGuests(cli, o, mcp);
+  } finally {
+    await mcp.close().catch(() => {});
+  }
+}
+
+async function serveGuests(cli: Cli, o: McpGuestOptions, mcp: McpBackend): Promise<number> {
   const log = (line: string): void => cli.err(line);
-  const backend = await cli.backend();
+  const backend = mcp.backend;
   const who = (await backend.api.whoami()).identity;
   const { proxy, vms, vsockGuests } = await readConfig(backend.home, o.vsockPort !== undefined ? `--vsock-port ${o.vsockPort}` : `--socket ${o.socket!}`);
   const source: GuestSource = guestSourceOf(o, { vms, vsockGuests }, backend.home) ?? { kind: "socket", path: resolve(o.socket!), agent: resolveAgent(o.agent, who).agent };
   const identities = new Map<string, McpIdentity>();
-  const sessions = new StreamSessions({ log, newSession: (identity) => createMcpSession({ api: backend.api, identity, proxyConfig: proxy, log, approvalPage: false }) });
+  const sessions = new StreamSessions({ log, newSession: (identity) => createMcpSession({ api: backend.api, identity, proxyConfig: proxy, log, approvalPage: false, revoke: mcp.revoke }) });
   const gate = new GuestGate(source, {
     what: "lessor mcp",
     agent: o.agent,
@@ -83,6 +96,8 @@ export async function serveMcpGuests(cli: Cli, o: McpGuestOptions): Promise<void
     for (const s of signals) process.off(s, stop);
     release();
   }
+  // A lease a session could not revoke was named on stderr (lessor revoke <id>) when it ended.
+  return mcp.exitCode;
 }
 
 /**

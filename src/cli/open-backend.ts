@@ -4,12 +4,14 @@
  * only if a passphrase is asked for.
  */
 import { openBackend, type Backend } from "../backend/backend.js";
+import type { BackendOpenOptions } from "./cli.js";
 
 /** Opens the backend for `home` (the --home option, when given). */
-export function openCliBackend(home: string | undefined): Promise<Backend> {
+export function openCliBackend(home: string | undefined, opts: BackendOpenOptions = {}): Promise<Backend> {
   const env = process.env;
   return openBackend({
     ...(home !== undefined ? { home } : {}),
+    ...(opts.reconnect === true ? { reconnect: true } : {}),
     env,
     getPassphrase: (about) => import("./passphrase.js").then((m) => m.terminalPassphrase(env)(about)),
   });

@@ -12,7 +12,7 @@ import { addOptions, GLOBAL_OPTIONS } from "./option-spec.js";
 import { escapeLines } from "./format/terminal-safe.js";
 import { asksVersion } from "./version-flag.js";
 
-const cli = new Cli((home) => import("./open-backend.js").then((m) => m.openCliBackend(home || undefined)));
+const cli = new Cli((home, opts) => import("./open-backend.js").then((m) => m.openCliBackend(home || undefined, opts)));
 const program = new Command()
   .name("lessor")
   .description("A credential vault for AI agents: encrypted secrets lent out through leases.")

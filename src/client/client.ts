@@ -54,6 +54,14 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   /** Reconnect on the next call after the connection was lost (default true). */
   reconnect?: boolean;
+  /**
+   * With `reconnect`: a new connection the daemon gives another identity than the first connection
+   * had (another id, role or agent: a daemon restarted with other identities, say) is refused
+   * (`unauthenticated`) before any call goes out on it, and so is every call until a connection with
+   * the first identity is made. For a program that decided what to do from the identity it started
+   * with (lessor mcp acts for the agent the daemon named then). Default false.
+   */
+  keepIdentity?: boolean;
   /** Frame size cap in bytes, for both directions (default and maximum 1 MiB). */
   maxFrameBytes?: number;
   /**
@@ -154,6 +162,7 @@ function engineOptions(transport: ClientTransport, opts: ClientOptions): EngineO
     requestTimeoutMs: positive(opts.requestTimeoutMs, 30_000, "requestTimeoutMs"),
     reconnect: opts.reconnect ?? true,
     pipeline: opts.pipeline ?? false,
+    keepIdentity: opts.keepIdentity ?? false,
     maxFrameBytes: Math.min(positive(opts.maxFrameBytes, MAX_FRAME_BYTES, "maxFrameBytes"), MAX_FRAME_BYTES),
   };
 }

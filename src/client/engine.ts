@@ -39,6 +39,8 @@ export interface EngineOptions {
   reconnect: boolean;
   /** Let calls go out right behind the hello, before the welcome (see ClientOptions.pipeline). */
   pipeline: boolean;
+  /** Refuse a reconnection the daemon gives another identity than the first connection's (see ClientOptions.keepIdentity). */
+  keepIdentity: boolean;
   maxFrameBytes: number;
 }
 
@@ -151,7 +153,10 @@ export class ClientEngine {
   async #callAfterConnect(method: string, params: unknown, secret: boolean): Promise<any> {
     if (this.#state === CLOSED) throw new VaultError("unavailable", "this LessorClient was closed; connect a new one");
     // Behind the hello on the connecting stream: the daemon answers once it has accepted the hello.
-    if (this.#state === CONNECTING && this.#o.pipeline && this.#connectingStream) return this.#send(method, params, secret, this.#connectingStream);
+    // Not on a reconnection that must keep the identity: the call waits for the welcome, which says
+    // who the new connection is.
+    if (this.#state === CONNECTING && this.#o.pipeline && this.#connectingStream && !(this.#o.keepIdentity && this.#identity !== null))
+      return this.#send(method, params, secret, this.#connectingStream);
     if (this.#state === CONNECTING) await this.#connecting;
     else if (!this.#o.reconnect)
       // A pipelined connect resolves before the handshake: its failure is this call's answer.
@@ -335,6 +340,12 @@ export class ClientEngine {
         this.#connecting = null;
         if (this.#gate === gate) this.#gate = null;
         if (this.#state === CLOSED && err === null) err = new VaultError("unavailable", "the LessorClient was closed while connecting");
+        const first = this.#identity;
+        if (err === null && this.#o.keepIdentity && first !== null && !sameIdentity(first, identity!))
+          err = new VaultError(
+            "unauthenticated",
+            `the lessor daemon at ${where} now knows this client as ${who(identity!)}, not as ${who(first)} as when it first connected; nothing was sent on the new connection: connect a new client to act as ${who(identity!)}`,
+          );
         if (err !== null) {
           this.#connectError = err;
           stream.destroy();
@@ -471,6 +482,16 @@ export class ClientEngine {
     this.#connecting = p;
     return p;
   }
+}
+
+/** True when two handshakes gave the same identity (the same id, role and agent). */
+function sameIdentity(a: WireIdentity, b: WireIdentity): boolean {
+  return a.id === b.id && a.role === b.role && a.agent === b.agent;
+}
+
+/** An identity for messages: `agent "A"`, `admin "owner"`. */
+function who(id: WireIdentity): string {
+  return id.role === "agent" ? `agent ${JSON.stringify(id.agent ?? id.id)}` : `${id.role} ${JSON.stringify(id.id)}`;
 }
 
 /** Milliseconds on a monotonic clock, from process.hrtime (node:perf_hooks costs start-up time to load). */

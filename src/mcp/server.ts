@@ -10,7 +10,7 @@
  * the agent whatever path it took.
  *
  * The session's leases are revoked when the client goes away (stdin closes) or on SIGINT/SIGTERM, as
- * `lessor run` revokes its leases when its command exits.
+ * `lessor run` revokes its leases when its command exits (through {@link McpSessionOptions.revoke}).
  */
 import { z } from "zod";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
@@ -18,6 +18,7 @@ import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 import { CallToolRequestSchema, ErrorCode as McpErrorCode, ListToolsRequestSchema, McpError } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError, type ErrorCode } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
+import { PendingLeases } from "../backend/pending-leases.js";
 import type { ProxyConfig } from "../config/proxy-config.js";
 import { issuesMessage, safeName } from "../protocol/issues.js";
 import { VERSION } from "../version.js";
@@ -44,6 +45,13 @@ export interface McpSessionOptions {
    * only. For clients that may open and submit pages without a person (docs/mcp.md). Default true.
    */
   approvalPage?: boolean;
+  /**
+   * Revokes the session's leases (`ids`) with `reason` when it ends, and resolves to the ids of those
+   * it could not revoke, having said which on stderr. `lessor mcp` passes the CLI's (src/cli/mcp-backend.ts:
+   * retried on a new connection, as `lessor run` does, each left one named with `lessor revoke <id>`).
+   * Default: once through `api`, the number left logged.
+   */
+  revoke?(ids: readonly string[], reason: string): Promise<readonly string[]>;
 }
 
 /** An MCP server bound to one agent, not yet connected to a transport. */
@@ -177,12 +185,20 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
       await credentials.end(GRANT_WAIT_MS);
       const ids = credentials.leaseIds();
       credentials.wipe();
-      const results = await Promise.allSettled(ids.map((id) => o.api.revokeLease(id, "lessor mcp session ended")));
-      const failedCount = results.filter((r) => r.status === "rejected" && !(r.reason instanceof VaultError && ["lease_revoked", "lease_expired", "lease_not_found"].includes(r.reason.code))).length;
-      if (failedCount > 0) o.log(`lessor mcp: ${failedCount} lease(s) could not be revoked; they end when they expire`);
+      if (ids.length > 0) await (o.revoke ?? revokeOnce)(ids, SESSION_ENDED);
     })());
+  const revokeOnce = async (ids: readonly string[], reason: string): Promise<readonly string[]> => {
+    const leases = new PendingLeases(ids);
+    await leases.revokeAll(reason, o.api);
+    const left = leases.unrevoked;
+    if (left.length > 0) o.log(`lessor mcp: ${left.length} lease(s) could not be revoked; they end when they expire`);
+    return left;
+  };
   return { server: makeServer(), newServer: makeServer, close, idle };
 }
+
+/** The reason the leases of a session are revoked with when it ends. */
+export const SESSION_ENDED = "lessor mcp session ended";
 
 /** How long the session's end waits for a grant on its way (the store's busy wait is 5 s by default). */
 const GRANT_WAIT_MS = 15_000;

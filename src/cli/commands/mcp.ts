@@ -12,6 +12,7 @@ import type { McpSession } from "../../mcp/server.js";
 import type { Cli } from "../cli.js";
 import { parseDuration } from "../../vault/duration.js";
 import { holdLeases } from "../holding.js";
+import { McpBackend } from "../mcp-backend.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 
 /** `lessor mcp`'s options. */
@@ -63,7 +64,10 @@ export interface McpCommandOptions {
   terminalApproval?: boolean | undefined;
 }
 
-/** Serves MCP on stdio until the client closes it. */
+/**
+ * Serves MCP on stdio (or as the options say) until the client closes it (or a stop signal). Resolves
+ * to exit code 1 when a session's lease could not be revoked at its end (named on stderr).
+ */
 export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
   return cli.run(async () => {
     if (o.tokenFile !== undefined && o.http === undefined) throw new VaultError("invalid_request", "--token-file goes with --http (over stdio and sockets there is no token)");
@@ -83,42 +87,49 @@ export function mcpAction(cli: Cli, o: McpCommandOptions): Promise<void> {
     // Refused before the vault is opened: a non-loopback address is never listened on.
     const address = o.http === undefined ? undefined : http.parseLoopbackAddress(o.http);
     const idleMs = o.idleTimeout === undefined ? undefined : idleTimeout(o.idleTimeout);
-    const backend = await cli.backend();
-    const who = await backend.api.whoami();
-    const identity = resolveAgent(o.agent, who.identity);
-    const log = (line: string): void => cli.err(line);
-    let proxyConfig;
+    const mcp = await McpBackend.open(cli);
     try {
-      proxyConfig = loadConfig(backend.home).proxy;
-    } catch (e) {
-      // An agent reaching a daemon named by the environment may well not read the owner's home.
-      if (backend.endpoint === null) throw e;
-      const { DEFAULT_PROXY_CONFIG } = await import("../../config/proxy-config.js");
-      proxyConfig = structuredClone(DEFAULT_PROXY_CONFIG);
-      log(`lessor mcp: cannot read the [proxy] settings of ${backend.home}; using the defaults`);
-    }
-    // The sessions open now, so that a crash can still end them (their leases revoked).
-    const open = new Set<McpSession>();
-    const newSession = (): McpSession => {
-      const s = createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true });
-      const close = s.close;
-      s.close = () => {
-        open.delete(s);
-        return close();
+      const backend = mcp.backend;
+      const who = await backend.api.whoami();
+      const identity = resolveAgent(o.agent, who.identity);
+      const log = (line: string): void => cli.err(line);
+      let proxyConfig;
+      try {
+        proxyConfig = loadConfig(backend.home).proxy;
+      } catch (e) {
+        // An agent reaching a daemon named by the environment may well not read the owner's home.
+        if (backend.endpoint === null) throw e;
+        const { DEFAULT_PROXY_CONFIG } = await import("../../config/proxy-config.js");
+        proxyConfig = structuredClone(DEFAULT_PROXY_CONFIG);
+        log(`lessor mcp: cannot read the [proxy] settings of ${backend.home}; using the defaults`);
+      }
+      // The sessions open now, so that a crash can still end them (their leases revoked).
+      const open = new Set<McpSession>();
+      const newSession = (): McpSession => {
+        const s = createMcpSession({ api: backend.api, identity, proxyConfig, log, approvalPage: o.terminalApproval !== true, revoke: mcp.revoke });
+        const close = s.close;
+        s.close = () => {
+          open.delete(s);
+          return close();
+        };
+        open.add(s);
+        return s;
       };
-      open.add(s);
-      return s;
-    };
-    const via = `${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role}`;
-    // The session's leases are revoked when it ends: a closed stdout must not end the process first.
-    const release = holdLeases(() => Promise.allSettled([...open].map((s) => s.close())));
-    try {
-      if (address === undefined) {
-        log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${via})`);
-        await serveStdio(newSession(), log);
-      } else await serveOverHttp(newSession, address, o.tokenFile, idleMs, log, `agent ${JSON.stringify(identity.agent)} (${via})`);
+      const via = `${backend.mode === "daemon" ? `daemon${backend.endpoint ? ` ${backend.endpoint}` : ""}` : "vault in-process"}, as ${identity.role}`;
+      // The session's leases are revoked when it ends: a closed stdout must not end the process first.
+      const release = holdLeases(() => Promise.allSettled([...open].map((s) => s.close())));
+      try {
+        if (address === undefined) {
+          log(`lessor mcp: serving agent ${JSON.stringify(identity.agent)} on stdio (${via})`);
+          await serveStdio(newSession(), log);
+        } else await serveOverHttp(newSession, address, o.tokenFile, idleMs, log, `agent ${JSON.stringify(identity.agent)} (${via})`);
+      } finally {
+        release();
+      }
+      // A lease a session could not revoke was named on stderr (lessor revoke <id>) when it ended.
+      return mcp.exitCode;
     } finally {
-      release();
+      await mcp.close().catch(() => {});
     }
   });
 }
@@ -186,7 +197,8 @@ export function registerMcp(program: Command, cli: Cli): void {
         "  lessor mcp --vsock-port 5000                   # QEMU guests by CID ([[vsock]])",
         "",
         "stdout carries the protocol; one line per tool call goes to stderr. The leases the session",
-        "took are revoked when the client closes the connection. See docs/mcp.md.",
+        "took are revoked when the client closes the connection; one that cannot be is named on stderr",
+        "(lessor revoke <id>) and lessor mcp exits 1. See docs/mcp.md.",
       ].join("\n"),
     )
     .action((o: McpCommandOptions) => mcpAction(cli, o));

@@ -1,18 +1,32 @@
 /**
- * The backend a command that holds leases (`lessor run`, `lessor inject`, `lessor proxy`) takes them
- * through, and how it revokes them when it ends: on that connection, and if that fails (the daemon
- * closed it for `idle_timeout` or `max_connection_lifetime` while the command ran, or was restarted)
- * once more on a new one — to the daemon, or with no daemon left, to the vault itself
- * (src/backend/backend.ts).
+ * The backend a command that holds leases (`lessor run`, `lessor inject`, `lessor proxy`, each
+ * `lessor mcp` session) takes them through, and how it revokes them when it ends: on that connection,
+ * and if that fails (the daemon closed it for `idle_timeout` or `max_connection_lifetime` while the
+ * command ran, or was restarted) once more on a new one — to the daemon, or with no daemon left, to
+ * the vault itself (src/backend/backend.ts).
  */
 import type { Backend } from "../../backend/backend.js";
+import type { PendingLeases } from "../../backend/pending-leases.js";
 import type { Cli } from "../cli.js";
-import type { LeaseBook } from "./leases.js";
 
 /** A command's own backend: opened when leases are taken, reopened if it failed when revoking them. */
 export class Connection {
-  #backend: Backend | null = null;
-  constructor(readonly cli: Cli) {}
+  #backend: Backend | null;
+  /** True while {@link Connection.#backend} is the one given to the constructor (another's: never closed here). */
+  #borrowed: boolean;
+
+  /**
+   * `shared`: a backend to use first that belongs to the caller (`lessor mcp`'s, which all its sessions
+   * use): {@link Connection.close} only lets go of it, and the next {@link Connection.open} opens one of
+   * this connection's own.
+   */
+  constructor(
+    readonly cli: Cli,
+    shared?: Backend,
+  ) {
+    this.#backend = shared ?? null;
+    this.#borrowed = shared !== undefined;
+  }
 
   /** The backend if one is open. */
   async current(): Promise<Backend | null> {
@@ -25,20 +39,25 @@ export class Connection {
     return this.#backend;
   }
 
-  /** Closes the backend, if one is open; the next {@link Connection.open} opens a new one. */
+  /** Closes the backend (a shared one is only let go of); the next {@link Connection.open} opens a new one. */
   async close(): Promise<void> {
     const b = this.#backend;
+    const borrowed = this.#borrowed;
     this.#backend = null;
-    await b?.close().catch(() => {});
+    this.#borrowed = false;
+    if (!borrowed) await b?.close().catch(() => {});
   }
 }
+
+/** What {@link revokeLeases} revokes: a LeaseBook (src/cli/run/leases.ts), or bare {@link PendingLeases}. */
+export type Revocable = Pick<PendingLeases, "revokeAll" | "unrevoked">;
 
 /**
  * Revokes the leases of `book` with `reason`, retrying once on a new connection when the first
  * attempt leaves some. Returns the ids of the leases that could still not be revoked, after saying
  * on stderr which they are and how to end them; `of` names the command ("this run").
  */
-export async function revokeLeases(cli: Cli, conn: Connection, book: LeaseBook, reason: string, of: string): Promise<readonly string[]> {
+export async function revokeLeases(cli: Cli, conn: Connection, book: Revocable, reason: string, of: string): Promise<readonly string[]> {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       if ((await book.revokeAll(reason, (await conn.open()).api)).failed === 0) return [];

@@ -13,6 +13,7 @@ import { VaultError } from "../../base/errors.js";
 import { refString } from "../../base/names.js";
 import type { LeaseRecord, SecretRef } from "../../base/types.js";
 import type { BackendApi } from "../../backend/backend.js";
+import { PendingLeases } from "../../backend/pending-leases.js";
 
 /** Who leases and for where. */
 export interface LeaseBookOptions {
@@ -35,7 +36,7 @@ export class LeaseBook {
   readonly #values = new Map<string, SecretBytes>();
   readonly #byRef = new Map<string, LeaseRecord>();
   readonly #leases: LeaseRecord[] = [];
-  readonly #pending = new Set<string>();
+  readonly #pending = new PendingLeases();
   #revoked = false;
 
   constructor(api: BackendApi, opts: LeaseBookOptions) {
@@ -83,7 +84,7 @@ export class LeaseBook {
 
   /** The ids of the leases taken and not revoked yet (those {@link LeaseBook.revokeAll} could not revoke). */
   get unrevoked(): string[] {
-    return [...this.#pending];
+    return this.#pending.unrevoked;
   }
 
   /** The lease taken for the secret `ref` names, once {@link LeaseBook.value} has taken it. */
@@ -99,21 +100,7 @@ export class LeaseBook {
   async revokeAll(reason: string, api: BackendApi = this.#api): Promise<{ revoked: number; failed: number }> {
     this.#revoked = true;
     this.wipe();
-    let revoked = 0;
-    // All at once: pipelined on one connection, and committed together by the store's group commit.
-    await Promise.all(
-      [...this.#pending].map(async (id) => {
-        try {
-          await api.revokeLease(id, reason);
-        } catch (e) {
-          // A lease already gone is as good as revoked; anything else stays pending.
-          if (!(e instanceof VaultError && (e.code === "lease_revoked" || e.code === "lease_expired" || e.code === "lease_not_found"))) return;
-        }
-        this.#pending.delete(id);
-        revoked++;
-      }),
-    );
-    return { revoked, failed: this.#pending.size };
+    return this.#pending.revokeAll(reason, api);
   }
 
   /** Wipes every value held. */
