@@ -29,6 +29,7 @@ import { BIN, runCli, type CliResult } from "./cli-harness.js";
 import { startServe, type RunningDaemon } from "./daemon-harness.js";
 import { LessorClient } from "../src/client/index.js";
 import { gitEnv, makeBareRepo, serveGit } from "./fixtures/git-http-backend.js";
+import { repositoryRoutingHere } from "../src/cli/credentials/repo-transport.js";
 
 const HAVE_GIT = spawnSync("/usr/bin/git", ["--version"]).status === 0;
 const HAVE_BWRAP = spawnSync("bwrap", ["--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "true"]).status === 0;
@@ -508,4 +509,23 @@ describe("credential helpers", { skip: HAVE_GIT ? false : "git is not installed"
       assert.deepEqual(filesHolding(WORK, CANARY), []);
     });
   });
+});
+
+test("git-credential's `git config` check runs git without lessor's secrets (master keys, passphrase, token, database password), keeping git's own variables", () => {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-gitenv-"));
+  try {
+    // A stand-in git that records its environment and says "no such keys" (exit 1).
+    const fake = join(dir, "git");
+    writeFileSync(fake, `#!/bin/sh\n/usr/bin/env > "${join(dir, "env.txt")}"\nexit 1\n`, { mode: 0o700 });
+    const canary = "canary-" + randomBytes(8).toString("hex");
+    const secrets = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_DATABASE_URL", "PGPASSWORD"];
+    const env: NodeJS.ProcessEnv = { PATH: dir, HOME: dir, GIT_DIR: join(dir, "repo.git"), GIT_CONFIG_COUNT: "0", LESSOR_HOME: dir };
+    for (const k of secrets) env[k] = `${k}-${canary}`;
+    assert.deepEqual(repositoryRoutingHere(env), { keys: [] });
+    const seen = readFileSync(join(dir, "env.txt"), "utf8");
+    assert.ok(!seen.includes(canary), `git config got lessor's secrets: ${seen.split("\n").filter((l) => l.includes(canary)).map((l) => l.split("=")[0]).join(", ")}`);
+    for (const k of ["HOME", "GIT_DIR", "GIT_CONFIG_COUNT", "LESSOR_HOME"]) assert.match(seen, new RegExp(`^${k}=`, "m"), `${k} was not passed to git`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -14,6 +14,7 @@ import type { AuditSink, KeySource } from "../vault/ports.js";
 import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
+import { writeError } from "../fs/write-error.js";
 import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
 import { readTrustedText } from "../fs/trusted-file.js";
@@ -221,6 +222,15 @@ async function refuseOverVault(home: string, cfg: Config, env: NodeJS.ProcessEnv
   );
 }
 
+/** Writes a starter file of init's (0600, never over one that exists); a full or read-only disk is VaultError("unavailable") naming it. */
+function writeStarter(path: string, text: string, what: string): void {
+  try {
+    writeFileExclusive(path, text, 0o600);
+  } catch (e) {
+    throw writeError(e, path, what);
+  }
+}
+
 /**
  * Creates the home (0700), a commented lessor.toml, a starter policy, the key source and the database.
  * Files that exist are kept; an existing key file, key store or keychain marker is never overwritten,
@@ -265,12 +275,12 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   if (keySource === "passphrase" && !anyKey && !opts.passphrase) throw new VaultError("invalid_request", "a passphrase is needed to create a passphrase key store");
   if (making) await refuseOverVault(home, cfg, env, what);
   if (!existsSync(configPath)) {
-    writeFileExclusive(configPath, STARTER_CONFIG, 0o600);
+    writeStarter(configPath, STARTER_CONFIG, "the configuration file");
     created.push(configPath);
   }
   const policyPath = inHome(home, cfg.policyFile);
   if (!existsSync(policyPath)) {
-    writeFileExclusive(policyPath, STARTER_POLICY, 0o600);
+    writeStarter(policyPath, STARTER_POLICY, "the policy file");
     created.push(policyPath);
   }
   let keychain: KeychainEntry | undefined;

@@ -26,6 +26,7 @@ import { engageKillswitchIn, formatKillswitch, KILLSWITCH_META, lockoutError, re
 import { deadmanIn, heartbeatIn, recordIn } from "./heartbeat.js";
 import { policyGateIn } from "./policy-sync.js";
 import { requireKeyIn } from "./key-reload.js";
+import { retiredVersionError } from "./value-key.js";
 
 export { leaseState, type LeaseState } from "../base/lease-state.js";
 
@@ -420,6 +421,9 @@ async function useIn(
   }
   // Its DEK may be wrapped under a key another instance rotated to: load it before the use counts.
   requireKeyIn(ctx, version.keyId);
+  // Wrapped under a key a rotation retired: written by whoever holds that key, not by this vault.
+  const gone = await retiredVersionError(ctx, tx, version);
+  if (gone) return denied(audit, who, gone, fields);
   // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
   // A reload that lowered the rule's max_uses binds leases granted before it too (the store counts
   // the use only under both caps, atomically).

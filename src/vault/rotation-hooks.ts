@@ -21,6 +21,7 @@ import { roleError } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
+import { retiredVersionError } from "./value-key.js";
 import { claimHookRun, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
@@ -178,6 +179,8 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   let current: SecretBytes | null = null;
   if (hook.stdin === "current") {
     await ensureKey(ctx, row.keyId); // wrapped under a key another instance rotated to: load it first
+    const gone = await retiredVersionError(ctx, ctx.store, row); // never handed to a hook: not this vault's value
+    if (gone) throw gone;
     current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
   }
   let result: HookRunResult;

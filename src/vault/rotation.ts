@@ -26,8 +26,9 @@ import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { checkKeysIn, reloadBeforeRotation } from "./key-reload.js";
 import { tokenMac, tokenMacKey } from "./token-mac.js";
-import { VaultError } from "../base/errors.js";
-import type { Identity } from "../base/types.js";
+import { isVaultError, VaultError } from "../base/errors.js";
+import { refString } from "../base/names.js";
+import type { Identity, VersionRecord } from "../base/types.js";
 
 /** What a rotation did. */
 export interface RotationResult {
@@ -41,6 +42,36 @@ export interface RotationResult {
 }
 
 const BATCH = 200;
+
+/** A version the re-wrap cannot move to the new key, and why (no part of its value or ciphertext). */
+interface Stuck {
+  r: VersionRecord;
+  why: string;
+}
+
+/** Re-wraps one version's DEK under the current key, or says why it cannot (a damaged record: only decrypt_failed is caught). */
+function rewrapOne(ctx: VaultContext, r: VersionRecord): Buffer | string {
+  try {
+    return rewrapDek(r, r, ctx.keyring, ctx.keyring.current);
+  } catch (e) {
+    if (isVaultError(e, "decrypt_failed")) return `the master key it names, ${r.keyId}, does not open it (the record is damaged or was edited)`;
+    if (isVaultError(e, "key_unavailable")) throw new VaultError("key_unavailable", `version ${r.version} of secret ${refString(r)}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The refusal naming the versions a rotation could not re-wrap (scope/name and version are not secret), and what to do. */
+function stuckError(stuck: Stuck[], to: string): VaultError {
+  const SHOWN = 3;
+  const named = stuck.slice(0, SHOWN).map(({ r, why }) => `version ${r.version} of secret ${refString(r)}: ${why}`);
+  const more = stuck.length > SHOWN ? `; and ${stuck.length - SHOWN} more` : "";
+  const refs = [...new Set(stuck.map(({ r }) => refString(r)))];
+  const one = refs.length === 1;
+  return new VaultError(
+    "decrypt_failed",
+    `lessor key rotate cannot re-wrap ${stuck.length === 1 ? "" : "these versions: "}${named.join("; ")}${more}. The old master key is not retired, and the versions re-wrapped so far stay under ${to}. Check the trail (lessor audit verify); then remove ${one ? "that secret" : "those secrets"} (lessor secret rm ${refs.slice(0, SHOWN).join(", lessor secret rm ")}) and store ${one ? "it" : "them"} again, or restore lessor.db from a backup; then run lessor key rotate again to finish this rotation`,
+  );
+}
 
 /** Refuses to rotate to a key an earlier rotation retired (a read-only source giving an old key first). */
 async function refuseRetired(ctx: VaultContext): Promise<void> {
@@ -100,10 +131,23 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     await audit({ type: "key_rotation_started", actor: who, outcome: "ok", detail: { to, from: before.filter((k) => k !== to).join(","), resumed } });
   });
   let rewrapped = 0;
+  // A version under a key an earlier rotation retired was written after it by whoever holds that key:
+  // re-wrapped, it would pass for this vault's own under the new key.
+  const retiredBefore = await retiredKeys(ctx.store, ctx.auditKeys);
   for (;;) {
     const rows = await ctx.store.versionsNotUnderKey(to, BATCH);
     if (rows.length === 0) break;
-    const updates = rows.map((r) => ({ r, wrapped: rewrapDek(r, r, ctx.keyring, ctx.keyring.current) }));
+    const updates: { r: VersionRecord; wrapped: Buffer }[] = [];
+    const stuck: Stuck[] = [];
+    for (const r of rows) {
+      const gone = retiredBefore.get(r.keyId);
+      if (gone !== undefined) stuck.push({ r, why: `it is wrapped under master key ${r.keyId}, which ${retiredWhere(gone)} retired, so someone holding that key wrote it after that` });
+      else {
+        const w = rewrapOne(ctx, r);
+        if (Buffer.isBuffer(w)) updates.push({ r, wrapped: w });
+        else stuck.push({ r, why: w });
+      }
+    }
     const n = await ctx.store.transaction(async (tx) => {
       let changed = 0;
       for (const { r, wrapped } of updates) if (await tx.rewrapVersion(r, r.version, r.keyId, to, wrapped)) changed++;
@@ -111,6 +155,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     });
     rewrapped += n;
     onBatch?.(rewrapped);
+    // The versions re-wrapped so far stay so; the old keys stay too, until a run finds none stuck.
+    if (stuck.length > 0) throw stuckError(stuck, to);
   }
   const from = before.filter((k) => k !== to);
   await commit(ctx, async (tx, audit) => {

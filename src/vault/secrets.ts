@@ -11,6 +11,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { withdrawForSecret } from "./approvals.js";
 import { requireKeyIn } from "./key-reload.js";
+import { retiredVersionError } from "./value-key.js";
 import { VaultError } from "../base/errors.js";
 import { optionalObjectParam } from "../base/shape.js";
 import { checkPlainText, checkTextValue } from "../base/text.js";
@@ -179,6 +180,9 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
     const old = await tx.getVersion(ref, version);
     if (!old) return new VaultError("secret_not_found", `secret ${refString(ref)} has no version ${version} (it may have been pruned); see its history`);
     requireKeyIn(ctx, old.keyId); // wrapped under a key another instance rotated to: load it first
+    // Under a key a rotation retired: not this vault's value, and a rollback would seal it under the current key.
+    const gone = await retiredVersionError(ctx, tx, { ...ref, version, keyId: old.keyId });
+    if (gone) return denied(audit, who, gone, { agent: who.agent ?? null, secret: refString(ref) });
     const value = openValue({ ...ref, version }, old, ctx.keyring);
     try {
       const v = await addVersion(ctx, tx, existing, value.expose(), who.id, now);
@@ -224,6 +228,8 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
             `secret ${refString(ref)} names version ${rec.currentVersion} as current but the database holds no such version: the database is damaged or was edited; run lessor audit verify, and restore it from a backup`,
           );
     requireKeyIn(ctx, v.keyId); // wrapped under a key another instance rotated to: load it before the reveal is audited
+    const gone = await retiredVersionError(ctx, tx, v); // written under a retired key after its retirement
+    if (gone) return denied(audit, who, gone, { agent: who.agent ?? null, secret: refString(ref) });
     await audit({ type: "secret_revealed", actor: who, secret: refString(ref), outcome: "ok", detail: { version: v.version } });
     return v;
   });

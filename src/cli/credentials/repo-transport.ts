@@ -11,6 +11,7 @@
  * grant limited to some repositories (`paths`) would then be asked for none in particular. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
  */
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
+import { withoutLessorSecrets } from "../../base/secret-env.js";
 
 /** The keys (the last part of `http.<key>` or `http.<url>.<key>`) that decide routing or trust. */
 const ROUTING = new Set([
@@ -93,11 +94,14 @@ function stderrLine(err: unknown): string {
 /**
  * The repository-scope settings (in the current directory's repository, as git sees it) that would
  * route or trust a connection: `keys` (empty when there are none, or when this is no repository), or
- * `failed` when git's answer could not be had; then the caller answers nothing.
+ * `failed` when git's answer could not be had; then the caller answers nothing. git runs with `env`
+ * minus lessor's own secrets (src/base/secret-env.ts).
  */
-export function repositoryRoutingHere(): RoutingCheck {
+export function repositoryRoutingHere(env: NodeJS.ProcessEnv = process.env): RoutingCheck {
   return routingCheckOf(
     spawnSync("git", ["config", "--show-scope", "-z", "--name-only", "--get-regexp", ROUTING_KEYS_RE], {
+      // git's own variables (GIT_DIR, GIT_CONFIG_*) and HOME kept: they decide what git reads.
+      env: withoutLessorSecrets(env),
       encoding: "utf8",
       timeout: CONFIG_TIMEOUT_MS,
       maxBuffer: MAX_CONFIG_OUTPUT,

@@ -17,6 +17,7 @@ import { spawn } from "node:child_process";
 import { accessSync, constants, realpathSync, statSync } from "node:fs";
 import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
+import { withoutLessorSecrets } from "../../base/secret-env.js";
 import type { KeySource } from "../../vault/ports.js";
 import { assertSafeAncestors, octal } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
@@ -26,9 +27,6 @@ export const DEFAULT_KEY_COMMAND_TIMEOUT_MS = 10_000;
 const MAX_OUTPUT = 64 * 1024;
 /** After the command exited 0, how long its stdout may stay open (a child it left holding it). */
 const EXIT_GRACE_MS = 250;
-
-/** lessor's own secrets in its environment, which the key command never gets. */
-const WITHHELD = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_DATABASE_URL", "LESSOR_MIGRATE_TO", "PGPASSWORD"];
 
 /**
  * The program `file` names, as an absolute path: a path as written (it must be absolute: a relative
@@ -86,7 +84,7 @@ function assertTrustedProgram(path: string, name: string): void {
  * printed on stdout (at most 64 KiB, stderr discarded unread).
  */
 function run(path: string, args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv, name: string): Promise<Buffer> {
-  const childEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !WITHHELD.includes(k)));
+  const childEnv = withoutLessorSecrets(env);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

@@ -8,7 +8,8 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs
 import { dirname } from "node:path";
 import { type Keyring, KEY_BYTES, makeKeyring } from "../keyring.js";
 import { VaultError } from "../../base/errors.js";
-import { writeFileExclusive } from "../../fs/atomic-file.js";
+import { writeFileAtomic, writeFileExclusive } from "../../fs/atomic-file.js";
+import { writeError } from "../../fs/write-error.js";
 import { assertPrivateDir, assertPrivateFile } from "../../fs/perms.js";
 
 const HEX_KEY = /^[0-9a-fA-F]{64}$/;
@@ -65,7 +66,10 @@ export function checkKeep(ring: Keyring, keep: readonly string[]): void {
   }
 }
 
-/** Writes a new key file (0600) and refuses, with the reason, to replace one that exists. */
+/**
+ * Writes a new key file (0600) and refuses, with the reason, to replace one that exists. A full,
+ * read-only or failing disk is VaultError("unavailable") naming the file (src/fs/write-error.ts).
+ */
 export function writeNewKeyFile(path: string, data: string, what: string): void {
   try {
     writeFileExclusive(path, data, 0o600);
@@ -76,7 +80,20 @@ export function writeNewKeyFile(path: string, data: string, what: string): void 
         `${what} ${path} already exists; lessor will not overwrite a master key (every secret it protects would be lost)`,
       );
     }
-    throw e;
+    throw writeError(e, path, what);
+  }
+}
+
+/**
+ * Replaces a key file (0600) atomically and durably (src/fs/atomic-file.ts): the file holds the old
+ * keys or the new ones, and no temporary file is left. A full, read-only or failing disk is
+ * VaultError("unavailable") naming the file (src/fs/write-error.ts).
+ */
+export function replaceKeyFile(path: string, data: string, what: string): void {
+  try {
+    writeFileAtomic(path, data, 0o600);
+  } catch (e) {
+    throw writeError(e, path, what);
   }
 }
 

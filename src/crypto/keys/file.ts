@@ -11,10 +11,9 @@ import { randomFillSync } from "node:crypto";
 import { dirname } from "node:path";
 import { ensurePrivateDir } from "../../fs/perms.js";
 import { VaultError } from "../../base/errors.js";
-import { writeFileAtomic } from "../../fs/atomic-file.js";
 import { type Keyring, KEY_BYTES } from "../keyring.js";
 import type { KeySource } from "../../vault/ports.js";
-import { checkKeep, copyKeys, parseKeyRing, readPrivateFile, renderKeyRing, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
+import { checkKeep, copyKeys, parseKeyRing, readPrivateFile, renderKeyRing, replaceKeyFile, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 const WHAT = "the key file";
 
@@ -44,7 +43,7 @@ function checkUnchanged(path: string, ring: Keyring): void {
 
 function write(path: string, keys: Buffer[]): Keyring {
   try {
-    writeFileAtomic(path, renderKeyRing(keys), 0o600);
+    replaceKeyFile(path, renderKeyRing(keys), WHAT);
   } catch (e) {
     wipeAll(keys);
     throw e;

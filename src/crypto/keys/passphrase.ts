@@ -23,11 +23,10 @@ import { type Algorithm, hashRaw } from "@node-rs/argon2";
 import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../fs/perms.js";
 import { VaultError } from "../../base/errors.js";
 import { type Alg, isAlg, open, seal } from "../aead.js";
-import { writeFileAtomic } from "../../fs/atomic-file.js";
 import { encodeAad } from "../envelope.js";
 import { type Keyring, KEY_BYTES } from "../keyring.js";
 import type { KeySource } from "../../vault/ports.js";
-import { checkKeep, copyKeys, hexToKey, isHexKey, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
+import { checkKeep, copyKeys, hexToKey, isHexKey, replaceKeyFile, ringOf, wipeAll, writeNewKeyFile } from "./common.js";
 
 /** Argon2id cost parameters. */
 export interface Argon2Params {
@@ -329,7 +328,7 @@ export function passphraseKeySource(path: string, getPassphrase: PassphraseProvi
 
   function write(s: Session, keys: Buffer[]): Keyring {
     try {
-      writeFileAtomic(path, render(s.kdf, s.alg, s.kek, keys), 0o600);
+      replaceKeyFile(path, render(s.kdf, s.alg, s.kek, keys), WHAT);
     } catch (e) {
       wipeAll(keys);
       throw e;
