@@ -541,7 +541,6 @@ export class VaultSession {
   revokeLease(leaseId: string, reason?: string): Promise<{ revoked: boolean }> {
     return leases.revokeLease(this.#ctx, this.identity, leaseId, reason);
   }
-  /** Revokes every live lease of an agent. */
   /** Writes the audit events of requests the injecting proxy handled, in one commit (src/vault/proxy-requests.ts). */
   recordProxyRequests(reports: readonly proxyRequests.ProxyRequestReport[]): Promise<{ revoked: number }> {
     return proxyRequests.recordProxyRequests(this.#ctx, this.identity, reports);
@@ -552,11 +551,12 @@ export class VaultSession {
     return toolCalls.recordToolCall(this.#ctx, this.identity, report);
   }
 
+  /** Revokes every lease of an agent not yet revoked or expired (used-up ones too). */
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }
   /**
-   * Pulls the killswitch: revokes every live lease and engages a persisted lockout under which no
+   * Pulls the killswitch: revokes every unexpired lease (used up or not) and engages a persisted lockout under which no
    * lease is granted until {@link releaseKillswitch}. Admin.
    */
   killswitch(reason?: string): Promise<{ revoked: number }> {
