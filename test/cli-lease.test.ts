@@ -208,11 +208,15 @@ describe("lessor lease (embedded)", () => {
     json(await cli(["lease", "plain", "--agent", "bot", "--json"], { home }));
     json(await cli(["lease", "plain", "--agent", "bot", "--json"], { home }));
     assert.equal((await liveLeases(home, "bot")).length, had + 2);
+    // Used up but unexpired (a printed lease is used up by the print): revoked too.
+    const spent = json<any[]>(await cli(["leases", "--json", "--agent", "bot"], { home })).filter((l) => l.state === "exhausted").length;
     const byAgent = json(await cli(["revoke", "--agent", "bot", "--json"], { home }));
-    assert.deepEqual(byAgent, { revoked: had + 2 });
+    assert.deepEqual(byAgent, { revoked: had + 2 + spent });
     assert.equal((await liveLeases(home, "bot")).length, 0);
+    const left = json<any[]>(await cli(["leases", "--json", "--agent", "bot"], { home }));
+    assert.deepEqual(left.filter((l) => l.state === "live" || l.state === "exhausted"), []);
     const plain = await cli(["revoke", "--agent", "bot"], { home });
-    assert.equal(plain.stdout, "revoked 0 live leases of agent bot\n");
+    assert.equal(plain.stdout, "revoked 0 leases of agent bot\n");
   });
 
   test("leases lists with a table, filters, and a stable JSON shape", async () => {
@@ -266,7 +270,7 @@ describe("lessor lease (embedded)", () => {
     assert.ok((await liveLeases(home)).length > 0);
     const yes = ask("y\n");
     assert.equal(yes.status, 0, yes.stdout.toString());
-    assert.match(yes.stdout.toString(), /killswitch: revoked \d+ live leases?/);
+    assert.match(yes.stdout.toString(), /killswitch: revoked \d+ leases?/);
     assert.equal((await liveLeases(home)).length, 0);
     // The killswitch is a lockout: lift it for the tests that follow.
     assert.equal((await cli(["killswitch", "--release"], { home })).code, 0);
@@ -285,10 +289,10 @@ describe("lessor lease (embedded)", () => {
     json(await cli(["lease", ...GH, "--json"], { home }));
     const all = await cli(["revoke", "--all", "--yes"], { home });
     assert.equal(all.code, 0, all.stderr);
-    assert.equal(all.stdout, "revoked 1 live lease\n");
+    assert.equal(all.stdout, "revoked 1 lease\n");
     assert.deepEqual(await liveLeases(home), []);
     const plain = await cli(["killswitch", "--yes"], { home });
-    assert.equal(plain.stdout, "killswitch: revoked 0 live leases\n");
+    assert.equal(plain.stdout, "killswitch: revoked 0 leases\n");
     assert.equal((await cli(["killswitch", "--release"], { home })).code, 0);
   });
 

@@ -249,17 +249,18 @@ describe("the killswitch and the dead-man switch at their edges", () => {
     assert.deepEqual((await t.vault.admin().listLeases({ agent: "claude" })).length, 0);
   });
 
-  test("the killswitch revokes live leases for good: after the release a revoked lease is neither used nor renewed, and a used-up one stays used up", async () => {
+  test("the killswitch revokes every unexpired lease for good, used-up ones too: after the release a revoked lease is neither used nor renewed", async () => {
     const t = await makeVault({ policy: allow("g", { domains: ["api.example.com"] }) });
     await t.vault.admin().storeSecret({ name: "tok", value: CANARY });
     const c = t.vault.session(agent("claude"));
     const used = await c.requestLease({ secret: "tok", maxUses: 1 });
     (await c.accessSecret(used.id, { domain: "api.example.com" })).value.wipe();
     const live = await c.requestLease({ secret: "tok" });
-    assert.deepEqual(await t.vault.admin().killswitch("first"), { revoked: 1 });
+    // The used-up lease is revoked too: a stream that rode on its last use must end with the killswitch.
+    assert.deepEqual(await t.vault.admin().killswitch("first"), { revoked: 2 });
     assert.equal(await codeOf(c.accessSecret(live.id, { domain: "api.example.com" })), "lease_revoked");
     await t.vault.admin().releaseKillswitch("ok");
-    assert.equal(await codeOf(c.accessSecret(used.id, { domain: "api.example.com" })), "lease_exhausted");
+    assert.equal(await codeOf(c.accessSecret(used.id, { domain: "api.example.com" })), "lease_revoked");
     assert.equal(await codeOf(c.renewLease(live.id)), "lease_revoked", "a revoked lease is not brought back by a renewal after the release");
   });
 

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { isVaultError } from "../src/base/errors.js";
+import { leaseState } from "../src/base/lease-state.js";
 import type { Store, StoreTx } from "../src/vault/ports.js";
 import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../src/base/types.js";
 
@@ -444,7 +445,7 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.deepEqual(ids(await s.listLeases({ limit: 2 })), ["l7", "l6"]);
       }));
 
-      test("revokeLeases by id, agent, secret and all touches only live leases", withStore(async (s) => {
+      test("revokeLeases by id, agent, secret and all touches only unexpired leases not yet revoked (used up or not)", withStore(async (s) => {
         const now = T0 + 1000;
         await tx(s, async (t) => {
           await t.insertLease(leaseRec("a-live"));
@@ -461,7 +462,8 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal(await tx(s, (t) => t.revokeLeases({ id: "nope" }, now, "r0")), 0);
         assert.equal(await tx(s, (t) => t.revokeLeases({ id: "d-live" }, now, "r1")), 1);
         assert.equal(await tx(s, (t) => t.revokeLeases({ id: "d-live" }, now, "r1")), 0);
-        assert.equal(await tx(s, (t) => t.revokeLeases({ agent: "agent-a" }, now, "r2")), 2);
+        // a-live, a-live2 and the used-up a-usedup
+        assert.equal(await tx(s, (t) => t.revokeLeases({ agent: "agent-a" }, now, "r2")), 3);
         assert.equal(await tx(s, (t) => t.revokeLeases({ secret: { scope: "global", name: "slack" } }, now, "r3")), 1);
         assert.equal(await tx(s, (t) => t.revokeLeases({ all: true }, now, "killswitch")), 1);
         assert.equal(await tx(s, (t) => t.revokeLeases({ all: true }, now, "killswitch")), 0);
@@ -472,13 +474,35 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.deepEqual(await state("d-live"), [now, "r1"]);
         assert.deepEqual(await state("a-live"), [now, "r2"]);
         assert.deepEqual(await state("a-live2"), [now, "r2"]);
+        assert.deepEqual(await state("a-usedup"), [now, "r2"]);
         assert.deepEqual(await state("c-live"), [now, "r3"]);
         assert.deepEqual(await state("b-live"), [now, "killswitch"]);
         assert.deepEqual(await state("a-expired"), [null, null]);
         assert.deepEqual(await state("a-revoked"), [T0, "earlier"]);
-        assert.deepEqual(await state("a-usedup"), [null, null]);
         for (const a of ["agent-a", "agent-b", "agent-c", "agent-d"]) assert.equal(await s.countLiveLeases(a, now), 0);
         assert.deepEqual(await s.listLeases({ liveAt: now }), []);
+      }));
+
+      test("revoking a used-up unexpired lease (by id, and by the killswitch) marks it revoked; a used-up expired one is left as it is", withStore(async (s) => {
+        const now = T0 + 1000;
+        await tx(s, async (t) => {
+          await t.insertLease(leaseRec("spent-1", { maxUses: 1, uses: 1 }));
+          await t.insertLease(leaseRec("spent-2", { agent: "agent-b", maxUses: 2, uses: 2 }));
+          await t.insertLease(leaseRec("spent-old", { agent: "agent-c", maxUses: 1, uses: 1, expiresAt: now }));
+        });
+        const state = async (id: string) => {
+          const l = (await s.getLease(id))!;
+          return [leaseState(l, now), l.revokedAt, l.revokeReason];
+        };
+        assert.deepEqual(await state("spent-1"), ["exhausted", null, null]);
+        assert.equal(await tx(s, (t) => t.revokeLeases({ id: "spent-1" }, now, "incident")), 1);
+        assert.deepEqual(await state("spent-1"), ["revoked", now, "incident"]);
+        assert.equal(await tx(s, (t) => t.revokeLeases({ all: true }, now, "killswitch")), 1);
+        assert.deepEqual(await state("spent-2"), ["revoked", now, "killswitch"]);
+        assert.deepEqual(await state("spent-old"), ["expired", null, null]);
+        // Still not live, and still unusable.
+        assert.deepEqual((await s.listLeases({ liveAt: now - 1 })).map((l) => l.id), []);
+        assert.equal(await tx(s, (t) => t.useLease("spent-2", now - 1)), null);
       }));
 
       test("deleteExpiredLeases deletes up to limit leases that expired before the cut-off", withStore(async (s) => {

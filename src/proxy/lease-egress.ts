@@ -32,10 +32,17 @@
  * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
  *   period (50 ms by default): the watcher polls the vault, since the daemon does not push. A used-up
  *   lease adds nothing more, but the requests that took its uses (the last one still streaming, say)
- *   were granted and run to their end.
+ *   were granted and run on, watched still: a revocation (the killswitch revokes used-up leases too)
+ *   or its expiry closes them like any other.
+ * - Fail closed: a tunnel carries a credential only while the watch keeps confirming its lease. When
+ *   no answer of the vault has confirmed it for {@link UNCONFIRMED_MS} (the vault or the daemon
+ *   unreachable, the run's connection to it gone, an answer that does not come), every tunnel that
+ *   carries it is closed: a revocation may be going unseen. New requests ask the vault each time and
+ *   are refused (503) while it cannot answer; once it answers again they go as before.
  */
 import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
+import { leaseState } from "../base/lease-state.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
@@ -103,7 +110,10 @@ export interface LeaseEgressOptions {
   agent: string;
   credentials: ProxyCredential[];
   egress: "strict" | "open";
-  /** Period of the lease watch, ms (default 50). */
+  /**
+   * Period of the lease watch, ms (default 50). A lease's tunnels close once it has gone unconfirmed
+   * for {@link UNCONFIRMED_MS}, or for four periods when those are longer.
+   */
   watchMs?: number;
   /** Hears alarms (a tripwire fired) and failures to audit, one line each, never a credential. */
   warn?(line: string): void;
@@ -133,9 +143,26 @@ interface Held extends ProxyCredential {
    * {@link encodedForms}, and every byte of them percent-encoded (upper and lower case hex).
    */
   bodyMarks: string[];
+  /** Why new requests may not use it (revoked, expired, used up), or null while it is live. */
   dead: string | null;
+  /** True once its tunnels must end too (revoked, expired, gone): one added later is refused. */
+  over: boolean;
+  /** The watch tick at which the vault last said the lease is in force (the asking tick: see {@link UNCONFIRMED_MS}). */
+  confirmed: number;
   tunnels: Set<TunnelHandle>;
 }
+
+/**
+ * How long, ms, an open tunnel (a WebSocket, a streaming body) may carry a credential without the
+ * vault confirming its lease: live, or used up but neither revoked nor expired. The watch asks every
+ * period; when none of its answers has confirmed the lease for this long (the vault unreachable, the
+ * daemon gone, a question unanswered), the tunnels that carry the credential are closed, since a
+ * revocation may be going unseen. Counted in watch ticks (this over the period), so a pause of the
+ * whole process (which moves no bytes either) is not mistaken for the vault's silence. Short enough
+ * that a stream outlives a revocation it cannot hear of by half a second at most, long enough for
+ * several polls to fail or be slow before an open stream is cut.
+ */
+export const UNCONFIRMED_MS = 500;
 
 /** What record_proxy_requests takes for one request. */
 type ProxyReport = Params<"record_proxy_requests">["reports"][number];
@@ -161,12 +188,16 @@ export class LeaseEgress implements Egress {
   readonly #awayMarks = new Map<string, TripwireMarks<Held> | null>();
   #batchTimer: NodeJS.Timeout | null = null;
   #timer: NodeJS.Timeout | null = null;
-  #polling = false;
+  /** The tick the poll in flight was asked at, or null: one at a time, unless it hangs (see #poll). */
+  #polling: number | null = null;
+  /** Watch ticks so far; a lease unconfirmed for more than {@link #patience} of them has its tunnels closed. */
+  #tick = 0;
+  #patience = 0;
 
   constructor(o: LeaseEgressOptions) {
     this.#o = o;
     this.#held = o.credentials.map((c) => {
-      const h: Held = { ...c, patterns: c.lease.domains.map((d) => parseDomainPattern(d)), values: c.value.length > 0 ? [c.value] : [], marks: [], nameMarks: [], bodyMarks: [], dead: null, tunnels: new Set() };
+      const h: Held = { ...c, patterns: c.lease.domains.map((d) => parseDomainPattern(d)), values: c.value.length > 0 ? [c.value] : [], marks: [], nameMarks: [], bodyMarks: [], dead: null, over: false, confirmed: 0, tunnels: new Set() };
       markAll(h);
       return h;
     });
@@ -194,10 +225,19 @@ export class LeaseEgress implements Egress {
     this.#o.onValue?.(h.lease.id, value);
   }
 
-  /** Starts watching the leases (revocation anywhere, expiry) so that their tunnels close at once. */
+  /**
+   * Starts watching the leases (revocation anywhere, expiry) so that their tunnels close at once, and
+   * closing the tunnels of a lease the vault has not confirmed for {@link UNCONFIRMED_MS}.
+   */
   start(): void {
     if (this.#timer || this.#held.length === 0) return;
-    this.#timer = setInterval(() => void this.#poll(), this.#o.watchMs ?? 50);
+    const period = this.#o.watchMs ?? 50;
+    this.#patience = Math.max(4, Math.ceil(UNCONFIRMED_MS / period));
+    this.#timer = setInterval(() => {
+      this.#tick++;
+      this.#unconfirmed();
+      void this.#poll();
+    }, period);
     this.#timer.unref();
   }
 
@@ -264,6 +304,7 @@ export class LeaseEgress implements Egress {
     let canonical: string | null = null;
     for (const h of using) {
       try {
+        const asked = this.#tick;
         const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy" });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
@@ -273,6 +314,8 @@ export class LeaseEgress implements Egress {
           return this.#refuse(req, using, bad.status, bad.reason, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${bad.detail}`);
         }
         if (got.bounds && got.bounds.path !== null) canonical = got.bounds.path;
+        // The vault has just said the lease is in force: as good as the watch's word.
+        h.confirmed = Math.max(h.confirmed, asked);
         // The value as the vault has it now (a rotation mid-run is picked up), as text for a header:
         // the field the credential stands for, when it stands for one, never the whole secret.
         let part: SecretBytes | undefined;
@@ -291,6 +334,10 @@ export class LeaseEgress implements Egress {
         return this.#refuse(req, using, status, code, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${why}`);
       }
     }
+    // Ended while its use was being granted (the watch saw a revocation meanwhile): its tunnels are
+    // closed already, and this one would outlive them.
+    const ended = [...values.keys()].find((h) => h.over);
+    if (ended) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${ended.secret} has ended (${ended.dead}); lessor run no longer adds this credential`);
     // A value other than the one held: the secret was rotated under the run. What is injected now must
     // be masked in the answer, and watched for by the tripwire, before the request goes.
     for (const [h, value] of values) if (value !== h.value && value.length > 0) this.#rotated(h, value);
@@ -436,49 +483,82 @@ export class LeaseEgress implements Egress {
     return p;
   }
 
-  /** Marks a lease dead and (unless `close` is false: used up) closes every tunnel that used it. */
+  /** Marks a lease dead and (unless `close` is false: used up) ends it for its tunnels too, closing every one that used it. */
   #end(h: Held, why: string, close = true): void {
     if (h.dead === null) h.dead = why;
     if (!close) return;
+    h.over = true;
     for (const t of h.tunnels) t.close();
     h.tunnels.clear();
   }
 
+  /**
+   * Fails closed: closes the tunnels of every lease no answer of the vault has confirmed for more than
+   * {@link #patience} ticks (see {@link UNCONFIRMED_MS}). The lease is not marked dead: new requests
+   * ask the vault themselves, and one it grants confirms the lease again.
+   */
+  #unconfirmed(): void {
+    for (const h of this.#held) {
+      for (const t of h.tunnels) if (t.closed) h.tunnels.delete(t);
+      if (h.tunnels.size === 0 || this.#tick - h.confirmed <= this.#patience) continue;
+      this.#o.warn?.(`lessor: the vault has not confirmed the lease for ${h.secret} for ${UNCONFIRMED_MS} ms (unreachable?); its ${h.tunnels.size} open connection(s) carrying it were closed (each new request still asks the vault, and is refused while it cannot answer)`);
+      for (const t of h.tunnels) t.close();
+      h.tunnels.clear();
+    }
+  }
+
   async #poll(): Promise<void> {
-    if (this.#polling) return;
-    this.#polling = true;
+    // One poll at a time; one left unanswered for half as long as a lease may go unconfirmed no longer
+    // holds the next back (its late answer still counts, as of when it was asked), so that the watch
+    // confirms again soon after the vault does answer.
+    if (this.#polling !== null && this.#tick - this.#polling <= this.#patience / 2) return;
+    const asked = this.#tick;
+    this.#polling = asked;
     try {
       const now = Date.now();
       for (const h of this.#held) {
         // Tunnels the client already closed need no closing: forget them (a long run opens many).
         for (const t of h.tunnels) if (t.closed) h.tunnels.delete(t);
-        if (h.dead === null && h.lease.expiresAt <= now) this.#end(h, "expired");
+        // Expired by this process's clock: over, used up or not.
+        if (!h.over && h.lease.expiresAt <= now) this.#end(h, "expired");
       }
       const live = this.#held.filter((h) => h.dead === null);
-      if (live.length === 0) return;
-      const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
-      const alive = new Map(rows.map((l) => [l.id, l]));
-      for (const h of live) {
-        if (alive.has(h.lease.id)) continue;
-        // Not live: revoked, or used up (the live list leaves both out). The request that took the
-        // last use may still be on its way: it keeps its tunnel; a revoked lease's tunnels close now.
-        if (h.lease.maxUses !== null && (await this.#usedUp(h))) this.#end(h, "used up", false);
-        else this.#end(h, "revoked");
-      }
-    } catch {
-      // The vault is unreachable for a moment: each request still asks it, and is refused meanwhile.
+      // Used up, but the requests that took its last uses still stream: watched until they end, so
+      // that a revocation (the killswitch) or its expiry closes them.
+      const spent = this.#held.filter((h) => h.dead !== null && !h.over && h.tunnels.size > 0);
+      const checks = spent.map((h) => this.#check(h, asked));
+      if (live.length > 0)
+        checks.push(
+          (async () => {
+            const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
+            const alive = new Set(rows.map((l) => l.id));
+            // Not live: revoked, expired or used up (the live list leaves all of them out): asked one by one.
+            const gone: Promise<void>[] = [];
+            for (const h of live) {
+              if (alive.has(h.lease.id)) h.confirmed = Math.max(h.confirmed, asked);
+              else gone.push(this.#check(h, asked));
+            }
+            await Promise.all(gone);
+          })(),
+        );
+      // A failure confirms nothing: the lease's tunnels close once it has gone unconfirmed too long (#unconfirmed).
+      await Promise.allSettled(checks);
     } finally {
-      this.#polling = false;
+      if (this.#polling === asked) this.#polling = null;
     }
   }
 
-  /** True when `h`'s lease ended by its last use, not a revocation (not found: taken as revoked). */
-  async #usedUp(h: Held): Promise<boolean> {
-    // Newest first (ids are UUIDv7): the run's own lease is among the first unless the agent took
-    // a thousand more of this secret since.
-    const rows = await this.#o.api.listLeases({ agent: this.#o.agent, secret: `${h.lease.scope}/${h.lease.name}`, limit: 1000 });
+  /**
+   * Reads `h`'s lease (asked at tick `asked`) and follows it: used up (neither revoked nor expired)
+   * keeps the tunnels that took its uses; revoked, expired or not found closes them.
+   */
+  async #check(h: Held, asked: number): Promise<void> {
+    const rows = await this.#o.api.listLeases({ agent: this.#o.agent, id: h.lease.id });
     const l = rows.find((r) => r.id === h.lease.id);
-    return l !== undefined && l.revokedAt === null && l.maxUses !== null && l.uses >= l.maxUses;
+    const state = l === undefined ? "gone" : leaseState(l);
+    if (state === "live" || state === "exhausted") h.confirmed = Math.max(h.confirmed, asked);
+    if (state === "exhausted") this.#end(h, "used up", false);
+    else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
   }
 }
 

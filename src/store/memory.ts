@@ -5,6 +5,7 @@
  * transaction is undone from the log.
  */
 import { VaultError } from "../base/errors.js";
+import { isRevocable } from "../base/lease-state.js";
 import type {
   AuditCheckpoint,
   AuditFilter,
@@ -423,7 +424,7 @@ class MemoryTx extends Reads implements StoreTx {
     else throw new VaultError("invalid_request", "unknown revoke selector; use {id}, {agent}, {secret} or {all: true}");
     let n = 0;
     for (const l of candidates) {
-      if (!isLeaseLive(l, now)) continue;
+      if (!isRevocable(l, now)) continue;
       this.saveLease(l.id);
       this.t.leases.set(l.id, { ...l, revokedAt: now, revokeReason: reason });
       n++;

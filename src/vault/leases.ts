@@ -21,7 +21,7 @@ import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains, reasonFor, type Rule } from "./policy.js";
 import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
-import { leaseState } from "../base/lease-state.js";
+import { isRevocable, leaseState } from "../base/lease-state.js";
 import { engageKillswitchIn, formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
 import { deadmanIn, heartbeatIn, recordIn } from "./heartbeat.js";
 import { policyGateIn } from "./policy-sync.js";
@@ -285,10 +285,10 @@ export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, re
           )
         : await useIn(ctx, tx, audit, now, who, lease, domain === undefined ? target : { ...target, domain }, granted.version, true);
     if (used instanceof VaultError) {
-      // As revokeLeases would: only a live lease is revoked (one born expired or used up stays so).
-      const live = leaseState(lease, now) === "live";
-      await tx.insertLease(live ? { ...lease, revokedAt: now, revokeReason: REFUSED_FIRST_ACCESS } : lease);
-      await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: live ? 1 : 0 } });
+      // As revokeLeases would: a lease born expired stays so.
+      const revocable = isRevocable(lease, now);
+      await tx.insertLease(revocable ? { ...lease, revokedAt: now, revokeReason: REFUSED_FIRST_ACCESS } : lease);
+      await audit({ type: "lease_revoked", actor: who, agent: lease.agent, secret: checked.secret, leaseId: lease.id, outcome: "ok", reason: REFUSED_FIRST_ACCESS, detail: { changed: revocable ? 1 : 0 } });
     } else await tx.insertLease(used.lease);
     return used;
   });
@@ -546,7 +546,7 @@ export async function revokeLease(ctx: VaultContext, who: Identity, leaseId: str
   });
 }
 
-/** Revokes every live lease of `agent`. */
+/** Revokes every lease of `agent` not yet revoked or expired (used-up ones too: src/base/lease-state.ts isRevocable). */
 export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentIn: string, reason = "revoked for agent"): Promise<{ revoked: number }> {
   const agent = checkAgentId(agentIn);
   const why = checkReason(reason);
@@ -560,7 +560,7 @@ export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentI
 }
 
 /**
- * Pulls the killswitch: revokes every live lease of every agent and engages the lockout (see
+ * Pulls the killswitch: revokes every unexpired lease of every agent (used up or not) and engages the lockout (see
  * src/vault/lockout.ts) in one transaction, then raises the killswitch signal so that a server closes
  * its agents' connections. Pulling it again while engaged revokes again and keeps the first
  * engagement's time, actor and reason. Admin only.

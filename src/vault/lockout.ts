@@ -1,5 +1,6 @@
 /**
- * The killswitch lockout. Pulling the killswitch revokes every live lease and engages a lockout kept in
+ * The killswitch lockout. Pulling the killswitch revokes every lease not yet revoked or expired (used-up
+ * ones too, so that a stream riding on a last use ends with them) and engages a lockout kept in
  * the store's metadata, so that a restart and every other process sharing the store see it: while it is
  * engaged no lease is granted (request_lease, lease-and-access), until an admin releases it. Grants read
  * the flag inside their own transaction, so no grant commits after the killswitch did, in any process.
@@ -113,7 +114,7 @@ export async function checkKillswitch(ctx: VaultContext): Promise<KillswitchStat
 
 /**
  * The killswitch itself, inside a transaction: engages the lockout (keeping the first engagement's
- * time, actor and reason when it is engaged already), revokes every live lease, and audits it as done
+ * time, actor and reason when it is engaged already), revokes every unexpired lease (used up or not), and audits it as done
  * by `who`. The caller checks the role, and afterwards records the state ({@link sawKillswitch}) and
  * raises the signal.
  */

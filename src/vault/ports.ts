@@ -121,7 +121,11 @@ export interface StoreTx extends StoreReader {
   useLease(id: string, now: number, cap?: number | null): Promise<number | null>;
   /** Sets a live lease's expiry and renewal count (a renewal). */
   renewLease(id: string, expiresAt: number, renewals: number): Promise<void>;
-  /** Revokes the selected leases that are not yet revoked, expired or used up; returns how many. */
+  /**
+   * Revokes the selected leases that are not yet revoked nor expired, used up ones included (what
+   * streams on a lease's last use must end with a revocation: src/base/lease-state.ts isRevocable);
+   * returns how many.
+   */
   revokeLeases(sel: RevokeSelector, now: number, reason: string): Promise<number>;
   /** Deletes up to `limit` leases whose expiry is before `before`; returns how many. */
   deleteExpiredLeases(before: number, limit: number): Promise<number>;

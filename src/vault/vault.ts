@@ -557,12 +557,12 @@ export class VaultSession {
     return clientRefusals.recordClientRefusal(this.#ctx, this.identity, refusal);
   }
 
-  /** Revokes every live lease of an agent. */
+  /** Revokes every lease of an agent not yet revoked or expired (used-up ones too). */
   revokeAllForAgent(agent: string, reason?: string): Promise<{ revoked: number }> {
     return leases.revokeAllForAgent(this.#ctx, this.identity, agent, reason);
   }
   /**
-   * Pulls the killswitch: revokes every live lease and engages a persisted lockout under which no
+   * Pulls the killswitch: revokes every unexpired lease (used up or not) and engages a persisted lockout under which no
    * lease is granted until {@link releaseKillswitch}. Admin.
    */
   killswitch(reason?: string): Promise<{ revoked: number }> {

@@ -153,8 +153,8 @@ export function registerLease(program: Command, cli: Cli): void {
   program
     .command("revoke [lease-id]")
     .description("revoke one lease, every lease of an agent (--agent), or every lease (--all, like killswitch)")
-    .option("--agent <agent>", "revoke every live lease of this agent")
-    .option("--all", "revoke every live lease (asks for confirmation unless --yes)")
+    .option("--agent <agent>", "revoke every lease of this agent not yet revoked or expired (used-up ones too)")
+    .option("--all", "revoke every lease not yet revoked or expired (asks for confirmation unless --yes)")
     .option("--reason <text>", "why, recorded in the audit trail")
     .option("--yes", "do not ask for confirmation (needed for --all when stdin is not a terminal)")
     .option("--json", 'print { "revoked": N } as JSON')
@@ -171,16 +171,16 @@ export function registerLease(program: Command, cli: Cli): void {
         if (id !== undefined) {
           const { api } = await cli.backend();
           revoked = (await api.revokeLease(id, o.reason)).revoked ? 1 : 0;
-          what = revoked === 1 ? `revoked lease ${id}` : `lease ${id} was not live (already revoked, expired or used up); nothing changed`;
+          what = revoked === 1 ? `revoked lease ${id}` : `lease ${id} was already revoked or expired; nothing changed`;
         } else if (o.agent !== undefined) {
           const { api } = await cli.backend();
           revoked = (await api.revokeAllForAgent(o.agent, o.reason)).revoked;
-          what = `revoked ${revoked} live lease${revoked === 1 ? "" : "s"} of agent ${o.agent}`;
+          what = `revoked ${revoked} lease${revoked === 1 ? "" : "s"} of agent ${o.agent}`;
         } else {
           const r = await killswitch(cli, o);
           if (r === null) return EXIT.error;
           revoked = r;
-          what = `revoked ${revoked} live lease${revoked === 1 ? "" : "s"}`;
+          what = `revoked ${revoked} lease${revoked === 1 ? "" : "s"}`;
         }
         if (o.json) cli.json({ revoked });
         else cli.out(what);
@@ -207,7 +207,7 @@ export function registerLease(program: Command, cli: Cli): void {
         const revoked = await killswitch(cli, o);
         if (revoked === null) return EXIT.error;
         if (o.json) cli.json({ revoked });
-        else cli.out(`killswitch: revoked ${revoked} live lease${revoked === 1 ? "" : "s"}`);
+        else cli.out(`killswitch: revoked ${revoked} lease${revoked === 1 ? "" : "s"}`);
       }),
     );
 

@@ -61,7 +61,7 @@ export async function rotateByHook(cli: Cli, r: SecretRef, o: { json?: boolean }
     cli.json(res);
     return EXIT.ok;
   }
-  const revoked = res.revokedLeases > 0 ? ` and revoked ${res.revokedLeases} live lease${res.revokedLeases === 1 ? "" : "s"}` : "";
+  const revoked = res.revokedLeases > 0 ? ` and revoked ${res.revokedLeases} lease${res.revokedLeases === 1 ? "" : "s"}` : "";
   cli.out(`rotated ${refString(r)} to version ${res.version} by its rotation hook${revoked}`);
   return EXIT.ok;
 }

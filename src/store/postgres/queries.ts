@@ -336,8 +336,9 @@ export async function useLease(x: Exec, id: string, now: number, cap: number | n
   return r === undefined ? null : (r.uses as number);
 }
 
+/** Revokes the selected leases not yet revoked nor expired, used up ones too (src/base/lease-state.ts isRevocable). */
 export function revokeLeases(sel: RevokeSelector, now: number, reason: string): Stmt {
-  const set = "UPDATE leases SET revoked_at = $1, revoke_reason = $2, done = true WHERE NOT done AND expires_at > $1";
+  const set = "UPDATE leases SET revoked_at = $1, revoke_reason = $2, done = true WHERE revoked_at IS NULL AND expires_at > $1";
   const what = "revoke leases";
   if ("id" in sel) return st(what, `${set} AND id = $3`, [now, reason, sel.id]);
   if ("agent" in sel) return st(what, `${set} AND agent = $3`, [now, reason, sel.agent]);

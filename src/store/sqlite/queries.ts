@@ -42,8 +42,12 @@ const LIVE = "done = 0 AND expires_at > ?";
 const RUN_SHIFT = 10;
 const RUN_SIZE = 2 ** RUN_SHIFT;
 
-/** Revocation of live leases, by selector. */
+/**
+ * Revocation by selector, of the leases not yet revoked nor expired: used up ones too
+ * (src/base/lease-state.ts isRevocable), so that what streams on their last use can be ended.
+ */
 const REVOKE_SET = "UPDATE leases SET revoked_at = ?, revoke_reason = ?, done = 1 WHERE ";
+const REVOCABLE = "revoked_at IS NULL AND expires_at > ?";
 
 /**
  * The fixed statements built from the column lists, made once: a statement's text is its cache key,
@@ -62,10 +66,10 @@ const SQL = {
   getLease: `SELECT ${LEASE_COLS} FROM leases WHERE id = ?`,
   countLiveLeases: `SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`,
   insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${sqlitePlaceholders(21)})`,
-  revokeById: `${REVOKE_SET}id = ? AND ${LIVE}`,
-  revokeByAgent: `${REVOKE_SET}agent = ? AND ${LIVE}`,
-  revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${LIVE}`,
-  revokeAll: `${REVOKE_SET}expires_at > ? AND done = 0`,
+  revokeById: `${REVOKE_SET}id = ? AND ${REVOCABLE}`,
+  revokeByAgent: `${REVOKE_SET}agent = ? AND ${REVOCABLE}`,
+  revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${REVOCABLE}`,
+  revokeAll: `${REVOKE_SET}${REVOCABLE}`,
   insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (${sqlitePlaceholders(17)})`,
   getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
   listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
