@@ -189,7 +189,8 @@ const FAKE_LEASE: LeaseRecord = {
   revokeReason: null,
   issuedBy: "uid:0",
 };
-const valueResult = (text: string) => ({ value: Buffer.from(text).toString("base64"), encoding: "base64", version: 1, lease: FAKE_LEASE });
+/** An access answer: the value, under the lease `id` (by default FAKE_LEASE's, which is leaseId(1)). */
+const valueResult = (text: string, id = FAKE_LEASE.id) => ({ value: Buffer.from(text).toString("base64"), encoding: "base64", version: 1, lease: { ...FAKE_LEASE, id } });
 const leaseId = (n: number) => `01900000-0000-7000-8000-${n.toString(16).padStart(12, "0")}`;
 
 // ---------------------------------------------------------------------------------------------
@@ -515,8 +516,8 @@ describe("the client SDK against a hostile daemon", () => {
       if (held.length < 3) return;
       const [a, b, cc] = held as [{ sock: Socket; id: string }, { sock: Socket; id: string }, { sock: Socket; id: string }];
       HostileDaemon.send(sock, { id: `0190ffff-ffff-7fff-8fff-${randomBytes(6).toString("hex")}`, ok: true, result: valueResult("STRAY") });
-      HostileDaemon.send(sock, { id: b.id, ok: true, result: valueResult("value-B") });
-      HostileDaemon.send(sock, { id: b.id, ok: true, result: valueResult("EVIL-second-answer-for-B") });
+      HostileDaemon.send(sock, { id: b.id, ok: true, result: valueResult("value-B", leaseId(2)) });
+      HostileDaemon.send(sock, { id: b.id, ok: true, result: valueResult("EVIL-second-answer-for-B", leaseId(2)) });
       HostileDaemon.sendRaw(
         sock,
         `{"id":"${a.id}","ok":true,"result":{"__proto__":{"polluted":"yes"},"constructor":{"prototype":{"polluted2":"yes"}},"value":"${Buffer.from("value-A").toString("base64")}","encoding":"base64","version":1,"lease":${JSON.stringify(FAKE_LEASE).replace("{", '{"__proto__":{"isAdmin":true},')}}}`,
@@ -605,6 +606,7 @@ describe("the client SDK against a hostile daemon", () => {
     await check("accessSecret ← a value sent as utf8 text", plain, () => c.accessSecret(leaseId(1)));
     await check("accessSecret ← no value", { version: 1, lease: FAKE_LEASE }, () => c.accessSecret(leaseId(1)));
     await check("accessSecret ← null", null, () => c.accessSecret(leaseId(1)));
+    await check("accessSecret ← another lease's record", valueResult("x", leaseId(9)), () => c.accessSecret(leaseId(1)));
     await check("revealSecret ← a value sent as utf8 text", { value: "plain", encoding: "utf8", version: 1 }, () => c.revealSecret("x"));
     await check("leaseAndAccess ← null", null, () => c.leaseAndAccess({ agent: "claude", secret: "x" }));
     await check("requestLease ← null", null, () => c.requestLease({ agent: "claude", secret: "x" }));
@@ -613,6 +615,7 @@ describe("the client SDK against a hostile daemon", () => {
       "accessSecret ← a value sent as utf8 text": "internal",
       "accessSecret ← no value": "internal",
       "accessSecret ← null": "internal",
+      "accessSecret ← another lease's record": "internal",
       "revealSecret ← a value sent as utf8 text": "internal",
       "leaseAndAccess ← null": "internal",
       "requestLease ← null": "internal",

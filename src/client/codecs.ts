@@ -36,8 +36,40 @@ export function toVaultError(e: { code: string; message: string }): VaultError {
   return isWireCode(e.code) ? new VaultError(e.code, message) : new VaultError("internal", `the lessor daemon answered with an unknown error (${e.code.slice(0, 64)}): ${message}`);
 }
 
-/** The identity from the daemon's welcome, or the error its refusal (or a malformed reply) means. */
-export function parseWelcome(body: Buffer, where: string): WireIdentity | VaultError {
+/**
+ * The codes a lessor daemon refuses with before it has proved who it is (docs/protocol.md): its
+ * connection caps and handshake budget (`rate_limited`) and its shutdown (`unavailable`). Before the
+ * proof (a token handshake over TCP) any other refusal is not taken as the daemon's.
+ */
+const BEFORE_PROOF = new Set(["rate_limited", "unavailable"]);
+
+/** A server's own words, cut short, for a message about a server that has not proved who it is. */
+function clip(text: string): string {
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+}
+
+/**
+ * A handshake refusal as the VaultError to fail the connection with. `proven`: the server is known
+ * to be the daemon (the transport's check passed, or there is nothing to check and no token to prove
+ * it with), so its refusal is the daemon's. Otherwise only a code a daemon sends before its proof is
+ * kept, worded as the unverified server's and cut short; any other is `daemon_unverified`, without
+ * the server's words (a squatter chooses them: "the token was revoked, paste it into …").
+ */
+export function handshakeRefusal(e: { code: string; message: string }, where: string, proven: boolean): VaultError {
+  if (proven) return toVaultError(e);
+  if (BEFORE_PROOF.has(e.code)) return new VaultError(e.code as WireErrorCode, `the server at ${where} (not verified) refused: ${clip(e.message)}`);
+  return new VaultError(
+    "daemon_unverified",
+    `the server at ${where} refused with ${isWireCode(e.code) ? e.code : "an unknown code"} before proving that it holds the token; a lessor daemon refuses that early only with rate_limited or unavailable, so nothing it said is taken as the daemon's and the token was not sent; something other than your lessor daemon may be listening there`,
+  );
+}
+
+/**
+ * The identity from the daemon's welcome, or the error its refusal (or a malformed reply) means.
+ * `proven`: see {@link handshakeRefusal}. `beforeHello`: the client has not said hello yet, so only a
+ * refusal is a daemon's answer.
+ */
+export function parseWelcome(body: Buffer, where: string, proven: boolean, beforeHello: boolean): WireIdentity | VaultError {
   let msg: any;
   try {
     msg = JSON.parse(body.toString("utf8"));
@@ -46,17 +78,25 @@ export function parseWelcome(body: Buffer, where: string): WireIdentity | VaultE
   }
   const bad = new VaultError("internal", `the server at ${where} sent a malformed handshake reply; is it a lessor daemon?`);
   if (typeof msg !== "object" || msg === null || msg.protocol !== PROTOCOL_NAME || typeof msg.ok !== "boolean") return bad;
-  if (!msg.ok) return isWireErrorShape(msg.error) ? toVaultError(msg.error) : bad;
-  if (msg.version !== PROTOCOL_VERSION)
-    return new VaultError("unavailable", `the lessor daemon at ${where} speaks protocol version ${String(msg.version)}, this client speaks ${PROTOCOL_VERSION}; use matching versions`);
+  if (!msg.ok) return isWireErrorShape(msg.error) ? handshakeRefusal(msg.error, where, proven) : bad;
+  if (beforeHello)
+    return new VaultError("daemon_unverified", `the server at ${where} sent a welcome before the client said hello; it is not behaving as a lessor daemon, so nothing was sent`);
+  if (msg.version !== PROTOCOL_VERSION) {
+    const v = msg.version;
+    const theirs = typeof v === "number" && Number.isSafeInteger(v) ? `protocol version ${v}` : "no valid protocol version";
+    return new VaultError("unavailable", `the lessor daemon at ${where} speaks ${theirs}, this client speaks ${PROTOCOL_VERSION}; use matching versions`);
+  }
   const id = msg.identity;
   if (typeof id !== "object" || id === null || typeof id.id !== "string" || typeof id.transport !== "string" || !["admin", "orchestrator", "agent"].includes(id.role))
     return bad;
   return id as WireIdentity;
 }
 
-/** The daemon's nonce and proof from its answer to a token handshake hello, or why there are none. */
-export function parseChallenge(body: Buffer, where: string): { nonce: Buffer; proof: Buffer } | VaultError {
+/**
+ * The daemon's nonce and proof from its answer to a token handshake hello, or why there are none.
+ * `proven`: the transport's check already showed this is the daemon (a Unix socket of the right uid).
+ */
+export function parseChallenge(body: Buffer, where: string, proven: boolean): { nonce: Buffer; proof: Buffer } | VaultError {
   let msg: any;
   try {
     msg = JSON.parse(body.toString("utf8"));
@@ -69,9 +109,9 @@ export function parseChallenge(body: Buffer, where: string): { nonce: Buffer; pr
     return unverified("did not answer the token handshake as a lessor daemon does");
   if (!msg.ok) {
     if (!isWireErrorShape(msg.error)) return unverified("sent a malformed refusal");
-    const e = toVaultError(msg.error);
-    if (e.code !== "invalid_request") return e; // a cap or a shutdown; nothing was sent
-    return new VaultError("unavailable", `the lessor daemon at ${where} refused the token handshake (${e.message}); it may be older than this client, so upgrade it. The token was not sent`);
+    if (msg.error.code !== "invalid_request") return handshakeRefusal(msg.error, where, proven); // a cap or a shutdown; nothing was sent
+    const who = proven ? `the lessor daemon at ${where}` : `the server at ${where} (not verified)`;
+    return new VaultError("unavailable", `${who} refused the token handshake (${clip(msg.error.message)}); it may be older than this client, so upgrade it. The token was not sent`);
   }
   const c = msg.challenge;
   if (typeof c !== "object" || c === null) return unverified("answered without proving that it holds the token");

@@ -92,7 +92,7 @@ export class LeasedCredential {
       r.value.wipe();
       throw new VaultError("lease_revoked", `lease ${this.#lease.id} was released while the value was being fetched; request a new lease`);
     }
-    this.#lease = r.lease;
+    this.#lease = { ...r.lease, id: this.#lease.id }; // the id stays the one this credential revokes
     if (this.#values.length >= 64) this.#values = this.#values.filter((v) => !v.wiped);
     this.#values.push(r.value);
     return r.value;

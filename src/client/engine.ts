@@ -272,6 +272,7 @@ export class ClientEngine {
       if (typeof r === "object" && r !== null && (typeof r.value === "string" || typeof r.token === "string")) body.fill(0);
     } else if (!isWireErrorShape(msg.error)) return this.#malformed(stream);
     if (msg.id === null) {
+      if (msg.ok) return this.#malformed(stream); // only an error answer is for no request
       const e = toVaultError(msg.error);
       // A frame for no request: the daemon is closing the connection (a frame it could not read, or
       // the token revoked or expired, or the connection's lifetime over), and says why.
@@ -320,6 +321,18 @@ export class ClientEngine {
       let done = false;
       /** What the next frame from the daemon must be. */
       let stage: "check" | "challenge" | "welcome" = "check";
+      /**
+       * True once the server is known to be the daemon: the transport's check passed, or the token proof
+       * did, or there is nothing to check and no token to prove it with. Until then a refusal is taken
+       * only as an unverified server's (src/client/codecs.ts handshakeRefusal).
+       */
+      let proven = dial.verify === undefined && token === undefined;
+      /** True while the transport's check runs: what the server sends meanwhile waits for its outcome. */
+      let verifying = dial.verify !== undefined;
+      /** The first frame the server sent while it was being checked (any frame there ends the handshake). */
+      let early: Buffer | null = null;
+      /** How the stream ended while the server was being checked: reported only if the check passes. */
+      let lostEarly: VaultError | null = null;
       /** The token handshake in progress (after the hello that names the token went out). */
       let pending: { lib: ProofLib; id: string; secret: string; nonce: Buffer; binding: string } | null = null;
       const timer = setTimeout(() => {
@@ -378,6 +391,11 @@ export class ClientEngine {
           const refusal = await dial.verify();
           if (done) return;
           if (refusal !== null) return finish(refusal);
+          verifying = false;
+          proven = true;
+          // What the daemon said while it was checked (a refusal at its connection cap), now known to be its.
+          if (early !== null) return onFrames([early]);
+          if (lostEarly !== null) return finish(lostEarly);
         }
         const hello: Record<string, unknown> = { protocol: PROTOCOL_NAME, version: PROTOCOL_VERSION };
         if (token === undefined) {
@@ -401,7 +419,7 @@ export class ClientEngine {
       /** The daemon's proof checked out: shows the token, then lets the held calls out. */
       const showToken = (body: Buffer): void => {
         const p = pending!;
-        const proof = parseChallenge(body, where);
+        const proof = parseChallenge(body, where, proven);
         if (proof instanceof VaultError) return finish(proof);
         if (!p.lib.checkServerProof(p.lib.hashTokenSecret(p.secret), p.nonce, proof.nonce, p.id, p.binding, proof.proof))
           return finish(
@@ -411,6 +429,7 @@ export class ClientEngine {
             ),
           );
         pending = null;
+        proven = true;
         stage = "welcome";
         const frame = encodeFrame({ token }, true);
         stream.write(frame, () => frame.fill(0));
@@ -425,20 +444,24 @@ export class ClientEngine {
         },
         (e: NodeJS.ErrnoException) => finish(transport.connectError(e)),
       );
+      // While the server is being checked, how the stream ended waits for the check's outcome: a squatter
+      // of another uid that hangs up at once is still reported as one.
+      const checking = (): boolean => verifying && isConnected && this.#state !== CLOSED;
       stream.on("error", (e: NodeJS.ErrnoException) => {
-        if (!done) finish(transport.connectError(e));
+        if (!done && checking()) lostEarly ??= transport.connectError(e);
+        else if (!done) finish(transport.connectError(e));
         else this.#lastStreamError = e.code ?? "socket error";
       });
       stream.on("close", () => {
         if (!done) {
-          finish(
-            new VaultError(
-              "unavailable",
-              this.#state === CLOSED
-                ? "the LessorClient was closed while connecting"
-                : `the lessor daemon at ${where} closed the connection during the handshake; check its log`,
-            ),
+          const lost = new VaultError(
+            "unavailable",
+            this.#state === CLOSED
+              ? "the LessorClient was closed while connecting"
+              : `the lessor daemon at ${where} closed the connection during the handshake; check its log`,
           );
+          if (checking()) lostEarly ??= lost;
+          else finish(lost);
           return;
         }
         const why = this.#lastStreamError === undefined ? "" : ` (${this.#lastStreamError})`;
@@ -463,6 +486,14 @@ export class ClientEngine {
           finish(new VaultError("internal", `the lessor daemon at ${where} sent a handshake reply over the ${maxFrame}-byte limit`));
           return;
         }
+        if (verifying) {
+          early ??= bodies[0] ?? null; // the check decides first; the first frame is all that will be read
+          return;
+        }
+        onFrames(bodies);
+      });
+      /** Handles the handshake frames `bodies`, in order, until the handshake is over. */
+      const onFrames = (bodies: Buffer[]): void => {
         for (let i = 0; i < bodies.length && !done; i++) {
           const body = bodies[i]!;
           if (stage === "challenge") {
@@ -471,13 +502,11 @@ export class ClientEngine {
           }
           // Before the hello (stage check) only a refusal is acceptable: a daemon at its connection cap
           // or shutting down says so at once. Anything else there is not the daemon's welcome.
-          const welcome = parseWelcome(body, where);
+          const welcome = parseWelcome(body, where, proven, stage === "check");
           if (welcome instanceof VaultError) return finish(welcome);
-          if (stage === "check")
-            return finish(new VaultError("daemon_unverified", `the server at ${where} sent a welcome before the client said hello; it is not behaving as a lessor daemon, so nothing was sent`));
           return finish(null, welcome, bodies.slice(i + 1));
         }
-      });
+      };
     });
     this.#connecting = p;
     return p;

@@ -174,12 +174,12 @@ export class LessorMethods {
     const r = await this.api.request_lease({ ...leaseParams(req), access: targetParams(target) });
     if (typeof r === "object" && r !== null && !("value" in r))
       throw new VaultError("internal", "the lessor daemon granted the lease but sent no value; it may predate request_lease with access, so use matching versions");
-    return valueResult(r, "request_lease with access");
+    return accessResult(r, "request_lease with access");
   }
 
   /** Uses a lease once and returns the value. Wipe the value (or `using`) when done. */
   async accessSecret(leaseId: string, target?: AccessTargetInput): Promise<ClientAccessResult> {
-    return valueResult(await this.api.access_secret({ leaseId, ...targetParams(target) }), "access_secret");
+    return accessResult(await this.api.access_secret({ leaseId, ...targetParams(target) }), "access_secret", leaseId);
   }
 
   /** Extends a lease within its rule's bounds. */
@@ -324,6 +324,23 @@ function malformed(method: string): VaultError {
 function valueResult<R>(r: R, method: string): R {
   if (typeof r !== "object" || r === null || !((r as { value?: unknown }).value instanceof SecretBytes)) throw malformed(method);
   return r;
+}
+
+/**
+ * A value result that must also carry the lease it was read under (with `leaseId`: that lease). A
+ * result without it is refused, its value wiped: a credential keeps its lease id to revoke it.
+ */
+function accessResult<R>(r: R, method: string, leaseId?: string): R {
+  const ok = valueResult(r, method);
+  const lease = (ok as { lease?: { id?: unknown } | null }).lease;
+  if (typeof lease !== "object" || lease === null || typeof lease.id !== "string" || (leaseId !== undefined && lease.id !== leaseId)) {
+    (ok as { value: SecretBytes }).value.wipe();
+    throw new VaultError(
+      "internal",
+      `the lessor daemon answered ${method} without the ${leaseId === undefined ? "lease" : `lease ${leaseId}`} it was used under; the value was wiped. Check that client and daemon versions match`,
+    );
+  }
+  return ok;
 }
 
 function nameParams(ref: { scope?: string; name: string }): { scope?: string; name: string } {

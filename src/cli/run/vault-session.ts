@@ -23,16 +23,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { VaultError } from "../../base/errors.js";
+import { VaultError, wireCode } from "../../base/errors.js";
 import type { Identity } from "../../base/types.js";
 import type { Backend, BackendApi } from "../../backend/backend.js";
 import { daemonTarget } from "../../backend/daemon-target.js";
 import { parseChallenge } from "../../client/codecs.js";
 import { checkUnixDaemon } from "../../client/daemon-check.js";
-import type { Endpoint } from "../../client/transport.js";
+import { describeEndpoint, type Endpoint } from "../../client/transport.js";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../../crypto/token-proof.js";
 import { encodeFrame } from "../../protocol/framing.js";
 import { SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
+import { refusalFrame } from "../../server/connection.js";
 import { LessorServer } from "../../server/server.js";
 import { listenUnix, type UnixListener } from "../../server/transports/uds.js";
 import { VERSION } from "../../version.js";
@@ -270,7 +271,8 @@ class Relay {
     });
     up.once("connect", () => {
       // As LessorClient does before writing anything: the process listening is the daemon's user.
-      if ("socketPath" in ep && this.daemon.expectedUid !== undefined && checkUnixDaemon(up, ep.socketPath, this.daemon.expectedUid) !== null) return drop();
+      const uidChecked = "socketPath" in ep && this.daemon.expectedUid !== undefined;
+      if (uidChecked && checkUnixDaemon(up, ep.socketPath, this.daemon.expectedUid!) !== null) return drop();
       const { id, secret } = this.#parts;
       const nonce = newNonce();
       const binding = "socketPath" in ep ? endpointBinding("uds") : endpointBinding("tcp", up.remoteAddress, up.remotePort);
@@ -284,11 +286,13 @@ class Relay {
         up.pause();
         clearTimeout(timer);
         if (f.kind === "too-large") return drop();
-        const challenge = parseChallenge(f.body, "the daemon");
+        const challenge = parseChallenge(f.body, describeEndpoint(ep), uidChecked);
         if (challenge instanceof VaultError) {
-          // A refusal (connection cap, shutting down): the child reads it as the daemon's answer to its hello.
+          // A refusal (connection cap, shutting down): the child reads it as the daemon's answer to its
+          // hello. From a server not yet proven to be the daemon, only in the words parseChallenge chose.
+          if (challenge.code === "daemon_unverified") return drop();
           up.destroy();
-          child.end(reply.subarray(0, 4 + f.body.length));
+          child.end(uidChecked ? reply.subarray(0, 4 + f.body.length) : refusalFrame(wireCode(challenge.code), challenge.message));
           return;
         }
         // Only a daemon that holds this token's hash can make the proof: the token goes nowhere else.
