@@ -64,6 +64,8 @@ export class LeasedCredential {
   #lease: LeaseRecord;
   #values: SecretBytes[] = [];
   #released = false;
+  /** Set by the first disposal: no value is handed out after it, even while its revocation is retried. */
+  #disposing = false;
 
   /** @internal Use {@link CredentialProvider.lease}. */
   constructor(client: LessorMethods, lease: LeaseRecord) {
@@ -76,7 +78,7 @@ export class LeasedCredential {
     return this.#lease;
   }
 
-  /** True once revoked or disposed. */
+  /** True once the lease is known to be over: revoked here (or found already revoked, expired or gone). */
   get released(): boolean {
     return this.#released;
   }
@@ -86,9 +88,9 @@ export class LeasedCredential {
    * disposal; wipe it sooner yourself if you can.
    */
   async value(target?: AccessTargetInput): Promise<SecretBytes> {
-    if (this.#released) throw new VaultError("lease_revoked", `lease ${this.#lease.id} was already released; request a new lease`);
+    if (this.#released || this.#disposing) throw new VaultError("lease_revoked", `lease ${this.#lease.id} was already released; request a new lease`);
     const r = await this.#client.accessSecret(this.#lease.id, target);
-    if (this.#released) {
+    if (this.#released || this.#disposing) {
       r.value.wipe();
       throw new VaultError("lease_revoked", `lease ${this.#lease.id} was released while the value was being fetched; request a new lease`);
     }
@@ -121,15 +123,18 @@ export class LeasedCredential {
 
   /**
    * Revokes the lease (a lease that is already revoked, expired or gone is fine) and wipes every value
-   * handed out. Other errors (e.g. the daemon is unreachable) are thrown after wiping.
+   * handed out. Other errors (e.g. the daemon is unreachable) are thrown after wiping, and the
+   * credential hands out no value from then on; disposing again retries the revocation, so a caller
+   * that retries once the daemon is back does end the lease.
    */
   async [Symbol.asyncDispose](): Promise<void> {
-    const wasReleased = this.#released;
-    this.#released = true;
+    this.#disposing = true;
     try {
-      if (!wasReleased) await this.#client.revokeLease(this.#lease.id, "released by its holder");
+      if (!this.#released) await this.#client.revokeLease(this.#lease.id, "released by its holder");
+      this.#released = true;
     } catch (e) {
       if (!(e instanceof VaultError && ALREADY_OVER.has(e.code))) throw e;
+      this.#released = true;
     } finally {
       this.wipe();
     }
