@@ -29,6 +29,8 @@ import { ReadBuffer, serializeMessage } from "@modelcontextprotocol/sdk/shared/s
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import type { JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { LessorClient } from "../src/client/client.js";
+import { CredentialProvider } from "../src/client/credential-provider.js";
+import { VaultError } from "../src/base/errors.js";
 import { openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { BIN } from "./cli-harness.js";
@@ -521,6 +523,44 @@ describe("lessor mcp --socket: one backend for every guest connection, after the
       child.kill("SIGKILL");
       await d.stop();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the SDK's LeasedCredential (await using)", () => {
+  // docs/client.md: "Disposing the credential revokes the lease ... throws any other error (such as
+  // unavailable when the daemon is gone)". The caller retries the disposal once the daemon is back, as
+  // that error invites: the retry resolves at once and sends nothing (the credential marked itself
+  // released before the first attempt), so the lease stays live and value() now claims it was released.
+  test("a disposal that failed because the daemon was down revokes the lease when it is retried once the daemon is back (or fails again), never resolves with the lease live", { timeout: 30_000 }, async () => {
+    const home = await seededHome();
+    let d = await startServe(home);
+    const client = await LessorClient.connect({ socketPath: d.socket });
+    try {
+      const cred = await new CredentialProvider(client, { agent: "claude" }).lease("github-token", { domains: ["api.test.example"] });
+      const v = await cred.value({ domain: "api.test.example" });
+      assert.equal(v.unsafeText(), CANARY);
+      await d.stop();
+      await assert.rejects(cred[Symbol.asyncDispose](), (e: unknown) => e instanceof VaultError && e.code === "unavailable");
+      assert.equal(v.wiped, true, "the values were wiped even though the revocation failed");
+      d = await startServe(home);
+      let retry: unknown = null;
+      try {
+        await cred[Symbol.asyncDispose]();
+      } catch (e) {
+        retry = e;
+      }
+      const lease = (await leasesOf(home, d)).find((l) => l.id === cred.lease.id)!;
+      assert.ok(
+        lease.revokedAt !== null || retry !== null,
+        `the retried disposal resolved without error, yet lease ${lease.id} is still live (until its expiry); value() says: ${await cred.value().then(
+          () => "a value",
+          (e: Error) => e.message,
+        )}`,
+      );
+    } finally {
+      await client.close();
+      await d.stop();
     }
   });
 });
