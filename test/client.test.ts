@@ -13,6 +13,7 @@ import { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { WIRE_ERROR_CODES, type WireIdentity } from "../src/protocol/messages.js";
 import type { Request } from "../src/protocol/messages.js";
 import { VaultError } from "../src/base/errors.js";
+import { isNoDaemon } from "../src/client/no-daemon.js";
 import { ADMIN, FakeServer, type FakeOptions } from "./fixtures/fake-server.js";
 import { tempDir } from "./helpers.js";
 
@@ -91,6 +92,19 @@ test("tcp: the hello names the token, the token goes out after the daemon's proo
   assert.deepEqual(s.tokensShown, [TOKEN], "only the token the daemon proved it holds was ever sent");
   // A wrong token the fake does not know never reaches unauthenticated: it is stopped by the proof.
   assert.equal(s.hellos.length, 3);
+});
+
+test("'no daemon listening' is a mark set by the connect step, not words a server could send", async () => {
+  const missing = join(dir, "nobody-at-all.sock");
+  const e = await LessorClient.connect({ socketPath: missing }).then(
+    () => assert.fail("connected to nothing"),
+    (err: unknown) => err,
+  );
+  assert.ok(isNoDaemon(e), "a connect that found no socket is marked");
+  // The same code and words made anywhere else (a reply, a squatter's text) are not the mark: the
+  // CLI falls back to an in-process vault on the mark alone.
+  assert.equal(isNoDaemon(new VaultError("unavailable", (e as Error).message)), false);
+  assert.equal(isNoDaemon({ code: "unavailable", message: (e as Error).message }), false);
 });
 
 test("connect errors: no socket file, refused port, silent daemon, not a lessor daemon", async () => {

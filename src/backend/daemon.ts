@@ -9,6 +9,7 @@ import { LessorClient } from "../client/client.js";
 import { loadConfig } from "../config/load.js";
 import { inHome } from "../config/home.js";
 import { VaultError } from "../base/errors.js";
+import { isNoDaemon } from "../client/no-daemon.js";
 import type { Backend } from "./backend.js";
 import type { DaemonTarget } from "./daemon-target.js";
 
@@ -38,7 +39,7 @@ export async function connectDaemon(home: string, opts: DaemonConnectOptions = {
     const client = await LessorClient.connect({ socketPath }, { ...reconnecting(opts), pipeline: true });
     return { mode: "daemon", home, endpoint: null, api: client, close: () => client.close() };
   } catch (e) {
-    if (e instanceof VaultError && e.code === "unavailable" && /no lessor daemon is listening/.test(e.message)) return null;
+    if (isNoDaemon(e)) return null;
     throw e;
   }
 }

@@ -6,6 +6,7 @@
 import { createConnection, isIPv4, isIPv6 } from "node:net";
 import type { Duplex } from "node:stream";
 import { VaultError } from "../base/errors.js";
+import { noDaemonError } from "./no-daemon.js";
 
 /** Where the daemon listens: a Unix socket path, or a TCP host and port (loopback). */
 export type Endpoint = { socketPath: string } | { host: string; port: number };
@@ -125,13 +126,13 @@ function connectError(e: NodeJS.ErrnoException, ep: Endpoint): VaultError {
   const code = e.code ?? "";
   if ("socketPath" in ep) {
     if (code === "ENOENT" || code === "ECONNREFUSED")
-      return new VaultError("unavailable", `no lessor daemon is listening on ${ep.socketPath}; start one with \`lessor serve\``);
+      return noDaemonError(`no lessor daemon is listening on ${ep.socketPath}; start one with \`lessor serve\``);
     if (code === "EACCES" || code === "EPERM")
       return new VaultError("unavailable", `permission denied opening ${ep.socketPath}; run as the daemon's user or use a token over TCP`);
   } else {
     const where = `${ep.host}:${ep.port}`;
     if (code === "ECONNREFUSED")
-      return new VaultError("unavailable", `no lessor daemon is listening on ${where}; start one with \`lessor serve\` and \`[server] tcp = "${where}"\` in lessor.toml`);
+      return noDaemonError(`no lessor daemon is listening on ${where}; start one with \`lessor serve\` and \`[server] tcp = "${where}"\` in lessor.toml`);
     if (code === "ENOTFOUND" || code === "EAI_AGAIN")
       return new VaultError("unavailable", `cannot resolve the host "${ep.host}"; check the daemon's address`);
   }
