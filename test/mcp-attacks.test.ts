@@ -92,6 +92,7 @@ import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { ElicitRequestSchema, type ElicitResult, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { inProcessApi } from "../src/backend/in-process.js";
+import { VaultError } from "../src/base/errors.js";
 import { createMcpSession, type McpSession } from "../src/mcp/server.js";
 import { serveHttp, type HttpMcpServer } from "../src/mcp/http.js";
 import { LocalCa } from "../src/proxy/ca.js";
@@ -908,5 +909,59 @@ describe("at the end", () => {
     noCanary("the audit trail", JSON.stringify(rows));
     assert.deepEqual(violations, [], `connections to refused addresses: ${violations.join(", ")}`);
     if (lookups.length > 0) console.log(`# names something tried to resolve (answered ENOTFOUND, nothing sent): ${[...new Set(lookups)].join(", ")}`);
+  });
+});
+
+describe("a grant that lands after the session ended", () => {
+  // docs/mcp.md, "When the session ends": every lease the session took is revoked. A request_access
+  // whose grant lands after the end cannot add its value, so it revokes its own lease; when that
+  // revocation fails (the daemon just went away), the lease must still go to the session's end, which
+  // retries and names what is left, rather than be forgotten live.
+  test("its lease, which it could not revoke itself, is revoked by the session's end", { timeout: 30_000 }, async () => {
+    const real = inProcessApi(vault);
+    let entered!: () => void;
+    const inGrant = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const api = new Proxy(real, {
+      get(t, k) {
+        if (k === "api")
+          return {
+            ...t.api,
+            request_lease: async (p: Parameters<typeof t.api.request_lease>[0]) => {
+              entered();
+              await gate;
+              return t.api.request_lease(p);
+            },
+          };
+        if (k === "revokeLease") return async () => Promise.reject(new VaultError("unavailable", "the lessor daemon went away (test)"));
+        const v = Reflect.get(t, k, t) as unknown;
+        return typeof v === "function" ? v.bind(t) : v;
+      },
+    });
+    const atEnd: string[] = [];
+    const s = createMcpSession({
+      api,
+      identity: { agent: "claude", role: "admin" },
+      proxyConfig,
+      log,
+      tmp: root,
+      revoke: async (ids) => {
+        atEnd.push(...ids);
+        return [];
+      },
+    });
+    const c = await connectStream(s.newServer());
+    const pending = c.call("request_access", { secret: "github-token" }).catch((e: unknown) => e);
+    await inGrant;
+    const closing = s.close();
+    await new Promise((r) => setTimeout(r, 50));
+    release();
+    await closing;
+    await pending;
+    await c.close();
+    const granted = (await vault.admin().listLeases({ agent: "claude" })).filter((l) => atEnd.includes(l.id));
+    assert.equal(granted.length, 1, `the session's end was given the lease granted after it ended: ${JSON.stringify(atEnd)}`);
+    for (const l of granted) await vault.admin().revokeLease(l.id, "test clean-up");
   });
 });

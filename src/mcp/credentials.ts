@@ -23,6 +23,8 @@ export class SessionCredentials {
   #ended = false;
   /** Grants on their way (see {@link granting}). */
   readonly #granting = new Set<Promise<unknown>>();
+  /** Leases granted but not held here whose revocation failed (see {@link unheld}). */
+  readonly #unheld = new Set<string>();
 
   constructor(
     readonly agent: string,
@@ -110,6 +112,20 @@ export class SessionCredentials {
   /** The lease ids held. */
   leaseIds(): string[] {
     return [...this.#byLease.keys()];
+  }
+
+  /**
+   * Notes a lease the session was granted but does not hold (its value could not be added, or it was
+   * of no use) and could not revoke just now (the daemon was unreachable): the session's end revokes
+   * it with the held ones, through the path that retries and names what is left.
+   */
+  unheld(leaseId: string): void {
+    this.#unheld.add(leaseId);
+  }
+
+  /** Every lease the session's end must revoke: those held and those noted by {@link unheld}. */
+  leaseIdsToRevoke(): string[] {
+    return [...new Set([...this.#byLease.keys(), ...this.#unheld])];
   }
 
   /**

@@ -183,7 +183,7 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
       // A request_access still granting (its commit waiting on the database, say) adds nothing now:
       // it revokes its own lease, before the vault closes.
       await credentials.end(GRANT_WAIT_MS);
-      const ids = credentials.leaseIds();
+      const ids = credentials.leaseIdsToRevoke();
       credentials.wipe();
       if (ids.length > 0) await (o.revoke ?? revokeOnce)(ids, SESSION_ENDED);
     })());

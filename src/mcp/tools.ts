@@ -197,14 +197,16 @@ const requestAccess: ToolSpec = {
       if (!("value" in got)) throw new VaultError("internal", "the vault granted the lease but sent no value; use matching versions of lessor");
       if (got.lease.anyDomain && got.lease.domains.length === 0) {
         got.value.wipe();
-        await ctx.api.revokeLease(got.lease.id, "lessor mcp: a lease for no named host is of no use to http_request").catch(() => {});
+        await ctx.api.revokeLease(got.lease.id, "lessor mcp: a lease for no named host is of no use to http_request").catch(() => ctx.credentials.unheld(got.lease.id));
         throw namesNoHost(req.secret);
       }
       try {
         const c = ctx.credentials.add(got.lease, got.value.expose());
         return { lease: got.lease, placeholder: c.placeholder, mode: c.rule.mode };
       } catch (e) {
-        await ctx.api.revokeLease(got.lease.id, e instanceof VaultError && e.code === "unavailable" ? "lessor mcp session ended" : "lessor mcp could not use the value").catch(() => {});
+        await ctx.api
+          .revokeLease(got.lease.id, e instanceof VaultError && e.code === "unavailable" ? "lessor mcp session ended" : "lessor mcp could not use the value")
+          .catch(() => ctx.credentials.unheld(got.lease.id));
         throw e;
       } finally {
         got.value.wipe();
