@@ -313,6 +313,37 @@ upstream_ca = ${JSON.stringify(join(root, "upstream-ca.pem"))}
     assertClean("stderr", r.stderr);
   });
 
+  test("the daemon restarts mid-run: the run's proxy reconnects and the next request carries the credential again", async () => {
+    const from = seen.length;
+    for (const f of ["first.out", "second.out", "first-done", "go"]) rmSync(join(PROJECT, f), { force: true });
+    const curl = (out: string): string =>
+      `curl -sS -o ${out} -w '%{http_code}' -H "Authorization: Bearer $GITHUB_TOKEN" "https://api.test.example:$PORT/echo"`;
+    const running = lessorRun(
+      "node",
+      `${curl("first.out")} > first.code; : > first-done; i=0; while [ ! -e go ] && [ $i -lt 250 ]; do sleep 0.1; i=$((i+1)); done; ${curl("second.out")} > second.code`,
+      { GITHUB_TOKEN: "$S:github-token" },
+    );
+    const until = Date.now() + 20_000;
+    while (!existsSync(join(PROJECT, "first-done")) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(join(PROJECT, "first-done")), "the first request did not finish");
+    await daemon!.stop();
+    daemon = await startServe(LESSOR_HOME);
+    writeFileSync(join(PROJECT, "go"), "");
+    const r = await running;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(join(PROJECT, "first.code"), "utf8"), "200");
+    assert.equal(readFileSync(join(PROJECT, "second.code"), "utf8"), "200", `after the restart: ${readFileSync(join(PROJECT, "second.out"), "utf8")}\n${r.stderr}`);
+    const api = seenFor("api.test.example", from);
+    assert.equal(api.length, 2, "both requests reached the upstream");
+    for (const a of api) assert.equal(a.headers.authorization, `Bearer ${TOKEN}`);
+    for (const f of ["first.out", "second.out"]) {
+      const body = readFileSync(join(PROJECT, f), "utf8");
+      assert.match(body, /^you sent: Bearer ghp_/);
+      assertClean(f, body);
+    }
+    assertClean("stderr", r.stderr);
+  });
+
   test("Python with urllib (https_proxy, SSL_CERT_FILE): the upstream gets the real token, the script sees only the placeholder", { skip: NO_PYTHON }, async () => {
     const from = seen.length;
     const r = await lessorRun("python", `${PYTHON} ${JSON.stringify(join(FIXTURES, "proxy-client-urllib.py"))} "https://api.test.example:$PORT/echo" > python.out`, {

@@ -28,6 +28,8 @@ interface FastCommand {
   run(cli: Cli, args: string[], options: OptionValues): Promise<void>;
   /** Loads what the action will need, while the daemon takes the handshake. */
   preload?(): Promise<unknown>;
+  /** The command serves through its backend for long: the connection reconnects (src/cli/run/connection.ts). */
+  reconnect?: boolean;
 }
 
 const COMMANDS: Record<(typeof FAST_COMMANDS)[number], FastCommand> = {
@@ -44,6 +46,7 @@ const COMMANDS: Record<(typeof FAST_COMMANDS)[number], FastCommand> = {
     run: (cli, args, o) => runAction(cli, args, o as unknown as RunCommandOptions),
     // After one turn of the event loop: by then the socket has connected and sent the hello.
     preload: () => new Promise((next) => setImmediate(next)).then(() => import("./run/run.js")),
+    reconnect: true,
   },
 };
 
@@ -76,18 +79,19 @@ export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, 
     if (target && homeOption !== undefined) return false; // the full CLI refuses the mix
     const home = resolveHome(homeOption, env);
     if (!target && !existsSync(home)) return false;
-    [first] = await Promise.all([target ? connectTarget(target, home) : connectDaemon(home), parsed.command.preload?.()]);
+    const opts = { reconnect: parsed.command.reconnect === true };
+    [first] = await Promise.all([target ? connectTarget(target, home, opts) : connectDaemon(home, opts), parsed.command.preload?.()]);
   } catch {
     return false; // the full CLI reports it (a bad lessor.toml, a refused handshake, an unreachable $LESSOR_SOCKET, …)
   }
   if (!first) return false;
   let unused: Backend | null = first;
-  const cli = new Cli(async (home) => {
+  const cli = new Cli(async (home, opts) => {
     // The connection made to decide is the command's first backend. A later one (`run` revoking
     // after the daemon went away) is opened as the full CLI opens it: the daemon, else the vault.
     const b = unused;
     unused = null;
-    return b ?? (await loadBackend()).openCliBackend(home);
+    return b ?? (await loadBackend()).openCliBackend(home, opts);
   });
   cli.home = homeOption;
   await parsed.command.run(cli, parsed.args, parsed.options);

@@ -9,11 +9,26 @@ import type { Backend } from "../../backend/backend.js";
 import type { PendingLeases } from "../../backend/pending-leases.js";
 import type { Cli } from "../cli.js";
 
+/** How a {@link Connection} opens its backend. */
+export interface ConnectionOptions {
+  /**
+   * True for a command that serves for hours through its backend (`lessor run`'s and `lessor proxy`'s
+   * proxies ask the vault on each request and watch their leases): a daemon backend reconnects once the
+   * daemon closed the connection (restart, `max_connection_lifetime`), with the daemon checked again
+   * and only as the same identity (src/backend/daemon.ts). False: a lost connection fails every later
+   * call until {@link Connection.close}.
+   */
+  reconnect?: boolean;
+}
+
 /** A command's own backend: opened when leases are taken, reopened if it failed when revoking them. */
 export class Connection {
   #backend: Backend | null;
   /** True while {@link Connection.#backend} is the one given to the constructor (another's: never closed here). */
   #borrowed: boolean;
+
+  /** Backends this connection opens reconnect (see {@link ConnectionOptions.reconnect}). */
+  readonly #reconnect: boolean;
 
   /**
    * `shared`: a backend to use first that belongs to the caller (`lessor mcp`'s, which all its sessions
@@ -23,9 +38,11 @@ export class Connection {
   constructor(
     readonly cli: Cli,
     shared?: Backend,
+    opts: ConnectionOptions = {},
   ) {
     this.#backend = shared ?? null;
     this.#borrowed = shared !== undefined;
+    this.#reconnect = opts.reconnect === true;
   }
 
   /** The backend if one is open. */
@@ -35,7 +52,7 @@ export class Connection {
 
   /** The open backend, or a new one. */
   async open(): Promise<Backend> {
-    this.#backend ??= await this.cli.openBackend();
+    this.#backend ??= await (this.#reconnect ? this.cli.openBackend({ reconnect: true }) : this.cli.openBackend());
     return this.#backend;
   }
 

@@ -82,7 +82,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     await proxy?.close().catch(() => {});
     await revoke();
   });
-  const conn = new Connection(cli);
+  // The proxy asks the vault through it for the whole run: it reconnects after a daemon restart.
+  const conn = new Connection(cli, undefined, { reconnect: true });
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;

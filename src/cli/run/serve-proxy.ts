@@ -132,7 +132,8 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
   const abort = (): void => {
     if (stop.first) throw new Interrupted(stop.first);
   };
-  const conn = new Connection(cli);
+  // The proxy asks the vault through it for as long as it serves: it reconnects after a daemon restart.
+  const conn = new Connection(cli, undefined, { reconnect: true });
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;
