@@ -21,7 +21,7 @@ import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { askWhole, responseCoding } from "./response-coding.js";
 import { TunnelUpstream } from "./upstream.js";
@@ -385,6 +385,8 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
   const headers: OutgoingHttpHeaders = { ...endToEnd(p.headers, NOT_END_TO_END_H2), host: authority(t) };
   if (p.scrub) askWhole(headers);
   if (p.requestBody && !ex.ended) rewrittenBodyHeaders(headers, p.requestBody, true);
+  // The DATA goes framed (the client's content-length, or chunked), whatever the method (./request-body.ts).
+  if (!ex.ended) framedBodyHeaders(headers);
   let ur: ClientRequest;
   try {
     ur = h1Request({ agent: t.agent, host: t.target.address, port: t.port, method: ex.method, path: p.target, headers, setHost: false });

@@ -15,7 +15,7 @@ import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
+import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { askWhole, responseCoding } from "./response-coding.js";
 
@@ -284,6 +284,8 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     }
     rewrittenBodyHeaders(headers, rewrite, true);
   }
+  // Any body goes framed (Content-Length or chunked), whatever the method: else it is the next request.
+  if (h1HasBody(req.headers)) framedBodyHeaders(headers);
 
   // The body tripwire (./body-tripwire.ts, ./encoded-tripwire.ts for a compressed body): a coding it
   // cannot read is refused before anything goes upstream.

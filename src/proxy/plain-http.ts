@@ -22,6 +22,7 @@ import { connectChecked, parseHostLiteral, type ConnectTo, type SsrfGuard } from
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
 import { endToEnd, relayableStatus } from "./headers.js";
 import { problemResponse } from "./intercept.js";
+import { framedBodyHeaders, h1HasBody } from "./request-body.js";
 import { ProxyRefusal } from "./refusal.js";
 
 /** What {@link forwardPlain} needs from the proxy. */
@@ -135,6 +136,8 @@ export async function forwardPlain(req: IncomingMessage, res: ServerResponse, op
     const target = await opts.guard.check(host, parsed.port);
     const headers = endToEnd(req.headers);
     headers.host = hostHeader(host, parsed.port);
+    // A body goes framed whatever the method (./request-body.ts); the client's chunking was dropped above.
+    if (h1HasBody(req.headers)) framedBodyHeaders(headers);
     const up = request({
       host: target.address,
       port: parsed.port,

@@ -55,6 +55,21 @@ export function rewrittenBodyHeaders(headers: OutgoingHttpHeaders, patterns: Scr
   if (chunked) headers["transfer-encoding"] = "chunked";
 }
 
+/**
+ * Frames a request body that goes to an HTTP/1.1 upstream: without a Content-Length it is sent
+ * chunked. Call it whenever a body is forwarded. Node's client chunks a body on its own only for the
+ * methods it expects one on (not GET, HEAD, DELETE, OPTIONS, TRACE): on those it writes the bytes bare,
+ * and on a keep-alive connection the upstream reads them as the start of the next request, whose
+ * head (the credential the proxy injects for the next, granted request) it takes as its own: a
+ * request smuggled past the grant's methods and paths.
+ */
+export function framedBodyHeaders(headers: OutgoingHttpHeaders): void {
+  const names = Object.keys(headers).map((k) => k.toLowerCase());
+  if (names.includes("content-length")) return;
+  for (const k of Object.keys(headers)) if (k.toLowerCase() === "transfer-encoding") delete headers[k];
+  headers["transfer-encoding"] = "chunked";
+}
+
 /** The stream that swaps placeholders for values in a body (patterns are placeholder → value). */
 export function bodyRewriter(patterns: ScrubPatterns): ScrubStream {
   return new ScrubStream(patterns);
