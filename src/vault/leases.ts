@@ -519,6 +519,10 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     if (!rule || rule.name !== lease.rule || (lease.anyDomain && !rule.anyDomain))
       return denied(audit, who, new VaultError("access_denied", ctx.policy.error !== undefined ? reasonFor(ctx.policy, who.role, decision.reason) : "policy no longer grants this lease as it was granted; request a new one"), fields);
     if (!rule.terms.renewable) return denied(audit, who, new VaultError("access_denied", `rule "${rule.name}" no longer lets its leases be renewed; request a new one`), fields);
+    // As at grant time: a rule that needs a person's approval has leases that are not renewable, so a
+    // reload that put a person in the loop stops leases granted before it from being renewed without one.
+    if (rule.approval === "required")
+      return denied(audit, who, new VaultError("access_denied", `rule "${rule.name}" now needs a person's approval for each lease, so its leases are not renewable; request a new one`), fields);
     const maxRenewals = lease.maxRenewals === null ? rule.terms.maxRenewals : rule.terms.maxRenewals === null ? lease.maxRenewals : Math.min(lease.maxRenewals, rule.terms.maxRenewals);
     if (maxRenewals !== null && lease.renewals >= maxRenewals)
       return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);

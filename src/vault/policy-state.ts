@@ -37,6 +37,21 @@ export function installPolicy(ctx: VaultContext, policy: Policy): PolicyVersion 
   return policyVersion(ctx);
 }
 
+/** The end of the last reload queued on each vault (src/vault/vault.ts reloadPolicy). */
+const reloads = new WeakMap<VaultContext, Promise<unknown>>();
+
+/**
+ * Runs `reload` once every reload of this vault queued before it has ended, so that reloads never
+ * overlap: a reload whose commit fails puts back the policy in force before it, which must be the
+ * last one committed (not another reload's, still uncommitted or failed, nor the rules a broken reload
+ * took away).
+ */
+export function oneReloadAtATime<T>(ctx: VaultContext, reload: () => Promise<T>): Promise<T> {
+  const run = (reloads.get(ctx) ?? Promise.resolve()).then(reload);
+  reloads.set(ctx, run.catch(() => {}));
+  return run;
+}
+
 /** The policy the store last said is in force (its digest and limits, when and by whom), as this process last read it. */
 const stamps = new WeakMap<VaultContext, Stamp | null>();
 

@@ -69,7 +69,19 @@ export function formatPolicyStamp(p: PolicyStamp): string {
 /** The last stamp text parsed, and what it gave: every grant on a shared store reads the same text. */
 let lastParsed: { text: string; stamp: PolicyStamp | null } | null = null;
 
-/** Reads a stamp; null when absent or not one lessor wrote. The result is shared: do not change it. */
+/**
+ * The digest a stamp that is not one lessor wrote (damaged, or edited by hand) stands for: it matches
+ * no policy, so every instance is stale (grants nothing) until a reload writes a stamp again.
+ */
+export const UNREADABLE_STAMP = "unreadable";
+
+/**
+ * Reads a stamp; null only when there is none. A stamp that does not parse names the policy
+ * {@link UNREADABLE_STAMP} (fail closed: it is never taken for no stamp, which would let every
+ * instance grant by its own file, and the next to open put its own in force). A broken reload of a
+ * file that could not be read stamps digest `""` (the digest of such a policy), so that every
+ * instance whose file was read is stale. The result is shared: do not change it.
+ */
 export function parsePolicyStamp(text: string | null): PolicyStamp | null {
   if (text === null) return null;
   if (lastParsed?.text === text) return lastParsed.stamp;
@@ -78,21 +90,32 @@ export function parsePolicyStamp(text: string | null): PolicyStamp | null {
   return stamp;
 }
 
-function parseStampText(text: string): PolicyStamp | null {
+function parseStampText(text: string): PolicyStamp {
+  const unreadable: PolicyStamp = { digest: UNREADABLE_STAMP, state: "broken", at: 0, by: "" };
   try {
     const o = JSON.parse(text) as Record<string, unknown>;
-    if (typeof o.digest !== "string" || !/^[0-9a-f]{64}$/.test(o.digest)) return null;
+    if (o === null || typeof o !== "object") return unreadable;
+    const broken = o.state === "broken";
+    // `""` only for a broken policy (a file that could not be read): a stamp of a policy in force always names its text's digest.
+    if (typeof o.digest !== "string" || !(/^[0-9a-f]{64}$/.test(o.digest) || (broken && o.digest === ""))) return unreadable;
     return {
       digest: o.digest,
-      state: o.state === "broken" ? "broken" : "ok",
+      state: broken ? "broken" : "ok",
       at: typeof o.at === "number" ? o.at : 0,
       by: typeof o.by === "string" ? o.by.slice(0, 200) : "",
       // A limits field lessor did not write (damaged, or edited by hand) pins nothing readable: it differs from every instance's.
       ...(o.limits === undefined ? {} : { limits: typeof o.limits === "string" && LIMITS_SHAPE.test(o.limits) ? o.limits : "unreadable" }),
     };
   } catch {
-    return null;
+    return unreadable;
   }
+}
+
+/** How a refusal names a stamped digest. */
+function digestText(digest: string): string {
+  if (digest === "") return "none: the last reload could not read its policy file, so every grant is denied until a reload succeeds";
+  if (digest === UNREADABLE_STAMP) return "unreadable: the stamp naming the policy in force is damaged";
+  return digest;
 }
 
 interface SyncState {
@@ -165,7 +188,7 @@ export function staleError(ctx: VaultContext, stamp: PolicyStamp): VaultError {
   const when = stamp.at > 0 ? `, put in force on ${new Date(stamp.at).toISOString()}` : "";
   return new VaultError(
     "unavailable",
-    `this lessor instance's policy file (digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${stamp.digest}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
+    `this lessor instance's policy file (digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${digestText(stamp.digest)}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
   );
 }
 

@@ -39,7 +39,7 @@ import { checkKillswitch, killswitchState, type KillswitchState } from "./lockou
 import * as heartbeats from "./heartbeat.js";
 import { armHeartbeat, checkDeadman } from "./heartbeat.js";
 import { emptyPolicy, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
-import { installPolicy, loadOrBroken, policyVersion } from "./policy-state.js";
+import { installPolicy, loadOrBroken, oneReloadAtATime, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { closeRefusals, flushRefusals } from "./refusals.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
@@ -642,13 +642,19 @@ export class VaultSession {
    * Re-reads the policy. A file that does not load puts a broken policy in force (fail closed: every
    * grant is denied, saying why, until a reload succeeds), is audited as policy_reloaded with outcome
    * error, and throws VaultError("policy_invalid"). Either way the vault raises the policy_reloaded
-   * signal. Admin.
+   * signal. Admin. Reloads run one at a time.
    */
   async reloadPolicy(): Promise<{ rules: number; digest: string }> {
     await this.#requireAdmin("reload the policy");
     const ctx = this.#ctx;
     if (!ctx.loadPolicy) throw new VaultError("invalid_request", "this vault was opened with a fixed policy; there is nothing to reload");
-    const next = await loadOrBroken(ctx.loadPolicy);
+    const loader = ctx.loadPolicy;
+    return oneReloadAtATime(ctx, () => this.#reloadFrom(loader));
+  }
+  /** One reload (see {@link reloadPolicy}), never overlapping another. */
+  async #reloadFrom(loader: () => Promise<Policy>): Promise<{ rules: number; digest: string }> {
+    const ctx = this.#ctx;
+    const next = await loadOrBroken(loader);
     if (next.error !== undefined) {
       // Deny first: the file the admin just edited may have meant to take a grant away.
       const v = installPolicy(ctx, next);
@@ -675,7 +681,8 @@ export class VaultSession {
         await audit({ type: "policy_reloaded", actor: this.identity, outcome: "ok", detail: { digest: next.digest, rules: next.rules.length, source: next.source, load } });
       });
     } catch (e) {
-      installPolicy(ctx, previous);
+      // Unless the store's own news put another policy in force meanwhile (src/vault/policy-sync.ts followPolicy).
+      if (ctx.policy === next) installPolicy(ctx, previous);
       throw e;
     }
     stampedHere(ctx, { digest: next.digest, state: "ok", at: ctx.now(), by: this.identity.id, ...(limits === undefined ? {} : { limits }) });

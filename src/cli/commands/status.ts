@@ -5,7 +5,7 @@ import { formatDuration } from "../../vault/duration.js";
 import { relative, shortTime } from "../format/time.js";
 import type { KillswitchState } from "../../vault/lockout.js";
 import type { PolicyStatus } from "../../vault/vault.js";
-import { policyVersionText } from "../format/policy-version.js";
+import { policyVersionText, storedText } from "../format/policy-version.js";
 
 /** What a non-admin is shown for a file path the daemon keeps to admins. */
 const HIDDEN = "(shown to admins only)";
@@ -15,7 +15,7 @@ function policyLine(p: PolicyStatus): string {
   if (p.stale !== undefined && p.stale.stored === p.digest)
     return `${source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}; STALE LIMITS, every lease is denied here: this instance's [vault] limits (${(p.stale.limits ?? []).join(", ")}) are not the ones in force on the shared database (another instance started or reloaded since with other limits); give it the same [vault] section as the instance in force and restart it`;
   if (p.stale !== undefined)
-    return `${source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has digest ${p.stale.stored} in force (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`}); copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
+    return `${source}: STALE, every lease is denied here: digest ${p.digest}, but the shared database has ${storedText(p.stale.stored, true)} in force${p.stale.at > 0 ? ` (since ${new Date(p.stale.at).toISOString()}${p.stale.by === "" ? "" : `, by ${p.stale.by}`})` : ""}; copy that policy file here, or run lessor policy reload here to put this one in force everywhere`;
   if (p.state === "broken") return `${source}: BROKEN, every lease is denied until it is fixed and reloaded (lessor policy reload): ${p.error ?? "it could not be loaded"}`;
   return `${source}: ${p.rules} rule${p.rules === 1 ? "" : "s"}, digest ${p.digest}`;
 }
