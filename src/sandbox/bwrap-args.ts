@@ -3,7 +3,11 @@
  * (a pipe), not its command line: /proc/PID/cmdline is readable by every user of the machine, and
  * the environment holds the leased values.
  */
+import { existsSync } from "node:fs";
 import type { Layout } from "./layout.js";
+
+/** The descriptor bwrap reads the seccomp filter from (src/sandbox/seccomp.ts); launch.ts writes it. */
+export const SECCOMP_FD = 5;
 
 /** Options of {@link bwrapArgs}. */
 export interface BwrapOptions {
@@ -26,7 +30,7 @@ export interface BwrapOptions {
  * The namespaces and process settings: own user, PID, IPC, UTS, cgroup and network namespaces
  * (the network one holds only a loopback interface: no route out), killed with lessor, a new
  * terminal session (no TIOCSTI typing into the owner's terminal), no capabilities even when run as
- * root.
+ * root, and the seccomp filter that keeps the kernel's keyrings out of reach.
  */
 function namespaceArgs(o: BwrapOptions): string[] {
   return [
@@ -37,12 +41,37 @@ function namespaceArgs(o: BwrapOptions): string[] {
     "--new-session",
     "--cap-drop",
     "ALL",
+    "--seccomp",
+    String(SECCOMP_FD),
     ...(o.disableUserns ? ["--disable-userns"] : []),
   ];
 }
 
+/** Parts of /proc made read-only: they act on the whole machine (runc's list). */
+const PROC_READ_ONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+/** Parts of /proc covered (runc's list, with the keyrings' `key-users`): the kernel's memory, its keys, its timers. */
+const PROC_MASKED = ["/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug"];
+const PROC_MASKED_DIRS = ["/proc/acpi", "/proc/scsi"];
+
 /**
- * The mounts, in order: the layout's, a fresh /proc and /dev, the pinned git directories and the
+ * The covers over the fresh /proc. A uid-0 agent (a root owner's) is the owner of the files that act
+ * on the whole machine, and their writes check no capability: `/proc/sys` (kernel.core_pattern runs
+ * a program as root outside the sandbox, kernel.modprobe too), `/proc/sysrq-trigger` (a reboot),
+ * `/proc/irq`. bwrap's own cover of `/proc/sys` looks at the directory's mode, which never allows
+ * writing, and so never happens. Each is bound read-only (the host's, whose sysctls read as the
+ * reader's namespaces have them, as the fresh one's do) or covered where this kernel has it.
+ */
+export function procCovers(exists: (path: string) => boolean = existsSync): string[] {
+  const a: string[] = [];
+  for (const p of PROC_READ_ONLY) if (exists(p)) a.push("--ro-bind", p, p);
+  for (const p of PROC_MASKED) if (exists(p)) a.push("--ro-bind", "/dev/null", p);
+  for (const p of PROC_MASKED_DIRS) if (exists(p)) a.push("--tmpfs", p, "--remount-ro", p);
+  return a;
+}
+
+/**
+ * The mounts, in order: the layout's, a fresh /proc (its machine-wide parts read-only or covered,
+ * {@link procCovers}) and /dev, the pinned git directories and the
  * locked directories (parents first, so a pin inside a locked directory is made after it and stays
  * writable), the read-only overlays, sealed directories and files, the masks, then the root made
  * read-only.
@@ -56,7 +85,7 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
     else a.push(m.writable ? "--bind" : "--ro-bind", m.path, m.path);
   }
   for (const b of binds) a.push("--ro-bind", b.from, b.to);
-  a.push("--proc", "/proc", "--dev", "/dev");
+  a.push("--proc", "/proc", ...procCovers(), "--dev", "/dev");
   const frame = [...layout.pinned.map((p) => ({ p, writable: true })), ...layout.locked.map((p) => ({ p, writable: false }))];
   // Stable: at one depth a pin comes first, and a locked directory at the same path stays read-only.
   frame.sort((x, y) => depth(x.p) - depth(y.p));

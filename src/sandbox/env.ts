@@ -95,12 +95,20 @@ const CREDENTIALS = new Set([
 ]);
 /** A URL with a password in its user info (`postgres://app:pw@db/app`): a credential whatever its name. */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s:]*:[^/?#@\s]+@/i;
+/** Where a URL starts in a value: at its start, or after a prefix such as JDBC's `jdbc:`. */
+const URL_START = /[a-z][a-z0-9+.-]*:\/\//i;
+/**
+ * A URL parameter that carries a credential: libpq's and node-postgres's `password` and
+ * `sslpassword`, ODBC's and MySQL's `pwd`, `pass`, and any name ending in password, passwd, secret,
+ * token or api key (`access_token`, `client_secret`, `X-Amz-Security-Token`).
+ */
+const CREDENTIAL_PARAM = /^(pass|pwd|.*(password|passwd|secret|token|api[_-]?key))$/i;
 const CREDENTIAL_NAME = /(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?)$/i;
 
 /**
  * Why the owner's variable `name` (holding `value`) is withheld from a sandboxed agent: lessor's own
  * variables, the owner's session sockets, and plain credentials, by name or as a URL with a password
- * (a credential the agent should use is stored in
+ * in its user info or its parameters (a credential the agent should use is stored in
  * the vault and referred to, `GITHUB_TOKEN='$S:github-token'`, or given in an --env-file).
  */
 export function withheldReason(name: string, value?: string): WithheldReason | null {
@@ -111,12 +119,29 @@ export function withheldReason(name: string, value?: string): WithheldReason | n
   return null;
 }
 
-/** True for a URL with a password in it, as a URL parser (node-postgres's) reads it, or the pattern. */
+/**
+ * True for a URL with a password in it, wherever in the value it starts (`jdbc:postgresql://…`): in
+ * its user info, as a URL parser (node-postgres's) reads it or the pattern does, or as a non-empty
+ * parameter that {@link CREDENTIAL_PARAM} names, after `?`, `&` or `;` (JDBC's SQL Server form).
+ */
 function urlHasPassword(value: string): boolean {
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return false;
-  if (URL_WITH_PASSWORD.test(value)) return true;
+  const start = URL_START.exec(value);
+  if (start === null) return false;
+  const url = value.slice(start.index);
+  if (URL_WITH_PASSWORD.test(url)) return true;
+  for (const param of url.split(/[?&;#]/).slice(1)) {
+    const eq = param.indexOf("=");
+    if (eq <= 0 || eq === param.length - 1) continue;
+    let key = param.slice(0, eq).trim();
+    try {
+      key = decodeURIComponent(key.replace(/\+/g, " "));
+    } catch {
+      // malformed %XX: the key as written
+    }
+    if (CREDENTIAL_PARAM.test(key.trim())) return true;
+  }
   try {
-    return new URL(value).password !== "";
+    return new URL(url).password !== "";
   } catch {
     return false;
   }

@@ -6,7 +6,8 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, readdirSync, readFileSync } from "node:fs";
-import { encodeArgs } from "./bwrap-args.js";
+import { encodeArgs, SECCOMP_FD } from "./bwrap-args.js";
+import { keyringFilter } from "./seccomp.js";
 
 /** How one of the command's standard streams is given: lessor's own, or a pipe to lessor. */
 export type StdioKind = "inherit" | "pipe" | "ignore";
@@ -84,18 +85,24 @@ export function closeInheritedDescriptors(): number[] {
 
 /**
  * Starts `bwrap --args 3 --json-status-fd 4 -- CMD ARGS…` with the arguments of
- * src/sandbox/bwrap-args.ts written to fd 3 (then wiped) and an empty environment of its own.
+ * src/sandbox/bwrap-args.ts written to fd 3 (then wiped), the seccomp filter of
+ * src/sandbox/seccomp.ts to fd 5 (`--seccomp 5` among those arguments), and an empty environment of
+ * its own.
  * `stdio` gives the command's stdin, stdout and stderr; no other descriptor of lessor's reaches the
  * sandbox ({@link closeInheritedDescriptors}).
  */
 export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[]): Sandboxed {
   // Encoded first: an argument it refuses (a NUL byte) must not leave bwrap started, waiting on fd 3.
   const blob = encodeArgs(args);
+  const filter = keyringFilter();
   closeInheritedDescriptors();
-  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe"] });
+  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe", "pipe"] });
   const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;
   argsPipe.on("error", () => {}); // bwrap gone before reading: its exit says why
   argsPipe.end(blob, () => blob.fill(0));
+  const filterPipe = (child.stdio as unknown as ChildProcess["stdin"][])[SECCOMP_FD]!;
+  filterPipe.on("error", () => {});
+  filterPipe.end(filter);
 
   let init: number | null = null;
   const started = new Promise<boolean>((resolve) => {

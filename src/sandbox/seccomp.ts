@@ -1,0 +1,94 @@
+/**
+ * The sandbox's seccomp filter, as the classic BPF program `bwrap --seccomp FD` loads: keyctl(2),
+ * add_key(2) and request_key(2) fail with EPERM (as Flatpak's and Docker's default filters make
+ * them), every other call is allowed.
+ *
+ * The kernel's keyrings are in no namespace bwrap makes: the owner's session keyring (`@s`) is
+ * inherited across fork and exec, and the user keyring (`@u`) belongs to the uid, so without this
+ * the agent would read the keys in them (Kerberos `KEYRING:` caches, cifscreds, tokens stored with
+ * keyctl) and add keys there that outlive the run. A new session keyring would still leave `@u`.
+ */
+import { endianness } from "node:os";
+import { VaultError } from "../base/errors.js";
+
+/** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at offset 4. */
+const NR = 0;
+const ARCH = 4;
+
+const BPF_LD_W_ABS = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_JEQ_K = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_RET_K = 0x06; // BPF_RET | BPF_K
+
+export const SECCOMP_RET_ALLOW = 0x7fff0000;
+export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
+const SECCOMP_RET_ERRNO = 0x00050000;
+const EPERM = 1;
+
+/** x32's syscalls arrive as x86_64's with this bit set. */
+const X32_BIT = 0x40000000;
+
+/**
+ * add_key, request_key and keyctl on each architecture a 64-bit x86 or Arm kernel runs a process
+ * as (the native one and its 32-bit compat one). A call under any other architecture kills the
+ * process: there is none on these machines, and a filter that does not know its numbers cannot
+ * hold.
+ */
+export const KEYRING_SYSCALLS: readonly { arch: number; name: string; nrs: readonly number[] }[] = [
+  { arch: 0xc000003e, name: "x86_64", nrs: [248, 249, 250, X32_BIT | 248, X32_BIT | 249, X32_BIT | 250] },
+  { arch: 0x40000003, name: "i386", nrs: [286, 287, 288] },
+  { arch: 0xc00000b7, name: "aarch64", nrs: [217, 218, 219] },
+  { arch: 0x40000028, name: "arm", nrs: [309, 310, 311] },
+];
+
+/** The Node architectures whose kernel runs only processes of {@link KEYRING_SYSCALLS}' architectures. */
+const SUPPORTED = new Set(["x64", "arm64"]);
+
+/** One BPF instruction: `struct sock_filter`. */
+interface Insn {
+  code: number;
+  jt: number;
+  jf: number;
+  k: number;
+}
+
+/** The filter's instructions (see {@link KEYRING_SYSCALLS}). */
+export function keyringFilterProgram(): Insn[] {
+  const p: Insn[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
+  for (const { arch, nrs } of KEYRING_SYSCALLS) {
+    // This architecture's block: load the number, jump to the refusal on a match, else allow.
+    const block = nrs.length + 3;
+    p.push({ code: BPF_JEQ_K, jt: 0, jf: block, k: arch });
+    p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
+    nrs.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: nrs.length - i, jf: 0, k: nr >>> 0 }));
+    p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+    p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | EPERM });
+  }
+  p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_KILL_PROCESS });
+  return p;
+}
+
+/**
+ * The filter as bwrap reads it from its `--seccomp` descriptor: 8 bytes an instruction, in this
+ * machine's byte order. Throws `unavailable` on an architecture the filter does not know, so the
+ * agent is never started with the owner's keyrings in reach.
+ */
+export function keyringFilter(arch: string = process.arch): Buffer {
+  if (!SUPPORTED.has(arch))
+    throw new VaultError(
+      "unavailable",
+      `lessor run's sandbox keeps the agent from the kernel's keyrings with a seccomp filter that knows x86_64 and aarch64 only, and this machine is ${arch}; run with --no-sandbox to start the agent unconfined (it can then read your files and the vault's key)`,
+    );
+  const prog = keyringFilterProgram();
+  const buf = Buffer.alloc(prog.length * 8);
+  const le = endianness() === "LE";
+  prog.forEach((x, i) => {
+    const o = i * 8;
+    if (le) buf.writeUInt16LE(x.code, o);
+    else buf.writeUInt16BE(x.code, o);
+    buf.writeUInt8(x.jt, o + 2);
+    buf.writeUInt8(x.jf, o + 3);
+    if (le) buf.writeUInt32LE(x.k, o + 4);
+    else buf.writeUInt32BE(x.k, o + 4);
+  });
+  return buf;
+}
