@@ -44,9 +44,11 @@ const CATCH_UP_PAGE = 500;
  * The channel, per schema so that vaults in different schemas of one database never hear each other.
  * Named by the schema's md5, not the name itself: a channel name is cut at 63 bytes, and pg_notify
  * refuses a longer one, which made every announcing commit fail for a schema name of 49 characters
- * or more.
+ * or more. Built-ins by their pg_catalog names, in every statement here: an unqualified
+ * `md5(current_schema())` (name, cast to text) would run an `md5(name)` of any schema on the
+ * search_path instead, inside the announcing commit (./catalog.ts).
  */
-const CHANNEL_SQL = "'lessor_changes.' || md5(current_schema())";
+const CHANNEL_SQL = "'lessor_changes.' OPERATOR(pg_catalog.||) pg_catalog.md5(pg_catalog.current_schema()::pg_catalog.text)";
 
 /** The channel of the vault in `schema`, as {@link CHANNEL_SQL} names it (for tools and tests that listen). */
 export function channelFor(schema: string): string {
@@ -74,8 +76,8 @@ export function changeStatement(origin: string, changes: readonly StoreChange[],
     text: `WITH s AS (UPDATE lessor_change_seq SET n = n + 1 WHERE id = 1 RETURNING n),
       i AS (INSERT INTO lessor_changes (seq, at, origin, changes) SELECT n, $1, $2, $3::text::jsonb FROM s RETURNING seq),
       d AS (DELETE FROM lessor_changes WHERE seq <= (SELECT n FROM s) - ${CHANGE_LOG_KEEP})
-      SELECT pg_notify(${CHANNEL_SQL}, json_build_object('seq', i.seq, 'origin', $2::text,
-        'changes', CASE WHEN octet_length($3::text) <= ${MAX_INLINE_CHANGES} THEN $3::text::json END)::text) FROM i`,
+      SELECT pg_catalog.pg_notify(${CHANNEL_SQL}, pg_catalog.json_build_object('seq'::text, i.seq, 'origin'::text, $2::text,
+        'changes'::text, CASE WHEN pg_catalog.octet_length($3::text) <= ${MAX_INLINE_CHANGES} THEN $3::text::json END)::text) FROM i`,
     values: [now, origin, json],
   };
 }

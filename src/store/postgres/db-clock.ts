@@ -16,7 +16,11 @@ import type { Pool } from "pg";
 /** How often the offset is read again. */
 export const REFRESH_MS = 30_000;
 
-const CLOCK_SQL = "SELECT (extract(epoch from clock_timestamp()) * 1000)::float8 AS ms";
+/**
+ * By pg_catalog's names: unqualified, `extract(…) * 1000` (numeric times an integer, cast) would run an
+ * operator `*(numeric, integer)` of any schema on the search_path instead (./catalog.ts).
+ */
+const CLOCK_SQL = "SELECT (extract(epoch FROM pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.float8 AS ms";
 
 interface Reading {
   /** The database's time, epoch ms. */

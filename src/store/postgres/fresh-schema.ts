@@ -13,6 +13,7 @@
  */
 import pg from "pg";
 import { VaultError } from "../../base/errors.js";
+import { catalogRows, DB_OWNER_ROLE, ME } from "./catalog.js";
 import { describeTarget, poolConfig } from "./connection.js";
 import { pgError } from "./errors.js";
 import { defaultGrantsError, defaultGrantsSql } from "./grants.js";
@@ -24,22 +25,23 @@ export interface SchemaPlace {
   where: string;
 }
 
-/** The connecting role's oid, and pg_database_owner's (PostgreSQL 14+; null before) when that role owns the database. */
-const ME = "(SELECT oid FROM pg_roles WHERE rolname = current_user)";
-const DB_OWNER_ROLE = `(SELECT r.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'pg_database_owner' AND d.datname = current_database() AND d.datdba = ${ME})`;
 /** Objects an extension installed (public often holds some) are not "something in the schema". */
 const NOT_EXTENSION = (catalog: string, alias: string) =>
   `NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '${catalog}'::regclass AND d.objid = ${alias}.oid AND d.deptype = 'e')`;
 
+/**
+ * Run by catalogRows, with search_path = pg_catalog alone: no function or operator in the schema being
+ * checked takes part in checking it (./catalog.ts). $1: the target's search path.
+ */
 const PLACE_SQL = `
-SELECT current_schema() AS schema, current_database() AS db, inet_server_addr()::text AS addr, current_setting('port') AS port,
+SELECT n.nspname::text AS schema, current_database() AS db, inet_server_addr()::text AS addr, current_setting('port') AS port,
   (n.nspowner = ${ME} OR n.nspowner = ${DB_OWNER_ROLE}) AS owned,
   (SELECT count(*) FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
      WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner AND a.grantee <> ${ME})::int AS others_create,
   (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND ${NOT_EXTENSION("pg_class", "c")})::int AS relations,
   (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid AND ${NOT_EXTENSION("pg_proc", "p")})::int AS functions,
   ${defaultGrantsSql("n")} AS default_grants
-FROM pg_namespace n WHERE n.nspname = current_schema()`;
+FROM pg_namespace n WHERE n.nspname = ($1::text[])[1]`;
 
 /**
  * Connects once to `url` and checks its schema as above. Throws VaultError("invalid_request") naming
@@ -51,7 +53,7 @@ export async function assertFreshSchema(url: string): Promise<SchemaPlace> {
   let row: { schema: string; db: string; addr: string | null; port: string; owned: boolean | null; others_create: number; relations: number; functions: number; default_grants: string[] } | undefined;
   try {
     await client.connect();
-    row = (await client.query(PLACE_SQL)).rows[0];
+    row = (await catalogRows<NonNullable<typeof row>>(client, PLACE_SQL))[0];
   } catch (e) {
     throw pgError(e, "check the migration target's schema", describeTarget(url));
   } finally {

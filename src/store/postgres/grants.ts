@@ -8,16 +8,15 @@
  * created them (./schema.ts), so that a refusal leaves nothing behind.
  */
 import { VaultError } from "../../base/errors.js";
-
-/** The connecting role's oid. */
-const ME = "(SELECT oid FROM pg_roles WHERE rolname = current_user)";
+import { catalogRows, ME, type Queryable } from "./catalog.js";
 
 const GRANTEE = (oid: string) => `CASE WHEN ${oid} = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(${oid})) END`;
 
 /**
  * An SQL expression (text[]): for each default privilege the connecting role holds on tables or
  * sequences it creates, in schema `ns` (a pg_namespace row's alias) or in every schema, granting
- * another role (or PUBLIC) anything, the statement that removes it. Empty when there is none.
+ * another role (or PUBLIC) anything, the statement that removes it. Empty when there is none. For a
+ * query run by {@link catalogRows} (search_path = pg_catalog).
  */
 export function defaultGrantsSql(ns: string): string {
   return `array(SELECT DISTINCT format('ALTER DEFAULT PRIVILEGES FOR ROLE %I%s REVOKE ALL ON %s FROM %s', current_user,
@@ -42,22 +41,17 @@ SELECT n.nspname AS schema,
   array(SELECT DISTINCT ${GRANTEE("a.grantee")} FROM pg_class c, aclexplode(c.relacl) a
     WHERE c.relnamespace = n.oid AND c.relowner = ${ME} AND a.grantee <> c.relowner ORDER BY 1) AS grantees,
   ${defaultGrantsSql("n")} AS fixes
-FROM pg_namespace n WHERE n.nspname = current_schema()`;
-
-/** Anything that runs a query: a pg Client or PoolClient. */
-interface Queryable {
-  query<R extends object>(text: string): Promise<{ rows: R[] }>;
-}
+FROM pg_namespace n WHERE n.nspname = ($1::text[])[1]`;
 
 /**
  * Throws VaultError("insecure_permissions") when a table, view or sequence of the connecting role's in
  * the session's schema (the vault's, just made; another role's objects in a shared `public` are not
  * the vault's business) grants anything to a role other than its owner (or to PUBLIC), naming the grantees and, when the
  * role's default privileges are why, the statements that remove them. Run it inside the transaction
- * that created the tables, so that the refusal rolls them back.
+ * that created the tables (`inTransaction`), so that the refusal rolls them back.
  */
-export async function assertTablesPrivate(client: Queryable): Promise<void> {
-  const row = (await client.query<{ schema: string; grantees: string[]; fixes: string[] }>(TABLES_SQL)).rows[0];
+export async function assertTablesPrivate(client: Queryable, inTransaction: boolean): Promise<void> {
+  const row = (await catalogRows<{ schema: string; grantees: string[]; fixes: string[] }>(client, TABLES_SQL, [], inTransaction))[0];
   if (row === undefined || row.grantees.length === 0) return;
   const fix =
     row.fixes.length > 0

@@ -77,7 +77,8 @@ import { describeTarget, poolConfig, sessionTimeouts, type ConnectionSettings } 
 import { commitOutcomeUnknown, inFailedTransaction, isConnectionError, isLockTimeout, pgError, silentServer } from "./errors.js";
 import * as Q from "./queries.js";
 import type { Exec, Row, Stmt } from "./queries.js";
-import { migrate, SCHEMA_VERSION } from "./schema.js";
+import { migrate, SCHEMA_VERSION, VAULT_NAMES } from "./schema.js";
+import { assertSchemaTrusted } from "./schema-trust.js";
 
 /** Options for {@link openPostgresStore}. */
 export interface PostgresStoreOptions extends ConnectionSettings {
@@ -139,7 +140,9 @@ const TYPES = {
  * Opens a pool to the database at `opts.url`, and creates or migrates the vault's tables in
  * `opts.schema` (which must exist). Throws VaultError("unavailable") when the server cannot be reached
  * or refuses the login (the message names host, port and database, never the password), and
- * VaultError("config_invalid") for a malformed URL.
+ * VaultError("config_invalid") for a malformed URL, and VaultError("insecure_permissions") when
+ * another role could have put objects on the connection's search_path or owns one of the vault's
+ * tables (./schema-trust.ts).
  */
 export async function openPostgresStore(opts: PostgresStoreOptions): Promise<PostgresStore> {
   const cfg = poolConfig(opts);
@@ -157,6 +160,8 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
     const onError = (e: Error): void => void (broken ??= e);
     client.on("error", onError);
     try {
+      // Before any statement of the vault's runs: no other role can have put objects on the path.
+      await assertSchemaTrusted(client, VAULT_NAMES, target);
       applied = await migrate(client);
     } finally {
       client.removeListener("error", onError);
@@ -299,10 +304,10 @@ interface LockWait {
 function lockWait(lockMs: number, statementMs: number): LockWait | null {
   if (lockMs === 0) return null;
   return {
-    before: { what: "take the vault's write lock", text: "SELECT set_config('statement_timeout', $1, true)", values: [String(lockMs)] },
+    before: { what: "take the vault's write lock", text: "SELECT pg_catalog.set_config('statement_timeout', $1, true)", values: [String(lockMs)] },
     lock: {
       what: "take the vault's write lock",
-      text: "SELECT n, cfg, live, plain, set_config('statement_timeout', $1, true) FROM lessor_commits WHERE id = 1 FOR UPDATE",
+      text: "SELECT n, cfg, live, plain, pg_catalog.set_config('statement_timeout', $1, true) FROM lessor_commits WHERE id = 1 FOR UPDATE",
       values: [String(statementMs)],
     },
   };

@@ -2,7 +2,9 @@
  * The SQL behind the PostgreSQL store and its row mapping. Reads run through an {@link Exec} (the
  * pool for committed reads, the transaction's connection inside one); writes are built as
  * {@link Stmt}s so that the transaction can send the ones whose result nobody waits for without
- * waiting (src/store/postgres/postgres-store.ts). Every value is a bound parameter.
+ * waiting (src/store/postgres/postgres-store.ts). Every value is a bound parameter. Built-in functions
+ * and operators are called with arguments of exactly their types (or by their pg_catalog names), so
+ * that no same-named object elsewhere on the search_path is a better match (./catalog.ts).
  */
 import { VaultError } from "../../base/errors.js";
 import { auditLimit } from "../semantics.js";
@@ -92,9 +94,10 @@ export async function listSecrets(x: Exec, filter: SecretFilter): Promise<Secret
   if (filter.namePrefix !== undefined && filter.namePrefix !== "") {
     // A range bound the (scope, name) index can use, and an exact match: no LIKE, so "_" and "%" are literal.
     const p = bind(filter.namePrefix);
-    where.push(`name >= ${p} AND left(name, length(${p})) = ${p}`);
+    where.push(`name >= ${p} AND pg_catalog.left(name, pg_catalog.length(${p})) = ${p}`);
   }
-  if (filter.tag !== undefined) where.push(`tags ? ${bind(filter.tag)}`);
+  // Typed: with an untyped parameter, an operator ?(jsonb, jsonb) anywhere on the search_path would be an exact match.
+  if (filter.tag !== undefined) where.push(`tags ? ${bind(filter.tag)}::text`);
   const text = `SELECT ${SECRET_COLS} FROM secrets${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY scope, name`;
   return (await x.rows(st("list secrets", text, values))).map(secretFromRow);
 }

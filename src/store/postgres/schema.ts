@@ -24,8 +24,13 @@ import { assertTablesPrivate } from "./grants.js";
  */
 export const LOCK_CLASS = { migrate: 0x4c53_0001, write: 0x4c53_0002 } as const;
 
-/** The second advisory-lock key: this session's schema, so vaults in different schemas do not contend. */
-export const SCHEMA_KEY = "hashtext(current_schema())";
+/**
+ * The second advisory-lock key: this session's schema, so vaults in different schemas do not contend.
+ * Built-ins are called by their pg_catalog names, here and in every statement of the store: an
+ * unqualified `hashtext(current_schema())` (name, cast to text) would run a `hashtext(name)` of any
+ * schema on the search_path instead (./catalog.ts).
+ */
+export const SCHEMA_KEY = "pg_catalog.hashtext(pg_catalog.current_schema()::pg_catalog.text)";
 
 /** Migration steps; step i (0-based) brings the schema from version i to version i + 1. */
 export const MIGRATIONS: readonly string[] = [
@@ -212,6 +217,21 @@ export const MIGRATIONS: readonly string[] = [
   `,
 ];
 
+/** The table that records the steps applied, made by the first open. */
+const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS lessor_migrations (
+  version    INTEGER PRIMARY KEY,
+  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)`;
+
+/**
+ * Every table, index and function name the migrations create in the vault's schema: each open checks
+ * that those there are lessor's role's own (./schema-trust.ts), so that no other role can have made
+ * the vault's tables (with a `lessor_migrations` row) before its first start.
+ */
+export const VAULT_NAMES: readonly string[] = [
+  ...new Set([...[...MIGRATIONS, MIGRATIONS_TABLE].join("\n").matchAll(/CREATE (?:TABLE|INDEX|FUNCTION) (?:IF NOT EXISTS )?(\w+)/g)].map((m) => m[1]!)),
+];
+
 /** The schema version this build writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -222,7 +242,7 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
  */
 export async function migrate(client: PoolClient): Promise<number> {
   // A current schema (the usual open): a committed version row says so, and no lock is needed.
-  const found = await client.query<{ t: string | null }>("SELECT to_regclass(quote_ident(current_schema()) || '.lessor_migrations')::text AS t");
+  const found = await client.query<{ t: string | null }>("SELECT pg_catalog.to_regclass(pg_catalog.format('%I.lessor_migrations', pg_catalog.current_schema()))::pg_catalog.text AS t");
   if (found.rows[0]?.t != null) {
     const r = await client.query<{ v: number | null }>("SELECT max(version) AS v FROM lessor_migrations");
     if ((r.rows[0]?.v ?? 0) === SCHEMA_VERSION) return 0;
@@ -239,12 +259,7 @@ export async function migrate(client: PoolClient): Promise<number> {
         { cause: e },
       );
     }
-    await client.query(
-      `CREATE TABLE IF NOT EXISTS lessor_migrations (
-         version    INTEGER PRIMARY KEY,
-         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-       )`,
-    );
+    await client.query(MIGRATIONS_TABLE);
     const r = await client.query<{ v: number | null }>("SELECT max(version) AS v FROM lessor_migrations");
     const current = r.rows[0]?.v ?? 0;
     if (current > SCHEMA_VERSION)
@@ -258,7 +273,7 @@ export async function migrate(client: PoolClient): Promise<number> {
     }
     // A schema's tables made new: none may be reachable by another role (its default privileges),
     // or they are not made at all. (An upgrade leaves the grants of a running vault as they are.)
-    if (current === 0) await assertTablesPrivate(client);
+    if (current === 0) await assertTablesPrivate(client, true);
     await client.query("COMMIT");
     return SCHEMA_VERSION - current;
   } catch (e) {
