@@ -14,6 +14,9 @@ import { crashCleanups, holdingLeases } from "./holding.js";
 /** How long a crashed command's cleanups may take before lessor exits all the same, ms. */
 const CRASH_CLEANUP_MS = 5000;
 
+/** The SIGUSR1 listener: its presence is what keeps Node's inspector shut. */
+function ignoreSignal(): void {}
+
 /** The commands the fast path may take (src/cli/fast-path.ts has one entry for each). */
 export const FAST_COMMANDS = ["lease", "run"] as const;
 
@@ -36,6 +39,11 @@ export function runCli(args: readonly string[], load: CliLoaders): void {
     }
     return;
   }
+  // With no listener, SIGUSR1 makes Node open its inspector on 127.0.0.1:9229, with no authentication:
+  // any local user could then run code in this process (the daemon holds the key and every value).
+  // Operators send it out of habit (log reopening), so lessor takes it and does nothing; `lessor run`
+  // passes it on to its command (src/cli/run/signals.ts).
+  process.on("SIGUSR1", ignoreSignal);
   // `lessor … | head` closes the pipe early: that is not an error, so end quietly instead of crashing;
   // unless a command holds leases (run, proxy, mcp): it goes on, and revokes them when it ends.
   for (const stream of [process.stdout, process.stderr])

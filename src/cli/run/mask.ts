@@ -8,6 +8,7 @@
  * later chunk completes. On end it flushes what it held (after masking).
  */
 import { Transform, type TransformCallback } from "node:stream";
+import { base64CoresOf } from "../../base/base64-cores.js";
 
 /** One byte string to hide, and what to print instead. */
 export interface MaskPattern {
@@ -17,7 +18,8 @@ export interface MaskPattern {
 
 /**
  * The byte strings to hide for one value: the raw bytes, and for values of 6 bytes or more also
- * their base64 (standard with and without padding, and URL-safe), lower- and upper-case hex, the
+ * their base64 (standard with and without padding, and URL-safe; also the part that encodes the value
+ * alone inside a longer base64 string, at each alignment), lower- and upper-case hex, the
  * percent-encoded form and the JSON-escaped form when they differ from the raw bytes.
  */
 export function encodingsOf(value: Buffer): Buffer[] {
@@ -26,6 +28,8 @@ export function encodingsOf(value: Buffer): Buffer[] {
   if (value.length >= 6) {
     const b64 = value.toString("base64");
     out.push(Buffer.from(b64), Buffer.from(b64.replace(/=+$/, "")), Buffer.from(value.toString("base64url")));
+    // Inside a longer encoded string (`base64("user:" + value)`, what curl -v prints for -u), at each alignment.
+    for (const core of base64CoresOf(value)) out.push(Buffer.from(core));
     const hex = value.toString("hex");
     out.push(Buffer.from(hex), Buffer.from(hex.toUpperCase()));
     const text = value.toString("utf8");
