@@ -235,8 +235,9 @@ describe("audit trail", () => {
     assert.equal(lines.length, 81);
     assert.deepEqual(lines.map((l) => l.seq), events.map((e) => e.seq));
     assert.deepEqual(lines.map((l) => l.hash), events.map((e) => Buffer.from(e.hash).toString("hex")));
-    // A sink whose writes fail (here its file removed; a full disk in test/durability-attacks.test.ts)
-    // refuses every operation it could not record.
+    // A sink whose writes would fail (here its file removed; a full disk in test/durability-attacks.test.ts
+    // and test/attack-auditsink.test.ts) refuses every operation it could not record, before it changes
+    // anything; the lease request, which finds no secret, records nothing (secret_not_found is not audited).
     const gonePath = join(tempDir(), "gone.jsonl");
     const gone = jsonlSink(gonePath);
     unlinkSync(gonePath);
@@ -246,7 +247,8 @@ describe("audit trail", () => {
       codeOf(full.vault.admin().storeSecret({ name: "tok2", value: "v" })),
       codeOf(full.vault.session(agent("claude")).requestLease({ secret: "tok" })),
     ]);
-    assert.deepEqual(codes, ["audit_failed", "audit_failed", "audit_failed"]);
+    assert.deepEqual(codes, ["audit_failed", "audit_failed", "secret_not_found"]);
+    assert.deepEqual(await full.vault.admin().listSecrets(), [], "the refused operations changed nothing");
   });
 
   describe("status's audit head", () => {

@@ -615,6 +615,45 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.equal((await s.queryAudit({ limit: 1 }))[0]!.detail, '{"n":1}');
       }));
 
+      test("queryAudit by agent or secret also finds the summaries of counted refusals that list it, exactly", withStore(async (s) => {
+        const summary = (d: Record<string, unknown>): string => JSON.stringify({ count: 5, since: T0, reasons: "access_denied:5", ...d });
+        await tx(s, async (t) => {
+          for (let i = 1; i <= 40; i++) {
+            const over: Partial<AuditRecord> =
+              i === 7 ? { type: "access_denied", outcome: "denied", agent: null, secret: null, detail: summary({ secrets: "global/a,global/prod-db,global/z", agents: "claude,decoy" }) }
+              : i === 9 ? { type: "proxy_request", outcome: "denied", agent: "claude", secret: null, detail: summary({ secrets: "global/prod-db-2,global/prod" }) }
+              // Candidates the substring finds but the list does not name exactly: more than a page of them.
+              : i >= 10 && i <= 30 ? { type: "access_denied", outcome: "denied", agent: null, secret: null, detail: summary({ secrets: "global/prod-db-old", agents: "claude-2" }) }
+              // Not a summary (no count first), and a type that is never summarised.
+              : i === 31 ? { type: "access_denied", agent: null, secret: null, detail: '{"secrets":"global/prod-db"}' }
+              : i === 32 ? { type: "secret_accessed", agent: null, secret: null, detail: summary({ secrets: "global/prod-db" }) }
+              : i === 33 ? { type: "access_denied", agent: null, secret: null, detail: "not json {\"count\":" }
+              : i === 35 ? { agent: "claude", secret: "global/prod-db" }
+              : {};
+            await t.insertAudit(auditRec(i, over));
+          }
+        });
+        const seqs = (rs: AuditRecord[]) => rs.map((r) => r.seq);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db" })), [7, 35]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", order: "desc" })), [35, 7]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", limit: 1 })), [7]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", limit: 1, order: "desc" })), [35]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", afterSeq: 7 })), [35]);
+        // Pages of candidates that do not name it exactly are read past, both ways.
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", afterSeq: 7, limit: 2 })), [35]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", order: "desc", limit: 2 })), [35, 7]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-db", until: T0 + 35_000, order: "desc", limit: 1 })), [7]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod" })), [9]);
+        assert.deepEqual(seqs(await s.queryAudit({ secret: "global/prod-d" })), []);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "claude" })), [7, 9, 35]);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "claude", secret: "global/prod-db" })), [7, 35]);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "claude", secret: "global/prod-db", types: ["access_denied"] })), [7]);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "claude", types: ["secret_accessed"] })), [35]);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "decoy", secret: "global/prod-db-2" })), []);
+        assert.deepEqual(seqs(await s.queryAudit({ agent: "claude", leaseId: "x" })), [], "a summary names no lease");
+        assert.equal((await s.queryAudit({ agent: "claude-2", limit: 1000 })).length, 21);
+      }));
+
       test("queryAudit caps the limit at 10,000", withStore(async (s) => {
         await tx(s, async (t) => {
           for (let i = 1; i <= 10_005; i++) await t.insertAudit(auditRec(i));

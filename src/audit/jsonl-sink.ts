@@ -2,14 +2,17 @@
  * An append-only JSONL file of audit events (one JSON object per line, fsynced before any operation
  * whose events it holds returns), for shipping to a log pipeline or keeping a copy outside the
  * database. Created 0600; an existing one must be a private regular file of yours (see jsonlSink), and
- * one removed or replaced while lessor runs refuses the operations whose lines it would have held.
+ * one removed or replaced while lessor runs refuses the operations whose lines it would have held
+ * (checked before each operation changes anything: `check`). A write that fails (a full disk) leaves
+ * the file as it was, and fails the operations whose lines it held; they were committed already, so
+ * the error says that their result was withheld, not that they were refused.
  *
  * Group write: the operations of one store commit reach the sinks one after another in the same
- * turn of the event loop; their lines are collected and written with one write and one fdatasync,
+ * turn of the event loop; their lines are collected and written together (in full) with one fdatasync,
  * after which every one of them resolves (or, if the write fails, every one fails with
  * audit_failed). Lines keep the order in which the operations handed them over.
  */
-import { closeSync, constants, fdatasyncSync, fstatSync, openSync, statSync, writeSync } from "node:fs";
+import { closeSync, constants, fdatasyncSync, fstatSync, ftruncateSync, openSync, statSync, writeSync } from "node:fs";
 import { VaultError } from "../base/errors.js";
 import { safeJson } from "../base/text.js";
 import type { AuditSink } from "../vault/ports.js";
@@ -52,6 +55,39 @@ export function jsonlSink(path: string): AuditSink {
   let waiting: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   let scheduled = false;
 
+  /** Throws unless the file at the path is still the one open here (one deleted or replaced would take the lines nowhere). */
+  const sameFile = (): void => {
+    const now = statSync(path, { throwIfNoEntry: false });
+    if (now === undefined || now.dev !== opened.dev || now.ino !== opened.ino)
+      throw Object.assign(new Error("replaced"), { code: now === undefined ? "ENOENT: it was removed" : "it was replaced by another file" });
+  };
+
+  /**
+   * Appends all of `data`: write() may take only part of it (a full disk, a file-size limit), so it is
+   * called until everything is written; one that fails leaves the file cut back to `start`, its length
+   * before, so that it never ends in a torn line.
+   */
+  const append = (data: Buffer, start: number): void => {
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const n = writeSync(fd, data, done, data.length - done);
+        if (n <= 0) throw Object.assign(new Error("short write"), { code: "ENOSPC" });
+        done += n;
+      }
+      fdatasyncSync(fd);
+    } catch (e) {
+      if (done > 0) {
+        try {
+          ftruncateSync(fd, start);
+        } catch {
+          // the write's own error is the one reported
+        }
+      }
+      throw e;
+    }
+  };
+
   /** Writes and syncs everything collected so far, then settles its writers. */
   const flush = (): void => {
     scheduled = false;
@@ -60,15 +96,16 @@ export function jsonlSink(path: string): AuditSink {
     lines = [];
     waiting = [];
     try {
-      // The file at the path must still be the one open here: a copy deleted or replaced meanwhile
-      // would take the lines nowhere, so the operation is refused instead (fail closed).
-      const now = statSync(path, { throwIfNoEntry: false });
-      if (now === undefined || now.dev !== opened.dev || now.ino !== opened.ino)
-        throw Object.assign(new Error("replaced"), { code: now === undefined ? "ENOENT: it was removed" : "it was replaced by another file" });
-      writeSync(fd, text);
-      fdatasyncSync(fd);
+      // Fail closed: the lines go to the file open here, or the operations fail.
+      sameFile();
+      append(Buffer.from(text, "utf8"), fstatSync(fd).size);
     } catch (e) {
-      const err = new VaultError("audit_failed", `cannot write the audit file ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); the operation was refused (restore the file, or restart lessor to make a new one)`);
+      // The operations were committed to the store before their lines reach the file (the sink runs
+      // after the commit): say so, rather than call them refused.
+      const err = new VaultError(
+        "audit_failed",
+        `the change was committed, but its audit line could not be written to ${path} (${(e as NodeJS.ErrnoException).code ?? "error"}); the result was withheld (free space or restore the file, or restart lessor to make a new one)`,
+      );
       for (const w of writers) w.reject(err);
       return;
     }
@@ -88,6 +125,16 @@ export function jsonlSink(path: string): AuditSink {
         queueMicrotask(flush);
       }
       return done;
+    },
+    check() {
+      try {
+        sameFile();
+      } catch (e) {
+        throw new VaultError(
+          "audit_failed",
+          `the audit file ${path} cannot be written (${(e as NodeJS.ErrnoException).code ?? "error"}); the operation was refused and nothing was changed (restore the file, or restart lessor to make a new one)`,
+        );
+      }
     },
     close() {
       if (lines.length > 0) flush();

@@ -1,5 +1,5 @@
 /**
- * Checks the whole audit trail: seq numbers without gaps, each event's prevHash equal to the chain
+ * Checks the whole audit trail: seq numbers without gaps, none below 1, each event's prevHash equal to the chain
  * value before it, each keyed event's MAC (format-1 events: their SHA-256) recomputed from its
  * fields, old-format events only at the start, and the head matching the keyed checkpoint. Names
  * the first bad event.
@@ -186,6 +186,11 @@ export async function checkTrail(reader: AuditReader, keys: AuditKeys): Promise<
       if (page.length < PAGE) break;
     }
   };
+  // The walk reads from event 1 on: a row numbered below 1 (which no vault writes, but a writer of the
+  // database can insert, and a query shows like any other) is named here, the lowest first.
+  const [lowest] = await reader.queryAudit({ order: "asc", limit: 1 });
+  if (lowest !== undefined && lowest.seq < 1)
+    fault(lowest.seq, lowest.id, `event ${lowest.seq} is numbered below 1, where the trail has no events: it was inserted into the database, not written by this vault`);
   await walk();
   let cp = await reader.getCheckpoint();
   // Read outside a transaction (the store itself), a commit made after the events were read has moved

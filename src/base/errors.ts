@@ -26,7 +26,7 @@ export const ERROR_CODES = {
   insecure_permissions: "a file or directory holding key material is readable by others",
   policy_invalid: "the policy file could not be loaded",
   config_invalid: "the configuration file could not be loaded",
-  audit_failed: "the audit trail could not be written, so the operation was refused",
+  audit_failed: "the audit trail could not be written, so the operation was refused (or, committed, its result was withheld)",
   audit_broken: "the audit trail was found cut or altered, so audited operations are refused until an admin recovers it",
   daemon_unverified: "the client could not verify that it reached the real lessor daemon, so it sent nothing",
 } as const;

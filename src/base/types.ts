@@ -202,8 +202,13 @@ export interface AuditHead {
 
 /** Filters for audit queries; all optional and combined with AND. */
 export interface AuditFilter {
+  /**
+   * Events about this agent; with `secret`, events about both. Each also matches a summary of counted
+   * refusals (src/vault/refusals.ts) whose `detail.agents` / `detail.secrets` lists it exactly
+   * (src/store/audit-summaries.ts), so refusals counted behind decoys still show.
+   */
   agent?: string;
-  /** `scope/name`. */
+  /** `scope/name`; see `agent`. */
   secret?: string;
   types?: string[];
   leaseId?: string;

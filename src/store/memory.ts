@@ -22,6 +22,7 @@ import type {
 } from "../base/types.js";
 import { auditGap, auditLimit, isLeaseLive, nestedBeforeCommit, txFinished } from "./semantics.js";
 import { withTxTimeout } from "./tx-timeout.js";
+import { summaryMatches, wantsSummaries } from "./audit-summaries.js";
 import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
 
 type Versions = Map<number, VersionRecord>;
@@ -209,9 +210,11 @@ class Reads implements StoreReader {
     this.check();
     const limit = auditLimit(filter.limit);
     const types = filter.types !== undefined && filter.types.length > 0 ? new Set(filter.types) : null;
+    // An agent or secret filter also finds the summaries of counted refusals that list it (./audit-summaries.ts).
+    const summaries = wantsSummaries(filter);
     const match = (a: AuditRecord): boolean =>
-      (filter.agent === undefined || a.agent === filter.agent) &&
-      (filter.secret === undefined || a.secret === filter.secret) &&
+      (((filter.agent === undefined || a.agent === filter.agent) && (filter.secret === undefined || a.secret === filter.secret)) ||
+        (summaries && summaryMatches(a, filter))) &&
       (filter.leaseId === undefined || a.leaseId === filter.leaseId) &&
       (filter.actorId === undefined || a.actorId === filter.actorId) &&
       (types === null || types.has(a.type)) &&

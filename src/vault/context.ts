@@ -277,6 +277,9 @@ async function commitOnce<T>(
           return null;
         }
         if (head === undefined) {
+          // A sink that could not record the events refuses the call now, before anything changes. A
+          // brake is not refused: it takes effect, and a sink that fails it does so after the commit.
+          if (!isBrake(draft)) for (const sink of ctx.sinks) sink.check?.();
           await checkKeysIn(ctx, tx, { brake: isBrake(draft) });
           if (opts.recovery) {
             head = await tx.auditHead();
@@ -335,7 +338,7 @@ async function commitOnce<T>(
         await sink.write(events);
       } catch (e) {
         if (e instanceof VaultError && e.code === "audit_failed") throw e;
-        throw new VaultError("audit_failed", "an audit sink failed to record the operation, so its result was withheld; check the audit file or log target", { cause: e });
+        throw new VaultError("audit_failed", "the change was committed, but an audit sink failed to record it, so its result was withheld; check the audit file or log target", { cause: e });
       }
     }
   }

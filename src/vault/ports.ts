@@ -217,6 +217,14 @@ export type ChangeListener = (change: StoreChange) => void;
  * table (src/audit/jsonl-sink.ts, the log sink in src/audit/sink.ts). Receives committed events, in order. Throwing (or rejecting) fails the operation. */
 export interface AuditSink {
   write(events: readonly AuditRecord[]): void | Promise<void>;
+  /**
+   * Throws VaultError("audit_failed") when the sink can tell already that it could not record events
+   * (its file removed or replaced), so that an operation is refused before it changes anything rather
+   * than committed with its result withheld. Called inside a transaction, at an operation's first
+   * audited event (not a brake's: src/vault/audit-guard.ts isBrake), so it must be quick and
+   * synchronous and change nothing. A failure that only writing shows still comes from `write`.
+   */
+  check?(): void;
   close?(): void | Promise<void>;
 }
 

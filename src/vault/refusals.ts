@@ -128,6 +128,11 @@ function mergeNamed(into: Named, from: Named, max: number): void {
   into.omitted += from.omitted;
 }
 
+/** The one name the counted refusals named, when they all named the same one; else null. */
+function only(n: Named): string | null {
+  return n.names.size === 1 && n.omitted === 0 ? [...n.names][0]! : null;
+}
+
 /** A summary's fields for one list: `key` (comma-separated) and `key_omitted`, when there is anything. */
 function namedDetail(key: string, n: Named): Record<string, string | number> {
   return {
@@ -160,8 +165,10 @@ function summary(t: Tally): AuditDraft {
   const draft: AuditDraft = {
     type: t.type,
     actor: t.actor,
-    // An orchestrator's refusals all for one agent are filed under it (`lessor audit --agent` finds them).
-    agent: t.actor.agent ?? (t.agents.names.size === 1 && t.agents.omitted === 0 ? [...t.agents.names][0]! : null),
+    // Refusals all for one agent, or all naming one secret, are filed under it; a summary listing
+    // several is found by `lessor audit query --agent/--secret` through its list (src/store/audit-summaries.ts).
+    agent: t.actor.agent ?? only(t.agents),
+    secret: only(t.secrets),
     outcome: "denied",
     reason: `${top ?? "several"}: ${t.count} refusals counted in this window (detail.reasons says why)`,
     detail: {

@@ -23,6 +23,7 @@ import type {
   VersionRecord,
 } from "../../base/types.js";
 import { AUDIT_COLS, LEASE_COLS, pgPlaceholders, rowMappers, TOKEN_COLS } from "../rows.js";
+import { SUMMARY_DETAIL_PREFIX, SUMMARY_TYPES, mergeAudit, nameFilters, summaryMatches, wantsSummaries } from "../audit-summaries.js";
 
 /** A row as node-postgres returns it (int8 parsed to number by the pool's type parser). */
 export type Row = Record<string, unknown>;
@@ -181,8 +182,6 @@ export async function queryAudit(x: Exec, filter: AuditFilter): Promise<AuditRec
     values.push(v);
     return `$${values.length}`;
   };
-  if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
-  if (filter.secret !== undefined) where.push(`secret = ${bind(filter.secret)}`);
   if (filter.leaseId !== undefined) where.push(`lease_id = ${bind(filter.leaseId)}`);
   if (filter.actorId !== undefined) where.push(`actor_id = ${bind(filter.actorId)}`);
   if (filter.types !== undefined && filter.types.length > 0) where.push(`type = ANY(${bind(filter.types)}::text[])`);
@@ -190,8 +189,46 @@ export async function queryAudit(x: Exec, filter: AuditFilter): Promise<AuditRec
   if (filter.until !== undefined) where.push(`time < ${bind(filter.until)}`);
   if (filter.afterSeq !== undefined) where.push(`seq > ${bind(filter.afterSeq)}`);
   const order = filter.order === "desc" ? "DESC" : "ASC";
+  // The filters all rows share, before the agent and secret ones (summaries match those otherwise).
+  const common = { where: [...where], values: [...values] };
+  if (filter.agent !== undefined) where.push(`agent = ${bind(filter.agent)}`);
+  if (filter.secret !== undefined) where.push(`secret = ${bind(filter.secret)}`);
   const text = `SELECT ${AUDIT_COLS} FROM audit${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY seq ${order} LIMIT ${bind(limit)}`;
-  return (await x.rows(st("query the audit trail", text, values))).map(auditFromRow);
+  const direct = (await x.rows(st("query the audit trail", text, values))).map(auditFromRow);
+  if (!wantsSummaries(filter)) return direct;
+  return mergeAudit(direct, await auditSummaries(x, common.where, common.values, filter, order, limit), filter.order ?? "asc", limit);
+}
+
+/**
+ * The summaries of counted refusals that list the filter's agent or secret (src/store/audit-summaries.ts),
+ * at most `limit`: candidates by type and a substring of their detail, in pages, kept when they match.
+ * `where` binds `values` as $1…; the detail is text, matched without a JSON cast (a row that is not
+ * JSON is one the vault did not write, and must not fail the query).
+ */
+async function auditSummaries(x: Exec, where: string[], values: unknown[], filter: AuditFilter, order: "ASC" | "DESC", limit: number): Promise<AuditRecord[]> {
+  const out: AuditRecord[] = [];
+  if (limit === 0) return out;
+  const vals = [...values];
+  const bind = (v: unknown): string => {
+    vals.push(v);
+    return `$${vals.length}`;
+  };
+  const cond = [
+    ...where,
+    `type = ANY(${bind(SUMMARY_TYPES)}::text[])`,
+    `starts_with(detail, ${bind(SUMMARY_DETAIL_PREFIX)})`,
+    ...nameFilters(filter).map((n) => `strpos(detail, ${bind(JSON.stringify(n.value).slice(1, -1))}) > 0`),
+  ];
+  const cursorAt = vals.length;
+  const text = `SELECT ${AUDIT_COLS} FROM audit WHERE ${cond.join(" AND ")} AND seq ${order === "ASC" ? ">" : "<"} ${bind(0)} ORDER BY seq ${order} LIMIT ${bind(limit)}`;
+  let cursor = order === "ASC" ? Number.MIN_SAFE_INTEGER : Number.MAX_SAFE_INTEGER;
+  for (;;) {
+    vals[cursorAt] = cursor;
+    const page = (await x.rows(st("query the audit trail", text, [...vals]))).map(auditFromRow);
+    for (const r of page) if (out.length < limit && summaryMatches(r, filter)) out.push(r);
+    if (page.length < limit || out.length >= limit) return out;
+    cursor = page[page.length - 1]!.seq;
+  }
 }
 
 export async function auditHead(x: Exec): Promise<AuditHead | null> {

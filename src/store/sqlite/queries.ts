@@ -20,6 +20,7 @@ import type {
   VersionRecord,
 } from "../../base/types.js";
 import { AUDIT_COLS, LEASE_COLS, rowMappers, sqlitePlaceholders, TOKEN_COLS } from "../rows.js";
+import { SUMMARY_DETAIL_PREFIX, SUMMARY_TYPES, mergeAudit, nameFilters, summaryMatches, wantsSummaries } from "../audit-summaries.js";
 
 type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
 type Row = Record<string, unknown>;
@@ -301,8 +302,6 @@ export class Queries {
       where.push(`${col} = ?`);
       params.push(v);
     };
-    if (filter.agent !== undefined) eq("agent", filter.agent);
-    if (filter.secret !== undefined) eq("secret", filter.secret);
     if (filter.leaseId !== undefined) eq("lease_id", filter.leaseId);
     if (filter.actorId !== undefined) eq("actor_id", filter.actorId);
     if (filter.types !== undefined && filter.types.length > 0) {
@@ -322,14 +321,45 @@ export class Queries {
       params.push(filter.afterSeq);
     }
     const order = filter.order === "desc" ? "DESC" : "ASC";
-    if (filter.leaseId === undefined && (filter.agent !== undefined || filter.secret !== undefined))
-      return this.queryAuditByRun(where, params, order, limit, filter.afterSeq);
+    // The filters all rows share, before the agent and secret ones (summaries match those otherwise).
+    const common = { where: [...where], params: [...params] };
+    if (filter.agent !== undefined) eq("agent", filter.agent);
+    if (filter.secret !== undefined) eq("secret", filter.secret);
+    if (filter.leaseId === undefined && (filter.agent !== undefined || filter.secret !== undefined)) {
+      const direct = this.queryAuditByRun(where, params, order, limit, filter.afterSeq);
+      if (!wantsSummaries(filter)) return direct;
+      return mergeAudit(direct, this.auditSummaries(common.where, common.params, filter, order, limit), filter.order ?? "asc", limit);
+    }
     const sql =
       `SELECT ${AUDIT_COLS} FROM audit` +
       (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
       ` ORDER BY seq ${order} LIMIT ?`;
     params.push(limit);
     return (this.stmt(sql).all(...params) as Row[]).map(auditFromRow);
+  }
+
+  /**
+   * The summaries of counted refusals that list the filter's agent or secret (src/store/audit-summaries.ts),
+   * at most `limit`: candidates by type and a substring of their detail, in pages, kept when they match.
+   */
+  private auditSummaries(where: string[], params: unknown[], filter: AuditFilter, order: "ASC" | "DESC", limit: number): AuditRecord[] {
+    const out: AuditRecord[] = [];
+    if (limit === 0) return out;
+    const names = nameFilters(filter);
+    const stmt = this.stmt(
+      `SELECT ${AUDIT_COLS} FROM audit WHERE type IN (${sqlitePlaceholders(SUMMARY_TYPES.length)}) AND substr(detail, 1, ${SUMMARY_DETAIL_PREFIX.length}) = ?` +
+        names.map(() => " AND instr(detail, ?) > 0").join("") +
+        where.map((w) => ` AND ${w}`).join("") +
+        ` AND seq ${order === "ASC" ? ">" : "<"} ? ORDER BY seq ${order} LIMIT ?`,
+    );
+    const fixed = [...SUMMARY_TYPES, SUMMARY_DETAIL_PREFIX, ...names.map((n) => JSON.stringify(n.value).slice(1, -1)), ...params];
+    let cursor = order === "ASC" ? Number.MIN_SAFE_INTEGER : Number.MAX_SAFE_INTEGER;
+    for (;;) {
+      const page = (stmt.all(...fixed, cursor, limit) as Row[]).map(auditFromRow);
+      for (const r of page) if (out.length < limit && summaryMatches(r, filter)) out.push(r);
+      if (page.length < limit || out.length >= limit) return out;
+      cursor = page[page.length - 1]!.seq;
+    }
   }
 
   /**
