@@ -313,7 +313,12 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   );
   sweep.unref();
 
+  /** Set when {@link close} starts: every request is refused from then on, so no session begins after its sweep. */
+  let stopping = false;
+  const STOPPING = "lessor mcp is stopping; start a new session once it is running again";
+
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    if (stopping) return refuse(res, 503, STOPPING);
     // 1. Host: the exact address and port (a rebinding attacker's name never matches).
     const host = req.headers.host?.toLowerCase();
     if (host === undefined || !expectedHosts.includes(host)) return refuse(res, 403, "forbidden: the Host header must be the address lessor mcp listens on");
@@ -347,6 +352,8 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
     const got = await readJson(req, res);
     if (!got) return;
     if (!isInitializeRequest(got.body)) return refuse(res, 400, "no Mcp-Session-Id: start with an initialize request");
+    // Checked again after the body was read: close() may have swept the sessions meanwhile.
+    if (stopping) return refuse(res, 503, STOPPING);
     if (live.size >= MAX_HTTP_SESSIONS) {
       // A client that quit sent no DELETE: the session idle the longest makes room. Never a busy one.
       const victim = idlest();
@@ -400,12 +407,18 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
       return live.size;
     },
     async close() {
+      stopping = true;
       clearInterval(sweep);
-      for (const s of [...live]) retire(s, "the server stopped");
-      await Promise.allSettled([...endings]);
-      srv.closeAllConnections();
+      // No new connection from here; those open get 503 for anything new while the sessions end.
+      const closed = new Promise<void>((r) => srv.close(() => r()));
       twin?.close();
-      await new Promise<void>((r) => srv.close(() => r()));
+      // A session is begun only while not stopping, so one sweep finds them all; the loop is a backstop.
+      while (live.size > 0 || endings.size > 0) {
+        for (const s of [...live]) retire(s, "the server stopped");
+        await Promise.allSettled([...endings]);
+      }
+      srv.closeAllConnections();
+      await closed;
     },
   };
 }
