@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -23,7 +24,7 @@ import { apiOf, type Caller } from "../src/client/api.js";
 import { REGISTRY } from "../src/protocol/registry.js";
 import { VERSION } from "../src/version.js";
 import { createMcpSession } from "../src/mcp/server.js";
-import { serveHttp, writeTokenFile, type HttpMcpServer } from "../src/mcp/http.js";
+import { MAX_HTTP_CONNECTIONS, serveHttp, writeTokenFile, type HttpMcpServer } from "../src/mcp/http.js";
 import type { Vault } from "../src/vault/vault.js";
 import type { ProxyConfig } from "../src/config/proxy-config.js";
 
@@ -222,5 +223,42 @@ describe("lessor mcp --http against a web page or another local process (holds)"
     assert.equal(statSync(path).mode & 0o777, 0o600);
     assert.equal(readFileSync(target, "utf8"), "keep");
     assert.equal(readFileSync(path, "utf8").trim(), token);
+  });
+});
+
+describe("lessor mcp --http against a connection flood from another local user", () => {
+  test("connections past MAX_HTTP_CONNECTIONS are closed at once, refusals are logged sparingly, and a client is served once the flood ends", { timeout: 30_000 }, async () => {
+    const token = randomBytes(32).toString("base64url");
+    const srv = await serveHttp({ newSession: () => createMcpSession({ api: inProcessApi(vault), identity: { agent: "claude", role: "admin" }, proxyConfig, log, tmp: root }), address: { host: "127.0.0.1", port: 0 }, token, log });
+    const socks: net.Socket[] = [];
+    try {
+      const closedEarly = await new Promise<number>((resolve) => {
+        let closed = 0;
+        let opened = 0;
+        for (let i = 0; i < MAX_HTTP_CONNECTIONS + 40; i++) {
+          const s = net.connect(srv.port, "127.0.0.1");
+          s.on("error", () => {});
+          s.on("connect", () => {
+            if (++opened === MAX_HTTP_CONNECTIONS + 40) setTimeout(() => resolve(closed), 500);
+          });
+          s.on("close", () => closed++);
+          socks.push(s);
+        }
+      });
+      assert.ok(closedEarly >= 40, `only ${closedEarly} of the connections past the cap were closed`);
+      assert.ok(closedEarly <= 40 + 5, `${closedEarly} connections were closed: the cap closed more than those past it`);
+      // Bad tokens from the flood: a handful of log lines, not one per request.
+      const before = logs.length;
+      for (const s of socks.splice(0)) s.destroy();
+      await sleep(200);
+      for (let i = 0; i < 60; i++) await raw(srv.port, { host: `127.0.0.1:${srv.port}`, authorization: "Bearer wrong" }, INIT);
+      const lines = logs.slice(before).filter((l) => /refused/.test(l)).length;
+      assert.ok(lines <= 11, `${lines} log lines for 60 refused requests`);
+      const ok = await openSession(srv, token);
+      assert.ok(ok.sid.length > 0);
+    } finally {
+      for (const s of socks) s.destroy();
+      await srv.close();
+    }
   });
 });

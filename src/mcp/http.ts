@@ -35,6 +35,15 @@ import type { McpSession } from "./server.js";
 export const MAX_HTTP_BODY = 8 * 1024 * 1024;
 /** Most MCP sessions open at once on one server. */
 export const MAX_HTTP_SESSIONS = 32;
+
+/**
+ * Most connections open at once, authenticated or not (any local user can connect): more are closed
+ * at once, so a flood cannot use up the process's file descriptors.
+ */
+export const MAX_HTTP_CONNECTIONS = 256;
+
+/** Refused requests logged one by one before only every hundredth is. */
+const LOGGED_REFUSALS = 10;
 /** How long an MCP session may have no request and no open stream before it ends (5 minutes). */
 export const DEFAULT_HTTP_IDLE_MS = 5 * 60_000;
 /** The endpoint path. */
@@ -313,6 +322,14 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   );
   sweep.unref();
 
+  // Refusals come from anyone who can connect: the first few are logged, then every hundredth.
+  let refusals = 0;
+  const logRefusal = (what: string): void => {
+    refusals++;
+    if (refusals <= LOGGED_REFUSALS) o.log(`lessor mcp: ${what}`);
+    else if (refusals % 100 === 0) o.log(`lessor mcp: ${what}; ${refusals} requests refused so far (only every hundredth is logged)`);
+  };
+
   /** Set when {@link close} starts: every request is refused from then on, so no session begins after its sweep. */
   let stopping = false;
   const STOPPING = "lessor mcp is stopping; start a new session once it is running again";
@@ -325,12 +342,12 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
     // 2. Origin: absent (not a browser) or a loopback origin.
     const origin = req.headers.origin;
     if (origin !== undefined && !isLoopbackOrigin(origin)) {
-      o.log("lessor mcp: a request with a foreign Origin was refused (403)");
+      logRefusal("a request with a foreign Origin was refused (403)");
       return refuse(res, 403, "forbidden: requests from web pages of other origins are refused");
     }
     // 3. The bearer token.
     if (!authorized(req.headers.authorization)) {
-      o.log("lessor mcp: a request without the right bearer token was refused (401)");
+      logRefusal("a request without the right bearer token was refused (401)");
       return refuse(res, 401, "unauthorized: send Authorization: Bearer <the token lessor mcp printed or wrote to --token-file>", { "www-authenticate": 'Bearer realm="lessor mcp"' });
     }
     const path = (req.url ?? "/").split("?")[0];
@@ -386,6 +403,19 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
       if (!res.headersSent) refuse(res, 500, "internal error");
       else res.destroy();
     });
+  });
+  // Counted here rather than with maxConnections, which the twin's sockets (emitted, not accepted) would pass.
+  let connections = 0;
+  let dropped = 0;
+  srv.on("connection", (socket: net.Socket) => {
+    if (connections >= MAX_HTTP_CONNECTIONS) {
+      socket.destroy();
+      if (++dropped <= LOGGED_REFUSALS || dropped % 100 === 0)
+        o.log(`lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed (${dropped} so far)`);
+      return;
+    }
+    connections++;
+    socket.once("close", () => connections--);
   });
   srv.headersTimeout = 10_000;
   srv.requestTimeout = 0; // SSE streams stay open
