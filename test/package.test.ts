@@ -6,7 +6,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import ts from "typescript";
 import { ERROR_CODES, wireCode } from "../src/base/errors.js";
+import { withheldReason } from "../src/sandbox/env.js";
 import { VERSION } from "../src/version.js";
 import { checkLayering, formatViolation, layerOf, parseRules, readSources } from "./layering.js";
 
@@ -126,19 +128,148 @@ test("dependencies are pinned to exact versions", () => {
   assert.match(readFileSync(join(root, ".npmrc"), "utf8"), /engine-strict=true/);
 });
 
-test("the README and docs never show a leased value expanded into another command's arguments (ps shows argv to every user)", () => {
-  const files = ["README.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`), ...readdirSync(join(root, "docs/cli")).map((f) => `docs/cli/${f}`)];
-  for (const f of files) {
-    const lines = readFileSync(join(root, f), "utf8").split("\n");
-    let inCode = false;
-    lines.forEach((line, i) => {
-      if (line.trimStart().startsWith("```")) inCode = !inCode;
-      if (!inCode) return; // prose may quote the mistake; examples in code blocks may not make it
-      // `X=$(lessor lease …)` only sets a variable; `cmd "…$(lessor lease …)…"` hands the value to cmd's argv.
-      const bad = /\b(curl|wget|http|gh|git|ssh|docker|psql|mysql)\b[^|#]*\$\(lessor (lease|secret get)/.test(line);
-      assert.ok(!bad, `${f}:${i + 1} puts a value on a command line: ${line.trim()}`);
-    });
+/** Shell built-ins and keywords: their arguments are in no process's argv (`printf %s "$T" | tool` shows `tool` only). */
+const NO_PROCESS = new Set(["echo", "printf", "export", "read", "local", "readonly", "test", "[", ":", "set", "unset", "cd", "if", "then", "do", "while", "until"]);
+/** What runs the command after it with the same arguments: look past it for the command. */
+const WRAPPERS = new Set(["env", "exec", "command", "nohup", "time", "sudo", "then", "do"]);
+
+/**
+ * The variables a shell command line expands into another program's arguments, among those
+ * `isSecret` names: `tool --token "$TOKEN"`, `curl -H "Authorization: Bearer $TOKEN"`, inside
+ * `sh -c '…'` too. Single-quoted text expands nothing; a built-in's arguments (`printf %s "$TOKEN" |`)
+ * are in no argv; nor is a variable written as a command's name or an assignment.
+ */
+function secretsInArgv(line: string, isSecret: (name: string) => boolean): string[] {
+  const found: string[] = [];
+  let text = line.replace(/\\\|/g, "|").replace(/\b(?:ba|da|z)?sh -c '([^']*)'/g, (_m, body: string) => {
+    found.push(...secretsInArgv(body, isSecret));
+    return "sh -c ''";
+  });
+  // single quotes expand nothing; a reference ($S:name, $secret://name) is no variable; nor is a comment
+  text = text.replace(/'[^']*'/g, "''").replace(/\$(S:|secret:\/\/)[^\s"'`]*/g, "").replace(/(^|\s)#.*$/, "");
+  for (const segment of text.split(/\|\||&&|[|;&()`]/)) {
+    const words = segment.trim().split(/\s+/).filter((w) => w !== "");
+    for (;;) {
+      if (words.length > 0 && /^[A-Za-z_][A-Za-z0-9_]*=/.test(words[0]!)) words.shift();
+      else if (words.length > 0 && WRAPPERS.has(words[0]!)) words.shift();
+      else break;
+    }
+    const command = words.shift();
+    if (command === undefined || NO_PROCESS.has(command) || command.startsWith("$")) continue;
+    for (const m of words.join(" ").matchAll(/\$\{?([A-Za-z_][A-Za-z0-9_]*)/g)) if (isSecret(m[1]!)) found.push(m[1]!);
   }
+  return found;
+}
+
+/** The example lines of a Markdown file: each line of a code block (with its language) and each inline code span. */
+function markdownExamples(text: string): { line: number; code: string; block: string | null }[] {
+  const out: { line: number; code: string; block: string | null }[] = [];
+  let block: string | null = null;
+  text.split("\n").forEach((line, i) => {
+    const fence = /^\s*```(\S*)/.exec(line);
+    if (fence) {
+      block = block === null ? fence[1]! : null;
+      return;
+    }
+    if (block !== null) out.push({ line: i + 1, code: line, block });
+    else for (const m of line.matchAll(/`([^`]+)`/g)) out.push({ line: i + 1, code: m[1]!, block: null });
+  });
+  return out;
+}
+
+/** The text of every string in a TypeScript file (a help text's examples), each `${…}` as `…`, by line. */
+function tsStrings(file: string): { line: number; code: string }[] {
+  const source = ts.createSourceFile(file, readFileSync(join(root, file), "utf8"), ts.ScriptTarget.Latest, true);
+  const out: { line: number; code: string }[] = [];
+  const visit = (node: ts.Node): void => {
+    let text: string | undefined;
+    if (ts.isStringLiteral(node) || ts.isNoSubstitutionTemplateLiteral(node)) text = node.text;
+    else if (ts.isTemplateExpression(node)) text = node.head.text + node.templateSpans.map((s) => `…${s.literal.text}`).join("");
+    if (text !== undefined) {
+      const line = source.getLineAndCharacterOfPosition(node.getStart()).line + 1;
+      for (const code of text.split("\n")) out.push({ line, code });
+      return;
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(source);
+  return out;
+}
+
+const markdownFiles = (): string[] => {
+  const docs = (dir: string): string[] =>
+    readdirSync(join(root, dir), { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? docs(`${dir}/${e.name}`) : e.name.endsWith(".md") ? [`${dir}/${e.name}`] : []));
+  return ["README.md", ...docs("docs")];
+};
+const cliSources = (): string[] => {
+  const walk = (dir: string): string[] =>
+    readdirSync(join(root, dir), { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(`${dir}/${e.name}`) : e.name.endsWith(".ts") ? [`${dir}/${e.name}`] : []));
+  return walk("src/cli");
+};
+/** `X=$(lessor lease …)` only sets a variable; `cmd "…$(lessor lease …)…"` hands the value to cmd's argv. */
+const LEASE_IN_ARGV = /\b(curl|wget|http|gh|git|ssh|docker|psql|mysql)\b[^|#]*\$\(lessor (lease|secret get)/;
+/** A secret typed into the shell line itself (kept in its history): `LESSOR_PASSPHRASE=… lessor init`. */
+const SECRET_TYPED = /(^|[\s;&|(])(LESSOR_PASSPHRASE|LESSOR_MASTER_KEY(_PREVIOUS)?|LESSOR_TOKEN|PGPASSWORD|MYSQL_PWD)=(?![$"'`]|\s|$)/;
+const SHELL_BLOCKS = new Set(["", "sh", "bash", "shell", "console", "zsh"]);
+
+/** Which variables hold a secret in `text`: credential names (as the sandbox reads them) and those assigned a reference or a lease. */
+function secretVariables(text: string): (name: string) => boolean {
+  const assigned = new Set([...text.matchAll(/\b([A-Za-z_][A-Za-z0-9_]*)=['"]?(\$S:|lessor:\/\/|\{\{ ?lessor:|\$\(lessor (lease|secret get))/g)].map((m) => m[1]!));
+  return (name) => assigned.has(name) || withheldReason(name) === "credential" || /^LESSOR_(MASTER_KEY|MASTER_KEY_PREVIOUS|PASSPHRASE|TOKEN)$/.test(name);
+}
+
+test("the README, the docs and the CLI's help never show a secret expanded into another command's arguments (ps shows argv to every user) nor typed into the shell line", () => {
+  const bad: string[] = [];
+  for (const f of markdownFiles()) {
+    const text = readFileSync(join(root, f), "utf8");
+    const isSecret = secretVariables(text);
+    for (const { line, code, block } of markdownExamples(text)) {
+      // prose may describe the mistake in words; code (a block or an inline span) may not make it
+      if (LEASE_IN_ARGV.test(code)) bad.push(`${f}:${line} puts a leased value on a command line: ${code.trim()}`);
+      if (block === null || SHELL_BLOCKS.has(block))
+        for (const v of secretsInArgv(code, isSecret)) bad.push(`${f}:${line} expands $${v} into a command's arguments: ${code.trim()}`);
+      if (block !== null && SHELL_BLOCKS.has(block) && SECRET_TYPED.test(code)) bad.push(`${f}:${line} types a secret into the shell line: ${code.trim()}`);
+    }
+  }
+  for (const f of cliSources()) {
+    const strings = tsStrings(f);
+    const isSecret = secretVariables(strings.map((s) => s.code).join("\n"));
+    for (const { line, code } of strings) {
+      if (LEASE_IN_ARGV.test(code)) bad.push(`${f}:${line} puts a leased value on a command line: ${code.trim()}`);
+      for (const v of secretsInArgv(code, isSecret)) bad.push(`${f}:${line} expands $${v} into a command's arguments: ${code.trim()}`);
+      if (SECRET_TYPED.test(code)) bad.push(`${f}:${line} types a secret into the shell line: ${code.trim()}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test("the argv check flags a secret expanded into a program's arguments, and passes built-ins, pipes, single quotes and assignments", () => {
+  const isSecret = secretVariables("X=$S:x");
+  const flagged = [
+    `sh -c 'tool --token "$TOKEN"'`,
+    `curl -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/user`,
+    `lessor run --agent a -- bash -c 'curl -u "me:\${DB_PASSWORD}" https://x'`,
+    `printf %s "$TOKEN" | tool --token "$TOKEN"`,
+    `env A=1 tool --key=$X`,
+    `lessor run … -- sh -c 'tool --token "$TOKEN"'`,
+  ];
+  for (const l of flagged) assert.notDeepEqual(secretsInArgv(l, isSecret), [], l);
+  const passed = [
+    `sh -c 'printf %s "$TOKEN" | tool --token-stdin'`,
+    `echo "$GITHUB_TOKEN" | lessor secret set github-token --kind pat`,
+    `printf 'Authorization: Bearer %s\\n' "$GITHUB_TOKEN" | curl -H @- https://api.github.com/user`,
+    `GITHUB_TOKEN='$S:github-token' lessor run --agent claude -- claude`,
+    `export GITHUB_TOKEN=$(lessor lease github-token --agent claude --domain api.github.com)`,
+    `tool --socket "$SSH_AUTH_SOCK" --home "$HOME"`,
+    `$GITHUB_TOKEN`,
+    `echo '$TOKEN' | tool --x '$TOKEN'`,
+    `tool   # reads $TOKEN itself`,
+    `reference "x": a reference starts with "lessor://", "$S:" or "$secret://"`,
+    `tool --env-file <(printf 'TOKEN=$S:tok\\n')`,
+  ];
+  for (const l of passed) assert.deepEqual(secretsInArgv(l, isSecret), [], l);
+  assert.ok(SECRET_TYPED.test("LESSOR_PASSPHRASE=… lessor init --key-source passphrase"));
+  assert.ok(!SECRET_TYPED.test(`LESSOR_PASSPHRASE="$(pass show lessor)" lessor init`));
 });
 
 test("the README's program example runs as written (its home in a temporary directory, its fetch recorded instead of sent)", () => {

@@ -1,5 +1,5 @@
 /**
- * Placeholders (src/proxy/placeholder.ts, token-formats.ts, placeholder-registry.ts): shaped like the
+ * Placeholders (src/proxy/placeholder.ts, src/base/token-formats.ts, placeholder-registry.ts): shaped like the
  * credential so format checks pass, random elsewhere, independent of the value beyond its shape,
  * unique per lease and agent.
  */
@@ -9,7 +9,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { inspect } from "node:util";
 import fc from "fast-check";
 import { CHARACTER_CLASSES, fillShape, makePlaceholder, MIN_BITS, placeholderShape, type RandomSource } from "../src/proxy/placeholder.js";
-import { knownFormat, TOKEN_FORMATS } from "../src/proxy/token-formats.js";
+import { knownFormat, TOKEN_FORMATS } from "../src/base/token-formats.js";
 import { PlaceholderRegistry } from "../src/proxy/placeholder-registry.js";
 import { isVaultError } from "../src/base/errors.js";
 

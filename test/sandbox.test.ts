@@ -486,6 +486,17 @@ describe("sandbox parts (unit)", () => {
     for (const n of ["PATH", "HOME", "LANG", "TERM", "TOKENIZERS_PARALLELISM", "NODE_OPTIONS", "EDITOR"]) assert.equal(withheldReason(n), null, n);
   });
 
+  test("env: a credential word anywhere in a name, as a whole word, and a value shaped like a known token are withheld; words inside others and look-alike values pass", () => {
+    const named = ["GITHUB_PAT", "TF_TOKEN_app_terraform_io", "CI_JOB_JWT", "CI_JOB_JWT_V2", "AWS_ACCESS_KEY_ID", "SECRET_KEY_BASE", "TWINE_PASSWORD", "GPG_PASSPHRASE", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "NPM_CONFIG__AUTHTOKEN", "OPENAI_API_KEY_2", "CREDENTIALS_DIRECTORY"];
+    for (const n of named) assert.equal(withheldReason(n, "x"), "credential", n);
+    const harmless = ["PATH", "MANPATH", "PYTHONPATH", "PATHEXT", "PWD", "OLDPWD", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "PATTERN", "SECRETARY", "PASSWORDLESS", "ACTIONS_ID_TOKEN_REQUEST_URL", "OAUTH_TOKEN_ENDPOINT", "JWT_ALGORITHM", "TOKEN_TTL"];
+    for (const n of harmless) assert.equal(withheldReason(n, "/usr/bin:/bin"), null, n);
+    const tokens = ["ghp_NEWCOMERcanary7Qx2Lm9Vb4Tz8Kp1Wd6Rf3Hs0", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "glpat-xYz12AbCdEfGhIjKlMnOp", "sk-proj-Ab3dEfGh1jKlMnOpQrStUvWx", "AKIAIOSFODNN7EXAMPLE", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", " hf_AbCdEfGhIjKlMnOp1234 \n", "Bearer ghp_NEWCOMERcanary7Qx2Lm9Vb4Tz8Kp1Wd6Rf3Hs0", "https://x.example/hook?token=xoxb-1234-5678-AbCdEfGhIjKl", `lsr_0123456789abcdef_${"A".repeat(43)}`];
+    for (const v of tokens) assert.equal(withheldReason("SOME_SETTING", v), "credential", v);
+    const lookAlikes = ["sk-SK", "hf_home", "npm_config_cache_directory", "AKIA", "ghp_", "/usr/local/bin:/usr/bin", "sk-slovak language pack 12345678", "/opt/hf_models_2024abcdefghijk/bin:/usr/bin", "hf_cache_dir/2024/abcdefghijk", "Bearer placeholder"];
+    for (const v of lookAlikes) assert.equal(withheldReason("SOME_SETTING", v), null, v);
+  });
+
   test("env: every variable that names a credential path is withheld, and the paths it names are read as its tools read them", () => {
     for (const v of PATH_VARIABLES) assert.equal(withheldReason(v.name), v.reason, v.name);
     for (const n of ["AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "PASSWORD_STORE_DIR", "PGPASSFILE", "GOOGLE_APPLICATION_CREDENTIALS"]) assert.equal(withheldReason(n), "credential", n);

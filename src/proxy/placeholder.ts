@@ -4,7 +4,7 @@
  * placeholder on the way in (./scrub.ts).
  *
  * A placeholder is shaped like the value so that tools that check a format accept it: the same known
- * public prefix (./token-formats.ts) and fixed suffix, the same length in bytes, the same character
+ * public prefix (src/base/token-formats.ts) and fixed suffix, the same length in bytes, the same character
  * class, and, for formats that declare separators, the separators in the same places. Everything else is drawn from
  * a CSPRNG, independently of the value: the placeholder depends on the value only through that shape,
  * so it reveals no character of the value beyond its public prefix, and it is useless anywhere but
@@ -16,7 +16,7 @@
 import { randomBytes } from "node:crypto";
 import { Buffer } from "node:buffer";
 import { VaultError } from "../base/errors.js";
-import { knownFormat } from "./token-formats.js";
+import { knownFormat } from "../base/token-formats.js";
 
 /** The least randomness a placeholder carries. */
 export const MIN_BITS = 64;

@@ -4,6 +4,8 @@
  * so nothing else of lessor's own environment reaches it.
  */
 import { isAbsolute, resolve, sep } from "node:path";
+import { knownFormat } from "../base/token-formats.js";
+import { TOKEN_RE } from "../base/token-shape.js";
 
 /** Why a variable from the owner's environment is withheld, or null when it may pass. */
 export type WithheldReason = "lessor" | "session" | "credential";
@@ -103,20 +105,54 @@ const URL_START = /[a-z][a-z0-9+.-]*:\/\//i;
  * token or api key (`access_token`, `client_secret`, `X-Amz-Security-Token`).
  */
 const CREDENTIAL_PARAM = /^(pass|pwd|.*(password|passwd|secret|token|api[_-]?key))$/i;
-const CREDENTIAL_NAME = /(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?)$/i;
+/**
+ * A name with a credential word in it, anywhere, as a whole `_`-separated word: `GITHUB_TOKEN`,
+ * Terraform's `TF_TOKEN_app_terraform_io`, `GITHUB_PAT`, GitLab's `CI_JOB_JWT_V2`, `AWS_ACCESS_KEY_ID`,
+ * `SECRET_KEY_BASE`, `TWINE_PASSWORD`. A word inside another (`TOKENIZERS_PARALLELISM`, `PATH`) is not one.
+ */
+const CREDENTIAL_NAME =
+  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?)(_|$)/i;
+/**
+ * What a credential word may be followed by, ending the name, when the variable is about the
+ * credential rather than holding it: where to get one (`ACTIONS_ID_TOKEN_REQUEST_URL`), its type or
+ * lifetime (`TOKEN_TTL`). Such a value is still withheld when it is shaped like a token or a URL with
+ * a password in it.
+ */
+const ABOUT_A_CREDENTIAL = /_(URL|URI|ENDPOINT|HOST|PORT|TYPE|ALG|ALGORITHM|TTL|LIFETIME|EXPIRY|TIMEOUT)$/i;
+/**
+ * The characters after a known token prefix (src/base/token-formats.ts) in a token: at least 16 of
+ * letters, digits, `_`, `-` and `.`, with a digit among them (no `/`: a path is not a token),
+ * so that a word that only starts like one (`sk-SK`, `hf_home`) is not taken for a token.
+ */
+const TOKEN_BODY = /^(?=[^\d]*\d)[A-Za-z0-9_.-]{16,}$/;
 
 /**
  * Why the owner's variable `name` (holding `value`) is withheld from a sandboxed agent: lessor's own
- * variables, the owner's session sockets, and plain credentials, by name or as a URL with a password
- * in its user info or its parameters (a credential the agent should use is stored in
+ * variables, the owner's session sockets, and plain credentials: by name ({@link CREDENTIAL_NAME}),
+ * by a value shaped like a known token (`ghp_…`, `glpat-…`, `AKIA…`, whatever the name), or as a URL
+ * with a password in its user info or its parameters (a credential the agent should use is stored in
  * the vault and referred to, `GITHUB_TOKEN='$S:github-token'`, or given in an --env-file).
  */
 export function withheldReason(name: string, value?: string): WithheldReason | null {
   if (name.toUpperCase().startsWith(LESSOR_PREFIX)) return "lessor";
   if (SESSION.has(name)) return "session";
-  if (CREDENTIALS.has(name) || CREDENTIAL_NAME.test(name)) return "credential";
-  if (value !== undefined && urlHasPassword(value)) return "credential";
+  if (CREDENTIALS.has(name) || (CREDENTIAL_NAME.test(name) && !ABOUT_A_CREDENTIAL.test(name))) return "credential";
+  if (value !== undefined && (looksLikeToken(value) || urlHasPassword(value))) return "credential";
   return null;
+}
+
+/** Where a token may start or end in a value: `Bearer ghp_…`, `token=ghp_…`, `"ghp_…"`, `a:ghp_…`. */
+const TOKEN_DELIMITERS = /[\s"'`=:,;&?]+/;
+
+/**
+ * True for a value that holds a token of a known format (or a lessor token, `lsr_…`), alone or as
+ * one of its parts between {@link TOKEN_DELIMITERS}: its public prefix, then a token's body. A path (`/…`, `hf_home/x`) is none.
+ */
+export function looksLikeToken(value: string): boolean {
+  return value.split(TOKEN_DELIMITERS).some((part) => {
+    const format = knownFormat(part);
+    return TOKEN_RE.test(part) || (format !== undefined && TOKEN_BODY.test(part.slice(format.prefix.length)));
+  });
 }
 
 /**

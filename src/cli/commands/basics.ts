@@ -10,7 +10,7 @@ export function registerBasics(program: Command, cli: Cli): void {
     .option("--passphrase", "seal the master key with a passphrase, typed twice without echo (or LESSOR_PASSPHRASE); the same as --key-source passphrase")
     .addHelpText(
       "after",
-      "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  lessor init --passphrase                             # asks twice, no echo\n  LESSOR_PASSPHRASE=… lessor init --key-source passphrase\n  lessor init --key-source keychain                    # the key in the OS keychain, no key file",
+      "\nExamples:\n  lessor init\n  LESSOR_HOME=/srv/lessor lessor init\n  lessor init --passphrase                             # asks twice, no echo\n  read -rs LESSOR_PASSPHRASE && export LESSOR_PASSPHRASE   # bash: no echo, not in your history\n  lessor init --key-source passphrase                  # reads LESSOR_PASSPHRASE\n  lessor init --key-source keychain                    # the key in the OS keychain, no key file",
     )
     .action((o: { keySource?: string; passphrase?: boolean }) =>
       cli.run(async () => {

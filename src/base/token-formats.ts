@@ -1,7 +1,8 @@
 /**
  * Known credential formats: public prefixes that tools (and secret scanners) use to recognise a
  * credential. A placeholder keeps the prefix, so a tool that checks "does this look like a GitHub
- * token" accepts it; everything after the prefix is random (./placeholder.ts).
+ * token" accepts it; everything after the prefix is random (src/proxy/placeholder.ts). The sandbox
+ * withholds a variable of the owner's whose value has one of these shapes (src/sandbox/env.ts).
  *
  * `separators` lists characters that are structure, not secret, in that format (the `_` between the
  * two parts of a fine-grained GitHub token, the `-` between a Slack token's numeric ids): a placeholder
