@@ -293,3 +293,33 @@ describe("lessor heartbeat and lessor status (the built CLI)", () => {
     assert.ok((JSON.parse(audit.stdout) as { reason: string | null }[]).some((e) => e.reason === "morning check"));
   });
 });
+
+describe("the dead-man switch under a long-lived command with no daemon (lessor run, proxy, mcp embedded)", () => {
+  test("an embedded long-lived backend fires it within about a second of the deadline with nothing asked, as the daemon does; a short-lived one does not watch", { timeout: 30_000 }, async () => {
+    const home = await makeHome({ policy: POLICY, config: `[vault]\nheartbeat = "2s"\n` });
+    const v = await openVault({ home, env: { LESSOR_HOME: home } });
+    await v.admin().storeSecret({ name: "tok", value: CANARY });
+    await v.close();
+    const { openBackend } = await import("../src/backend/backend.js");
+    const long = await openBackend({ home, env: { LESSOR_HOME: home }, longLived: true });
+    try {
+      assert.equal(long.mode, "embedded");
+      const due = (await long.api.heartbeat()).dueAt!;
+      const lease = await long.api.requestLease({ secret: "tok", agent: "claude", ttl: "10m" });
+      // Nothing is asked from now on: the backend's own check must fire it.
+      let fired: number | null = null;
+      while (fired === null && Date.now() < due + 5000) {
+        const db = new Database(join(home, "lessor.db"), { readonly: true });
+        const row = db.prepare("SELECT revoked_at FROM leases WHERE id = ?").get(lease.id) as { revoked_at: number | null } | undefined;
+        db.close();
+        if (row?.revoked_at != null) fired = Date.now();
+        else await sleep(50);
+      }
+      assert.ok(fired !== null, "the lease was not revoked by the dead-man switch with nothing asked");
+      assert.ok(fired >= due, `fired ${due - fired} ms before the deadline`);
+      assert.ok(fired - due < 2500, `fired ${fired - due} ms after the deadline`);
+    } finally {
+      await long.close();
+    }
+  });
+});

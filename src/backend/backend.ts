@@ -42,8 +42,14 @@ export interface OpenBackendOptions {
    * terminal). Without it, only LESSOR_PASSPHRASE is used.
    */
   getPassphrase?: PassphraseProvider;
-  /** For a daemon backend: reconnect after the daemon closed the connection ({@link DaemonConnectOptions.reconnect}). */
-  reconnect?: boolean;
+  /**
+   * The caller keeps the backend for long (`lessor run`, `lessor proxy`, `lessor mcp`). A daemon
+   * backend then reconnects after the daemon closed the connection ({@link DaemonConnectOptions.reconnect}).
+   * An embedded one does what a daemon does each second ({@link watchBrakes}): re-reads the killswitch
+   * (pulled by another process) and fires the dead-man switch once its deadline passed, so leases
+   * end, and the proxy's tunnels with them, with no request needed to notice.
+   */
+  longLived?: boolean;
 }
 
 /**
@@ -64,7 +70,7 @@ export function noVaultError(home: string): VaultError {
  */
 export async function openBackend(opts: OpenBackendOptions = {}): Promise<Backend> {
   const env = opts.env ?? process.env;
-  const daemonOpts: DaemonConnectOptions = opts.reconnect === true ? { reconnect: true } : {};
+  const daemonOpts: DaemonConnectOptions = opts.longLived === true ? { reconnect: true } : {};
   const target = daemonTarget(env);
   if (target) {
     if (opts.home !== undefined)
@@ -77,5 +83,30 @@ export async function openBackend(opts: OpenBackendOptions = {}): Promise<Backen
   if (daemon) return daemon;
   const [{ openVault }, { inProcessApi }] = await Promise.all([import("../config/open-vault.js"), import("./in-process.js")]);
   const vault = await openVault({ home, env, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
-  return { mode: "embedded", home, endpoint: null, api: inProcessApi(vault), vault, close: () => vault.close() };
+  const stop = opts.longLived === true ? watchBrakes(vault) : () => {};
+  return {
+    mode: "embedded",
+    home,
+    endpoint: null,
+    api: inProcessApi(vault),
+    vault,
+    close: () => {
+      stop();
+      return vault.close();
+    },
+  };
+}
+
+/** How often an embedded long-lived backend checks the brakes: as often as the daemon does. */
+export const BRAKES_CHECK_MS = 1000;
+
+/**
+ * Checks the killswitch and the dead-man switch of `vault` every {@link BRAKES_CHECK_MS}, as the
+ * daemon does (src/server/daemon.ts); returns the function that stops it. A failed check is tried
+ * again at the next tick (a busy database, a closed vault).
+ */
+export function watchBrakes(vault: Pick<Vault, "checkKillswitch">): () => void {
+  const timer = setInterval(() => void vault.checkKillswitch().catch(() => {}), BRAKES_CHECK_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }

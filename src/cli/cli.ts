@@ -13,8 +13,8 @@ import { jsonText, terminalSafe } from "./format/terminal-safe.js";
 
 /** How {@link Cli.openBackend} opens a backend. */
 export interface BackendOpenOptions {
-  /** Reconnect to the daemon after it closed the connection, for a command that keeps its backend for long (src/backend/daemon.ts). */
-  reconnect?: boolean;
+  /** The command keeps its backend for long (run, proxy, mcp): see src/backend/backend.ts's `longLived`. */
+  longLived?: boolean;
 }
 
 /** Opens a backend for a home (undefined: $LESSOR_HOME or ~/.lessor). */

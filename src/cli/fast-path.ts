@@ -28,8 +28,8 @@ interface FastCommand {
   run(cli: Cli, args: string[], options: OptionValues): Promise<void>;
   /** Loads what the action will need, while the daemon takes the handshake. */
   preload?(): Promise<unknown>;
-  /** The command serves through its backend for long: the connection reconnects (src/cli/run/connection.ts). */
-  reconnect?: boolean;
+  /** The command serves through its backend for long (src/backend/backend.ts's `longLived`). */
+  longLived?: boolean;
 }
 
 const COMMANDS: Record<(typeof FAST_COMMANDS)[number], FastCommand> = {
@@ -46,7 +46,7 @@ const COMMANDS: Record<(typeof FAST_COMMANDS)[number], FastCommand> = {
     run: (cli, args, o) => runAction(cli, args, o as unknown as RunCommandOptions),
     // After one turn of the event loop: by then the socket has connected and sent the hello.
     preload: () => new Promise((next) => setImmediate(next)).then(() => import("./run/run.js")),
-    reconnect: true,
+    longLived: true,
   },
 };
 
@@ -79,7 +79,7 @@ export async function fastPath(args: readonly string[], env: NodeJS.ProcessEnv, 
     if (target && homeOption !== undefined) return false; // the full CLI refuses the mix
     const home = resolveHome(homeOption, env);
     if (!target && !existsSync(home)) return false;
-    const opts = { reconnect: parsed.command.reconnect === true };
+    const opts = { reconnect: parsed.command.longLived === true };
     [first] = await Promise.all([target ? connectTarget(target, home, opts) : connectDaemon(home, opts), parsed.command.preload?.()]);
   } catch {
     return false; // the full CLI reports it (a bad lessor.toml, a refused handshake, an unreachable $LESSOR_SOCKET, …)

@@ -28,7 +28,7 @@ export class McpBackend {
 
   /** Opens the backend (the daemon, reconnecting; else the vault in-process). The caller closes it. */
   static async open(cli: Cli): Promise<McpBackend> {
-    return new McpBackend(cli, await cli.openBackend({ reconnect: true }));
+    return new McpBackend(cli, await cli.openBackend({ longLived: true }));
   }
 
   /** Revokes one ended session's leases (McpSessionOptions.revoke); resolves to those left live. */

@@ -11,7 +11,7 @@ export function openCliBackend(home: string | undefined, opts: BackendOpenOption
   const env = process.env;
   return openBackend({
     ...(home !== undefined ? { home } : {}),
-    ...(opts.reconnect === true ? { reconnect: true } : {}),
+    ...(opts.longLived === true ? { longLived: true } : {}),
     env,
     getPassphrase: (about) => import("./passphrase.js").then((m) => m.terminalPassphrase(env)(about)),
   });

@@ -619,14 +619,17 @@ export async function listLeases(ctx: VaultContext, who: Identity, filter: Lease
   const f: LeaseFilter = { ...optionalObjectParam(filter, "the lease filter"), limit: Math.min(filter.limit ?? 1000, 10_000) };
   // A name no agent can have matches nothing: say so rather than answer "no leases".
   if (f.agent !== undefined) checkAgentId(f.agent);
+  // Naming another agent is refused and audited under the caller, as every other call naming one is.
+  const refuse = (err: VaultError): Promise<never> => commit<never>(ctx, (_tx, audit) => denied(audit, who, err, { agent: f.agent ?? null }));
   if (who.role === "agent") {
     if (f.agent !== undefined && f.agent !== who.agent)
-      throw new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`);
+      return refuse(new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`));
     f.agent = who.agent;
   }
   if (who.role !== "orchestrator") return ctx.store.listLeases(f);
   if (f.agent !== undefined) {
-    if (!mayActFor(who, f.agent)) throw new VaultError("access_denied", `orchestrator "${who.id}" is not configured to act for agent "${f.agent}", so it may not list its leases`);
+    if (!mayActFor(who, f.agent))
+      return refuse(new VaultError("access_denied", `orchestrator "${who.id}" is not configured to act for agent "${f.agent}", so it may not list its leases`));
     return ctx.store.listLeases(f);
   }
   // The leases of the agents it acts for, newest first: page through the others' rather than let

@@ -15,10 +15,11 @@ export interface ConnectionOptions {
    * True for a command that serves for hours through its backend (`lessor run`'s and `lessor proxy`'s
    * proxies ask the vault on each request and watch their leases): a daemon backend reconnects once the
    * daemon closed the connection (restart, `max_connection_lifetime`), with the daemon checked again
-   * and only as the same identity (src/backend/daemon.ts). False: a lost connection fails every later
-   * call until {@link Connection.close}.
+   * and only as the same identity; an embedded one keeps the daemon's one-second brake checks
+   * (src/backend/backend.ts, `longLived`). False: a lost connection fails every later call until
+   * {@link Connection.close}.
    */
-  reconnect?: boolean;
+  longLived?: boolean;
 }
 
 /** A command's own backend: opened when leases are taken, reopened if it failed when revoking them. */
@@ -27,8 +28,8 @@ export class Connection {
   /** True while {@link Connection.#backend} is the one given to the constructor (another's: never closed here). */
   #borrowed: boolean;
 
-  /** Backends this connection opens reconnect (see {@link ConnectionOptions.reconnect}). */
-  readonly #reconnect: boolean;
+  /** Backends this connection opens are long-lived (see {@link ConnectionOptions.longLived}). */
+  readonly #longLived: boolean;
 
   /**
    * `shared`: a backend to use first that belongs to the caller (`lessor mcp`'s, which all its sessions
@@ -42,7 +43,7 @@ export class Connection {
   ) {
     this.#backend = shared ?? null;
     this.#borrowed = shared !== undefined;
-    this.#reconnect = opts.reconnect === true;
+    this.#longLived = opts.longLived === true;
   }
 
   /** The backend if one is open. */
@@ -52,7 +53,7 @@ export class Connection {
 
   /** The open backend, or a new one. */
   async open(): Promise<Backend> {
-    this.#backend ??= await (this.#reconnect ? this.cli.openBackend({ reconnect: true }) : this.cli.openBackend());
+    this.#backend ??= await (this.#longLived ? this.cli.openBackend({ longLived: true }) : this.cli.openBackend());
     return this.#backend;
   }
 

@@ -83,7 +83,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     await revoke();
   });
   // The proxy asks the vault through it for the whole run: it reconnects after a daemon restart.
-  const conn = new Connection(cli, undefined, { reconnect: true });
+  const conn = new Connection(cli, undefined, { longLived: true });
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;

@@ -133,7 +133,7 @@ export async function serveProxy(cli: Cli, o: ServeProxyOptions): Promise<number
     if (stop.first) throw new Interrupted(stop.first);
   };
   // The proxy asks the vault through it for as long as it serves: it reconnects after a daemon restart.
-  const conn = new Connection(cli, undefined, { reconnect: true });
+  const conn = new Connection(cli, undefined, { longLived: true });
   let book: LeaseBook | null = null;
   let creds: RunCredentials | null = null;
   let proxy: RunProxy | null = null;
