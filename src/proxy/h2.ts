@@ -21,9 +21,10 @@ import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
+import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { askWhole, responseCoding } from "./response-coding.js";
+import { lineOf, MAX_PIPELINED, type LineEntry } from "./tunnel-line.js";
 import { TunnelUpstream } from "./upstream.js";
 
 const { NGHTTP2_FLAG_END_STREAM, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = constants;
@@ -67,6 +68,10 @@ export function serveH2(t: Tunnel, tls: TLSSocket, up: UpstreamTls, opts: H2Opti
     },
   });
   session.on("error", () => session.destroy());
+  // A client that ends its side of the connection ends the session (HTTP/2 ends gracefully by GOAWAY,
+  // not by a half-close): its streams are reset at once, those waiting in the line are never asked,
+  // and the upstream requests in flight end with them.
+  tls.once("end", () => session.destroy());
   // No upstream session outlives its client session.
   session.on("close", () => upstream.close());
   session.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => onStream(t, upstream, stream, headers, flags));
@@ -144,7 +149,6 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
     protocol: "h2",
     hasBody: !ended,
   };
-  const decided = askPolicy(t.prepare, asked, t.handle);
   const ex: Exchange = {
     t,
     cs,
@@ -155,11 +159,32 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
     trailers: () => reqTrailers,
     began,
   };
-  decided.then(
-    (p) => send(ex, upstream, p),
-    // A policy failure must not take the proxy down, and the request must not go out without it.
-    () => problem(cs, 500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
-  );
+  const ask = (free?: () => void): void =>
+    void askPolicy(t.prepare, asked, t.handle).then(
+      (p) => send(ex, upstream, p, free),
+      // A policy failure must not take the proxy down, and the request must not go out without it.
+      () => problem(cs, 500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
+    );
+  // An HTTP/2 upstream takes the streams side by side. To an HTTP/1.1 one (or one not reached yet, which
+  // may be) they wait in the tunnel's line as HTTP/1.1 requests do (./tunnel-line.ts): the policy is asked
+  // (a use counted) only when a stream's turn comes, and a stream reset or a session ended while it
+  // waited is never asked.
+  if (upstream.kind === "h2") return ask();
+  const line = lineOf(t);
+  const entry: LineEntry = {
+    serve: (free) => {
+      cs.once("close", free);
+      // The upstream turned out to speak HTTP/2 while this one waited: the next need not wait.
+      if (upstream.kind === "h2") free();
+      ask(free);
+    },
+    gone: () => cs.destroyed || cs.closed,
+    drop: () => void (cs.closed || cs.close(NGHTTP2_CANCEL)),
+    tooMany: () => problem(cs, 503, "pipelined", `Service unavailable: more than ${MAX_PIPELINED} requests wait in this tunnel for its HTTP/1.1 upstream; send fewer at once`),
+  };
+  cs.once("close", () => line.leave(entry));
+  // Capped once the upstream is known to speak HTTP/1.1 (`send` trims the line then).
+  line.join(entry, upstream.kind === "h1");
 }
 
 /** One stream being forwarded. */
@@ -187,7 +212,8 @@ interface Tally {
   report(error?: string): void;
 }
 
-function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
+/** `free` (a stream in the tunnel's line) lets the next stream go: called here once the upstream speaks HTTP/2. */
+function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared, free?: () => void): void {
   const { t, cs } = ex;
   let reported = false;
   const tally: Tally = {
@@ -206,19 +232,13 @@ function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
     tally.report();
     return;
   }
-  // A body rule and a compressed body: refused before anything goes upstream (./request-body.ts).
-  const coding = p.requestBody !== undefined && !ex.ended ? encodedBody(ex.encoding) : null;
-  if (coding !== null) {
+  // A body rule and a compressed body, or a body the tripwire must read in a coding it cannot decode:
+  // refused before anything goes upstream (./request-body.ts; a policy that knows this refuses it
+  // first, before any use: ./lease-egress.ts).
+  const encoded = ex.ended ? null : encodedBodyRefusal(ex.encoding, p.requestBody !== undefined, p.bodyTripwire !== undefined);
+  if (encoded !== null) {
     tally.status = 415;
-    problem(cs, 415, ENCODED_BODY_REASON, encodedBodyDetail(coding));
-    tally.report("compressed request body");
-    return;
-  }
-  // A body the tripwire must read, in a coding it cannot decode: refused the same way.
-  const watched = p.bodyTripwire !== undefined && !ex.ended ? encodedBody(ex.encoding) : null;
-  if (watched !== null && decodableCoding(watched) === null) {
-    tally.status = 415;
-    problem(cs, 415, ENCODED_BODY_REASON, unwatchableBodyDetail(watched));
+    problem(cs, 415, ENCODED_BODY_REASON, encoded);
     tally.report("compressed request body");
     return;
   }
@@ -231,8 +251,14 @@ function send(ex: Exchange, upstream: TunnelUpstream, p: Prepared): void {
   upstream.link().then(
     (link) => {
       if (cs.destroyed || cs.closed) return;
-      if (link.kind === "h2") viaH2(ex, link.session, p, tally);
-      else viaH1(ex, p, tally);
+      if (link.kind === "h2") {
+        free?.();
+        viaH2(ex, link.session, p, tally);
+      } else {
+        // HTTP/1.1 upstream: the streams that came before it was known wait capped from now on.
+        if (free) lineOf(ex.t).trim();
+        viaH1(ex, p, tally);
+      }
     },
     (e: Error) => badGateway(ex, tally, e),
   );

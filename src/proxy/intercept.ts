@@ -15,9 +15,10 @@ import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyDetail, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders, unwatchableBodyDetail } from "./request-body.js";
+import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 import { askWhole, responseCoding } from "./response-coding.js";
+import { lineOf, MAX_PIPELINED } from "./tunnel-line.js";
 
 
 /** Everything the proxy knows about one intercepted tunnel. */
@@ -184,50 +185,19 @@ export function forwardIntercepted(t: Tunnel, req: IncomingMessage, res: ServerR
   }
   // The request body waits (paused) while the policy decides, and while the requests before it are answered.
   req.pause();
-  inLine(t, res, () => ask(t, req, res, url, began));
-}
-
-/**
- * Pipelined requests of one tunnel beyond this many waiting are answered 503 and the connection
- * closes after them.
- */
-export const MAX_PIPELINED = 32;
-
-/** Each tunnel's requests in line: the one being served, and those waiting for it to be answered. */
-const lines = new WeakMap<Tunnel, { busy: boolean; waiting: (() => void)[] }>();
-
-/**
- * Runs `serve` for one request of `t` once the requests before it on the tunnel were answered: the
- * policy is asked (a use counted) and the upstream reached for one request at a time, as HTTP/1.1
- * answers them, so that a pipelining agent neither opens an upstream connection per request nor
- * spends uses on requests queued behind one that hangs.
- */
-function inLine(t: Tunnel, res: ServerResponse, serve: () => void): void {
-  let line = lines.get(t);
-  if (line === undefined) lines.set(t, (line = { busy: false, waiting: [] }));
-  const l = line;
-  const go = (): void => {
-    // The tunnel closed (or the agent left) while it waited: nothing is asked, no use is spent.
-    if (t.handle.closed || res.destroyed) {
-      res.destroy();
-      l.waiting.shift()?.();
-      return;
-    }
-    l.busy = true;
-    // 'close' comes once the answer is written, or its connection ended first.
-    res.once("close", () => {
-      l.busy = false;
-      l.waiting.shift()?.();
-    });
-    serve();
-  };
-  if (!l.busy) return go();
-  if (l.waiting.length >= MAX_PIPELINED) {
-    res.shouldKeepAlive = false;
-    problemResponse(res, 503, "pipelined", `Service unavailable: more than ${MAX_PIPELINED} requests wait in this tunnel; send fewer at once (this connection closes)`);
-    return;
-  }
-  l.waiting.push(go);
+  lineOf(t).join({
+    serve: (free) => {
+      // 'close' comes once the answer is written, or its connection ended first.
+      res.once("close", free);
+      ask(t, req, res, url, began);
+    },
+    gone: () => res.destroyed,
+    drop: () => res.destroy(),
+    tooMany: () => {
+      res.shouldKeepAlive = false;
+      problemResponse(res, 503, "pipelined", `Service unavailable: more than ${MAX_PIPELINED} requests wait in this tunnel; send fewer at once (this connection closes)`);
+    },
+  });
 }
 
 function ask(t: Tunnel, req: IncomingMessage, res: ServerResponse, url: string, began: number): void {
@@ -272,31 +242,23 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   const headers: OutgoingHttpHeaders = { ...p.headers, host: authority(t) };
   // The scrubber reads whole plain answers: ask for an identity body and no range (./response-coding.ts).
   if (p.scrub) askWhole(headers);
-  // A body rule: the body streams through the reverse patterns (./request-body.ts), unless compressed.
+  // A body rule: the body streams through the reverse patterns (./request-body.ts).
   const rewrite = p.requestBody !== undefined && h1HasBody(req.headers) ? p.requestBody : undefined;
-  if (rewrite) {
-    const coding = encodedBody(req.headers["content-encoding"]);
-    if (coding !== null) {
-      req.resume();
-      problemResponse(res, 415, ENCODED_BODY_REASON, encodedBodyDetail(coding));
-      report(415, "compressed request body");
-      return;
-    }
-    rewrittenBodyHeaders(headers, rewrite, true);
-  }
-  // Any body goes framed (Content-Length or chunked), whatever the method: else it is the next request.
-  if (h1HasBody(req.headers)) framedBodyHeaders(headers);
-
-  // The body tripwire (./body-tripwire.ts, ./encoded-tripwire.ts for a compressed body): a coding it
-  // cannot read is refused before anything goes upstream.
+  // The body tripwire (./body-tripwire.ts, ./encoded-tripwire.ts for a compressed body).
   const watch = p.bodyTripwire !== undefined && h1HasBody(req.headers) ? p.bodyTripwire : undefined;
-  const watchedCoding = watch ? encodedBody(req.headers["content-encoding"]) : null;
-  if (watchedCoding !== null && decodableCoding(watchedCoding) === null) {
+  // A compressed body that must be rewritten, or that the tripwire cannot read, is refused before
+  // anything goes upstream (a policy that knows this refuses it first, before any use: ./lease-egress.ts).
+  const encoded = encodedBodyRefusal(req.headers["content-encoding"], rewrite !== undefined, watch !== undefined);
+  if (encoded !== null) {
     req.resume();
-    problemResponse(res, 415, ENCODED_BODY_REASON, unwatchableBodyDetail(watchedCoding));
+    problemResponse(res, 415, ENCODED_BODY_REASON, encoded);
     report(415, "compressed request body");
     return;
   }
+  if (rewrite) rewrittenBodyHeaders(headers, rewrite, true);
+  // Any body goes framed (Content-Length or chunked), whatever the method: else it is the next request.
+  if (h1HasBody(req.headers)) framedBodyHeaders(headers);
+  const watchedCoding = watch ? encodedBody(req.headers["content-encoding"]) : null;
 
   const up: ClientRequest = request({
     agent: t.agent,

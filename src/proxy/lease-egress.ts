@@ -8,7 +8,10 @@
  *   carries (mode "placeholder") or whose rule adds them unasked (bearer, basic, header, query) for a
  *   host the lease covers. Each is used through the vault at that moment (`access_secret` with the
  *   host, method and path: one use counted, expiry, revocation, method and path rules checked and
- *   audited by the vault); a refusal answers 403 and nothing goes upstream. Under a `methods` or
+ *   audited by the vault); a refusal answers 403 and nothing goes upstream. What the head decides (a
+ *   method or path outside a lease's own bounds, a body refused for its coding) is refused before the
+ *   first use, so a request using two credentials does not spend the first's use on a refusal the
+ *   second's lease gives; a refusal only the vault knows still comes after it. Under a `methods` or
  *   `paths` restriction (the lease's, or the rule's in force as the vault reports it) the request
  *   goes with the canonical path the vault matched, and one that names another method or path some
  *   other way (dropped segments, override headers) is refused (./request-bounds.ts).
@@ -43,16 +46,18 @@
 import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
 import { leaseState } from "../base/lease-state.js";
+import { escapeUnsafe } from "../base/text.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
-import { matchPathPrefixes } from "../vault/http-path.js";
+import { matchPathPrefixes, type PathMatch } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
+import { encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON } from "./request-body.js";
 import { overrideRefusal, pathRefusal, queryMethodRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
 
@@ -290,14 +295,25 @@ export class LeaseEgress implements Egress {
       );
 
     const path = req.target.split("?")[0]!;
-    // A lease that restricts methods or paths: the request must not name another method or path some
-    // other way (./request-bounds.ts). Checked before any use, so such a refusal costs none.
+    // A lease that restricts methods or paths: the request's method and path must be ones it allows
+    // (refused as the vault would refuse them: with two credentials, the vault's refusal of the second
+    // would come after the first's use was counted), and the request must not name another method or
+    // path some other way (./request-bounds.ts). Checked before any use, so such a refusal costs none.
     for (const h of using) {
       const { methods, paths } = h.lease;
       if (methods === null && paths === null) continue;
       const m = paths === null ? null : matchPathPrefixes(paths, req.target);
+      const outside = leaseBoundsRefusal(req.method, methods, paths, m);
+      if (outside !== null) return this.#refuse(req, using, 403, "access_denied", `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${outside}`);
       const bad = outOfBounds(req, methods, paths !== null, m?.allowed ? m.path : null);
       if (bad) return this.#refuse(req, using, bad.status, bad.reason, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${bad.detail}`);
+    }
+    // A body the proxy would refuse for its Content-Encoding (./request-body.ts): decided from the head,
+    // so refused before any use. (The proxy checks again before it sends, for any policy.)
+    const coding = req.headers["content-encoding"];
+    if (req.hasBody !== false && req.upgrade === undefined && encodedBody(coding) !== null) {
+      const encoded = encodedBodyRefusal(coding, using.some(inBody), this.#marksAwayFrom(req.host) !== null);
+      if (encoded !== null) return this.#refuse(req, using, 415, ENCODED_BODY_REASON, encoded);
     }
     const values = new Map<Held, string>();
     /** The canonical path the vault matched under a `paths` restriction: what goes upstream. */
@@ -692,6 +708,16 @@ function markAll(h: Held): void {
  * (`paths`; `canonical`: the canonical path it matched, null when it matched none, which the vault
  * refuses itself), or null.
  */
+/**
+ * Why the lease's own `methods` or `paths` (`m`: the target matched against them) do not allow this
+ * request, in the vault's words (src/vault/leases.ts), or null when they do.
+ */
+function leaseBoundsRefusal(method: string, methods: readonly string[] | null, paths: readonly string[] | null, m: PathMatch | null): string | null {
+  if (methods !== null && !methods.includes(method)) return `method ${escapeUnsafe(method.slice(0, 32))} is not allowed by this lease`;
+  if (paths !== null && m !== null && !m.allowed) return `${m.reason}; this lease allows paths under ${paths.map((p) => JSON.stringify(p)).join(", ")}`;
+  return null;
+}
+
 function outOfBounds(req: ProxiedRequest, methods: readonly string[] | null, paths: boolean, canonical: string | null): BoundsRefusal | null {
   return overrideRefusal(req.headers, methods, paths) ?? queryMethodRefusal(req.target, methods) ?? (canonical === null ? null : pathRefusal(req.target, canonical));
 }

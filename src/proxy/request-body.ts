@@ -9,6 +9,7 @@
  * the proxy refuses it (415) instead of sending the placeholder on unreplaced, so the agent learns why.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import { decodableCoding } from "./encoded-tripwire.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
 /** The reason word of the 415 problem document. */
@@ -42,6 +43,18 @@ export function encodedBodyDetail(coding: string): string {
  */
 export function unwatchableBodyDetail(coding: string): string {
   return `Unsupported media type: the request body has content-encoding ${coding}; the proxy reads request bodies to this host to check that no other credential leaves with them, and reads only gzip, deflate or br (one coding); the request was not sent. Send the body uncompressed or in one of those`;
+}
+
+/**
+ * The 415 detail for a request whose body is in `encoding` (its Content-Encoding), decided from its
+ * head: a body a rule rewrites (`rewritten`) must be uncompressed, one the body tripwire reads
+ * (`watched`) must be plain or in a coding it decodes. Null when the body may go as it is.
+ */
+export function encodedBodyRefusal(encoding: string | string[] | number | undefined, rewritten: boolean, watched: boolean): string | null {
+  const coding = rewritten || watched ? encodedBody(encoding) : null;
+  if (coding === null) return null;
+  if (rewritten) return encodedBodyDetail(coding);
+  return decodableCoding(coding) === null ? unwatchableBodyDetail(coding) : null;
 }
 
 /**

@@ -55,6 +55,13 @@ export class TunnelUpstream {
     this.#up = up;
   }
 
+  /** What the upstream speaks, once known: "h2" while its session is open, "h1" for good; undefined before (or between sessions). */
+  get kind(): "h2" | "h1" | undefined {
+    if (this.#h1) return "h1";
+    const s = this.#session;
+    return s && !s.closed && !s.destroyed ? "h2" : undefined;
+  }
+
   /** The link to send the next request on (opens the connection on first use, or after the last one closed). */
   link(): Promise<UpstreamLink> {
     if (this.#closed) return Promise.reject(new VaultError("unavailable", "the tunnel is closed"));
