@@ -185,6 +185,27 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.deepEqual(ids(await s.listSecrets({ scope: "env:none" })), []);
       }));
 
+      test("listSecrets pages with limit and after, in the same order, filters kept", withStore(async (s) => {
+        await tx(s, async (t) => {
+          for (const [scope, name] of [["global", "b"], ["global", "a"], ["env:x", "z"], ["env:x_y", "a"], ["global", "B"], ["env:x", "a"]] as const)
+            await t.putSecret(secretRec(scope, name, { tags: name === "a" ? ["t"] : [] }));
+        });
+        const ids = (rs: SecretRecord[]) => rs.map((r) => `${r.scope}/${r.name}`);
+        const whole = ids(await s.listSecrets({}));
+        const paged: string[] = [];
+        for (let after: SecretRecord | undefined; ; ) {
+          const page = await s.listSecrets({ limit: 2, ...(after !== undefined ? { after: { scope: after.scope, name: after.name } } : {}) });
+          assert.ok(page.length <= 2);
+          paged.push(...ids(page));
+          if (page.length < 2) break;
+          after = page.at(-1);
+        }
+        assert.deepEqual(paged, whole);
+        assert.deepEqual(ids(await s.listSecrets({ after: { scope: "env:x", name: "z" }, limit: 1 })), ["env:x_y/a"]);
+        assert.deepEqual(ids(await s.listSecrets({ tag: "t", after: { scope: "env:x", name: "a" } })), ["env:x_y/a", "global/a"]);
+        assert.deepEqual(ids(await s.listSecrets({ scope: "global", after: { scope: "global", name: "a" } })), ["global/b"]);
+      }));
+
       test("insertVersion / getVersion round-trip with byte blobs as Buffers", withStore(async (s) => {
         const v = versionRec("global", "github", 1, { alg: "xchacha20-poly1305", keyId: "k9", size: 99 });
         await tx(s, async (t) => {

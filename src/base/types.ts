@@ -230,6 +230,10 @@ export interface SecretFilter {
   scope?: string;
   namePrefix?: string;
   tag?: string;
+  /** Only secrets after this one in (scope, name) order: the next page of a listing. */
+  after?: SecretRef;
+  /** At most this many (default: every match). */
+  limit?: number;
 }
 
 /** Filters for listing leases. */

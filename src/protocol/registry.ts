@@ -212,13 +212,23 @@ export const REGISTRY = {
     call: (s, p) => s.revealSecret(ref(p), p.version),
   }),
   list_secrets: method({
-    description: "Lists secret metadata (never values).",
+    description:
+      "Lists secret metadata (never values), sorted by scope then name. `limit` and `after` (the last secret of the previous page) page through a long list.",
     roles: READERS,
-    params: z.strictObject({ scope, namePrefix: str(128).optional(), tag: str(64).optional() }),
+    params: z.strictObject({
+      scope,
+      namePrefix: str(128).optional(),
+      tag: str(64).optional(),
+      after: z.strictObject(secretName).optional(),
+      limit: z.number().int().positive().max(10_000).optional(),
+    }),
     result: z.array(R.secretRecord),
     secret: false,
     audit: "read-only",
-    call: (s, p) => s.listSecrets(p),
+    call: (s, p) => {
+      const { after, ...rest } = p;
+      return s.listSecrets({ ...rest, ...(after !== undefined ? { after: ref(after) } : {}) });
+    },
   }),
   list_granted: method({
     description:

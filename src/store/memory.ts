@@ -126,9 +126,11 @@ class Reads implements StoreReader {
       if (filter.scope !== undefined && s.scope !== filter.scope) continue;
       if (filter.namePrefix !== undefined && !s.name.startsWith(filter.namePrefix)) continue;
       if (filter.tag !== undefined && !s.tags.includes(filter.tag)) continue;
+      if (filter.after !== undefined && (cmp(s.scope, filter.after.scope) || cmp(s.name, filter.after.name)) <= 0) continue;
       out.push(copySecret(s));
     }
-    return out.sort((a, b) => cmp(a.scope, b.scope) || cmp(a.name, b.name));
+    out.sort((a, b) => cmp(a.scope, b.scope) || cmp(a.name, b.name));
+    return filter.limit !== undefined ? out.slice(0, filter.limit) : out;
   }
 
   async getVersion(ref: SecretRef, version: number): Promise<VersionRecord | null> {

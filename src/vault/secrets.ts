@@ -263,17 +263,24 @@ export async function getSecretMetadata(ctx: VaultContext, who: Identity, refIn:
 }
 
 /**
- * Metadata of every matching secret (no values, no versions). Admin or orchestrator. A scope or tag no
- * secret can have is refused (invalid_request) rather than answered with an empty list.
+ * Metadata of every matching secret (no values, no versions), sorted by scope then name. Admin or
+ * orchestrator. A scope or tag no secret can have is refused (invalid_request) rather than answered with
+ * an empty list. `limit` and `after` (the last secret of the previous page) page through a long list.
  */
 export async function listSecrets(ctx: VaultContext, who: Identity, filter: SecretFilter = {}): Promise<SecretRecord[]> {
   optionalObjectParam(filter, "the secret filter");
   if (filter.scope !== undefined) checkScope(filter.scope);
   if (filter.tag !== undefined && (typeof filter.tag !== "string" || !TAG_RE.test(filter.tag)))
     throw new VaultError("invalid_request", "a tag is a word of 1-64 letters, digits and _ . : = -");
+  const after = filter.after === undefined ? undefined : checkRef(filter.after);
+  if (filter.limit !== undefined && (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > MAX_LIST_LIMIT))
+    throw new VaultError("invalid_request", `a limit is a whole number from 1 to ${MAX_LIST_LIMIT}`);
   await readRole(ctx, who, null);
-  return ctx.store.listSecrets(filter);
+  return ctx.store.listSecrets({ ...filter, ...(after !== undefined ? { after } : {}) });
 }
+
+/** The largest page of list_secrets. */
+export const MAX_LIST_LIMIT = 10_000;
 
 /** Every kept version's metadata, oldest first. Admin or orchestrator. */
 export async function secretHistory(ctx: VaultContext, who: Identity, refIn: SecretRef): Promise<VersionMeta[]> {

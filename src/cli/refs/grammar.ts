@@ -47,10 +47,10 @@ const isDigit = (c: number) => c >= 48 && c <= 57;
 const isAlnum = (c: number) => isLower(c) || isUpper(c) || isDigit(c);
 /** Scope kind: `[a-z0-9_-]` (must start with a lowercase letter). */
 const isKindChar = (c: number) => isLower(c) || isDigit(c) || c === 95 || c === 45;
-/** Scope id: `[A-Za-z0-9._@-]` (must start with a letter or digit). */
-const isIdChar = (c: number) => isAlnum(c) || c === 46 || c === 64 || c === 45;
-/** ZLayer environment and project: `[A-Za-z0-9._-]` (must start with a letter or digit). */
-const isEnvChar = (c: number) => isAlnum(c) || c === 46 || c === 45;
+/** Scope id: `[A-Za-z0-9._@-]`, as src/base/names.ts allows (must start with a letter or digit). */
+const isIdChar = (c: number) => isAlnum(c) || c === 95 || c === 46 || c === 64 || c === 45;
+/** ZLayer environment: `[A-Za-z0-9_.-]` (must start with a letter or digit); a project also refuses `_`. */
+const isEnvChar = (c: number) => isAlnum(c) || c === 95 || c === 46 || c === 45;
 /** Secret name: `[A-Za-z0-9_.-]`. */
 const isNameChar = (c: number) => isAlnum(c) || c === 95 || c === 46 || c === 45;
 /** Field key: `[A-Za-z0-9_-]`, plus the escape `\.`. */

@@ -39,8 +39,8 @@ export function isReference(s: string): boolean {
 
 /**
  * Writes a reference in `form` (default canonical). Throws VaultError("invalid_request") when a part
- * is not valid or the form cannot express the scope (ZLayer: global, `service:*`, `env:*`;
- * `$secret://`: `env:*` only).
+ * is not valid or the form cannot express the scope (ZLayer: global, `service:*`, `env:*`, a project
+ * without `_`; `$secret://`: `env:*` only): what it returns always parses back to `r` in `form`.
  */
 export function formatReference(r: SecretFieldRef, form: ReferenceForm = "canonical"): string {
   const { scope, name, field } = r;
@@ -54,6 +54,24 @@ export function formatReference(r: SecretFieldRef, form: ReferenceForm = "canoni
   }
   const cannot = (why: string) =>
     new VaultError("invalid_request", `scope ${show(scope)} cannot be written as a ${form} reference: ${why}; use the canonical form`);
+  const text = write(r, form, cannot);
+  // The promise is a round trip: refuse whatever this form's grammar would not read back as `r`.
+  let back: ParsedReference;
+  try {
+    back = scanWhole(text);
+  } catch (e) {
+    if (!(e instanceof ParseFail)) throw e;
+    const part = form === "canonical" ? "the scope" : "a part of the scope";
+    throw cannot(`${part} cannot be read back in this form (${show(text)}: position ${e.at + 1}: ${e.what})`);
+  }
+  if (back.scope !== scope || back.name !== name || back.field !== field || back.form !== form)
+    throw cannot(`${show(text)} would be read back as ${show(`${back.scope}/${back.name}`)}`);
+  return text;
+}
+
+/** The text of `r` in `form`, before the round-trip check; `cannot` makes the refusal for a scope the form has no syntax for. */
+function write(r: SecretFieldRef, form: ReferenceForm, cannot: (why: string) => VaultError): string {
+  const { scope, name, field } = r;
   switch (form) {
     case "canonical":
       return `${CANONICAL}${scope}/${name}${field === undefined ? "" : `#${field}`}`;

@@ -11,6 +11,7 @@ import { refString } from "../../base/names.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
+import { listAllSecrets } from "./list-all.js";
 import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";
 import { checkValueOptions, readSecretValue, willPrompt, type ValueOptions } from "./value-source.js";
@@ -171,7 +172,7 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
 /** `secret list`. */
 export async function listSecrets(cli: Cli, o: { scope?: string; prefix?: string; tag?: string; json?: boolean }): Promise<number> {
   const { api } = await cli.backend();
-  const list = await api.listSecrets({
+  const list = await listAllSecrets(api, {
     ...(o.scope !== undefined ? { scope: o.scope } : {}),
     ...(o.prefix !== undefined ? { namePrefix: o.prefix } : {}),
     ...(o.tag !== undefined ? { tag: o.tag } : {}),

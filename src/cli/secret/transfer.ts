@@ -3,6 +3,7 @@
  * in JSON or dotenv (formats in json-format.ts and dotenv.ts). Export reveals every value it writes,
  * and each reveal is audited as `secret_revealed`; files it writes are created 0600.
  */
+import { existsSync, readFileSync } from "node:fs";
 import { lstat, open, readdir, rename, unlink } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { Cli } from "../cli.js";
@@ -10,6 +11,7 @@ import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { checkScope, refString } from "../../base/names.js";
 import type { SecretEntry } from "./entry.js";
+import { listAllSecrets } from "./list-all.js";
 import { ENV_KEY, formatDotenv, parseDotenv } from "./dotenv.js";
 import { formatJson, parseJsonExport } from "./json-format.js";
 import { ParseError } from "./parse-error.js";
@@ -30,8 +32,10 @@ function examples(names: string[]): string {
 
 /**
  * Removes the temporary files an export to `path` that was killed before its rename left behind
- * (`.<base>.<pid>.tmp`, 0600, holding values): regular files of this user whose process is gone.
- * Links, other users' files and files of a live process are left alone. Returns how many it removed.
+ * (`.<base>.<pid>.<start>.tmp`, or `.<base>.<pid>.tmp` from older versions; 0600, holding values):
+ * regular files of this user whose process is gone. A process is the same one only while its pid has
+ * the start time in the name, so a pid reused by another process does not keep the values on disk.
+ * Links, other users' files and files of a live export are left alone. Returns how many it removed.
  */
 async function removeStaleTemps(path: string): Promise<number> {
   const dir = dirname(path);
@@ -45,8 +49,8 @@ async function removeStaleTemps(path: string): Promise<number> {
   let removed = 0;
   for (const name of names) {
     if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
-    const pid = name.slice(prefix.length, -".tmp".length);
-    if (!/^[1-9][0-9]{0,9}$/.test(pid) || Number(pid) === process.pid || alive(Number(pid))) continue;
+    const m = /^([1-9][0-9]{0,9})(?:\.([0-9]{1,20}))?$/.exec(name.slice(prefix.length, -".tmp".length));
+    if (m === null || Number(m[1]) === process.pid || running(Number(m[1]), m[2])) continue;
     const p = join(dir, name);
     try {
       const st = await lstat(p);
@@ -58,6 +62,29 @@ async function removeStaleTemps(path: string): Promise<number> {
     }
   }
   return removed;
+}
+
+/**
+ * The start time of process `pid` (field 22 of /proc/<pid>/stat, clock ticks since boot): null when
+ * there is no such process, undefined where /proc cannot tell.
+ */
+function startTime(pid: number | "self"): string | null | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "ENOENT" && existsSync("/proc/self/stat") ? null : undefined;
+  }
+  // The command name (field 2) is in parentheses and may hold spaces and ")": count from the last ")".
+  const start = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  return start !== undefined && /^[0-9]{1,20}$/.test(start) ? start : undefined;
+}
+
+/** True while the export that named a temp `pid` (and `start`, when the name has one) may still run. */
+function running(pid: number, start: string | undefined): boolean {
+  if (start === undefined) return alive(pid);
+  const now = startTime(pid);
+  return now === undefined ? alive(pid) : now === start;
 }
 
 /** True while a process with this pid exists (EPERM: it exists, as another user). */
@@ -74,7 +101,8 @@ function alive(pid: number): boolean {
 async function writePrivate(cli: Cli, path: string, data: Buffer): Promise<void> {
   const stale = await removeStaleTemps(path);
   if (stale > 0) cli.err(`lessor: removed ${stale} temporary file${stale === 1 ? "" : "s"} holding secret values that an interrupted export to ${path} left beside it`);
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  const start = startTime("self");
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}${typeof start === "string" ? `.${start}` : ""}.tmp`);
   let fh;
   try {
     fh = await open(tmp, "wx", 0o600);
@@ -100,7 +128,7 @@ export async function exportSecrets(
   const format = formatOf(o.format, toFile && o.output!.toLowerCase().endsWith(".json") ? "json" : "dotenv");
   if (o.scope !== undefined) checkScope(o.scope);
   const { api } = await cli.backend();
-  const list = await api.listSecrets({
+  const list = await listAllSecrets(api, {
     ...(o.scope !== undefined ? { scope: o.scope } : {}),
     ...(o.prefix !== undefined ? { namePrefix: o.prefix } : {}),
     ...(o.tag !== undefined ? { tag: o.tag } : {}),

@@ -99,7 +99,12 @@ export async function listSecrets(x: Exec, filter: SecretFilter): Promise<Secret
   }
   // Typed: with an untyped parameter, an operator ?(jsonb, jsonb) anywhere on the search_path would be an exact match.
   if (filter.tag !== undefined) where.push(`tags ? ${bind(filter.tag)}::text`);
-  const text = `SELECT ${SECRET_COLS} FROM secrets${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY scope, name`;
+  if (filter.after !== undefined) {
+    const s = bind(filter.after.scope);
+    where.push(`(scope > ${s} OR (scope = ${s} AND name > ${bind(filter.after.name)}))`);
+  }
+  const limit = filter.limit !== undefined ? ` LIMIT ${bind(filter.limit)}` : "";
+  const text = `SELECT ${SECRET_COLS} FROM secrets${where.length > 0 ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY scope, name${limit}`;
   return (await x.rows(st("list secrets", text, values))).map(secretFromRow);
 }
 

@@ -121,10 +121,16 @@ export class Queries {
       where.push("EXISTS (SELECT 1 FROM json_each(secrets.tags) WHERE json_each.value = ?)");
       params.push(filter.tag);
     }
+    if (filter.after !== undefined) {
+      where.push("(scope > ? OR (scope = ? AND name > ?))");
+      params.push(filter.after.scope, filter.after.scope, filter.after.name);
+    }
+    if (filter.limit !== undefined) params.push(filter.limit);
     const sql =
       `SELECT ${SECRET_COLS} FROM secrets` +
       (where.length > 0 ? ` WHERE ${where.join(" AND ")}` : "") +
-      " ORDER BY scope, name";
+      " ORDER BY scope, name" +
+      (filter.limit !== undefined ? " LIMIT ?" : "");
     return (this.stmt(sql).all(...params) as Row[]).map(secretFromRow);
   }
 
