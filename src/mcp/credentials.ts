@@ -8,7 +8,8 @@ import { VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { InjectRule } from "../config/proxy-config.js";
 import { PlaceholderRegistry } from "../proxy/placeholder-registry.js";
-import { encodedForms, injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
+import { encodedForms } from "../proxy/encoded-forms.js";
+import { injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
 import { ScrubPatterns, scrub } from "../proxy/scrub.js";
 
 /** The session's credentials, by lease id. */

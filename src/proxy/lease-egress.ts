@@ -60,6 +60,7 @@ import { ProxyRefusal } from "./refusal.js";
 import { encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON } from "./request-body.js";
 import { overrideRefusal, pathRefusal, queryMethodRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
+import { base64Cores, encodedForms } from "./encoded-forms.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
 export type InjectionRule =
@@ -636,63 +637,6 @@ function withQueryParam(target: string, param: string, value: string): string {
   const params = new URLSearchParams(q < 0 ? "" : target.slice(q + 1));
   params.set(param, value);
   return `${path}?${params.toString()}`;
-}
-
-/** Shortest encoded form worth matching (the tripwire and the scrubber): shorter ones could occur by chance. */
-const MIN_FORM = 12;
-
-/**
- * The base64 and base64url characters that encode `text` alone, at each of the three alignments it can
- * have inside a longer encoded string (the characters that also depend on its neighbours are left
- * out): `base64("u:" + text)`, the Basic pair, holds one of them whatever `u` is.
- */
-export function base64Cores(text: string): string[] {
-  const bytes = Buffer.from(text, "utf8");
-  const out: string[] = [];
-  for (const shift of [0, 1, 2]) {
-    const enc = Buffer.concat([Buffer.alloc(shift), bytes]).toString("base64");
-    const core = enc.slice([0, 2, 3][shift], Math.floor((8 * (shift + bytes.length)) / 6));
-    out.push(core, core.replace(/\+/g, "-").replace(/\//g, "_"));
-  }
-  return out.filter((c) => c.length >= MIN_FORM);
-}
-
-/**
- * Encoded forms of `value`, each paired with the same form of `placeholder`, for the response
- * scrubber: percent-encoded (upper and lower case hex, and form-encoded), JSON-escaped (`/` as `\/`
- * too), base64 and base64url at each alignment. Forms equal to the value, or too short to match safely,
- * are left out.
- */
-export function encodedForms(value: string, placeholder: string): { value: string; placeholder: string }[] {
-  const form = (s: string): string => new URLSearchParams([["", s]]).toString().slice(1);
-  const lowerHex = (s: string): string => s.replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
-  const json = (s: string): string => JSON.stringify(s).slice(1, -1);
-  const u = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
-  const html = (s: string, quot: string, apos: string): string =>
-    s.replace(/[&<>"']/g, (c) => (c === "&" ? "&amp;" : c === "<" ? "&lt;" : c === ">" ? "&gt;" : c === '"' ? quot : apos));
-  const text: ((s: string) => string)[] = [
-    encodeURIComponent,
-    (s) => lowerHex(encodeURIComponent(s)),
-    form,
-    (s) => lowerHex(form(s)),
-    json,
-    (s) => json(s).replace(/\//g, "\\/"),
-    // Go's encoding/json (HTML-safe by default): & < > and U+2028/2029 as \u escapes.
-    (s) => json(s).replace(/[&<>\u2028\u2029]/g, u),
-    // HTML-escaped (an error page quoting the request), with the common entities for quotes.
-    (s) => html(s, "&quot;", "&#39;"),
-    (s) => html(s, "&quot;", "&#x27;"),
-    (s) => html(s, "&#34;", "&#39;"),
-    (s) => html(s, "&quot;", "&#039;"),
-  ];
-  const pairs = new Map<string, string>();
-  for (const f of text) pairs.set(f(value), f(placeholder));
-  const cv = base64Cores(value);
-  const cp = base64Cores(placeholder);
-  // Both lists drop short cores alike only when lengths match: pair them by position when they do.
-  if (cv.length === cp.length) cv.forEach((c, i) => pairs.set(c, cp[i]!));
-  pairs.delete(value);
-  return [...pairs].filter(([v]) => v.length >= MIN_FORM).map(([v, p]) => ({ value: v, placeholder: p }));
 }
 
 /** Sets `h`'s tripwire marks from its placeholder and every value it has had this run (values under 8 bytes are not marks). */

@@ -9,6 +9,10 @@
  * whose answer is scrubbed asks for an identity body and the whole resource ({@link askWhole}), and a
  * partial answer (206) is refused: two ranged reads of a stored echo would each hold half a value,
  * which no pattern matches, and the agent would join them.
+ *
+ * gRPC compresses messages inside the body (per-message compression, named by `grpc-encoding`), where
+ * no Content-Encoding says so: the request asks for none (`grpc-accept-encoding: identity`), and an
+ * answer that names a `grpc-encoding` other than identity is refused like an unknown Content-Encoding.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Transform } from "node:stream";
@@ -19,10 +23,12 @@ export type ResponseCoding = { decode: Transform | undefined } | { problem: stri
 
 /**
  * Makes `headers` (names lower case) ask for what the scrubber can read: an identity body (a
- * compressed one is still decoded if it comes), and the whole resource, never a range of it.
+ * compressed one is still decoded if it comes), uncompressed gRPC messages, and the whole resource,
+ * never a range of it.
  */
 export function askWhole(headers: OutgoingHttpHeaders): void {
   headers["accept-encoding"] = "identity";
+  headers["grpc-accept-encoding"] = "identity";
   // (delete only what is there: a delete turns the object into a slow dictionary on the hot path)
   if (headers["range"] !== undefined) delete headers["range"];
   if (headers["if-range"] !== undefined) delete headers["if-range"];
@@ -44,6 +50,9 @@ export function responseCoding(status: number, headers: IncomingHttpHeaders | Re
     if (!(rest.length === 0 || (rest.length === 1 && rest[0] === "chunked" && codings[codings.length - 1] === "chunked")))
       return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.join(", ")}, which the proxy cannot scrub` };
   }
+  const grpc = headers["grpc-encoding"];
+  if (grpc !== undefined && String(grpc).trim().toLowerCase() !== "identity")
+    return { problem: `Bad gateway: the upstream answered with grpc-encoding ${String(grpc)} (compressed gRPC messages), which the proxy cannot scrub; it asked for identity` };
   const enc = String(headers["content-encoding"] ?? "identity").toLowerCase();
   if (enc === "identity") return { decode: undefined };
   if (enc === "gzip" || enc === "x-gzip") return { decode: createGunzip() };

@@ -14,6 +14,11 @@
  * which is no secret's prefix) is never delayed. There is no separate "SSE mode": holding back only a
  * possible secret prefix is the only mode.
  *
+ * Patterns marked `wrapped` (a value's base64 forms) are also matched with line breaks inside them, by
+ * a second stage the first one's output goes through (./scrub-wrapped.ts): base64 wrapped in lines
+ * (PEM, MIME, a JSON string from GitHub's blob API) may break a form anywhere, and listing it once per
+ * break position would multiply the automaton by the value's length.
+ *
  * When occurrences overlap, the leftmost wins, and of those starting at the same byte, the longest (a
  * secret that is a prefix of another is not replaced inside the longer one). Output order is input
  * order. With placeholders of the same length as their values (./placeholder.ts makes them so), the
@@ -22,11 +27,17 @@
 import { Transform, type TransformCallback, type TransformOptions } from "node:stream";
 import { Buffer } from "node:buffer";
 import { VaultError } from "../base/errors.js";
+import { WrapScrubber } from "./scrub-wrapped.js";
 
 /** One secret and what replaces it. Strings are taken as UTF-8. */
 export interface SecretPattern {
   value: Uint8Array | string;
   placeholder: Uint8Array | string;
+  /**
+   * A base64 form: also matched wrapped in lines, a line break between any two of its characters
+   * (./scrub-wrapped.ts). Taken only for a value of base64 characters with a placeholder of its length.
+   */
+  wrapped?: boolean;
 }
 
 /** Most distinct needles the root-state jump searches for ({@link ScrubPatterns.needles}); with more, every byte is stepped. */
@@ -84,6 +95,8 @@ export class ScrubPatterns {
   /** Length of each needle: the shortest secret's length, at most 4. @internal */
   readonly needleLength: number;
   /** @internal */ readonly placeholders: readonly Buffer[];
+  /** The `wrapped` patterns, for the second stage (./scrub-wrapped.ts), or null when there are none. @internal */
+  readonly wrapped: ScrubPatterns | null;
 
   /**
    * Compiles `patterns`. Throws `invalid_request` for an empty value; a value given twice keeps its
@@ -104,6 +117,7 @@ export class ScrubPatterns {
     const values: Buffer[] = [];
     const placeholders: Buffer[] = [];
     const seen = new Set<string>();
+    const wrapped: SecretPattern[] = [];
     for (const p of patterns) {
       const v = toBytes(p.value);
       if (v.length === 0) throw new VaultError("invalid_request", "a secret to scrub is empty");
@@ -113,7 +127,10 @@ export class ScrubPatterns {
       // Copies: the caller may reuse or wipe its buffers.
       values.push(Buffer.from(v));
       placeholders.push(Buffer.from(toBytes(p.placeholder)));
+      if (p.wrapped === true && /^[A-Za-z0-9+/]+$/.test(key) && placeholders[placeholders.length - 1]!.length === v.length)
+        wrapped.push({ value: values[values.length - 1]!, placeholder: placeholders[placeholders.length - 1]! });
     }
+    this.wrapped = wrapped.length > 0 ? new ScrubPatterns(wrapped) : null;
     this.count = values.length;
     this.placeholders = placeholders;
     this.#values = values;
@@ -239,6 +256,8 @@ export class Scrubber {
   private pending = 0;
   private ended = false;
   private count = 0;
+  /** The second stage, for base64 wrapped in lines, when the patterns have `wrapped` ones. */
+  private readonly wrap: WrapScrubber | null;
 
   constructor(patterns: ScrubPatterns | Iterable<SecretPattern>) {
     this.p = patterns instanceof ScrubPatterns ? patterns : new ScrubPatterns(patterns);
@@ -248,21 +267,31 @@ export class Scrubber {
     this.ringEnd = new Float64Array(size).fill(-1);
     this.ringId = new Int32Array(size);
     this.mask = size - 1;
+    this.wrap = this.p.wrapped ? new WrapScrubber(this.p.wrapped) : null;
   }
 
-  /** Bytes held back right now: never more than `longest - 1`. */
+  /**
+   * Bytes held back right now: never more than `longest - 1`, plus, with `wrapped` patterns, an
+   * occurrence of one in progress with its line breaks (`WrapScrubber.lookback` at most).
+   */
   get held(): number {
-    return this.pos - this.emitted;
+    return this.pos - this.emitted + (this.wrap?.held ?? 0);
   }
 
   /** Occurrences replaced so far. */
   get replaced(): number {
-    return this.count;
+    return this.count + (this.wrap?.replaced ?? 0);
   }
 
   /** Scrubs the next chunk; returns the output it makes safe to pass on now (possibly nothing). */
   push(chunk: Uint8Array): Buffer[] {
     if (this.ended) throw new VaultError("internal", "scrubber used after end");
+    const out = this.first(chunk);
+    return this.wrap ? this.wrap.push(out) : out;
+  }
+
+  /** The first stage of {@link push}: the patterns as they are. */
+  private first(chunk: Uint8Array): Buffer[] {
     const out: Buffer[] = [];
     const { delta, cls, classes, terminal, dict, depth, hasDeeper } = this.p;
     const { ringEnd, ringId, mask } = this;
@@ -351,6 +380,12 @@ export class Scrubber {
   /** Ends the stream: replaces what is pending and returns the rest. */
   end(): Buffer[] {
     if (this.ended) return [];
+    const out = this.last();
+    return this.wrap ? [...this.wrap.push(out), ...this.wrap.end()] : out;
+  }
+
+  /** The first stage of {@link end}. */
+  private last(): Buffer[] {
     this.ended = true;
     const out: Buffer[] = [];
     const tail = this.tail;
