@@ -10,6 +10,8 @@
  * the automaton's states by the value's length.
  */
 
+import { base64CorePairs } from "../base/base64-cores.js";
+
 /** Shortest encoded form worth matching (the tripwire and the scrubber): shorter ones could occur by chance. */
 export const MIN_FORM = 12;
 
@@ -23,12 +25,7 @@ export interface EncodedForm {
 
 /** The base64 and base64url cores of `text` at each alignment (see {@link base64Cores}), short ones too. */
 function cores(text: string): { b64: string; url: string }[] {
-  const bytes = Buffer.from(text, "utf8");
-  return [0, 1, 2].map((shift) => {
-    const enc = Buffer.concat([Buffer.alloc(shift), bytes]).toString("base64");
-    const b64 = enc.slice([0, 2, 3][shift], Math.floor((8 * (shift + bytes.length)) / 6));
-    return { b64, url: b64.replace(/\+/g, "-").replace(/\//g, "_") };
-  });
+  return base64CorePairs(Buffer.from(text, "utf8"));
 }
 
 /**
