@@ -46,13 +46,12 @@
 import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
 import { leaseState } from "../base/lease-state.js";
-import { escapeUnsafe } from "../base/text.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
-import { matchPathPrefixes, type PathMatch } from "../vault/http-path.js";
+import { matchPathPrefixes, requestBoundsReason } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
@@ -304,7 +303,7 @@ export class LeaseEgress implements Egress {
       const { methods, paths } = h.lease;
       if (methods === null && paths === null) continue;
       const m = paths === null ? null : matchPathPrefixes(paths, req.target);
-      const outside = leaseBoundsRefusal(req.method, methods, paths, m);
+      const outside = requestBoundsReason(methods, paths, req.method, m, "this lease");
       if (outside !== null) return this.#refuse(req, using, 403, "access_denied", `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${outside}`);
       const bad = outOfBounds(req, methods, paths !== null, m?.allowed ? m.path : null);
       if (bad) return this.#refuse(req, using, bad.status, bad.reason, `${h.secret} may not be used for ${req.method} ${req.host}${path}: ${bad.detail}`);
@@ -652,16 +651,6 @@ function markAll(h: Held): void {
  * (`paths`; `canonical`: the canonical path it matched, null when it matched none, which the vault
  * refuses itself), or null.
  */
-/**
- * Why the lease's own `methods` or `paths` (`m`: the target matched against them) do not allow this
- * request, in the vault's words (src/vault/leases.ts), or null when they do.
- */
-function leaseBoundsRefusal(method: string, methods: readonly string[] | null, paths: readonly string[] | null, m: PathMatch | null): string | null {
-  if (methods !== null && !methods.includes(method)) return `method ${escapeUnsafe(method.slice(0, 32))} is not allowed by this lease`;
-  if (paths !== null && m !== null && !m.allowed) return `${m.reason}; this lease allows paths under ${paths.map((p) => JSON.stringify(p)).join(", ")}`;
-  return null;
-}
-
 function outOfBounds(req: ProxiedRequest, methods: readonly string[] | null, paths: boolean, canonical: string | null): BoundsRefusal | null {
   return overrideRefusal(req.headers, methods, paths) ?? queryMethodRefusal(req.target, methods) ?? (canonical === null ? null : pathRefusal(req.target, canonical));
 }

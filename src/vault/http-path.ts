@@ -17,6 +17,7 @@
  * which Java servers read as `..`), and `//` together with `..` (servers that merge slashes and servers
  * that do not resolve those to different paths).
  */
+import { escapeUnsafe } from "../base/text.js";
 
 /** The longest request path considered; longer ones are refused. */
 export const MAX_PATH_LENGTH = 8192;
@@ -265,4 +266,23 @@ export function matchPathPrefixes(prefixes: readonly string[], rawPath: string):
   }
   const shown = c.path.length > 120 ? `${c.path.slice(0, 120)}…` : c.path;
   return { allowed: false, reason: `the path ${JSON.stringify(shown)} (canonical form) is not under a prefix this lease allows` };
+}
+
+/**
+ * Why a request's `method` or path (`match`: its path matched against `paths`, null when it names
+ * none) is outside the `methods`/`paths` (null: any) of `whose` ("this lease", or the rule that
+ * decides now), or null when they allow it. The vault's words for the refusal; the proxy gives the
+ * same ones when it refuses before any use (src/proxy/lease-egress.ts).
+ */
+export function requestBoundsReason(
+  methods: readonly string[] | null,
+  paths: readonly string[] | null,
+  method: string | undefined,
+  match: PathMatch | null,
+  whose: string,
+): string | null {
+  if (methods && method !== undefined && !methods.includes(method.toUpperCase()))
+    return `method ${escapeUnsafe(method.slice(0, 32))} is not allowed by ${whose}`;
+  if (paths && match !== null && !match.allowed) return `${match.reason}; ${whose} allows paths under ${paths.map((p) => JSON.stringify(p)).join(", ")}`;
+  return null;
 }

@@ -15,8 +15,8 @@ import { VaultError } from "../base/errors.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { isUuid, uuidv7 } from "../base/ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
-import { canonicalRequestPath, matchPathPrefixes } from "./http-path.js";
-import { checkPlainText, escapeUnsafe, quoteText } from "../base/text.js";
+import { canonicalRequestPath, matchPathPrefixes, requestBoundsReason } from "./http-path.js";
+import { checkPlainText, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains, reasonFor, type Rule } from "./policy.js";
 import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
@@ -309,14 +309,10 @@ function targetError(lease: LeaseRecord, target: AccessTarget): VaultError | nul
  * or the rule that decides now), or null when they allow it.
  */
 function requestError(methods: readonly string[] | null, paths: readonly string[] | null, target: AccessTarget, whose: string): VaultError | null {
-  if (methods && target.method !== undefined && !methods.includes(String(target.method).toUpperCase()))
-    return new VaultError("access_denied", `method ${escapeUnsafe(String(target.method).slice(0, 32))} is not allowed by ${whose}`);
-  if (paths && target.path !== undefined) {
-    // Canonicalised first: "..", "%2e%2e", "//" and the like cannot step out of a prefix (src/vault/http-path.ts).
-    const m = matchPathPrefixes(paths, String(target.path));
-    if (!m.allowed) return new VaultError("access_denied", `${m.reason}; ${whose} allows paths under ${paths.map((p) => JSON.stringify(p)).join(", ")}`);
-  }
-  return null;
+  // Canonicalised first: "..", "%2e%2e", "//" and the like cannot step out of a prefix (src/vault/http-path.ts).
+  const m = paths && target.path !== undefined ? matchPathPrefixes(paths, String(target.path)) : null;
+  const why = requestBoundsReason(methods, paths, target.method === undefined ? undefined : String(target.method), m, whose);
+  return why === null ? null : new VaultError("access_denied", why);
 }
 
 function stateError(lease: LeaseRecord, now: number): VaultError | null {
