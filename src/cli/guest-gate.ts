@@ -20,6 +20,7 @@ import type { Socket } from "node:net";
 import { resolve } from "node:path";
 import type { Duplex } from "node:stream";
 import { VaultError } from "../base/errors.js";
+import { SparseLog } from "../base/sparse-log.js";
 import { guestAgent, vmOfSocket, type GuestAgent } from "../config/guest-map.js";
 import type { VmConfig, VsockGuest } from "../config/vm-config.js";
 import { loadPeerCred, type PeerCredLoader } from "../native/peercred.js";
@@ -64,8 +65,6 @@ export interface GuestGateOptions {
   maxTotal?: number;
 }
 
-/** Refusals logged one by one before the gate logs only every hundredth. */
-const LOGGED_REFUSALS = 10;
 
 /** Decides who each guest connection is; see the module comment. */
 export class GuestGate {
@@ -76,7 +75,7 @@ export class GuestGate {
   readonly #byCid = new Map<number, GuestAgent>();
   readonly #live = new Map<string, number>();
   #total = 0;
-  #refused = 0;
+  readonly #refused: SparseLog;
   #closed = false;
 
   /**
@@ -86,6 +85,11 @@ export class GuestGate {
   constructor(source: GuestSource, o: GuestGateOptions) {
     this.#o = o;
     this.#source = source;
+    this.#refused = new SparseLog(
+      (l) => o.log(l),
+      (line) => line,
+      (n, line) => `${o.what}: ${n} guest connections refused so far (latest: ${line.slice(o.what.length + 2)})`,
+    );
     const checked = (g: GuestAgent): GuestAgent => {
       if ("refused" in g) return g;
       const why = o.check?.(g.agent) ?? null;
@@ -111,7 +115,7 @@ export class GuestGate {
 
   /** Connections refused (or failed before they reached the service) so far. */
   get refused(): number {
-    return this.#refused;
+    return this.#refused.count;
   }
 
   /** The CIDs let through, each with its agent (AF_VSOCK only). */
@@ -192,9 +196,7 @@ export class GuestGate {
   }
 
   #count(line: string): void {
-    this.#refused++;
-    if (this.#refused <= LOGGED_REFUSALS) this.#o.log(line);
-    else if (this.#refused % 100 === 0) this.#o.log(`${this.#o.what}: ${this.#refused} guest connections refused so far (latest: ${line.slice(this.#o.what.length + 2)})`);
+    this.#refused.add(line);
   }
 }
 

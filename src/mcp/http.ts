@@ -27,6 +27,7 @@ import { basename, dirname, join } from "node:path";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError } from "../base/errors.js";
+import { SparseLog } from "../base/sparse-log.js";
 import { formatDuration } from "../vault/duration.js";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import type { McpSession } from "./server.js";
@@ -41,9 +42,6 @@ export const MAX_HTTP_SESSIONS = 32;
  * at once, so a flood cannot use up the process's file descriptors.
  */
 export const MAX_HTTP_CONNECTIONS = 256;
-
-/** Refused requests logged one by one before only every hundredth is. */
-const LOGGED_REFUSALS = 10;
 /** How long an MCP session may have no request and no open stream before it ends (5 minutes). */
 export const DEFAULT_HTTP_IDLE_MS = 5 * 60_000;
 /** The endpoint path. */
@@ -323,12 +321,12 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   sweep.unref();
 
   // Refusals come from anyone who can connect: the first few are logged, then every hundredth.
-  let refusals = 0;
-  const logRefusal = (what: string): void => {
-    refusals++;
-    if (refusals <= LOGGED_REFUSALS) o.log(`lessor mcp: ${what}`);
-    else if (refusals % 100 === 0) o.log(`lessor mcp: ${what}; ${refusals} requests refused so far (only every hundredth is logged)`);
-  };
+  const refusals = new SparseLog(
+    (l) => o.log(l),
+    (what) => `lessor mcp: ${what}`,
+    (n, what) => `lessor mcp: ${what}; ${n} requests refused so far (only every hundredth is logged)`,
+  );
+  const logRefusal = (what: string): void => refusals.add(what);
 
   /** Set when {@link close} starts: every request is refused from then on, so no session begins after its sweep. */
   let stopping = false;
@@ -406,12 +404,15 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
   });
   // Counted here rather than with maxConnections, which the twin's sockets (emitted, not accepted) would pass.
   let connections = 0;
-  let dropped = 0;
+  const dropped = new SparseLog(
+    (l) => o.log(l),
+    () => `lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed`,
+    (n) => `lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed (${n} so far)`,
+  );
   srv.on("connection", (socket: net.Socket) => {
     if (connections >= MAX_HTTP_CONNECTIONS) {
       socket.destroy();
-      if (++dropped <= LOGGED_REFUSALS || dropped % 100 === 0)
-        o.log(`lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed (${dropped} so far)`);
+      dropped.add();
       return;
     }
     connections++;
