@@ -9,9 +9,10 @@
  *   started=<ISO time the lock was taken>
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, fstatSync, linkSync, lstatSync, openSync, readSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, linkSync, lstatSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { VaultError } from "../base/errors.js";
+import { isRunning, startTime, type ProcessId } from "../fs/process-identity.js";
 
 /** The lock file's name inside the home. */
 export const LOCK_FILE = "lessor.pid";
@@ -28,17 +29,12 @@ export interface DaemonLock {
   release(): void;
 }
 
-interface Holder {
-  pid: number;
-  start: string | null;
-}
-
 /** A lock file as read: its identity (device, inode, text: inode numbers alone are reused at once) and holder. */
 interface Seen {
   dev: number;
   ino: number;
   text: string;
-  holder: Holder | null;
+  holder: ProcessId | null;
 }
 
 const NOFOLLOW = constants.O_NOFOLLOW ?? 0;
@@ -57,7 +53,7 @@ const MAX_ATTEMPTS = 200;
  */
 export function acquireDaemonLock(home: string): DaemonLock {
   const path = join(home, LOCK_FILE);
-  const me: Holder = { pid: process.pid, start: startTime(process.pid) };
+  const me: ProcessId = { pid: process.pid, start: startTime(process.pid) };
   const content = `${me.pid}\nstart=${me.start ?? "unknown"}\nstarted=${new Date().toISOString()}\n`;
   let recoveredStale = false;
   let previousPid: number | undefined;
@@ -184,7 +180,7 @@ function inspect(path: string): Seen | null {
 }
 
 /** Parses lock-file text; null when it is not a lock this module wrote. */
-function parse(text: string): Holder | null {
+function parse(text: string): ProcessId | null {
   const lines = text.split("\n");
   const first = lines[0]?.trim() ?? "";
   if (!/^[1-9][0-9]{0,9}$/.test(first)) return null;
@@ -193,44 +189,6 @@ function parse(text: string): Holder | null {
   const startLine = lines.find((l) => l.startsWith("start="));
   const start = startLine?.slice("start=".length).trim() ?? "unknown";
   return { pid, start: /^[0-9]+$/.test(start) ? start : null };
-}
-
-/** Whether `h` names a process that is alive now and (when start times are known) the same process. */
-function isRunning(h: Holder): boolean {
-  try {
-    process.kill(h.pid, 0);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ESRCH") return false;
-    if (code !== "EPERM") return true; // cannot tell: assume it is alive rather than run two daemons
-  }
-  const stat = procStat(h.pid);
-  if (stat === null) return true; // no /proc: the pid alone has to do
-  if (stat.state === "Z" || stat.state === "X") return false; // exited, not yet reaped
-  if (h.start !== null && stat.start !== h.start) return false; // the pid was reused by another process
-  return true;
-}
-
-/** `pid`'s start time in clock ticks since boot (Linux), or null when unknown. */
-function startTime(pid: number): string | null {
-  return procStat(pid)?.start ?? null;
-}
-
-/** State (field 3) and start time (field 22) from /proc/<pid>/stat, or null off Linux or on error. */
-function procStat(pid: number): { state: string; start: string } | null {
-  if (process.platform !== "linux") return null;
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, "utf8");
-  } catch {
-    return null;
-  }
-  // Field 2 (comm) is in parentheses and may itself hold spaces and ")"; fields 3.. follow the last ")".
-  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
-  const state = rest[0];
-  const start = rest[22 - 3];
-  if (state === undefined || start === undefined || !/^[0-9]+$/.test(start)) return null;
-  return { state, start };
 }
 
 function sameFile(a: Seen, b: Seen): boolean {
@@ -262,7 +220,7 @@ function removeIfSame(path: string, seen: Seen): boolean {
   return true;
 }
 
-function heldLock(path: string, me: Holder, recoveredStale: boolean, previousPid: number | undefined): DaemonLock {
+function heldLock(path: string, me: ProcessId, recoveredStale: boolean, previousPid: number | undefined): DaemonLock {
   let released = false;
   const lock: DaemonLock = {
     path,

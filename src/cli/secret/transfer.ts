@@ -3,13 +3,13 @@
  * in JSON or dotenv (formats in json-format.ts and dotenv.ts). Export reveals every value it writes,
  * and each reveal is audited as `secret_revealed`; files it writes are created 0600.
  */
-import { existsSync, readFileSync } from "node:fs";
 import { lstat, open, readdir, rename, unlink } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { checkScope, refString } from "../../base/names.js";
+import { isRunning, startTime } from "../../fs/process-identity.js";
 import type { SecretEntry } from "./entry.js";
 import { listAllSecrets } from "./list-all.js";
 import { ENV_KEY, formatDotenv, parseDotenv } from "./dotenv.js";
@@ -50,7 +50,7 @@ async function removeStaleTemps(path: string): Promise<number> {
   for (const name of names) {
     if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
     const m = /^([1-9][0-9]{0,9})(?:\.([0-9]{1,20}))?$/.exec(name.slice(prefix.length, -".tmp".length));
-    if (m === null || Number(m[1]) === process.pid || running(Number(m[1]), m[2])) continue;
+    if (m === null || Number(m[1]) === process.pid || isRunning({ pid: Number(m[1]), start: m[2] ?? null })) continue;
     const p = join(dir, name);
     try {
       const st = await lstat(p);
@@ -64,45 +64,12 @@ async function removeStaleTemps(path: string): Promise<number> {
   return removed;
 }
 
-/**
- * The start time of process `pid` (field 22 of /proc/<pid>/stat, clock ticks since boot): null when
- * there is no such process, undefined where /proc cannot tell.
- */
-function startTime(pid: number | "self"): string | null | undefined {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "ENOENT" && existsSync("/proc/self/stat") ? null : undefined;
-  }
-  // The command name (field 2) is in parentheses and may hold spaces and ")": count from the last ")".
-  const start = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  return start !== undefined && /^[0-9]{1,20}$/.test(start) ? start : undefined;
-}
-
-/** True while the export that named a temp `pid` (and `start`, when the name has one) may still run. */
-function running(pid: number, start: string | undefined): boolean {
-  if (start === undefined) return alive(pid);
-  const now = startTime(pid);
-  return now === undefined ? alive(pid) : now === start;
-}
-
-/** True while a process with this pid exists (EPERM: it exists, as another user). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
 /** Writes `data` to `path` through a 0600 temporary file renamed into place. */
 async function writePrivate(cli: Cli, path: string, data: Buffer): Promise<void> {
   const stale = await removeStaleTemps(path);
   if (stale > 0) cli.err(`lessor: removed ${stale} temporary file${stale === 1 ? "" : "s"} holding secret values that an interrupted export to ${path} left beside it`);
-  const start = startTime("self");
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}${typeof start === "string" ? `.${start}` : ""}.tmp`);
+  const start = startTime(process.pid);
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}${start !== null ? `.${start}` : ""}.tmp`);
   let fh;
   try {
     fh = await open(tmp, "wx", 0o600);
