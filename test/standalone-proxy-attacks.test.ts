@@ -277,8 +277,12 @@ describe("lessor proxy's ForwardProxy (in process, with basicProxyAuth)", () => 
       s.write(`GET /ok/a HTTP/1.1\r\nHost: ${HOST}:${tlsPort}\r\nAuthorization: Bearer ${r.placeholder}\r\nConnection: close\r\n\r\n`);
       const answer = await readAll(s, 3000);
       assert.match(answer, /^HTTP\/1\.1 200 /, answer);
-      assert.ok(answer.includes(r.placeholder) && !answer.includes(CANARY), answer);
+      // The body as the client reads it: a chunked answer may split the placeholder between two chunks
+      // (the scrubber holds back what could still grow into a value, and sends it in a later write).
+      const body = dechunked(answer);
+      assert.ok(body.includes(r.placeholder) && !body.includes(CANARY) && !answer.includes(CANARY), answer);
       noSecret("the answer", answer, t);
+      noSecret("the answer's body", body, t);
     } finally {
       await r.close();
     }
@@ -780,3 +784,19 @@ describe("the built CLI: lessor proxy", () => {
     assert.deepEqual(problems, []);
   });
 });
+
+/** The body of a raw HTTP/1.1 answer, its chunked framing undone when it has one. */
+function dechunked(answer: string): string {
+  const split = answer.indexOf("\r\n\r\n");
+  const head = answer.slice(0, split);
+  let rest = answer.slice(split + 4);
+  if (!/^transfer-encoding:\s*chunked/im.test(head)) return rest;
+  let body = "";
+  for (;;) {
+    const eol = rest.indexOf("\r\n");
+    const size = eol < 0 ? NaN : parseInt(rest.slice(0, eol), 16);
+    if (!(size > 0)) return body;
+    body += rest.slice(eol + 2, eol + 2 + size);
+    rest = rest.slice(eol + 2 + size + 2);
+  }
+}
