@@ -89,6 +89,33 @@ describe("bearer tokens", () => {
     assert.deepEqual((await vault.authenticateToken(o.token, "tcp")).actFor, ["claude-*"]);
   });
 
+  test("a token made with an expiring token never outlives it: no ttl takes the rest of the maker's, a longer ttl is refused and audited", async () => {
+    const c = clock();
+    const { vault } = await makeVault({ now: c.now });
+    const short = await vault.admin().createToken({ name: "ci-job", role: "admin", ttl: "1h" });
+    const asShort = vault.session(await vault.authenticateToken(short.token, "tcp"));
+    // Left out: the new token ends with the maker's, not never.
+    const minted = await asShort.createToken({ name: "forever", role: "admin" });
+    assert.equal(minted.expiresAt, short.expiresAt);
+    // Longer than the maker's rest: refused, nothing made, and the refusal is in the trail.
+    const e = await asShort.createToken({ name: "longer", role: "agent", agent: "claude", ttl: "2h" }).then(() => null, (err: unknown) => err as { code: string; message: string });
+    assert.equal(e?.code, "invalid_request");
+    assert.match(e!.message, /may not make one that outlives it/);
+    assert.ok(!(await vault.admin().listTokens()).some((t) => t.name === "longer"));
+    const refusals = await vault.admin().auditQuery({ types: ["access_denied"] });
+    assert.ok(refusals.some((r) => /outlives it/.test(r.reason ?? "")));
+    // Within it: made as asked.
+    const inside = await asShort.createToken({ name: "inside", role: "agent", agent: "claude", ttl: "30m" });
+    assert.equal(inside.expiresAt, c.now() + 30 * 60_000);
+    // After the maker expires, the one it made without a ttl is dead too.
+    c.advance(3600_000);
+    assert.equal(await codeOf(vault.authenticateToken(minted.token, "tcp")), "unauthenticated");
+    // A token that does not expire, and the owner, still make tokens without expiry.
+    const forever = await vault.admin().createToken({ name: "root-ci", role: "admin" });
+    const asForever = vault.session(await vault.authenticateToken(forever.token, "tcp"));
+    assert.equal((await asForever.createToken({ name: "child", role: "admin" })).expiresAt, null);
+  });
+
   test("the handshake proof: a known id's proof checks out only with its token; an unknown id gets the same kind of answer", async () => {
     const { vault } = await makeVault();
     const t = await vault.admin().createToken({ name: "ci", role: "agent", agent: "claude" });

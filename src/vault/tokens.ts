@@ -38,7 +38,10 @@ export interface TokenParams {
   agent?: string;
   /** For role orchestrator: agent id patterns it may act for. */
   actFor?: string[];
-  /** Lifetime (ms or a duration such as "30d"); default: no expiry. */
+  /**
+   * Lifetime (ms or a duration such as "30d"); default: no expiry. A caller authenticated by a token
+   * that expires may not outlive it: the default is then the rest of its lifetime, and a longer ttl is refused.
+   */
   ttl?: number | string;
 }
 
@@ -84,6 +87,19 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
   return commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "create tokens");
     if (err) return denied(audit, who, err);
+    // A token made with a token that expires expires with it at the latest: a one-hour admin token
+    // handed to a job must not mint a permanent one. Left out, the ttl is the rest of the maker's.
+    const cap = who.token?.expiresAt ?? null;
+    const expiresAt = ttl === null ? cap : now + ttl;
+    if (cap !== null && expiresAt !== null && expiresAt > cap)
+      return denied(
+        audit,
+        who,
+        new VaultError(
+          "invalid_request",
+          `this token expires at ${new Date(cap).toISOString()} and may not make one that outlives it: give a --ttl of at most ${Math.max(1, Math.floor((cap - now) / 1000))}s or leave it out`,
+        ),
+      );
     const fields = {
       id,
       name: p.name,
@@ -91,7 +107,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
       agent: p.agent ?? null,
       actFor: p.actFor ? [...p.actFor] : null,
       createdAt: now,
-      expiresAt: ttl === null ? null : now + ttl,
+      expiresAt,
       createdBy: who.id,
       hash: hashSecret(secret),
     };
