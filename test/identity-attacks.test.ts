@@ -536,6 +536,15 @@ if (mode === "beat") {
     appendFileSync(out + "/beat.log", JSON.stringify({ t: Date.now(), ok: f[1]?.ok === true }) + "\n");
     await new Promise((r) => setTimeout(r, 150));
   }
+} else if (mode === "many") {
+  // 100 leases of 64 domains of ~200 characters each: listed at once, more than a 1 MiB frame holds.
+  const domains = (i) => Array.from({ length: 64 }, (_, j) => ["a", "b", "c"].map((c) => c.repeat(60)).join(".") + ".d" + i + "-" + j + ".example.com");
+  let ok = 0;
+  for (let b = 0; b < 10; b++) {
+    const f = await talk(Array.from({ length: 10 }, (_, k) => ({ method: "request_lease", params: { secret: "granted", ttl: "1h", domains: domains(b * 10 + k) } })));
+    ok += f.slice(1).filter((x) => x.ok === true).length;
+  }
+  writeFileSync(out + "/many.json", JSON.stringify({ ok }));
 } else {
   const f = await talk([{ method: "request_lease", params: { secret: "granted", ttl: "1h" } }]);
   writeFileSync(out + "/lease.json", JSON.stringify(f[1] ?? null));
@@ -561,7 +570,7 @@ describe("lessor run --vault-session: the child's session ends with the run", { 
   before(async () => {
     mkdirSync(RUN_TMP, { recursive: true });
     mkdirSync(HOME, { recursive: true });
-    const home = await makeHome({ policy, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
+    const home = await makeHome({ policy, config: `[vault]\nmax_live_leases_per_agent = 1000\n[run]\nread = [${JSON.stringify(REPO)}]\n` });
     d = await startServe(home);
     admin = await Conn.admin(d);
     await admin.ok("store_secret", { name: "granted", value: GRANTED });
@@ -629,6 +638,28 @@ describe("lessor run --vault-session: the child's session ends with the run", { 
     const l = (await admin.ok("list_leases", { agent: AGENT, limit: 1000 })).find((x: Msg) => x.id === id);
     assert.ok(l, "the lease is listed");
     assert.notEqual(l.revokedAt, null, `lease ${id} taken inside the run's session is still live after the run ended (expires ${new Date(l.expiresAt).toISOString()}); any later holder of agent ${AGENT} can access it by id`);
+  });
+
+  test("the run's end revokes every lease its session took, even more than one answer of list_leases can hold", async () => {
+    const proj = project("many");
+    const r = startRun(proj, "many");
+    assert.equal(await r.done, 0, r.err());
+    assert.deepEqual(JSON.parse(readFileSync(join(proj, "many.json"), "utf8")), { ok: 100 });
+    // All at once they are past the frame limit (what the run's end once asked, and failed on)...
+    const once = await admin.call("list_leases", { agent: AGENT, limit: 10_000 });
+    assert.equal(once.ok, false);
+    assert.match(once.error.message, /over the \d+-byte frame limit/);
+    // ...page by page, every one of them is revoked.
+    const all: Msg[] = [];
+    for (;;) {
+      const page: Msg[] = await admin.ok("list_leases", { agent: AGENT, limit: 50, ...(all.length > 0 ? { before: all.at(-1)!.id } : {}) });
+      all.push(...page);
+      if (page.length < 50) break;
+    }
+    const taken = all.filter((l) => l.domains.length === 64);
+    assert.equal(taken.length, 100);
+    const live = taken.filter((l) => l.revokedAt === null);
+    assert.equal(live.length, 0, `${live.length} of the run session's 100 leases are still live after the run ended`);
   });
 
   test("a SIGKILLed run: the sandboxed child and its grandchild die with it, and its token ends no later than --ttl", async () => {

@@ -74,6 +74,8 @@ export interface LeaseListFilter {
   secret?: SecretSpec;
   /** Only leases that are live now. */
   live?: boolean;
+  /** Only leases listed after this one (its id): the next page, newest first. */
+  before?: string;
   limit?: number;
 }
 
@@ -223,6 +225,7 @@ export class LessorMethods {
     if (filter.agent !== undefined) params.agent = filter.agent;
     if (filter.secret !== undefined) params.secret = secretString(filter.secret);
     if (filter.live !== undefined) params.live = filter.live;
+    if (filter.before !== undefined) params.before = filter.before;
     if (filter.limit !== undefined) params.limit = filter.limit;
     return this.api.list_leases(params);
   }

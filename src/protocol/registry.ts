@@ -385,9 +385,17 @@ export const REGISTRY = {
     call: (s, p) => s.revokeAllForAgent(p.agent, p.reason),
   }),
   list_leases: method({
-    description: "Lists the leases the caller may see.",
+    description:
+      "Lists the leases the caller may see, newest first. `limit` and `before` (the id of the last lease of the previous page) page through a long list.",
     roles: ALL,
-    params: z.strictObject({ id: str(128).optional(), agent: str(128).optional(), secret: str(300).optional(), live: z.boolean().optional(), limit: z.number().int().positive().max(10_000).optional() }),
+    params: z.strictObject({
+      id: str(128).optional(),
+      agent: str(128).optional(),
+      secret: str(300).optional(),
+      live: z.boolean().optional(),
+      before: leaseId.optional(),
+      limit: z.number().int().positive().max(10_000).optional(),
+    }),
     result: z.array(R.lease),
     secret: false,
     audit: "read-only",
@@ -397,6 +405,7 @@ export const REGISTRY = {
         ...(p.agent !== undefined ? { agent: p.agent } : {}),
         ...(p.secret !== undefined ? { secret: parseRefString(p.secret) } : {}),
         ...(p.live ? { liveAt: Date.now() } : {}),
+        ...(p.before !== undefined ? { beforeId: p.before } : {}),
         ...(p.limit !== undefined ? { limit: p.limit } : {}),
       }),
   }),

@@ -47,6 +47,7 @@ import type { OutgoingHttpHeaders } from "node:http";
 import { isVaultError, VaultError } from "../base/errors.js";
 import { leaseState } from "../base/lease-state.js";
 import type { LeaseRecord } from "../base/types.js";
+import { listAllLeases } from "../backend/all-leases.js";
 import type { BackendApi } from "../backend/backend.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import type { Params } from "../protocol/registry.js";
@@ -546,7 +547,7 @@ export class LeaseEgress implements Egress {
       if (live.length > 0)
         checks.push(
           (async () => {
-            const rows = await this.#o.api.listLeases({ agent: this.#o.agent, live: true, limit: 10_000 });
+            const rows = await listAllLeases(this.#o.api, { agent: this.#o.agent, live: true });
             const alive = new Set(rows.map((l) => l.id));
             // Not live: revoked, expired or used up (the live list leaves all of them out): asked one by one.
             const gone: Promise<void>[] = [];

@@ -273,14 +273,19 @@ export function registerLease(program: Command, cli: Cli): void {
     );
 }
 
+/** Past this many live leases, the killswitch's prompt says "1000+" rather than count them all. */
+const KILL_COUNT_MAX = 1000;
+
 /** Confirms (unless --yes) and pulls the killswitch; null when the user said no. */
 async function killswitch(cli: Cli, o: { reason?: string; yes?: boolean }): Promise<number | null> {
   if (!o.yes) {
     if (process.stdin.isTTY !== true) throw new UsageError(KILL_REFUSAL);
     const { confirm, PromptCancelled } = await import("../format/prompt.js");
     const { api } = await cli.backend();
-    const live = (await api.listLeases({ live: true, limit: 10_000 })).length;
-    const ok = await confirm(`Revoke all ${live} live lease${live === 1 ? "" : "s"} now? [y/N] `, process.stdin, process.stderr).catch((e: unknown) => {
+    const { listAllLeases } = await import("../../backend/all-leases.js");
+    const n = (await listAllLeases(api, { live: true }, KILL_COUNT_MAX + 1)).length;
+    const live = n > KILL_COUNT_MAX ? `${KILL_COUNT_MAX}+` : String(n);
+    const ok = await confirm(`Revoke all ${live} live lease${n === 1 ? "" : "s"} now? [y/N] `, process.stdin, process.stderr).catch((e: unknown) => {
       if (e instanceof PromptCancelled) return false; // Ctrl-C or end of input: the same as no
       throw e;
     });

@@ -26,6 +26,7 @@ import { join } from "node:path";
 import { VaultError, wireCode } from "../../base/errors.js";
 import type { Identity } from "../../base/types.js";
 import type { Backend, BackendApi } from "../../backend/backend.js";
+import { listAllLeases } from "../../backend/all-leases.js";
 import { daemonTarget } from "../../backend/daemon-target.js";
 import { parseChallenge } from "../../client/codecs.js";
 import { checkUnixDaemon } from "../../client/daemon-check.js";
@@ -164,7 +165,7 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
   // asked for (after the token, so that no new one can be granted meanwhile).
   const revoke = async (api: BackendApi): Promise<void> => {
     if (revokeToken !== null) await revokeToken(api);
-    for (const l of await api.listLeases({ agent: o.agent, live: true, limit: 10_000 }))
+    for (const l of await listAllLeases(api, { agent: o.agent, live: true }))
       if (l.issuedBy === issuedBy) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
   };
   let closing: Promise<boolean> | null = null;
