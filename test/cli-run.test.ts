@@ -454,6 +454,27 @@ describe("output mask (unit)", () => {
     );
   });
 
+  test("the forms other programs write a value in are masked too: Python's json.dumps, form and PHP percent-encoding, a URL encoded twice, HTML escapes", async () => {
+    const value = 'pa ss/wörd+"<k>&1';
+    const forms: Record<string, string> = {
+      "Python json.dumps": JSON.stringify(value).slice(1, -1).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`),
+      "form-encoded": new URLSearchParams({ k: value }).toString().slice(2),
+      "Python quote": encodeURIComponent(value).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`).replace(/%2F/g, "/"),
+      "twice over": encodeURIComponent(encodeURIComponent(value)),
+      "HTML": value.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;"),
+    };
+    for (const [name, form] of Object.entries(forms)) {
+      assert.notEqual(form, value, name);
+      const m = new MaskStream(maskPatterns([{ label: "X", value: Buffer.from(value) }]));
+      const out: Buffer[] = [];
+      m.on("data", (d: Buffer) => out.push(d));
+      const done = new Promise((r) => m.on("end", r));
+      m.end(Buffer.from(`before ${form} after\n`));
+      await done;
+      assert.equal(Buffer.concat(out).toString(), "before [redacted:X] after\n", `${name} (${form}) is masked`);
+    }
+  });
+
   test("plain output passes at once; only a possible start of a secret is held back", async () => {
     const m = new MaskStream(maskPatterns([{ label: "X", value: Buffer.from(secret) }]));
     let seen = "";

@@ -9,6 +9,7 @@
  */
 import { Transform, type TransformCallback } from "node:stream";
 import { base64CoresOf } from "../../base/base64-cores.js";
+import { textFormsOf } from "../../base/text-forms.js";
 
 /** One byte string to hide, and what to print instead. */
 export interface MaskPattern {
@@ -19,8 +20,9 @@ export interface MaskPattern {
 /**
  * The byte strings to hide for one value: the raw bytes, and for values of 6 bytes or more also
  * their base64 (standard with and without padding, and URL-safe; also the part that encodes the value
- * alone inside a longer base64 string, at each alignment), lower- and upper-case hex, the
- * percent-encoded form and the JSON-escaped form when they differ from the raw bytes.
+ * alone inside a longer base64 string, at each alignment), lower- and upper-case hex, and the text
+ * forms the proxy's scrubber masks too (percent-encoders, JSON and HTML escapers: src/base/text-forms.ts)
+ * when they differ from the raw bytes.
  */
 export function encodingsOf(value: Buffer): Buffer[] {
   if (value.length === 0) return [];
@@ -33,10 +35,7 @@ export function encodingsOf(value: Buffer): Buffer[] {
     const hex = value.toString("hex");
     out.push(Buffer.from(hex), Buffer.from(hex.toUpperCase()));
     const text = value.toString("utf8");
-    if (Buffer.from(text, "utf8").equals(value)) {
-      out.push(Buffer.from(encodeURIComponent(text)));
-      out.push(Buffer.from(JSON.stringify(text).slice(1, -1)));
-    }
+    if (Buffer.from(text, "utf8").equals(value)) for (const f of textFormsOf(text)) out.push(Buffer.from(f));
   }
   const seen = new Set<string>();
   return out.filter((b) => {
