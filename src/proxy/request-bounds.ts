@@ -5,9 +5,10 @@
  *
  * - Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`: Rails and
  *   Rack, Express's method-override, Laravel, Google APIs read them as the real method) are refused
- *   under a `methods` rule unless they name one method it allows.
- * - A `_method` query parameter (Rails, Laravel, Express's method-override read it, on POST) is
- *   refused under a `methods` rule unless it names one method the rule allows. (A `_method` field in
+ *   under a `methods` rule unless they name one method it allows; names with `_` for `-` count too.
+ * - A `_method` query parameter (Rails, Laravel, Express's method-override read it, on POST; also as
+ *   PHP names it: `.method`, ` _method`) is refused under a `methods` rule unless it names one method
+ *   the rule allows. (A `_method` field in
  *   a form body is not seen: the body streams; docs/proxy.md says so.)
  * - URL-override headers (`X-Original-URL`, `X-Rewrite-URL`: IIS URL Rewrite, older Symfony and Zend
  *   read them as the real path) are refused under a `paths` rule, whatever they say.
@@ -47,9 +48,12 @@ export interface BoundsRefusal {
  * and h2 alike). A header value is never quoted: the agent chose it.
  */
 export function overrideRefusal(headers: IncomingHttpHeaders, methods: readonly string[] | null, paths: boolean): BoundsRefusal | null {
+  if (!paths && methods === null) return null;
+  const byName = overrideHeaders(headers);
+  if (byName === null) return null;
   if (paths)
     for (const [name, shown] of URL_OVERRIDES)
-      if (headers[name] !== undefined)
+      if (byName.has(name))
         return {
           status: 403,
           reason: "override_header",
@@ -57,9 +61,9 @@ export function overrideRefusal(headers: IncomingHttpHeaders, methods: readonly 
         };
   if (methods === null) return null;
   for (const [name, shown] of METHOD_OVERRIDES) {
-    const v = headers[name];
+    const v = byName.get(name);
     if (v === undefined) continue;
-    const values = (Array.isArray(v) ? v : [v]).flatMap((one) => one.split(","));
+    const values = v.flatMap((one) => one.split(","));
     const named = values.map((one) => one.trim().toUpperCase());
     if (named.length === 1 && methods.includes(named[0]!)) continue;
     return {
@@ -70,6 +74,33 @@ export function overrideRefusal(headers: IncomingHttpHeaders, methods: readonly 
   }
   return null;
 }
+
+/**
+ * The values of the override headers in `headers` by their hyphenated lower-case name, or null when
+ * there is none. A name is matched with `_` read as `-`: Rack and Puma, PHP and other CGI-style servers
+ * turn both into the same variable (`HTTP_X_HTTP_METHOD_OVERRIDE`), so `x_http_method_override` and
+ * `X-HTTP_Method-Override` are the header too.
+ */
+function overrideHeaders(headers: IncomingHttpHeaders): Map<string, string[]> | null {
+  let out: Map<string, string[]> | null = null;
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined || !k.startsWith("x")) continue;
+    const name = k.replace(/_/g, "-");
+    if (!OVERRIDE_NAMES.has(name)) continue;
+    out ??= new Map();
+    out.set(name, [...(out.get(name) ?? []), ...(Array.isArray(v) ? v : [v])]);
+  }
+  return out;
+}
+
+/** Every override header's lower-case hyphenated name. */
+const OVERRIDE_NAMES: ReadonlySet<string> = new Set([...METHOD_OVERRIDES, ...URL_OVERRIDES].map(([name]) => name));
+
+/**
+ * A query parameter's name as PHP stores it (leading spaces dropped, space `.` `[` as `_`) in lower
+ * case: `.method`, ` _method` and `_METHOD` all reach Laravel and Symfony as `_method`.
+ */
+const phpName = (k: string): string => k.replace(/^ +/, "").replace(/[ .[]/g, "_").toLowerCase();
 
 /**
  * Why the query of `target` names a method other than the ones `methods` allows (a `_method`
@@ -86,7 +117,7 @@ export function queryMethodRefusal(target: string, methods: readonly string[] | 
     return null;
   }
   const named: string[] = [];
-  for (const [k, v] of params) if (k.toLowerCase() === "_method") named.push(v.trim().toUpperCase());
+  for (const [k, v] of params) if (phpName(k) === "_method") named.push(v.trim().toUpperCase());
   if (named.length === 0 || (named.length === 1 && methods.includes(named[0]!))) return null;
   return {
     status: 403,
