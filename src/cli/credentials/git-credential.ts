@@ -6,8 +6,9 @@
  * the same commit (one use, a short ttl), prints it to git and leaves no live lease behind. When
  * there is nothing to answer (plain http, a host the policy does not cover, no such secret) it prints
  * nothing and exits 0, with one line on stderr saying why, so git goes on to its next helper or fails
- * as it would with no credential. A refusal made here, before the vault is asked (the URL's protocol
- * or host, the repository's own git config, or that config unreadable), is audited through
+ * as it would with no credential. It also answers nothing when git would hand the answer to another
+ * helper's `store` as well (./git-helpers.ts). A refusal made here, before the vault is asked (the
+ * URL's protocol or host, the repository's own git config, another helper, or git's config unreadable), is audited through
  * `record_refusal`; the policy's refusals the vault audits itself. `store` and `erase` do nothing:
  * lessor is the store.
  */
@@ -17,6 +18,7 @@ import { VaultError } from "../../base/errors.js";
 import { parseRefString, refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
+import { foreignHelpersHere } from "./git-helpers.js";
 import { repositoryRoutingHere } from "./repo-transport.js";
 import { readRequest } from "./stdin.js";
 
@@ -95,6 +97,22 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
         `the repository's own git config sets ${routing.keys.join(", ")}, which decides where git sends the credential or whom it trusts`,
         host,
       );
+    const helpers = foreignHelpersHere({ host: req.host, username: req.username, path: req.path });
+    const reset = `git config --global credential.https://${req.host}.helper '' and then git config --global --add credential.https://${req.host}.helper '!lessor git-credential …'`;
+    if ("failed" in helpers)
+      return refuse(
+        `could not read git's config to check which other credential helpers git would hand the answer to (git config failed: ${helpers.failed}), so lessor answers nothing; run git config --list --show-scope here to see what git says`,
+        `git's credential helpers could not be checked (git config failed: ${helpers.failed})`,
+        host,
+      );
+    if (helpers.helpers.length > 0) {
+      const named = helpers.helpers.map((h) => `${h.key} = ${h.name} (${h.scope})`).join(", ");
+      return refuse(
+        `git would also hand the answer to ${named}: git gives an accepted credential to every helper configured for the URL to keep, which would put the token where the policy no longer decides who gets it; make lessor the only helper for this URL by emptying the list before its line: ${reset} (docs/cli/credential-helpers.md)`,
+        `git would also hand the answer to another credential helper: ${named}`,
+        host,
+      );
+    }
     const username = o.username ?? (req.username !== null && req.username !== "" ? req.username : DEFAULT_GIT_USERNAME);
     const { api } = await cli.backend();
     let got: Awaited<ReturnType<typeof api.leaseAndAccess>>;

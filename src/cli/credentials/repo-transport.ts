@@ -8,7 +8,11 @@
  * and `worktree` scopes, or any scope but the owner's `system`, `global` and `command`) and answers
  * nothing when one does, or when git's answer cannot be had (it fails, is killed, times out).
  * `credential.useHttpPath` counts too: a repository turning it off makes git send no path, and a
- * grant limited to some repositories (`paths`) would then be asked for none in particular. Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
+ * grant limited to some repositories (`paths`) would then be asked for none in particular. So does
+ * `credential.helper` (and `credential.<url>.helper`): after the server accepts, git hands the answer
+ * to the `store` action of every helper it ran, so a repository's `helper = store --file PATH` would
+ * have the token written where the repository chose (the owner's own helpers: ./git-helpers.ts).
+ * Inside `lessor run` the agent cannot write `.git/config` (src/sandbox/git-guard.ts).
  */
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { withoutLessorSecrets } from "../../base/secret-env.js";
@@ -31,8 +35,11 @@ const ROUTING = new Set([
   "followredirects",
 ]);
 
+/** The `credential.<key>` / `credential.<url>.<key>` keys that decide where the answer goes or what it covers. */
+const CREDENTIAL_ROUTING = new Set(["usehttppath", "helper"]);
+
 /** Scopes the owner controls; anything else is the repository's. */
-const OWNERS = new Set(["system", "global", "command"]);
+export const OWNERS = new Set(["system", "global", "command"]);
 
 /** Parses `git config --show-scope -z [--name-only] --get-regexp` output: the keys that come from the repository. */
 export function repositoryRouting(out: string): string[] {
@@ -43,7 +50,7 @@ export function repositoryRouting(out: string): string[] {
     const key = parts[i + 1]!.split("\n", 1)[0]!;
     const last = key.slice(key.lastIndexOf(".") + 1).toLowerCase();
     const section = key.slice(0, key.indexOf(".")).toLowerCase();
-    const routes = section === "http" ? ROUTING.has(last) : section === "remote" ? last === "proxy" : section === "credential" && last === "usehttppath";
+    const routes = section === "http" ? ROUTING.has(last) : section === "remote" ? last === "proxy" : section === "credential" && CREDENTIAL_ROUTING.has(last);
     if (routes && !OWNERS.has(scope)) found.push(key);
   }
   return found;
@@ -54,7 +61,7 @@ export function repositoryRouting(out: string): string[] {
  * {@link repositoryRouting} looks at, so that what git prints stays small however large the rest of
  * the config is ({@link repositoryRouting} still decides which of them count).
  */
-export const ROUTING_KEYS_RE = `^(http|remote|credential)\\.(.*\\.)?(${[...ROUTING, "usehttppath"].join("|")})$`;
+export const ROUTING_KEYS_RE = `^(http|remote|credential)\\.(.*\\.)?(${[...ROUTING, ...CREDENTIAL_ROUTING].join("|")})$`;
 
 /** The most `git config` may print here (names only: a few lines in any honest config). */
 export const MAX_CONFIG_OUTPUT = 16 * 1024 * 1024;
@@ -72,6 +79,16 @@ export type RoutingCheck = { keys: string[] } | { failed: string };
  * must not read as a repository that sets nothing.
  */
 export function routingCheckOf(r: SpawnSyncReturns<string>): RoutingCheck {
+  const got = configOutputOf(r);
+  return "failed" in got ? got : { keys: repositoryRouting(got.out) };
+}
+
+/**
+ * What a `git config --get-regexp` run printed: exit 0 is its output, exit 1 nothing found (`""`);
+ * anything else (git not run, killed, timed out, output over {@link MAX_CONFIG_OUTPUT}, another exit
+ * code) is `failed` with the reason, never "nothing found".
+ */
+export function configOutputOf(r: SpawnSyncReturns<string>): { out: string } | { failed: string } {
   if (r.error !== undefined) {
     const code = (r.error as NodeJS.ErrnoException).code;
     const why =
@@ -79,9 +96,9 @@ export function routingCheckOf(r: SpawnSyncReturns<string>): RoutingCheck {
     return { failed: why };
   }
   if (r.signal !== null) return { failed: `it was killed by ${r.signal}` };
-  if (r.status === 1) return { keys: [] };
+  if (r.status === 1) return { out: "" };
   if (r.status !== 0 || typeof r.stdout !== "string") return { failed: `it exited with code ${r.status}${stderrLine(r.stderr)}` };
-  return { keys: repositoryRouting(r.stdout) };
+  return { out: r.stdout };
 }
 
 function stderrLine(err: unknown): string {
@@ -98,14 +115,20 @@ function stderrLine(err: unknown): string {
  * minus lessor's own secrets (src/base/secret-env.ts).
  */
 export function repositoryRoutingHere(env: NodeJS.ProcessEnv = process.env): RoutingCheck {
-  return routingCheckOf(
-    spawnSync("git", ["config", "--show-scope", "-z", "--name-only", "--get-regexp", ROUTING_KEYS_RE], {
-      // git's own variables (GIT_DIR, GIT_CONFIG_*) and HOME kept: they decide what git reads.
-      env: withoutLessorSecrets(env),
-      encoding: "utf8",
-      timeout: CONFIG_TIMEOUT_MS,
-      maxBuffer: MAX_CONFIG_OUTPUT,
-      stdio: ["ignore", "pipe", "pipe"],
-    }),
-  );
+  return routingCheckOf(gitConfigHere(["--show-scope", "-z", "--name-only", "--get-regexp", ROUTING_KEYS_RE], env));
+}
+
+/**
+ * Runs `git config ARGS` in the current directory, as git would read its config there, with `env`
+ * minus lessor's own secrets (src/base/secret-env.ts), {@link CONFIG_TIMEOUT_MS} and {@link MAX_CONFIG_OUTPUT}.
+ */
+export function gitConfigHere(args: string[], env: NodeJS.ProcessEnv = process.env): SpawnSyncReturns<string> {
+  return spawnSync("git", ["config", ...args], {
+    // git's own variables (GIT_DIR, GIT_CONFIG_*) and HOME kept: they decide what git reads.
+    env: withoutLessorSecrets(env),
+    encoding: "utf8",
+    timeout: CONFIG_TIMEOUT_MS,
+    maxBuffer: MAX_CONFIG_OUTPUT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }
