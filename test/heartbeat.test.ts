@@ -17,7 +17,7 @@ import { makeHome, startServe } from "./daemon-harness.js";
 import { agent, clock, grant, makeVault, orchestrator, refusalOf } from "./helpers.js";
 import { PG_SKIP, testSchema } from "./pg-helpers.js";
 
-const POLICY = grant("g", ["claude"], ["tok"], ["api.example.com"], "any_domain = true");
+const POLICY = grant("g", ["claude"], ["tok"], [], "any_domain = true");
 const MIN = 60_000;
 const CANARY = "CANARY-heartbeat-3c1f9a";
 

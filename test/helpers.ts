@@ -100,15 +100,14 @@ export async function makeVault(opts: {
   return open();
 }
 
-/** A policy granting `agents` the secret `name` for `domains`, with extra TOML lines. */
+/** A policy granting `agents` the secret `name` for `domains` (no `domains` line when empty, for an `any_domain = true` rule), with extra TOML lines. */
 export function grant(name: string, agents: string[], secrets: string[], domains: string[], extra = ""): string {
   return `[[rule]]
 name = ${JSON.stringify(name)}
 effect = "allow"
 agents = ${JSON.stringify(agents)}
 secrets = ${JSON.stringify(secrets)}
-domains = ${JSON.stringify(domains)}
-${extra}
+${domains.length > 0 ? `domains = ${JSON.stringify(domains)}\n` : ""}${extra}
 `;
 }
 

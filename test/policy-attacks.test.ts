@@ -246,7 +246,7 @@ describe("domains", () => {
 
   test("IP literals in every form are never a domain: not in a request, not at access, not even for an any_domain lease", async () => {
     const seen: Seen = [];
-    const t = await makeVault({ policy: allow("w", { domains: ["*.example.com"] }) + allow("db", { secrets: ["db"], extra: "any_domain = true" }) });
+    const t = await makeVault({ policy: allow("w", { domains: ["*.example.com"] }) + allow("db", { secrets: ["db"], domains: [], extra: "any_domain = true" }) });
     await store(t.vault, ["tok", "db"]);
     const c = t.vault.session(agent("claude"));
     const ips = [
@@ -322,7 +322,7 @@ describe("domains", () => {
 
   test("any_domain is only where the rule says so; a rule without it never accepts a missing or foreign domain", async () => {
     const seen: Seen = [];
-    const t = await makeVault({ policy: allow("db", { secrets: ["db"], extra: "any_domain = true" }) + allow("tok", {}) });
+    const t = await makeVault({ policy: allow("db", { secrets: ["db"], domains: [], extra: "any_domain = true" }) + allow("tok", {}) });
     await store(t.vault, ["tok", "db"]);
     const c = t.vault.session(agent("claude"));
     const db = await c.requestLease({ secret: "db" });
@@ -544,7 +544,7 @@ describe("explain agrees with the grant (differential)", () => {
     allow("claude-gh", { agents: ["claude", "claude-*"], secrets: ["github-token", "workspace:*/gh-*"], domains: ["api.github.com", "*.githubusercontent.com"] }) +
     deny("interns-no-acme", ["intern-?"], ["workspace:acme/*"]) +
     allow("npm", { agents: ["*"], secrets: ["*/npm-readonly"], domains: ["registry.npmjs.org"] }) +
-    allow("db", { agents: ["nightly"], secrets: ["service:reports/db-password"], extra: "any_domain = true" }) +
+    allow("db", { agents: ["nightly"], secrets: ["service:reports/db-password"], domains: [], extra: "any_domain = true" }) +
     allow("exc", { agents: ["bot.1"], secrets: ["env:staging/*"], domains: ["*.example.com", "example.com"] }) +
     deny("no-staging", ["bot*"], ["env:staging/*"]) +
     allow("idn", { agents: ["bot*"], secrets: ["*/*"], domains: ["*.b\u00fccher.de"] });
@@ -573,7 +573,7 @@ describe("explain agrees with the grant (differential)", () => {
     { name: "claude-gh", effect: "allow", agents: ["claude", "claude-*"], secrets: ["github-token", "workspace:*/gh-*"], domains: ["api.github.com", "*.githubusercontent.com"], any: false },
     { name: "interns-no-acme", effect: "deny", agents: ["intern-?"], secrets: ["workspace:acme/*"], domains: [], any: false },
     { name: "npm", effect: "allow", agents: ["*"], secrets: ["*/npm-readonly"], domains: ["registry.npmjs.org"], any: false },
-    { name: "db", effect: "allow", agents: ["nightly"], secrets: ["service:reports/db-password"], domains: ["api.example.com"], any: true },
+    { name: "db", effect: "allow", agents: ["nightly"], secrets: ["service:reports/db-password"], domains: [], any: true },
     { name: "exc", effect: "allow", agents: ["bot.1"], secrets: ["env:staging/*"], domains: ["*.example.com", "example.com"], any: false },
     { name: "no-staging", effect: "deny", agents: ["bot*"], secrets: ["env:staging/*"], domains: [], any: false },
     { name: "idn", effect: "allow", agents: ["bot*"], secrets: ["*/*"], domains: ["*.xn--bcher-kva.de"], any: false },

@@ -3,8 +3,9 @@
  * (config_invalid), a short rendering of a bad value for it, and the role fields that [[identity]],
  * [[vm]] and [[vsock]] entries have in common.
  */
-import { VaultError } from "../base/errors.js";
+import { isVaultError, VaultError } from "../base/errors.js";
 import { isAgentId } from "../base/names.js";
+import { compileAgentPattern } from "../vault/pattern.js";
 
 /** Throws config_invalid: `<source>: <where>: <msg>`. */
 export function fail(source: string, where: string, msg: string): never {
@@ -30,6 +31,14 @@ export function roleFields(source: string, where: string, t: Record<string, unkn
   if (role === "orchestrator") {
     if (!Array.isArray(t.act_for) || t.act_for.length === 0 || !t.act_for.every((x) => typeof x === "string" && x.length > 0))
       fail(source, `${where}: act_for`, 'an orchestrator needs act_for = ["<agent pattern>", …]');
+    for (const [i, p] of (t.act_for as string[]).entries()) {
+      try {
+        compileAgentPattern(p);
+      } catch (e) {
+        if (!isVaultError(e)) throw e;
+        fail(source, `${where}: act_for`, `item ${i + 1}: ${e.message}`);
+      }
+    }
     id.actFor = t.act_for as string[];
   } else if (t.act_for !== undefined) fail(source, `${where}: act_for`, "only role orchestrator takes act_for");
   return id;

@@ -46,6 +46,22 @@ function paths(source: string, field: string, v: unknown): string[] {
   return v as string[];
 }
 
+/**
+ * A `[run] hide` entry's `*` only matches in its last part (src/sandbox/hidden.ts expandStore): one
+ * before it would be taken literally and hide nothing, silently, so it is refused.
+ */
+function checkHideGlobs(source: string, list: string[]): void {
+  for (const p of list) {
+    const trimmed = p.replace(/\/+$/, "");
+    if (trimmed.slice(0, trimmed.lastIndexOf("/") + 1).includes("*"))
+      fail(
+        source,
+        "[run] hide",
+        `${JSON.stringify(p)} has a * before its last part, which would hide nothing: a * matches only in the last part (such as "~/.cache/keyring-*"); list each path, such as "~/.config/mytool/token"`,
+      );
+  }
+}
+
 /** Parses the `[run]` table (`raw` is undefined when absent). */
 export function parseRunConfig(source: string, raw: unknown): RunConfig {
   const out: RunConfig = structuredClone(DEFAULT_RUN_CONFIG);
@@ -53,7 +69,10 @@ export function parseRunConfig(source: string, raw: unknown): RunConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail(source, "[run]", "expected a table");
   const t = raw as Record<string, unknown>;
   for (const k of Object.keys(t)) if (!(FIELDS as readonly string[]).includes(k)) fail(source, "[run]", `unknown field "${k}" (known: ${FIELDS.join(", ")})`);
-  if (t.hide !== undefined) out.hide = paths(source, "hide", t.hide);
+  if (t.hide !== undefined) {
+    out.hide = paths(source, "hide", t.hide);
+    checkHideGlobs(source, out.hide);
+  }
   if (t.read !== undefined) out.read = paths(source, "read", t.read);
   if (t.write !== undefined) out.write = paths(source, "write", t.write);
   if (t.project !== undefined) {

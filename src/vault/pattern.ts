@@ -12,6 +12,7 @@
  */
 import { VaultError } from "../base/errors.js";
 import type { SecretRef } from "../base/types.js";
+import { globCanMatch, KIND_ID_SCOPE, SECRET_NAME } from "./pattern-fit.js";
 
 function show(s: string): string {
   return JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);
@@ -140,9 +141,50 @@ export function compileSecretPattern(p: string): (ref: SecretRef) => boolean {
     );
   if (!NAME_PART.test(name))
     throw invalid("secret pattern", p, 'its name part may use letters, digits, "_", ".", "-" and the wildcards "*" and "?"');
+  checkCanMatch(p, scope, name);
   const scopeMatch = compileGlob(scope);
   const nameMatch = compileGlob(name);
   return (ref) => scopeMatch(ref.scope) && nameMatch(ref.name);
+}
+
+/** Scope part `scope` with its kind (the text before its first ":") in lower case, or null without one. */
+function lowerKind(scope: string): string | null {
+  const colon = scope.indexOf(":");
+  return colon > 0 ? scope.slice(0, colon).toLowerCase() + scope.slice(colon) : null;
+}
+
+/** Can the scope part match "global" or some `kind:id`? */
+function scopeCanMatch(scope: string): boolean {
+  return compileGlob(scope)("global") || globCanMatch(scope, KIND_ID_SCOPE);
+}
+
+/**
+ * Refuses a pattern whose scope or name part no real scope or secret name can match (src/base/names.ts):
+ * such a rule matches nothing, which on a deny rule is a silent hole. Suggests the likely fix.
+ */
+function checkCanMatch(p: string, scope: string, name: string): void {
+  if (!scopeCanMatch(scope)) {
+    const kind = lowerKind(scope);
+    const fix =
+      scope.toLowerCase() === "global"
+        ? `write "global/${name}"`
+        : kind !== null && kind !== scope && scopeCanMatch(kind)
+          ? `kinds are lower case: write "${kind}/${name}"`
+          : !scope.includes(":") && scopeCanMatch(`env:${scope}`)
+            ? `it has no kind: write "<kind>:${scope}/${name}", e.g. "env:${scope}/${name}"`
+            : 'write "global", a "<kind>:<id>" such as "env:prod", or a glob such as "env:*" or "*" (any scope)';
+    throw invalid(
+      "secret pattern",
+      p,
+      `its scope part ${show(scope)} can match no scope (scopes are "global" or "<kind>:<id>": a lower-case kind of at most 32 characters, ":", then an id of at most 128 letters, digits, ".", "_", "@" or "-"); ${fix}`,
+    );
+  }
+  if (!globCanMatch(name, SECRET_NAME) || name.includes(".."))
+    throw invalid(
+      "secret pattern",
+      p,
+      `its name part ${show(name)} can match no secret name: names are 1-128 letters, digits, "_", "." or "-", start with a letter, digit or "_", and hold no ".."`,
+    );
 }
 
 /** Compiles an agent-id glob such as `claude-*`. Throws VaultError("policy_invalid") when malformed. */

@@ -141,8 +141,17 @@ function refuseAllowOnly(t: Table, where: string): void {
       );
 }
 
-/** The domains, normalised and without duplicates; required unless any_domain = true. */
+/**
+ * The domains, normalised and without duplicates; required unless any_domain = true, and refused
+ * beside it: any_domain would make the list mean nothing, and whoever wrote both meant one of them.
+ */
 function readDomains(t: Table, where: string, anyDomain: boolean): { domains: string[]; patterns: DomainPattern[] } {
+  if (anyDomain && t.domains !== undefined)
+    throw fieldError(
+      where,
+      "domains",
+      "is set together with any_domain = true, which would grant the secret for every domain and ignore the list: remove domains, or any_domain",
+    );
   const list = readStringList(t, "domains", where, DOMAINS_EXAMPLE) ?? [];
   if (list.length === 0 && !anyDomain)
     throw fieldError(
