@@ -175,15 +175,19 @@ describe("the dead-man switch in the core (SQLite, a controlled clock)", () => {
 
 describe("the dead-man switch in a real lessor serve", () => {
   test("heartbeats keep it from firing; once they stop, the daemon pulls the killswitch within about a second of the deadline, revokes the agent's lease and closes its connection; an agent cannot send a heartbeat", { timeout: 60_000 }, async () => {
-    const home = await makeHome({ policy: POLICY, config: `[vault]\nheartbeat = "3s"\n\n[server]\ntcp = "127.0.0.1:0"\n` });
+    const config = `[server]\ntcp = "127.0.0.1:0"\n`;
+    const home = await makeHome({ policy: POLICY, config });
     const v = await openVault({ home, env: { LESSOR_HOME: home } });
     await v.admin().storeSecret({ name: "tok", value: CANARY });
     await v.close();
+    // Armed by the daemon's own open (not the seeding one above, which a slow start could outlast).
+    writeFileSync(join(home, "lessor.toml"), `[vault]\nheartbeat = "3s"\n\n${config}`, { mode: 0o600 });
     const d = await startServe(home);
     const clients: LessorClient[] = [];
     try {
       const admin = await LessorClient.connect({ socketPath: d.socket });
       clients.push(admin);
+      await admin.heartbeat();
       const t = await admin.createToken({ name: "claude", role: "agent", agent: "claude", ttl: "1h" });
       const claude = await LessorClient.connect({ host: d.tcp!.host, port: d.tcp!.port }, { token: t.token, reconnect: false });
       clients.push(claude);
