@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parsePolicy } from "../src/vault/policy.js";
-import { APPROVAL_PENDING_MS, APPROVAL_USE_MS, MAX_PENDING_PER_AGENT } from "../src/vault/approvals.js";
+import { APPROVAL_PENDING_MS, APPROVAL_USE_MS, MAX_PENDING_PER_AGENT, MAX_PENDING_PER_REQUESTER } from "../src/vault/approvals.js";
 import { after } from "node:test";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
@@ -27,6 +27,42 @@ async function setup(store: "sqlite" | "memory") {
   await admin.storeSecret({ name: "deploy-key", value: "deploy-value" });
   await admin.storeSecret({ name: "plain-key", value: "plain-value" });
   return { ...t, c, admin, claude: t.vault.session(agent("claude")), claude2: t.vault.session(agent("claude-2")) };
+}
+
+/**
+ * The killswitch withdraws every approval not yet used: an approved one yields no lease after the
+ * release, a pending one can no longer be decided; a used one stays (its lease was revoked). Each
+ * withdrawal is audited as approval_denied. Run against every store.
+ */
+async function killswitchWithdraws(vault: Vault): Promise<void> {
+  const admin = vault.admin();
+  const claude = vault.session(agent("claude"));
+  const ask = { secret: "deploy-key", domains: ["api.example.com"] };
+  const used = await claude.requestApproval({ ...ask, ttl: "1m" });
+  const approved = await claude.requestApproval({ ...ask, ttl: "2m" });
+  const pending = await claude.requestApproval({ ...ask, ttl: "3m" });
+  assert.ok(used.required && approved.required && pending.required);
+  await admin.decideApproval(used.approval.id, true);
+  await admin.decideApproval(approved.approval.id, true);
+  await claude.requestLease({ ...ask, ttl: "1m" });
+  await admin.killswitch("incident");
+  const left = await admin.listApprovals({ all: true });
+  assert.deepEqual(left.map((a) => [a.id, a.state]), [[used.approval.id, "used"]]);
+  assert.equal(await codeOf(admin.decideApproval(pending.approval.id, true)), "invalid_request");
+  await admin.releaseKillswitch("investigated");
+  const r = await refusalOf(claude.requestLease({ ...ask, ttl: "2m", approval: approved.approval.id }));
+  assert.equal(r.code, "access_denied");
+  const again = await refusalOf(claude.requestLease({ ...ask, ttl: "2m" }));
+  assert.match(again.message, /was opened/, "a person is asked again");
+  assert.notEqual(idIn(again.message), approved.approval.id);
+  assert.equal((await admin.listLeases({ agent: "claude" })).filter((l) => l.revokedAt === null).length, 0);
+  const rows = await admin.auditQuery({ types: ["approval_denied"] });
+  assert.deepEqual(
+    rows.filter((e) => e.reason === "withdrawn: the killswitch was pulled").map((e) => (JSON.parse(e.detail ?? "{}") as { approval: string }).approval).sort(),
+    [approved.approval.id, pending.approval.id].sort(),
+  );
+  const ks = (await admin.auditQuery({ types: ["killswitch"] })).find((e) => (JSON.parse(e.detail ?? "{}") as { engaged: boolean }).engaged);
+  assert.equal((JSON.parse(ks!.detail ?? "{}") as { approvals_withdrawn: number }).approvals_withdrawn, 2);
 }
 
 /** The approval id named in a refusal. */
@@ -201,6 +237,41 @@ for (const store of ["sqlite", "memory"] as const) {
       assert.equal(await codeOf(claude.requestApproval({ secret: "deploy-key", ttl: 999_999 })), "rate_limited");
     });
 
+    test("an orchestrator cannot flood the person: pending approvals per requester are capped, whichever agents it names", async () => {
+      const { vault, claude2 } = await setup(store);
+      const orch = vault.session(orchestrator(["claude", "claude-2"]));
+      for (let i = 0; i < MAX_PENDING_PER_REQUESTER; i++) await orch.requestApproval({ agent: "claude", secret: "deploy-key", ttl: 60_000 + i });
+      const r = await refusalOf(orch.requestApproval({ agent: "claude-2", secret: "deploy-key" }));
+      assert.equal(r.code, "rate_limited");
+      assert.match(r.message, /test:orch\) already have 16 requests waiting.*separate token/);
+      // The agent it did not get to can still ask for itself.
+      const own = await claude2.requestApproval({ secret: "deploy-key" });
+      assert.ok(own.required && own.created);
+    });
+
+    test("the killswitch withdraws every approval not yet used: none yields a lease after the release", async () => {
+      const { vault } = await setup(store);
+      await killswitchWithdraws(vault);
+    });
+
+    test("the dead-man switch, firing, withdraws approvals as the killswitch does", async () => {
+      const c = clock();
+      const { vault } = await makeVault({ policy: POLICY, now: c.now, store, limits: { heartbeatMs: 60_000 } });
+      const admin = vault.admin();
+      await admin.storeSecret({ name: "deploy-key", value: "deploy-value" });
+      const claude = vault.session(agent("claude"));
+      const a = await claude.requestApproval({ secret: "deploy-key" });
+      assert.ok(a.required);
+      await admin.decideApproval(a.approval.id, true);
+      c.advance(60_001);
+      assert.match((await refusalOf(claude.requestLease({ secret: "deploy-key" }))).message, /dead-man switch/);
+      assert.deepEqual(await admin.listApprovals({ all: true }), []);
+      const row = (await admin.auditQuery({ types: ["approval_denied"] })).find((e) => (JSON.parse(e.detail ?? "{}") as { approval: string }).approval === a.approval.id);
+      assert.equal(row?.actorId, "dead-man-switch");
+      await admin.releaseKillswitch("back");
+      assert.match((await refusalOf(claude.requestLease({ secret: "deploy-key" }))).message, /was opened/);
+    });
+
     test("approval_request on a rule without approval opens nothing; on a denied request it is refused", async () => {
       const { claude, admin } = await setup(store);
       assert.deepEqual(await claude.requestApproval({ secret: "plain-key" }), { required: false, rule: "open" });
@@ -241,5 +312,14 @@ describe("approvals: one approval, one lease, even under concurrency", () => {
     const results = await Promise.allSettled([one, two, one, two].map((v) => v.session(agent("claude")).requestLease({ secret: "deploy-key" })));
     assert.equal(results.filter((x) => x.status === "fulfilled").length, 1);
     assert.equal((await one.admin().listLeases({ agent: "claude" })).length, 1);
+  });
+
+  test("PostgreSQL: the killswitch withdraws every approval not yet used", { skip: PG_SKIP }, async () => {
+    const { schema, drop } = await testSchema();
+    after(drop);
+    const v = await Vault.open({ store: await openPostgresStore({ url: PG_URL!, schema }), keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!, policy: parsePolicy(POLICY, "p.toml") });
+    after(() => v.close());
+    await v.admin().storeSecret({ name: "deploy-key", value: "deploy-value" });
+    await killswitchWithdraws(v);
   });
 });

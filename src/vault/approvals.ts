@@ -40,6 +40,14 @@ export type ApprovalLapse = Pick<Limits, "approvalWaitMs" | "approvalUseMs">;
 export const MAX_APPROVALS = 256;
 /** Most pending approvals of one agent: an agent cannot bury the person under requests. */
 export const MAX_PENDING_PER_AGENT = 16;
+/**
+ * Most pending approvals asked for by one identity (its `requestedBy`): an orchestrator acting for a
+ * pattern (`--act-for "ci-*"`) can name any number of agents, so the per-agent cap alone would let it
+ * fill {@link MAX_APPROVALS} and leave no other agent a way to ask a person for anything. Sixteen
+ * waiting at once is more than a person decides in one sitting; an orchestrator that runs more jobs
+ * needing approval at once is given one token per job group.
+ */
+export const MAX_PENDING_PER_REQUESTER = 16;
 
 /** Where an approval stands. */
 export type ApprovalState = "pending" | "approved" | "denied" | "used";
@@ -185,6 +193,13 @@ export async function findOrOpen(
   }
   if (items.filter((a) => a.state === "pending" && a.agent === b.agent).length >= MAX_PENDING_PER_AGENT)
     return denied(audit, who, new VaultError("rate_limited", `agent "${b.agent}" already has ${MAX_PENDING_PER_AGENT} requests waiting for a person's approval; wait for them to be decided or to lapse`), { agent: b.agent, secret: b.secret });
+  if (items.filter((a) => a.state === "pending" && a.requestedBy === who.id).length >= MAX_PENDING_PER_REQUESTER)
+    return denied(
+      audit,
+      who,
+      new VaultError("rate_limited", `you (${who.id}) already have ${MAX_PENDING_PER_REQUESTER} requests waiting for a person's approval, the most one identity may have (for whichever agents); wait for them to be decided or to lapse, or ask an admin for a separate token for other jobs`),
+      { agent: b.agent, secret: b.secret },
+    );
   if (items.length >= MAX_APPROVALS)
     return denied(audit, who, new VaultError("rate_limited", `${MAX_APPROVALS} approvals are open; wait for some to be decided or to lapse`), { agent: b.agent, secret: b.secret });
   const approval: ApprovalRecord = {
@@ -260,21 +275,40 @@ export async function gateGrant(
 }
 
 /**
- * Withdraws every approval for `secret` (`scope/name`) not yet used, inside the transaction that
- * deletes it: a person approved that secret, not one stored again under its name later. Each is
- * audited as approval_denied (reason "withdrawn: …"). Returns how many.
+ * Withdraws every approval `which` selects that is not yet used (pending or approved), inside the
+ * caller's transaction. Each is audited as approval_denied by `who`, with `reason` ("withdrawn: …").
+ * Returns how many.
  */
-export async function withdrawForSecret(tx: StoreTx, audit: AuditFn, now: number, who: Identity, secret: string): Promise<number> {
+async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string): Promise<number> {
   const items = await readApprovals(tx, now);
-  const gone = items.filter((a) => a.secret === secret && (a.state === "pending" || a.state === "approved"));
+  const gone = items.filter((a) => which(a) && (a.state === "pending" || a.state === "approved"));
   if (gone.length === 0) return 0;
   await writeApprovals(
     tx,
     items.filter((a) => !gone.includes(a)),
   );
   for (const a of gone)
-    await audit({ type: "approval_denied", actor: who, agent: a.agent, secret, outcome: "ok", reason: "withdrawn: the secret was deleted", detail: { approval: a.id, rule: a.rule, domains: a.hosts.join(","), expires_at: a.expiresAt } });
+    await audit({ type: "approval_denied", actor: who, agent: a.agent, secret: a.secret, outcome: "ok", reason, detail: { approval: a.id, rule: a.rule, domains: a.hosts.join(","), expires_at: a.expiresAt } });
   return gone.length;
+}
+
+/**
+ * Withdraws every approval for `secret` (`scope/name`) not yet used, inside the transaction that
+ * deletes it: a person approved that secret, not one stored again under its name later. Each is
+ * audited as approval_denied (reason "withdrawn: …"). Returns how many.
+ */
+export async function withdrawForSecret(tx: StoreTx, audit: AuditFn, now: number, who: Identity, secret: string): Promise<number> {
+  return withdrawIn(tx, audit, now, who, (a) => a.secret === secret, "withdrawn: the secret was deleted");
+}
+
+/**
+ * Withdraws every approval not yet used (pending or approved), inside the killswitch's transaction:
+ * a decision made before the emergency must not yield a lease after the release, and a request
+ * waiting from before it is asked again afterwards. Each is audited as approval_denied (reason
+ * "withdrawn: the killswitch was pulled"). Returns how many.
+ */
+export async function withdrawAll(tx: StoreTx, audit: AuditFn, now: number, who: Identity): Promise<number> {
+  return withdrawIn(tx, audit, now, who, () => true, "withdrawn: the killswitch was pulled");
 }
 
 /** Checks an approval id's shape. */

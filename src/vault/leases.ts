@@ -560,7 +560,8 @@ export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentI
 }
 
 /**
- * Pulls the killswitch: revokes every unexpired lease of every agent (used up or not) and engages the lockout (see
+ * Pulls the killswitch: revokes every unexpired lease of every agent (used up or not), withdraws every
+ * approval not yet used, and engages the lockout (see
  * src/vault/lockout.ts) in one transaction, then raises the killswitch signal so that a server closes
  * its agents' connections. Pulling it again while engaged revokes again and keeps the first
  * engagement's time, actor and reason. Admin only.

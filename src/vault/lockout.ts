@@ -1,6 +1,7 @@
 /**
  * The killswitch lockout. Pulling the killswitch revokes every lease not yet revoked or expired (used-up
- * ones too, so that a stream riding on a last use ends with them) and engages a lockout kept in
+ * ones too, so that a stream riding on a last use ends with them), withdraws every approval not yet
+ * used (a person's decision from before the emergency must not grant after it), and engages a lockout kept in
  * the store's metadata, so that a restart and every other process sharing the store see it: while it is
  * engaged no lease is granted (request_lease, lease-and-access), until an admin releases it. Grants read
  * the flag inside their own transaction, so no grant commits after the killswitch did, in any process.
@@ -11,6 +12,7 @@ import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 import type { StoreReader, StoreTx } from "./ports.js";
 import type { AuditFn, VaultContext } from "./context.js";
+import { withdrawAll } from "./approvals.js";
 
 /** The store metadata key holding the lockout (JSON of {@link KillswitchState}). */
 export const KILLSWITCH_META = "killswitch";
@@ -114,7 +116,9 @@ export async function checkKillswitch(ctx: VaultContext): Promise<KillswitchStat
 
 /**
  * The killswitch itself, inside a transaction: engages the lockout (keeping the first engagement's
- * time, actor and reason when it is engaged already), revokes every unexpired lease (used up or not), and audits it as done
+ * time, actor and reason when it is engaged already), revokes every unexpired lease (used up or not),
+ * withdraws every approval not yet used (src/vault/approvals.ts withdrawAll: an approval given before
+ * the emergency is a lease in waiting, and the release must not revive it), and audits it as done
  * by `who`. The caller checks the role, and afterwards records the state ({@link sawKillswitch}) and
  * raises the signal.
  */
@@ -123,6 +127,7 @@ export async function engageKillswitchIn(tx: StoreTx, audit: AuditFn, now: numbe
   const state: KillswitchState = before.engaged ? before : { engaged: true, at: now, by: who.id, reason };
   if (!before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
   const revoked = await tx.revokeLeases({ all: true }, now, reason);
-  await audit({ type: "killswitch", actor: who, outcome: "ok", reason, detail: { count: revoked, engaged: true, already_engaged: before.engaged } });
+  const withdrawn = await withdrawAll(tx, audit, now, who);
+  await audit({ type: "killswitch", actor: who, outcome: "ok", reason, detail: { count: revoked, engaged: true, already_engaged: before.engaged, approvals_withdrawn: withdrawn } });
   return { revoked, state };
 }
