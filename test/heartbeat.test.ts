@@ -227,20 +227,23 @@ describe("the dead-man switch on PostgreSQL: two lessor serve processes share on
   test("heartbeats sent to A keep B's agents going; when they stop, B's agent loses its lease and its connection within about a second of the deadline", { timeout: 90_000 }, async () => {
     const { url, drop } = await testSchema();
     // 6 s: the loop below sends one every ~0.5 s plus an access; a loaded CI machine must not stretch that past the period.
-    const base = `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\nheartbeat = "6s"\n\n[server]\ntcp = "127.0.0.1:0"\n`;
-    const homeA = await makeHome({ config: base, policy: POLICY });
-    const homeB = await makeHome({ config: base, policy: POLICY });
+    const config = (heartbeat: string): string => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(url)}\n${heartbeat}\n[server]\ntcp = "127.0.0.1:0"\n`;
+    const homeA = await makeHome({ config: config(""), policy: POLICY });
+    const homeB = await makeHome({ config: config(""), policy: POLICY });
     copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
     const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
     await v.admin().storeSecret({ name: "tok", value: CANARY });
     await v.close();
+    // Armed by the daemons' own opens (not the seeding one above, which two slow starts could outlast).
+    for (const h of [homeA, homeB]) writeFileSync(join(h, "lessor.toml"), config('heartbeat = "6s"\n'), { mode: 0o600 });
     const a = await startServe(homeA);
+    const adminA = await LessorClient.connect({ socketPath: a.socket });
+    await adminA.heartbeat();
     const b = await startServe(homeB);
-    const clients: LessorClient[] = [];
+    const clients: LessorClient[] = [adminA];
     try {
-      const adminA = await LessorClient.connect({ socketPath: a.socket });
       const adminB = await LessorClient.connect({ socketPath: b.socket });
-      clients.push(adminA, adminB);
+      clients.push(adminB);
       const t = await adminB.createToken({ name: "claude", role: "agent", agent: "claude", ttl: "1h" });
       const claude = await LessorClient.connect({ host: b.tcp!.host, port: b.tcp!.port }, { token: t.token, reconnect: false });
       clients.push(claude);
