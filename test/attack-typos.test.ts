@@ -206,7 +206,7 @@ describe("lessor.toml: slips in security settings", () => {
 });
 
 describe("lessor.toml: programs lessor runs as the owner, under [run] write", () => {
-  test("BREAK: a [keys] command inside a [run] write path is not refused: the agent rewrites it and the owner's next lessor command runs the agent's code, unconfined", { skip: NO_BWRAP }, async () => {
+  test("a [keys] command inside a [run] write path refuses the run: the agent cannot rewrite what the owner's next lessor command runs", { skip: NO_BWRAP }, async () => {
     // The key command is a file lessor.toml names, run as you by every later lessor command (docs:
     // "Run only by full path … a file of yours or root's in directories no one else can write"). With
     // [run] write = ["~/.local"] (an agent's state under ~/.local/share) and the key command in
@@ -229,12 +229,13 @@ describe("lessor.toml: programs lessor runs as the owner, under [run] write", ()
     const env = { PATH: "/usr/bin:/bin", HOME: home, NO_COLOR: "1", LESSOR_HOME: lh };
     const marker = join(root, "agent-code-ran-as-owner");
     const plant = `printf '#!/bin/sh\\necho ran >> ${marker}\\necho ${key}\\n' > ${prog} 2>/dev/null; true`;
-    await runCliWithEnv(["run", "--agent", "claude", "--network", "none", "--", "/bin/sh", "-c", plant], { cwd: project, env, timeoutMs: 40_000 });
+    const run = await runCliWithEnv(["run", "--agent", "claude", "--network", "none", "--", "/bin/sh", "-c", plant], { cwd: project, env, timeoutMs: 40_000 });
+    assert.match(run.stderr, /\[keys\] command in lessor\.toml runs .*lessor-key, and that file is inside .*\.local \(the \[run\] write path\)/);
     await runCliWithEnv(["status"], { cwd: root, env });
     assert.ok(!existsSync(marker), "the agent rewrote the [keys] command in ~/.local/bin during lessor run, and the owner's next `lessor status` ran it outside the sandbox");
   });
 
-  test("BREAK: a [[rotate]] hook command inside a [run] write path is not refused: the agent rewrites it and the owner's next rotation runs the agent's code, unconfined", { skip: NO_BWRAP }, async () => {
+  test("a [[rotate]] hook command inside a [run] write path refuses the run: the agent cannot rewrite what the owner's next rotation runs", { skip: NO_BWRAP }, async () => {
     const root = tempDir("lessor-typos-rotate-");
     const hookDir = join(root, "o", "home", ".local", "bin");
     const hook = join(hookDir, "rotate-tok");
@@ -250,7 +251,8 @@ describe("lessor.toml: programs lessor runs as the owner, under [run] write", ()
     writeFileSync(hook, "#!/bin/sh\necho new-value-1\n", { mode: 0o700 });
     const marker = join(root, "agent-code-ran-as-owner");
     const plant = `printf '#!/bin/sh\\necho ran >> ${marker}\\necho new-value-2\\n' > ${hook} 2>/dev/null; true`;
-    await runAgent(o.project, o.env, "claude", ["--network", "none"], plant);
+    const run = await runAgent(o.project, o.env, "claude", ["--network", "none"], plant);
+    assert.match(run.stderr, /\[\[rotate\]\] command of global\/tok in lessor\.toml runs .*rotate-tok, and that file is inside .*\.local \(the \[run\] write path\)/);
     await runCliWithEnv(["secret", "rotate", "tok"], { cwd: root, env: o.env });
     assert.ok(!existsSync(marker), "the agent rewrote the [[rotate]] hook in ~/.local/bin during lessor run, and the owner's next `lessor secret rotate` ran it outside the sandbox");
   });

@@ -292,13 +292,23 @@ function linkOnTheWay(p: string, inside: (at: string) => boolean): string | null
   return walkLinks(p, inside).link;
 }
 
+/** Where {@link walkLinks} ended. */
+export interface LinkWalk {
+  /** The first link on the way that lies where the walk's test holds, or null. */
+  link: string | null;
+  /** Where the path leads once every link on the way is followed; null when a part is missing or the walk gave up. */
+  resolved: string | null;
+  /** The first missing part, as reached once the links before it were followed (what could be made there), or null. */
+  missing: string | null;
+}
+
 /**
  * {@link linkOnTheWay}'s walk: the first link that lies where `inside` holds (`link`), else where `p`
  * leads once every link on the way is followed (`resolved`; null when a part is missing or the walk
- * gave up).
+ * gave up), and the first missing part (`missing`).
  */
-function walkLinks(p: string, inside: (at: string) => boolean): { link: string | null; resolved: string | null } {
-  const none = { link: null, resolved: null };
+function walkLinks(p: string, inside: (at: string) => boolean): LinkWalk {
+  const none = { link: null, resolved: null, missing: null };
   let todo = p.split(sep).filter((x) => x !== "");
   let cur = "";
   for (let hops = 0; todo.length > 0; ) {
@@ -317,13 +327,13 @@ function walkLinks(p: string, inside: (at: string) => boolean): { link: string |
       // Nothing there (yet): nothing to repoint. Anything else (a directory made unreadable, which
       // the agent could open again) is judged as a link would be.
       const code = (e as NodeJS.ErrnoException).code;
-      return code === "ENOENT" || code === "ENOTDIR" ? none : { link: inside(next) ? next : null, resolved: null };
+      return code === "ENOENT" || code === "ENOTDIR" ? { ...none, missing: next } : { link: inside(next) ? next : null, resolved: null, missing: null };
     }
     if (!st.isSymbolicLink()) {
       cur = next;
       continue;
     }
-    if (inside(next)) return { link: next, resolved: null };
+    if (inside(next)) return { link: next, resolved: null, missing: null };
     if (++hops > 40) return none;
     let target: string;
     try {
@@ -335,7 +345,7 @@ function walkLinks(p: string, inside: (at: string) => boolean): { link: string |
     if (target.startsWith(sep)) cur = "";
     todo = [...target.split(sep).filter((x) => x !== ""), ...todo];
   }
-  return { link: null, resolved: cur === "" ? sep : cur };
+  return { link: null, resolved: cur === "" ? sep : cur, missing: null };
 }
 
 /**
@@ -353,9 +363,10 @@ export function shows(layout: Layout, path: string): boolean {
 
 /**
  * Where `p` leads when no link the agent could change is on the way (`resolved`, null if a part is
- * missing), else that link: to check that a file lessor read for the run is the one the owner named.
+ * missing: `missing` names it), else that link: to check that a file lessor read for the run, or a
+ * program it runs as the owner, is the one the owner named.
  */
-export function pathForOwner(layout: Layout, p: string): { link: string | null; resolved: string | null } {
+export function pathForOwner(layout: Layout, p: string): LinkWalk {
   return walkLinks(p, (at) => writableAt(layout, at) !== null);
 }
 

@@ -20,6 +20,7 @@ import { CREDENTIAL_STORES, expandHome, expandStore } from "../../sandbox/hidden
 import { planLayout, shows, writableAt, type Layout, type Protected } from "../../sandbox/layout.js";
 import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/launch.js";
 import type { EnvVar, VarRefs } from "./child-env.js";
+import { configuredPrograms, refuseWritablePrograms, replaceableAt } from "./owner-programs.js";
 
 /** Where the vault's own files are, for the sandbox to hide and for the --no-sandbox warning. */
 export interface VaultPaths {
@@ -177,25 +178,18 @@ export interface RunSandbox {
 
 /**
  * Refuses a bwrap that the sandboxed agent could write (found on PATH in the project, a virtualenv's
- * bin in it, a `[run] write` path): an agent of an earlier run could have replaced it, and lessor runs
- * it as the owner, unconfined, with the child's environment in its arguments. Throws
- * VaultError("invalid_request").
+ * bin in it, a `[run] write` path; or reached through a directory or link there: {@link replaceableAt}):
+ * an agent of an earlier run could have replaced it, and lessor runs it as the owner, unconfined, with
+ * the child's environment in its arguments. (One it put in a writable PATH directory searched before
+ * the system's is the one found next time, and refused then.) Throws VaultError("invalid_request").
  */
 export function refuseWritableBwrap(bwrap: string, layout: Layout): void {
-  let real: string;
-  try {
-    real = realpathSync(bwrap);
-  } catch {
-    return; // gone: the probe reports it
-  }
-  for (const p of [bwrap, real]) {
-    const at = writableAt(layout, p);
-    if (at !== null)
-      throw new VaultError(
-        "invalid_request",
-        `the bwrap found on PATH, ${bwrap}, is inside ${at}, which the sandboxed agent can write: an agent of an earlier run could have replaced it, and lessor runs bwrap as you, outside any sandbox; install bubblewrap system-wide and take that directory off PATH (or put it after /usr/bin). The command was not started`,
-      );
-  }
+  const r = replaceableAt(layout, bwrap);
+  if (r !== null)
+    throw new VaultError(
+      "invalid_request",
+      `the bwrap found on PATH, ${bwrap}, is inside ${r.at}, which the sandboxed agent can write${r.via === bwrap ? "" : ` (${r.via}, on the way to it)`}: an agent of an earlier run could have replaced it, and lessor runs bwrap as you, outside any sandbox; install bubblewrap system-wide and take that directory off PATH (or put it after /usr/bin). The command was not started`,
+    );
 }
 
 /** The npm packages lessor loads from node_modules at run time (the rest is bundled into dist/). */
@@ -414,6 +408,8 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
   });
   refuseWritableBwrap(bwrap, layout);
   refuseWritableSelf(layout);
+  // The key command and the rotation hooks, which lessor runs as you outside the sandbox.
+  refuseWritablePrograms(layout, configuredPrograms(paths.config, paths.home, env));
   const command = findCommand(o.cmd, o.pathValue, process.cwd());
   if ("path" in command && !shows(layout, command.path))
     throw new VaultError(
