@@ -10,9 +10,10 @@
  *    trail verifies: a broken trail is recovered first (`lessor audit recover`), not carried over.
  * 3. Refuse a target that holds anything (src/store/copy.ts, assertEmptyStore).
  * 4. Copy, row for row, nothing decrypted (src/store/copy.ts).
- * 5. Verify: every table's row count and SHA-256 digest equal on source (read again) and target;
- *    `verifyAudit` on the target under the same keys; and a spot check that secrets open on the
- *    target to the same bytes as on the source.
+ * 5. Verify: every table's row count and SHA-256 digest equal on source and target; `verifyAudit` on
+ *    the target under the same keys; and a spot check that secrets open on the target to the same
+ *    bytes as on the source. The source's summary is taken again last, after every other read, and
+ *    must equal the one taken before the copy (else "unavailable": the source changed).
  *
  * The home's lessor.toml is not changed: the report says what to set to switch to the target.
  */
@@ -29,7 +30,7 @@ import { assertEmptyStore, copyStore, storeSummary, TABLES, TargetNotEmpty, type
 import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
 import { openPostgresStore } from "../store/postgres/postgres-store.js";
 import { describeTarget } from "../store/postgres/connection.js";
-import { assertFreshSchema } from "../store/postgres/fresh-schema.js";
+import { assertFreshSchema, storeIdentity } from "../store/postgres/fresh-schema.js";
 import { assertPrivateDir, assertSafeLocation, assertUnsharedDir } from "../fs/perms.js";
 import { HOME_FILES, inHome, resolveHome } from "./home.js";
 import { loadConfig } from "./load.js";
@@ -147,13 +148,18 @@ function dropHow(t: MigrateTarget): string {
   return t.kind === "sqlite" ? `delete ${t.path} (and its -wal and -shm)` : "drop the schema (or everything in it) and create it again";
 }
 
-/** Opens the target store, made new for this copy; `describe`: where it really is, for the report. */
-async function openTarget(t: MigrateTarget, describe: string): Promise<{ store: Store; describe: string }> {
+/**
+ * Opens the target store, made new for this copy; `describe`: where it really is, for the report.
+ * `sourceUrl`: the PostgreSQL source's URL, if it is one; a target leading to the same server,
+ * database and schema (however its URL is spelled) is refused as the home's own store.
+ */
+async function openTarget(t: MigrateTarget, describe: string, sourceUrl: string | null): Promise<{ store: Store; describe: string }> {
   if (t.kind === "sqlite") {
     createSqliteTarget(t.path);
     return { store: openSqliteStore(t.path), describe };
   }
-  const place = await assertFreshSchema(t.url);
+  const notSource = sourceUrl === null ? null : await storeIdentity(sourceUrl);
+  const place = await assertFreshSchema(t.url, { notSource });
   // No LISTEN: the migration neither needs nor should hold the change feed's connection.
   const store = await openPostgresStore({ url: t.url, feed: { listen: false, pollMs: 600_000 } });
   return { store, describe: `postgres ${place.where} (schema ${place.schema})` };
@@ -240,7 +246,7 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
       );
     say(`reading ${source}`);
     const before = await storeSummary(src);
-    const opened = await openTarget(opts.target, target);
+    const opened = await openTarget(opts.target, target, cfg.store === "postgres" ? env[DATABASE_URL_ENV] || cfg.databaseUrl || null : null);
     dst = opened.store;
     target = opened.describe;
     await assertEmptyStore(dst, target);
@@ -257,18 +263,30 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
     }
 
     say("verifying");
-    const [after, copied] = [await storeSummary(src), await storeSummary(dst)];
+    // The target first (its summary, its trail, the spot check, which reads the source too), and the
+    // source's summary last of all: whatever another instance commits to the source before that read
+    // is caught by comparing it with the summary the copy started from. A write after it is the only
+    // one that can be missed (docs/cli/migrate.md).
+    const copied = await storeSummary(dst);
+    const audit = await verifyAudit(dst, keyring);
+    let spotChecked: string[] = [];
+    let spotFailed: unknown = null;
+    try {
+      spotChecked = await spotCheck(src, dst, keyring, opts.spotChecks ?? 3);
+    } catch (e) {
+      spotFailed = e; // reported after the source is read again: a source that changed explains it
+    }
+    const after = await storeSummary(src);
     const changed = diff(before, after);
     if (changed.length > 0)
       throw new VaultError(
         "unavailable",
-        `the source changed while it was copied (${changed.join(", ")}): something else writes to it (another lessor instance?). Stop every instance, ${dropHow(opts.target)}, and migrate again`,
+        `the source changed while it was copied or verified (${changed.join(", ")}): something else writes to it (another lessor instance?). Stop every instance, ${dropHow(opts.target)}, and migrate again`,
       );
     const wrong = diff(after, copied);
     if (wrong.length > 0) throw new VaultError("internal", `the copy on ${target} differs from the source in: ${wrong.join(", ")}; do not use it`);
-    const audit = await verifyAudit(dst, keyring);
     if (!audit.ok) throw new VaultError("audit_broken", `the audit trail on ${target} does not verify after the copy (${audit.problem ?? "unknown problem"}); do not use it`);
-    const spotChecked = await spotCheck(src, dst, keyring, opts.spotChecks ?? 3);
+    if (spotFailed !== null) throw spotFailed;
 
     const next =
       opts.target.kind === "sqlite"

@@ -165,7 +165,7 @@ export class TargetNotEmpty extends VaultError {
   constructor(describe: string, found: string[]) {
     super(
       "invalid_request",
-      `the target ${describe} is not empty (it holds ${found.join(", ")}); lessor migrate copies only into an empty store, never over another vault. Use a new file or schema (or, if it is a failed earlier migration, delete the file or drop the schema's contents)`,
+      `the target ${describe} is not empty (it holds ${found.join(", ")}); lessor migrate copies only into an empty store, never over another vault. Use a new file or schema. Delete or drop nothing before you have made sure it is not a live vault (compare it with the home's store and every other lessor home's): only a failed earlier migration's leftovers may go`,
     );
   }
 }

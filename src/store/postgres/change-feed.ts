@@ -262,10 +262,27 @@ export class PgChangeFeed {
     });
   }
 
+  /** Tries {@link #connect} again after the backoff, which doubles (up to 5 s). */
+  #connectLater(): void {
+    this.#reconnect = setTimeout(() => {
+      this.#reconnect = null;
+      this.#connect();
+    }, this.#backoff);
+    this.#reconnect.unref();
+    this.#backoff = Math.min(this.#backoff * 2, 5000);
+  }
+
   /** Opens the LISTEN connection; on failure or loss, tries again with backoff (up to 5 s). */
   #connect(): void {
     if (!this.#started || this.#closed) return;
-    const client = new pg.Client({ ...this.#clientConfig, application_name: "lessor-listen" });
+    let client: pg.Client;
+    try {
+      // node-postgres reads the URL's TLS files here: one removed since the store opened throws.
+      client = new pg.Client({ ...this.#clientConfig, application_name: "lessor-listen" });
+    } catch {
+      this.#connectLater(); // as for a lost connection; the poll still runs
+      return;
+    }
     this.#client = client;
     const lost = (): void => {
       if (this.#client !== client) return;
@@ -274,12 +291,7 @@ export class PgChangeFeed {
       client.end().catch(() => {});
       if (!this.#started) return;
       // Meanwhile the poll still runs; this only restores the fast path.
-      this.#reconnect = setTimeout(() => {
-        this.#reconnect = null;
-        this.#connect();
-      }, this.#backoff);
-      this.#reconnect.unref();
-      this.#backoff = Math.min(this.#backoff * 2, 5000);
+      this.#connectLater();
     };
     client.on("error", lost);
     client.on("end", lost);

@@ -1,8 +1,11 @@
 /**
  * How the PostgreSQL store connects: the pool's settings from a `postgres://` URL, a schema and the
  * timeouts, and {@link redactUrl}, the only form in which a URL may appear in an error or a log (its
- * password, and any `password` parameter, replaced).
+ * password, and any `password` parameter, replaced). The TLS files a URL names are checked here,
+ * before node-postgres reads them (it does so as it builds a client, where a missing one would be a
+ * bare ENOENT).
  */
+import { accessSync, constants, statSync } from "node:fs";
 import type { PoolConfig } from "pg";
 import { VaultError } from "../../base/errors.js";
 
@@ -11,6 +14,9 @@ export const QUERY_TIMEOUT_MARGIN_MS = 2000;
 
 /** A schema name the store will put in `search_path`: a plain lower-case SQL identifier. */
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Query-string parameters that name a file node-postgres reads as it builds a client. */
+const TLS_FILE_PARAMS = ["sslrootcert", "sslcert", "sslkey"] as const;
 
 /** Query-string parameters whose values are secret (libpq's and node-postgres's spellings). */
 const SECRET_PARAMS = ["password", "sslpassword", "sslkey"];
@@ -75,6 +81,7 @@ export function poolConfig(s: ConnectionSettings): PoolConfig {
   }
   if (u.protocol !== "postgres:" && u.protocol !== "postgresql:")
     throw new VaultError("config_invalid", `the database URL ${redactUrl(s.url)} is not a postgres:// URL; write it as postgres://user@host:5432/database`);
+  assertTlsFilesReadable(u);
   if (s.schema !== undefined && !SCHEMA_NAME.test(s.schema))
     throw new VaultError("config_invalid", `the schema name ${JSON.stringify(s.schema)} is not a plain lower-case identifier (letters, digits, _)`);
   // Session settings travel in the startup packet's `options`: the schema first in search_path, and
@@ -108,6 +115,45 @@ export function poolConfig(s: ConnectionSettings): PoolConfig {
     application_name: "lessor",
     keepAlive: true,
   };
+}
+
+/** Why a file named by a URL's TLS parameter cannot be read, in words, for an fs error code. */
+export function tlsFileProblem(code: string): string {
+  switch (code) {
+    case "ENOENT":
+    case "ENOTDIR":
+      return "does not exist";
+    case "EACCES":
+    case "EPERM":
+      return "cannot be read by this user";
+    case "EISDIR":
+      return "is a directory";
+    default:
+      return `cannot be read (${code || "error"})`;
+  }
+}
+
+/**
+ * Throws VaultError("config_invalid") when a file the URL's `sslrootcert`, `sslcert` or `sslkey`
+ * names is not a readable file. The message names the parameter, never its value or the URL.
+ */
+function assertTlsFilesReadable(u: URL): void {
+  for (const param of TLS_FILE_PARAMS) {
+    const path = u.searchParams.get(param);
+    if (path === null || path === "") continue;
+    let problem: string | null = null;
+    try {
+      if (statSync(path).isDirectory()) problem = tlsFileProblem("EISDIR");
+      else accessSync(path, constants.R_OK);
+    } catch (e) {
+      problem = tlsFileProblem((e as NodeJS.ErrnoException).code ?? "");
+    }
+    if (problem !== null)
+      throw new VaultError(
+        "config_invalid",
+        `the file the database URL's ${param} parameter names ${problem}; put the ${param === "sslrootcert" ? "server's CA certificate" : param === "sslcert" ? "client certificate" : "client key"} there, or fix or remove ${param} in the URL`,
+      );
+  }
 }
 
 /** The session's lock_timeout and statement_timeout for `s`, in milliseconds (0: none), as {@link poolConfig} sets them. */

@@ -5,6 +5,7 @@
  * database URL; `target` is {@link describeTarget}'s host:port/database.
  */
 import { VaultError } from "../../base/errors.js";
+import { tlsFileProblem } from "./connection.js";
 
 /** The SQLSTATE the audit trigger raises for a row that does not follow the head (schema.ts). */
 export const AUDIT_GAP_STATE = "LSGAP";
@@ -80,10 +81,44 @@ export function silentServer(target: string, ms: number): VaultError {
   );
 }
 
+/** Node's codes for a TLS handshake that failed on a certificate (the server's not trusted, expired, another host's). */
+const TLS_CERT_CODE = /CERT|^ERR_TLS_|^UNABLE_TO_|^HOSTNAME_MISMATCH$/;
+
+/**
+ * The VaultError for a connection whose TLS settings cannot be met, or null: a TLS file the URL names
+ * that node-postgres could not read (a file error, not a socket's), a server that offers no TLS to a
+ * URL whose sslmode requires it, a certificate not accepted. None is a bug, none says the URL.
+ */
+function tlsError(e: unknown, code: string, what: string, target: string): VaultError | null {
+  const fsErr = e as { syscall?: unknown; path?: unknown } | null;
+  if (fsErr?.syscall === "open" && typeof fsErr.path === "string" && code !== "")
+    return new VaultError(
+      "config_invalid",
+      `could not ${what}: a TLS file the database URL names (sslrootcert, sslcert or sslkey) ${tlsFileProblem(code)}; fix that parameter of the URL`,
+      { cause: e },
+    );
+  const msg = e instanceof Error ? e.message : "";
+  if (/server does not support SSL/i.test(msg))
+    return new VaultError(
+      "unavailable",
+      `could not ${what}: the PostgreSQL server at ${target} does not offer TLS, and the database URL's sslmode (or ssl) requires it; enable TLS on the server, or change sslmode in the URL if the network to it is trusted`,
+      { cause: e },
+    );
+  if (TLS_CERT_CODE.test(code))
+    return new VaultError(
+      "unavailable",
+      `could not ${what}: the TLS connection to the PostgreSQL server at ${target} failed (${code}): its certificate was not accepted under the database URL's sslmode and sslrootcert; check both`,
+      { cause: e },
+    );
+  return null;
+}
+
 /** The VaultError for `e`, raised while the store tried to `what` ("read a lease"). */
 export function pgError(e: unknown, what: string, target: string): VaultError {
   if (e instanceof VaultError) return e;
   const code = codeOf(e);
+  const tls = tlsError(e, code, what, target);
+  if (tls !== null) return tls;
   if (isConnectionError(e)) {
     const why = connectionReason(code, e);
     return connectionError(
