@@ -3,8 +3,9 @@
  * reload and the brakes", docs/team.md "Policy", docs/security.md "Policy and leases").
  *
  * Real parts: homes made by initHome with real policy files, vaults opened by openVault (the loader a
- * daemon uses, re-reading the file on reload), real SQLite files, and two instances on one real
- * PostgreSQL schema (LESSOR_TEST_PG_URL; those tests skip without it).
+ * daemon uses, re-reading the file on reload), real SQLite files (one file held open by several vaults
+ * and a real `lessor serve`), and two instances on one real PostgreSQL schema (LESSOR_TEST_PG_URL;
+ * those tests skip without it).
  */
 import assert from "node:assert/strict";
 import { chmodSync, copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -13,7 +14,8 @@ import { after, describe, test } from "node:test";
 import { openVault } from "../src/config/open-vault.js";
 import type { Vault } from "../src/vault/vault.js";
 import { parsePolicyStamp, POLICY_META, UNREADABLE_STAMP } from "../src/vault/policy-sync.js";
-import { makeHome } from "./daemon-harness.js";
+import { LessorClient } from "../src/client/index.js";
+import { makeHome, startServe } from "./daemon-harness.js";
 import { agent, grant } from "./helpers.js";
 import { admin, PG_SKIP, testSchema } from "./pg-helpers.js";
 
@@ -229,4 +231,62 @@ test("two reloads of one vault at once both end as a reload of the file does (th
   const ok = await Promise.all([v.admin().reloadPolicy(), v.admin().reloadPolicy()]);
   assert.equal(ok[0].digest, ok[1].digest);
   assert.equal(await outcome(v.session(agent("claude")).requestLease(GH)), "granted");
+});
+
+describe("several vaults on one SQLite file (docs/policy.md \"Reloading\": every vault on the home)", () => {
+  const GH = { secret: "github-token", domains: ["api.github.com"] };
+  const only = (agents: string[]) => grant("gh", agents, ["github-token"], ["api.github.com"], 'ttl = "1h"');
+  const write = (h: string, text: string) => writeFileSync(join(h, "policy.toml"), text, { mode: 0o600 });
+
+  test("a reload by an embedded vault binds a daemon serving the same home at its next grant, use and renewal", { timeout: 60_000 }, async () => {
+    const h = await makeHome({ policy: only(["claude"]) });
+    const d = await startServe(h);
+    cleanups.push(() => d.stop());
+    const c = await LessorClient.connect({ socketPath: d.socket });
+    cleanups.push(async () => c.close());
+    await c.storeSecret({ name: "github-token", value: CANARY });
+    const lease = await c.requestLease({ agent: "claude", ...GH });
+    write(h, only(["bob"]));
+    // The daemon has not reloaded: an embedded program on the same home does.
+    const e = await open(h);
+    await e.admin().reloadPolicy();
+    await e.close();
+    const now = {
+      grant: await outcome(c.requestLease({ agent: "claude", ...GH })),
+      use: await outcome(c.accessSecret(lease.id, { domain: "api.github.com" })),
+      renewal: await outcome(c.renewLease(lease.id)),
+      bob: await outcome(c.requestLease({ agent: "bob", ...GH })),
+    };
+    assert.deepEqual(now, { grant: "access_denied", use: "access_denied", renewal: "access_denied", bob: "granted" });
+    assert.equal((await c.describe()).policy.stale, undefined);
+  });
+
+  test("a policy file edited without a reload: before any reload each vault decides by the file it opened with; after one, the file reloaded stays in force and a vault opened on another grants nothing until the next reload", { timeout: 60_000 }, async () => {
+    const h = await makeHome({ policy: only(["claude"]) });
+    const a = await open(h);
+    await a.admin().storeSecret({ name: "github-token", value: CANARY });
+    write(h, only(["bob"]));
+    // No reload yet: the vault open before the edit keeps its rules, one opened after it has the new ones.
+    const b = await open(h);
+    assert.deepEqual(
+      [await outcome(a.session(agent("claude")).requestLease(GH)), await outcome(b.session(agent("bob")).requestLease(GH)), await outcome(b.session(agent("claude")).requestLease(GH))],
+      ["granted", "granted", "access_denied"],
+    );
+    // A reload puts bob's file in force on every vault: a follows at its next grant.
+    await b.admin().reloadPolicy();
+    assert.equal(await outcome(a.session(agent("claude")).requestLease(GH)), "access_denied");
+    assert.equal(await outcome(a.session(agent("bob")).requestLease(GH)), "granted");
+    // Edited again, without a reload: what the last reload loaded stays in force where it is; a vault
+    // opened on the edited file grants nothing (not even what both files grant), saying how to fix it.
+    write(h, only(["bob", "carol"]));
+    const c = await open(h);
+    assert.equal(await outcome(a.session(agent("bob")).requestLease(GH)), "granted");
+    assert.equal(await outcome(a.session(agent("carol")).requestLease(GH)), "access_denied");
+    await assert.rejects(c.session(agent("carol")).requestLease(GH), (e: Coded) => e.code === "unavailable" && /lessor policy reload/.test(e.message));
+    assert.equal(await outcome(c.session(agent("bob")).requestLease(GH)), "unavailable");
+    assert.equal((await c.admin().status()).policy, "stale");
+    // Reloaded: in force on every vault.
+    await c.admin().reloadPolicy();
+    for (const v of [a, b, c]) assert.equal(await outcome(v.session(agent("carol")).requestLease(GH)), "granted");
+  });
 });

@@ -19,8 +19,17 @@
  * the laxest limits.
  * Brakes (revoke, killswitch, token revocation), audit and status never read the stamp: they keep
  * working on a stale instance. `status` and `policy explain` report the staleness
- * (the `stale` field of the policy version). Stores one process owns (memory, SQLite) have no stamp check: there
- * the daemon and the CLI read the same file.
+ * (the `stale` field of the policy version).
+ *
+ * One SQLite file is shared too: a daemon, embedded `lessor` commands and programs on the embedded API
+ * may each hold it open, for hours (`lessor run`, `proxy`, `mcp` without a daemon), each with the
+ * policy it read when it opened. There the stamp's digest binds every grant, use, renewal and approval
+ * request in the same way ({@link shared}), so that a reload in any of them (which stamps it) binds
+ * the others at their next call: each reads its policy file again, and refuses while that file is not
+ * the one reloaded (it was edited since: reload it to put it in force). What stays for the team only
+ * ({@link team}): the stamp written by the first instance to open, and the pinned `[vault]` limits;
+ * on SQLite, before any reload, each process decides by the file it read at open. The memory store
+ * has no stamp check: one process owns it.
  */
 import { VaultError } from "../base/errors.js";
 import { markBehind } from "./behind.js";
@@ -136,14 +145,23 @@ function state(ctx: VaultContext): SyncState {
   return s;
 }
 
-/** True for a store several instances share (it has a change feed). */
-function shared(ctx: VaultContext): boolean {
+/** True for a store several instances share over a network (it has a change feed: PostgreSQL). */
+function team(ctx: VaultContext): boolean {
   return ctx.store.changes !== undefined;
 }
 
-/** Records a stamp read (or written) now. */
+/**
+ * True for a store other processes may hold open at the same time, where the policy stamp's digest
+ * binds every grant: a team's, and a SQLite file (a daemon, embedded commands and programs on the
+ * embedded API on one home). Not the memory store (one process owns it).
+ */
+function shared(ctx: VaultContext): boolean {
+  return team(ctx) || ctx.store.kind === "sqlite";
+}
+
+/** Records a stamp read (or written) now. Off a team's store its limits pin nothing, so they are not kept. */
 function note(ctx: VaultContext, stamp: PolicyStamp | null): void {
-  notePolicyStamp(ctx, stamp);
+  notePolicyStamp(ctx, stamp === null || stamp.limits === undefined || team(ctx) ? stamp : { ...stamp, limits: undefined });
   state(ctx).readAt = performance.now();
 }
 
@@ -186,6 +204,11 @@ function limitsError(names: string[]): VaultError {
 export function staleError(ctx: VaultContext, stamp: PolicyStamp): VaultError {
   // Who reloaded it and the policy file's path are left out: agents read this message (`lessor status` shows both to an admin).
   const when = stamp.at > 0 ? `, put in force on ${new Date(stamp.at).toISOString()}` : "";
+  if (!team(ctx))
+    return new VaultError(
+      "unavailable",
+      `this lessor process's policy (digest ${ctx.policy.digest || "none"}) is not the one the last lessor policy reload put in force on this vault (digest ${digestText(stamp.digest)}${when}), so this process grants nothing until they match: the policy file was changed since (or this process was given another policy); run lessor policy reload to put the file as it is now in force, or put back the file that was reloaded (it is picked up within a second)`,
+    );
   return new VaultError(
     "unavailable",
     `this lessor instance's policy file (digest ${ctx.policy.digest || "none"}) is not the policy in force on the shared database (digest ${digestText(stamp.digest)}${when}), so this instance grants nothing until they match: copy the policy file in force to this instance (it is picked up within a second), or run lessor policy reload on this instance to put its own file in force on every instance`,
@@ -204,6 +227,7 @@ export async function policyGateIn(ctx: VaultContext, tx: StoreReader): Promise<
   const stamp = parsePolicyStamp(await tx.getMeta(POLICY_META));
   if (stamp === null) return null;
   if (stamp.digest === ctx.policy.digest) {
+    if (!team(ctx)) return null;
     const mine = limitsText(ctx.limits);
     return stamp.limits === undefined || stamp.limits === mine ? null : limitsError(differingLimits(mine, stamp.limits));
   }
@@ -256,7 +280,7 @@ export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
 }
 
 /**
- * When a vault opens on a shared store: reads the stamp and records it (for `stale` in the policy
+ * When a vault opens on a team's store (PostgreSQL; not SQLite, where only reloads stamp): reads the stamp and records it (for `stale` in the policy
  * version), raising nothing yet. A store that has no stamp (no reload ever ran) gets this vault's
  * policy and limits stamped as the ones in force (unless the policy is broken), so that an instance
  * started later with another file is stale rather than silently different: the first to open wins.
@@ -271,7 +295,7 @@ export async function checkPolicyStamp(ctx: VaultContext): Promise<void> {
  * A trail that refuses writes leaves the limits unclaimed (this instance is then the stale one).
  */
 export async function openPolicyStamp(ctx: VaultContext, claimLimits: Identity | null = null): Promise<void> {
-  if (!shared(ctx)) return;
+  if (!team(ctx)) return;
   const mine = limitsText(ctx.limits);
   const needs = (s: PolicyStamp | null): boolean =>
     s === null
