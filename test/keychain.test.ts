@@ -358,7 +358,7 @@ out.untouched = e.getPassword();
     for (const r of [rotate, out.get as Run]) assert.ok(!r.stderr.includes(CANARY));
     assert.ok(!rotate.stdout.includes(CANARY));
     assert.equal(out.promoted, undefined);
-    assert.deepEqual(out.refused, { code: "key_unavailable", message: `the OS keychain entry lessor/${out.account as string} changed since its keys were loaded; run the command again` });
+    assert.deepEqual(out.refused, { code: "key_unavailable", message: `the OS keychain entry lessor/${out.account as string} changed since its keys were loaded (another master-key rotation wrote it, or it was edited), so this rotation wrote nothing; wait for any other rotation to finish, then run the command again` });
     assert.equal(keysOf(out.untouched).length, 2, "the refused rotation wrote nothing");
   });
 

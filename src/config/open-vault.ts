@@ -15,6 +15,7 @@ import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
 import { writeError } from "../fs/write-error.js";
+import { localProcesses } from "../fs/process-identity.js";
 import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
 import { readTrustedText } from "../fs/trusted-file.js";
@@ -172,6 +173,7 @@ export async function openVault(opts: OpenVaultOptions = {}): Promise<Vault> {
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.claimLimits ? { claimLimits: opts.claimLimits } : {}),
       ...(opts.create ? { bindKey: true } : {}),
+      processes: localProcesses(),
       // [[rotate]] commands run in the home, with a minimal environment taken from this one.
       ...(cfg.rotate.length > 0 ? { rotationHooks: commandRotationHooks(cfg.rotate, { cwd: home, env }) } : {}),
     });

@@ -12,7 +12,7 @@ import { chainEvent, makeCheckpoint } from "../audit/chain.js";
 import { AuditKeys } from "../audit/keys.js";
 import type { AuditSink } from "./ports.js";
 import type { Store, StoreTx } from "./ports.js";
-import type { KeySource } from "./ports.js";
+import type { KeySource, Processes } from "./ports.js";
 import { VaultError } from "../base/errors.js";
 import type { Limits } from "./limits.js";
 
@@ -69,6 +69,8 @@ export interface VaultContext {
   auditSeen: { seq: number; at: number } | null;
   /** The configured rotation hooks (src/vault/rotation-hooks.ts), if any. */
   readonly rotationHooks?: RotationHooks;
+  /** This process and whether another has ended, for claims in the store (src/vault/rotation-claim.ts); absent, a claim ends only when it lapses. */
+  readonly processes?: Processes;
 }
 
 /**

@@ -228,6 +228,25 @@ export interface AuditSink {
   close?(): void | Promise<void>;
 }
 
+/** A process as other lessor processes sharing the store can name it (src/vault/rotation-claim.ts). */
+export interface ProcessRef {
+  /** Which kernel and pid namespace `pid` is in (on Linux the boot id and the pid namespace; else the host name). */
+  host: string;
+  pid: number;
+  /** Its start time where known (a pid alone is reused). */
+  start: string | null;
+}
+
+/**
+ * This process, and whether a process named by a claim in the store has ended (src/fs/process-identity.ts
+ * localProcesses): a claim left by a process that died is taken over at once instead of when it lapses.
+ */
+export interface Processes {
+  readonly self: ProcessRef;
+  /** True only when `p` certainly ended: it ran on this host, in this pid namespace, and runs no more. */
+  ended(p: ProcessRef): boolean;
+}
+
 /**
  * Where master keys come from (env, passphrase file, key file, OS keychain, command). Sources that can
  * store keys (the key file, the passphrase file and the keychain) support rotation through {@link KeySource.promote} and

@@ -14,6 +14,10 @@
  * Before it starts, the keyring is read again from the key source (another instance may have rotated).
  * Killed anywhere, the key source holds every key some row points at. Running it again resumes: a
  * keyring that still holds old keys is finished rather than given yet another key.
+ * One rotation at a time among every process sharing the store: it is claimed there before the key
+ * source is read and held to the end (./rotation-claim.ts); a second is refused, changing nothing. Just
+ * before each write to the key source, the claim is renewed and the source is checked to keep every
+ * key the store still uses.
  */
 import { randomBytes } from "node:crypto";
 import { archiveKeys, AUDIT_KEYS_META, parseArchive } from "../audit/keys.js";
@@ -25,6 +29,7 @@ import { denied } from "./denied.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 import { commit, CURRENT_KEY_META, setKeyring, type VaultContext } from "./context.js";
 import { checkKeysIn, reloadBeforeRotation } from "./key-reload.js";
+import { claimRotationIn, holdRotationIn, newRotationClaim, releaseRotation, releaseRotationIn, rotationRunningIn, type RotationClaim } from "./rotation-claim.js";
 import { tokenMac, tokenMacKey } from "./token-mac.js";
 import { isVaultError, VaultError } from "../base/errors.js";
 import { refString } from "../base/names.js";
@@ -84,22 +89,65 @@ async function refuseRetired(ctx: VaultContext): Promise<void> {
     );
 }
 
+/**
+ * Inside the rotation's claim, just before the key source is written: renews the claim, and refuses
+ * unless the key source will then hold every master key the store still uses (a value's wrapped data
+ * key, or the key recorded as current). Otherwise the store moved on without this rotation (a rotation
+ * elsewhere that did not take the claim, or a key source shared with another vault), and writing
+ * would lose a key: nothing is written.
+ */
+async function checkBeforeKeyWrite(ctx: VaultContext, claim: RotationClaim, willHold: readonly string[], what: string): Promise<void> {
+  await ctx.store.transaction(async (tx) => {
+    await holdRotationIn(ctx, tx, claim, ctx.now());
+    const [inUse, recorded] = await Promise.all([tx.keyIdsInUse(), tx.getMeta(CURRENT_KEY_META)]);
+    const needed = new Set(inUse);
+    // A record naming a retired key is not followed (checkKeysIn): the rotation records a fresh one.
+    if (recorded !== null && recorded !== "" && !(await retiredKeys(tx, ctx.auditKeys)).has(recorded)) needed.add(recorded);
+    const missing = [...needed].filter((id) => !willHold.includes(id));
+    if (missing.length > 0)
+      throw new VaultError(
+        "unavailable",
+        `lessor key rotate stopped before it would ${what}: the vault uses master key ${missing.join(", ")}, which ${ctx.keys.describe} would then no longer hold (it would hold ${willHold.join(", ")}). Another master-key rotation ran or is running on this vault (or another vault writes this key source); writing now would lose that key, so nothing was written. Wait for the other rotation to finish, then run lessor key rotate again`,
+      );
+  });
+}
+
 /** Rotates the master key (admin only). `onBatch` is called after each committed batch (tests). */
 export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?: (done: number) => void): Promise<RotationResult> {
-  await commit(ctx, async (tx, audit) => {
-    const err = roleError(who, ["admin"], "rotate the master key");
-    if (!err) {
-      // Another instance may have rotated already: load its key first (src/vault/key-reload.ts), so
-      // that this rotation neither judges the trail by an old keyring nor rotates back to an old key.
-      // A record of the current key pointing at a retired key is not followed: this rotation records a fresh one.
-      await checkKeysIn(ctx, tx, { rotating: true });
-      // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
-      const chain = await inspectChain(ctx, tx);
-      noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
-      return chain.problem === null ? undefined : brokenError(chain.problem);
-    }
-    return denied(audit, who, err);
-  });
+  // One rotation at a time among every process sharing the store (./rotation-claim.ts): claimed
+  // before the key source is read, held to the end, ended however the rotation ends.
+  const claim = newRotationClaim();
+  let claimed = false;
+  try {
+    await commit(ctx, async (tx, audit, now) => {
+      const err = roleError(who, ["admin"], "rotate the master key");
+      if (!err) {
+        // First: while another rotation runs, what it is changing (the current key, the checkpoint)
+        // must not be judged here as a key set back or a broken trail.
+        const running = await rotationRunningIn(ctx, tx, claim, now);
+        if (running !== null) return running;
+        // Another instance may have rotated already: load its key first (src/vault/key-reload.ts), so
+        // that this rotation neither judges the trail by an old keyring nor rotates back to an old key.
+        // A record of the current key pointing at a retired key is not followed: this rotation records a fresh one.
+        await checkKeysIn(ctx, tx, { rotating: true });
+        // Refused before a new key is made: a broken audit trail would refuse the rotation's events.
+        const chain = await inspectChain(ctx, tx);
+        noteAuditState(ctx, chain.problem); // the alarm, as any refused write raises it
+        if (chain.problem !== null) return brokenError(chain.problem);
+        const refused = await claimRotationIn(ctx, tx, claim, who, now);
+        claimed ||= refused === null;
+        return refused ?? undefined;
+      }
+      return denied(audit, who, err);
+    });
+    return await rotateClaimed(ctx, who, claim, onBatch);
+  } finally {
+    if (claimed) await releaseRotation(ctx, claim);
+  }
+}
+
+/** The rotation itself, once `claim` is held. */
+async function rotateClaimed(ctx: VaultContext, who: Identity, claim: RotationClaim, onBatch?: (done: number) => void): Promise<RotationResult> {
   // Start from what the key source holds now, not from keys another instance has since retired.
   if (ctx.keys.writable) await reloadBeforeRotation(ctx);
   const before = ctx.keyring.ids();
@@ -113,6 +161,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   if (ctx.keys.writable && !resumable) {
     if (!ctx.keys.promote) throw new VaultError("internal", "the key source says it is writable but cannot store keys");
     resumed = false;
+    // The key source keeps every key it holds now: refused unless those are all the store uses.
+    await checkBeforeKeyWrite(ctx, claim, ctx.keyring.ids(), "add a new master key");
     const fresh = randomBytes(KEY_BYTES);
     setKeyring(ctx, await ctx.keys.promote(ctx.keyring, fresh));
   } else if (!ctx.keys.writable) {
@@ -126,7 +176,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   }
   if (resumable) await refuseRetired(ctx);
   const to = ctx.keyring.current.id;
-  await commit(ctx, async (tx, audit) => {
+  await commit(ctx, async (tx, audit, now) => {
+    await holdRotationIn(ctx, tx, claim, now);
     await tx.setMeta(CURRENT_KEY_META, to);
     await audit({ type: "key_rotation_started", actor: who, outcome: "ok", detail: { to, from: before.filter((k) => k !== to).join(","), resumed } });
   });
@@ -149,6 +200,7 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
       }
     }
     const n = await ctx.store.transaction(async (tx) => {
+      await holdRotationIn(ctx, tx, claim, ctx.now());
       let changed = 0;
       for (const { r, wrapped } of updates) if (await tx.rewrapVersion(r, r.version, r.keyId, to, wrapped)) changed++;
       return changed;
@@ -159,7 +211,8 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
     if (stuck.length > 0) throw stuckError(stuck, to);
   }
   const from = before.filter((k) => k !== to);
-  await commit(ctx, async (tx, audit) => {
+  await commit(ctx, async (tx, audit, now) => {
+    await holdRotationIn(ctx, tx, claim, now);
     const archive = archiveKeys(ctx.keyring, parseArchive(await tx.getMeta(AUDIT_KEYS_META)));
     await tx.setMeta(AUDIT_KEYS_META, JSON.stringify(archive));
     // In the commit that records the rotation: a token made before it is MACed again here.
@@ -176,11 +229,15 @@ export async function rotateMasterKey(ctx: VaultContext, who: Identity, onBatch?
   if (ctx.keys.writable && ctx.keys.retire && ctx.keyring.ids().length > 1) {
     const inUse = await ctx.store.keyIdsInUse();
     const keep = [to, ...inUse.filter((k) => k !== to)];
+    await checkBeforeKeyWrite(ctx, claim, keep, "retire the old master keys");
     setKeyring(ctx, await ctx.keys.retire(ctx.keyring, keep));
     retired = true;
     // Written again so that the other instances sharing the store hear of it (a change-feed notice)
     // and read their key source again, dropping the retired keys too.
-    await ctx.store.transaction(async (tx) => tx.setMeta(CURRENT_KEY_META, to));
+    await ctx.store.transaction(async (tx) => {
+      await tx.setMeta(CURRENT_KEY_META, to);
+      await releaseRotationIn(ctx, tx, claim, ctx.now());
+    });
   }
   return { from, to, rewrapped, resumed, retired };
 }

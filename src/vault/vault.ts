@@ -14,7 +14,7 @@
  */
 import type { Alg } from "../crypto/aead.js";
 import { withCurrent, type Keyring } from "../crypto/keyring.js";
-import type { KeySource } from "./ports.js";
+import type { KeySource, Processes } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
 import { retiredKeys } from "../audit/retired.js";
@@ -95,6 +95,12 @@ export interface VaultOptions {
    * the vault's by the first write made under it.
    */
   bindKey?: boolean;
+  /**
+   * This process, and whether another named in the store has ended (src/fs/process-identity.ts
+   * localProcesses): a master-key rotation claim left by a process that died is taken over at once.
+   * Absent, such a claim blocks rotations until it lapses (src/vault/rotation-claim.ts).
+   */
+  processes?: Processes;
 }
 
 /** The identity of the program embedding the vault. */
@@ -263,6 +269,7 @@ export class Vault {
         signals: new Signals(),
         auditSeen: null,
         ...(opts.rotationHooks !== undefined ? { rotationHooks: opts.rotationHooks } : {}),
+        ...(opts.processes !== undefined ? { processes: opts.processes } : {}),
       };
       installPolicy(ctx, policy);
       await checkKillswitch(ctx);

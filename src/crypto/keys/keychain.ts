@@ -326,7 +326,7 @@ export function keychainKeySource(markerPath: string, opts: KeychainOptions = {}
     const inKeychain = ringOf(await readEntry(e, markerPath, opts));
     const same = inKeychain.ids().join(",") === ring.ids().join(",");
     inKeychain.wipe();
-    if (!same) throw new VaultError("key_unavailable", `the OS keychain entry ${where(e)} changed since its keys were loaded; run the command again`);
+    if (!same) throw new VaultError("key_unavailable", `the OS keychain entry ${where(e)} changed since its keys were loaded (another master-key rotation wrote it, or it was edited), so this rotation wrote nothing; wait for any other rotation to finish, then run the command again`);
   };
   return {
     kind: "keychain",

@@ -323,7 +323,7 @@ export function passphraseKeySource(path: string, getPassphrase: PassphraseProvi
       same = onDisk.ids().join(",") === ring.ids().join(",");
       onDisk.wipe();
     }
-    if (!same) throw new VaultError("key_unavailable", `${WHAT} ${path} changed since its keys were loaded; run the command again`);
+    if (!same) throw new VaultError("key_unavailable", `${WHAT} ${path} changed since its keys were loaded (another master-key rotation wrote it, or it was edited), so this rotation wrote nothing; wait for any other rotation to finish, then run the command again`);
   }
 
   function write(s: Session, keys: Buffer[]): Keyring {
