@@ -4,8 +4,8 @@
  * embedded program and by other processes (embedded `lessor` CLIs, other programs on the embedded API).
  *
  * Real parts only: real SQLite files in temp homes, the built CLI (dist/bin/lessor.cjs) and tsx
- * scripts as real child processes. No network. A test whose name starts with "BREAK: " asserts the
- * documented behaviour of a promise that does not hold today (it fails until fixed).
+ * scripts as real child processes. No network. The two breaks the pass found (a master-key rotation
+ * race, a policy reload unseen by another process) are fixed; their tests hold the guarantees.
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";

@@ -6,7 +6,7 @@
  * Real parts only: the built CLI (dist/bin/lessor.cjs) as child processes, real homes in temp
  * directories, real SQLite files, real bwrap for `lessor run`. No network traffic at all.
  *
- * BREAK tests fail on the current code and assert the secure behaviour.
+ * Each test once named a break it found (fixed since); it now holds the guarantee.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
