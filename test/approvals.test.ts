@@ -249,6 +249,15 @@ for (const store of ["sqlite", "memory"] as const) {
       assert.ok(own.required && own.created);
     });
 
+    test("the owner asking for several agents (lessor mcp --agent X as the owner) is capped per agent only: one agent's sixteen leave the others room", async () => {
+      const { vault } = await setup(store);
+      const owner = vault.admin();
+      for (let i = 0; i < MAX_PENDING_PER_AGENT; i++) await owner.requestApproval({ agent: "claude", secret: "deploy-key", ttl: 60_000 + i });
+      assert.equal((await refusalOf(owner.requestApproval({ agent: "claude", secret: "deploy-key" }))).code, "rate_limited");
+      const other = await owner.requestApproval({ agent: "claude-2", secret: "deploy-key" });
+      assert.ok(other.required && other.created);
+    });
+
     test("the killswitch withdraws every approval not yet used: none yields a lease after the release", async () => {
       const { vault } = await setup(store);
       await killswitchWithdraws(vault);

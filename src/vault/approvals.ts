@@ -41,11 +41,13 @@ export const MAX_APPROVALS = 256;
 /** Most pending approvals of one agent: an agent cannot bury the person under requests. */
 export const MAX_PENDING_PER_AGENT = 16;
 /**
- * Most pending approvals asked for by one identity (its `requestedBy`): an orchestrator acting for a
- * pattern (`--act-for "ci-*"`) can name any number of agents, so the per-agent cap alone would let it
- * fill {@link MAX_APPROVALS} and leave no other agent a way to ask a person for anything. Sixteen
- * waiting at once is more than a person decides in one sitting; an orchestrator that runs more jobs
- * needing approval at once is given one token per job group.
+ * Most pending approvals asked for by one orchestrator (its `requestedBy`): one acting for a pattern
+ * (`--act-for "ci-*"`) can name any number of agents, so the per-agent cap alone would let it fill
+ * {@link MAX_APPROVALS} and leave no other agent a way to ask a person for anything. Sixteen waiting
+ * at once is more than a person decides in one sitting; an orchestrator that runs more jobs needing
+ * approval at once is given one token per job group. An agent is held by the per-agent cap; the
+ * owner (admin) is not capped per requester: every `lessor mcp --agent X` reaching the vault as the
+ * owner asks under the owner's one identity, and one agent's sixteen must not leave the others none.
  */
 export const MAX_PENDING_PER_REQUESTER = 16;
 
@@ -193,7 +195,7 @@ export async function findOrOpen(
   }
   if (items.filter((a) => a.state === "pending" && a.agent === b.agent).length >= MAX_PENDING_PER_AGENT)
     return denied(audit, who, new VaultError("rate_limited", `agent "${b.agent}" already has ${MAX_PENDING_PER_AGENT} requests waiting for a person's approval; wait for them to be decided or to lapse`), { agent: b.agent, secret: b.secret });
-  if (items.filter((a) => a.state === "pending" && a.requestedBy === who.id).length >= MAX_PENDING_PER_REQUESTER)
+  if (who.role === "orchestrator" && items.filter((a) => a.state === "pending" && a.requestedBy === who.id).length >= MAX_PENDING_PER_REQUESTER)
     return denied(
       audit,
       who,
