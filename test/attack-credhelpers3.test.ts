@@ -366,6 +366,9 @@ test("foreignHelpers: the helpers git would hand the answer to, after the last r
   assert.deepEqual(foreignHelpers("", req), []);
   assert.ok(isLessorHelper(LESSOR) && isLessorHelper("!'/usr/bin/node' -- '/opt/lessor.cjs' git-credential --secret x"));
   assert.ok(!isLessorHelper("git-credential --secret x") && !isLessorHelper("!git-credential-store") && !isLessorHelper("store"));
+  // Another program's git-credential subcommand is not lessor's (GitHub CLI's, or one named to pass).
+  assert.ok(!isLessorHelper("!/usr/bin/gh auth git-credential") && !isLessorHelper("!tool git-credential") && !isLessorHelper("!git-credential"));
+  assert.ok(isLessorHelper("!/usr/local/bin/lessor git-credential --agent claude") && isLessorHelper("!node /opt/lessor/dist/bin/lessor.cjs git-credential"));
   // A repository's own helper is a routing key, whatever it is.
   assert.deepEqual(repositoryRouting("local\0credential.helper\0worktree\0credential.https://x.helper\0global\0credential.helper\0"), ["credential.helper", "credential.https://x.helper"]);
 });

@@ -38,12 +38,20 @@ export interface HelperRequest {
 export const HELPER_KEYS_RE = "^credential\\.(.+\\.)?helper$";
 
 /**
- * Whether a helper value is lessor's own git helper: a shell command (`!…`) with `git-credential` as
- * one of its words, as docs/cli/credential-helpers.md has it written (`!lessor git-credential …`).
- * lessor's `store` and `erase` keep nothing.
+ * Whether a helper value is lessor's own git helper: a shell command (`!…`) in which `git-credential`
+ * is the word right after lessor's program (`lessor`, or a path to `lessor`, `lessor.cjs`, `lessor.js`),
+ * as docs/cli/credential-helpers.md has it written (`!lessor git-credential …`). Another program's
+ * `git-credential` subcommand (`!gh auth git-credential`) is not lessor's. lessor's `store` and
+ * `erase` keep nothing.
  */
 export function isLessorHelper(value: string): boolean {
-  return value.startsWith("!") && /(?:^|[\s'"])git-credential(?=[\s'"]|$)/.test(value.slice(1));
+  if (!value.startsWith("!")) return false;
+  const words = value
+    .slice(1)
+    .trim()
+    .split(/\s+/)
+    .map((w) => w.replace(/^['"]|['"]$/g, ""));
+  return words.some((w, i) => w === "git-credential" && i > 0 && /(?:^|\/)lessor(?:\.c?js|\.mjs)?$/.test(words[i - 1]!));
 }
 
 type Match = "yes" | "maybe" | "no";
