@@ -15,7 +15,7 @@ import { VaultError } from "../base/errors.js";
 import { Vault, type VaultOptions } from "../vault/vault.js";
 import { writeFileExclusive } from "../fs/atomic-file.js";
 import { writeError } from "../fs/write-error.js";
-import { localProcesses } from "../fs/process-identity.js";
+import { localProcesses } from "./local-processes.js";
 import { STARTER_CONFIG, type Config } from "./config.js";
 import { loadConfig } from "./load.js";
 import { readTrustedText } from "../fs/trusted-file.js";

@@ -1,11 +1,9 @@
 /**
  * Whether a process named by a file (a lock's holder, an export's temporary file) or by a claim in the
- * store (src/vault/rotation-claim.ts) is still the one that wrote it: a pid alone is reused, so on
+ * store (src/vault/rotation-claim.ts, through src/config/local-processes.ts) is still the one that wrote it: a pid alone is reused, so on
  * Linux its start time (field 22 of /proc/<pid>/stat) is recorded beside it and compared.
  */
-import { readFileSync, readlinkSync } from "node:fs";
-import { hostname } from "node:os";
-import type { ProcessRef, Processes } from "../vault/ports.js";
+import { readFileSync } from "node:fs";
 
 /** A process as recorded: its pid and, where known, its start time. */
 export interface ProcessId {
@@ -49,32 +47,4 @@ function procStat(pid: number): { state: string; start: string } | null {
   const start = rest[22 - 3];
   if (state === undefined || start === undefined || !/^[0-9]+$/.test(start)) return null;
   return { state, start };
-}
-
-/**
- * Which kernel and pid namespace this process's pid is in: on Linux the boot id and the pid namespace
- * (containers on one kernel share the boot id, not their pids); elsewhere the host name.
- */
-function hostKey(): string {
-  if (process.platform === "linux") {
-    try {
-      const boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
-      return `linux:${boot}:${readlinkSync("/proc/self/ns/pid")}`;
-    } catch {
-      // no /proc: fall back to the host name
-    }
-  }
-  return `host:${hostname()}`;
-}
-
-/**
- * This process as a claim in the store names it, and a judge of whether a process a claim names has
- * ended: only one on this host and in this pid namespace, found not running (src/vault/ports.ts Processes).
- */
-export function localProcesses(): Processes {
-  const self: ProcessRef = { host: hostKey(), pid: process.pid, start: startTime(process.pid) };
-  return {
-    self,
-    ended: (p) => p.host === self.host && p.pid !== process.pid && !isRunning({ pid: p.pid, start: p.start }),
-  };
 }

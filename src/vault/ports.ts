@@ -238,7 +238,7 @@ export interface ProcessRef {
 }
 
 /**
- * This process, and whether a process named by a claim in the store has ended (src/fs/process-identity.ts
+ * This process, and whether a process named by a claim in the store has ended (src/config/local-processes.ts
  * localProcesses): a claim left by a process that died is taken over at once instead of when it lapses.
  */
 export interface Processes {

@@ -96,7 +96,7 @@ export interface VaultOptions {
    */
   bindKey?: boolean;
   /**
-   * This process, and whether another named in the store has ended (src/fs/process-identity.ts
+   * This process, and whether another named in the store has ended (src/config/local-processes.ts
    * localProcesses): a master-key rotation claim left by a process that died is taken over at once.
    * Absent, such a claim blocks rotations until it lapses (src/vault/rotation-claim.ts).
    */
