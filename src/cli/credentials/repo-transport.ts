@@ -39,7 +39,7 @@ const ROUTING = new Set([
 const CREDENTIAL_ROUTING = new Set(["usehttppath", "helper"]);
 
 /** Scopes the owner controls; anything else is the repository's. */
-export const OWNERS = new Set(["system", "global", "command"]);
+const OWNERS = new Set(["system", "global", "command"]);
 
 /** Parses `git config --show-scope -z [--name-only] --get-regexp` output: the keys that come from the repository. */
 export function repositoryRouting(out: string): string[] {
