@@ -18,8 +18,8 @@ import { VaultError } from "../../base/errors.js";
 import { parseRefString, refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
-import { foreignHelpersHere } from "./git-helpers.js";
-import { repositoryRoutingHere } from "./repo-transport.js";
+import { foreignHelpers } from "./git-helpers.js";
+import { credentialConfigHere, repositoryRouting } from "./repo-transport.js";
 import { readRequest } from "./stdin.js";
 
 /** The username git sends with the token unless --username or the URL names one (GitHub's and Gitea's convention). */
@@ -84,29 +84,25 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
       const why = e instanceof Error ? e.message : String(e);
       return refuse(why, `the host is not a DNS name: ${why}`);
     }
-    const routing = repositoryRoutingHere();
-    if ("failed" in routing)
+    // One git run: the repository's routing keys and every credential helper for the URL.
+    const config = credentialConfigHere();
+    if ("failed" in config)
       return refuse(
-        `could not read this repository's git config to check where git would send the credential (git config failed: ${routing.failed}), so lessor answers nothing; run git config --list --show-scope here to see what git says, and fix what it names (or run git where its config can be read)`,
-        `the repository's git config could not be checked (git config failed: ${routing.failed})`,
+        `could not read this repository's git config to check where git would send the credential and which credential helpers it would hand the answer to (git config failed: ${config.failed}), so lessor answers nothing; run git config --list --show-scope here to see what git says, and fix what it names (or run git where its config can be read)`,
+        `the repository's git config could not be checked (git config failed: ${config.failed})`,
         host,
       );
-    if (routing.keys.length > 0)
+    const routing = repositoryRouting(config.out);
+    if (routing.length > 0)
       return refuse(
-        `this repository's own git config sets ${routing.keys.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,
-        `the repository's own git config sets ${routing.keys.join(", ")}, which decides where git sends the credential or whom it trusts`,
+        `this repository's own git config sets ${routing.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,
+        `the repository's own git config sets ${routing.join(", ")}, which decides where git sends the credential or whom it trusts`,
         host,
       );
-    const helpers = foreignHelpersHere({ host: req.host, username: req.username, path: req.path });
+    const helpers = foreignHelpers(config.out, { host: req.host, username: req.username, path: req.path });
     const reset = `git config --global credential.https://${req.host}.helper '' and then git config --global --add credential.https://${req.host}.helper '!lessor git-credential …'`;
-    if ("failed" in helpers)
-      return refuse(
-        `could not read git's config to check which other credential helpers git would hand the answer to (git config failed: ${helpers.failed}), so lessor answers nothing; run git config --list --show-scope here to see what git says`,
-        `git's credential helpers could not be checked (git config failed: ${helpers.failed})`,
-        host,
-      );
-    if (helpers.helpers.length > 0) {
-      const named = helpers.helpers.map((h) => `${h.key} = ${h.name} (${h.scope})`).join(", ");
+    if (helpers.length > 0) {
+      const named = helpers.map((h) => `${h.key} = ${h.name} (${h.scope})`).join(", ");
       return refuse(
         `git would also hand the answer to ${named}: git gives an accepted credential to every helper configured for the URL to keep, which would put the token where the policy no longer decides who gets it; make lessor the only helper for this URL by emptying the list before its line: ${reset} (docs/cli/credential-helpers.md)`,
         `git would also hand the answer to another credential helper: ${named}`,

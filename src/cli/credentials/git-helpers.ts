@@ -14,8 +14,6 @@
  * a wildcard in the host) counts as matching when it holds a helper, and as not matching when it
  * holds the empty value that would reset the list.
  */
-import type { SpawnSyncReturns } from "node:child_process";
-import { configOutputOf, gitConfigHere } from "./repo-transport.js";
 
 /** One `credential.helper` entry git would run for the request, other than lessor's own. */
 export interface ForeignHelper {
@@ -34,8 +32,8 @@ export interface HelperRequest {
   path: string | null;
 }
 
-/** The `git config --get-regexp` pattern for every helper key. */
-export const HELPER_KEYS_RE = "^credential\\.(.+\\.)?helper$";
+/** A helper key as git prints it (`credential.helper`, `credential.<url>.helper`). */
+const HELPER_KEY = /^credential\.(.+\.)?helper$/i;
 
 /**
  * Whether a helper value is lessor's own git helper: a shell command (`!…`) in which `git-credential`
@@ -105,8 +103,8 @@ export function patternMatch(pattern: string, req: HelperRequest): Match {
 }
 
 /**
- * Parses `git config --show-scope -z --get-regexp HELPER_KEYS_RE` output (in config order, as git
- * reads it) and returns the helpers other than lessor's that git would run, and so hand the answer
+ * Parses `git config --show-scope -z --get-regexp` output (in config order, as git reads it; keys other
+ * than helpers are skipped: src/cli/credentials/repo-transport.ts credentialConfigHere) and returns the helpers other than lessor's that git would run, and so hand the answer
  * to, for `req`: only those after the last empty value that surely applies.
  */
 export function foreignHelpers(out: string, req: HelperRequest): ForeignHelper[] {
@@ -117,6 +115,7 @@ export function foreignHelpers(out: string, req: HelperRequest): ForeignHelper[]
     const entry = parts[i + 1]!;
     const nl = entry.indexOf("\n");
     const key = nl < 0 ? entry : entry.slice(0, nl);
+    if (!HELPER_KEY.test(key)) continue; // the same run also lists the repository's routing keys
     // A key with no `=` at all git refuses to run with; counted, so that it is never taken for a reset.
     const value = nl < 0 ? null : entry.slice(nl + 1);
     const first = key.indexOf(".");
@@ -136,18 +135,4 @@ export function foreignHelpers(out: string, req: HelperRequest): ForeignHelper[]
       const word = h.value.trim().split(/\s+/, 1)[0] ?? "";
       return { scope: h.scope, key: h.key, name: word.length < h.value.trim().length ? `${word} …` : word };
     });
-}
-
-/** What {@link foreignHelpersHere} found: the helpers, or why git's config could not be read. */
-export type HelperCheck = { helpers: ForeignHelper[] } | { failed: string };
-
-/** Reads a `git config --get-regexp HELPER_KEYS_RE` run (exit 1 is none; other failures are `failed`). */
-export function helperCheckOf(r: SpawnSyncReturns<string>, req: HelperRequest): HelperCheck {
-  const got = configOutputOf(r);
-  return "failed" in got ? got : { helpers: foreignHelpers(got.out, req) };
-}
-
-/** The helpers other than lessor's that git, run in the current directory with `env`, would hand the answer for `req` to. */
-export function foreignHelpersHere(req: HelperRequest, env: NodeJS.ProcessEnv = process.env): HelperCheck {
-  return helperCheckOf(gitConfigHere(["--show-scope", "-z", "--get-regexp", HELPER_KEYS_RE], env), req);
 }

@@ -115,7 +115,17 @@ function stderrLine(err: unknown): string {
  * minus lessor's own secrets (src/base/secret-env.ts).
  */
 export function repositoryRoutingHere(env: NodeJS.ProcessEnv = process.env): RoutingCheck {
-  return routingCheckOf(gitConfigHere(["--show-scope", "-z", "--name-only", "--get-regexp", ROUTING_KEYS_RE], env));
+  const got = credentialConfigHere(env);
+  return "failed" in got ? got : { keys: repositoryRouting(got.out) };
+}
+
+/**
+ * The one `git config` run `lessor git-credential get` makes: every routing key with its scope and
+ * value ({@link ROUTING_KEYS_RE}, which holds the credential helpers too), read by
+ * {@link repositoryRouting} and by ./git-helpers.ts foreignHelpers.
+ */
+export function credentialConfigHere(env: NodeJS.ProcessEnv = process.env): { out: string } | { failed: string } {
+  return configOutputOf(gitConfigHere(["--show-scope", "-z", "--get-regexp", ROUTING_KEYS_RE], env));
 }
 
 /**
