@@ -151,11 +151,37 @@ export function heartbeatIn(ctx: VaultContext, tx: StoreTx): Promise<HeartbeatRe
  */
 export async function heartbeat(ctx: VaultContext, who: Identity, reasonIn?: string): Promise<HeartbeatStatus> {
   const reason = reasonIn === undefined ? null : checkPlainText(reasonIn, "a heartbeat note", 200);
-  return commit(ctx, async (tx, audit, now) => {
+  const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "send the heartbeat");
     if (err) return denied(audit, who, err, {});
-    return recordIn(ctx, tx, audit, now, who, reason);
+    // A heartbeat after the deadline is too late: the switch fires first (as a watching daemon would
+    // have), then the heartbeat is recorded, as one sent to an engaged killswitch is.
+    const fired = await missedDeadlineIn(ctx, tx, audit, now);
+    return { status: await recordIn(ctx, tx, audit, now, who, reason), fired };
   });
+  if (got.fired) firedSignal(ctx, got.fired);
+  return got.status;
+}
+
+/**
+ * Inside the transaction of an admin's heartbeat or killswitch release, before it records the
+ * heartbeat: when the deadline has passed and the switch has not fired (no daemon or long-lived
+ * command was watching, and nothing was asked since), it fires now, as it would have at the deadline.
+ * Otherwise the late heartbeat would move the deadline over the missed one, and the leases granted
+ * before it (which a watching daemon would have revoked) would work again. Returns the lockout it
+ * engaged, or null (the switch off, not due, already engaged, or this instance's limits stale).
+ */
+export async function missedDeadlineIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number): Promise<KillswitchState | null> {
+  if (ctx.limits.heartbeatMs === null || limitsStale(ctx)) return null;
+  const [lockout, beat] = await Promise.all([readKillswitch(tx), heartbeatIn(ctx, tx)]);
+  if (lockout.engaged) return null;
+  return deadmanIn(ctx, tx, audit, now, beat);
+}
+
+/** After the commit in which the switch fired: records the lockout and raises the signal (a server closes its agents' connections). */
+export function firedSignal(ctx: VaultContext, state: KillswitchState): void {
+  sawKillswitch(ctx, state);
+  ctx.signals.emit({ type: "killswitch", engaged: true });
 }
 
 /** Writes and audits a heartbeat by `who` inside a transaction. */
@@ -204,8 +230,7 @@ export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
     return deadmanIn(ctx, tx, audit, now, await heartbeatIn(ctx, tx));
   });
   if (state === null) return false;
-  sawKillswitch(ctx, state);
-  ctx.signals.emit({ type: "killswitch", engaged: true });
+  firedSignal(ctx, state);
   return true;
 }
 

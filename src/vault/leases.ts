@@ -23,7 +23,7 @@ import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { isRevocable, leaseState } from "../base/lease-state.js";
 import { engageKillswitchIn, formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
-import { deadmanIn, heartbeatIn, recordIn } from "./heartbeat.js";
+import { deadmanIn, firedSignal, heartbeatIn, missedDeadlineIn, recordIn } from "./heartbeat.js";
 import { policyGateIn } from "./policy-sync.js";
 import { requireKeyIn } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
@@ -587,6 +587,10 @@ export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason
   const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "release the killswitch");
     if (err) return denied(audit, who, err, {});
+    // A dead-man deadline that passed unnoticed (nothing watched, nothing asked) fires first, before
+    // this release's heartbeat moves it: the leases from before the deadline stay revoked, and the
+    // release then lifts the lockout the switch engaged, as it would had a daemon fired it on time.
+    const fired = await missedDeadlineIn(ctx, tx, audit, now);
     // An admin is here: that is a heartbeat, or the dead-man switch would fire again at once.
     if (ctx.limits.heartbeatMs !== null) await recordIn(ctx, tx, audit, now, who, "killswitch released");
     const before = await readKillswitch(tx);
@@ -599,8 +603,9 @@ export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason
       reason: why,
       detail: { engaged: false, was_engaged: before.engaged, engaged_at: before.engaged ? before.at : null, engaged_by: before.engaged ? before.by : null },
     });
-    return { released: before.engaged, state };
+    return { released: before.engaged, state, fired };
   });
+  if (got.fired) firedSignal(ctx, got.fired);
   sawKillswitch(ctx, got.state);
   if (got.released) ctx.signals.emit({ type: "killswitch", engaged: false });
   return { released: got.released };

@@ -12,6 +12,7 @@ import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
 import { VaultError } from "../../base/errors.js";
 import { parseDuration } from "../../vault/duration.js";
+import { describeEngaged } from "../../vault/lockout.js";
 import type { LeaseRecord } from "../../base/types.js";
 
 function leaseLine(l: LeaseRecord, now: number): string {
@@ -221,6 +222,10 @@ export function registerLease(program: Command, cli: Cli): void {
       cli.run(async () => {
         const { api } = await cli.backend();
         const r = await api.heartbeat(o.reason);
+        // A heartbeat never releases the killswitch, and one that came after the deadline fired the
+        // switch first: say so, or a crontab line would report all is well while nothing is granted.
+        const ks = r.dueAt === null ? null : (await api.describe().catch(() => null))?.killswitch;
+        if (ks?.engaged === true) cli.err(`lessor: ${describeEngaged(ks)}: a heartbeat does not release it; no lease is granted until an admin runs lessor killswitch --release`);
         if (o.json) cli.json(r);
         else if (r.dueAt === null)
           cli.err("lessor: heartbeat recorded, but no dead-man switch is set: add heartbeat = \"8h\" (or another period) to [vault] in lessor.toml to arm one");
