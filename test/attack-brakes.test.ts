@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
+import Database from "better-sqlite3";
 import { describe, test } from "node:test";
 import { openVault } from "../src/config/open-vault.js";
 import { runCli } from "./cli-harness.js";
@@ -97,5 +98,65 @@ describe("real processes, no daemon: an embedded vault in this process holds a l
     } finally {
       await v.close();
     }
+  });
+});
+
+describe("the brakes while the audit trail is broken, with an approval open", () => {
+  // docs/security.md: "Lease and token revocation and the killswitch still take effect" while the
+  // trail is broken. The killswitch also withdraws every approval not yet used, each audited as
+  // approval_denied; that event is not a brake's, so under a broken trail the whole killswitch was
+  // refused (audit_broken): nothing revoked, no lockout, exactly when the owner reaches for it.
+  const GATED = POLICY + grant("gated", ["claude"], ["deploy-key"], ["api.example.com"], 'approval = "required"');
+
+  const cut = (dbPath: string, keep: number): void => {
+    const db = new Database(dbPath);
+    try {
+      db.prepare("DELETE FROM audit WHERE seq > ?").run(keep);
+    } finally {
+      db.close();
+    }
+  };
+
+  test("the killswitch takes effect while the trail is cut and an approval is pending: every lease revoked, the lockout engaged, the approval withdrawn; its events recorded after the recovery", async () => {
+    const c = clock();
+    const t = await makeVault({ policy: GATED, now: c.now });
+    const admin = t.vault.admin();
+    const claude = t.vault.session(agent("claude"));
+    await admin.storeSecret({ name: "tok", value: CANARY });
+    await admin.storeSecret({ name: "deploy-key", value: "deploy-" + CANARY });
+    const lease = await claude.requestLease({ secret: "tok", ttl: "1h", maxUses: 100 });
+    const asked = await claude.requestApproval({ secret: "deploy-key", domains: ["api.example.com"], reason: "deploy the fix" });
+    assert.equal(asked.required, true);
+    const head = (await admin.auditVerify()).headSeq;
+    // Someone who can write lessor.db cuts the last events off the trail.
+    cut(t.dbPath!, head - 2);
+    const ks = await admin.killswitch("suspicious audit").then(
+      (r) => r,
+      (e: unknown) => e as Error,
+    );
+    assert.ok(!(ks instanceof Error), `the killswitch was refused while the trail is broken: ${ks instanceof Error ? ks.message : ""}`);
+    assert.equal(ks.revoked, 1);
+    const e = await refusalOf(claude.accessSecret(lease.id));
+    assert.ok(!e.message.includes(CANARY));
+    assert.notEqual(e.code, "resolved", "the lease from before the killswitch still gave its value");
+    const [row] = await admin.listLeases({ agent: "claude" });
+    assert.notEqual(row!.revokedAt, null, "the lease was revoked");
+    assert.equal((await admin.describe()).killswitch.engaged, true);
+    assert.deepEqual(await admin.listApprovals({ all: true }), [], "the open approval was withdrawn");
+    // The recovery records the break, then the brake's events: the withdrawal and the killswitch.
+    const r = await admin.auditRecover({ reason: "trail cut; incident 7" });
+    assert.equal(r.recovered, true);
+    const after = await admin.auditQuery({ afterSeq: head - 2 });
+    assert.deepEqual(
+      after.map((x) => x.type),
+      ["audit_break", "approval_denied", "killswitch"],
+    );
+    assert.match(after[1]!.reason ?? "", /withdrawn: the killswitch was pulled/);
+    assert.equal((await admin.auditVerify()).ok, true);
+    // A withdrawal by anything but the killswitch (a secret deleted) is not a brake: still refused while broken.
+    const asked2 = await claude.requestApproval({ secret: "deploy-key", domains: ["api.example.com"], reason: "again" }).catch(() => null);
+    assert.ok(asked2 !== null && asked2.required);
+    cut(t.dbPath!, (await admin.auditVerify()).headSeq - 1);
+    assert.equal((await refusalOf(admin.deleteSecret({ scope: "global", name: "deploy-key" }))).code, "audit_broken");
   });
 });

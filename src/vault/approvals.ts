@@ -281,7 +281,7 @@ export async function gateGrant(
  * caller's transaction. Each is audited as approval_denied by `who`, with `reason` ("withdrawn: …").
  * Returns how many.
  */
-async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string): Promise<number> {
+async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string, by: "killswitch" | "secret_deleted"): Promise<number> {
   const items = await readApprovals(tx, now);
   const gone = items.filter((a) => which(a) && (a.state === "pending" || a.state === "approved"));
   if (gone.length === 0) return 0;
@@ -290,7 +290,7 @@ async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identit
     items.filter((a) => !gone.includes(a)),
   );
   for (const a of gone)
-    await audit({ type: "approval_denied", actor: who, agent: a.agent, secret: a.secret, outcome: "ok", reason, detail: { approval: a.id, rule: a.rule, domains: a.hosts.join(","), expires_at: a.expiresAt } });
+    await audit({ type: "approval_denied", actor: who, agent: a.agent, secret: a.secret, outcome: "ok", reason, detail: { approval: a.id, rule: a.rule, domains: a.hosts.join(","), expires_at: a.expiresAt, withdrawn_by: by } });
   return gone.length;
 }
 
@@ -300,7 +300,7 @@ async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identit
  * audited as approval_denied (reason "withdrawn: …"). Returns how many.
  */
 export async function withdrawForSecret(tx: StoreTx, audit: AuditFn, now: number, who: Identity, secret: string): Promise<number> {
-  return withdrawIn(tx, audit, now, who, (a) => a.secret === secret, "withdrawn: the secret was deleted");
+  return withdrawIn(tx, audit, now, who, (a) => a.secret === secret, "withdrawn: the secret was deleted", "secret_deleted");
 }
 
 /**
@@ -310,7 +310,10 @@ export async function withdrawForSecret(tx: StoreTx, audit: AuditFn, now: number
  * "withdrawn: the killswitch was pulled"). Returns how many.
  */
 export async function withdrawAll(tx: StoreTx, audit: AuditFn, now: number, who: Identity): Promise<number> {
-  return withdrawIn(tx, audit, now, who, () => true, "withdrawn: the killswitch was pulled");
+  // Part of the brake: each withdrawal's event (detail.withdrawn_by = "killswitch") is a brake's too,
+  // so that while the audit trail is broken it is deferred like the killswitch's own, never a reason
+  // to refuse the killswitch (src/vault/audit-guard.ts isBrake).
+  return withdrawIn(tx, audit, now, who, () => true, "withdrawn: the killswitch was pulled", "killswitch");
 }
 
 /** Checks an approval id's shape. */

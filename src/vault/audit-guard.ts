@@ -220,11 +220,14 @@ export function brokenError(problem: string): VaultError {
 
 /**
  * True for the events of brakes, which still take effect while the trail is broken (their events
- * are deferred): a lease revoked, the killswitch pulled (not released), a token revoked.
+ * are deferred): a lease revoked, the killswitch pulled (not released), a token revoked, and the
+ * approvals the killswitch withdraws in its own transaction (were those refused, so would the
+ * killswitch be, whenever an approval is open).
  */
 export function isBrake(draft: AuditDraft): boolean {
   if (draft.outcome !== "ok") return false;
   if (draft.type === "lease_revoked" || draft.type === "token_revoked") return true;
+  if (draft.type === "approval_denied") return draft.detail?.withdrawn_by === "killswitch";
   return draft.type === "killswitch" && draft.detail?.engaged === true;
 }
 
@@ -260,7 +263,7 @@ function deferredMac(key: AuditKey, body: string): string {
 
 /**
  * A brake's draft rebuilt from the fields a brake may carry (never the stored object spread), or
- * null when it is not a brake's: the deferred row can only ever yield revocations and a killswitch.
+ * null when it is not a brake's: the deferred row can only ever yield revocations, a killswitch and its withdrawals.
  */
 function brakeDraft(d: unknown): AuditDraft | null {
   if (typeof d !== "object" || d === null) return null;
