@@ -154,6 +154,7 @@ describe("the brakes while the audit trail is broken, with an approval open", ()
     assert.match(after[1]!.reason ?? "", /withdrawn: the killswitch was pulled/);
     assert.equal((await admin.auditVerify()).ok, true);
     // A withdrawal by anything but the killswitch (a secret deleted) is not a brake: still refused while broken.
+    await admin.releaseKillswitch("recovered");
     const asked2 = await claude.requestApproval({ secret: "deploy-key", domains: ["api.example.com"], reason: "again" }).catch(() => null);
     assert.ok(asked2 !== null && asked2.required);
     cut(t.dbPath!, (await admin.auditVerify()).headSeq - 1);
