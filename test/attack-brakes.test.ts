@@ -9,9 +9,12 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
 import { describe, test } from "node:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { runCli } from "./cli-harness.js";
-import { makeHome } from "./daemon-harness.js";
+import { makeHome, startServe } from "./daemon-harness.js";
 import { agent, clock, grant, makeVault, refusalOf } from "./helpers.js";
 
 const POLICY = grant("g", ["claude"], ["tok"], [], "any_domain = true\nmax_ttl = \"24h\"");
@@ -159,5 +162,51 @@ describe("the brakes while the audit trail is broken, with an approval open", ()
     assert.ok(asked2 !== null && asked2.required);
     cut(t.dbPath!, (await admin.auditVerify()).headSeq - 1);
     assert.equal((await refusalOf(admin.deleteSecret({ scope: "global", name: "deploy-key" }))).code, "audit_broken");
+  });
+});
+
+describe("a real lessor serve: the dead-man switch while the audit trail is broken and an approval is open", () => {
+  test("the daemon still fires it within about a second of the deadline: the agent's lease revoked, its connection closed, the lockout engaged", { timeout: 60_000 }, async () => {
+    const GATED = POLICY + grant("gated", ["claude"], ["deploy-key"], ["api.example.com"], 'approval = "required"');
+    const config = `[server]\ntcp = "127.0.0.1:0"\n`;
+    const home = await makeHome({ policy: GATED, config });
+    const v = await openVault({ home, env: { LESSOR_HOME: home } });
+    await v.admin().storeSecret({ name: "tok", value: CANARY });
+    await v.admin().storeSecret({ name: "deploy-key", value: "deploy-" + CANARY });
+    await v.close();
+    writeFileSync(join(home, "lessor.toml"), `[vault]\nheartbeat = "3s"\n\n${config}`, { mode: 0o600 });
+    const d = await startServe(home);
+    const clients: LessorClient[] = [];
+    try {
+      const admin = await LessorClient.connect({ socketPath: d.socket });
+      clients.push(admin);
+      const t = await admin.createToken({ name: "claude", role: "agent", agent: "claude", ttl: "1h" });
+      const claude = await LessorClient.connect({ host: d.tcp!.host, port: d.tcp!.port }, { token: t.token, reconnect: false });
+      clients.push(claude);
+      const lease = await claude.requestLease({ secret: "tok", ttl: "10m", maxUses: 100 });
+      const asked = await claude.api.approval_request({ secret: "deploy-key", domains: ["api.example.com"], reason: "deploy the fix" });
+      assert.equal(asked.required, true);
+      const due = (await admin.heartbeat()).dueAt!;
+      // Someone who can write lessor.db cuts the last events off the trail.
+      const db = new Database(join(home, "lessor.db"));
+      try {
+        const head = db.prepare("SELECT max(seq) FROM audit").pluck().get() as number;
+        db.prepare("DELETE FROM audit WHERE seq > ?").run(head - 2);
+      } finally {
+        db.close();
+      }
+      // Nothing is asked from now on: the daemon's own check must fire it.
+      while (claude.connected && Date.now() < due + 6000) await sleep(20);
+      assert.equal(claude.connected, false, "the agent's connection was not closed: the dead-man switch did not fire");
+      const s = await admin.describe();
+      assert.deepEqual([s.killswitch?.engaged, s.killswitch?.by], [true, "dead-man-switch"]);
+      const [l] = await admin.listLeases({ agent: "claude" });
+      assert.equal(l!.id, lease.id);
+      assert.notEqual(l!.revokedAt, null, "the agent's lease was revoked");
+    } finally {
+      for (const c of clients) await c.close().catch(() => undefined);
+      await d.stop();
+    }
+    assert.ok(!d.stderr().includes(CANARY));
   });
 });
