@@ -22,7 +22,7 @@
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
-import { copyFileSync } from "node:fs";
+import { copyFileSync, writeFileSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { join } from "node:path";
@@ -183,9 +183,13 @@ async function team(t: TestContext, opts: { vault?: string } = {}): Promise<Team
   const homeA = await makeHome({ config: config(s.url), policy: POLICY });
   const homeB = await makeHome({ config: config(urlB.toString()), policy: POLICY });
   copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
+  // Seeded without the [vault] options: a heartbeat period there would arm the dead-man switch at
+  // this open, and a slow start of the two daemons could outlast it (they would come up fired).
+  writeFileSync(join(homeA, "lessor.toml"), config(s.url).replace(opts.vault ?? "", ""), { mode: 0o600 });
   const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
   await v.admin().storeSecret({ name: "tok", value: CANARY });
   await v.close();
+  writeFileSync(join(homeA, "lessor.toml"), config(s.url), { mode: 0o600 });
   const { a, b, adminA, adminB } = await startTwo([startServe(homeA), startServe(homeB)], daemons, clients);
   return { a, b, adminA, adminB, schema: s.schema, relay, homeB, daemons, closeLater: (c) => void clients.push(c) };
 }
