@@ -11,7 +11,10 @@
  * agents' connections close within about a second of it, even when no one asks for anything).
  *
  * The switch arms when a vault is opened with the setting and no heartbeat is stored (the deadline
- * counts from then), and with every heartbeat; releasing the killswitch counts as one. A stored record
+ * counts from then), and with every heartbeat; releasing the killswitch counts as one. A heartbeat or
+ * release that comes after the deadline, when nothing fired the switch yet (no daemon watching, nothing
+ * asked), fires it first ({@link missedDeadlineIn}): a late check-in never revives what the switch
+ * would have ended at the deadline. A stored record
  * lessor cannot read (an empty one too), one dated more than {@link HEARTBEAT_FUTURE_SLACK_MS} ahead of
  * the clock (lessor dates each at the moment it writes it), and no record at all once the vault is open
  * (lessor never deletes it: it was deleted under it) count as a heartbeat at time 0: past due, so the
