@@ -10,6 +10,7 @@
  * maps the test names with [proxy] hosts, as test/run-proxy.test.ts does).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import * as http2 from "node:http2";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
@@ -24,6 +25,14 @@ import { openVault } from "../src/config/open-vault.js";
 import type { AuditRecord } from "../src/base/types.js";
 import { BIN } from "./cli-harness.js";
 import { HAVE_BWRAP, makeOwner, type Owner } from "./run-harness.js";
+import { inProcessApi } from "../src/backend/in-process.js";
+import { ForwardProxy } from "../src/proxy/forward.js";
+import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
+import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
+import { makePlaceholder } from "../src/proxy/placeholder.js";
+import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
+import { grant, makeVault } from "./helpers.js";
+import { connectRaw, h2Get, inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const skip = !HAVE_BWRAP ? "bubblewrap cannot make a sandbox here (apt-get install bubblewrap)" : false;
 
@@ -204,6 +213,206 @@ describe("two lessor runs for different agents at once", { skip }, () => {
     } finally {
       alice.child.kill("SIGTERM");
       await alice.done;
+    }
+  });
+});
+
+// --- two lessor proxy sessions, for alice and bob, on one vault, in process ------------------------
+//
+// As `lessor proxy --agent alice` and `lessor proxy --agent bob` wire it (src/cli/run/proxy.ts):
+// LeaseEgress over the vault, basicProxyAuth with the session's token, the SSRF guard; both agents'
+// leases cover the same host, whose upstream speaks HTTP/2 and HTTP/1.1 and records what it gets.
+
+const SHARED = "api.shared.example";
+const A_CANARY = "ghp_" + randomBytes(18).toString("hex");
+const B_CANARY = "ghp_" + randomBytes(18).toString("hex");
+const b64 = (t: string): string => "Basic " + Buffer.from(`lessor:${t}`).toString("base64");
+
+interface UpSeen {
+  proto: string;
+  path: string;
+  authorization: string;
+  headers: string;
+}
+
+const { vault: sharedVault } = await makeVault({
+  policy: grant("a", ["alice"], ["alice-token"], [SHARED]) + grant("b", ["bob"], ["bob-token"], [SHARED]),
+});
+
+describe("two lessor proxy sessions (alice, bob) covering one host", () => {
+  const upCa = LocalCa.create({ permitted: [SHARED] });
+  const got: UpSeen[] = [];
+  /** Open /slow answers, by the agent that asked (x-who), to see which the proxy cut. */
+  const streams = new Map<string, { closed: boolean }>();
+  let up: http2.Http2SecureServer;
+  let upPort = 0;
+
+  interface Side {
+    agent: string;
+    token: string;
+    placeholder: string;
+    leaseId: string;
+    port: number;
+    connects: ConnectTo[];
+    proxy: ForwardProxy;
+    egress: LeaseEgress;
+  }
+  let alice: Side;
+  let bob: Side;
+  let vaultAdmin: Awaited<ReturnType<typeof makeVault>>["vault"];
+  // One vault both proxies ask, as two lessor proxy processes ask one daemon.
+
+  before(async () => {
+    up = http2.createSecureServer({ allowHTTP1: true, SNICallback: upCa.sniCallback }, (req, res) => {
+      const headers = JSON.stringify(req.headers);
+      got.push({ proto: req.httpVersion, path: req.url, authorization: String(req.headers.authorization ?? ""), headers });
+      const who = String(req.headers["x-who"] ?? "");
+      if (req.url.startsWith("/slow")) {
+        res.writeHead(200, { "content-type": "text/plain" });
+        const st = { closed: false };
+        streams.set(who, st);
+        const t = setInterval(() => res.write("tick\n"), 25);
+        const stop = setTimeout(() => res.end("end\n"), 20_000);
+        res.on("close", () => {
+          st.closed = true;
+          clearInterval(t);
+          clearTimeout(stop);
+        });
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(headers);
+    });
+    await new Promise<void>((r) => up.listen(0, "127.0.0.1", r));
+    upPort = (up.address() as AddressInfo).port;
+
+    const vault = sharedVault;
+    vaultAdmin = vault;
+    const admin = vault.admin();
+    await admin.storeSecret({ name: "alice-token", value: A_CANARY });
+    await admin.storeSecret({ name: "bob-token", value: B_CANARY });
+    const side = async (agent: string, secret: string, value: string): Promise<Side> => {
+      const lease = await admin.requestLease({ agent, secret, domains: [SHARED] });
+      const cred: ProxyCredential = { lease, secret: `global/${secret}`, placeholder: makePlaceholder(value), value, rule: { mode: "placeholder" } };
+      const egress = new LeaseEgress({ api: inProcessApi(vault), agent, credentials: [cred], egress: "strict", warn: () => {} });
+      const connects: ConnectTo[] = [];
+      const token = newProxyToken();
+      const proxy = new ForwardProxy({
+        egress,
+        ca: LocalCa.create({ permitted: [SHARED] }),
+        guard: new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [SHARED]: "127.0.0.1" }) }),
+        upstreamCa: upCa.certPem,
+        connect: loopbackOnly(connects),
+        authorize: basicProxyAuth(token),
+      });
+      const port = await proxy.listen();
+      egress.start();
+      return { agent, token, placeholder: cred.placeholder, leaseId: lease.id, port, connects, proxy, egress };
+    };
+    alice = await side("alice", "alice-token", A_CANARY);
+    bob = await side("bob", "bob-token", B_CANARY);
+  });
+
+  after(async () => {
+    for (const s of [alice, bob]) {
+      await s?.proxy.close().catch(() => {});
+      await s?.egress.close().catch(() => {});
+    }
+    up?.close();
+  });
+
+  const leaseOf = async (id: string) => (await vaultAdmin.admin().listLeases({ id }))[0]!;
+
+  test("held: bob sends alice's placeholder (learned out of band) through his own proxy, over HTTP/1.1 and HTTP/2: the upstream gets it as it is, never alice's credential; her lease spends no use and stays live; bob's audit rows name bob and his lease only; neither token opens the other's proxy", async () => {
+    const aliceBefore = await leaseOf(alice.leaseId);
+    const from = got.length;
+    // HTTP/1.1 through bob's proxy: alice's placeholder where a credential goes, his own beside it.
+    const s1 = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token) });
+    s1.write(`GET /h1 HTTP/1.1\r\nHost: ${SHARED}\r\nAuthorization: Bearer ${alice.placeholder}\r\nX-Bob: ${bob.placeholder}\r\nConnection: close\r\n\r\n`);
+    const a1 = await readAll(s1, 5000);
+    assert.match(a1, /^HTTP\/1\.1 200 /, a1);
+    // HTTP/2 through bob's proxy: the same.
+    const s2 = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token), alpn: "h2" });
+    const a2 = await inTime(h2Get(s2, SHARED, "/h2", { authorization: `Bearer ${alice.placeholder}`, "x-bob": bob.placeholder }), 10_000, "bob's h2 request");
+    for (const a of [a1, a2]) {
+      assert.ok(!a.includes(A_CANARY) && !a.includes(B_CANARY), `a credential came back to bob: ${a}`);
+      assert.ok(a.includes(bob.placeholder), `bob's echo is masked with his own placeholder: ${a}`);
+    }
+    const mine = got.slice(from);
+    assert.equal(mine.length, 2, JSON.stringify(mine));
+    for (const g of mine) {
+      assert.equal(g.authorization, `Bearer ${alice.placeholder}`, "alice's placeholder goes as it is");
+      assert.ok(!g.headers.includes(A_CANARY), "alice's credential reached the upstream on bob's request");
+      assert.ok(g.headers.includes(B_CANARY), "bob's own credential is added");
+    }
+    const aliceAfter = await leaseOf(alice.leaseId);
+    assert.equal(aliceAfter.uses, aliceBefore.uses, "no use of alice's lease");
+    assert.equal(aliceAfter.revokedAt, null, "alice's lease is not revoked");
+
+    // Each proxy takes only its own session's token.
+    for (const [proxy, token] of [[bob.port, alice.token], [alice.port, bob.token]] as const) {
+      const { raw, head } = await connectRaw(proxy, `${SHARED}:${upPort}`, b64(token));
+      raw.destroy();
+      assert.match(head, /^HTTP\/1\.1 407 /, head);
+    }
+    assert.equal(alice.connects.length, 0, "alice's proxy connected nowhere");
+
+    await bob.egress.close(); // flushes the batched audit reports
+    const rows = (await vaultAdmin.admin().auditQuery({ types: ["proxy_request"], limit: 1000 })).map((e) => ({ agent: e.agent, detail: JSON.parse(e.detail ?? "{}") as { leases?: string } }));
+    assert.ok(rows.length >= 2, JSON.stringify(rows));
+    for (const r of rows) {
+      assert.equal(r.agent, "bob", JSON.stringify(r));
+      assert.equal(r.detail.leases, bob.leaseId, JSON.stringify(r));
+    }
+    bob.egress.start();
+  });
+
+  test("held: alice's lease revoked while both stream from the same upstream (alice over HTTP/2, bob over HTTP/1.1): alice's stream is cut, bob's goes on and his next request carries his credential; the killswitch then cuts bob's too", async () => {
+    // alice: an h2 stream through her proxy.
+    const sa = await openTunnel(alice.port, SHARED, upPort, { proxyAuth: b64(alice.token), alpn: "h2" });
+    const session = http2.connect(`https://${SHARED}`, { createConnection: () => sa });
+    session.on("error", () => {});
+    const ra = session.request({ ":method": "GET", ":path": "/slow", authorization: `Bearer ${alice.placeholder}`, "x-who": "alice" });
+    ra.on("error", () => {});
+    let aliceTicks = 0;
+    let aliceEnded = false;
+    ra.on("data", () => aliceTicks++);
+    ra.on("close", () => (aliceEnded = true));
+    // bob: an HTTP/1.1 stream through his.
+    const sb = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token) });
+    sb.write(`GET /slow HTTP/1.1\r\nHost: ${SHARED}\r\nAuthorization: Bearer ${bob.placeholder}\r\nX-Who: bob\r\n\r\n`);
+    let bobBytes = 0;
+    let bobClosed = false;
+    sb.on("data", (d: Buffer) => (bobBytes += d.length));
+    sb.on("close", () => (bobClosed = true));
+    try {
+      await waitFor("both streams to flow", () => aliceTicks > 2 && bobBytes > 200 && streams.has("alice") && streams.has("bob"), 15_000);
+      await vaultAdmin.admin().revokeLease(alice.leaseId, "test: alice is done");
+      await waitFor("alice's stream to be cut", () => aliceEnded && streams.get("alice")!.closed, 10_000);
+      // bob's goes on: it keeps receiving for a while after alice's was cut.
+      const at = bobBytes;
+      await waitFor("bob's stream to keep flowing", () => bobBytes > at + 200, 10_000);
+      assert.equal(bobClosed, false, "bob's stream was cut with alice's");
+      assert.equal(streams.get("bob")!.closed, false, "bob's upstream stream was cut with alice's");
+      // bob's next request still gets his credential.
+      const from = got.length;
+      const s2 = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token), alpn: "h2" });
+      const a2 = await inTime(h2Get(s2, SHARED, "/after", { authorization: `Bearer ${bob.placeholder}` }), 10_000, "bob's next request");
+      assert.match(a2, /":status":200/, a2);
+      assert.ok(got.slice(from).some((g) => g.authorization === `Bearer ${B_CANARY}`), "bob's credential is added after alice's revocation");
+      // alice's next request is refused, and nothing of hers goes upstream.
+      const from2 = got.length;
+      const s3 = await openTunnel(alice.port, SHARED, upPort, { proxyAuth: b64(alice.token) });
+      s3.write(`GET /again HTTP/1.1\r\nHost: ${SHARED}\r\nAuthorization: Bearer ${alice.placeholder}\r\nConnection: close\r\n\r\n`);
+      const a3 = await readAll(s3, 5000);
+      assert.match(a3, /^HTTP\/1\.1 403 /, a3);
+      assert.equal(got.length, from2, "alice's request after her revocation reached the upstream");
+      // The killswitch ends everything: bob's stream is cut too.
+      await vaultAdmin.admin().killswitch("test: stop everything");
+      await waitFor("bob's stream to be cut by the killswitch", () => bobClosed && streams.get("bob")!.closed, 10_000);
+    } finally {
+      session.destroy();
+      sb.destroy();
     }
   });
 });
