@@ -25,6 +25,8 @@ import { openVault } from "../src/config/open-vault.js";
 import type { AuditRecord } from "../src/base/types.js";
 import { BIN } from "./cli-harness.js";
 import { HAVE_BWRAP, makeOwner, type Owner } from "./run-harness.js";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
@@ -119,7 +121,8 @@ async function auditOf(owner: Owner): Promise<AuditRecord[]> {
 /**
  * A Node script the hostile agent runs inside its sandbox: for every directory under the ones it is
  * given (another run's private directory, if it is there), it connects to the proxy socket there, CONNECTs to
- * api.test.example, trusts that run's CA and sends a GET with no credential of its own. It prints
+ * api.test.example, trusts that run's CA (or, with none on disk, any certificate: the attacker needs
+ * no trust) and sends a GET with no credential of its own. It prints
  * one line per socket.
  */
 const PROBE = `
@@ -140,7 +143,7 @@ for (const d of dirs) { try { for (const n of fs.readdirSync(d)) names.push(path
       raw.once("data", (d) => {
         const head = d.toString("latin1").split("\\r\\n")[0];
         if (!head.includes(" 200")) return resolve("CONNECT " + n + " " + head);
-        const s = tls.connect({ socket: raw, servername: "api.test.example", ca: ca || undefined });
+        const s = tls.connect({ socket: raw, servername: "api.test.example", ...(ca ? { ca } : { rejectUnauthorized: false }) });
         s.on("error", (e) => resolve("TLS " + n + " " + e.code));
         s.once("secureConnect", () => s.write("GET /who HTTP/1.1\\r\\nHost: api.test.example:" + port + "\\r\\nConnection: close\\r\\n\\r\\n"));
         let got = "";
@@ -213,6 +216,41 @@ describe("two lessor runs for different agents at once", { skip }, () => {
     } finally {
       alice.child.kill("SIGTERM");
       await alice.done;
+    }
+  });
+
+  test("an agent in a run's sandbox cannot reach a lessor mcp session's proxy through TMPDIR in the shared project: the MCP agent's bearer credential is never injected into its requests", async () => {
+    // alice uses lessor mcp (its http_request goes through a proxy the session starts, on a socket in
+    // a private directory); bob runs sandboxed in the same project, TMPDIR in the project as before.
+    const tmp = join(owner.project, ".tmp-mcp");
+    mkdirSync(tmp, { recursive: true });
+    writeFileSync(join(owner.project, "probe.cjs"), PROBE);
+    const transport = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "alice"], env: { ...owner.env, TMPDIR: tmp }, cwd: owner.project, stderr: "pipe" });
+    const err: Buffer[] = [];
+    transport.stderr!.on("data", (b: Buffer) => err.push(b));
+    const client = new Client({ name: "attack-multiproxy", version: "1.0.0" });
+    await client.connect(transport);
+    try {
+      const call = async (name: string, args: Record<string, unknown>): Promise<string> => {
+        const r = (await client.callTool({ name, arguments: args })) as { isError?: boolean; content: { text: string }[] };
+        const text = r.content.map((c) => c.text).join("\n");
+        assert.ok(r.isError !== true, `${name}: ${text} ${Buffer.concat(err).toString("utf8")}`);
+        return text;
+      };
+      await call("request_access", { secret: "alice-token", domains: ["api.test.example"] });
+      const own = await call("http_request", { method: "GET", url: `https://api.test.example:${port}/alice-own` });
+      assert.ok(!own.includes(ALICE_CANARY), "alice's own answer is masked");
+      const from = seen.length;
+      const bob = lessor(owner, ["run", "--agent", "bob", "--", process.execPath, join(owner.project, "probe.cjs"), String(port), tmp, "/tmp", "/run/user"], { TMPDIR: tmp, BOB_TOKEN: "$S:bob-token" });
+      const r = await bob.done;
+      assert.equal(r.code, 0, `bob's run: ${r.stderr}`);
+      assert.match(r.stdout, /^DONE /m, `the probe ran in bob's sandbox: ${r.stdout}`);
+      assert.ok(!r.stdout.includes(ALICE_CANARY), "alice's credential reached bob");
+      const carrying = seen.slice(from).filter((x) => JSON.stringify(x.headers).includes(ALICE_CANARY));
+      assert.equal(carrying.length, 0, `the upstream got alice's credential on a request bob made: ${r.stdout}`);
+      assert.ok(!/^GOT /m.test(r.stdout), `bob's sandbox reached the MCP session's proxy socket: ${r.stdout}`);
+    } finally {
+      await client.close().catch(() => {});
     }
   });
 });

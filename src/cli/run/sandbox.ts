@@ -455,7 +455,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     start(features, args, childEnv, stdio, proxyDir, runDir) {
       if (!("path" in command)) throw new Error("the command was not found");
       // The run's private directory holds its proxy's socket (no token) and its vault session: shown at
-      // its own path, it would be there for every run's agent with the same layout (./run-dir.ts).
+      // its own path, it would be there for every run's agent with the same layout (src/proxy/private-dir.ts).
       for (const d of [proxyDir, runDir])
         if (d !== undefined && shows(layout, d))
           throw new VaultError(

@@ -38,7 +38,7 @@ import { LessorServer } from "../../server/server.js";
 import { listenUnix, type UnixListener } from "../../server/transports/uds.js";
 import { VERSION } from "../../version.js";
 import { cutFirstFrame, isChildHello, relayHello } from "./session-hello.js";
-import { makeRunDir } from "./run-dir.js";
+import { makePrivateDir } from "../../proxy/private-dir.js";
 
 /** The session socket's name in the run's private directory. */
 export const VAULT_SOCKET_NAME = "vault.sock";
@@ -105,7 +105,7 @@ export interface VaultSession {
 export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSession> {
   const pid = o.pid ?? process.pid;
   const ownDir = o.dir === undefined;
-  const dir = o.dir ?? makeRunDir(); // mode 0700, where no other run's sandbox shows it (./run-dir.ts)
+  const dir = o.dir ?? makePrivateDir("lessor-run-"); // mode 0700, where no other run's sandbox shows it (src/proxy/private-dir.ts)
   const socket = join(dir, VAULT_SOCKET_NAME);
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
