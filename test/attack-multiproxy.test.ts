@@ -405,6 +405,43 @@ describe("two lessor proxy sessions (alice, bob) covering one host", () => {
     bob.egress.start();
   });
 
+  test("bob's flood of refused requests through his proxy does not hide alice's: her refused request, reported by her proxy through the same identity, is written as its own proxy_request row, with its path", async () => {
+    // Both proxies report as one identity (two lessor proxy processes of the owner, one daemon): the
+    // refusal tally must not let one agent's flood turn the other's refusals into a count.
+    const s = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token), alpn: "h2" });
+    const session = http2.connect(`https://${SHARED}`, { createConnection: () => s });
+    session.on("error", () => {});
+    try {
+      const one = (i: number): Promise<number> =>
+        new Promise((resolve) => {
+          const r = session.request({ ":method": "GET", ":path": `/bob-flood/${i}?t=${bob.placeholder}` });
+          r.on("response", (h) => resolve(Number(h[":status"])));
+          r.on("error", () => resolve(0));
+          r.resume();
+          r.end();
+        });
+      const statuses: number[] = [];
+      for (let i = 0; i < 80; i += 20) statuses.push(...(await inTime(Promise.all(Array.from({ length: 20 }, (_, k) => one(i + k))), 20_000, "bob's flood")));
+      assert.ok(statuses.every((x) => x === 403), statuses.join(","));
+    } finally {
+      session.destroy();
+    }
+    await bob.egress.close(); // bob's reports are in before alice's
+    bob.egress.start();
+    const sa = await openTunnel(alice.port, SHARED, upPort, { proxyAuth: b64(alice.token) });
+    sa.write(`GET /alice-probe?t=${alice.placeholder} HTTP/1.1\r\nHost: ${SHARED}\r\nConnection: close\r\n\r\n`);
+    const a = await readAll(sa, 5000);
+    assert.match(a, /^HTTP\/1\.1 403 /, a);
+    await alice.egress.close();
+    alice.egress.start();
+    const rows = await vaultAdmin.admin().auditQuery({ types: ["proxy_request"], agent: "alice", limit: 1000 });
+    const own = rows.filter((e) => {
+      const d = JSON.parse(e.detail ?? "{}") as { path?: string; count?: number };
+      return e.agent === "alice" && d.path === "/alice-probe" && d.count === undefined;
+    });
+    assert.equal(own.length, 1, `alice's refused request has a row of its own: ${JSON.stringify(rows.map((e) => [e.agent, e.detail]))}`);
+  });
+
   test("held: alice's lease revoked while both stream from the same upstream (alice over HTTP/2, bob over HTTP/1.1): alice's stream is cut, bob's goes on and his next request carries his credential; the killswitch then cuts bob's too", async () => {
     // alice: an h2 stream through her proxy.
     const sa = await openTunnel(alice.port, SHARED, upPort, { proxyAuth: b64(alice.token), alpn: "h2" });
