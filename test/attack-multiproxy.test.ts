@@ -33,7 +33,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
-import { grant, makeVault } from "./helpers.js";
+import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helpers.js";
 import { connectRaw, h2Get, inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const skip = !HAVE_BWRAP ? "bubblewrap cannot make a sandbox here (apt-get install bubblewrap)" : false;
@@ -490,4 +490,17 @@ describe("two lessor proxy sessions (alice, bob) covering one host", () => {
       sb.destroy();
     }
   });
+});
+
+test("an orchestrator whose act_for is a pattern cannot multiply its burst of refused proxy_request rows by naming made-up agents: at most (4 + 1) × 32 are written in a window, and another identity's refusal is still written on its own", async () => {
+  const { vault } = await makeVault({ policy: "" });
+  const orch = vault.session(orchestrator(["ci-*"]));
+  const report = (agent: string, path: string) => ({ agent, leaseIds: [], method: "GET", host: "api.example.com", path, status: 403, bytesOut: 0, bytesIn: 0, ms: 1, outcome: "refused" as const, reason: "not_granted" });
+  for (let i = 0; i < 50; i++) await orch.recordProxyRequests(Array.from({ length: 40 }, (_, k) => report(`ci-${i}`, `/flood/${k}`)));
+  const written = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 10_000 })).filter((e) => e.actorId === "test:orch" && (JSON.parse(e.detail ?? "{}") as { count?: number }).count === undefined);
+  assert.ok(written.length <= 5 * 32, `${written.length} rows written one each`);
+  // Another identity reporting for its own agent in the same window: its refusal is a row of its own.
+  await vault.session(agentIdentity("dave")).recordProxyRequests([report("dave", "/dave-probe")]);
+  const dave = (await vault.admin().auditQuery({ types: ["proxy_request"], agent: "dave", limit: 100 })).filter((e) => (JSON.parse(e.detail ?? "{}") as { path?: string; count?: number }).path === "/dave-probe");
+  assert.equal(dave.length, 1, "dave's refused request has a row of its own");
 });

@@ -32,6 +32,9 @@
  * it serves a proxy to (the owner's `lessor proxy` and `lessor run` sessions, through one daemon),
  * and one agent's flood must not spend the burst that the others' refusals are written from, nor
  * keep it spent window after window, leaving their refusals a count in a summary that lists both.
+ * At most {@link MAX_AGENT_TALLIES} agents of one identity have tallies of their own at once; reports
+ * for further agents share the identity's: an orchestrator whose `act_for` is a pattern could
+ * otherwise name made-up agents, each with a burst, until the window's budget is spent for everyone.
  * A tripwire alarm is never counted: each is written.
  *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
@@ -62,6 +65,13 @@ export const MAX_IDENTITIES = 256;
 export const MAX_SECRETS = 128;
 /** Domains, and agents, named in one summary row, at most each. */
 export const MAX_NAMED = 32;
+
+/**
+ * Agents of one identity whose refused proxy requests are tallied apart, at most, at once (each with
+ * a burst of {@link BURST}): with the identity's shared tally, 5 × 32 rows a window, short of the
+ * window's budget.
+ */
+export const MAX_AGENT_TALLIES = 4;
 
 /** Distinct names a summary lists, at most `max`, and how many refusals named one left out. */
 interface Named {
@@ -149,8 +159,13 @@ function namedDetail(key: string, n: Named): Record<string, string | number> {
 
 function tallyOf(log: RefusalLog, d: AuditDraft): Tally {
   const type: TalliedType = d.type === "proxy_request" ? "proxy_request" : "access_denied";
-  // A proxy's refused requests, by the agent they were for: each agent its own burst (module comment).
-  const forAgent = type === "proxy_request" ? (d.agent ?? null) : null;
+  // A proxy's refused requests, by the agent they were for: each agent its own burst, for the first
+  // few agents of the identity at once (module comment).
+  let forAgent = type === "proxy_request" ? (d.agent ?? null) : null;
+  if (forAgent !== null && !log.has(tallyKey(d.actor, type, forAgent))) {
+    const shared = tallyKey(d.actor, type, null);
+    if (log.keysWith(shared) - (log.has(shared) ? 1 : 0) >= MAX_AGENT_TALLIES) forAgent = null;
+  }
   return log.tally(tallyKey(d.actor, type, forAgent), () => newTally(d.actor, 0, type, forAgent));
 }
 
