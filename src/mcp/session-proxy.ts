@@ -12,7 +12,6 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { isIP } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VaultError } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
@@ -21,6 +20,7 @@ import { LocalCa } from "../proxy/ca.js";
 import { ForwardProxy } from "../proxy/forward.js";
 import { SsrfGuard } from "../proxy/guard.js";
 import { LeaseEgress } from "../proxy/lease-egress.js";
+import { makePrivateDir } from "../proxy/private-dir.js";
 import type { SessionCredentials } from "./credentials.js";
 import { readUpstreamCa, resolverWith } from "../proxy/upstream-settings.js";
 
@@ -52,7 +52,7 @@ export interface SessionProxyOptions {
   credentials: SessionCredentials;
   /** One line on stderr (alarms, audit failures); never a credential. */
   warn(line: string): void;
-  /** Where the private directory is made (default: the system's temporary directory). */
+  /** Where the private directory is made (default: /tmp, where no run's sandbox shows it: src/proxy/private-dir.ts). */
   tmp?: string;
 }
 
@@ -125,7 +125,8 @@ export class SessionProxy {
   async #start(generation: number): Promise<Running> {
     const o = this.#o;
     const creds = o.credentials.credentials;
-    const dir = mkdtempSync(join(o.tmp ?? tmpdir(), "lessor-mcp-")); // mode 0700
+    // Under /tmp, not $TMPDIR: a place no run's sandbox shows (src/proxy/private-dir.ts); the socket takes no token.
+    const dir = o.tmp !== undefined ? mkdtempSync(join(o.tmp, "lessor-mcp-")) : makePrivateDir("lessor-mcp-"); // mode 0700
     let proxy: ForwardProxy | null = null;
     let egress: LeaseEgress | null = null;
     try {

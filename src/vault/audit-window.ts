@@ -64,6 +64,18 @@ export class AuditWindow<T extends Tally> {
     return this.#closed;
   }
 
+  /** How many keys tallied now begin with `prefix`. */
+  keysWith(prefix: string): number {
+    let n = 0;
+    for (const k of this.#tallies.keys()) if (k.startsWith(prefix)) n++;
+    return n;
+  }
+
+  /** True when `key` has a tally now. */
+  has(key: string): boolean {
+    return this.#tallies.has(key);
+  }
+
   /** The tally under `key`, made by `make` if needed (or the overflow key's, past `maxKeys`). */
   tally(key: string, make: () => T): T {
     let t = this.#tallies.get(key);

@@ -28,7 +28,14 @@
  * tripwire alarm: src/vault/proxy-requests.ts) are tallied the same way, apart from the identity's
  * `access_denied` ones (their own burst, their own summary row, of type `proxy_request`): a hostile
  * agent sending thousands of refused requests, each costing it nothing upstream, must not fill the
- * disk either. A tripwire alarm is never counted: each is written.
+ * disk either. They are tallied per identity **and agent**: one identity reports for every agent
+ * it serves a proxy to (the owner's `lessor proxy` and `lessor run` sessions, through one daemon),
+ * and one agent's flood must not spend the burst that the others' refusals are written from, nor
+ * keep it spent window after window, leaving their refusals a count in a summary that lists both.
+ * At most {@link MAX_AGENT_TALLIES} agents of one identity have tallies of their own at once; reports
+ * for further agents share the identity's: an orchestrator whose `act_for` is a pattern could
+ * otherwise name made-up agents, each with a burst, until the window's budget is spent for everyone.
+ * A tripwire alarm is never counted: each is written.
  *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
  * a catch-up) counts once; a refusal written holds its place in the burst only if its transaction
@@ -59,6 +66,13 @@ export const MAX_SECRETS = 128;
 /** Domains, and agents, named in one summary row, at most each. */
 export const MAX_NAMED = 32;
 
+/**
+ * Agents of one identity whose refused proxy requests are tallied apart, at most, at once (each with
+ * a burst of {@link BURST}): with the identity's shared tally, 5 × 32 rows a window, short of the
+ * window's budget.
+ */
+export const MAX_AGENT_TALLIES = 4;
+
 /** Distinct names a summary lists, at most `max`, and how many refusals named one left out. */
 interface Named {
   names: Set<string>;
@@ -70,6 +84,8 @@ interface Tally extends WindowTally {
   actor: Identity;
   /** What is tallied: the identity's refused calls, or the refused requests its proxy reported. */
   type: TalliedType;
+  /** For `proxy_request`: the agent the requests were for (each has its own tally); else null. */
+  forAgent: string | null;
   /** `scope/name` of the secrets the counted refusals named. */
   secrets: Named;
   /** The domains they named. */
@@ -91,9 +107,9 @@ function newLog(ctx: VaultContext): RefusalLog {
     burst: BURST,
     budget: WINDOW_BUDGET,
     maxKeys: MAX_IDENTITIES,
-    keyOf: (t) => tallyKey(t.actor, t.type),
-    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST, t.type),
-    fresh: (t, written) => newTally(t.actor, written, t.type),
+    keyOf: (t) => tallyKey(t.actor, t.type, t.forAgent),
+    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST, t.type, null),
+    fresh: (t, written) => newTally(t.actor, written, t.type, t.forAgent),
     merge: (into, from) => {
       mergeNamed(into.secrets, from.secrets, MAX_SECRETS);
       mergeNamed(into.domains, from.domains, MAX_NAMED);
@@ -103,16 +119,16 @@ function newLog(ctx: VaultContext): RefusalLog {
   });
 }
 
-function tallyKey(actor: Identity, type: TalliedType): string {
-  return `${actor.transport}\u0000${actor.id}\u0000${type}`;
+function tallyKey(actor: Identity, type: TalliedType, forAgent: string | null): string {
+  return `${actor.transport}\u0000${actor.id}\u0000${type}\u0000${forAgent ?? ""}`;
 }
 
 function named(): Named {
   return { names: new Set(), omitted: 0 };
 }
 
-function newTally(actor: Identity, written: number, type: TalliedType): Tally {
-  return { actor, type, written, count: 0, since: 0, reasons: new Map(), secrets: named(), domains: named(), agents: named() };
+function newTally(actor: Identity, written: number, type: TalliedType, forAgent: string | null): Tally {
+  return { actor, type, forAgent, written, count: 0, since: 0, reasons: new Map(), secrets: named(), domains: named(), agents: named() };
 }
 
 /** Notes one refusal naming `name` (nothing when it named none). */
@@ -143,7 +159,14 @@ function namedDetail(key: string, n: Named): Record<string, string | number> {
 
 function tallyOf(log: RefusalLog, d: AuditDraft): Tally {
   const type: TalliedType = d.type === "proxy_request" ? "proxy_request" : "access_denied";
-  return log.tally(tallyKey(d.actor, type), () => newTally(d.actor, 0, type));
+  // A proxy's refused requests, by the agent they were for: each agent its own burst, for the first
+  // few agents of the identity at once (module comment).
+  let forAgent = type === "proxy_request" ? (d.agent ?? null) : null;
+  if (forAgent !== null && !log.has(tallyKey(d.actor, type, forAgent))) {
+    const shared = tallyKey(d.actor, type, null);
+    if (log.keysWith(shared) - (log.has(shared) ? 1 : 0) >= MAX_AGENT_TALLIES) forAgent = null;
+  }
+  return log.tally(tallyKey(d.actor, type, forAgent), () => newTally(d.actor, 0, type, forAgent));
 }
 
 /**
@@ -167,7 +190,7 @@ function summary(t: Tally): AuditDraft {
     actor: t.actor,
     // Refusals all for one agent, or all naming one secret, are filed under it; a summary listing
     // several is found by `lessor audit query --agent/--secret` through its list (src/store/audit-summaries.ts).
-    agent: t.actor.agent ?? only(t.agents),
+    agent: t.forAgent ?? t.actor.agent ?? only(t.agents),
     secret: only(t.secrets),
     outcome: "denied",
     reason: `${top ?? "several"}: ${t.count} refusals counted in this window (detail.reasons says why)`,

@@ -9,7 +9,6 @@
  * token from its clients, and with the environment pointing at those real places.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { rootCertificates } from "node:tls";
@@ -24,6 +23,7 @@ import { LeaseEgress, type ProxyCredential } from "../../proxy/lease-egress.js";
 import { BRIDGE_PORT, PROXY_SOCKET_NAME, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bindPrivateSocket, type BoundSocket, type ProxyListen } from "./proxy-listen.js";
 import { readUpstreamCa, resolverWith } from "../../proxy/upstream-settings.js";
+import { makePrivateDir } from "../../proxy/private-dir.js";
 
 /** The system's CA bundle, where Debian, Fedora and Alpine keep it. */
 const SYSTEM_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
@@ -65,7 +65,7 @@ export interface RunProxyOptions {
   credentials: ProxyCredential[];
   /** Says one line on stderr (alarms, audit failures). */
   warn(line: string): void;
-  /** Where the run's private directory is made (default: the system's temporary directory). */
+  /** Where the run's private directory is made (default: /tmp, where no sandbox shows it: src/proxy/private-dir.ts). */
   tmp?: string;
   /** Where to listen (default: a socket in the private directory, for the sandbox's bridge). */
   listen?: ProxyListen;
@@ -128,7 +128,8 @@ function childEnv(withCa: boolean, parentGitCount: string | undefined, view: Pro
  * guard applies `[proxy]` ports, allow and hosts, and the egress policy is the leases'.
  */
 export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
-  const dir = mkdtempSync(join(o.tmp ?? tmpdir(), "lessor-run-")); // mode 0700
+  // Under /tmp, not $TMPDIR: a place no other run's sandbox shows (src/proxy/private-dir.ts).
+  const dir = o.tmp !== undefined ? mkdtempSync(join(o.tmp, "lessor-run-")) : makePrivateDir("lessor-run-"); // mode 0700
   let proxy: ForwardProxy | null = null;
   let egress: LeaseEgress | null = null;
   let ca: LocalCa | null = null;

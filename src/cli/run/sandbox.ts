@@ -454,6 +454,14 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     },
     start(features, args, childEnv, stdio, proxyDir, runDir) {
       if (!("path" in command)) throw new Error("the command was not found");
+      // The run's private directory holds its proxy's socket (no token) and its vault session: shown at
+      // its own path, it would be there for every run's agent with the same layout (src/proxy/private-dir.ts).
+      for (const d of [proxyDir, runDir])
+        if (d !== undefined && shows(layout, d))
+          throw new VaultError(
+            "invalid_request",
+            `the run's private directory ${d} (its proxy's socket) is in a place the sandbox shows, where another run's agent could reach it; make /tmp writable, or set XDG_RUNTIME_DIR (or TMPDIR) to a directory outside the project and the [run] read and write paths. The command was not started`,
+          );
       if (proxyDir === undefined) {
         const binds = runDir === undefined ? [] : [{ from: runDir, to: SANDBOX_PROXY_DIR }];
         return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host", binds }), command.path, args, stdio);

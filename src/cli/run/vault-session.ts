@@ -19,9 +19,8 @@
  * The client inside checks the socket's owner (issue 12: SO_PEERCRED, or the file checks): the peer
  * is this run, whose uid the sandbox maps to the same uid inside, so it is accepted.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VaultError, wireCode } from "../../base/errors.js";
 import type { Identity } from "../../base/types.js";
@@ -39,6 +38,7 @@ import { LessorServer } from "../../server/server.js";
 import { listenUnix, type UnixListener } from "../../server/transports/uds.js";
 import { VERSION } from "../../version.js";
 import { cutFirstFrame, isChildHello, relayHello } from "./session-hello.js";
+import { makePrivateDir } from "../../proxy/private-dir.js";
 
 /** The session socket's name in the run's private directory. */
 export const VAULT_SOCKET_NAME = "vault.sock";
@@ -105,7 +105,7 @@ export interface VaultSession {
 export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSession> {
   const pid = o.pid ?? process.pid;
   const ownDir = o.dir === undefined;
-  const dir = o.dir ?? mkdtempSync(join(tmpdir(), "lessor-run-")); // mode 0700
+  const dir = o.dir ?? makePrivateDir("lessor-run-"); // mode 0700, where no other run's sandbox shows it (src/proxy/private-dir.ts)
   const socket = join(dir, VAULT_SOCKET_NAME);
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
