@@ -7,7 +7,7 @@
  * Nothing leaves the machine: the upstream listens on 127.0.0.1, its names resolve through
  * `[proxy] hosts` (never a real lookup), and `[proxy] allow` opens 127.0.0.1 only.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as https from "node:https";
@@ -99,11 +99,11 @@ interface Session {
   close(): Promise<void>;
 }
 
-async function startSession(agent = "claude"): Promise<Session> {
+async function startSession(agent = "claude", home = LESSOR_HOME): Promise<Session> {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [BIN, "mcp", "--agent", agent],
-    env: { HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME },
+    env: { HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME: home },
     stderr: "pipe",
   });
   const err: Buffer[] = [];
@@ -127,23 +127,28 @@ async function startSession(agent = "claude"): Promise<Session> {
   };
 }
 
-before(async () => {
-  mkdirSync(HOME, { recursive: true });
-  await startUpstream();
-  await initHome({ home: LESSOR_HOME, env: { LESSOR_HOME } });
-  const base = readFileSync(join(LESSOR_HOME, "lessor.toml"), "utf8");
+/** Initialises `home` with the upstream in [proxy], `policy`, and the canary stored as github-token. */
+async function makeHome(home: string, policy: string): Promise<void> {
+  await initHome({ home, env: { LESSOR_HOME: home } });
+  const base = readFileSync(join(home, "lessor.toml"), "utf8");
   writeFileSync(
-    join(LESSOR_HOME, "lessor.toml"),
+    join(home, "lessor.toml"),
     `${base}\n[proxy]\nports = [${port}]\nallow = ["127.0.0.1"]\nhosts = { "api.test.example" = "127.0.0.1" }\nupstream_ca = "${join(root, "upstream-ca.pem")}"\n`,
     { mode: 0o600 },
   );
-  writeFileSync(join(LESSOR_HOME, "policy.toml"), POLICY, { mode: 0o600 });
-  const vault = await openVault({ home: LESSOR_HOME, env: { LESSOR_HOME } });
+  writeFileSync(join(home, "policy.toml"), policy, { mode: 0o600 });
+  const vault = await openVault({ home, env: { LESSOR_HOME: home } });
   try {
     await vault.admin().storeSecret({ name: "github-token", value: CANARY, kind: "pat" });
   } finally {
     await vault.close();
   }
+}
+
+before(async () => {
+  mkdirSync(HOME, { recursive: true });
+  await startUpstream();
+  await makeHome(LESSOR_HOME, POLICY);
 });
 
 after(async () => {
@@ -265,6 +270,62 @@ describe("lessor mcp (stdio child): a client that sends without reading the answ
   });
 });
 
+describe("lessor mcp (stdio child): malformed and oversized frames", () => {
+  test("garbage lines, a JSON-RPC batch, a bare value and a request split over many writes leave the server serving; a line over 8 MiB ends the session and its lease is revoked", { timeout: 120_000 }, async () => {
+    const c = rawChild();
+    const answers: string[] = [];
+    let text = "";
+    c.child.stdout.on("data", (d: Buffer) => {
+      text += d.toString("utf8");
+      const lines = text.split("\n");
+      text = lines.pop()!;
+      answers.push(...lines.filter((l) => l.trim() !== ""));
+    });
+    const answer = async (id: string): Promise<Record<string, any>> => {
+      await until(`the answer to ${id}`, () => answers.some((a) => a.includes(`"id":"${id}"`)), 60_000);
+      return JSON.parse(answers.find((a) => a.includes(`"id":"${id}"`))!) as Record<string, any>;
+    };
+    const exited = new Promise<number | null>((r) => c.child.once("exit", (code) => r(code)));
+    try {
+      c.line(INITIALIZE);
+      await answer("init");
+      c.line({ jsonrpc: "2.0", method: "notifications/initialized" });
+      c.child.stdin.write("not json at all\n{\"jsonrpc\":\"2.0\",\n42\nnull\n\n\r\n");
+      c.line([{ jsonrpc: "2.0", id: "b1", method: "tools/call", params: { name: "request_access", arguments: { secret: "github-token" } } }, { jsonrpc: "2.0", id: "b2", method: "ping" }]);
+      // One request in many writes.
+      const split = `${JSON.stringify({ jsonrpc: "2.0", id: "lease", method: "tools/call", params: { name: "request_access", arguments: { secret: "github-token" } } })}\n`;
+      for (let i = 0; i < split.length; i += 7) c.child.stdin.write(split.slice(i, i + 7));
+      const lease = await answer("lease");
+      const doc = JSON.parse(lease["result"]["content"][0]["text"]) as Record<string, any>;
+      const leaseId = doc["leaseId"] as string;
+      assert.ok(leaseId, JSON.stringify(lease));
+      assert.ok(!answers.some((a) => a.includes('"id":"b1"')), "a batch is not served (stdio carries one message per line)");
+      // A line over 8 MiB, sent in pieces: the session ends.
+      const piece = "x".repeat(1024 * 1024);
+      c.child.stdin.write(`{"jsonrpc":"2.0","id":"big","method":"ping","params":{"pad":"`);
+      for (let i = 0; i < 9; i++) c.child.stdin.write(piece);
+      const code = await Promise.race([exited, new Promise<"hung">((r) => setTimeout(() => r("hung"), 60_000).unref())]);
+      assert.notEqual(code, "hung", "the server ended the session after a line over 8 MiB");
+      assert.equal(code, 0, c.stderr());
+      const vault = await openVault({ home: LESSOR_HOME, env: { LESSOR_HOME } });
+      try {
+        const rows = await vault.admin().listLeases({ id: leaseId });
+        assert.equal(rows.length, 1);
+        assert.notEqual(rows[0]!.revokedAt, null, "the session's lease was revoked when it ended");
+      } finally {
+        await vault.close();
+      }
+      noCanary("the server's answers", answers.join("\n"));
+      noCanary("the server's stderr", c.stderr());
+    } finally {
+      if (c.child.exitCode === null) c.child.kill("SIGKILL");
+      c.child.stdin.destroy();
+      c.child.stdout.destroy();
+      c.child.stderr.destroy();
+    }
+  });
+});
+
 describe("lessor mcp --socket (one process, a session per connection): one guest that sends without reading", () => {
   test("cannot grow the server's memory without bound: the server stops reading that connection, and another connection is served meanwhile", { timeout: 180_000 }, async () => {
     const dir = mkdtempSync(join(root, "sock-"));
@@ -339,6 +400,47 @@ describe("lessor mcp --socket (one process, a session per connection): one guest
       });
     }
     noCanary("the socket server's stderr", err);
+  });
+});
+
+describe("lessor mcp (stdio child, vault in-process on SQLite) and `lessor policy reload` in another process", () => {
+  test("after the owner removes the agent's rules and reloads, the running server serves nothing more: its lease carries nothing, a new lease and a new approval are refused", { timeout: 120_000 }, async () => {
+    const home = join(mkdtempSync(join(root, "reload-")), ".lessor");
+    const gated = `
+[[rule]]
+name = "gated"
+effect = "allow"
+agents = ["claude"]
+secrets = ["github-token"]
+domains = ["other.test.example"]
+approval = "required"
+`;
+    await makeHome(home, POLICY + gated);
+    const s = await startSession("claude", home);
+    try {
+      const got = await s.call("request_access", { secret: "github-token" });
+      assert.equal(got.isError, false, got.text);
+      const placeholder = got.doc["placeholder"] as string;
+      const ok = await s.call("http_request", { method: "GET", url: `https://api.test.example:${port}/`, headers: { Authorization: `Bearer ${placeholder}` } });
+      assert.equal(ok.isError, false, ok.text);
+      // The owner takes claude's rules away and reloads, embedded (no daemon), in another process.
+      writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "nobody"\neffect = "allow"\nagents = ["someone-else"]\nsecrets = ["github-token"]\ndomains = ["api.test.example"]\n`, { mode: 0o600 });
+      const r = spawnSync(process.execPath, [BIN, "policy", "reload"], { env: { HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME: home }, encoding: "utf8", timeout: 60_000 });
+      assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+      const before = held.length;
+      const use = await s.call("http_request", { method: "GET", url: `https://api.test.example:${port}/`, headers: { Authorization: `Bearer ${placeholder}` } });
+      assert.equal(use.isError, true, `the old lease still carried the credential after the reload: ${use.text}`);
+      assert.equal(held.length, before);
+      const again = await s.call("request_access", { secret: "github-token" });
+      assert.equal(again.isError, true, again.text);
+      assert.equal(again.doc["error"]["code"], "access_denied", again.text);
+      const gatedAsk = await s.call("request_access", { secret: "github-token", domains: ["other.test.example"] });
+      assert.equal(gatedAsk.isError, true, `an approval was opened under a rule the reload removed: ${gatedAsk.text}`);
+      const listed = await s.call("list_secrets");
+      assert.deepEqual(listed.doc["secrets"], [], "list_secrets lists what the reloaded policy grants: nothing");
+    } finally {
+      await s.close();
+    }
   });
 });
 
