@@ -14,7 +14,6 @@
  */
 import { z } from "zod";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
-import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 import { CallToolRequestSchema, ErrorCode as McpErrorCode, ListToolsRequestSchema, McpError } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError, type ErrorCode } from "../base/errors.js";
 import type { BackendApi } from "../backend/backend.js";
@@ -27,6 +26,7 @@ import { SessionCredentials } from "./credentials.js";
 import type { McpIdentity } from "./identity.js";
 import { errorDoc, failed, ok, type ToolResult } from "./results.js";
 import { SessionProxy } from "./session-proxy.js";
+import { PacedStreamTransport } from "./paced-transport.js";
 import { ApprovalPages } from "./approval-page.js";
 import { TOOLS, type ToolContext, type ToolSpec } from "./tools.js";
 
@@ -102,6 +102,7 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
   const byName = new Map(TOOLS.map((t) => [t.name, t]));
   const agentText = JSON.stringify(o.identity.agent);
   const audit = new CallAudit(o.api, o.identity, o.log);
+  let toolList: Record<string, unknown>[] | undefined;
 
   const makeServer = (): Server => {
     const server = new Server(
@@ -113,7 +114,8 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
       },
     );
 
-    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: TOOLS.map(listed) }));
+    // Made once per session: a client asking again and again does not make the server convert the schemas again.
+    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: (toolList ??= TOOLS.map(listed)) }));
 
     // tools/call is served by the fallback handler, not setRequestHandler: the SDK's Server checks a
     // tools/call request's shape before its handler runs and answers a malformed one itself, so that
@@ -206,13 +208,17 @@ const GRANT_WAIT_MS = 15_000;
 /** How long calls still being served may take once the client closed stdin. */
 const DRAIN_MS = 60_000;
 
+/** Largest message a client may send on stdio, bytes (as on a socket, ./stream.ts, and over HTTP). */
+export const MAX_STDIO_MESSAGE = 8 * 1024 * 1024;
+
 /**
  * Serves `session` on stdin/stdout until the client closes stdin (its calls still served are answered
  * first, for up to {@link DRAIN_MS}) or a stop signal arrives; then
  * closes the session. Nothing else may write to stdout meanwhile: it carries the protocol.
  */
 export async function serveStdio(session: McpSession, log: (line: string) => void): Promise<void> {
-  const transport = new StdioServerTransport();
+  // Read no faster than the client takes the answers (./paced-transport.ts).
+  const transport = new PacedStreamTransport(process.stdin, process.stdout, MAX_STDIO_MESSAGE);
   let stop: () => void = () => {};
   const stopped = new Promise<void>((r) => (stop = r));
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;

@@ -11,10 +11,10 @@
  * server stops) the session is closed and its leases revoked.
  */
 import type { Duplex } from "node:stream";
-import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 import { McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { McpIdentity } from "./identity.js";
 import type { McpSession } from "./server.js";
+import { PacedStreamTransport } from "./paced-transport.js";
 
 /** Largest message a client may send, bytes (as over HTTP: an http_request body of 1 MiB, JSON-escaped, fits). */
 export const MAX_STREAM_MESSAGE = 8 * 1024 * 1024;
@@ -70,7 +70,8 @@ export class StreamSessions {
     let session: McpSession | null = null;
     try {
       session = this.#o.newSession(identity);
-      const transport = new StdioServerTransport(stream, stream, { maxBufferSize: MAX_STREAM_MESSAGE });
+      // Read no faster than the guest takes the answers: one guest cannot fill the host's memory.
+      const transport = new PacedStreamTransport(stream, stream, MAX_STREAM_MESSAGE);
       for (const e of ["end", "close", "error"] as const) stream.once(e, stop);
       transport.onclose = stop;
       // The error's name only: a parse error's message quotes the input, which may hold anything.
