@@ -55,6 +55,8 @@ export type HookFailure =
   | { kind: "signal"; signal: string }
   | { kind: "timeout"; timeoutMs: number }
   | { kind: "not_found" }
+  /** Not run: another user could change the program (its file, a directory or link on the way); `problem` names it, never output. */
+  | { kind: "untrusted"; problem: string }
   | { kind: "spawn"; code: string }
   | { kind: "too_large"; maxBytes: number }
   | { kind: "empty" };
@@ -101,6 +103,8 @@ function describeFailure(f: HookFailure, timeoutMs: number): { text: string; det
       return { text: `did not finish within ${timeoutMs} ms (raise timeout in its [[rotate]] entry if it needs longer)`, detail: { failure: "timeout", timeout_ms: timeoutMs } };
     case "not_found":
       return { text: "was not found (check command in its [[rotate]] entry)", detail: { failure: "not_found" } };
+    case "untrusted":
+      return { text: `was not run: ${f.problem}`, detail: { failure: "untrusted" } };
     case "spawn":
       return { text: `could not be started (${f.code})`, detail: { failure: "spawn", code: f.code } };
     case "too_large":
