@@ -67,7 +67,7 @@ describe("rotation hooks: the program that runs", () => {
     "a [[rotate]] program another local user can change (their file, a writable file or directory, a name found in their PATH directory) is never run: the current value is not handed to it and the secret keeps its version",
     { skip: HAVE_SETPRIV ? false : "needs root and setpriv (another local user)", timeout: 120_000 },
     async () => {
-      const cases: { name: string; setup: (dir: string, stolen: string) => { command: string[]; env?: Record<string, string> } }[] = [
+      const cases: { name: string; setup: (dir: string, stolenAt: string) => { command: string[]; env?: Record<string, string> } }[] = [
         {
           name: "a hook in a directory another user can write (they replace it)",
           setup: (dir, stolen) => {
@@ -116,7 +116,6 @@ describe("rotation hooks: the program that runs", () => {
       for (const c of cases) {
         const dir = mkdtempSync(join(base, "case-"));
         chmodSync(dir, 0o755);
-        const stolen = join(base, `stolen-${randomBytes(4).toString("hex")}`);
         // Somewhere the attacker may write the stolen value to.
         const drop = join(base, "drop");
         mkdirSync(drop, { recursive: true, mode: 0o777 });
@@ -132,7 +131,6 @@ describe("rotation hooks: the program that runs", () => {
         assert.deepEqual(now, { version: 1, value: CANARY.old }, `${c.name}: the secret changed`);
         assert.match(r.stderr, /other users|belongs to uid 65534/, `${c.name}: the message does not say why: ${r.stderr}`);
         assert.ok(!(r.stdout + r.stderr).includes(CANARY.old), `${c.name}: the value in the output`);
-        void stolen;
       }
       // The same hook, yours and closed to others, runs.
       const dir = mkdtempSync(join(base, "ok-"));
@@ -147,5 +145,83 @@ describe("rotation hooks: the program that runs", () => {
   );
 });
 
-void spawn;
-void BIN;
+
+describe("rotation hooks: the lessor process stopped mid-run", () => {
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    test(`lessor secret rotate stopped by ${signal} while its hook runs: the hook is stopped with it (never left changing the issuer unwatched), the attempt is audited, and the secret's hook can run again at once`, { timeout: 120_000 }, async () => {
+      const dir = mkdtempSync(join(base, "sig-"));
+      const hook = join(dir, "rotate-db");
+      const issuer = join(dir, "issuer");
+      const started = join(dir, "started");
+      // The issuer changes 3 s in; then the value is printed.
+      writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nsleep 3\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
+      const home = await makeHome({ config: rotateToml([hook], 'timeout = "60s"') });
+      await seedDb(home);
+      const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
+        env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on("close", (code, sig) => r({ code, signal: sig })));
+      try {
+        for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.ok(existsSync(started), "the hook never started");
+        child.kill(signal);
+        const end = await exited;
+        // Longer than the hook would have needed to change the issuer.
+        await new Promise((r) => setTimeout(r, 4500));
+        const now = await currentOf(home);
+        const issuerHas = existsSync(issuer);
+        assert.ok(!(issuerHas && now.value !== CANARY.new), `the hook went on after lessor ${signal === "SIGINT" ? "was interrupted" : "stopped"} (exit ${end.code ?? end.signal}) and changed the issuer; the vault kept version ${now.version}: the new credential is lost`);
+        assert.ok(!out.includes(CANARY.old) && !out.includes(CANARY.new), "a value in lessor's output");
+        const v = await openVault({ home, env: { LESSOR_HOME: home } });
+        try {
+          const rows = (await v.admin().auditQuery({ limit: 1000 })).filter((r) => r.secret === "global/db" && r.type === "secret_rotated");
+          assert.ok(rows.length >= 1, "the interrupted run is not in the audit trail");
+        } finally {
+          await v.close();
+        }
+        // Not held up as "already running" by a run that ended with its process.
+        writeFileSync(hook, `#!/bin/sh\necho ${CANARY.new}\n`, { mode: 0o755 });
+        const again = await runCli(["secret", "rotate", "db", "--hook"], { home, timeoutMs: 60_000 });
+        assert.equal(again.code, 0, again.stderr);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      }
+    });
+  }
+});
+
+test("a second SIGTERM ends lessor secret rotate at once, and the hook's whole process group dies with it (no hook left changing the issuer with no one to store the value)", { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(base, "sig2-"));
+  const hook = join(dir, "rotate-db");
+  const issuer = join(dir, "issuer");
+  const started = join(dir, "started");
+  writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nsleep 3\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
+  const home = await makeHome({ config: rotateToml([hook], 'timeout = "60s"') });
+  await seedDb(home);
+  const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let err = "";
+  child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on("close", (code, sig) => r({ code, signal: sig })));
+  try {
+    for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(started), "the hook never started");
+    child.kill("SIGTERM");
+    for (let i = 0; i < 100 && !/waiting for the rotation hook/.test(err); i++) await new Promise((r) => setTimeout(r, 20));
+    child.kill("SIGTERM");
+    const end = await exited;
+    assert.equal(end.code, 143, `exit ${end.code ?? end.signal}: ${err}`);
+    await new Promise((r) => setTimeout(r, 4500));
+    assert.equal(existsSync(issuer), false, "the hook kept running after lessor exited and changed the issuer");
+    assert.deepEqual(await currentOf(home), { version: 1, value: CANARY.old });
+    assert.ok(!err.includes(CANARY.old) && !err.includes(CANARY.new), "a value on stderr");
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  }
+});

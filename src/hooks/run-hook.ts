@@ -119,6 +119,17 @@ function programOf(file: string, opts: RunHookOptions): { path: string } | { fai
   return problem === null ? { path } : { failure: { kind: "untrusted", problem } };
 }
 
+/**
+ * The process groups of the hooks running in this process, killed when it exits: a hook is watched
+ * by the process that started it (its time limit, its output), and one left running after lessor
+ * exits (a second Ctrl-C, a fatal error) would change the issuer with no one to store what it makes.
+ * One listener for all of them.
+ */
+const running = new Set<() => void>();
+function onProcessExit(): void {
+  for (const kill of running) kill();
+}
+
 /** Runs `hook.command` once; see the module comment. Never rejects. */
 export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions): Promise<HookRunResult> {
   const [file, ...args] = hook.command;
@@ -139,6 +150,8 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      running.delete(killGroup);
+      if (running.size === 0) process.removeListener("exit", onProcessExit);
       wipe();
       resolve(r);
     };
@@ -171,6 +184,8 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       timedOut = true;
       killGroup();
     }, hook.timeoutMs);
+    if (running.size === 0) process.on("exit", onProcessExit);
+    running.add(killGroup);
     child.on("error", (e: NodeJS.ErrnoException) => {
       const code = String(e.code ?? "error");
       finish({ ok: false, failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } });
