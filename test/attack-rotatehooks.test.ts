@@ -13,7 +13,8 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { openVault } from "../src/config/open-vault.js";
 import { BIN, runCli } from "./cli-harness.js";
-import { makeHome } from "./daemon-harness.js";
+import { makeHome, startServe } from "./daemon-harness.js";
+import { LessorClient } from "../src/client/index.js";
 
 const NOBODY = 65534;
 const CANARY = {
@@ -224,4 +225,37 @@ test("a second SIGTERM ends lessor secret rotate at once, and the hook's whole p
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   }
+});
+
+describe("rotation hooks in a daemon that is stopped", () => {
+  test("lessor serve stopped (SIGTERM) while an on-demand hook runs longer than shutdown_grace: the daemon waits for the hook and stores what it made, rather than closing the vault under it", { timeout: 120_000 }, async () => {
+    const dir = mkdtempSync(join(base, "serve-"));
+    const hook = join(dir, "rotate-db");
+    const issuer = join(dir, "issuer");
+    const started = join(dir, "started");
+    writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nsleep 3\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
+    const home = await makeHome({ config: `[server]\nshutdown_grace = "1s"\n\n${rotateToml([hook], 'timeout = "60s"')}` });
+    await seedDb(home);
+    const d = await startServe(home);
+    let stopped = false;
+    try {
+      const client = await LessorClient.connect({ socketPath: d.socket });
+      const call = client.api.rotate_secret_hook({ scope: "global", name: "db" }).then(
+        (r) => ({ ok: true as const, r }),
+        (e: Error) => ({ ok: false as const, e }),
+      );
+      for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(existsSync(started), "the hook never started");
+      const code = await d.stop("SIGTERM");
+      stopped = true;
+      await call;
+      await client.close().catch(() => {});
+      await new Promise((r) => setTimeout(r, 4000));
+      const now = await currentOf(home);
+      assert.ok(!(existsSync(issuer) && now.value !== CANARY.new), `the hook changed the issuer, but the daemon (exit ${code}) closed the vault first: version ${now.version} stays and the new credential is lost`);
+      assert.ok(!d.stderr().includes(CANARY.new) && !d.stderr().includes(CANARY.old), "a value in the daemon's log");
+    } finally {
+      if (!stopped) await d.stop("SIGKILL");
+    }
+  });
 });
