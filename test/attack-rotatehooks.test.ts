@@ -15,6 +15,12 @@ import { openVault } from "../src/config/open-vault.js";
 import { BIN, runCli } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { LessorClient } from "../src/client/index.js";
+import { createKeyFile, fileKeySource } from "../src/crypto/keys/file.js";
+import { commandRotationHooks } from "../src/hooks/run-hook.js";
+import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
+import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
+import { Vault } from "../src/vault/vault.js";
+import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 const NOBODY = 65534;
 const CANARY = {
@@ -258,4 +264,89 @@ describe("rotation hooks in a daemon that is stopped", () => {
       if (!stopped) await d.stop("SIGKILL");
     }
   });
+});
+
+describe("rotation hooks and the master key", () => {
+  for (const kind of ["sqlite", "postgres"] as const) {
+    test(`${kind}: the master key rotated by another instance while a hook runs (stdin = "current"): the hook's value is stored under a key the vault keeps, opens on both instances and after a restart`, { skip: kind === "postgres" ? PG_SKIP : false, timeout: 120_000 }, async () => {
+      const dir = mkdtempSync(join(base, "mk-"));
+      const keyFile = join(dir, "keys", "master.key");
+      createKeyFile(keyFile);
+      const started = join(dir, "started");
+      const hook = join(dir, "rotate-db");
+      writeFileSync(hook, `#!/bin/sh\ncat >/dev/null\ntouch ${q(started)}\nsleep 2\necho ${CANARY.new}\n`, { mode: 0o755 });
+      const hooks = commandRotationHooks([{ secret: { scope: "global", name: "db" }, command: [hook], timeoutMs: 30_000, revoke: "all", stdin: "current", everyMs: null }], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+      const pg = kind === "postgres" ? await testSchema() : null;
+      const dbPath = join(dir, "lessor.db");
+      const open = async (withHooks: boolean) =>
+        Vault.open({
+          store: pg !== null ? await openPostgresStore({ url: PG_URL!, schema: pg.schema }) : openSqliteStore(dbPath),
+          keys: fileKeySource(keyFile),
+          ...(withHooks ? { rotationHooks: hooks } : {}),
+        });
+      const a = await open(true);
+      const b = await open(false);
+      try {
+        await a.admin().storeSecret({ name: "db", value: CANARY.old });
+        const run = a.admin().rotateSecretByHook({ scope: "global", name: "db" });
+        for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 25));
+        assert.ok(existsSync(started), "the hook never started");
+        await b.admin().rotateMasterKey();
+        const r = await run.then(
+          (x) => ({ ok: true as const, version: x.version }),
+          (e: Error & { code?: string }) => ({ ok: false as const, e }),
+        );
+        // Either stored (and readable) or refused with the old version kept: never stored under a key the vault dropped.
+        for (const v of [a, b]) {
+          const got = await v.admin().revealSecret({ scope: "global", name: "db" });
+          assert.equal(got.value.expose().toString(), r.ok ? CANARY.new : CANARY.old);
+          got.value.wipe();
+        }
+        await b.close();
+        const c = await open(false);
+        try {
+          const got = await c.admin().revealSecret({ scope: "global", name: "db" });
+          assert.equal(got.value.expose().toString(), r.ok ? CANARY.new : CANARY.old, "after a restart");
+          if (!r.ok) assert.doesNotMatch(r.e.message, new RegExp(CANARY.new));
+        } finally {
+          await c.close();
+        }
+      } finally {
+        await a.close();
+        await b.close();
+        await pg?.drop();
+      }
+    });
+  }
+});
+
+test("postgres, two instances: the same secret rotated by its hook on both at once, again and again, runs the hook once per round (the other rate_limited) and loses no version", { skip: PG_SKIP, timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(base, "pg2-"));
+  const keyFile = join(dir, "keys", "master.key");
+  createKeyFile(keyFile);
+  const count = join(dir, "count");
+  const hook = join(dir, "rotate-db");
+  // Counts its runs; prints a value naming the run.
+  writeFileSync(hook, `#!/bin/sh\nn=$(cat ${q(count)} 2>/dev/null || echo 0)\nn=$((n+1))\necho $n > ${q(count)}\nsleep 0.5\necho value-$n\n`, { mode: 0o755 });
+  const hooks = commandRotationHooks([{ secret: { scope: "global", name: "db" }, command: [hook], timeoutMs: 30_000, revoke: "all", stdin: "none", everyMs: null }], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+  const pg = await testSchema();
+  const open = async () => Vault.open({ store: await openPostgresStore({ url: PG_URL!, schema: pg.schema }), keys: fileKeySource(keyFile), rotationHooks: hooks });
+  const a = await open();
+  const b = await open();
+  try {
+    await a.admin().storeSecret({ name: "db", value: CANARY.old });
+    for (let round = 1; round <= 4; round++) {
+      const outcomes = await Promise.all([a, b].map((v) => v.admin().rotateSecretByHook({ scope: "global", name: "db" }).then((r) => `ok ${r.version}`, (e: Error & { code?: string }) => `${e.code}`)));
+      assert.deepEqual(outcomes.filter((o) => o.startsWith("ok")), [`ok ${round + 1}`], outcomes.join(" | "));
+      assert.deepEqual(outcomes.filter((o) => !o.startsWith("ok")), ["rate_limited"], outcomes.join(" | "));
+      assert.equal(readFileSync(count, "utf8").trim(), String(round), "the hook ran more than once in a round");
+      const got = await b.admin().revealSecret({ scope: "global", name: "db" });
+      assert.equal(got.value.expose().toString(), `value-${round}`, "the vault holds what the issuer was last given");
+      got.value.wipe();
+    }
+  } finally {
+    await a.close();
+    await b.close();
+    await pg.drop();
+  }
 });
