@@ -11,6 +11,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
 import { BIN, runCli } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
@@ -348,5 +349,37 @@ test("postgres, two instances: the same secret rotated by its hook on both at on
     await a.close();
     await b.close();
     await pg.drop();
+  }
+});
+
+test("with the audit trail broken (events cut from its end), a rotation hook is refused before it runs: it never changes the issuer for a value the vault would then refuse to store", { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(base, "audit-"));
+  const keyFile = join(dir, "keys", "master.key");
+  createKeyFile(keyFile);
+  const issuer = join(dir, "issuer");
+  const hook = join(dir, "rotate-db");
+  writeFileSync(hook, `#!/bin/sh\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
+  const hooks = commandRotationHooks([{ secret: { scope: "global", name: "db" }, command: [hook], timeoutMs: 30_000, revoke: "all", stdin: "none", everyMs: null }], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+  const dbPath = join(dir, "lessor.db");
+  const open = () => Vault.open({ store: openSqliteStore(dbPath), keys: fileKeySource(keyFile), rotationHooks: hooks });
+  const v0 = await open();
+  for (let i = 0; i < 5; i++) await v0.admin().storeSecret({ name: i === 4 ? "db" : `s${i}`, value: i === 4 ? CANARY.old : `v${i}` });
+  await v0.close();
+  const db = new Database(dbPath);
+  db.pragma("busy_timeout = 5000");
+  db.prepare("DELETE FROM audit WHERE seq > 3").run();
+  db.close();
+  const v = await open();
+  try {
+    const e = await v.admin().rotateSecretByHook({ scope: "global", name: "db" }).then(
+      () => null,
+      (err: Error & { code?: string }) => err,
+    );
+    assert.ok(e !== null, "the rotation succeeded with the trail broken");
+    assert.equal(existsSync(issuer), false, `the hook ran (changed the issuer) although the vault then refused to store its value (${e.code}: ${e.message})`);
+    assert.equal(e.code, "audit_broken", e.message);
+    assert.doesNotMatch(e.message, new RegExp(CANARY.new));
+  } finally {
+    await v.close();
   }
 });
