@@ -113,10 +113,16 @@ export function untrustedHookProgram(path: string, name: string): string | null 
 
 /** The hook's program as an absolute path to run, or why it cannot run. */
 function programOf(file: string, opts: RunHookOptions): { path: string } | { failure: HookFailure } {
-  const path = locateHookProgram(file, hookEnv(opts.env)["PATH"] ?? "", opts.cwd);
-  if (path === null) return { failure: { kind: "not_found" } };
-  const problem = untrustedHookProgram(path, file);
-  return problem === null ? { path } : { failure: { kind: "untrusted", problem } };
+  try {
+    const path = locateHookProgram(file, hookEnv(opts.env)["PATH"] ?? "", opts.cwd);
+    if (path === null) return { failure: { kind: "not_found" } };
+    const problem = untrustedHookProgram(path, file);
+    return problem === null ? { path } : { failure: { kind: "untrusted", problem } };
+  } catch (e) {
+    // Changed while it was looked at (removed between the lookup and the checks): not run.
+    const code = String((e as NodeJS.ErrnoException).code ?? "error");
+    return { failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } };
+  }
 }
 
 /**
