@@ -156,7 +156,7 @@ describe("rotation hooks: the program that runs", () => {
 
 describe("rotation hooks: the lessor process stopped mid-run", () => {
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-    test(`lessor secret rotate stopped by ${signal} while its hook runs: the hook is stopped with it (never left changing the issuer unwatched), the attempt is audited, and the secret's hook can run again at once`, { timeout: 120_000 }, async () => {
+    test(`lessor secret rotate stopped by ${signal} while its hook runs: lessor waits for the hook and stores what it made (never leaves it changing the issuer unwatched), the attempt is audited, and the secret's hook can run again at once`, { timeout: 120_000 }, async () => {
       const dir = mkdtempSync(join(base, "sig-"));
       const hook = join(dir, "rotate-db");
       const issuer = join(dir, "issuer");
