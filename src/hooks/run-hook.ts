@@ -13,10 +13,21 @@
  *   old or the new value (a script that echoes what it did), so it is never shown, logged or
  *   audited; run the command yourself to debug it.
  *
+ * - The program: found as a shell would (a path with a slash from the lessor home, a bare name on the
+ *   hook's PATH), then run by the path found, with no second lookup. It is handed the current value
+ *   (`stdin = "current"`) and decides the secret's next one, so it is held to what the key command is
+ *   (src/crypto/keys/command.ts): a regular file of yours or root's that no one else can write, in
+ *   directories no one else can write, as found and as its real path. Otherwise it is not run (a
+ *   failure of kind "untrusted", naming the file or directory at fault and the fix).
+ *
  * Every buffer that held output is zeroed once it has been copied.
  */
 import { spawn } from "node:child_process";
-import type { HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
+import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { delimiter, join, resolve as resolvePath } from "node:path";
+import { isVaultError } from "../base/errors.js";
+import { assertSafeAncestors, octal } from "../fs/perms.js";
+import type { HookFailure, HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
 import type { SecretRef } from "../base/types.js";
 
 /** The environment variables a hook inherits from the vault, when set. */
@@ -45,9 +56,91 @@ export interface RunHookOptions {
   env: NodeJS.ProcessEnv;
 }
 
+/** True when `p` is an executable regular file (where a PATH search stops). */
+function isExecutableFile(p: string): boolean {
+  try {
+    if (!statSync(p).isFile()) return false;
+    accessSync(p, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The program `file` names, as an absolute path, as the hook has always found it: a path with a slash
+ * from `cwd` (the lessor home), a bare name on `pathValue` (each entry taken from `cwd`, as a shell
+ * does; src/cli/run/owner-programs.ts checks the same places); null when there is none.
+ */
+export function locateHookProgram(file: string, pathValue: string, cwd: string): string | null {
+  if (file.includes("/")) return resolvePath(cwd, file);
+  for (const dir of pathValue.split(delimiter)) {
+    const p = join(resolvePath(cwd, dir || "."), file);
+    if (isExecutableFile(p)) return p;
+  }
+  return null;
+}
+
+/**
+ * Why the program at `path` (named `name` in lessor.toml) must not run as the vault's owner, or null:
+ * it is another user's file, others can write it, or a directory or link on the way to it (or to its
+ * real path) lets another user replace it. Nothing is checked on Windows.
+ */
+export function untrustedHookProgram(path: string, name: string): string | null {
+  if (process.platform === "win32" || typeof process.getuid !== "function") return null;
+  const uid = process.getuid();
+  const who = "who could read the value it is handed and choose the secret's next one";
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch {
+    return null; // missing: spawn says not found
+  }
+  const st = statSync(real);
+  if (!st.isFile()) return `${real} is not a regular file`;
+  if (st.uid !== uid && st.uid !== 0) return `${real} belongs to uid ${st.uid}, ${who}; use a program owned by you or root`;
+  if ((st.mode & 0o022) !== 0) return `${real} can be changed by other users (mode ${octal(st.mode)}), ${who}; fix it with: chmod go-w ${real}`;
+  const place = { what: `the rotation hook ${name}`, elsewhere: "install it in a directory only you or root can write (such as /usr/local/bin) and name it by its full path" };
+  try {
+    assertSafeAncestors(path, uid, place);
+    if (real !== path) assertSafeAncestors(real, uid, place);
+  } catch (e) {
+    if (isVaultError(e)) return e.message;
+    throw e;
+  }
+  return null;
+}
+
+/** The hook's program as an absolute path to run, or why it cannot run. */
+function programOf(file: string, opts: RunHookOptions): { path: string } | { failure: HookFailure } {
+  try {
+    const path = locateHookProgram(file, hookEnv(opts.env)["PATH"] ?? "", opts.cwd);
+    if (path === null) return { failure: { kind: "not_found" } };
+    const problem = untrustedHookProgram(path, file);
+    return problem === null ? { path } : { failure: { kind: "untrusted", problem } };
+  } catch (e) {
+    // Changed while it was looked at (removed between the lookup and the checks): not run.
+    const code = String((e as NodeJS.ErrnoException).code ?? "error");
+    return { failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } };
+  }
+}
+
+/**
+ * The process groups of the hooks running in this process, killed when it exits: a hook is watched
+ * by the process that started it (its time limit, its output), and one left running after lessor
+ * exits (a second Ctrl-C, a fatal error) would change the issuer with no one to store what it makes.
+ * One listener for all of them.
+ */
+const running = new Set<() => void>();
+function onProcessExit(): void {
+  for (const kill of running) kill();
+}
+
 /** Runs `hook.command` once; see the module comment. Never rejects. */
 export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions): Promise<HookRunResult> {
   const [file, ...args] = hook.command;
+  const program = programOf(file!, opts);
+  if ("failure" in program) return Promise.resolve({ ok: false, failure: program.failure });
   // Room for the trailing newline that is removed.
   const cap = maxBytes + 2;
   return new Promise<HookRunResult>((resolve) => {
@@ -63,12 +156,15 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      running.delete(killGroup);
+      if (running.size === 0) process.removeListener("exit", onProcessExit);
       wipe();
       resolve(r);
     };
     let child: ReturnType<typeof spawn>;
     try {
-      child = spawn(file!, args, {
+      child = spawn(program.path, args, {
+        argv0: file, // as the command is written; the path found is what runs
         cwd: opts.cwd,
         env: hookEnv(opts.env),
         shell: false,
@@ -94,6 +190,8 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       timedOut = true;
       killGroup();
     }, hook.timeoutMs);
+    if (running.size === 0) process.on("exit", onProcessExit);
+    running.add(killGroup);
     child.on("error", (e: NodeJS.ErrnoException) => {
       const code = String(e.code ?? "error");
       finish({ ok: false, failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } });

@@ -14,6 +14,7 @@ import { VaultError } from "../base/errors.js";
 import { uuidv7 } from "../base/ids.js";
 import type { StoreReader, StoreTx } from "./ports.js";
 import { commit, type VaultContext } from "./context.js";
+import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 
 /** The metadata key of the document. */
 export const HOOK_RUNS_META = "rotation_hooks_running";
@@ -60,6 +61,13 @@ export async function claimHookRun(
 ): Promise<string | null> {
   const owner = uuidv7();
   return commit(ctx, async (tx, _audit, now) => {
+    // What would refuse the run's audited commit refuses it now, before the hook changes the issuer:
+    // a broken trail, or an audit sink that cannot record (otherwise the issuer would hold a value
+    // the vault then refuses to store, and the trail would not even show the attempt).
+    const { problem } = await inspectChain(ctx, tx);
+    noteAuditState(ctx, problem);
+    if (problem !== null) return brokenError(problem);
+    for (const sink of ctx.sinks) sink.check?.();
     const runs = await readRuns(tx, now);
     if (runs[secret] !== undefined)
       return new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);

@@ -55,6 +55,8 @@ export type HookFailure =
   | { kind: "signal"; signal: string }
   | { kind: "timeout"; timeoutMs: number }
   | { kind: "not_found" }
+  /** Not run: another user could change the program (its file, a directory or link on the way); `problem` names it, never output. */
+  | { kind: "untrusted"; problem: string }
   | { kind: "spawn"; code: string }
   | { kind: "too_large"; maxBytes: number }
   | { kind: "empty" };
@@ -101,6 +103,8 @@ function describeFailure(f: HookFailure, timeoutMs: number): { text: string; det
       return { text: `did not finish within ${timeoutMs} ms (raise timeout in its [[rotate]] entry if it needs longer)`, detail: { failure: "timeout", timeout_ms: timeoutMs } };
     case "not_found":
       return { text: "was not found (check command in its [[rotate]] entry)", detail: { failure: "not_found" } };
+    case "untrusted":
+      return { text: `was not run: ${f.problem}`, detail: { failure: "untrusted" } };
     case "spawn":
       return { text: `could not be started (${f.code})`, detail: { failure: "spawn", code: f.code } };
     case "too_large":
@@ -134,7 +138,42 @@ export async function rotateSecretByHookIfDue(ctx: VaultContext, who: Identity, 
   });
 }
 
-async function rotateByHook(
+/**
+ * The hook rotations running on each open vault, and the vaults that are closing. A hook changes the
+ * credential at its issuer, so the vault must not close under one (a daemon stopped, its in-flight
+ * answers dropped after its shutdown grace): {@link settleHookRuns} is awaited by Vault.close()
+ * before the store closes, and a vault that is closing starts no new hook.
+ */
+const hookRuns = new WeakMap<VaultContext, Set<Promise<unknown>>>();
+const closingVaults = new WeakSet<VaultContext>();
+
+/** Starts no more hook runs on `ctx`, and resolves once those running have ended (stored, audited or failed). */
+export async function settleHookRuns(ctx: VaultContext): Promise<void> {
+  closingVaults.add(ctx);
+  const runs = hookRuns.get(ctx);
+  while (runs !== undefined && runs.size > 0) await Promise.allSettled([...runs]);
+}
+
+function rotateByHook(
+  ctx: VaultContext,
+  who: Identity,
+  refIn: SecretRef,
+  due: ((tx: StoreTx, now: number) => Promise<boolean>) | null,
+): Promise<HookRotationResult | null> {
+  if (closingVaults.has(ctx) || ctx.closed) return Promise.reject(new VaultError("unavailable", "the vault is closing; run the rotation again once it is open"));
+  let runs = hookRuns.get(ctx);
+  if (runs === undefined) hookRuns.set(ctx, (runs = new Set()));
+  const run = rotateByHookNow(ctx, who, refIn, due);
+  const tracked = run.then(
+    () => undefined,
+    () => undefined,
+  );
+  runs.add(tracked);
+  void tracked.then(() => runs.delete(tracked));
+  return run;
+}
+
+async function rotateByHookNow(
   ctx: VaultContext,
   who: Identity,
   refIn: SecretRef,

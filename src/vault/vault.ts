@@ -43,7 +43,7 @@ import { installPolicy, loadOrBroken, oneReloadAtATime, policyVersion } from "./
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { closeRefusals, flushRefusals } from "./refusals.js";
 import { rotateMasterKey, type RotationResult } from "./rotation.js";
-import { rotateSecretByHook, rotateSecretByHookIfDue, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
+import { rotateSecretByHook, rotateSecretByHookIfDue, settleHookRuns, type HookRotationResult, type RotationHooks } from "./rotation-hooks.js";
 import { Signals, type SignalListener } from "./signals.js";
 import * as secrets from "./secrets.js";
 import * as tokenState from "./token-state.js";
@@ -432,6 +432,9 @@ export class Vault {
 
   async #close(): Promise<void> {
     if (this.#ctx.closed) return;
+    // A rotation hook running has changed, or is changing, the credential at its issuer: what it makes
+    // is stored (or its failure audited) before the store closes. Each is bounded by its time limit.
+    await settleHookRuns(this.#ctx);
     // The failed authentications and refusals still counted are written first, while the store is open.
     let unwritten: unknown = null;
     try {

@@ -10,10 +10,17 @@
  * - otherwise, when NAME has a hook in the home's lessor.toml: a value piped on stdin still wins (as
  *   before); a terminal or an empty stdin runs the hook instead of prompting or failing;
  * - otherwise, as before: stdin or the prompt.
+ *
+ * Run in this process, the hook is watched by it (its time limit, what it prints), so SIGINT, SIGTERM
+ * or SIGHUP while it runs does not end lessor at once: a hook left running alone would change the
+ * issuer and print the new credential to no one. The first such signal is told on stderr and lessor
+ * waits for the hook (at most its timeout) so that what it makes is stored or its failure audited; a
+ * second one ends lessor, and the hook's process group is killed as lessor exits (src/hooks/run-hook.ts).
  */
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
+import { signalExitCode } from "../run/signals.js";
 import { refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { loadConfig } from "../../config/load.js";
@@ -55,8 +62,10 @@ export async function chooseRotation(cli: Cli, r: SecretRef, o: ValueOptions & {
 
 /** Runs the hook through the backend and says what it did, never the value. */
 export async function rotateByHook(cli: Cli, r: SecretRef, o: { json?: boolean }): Promise<number> {
-  const { api } = await cli.backend();
-  const res = await api.api.rotate_secret_hook({ scope: r.scope, name: r.name });
+  const { api, mode } = await cli.backend();
+  const call = () => api.api.rotate_secret_hook({ scope: r.scope, name: r.name });
+  // Against a daemon the hook runs there, whatever happens to this process.
+  const res = mode === "embedded" ? await holdingSignals(cli, refString(r), call) : await call();
   if (o.json) {
     cli.json(res);
     return EXIT.ok;
@@ -64,4 +73,26 @@ export async function rotateByHook(cli: Cli, r: SecretRef, o: { json?: boolean }
   const revoked = res.revokedLeases > 0 ? ` and revoked ${res.revokedLeases} lease${res.revokedLeases === 1 ? "" : "s"}` : "";
   cli.out(`rotated ${refString(r)} to version ${res.version} by its rotation hook${revoked}`);
   return EXIT.ok;
+}
+
+/** The signals that would end lessor while a hook it runs is still working. */
+const HELD_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Runs `call` (a hook run in this process) with SIGINT, SIGTERM and SIGHUP held: see the module comment. */
+async function holdingSignals<T>(cli: Cli, secret: string, call: () => Promise<T>): Promise<T> {
+  let heard = false;
+  const handler = (signal: NodeJS.Signals): void => {
+    if (heard) {
+      cli.err(`lessor: stopped by ${signal}; the rotation hook of ${secret} was killed mid-run: the issuer may hold a credential the vault does not, and its next hook run may have to wait out the hook's timeout plus a minute`);
+      process.exit(signalExitCode(signal));
+    }
+    heard = true;
+    cli.err(`lessor: ${signal}: waiting for the rotation hook of ${secret} to finish (at most its timeout) so that the value it makes at the issuer is stored; send it again to stop the hook now`);
+  };
+  for (const s of HELD_SIGNALS) process.on(s, handler);
+  try {
+    return await call();
+  } finally {
+    for (const s of HELD_SIGNALS) process.removeListener(s, handler);
+  }
 }
