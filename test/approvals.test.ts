@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parsePolicy } from "../src/vault/policy.js";
-import { APPROVAL_PENDING_MS, APPROVAL_USE_MS, MAX_PENDING_PER_AGENT, MAX_PENDING_PER_REQUESTER } from "../src/vault/approvals.js";
+import { APPROVAL_PENDING_MS, APPROVAL_USE_MS, MAX_PENDING_PER_AGENT, MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_REQUESTER_AGENT } from "../src/vault/approvals.js";
 import { after } from "node:test";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
@@ -16,7 +16,8 @@ import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 const POLICY =
   grant("gated", ["claude", "claude-2"], ["deploy-key"], ["api.example.com", "uploads.example.com"], 'approval = "required"\nttl = "15m"') +
-  grant("open", ["claude"], ["plain-key"], ["api.example.com"], 'approval = "none"');
+  grant("open", ["claude"], ["plain-key"], ["api.example.com"], 'approval = "none"') +
+  grant("gated-ci", ["ci-*"], ["deploy-key"], ["api.example.com"], 'approval = "required"\nttl = "15m"');
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
 
@@ -240,13 +241,39 @@ for (const store of ["sqlite", "memory"] as const) {
     test("an orchestrator cannot flood the person: pending approvals per requester are capped, whichever agents it names", async () => {
       const { vault, claude2 } = await setup(store);
       const orch = vault.session(orchestrator(["claude", "claude-2"]));
-      for (let i = 0; i < MAX_PENDING_PER_REQUESTER; i++) await orch.requestApproval({ agent: "claude", secret: "deploy-key", ttl: 60_000 + i });
-      const r = await refusalOf(orch.requestApproval({ agent: "claude-2", secret: "deploy-key" }));
+      const orch2 = vault.session(orchestrator(["claude", "claude-2", "ci-*"]));
+      for (let i = 0; i < MAX_PENDING_PER_REQUESTER; i++)
+        await orch2.requestApproval({ agent: `ci-${Math.floor(i / MAX_PENDING_PER_REQUESTER_AGENT)}`, secret: "deploy-key", ttl: 60_000 + i });
+      const r = await refusalOf(orch2.requestApproval({ agent: "claude-2", secret: "deploy-key" }));
       assert.equal(r.code, "rate_limited");
       assert.match(r.message, /test:orch\) already have 16 requests waiting.*separate token/);
       // The agent it did not get to can still ask for itself.
       const own = await claude2.requestApproval({ secret: "deploy-key" });
       assert.ok(own.required && own.created);
+    });
+
+    test("agents sharing one orchestrator token: one of them, varying its ttl, cannot take the token's every slot and leave its siblings none", async () => {
+      const { vault } = await setup(store);
+      // One session per agent, as `lessor mcp --agent ci-N` each reaching the vault with the same token.
+      const hostile = vault.session(orchestrator(["ci-*"]));
+      const sibling = vault.session(orchestrator(["ci-*"]));
+      let opened = 0;
+      let refusal: { code: string; message: string } | null = null;
+      for (let i = 0; i < MAX_PENDING_PER_REQUESTER && !refusal; i++) {
+        try {
+          await hostile.requestApproval({ agent: "ci-1", secret: "deploy-key", ttl: 60_000 + i });
+          opened++;
+        } catch (e) {
+          refusal = e as { code: string; message: string };
+        }
+      }
+      assert.equal(opened, MAX_PENDING_PER_REQUESTER_AGENT, "the hostile agent is stopped at the per-agent share of the token");
+      assert.equal(refusal?.code, "rate_limited");
+      assert.match(refusal!.message, /already have 4 requests waiting .*for agent "ci-1"/);
+      for (const agent of ["ci-2", "ci-3", "ci-4"]) {
+        const own = await sibling.requestApproval({ agent, secret: "deploy-key" });
+        assert.ok(own.required && own.created, `${agent} can still ask a person`);
+      }
     });
 
     test("the owner asking for several agents (lessor mcp --agent X as the owner) is capped per agent only: one agent's sixteen leave the others room", async () => {

@@ -113,6 +113,8 @@ describe("pending-request floods", () => {
         for (let i = 0; i < 16; i++) {
           const res = await ci.call("approval_request", { agent: `ci-${a}`, secret: "deploy", maxUses: i + 1, reason: "flood" });
           if (!res.ok) {
+            // Its share for one agent (4) is spent: on to the next made-up agent.
+            if (/for agent "ci-\d+"/.test(res.error.message)) break;
             refused = `${res.error.code}: ${res.error.message}`;
             break;
           }

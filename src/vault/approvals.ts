@@ -50,6 +50,13 @@ export const MAX_PENDING_PER_AGENT = 16;
  * owner asks under the owner's one identity, and one agent's sixteen must not leave the others none.
  */
 export const MAX_PENDING_PER_REQUESTER = 16;
+/**
+ * Most pending approvals one orchestrator asks for any one agent. Several agents often share one
+ * orchestrator token (a `lessor mcp --agent ci-N` each): without this, one of them, varying its ttl or
+ * use cap, would hold all {@link MAX_PENDING_PER_REQUESTER} of the token's slots and leave its siblings
+ * none (and renew that as they lapse). Four waiting for one agent is plenty for one job.
+ */
+export const MAX_PENDING_PER_REQUESTER_AGENT = 4;
 
 /** Where an approval stands. */
 export type ApprovalState = "pending" | "approved" | "denied" | "used";
@@ -195,6 +202,13 @@ export async function findOrOpen(
   }
   if (items.filter((a) => a.state === "pending" && a.agent === b.agent).length >= MAX_PENDING_PER_AGENT)
     return denied(audit, who, new VaultError("rate_limited", `agent "${b.agent}" already has ${MAX_PENDING_PER_AGENT} requests waiting for a person's approval; wait for them to be decided or to lapse`), { agent: b.agent, secret: b.secret });
+  if (who.role === "orchestrator" && items.filter((a) => a.state === "pending" && a.requestedBy === who.id && a.agent === b.agent).length >= MAX_PENDING_PER_REQUESTER_AGENT)
+    return denied(
+      audit,
+      who,
+      new VaultError("rate_limited", `you (${who.id}) already have ${MAX_PENDING_PER_REQUESTER_AGENT} requests waiting for a person's approval for agent "${b.agent}", the most one identity may have for one agent (so that the agents sharing it each keep room); wait for them to be decided or to lapse`),
+      { agent: b.agent, secret: b.secret },
+    );
   if (who.role === "orchestrator" && items.filter((a) => a.state === "pending" && a.requestedBy === who.id).length >= MAX_PENDING_PER_REQUESTER)
     return denied(
       audit,
