@@ -361,11 +361,18 @@ export class LeaseEgress implements Egress {
     let headers: OutgoingHttpHeaders = { ...req.headers };
     // Under a `paths` restriction the upstream gets the path the vault matched, never the raw one.
     let target = canonical === null ? req.target : withCanonicalPath(req.target, canonical);
-    for (const [h, value] of values) {
-      headers = inject(headers, h, value);
-      if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
-      h.tunnels.add(tunnel);
+    try {
+      for (const [h, value] of values) {
+        headers = inject(headers, h, value);
+        if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
+      }
+    } catch (e) {
+      // A value no header can carry (./lease-egress.ts checkHeaderValue): refused, said and audited as
+      // a refusal, nothing sent. Its use was counted: the vault handed the value out.
+      if (!isVaultError(e)) throw e;
+      return this.#refuse(req, using, 502, e.code, `Bad gateway: ${e.message}; the request was not sent`);
     }
+    for (const h of values.keys()) h.tunnels.add(tunnel);
     // Reverse patterns (placeholder → value) with the values just read, so a rotation is picked up here too.
     const reverse = (pick: (h: Held) => boolean): ScrubPatterns | undefined => {
       const pairs = [...values].filter(([h]) => pick(h)).map(([h, value]) => ({ value: h.placeholder, placeholder: value }));
@@ -590,17 +597,30 @@ function decodeBasic(v: string): string | null {
   return m ? Buffer.from(m[1]!, "base64").toString("utf8") : null;
 }
 
-/** A credential may go in a header only if it is one line of visible text. */
-function checkHeaderValue(value: string, secret: string): void {
-  if (/[\x00-\x1f\x7f]/.test(value))
+/**
+ * A credential may go in a header only if it is one line of text whose every character is one byte
+ * (latin1, as Node writes header values). A control character or line break (C0, DEL, C1 such as
+ * NEL U+0085) would end the header, or the request, where the value chose. A character above U+00FF
+ * cannot be written as one byte: Node's HTTP/1.1 client throws on it (which ended the whole process),
+ * and its HTTP/2 client sends only the low byte, so U+010A went to the upstream as a bare LF inside
+ * the header. Neither character nor position is named: both are the value's. `inBase64`: the value
+ * goes as the base64 of its UTF-8 (a Basic pair), which carries any character but a control.
+ */
+function checkHeaderValue(value: string, secret: string, inBase64 = false): void {
+  if (/[\x00-\x1f\x7f-\x9f]/.test(value))
     throw new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
+  if (!inBase64 && /[^\x00-\xff]/.test(value))
+    throw new VaultError(
+      "invalid_request",
+      `the value of ${secret} holds a character above U+00FF, which a header cannot carry (a header value is one byte per character); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
+    );
 }
 
 /** The headers with `h`'s credential added as its rule says. */
 function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingHttpHeaders {
   const r = h.rule;
   if (r.mode === "query") return headers;
-  if (r.mode !== "placeholder") checkHeaderValue(value, h.secret);
+  if (r.mode !== "placeholder") checkHeaderValue(value, h.secret, r.mode === "basic");
   if (r.mode === "bearer") return { ...headers, authorization: `Bearer ${value}` };
   if (r.mode === "basic") return { ...headers, authorization: `Basic ${Buffer.from(`${r.username}:${value}`, "utf8").toString("base64")}` };
   if (r.mode === "header") return { ...headers, [r.header]: value };
@@ -617,7 +637,7 @@ function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingH
       if (k === "authorization") {
         const pair = decodeBasic(s);
         if (pair !== null && pair.includes(h.placeholder)) {
-          checkHeaderValue(value, h.secret);
+          checkHeaderValue(value, h.secret, true);
           return `Basic ${Buffer.from(pair.split(h.placeholder).join(value), "utf8").toString("base64")}`;
         }
       }
