@@ -8,12 +8,14 @@ import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../base/errors.js";
 import { refString } from "../../base/names.js";
+import { codePointName, hasUnsafeText } from "../../base/text.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
 import { listAllSecrets } from "./list-all.js";
 import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";
+import { isText } from "./entry.js";
 import { checkValueOptions, readSecretValue, willPrompt, type ValueOptions } from "./value-source.js";
 
 /** Exit code when the user cancels a prompt (as for SIGINT). */
@@ -161,12 +163,43 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
       cli.json({ secret: refString(r), ...record, version, size: vm?.size ?? value.length, value: value.expose().toString("base64"), encoding: "base64" });
       return EXIT.ok;
     }
+    // On a terminal the bytes are shown, not stored: a value from elsewhere (a pasted token, an
+    // import, a rotation hook's output) must not drive it (OSC 52, ESC [2J, a C1 CSI, a stray 0x9b).
+    if (cli.stdout.isTTY) {
+      const unsafe = unsafeForTerminal(value.expose());
+      if (unsafe !== null)
+        throw new VaultError(
+          "invalid_request",
+          `the value of ${refString(r)} holds ${unsafe}, which would act on this terminal rather than be shown, so it was not printed (the reveal is audited); redirect it to a file or a pipe (lessor secret get ${refString(r)} --reveal > FILE), or use --json for its base64`,
+        );
+    }
     await new Promise<void>((resolve, reject) => cli.stdout.write(value.expose(), (e) => (e ? reject(e) : resolve())));
     if (cli.stdout.isTTY) cli.stdout.write("\n");
     return EXIT.ok;
   } finally {
     value.wipe();
   }
+}
+
+/**
+ * What in `bytes` a terminal would obey rather than show, described without quoting it, or null:
+ * bytes that are not UTF-8 (a lone 0x9b is CSI to a terminal not in UTF-8 mode), or a character
+ * src/base/text.ts calls unsafe (controls, C1, bidi and invisible ones) other than tab and line feed.
+ * Read one character at a time, so the value never becomes one JavaScript string.
+ */
+function unsafeForTerminal(bytes: Uint8Array): string | null {
+  if (!isText(bytes)) return "bytes that are not UTF-8 text";
+  for (let i = 0; i < bytes.length; ) {
+    const b = bytes[i]!;
+    const n = b < 0x80 ? 1 : b < 0xe0 ? 2 : b < 0xf0 ? 3 : 4;
+    let cp = n === 1 ? b : b & (0xff >> (n + 1));
+    for (let k = 1; k < n; k++) cp = (cp << 6) | (bytes[i + k]! & 0x3f);
+    i += n;
+    if (cp === 0x09 || cp === 0x0a) continue;
+    const ch = String.fromCodePoint(cp);
+    if (hasUnsafeText(ch)) return `a control or invisible character (${codePointName(ch)})`;
+  }
+  return null;
 }
 
 /** `secret list`. */
