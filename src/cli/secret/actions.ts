@@ -8,14 +8,13 @@ import { UsageError } from "../cli.js";
 import { EXIT } from "../exit-codes.js";
 import { VaultError } from "../../base/errors.js";
 import { refString } from "../../base/names.js";
-import { codePointName, hasUnsafeText } from "../../base/text.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
+import { unsafeForTerminal } from "../format/terminal-safe.js";
 import { listAllSecrets } from "./list-all.js";
 import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";
-import { isText } from "./entry.js";
 import { checkValueOptions, readSecretValue, willPrompt, type ValueOptions } from "./value-source.js";
 
 /** Exit code when the user cancels a prompt (as for SIGINT). */
@@ -179,27 +178,6 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
   } finally {
     value.wipe();
   }
-}
-
-/**
- * What in `bytes` a terminal would obey rather than show, described without quoting it, or null:
- * bytes that are not UTF-8 (a lone 0x9b is CSI to a terminal not in UTF-8 mode), or a character
- * src/base/text.ts calls unsafe (controls, C1, bidi and invisible ones) other than tab and line feed.
- * Read one character at a time, so the value never becomes one JavaScript string.
- */
-function unsafeForTerminal(bytes: Uint8Array): string | null {
-  if (!isText(bytes)) return "bytes that are not UTF-8 text";
-  for (let i = 0; i < bytes.length; ) {
-    const b = bytes[i]!;
-    const n = b < 0x80 ? 1 : b < 0xe0 ? 2 : b < 0xf0 ? 3 : 4;
-    let cp = n === 1 ? b : b & (0xff >> (n + 1));
-    for (let k = 1; k < n; k++) cp = (cp << 6) | (bytes[i + k]! & 0x3f);
-    i += n;
-    if (cp === 0x09 || cp === 0x0a) continue;
-    const ch = String.fromCodePoint(cp);
-    if (hasUnsafeText(ch)) return `a control or invisible character (${codePointName(ch)})`;
-  }
-  return null;
 }
 
 /** `secret list`. */
