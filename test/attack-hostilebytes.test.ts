@@ -70,13 +70,20 @@ after(async () => {
   await inTime(Promise.all([new Promise<void>((r) => h1up.close(() => r())), new Promise<void>((r) => h2up.close(() => r()))]), 5000, "closing the upstreams").catch(() => {});
 });
 
-async function rig(value: string, rule: InjectionRule): Promise<Rig> {
-  const { vault } = await makeVault({ policy: grant("g", ["bot"], ["tok"], [H1, H2]) });
+/** A proxy for agent "bot" holding `tok` (for H1 and H2, or only H1 with `away`, when a second secret covers H2). */
+async function rig(value: string, rule: InjectionRule, away = false): Promise<Rig> {
+  const { vault } = await makeVault({ policy: grant("g", ["bot"], ["tok", "away"], [H1, H2]) });
   const admin = vault.admin();
   await admin.storeSecret({ name: "tok", value });
-  const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: [H1, H2] });
+  const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: away ? [H1] : [H1, H2] });
   const ph = makePlaceholder(value);
   const creds: ProxyCredential[] = [{ lease, secret: "global/tok", placeholder: ph, value, rule }];
+  if (away) {
+    const other = "sk-" + randomBytes(18).toString("hex");
+    await admin.storeSecret({ name: "away", value: other });
+    const l2 = await admin.requestLease({ agent: "bot", secret: "away", domains: [H2] });
+    creds.push({ lease: l2, secret: "global/away", placeholder: makePlaceholder(other), value: other, rule: { mode: "placeholder" } });
+  }
   const egress = new LeaseEgress({ api: inProcessApi(vault), agent: "bot", credentials: creds, egress: "strict", warn: () => {} });
   const guard = new SsrfGuard({ ports: [h1port, h2port], allow: ["127.0.0.0/8"], resolve: tableResolver({ [H1]: "127.0.0.1", [H2]: "127.0.0.1" }) });
   const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [H1, H2] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
@@ -188,6 +195,59 @@ describe("the proxy injects only values a header can carry as they are (src/prox
     const refused = (await r.admin.auditQuery({})).filter((e) => e.type === "proxy_request" && e.outcome !== "ok");
     assert.equal(refused.length, 1);
     assert.match(refused[0]!.reason ?? refused[0]!.detail ?? "", /invalid_request/);
+  });
+
+  test("an HTTP/2 :path with a C1 or bidi character cannot erase the trail's proxy_request rows of the requests batched with it", { timeout: 60_000 }, async () => {
+    const r = await rig(CANARY, { mode: "placeholder" });
+    const raw: Socket = await connectTunnel(r.port, H1, h1port);
+    const t = await tlsIn(raw, H1, "h2");
+    const session = http2.connect(`https://${H1}`, { createConnection: () => t });
+    session.on("error", () => {});
+    const ask = (path: string): Promise<string> =>
+      new Promise((resolve) => {
+        const st = session.request({ ":path": path, ":authority": H1, authorization: `Bearer ${r.ph}` });
+        let out = "";
+        st.on("response", (h) => (out += `${h[":status"]} `));
+        st.on("data", (d: Buffer) => (out += d.toString()));
+        st.on("close", () => resolve(out));
+        st.on("error", (e) => resolve(`${out} ${String(e)}`));
+      });
+    h1Seen.length = 0;
+    const answers = await Promise.all([ask("/ok/1"), ask("/evil/\u009b2J"), ask("/evil/\u202egnp.exe"), ask("/ok/2")]);
+    session.destroy();
+    raw.destroy();
+    await r.close();
+    const rows = (await r.admin.auditQuery({})).filter((e) => e.type === "proxy_request");
+    const paths = rows.map((e) => JSON.parse(e.detail ?? "{}").path as string);
+    assert.ok(paths.includes("/ok/1") && paths.includes("/ok/2"), `the two plain requests are in the trail: ${JSON.stringify(paths)} (answers ${JSON.stringify(answers)})`);
+    assert.equal(rows.length, 4, `every request has its row: ${JSON.stringify(paths)}`);
+    for (const e of rows) assert.ok(!/[\u0080-\u009f\u202e]/.test(JSON.stringify(e)), "no raw C1 or bidi character in the trail");
+  });
+
+  test("the tripwire's alarm holds when the stray request's HTTP/2 :path carries a C1 control: the lease is revoked in the vault and the alarm is in the trail", { timeout: 60_000 }, async () => {
+    const r = await rig(CANARY, { mode: "placeholder" }, true);
+    const raw: Socket = await connectTunnel(r.port, H2, h2port);
+    const t = await tlsIn(raw, H2, "h2");
+    const session = http2.connect(`https://${H2}`, { createConnection: () => t });
+    session.on("error", () => {});
+    // tok's placeholder to H2, which only the other lease covers.
+    const answer = await new Promise<string>((resolve) => {
+      const st = session.request({ ":path": "/x/\u009b2J", ":authority": H2, authorization: `Bearer ${r.ph}` });
+      let out = "";
+      st.on("response", (h) => (out += `${h[":status"]} `));
+      st.on("data", (d: Buffer) => (out += d.toString()));
+      st.on("close", () => resolve(out));
+      st.on("error", (e) => resolve(`${out} ${String(e)}`));
+    });
+    session.destroy();
+    raw.destroy();
+    assert.match(answer, /^403 .*tripwire/, answer);
+    await r.close();
+    const tok = (await r.admin.listLeases({ agent: "bot" })).find((l) => l.name === "tok")!;
+    assert.notEqual(tok.revokedAt, null, "the vault revoked the lease whose credential went astray");
+    const alarms = (await r.admin.auditQuery({})).filter((e) => e.type === "proxy_request" && (e.reason ?? "").startsWith("tripwire"));
+    assert.equal(alarms.length, 1, "the alarm is in the trail");
+    assert.ok(!/[\u0080-\u009f]/.test(JSON.stringify(alarms[0])), "no raw C1 character in the row");
   });
 
   test("a non-ASCII value goes through mode = basic as the base64 of its exact UTF-8 bytes", { timeout: 60_000 }, async () => {

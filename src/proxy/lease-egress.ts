@@ -477,7 +477,7 @@ export class LeaseEgress implements Egress {
       leaseIds,
       method: req.method,
       host: req.host,
-      path: req.target.split("?")[0]!.slice(0, 8192) || "/",
+      path: reportablePath(req.target),
       status: o.status,
       bytesOut: o.bytesOut,
       bytesIn: o.bytesIn,
@@ -590,6 +590,21 @@ export class LeaseEgress implements Egress {
     if (state === "exhausted") this.#end(h, "used up", false);
     else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
   }
+}
+
+/**
+ * The path of `target` as the trail may hold it: every character but visible ASCII percent-encoded
+ * (one byte each, as Node's parsers give them, latin1). An HTTP/2 `:path` may carry a C1 control
+ * (U+009B): the vault refuses such text, and one report it refuses loses the whole batch, the
+ * tripwire's alarm (and its revocation) with it.
+ */
+function reportablePath(target: string): string {
+  const path = target.split("?")[0]!.replace(/[^\x21-\x7e]/g, (c) => {
+    const code = c.charCodeAt(0);
+    const bytes = code <= 0xff ? [code] : [...Buffer.from(c, "utf8")];
+    return bytes.map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join("");
+  });
+  return path.slice(0, 8192) || "/";
 }
 
 /** `bytes` as text, or null when they are not UTF-8. */
