@@ -313,3 +313,32 @@ describe("secret get --reveal and lessor lease on a terminal (src/cli/format/ter
     assert.ok(lp.out.includes(CANARY), lp.out);
   });
 });
+
+describe("secret export to stdout (src/cli/secret/dotenv.ts, json-format.ts)", () => {
+  test("values with C1 controls, bidi overrides or U+2028 are exported without a raw one (dotenv as base64, JSON as \\u escapes) and import back byte for byte", { timeout: 120_000 }, async () => {
+    const home = await cliHome();
+    const values: Record<string, Buffer> = {
+      CSI: Buffer.from(`${CANARY}\u009b2J\u009b31m`),
+      BIDI: Buffer.from(`${CANARY}\u202egnp.exe`),
+      LSEP: Buffer.from(`${CANARY}\u2028X=1`),
+      ZWSP: Buffer.from(`${CANARY}\u200b`),
+      PLAIN: Buffer.from(`${CANARY} "quoted" $HOME\n`),
+    };
+    for (const [name, value] of Object.entries(values)) {
+      const set = await runCli(["secret", "set", name, "--keep-newline"], { home, input: value });
+      assert.equal(set.code, 0, set.stderr);
+    }
+    for (const format of ["dotenv", "json"]) {
+      const out = await runCli(["secret", "export", "--format", format], { home });
+      assert.equal(out.code, 0, out.stderr);
+      assert.ok(!/[\u0080-\u009f\u200b\u202e\u2028]/.test(out.stdout), `${format}: no raw C1, bidi, zero-width or separator character: ${JSON.stringify(out.stdout)}`);
+      const again = await cliHome();
+      const imp = await runCli(["secret", "import", "--format", format, "-"], { home: again, input: out.stdout });
+      assert.equal(imp.code, 0, `${format}: ${imp.stderr}`);
+      for (const [name, value] of Object.entries(values)) {
+        const back = await runCli(["secret", "get", name, "--reveal", "--json"], { home: again });
+        assert.deepEqual(Buffer.from(JSON.parse(back.stdout).value as string, "base64"), value, `${format}: ${name} round-trips`);
+      }
+    }
+  });
+});
