@@ -507,5 +507,8 @@ test("LeaseEgress: a body-only credential with a line break in its value is fine
   const p = (await prepareWith(e, request({ hasBody: true }))) as Extract<Prepared, { kind: "forward" }>;
   assert.equal(p.kind, "forward");
   assert.equal(scrub(`k=${cred.placeholder}`, p.requestBody!).toString(), `k=${pem}`);
-  await assert.rejects(async () => prepareWith(e, request({ hasBody: true, headers: { "x-key": cred.placeholder } })), /control character or line break/);
+  const refused = (await prepareWith(e, request({ hasBody: true, headers: { "x-key": cred.placeholder } }))) as Extract<Prepared, { kind: "refuse" }>;
+  assert.equal(refused.kind, "refuse");
+  assert.equal(refused.reason, "invalid_request");
+  assert.match(refused.detail, /control character or line break/);
 });

@@ -164,7 +164,7 @@ function onStream(t: Tunnel, upstream: TunnelUpstream, cs: ServerHttp2Stream, h:
       (p) => send(ex, upstream, p, free),
       // A policy failure must not take the proxy down, and the request must not go out without it.
       () => problem(cs, 500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
-    );
+    ).catch(() => problem(cs, 502, "upstream", "Bad gateway: the request could not be sent upstream")); // a throw while sending must not end the process
   // An HTTP/2 upstream takes the streams side by side. To an HTTP/1.1 one (or one not reached yet, which
   // may be) they wait in the tunnel's line as HTTP/1.1 requests do (./tunnel-line.ts): the policy is asked
   // (a use counted) only when a stream's turn comes, and a stream reset or a session ended while it

@@ -216,7 +216,10 @@ function ask(t: Tunnel, req: IncomingMessage, res: ServerResponse, url: string, 
       // A policy failure must not take the proxy down, and the request must not go out without it.
       problemResponse(res, 500, "inject", "Proxy error: the credential could not be added; the request was not sent");
     },
-  );
+  ).catch(() => {
+    // Nor a throw while sending (Node's client refusing a header): a rejection nobody handles ends the process.
+    problemResponse(res, 502, "upstream", "Bad gateway: the request could not be sent upstream");
+  });
 }
 
 function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared, began: number): void {

@@ -336,13 +336,19 @@ export class LeaseEgress implements Egress {
         // The value as the vault has it now (a rotation mid-run is picked up), as text for a header:
         // the field the credential stands for, when it stands for one, never the whole secret.
         let part: SecretBytes | undefined;
+        let text: string | null = null;
         try {
           part = h.pick ? h.pick(got.value) : got.value;
-          values.set(h, new TextDecoder("utf-8", { fatal: true }).decode(part.expose()));
+          text = utf8OrNull(part.expose());
         } finally {
           part?.wipe();
           got.value.wipe();
         }
+        // Bytes that are not UTF-8 (a value rotated under the run to a binary one): no request can
+        // carry them as they are. Said as what it is, not as a vault that could not be asked.
+        if (text === null)
+          return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: the value of ${h.secret} is not UTF-8 text, so the proxy cannot add it to a request; the request was not sent`);
+        values.set(h, text);
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
         if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
@@ -361,11 +367,18 @@ export class LeaseEgress implements Egress {
     let headers: OutgoingHttpHeaders = { ...req.headers };
     // Under a `paths` restriction the upstream gets the path the vault matched, never the raw one.
     let target = canonical === null ? req.target : withCanonicalPath(req.target, canonical);
-    for (const [h, value] of values) {
-      headers = inject(headers, h, value);
-      if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
-      h.tunnels.add(tunnel);
+    try {
+      for (const [h, value] of values) {
+        headers = inject(headers, h, value);
+        if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
+      }
+    } catch (e) {
+      // A value no header can carry (./lease-egress.ts checkHeaderValue): refused, said and audited as
+      // a refusal, nothing sent. Its use was counted: the vault handed the value out.
+      if (!isVaultError(e)) throw e;
+      return this.#refuse(req, using, 502, e.code, `Bad gateway: ${e.message}; the request was not sent`);
     }
+    for (const h of values.keys()) h.tunnels.add(tunnel);
     // Reverse patterns (placeholder → value) with the values just read, so a rotation is picked up here too.
     const reverse = (pick: (h: Held) => boolean): ScrubPatterns | undefined => {
       const pairs = [...values].filter(([h]) => pick(h)).map(([h, value]) => ({ value: h.placeholder, placeholder: value }));
@@ -464,7 +477,7 @@ export class LeaseEgress implements Egress {
       leaseIds,
       method: req.method,
       host: req.host,
-      path: req.target.split("?")[0]!.slice(0, 8192) || "/",
+      path: reportablePath(req.target),
       status: o.status,
       bytesOut: o.bytesOut,
       bytesIn: o.bytesIn,
@@ -579,6 +592,30 @@ export class LeaseEgress implements Egress {
   }
 }
 
+/**
+ * The path of `target` as the trail may hold it: every character but visible ASCII percent-encoded
+ * (one byte each, as Node's parsers give them, latin1). An HTTP/2 `:path` may carry a C1 control
+ * (U+009B): the vault refuses such text, and one report it refuses loses the whole batch, the
+ * tripwire's alarm (and its revocation) with it.
+ */
+function reportablePath(target: string): string {
+  const path = target.split("?")[0]!.replace(/[^\x21-\x7e]/g, (c) => {
+    const code = c.charCodeAt(0);
+    const bytes = code <= 0xff ? [code] : [...Buffer.from(c, "utf8")];
+    return bytes.map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join("");
+  });
+  return path.slice(0, 8192) || "/";
+}
+
+/** `bytes` as text, or null when they are not UTF-8. */
+function utf8OrNull(bytes: Uint8Array): string | null {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return null;
+  }
+}
+
 /** True when one of the lease's domain patterns covers `host`. */
 function covers(h: Held, host: string): boolean {
   return h.patterns.some((p) => matchDomain(p, host));
@@ -590,17 +627,30 @@ function decodeBasic(v: string): string | null {
   return m ? Buffer.from(m[1]!, "base64").toString("utf8") : null;
 }
 
-/** A credential may go in a header only if it is one line of visible text. */
-function checkHeaderValue(value: string, secret: string): void {
-  if (/[\x00-\x1f\x7f]/.test(value))
+/**
+ * A credential may go in a header only if it is one line of text whose every character is one byte
+ * (latin1, as Node writes header values). A control character or line break (C0, DEL, C1 such as
+ * NEL U+0085) would end the header, or the request, where the value chose. A character above U+00FF
+ * cannot be written as one byte: Node's HTTP/1.1 client throws on it (which ended the whole process),
+ * and its HTTP/2 client sends only the low byte, so U+010A went to the upstream as a bare LF inside
+ * the header. Neither character nor position is named: both are the value's. `inBase64`: the value
+ * goes as the base64 of its UTF-8 (a Basic pair), which carries any character but a control.
+ */
+function checkHeaderValue(value: string, secret: string, inBase64 = false): void {
+  if (/[\x00-\x1f\x7f-\x9f]/.test(value))
     throw new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
+  if (!inBase64 && /[^\x00-\xff]/.test(value))
+    throw new VaultError(
+      "invalid_request",
+      `the value of ${secret} holds a character above U+00FF, which a header cannot carry (a header value is one byte per character); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
+    );
 }
 
 /** The headers with `h`'s credential added as its rule says. */
 function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingHttpHeaders {
   const r = h.rule;
   if (r.mode === "query") return headers;
-  if (r.mode !== "placeholder") checkHeaderValue(value, h.secret);
+  if (r.mode !== "placeholder") checkHeaderValue(value, h.secret, r.mode === "basic");
   if (r.mode === "bearer") return { ...headers, authorization: `Bearer ${value}` };
   if (r.mode === "basic") return { ...headers, authorization: `Basic ${Buffer.from(`${r.username}:${value}`, "utf8").toString("base64")}` };
   if (r.mode === "header") return { ...headers, [r.header]: value };
@@ -617,7 +667,7 @@ function inject(headers: OutgoingHttpHeaders, h: Held, value: string): OutgoingH
       if (k === "authorization") {
         const pair = decodeBasic(s);
         if (pair !== null && pair.includes(h.placeholder)) {
-          checkHeaderValue(value, h.secret);
+          checkHeaderValue(value, h.secret, true);
           return `Basic ${Buffer.from(pair.split(h.placeholder).join(value), "utf8").toString("base64")}`;
         }
       }

@@ -106,7 +106,7 @@ export function forwardUpgrade(t: Tunnel, req: IncomingMessage, client: Duplex, 
   askPolicy(t.prepare, asked, t.handle).then(
     (p) => handshake(t, req, client, head, p, began, opts),
     () => answer(500, "inject", "Proxy error: the credential could not be added; the request was not sent"),
-  );
+  ).catch(() => client.destroy()); // a throw while sending must not end the process
 }
 
 function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer, p: Prepared, began: number, opts: UpgradeOptions): void {

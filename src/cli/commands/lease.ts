@@ -10,6 +10,7 @@ import { checkDomains, positiveInt } from "../format/options.js";
 import { addOptions, type OptionSpec } from "../option-spec.js";
 import { list, table } from "../format/table.js";
 import { relative, shortTime } from "../format/time.js";
+import { unsafeForTerminal } from "../format/terminal-safe.js";
 import { VaultError } from "../../base/errors.js";
 import { parseDuration } from "../../vault/duration.js";
 import { describeEngaged } from "../../vault/lockout.js";
@@ -100,6 +101,15 @@ export function leaseAction(cli: Cli, name: string, o: LeaseOptions): Promise<vo
       const got = await api.leaseAndAccess(request);
       try {
         const bytes = got.value.expose();
+        // On a terminal the value is shown: one holding escapes would act on it instead (as secret get --reveal).
+        const unsafe = cli.stdout.isTTY ? unsafeForTerminal(bytes) : null;
+        if (unsafe !== null) {
+          await api.revokeLease(got.lease.id, "lease: the value was not printed to a terminal").catch(() => undefined);
+          throw new VaultError(
+            "invalid_request",
+            `the value of ${got.lease.scope}/${got.lease.name} holds ${unsafe}, which would act on this terminal rather than be shown, so it was not printed and lease ${got.lease.id} was revoked; take it into a file or a pipe ($(lessor lease …), lessor lease … > FILE)`,
+          );
+        }
         await new Promise<void>((resolve, reject) => cli.stdout.write(bytes, (e) => (e ? reject(e) : resolve())));
         if (cli.stdout.isTTY) cli.stdout.write("\n");
       } finally {

@@ -15,6 +15,7 @@ import { Connection, revokeLeases } from "./connection.js";
 import { Interrupted, signalExitCode, StopSignals } from "./signals.js";
 import { holdLeases } from "../holding.js";
 import { EXIT } from "../exit-codes.js";
+import { unsafeForTerminal } from "../format/terminal-safe.js";
 
 /** Options of {@link injectTemplate}. */
 export interface InjectOptions {
@@ -61,6 +62,7 @@ function readTemplate(path: string): string {
 export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number> {
   const text = readTemplate(o.input);
   const where = o.input === "-" ? "<stdin>" : o.input;
+  const toTerminal = (o.output === undefined || o.output === "-") && cli.stdout.isTTY === true;
   let refs;
   try {
     refs = findReferences(text);
@@ -107,6 +109,16 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
         } catch (e) {
           if (e instanceof VaultError) throw new VaultError(e.code, `${pos}: ${e.message}. Nothing was written.`);
           throw e;
+        }
+        // Rendered to a terminal, the values are shown: one holding escapes would act on it instead
+        // (as secret get --reveal and lessor lease refuse). Files and pipes get the bytes.
+        const unsafe = toTerminal ? unsafeForTerminal(piece.bytes.expose()) : null;
+        if (unsafe !== null) {
+          if (piece.owned) piece.bytes.wipe();
+          throw new VaultError(
+            "invalid_request",
+            `${pos}: the value it names holds ${unsafe}, which would act on this terminal rather than be shown; render to a file (-o FILE) or a pipe. Nothing was written.`,
+          );
         }
         parts.push(Buffer.from(text.slice(at, r.start), "utf8"), Buffer.from(piece.bytes.expose()));
         if (piece.owned) piece.bytes.wipe();

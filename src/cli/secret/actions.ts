@@ -11,6 +11,7 @@ import { refString } from "../../base/names.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { confirm, PromptCancelled } from "../format/prompt.js";
 import { positiveInt } from "../format/options.js";
+import { unsafeForTerminal } from "../format/terminal-safe.js";
 import { listAllSecrets } from "./list-all.js";
 import { secretRef } from "./ref.js";
 import { fields, isoTime, table } from "./render.js";
@@ -160,6 +161,16 @@ export async function getSecret(cli: Cli, nameArg: string, o: { scope?: string; 
       const vm = meta.versions.find((v) => v.version === version);
       cli.json({ secret: refString(r), ...record, version, size: vm?.size ?? value.length, value: value.expose().toString("base64"), encoding: "base64" });
       return EXIT.ok;
+    }
+    // On a terminal the bytes are shown, not stored: a value from elsewhere (a pasted token, an
+    // import, a rotation hook's output) must not drive it (OSC 52, ESC [2J, a C1 CSI, a stray 0x9b).
+    if (cli.stdout.isTTY) {
+      const unsafe = unsafeForTerminal(value.expose());
+      if (unsafe !== null)
+        throw new VaultError(
+          "invalid_request",
+          `the value of ${refString(r)} holds ${unsafe}, which would act on this terminal rather than be shown, so it was not printed (the reveal is audited); redirect it to a file or a pipe (lessor secret get ${refString(r)} --reveal > FILE), or use --json for its base64`,
+        );
     }
     await new Promise<void>((resolve, reject) => cli.stdout.write(value.expose(), (e) => (e ? reject(e) : resolve())));
     if (cli.stdout.isTTY) cli.stdout.write("\n");

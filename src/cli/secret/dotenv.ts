@@ -2,7 +2,8 @@
  * The dotenv export format (docs/cli/secret.md). One secret per line, `NAME="value"`, the name being
  * the secret's name (one scope per file). Inside double quotes the escapes are `\\ \" \n \r \t \$`;
  * `$` is escaped so no tool interpolates it. A value that is not valid UTF-8 text, or that holds a
- * control character other than tab, CR and LF, is written unquoted as `NAME=base64:<standard base64>`.
+ * control character other than tab, CR and LF (C1 included), a bidi or invisible format character or
+ * a line or paragraph separator, is written unquoted as `NAME=base64:<standard base64>`.
  * An unquoted `base64:` value is therefore bytes; a quoted one is plain text.
  *
  * The parser also reads hand-written files: `export NAME=…`, `# comments`, blank lines, single-quoted
@@ -22,7 +23,13 @@ export interface DotenvEntry {
   line?: number;
 }
 
-const NEEDS_BASE64 = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
+/**
+ * What a quoted value may not hold: C0 controls but tab, CR and LF (which are escaped), DEL, the C1
+ * controls (U+009B is CSI to many terminals), format characters (bidi overrides, zero-width), lone
+ * surrogates and the line and paragraph separators: an export printed to a terminal (no `-o`) would
+ * act on it or read as something else. Such values go as base64, which imports back to the bytes.
+ */
+const NEEDS_BASE64 = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
 
 /** The right-hand side for one value: a double-quoted escaped string, or `base64:…` for bytes. */
 export function dotenvValue(value: Buffer): string {

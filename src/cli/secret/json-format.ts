@@ -10,7 +10,7 @@ import { VaultError } from "../../base/errors.js";
 import { parseRefString, refString } from "../../base/names.js";
 import { SECRET_KINDS, type SecretKind } from "../../base/types.js";
 import { decodeBase64Strict, isText, type SecretEntry } from "./entry.js";
-import { hasLoneSurrogate } from "../../base/text.js";
+import { hasLoneSurrogate, safeJson } from "../../base/text.js";
 import { parseJson, type JsonNode } from "./json-parse.js";
 import { errorAt, position } from "./parse-error.js";
 import { checkDescription, checkTags } from "../../vault/secrets.js";
@@ -36,7 +36,9 @@ export function formatJson(entries: readonly SecretEntry[]): string {
     if (e.tags !== undefined) item.tags = e.tags;
     out[refString(e)] = item;
   }
-  return `${JSON.stringify(out, null, 2)}\n`;
+  // C1 controls, bidi and invisible characters as \u escapes (JSON.stringify leaves them raw): an
+  // export printed to a terminal cannot act on it, and the text parses back to the same values.
+  return `${safeJson(out, 2)}\n`;
 }
 
 const FIELDS = ["value", "encoding", "kind", "description", "tags"];
