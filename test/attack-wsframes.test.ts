@@ -110,6 +110,8 @@ const upBytes = new Map<string, Buffer[]>();
 const upFrames = new Map<string, Frame[]>();
 /** When each upstream WebSocket connection closed (performance.now()), by path. */
 const upClosedAt = new Map<string, number>();
+/** Bytes the upstreams of /mem-… received (and dropped). */
+const memBytes = new Map<string, number>();
 const upstream = https.createServer({ SNICallback: upCa.sniCallback, secureContext: upCa.secureContextFor(HOST) }, (_req, res) => res.end("plain"));
 upstream.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
   const path = req.url!;
@@ -125,14 +127,31 @@ upstream.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.write(frame(0x1, Buffer.from(`deflated? ${SECRET}`), false, true, 0x40));
     return;
   }
+  if (path.startsWith("/mem-")) {
+    // Reads and drops what comes (counts it).
+    socket.on("data", (d: Buffer) => memBytes.set(path, (memBytes.get(path) ?? 0) + d.length));
+    return;
+  }
   const reader = new FrameReader();
+  // A fragmented message is echoed whole, in one frame, once its last fragment came.
+  let message: { opcode: number; parts: Buffer[] } | null = null;
   const onData = (d: Buffer): void => {
     upBytes.get(path)!.push(Buffer.from(d));
     for (const f of reader.push(d)) {
       upFrames.get(path)!.push(f);
       if (f.opcode === 0x9) socket.write(frame(0xa, f.payload, false));
       else if (f.opcode === 0x8) socket.end(frame(0x8, f.payload.subarray(0, 2), false));
-      else if (f.fin && f.opcode !== 0x0) socket.write(frame(f.opcode, Buffer.concat([Buffer.from("echo:"), f.payload]), false));
+      else if (f.opcode < 8) {
+        if (f.opcode !== 0x0) message = { opcode: f.opcode, parts: [] };
+        if (message === null) {
+          socket.destroy(); // a continuation with no message: a protocol error
+          return;
+        }
+        message!.parts.push(f.payload);
+        if (!f.fin) continue;
+        socket.write(frame(message!.opcode, Buffer.concat([Buffer.from("echo:"), ...message!.parts]), false));
+        message = null;
+      }
     }
   };
   socket.on("data", onData);
@@ -351,4 +370,82 @@ test("compression cannot hide frames: permessage-deflate offered in two header l
   for (const f of c.frames) assert.ok(!f.payload.includes(SECRET) && f.rsv === 0, "no compressed frame or secret reached the agent");
   assert.equal(c.frames.find((f) => f.opcode === 0x8)?.payload.readUInt16BE(0), 1002);
   c.s.destroy();
+});
+
+test("memory: unfinished frames just under the 16 MiB cap on many WebSockets at once do not make the proxy buffer each one whole (a hostile agent could exhaust the run's memory); what is not held goes on, and the proxy keeps serving", { timeout: 120_000 }, async () => {
+  const N = 16;
+  const LEN = 16 * 1024 * 1024 - 1024;
+  const sockets: Ws[] = [];
+  try {
+    for (let i = 0; i < N; i++) sockets.push(await open(`/mem-${i}`));
+    global.gc?.();
+    const base = process.memoryUsage().arrayBuffers;
+    const chunk = randomBytes(256 * 1024);
+    const head = Buffer.alloc(14);
+    head[0] = 0x82;
+    head[1] = 0x80 | 127;
+    head.writeBigUInt64BE(BigInt(LEN), 2);
+    randomBytes(4).copy(head, 10);
+    // Each sends a frame's head and all but the last 64 KiB of its payload, and never the rest.
+    await Promise.all(
+      sockets.map(async (ws) => {
+        ws.s.write(head);
+        let sent = 0;
+        while (sent < LEN - 64 * 1024) {
+          const n = Math.min(chunk.length, LEN - 64 * 1024 - sent);
+          sent += n;
+          if (!ws.s.write(chunk.subarray(0, n))) await new Promise((r) => ws.s.once("drain", r));
+        }
+      }),
+    );
+    await delay(1500);
+    global.gc?.();
+    const grew = (process.memoryUsage().arrayBuffers - base) / 1e6;
+    assert.ok(grew < 64, `the proxy holds ${grew.toFixed(0)} MB for ${N} unfinished frames of ${(LEN / 1e6).toFixed(0)} MB`);
+    // What the proxy did not hold went on: each upstream got most of its frame already.
+    for (let i = 0; i < N; i++) assert.ok((memBytes.get(`/mem-${i}`) ?? 0) > LEN / 2, `the upstream of /mem-${i} got ${memBytes.get(`/mem-${i}`) ?? 0} bytes`);
+  } finally {
+    for (const ws of sockets) ws.s.destroy();
+  }
+  // The proxy still serves: a fresh WebSocket echoes, the placeholder replaced and scrubbed back.
+  const fresh = await open("/after-mem");
+  fresh.s.write(frame(0x1, Buffer.from(`z=${PLACEHOLDER}`), true));
+  await within(10_000, "the echo after the memory attack", () => fresh.frames.length > 0);
+  assert.equal(fresh.frames[0]!.payload.toString(), `echo:z=${PLACEHOLDER}`);
+  assert.equal(upPayloads("/after-mem"), `z=${SECRET}`);
+  fresh.s.destroy();
+});
+
+test("frames above 256 KiB go on in fragments as they arrive: a placeholder across a fragment boundary is still replaced, the echo's value scrubbed, and another host's mark across one still trips with nothing of it upstream", { timeout: 60_000 }, async () => {
+  const ws = await open("/big-frames");
+  // The placeholder straddles the 64 KiB pieces the proxy cuts a long frame into.
+  const at = 64 * 1024 - 10;
+  const payload = Buffer.concat([Buffer.alloc(at, 0x61), Buffer.from(PLACEHOLDER), Buffer.alloc(400 * 1024, 0x62)]);
+  ws.s.write(frame(0x2, payload, true));
+  await within(30_000, "the echo of the long frame", () => ws.frames.some((f) => f.fin && f.opcode !== 0x8));
+  const sent = (upFrames.get("/big-frames") ?? []).filter((f) => f.opcode < 8);
+  assert.ok(sent.length > 1, "the long frame went on in fragments");
+  assert.equal(sent[0]!.opcode, 0x2);
+  assert.ok(sent.slice(1).every((f) => f.opcode === 0x0) && sent.at(-1)!.fin && sent.slice(0, -1).every((f) => !f.fin));
+  const got = Buffer.concat(sent.map((f) => f.payload));
+  assert.equal(got.length, payload.length - PLACEHOLDER.length + SECRET.length);
+  assert.equal(got.subarray(at, at + SECRET.length).toString(), SECRET, "the upstream got the value, whole");
+  assert.ok(!got.includes(PLACEHOLDER.slice(0, 10)));
+  // The echo (one long server frame with the value) came back in fragments, scrubbed.
+  const echo = Buffer.concat(ws.frames.filter((f) => f.opcode < 8).map((f) => f.payload));
+  assert.ok(!echo.includes(SECRET) && echo.includes(PLACEHOLDER), "the echo came back with the placeholder only");
+  assert.equal(echo.length, "echo:".length + payload.length);
+  ws.s.destroy();
+
+  const tw = await open("/big-trip");
+  const before = trips.length;
+  const markAt = 2 * 64 * 1024 - 7;
+  tw.s.write(frame(0x1, Buffer.concat([Buffer.alloc(markAt, 0x63), Buffer.from(AWAY_PH), Buffer.alloc(300 * 1024, 0x64)]), true));
+  await tw.ended;
+  assert.equal(tw.frames.find((f) => f.opcode === 0x8)?.payload.readUInt16BE(0), 1008);
+  assert.deepEqual(trips[before]?.owners, ["away"]);
+  const up = Buffer.concat((upFrames.get("/big-trip") ?? []).filter((f) => f.opcode < 8).map((f) => f.payload));
+  assert.ok(up.length <= markAt, `the upstream got ${up.length} bytes, past the mark's start (${markAt})`);
+  assert.ok(!up.includes(AWAY_PH.slice(0, 6)));
+  tw.s.destroy();
 });
