@@ -17,6 +17,8 @@
  * (`scrub`). Then no extension is offered upstream (the client's Sec-WebSocket-Extensions is dropped:
  * a permessage-deflate frame could not be rewritten), an upstream that turns one on anyway gets 502,
  * and a frame the rewriter refuses closes both sides with a close frame (1009 too big, 1002 protocol).
+ * A frame that trips the body tripwire closes them with 1008: the upstream at once, the client once the
+ * policy's revocation has landed, as a request body's 403 waits for it (./intercept.ts).
  */
 import { type IncomingMessage, type OutgoingHttpHeaders, request, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -27,6 +29,7 @@ import { askPolicy, authority, endToEnd, hostOf, scrubName } from "./headers.js"
 import { problemResponse, relayResponse, type Tunnel } from "./intercept.js";
 import { askWhole } from "./response-coding.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
+import type { TripwireMarks } from "./body-tripwire.js";
 import { closeFrame, FrameError, FrameRewriter, type FrameRewriterOptions } from "./ws-frames.js";
 
 /** Settings of {@link forwardUpgrade} (the proxy's own). */
@@ -131,9 +134,9 @@ function handshake(t: Tunnel, req: IncomingMessage, client: Duplex, head: Buffer
   if (p.scrub) askWhole(headers);
   // Frames to rewrite: no extension (a compressed frame cannot be rewritten).
   // The body tripwire watches the client's frames (./ws-frames.ts): at a mark the connection closes
-  // with 1008, and the policy revokes what tripped it.
+  // with 1008, and the policy revokes what tripped it; the client hears of it once that has landed.
   const wire = p.bodyTripwire;
-  const tripwire = wire ? { marks: wire.marks, onHit: (owners: readonly unknown[]) => void wire.trip(owners).catch(() => {}) } : undefined;
+  const tripwire = wire ? { marks: wire.marks, onHit: (owners: readonly unknown[]) => wire.trip(owners) } : undefined;
   const rewrite: Rewrite | undefined =
     p.frames || p.scrub || tripwire ? { fromClient: p.frames, fromServer: p.scrub, maxFrameBytes: opts.maxFrameBytes, ...(tripwire ? { tripwire } : {}) } : undefined;
   if (rewrite) delete headers["sec-websocket-extensions"];
@@ -203,8 +206,11 @@ interface Rewrite {
   /** value → placeholder, on the server's frames. */
   fromServer: ScrubPatterns | undefined;
   maxFrameBytes: number | undefined;
-  /** Marks watched in the client's frames (./body-tripwire.ts). */
-  tripwire?: FrameRewriterOptions["tripwire"];
+  /**
+   * Marks watched in the client's frames (./body-tripwire.ts); `onHit` settles once the policy's
+   * revocation has landed.
+   */
+  tripwire?: { marks: TripwireMarks<unknown>; onHit(owners: readonly unknown[]): Promise<unknown> };
 }
 
 /**
@@ -226,9 +232,16 @@ function join(
   let bytesIn = upstreamHead.length;
   let error: string | undefined;
   let open = 2;
+  // Set when the tripwire fired: settles once the policy's revocation has landed. Until then the
+  // client hears nothing (no close frame, no end), as a request body's 403 waits for it
+  // (./intercept.ts): the agent cannot learn of the trip, nor act on it, before the lease is revoked.
+  // The upstream is cut at once.
+  let held: Promise<void> | null = null;
+  let failed = false;
   const closeBoth = (): void => {
-    client.destroy();
     upstream.destroy();
+    // Once the tripwire fired, the frame error it throws ends the client (onFrameError), when it may.
+    if (held === null) client.destroy();
   };
   const onClose = (): void => {
     closeBoth();
@@ -257,14 +270,23 @@ function join(
     upstream.pipe(client);
     return;
   }
+  const wire = rewrite.tripwire;
+  const tripwire: FrameRewriterOptions["tripwire"] = wire && {
+    marks: wire.marks,
+    onHit: (owners) => {
+      held ??= wire.onHit(owners).then(
+        () => {},
+        () => {},
+      );
+    },
+  };
   const fromClient = new FrameRewriter({
     from: "client",
     patterns: rewrite.fromClient,
     ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}),
-    ...(rewrite.tripwire ? { tripwire: rewrite.tripwire } : {}),
+    ...(tripwire ? { tripwire } : {}),
   });
   const fromServer = new FrameRewriter({ from: "server", patterns: rewrite.fromServer, ...(rewrite.maxFrameBytes !== undefined ? { maxFrameBytes: rewrite.maxFrameBytes } : {}) });
-  let failed = false;
   const onFrameError = (e: Error): void => {
     if (failed) return;
     failed = true;
@@ -276,8 +298,10 @@ function join(
     upstream.unpipe(fromServer);
     fromClient.unpipe(upstream);
     fromServer.unpipe(client);
-    if (!client.destroyed) client.end(closeFrame(code, false));
     if (!upstream.destroyed) upstream.end(closeFrame(code, true));
+    const toClient = (): void => void (client.destroyed || client.end(closeFrame(code, false), () => client.destroy()));
+    if (held === null) toClient();
+    else void held.then(toClient);
   };
   fromClient.on("error", onFrameError);
   fromServer.on("error", onFrameError);

@@ -13,9 +13,10 @@
  * extension, §5.4). Control frames (close, ping, pong) may come between fragments; the client's pass
  * untouched, the server's have their payload scrubbed (a close reason could echo a secret).
  *
- * Frames are buffered one at a time, never more than `maxFrameBytes` of payload: a longer frame fails
- * the connection with 1009 (message too big) before its payload is read. Anything RFC 6455 forbids
- * fails it with 1002 (protocol error): an unmasked client frame or a masked server frame, RSV bits (no
+ * Frames are buffered one at a time, a data frame above STREAM_ABOVE (256 KiB) not whole: its payload
+ * goes on in fragments as it arrives, so a connection holds about that much at most. A frame over
+ * `maxFrameBytes` of payload fails the connection with 1009 (message too big) before its payload is
+ * read. Anything RFC 6455 forbids fails it with 1002 (protocol error): an unmasked client frame or a masked server frame, RSV bits (no
  * extension is negotiated when frames are rewritten: a compressed frame could not be), an unknown
  * opcode, a fragmented or oversized control frame, a continuation with no message or a new message
  * inside one. The output is always whole frames, so the proxy can end either side with a close frame.
@@ -30,6 +31,16 @@ import { Scrubber, scrub, type ScrubPatterns } from "./scrub.js";
 
 /** Default cap on one frame's payload, bytes. */
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A data frame with more payload than this is not buffered whole: it goes on as it arrives, in
+ * fragments of {@link STREAM_PIECE} bytes (the last may be shorter), so one connection holds about
+ * this much at most whatever its frames' lengths (RFC 6455 §5.4: an intermediary may refragment a
+ * message that uses no extension).
+ */
+export const STREAM_ABOVE = 256 * 1024;
+/** The payload of each fragment a streamed frame goes on in (see {@link STREAM_ABOVE}). */
+export const STREAM_PIECE = 64 * 1024;
 
 /** Close codes the proxy fails a connection with (RFC 6455 §7.4.1). */
 export const CLOSE_PROTOCOL_ERROR = 1002;
@@ -72,6 +83,19 @@ interface Head {
   size: number;
   length: number;
   masked: boolean;
+}
+
+/** A data frame passed on as its payload arrives (see {@link STREAM_ABOVE}). */
+interface StreamedFrame {
+  opcode: number;
+  fin: boolean;
+  /** The masking key (a client's frame). */
+  key: Buffer | null;
+  /** Payload bytes still to come, and those that came. */
+  left: number;
+  at: number;
+  /** A fragment of it went on (the next ones are continuations). */
+  started: boolean;
 }
 
 /** A FIFO of byte chunks: takes exact lengths without concatenating on every push. */
@@ -161,6 +185,8 @@ export class FrameRewriter extends Transform {
   readonly #wire: FrameRewriterOptions["tripwire"];
   /** The tripwire's scrubber for the data message in progress. */
   #watch: Scrubber | null = null;
+  /** A data frame above {@link STREAM_ABOVE} whose payload is passed on as it arrives. */
+  #stream: StreamedFrame | null = null;
 
   constructor(o: FrameRewriterOptions) {
     super();
@@ -174,11 +200,24 @@ export class FrameRewriter extends Transform {
     try {
       this.#queue.push(chunk);
       for (;;) {
+        if (this.#stream !== null) {
+          if (!this.#pump(this.#stream)) break;
+          continue;
+        }
         if (this.#head === null) {
           this.#head = this.#parseHead();
           if (this.#head === null) break;
         }
         const h = this.#head;
+        if (h.opcode < 8 && h.length > STREAM_ABOVE) {
+          // Too long to hold whole: its payload goes on in fragments as it comes.
+          if (this.#queue.length < h.size) break;
+          const head = this.#queue.take(h.size);
+          this.#head = null;
+          this.#inMessage = true;
+          this.#stream = { opcode: h.opcode, fin: h.fin, key: h.masked ? head.subarray(h.size - 4) : null, left: h.length, at: 0, started: false };
+          continue;
+        }
         if (this.#queue.length < h.size + h.length) break;
         this.#head = null;
         this.#frame(h, this.#queue.take(h.size + h.length));
@@ -222,6 +261,56 @@ export class FrameRewriter extends Transform {
     return { fin, opcode, size, length, masked };
   }
 
+  /**
+   * Passes on the next piece of a streamed frame's payload, as one fragment, once a whole piece (or
+   * the rest of the frame) came; true when the frame is done.
+   */
+  #pump(f: StreamedFrame): boolean {
+    const n = Math.min(f.left, STREAM_PIECE);
+    if (this.#queue.length < n) return false;
+    const piece = this.#queue.take(n);
+    if (f.key !== null) for (let i = 0; i < n; i++) piece[i] = piece[i]! ^ f.key[(f.at + i) & 3]!;
+    f.at += n;
+    f.left -= n;
+    const last = f.left === 0;
+    if (last) {
+      this.#stream = null;
+      if (f.fin) this.#inMessage = false;
+    }
+    const out = this.#dataPayload(piece, f.fin && last);
+    // A message's first fragment carries its opcode; the frame's last one, its FIN.
+    if (out.length > 0 || (last && (f.fin || !f.started))) {
+      this.push(encodeFrame(f.fin && last, f.started ? 0 : f.opcode, out, this.#clientSide));
+      f.started = true;
+    }
+    return last;
+  }
+
+  /**
+   * A data payload through the tripwire and the patterns, whose state follows the message across its
+   * fragments (`fin`: this ends the message); what is to be sent of it.
+   */
+  #dataPayload(payload: Buffer, fin: boolean): Buffer {
+    const wire = this.#wire;
+    if (wire) {
+      this.#watch ??= new Scrubber(wire.marks.patterns);
+      const seen = this.#watch.push(payload);
+      if (fin) seen.push(...this.#watch.end());
+      if (this.#watch.replaced > 0) this.#trip(wire.marks.ownersIn(seen));
+      if (fin) this.#watch = null;
+      payload = Buffer.concat(seen);
+    }
+    const patterns = this.#patterns;
+    if (!patterns) return payload;
+    this.#scrubber ??= new Scrubber(patterns);
+    const parts = this.#scrubber.push(payload);
+    if (fin) {
+      parts.push(...this.#scrubber.end());
+      this.#scrubber = null;
+    }
+    return Buffer.concat(parts);
+  }
+
   /** Passes on one whole frame (`raw`: its head and payload as received, ours to change). */
   #frame(h: Head, raw: Buffer): void {
     if (h.opcode !== 0 && h.opcode < 8) this.#inMessage = true;
@@ -243,34 +332,17 @@ export class FrameRewriter extends Transform {
       this.push(encodeFrame(true, h.opcode, payload, true));
       return;
     }
-    if (wire) {
-      this.#watch ??= new Scrubber(wire.marks.patterns);
-      const seen = this.#watch.push(payload);
-      if (h.fin) seen.push(...this.#watch.end());
-      if (this.#watch.replaced > 0) this.#trip(wire.marks.ownersIn(seen));
-      if (h.fin) this.#watch = null;
-      payload = Buffer.concat(seen);
-      if (!patterns) {
-        this.push(encodeFrame(h.fin, h.opcode, payload, this.#clientSide));
-        return;
-      }
-    }
-    if (!patterns) return; // unreachable: a frame with neither returned above
     if (h.opcode >= 8) {
-      // A server's control frame: its payload is scrubbed (a close reason or a pong could echo a
-      // secret), and cut back to what a control frame may hold if that grew it.
+      // A server's control frame (a client's passed or was watched above): its payload is scrubbed (a
+      // close reason or a pong could echo a secret), and cut back to what a control frame may hold if
+      // that grew it.
+      if (!patterns) return; // unreachable: such a frame passed as it came, above
       let out = scrub(payload, patterns);
       if (out.length > 125) out = h.opcode === 0x8 ? out.subarray(0, 2) : Buffer.alloc(0);
       this.push(encodeFrame(true, h.opcode, out, false));
       return;
     }
-    this.#scrubber ??= new Scrubber(patterns);
-    const parts = this.#scrubber.push(payload);
-    if (h.fin) {
-      parts.push(...this.#scrubber.end());
-      this.#scrubber = null;
-    }
-    this.push(encodeFrame(h.fin, h.opcode, Buffer.concat(parts), this.#clientSide));
+    this.push(encodeFrame(h.fin, h.opcode, this.#dataPayload(payload, h.fin), this.#clientSide));
   }
 
   /** The tripwire fired: tell, and fail the stream before the frame is passed on. */
