@@ -137,7 +137,7 @@ describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => 
     );
     for (const a of mine) await admin.call("approval_decide", { id: a.id, approve: true });
     // The next run for the same agent asks the same thing, and accesses what it got.
-    const r2 = startRun(d.home, proj, {}, [ask, { method: "access_lease", params: { id: "$LAST", domain: "api.example.com" } }], "second");
+    const r2 = startRun(d.home, proj, {}, [ask, { method: "access_secret", params: { leaseId: "$LAST", domain: "api.example.com" } }], "second");
     assert.equal(await r2.done, 0, r2.err());
     const second = answers(proj, "second");
     assert.ok(!JSON.stringify(second).includes(CANARY), `the next run's command got the value a person approved for the ended run's request: ${JSON.stringify(second)}`);
@@ -155,7 +155,7 @@ describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => 
     await admin.ok("approval_decide", { id: open[0]!.id, approve: true });
     writeFileSync(join(proj, "go"), "1");
     assert.equal(await r1.done, 0, r1.err());
-    const r2 = startRun(d.home, proj, {}, [ask, { method: "access_lease", params: { id: "$LAST", domain: "api.example.com" } }], "second");
+    const r2 = startRun(d.home, proj, {}, [ask, { method: "access_secret", params: { leaseId: "$LAST", domain: "api.example.com" } }], "second");
     assert.equal(await r2.done, 0, r2.err());
     const second = answers(proj, "second");
     assert.ok(!JSON.stringify(second).includes(CANARY), "the value leaked to the next run");
