@@ -48,7 +48,7 @@ let buf = Buffer.alloc(0); const frames = [];
 let i = 0;
 const fin = () => { s.destroy(); writeFileSync(out + "/" + name + ".json", JSON.stringify(frames)); process.exit(0); };
 const sendNext = async () => { if (i >= reqs.length) return fin(); const r = reqs[i++];
-  if (r.waitFor) { writeFileSync(out + "/" + name + ".waiting", "1"); while (!existsSync(out + "/" + r.waitFor)) await new Promise((t) => setTimeout(t, 50)); frames.push({ waited: true }); return sendNext(); } const p = JSON.parse(JSON.stringify(r.params ?? {}).replaceAll("$LAST", frames.at(-1)?.result?.id ?? "")); s.write(frame({ id: randomUUID(), method: r.method, params: p })); };
+  if (r.waitFor) { writeFileSync(out + "/" + name + ".waiting", "1"); while (!existsSync(out + "/" + r.waitFor)) await new Promise((t) => setTimeout(t, 50)); frames.push({ waited: true }); return sendNext(); } const p = JSON.parse(JSON.stringify(r.params ?? {}).replaceAll("$LAST", frames.at(-1)?.result?.id ?? "").replaceAll("$OTHERS", (Array.isArray(frames.at(-1)?.result) ? frames.at(-1).result.find((l) => l.issuedBy !== frames[0]?.identity?.id)?.id : "") ?? "")); s.write(frame({ id: randomUUID(), method: r.method, params: p })); };
 s.on("data", (c) => { buf = Buffer.concat([buf, c]); for (;;) { if (buf.length < 4) break; const n = buf.readUInt32BE(0); if (buf.length < 4 + n) break; frames.push(JSON.parse(buf.subarray(4, 4 + n).toString())); buf = buf.subarray(4 + n); sendNext(); } });
 s.on("error", fin); s.on("close", fin);
 s.on("connect", () => s.write(frame({ protocol: "lessor", version: 1 })));
@@ -164,6 +164,35 @@ describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => 
     assert.ok(!leaks(second), "the value leaked to the next run");
     assert.notEqual(second[1]?.ok, true, `the next run's command was granted a lease on the approval the person gave the ended run's session: ${JSON.stringify(second[1])}`);
     assert.match(JSON.stringify(second[1]), /approv/i);
+  });
+
+  test("a lease a person approved for one run's session is not used by another run's command for the same agent running at the same time", async () => {
+    const proj = project("approved-shared");
+    const ask = { method: "request_lease", params: { secret: "guarded", ttl: "7m" } };
+    const r1 = startRun(d.home, proj, {}, [ask, { waitFor: "approved" }, ask, { waitFor: "go" }], "first");
+    try {
+      for (let i = 0; i < 1200 && !existsSync(join(proj, "first.waiting")); i++) await sleep(50);
+      const open = ((await admin.ok("approval_list")) as Msg[]).filter((a) => a.agent === AGENT && a.ttlMs === 420_000);
+      assert.equal(open.length, 1, r1.err());
+      await admin.ok("approval_decide", { id: open[0]!.id, approve: true });
+      rmSync(join(proj, "first.waiting"));
+      writeFileSync(join(proj, "approved"), "1");
+      for (let i = 0; i < 1200 && !existsSync(join(proj, "first.waiting")); i++) await sleep(50);
+      const first = answers(proj, "first");
+      const granted = ((await admin.ok("list_leases", { agent: AGENT, live: true })) as Msg[]).filter((l) => l.name === "guarded");
+      assert.equal(granted.length, 1, `run 1's command got its approved lease: ${JSON.stringify(first)} ${r1.err()}`);
+      // Run 2's command, for the same agent, finds it and asks for its value.
+      const r2 = startRun(d.home, proj, {}, [{ method: "list_leases", params: { live: true } }, { method: "access_secret", params: { leaseId: "$OTHERS", domain: "api.example.com" } }], "second");
+      assert.equal(await r2.done, 0, r2.err());
+      const second = answers(proj, "second");
+      assert.ok(Array.isArray(second[1]?.result) && second[1].result.some((l: Msg) => l.id === granted[0]!.id), JSON.stringify(second[1]));
+      assert.ok(!leaks(second), "run 2's command got the value a person approved for run 1's session");
+      assert.equal(second[2]?.ok, false, JSON.stringify(second[2]));
+      assert.equal(second[2]?.error?.code, "access_denied");
+    } finally {
+      writeFileSync(join(proj, "go"), "1");
+      await r1.done;
+    }
   });
 
   test("the sandboxed command holding as many session connections as the relay takes leaves the owner's own connections to the daemon (the killswitch) working", async () => {
