@@ -4,8 +4,9 @@
  *
  * - **Principals.** A Unix-socket peer counts by uid (`uid:1000`), a vsock peer by cid (`cid:3`) or,
  *   from a Firecracker VM's socket, by VM (`vm:vm1`),
- *   from the moment it connects, whatever state its connections are in; a token counts by its id
- *   (`token:<id>`) once it authenticated, on any transport. Each may hold `maxConnectionsPerPrincipal`.
+ *   from the moment it connects, whatever state its connections are in, until it authenticates with a
+ *   token: from then on it counts by the token's id (`token:<id>`, on any transport) alone. Each may
+ *   hold `maxConnectionsPerPrincipal`.
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
  *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
  *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
@@ -171,6 +172,12 @@ export class Admission<C extends Admittable> {
           );
         this.#count(e, principal);
       }
+      // From now on it counts for its token alone, no longer for the uid or cid it came from: a
+      // token's connections are the token's (capped as such), and a process that relays others'
+      // sessions with a token of its own (lessor run --vault-session, its sandboxed command holding
+      // as many connections as it may) must not use up its uid's connections, the owner's own CLI
+      // and killswitch among them.
+      for (const p of e.principals.filter((x) => x !== principal)) this.#uncount(e, p);
     }
     this.endHandshake(c);
   }
@@ -198,6 +205,13 @@ export class Admission<C extends Admittable> {
       else this.#open.set(p, n);
     }
     this.#entries.delete(c);
+  }
+
+  #uncount(e: Entry, principal: string): void {
+    e.principals = e.principals.filter((x) => x !== principal);
+    const n = this.openFor(principal) - 1;
+    if (n <= 0) this.#open.delete(principal);
+    else this.#open.set(principal, n);
   }
 
   #count(e: Entry, principal: string): void {

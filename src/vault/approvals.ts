@@ -5,8 +5,10 @@
  * that exact request — agent, secret, requested domains, ttl, use cap, and the deciding rule — and
  * the request is refused (`access_denied`, naming the approval's id). A person then approves or
  * denies it (`approval_decide`: admin only; `lessor approve ID` / `lessor deny ID`). Once approved,
- * the same request from the same agent gets the lease, once: the approval is used up by the grant.
- * A different request (another agent, secret, domain, ttl or cap) does not match it, and an
+ * the same request from the same requester (the identity that asked: a token, the owner, a run's
+ * vault session) gets the lease, once: the approval is used up by the grant. A different request
+ * (another agent, secret, domain, ttl or cap) or another requester does not match it (a denial
+ * stands for the agent, whoever asks), and an
  * approval expires: pending ones {@link APPROVAL_PENDING_MS} after they were asked for, approved ones
  * {@link APPROVAL_USE_MS} after the decision. Asking, approving, denying and the grant are audited
  * (approval_requested, approval_granted, approval_denied, lease_granted with the approval's id).
@@ -195,9 +197,13 @@ export async function findOrOpen(
   const items = await readApprovals(tx, now);
   // An approved one first (it is what the request is waiting for), then a denial (it stands until it
   // lapses: asking again does not reopen the question), then a pending one.
+  // An approved or pending one only if this identity asked for it: the person approved that
+  // requester's request (they are shown its requested_by), and a run's vault session, a token, ends
+  // with it; another session of the same agent (the next run's) asks afresh. A denial stands for the
+  // agent, whoever asks: a fresh session must not reopen a question a person answered.
   const order: ApprovalState[] = ["approved", "denied", "pending"];
   for (const st of order) {
-    const hit = items.find((a) => a.state === st && sameBinding(a, b));
+    const hit = items.find((a) => a.state === st && sameBinding(a, b) && (st === "denied" || a.requestedBy === who.id));
     if (hit) return { approval: hit, created: false };
   }
   if (items.filter((a) => a.state === "pending" && a.agent === b.agent).length >= MAX_PENDING_PER_AGENT)
@@ -268,8 +274,8 @@ export async function gateGrant(
   if (approvalId !== undefined) {
     const items = await readApprovals(tx, now);
     const a = items.find((x) => x.id === approvalId);
-    // Another agent's approval, a lapsed one and an unknown id get the same answer.
-    if (!a || !sameBinding(a, b))
+    // Another agent's approval, another requester's, a lapsed one and an unknown id get the same answer.
+    if (!a || !sameBinding(a, b) || (a.requestedBy !== who.id && a.state !== "denied"))
       return { ok: false, approval: null, error: await denied(audit, who, new VaultError("access_denied", `approval ${approvalId} is not one for this request (agent, secret, domains, ttl and use cap must be those approved, and the rule must give the lease what it gave when the person approved), or it lapsed; ask again without it`), fields) };
   }
   const got = await findOrOpen(tx, audit, now, who, b, hosts, anyDomain, null, lapse);

@@ -404,6 +404,10 @@ async function useIn(
       new VaultError("access_denied", `access denied: the policy in force no longer lets this lease be used without a domain (rule "${lease.rule}" ${own ? "has no any_domain = true" : "is no longer in it"}); name the host it is for, or request a new lease`),
       fields,
     );
+  // A person approved this lease for the identity that asked for it (./approvals.ts): another
+  // identity of the same agent (another run's vault session, another token) does not use it.
+  if (own?.approval === "required" && who.role !== "admin" && who.id !== lease.issuedBy)
+    return denied(audit, who, new VaultError("access_denied", `lease ${id} was granted on a person's approval of another identity's request; request the lease yourself (a person will be asked)`), fields);
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);

@@ -94,7 +94,7 @@ export interface VaultSession {
   childEnv(env: Record<string, string>): Record<string, string>;
   /**
    * Stops serving (closing every session connection), revokes the token (daemon mode) and every live
-   * lease granted through the session, through `api` (one retry on a fresh connection from
+   * lease granted through the session, denies the approvals it asked for that still wait, through `api` (one retry on a fresh connection from
    * `reconnect`), removes a directory it made. Resolves false when that failed (the token and those
    * leases then end with their ttl).
    */
@@ -167,6 +167,15 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
     if (revokeToken !== null) await revokeToken(api);
     for (const l of await listAllLeases(api, { agent: o.agent, live: true }))
       if (l.issuedBy === issuedBy) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
+    // Its requests still waiting for a person are withdrawn (denied): nobody can take them up now (an
+    // approval serves only the identity that asked, src/vault/approvals.ts), and a person should not
+    // be asked to decide them, nor the agent's later sessions be held by them under its pending cap.
+    for (const a of await api.api.approval_list({}))
+      if (a.state === "pending" && a.requestedBy === issuedBy && a.agent === o.agent)
+        await api.api.approval_decide({ id: a.id, approve: false, reason: "withdrawn: the lessor run that asked for it ended" }).catch((e: unknown) => {
+          // Decided or lapsed meanwhile: nothing left to withdraw.
+          if (!(e instanceof VaultError) || e.code !== "invalid_request") throw e;
+        });
   };
   let closing: Promise<boolean> | null = null;
   return {
