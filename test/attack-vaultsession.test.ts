@@ -241,7 +241,7 @@ describe("lessor run --vault-session, embedded (no daemon)", { skip: NO_BWRAP },
     assert.equal(first[1]?.ok, false, JSON.stringify(first));
     const listed = await runCli(["approvals", "--all", "--json"], { home });
     assert.equal(listed.code, 0, listed.stderr);
-    const mine = (JSON.parse(listed.stdout) as Msg[]).filter((a) => a.agent === AGENT && /^run:\d+:/.test(a.requestedBy));
+    const mine = (JSON.parse(listed.stdout) as Msg[]).filter((a) => a.agent === AGENT && /^run:\d+\.[0-9a-f]{8}:/.test(a.requestedBy));
     assert.ok(mine.length >= 1, listed.stdout);
     assert.deepEqual(mine.filter((a) => a.state === "pending"), [], "an approval the ended run's session asked for still waits for a person");
     for (const a of mine) await runCli(["approve", a.id], { home });
@@ -253,3 +253,37 @@ describe("lessor run --vault-session, embedded (no daemon)", { skip: NO_BWRAP },
   });
 });
 
+
+describe("the embedded session's identity", () => {
+  // Approvals serve only the identity that asked (src/vault/approvals.ts), and an embedded run's
+  // session identity once was `run:<pid>:A`: a later run that got the same pid within the approval
+  // window would have been the earlier run's identity, its approvals with it.
+  test("two runs that get the same pid are not one identity: the session id carries a random part", async () => {
+    const { makeVault } = await import("./helpers.js");
+    const { inProcessApi } = await import("../src/backend/in-process.js");
+    const { startVaultSession } = await import("../src/cli/run/vault-session.js");
+    const t = await makeVault({ store: "memory" });
+    const ids: string[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const backend = { mode: "embedded" as const, home: "/nonexistent", endpoint: null, api: inProcessApi(t.vault), vault: t.vault, close: async () => {} };
+        const s = await startVaultSession({ backend, agent: AGENT, pid: 4242, daemon: { endpoint: { socketPath: "/nonexistent" }, expectedUid: undefined } });
+        try {
+          const c = await DaemonConn.open(s.socket);
+          c.send({ protocol: "lessor", version: 1 });
+          const w = await c.next();
+          c.close();
+          assert.equal(w.ok, true, JSON.stringify(w));
+          assert.equal(w.identity?.role, "agent");
+          ids.push(String(w.identity?.id));
+        } finally {
+          await s.close(async () => backend.api, async () => {});
+        }
+      }
+    } finally {
+      await t.vault.close();
+    }
+    assert.match(ids[0]!, /^run:4242\.[0-9a-f]{8}:runner-v$/);
+    assert.notEqual(ids[0], ids[1], "a second run with the same pid must not be the first run's identity");
+  });
+});

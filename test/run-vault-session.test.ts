@@ -197,7 +197,7 @@ function assertAgentOnly(out: ProbeOut | null, mode: "embedded" | "daemon"): voi
   assert.equal(who.agent, AGENT);
   assert.equal(who.mode, "daemon", "inside, the CLI talks to the session socket as to a daemon");
   if (mode === "embedded") {
-    assert.match(who.id, new RegExp(`^run:\\d+:${AGENT}$`));
+    assert.match(who.id, new RegExp(`^run:\\d+\\.[0-9a-f]{8}:${AGENT}$`));
     assert.equal(who.token, null);
   } else assert.match(who.token!.name, /^lessor-run-\d+$/);
   assert.equal(out.lease!.code, 0, out.lease!.stderr);

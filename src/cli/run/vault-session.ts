@@ -5,7 +5,9 @@
  * and LessorClient inside work unchanged. Two backends:
  *
  * - embedded (the run opened the vault in-process): a {@link LessorServer} on that socket, whose
- *   authenticate gives every connection the same identity, `run:<pid>:A`, role agent, agent A.
+ *   authenticate gives every connection the same identity, `run:<pid>.<random>:A`, role agent, agent A
+ *   (the random part: a later run that gets the same pid is not this run's identity, whose approvals
+ *   serve only it).
  * - daemon (the run is the owner's client, so admin): a raw relay to the daemon's socket would arrive
  *   as the owner's uid, that is admin. Instead the run makes a short-lived agent token for A
  *   (token_create, ttl = the run's --ttl or 1h), and relays each child connection with its hello
@@ -19,6 +21,7 @@
  * The client inside checks the socket's owner (issue 12: SO_PEERCRED, or the file checks): the peer
  * is this run, whose uid the sandbox maps to the same uid inside, so it is accepted.
  */
+import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { join } from "node:path";
@@ -110,7 +113,7 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
   /** The identity id the session's grants are issued by (their leases' issuedBy). */
-  let issuer = `run:${pid}:${o.agent}`;
+  let issuer = `run:${pid}.${randomBytes(4).toString("hex")}:${o.agent}`;
   let revokeFirst: ((api: BackendApi) => Promise<void>) | null = null;
   try {
     if (o.backend.mode === "embedded") {
