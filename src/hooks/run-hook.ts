@@ -56,8 +56,8 @@ export interface RunHookOptions {
   env: NodeJS.ProcessEnv;
 }
 
-/** True when `p` is an executable regular file (where a PATH search stops). */
-function isExecutableFile(p: string): boolean {
+/** True when `p` is an executable regular file (where a PATH search stops; src/cli/run/owner-programs.ts's too). */
+export function isExecutableFile(p: string): boolean {
   try {
     if (!statSync(p).isFile()) return false;
     accessSync(p, constants.X_OK);

@@ -8,12 +8,11 @@
  * symbolic link on the way to it, or an earlier PATH directory) has the owner run its code, unconfined,
  * the next time lessor runs that program; `lessor run` refuses to start it.
  */
-import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import type { Config } from "../../config/config.js";
 import { refString } from "../../base/names.js";
-import { hookEnv } from "../../hooks/run-hook.js";
+import { hookEnv, isExecutableFile } from "../../hooks/run-hook.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 
 /** A program lessor runs as the owner, outside any sandbox. */
@@ -46,20 +45,9 @@ export function lookupPlaces(program: string, pathValue: string, cwd: string, ab
     if (absoluteOnly && !isAbsolute(dir)) continue;
     const place = join(resolve(cwd, dir || "."), program);
     out.push(place);
-    if (existsExecutable(place)) break;
+    if (isExecutableFile(place)) break;
   }
   return out;
-}
-
-/** True when `p` is an executable regular file (what a PATH search stops at). */
-function existsExecutable(p: string): boolean {
-  try {
-    if (!statSync(p).isFile()) return false;
-    accessSync(p, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -131,7 +119,7 @@ function whyWritable(layout: Layout, at: string): string {
  */
 function isSearchedDir(program: OwnerProgram, index: number): boolean {
   if (program.program.includes("/")) return false;
-  return index < program.places.length - 1 || !existsExecutable(program.places[index]!);
+  return index < program.places.length - 1 || !isExecutableFile(program.places[index]!);
 }
 
 /**
