@@ -194,6 +194,7 @@ const VALID: Partial<Record<MethodName, Record<string, unknown>>> = {
   secret_history: { name: "github-token" },
   approval_list: {},
   approval_decide: { id: randomUUID(), approve: true },
+  approval_withdraw: { requestedBy: "token:claude-laptop/x", agent: "claude", reason: "evil" },
   killswitch: {},
   killswitch_release: {},
   heartbeat: { reason: "keep me alive" },

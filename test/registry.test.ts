@@ -62,6 +62,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   approval_request: () => ({ agent: "claude", secret: "gated", domains: ["api.github.com"], reason: "the sample asks" }),
   approval_list: () => ({ all: true }),
   approval_decide: (c) => ({ id: c.approvalId, approve: true, reason: "looks right" }),
+  approval_withdraw: () => ({ requestedBy: "embedded", agent: "claude", reason: "the run ended" }), // the rig's approval, approved above and not used
   killswitch: () => ({ reason: "drill" }),
   killswitch_release: () => ({ reason: "drill over" }),
   heartbeat: () => ({ reason: "still watching" }),

@@ -445,6 +445,15 @@ export const REGISTRY = {
     audit: "audited",
     call: (s, p) => s.decideApproval(p.id, p.approve, p.reason),
   }),
+  approval_withdraw: method({
+    description: "Withdraws the approvals not yet used (pending or approved) that one identity asked for one agent: removed, not denied, so the agent's next request is asked afresh. For an identity that is gone (lessor run --vault-session calls it at its end for its session).",
+    roles: ADMIN,
+    params: z.strictObject({ requestedBy: plain(z.string().min(1).max(200)), agent: str(200), reason: plain(z.string().min(1).max(200)) }),
+    result: z.strictObject({ withdrawn: z.number() }),
+    secret: false,
+    audit: "audited",
+    call: (s, p) => s.withdrawApprovals(p.requestedBy, p.agent, p.reason),
+  }),
   killswitch: method({
     description: "Pulls the killswitch: revokes every live lease and refuses every grant until it is released.",
     roles: ADMIN,

@@ -1,13 +1,15 @@
 /**
  * The calls on approvals (./approvals.ts): ask for one without taking a lease (`approval_request`,
  * what `lessor mcp`'s request_access uses to learn an approval's id and state), list them
- * (`approval_list`) and decide one (`approval_decide`, admin only: the person in the loop).
+ * (`approval_list`), decide one (`approval_decide`, admin only: the person in the loop) and withdraw
+ * those of an identity that is gone (`approval_withdraw`, admin only: a run's vault session ended).
  */
 import { VaultError } from "../base/errors.js";
+import { checkAgentId } from "../base/names.js";
 import { checkPlainText } from "../base/text.js";
 import type { Identity } from "../base/types.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
-import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, type ApprovalRecord } from "./approvals.js";
+import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, withdrawForRequester, type ApprovalRecord } from "./approvals.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
@@ -91,5 +93,23 @@ export async function decideApproval(ctx: VaultContext, who: Identity, idIn: str
     if (stale) return denied(audit, who, stale, {});
     const got = await decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
     return got instanceof VaultError ? got : shownApproval(got);
+  });
+}
+
+/**
+ * Withdraws the approvals not yet used that `requestedBy` asked for `agent` (admin only): removed, not
+ * denied, so the agent's next request is asked afresh (./approvals.ts withdrawForRequester). What
+ * `lessor run --vault-session` calls at its end for its session's identity. `reason` is said after
+ * "withdrawn: " in each approval_denied event.
+ */
+export async function withdrawApprovals(ctx: VaultContext, who: Identity, requestedByIn: string, agentIn: string, reasonIn: string): Promise<{ withdrawn: number }> {
+  const requestedBy = checkPlainText(requestedByIn, "requestedBy", 200);
+  if (requestedBy === "") throw new VaultError("invalid_request", "requestedBy must name the identity whose approvals are withdrawn");
+  const agent = checkAgentId(agentIn);
+  const reason = checkDecisionReason(reasonIn);
+  return commit(ctx, async (tx, audit, now) => {
+    const err = roleError(who, ["admin"], "withdraw approvals");
+    if (err) return denied(audit, who, err, {});
+    return { withdrawn: await withdrawForRequester(tx, audit, now, who, requestedBy, agent, `withdrawn: ${reason}`) };
   });
 }

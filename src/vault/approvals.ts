@@ -301,7 +301,7 @@ export async function gateGrant(
  * caller's transaction. Each is audited as approval_denied by `who`, with `reason` ("withdrawn: …").
  * Returns how many.
  */
-async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string, by: "killswitch" | "secret_deleted"): Promise<number> {
+async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string, by: "killswitch" | "secret_deleted" | "requester_ended"): Promise<number> {
   const items = await readApprovals(tx, now);
   const gone = items.filter((a) => which(a) && (a.state === "pending" || a.state === "approved"));
   if (gone.length === 0) return 0;
@@ -334,6 +334,17 @@ export async function withdrawAll(tx: StoreTx, audit: AuditFn, now: number, who:
   // so that while the audit trail is broken it is deferred like the killswitch's own, never a reason
   // to refuse the killswitch (src/vault/audit-guard.ts isBrake).
   return withdrawIn(tx, audit, now, who, () => true, "withdrawn: the killswitch was pulled", "killswitch");
+}
+
+/**
+ * Withdraws the approvals not yet used (pending or approved) that `requestedBy` asked for `agent`, in
+ * the caller's transaction: that identity is gone (a `lessor run --vault-session` ended, whose session
+ * was it), and an approval serves only the identity that asked, so nobody could take them up. They
+ * are removed, not denied: a denial stands for the agent, and the agent's next request (the next run's)
+ * is asked afresh. Each is audited as approval_denied (reason "withdrawn: …"). Returns how many.
+ */
+export async function withdrawForRequester(tx: StoreTx, audit: AuditFn, now: number, who: Identity, requestedBy: string, agent: string, reason: string): Promise<number> {
+  return withdrawIn(tx, audit, now, who, (a) => a.requestedBy === requestedBy && a.agent === agent, reason, "requester_ended");
 }
 
 /** Checks an approval id's shape. */

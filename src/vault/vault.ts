@@ -607,6 +607,10 @@ export class VaultSession {
   decideApproval(id: string, approve: boolean, reason?: string): Promise<ApprovalRecord> {
     return approvalCalls.decideApproval(this.#ctx, this.identity, id, approve, reason);
   }
+  /** Withdraws the approvals not yet used that `requestedBy` asked for `agent` (removed, not denied). Admin. */
+  withdrawApprovals(requestedBy: string, agent: string, reason: string): Promise<{ withdrawn: number }> {
+    return approvalCalls.withdrawApprovals(this.#ctx, this.identity, requestedBy, agent, reason);
+  }
 
   // ---- admin ----
   /**

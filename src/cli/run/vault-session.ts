@@ -170,15 +170,12 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
     if (revokeToken !== null) await revokeToken(api);
     for (const l of await listAllLeases(api, { agent: o.agent, live: true }))
       if (l.issuedBy === issuedBy) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
-    // Its requests still waiting for a person are withdrawn (denied): nobody can take them up now (an
-    // approval serves only the identity that asked, src/vault/approvals.ts), and a person should not
-    // be asked to decide them, nor the agent's later sessions be held by them under its pending cap.
-    for (const a of await api.api.approval_list({}))
-      if (a.state === "pending" && a.requestedBy === issuedBy && a.agent === o.agent)
-        await api.api.approval_decide({ id: a.id, approve: false, reason: "withdrawn: the lessor run that asked for it ended" }).catch((e: unknown) => {
-          // Decided or lapsed meanwhile: nothing left to withdraw.
-          if (!(e instanceof VaultError) || e.code !== "invalid_request") throw e;
-        });
+    // Its approvals not yet used are withdrawn: nobody can take them up now (an approval serves only
+    // the identity that asked, src/vault/approvals.ts), a person should not be asked to decide them,
+    // nor the agent's later sessions be held by them under its pending cap. Removed, not denied: a
+    // denial would stand for the agent, refusing its next run's (and the owner's) same request. Best
+    // effort: one left behind serves nobody and lapses (approval_wait), and the leases are revoked.
+    await api.api.approval_withdraw({ requestedBy: issuedBy, agent: o.agent, reason: "the lessor run that asked for it ended" }).catch(() => {});
   };
   let closing: Promise<boolean> | null = null;
   return {
