@@ -128,6 +128,74 @@ async function startSession(agent = "claude", home = LESSOR_HOME): Promise<Sessi
 }
 
 /** Initialises `home` with the upstream in [proxy], `policy`, and the canary stored as github-token. */
+describe("lessor mcp (stdio child): a client that cancels every request it sends", () => {
+  // The transport stops reading while 64 requests are being served (src/mcp/paced-transport.ts). A
+  // cancellation once counted a request out at once, though lessor's handlers do not stop for one:
+  // "request + cancel" in a loop ran any number of http_requests at once (each holding its body and
+  // an upstream connection), the bound gone.
+  test("http_requests each cancelled at once: no more than 64 are served at a time, and every one is answered when the upstream answers", { timeout: 180_000 }, async () => {
+    const c = rawChild();
+    const answers: string[] = [];
+    let text = "";
+    c.child.stdout.on("data", (d: Buffer) => {
+      text += d.toString("utf8");
+      const lines = text.split("\n");
+      text = lines.pop()!;
+      answers.push(...lines.filter((l) => l.trim() !== ""));
+    });
+    const before = held.length;
+    try {
+      c.line(INITIALIZE);
+      await until("the initialize answer", () => answers.some((a) => a.includes('"id":"init"')));
+      c.line({ jsonrpc: "2.0", method: "notifications/initialized" });
+      c.line({ jsonrpc: "2.0", id: "acc", method: "tools/call", params: { name: "request_access", arguments: { secret: "github-token" } } });
+      await until("the request_access answer", () => answers.some((a) => a.includes('"id":"acc"')));
+      const acc = JSON.parse(answers.find((a) => a.includes('"id":"acc"'))!) as { result: { content: { text: string }[] } };
+      const placeholder = (JSON.parse(acc.result.content[0]!.text) as { placeholder: string }).placeholder;
+      assert.ok(placeholder, JSON.stringify(acc));
+      const N = 150;
+      for (let i = 0; i < N; i++) {
+        c.line({ jsonrpc: "2.0", id: `h${i}`, method: "tools/call", params: { name: "http_request", arguments: { method: "GET", url: `https://api.test.example:${port}/held`, headers: { Authorization: `Bearer ${placeholder}` } } } });
+        c.line({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: `h${i}`, reason: "never mind" } });
+      }
+      // Wait until the upstream holds as many as it will get (growth stops for 3 s).
+      let last = -1;
+      let stableSince = Date.now();
+      const end = Date.now() + 60_000;
+      while (Date.now() < end && Date.now() - stableSince < 3000) {
+        const n = held.length - before;
+        if (n !== last) {
+          last = n;
+          stableSince = Date.now();
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const served = held.length - before;
+      assert.ok(served > 0, "sanity: the http_requests reached the upstream");
+      assert.ok(served <= 64, `${served} cancelled http_requests were served at once: the cap of 64 requests in flight does not hold`);
+      // The upstream answers everything (now and as the rest arrive): every request is answered.
+      const drain = setInterval(() => {
+        for (const h of held.slice(before)) h.answer();
+      }, 50);
+      try {
+        await until("every http_request to be answered", () => answers.filter((a) => /"id":"h\d+"/.test(a)).length === N, 150_000);
+      } finally {
+        clearInterval(drain);
+      }
+      for (const a of answers) noCanary("an http_request answer", a);
+    } finally {
+      for (const h of held.slice(before)) h.answer();
+      c.child.stdin.end();
+      await new Promise<void>((r) => {
+        if (c.child.exitCode !== null) return r();
+        const t = setTimeout(() => c.child.kill("SIGKILL"), 30_000);
+        c.child.once("exit", () => (clearTimeout(t), r()));
+      });
+    }
+    noCanary("the server's stderr", c.stderr());
+  });
+});
+
 async function makeHome(home: string, policy: string): Promise<void> {
   await initHome({ home, env: { LESSOR_HOME: home } });
   const base = readFileSync(join(home, "lessor.toml"), "utf8");

@@ -9,9 +9,16 @@
  * socket shared by VM guests, one guest could so take down the server of all. This transport stops
  * reading while
  * - the answers not yet taken by the other side exceed {@link MAX_UNSENT} bytes (until they drain), or
- * - {@link MAX_IN_FLIGHT} requests of the client are being served (until one is answered or cancelled),
+ * - {@link MAX_IN_FLIGHT} requests of the client are being served (until one is answered),
  * so memory stays bounded by what one message and those requests take; the client's writes block
  * instead. A line longer than `maxMessage` bytes ends the transport, as the SDK's does.
+ *
+ * The client's `notifications/cancelled` are not passed on: lessor's handlers do not stop for one,
+ * and the SDK, told of it, only withholds the answer, so the request would run on unseen, either
+ * counted out at once (a "request + cancel" loop then serves any number at a time) or never (the
+ * session stalls after 64). A request is counted out when its answer is sent, and a client that
+ * cancelled ignores that answer (MCP: the receiver of a cancellation may ignore it; the sender
+ * ignores a response that arrives after).
  */
 import type { Readable, Writable } from "node:stream";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
@@ -25,6 +32,12 @@ export const MAX_IN_FLIGHT = 64;
 
 /** The key of a JSON-RPC id (a number and its string are different ids). */
 const idKey = (id: unknown): string => `${typeof id}:${String(id)}`;
+
+/** True for the client's cancellation of one of its requests (a notification: no id). */
+function isCancellation(m: JSONRPCMessage): boolean {
+  const r = m as { method?: unknown; id?: unknown };
+  return r.method === "notifications/cancelled" && r.id === undefined;
+}
 
 /** See the module comment. */
 export class PacedStreamTransport implements Transport {
@@ -92,6 +105,7 @@ export class PacedStreamTransport implements Transport {
         this.onerror?.(e as Error);
         continue;
       }
+      if (isCancellation(message)) continue; // see the module comment
       this.#received(message);
       this.onmessage?.(message);
     }
@@ -127,15 +141,13 @@ export class PacedStreamTransport implements Transport {
     return line;
   }
 
-  /** Counts a request of the client in; a cancellation counts it out (its answer is never sent). */
+  /** Counts a request of the client in (its answer counts it out: {@link send}). */
   #received(m: JSONRPCMessage): void {
-    const r = m as { method?: unknown; id?: unknown; params?: { requestId?: unknown } };
-    if (typeof r.method !== "string") return;
-    if (r.id !== undefined) {
-      const k = idKey(r.id);
-      this.#inFlight.set(k, (this.#inFlight.get(k) ?? 0) + 1);
-      this.#inFlightCount++;
-    } else if (r.method === "notifications/cancelled" && r.params?.requestId !== undefined) this.#answered(r.params.requestId);
+    const r = m as { method?: unknown; id?: unknown };
+    if (typeof r.method !== "string" || r.id === undefined) return;
+    const k = idKey(r.id);
+    this.#inFlight.set(k, (this.#inFlight.get(k) ?? 0) + 1);
+    this.#inFlightCount++;
   }
 
   #answered(id: unknown): void {
