@@ -405,9 +405,11 @@ async function useIn(
       fields,
     );
   // A person approved this lease for the identity that asked for it (./approvals.ts): another
-  // identity of the same agent (another run's vault session, another token) does not use it.
+  // identity of the same agent (another run's vault session, another token) does not use it. Keyed
+  // on the rule in force (the lease does not record its approval): a lease granted before a reload
+  // made its rule need approval is held to this too, as it is to no renewal.
   if (own?.approval === "required" && who.role !== "admin" && who.id !== lease.issuedBy)
-    return denied(audit, who, new VaultError("access_denied", `lease ${id} was granted on a person's approval of another identity's request; request the lease yourself (a person will be asked)`), fields);
+    return denied(audit, who, new VaultError("access_denied", `lease ${id} is under rule "${lease.rule}", which needs a person's approval, and only the identity it was issued to may use such a lease; request the lease yourself (a person will be asked)`), fields);
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
