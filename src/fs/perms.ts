@@ -174,6 +174,39 @@ export function assertSafeAncestors(path: string, uid: number, place: GuardedPla
   }
 }
 
+/** A program lessor runs as the vault's owner: {@link GuardedPlace}, and what another user could do by changing it. */
+export interface TrustedProgramPlace extends GuardedPlace {
+  /** E.g. "who could make it print any key". */
+  who: string;
+}
+
+/**
+ * Why the program at `path` must not run as the vault's owner, or null: it is not a regular file
+ * (`not_file`), or another user could change it (`insecure`: their file, writable by others, or a
+ * directory or link on the way to it, as found or as its real path, {@link assertSafeAncestors}).
+ * The rule of the key command (src/crypto/keys/command.ts) and of rotation hooks
+ * (src/hooks/run-hook.ts). Throws the error of resolving `path` (ENOENT …) as it is. Nothing is
+ * checked on Windows.
+ */
+export function programTrustProblem(path: string, place: TrustedProgramPlace): { kind: "not_file" | "insecure"; message: string } | null {
+  if (!POSIX || typeof process.getuid !== "function") return null;
+  const uid = process.getuid();
+  const real = realpathSync(path);
+  const st = statSync(real);
+  if (!st.isFile()) return { kind: "not_file", message: `${place.what} (${real}) is not a regular file` };
+  if (st.uid !== uid && st.uid !== 0) return { kind: "insecure", message: `${place.what} (${real}) belongs to uid ${st.uid}, ${place.who}; use a program owned by you or root` };
+  if ((st.mode & 0o022) !== 0)
+    return { kind: "insecure", message: `${place.what} (${real}) can be changed by other users (mode ${octal(st.mode)}), ${place.who}; fix it with: chmod go-w ${real}` };
+  try {
+    assertSafeAncestors(path, uid, place);
+    if (real !== path) assertSafeAncestors(real, uid, place);
+  } catch (e) {
+    if (e instanceof VaultError) return { kind: "insecure", message: e.message };
+    throw e;
+  }
+  return null;
+}
+
 /**
  * Checks the way to `path` with {@link assertSafeAncestors} for the current user: as given, then as
  * its real path once it exists (a symlink of the user's own may lead elsewhere). Throws

@@ -23,10 +23,9 @@
  * Every buffer that held output is zeroed once it has been copied.
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, join, resolve as resolvePath } from "node:path";
-import { isVaultError } from "../base/errors.js";
-import { assertSafeAncestors, octal } from "../fs/perms.js";
+import { programTrustProblem } from "../fs/perms.js";
 import type { HookFailure, HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
 import type { SecretRef } from "../base/types.js";
 
@@ -87,28 +86,12 @@ export function locateHookProgram(file: string, pathValue: string, cwd: string):
  * real path) lets another user replace it. Nothing is checked on Windows.
  */
 export function untrustedHookProgram(path: string, name: string): string | null {
-  if (process.platform === "win32" || typeof process.getuid !== "function") return null;
-  const uid = process.getuid();
-  const who = "who could read the value it is handed and choose the secret's next one";
-  let real: string;
   try {
-    real = realpathSync(path);
+    const place = { what: `the rotation hook ${name}`, who: "who could read the value it is handed and choose the secret's next one", elsewhere: "install it in a directory only you or root can write (such as /usr/local/bin) and name it by its full path" };
+    return programTrustProblem(path, place)?.message ?? null;
   } catch {
     return null; // missing: spawn says not found
   }
-  const st = statSync(real);
-  if (!st.isFile()) return `${real} is not a regular file`;
-  if (st.uid !== uid && st.uid !== 0) return `${real} belongs to uid ${st.uid}, ${who}; use a program owned by you or root`;
-  if ((st.mode & 0o022) !== 0) return `${real} can be changed by other users (mode ${octal(st.mode)}), ${who}; fix it with: chmod go-w ${real}`;
-  const place = { what: `the rotation hook ${name}`, elsewhere: "install it in a directory only you or root can write (such as /usr/local/bin) and name it by its full path" };
-  try {
-    assertSafeAncestors(path, uid, place);
-    if (real !== path) assertSafeAncestors(real, uid, place);
-  } catch (e) {
-    if (isVaultError(e)) return e.message;
-    throw e;
-  }
-  return null;
 }
 
 /** The hook's program as an absolute path to run, or why it cannot run. */

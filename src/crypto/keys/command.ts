@@ -14,12 +14,12 @@
  * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment.
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { withoutLessorSecrets } from "../../base/secret-env.js";
 import type { KeySource } from "../../vault/ports.js";
-import { assertSafeAncestors, octal } from "../../fs/perms.js";
+import { programTrustProblem } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */
@@ -59,23 +59,14 @@ function locate(file: string, env: NodeJS.ProcessEnv, name: string): string {
  * either (src/fs/perms.ts assertSafeAncestors), as found and as its real path.
  */
 function assertTrustedProgram(path: string, name: string): void {
-  if (process.platform === "win32") return;
-  const uid = process.getuid!();
-  let real: string;
+  let problem: ReturnType<typeof programTrustProblem>;
   try {
-    real = realpathSync(path);
+    problem = programTrustProblem(path, { what: `the key command ${name}`, who: "who could make it print any key", elsewhere: "install it in a directory only you or root can write" });
   } catch (e) {
     throw new VaultError("key_unavailable", `the key command ${name} was not found (${(e as NodeJS.ErrnoException).code ?? "error"}); check command under [keys] in lessor.toml`);
   }
-  const st = statSync(real);
-  if (!st.isFile()) throw new VaultError("key_unavailable", `the key command ${name} is not a regular file; check command under [keys] in lessor.toml`);
-  if (st.uid !== uid && st.uid !== 0)
-    throw new VaultError("insecure_permissions", `the key command ${name} (${real}) belongs to uid ${st.uid}, who could make it print any key; use a program owned by you or root`);
-  if ((st.mode & 0o022) !== 0)
-    throw new VaultError("insecure_permissions", `the key command ${name} (${real}) can be changed by other users (mode ${octal(st.mode)}), who could make it print any key; fix it with: chmod go-w ${real}`);
-  const place = { what: `the key command ${name}`, elsewhere: "install it in a directory only you or root can write" };
-  assertSafeAncestors(path, uid, place);
-  if (real !== path) assertSafeAncestors(real, uid, place);
+  if (problem?.kind === "not_file") throw new VaultError("key_unavailable", `the key command ${name} is not a regular file; check command under [keys] in lessor.toml`);
+  if (problem) throw new VaultError("insecure_permissions", problem.message);
 }
 
 /**
