@@ -9,7 +9,7 @@
  *
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
-import { chmodSync, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
+import { accessSync, chmodSync, constants, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, isAbsolute, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
@@ -171,6 +171,17 @@ export function assertSafeAncestors(path: string, uid: number, place: GuardedPla
             : `${parent}, above ${place.what}, can be written by other users (mode ${octal(ps.mode)}), who could move ${child} away and replace it; fix it with: chmod go-w ${parent}, or ${place.elsewhere}`,
         );
     }
+  }
+}
+
+/** True when `p` is an executable regular file (where a PATH search stops: the key command's, a rotation hook's, `lessor run`'s check of both). */
+export function isExecutableFile(p: string): boolean {
+  try {
+    if (!statSync(p).isFile()) return false;
+    accessSync(p, constants.X_OK);
+    return true;
+  } catch {
+    return false;
   }
 }
 

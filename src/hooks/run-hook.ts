@@ -23,9 +23,8 @@
  * Every buffer that held output is zeroed once it has been copied.
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, join, resolve as resolvePath } from "node:path";
-import { programTrustProblem } from "../fs/perms.js";
+import { isExecutableFile, programTrustProblem } from "../fs/perms.js";
 import type { HookFailure, HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
 import type { SecretRef } from "../base/types.js";
 
@@ -53,17 +52,6 @@ export interface RunHookOptions {
   cwd: string;
   /** The vault's environment, from which {@link hookEnv} keeps a few variables. */
   env: NodeJS.ProcessEnv;
-}
-
-/** True when `p` is an executable regular file (where a PATH search stops; src/cli/run/owner-programs.ts's too). */
-export function isExecutableFile(p: string): boolean {
-  try {
-    if (!statSync(p).isFile()) return false;
-    accessSync(p, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -12,7 +12,8 @@ import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import type { Config } from "../../config/config.js";
 import { refString } from "../../base/names.js";
-import { hookEnv, isExecutableFile } from "../../hooks/run-hook.js";
+import { hookEnv } from "../../hooks/run-hook.js";
+import { isExecutableFile } from "../../fs/perms.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 
 /** A program lessor runs as the owner, outside any sandbox. */

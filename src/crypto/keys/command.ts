@@ -14,12 +14,11 @@
  * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment.
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { withoutLessorSecrets } from "../../base/secret-env.js";
 import type { KeySource } from "../../vault/ports.js";
-import { programTrustProblem } from "../../fs/perms.js";
+import { isExecutableFile, programTrustProblem } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */
@@ -41,14 +40,7 @@ function locate(file: string, env: NodeJS.ProcessEnv, name: string): string {
   for (const dir of (env.PATH ?? "").split(delimiter)) {
     if (!isAbsolute(dir)) continue; // "" and "." mean the working directory: never searched
     const p = join(dir, file);
-    try {
-      if (statSync(p).isFile()) {
-        accessSync(p, constants.X_OK);
-        return p;
-      }
-    } catch {
-      // not here
-    }
+    if (isExecutableFile(p)) return p;
   }
   throw new VaultError("key_unavailable", `the key command ${name} was not found on PATH; check command under [keys] in lessor.toml (or give its full path)`);
 }
