@@ -31,7 +31,9 @@
  *   the same way; a frame with a mark closes the connection (1008). Compressed bodies are not watched;
  *   a placeholder in one goes as is, which leaks nothing.
  * - Every request is reported (`record_proxy_requests`, in batches: one commit for many requests):
- *   agent, leases, method, host, path, status, bytes, duration; never a credential.
+ *   agent, leases, method, host, path, status, bytes, duration; never a credential. A batch the vault
+ *   could not take (`unavailable`: the daemon's database cut off or restarting) is sent again until it
+ *   lands, so a tripwire's alarm and revocation reach the trail once the vault is back.
  * - A lease that is revoked (anywhere) or expires closes every tunnel that used it within one watch
  *   period (50 ms by default): the watcher polls the vault, since the daemon does not push. A used-up
  *   lease adds nothing more, but the requests that took its uses (the last one still streaming, say)
@@ -176,6 +178,14 @@ type ProxyReport = Params<"record_proxy_requests">["reports"][number];
 /** Reports per audit commit, and how long a report may wait for others. */
 const MAX_BATCH = 128;
 const BATCH_MS = 50;
+/**
+ * A report the vault could not take (`unavailable`: its database cut off, restarting, a commit whose
+ * outcome is unknown) is sent again after this, the wait doubling up to {@link REPORT_RETRY_MAX_MS}.
+ */
+const REPORT_RETRY_MS = 250;
+const REPORT_RETRY_MAX_MS = 5000;
+/** Batches of ordinary reports waiting to be sent again, at most (a tripwire's report always is): bounds memory while the vault is away. */
+const MAX_RETRYING = 64;
 
 /** Headers a rule or a placeholder may never be put in: they frame the message or belong to the proxy. */
 const FRAMING = new Set(["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization"]);
@@ -199,6 +209,12 @@ export class LeaseEgress implements Egress {
   /** Watch ticks so far; a lease unconfirmed for more than {@link #patience} of them has its tunnels closed. */
   #tick = 0;
   #patience = 0;
+  /** Set by {@link close}: reports waiting to be sent again get one last attempt now. */
+  #closing = false;
+  /** Wakes the reports waiting to be sent again (at close). */
+  readonly #wakers = new Set<() => void>();
+  /** Batches of reports waiting to be sent again. */
+  #retrying = 0;
 
   constructor(o: LeaseEgressOptions) {
     this.#o = o;
@@ -247,10 +263,15 @@ export class LeaseEgress implements Egress {
     this.#timer.unref();
   }
 
-  /** Stops the watch, sends the queued audit reports and waits for every report on its way. */
+  /**
+   * Stops the watch, sends the queued audit reports and waits for every report on its way (one the
+   * vault could not take gets one last attempt now).
+   */
   async close(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    this.#closing = true;
+    for (const wake of this.#wakers) wake();
     void this.#flush();
     await Promise.allSettled([...this.#reports]);
   }
@@ -428,13 +449,16 @@ export class LeaseEgress implements Egress {
   async #trip(req: ProxiedRequest, astray: Held[], where: string): Promise<string> {
     const names = astray.map((h) => h.secret).join(", ") || "a credential";
     const place = where === "" ? "" : ` ${where}`;
-    this.#o.warn?.(`lessor: ALARM: the agent sent the credential of ${names}${place} to ${req.host}, which its lease does not cover; the request was refused and the lease revoked`);
+    this.#o.warn?.(`lessor: ALARM: the agent sent the credential of ${names}${place} to ${req.host}, which its lease does not cover; the request was refused, the credential is no longer added and the lease is being revoked`);
     for (const h of astray) this.#end(h, "revoked by the tripwire");
     const reason = `the credential of ${names} was sent${place} to ${req.host}, which its grant does not cover`;
     const report = this.#report(req, astray.map((h) => h.lease.id), { status: 403, bytesIn: 0, bytesOut: 0, ms: 0 }, "tripwire", reason);
     // The revocation is part of the answer: wait for it, so the agent cannot retry before it lands.
-    await report;
+    // (This run adds the credential no more either way: the lease is ended here.)
+    const landed = (await report) === true;
     const sent = where === "" ? "The request was not sent" : "The request was stopped before that part of it went upstream";
+    if (!landed)
+      return `Forbidden: ${reason}. ${sent} and the credential is no longer added; the vault could not be reached to revoke the lease and audit the alarm, which are sent again until it answers.`;
     return `Forbidden: ${reason}. ${sent}, the lease is revoked and the event is audited as an alarm.`;
   }
 
@@ -485,7 +509,7 @@ export class LeaseEgress implements Egress {
       outcome,
       ...(reason !== undefined ? { reason: reason.slice(0, 300) } : {}),
     };
-    if (outcome === "tripwire") return this.#send([report]);
+    if (outcome === "tripwire") return this.#send([report], true);
     this.#queue.push(report);
     if (this.#queue.length >= MAX_BATCH) return this.#flush();
     if (this.#batchTimer === null) {
@@ -504,13 +528,69 @@ export class LeaseEgress implements Egress {
     return Promise.all(sent);
   }
 
-  #send(reports: ProxyReport[]): Promise<unknown> {
-    const p = this.#o.api.api
-      .record_proxy_requests({ reports })
-      .catch((e: unknown) => this.#o.warn?.(`lessor: could not audit ${reports.length} proxied request(s) to ${[...new Set(reports.map((r) => r.host))].join(", ")}: ${isVaultError(e) ? e.message : "error"}`));
+  /**
+   * Sends `reports` in one record_proxy_requests; resolves to whether that first attempt landed. A
+   * batch the vault could not take (`unavailable`: the daemon's database cut off or restarting, a
+   * commit whose outcome is unknown) is sent again, with backoff, until it lands, is refused for
+   * another reason, or the egress closes (then it gets one last attempt): a tripwire's alarm, and the
+   * revocation that comes with it, must reach the vault once it is back, not be dropped with a line
+   * on stderr. `alarm` (a tripwire's report) is always sent again; ordinary batches while fewer than
+   * {@link MAX_RETRYING} wait. A batch sent again after a commit of unknown outcome may be recorded
+   * twice (a revocation twice is one); none is lost while the run lasts.
+   */
+  #send(reports: ProxyReport[], alarm = false): Promise<boolean> {
+    let first!: (landed: boolean) => void;
+    const firstTry = new Promise<boolean>((r) => (first = r));
+    const what = () => `${reports.length} proxied request(s) to ${[...new Set(reports.map((r) => r.host))].join(", ")}${alarm ? " (a tripwire's alarm and its lease's revocation)" : ""}`;
+    const p = (async () => {
+      let wait = REPORT_RETRY_MS;
+      let waiting = false;
+      try {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await this.#o.api.api.record_proxy_requests({ reports });
+            first(true);
+            if (attempt > 1) this.#o.warn?.(`lessor: audited ${what()} at attempt ${attempt}`);
+            return;
+          } catch (e) {
+            first(false);
+            const why = isVaultError(e) ? e.message : "error";
+            const again = isVaultError(e) && e.code === "unavailable" && !(this.#closing && attempt > 1) && (alarm || waiting || this.#retrying < MAX_RETRYING);
+            if (!again) {
+              this.#o.warn?.(`lessor: could not audit ${what()}: ${why}`);
+              return;
+            }
+            if (attempt === 1) this.#o.warn?.(`lessor: could not audit ${what()} yet: ${why}; sending it again until the vault answers`);
+            if (!waiting) {
+              waiting = true;
+              this.#retrying++;
+            }
+            await this.#pause(wait);
+            wait = Math.min(wait * 2, REPORT_RETRY_MAX_MS);
+          }
+        }
+      } finally {
+        if (waiting) this.#retrying--;
+      }
+    })();
     this.#reports.add(p);
     void p.finally(() => this.#reports.delete(p));
-    return p;
+    return firstTry;
+  }
+
+  /** Waits `ms`, or less when the egress closes (at once if it has). */
+  #pause(ms: number): Promise<void> {
+    if (this.#closing) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(t);
+        this.#wakers.delete(done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      t.unref();
+      this.#wakers.add(done);
+    });
   }
 
   /** Marks a lease dead and (unless `close` is false: used up) ends it for its tunnels too, closing every one that used it. */
