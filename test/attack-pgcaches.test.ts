@@ -17,6 +17,12 @@
  *   vault never heard of it: no alarm in the trail, the lease live, while the agent was told "the
  *   lease is revoked and the event is audited as an alarm". Now a report the vault could not take
  *   (`unavailable`) is sent again until it lands (src/proxy/lease-egress.ts).
+ * - The killswitch released and pulled again on A between two looks of B (B cut off, its poll's
+ *   second, or both feed changes read at once): B compared only "engaged" with "engaged", raised no
+ *   signal, and the agent connections opened on B since the first pull (an agent token is not revoked
+ *   by the killswitch; connections are taken while it is engaged) stayed open through the second.
+ *   Now a new engagement (its time or actor differ) raises the signal again, and a read that
+ *   finished after a newer one is not taken as the latest (src/vault/lockout.ts).
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
@@ -33,8 +39,12 @@ import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
+import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { parsePolicy } from "../src/vault/policy.js";
+import { Vault } from "../src/vault/vault.js";
 import { makeHome, startServe, startTwo, type RunningDaemon } from "./daemon-harness.js";
-import { grant, within } from "./helpers.js";
+import { agent, grant, hexKey, within } from "./helpers.js";
 import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
@@ -212,5 +222,42 @@ describe("what a team server's daemons and B's injecting proxy keep in memory, a
     const raw = (await admin(`SELECT count(*)::int AS n FROM ${tm.schema}.audit a WHERE position($1 in a::text) > 0`, [CANARY])).rows[0].n;
     assert.equal(raw, 0, "the credential's value is in an audit row");
     assert.ok(!warnings.join("\n").includes(CANARY));
+  });
+
+  // docs/team.md: "on the killswitch, every agent and orchestrator connection closes" on every
+  // instance. An agent's token survives the killswitch and B takes its connections while it is
+  // engaged (grants are refused in their transactions); after a release it may take leases there. If
+  // A's admin pulls it again before B has looked (B cut off from PostgreSQL meanwhile, within its
+  // one-second poll, or both changes read in one catch-up), B read "engaged" twice and did nothing.
+  test("the killswitch released and pulled again on A between two looks of B: B raises the killswitch signal again (its agents' connections close)", async (t) => {
+    const s = await testSchema();
+    const key = hexKey();
+    const policy = parsePolicy(grant("g", ["claude"], ["tok"], [HOST], 'ttl = "1h"'), "p.toml");
+    const open = async (feed?: { listen: boolean; pollMs: number }) => {
+      const store = await openPostgresStore({ url: s.url, ...(feed ? { feed } : {}) });
+      return Vault.open({ store, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy });
+    };
+    const A = await open();
+    // B hears of the killswitch only when it looks (the daemon's poll: Vault.checkKillswitch).
+    const B = await open({ listen: false, pollMs: 3_600_000 });
+    t.after(async () => {
+      await A.close();
+      await B.close();
+      await s.drop();
+    });
+    await A.admin().storeSecret({ name: "tok", value: CANARY });
+    const signals: boolean[] = [];
+    B.onSignal((sg) => void (sg.type === "killswitch" && signals.push(sg.engaged)));
+    await A.admin().killswitch("incident");
+    assert.equal((await B.checkKillswitch()).engaged, true);
+    assert.deepEqual(signals, [true], "B raised the killswitch at its first look");
+    // Released: the agent takes a lease through B (its connection, opened meanwhile, is still up).
+    await A.admin().releaseKillswitch("resolved?");
+    const lease = await B.session(agent("claude")).requestLease({ secret: "tok" });
+    // Pulled again before B's next look.
+    await A.admin().killswitch("incident again");
+    assert.equal((await B.checkKillswitch()).engaged, true);
+    assert.deepEqual(signals.slice(1).filter((e) => e), [true], `B raised no killswitch signal for the second pull (signals: ${JSON.stringify(signals)}): its agents' connections stay open`);
+    await assert.rejects(B.session(agent("claude")).accessSecret(lease.id, { domain: HOST }), (e: Coded) => e.code === "lease_revoked");
   });
 });

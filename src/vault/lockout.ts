@@ -80,9 +80,16 @@ export function lockoutError(state: KillswitchState): VaultError {
 }
 
 const seen = new WeakMap<VaultContext, { state: KillswitchState; at: number }>();
+/** Per vault: reads of the lockout started (and local changes recorded), and the latest of those applied. */
+const reads = new WeakMap<VaultContext, { started: number; applied: number }>();
 
-/** Records `state` as this process's latest view (after a commit that changed it, or a read). */
+/**
+ * Records `state` as this process's latest view (after a commit that changed it): a read of the
+ * lockout started before it finishes as an older one (see {@link checkKillswitch}).
+ */
 export function sawKillswitch(ctx: VaultContext, state: KillswitchState): void {
+  const r = reads.get(ctx);
+  if (r !== undefined) r.applied = ++r.started;
   seen.set(ctx, { state, at: performance.now() });
 }
 
@@ -102,15 +109,31 @@ export async function killswitchState(ctx: VaultContext): Promise<KillswitchStat
   return checkKillswitch(ctx);
 }
 
+/** True when `a` and `b` are one engagement (its time and actor), or both released. */
+function sameEngagement(a: KillswitchState, b: KillswitchState): boolean {
+  return a.engaged === b.engaged && (!a.engaged || (a.at === b.at && a.by === b.by));
+}
+
 /**
  * Reads the stored lockout; when it differs from what this process last saw (another process pulled
  * or released the killswitch), raises the killswitch signal. Returns the state read.
+ *
+ * An engagement other than the one last seen (another time or actor) raises the signal too:
+ * the killswitch was released and pulled again between two looks (this process cut off from the
+ * store meanwhile, within one poll, or both changes of the change feed read at once), and the agent
+ * connections opened here since the first pull must close as they did then. A read that finishes
+ * after one started later is not taken as the latest.
  */
 export async function checkKillswitch(ctx: VaultContext): Promise<KillswitchState> {
+  let r = reads.get(ctx);
+  if (r === undefined) reads.set(ctx, (r = { started: 0, applied: 0 }));
+  const mine = ++r.started;
   const state = await readKillswitch(ctx.store);
+  if (mine < r.applied) return state;
+  r.applied = mine;
   const before = seen.get(ctx)?.state ?? NEVER_ENGAGED;
-  sawKillswitch(ctx, state);
-  if (before.engaged !== state.engaged) ctx.signals.emit({ type: "killswitch", engaged: state.engaged });
+  seen.set(ctx, { state, at: performance.now() });
+  if (!sameEngagement(before, state)) ctx.signals.emit({ type: "killswitch", engaged: state.engaged });
   return state;
 }
 
