@@ -16,7 +16,8 @@ import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
 import { commandKeySource } from "../src/crypto/keys/command.js";
 import { VaultError } from "../src/base/errors.js";
-import { BIN, runCli } from "./cli-harness.js";
+import { BIN, runCli, runCliWithEnv } from "./cli-harness.js";
+import { HAVE_BWRAP } from "./run-harness.js";
 import { DEFAULT_CONFIG, type Config } from "../src/config/config.js";
 import { configuredPrograms, refuseWritablePrograms } from "../src/cli/run/owner-programs.js";
 import { planLayout } from "../src/sandbox/layout.js";
@@ -466,3 +467,26 @@ function runProcessIn(cwd: string, args: string[], home: string): Promise<{ code
   child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
   return new Promise((r) => child.on("close", (code) => r({ code, out })));
 }
+
+describe("lessor run: the bwrap it runs as the owner", () => {
+  test(
+    "a bwrap another local user can change (theirs, in a PATH directory everyone may write) is never run: lessor run refuses (insecure_permissions) before starting it; the system bwrap still runs",
+    { skip: HAVE_SETPRIV && HAVE_BWRAP ? false : "needs root, setpriv and a usable bwrap", timeout: 120_000 },
+    async () => {
+      const dir = dirOf("bwrap-");
+      const shared = sharedDir(dir);
+      const marker = dropPath();
+      const real = spawnSync("sh", ["-c", "command -v bwrap"], { encoding: "utf8" }).stdout.trim();
+      asNobody(`printf '%s' ${q(`#!/bin/sh\necho ran > ${q(marker)}\nexec ${real} "$@"\n`)} > ${q(join(shared, "bwrap"))} && chmod 755 ${q(join(shared, "bwrap"))}`);
+      const home = await makeHome();
+      const project = dirOf("proj-");
+      const env = { PATH: `${shared}:/usr/bin:/bin`, HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home };
+      const r = await runCliWithEnv(["run", "--agent", "a1", "--network", "none", "--", "/bin/true"], { cwd: project, env, timeoutMs: 60_000 });
+      assert.equal(existsSync(marker), false, "the other user's bwrap ran as the owner, outside any sandbox");
+      assert.notEqual(r.code, 0, r.stderr);
+      assert.match(r.stderr, /the bwrap found on PATH .*belongs to uid 65534/, r.stderr);
+      const ok = await runCliWithEnv(["run", "--agent", "a1", "--network", "none", "--", "/bin/true"], { cwd: project, env: { ...env, PATH: "/usr/bin:/bin" }, timeoutMs: 60_000 });
+      assert.equal(ok.code, 0, ok.stderr);
+    },
+  );
+});

@@ -9,7 +9,7 @@
  *
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
-import { accessSync, chmodSync, closeSync, constants, lstatSync, mkdirSync, openSync, readSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
+import { accessSync, chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
 import { basename, delimiter, dirname, isAbsolute, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
@@ -286,11 +286,13 @@ function lstatOrNull(p: string): Stats | null {
 export function shebangOf(path: string): { interpreter: string; arg: string | null } | null {
   let fd: number;
   try {
-    fd = openSync(path, "r");
+    // Non-blocking: a FIFO put where an interpreter is named must not hang lessor here.
+    fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
   } catch {
     return null;
   }
   try {
+    if (!fstatSync(fd).isFile()) return null;
     const buf = Buffer.alloc(256);
     const n = readSync(fd, buf, 0, buf.length, 0);
     if (n < 2 || buf[0] !== 0x23 || buf[1] !== 0x21) return null;
