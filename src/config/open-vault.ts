@@ -92,6 +92,7 @@ export function homeKeySource(home: string, cfg: Config, env: NodeJS.ProcessEnv,
     ...(getPassphrase ? { getPassphrase } : {}),
     ...(cfg.keys.command ? { keyCommand: cfg.keys.command } : {}),
     keyCommandTimeoutMs: cfg.keys.commandTimeoutMs,
+    keyCommandCwd: home,
     keychainFile: inHome(home, cfg.keys.keychainFile),
     keychainTimeoutMs: cfg.keys.keychainTimeoutMs,
   });

@@ -9,8 +9,8 @@
  *
  * On Windows, POSIX modes and uids do not exist and the checks only test that the path exists.
  */
-import { accessSync, chmodSync, constants, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
-import { basename, dirname, isAbsolute, resolve } from "node:path";
+import { accessSync, chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
+import { basename, delimiter, dirname, isAbsolute, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
@@ -277,4 +277,185 @@ function lstatOrNull(p: string): Stats | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The first line of the file at `path` when it is a `#!` line: the interpreter the kernel runs it
+ * with, and the one optional argument after it (Linux passes the rest of the line as one), or null.
+ */
+export function shebangOf(path: string): { interpreter: string; arg: string | null } | null {
+  let fd: number;
+  try {
+    // Non-blocking: a FIFO put where an interpreter is named must not hang lessor here.
+    fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  } catch {
+    return null;
+  }
+  try {
+    if (!fstatSync(fd).isFile()) return null;
+    const buf = Buffer.alloc(256);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    if (n < 2 || buf[0] !== 0x23 || buf[1] !== 0x21) return null;
+    const end = buf.subarray(0, n).indexOf(0x0a);
+    const line = buf.subarray(2, end < 0 ? n : end).toString("latin1").replace(/^[ \t]+|[ \t\r]+$/g, "");
+    const m = /^(\S+)(?:[ \t]+(.*))?$/.exec(line);
+    if (m === null) return null;
+    return { interpreter: m[1]!, arg: m[2] === undefined || m[2] === "" ? null : m[2] };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The program `env` runs, from its arguments (a shebang's `-S python3 -u`, or `python3`), or a reason it cannot be told. */
+function envTarget(args: readonly string[], pathValue: string): { name: string; pathValue: string } | { unclear: string } | null {
+  let rest = [...args];
+  let path = pathValue;
+  while (rest.length > 0) {
+    const a = rest[0]!;
+    if (a === "-S" || a === "--split-string") {
+      rest = [...(rest[1] ?? "").split(/[ \t]+/).filter((x) => x !== ""), ...rest.slice(2)];
+      continue;
+    }
+    if (a.startsWith("-S")) {
+      rest = [...a.slice(2).split(/[ \t]+/).filter((x) => x !== ""), ...rest.slice(1)];
+      continue;
+    }
+    if (a === "-i" || a === "--ignore-environment" || a === "-" || a === "-0" || a === "--null" || a === "-v" || a === "--debug") {
+      rest = rest.slice(1);
+      continue;
+    }
+    if (a === "-u" || a === "--unset") {
+      if (rest[1] === "PATH") path = "";
+      rest = rest.slice(2);
+      continue;
+    }
+    if (a === "--") {
+      rest = rest.slice(1);
+      break;
+    }
+    if (a.startsWith("-")) return { unclear: `env option ${JSON.stringify(a)}` };
+    const eq = a.indexOf("=");
+    if (eq > 0) {
+      if (a.slice(0, eq) === "PATH") path = a.slice(eq + 1);
+      rest = rest.slice(1);
+      continue;
+    }
+    break;
+  }
+  const name = rest[0];
+  return name === undefined ? null : { name, pathValue: path };
+}
+
+/**
+ * The files a command's run reads code or input from, beyond its program: each interpreter named by a
+ * `#!` line on the way (through `/usr/bin/env NAME`, the places searched on PATH for NAME up to the one
+ * found), and each argument (or the value of a `--opt=value` argument) that names an existing regular
+ * file, from `cwd` (a script handed to an interpreter, `["bash", "rotate.sh"]`, is one). `path` is the
+ * program as found; `pathValue` and `cwd` are those the command runs with.
+ */
+export function commandFiles(
+  path: string,
+  args: readonly string[],
+  cwd: string,
+  pathValue: string,
+): { path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }[] {
+  const out: { path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }[] = [];
+  // The interpreters: a script's #! line, that interpreter's own (Linux follows up to 4), env's lookup.
+  let program = path;
+  for (let depth = 0; depth < 5; depth++) {
+    const sb = shebangOf(program);
+    if (sb === null) break;
+    const interp = isAbsolute(sb.interpreter) ? sb.interpreter : resolve(cwd, sb.interpreter);
+    out.push({ path: interp, role: "interpreter", name: sb.interpreter });
+    if (basename(interp) !== "env") {
+      program = interp;
+      continue;
+    }
+    const target = envTarget(sb.arg === null ? [] : [sb.arg], pathValue);
+    if (target === null) break;
+    if ("unclear" in target) {
+      out.push({ path: interp, role: "interpreter", name: sb.interpreter, unclear: target.unclear });
+      break;
+    }
+    if (target.name.includes("/")) {
+      program = resolve(cwd, target.name);
+      out.push({ path: program, role: "interpreter", name: target.name });
+      continue;
+    }
+    let found: string | null = null;
+    for (const dir of target.pathValue.split(delimiter)) {
+      const p = resolve(cwd, dir || ".", target.name);
+      if (isExecutableFile(p)) {
+        found = p;
+        break;
+      }
+      out.push({ path: p, role: "searched", name: target.name });
+    }
+    if (found === null) break;
+    out.push({ path: found, role: "interpreter", name: target.name });
+    program = found;
+  }
+  for (const a of args) {
+    const candidates = [a];
+    const eq = a.indexOf("=");
+    if (a.startsWith("-") && eq > 0) candidates.push(a.slice(eq + 1));
+    for (const c of candidates) {
+      if (c === "" || c.startsWith("-")) continue;
+      const p = resolve(cwd, c);
+      try {
+        if (!statSync(p).isFile()) continue;
+      } catch {
+        continue;
+      }
+      out.push({ path: p, role: "argument", name: c });
+    }
+  }
+  return out;
+}
+
+/**
+ * Why the command (its program found at `path`, run with `args` from `cwd` on `pathValue`) must not run
+ * as the vault's owner, or null: {@link programTrustProblem} for the program, then for each file of
+ * {@link commandFiles} (an interpreter of its `#!` line, a script or other file it is handed): the
+ * same rule; a directory searched on PATH before `env` finds its interpreter must not let another user
+ * put one there. Throws what {@link programTrustProblem} throws for the program itself.
+ */
+export function commandTrustProblem(
+  path: string,
+  args: readonly string[],
+  cwd: string,
+  pathValue: string,
+  place: TrustedProgramPlace,
+): { kind: "not_file" | "insecure"; message: string } | null {
+  const own = programTrustProblem(path, place);
+  if (own !== null || !POSIX) return own;
+  const uid = process.getuid!();
+  for (const f of commandFiles(path, args, cwd, pathValue)) {
+    if (f.unclear !== undefined)
+      return { kind: "insecure", message: `${place.what} starts with a #! line through ${f.path} whose ${f.unclear} lessor cannot follow, so it cannot tell which interpreter runs it; name the interpreter by its full path in that line` };
+    const what =
+      f.role === "argument"
+        ? `the file ${JSON.stringify(f.name)} that ${place.what} is given`
+        : f.role === "interpreter"
+          ? `the interpreter ${JSON.stringify(f.name)} named in the #! line of ${place.what}`
+          : `${dirname(f.path)}, searched on PATH for ${JSON.stringify(f.name)} (the interpreter in the #! line of ${place.what})`;
+    const sub = { what, who: place.who, elsewhere: place.elsewhere };
+    if (f.role === "searched") {
+      try {
+        assertSafeAncestors(f.path, uid, sub);
+      } catch (e) {
+        if (e instanceof VaultError) return { kind: "insecure", message: `${e.message}: another user could put their own ${JSON.stringify(f.name)} there` };
+        throw e;
+      }
+      continue;
+    }
+    let p: ReturnType<typeof programTrustProblem>;
+    try {
+      p = programTrustProblem(f.path, sub);
+    } catch {
+      continue; // missing: it does not run (env or the kernel says so)
+    }
+    if (p !== null && !(p.kind === "not_file" && f.role === "argument")) return { kind: "insecure", message: p.message };
+  }
+  return null;
 }

@@ -17,14 +17,17 @@
  *   hook's PATH), then run by the path found, with no second lookup. It is handed the current value
  *   (`stdin = "current"`) and decides the secret's next one, so it is held to what the key command is
  *   (src/crypto/keys/command.ts): a regular file of yours or root's that no one else can write, in
- *   directories no one else can write, as found and as its real path. Otherwise it is not run (a
- *   failure of kind "untrusted", naming the file or directory at fault and the fix).
+ *   directories no one else can write, as found and as its real path. So is what it runs or reads as
+ *   code: the interpreter of a `#!` line (through `/usr/bin/env NAME`, every PATH directory searched
+ *   for NAME up to the one found, too), and each argument that names an existing file (the script of
+ *   `["bash", "rotate.sh"]`, from the lessor home). Otherwise it is not run (a failure of kind
+ *   "untrusted", naming the file or directory at fault and the fix).
  *
  * Every buffer that held output is zeroed once it has been copied.
  */
 import { spawn } from "node:child_process";
 import { delimiter, join, resolve as resolvePath } from "node:path";
-import { isExecutableFile, programTrustProblem } from "../fs/perms.js";
+import { commandTrustProblem, isExecutableFile } from "../fs/perms.js";
 import type { HookFailure, HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
 import type { SecretRef } from "../base/types.js";
 
@@ -73,21 +76,22 @@ export function locateHookProgram(file: string, pathValue: string, cwd: string):
  * it is another user's file, others can write it, or a directory or link on the way to it (or to its
  * real path) lets another user replace it. Nothing is checked on Windows.
  */
-export function untrustedHookProgram(path: string, name: string): string | null {
+export function untrustedHookProgram(path: string, name: string, args: readonly string[] = [], cwd = "/", pathValue = ""): string | null {
   try {
     const place = { what: `the rotation hook ${name}`, who: "who could read the value it is handed and choose the secret's next one", elsewhere: "install it in a directory only you or root can write (such as /usr/local/bin) and name it by its full path" };
-    return programTrustProblem(path, place)?.message ?? null;
+    return commandTrustProblem(path, args, cwd, pathValue, place)?.message ?? null;
   } catch {
     return null; // missing: spawn says not found
   }
 }
 
 /** The hook's program as an absolute path to run, or why it cannot run. */
-function programOf(file: string, opts: RunHookOptions): { path: string } | { failure: HookFailure } {
+function programOf(file: string, args: readonly string[], opts: RunHookOptions): { path: string } | { failure: HookFailure } {
   try {
-    const path = locateHookProgram(file, hookEnv(opts.env)["PATH"] ?? "", opts.cwd);
+    const pathValue = hookEnv(opts.env)["PATH"] ?? "";
+    const path = locateHookProgram(file, pathValue, opts.cwd);
     if (path === null) return { failure: { kind: "not_found" } };
-    const problem = untrustedHookProgram(path, file);
+    const problem = untrustedHookProgram(path, file, args, opts.cwd, pathValue);
     return problem === null ? { path } : { failure: { kind: "untrusted", problem } };
   } catch (e) {
     // Changed while it was looked at (removed between the lookup and the checks): not run.
@@ -110,7 +114,7 @@ function onProcessExit(): void {
 /** Runs `hook.command` once; see the module comment. Never rejects. */
 export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions): Promise<HookRunResult> {
   const [file, ...args] = hook.command;
-  const program = programOf(file!, opts);
+  const program = programOf(file!, args, opts);
   if ("failure" in program) return Promise.resolve({ ok: false, failure: program.failure });
   // Room for the trailing newline that is removed.
   const cap = maxBytes + 2;

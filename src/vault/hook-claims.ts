@@ -7,13 +7,23 @@
  * One metadata document (`rotation_hooks_running`, JSON `{v: 1, runs: {secret: {owner, until}}}`) is
  * read and written inside a commit; commits are serialised by every store (SQLite's write lock, the
  * PostgreSQL store's advisory lock), so two claims of one secret cannot both succeed. A claim lasts
- * the hook's time limit plus {@link CLAIM_SLACK_MS}: a process that dies mid-run blocks the secret's
- * hook only that long. A damaged document counts as empty.
+ * the hook's time limit plus {@link CLAIM_SLACK_MS}. A damaged document counts as empty.
+ *
+ * A run whose process died before it stored or audited anything (kill -9, a crash, a lost host) left
+ * its claim behind, and its hook may have changed the credential at the issuer with no one to store
+ * what it printed. The claim names the process (pid, start time, host: ports.ts Processes), the
+ * command and who ran it; the next claim of any hook finds it (its process known to have ended, or
+ * the claim lapsed), audits it as `secret_rotated` with outcome "error", reason `hook_interrupted`,
+ * and clears it. The next run of that same secret's hook is refused once with a message saying the
+ * issuer may hold a credential the vault does not (the run after it goes ahead): running the hook
+ * again over a value the issuer may no longer accept is for the owner to decide, knowingly.
  */
 import { VaultError } from "../base/errors.js";
 import { uuidv7 } from "../base/ids.js";
-import type { StoreReader, StoreTx } from "./ports.js";
-import { commit, type VaultContext } from "./context.js";
+import type { Identity } from "../base/types.js";
+import type { ProcessRef, StoreReader, StoreTx } from "./ports.js";
+import { commit, type AuditFn, type VaultContext } from "./context.js";
+import { isProcessRef } from "./rotation-claim.js";
 import { brokenError, inspectChain, noteAuditState } from "./audit-guard.js";
 
 /** The metadata key of the document. */
@@ -22,25 +32,99 @@ export const HOOK_RUNS_META = "rotation_hooks_running";
 /** How long past its hook's time limit a claim outlives a process that died holding it. */
 export const CLAIM_SLACK_MS = 60_000;
 
-type Runs = Record<string, { owner: string; until: number }>;
+/** One claimed run: who holds it and until when; the rest (newer claims) says what was running. */
+interface Run {
+  owner: string;
+  until: number;
+  started?: number;
+  /** The hook's program name (argv[0]). */
+  command?: string;
+  /** The identity that ran it. */
+  by?: string;
+  process?: ProcessRef;
+}
+type Runs = Record<string, Run>;
 
-async function readRuns(r: Pick<StoreReader, "getMeta">, now: number): Promise<Runs> {
+/** The claims in the document: those `live`, and those whose run was cut (lapsed, or its process ended). */
+async function readAllRuns(ctx: VaultContext, r: Pick<StoreReader, "getMeta">, now: number): Promise<{ live: Runs; cut: Runs }> {
+  const live: Runs = {};
+  const cut: Runs = {};
   const text = await r.getMeta(HOOK_RUNS_META);
-  if (!text) return {};
+  if (!text) return { live, cut };
   let doc: unknown;
   try {
     doc = JSON.parse(text);
   } catch {
-    return {};
+    return { live, cut };
   }
   const runs = (doc as { v?: unknown; runs?: unknown }).runs;
-  if ((doc as { v?: unknown }).v !== 1 || typeof runs !== "object" || runs === null || Array.isArray(runs)) return {};
-  const out: Runs = {};
+  if ((doc as { v?: unknown }).v !== 1 || typeof runs !== "object" || runs === null || Array.isArray(runs)) return { live, cut };
   for (const [secret, run] of Object.entries(runs as Record<string, unknown>)) {
-    const r = run as { owner?: unknown; until?: unknown } | null;
-    if (r && typeof r.owner === "string" && typeof r.until === "number" && r.until > now) out[secret] = { owner: r.owner, until: r.until };
+    const r = run as Partial<Run> | null;
+    if (!r || typeof r.owner !== "string" || typeof r.until !== "number") continue;
+    const one: Run = { owner: r.owner, until: r.until };
+    if (typeof r.started === "number") one.started = r.started;
+    if (typeof r.command === "string") one.command = r.command;
+    if (typeof r.by === "string") one.by = r.by;
+    if (isProcessRef(r.process)) one.process = r.process;
+    const ended = one.process !== undefined && ctx.processes?.ended(one.process) === true;
+    if (r.until > now && !ended) live[secret] = one;
+    else cut[secret] = one;
   }
-  return out;
+  return { live, cut };
+}
+
+/** Every claim in the document, lapsed or not (damaged: none). */
+async function readRuns(r: Pick<StoreReader, "getMeta">): Promise<Runs> {
+  const runs: Runs = {};
+  const text = await r.getMeta(HOOK_RUNS_META);
+  if (!text) return runs;
+  try {
+    const doc = JSON.parse(text) as { v?: unknown; runs?: unknown };
+    if (doc.v !== 1 || typeof doc.runs !== "object" || doc.runs === null || Array.isArray(doc.runs)) return runs;
+    for (const [secret, run] of Object.entries(doc.runs as Record<string, unknown>)) {
+      const x = run as Partial<Run> | null;
+      if (x && typeof x.owner === "string" && typeof x.until === "number") runs[secret] = x as Run;
+    }
+  } catch {
+    // damaged: empty
+  }
+  return runs;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** Audits each cut run of `cut` (see the module comment); returns the refusal for `secret`'s, if it is one. */
+async function auditCut(audit: AuditFn, who: Identity, cut: Runs, secret: string): Promise<VaultError | null> {
+  let refusal: VaultError | null = null;
+  for (const [s, run] of Object.entries(cut)) {
+    const how = run.process !== undefined ? "process_ended" : "claim_lapsed";
+    await audit({
+      type: "secret_rotated",
+      actor: who,
+      secret: s,
+      outcome: "error",
+      reason: "hook_interrupted",
+      detail: {
+        hook: true,
+        failure: how,
+        ...(run.command !== undefined ? { command: run.command } : {}),
+        ...(run.by !== undefined ? { by: run.by } : {}),
+        ...(run.started !== undefined ? { started: iso(run.started) } : {}),
+        ...(run.process !== undefined ? { pid: run.process.pid } : {}),
+      },
+    });
+    if (s !== secret) continue;
+    const when = run.started !== undefined ? ` started ${iso(run.started)}` : "";
+    const by = run.by !== undefined ? ` by ${run.by}` : "";
+    const pid = run.process !== undefined ? ` in process ${run.process.pid}` : "";
+    const cmd = run.command !== undefined ? ` (command ${JSON.stringify(run.command)})` : "";
+    refusal = new VaultError(
+      "unavailable",
+      `the last run of the rotation hook of ${s}${cmd},${when}${by}${pid}, was cut off before what it made was stored: ${how === "process_ended" ? "that process ended (killed, or crashed) while the hook ran" : "it never finished within its time limit plus a minute"}. The hook may have changed the credential at its issuer, so the issuer may now hold a value the vault does not have. Check the credential at its issuer: if it changed, store its new value with lessor secret rotate ${s} (the value on stdin); otherwise run the hook again. This run was not started; it is audited as hook_interrupted, and the next run goes ahead`,
+    );
+  }
+  return refusal;
 }
 
 async function writeRuns(tx: StoreTx, runs: Runs): Promise<void> {
@@ -51,16 +135,18 @@ async function writeRuns(tx: StoreTx, runs: Runs): Promise<void> {
  * Claims the run of `secret`'s hook for `timeoutMs` (plus slack), or throws `rate_limited` when a run
  * is claimed already, by this process or another. Returns the claim's owner id for {@link releaseHookRun};
  * null, claiming nothing, when `wanted` (asked in the claim's own transaction) says the run is no
- * longer wanted (a schedule's rotation another process has made since it looked).
+ * longer wanted (a schedule's rotation another process has made since it looked). Runs that were cut
+ * off are audited and cleared first; the secret's own refuses this run once (the module comment).
  */
 export async function claimHookRun(
   ctx: VaultContext,
   secret: string,
   timeoutMs: number,
-  wanted?: (tx: StoreTx, now: number) => Promise<boolean>,
+  wanted: ((tx: StoreTx, now: number) => Promise<boolean>) | undefined,
+  run: { who: Identity; command: string },
 ): Promise<string | null> {
   const owner = uuidv7();
-  return commit(ctx, async (tx, _audit, now) => {
+  return commit(ctx, async (tx, audit, now) => {
     // What would refuse the run's audited commit refuses it now, before the hook changes the issuer:
     // a broken trail, or an audit sink that cannot record (otherwise the issuer would hold a value
     // the vault then refuses to store, and the trail would not even show the attempt).
@@ -68,22 +154,40 @@ export async function claimHookRun(
     noteAuditState(ctx, problem);
     if (problem !== null) return brokenError(problem);
     for (const sink of ctx.sinks) sink.check?.();
-    const runs = await readRuns(tx, now);
+    const { live: runs, cut } = await readAllRuns(ctx, tx, now);
+    if (Object.keys(cut).length > 0) {
+      const refusal = await auditCut(audit, run.who, cut, secret);
+      await writeRuns(tx, runs);
+      if (refusal !== null) return refusal;
+    }
     if (runs[secret] !== undefined)
       return new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);
     if (wanted !== undefined && !(await wanted(tx, now))) return null;
-    runs[secret] = { owner, until: now + timeoutMs + CLAIM_SLACK_MS };
+    runs[secret] = {
+      owner,
+      until: now + timeoutMs + CLAIM_SLACK_MS,
+      started: now,
+      command: run.command,
+      by: run.who.id,
+      ...(ctx.processes !== undefined ? { process: ctx.processes.self } : {}),
+    };
     await writeRuns(tx, runs);
     return owner;
   });
 }
 
-/** Ends the claim `owner` holds on `secret` inside `tx` (nothing when it lapsed or another holds it). */
+/** Ends the claim `owner` holds on `secret` inside `tx` (nothing when another holds it); other claims stay as they are. */
 export async function releaseHookRunIn(tx: StoreTx, secret: string, owner: string, now: number): Promise<void> {
-  const runs = await readRuns(tx, now);
+  void now;
+  const runs = await readRuns(tx);
   if (runs[secret]?.owner !== owner) return;
   delete runs[secret];
   await writeRuns(tx, runs);
+}
+
+/** Whether `owner` still holds the claim on `secret` (lapsed or not), inside `tx`. */
+export async function holdsHookRunIn(tx: StoreTx, secret: string, owner: string): Promise<boolean> {
+  return (await readRuns(tx))[secret]?.owner === owner;
 }
 
 /** Ends the claim in a transaction of its own; best effort (a lapsed claim ends by itself). */

@@ -49,7 +49,7 @@ export interface RotationClaim {
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 
-function isProcessRef(p: unknown): p is ProcessRef {
+export function isProcessRef(p: unknown): p is ProcessRef {
   const r = p as Partial<ProcessRef> | null;
   return typeof r === "object" && r !== null && typeof r.host === "string" && Number.isSafeInteger(r.pid) && (r.start === null || typeof r.start === "string");
 }

@@ -22,7 +22,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
-import { claimHookRun, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
+import { claimHookRun, holdsHookRunIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
@@ -86,6 +86,13 @@ export interface HookRotationResult {
   /** Live leases of the secret revoked (0 with revoke = "none"). */
   revokedLeases: number;
 }
+
+/**
+ * The waits between attempts to store what a hook made when the store cannot write (`unavailable`):
+ * about a quarter of a minute in all, on top of each attempt's own wait for a lock (SQLite's 5 s), so that
+ * the last attempt ends within the claim's minute of slack past the hook's time limit.
+ */
+const STORE_RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
 
 /** The command's program name as written (arguments may hold tokens or references, so never those). */
 export function hookName(hook: RotationHook): string {
@@ -189,7 +196,7 @@ async function rotateByHookNow(
   const hook = ctx.rotationHooks?.find(ref) ?? null;
   if (hook === null)
     throw new VaultError("invalid_request", `secret ${secret} has no rotation hook; add a [[rotate]] entry for it to lessor.toml, or give the new value`);
-  const owner = await claimHookRun(ctx, secret, hook.timeoutMs, due ?? undefined);
+  const owner = await claimHookRun(ctx, secret, hook.timeoutMs, due ?? undefined, { who, command: hookName(hook) });
   if (owner === null) return null;
   const claim = { secret, owner, released: false };
   try {
@@ -239,8 +246,13 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
     throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current`);
   }
   const value = result.value;
-  try {
-    const done = await commit(ctx, async (tx, audit, now) => {
+  const storeHookValue = (attempt: number): Promise<{ version: number; revokedLeases: number }> =>
+    commit(ctx, async (tx, audit, now) => {
+      if (attempt > 0 && !(await holdsHookRunIn(tx, claim.secret, claim.owner))) {
+        // An earlier attempt committed (it released the claim with the value) and only its answer was lost.
+        const existing = await tx.getSecret(ref);
+        if (existing !== null && existing.currentVersion > fromVersion) return { version: existing.currentVersion, revokedLeases: 0 };
+      }
       await releaseHookRunIn(tx, claim.secret, claim.owner, now);
       const err = roleError(who, ["admin"], "rotate secrets");
       if (err) return denied(audit, who, err, { agent: who.agent ?? null, secret });
@@ -269,6 +281,32 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
       });
       return { version, revokedLeases };
     });
+  try {
+    // The issuer holds the value now: a store that cannot write at once (locked by another process,
+    // a PostgreSQL serialization failure, a disk briefly full) is tried again for a while rather than
+    // losing it. A retry after an attempt whose commit went through (its answer lost) finds the claim
+    // it released and stores nothing twice.
+    let done: { version: number; revokedLeases: number } | undefined;
+    for (let attempt = 0; done === undefined; attempt++) {
+      try {
+        done = await storeHookValue(attempt);
+      } catch (e) {
+        if (!(e instanceof VaultError) || e.code !== "unavailable" || ctx.closed || attempt >= STORE_RETRY_DELAYS_MS.length) {
+          if (e instanceof VaultError && (e.code === "unavailable" || e.code === "internal" || e.code === "audit_broken")) {
+            // Not stored, and not likely to be soon: the claim is left in the store as the record of
+            // it, so the next hook run of the secret reports it (hook_interrupted) and is refused once.
+            claim.released = true;
+            throw new VaultError(
+              "unavailable",
+              `the rotation hook of ${secret} (command ${JSON.stringify(command)}) made a new value, but the vault could not store it (${e.message}), tried ${attempt + 1} times: the issuer may now hold a credential the vault does not have, and what the hook printed is gone (lessor writes it nowhere else). Check the credential at its issuer; once the vault can write again, store its value with lessor secret rotate ${secret} (the value on stdin). Version ${fromVersion} stays current; the next hook run of ${secret} reports this one`,
+              { cause: e },
+            );
+          }
+          throw e;
+        }
+        await new Promise((r) => setTimeout(r, STORE_RETRY_DELAYS_MS[attempt]));
+      }
+    }
     claim.released = true;
     return { secret: await metadataOf(ctx, ref), ...done };
   } finally {

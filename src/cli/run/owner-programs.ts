@@ -6,14 +6,16 @@
  * name looked up on PATH, where any directory searched before the program is found could take a
  * program of that name. An agent that can change one of those places (the file, a directory or a
  * symbolic link on the way to it, or an earlier PATH directory) has the owner run its code, unconfined,
- * the next time lessor runs that program; `lessor run` refuses to start it.
+ * the next time lessor runs that program; `lessor run` refuses to start it. What such a program runs as
+ * code is held to the same: the interpreter of its `#!` line (and the PATH directories `env` searches
+ * for it) and each argument naming an existing file, such as a script handed to an interpreter.
  */
-import { delimiter, dirname, isAbsolute, join, resolve } from "node:path";
+import { basename, delimiter, dirname, isAbsolute, join, resolve } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import type { Config } from "../../config/config.js";
 import { refString } from "../../base/names.js";
 import { hookEnv } from "../../hooks/run-hook.js";
-import { isExecutableFile } from "../../fs/perms.js";
+import { commandFiles, isExecutableFile } from "../../fs/perms.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 
 /** A program lessor runs as the owner, outside any sandbox. */
@@ -60,27 +62,58 @@ export function configuredPrograms(config: Config, home: string, env: NodeJS.Pro
   const out: OwnerProgram[] = [];
   const key = config.keys.command?.[0];
   // A relative path with a slash is refused when the key is loaded: it never runs.
-  if (key !== undefined && key !== "" && (!key.includes("/") || isAbsolute(key)))
-    out.push({
+  if (key !== undefined && key !== "" && (!key.includes("/") || isAbsolute(key))) {
+    const entry: OwnerProgram = {
       key: "the [keys] command in lessor.toml",
       program: key,
       harm: "your next lessor command would run the agent's code as you, outside any sandbox, and take the master key it prints",
       fix: "keep the key command in a directory only you or root can write (such as /usr/local/bin) and name it by its full path under [keys] command",
       places: lookupPlaces(key, env["PATH"] ?? "", home, true),
-    });
+    };
+    out.push(entry);
+    // It runs in the lessor home, with lessor's PATH (src/crypto/keys/command.ts).
+    out.push(...filesOf(entry, config.keys.command!.slice(1), home, env["PATH"] ?? ""));
+  }
   const hookPath = hookEnv(env)["PATH"] ?? "";
   for (const hook of config.rotate) {
     const program = hook.command[0];
     if (program === undefined || program === "") continue;
     const secret = refString(hook.secret);
-    out.push({
+    const entry: OwnerProgram = {
       key: `the [[rotate]] command of ${secret} in lessor.toml`,
       program,
       harm: `your next rotation of ${secret} would run the agent's code as you, outside any sandbox, and store what it prints as the secret`,
       fix: "keep the hook in a directory only you or root can write (such as /usr/local/bin) and name it by its full path in its [[rotate]] command",
       places: lookupPlaces(program, hookPath, home, false),
-    });
+    };
+    out.push(entry);
+    out.push(...filesOf(entry, hook.command.slice(1), home, hookPath));
   }
+  return out;
+}
+
+/**
+ * What `program`'s run reads as code beyond its program (src/fs/perms.ts commandFiles): the
+ * interpreter of its `#!` line (for `env NAME`, every PATH directory searched for NAME up to the one
+ * that holds it), and each argument naming an existing file (a script handed to an interpreter), each
+ * as a program of its own for {@link firstReplaceable}: the agent changing one runs its code as you.
+ */
+function filesOf(program: OwnerProgram, args: readonly string[], cwd: string, pathValue: string): OwnerProgram[] {
+  const found = program.places[program.places.length - 1];
+  if (found === undefined || !isExecutableFile(found)) return [];
+  const out: OwnerProgram[] = [];
+  let searched: string[] = [];
+  for (const f of commandFiles(found, args, cwd, pathValue)) {
+    if (f.role === "searched") {
+      searched.push(f.path);
+      continue;
+    }
+    const what = f.role === "argument" ? `the file ${JSON.stringify(f.name)} it is given` : `the interpreter ${JSON.stringify(f.name)} of its #! line`;
+    const bare = f.role === "interpreter" && searched.length > 0;
+    out.push({ ...program, key: `${what} (${program.key})`, program: bare ? f.name : f.path, places: bare ? [...searched, f.path] : [f.path] });
+    searched = [];
+  }
+  if (searched.length > 0) out.push({ ...program, key: `the interpreter of its #! line (${program.key})`, program: basename(searched[0]!), places: searched });
   return out;
 }
 

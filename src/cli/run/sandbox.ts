@@ -21,6 +21,7 @@ import { planLayout, shows, writableAt, type Layout, type Protected } from "../.
 import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/launch.js";
 import type { EnvVar, VarRefs } from "./child-env.js";
 import { configuredPrograms, refuseWritablePrograms, replaceableAt } from "./owner-programs.js";
+import { programTrustProblem } from "../../fs/perms.js";
 
 /** Where the vault's own files are, for the sandbox to hide and for the --no-sandbox warning. */
 export interface VaultPaths {
@@ -190,6 +191,27 @@ export function refuseWritableBwrap(bwrap: string, layout: Layout): void {
       "invalid_request",
       `the bwrap found on PATH, ${bwrap}, is inside ${r.at}, which the sandboxed agent can write${r.via === bwrap ? "" : ` (${r.via}, on the way to it)`}: an agent of an earlier run could have replaced it, and lessor runs bwrap as you, outside any sandbox; install bubblewrap system-wide and take that directory off PATH (or put it after /usr/bin). The command was not started`,
     );
+}
+
+/**
+ * Refuses a bwrap another local user could change: lessor runs it as you, outside any sandbox, and
+ * hands it the command's environment (leased values among it), so it is held to the rule of the
+ * other programs lessor runs as the owner (src/fs/perms.ts programTrustProblem): a regular file of
+ * yours or root's that no one else can write, in directories no one else can write, as found on PATH
+ * and as its real path. Throws VaultError("insecure_permissions").
+ */
+export function refuseUntrustedBwrap(bwrap: string): void {
+  let problem: ReturnType<typeof programTrustProblem>;
+  try {
+    problem = programTrustProblem(bwrap, {
+      what: "the bwrap found on PATH",
+      who: "who could run their code as you, outside any sandbox, with what lessor hands the agent",
+      elsewhere: "install bubblewrap system-wide and take that directory off PATH (or put it after /usr/bin)",
+    });
+  } catch {
+    return; // gone since it was found: starting it fails as not installed
+  }
+  if (problem !== null) throw new VaultError("insecure_permissions", `${problem.message}. The command was not started`);
 }
 
 /** The npm packages lessor loads from node_modules at run time (the rest is bundled into dist/). */
@@ -407,6 +429,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     passwdHome,
   });
   refuseWritableBwrap(bwrap, layout);
+  refuseUntrustedBwrap(bwrap);
   refuseWritableSelf(layout);
   // The key command and the rotation hooks, which lessor runs as you outside the sandbox.
   refuseWritablePrograms(layout, configuredPrograms(paths.config, paths.home, env));

@@ -10,7 +10,8 @@
  * The program decides the master key, so it is held to what lessor.toml is: given by its full path or
  * found on PATH's absolute directories (never the working directory), a file of yours or root's that
  * no one else can write, in directories no one else can write. It runs in a process group of its own,
- * killed whole at the time limit, with stdin closed and lessor's own secrets (LESSOR_MASTER_KEY,
+ * killed whole at the time limit, in the lessor home (not the directory lessor was started from), with
+ * stdin closed and lessor's own secrets (LESSOR_MASTER_KEY,
  * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment.
  */
 import { spawn } from "node:child_process";
@@ -18,7 +19,7 @@ import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { withoutLessorSecrets } from "../../base/secret-env.js";
 import type { KeySource } from "../../vault/ports.js";
-import { isExecutableFile, programTrustProblem } from "../../fs/perms.js";
+import { commandTrustProblem, isExecutableFile } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */
@@ -48,12 +49,15 @@ function locate(file: string, env: NodeJS.ProcessEnv, name: string): string {
 /**
  * Refuses a program another user could change (it decides the vault's master key): it must be a
  * regular file of yours or root's that no one else can write, in directories no one else can write
- * either (src/fs/perms.ts assertSafeAncestors), as found and as its real path.
+ * either (src/fs/perms.ts assertSafeAncestors), as found and as its real path; so must the
+ * interpreter of its `#!` line and each argument that names an existing file (a script handed to an
+ * interpreter: src/fs/perms.ts commandTrustProblem).
  */
-function assertTrustedProgram(path: string, name: string): void {
-  let problem: ReturnType<typeof programTrustProblem>;
+function assertTrustedProgram(path: string, name: string, args: readonly string[], env: NodeJS.ProcessEnv, cwd: string): void {
+  let problem: ReturnType<typeof commandTrustProblem>;
   try {
-    problem = programTrustProblem(path, { what: `the key command ${name}`, who: "who could make it print any key", elsewhere: "install it in a directory only you or root can write" });
+    // As it runs: in `cwd`, with lessor's PATH (withoutLessorSecrets keeps it).
+    problem = commandTrustProblem(path, args, cwd, env.PATH ?? "", { what: `the key command ${name}`, who: "who could make it print any key", elsewhere: "install it in a directory only you or root can write" });
   } catch (e) {
     throw new VaultError("key_unavailable", `the key command ${name} was not found (${(e as NodeJS.ErrnoException).code ?? "error"}); check command under [keys] in lessor.toml`);
   }
@@ -66,7 +70,7 @@ function assertTrustedProgram(path: string, name: string): void {
  * its environment) in a process group of its own, killed whole at the time limit; resolves to what it
  * printed on stdout (at most 64 KiB, stderr discarded unread).
  */
-function run(path: string, args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv, name: string): Promise<Buffer> {
+function run(path: string, args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv, name: string, cwd: string): Promise<Buffer> {
   const childEnv = withoutLessorSecrets(env);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -89,7 +93,7 @@ function run(path: string, args: readonly string[], timeoutMs: number, env: Node
       // terminal, where a group of its own would cut the command off the terminal it may prompt on
       // (age -d, sudo, ssh ask on /dev/tty): there the person at it can stop what is left.
       const detached = !(process.stdin.isTTY || process.stderr.isTTY);
-      child = spawn(path, [...args], { env: childEnv, shell: false, detached, windowsHide: true, stdio: ["ignore", "pipe", "pipe"] });
+      child = spawn(path, [...args], { cwd, env: childEnv, shell: false, detached, windowsHide: true, stdio: ["ignore", "pipe", "pipe"] });
     } catch (e) {
       return reject(new VaultError("key_unavailable", `the key command ${name} could not be run (${String((e as NodeJS.ErrnoException).code ?? "error")}); check command under [keys] in lessor.toml`));
     }
@@ -175,7 +179,7 @@ function parse(stdout: Buffer, name: string): Buffer[] {
  * The command key source: runs `argv` (no shell) on each load, with a time limit (default 10 s) and a
  * 64 KiB output cap. `env` defaults to the vault's own environment.
  */
-export function commandKeySource(argv: readonly string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): KeySource {
+export function commandKeySource(argv: readonly string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): KeySource {
   if (argv.length === 0 || argv[0] === "") {
     throw new VaultError("config_invalid", "[keys] command in lessor.toml is empty; give the program and its arguments as a list");
   }
@@ -189,8 +193,9 @@ export function commandKeySource(argv: readonly string[], opts: { timeoutMs?: nu
     load: async () => {
       const env = opts.env ?? process.env;
       const path = locate(file!, env, name);
-      assertTrustedProgram(path, name);
-      return ringOf(parse(await run(path, args, timeoutMs, env, name), name));
+      const cwd = opts.cwd ?? "/";
+      assertTrustedProgram(path, name, args, env, cwd);
+      return ringOf(parse(await run(path, args, timeoutMs, env, name, cwd), name));
     },
   };
 }

@@ -35,6 +35,8 @@ export interface KeySourceOptions {
   getPassphrase?: PassphraseProvider;
   keyCommand?: readonly string[];
   keyCommandTimeoutMs?: number;
+  /** Where the key command runs (the lessor home); "/" when not given. */
+  keyCommandCwd?: string;
   /** The keychain marker file (`[keys] keychain_file`). */
   keychainFile?: string;
   /** Time limit for one keychain call (`[keys] keychain_timeout`). */
@@ -79,10 +81,11 @@ export function selectKeySource(opts: KeySourceOptions): KeySource {
   if (keychain !== null) return keychainKeySource(keychain, opts.keychainTimeoutMs === undefined ? {} : { timeoutMs: opts.keychainTimeoutMs });
 
   if (opts.keyCommand !== undefined && opts.keyCommand.length > 0) {
-    return commandKeySource(
-      opts.keyCommand,
-      opts.keyCommandTimeoutMs === undefined ? { env } : { env, timeoutMs: opts.keyCommandTimeoutMs },
-    );
+    return commandKeySource(opts.keyCommand, {
+      env,
+      ...(opts.keyCommandTimeoutMs === undefined ? {} : { timeoutMs: opts.keyCommandTimeoutMs }),
+      ...(opts.keyCommandCwd === undefined ? {} : { cwd: opts.keyCommandCwd }),
+    });
   }
 
   throw new NoKeySource();
