@@ -12,10 +12,28 @@
  *   refusal is access_denied and audited; after the release the request is asked afresh.
  *   Paths: an embedded vault (agent and orchestrator), a real `lessor serve` whose lockout another
  *   process (an embedded openVault on the same SQLite file) engaged.
+ * - The injecting proxy's use counting (src/proxy/lease-egress.ts). A value that cannot go into a
+ *   header (a control character or line break, a character above U+00FF, bytes that are not UTF-8:
+ *   an owner's paste, an import, a rotation hook's output) was refused only after the vault had
+ *   counted the use: every request the agent sent spent one, none went upstream, and the lease ended
+ *   up used up before a single request was made (and stayed so once the value was fixed). The
+ *   promise now: the proxy tells the vault where the value goes (`fit`), the vault refuses such a
+ *   value before counting (access_denied row, invalid_request), the agent gets 502 "not sent", and a
+ *   use counted is a request sent. ForwardProxy over LeaseEgress over a real vault on a SQLite file,
+ *   a loopback TLS upstream this file starts; nothing leaves 127.0.0.1.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import * as https from "node:https";
+import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
+import { inProcessApi } from "../src/backend/in-process.js";
+import { LocalCa } from "../src/proxy/ca.js";
+import { ForwardProxy } from "../src/proxy/forward.js";
+import { SsrfGuard } from "../src/proxy/guard.js";
+import { LeaseEgress, type InjectionRule } from "../src/proxy/lease-egress.js";
+import { makePlaceholder } from "../src/proxy/placeholder.js";
+import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { makeHome, startServe } from "./daemon-harness.js";
@@ -155,3 +173,123 @@ describe("a real lessor serve whose lockout another process engaged", () => {
   });
 });
 
+// =================================================================================================
+// The injecting proxy: a use counted is a request sent
+// =================================================================================================
+
+const UP = "up.lockout.test.example";
+const upCa = LocalCa.create({ permitted: [UP] });
+/** The Authorization (or x-api-key) each request the upstream got carried. */
+const upSeen: string[] = [];
+const upstream = https.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (req, res) => {
+  upSeen.push(String(req.headers.authorization ?? req.headers["x-api-key"] ?? ""));
+  req.resume();
+  req.on("end", () => res.end("ok"));
+});
+await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
+const upPort = (upstream.address() as AddressInfo).port;
+const closers: (() => Promise<void>)[] = [];
+after(async () => {
+  for (const c of closers) await c().catch(() => {});
+  upstream.closeAllConnections();
+  await inTime(new Promise<void>((r) => upstream.close(() => r())), 5000, "closing the upstream").catch(() => {});
+});
+
+async function proxyRig(value: string | Buffer, rule: InjectionRule, maxUses: number) {
+  const t = await makeVault({ policy: grant("g", ["bot"], ["tok"], [UP]) });
+  const admin = t.vault.admin();
+  await admin.storeSecret({ name: "tok", value });
+  const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: [UP], maxUses });
+  const text = typeof value === "string" ? value : value.toString("latin1");
+  const ph = makePlaceholder(text);
+  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule }], egress: "strict", warn: () => {} });
+  const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [UP]: "127.0.0.1" }) });
+  const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [UP] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
+  const port = await proxy.listen();
+  egress.start();
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await proxy.close();
+    await egress.close();
+  };
+  closers.push(close);
+  const get = async (headers: Record<string, string>, body?: string): Promise<string> => {
+    const s = await openTunnel(port, UP, upPort);
+    const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+    const framing = body === undefined ? "" : `Content-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`;
+    s.write(`${body === undefined ? "GET" : "POST"} /x HTTP/1.1\r\nHost: ${UP}\r\n${lines}${framing}Connection: close\r\n\r\n${body ?? ""}`);
+    const out = await readAll(s, 6000);
+    seen.push(out);
+    return out;
+  };
+  const uses = async (): Promise<number> => (await admin.listLeases({ agent: "bot" })).find((l) => l.id === lease.id)!.uses;
+  return { admin, ph, get, uses, close, leaseId: lease.id };
+}
+
+describe("the injecting proxy counts a use only for a request it sends (src/proxy/lease-egress.ts, src/vault/leases.ts fit)", () => {
+  const bad: [string, string | Buffer][] = [
+    ["CR LF", `${CANARY}\r\nX-Evil: 1`],
+    ["a character above U+00FF", `${CANARY}\u010a`],
+    ["NEL (a C1 line break)", `${CANARY}\u0085`],
+    ["bytes that are not UTF-8", Buffer.concat([Buffer.from(CANARY), Buffer.from([0xff, 0xfe])])],
+  ];
+  const rules: InjectionRule[] = [{ mode: "bearer" }, { mode: "header", header: "x-api-key" }, { mode: "placeholder" }, { mode: "basic", username: "u" }];
+
+  test("a value no header can carry is refused before its use is counted: three requests on a max_uses = 2 lease spend nothing, none goes upstream, and once the value is fixed the lease still has both uses", { timeout: 120_000 }, async () => {
+    const broken: string[] = [];
+    for (const [what, value] of bad)
+      for (const rule of rules) {
+        // A value above U+00FF goes as base64 in a Basic pair: it fits there, and is not a case here.
+        if (rule.mode === "basic" && typeof value === "string" && !/[\x00-\x1f\x7f-\x9f]/.test(value)) continue;
+        const label = `${what}, mode ${rule.mode}`;
+        const r = await proxyRig(value, rule, 2);
+        const headers: Record<string, string> = rule.mode === "placeholder" ? { authorization: `Bearer ${r.ph}` } : {};
+        upSeen.length = 0;
+        for (let i = 0; i < 3; i++) {
+          const a = await r.get(headers);
+          assert.match(a, /^HTTP\/1\.1 502 /, `${label}: ${a.slice(0, 200)}`);
+          assert.match(a, /"reason":"invalid_request"/, label);
+          assert.match(a, /the request was not sent/, label);
+          assert.ok(!a.includes(CANARY), `${label}: the answer names no part of the value`);
+        }
+        assert.deepEqual(upSeen, [], `${label}: nothing went upstream`);
+        const spent = await r.uses();
+        if (spent !== 0) broken.push(`${label}: ${spent} use(s) counted for requests never sent`);
+        // The owner fixes the value: the lease still has its uses, and a request goes.
+        await r.admin.storeSecret({ name: "tok", value: `fixed-${CANARY}` });
+        const ok = await r.get(headers);
+        if (!/^HTTP\/1\.1 200 /.test(ok)) broken.push(`${label}: after the value was fixed the next request got ${ok.slice(0, 60)}`);
+        await r.close();
+        const rows = await r.admin.auditQuery({});
+        seen.push(JSON.stringify(rows));
+        const refusedUses = rows.filter((e) => e.type === "access_denied" && e.leaseId === r.leaseId);
+        if (spent === 0) assert.equal(refusedUses.length, 3, `${label}: each uncounted refusal is audited by the vault`);
+        assert.equal(rows.filter((e) => e.type === "proxy_request" && e.outcome !== "ok").length, 3, `${label}: the proxy audits each refusal`);
+      }
+    assert.deepEqual(broken, [], "uses were spent on requests the proxy refused for the value's bytes:\n" + broken.join("\n"));
+  });
+
+  test("the fit follows where the value goes: a placeholder only in the body may hold a line break (one use, sent); one inside a Basic pair may hold a character above U+00FF", { timeout: 60_000 }, async () => {
+    const pem = `-----BEGIN KEY-----\n${CANARY}\n-----END KEY-----`;
+    const r = await proxyRig(pem, { mode: "placeholder", body: true }, 5);
+    upSeen.length = 0;
+    const a = await r.get({}, `key=${r.ph}`);
+    assert.match(a, /^HTTP\/1\.1 200 /, a.slice(0, 200));
+    assert.equal(await r.uses(), 1, "a body-only credential with a line break goes, one use");
+    // The same value named in a header is refused, uncounted.
+    const b = await r.get({ "x-key": r.ph });
+    assert.match(b, /^HTTP\/1\.1 502 /);
+    assert.equal(await r.uses(), 1);
+    await r.close();
+    const wide = `${CANARY}\u20ac`;
+    const w = await proxyRig(wide, { mode: "placeholder" }, 5);
+    const basic = Buffer.from(`me:${w.ph}`, "utf8").toString("base64");
+    assert.match(await w.get({ authorization: `Basic ${basic}` }), /^HTTP\/1\.1 200 /);
+    assert.equal(upSeen.at(-1), `Basic ${Buffer.from(`me:${wide}`, "utf8").toString("base64")}`);
+    assert.match(await w.get({ authorization: `Bearer ${w.ph}` }), /^HTTP\/1\.1 502 /);
+    assert.equal(await w.uses(), 1, "the Basic request counted one use, the refused Bearer one none");
+    await w.close();
+  });
+});
