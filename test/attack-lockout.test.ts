@@ -26,7 +26,13 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import * as https from "node:https";
 import type { AddressInfo } from "node:net";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { BIN } from "./cli-harness.js";
 import { inProcessApi } from "../src/backend/in-process.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
@@ -35,7 +41,7 @@ import { LeaseEgress, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { LessorClient } from "../src/client/index.js";
-import { openVault } from "../src/config/open-vault.js";
+import { initHome, openVault } from "../src/config/open-vault.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { agent, clock, grant, makeVault, orchestrator, refusalOf } from "./helpers.js";
 
@@ -170,6 +176,41 @@ describe("a real lessor serve whose lockout another process engaged", () => {
       await d.stop();
     }
     seen.push(d.stderr());
+  });
+});
+
+describe("lessor mcp (built CLI, embedded vault) while another process holds the killswitch", () => {
+  test("request_access on a rule that needs approval is refused as the lockout (access_denied), and nothing is queued for the person", { timeout: 60_000 }, async () => {
+    const root = mkdtempSync(join(tmpdir(), "lessor-lockout-mcp-"));
+    const HOME = join(root, "home");
+    const LESSOR_HOME = join(HOME, ".lessor");
+    mkdirSync(HOME, { recursive: true });
+    await initHome({ home: LESSOR_HOME, env: { PATH: process.env.PATH } });
+    writeFileSync(join(LESSOR_HOME, "policy.toml"), GATED);
+    const v = await openVault({ home: LESSOR_HOME, env: { PATH: process.env.PATH } });
+    let client: Client | undefined;
+    let stderr = "";
+    try {
+      await v.admin().storeSecret({ name: "deploy", value: CANARY });
+      await v.admin().killswitch("incident");
+      const transport = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "claude"], env: { HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME }, stderr: "pipe" });
+      transport.stderr!.on("data", (d: Buffer) => (stderr += d.toString("utf8")));
+      client = new Client({ name: "lessor-test", version: "1.0.0" });
+      await client.connect(transport);
+      const r = (await client.callTool({ name: "request_access", arguments: { secret: "deploy", domains: [DOMAIN], reason: "during the incident" } })) as { isError?: boolean; content: { text: string }[] };
+      const text = r.content.map((c) => c.text).join("\n");
+      seen.push(text);
+      assert.equal(r.isError, true, `request_access during the lockout: ${text}`);
+      assert.match(text, /access_denied/);
+      assert.match(text, /killswitch is engaged/);
+      assert.deepEqual(await v.admin().listApprovals({ all: true }), [], "nothing was queued for the person");
+      assert.equal((await v.admin().auditQuery({ types: ["approval_requested"] })).length, 0);
+    } finally {
+      await client?.close();
+      await v.close();
+      seen.push(stderr);
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
 

@@ -74,10 +74,6 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     if (agent instanceof VaultError) return denied(audit, who, agent, { agent: checked.agent ?? null, secret: checked.secret });
     // A stale instance (src/vault/policy-sync.ts) opens no approval by its own copy of the policy.
     const stale = await policyGateIn(ctx, tx);
-    // No approval is opened while the killswitch (or the dead-man switch, firing now if due) holds the
-    // vault: read in this transaction, so none commits after a killswitch did, in any process.
-    const locked = await lockoutIn(ctx, tx, audit, now, stale !== null);
-    if (locked) return denied(audit, who, approvalLockoutError(locked, false), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     if (stale) return denied(audit, who, stale, { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     const q = { agent, secret: checked.ref, domains: checked.domains };
     const decision = decide(ctx.policy, q);
@@ -85,6 +81,10 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
       return denied(audit, who, new VaultError("access_denied", reasonFor(ctx.policy, who.role, decision.reason)), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
+    // No approval is opened while the killswitch (or the dead-man switch, firing now if due) holds the
+    // vault: read in this transaction, so none commits after a killswitch did, in any process.
+    const locked = await lockoutIn(ctx, tx, audit, now, false);
+    if (locked) return denied(audit, who, approvalLockoutError(locked, false), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
     if (namedHosts === true && rule.anyDomain && (checked.domains?.length ?? 0) === 0)
       return new VaultError(
