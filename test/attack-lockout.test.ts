@@ -43,7 +43,12 @@ import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./prox
 import { LessorClient } from "../src/client/index.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import { makeHome, startServe } from "./daemon-harness.js";
-import { agent, clock, grant, makeVault, orchestrator, refusalOf } from "./helpers.js";
+import { agent, clock, grant, hexKey, makeVault, orchestrator, refusalOf } from "./helpers.js";
+import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { Vault } from "../src/vault/vault.js";
+import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
+import { envKeySource } from "../src/crypto/keys/env.js";
+import { parsePolicy } from "../src/vault/policy.js";
 
 const CANARY = `CANARY_lockout_${randomBytes(12).toString("hex")}`;
 const DOMAIN = "api.example.com";
@@ -211,6 +216,80 @@ describe("lessor mcp (built CLI, embedded vault) while another process holds the
       seen.push(stderr);
       rmSync(root, { recursive: true, force: true });
     }
+  });
+});
+
+describe("PostgreSQL: two vault instances on one schema, the killswitch on A racing approvals and grants on B", { skip: PG_SKIP }, () => {
+  test("requests, approvals and grants by approval on B while A pulls the killswitch: afterwards no approval waits, no lease granted by one is live, and nothing was requested, approved or granted after the killswitch in the trail", { timeout: 120_000 }, async () => {
+    const { schema, drop } = await testSchema();
+    const vaults: Vault[] = [];
+    // The vaults close (they may write at close) before the schema goes.
+    after(async () => {
+      for (const v of vaults) await v.close().catch(() => {});
+      await drop();
+    });
+    const key = hexKey();
+    const open = async (): Promise<Vault> => {
+      const v = await Vault.open({ store: await openPostgresStore({ url: PG_URL!, schema }), keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy(GATED, "p.toml") });
+      vaults.push(v);
+      return v;
+    };
+    const a = await open();
+    await a.admin().storeSecret({ name: "deploy", value: CANARY });
+    const b = await open();
+    const claude = b.session(agent("claude"));
+    const ci = b.session(orchestrator(["ci-*"]));
+    const adminB = b.admin();
+    let stop = false;
+    let killed = false;
+    let askedAfter = 0;
+    const loops = [
+      // The agent asks (distinct requests: its use cap varies), and takes up what was approved.
+      (async () => {
+        for (let i = 1; !stop; i++) {
+          const ask = { secret: "deploy", domains: [DOMAIN], maxUses: (i % 12) + 1 };
+          const k = killed;
+          const got = await claude.requestApproval(ask).catch(() => null);
+          if (k && got) askedAfter++;
+          if (got?.required && got.approval.state === "approved") await claude.requestLease(ask).catch(() => null);
+        }
+      })(),
+      // An orchestrator asks for its agents.
+      (async () => {
+        for (let i = 0; !stop; i++) {
+          const k = killed;
+          const got = await ci.requestApproval({ agent: `ci-${i % 4}`, secret: "deploy", domains: [DOMAIN], maxUses: (i % 3) + 1 }).catch(() => null);
+          if (k && got) askedAfter++;
+        }
+      })(),
+      // A person on B approves whatever is pending.
+      (async () => {
+        while (!stop) {
+          for (const x of await adminB.listApprovals().catch(() => [])) await adminB.decideApproval(x.id, true).catch(() => null);
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      })(),
+    ];
+    await new Promise((r) => setTimeout(r, 1500));
+    await a.admin().killswitch("incident on A");
+    killed = true;
+    await new Promise((r) => setTimeout(r, 1500));
+    stop = true;
+    await Promise.all(loops);
+    const left = await a.admin().listApprovals({ all: true });
+    assert.deepEqual(
+      left.filter((x) => x.state !== "used").map((x) => [x.agent, x.state]),
+      [],
+      `approvals opened or approved during the lockout wait for the person after it (${askedAfter} request(s) answered after the killswitch returned)`,
+    );
+    const live = (await a.admin().listLeases({ agent: "claude" })).filter((l) => l.revokedAt === null);
+    assert.deepEqual(live, [], "a lease granted by approval outlived the killswitch");
+    const rows = await a.admin().auditQuery({ limit: 100_000 } as never);
+    const ks = rows.find((e) => e.type === "killswitch")!;
+    const late = rows.filter((e) => e.seq > ks.seq && e.outcome === "ok" && ["approval_requested", "approval_granted", "lease_granted"].includes(e.type));
+    assert.deepEqual(late.map((e) => e.type), [], "requested, approved or granted after the killswitch");
+    assert.equal((await a.admin().auditVerify()).ok, true);
+    seen.push(JSON.stringify(rows));
   });
 });
 
