@@ -54,6 +54,7 @@ import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
 import { matchPathPrefixes, requestBoundsReason } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
+import { checkTarget } from "../vault/target.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -317,6 +318,16 @@ export class LeaseEgress implements Egress {
       const encoded = encodedBodyRefusal(coding, using.some(inBody), this.#marksAwayFrom(req.host) !== null);
       if (encoded !== null) return this.#refuse(req, using, 415, ENCODED_BODY_REASON, encoded);
     }
+    // A target the vault would refuse for its shape (a control character in an HTTP/2 :path, a path
+    // too long): the agent's request, refused as the vault would refuse it, before any use. So an
+    // invalid_request of the access below is the vault's word on the value (the fit asked for).
+    if (using.length > 0)
+      try {
+        checkTarget({ domain: req.host, method: req.method, path: req.target });
+      } catch (e) {
+        if (!isVaultError(e)) throw e;
+        return this.#refuse(req, using, 403, e.code, `${using[0]!.secret} may not be used for ${req.method} ${req.host}${reportablePath(path)}: ${e.message}`);
+      }
     const values = new Map<Held, string>();
     /** The canonical path the vault matched under a `paths` restriction: what goes upstream. */
     let canonical: string | null = null;
@@ -357,8 +368,7 @@ export class LeaseEgress implements Egress {
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
         // The vault refused the value for where it was going (the fit asked above), before the use
-        // counted: said as the bad gateway it is. Any other invalid_request of an access is this
-        // proxy's own malformed question, no fault of the agent's either.
+        // counted: said as the bad gateway it is (the target's shape was checked before asking).
         if (code === "invalid_request") return this.#refuse(req, using, 502, code, `Bad gateway: ${refusalForAgent((e as Error).message)}; the request was not sent`);
         if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
         const status = code === "unavailable" || code === "internal" ? 503 : 403;
