@@ -39,6 +39,8 @@ import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
+import { extractField } from "../src/cli/refs/json-field.js";
+import type { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { LessorClient } from "../src/client/index.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
@@ -315,14 +317,14 @@ after(async () => {
   await inTime(new Promise<void>((r) => upstream.close(() => r())), 5000, "closing the upstream").catch(() => {});
 });
 
-async function proxyRig(value: string | Buffer, rule: InjectionRule, maxUses: number) {
+async function proxyRig(value: string | Buffer, rule: InjectionRule, maxUses: number, field?: string) {
   const t = await makeVault({ policy: grant("g", ["bot"], ["tok"], [UP]) });
   const admin = t.vault.admin();
   await admin.storeSecret({ name: "tok", value });
   const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: [UP], maxUses });
   const text = typeof value === "string" ? value : value.toString("latin1");
   const ph = makePlaceholder(text);
-  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule }], egress: "strict", warn: () => {} });
+  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule, ...(field ? { pick: (whole: SecretBytes) => extractField(whole, field) } : {}) }], egress: "strict", warn: () => {} });
   const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [UP]: "127.0.0.1" }) });
   const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [UP] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
   const port = await proxy.listen();
@@ -389,6 +391,18 @@ describe("the injecting proxy counts a use only for a request it sends (src/prox
         assert.equal(rows.filter((e) => e.type === "proxy_request" && e.outcome !== "ok").length, 3, `${label}: the proxy audits each refusal`);
       }
     assert.deepEqual(broken, [], "uses were spent on requests the proxy refused for the value's bytes:\n" + broken.join("\n"));
+  });
+
+  test("a credential that is one field of a JSON secret, the secret rotated under the run to bytes that are not UTF-8: refused before the use is counted", { timeout: 60_000 }, async () => {
+    const r = await proxyRig(JSON.stringify({ token: CANARY }), { mode: "bearer" }, 3, "token");
+    upSeen.length = 0;
+    assert.match(await r.get({}), /^HTTP\/1\.1 200 /);
+    assert.equal(upSeen.at(-1), `Bearer ${CANARY}`, "the field goes, not the whole secret");
+    await r.admin.storeSecret({ name: "tok", value: Buffer.concat([Buffer.from(`{"token":"${CANARY}`), Buffer.from([0xff]), Buffer.from('"}')]) });
+    for (let i = 0; i < 3; i++) assert.match(await r.get({}), /^HTTP\/1\.1 502 .*/);
+    assert.equal(upSeen.length, 1, "nothing more went upstream");
+    assert.equal(await r.uses(), 1, "only the request that went counted a use");
+    await r.close();
   });
 
   test("the fit follows where the value goes: a placeholder only in the body may hold a line break (one use, sent); one inside a Basic pair may hold a character above U+00FF", { timeout: 60_000 }, async () => {

@@ -335,10 +335,11 @@ export class LeaseEgress implements Egress {
       try {
         const asked = this.#tick;
         // Where the value goes, so that the vault refuses one that cannot go there before it counts
-        // the use (a use spent must be a request sent). Not for a credential that is one field of
-        // its secret: the vault sees the whole secret; the field is checked below, after the use.
-        const fit = h.pick ? undefined : fitFor(h, req.headers);
-        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", ...(fit ? { fit } : {}) });
+        // the use (a use spent must be a request sent). For a credential that is one field of its
+        // secret the vault sees the whole secret, so only that it is UTF-8 text (JSON is); the field
+        // itself is checked below, after the use.
+        const fit = h.pick ? "text" : fitFor(h, req.headers);
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
         const bad = got.bounds ? outOfBounds(req, got.bounds.methods, got.bounds.path !== null, got.bounds.path) : null;
