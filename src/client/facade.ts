@@ -51,6 +51,12 @@ export interface AccessTargetInput {
    * `reveal = false` (docs/policy.md).
    */
   via?: "proxy";
+  /**
+   * Where the value is about to go ("header": as it is in a header; "base64": as the base64 of its
+   * UTF-8 in a header; "text": as UTF-8 text): a value that cannot go there is refused
+   * `invalid_request` before the use is counted.
+   */
+  fit?: "header" | "base64" | "text";
 }
 
 /** A value from the daemon; wipe it (or `using`) when done. */
@@ -302,6 +308,7 @@ function targetParams(target: AccessTargetInput | undefined): AccessTargetInput 
   if (target?.method !== undefined) out.method = target.method;
   if (target?.path !== undefined) out.path = target.path;
   if (target?.via !== undefined) out.via = target.via;
+  if (target?.fit !== undefined) out.fit = target.fit;
   return out;
 }
 

@@ -56,6 +56,7 @@ import type { Params } from "../protocol/registry.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/domain.js";
 import { matchPathPrefixes, requestBoundsReason } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
+import { checkTarget } from "../vault/target.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -63,6 +64,7 @@ import { encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON } from "./request-
 import { overrideRefusal, pathRefusal, queryMethodRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
 import { base64Cores, encodedForms } from "./encoded-forms.js";
+import { textFitError, utf8OrNull, type ValueFit } from "../base/value-fit.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
 export type InjectionRule =
@@ -337,13 +339,28 @@ export class LeaseEgress implements Egress {
       const encoded = encodedBodyRefusal(coding, using.some(inBody), this.#marksAwayFrom(req.host) !== null);
       if (encoded !== null) return this.#refuse(req, using, 415, ENCODED_BODY_REASON, encoded);
     }
+    // A target the vault would refuse for its shape (a control character in an HTTP/2 :path, a path
+    // too long): the agent's request, refused as the vault would refuse it, before any use. So an
+    // invalid_request of the access below is the vault's word on the value (the fit asked for).
+    if (using.length > 0)
+      try {
+        checkTarget({ domain: req.host, method: req.method, path: req.target });
+      } catch (e) {
+        if (!isVaultError(e)) throw e;
+        return this.#refuse(req, using, 403, e.code, `${using[0]!.secret} may not be used for ${req.method} ${req.host}${reportablePath(path)}: ${e.message}`);
+      }
     const values = new Map<Held, string>();
     /** The canonical path the vault matched under a `paths` restriction: what goes upstream. */
     let canonical: string | null = null;
     for (const h of using) {
       try {
         const asked = this.#tick;
-        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy" });
+        // Where the value goes, so that the vault refuses one that cannot go there before it counts
+        // the use (a use spent must be a request sent). For a credential that is one field of its
+        // secret the vault sees the whole secret, so only that it is UTF-8 text (JSON is); the field
+        // itself is checked below, after the use.
+        const fit = h.pick ? "text" : fitFor(h, req.headers);
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
         const bad = got.bounds ? outOfBounds(req, got.bounds.methods, got.bounds.path !== null, got.bounds.path) : null;
@@ -372,6 +389,9 @@ export class LeaseEgress implements Egress {
         values.set(h, text);
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
+        // The vault refused the value for where it was going (the fit asked above), before the use
+        // counted: said as the bad gateway it is (the target's shape was checked before asking).
+        if (code === "invalid_request") return this.#refuse(req, using, 502, code, `Bad gateway: ${refusalForAgent((e as Error).message)}; the request was not sent`);
         if (ENDED.has(code)) this.#end(h, code.replace("lease_", ""), code !== "lease_exhausted");
         const status = code === "unavailable" || code === "internal" ? 503 : 403;
         const why = isVaultError(e) ? refusalForAgent(e.message) : "the vault could not be asked";
@@ -394,8 +414,9 @@ export class LeaseEgress implements Egress {
         if (h.rule.mode === "query") target = withQueryParam(target, h.rule.param, value);
       }
     } catch (e) {
-      // A value no header can carry (./lease-egress.ts checkHeaderValue): refused, said and audited as
-      // a refusal, nothing sent. Its use was counted: the vault handed the value out.
+      // A value no header can carry (checkHeaderValue): refused, said and audited as a refusal, nothing
+      // sent. The vault refuses such a value before counting the use (the fit asked for above); only a
+      // credential that is one field of its secret gets here with its use counted.
       if (!isVaultError(e)) throw e;
       return this.#refuse(req, using, 502, e.code, `Bad gateway: ${e.message}; the request was not sent`);
     }
@@ -687,15 +708,6 @@ function reportablePath(target: string): string {
   return path.slice(0, 8192) || "/";
 }
 
-/** `bytes` as text, or null when they are not UTF-8. */
-function utf8OrNull(bytes: Uint8Array): string | null {
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    return null;
-  }
-}
-
 /** True when one of the lease's domain patterns covers `host`. */
 function covers(h: Held, host: string): boolean {
   return h.patterns.some((p) => matchDomain(p, host));
@@ -708,22 +720,34 @@ function decodeBasic(v: string): string | null {
 }
 
 /**
- * A credential may go in a header only if it is one line of text whose every character is one byte
- * (latin1, as Node writes header values). A control character or line break (C0, DEL, C1 such as
- * NEL U+0085) would end the header, or the request, where the value chose. A character above U+00FF
- * cannot be written as one byte: Node's HTTP/1.1 client throws on it (which ended the whole process),
- * and its HTTP/2 client sends only the low byte, so U+010A went to the upstream as a bare LF inside
- * the header. Neither character nor position is named: both are the value's. `inBase64`: the value
- * goes as the base64 of its UTF-8 (a Basic pair), which carries any character but a control.
+ * A credential may go in a header only if it is one line of text whose every character is one byte,
+ * or, `inBase64` (a Basic pair), any character but a control (src/base/value-fit.ts says why).
  */
 function checkHeaderValue(value: string, secret: string, inBase64 = false): void {
-  if (/[\x00-\x1f\x7f-\x9f]/.test(value))
-    throw new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
-  if (!inBase64 && /[^\x00-\xff]/.test(value))
-    throw new VaultError(
-      "invalid_request",
-      `the value of ${secret} holds a character above U+00FF, which a header cannot carry (a header value is one byte per character); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
-    );
+  const e = textFitError(value, secret, inBase64 ? "base64" : "header");
+  if (e) throw e;
+}
+
+/**
+ * Where `h`'s value is about to go in a request with `headers` ({@link inject}'s cases): "header" when
+ * it goes in a header as it is, "base64" when only inside a Basic pair, else "text" (a query
+ * parameter, a body, WebSocket frames).
+ */
+function fitFor(h: Held, headers: OutgoingHttpHeaders): ValueFit {
+  const r = h.rule;
+  if (r.mode === "bearer" || r.mode === "header") return "header";
+  if (r.mode === "basic") return "base64";
+  if (r.mode === "query") return "text";
+  let fit: ValueFit = "text";
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined || FRAMING.has(k)) continue;
+    for (const s of Array.isArray(v) ? v : typeof v === "string" ? [v] : []) {
+      const pair = k === "authorization" ? decodeBasic(s) : null;
+      if (pair !== null && pair.includes(h.placeholder)) fit = "base64";
+      else if (s.includes(h.placeholder)) return "header";
+    }
+  }
+  return fit;
 }
 
 /** The headers with `h`'s credential added as its rule says. */

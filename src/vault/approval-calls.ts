@@ -10,11 +10,40 @@ import { checkPlainText } from "../base/text.js";
 import type { Identity } from "../base/types.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
 import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, withdrawForRequester, type ApprovalRecord } from "./approvals.js";
-import { commit, type VaultContext } from "./context.js";
+import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
 import { decide, leaseDomains, reasonFor } from "./policy.js";
 import { policyGateIn } from "./policy-sync.js";
+import { describeEngaged, readKillswitch, type KillswitchState } from "./lockout.js";
+import { deadmanIn, heartbeatIn } from "./heartbeat.js";
+import type { StoreTx } from "./ports.js";
+
+/**
+ * The lockout as an approval call must see it, inside its transaction: engaged, or fired now by the
+ * dead-man switch when its deadline has passed (as a grant fires it: ./leases.ts grantIn), or null.
+ * A stale instance (its policy or limits not the ones in force) never fires the switch by its own period.
+ */
+async function lockoutIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, stale: boolean): Promise<KillswitchState | null> {
+  const [lockout, beat] = await Promise.all([readKillswitch(tx), heartbeatIn(ctx, tx)]);
+  if (lockout.engaged) return lockout;
+  return stale ? null : deadmanIn(ctx, tx, audit, now, beat);
+}
+
+/**
+ * The refusal of an approval request, or of a person's approval, while the lockout is engaged: an
+ * approval is a lease in waiting, and the killswitch withdrew every one; one asked for or granted
+ * during the lockout would be a lease waiting for the release, decided in the middle of the incident
+ * (and a hostile agent could queue its requests for the person to face right after it).
+ */
+export function approvalLockoutError(state: KillswitchState, approving: boolean): VaultError {
+  return new VaultError(
+    "access_denied",
+    approving
+      ? `${describeEngaged(state)}; no approval is granted until an admin releases it with lessor killswitch --release (a denial still goes), and the request is asked again afterwards`
+      : `${describeEngaged(state)}; no approval can be asked for until an admin releases it with lessor killswitch --release; ask again afterwards`,
+  );
+}
 
 /** What {@link requestApproval} takes: a lease request, and why the agent asks. */
 export interface ApprovalAsk extends Omit<LeaseRequest, "approval"> {
@@ -52,6 +81,10 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
       return denied(audit, who, new VaultError("access_denied", reasonFor(ctx.policy, who.role, decision.reason)), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     const rule = decision.rule;
     if (rule.approval !== "required") return { required: false as const, rule: rule.name };
+    // No approval is opened while the killswitch (or the dead-man switch, firing now if due) holds the
+    // vault: read in this transaction, so none commits after a killswitch did, in any process.
+    const locked = await lockoutIn(ctx, tx, audit, now, false);
+    if (locked) return denied(audit, who, approvalLockoutError(locked, false), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
     if (namedHosts === true && rule.anyDomain && (checked.domains?.length ?? 0) === 0)
       return new VaultError(
@@ -90,6 +123,9 @@ export async function decideApproval(ctx: VaultContext, who: Identity, idIn: str
     // A stale instance (its policy or its approval_use not the ones in force) decides nothing: the
     // decision would stand for its own approval_use, not the one every instance grants by.
     const stale = await policyGateIn(ctx, tx);
+    // No approval is granted while the lockout holds (a denial still is): see approvalLockoutError.
+    const locked = approve ? await lockoutIn(ctx, tx, audit, now, stale !== null) : null;
+    if (locked) return denied(audit, who, approvalLockoutError(locked, true), {});
     if (stale) return denied(audit, who, stale, {});
     const got = await decideIn(tx, audit, now, who, id, approve, reason, ctx.limits);
     return got instanceof VaultError ? got : shownApproval(got);

@@ -12,6 +12,7 @@ import { denied } from "./denied.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
 import { parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
+import { bytesFitError, type ValueFit } from "../base/value-fit.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { isUuid, uuidv7 } from "../base/ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
@@ -63,6 +64,14 @@ export interface AccessTarget {
    * claim it, nor can a VM guest's (an identity whose transport is `vsock`), whatever its role.
    */
   via?: "proxy";
+  /**
+   * Where the value is about to go (src/base/value-fit.ts): a value that cannot go there (not UTF-8
+   * text; a control character or line break, or for "header" a character above U+00FF) is refused
+   * `invalid_request` before the use is counted, audited. What an injecting proxy asks, so that a use
+   * it spends is a request it sends. Checked after every other check, so it tells nothing to a caller
+   * the value would not be handed to.
+   */
+  fit?: ValueFit;
 }
 
 /** A granted value; wipe `value` (or `using`) when done. */
@@ -426,6 +435,11 @@ async function useIn(
   // Wrapped under a key a rotation retired: written by whoever holds that key, not by this vault.
   const gone = await retiredVersionError(ctx, tx, version);
   if (gone) return denied(audit, who, gone, fields);
+  // A value that cannot go where the caller is about to put it: refused before the use is counted.
+  if (target.fit !== undefined) {
+    const unfit = fitError(ctx, version, target.fit, secret);
+    if (unfit) return denied(audit, who, unfit, fields);
+  }
   // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
   // A reload that lowered the rule's max_uses binds leases granted before it too (the store counts
   // the use only under both caps, atomically).
@@ -448,6 +462,25 @@ async function useIn(
   await audit({ type: "secret_accessed", actor: who, ...fields, outcome: "ok", detail: { version: version.version, uses: used.uses } });
   const bounds = boundsOf(lease, decision.rule, target);
   return { version, lease: used, ...(bounds ? { bounds } : {}) };
+}
+
+/**
+ * Why the value of `version` cannot go as `fit` says (src/base/value-fit.ts), or null. A value that
+ * cannot be opened here is left to the access's own opening after the commit, which says so.
+ */
+function fitError(ctx: VaultContext, version: VersionRecord, fit: ValueFit, secret: string): VaultError | null {
+  let value: SecretBytes;
+  try {
+    value = openValue(version, version, ctx.keyring);
+  } catch {
+    return null;
+  }
+  try {
+    const e = bytesFitError(value.expose(), secret, fit);
+    return e === null ? null : new VaultError(e.code, `${e.message}; the use was not counted`);
+  } finally {
+    value.wipe();
+  }
 }
 
 /**

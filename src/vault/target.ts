@@ -8,13 +8,16 @@
 import { VaultError } from "../base/errors.js";
 import { MAX_PATH_LENGTH } from "./http-path.js";
 import { checkNoUnsafe } from "../base/text.js";
+import { VALUE_FITS } from "../base/value-fit.js";
 
 /** Throws VaultError("invalid_request") unless each field of `target` that is set is clean text. */
-export function checkTarget(target: { domain?: unknown; method?: unknown; path?: unknown; via?: unknown }): void {
-  if (target === null || typeof target !== "object") throw new VaultError("invalid_request", "the access target must be an object {domain?, method?, path?, via?}");
-  const { domain, method, path, via } = target;
+export function checkTarget(target: { domain?: unknown; method?: unknown; path?: unknown; via?: unknown; fit?: unknown }): void {
+  if (target === null || typeof target !== "object") throw new VaultError("invalid_request", "the access target must be an object {domain?, method?, path?, via?, fit?}");
+  const { domain, method, path, via, fit } = target;
   if (via !== undefined && via !== "proxy")
     throw new VaultError("invalid_request", 'via must be "proxy" (the value goes into an injecting proxy\'s request), or left out');
+  if (fit !== undefined && !(VALUE_FITS as readonly unknown[]).includes(fit))
+    throw new VaultError("invalid_request", 'fit must be "header", "base64" or "text" (where the value is about to go), or left out');
   if (domain !== undefined) {
     if (typeof domain !== "string" || domain.length > 1024) throw new VaultError("invalid_request", "domain must be a host name such as \"api.example.com\"");
     checkNoUnsafe(domain, "the domain");

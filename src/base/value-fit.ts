@@ -1,0 +1,52 @@
+/**
+ * Whether a secret's value can go where an injecting proxy is about to put it (src/proxy/lease-egress.ts),
+ * decided on the value's bytes. Shared by the proxy (which checks the text it injects) and the vault,
+ * which an access may ask (`fit`, src/vault/leases.ts) to refuse, before the use is counted, a value
+ * that cannot go there: a use counted must mean a request went upstream with the credential, not one
+ * refused for the value's bytes after the vault handed them out.
+ *
+ * - "header": as it is, in a header value: one line of text whose every character is one byte (latin1,
+ *   as Node writes header values). A control character or line break (C0, DEL, C1 such as NEL U+0085)
+ *   would end the header, or the request, where the value chose; a character above U+00FF cannot be
+ *   written as one byte (Node's HTTP/1.1 client throws on it; its HTTP/2 client sends only the low
+ *   byte, so U+010A went upstream as a bare LF).
+ * - "base64": as the base64 of its UTF-8 inside a header (a Basic pair): any character but a control.
+ * - "text": as UTF-8 text (a body, a query parameter).
+ * Every form needs UTF-8 text. Neither character nor position is ever named: both are the value's.
+ */
+import { VaultError } from "./errors.js";
+
+/** Where a value is about to go. */
+export type ValueFit = "header" | "base64" | "text";
+
+/** The forms, strictest first. */
+export const VALUE_FITS: readonly ValueFit[] = ["header", "base64", "text"];
+
+/** `bytes` as text, or null when they are not UTF-8. */
+export function utf8OrNull(bytes: Uint8Array): string | null {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return null;
+  }
+}
+
+/** Why the text `value` of `secret` cannot go as `fit` says, or null when it can. */
+export function textFitError(value: string, secret: string, fit: ValueFit): VaultError | null {
+  if (fit === "text") return null;
+  if (/[\x00-\x1f\x7f-\x9f]/.test(value))
+    return new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
+  if (fit === "header" && /[^\x00-\xff]/.test(value))
+    return new VaultError(
+      "invalid_request",
+      `the value of ${secret} holds a character above U+00FF, which a header cannot carry (a header value is one byte per character); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
+    );
+  return null;
+}
+
+/** Why the bytes `value` of `secret` cannot go as `fit` says (not UTF-8 text, or {@link textFitError}), or null. */
+export function bytesFitError(value: Uint8Array, secret: string, fit: ValueFit): VaultError | null {
+  const text = utf8OrNull(value);
+  if (text === null) return new VaultError("invalid_request", `the value of ${secret} is not UTF-8 text, so the proxy cannot add it to a request`);
+  return textFitError(text, secret, fit);
+}
