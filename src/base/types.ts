@@ -24,6 +24,12 @@ export interface Identity {
    * so a server can close the connection the moment the token is revoked or expires.
    */
   readonly token?: { readonly id: string; readonly expiresAt: number | null };
+  /**
+   * Set for one `lessor run --vault-session`'s identity (a session token, named `session:…`, or the
+   * embedded run's `run:<pid>.<random>:A`): it sees and uses only the leases issued to it (their
+   * `issuedBy` is its id), never those of another run of the same agent, nor the agent's own.
+   */
+  readonly session?: true;
 }
 
 /** Secret kinds. */
