@@ -314,3 +314,86 @@ describe("the embedded session is bound to its own leases", () => {
     }
   });
 });
+
+describe("a lease a person approved stays bound to the identity that asked, whatever the policy in force says later", () => {
+  // The binding was keyed on the rule in force under the lease's rule name: a reload that moved the
+  // approval rule to a new name and gave the old name to a rule without approval (for another
+  // secret) let another identity of the agent read the value a person approved for the first one.
+  test("after a reload renames the approval rule and reuses its old name, another identity of the agent cannot use the approved lease", async () => {
+    const { Vault } = await import("../src/vault/vault.js");
+    const { parsePolicy } = await import("../src/vault/policy.js");
+    const { openSqliteStore } = await import("../src/store/sqlite/sqlite-store.js");
+    const { envKeySource } = await import("../src/crypto/keys/env.js");
+    const { hexKey, tempDir } = await import("./helpers.js");
+    const guarded = (name: string, extra = ""): string =>
+      `[[rule]]\nname = ${JSON.stringify(name)}\neffect = "allow"\nagents = ["a1"]\nsecrets = ["guarded"]\ndomains = ["api.example.com"]\napproval = "required"\n${extra}`;
+    let text = guarded("guarded");
+    const dir = tempDir("lessor-rsatk-bound-");
+    const vault = await Vault.open({ store: openSqliteStore(join(dir, "lessor.db")), keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!, policy: async () => parsePolicy(text, "p.toml") });
+    try {
+      await vault.admin().storeSecret({ name: "guarded", value: CANARY });
+      await vault.admin().storeSecret({ name: "other", value: "other-value" });
+      const x = vault.session({ id: "token:x/00000000000000a1", role: "agent", agent: "a1", transport: "tcp" });
+      const y = vault.session({ id: "token:y/00000000000000b2", role: "agent", agent: "a1", transport: "tcp" });
+      const asked = await x.requestApproval({ secret: "guarded", domains: ["api.example.com"] });
+      assert.equal(asked.required, true);
+      if (asked.required) await vault.admin().decideApproval(asked.approval.id, true);
+      const lease = await x.requestLease({ secret: "guarded", domains: ["api.example.com"] });
+      await assert.rejects(y.accessSecret(lease.id, { domain: "api.example.com" }), (e: Error & { code?: string }) => e.code === "access_denied");
+      // The admin renames the rule (still with approval) and gives the old name to a rule for another secret, without approval.
+      text = guarded("guarded-v2") + `\n[[rule]]\nname = "guarded"\neffect = "allow"\nagents = ["a1"]\nsecrets = ["other"]\ndomains = ["api.example.com"]\n`;
+      await vault.admin().reloadPolicy();
+      let got: unknown = null;
+      await assert.rejects(
+        (async () => {
+          const r = await y.accessSecret(lease.id, { domain: "api.example.com" });
+          got = r.value.expose().toString();
+          r.value.wipe();
+        })(),
+        (e: Error & { code?: string }) => e.code === "access_denied" && !leaks(e.message),
+        `another identity of the agent read the value a person approved for the first: ${String(got)}`,
+      );
+      assert.equal(got, null);
+      // The identity that asked still uses it (the rule in force for its secret still needs approval, and it was approved for it).
+      const own = await x.accessSecret(lease.id, { domain: "api.example.com" });
+      assert.equal(own.value.expose().toString(), CANARY);
+      own.value.wipe();
+      // And the binding survives a reopen (it is on the lease's row, not in memory).
+      assert.equal((await vault.admin().listLeases({ id: lease.id }))[0]?.bound, true);
+    } finally {
+      await vault.close();
+    }
+  });
+});
+
+describe("the lease's bound column: PostgreSQL upgrade", { skip: (await import("./pg-helpers.js")).PG_SKIP }, () => {
+  test("a schema-6 PostgreSQL vault migrates: its leases read unbound, and a new lease keeps bound = true", async () => {
+    const { admin: pgAdmin, PG_URL, testSchema } = await import("./pg-helpers.js");
+    const { MIGRATIONS, SCHEMA_VERSION } = await import("../src/store/postgres/schema.js");
+    assert.equal(SCHEMA_VERSION, 7);
+    const { openPostgresStore } = await import("../src/store/postgres/postgres-store.js");
+    const { leaseRec, T0 } = await import("./store-conformance.js");
+    const { schema, drop } = await testSchema();
+    try {
+      // The schema as lessor left it at version 6 (before bound), with a lease written then.
+      await pgAdmin(`SET search_path = ${schema}; CREATE TABLE lessor_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); ${MIGRATIONS.slice(0, 6).join("\n")}; INSERT INTO lessor_migrations (version) SELECT generate_series(1, 6);`);
+      const l = leaseRec("0190a000-0000-7000-8000-0000000000a1", { issuedAt: T0 + 1 });
+      await pgAdmin(
+        `INSERT INTO ${schema}.leases (id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by, done) VALUES ($1, $2, $3, $4, $5, false, NULL, NULL, $6, $7, $8, $9, 0, NULL, 0, NULL, true, NULL, NULL, $10, false)`,
+        [l.id, l.agent, l.scope, l.name, JSON.stringify(l.domains), l.rule, l.issuedAt, l.expiresAt, l.maxExpiresAt, l.issuedBy],
+      );
+      const store = await openPostgresStore({ url: PG_URL!, schema });
+      try {
+        assert.equal((await pgAdmin(`SELECT max(version) AS v FROM ${schema}.lessor_migrations`)).rows[0].v, 7);
+        assert.equal((await store.getLease(l.id))?.bound, false);
+        const b = leaseRec("0190a000-0000-7000-8000-0000000000a2", { issuedAt: T0 + 2, bound: true });
+        await store.transaction(async (tx) => tx.insertLease(b));
+        assert.equal((await store.getLease(b.id))?.bound, true);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await drop();
+    }
+  });
+});

@@ -103,6 +103,13 @@ export interface LeaseRecord {
   revokeReason: string | null;
   /** Identity id that requested it (the agent itself, or an orchestrator). */
   issuedBy: string;
+  /**
+   * True when only `issuedBy` (or an admin) may use it: a person approved it for that identity
+   * (src/vault/approvals.ts). Recorded at grant, so that no later policy (a rule renamed, its name
+   * given to another rule) unbinds it. False on leases granted before lessor recorded it (their rule
+   * as in force still binds them).
+   */
+  bound: boolean;
 }
 
 /** Audit event types. */

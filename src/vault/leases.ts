@@ -215,6 +215,9 @@ async function grantIn(
     revokedAt: null,
     revokeReason: null,
     issuedBy: who.id,
+    // A person approved it for the identity that asked: bound to it on its row (useIn), whatever rule
+    // bears this rule's name later.
+    bound: approvalId !== null,
   };
   if (!useNext) await tx.insertLease(lease);
   await audit({
@@ -420,10 +423,12 @@ async function useIn(
       fields,
     );
   // A person approved this lease for the identity that asked for it (./approvals.ts): another
-  // identity of the same agent (another run's vault session, another token) does not use it. Keyed
-  // on the rule in force (the lease does not record its approval): a lease granted before a reload
-  // made its rule need approval is held to this too, as it is to no renewal.
-  if (own?.approval === "required" && who.role !== "admin" && who.id !== lease.issuedBy)
+  // identity of the same agent (another run's vault session, another token) does not use it. The
+  // lease records it (bound), so that a reload that renamed the rule, and gave its old name to a rule
+  // without approval, does not unbind it; and its rule as in force binds it too: a lease granted
+  // before a reload made its rule need approval (or before lessor recorded `bound`) is held to this
+  // as well, as it is to no renewal.
+  if ((lease.bound || own?.approval === "required") && who.role !== "admin" && who.id !== lease.issuedBy)
     return denied(audit, who, new VaultError("access_denied", `lease ${id} is under rule "${lease.rule}", which needs a person's approval, and only the identity it was issued to may use such a lease; request the lease yourself (a person will be asked)`), fields);
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
