@@ -31,8 +31,9 @@ export async function sweepSessions(vault: Vault, log?: Pick<Logger, "info" | "w
     if (!t.name.startsWith(SESSION_TOKEN_PREFIX)) continue;
     const stamp = t.name.slice(SESSION_TOKEN_PREFIX.length);
     if (!PROCESS_STAMP_RE.test(stamp) || stampState(stamp) !== "gone") continue;
-    const { revoked } = await admin.revokeToken(t.id);
-    if (revoked) n++;
+    // Another daemon sharing the store (on this machine) may have swept it first: it cleans up then.
+    if (!(await admin.revokeToken(t.id)).revoked) continue;
+    n++;
     const issuer = `token:${t.name}/${t.id}`;
     let leases = 0;
     for (const l of await admin.listLeases({ agent: t.agent, liveAt: Date.now(), limit: 10_000 }))
