@@ -30,6 +30,7 @@ export async function addLiveLeases(store: Store, count: number, now = Date.now(
           revokedAt: null,
           revokeReason: null,
           issuedBy: "bench",
+          bound: false,
         };
         await tx.insertLease(lease);
       }

@@ -82,6 +82,7 @@ export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS
           revokedAt: null,
           revokeReason: null,
           issuedBy: `uid:${agent}`,
+          bound: false,
         };
         await tx.insertLease(lease);
         await tx.auditHead();

@@ -607,7 +607,7 @@ describe("lessor run --vault-session: the child's session ends with the run", { 
     existsSync(join(proj, "beat.log")) ? readFileSync(join(proj, "beat.log"), "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
 
   async function runTokens(): Promise<Msg[]> {
-    return (await admin.ok("token_list")).filter((t: Msg) => /^lessor-run-/.test(t.name));
+    return (await admin.ok("token_list")).filter((t: Msg) => /^session:/.test(t.name));
   }
 
   test("after the child exits, a detached grandchild is gone with the sandbox, the run's token is revoked, and the session socket answers nobody", async () => {

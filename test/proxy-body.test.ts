@@ -359,6 +359,7 @@ function lease(id: string, name: string, domains: string[]): LeaseRecord {
     revokedAt: null,
     revokeReason: null,
     issuedBy: "bot",
+    bound: false,
   };
 }
 

@@ -106,7 +106,7 @@ test(
       assert.equal(r.code, 70, r.err);
       const list = await runCli(["token", "list", "--json"], { home: s.home, env: { HOME: s.userHome } });
       assert.equal(list.code, 0, list.stderr);
-      const runTokens = (JSON.parse(list.stdout) as { name: string; state: string }[]).filter((t) => t.name.startsWith("lessor-run-"));
+      const runTokens = (JSON.parse(list.stdout) as { name: string; state: string }[]).filter((t) => t.name.startsWith("session:"));
       assert.equal(runTokens.length, 1, list.stdout);
       const leases = await runCli(["leases", "--agent", AGENT, "--json"], { home: s.home, env: { HOME: s.userHome } });
       assert.equal(runTokens[0]!.state, "revoked", `the run's agent token is revoked after the crash, as at a normal end (leases: ${leases.stdout})`);

@@ -199,7 +199,7 @@ function assertAgentOnly(out: ProbeOut | null, mode: "embedded" | "daemon"): voi
   if (mode === "embedded") {
     assert.match(who.id, new RegExp(`^run:\\d+\\.[0-9a-f]{8}:${AGENT}$`));
     assert.equal(who.token, null);
-  } else assert.match(who.token!.name, /^lessor-run-\d+$/);
+  } else assert.match(who.token!.name, /^session:\d+\.\d+\.[0-9a-f]{12}$/);
   assert.equal(out.lease!.code, 0, out.lease!.stderr);
   assert.equal(out.lease!.sha, sha256(GRANTED), "the granted secret's value is printed");
   assert.notEqual(out.notGranted!.code, 0);
@@ -308,7 +308,7 @@ describe("lessor run --vault-session in a real sandbox", { skip: HAVE_BWRAP ? fa
     assert.deepEqual(readdirSync(RUN_TMP), []);
     const list = await runCli(["token", "list", "--json"], { home: DAEMON_HOME, env: { HOME } });
     assert.equal(list.code, 0, list.stderr);
-    const runTokens = (JSON.parse(list.stdout) as { name: string; role: string; agent: string | null; state: string; createdAt: string; expiresAt: string | null }[]).filter((t) => t.name.startsWith("lessor-run-"));
+    const runTokens = (JSON.parse(list.stdout) as { name: string; role: string; agent: string | null; state: string; createdAt: string; expiresAt: string | null }[]).filter((t) => t.name.startsWith("session:"));
     assert.equal(runTokens.length, 1);
     const t = runTokens[0]!;
     assert.deepEqual([t.role, t.agent, t.state], ["agent", AGENT, "revoked"]);

@@ -12,7 +12,8 @@ import { Queries } from "../src/store/sqlite/queries.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../src/store/sqlite/schema.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import type { Store, StoreTx } from "../src/vault/ports.js";
-import type { AuditFilter } from "../src/base/types.js";
+import type { AuditFilter, LeaseRecord } from "../src/base/types.js";
+import { LEASE_COLS } from "../src/store/rows.js";
 import { isVaultError } from "../src/base/errors.js";
 import { auditRec, leaseRec, secretRec, T0, versionRec } from "./store-conformance.js";
 
@@ -216,9 +217,13 @@ describe("sqlite store", () => {
     db.exec(MIGRATIONS[0]!);
     db.exec(MIGRATIONS[1]!);
     db.pragma("user_version = 2");
-    const old = new Queries(db);
-    old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
-    old.insertLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
+    // The leases table of that schema has no bound column: rows written as the old code wrote them.
+    const oldLease = (l: LeaseRecord): void =>
+      void db
+        .prepare(`INSERT INTO leases (${LEASE_COLS.replace(", bound", "")}, done) VALUES (${Array(21).fill("?").join(", ")})`)
+        .run(l.id, l.agent, l.scope, l.name, JSON.stringify(l.domains), 0, null, null, l.rule, l.issuedAt, l.expiresAt, l.maxExpiresAt, l.uses, l.maxUses, l.renewals, l.maxRenewals, 1, l.revokedAt, l.revokeReason, l.issuedBy, 0);
+    oldLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
+    oldLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
     const a = auditRec(1, { agent: "agent-b" });
     // The audit table of that schema has no key_id column: the row is written as the old code wrote it.
     db.prepare(
@@ -235,6 +240,7 @@ describe("sqlite store", () => {
         "newest first, from the primary key",
       );
       assert.equal(await store.countLiveLeases("agent-a", T0), 1);
+      assert.deepEqual((await store.listLeases({})).map((l) => l.bound), [false, false], "a lease from before bound was recorded reads unbound");
       assert.deepEqual((await store.queryAudit({ agent: "agent-b" })).map((r) => r.seq), [1]);
       assert.equal((await store.queryAudit({}))[0]!.keyId, null, "a row from before the keyed chain reads as format 1");
       assert.equal((await store.auditHead())!.keyId, null);

@@ -24,6 +24,12 @@ export interface Identity {
    * so a server can close the connection the moment the token is revoked or expires.
    */
   readonly token?: { readonly id: string; readonly expiresAt: number | null };
+  /**
+   * Set for one `lessor run --vault-session`'s identity (a session token, named `session:…`, or the
+   * embedded run's `run:<pid>.<random>:A`): it sees and uses only the leases issued to it (their
+   * `issuedBy` is its id), never those of another run of the same agent, nor the agent's own.
+   */
+  readonly session?: true;
 }
 
 /** Secret kinds. */
@@ -97,6 +103,13 @@ export interface LeaseRecord {
   revokeReason: string | null;
   /** Identity id that requested it (the agent itself, or an orchestrator). */
   issuedBy: string;
+  /**
+   * True when only `issuedBy` (or an admin) may use it: a person approved it for that identity
+   * (src/vault/approvals.ts). Recorded at grant, so that no later policy (a rule renamed, its name
+   * given to another rule) unbinds it. False on leases granted before lessor recorded it (their rule
+   * as in force still binds them).
+   */
+  bound: boolean;
 }
 
 /** Audit event types. */

@@ -29,6 +29,12 @@ export interface CallContext {
   version: string;
   startedAt: number;
   connections(): number;
+  /**
+   * The stamp of the process at the other end of this connection (`<pid>.<start>.<boot id>`,
+   * src/server/process-stamp.ts), from the Unix socket's peer credentials; null when unknown (TCP, no
+   * peer pid, the in-process API). token_create with session: true binds the token to it.
+   */
+  callerProcess?(): string | null;
 }
 
 /**
@@ -560,11 +566,22 @@ export const REGISTRY = {
       agent: str(128).optional(),
       actFor: z.array(str(128)).max(64).optional(),
       ttl: ttl.optional(),
+      /**
+       * A run's session token (lessor run --vault-session): named `session:<stamp of the calling
+       * process>` (the given name is not used), its identity sees and uses only the leases issued to
+       * it, and the daemon revokes it once the calling process (its Unix-socket peer) is gone.
+       */
+      session: z.literal(true).optional(),
     }),
     result: R.tokenInfo.extend({ token: z.string() }),
     secret: true,
     audit: "audited",
-    call: (s, p) => s.createToken(p),
+    call: (s, p, c) => {
+      if (p.session !== true) return s.createToken(p);
+      // The process is the transport's word (SO_PEERCRED), never the request's.
+      const stamp = c.callerProcess?.() ?? null;
+      return s.createToken({ ...p, ...(stamp !== null ? { process: stamp } : {}) });
+    },
   }),
   token_list: method({
     description: "Lists tokens (never their secret part).",

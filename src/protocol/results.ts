@@ -74,6 +74,7 @@ export const lease = z.strictObject({
   revokedAt: nullableNumber,
   revokeReason: nullableString,
   issuedBy: z.string(),
+  bound: z.boolean(),
 });
 
 /** A secret value on the wire, with the version it came from. */

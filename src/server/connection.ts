@@ -25,6 +25,7 @@ import type { Identity } from "../base/types.js";
 import type { Vault, VaultSession } from "../vault/vault.js";
 import { carriesSecret, dispatch, type DispatchContext } from "./dispatch.js";
 import type { Logger } from "./logger.js";
+import { processStamp } from "./process-stamp.js";
 import { issuesMessage, safeName } from "../protocol/issues.js";
 import { wireIdentity } from "../protocol/wire.js";
 
@@ -448,7 +449,10 @@ export class Connection {
       // Closed while it waited for the scheduler, or an oversize frame came meanwhile: never run.
       if (this.#state !== "open" || this.#lastWord !== null) return;
       if (this.#cutIfDue(Date.now(), id)) return; // once per request, as it starts: after any wait for the scheduler
-      const result = await dispatch(this.#session!, method, params, this.#host.dispatch);
+      const peer = this.peer;
+      // The calling process, for a session token (token_create): known from a Unix socket's peer credentials only.
+      const ctx: DispatchContext = method === "token_create" ? { ...this.#host.dispatch, callerProcess: () => (peer.transport === "uds" ? processStamp(peer.pid) : null) } : this.#host.dispatch;
+      const result = await dispatch(this.#session!, method, params, ctx);
       this.#respond({ id, ok: true, result }, carriesSecret(method, params), method);
     } catch (e) {
       if (e instanceof VaultError) this.#reply(id, wireCode(e.code), e.message);

@@ -16,6 +16,7 @@ import { loadPeerCred } from "../native/peercred.js";
 import { loadVsock } from "../native/vsock.js";
 import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
+import { startSessionSweep } from "./session-sweep.js";
 import { scheduleRotations } from "./rotation-schedule.js";
 import { listenerSpecs, openListener, type Listener } from "./transports/listeners.js";
 import { escapeUnsafe } from "../base/text.js";
@@ -183,6 +184,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     // LISTEN/NOTIFY and change log; a no-op for stores one process owns). The polls above stay as a
     // safety net, and are what several processes on one SQLite file rely on.
     cleanups.push(vault.followChanges());
+    // The session tokens of lessor runs that are gone (killed outright) are revoked within a second,
+    // with what they hold (src/server/session-sweep.ts).
+    cleanups.push(startSessionSweep(vault, log));
     // [[rotate]] entries with `every`: rotated by their hook when due (src/server/rotation-schedule.ts);
     // stopped, waiting for a running hook, before the vault closes.
     const schedule = scheduleRotations(vault, cfg.rotate, log);

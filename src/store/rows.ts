@@ -12,7 +12,7 @@ export type Row = Record<string, unknown>;
 /** The lease columns, in the order {@link rowMappers}' `leaseValues` gives them (an INSERT adds `done`). */
 export const LEASE_COLS =
   "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
-  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by";
+  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by, bound";
 /** The audit columns, in the order of `auditValues`. */
 export const AUDIT_COLS =
   "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
@@ -79,6 +79,7 @@ export function rowMappers(c: ColumnCodec) {
         revokedAt: r.revoked_at as number | null,
         revokeReason: r.revoke_reason as string | null,
         issuedBy: r.issued_by as string,
+        bound: c.bool(r.bound),
       };
     },
     auditFromRow(r: Row): AuditRecord {
@@ -148,6 +149,7 @@ export function rowMappers(c: ColumnCodec) {
         rec.revokedAt,
         rec.revokeReason,
         rec.issuedBy,
+        c.boolValue(rec.bound),
         c.boolValue(done),
       ];
     },

@@ -224,6 +224,9 @@ async function grantIn(
     revokedAt: null,
     revokeReason: null,
     issuedBy: who.id,
+    // A person approved it for the identity that asked: bound to it on its row (useIn), whatever rule
+    // bears this rule's name later.
+    bound: approvalId !== null,
   };
   if (!useNext) await tx.insertLease(lease);
   await audit({
@@ -349,7 +352,22 @@ async function ownLease(tx: StoreTx, audit: AuditFn, who: Identity, id: string):
   if (!lease) return denied(audit, who, new VaultError("lease_not_found", `no lease has id ${id}`), { leaseId: id });
   if (!mayActFor(who, lease.agent))
     return denied(audit, who, new VaultError("access_denied", `lease ${id} was not granted to you`), { leaseId: id, agent: who.agent ?? null, secret: `${lease.scope}/${lease.name}` });
+  const foreign = sessionError(who, lease);
+  if (foreign) return denied(audit, who, foreign, { leaseId: id, agent: lease.agent, secret: `${lease.scope}/${lease.name}` });
   return lease;
+}
+
+/**
+ * A run's vault session (Identity.session) uses, renews, revokes and reports on only the leases it was
+ * issued: another run of the same agent, at the same time, has its own session and leases, and the
+ * agent's own leases (granted to it outside the run) are not the run's either. Null when `who` may.
+ */
+export function sessionError(who: Identity, lease: LeaseRecord): VaultError | null {
+  if (who.session !== true || lease.issuedBy === who.id) return null;
+  return new VaultError(
+    "access_denied",
+    `lease ${lease.id} was not granted to this lessor run's vault session (it was granted to ${lease.issuedBy.startsWith("run:") || lease.issuedBy.startsWith("token:session:") ? "another run's session" : "agent \"" + lease.agent + "\" outside this run"}); a run's session uses only the leases it was granted: request one`,
+  );
 }
 
 /** A use counted in a transaction: the version to open (after the commit) and the updated lease. */
@@ -414,10 +432,12 @@ async function useIn(
       fields,
     );
   // A person approved this lease for the identity that asked for it (./approvals.ts): another
-  // identity of the same agent (another run's vault session, another token) does not use it. Keyed
-  // on the rule in force (the lease does not record its approval): a lease granted before a reload
-  // made its rule need approval is held to this too, as it is to no renewal.
-  if (own?.approval === "required" && who.role !== "admin" && who.id !== lease.issuedBy)
+  // identity of the same agent (another run's vault session, another token) does not use it. The
+  // lease records it (bound), so that a reload that renamed the rule, and gave its old name to a rule
+  // without approval, does not unbind it; and its rule as in force binds it too: a lease granted
+  // before a reload made its rule need approval (or before lessor recorded `bound`) is held to this
+  // as well, as it is to no renewal.
+  if ((lease.bound || own?.approval === "required") && who.role !== "admin" && who.id !== lease.issuedBy)
     return denied(audit, who, new VaultError("access_denied", `lease ${id} is under rule "${lease.rule}", which needs a person's approval, and only the identity it was issued to may use such a lease; request the lease yourself (a person will be asked)`), fields);
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
@@ -592,6 +612,13 @@ export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentI
   return commit(ctx, async (tx, audit, now) => {
     if (!mayActFor(who, agent))
       return denied(audit, who, new VaultError("access_denied", `you may not revoke the leases of agent "${agent}"`), { agent });
+    if (who.session === true) {
+      // A run's session revokes the leases it was issued, not the agent's others (sessionError).
+      let n = 0;
+      for (const l of await pagedList(tx, { agent, liveAt: now, limit: 10_000 }, (x) => x.issuedBy === who.id)) n += await tx.revokeLeases({ id: l.id }, now, why);
+      await audit({ type: "lease_revoked", actor: who, agent, outcome: "ok", reason: why, detail: { count: n, session: true } });
+      return { revoked: n };
+    }
     const n = await tx.revokeLeases({ agent }, now, why);
     await audit({ type: "lease_revoked", actor: who, agent, outcome: "ok", reason: why, detail: { count: n } });
     return { revoked: n };
@@ -667,6 +694,8 @@ export async function listLeases(ctx: VaultContext, who: Identity, filter: Lease
       return refuse(new VaultError("access_denied", `agent "${who.agent}" may not list the leases of agent "${f.agent}"`));
     f.agent = who.agent;
   }
+  // A run's session lists the leases it was issued only (sessionError), paging past the agent's others.
+  if (who.session === true) return pagedList(ctx.store, f, (l) => l.issuedBy === who.id);
   if (who.role !== "orchestrator") return ctx.store.listLeases(f);
   if (f.agent !== undefined) {
     if (!mayActFor(who, f.agent))
@@ -675,13 +704,18 @@ export async function listLeases(ctx: VaultContext, who: Identity, filter: Lease
   }
   // The leases of the agents it acts for, newest first: page through the others' rather than let
   // them fill the limit (another agent's thousand expired leases would hide these).
+  return pagedList(ctx.store, f, (l) => mayActFor(who, l.agent));
+}
+
+/** The leases `f` selects that `keep` keeps, newest first, up to f.limit: paged, so that the others do not fill the limit. */
+async function pagedList(reader: Pick<StoreTx, "listLeases">, f: LeaseFilter, keep: (l: LeaseRecord) => boolean): Promise<LeaseRecord[]> {
   const want = f.limit!;
   const out: LeaseRecord[] = [];
   let page: LeaseRecord[];
   let beforeId = f.beforeId;
   do {
-    page = await ctx.store.listLeases({ ...f, ...(beforeId !== undefined ? { beforeId } : {}), limit: LIST_PAGE });
-    for (const l of page) if (mayActFor(who, l.agent) && out.length < want) out.push(l);
+    page = await reader.listLeases({ ...f, ...(beforeId !== undefined ? { beforeId } : {}), limit: LIST_PAGE });
+    for (const l of page) if (keep(l) && out.length < want) out.push(l);
     beforeId = page.at(-1)?.id;
   } while (out.length < want && page.length === LIST_PAGE);
   return out;

@@ -12,6 +12,7 @@ import type { Identity, LeaseRecord } from "../base/types.js";
 import { mayActFor } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
+import { sessionError } from "./leases.js";
 import { canonicalRequestPath } from "./http-path.js";
 import { checkTarget } from "./target.js";
 
@@ -100,6 +101,9 @@ export async function recordProxyRequests(ctx: VaultContext, who: Identity, repo
         const lease = await tx.getLease(id);
         if (!lease || lease.agent !== agent)
           return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
+        // A run's session reports (and trips the wire on) only its own leases: not another run's.
+        const foreign = sessionError(who, lease);
+        if (foreign) return denied(audit, who, foreign, { agent, leaseId: id });
         leases.push(lease);
       }
       leasesOf.push(leases);

@@ -43,7 +43,24 @@ export interface TokenParams {
    * that expires may not outlive it: the default is then the rest of its lifetime, and a longer ttl is refused.
    */
   ttl?: number | string;
+  /**
+   * A run's session token (`lessor run --vault-session`; role agent only): its identity is a session
+   * (Identity.session: it sees and uses only the leases issued to it), and its name is
+   * `session:<process>`, where `process` is the stamp of the process that asked for it
+   * (`<pid>.<start time>.<boot id>`, src/server/process-stamp.ts), put here by the daemon from the
+   * Unix-socket peer, never taken from the wire; the daemon revokes the token once that process is
+   * gone. Without a stamp (a caller the daemon cannot see the process of): `session:unbound`, which
+   * ends with the run or its ttl.
+   */
+  session?: true;
+  process?: string;
 }
+
+/** The name prefix of session tokens: reserved, a token asked for by another name may not take it. */
+export const SESSION_TOKEN_PREFIX = "session:";
+
+/** A process stamp: pid, start time (clock ticks since boot), the first 12 hex digits of the boot id. */
+export const PROCESS_STAMP_RE = /^(\d{1,10})\.(\d{1,20})\.([0-9a-f]{12})$/;
 
 const hashSecret = hashTokenSecret;
 
@@ -70,6 +87,17 @@ function checkParams(p: TokenParams): void {
       }
     }
   } else if (p.actFor !== undefined) throw new VaultError("invalid_request", "only orchestrator tokens take actFor");
+  if (p.session !== undefined && p.session !== true) throw new VaultError("invalid_request", "session is true or left out");
+  if (p.session === true && p.role !== "agent") throw new VaultError("invalid_request", "only agent tokens may be session tokens (a run's vault session is an agent's)");
+  if (p.process !== undefined && (p.session !== true || typeof p.process !== "string" || !PROCESS_STAMP_RE.test(p.process)))
+    throw new VaultError("invalid_request", "a process stamp is given only for a session token, as <pid>.<start>.<boot id>");
+  if (p.session !== true && p.name.startsWith(SESSION_TOKEN_PREFIX))
+    throw new VaultError("invalid_request", `token names starting with "${SESSION_TOKEN_PREFIX}" are kept for the session tokens of lessor run --vault-session; pick another name`);
+}
+
+/** A session token's name: the stamp of the process it lives with, or `unbound`. */
+function sessionName(p: TokenParams): string {
+  return `${SESSION_TOKEN_PREFIX}${p.process ?? "unbound"}`;
 }
 
 /** The longest ttl a token may be given: 100 years. */
@@ -102,7 +130,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
       );
     const fields = {
       id,
-      name: p.name,
+      name: p.session === true ? sessionName(p) : p.name,
       role: p.role,
       agent: p.agent ?? null,
       actFor: p.actFor ? [...p.actFor] : null,
@@ -186,6 +214,8 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
     ...(rec.actFor !== null ? { actFor: rec.actFor } : {}),
     transport,
     token: { id: rec.id, expiresAt: rec.expiresAt },
+    // MACed with the row: nobody without the key makes a token a session, or a session token not one.
+    ...(rec.role === "agent" && rec.name.startsWith(SESSION_TOKEN_PREFIX) ? { session: true as const } : {}),
   };
 }
 

@@ -30,6 +30,8 @@ export interface LeaseJson {
   revokedAt: string | null;
   revokeReason: string | null;
   issuedBy: string;
+  /** Only `issuedBy` (or an admin) may use it: a person approved it for that identity. */
+  bound: boolean;
 }
 
 /** The --json shape of a lease. It never holds a value. */
@@ -57,5 +59,6 @@ export function leaseJson(l: LeaseRecord, now = Date.now()): LeaseJson {
     revokedAt: iso(l.revokedAt),
     revokeReason: l.revokeReason,
     issuedBy: l.issuedBy,
+    bound: l.bound,
   };
 }

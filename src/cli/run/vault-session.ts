@@ -5,18 +5,24 @@
  * and LessorClient inside work unchanged. Two backends:
  *
  * - embedded (the run opened the vault in-process): a {@link LessorServer} on that socket, whose
- *   authenticate gives every connection the same identity, `run:<pid>.<random>:A`, role agent, agent A
- *   (the random part: a later run that gets the same pid is not this run's identity, whose approvals
- *   serve only it).
+ *   authenticate gives every connection the same identity, `run:<pid>.<random>:A`, role agent, agent A,
+ *   a session (the random part: a later run that gets the same pid is not this run's identity, whose
+ *   approvals serve only it).
  * - daemon (the run is the owner's client, so admin): a raw relay to the daemon's socket would arrive
  *   as the owner's uid, that is admin. Instead the run makes a short-lived agent token for A
  *   (token_create, ttl = the run's --ttl or 1h), and relays each child connection with its hello
- *   replaced: the child's first frame must be a valid hello of at most 64 KiB (src/cli/run/session-hello.ts);
+ *   replaced (a session token, token_create session: true: named `session:<this process's stamp>`);
+ *   the child's first frame must be a valid hello of at most 64 KiB (src/cli/run/session-hello.ts);
  *   whatever token it carries is dropped, and the relay does the token handshake with the daemon
  *   itself (checking the daemon's uid and its proof before showing the token, as LessorClient does),
  *   then pipes the rest both ways. The token never enters the sandbox. It is revoked when the run ends
  *   (on every path: the run's finally), which also closes every connection made with it; if the run is
- *   killed outright, it expires with its ttl.
+ *   killed outright, the daemon sees its process gone and revokes the token, its leases and approvals
+ *   within a second (src/server/session-sweep.ts; over TCP, where the daemon cannot see the process, it
+ *   expires with its ttl).
+ *
+ * Either way the session is bound to its own leases: the child sees, uses, renews and revokes only the
+ * leases granted through this run's session (Identity.session), never another run's of the same agent.
  *
  * The client inside checks the socket's owner (issue 12: SO_PEERCRED, or the file checks): the peer
  * is this run, whose uid the sandbox maps to the same uid inside, so it is accepted.
@@ -119,7 +125,8 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
     if (o.backend.mode === "embedded") {
       const vault = o.backend.vault;
       if (vault === undefined) throw new VaultError("internal", "the run's embedded backend does not expose its vault");
-      const who: Identity = { id: issuer, role: "agent", agent: o.agent, transport: "uds" };
+      // A session: it sees and uses only the leases it was issued (src/vault/leases.ts sessionError).
+      const who: Identity = { id: issuer, role: "agent", agent: o.agent, transport: "uds", session: true };
       // Whatever the child sends in its hello (a token included), it is agent A: the socket is this run's own.
       const server = new LessorServer({ vault, authenticate: async () => who, version: VERSION });
       let listener: UnixListener;
@@ -134,7 +141,9 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
         await server.close();
       };
     } else {
-      const created = await o.backend.api.createToken({ name: `lessor-run-${pid}`, role: "agent", agent: o.agent, ttl: o.ttl ?? "1h" });
+      // A session token: its identity uses only the leases it was issued, and the daemon revokes it
+      // once this process is gone (src/server/session-sweep.ts), should the run be killed outright.
+      const created = await o.backend.api.createToken({ name: `lessor-run-${pid}`, role: "agent", agent: o.agent, ttl: o.ttl ?? "1h", session: true });
       tokenId = created.id;
       const id = created.id;
       issuer = `token:${created.name}/${created.id}`; // as the daemon names a token's identity (src/vault/tokens.ts)

@@ -289,7 +289,7 @@ export function insertVersion(rec: VersionRecord): Stmt {
 }
 
 export function insertLease(rec: LeaseRecord): Stmt {
-  return st("write a lease (its id must be new)", `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${pgPlaceholders(21)})`, leaseValues(rec));
+  return st("write a lease (its id must be new)", `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${pgPlaceholders(22)})`, leaseValues(rec));
 }
 
 export function renewLease(id: string, expiresAt: number, renewals: number): Stmt {

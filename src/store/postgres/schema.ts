@@ -215,6 +215,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE tokens ADD COLUMN mac BYTEA;
   `,
+  // 7: a lease a person approved is bound to the identity that asked for it (LeaseRecord.bound), on
+  // its row: the binding no longer depends on which rule bears the lease's rule name later. Leases
+  // granted before read false (their rule as in force still binds them).
+  `
+  ALTER TABLE leases ADD COLUMN bound BOOLEAN NOT NULL DEFAULT false;
+  `,
 ];
 
 /** The table that records the steps applied, made by the first open. */

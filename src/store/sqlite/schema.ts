@@ -148,6 +148,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE tokens ADD COLUMN mac BLOB;
   `,
+  // 7: a lease a person approved is bound to the identity that asked for it (LeaseRecord.bound), on
+  // its row: the binding no longer depends on which rule bears the lease's rule name later. Leases
+  // granted before read 0 (their rule as in force still binds them).
+  `
+  ALTER TABLE leases ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 /** The schema version this build writes. */
