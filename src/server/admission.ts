@@ -7,6 +7,11 @@
  *   from the moment it connects, whatever state its connections are in, until it authenticates with a
  *   token: from then on it counts by the token's id (`token:<id>`, on any transport) alone. Each may
  *   hold `maxConnectionsPerPrincipal`.
+ * - **Issuers.** A token's connections also count for who made the token, at the root of a chain of
+ *   tokens made with tokens (`issuer:uid:1000`, `issuer:embedded`): all the tokens one principal made
+ *   hold at most `maxConnectionsPerIssuer` together, so that making tokens (an admin token handed to
+ *   an orchestrator, one `lessor run --vault-session` token per run) does not multiply a principal's
+ *   share of the daemon's connections by the number of tokens.
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
  *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
  *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
@@ -23,6 +28,7 @@ import type { PeerInfo } from "./connection.js";
 /** The limits admission applies (a part of ServerLimits). */
 export interface AdmissionLimits {
   maxConnectionsPerPrincipal: number;
+  maxConnectionsPerIssuer: number;
   maxHandshakes: number;
   maxHandshakesPerPeer: number;
 }
@@ -170,14 +176,22 @@ export class Admission<C extends Admittable> {
             "rate_limited",
             `token ${token} already has ${this.#limits.maxConnectionsPerPrincipal} connections open to the daemon (max_connections_per_principal); close some, or ask the admin to raise the limit in lessor.toml [server]`,
           );
+        const issuer = identity.token?.issuer;
+        const byIssuer = issuer === undefined ? null : `issuer:${issuer}`;
+        if (byIssuer !== null && !e.principals.includes(byIssuer) && this.openFor(byIssuer) >= this.#limits.maxConnectionsPerIssuer)
+          throw new VaultError(
+            "rate_limited",
+            `the tokens made by ${issuer} already have ${this.#limits.maxConnectionsPerIssuer} connections open to the daemon together (max_connections_per_issuer); close some, or ask the admin to raise the limit in lessor.toml [server]`,
+          );
         this.#count(e, principal);
+        if (byIssuer !== null && !e.principals.includes(byIssuer)) this.#count(e, byIssuer);
       }
       // From now on it counts for its token alone, no longer for the uid or cid it came from: a
       // token's connections are the token's (capped as such), and a process that relays others'
       // sessions with a token of its own (lessor run --vault-session, its sandboxed command holding
       // as many connections as it may) must not use up its uid's connections, the owner's own CLI
       // and killswitch among them.
-      for (const p of e.principals.filter((x) => x !== principal)) this.#uncount(e, p);
+      for (const p of e.principals.filter((x) => x !== principal && !x.startsWith("issuer:"))) this.#uncount(e, p);
     }
     this.endHandshake(c);
   }
