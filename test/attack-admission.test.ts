@@ -12,6 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { connect } from "node:net";
@@ -172,6 +173,42 @@ describe("the owner always gets in to use the brakes (lessor serve, max_connecti
     }
     admin0.c.close();
     await idle.stop();
+    await mapped.stop();
+  });
+});
+
+describe("connections on their way to a token over the owner's socket (lessor serve)", { skip: AS_NOBODY }, () => {
+  test("a vault-session relay's connections, mid token handshake over the owner's socket, do not use up the owner's caps: its CLI still gets in", async () => {
+    // lessor run --vault-session relays each connection of its sandboxed agent to the daemon's socket
+    // as the owner's uid, then authenticates it with the run's agent token: until then it counted for
+    // the owner's uid (its connection cap and handshake budget), up to 64 per run at once, so the
+    // agent, reconnecting in a loop, kept the owner's own CLI out. Here the relayed connections are
+    // held mid handshake (the daemon's proof sent, the token not yet), as the agent's loop keeps them.
+    const { d, socket } = await daemon("max_connections = 40\nmax_connections_per_principal = 8\nmax_handshakes_per_peer = 8\nowner_reserved_connections = 4\n");
+    const admin = await LessorClient.connect({ socketPath: socket });
+    const run = await admin.createToken({ name: "lessor-run-1", role: "agent", agent: "claude" });
+    await admin.close();
+    const relayed: Raw[] = [];
+    after(() => relayed.forEach((c) => c.close()));
+    for (let i = 0; i < 8; i++) {
+      const c = await Raw.open(socket);
+      c.send({ protocol: "lessor", version: 1, tokenId: run.id, nonce: randomBytes(32).toString("base64url") });
+      const challenge = await c.next();
+      assert.equal(typeof challenge.challenge?.proof, "string", JSON.stringify(challenge));
+      relayed.push(c);
+    }
+    const env = { LESSOR_SOCKET: socket };
+    for (let i = 0; i < 3; i++) {
+      const st = await runCli(["status", "--json"], { home: d.home, env, timeoutMs: 60_000 });
+      assert.equal(st.code, 0, st.stderr);
+    }
+    const ks = await runCli(["killswitch", "--yes", "--reason", "relay flood"], { home: d.home, env, timeoutMs: 60_000 });
+    assert.equal(ks.code, 0, ks.stderr);
+    // Another uid is still held to its own caps: nobody's ninth is refused.
+    const mapped = attacker(["hello", `unix:${socket}`, "9"]);
+    const got = (await mapped.line(0)) as { ok: boolean; code?: string }[];
+    assert.equal(got.filter((r) => r.ok).length, 8, JSON.stringify(got));
+    assert.equal(got[8]!.code, "rate_limited");
     await mapped.stop();
   });
 });

@@ -12,6 +12,12 @@
  *   hold at most `maxConnectionsPerIssuer` together, so that making tokens (an admin token handed to
  *   an orchestrator, one `lessor run --vault-session` token per run) does not multiply a principal's
  *   share of the daemon's connections by the number of tokens.
+ * - **The owner.** A Unix-socket peer with the daemon's own uid (by peer credentials) counts for no
+ *   principal and no handshake budget until it authenticates with a token: its processes are the
+ *   daemon's admin (they could stop the daemon outright), and the connections its relays open for
+ *   others (`lessor run --vault-session`, a sandboxed agent's, up to 64 per run in their handshake
+ *   at once) must not use up a cap its own `lessor killswitch` needs. It is bounded by the daemon's
+ *   connection cap, past which it has a reserve of its own (server.ts).
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
  *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
  *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
@@ -27,6 +33,10 @@ import type { PeerInfo } from "./connection.js";
 
 /** The limits admission applies (a part of ServerLimits). */
 export interface AdmissionLimits {
+  /** The daemon's own uid, whose Unix-socket peers no per-peer count holds (see above); absent: none. */
+  ownerUid?: number;
+  /** A Unix-socket peer without credentials is the owner (the socket is the owner's alone). */
+  ownerWithoutPeerCred?: boolean;
   maxConnectionsPerPrincipal: number;
   maxConnectionsPerIssuer: number;
   maxHandshakes: number;
@@ -96,9 +106,16 @@ export class Admission<C extends Admittable> {
     return this.#handshaking.get(transport) ?? 0;
   }
 
+  /** True for a Unix-socket peer with the daemon's own uid (see the module comment). */
+  isOwner(peer: PeerInfo): boolean {
+    const lim = this.#limits;
+    return lim.ownerUid !== undefined && peer.transport === "uds" && (peer.uid === lim.ownerUid || (peer.uid === undefined && lim.ownerWithoutPeerCred === true));
+  }
+
   /** Decides on a new connection from `peer`, before it is counted. */
   check(peer: PeerInfo): Verdict<C> {
     const lim = this.#limits;
+    if (this.isOwner(peer)) return { ok: true, evict: null };
     const principal = acceptPrincipal(peer);
     if (principal !== null && this.openFor(principal) >= lim.maxConnectionsPerPrincipal)
       return {
@@ -147,9 +164,11 @@ export class Admission<C extends Admittable> {
 
   /** Counts a new connection (after {@link check} said ok). */
   add(c: C, peer: PeerInfo): void {
-    const principal = acceptPrincipal(peer);
-    const e: Entry = { transport: peer.transport, peer: peerKey(peer), principals: [], handshaking: true, at: this.#arrivals++ };
+    const owner = this.isOwner(peer);
+    const principal = owner ? null : acceptPrincipal(peer);
+    const e: Entry = { transport: peer.transport, peer: peerKey(peer), principals: [], handshaking: !owner, at: this.#arrivals++ };
     this.#entries.set(c, e);
+    if (owner) return;
     if (principal !== null) this.#count(e, principal);
     let pool = this.#handshakes.get(e.transport);
     if (pool === undefined) this.#handshakes.set(e.transport, (pool = new Map()));

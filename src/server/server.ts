@@ -124,10 +124,12 @@ export class LessorServer {
     this.#limits = limits;
     this.#log = opts.log ?? noopLogger;
     this.#rateLimited = refusalFrame("rate_limited", `the daemon has too many connections (${limits.maxConnections}); try again`);
-    this.#admission = new Admission(limits);
-    const ownerUid = opts.ownerUid;
-    const withoutCred = opts.ownerWithoutPeerCred === true;
-    this.#isOwner = (peer) => ownerUid !== undefined && peer.transport === "uds" && (peer.uid === ownerUid || (peer.uid === undefined && withoutCred));
+    this.#admission = new Admission({
+      ...limits,
+      ...(opts.ownerUid !== undefined ? { ownerUid: opts.ownerUid } : {}),
+      ownerWithoutPeerCred: opts.ownerWithoutPeerCred === true,
+    });
+    this.#isOwner = (peer) => this.#admission.isOwner(peer);
     this.#scheduler = new Scheduler({
       perPrincipal: limits.maxInFlightPerPrincipal,
       perPrincipalShared: limits.maxInFlightPerPrincipalShared,
