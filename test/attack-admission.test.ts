@@ -15,15 +15,20 @@ import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:chil
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
+import { Duplex } from "node:stream";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import { LessorClient } from "../src/client/index.js";
+import { VaultError } from "../src/base/errors.js";
+import type { Identity } from "../src/base/types.js";
+import type { Hello } from "../src/protocol/messages.js";
+import { LessorServer, type PeerInfo } from "../src/server/server.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { runCli } from "./cli-harness.js";
-import { grant, within } from "./helpers.js";
+import { grant, makeVault, within } from "./helpers.js";
 import { RawClient, type Msg } from "./raw-client.js";
 
 const CLIENT = fileURLToPath(new URL("./fixtures/dos-client.mjs", import.meta.url));
@@ -249,5 +254,79 @@ describe("tokens one principal made share one cap (max_connections_per_issuer)",
       return welcome.ok === true;
     }, 100);
     await job.close();
+  });
+});
+
+/** Two in-process duplex streams, each writing into the other (as in test/server.test.ts). */
+function duplexPair(): [Duplex, Duplex] {
+  const ends: Duplex[] = [];
+  const ended = [false, false];
+  const make = (i: number): Duplex =>
+    new Duplex({
+      allowHalfOpen: false,
+      read() {},
+      write(chunk: Buffer, _enc, cb) {
+        ends[1 - i]!.push(chunk);
+        cb();
+      },
+      final(cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb();
+      },
+      destroy(err, cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb(err);
+      },
+    });
+  ends.push(make(0), make(1));
+  return [ends[0]!, ends[1]!];
+}
+
+describe("the owner's reserve (server, in process)", () => {
+  test("a reserve full of connections in a token's handshake (a relay's, the daemon still checking the token) is given up to the owner's own client", async () => {
+    const OWNER = 1000;
+    const { vault } = await makeVault({ policy: POLICY });
+    // Token hellos are authenticated only once `release` is called: they sit in the daemon's own step
+    // (not waiting on their client), as a relay's connections do while the daemon checks the token.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let checking = 0;
+    const authenticate = async (peer: PeerInfo, hello: Hello): Promise<Identity> => {
+      if (hello.token === "fast") return { id: "token:fast/aaaaaaaaaaaaaaaa", role: "agent", agent: "claude", transport: peer.transport, token: { id: "aaaaaaaaaaaaaaaa", expiresAt: null, issuer: "uid:2000" } };
+      if (hello.token === "slow") {
+        checking++;
+        await gate;
+        return { id: "token:slow/bbbbbbbbbbbbbbbb", role: "agent", agent: "claude", transport: peer.transport, token: { id: "bbbbbbbbbbbbbbbb", expiresAt: null, issuer: `uid:${OWNER}` } };
+      }
+      if (peer.transport === "uds" && peer.uid === OWNER) return { id: `uid:${OWNER}`, role: "admin", transport: "uds" };
+      throw new VaultError("unauthenticated", "no");
+    };
+    const server = new LessorServer({ vault, authenticate, version: "test", ownerUid: OWNER, limits: { maxConnections: 4, ownerReservedConnections: 2 } });
+    after(() => server.close());
+    const open = async (peer: PeerInfo, token?: string, wait = true): Promise<{ c: RawClient; welcome: Msg | null }> => {
+      const [client, served] = duplexPair();
+      server.handle(served, peer);
+      const c = new RawClient(client as unknown as Socket, { nextTimeoutMs: 20_000 });
+      c.send({ protocol: "lessor", version: 1, ...(token !== undefined ? { token } : {}) });
+      return { c, welcome: wait ? await c.next() : null };
+    };
+    // The common slots: four token connections from TCP.
+    for (let i = 0; i < 4; i++) assert.equal((await open({ transport: "tcp", remoteAddress: "127.0.0.1" }, "fast")).welcome!.ok, true);
+    // Two connections over the owner's socket showing a token fill the reserve, held in the token check.
+    const relayed = [await open({ transport: "uds", uid: OWNER }, "slow", false), await open({ transport: "uds", uid: OWNER }, "slow", false)];
+    await within(20_000, "both relayed connections are in the token check", () => checking === 2, 10);
+    // The owner's own client (no token) still gets in, and is served.
+    const owner = await open({ transport: "uds", uid: OWNER });
+    assert.equal(owner.welcome!.ok, true, JSON.stringify(owner.welcome));
+    assert.equal(owner.welcome!.identity.role, "admin");
+    const st = await owner.c.call("status");
+    assert.equal(st.ok, true, JSON.stringify(st));
+    // The relayed one it replaced was told why; the other is refused when its token is accepted (no common slot).
+    release();
+    const answers = await Promise.all(relayed.map((r) => r.c.next()));
+    assert.deepEqual(answers.map((a) => a.ok), [false, false], JSON.stringify(answers));
+    assert.ok(answers.every((a) => a.error.code === "rate_limited"), JSON.stringify(answers));
   });
 });

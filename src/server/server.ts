@@ -293,20 +293,20 @@ export class LessorServer {
 
   /**
    * True when the owner's reserve has a slot for a new connection: a free one, or one held by a
-   * connection of the reserve still waiting on its client (its hello, or its token after the proof),
-   * which is closed to make room (the oldest). A client that says hello at once never waits long.
+   * connection of the reserve that is closed to make room: the oldest still in a token's handshake
+   * (it can only stay if a common slot frees up: a relay's, say), else the oldest still waiting on
+   * its client (its hello). The owner's own client says hello at once, with no token.
    */
   #reserveRoom(): boolean {
     if (this.#reserve.size < this.#limits.ownerReservedConnections) return true;
-    for (const c of this.#reserve)
-      if (c.awaitingPeer) {
-        this.#reserve.delete(c);
-        this.#dropped.add(c);
-        this.#noteRefused("replaced in the owner's reserve", c.peer);
-        c.end(RESERVE_EVICTED);
-        return this.#reserve.size < this.#limits.ownerReservedConnections;
-      }
-    return false;
+    const inHandshake = [...this.#reserve].filter((c) => c.identity === null);
+    const victim = inHandshake.find((c) => c.showsToken) ?? inHandshake.find((c) => c.awaitingPeer);
+    if (victim === undefined) return false;
+    this.#reserve.delete(victim);
+    this.#dropped.add(victim);
+    this.#noteRefused("replaced in the owner's reserve", victim.peer);
+    victim.end(RESERVE_EVICTED);
+    return true;
   }
 
   /**
