@@ -27,7 +27,7 @@ import type { Identity } from "../src/base/types.js";
 import type { Hello } from "../src/protocol/messages.js";
 import { LessorServer, type PeerInfo } from "../src/server/server.js";
 import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
-import { runCli } from "./cli-harness.js";
+import { cliHome, envOf, runCli, seedHome, startCli } from "./cli-harness.js";
 import { grant, makeVault, within } from "./helpers.js";
 import { RawClient, type Msg } from "./raw-client.js";
 
@@ -328,5 +328,40 @@ describe("the owner's reserve (server, in process)", () => {
     const answers = await Promise.all(relayed.map((r) => r.c.next()));
     assert.deepEqual(answers.map((a) => a.ok), [false, false], JSON.stringify(answers));
     assert.ok(answers.every((a) => a.error.code === "rate_limited"), JSON.stringify(answers));
+  });
+});
+
+describe("lessor proxy on a TCP port: connections that never send a request", { skip: AS_NOBODY }, () => {
+  test("another local user holding 600 idle connections (no token, no request) does not keep the agent from its proxy", async () => {
+    const home = await cliHome();
+    await seedHome(home, POLICY, [{ name: "github-token", value: "ghp_" + randomBytes(18).toString("hex") }]);
+    // A process limit on open files the idle flood can reach without taking long (every process has one).
+    const proxy = await startCli(
+      ["proxy", "--agent", "claude", "--domain", "api.github.com", "--listen", "127.0.0.1:0"],
+      /lessor: proxy for agent/,
+      { PATH: "/usr/bin:/bin", HOME: home, LESSOR_HOME: home, NO_COLOR: "1", GITHUB_TOKEN: "$S:github-token" },
+      { prefix: ["prlimit", "--nofile=512:512", "--"], killAfterMs: 120_000 },
+    );
+    after(() => proxy.child.kill());
+    const url = new URL(envOf(proxy.stdout()).HTTPS_PROXY!);
+    const port = Number(url.port);
+    const auth = "Basic " + Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString("base64");
+    /** The agent: a CONNECT to a host its proxy does not cover (answered at once, nothing upstream). */
+    const agentAsks = (): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect(port, "127.0.0.1");
+        let got = "";
+        s.on("data", (d: Buffer) => (got += d.toString("latin1")));
+        s.on("error", () => {});
+        s.on("close", () => resolve(got));
+        s.setTimeout(20_000, () => s.destroy());
+        s.write(`CONNECT uncovered.example:443 HTTP/1.1\r\nHost: uncovered.example:443\r\nProxy-Authorization: ${auth}\r\n\r\n`, () => setTimeout(() => s.end(), 2000));
+      });
+    assert.match(await agentAsks(), /^HTTP\/1\.1 \d{3} /, "the agent is answered before the flood");
+    const idle = attacker(["idle", `tcp:127.0.0.1:${port}`, "600", "6"]);
+    const r = (await idle.line(0)) as { stillOpen: number; connectErrors: number };
+    assert.equal(r.connectErrors, 0, JSON.stringify(r));
+    for (let i = 0; i < 3; i++) assert.match(await agentAsks(), /^HTTP\/1\.1 \d{3} /, `the agent is answered during the flood (${JSON.stringify(r)})`);
+    await idle.stop();
   });
 });
