@@ -182,6 +182,29 @@ describe("the owner always gets in to use the brakes (lessor serve, max_connecti
   });
 });
 
+describe("connections that never say hello never hold max_connections (lessor serve)", { skip: AS_NOBODY }, () => {
+  test("idle TCP connections from eight loopback addresses, within the handshake budgets, fill max_connections: a token client still gets in", async () => {
+    // The handshake budgets (128 per transport, 64 per peer by default) are larger than this
+    // max_connections, as they are whenever an admin lowers it below them.
+    const { socket, tcp } = await daemon("max_connections = 40\nmax_connections_per_principal = 8\n");
+    const admin = await LessorClient.connect({ socketPath: socket });
+    const bob = await admin.createToken({ name: "quiet-bob", role: "agent", agent: "bob" });
+    await admin.close();
+    const idle = attacker(["idle", `tcp:${tcp.host}:${tcp.port}`, "48", "8"]);
+    const r = (await idle.line(0)) as { refused: number; stillOpen: number; connectErrors: number };
+    assert.equal(r.connectErrors, 0, JSON.stringify(r));
+    const held: Raw[] = [];
+    after(() => held.forEach((c) => c.close()));
+    for (let i = 0; i < 3; i++) {
+      const { c, welcome } = await Raw.hello(tcp, bob.token);
+      assert.equal(welcome.ok, true, `a token client is welcomed during the idle flood: ${JSON.stringify(welcome)} (${JSON.stringify(r)})`);
+      assert.equal((await c.call("status")).ok, true);
+      held.push(c);
+    }
+    await idle.stop();
+  });
+});
+
 describe("connections on their way to a token over the owner's socket (lessor serve)", { skip: AS_NOBODY }, () => {
   test("a vault-session relay's connections, mid token handshake over the owner's socket, do not use up the owner's caps: its CLI still gets in", async () => {
     // lessor run --vault-session relays each connection of its sandboxed agent to the daemon's socket

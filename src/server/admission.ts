@@ -132,7 +132,7 @@ export class Admission<C extends Admittable> {
         message: `${mine} connections from you are still in their handshake (max_handshakes_per_peer); send the hello right after connecting, or close them, then try again`,
       };
     if (this.handshaking(peer.transport) < lim.maxHandshakes) return { ok: true, evict: null };
-    const victim = pool === undefined ? null : this.#victim(pool);
+    const victim = pool === undefined ? null : this.#victim([pool]);
     if (victim === null)
       return {
         ok: false,
@@ -142,12 +142,30 @@ export class Admission<C extends Admittable> {
     return { ok: true, evict: victim };
   }
 
-  /** The oldest connection waiting on its client, among the peers with the most such connections. */
-  #victim(pool: Map<string, Set<C>>): C | null {
+  /**
+   * At the daemon's connection cap: the connection to close for a newcomer from `peer`, if any: the
+   * oldest still in its handshake waiting on its client (any transport), from the peer with the most
+   * such connections, provided that peer has at least two more of them than the newcomer's own (a
+   * flood does not churn through itself). So connections that never say hello do not hold
+   * `max_connections` against others (the handshake budgets together may be larger than it).
+   */
+  capVictim(peer: PeerInfo): C | null {
+    const victim = this.#victim([...this.#handshakes.values()]);
+    if (victim === null) return null;
+    const waiting = (p: { transport: PeerInfo["transport"]; peer: string }): number => {
+      let n = 0;
+      for (const c of this.#handshakes.get(p.transport)?.get(p.peer) ?? []) if (c.awaitingPeer) n++;
+      return n;
+    };
+    return waiting(this.#entries.get(victim)!) > waiting({ transport: peer.transport, peer: peerKey(peer) }) + 1 ? victim : null;
+  }
+
+  /** The oldest connection waiting on its client, among the peers (of `pools`) with the most such connections. */
+  #victim(pools: Map<string, Set<C>>[]): C | null {
     let most = 0;
     let victim: C | null = null;
     let victimAt = Infinity;
-    for (const set of pool.values()) {
+    for (const set of pools.flatMap((pool) => [...pool.values()])) {
       let waiting = 0;
       let oldest: C | null = null;
       for (const c of set)

@@ -263,12 +263,19 @@ export class LessorServer {
     while (this.#commonCount() >= this.#limits.maxConnections && this.#dropLingering());
     if (this.#commonCount() >= this.#limits.maxConnections) {
       // Every common slot is taken: the daemon's owner (its uid, by peer credentials) still gets in,
-      // within the reserve, so that the brakes (killswitch, revoke) always work.
-      if (!this.#isOwner(peer) || !this.#reserveRoom()) {
-        this.#noteRefused("connection cap", peer);
-        return refuse(stream, this.#rateLimited);
+      // within the reserve, so that the brakes (killswitch, revoke) always work; anyone else takes
+      // the place of a connection still waiting on its client to say hello, if there is one.
+      if (this.#isOwner(peer) && this.#reserveRoom()) reserved = true;
+      else {
+        const victim = this.#admission.capVictim(peer);
+        if (victim === null) {
+          this.#noteRefused("connection cap", peer);
+          return refuse(stream, this.#rateLimited);
+        }
+        this.#noteRefused("replaced at the connection cap", victim.peer);
+        this.#dropped.add(victim);
+        victim.end(EVICTED);
       }
-      reserved = true;
     }
     const verdict = this.#admission.check(peer);
     if (!verdict.ok) {
