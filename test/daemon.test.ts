@@ -214,7 +214,9 @@ describe("daemon limits and lifecycle", () => {
       const ok = welcomes.filter((w) => w.ok).length;
       const limited = welcomes.filter((w) => !w.ok && w.error?.code === "rate_limited").length;
       assert.equal(ok + limited, 1000);
-      assert.ok(ok >= 398 && ok <= 400, `accepted ${ok}`);
+      // They are all the owner's (this process's uid): past the cap, its reserve (owner_reserved_connections,
+      // 16 by default) lets the last few in too; those before them in the reserve were replaced.
+      assert.ok(ok >= 398 && ok <= 400 + 16, `accepted ${ok}`);
       for (const c of conns) c.sock.destroy();
       await new Promise((r) => setTimeout(r, 200));
       const again = await LessorClient.connect({ socketPath: d.socket });

@@ -16,7 +16,7 @@ describe("bearer tokens", () => {
     const t = await vault.admin().createToken({ name: "claude-laptop", role: "agent", agent: "claude" });
     assert.match(t.token, /^lsr_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
     const who = await vault.authenticateToken(t.token, "tcp");
-    assert.deepEqual(who, { id: `token:claude-laptop/${t.id}`, role: "agent", agent: "claude", transport: "tcp", token: { id: t.id, expiresAt: null } });
+    assert.deepEqual(who, { id: `token:claude-laptop/${t.id}`, role: "agent", agent: "claude", transport: "tcp", token: { id: t.id, expiresAt: null, issuer: "embedded" } });
     const listed = await vault.admin().listTokens();
     assert.equal(listed.length, 1);
     assert.ok(!JSON.stringify(listed).includes(t.token.slice(21)), "listing never shows the secret");

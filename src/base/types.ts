@@ -23,7 +23,16 @@ export interface Identity {
    * Set when the identity comes from a bearer token: its public id and expiry (epoch ms, or null),
    * so a server can close the connection the moment the token is revoked or expires.
    */
-  readonly token?: { readonly id: string; readonly expiresAt: number | null };
+  readonly token?: {
+    readonly id: string;
+    readonly expiresAt: number | null;
+    /**
+     * Who made the token, at the root of its chain: the `createdBy` of the first token made by
+     * something other than a token (`uid:1000`, `vm:vm1`, `embedded`). A server counts the
+     * connections of every token one issuer made together (max_connections_per_issuer).
+     */
+    readonly issuer?: string;
+  };
   /**
    * Set for one `lessor run --vault-session`'s identity (a session token, named `session:…`, or the
    * embedded run's `run:<pid>.<random>:A`): it sees and uses only the leases issued to it (their

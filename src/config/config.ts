@@ -253,6 +253,8 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
     "max_in_flight_total",
     "max_buffered_bytes",
     "max_connections_per_principal",
+    "max_connections_per_issuer",
+    "owner_reserved_connections",
     "max_handshakes",
     "max_handshakes_per_peer",
     "max_frame_bytes",
@@ -285,6 +287,10 @@ function parseServer(source: string, root: Table, out: ServerConfig): void {
   if (t.max_buffered_bytes !== undefined) out.maxBufferedBytes = int(source, "[server] max_buffered_bytes", t.max_buffered_bytes, 16 * 1024, 1024 * 1024 * 1024);
   if (t.max_connections_per_principal !== undefined)
     out.maxConnectionsPerPrincipal = int(source, "[server] max_connections_per_principal", t.max_connections_per_principal, 1, 100_000);
+  if (t.max_connections_per_issuer !== undefined)
+    out.maxConnectionsPerIssuer = int(source, "[server] max_connections_per_issuer", t.max_connections_per_issuer, 1, 100_000);
+  if (t.owner_reserved_connections !== undefined)
+    out.ownerReservedConnections = int(source, "[server] owner_reserved_connections", t.owner_reserved_connections, 1, 1_000);
   if (t.max_handshakes !== undefined) out.maxHandshakes = int(source, "[server] max_handshakes", t.max_handshakes, 1, 100_000);
   if (t.max_handshakes_per_peer !== undefined) out.maxHandshakesPerPeer = int(source, "[server] max_handshakes_per_peer", t.max_handshakes_per_peer, 1, 100_000);
   if (t.max_frame_bytes !== undefined) out.maxFrameBytes = int(source, "[server] max_frame_bytes", t.max_frame_bytes, 1024, 1024 * 1024);
@@ -367,6 +373,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # max_in_flight_total = 256         # requests running at once in the daemon
 # max_buffered_bytes = 1048576      # unread answers past which a connection is not read
 # max_connections_per_principal = 64  # per uid, vsock cid or token
+# max_connections_per_issuer = 512  # all the tokens one uid (or VM) made, together
+# owner_reserved_connections = 16   # past max_connections, for the daemon's own uid only (the brakes)
 # max_handshakes = 128              # connections per transport still in their handshake
 # max_handshakes_per_peer = 64      # of those, from one uid, cid or TCP address
 # max_frame_bytes = 1048576

@@ -44,6 +44,21 @@ export interface ServerLimits {
    */
   maxConnectionsPerPrincipal: number;
   /**
+   * Token connections held by all the tokens one principal made, together: a token made with a
+   * token counts for the principal at the root of that chain (the uid, VM or `embedded` that made the
+   * first of them). So a principal that makes tokens (an admin token handed to an orchestrator, the
+   * owner's `lessor run --vault-session` runs, another uid mapped as admin) cannot multiply its share
+   * of maxConnections by the number of tokens it makes. Default 512.
+   */
+  maxConnectionsPerIssuer: number;
+  /**
+   * Connections kept for the daemon's owner, past maxConnections: a Unix-socket peer whose uid (by
+   * its peer credentials) is the daemon's, which authenticates as that uid (no token), may connect
+   * when every other slot is taken, so that `lessor killswitch`, `revoke` and `token revoke` always
+   * get in. Default 16.
+   */
+  ownerReservedConnections: number;
+  /**
    * Connections of one transport still in their handshake (no identity yet). A new one past it
    * replaces the oldest that is waiting on its client, from the peers with the most; if none waits
    * on its client, it is refused. Default 128.
@@ -77,6 +92,8 @@ export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = Object.freeze({
   maxInFlightTotal: 256,
   maxBufferedBytes: 1024 * 1024,
   maxConnectionsPerPrincipal: 64,
+  maxConnectionsPerIssuer: 512,
+  ownerReservedConnections: 16,
   maxHandshakes: 128,
   maxHandshakesPerPeer: 64,
   maxFrameBytes: MAX_FRAME_BYTES,

@@ -36,6 +36,9 @@ export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
 /** Default time a connection (client or upstream) may sit without traffic, ms. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
+/** Default cap on client connections that have not sent a request yet. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS = 256;
+
 /** Settings of {@link ForwardProxy}. */
 export interface ForwardProxyOptions {
   /** The policy asked for each CONNECT. */
@@ -54,6 +57,14 @@ export interface ForwardProxyOptions {
   headersTimeoutMs?: number;
   /** Idle timeout of client connections, tunnels and upstream connections, ms. */
   idleTimeoutMs?: number;
+  /**
+   * Client connections that have not sent a request yet (no CONNECT, no plain request), at most this
+   * many (default {@link DEFAULT_MAX_PENDING_CONNECTIONS}); past it the oldest is closed. On a TCP port
+   * every local user can connect, token or not: without this, connections that never send anything
+   * (each held up to headersTimeoutMs) would use up the proxy's open files, and the agent's own
+   * connections would be closed unanswered. A real client sends its request at once.
+   */
+  maxPendingConnections?: number;
   /**
    * Opens the TCP connection to a checked address (default `net.createConnection`). Tests instrument
    * it to prove a refused target never reaches it.
@@ -118,6 +129,9 @@ export class ForwardProxy {
   readonly #inner: Server;
   readonly #tunnels = new WeakMap<object, Tunnel>();
   readonly #sockets = new Set<Duplex>();
+  /** Client connections with no request yet, oldest first. */
+  readonly #pending = new Set<Duplex>();
+  readonly #maxPending: number;
   readonly #idleMs: number;
   readonly #maxHeaders: number;
   #closed = false;
@@ -127,6 +141,7 @@ export class ForwardProxy {
     this.#opts = opts;
     this.#idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     this.#maxHeaders = opts.maxHeaders ?? DEFAULT_MAX_HEADERS;
+    this.#maxPending = opts.maxPendingConnections ?? DEFAULT_MAX_PENDING_CONNECTIONS;
     const serverOpts = {
       maxHeaderSize: opts.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE,
       headersTimeout: opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS,
@@ -147,7 +162,15 @@ export class ForwardProxy {
     };
     this.server = createServer(serverOpts, (req, res) => this.#plainRequest(req, res));
     this.server.on("connect", (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#connect(req, socket, head));
-    this.server.on("connection", (s: Socket) => this.#track(s));
+    this.server.on("connection", (s: Socket) => {
+      this.#track(s);
+      this.#admitPending(s);
+    });
+    // Its first request (of any kind) takes a connection out of the pending ones: an unauthorized one
+    // is then answered 407 and closed, an authorized one is the agent's.
+    const served = (req: IncomingMessage): void => void this.#pending.delete(req.socket);
+    this.server.prependListener("request", served);
+    this.server.prependListener("connect", served);
     this.#inner = createServer(serverOpts, (req, res) => {
       const t = this.#tunnels.get(req.socket);
       if (!t) {
@@ -234,6 +257,17 @@ export class ForwardProxy {
     this.#inner.close(() => {}); // stops its header-timeout check; it was never listening
     this.server.closeAllConnections();
     await closed;
+  }
+
+  /** Counts a new client connection as pending; past the cap, the oldest pending one is closed. */
+  #admitPending(s: Duplex): void {
+    this.#pending.add(s);
+    s.once("close", () => this.#pending.delete(s));
+    while (this.#pending.size > this.#maxPending) {
+      const oldest = this.#pending.values().next().value as Duplex;
+      this.#pending.delete(oldest);
+      oldest.destroy();
+    }
   }
 
   #track(s: Duplex): void {

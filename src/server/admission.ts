@@ -7,6 +7,17 @@
  *   from the moment it connects, whatever state its connections are in, until it authenticates with a
  *   token: from then on it counts by the token's id (`token:<id>`, on any transport) alone. Each may
  *   hold `maxConnectionsPerPrincipal`.
+ * - **Issuers.** A token's connections also count for who made the token, at the root of a chain of
+ *   tokens made with tokens (`issuer:uid:1000`, `issuer:embedded`): all the tokens one principal made
+ *   hold at most `maxConnectionsPerIssuer` together, so that making tokens (an admin token handed to
+ *   an orchestrator, one `lessor run --vault-session` token per run) does not multiply a principal's
+ *   share of the daemon's connections by the number of tokens.
+ * - **The owner.** A Unix-socket peer with the daemon's own uid (by peer credentials) counts for no
+ *   principal and no handshake budget until it authenticates with a token: its processes are the
+ *   daemon's admin (they could stop the daemon outright), and the connections its relays open for
+ *   others (`lessor run --vault-session`, a sandboxed agent's, up to 64 per run in their handshake
+ *   at once) must not use up a cap its own `lessor killswitch` needs. It is bounded by the daemon's
+ *   connection cap, past which it has a reserve of its own (server.ts).
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
  *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
  *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
@@ -22,7 +33,12 @@ import type { PeerInfo } from "./connection.js";
 
 /** The limits admission applies (a part of ServerLimits). */
 export interface AdmissionLimits {
+  /** The daemon's own uid, whose Unix-socket peers no per-peer count holds (see above); absent: none. */
+  ownerUid?: number;
+  /** A Unix-socket peer without credentials is the owner (the socket is the owner's alone). */
+  ownerWithoutPeerCred?: boolean;
   maxConnectionsPerPrincipal: number;
+  maxConnectionsPerIssuer: number;
   maxHandshakes: number;
   maxHandshakesPerPeer: number;
 }
@@ -90,9 +106,16 @@ export class Admission<C extends Admittable> {
     return this.#handshaking.get(transport) ?? 0;
   }
 
+  /** True for a Unix-socket peer with the daemon's own uid (see the module comment). */
+  isOwner(peer: PeerInfo): boolean {
+    const lim = this.#limits;
+    return lim.ownerUid !== undefined && peer.transport === "uds" && (peer.uid === lim.ownerUid || (peer.uid === undefined && lim.ownerWithoutPeerCred === true));
+  }
+
   /** Decides on a new connection from `peer`, before it is counted. */
   check(peer: PeerInfo): Verdict<C> {
     const lim = this.#limits;
+    if (this.isOwner(peer)) return { ok: true, evict: null };
     const principal = acceptPrincipal(peer);
     if (principal !== null && this.openFor(principal) >= lim.maxConnectionsPerPrincipal)
       return {
@@ -109,7 +132,7 @@ export class Admission<C extends Admittable> {
         message: `${mine} connections from you are still in their handshake (max_handshakes_per_peer); send the hello right after connecting, or close them, then try again`,
       };
     if (this.handshaking(peer.transport) < lim.maxHandshakes) return { ok: true, evict: null };
-    const victim = pool === undefined ? null : this.#victim(pool);
+    const victim = pool === undefined ? null : this.#victim([pool]);
     if (victim === null)
       return {
         ok: false,
@@ -119,12 +142,30 @@ export class Admission<C extends Admittable> {
     return { ok: true, evict: victim };
   }
 
-  /** The oldest connection waiting on its client, among the peers with the most such connections. */
-  #victim(pool: Map<string, Set<C>>): C | null {
+  /**
+   * At the daemon's connection cap: the connection to close for a newcomer from `peer`, if any: the
+   * oldest still in its handshake waiting on its client (any transport), from the peer with the most
+   * such connections, provided that peer has at least two more of them than the newcomer's own (a
+   * flood does not churn through itself). So connections that never say hello do not hold
+   * `max_connections` against others (the handshake budgets together may be larger than it).
+   */
+  capVictim(peer: PeerInfo): C | null {
+    const victim = this.#victim([...this.#handshakes.values()]);
+    if (victim === null) return null;
+    const waiting = (p: { transport: PeerInfo["transport"]; peer: string }): number => {
+      let n = 0;
+      for (const c of this.#handshakes.get(p.transport)?.get(p.peer) ?? []) if (c.awaitingPeer) n++;
+      return n;
+    };
+    return waiting(this.#entries.get(victim)!) > waiting({ transport: peer.transport, peer: peerKey(peer) }) + 1 ? victim : null;
+  }
+
+  /** The oldest connection waiting on its client, among the peers (of `pools`) with the most such connections. */
+  #victim(pools: Map<string, Set<C>>[]): C | null {
     let most = 0;
     let victim: C | null = null;
     let victimAt = Infinity;
-    for (const set of pool.values()) {
+    for (const set of pools.flatMap((pool) => [...pool.values()])) {
       let waiting = 0;
       let oldest: C | null = null;
       for (const c of set)
@@ -141,9 +182,11 @@ export class Admission<C extends Admittable> {
 
   /** Counts a new connection (after {@link check} said ok). */
   add(c: C, peer: PeerInfo): void {
-    const principal = acceptPrincipal(peer);
-    const e: Entry = { transport: peer.transport, peer: peerKey(peer), principals: [], handshaking: true, at: this.#arrivals++ };
+    const owner = this.isOwner(peer);
+    const principal = owner ? null : acceptPrincipal(peer);
+    const e: Entry = { transport: peer.transport, peer: peerKey(peer), principals: [], handshaking: !owner, at: this.#arrivals++ };
     this.#entries.set(c, e);
+    if (owner) return;
     if (principal !== null) this.#count(e, principal);
     let pool = this.#handshakes.get(e.transport);
     if (pool === undefined) this.#handshakes.set(e.transport, (pool = new Map()));
@@ -170,14 +213,22 @@ export class Admission<C extends Admittable> {
             "rate_limited",
             `token ${token} already has ${this.#limits.maxConnectionsPerPrincipal} connections open to the daemon (max_connections_per_principal); close some, or ask the admin to raise the limit in lessor.toml [server]`,
           );
+        const issuer = identity.token?.issuer;
+        const byIssuer = issuer === undefined ? null : `issuer:${issuer}`;
+        if (byIssuer !== null && !e.principals.includes(byIssuer) && this.openFor(byIssuer) >= this.#limits.maxConnectionsPerIssuer)
+          throw new VaultError(
+            "rate_limited",
+            `the tokens made by ${issuer} already have ${this.#limits.maxConnectionsPerIssuer} connections open to the daemon together (max_connections_per_issuer); close some, or ask the admin to raise the limit in lessor.toml [server]`,
+          );
         this.#count(e, principal);
+        if (byIssuer !== null && !e.principals.includes(byIssuer)) this.#count(e, byIssuer);
       }
       // From now on it counts for its token alone, no longer for the uid or cid it came from: a
       // token's connections are the token's (capped as such), and a process that relays others'
       // sessions with a token of its own (lessor run --vault-session, its sandboxed command holding
       // as many connections as it may) must not use up its uid's connections, the owner's own CLI
       // and killswitch among them.
-      for (const p of e.principals.filter((x) => x !== principal)) this.#uncount(e, p);
+      for (const p of e.principals.filter((x) => x !== principal && !x.startsWith("issuer:"))) this.#uncount(e, p);
     }
     this.endHandshake(c);
   }

@@ -144,6 +144,8 @@ export class Connection {
   #lingerTimer: NodeJS.Timeout | null = null;
   /** The token handshake under way: the id the hello named (null: none). */
   #tokenId: string | null = null;
+  /** The hello carried a token, or began a token handshake. */
+  #showsToken = false;
   /** True once the token handshake's outcome is settled for auditing (token shown, or failure audited). */
   #tokenShown = false;
   /** The token the connection authenticated with, once open (null: none). */
@@ -181,6 +183,11 @@ export class Connection {
    */
   get awaitingPeer(): boolean {
     return this.#state === "hello" || this.#state === "proof";
+  }
+
+  /** True once the hello carried a token or began a token handshake (the connection will be a token's, if anyone's). */
+  get showsToken(): boolean {
+    return this.#showsToken;
   }
 
   /** The identity, once the handshake succeeded. */
@@ -278,6 +285,7 @@ export class Connection {
     if (!parsed.success) return this.#refuse("invalid_request", issuesMessage("hello", parsed.error.issues, Object.keys(helloSchema.shape)));
     if (this.#host.closing) return this.#refuse("unavailable", "the daemon is shutting down; try again when it is back");
     const h = parsed.data;
+    this.#showsToken = h.token !== undefined || h.tokenId !== undefined;
     // A vsock guest never authenticates by token (authenticate.ts): its token hello goes straight to
     // the refusal, before any token is looked up, so the daemon proves nothing to a guest.
     if (this.peer.transport === "vsock") return void this.#authenticate(h);

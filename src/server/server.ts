@@ -44,6 +44,14 @@ export interface ServerOptions {
   log?: Logger;
   /** The daemon's version, reported by the status method's `daemon` object. */
   version: string;
+  /**
+   * The uid the daemon runs as: its Unix-socket peers (by peer credentials) that authenticate as that
+   * uid, with no token, may use the owner's reserve of connections past maxConnections
+   * (ownerReservedConnections), so the owner can always connect to use the brakes. Absent: no reserve.
+   */
+  ownerUid?: number;
+  /** The socket is reachable by its owner only (peer-trust.ts): a peer without credentials is the owner. */
+  ownerWithoutPeerCred?: boolean;
 }
 
 /** How long a refused stream may linger before it is destroyed. */
@@ -66,6 +74,10 @@ function refuse(stream: Duplex, frame: Buffer): void {
 }
 
 const SHUTTING_DOWN = refusalFrame("unavailable", "the daemon is shutting down; try again when it is back");
+const RESERVE_EVICTED = refusalFrame(
+  "rate_limited",
+  "closed to make room: the daemon's connections kept for its owner were all taken and this one had not finished its handshake; send the hello right after connecting, and try again",
+);
 const EVICTED = refusalFrame(
   "rate_limited",
   "closed to make room: the daemon had too many connections in their handshake and this one had not finished its own; send the hello right after connecting, and try again",
@@ -77,8 +89,18 @@ export class LessorServer {
   readonly #conns = new Set<Connection>();
   /** Connections closing (lingering up to a second): the first to go when the connection cap is reached. */
   readonly #lingering = new Set<Connection>();
-  /** Connections destroyed to make room whose close event has not come yet (still in #conns). */
-  #dropped = 0;
+  /**
+   * Connections closed to make room whose close event has not come yet (still in #conns): destroyed
+   * lingering ones, and those replaced in the owner's reserve (they linger up to a second with their
+   * refusal). Counted in no limit.
+   */
+  readonly #dropped = new Set<Connection>();
+  /**
+   * Connections let in past maxConnections from the daemon's owner (in #conns too, in arrival order):
+   * they must authenticate as the owner without a token, or leave when there is no room for them.
+   */
+  readonly #reserve = new Set<Connection>();
+  readonly #isOwner: (peer: PeerInfo) => boolean;
   readonly #limits: ServerLimits;
   readonly #log: Logger;
   readonly #rateLimited: Buffer;
@@ -102,7 +124,12 @@ export class LessorServer {
     this.#limits = limits;
     this.#log = opts.log ?? noopLogger;
     this.#rateLimited = refusalFrame("rate_limited", `the daemon has too many connections (${limits.maxConnections}); try again`);
-    this.#admission = new Admission(limits);
+    this.#admission = new Admission({
+      ...limits,
+      ...(opts.ownerUid !== undefined ? { ownerUid: opts.ownerUid } : {}),
+      ownerWithoutPeerCred: opts.ownerWithoutPeerCred === true,
+    });
+    this.#isOwner = (peer) => this.#admission.isOwner(peer);
     this.#scheduler = new Scheduler({
       perPrincipal: limits.maxInFlightPerPrincipal,
       perPrincipalShared: limits.maxInFlightPerPrincipalShared,
@@ -123,7 +150,19 @@ export class LessorServer {
         return server.#closing;
       },
       authenticate: (peer, hello) => opts.authenticate(peer, hello),
-      admit: (c, identity) => admission.admit(c, identity),
+      admit: (c, identity) => {
+        // A connection in the owner's reserve that turned out to be a token (a relay such as lessor
+        // run --vault-session's, or any token shown over the owner's socket) is not the owner: it
+        // stays only if the common pool has room for it now.
+        const outOfReserve = this.#reserve.has(c) && identity.token !== undefined;
+        if (outOfReserve && this.#commonCount() >= limits.maxConnections)
+          throw new VaultError(
+            "rate_limited",
+            `the daemon has too many connections (${limits.maxConnections}); those left are kept for its owner's own (unauthenticated by token) connections; try again`,
+          );
+        admission.admit(c, identity);
+        if (outOfReserve) this.#reserve.delete(c);
+      },
       schedule: (principal, job) => scheduler.submit(principal, job),
       requestStarted: () => {
         this.#inFlight++;
@@ -133,10 +172,13 @@ export class LessorServer {
       },
       connectionClosing: (c, inHandshake) => {
         if (inHandshake) admission.endHandshake(c);
+        this.#reserve.delete(c);
         this.#lingering.add(c);
       },
       connectionClosed: (c) => {
         this.#lingering.delete(c);
+        this.#reserve.delete(c);
+        this.#dropped.delete(c);
         this.#conns.delete(c);
         admission.remove(c);
         if (this.#conns.size === 0 && this.#onEmpty) this.#onEmpty();
@@ -217,9 +259,23 @@ export class LessorServer {
   handle(stream: Duplex, peer: PeerInfo): void {
     if (stream.destroyed) return;
     if (this.#closing) return refuse(stream, SHUTTING_DOWN);
-    if (this.#conns.size - this.#dropped >= this.#limits.maxConnections && !this.#dropLingering()) {
-      this.#noteRefused("connection cap", peer);
-      return refuse(stream, this.#rateLimited);
+    let reserved = false;
+    while (this.#commonCount() >= this.#limits.maxConnections && this.#dropLingering());
+    if (this.#commonCount() >= this.#limits.maxConnections) {
+      // Every common slot is taken: the daemon's owner (its uid, by peer credentials) still gets in,
+      // within the reserve, so that the brakes (killswitch, revoke) always work; anyone else takes
+      // the place of a connection still waiting on its client to say hello, if there is one.
+      if (this.#isOwner(peer) && this.#reserveRoom()) reserved = true;
+      else {
+        const victim = this.#admission.capVictim(peer);
+        if (victim === null) {
+          this.#noteRefused("connection cap", peer);
+          return refuse(stream, this.#rateLimited);
+        }
+        this.#noteRefused("replaced at the connection cap", victim.peer);
+        this.#dropped.add(victim);
+        victim.end(EVICTED);
+      }
     }
     const verdict = this.#admission.check(peer);
     if (!verdict.ok) {
@@ -233,7 +289,31 @@ export class LessorServer {
     }
     const c = new Connection(this.#host, stream, peer);
     this.#conns.add(c);
+    if (reserved) this.#reserve.add(c);
     this.#admission.add(c, peer);
+  }
+
+  /** Connections counted against maxConnections: all but those dropped, and those in the owner's reserve. */
+  #commonCount(): number {
+    return this.#conns.size - this.#dropped.size - this.#reserve.size;
+  }
+
+  /**
+   * True when the owner's reserve has a slot for a new connection: a free one, or one held by a
+   * connection of the reserve that is closed to make room: the oldest still in a token's handshake
+   * (it can only stay if a common slot frees up: a relay's, say), else the oldest still waiting on
+   * its client (its hello). The owner's own client says hello at once, with no token.
+   */
+  #reserveRoom(): boolean {
+    if (this.#reserve.size < this.#limits.ownerReservedConnections) return true;
+    const inHandshake = [...this.#reserve].filter((c) => c.identity === null);
+    const victim = inHandshake.find((c) => c.showsToken) ?? inHandshake.find((c) => c.awaitingPeer);
+    if (victim === undefined) return false;
+    this.#reserve.delete(victim);
+    this.#dropped.add(victim);
+    this.#noteRefused("replaced in the owner's reserve", victim.peer);
+    victim.end(RESERVE_EVICTED);
+    return true;
   }
 
   /**
@@ -244,9 +324,10 @@ export class LessorServer {
   #dropLingering(): boolean {
     for (const c of this.#lingering) {
       this.#lingering.delete(c);
-      if (c.stream.destroyed) continue;
-      this.#dropped++;
-      c.stream.once("close", () => this.#dropped--);
+      if (c.stream.destroyed || this.#dropped.has(c)) continue;
+      // Counted as dropped from now on, not in the reserve too.
+      this.#reserve.delete(c);
+      this.#dropped.add(c);
       c.stream.destroy();
       return true;
     }

@@ -207,16 +207,41 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
     throw new VaultError("unauthenticated", INVALID);
   }
   sawLiveToken(ctx, rec.id, rec.expiresAt);
+  const issuer = await tokenIssuer(ctx, rec);
   return {
     id: `token:${rec.name}/${rec.id}`,
     role: rec.role,
     ...(rec.agent !== null ? { agent: rec.agent } : {}),
     ...(rec.actFor !== null ? { actFor: rec.actFor } : {}),
     transport,
-    token: { id: rec.id, expiresAt: rec.expiresAt },
+    token: { id: rec.id, expiresAt: rec.expiresAt, issuer },
     // MACed with the row: nobody without the key makes a token a session, or a session token not one.
     ...(rec.role === "agent" && rec.name.startsWith(SESSION_TOKEN_PREFIX) ? { session: true as const } : {}),
   };
+}
+
+/** How far {@link tokenIssuer} follows a chain of tokens made with tokens. */
+const MAX_ISSUER_DEPTH = 32;
+
+/** A token's `createdBy` when a token made it (`token:<name>/<id>`; names hold no `/`): the maker's id. */
+const MADE_BY_TOKEN = /^token:[^/]*\/([0-9a-f]{16})$/;
+
+/**
+ * Who made `rec`, at the root of its chain: each token made with a token (an admin token making agent
+ * tokens, and those making more) counts for whoever made the first token of the chain, so that making
+ * tokens does not multiply a principal's share of the daemon's connections. A maker no longer stored
+ * (or a chain past {@link MAX_ISSUER_DEPTH}) ends the chain at the last maker read.
+ */
+async function tokenIssuer(ctx: VaultContext, rec: TokenRecord): Promise<string> {
+  let by = rec.createdBy;
+  for (let i = 0; i < MAX_ISSUER_DEPTH; i++) {
+    const m = MADE_BY_TOKEN.exec(by);
+    if (m === null) return by;
+    const maker = await ctx.store.getToken(m[1]!);
+    if (maker === null) return by;
+    by = maker.createdBy;
+  }
+  return by;
 }
 
 /** What an unknown id's secret is compared with: the length of a stored hash (SHA-256), matching none. */
