@@ -182,6 +182,33 @@ describe("the owner always gets in to use the brakes (lessor serve, max_connecti
   });
 });
 
+describe("the daemon's uid mapped to an agent by [[identity]] (lessor serve)", { skip: LINUX_ROOT ? false : "needs root on Linux (the test's uid must be the daemon's, mapped to an agent)" }, () => {
+  test("its processes are that agent: held to max_connections_per_principal, and none of the owner's reserve", async () => {
+    const run = mkdtempSync(join(tmpdir(), "lessor-adm-"));
+    dirs.push(run);
+    const socket = join(run, "agents.sock");
+    const uid = process.getuid!();
+    const config = `[server]\nsocket = ${JSON.stringify(socket)}\nmax_connections = 12\nmax_connections_per_principal = 4\nowner_reserved_connections = 4\n[[identity]]\nuid = ${uid}\nrole = "agent"\nagent = "claude"\n`;
+    const d = await startServe(await makeHome({ config, policy: POLICY }));
+    after(() => d.stop());
+    const held: Raw[] = [];
+    after(() => held.forEach((c) => c.close()));
+    const welcomes: Msg[] = [];
+    for (let i = 0; i < 20; i++) {
+      const { c, welcome } = await Raw.hello(socket);
+      welcomes.push(welcome);
+      if (welcome.ok === true) held.push(c);
+      else c.close();
+    }
+    const ok = welcomes.filter((w) => w.ok === true);
+    assert.ok(ok.every((w) => (w.identity as { role?: string } | undefined)?.role === "agent"), JSON.stringify(ok[0]));
+    // Before: the mapped uid counted as the owner, exempt from the per-uid cap, and filled the 12 common
+    // slots and the 4 of the reserve (16), locking out the admin's token.
+    assert.equal(ok.length, 4, `welcomed ${ok.length} of 20: ${JSON.stringify(welcomes.find((w) => w.ok !== true))}`);
+    assert.ok(welcomes.filter((w) => w.ok !== true).every((w) => codeOf(w) === "rate_limited"));
+  });
+});
+
 describe("connections that never say hello never hold max_connections (lessor serve)", { skip: AS_NOBODY }, () => {
   test("idle TCP connections from eight loopback addresses, within the handshake budgets, fill max_connections: a token client still gets in", async () => {
     // The handshake budgets (128 per transport, 64 per peer by default) are larger than this

@@ -138,7 +138,10 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
         shutdownGraceMs: s.shutdownGraceMs,
         maxConnectionLifetimeMs: s.maxConnectionLifetimeMs,
       },
-      ownerUid,
+      // The owner's exemptions and reserve (admission.ts) are for the daemon's uid as its admin: when
+      // [[identity]] maps that uid to another identity (an agent, say), its processes are that identity
+      // and get neither; the admin then connects with a token, held to the common limits.
+      ...(cfg.identities.some((i) => i.uid === ownerUid) ? {} : { ownerUid }),
       ownerWithoutPeerCred: trust.ownerWithoutPeerCred === true,
       log,
       version: VERSION,

@@ -152,9 +152,9 @@ export class LessorServer {
       authenticate: (peer, hello) => opts.authenticate(peer, hello),
       admit: (c, identity) => {
         // A connection in the owner's reserve that turned out to be a token (a relay such as lessor
-        // run --vault-session's, or any token shown over the owner's socket) is not the owner: it
-        // stays only if the common pool has room for it now.
-        const outOfReserve = this.#reserve.has(c) && identity.token !== undefined;
+        // run --vault-session's, or any token shown over the owner's socket), or anything but the
+        // admin, is not the owner: it stays only if the common pool has room for it now.
+        const outOfReserve = this.#reserve.has(c) && (identity.token !== undefined || identity.role !== "admin");
         if (outOfReserve && this.#commonCount() >= limits.maxConnections)
           throw new VaultError(
             "rate_limited",
