@@ -215,7 +215,7 @@ describe("lessor run --vault-session: each run's session is bound to its own lea
       const mine = tokens.find((t) => t.id === tokenId);
       assert.ok(mine, JSON.stringify(tokens));
       assert.equal(mine.revokedAt, null);
-      assert.match(mine.name, new RegExp(`^session:${r.pid}\\.\\d+\\.[0-9a-f]{12}$`), "the session token names the run's process");
+      assert.match(mine.name, new RegExp(`^session:${r.pid}\\.\\d+\\.[0-9a-f]{12}\\.\\d+$`), "the session token names the run's process");
       // A few sweeps pass while the run lives: its token stays.
       await sleep(2500);
       assert.equal(((await admin.ok("token_list")) as Msg[]).find((t) => t.id === tokenId)?.revokedAt, null, "the session token of a live run was revoked");
@@ -394,6 +394,60 @@ describe("the lease's bound column: PostgreSQL upgrade", { skip: (await import("
       }
     } finally {
       await drop();
+    }
+  });
+});
+
+describe("the session sweep judges only the stamps of its own pid namespace", () => {
+  const NO_UNSHARE =
+    process.platform !== "linux" || process.getuid?.() !== 0
+      ? "needs root on Linux (unshare -pf makes another pid namespace)"
+      : spawnSync("unshare", ["-pf", "--mount-proc", "true"]).status !== 0
+        ? "unshare -pf --mount-proc does not work here"
+        : false;
+  test("a daemon in another pid namespace on this kernel (a container sharing the store) leaves a live run's session token alone; one in this namespace revokes it once its process is gone", { skip: NO_UNSHARE }, async () => {
+    const { processStamp, stampState } = await import("../src/server/process-stamp.js");
+    const { envKeySource } = await import("../src/crypto/keys/env.js");
+    const { openSqliteStore } = await import("../src/store/sqlite/sqlite-store.js");
+    const { parsePolicy } = await import("../src/vault/policy.js");
+    const { Vault } = await import("../src/vault/vault.js");
+    const { sweepSessions } = await import("../src/server/session-sweep.js");
+    const dir = mkdtempSync(join(tmpdir(), "lessor-sweep-ns-"));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    const db = join(dir, "lessor.db");
+    const key = randomBytes(32).toString("hex");
+    const open = () => Vault.open({ store: openSqliteStore(db), keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy("", "policy.toml") });
+    // A process of this namespace that lives through the other namespace's sweep, then ends.
+    const run = spawn("sleep", ["600"], { stdio: "ignore" });
+    after(() => run.kill("SIGKILL"));
+    const stamp = processStamp(run.pid)!;
+    assert.equal(stampState(stamp), "alive");
+    let v = await open();
+    const admin = () => v.session({ id: "uid:0", role: "admin", transport: "uds" });
+    const t = await admin().createToken({ name: "ignored", role: "agent", agent: AGENT, session: true, process: stamp });
+    assert.equal(t.name, `session:${stamp}`);
+    await v.close();
+    // Another pid namespace on this kernel: the same boot id, pids of its own (our `sleep` is not
+    // there, and its pid may name another process or none).
+    const inner = spawnSync("unshare", ["-pf", "--mount-proc", process.execPath, "--import", "tsx", join(REPO, "test/fixtures/sweep-sessions.ts"), db], {
+      cwd: REPO,
+      env: { ...process.env, LESSOR_MASTER_KEY: key },
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+    assert.equal(inner.status, 0, inner.stderr);
+    assert.equal(inner.stdout.trim(), "0", "the sweep in another pid namespace revoked nothing");
+    v = await open();
+    try {
+      assert.equal((await admin().listTokens()).find((x) => x.id === t.id)?.revokedAt, null, "the live run's session token is not revoked from another namespace");
+      // Here, its process gone: swept.
+      run.kill("SIGKILL");
+      await new Promise<void>((r) => (run.exitCode !== null || run.signalCode !== null ? r() : run.once("exit", () => r())));
+      assert.equal(stampState(stamp), "gone");
+      assert.equal(await sweepSessions(v), 1);
+      assert.notEqual((await admin().listTokens()).find((x) => x.id === t.id)?.revokedAt, null);
+    } finally {
+      await v.close();
     }
   });
 });

@@ -199,7 +199,7 @@ function assertAgentOnly(out: ProbeOut | null, mode: "embedded" | "daemon"): voi
   if (mode === "embedded") {
     assert.match(who.id, new RegExp(`^run:\\d+\\.[0-9a-f]{8}:${AGENT}$`));
     assert.equal(who.token, null);
-  } else assert.match(who.token!.name, /^session:\d+\.\d+\.[0-9a-f]{12}$/);
+  } else assert.match(who.token!.name, /^session:\d+\.\d+\.[0-9a-f]{12}\.\d+$/);
   assert.equal(out.lease!.code, 0, out.lease!.stderr);
   assert.equal(out.lease!.sha, sha256(GRANTED), "the granted secret's value is printed");
   assert.notEqual(out.notGranted!.code, 0);

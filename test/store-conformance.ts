@@ -1009,6 +1009,26 @@ export function storeConformance(label: string, make: StoreFactory): void {
         assert.deepEqual(plainBytes((await s.getToken("aaaa"))!.mac!), plainBytes(Buffer.alloc(32, 9)));
       }));
 
+      test("tokens: a filter selects the live ones (neither revoked nor expired) and a name prefix", withStore(async (s) => {
+        const tok = (id: string, name: string, over: Partial<TokenRecord> = {}): TokenRecord => ({
+          id, name, role: "agent", agent: "claude", actFor: null, createdAt: T0, expiresAt: null, revokedAt: null, createdBy: "test", hash: Buffer.alloc(32, 7), mac: null, ...over,
+        });
+        await tx(s, async (t) => {
+          await t.insertToken(tok("t1", "session:1.2.3"));
+          await t.insertToken(tok("t2", "session:9", { createdAt: T0 + 1, expiresAt: T0 + 10 }));
+          await t.insertToken(tok("t3", "session:8", { createdAt: T0 + 2, revokedAt: T0 + 3 }));
+          await t.insertToken(tok("t4", "ci-session:x", { createdAt: T0 + 3 }));
+          await t.insertToken(tok("t5", "sess%on:_", { createdAt: T0 + 4 }));
+        });
+        const ids = async (f: Parameters<typeof s.listTokens>[0]) => (await s.listTokens(f)).map((t) => t.id);
+        assert.deepEqual(await ids({}), ["t1", "t2", "t3", "t4", "t5"]);
+        assert.deepEqual(await ids({ namePrefix: "session:" }), ["t1", "t2", "t3"], "a prefix, not a pattern: % and _ match only themselves");
+        assert.deepEqual(await ids({ liveAt: T0 + 5 }), ["t1", "t2", "t4", "t5"]);
+        assert.deepEqual(await ids({ liveAt: T0 + 10 }), ["t1", "t4", "t5"], "expired at its expiry");
+        assert.deepEqual(await ids({ liveAt: T0 + 5, namePrefix: "session:" }), ["t1", "t2"]);
+        assert.deepEqual(await ids({ namePrefix: "sess%" }), ["t5"]);
+      }));
+
       test("many concurrent transactions all commit, in a serial order", withStore(async (s) => {
         // Each reads the head and appends the next seq: only a serialisable store gets 1..100.
         await Promise.all(

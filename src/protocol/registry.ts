@@ -30,7 +30,7 @@ export interface CallContext {
   startedAt: number;
   connections(): number;
   /**
-   * The stamp of the process at the other end of this connection (`<pid>.<start>.<boot id>`,
+   * The stamp of the process at the other end of this connection (`<pid>.<start>.<boot id>.<pid namespace>`,
    * src/server/process-stamp.ts), from the Unix socket's peer credentials; null when unknown (TCP, no
    * peer pid, the in-process API). token_create with session: true binds the token to it.
    */

@@ -1,27 +1,33 @@
 /**
- * A process stamp names one process for as long as the machine runs: `<pid>.<start>.<boot>`, its pid,
- * its start time (clock ticks after boot, field 22 of /proc/<pid>/stat) and the first 12 hex digits of
- * the kernel's boot id. A pid is reused; a pid with the same start time in the same boot is the same
- * process. A session token (lessor run --vault-session) carries the stamp of the run that asked for
+ * A process stamp names one process for as long as the machine runs: `<pid>.<start>.<boot>.<ns>`, its
+ * pid, its start time (clock ticks after boot, field 22 of /proc/<pid>/stat), the first 12 hex digits of
+ * the kernel's boot id and the inode of the pid namespace the pid is counted in (this process's: the
+ * kernel gives a Unix-socket peer's pid as seen from the receiver's namespace). A pid is reused; a pid
+ * with the same start time in the same boot and namespace is the same process. Two daemons sharing a
+ * store on one kernel in different pid namespaces (containers) each judge only their own stamps. A session token (lessor run --vault-session) carries the stamp of the run that asked for
  * it, and the daemon revokes the token once that process is gone (src/server/session-sweep.ts), so a
  * run killed outright (kill -9: its finally never runs) does not leave its token valid for its ttl.
  * Linux only (/proc); elsewhere there is no stamp, and such a token ends with the run or its ttl.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, readlinkSync } from "node:fs";
 import { PROCESS_STAMP_RE } from "../vault/tokens.js";
 
-let boot: string | null | undefined;
+let place: string | null | undefined;
 
-/** The first 12 hex digits of this boot's id, or null when it cannot be read. */
-export function bootId(): string | null {
-  if (boot !== undefined) return boot;
+/**
+ * Where this process counts pids: `<first 12 hex digits of the boot id>.<pid namespace inode>`, or null
+ * when either cannot be read (not Linux, no /proc).
+ */
+export function pidPlace(): string | null {
+  if (place !== undefined) return place;
   try {
     const id = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim().replaceAll("-", "").toLowerCase();
-    boot = /^[0-9a-f]{12}/.test(id) ? id.slice(0, 12) : null;
+    const ns = /^pid:\[(\d{1,20})\]$/.exec(readlinkSync("/proc/self/ns/pid"));
+    place = /^[0-9a-f]{12}/.test(id) && ns !== null ? `${id.slice(0, 12)}.${ns[1]}` : null;
   } catch {
-    boot = null;
+    place = null;
   }
-  return boot;
+  return place;
 }
 
 /** The start time of process `pid` (clock ticks after boot), or null when there is no such process. */
@@ -43,19 +49,20 @@ function startTime(pid: number): string | null {
 /** The stamp of live process `pid`, or null (no such process, not Linux). */
 export function processStamp(pid: number | undefined): string | null {
   if (pid === undefined || !Number.isSafeInteger(pid) || pid <= 0) return null;
-  const b = bootId();
-  const t = b === null ? null : startTime(pid);
-  return b === null || t === null ? null : `${pid}.${t}.${b}`;
+  const p = pidPlace();
+  const t = p === null ? null : startTime(pid);
+  return p === null || t === null ? null : `${pid}.${t}.${p}`;
 }
 
 /**
- * Whether the process `stamp` names still runs: "gone" when it is of this boot and its pid is no
- * process, or another one (a different start time); "alive" when it runs; "foreign" when the stamp is
- * not one this host can judge (another boot, or another machine sharing the database: its daemon sweeps it).
+ * Whether the process `stamp` names still runs: "gone" when it is of this boot and pid namespace and
+ * its pid is no process, or another one (a different start time); "alive" when it runs; "foreign" when
+ * the stamp is not one this process can judge (another boot, another pid namespace, another machine
+ * sharing the database: the daemon there sweeps it).
  */
 export function stampState(stamp: string): "alive" | "gone" | "foreign" {
   const m = PROCESS_STAMP_RE.exec(stamp);
-  const b = bootId();
-  if (m === null || b === null || m[3] !== b) return "foreign";
+  const p = pidPlace();
+  if (m === null || p === null || `${m[3]}.${m[4]}` !== p) return "foreign";
   return processStamp(Number(m[1])) === stamp ? "alive" : "gone";
 }

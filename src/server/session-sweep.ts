@@ -13,7 +13,7 @@ import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
 import { PROCESS_STAMP_RE, SESSION_TOKEN_PREFIX } from "../vault/tokens.js";
 import type { Logger } from "./logger.js";
-import { stampState } from "./process-stamp.js";
+import { pidPlace, stampState } from "./process-stamp.js";
 
 /** The identity the sweep acts as (audited as such). */
 export const SESSION_SWEEP_IDENTITY: Identity = Object.freeze({ id: "daemon:session-sweep", role: "admin", transport: "serve" } as const);
@@ -23,10 +23,14 @@ export const SESSION_SWEEP_MS = 1000;
 
 /** One pass: revokes what the sessions of gone processes hold. Resolves to how many tokens it revoked. */
 export async function sweepSessions(vault: Vault, log?: Pick<Logger, "info" | "warn">): Promise<number> {
+  // Where pids cannot be judged (not Linux, no /proc) no stamp is made and none is swept.
+  if (pidPlace() === null) return 0;
   const admin = vault.session(SESSION_SWEEP_IDENTITY);
   const now = Date.now();
   let n = 0;
-  for (const t of await admin.listTokens()) {
+  // The store selects the live session tokens: the sweep's cost follows the runs going on, not every
+  // token ever made (revoked ones are never deleted).
+  for (const t of await admin.listTokens({ liveAt: now, namePrefix: SESSION_TOKEN_PREFIX })) {
     if (t.revokedAt !== null || (t.expiresAt !== null && t.expiresAt <= now) || t.unverified === true || t.role !== "agent" || t.agent === null) continue;
     if (!t.name.startsWith(SESSION_TOKEN_PREFIX)) continue;
     const stamp = t.name.slice(SESSION_TOKEN_PREFIX.length);

@@ -23,7 +23,7 @@ import type {
 import { auditGap, auditLimit, isLeaseLive, nestedBeforeCommit, txFinished } from "./semantics.js";
 import { withTxTimeout } from "./tx-timeout.js";
 import { summaryMatches, wantsSummaries } from "./audit-summaries.js";
-import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
+import type { Store, StoreReader, StoreTx, TokenFilter } from "../vault/ports.js";
 
 type Versions = Map<number, VersionRecord>;
 
@@ -276,14 +276,17 @@ class Reads implements StoreReader {
     return t === undefined ? null : copyToken(t);
   }
 
-  async listTokens(): Promise<TokenRecord[]> {
+  async listTokens(f: TokenFilter = {}): Promise<TokenRecord[]> {
     this.check();
     const u = this.undo();
     const ids = new Set([...this.t.tokens.keys(), ...(u?.tokens.keys() ?? [])]);
     const out: TokenRecord[] = [];
     for (const id of ids) {
       const t = u !== null && u.tokens.has(id) ? u.tokens.get(id) : this.t.tokens.get(id);
-      if (t !== undefined) out.push(copyToken(t));
+      if (t === undefined) continue;
+      if (f.liveAt !== undefined && (t.revokedAt !== null || (t.expiresAt !== null && t.expiresAt <= f.liveAt))) continue;
+      if (f.namePrefix !== undefined && !t.name.startsWith(f.namePrefix)) continue;
+      out.push(copyToken(t));
     }
     return out.sort((a, b) => a.createdAt - b.createdAt || cmp(a.id, b.id));
   }

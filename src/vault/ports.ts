@@ -90,8 +90,16 @@ export interface StoreReader {
 
   /** A token by its public id (with its hash), or null. */
   getToken(id: string): Promise<TokenRecord | null>;
-  /** Every token, oldest first. */
-  listTokens(): Promise<TokenRecord[]>;
+  /** Every token, oldest first; with `filter`, those it selects. */
+  listTokens(filter?: TokenFilter): Promise<TokenRecord[]>;
+}
+
+/** Which tokens {@link StoreReader.listTokens} returns: every one, unless narrowed. */
+export interface TokenFilter {
+  /** Only tokens neither revoked nor expired at this time (epoch ms). */
+  liveAt?: number;
+  /** Only tokens whose name starts with this. */
+  namePrefix?: string;
 }
 
 /** Writes, only inside {@link Store.transaction}. */

@@ -21,6 +21,7 @@ import { markRevoked, sawLiveToken, tokenGateIn } from "./token-state.js";
 import { tokenMac, tokenMacKey } from "./token-mac.js";
 import { retiredKeys } from "../audit/retired.js";
 import type { Identity, Role, TokenInfo, TokenRecord } from "../base/types.js";
+import type { TokenFilter } from "./ports.js";
 
 const NAME_RE = /^[A-Za-z0-9_.:@-]{1,64}$/;
 const ROLES: readonly Role[] = ["admin", "orchestrator", "agent"];
@@ -47,7 +48,7 @@ export interface TokenParams {
    * A run's session token (`lessor run --vault-session`; role agent only): its identity is a session
    * (Identity.session: it sees and uses only the leases issued to it), and its name is
    * `session:<process>`, where `process` is the stamp of the process that asked for it
-   * (`<pid>.<start time>.<boot id>`, src/server/process-stamp.ts), put here by the daemon from the
+   * (`<pid>.<start time>.<boot id>.<pid namespace>`, src/server/process-stamp.ts), put here by the daemon from the
    * Unix-socket peer, never taken from the wire; the daemon revokes the token once that process is
    * gone. Without a stamp (a caller the daemon cannot see the process of): `session:unbound`, which
    * ends with the run or its ttl.
@@ -59,8 +60,12 @@ export interface TokenParams {
 /** The name prefix of session tokens: reserved, a token asked for by another name may not take it. */
 export const SESSION_TOKEN_PREFIX = "session:";
 
-/** A process stamp: pid, start time (clock ticks since boot), the first 12 hex digits of the boot id. */
-export const PROCESS_STAMP_RE = /^(\d{1,10})\.(\d{1,20})\.([0-9a-f]{12})$/;
+/**
+ * A process stamp: pid, start time (clock ticks since boot), the first 12 hex digits of the boot id,
+ * and the pid namespace the pid is in (its inode number: containers on one kernel share the boot id,
+ * not their pids).
+ */
+export const PROCESS_STAMP_RE = /^(\d{1,10})\.(\d{1,20})\.([0-9a-f]{12})\.(\d{1,20})$/;
 
 const hashSecret = hashTokenSecret;
 
@@ -90,7 +95,7 @@ function checkParams(p: TokenParams): void {
   if (p.session !== undefined && p.session !== true) throw new VaultError("invalid_request", "session is true or left out");
   if (p.session === true && p.role !== "agent") throw new VaultError("invalid_request", "only agent tokens may be session tokens (a run's vault session is an agent's)");
   if (p.process !== undefined && (p.session !== true || typeof p.process !== "string" || !PROCESS_STAMP_RE.test(p.process)))
-    throw new VaultError("invalid_request", "a process stamp is given only for a session token, as <pid>.<start>.<boot id>");
+    throw new VaultError("invalid_request", "a process stamp is given only for a session token, as <pid>.<start>.<boot id>.<pid namespace>");
   if (p.session !== true && p.name.startsWith(SESSION_TOKEN_PREFIX))
     throw new VaultError("invalid_request", `token names starting with "${SESSION_TOKEN_PREFIX}" are kept for the session tokens of lessor run --vault-session; pick another name`);
 }
@@ -146,11 +151,14 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
   });
 }
 
-/** Every token (no secrets); rows without a valid MAC, or MACed under a retired key, are marked `unverified`. Admin only. */
-export async function listTokens(ctx: VaultContext, who: Identity): Promise<TokenInfo[]> {
+/**
+ * Every token (no secrets), or those `filter` selects; rows without a valid MAC, or MACed under a
+ * retired key, are marked `unverified`. Admin only.
+ */
+export async function listTokens(ctx: VaultContext, who: Identity, filter?: TokenFilter): Promise<TokenInfo[]> {
   const err = roleError(who, ["admin"], "list tokens");
   if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err));
-  const rows = await ctx.store.listTokens();
+  const rows = await ctx.store.listTokens(filter);
   const keys = rows.map((t) => tokenMacKey(ctx.keyring, t));
   const retired = keys.some((k) => k !== null && k !== ctx.keyring.current.id) ? await retiredKeys(ctx.store, ctx.auditKeys) : null;
   return rows.map((t, i) => (keys[i] === null || (retired !== null && retired.has(keys[i]!)) ? { ...info(t), unverified: true } : info(t)));

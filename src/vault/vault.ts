@@ -22,7 +22,7 @@ import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "
 import { guardProblem } from "./audit-guard.js";
 import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
-import type { Store } from "./ports.js";
+import type { Store, TokenFilter } from "./ports.js";
 import { roleError } from "./access.js";
 import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
@@ -729,9 +729,9 @@ export class VaultSession {
   createToken(p: tokens.TokenParams): Promise<TokenInfo & { token: string }> {
     return tokens.createToken(this.#ctx, this.identity, p);
   }
-  /** Lists tokens (never their secrets). Admin. */
-  listTokens(): Promise<TokenInfo[]> {
-    return tokens.listTokens(this.#ctx, this.identity);
+  /** Lists tokens (never their secrets), every one or those `filter` selects. Admin. */
+  listTokens(filter?: TokenFilter): Promise<TokenInfo[]> {
+    return tokens.listTokens(this.#ctx, this.identity, filter);
   }
   /** Revokes a token at once. Admin. */
   revokeToken(id: string): Promise<{ revoked: boolean }> {

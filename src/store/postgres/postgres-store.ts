@@ -66,7 +66,7 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
-import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx } from "../../vault/ports.js";
+import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx, TokenFilter } from "../../vault/ports.js";
 import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
 import { DbClock } from "./db-clock.js";
 import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
@@ -249,8 +249,8 @@ abstract class PgReads implements StoreReader {
   getToken(id: string): Promise<TokenRecord | null> {
     return this.read((x) => Q.getToken(x, id));
   }
-  listTokens(): Promise<TokenRecord[]> {
-    return this.read((x) => Q.listTokens(x));
+  listTokens(filter?: TokenFilter): Promise<TokenRecord[]> {
+    return this.read((x) => Q.listTokens(x, filter));
   }
 }
 

@@ -23,6 +23,7 @@ import type {
   VersionRecord,
 } from "../../base/types.js";
 import { AUDIT_COLS, LEASE_COLS, pgPlaceholders, rowMappers, TOKEN_COLS } from "../rows.js";
+import type { TokenFilter } from "../../vault/ports.js";
 import { SUMMARY_DETAIL_PREFIX, SUMMARY_TYPES, mergeAudit, nameFilters, summaryMatches, wantsSummaries } from "../audit-summaries.js";
 
 /** A row as node-postgres returns it (int8 parsed to number by the pool's type parser). */
@@ -262,8 +263,12 @@ export async function getToken(x: Exec, id: string): Promise<TokenRecord | null>
   return r === undefined ? null : tokenFromRow(r);
 }
 
-export async function listTokens(x: Exec): Promise<TokenRecord[]> {
-  return (await x.rows(st("list tokens", `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`, []))).map(tokenFromRow);
+export async function listTokens(x: Exec, f: TokenFilter = {}): Promise<TokenRecord[]> {
+  if (f.liveAt === undefined && f.namePrefix === undefined)
+    return (await x.rows(st("list tokens", `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`, []))).map(tokenFromRow);
+  const where = `($1::bigint IS NULL OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1::bigint)))
+      AND ($2::text IS NULL OR left(name, length($2::text)) = $2::text)`;
+  return (await x.rows(st("list tokens", `SELECT ${TOKEN_COLS} FROM tokens WHERE ${where} ORDER BY created_at, id`, [f.liveAt ?? null, f.namePrefix ?? null]))).map(tokenFromRow);
 }
 
 // ---- writes that return nothing (a transaction may send them without waiting) ----

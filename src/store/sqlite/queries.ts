@@ -20,6 +20,7 @@ import type {
   VersionRecord,
 } from "../../base/types.js";
 import { AUDIT_COLS, LEASE_COLS, rowMappers, sqlitePlaceholders, TOKEN_COLS } from "../rows.js";
+import type { TokenFilter } from "../../vault/ports.js";
 import { SUMMARY_DETAIL_PREFIX, SUMMARY_TYPES, mergeAudit, nameFilters, summaryMatches, wantsSummaries } from "../audit-summaries.js";
 
 type Stmt = BetterSqlite3.Statement<unknown[], unknown>;
@@ -74,6 +75,10 @@ const SQL = {
   insertAudit: `INSERT INTO audit (${AUDIT_COLS}) VALUES (${sqlitePlaceholders(17)})`,
   getToken: `SELECT ${TOKEN_COLS} FROM tokens WHERE id = ?`,
   listTokens: `SELECT ${TOKEN_COLS} FROM tokens ORDER BY created_at, id`,
+  listTokensWhere: `SELECT ${TOKEN_COLS} FROM tokens
+    WHERE (@liveAt IS NULL OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > @liveAt)))
+      AND (@prefix IS NULL OR substr(name, 1, length(@prefix)) = @prefix)
+    ORDER BY created_at, id`,
   insertToken: `INSERT INTO tokens (${TOKEN_COLS}) VALUES (${sqlitePlaceholders(11)})`,
 } as const;
 
@@ -444,8 +449,9 @@ export class Queries {
     return r ? tokenFromRow(r) : null;
   }
 
-  listTokens(): TokenRecord[] {
-    return (this.stmt(SQL.listTokens).all() as Row[]).map(tokenFromRow);
+  listTokens(f: TokenFilter = {}): TokenRecord[] {
+    if (f.liveAt === undefined && f.namePrefix === undefined) return (this.stmt(SQL.listTokens).all() as Row[]).map(tokenFromRow);
+    return (this.stmt(SQL.listTokensWhere).all({ liveAt: f.liveAt ?? null, prefix: f.namePrefix ?? null }) as Row[]).map(tokenFromRow);
   }
 
   insertToken(t: TokenRecord): void {

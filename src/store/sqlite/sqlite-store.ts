@@ -22,7 +22,7 @@ import type {
   TokenRecord,
   VersionRecord,
 } from "../../base/types.js";
-import type { Store, StoreReader, StoreTx } from "../../vault/ports.js";
+import type { Store, StoreReader, StoreTx, TokenFilter } from "../../vault/ports.js";
 import { Queries, sqliteError } from "./queries.js";
 import { migrate } from "./schema.js";
 import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
@@ -166,8 +166,8 @@ abstract class SqliteReads implements StoreReader {
   getToken(id: string): Promise<TokenRecord | null> {
     return this.exec("read a token", (q) => q.getToken(id));
   }
-  listTokens(): Promise<TokenRecord[]> {
-    return this.exec("list tokens", (q) => q.listTokens());
+  listTokens(filter?: TokenFilter): Promise<TokenRecord[]> {
+    return this.exec("list tokens", (q) => q.listTokens(filter));
   }
 }
 
