@@ -9,6 +9,7 @@
  * approvals it asked for that were not used (as the run's own end does, src/cli/run/vault-session.ts).
  * At start too: a token left by a run that died while the daemon was down is swept at once.
  */
+import { isVaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
 import { PROCESS_STAMP_RE, SESSION_TOKEN_PREFIX } from "../vault/tokens.js";
@@ -58,6 +59,9 @@ export function startSessionSweep(vault: Vault, log: Pick<Logger, "info" | "warn
       .then(
         () => void (lastError = null),
         (e: unknown) => {
+          // A store that cannot be reached (cut off, a file replaced under the daemon) is the daemon's
+          // to report, once (its killswitch read, every second): the sweep tries again on the next tick.
+          if (isVaultError(e, "unavailable")) return;
           const err = (e as Error).message;
           if (err !== lastError) log.error({ err }, "could not sweep the vault sessions of lessor runs that are gone");
           lastError = err;
