@@ -33,7 +33,7 @@ export function isRunning(h: ProcessId): boolean {
 }
 
 /** State (field 3) and start time (field 22) from /proc/<pid>/stat, or null off Linux or on error. */
-function procStat(pid: number): { state: string; start: string } | null {
+export function procStat(pid: number): { state: string; start: string } | null {
   if (process.platform !== "linux") return null;
   let text: string;
   try {

@@ -10,6 +10,7 @@
  * Linux only (/proc); elsewhere there is no stamp, and such a token ends with the run or its ttl.
  */
 import { readFileSync, readlinkSync } from "node:fs";
+import { procStat } from "../fs/process-identity.js";
 import { PROCESS_STAMP_RE } from "../vault/tokens.js";
 
 let place: string | null | undefined;
@@ -32,18 +33,9 @@ export function pidPlace(): string | null {
 
 /** The start time of process `pid` (clock ticks after boot), or null when there is no such process. */
 function startTime(pid: number): string | null {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-  } catch {
-    return null;
-  }
-  // The command name (field 2) is in parentheses and may hold spaces and ')': count after the last one.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // Fields from the state (field 3) on: the start time is field 22, index 19 here.
-  const t = fields[19];
+  const stat = procStat(pid);
   // A zombie is gone for this purpose: it runs no code and holds no connection.
-  return t !== undefined && /^\d{1,20}$/.test(t) && fields[0] !== "Z" && fields[0] !== "X" ? t : null;
+  return stat === null || stat.state === "Z" || stat.state === "X" || stat.start.length > 20 ? null : stat.start;
 }
 
 /** The stamp of live process `pid`, or null (no such process, not Linux). */
