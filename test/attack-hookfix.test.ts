@@ -15,6 +15,11 @@ import { openVault } from "../src/config/open-vault.js";
 import { VaultError } from "../src/base/errors.js";
 import { runCli } from "./cli-harness.js";
 import { makeHome } from "./daemon-harness.js";
+import { createKeyFile, fileKeySource } from "../src/crypto/keys/file.js";
+import { commandRotationHooks } from "../src/hooks/run-hook.js";
+import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
+import { Vault } from "../src/vault/vault.js";
+import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
 
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
@@ -157,6 +162,53 @@ describe("rotation hooks: a hook's value stored after its claim was lost", () =>
     },
   );
 });
+
+test(
+  "postgres, two instances (one's clock ahead): a run whose claim lapsed and was taken by another run is not stored outside it; the other run's value is stored once, and a run that keeps its claim stores its value",
+  { skip: PG_SKIP, timeout: 180_000 },
+  async () => {
+    const dir = dirOf("pg-");
+    const keyFile = join(dir, "keys", "master.key");
+    createKeyFile(keyFile);
+    const started = join(dir, "started");
+    const go = join(dir, "go");
+    const hook = join(dir, "rotate-db");
+    writeFileSync(hook, `#!/bin/sh\nmkdir -p ${q(started)}\ntouch ${q(started)}/$$\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}-$$\n`, { mode: 0o755 });
+    const hooks = commandRotationHooks([{ secret: DB, command: [hook], timeoutMs: 30_000, revoke: "all", stdin: "none", everyMs: null }], { cwd: dir, env: { PATH: "/usr/bin:/bin" } });
+    const pg = await testSchema();
+    const open = async (skew: number) =>
+      Vault.open({ store: await openPostgresStore({ url: PG_URL!, schema: pg.schema }), keys: fileKeySource(keyFile), rotationHooks: hooks, now: () => Date.now() + skew });
+    const a = await open(0);
+    const b = await open(600_000);
+    try {
+      await a.admin().storeSecret({ name: "db", value: CANARY.old });
+      const first = a.admin().rotateSecretByHook(DB).then(
+        (r) => ({ ok: true as const, r }),
+        (e: unknown) => ({ ok: false as const, e }),
+      );
+      await until(() => runsStarted(started) === 1, "the first hook's start");
+      await assert.rejects(b.admin().rotateSecretByHook(DB), (e: unknown) => e instanceof VaultError && /cut off/.test(e.message));
+      const second = b.admin().rotateSecretByHook(DB);
+      await until(() => runsStarted(started) === 2, "the second hook's start");
+      writeFileSync(go, "");
+      const got = await first;
+      assert.equal(got.ok, false, `the first run stored its value outside its claim (version ${got.ok ? got.r.version : ""})`);
+      const e = (got as { e: unknown }).e;
+      assert.ok(e instanceof VaultError && e.code === "unavailable" && /issuer may now hold a credential the vault does not have/.test(e.message), String(e));
+      noCanary(e.message, "the error");
+      assert.equal((await second).version, 2);
+      assert.equal((await a.admin().secretHistory(DB)).length, 2);
+      // A run that keeps its claim stores its value (version 3).
+      const third = await b.admin().rotateSecretByHook(DB);
+      assert.equal(third.version, 3);
+      noCanary(JSON.stringify(await a.admin().auditQuery({ limit: 1000 })), "the audit trail");
+    } finally {
+      await a.close();
+      await b.close();
+      await pg.drop();
+    }
+  },
+);
 
 describe("rotation hooks: the #! line of an interpreter another user controls", () => {
   test(
