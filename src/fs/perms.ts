@@ -352,21 +352,26 @@ function envTarget(args: readonly string[], pathValue: string): { name: string; 
  * found), and each argument (or the value of a `--opt=value` argument) that names an existing regular
  * file, from `cwd` (a script handed to an interpreter, `["bash", "rotate.sh"]`, is one). `path` is the
  * program as found; `pathValue` and `cwd` are those the command runs with.
+ *
+ * Yielded one at a time, each before anything is read from it: an interpreter's own `#!` line is
+ * read only when the caller asks for the next file, so a caller that checks each file
+ * ({@link commandTrustProblem}) and stops at an untrusted one never opens it. Opening a file another
+ * user controls can block (a FUSE mount of theirs answering slowly or never; O_NONBLOCK covers a FIFO
+ * only), and this runs on the daemon's event loop.
  */
-export function commandFiles(
+export function* commandFiles(
   path: string,
   args: readonly string[],
   cwd: string,
   pathValue: string,
-): { path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }[] {
-  const out: { path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }[] = [];
+): Generator<{ path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }, void, undefined> {
   // The interpreters: a script's #! line, that interpreter's own (Linux follows up to 4), env's lookup.
   let program = path;
   for (let depth = 0; depth < 5; depth++) {
     const sb = shebangOf(program);
     if (sb === null) break;
     const interp = isAbsolute(sb.interpreter) ? sb.interpreter : resolve(cwd, sb.interpreter);
-    out.push({ path: interp, role: "interpreter", name: sb.interpreter });
+    yield { path: interp, role: "interpreter", name: sb.interpreter };
     if (basename(interp) !== "env") {
       program = interp;
       continue;
@@ -374,12 +379,12 @@ export function commandFiles(
     const target = envTarget(sb.arg === null ? [] : [sb.arg], pathValue);
     if (target === null) break;
     if ("unclear" in target) {
-      out.push({ path: interp, role: "interpreter", name: sb.interpreter, unclear: target.unclear });
+      yield { path: interp, role: "interpreter", name: sb.interpreter, unclear: target.unclear };
       break;
     }
     if (target.name.includes("/")) {
       program = resolve(cwd, target.name);
-      out.push({ path: program, role: "interpreter", name: target.name });
+      yield { path: program, role: "interpreter", name: target.name };
       continue;
     }
     let found: string | null = null;
@@ -389,10 +394,10 @@ export function commandFiles(
         found = p;
         break;
       }
-      out.push({ path: p, role: "searched", name: target.name });
+      yield { path: p, role: "searched", name: target.name };
     }
     if (found === null) break;
-    out.push({ path: found, role: "interpreter", name: target.name });
+    yield { path: found, role: "interpreter", name: target.name };
     program = found;
   }
   for (const a of args) {
@@ -407,10 +412,9 @@ export function commandFiles(
       } catch {
         continue;
       }
-      out.push({ path: p, role: "argument", name: c });
+      yield { path: p, role: "argument", name: c };
     }
   }
-  return out;
 }
 
 /**

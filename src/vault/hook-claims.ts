@@ -190,6 +190,67 @@ export async function holdsHookRunIn(tx: StoreTx, secret: string, owner: string)
   return (await readRuns(tx))[secret]?.owner === owner;
 }
 
+/**
+ * The metadata key of the runs whose value was stored, by claim owner: `{v: 1, stored: {owner: {secret,
+ * version, revokedLeases, at}}}`. Written in the very commit that stores a hook's value, so that a retry
+ * of that store whose earlier attempt committed with its answer lost finds for certain that ITS value
+ * is in (not a version someone else stored meanwhile). Entries older than {@link STORED_KEEP_MS} go.
+ */
+export const HOOK_STORED_META = "rotation_hooks_stored";
+const STORED_KEEP_MS = 10 * 60_000;
+
+interface Stored {
+  secret: string;
+  version: number;
+  revokedLeases: number;
+  at: number;
+}
+
+async function readStored(r: Pick<StoreReader, "getMeta">): Promise<Record<string, Stored>> {
+  const out: Record<string, Stored> = {};
+  const text = await r.getMeta(HOOK_STORED_META);
+  if (!text) return out;
+  try {
+    const doc = JSON.parse(text) as { v?: unknown; stored?: unknown };
+    if (doc.v !== 1 || typeof doc.stored !== "object" || doc.stored === null || Array.isArray(doc.stored)) return out;
+    for (const [owner, x] of Object.entries(doc.stored as Record<string, Partial<Stored> | null>)) {
+      if (x && typeof x.secret === "string" && typeof x.version === "number" && typeof x.revokedLeases === "number" && typeof x.at === "number")
+        out[owner] = { secret: x.secret, version: x.version, revokedLeases: x.revokedLeases, at: x.at };
+    }
+  } catch {
+    // damaged: empty
+  }
+  return out;
+}
+
+/** Records, inside the commit that stored it, that the run `owner` stored `version` of `secret`. */
+export async function noteHookStoredIn(tx: StoreTx, secret: string, owner: string, version: number, revokedLeases: number, now: number): Promise<void> {
+  const stored = await readStored(tx);
+  for (const [o, x] of Object.entries(stored)) if (x.at + STORED_KEEP_MS <= now || x.at > now + STORED_KEEP_MS) delete stored[o];
+  stored[owner] = { secret, version, revokedLeases, at: now };
+  await tx.setMeta(HOOK_STORED_META, JSON.stringify({ v: 1, stored }));
+}
+
+/** What the run `owner` stored of `secret`, if a commit of it went through; null when it stored nothing. */
+export async function hookStoredIn(tx: Pick<StoreReader, "getMeta">, secret: string, owner: string): Promise<{ version: number; revokedLeases: number } | null> {
+  const x = (await readStored(tx))[owner];
+  return x !== undefined && x.secret === secret ? { version: x.version, revokedLeases: x.revokedLeases } : null;
+}
+
+/**
+ * Keeps, inside `tx`, the record of the run `owner` of `secret` whose value could not be stored after
+ * its claim was lost (lapsed and cleared by another process's claim): put back as a lapsed claim, so the
+ * next hook claim audits it (hook_interrupted) and refuses that secret's next run once. When another
+ * run holds the secret's claim now, that claim stays; the caller's audit row is then the record.
+ */
+export async function keepLostHookRunIn(tx: StoreTx, secret: string, owner: string, run: { who: Identity; command: string }, now: number): Promise<boolean> {
+  const runs = await readRuns(tx);
+  if (runs[secret] !== undefined) return runs[secret].owner === owner;
+  runs[secret] = { owner, until: now, command: run.command, by: run.who.id };
+  await writeRuns(tx, runs);
+  return true;
+}
+
 /** Ends the claim in a transaction of its own; best effort (a lapsed claim ends by itself). */
 export async function releaseHookRun(ctx: VaultContext, secret: string, owner: string): Promise<void> {
   await commit(ctx, async (tx, _audit, now) => releaseHookRunIn(tx, secret, owner, now)).catch(() => undefined);

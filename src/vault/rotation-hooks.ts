@@ -22,7 +22,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
-import { claimHookRun, holdsHookRunIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
+import { CLAIM_SLACK_MS, claimHookRun, holdsHookRunIn, hookStoredIn, keepLostHookRunIn, noteHookStoredIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
@@ -89,10 +89,16 @@ export interface HookRotationResult {
 
 /**
  * The waits between attempts to store what a hook made when the store cannot write (`unavailable`):
- * about a quarter of a minute in all, on top of each attempt's own wait for a lock (SQLite's 5 s), so that
- * the last attempt ends within the claim's minute of slack past the hook's time limit.
+ * about a quarter of a minute in all, on top of each attempt's own wait for a lock (SQLite's 5 s), and cut short at
+ * {@link STORE_RETRY_BUDGET_MS}, so that the last attempt ends within the claim's minute of slack past the hook's time limit.
  */
 const STORE_RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
+
+/**
+ * No attempt to store a hook's value starts later than this after the first: half the claim's slack,
+ * leaving the other half for that attempt's own wait for the write lock.
+ */
+const STORE_RETRY_BUDGET_MS = CLAIM_SLACK_MS / 2;
 
 /** The command's program name as written (arguments may hold tokens or references, so never those). */
 export function hookName(hook: RotationHook): string {
@@ -246,12 +252,22 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
     throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current`);
   }
   const value = result.value;
-  const storeHookValue = (attempt: number): Promise<{ version: number; revokedLeases: number }> =>
+  type Stored = { version: number; revokedLeases: number };
+  /** Null: the claim was lost before this run's value was stored (and it never was); nothing stored now. */
+  const storeHookValue = (): Promise<Stored | null> =>
     commit(ctx, async (tx, audit, now) => {
-      if (attempt > 0 && !(await holdsHookRunIn(tx, claim.secret, claim.owner))) {
-        // An earlier attempt committed (it released the claim with the value) and only its answer was lost.
-        const existing = await tx.getSecret(ref);
-        if (existing !== null && existing.currentVersion > fromVersion) return { version: existing.currentVersion, revokedLeases: 0 };
+      if (!(await holdsHookRunIn(tx, claim.secret, claim.owner))) {
+        // An earlier attempt of this run committed (it released the claim with the value) and only its
+        // answer was lost: the commit that stored it said so under this run's own claim id. Any other
+        // version newer than `fromVersion` (a manual rotate, another hook run) is not this run's value.
+        const mine = await hookStoredIn(tx, claim.secret, claim.owner);
+        if (mine !== null) return mine;
+        // The claim lapsed and another process's claim cleared it: another run of this hook may hold it
+        // now, and the owner may have been told to act. Nothing is stored outside the claim; the run is
+        // kept as a cut-off record (the next hook claim reports it), or audited when another run holds it.
+        if (!(await keepLostHookRunIn(tx, claim.secret, claim.owner, { who, command }, now)))
+          await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: "hook_discarded: claim_lost", detail: { ...base, failure: "claim_lost" } });
+        return null;
       }
       await releaseHookRunIn(tx, claim.secret, claim.owner, now);
       const err = roleError(who, ["admin"], "rotate secrets");
@@ -272,6 +288,7 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
         );
       const version = await addVersion(ctx, tx, existing, value, who.id, now);
       const revokedLeases = hook.revoke === "all" ? await tx.revokeLeases({ secret: ref }, now, `secret rotated to version ${version}`) : 0;
+      await noteHookStoredIn(tx, claim.secret, claim.owner, version, revokedLeases, now);
       await audit({
         type: "secret_rotated",
         actor: who,
@@ -281,34 +298,45 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
       });
       return { version, revokedLeases };
     });
+  /** The loud error of a value made at the issuer and not stored; the run's claim stays as its record. */
+  const notStored = (why: string, attempts: number, cause?: unknown): VaultError => {
+    claim.released = true;
+    return new VaultError(
+      "unavailable",
+      `the rotation hook of ${secret} (command ${JSON.stringify(command)}) made a new value, but the vault could not store it (${why}), tried ${attempts} times: the issuer may now hold a credential the vault does not have, and what the hook printed is gone (lessor writes it nowhere else). Check the credential at its issuer; once the vault can write again, store its value with lessor secret rotate ${secret} (the value on stdin). Version ${fromVersion} stays current; the next hook run of ${secret} reports this one`,
+      cause === undefined ? undefined : { cause },
+    );
+  };
   try {
     // The issuer holds the value now: a store that cannot write at once (locked by another process,
     // a PostgreSQL serialization failure, a disk briefly full) is tried again for a while rather than
-    // losing it. A retry after an attempt whose commit went through (its answer lost) finds the claim
-    // it released and stores nothing twice.
-    let done: { version: number; revokedLeases: number } | undefined;
+    // losing it, but no new attempt starts past STORE_RETRY_BUDGET_MS, so that the last one ends
+    // within the claim's slack whatever each attempt's own wait (SQLite's 5 s, PostgreSQL's
+    // lock_timeout). Every attempt checks in its transaction that the run still holds its claim.
+    const firstAttempt = ctx.now();
+    let done: Stored | null | undefined;
     for (let attempt = 0; done === undefined; attempt++) {
       try {
-        done = await storeHookValue(attempt);
+        done = await storeHookValue();
       } catch (e) {
-        if (!(e instanceof VaultError) || e.code !== "unavailable" || ctx.closed || attempt >= STORE_RETRY_DELAYS_MS.length) {
-          if (e instanceof VaultError && (e.code === "unavailable" || e.code === "internal" || e.code === "audit_broken")) {
-            // Not stored, and not likely to be soon: the claim is left in the store as the record of
-            // it, so the next hook run of the secret reports it (hook_interrupted) and is refused once.
-            claim.released = true;
-            throw new VaultError(
-              "unavailable",
-              `the rotation hook of ${secret} (command ${JSON.stringify(command)}) made a new value, but the vault could not store it (${e.message}), tried ${attempt + 1} times: the issuer may now hold a credential the vault does not have, and what the hook printed is gone (lessor writes it nowhere else). Check the credential at its issuer; once the vault can write again, store its value with lessor secret rotate ${secret} (the value on stdin). Version ${fromVersion} stays current; the next hook run of ${secret} reports this one`,
-              { cause: e },
-            );
-          }
+        const delay = STORE_RETRY_DELAYS_MS[attempt];
+        const retry = e instanceof VaultError && e.code === "unavailable" && !ctx.closed && delay !== undefined && ctx.now() + delay - firstAttempt < STORE_RETRY_BUDGET_MS;
+        if (!retry) {
+          // Not stored, and not likely to be soon: the claim is left in the store as the record of
+          // it, so the next hook run of the secret reports it (hook_interrupted) and is refused once.
+          if (e instanceof VaultError && (e.code === "unavailable" || e.code === "internal" || e.code === "audit_broken")) throw notStored(e.message, attempt + 1, e);
           throw e;
         }
-        await new Promise((r) => setTimeout(r, STORE_RETRY_DELAYS_MS[attempt]));
+        await new Promise((r) => setTimeout(r, delay));
       }
+      if (done === null)
+        throw notStored(
+          `its claim on the secret lapsed before it could, and another lessor process cleared it; it was not stored outside the claim, where another run of the hook may be under way`,
+          attempt + 1,
+        );
     }
     claim.released = true;
-    return { secret: await metadataOf(ctx, ref), ...done };
+    return { secret: await metadataOf(ctx, ref), ...(done as Stored) };
   } finally {
     value.fill(0);
   }
