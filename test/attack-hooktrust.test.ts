@@ -261,8 +261,19 @@ echo ${CANARY.new}
         hookPid = Number(readFileSync(started, "utf8").trim());
         child.kill("SIGKILL");
         await exited;
-        // The orphaned hook changes the issuer; what it prints is lost.
+        // The orphaned hook changes the issuer; what it prints is lost. (While it still runs, the claim
+        // holds: test/rotation-hooks.test.ts "a process SIGKILLed mid-hook…".) It ends.
         for (let i = 0; i < 200 && !existsSync(issuer); i++) await new Promise((r) => setTimeout(r, 50));
+        const alive = (): boolean => {
+          try {
+            process.kill(hookPid, 0);
+            return !/^\S+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${hookPid}/stat`, "utf8"));
+          } catch {
+            return false;
+          }
+        };
+        for (let i = 0; i < 400 && alive(); i++) await new Promise((r) => setTimeout(r, 50));
+        assert.ok(!alive(), "the orphaned hook did not end");
         assert.deepEqual(await currentOf(home), { version: 1, value: CANARY.old });
         // The next rotate, at once (well inside the claim's 120 s + 60 s).
         writeFileSync(hook, `#!/bin/sh

@@ -91,7 +91,7 @@ test("a second rotation while one runs (another vault on the same store) is refu
 test("a claim left by a process that ended is taken over at once; one naming no process nobody can judge holds until it lapses", async () => {
   const { dir, keyFile, open } = await setup();
   const c = clock(Date.now());
-  const processes: Processes = { self: { host: "h", pid: 1, start: null }, ended: (p) => p.host === "h" && p.pid === 4242 };
+  const processes: Processes = { self: { host: "h", pid: 1, start: null }, ended: (p) => p.host === "h" && p.pid === 4242, ref: (pid) => ({ host: "h", pid, start: null }) };
   const v = await open({ now: c.now, processes });
   try {
     // Killed mid-rotation: its process is gone, so the next rotation goes ahead at once.

@@ -4,7 +4,8 @@
  * `lessor secret rotate` and by the daemon's schedule (src/server/rotation-schedule.ts).
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import Database from "better-sqlite3";
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,7 +18,17 @@ import { HOOK_ENV_KEEP } from "../src/hooks/run-hook.js";
 import { scheduleRotations } from "../src/server/rotation-schedule.js";
 import type { Vault } from "../src/vault/vault.js";
 import { CLI, makeHome, startServe } from "./daemon-harness.js";
-import { agent, grant, refusalOf } from "./helpers.js";
+import { agent, grant, refusalOf, within } from "./helpers.js";
+
+/** The hook claims document of the vault at `home`, read from its SQLite file by a connection of its own. */
+function hookClaims(home: string): string {
+  const db = new Database(join(home, "lessor.db"), { readonly: true, fileMustExist: true });
+  try {
+    return String((db.prepare("SELECT value FROM meta WHERE key = ?").get("rotation_hooks_running") as { value?: string } | undefined)?.value ?? "");
+  } finally {
+    db.close();
+  }
+}
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/rotate-hook.mjs", import.meta.url));
 const NODE = process.execPath;
@@ -239,7 +250,7 @@ command = ["/nonexistent/rotate-me"]
 });
 
 describe("a rotation hook's claim after a crash", () => {
-  test("a process SIGKILLed mid-hook blocks the secret's hook for its time limit plus the slack, then no longer", async () => {
+  test("a process SIGKILLed mid-hook blocks the secret's hook while its orphaned hook runs on (for its time limit plus the slack at most); once the hook is gone, the next run is told it was cut off, and the one after goes ahead", async () => {
     const dir = state();
     const home = await makeHome({ config: entry("db-password", "hang-child", dir, "", 'timeout = "30s"'), policy: POLICY });
     const env = { LESSOR_HOME: home, PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp" };
@@ -252,13 +263,11 @@ describe("a rotation hook's claim after a crash", () => {
     const deadline = Date.now() + 20_000;
     while (!existsSync(join(dir, "child")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     assert.ok(existsSync(join(dir, "child")), "the hook never started");
+    // The claim names the hook's process too (a killed lessor leaves it running): wait for that note.
+    await within(20_000, "the claim names the hook's process", () => hookClaims(home).includes('"hook":'), 20);
     const exited = new Promise((r) => cli.once("exit", r));
     cli.kill("SIGKILL");
     await exited;
-    // The orphaned hook and its child: end them (a crash leaves them; they are not what this test is about).
-    // Waited for: a pkill still on its way would kill the next hook, whose command line names `dir` too.
-    await new Promise((r) => spawn("pkill", ["-KILL", "-f", dir]).once("exit", r).once("error", r));
-    process.kill(Number(readFileSync(join(dir, "child"), "utf8")), "SIGKILL");
     // Now a hook that finishes, and a vault whose clock the test moves.
     writeFileSync(join(home, "lessor.toml"), entry("db-password", "counter", dir, "after", 'timeout = "30s"'), { mode: 0o600 });
     let now = Date.now();
@@ -266,11 +275,20 @@ describe("a rotation hook's claim after a crash", () => {
     vaults.push(vault);
     const ref = { scope: "global", name: "db-password" };
     const held = await refusalOf(vault.admin().rotateSecretByHook(ref));
-    assert.equal(held.code, "rate_limited", "the dead process's claim must hold: its hook may still be changing the credential at the issuer");
-    assert.match(held.message, /already running/);
+    assert.equal(held.code, "rate_limited", "the dead process's claim must hold: its hook still runs and may be changing the credential at the issuer");
+    assert.match(held.message, /already running: the lessor process that ran it \(pid \d+\) ended, but its hook \(pid \d+\) still runs/);
     now = t0 + 30_000 + 60_000 - 2_000;
     assert.equal((await refusalOf(vault.admin().rotateSecretByHook(ref))).code, "rate_limited", "still within the time limit plus the slack");
-    now = Date.now() + 30_000 + 60_000 + 1_000;
+    // The orphaned hook and its child end (a crash leaves them running; here the test ends them).
+    // Waited for: a pkill still on its way would kill the next hook, whose command line names `dir` too.
+    await new Promise((r) => spawn("pkill", ["-KILL", "-f", dir]).once("exit", r).once("error", r));
+    process.kill(Number(readFileSync(join(dir, "child"), "utf8")), "SIGKILL");
+    await within(20_000, "the orphaned hook is gone", () => spawnSync("pgrep", ["-f", dir]).status === 1);
+    // Told once that the run was cut off (the issuer may hold a value the vault does not) ...
+    const cut = await refusalOf(vault.admin().rotateSecretByHook(ref));
+    assert.equal(cut.code, "unavailable", cut.message);
+    assert.match(cut.message, /cut off/);
+    // ... and the run after goes ahead.
     const res = await vault.admin().rotateSecretByHook(ref);
     assert.equal(res.version, 2);
     assert.equal(readFileSync(join(dir, "count"), "utf8"), "1", "the lapsed claim let the hook run, once");

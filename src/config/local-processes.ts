@@ -33,5 +33,6 @@ export function localProcesses(): Processes {
   return {
     self,
     ended: (p) => p.host === self.host && p.pid !== process.pid && !isRunning({ pid: p.pid, start: p.start }),
+    ref: (pid) => ({ host: self.host, pid, start: startTime(pid) }),
   };
 }

@@ -112,7 +112,7 @@ function onProcessExit(): void {
 }
 
 /** Runs `hook.command` once; see the module comment. Never rejects. */
-export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions): Promise<HookRunResult> {
+export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions, onStart?: (pid: number) => void): Promise<HookRunResult> {
   const [file, ...args] = hook.command;
   const program = programOf(file!, args, opts);
   if ("failure" in program) return Promise.resolve({ ok: false, failure: program.failure });
@@ -167,6 +167,13 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
     }, hook.timeoutMs);
     if (running.size === 0) process.on("exit", onProcessExit);
     running.add(killGroup);
+    if (child.pid !== undefined && onStart !== undefined) {
+      try {
+        onStart(child.pid);
+      } catch {
+        // the caller's note of the process is best effort
+      }
+    }
     child.on("error", (e: NodeJS.ErrnoException) => {
       const code = String(e.code ?? "error");
       finish({ ok: false, failure: code === "ENOENT" ? { kind: "not_found" } : { kind: "spawn", code } });
@@ -222,6 +229,6 @@ export function commandRotationHooks(hooks: readonly RotationHook[], opts: RunHo
   return {
     find: (ref) => list.find((h) => same(h.secret, ref)) ?? null,
     list: () => list,
-    run: (hook, stdin, maxBytes) => runHookCommand(hook, stdin, maxBytes, opts),
+    run: (hook, stdin, maxBytes, onStart) => runHookCommand(hook, stdin, maxBytes, opts, onStart),
   };
 }

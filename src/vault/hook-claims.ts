@@ -12,8 +12,9 @@
  * A run whose process died before it stored or audited anything (kill -9, a crash, a lost host) left
  * its claim behind, and its hook may have changed the credential at the issuer with no one to store
  * what it printed. The claim names the process (pid, start time, host: ports.ts Processes), the
- * command and who ran it; the next claim of any hook finds it (its process known to have ended, or
- * the claim lapsed), audits it as `secret_rotated` with outcome "error", reason `hook_interrupted`,
+ * command, who ran it and, once started, the hook's own process: while that hook runs on (a killed
+ * lessor leaves it running) the claim holds, so that no second run races it at the issuer. The next
+ * claim of any hook finds it (its process and its hook known to have ended, or the claim lapsed), audits it as `secret_rotated` with outcome "error", reason `hook_interrupted`,
  * and clears it. The next run of that same secret's hook is refused once with a message saying the
  * issuer may hold a credential the vault does not (the run after it goes ahead): running the hook
  * again over a value the issuer may no longer accept is for the owner to decide, knowingly.
@@ -42,6 +43,8 @@ interface Run {
   /** The identity that ran it. */
   by?: string;
   process?: ProcessRef;
+  /** The hook's own process once it started (its process group's leader): it may outlive `process`. */
+  hook?: ProcessRef;
 }
 type Runs = Record<string, Run>;
 
@@ -67,7 +70,11 @@ async function readAllRuns(ctx: VaultContext, r: Pick<StoreReader, "getMeta">, n
     if (typeof r.command === "string") one.command = r.command;
     if (typeof r.by === "string") one.by = r.by;
     if (isProcessRef(r.process)) one.process = r.process;
-    const ended = one.process !== undefined && ctx.processes?.ended(one.process) === true;
+    if (isProcessRef(r.hook)) one.hook = r.hook;
+    // Cut when the process that ran it ended and so did its hook, if it had started: a hook left
+    // running by a killed lessor may still be changing the credential at the issuer, and a second run
+    // beside it would race it there (its claim still lapses at `until`).
+    const ended = one.process !== undefined && ctx.processes?.ended(one.process) === true && (one.hook === undefined || ctx.processes?.ended(one.hook) === true);
     if (r.until > now && !ended) live[secret] = one;
     else cut[secret] = one;
   }
@@ -160,8 +167,16 @@ export async function claimHookRun(
       await writeRuns(tx, runs);
       if (refusal !== null) return refusal;
     }
-    if (runs[secret] !== undefined)
-      return new VaultError("rate_limited", `the rotation hook of ${secret} is already running; wait for it to finish`);
+    const held = runs[secret];
+    if (held !== undefined) {
+      const orphan = held.process !== undefined && held.hook !== undefined && ctx.processes?.ended(held.process) === true;
+      return new VaultError(
+        "rate_limited",
+        orphan
+          ? `the rotation hook of ${secret} is already running: the lessor process that ran it (pid ${held.process!.pid}) ended, but its hook (pid ${held.hook!.pid}) still runs and may change the credential at the issuer; wait for it to finish, or end it (kill -- -${held.hook!.pid}), then run the hook again`
+          : `the rotation hook of ${secret} is already running; wait for it to finish`,
+      );
+    }
     if (wanted !== undefined && !(await wanted(tx, now))) return null;
     runs[secret] = {
       owner,
@@ -183,6 +198,22 @@ export async function releaseHookRunIn(tx: StoreTx, secret: string, owner: strin
   if (runs[secret]?.owner !== owner) return;
   delete runs[secret];
   await writeRuns(tx, runs);
+}
+
+/**
+ * Records in `owner`'s claim on `secret` the hook's process once it started (best effort, in a commit
+ * of its own): a run whose lessor process is killed then holds its claim while the hook runs on.
+ */
+export async function noteHookProcess(ctx: VaultContext, secret: string, owner: string, pid: number): Promise<void> {
+  if (ctx.processes === undefined) return;
+  const hook = ctx.processes.ref(pid);
+  await commit(ctx, async (tx) => {
+    const runs = await readRuns(tx);
+    const run = runs[secret];
+    if (run?.owner !== owner) return;
+    run.hook = hook;
+    await writeRuns(tx, runs);
+  }).catch(() => undefined);
 }
 
 /** Whether `owner` still holds the claim on `secret` (lapsed or not), inside `tx`. */

@@ -253,6 +253,8 @@ export interface Processes {
   readonly self: ProcessRef;
   /** True only when `p` certainly ended: it ran on this host, in this pid namespace, and runs no more. */
   ended(p: ProcessRef): boolean;
+  /** Process `pid` of this host (a child this process started, say), as a claim names it. */
+  ref(pid: number): ProcessRef;
 }
 
 /**

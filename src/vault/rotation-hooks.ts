@@ -22,7 +22,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
-import { CLAIM_SLACK_MS, claimHookRun, holdsHookRunIn, hookStoredIn, keepLostHookRunIn, noteHookStoredIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
+import { CLAIM_SLACK_MS, claimHookRun, holdsHookRunIn, hookStoredIn, keepLostHookRunIn, noteHookProcess, noteHookStoredIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
 import { checkRef, refString } from "../base/names.js";
@@ -73,9 +73,10 @@ export interface RotationHooks {
   /**
    * Runs the hook's command. `stdin` is the current value when the hook asks for it (the runner does
    * not keep it). At most `maxBytes` of output (after one trailing newline is removed) are accepted.
-   * Resolves with a failure rather than throwing for anything the command did.
+   * Resolves with a failure rather than throwing for anything the command did. `onStart` is told the
+   * pid of the command's process once it has started.
    */
-  run(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number): Promise<HookRunResult>;
+  run(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, onStart?: (pid: number) => void): Promise<HookRunResult>;
 }
 
 /** What a hook rotation did. */
@@ -236,10 +237,15 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
     current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
   }
   let result: HookRunResult;
+  // The hook's process goes into the claim: if this process is killed, the claim holds while the hook runs on.
+  let noted: Promise<void> = Promise.resolve();
   try {
-    result = await ctx.rotationHooks!.run(hook, current === null ? null : current.expose(), ctx.limits.maxSecretBytes);
+    result = await ctx.rotationHooks!.run(hook, current === null ? null : current.expose(), ctx.limits.maxSecretBytes, (pid) => {
+      noted = noteHookProcess(ctx, claim.secret, claim.owner, pid);
+    });
   } finally {
     current?.wipe();
+    await noted;
   }
   const base = { hook: true, command, stdin: hook.stdin, from: fromVersion };
   if (!result.ok) {
