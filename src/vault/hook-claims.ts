@@ -14,10 +14,11 @@
  * what it printed. The claim names the process (pid, start time, host: ports.ts Processes), the
  * command, who ran it and, once started, the hook's own process: while that hook runs on (a killed
  * lessor leaves it running) the claim holds, so that no second run races it at the issuer. The next
- * claim of any hook finds it (its process and its hook known to have ended, or the claim lapsed), audits it as `secret_rotated` with outcome "error", reason `hook_interrupted`,
- * and clears it. The next run of that same secret's hook is refused once with a message saying the
- * issuer may hold a credential the vault does not (the run after it goes ahead): running the hook
- * again over a value the issuer may no longer accept is for the owner to decide, knowingly.
+ * claim of any hook finds it (its process and its hook known to have ended, or the claim lapsed),
+ * audits it as `secret_rotated` with outcome "error", reason `hook_interrupted`, and clears it. The
+ * next run of that same secret's hook is refused once with a message saying the issuer may hold a
+ * credential the vault does not (the run after it goes ahead): running the hook again over a value
+ * the issuer may no longer accept is for the owner to decide, knowingly.
  */
 import { VaultError } from "../base/errors.js";
 import { uuidv7 } from "../base/ids.js";
