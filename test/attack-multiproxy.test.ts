@@ -33,7 +33,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
-import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helpers.js";
+import { agent as agentIdentity, dechunked, grant, makeVault, orchestrator } from "./helpers.js";
 import { connectRaw, h2Get, inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const skip = !HAVE_BWRAP ? "bubblewrap cannot make a sandbox here (apt-get install bubblewrap)" : false;
@@ -372,9 +372,10 @@ describe("two lessor proxy sessions (alice, bob) covering one host", () => {
     // HTTP/2 through bob's proxy: the same.
     const s2 = await openTunnel(bob.port, SHARED, upPort, { proxyAuth: b64(bob.token), alpn: "h2" });
     const a2 = await inTime(h2Get(s2, SHARED, "/h2", { authorization: `Bearer ${alice.placeholder}`, "x-bob": bob.placeholder }), 10_000, "bob's h2 request");
-    for (const a of [a1, a2]) {
-      assert.ok(!a.includes(A_CANARY) && !a.includes(B_CANARY), `a credential came back to bob: ${a}`);
-      assert.ok(a.includes(bob.placeholder), `bob's echo is masked with his own placeholder: ${a}`);
+    // The HTTP/1.1 body read without its chunked framing: a chunk boundary may fall inside the placeholder.
+    for (const [a, body] of [[a1, dechunked(a1)], [a2, a2]] as const) {
+      assert.ok(![a, body].some((x) => x.includes(A_CANARY) || x.includes(B_CANARY)), `a credential came back to bob: ${a}`);
+      assert.ok(body.includes(bob.placeholder), `bob's echo is masked with his own placeholder: ${a}`);
     }
     const mine = got.slice(from);
     assert.equal(mine.length, 2, JSON.stringify(mine));

@@ -194,3 +194,19 @@ export function filesUnder(dir: string): string[] {
   }
   return out;
 }
+
+/** The body of a raw HTTP/1.1 answer, its chunked framing undone when it has one. */
+export function dechunked(answer: string): string {
+  const split = answer.indexOf("\r\n\r\n");
+  const head = answer.slice(0, split);
+  let rest = answer.slice(split + 4);
+  if (!/^transfer-encoding:\s*chunked/im.test(head)) return rest;
+  let body = "";
+  for (;;) {
+    const eol = rest.indexOf("\r\n");
+    const size = eol < 0 ? NaN : parseInt(rest.slice(0, eol), 16);
+    if (!(size > 0)) return body;
+    body += rest.slice(eol + 2, eol + 2 + size);
+    rest = rest.slice(eol + 2 + size + 2);
+  }
+}

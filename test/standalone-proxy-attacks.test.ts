@@ -31,7 +31,7 @@ import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { basicProxyAuth, newProxyToken } from "../src/proxy/proxy-auth.js";
 import { bindPrivateSocket } from "../src/cli/run/proxy-listen.js";
 import { openVault } from "../src/config/open-vault.js";
-import { grant, makeVault } from "./helpers.js";
+import { dechunked, grant, makeVault } from "./helpers.js";
 import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 
@@ -785,18 +785,3 @@ describe("the built CLI: lessor proxy", () => {
   });
 });
 
-/** The body of a raw HTTP/1.1 answer, its chunked framing undone when it has one. */
-function dechunked(answer: string): string {
-  const split = answer.indexOf("\r\n\r\n");
-  const head = answer.slice(0, split);
-  let rest = answer.slice(split + 4);
-  if (!/^transfer-encoding:\s*chunked/im.test(head)) return rest;
-  let body = "";
-  for (;;) {
-    const eol = rest.indexOf("\r\n");
-    const size = eol < 0 ? NaN : parseInt(rest.slice(0, eol), 16);
-    if (!(size > 0)) return body;
-    body += rest.slice(eol + 2, eol + 2 + size);
-    rest = rest.slice(eol + 2 + size + 2);
-  }
-}
