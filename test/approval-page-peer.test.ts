@@ -19,7 +19,7 @@ const skip = !asRoot ? "needs root to act as another uid (setpriv)" : !hasCurl ?
 
 const run = promisify(execFile);
 
-const view = (): ApprovalView => ({ id: "01940000-0000-7000-8000-000000000001", agent: "claude", secret: "global/tok", hosts: ["api.example.com"], anyDomain: false, ttlMs: 60_000, rule: "g", reason: null, expiresAt: Date.now() + 60_000 });
+const view = (): ApprovalView => ({ id: "01940000-0000-7000-8000-000000000001", agent: "claude", secret: "global/tok", hosts: ["api.example.com"], anyDomain: false, ttlMs: 60_000, maxUses: null, rule: "g", reason: null, expiresAt: Date.now() + 60_000, requestedBy: "uid:0", reveal: false, methods: null, paths: null });
 
 /** curl in a child process (not spawnSync: the page's server runs in this process and must answer). */
 async function curl(asOther: boolean, args: string[]): Promise<{ status: number; body: string }> {

@@ -120,6 +120,10 @@ for (const store of ["sqlite", "memory"] as const) {
         decidedAt: null,
         decisionReason: null,
         leaseId: null,
+        // What the rule gives away besides the hosts (the person is shown it): it reveals the value.
+        reveal: true,
+        methods: null,
+        paths: null,
       });
       const types = (await admin.auditQuery({ types: ["approval_requested"] })).map((e) => e.agent);
       assert.deepEqual(types, ["claude"], "opened once, audited once");

@@ -21,7 +21,7 @@ import type { WireApproval } from "../protocol/registry.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
-export type ApprovalView = Pick<WireApproval, "id" | "agent" | "secret" | "hosts" | "anyDomain" | "ttlMs" | "rule" | "reason" | "expiresAt">;
+export type ApprovalView = Pick<WireApproval, "id" | "agent" | "secret" | "hosts" | "anyDomain" | "ttlMs" | "maxUses" | "rule" | "reason" | "expiresAt" | "requestedBy" | "reveal" | "methods" | "paths">;
 
 /** How the page decides (the backend's approval_decide). */
 export type Decide = (approve: boolean, reason: string | undefined) => Promise<void>;
@@ -59,15 +59,25 @@ const HEADERS = {
 function pageHtml(p: Page): string {
   const v = p.view;
   const hosts = v.anyDomain && v.hosts.length === 0 ? "any host" : v.hosts.map(esc).join(", ");
-  const ttl = v.ttlMs === null ? `the rule's lease time` : `${Math.round(v.ttlMs / 1000)} seconds`;
+  const ttl = (v.ttlMs === null ? `the rule's lease time` : `${Math.round(v.ttlMs / 1000)} seconds`) + (v.maxUses === null ? "" : `, at most ${v.maxUses} uses`);
+  // What the approval gives away besides the hosts (it is bound to it): who holds the value, and what
+  // the proxy may send with it.
+  const scope = `methods: ${v.methods === null ? "any" : v.methods.join(", ")}; paths: ${v.paths === null ? "any" : v.paths.join(", ")}`;
+  const value =
+    v.reveal === null
+      ? "not known (an approval kept by an older lessor: it grants nothing)"
+      : v.reveal
+        ? `the rule reveals it: the requester (${v.requestedBy}) may read the value itself and send it anywhere, not only to the hosts above${v.methods === null && v.paths === null ? "" : ` (${scope} bind only the proxy)`}`
+        : `proxy only: an injecting proxy adds it to requests with ${scope}`;
   return `<!doctype html><html><head><meta charset="utf-8"><title>lessor: approve a credential request?</title>
 <style>body{font:16px system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}dt{font-weight:600;margin-top:.6em}button{font-size:1em;padding:.4em 1.2em;margin-right:1em}</style></head><body>
 <h1>Approve a credential request?</h1>
-<p>An AI agent asks lessor for a lease on a secret. lessor never shows the agent the value: it sends it only to the hosts below, on the agent's requests.</p>
+<p>An AI agent asks lessor for a lease on a secret. lessor mcp gives the agent no tool that shows the value: it adds it only to the agent's requests to the hosts below.</p>
 <dl>
 <dt>Agent</dt><dd>${esc(v.agent)}</dd>
 <dt>Secret</dt><dd>${esc(v.secret)} (policy rule ${esc(v.rule)})</dd>
 <dt>Hosts it would be sent to</dt><dd>${hosts}</dd>
+<dt>The value</dt><dd>${esc(value)}</dd>
 <dt>For</dt><dd>${esc(ttl)}, this one lease</dd>
 <dt>Why (the agent's words)</dt><dd>${v.reason === null ? "<em>no reason given</em>" : esc(v.reason)}</dd>
 <dt>Request</dt><dd>${esc(v.id)}; lapses at ${esc(new Date(v.expiresAt).toISOString())}</dd>

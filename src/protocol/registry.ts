@@ -113,6 +113,11 @@ const APPROVAL = z.strictObject({
   decidedAt: nullableNumber,
   decisionReason: nullableString,
   leaseId: nullableString,
+  /** Whether the rule hands the value to the requester (null: an approval from before this was kept). */
+  reveal: z.boolean().nullable(),
+  /** The methods and path prefixes the rule lets the proxy send (null: any). */
+  methods: z.array(z.string()).nullable(),
+  paths: z.array(z.string()).nullable(),
 });
 
 function daemonFacts(c: CallContext): { version: string; pid: number; uptimeMs: number; connections: number } {

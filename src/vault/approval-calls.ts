@@ -9,7 +9,7 @@ import { checkAgentId } from "../base/names.js";
 import { checkPlainText } from "../base/text.js";
 import type { Identity } from "../base/types.js";
 import { mayActFor, resolveAgent, roleError } from "./access.js";
-import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, withdrawForRequester, type ApprovalRecord } from "./approvals.js";
+import { bindingOf, checkApprovalId, checkDecisionReason, decideIn, findOrOpen, readApprovals, shownApproval, withdrawForRequester, type ShownApproval } from "./approvals.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { checkRequest, type LeaseRequest } from "./leases.js";
@@ -57,7 +57,7 @@ export interface ApprovalAsk extends Omit<LeaseRequest, "approval"> {
 }
 
 /** What {@link requestApproval} answers. */
-export type ApprovalAnswer = { required: false; rule: string } | { required: true; rule: string; created: boolean; approval: ApprovalRecord };
+export type ApprovalAnswer = { required: false; rule: string } | { required: true; rule: string; created: boolean; approval: ShownApproval };
 
 /**
  * Asks a person to approve a lease request, when the rule that would grant it needs approval:
@@ -102,7 +102,7 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
  * The approvals the caller may see, newest first: an admin all, an orchestrator those of the agents
  * it acts for. Pending ones only, unless `all` (then decided and used ones too, until they lapse).
  */
-export async function listApprovals(ctx: VaultContext, who: Identity, opts: { all?: boolean } = {}): Promise<ApprovalRecord[]> {
+export async function listApprovals(ctx: VaultContext, who: Identity, opts: { all?: boolean } = {}): Promise<ShownApproval[]> {
   const err = roleError(who, ["admin", "orchestrator"], "list approvals");
   // A refusal is audited like every other (commit throws it after the row is written).
   if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err, { agent: who.agent ?? null }));
@@ -114,7 +114,7 @@ export async function listApprovals(ctx: VaultContext, who: Identity, opts: { al
 }
 
 /** Approves or denies a pending approval. Admin only: the person in the loop, never the agent. */
-export async function decideApproval(ctx: VaultContext, who: Identity, idIn: string, approve: boolean, reasonIn?: string): Promise<ApprovalRecord> {
+export async function decideApproval(ctx: VaultContext, who: Identity, idIn: string, approve: boolean, reasonIn?: string): Promise<ShownApproval> {
   const id = checkApprovalId(idIn);
   const reason = reasonIn === undefined ? null : checkDecisionReason(reasonIn);
   return commit(ctx, async (tx, audit, now) => {

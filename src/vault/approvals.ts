@@ -143,10 +143,30 @@ function sameBinding(a: ApprovalRecord, b: ApprovalBinding): boolean {
   );
 }
 
-/** An approval as callers see it: without its internal {@link ApprovalRecord.terms}. */
-export function shownApproval(a: ApprovalRecord): ApprovalRecord {
-  const { terms: _terms, ...shown } = a;
-  return shown;
+/**
+ * An approval as callers see it: without its internal {@link ApprovalRecord.terms}, but with what in
+ * them the person gives away by approving, so that every place that asks a person shows it:
+ * - `reveal`: whether the rule hands the value to the requester (true: it may read the value itself
+ *   and send it anywhere, not only to the hosts), or only an injecting proxy uses it (false); null for
+ *   an approval stored before the terms were kept (it matches no request, so it grants nothing);
+ * - `methods`, `paths`: what the rule lets the proxy send (null: any).
+ */
+export type ShownApproval = Omit<ApprovalRecord, "terms"> & { reveal: boolean | null; methods: string[] | null; paths: string[] | null };
+
+/** The {@link ShownApproval} of `a`. */
+export function shownApproval(a: ApprovalRecord): ShownApproval {
+  const { terms, ...shown } = a;
+  type Terms = { reveal?: unknown; methods?: unknown; paths?: unknown };
+  let t: Terms | null = null;
+  try {
+    const parsed: unknown = typeof terms === "string" ? JSON.parse(terms) : null;
+    if (typeof parsed === "object" && parsed !== null) t = parsed as Terms;
+  } catch {
+    t = null;
+  }
+  const list = (v: unknown): string[] | null => (Array.isArray(v) && v.every((x) => typeof x === "string") ? [...(v as string[])] : null);
+  // bindingOf writes `reveal` only when false.
+  return { ...shown, reveal: t === null ? null : t.reveal !== false, methods: list(t?.methods), paths: list(t?.paths) };
 }
 
 /** Reads the document; entries that expired by `now` are dropped. A damaged document counts as empty. */

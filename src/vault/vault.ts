@@ -49,7 +49,7 @@ import * as secrets from "./secrets.js";
 import * as tokenState from "./token-state.js";
 import * as tokens from "./tokens.js";
 import * as approvalCalls from "./approval-calls.js";
-import type { ApprovalRecord } from "./approvals.js";
+import type { ShownApproval } from "./approvals.js";
 import { whoami, type Whoami } from "./whoami.js";
 import { applyRemoteChange, checkPolicyStamp, formatPolicyStamp, POLICY_META } from "./remote-changes.js";
 import { openPolicyStamp, refreshPolicyStamp, reloadLimitsIn, stampedHere } from "./policy-sync.js";
@@ -600,11 +600,11 @@ export class VaultSession {
     return approvalCalls.requestApproval(this.#ctx, this.identity, objectParam(ask, "the approval request"));
   }
   /** Pending approvals (all, with `all`) the caller may see. Admin or orchestrator. */
-  async listApprovals(opts?: { all?: boolean }): Promise<ApprovalRecord[]> {
+  async listApprovals(opts?: { all?: boolean }): Promise<ShownApproval[]> {
     return approvalCalls.listApprovals(this.#ctx, this.identity, opts === undefined ? undefined : objectParam(opts, "the options"));
   }
   /** Approves or denies a pending approval. Admin. */
-  decideApproval(id: string, approve: boolean, reason?: string): Promise<ApprovalRecord> {
+  decideApproval(id: string, approve: boolean, reason?: string): Promise<ShownApproval> {
     return approvalCalls.decideApproval(this.#ctx, this.identity, id, approve, reason);
   }
   /** Withdraws the approvals not yet used that `requestedBy` asked for `agent` (removed, not denied). Admin. */

@@ -9,12 +9,26 @@ import type { WireApproval } from "../../protocol/registry.js";
 
 type ApprovalRow = WireApproval;
 
+/**
+ * Who will hold the value, and what the proxy may send with it: what the rule gives away besides the
+ * hosts (the approval is bound to it, src/vault/approvals.ts). Without this line a request under a
+ * rule that hands the value out read the same as one whose value only the proxy uses.
+ */
+export function valueLine(a: Pick<ApprovalRow, "reveal" | "methods" | "paths" | "requestedBy">): string {
+  const scope = `methods: ${a.methods === null ? "any" : a.methods.join(", ")}; paths: ${a.paths === null ? "any" : a.paths.join(", ")}`;
+  if (a.reveal === null) return "value: not known (an approval kept by an older lessor: it grants nothing; the request is asked again)";
+  if (!a.reveal) return `value: proxy only (reveal = false): only an injecting proxy adds it, to requests with ${scope}`;
+  const bound = a.methods === null && a.paths === null ? "" : ` (${scope} bind only the proxy)`;
+  return `value: the rule reveals it: the requester (${a.requestedBy}) may read the value itself and send it anywhere, not only to the hosts above${bound}`;
+}
+
 /** The lines that show one approval to the person deciding it. */
 function describeApproval(a: ApprovalRow): string[] {
   return [
     `${a.id}  ${a.state}`,
     `  agent ${JSON.stringify(a.agent)} asks for ${a.secret} (rule ${JSON.stringify(a.rule)})`,
     `  to send it to: ${a.anyDomain && a.hosts.length === 0 ? "any host" : a.hosts.join(", ")}`,
+    `  ${valueLine(a)}`,
     `  lease: ${a.ttlMs === null ? "the rule's ttl" : `ttl ${Math.round(a.ttlMs / 1000)}s`}${a.maxUses === null ? "" : `, at most ${a.maxUses} uses`}`,
     `  why: ${a.reason ?? "(no reason given)"}`,
     `  asked by ${a.requestedBy} at ${new Date(a.requestedAt).toISOString()}; lapses at ${new Date(a.expiresAt).toISOString()}`,

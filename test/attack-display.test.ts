@@ -1,0 +1,169 @@
+/**
+ * Attack pass: an agent deceiving the owner through what lessor shows them. A real `lessor serve`
+ * child (SQLite file, Unix socket, loopback TCP), an agent's token over TCP, and the built `lessor`
+ * CLI as the person's terminal (`lessor approvals`, `lessor approve ID`, `--json`):
+ * - the approval a person is shown must say everything the decision gives away: not only the hosts,
+ *   ttl and use cap, but whether the requester will hold the value itself (a rule that reveals it,
+ *   the default) or only an injecting proxy will use it, and for which methods and paths;
+ * - an agent's hostile text (ESC, OSC 8/52, C1 CSI, CR, bidi isolates, zero-width) in every field it
+ *   controls is refused before anything is opened, and what is shown holds no raw control.
+ * A canary secret is stored and must never appear in any frame, output or log line.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, describe, test } from "node:test";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
+import { ApprovalPages } from "../src/mcp/approval-page.js";
+import { BIN, runProcess } from "./cli-harness.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import type { Msg } from "./raw-client.js";
+
+const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
+const DOMAIN = "api.example.com";
+const seen: string[] = [];
+
+class Conn extends DaemonConn {
+  /** The token handshake over TCP, checking the daemon's proof; resolves once welcomed. */
+  static async token(d: RunningDaemon, token: string): Promise<Conn> {
+    const c = await Conn.open(d.tcp!);
+    const { id, secret } = splitToken(token)!;
+    const nonce = newNonce();
+    c.send({ protocol: "lessor", version: 1, tokenId: id, nonce: nonce.toString("base64url") });
+    const ch = (await c.next()).challenge as { nonce: string; proof: string };
+    const binding = endpointBinding("tcp", c.socket.remoteAddress, c.socket.remotePort);
+    assert.ok(checkServerProof(hashTokenSecret(secret), nonce, Buffer.from(ch.nonce, "base64url"), id, binding, Buffer.from(ch.proof, "base64url")), "the daemon's proof");
+    c.send({ token });
+    const w = await c.next();
+    assert.equal(w.ok, true, JSON.stringify(w));
+    return c;
+  }
+  override async call(method: string, params?: unknown): Promise<Msg> {
+    const r = await super.call(method, params);
+    if (method !== "token_create") seen.push(JSON.stringify(r));
+    return r;
+  }
+  async ok(method: string, params?: unknown): Promise<Msg> {
+    const r = await this.call(method, params);
+    assert.equal(r.ok, true, `${method} ${JSON.stringify(params)}: ${JSON.stringify(r.error ?? r)}`);
+    return r.result;
+  }
+}
+
+const POLICY = `
+[[rule]]
+name = "gated"
+effect = "allow"
+agents = ["claude"]
+secrets = ["deploy"]
+domains = ["${DOMAIN}"]
+approval = "required"
+
+[[rule]]
+name = "gated-proxy"
+effect = "allow"
+agents = ["claude"]
+secrets = ["proxied"]
+domains = ["${DOMAIN}"]
+methods = ["GET"]
+paths = ["/repos/"]
+approval = "required"
+`;
+const CONFIG = `[server]\ntcp = "127.0.0.1:0"\n`;
+
+/** Bytes a terminal obeys rather than shows (C0 but LF, DEL, C1, bidi, zero-width, separators). */
+const RAW_UNSAFE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\u2028\u2029\ufeff]/u;
+
+after(() => {
+  for (const s of seen) assert.ok(!s.includes(CANARY), "the canary appears in a frame, output or log line");
+});
+
+describe("what the person approves is what they are shown", () => {
+  // The approval binds the rule's reveal, methods and paths (src/vault/approvals.ts bindingOf: "the
+  // person approved those", docs/policy.md "Approval"), but `lessor approvals` showed only "to send it
+  // to: HOSTS": an agent asking under a rule that reveals the value (the default) was shown to the
+  // person exactly as one whose value only an injecting proxy may use. The person approved "send it
+  // to api.example.com", and the agent read the value itself (request_lease with access), free to
+  // send it anywhere.
+  test("lessor approvals says whether the requester will hold the value itself, and the methods and paths of a proxy-only rule", async () => {
+    const d = await startServe(await makeHome({ config: CONFIG, policy: POLICY }));
+    const admin = await Conn.admin(d);
+    const conns: Conn[] = [admin];
+    try {
+      await admin.ok("store_secret", { name: "deploy", value: CANARY });
+      await admin.ok("store_secret", { name: "proxied", value: `${CANARY}-p` });
+      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.token(d, t.token);
+      conns.push(claude);
+      const reveal = (await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], reason: "open a pull request" })).approval;
+      const proxy = (await claude.ok("approval_request", { secret: "proxied", domains: [DOMAIN], reason: "open a pull request" })).approval;
+      const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", LESSOR_SOCKET: d.socket };
+
+      const list = await runProcess(process.execPath, [BIN, "approvals"], { env });
+      seen.push(list.stdout, list.stderr);
+      assert.equal(list.code, 0, list.stderr);
+      assert.equal(RAW_UNSAFE.exec(list.stdout), null);
+      const block = (id: string): string => {
+        const i = list.stdout.indexOf(`${id}  pending`);
+        assert.ok(i >= 0, list.stdout);
+        const j = list.stdout.indexOf("\n\n", i);
+        return list.stdout.slice(i, j < 0 ? undefined : j).trimEnd();
+      };
+      const shownReveal = block(reveal.id);
+      const shownProxy = block(proxy.id);
+      // Two requests that differ in what they give away must not read the same to the person.
+      const body = (s: string): string => s.split("\n").filter((l) => !/^\S|asks for|asked by/.test(l)).join("\n");
+      assert.notEqual(body(shownReveal), body(shownProxy), `the two requests read alike:\n${shownReveal}\n---\n${shownProxy}`);
+      assert.match(shownReveal, /value: .*(read|hold)s? the value itself/i, shownReveal);
+      assert.match(shownProxy, /value: .*proxy only/i, shownProxy);
+      assert.match(shownProxy, /methods: GET/, shownProxy);
+      assert.match(shownProxy, /paths: \/repos\//, shownProxy);
+
+      // --json says it too, for a program deciding on the person's behalf (a chat bot, a dashboard).
+      const json = await runProcess(process.execPath, [BIN, "approvals", "--json"], { env });
+      assert.equal(json.code, 0, json.stderr);
+      const rows = JSON.parse(json.stdout) as Msg[];
+      const jr = rows.find((a) => a.id === reveal.id)!;
+      const jp = rows.find((a) => a.id === proxy.id)!;
+      assert.equal(jr.reveal, true, JSON.stringify(jr));
+      assert.equal(jp.reveal, false, JSON.stringify(jp));
+      assert.deepEqual(jp.methods, ["GET"]);
+      assert.deepEqual(jp.paths, ["/repos/"]);
+
+      // The page lessor mcp offers (a real loopback server) says it as well.
+      const pages = new ApprovalPages(() => {});
+      try {
+        const html: string[] = [];
+        for (const a of [reveal, proxy]) {
+          const page = await pages.open(a, async () => {});
+          assert.ok(page !== null);
+          const res = await fetch(page.url);
+          assert.equal(res.status, 200);
+          html.push(await res.text());
+        }
+        assert.match(html[0]!, /The value<\/dt><dd>[^<]*may read the value itself/, html[0]);
+        assert.match(html[1]!, /The value<\/dt><dd>proxy only[^<]*methods: GET; paths: \/repos\//, html[1]);
+      } finally {
+        await pages.close();
+      }
+
+      // And it is true: approved, the revealing request's agent reads the value; the proxy-only one cannot.
+      for (const a of [reveal, proxy]) {
+        const ok = await runProcess(process.execPath, [BIN, "approve", a.id], { env });
+        seen.push(ok.stdout, ok.stderr);
+        assert.equal(ok.code, 0, ok.stderr);
+        assert.match(ok.stdout, /value: /, "the decision repeats what was given away");
+      }
+      const got = await claude.call("request_lease", { secret: "deploy", domains: [DOMAIN], access: { domain: DOMAIN } });
+      assert.equal(got.ok, true, JSON.stringify(got.error));
+      assert.equal(Buffer.from(got.result.value, "base64").toString() === CANARY || got.result.value === CANARY, true, "the agent holds the value");
+      seen.pop(); // that frame carries the value by design
+      const refused = await claude.call("request_lease", { secret: "proxied", domains: [DOMAIN], access: { domain: DOMAIN, method: "GET", path: "/repos/x" } });
+      assert.equal(refused.ok, false, "a proxy-only rule gives the agent no value");
+      assert.equal(refused.error.code, "access_denied");
+    } finally {
+      for (const c of conns) c.close();
+      seen.push(d.stderr());
+      await d.stop();
+    }
+  });
+});
