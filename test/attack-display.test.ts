@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, describe, test } from "node:test";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
+import { hasLoneSurrogate } from "../src/base/text.js";
 import { ApprovalPages } from "../src/mcp/approval-page.js";
 import { BIN, runProcess } from "./cli-harness.js";
 import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
@@ -161,6 +162,51 @@ describe("what the person approves is what they are shown", () => {
       assert.equal(refused.ok, false, "a proxy-only rule gives the agent no value");
       assert.equal(refused.error.code, "access_denied");
     } finally {
+      for (const c of conns) c.close();
+      seen.push(d.stderr());
+      await d.stop();
+    }
+  });
+});
+
+describe("the person's own words on the lessor mcp page", () => {
+  // The page blanked C0, C1 and format characters in the person's note but not U+2028/U+2029, and it
+  // clipped the note after blanking, which can cut a surrogate pair in two: the vault then refused the
+  // reason (invalid_request), after the page had been used up, so the person's Deny (or Approve) was lost
+  // and the page answered 409.
+  test("a note with a pasted line separator, or an emoji cut at the 200th character, still records the decision", async () => {
+    const d = await startServe(await makeHome({ config: CONFIG, policy: POLICY }));
+    const admin = await Conn.admin(d);
+    const conns: Conn[] = [admin];
+    const pages = new ApprovalPages(() => {});
+    try {
+      await admin.ok("store_secret", { name: "deploy", value: CANARY });
+      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.token(d, t.token);
+      conns.push(claude);
+      const notes = ["not during the freeze\u2028(see #ops)", `${"x".repeat(199)}\u{1f600} tail`, "tab\there\u2029and\u0085there"];
+      for (const [i, note] of notes.entries()) {
+        const { approval } = await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], ttl: `${60 + i}s`, reason: "open a pull request" });
+        const page = await pages.open(approval, async (approve, reason) => {
+          await admin.ok("approval_decide", { id: approval.id, approve, ...(reason !== undefined ? { reason } : {}) });
+        });
+        assert.ok(page !== null);
+        const html = await (await fetch(page.url)).text();
+        const csrf = /name="csrf" value="([^"]+)"/.exec(html)![1]!;
+        const res = await fetch(page.url, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: new URLSearchParams({ csrf, decision: "deny", reason: note }).toString(),
+          redirect: "manual",
+        });
+        const text = await res.text();
+        assert.equal(res.status, 200, `note ${JSON.stringify(note)}: ${text}`);
+        const [row] = (await admin.ok("approval_list", { all: true })).filter((a: Msg) => a.id === approval.id);
+        assert.equal(row.state, "denied");
+        assert.ok(typeof row.decisionReason === "string" && !RAW_UNSAFE.test(row.decisionReason) && !hasLoneSurrogate(row.decisionReason), JSON.stringify(row.decisionReason));
+      }
+    } finally {
+      await pages.close();
       for (const c of conns) c.close();
       seen.push(d.stderr());
       await d.stop();

@@ -65,6 +65,15 @@ export function escapeUnsafe(s: string): string {
 }
 
 /**
+ * `s` with every unsafe character replaced by a space: for a note a person typed into a form (which
+ * may hold a line break, a tab or U+2028 pasted along), kept as one line of plain text that
+ * {@link checkPlainText} accepts, rather than refused after they pressed the button.
+ */
+export function blankUnsafe(s: string): string {
+  return UNSAFE.test(s) ? s.replace(UNSAFE_ALL, " ") : s;
+}
+
+/**
  * `s` clipped to `max` characters and quoted as a JSON string, with unsafe characters escaped: the
  * way messages quote a value they were given. JSON.stringify alone leaves DEL, C1 controls and bidi
  * characters raw.

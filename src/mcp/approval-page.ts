@@ -18,6 +18,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
+import { blankUnsafe } from "../base/text.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
@@ -183,7 +184,9 @@ export class ApprovalPages {
     // One decision per page, even if two posts race.
     this.#pages.delete(m[1]!);
     clearTimeout(page.timer);
-    const note = (form.get("reason") ?? "").trim().replace(/[\p{Cc}\p{Cf}]/gu, " ").slice(0, 200);
+    // The vault takes a decision's reason as one line of plain text (no control, format, separator
+    // character or lone surrogate): blank them all, or a pasted U+2028 lost the person's decision.
+    const note = blankUnsafe((form.get("reason") ?? "").slice(0, 200)).trim();
     const approve = decision === "approve";
     try {
       await page.decide(approve, note === "" ? (approve ? "approved on the lessor mcp page" : "denied on the lessor mcp page") : note);
