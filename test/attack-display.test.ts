@@ -11,6 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import * as http from "node:http";
 import { after, describe, test } from "node:test";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { hasLoneSurrogate } from "../src/base/text.js";
@@ -205,6 +206,61 @@ describe("the person's own words on the lessor mcp page", () => {
         assert.equal(row.state, "denied");
         assert.ok(typeof row.decisionReason === "string" && !RAW_UNSAFE.test(row.decisionReason) && !hasLoneSurrogate(row.decisionReason), JSON.stringify(row.decisionReason));
       }
+    } finally {
+      await pages.close();
+      for (const c of conns) c.close();
+      seen.push(d.stderr());
+      await d.stop();
+    }
+  });
+});
+
+describe("the approval page against a hostile agent's text and a hostile page (held)", () => {
+  test("HTML in the agent's reason is shown as text; rebinding, cross-origin and GET decisions decide nothing", async () => {
+    const d = await startServe(await makeHome({ config: CONFIG, policy: POLICY }));
+    const admin = await Conn.admin(d);
+    const conns: Conn[] = [admin];
+    const pages = new ApprovalPages(() => {});
+    try {
+      await admin.ok("store_secret", { name: "deploy", value: CANARY });
+      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.token(d, t.token);
+      conns.push(claude);
+      const reason = `"><script>fetch('/x')</script><img src=x onerror=alert(1)><form method=post><button name=decision value=approve>Deny</button></form><!--`;
+      const { approval } = await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], reason });
+      let decided = 0;
+      const page = await pages.open(approval, async () => void decided++);
+      assert.ok(page !== null);
+      const res = await fetch(page.url);
+      const html = await res.text();
+      assert.equal(res.headers.get("x-frame-options"), "DENY");
+      assert.equal(res.headers.get("referrer-policy"), "no-referrer");
+      assert.match(res.headers.get("content-security-policy") ?? "", /default-src 'none'.*frame-ancestors 'none'/);
+      assert.ok(!html.includes("<script"), "no script tag from the agent");
+      assert.ok(!html.includes("<img"), "no img tag from the agent");
+      assert.equal((html.match(/<form/g) ?? []).length, 1, "only the page's own form");
+      assert.equal((html.match(/<button/g) ?? []).length, 2, "only the page's own buttons");
+      assert.ok(html.includes("&#60;script&#62;"), "the reason is shown as text");
+      const csrf = /name="csrf" value="([^"]+)"/.exec(html)![1]!;
+      const u = new URL(page.url);
+      const post = (headers: Record<string, string>, body: string, path = u.pathname, method = "POST"): Promise<number> =>
+        new Promise((resolve, reject) => {
+          const req = http.request({ host: "127.0.0.1", port: Number(u.port), path, method, headers: { "content-type": "application/x-www-form-urlencoded", ...headers } }, (r) => {
+            r.resume();
+            r.on("end", () => resolve(r.statusCode ?? 0));
+          });
+          req.on("error", reject);
+          req.end(body);
+        });
+      const form = new URLSearchParams({ csrf, decision: "approve" }).toString();
+      assert.equal(await post({ host: `evil.example:${u.port}` }, form), 403, "DNS rebinding: a foreign Host");
+      assert.equal(await post({ host: u.host, origin: "http://evil.example" }, form), 403, "a cross-origin POST");
+      assert.equal(await post({ host: u.host, origin: "null" }, form), 403, "an opaque origin");
+      assert.equal(await post({ host: u.host }, new URLSearchParams({ decision: "approve" }).toString()), 403, "no CSRF token");
+      assert.equal(await post({ host: u.host }, "", `${u.pathname}?${form}`, "GET"), 404, "a GET carrying the form decides nothing (and the query is not the page)");
+      assert.equal(decided, 0, "nothing was decided");
+      const [row] = (await admin.ok("approval_list", {})).filter((a: Msg) => a.id === approval.id);
+      assert.equal(row.state, "pending");
     } finally {
       await pages.close();
       for (const c of conns) c.close();
