@@ -122,6 +122,8 @@ function start<T>(args: string[], env: NodeJS.ProcessEnv): Helper<T> {
   const ready = new Promise<T>((resolve, reject) => {
     let first = true;
     createInterface({ input: proc.stdout! }).on("line", (l) => {
+      // V8 tracing flags in LESSOR_BENCH_PROXY_ARGS (--trace-gc, --trace-deopt) print to stdout too.
+      if (!l.startsWith("{")) return void process.stderr.write(`[${proc.pid}] ${l}\n`);
       if (first) resolve(JSON.parse(l) as T);
       else later.push(JSON.parse(l));
       first = false;
