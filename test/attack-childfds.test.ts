@@ -51,8 +51,10 @@ const targets = (d) => { const o = {}; for (const n of fs.readdirSync(d)) { try 
 const own = targets("/proc/self/fd");
 let parent = {}; try { parent = targets("/proc/" + process.ppid + "/fd"); } catch {}
 const parentSet = new Set(Object.values(parent));
-const shared = Object.entries(own).filter(([n, t]) => Number(n) > 2 && !t.startsWith("anon_inode:") && parentSet.has(t)).map(([n, t]) => n + " -> " + t);
-const paths = Object.entries(own).filter(([n, t]) => Number(n) > 2 && t.startsWith("/")).map(([n, t]) => n + " -> " + t);
+// anon_inode names and /dev/null are the same in every process (node opens its own): not a sign of inheritance.
+const mine = ([n, t]) => Number(n) > 2 && !t.startsWith("anon_inode:") && t !== "/dev/null";
+const shared = Object.entries(own).filter(([n, t]) => mine([n, t]) && parentSet.has(t)).map(([n, t]) => n + " -> " + t);
+const paths = Object.entries(own).filter(([n, t]) => mine([n, t]) && t.startsWith("/")).map(([n, t]) => n + " -> " + t);
 let stdin = ""; try { stdin = fs.readFileSync(0, "utf8"); } catch (e) { stdin = "(" + e.code + ")"; }
 const out = { fds: own, shared, paths, env: process.env, argv: process.argv, cwd: process.cwd(), stdin };
 fs.writeFileSync(dir + "/" + label + "-" + process.pid + ".json.tmp", JSON.stringify(out));
