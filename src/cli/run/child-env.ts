@@ -18,12 +18,14 @@ import { parseEnvFile } from "./env-file.js";
 import type { LeaseBook } from "./leases.js";
 
 /**
- * Variables never passed to the child: lessor's own secrets (src/base/secret-env.ts: the master keys
- * and the passphrase would hand it the vault's key; the database's URL and password the vault's
- * store, where leases and revocations are not sealed) and the token ones, which would hand it the
- * caller's own daemon identity (an orchestrator's or admin's token, say).
+ * Variables never passed to the child: lessor's own secrets by their `LESSOR_` names
+ * (src/base/secret-env.ts: the master keys and the passphrase would hand it the vault's key,
+ * `LESSOR_DATABASE_URL` and `LESSOR_MIGRATE_TO` the vault's store, where leases and revocations are
+ * not sealed) and the token ones, which would hand it the caller's own daemon identity (an
+ * orchestrator's or admin's token, say). `PGPASSWORD` is libpq's own variable, which the command's
+ * tools may need: the sandbox withholds it (and says so) as it does your other credentials.
  */
-export const WITHHELD_VARIABLES: readonly string[] = Object.freeze([...LESSOR_SECRET_VARIABLES, "LESSOR_TOKEN_FILE"]);
+export const WITHHELD_VARIABLES: readonly string[] = Object.freeze([...LESSOR_SECRET_VARIABLES.filter((k) => k.startsWith("LESSOR_")), "LESSOR_TOKEN_FILE"]);
 
 /** A variable of the child's environment and where it came from (for messages). */
 export interface EnvVar {

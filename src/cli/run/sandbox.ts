@@ -42,12 +42,13 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
 
 /**
  * The one line `--no-sandbox` prints: what the unconfined agent can reach. When one of lessor's own
- * secrets (src/base/secret-env.ts: the master key, the passphrase, the token, the database's URL or
- * password) is in lessor's own environment, the line says so: the agent is not given them, but
+ * secrets (src/base/secret-env.ts: the master key, the passphrase, the token, the database's URL) is
+ * in lessor's own environment, the line says so: the agent is not given them, but
  * it can read them from lessor's /proc/PID/environ.
  */
 export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
-  const inEnv = LESSOR_SECRET_VARIABLES.filter((k) => env[k]);
+  // Those src/cli/run/child-env.ts withholds from the command (PGPASSWORD is passed as your other credentials are).
+  const inEnv = LESSOR_SECRET_VARIABLES.filter((k) => k.startsWith("LESSOR_") && env[k]);
   const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
   return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), ${keyWhere(p)} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
 }
