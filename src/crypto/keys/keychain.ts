@@ -60,7 +60,8 @@ export interface KeychainOptions {
   timeoutMs?: number;
   /**
    * Environment of the helper process: the keychain client finds the session bus there (Linux:
-   * DBUS_SESSION_BUS_ADDRESS). Default: this process's environment (NODE_OPTIONS dropped).
+   * DBUS_SESSION_BUS_ADDRESS). Default: this process's environment. Either way NODE_OPTIONS and lessor's
+   * own secrets (src/base/secret-env.ts) are dropped.
    */
   env?: NodeJS.ProcessEnv;
   /** The package to load; tests name one that is not installed. Default {@link KEYCHAIN_PACKAGE}. */
