@@ -4,11 +4,17 @@
  * SIGHUP re-reads the policy file.
  */
 import { destination, pino } from "pino";
+import { closeInheritedDescriptors } from "../sandbox/launch.js";
 import { startDaemon } from "../server/daemon.js";
 
 /** Runs until a signal; resolves with the exit code. */
 export async function serve(opts: { home?: string }): Promise<number> {
   const log = pino({ name: "lessor", base: { pid: process.pid } }, destination({ dest: 2, sync: true }));
+  // A descriptor whoever started the daemon left open without close-on-exec (a supervisor's pipe, a
+  // shell's `exec 5<file`) would pass to every program the daemon starts: each rotation hook and the
+  // key command (third-party CLIs). The daemon never uses one, so it closes them before anything runs.
+  const closed = closeInheritedDescriptors();
+  if (closed.length > 0) log.info({ descriptors: closed }, "closed descriptors inherited without close-on-exec, so that no rotation hook or key command gets them");
   // A passphrase vault asks on the terminal (no echo) unless LESSOR_PASSPHRASE is set.
   const getPassphrase = (await import("./passphrase.js")).terminalPassphrase(process.env);
   const daemon = await startDaemon({ ...(opts.home ? { home: opts.home } : {}), log, getPassphrase });

@@ -9,6 +9,7 @@ import { octal } from "../../fs/perms.js";
 import { firstNonUtf8Line, readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
+import { LESSOR_SECRET_VARIABLES } from "../../base/secret-env.js";
 import { refString } from "../../base/names.js";
 import type { SecretFieldRef } from "../refs/grammar.js";
 import { extractField } from "../refs/json-field.js";
@@ -17,10 +18,14 @@ import { parseEnvFile } from "./env-file.js";
 import type { LeaseBook } from "./leases.js";
 
 /**
- * Variables never passed to the child: the first three would hand it the vault's master key, the
- * token ones the caller's own daemon identity (an orchestrator's or admin's token, say).
+ * Variables never passed to the child: lessor's own secrets by their `LESSOR_` names
+ * (src/base/secret-env.ts: the master keys and the passphrase would hand it the vault's key,
+ * `LESSOR_DATABASE_URL` and `LESSOR_MIGRATE_TO` the vault's store, where leases and revocations are
+ * not sealed) and the token ones, which would hand it the caller's own daemon identity (an
+ * orchestrator's or admin's token, say). `PGPASSWORD` is libpq's own variable, which the command's
+ * tools may need: the sandbox withholds it (and says so) as it does your other credentials.
  */
-export const WITHHELD_VARIABLES = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN", "LESSOR_TOKEN_FILE"] as const;
+export const WITHHELD_VARIABLES: readonly string[] = Object.freeze([...LESSOR_SECRET_VARIABLES.filter((k) => k.startsWith("LESSOR_")), "LESSOR_TOKEN_FILE"]);
 
 /** A variable of the child's environment and where it came from (for messages). */
 export interface EnvVar {
@@ -90,7 +95,7 @@ export function readTextFile(path: string, what: string, option: string, o: Read
 export function baseEnv(parent: NodeJS.ProcessEnv, envFiles: string[], opened?: Map<string, string | null>): Map<string, EnvVar> {
   const vars = new Map<string, EnvVar>();
   for (const [k, v] of Object.entries(parent)) {
-    if (v === undefined || (WITHHELD_VARIABLES as readonly string[]).includes(k)) continue;
+    if (v === undefined || WITHHELD_VARIABLES.includes(k)) continue;
     vars.set(k, { value: v, from: "the environment" });
   }
   for (const file of envFiles) {

@@ -8,6 +8,7 @@ import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { VaultError } from "../../base/errors.js";
+import { LESSOR_SECRET_VARIABLES } from "../../base/secret-env.js";
 import { loadConfig } from "../../config/load.js";
 import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
 import type { Config } from "../../config/config.js";
@@ -40,12 +41,14 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
 }
 
 /**
- * The one line `--no-sandbox` prints: what the unconfined agent can reach. When the master key or
- * the passphrase is in lessor's own environment, the line says so: the agent is not given them, but
+ * The one line `--no-sandbox` prints: what the unconfined agent can reach. When one of lessor's own
+ * secrets (src/base/secret-env.ts: the master key, the passphrase, the token, the database's URL) is
+ * in lessor's own environment, the line says so: the agent is not given them, but
  * it can read them from lessor's /proc/PID/environ.
  */
 export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
-  const inEnv = ["LESSOR_MASTER_KEY", "LESSOR_MASTER_KEY_PREVIOUS", "LESSOR_PASSPHRASE", "LESSOR_TOKEN"].filter((k) => env[k]);
+  // Those src/cli/run/child-env.ts withholds from the command (PGPASSWORD is passed as your other credentials are).
+  const inEnv = LESSOR_SECRET_VARIABLES.filter((k) => k.startsWith("LESSOR_") && env[k]);
   const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
   return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), ${keyWhere(p)} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
 }

@@ -27,6 +27,7 @@ import { lstatSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { VaultError } from "../../base/errors.js";
+import { withoutLessorSecrets } from "../../base/secret-env.js";
 import { ensurePrivateDir } from "../../fs/perms.js";
 import { type Keyring, KEY_BYTES } from "../keyring.js";
 import type { KeySource } from "../../vault/ports.js";
@@ -59,7 +60,8 @@ export interface KeychainOptions {
   timeoutMs?: number;
   /**
    * Environment of the helper process: the keychain client finds the session bus there (Linux:
-   * DBUS_SESSION_BUS_ADDRESS). Default: this process's environment (NODE_OPTIONS dropped).
+   * DBUS_SESSION_BUS_ADDRESS). Default: this process's environment. Either way NODE_OPTIONS and lessor's
+   * own secrets (src/base/secret-env.ts) are dropped.
    */
   env?: NodeJS.ProcessEnv;
   /** The package to load; tests name one that is not installed. Default {@link KEYCHAIN_PACKAGE}. */
@@ -183,7 +185,9 @@ async function call(entry: KeychainEntry, op: Op, opts: KeychainOptions): Promis
     throw notInstalled(pkg, entry);
   }
   const timeoutMs = opts.timeoutMs ?? DEFAULT_KEYCHAIN_TIMEOUT_MS;
-  const env = { ...(opts.env ?? process.env) };
+  // Without lessor's own secrets (the passphrase, a token, the database's password): the helper, and
+  // the package it loads, need only the session bus's address.
+  const env = withoutLessorSecrets(opts.env ?? process.env);
   delete env["NODE_OPTIONS"]; // the helper needs no loader, and none of the caller's preloads
   const request = JSON.stringify({ module, service: entry.service, account: entry.account, ...op });
   const stdout = await new Promise<Buffer>((resolve, reject) => {
