@@ -9,10 +9,8 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
 import { commandKeySource } from "../src/crypto/keys/command.js";
 import { VaultError } from "../src/base/errors.js";
@@ -22,27 +20,16 @@ import { DEFAULT_CONFIG, type Config } from "../src/config/config.js";
 import { configuredPrograms, refuseWritablePrograms } from "../src/cli/run/owner-programs.js";
 import { planLayout } from "../src/sandbox/layout.js";
 import { makeHome } from "./daemon-harness.js";
+import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, rotateInBackground, rotateToml, seedDb as seedDbWith, waitFor, whileWriteLocked } from "./rotate-harness.js";
 
-const NOBODY = 65534;
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
   new: `CANARY-new-${randomBytes(8).toString("hex")}`,
 };
-const HAVE_SETPRIV = spawnSync("setpriv", ["--version"]).status === 0 && process.getuid?.() === 0;
 const SKIP = HAVE_SETPRIV ? false : "needs root and setpriv (another local user)";
 
 /** A base directory another local user can reach (but not write). */
-const base = mkdtempSync(join(tmpdir(), "lessor-atk-hooktrust-"));
-chmodSync(base, 0o755);
-process.on("exit", () => rmSync(base, { recursive: true, force: true }));
-
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-
-/** Runs `script` with /bin/sh as uid 65534 (another local user). */
-function asNobody(script: string): void {
-  const r = spawnSync("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "/bin/sh", "-c", script], { encoding: "utf8" });
-  assert.equal(r.status, 0, `as uid ${NOBODY}: ${script}\n${r.stderr}`);
-}
+const base = reachableBase("lessor-atk-hooktrust-");
 
 /** A directory of root's that others may enter, not write. */
 function dirOf(prefix: string): string {
@@ -70,27 +57,7 @@ function dropPath(): string {
 /** What the attacker's code does as the owner: keeps stdin (the current value), prints a value it knows. */
 const stealBody = (stolen: string) => `cat > ${q(stolen)}\necho attacker-chosen-value\n`;
 
-async function seedDb(home: string): Promise<void> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "db", value: CANARY.old });
-  } finally {
-    await v.close();
-  }
-}
-
-async function currentOf(home: string): Promise<{ version: number; value: string }> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const meta = await v.admin().getSecretMetadata({ scope: "global", name: "db" });
-    const got = await v.admin().revealSecret({ scope: "global", name: "db" });
-    return { version: meta.currentVersion, value: got.value.expose().toString() };
-  } finally {
-    await v.close();
-  }
-}
-
-const rotateToml = (command: string[], extra = 'stdin = "current"') => `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify(command)}\n${extra}\n`;
+const seedDb = (home: string) => seedDbWith(home, CANARY.old);
 
 /** Rotates db by its hook in a fresh home and checks the attacker's code never ran and nothing changed. */
 async function assertRefused(name: string, command: string[], stolen: string, message: RegExp, env?: Record<string, string>): Promise<void> {
@@ -317,45 +284,27 @@ echo ${CANARY.new}-2
 
 describe("rotation hooks: the value made but not stored", () => {
   /** Starts `lessor secret rotate db --hook` in `home`; resolves its result. */
-  function rotateInBackground(home: string): Promise<{ code: number | null; out: string }> {
-    const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-    return new Promise((r) => child.on("close", (code) => r({ code, out })));
-  }
-
-  async function waitFor(path: string): Promise<void> {
-    for (let i = 0; i < 1200 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
-    assert.ok(existsSync(path), `${path} never appeared`);
+  /** A home whose db hook marks its start in `started`, waits for `go`, and prints CANARY.new; rotated in the background. */
+  async function gatedRotate(prefix: string): Promise<{ home: string; started: string; go: string; run: Promise<{ code: number | null; out: string }> }> {
+    const dir = dirOf(prefix);
+    const hook = join(dir, "rotate-db");
+    const started = join(dir, "started");
+    const go = join(dir, "go");
+    writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
+    const home = await makeHome({ config: rotateToml([hook]) });
+    await seedDb(home);
+    const run = rotateInBackground(home);
+    await waitFor(started);
+    return { home, started, go, run };
   }
 
   test(
     "the vault database locked by another process (past SQLite's 5 s busy wait) when the hook's value is to be stored: the store is tried again and the value is kept, not lost with the issuer already changed",
     { timeout: 180_000 },
     async () => {
-      const dir = dirOf("locked-");
-      const hook = join(dir, "rotate-db");
-      const started = join(dir, "started");
-      const go = join(dir, "go");
-      writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
-      const home = await makeHome({ config: rotateToml([hook]) });
-      await seedDb(home);
-      const run = rotateInBackground(home);
-      await waitFor(started);
+      const { home, go, run } = await gatedRotate("locked-");
       // Another process holds the write lock for 9 s: longer than one attempt's busy wait.
-      const db = new Database(join(home, "lessor.db"));
-      try {
-        db.exec("BEGIN IMMEDIATE");
-        writeFileSync(go, "");
-        await new Promise((r) => setTimeout(r, 9000));
-        db.exec("COMMIT");
-      } finally {
-        db.close();
-      }
+      await whileWriteLocked(join(home, "lessor.db"), go, () => new Promise((r) => setTimeout(r, 9000)));
       const r = await run;
       assert.equal(r.code, 0, `the value the hook made was not stored: ${r.out}`);
       assert.deepEqual(await currentOf(home), { version: 2, value: CANARY.new });
@@ -367,25 +316,8 @@ describe("rotation hooks: the value made but not stored", () => {
     "the database stays locked past every retry: rotate says loudly that the issuer may hold a credential the vault does not, and the next hook run of the secret reports it (hook_interrupted) rather than running over it",
     { timeout: 240_000 },
     async () => {
-      const dir = dirOf("locked2-");
-      const hook = join(dir, "rotate-db");
-      const started = join(dir, "started");
-      const go = join(dir, "go");
-      writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
-      const home = await makeHome({ config: rotateToml([hook]) });
-      await seedDb(home);
-      const run = rotateInBackground(home);
-      await waitFor(started);
-      const db = new Database(join(home, "lessor.db"));
-      let r: { code: number | null; out: string };
-      try {
-        db.exec("BEGIN IMMEDIATE");
-        writeFileSync(go, "");
-        r = await run;
-        db.exec("ROLLBACK");
-      } finally {
-        db.close();
-      }
+      const { home, go, run } = await gatedRotate("locked2-");
+      const r = await whileWriteLocked(join(home, "lessor.db"), go, () => run, "ROLLBACK");
       assert.notEqual(r.code, 0, r.out);
       assert.match(r.out, /made a new value, but the vault could not store it/, r.out);
       assert.match(r.out, /issuer may now hold a credential the vault does not have/, r.out);

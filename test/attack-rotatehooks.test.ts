@@ -7,8 +7,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
@@ -22,53 +21,21 @@ import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { Vault } from "../src/vault/vault.js";
 import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, rotateToml, seedDb as seedDbWith } from "./rotate-harness.js";
 
-const NOBODY = 65534;
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
   new: `CANARY-new-${randomBytes(8).toString("hex")}`,
 };
 
 /** A base directory another local user can reach (but not write). */
-const base = mkdtempSync(join(tmpdir(), "lessor-atk-rotatehooks-"));
-chmodSync(base, 0o755);
-process.on("exit", () => rmSync(base, { recursive: true, force: true }));
-
-const HAVE_SETPRIV = spawnSync("setpriv", ["--version"]).status === 0 && process.getuid?.() === 0;
-
-/** Runs `script` with /bin/sh as uid 65534 (another local user). */
-function asNobody(script: string): void {
-  const r = spawnSync("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "/bin/sh", "-c", script], { encoding: "utf8" });
-  assert.equal(r.status, 0, `as uid ${NOBODY}: ${script}\n${r.stderr}`);
-}
-
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+const base = reachableBase("lessor-atk-rotatehooks-");
 
 /** The attacker's hook: keeps the current value it is handed and makes the secret a value it knows. */
 const evilHook = (stolen: string) => `#!/bin/sh\ncat > ${q(stolen)}\necho attacker-chosen-value\n`;
 
 /** Stores CANARY.old as version 1 of global/db in `home`. */
-async function seedDb(home: string): Promise<void> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "db", value: CANARY.old });
-  } finally {
-    await v.close();
-  }
-}
-
-async function currentOf(home: string): Promise<{ version: number; value: string }> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const meta = await v.admin().getSecretMetadata({ scope: "global", name: "db" });
-    const got = await v.admin().revealSecret({ scope: "global", name: "db" });
-    return { version: meta.currentVersion, value: got.value.expose().toString() };
-  } finally {
-    await v.close();
-  }
-}
-
-const rotateToml = (command: string[], extra = 'stdin = "current"') => `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify(command)}\n${extra}\n`;
+const seedDb = (home: string) => seedDbWith(home, CANARY.old);
 
 describe("rotation hooks: the program that runs", () => {
   test(
