@@ -43,7 +43,7 @@ import { Vault } from "../src/vault/vault.js";
 import { agent, grant, hexKey, within } from "./helpers.js";
 import { admin, PG_SKIP, testSchema } from "./pg-helpers.js";
 import { auditRowsHolding, pgTeam, type PgTeam } from "./pg-team.js";
-import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { headsServer, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 type Coded = Error & { code?: string };
 
@@ -57,17 +57,9 @@ const POLICY = [grant("tok", ["bot"], ["tok"], [HOST], 'ttl = "1h"'), grant("tok
 /** An upstream for both hosts: answers 200 and records every request head it gets. */
 const upCa = LocalCa.create({ permitted: [HOST, HOST2] });
 const upstreamHeads: string[] = [];
-const upstream = tls.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (s) => {
-  s.on("error", () => {});
-  let buf = "";
-  s.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    const end = buf.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    upstreamHeads.push(buf.slice(0, end));
-    buf = "";
-    s.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-  });
+const upstream = headsServer(upCa, (head, s) => {
+  upstreamHeads.push(head);
+  s.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
 });
 await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
 const upPort = (upstream.address() as AddressInfo).port;
