@@ -86,19 +86,35 @@ const refusedClearingLapsedClaim = (b: { admin(): { rotateSecretByHook(s: typeof
 
 const runsStarted = (started: string): number => (existsSync(started) ? readdirSync(started).length : 0);
 
+/**
+ * A hookHome(perRun) on which a's hook run of db has started (its outcome: `first`) and b, whose clock
+ * is ten minutes ahead, found a's claim lapsed and cleared it; runs `body`, then closes both vaults.
+ */
+async function withLapsedClaim(
+  perRun: boolean,
+  body: (x: { home: string; started: string; go: string; a: OpenVault; b: OpenVault; first: ReturnType<typeof outcomeOf<{ version: number }>> }) => Promise<void>,
+): Promise<void> {
+  const { home, started, go } = await hookHome(perRun);
+  // Another daemon on the same store whose clock runs ten minutes ahead: to it, a's claim has lapsed.
+  const { a, b } = await twoClocks(home);
+  try {
+    const first = outcomeOf(a.admin().rotateSecretByHook(DB));
+    await until(() => runsStarted(started) === 1, "the first hook's start");
+    // b's hook run finds a's claim lapsed, audits and clears it (and is refused once).
+    await refusedClearingLapsedClaim(b);
+    await body({ home, started, go, a, b, first });
+  } finally {
+    await b.close();
+    await a.close();
+  }
+}
+
 describe("rotation hooks: a hook's value stored after its claim was lost", () => {
   test(
     "the claim lapses (another daemon's clock is ahead) and the secret is rotated by hand meanwhile; the first store of the hook's value meets a locked database: the retry does not take the manual version for the hook's own and report success; it says loudly the issuer may hold a credential the vault does not, and the next hook run reports it",
     { timeout: 180_000 },
-    async () => {
-      const { home, started, go } = await hookHome(false);
-      // Another daemon on the same store whose clock runs ten minutes ahead: to it, a's claim has lapsed.
-      const { a, b } = await twoClocks(home);
-      try {
-        const outcome = outcomeOf(a.admin().rotateSecretByHook(DB));
-        await until(() => runsStarted(started) === 1, "the hook's start");
-        // b's hook run finds a's claim lapsed, audits and clears it (and is refused once).
-        await refusedClearingLapsedClaim(b);
+    () =>
+      withLapsedClaim(false, async ({ home, go, a, b, first: outcome }) => {
         // The owner stores the credential's value by hand: version 2.
         await b.admin().rotateSecret(DB, CANARY.manual);
         // Another process holds the write lock past one attempt's busy wait (5 s): a's first store fails.
@@ -116,23 +132,14 @@ describe("rotation hooks: a hook's value stored after its claim was lost", () =>
         await assert.rejects(a.admin().rotateSecretByHook(DB), (x: unknown) => x instanceof VaultError && /cut off/.test(x.message));
         const rows = await a.admin().auditQuery({ limit: 1000 });
         noCanary(JSON.stringify(rows), "the audit trail");
-      } finally {
-        await b.close();
-        await a.close();
-      }
-    },
+      }),
   );
 
   test(
     "the claim lapses and another run of the hook claims the secret: the first run's value is not stored outside the claim while the second runs (two issuer changes, two versions); it is refused loudly and audited",
     { timeout: 180_000 },
-    async () => {
-      const { home, started, go } = await hookHome(true);
-      const { a, b } = await twoClocks(home);
-      try {
-        const first = outcomeOf(a.admin().rotateSecretByHook(DB));
-        await until(() => runsStarted(started) === 1, "the first hook's start");
-        await refusedClearingLapsedClaim(b);
+    () =>
+      withLapsedClaim(true, async ({ started, go, a, b, first }) => {
         const second = b.admin().rotateSecretByHook(DB);
         await until(() => runsStarted(started) === 2, "the second hook's start");
         writeFileSync(go, "");
@@ -147,11 +154,7 @@ describe("rotation hooks: a hook's value stored after its claim was lost", () =>
         assert.equal(history.length, 2, "two versions stored by hook runs at once");
         const rows = (await a.admin().auditQuery({ limit: 1000 })).filter((x) => x.secret === "global/db" && x.reason === "hook_discarded: claim_lost");
         assert.equal(rows.length, 1, "the lost value is not in the audit trail");
-      } finally {
-        await b.close();
-        await a.close();
-      }
-    },
+      }),
   );
 });
 

@@ -20,7 +20,7 @@ import { DEFAULT_CONFIG, type Config } from "../src/config/config.js";
 import { configuredPrograms, refuseWritablePrograms } from "../src/cli/run/owner-programs.js";
 import { planLayout } from "../src/sandbox/layout.js";
 import { makeHome } from "./daemon-harness.js";
-import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, rotateInBackground, rotateToml, seedDb as seedDbWith, waitFor, whileWriteLocked } from "./rotate-harness.js";
+import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, rotateInBackground, replaceAsNobody, rotateToml, seedDb as seedDbWith, startRotate, waitFor, whileWriteLocked } from "./rotate-harness.js";
 
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
@@ -44,6 +44,19 @@ function sharedDir(parent: string, name = "shared"): string {
   mkdirSync(d, { mode: 0o777 });
   chmodSync(d, 0o777);
   return d;
+}
+
+/**
+ * A file `name` of yours holding `text` (mode `mode`) in a shared directory of a fresh dirOf(prefix),
+ * which the other user then replaces with `theirs(stolen)` (executable when `exec`); `stolen` is a
+ * fresh dropPath().
+ */
+function replacedInSharedDir(prefix: string, name: string, text: string, mode: number, theirs: (stolen: string) => string, exec = false): { path: string; stolen: string } {
+  const path = join(sharedDir(dirOf(prefix)), name);
+  writeFileSync(path, text, { mode });
+  const stolen = dropPath();
+  replaceAsNobody(path, theirs(stolen), exec);
+  return { path, stolen };
 }
 
 /** Where the attacker drops what it stole; a fresh path in a sticky 1777 directory. */
@@ -86,12 +99,7 @@ describe("rotation hooks: the script an interpreter is handed", () => {
     async () => {
       // The script sits in a directory everyone may write: the attacker replaces it.
       {
-        const dir = dirOf("argdir-");
-        const shared = sharedDir(dir);
-        const script = join(shared, "rotate.sh");
-        writeFileSync(script, "cat >/dev/null\necho fine\n", { mode: 0o644 });
-        const stolen = dropPath();
-        asNobody(`printf '%s' ${q(stealBody(stolen))} > ${q(script)}.new && mv -f ${q(script)}.new ${q(script)}`);
+        const { path: script, stolen } = replacedInSharedDir("argdir-", "rotate.sh", "cat >/dev/null\necho fine\n", 0o644, stealBody);
         await assertRefused("script in a shared directory", ["/bin/sh", script], stolen, /can be written by other users|belongs to uid 65534/);
       }
       // The script file itself is writable by others (0646).
@@ -129,7 +137,7 @@ describe("rotation hooks: the script an interpreter is handed", () => {
     const key = randomBytes(32).toString("hex");
     writeFileSync(script, `echo ${key}\n`, { mode: 0o644 });
     const stolen = dropPath();
-    asNobody(`printf '%s' ${q(`echo ran > ${q(stolen)}\necho ${"ab".repeat(32)}\n`)} > ${q(script)}.new && mv -f ${q(script)}.new ${q(script)}`);
+    replaceAsNobody(script, `echo ran > ${q(stolen)}\necho ${"ab".repeat(32)}\n`);
     await assert.rejects(
       commandKeySource(["/bin/sh", script]).load(),
       (e: unknown) => e instanceof VaultError && e.code === "insecure_permissions" && /belongs to uid 65534|can be written by other users/.test(e.message) && e.message.includes(shared) && e.message.includes("is given"),
@@ -149,12 +157,7 @@ describe("rotation hooks: the interpreter of a #! line", () => {
     async () => {
       // #!/shared/interp: the interpreter file sits in a directory everyone may write.
       {
-        const dir = dirOf("sbdir-");
-        const shared = sharedDir(dir);
-        const interp = join(shared, "interp");
-        writeFileSync(interp, "#!/bin/sh\nexec /bin/sh \"$@\"\n", { mode: 0o755 });
-        const stolen = dropPath();
-        asNobody(`printf '%s' ${q(`#!/bin/sh\n${stealBody(stolen)}`)} > ${q(interp)}.new && chmod 755 ${q(interp)}.new && mv -f ${q(interp)}.new ${q(interp)}`);
+        const { path: interp, stolen } = replacedInSharedDir("sbdir-", "interp", "#!/bin/sh\nexec /bin/sh \"$@\"\n", 0o755, (st) => `#!/bin/sh\n${stealBody(st)}`, true);
         const hook = join(dirOf("sbhook-"), "rotate");
         writeFileSync(hook, `#!${interp}\necho fine\n`, { mode: 0o755 });
         await assertRefused("#! interpreter in a shared directory", [hook], stolen, /interpreter ".*" named in the #! line/);
@@ -213,14 +216,8 @@ echo ${CANARY.new}
 `, { mode: 0o755 });
       const home = await makeHome({ config: rotateToml([hook], 'timeout = "120s"') });
       await seedDb(home);
-      const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-        env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-      child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<void>((r) => child.on("close", () => r()));
+      const rot = startRotate(home);
+      const { child, exited } = rot;
       let hookPid = 0;
       try {
         for (let i = 0; i < 600 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
@@ -267,7 +264,7 @@ echo ${CANARY.new}-2
         const after = await runCli(["secret", "rotate", "db", "--hook"], { home, timeoutMs: 60_000 });
         assert.equal(after.code, 0, after.stderr);
         assert.deepEqual(await currentOf(home), { version: 2, value: `${CANARY.new}-2` });
-        assert.ok(!(out + next.stderr + after.stderr).includes(CANARY.old), "a value in lessor's output");
+        assert.ok(!(rot.out() + next.stderr + after.stderr).includes(CANARY.old), "a value in lessor's output");
       } finally {
         if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
         if (hookPid > 0) {

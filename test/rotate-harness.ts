@@ -5,7 +5,7 @@
  * write-locked by another process.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -24,6 +24,14 @@ export const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 export function asNobody(script: string): void {
   const r = spawnSync("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "/bin/sh", "-c", script], { encoding: "utf8" });
   assert.equal(r.status, 0, `as uid ${NOBODY}: ${script}\n${r.stderr}`);
+}
+
+/**
+ * As uid 65534, replaces `path` (in a directory that user can write) with a file holding `text`, made
+ * executable (755) when `exec`: written beside it and moved over it.
+ */
+export function replaceAsNobody(path: string, text: string, exec = false): void {
+  asNobody(`printf '%s' ${q(text)} > ${q(path)}.new && ${exec ? `chmod 755 ${q(path)}.new && ` : ""}mv -f ${q(path)}.new ${q(path)}`);
 }
 
 /** A base directory another local user can reach (but not write), removed when the process exits. */
@@ -59,16 +67,28 @@ export async function currentOf(home: string): Promise<{ version: number; value:
 /** A `[[rotate]]` table for db running `command`, with `extra` lines. */
 export const rotateToml = (command: string[], extra = 'stdin = "current"') => `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify(command)}\n${extra}\n`;
 
-/** `lessor secret rotate db --hook` in `home` (the built CLI), its stdout and stderr together. */
-export function rotateInBackground(home: string): Promise<{ code: number | null; out: string }> {
+/**
+ * Starts `lessor secret rotate db --hook` in `home` (the built CLI): the child, its stdout and stderr
+ * together (`out`), its stderr alone (`err`), and its exit.
+ */
+export function startRotate(home: string): { child: ChildProcess; out: () => string; err: () => string; exited: Promise<{ code: number | null; signal: string | null }> } {
   const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
+  let err = "";
   child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-  return new Promise((r) => child.on("close", (code) => r({ code, out })));
+  child.stderr!.on("data", (d: Buffer) => ((out += d.toString()), (err += d.toString())));
+  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on("close", (code, sig) => r({ code, signal: sig })));
+  return { child, out: () => out, err: () => err, exited };
+}
+
+/** `lessor secret rotate db --hook` in `home` (the built CLI), its stdout and stderr together. */
+export async function rotateInBackground(home: string): Promise<{ code: number | null; out: string }> {
+  const r = startRotate(home);
+  const { code } = await r.exited;
+  return { code, out: r.out() };
 }
 
 /** Waits (up to 30 s) for `path` to exist. */
