@@ -15,9 +15,10 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import { BIN } from "./cli-harness.js";
-import { makeHome, RawConn, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { RawConn, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
-import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe } from "./session-probe.js";
+import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe, sessionSuite } from "./session-probe.js";
+import { tempDirUntilExit } from "./helpers.js";
 
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const AGENT = "runner-s";
@@ -73,19 +74,13 @@ async function until(what: string, f: () => boolean | Promise<boolean>, ms = 60_
 describe("lessor run --vault-session: each run's session is bound to its own leases, and ends with its process", { skip: NO_BWRAP }, () => {
   let d: RunningDaemon;
   let admin: OkConn;
-  const root = mkdtempSync(join(tmpdir(), "lessor-rsatk-"));
-  process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+  const root = tempDirUntilExit("lessor-rsatk-");
 
-  before(async () => {
-    const home = await makeHome({ policy: POLICY, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
-    d = await startServe(home);
-    admin = await OkConn.admin(d);
-    await admin.ok("store_secret", { name: "open", value: CANARY });
-  });
-  after(async () => {
-    admin?.close();
-    await d?.stop();
-  });
+  sessionSuite(
+    POLICY,
+    (x) => ({ d, admin } = x),
+    async (a) => void (await a.ok("store_secret", { name: "open", value: CANARY })),
+  );
 
   const project = (name: string): string => projectDir(root, name, { "probe.mjs": PROBE });
   const answers = answersIn;

@@ -13,9 +13,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import { initHome } from "../src/config/open-vault.js";
 import { BIN, runCli, seedHome } from "./cli-harness.js";
-import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { DaemonConn, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
-import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe } from "./session-probe.js";
+import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe, sessionSuite } from "./session-probe.js";
+import { tempDirUntilExit } from "./helpers.js";
 
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const AGENT = "runner-v";
@@ -65,20 +66,16 @@ function startRun(home: string, proj: string, env: Record<string, string>, reqs:
 describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => {
   let d: RunningDaemon;
   let admin: OkConn;
-  const root = mkdtempSync(join(tmpdir(), "lessor-vsatk-"));
-  process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+  const root = tempDirUntilExit("lessor-vsatk-");
 
-  before(async () => {
-    const home = await makeHome({ policy: POLICY, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
-    d = await startServe(home);
-    admin = await OkConn.admin(d);
-    await admin.ok("store_secret", { name: "guarded", value: CANARY });
-    await admin.ok("store_secret", { name: "open", value: `open-${CANARY}` });
-  });
-  after(async () => {
-    admin?.close();
-    await d?.stop();
-  });
+  sessionSuite(
+    POLICY,
+    (x) => ({ d, admin } = x),
+    async (a) => {
+      await a.ok("store_secret", { name: "guarded", value: CANARY });
+      await a.ok("store_secret", { name: "open", value: `open-${CANARY}` });
+    },
+  );
 
   const project = (name: string): string => projectDir(root, name, { "probe.mjs": PROBE, "hold.mjs": HOLD });
   const answers = answersIn;

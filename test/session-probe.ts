@@ -7,8 +7,9 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
-import { DaemonConn } from "./daemon-harness.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
 
 /** The `skip` option for tests that need a bwrap sandbox. */
@@ -77,3 +78,32 @@ export const agentRule =
   (agent: string) =>
   (name: string, secrets: string[], extra = ""): string =>
     `[[rule]]\nname = ${JSON.stringify(name)}\neffect = "allow"\nagents = [${JSON.stringify(agent)}]\nsecrets = ${JSON.stringify(secrets)}\n${extra}\n`;
+
+/** `lessor serve` on a fresh home with `policy` whose [run] may read the repository, and the owner's connection to it. */
+export async function sessionDaemon(policy: string): Promise<{ d: RunningDaemon; admin: OkConn }> {
+  const home = await makeHome({ policy, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
+  const d = await startServe(home);
+  try {
+    return { d, admin: await OkConn.admin(d) };
+  } catch (e) {
+    await d.stop();
+    throw e;
+  }
+}
+
+/**
+ * For the enclosing describe(): its before() starts a sessionDaemon with `policy`, hands it to `set`
+ * and fills it with `seed`; its after() closes the owner's connection and stops the daemon.
+ */
+export function sessionSuite(policy: string, set: (x: { d: RunningDaemon; admin: OkConn }) => void, seed: (admin: OkConn) => Promise<void>): void {
+  let x: { d: RunningDaemon; admin: OkConn } | undefined;
+  before(async () => {
+    x = await sessionDaemon(policy);
+    set(x);
+    await seed(x.admin);
+  });
+  after(async () => {
+    x?.admin.close();
+    await x?.d.stop();
+  });
+}
