@@ -11,89 +11,35 @@
  *   max_connections_per_issuer together, so another uid mapped by [[identity]] still connects.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { connect, type Socket } from "node:net";
-import { Duplex } from "node:stream";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import { LessorClient } from "../src/client/index.js";
 import { VaultError } from "../src/base/errors.js";
 import type { Identity } from "../src/base/types.js";
 import type { Hello } from "../src/protocol/messages.js";
 import { LessorServer, type PeerInfo } from "../src/server/server.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import { cliHome, envOf, runCli, seedHome, startCli } from "./cli-harness.js";
-import { grant, makeVault, within } from "./helpers.js";
-import { RawClient, type Msg } from "./raw-client.js";
+import { grant, makeVault, tempDir, within } from "./helpers.js";
+import { duplexPair, RawClient, type Msg } from "./raw-client.js";
+import { AS_NOBODY, attacker as dosAttacker, LINUX_ROOT, sharedHome } from "./dos-harness.js";
 
-const CLIENT = fileURLToPath(new URL("./fixtures/dos-client.mjs", import.meta.url));
-const NOBODY = 65534;
-const LINUX_ROOT = process.platform === "linux" && process.getuid?.() === 0;
-const HAS_SETPRIV = spawnSync("setpriv", ["--version"]).error === undefined;
-const AS_NOBODY = !LINUX_ROOT ? "needs root on Linux, to attack as another uid (nobody)" : !HAS_SETPRIV ? "setpriv (util-linux) is not installed" : false;
 const POLICY = grant("gh", ["claude", "bob"], ["github-token"], ["api.github.com"]);
 
-class Raw extends RawClient {
-  static async open(to: string | { host: string; port: number }): Promise<Raw> {
-    const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-    return RawClient.connected(new Raw(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 20_000 }));
-  }
-
-  static async hello(to: string | { host: string; port: number }, token?: string): Promise<{ c: Raw; welcome: Msg }> {
-    const c = await Raw.open(to);
-    c.send({ protocol: "lessor", version: 1, ...(token !== undefined ? { token } : {}) });
-    return { c, welcome: await c.next() };
-  }
+/** Daemon connections with a patient next(). */
+class Raw extends DaemonConn {
+  static override readonly nextTimeoutMs = 20_000;
 }
 
-interface Attacker {
-  line(n: number, timeoutMs?: number): Promise<Msg>;
-  stop(): Promise<void>;
-}
-
-/** test/fixtures/dos-client.mjs with `args`, as user nobody. */
-function attacker(args: string[]): Attacker {
-  const proc: ChildProcessWithoutNullStreams = spawn("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", process.execPath, CLIENT, ...args], {
-    cwd: "/",
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  const lines: Msg[] = [];
-  let err = "";
-  proc.stderr.on("data", (d) => (err += d));
-  createInterface({ input: proc.stdout }).on("line", (l) => lines.push(JSON.parse(l)));
-  const exited = new Promise<void>((r) => proc.on("exit", () => r()));
-  after(() => proc.kill());
-  return {
-    async line(n, timeoutMs = 60_000) {
-      await within(timeoutMs, `the attacker's line ${n + 1} (stderr: ${err})`, () => lines.length > n || proc.exitCode !== null, 50);
-      if (lines.length <= n) throw new Error(`the attacker exited; stderr: ${err}`);
-      return lines[n];
-    },
-    async stop() {
-      proc.stdin.end();
-      await exited;
-    },
-  };
-}
-
-const dirs: string[] = [];
-process.on("exit", () => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
+/** test/fixtures/dos-client.mjs with `args`, as user nobody (60 s for each line). */
+const attacker = (args: string[]) => dosAttacker(args, true, 60_000);
 
 /** A daemon whose socket nobody can reach (nobody mapped to agent claude), with `server` in [server]. */
 async function daemon(server: string): Promise<{ d: RunningDaemon; socket: string; tcp: { host: string; port: number } }> {
-  const run = mkdtempSync(join(tmpdir(), "lessor-adm-"));
-  dirs.push(run);
-  chmodSync(run, 0o755);
-  const socket = join(run, "agents.sock");
-  const config = `[vault]\nmax_live_leases_per_agent = 1000000\n[server]\nsocket = ${JSON.stringify(socket)}\nsocket_mode = "0666"\ntcp = "127.0.0.1:0"\nhandshake_timeout = "60s"\n${server}\n[[identity]]\nuid = ${NOBODY}\nrole = "agent"\nagent = "claude"\n`;
-  const d = await startServe(await makeHome({ config, policy: POLICY }));
+  const { home, socket } = await sharedHome(POLICY, `handshake_timeout = "60s"\n${server}`);
+  const d = await startServe(home);
   after(() => d.stop());
   return { d, socket, tcp: d.tcp! };
 }
@@ -119,6 +65,35 @@ async function tokenConns(tcp: { host: string; port: number }, token: string, n:
   return { ok, refused };
 }
 
+/** A token made over the owner's socket `socket` (a connection opened and closed for it). */
+async function ownerToken(socket: string, params: Parameters<LessorClient["createToken"]>[0]): ReturnType<LessorClient["createToken"]> {
+  const admin = await LessorClient.connect({ socketPath: socket });
+  try {
+    return await admin.createToken(params);
+  } finally {
+    await admin.close();
+  }
+}
+
+/** An array of connections closed after the test (file). */
+function heldUntilAfter(): Raw[] {
+  const held: Raw[] = [];
+  after(() => held.forEach((c) => c.close()));
+  return held;
+}
+
+/** tokenConns for each of `tokens` in turn: how many were welcomed in all, and every refusal. */
+async function tokensConns(tcp: { host: string; port: number }, tokens: { token: string }[], n: number, held: Raw[]): Promise<{ ok: number; refused: Msg[] }> {
+  let ok = 0;
+  const refused: Msg[] = [];
+  for (const t of tokens) {
+    const r = await tokenConns(tcp, t.token, n, held);
+    ok += r.ok;
+    refused.push(...r.refused);
+  }
+  return { ok, refused };
+}
+
 describe("the owner always gets in to use the brakes (lessor serve, max_connections 40)", { skip: AS_NOBODY }, () => {
   test("a principal with six agent tokens fills max_connections: the owner still pulls the killswitch with the CLI, and a token over the owner's socket takes none of the owner's reserve", async () => {
     const { d, socket, tcp } = await daemon("max_connections = 40\nmax_connections_per_principal = 8\nowner_reserved_connections = 4\n");
@@ -127,15 +102,8 @@ describe("the owner always gets in to use the brakes (lessor serve, max_connecti
     for (let i = 0; i < 6; i++) tokens.push(await admin.createToken({ name: `hog-${i}`, role: "agent", agent: "claude" }));
     const spare = await admin.createToken({ name: "relay", role: "agent", agent: "bob" });
     await admin.close();
-    const held: Raw[] = [];
-    after(() => held.forEach((c) => c.close()));
-    let ok = 0;
-    const refused: Msg[] = [];
-    for (const t of tokens) {
-      const r = await tokenConns(tcp, t.token, 8, held);
-      ok += r.ok;
-      refused.push(...r.refused);
-    }
+    const held = heldUntilAfter();
+    const { ok, refused } = await tokensConns(tcp, tokens, 8, held);
     // 48 tried, 40 held: the global cap is full of token connections, each token within its 8.
     assert.equal(ok, 40, JSON.stringify(refused));
     assert.ok(refused.length > 0 && refused.every((r) => codeOf(r) === "rate_limited"), JSON.stringify(refused));
@@ -184,15 +152,13 @@ describe("the owner always gets in to use the brakes (lessor serve, max_connecti
 
 describe("the daemon's uid mapped to an agent by [[identity]] (lessor serve)", { skip: LINUX_ROOT ? false : "needs root on Linux (the test's uid must be the daemon's, mapped to an agent)" }, () => {
   test("its processes are that agent: held to max_connections_per_principal, and none of the owner's reserve", async () => {
-    const run = mkdtempSync(join(tmpdir(), "lessor-adm-"));
-    dirs.push(run);
+    const run = tempDir("lessor-adm-");
     const socket = join(run, "agents.sock");
     const uid = process.getuid!();
     const config = `[server]\nsocket = ${JSON.stringify(socket)}\nmax_connections = 12\nmax_connections_per_principal = 4\nowner_reserved_connections = 4\n[[identity]]\nuid = ${uid}\nrole = "agent"\nagent = "claude"\n`;
     const d = await startServe(await makeHome({ config, policy: POLICY }));
     after(() => d.stop());
-    const held: Raw[] = [];
-    after(() => held.forEach((c) => c.close()));
+    const held = heldUntilAfter();
     const welcomes: Msg[] = [];
     for (let i = 0; i < 20; i++) {
       const { c, welcome } = await Raw.hello(socket);
@@ -214,14 +180,11 @@ describe("connections that never say hello never hold max_connections (lessor se
     // The handshake budgets (128 per transport, 64 per peer by default) are larger than this
     // max_connections, as they are whenever an admin lowers it below them.
     const { socket, tcp } = await daemon("max_connections = 40\nmax_connections_per_principal = 8\n");
-    const admin = await LessorClient.connect({ socketPath: socket });
-    const bob = await admin.createToken({ name: "quiet-bob", role: "agent", agent: "bob" });
-    await admin.close();
+    const bob = await ownerToken(socket, { name: "quiet-bob", role: "agent", agent: "bob" });
     const idle = attacker(["idle", `tcp:${tcp.host}:${tcp.port}`, "48", "8"]);
     const r = (await idle.line(0)) as { refused: number; stillOpen: number; connectErrors: number };
     assert.equal(r.connectErrors, 0, JSON.stringify(r));
-    const held: Raw[] = [];
-    after(() => held.forEach((c) => c.close()));
+    const held = heldUntilAfter();
     for (let i = 0; i < 3; i++) {
       const { c, welcome } = await Raw.hello(tcp, bob.token);
       assert.equal(welcome.ok, true, `a token client is welcomed during the idle flood: ${JSON.stringify(welcome)} (${JSON.stringify(r)})`);
@@ -240,11 +203,8 @@ describe("connections on their way to a token over the owner's socket (lessor se
     // agent, reconnecting in a loop, kept the owner's own CLI out. Here the relayed connections are
     // held mid handshake (the daemon's proof sent, the token not yet), as the agent's loop keeps them.
     const { d, socket } = await daemon("max_connections = 40\nmax_connections_per_principal = 8\nmax_handshakes_per_peer = 8\nowner_reserved_connections = 4\n");
-    const admin = await LessorClient.connect({ socketPath: socket });
-    const run = await admin.createToken({ name: "lessor-run-1", role: "agent", agent: "claude" });
-    await admin.close();
-    const relayed: Raw[] = [];
-    after(() => relayed.forEach((c) => c.close()));
+    const run = await ownerToken(socket, { name: "lessor-run-1", role: "agent", agent: "claude" });
+    const relayed = heldUntilAfter();
     for (let i = 0; i < 8; i++) {
       const c = await Raw.open(socket);
       c.send({ protocol: "lessor", version: 1, tokenId: run.id, nonce: randomBytes(32).toString("base64url") });
@@ -278,15 +238,8 @@ describe("tokens one principal made share one cap (max_connections_per_issuer)",
     const job = await LessorClient.connect({ host: tcp.host, port: tcp.port }, { token: orch.token });
     const minted: { token: string }[] = [];
     for (let i = 0; i < 5; i++) minted.push(await job.createToken({ name: `sub-${i}`, role: "agent", agent: "claude" }));
-    const held: Raw[] = [];
-    after(() => held.forEach((c) => c.close()));
-    let ok = 0;
-    const refused: Msg[] = [];
-    for (const t of minted) {
-      const r = await tokenConns(tcp, t.token, 8, held);
-      ok += r.ok;
-      refused.push(...r.refused);
-    }
+    const held = heldUntilAfter();
+    const { ok, refused } = await tokensConns(tcp, minted, 8, held);
     // The job's own connection and its tokens' share one issuer (the owner's uid, who made the job's token).
     assert.equal(ok, 15, JSON.stringify(refused));
     assert.ok(refused.length === 25 && refused.every((r) => codeOf(r) === "rate_limited" && /max_connections_per_issuer/.test(messageOf(r))), JSON.stringify(refused.slice(0, 2)));
@@ -306,33 +259,6 @@ describe("tokens one principal made share one cap (max_connections_per_issuer)",
     await job.close();
   });
 });
-
-/** Two in-process duplex streams, each writing into the other (as in test/server.test.ts). */
-function duplexPair(): [Duplex, Duplex] {
-  const ends: Duplex[] = [];
-  const ended = [false, false];
-  const make = (i: number): Duplex =>
-    new Duplex({
-      allowHalfOpen: false,
-      read() {},
-      write(chunk: Buffer, _enc, cb) {
-        ends[1 - i]!.push(chunk);
-        cb();
-      },
-      final(cb) {
-        if (!ended[1 - i]) ends[1 - i]!.push(null);
-        ended[1 - i] = true;
-        cb();
-      },
-      destroy(err, cb) {
-        if (!ended[1 - i]) ends[1 - i]!.push(null);
-        ended[1 - i] = true;
-        cb(err);
-      },
-    });
-  ends.push(make(0), make(1));
-  return [ends[0]!, ends[1]!];
-}
 
 describe("the owner's reserve (server, in process)", () => {
   test("a reserve full of connections in a token's handshake (a relay's, the daemon still checking the token) is given up to the owner's own client", async () => {

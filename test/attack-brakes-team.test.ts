@@ -22,22 +22,20 @@
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
-import { copyFileSync, writeFileSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
-import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { join } from "node:path";
+import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { after, describe, test, type TestContext } from "node:test";
 import { LessorClient } from "../src/client/index.js";
-import { openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { makeHome, startServe, startTwo, type RunningDaemon } from "./daemon-harness.js";
+import { startServe, type RunningDaemon } from "./daemon-harness.js";
 import { grant, within } from "./helpers.js";
-import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { admin, PG_SKIP } from "./pg-helpers.js";
+import { auditRowsHolding, pgTeam, type PgTeam } from "./pg-team.js";
 import { inTime, loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
 
 type Coded = Error & { code?: string };
@@ -53,50 +51,6 @@ const POLICY = [
   grant("two-uses", ["lastuse"], ["tok"], [HOST], 'ttl = "1h"\nmax_uses = 2'),
   grant("five-uses", ["capped"], ["tok"], [HOST], 'ttl = "1h"\nmax_uses = 5'),
 ].join("\n");
-
-// ------------------------------------------------------------------------------ a loopback relay to PostgreSQL
-
-/** A TCP relay on 127.0.0.1 to the test server's PostgreSQL; `cut()` drops every connection and refuses new ones until `restore()`. */
-class Relay {
-  readonly server: Server;
-  readonly port: number;
-  #open = true;
-  readonly #socks = new Set<Socket>();
-  private constructor(server: Server, port: number) {
-    this.server = server;
-    this.port = port;
-  }
-  static async start(): Promise<Relay> {
-    const pg = new URL(PG_URL!);
-    let relay: Relay | undefined;
-    const server = createServer((c) => {
-      c.on("error", () => {});
-      if (!relay!.#open) return void c.destroy();
-      const up = createConnection({ host: "127.0.0.1", port: Number(pg.port || 5432) });
-      up.on("error", () => c.destroy());
-      c.on("close", () => up.destroy());
-      up.on("close", () => c.destroy());
-      relay!.#socks.add(c).add(up);
-      c.once("close", () => relay!.#socks.delete(c));
-      up.once("close", () => relay!.#socks.delete(up));
-      c.pipe(up).pipe(c);
-    });
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    relay = new Relay(server, (server.address() as AddressInfo).port);
-    return relay;
-  }
-  cut(): void {
-    this.#open = false;
-    for (const s of this.#socks) s.destroy();
-  }
-  restore(): void {
-    this.#open = true;
-  }
-  async close(): Promise<void> {
-    this.cut();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
 
 // ------------------------------------------------------------------------------ a raw WebSocket upstream
 
@@ -152,47 +106,11 @@ function clientFrame(text: string): Buffer {
 
 // ------------------------------------------------------------------------------ the team, and B's proxy
 
-interface Team {
-  a: RunningDaemon;
-  b: RunningDaemon;
-  adminA: LessorClient;
-  adminB: LessorClient;
-  schema: string;
-  relay: Relay;
-  homeB: string;
-  closeLater(c: { close(): unknown }): void;
-  daemons: RunningDaemon[];
-}
+type Team = PgTeam;
 
-/** A and B on a fresh schema, same key and policy; B through the relay. `vault`: extra [vault] lines for both. */
-async function team(t: TestContext, opts: { vault?: string } = {}): Promise<Team> {
-  const daemons: RunningDaemon[] = [];
-  const clients: { close(): unknown }[] = [];
-  const s = await testSchema();
-  const relay = await Relay.start();
-  t.after(async () => {
-    await Promise.allSettled(clients.map(async (c) => c.close()));
-    await Promise.allSettled(daemons.map((d) => d.stop()));
-    await relay.close();
-    await s.drop();
-  });
-  const urlB = new URL(s.url);
-  urlB.hostname = "127.0.0.1";
-  urlB.port = String(relay.port);
-  const config = (u: string) => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(u)}\n${opts.vault ?? ""}\n[server]\ntcp = "127.0.0.1:0"\n`;
-  const homeA = await makeHome({ config: config(s.url), policy: POLICY });
-  const homeB = await makeHome({ config: config(urlB.toString()), policy: POLICY });
-  copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
-  // Seeded without the [vault] options: a heartbeat period there would arm the dead-man switch at
-  // this open, and a slow start of the two daemons could outlast it (they would come up fired).
-  writeFileSync(join(homeA, "lessor.toml"), config(s.url).replace(opts.vault ?? "", ""), { mode: 0o600 });
-  const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
-  await v.admin().storeSecret({ name: "tok", value: CANARY });
-  await v.close();
-  writeFileSync(join(homeA, "lessor.toml"), config(s.url), { mode: 0o600 });
-  const { a, b, adminA, adminB } = await startTwo([startServe(homeA), startServe(homeB)], daemons, clients);
-  return { a, b, adminA, adminB, schema: s.schema, relay, homeB, daemons, closeLater: (c) => void clients.push(c) };
-}
+/** A and B on a fresh schema (pgTeam), the canary stored as tok. `vault`: extra [vault] lines for both. */
+const team = (t: TestContext, opts: { vault?: string } = {}): Promise<Team> =>
+  pgTeam(t, { policy: POLICY, ...opts, seed: (v) => v.admin().storeSecret({ name: "tok", value: CANARY }).then(() => {}) });
 
 /** An agent connection over TCP to `d` (token minted on A), no reconnect. */
 async function agentOn(tm: Team, d: RunningDaemon, agent: string, role: "agent" | "orchestrator" = "agent"): Promise<LessorClient> {
@@ -282,7 +200,7 @@ async function verifyBothAndNoCanary(tm: Team): Promise<void> {
   }
   const events = JSON.stringify(await tm.adminA.auditQuery({ limit: 10_000 }));
   assert.ok(!events.includes(CANARY), "the credential's value is in the audit trail");
-  const raw = (await admin(`SELECT count(*)::int AS n FROM ${tm.schema}.audit a WHERE position($1 in a::text) > 0`, [CANARY])).rows[0].n;
+  const raw = await auditRowsHolding(tm.schema, CANARY);
   assert.equal(raw, 0, "the credential's value is in an audit row");
 }
 

@@ -6,11 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
 import { VaultError } from "../src/base/errors.js";
 import { runCli } from "./cli-harness.js";
@@ -20,6 +18,7 @@ import { commandRotationHooks } from "../src/hooks/run-hook.js";
 import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { Vault } from "../src/vault/vault.js";
 import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { q, reachableBase, seedDb, whileWriteLocked } from "./rotate-harness.js";
 
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
@@ -29,10 +28,7 @@ const CANARY = {
 const DB = { scope: "global", name: "db" } as const;
 const IS_ROOT = process.getuid?.() === 0;
 
-const base = mkdtempSync(join(tmpdir(), "lessor-atk-hookfix-"));
-chmodSync(base, 0o755);
-process.on("exit", () => rmSync(base, { recursive: true, force: true }));
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+const base = reachableBase("lessor-atk-hookfix-");
 
 function dirOf(prefix: string): string {
   const d = mkdtempSync(join(base, prefix));
@@ -64,48 +60,65 @@ async function hookHome(perRun: boolean): Promise<{ home: string; started: strin
     { mode: 0o755 },
   );
   const home = await makeHome({ config: `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify([hook])}\n` });
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "db", value: CANARY.old });
-  } finally {
-    await v.close();
-  }
+  await seedDb(home, CANARY.old);
   return { home, started, go };
 }
 
+/** Two vaults on `home`'s store; b stands for another daemon whose clock runs ten minutes ahead: to it, a's claim has lapsed. */
+async function twoClocks(home: string): Promise<{ a: OpenVault; b: OpenVault }> {
+  const env = { LESSOR_HOME: home };
+  const a = await openVault({ home, env });
+  const b = await openVault({ home, env, now: () => Date.now() + 600_000 });
+  return { a, b };
+}
+type OpenVault = Awaited<ReturnType<typeof openVault>>;
+
+/** How `p` ends, as a value (it never rejects). */
+const outcomeOf = <T>(p: Promise<T>): Promise<{ ok: true; r: T } | { ok: false; e: unknown }> =>
+  p.then(
+    (r) => ({ ok: true as const, r }),
+    (e: unknown) => ({ ok: false as const, e }),
+  );
+
+/** `b`'s hook run of db finds another run's claim lapsed, audits and clears it, and is refused once. */
+const refusedClearingLapsedClaim = (b: { admin(): { rotateSecretByHook(s: typeof DB): Promise<unknown> } }): Promise<void> =>
+  assert.rejects(b.admin().rotateSecretByHook(DB), (e: unknown) => e instanceof VaultError && /cut off/.test(e.message));
+
 const runsStarted = (started: string): number => (existsSync(started) ? readdirSync(started).length : 0);
+
+/**
+ * A hookHome(perRun) on which a's hook run of db has started (its outcome: `first`) and b, whose clock
+ * is ten minutes ahead, found a's claim lapsed and cleared it; runs `body`, then closes both vaults.
+ */
+async function withLapsedClaim(
+  perRun: boolean,
+  body: (x: { home: string; started: string; go: string; a: OpenVault; b: OpenVault; first: ReturnType<typeof outcomeOf<{ version: number }>> }) => Promise<void>,
+): Promise<void> {
+  const { home, started, go } = await hookHome(perRun);
+  // Another daemon on the same store whose clock runs ten minutes ahead: to it, a's claim has lapsed.
+  const { a, b } = await twoClocks(home);
+  try {
+    const first = outcomeOf(a.admin().rotateSecretByHook(DB));
+    await until(() => runsStarted(started) === 1, "the first hook's start");
+    // b's hook run finds a's claim lapsed, audits and clears it (and is refused once).
+    await refusedClearingLapsedClaim(b);
+    await body({ home, started, go, a, b, first });
+  } finally {
+    await b.close();
+    await a.close();
+  }
+}
 
 describe("rotation hooks: a hook's value stored after its claim was lost", () => {
   test(
     "the claim lapses (another daemon's clock is ahead) and the secret is rotated by hand meanwhile; the first store of the hook's value meets a locked database: the retry does not take the manual version for the hook's own and report success; it says loudly the issuer may hold a credential the vault does not, and the next hook run reports it",
     { timeout: 180_000 },
-    async () => {
-      const { home, started, go } = await hookHome(false);
-      const env = { LESSOR_HOME: home };
-      const a = await openVault({ home, env });
-      // Another daemon on the same store whose clock runs ten minutes ahead: to it, a's claim has lapsed.
-      const b = await openVault({ home, env, now: () => Date.now() + 600_000 });
-      try {
-        const run = a.admin().rotateSecretByHook(DB);
-        const outcome = run.then(
-          (r) => ({ ok: true as const, r }),
-          (e: unknown) => ({ ok: false as const, e }),
-        );
-        await until(() => runsStarted(started) === 1, "the hook's start");
-        // b's hook run finds a's claim lapsed, audits and clears it (and is refused once).
-        await assert.rejects(b.admin().rotateSecretByHook(DB), (e: unknown) => e instanceof VaultError && /cut off/.test(e.message));
+    () =>
+      withLapsedClaim(false, async ({ home, go, a, b, first: outcome }) => {
         // The owner stores the credential's value by hand: version 2.
         await b.admin().rotateSecret(DB, CANARY.manual);
         // Another process holds the write lock past one attempt's busy wait (5 s): a's first store fails.
-        const db = new Database(join(home, "lessor.db"));
-        try {
-          db.exec("BEGIN IMMEDIATE");
-          writeFileSync(go, "");
-          await new Promise((r) => setTimeout(r, 8000));
-          db.exec("COMMIT");
-        } finally {
-          db.close();
-        }
+        await whileWriteLocked(join(home, "lessor.db"), go, () => new Promise((r) => setTimeout(r, 8000)));
         const got = await outcome;
         assert.equal(got.ok, false, `rotate by hook reported success (version ${got.ok ? got.r.version : ""}): the hook's value was dropped while the issuer holds it`);
         const e = (got as { e: unknown }).e;
@@ -119,28 +132,14 @@ describe("rotation hooks: a hook's value stored after its claim was lost", () =>
         await assert.rejects(a.admin().rotateSecretByHook(DB), (x: unknown) => x instanceof VaultError && /cut off/.test(x.message));
         const rows = await a.admin().auditQuery({ limit: 1000 });
         noCanary(JSON.stringify(rows), "the audit trail");
-      } finally {
-        await b.close();
-        await a.close();
-      }
-    },
+      }),
   );
 
   test(
     "the claim lapses and another run of the hook claims the secret: the first run's value is not stored outside the claim while the second runs (two issuer changes, two versions); it is refused loudly and audited",
     { timeout: 180_000 },
-    async () => {
-      const { home, started, go } = await hookHome(true);
-      const env = { LESSOR_HOME: home };
-      const a = await openVault({ home, env });
-      const b = await openVault({ home, env, now: () => Date.now() + 600_000 });
-      try {
-        const first = a.admin().rotateSecretByHook(DB).then(
-          (r) => ({ ok: true as const, r }),
-          (e: unknown) => ({ ok: false as const, e }),
-        );
-        await until(() => runsStarted(started) === 1, "the first hook's start");
-        await assert.rejects(b.admin().rotateSecretByHook(DB), (e: unknown) => e instanceof VaultError && /cut off/.test(e.message));
+    () =>
+      withLapsedClaim(true, async ({ started, go, a, b, first }) => {
         const second = b.admin().rotateSecretByHook(DB);
         await until(() => runsStarted(started) === 2, "the second hook's start");
         writeFileSync(go, "");
@@ -155,11 +154,7 @@ describe("rotation hooks: a hook's value stored after its claim was lost", () =>
         assert.equal(history.length, 2, "two versions stored by hook runs at once");
         const rows = (await a.admin().auditQuery({ limit: 1000 })).filter((x) => x.secret === "global/db" && x.reason === "hook_discarded: claim_lost");
         assert.equal(rows.length, 1, "the lost value is not in the audit trail");
-      } finally {
-        await b.close();
-        await a.close();
-      }
-    },
+      }),
   );
 });
 
@@ -182,12 +177,9 @@ test(
     const b = await open(600_000);
     try {
       await a.admin().storeSecret({ name: "db", value: CANARY.old });
-      const first = a.admin().rotateSecretByHook(DB).then(
-        (r) => ({ ok: true as const, r }),
-        (e: unknown) => ({ ok: false as const, e }),
-      );
+      const first = outcomeOf(a.admin().rotateSecretByHook(DB));
       await until(() => runsStarted(started) === 1, "the first hook's start");
-      await assert.rejects(b.admin().rotateSecretByHook(DB), (e: unknown) => e instanceof VaultError && /cut off/.test(e.message));
+      await refusedClearingLapsedClaim(b);
       const second = b.admin().rotateSecretByHook(DB);
       await until(() => runsStarted(started) === 2, "the second hook's start");
       writeFileSync(go, "");
@@ -222,12 +214,7 @@ describe("rotation hooks: the #! line of an interpreter another user controls", 
       const script = join(dir, "rotate-db");
       writeFileSync(script, `#!${interp}\necho ${CANARY.new}\n`, { mode: 0o755 });
       const home = await makeHome({ config: `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify([script])}\n` });
-      const v = await openVault({ home, env: { LESSOR_HOME: home } });
-      try {
-        await v.admin().storeSecret({ name: "db", value: CANARY.old });
-      } finally {
-        await v.close();
-      }
+      await seedDb(home, CANARY.old);
       // An access time older than the file's change: any read updates it (relatime).
       const old = new Date("2020-01-01T00:00:00Z");
       utimesSync(interp, old, statSync(interp).mtime);

@@ -9,10 +9,8 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
 import { commandKeySource } from "../src/crypto/keys/command.js";
 import { VaultError } from "../src/base/errors.js";
@@ -22,27 +20,16 @@ import { DEFAULT_CONFIG, type Config } from "../src/config/config.js";
 import { configuredPrograms, refuseWritablePrograms } from "../src/cli/run/owner-programs.js";
 import { planLayout } from "../src/sandbox/layout.js";
 import { makeHome } from "./daemon-harness.js";
+import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, rotateInBackground, replaceAsNobody, rotateToml, seedDb as seedDbWith, startRotate, waitFor, whileWriteLocked } from "./rotate-harness.js";
 
-const NOBODY = 65534;
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
   new: `CANARY-new-${randomBytes(8).toString("hex")}`,
 };
-const HAVE_SETPRIV = spawnSync("setpriv", ["--version"]).status === 0 && process.getuid?.() === 0;
 const SKIP = HAVE_SETPRIV ? false : "needs root and setpriv (another local user)";
 
 /** A base directory another local user can reach (but not write). */
-const base = mkdtempSync(join(tmpdir(), "lessor-atk-hooktrust-"));
-chmodSync(base, 0o755);
-process.on("exit", () => rmSync(base, { recursive: true, force: true }));
-
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-
-/** Runs `script` with /bin/sh as uid 65534 (another local user). */
-function asNobody(script: string): void {
-  const r = spawnSync("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "/bin/sh", "-c", script], { encoding: "utf8" });
-  assert.equal(r.status, 0, `as uid ${NOBODY}: ${script}\n${r.stderr}`);
-}
+const base = reachableBase("lessor-atk-hooktrust-");
 
 /** A directory of root's that others may enter, not write. */
 function dirOf(prefix: string): string {
@@ -59,6 +46,19 @@ function sharedDir(parent: string, name = "shared"): string {
   return d;
 }
 
+/**
+ * A file `name` of yours holding `text` (mode `mode`) in a shared directory of a fresh dirOf(prefix),
+ * which the other user then replaces with `theirs(stolen)` (executable when `exec`); `stolen` is a
+ * fresh dropPath().
+ */
+function replacedInSharedDir(prefix: string, name: string, text: string, mode: number, theirs: (stolen: string) => string, exec = false): { path: string; stolen: string } {
+  const path = join(sharedDir(dirOf(prefix)), name);
+  writeFileSync(path, text, { mode });
+  const stolen = dropPath();
+  replaceAsNobody(path, theirs(stolen), exec);
+  return { path, stolen };
+}
+
 /** Where the attacker drops what it stole; a fresh path in a sticky 1777 directory. */
 function dropPath(): string {
   const drop = join(base, "drop");
@@ -70,27 +70,7 @@ function dropPath(): string {
 /** What the attacker's code does as the owner: keeps stdin (the current value), prints a value it knows. */
 const stealBody = (stolen: string) => `cat > ${q(stolen)}\necho attacker-chosen-value\n`;
 
-async function seedDb(home: string): Promise<void> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "db", value: CANARY.old });
-  } finally {
-    await v.close();
-  }
-}
-
-async function currentOf(home: string): Promise<{ version: number; value: string }> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const meta = await v.admin().getSecretMetadata({ scope: "global", name: "db" });
-    const got = await v.admin().revealSecret({ scope: "global", name: "db" });
-    return { version: meta.currentVersion, value: got.value.expose().toString() };
-  } finally {
-    await v.close();
-  }
-}
-
-const rotateToml = (command: string[], extra = 'stdin = "current"') => `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify(command)}\n${extra}\n`;
+const seedDb = (home: string) => seedDbWith(home, CANARY.old);
 
 /** Rotates db by its hook in a fresh home and checks the attacker's code never ran and nothing changed. */
 async function assertRefused(name: string, command: string[], stolen: string, message: RegExp, env?: Record<string, string>): Promise<void> {
@@ -119,12 +99,7 @@ describe("rotation hooks: the script an interpreter is handed", () => {
     async () => {
       // The script sits in a directory everyone may write: the attacker replaces it.
       {
-        const dir = dirOf("argdir-");
-        const shared = sharedDir(dir);
-        const script = join(shared, "rotate.sh");
-        writeFileSync(script, "cat >/dev/null\necho fine\n", { mode: 0o644 });
-        const stolen = dropPath();
-        asNobody(`printf '%s' ${q(stealBody(stolen))} > ${q(script)}.new && mv -f ${q(script)}.new ${q(script)}`);
+        const { path: script, stolen } = replacedInSharedDir("argdir-", "rotate.sh", "cat >/dev/null\necho fine\n", 0o644, stealBody);
         await assertRefused("script in a shared directory", ["/bin/sh", script], stolen, /can be written by other users|belongs to uid 65534/);
       }
       // The script file itself is writable by others (0646).
@@ -162,7 +137,7 @@ describe("rotation hooks: the script an interpreter is handed", () => {
     const key = randomBytes(32).toString("hex");
     writeFileSync(script, `echo ${key}\n`, { mode: 0o644 });
     const stolen = dropPath();
-    asNobody(`printf '%s' ${q(`echo ran > ${q(stolen)}\necho ${"ab".repeat(32)}\n`)} > ${q(script)}.new && mv -f ${q(script)}.new ${q(script)}`);
+    replaceAsNobody(script, `echo ran > ${q(stolen)}\necho ${"ab".repeat(32)}\n`);
     await assert.rejects(
       commandKeySource(["/bin/sh", script]).load(),
       (e: unknown) => e instanceof VaultError && e.code === "insecure_permissions" && /belongs to uid 65534|can be written by other users/.test(e.message) && e.message.includes(shared) && e.message.includes("is given"),
@@ -182,12 +157,7 @@ describe("rotation hooks: the interpreter of a #! line", () => {
     async () => {
       // #!/shared/interp: the interpreter file sits in a directory everyone may write.
       {
-        const dir = dirOf("sbdir-");
-        const shared = sharedDir(dir);
-        const interp = join(shared, "interp");
-        writeFileSync(interp, "#!/bin/sh\nexec /bin/sh \"$@\"\n", { mode: 0o755 });
-        const stolen = dropPath();
-        asNobody(`printf '%s' ${q(`#!/bin/sh\n${stealBody(stolen)}`)} > ${q(interp)}.new && chmod 755 ${q(interp)}.new && mv -f ${q(interp)}.new ${q(interp)}`);
+        const { path: interp, stolen } = replacedInSharedDir("sbdir-", "interp", "#!/bin/sh\nexec /bin/sh \"$@\"\n", 0o755, (st) => `#!/bin/sh\n${stealBody(st)}`, true);
         const hook = join(dirOf("sbhook-"), "rotate");
         writeFileSync(hook, `#!${interp}\necho fine\n`, { mode: 0o755 });
         await assertRefused("#! interpreter in a shared directory", [hook], stolen, /interpreter ".*" named in the #! line/);
@@ -246,14 +216,8 @@ echo ${CANARY.new}
 `, { mode: 0o755 });
       const home = await makeHome({ config: rotateToml([hook], 'timeout = "120s"') });
       await seedDb(home);
-      const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-        env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-      child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<void>((r) => child.on("close", () => r()));
+      const rot = startRotate(home);
+      const { child, exited } = rot;
       let hookPid = 0;
       try {
         for (let i = 0; i < 600 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
@@ -300,7 +264,7 @@ echo ${CANARY.new}-2
         const after = await runCli(["secret", "rotate", "db", "--hook"], { home, timeoutMs: 60_000 });
         assert.equal(after.code, 0, after.stderr);
         assert.deepEqual(await currentOf(home), { version: 2, value: `${CANARY.new}-2` });
-        assert.ok(!(out + next.stderr + after.stderr).includes(CANARY.old), "a value in lessor's output");
+        assert.ok(!(rot.out() + next.stderr + after.stderr).includes(CANARY.old), "a value in lessor's output");
       } finally {
         if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
         if (hookPid > 0) {
@@ -317,45 +281,27 @@ echo ${CANARY.new}-2
 
 describe("rotation hooks: the value made but not stored", () => {
   /** Starts `lessor secret rotate db --hook` in `home`; resolves its result. */
-  function rotateInBackground(home: string): Promise<{ code: number | null; out: string }> {
-    const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-    return new Promise((r) => child.on("close", (code) => r({ code, out })));
-  }
-
-  async function waitFor(path: string): Promise<void> {
-    for (let i = 0; i < 1200 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
-    assert.ok(existsSync(path), `${path} never appeared`);
+  /** A home whose db hook marks its start in `started`, waits for `go`, and prints CANARY.new; rotated in the background. */
+  async function gatedRotate(prefix: string): Promise<{ home: string; started: string; go: string; run: Promise<{ code: number | null; out: string }> }> {
+    const dir = dirOf(prefix);
+    const hook = join(dir, "rotate-db");
+    const started = join(dir, "started");
+    const go = join(dir, "go");
+    writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
+    const home = await makeHome({ config: rotateToml([hook]) });
+    await seedDb(home);
+    const run = rotateInBackground(home);
+    await waitFor(started);
+    return { home, started, go, run };
   }
 
   test(
     "the vault database locked by another process (past SQLite's 5 s busy wait) when the hook's value is to be stored: the store is tried again and the value is kept, not lost with the issuer already changed",
     { timeout: 180_000 },
     async () => {
-      const dir = dirOf("locked-");
-      const hook = join(dir, "rotate-db");
-      const started = join(dir, "started");
-      const go = join(dir, "go");
-      writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
-      const home = await makeHome({ config: rotateToml([hook]) });
-      await seedDb(home);
-      const run = rotateInBackground(home);
-      await waitFor(started);
+      const { home, go, run } = await gatedRotate("locked-");
       // Another process holds the write lock for 9 s: longer than one attempt's busy wait.
-      const db = new Database(join(home, "lessor.db"));
-      try {
-        db.exec("BEGIN IMMEDIATE");
-        writeFileSync(go, "");
-        await new Promise((r) => setTimeout(r, 9000));
-        db.exec("COMMIT");
-      } finally {
-        db.close();
-      }
+      await whileWriteLocked(join(home, "lessor.db"), go, () => new Promise((r) => setTimeout(r, 9000)));
       const r = await run;
       assert.equal(r.code, 0, `the value the hook made was not stored: ${r.out}`);
       assert.deepEqual(await currentOf(home), { version: 2, value: CANARY.new });
@@ -367,25 +313,8 @@ describe("rotation hooks: the value made but not stored", () => {
     "the database stays locked past every retry: rotate says loudly that the issuer may hold a credential the vault does not, and the next hook run of the secret reports it (hook_interrupted) rather than running over it",
     { timeout: 240_000 },
     async () => {
-      const dir = dirOf("locked2-");
-      const hook = join(dir, "rotate-db");
-      const started = join(dir, "started");
-      const go = join(dir, "go");
-      writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nwhile [ ! -e ${q(go)} ]; do sleep 0.1; done\necho ${CANARY.new}\n`, { mode: 0o755 });
-      const home = await makeHome({ config: rotateToml([hook]) });
-      await seedDb(home);
-      const run = rotateInBackground(home);
-      await waitFor(started);
-      const db = new Database(join(home, "lessor.db"));
-      let r: { code: number | null; out: string };
-      try {
-        db.exec("BEGIN IMMEDIATE");
-        writeFileSync(go, "");
-        r = await run;
-        db.exec("ROLLBACK");
-      } finally {
-        db.close();
-      }
+      const { home, go, run } = await gatedRotate("locked2-");
+      const r = await whileWriteLocked(join(home, "lessor.db"), go, () => run, "ROLLBACK");
       assert.notEqual(r.code, 0, r.out);
       assert.match(r.out, /made a new value, but the vault could not store it/, r.out);
       assert.match(r.out, /issuer may now hold a credential the vault does not have/, r.out);

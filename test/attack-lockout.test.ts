@@ -62,13 +62,18 @@ after(() => {
   for (const s of seen) assert.ok(!s.includes(CANARY), "the canary appears in an answer, a log line or the trail");
 });
 
+/** A vault with GATED on a controlled clock (`limits` added), the canary stored as deploy, and claude's session. */
+async function gatedVault(limits?: NonNullable<Parameters<typeof makeVault>[0]>["limits"]) {
+  const c = clock();
+  const t = await makeVault({ policy: GATED, now: c.now, ...(limits ? { limits } : {}) });
+  const admin = t.vault.admin();
+  await admin.storeSecret({ name: "deploy", value: CANARY });
+  return { c, t, admin, claude: t.vault.session(agent("claude")) };
+}
+
 describe("approval requests while the killswitch is engaged (embedded vault)", () => {
   test("an agent's and an orchestrator's approval requests during the lockout are refused (access_denied, audited), open nothing, and an approval cannot be granted; after the release the request is asked afresh", async () => {
-    const c = clock();
-    const t = await makeVault({ policy: GATED, now: c.now });
-    const admin = t.vault.admin();
-    await admin.storeSecret({ name: "deploy", value: CANARY });
-    const claude = t.vault.session(agent("claude"));
+    const { t, admin, claude } = await gatedVault();
     const ci = t.vault.session(orchestrator(["ci-*"]));
     await admin.killswitch("token leaked in a log");
 
@@ -104,13 +109,9 @@ describe("approval requests while the killswitch is engaged (embedded vault)", (
   });
 
   test("a person's approval given past the dead-man deadline (no daemon watching) fires the switch and is refused: nothing granted, the approval withdrawn", async () => {
-    const c = clock();
     // The dead-man switch: a pending approval from before the deadline, the deadline passes with no
     // daemon watching, and the admin approves (not a heartbeat): the switch fires first and the approval is not granted.
-    const t = await makeVault({ policy: GATED, now: c.now, limits: { heartbeatMs: MIN } });
-    const admin = t.vault.admin();
-    await admin.storeSecret({ name: "deploy", value: CANARY });
-    const claude = t.vault.session(agent("claude"));
+    const { c, admin, claude } = await gatedVault({ heartbeatMs: MIN });
     const asked = await claude.requestApproval({ secret: "deploy", domains: [DOMAIN] });
     assert.ok(asked.required);
     c.advance(MIN + 5000);
@@ -128,11 +129,7 @@ describe("approval requests while the killswitch is engaged (embedded vault)", (
   });
 
   test("the dead-man deadline passed with no daemon watching: the agent's approval request fires the switch and is refused", async () => {
-    const c = clock();
-    const t = await makeVault({ policy: GATED, now: c.now, limits: { heartbeatMs: MIN } });
-    const admin = t.vault.admin();
-    await admin.storeSecret({ name: "deploy", value: CANARY });
-    const claude = t.vault.session(agent("claude"));
+    const { c, admin, claude } = await gatedVault({ heartbeatMs: MIN });
     c.advance(MIN + 5000);
     const e = await refusalOf(claude.requestApproval({ secret: "deploy", domains: [DOMAIN], reason: "unattended" }));
     assert.equal(e.code, "access_denied", `an approval was opened past the dead-man deadline: ${e.code} ${e.message}`);

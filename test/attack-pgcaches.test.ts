@@ -26,14 +26,11 @@
  * Needs LESSOR_TEST_PG_URL; skips with the reason without it.
  */
 import assert from "node:assert/strict";
-import { copyFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { join } from "node:path";
+import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { after, describe, test, type TestContext } from "node:test";
 import { LessorClient } from "../src/client/index.js";
-import { openVault } from "../src/config/open-vault.js";
 import { LocalCa } from "../src/proxy/ca.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
@@ -43,10 +40,10 @@ import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { envKeySource } from "../src/crypto/keys/env.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import { Vault } from "../src/vault/vault.js";
-import { makeHome, startServe, startTwo, type RunningDaemon } from "./daemon-harness.js";
 import { agent, grant, hexKey, within } from "./helpers.js";
-import { admin, PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
-import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { admin, PG_SKIP, testSchema } from "./pg-helpers.js";
+import { auditRowsHolding, pgTeam, type PgTeam } from "./pg-team.js";
+import { headsServer, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 type Coded = Error & { code?: string };
 
@@ -57,100 +54,26 @@ const CANARY = "ghp_" + "PgCaChEsCaNaRy" + randomBytes(10).toString("hex");
 
 const POLICY = [grant("tok", ["bot"], ["tok"], [HOST], 'ttl = "1h"'), grant("tok2", ["bot"], ["tok2"], [HOST2], 'ttl = "1h"')].join("\n");
 
-/** A TCP relay on 127.0.0.1 to the test server's PostgreSQL; `cut()` drops every connection and refuses new ones until `restore()`. */
-class Relay {
-  #open = true;
-  readonly #socks = new Set<Socket>();
-  private constructor(
-    readonly server: Server,
-    readonly port: number,
-  ) {}
-  static async start(): Promise<Relay> {
-    const pg = new URL(PG_URL!);
-    let relay: Relay | undefined;
-    const server = createServer((c) => {
-      c.on("error", () => {});
-      if (!relay!.#open) return void c.destroy();
-      const up = createConnection({ host: "127.0.0.1", port: Number(pg.port || 5432) });
-      up.on("error", () => c.destroy());
-      c.on("close", () => up.destroy());
-      up.on("close", () => c.destroy());
-      relay!.#socks.add(c).add(up);
-      c.once("close", () => relay!.#socks.delete(c));
-      up.once("close", () => relay!.#socks.delete(up));
-      c.pipe(up).pipe(c);
-    });
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    relay = new Relay(server, (server.address() as AddressInfo).port);
-    return relay;
-  }
-  cut(): void {
-    this.#open = false;
-    for (const s of this.#socks) s.destroy();
-  }
-  restore(): void {
-    this.#open = true;
-  }
-  async close(): Promise<void> {
-    this.cut();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
-
 /** An upstream for both hosts: answers 200 and records every request head it gets. */
 const upCa = LocalCa.create({ permitted: [HOST, HOST2] });
 const upstreamHeads: string[] = [];
-const upstream = tls.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (s) => {
-  s.on("error", () => {});
-  let buf = "";
-  s.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    const end = buf.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    upstreamHeads.push(buf.slice(0, end));
-    buf = "";
-    s.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-  });
+const upstream = headsServer(upCa, (head, s) => {
+  upstreamHeads.push(head);
+  s.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
 });
 await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
 const upPort = (upstream.address() as AddressInfo).port;
 after(() => new Promise<void>((r) => upstream.close(() => r())));
 
-interface Team {
-  a: RunningDaemon;
-  b: RunningDaemon;
-  adminA: LessorClient;
-  adminB: LessorClient;
-  schema: string;
-  relay: Relay;
-}
-
-/** A and B on a fresh schema of their own, same key and policy; B through the relay. Stopped, closed and dropped after. */
-async function team(t: TestContext): Promise<Team> {
-  const daemons: RunningDaemon[] = [];
-  const clients: { close(): unknown }[] = [];
-  const s = await testSchema();
-  const relay = await Relay.start();
-  t.after(async () => {
-    await Promise.allSettled(clients.map(async (c) => c.close()));
-    await Promise.allSettled(daemons.map((d) => d.stop()));
-    await relay.close();
-    await s.drop();
+/** A and B on a fresh schema of their own (pgTeam), the canary stored as tok and another value as tok2. */
+const team = (t: TestContext): Promise<PgTeam> =>
+  pgTeam(t, {
+    policy: POLICY,
+    seed: async (v) => {
+      await v.admin().storeSecret({ name: "tok", value: CANARY });
+      await v.admin().storeSecret({ name: "tok2", value: `other-${randomBytes(8).toString("hex")}` });
+    },
   });
-  const urlB = new URL(s.url);
-  urlB.hostname = "127.0.0.1";
-  urlB.port = String(relay.port);
-  const config = (u: string) => `[vault]\nstore = "postgres"\ndatabase_url = ${JSON.stringify(u)}\n[server]\ntcp = "127.0.0.1:0"\n`;
-  const homeA = await makeHome({ config: config(s.url), policy: POLICY });
-  const homeB = await makeHome({ config: config(urlB.toString()), policy: POLICY });
-  copyFileSync(join(homeA, "master.key"), join(homeB, "master.key"));
-  const v = await openVault({ home: homeA, env: { LESSOR_HOME: homeA } });
-  await v.admin().storeSecret({ name: "tok", value: CANARY });
-  await v.admin().storeSecret({ name: "tok2", value: `other-${randomBytes(8).toString("hex")}` });
-  await v.close();
-  const { a, b, adminA, adminB } = await startTwo([startServe(homeA), startServe(homeB)], daemons, clients);
-  return { a, b, adminA, adminB, schema: s.schema, relay };
-}
 
 /** An audit event's detail, as an object. */
 const det = (e: { detail?: unknown }): Record<string, unknown> => (typeof e.detail === "string" ? JSON.parse(e.detail) : ((e.detail as Record<string, unknown> | null | undefined) ?? {}));
@@ -219,7 +142,7 @@ describe("what a team server's daemons and B's injecting proxy keep in memory, a
       const v = await c.auditVerify();
       assert.equal(v.ok, true, v.problem);
     }
-    const raw = (await admin(`SELECT count(*)::int AS n FROM ${tm.schema}.audit a WHERE position($1 in a::text) > 0`, [CANARY])).rows[0].n;
+    const raw = await auditRowsHolding(tm.schema, CANARY);
     assert.equal(raw, 0, "the credential's value is in an audit row");
     assert.ok(!warnings.join("\n").includes(CANARY));
   });

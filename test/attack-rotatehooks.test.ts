@@ -5,15 +5,14 @@
  * through setpriv) as the attacker.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { openVault } from "../src/config/open-vault.js";
-import { BIN, runCli } from "./cli-harness.js";
+import { runCli } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { LessorClient } from "../src/client/index.js";
 import { createKeyFile, fileKeySource } from "../src/crypto/keys/file.js";
@@ -22,53 +21,21 @@ import { openPostgresStore } from "../src/store/postgres/postgres-store.js";
 import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { Vault } from "../src/vault/vault.js";
 import { PG_SKIP, PG_URL, testSchema } from "./pg-helpers.js";
+import { asNobody, currentOf, HAVE_SETPRIV, q, reachableBase, replaceAsNobody, rotateToml, seedDb as seedDbWith, startRotate } from "./rotate-harness.js";
 
-const NOBODY = 65534;
 const CANARY = {
   old: `CANARY-old-${randomBytes(8).toString("hex")}`,
   new: `CANARY-new-${randomBytes(8).toString("hex")}`,
 };
 
 /** A base directory another local user can reach (but not write). */
-const base = mkdtempSync(join(tmpdir(), "lessor-atk-rotatehooks-"));
-chmodSync(base, 0o755);
-process.on("exit", () => rmSync(base, { recursive: true, force: true }));
-
-const HAVE_SETPRIV = spawnSync("setpriv", ["--version"]).status === 0 && process.getuid?.() === 0;
-
-/** Runs `script` with /bin/sh as uid 65534 (another local user). */
-function asNobody(script: string): void {
-  const r = spawnSync("setpriv", [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "/bin/sh", "-c", script], { encoding: "utf8" });
-  assert.equal(r.status, 0, `as uid ${NOBODY}: ${script}\n${r.stderr}`);
-}
-
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+const base = reachableBase("lessor-atk-rotatehooks-");
 
 /** The attacker's hook: keeps the current value it is handed and makes the secret a value it knows. */
 const evilHook = (stolen: string) => `#!/bin/sh\ncat > ${q(stolen)}\necho attacker-chosen-value\n`;
 
 /** Stores CANARY.old as version 1 of global/db in `home`. */
-async function seedDb(home: string): Promise<void> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    await v.admin().storeSecret({ name: "db", value: CANARY.old });
-  } finally {
-    await v.close();
-  }
-}
-
-async function currentOf(home: string): Promise<{ version: number; value: string }> {
-  const v = await openVault({ home, env: { LESSOR_HOME: home } });
-  try {
-    const meta = await v.admin().getSecretMetadata({ scope: "global", name: "db" });
-    const got = await v.admin().revealSecret({ scope: "global", name: "db" });
-    return { version: meta.currentVersion, value: got.value.expose().toString() };
-  } finally {
-    await v.close();
-  }
-}
-
-const rotateToml = (command: string[], extra = 'stdin = "current"') => `[[rotate]]\nsecret = "db"\ncommand = ${JSON.stringify(command)}\n${extra}\n`;
+const seedDb = (home: string) => seedDbWith(home, CANARY.old);
 
 describe("rotation hooks: the program that runs", () => {
   test(
@@ -84,7 +51,7 @@ describe("rotation hooks: the program that runs", () => {
             chmodSync(shared, 0o777);
             const hook = join(shared, "rotate-db");
             writeFileSync(hook, "#!/bin/sh\necho fine\n", { mode: 0o755 });
-            asNobody(`printf '%s' ${q(evilHook(stolen))} > ${q(hook)}.new && chmod 755 ${q(hook)}.new && mv -f ${q(hook)}.new ${q(hook)}`);
+            replaceAsNobody(hook, evilHook(stolen), true);
             return { command: [hook] };
           },
         },
@@ -165,14 +132,8 @@ describe("rotation hooks: the lessor process stopped mid-run", () => {
       writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nsleep 3\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
       const home = await makeHome({ config: rotateToml([hook], 'timeout = "60s"') });
       await seedDb(home);
-      const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-        env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-      child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on("close", (code, sig) => r({ code, signal: sig })));
+      const rot = startRotate(home);
+      const { child, exited } = rot;
       try {
         for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
         assert.ok(existsSync(started), "the hook never started");
@@ -183,7 +144,7 @@ describe("rotation hooks: the lessor process stopped mid-run", () => {
         const now = await currentOf(home);
         const issuerHas = existsSync(issuer);
         assert.ok(!(issuerHas && now.value !== CANARY.new), `the hook went on after lessor ${signal === "SIGINT" ? "was interrupted" : "stopped"} (exit ${end.code ?? end.signal}) and changed the issuer; the vault kept version ${now.version}: the new credential is lost`);
-        assert.ok(!out.includes(CANARY.old) && !out.includes(CANARY.new), "a value in lessor's output");
+        assert.ok(!rot.out().includes(CANARY.old) && !rot.out().includes(CANARY.new), "a value in lessor's output");
         const v = await openVault({ home, env: { LESSOR_HOME: home } });
         try {
           const rows = (await v.admin().auditQuery({ limit: 1000 })).filter((r) => r.secret === "global/db" && r.type === "secret_rotated");
@@ -210,25 +171,20 @@ test("a second SIGTERM ends lessor secret rotate at once, and the hook's whole p
   writeFileSync(hook, `#!/bin/sh\ntouch ${q(started)}\nsleep 3\necho ${CANARY.new} > ${q(issuer)}\necho ${CANARY.new}\n`, { mode: 0o755 });
   const home = await makeHome({ config: rotateToml([hook], 'timeout = "60s"') });
   await seedDb(home);
-  const child = spawn(process.execPath, ["--", BIN, "secret", "rotate", "db", "--hook"], {
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", LESSOR_HOME: home },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let err = "";
-  child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on("close", (code, sig) => r({ code, signal: sig })));
+  const rot = startRotate(home);
+  const { child, exited } = rot;
   try {
     for (let i = 0; i < 400 && !existsSync(started); i++) await new Promise((r) => setTimeout(r, 50));
     assert.ok(existsSync(started), "the hook never started");
     child.kill("SIGTERM");
-    for (let i = 0; i < 100 && !/waiting for the rotation hook/.test(err); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 100 && !/waiting for the rotation hook/.test(rot.err()); i++) await new Promise((r) => setTimeout(r, 20));
     child.kill("SIGTERM");
     const end = await exited;
-    assert.equal(end.code, 143, `exit ${end.code ?? end.signal}: ${err}`);
+    assert.equal(end.code, 143, `exit ${end.code ?? end.signal}: ${rot.err()}`);
     await new Promise((r) => setTimeout(r, 4500));
     assert.equal(existsSync(issuer), false, "the hook kept running after lessor exited and changed the issuer");
     assert.deepEqual(await currentOf(home), { version: 1, value: CANARY.old });
-    assert.ok(!err.includes(CANARY.old) && !err.includes(CANARY.new), "a value on stderr");
+    assert.ok(!rot.err().includes(CANARY.old) && !rot.err().includes(CANARY.new), "a value on stderr");
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   }

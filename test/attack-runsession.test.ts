@@ -11,56 +11,22 @@ import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { BIN } from "./cli-harness.js";
-import { DaemonConn, makeHome, RawConn, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { RawConn, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
+import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe, sessionSuite } from "./session-probe.js";
+import { tempDirUntilExit } from "./helpers.js";
 
-const NO_BWRAP = spawnSync("bwrap", ["--ro-bind", "/", "/", "true"]).status !== 0 ? "bwrap cannot make a sandbox here" : false;
-const REPO = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const AGENT = "runner-s";
 /** The canary as it would appear in an answer: plain, or as access_secret's base64 value. */
-const leaks = (x: unknown): boolean => [CANARY, Buffer.from(CANARY).toString("base64")].some((c) => JSON.stringify(x).includes(c));
+const leaks = leaksOf(CANARY);
 
-class Conn extends DaemonConn {
-  async ok(method: string, params?: unknown): Promise<Msg> {
-    const r = await this.call(method, params);
-    assert.equal(r.ok, true, `${method}: ${JSON.stringify(r)}`);
-    return r.result;
-  }
-}
-
-/**
- * Runs in the sandbox: sends the requests given as JSON in argv[3] over the session socket (raw
- * protocol, after a plain hello) and writes every answer to argv[2]/<argv[4]>.json. A request
- * `{ waitFor: F }` writes <name>.waiting and waits for file F; "$LAST" in params is the id of the
- * last answer's result.
- */
-const PROBE = String.raw`
-import { existsSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
-import { randomUUID } from "node:crypto";
-const [out, reqsJson, name] = process.argv.slice(2);
-const reqs = JSON.parse(reqsJson);
-const frame = (o) => { const j = Buffer.from(JSON.stringify(o)); const h = Buffer.alloc(4); h.writeUInt32BE(j.length); return Buffer.concat([h, j]); };
-const s = connect({ path: "/run/lessor/vault.sock" });
-let buf = Buffer.alloc(0); const frames = [];
-let i = 0;
-const save = () => writeFileSync(out + "/" + name + ".json", JSON.stringify(frames));
-const fin = () => { s.destroy(); save(); process.exit(0); };
-const sendNext = async () => { if (i >= reqs.length) return fin(); const r = reqs[i++];
-  if (r.waitFor) { save(); writeFileSync(out + "/" + name + ".waiting", "1"); while (!existsSync(out + "/" + r.waitFor)) await new Promise((t) => setTimeout(t, 50)); frames.push({ waited: true }); return sendNext(); }
-  const p = JSON.parse(JSON.stringify(r.params ?? {}).replaceAll("$LAST", frames.at(-1)?.result?.id ?? ""));
-  s.write(frame({ id: randomUUID(), method: r.method, params: p })); };
-s.on("data", (c) => { buf = Buffer.concat([buf, c]); for (;;) { if (buf.length < 4) break; const n = buf.readUInt32BE(0); if (buf.length < 4 + n) break; frames.push(JSON.parse(buf.subarray(4, 4 + n).toString())); buf = buf.subarray(4 + n); sendNext(); } });
-s.on("error", fin); s.on("close", fin);
-s.on("connect", () => s.write(frame({ protocol: "lessor", version: 1 })));
-setTimeout(fin, 120000);
-`;
+/** The sandboxed probe (session-probe.ts), giving up after 120 s. */
+const PROBE = sessionProbe(120_000);
 
 /**
  * Runs outside any sandbox, as the daemon's owner: makes a session token on the daemon's socket
@@ -80,8 +46,7 @@ s.on("connect", () => s.write(frame({ protocol: "lessor", version: 1 })));
 setInterval(() => {}, 1000);
 `;
 
-const rule = (name: string, secrets: string[], extra = ""): string =>
-  `[[rule]]\nname = ${JSON.stringify(name)}\neffect = "allow"\nagents = [${JSON.stringify(AGENT)}]\nsecrets = ${JSON.stringify(secrets)}\n${extra}\n`;
+const rule = agentRule(AGENT);
 const POLICY = rule("open", ["open"], `domains = ["api.example.com"]\nrenewable = true\nreveal = true`);
 
 function startRun(home: string, proj: string, reqs: unknown[], name: string): { pid: number; err: () => string; done: Promise<number | null>; kill: () => void } {
@@ -108,28 +73,17 @@ async function until(what: string, f: () => boolean | Promise<boolean>, ms = 60_
 
 describe("lessor run --vault-session: each run's session is bound to its own leases, and ends with its process", { skip: NO_BWRAP }, () => {
   let d: RunningDaemon;
-  let admin: Conn;
-  const root = mkdtempSync(join(tmpdir(), "lessor-rsatk-"));
-  process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+  let admin: OkConn;
+  const root = tempDirUntilExit("lessor-rsatk-");
 
-  before(async () => {
-    const home = await makeHome({ policy: POLICY, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
-    d = await startServe(home);
-    admin = await Conn.admin(d);
-    await admin.ok("store_secret", { name: "open", value: CANARY });
-  });
-  after(async () => {
-    admin?.close();
-    await d?.stop();
-  });
+  sessionSuite(
+    POLICY,
+    (x) => ({ d, admin } = x),
+    async (a) => void (await a.ok("store_secret", { name: "open", value: CANARY })),
+  );
 
-  function project(name: string): string {
-    const p = join(root, name);
-    mkdirSync(p, { recursive: true });
-    writeFileSync(join(p, "probe.mjs"), PROBE);
-    return p;
-  }
-  const answers = (proj: string, name: string): Msg[] => (existsSync(join(proj, `${name}.json`)) ? JSON.parse(readFileSync(join(proj, `${name}.json`), "utf8")) : []);
+  const project = (name: string): string => projectDir(root, name, { "probe.mjs": PROBE });
+  const answers = answersIn;
   const leaseById = async (id: string): Promise<Msg> => ((await admin.ok("list_leases", { id })) as Msg[])[0];
 
   test("another run of the same agent, at the same time, cannot list, use, renew, revoke or trip the wire on a lease granted to this run's session; its own leases work", async () => {
@@ -185,7 +139,7 @@ describe("lessor run --vault-session: each run's session is bound to its own lea
       assert.equal(after1.renewals, 0);
       // The agent's own (non-run) identity is not a session: it still sees the run's lease.
       const tok = await admin.ok("token_create", { name: "plain-agent", role: "agent", agent: AGENT, ttl: "10m" });
-      const plain = await Conn.open(d.socket);
+      const plain = await OkConn.open(d.socket);
       try {
         plain.send({ protocol: "lessor", version: 1, token: tok.token });
         assert.equal((await plain.next()).ok, true);
@@ -289,8 +243,8 @@ describe("the embedded session is bound to its own leases", () => {
     const opts = { backend, agent: AGENT, daemon: { endpoint: { socketPath: "/nonexistent" }, expectedUid: undefined } };
     const s1 = await startVaultSession({ ...opts, pid: 4242 });
     const s2 = await startVaultSession({ ...opts, pid: 4243 });
-    const c1 = await Conn.open(s1.socket);
-    const c2 = await Conn.open(s2.socket);
+    const c1 = await OkConn.open(s1.socket);
+    const c2 = await OkConn.open(s2.socket);
     try {
       for (const c of [c1, c2]) {
         c.send({ protocol: "lessor", version: 1 });

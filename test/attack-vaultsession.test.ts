@@ -4,56 +4,27 @@
  * sandbox, against a real daemon (SQLite home) and embedded (no daemon).
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { initHome } from "../src/config/open-vault.js";
 import { BIN, runCli, seedHome } from "./cli-harness.js";
-import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { DaemonConn, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
+import { agentRule, answersIn, leaksOf, NO_BWRAP, OkConn, projectDir, REPO, sessionProbe, sessionSuite } from "./session-probe.js";
+import { tempDirUntilExit } from "./helpers.js";
 
-const NO_BWRAP = spawnSync("bwrap", ["--ro-bind", "/", "/", "true"]).status !== 0 ? "bwrap cannot make a sandbox here" : false;
-const REPO = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const AGENT = "runner-v";
 /** The canary as it would appear in an answer: plain, or as access_secret's base64 value. */
-const leaks = (x: unknown): boolean => [CANARY, Buffer.from(CANARY).toString("base64")].some((c) => JSON.stringify(x).includes(c));
+const leaks = leaksOf(CANARY);
 
-class Conn extends DaemonConn {
-  async ok(method: string, params?: unknown): Promise<Msg> {
-    const r = await this.call(method, params);
-    assert.equal(r.ok, true, `${method}: ${JSON.stringify(r)}`);
-    return r.result;
-  }
-}
-
-/**
- * Runs in the sandbox: sends the requests given as JSON in argv[3] over the session socket (raw
- * protocol, after a plain hello) and writes every answer to argv[2]/<argv[4]>.json.
- */
-const PROBE = String.raw`
-import { existsSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
-import { randomUUID } from "node:crypto";
-const [out, reqsJson, name] = process.argv.slice(2);
-const reqs = JSON.parse(reqsJson);
-const frame = (o) => { const j = Buffer.from(JSON.stringify(o)); const h = Buffer.alloc(4); h.writeUInt32BE(j.length); return Buffer.concat([h, j]); };
-const s = connect({ path: "/run/lessor/vault.sock" });
-let buf = Buffer.alloc(0); const frames = [];
-let i = 0;
-const fin = () => { s.destroy(); writeFileSync(out + "/" + name + ".json", JSON.stringify(frames)); process.exit(0); };
-const sendNext = async () => { if (i >= reqs.length) return fin(); const r = reqs[i++];
-  if (r.waitFor) { writeFileSync(out + "/" + name + ".waiting", "1"); while (!existsSync(out + "/" + r.waitFor)) await new Promise((t) => setTimeout(t, 50)); frames.push({ waited: true }); return sendNext(); } const p = JSON.parse(JSON.stringify(r.params ?? {}).replaceAll("$LAST", frames.at(-1)?.result?.id ?? "").replaceAll("$OTHERS", (Array.isArray(frames.at(-1)?.result) ? frames.at(-1).result.find((l) => l.issuedBy !== frames[0]?.identity?.id)?.id : "") ?? "")); s.write(frame({ id: randomUUID(), method: r.method, params: p })); };
-s.on("data", (c) => { buf = Buffer.concat([buf, c]); for (;;) { if (buf.length < 4) break; const n = buf.readUInt32BE(0); if (buf.length < 4 + n) break; frames.push(JSON.parse(buf.subarray(4, 4 + n).toString())); buf = buf.subarray(4 + n); sendNext(); } });
-s.on("error", fin); s.on("close", fin);
-s.on("connect", () => s.write(frame({ protocol: "lessor", version: 1 })));
-setTimeout(fin, 60000);
-`;
+/** The sandboxed probe (session-probe.ts), giving up after 60 s. */
+const PROBE = sessionProbe(60_000);
 
 /** Runs in the sandbox: opens argv[3] session connections, each welcomed, holds them until argv[2]/go exists. */
 const HOLD = String.raw`
@@ -74,8 +45,7 @@ while (!existsSync(out + "/go")) await new Promise((t) => setTimeout(t, 50));
 process.exit(0);
 `;
 
-const rule = (name: string, secrets: string[], extra = ""): string =>
-  `[[rule]]\nname = ${JSON.stringify(name)}\neffect = "allow"\nagents = [${JSON.stringify(AGENT)}]\nsecrets = ${JSON.stringify(secrets)}\n${extra}\n`;
+const rule = agentRule(AGENT);
 const POLICY = rule("guarded", ["guarded"], `domains = ["api.example.com"]\napproval = "required"`) + rule("open", ["open"], `domains = ["api.example.com"]`);
 
 function startRun(home: string, proj: string, env: Record<string, string>, reqs: unknown[] | null, name: string): { out: () => string; err: () => string; done: Promise<number | null> } {
@@ -95,30 +65,20 @@ function startRun(home: string, proj: string, env: Record<string, string>, reqs:
 
 describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => {
   let d: RunningDaemon;
-  let admin: Conn;
-  const root = mkdtempSync(join(tmpdir(), "lessor-vsatk-"));
-  process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+  let admin: OkConn;
+  const root = tempDirUntilExit("lessor-vsatk-");
 
-  before(async () => {
-    const home = await makeHome({ policy: POLICY, config: `[run]\nread = [${JSON.stringify(REPO)}]\n` });
-    d = await startServe(home);
-    admin = await Conn.admin(d);
-    await admin.ok("store_secret", { name: "guarded", value: CANARY });
-    await admin.ok("store_secret", { name: "open", value: `open-${CANARY}` });
-  });
-  after(async () => {
-    admin?.close();
-    await d?.stop();
-  });
+  sessionSuite(
+    POLICY,
+    (x) => ({ d, admin } = x),
+    async (a) => {
+      await a.ok("store_secret", { name: "guarded", value: CANARY });
+      await a.ok("store_secret", { name: "open", value: `open-${CANARY}` });
+    },
+  );
 
-  function project(name: string): string {
-    const p = join(root, name);
-    mkdirSync(p, { recursive: true });
-    writeFileSync(join(p, "probe.mjs"), PROBE);
-    writeFileSync(join(p, "hold.mjs"), HOLD);
-    return p;
-  }
-  const answers = (proj: string, name: string): Msg[] => (existsSync(join(proj, `${name}.json`)) ? JSON.parse(readFileSync(join(proj, `${name}.json`), "utf8")) : []);
+  const project = (name: string): string => projectDir(root, name, { "probe.mjs": PROBE, "hold.mjs": HOLD });
+  const answers = answersIn;
 
   test("an approval the sandboxed command asked for through its session ends with the run: withdrawn (removed, not denied), so no person decides it, and the next run's same request is asked afresh", async () => {
     const proj = project("approval");
@@ -204,9 +164,9 @@ describe("lessor run --vault-session, with a daemon", { skip: NO_BWRAP }, () => 
       const held = JSON.parse(readFileSync(join(proj, "held.json"), "utf8"));
       assert.ok(held.welcomed >= 1, JSON.stringify(held));
       // The owner, on the daemon's socket as themself: a few connections at once (a CLI, lessor mcp, a proxy).
-      const mine: Conn[] = [];
+      const mine: OkConn[] = [];
       try {
-        for (let i = 0; i < 4; i++) mine.push(await Conn.admin(d));
+        for (let i = 0; i < 4; i++) mine.push(await OkConn.admin(d));
         const st = await mine[0]!.call("status");
         assert.equal(st.ok, true, `the owner's own call was refused while the sandboxed command held ${held.welcomed} session connections: ${JSON.stringify(st)}`);
       } finally {

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { LessorClient } from "../src/client/index.js";
 import { initHome } from "../src/config/open-vault.js";
 import { FrameDecoder } from "../src/protocol/framing.js";
-import { RawClient, type RawClientOptions } from "./raw-client.js";
+import { RawClient, type Msg, type RawClientOptions } from "./raw-client.js";
 
 /** Homes made here are removed when the test process exits (node:test hooks run too early for suites' before()). */
 const homes: string[] = [];
@@ -194,19 +194,29 @@ export class RawConn {
   }
 }
 
-type ConnClass<C> = new (socket: Socket, opts: RawClientOptions) => C;
+type ConnClass<C> = (new (socket: Socket, opts: RawClientOptions) => C) & { readonly nextTimeoutMs: number };
 
-/** A `cls` connection to a Unix socket path or a TCP address (frames up to 16 MiB, 10 s for next()), once connected (or closed first). */
+/** A `cls` connection to a Unix socket path or a TCP address (frames up to 16 MiB, `cls.nextTimeoutMs` for next()), once connected (or closed first). */
 function openAs<C extends RawClient>(cls: ConnClass<C>, to: string | { host: string; port: number }): Promise<C> {
   const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-  return RawClient.connected(new cls(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
+  return RawClient.connected(new cls(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: cls.nextTimeoutMs }));
 }
 
 /** A RawClient to a running daemon, for tests that subclass it with their own calls: `open` and `admin` make one of the subclass. */
 export class DaemonConn extends RawClient {
-  /** A connection to a Unix socket path or a TCP address (frames up to 16 MiB, 10 s for next()), once connected (or closed first). */
+  /** How long next() waits for a frame by default (a subclass may wait longer). */
+  static readonly nextTimeoutMs: number = 10_000;
+
+  /** A connection to a Unix socket path or a TCP address (frames up to 16 MiB, nextTimeoutMs for next()), once connected (or closed first). */
   static open<C extends DaemonConn>(this: ConnClass<C>, to: string | { host: string; port: number }): Promise<C> {
     return openAs(this, to);
+  }
+
+  /** Connects and says hello (with `token`, if given); resolves with the connection and the welcome (or refusal). */
+  static async hello<C extends DaemonConn>(this: ConnClass<C>, to: string | { host: string; port: number }, token?: string): Promise<{ c: C; welcome: Msg }> {
+    const c = await openAs(this, to);
+    c.send({ protocol: "lessor", version: 1, ...(token !== undefined ? { token } : {}) });
+    return { c, welcome: await c.next() };
   }
 
   /** The daemon's Unix socket as its owner: the hello, which the test fails unless welcomed as admin. */

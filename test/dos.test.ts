@@ -15,15 +15,10 @@
  *   round trip within a modest multiple of its quiet median.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { createServer, connect, type Socket } from "node:net";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { LessorClient } from "../src/client/index.js";
 import { parseConfig } from "../src/config/config.js";
@@ -34,95 +29,21 @@ import { Scheduler } from "../src/server/scheduler.js";
 import { DEFAULT_SERVER_LIMITS, LessorServer, type PeerInfo } from "../src/server/server.js";
 import { VaultError } from "../src/base/errors.js";
 import type { AuditRecord, Identity } from "../src/base/types.js";
-import { makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { DaemonConn, startServe, type RunningDaemon } from "./daemon-harness.js";
+import { AS_NOBODY, attacker, NOBODY, sharedHome as sharedHomeWith } from "./dos-harness.js";
 import { grant, makeVault, tempDir } from "./helpers.js";
-import { RawClient, type Msg } from "./raw-client.js";
-
-const CLIENT = fileURLToPath(new URL("./fixtures/dos-client.mjs", import.meta.url));
-const NOBODY = 65534;
-const LINUX_ROOT = process.platform === "linux" && process.getuid?.() === 0;
-const HAS_SETPRIV = spawnSync("setpriv", ["--version"]).error === undefined;
-const AS_NOBODY = !LINUX_ROOT ? "needs root on Linux, to attack as another uid (nobody)" : !HAS_SETPRIV ? "setpriv (util-linux) is not installed" : false;
 
 const POLICY = grant("gh", ["claude", "bob"], ["github-token"], ["api.github.com"]);
 
 // ---------- a raw protocol client ----------
 
-/** The shared raw client, with room for big frames and a patient next(). */
-class Raw extends RawClient {
-  static async open(to: string | { host: string; port: number }): Promise<Raw> {
-    const s = typeof to === "string" ? connect(to) : connect({ host: to.host, port: to.port });
-    return RawClient.connected(new Raw(s, { maxFrameBytes: 16 * 1024 * 1024, nextTimeoutMs: 10_000 }));
-  }
+/** The shared daemon connection: room for big frames, and a patient next() (10 s). */
+class Raw extends DaemonConn {}
 
-  /** Connects and says hello (with `token`, if given); resolves with the client and the welcome (or refusal). */
-  static async hello(to: string | { host: string; port: number }, token?: string): Promise<{ c: Raw; welcome: Msg }> {
-    const c = await Raw.open(to);
-    c.send({ protocol: "lessor", version: 1, ...(token !== undefined ? { token } : {}) });
-    return { c, welcome: await c.next() };
-  }
-}
+// ---------- homes for user nobody to reach ----------
 
-// ---------- attackers in their own processes ----------
-
-interface Attacker {
-  proc: ChildProcessWithoutNullStreams;
-  /** The JSON lines the attacker printed, in order, as they come. */
-  line(n: number, timeoutMs?: number): Promise<Msg>;
-  /** Closes its stdin (it drops its connections and exits) and waits for the exit. */
-  stop(): Promise<void>;
-}
-
-/** Runs test/fixtures/dos-client.mjs with `args`, as user nobody when asked. */
-function attacker(args: string[], asNobody: boolean): Attacker {
-  const cmd = asNobody ? "setpriv" : process.execPath;
-  const argv = asNobody ? [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", process.execPath, CLIENT, ...args] : [CLIENT, ...args];
-  const proc = spawn(cmd, argv, { cwd: "/", stdio: ["pipe", "pipe", "pipe"] });
-  const lines: Msg[] = [];
-  const waiters: (() => void)[] = [];
-  let err = "";
-  proc.stderr.on("data", (d) => (err += d));
-  createInterface({ input: proc.stdout }).on("line", (l) => {
-    lines.push(JSON.parse(l));
-    for (const w of waiters.splice(0)) w();
-  });
-  const exited = new Promise<void>((r) => proc.on("exit", () => (r(), waiters.splice(0).forEach((w) => w()))));
-  after(() => proc.kill());
-  return {
-    proc,
-    async line(n, timeoutMs = 30_000) {
-      const end = Date.now() + timeoutMs;
-      while (lines.length <= n) {
-        if (proc.exitCode !== null || Date.now() > end) throw new Error(`the attacker printed ${lines.length} lines (wanted ${n + 1}); stderr: ${err}`);
-        await new Promise<void>((r) => {
-          waiters.push(r);
-          setTimeout(r, 200).unref();
-        });
-      }
-      return lines[n];
-    },
-    async stop() {
-      proc.stdin.end();
-      await exited;
-    },
-  };
-}
-
-/** Directories made here are removed when the test process exits (suites' after() hooks run too early for before()). */
-const dirs: string[] = [];
-process.on("exit", () => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-
-/** A home for user nobody to reach: the socket in a 0755 directory, mode 0666, nobody mapped to agent claude. */
-async function sharedHome(server: string, vault = ""): Promise<{ home: string; socket: string }> {
-  const run = mkdtempSync(join(tmpdir(), "lessor-dos-"));
-  dirs.push(run);
-  chmodSync(run, 0o755);
-  const socket = join(run, "agents.sock");
-  const config = `[vault]\nmax_live_leases_per_agent = 1000000\n${vault}\n[server]\nsocket = ${JSON.stringify(socket)}\nsocket_mode = "0666"\ntcp = "127.0.0.1:0"\n${server}\n[[identity]]\nuid = ${NOBODY}\nrole = "agent"\nagent = "claude"\n`;
-  return { home: await makeHome({ config, policy: POLICY }), socket };
-}
+/** A home for user nobody to reach (dos-harness.ts) with POLICY. */
+const sharedHome = (server: string, vault = "") => sharedHomeWith(POLICY, server, vault);
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -20,6 +20,7 @@ import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToke
 import { BIN, runCli } from "./cli-harness.js";
 import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
+import { projectDir } from "./session-probe.js";
 
 const CANARY = `CANARY_${randomBytes(16).toString("hex")}`;
 const GH = `ghp_${randomBytes(16).toString("hex")}`;
@@ -581,12 +582,7 @@ describe("lessor run --vault-session: the child's session ends with the run", { 
     await d?.stop();
   });
 
-  function project(name: string): string {
-    const p = join(HOME, name);
-    mkdirSync(p, { recursive: true });
-    writeFileSync(join(p, "probe.mjs"), PROBE);
-    return p;
-  }
+  const project = (name: string): string => projectDir(HOME, name, { "probe.mjs": PROBE });
 
   function startRun(proj: string, mode: string): { child: ReturnType<typeof spawn>; out: () => string; err: () => string; done: Promise<number | null> } {
     const child = spawn(process.execPath, ["--", BIN, "run", "--agent", AGENT, "--vault-session", "--ttl", "10m", "--", process.execPath, join(proj, "probe.mjs"), mode, proj], {

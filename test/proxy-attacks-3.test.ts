@@ -29,7 +29,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { cliHome, envOf, liveLeases, seedHome, startCli, type RunningCli } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { h2Get as h2GetOver, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { h2Get as h2GetOver, headsServer, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.pa3.example"; // HTTPS upstream (hostile), covered by the lease
 const H2HOST = "h2.pa3.example"; // HTTP/2 upstream (hostile), covered by the lease
@@ -79,20 +79,11 @@ function hostileAnswer(head: string): string {
   }
 }
 
-const upTls = tls.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (s) => {
-  s.on("error", () => {});
-  let buf = "";
-  s.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    const end = buf.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    const head = buf.slice(0, end);
-    buf = buf.slice(end + 4);
-    heads.push(head);
-    const answer = hostileAnswer(head);
-    if (answer.startsWith("HTTP/1.1 101")) s.write(answer, "latin1");
-    else s.end(answer, "latin1");
-  });
+const upTls = headsServer(upCa, (head, s) => {
+  heads.push(head);
+  const answer = hostileAnswer(head);
+  if (answer.startsWith("HTTP/1.1 101")) s.write(answer, "latin1");
+  else s.end(answer, "latin1");
 });
 
 /** The plain-HTTP server (not covered, open egress): answers with a control byte in its reason phrase. */

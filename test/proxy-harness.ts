@@ -2,7 +2,8 @@
  * What the proxy tests share: a resolver that answers from a fixed table (no test ever does a real
  * lookup), and the instrumented connect step that fails the test if the proxy ever tries to reach
  * anything but loopback (so a refused target is proven never to be connected to), a reader of
- * raw answers, CONNECT tunnels with TLS inside, and a raw HTTP/1.1 request through one.
+ * raw answers, CONNECT tunnels with TLS inside, a raw HTTP/1.1 request through one, and an HTTP/1.1
+ * upstream over TLS that hands the test each request head.
  */
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
@@ -153,4 +154,24 @@ export async function h2Get(s: TLSSocket, host: string, path: string, headers: h
   } finally {
     session.destroy();
   }
+}
+
+/**
+ * An HTTP/1.1 upstream over TLS (SNI certificates from `ca`, ALPN http/1.1), not yet listening:
+ * `onHead` gets each request head (to the blank line, latin1) and the socket to answer on; what
+ * follows a head is kept for the next.
+ */
+export function headsServer(ca: { sniCallback: tls.TlsOptions["SNICallback"] }, onHead: (head: string, s: TLSSocket) => void): tls.Server {
+  return tls.createServer({ SNICallback: ca.sniCallback, ALPNProtocols: ["http/1.1"] }, (s) => {
+    s.on("error", () => {});
+    let buf = "";
+    s.on("data", (d: Buffer) => {
+      buf += d.toString("latin1");
+      for (let end = buf.indexOf("\r\n\r\n"); end >= 0; end = buf.indexOf("\r\n\r\n")) {
+        const head = buf.slice(0, end);
+        buf = buf.slice(end + 4);
+        onHead(head, s);
+      }
+    });
+  });
 }

@@ -2,6 +2,7 @@
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import type { Socket } from "node:net";
+import { Duplex } from "node:stream";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -78,4 +79,31 @@ export class RawClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/** Two in-process duplex streams, each writing into the other: a transport that is no socket at all. */
+export function duplexPair(): [Duplex, Duplex] {
+  const ends: Duplex[] = [];
+  const ended = [false, false];
+  const make = (i: number): Duplex =>
+    new Duplex({
+      allowHalfOpen: false, // as a socket: once the peer has ended, end too
+      read() {},
+      write(chunk: Buffer, _enc, cb) {
+        ends[1 - i]!.push(chunk);
+        cb();
+      },
+      final(cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb();
+      },
+      destroy(err, cb) {
+        if (!ended[1 - i]) ends[1 - i]!.push(null);
+        ended[1 - i] = true;
+        cb(err);
+      },
+    });
+  ends.push(make(0), make(1));
+  return [ends[0]!, ends[1]!];
 }

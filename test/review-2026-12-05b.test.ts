@@ -26,7 +26,7 @@ import { LeaseEgress, type ProxyCredential } from "../src/proxy/lease-egress.js"
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { BIN, runCliWithEnv, type CliResult } from "./cli-harness.js";
 import { grant, makeVault } from "./helpers.js";
-import { getThroughTunnel, h2Get as h2GetOver, loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
+import { getThroughTunnel, h2Get as h2GetOver, headsServer, loopbackOnly, openTunnel, tableResolver } from "./proxy-harness.js";
 import { HAVE_BWRAP, makeOwner as newOwner } from "./run-harness.js";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
@@ -50,19 +50,11 @@ const MIXED = "sk-Live" + randomBytes(18).toString("base64").replace(/[+/=]/g, "
 const upCa = LocalCa.create({ permitted: [HOST, H2HOST] });
 
 /** HTTP/1.1 upstream: reflects the Authorization it got into a header name, as it got it (case kept). */
-const upTls = tls.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (s) => {
-  s.on("error", () => {});
-  let buf = "";
-  s.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    const end = buf.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    const head = buf.slice(0, end);
-    const auth = /\r\nauthorization: *Bearer ([^\r\n]*)/i.exec(head)?.[1] ?? "";
-    // A 101 to an ordinary GET (no Upgrade asked for): a status outside 200-599.
-    if (head.startsWith("GET /switch ")) return void s.end("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "latin1");
-    s.end(`HTTP/1.1 200 OK\r\nX-Seen-${auth}: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`, "latin1");
-  });
+const upTls = headsServer(upCa, (head, s) => {
+  const auth = /\r\nauthorization: *Bearer ([^\r\n]*)/i.exec(head)?.[1] ?? "";
+  // A 101 to an ordinary GET (no Upgrade asked for): a status outside 200-599.
+  if (head.startsWith("GET /switch ")) return void s.end("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "latin1");
+  s.end(`HTTP/1.1 200 OK\r\nX-Seen-${auth}: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`, "latin1");
 });
 
 /** HTTP/2 upstream: a debugging echo of the request's headers as response header names (h2 lower-cases names). */

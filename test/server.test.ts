@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createServer, connect, type AddressInfo, type Server, type Socket } from "node:net";
-import { Duplex } from "node:stream";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { inspect } from "node:util";
@@ -24,7 +23,7 @@ import { parsePolicy } from "../src/vault/policy.js";
 import type { Identity } from "../src/base/types.js";
 import { Vault } from "../src/vault/vault.js";
 import { hexKey, tempDir } from "./helpers.js";
-import { RawClient as SharedRawClient, type Msg } from "./raw-client.js";
+import { duplexPair, RawClient as SharedRawClient, type Msg } from "./raw-client.js";
 
 const CANARY = "ghp_CANARY_" + randomBytes(12).toString("hex");
 const POLICY = `
@@ -464,33 +463,6 @@ describe("server: handshake", () => {
     assert.equal(st.result.identity.agent, "claude");
   });
 });
-
-/** Two in-process duplex streams, each writing into the other: a transport that is no socket at all. */
-function duplexPair(): [Duplex, Duplex] {
-  const ends: Duplex[] = [];
-  const ended = [false, false];
-  const make = (i: number): Duplex =>
-    new Duplex({
-      allowHalfOpen: false, // as a socket: once the peer has ended, end too
-      read() {},
-      write(chunk: Buffer, _enc, cb) {
-        ends[1 - i]!.push(chunk);
-        cb();
-      },
-      final(cb) {
-        if (!ended[1 - i]) ends[1 - i]!.push(null);
-        ended[1 - i] = true;
-        cb();
-      },
-      destroy(err, cb) {
-        if (!ended[1 - i]) ends[1 - i]!.push(null);
-        ended[1 - i] = true;
-        cb(err);
-      },
-    });
-  ends.push(make(0), make(1));
-  return [ends[0]!, ends[1]!];
-}
 
 describe("server: transports", () => {
   test("a connection over a plain duplex stream (no socket, as a vsock listener would hand over) is served like any other", async () => {
