@@ -221,6 +221,16 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE leases ADD COLUMN bound BOOLEAN NOT NULL DEFAULT false;
   `,
+  // 8: as SQLite step 8: a live lease granted before step 7 through an approval (its lease_granted
+  // event names one) is bound, so that no later reload unbinds what a person approved before the
+  // upgrade. Matched as text, so that a damaged detail cannot stop the upgrade.
+  `
+  UPDATE leases SET bound = true
+   WHERE NOT bound AND NOT done
+     AND EXISTS (SELECT 1 FROM audit a
+                  WHERE a.lease_id = leases.id AND a.type = 'lease_granted'
+                    AND a.detail LIKE '%"approval":%');
+  `,
 ];
 
 /** The table that records the steps applied, made by the first open. */

@@ -154,6 +154,18 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE leases ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
   `,
+  // 8: step 7 left every lease granted before it unbound, so a reload that renamed an approval rule
+  // (and gave its old name to a rule without approval) let another identity of the agent use a lease
+  // a person approved before the upgrade. A live lease whose lease_granted event names an approval
+  // (every grant through one has since approvals began) is bound now. Matched as text, so that a
+  // damaged detail cannot stop the upgrade; a false match only binds a lease to the one who asked.
+  `
+  UPDATE leases SET bound = 1
+   WHERE bound = 0 AND done = 0
+     AND EXISTS (SELECT 1 FROM audit a
+                  WHERE a.lease_id = leases.id AND a.type = 'lease_granted'
+                    AND a.detail LIKE '%"approval":%');
+  `,
 ];
 
 /** The schema version this build writes. */
