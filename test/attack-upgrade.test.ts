@@ -113,6 +113,7 @@ describe("upgrading a live SQLite vault", () => {
       // The database as the older lessor left it: schema 6 had no leases.bound; schema 7 read 0 for
       // every lease granted before it.
       const raw = new Database(db);
+      raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
       if (from === 6) raw.exec("ALTER TABLE leases DROP COLUMN bound");
       else raw.exec("UPDATE leases SET bound = 0");
       raw.pragma(`user_version = ${from}`);
@@ -126,6 +127,35 @@ describe("upgrading a live SQLite vault", () => {
       }
     });
   }
+
+  test("BREAK: an older build still running on the file after the upgrade grants an approved lease without bound: the database binds it", async () => {
+    const dir = tempDir("lessor-atkupg-");
+    const db = join(dir, "lessor.db");
+    const key = hexKey();
+    const policy = { text: guarded("guarded") + PLAIN };
+    const vault = await openVault(openSqliteStore(db), key, policy);
+    try {
+      const f = await populate(vault);
+      // What a schema-6 build (opened before the upgrade) writes for its grant: the lease row without
+      // bound, then its lease_granted event naming the approval, in one transaction.
+      const raw = new Database(db);
+      const lease = raw.prepare("SELECT * FROM leases WHERE id = ?").get(f.approved) as Record<string, unknown>;
+      const ev = raw.prepare("SELECT * FROM audit WHERE lease_id = ? AND type = 'lease_granted'").get(f.approved) as Record<string, unknown>;
+      const id = "01a24a00-0000-7000-8000-0000000000c1";
+      raw.exec("BEGIN IMMEDIATE");
+      const cols = Object.keys(lease).filter((c) => c !== "bound");
+      raw.prepare(`INSERT INTO leases (${cols.join(", ")}) VALUES (${cols.map(() => "?").join(", ")})`).run(...cols.map((c) => (c === "id" ? id : lease[c])));
+      const seq = (raw.prepare("SELECT max(seq) AS m FROM audit").get() as { m: number }).m + 1;
+      const acols = Object.keys(ev);
+      raw.prepare(`INSERT INTO audit (${acols.join(", ")}) VALUES (${acols.map(() => "?").join(", ")})`).run(...acols.map((c) => (c === "seq" ? seq : c === "id" ? `${String(ev.id).slice(0, -4)}beef` : c === "lease_id" ? id : ev[c])));
+      const bound = (raw.prepare("SELECT bound FROM leases WHERE id = ?").get(id) as { bound: number }).bound;
+      raw.exec("ROLLBACK"); // the forged audit row would break the chain; only the binding is looked at
+      raw.close();
+      assert.equal(bound, 1, "a lease an older build granted through an approval after the upgrade reads unbound");
+    } finally {
+      await vault.close();
+    }
+  });
 
   test("an older build refuses a newer database with a clear error and leaves its bytes as they were", async () => {
     const dir = tempDir("lessor-atkupg-");
@@ -155,6 +185,7 @@ describe("upgrading a live SQLite vault", () => {
     const raw = new Database(db);
     const row = raw.prepare("SELECT seq FROM audit WHERE type = 'secret_stored' ORDER BY seq LIMIT 1").get() as { seq: number };
     raw.prepare("UPDATE audit SET reason = 'edited before the upgrade' WHERE seq = ?").run(row.seq);
+    raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
     raw.exec("ALTER TABLE leases DROP COLUMN bound");
     raw.pragma("user_version = 6");
     raw.close();
@@ -178,11 +209,42 @@ describe("upgrading a live PostgreSQL vault", { skip: PG_SKIP }, () => {
       let vault = await openVault(await openPostgresStore({ url: PG_URL!, schema }), key, policy);
       const f = await populate(vault);
       await vault.close();
-      await pgAdmin(`ALTER TABLE ${schema}.leases DROP COLUMN bound; DELETE FROM ${schema}.lessor_migrations WHERE version > 6`);
+      await pgAdmin(`DROP TRIGGER audit_binds_approved ON ${schema}.audit; DROP FUNCTION ${schema}.lessor_bind_approved(); ALTER TABLE ${schema}.leases DROP COLUMN bound; DELETE FROM ${schema}.lessor_migrations WHERE version > 6`);
       vault = await openVault(await openPostgresStore({ url: PG_URL!, schema }), key, policy);
       try {
         await attack(vault, f, policy);
         assert.equal((await pgAdmin(`SELECT max(version) AS v FROM ${schema}.lessor_migrations`)).rows[0].v, SCHEMA_VERSION);
+      } finally {
+        await vault.close();
+      }
+    } finally {
+      await drop();
+    }
+  });
+
+  test("BREAK: an older build still running on the PostgreSQL schema during a rolling upgrade grants an approved lease without bound: the database binds it", async () => {
+    const { admin: pgAdmin, PG_URL, testSchema } = await import("./pg-helpers.js");
+    const { openPostgresStore } = await import("../src/store/postgres/postgres-store.js");
+    const { schema, drop } = await testSchema();
+    try {
+      const policy = { text: guarded("guarded") + PLAIN };
+      const vault = await openVault(await openPostgresStore({ url: PG_URL!, schema }), hexKey(), policy);
+      try {
+        const f = await populate(vault);
+        const id = "01a24a00-0000-7000-8000-0000000000c2";
+        const cols = (await pgAdmin(`SELECT column_name AS c FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'leases' AND column_name NOT IN ('id', 'bound')`, [schema])).rows.map((r) => r.c as string);
+        const acols = (await pgAdmin(`SELECT column_name AS c FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'audit' AND column_name NOT IN ('seq', 'id', 'lease_id')`, [schema])).rows.map((r) => r.c as string);
+        // What a schema-6 instance writes for its grant: the lease row without bound, then its
+        // lease_granted event naming the approval, in one transaction (rolled back: only the binding is looked at).
+        const out = await pgAdmin(
+          `SET search_path = ${schema}; BEGIN;
+           INSERT INTO leases (id, ${cols.join(", ")}) SELECT '${id}', ${cols.join(", ")} FROM leases WHERE id = '${f.approved}';
+           INSERT INTO audit (seq, id, lease_id, ${acols.join(", ")}) SELECT (SELECT max(seq) + 1 FROM audit), id || 'x', '${id}', ${acols.join(", ")} FROM audit WHERE lease_id = '${f.approved}' AND type = 'lease_granted';
+           SELECT bound FROM leases WHERE id = '${id}';
+           ROLLBACK;`,
+        );
+        const rows = (out as unknown as { rows: { bound: boolean }[] }[]).find((r) => r.rows?.[0]?.bound !== undefined)?.rows;
+        assert.equal(rows?.[0]?.bound, true, "a lease an older instance granted through an approval during a rolling upgrade reads unbound");
       } finally {
         await vault.close();
       }
