@@ -197,6 +197,41 @@ describe("upgrading a live SQLite vault", () => {
   });
 });
 
+test("lessor migrate of a vault upgraded from schema 6, with a revoked approved lease, copies and verifies (the target's step-8 trigger binds nothing the source does not)", async () => {
+  const home = tempDir("lessor-atkupg-home-");
+  assert.equal((await runCli(["init"], { home })).code, 0);
+  const key = (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys[0]!;
+  const db = join(home, "lessor.db");
+  const policy = { text: guarded("guarded") + PLAIN };
+  const vault = await openVault(openSqliteStore(db), key, policy);
+  try {
+    await populate(vault);
+    // A second approved lease, revoked before the upgrade (its row is done).
+    const x = vault.session({ ...X });
+    const asked = await x.requestApproval({ secret: "guarded", domains: ["api.example.com"], ttl: "2h" });
+    if (asked.required) await vault.admin().decideApproval(asked.approval.id, true);
+    const gone = await x.requestLease({ secret: "guarded", domains: ["api.example.com"], ttl: "2h" });
+    await x.revokeLease(gone.id, "done with it");
+  } finally {
+    await vault.close();
+  }
+  const raw = new Database(db);
+  raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
+  raw.exec("ALTER TABLE leases DROP COLUMN bound");
+  raw.pragma("user_version = 6");
+  raw.close();
+  const target = join(tempDir("lessor-atkupg-copy-"), "copy.db");
+  const m = await runCli(["migrate", "--to", `sqlite:${target}`], { home });
+  assert.equal(m.code, 0, m.stdout + m.stderr);
+  assert.match(m.stdout + m.stderr, /verified: every table equal on both sides/);
+  assert.ok(!leaks(m.stdout + m.stderr));
+  const copy = new Database(target, { readonly: true });
+  const src = new Database(db, { readonly: true });
+  const q = "SELECT id, bound, done FROM leases ORDER BY id";
+  assert.deepEqual(copy.prepare(q).all(), src.prepare(q).all());
+  assert.equal((copy.prepare("SELECT count(*) AS n FROM leases WHERE bound = 1").get() as { n: number }).n, 2, "both approved leases (live and revoked) read bound on both sides");
+});
+
 describe("upgrading a live PostgreSQL vault", { skip: PG_SKIP }, () => {
   test("BREAK: an approved lease granted at schema 6 stays bound after the upgrade (PostgreSQL)", async () => {
     const { admin: pgAdmin, PG_URL, testSchema } = await import("./pg-helpers.js");

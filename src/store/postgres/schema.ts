@@ -221,7 +221,7 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE leases ADD COLUMN bound BOOLEAN NOT NULL DEFAULT false;
   `,
-  // 8: as SQLite step 8: a live lease granted before step 7 through an approval (its lease_granted
+  // 8: as SQLite step 8: a lease granted before step 7 through an approval (its lease_granted
   // event names one) is bound, so that no later reload unbinds what a person approved before the
   // upgrade. Matched as text, so that a damaged detail cannot stop the upgrade. The trigger binds a
   // lease that an instance of an older build, still running on this schema during a rolling upgrade,
@@ -229,10 +229,9 @@ export const MIGRATIONS: readonly string[] = [
   // row in the same transaction, names the approval).
   `
   UPDATE leases SET bound = true
-   WHERE NOT bound AND NOT done
-     AND EXISTS (SELECT 1 FROM audit a
-                  WHERE a.lease_id = leases.id AND a.type = 'lease_granted'
-                    AND a.detail LIKE '%"approval":%');
+   WHERE NOT bound
+     AND id IN (SELECT lease_id FROM audit
+                 WHERE type = 'lease_granted' AND lease_id IS NOT NULL AND detail LIKE '%"approval":%');
   CREATE FUNCTION lessor_bind_approved() RETURNS trigger LANGUAGE plpgsql
   SET search_path FROM CURRENT AS $$
   BEGIN
