@@ -221,6 +221,27 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE leases ADD COLUMN bound BOOLEAN NOT NULL DEFAULT false;
   `,
+  // 8: as SQLite step 8: a lease granted before step 7 through an approval (its lease_granted
+  // event names one) is bound, so that no later reload unbinds what a person approved before the
+  // upgrade. Matched as text, so that a damaged detail cannot stop the upgrade. The trigger binds a
+  // lease that an instance of an older build, still running on this schema during a rolling upgrade,
+  // grants through an approval (it writes no bound; its lease_granted event, appended after the lease
+  // row in the same transaction, names the approval).
+  `
+  UPDATE leases SET bound = true
+   WHERE NOT bound
+     AND id IN (SELECT lease_id FROM audit
+                 WHERE type = 'lease_granted' AND lease_id IS NOT NULL AND detail LIKE '%"approval":%');
+  CREATE FUNCTION lessor_bind_approved() RETURNS trigger LANGUAGE plpgsql
+  SET search_path FROM CURRENT AS $$
+  BEGIN
+    UPDATE leases SET bound = true WHERE id = NEW.lease_id AND NOT bound;
+    RETURN NULL;
+  END $$;
+  CREATE TRIGGER audit_binds_approved AFTER INSERT ON audit FOR EACH ROW
+    WHEN (NEW.type = 'lease_granted' AND NEW.lease_id IS NOT NULL AND NEW.detail LIKE '%"approval":%')
+    EXECUTE FUNCTION lessor_bind_approved();
+  `,
 ];
 
 /** The table that records the steps applied, made by the first open. */

@@ -154,6 +154,27 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE leases ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
   `,
+  // 8: step 7 left every lease granted before it unbound, so a reload that renamed an approval rule
+  // (and gave its old name to a rule without approval) let another identity of the agent use a lease
+  // a person approved before the upgrade. Every lease whose lease_granted event names an approval
+  // (every grant through one has since approvals began) is bound now. Matched as text, so that a
+  // damaged detail cannot stop the upgrade; a false match only binds a lease to the one who asked.
+  // The trigger does the same for a lease an older build still running on this file (opened before
+  // the upgrade) grants through an approval: it writes no bound, but its lease_granted event names
+  // the approval, and is appended after the lease row in the same transaction. Revoked and used-up
+  // leases too: a copy (lessor migrate) inserts leases, then audit rows, and the target's trigger
+  // binds the leases they name, so the source must already read the same.
+  `
+  UPDATE leases SET bound = 1
+   WHERE bound = 0
+     AND id IN (SELECT lease_id FROM audit
+                 WHERE type = 'lease_granted' AND lease_id IS NOT NULL AND detail LIKE '%"approval":%');
+  CREATE TRIGGER audit_binds_approved AFTER INSERT ON audit
+    WHEN NEW.type = 'lease_granted' AND NEW.lease_id IS NOT NULL AND NEW.detail LIKE '%"approval":%'
+  BEGIN
+    UPDATE leases SET bound = 1 WHERE id = NEW.lease_id AND bound = 0;
+  END;
+  `,
 ];
 
 /** The schema version this build writes. */
