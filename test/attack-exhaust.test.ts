@@ -174,3 +174,33 @@ test("attack: an MCP agent takes lease after lease of a 60 KB secret (each used 
   assert.ok(ms < 6_000, `10 list_secrets calls took ${ms} ms with 15 used-up leases of one 60 KB secret held (~15 s before the fix)`);
   for (const x of [...texts, err]) assert.ok(!x.includes(BIG.slice(0, 64)), "the value never reaches the agent or the log");
 });
+
+test("attack: an MCP agent takes a lease on a 60 KB secret whose patterns the scrubber cannot hold: refused at request_access naming what to do, and the session's other tool calls still work", async () => {
+  // It was granted, and from then on every tool call of the session failed (MCP error -32603, "too
+  // many secrets to scrub at once"), list_secrets and revoke included, for as long as the lease lasted.
+  const home = await makeHome({ policy: `[[rule]]\nname = "g"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["wide"]\ndomains = ["api.test.example"]\n` });
+  const d = await startServe(home);
+  after(() => d.stop());
+  const WIDE = randomBytes(45_000).toString("base64"); // 60,000 characters over 64 letters
+  const admin = await LessorClient.connect({ socketPath: d.socket });
+  await admin.storeSecret({ name: "wide", value: WIDE });
+  const t = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "claude"], env: { PATH: "/usr/bin:/bin", LESSOR_HOME: home, NO_COLOR: "1" }, stderr: "pipe" });
+  let err = "";
+  t.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const c = new Client({ name: "attack-exhaust", version: "1" });
+  await c.connect(t);
+  after(() => c.close());
+  const call = async (name: string, args: Record<string, unknown> = {}): Promise<{ isError: boolean; text: string }> => {
+    const r = (await c.callTool({ name, arguments: args })) as { isError?: boolean; content: { text: string }[] };
+    return { isError: r.isError === true, text: r.content.map((x) => x.text).join("\n") };
+  };
+  const r = await call("request_access", { secret: "wide" });
+  assert.equal(r.isError, true, `granted: ${r.text.slice(0, 200)}`);
+  assert.match(r.text, /value_too_large/);
+  assert.match(r.text, /revoke/i);
+  const ls = await call("list_secrets");
+  assert.equal(ls.isError, false, ls.text);
+  assert.deepEqual((await admin.listLeases({ agent: "claude", live: true })).map((l) => l.id), [], "the lease it could not use was revoked");
+  await admin.close();
+  for (const x of [r.text, ls.text, err]) assert.ok(!x.includes(WIDE.slice(0, 64)), "the value never reaches the agent or the log");
+});

@@ -79,6 +79,20 @@ export class SessionCredentials {
     this.#byLease.set(lease.id, c);
     this.#generation++;
     this.#patterns = undefined;
+    // Built now, not at the next text scrubbed: values the scrubber cannot hold at once (its table has
+    // a cap) would otherwise fail every later tool call of the session, list_secrets included, while
+    // this lease lasts; refused here, the caller revokes it and the session goes on as before.
+    try {
+      this.#patterns = this.#buildPatterns();
+    } catch (e) {
+      this.remove(lease.id);
+      if (e instanceof VaultError && e.code === "value_too_large")
+        throw new VaultError(
+          "value_too_large",
+          `lessor mcp cannot mask ${secret} in responses together with the ${this.#byLease.size} other lease(s) this session holds (${e.message}); the lease was revoked. Revoke leases you no longer need (the revoke tool) and ask again, or ask the owner for a smaller secret`,
+        );
+      throw e;
+    }
     return c;
   }
 
