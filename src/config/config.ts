@@ -164,7 +164,7 @@ export function parseConfig(text: string, source: string): Config {
   for (const k of Object.keys(root))
     if (!["vault", "keys", "policy", "audit", "server", "identity", "vm", "vsock", "run", "proxy", "docker", "rotate"].includes(k))
       fail(source, "top level", `unknown table or field "${k}" (known: [vault], [keys], [policy], [audit], [server], [[identity]], [[vm]], [[vsock]], [run], [proxy], [docker], [[rotate]])`);
-  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "lease_retention", "approval_wait", "approval_use", "heartbeat"]);
+  const v = table(source, root, "vault", ["cipher", "store", "database_url", "listen", "poll_ms", "max_secret_bytes", "keep_versions", "max_live_leases_per_agent", "proxy_request_rows", "lease_retention", "approval_wait", "approval_use", "heartbeat"]);
   const k = table(source, root, "keys", ["file", "passphrase_file", "command", "command_timeout", "keychain_file", "keychain_timeout"]);
   const p = table(source, root, "policy", ["file"]);
   const a = table(source, root, "audit", ["jsonl"]);
@@ -191,6 +191,8 @@ export function parseConfig(text: string, source: string): Config {
   if (v.keep_versions !== undefined) cfg.limits.keepVersions = int(source, "[vault] keep_versions", v.keep_versions, 1, 1000);
   if (v.max_live_leases_per_agent !== undefined)
     cfg.limits.maxLiveLeasesPerAgent = int(source, "[vault] max_live_leases_per_agent", v.max_live_leases_per_agent, 1, 1_000_000);
+  if (v.proxy_request_rows !== undefined)
+    cfg.limits.proxyRequestRows = int(source, "[vault] proxy_request_rows", v.proxy_request_rows, 1, 1_000_000);
   if (v.lease_retention !== undefined) cfg.limits.leaseRetentionMs = duration(source, "[vault] lease_retention", v.lease_retention);
   for (const [key, field] of [["approval_wait", "approvalWaitMs"], ["approval_use", "approvalUseMs"]] as const) {
     if (v[key] === undefined) continue;
@@ -332,6 +334,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # max_secret_bytes = 65536          # largest secret value
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100
+# proxy_request_rows = 200          # proxied requests audited one row each per agent every 10 s; past it
+#                                   # counted in one summary row per window (docs/daemon.md)
 # lease_retention = "7d"            # expired leases are deleted after this
 # approval_wait = "10m"             # a request needing a person's approval lapses if nobody decides in this time
 # approval_use = "10m"              # an approved request must be taken up (and a denial stands) this long

@@ -26,6 +26,11 @@ export class SessionCredentials {
   readonly #granting = new Set<Promise<unknown>>();
   /** Leases granted but not held here whose revocation failed (see {@link unheld}). */
   readonly #unheld = new Set<string>();
+  /**
+   * The scrub patterns of the values held, built once per change of the set (see {@link scrubBytes}):
+   * null when nothing is held, undefined when they must be built again.
+   */
+  #patterns: ScrubPatterns | null | undefined = undefined;
 
   constructor(
     readonly agent: string,
@@ -63,9 +68,31 @@ export class SessionCredentials {
     }
     const secret = `${lease.scope}/${lease.name}`;
     const placeholder = this.#registry.issue(lease.id, this.agent, text);
+    // Leases of one secret carry one value: held once, not a copy per lease (a value may be 64 KiB, and
+    // an agent may take lease after lease of it, each ending by its use cap or expiry).
+    for (const other of this.#byLease.values())
+      if (other.value === text) {
+        text = other.value;
+        break;
+      }
     const c: ProxyCredential = { lease, secret, placeholder, value: text, rule: injectionRuleFor(this.rules, secret) };
     this.#byLease.set(lease.id, c);
     this.#generation++;
+    this.#patterns = undefined;
+    // Built now, not at the next text scrubbed: values the scrubber cannot hold at once (its table has
+    // a cap) would otherwise fail every later tool call of the session, list_secrets included, while
+    // this lease lasts; refused here, the caller revokes it and the session goes on as before.
+    try {
+      this.#patterns = this.#buildPatterns();
+    } catch (e) {
+      this.remove(lease.id);
+      if (e instanceof VaultError && e.code === "value_too_large")
+        throw new VaultError(
+          "value_too_large",
+          `lessor mcp cannot mask ${secret} in responses together with the ${this.#byLease.size} other lease(s) this session holds (${e.message}); the lease was revoked. Revoke leases you no longer need (the revoke tool) and ask again, or ask the owner for a smaller secret`,
+        );
+      throw e;
+    }
     return c;
   }
 
@@ -78,6 +105,7 @@ export class SessionCredentials {
     this.#registry.release(leaseId);
     (c as { value: string }).value = "";
     this.#generation++;
+    this.#patterns = undefined;
     return true;
   }
 
@@ -90,6 +118,7 @@ export class SessionCredentials {
     if (!c || c.value === value || value.length === 0) return;
     this.#earlier.set(leaseId, [...(this.#earlier.get(leaseId) ?? []), c.value].slice(-4));
     (c as { value: string }).value = value;
+    this.#patterns = undefined;
   }
 
   /**
@@ -102,12 +131,26 @@ export class SessionCredentials {
 
   /** {@link scrub} for bytes. */
   scrubBytes(bytes: Buffer): Buffer {
-    // Each value (and any it had before a rotation) as it is and in the forms an upstream echoes it in.
-    const pairs = this.credentials.flatMap((c) =>
-      [c.value, ...(this.#earlier.get(c.lease.id) ?? [])].filter((v) => v.length > 0).flatMap((v) => [{ value: v, placeholder: c.placeholder }, ...encodedForms(v, c.placeholder)]),
-    );
-    if (pairs.length === 0 || bytes.length === 0) return bytes;
-    return scrub(bytes, new ScrubPatterns(pairs));
+    if (bytes.length === 0) return bytes;
+    const patterns = (this.#patterns ??= this.#buildPatterns());
+    return patterns === null ? bytes : scrub(bytes, patterns);
+  }
+
+  /**
+   * The patterns of every held value (and any it had before a rotation), as it is and in the forms an
+   * upstream echoes it in; null when there are none. Built once per change of the set, not per text
+   * scrubbed (a tool result's every header is scrubbed apart), and each distinct value once however
+   * many leases carry it: the patterns of a 64 KiB value are a table of many megabytes that takes a
+   * second to build, and an agent taking lease after lease of it made every tool call slower, by
+   * seconds, and the process larger, by the lease.
+   */
+  #buildPatterns(): ScrubPatterns | null {
+    const placeholderOf = new Map<string, string>();
+    for (const c of this.credentials)
+      for (const v of [c.value, ...(this.#earlier.get(c.lease.id) ?? [])])
+        if (v.length > 0 && !placeholderOf.has(v)) placeholderOf.set(v, c.placeholder);
+    const pairs = [...placeholderOf].flatMap(([value, placeholder]) => [{ value, placeholder }, ...encodedForms(value, placeholder)]);
+    return pairs.length === 0 ? null : new ScrubPatterns(pairs);
   }
 
   /** The lease ids held. */

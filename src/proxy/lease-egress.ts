@@ -235,7 +235,12 @@ export class LeaseEgress implements Egress {
    * injected before a rotation is masked too.
    */
   #scrubPatterns(): ScrubPatterns | undefined {
-    const pairs = this.#held.flatMap((h) => h.values.flatMap((v) => [{ value: v, placeholder: h.placeholder }, ...encodedForms(v, h.placeholder)]));
+    // Each distinct value once (the first lease holding it gives the placeholder, as ScrubPatterns
+    // would keep): many leases of one secret carry one value, and its forms of 64 KiB are not cheap.
+    const seen = new Set<string>();
+    const pairs = this.#held.flatMap((h) =>
+      h.values.flatMap((v) => (seen.has(v) ? [] : (seen.add(v), [{ value: v, placeholder: h.placeholder }, ...encodedForms(v, h.placeholder)]))),
+    );
     return pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
   }
 

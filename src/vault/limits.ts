@@ -16,6 +16,12 @@ export interface Limits {
    * this often (see src/vault/auth-failures.ts). Default 10 s.
    */
   authFailureWindowMs: number;
+  /**
+   * `proxy_request` rows of requests that went (outcome ok or error) written one each per identity and
+   * agent in one window of {@link authFailureWindowMs}; past it they are counted, one summary row per
+   * window (src/vault/refusals.ts). Default 200.
+   */
+  proxyRequestRows: number;
   /** How long a request waits for a person's approval before it lapses. Default 10 minutes. */
   approvalWaitMs: number;
   /** How long an approved (or denied) request stands after the decision. Default 10 minutes. */
@@ -33,6 +39,7 @@ export const DEFAULT_LIMITS: Limits = {
   keepVersions: 10,
   leaseRetentionMs: 7 * 24 * 3600 * 1000,
   authFailureWindowMs: 10_000,
+  proxyRequestRows: 200,
   approvalWaitMs: 10 * 60_000,
   approvalUseMs: 10 * 60_000,
   heartbeatMs: null,

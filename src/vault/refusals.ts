@@ -37,6 +37,14 @@
  * otherwise name made-up agents, each with a burst, until the window's budget is spent for everyone.
  * A tripwire alarm is never counted: each is written.
  *
+ * Reports of requests that went (`proxy_request`, outcome ok or error) are tallied too, in a window of
+ * their own with a larger burst (`[vault] proxy_request_rows`, {@link Limits.proxyRequestRows}, per
+ * identity and agent; the window's budget four times that): `record_proxy_requests` is open to every
+ * role, for the proxy an agent runs with its own token, and 256 reports of 8 KiB paths a call, each a
+ * row, let one agent write gigabytes an hour to the disk everyone's vault is on, with no request made.
+ * Past the burst each is counted, by outcome and status, in one summary row per window (`detail.count`,
+ * `detail.reasons` like `ok 200 ×5000; error 0 ×12`, `detail.domains`), filed under its agent.
+ *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
  * a catch-up) counts once; a refusal written holds its place in the burst only if its transaction
  * commits (a rerun or a rollback gives it back), so a rerun does not spend the burst twice either.
@@ -45,6 +53,7 @@
  * that does not.
  */
 import type { AuditDraft, Identity } from "../base/types.js";
+import type { Limits } from "./limits.js";
 import { AuditWindow, reasonsText, type Tally as WindowTally } from "./audit-window.js";
 import type { VaultContext } from "./context.js";
 
@@ -102,20 +111,21 @@ const summaries = new WeakSet<AuditDraft>();
 
 type RefusalLog = AuditWindow<Tally>;
 
-function newLog(ctx: VaultContext): RefusalLog {
+function newLog(ctx: VaultContext, traffic = false): RefusalLog {
+  const burst = traffic ? ctx.limits.proxyRequestRows : BURST;
   return new AuditWindow<Tally>(ctx, {
-    burst: BURST,
-    budget: WINDOW_BUDGET,
+    burst,
+    budget: traffic ? burst * 4 : WINDOW_BUDGET,
     maxKeys: MAX_IDENTITIES,
     keyOf: (t) => tallyKey(t.actor, t.type, t.forAgent),
-    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, BURST, t.type, null),
+    overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, burst, t.type, null),
     fresh: (t, written) => newTally(t.actor, written, t.type, t.forAgent),
     merge: (into, from) => {
       mergeNamed(into.secrets, from.secrets, MAX_SECRETS);
       mergeNamed(into.domains, from.domains, MAX_NAMED);
       mergeNamed(into.agents, from.agents, MAX_NAMED);
     },
-    summary,
+    summary: traffic ? (t) => trafficSummary(t, burst) : summary,
   });
 }
 
@@ -207,7 +217,49 @@ function summary(t: Tally): AuditDraft {
   return draft;
 }
 
+/** The row standing for a tally's counted proxied requests that went (ok or error). */
+function trafficSummary(t: Tally, burst: number): AuditDraft {
+  const { text } = reasonsText(t.reasons);
+  const allOk = [...t.reasons.keys()].every((r) => r.startsWith("ok "));
+  const draft: AuditDraft = {
+    type: "proxy_request",
+    actor: t.actor,
+    agent: t.forAgent ?? t.actor.agent ?? null,
+    secret: null,
+    domain: only(t.domains),
+    outcome: allOk ? "ok" : "error",
+    reason: `${t.count} proxied requests counted in this window, past the ${burst} audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and status)`,
+    detail: { count: t.count, since: t.since, reasons: text, ...namedDetail("domains", t.domains) },
+  };
+  summaries.add(draft);
+  return draft;
+}
+
 const logs = new WeakMap<VaultContext, RefusalLog>();
+/** The window of proxied requests that went (ok or error): see the module comment. */
+const trafficLogs = new WeakMap<VaultContext, RefusalLog>();
+
+/** True for a `proxy_request` report of a request that went (ok or error), not a summary. */
+function isTraffic(d: AuditDraft): boolean {
+  return d.type === "proxy_request" && d.outcome !== "denied" && d.detail?.["alarm"] !== true;
+}
+
+function trafficLogOf(ctx: VaultContext): RefusalLog {
+  let log = trafficLogs.get(ctx);
+  if (log === undefined) trafficLogs.set(ctx, (log = newLog(ctx, true)));
+  return log;
+}
+
+/** A proxied request's tally: per identity and agent (past {@link MAX_IDENTITIES} keys, shared). */
+function trafficTallyOf(log: RefusalLog, d: AuditDraft): Tally {
+  const forAgent = d.agent ?? null;
+  return log.tally(tallyKey(d.actor, "proxy_request", forAgent), () => newTally(d.actor, 0, "proxy_request", forAgent));
+}
+
+/** What a summary counts a proxied request under: its outcome and status. */
+function trafficReason(d: AuditDraft): string {
+  return `${d.outcome} ${String(d.detail?.["status"] ?? "?")}`;
+}
 
 function logOf(ctx: VaultContext): RefusalLog {
   let log = logs.get(ctx);
@@ -217,10 +269,12 @@ function logOf(ctx: VaultContext): RefusalLog {
 
 /**
  * True for a draft that goes through the tally (not a summary this module made): an `access_denied`
- * refusal, or a refused `proxy_request` that is not a tripwire alarm.
+ * refusal, or a `proxy_request` that is not a tripwire alarm (refused, or one that went).
  */
 export function isTallied(draft: AuditDraft): boolean {
-  if (draft.outcome !== "denied" || summaries.has(draft)) return false;
+  if (summaries.has(draft)) return false;
+  if (isTraffic(draft)) return true;
+  if (draft.outcome !== "denied") return false;
   return draft.type === "access_denied" || (draft.type === "proxy_request" && draft.detail?.["alarm"] !== true);
 }
 
@@ -231,19 +285,22 @@ export function isTallied(draft: AuditDraft): boolean {
  * {@link releaseRefusals} if it rolls back or its function is run again (which decides anew).
  */
 export function admitRefusal(ctx: VaultContext, draft: AuditDraft, held: unknown[]): boolean {
-  const log = logOf(ctx);
+  const traffic = isTraffic(draft);
+  const log = traffic ? trafficLogOf(ctx) : logOf(ctx);
   // The vault is closing: written as before.
   if (log.closed) return true;
-  const t = tallyOf(log, draft);
+  const t = traffic ? trafficTallyOf(log, draft) : tallyOf(log, draft);
   if (!log.admit(t)) return false;
-  held.push(t);
+  held.push([log, t]);
   return true;
 }
 
 /** Gives back the places in the burst `held` took ({@link admitRefusal}): its transaction did not keep them. */
 export function releaseRefusals(ctx: VaultContext, held: unknown[]): void {
-  const log = logs.get(ctx);
-  if (log !== undefined) for (const t of held) log.release(t as Tally);
+  for (const h of held) {
+    const [log, t] = h as [RefusalLog, Tally];
+    log.release(t);
+  }
   held.length = 0;
 }
 
@@ -252,6 +309,13 @@ export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], 
   if (drafts.length === 0) return;
   const log = logOf(ctx);
   for (const d of drafts) {
+    if (isTraffic(d)) {
+      const traffic = trafficLogOf(ctx);
+      const t = trafficTallyOf(traffic, d);
+      traffic.count(t, trafficReason(d), now);
+      addNamed(t.domains, d.domain, MAX_NAMED);
+      continue;
+    }
     const t = tallyOf(log, d);
     log.count(t, codeOf(d.reason), now);
     addNamed(t.secrets, d.secret, MAX_SECRETS);
@@ -262,11 +326,14 @@ export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], 
 }
 
 /** Closes the current window now: writes every refusal counted but not yet written. */
-export function flushRefusals(ctx: VaultContext): Promise<void> {
-  return logs.get(ctx)?.flush() ?? Promise.resolve();
+export async function flushRefusals(ctx: VaultContext): Promise<void> {
+  await logs.get(ctx)?.flush();
+  await trafficLogs.get(ctx)?.flush();
 }
 
 /** The vault is closing: stops the window timer and writes every refusal still counted. */
 export async function closeRefusals(ctx: VaultContext): Promise<void> {
-  await logs.get(ctx)?.close();
+  // Both closed even if one's last write fails; the first failure is thrown.
+  const results = await Promise.allSettled([logs.get(ctx)?.close(), trafficLogs.get(ctx)?.close()]);
+  for (const r of results) if (r.status === "rejected") throw r.reason;
 }
