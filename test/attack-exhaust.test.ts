@@ -138,6 +138,24 @@ test("[vault] proxy_request_rows sets the burst: past it reports of requests tha
   assert.equal((await vault.admin().auditVerify()).ok, true);
 });
 
+test("[vault] proxy_request_rows binds agents' own reports only: the owner's proxy (lessor run, lessor proxy) keeps a row for every request however busy the agent", async () => {
+  // Issue 14: every proxied request is an audit event. The cap is for reports an agent (or a VM guest)
+  // could make up about itself; the owner's proxies report as the owner.
+  const { vault } = await makeVault({ policy: POLICY, limits: { proxyRequestRows: 3, authFailureWindowMs: 3_600_000 } });
+  await vault.admin().storeSecret({ name: "github-token", value: CANARY });
+  const rep = (path: string): Report => ({ agent: "claude", leaseIds: [], method: "GET", host: "api.github.com", path, status: 200, bytesOut: 0, bytesIn: 0, ms: 1, outcome: "ok" });
+  await vault.admin().recordProxyRequests(Array.from({ length: 9 }, (_, i) => rep(`/owner-${i}`)));
+  await vault.session(agentIdentity("claude")).recordProxyRequests(Array.from({ length: 5 }, (_, i) => rep(`/agent-${i}`)));
+  await vault.flushRefusals();
+  const rows = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 1000 })) as AuditRecord[];
+  const paths = (prefix: string) => rows.filter((r) => String((typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail)?.path ?? "").startsWith(prefix));
+  assert.equal(paths("/owner-").length, 9, "every request the owner's proxy reported is a row of its own");
+  assert.equal(paths("/agent-").length, 3, "an agent's own reports past the burst are counted");
+  const sums = rows.filter((r) => String(r.reason ?? "").includes("counted"));
+  assert.equal(sums.length, 1, "one summary, the agent's");
+  assert.equal(sums[0]!.actorRole, "agent");
+});
+
 test("attack: an MCP agent takes lease after lease of a 60 KB secret (each used up at once): lessor mcp's every tool call stays fast", async () => {
   // Each tool result is scrubbed of the values the session holds. The patterns were built anew for
   // every text scrubbed (each response header apart), from every lease's copy of the value: with one

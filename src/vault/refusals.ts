@@ -37,11 +37,12 @@
  * otherwise name made-up agents, each with a burst, until the window's budget is spent for everyone.
  * A tripwire alarm is never counted: each is written.
  *
- * Reports of requests that went (`proxy_request`, outcome ok or error) are tallied too, in a window of
- * their own with a larger burst (`[vault] proxy_request_rows`, {@link Limits.proxyRequestRows}, per
- * identity and agent; the window's budget four times that): `record_proxy_requests` is open to every
- * role, for the proxy an agent runs with its own token, and 256 reports of 8 KiB paths a call, each a
- * row, let one agent write gigabytes an hour to the disk everyone's vault is on, with no request made.
+ * Reports of requests that went (`proxy_request`, outcome ok or error) made by an agent or a VM guest
+ * are tallied too, in a window of their own with a larger burst (`[vault] proxy_request_rows`,
+ * {@link Limits.proxyRequestRows}, per identity and agent; the window's budget four times that):
+ * `record_proxy_requests` is open to every role, for the proxy an agent runs with its own token, and
+ * 256 reports of 8 KiB paths a call, each a row, let one agent write gigabytes an hour to the disk
+ * everyone's vault is on, with no request made. The owner's and orchestrators' proxies are not tallied.
  * Past the burst each is counted, by outcome and status, in one summary row per window (`detail.count`,
  * `detail.reasons` like `ok 200 ×5000; error 0 ×12`, `detail.domains`), filed under its agent.
  *
@@ -239,9 +240,15 @@ const logs = new WeakMap<VaultContext, RefusalLog>();
 /** The window of proxied requests that went (ok or error): see the module comment. */
 const trafficLogs = new WeakMap<VaultContext, RefusalLog>();
 
-/** True for a `proxy_request` report of a request that went (ok or error), not a summary. */
+/**
+ * True for a `proxy_request` report of a request that went (ok or error), not a summary, from an agent
+ * (a proxy an agent runs with its own token) or from a VM guest: the reports that may be made up by
+ * the one they are about. The proxies of the host's owner and its orchestrators (`lessor run`,
+ * `lessor proxy`) report every request as a row of its own, however busy the agent (issue 14: every
+ * proxied request is an audit event); a flood of those is the owner's own.
+ */
 function isTraffic(d: AuditDraft): boolean {
-  return d.type === "proxy_request" && d.outcome !== "denied" && d.detail?.["alarm"] !== true;
+  return d.type === "proxy_request" && d.outcome !== "denied" && d.detail?.["alarm"] !== true && (d.actor.role === "agent" || d.actor.transport === "vsock");
 }
 
 function trafficLogOf(ctx: VaultContext): RefusalLog {
