@@ -719,6 +719,39 @@ test("a secret rotated while the run goes on: the new value is injected, its ech
   }
 });
 
+test("a secret rotated while the run goes on to a value too wide to mask: never injected unmasked, every request refused naming why, the old value still masked", async () => {
+  // The rotation rebuilt the scrub patterns after taking the new value as the held one: the build
+  // threw (value_too_large, the scrubber's table cap), that request got a 500, and the next request
+  // injected the new value with the OLD patterns, so its echo reached the agent unmasked.
+  const r = await rig();
+  try {
+    const ph = r.ph("tok");
+    assert.equal(statusOf(await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Token: ${ph}\r\nConnection: close\r\n\r\n`)), 200);
+    // 6,000 characters of every printable ASCII character: one header line the upstream takes (under
+    // its 16 KiB), valid for the vault's fit check, but it and its ~37 encoded forms are more than the
+    // scrubber's table holds (a JWT or a PEM key of that size fits: fewer distinct characters and forms).
+    const wide = "ghp_" + Array.from(randomBytes(6_000), (b) => String.fromCharCode(33 + (b % 94))).join("");
+    await r.rotate("tok", wide);
+    for (let i = 0; i < 2; i++) {
+      const n = seen.length;
+      const answer = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Token: ${ph}\r\nOrigin: ${ph}\r\nConnection: close\r\n\r\n`);
+      assert.ok(!answer.includes(wide.slice(0, 200)), `request ${i + 1}: the new value reached the agent unmasked`);
+      assert.equal(seen.length, n, `request ${i + 1}: a request went upstream with a value the proxy cannot mask`);
+      assert.equal(statusOf(answer), 502, answer.slice(0, 300));
+      assert.match(answer, /could not mask the new one/, answer.slice(0, 600));
+    }
+    // Rotated back to a value that fits: served again, and masked.
+    const fresh = "ghp_" + randomBytes(18).toString("hex").slice(0, 36);
+    await r.rotate("tok", fresh);
+    const back = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Token: ${ph}\r\nOrigin: ${ph}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(back), 200, back.slice(0, 300));
+    assert.ok(!back.includes(fresh) && back.includes(ph), "the value that fits is masked");
+    assert.ok(!(await r.audit()).includes(wide.slice(0, 200)), "the value is not in the audit");
+  } finally {
+    await r.close();
+  }
+});
+
 // --- response masking -----------------------------------------------------------------------------------
 
 test("response masking over HTTP/1.1: a credential reflected in response headers, the reason phrase, a redirect's query or a base64 echo never reaches the agent", async () => {

@@ -244,13 +244,26 @@ export class LeaseEgress implements Egress {
     return pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
   }
 
-  /** `h`'s value is now `value` (the vault's, read for this request: a rotation under the run). */
+  /**
+   * `h`'s value is now `value` (the vault's, read for this request: a rotation under the run). Throws
+   * VaultError("value_too_large") when the answers could not be masked of it (the scrubber's table
+   * cannot hold it with the others, src/proxy/scrub.ts): then nothing changes, so the value is never
+   * injected, and every request that would carry it asks again and is refused the same way.
+   */
   #rotated(h: Held, value: string): void {
+    const before = h.values;
+    h.values = [...before.filter((v) => v !== value), value].slice(-KEPT_VALUES);
+    let scrub: ScrubPatterns | undefined;
+    try {
+      scrub = this.#scrubPatterns();
+    } catch (e) {
+      h.values = before;
+      throw e;
+    }
     h.value = value;
-    h.values = [...h.values.filter((v) => v !== value), value].slice(-KEPT_VALUES);
     markAll(h);
     this.#awayMarks.clear();
-    this.#scrub = this.#scrubPatterns();
+    this.#scrub = scrub;
     this.#o.onValue?.(h.lease.id, value);
   }
 
@@ -409,7 +422,21 @@ export class LeaseEgress implements Egress {
     if (ended) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${ended.secret} has ended (${ended.dead}); lessor run no longer adds this credential`);
     // A value other than the one held: the secret was rotated under the run. What is injected now must
     // be masked in the answer, and watched for by the tripwire, before the request goes.
-    for (const [h, value] of values) if (value !== h.value && value.length > 0) this.#rotated(h, value);
+    for (const [h, value] of values)
+      if (value !== h.value && value.length > 0)
+        try {
+          this.#rotated(h, value);
+        } catch (e) {
+          // A new value the answers could not be masked of: not sent, so that no echo of it reaches the agent.
+          if (!isVaultError(e)) throw e;
+          return this.#refuse(
+            req,
+            using,
+            502,
+            e.code,
+            `Bad gateway: the value of ${h.secret} changed while this run goes on (a rotation), and the proxy could not mask the new one in answers (${e.message}); the request was not sent. Rotate it to a shorter value, or end the run and start it again with fewer credentials`,
+          );
+        }
     let headers: OutgoingHttpHeaders = { ...req.headers };
     // Under a `paths` restriction the upstream gets the path the vault matched, never the raw one.
     let target = canonical === null ? req.target : withCanonicalPath(req.target, canonical);

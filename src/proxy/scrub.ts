@@ -146,7 +146,10 @@ export class ScrubPatterns {
 
     const maxStates = values.reduce((n, v) => n + v.length, 1);
     if (maxStates * classes > MAX_TABLE_ENTRIES)
-      throw new VaultError("value_too_large", `too many secrets to scrub at once (${values.length} values, ${maxStates - 1} bytes)`);
+      throw new VaultError(
+        "value_too_large",
+        `too many secrets to scrub at once (${values.length} values and encoded forms, ${maxStates - 1} bytes, of many distinct characters): the answers could not be masked of them; use fewer credentials at once, or shorter values`,
+      );
     const delta = new Int32Array(maxStates * classes).fill(-1);
     const depth = new Int32Array(maxStates);
     const terminal = new Int32Array(maxStates).fill(-1);
