@@ -22,7 +22,7 @@ import type { AuditRecord } from "../src/base/types.js";
 import { DEFAULT_LIMITS } from "../src/vault/limits.js";
 import { BIN, runCli } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
-import { agent as agentIdentity, grant, makeVault } from "./helpers.js";
+import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helpers.js";
 
 const CANARY = "canary-exhaust-9f2c41d7e8b3a6";
 const POLICY = grant("gh", ["claude", "bob"], ["github-token"], ["api.github.com"]);
@@ -154,6 +154,58 @@ test("[vault] proxy_request_rows binds agents' own reports only: the owner's pro
   const sums = rows.filter((r) => String(r.reason ?? "").includes("counted"));
   assert.equal(sums.length, 1, "one summary, the agent's");
   assert.equal(sums[0]!.actorRole, "agent");
+});
+
+test("reports of requests that carried a counted use are rows of their own however many: an agent proxy's real traffic is never a summary, and made-up reports past the leases' uses are (review)", async () => {
+  // The tally let a proxy running under an agent token (a VM guest's, lessor mcp's) have its real
+  // requests folded into a count once 200 came in a window: an agent could make 200 requests it did
+  // not care about, then the one it wanted hidden (DELETE /repos/acme/prod), whose row was never written.
+  const { vault } = await makeVault({ policy: POLICY, limits: { proxyRequestRows: 3, authFailureWindowMs: 3_600_000 } });
+  await vault.admin().storeSecret({ name: "github-token", value: CANARY });
+  const claude = vault.session(agentIdentity("claude"));
+  const lease = await claude.requestLease({ secret: "github-token", domains: ["api.github.com"] });
+  for (let i = 0; i < 9; i++) (await claude.accessSecret(lease.id, { domain: "api.github.com" })).value.wipe();
+  const uses = (await claude.listLeases({})).find((l) => l.id === lease.id)!.uses;
+  const rep = (path: string, leaseIds: string[], method = "GET"): Report => ({ agent: "claude", leaseIds, method, host: "api.github.com", path, status: 200, bytesOut: 0, bytesIn: 0, ms: 1, outcome: "ok" });
+  // As many as the lease was used, the last one the request to hide; then 5 more naming the same lease
+  // (made up: the lease was not used for them), and 5 that carried no credential.
+  const real = Array.from({ length: uses - 1 }, (_, i) => rep(`/noise-${i}`, [lease.id]));
+  await claude.recordProxyRequests([...real, rep("/repos/acme/prod", [lease.id], "DELETE")]);
+  await claude.recordProxyRequests(Array.from({ length: 5 }, (_, i) => rep(`/made-up-${i}`, [lease.id])));
+  await claude.recordProxyRequests(Array.from({ length: 5 }, (_, i) => rep(`/plain-${i}`, [])));
+  await vault.flushRefusals();
+  const rows = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 1000 })) as AuditRecord[];
+  const detailOf = (r: AuditRecord) => (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown>;
+  const own = (prefix: string) => rows.filter((r) => String(detailOf(r)?.["path"] ?? "").startsWith(prefix));
+  assert.equal(own("/noise-").length, uses - 1, "every report of a use the vault counted is a row of its own");
+  const hidden = own("/repos/acme/prod");
+  assert.equal(hidden.length, 1, "the request the agent wanted hidden has its row");
+  assert.equal(detailOf(hidden[0]!)["method"], "DELETE");
+  // The made-up ones and the plain ones share the burst of 3; the rest are counted.
+  assert.equal(own("/made-up-").length + own("/plain-").length, 3, "past the leases' uses, reports share the burst");
+  const sums = rows.filter((r) => String(r.reason ?? "").includes("counted"));
+  assert.equal(sums.length, 1);
+  assert.equal(countOf(sums[0]!), 7);
+  assert.equal((await vault.admin().auditVerify()).ok, true);
+});
+
+test("an orchestrator naming made-up agents cannot spend the window for everyone: another identity's reports keep their rows (review)", async () => {
+  // The window's budget (4 × the burst) was shared by every identity, and the per-identity cap on
+  // agents did not apply to these tallies: 4 made-up agents × 200 spent it, and another agent's real
+  // report became a summary.
+  const { vault } = await makeVault({ policy: grant("o", ["claude-*", "victim"], ["github-token"], ["api.github.com"]), limits: { proxyRequestRows: 5, authFailureWindowMs: 3_600_000 } });
+  const orch = vault.session({ ...orchestrator(["claude-*"]), transport: "vsock" });
+  const rep = (agent: string, path: string): Report => ({ agent, leaseIds: [], method: "GET", host: "api.github.com", path, status: 200, bytesOut: 0, bytesIn: 0, ms: 1, outcome: "ok" });
+  for (let a = 0; a < 20; a++) await orch.recordProxyRequests(Array.from({ length: 10 }, (_, i) => rep(`claude-${a}`, `/flood-${a}-${i}`)));
+  await vault.session(agentIdentity("victim")).recordProxyRequests([rep("victim", "/victim-request")]);
+  await vault.flushRefusals();
+  const rows = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 5000 })) as AuditRecord[];
+  const detailOf = (r: AuditRecord) => (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown>;
+  assert.equal(rows.filter((r) => detailOf(r)?.["path"] === "/victim-request").length, 1, "the victim's report is a row of its own");
+  const flood = rows.filter((r) => String(detailOf(r)?.["path"] ?? "").startsWith("/flood-"));
+  assert.ok(flood.length <= 5 * 5, `one identity gets at most 5 bursts of rows (got ${flood.length})`);
+  const counted = rows.filter((r) => String(r.reason ?? "").includes("counted")).reduce((n, r) => n + countOf(r), 0);
+  assert.equal(flood.length + counted, 200, "every made-up report is written or counted");
 });
 
 test("attack: an MCP agent takes lease after lease of a 60 KB secret (each used up at once): lessor mcp's every tool call stays fast", async () => {

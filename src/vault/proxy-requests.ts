@@ -8,13 +8,14 @@ import { VaultError } from "../base/errors.js";
 import { isUuid } from "../base/ids.js";
 import { checkAgentId } from "../base/names.js";
 import { checkPlainText } from "../base/text.js";
-import type { Identity, LeaseRecord } from "../base/types.js";
+import type { AuditDraft, Identity, LeaseRecord } from "../base/types.js";
 import { mayActFor } from "./access.js";
 import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { sessionError } from "./leases.js";
 import { canonicalRequestPath } from "./http-path.js";
 import { checkTarget } from "./target.js";
+import { vouchProxyRequest } from "./refusals.js";
 
 /** How a proxied request ended. */
 export const PROXY_OUTCOMES = ["ok", "refused", "error", "tripwire"] as const;
@@ -48,6 +49,37 @@ function count(n: unknown, what: string, max: number): number {
 
 /** At most this many reports per call. */
 export const MAX_REPORTS = 256;
+
+/**
+ * Per vault: how many reports of requests that went were written vouched for each lease (see
+ * {@link vouches}), at most {@link MAX_VOUCHED_LEASES} leases (the oldest forgotten first: a lease
+ * forgotten starts again from none, still bounded by its uses).
+ */
+const vouchedReports = new WeakMap<VaultContext, Map<string, number>>();
+const MAX_VOUCHED_LEASES = 4096;
+
+/**
+ * True when a report of a request that went (ok or error) carried credentials whose use the vault
+ * counted: it names at least one lease, and each has more counted uses than reports already written
+ * vouched for it. Such a report is written as a row of its own however many come (src/vault/refusals.ts);
+ * a report an agent makes up past its leases' real uses goes to the tally. Counts the report for its
+ * leases when it says yes. Within one transaction run, so a batch rerun may count a report twice:
+ * that only sends a later one to the tally, never lets a made-up one through.
+ */
+function vouches(ctx: VaultContext, leases: readonly LeaseRecord[]): boolean {
+  if (leases.length === 0) return false;
+  let m = vouchedReports.get(ctx);
+  if (m === undefined) vouchedReports.set(ctx, (m = new Map()));
+  const book = m;
+  if (!leases.every((l) => (book.get(l.id) ?? 0) < l.uses)) return false;
+  for (const l of leases) {
+    const n = (book.get(l.id) ?? 0) + 1;
+    book.delete(l.id); // re-inserted last: the most recently reported are kept longest
+    book.set(l.id, n);
+  }
+  while (book.size > MAX_VOUCHED_LEASES) book.delete(book.keys().next().value as string);
+  return true;
+}
 
 /** One report checked and shaped for its audit event. */
 interface Checked {
@@ -113,7 +145,8 @@ export async function recordProxyRequests(ctx: VaultContext, who: Identity, repo
       const leases = leasesOf[i]!;
       const tripwire = r.outcome === "tripwire";
       const first = leases[0];
-      await audit({
+      const went = r.outcome === "ok" || r.outcome === "error";
+      await audit((went && vouches(ctx, leases) ? vouchProxyRequest : (d: AuditDraft) => d)({
         type: "proxy_request",
         actor: who,
         agent,
@@ -123,7 +156,7 @@ export async function recordProxyRequests(ctx: VaultContext, who: Identity, repo
         outcome: r.outcome === "ok" ? "ok" : r.outcome === "error" ? "error" : "denied",
         reason: tripwire ? `tripwire: ${reason ?? "a credential was sent to a host its grant does not cover"}` : reason,
         detail,
-      });
+      }));
       if (tripwire)
         for (const l of leases) {
           const why = `tripwire: its credential was sent to ${r.host}, which its grant does not cover`.slice(0, 200);

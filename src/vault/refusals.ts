@@ -39,10 +39,14 @@
  *
  * Reports of requests that went (`proxy_request`, outcome ok or error) made by an agent or a VM guest
  * are tallied too, in a window of their own with a larger burst (`[vault] proxy_request_rows`,
- * {@link Limits.proxyRequestRows}, per identity and agent; the window's budget four times that):
+ * {@link Limits.proxyRequestRows}, per identity and agent, for the first {@link MAX_AGENT_TALLIES}
+ * agents of an identity; the window's budget {@link TRAFFIC_BUDGET_BURSTS} bursts):
  * `record_proxy_requests` is open to every role, for the proxy an agent runs with its own token, and
  * 256 reports of 8 KiB paths a call, each a row, let one agent write gigabytes an hour to the disk
- * everyone's vault is on, with no request made. The owner's and orchestrators' proxies are not tallied.
+ * everyone's vault is on, with no request made. Not tallied: the reports of the owner's and of
+ * orchestrators' proxies on the host (they cannot make up the agent's traffic), and reports vouched
+ * for by their leases (a request that carried a credential whose use the vault counted, never more
+ * than the leases' uses: src/vault/proxy-requests.ts), so that a flood cannot hide a real request.
  * Past the burst each is counted, by outcome and status, in one summary row per window (`detail.count`,
  * `detail.reasons` like `ok 200 ×5000; error 0 ×12`, `detail.domains`), filed under its agent.
  *
@@ -83,6 +87,13 @@ export const MAX_NAMED = 32;
  */
 export const MAX_AGENT_TALLIES = 4;
 
+/**
+ * The window's budget of unvouched reports of requests that went, all identities together, in bursts
+ * of `[vault] proxy_request_rows`: one identity gets at most {@link MAX_AGENT_TALLIES} + 1 bursts, so
+ * it takes several identities to spend it (and reports that carried a counted use are never in it).
+ */
+export const TRAFFIC_BUDGET_BURSTS = 16;
+
 /** Distinct names a summary lists, at most `max`, and how many refusals named one left out. */
 interface Named {
   names: Set<string>;
@@ -116,7 +127,7 @@ function newLog(ctx: VaultContext, traffic = false): RefusalLog {
   const burst = traffic ? ctx.limits.proxyRequestRows : BURST;
   return new AuditWindow<Tally>(ctx, {
     burst,
-    budget: traffic ? burst * 4 : WINDOW_BUDGET,
+    budget: traffic ? burst * TRAFFIC_BUDGET_BURSTS : WINDOW_BUDGET,
     maxKeys: MAX_IDENTITIES,
     keyOf: (t) => tallyKey(t.actor, t.type, t.forAgent),
     overflow: (t) => newTally({ id: "*", role: t.actor.role, transport: t.actor.transport }, burst, t.type, null),
@@ -248,7 +259,27 @@ const trafficLogs = new WeakMap<VaultContext, RefusalLog>();
  * proxied request is an audit event); a flood of those is the owner's own.
  */
 function isTraffic(d: AuditDraft): boolean {
-  return d.type === "proxy_request" && d.outcome !== "denied" && d.detail?.["alarm"] !== true && (d.actor.role === "agent" || d.actor.transport === "vsock");
+  return (
+    d.type === "proxy_request" &&
+    d.outcome !== "denied" &&
+    d.detail?.["alarm"] !== true &&
+    (d.actor.role === "agent" || d.actor.transport === "vsock") &&
+    !vouched.has(d)
+  );
+}
+
+/**
+ * Reports of requests that carried a credential whose use the vault counted (src/vault/proxy-requests.ts:
+ * each lease it names has more counted uses than reports written): written one row each, never tallied,
+ * however many. They cannot be made up past what the leases were really used for, and they are the
+ * requests an operator must be able to read one by one (a flood of others must not hide them).
+ */
+const vouched = new WeakSet<AuditDraft>();
+
+/** Marks `draft` as a report that carried a credential whose use the vault counted (see {@link vouched}). */
+export function vouchProxyRequest(draft: AuditDraft): AuditDraft {
+  vouched.add(draft);
+  return draft;
 }
 
 function trafficLogOf(ctx: VaultContext): RefusalLog {
@@ -257,10 +288,13 @@ function trafficLogOf(ctx: VaultContext): RefusalLog {
   return log;
 }
 
-/** A proxied request's tally: per identity and agent (past {@link MAX_IDENTITIES} keys, shared). */
+/**
+ * A proxied request's tally: per identity and agent, for the first {@link MAX_AGENT_TALLIES} agents of
+ * the identity at once (further ones share the identity's: an orchestrator naming made-up agents gets
+ * no more bursts), as {@link tallyOf} does for refused ones.
+ */
 function trafficTallyOf(log: RefusalLog, d: AuditDraft): Tally {
-  const forAgent = d.agent ?? null;
-  return log.tally(tallyKey(d.actor, "proxy_request", forAgent), () => newTally(d.actor, 0, "proxy_request", forAgent));
+  return tallyOf(log, d);
 }
 
 /** What a summary counts a proxied request under: its outcome and status. */
