@@ -16,6 +16,7 @@ import { after, describe, test } from "node:test";
 import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { hasLoneSurrogate } from "../src/base/text.js";
 import { ApprovalPages } from "../src/mcp/approval-page.js";
+import { valueLine } from "../src/cli/commands/approval.js";
 import { BIN, runProcess } from "./cli-harness.js";
 import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
@@ -268,4 +269,15 @@ describe("the approval page against a hostile agent's text and a hostile page (h
       await d.stop();
     }
   });
+});
+
+test("an approval from an older daemon (no reveal, methods or paths on the wire) is shown as not known, not a crash or a claim (review)", () => {
+  // The protocol is still v1: a newer lessor approvals against an older daemon got approvals without
+  // these fields, and the value line threw "Cannot read properties of undefined (reading 'join')".
+  const old = { requestedBy: "token:abc" } as Parameters<typeof valueLine>[0];
+  const line = valueLine(old);
+  assert.match(line, /^value: not known \(this daemon is older and does not say\)/);
+  assert.doesNotMatch(line, /proxy only|reveals it/, "nothing is claimed either way");
+  assert.match(valueLine({ requestedBy: "token:abc", reveal: false, methods: ["GET"] }), /proxy only.*methods: GET; paths: any/);
+  assert.match(valueLine({ requestedBy: "token:abc", reveal: true, methods: null, paths: null }), /may read the value itself/);
 });

@@ -18,6 +18,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
+import { approvalValueText } from "../protocol/approval-value.js";
 import { blankUnsafe } from "../base/text.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
@@ -62,14 +63,8 @@ function pageHtml(p: Page): string {
   const hosts = v.anyDomain && v.hosts.length === 0 ? "any host" : v.hosts.map(esc).join(", ");
   const ttl = (v.ttlMs === null ? `the rule's lease time` : `${Math.round(v.ttlMs / 1000)} seconds`) + (v.maxUses === null ? "" : `, at most ${v.maxUses} uses`);
   // What the approval gives away besides the hosts (it is bound to it): who holds the value, and what
-  // the proxy may send with it.
-  const scope = `methods: ${v.methods === null ? "any" : v.methods.join(", ")}; paths: ${v.paths === null ? "any" : v.paths.join(", ")}`;
-  const value =
-    v.reveal === null
-      ? "not known (an approval kept by an older lessor: it grants nothing)"
-      : v.reveal
-        ? `the rule reveals it: the requester (${v.requestedBy}) may read the value itself and send it anywhere, not only to the hosts above${v.methods === null && v.paths === null ? "" : ` (${scope} bind only the proxy)`}`
-        : `proxy only: an injecting proxy adds it to requests with ${scope}`;
+  // the proxy may send with it (escaped where it is shown).
+  const value = approvalValueText(v);
   return `<!doctype html><html><head><meta charset="utf-8"><title>lessor: approve a credential request?</title>
 <style>body{font:16px system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}dt{font-weight:600;margin-top:.6em}button{font-size:1em;padding:.4em 1.2em;margin-right:1em}</style></head><body>
 <h1>Approve a credential request?</h1>

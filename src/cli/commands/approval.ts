@@ -6,20 +6,13 @@
 import type { Command } from "commander";
 import type { Cli } from "../cli.js";
 import type { WireApproval } from "../../protocol/registry.js";
+import { approvalValueText, type ApprovalTerms } from "../../protocol/approval-value.js";
 
 type ApprovalRow = WireApproval;
 
-/**
- * Who will hold the value, and what the proxy may send with it: what the rule gives away besides the
- * hosts (the approval is bound to it, src/vault/approvals.ts). Without this line a request under a
- * rule that hands the value out read the same as one whose value only the proxy uses.
- */
-export function valueLine(a: Pick<ApprovalRow, "reveal" | "methods" | "paths" | "requestedBy">): string {
-  const scope = `methods: ${a.methods === null ? "any" : a.methods.join(", ")}; paths: ${a.paths === null ? "any" : a.paths.join(", ")}`;
-  if (a.reveal === null) return "value: not known (an approval kept by an older lessor: it grants nothing; the request is asked again)";
-  if (!a.reveal) return `value: proxy only (reveal = false): only an injecting proxy adds it, to requests with ${scope}`;
-  const bound = a.methods === null && a.paths === null ? "" : ` (${scope} bind only the proxy)`;
-  return `value: the rule reveals it: the requester (${a.requestedBy}) may read the value itself and send it anywhere, not only to the hosts above${bound}`;
+/** The `value:` line (src/protocol/approval-value.ts): who will hold the value, and what the proxy may send with it. */
+export function valueLine(a: ApprovalTerms): string {
+  return `value: ${approvalValueText(a)}`;
 }
 
 /** The lines that show one approval to the person deciding it. */
