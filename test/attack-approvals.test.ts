@@ -18,7 +18,6 @@ import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
-import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { BIN, runProcess } from "./cli-harness.js";
 import { DaemonConn, makeHome, startServe, type RunningDaemon } from "./daemon-harness.js";
 import type { Msg } from "./raw-client.js";
@@ -28,29 +27,10 @@ const DOMAIN = "api.example.com";
 const seen: string[] = [];
 
 class Conn extends DaemonConn {
-  /** The token handshake over TCP, checking the daemon's proof; resolves once welcomed. */
-  static async token(d: RunningDaemon, token: string): Promise<Conn> {
-    const c = await Conn.open(d.tcp!);
-    const { id, secret } = splitToken(token)!;
-    const nonce = newNonce();
-    c.send({ protocol: "lessor", version: 1, tokenId: id, nonce: nonce.toString("base64url") });
-    const ch = (await c.next()).challenge as { nonce: string; proof: string };
-    const binding = endpointBinding("tcp", c.socket.remoteAddress, c.socket.remotePort);
-    assert.ok(checkServerProof(hashTokenSecret(secret), nonce, Buffer.from(ch.nonce, "base64url"), id, binding, Buffer.from(ch.proof, "base64url")), "the daemon's proof");
-    c.send({ token });
-    const w = await c.next();
-    assert.equal(w.ok, true, JSON.stringify(w));
-    return c;
-  }
   override async call(method: string, params?: unknown): Promise<Msg> {
     const r = await super.call(method, params);
     if (method !== "token_create" && method !== "reveal_secret") seen.push(JSON.stringify(r));
     return r;
-  }
-  async ok(method: string, params?: unknown): Promise<Msg> {
-    const r = await this.call(method, params);
-    assert.equal(r.ok, true, `${method} ${JSON.stringify(params)}: ${JSON.stringify(r.error ?? r)}`);
-    return r.result;
   }
 }
 
@@ -70,15 +50,15 @@ async function rig(opts: { config?: string; socketDir?: string } = {}): Promise<
   const config = opts.config ?? CONFIG;
   const d = await startServe(await makeHome({ config, policy: POLICY }));
   const admin = await Conn.admin(d);
-  await admin.ok("store_secret", { name: "deploy", value: CANARY });
-  await admin.ok("store_secret", { name: "anyhost", value: `${CANARY}-any` });
+  await admin.okResult("store_secret", { name: "deploy", value: CANARY });
+  await admin.okResult("store_secret", { name: "anyhost", value: `${CANARY}-any` });
   const conns: Conn[] = [admin];
   return {
     d,
     admin,
     async tok(name, role, extra = {}) {
-      const t = await admin.ok("token_create", { name, role, ...extra });
-      const c = await Conn.token(d, t.token);
+      const t = await admin.okResult("token_create", { name, role, ...extra });
+      const c = await Conn.provedToken(d, t.token);
       conns.push(c);
       return c;
     },
@@ -120,7 +100,7 @@ describe("pending-request floods", () => {
           }
           opened++;
         }
-      const pending = await r.admin.ok("approval_list", {});
+      const pending = await r.admin.okResult("approval_list", {});
       const res = await claude.call("approval_request", { secret: "deploy", reason: "the real job" });
       assert.equal(
         res.ok,
@@ -149,14 +129,14 @@ describe("approvals and the killswitch", () => {
     try {
       const claude = await r.tok("claude", "agent", { agent: "claude" });
       const ask = { secret: "deploy", domains: [DOMAIN], ttl: "5m" };
-      const { approval } = await claude.ok("approval_request", { ...ask, reason: "deploy before the freeze" });
-      await r.admin.ok("approval_decide", { id: approval.id, approve: true });
-      assert.deepEqual(await r.admin.ok("killswitch", { reason: "token leaked in a log" }), { revoked: 0 });
+      const { approval } = await claude.okResult("approval_request", { ...ask, reason: "deploy before the freeze" });
+      await r.admin.okResult("approval_decide", { id: approval.id, approve: true });
+      assert.deepEqual(await r.admin.okResult("killswitch", { reason: "token leaked in a log" }), { revoked: 0 });
       // The agent's connections were closed by the killswitch; it reconnects after the release.
-      await r.admin.ok("killswitch_release", { reason: "investigated" });
+      await r.admin.okResult("killswitch_release", { reason: "investigated" });
       const again = await r.tok("claude-2", "agent", { agent: "claude" });
       const got = await again.call("request_lease", { ...ask, approval: approval.id });
-      const leases = await r.admin.ok("list_leases", { agent: "claude", limit: 100 });
+      const leases = await r.admin.okResult("list_leases", { agent: "claude", limit: 100 });
       assert.equal(
         got.ok,
         false,
@@ -165,13 +145,13 @@ describe("approvals and the killswitch", () => {
       assert.equal(got.error.code, "access_denied");
       assert.match(got.error.message, /is not one for this request|lapsed/);
       // Withdrawn, and audited as such; the same request opens a new approval a person must decide.
-      assert.equal((await r.admin.ok("approval_list", { all: true })).filter((a: Msg) => a.id === approval.id).length, 0);
-      const rows = await r.admin.ok("audit_query", { types: ["approval_denied"], limit: 100 });
+      assert.equal((await r.admin.okResult("approval_list", { all: true })).filter((a: Msg) => a.id === approval.id).length, 0);
+      const rows = await r.admin.okResult("audit_query", { types: ["approval_denied"], limit: 100 });
       assert.ok(rows.some((e: Msg) => e.detail?.approval === approval.id && e.reason === "withdrawn: the killswitch was pulled"), JSON.stringify(rows));
       const fresh = await again.call("request_lease", ask);
       assert.equal(fresh.ok, false);
       assert.match(fresh.error.message, /was opened/);
-      assert.equal((await r.admin.ok("list_leases", { agent: "claude", limit: 100 })).length, 0);
+      assert.equal((await r.admin.okResult("list_leases", { agent: "claude", limit: 100 })).length, 0);
     } finally {
       await r.close();
     }
@@ -181,8 +161,8 @@ describe("approvals and the killswitch", () => {
     const r = await rig();
     try {
       const claude = await r.tok("claude", "agent", { agent: "claude" });
-      const before = await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN] });
-      await r.admin.ok("killswitch", { reason: "incident" });
+      const before = await claude.okResult("approval_request", { secret: "deploy", domains: [DOMAIN] });
+      await r.admin.okResult("killswitch", { reason: "incident" });
       // The request waiting from before the killswitch was withdrawn with it: nothing to decide.
       // Approving anything is refused while the lockout holds; denying the withdrawn one finds nothing.
       const stale = await r.admin.call("approval_decide", { id: before.approval.id, approve: true });
@@ -205,8 +185,8 @@ describe("approvals and the killswitch", () => {
         assert.equal(got.error.code, "access_denied");
         assert.match(got.error.message, /killswitch/);
       }
-      assert.equal((await r.admin.ok("list_leases", { agent: "claude", limit: 100 })).length, 0);
-      assert.deepEqual(await r.admin.ok("approval_list", { all: true }), []);
+      assert.equal((await r.admin.okResult("list_leases", { agent: "claude", limit: 100 })).length, 0);
+      assert.deepEqual(await r.admin.okResult("approval_list", { all: true }), []);
     } finally {
       await r.close();
     }
@@ -234,7 +214,7 @@ describe("another local uid and the agent's own uid against lessor approvals/app
       const lease = await cli(65534, ["lease", "deploy", "--domain", DOMAIN, "--json"]);
       seen.push(lease.stdout, lease.stderr);
       assert.notEqual(lease.code, 0, "no lease without a person");
-      const pending = await r.admin.ok("approval_list", {});
+      const pending = await r.admin.okResult("approval_list", {});
       assert.equal(pending.length, 1, JSON.stringify(pending));
       const id = pending[0].id as string;
       assert.equal(pending[0].agent, "claude");
@@ -248,15 +228,15 @@ describe("another local uid and the agent's own uid against lessor approvals/app
           assert.equal(res.code, 3, `uid ${uid}: lessor ${args.join(" ")}: ${res.stderr}`);
         }
       }
-      const st = (await r.admin.ok("approval_list", { all: true })).find((a: Msg) => a.id === id);
+      const st = (await r.admin.okResult("approval_list", { all: true })).find((a: Msg) => a.id === id);
       assert.equal(st.state, "pending");
       assert.equal(st.decidedBy, null);
       // The agent presenting its own pending id gets no lease either.
       const take = await cli(65534, ["lease", "deploy", "--domain", DOMAIN, "--json"]);
       seen.push(take.stdout, take.stderr);
       assert.notEqual(take.code, 0);
-      assert.equal((await r.admin.ok("list_leases", { agent: "claude", limit: 100 })).length, 0);
-      const refusals = await r.admin.ok("audit_query", { types: ["access_denied"], limit: 1000 });
+      assert.equal((await r.admin.okResult("list_leases", { agent: "claude", limit: 100 })).length, 0);
+      const refusals = await r.admin.okResult("audit_query", { types: ["access_denied"], limit: 1000 });
       assert.ok(refusals.some((e: Msg) => e.actorId === "uid:65534" && /approve a request|deny a request/.test(e.reason ?? "")), "the agent's attempt to decide is audited under its uid");
     } finally {
       await r.close();
@@ -279,9 +259,9 @@ describe("what the person is shown, and the trail of the decision", () => {
           assert.equal(res.error.code, "invalid_request");
         }
       }
-      assert.deepEqual(await r.admin.ok("approval_list", { all: true }), [], "nothing hostile was opened");
+      assert.deepEqual(await r.admin.okResult("approval_list", { all: true }), [], "nothing hostile was opened");
       // A legitimate one, under a grant for any host, naming two hosts, a ttl and a use cap.
-      const { approval } = await claude.ok("approval_request", { secret: "anyhost", domains: ["b.example.org", "A.Example.com"], ttl: "2m", maxUses: 3, reason: "sync two mirrors" });
+      const { approval } = await claude.okResult("approval_request", { secret: "anyhost", domains: ["b.example.org", "A.Example.com"], ttl: "2m", maxUses: 3, reason: "sync two mirrors" });
       const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", LESSOR_SOCKET: r.d.socket };
       const list = await runProcess(process.execPath, [BIN, "approvals"], { env });
       seen.push(list.stdout, list.stderr);
@@ -292,17 +272,17 @@ describe("what the person is shown, and the trail of the decision", () => {
       assert.match(list.stdout, /to send it to: b\.example\.org, a\.example\.com\n/, "the hosts the lease will hold (normalised), not 'any host'");
       assert.match(list.stdout, /lease: ttl 120s, at most 3 uses/);
       // A look-alike host (Cyrillic a) is shown to the person as the punycode it is, never as api.example.com.
-      const look = await claude.ok("approval_request", { secret: "anyhost", domains: ["\u0430pi.example.com"], reason: "same api" });
+      const look = await claude.okResult("approval_request", { secret: "anyhost", domains: ["\u0430pi.example.com"], reason: "same api" });
       const list2 = await runProcess(process.execPath, [BIN, "approvals"], { env });
       assert.equal(list2.code, 0, list2.stderr);
       assert.match(list2.stdout, new RegExp(`${look.approval.id}  pending\\n[^\\n]*\\n  to send it to: xn--pi-6kc\\.example\\.com\\n`));
       const ok = await runProcess(process.execPath, [BIN, "approve", approval.id], { env });
       assert.equal(ok.code, 0, ok.stderr);
-      const lease = await claude.ok("request_lease", { secret: "anyhost", domains: ["a.example.com", "b.example.org"], ttl: "2m", maxUses: 3 });
+      const lease = await claude.okResult("request_lease", { secret: "anyhost", domains: ["a.example.com", "b.example.org"], ttl: "2m", maxUses: 3 });
       assert.equal(lease.anyDomain, false);
       assert.deepEqual([...lease.domains].sort(), ["a.example.com", "b.example.org"]);
       assert.ok(lease.maxUses <= 3 && lease.expiresAt - lease.issuedAt <= 120_000, JSON.stringify(lease));
-      const rows = await r.admin.ok("audit_query", { types: ["approval_granted"], limit: 100 });
+      const rows = await r.admin.okResult("audit_query", { types: ["approval_granted"], limit: 100 });
       const mine = rows.filter((e: Msg) => e.detail?.approval === approval.id);
       assert.equal(mine.length, 1);
       assert.equal(mine[0].actorRole, "admin");
@@ -311,7 +291,7 @@ describe("what the person is shown, and the trail of the decision", () => {
       // Replaying the decision from the CLI: exit 2, nothing changes.
       const replay = await runProcess(process.execPath, [BIN, "approve", approval.id], { env });
       assert.equal(replay.code, 2, replay.stderr);
-      assert.equal((await r.admin.ok("list_leases", { agent: "claude", secret: "anyhost", limit: 100 })).length, 1);
+      assert.equal((await r.admin.okResult("list_leases", { agent: "claude", secret: "anyhost", limit: 100 })).length, 1);
     } finally {
       await r.close();
     }

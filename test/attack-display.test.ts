@@ -13,7 +13,6 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import * as http from "node:http";
 import { after, describe, test } from "node:test";
-import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { hasLoneSurrogate } from "../src/base/text.js";
 import { ApprovalPages } from "../src/mcp/approval-page.js";
 import { valueLine } from "../src/cli/commands/approval.js";
@@ -26,29 +25,10 @@ const DOMAIN = "api.example.com";
 const seen: string[] = [];
 
 class Conn extends DaemonConn {
-  /** The token handshake over TCP, checking the daemon's proof; resolves once welcomed. */
-  static async token(d: RunningDaemon, token: string): Promise<Conn> {
-    const c = await Conn.open(d.tcp!);
-    const { id, secret } = splitToken(token)!;
-    const nonce = newNonce();
-    c.send({ protocol: "lessor", version: 1, tokenId: id, nonce: nonce.toString("base64url") });
-    const ch = (await c.next()).challenge as { nonce: string; proof: string };
-    const binding = endpointBinding("tcp", c.socket.remoteAddress, c.socket.remotePort);
-    assert.ok(checkServerProof(hashTokenSecret(secret), nonce, Buffer.from(ch.nonce, "base64url"), id, binding, Buffer.from(ch.proof, "base64url")), "the daemon's proof");
-    c.send({ token });
-    const w = await c.next();
-    assert.equal(w.ok, true, JSON.stringify(w));
-    return c;
-  }
   override async call(method: string, params?: unknown): Promise<Msg> {
     const r = await super.call(method, params);
     if (method !== "token_create") seen.push(JSON.stringify(r));
     return r;
-  }
-  async ok(method: string, params?: unknown): Promise<Msg> {
-    const r = await this.call(method, params);
-    assert.equal(r.ok, true, `${method} ${JSON.stringify(params)}: ${JSON.stringify(r.error ?? r)}`);
-    return r.result;
   }
 }
 
@@ -92,13 +72,13 @@ describe("what the person approves is what they are shown", () => {
     const admin = await Conn.admin(d);
     const conns: Conn[] = [admin];
     try {
-      await admin.ok("store_secret", { name: "deploy", value: CANARY });
-      await admin.ok("store_secret", { name: "proxied", value: `${CANARY}-p` });
-      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
-      const claude = await Conn.token(d, t.token);
+      await admin.okResult("store_secret", { name: "deploy", value: CANARY });
+      await admin.okResult("store_secret", { name: "proxied", value: `${CANARY}-p` });
+      const t = await admin.okResult("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.provedToken(d, t.token);
       conns.push(claude);
-      const reveal = (await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], reason: "open a pull request" })).approval;
-      const proxy = (await claude.ok("approval_request", { secret: "proxied", domains: [DOMAIN], reason: "open a pull request" })).approval;
+      const reveal = (await claude.okResult("approval_request", { secret: "deploy", domains: [DOMAIN], reason: "open a pull request" })).approval;
+      const proxy = (await claude.okResult("approval_request", { secret: "proxied", domains: [DOMAIN], reason: "open a pull request" })).approval;
       const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/nonexistent", LESSOR_SOCKET: d.socket };
 
       const list = await runProcess(process.execPath, [BIN, "approvals"], { env });
@@ -182,15 +162,15 @@ describe("the person's own words on the lessor mcp page", () => {
     const conns: Conn[] = [admin];
     const pages = new ApprovalPages(() => {});
     try {
-      await admin.ok("store_secret", { name: "deploy", value: CANARY });
-      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
-      const claude = await Conn.token(d, t.token);
+      await admin.okResult("store_secret", { name: "deploy", value: CANARY });
+      const t = await admin.okResult("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.provedToken(d, t.token);
       conns.push(claude);
       const notes = ["not during the freeze\u2028(see #ops)", `${"x".repeat(199)}\u{1f600} tail`, "tab\there\u2029and\u0085there"];
       for (const [i, note] of notes.entries()) {
-        const { approval } = await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], ttl: `${60 + i}s`, reason: "open a pull request" });
+        const { approval } = await claude.okResult("approval_request", { secret: "deploy", domains: [DOMAIN], ttl: `${60 + i}s`, reason: "open a pull request" });
         const page = await pages.open(approval, async (approve, reason) => {
-          await admin.ok("approval_decide", { id: approval.id, approve, ...(reason !== undefined ? { reason } : {}) });
+          await admin.okResult("approval_decide", { id: approval.id, approve, ...(reason !== undefined ? { reason } : {}) });
         });
         assert.ok(page !== null);
         const html = await (await fetch(page.url)).text();
@@ -203,7 +183,7 @@ describe("the person's own words on the lessor mcp page", () => {
         });
         const text = await res.text();
         assert.equal(res.status, 200, `note ${JSON.stringify(note)}: ${text}`);
-        const [row] = (await admin.ok("approval_list", { all: true })).filter((a: Msg) => a.id === approval.id);
+        const [row] = (await admin.okResult("approval_list", { all: true })).filter((a: Msg) => a.id === approval.id);
         assert.equal(row.state, "denied");
         assert.ok(typeof row.decisionReason === "string" && !RAW_UNSAFE.test(row.decisionReason) && !hasLoneSurrogate(row.decisionReason), JSON.stringify(row.decisionReason));
       }
@@ -223,12 +203,12 @@ describe("the approval page against a hostile agent's text and a hostile page (h
     const conns: Conn[] = [admin];
     const pages = new ApprovalPages(() => {});
     try {
-      await admin.ok("store_secret", { name: "deploy", value: CANARY });
-      const t = await admin.ok("token_create", { name: "claude", role: "agent", agent: "claude" });
-      const claude = await Conn.token(d, t.token);
+      await admin.okResult("store_secret", { name: "deploy", value: CANARY });
+      const t = await admin.okResult("token_create", { name: "claude", role: "agent", agent: "claude" });
+      const claude = await Conn.provedToken(d, t.token);
       conns.push(claude);
       const reason = `"><script>fetch('/x')</script><img src=x onerror=alert(1)><form method=post><button name=decision value=approve>Deny</button></form><!--`;
-      const { approval } = await claude.ok("approval_request", { secret: "deploy", domains: [DOMAIN], reason });
+      const { approval } = await claude.okResult("approval_request", { secret: "deploy", domains: [DOMAIN], reason });
       let decided = 0;
       const page = await pages.open(approval, async () => void decided++);
       assert.ok(page !== null);
@@ -260,7 +240,7 @@ describe("the approval page against a hostile agent's text and a hostile page (h
       assert.equal(await post({ host: u.host }, new URLSearchParams({ decision: "approve" }).toString()), 403, "no CSRF token");
       assert.equal(await post({ host: u.host }, "", `${u.pathname}?${form}`, "GET"), 404, "a GET carrying the form decides nothing (and the query is not the page)");
       assert.equal(decided, 0, "nothing was decided");
-      const [row] = (await admin.ok("approval_list", {})).filter((a: Msg) => a.id === approval.id);
+      const [row] = (await admin.okResult("approval_list", {})).filter((a: Msg) => a.id === approval.id);
       assert.equal(row.state, "pending");
     } finally {
       await pages.close();

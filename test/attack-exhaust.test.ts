@@ -20,6 +20,7 @@ import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import type { AuditRecord } from "../src/base/types.js";
 import { DEFAULT_LIMITS } from "../src/vault/limits.js";
+import type { ProxyRequestReport } from "../src/vault/proxy-requests.js";
 import { BIN, runCli } from "./cli-harness.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helpers.js";
@@ -27,19 +28,10 @@ import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helper
 const CANARY = "canary-exhaust-9f2c41d7e8b3a6";
 const POLICY = grant("gh", ["claude", "bob"], ["github-token"], ["api.github.com"]);
 
-type Report = {
-  agent: string;
-  leaseIds: string[];
-  method: string;
-  host: string;
-  path: string;
-  status: number;
-  bytesOut: number;
-  bytesIn: number;
-  ms: number;
-  outcome: "ok" | "error";
-  reason?: string;
-};
+/** A report of a request that went (the tally's concern here). */
+type Report = ProxyRequestReport & { outcome: "ok" | "error" };
+
+const detailOf = (r: AuditRecord): Record<string, unknown> | null => (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown> | null;
 
 const countOf = (r: AuditRecord): number => {
   const d = (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown> | null;
@@ -175,12 +167,11 @@ test("reports of requests that carried a counted use are rows of their own howev
   await claude.recordProxyRequests(Array.from({ length: 5 }, (_, i) => rep(`/plain-${i}`, [])));
   await vault.flushRefusals();
   const rows = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 1000 })) as AuditRecord[];
-  const detailOf = (r: AuditRecord) => (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown>;
   const own = (prefix: string) => rows.filter((r) => String(detailOf(r)?.["path"] ?? "").startsWith(prefix));
   assert.equal(own("/noise-").length, uses - 1, "every report of a use the vault counted is a row of its own");
   const hidden = own("/repos/acme/prod");
   assert.equal(hidden.length, 1, "the request the agent wanted hidden has its row");
-  assert.equal(detailOf(hidden[0]!)["method"], "DELETE");
+  assert.equal(detailOf(hidden[0]!)?.["method"], "DELETE");
   // The made-up ones and the plain ones share the burst of 3; the rest are counted.
   assert.equal(own("/made-up-").length + own("/plain-").length, 3, "past the leases' uses, reports share the burst");
   const sums = rows.filter((r) => String(r.reason ?? "").includes("counted"));
@@ -200,7 +191,6 @@ test("an orchestrator naming made-up agents cannot spend the window for everyone
   await vault.session(agentIdentity("victim")).recordProxyRequests([rep("victim", "/victim-request")]);
   await vault.flushRefusals();
   const rows = (await vault.admin().auditQuery({ types: ["proxy_request"], limit: 5000 })) as AuditRecord[];
-  const detailOf = (r: AuditRecord) => (typeof r.detail === "string" ? JSON.parse(r.detail) : r.detail) as Record<string, unknown>;
   assert.equal(rows.filter((r) => detailOf(r)?.["path"] === "/victim-request").length, 1, "the victim's report is a row of its own");
   const flood = rows.filter((r) => String(detailOf(r)?.["path"] ?? "").startsWith("/flood-"));
   assert.ok(flood.length <= 5 * 5, `one identity gets at most 5 bursts of rows (got ${flood.length})`);

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { LessorClient } from "../src/client/index.js";
 import { initHome } from "../src/config/open-vault.js";
 import { FrameDecoder } from "../src/protocol/framing.js";
+import { checkServerProof, endpointBinding, hashTokenSecret, newNonce, splitToken } from "../src/crypto/token-proof.js";
 import { RawClient, type Msg, type RawClientOptions } from "./raw-client.js";
 
 /** Homes made here are removed when the test process exits (node:test hooks run too early for suites' before()). */
@@ -217,6 +218,31 @@ export class DaemonConn extends RawClient {
     const c = await openAs(this, to);
     c.send({ protocol: "lessor", version: 1, ...(token !== undefined ? { token } : {}) });
     return { c, welcome: await c.next() };
+  }
+
+  /**
+   * The token handshake over the daemon's TCP listener, checking the daemon's proof of the token
+   * (the test fails unless it holds and the daemon welcomes the token); resolves once welcomed.
+   */
+  static async provedToken<C extends DaemonConn>(this: ConnClass<C>, d: { tcp: { host: string; port: number } | null }, token: string): Promise<C> {
+    const c = await openAs(this, d.tcp!);
+    const { id, secret } = splitToken(token)!;
+    const nonce = newNonce();
+    c.send({ protocol: "lessor", version: 1, tokenId: id, nonce: nonce.toString("base64url") });
+    const ch = (await c.next()).challenge as { nonce: string; proof: string };
+    const binding = endpointBinding("tcp", c.socket.remoteAddress, c.socket.remotePort);
+    assert.ok(checkServerProof(hashTokenSecret(secret), nonce, Buffer.from(ch.nonce, "base64url"), id, binding, Buffer.from(ch.proof, "base64url")), "the daemon's proof");
+    c.send({ token });
+    const w = await c.next();
+    assert.equal(w.ok, true, JSON.stringify(w));
+    return c;
+  }
+
+  /** Calls `method`; the test fails unless it succeeds. Resolves with the result. */
+  async okResult(method: string, params?: unknown): Promise<Msg> {
+    const r = await this.call(method, params);
+    assert.equal(r.ok, true, `${method} ${JSON.stringify(params)}: ${JSON.stringify(r.error ?? r)}`);
+    return r.result;
   }
 
   /** The daemon's Unix socket as its owner: the hello, which the test fails unless welcomed as admin. */
