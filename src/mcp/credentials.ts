@@ -8,7 +8,7 @@ import { VaultError } from "../base/errors.js";
 import type { LeaseRecord } from "../base/types.js";
 import type { InjectRule } from "../config/proxy-config.js";
 import { PlaceholderRegistry } from "../proxy/placeholder-registry.js";
-import { encodedForms } from "../proxy/encoded-forms.js";
+import { maskPatterns } from "../proxy/encoded-forms.js";
 import { injectionRuleFor, type ProxyCredential } from "../proxy/lease-egress.js";
 import { ScrubPatterns, scrub } from "../proxy/scrub.js";
 
@@ -145,12 +145,7 @@ export class SessionCredentials {
    * seconds, and the process larger, by the lease.
    */
   #buildPatterns(): ScrubPatterns | null {
-    const placeholderOf = new Map<string, string>();
-    for (const c of this.credentials)
-      for (const v of [c.value, ...(this.#earlier.get(c.lease.id) ?? [])])
-        if (v.length > 0 && !placeholderOf.has(v)) placeholderOf.set(v, c.placeholder);
-    const pairs = [...placeholderOf].flatMap(([value, placeholder]) => [{ value, placeholder }, ...encodedForms(value, placeholder)]);
-    return pairs.length === 0 ? null : new ScrubPatterns(pairs);
+    return maskPatterns(this.credentials.flatMap((c) => [c.value, ...(this.#earlier.get(c.lease.id) ?? [])].map((value) => ({ value, placeholder: c.placeholder }))));
   }
 
   /** The lease ids held. */

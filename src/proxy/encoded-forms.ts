@@ -12,6 +12,7 @@
 
 import { base64CorePairs } from "../base/base64-cores.js";
 import { TEXT_FORMS } from "../base/text-forms.js";
+import { ScrubPatterns } from "./scrub.js";
 
 /** Shortest encoded form worth matching (the tripwire and the scrubber): shorter ones could occur by chance. */
 export const MIN_FORM = 12;
@@ -65,4 +66,18 @@ export function encodedForms(value: string, placeholder: string): EncodedForm[] 
   }
   pairs.delete(value);
   return [...pairs.values()].filter((f) => f.value.length >= MIN_FORM);
+}
+
+/**
+ * The scrubber's patterns for masking `values`: each distinct non-empty value once (the first pair
+ * naming it gives the placeholder), as it is and in its {@link encodedForms}; null when there are
+ * none. Throws VaultError("value_too_large") when they do not fit the scrubber's table. Shared by the
+ * injecting proxy (src/proxy/lease-egress.ts) and `lessor mcp` (src/mcp/credentials.ts): many leases
+ * of one secret carry one value, and the forms of a 64 KiB value are not cheap to build twice.
+ */
+export function maskPatterns(values: Iterable<{ value: string; placeholder: string }>): ScrubPatterns | null {
+  const placeholderOf = new Map<string, string>();
+  for (const { value, placeholder } of values) if (value.length > 0 && !placeholderOf.has(value)) placeholderOf.set(value, placeholder);
+  const pairs = [...placeholderOf].flatMap(([value, placeholder]) => [{ value, placeholder }, ...encodedForms(value, placeholder)]);
+  return pairs.length === 0 ? null : new ScrubPatterns(pairs);
 }

@@ -63,7 +63,7 @@ import { ProxyRefusal } from "./refusal.js";
 import { encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON } from "./request-body.js";
 import { overrideRefusal, pathRefusal, queryMethodRefusal, withCanonicalPath, type BoundsRefusal } from "./request-bounds.js";
 import { ScrubPatterns } from "./scrub.js";
-import { base64Cores, encodedForms } from "./encoded-forms.js";
+import { base64Cores, encodedForms, maskPatterns } from "./encoded-forms.js";
 import { textFitError, utf8OrNull, type ValueFit } from "../base/value-fit.js";
 
 /** How a credential is added (the `[[proxy.inject]]` rule of its secret; src/config/proxy-config.ts). */
@@ -235,13 +235,7 @@ export class LeaseEgress implements Egress {
    * injected before a rotation is masked too.
    */
   #scrubPatterns(): ScrubPatterns | undefined {
-    // Each distinct value once (the first lease holding it gives the placeholder, as ScrubPatterns
-    // would keep): many leases of one secret carry one value, and its forms of 64 KiB are not cheap.
-    const seen = new Set<string>();
-    const pairs = this.#held.flatMap((h) =>
-      h.values.flatMap((v) => (seen.has(v) ? [] : (seen.add(v), [{ value: v, placeholder: h.placeholder }, ...encodedForms(v, h.placeholder)]))),
-    );
-    return pairs.length > 0 ? new ScrubPatterns(pairs) : undefined;
+    return maskPatterns(this.#held.flatMap((h) => h.values.map((value) => ({ value, placeholder: h.placeholder })))) ?? undefined;
   }
 
   /**

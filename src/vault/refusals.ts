@@ -288,15 +288,6 @@ function trafficLogOf(ctx: VaultContext): RefusalLog {
   return log;
 }
 
-/**
- * A proxied request's tally: per identity and agent, for the first {@link MAX_AGENT_TALLIES} agents of
- * the identity at once (further ones share the identity's: an orchestrator naming made-up agents gets
- * no more bursts), as {@link tallyOf} does for refused ones.
- */
-function trafficTallyOf(log: RefusalLog, d: AuditDraft): Tally {
-  return tallyOf(log, d);
-}
-
 /** What a summary counts a proxied request under: its outcome and status. */
 function trafficReason(d: AuditDraft): string {
   return `${d.outcome} ${String(d.detail?.["status"] ?? "?")}`;
@@ -330,7 +321,9 @@ export function admitRefusal(ctx: VaultContext, draft: AuditDraft, held: unknown
   const log = traffic ? trafficLogOf(ctx) : logOf(ctx);
   // The vault is closing: written as before.
   if (log.closed) return true;
-  const t = traffic ? trafficTallyOf(log, draft) : tallyOf(log, draft);
+  // A proxied request that went is tallied as a refused one is: per identity and agent, the first few
+  // agents of an identity apart (an orchestrator naming made-up agents gets no more bursts).
+  const t = tallyOf(log, draft);
   if (!log.admit(t)) return false;
   held.push([log, t]);
   return true;
@@ -352,7 +345,7 @@ export function countRefusals(ctx: VaultContext, drafts: readonly AuditDraft[], 
   for (const d of drafts) {
     if (isTraffic(d)) {
       const traffic = trafficLogOf(ctx);
-      const t = trafficTallyOf(traffic, d);
+      const t = tallyOf(traffic, d);
       traffic.count(t, trafficReason(d), now);
       addNamed(t.domains, d.domain, MAX_NAMED);
       continue;
