@@ -38,6 +38,17 @@ const countOf = (r: AuditRecord): number => {
   return typeof d?.["count"] === "number" ? d["count"] : 1;
 };
 
+/** `lessor mcp --agent claude` on `home` over stdio (the built CLI), closed after the test; and what it wrote to stderr. */
+async function mcpAgent(home: string): Promise<{ c: Client; stderr: () => string }> {
+  const t = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "claude"], env: { PATH: "/usr/bin:/bin", LESSOR_HOME: home, NO_COLOR: "1" }, stderr: "pipe" });
+  let err = "";
+  t.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const c = new Client({ name: "attack-exhaust", version: "1" });
+  await c.connect(t);
+  after(() => c.close());
+  return { c, stderr: () => err };
+}
+
 test("attack: an agent token floods record_proxy_requests with made-up ok/error reports over lessor serve: a bounded number of rows, every report counted, another agent's still written, the owner still served", async () => {
   const home = await makeHome({ policy: POLICY });
   const d = await startServe(home);
@@ -211,12 +222,7 @@ test("attack: an MCP agent takes lease after lease of a 60 KB secret (each used 
   const admin = await LessorClient.connect({ socketPath: d.socket });
   await admin.storeSecret({ name: "big", value: BIG });
   await admin.close();
-  const t = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "claude"], env: { PATH: "/usr/bin:/bin", LESSOR_HOME: home, NO_COLOR: "1" }, stderr: "pipe" });
-  let err = "";
-  t.stderr!.on("data", (b: Buffer) => (err += b.toString()));
-  const c = new Client({ name: "attack-exhaust", version: "1" });
-  await c.connect(t);
-  after(() => c.close());
+  const { c, stderr } = await mcpAgent(home);
   const texts: string[] = [];
   const call = async (name: string, args: Record<string, unknown> = {}): Promise<{ isError: boolean; text: string }> => {
     const r = (await c.callTool({ name, arguments: args })) as { isError?: boolean; content: { text: string }[] };
@@ -232,7 +238,7 @@ test("attack: an MCP agent takes lease after lease of a 60 KB secret (each used 
   for (let i = 0; i < 10; i++) assert.equal((await call("list_secrets")).isError, false);
   const ms = Date.now() - t0;
   assert.ok(ms < 6_000, `10 list_secrets calls took ${ms} ms with 15 used-up leases of one 60 KB secret held (~15 s before the fix)`);
-  for (const x of [...texts, err]) assert.ok(!x.includes(BIG.slice(0, 64)), "the value never reaches the agent or the log");
+  for (const x of [...texts, stderr()]) assert.ok(!x.includes(BIG.slice(0, 64)), "the value never reaches the agent or the log");
 });
 
 test("attack: an MCP agent takes a lease on a 60 KB secret whose patterns the scrubber cannot hold: refused at request_access naming what to do, and the session's other tool calls still work", async () => {
@@ -244,12 +250,7 @@ test("attack: an MCP agent takes a lease on a 60 KB secret whose patterns the sc
   const WIDE = randomBytes(45_000).toString("base64"); // 60,000 characters over 64 letters
   const admin = await LessorClient.connect({ socketPath: d.socket });
   await admin.storeSecret({ name: "wide", value: WIDE });
-  const t = new StdioClientTransport({ command: process.execPath, args: [BIN, "mcp", "--agent", "claude"], env: { PATH: "/usr/bin:/bin", LESSOR_HOME: home, NO_COLOR: "1" }, stderr: "pipe" });
-  let err = "";
-  t.stderr!.on("data", (b: Buffer) => (err += b.toString()));
-  const c = new Client({ name: "attack-exhaust", version: "1" });
-  await c.connect(t);
-  after(() => c.close());
+  const { c, stderr } = await mcpAgent(home);
   const call = async (name: string, args: Record<string, unknown> = {}): Promise<{ isError: boolean; text: string }> => {
     const r = (await c.callTool({ name, arguments: args })) as { isError?: boolean; content: { text: string }[] };
     return { isError: r.isError === true, text: r.content.map((x) => x.text).join("\n") };
@@ -262,5 +263,5 @@ test("attack: an MCP agent takes a lease on a 60 KB secret whose patterns the sc
   assert.equal(ls.isError, false, ls.text);
   assert.deepEqual((await admin.listLeases({ agent: "claude", live: true })).map((l) => l.id), [], "the lease it could not use was revoked");
   await admin.close();
-  for (const x of [r.text, ls.text, err]) assert.ok(!x.includes(WIDE.slice(0, 64)), "the value never reaches the agent or the log");
+  for (const x of [r.text, ls.text, stderr()]) assert.ok(!x.includes(WIDE.slice(0, 64)), "the value never reaches the agent or the log");
 });
