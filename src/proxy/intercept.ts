@@ -6,8 +6,7 @@
  * connection per tunnel, made only after its certificate verified, to the address the SSRF guard checked.
  */
 import { Agent, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, request, type ServerResponse } from "node:http";
-import type { Duplex } from "node:stream";
-import { pipeline } from "node:stream";
+import { pipeline, type Duplex, type Readable } from "node:stream";
 import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureContext, type SecureContext } from "node:tls";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
@@ -16,7 +15,8 @@ import { askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, 
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
-import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+import { Scrubber, type ScrubPatterns } from "./scrub.js";
+import { relayBody } from "./relay.js";
 import { askWhole, responseCoding } from "./response-coding.js";
 import { lineOf, MAX_PIPELINED } from "./tunnel-line.js";
 
@@ -282,8 +282,7 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   let stopped = false;
   up.on("response", (ur) => {
     if (stopped) return void ur.destroy();
-    counted(ur, (n) => (bytesIn += n));
-    relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err));
+    relayResponse(p.scrub, ur, res, (err) => report(ur.statusCode ?? 0, err), (n) => (bytesIn += n));
   });
   // A 101 the agent did not ask for (this is not an upgrade): Node's client would take it as one and
   // answer nothing; the agent gets 502.
@@ -342,12 +341,15 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
   req.resume();
 }
 
-/** Streams an upstream response to the client (through the scrubber if `scrub` is set); `done` once, at the end. */
-export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void): void {
+/**
+ * Streams an upstream response to the client (through the scrubber if `scrub` is set); `done` once, at
+ * the end. `onBytes` hears the size of each chunk of the upstream's body as it arrived (before decoding).
+ */
+export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMessage, res: ServerResponse, done: (error?: string) => void, onBytes?: (n: number) => void): void {
   // Header values and the reason phrase are scrubbed too: an upstream may reflect a request header
   // (the credential the proxy put there) into a response header.
   const headers: OutgoingHttpHeaders = scrubHeaders(endToEnd(ur.headers), scrub);
-  const stages: NodeJS.ReadWriteStream[] = [];
+  let from: Readable = ur;
   if (scrub) {
     const coding = responseCoding(ur.statusCode ?? 0, ur.headers);
     if ("problem" in coding) {
@@ -362,12 +364,16 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
     // values (the usual case) keep an identity body's Content-Length true, so it stays.
     if (decode || !scrub.lengthPreserving) delete headers["content-length"];
     delete headers["content-encoding"];
-    if (decode) stages.push(decode);
-    stages.push(new ScrubStream(scrub));
+    if (decode) {
+      // (rare: the proxy asked for an identity body) a failure of either ends the other, and the relay below.
+      if (onBytes) counted(ur, onBytes);
+      from = pipeline(ur, decode, () => {});
+    }
   }
   const head = relayableStatus(ur.statusCode, scrubText(ur.statusMessage ?? "", scrub));
   if (head.status === null) {
     ur.destroy();
+    from.destroy();
     problemResponse(res, 502, "upstream", `Bad gateway: the upstream answered with status ${String(ur.statusCode).slice(0, 8)}, which is not a status of a final answer`);
     done("invalid upstream status");
     return;
@@ -377,15 +383,14 @@ export function relayResponse(scrub: ScrubPatterns | undefined, ur: IncomingMess
   } catch {
     // A header Node's client read but its server will not write: nothing of the answer has gone yet.
     ur.destroy();
+    from.destroy();
     problemResponse(res, 502, "upstream", "Bad gateway: the upstream's answer has a header that cannot be passed on");
     done("unrelayable upstream header");
     return;
   }
-  // One pipeline for the whole chain (each pipeline() call costs an AbortController and listeners).
-  pipeline([ur, ...stages, res], (err) => {
+  relayBody(from, res, { ...(scrub ? { scrubber: new Scrubber(scrub) } : {}), ...(onBytes && from === ur ? { onBytes } : {}) }, (err) => {
     if (err) {
       ur.destroy();
-      res.destroy();
       done(err.message);
     } else done();
   });
