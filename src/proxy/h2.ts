@@ -22,7 +22,8 @@ import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders } from "./request-body.js";
-import { ScrubStream, type ScrubPatterns } from "./scrub.js";
+import { Scrubber, type ScrubPatterns } from "./scrub.js";
+import { relayBody } from "./relay.js";
 import { askWhole, responseCoding } from "./response-coding.js";
 import { lineOf, MAX_PIPELINED, type LineEntry } from "./tunnel-line.js";
 import { TunnelUpstream } from "./upstream.js";
@@ -482,6 +483,7 @@ function relay(
     return;
   }
   let src: Readable = body;
+  let scrubber: Scrubber | undefined;
   if (scrub) {
     const coding = responseCoding(status, rh);
     if ("problem" in coding) {
@@ -496,8 +498,9 @@ function relay(
     // same-length placeholders (the usual case) keep an identity body's Content-Length true.
     if (decode || !scrub.lengthPreserving) delete headers["content-length"];
     delete headers["content-encoding"];
-    const scrubber = new ScrubStream(scrub);
-    src = decode ? pipeline(body, decode, scrubber, () => {}) : pipeline(body, scrubber, () => {});
+    scrubber = new Scrubber(scrub);
+    // (rare: the proxy asked for an identity body) a failure of either ends the other, and the relay below.
+    if (decode) src = pipeline(body, decode, () => {});
   }
   try {
     cs.respond({ ...headers, ":status": status }, { waitForTrailers: true });
@@ -518,7 +521,7 @@ function relay(
       cs.close(NGHTTP2_INTERNAL_ERROR);
     }
   });
-  pipeline(src, cs, (err) => {
+  relayBody(src, cs, scrubber ? { scrubber } : {}, (err) => {
     if (err) {
       body.destroy();
       tally.report(err.message);

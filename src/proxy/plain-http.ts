@@ -13,7 +13,6 @@
 import { type IncomingMessage, request, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { pipeline } from "node:stream";
 import { isVaultError } from "../base/errors.js";
 import { refusalForAgent } from "../vault/policy.js";
 import { safeJson } from "../base/text.js";
@@ -24,6 +23,7 @@ import { endToEnd, relayableStatus } from "./headers.js";
 import { problemResponse } from "./intercept.js";
 import { framedBodyHeaders, h1HasBody } from "./request-body.js";
 import { ProxyRefusal } from "./refusal.js";
+import { relayBody } from "./relay.js";
 
 /** What {@link forwardPlain} needs from the proxy. */
 export interface PlainHttpOptions {
@@ -160,12 +160,7 @@ export async function forwardPlain(req: IncomingMessage, res: ServerResponse, op
         problemResponse(res, 502, "upstream", `Bad gateway: the upstream ${host} port ${parsed.port} answered with a status line or header that cannot be passed on`);
         return;
       }
-      pipeline(ur, res, (err) => {
-        if (err) {
-          ur.destroy();
-          res.destroy();
-        }
-      });
+      relayBody(ur, res, {}, () => {});
     });
     up.on("error", (e) => {
       const code = (e as { code?: unknown }).code;
