@@ -5,18 +5,22 @@
  *   npm run bench:proxy            (or: npx tsx bench/proxy.ts [--quick])
  *   npm run build:cli first for the `lessor run` start-up lines (they use dist/bin/lessor.cjs).
  *
- * Four processes, as in use: the upstream (bench/proxy-upstream.ts: HTTPS on 127.0.0.1 for
+ * Processes, as in use: the upstream (bench/proxy-upstream.ts: HTTPS on 127.0.0.1 for
  * api.bench.test, HTTP/1.1 and HTTP/2; it answers 401 unless the request carries the real credential),
  * two proxies (bench/proxy-server.ts: a ForwardProxy that intercepts that host, adds the credential
- * and scrubs every response for it), and the client (this process). The proxies differ in their
- * egress policy:
+ * and scrubs every response for it), a floor (below), and the client (this process). The two
+ * proxies differ in their egress policy:
  *   fixed   the credential added to every request, no vault: the proxy's own cost;
  *   leased  lessor run's policy (LeaseEgress) over an in-process vault in a temp home (SQLite): the
  *           client sends a placeholder, and per request the proxy uses the lease through the vault
  *           (access_secret: counted and audited), swaps the placeholder for the value, and reports the
  *           request (record_proxy_requests: an audit event, batched). This is what `lessor run` pays.
+ * The floor (bench/proxy-floor.ts, HTTP/1.1 only) is the least a Node.js intercepting proxy can do for
+ * the same job: node:http inside the terminated TLS, `http.request` upstream, the answer piped back, no
+ * policy, guard, scrubbing or limits. Its lines (suffix `_floor`, no goal) show how much of the proxied
+ * cost is Node's own on this machine; what lies between it and `fixed` is lessor's.
  * Direct and proxied use the same client code and keep-alive connections; through a proxy each
- * connection is a CONNECT tunnel with TLS to the proxy inside. Direct, fixed and leased rounds
+ * connection is a CONNECT tunnel with TLS to the proxy inside. Direct, fixed, leased and floor rounds
  * alternate so that the VM's drift hits all alike.
  *
  * Before measuring, the bench checks that the leased proxy really adds the credential: a request with
@@ -89,7 +93,9 @@ const wants = (group: "latency" | "throughput" | "stream" | "connect" | "startup
 const SECRET = "ghp_" + Array.from({ length: 36 }, () => "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"[randomInt(62)]).join("");
 
 function emit(o: Record<string, unknown>): void {
-  process.stdout.write(`${JSON.stringify({ bench: "proxy", ...o })}\n`);
+  // The floor is a measuring stick, not lessor: the goals are not its to meet.
+  const line = o.proxy === "floor" ? { ...o, goal: null, met: undefined } : o;
+  process.stdout.write(`${JSON.stringify({ bench: "proxy", ...line })}\n`);
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -207,7 +213,7 @@ function connectTunnel(proxyPort: number, target: string): Promise<Socket> {
 
 /** How a client reaches the upstream: straight, or through a CONNECT tunnel and the proxy's TLS. */
 interface Route {
-  via: "direct" | "fixed" | "leased";
+  via: "direct" | "fixed" | "leased" | "floor";
   /** A TLS connection to the upstream (or to the proxy standing in for it), ALPN `alpn`. */
   tls(alpn: string[]): Promise<tls.TLSSocket>;
   /** Headers the client sends itself: direct, it holds the credential; fixed, the proxy adds it; leased, a placeholder. */
@@ -233,9 +239,9 @@ function directRoute(up: Upstream): Route {
   };
 }
 
-/** What bench/proxy-server.ts prints when ready. */
+/** What bench/proxy-server.ts (and bench/proxy-floor.ts) prints when ready. */
 interface ProxyReady {
-  mode: "fixed" | "leased";
+  mode: "fixed" | "leased" | "floor";
   port: number;
   caPem: string;
   scrub: boolean;
@@ -397,7 +403,7 @@ interface Setup {
   /** The upstream process (its CPU is counted in the cpu_ceiling figures). */
   upPid: number | undefined;
   direct: Route;
-  /** Fixed, then leased. */
+  /** Fixed, leased, then (HTTP/1.1 only) the floor. */
   proxies: Proxied[];
 }
 
@@ -622,6 +628,7 @@ async function main(): Promise<void> {
     const up = await upstream.ready;
     const env = { PATH: process.env.PATH, LESSOR_BENCH_UPSTREAM: JSON.stringify(up), LESSOR_BENCH_SECRET: SECRET, LESSOR_BENCH_NO_SCRUB: noScrub ? "1" : "0", LESSOR_BENCH_LEASED_TMP: process.env.LESSOR_BENCH_LEASED_TMP ?? "" };
     for (const mode of [[], ["--leased"]]) helpers.push(start<ProxyReady>([...proxyArgs, "--import", "tsx", here("./proxy-server.ts"), ...mode], env));
+    helpers.push(start<ProxyReady>([...proxyArgs, "--import", "tsx", here("./proxy-floor.ts")], env));
     const ready = await Promise.all(helpers.map((h) => h.ready));
     process.stderr.write(`bench/proxy: proxy pids: ${ready.map((r, i) => `${r.mode} ${helpers[i]!.proc.pid}`).join(", ")}\n`);
     await checkLeased(up, ready[1]!);
@@ -630,7 +637,9 @@ async function main(): Promise<void> {
     const s: Setup = { up, upPid: upstream.proc.pid, direct: directRoute(up), proxies };
 
     await protocolFigures("h1", s, (r) => h1Client(up, r, CONCURRENCY));
-    if (await proxySpeaksH2(proxies[0]!.route)) await protocolFigures("h2", s, (r) => h2Client(up, r));
+    // The floor speaks HTTP/1.1 only.
+    const h2s: Setup = { ...s, proxies: proxies.filter((p) => p.route.via !== "floor") };
+    if (await proxySpeaksH2(proxies[0]!.route)) await protocolFigures("h2", h2s, (r) => h2Client(up, r));
     else emit({ figure: "h2", skipped: "the proxy does not speak h2 yet" });
   } finally {
     for (const h of [...helpers, upstream]) await stop(h);
