@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, get, type IncomingMessage, type Server } from "node:http";
+import { connect as h2Connect, createServer as createH2Server } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { PassThrough, Readable, Writable } from "node:stream";
 import { relayBody } from "../src/proxy/relay.js";
@@ -201,5 +202,32 @@ test("real HTTP: an agent that leaves mid-body ends the upstream answer too", as
     front.server.closeAllConnections();
     up.server.close();
     front.server.close();
+  }
+});
+
+test("real HTTP/2: a relay into a server stream that sends trailers ends without an error, trailers and body intact", async () => {
+  const server = createH2Server();
+  let relayed: { err: Error | undefined } | undefined;
+  server.on("stream", (cs) => {
+    cs.respond({ ":status": 200 }, { waitForTrailers: true });
+    cs.once("wantTrailers", () => cs.sendTrailers({ "grpc-status": "0" }));
+    relayBody(Readable.from([Buffer.from(`a ${SECRET.slice(0, 10)}`), Buffer.from(`${SECRET.slice(10)} b`)]), cs, { scrubber: new Scrubber(patterns) }, (err) => (relayed = { err }));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const session = h2Connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  try {
+    const req = session.request({ ":path": "/" });
+    const chunks: Buffer[] = [];
+    let trailers: Record<string, unknown> | undefined;
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("trailers", (t) => (trailers = t));
+    await new Promise((r) => req.on("close", r));
+    assert.equal(Buffer.concat(chunks).toString(), `a ${PLACEHOLDER} b`);
+    assert.equal(trailers?.["grpc-status"], "0");
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(relayed, { err: undefined });
+  } finally {
+    session.destroy();
+    server.close();
   }
 });
