@@ -136,6 +136,13 @@ async function serve(handler: Parameters<typeof createServer>[1]): Promise<{ ser
   return { server, port: (server.address() as AddressInfo).port };
 }
 
+function closeAll(...servers: Server[]): void {
+  for (const s of servers) {
+    s.closeAllConnections();
+    s.close();
+  }
+}
+
 function answer(port: number): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => get({ host: "127.0.0.1", port, path: "/" }, resolve).on("error", reject));
 }
@@ -166,10 +173,7 @@ test("real HTTP: an upstream that dies mid-body fails the relay and cuts the age
     assert.ok(!Buffer.concat(got).toString().includes(SECRET));
     assert.ok(relayDone.called && relayDone.err !== undefined);
   } finally {
-    up.server.closeAllConnections();
-    front.server.closeAllConnections();
-    up.server.close();
-    front.server.close();
+    closeAll(up.server, front.server);
   }
 });
 
@@ -198,10 +202,7 @@ test("real HTTP: an agent that leaves mid-body ends the upstream answer too", as
     await closed; // the test times out if the upstream answer keeps going
     assert.ok(relayErr !== undefined);
   } finally {
-    up.server.closeAllConnections();
-    front.server.closeAllConnections();
-    up.server.close();
-    front.server.close();
+    closeAll(up.server, front.server);
   }
 });
 

@@ -21,21 +21,25 @@ export interface RelayOptions {
   onBytes?: (n: number) => void;
 }
 
-/** See the module comment. `from` must not be read by anyone else (no other 'data' consumer, no pipe). */
+/** See the module comment. Nothing else may consume `from` (no pipe, no read()); a listener that only counts its 'data' may stay. */
 export function relayBody(from: Readable, to: Writable, opts: RelayOptions, done: (err?: Error) => void): void {
   const { scrubber, onBytes } = opts;
   let settled = false;
   let fromEnded = false;
 
+  // Attached at the end, in this order (data last: a source that is already flowing starts then).
+  const listeners: [Readable | Writable, string, (...args: never[]) => void][] = [
+    [from, "error", fail],
+    [from, "close", onFromClose],
+    [from, "end", onEnd],
+    [to, "finish", onFinish],
+    [to, "error", fail],
+    [to, "close", onToClose],
+    [from, "data", onData],
+  ];
   const cleanup = (): void => {
-    from.off("data", onData);
-    from.off("end", onEnd);
-    from.off("error", fail);
-    from.off("close", onFromClose);
+    for (const [s, e, f] of listeners) s.off(e, f as (...args: unknown[]) => void);
     to.off("drain", onDrain);
-    to.off("finish", onFinish);
-    to.off("error", fail);
-    to.off("close", onToClose);
   };
   function fail(err: Error): void {
     if (settled) return;
@@ -86,7 +90,7 @@ export function relayBody(from: Readable, to: Writable, opts: RelayOptions, done
     to.end();
   }
   function onFromClose(): void {
-    if (!fromEnded) fail(Object.assign(new Error("the source closed before its end"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
+    if (!fromEnded) fail(early("the source closed before its end"));
   }
   function onFinish(): void {
     if (settled) return;
@@ -95,20 +99,19 @@ export function relayBody(from: Readable, to: Writable, opts: RelayOptions, done
     done();
   }
   function onToClose(): void {
-    fail(Object.assign(new Error("the destination closed before the end"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
+    fail(early("the destination closed before the end"));
   }
 
-  if (from.destroyed && !from.readableEnded) return void fail(Object.assign(new Error("the source closed before its end"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
-  if (to.destroyed || to.writableEnded) return void fail(Object.assign(new Error("the destination closed before the end"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
-  from.on("error", fail);
-  from.on("close", onFromClose);
-  from.on("end", onEnd);
-  to.on("finish", onFinish);
-  to.on("error", fail);
-  to.on("close", onToClose);
-  from.on("data", onData);
+  if (from.destroyed && !from.readableEnded) return void fail(early("the source closed before its end"));
+  if (to.destroyed || to.writableEnded) return void fail(early("the destination closed before the end"));
+  for (const [s, e, f] of listeners) s.on(e, f as (...args: unknown[]) => void);
   from.resume();
   if (from.readableEnded) onEnd();
 }
 
 function ignore(): void {}
+
+/** The error of a stream that closed too soon (the code stream.pipeline gives it). */
+function early(what: string): Error {
+  return Object.assign(new Error(what), { code: "ERR_STREAM_PREMATURE_CLOSE" });
+}
