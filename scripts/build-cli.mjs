@@ -92,7 +92,10 @@ const entry = await build({
   format: "cjs",
   outExtension: { ".js": ".cjs" },
   plugins: [fullTree],
-  banner: { js: `#!/bin/sh\n':' //; exec node -- "$0" "$@"` },
+  // import.meta.url as in main.cjs: the entry makes the process non-dumpable through the addon, which
+  // it finds from its own URL (src/native/no-dump.ts).
+  define: { "import.meta.url": "__lessorImportMetaUrl" },
+  banner: { js: `#!/bin/sh\n':' //; exec node -- "$0" "$@"\nvar __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
 });
 
 const tree = await build({

@@ -1,9 +1,16 @@
 /*
  * peercred: the credentials (uid, gid, pid) of the process at the other end of a connected Unix socket.
  *
- * Exports one function, peercred(fd) -> { uid, gid, pid }, using getsockopt(SO_PEERCRED) on Linux.
- * The kernel records these at connect() time, so a peer cannot forge them. On other platforms the
- * function exists but always throws "not supported". Plain C against the Node-API C header.
+ * Exports peercred(fd) -> { uid, gid, pid }, using getsockopt(SO_PEERCRED) on Linux. The kernel
+ * records these at connect() time, so a peer cannot forge them.
+ *
+ * Also nodump(): this process writes no core file (RLIMIT_CORE 0, soft and hard) and is not dumpable
+ * (prctl PR_SET_DUMPABLE 0), so that another process of the same uid cannot read its memory or its
+ * environment (/proc/<pid>/mem, /proc/<pid>/environ, ptrace). It is here, beside peercred, so that
+ * lessor builds one addon, not two.
+ *
+ * On other platforms both functions exist but always throw "not supported". Plain C against the
+ * Node-API C header.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -12,6 +19,8 @@
 #include <string.h>
 
 #ifdef __linux__
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #endif
@@ -70,10 +79,38 @@ static napi_value peercred(napi_env env, napi_callback_info info) {
 #endif
 }
 
-static napi_value init(napi_env env, napi_value exports) {
+/* Throws an Error naming `call` and errno's text, and returns NULL. */
+static napi_value throw_errno(napi_env env, const char *call) {
+  int err = errno;
+  char msg[256];
+  snprintf(msg, sizeof(msg), "%s failed: %s", call, strerror(err));
+  return throw_error(env, "ENODUMP", msg);
+}
+
+static napi_value nodump(napi_env env, napi_callback_info info) {
+  (void)info;
+#ifdef __linux__
+  struct rlimit none = {0, 0};
+  if (setrlimit(RLIMIT_CORE, &none) != 0) return throw_errno(env, "setrlimit(RLIMIT_CORE, 0)");
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return throw_errno(env, "prctl(PR_SET_DUMPABLE, 0)");
+  if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0) return throw_error(env, "ENODUMP", "prctl(PR_SET_DUMPABLE, 0) did not take");
+  napi_value undefined;
+  if (napi_get_undefined(env, &undefined) != napi_ok) return NULL;
+  return undefined;
+#else
+  return throw_error(env, "ENOTSUP", "nodump: prctl(PR_SET_DUMPABLE) is not supported on this platform");
+#endif
+}
+
+/* Sets exports[name] to a function calling `cb`, and reports whether it worked. */
+static int export_function(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
-  if (napi_create_function(env, "peercred", NAPI_AUTO_LENGTH, peercred, NULL, &fn) != napi_ok) return NULL;
-  if (napi_set_named_property(env, exports, "peercred", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn) != napi_ok) return 0;
+  return napi_set_named_property(env, exports, name, fn) == napi_ok;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  if (!export_function(env, exports, "peercred", peercred) || !export_function(env, exports, "nodump", nodump)) return NULL;
   return exports;
 }
 

@@ -10,6 +10,7 @@ import { VERSION } from "../version.js";
 import { EXIT } from "./exit-codes.js";
 import { asksVersion } from "./version-flag.js";
 import { crashCleanups, holdingLeases } from "./holding.js";
+import { forbidDumps } from "../native/no-dump.js";
 
 /** How long a crashed command's cleanups may take before lessor exits all the same, ms. */
 const CRASH_CLEANUP_MS = 5000;
@@ -44,6 +45,11 @@ export function runCli(args: readonly string[], load: CliLoaders): void {
   // Operators send it out of habit (log reopening), so lessor takes it and does nothing; `lessor run`
   // passes it on to its command (src/cli/run/signals.ts).
   process.on("SIGUSR1", ignoreSignal);
+  // Another process of the owner's uid (an agent run with --no-sandbox, any program the owner runs)
+  // could otherwise read this one's memory and environment through /proc or ptrace: the key, a
+  // passphrase, LESSOR_MASTER_KEY, values. And a crash leaves no core file. `lessor serve` says so
+  // at start when the addon that does this is missing (src/native/no-dump.ts).
+  forbidDumps();
   // `lessor … | head` closes the pipe early: that is not an error, so end quietly instead of crashing;
   // unless a command holds leases (run, proxy, mcp): it goes on, and revokes them when it ends.
   for (const stream of [process.stdout, process.stderr])

@@ -13,6 +13,7 @@ import { makeAuthenticator } from "./authenticate.js";
 import { acquireDaemonLock } from "./lock.js";
 import { noopLogger, type Logger } from "./logger.js";
 import { loadPeerCred } from "../native/peercred.js";
+import { forbidDumps } from "../native/no-dump.js";
 import { loadVsock } from "../native/vsock.js";
 import { decidePeerTrust } from "./peer-trust.js";
 import { LessorServer } from "./server.js";
@@ -84,6 +85,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
       ...(opts.peercredAddonPath !== undefined ? { addonPath: opts.peercredAddonPath } : {}),
     });
     if (trust.warning !== null) log.warn({ ownerWithoutPeerCred: true }, trust.warning);
+    // The daemon holds the key and, while it serves, values: no core file, no same-uid reads of its memory.
+    const nodump = forbidDumps(opts.peercredAddonPath !== undefined ? { addonPath: opts.peercredAddonPath } : {});
+    if (!nodump.done) log.warn({ dumpable: true }, `this daemon's memory is not shielded from other processes of its uid: ${nodump.reason}`);
     // A daemon that starts puts its [vault] limits in force on a shared store (docs/team.md).
     const claimLimits = { id: `uid:${process.getuid?.() ?? 0}`, role: "admin" as const, transport: "serve" };
     const vault = await openVault({ home, env, claimLimits, ...(opts.getPassphrase ? { getPassphrase: opts.getPassphrase } : {}) });
