@@ -105,6 +105,8 @@ describe("a lessor process's memory is closed to other processes of its uid", { 
     assert.match(r.stdout, /^environ=1$/m);
     assert.match(r.stdout, /^maps=1$/m);
     assert.match(r.stderr, /Permission denied/);
+    // The warning says where the key is not, and where it still may be.
+    assert.match(r.stderr, /LESSOR_MASTER_KEY from any other process of yours started with them \(not from lessor's own \/proc\/\d+\/environ, which is closed to your other processes\)/);
     assert.ok(!r.stdout.includes(key) && !r.stderr.includes(key), "the master key reached the agent");
   });
 

@@ -21,6 +21,7 @@ import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 import { escapeUnsafe } from "../../base/text.js";
 import { resolve, sep } from "node:path";
 import type { VaultSession } from "./vault-session.js";
+import { forbidDumps } from "../../native/no-dump.js";
 
 /** Options of {@link runChild}. */
 export interface RunOptions {
@@ -107,7 +108,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
       refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles, opened);
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
-    } else cli.err(noSandboxWarning(paths, process.env));
+    } else cli.err(noSandboxWarning(paths, process.env, forbidDumps().done && process.getuid?.() !== 0));
     // An agent session for the sandboxed command; unconfined, the command is you and needs none.
     if (!o.sandbox && o.vaultSession === true)
       throw new VaultError("invalid_request", "--vault-session gives the sandboxed command an agent session at the vault; with --no-sandbox the command runs as you and can reach the vault as you: drop one of the two");

@@ -43,13 +43,20 @@ export function vaultPaths(homeOption: string | undefined, env: NodeJS.ProcessEn
 /**
  * The one line `--no-sandbox` prints: what the unconfined agent can reach. When one of lessor's own
  * secrets (src/base/secret-env.ts: the master key, the passphrase, the token, the database's URL) is
- * in lessor's own environment, the line says so: the agent is not given them, but
- * it can read them from lessor's /proc/PID/environ.
+ * in lessor's own environment, the line says so: the agent is not given them; it can read them from
+ * lessor's /proc/PID/environ unless lessor is `shielded` (non-dumpable, src/native/no-dump.ts, and not
+ * root, whose processes read any), and from any other process of the owner's started with them.
  */
-export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}): string {
+export function noSandboxWarning(p: VaultPaths, env: NodeJS.ProcessEnv = {}, shielded = false): string {
   // Those src/cli/run/child-env.ts withholds from the command (PGPASSWORD is passed as your other credentials are).
   const inEnv = LESSOR_SECRET_VARIABLES.filter((k) => k.startsWith("LESSOR_") && env[k]);
-  const fromEnv = inEnv.length > 0 ? `, ${inEnv.join(" and ")} from lessor's environment (/proc/${process.pid}/environ)` : "";
+  const vars = inEnv.join(" and ");
+  const fromEnv =
+    inEnv.length === 0
+      ? ""
+      : shielded
+        ? `, ${vars} from any other process of yours started with them (not from lessor's own /proc/${process.pid}/environ, which is closed to your other processes)`
+        : `, ${vars} from lessor's environment (/proc/${process.pid}/environ)`;
   return `lessor: warning: --no-sandbox: the agent runs unconfined, as you: it can read all your files (~/.ssh, ~/.aws and the rest), ${keyWhere(p)} and home ${p.home}${fromEnv}, and connect to the daemon's socket ${p.socket}`;
 }
 
