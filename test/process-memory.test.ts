@@ -47,6 +47,15 @@ process.stdout.write(JSON.stringify(out));`;
   return JSON.parse(r.stdout) as Record<string, string>;
 }
 
+/** A vault of user nobody's whose key is in the environment (`--key-source env`), and that environment. */
+async function nobodysVault(key: string): Promise<{ dir: string; env: Record<string, string> }> {
+  const dir = nobodyDir();
+  const env = { PATH: process.env.PATH ?? "", HOME: dir, LESSOR_HOME: join(dir, "home"), LESSOR_MASTER_KEY: key, NO_COLOR: "1" };
+  const init = await runProcess(AS_NOBODY[0]!, [...AS_NOBODY.slice(1), process.execPath, "--", BIN, "init", "--key-source", "env"], { env, cwd: dir });
+  assert.equal(init.code, 0, init.stderr);
+  return { dir, env };
+}
+
 /** The soft and hard core-file limits of `pid` (/proc/<pid>/limits is world-readable). */
 function coreLimits(pid: number): string[] {
   const line = readFileSync(`/proc/${pid}/limits`, "utf8").split("\n").find((l) => l.startsWith("Max core file size"));
@@ -70,11 +79,7 @@ describe("a lessor process's memory is closed to other processes of its uid", { 
   });
 
   test("lessor serve with LESSOR_MASTER_KEY: no environ, maps or mem for the same uid, and no core file", async () => {
-    const dir = nobodyDir();
-    const home = join(dir, "home");
-    const env = { PATH: process.env.PATH ?? "", HOME: dir, LESSOR_HOME: home, LESSOR_MASTER_KEY: key, NO_COLOR: "1" };
-    const init = await runProcess(AS_NOBODY[0]!, [...AS_NOBODY.slice(1), process.execPath, "--", BIN, "init", "--key-source", "env"], { env, cwd: dir });
-    assert.equal(init.code, 0, init.stderr);
+    const { dir, env } = await nobodysVault(key);
     const serve = await startCli(["serve"], /lessor daemon ready/, env, { prefix: AS_NOBODY });
     try {
       assert.match(serve.stderr(), /lessor daemon ready/);
@@ -91,11 +96,7 @@ describe("a lessor process's memory is closed to other processes of its uid", { 
   });
 
   test("lessor run --no-sandbox: the agent, a child of the same uid, cannot read its parent's environment (LESSOR_MASTER_KEY)", async () => {
-    const dir = nobodyDir();
-    const home = join(dir, "home");
-    const env = { PATH: process.env.PATH ?? "", HOME: dir, LESSOR_HOME: home, LESSOR_MASTER_KEY: key, NO_COLOR: "1" };
-    const init = await runProcess(AS_NOBODY[0]!, [...AS_NOBODY.slice(1), process.execPath, "--", BIN, "init", "--key-source", "env"], { env, cwd: dir });
-    assert.equal(init.code, 0, init.stderr);
+    const { dir, env } = await nobodysVault(key);
     const agent = join(dir, "agent.sh");
     writeFileSync(agent, '#!/bin/sh\necho "parent=$(cat /proc/$PPID/comm)"\ncat /proc/$PPID/environ; echo "environ=$?"\nhead -c 100 /proc/$PPID/maps; echo "maps=$?"\n', { mode: 0o755 });
     chownSync(agent, NOBODY, NOBODY);
