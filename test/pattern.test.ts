@@ -93,6 +93,7 @@ describe("glob matching", () => {
     const code = await codeOf(session.requestLease({ secret: "a".repeat(100), domains: ["api.example.com"] }));
     const ms = performance.now() - started;
     assert.equal(code, "access_denied");
-    assert.ok(ms < 400, `the denied request took ${ms.toFixed(0)} ms`);
+    // 2 s: far below the old regex's 5-60 s, and above any pause of a loaded machine.
+    assert.ok(ms < 2000, `the denied request took ${ms.toFixed(0)} ms`);
   });
 });
