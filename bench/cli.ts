@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   const home = join(dir, "home");
   const env = { PATH: process.env.PATH, HOME: process.env.HOME, LESSOR_HOME: home };
   await initHome({ home, env });
-  writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "b"\neffect = "allow"\nagents = ["bench"]\nsecrets = ["token"]\ndomains = ["api.example.com"]\nany_domain = true\n`);
+  writeFileSync(join(home, "policy.toml"), `[[rule]]\nname = "b"\neffect = "allow"\nagents = ["bench"]\nsecrets = ["token"]\nany_domain = true\n`);
   const daemon = spawn(process.execPath, [BIN, "serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
   try {
     await new Promise<void>((resolve, reject) => {
