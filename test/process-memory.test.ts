@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { runProcess, startCli, BIN } from "./cli-harness.js";
@@ -68,7 +68,9 @@ describe("a lessor process's memory is closed to other processes of its uid", { 
   test("a control: a plain Node process of the same uid, same environment, is read (the attack works here)", async () => {
     const plain = spawn(AS_NOBODY[0]!, [...AS_NOBODY.slice(1), process.execPath, "-e", "setTimeout(() => {}, 20000)"], { env: { PATH: process.env.PATH ?? "", LESSOR_MASTER_KEY: key }, stdio: "ignore" });
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      // Until setpriv has become nobody and run node (its command line is then node's).
+      const cmdline = () => (existsSync(`/proc/${plain.pid}/cmdline`) ? readFileSync(`/proc/${plain.pid}/cmdline`, "utf8") : "");
+      for (let i = 0; i < 500 && !cmdline().includes("setTimeout"); i++) await new Promise((r) => setTimeout(r, 20));
       const got = await readAsNobody(plain.pid!);
       assert.ok(got.environ!.includes(key), "a same-uid reader sees a plain process's environment");
       assert.ok(got.maps!.length > 0);
