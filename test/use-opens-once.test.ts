@@ -14,13 +14,15 @@ import { openSqliteStore } from "../src/store/sqlite/sqlite-store.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import { Vault } from "../src/vault/vault.js";
 import type { Identity } from "../src/base/types.js";
+import { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { grant, hexKey } from "./helpers.js";
 
 const VALUE = "ghp_" + "q".repeat(36);
 const ADMIN: Identity = { id: "test:admin", role: "admin", transport: "embedded" };
 
-test("an access with fit opens the value once, as one without; a use refused after the fit check hands nothing out", async () => {
+test("an access with fit opens the value once, as one without; a use refused after the fit check wipes what it opened", async () => {
   const dir = mkdtempSync(join(tmpdir(), "lessor-open-once-"));
+  let maxUses = 5;
   const source = envKeySource({ LESSOR_MASTER_KEY: hexKey() })!;
   let gets = 0;
   const counting = {
@@ -37,7 +39,7 @@ test("an access with fit opens the value once, as one without; a use refused aft
   const vault = await Vault.open({
     store: openSqliteStore(join(dir, "lessor.db")),
     keys: counting,
-    policy: parsePolicy(`${grant("r", ["claude"], ["tok"], ["api.example.com"])}max_uses = 3\n`, "p.toml"),
+    policy: async () => parsePolicy(`${grant("r", ["claude"], ["tok"], ["api.example.com"])}max_uses = ${maxUses}\n`, "p.toml"),
   });
   after(async () => {
     await vault.close();
@@ -59,8 +61,23 @@ test("an access with fit opens the value once, as one without; a use refused aft
   assert.ok(plain >= 1);
   assert.equal(fitted, plain, `an access with fit asked the keyring ${fitted} times, one without ${plain}: the value was opened twice`);
 
-  // A use past the lease's cap, with fit: the fit check opens the value, the use is refused, and
-  // nothing reaches the caller.
-  await opensOf({ domain: "api.example.com", via: "proxy", fit: "text" });
-  await assert.rejects(admin.accessSecret(lease.id, { domain: "api.example.com", via: "proxy", fit: "header" }), (e: Error & { code?: string }) => e.code === "lease_exhausted");
+  // A reload lowers the rule's max_uses to the 2 already spent: the lease itself (5) is still live,
+  // so the use passes the fit check (which opens the value) and is refused only where the store counts
+  // it. Every value opened meanwhile is wiped; none is left for the garbage collector.
+  maxUses = 2;
+  await admin.reloadPolicy();
+  const made: SecretBytes[] = [];
+  const adopt = SecretBytes.adopt;
+  SecretBytes.adopt = (buf: Buffer) => {
+    const v = adopt.call(SecretBytes, buf);
+    made.push(v);
+    return v;
+  };
+  try {
+    await assert.rejects(admin.accessSecret(lease.id, { domain: "api.example.com", via: "proxy", fit: "header" }), (e: Error & { code?: string }) => e.code === "lease_exhausted" && /allows 2/.test(e.message));
+  } finally {
+    SecretBytes.adopt = adopt;
+  }
+  assert.ok(made.length >= 1, "the fit check opened the value");
+  for (const v of made) assert.throws(() => v.expose(), "a value opened for a refused use was left unwiped");
 });
