@@ -16,6 +16,8 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { runProcess, startCli, BIN } from "./cli-harness.js";
 import { tempDirUntilExit } from "./helpers.js";
+import { makeHome } from "./daemon-harness.js";
+import { startDaemon } from "../src/server/daemon.js";
 
 const NOBODY = 65534;
 const isRoot = process.getuid?.() === 0;
@@ -113,12 +115,23 @@ describe("a lessor process's memory is closed to other processes of its uid", { 
     assert.ok(!r.stdout.includes(key) && !r.stderr.includes(key), "the master key reached the agent");
   });
 
-  test("without the addon, the reason lessor serve logs names the fix (and says what is not blocked)", async () => {
-    const script = `import("${new URL("../src/native/no-dump.ts", import.meta.url).pathname}").then((m) => process.stdout.write(JSON.stringify(m.forbidDumps({ addonPath: "/nonexistent/peercred.node" }))))`;
-    const r = await runProcess(process.execPath, ["--import", "tsx", "-e", script], { env: { PATH: process.env.PATH ?? "" } });
-    assert.equal(r.code, 0, r.stderr);
-    const got = JSON.parse(r.stdout) as { done: boolean; reason: string };
-    assert.equal(got.done, false);
-    assert.match(got.reason, /not built .*build-addon\.mjs.*not blocked/);
-  });
+});
+
+test("without the addon, lessor serve starts and logs that its memory is not shielded, naming the fix", async () => {
+  // In this test process, which never made itself non-dumpable, so the daemon's own attempt decides.
+  const home = await makeHome();
+  const lines: { level: string; obj: Record<string, unknown>; msg: string }[] = [];
+  const log = {
+    info: (obj: Record<string, unknown>, msg: string) => lines.push({ level: "info", obj, msg }),
+    warn: (obj: Record<string, unknown>, msg: string) => lines.push({ level: "warn", obj, msg }),
+    error: (obj: Record<string, unknown>, msg: string) => lines.push({ level: "error", obj, msg }),
+  };
+  const d = await startDaemon({ home, env: {}, log, peercredAddonPath: join(tempDirUntilExit("lessor-noaddon-"), "peercred.node") });
+  try {
+    const warning = lines.find((l) => l.level === "warn" && l.obj["dumpable"] === true);
+    assert.ok(warning, "a warning is logged at start");
+    assert.match(warning.msg, /not shielded from other processes of its uid: the native addon is not built .*build-addon\.mjs.*not blocked/);
+  } finally {
+    await d.close();
+  }
 });
