@@ -49,6 +49,21 @@ const runProxyApart = {
   },
 };
 
+// zod's classic API and its core re-export every locale's messages (`z.locales`, ~210 KB, a third of
+// main.cjs);
+// lessor uses only the English messages zod configures by default (its own locales/en.js), so the
+// bundles get an empty module in place of the index of the others: less to read, compile and
+// deserialise at every start.
+const noZodLocales = {
+  name: "no-zod-locales",
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) =>
+      /[\\/]zod[\\/]v4[\\/](classic[\\/]external|core[\\/]index)\.js$/.test(a.importer) ? { path: "zod-locales", namespace: "lessor-empty" } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "lessor-empty" }, () => ({ contents: "export {};", loader: "js" }));
+  },
+};
+
 const fastCjs = {
   ...common,
   minifyWhitespace: true,
@@ -64,7 +79,7 @@ await build({ ...fastCjs, entryPoints: { "run-proxy": "src/cli/run/proxy.ts" } }
 
 const fast = await build({
   ...common,
-  plugins: [runProxyApart],
+  plugins: [runProxyApart, noZodLocales],
   // No import() may run in main.cjs (it runs from a code cache: see src/cli/bin.ts): the one it has,
   // of run-proxy.cjs, becomes a require.
   supported: { "dynamic-import": false },
@@ -101,6 +116,7 @@ const entry = await build({
 const tree = await build({
   ...common,
   entryPoints: { program: "src/cli/program.ts", "open-backend": "src/cli/open-backend.ts" },
+  plugins: [noZodLocales],
   outdir: "dist/bin/full",
   splitting: true,
   format: "esm",

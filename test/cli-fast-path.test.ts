@@ -5,11 +5,12 @@
  * work with nothing but the entry bundle, without the command tree beside it.
  */
 import assert from "node:assert/strict";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { Script } from "node:vm";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { Command, CommanderError } from "commander";
 import { Cli } from "../src/cli/cli.js";
@@ -205,5 +206,49 @@ describe("CLI fast path: the code cache", () => {
     assert.equal(cachedDataFor(cache, other), undefined);
     assert.equal(cachedDataFor(cache, source.slice(0, source.lastIndexOf("//# lessor-build="))), undefined);
     assert.equal(cachedDataFor(Buffer.from("not a cache"), source), undefined);
+  });
+});
+
+describe("CLI start-up: what the bundles load", () => {
+  const binDir = dirname(BIN);
+
+  // How esbuild names the driver's entry module in a bundle (after the path it was found at).
+  const PG = 'node_modules/pg/lib/index.js"(exports, module)';
+
+  test("a command of a SQLite vault does not load PostgreSQL's driver: the store factory imports it only for store = \"postgres\"", async () => {
+    const chunks = join(binDir, "full", "chunks");
+    // The driver is in the build (so this test looks at the right thing)…
+    assert.ok(
+      readdirSync(chunks).some((f) => f.endsWith(".mjs") && readFileSync(join(chunks, f), "utf8").includes(PG)),
+      "pg is bundled into one of the chunks",
+    );
+    // …but none of the files `lessor secret list` (in-process, SQLite) loads holds it. A resolve hook
+    // records every module the run loads.
+    const dir = mkdtempSync(join(tmpdir(), "lessor-loads-"));
+    try {
+      const home = await makeHome();
+      const log = join(dir, "loaded");
+      writeFileSync(
+        join(dir, "hooks.mjs"),
+        `import { appendFileSync } from "node:fs";\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(${JSON.stringify(log)}, r.url + "\\n"); return r; }\n`,
+      );
+      writeFileSync(join(dir, "register.mjs"), `import { register } from "node:module";\nregister(${JSON.stringify(pathToFileURL(join(dir, "hooks.mjs")).href)});\n`);
+      const r = spawnSync(process.execPath, ["--import", pathToFileURL(join(dir, "register.mjs")).href, BIN, "--home", home, "secret", "list"], { encoding: "utf8", env: { PATH: process.env.PATH, HOME: process.env.HOME } });
+      assert.equal(r.status, 0, r.stderr);
+      const loaded = readFileSync(log, "utf8").split("\n").filter((u) => u.startsWith("file:") && u.includes("/dist/bin/full/"));
+      assert.ok(loaded.some((u) => u.includes("/chunks/open-vault")), `the run opened the vault in-process: ${loaded.join(" ")}`);
+      for (const u of loaded) assert.ok(!readFileSync(fileURLToPath(u), "utf8").includes(PG), `${u} holds pg`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("the fast path leaves out zod's translated messages, and keeps English ones", () => {
+    const main = readFileSync(join(binDir, "main.cjs"), "utf8");
+    // Words of zod's German and Portuguese messages (node_modules/zod/v4/locales/de.js, pt.js), in ASCII
+    // since the bundle escapes the rest.
+    assert.ok(!main.includes("erwartet"), "German messages are bundled");
+    assert.ok(!main.includes("esperado"), "Portuguese messages are bundled");
+    assert.ok(main.includes("Invalid input"), "English messages are bundled");
   });
 });

@@ -7,7 +7,6 @@ import { VaultError } from "../base/errors.js";
 import type { Store } from "../vault/ports.js";
 import { createMemoryStore } from "../store/memory.js";
 import { openSqliteStore } from "../store/sqlite/sqlite-store.js";
-import { openPostgresStore } from "../store/postgres/postgres-store.js";
 import type { StoreKind } from "./config.js";
 import { HOME_FILES, inHome } from "./home.js";
 
@@ -66,6 +65,9 @@ export async function openStore(kind: StoreKind, home: string, settings: StoreSe
           "config_invalid",
           `[vault] store = "postgres" needs the database's URL: set ${DATABASE_URL_ENV} or [vault] database_url in lessor.toml (postgres://user@host:5432/database)`,
         );
+      // Loaded here, not at the top: pg and what it pulls in (Node's fetch among them) cost every
+      // command of a SQLite vault ~40 ms at start-up.
+      const { openPostgresStore } = await import("../store/postgres/postgres-store.js");
       return openPostgresStore({ url, ...(settings.changeFeed ? { feed: settings.changeFeed } : {}) });
     }
   }
