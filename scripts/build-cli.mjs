@@ -41,11 +41,17 @@ const fullTree = {
 };
 
 // lessor run's proxy (CA, x509, http2: more than the rest of the fast path together) is its own file,
-// loaded only by a run that starts the proxy.
+// loaded only by a run that starts the proxy, from its own code cache (run-proxy.cache) as main.cjs
+// is from its: the import becomes a module that runs it through src/cli/code-cache.ts's loadBundle.
 const runProxyApart = {
   name: "run-proxy-apart",
   setup(b) {
-    b.onResolve({ filter: /^\.\/proxy\.js$/ }, (a) => (/src\/cli\/run\/run\.ts$/.test(a.importer) ? { path: "./run-proxy.cjs", external: true } : undefined));
+    b.onResolve({ filter: /^\.\/proxy\.js$/ }, (a) => (/src\/cli\/run\/run\.ts$/.test(a.importer) ? { path: "run-proxy", namespace: "lessor-run-proxy" } : undefined));
+    b.onLoad({ filter: /.*/, namespace: "lessor-run-proxy" }, () => ({
+      contents: 'module.exports = require("./src/cli/code-cache.ts").loadBundle(__dirname, "run-proxy");',
+      loader: "js",
+      resolveDir: process.cwd(),
+    }));
   },
 };
 
@@ -75,7 +81,8 @@ const fastCjs = {
   banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
 };
 
-await build({ ...fastCjs, entryPoints: { "run-proxy": "src/cli/run/proxy.ts" } });
+// No import() in it: it runs from a code cache (src/cli/code-cache.ts).
+await build({ ...fastCjs, supported: { "dynamic-import": false }, entryPoints: { "run-proxy": "src/cli/run/proxy.ts" } });
 
 const fast = await build({
   ...common,
@@ -126,9 +133,13 @@ const tree = await build({
   chunkNames: "chunks/[name]-[hash]",
 });
 
-// The code cache of main.cjs, made with the Node that will run it (a cache from another version is
-// ignored at run time, costing only the compile it would have saved).
-execFileSync(process.execPath, ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => m.writeCodeCache("dist/bin/main.cjs", "dist/bin/main.cache"))'], { stdio: "inherit" });
+// The code caches of main.cjs and run-proxy.cjs, made with the Node that will run them (a cache from
+// another version is ignored at run time, costing only the compile it would have saved).
+execFileSync(
+  process.execPath,
+  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "run-proxy"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
+  { stdio: "inherit" },
+);
 // docker-credential-lessor: docker runs a credential helper by that name (docker-credential-<name>),
 // so it is a bin of its own; it is `lessor docker-credential ACTION` through the same entry
 // (src/cli/credentials/docker-credential.ts), with the same shell preamble as lessor.cjs.

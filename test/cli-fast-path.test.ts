@@ -137,7 +137,7 @@ describe("CLI fast path: a running daemon", () => {
     // The bin and the fast path alone, without dist/bin/full/ (the command tree) beside them.
     dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
     lone = join(dir, "lessor.cjs");
-    for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run-proxy.cjs"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
+    for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run-proxy.cjs", "run-proxy.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/tok\n");
   });
   after(async () => {
@@ -186,26 +186,35 @@ describe("CLI fast path: a running daemon", () => {
   });
 });
 
-describe("CLI fast path: the code cache", () => {
+describe("CLI fast path: the code caches", () => {
   const binDir = dirname(BIN);
-  const source = readFileSync(join(binDir, "main.cjs"), "utf8");
-  const cache = readFileSync(join(binDir, "main.cache"));
 
-  test("the build's cache belongs to its main.cjs and this Node accepts it", () => {
-    assert.match(buildIdOf(source) ?? "", /^[0-9a-f]{32}$/);
-    const data = cachedDataFor(cache, source);
-    assert.ok(data, "the cache is stamped with main.cjs's build id");
-    const script = new Script(wrapCommonJs(source), { filename: join(binDir, "main.cjs"), cachedData: data });
-    assert.equal(script.cachedDataRejected, false);
-  });
+  for (const name of ["main", "run-proxy"]) {
+    const source = readFileSync(join(binDir, `${name}.cjs`), "utf8");
+    const cache = readFileSync(join(binDir, `${name}.cache`));
 
-  test("a cache is not used with another build of main.cjs, even one of the same length", () => {
-    const id = buildIdOf(source)!;
-    const other = source.replace(id, id.replace(/^./, (c) => (c === "0" ? "1" : "0")));
-    assert.equal(other.length, source.length);
-    assert.equal(cachedDataFor(cache, other), undefined);
-    assert.equal(cachedDataFor(cache, source.slice(0, source.lastIndexOf("//# lessor-build="))), undefined);
-    assert.equal(cachedDataFor(Buffer.from("not a cache"), source), undefined);
+    test(`the build's cache belongs to its ${name}.cjs and this Node accepts it`, () => {
+      assert.match(buildIdOf(source) ?? "", /^[0-9a-f]{32}$/);
+      const data = cachedDataFor(cache, source);
+      assert.ok(data, `the cache is stamped with ${name}.cjs's build id`);
+      const script = new Script(wrapCommonJs(source), { filename: join(binDir, `${name}.cjs`), cachedData: data });
+      assert.equal(script.cachedDataRejected, false);
+    });
+
+    test(`a cache is not used with another build of ${name}.cjs, even one of the same length`, () => {
+      const id = buildIdOf(source)!;
+      const other = source.replace(id, id.replace(/^./, (c) => (c === "0" ? "1" : "0")));
+      assert.equal(other.length, source.length);
+      assert.equal(cachedDataFor(cache, other), undefined);
+      assert.equal(cachedDataFor(cache, source.slice(0, source.lastIndexOf("//# lessor-build="))), undefined);
+      assert.equal(cachedDataFor(Buffer.from("not a cache"), source), undefined);
+    });
+  }
+
+  test("main.cjs loads run-proxy.cjs through its code cache, not with a plain require", () => {
+    const main = readFileSync(join(binDir, "main.cjs"), "utf8");
+    assert.match(main, /loadBundle\(__dirname,\s*"run-proxy"\)/);
+    assert.doesNotMatch(main, /require\("\.\/run-proxy\.cjs"\)/);
   });
 });
 

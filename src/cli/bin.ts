@@ -6,36 +6,19 @@
  * main.cjs) only costs that time, as V8 compiles as usual. Everything else imports the command tree
  * (dist/bin/full/program.mjs).
  *
- * The cache is trusted as much as the bundle it sits beside: both are written by the build into the
- * package's own directory, never into a shared or temporary one.
- *
  * The build puts a two-line shell preamble on top (scripts/build-cli.mjs) that runs
  * `node -- lessor.cjs ARGS`: Node 20 takes a script's own `--env-file F` argument for its option
  * unless a `--` comes first (nodejs/node#54232), so `lessor run --env-file F` would fail with
  * "node: F: not found", or find a pipe such as `<(…)` already drained.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { Script } from "node:vm";
-import { cachedDataFor, wrapCommonJs } from "./code-cache.js";
+import { loadBundle } from "./code-cache.js";
 import { runCli } from "./entry.js";
 
 /** Runs dist/bin/main.cjs (the fast path) from its code cache and returns its exports. */
 function loadFastPath(): typeof import("./fast-path.js") {
-  const file = join(__dirname, "main.cjs");
-  const source = readFileSync(file, "utf8");
-  let cachedData: Buffer | undefined;
-  try {
-    cachedData = cachedDataFor(readFileSync(join(__dirname, "main.cache")), source);
-  } catch {
-    // no cache: compile as usual
-  }
-  // No import() may run inside this script (Node 20 loses the dynamic-import hook of a script built
-  // from a code cache), so the loaders below, in this file, do every import().
-  const script = new Script(wrapCommonJs(source), { filename: file, ...(cachedData ? { cachedData } : {}) });
-  const mod = { exports: {} as typeof import("./fast-path.js") };
-  (script.runInThisContext() as (...a: unknown[]) => void)(mod.exports, require, mod, file, __dirname);
-  return mod.exports;
+  // No import() may run inside the bundle (see loadBundle), so the loaders below, in this file, do
+  // every import().
+  return loadBundle(__dirname, "main");
 }
 
 runCli(process.argv.slice(2), {

@@ -1,13 +1,18 @@
 /**
- * The V8 code cache of the CLI's entry bundle (see src/cli/bin.ts): made by the build, read by the
- * bin. The build ends the bundle with a random build id (`//# lessor-build=<id>`); the cache file is
- * that id on one line, then V8's data. V8 itself checks little more than the source's length, so the
- * id is what keeps a cache from running with another build of the bundle.
+ * The V8 code caches of the CLI's CommonJS bundles (dist/bin/main.cjs, the fast path, and
+ * dist/bin/run-proxy.cjs, the proxy `lessor run` starts; see src/cli/bin.ts): made by the build,
+ * read by {@link loadBundle}. The build ends a bundle with a random build id
+ * (`//# lessor-build=<id>`); its cache file (`<name>.cache` beside `<name>.cjs`) is that id on one
+ * line, then V8's data. V8 itself checks little more than the source's length, so the id is what
+ * keeps a cache from running with another build of the bundle.
+ *
+ * A cache is trusted as much as the bundle it sits beside: both are written by the build into the
+ * package's own directory, never into a shared or temporary one.
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Script } from "node:vm";
 
 /** The CommonJS wrapper the bundle runs in; the bin and the build must use the same one. */
@@ -30,6 +35,27 @@ export function cachedDataFor(cache: Buffer, source: string): Buffer | undefined
   if (nl !== 32) return undefined;
   const id = buildIdOf(source);
   return id !== undefined && cache.subarray(0, nl).toString("latin1") === id ? cache.subarray(nl + 1) : undefined;
+}
+
+/**
+ * Runs the CommonJS bundle `<dir>/<name>.cjs` from its code cache (`<name>.cache`) and returns its
+ * exports; a missing or unusable cache (another Node version, another build) only costs the compile.
+ * No import() may run inside such a bundle: Node 20 loses the dynamic-import hook of a script built
+ * from a code cache (the build turns the bundles' import() into require).
+ */
+export function loadBundle<T>(dir: string, name: string): T {
+  const file = join(dir, `${name}.cjs`);
+  const source = readFileSync(file, "utf8");
+  let cachedData: Buffer | undefined;
+  try {
+    cachedData = cachedDataFor(readFileSync(join(dir, `${name}.cache`)), source);
+  } catch {
+    // no cache: compile as usual
+  }
+  const script = new Script(wrapCommonJs(source), { filename: file, ...(cachedData ? { cachedData } : {}) });
+  const mod = { exports: {} as T };
+  (script.runInThisContext() as (...a: unknown[]) => void)(mod.exports, createRequire(file), mod, file, dir);
+  return mod.exports;
 }
 
 /**

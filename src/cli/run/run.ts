@@ -153,6 +153,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     let features: Awaited<RunSandbox["ready"]> | undefined;
     if (sandbox) {
       if ("error" in sandbox.command) return cannotRun(cli, cmd, sandbox.command.error);
+      // Loaded only for the proxy (the CA, x509 and http2 code is not needed by a run without it),
+      // and while the sandbox's probe runs, a process of its own.
+      const proxyModule = proxied ? import("./proxy.js") : null;
+      proxyModule?.catch(() => {}); // awaited below, unless the probe fails first
       features = await sandbox.ready;
       abort();
       const scrubbed = sandbox.childEnv(env, vars, found);
@@ -166,8 +170,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
         abort();
       }
       if (proxied) {
-        // Loaded only here: the CA, x509 and http2 code is not needed by a run without the proxy.
-        const { startRunProxy } = await import("./proxy.js");
+        const { startRunProxy } = await proxyModule!;
         proxy = await startRunProxy({
           config: paths.config.proxy,
           api: (await conn.current())?.api ?? null,
