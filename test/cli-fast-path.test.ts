@@ -224,7 +224,7 @@ describe("CLI start-up: what the bundles load", () => {
   // How esbuild names the driver's entry module in a bundle (after the path it was found at).
   const PG = 'node_modules/pg/lib/index.js"(exports, module)';
 
-  test("a command of a SQLite vault does not load PostgreSQL's driver: the store factory imports it only for store = \"postgres\"", async () => {
+  test("a command of a SQLite vault with a key file loads neither PostgreSQL's driver nor argon2: each is imported only when needed", async () => {
     const chunks = join(binDir, "full", "chunks");
     // The driver is in the build (so this test looks at the right thing)…
     assert.ok(
@@ -244,9 +244,13 @@ describe("CLI start-up: what the bundles load", () => {
       writeFileSync(join(dir, "register.mjs"), `import { register } from "node:module";\nregister(${JSON.stringify(pathToFileURL(join(dir, "hooks.mjs")).href)});\n`);
       const r = spawnSync(process.execPath, ["--import", pathToFileURL(join(dir, "register.mjs")).href, BIN, "--home", home, "secret", "list"], { encoding: "utf8", env: { PATH: process.env.PATH, HOME: process.env.HOME } });
       assert.equal(r.status, 0, r.stderr);
-      const loaded = readFileSync(log, "utf8").split("\n").filter((u) => u.startsWith("file:") && u.includes("/dist/bin/full/"));
+      const urls = readFileSync(log, "utf8").split("\n");
+      const loaded = urls.filter((u) => u.startsWith("file:") && u.includes("/dist/bin/full/"));
       assert.ok(loaded.some((u) => u.includes("/chunks/open-vault")), `the run opened the vault in-process: ${loaded.join(" ")}`);
       for (const u of loaded) assert.ok(!readFileSync(fileURLToPath(u), "utf8").includes(PG), `${u} holds pg`);
+      // Nor argon2's addon: the home's key is a key file, and only a passphrase needs it.
+      assert.ok(urls.some((u) => u.includes("/node_modules/better-sqlite3/")), "the hook saw the native modules the run loads");
+      assert.deepEqual(urls.filter((u) => u.includes("@node-rs/argon2")), []);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -19,7 +19,7 @@ import { randomFillSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { performance } from "node:perf_hooks";
-import { type Algorithm, hashRaw } from "@node-rs/argon2";
+import type { Algorithm } from "@node-rs/argon2";
 import { assertPrivateDir, assertPrivateFile, ensurePrivateDir } from "../../fs/perms.js";
 import { VaultError } from "../../base/errors.js";
 import { type Alg, isAlg, open, seal } from "../aead.js";
@@ -95,6 +95,9 @@ function aadOf(kdf: Kdf, alg: Alg): Buffer {
 }
 
 async function derive(passphrase: string, kdf: Kdf): Promise<Buffer> {
+  // Loaded here, not at the top: the addon costs ~25 ms to load, and most commands (a key file, the
+  // daemon) never derive a key from a passphrase.
+  const { hashRaw } = await import("@node-rs/argon2");
   const pw = Buffer.from(passphrase, "utf8");
   try {
     const out = await hashRaw(pw, {
