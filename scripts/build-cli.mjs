@@ -56,9 +56,8 @@ const runProxyApart = {
 };
 
 // zod's classic API and its core re-export every locale's messages (`z.locales`, ~210 KB, a third of
-// main.cjs);
-// lessor uses only the English messages zod configures by default (its own locales/en.js), so the
-// bundles get an empty module in place of the index of the others: less to read, compile and
+// main.cjs); lessor uses only the English messages zod configures by default (its own locales/en.js),
+// so the bundles get an empty module in place of the index of the others: less to read, compile and
 // deserialise at every start.
 const noZodLocales = {
   name: "no-zod-locales",
@@ -87,8 +86,8 @@ await build({ ...fastCjs, supported: { "dynamic-import": false }, entryPoints: {
 const fast = await build({
   ...common,
   plugins: [runProxyApart, noZodLocales],
-  // No import() may run in main.cjs (it runs from a code cache: see src/cli/bin.ts): the one it has,
-  // of run-proxy.cjs, becomes a require.
+  // No import() may run in main.cjs (it runs from a code cache: see src/cli/code-cache.ts): those it
+  // has become requires of its own modules, and the one of the proxy a loadBundle call (above).
   supported: { "dynamic-import": false },
   entryPoints: { main: "src/cli/fast-path.ts" },
   // Whitespace and syntax only (names stay, for stack traces): a third less source to read and hash

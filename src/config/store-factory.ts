@@ -66,7 +66,7 @@ export async function openStore(kind: StoreKind, home: string, settings: StoreSe
           `[vault] store = "postgres" needs the database's URL: set ${DATABASE_URL_ENV} or [vault] database_url in lessor.toml (postgres://user@host:5432/database)`,
         );
       // Loaded here, not at the top: pg and what it pulls in (Node's fetch among them) cost every
-      // command of a SQLite vault ~40 ms at start-up.
+      // command of a SQLite vault ~35 ms at start-up.
       const { openPostgresStore } = await import("../store/postgres/postgres-store.js");
       return openPostgresStore({ url, ...(settings.changeFeed ? { feed: settings.changeFeed } : {}) });
     }
