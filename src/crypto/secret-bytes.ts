@@ -8,7 +8,20 @@ import { VaultError } from "../base/errors.js";
 const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
 const REDACTED = "[redacted]";
 
+/** Marks SecretBytes, so that `instanceof` knows them whichever copy of this module made them. */
+const BRAND: unique symbol = Symbol.for("lessor.SecretBytes") as never;
+
 export class SecretBytes {
+  /**
+   * True for a SecretBytes made by any copy of this module, as for VaultError (src/base/errors.ts):
+   * the CLI's bundles (scripts/build-cli.mjs) each hold a copy, and a value one of them made (a vault
+   * opened by the command tree, read by the fast path's code) must still be encoded, and wiped, as a
+   * secret by the other: a plain prototype check would let it through as an ordinary object.
+   */
+  static [Symbol.hasInstance](x: unknown): boolean {
+    return typeof x === "object" && x !== null && (x as { [BRAND]?: unknown })[BRAND] === true;
+  }
+
   #buf: Buffer | null;
 
   /** Length in bytes (still known after wiping). */
@@ -95,3 +108,5 @@ export class SecretBytes {
     return `SecretBytes(${this.#buf === null ? "wiped" : `${this.length} bytes`}) ${REDACTED}`;
   }
 }
+
+Object.defineProperty(SecretBytes.prototype, BRAND, { value: true });
