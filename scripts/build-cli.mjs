@@ -5,6 +5,9 @@
 //   dist/bin/main.cjs       the fast path for `lease` and `run` against a running daemon
 //                           (src/cli/fast-path.ts), a small CommonJS bundle (CommonJS starts faster
 //                           than an ES module);
+//   dist/bin/run.cjs, dist/bin/run-proxy.cjs, dist/bin/run-vault-session.cjs
+//                           `lessor run`, and parts of it that only some runs need, each with its own
+//                           code cache, loaded from main.cjs when a command needs it (below);
 //   dist/bin/full/*.mjs     the whole command tree (src/cli/program.ts) as ES modules with code
 //                           splitting, imported by the entry when the fast path does not apply.
 //   dist/bin/docker-credential-lessor.cjs
@@ -40,15 +43,29 @@ const fullTree = {
   },
 };
 
-// lessor run's proxy (CA, x509, http2: more than the rest of the fast path together) is its own file,
-// loaded only by a run that starts the proxy, from its own code cache (run-proxy.cache) as main.cjs
-// is from its: the import becomes a module that runs it through src/cli/code-cache.ts's loadBundle.
-const runProxyApart = {
-  name: "run-proxy-apart",
+// Code that only some commands need is in bundles of its own, each loaded from its own code cache
+// (<name>.cache) as main.cjs is from its: an import of one becomes a module that runs it through
+// src/cli/code-cache.ts's loadBundle. `lessor run` itself (the sandbox, the child's environment: half
+// of the fast path, which `lease` never needs), and in it the proxy (CA, x509, http2: more than the
+// rest together) only for a proxied run, and the vault session (a protocol server and the session
+// relay) only for --vault-session. A value crossing bundles keeps its type: VaultError and SecretBytes
+// are recognised by a brand, not by which copy of the class made them.
+const APART = [
+  // [importer, import specifier, bundle]
+  [/src\/cli\/fast-path\.ts$/, "./run/run.js", "run"],
+  [/src\/cli\/commands\/run\.ts$/, "../run/run.js", "run"],
+  [/src\/cli\/run\/run\.ts$/, "./proxy.js", "run-proxy"],
+  [/src\/cli\/run\/run\.ts$/, "./vault-session.js", "run-vault-session"],
+];
+const bundlesApart = {
+  name: "bundles-apart",
   setup(b) {
-    b.onResolve({ filter: /^\.\/proxy\.js$/ }, (a) => (/src\/cli\/run\/run\.ts$/.test(a.importer) ? { path: "run-proxy", namespace: "lessor-run-proxy" } : undefined));
-    b.onLoad({ filter: /.*/, namespace: "lessor-run-proxy" }, () => ({
-      contents: 'module.exports = require("./src/cli/code-cache.ts").loadBundle(__dirname, "run-proxy");',
+    b.onResolve({ filter: /^\.\.?\/(run\/run|proxy|vault-session)\.js$/ }, (a) => {
+      const hit = APART.find(([importer, spec]) => spec === a.path && importer.test(a.importer));
+      return hit ? { path: hit[2], namespace: "lessor-apart" } : undefined;
+    });
+    b.onLoad({ filter: /.*/, namespace: "lessor-apart" }, (a) => ({
+      contents: `module.exports = require("./src/cli/code-cache.ts").loadBundle(__dirname, ${JSON.stringify(a.path)});`,
       loader: "js",
       resolveDir: process.cwd(),
     }));
@@ -80,14 +97,19 @@ const fastCjs = {
   banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
 };
 
-// No import() in it: it runs from a code cache (src/cli/code-cache.ts).
-await build({ ...fastCjs, supported: { "dynamic-import": false }, entryPoints: { "run-proxy": "src/cli/run/proxy.ts" } });
+// No import() in them: they run from a code cache (src/cli/code-cache.ts).
+await build({
+  ...fastCjs,
+  plugins: [bundlesApart, noZodLocales],
+  supported: { "dynamic-import": false },
+  entryPoints: { run: "src/cli/run/run.ts", "run-proxy": "src/cli/run/proxy.ts", "run-vault-session": "src/cli/run/vault-session.ts" },
+});
 
 const fast = await build({
   ...common,
-  plugins: [runProxyApart, noZodLocales],
+  plugins: [bundlesApart, noZodLocales],
   // No import() may run in main.cjs (it runs from a code cache: see src/cli/code-cache.ts): those it
-  // has become requires of its own modules, and the one of the proxy a loadBundle call (above).
+  // has become requires of its own modules, and those of run's parts loadBundle calls (above).
   supported: { "dynamic-import": false },
   entryPoints: { main: "src/cli/fast-path.ts" },
   // Whitespace and syntax only (names stay, for stack traces): a third less source to read and hash
@@ -132,11 +154,11 @@ const tree = await build({
   chunkNames: "chunks/[name]-[hash]",
 });
 
-// The code caches of main.cjs and run-proxy.cjs, made with the Node that will run them (a cache from
+// The code caches of main.cjs and run's parts, made with the Node that will run them (a cache from
 // another version is ignored at run time, costing only the compile it would have saved).
 execFileSync(
   process.execPath,
-  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "run-proxy"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
+  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "run", "run-proxy", "run-vault-session"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
   { stdio: "inherit" },
 );
 // docker-credential-lessor: docker runs a credential helper by that name (docker-credential-<name>),

@@ -137,7 +137,7 @@ describe("CLI fast path: a running daemon", () => {
     // The bin and the fast path alone, without dist/bin/full/ (the command tree) beside them.
     dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
     lone = join(dir, "lessor.cjs");
-    for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run-proxy.cjs", "run-proxy.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
+    for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run.cjs", "run.cache", "run-proxy.cjs", "run-proxy.cache", "run-vault-session.cjs", "run-vault-session.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
     writeFileSync(join(dir, "env"), "TOKEN=lessor://global/tok\n");
   });
   after(async () => {
@@ -168,7 +168,7 @@ describe("CLI fast path: a running daemon", () => {
     for (const cache of ["0".repeat(32) + "\ngarbage", null]) {
       const other = mkdtempSync(join(tmpdir(), "lessor-nocache-"));
       try {
-        for (const f of ["lessor.cjs", "main.cjs", "run-proxy.cjs"]) copyFileSync(join(dir, f), join(other, f));
+        for (const f of ["lessor.cjs", "main.cjs", "run.cjs", "run-proxy.cjs", "run-vault-session.cjs"]) copyFileSync(join(dir, f), join(other, f));
         if (cache !== null) writeFileSync(join(other, "main.cache"), cache);
         const r = spawnSync(process.execPath, [join(other, "lessor.cjs"), "lease", "tok", "--agent", "bot", "--domain", "api.example.com"], { env: env(), encoding: "utf8" });
         assert.match(r.stderr, /^lessor: lease [0-9a-f-]{36} expires in /);
@@ -189,7 +189,7 @@ describe("CLI fast path: a running daemon", () => {
 describe("CLI fast path: the code caches", () => {
   const binDir = dirname(BIN);
 
-  for (const name of ["main", "run-proxy"]) {
+  for (const name of ["main", "run", "run-proxy", "run-vault-session"]) {
     const source = readFileSync(join(binDir, `${name}.cjs`), "utf8");
     const cache = readFileSync(join(binDir, `${name}.cache`));
 
@@ -211,10 +211,25 @@ describe("CLI fast path: the code caches", () => {
     });
   }
 
-  test("main.cjs loads run-proxy.cjs through its code cache, not with a plain require", () => {
-    const main = readFileSync(join(binDir, "main.cjs"), "utf8");
-    assert.match(main, /loadBundle\(__dirname,\s*"run-proxy"\)/);
-    assert.doesNotMatch(main, /require\("\.\/run-proxy\.cjs"\)/);
+  test("the bundles apart are loaded through their code caches, not with a plain require, and are in no other bundle", () => {
+    const read = (name: string) => readFileSync(join(binDir, `${name}.cjs`), "utf8");
+    // main.cjs (lease, run) loads run.cjs; run.cjs loads the proxy and the vault session.
+    for (const [from, part] of [
+      ["main", "run"],
+      ["run", "run-proxy"],
+      ["run", "run-vault-session"],
+    ] as const) {
+      const src = read(from);
+      assert.match(src, new RegExp(`loadBundle\\(__dirname,\\s*"${part}"\\)`), `${from}.cjs loads ${part}.cjs`);
+      assert.doesNotMatch(src, new RegExp(`require\\("\\./${part}\\.cjs"\\)`));
+    }
+    // Their code is in their own bundles only: run's sandbox, the proxy's CA, the vault session's protocol server.
+    const main = read("main");
+    assert.doesNotMatch(main, /src\/cli\/run\/(run|proxy|vault-session)\.ts|src\/sandbox\/|src\/server\/server\.ts/);
+    assert.doesNotMatch(main, /\bfunction runChild\b|\bfunction bwrapArgs\b/);
+    assert.doesNotMatch(read("run"), /src\/cli\/run\/(proxy|vault-session)\.ts|src\/server\/server\.ts|\bLessorServer=class\b/);
+    assert.match(read("run"), /\bfunction runChild\b/);
+    assert.match(read("run-vault-session"), /\bLessorServer=class\b/);
   });
 });
 
@@ -257,11 +272,14 @@ describe("CLI start-up: what the bundles load", () => {
   });
 
   test("the fast path leaves out zod's translated messages, and keeps English ones", () => {
-    const main = readFileSync(join(binDir, "main.cjs"), "utf8");
+    // main.cjs (lease, run) has no zod at all; the vault session's protocol server does.
+    assert.ok(!readFileSync(join(binDir, "main.cjs"), "utf8").includes("$ZodType"), "main.cjs bundles zod");
+    const session = readFileSync(join(binDir, "run-vault-session.cjs"), "utf8");
+    assert.ok(session.includes("$ZodType"), "the vault session's bundle holds zod (else this test checks nothing)");
     // Words of zod's German and Portuguese messages (node_modules/zod/v4/locales/de.js, pt.js), in ASCII
     // since the bundle escapes the rest.
-    assert.ok(!main.includes("erwartet"), "German messages are bundled");
-    assert.ok(!main.includes("esperado"), "Portuguese messages are bundled");
-    assert.ok(main.includes("Invalid input"), "English messages are bundled");
+    assert.ok(!session.includes("erwartet"), "German messages are bundled");
+    assert.ok(!session.includes("esperado"), "Portuguese messages are bundled");
+    assert.ok(session.includes("Invalid input"), "English messages are bundled");
   });
 });

@@ -185,4 +185,24 @@ describe("lessor's own code reached through a hard link in the writable project"
     const stole = existsSync(marker) && readFileSync(marker, "utf8") === MASTER_KEY;
     assert.equal(existsSync(marker), false, `the agent's code ran in the owner's next lessor command${stole ? " and read LESSOR_MASTER_KEY" : ""} (run: exit ${run.code}, ${run.stdout.trim()} ${run.stderr.trim()})`);
   });
+
+  test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, hard-linked from the project: refused too", async () => {
+    for (const file of ["run.cjs", "run-proxy.cache"]) {
+      const o = await makeOwner(`hardlink-${file.replace(".", "-")}`);
+      const global = join(o.base, "global", "lessor");
+      mkdirSync(global, { recursive: true });
+      cpSync(join(REPO, "dist"), join(global, "dist"), { recursive: true });
+      cpSync(join(REPO, "package.json"), join(global, "package.json"));
+      symlinkSync(join(REPO, "node_modules"), join(global, "node_modules"));
+      const cli = join(global, "dist", "bin", "lessor.cjs");
+      // A deduplicating tool linked the identical file of a copy in the project (and only that one).
+      const local = join(o.project, "node_modules", "lessor", "dist", "bin");
+      mkdirSync(local, { recursive: true });
+      linkSync(join(global, "dist", "bin", file), join(local, file));
+      const run = await runCliWithEnv(["run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", "echo started"], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 25_000 });
+      assert.notEqual(run.code, 0, `${file}: ${run.stdout}`);
+      assert.doesNotMatch(run.stdout, /started/, "the command was not started");
+      assert.match(run.stderr, new RegExp(`dist/bin/${file.replace(".", "\\.")} is the same file \\(a hard link, as pnpm and bun install\\) as .*node_modules/lessor/dist/bin/`));
+    }
+  });
 });

@@ -1,6 +1,7 @@
 /**
- * The V8 code caches of the CLI's CommonJS bundles (dist/bin/main.cjs, the fast path, and
- * dist/bin/run-proxy.cjs, the proxy `lessor run` starts; see src/cli/bin.ts): made by the build,
+ * The V8 code caches of the CLI's CommonJS bundles (dist/bin/main.cjs, the fast path; run.cjs,
+ * `lessor run`; run-proxy.cjs and run-vault-session.cjs, parts of it only some runs need; see
+ * src/cli/bin.ts and scripts/build-cli.mjs): made by the build,
  * read by {@link loadBundle}. The build ends a bundle with a random build id
  * (`//# lessor-build=<id>`); its cache file (`<name>.cache` beside `<name>.cjs`) is that id on one
  * line, then V8's data. V8 itself checks little more than the source's length, so the id is what

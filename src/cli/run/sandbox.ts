@@ -342,8 +342,16 @@ function packageName(dir: string): string | null {
   return typeof name === "string" ? name : null;
 }
 
-/** Files compared by identity (device and inode) between lessor's packages and copies in writable paths. */
-const SHARED_CHECK_FILES = ["package.json", "dist/bin/lessor.cjs", "dist/bin/main.cjs"];
+/**
+ * Files compared by identity (device and inode) between lessor's packages and copies in writable paths:
+ * the package's manifest and every file a lessor command runs from dist/bin (its bundles, and their
+ * code caches, which V8 runs as compiled code: scripts/build-cli.mjs).
+ */
+const SHARED_CHECK_FILES = [
+  "package.json",
+  "dist/bin/lessor.cjs",
+  ...["main", "run", "run-proxy", "run-vault-session"].flatMap((b) => [`dist/bin/${b}.cjs`, `dist/bin/${b}.cache`]),
+];
 
 /**
  * A file of lessor's packages (among `code`, the package directories) that is the very same file as
