@@ -13,7 +13,7 @@ import { createSocket, type Socket as UdpSocket } from "node:dgram";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -435,6 +435,18 @@ describe("sandbox detection (unit)", () => {
 });
 
 describe("sandbox parts (unit)", () => {
+  test("lessor's own code includes every package it loads from node_modules: one whose exports leave out its package.json, one named like a Node builtin", async () => {
+    const { lessorCodePaths } = await import("../src/cli/run/sandbox.js");
+    const modules = join(dirname(fileURLToPath(import.meta.url)), "..", "node_modules");
+    const paths = new Set(lessorCodePaths());
+    // pino loads safe-stable-stringify, whose package.json "exports" does not list ./package.json: a
+    // lookup through require.resolve("safe-stable-stringify/package.json") fails, and the package went
+    // unchecked (an agent could have rewritten it in a writable copy).
+    assert.ok(JSON.stringify(JSON.parse(readFileSync(join(modules, "safe-stable-stringify", "package.json"), "utf8")).exports).includes("require"), "the package still has exports (else this checks nothing)");
+    for (const name of ["better-sqlite3", "pino", "safe-stable-stringify", "sonic-boom", "bindings", "buffer"])
+      assert.ok(paths.has(join(modules, name)), `${name} is among lessor's code paths`);
+  });
+
   test("layout: the home is scratch, the project bound at its real path, protected paths inside it covered", () => {
     const dir = mkdtempSync(join(tmpdir(), "lessor-layout-"));
     try {

@@ -84,51 +84,65 @@ function range(cidr: string, cls: AddressClass, about: string): Range {
 
 const METADATA = "cloud metadata service";
 
-/** IPv4 ranges the proxy never connects to, most specific first (metadata before link-local). */
-const V4: readonly Range[] = [
-  range("169.254.169.254/32", "metadata", `${METADATA} (AWS, GCP, Azure, OCI, DigitalOcean, OpenStack)`),
-  range("169.254.170.2/32", "metadata", `${METADATA} (AWS ECS task credentials)`),
-  range("169.254.170.23/32", "metadata", `${METADATA} (AWS EKS Pod Identity)`),
-  range("100.100.100.200/32", "metadata", `${METADATA} (Alibaba Cloud)`),
-  range("192.0.0.192/32", "metadata", `${METADATA} (Oracle Cloud, legacy)`),
-  range("0.0.0.0/8", "unspecified", "unspecified / this network (connecting to 0.0.0.0 reaches this host)"),
-  range("127.0.0.0/8", "loopback", "loopback (this host)"),
-  range("10.0.0.0/8", "private", "private network (RFC 1918)"),
-  range("172.16.0.0/12", "private", "private network (RFC 1918)"),
-  range("192.168.0.0/16", "private", "private network (RFC 1918)"),
-  range("100.64.0.0/10", "cgnat", "carrier-grade NAT shared space (RFC 6598)"),
-  range("169.254.0.0/16", "link_local", "link-local (RFC 3927)"),
-  range("192.0.0.0/24", "reserved", "IETF protocol assignments (RFC 6890)"),
-  range("192.0.2.0/24", "documentation", "documentation TEST-NET-1 (RFC 5737)"),
-  range("198.51.100.0/24", "documentation", "documentation TEST-NET-2 (RFC 5737)"),
-  range("203.0.113.0/24", "documentation", "documentation TEST-NET-3 (RFC 5737)"),
-  range("198.18.0.0/15", "reserved", "benchmarking (RFC 2544)"),
-  range("192.88.99.0/24", "reserved", "deprecated 6to4 relay anycast (RFC 7526)"),
-  range("224.0.0.0/4", "multicast", "multicast"),
-  range("255.255.255.255/32", "broadcast", "limited broadcast"),
-  range("240.0.0.0/4", "reserved", "reserved for future use (RFC 1112)"),
-];
+/**
+ * The range tables, made at the first address checked rather than when the module loads: parsing
+ * their IPv6 text runs node:net's IPv6 pattern, whose first use compiles it (~10 ms), and every
+ * `lessor run` loads this module before its child starts but checks no address until the child
+ * connects somewhere.
+ */
+let tables: { V4: readonly Range[]; V6: readonly Range[]; V6_IETF: Range; V6_GLOBAL: Range } | null = null;
+function ranges(): NonNullable<typeof tables> {
+  return (tables ??= makeTables());
+}
 
-/** IPv6 ranges refused outright (before the embedded forms are looked at). */
-const V6: readonly Range[] = [
-  range("fd00:ec2::254/128", "metadata", `${METADATA} (AWS, IPv6)`),
-  range("fd00:ec2::23/128", "metadata", `${METADATA} (AWS EKS Pod Identity, IPv6)`),
-  range("fd20:ce::254/128", "metadata", `${METADATA} (GCP, IPv6)`),
-  range("::/128", "unspecified", "unspecified (connecting to :: reaches this host)"),
-  range("::1/128", "loopback", "loopback (this host)"),
-  range("100::/64", "reserved", "discard-only (RFC 6666)"),
-  range("2001:db8::/32", "documentation", "documentation (RFC 3849)"),
-  range("3fff::/20", "documentation", "documentation (RFC 9637)"),
-  range("fc00::/7", "private", "unique local addresses (RFC 4193)"),
-  range("fe80::/10", "link_local", "link-local (RFC 4291)"),
-  range("fec0::/10", "private", "deprecated site-local (RFC 3879)"),
-  range("ff00::/8", "multicast", "multicast"),
-];
+function makeTables(): NonNullable<typeof tables> {
+  /** IPv4 ranges the proxy never connects to, most specific first (metadata before link-local). */
+  const V4: readonly Range[] = [
+    range("169.254.169.254/32", "metadata", `${METADATA} (AWS, GCP, Azure, OCI, DigitalOcean, OpenStack)`),
+    range("169.254.170.2/32", "metadata", `${METADATA} (AWS ECS task credentials)`),
+    range("169.254.170.23/32", "metadata", `${METADATA} (AWS EKS Pod Identity)`),
+    range("100.100.100.200/32", "metadata", `${METADATA} (Alibaba Cloud)`),
+    range("192.0.0.192/32", "metadata", `${METADATA} (Oracle Cloud, legacy)`),
+    range("0.0.0.0/8", "unspecified", "unspecified / this network (connecting to 0.0.0.0 reaches this host)"),
+    range("127.0.0.0/8", "loopback", "loopback (this host)"),
+    range("10.0.0.0/8", "private", "private network (RFC 1918)"),
+    range("172.16.0.0/12", "private", "private network (RFC 1918)"),
+    range("192.168.0.0/16", "private", "private network (RFC 1918)"),
+    range("100.64.0.0/10", "cgnat", "carrier-grade NAT shared space (RFC 6598)"),
+    range("169.254.0.0/16", "link_local", "link-local (RFC 3927)"),
+    range("192.0.0.0/24", "reserved", "IETF protocol assignments (RFC 6890)"),
+    range("192.0.2.0/24", "documentation", "documentation TEST-NET-1 (RFC 5737)"),
+    range("198.51.100.0/24", "documentation", "documentation TEST-NET-2 (RFC 5737)"),
+    range("203.0.113.0/24", "documentation", "documentation TEST-NET-3 (RFC 5737)"),
+    range("198.18.0.0/15", "reserved", "benchmarking (RFC 2544)"),
+    range("192.88.99.0/24", "reserved", "deprecated 6to4 relay anycast (RFC 7526)"),
+    range("224.0.0.0/4", "multicast", "multicast"),
+    range("255.255.255.255/32", "broadcast", "limited broadcast"),
+    range("240.0.0.0/4", "reserved", "reserved for future use (RFC 1112)"),
+  ];
 
-/** IETF protocol assignments, checked after Teredo (2001::/32), which lies inside it. */
-const V6_IETF = range("2001::/23", "reserved", "IETF protocol assignments (RFC 6890)");
-/** Global unicast: everything outside it that no rule above matched is refused as reserved. */
-const V6_GLOBAL = range("2000::/3", "reserved", "outside global unicast 2000::/3 (not routable)");
+  /** IPv6 ranges refused outright (before the embedded forms are looked at). */
+  const V6: readonly Range[] = [
+    range("fd00:ec2::254/128", "metadata", `${METADATA} (AWS, IPv6)`),
+    range("fd00:ec2::23/128", "metadata", `${METADATA} (AWS EKS Pod Identity, IPv6)`),
+    range("fd20:ce::254/128", "metadata", `${METADATA} (GCP, IPv6)`),
+    range("::/128", "unspecified", "unspecified (connecting to :: reaches this host)"),
+    range("::1/128", "loopback", "loopback (this host)"),
+    range("100::/64", "reserved", "discard-only (RFC 6666)"),
+    range("2001:db8::/32", "documentation", "documentation (RFC 3849)"),
+    range("3fff::/20", "documentation", "documentation (RFC 9637)"),
+    range("fc00::/7", "private", "unique local addresses (RFC 4193)"),
+    range("fe80::/10", "link_local", "link-local (RFC 4291)"),
+    range("fec0::/10", "private", "deprecated site-local (RFC 3879)"),
+    range("ff00::/8", "multicast", "multicast"),
+  ];
+
+  /** IETF protocol assignments, checked after Teredo (2001::/32), which lies inside it. */
+  const V6_IETF = range("2001::/23", "reserved", "IETF protocol assignments (RFC 6890)");
+  /** Global unicast: everything outside it that no rule above matched is refused as reserved. */
+  const V6_GLOBAL = range("2000::/3", "reserved", "outside global unicast 2000::/3 (not routable)");
+  return { V4, V6, V6_IETF, V6_GLOBAL };
+}
 
 function inRange(bytes: Uint8Array, r: Range): boolean {
   if (bytes.length !== r.bytes.length) return false;
@@ -245,7 +259,7 @@ function refused(address: string, r: Range, embedded?: Embedded): AddressVerdict
 }
 
 function classifyV4(ip: IpAddress): Range | undefined {
-  return V4.find((r) => inRange(ip.bytes, r));
+  return ranges().V4.find((r) => inRange(ip.bytes, r));
 }
 
 /**
@@ -260,6 +274,7 @@ export function classifyIp(ip: IpAddress | string): AddressVerdict {
     const r = classifyV4(addr);
     return r ? refused(addr.text, r) : { allowed: true, address: addr.text };
   }
+  const { V6, V6_IETF, V6_GLOBAL } = ranges();
   const direct = V6.find((r) => inRange(addr.bytes, r));
   if (direct) return refused(addr.text, direct);
   const inner = embeddedIpv4(addr);

@@ -3,7 +3,7 @@
  * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
-import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync, type Stats } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve, sep } from "node:path";
@@ -240,7 +240,7 @@ export function lessorCodePaths(): string[] {
     if (p === undefined || !isAbsolute(p)) return;
     out.add(p);
     try {
-      out.add(realpathSync(p));
+      out.add(realpathSync.native(p));
     } catch {
       // gone: nothing to run from there either
     }
@@ -251,7 +251,7 @@ export function lessorCodePaths(): string[] {
   add(entry);
   let real: string;
   try {
-    real = realpathSync(entry);
+    real = realpathSync.native(entry);
   } catch {
     return [...out];
   }
@@ -261,7 +261,12 @@ export function lessorCodePaths(): string[] {
       add(d);
       break;
     }
-  // The packages lessor loads from node_modules, and theirs in turn (better-sqlite3 loads bindings…).
+  // The packages lessor loads from node_modules, and theirs in turn (better-sqlite3 loads bindings…),
+  // found where Node's require looks for them from the requiring file (its node_modules folders up to
+  // the root, then NODE_PATH and the global folders: require.resolve.paths), as their real
+  // directories, which is where Node resolves their own dependencies from. Looked up by directory
+  // rather than with require.resolve: that costs several times more, and refuses a package whose
+  // `exports` leave out its package.json, which would then go unchecked.
   const seen = new Set<string>();
   const queue: [string, string][] = EXTERNAL_PACKAGES.map((name) => [name, real]);
   const requirers = new Map<string, NodeJS.Require>();
@@ -269,12 +274,18 @@ export function lessorCodePaths(): string[] {
     const [name, from] = queue.shift()!;
     let req = requirers.get(from);
     if (req === undefined) requirers.set(from, (req = createRequire(from)));
+    // With a path after the name: for a name that is also a builtin's (the buffer package), Node
+    // gives no folders at all.
+    const paths = req.resolve.paths(`${name}/package.json`) ?? [];
+    const found = paths.map((p) => join(p, name)).find((d) => existsSync(join(d, "package.json")));
+    if (found === undefined) continue; // not installed (optional): not loaded from there either
     let dir: string;
     try {
-      dir = dirname(req.resolve(`${name}/package.json`));
+      dir = realpathSync.native(found);
     } catch {
-      continue; // not installed (optional) or not resolvable from here: not loaded from there either
+      continue; // gone since
     }
+    add(found);
     if (seen.has(dir)) continue;
     seen.add(dir);
     add(dir);
@@ -354,6 +365,19 @@ const SHARED_CHECK_FILES = [
 ];
 
 /**
+ * `statSync(path)`, or undefined when there is no such file or it cannot be examined. A missing file is
+ * the usual answer here (most packages have no dist/bin), and is told without an exception, which
+ * would cost more than the stat.
+ */
+function statIfAny(path: string): Stats | undefined {
+  try {
+    return statSync(path, { throwIfNoEntry: false });
+  } catch {
+    return undefined; // not a directory on the way, no permission: nothing to compare
+  }
+}
+
+/**
  * A file of lessor's packages (among `code`, the package directories) that is the very same file as
  * one in a copy of that package installed in a writable path of `layout`, or null. Package managers
  * that hard-link every install of a version from one store (pnpm, bun) make lessor outside the
@@ -367,12 +391,8 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
     if (name === null || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
     const ours = new Map<string, string>();
     for (const f of SHARED_CHECK_FILES) {
-      try {
-        const st = statSync(join(dir, f));
-        if (st.nlink > 1) ours.set(`${st.dev}:${st.ino}`, join(dir, f));
-      } catch {
-        // not in this package
-      }
+      const st = statIfAny(join(dir, f)); // undefined: not in this package
+      if (st !== undefined && st.nlink > 1) ours.set(`${st.dev}:${st.ino}`, join(dir, f));
     }
     if (ours.size === 0) continue;
     for (const root of roots) {
@@ -388,14 +408,10 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
       for (const e of entries) if (e.startsWith(prefix)) copies.push(join(pnpm, e, "node_modules", name));
       for (const copy of copies)
         for (const f of SHARED_CHECK_FILES) {
-          try {
-            const st = statSync(join(copy, f));
-            const mine = ours.get(`${st.dev}:${st.ino}`);
-            const theirs = join(copy, f);
-            if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
-          } catch {
-            // no such file there
-          }
+          const st = statIfAny(join(copy, f)); // undefined: no such file there
+          const mine = st && ours.get(`${st.dev}:${st.ino}`);
+          const theirs = join(copy, f);
+          if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
         }
     }
   }
