@@ -8,8 +8,9 @@
 //   dist/bin/run.cjs, dist/bin/run-proxy.cjs, dist/bin/run-vault-session.cjs
 //                           `lessor run`, and parts of it that only some runs need, each with its own
 //                           code cache, loaded from main.cjs when a command needs it (below);
-//   dist/bin/full/*.mjs     the whole command tree (src/cli/program.ts) as ES modules with code
-//                           splitting, imported by the entry when the fast path does not apply.
+//   dist/bin/full.cjs       the whole command tree (src/cli/full.ts: src/cli/program.ts), run by the
+//                           entry from its own code cache when the fast path does not apply; its
+//                           commands' heavy modules run only when a command imports them.
 //   dist/bin/docker-credential-lessor.cjs
 //                           docker's credential helper bin: `lessor docker-credential ACTION`
 //                           through lessor.cjs (written below, not bundled).
@@ -30,17 +31,6 @@ const common = {
   legalComments: "none",
   logLevel: "warning",
   metafile: true,
-};
-
-// The bin's `import("./program.js")` and `import("./open-backend.js")` become run-time imports of the
-// ES-module build.
-const fullTree = {
-  name: "full-tree",
-  setup(b) {
-    b.onResolve({ filter: /^\.\/(program|open-backend)\.js$/ }, (a) =>
-      /src\/cli\/bin\.ts$/.test(a.importer) ? { path: `./full/${a.path.slice(2, -3)}.mjs`, external: true } : undefined,
-    );
-  },
 };
 
 // Code that only some commands need is in bundles of its own, each loaded from its own code cache
@@ -134,31 +124,30 @@ const entry = await build({
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },
-  plugins: [fullTree],
   // import.meta.url as in main.cjs: the entry makes the process non-dumpable through the addon, which
   // it finds from its own URL (src/native/no-dump.ts).
   define: { "import.meta.url": "__lessorImportMetaUrl" },
   banner: { js: `#!/bin/sh\n':' //; exec node -- "$0" "$@"\nvar __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
 });
 
+// The command tree: one CommonJS bundle run from a code cache, as main.cjs is. As ES modules with code
+// splitting (what it was), every command paid for Node's ES module loader (resolving and linking each
+// chunk) and compiled its chunks anew, since Node 20 keeps no code cache for them: a third of an
+// in-process command such as `lessor secret list`. Each command's heavy modules (the vault, the
+// stores, the MCP server) are still run only when it imports them (the import() becomes a require of a
+// module of the bundle); `lessor run` is run.cjs, as from main.cjs.
 const tree = await build({
-  ...common,
-  entryPoints: { program: "src/cli/program.ts", "open-backend": "src/cli/open-backend.ts" },
-  plugins: [noZodLocales],
-  outdir: "dist/bin/full",
-  splitting: true,
-  format: "esm",
-  outExtension: { ".js": ".mjs" },
-  // A `require` for the bundled CommonJS dependencies (commander) in ESM.
-  banner: { js: 'import { createRequire as __lessorRequire } from "node:module";\nconst require = __lessorRequire(import.meta.url);' },
-  chunkNames: "chunks/[name]-[hash]",
+  ...fastCjs,
+  plugins: [bundlesApart, noZodLocales],
+  supported: { "dynamic-import": false },
+  entryPoints: { full: "src/cli/full.ts" },
 });
 
-// The code caches of main.cjs and run's parts, made with the Node that will run them (a cache from
+// The code caches of the CommonJS bundles, made with the Node that will run them (a cache from
 // another version is ignored at run time, costing only the compile it would have saved).
 execFileSync(
   process.execPath,
-  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "run", "run-proxy", "run-vault-session"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
+  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "full", "run", "run-proxy", "run-vault-session"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
   { stdio: "inherit" },
 );
 // docker-credential-lessor: docker runs a credential helper by that name (docker-credential-<name>),

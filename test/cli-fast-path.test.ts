@@ -134,7 +134,7 @@ describe("CLI fast path: a running daemon", () => {
     await v.session({ id: "t", role: "admin", transport: "embedded" }).storeSecret({ name: "tok", value: "fast-path-value" });
     await v.close();
     daemon = await startServe(home);
-    // The bin and the fast path alone, without dist/bin/full/ (the command tree) beside them.
+    // The bin and the fast path alone, without dist/bin/full.cjs (the command tree) beside them.
     dir = mkdtempSync(join(tmpdir(), "lessor-fast-"));
     lone = join(dir, "lessor.cjs");
     for (const f of ["lessor.cjs", "main.cjs", "main.cache", "run.cjs", "run.cache", "run-proxy.cjs", "run-proxy.cache", "run-vault-session.cjs", "run-vault-session.cache"]) copyFileSync(join(dirname(BIN), f), join(dir, f));
@@ -182,7 +182,7 @@ describe("CLI fast path: a running daemon", () => {
   test("what the fast path does not take still needs the command tree (so the test above proves something)", () => {
     const r = spawnSync(process.execPath, [lone, "lease", "tok", "--agent", "bot", "--help"], { env: env(), encoding: "utf8" });
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /full\/program\.mjs|internal error/);
+    assert.match(r.stderr, /full\.cjs|internal error/);
   });
 });
 
@@ -233,39 +233,42 @@ describe("CLI fast path: the code caches", () => {
   });
 });
 
+/** One script of a NODE_V8_COVERAGE file: its functions with the call count of each (the first range). */
+interface Coverage {
+  url: string;
+  functions: { functionName: string; ranges: { count: number }[] }[];
+}
+
 describe("CLI start-up: what the bundles load", () => {
   const binDir = dirname(BIN);
 
-  // How esbuild names the driver's entry module in a bundle (after the path it was found at).
-  const PG = 'node_modules/pg/lib/index.js"(exports, module)';
+  // How esbuild names the driver's entry module in a bundle (after the path it was found at): the
+  // function that runs the module, which V8's coverage reports under that name.
+  const PG = "node_modules/pg/lib/index.js";
 
-  test("a command of a SQLite vault with a key file loads neither PostgreSQL's driver nor argon2: each is imported only when needed", async () => {
-    const chunks = join(binDir, "full", "chunks");
-    // The driver is in the build (so this test looks at the right thing)…
-    assert.ok(
-      readdirSync(chunks).some((f) => f.endsWith(".mjs") && readFileSync(join(chunks, f), "utf8").includes(PG)),
-      "pg is bundled into one of the chunks",
-    );
-    // …but none of the files `lessor secret list` (in-process, SQLite) loads holds it. A resolve hook
-    // records every module the run loads.
+  test("a command of a SQLite vault with a key file runs neither PostgreSQL's driver nor argon2: each is loaded only when needed", async () => {
+    // The driver is in the command tree's bundle (so this test looks at the right thing)…
+    assert.ok(readFileSync(join(binDir, "full.cjs"), "utf8").includes(`"${PG}"(`), "pg is bundled into full.cjs");
+    // …but `lessor secret list` (in-process, SQLite) never runs its module: V8's coverage of the run
+    // counts the calls of each function of full.cjs, the modules' own functions among them.
     const dir = mkdtempSync(join(tmpdir(), "lessor-loads-"));
     try {
       const home = await makeHome();
-      const log = join(dir, "loaded");
-      writeFileSync(
-        join(dir, "hooks.mjs"),
-        `import { appendFileSync } from "node:fs";\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(${JSON.stringify(log)}, r.url + "\\n"); return r; }\n`,
-      );
-      writeFileSync(join(dir, "register.mjs"), `import { register } from "node:module";\nregister(${JSON.stringify(pathToFileURL(join(dir, "hooks.mjs")).href)});\n`);
-      const r = spawnSync(process.execPath, ["--import", pathToFileURL(join(dir, "register.mjs")).href, BIN, "--home", home, "secret", "list"], { encoding: "utf8", env: { PATH: process.env.PATH, HOME: process.env.HOME } });
+      const cov = join(dir, "coverage");
+      const r = spawnSync(process.execPath, [BIN, "--home", home, "secret", "list"], { encoding: "utf8", env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_V8_COVERAGE: cov } });
       assert.equal(r.status, 0, r.stderr);
-      const urls = readFileSync(log, "utf8").split("\n");
-      const loaded = urls.filter((u) => u.startsWith("file:") && u.includes("/dist/bin/full/"));
-      assert.ok(loaded.some((u) => u.includes("/chunks/open-vault")), `the run opened the vault in-process: ${loaded.join(" ")}`);
-      for (const u of loaded) assert.ok(!readFileSync(fileURLToPath(u), "utf8").includes(PG), `${u} holds pg`);
+      const scripts = readdirSync(cov).flatMap((f) => (JSON.parse(readFileSync(join(cov, f), "utf8")) as { result: Coverage[] }).result);
+      // (Named as the build named it: V8 keeps a script's name in its code cache.)
+      const full = scripts.find((s) => /(^|\/)dist\/bin\/full\.cjs$/.test(s.url));
+      assert.ok(full, `the run ran full.cjs: ${scripts.map((s) => s.url).filter((u) => u.includes("dist")).join(" ")}`);
+      const calls = (name: string): number => full.functions.filter((f) => f.functionName === name).reduce((n, f) => n + f.ranges[0]!.count, 0);
+      assert.ok(calls("src/config/open-vault.ts") > 0, "the run opened the vault in-process (else this test checks nothing)");
+      assert.ok(calls("src/store/sqlite/sqlite-store.ts") > 0, "the run used the SQLite store");
+      assert.equal(calls(PG), 0, "pg's module ran");
       // Nor argon2's addon: the home's key is a key file, and only a passphrase needs it.
-      assert.ok(urls.some((u) => u.includes("/node_modules/better-sqlite3/")), "the hook saw the native modules the run loads");
-      assert.deepEqual(urls.filter((u) => u.includes("@node-rs/argon2")), []);
+      const loaded = scripts.map((s) => s.url);
+      assert.ok(loaded.some((u) => u.includes("/node_modules/better-sqlite3/")), "coverage saw the native modules' loaders the run loads");
+      assert.deepEqual(loaded.filter((u) => u.includes("@node-rs/argon2")), []);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

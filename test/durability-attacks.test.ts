@@ -37,7 +37,7 @@ process.on("exit", () => rmSync(SNAP, { recursive: true, force: true }));
   const root = new URL("..", import.meta.url).pathname;
   for (let i = 0; ; i++) {
     const r = spawnSync("cp", ["-a", join(root, "dist"), join(root, "package.json"), SNAP]);
-    if (r.status === 0 && existsSync(join(SNAP, "dist/bin/full/program.mjs"))) break;
+    if (r.status === 0 && existsSync(join(SNAP, "dist/bin/docker-credential-lessor.cjs"))) break;
     if (i > 20) throw new Error(`could not snapshot dist/: ${r.stderr}`);
     rmSync(join(SNAP, "dist"), { recursive: true, force: true });
     spawnSync("sleep", ["1"]);

@@ -3,8 +3,8 @@
  * and `run` it runs the fast-path bundle (dist/bin/main.cjs, from src/cli/fast-path.ts) from the V8
  * code cache the build made beside it (dist/bin/main.cache), so a start does not parse and compile
  * the bundle's functions again; a missing or unusable cache (another Node version, another build of
- * main.cjs) only costs that time, as V8 compiles as usual. Everything else imports the command tree
- * (dist/bin/full/program.mjs).
+ * main.cjs) only costs that time, as V8 compiles as usual. Everything else runs the command tree
+ * (dist/bin/full.cjs, from src/cli/full.ts) the same way, from its own cache (dist/bin/full.cache).
  *
  * The build puts a two-line shell preamble on top (scripts/build-cli.mjs) that runs
  * `node -- lessor.cjs ARGS`: Node 20 takes a script's own `--env-file F` argument for its option
@@ -16,12 +16,17 @@ import { runCli } from "./entry.js";
 
 /** Runs dist/bin/main.cjs (the fast path) from its code cache and returns its exports. */
 function loadFastPath(): typeof import("./fast-path.js") {
-  // No import() may run inside the bundle (see loadBundle), so the loaders below, in this file, do
-  // every import().
   return loadBundle(__dirname, "main");
 }
 
+/** Runs dist/bin/full.cjs (the command tree, src/cli/full.ts) from its code cache, once. */
+let full: typeof import("./full.js") | undefined;
+async function loadFull(): Promise<typeof import("./full.js")> {
+  full ??= loadBundle<typeof import("./full.js")>(__dirname, "full");
+  return full;
+}
+
 runCli(process.argv.slice(2), {
-  fast: (args) => loadFastPath().fastPath(args, process.env, () => import("./open-backend.js")),
-  program: () => import("./program.js"),
+  fast: (args) => loadFastPath().fastPath(args, process.env, loadFull),
+  program: loadFull,
 });

@@ -3,7 +3,7 @@
  * them before lessor exits. lessor's entry ends the process quietly when its output is closed early
  * (`lessor … | head`, EPIPE); while a command holds leases it must not, so the command can finish and
  * revoke. The count lives on a global symbol because the entry and the commands are bundled apart
- * (dist/bin/lessor.cjs, main.cjs, full/*.mjs): a module variable would not be shared.
+ * (dist/bin/lessor.cjs, main.cjs, full.cjs, run.cjs): a module variable would not be shared.
  */
 
 const KEY = Symbol.for("lessor.holdingLeases");

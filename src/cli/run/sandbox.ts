@@ -361,7 +361,7 @@ function packageName(dir: string): string | null {
 const SHARED_CHECK_FILES = [
   "package.json",
   "dist/bin/lessor.cjs",
-  ...["main", "run", "run-proxy", "run-vault-session"].flatMap((b) => [`dist/bin/${b}.cjs`, `dist/bin/${b}.cache`]),
+  ...["main", "full", "run", "run-proxy", "run-vault-session"].flatMap((b) => [`dist/bin/${b}.cjs`, `dist/bin/${b}.cache`]),
 ];
 
 /**
