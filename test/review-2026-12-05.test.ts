@@ -11,7 +11,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -160,15 +160,19 @@ describe("submodule git directories the walk of .git/modules does not reach", { 
 });
 
 describe("lessor's own code reached through a hard link in the writable project", { skip }, () => {
+  /** A copy of this build of lessor at `dir` (the owner's global install, outside the project); its bin. */
+  const installAt = (dir: string): string => {
+    mkdirSync(dir, { recursive: true });
+    cpSync(join(REPO, "dist"), join(dir, "dist"), { recursive: true });
+    cpSync(join(REPO, "package.json"), join(dir, "package.json"));
+    symlinkSync(join(REPO, "node_modules"), join(dir, "node_modules"));
+    return join(dir, "dist", "bin", "lessor.cjs");
+  };
+
   test("lessor installed outside the project but its files hard-linked from the project's node_modules (pnpm's store links every install of lessor@x to the same file): lessor run refuses, naming both files", async () => {
     const o = await makeOwner("hardlink");
     // The owner's global install (pnpm add -g lessor): outside every directory the agent may write.
-    const global = join(o.base, "pnpm-global", "lessor");
-    mkdirSync(global, { recursive: true });
-    cpSync(join(REPO, "dist"), join(global, "dist"), { recursive: true });
-    cpSync(join(REPO, "package.json"), join(global, "package.json"));
-    symlinkSync(join(REPO, "node_modules"), join(global, "node_modules"));
-    const cli = join(global, "dist", "bin", "lessor.cjs");
+    const cli = installAt(join(o.base, "pnpm-global", "lessor"));
     // The project depends on the same lessor (a devDependency): pnpm links its file to the same store inode.
     const local = join(o.project, "node_modules", ".pnpm", "lessor@0.1.0", "node_modules", "lessor", "dist", "bin");
     mkdirSync(local, { recursive: true });
@@ -189,16 +193,11 @@ describe("lessor's own code reached through a hard link in the writable project"
   test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, hard-linked from the project: refused too", async () => {
     for (const file of ["run.cjs", "run-proxy.cache"]) {
       const o = await makeOwner(`hardlink-${file.replace(".", "-")}`);
-      const global = join(o.base, "global", "lessor");
-      mkdirSync(global, { recursive: true });
-      cpSync(join(REPO, "dist"), join(global, "dist"), { recursive: true });
-      cpSync(join(REPO, "package.json"), join(global, "package.json"));
-      symlinkSync(join(REPO, "node_modules"), join(global, "node_modules"));
-      const cli = join(global, "dist", "bin", "lessor.cjs");
+      const cli = installAt(join(o.base, "global", "lessor"));
       // A deduplicating tool linked the identical file of a copy in the project (and only that one).
       const local = join(o.project, "node_modules", "lessor", "dist", "bin");
       mkdirSync(local, { recursive: true });
-      linkSync(join(global, "dist", "bin", file), join(local, file));
+      linkSync(join(dirname(cli), file), join(local, file));
       const run = await runCliWithEnv(["run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", "echo started"], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 25_000 });
       assert.notEqual(run.code, 0, `${file}: ${run.stdout}`);
       assert.doesNotMatch(run.stdout, /started/, "the command was not started");
