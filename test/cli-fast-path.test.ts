@@ -10,7 +10,6 @@ import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { Script } from "node:vm";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { Command, CommanderError } from "commander";
 import { Cli } from "../src/cli/cli.js";
@@ -189,7 +188,7 @@ describe("CLI fast path: a running daemon", () => {
 describe("CLI fast path: the code caches", () => {
   const binDir = dirname(BIN);
 
-  for (const name of ["main", "run", "run-proxy", "run-vault-session"]) {
+  for (const name of ["main", "full", "run", "run-proxy", "run-vault-session"]) {
     const source = readFileSync(join(binDir, `${name}.cjs`), "utf8");
     const cache = readFileSync(join(binDir, `${name}.cache`));
 
@@ -274,15 +273,17 @@ describe("CLI start-up: what the bundles load", () => {
     }
   });
 
-  test("the fast path leaves out zod's translated messages, and keeps English ones", () => {
-    // main.cjs (lease, run) has no zod at all; the vault session's protocol server does.
+  test("the bundles leave out zod's translated messages, and keep English ones", () => {
+    // main.cjs (lease, run) has no zod at all; the vault session's protocol server and the command tree do.
     assert.ok(!readFileSync(join(binDir, "main.cjs"), "utf8").includes("$ZodType"), "main.cjs bundles zod");
-    const session = readFileSync(join(binDir, "run-vault-session.cjs"), "utf8");
-    assert.ok(session.includes("$ZodType"), "the vault session's bundle holds zod (else this test checks nothing)");
-    // Words of zod's German and Portuguese messages (node_modules/zod/v4/locales/de.js, pt.js), in ASCII
-    // since the bundle escapes the rest.
-    assert.ok(!session.includes("erwartet"), "German messages are bundled");
-    assert.ok(!session.includes("esperado"), "Portuguese messages are bundled");
-    assert.ok(session.includes("Invalid input"), "English messages are bundled");
+    for (const name of ["run-vault-session", "full"]) {
+      const src = readFileSync(join(binDir, `${name}.cjs`), "utf8");
+      assert.ok(src.includes("$ZodType"), `${name}.cjs holds zod (else this test checks nothing)`);
+      // Words of zod's German and Portuguese messages (node_modules/zod/v4/locales/de.js, pt.js), in
+      // ASCII since the bundle escapes the rest.
+      assert.ok(!src.includes("erwartet"), `German messages are bundled in ${name}.cjs`);
+      assert.ok(!src.includes("esperado"), `Portuguese messages are bundled in ${name}.cjs`);
+      assert.ok(src.includes("Invalid input"), `English messages are bundled in ${name}.cjs`);
+    }
   });
 });
