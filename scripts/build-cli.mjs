@@ -76,6 +76,12 @@ const noZodLocales = {
   },
 };
 
+// The CommonJS bundles run from a code cache (src/cli/code-cache.ts): whitespace and syntax minified
+// (names stay, for stack traces: a third less source to read and hash at every start, and a smaller
+// cache to deserialise). CommonJS has no import.meta: modules that locate files from their own URL
+// (the native addons' loaders) get the bundle's URL instead. No import() may run in them (a script
+// run from a cache cannot import()): those they have become requires of their own modules, and those
+// of the bundles apart loadBundle calls (above).
 const fastCjs = {
   ...common,
   minifyWhitespace: true,
@@ -83,37 +89,14 @@ const fastCjs = {
   outdir: "dist/bin",
   format: "cjs",
   outExtension: { ".js": ".cjs" },
+  supported: { "dynamic-import": false },
+  plugins: [bundlesApart, noZodLocales],
   define: { "import.meta.url": "__lessorImportMetaUrl" },
   banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
 };
 
-// No import() in them: they run from a code cache (src/cli/code-cache.ts).
-await build({
-  ...fastCjs,
-  plugins: [bundlesApart, noZodLocales],
-  supported: { "dynamic-import": false },
-  entryPoints: { run: "src/cli/run/run.ts", "run-proxy": "src/cli/run/proxy.ts", "run-vault-session": "src/cli/run/vault-session.ts" },
-});
-
-const fast = await build({
-  ...common,
-  plugins: [bundlesApart, noZodLocales],
-  // No import() may run in main.cjs (it runs from a code cache: see src/cli/code-cache.ts): those it
-  // has become requires of its own modules, and those of run's parts loadBundle calls (above).
-  supported: { "dynamic-import": false },
-  entryPoints: { main: "src/cli/fast-path.ts" },
-  // Whitespace and syntax only (names stay, for stack traces): a third less source to read and hash
-  // at every start, and a smaller code cache to deserialise.
-  minifyWhitespace: true,
-  minifySyntax: true,
-  outdir: "dist/bin",
-  format: "cjs",
-  outExtension: { ".js": ".cjs" },
-  // CommonJS has no import.meta: modules that locate files from their own URL (the peer-credential
-  // addon loader, which the client uses to check the daemon's uid) get this file's URL instead.
-  define: { "import.meta.url": "__lessorImportMetaUrl" },
-  banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
-});
+await build({ ...fastCjs, entryPoints: { run: "src/cli/run/run.ts", "run-proxy": "src/cli/run/proxy.ts", "run-vault-session": "src/cli/run/vault-session.ts" } });
+const fast = await build({ ...fastCjs, entryPoints: { main: "src/cli/fast-path.ts" } });
 
 // The bin starts as a shell script that re-runs it as `node -- lessor.cjs ARGS` (to JavaScript the
 // second line is a string and a comment): without the `--`, Node 20 reads a script's own
@@ -136,12 +119,7 @@ const entry = await build({
 // in-process command such as `lessor secret list`. Each command's heavy modules (the vault, the
 // stores, the MCP server) are still run only when it imports them (the import() becomes a require of a
 // module of the bundle); `lessor run` is run.cjs, as from main.cjs.
-const tree = await build({
-  ...fastCjs,
-  plugins: [bundlesApart, noZodLocales],
-  supported: { "dynamic-import": false },
-  entryPoints: { full: "src/cli/full.ts" },
-});
+const tree = await build({ ...fastCjs, entryPoints: { full: "src/cli/full.ts" } });
 
 // The code caches of the CommonJS bundles, made with the Node that will run them (a cache from
 // another version is ignored at run time, costing only the compile it would have saved).
