@@ -190,10 +190,12 @@ describe("lessor's own code reached through a hard link in the writable project"
     assert.equal(existsSync(marker), false, `the agent's code ran in the owner's next lessor command${stole ? " and read LESSOR_MASTER_KEY" : ""} (run: exit ${run.code}, ${run.stdout.trim()} ${run.stderr.trim()})`);
   });
 
-  test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, hard-linked from the project: refused too", async () => {
-    for (const file of ["run.cjs", "run-proxy.cache"]) {
+  test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, or a bundle a later build adds, hard-linked from the project: refused too", async () => {
+    for (const file of ["run.cjs", "run-proxy.cache", "later-part.cjs"]) {
       const o = await makeOwner(`hardlink-${file.replace(".", "-")}`);
       const cli = installAt(join(o.base, "global", "lessor"));
+      // A bundle that no list in lessor names: the check reads dist/bin itself.
+      if (file === "later-part.cjs") writeFileSync(join(dirname(cli), file), "module.exports = {};\n");
       // A deduplicating tool linked the identical file of a copy in the project (and only that one).
       const local = join(o.project, "node_modules", "lessor", "dist", "bin");
       mkdirSync(local, { recursive: true });

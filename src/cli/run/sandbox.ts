@@ -354,15 +354,21 @@ function packageName(dir: string): string | null {
 }
 
 /**
- * Files compared by identity (device and inode) between lessor's packages and copies in writable paths:
- * the package's manifest and every file a lessor command runs from dist/bin (its bundles, and their
- * code caches, which V8 runs as compiled code: scripts/build-cli.mjs).
+ * Files compared by identity (device and inode) between a package of lessor's (`dir`) and copies in
+ * writable paths: its manifest and every file in its dist/bin that a command runs (lessor's bundles
+ * and their code caches, which V8 runs as compiled code: scripts/build-cli.mjs), listed from the
+ * package itself so that a bundle added to the build is compared too.
  */
-const SHARED_CHECK_FILES = [
-  "package.json",
-  "dist/bin/lessor.cjs",
-  ...["main", "full", "run", "run-proxy", "run-vault-session"].flatMap((b) => [`dist/bin/${b}.cjs`, `dist/bin/${b}.cache`]),
-];
+function sharedCheckFiles(dir: string): string[] {
+  const bin = join(dir, "dist", "bin");
+  let names: string[] = [];
+  try {
+    if (existsSync(bin)) names = readdirSync(bin).filter((n) => /\.(c?js|mjs|cache)$/.test(n));
+  } catch {
+    // unreadable: the manifest is still compared
+  }
+  return ["package.json", ...names.map((n) => `dist/bin/${n}`)];
+}
 
 /**
  * `statSync(path)`, or undefined when there is no such file or it cannot be examined. A missing file is
@@ -390,7 +396,8 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
     const name = packageName(dir); // null: not a package directory (Node's binary, the entry file)
     if (name === null || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
     const ours = new Map<string, string>();
-    for (const f of SHARED_CHECK_FILES) {
+    const files = sharedCheckFiles(dir);
+    for (const f of files) {
       const st = statIfAny(join(dir, f)); // undefined: not in this package
       if (st !== undefined && st.nlink > 1) ours.set(`${st.dev}:${st.ino}`, join(dir, f));
     }
@@ -407,7 +414,7 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
       const prefix = `${name.replace("/", "+")}@`;
       for (const e of entries) if (e.startsWith(prefix)) copies.push(join(pnpm, e, "node_modules", name));
       for (const copy of copies)
-        for (const f of SHARED_CHECK_FILES) {
+        for (const f of files) {
           const st = statIfAny(join(copy, f)); // undefined: no such file there
           const mine = st && ours.get(`${st.dev}:${st.ino}`);
           const theirs = join(copy, f);
