@@ -95,7 +95,7 @@ const fastCjs = {
   banner: { js: 'var __lessorImportMetaUrl = require("node:url").pathToFileURL(__filename).href;' },
 };
 
-await build({ ...fastCjs, entryPoints: { run: "src/cli/run/run.ts", "run-proxy": "src/cli/run/proxy.ts", "run-vault-session": "src/cli/run/vault-session.ts" } });
+const parts = await build({ ...fastCjs, entryPoints: { run: "src/cli/run/run.ts", "run-proxy": "src/cli/run/proxy.ts", "run-vault-session": "src/cli/run/vault-session.ts" } });
 const fast = await build({ ...fastCjs, entryPoints: { main: "src/cli/fast-path.ts" } });
 
 // The bin starts as a shell script that re-runs it as `node -- lessor.cjs ARGS` (to JavaScript the
@@ -123,9 +123,10 @@ const tree = await build({ ...fastCjs, entryPoints: { full: "src/cli/full.ts" } 
 
 // The code caches of the CommonJS bundles, made with the Node that will run them (a cache from
 // another version is ignored at run time, costing only the compile it would have saved).
+const cached = [parts, fast, tree].flatMap((r) => Object.keys(r.metafile.outputs).filter((f) => f.endsWith(".cjs")));
 execFileSync(
   process.execPath,
-  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const n of ["main", "full", "run", "run-proxy", "run-vault-session"]) m.writeCodeCache(`dist/bin/${n}.cjs`, `dist/bin/${n}.cache`); })'],
+  ["--import", "tsx", "-e", 'import("./src/cli/code-cache.ts").then((m) => { for (const f of process.argv.slice(1)) m.writeCodeCache(f, f.replace(/\\.cjs$/, ".cache")); })', ...cached],
   { stdio: "inherit" },
 );
 // docker-credential-lessor: docker runs a credential helper by that name (docker-credential-<name>),
