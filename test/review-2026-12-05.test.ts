@@ -165,6 +165,8 @@ describe("lessor's own code reached through a hard link in the writable project"
     mkdirSync(dir, { recursive: true });
     cpSync(join(REPO, "dist"), join(dir, "dist"), { recursive: true });
     cpSync(join(REPO, "package.json"), join(dir, "package.json"));
+    // The addon and the sandbox's bridge helper, as the install script builds them.
+    cpSync(join(REPO, "native", "peercred", "build", "Release"), join(dir, "native", "peercred", "build", "Release"), { recursive: true });
     symlinkSync(join(REPO, "node_modules"), join(dir, "node_modules"));
     return join(dir, "dist", "bin", "lessor.cjs");
   };
@@ -190,20 +192,23 @@ describe("lessor's own code reached through a hard link in the writable project"
     assert.equal(existsSync(marker), false, `the agent's code ran in the owner's next lessor command${stole ? " and read LESSOR_MASTER_KEY" : ""} (run: exit ${run.code}, ${run.stdout.trim()} ${run.stderr.trim()})`);
   });
 
-  test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, or a bundle a later build adds, hard-linked from the project: refused too", async () => {
-    for (const file of ["run.cjs", "run-proxy.cache", "later-part.cjs"]) {
-      const o = await makeOwner(`hardlink-${file.replace(".", "-")}`);
+  test("only one of the bundles lessor run loads apart (dist/bin/run.cjs), or its code cache, or a bundle a later build adds, or its addon or the sandbox's bridge helper, hard-linked from the project: refused too", async () => {
+    const release = "native/peercred/build/Release";
+    for (const file of ["dist/bin/run.cjs", "dist/bin/run-proxy.cache", "dist/bin/later-part.cjs", `${release}/peercred.node`, `${release}/lessor-netbridge`]) {
+      const o = await makeOwner(`hardlink-${file.replace(/[./]/g, "-")}`);
       const cli = installAt(join(o.base, "global", "lessor"));
+      const pkg = join(o.base, "global", "lessor");
       // A bundle that no list in lessor names: the check reads dist/bin itself.
-      if (file === "later-part.cjs") writeFileSync(join(dirname(cli), file), "module.exports = {};\n");
-      // A deduplicating tool linked the identical file of a copy in the project (and only that one).
-      const local = join(o.project, "node_modules", "lessor", "dist", "bin");
-      mkdirSync(local, { recursive: true });
-      linkSync(join(dirname(cli), file), join(local, file));
+      if (file.endsWith("later-part.cjs")) writeFileSync(join(pkg, file), "module.exports = {};\n");
+      // A deduplicating tool (pnpm's side-effects cache for built files) linked the identical file of a copy in the project (and only that one).
+      const local = join(o.project, "node_modules", "lessor", file);
+      mkdirSync(dirname(local), { recursive: true });
+      linkSync(join(pkg, file), local);
       const run = await runCliWithEnv(["run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", "echo started"], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 25_000 });
       assert.notEqual(run.code, 0, `${file}: ${run.stdout}`);
       assert.doesNotMatch(run.stdout, /started/, "the command was not started");
-      assert.match(run.stderr, new RegExp(`dist/bin/${file.replace(".", "\\.")} is the same file \\(a hard link, as pnpm and bun install\\) as .*node_modules/lessor/dist/bin/`));
+      const quoted = file.replace(/[.]/g, "\\.");
+      assert.match(run.stderr, new RegExp(`${quoted} is the same file \\(a hard link, as pnpm and bun install\\) as .*node_modules/lessor/${quoted}`), `${file}: ${run.stderr}`);
     }
   });
 });

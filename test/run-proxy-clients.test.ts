@@ -397,15 +397,16 @@ upstream_ca = ${JSON.stringify(join(root, "upstream-ca.pem"))}
     assert.equal(api[0]!.headers.authorization, `Bearer ${CANARY}`);
 
     // The dumps are real: its own memory was read, and holds the placeholder it was given (so a
-    // credential there would have been found too); it saw the bridge and the shell as processes.
+    // credential there would have been found too); it saw the sandbox's init (whose command line names
+    // the native bridge that became the command) and the shell as processes.
     const self = res.memory[String(res.pid)]!;
     assert.ok((self.bytes ?? 0) > 1_000_000, `its own memory was read: ${JSON.stringify(self)}`);
     assert.ok(readFileSync(join(out, `mem-${res.pid}.txt`)).includes(placeholder), "the memory dump holds the placeholder");
     assert.ok(Object.keys(res.procs).length >= 3, JSON.stringify(res.procs));
     const procs = readFileSync(join(out, "procs.bin"));
-    assert.ok(procs.includes("/run/lessor/proxy.sock"), "the bridge's command line was read");
+    assert.ok(procs.includes("lessor-netbridge\x003128\x00"), "the init's command line was read");
     assert.ok(procs.includes(placeholder), "environments were read");
-    assert.deepEqual(res.run_lessor.map((e) => `${e.name}:${e.kind}`).sort(), ["ca-bundle.pem:file", "ca.pem:file", "proxy.sock:socket"]);
+    assert.deepEqual(res.run_lessor.map((e) => `${e.name}:${e.kind}`).sort(), ["ca-bundle.pem:file", "ca.pem:file"], "no proxy socket: the proxy accepts on the bridge's listener");
     assert.equal(readFileSync(join(out, "run-lessor.bin")).includes("PRIVATE KEY"), false, "the session CA's key is not shown");
 
     // Searched from outside: no credential anywhere in the project, the dumps included.

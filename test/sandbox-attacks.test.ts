@@ -632,7 +632,14 @@ describe("the run's own files under umask 000", { skip }, () => {
     const r = await lessorRun(o.project, ownerEnv(o.home, o.lessorHome), "attacker-umask", [], [NODE, join(o.project, "probe.mjs"), spec], (argv) => ({ file: "/bin/sh", args: ["-c", 'umask 000; exec "$@"', "sh", ...argv] }));
     assert.equal(r.code, 0, r.stderr);
     const modes = Object.fromEntries(r.probes["run-dir-modes"]!.detail.split(";").map((kv) => kv.split("=") as [string, string]));
+    // The native bridge: no socket file (the proxy accepts on the bridge's listener); the public CA files only.
+    // (test/run-bridge.test.ts checks the Node bridge's socket under umask 000.)
+    assert.ok(modes["/run/lessor"] !== undefined, JSON.stringify(modes));
     assert.equal(parseInt(modes["/run/lessor"]!, 8) & 0o077, 0, JSON.stringify(modes));
-    assert.equal(parseInt(modes["/run/lessor/proxy.sock"]!, 8) & 0o077, 0, JSON.stringify(modes));
+    for (const [f, m] of Object.entries(modes)) {
+      if (f === "/run/lessor") continue;
+      assert.ok(["/run/lessor/ca.pem", "/run/lessor/ca-bundle.pem"].includes(f), `only the public CA files: ${JSON.stringify(modes)}`);
+      assert.equal(parseInt(m, 8) & 0o033, 0, JSON.stringify(modes));
+    }
   });
 });

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "handoff.h"
+
 #ifdef __linux__
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -110,7 +112,9 @@ static int export_function(napi_env env, napi_value exports, const char *name, n
 }
 
 static napi_value init(napi_env env, napi_value exports) {
-  if (!export_function(env, exports, "peercred", peercred) || !export_function(env, exports, "nodump", nodump)) return NULL;
+  if (!export_function(env, exports, "peercred", peercred) || !export_function(env, exports, "nodump", nodump) ||
+      !register_handoff(env, exports))
+    return NULL;
   return exports;
 }
 

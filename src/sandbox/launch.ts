@@ -89,14 +89,15 @@ export function closeInheritedDescriptors(): number[] {
  * src/sandbox/seccomp.ts to fd 5 (`--seccomp 5` among those arguments), and an empty environment of
  * its own.
  * `stdio` gives the command's stdin, stdout and stderr; no other descriptor of lessor's reaches the
- * sandbox ({@link closeInheritedDescriptors}).
+ * sandbox ({@link closeInheritedDescriptors}) but `handoff`, when given: shown to the command as
+ * descriptor 6 (the native bridge's socket to lessor, src/sandbox/bridge.ts).
  */
-export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[]): Sandboxed {
+export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[], handoff?: number): Sandboxed {
   // Encoded first: an argument it refuses (a NUL byte) must not leave bwrap started, waiting on fd 3.
   const blob = encodeArgs(args);
   const filter = keyringFilter();
   closeInheritedDescriptors();
-  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe", "pipe"] });
+  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe", "pipe", ...(handoff !== undefined ? [handoff] : [])] });
   const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;
   argsPipe.on("error", () => {}); // bwrap gone before reading: its exit says why
   argsPipe.end(blob, () => blob.fill(0));

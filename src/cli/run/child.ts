@@ -20,6 +20,8 @@ export interface Started {
   signal(s: NodeJS.Signals): void;
   /** In a sandbox: resolves false when bwrap failed before starting the command. */
   started: Promise<boolean>;
+  /** With the sandbox's native bridge: its listening socket, for the proxy (src/cli/run/sandbox.ts). */
+  listener?: Promise<number>;
 }
 
 /** The sandbox to start the child in, and what its bwrap supports. */
@@ -48,9 +50,10 @@ export function startChild(cmd: string, args: string[], env: Record<string, stri
   let child: ChildProcess;
   let signal: (s: NodeJS.Signals) => void;
   let started: Promise<boolean>;
+  let listener: Promise<number> | undefined;
   if (sandbox) {
     const s = sandbox.sandbox.start(sandbox.features, args, env, [...stdio], sandbox.proxyDir, sandbox.runDir);
-    ({ child, signal, started } = s);
+    ({ child, signal, started, listener } = s);
   } else {
     const c = spawn(cmd, args, { env, stdio: [...stdio] });
     child = c;
@@ -60,7 +63,7 @@ export function startChild(cmd: string, args: string[], env: Record<string, stri
   const flushed: Promise<void>[] = [];
   if (maskOut && child.stdout) flushed.push(relayOutput(child.stdout, process.stdout, patterns));
   if (maskErr && child.stderr) flushed.push(relayOutput(child.stderr, process.stderr, patterns));
-  return { child, flushed, signal, started };
+  return { child, flushed, signal, started, ...(listener !== undefined ? { listener } : {}) };
 }
 
 /** Resolves when the child exits, or with the spawn error when it could not start. */

@@ -19,9 +19,10 @@ import { clearStaleSocket } from "../../server/transports/stale-socket.js";
 
 /**
  * Where the proxy listens: a loopback TCP address (port 0: any free port), a Unix socket path, or
- * nowhere: `guests`, whose connections a guest listener hands over (`RunProxy.accept`; src/cli/guest-gate.ts).
+ * nowhere: `guests`, whose connections a guest listener hands over (`RunProxy.accept`; src/cli/guest-gate.ts),
+ * or `adopt`, on a listening socket given later (`RunProxy.adopt`: the sandbox's native bridge's).
  */
-export type ProxyListen = { host: string; port: number } | { socket: string } | { guests: true };
+export type ProxyListen = { host: string; port: number } | { socket: string } | { guests: true } | { adopt: true };
 
 const LOOPBACK_V4 = new BlockList();
 LOOPBACK_V4.addSubnet("127.0.0.0", 8, "ipv4");

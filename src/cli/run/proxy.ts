@@ -8,7 +8,7 @@
  * listening on a loopback port or a socket path it names (./proxy-listen.ts), requiring a session
  * token from its clients, and with the environment pointing at those real places.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { rootCertificates } from "node:tls";
@@ -42,10 +42,18 @@ export interface ProxyView {
 export interface RunProxy {
   /** The private directory (socket, CA files) to show in the sandbox at {@link SANDBOX_PROXY_DIR}. */
   dir: string;
-  /** Where it listens: the loopback address and port, the socket path, or nowhere (guests: connections handed over). */
-  address: { host: string; port: number } | { socket: string } | { guests: true };
+  /**
+   * Where it listens: the loopback address and port, the socket path, or nowhere (guests: connections
+   * handed over) or not yet (adopt: on the socket {@link RunProxy.adopt} is given).
+   */
+  address: { host: string; port: number } | { socket: string } | { guests: true } | { adopt: true };
   /** Serves a connection accepted elsewhere (a VM guest's, let through by src/cli/guest-gate.ts). */
   accept(socket: Duplex): void;
+  /**
+   * Accepts on `fd`, a listening socket (the sandbox's native bridge's, on 127.0.0.1 in the sandbox's
+   * network namespace), which the proxy owns from now on: closed with it, or at once if it is closed.
+   */
+  adopt(fd: number): void;
   /** The session CA's certificate (public), or null when no lease covers a host (nothing is intercepted). */
   caPem: string | null;
   /**
@@ -67,7 +75,7 @@ export interface RunProxyOptions {
   warn(line: string): void;
   /** Where the run's private directory is made (default: /tmp, where no sandbox shows it: src/proxy/private-dir.ts). */
   tmp?: string;
-  /** Where to listen (default: a socket in the private directory, for the sandbox's bridge). */
+  /** Where to listen (default: a socket in the private directory, for the sandbox's Node bridge). */
   listen?: ProxyListen;
   /** When given, clients must send `Proxy-Authorization: Basic base64("lessor:" + token)` (src/proxy/proxy-auth.ts). */
   token?: string;
@@ -162,6 +170,7 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
       socket = await bindPrivateSocket(proxy.server, at.socket);
       address = { socket: socket.path };
     } else if ("guests" in at) address = { guests: true };
+    else if ("adopt" in at) address = { adopt: true };
     else address = { host: at.host, port: await proxy.listen(at.port, at.host) };
     egress.start();
   } catch (e) {
@@ -183,6 +192,14 @@ export async function startRunProxy(o: RunProxyOptions): Promise<RunProxy> {
     caPem: ca?.certPem ?? null,
     childEnv: (env, view = SANDBOX_VIEW) => ({ ...env, ...childEnv(withCa, env["GIT_CONFIG_COUNT"], view) }),
     accept: (s) => p.accept(s),
+    adopt: (fd) => {
+      if (closing !== null || p.server.listening) {
+        closeSync(fd);
+        return;
+      }
+      p.server.once("error", (e) => o.warn(`lessor: the run's proxy cannot accept on the sandbox's bridge (${e.message}); the agent cannot reach it`));
+      p.server.listen({ fd });
+    },
     close: () =>
       (closing ??= (async () => {
         await p.close().catch(() => {});

@@ -177,6 +177,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
           agent: o.agent,
           credentials: creds?.credentials ?? [],
           warn: (line) => cli.err(line),
+          // The native bridge hands over the socket it listens on in the sandbox (adopted below).
+          ...(sandbox.bridge === "native" ? { listen: { adopt: true } as const } : {}),
         });
         env = proxy.childEnv(env);
       }
@@ -196,7 +198,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
 
     // A commondir left by an earlier run that was killed before its check (src/sandbox/git-guard.ts).
     if (sandbox) for (const line of checkGitBeforeRun(sandbox.layout.git)) cli.err(line);
-    const { child, flushed, signal, started } = startChild(
+    const { child, flushed, signal, started, listener } = startChild(
       cmd,
       args,
       env,
@@ -204,6 +206,18 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       sandbox && features ? { sandbox, features, ...(proxy ? { proxyDir: proxy.dir } : session ? { runDir: session.dir } : {}) } : undefined,
     );
     relay.attach(child, signal);
+    if (listener && proxy) {
+      const p = proxy;
+      listener.then(
+        (fd) => p.adopt(fd),
+        (e: NodeJS.ErrnoException) => {
+          // EPIPE: bwrap or the bridge failed first, said why, and the sandbox ends by itself.
+          if (e.code === "EPIPE") return;
+          cli.err(`lessor: the sandbox's proxy bridge did not hand over its listener (${e.message}); the command is stopped`);
+          child.kill("SIGKILL");
+        },
+      );
+    }
     const ended = await exited(child);
     // Every process of the sandbox is gone: undo what it planted for the owner's git (src/sandbox/git-guard.ts).
     if (sandbox) for (const line of checkGitAfterRun(sandbox.layout.git)) cli.err(line);

@@ -3,7 +3,7 @@
  * home's lessor.toml and the environment; the layout, the command's path and bwrap are checked
  * before any lease is taken, so a run that cannot be confined never takes one.
  */
-import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync, type Stats } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, readdirSync, readFileSync, realpathSync, statSync, type Stats } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir, userInfo } from "node:os";
 import { delimiter, dirname, isAbsolute, join, resolve, sep } from "node:path";
@@ -14,7 +14,7 @@ import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
 import type { Config } from "../../config/config.js";
 import { parseRunNetwork, type RunNetwork } from "../../config/run-config.js";
 import { bwrapArgs } from "../../sandbox/bwrap-args.js";
-import { bridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
+import { bridgeCommand, LISTENER_WAIT_MS, nativeBridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
 import { pathsNamedBy, withheldReason } from "../../sandbox/env.js";
 import { CREDENTIAL_STORES, expandHome, expandStore } from "../../sandbox/hidden.js";
@@ -23,6 +23,7 @@ import { startSandboxed, type Sandboxed, type StdioKind } from "../../sandbox/la
 import type { EnvVar, VarRefs } from "./child-env.js";
 import { configuredPrograms, refuseWritablePrograms, replaceableAt } from "./owner-programs.js";
 import { programTrustProblem } from "../../fs/perms.js";
+import { loadHandoff, type Handoff } from "../../native/handoff.js";
 
 /** Where the vault's own files are, for the sandbox to hide and for the --no-sandbox warning. */
 export interface VaultPaths {
@@ -173,6 +174,12 @@ export interface RunSandbox {
   /** The sandbox's network: "proxy" (loopback, and lessor's proxy through the bridge), "none" (loopback only) or "host". */
   network: RunNetwork;
   /**
+   * Which bridge leads the agent to the proxy (network "proxy"): "native", whose listening socket the
+   * proxy accepts on itself ({@link SandboxedRun.listener}), or "node", which relays each connection
+   * to the proxy's Unix socket in the run's directory (when the addon or its helper is not built).
+   */
+  bridge: "native" | "node";
+  /**
    * The child's environment in the sandbox: lessor's own variables and the owner's session sockets
    * dropped; credentials that came as plain values from the owner's environment dropped and named
    * in `withheld` (a reference or an --env-file line passes).
@@ -184,7 +191,18 @@ export interface RunSandbox {
    * (src/sandbox/bridge.ts). Without it, `runDir` (the vault session's own directory, network "none"
    * or "host") is shown there instead, with no bridge.
    */
-  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string, runDir?: string): Sandboxed;
+  start(features: BwrapFeatures, args: string[], env: Record<string, string>, stdio: StdioKind[], proxyDir?: string, runDir?: string): SandboxedRun;
+}
+
+/** A started sandbox, and with the native bridge the listening socket it hands over. */
+export interface SandboxedRun extends Sandboxed {
+  /**
+   * With the native bridge: resolves with the descriptor of the socket listening on the bridge's port
+   * in the sandbox, for the proxy to accept on (its owner from then on); rejects with code EPIPE when
+   * bwrap or the bridge failed before handing it over (both say why on stderr), or another code when
+   * something else arrived or nothing did in {@link LISTENER_WAIT_MS}.
+   */
+  listener?: Promise<number>;
 }
 
 /**
@@ -355,19 +373,37 @@ function packageName(dir: string): string | null {
 
 /**
  * Files compared by identity (device and inode) between a package of lessor's (`dir`) and copies in
- * writable paths: its manifest and every file in its dist/bin that a command runs (lessor's bundles
- * and their code caches, which V8 runs as compiled code: scripts/build-cli.mjs), listed from the
- * package itself so that a bundle added to the build is compared too.
+ * writable paths: its manifest, every file in its dist/bin that a command runs (lessor's bundles
+ * and their code caches, which V8 runs as compiled code: scripts/build-cli.mjs), and the native code
+ * it loads or starts (a package's `*.node` addons at its top or in build/Release, as better-sqlite3's
+ * and @node-rs/argon2's; lessor's own under native/NAME/build/Release, its sandbox bridge helper
+ * included). pnpm's side-effects cache hard-links built files as it links the rest. Listed from the
+ * package itself so that a bundle or addon added to the build is compared too.
  */
 function sharedCheckFiles(dir: string): string[] {
-  const bin = join(dir, "dist", "bin");
-  let names: string[] = [];
+  const out = ["package.json"];
+  const list = (sub: string, keep: RegExp): void => {
+    const at = sub === "" ? dir : join(dir, sub);
+    if (sub !== "" && !existsSync(at)) return; // most packages: told without an exception
+    let names: string[] = [];
+    try {
+      names = readdirSync(at).filter((n) => keep.test(n));
+    } catch {
+      return; // no such directory (most packages), or unreadable: the rest is still compared
+    }
+    for (const n of names) out.push(sub === "" ? n : `${sub}/${n}`);
+  };
+  list("dist/bin", /\.(c?js|mjs|cache)$/);
+  list("", /\.node$/);
+  list("build/Release", /\.node$/);
+  let natives: string[] = [];
   try {
-    if (existsSync(bin)) names = readdirSync(bin).filter((n) => /\.(c?js|mjs|cache)$/.test(n));
+    if (existsSync(join(dir, "native"))) natives = readdirSync(join(dir, "native"));
   } catch {
-    // unreadable: the manifest is still compared
+    // unreadable: the rest is still compared
   }
-  return ["package.json", ...names.map((n) => `dist/bin/${n}`)];
+  for (const n of natives) list(`native/${n}/build/Release`, /^(.*\.node|lessor-netbridge)$/);
+  return out;
 }
 
 /**
@@ -413,13 +449,20 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
       }
       const prefix = `${name.replace("/", "+")}@`;
       for (const e of entries) if (e.startsWith(prefix)) copies.push(join(pnpm, e, "node_modules", name));
-      for (const copy of copies)
+      const self = statIfAny(dir);
+      for (const copy of copies) {
+        // The package itself (lessor run from a source checkout that is the project): its own files
+        // are no copy, though a build may hard-link them within it (node-gyp links build/Release/X.node
+        // to obj.target's).
+        const c = statIfAny(copy);
+        if (c === undefined || (self !== undefined && c.dev === self.dev && c.ino === self.ino)) continue;
         for (const f of files) {
           const st = statIfAny(join(copy, f)); // undefined: no such file there
           const mine = st && ours.get(`${st.dev}:${st.ino}`);
           const theirs = join(copy, f);
           if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
         }
+      }
     }
   }
   return null;
@@ -439,6 +482,8 @@ export interface SandboxOptions {
   cmd: string;
   /** The child's PATH (as lessor's environment and the env files set it). */
   pathValue: string | undefined;
+  /** The native bridge, or null for the Node bridge (default: {@link loadHandoff}'s, when it loads). */
+  handoff?: Handoff | null;
 }
 
 /**
@@ -492,11 +537,13 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     );
   const ready = probeSandbox(bwrap);
   ready.catch(() => {}); // awaited before the start; a run stopped earlier must not see it unhandled
+  const handoff = network !== "proxy" ? null : o.handoff !== undefined ? o.handoff : nativeBridge();
   return {
     layout,
     command,
     ready,
     network,
+    bridge: handoff !== null ? "native" : "node",
     childEnv(childEnv, vars, found) {
       const referred = new Set(found.map((f) => f.key));
       const out: Record<string, string> = {};
@@ -530,11 +577,34 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
         const binds = runDir === undefined ? [] : [{ from: runDir, to: SANDBOX_PROXY_DIR }];
         return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host", binds }), command.path, args, stdio);
       }
-      // The bridge runs on the Node running lessor; shown read-only if the layout does not show it.
-      const node = realpathSync(process.execPath);
-      const binds = [{ from: proxyDir, to: SANDBOX_PROXY_DIR }, ...(shows(layout, node) ? [] : [{ from: node, to: node }])];
-      const line = bridgeCommand(node, command.path, args);
-      return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: false, binds }), line.cmd, line.args, stdio);
+      // The bridge (the native helper, or the Node running lessor) is shown read-only if the layout does not show it.
+      const program = handoff !== null ? handoff.helper : realpathSync(process.execPath);
+      const binds = [{ from: proxyDir, to: SANDBOX_PROXY_DIR }, ...(shows(layout, program) ? [] : [{ from: program, to: program }])];
+      const bwrapLine = bwrapArgs(layout, childEnv, { ...features, shareNet: false, binds });
+      if (handoff === null) {
+        const line = bridgeCommand(program, command.path, args);
+        return startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio);
+      }
+      const line = nativeBridgeCommand(program, command.path, args);
+      const [ours, theirs] = handoff.pair();
+      let started: Sandboxed;
+      try {
+        started = startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio, theirs);
+      } catch (e) {
+        closeSync(ours);
+        throw e;
+      } finally {
+        closeSync(theirs); // the sandbox holds its own copy: once it closes it, a wait sees the end
+      }
+      const listener = handoff.receive(ours, LISTENER_WAIT_MS).finally(() => closeSync(ours));
+      listener.catch(() => {}); // the run handles it; a sandbox that failed must not leave it unhandled
+      return { ...started, listener };
     },
   };
+}
+
+/** The native bridge when the addon and its helper are built here, else null (the Node bridge). */
+function nativeBridge(): Handoff | null {
+  const h = loadHandoff();
+  return "helper" in h ? h : null;
 }
