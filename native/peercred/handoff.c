@@ -28,6 +28,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "fdmsg.h"
 #endif
 
 #include "handoff.h"
@@ -125,18 +127,13 @@ static void recv_execute(napi_env env, void *data) {
   if (r == 0) { fail_job(j, "ETIMEDOUT", "no descriptor arrived in time", 0); return; }
 
   char byte = 0;
-  struct iovec iov = {&byte, 1};
+  struct iovec iov;
   union {
     struct cmsghdr h;
     char buf[CMSG_SPACE(sizeof(int) * 8)];
   } control;
-  memset(&control, 0, sizeof(control));
   struct msghdr m;
-  memset(&m, 0, sizeof(m));
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control.buf;
-  m.msg_controllen = sizeof(control.buf);
+  fdmsg_init(&m, &iov, &byte, control.buf, sizeof(control.buf));
   ssize_t n;
   do n = recvmsg(j->fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);

@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fdmsg.h"
+
 #define HANDOFF_FD 6
 
 static int fail(const char *what) {
@@ -54,18 +56,13 @@ int main(int argc, char **argv) {
   if (listen(s, 511) != 0) return fail("listen");
 
   char byte = 'L';
-  struct iovec iov = {&byte, 1};
+  struct iovec iov;
   union {
     struct cmsghdr h;
     char buf[CMSG_SPACE(sizeof(int))];
   } control;
-  memset(&control, 0, sizeof(control));
   struct msghdr m;
-  memset(&m, 0, sizeof(m));
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control.buf;
-  m.msg_controllen = sizeof(control.buf);
+  fdmsg_init(&m, &iov, &byte, control.buf, sizeof(control.buf));
   struct cmsghdr *h = CMSG_FIRSTHDR(&m);
   h->cmsg_level = SOL_SOCKET;
   h->cmsg_type = SCM_RIGHTS;
