@@ -482,8 +482,6 @@ export interface SandboxOptions {
   cmd: string;
   /** The child's PATH (as lessor's environment and the env files set it). */
   pathValue: string | undefined;
-  /** The native bridge, or null for the Node bridge (default: {@link loadHandoff}'s, when it loads). */
-  handoff?: Handoff | null;
 }
 
 /**
@@ -537,7 +535,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     );
   const ready = probeSandbox(bwrap);
   ready.catch(() => {}); // awaited before the start; a run stopped earlier must not see it unhandled
-  const handoff = network !== "proxy" ? null : o.handoff !== undefined ? o.handoff : nativeBridge();
+  const handoff = network !== "proxy" ? null : nativeBridge();
   return {
     layout,
     command,
