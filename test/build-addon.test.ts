@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadPeerCred } from "../src/native/peercred.js";
@@ -23,11 +23,17 @@ function tempDir(prefix: string): string {
   return d;
 }
 
-/** A copy of what `npm install` of the package has at install time, and an empty HOME. */
+/** The files of native/peercred that package.json ships (its `files`). */
+function shippedAddonFiles(): string[] {
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { files: string[] };
+  return pkg.files.filter((f) => f.startsWith("native/peercred/"));
+}
+
+/** A copy of what `npm install` of the package has at install time (only what it ships), and an empty HOME. */
 function freshCopy(): { repo: string; home: string; addon: string } {
   const base = tempDir("lessor-addon-");
   const repo = join(base, "repo");
-  for (const f of ["package.json", "scripts/build-addon.mjs", "native/peercred/binding.gyp", "native/peercred/peercred.c"]) {
+  for (const f of ["package.json", "scripts/build-addon.mjs", ...shippedAddonFiles()]) {
     mkdirSync(join(repo, f, ".."), { recursive: true });
     copyFileSync(join(root, f), join(repo, f));
   }
@@ -67,6 +73,10 @@ test("package.json's install script is the build script, and the package ships i
   const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: Record<string, string>; files: string[] };
   assert.equal(pkg.scripts["install"], "node scripts/build-addon.mjs");
   for (const f of ["scripts/build-addon.mjs", "native/peercred/binding.gyp", "native/peercred/peercred.c"]) assert.ok(pkg.files.includes(f), f);
+  // Every source of the addon and of the sandbox bridge's helper is shipped (the build needs them all).
+  const sources = readdirSync(join(root, "native", "peercred")).filter((n) => /\.(c|h|gyp)$/.test(n));
+  assert.ok(sources.includes("netbridge.c") && sources.includes("handoff.c"), sources.join(", "));
+  for (const n of sources) assert.ok(pkg.files.includes(`native/peercred/${n}`), `native/peercred/${n} is not in package.json's files`);
 });
 
 test("the install script builds the addon with npm_config_nodedir unset, an empty HOME and no network", { skip: LINUX ? false : "the addon is built on Linux only" }, async () => {
@@ -77,6 +87,7 @@ test("the install script builds the addon with npm_config_nodedir unset, an empt
   assert.match(r.stdout, /built the peer-credential addon/);
   assert.match(r.stdout, /Node headers from the prefix of /, "the headers of the running Node were found locally");
   assert.ok(existsSync(addon));
+  assert.ok(existsSync(join(dirname(addon), "lessor-netbridge")), "the sandbox bridge's helper is built beside it");
   const pc = loadPeerCred({ addonPath: addon });
   assert.equal(pc.available, true, pc.available ? "" : pc.reason);
   assert.deepEqual(readdirSync(home), [], "nothing was downloaded or cached under HOME");
