@@ -428,9 +428,31 @@ function statIfAny(path: string): Stats | undefined {
  */
 export function sharedWithWritable(layout: Layout, code: readonly string[]): { ours: string; theirs: string } | null {
   const roots = layout.mounts.filter((m) => m.kind === "bind" && m.writable).map((m) => m.path);
+  // Each writable path's pnpm store directory, read once for every package.
+  const stores = roots.map((root) => {
+    const pnpm = join(root, "node_modules", ".pnpm");
+    try {
+      return { root, pnpm, entries: existsSync(pnpm) ? readdirSync(pnpm) : [] };
+    } catch {
+      return { root, pnpm, entries: [] as string[] }; // unreadable: no pnpm store links to follow here
+    }
+  });
   for (const dir of code) {
     const name = packageName(dir); // null: not a package directory (Node's binary, the entry file)
     if (name === null || !/^(@[a-z0-9._-]+\/)?[a-z0-9._-]+$/i.test(name)) continue;
+    // The copies of this package in writable paths, found first: most packages have none, and then
+    // their files need not be listed at all. The package itself is no copy (lessor run from a source
+    // checkout that is the project), though a build may hard-link files within it (node-gyp links
+    // build/Release/X.node to obj.target's).
+    const self = statIfAny(dir);
+    const prefix = `${name.replace("/", "+")}@`;
+    const copies = stores
+      .flatMap(({ root, pnpm, entries }) => [join(root, "node_modules", name), ...entries.filter((e) => e.startsWith(prefix)).map((e) => join(pnpm, e, "node_modules", name))])
+      .filter((copy) => {
+        const c = statIfAny(copy);
+        return c !== undefined && !(self !== undefined && c.dev === self.dev && c.ino === self.ino);
+      });
+    if (copies.length === 0) continue;
     const ours = new Map<string, string>();
     const files = sharedCheckFiles(dir);
     for (const f of files) {
@@ -438,32 +460,13 @@ export function sharedWithWritable(layout: Layout, code: readonly string[]): { o
       if (st !== undefined && st.nlink > 1) ours.set(`${st.dev}:${st.ino}`, join(dir, f));
     }
     if (ours.size === 0) continue;
-    for (const root of roots) {
-      const copies = [join(root, "node_modules", name)];
-      const pnpm = join(root, "node_modules", ".pnpm");
-      let entries: string[] = [];
-      try {
-        entries = readdirSync(pnpm);
-      } catch {
-        // no pnpm store links here
+    for (const copy of copies)
+      for (const f of files) {
+        const st = statIfAny(join(copy, f)); // undefined: no such file there
+        const mine = st && ours.get(`${st.dev}:${st.ino}`);
+        const theirs = join(copy, f);
+        if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
       }
-      const prefix = `${name.replace("/", "+")}@`;
-      for (const e of entries) if (e.startsWith(prefix)) copies.push(join(pnpm, e, "node_modules", name));
-      const self = statIfAny(dir);
-      for (const copy of copies) {
-        // The package itself (lessor run from a source checkout that is the project): its own files
-        // are no copy, though a build may hard-link them within it (node-gyp links build/Release/X.node
-        // to obj.target's).
-        const c = statIfAny(copy);
-        if (c === undefined || (self !== undefined && c.dev === self.dev && c.ino === self.ino)) continue;
-        for (const f of files) {
-          const st = statIfAny(join(copy, f)); // undefined: no such file there
-          const mine = st && ours.get(`${st.dev}:${st.ino}`);
-          const theirs = join(copy, f);
-          if (mine !== undefined && writableAt(layout, theirs) !== null) return { ours: mine, theirs };
-        }
-      }
-    }
   }
   return null;
 }
