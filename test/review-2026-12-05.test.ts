@@ -211,4 +211,29 @@ describe("lessor's own code reached through a hard link in the writable project"
       assert.match(run.stderr, new RegExp(`${quoted} is the same file \\(a hard link, as pnpm and bun install\\) as .*node_modules/lessor/${quoted}`), `${file}: ${run.stderr}`);
     }
   });
+
+  test("a native addon of a package lessor loads (better-sqlite3's build/Release, argon2's platform package at its top) hard-linked from the project: refused", async () => {
+    const addons = [
+      ["better-sqlite3", "build/Release/better_sqlite3.node"],
+      ["@node-rs/argon2-linux-x64-gnu", "argon2.linux-x64-gnu.node"],
+    ].filter(([pkg, file]) => existsSync(join(REPO, "node_modules", pkg!, file!)));
+    assert.ok(addons.length > 0, "no addon of lessor's dependencies is installed here (this test checks nothing)");
+    for (const [pkg, file] of addons as [string, string][]) {
+      const o = await makeOwner(`hardlink-dep-${pkg.replace(/[@/]/g, "-")}`);
+      const cli = installAt(join(o.base, "global", "lessor"));
+      // The project's own copy of the same package version, its built addon linked to the one lessor loads.
+      const local = join(o.project, "node_modules", pkg, file);
+      mkdirSync(dirname(local), { recursive: true });
+      linkSync(join(REPO, "node_modules", pkg, file), local);
+      try {
+        const run = await runCliWithEnv(["run", "--agent", "attacker-hardlink", "--", "/bin/sh", "-c", "echo started"], { bin: cli, cwd: o.project, env: o.env, timeoutMs: 25_000 });
+        assert.notEqual(run.code, 0, `${pkg}: ${run.stdout}`);
+        assert.doesNotMatch(run.stdout, /started/, "the command was not started");
+        const quoted = file.replace(/[.]/g, "\\.");
+        assert.match(run.stderr, new RegExp(`${quoted} is the same file \\(a hard link, as pnpm and bun install\\) as .*node_modules/${pkg}/${quoted}`), `${pkg}: ${run.stderr}`);
+      } finally {
+        rmSync(local); // the link only: the installed addon stays as it was
+      }
+    }
+  });
 });
