@@ -5,10 +5,9 @@
  * accepts the agent's connections on it directly. Without the addon or the helper, lessor run uses
  * its Node bridge instead (src/sandbox/bridge.ts).
  */
-import { accessSync, constants, existsSync } from "node:fs";
-import { createRequire } from "node:module";
+import { accessSync, constants } from "node:fs";
 import { dirname, join } from "node:path";
-import { defaultAddonPath } from "./peercred.js";
+import { defaultAddonPath, requireAddon } from "./peercred.js";
 
 /** What lessor run needs for the native bridge. */
 export interface Handoff {
@@ -44,19 +43,15 @@ export function loadHandoff(opts: { addonPath?: string } = {}): Handoff | { reas
 
 function attempt(path: string | null): Handoff | { reason: string } {
   if (process.platform !== "linux") return { reason: `the native bridge is Linux only (this is ${process.platform})` };
-  if (path === null || !existsSync(path)) return { reason: `the native addon is not built (${path ?? "no package root"})` };
-  const helper = join(dirname(path), "lessor-netbridge");
+  const loaded = requireAddon(path);
+  if ("reason" in loaded) return loaded;
+  const helper = join(dirname(path!), "lessor-netbridge");
   try {
     accessSync(helper, constants.X_OK);
   } catch {
     return { reason: `its helper ${helper} is missing or not executable` };
   }
-  try {
-    const addon = createRequire(import.meta.url)(path) as Addon;
-    const { socketpair, recvfd } = addon;
-    if (typeof socketpair !== "function" || typeof recvfd !== "function") return { reason: `the native addon at ${path} is an older build without the hand-over (rebuild it with: node scripts/build-addon.mjs)` };
-    return { helper, pair: () => socketpair(), receive: (fd, ms) => recvfd(fd, ms) };
-  } catch (e) {
-    return { reason: `the native addon at ${path} could not be loaded (${e instanceof Error ? e.message.split("\n")[0] : String(e)})` };
-  }
+  const { socketpair, recvfd } = loaded.addon as Addon;
+  if (typeof socketpair !== "function" || typeof recvfd !== "function") return { reason: `the native addon at ${path} is an older build without the hand-over (rebuild it with: node scripts/build-addon.mjs)` };
+  return { helper, pair: () => socketpair(), receive: (fd, ms) => recvfd(fd, ms) };
 }

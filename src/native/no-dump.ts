@@ -9,9 +9,7 @@
  * Programs lessor starts are dumpable again (execve resets the flag): an agent, a hook or bwrap is
  * not affected.
  */
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { defaultAddonPath } from "./peercred.js";
+import { defaultAddonPath, requireAddon } from "./peercred.js";
 
 /** What {@link forbidDumps} did: done, or why not (a sentence for a start-up log line). */
 export type NoDumpResult = { done: true } | { done: false; reason: string };
@@ -32,11 +30,12 @@ export function forbidDumps(opts: { addonPath?: string } = {}): NoDumpResult {
 function attempt(path: string | null): NoDumpResult {
   const unprotected = "so core dumps and same-uid reads of this process's memory (/proc/<pid>/mem, /proc/<pid>/environ, ptrace) are not blocked";
   if (process.platform !== "linux") return { done: false, reason: `lessor makes its processes non-dumpable on Linux only (this is ${process.platform}), ${unprotected}` };
-  if (path === null || !existsSync(path)) return { done: false, reason: `the native addon is not built (${path ?? "no package root"}; build it with: node scripts/build-addon.mjs), ${unprotected}` };
+  const loaded = requireAddon(path);
+  if ("reason" in loaded) return { done: false, reason: `${loaded.reason}, ${unprotected}` };
+  const nodump = loaded.addon["nodump"];
+  if (typeof nodump !== "function") return { done: false, reason: `the native addon at ${path} is an older build without nodump (rebuild it with: node scripts/build-addon.mjs), ${unprotected}` };
   try {
-    const addon = createRequire(import.meta.url)(path) as { nodump?: () => void };
-    if (typeof addon.nodump !== "function") return { done: false, reason: `the native addon at ${path} is an older build without nodump (rebuild it with: node scripts/build-addon.mjs), ${unprotected}` };
-    addon.nodump();
+    nodump();
     return { done: true };
   } catch (e) {
     return { done: false, reason: `${e instanceof Error ? e.message.split("\n")[0] : String(e)}, ${unprotected}` };

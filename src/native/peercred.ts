@@ -91,6 +91,19 @@ export function loadPeerCred(opts: { addonPath?: string } = {}): PeerCredLoader 
   };
 }
 
+/**
+ * The addon at `path` (the file {@link defaultAddonPath} names), loaded; Node keeps one copy for every
+ * loader. Or why it cannot be: not built (with the command that builds it), or not loadable.
+ */
+export function requireAddon(path: string | null): { addon: Record<string, unknown> } | { reason: string } {
+  if (path === null || !existsSync(path)) return { reason: `the native addon is not built (${path ?? "no package root"}; build it with: node scripts/build-addon.mjs)` };
+  try {
+    return { addon: createRequire(import.meta.url)(path) as Record<string, unknown> };
+  } catch (e) {
+    return { reason: `the native addon at ${path} could not be loaded (${e instanceof Error ? e.message.split("\n")[0] : String(e)})` };
+  }
+}
+
 /** The build script beside an addon at `<root>/native/peercred/build/Release/peercred.node`, for messages. */
 export function buildScript(addonPath: string): string {
   const root = findPackageRoot(dirname(addonPath)) ?? findPackageRoot(dirname(fileURLToPath(import.meta.url)));
