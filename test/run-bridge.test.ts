@@ -10,7 +10,7 @@
  * requests name a host no lease covers, which the proxy refuses before any lookup.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { closeSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
+import { closeSync, cpSync, fstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +19,8 @@ import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { loadHandoff, type Handoff } from "../src/native/handoff.js";
+import { startRunProxy } from "../src/cli/run/proxy.js";
+import { DEFAULT_PROXY_CONFIG } from "../src/config/proxy-config.js";
 import { runProcess } from "./cli-harness.js";
 import { HAVE_BWRAP, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
@@ -97,6 +99,50 @@ describe("the native bridge's hand-over", { skip: handoff === null ? `the native
       await new Promise<void>((r) => server.close(() => r()));
     }
     assert.deepEqual(openFds(), before, "no descriptor of the hand-over is left open here");
+  });
+
+  test("the run's proxy accepts on a handed-over listener (adopt), and one handed over after it closed, or a second one, is closed, not served", async () => {
+    const listenerAt = async (): Promise<{ fd: number; port: number }> => {
+      const port = await freePort();
+      const c = withFd6(h, h.helper, [String(port), "/bin/true"]);
+      const fd = await h.receive(c.ours, 10_000);
+      closeSync(c.ours);
+      assert.equal((await c.done).code, 0);
+      return { fd, port };
+    };
+    const ask = (port: number): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const s = net.connect(port, "127.0.0.1", () => s.write("GET http://refused.invalid/ HTTP/1.1\r\nHost: refused.invalid\r\nConnection: close\r\n\r\n"));
+        let text = "";
+        s.on("data", (d) => (text += d.toString()));
+        s.on("end", () => resolve(text.split("\r\n")[0]!));
+        s.on("error", reject);
+      });
+    // Closed: fstat fails (a listing of /proc/self/fd would itself take the freed number).
+    const isClosed = (fd: number): boolean => {
+      try {
+        fstatSync(fd);
+        return false;
+      } catch (e) {
+        return (e as NodeJS.ErrnoException).code === "EBADF";
+      }
+    };
+    const before = openFds();
+    const proxy = await startRunProxy({ config: structuredClone(DEFAULT_PROXY_CONFIG), api: null, agent: "claude", credentials: [], warn: () => {}, tmp: root, listen: { adopt: true } });
+    try {
+      const first = await listenerAt();
+      proxy.adopt(first.fd);
+      assert.match(await ask(first.port), /^HTTP\/1\.1 403 /, "the proxy answers on the adopted listener");
+      const second = await listenerAt();
+      proxy.adopt(second.fd);
+      assert.ok(isClosed(second.fd), "a second listener is closed, not served");
+    } finally {
+      await proxy.close();
+    }
+    const late = await listenerAt();
+    proxy.adopt(late.fd);
+    assert.ok(isClosed(late.fd), "a listener handed over after the proxy closed is closed");
+    assert.deepEqual(openFds(), before, "nothing of the proxy or the listeners is left open");
   });
 
   test("anything but one listening TCP socket on a loopback address is refused (EPROTO) and closed: a connected socket, a listener on every address, a Unix listener, a file, two descriptors", { skip: HAVE_PYTHON ? false : "python3 with socket.send_fds is not installed" }, async () => {
