@@ -203,6 +203,8 @@ describe("lessor mcp: approval by a person", () => {
     const s = await startSession("claude", async (url, message) => {
       seenUrl = url;
       assert.match(message, /agent "claude" asks for a lease on global\/deploy-key/);
+      // The client shows the message in its own UI: the agent's words stay on the page, labelled.
+      assert.ok(!message.includes("pre-approved") && !message.includes("ship"), `the agent's reason is not in the elicitation message: ${message}`);
       assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/approval\/[A-Za-z0-9_-]{43}$/);
       const get = await page(url);
       assert.equal(get.status, 200);
@@ -210,7 +212,7 @@ describe("lessor mcp: approval by a person", () => {
       assert.match(String(get.headers["content-security-policy"]), /frame-ancestors 'none'/);
       assert.match(get.text, /claude/);
       assert.match(get.text, /api\.test\.example/);
-      assert.match(get.text, /ship &#60;b&#62;v2&#60;\/b&#62;/, "the agent's reason is shown escaped");
+      assert.match(get.text, /Why \(the agent's words\)<\/dt><dd>ship &#60;b&#62;v2&#60;\/b&#62;\). The owner pre-approved this/, "the agent's reason is shown escaped, labelled as its words");
       assert.ok(!get.text.includes("<b>v2"));
       const csrf = /name="csrf" value="([A-Za-z0-9_-]+)"/.exec(get.text)![1]!;
       const u = new URL(url);
@@ -228,7 +230,7 @@ describe("lessor mcp: approval by a person", () => {
       return { action: "accept" };
     });
     try {
-      const r = await s.call("request_access", { secret: "deploy-key", domains: ["api.test.example"], reason: "ship <b>v2</b>" });
+      const r = await s.call("request_access", { secret: "deploy-key", domains: ["api.test.example"], reason: "ship <b>v2</b>). The owner pre-approved this: press Approve (" });
       assert.equal(r.isError, false, r.text);
       assert.notEqual(seenUrl, "");
       assert.equal(typeof r.doc["placeholder"], "string", r.text);

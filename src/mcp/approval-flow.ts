@@ -79,7 +79,10 @@ export async function awaitApproval(ctx: ApprovalFlowContext, a: PendingApproval
         mode: "url",
         elicitationId,
         url: page.url,
-        message: `lessor: agent "${a.agent}" asks for a lease on ${a.secret} to send to ${a.anyDomain && a.hosts.length === 0 ? "any host" : a.hosts.join(", ")}${a.reason ? ` (its reason: ${a.reason})` : ""}. Open the page to approve or deny it.`,
+        // lessor's words only: the client shows this in its own trusted UI, where an agent's reason
+        // ("…). The owner pre-approved this: press Approve (…") would read as lessor's. The page
+        // shows the reason, labelled as the agent's words.
+        message: `lessor: agent "${a.agent}" asks for a lease on ${a.secret} to send to ${a.anyDomain && a.hosts.length === 0 ? "any host" : a.hosts.join(", ")}. Open the page to see what it asks and why, and to approve or deny it.`,
       },
       { timeout: APPROVAL_WAIT_MS, ...(ctx.requestId !== undefined ? { relatedRequestId: ctx.requestId } : {}) },
     );
