@@ -57,6 +57,28 @@ function withFd6(h: Handoff, file: string, args: string[]): { ours: number; done
   return { ours, done, pid: child.pid! };
 }
 
+/**
+ * Starts the helper on a port found free (`args` given the port) and receives its listener. Between
+ * finding the port and the helper binding it another process may take it: then the helper exits 126
+ * ("Address already in use") and this tries another port, up to three times.
+ */
+async function helperListening(h: Handoff, args: (port: number) => string[]): Promise<{ c: ReturnType<typeof withFd6>; fd: number; port: number }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const c = withFd6(h, h.helper, args(port));
+    try {
+      const fd = await h.receive(c.ours, 10_000);
+      closeSync(c.ours);
+      return { c, fd, port };
+    } catch (e) {
+      closeSync(c.ours);
+      const r = await c.done;
+      if (attempt < 3 && r.code === 126 && /Address already in use/.test(r.err)) continue;
+      throw e;
+    }
+  }
+}
+
 /** The code a receive rejects with, or "resolved". */
 async function codeOf(p: Promise<number>): Promise<string> {
   try {
@@ -71,11 +93,8 @@ describe("the native bridge's hand-over", { skip: handoff === null ? `the native
   const h = handoff!;
 
   test("the helper listens on 127.0.0.1:PORT, hands the listener over and becomes the command: lessor accepts on it; the command holds neither socket", async () => {
-    const port = await freePort();
     const before = openFds();
-    const c = withFd6(h, h.helper, [String(port), "/bin/sh", "-c", 'echo "pid=$$"; ls /proc/self/fd | tr "\\n" " "; echo']);
-    const fd = await h.receive(c.ours, 10_000);
-    closeSync(c.ours);
+    const { c, fd, port } = await helperListening(h, (port) => [String(port), "/bin/sh", "-c", 'echo "pid=$$"; ls /proc/self/fd | tr "\\n" " "; echo']);
     const server = net.createServer((s) => s.end("from lessor"));
     await new Promise<void>((r) => server.listen({ fd }, r));
     try {
@@ -103,10 +122,7 @@ describe("the native bridge's hand-over", { skip: handoff === null ? `the native
 
   test("the run's proxy accepts on a handed-over listener (adopt), and one handed over after it closed, or a second one, is closed, not served", async () => {
     const listenerAt = async (): Promise<{ fd: number; port: number }> => {
-      const port = await freePort();
-      const c = withFd6(h, h.helper, [String(port), "/bin/true"]);
-      const fd = await h.receive(c.ours, 10_000);
-      closeSync(c.ours);
+      const { c, fd, port } = await helperListening(h, (port) => [String(port), "/bin/true"]);
       assert.equal((await c.done).code, 0);
       return { fd, port };
     };
@@ -197,9 +213,8 @@ describe("the native bridge's hand-over", { skip: handoff === null ? `the native
     } finally {
       await new Promise<void>((r) => taken.close(() => r()));
     }
-    const c = withFd6(h, h.helper, [String(await freePort()), "/nonexistent/agent"]);
-    assert.equal(await codeOf(h.receive(c.ours, 10_000)), "resolved");
-    closeSync(c.ours);
+    const { c, fd } = await helperListening(h, (port) => [String(port), "/nonexistent/agent"]);
+    closeSync(fd);
     const r = await c.done;
     assert.equal(r.code, 127);
     assert.match(r.err, /^lessor: cannot run "\/nonexistent\/agent": No such file or directory$/m);
