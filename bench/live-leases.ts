@@ -31,6 +31,7 @@ export async function addLiveLeases(store: Store, count: number, now = Date.now(
           revokeReason: null,
           issuedBy: "bench",
           bound: false,
+          proxyOnly: false,
         };
         await tx.insertLease(lease);
       }

@@ -83,6 +83,7 @@ export async function storeFloor(clients: number, ms: number): Promise<{ opsPerS
           revokeReason: null,
           issuedBy: `uid:${agent}`,
           bound: false,
+          proxyOnly: false,
         };
         await tx.insertLease(lease);
         await tx.auditHead();

@@ -114,6 +114,7 @@ describe("upgrading a live SQLite vault", () => {
       // every lease granted before it.
       const raw = new Database(db);
       raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
+      raw.exec("ALTER TABLE leases DROP COLUMN proxy_only"); // schema 9's
       if (from === 6) raw.exec("ALTER TABLE leases DROP COLUMN bound");
       else raw.exec("UPDATE leases SET bound = 0");
       raw.pragma(`user_version = ${from}`);
@@ -187,6 +188,7 @@ describe("upgrading a live SQLite vault", () => {
     raw.prepare("UPDATE audit SET reason = 'edited before the upgrade' WHERE seq = ?").run(row.seq);
     raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
     raw.exec("ALTER TABLE leases DROP COLUMN bound");
+    raw.exec("ALTER TABLE leases DROP COLUMN proxy_only");
     raw.pragma("user_version = 6");
     raw.close();
     const v = await runCli(["audit", "verify"], { home });
@@ -218,6 +220,7 @@ test("lessor migrate of a vault upgraded from schema 6, with a revoked approved 
   const raw = new Database(db);
   raw.exec("DROP TRIGGER IF EXISTS audit_binds_approved");
   raw.exec("ALTER TABLE leases DROP COLUMN bound");
+  raw.exec("ALTER TABLE leases DROP COLUMN proxy_only");
   raw.pragma("user_version = 6");
   raw.close();
   const target = join(tempDir("lessor-atkupg-copy-"), "copy.db");
@@ -244,7 +247,7 @@ describe("upgrading a live PostgreSQL vault", { skip: PG_SKIP }, () => {
       let vault = await openVault(await openPostgresStore({ url: PG_URL!, schema }), key, policy);
       const f = await populate(vault);
       await vault.close();
-      await pgAdmin(`DROP TRIGGER audit_binds_approved ON ${schema}.audit; DROP FUNCTION ${schema}.lessor_bind_approved(); ALTER TABLE ${schema}.leases DROP COLUMN bound; DELETE FROM ${schema}.lessor_migrations WHERE version > 6`);
+      await pgAdmin(`DROP TRIGGER audit_binds_approved ON ${schema}.audit; DROP FUNCTION ${schema}.lessor_bind_approved(); ALTER TABLE ${schema}.leases DROP COLUMN bound; ALTER TABLE ${schema}.leases DROP COLUMN proxy_only; DELETE FROM ${schema}.lessor_migrations WHERE version > 6`);
       vault = await openVault(await openPostgresStore({ url: PG_URL!, schema }), key, policy);
       try {
         await attack(vault, f, policy);

@@ -40,7 +40,7 @@ secrets = ["env:prod/*"]
 `;
 
 const LEASE_KEYS = [
-  "agent", "anyDomain", "bound", "domains", "expiresAt", "id", "issuedAt", "issuedBy", "maxExpiresAt", "maxRenewals", "maxUses", "methods", "name", "paths",
+  "agent", "anyDomain", "bound", "domains", "expiresAt", "id", "issuedAt", "issuedBy", "maxExpiresAt", "maxRenewals", "maxUses", "methods", "name", "paths", "proxyOnly",
   "renewable", "renewals", "revokeReason", "revokedAt", "rule", "scope", "secret", "state", "uses",
 ].sort();
 

@@ -360,6 +360,7 @@ function lease(id: string, name: string, domains: string[]): LeaseRecord {
     revokeReason: null,
     issuedBy: "bot",
     bound: false,
+    proxyOnly: false,
   };
 }
 

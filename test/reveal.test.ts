@@ -16,6 +16,8 @@ import { envKeySource } from "../src/crypto/keys/env.js";
 import { parsePolicy } from "../src/vault/policy.js";
 import { Vault } from "../src/vault/vault.js";
 import { makeHome, startServe } from "./daemon-harness.js";
+import { PG_SKIP } from "./pg-helpers.js";
+import type { Store } from "../src/vault/ports.js";
 import { runCli } from "./cli-harness.js";
 import { agent, hexKey, makeVault, orchestrator, refusalOf, tempDir } from "./helpers.js";
 
@@ -186,6 +188,87 @@ describe("an agent never gets the value of a rule that does not reveal it (embed
       assert.equal(r.code, "access_denied", r.message);
       assert.match(r.message, /needs a person's approval for this request: approval \S+ was opened/);
       assert.ok(!r.message.includes(asked.approval.id), "a new approval is asked for, not the old one spent");
+      assert.ok(!r.message.includes(CANARY));
+    } finally {
+      await vault.close();
+    }
+  });
+
+  // A reload that turns reveal ON widens nothing granted before it: the lease records that it was
+  // granted proxy-only (LeaseRecord.proxyOnly), whatever the store.
+  const proxyOnlyStays = async (store: Store): Promise<void> => {
+    const hidden = `[[rule]]\nname = "db-hidden"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["db"]\nany_domain = true\n`;
+    let text = `${hidden}reveal = false\n`;
+    const vault = await Vault.open({ store, keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!, policy: async () => parsePolicy(text, "policy.toml") });
+    try {
+      const admin = vault.admin();
+      await admin.storeSecret({ name: "db", value: CANARY });
+      const claude = vault.session(agent("claude"));
+      const before = await claude.requestLease({ secret: "db" });
+      assert.equal(before.proxyOnly, true, "granted under reveal = false: recorded proxy-only");
+      text = hidden; // the same rule, now revealing the value (the default)
+      await admin.reloadPolicy();
+      const r = await refusalOf(claude.accessSecret(before.id, { domain: HOST }));
+      assert.equal(r.code, "access_denied", r.message);
+      assert.match(r.message, /this lease was granted proxy-only \(rule "db-hidden" did not reveal the value of global\/db when it was granted\), and a later policy does not change that/);
+      assert.ok(!r.message.includes(CANARY));
+      assert.equal((await admin.listLeases({ agent: "claude" })).find((l) => l.id === before.id)!.uses, 0, "the refused access used nothing");
+      // The owner's injecting proxy still uses it; a lease granted after the reload reveals.
+      using viaProxy = (await admin.accessSecret(before.id, { domain: HOST, via: "proxy" })).value;
+      assert.equal(viaProxy.unsafeText(), CANARY);
+      const after = await claude.requestLease({ secret: "db" });
+      assert.equal(after.proxyOnly, false);
+      using v = (await claude.accessSecret(after.id, { domain: HOST })).value;
+      assert.equal(v.unsafeText(), CANARY);
+      const rows = await admin.auditQuery({ types: ["access_denied"], agent: "claude" });
+      assert.equal(rows.length, 1);
+      assert.match(rows[0]!.reason ?? "", /granted proxy-only/);
+      assert.ok(!JSON.stringify(rows).includes(CANARY));
+    } finally {
+      await vault.close();
+    }
+  };
+
+  test("a reload that turns reveal on does not reveal a lease granted proxy-only: the agent is refused (audited, no use), the owner's proxy uses it, a lease granted after reveals (SQLite)", async () => {
+    await proxyOnlyStays(openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")));
+  });
+
+  test("the same on PostgreSQL", { skip: PG_SKIP }, async () => {
+    const { testSchema, PG_URL } = await import("./pg-helpers.js");
+    const { openPostgresStore } = await import("../src/store/postgres/postgres-store.js");
+    const { schema, drop } = await testSchema();
+    try {
+      await proxyOnlyStays(await openPostgresStore({ url: PG_URL!, schema }));
+    } finally {
+      await drop();
+    }
+  });
+
+  test("a lease a person approved for the proxy only stays proxy-only after the rule starts revealing the value", async () => {
+    const approved = `[[rule]]\nname = "gated"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["gh"]\ndomains = ["${HOST}"]\napproval = "required"\n`;
+    let text = `${approved}reveal = false\n`;
+    const vault = await Vault.open({
+      store: openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")),
+      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+      policy: async () => parsePolicy(text, "policy.toml"),
+    });
+    try {
+      const admin = vault.admin();
+      await admin.storeSecret({ name: "gh", value: CANARY });
+      const claude = vault.session(agent("claude"));
+      const asked = await claude.requestApproval({ secret: "gh", domains: [HOST] });
+      assert.equal(asked.required, true);
+      if (!asked.required) return;
+      assert.equal(asked.approval.reveal, false, "the person is shown proxy use only");
+      await admin.decideApproval(asked.approval.id, true);
+      const lease = await claude.requestLease({ secret: "gh", domains: [HOST] });
+      assert.equal(lease.bound, true);
+      assert.equal(lease.proxyOnly, true);
+      text = approved; // the same rule, now revealing the value
+      await admin.reloadPolicy();
+      const r = await refusalOf(claude.accessSecret(lease.id, { domain: HOST }));
+      assert.equal(r.code, "access_denied", r.message);
+      assert.match(r.message, /granted proxy-only \(rule "gated" did not reveal the value of global\/gh when it was granted, and a person approved it so\)/);
       assert.ok(!r.message.includes(CANARY));
     } finally {
       await vault.close();

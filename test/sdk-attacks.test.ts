@@ -189,6 +189,7 @@ const FAKE_LEASE: LeaseRecord = {
   revokeReason: null,
   issuedBy: "uid:0",
   bound: false,
+  proxyOnly: false,
 };
 /** An access answer: the value, under the lease `id` (by default FAKE_LEASE's, which is leaseId(1)). */
 const valueResult = (text: string, id = FAKE_LEASE.id) => ({ value: Buffer.from(text).toString("base64"), encoding: "base64", version: 1, lease: { ...FAKE_LEASE, id } });

@@ -220,7 +220,7 @@ describe("sqlite store", () => {
     // The leases table of that schema has no bound column: rows written as the old code wrote them.
     const oldLease = (l: LeaseRecord): void =>
       void db
-        .prepare(`INSERT INTO leases (${LEASE_COLS.replace(", bound", "")}, done) VALUES (${Array(21).fill("?").join(", ")})`)
+        .prepare(`INSERT INTO leases (${LEASE_COLS.replace(", bound, proxy_only", "")}, done) VALUES (${Array(21).fill("?").join(", ")})`)
         .run(l.id, l.agent, l.scope, l.name, JSON.stringify(l.domains), 0, null, null, l.rule, l.issuedAt, l.expiresAt, l.maxExpiresAt, l.uses, l.maxUses, l.renewals, l.maxRenewals, 1, l.revokedAt, l.revokeReason, l.issuedBy, 0);
     oldLease(leaseRec("0190a000-0000-7000-8000-000000000001", { issuedAt: T0 + 1 }));
     oldLease(leaseRec("0190a000-0000-7000-8000-000000000002", { issuedAt: T0 + 2, agent: "agent-b" }));
@@ -241,6 +241,7 @@ describe("sqlite store", () => {
       );
       assert.equal(await store.countLiveLeases("agent-a", T0), 1);
       assert.deepEqual((await store.listLeases({})).map((l) => l.bound), [false, false], "a lease from before bound was recorded reads unbound");
+      assert.deepEqual((await store.listLeases({})).map((l) => l.proxyOnly), [false, false], "a lease from before proxy_only was recorded reads not proxy-only (its rule as in force decides)");
       assert.deepEqual((await store.queryAudit({ agent: "agent-b" })).map((r) => r.seq), [1]);
       assert.equal((await store.queryAudit({}))[0]!.keyId, null, "a row from before the keyed chain reads as format 1");
       assert.equal((await store.auditHead())!.keyId, null);

@@ -67,6 +67,7 @@ export function leaseRec(id: string, over: Partial<LeaseRecord> = {}): LeaseReco
     revokeReason: null,
     issuedBy: "agent:agent-a",
     bound: false,
+    proxyOnly: false,
     ...over,
   };
 }
@@ -343,7 +344,7 @@ export function storeConformance(label: string, make: StoreFactory): void {
 
     describe("leases", () => {
       test("insertLease / getLease round-trip every field; fresh objects", withStore(async (s) => {
-        const a = leaseRec("l1", { methods: ["GET", "POST"], paths: ["/repos/"], maxUses: 3, maxRenewals: 2, anyDomain: true, renewable: false, bound: true });
+        const a = leaseRec("l1", { methods: ["GET", "POST"], paths: ["/repos/"], maxUses: 3, maxRenewals: 2, anyDomain: true, renewable: false, bound: true, proxyOnly: true });
         const b = leaseRec("l2", { revokedAt: T0 + 1, revokeReason: "because", domains: [] });
         await tx(s, async (t) => {
           await t.insertLease(a);

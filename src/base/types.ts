@@ -119,6 +119,14 @@ export interface LeaseRecord {
    * as in force still binds them).
    */
   bound: boolean;
+  /**
+   * True when its value may go only into an injecting proxy's request: the rule that granted it did
+   * not reveal the value then (`reveal = false`; what a person approved, for a lease through an
+   * approval). Recorded at grant, so that no later policy (the rule made to reveal) hands the value
+   * of a lease granted proxy-only to its agent. False on leases granted revealing, and on leases
+   * granted before lessor recorded it (their rule as in force decides, as it always does too).
+   */
+  proxyOnly: boolean;
 }
 
 /** Audit event types. */

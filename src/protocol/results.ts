@@ -75,6 +75,7 @@ export const lease = z.strictObject({
   revokeReason: nullableString,
   issuedBy: z.string(),
   bound: z.boolean(),
+  proxyOnly: z.boolean(),
 });
 
 /** A secret value on the wire, with the version it came from. */

@@ -84,7 +84,7 @@ const secretRow = (s: SecretRecord) => [s.scope, s.name, s.kind, s.description, 
 const versionRow = (v: VersionRecord) => [v.scope, v.name, v.version, v.alg, v.keyId, v.wrappedDek, v.ciphertext, v.size, v.createdAt, v.createdBy];
 const leaseRow = (l: LeaseRecord) => [
   l.id, l.agent, l.scope, l.name, l.domains, l.anyDomain, l.methods, l.paths, l.rule, l.issuedAt, l.expiresAt, l.maxExpiresAt,
-  l.uses, l.maxUses, l.renewals, l.maxRenewals, l.renewable, l.revokedAt, l.revokeReason, l.issuedBy, l.bound,
+  l.uses, l.maxUses, l.renewals, l.maxRenewals, l.renewable, l.revokedAt, l.revokeReason, l.issuedBy, l.bound, l.proxyOnly,
 ];
 const tokenRow = (t: TokenRecord) => [t.id, t.name, t.role, t.agent, t.actFor, t.createdAt, t.expiresAt, t.revokedAt, t.createdBy, t.hash, t.mac];
 const auditRow = (a: AuditRecord) => [

@@ -12,7 +12,7 @@ export type Row = Record<string, unknown>;
 /** The lease columns, in the order {@link rowMappers}' `leaseValues` gives them (an INSERT adds `done`). */
 export const LEASE_COLS =
   "id, agent, scope, name, domains, any_domain, methods, paths, rule, issued_at, expires_at, max_expires_at, " +
-  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by, bound";
+  "uses, max_uses, renewals, max_renewals, renewable, revoked_at, revoke_reason, issued_by, bound, proxy_only";
 /** The audit columns, in the order of `auditValues`. */
 export const AUDIT_COLS =
   "seq, id, time, type, actor_id, actor_role, transport, agent, secret, lease_id, domain, outcome, reason, detail, prev_hash, hash, key_id";
@@ -80,6 +80,7 @@ export function rowMappers(c: ColumnCodec) {
         revokeReason: r.revoke_reason as string | null,
         issuedBy: r.issued_by as string,
         bound: c.bool(r.bound),
+        proxyOnly: c.bool(r.proxy_only),
       };
     },
     auditFromRow(r: Row): AuditRecord {
@@ -150,6 +151,7 @@ export function rowMappers(c: ColumnCodec) {
         rec.revokeReason,
         rec.issuedBy,
         c.boolValue(rec.bound),
+        c.boolValue(rec.proxyOnly),
         c.boolValue(done),
       ];
     },

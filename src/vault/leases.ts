@@ -227,6 +227,9 @@ async function grantIn(
     // A person approved it for the identity that asked: bound to it on its row (useIn), whatever rule
     // bears this rule's name later.
     bound: approvalId !== null,
+    // Granted proxy-only, it stays so: a later reload that makes the rule reveal does not hand this
+    // lease's value to the agent (useIn); a person who approved it approved proxy use only.
+    proxyOnly: !rule.reveal,
   };
   if (!useNext) await tx.insertLease(lease);
   await audit({
@@ -449,7 +452,7 @@ async function useIn(
   if (narrowed) return denied(audit, who, narrowed, fields);
   // The value goes to the caller only when both the rule that granted the lease (as it is now) and
   // the rule deciding this use reveal it: the caller picks the domain, and so which rule decides.
-  const hidden = revealError(own, lease.rule, decision.rule, who, target, secret);
+  const hidden = revealError(own, lease, decision.rule, who, target, secret);
   if (hidden) return denied(audit, who, hidden, fields);
   if (!version) {
     if (!(await tx.getSecret(lease))) return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} was deleted`), fields);
@@ -513,23 +516,27 @@ function fitError(ctx: VaultContext, version: VersionRecord, fit: ValueFit, secr
 
 /**
  * Why an access may not hand the value to `who`, or null when it may: when it goes into an injecting
- * proxy's request (`via: "proxy"` from the owner or an orchestrator on the host), or when both the
- * lease's granting rule `granted` (`own`: as it is in the policy now) and the `deciding` rule reveal
- * it. A granting rule no longer in the policy reveals nothing: nothing says its value may be handed out.
+ * proxy's request (`via: "proxy"` from the owner or an orchestrator on the host), or when the lease
+ * was not granted proxy-only (LeaseRecord.proxyOnly) and both its granting rule (`own`: as it is in
+ * the policy now) and the `deciding` rule reveal it. A granting rule no longer in the policy reveals
+ * nothing: nothing says its value may be handed out.
  *
  * `via: "proxy"` is the caller's word. It is taken from an admin or orchestrator on the host, never
  * from an agent, nor from a VM guest (transport `vsock`) of any role: the injecting proxies run on the
  * host and never reach the vault over vsock, and code in a VM is not trusted with values that stay
  * on the host (docs/vm.md).
  */
-function revealError(own: Rule | undefined, granted: string, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
+function revealError(own: Rule | undefined, lease: LeaseRecord, deciding: Rule | null, who: Identity, target: AccessTarget, secret: string): VaultError | null {
   if (target.via === "proxy" && who.role !== "agent" && who.transport !== "vsock") return null;
+  const granted = lease.rule;
   const keeper = own === undefined ? null : !own.reveal ? own : deciding && !deciding.reveal ? deciding : null;
-  if (own !== undefined && keeper === null) return null;
+  if (own !== undefined && keeper === null && !lease.proxyOnly) return null;
   const why =
-    keeper === null
+    own === undefined
       ? `rule "${granted}", which granted this lease, is no longer in the policy, so nothing says its value may be handed out`
-      : `rule "${keeper.name}" does not hand the value of ${secret} to the agent (${keeper.methods !== null || keeper.paths !== null ? "reveal = false, the default for a rule with methods or paths" : "reveal = false"})`;
+      : keeper === null
+        ? `this lease was granted proxy-only (rule "${granted}" did not reveal the value of ${secret} when it was granted${lease.bound ? ", and a person approved it so" : ""}), and a later policy does not change that`
+        : `rule "${keeper.name}" does not hand the value of ${secret} to the agent (${keeper.methods !== null || keeper.paths !== null ? "reveal = false, the default for a rule with methods or paths" : "reveal = false"})`;
   return new VaultError(
     "access_denied",
     who.role === "agent"

@@ -32,6 +32,8 @@ export interface LeaseJson {
   issuedBy: string;
   /** Only `issuedBy` (or an admin) may use it: a person approved it for that identity. */
   bound: boolean;
+  /** Its value goes only into an injecting proxy's requests: its rule did not reveal it when it was granted. */
+  proxyOnly: boolean;
 }
 
 /** The --json shape of a lease. It never holds a value. */
@@ -60,5 +62,6 @@ export function leaseJson(l: LeaseRecord, now = Date.now()): LeaseJson {
     revokeReason: l.revokeReason,
     issuedBy: l.issuedBy,
     bound: l.bound,
+    proxyOnly: l.proxyOnly,
   };
 }

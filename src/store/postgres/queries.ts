@@ -294,7 +294,7 @@ export function insertVersion(rec: VersionRecord): Stmt {
 }
 
 export function insertLease(rec: LeaseRecord): Stmt {
-  return st("write a lease (its id must be new)", `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${pgPlaceholders(22)})`, leaseValues(rec));
+  return st("write a lease (its id must be new)", `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${pgPlaceholders(23)})`, leaseValues(rec));
 }
 
 export function renewLease(id: string, expiresAt: number, renewals: number): Stmt {

@@ -242,6 +242,11 @@ export const MIGRATIONS: readonly string[] = [
     WHEN (NEW.type = 'lease_granted' AND NEW.lease_id IS NOT NULL AND NEW.detail LIKE '%"approval":%')
     EXECUTE FUNCTION lessor_bind_approved();
   `,
+  // 9: as SQLite step 9: a lease granted under a rule that did not reveal the value is proxy-only on
+  // its row (LeaseRecord.proxyOnly). Leases granted before read false (their rule as in force decides).
+  `
+  ALTER TABLE leases ADD COLUMN proxy_only BOOLEAN NOT NULL DEFAULT false;
+  `,
 ];
 
 /** The table that records the steps applied, made by the first open. */

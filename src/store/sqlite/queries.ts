@@ -67,7 +67,7 @@ const SQL = {
   rewrapVersion: `UPDATE secret_versions SET key_id = ?, wrapped_dek = ? WHERE secret = ${SECRET_ID} AND version = ? AND key_id = ?`,
   getLease: `SELECT ${LEASE_COLS} FROM leases WHERE id = ?`,
   countLiveLeases: `SELECT count(*) FROM leases WHERE agent = ? AND ${LIVE}`,
-  insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${sqlitePlaceholders(22)})`,
+  insertLease: `INSERT INTO leases (${LEASE_COLS}, done) VALUES (${sqlitePlaceholders(23)})`,
   revokeById: `${REVOKE_SET}id = ? AND ${REVOCABLE}`,
   revokeByAgent: `${REVOKE_SET}agent = ? AND ${REVOCABLE}`,
   revokeBySecret: `${REVOKE_SET}scope = ? AND name = ? AND ${REVOCABLE}`,

@@ -175,6 +175,12 @@ export const MIGRATIONS: readonly string[] = [
     UPDATE leases SET bound = 1 WHERE id = NEW.lease_id AND bound = 0;
   END;
   `,
+  // 9: a lease granted under a rule that did not reveal the value is proxy-only on its row
+  // (LeaseRecord.proxyOnly): a later reload that makes the rule reveal does not hand its value out.
+  // Leases granted before read 0 (their rule as in force decides, as before).
+  `
+  ALTER TABLE leases ADD COLUMN proxy_only INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 /** The schema version this build writes. */
