@@ -450,8 +450,9 @@ async function useIn(
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
-  // The value goes to the caller only when both the rule that granted the lease (as it is now) and
-  // the rule deciding this use reveal it: the caller picks the domain, and so which rule decides.
+  // The value goes to the caller only when the lease was not granted proxy-only and both the rule
+  // that granted it (as it is now) and the rule deciding this use reveal it: the caller picks the
+  // domain, and so which rule decides.
   const hidden = revealError(own, lease, decision.rule, who, target, secret);
   if (hidden) return denied(audit, who, hidden, fields);
   if (!version) {
