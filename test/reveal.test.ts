@@ -67,6 +67,33 @@ async function seeded(): Promise<Awaited<ReturnType<typeof makeVault>>> {
   return t;
 }
 
+/**
+ * A vault whose rule "gated" needs a person's approval and does not reveal the value, with claude's
+ * request approved (the person was shown proxy use only); `reveal()` reloads the same rule revealing.
+ */
+async function approvedUnderProxyOnlyRule(): Promise<{ vault: Vault; claude: ReturnType<Vault["session"]>; approvalId: string; reveal: () => Promise<void> }> {
+  const approved = `[[rule]]\nname = "gated"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["gh"]\ndomains = ["${HOST}"]\napproval = "required"\n`;
+  let text = `${approved}reveal = false\n`;
+  const vault = await Vault.open({
+    store: openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")),
+    keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
+    policy: async () => parsePolicy(text, "policy.toml"),
+  });
+  const admin = vault.admin();
+  await admin.storeSecret({ name: "gh", value: CANARY });
+  const claude = vault.session(agent("claude"));
+  const asked = await claude.requestApproval({ secret: "gh", domains: [HOST] });
+  assert.equal(asked.required, true);
+  if (!asked.required) throw new Error("unreachable");
+  assert.equal(asked.approval.reveal, false, "the person is shown proxy use only");
+  await admin.decideApproval(asked.approval.id, true);
+  const reveal = async (): Promise<void> => {
+    text = approved; // the same rule, now revealing the value
+    await admin.reloadPolicy();
+  };
+  return { vault, claude, approvalId: asked.approval.id, reveal };
+}
+
 describe("the reveal field in the policy", () => {
   const rule = (extra: string, effect = "allow"): { reveal: boolean } =>
     parsePolicy(`[[rule]]\nname = "r"\neffect = "${effect}"\nagents = ["a"]\nsecrets = ["s"]\n${effect === "allow" ? 'domains = ["x.example"]\n' : ""}${extra}`, "p.toml").rules[0]!;
@@ -167,27 +194,13 @@ describe("an agent never gets the value of a rule that does not reveal it (embed
   });
 
   test("an approval given for a proxy-only rule is not spent after the rule starts revealing the value", async () => {
-    const approved = `[[rule]]\nname = "gated"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["gh"]\ndomains = ["${HOST}"]\napproval = "required"\n`;
-    let text = `${approved}reveal = false\n`;
-    const vault = await Vault.open({
-      store: openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")),
-      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
-      policy: async () => parsePolicy(text, "policy.toml"),
-    });
+    const { vault, claude, approvalId, reveal } = await approvedUnderProxyOnlyRule();
     try {
-      const admin = vault.admin();
-      await admin.storeSecret({ name: "gh", value: CANARY });
-      const claude = vault.session(agent("claude"));
-      const asked = await claude.requestApproval({ secret: "gh", domains: [HOST] });
-      assert.equal(asked.required, true);
-      if (!asked.required) return;
-      await admin.decideApproval(asked.approval.id, true);
-      text = approved; // the same rule, now revealing the value
-      await admin.reloadPolicy();
+      await reveal();
       const r = await refusalOf(claude.requestLeaseAndAccess({ secret: "gh", domains: [HOST] }, { domain: HOST }));
       assert.equal(r.code, "access_denied", r.message);
       assert.match(r.message, /needs a person's approval for this request: approval \S+ was opened/);
-      assert.ok(!r.message.includes(asked.approval.id), "a new approval is asked for, not the old one spent");
+      assert.ok(!r.message.includes(approvalId), "a new approval is asked for, not the old one spent");
       assert.ok(!r.message.includes(CANARY));
     } finally {
       await vault.close();
@@ -245,27 +258,12 @@ describe("an agent never gets the value of a rule that does not reveal it (embed
   });
 
   test("a lease a person approved for the proxy only stays proxy-only after the rule starts revealing the value", async () => {
-    const approved = `[[rule]]\nname = "gated"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["gh"]\ndomains = ["${HOST}"]\napproval = "required"\n`;
-    let text = `${approved}reveal = false\n`;
-    const vault = await Vault.open({
-      store: openSqliteStore(join(tempDir("lessor-reveal-"), "lessor.db")),
-      keys: envKeySource({ LESSOR_MASTER_KEY: hexKey() })!,
-      policy: async () => parsePolicy(text, "policy.toml"),
-    });
+    const { vault, claude, reveal } = await approvedUnderProxyOnlyRule();
     try {
-      const admin = vault.admin();
-      await admin.storeSecret({ name: "gh", value: CANARY });
-      const claude = vault.session(agent("claude"));
-      const asked = await claude.requestApproval({ secret: "gh", domains: [HOST] });
-      assert.equal(asked.required, true);
-      if (!asked.required) return;
-      assert.equal(asked.approval.reveal, false, "the person is shown proxy use only");
-      await admin.decideApproval(asked.approval.id, true);
       const lease = await claude.requestLease({ secret: "gh", domains: [HOST] });
       assert.equal(lease.bound, true);
       assert.equal(lease.proxyOnly, true);
-      text = approved; // the same rule, now revealing the value
-      await admin.reloadPolicy();
+      await reveal();
       const r = await refusalOf(claude.accessSecret(lease.id, { domain: HOST }));
       assert.equal(r.code, "access_denied", r.message);
       assert.match(r.message, /granted proxy-only \(rule "gated" did not reveal the value of global\/gh when it was granted, and a person approved it so\)/);
