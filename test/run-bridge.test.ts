@@ -72,6 +72,8 @@ async function helperListening(h: Handoff, args: (port: number) => string[]): Pr
       return { c, fd, port };
     } catch (e) {
       closeSync(c.ours);
+      // EPIPE: the helper exited before handing anything over (any other failure is the test's).
+      if ((e as NodeJS.ErrnoException).code !== "EPIPE") throw e;
       const r = await c.done;
       if (attempt < 3 && r.code === 126 && /Address already in use/.test(r.err)) continue;
       throw e;
