@@ -18,6 +18,7 @@ import { Vault } from "../src/vault/vault.js";
 import { makeHome, startServe } from "./daemon-harness.js";
 import { PG_SKIP } from "./pg-helpers.js";
 import type { Store } from "../src/vault/ports.js";
+import { copyStore } from "../src/store/copy.js";
 import { runCli } from "./cli-harness.js";
 import { agent, hexKey, makeVault, orchestrator, refusalOf, tempDir } from "./helpers.js";
 
@@ -254,6 +255,39 @@ describe("an agent never gets the value of a rule that does not reveal it (embed
       await proxyOnlyStays(await openPostgresStore({ url: PG_URL!, schema }));
     } finally {
       await drop();
+    }
+  });
+
+  test("a lease granted proxy-only and copied by lessor migrate (SQLite to SQLite) stays proxy-only in the copy, and its value is refused to the agent there after a revealing reload", async () => {
+    const hidden = `[[rule]]\nname = "db-hidden"\neffect = "allow"\nagents = ["claude"]\nsecrets = ["db"]\nany_domain = true\n`;
+    const key = hexKey();
+    const dir = tempDir("lessor-reveal-copy-");
+    const src = await Vault.open({ store: openSqliteStore(join(dir, "src.db")), keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy(`${hidden}reveal = false\n`, "policy.toml") });
+    let id: string;
+    try {
+      await src.admin().storeSecret({ name: "db", value: CANARY });
+      id = (await src.session(agent("claude")).requestLease({ secret: "db" })).id;
+    } finally {
+      await src.close();
+    }
+    const from = openSqliteStore(join(dir, "src.db"));
+    const to = openSqliteStore(join(dir, "copy.db"));
+    try {
+      await copyStore(from, to);
+    } finally {
+      await from.close();
+      await to.close();
+    }
+    // The copy opened under the same rule, now revealing the value (the default).
+    const copy = await Vault.open({ store: openSqliteStore(join(dir, "copy.db")), keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy(hidden, "policy.toml") });
+    try {
+      const claude = copy.session(agent("claude"));
+      const r = await refusalOf(claude.accessSecret(id, { domain: HOST }));
+      assert.equal(r.code, "access_denied", r.message);
+      assert.match(r.message, /granted proxy-only/);
+      assert.ok(!r.message.includes(CANARY));
+    } finally {
+      await copy.close();
     }
   });
 
