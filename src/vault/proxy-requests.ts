@@ -125,12 +125,16 @@ export async function recordProxyRequests(ctx: VaultContext, who: Identity, repo
     // Every report is checked before any event is written: a refusal commits only its own
     // access_denied event, so a valid report ahead of a forged one must not be written either.
     const leasesOf: LeaseRecord[][] = [];
+    // A proxy's batch names the same few leases again and again: each is read once per transaction
+    // (nothing here changes a lease before every report is checked).
+    const read = new Map<string, LeaseRecord | null>();
     for (const { r, agent } of checked) {
       if (!mayActFor(who, agent))
         return denied(audit, who, new VaultError("access_denied", `you may not report proxy requests of agent "${agent}"`), { agent });
       const leases: LeaseRecord[] = [];
       for (const id of r.leaseIds) {
-        const lease = await tx.getLease(id);
+        let lease = read.get(id);
+        if (lease === undefined) read.set(id, (lease = await tx.getLease(id)));
         if (!lease || lease.agent !== agent)
           return denied(audit, who, new VaultError("access_denied", `lease ${id} is not a lease of agent "${agent}"`), { agent, leaseId: id });
         // A run's session reports (and trips the wire on) only its own leases: not another run's.
