@@ -237,7 +237,8 @@ describe("audit trail", () => {
     assert.deepEqual(lines.map((l) => l.hash), events.map((e) => Buffer.from(e.hash).toString("hex")));
     // A sink whose writes would fail (here its file removed; a full disk in test/durability-attacks.test.ts
     // and test/attack-auditsink.test.ts) refuses every operation it could not record, before it changes
-    // anything; the lease request, which finds no secret, records nothing (secret_not_found is not audited).
+    // anything; the lease request, which finds no secret, is a refusal it could not record either
+    // (secret_not_found is audited: test/review-2026-12-07.test.ts).
     const gonePath = join(tempDir(), "gone.jsonl");
     const gone = jsonlSink(gonePath);
     unlinkSync(gonePath);
@@ -247,7 +248,7 @@ describe("audit trail", () => {
       codeOf(full.vault.admin().storeSecret({ name: "tok2", value: "v" })),
       codeOf(full.vault.session(agent("claude")).requestLease({ secret: "tok" })),
     ]);
-    assert.deepEqual(codes, ["audit_failed", "audit_failed", "secret_not_found"]);
+    assert.deepEqual(codes, ["audit_failed", "audit_failed", "audit_failed"]);
     assert.deepEqual(await full.vault.admin().listSecrets(), [], "the refused operations changed nothing");
   });
 

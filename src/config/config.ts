@@ -334,7 +334,8 @@ export const STARTER_CONFIG = `# lessor configuration. Paths are relative to thi
 # max_secret_bytes = 65536          # largest secret value
 # keep_versions = 10                # older versions are pruned on write
 # max_live_leases_per_agent = 100
-# proxy_request_rows = 200          # requests an agent's own proxy reports: one row each per 10 s; past it
+# proxy_request_rows = 200          # requests an agent's own proxy reports (and its own tool-call reports, its
+#                                   # revocations that changed nothing): one row each per 10 s; past it
 #                                   # counted in one summary row per window (docs/daemon.md)
 # lease_retention = "7d"            # expired leases are deleted after this
 # approval_wait = "10m"             # a request needing a person's approval lapses if nobody decides in this time

@@ -85,7 +85,8 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     // vault: read in this transaction, so none commits after a killswitch did, in any process.
     const locked = await lockoutIn(ctx, tx, audit, now, false);
     if (locked) return denied(audit, who, approvalLockoutError(locked, false), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
-    if (!(await tx.getSecret(checked.ref))) return new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`);
+    if (!(await tx.getSecret(checked.ref)))
+      return denied(audit, who, new VaultError("secret_not_found", `secret ${checked.secret} does not exist; ask an admin to store it`), { agent, secret: checked.secret, domain: checked.domains?.join(",") ?? null });
     if (namedHosts === true && rule.anyDomain && (checked.domains?.length ?? 0) === 0)
       return new VaultError(
         "invalid_request",

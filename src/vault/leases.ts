@@ -185,7 +185,10 @@ async function grantIn(
   if (!decision.allow || !decision.rule)
     return denied(audit, who, new VaultError("access_denied", reasonFor(ctx.policy, who.role, decision.reason)), { agent, secret, domain: req.domains?.join(",") ?? null });
   const rule = decision.rule;
-  if (!version && !(exists ?? (await tx.getSecret(ref)))) return new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`);
+  // Audited as any refusal (and tallied past the burst, ./refusals.ts): a rule that grants names by
+  // pattern must not let its agent probe which secrets exist without a trace.
+  if (!version && !(exists ?? (await tx.getSecret(ref))))
+    return denied(audit, who, new VaultError("secret_not_found", `secret ${secret} does not exist; ask an admin to store it`), { agent, secret, domain: req.domains?.join(",") ?? null });
   if (live >= ctx.limits.maxLiveLeasesPerAgent)
     return denied(audit, who, new VaultError("rate_limited", `agent "${agent}" already holds ${live} live leases (the limit is ${ctx.limits.maxLiveLeasesPerAgent}); revoke some or wait for them to expire`), { agent, secret });
   const leaseId = uuidv7(now);

@@ -19,7 +19,8 @@ export interface Limits {
   /**
    * `proxy_request` rows of requests that went (outcome ok or error) written one each per identity and
    * agent in one window of {@link authFailureWindowMs}; past it they are counted, one summary row per
-   * window (src/vault/refusals.ts). Default 200.
+   * window (src/vault/refusals.ts). The same burst, in tallies of their own, for an agent's own
+   * `tool_call` reports and its revocations that changed nothing. Default 200.
    */
   proxyRequestRows: number;
   /** How long a request waits for a person's approval before it lapses. Default 10 minutes. */

@@ -50,6 +50,14 @@
  * Past the burst each is counted, by outcome and status, in one summary row per window (`detail.count`,
  * `detail.reasons` like `ok 200 ×5000; error 0 ×12`, `detail.domains`), filed under its agent.
  *
+ * Two more kinds of row an agent (or a VM guest) can have written at will, each one call, are traffic
+ * too, each in tallies of its own beside the proxy reports' (same burst and budget, per identity and
+ * agent): its own `tool_call` reports (`record_tool_call` is open to an agent, for an MCP server it runs
+ * with its own token: ./tool-calls.ts), counted past the burst by outcome and error code; and its
+ * revocations that changed nothing (`revoke_lease` of a lease already ended, `revoke_all_for_agent`
+ * with nothing live, `lease_revoked` with `changed`/`count` 0), counted as `no change`. A revocation that
+ * ended a lease is always written, and so is every row of the owner's MCP server (actor the owner).
+ *
  * A refusal is counted once its call's transaction has committed, so a call run again (a batch rerun,
  * a catch-up) counts once; a refusal written holds its place in the burst only if its transaction
  * commits (a rerun or a rollback gives it back), so a rerun does not spend the burst twice either.
@@ -115,8 +123,8 @@ interface Tally extends WindowTally {
   agents: Named;
 }
 
-/** The audit types whose refusals are tallied. */
-type TalliedType = "access_denied" | "proxy_request";
+/** The audit types whose rows are tallied: refusals, and the traffic rows of the module comment. */
+type TalliedType = "access_denied" | "proxy_request" | "tool_call" | "lease_revoked";
 
 /** Summary drafts: written past the tally (see {@link isTallied}). */
 const summaries = new WeakSet<AuditDraft>();
@@ -180,10 +188,10 @@ function namedDetail(key: string, n: Named): Record<string, string | number> {
 }
 
 function tallyOf(log: RefusalLog, d: AuditDraft): Tally {
-  const type: TalliedType = d.type === "proxy_request" ? "proxy_request" : "access_denied";
-  // A proxy's refused requests, by the agent they were for: each agent its own burst, for the first
-  // few agents of the identity at once (module comment).
-  let forAgent = type === "proxy_request" ? (d.agent ?? null) : null;
+  const type: TalliedType = d.type === "proxy_request" || d.type === "tool_call" || d.type === "lease_revoked" ? d.type : "access_denied";
+  // A proxy's refused requests (and traffic rows), by the agent they were for: each agent its own
+  // burst, for the first few agents of the identity at once (module comment).
+  let forAgent = type !== "access_denied" ? (d.agent ?? null) : null;
   if (forAgent !== null && !log.has(tallyKey(d.actor, type, forAgent))) {
     const shared = tallyKey(d.actor, type, null);
     if (log.keysWith(shared) - (log.has(shared) ? 1 : 0) >= MAX_AGENT_TALLIES) forAgent = null;
@@ -229,19 +237,31 @@ function summary(t: Tally): AuditDraft {
   return draft;
 }
 
-/** The row standing for a tally's counted proxied requests that went (ok or error). */
+/** What a traffic summary says it counted, by the type of its rows. */
+const TRAFFIC_COUNTED: Record<TalliedType, string> = {
+  proxy_request: "proxied requests counted in this window, past the %d audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and status)",
+  tool_call: "tool calls this identity reported counted in this window, past the %d audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and error code)",
+  lease_revoked: "revocations that changed nothing counted in this window, past the %d audited one row each ([vault] proxy_request_rows)",
+  access_denied: "refusals counted in this window",
+};
+
+/** The row standing for a tally's counted traffic: proxied requests that went (ok or error), tool calls, revocations that changed nothing. */
 function trafficSummary(t: Tally, burst: number): AuditDraft {
   const { text } = reasonsText(t.reasons);
-  const allOk = [...t.reasons.keys()].every((r) => r.startsWith("ok "));
+  const allOk = [...t.reasons.keys()].every((r) => r.startsWith("ok ") || r === "ok" || r === "no change");
   const draft: AuditDraft = {
-    type: "proxy_request",
+    type: t.type,
     actor: t.actor,
     agent: t.forAgent ?? t.actor.agent ?? null,
     secret: null,
     domain: only(t.domains),
     outcome: allOk ? "ok" : "error",
-    reason: `${t.count} proxied requests counted in this window, past the ${burst} audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and status)`,
-    detail: { count: t.count, since: t.since, reasons: text, ...namedDetail("domains", t.domains) },
+    reason: `${t.count} ${TRAFFIC_COUNTED[t.type].replace("%d", String(burst))}`,
+    // A revocation row's own `count` says how many leases it revoked: its summary says `calls` instead.
+    detail:
+      t.type === "lease_revoked"
+        ? { changed: 0, calls: t.count, since: t.since }
+        : { count: t.count, since: t.since, reasons: text, ...namedDetail("domains", t.domains) },
   };
   summaries.add(draft);
   return draft;
@@ -252,20 +272,18 @@ const logs = new WeakMap<VaultContext, RefusalLog>();
 const trafficLogs = new WeakMap<VaultContext, RefusalLog>();
 
 /**
- * True for a `proxy_request` report of a request that went (ok or error), not a summary, from an agent
- * (a proxy an agent runs with its own token) or from a VM guest: the reports that may be made up by
- * the one they are about. The proxies of the host's owner and its orchestrators (`lessor run`,
- * `lessor proxy`) report every request as a row of its own, however busy the agent (issue 14: every
- * proxied request is an audit event); a flood of those is the owner's own.
+ * True for a traffic row (module comment) from an agent or a VM guest, not a summary: a `proxy_request`
+ * report of a request that went (ok or error; a proxy an agent runs with its own token), a `tool_call`
+ * report, or a `lease_revoked` that changed nothing: rows the one they are about can have written at
+ * will. The proxies of the host's owner and its orchestrators (`lessor run`, `lessor proxy`) report
+ * every request as a row of its own, however busy the agent (issue 14: every proxied request is an
+ * audit event), and the owner's `lessor mcp` every tool call; a flood of those is the owner's own.
  */
 function isTraffic(d: AuditDraft): boolean {
-  return (
-    d.type === "proxy_request" &&
-    d.outcome !== "denied" &&
-    d.detail?.["alarm"] !== true &&
-    (d.actor.role === "agent" || d.actor.transport === "vsock") &&
-    !vouched.has(d)
-  );
+  if (d.actor.role !== "agent" && d.actor.transport !== "vsock") return false;
+  if (d.type === "tool_call") return true;
+  if (d.type === "lease_revoked") return d.detail?.["alarm"] !== true && (d.detail?.["changed"] === 0 || d.detail?.["count"] === 0);
+  return d.type === "proxy_request" && d.outcome !== "denied" && d.detail?.["alarm"] !== true && !vouched.has(d);
 }
 
 /**
@@ -288,8 +306,10 @@ function trafficLogOf(ctx: VaultContext): RefusalLog {
   return log;
 }
 
-/** What a summary counts a proxied request under: its outcome and status. */
+/** What a summary counts a traffic row under: a proxied request's outcome and status, a tool call's outcome and code. */
 function trafficReason(d: AuditDraft): string {
+  if (d.type === "lease_revoked") return "no change";
+  if (d.type === "tool_call") return d.reason === null || d.reason === undefined ? d.outcome : `${d.outcome} ${d.reason}`;
   return `${d.outcome} ${String(d.detail?.["status"] ?? "?")}`;
 }
 
