@@ -11,6 +11,7 @@
 import { request, type IncomingHttpHeaders, type OutgoingHttpHeaders } from "node:http";
 import { connect as tlsConnect } from "node:tls";
 import type { Duplex } from "node:stream";
+import { isProxyAnswer } from "../proxy/headers.js";
 import { ERROR_CODES, VaultError, type ErrorCode } from "../base/errors.js";
 
 /** What {@link fetchThroughProxy} sends. */
@@ -146,9 +147,10 @@ export async function fetchThroughProxy(o: ProxiedFetch): Promise<FetchedRespons
         let truncated = false;
         const finish = (): void => {
           const body = Buffer.concat(chunks);
-          const p = lessorProblem(res.headers, body);
+          // The proxy's own answer inside the tunnel (its mark: an upstream's problem document that
+          // looks like one is the upstream's answer): the vault refused this use of a lease.
+          const p = isProxyAnswer(res.headers) ? lessorProblem(res.headers, body) : null;
           const status = res.statusCode ?? 0;
-          // The proxy's own answer inside the tunnel: the vault refused this use of a lease.
           if (p && status >= 400) reject(new ProxyRefused(codeFor(p.reason, status), p.detail, p.reason, status));
           else resolve({ status, headers: res.headers, body, truncated });
           tls.destroy();

@@ -17,7 +17,7 @@ import { pipeline, type Readable } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest } from "./egress.js";
-import { askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
+import { ANSWER_MARK, ANSWER_MARK_HEADER, askPolicy, authority, endToEnd, hostOf, NOT_END_TO_END_H2, scrubHeaders } from "./headers.js";
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
@@ -99,7 +99,7 @@ function problem(cs: ServerHttp2Stream, status: number, reason: string, detail: 
     return;
   }
   const body = safeJson({ type: `urn:lessor:proxy:${reason}`, title: detail.split(":")[0], status, detail, reason });
-  cs.respond({ ":status": status, "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
+  cs.respond({ ":status": status, "content-type": "application/problem+json", "content-length": Buffer.byteLength(body), [ANSWER_MARK_HEADER]: ANSWER_MARK });
   cs.end(body);
 }
 

@@ -3,13 +3,31 @@
  * which headers are end to end, which host a Host or `:authority` value names, the authority the
  * upstream is addressed by, and asking the egress policy about one request.
  */
+import { randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { parseHostLiteral } from "./guard.js";
 import { scrub, type ScrubPatterns } from "./scrub.js";
 
+/**
+ * The header that marks an answer the proxy made itself inside a tunnel (a refusal's problem
+ * document), with {@link ANSWER_MARK}, a random value of this process: a client in this process
+ * (lessor mcp's fetch, src/mcp/fetch.ts) tells the proxy's refusals from an upstream's answer that
+ * looks like one. The header is dropped from every upstream answer ({@link HOP_BY_HOP}), so an upstream
+ * cannot set it, whatever it knows.
+ */
+export const ANSWER_MARK_HEADER = "lessor-proxy-answer";
+/** See {@link ANSWER_MARK_HEADER}. */
+export const ANSWER_MARK = randomBytes(16).toString("hex");
+
+/** True when `h` are the headers of an answer this process's proxy made itself ({@link ANSWER_MARK_HEADER}). */
+export function isProxyAnswer(h: IncomingHttpHeaders): boolean {
+  return h[ANSWER_MARK_HEADER] === ANSWER_MARK;
+}
+
 /** Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the proxy's own. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  ANSWER_MARK_HEADER,
   "connection",
   "proxy-connection",
   "keep-alive",
@@ -26,22 +44,38 @@ export const NOT_END_TO_END_H2: ReadonlySet<string> = new Set([...HOP_BY_HOP, "h
 
 /**
  * The end-to-end headers of `h`: names lower case, no pseudo-headers, none of `drop`, none that the
- * Connection header lists.
+ * Connection header lists, and none that names one of those, or Content-Length, with `_` for `-`.
+ *
+ * Node's parsers frame a message by `Transfer-Encoding` and `Content-Length` spelled exactly; some
+ * servers (unicorn; Puma before 6.4.3) read `_` as `-` in a name. A request with `Content-Length: N`
+ * and `Transfer_Encoding: chunked` was framed here by its length and went upstream with both, where
+ * such a server framed it as chunked: the rest of the body became a second request, which took the
+ * next request's head (with the credential injected for it) as its own, past the grant's methods and
+ * paths. Such spellings never go on.
  */
 export function endToEnd(h: IncomingHttpHeaders | OutgoingHttpHeaders, drop: ReadonlySet<string> = HOP_BY_HOP): IncomingHttpHeaders {
   const listed = new Set(
     String(h.connection ?? "")
       .split(",")
-      .map((s) => s.trim().toLowerCase())
+      .map((s) => folded(s.trim().toLowerCase()))
       .filter(Boolean),
   );
   const out: Record<string, string | string[] | number> = {};
   for (const [k, v] of Object.entries(h)) {
     const name = k.toLowerCase();
-    if (v === undefined || name.startsWith(":") || drop.has(name) || listed.has(name)) continue;
+    if (v === undefined || name.startsWith(":") || drop.has(name) || listed.has(folded(name))) continue;
+    if (name.includes("_")) {
+      const as = folded(name);
+      if (drop.has(as) || as === "content-length" || HOP_BY_HOP.has(as)) continue;
+    }
     out[name] = v;
   }
   return out as IncomingHttpHeaders;
+}
+
+/** `name` with each `_` read as `-`, as some servers read header names. */
+function folded(name: string): string {
+  return name.includes("_") ? name.replace(/_/g, "-") : name;
 }
 
 /** The host named by a Host or `:authority` value, canonical, or undefined if it names none (userinfo included). */

@@ -11,7 +11,7 @@ import { connect as tlsConnect, rootCertificates, type TLSSocket, createSecureCo
 import { safeJson } from "../base/text.js";
 import type { Prepared, ProxiedRequest, TunnelHandle } from "./egress.js";
 import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
-import { askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
+import { ANSWER_MARK, ANSWER_MARK_HEADER, askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
 import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
@@ -151,7 +151,7 @@ export function problemResponse(res: ServerResponse, status: number, reason: str
     return;
   }
   const body = safeJson({ type: `urn:lessor:proxy:${reason}`, title: detail.split(":")[0], status, detail, reason });
-  res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
+  res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body), [ANSWER_MARK_HEADER]: ANSWER_MARK });
   res.end(body);
 }
 

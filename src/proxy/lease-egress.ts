@@ -217,6 +217,11 @@ export class LeaseEgress implements Egress {
   readonly #wakers = new Set<() => void>();
   /** Batches of reports waiting to be sent again. */
   #retrying = 0;
+  /**
+   * Answers on their way (relaying, streaming), by tunnel: each is scrubbed with the patterns in force
+   * when its request was prepared, so a rotation closes the tunnels that have any (see #prepare).
+   */
+  readonly #answering = new Map<TunnelHandle, number>();
 
   constructor(o: LeaseEgressOptions) {
     this.#o = o;
@@ -416,10 +421,12 @@ export class LeaseEgress implements Egress {
     if (ended) return this.#refuse(req, using, 403, "lease_ended", `the lease for ${ended.secret} has ended (${ended.dead}); lessor run no longer adds this credential`);
     // A value other than the one held: the secret was rotated under the run. What is injected now must
     // be masked in the answer, and watched for by the tripwire, before the request goes.
+    let rotated = false;
     for (const [h, value] of values)
       if (value !== h.value && value.length > 0)
         try {
           this.#rotated(h, value);
+          rotated = true;
         } catch (e) {
           // A new value the answers could not be masked of: not sent, so that no echo of it reaches the agent.
           if (!isVaultError(e)) throw e;
@@ -431,6 +438,26 @@ export class LeaseEgress implements Egress {
             `Bad gateway: the value of ${h.secret} changed while this run goes on (a rotation), and the proxy could not mask the new one in answers (${e.message}); the request was not sent. Rotate it to a shorter value, or end the run and start it again with fewer credentials`,
           );
         }
+    if (rotated) {
+      // Answers already on their way are masked with the patterns of before, which miss the new value:
+      // an upstream writing it into a stream opened earlier (an event feed, a long poll, a WebSocket)
+      // would show it to the agent. Their connections are closed; idle ones go on, and their next
+      // requests are masked anew. This request's own connection too, if it carries such an answer
+      // (HTTP/2 streams, pipelined requests): then it is not sent.
+      for (const [t, n] of this.#answering)
+        if (n > 0) {
+          t.close();
+          this.#answering.delete(t);
+        }
+      if (tunnel.closed)
+        return this.#refuse(
+          req,
+          using,
+          503,
+          "rotated",
+          `a credential of this request was rotated while this connection carried an answer masked for its old value, so the connection was closed and the request was not sent; send it again on a new connection`,
+        );
+    }
     let headers: OutgoingHttpHeaders = { ...req.headers };
     // Under a `paths` restriction the upstream gets the path the vault matched, never the raw one.
     let target = canonical === null ? req.target : withCanonicalPath(req.target, canonical);
@@ -456,6 +483,8 @@ export class LeaseEgress implements Egress {
     const frames = reverse(inFrames);
     const leaseIds = using.map((h) => h.lease.id);
     const away = req.hasBody !== false || req.upgrade === "websocket" ? this.#marksAwayFrom(req.host) : null;
+    this.#answering.set(tunnel, (this.#answering.get(tunnel) ?? 0) + 1);
+    let answered = false;
     return {
       kind: "forward",
       headers,
@@ -464,7 +493,15 @@ export class LeaseEgress implements Egress {
       ...(requestBody ? { requestBody } : {}),
       ...(frames ? { frames } : {}),
       ...(away ? { bodyTripwire: { marks: away, trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], req.upgrade === "websocket" ? "in a WebSocket frame" : "in the request body") } } : {}),
-      done: (o) => this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error),
+      done: (o) => {
+        if (!answered) {
+          answered = true;
+          const n = (this.#answering.get(tunnel) ?? 1) - 1;
+          if (n > 0) this.#answering.set(tunnel, n);
+          else this.#answering.delete(tunnel);
+        }
+        return this.#report(req, leaseIds, o, o.error ? "error" : "ok", o.error);
+      },
     };
   }
 
@@ -655,6 +692,7 @@ export class LeaseEgress implements Egress {
    * ask the vault themselves, and one it grants confirms the lease again.
    */
   #unconfirmed(): void {
+    for (const t of this.#answering.keys()) if (t.closed) this.#answering.delete(t);
     for (const h of this.#held) {
       for (const t of h.tunnels) if (t.closed) h.tunnels.delete(t);
       if (h.tunnels.size === 0 || this.#tick - h.confirmed <= this.#patience) continue;

@@ -19,7 +19,7 @@ import { safeJson } from "../base/text.js";
 import type { Egress } from "./egress.js";
 import { connectChecked, parseHostLiteral, type ConnectTo, type SsrfGuard } from "./guard.js";
 import { tooManyHeaders, tooManyHeadersDetail } from "./header-cap.js";
-import { endToEnd, relayableStatus } from "./headers.js";
+import { ANSWER_MARK, ANSWER_MARK_HEADER, endToEnd, relayableStatus } from "./headers.js";
 import { problemResponse } from "./intercept.js";
 import { framedBodyHeaders, h1HasBody } from "./request-body.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -84,7 +84,7 @@ export function parseAbsoluteTarget(target: string): PlainTarget | TargetError {
 /** Writes a problem document the proxy made (a refusal's own document). */
 function problemDocument(res: ServerResponse, status: number, doc: object): void {
   const body = safeJson(doc);
-  res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body) });
+  res.writeHead(status, { "content-type": "application/problem+json", "content-length": Buffer.byteLength(body), [ANSWER_MARK_HEADER]: ANSWER_MARK });
   res.end(body);
 }
 

@@ -16,6 +16,7 @@ import { Interrupted, signalExitCode, StopSignals } from "./signals.js";
 import { holdLeases } from "../holding.js";
 import { EXIT } from "../exit-codes.js";
 import { unsafeForTerminal } from "../format/terminal-safe.js";
+import { codePointName, hasUnsafeText } from "../../base/text.js";
 
 /** Options of {@link injectTemplate}. */
 export interface InjectOptions {
@@ -69,6 +70,17 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
   } catch (e) {
     if (e instanceof VaultError) throw new VaultError(e.code, `${where}: ${e.message}. Nothing was written.`);
     throw e;
+  }
+  // Rendered to a terminal, the template's own text is shown around the values too: escapes in it
+  // would act on the terminal, and wrap a clean value in a hyperlink to elsewhere (OSC 8), the
+  // clipboard (OSC 52) or the window title. Refused before any lease, as a value holding them is.
+  const unsafeAt = toTerminal && refs.length > 0 ? firstUnsafe(text) : null;
+  if (unsafeAt !== null) {
+    const { line, col } = lineCols(text, [unsafeAt.index])[0]!;
+    throw new VaultError(
+      "invalid_request",
+      `${where}:${line}:${col}: the template holds ${unsafeAt.what}, which would act on this terminal around the secrets it writes rather than be shown; render to a file (-o FILE) or a pipe. Nothing was written.`,
+    );
   }
   // From before the first lease: SIGINT, SIGTERM and SIGHUP stop inject, which then revokes its
   // leases, instead of killing it with them live.
@@ -189,4 +201,19 @@ function writeOutput(cli: Cli, path: string, data: Buffer): void {
   }
   if (before !== null && (before & 0o077) !== 0)
     cli.err(`lessor: ${path} had mode ${before.toString(8).padStart(4, "0")}; it was replaced by a file with mode 0600`);
+}
+
+/**
+ * The first character of `text` a terminal would obey rather than show, or null: tab, line feed and a
+ * carriage return before a line feed (a template saved with CRLF line ends) aside.
+ */
+function firstUnsafe(text: string): { index: number; what: string } | null {
+  for (let i = 0; i < text.length; ) {
+    const cp = text.codePointAt(i)!;
+    const ch = String.fromCodePoint(cp);
+    const shown = cp === 0x09 || cp === 0x0a || (cp === 0x0d && text.charCodeAt(i + 1) === 0x0a);
+    if (!shown && hasUnsafeText(ch)) return { index: i, what: `a control or invisible character (${codePointName(ch)})` };
+    i += ch.length;
+  }
+  return null;
 }
