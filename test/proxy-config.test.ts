@@ -81,6 +81,9 @@ test("bad input is refused, naming the field and the fix", () => {
   refused('[[proxy.inject]]\nsecret = "a"\nmode = "query"', /mode = "query" needs param = "…"/);
   refused('[[proxy.inject]]\nsecret = "a"\nmode = "bearer"\nheader = "X-Key"', /only mode = "header" takes header/);
   refused('[[proxy.inject]]\nsecret = "a"\nmode = "header"\nheader = "Host"', /frames the message or belongs to the proxy/);
+  // Some servers read "_" as "-": a credential in Content_Length or Transfer_Encoding would frame the request.
+  refused('[[proxy.inject]]\nsecret = "a"\nmode = "header"\nheader = "Content_Length"', /frames the message or belongs to the proxy/);
+  refused('[[proxy.inject]]\nsecret = "a"\nmode = "header"\nheader = "transfer_encoding"', /frames the message or belongs to the proxy/);
   refused('[[proxy.inject]]\nsecret = "a"\nmode = "header"\nheader = "X Key"', /is not a header name/);
   refused('[[proxy.inject]]\nsecret = "a"\nmode = "basic"\nusername = "a:b"', /cannot contain a colon/);
   refused('[[proxy.inject]]\nsecret = "a"\n[[proxy.inject]]\nsecret = "global/a"', /secret global\/a has two rules/);

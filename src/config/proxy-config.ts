@@ -109,7 +109,8 @@ function parseRule(source: string, i: number, raw: unknown): InjectRule {
   if (t.header !== undefined) {
     const h = text(source, `${where} header`, t.header, 64);
     if (!TOKEN.test(h)) fail(source, `${where} header`, `${JSON.stringify(h)} is not a header name`);
-    if (RESERVED_HEADERS.has(h.toLowerCase())) fail(source, `${where} header`, `${h} frames the message or belongs to the proxy; name the header the API reads the key from`);
+    // Spelled with "_" for "-" too: some servers read it as the same header (src/proxy/headers.ts).
+    if (RESERVED_HEADERS.has(h.toLowerCase().replace(/_/g, "-"))) fail(source, `${where} header`, `${h} frames the message or belongs to the proxy; name the header the API reads the key from`);
     rule.header = h.toLowerCase();
   }
   if (t.param !== undefined) rule.param = text(source, `${where} param`, t.param, 128);
