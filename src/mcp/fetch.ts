@@ -6,7 +6,9 @@
  *
  * A refusal by the proxy comes back as its problem document (`application/problem+json` with a
  * `urn:lessor:` type): on the CONNECT (the guard, or no lease covers the host) or inside the tunnel
- * (the vault refused this use of the lease). Both become {@link ProxyRefused}.
+ * (the vault refused this use of the lease). Both become {@link ProxyRefused}. Inside the tunnel only
+ * an answer with the proxy's mark (src/proxy/headers.ts, `isProxyAnswer`) is one: an upstream's problem
+ * document of the same shape is the upstream's answer, returned as any other.
  */
 import { request, type IncomingHttpHeaders, type OutgoingHttpHeaders } from "node:http";
 import { connect as tlsConnect } from "node:tls";
