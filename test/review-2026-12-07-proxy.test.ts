@@ -231,8 +231,10 @@ test("attack: the secret rotated while an answer streams (an event feed): that c
     // The agent opens the event stream (the old value is injected, and masked in what comes back).
     const stream = await openTunnel(port, ROT_HOST, rotPort);
     stream.write(`GET /events HTTP/1.1\r\nHost: ${ROT_HOST}\r\nX-Token: ${ph}\r\n\r\n`);
+    // Its first event has come back (the answer is on its way) before the rotation.
+    const first = new Promise<void>((r) => stream.once("data", () => r()));
     const got = readAll(stream, 5000);
-    await new Promise((r) => setTimeout(r, 300));
+    await first;
     // The owner rotates the secret under the run.
     const fresh = "ghp_" + randomBytes(18).toString("hex").slice(0, 36);
     await admin.rotateSecret({ scope: "global", name: "tok" }, fresh);
@@ -243,11 +245,11 @@ test("attack: the secret rotated while an answer streams (an event feed): that c
     const pong = await readAll(other, 3000);
     assert.match(pong, /^HTTP\/1\.1 200/);
     const text = await got;
-    assert.ok(performance.now() - t0 < 4000, "the stream's connection was closed, not left to time out");
     assert.ok(text.includes("data: hello ") && text.includes(ph), "the stream carried its answer, masked, before the rotation");
     assert.ok(!text.includes(ROT_TOK), "the old value never reached the agent");
     assert.ok(!text.includes(fresh), "the new value, echoed into a stream opened before the rotation, never reached the agent");
     assert.ok(!text.includes("request with token"), "nothing written into the feed after the rotation reached the agent");
+    assert.ok(performance.now() - t0 < 4000, "the stream's connection was closed, not left to time out");
     // The idle connection was not closed: its next request goes, with the new value, masked in its answer.
     idle.write(`GET /after HTTP/1.1\r\nHost: ${ROT_HOST}\r\nX-Token: ${ph}\r\nConnection: close\r\n\r\n`);
     const later = await readAll(idle, 3000);
