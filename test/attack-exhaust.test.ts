@@ -22,7 +22,7 @@ import type { AuditRecord } from "../src/base/types.js";
 import { DEFAULT_LIMITS } from "../src/vault/limits.js";
 import type { ProxyRequestReport } from "../src/vault/proxy-requests.js";
 import { BIN, runCli } from "./cli-harness.js";
-import { makeHome, startServe } from "./daemon-harness.js";
+import { makeHome, serveWithAgentTokens, startServe } from "./daemon-harness.js";
 import { agent as agentIdentity, grant, makeVault, orchestrator } from "./helpers.js";
 
 const CANARY = "canary-exhaust-9f2c41d7e8b3a6";
@@ -50,18 +50,9 @@ async function mcpAgent(home: string): Promise<{ c: Client; stderr: () => string
 }
 
 test("attack: an agent token floods record_proxy_requests with made-up ok/error reports over lessor serve: a bounded number of rows, every report counted, another agent's still written, the owner still served", async () => {
-  const home = await makeHome({ policy: POLICY });
-  const d = await startServe(home);
-  let stopped = false;
-  after(async () => {
-    if (!stopped) await d.stop();
-  });
-  const admin = await LessorClient.connect({ socketPath: d.socket });
-  await admin.storeSecret({ name: "github-token", value: CANARY });
-  const mallory = await admin.createToken({ name: "mallory", role: "agent", agent: "claude" });
-  const bobTok = await admin.createToken({ name: "bob", role: "agent", agent: "bob" });
-  const agent = await LessorClient.connect({ socketPath: d.socket }, { token: mallory.token });
-  const bob = await LessorClient.connect({ socketPath: d.socket }, { token: bobTok.token });
+  const { home, agents, stop } = await serveWithAgentTokens({ policy: POLICY, secret: { name: "github-token", value: CANARY }, tokens: { mallory: "claude", bob: "bob" } });
+  const agent = agents["mallory"]!;
+  const bob = agents["bob"]!;
   // Its own real lease, named in half the reports, as a proxy would.
   const lease = await agent.requestLease({ secret: "github-token", domains: ["api.github.com"], ttl: "5m" });
   const CALLS = 40;
@@ -87,11 +78,7 @@ test("attack: an agent token floods record_proxy_requests with made-up ok/error 
   const st = await runCli(["status"], { home, timeoutMs: 30_000 });
   assert.equal(st.code, 0, `lessor status during the flood: ${st.stderr}`);
   await flood;
-  await agent.close();
-  await bob.close();
-  await admin.close();
-  assert.equal(await d.stop(), 0);
-  stopped = true;
+  await stop();
 
   const vault = await openVault({ home, env: {} });
   after(() => vault.close());

@@ -127,6 +127,43 @@ export function startServe(home: string, opts: { nodeArgs?: string[]; env?: Reco
   });
 }
 
+/**
+ * `lessor serve` on a new home with `policy` and `secret` stored, the owner's client, and one client
+ * per agent token (`tokens`: the token's name → its agent), by token name. `stop` closes the clients
+ * and stops the daemon (asserting it exits 0); after the test it is stopped if `stop` was not called.
+ */
+export async function serveWithAgentTokens(o: { policy: string; secret: { name: string; value: string }; tokens: Record<string, string> }): Promise<{
+  home: string;
+  admin: LessorClient;
+  agents: Record<string, LessorClient>;
+  stop(): Promise<void>;
+}> {
+  const home = await makeHome({ policy: o.policy });
+  const d = await startServe(home);
+  let stopped = false;
+  after(async () => {
+    if (!stopped) await d.stop();
+  });
+  const admin = await LessorClient.connect({ socketPath: d.socket });
+  await admin.storeSecret(o.secret);
+  const agents: Record<string, LessorClient> = {};
+  for (const [name, agent] of Object.entries(o.tokens)) {
+    const t = await admin.createToken({ name, role: "agent", agent });
+    agents[name] = await LessorClient.connect({ socketPath: d.socket }, { token: t.token });
+  }
+  return {
+    home,
+    admin,
+    agents,
+    stop: async () => {
+      for (const c of Object.values(agents)) await c.close();
+      await admin.close();
+      assert.equal(await d.stop(), 0);
+      stopped = true;
+    },
+  };
+}
+
 /** A raw connection for malformed-input tests: send bytes, read frames. */
 export class RawConn {
   readonly sock: Socket;

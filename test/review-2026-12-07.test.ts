@@ -18,7 +18,7 @@ import type { AuditRecord } from "../src/base/types.js";
 import { LessorClient } from "../src/client/index.js";
 import { openVault } from "../src/config/open-vault.js";
 import { DEFAULT_LIMITS } from "../src/vault/limits.js";
-import { makeHome, startServe } from "./daemon-harness.js";
+import { serveWithAgentTokens } from "./daemon-harness.js";
 import { agent, grant, makeVault } from "./helpers.js";
 
 const CANARY = "canary-review1207-5e1f9a3c7b";
@@ -29,31 +29,8 @@ const detailOf = (r: AuditRecord): Record<string, unknown> => ((typeof r.detail 
 
 /** A daemon on a fresh home with the owner's client and agent tokens for claude and bob; stopped after the test. */
 async function daemon(): Promise<{ home: string; admin: LessorClient; claude: LessorClient; bob: LessorClient; stop: () => Promise<void> }> {
-  const home = await makeHome({ policy: POLICY });
-  const d = await startServe(home);
-  let stopped = false;
-  after(async () => {
-    if (!stopped) await d.stop();
-  });
-  const admin = await LessorClient.connect({ socketPath: d.socket });
-  await admin.storeSecret({ name: "github-token", value: CANARY });
-  const claudeTok = await admin.createToken({ name: "mallory", role: "agent", agent: "claude" });
-  const bobTok = await admin.createToken({ name: "bob", role: "agent", agent: "bob" });
-  const claude = await LessorClient.connect({ socketPath: d.socket }, { token: claudeTok.token });
-  const bob = await LessorClient.connect({ socketPath: d.socket }, { token: bobTok.token });
-  return {
-    home,
-    admin,
-    claude,
-    bob,
-    stop: async () => {
-      await claude.close();
-      await bob.close();
-      await admin.close();
-      assert.equal(await d.stop(), 0);
-      stopped = true;
-    },
-  };
+  const d = await serveWithAgentTokens({ policy: POLICY, secret: { name: "github-token", value: CANARY }, tokens: { mallory: "claude", bob: "bob" } });
+  return { home: d.home, admin: d.admin, claude: d.agents["mallory"]!, bob: d.agents["bob"]!, stop: d.stop };
 }
 
 async function trail(home: string, types: string[]): Promise<AuditRecord[]> {
