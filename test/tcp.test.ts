@@ -2,12 +2,14 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { connect, type AddressInfo, type Server } from "node:net";
+import { createRequire, syncBuiltinESMExports } from "node:module";
 import { networkInterfaces } from "node:os";
 import { after, describe, test } from "node:test";
 import { encodeFrame, FrameDecoder } from "../src/protocol/framing.js";
 import { LessorServer, type PeerInfo } from "../src/server/server.js";
 import { isLoopbackAddress, listenTcp, loopbackBindAddress } from "../src/server/transports/tcp.js";
 import { VaultError } from "../src/base/errors.js";
+import { LessorClient } from "../src/client/index.js";
 import { makeVault } from "./helpers.js";
 
 const hasIpv6Loopback = Object.values(networkInterfaces()).some((l) => l?.some((a) => a.address === "::1"));
@@ -47,10 +49,43 @@ describe("tcp transport", () => {
     assert.equal((await refusal(listenTcp("127.0.0.1", 1.5, onConn))).code, "config_invalid");
   });
 
-  test("localhost must resolve to loopback only", async () => {
-    const addr = await loopbackBindAddress("localhost");
-    assert.ok(isLoopbackAddress(addr), addr);
-    assert.equal(await loopbackBindAddress("LOCALHOST").then(isLoopbackAddress), true);
+  test("attack: where the resolver answers ::1 first for localhost, the daemon still binds 127.0.0.1, the address every client dials, so no other local user can take it while the daemon runs", async () => {
+    // The resolver of a host whose /etc/hosts lists "::1 localhost" first (this machine lists 127.0.0.1 only).
+    const dns = createRequire(import.meta.url)("node:dns/promises") as { lookup: unknown };
+    const real = dns.lookup;
+    dns.lookup = async () => [
+      { address: "::1", family: 6 },
+      { address: "127.0.0.1", family: 4 },
+    ];
+    syncBuiltinESMExports();
+    let l: Server;
+    try {
+      assert.equal(await loopbackBindAddress("localhost"), "127.0.0.1");
+      assert.equal(await loopbackBindAddress("LOCALHOST"), "127.0.0.1");
+      l = await listenTcp("localhost", 0, (s) => s.destroy());
+    } finally {
+      dns.lookup = real;
+      syncBuiltinESMExports();
+    }
+    after(() => l.close());
+    const a = l.address() as AddressInfo;
+    assert.equal(a.address, "127.0.0.1", "bound where clients dial localhost");
+    // Another local user cannot take 127.0.0.1 on the daemon's port: it is the daemon's.
+    const squatter = (await import("node:net")).createServer();
+    const taken = await new Promise<string>((resolve) => {
+      squatter.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
+      squatter.listen(a.port, "127.0.0.1", () => resolve("bound"));
+    });
+    squatter.close();
+    assert.equal(taken, "EADDRINUSE");
+    // And a client given localhost reaches this listener (which hangs up: no handshake here).
+    let reached = false;
+    l.once("connection", () => (reached = true));
+    await LessorClient.connect({ host: "localhost", port: a.port }, { token: `lsr_0123456789abcdef_${"A".repeat(43)}`, connectTimeoutMs: 2000 }).then(
+      (c) => c.close(),
+      () => {},
+    );
+    assert.ok(reached, "the client dialled the daemon's address");
   });
 
   test("127.0.0.1, another 127/8 address, ::1 and localhost are accepted, and a client gets served through them", async () => {

@@ -4,7 +4,6 @@
  * ::1, or "localhost" when every address it resolves to is loopback). Remote access goes through an SSH
  * tunnel or a proxy the operator controls, never a public bind.
  */
-import { lookup } from "node:dns/promises";
 import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
 import { VaultError } from "../../base/errors.js";
 import type { PeerInfo } from "../connection.js";
@@ -29,9 +28,13 @@ function refused(host: string, why: string): VaultError {
 }
 
 /**
- * Resolves `host` to the address to bind, refusing anything that is not loopback. IP literals are
- * checked as they are; "localhost" is resolved and every address it gives must be loopback; any other
- * name is refused without being looked up.
+ * The address to bind for `host`, refusing anything that is not loopback. IP literals are checked as
+ * they are; "localhost" is 127.0.0.1, never looked up; any other name is refused.
+ *
+ * Every lessor client dials "localhost" as 127.0.0.1 (src/client/transport.ts, `loopbackHost`). The
+ * daemon once bound the first address the resolver gave: where it answers ::1 first, the daemon sat on
+ * [::1]:PORT, every client dialled 127.0.0.1:PORT, and another local user could take that address
+ * while the daemon ran, to receive every client's hello (its token id and nonce) and answer it.
  */
 export async function loopbackBindAddress(host: string): Promise<string> {
   if (isIP(host) !== 0) {
@@ -39,14 +42,7 @@ export async function loopbackBindAddress(host: string): Promise<string> {
     return host;
   }
   if (host.toLowerCase() !== "localhost") throw refused(host, "is a host name other than localhost");
-  let addrs: { address: string }[];
-  try {
-    addrs = await lookup(host, { all: true, verbatim: true });
-  } catch {
-    throw refused(host, "could not be resolved");
-  }
-  if (addrs.length === 0 || !addrs.every((a) => isLoopbackAddress(a.address))) throw refused(host, "resolves to an address that is not loopback");
-  return addrs[0]!.address;
+  return "127.0.0.1";
 }
 
 /**
