@@ -88,6 +88,22 @@ print "inside plant=" . (syscall(248, $t, $p, $v, length($v), -3) < 0 ? "refused
   });
 });
 
+describe("vsock, which no network namespace holds", { skip: skip || (!existsSync(PERL) ? "needs /usr/bin/perl" : false) }, () => {
+  // socket(2) with family 40 (AF_VSOCK), type 1 (SOCK_STREAM): no connect, so no packet goes anywhere.
+  const PROBE = String.raw`socket(my $s, 40, 1, 0) ? print "vsock=open
+" : print "vsock=refused:$!
+";`;
+
+  test("attack: the sandboxed agent cannot open an AF_VSOCK socket (in a VM guest it would reach the host past the empty network namespace and the proxy)", async () => {
+    // Unconfined, this kernel makes one (this machine is a VM guest with vsock), or says it has no vsock.
+    const outside = await runProcess(PERL, ["-e", PROBE], { env: { PATH: "/usr/bin:/bin" } });
+    assert.match(outside.stdout, /vsock=(open|refused:Address family not supported)/, outside.stdout + outside.stderr);
+    const o = await makeOwner("vsock");
+    const r = await runProcess(NODE, [BIN, "run", "--agent", "attacker-vsock", "--", PERL, "-e", PROBE], { cwd: o.project, env: o.env, timeoutMs: 40_000 });
+    assert.match(r.stdout, /vsock=refused:Operation not permitted/, `the sandbox let the agent open a vsock socket:\n${r.stdout}${r.stderr}`);
+  });
+});
+
 describe("/proc inside, when the owner is root", { skip: skip || (!IS_ROOT ? "only root's agent is kuid 0" : false) }, () => {
   test("the agent of a root owner cannot write the machine's sysctls through /proc/sys, nor /proc's other machine-wide files (kernel.core_pattern would run its program as real root, outside the sandbox)", async () => {
     const o = await makeOwner("procsys");
@@ -152,11 +168,11 @@ describe("credentials in the owner's environment", { skip }, () => {
 
 describe("the pieces, unit by unit", () => {
   /** Runs a classic BPF seccomp program on one (arch, nr), as the kernel would: returns its verdict. */
-  const runFilter = (prog: { code: number; jt: number; jf: number; k: number }[], arch: number, nr: number): number => {
+  const runFilter = (prog: { code: number; jt: number; jf: number; k: number }[], arch: number, nr: number, arg0 = 0): number => {
     let a = 0;
     for (let pc = 0; pc < prog.length; pc++) {
       const x = prog[pc]!;
-      if (x.code === 0x20) a = x.k === 0 ? nr >>> 0 : x.k === 4 ? arch >>> 0 : assert.fail(`load at ${x.k}`);
+      if (x.code === 0x20) a = x.k === 0 ? nr >>> 0 : x.k === 4 ? arch >>> 0 : x.k === 16 ? arg0 >>> 0 : assert.fail(`load at ${x.k}`);
       else if (x.code === 0x15) pc += a === x.k >>> 0 ? x.jt : x.jf;
       else if (x.code === 0x06) return x.k >>> 0;
       else assert.fail(`unknown instruction ${x.code}`);
@@ -174,6 +190,15 @@ describe("the pieces, unit by unit", () => {
       for (const nr of [0, 1, 59, 60, 221, 247, 251, 285, 289, 308, 312, 0x40000000 + 59, 0xffffffff]) assert.equal(runFilter(prog, arch, nr), SECCOMP_RET_ALLOW, `${name} ${nr}`);
     }
     assert.equal(runFilter(prog, 0xc00000f3 /* riscv64 */, 219), SECCOMP_RET_KILL_PROCESS);
+    // socket(2): AF_VSOCK (40) refused on each architecture, every other family allowed.
+    const socket: Record<string, number[]> = { x86_64: [41, 0x40000000 + 41], i386: [359], aarch64: [198], arm: [281] };
+    for (const { arch, name } of KEYRING_SYSCALLS)
+      for (const nr of socket[name]!) {
+        assert.equal(runFilter(prog, arch, nr, 40), EPERM, `${name} socket(AF_VSOCK)`);
+        for (const family of [1, 2, 10, 16, 17, 39, 41]) assert.equal(runFilter(prog, arch, nr, family), SECCOMP_RET_ALLOW, `${name} socket(${family})`);
+      }
+    // Another call with 40 as its first argument is not refused for it (read(40, …)).
+    assert.equal(runFilter(prog, 0xc000003e, 0, 40), SECCOMP_RET_ALLOW);
     const buf = keyringFilter("x64");
     assert.equal(buf.length, prog.length * 8);
     assert.equal(buf.readUInt16LE(0), 0x20);

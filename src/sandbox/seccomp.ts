@@ -1,19 +1,30 @@
 /**
  * The sandbox's seccomp filter, as the classic BPF program `bwrap --seccomp FD` loads: keyctl(2),
  * add_key(2) and request_key(2) fail with EPERM (as Flatpak's and Docker's default filters make
- * them), every other call is allowed.
+ * them), and so does socket(2) for AF_VSOCK; every other call is allowed.
  *
  * The kernel's keyrings are in no namespace bwrap makes: the owner's session keyring (`@s`) is
  * inherited across fork and exec, and the user keyring (`@u`) belongs to the uid, so without this
  * the agent would read the keys in them (Kerberos `KEYRING:` caches, cifscreds, tokens stored with
  * keyctl) and add keys there that outlive the run. A new session keyring would still leave `@u`.
+ *
+ * Nor is vsock: an AF_VSOCK socket needs no device file and belongs to no network namespace, so in a
+ * VM guest the agent could reach the host (CID 2) past the empty network namespace and the proxy,
+ * a lessor daemon there that serves the VM among it. A 32-bit x86 program that makes its sockets
+ * through socketcall(2), whose arguments a filter cannot read, is not checked (docs/sandbox.md).
  */
 import { endianness } from "node:os";
 import { VaultError } from "../base/errors.js";
 
-/** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at offset 4. */
+/**
+ * `struct seccomp_data`: the syscall number at offset 0, the audit architecture at offset 4, the
+ * first argument's low 32 bits at offset 16 (on the little-endian machines of {@link SUPPORTED}).
+ */
 const NR = 0;
 const ARCH = 4;
+const ARG0 = 16;
+/** socket(2)'s address family for vsock. */
+export const AF_VSOCK = 40;
 
 const BPF_LD_W_ABS = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const BPF_JEQ_K = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -40,6 +51,9 @@ export const KEYRING_SYSCALLS: readonly { arch: number; name: string; nrs: reado
   { arch: 0x40000028, name: "arm", nrs: [309, 310, 311] },
 ];
 
+/** socket(2) by architecture (i386's direct call; its socketcall(2) cannot be checked: see the module comment). */
+export const SOCKET_SYSCALLS: Readonly<Record<string, readonly number[]>> = { x86_64: [41, X32_BIT | 41], i386: [359], aarch64: [198], arm: [281] };
+
 /** The Node architectures whose kernel runs only processes of {@link KEYRING_SYSCALLS}' architectures. */
 const SUPPORTED = new Set(["x64", "arm64"]);
 
@@ -51,15 +65,26 @@ interface Insn {
   k: number;
 }
 
-/** The filter's instructions (see {@link KEYRING_SYSCALLS}). */
+/** The filter's instructions (see {@link KEYRING_SYSCALLS} and {@link SOCKET_SYSCALLS}). */
 export function keyringFilterProgram(): Insn[] {
   const p: Insn[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
-  for (const { arch, nrs } of KEYRING_SYSCALLS) {
-    // This architecture's block: load the number, jump to the refusal on a match, else allow.
-    const block = nrs.length + 3;
-    p.push({ code: BPF_JEQ_K, jt: 0, jf: block, k: arch });
+  for (const { arch, name, nrs } of KEYRING_SYSCALLS) {
+    // This architecture's block, by index within it: 0 its architecture (else the next block), 1 load
+    // the number, then a jump to the refusal per keyring call and to the family check per socket
+    // call, `allow`, the family check (load the first argument; AF_VSOCK is refused, else allowed),
+    // and the refusal.
+    const socks = SOCKET_SYSCALLS[name] ?? [];
+    const allow = 2 + nrs.length + socks.length;
+    const family = allow + 1;
+    const refuse = allow + 4;
+    const at = (i: number, target: number): number => target - (i + 1);
+    p.push({ code: BPF_JEQ_K, jt: 0, jf: at(0, refuse + 1), k: arch });
     p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
-    nrs.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: nrs.length - i, jf: 0, k: nr >>> 0 }));
+    nrs.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: at(2 + i, refuse), jf: 0, k: nr >>> 0 }));
+    socks.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: at(2 + nrs.length + i, family), jf: 0, k: nr >>> 0 }));
+    p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+    p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARG0 });
+    p.push({ code: BPF_JEQ_K, jt: at(family + 1, refuse), jf: 0, k: AF_VSOCK });
     p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
     p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | EPERM });
   }
