@@ -186,7 +186,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
   else if (hs.isSymbolicLink()) {
     hooksLink = readlinkSync(hooks);
     const target = realOrNull(hooks);
-    if (target !== null && writable(target)) once(plan.readOnly, target);
+    if (target !== null && writable(target)) readOnlyInPlace(plan, target, writable);
   } else once(plan.readOnly, hooks);
   let text = "";
   if (plain(config) !== null) {
@@ -202,8 +202,8 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       if (hp !== null) {
         const abs = isAbsolute(hp) ? hp : resolve(workTree ?? gitDir, hp);
         const r = realOrNull(abs);
-        if (r !== null && writable(r)) once(plan.readOnly, r);
-        else if (r === null && within(abs, top)) once(plan.sealed, abs); // the agent could create it
+        if (r !== null && writable(r)) readOnlyInPlace(plan, r, writable);
+        else if (r === null && within(abs, top)) sealInPlace(plan, abs, top); // the agent could create it
       }
     }
   }
@@ -211,6 +211,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
   // there is read-only, a missing one an empty read-only file (git reads it as an empty config).
   const sealedFiles: string[] = [];
   const configWorktree = join(gitDir, "config.worktree");
+  refusePlantedLink(configWorktree);
   if (plain(configWorktree) !== null) once(plan.readOnly, configWorktree);
   else sealedFiles.push(configWorktree);
 
@@ -229,6 +230,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       once(plan.pinned, admin);
       for (const f of ["commondir", "gitdir"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
       const cw = join(admin, "config.worktree");
+      refusePlantedLink(cw);
       if (plain(cw) !== null) once(plan.readOnly, cw);
       else sealedFiles.push(cw);
       // The checkout's `.git` file names this directory; in a writable directory the agent could point
@@ -344,10 +346,62 @@ function refuseLinkInto(p: string, writable: (p: string) => boolean): void {
 function guardDotGitFile(plan: GitPlan, file: string, writable: (p: string) => boolean): void {
   const r = realOrNull(file);
   if (r === null || !plain(r)?.isFile() || !writable(r)) return;
+  readOnlyInPlace(plan, r, writable);
+}
+
+/**
+ * `r` (a real path in a writable directory) read-only, with the directories between the topmost
+ * writable one and it pinned: a directory that holds a mount point can still be renamed, so without
+ * the pins the agent renames `r`'s parent away and makes its own `r` (a hooks directory of its
+ * hooks, which the owner's git then runs).
+ */
+function readOnlyInPlace(plan: GitPlan, r: string, writable: (p: string) => boolean): void {
   let top = dirname(r);
   while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
   for (const p of dirsBetween(top, dirname(r))) once(plan.pinned, p);
   once(plan.readOnly, r);
+}
+
+/**
+ * `abs`, a path in the writable directory `top` that does not exist (a hooks directory the agent
+ * could create), sealed with an empty read-only directory, the directories above it pinned as in
+ * {@link readOnlyInPlace}. bwrap makes the mount point and its missing parents, following links, so a
+ * link on the way (the agent's, pointing outside) is refused, and the parents are made here first,
+ * without one, so that they can be pinned.
+ */
+function sealInPlace(plan: GitPlan, abs: string, top: string): void {
+  for (const d of dirsBetween(top, abs)) {
+    const st = lst(d);
+    if (st === null) break;
+    if (st.isSymbolicLink() || !st.isDirectory())
+      throw new VaultError(
+        "invalid_request",
+        `the hooks path ${abs} that your git config names runs through ${d}, which is ${st.isSymbolicLink() ? "a symbolic link" : "not a directory"} in a directory the sandboxed agent can write (an earlier sandboxed command may have put it there); lessor will not make the hooks path through it. Remove it, or set core.hooksPath to a directory of your own. The command was not started`,
+      );
+  }
+  try {
+    mkdirSync(dirname(abs), { recursive: true });
+  } catch (e) {
+    throw new VaultError(
+      "invalid_request",
+      `cannot make ${dirname(abs)}, the directory of the hooks path your git config names (${(e as NodeJS.ErrnoException).code ?? "error"}), to guard it; make it yourself, or set core.hooksPath to a directory that exists. The command was not started`,
+    );
+  }
+  for (const p of dirsBetween(top, dirname(abs))) once(plan.pinned, p);
+  once(plan.sealed, abs);
+}
+
+/**
+ * Refuses the run when `p` (a file git may read, such as config.worktree, which lessor seals when it
+ * is missing) is a symbolic link: git never makes one there, and bwrap would make the file it seals
+ * through the link, wherever it points (outside the sandbox, as the owner).
+ */
+function refusePlantedLink(p: string): void {
+  if (!lst(p)?.isSymbolicLink()) return;
+  throw new VaultError(
+    "invalid_request",
+    `${p} is a symbolic link, which git never makes (an earlier sandboxed command may have planted it, to have a file made wherever it points); remove it, then run again. The command was not started`,
+  );
 }
 
 /** Whether `d` looks like a git directory (git's own test: `HEAD`, `objects` and `refs` there). */

@@ -1,0 +1,106 @@
+/**
+ * A review of the sandbox (2026-12-07) found two ways for the agent to act outside it:
+ *
+ * 1. The git guard made an existing hooks directory read-only (core.hooksPath, or the target of a
+ *    symlinked .git/hooks) but does not pin the directories above it: the agent renames the parent
+ *    away (a directory holding a mount point can be renamed) and makes its own hooks directory at the
+ *    same path; the owner's next `git commit` ran the agent's hook, unconfined. Now the directories
+ *    between the writable bind and a read-only or sealed hooks path are pinned (src/sandbox/git-guard.ts).
+ * 2. bwrap follows symlinks in mount destinations: an agent that made the project's .git (no repository
+ *    there before) plants `.git/config.worktree` as a symlink to `/oldroot/<host path>`; at the next
+ *    run lessor seals the "missing" config.worktree (`--ro-bind /dev/null`), and bwrap creat()s the
+ *    symlink's target on the host, outside the sandbox. Same with a core.hooksPath through a symlink
+ *    (`--tmpfs`: bwrap mkdirs on the host). Now such a link refuses the run, naming it.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, runAgent } from "./run-harness.js";
+
+const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
+const root = mkdtempSync(join(tmpdir(), "lessor-review1207-sbx-"));
+process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+const MASTER_KEY = randomBytes(32).toString("hex");
+const makeOwner = (name: string) => newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: "gv" }] });
+
+const hook = (marker: string) => `printf '#!/bin/sh\\necho ran-as-owner >> ${marker}\\n' > tools/hooks/pre-commit && chmod 755 tools/hooks/pre-commit`;
+
+describe("hooks directory's parent renamed away", { skip }, () => {
+  for (const kind of ["core.hooksPath = tools/hooks", ".git/hooks -> ../tools/hooks"]) {
+    test(`attack: ${kind}: the agent cannot rename the hooks directory's parent away and plant its own, so the owner's next git commit runs nothing of the agent's`, async () => {
+      const o = await makeOwner(`hooks-${kind.startsWith("core") ? "path" : "link"}`);
+      gitInit(o.project);
+      mkdirSync(join(o.project, "tools/hooks"), { recursive: true });
+      if (kind.startsWith("core")) gitOk(o.project, "config", "core.hooksPath", "tools/hooks");
+      else {
+        rmSync(join(o.project, ".git/hooks"), { recursive: true, force: true });
+        symlinkSync("../tools/hooks", join(o.project, ".git/hooks"));
+      }
+      const marker = join(o.base, "hook-ran");
+      // Writing into the guarded directory fails (read-only) ...
+      const r = await runAgent(o.project, o.env, "attacker-hooks", [], [
+        `(echo x > tools/hooks/pre-commit) 2>/dev/null && echo direct-write=ok || echo direct-write=refused`,
+        `(mv tools tools.moved && mkdir -p tools/hooks && ${hook(marker)}) 2>/dev/null && echo rename=ok || echo rename=refused`,
+      ].join("; "));
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /direct-write=refused/, r.stdout); // the guard is there
+      assert.match(r.stdout, /rename=refused/, `the agent renamed the hooks directory's parent away and planted its own:\n${r.stdout}${r.stderr}`);
+      assert.ok(existsSync(join(o.project, "tools/hooks")) && !existsSync(join(o.project, "tools.moved")), "the owner's hooks directory is where it was");
+      // The owner, later, outside the sandbox.
+      git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
+      assert.ok(!existsSync(marker), `the agent's pre-commit hook ran as the owner, outside the sandbox (${marker})`);
+    });
+  }
+});
+
+describe("a symlink the agent planted at a mount destination bwrap would make", { skip }, () => {
+  test("attack: .git/config.worktree -> /oldroot/<host path>: the next run is refused, naming it, and nothing is made on the host", async () => {
+    const o = await makeOwner("sealed-file");
+    const planted = join(o.base, "created-outside-the-sandbox"); // not shown in the sandbox
+    const r1 = await runAgent(o.project, o.env, "attacker-sealed", [], `mkdir -p .git/objects .git/refs && echo 'ref: refs/heads/main' > .git/HEAD && ln -s /oldroot${planted} .git/config.worktree && echo planted`);
+    assert.match(r1.stdout, /planted/, r1.stderr);
+    assert.ok(!existsSync(planted));
+    const r2 = await runAgent(o.project, o.env, "attacker-sealed", [], "echo started");
+    assert.ok(!existsSync(planted), `the owner's next lessor run created ${planted} outside the sandbox (mode ${existsSync(planted) ? statSync(planted).mode.toString(8) : ""})`);
+    assert.equal(r2.code, 2, r2.stdout + r2.stderr);
+    assert.doesNotMatch(r2.stdout, /started/);
+    assert.match(r2.stderr, /config\.worktree is a symbolic link, which git never makes/);
+  });
+
+  test("attack: core.hooksPath through a symlink to /oldroot/<host dir>: the next run is refused, naming the link, and no directory is made on the host", async () => {
+    const o = await makeOwner("sealed-dir");
+    const planted = join(o.base, "dir-made-outside");
+    const r1 = await runAgent(o.project, o.env, "attacker-sealed", [], [
+      "mkdir -p .git/objects .git/refs .git/hooks && echo 'ref: refs/heads/main' > .git/HEAD",
+      `printf '[core]\\n\\thooksPath = evil/dir-made-outside\\n' > .git/config`,
+      `ln -s /oldroot${o.base} evil && echo planted`,
+    ].join(" && "));
+    assert.match(r1.stdout, /planted/, r1.stderr);
+    const r2 = await runAgent(o.project, o.env, "attacker-sealed", [], "echo started");
+    assert.ok(!existsSync(planted), `the owner's next lessor run made the directory ${planted} outside the sandbox`);
+    assert.equal(r2.code, 2, r2.stdout + r2.stderr);
+    assert.doesNotMatch(r2.stdout, /started/);
+    assert.match(r2.stderr, /runs through .*evil, which is a symbolic link/);
+  });
+});
+
+describe("a hooks path git config names that does not exist yet (husky's .husky/_)", { skip }, () => {
+  test("attack: the agent cannot rename the missing hooks path's parent away to make its own hooks there: the parent is made and pinned, the path sealed", async () => {
+    const o = await makeOwner("sealed-husky");
+    gitInit(o.project);
+    gitOk(o.project, "config", "core.hooksPath", ".husky/_");
+    const marker = join(o.base, "husky-hook-ran");
+    const r = await runAgent(o.project, o.env, "attacker-husky", [], [
+      `(mkdir -p .husky/_ && printf '#!/bin/sh\\necho ran >> ${marker}\\n' > .husky/_/pre-commit) 2>/dev/null && echo direct=ok || echo direct=refused`,
+      `(mv .husky .husky.moved && mkdir -p .husky/_ && printf '#!/bin/sh\\necho ran >> ${marker}\\n' > .husky/_/pre-commit && chmod 755 .husky/_/pre-commit) 2>/dev/null && echo rename=ok || echo rename=refused`,
+    ].join("; "));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /direct=refused/, r.stdout);
+    assert.match(r.stdout, /rename=refused/, r.stdout);
+    git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
+    assert.ok(!existsSync(marker), "the agent's hook ran as the owner");
+  });
+});
