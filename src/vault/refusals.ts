@@ -237,17 +237,17 @@ function summary(t: Tally): AuditDraft {
   return draft;
 }
 
-/** What a traffic summary says it counted, by the type of its rows. */
-const TRAFFIC_COUNTED: Record<TalliedType, string> = {
-  proxy_request: "proxied requests counted in this window, past the %d audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and status)",
-  tool_call: "tool calls this identity reported counted in this window, past the %d audited one row each ([vault] proxy_request_rows; detail.reasons by outcome and error code)",
-  lease_revoked: "revocations that changed nothing counted in this window, past the %d audited one row each ([vault] proxy_request_rows)",
-  access_denied: "refusals counted in this window",
+/** What a traffic summary's rows are, and how its detail counts them, by their type. */
+const TRAFFIC_COUNTED: Record<Exclude<TalliedType, "access_denied">, { what: string; how: string }> = {
+  proxy_request: { what: "proxied requests", how: "detail.reasons by outcome and status" },
+  tool_call: { what: "tool calls this identity reported", how: "detail.reasons by outcome and error code" },
+  lease_revoked: { what: "revocations that changed nothing", how: "detail.calls counts them" },
 };
 
 /** The row standing for a tally's counted traffic: proxied requests that went (ok or error), tool calls, revocations that changed nothing. */
 function trafficSummary(t: Tally, burst: number): AuditDraft {
   const { text } = reasonsText(t.reasons);
+  const counted = TRAFFIC_COUNTED[t.type as Exclude<TalliedType, "access_denied">];
   const allOk = [...t.reasons.keys()].every((r) => r.startsWith("ok ") || r === "ok" || r === "no change");
   const draft: AuditDraft = {
     type: t.type,
@@ -256,7 +256,7 @@ function trafficSummary(t: Tally, burst: number): AuditDraft {
     secret: null,
     domain: only(t.domains),
     outcome: allOk ? "ok" : "error",
-    reason: `${t.count} ${TRAFFIC_COUNTED[t.type].replace("%d", String(burst))}`,
+    reason: `${t.count} ${counted.what} counted in this window, past the ${burst} audited one row each ([vault] proxy_request_rows; ${counted.how})`,
     // A revocation row's own `count` says how many leases it revoked: its summary says `calls` instead.
     detail:
       t.type === "lease_revoked"
@@ -268,7 +268,7 @@ function trafficSummary(t: Tally, burst: number): AuditDraft {
 }
 
 const logs = new WeakMap<VaultContext, RefusalLog>();
-/** The window of proxied requests that went (ok or error): see the module comment. */
+/** The window of traffic rows (proxied requests that went, agents' tool calls, revocations that changed nothing): see the module comment. */
 const trafficLogs = new WeakMap<VaultContext, RefusalLog>();
 
 /**
@@ -321,7 +321,8 @@ function logOf(ctx: VaultContext): RefusalLog {
 
 /**
  * True for a draft that goes through the tally (not a summary this module made): an `access_denied`
- * refusal, or a `proxy_request` that is not a tripwire alarm (refused, or one that went).
+ * refusal, a `proxy_request` that is not a tripwire alarm (refused, or one that went), or another
+ * traffic row ({@link isTraffic}).
  */
 export function isTallied(draft: AuditDraft): boolean {
   if (summaries.has(draft)) return false;

@@ -1,7 +1,7 @@
 /**
  * The loopback TCP transport. TCP carries a bearer token in the hello and has no peer credentials, so
  * anyone who can reach the port can try tokens; lessor therefore binds it to loopback only (127.0.0.0/8,
- * ::1, or "localhost" when every address it resolves to is loopback). Remote access goes through an SSH
+ * ::1, or "localhost", bound as 127.0.0.1 where the clients dial it). Remote access goes through an SSH
  * tunnel or a proxy the operator controls, never a public bind.
  */
 import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
