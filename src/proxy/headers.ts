@@ -66,7 +66,7 @@ export function endToEnd(h: IncomingHttpHeaders | OutgoingHttpHeaders, drop: Rea
     if (v === undefined || name.startsWith(":") || drop.has(name) || listed.has(folded(name))) continue;
     if (name.includes("_")) {
       const as = folded(name);
-      if (drop.has(as) || as === "content-length" || HOP_BY_HOP.has(as)) continue;
+      if (drop.has(as) || as === "content-length") continue;
     }
     out[name] = v;
   }
