@@ -426,6 +426,25 @@ describe("claiming the target", () => {
       await Promise.all([srcA.close(), srcB.close(), target.close()]);
     }
   });
+
+  test("a copy whose target gained only a vault's metadata after its emptiness check (a `lessor init` meanwhile) writes nothing", async () => {
+    const a = await newHome();
+    await seed(a, undefined, ["only-in-a"]);
+    const srcA = openSqliteStore(join(a, "lessor.db"));
+    for (const key of ["init_key_id", "master_key_id", "audit_format"]) {
+      const target = openSqliteStore(join(await newHome(), "target.db"));
+      try {
+        // The target was empty at the check; then another vault's first metadata entry landed in it.
+        await target.transaction(async (tx) => tx.setMeta(key, "someone-elses"));
+        await assert.rejects(copyStore(srcA, target, { describe: "sqlite /srv/copy.db" }), (e) => e instanceof TargetNotEmpty && /holds 1 metadata entry/.test(e.message), key);
+        assert.deepEqual(await target.listSecrets({}), [], `nothing was merged into a target holding ${key}`);
+        assert.equal(await target.getMeta(key), "someone-elses");
+      } finally {
+        await target.close();
+      }
+    }
+    await srcA.close();
+  });
 });
 
 describe("where the target comes from: --to, --to-file, LESSOR_MIGRATE_TO", () => {

@@ -17,6 +17,8 @@ import { createHash } from "node:crypto";
 import { VaultError } from "../base/errors.js";
 import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord } from "../base/types.js";
 import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
+import { CURRENT_KEY_META } from "../vault/key-reload.js";
+import { INIT_KEY_META } from "../vault/vault.js";
 
 /** Rows per table (`checkpoint`: 0 or 1). */
 export interface TableCounts {
@@ -148,6 +150,9 @@ export async function storeHoldings(store: Store): Promise<string[]> {
   return found;
 }
 
+/** Metadata keys every vault is made with (`lessor init` writes them before anything else); the rest, such as `audit_format`, the source holds too. */
+const VAULT_META_KEYS = [INIT_KEY_META, CURRENT_KEY_META];
+
 /** What `r` holds of a vault, in words (metadata aside: a transaction cannot list it); empty when nothing. */
 async function heldBy(r: StoreReader): Promise<string[]> {
   const [secrets, leases, tokens, head, cp] = await Promise.all([r.listSecrets({}), r.listLeases({ limit: 1 }), r.listTokens(), r.auditHead(), r.getCheckpoint()]);
@@ -182,11 +187,17 @@ export async function copyStore(source: Store, target: Store, opts: CopyOptions 
   const counts: TableCounts = { secrets: 0, versions: 0, leases: 0, tokens: 0, meta: 0, audit: 0, checkpoint: 0 };
   // The first write checks, in its own transaction (under the store's write lock), that the target
   // is still empty: another migration that passed the same check meanwhile cannot merge into this one.
+  // A transaction cannot list metadata, so it looks up each key the source holds and the keys every
+  // vault is made with: a target that gained only metadata since its check (a `lessor init` run into
+  // it meanwhile) is another vault too.
+  const metaKeys = [...new Set([...VAULT_META_KEYS, ...(await source.listMeta()).map((m) => m.key)])];
   let claimed = false;
   const write = async (f: (tx: StoreTx) => Promise<void>): Promise<void> => {
     await target.transaction(async (tx) => {
       if (!claimed) {
         const found = await heldBy(tx);
+        const meta = (await Promise.all(metaKeys.map((k) => tx.getMeta(k)))).filter((v) => v !== null).length;
+        if (meta > 0) found.push(`${meta} metadata entr${meta === 1 ? "y" : "ies"}`);
         if (found.length > 0) throw new TargetNotEmpty(opts.describe ?? "store", found);
       }
       await f(tx);
