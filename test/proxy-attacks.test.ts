@@ -33,7 +33,7 @@ import { LocalCa } from "../src/proxy/ca.js";
 import type { Egress, EgressDecision } from "../src/proxy/egress.js";
 import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard, type ConnectTo, type Resolver } from "../src/proxy/guard.js";
-import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
+import { LeaseEgress, WITHHELD_PATH, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
 import { connectRaw, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
@@ -148,6 +148,8 @@ interface Rig {
   audit(): Promise<string>;
   /** True when a proxy_request alarm is in the audit. */
   alarmed(): Promise<boolean>;
+  /** The audit rows of these types. */
+  auditRows(types: string[]): Promise<{ detail: string | null }[]>;
   /** Live (not revoked) lease ids. */
   live(): Promise<Set<string>>;
   /** Rotates a secret in the vault (the owner, while the run goes on). */
@@ -182,6 +184,7 @@ async function rig(): Promise<Rig> {
     connects,
     audit: async () => JSON.stringify(await admin.auditQuery({ limit: 10_000 })),
     alarmed: async () => (await admin.auditQuery({ types: ["proxy_request"], limit: 10_000 })).some((e) => JSON.parse(e.detail ?? "{}").alarm === true),
+    auditRows: (types) => admin.auditQuery({ types, limit: 10_000 }),
     live: async () => new Set((await admin.listLeases({ agent: "bot" })).filter((l) => l.revokedAt === null).map((l) => l.id)),
     rotate: async (name, value) => void (await admin.rotateSecret({ scope: "global", name }, value)),
     close: async () => {
@@ -459,6 +462,43 @@ test("tripwire evasion: another host's placeholder split across two headers trip
     assert.equal(seen.length, before, "nothing reached the upstream");
     assert.ok(!(await r.live()).has(r.creds.find((c) => c.secret === "global/oth")!.lease.id), "the lease is revoked");
     assert.ok(await r.alarmed());
+    await assertCanaryFree(r);
+  } finally {
+    await r.close();
+  }
+});
+
+test("a credential's value in a request path never reaches the trail or a refusal: the tripwire's alarm, a served request and a refused one hold the path withheld", async () => {
+  const paths = async (r: Rig): Promise<string[]> => (await r.auditRows(["proxy_request"])).map((e) => String(JSON.parse(e.detail ?? "{}").path));
+  // A hostile agent that got oth's value sends it out in the path, as it is or hidden, to a host oth's lease does not cover.
+  for (const path of [`/ok/exfil/${OTH}/x`, `/ok/exfil/${pct(OTH, true)}`, `/ok/exfil/${b64("x" + OTH)}`]) {
+    const r = await rig();
+    try {
+      const answer = await rawH1(r, `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+      assert.equal(statusOf(answer), 403, path);
+      assert.match(answer, /"reason":"tripwire"/, path);
+      assert.ok(!answer.includes(OTH) && !answer.includes(b64("x" + OTH)), "the answer does not repeat it");
+      assert.ok(await r.alarmed(), "the alarm is audited");
+      assert.deepEqual(await paths(r), [WITHHELD_PATH], "the alarm's path is withheld");
+      await assertCanaryFree(r);
+    } finally {
+      await r.close();
+    }
+  }
+  const r = await rig();
+  try {
+    // A tool that puts the host's own credential in a path (as some APIs want a bot token): served, and reported withheld.
+    const served = await rawH1(r, `GET /ok/bot${TOK}/send HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(served), 200);
+    // Refused by the lease's path bounds: the refusal's reason (said to the agent and audited) does not repeat the path either.
+    const refused = await rawH1(r, `GET /no/${TOK} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(refused), 403);
+    assert.match(refused, /its URL holds a credential, so lessor repeats no part of it/);
+    assert.ok(!refused.includes(TOK) && !refused.includes(pct(TOK)), refused.slice(0, 600));
+    // A path without a credential is reported as it was.
+    assert.equal(statusOf(await rawH1(r, `GET /ok/plain HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`)), 200);
+    for (let i = 0; i < 100 && (await paths(r)).length < 3; i++) await delay(20); // the reports go in batches
+    assert.deepEqual((await paths(r)).sort(), [WITHHELD_PATH, WITHHELD_PATH, "/ok/plain"].sort());
     await assertCanaryFree(r);
   } finally {
     await r.close();

@@ -568,9 +568,22 @@ export class LeaseEgress implements Egress {
     return m;
   }
 
+  /**
+   * A refusal (its `reason` code goes to the trail with the request's path as {@link #pathForTrail}
+   * gives it). A `detail` that would repeat a credential's mark (a path with a value in it, quoted
+   * back by a bounds check) is replaced by one that says why and repeats none of the request.
+   */
   #refuse(req: ProxiedRequest, using: Held[], status: number, reason: string, detail: string): Prepared {
     const leaseIds = using.map((h) => h.lease.id);
+    if (this.#holdsMark(detail))
+      detail = `${req.method} ${req.host} was refused (${reason}); its URL holds a credential, so lessor repeats no part of it: credentials go in headers, never in a URL`;
     return { kind: "refuse", status, reason, detail, done: (o) => this.#report(req, leaseIds, o, "refused", reason) };
+  }
+
+  /** True when `text`, as it is or percent-decoded, holds a mark of any credential of this run. */
+  #holdsMark(text: string): boolean {
+    const texts = percentDecodings(text);
+    return this.#held.some((h) => texts.some((t) => h.marks.some((m) => t.includes(m))));
   }
 
   /**
@@ -579,13 +592,24 @@ export class LeaseEgress implements Egress {
    * durable commit (its use), not two; a tripwire report goes at once, alone. Failures are said on
    * stderr, never thrown.
    */
+  /**
+   * The path of `target` as the trail (and a refusal's reason, which the trail keeps too) may hold
+   * it: {@link WITHHELD_PATH} when it holds, as sent or percent-decoded, a mark of any credential of
+   * this run (a value or its placeholder, plain or in base64: a tripwire's exfiltration attempt, or a
+   * tool that puts a token in a path), else {@link reportablePath}'s form.
+   */
+  #pathForTrail(target: string): string {
+    const path = target.split("?")[0]!;
+    return this.#holdsMark(path) ? WITHHELD_PATH : reportablePath(path);
+  }
+
   #report(req: ProxiedRequest, leaseIds: string[], o: RequestOutcome, outcome: "ok" | "refused" | "error" | "tripwire", reason?: string): Promise<unknown> {
     const report: ProxyReport = {
       agent: this.#o.agent,
       leaseIds,
       method: req.method,
       host: req.host,
-      path: reportablePath(req.target),
+      path: this.#pathForTrail(req.target),
       status: o.status,
       bytesOut: o.bytesOut,
       bytesIn: o.bytesIn,
@@ -756,6 +780,9 @@ export class LeaseEgress implements Egress {
     else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
   }
 }
+
+/** What the trail holds for a request path that carried a credential's mark: the rest of the path could hold part of it. */
+export const WITHHELD_PATH = "/(path-withheld:it-held-a-credential)";
 
 /**
  * The path of `target` as the trail may hold it: every character but visible ASCII percent-encoded
