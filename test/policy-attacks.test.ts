@@ -765,6 +765,24 @@ describe("policy reload", () => {
     await r.close();
   });
 
+  test("a reload that lowers a rule's max_ttl ends the leases it granted before at issue + the new max_ttl", async () => {
+    const seen: Seen = [];
+    const ck = clock();
+    const r = await reloadable(allow("g", { extra: 'ttl = "30d"\nmax_ttl = "30d"' }), { now: ck.now });
+    await store(r.vault, ["tok"]);
+    const c = r.vault.session(agent("claude"));
+    const l = await c.requestLease({ secret: "tok" });
+    r.set(allow("g", { extra: 'ttl = "15m"\nmax_ttl = "1h"' }));
+    await r.admin.reloadPolicy();
+    ck.advance(59 * MIN);
+    (await c.accessSecret(l.id, { domain: "api.example.com" })).value.wipe(); // within issue + 1h: still served
+    ck.advance(MIN);
+    assert.equal(await refused(seen, c.accessSecret(l.id, { domain: "api.example.com" })), "lease_expired", "a lease granted for 30 days was used past the 1h max_ttl the reloaded rule sets");
+    assert.match(seen.at(-1)!, /outlived rule "g" of the policy in force, whose max_ttl \(1h\)/);
+    await assertNoCanary(r.vault, seen);
+    await r.close();
+  });
+
   test("a reload that makes a rule non-renewable stops the renewal of the leases it granted before", async () => {
     const seen: Seen = [];
     const ck = clock();

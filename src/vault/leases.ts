@@ -10,7 +10,7 @@ import { mayActFor, resolveAgent, roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js";
-import { parseDuration } from "./duration.js";
+import { formatDuration, parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
 import { bytesFitError, type ValueFit } from "../base/value-fit.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
@@ -332,6 +332,21 @@ function requestError(methods: readonly string[] | null, paths: readonly string[
   return why === null ? null : new VaultError("access_denied", why);
 }
 
+/**
+ * Why `lease` is past `issued + max_ttl` of `own` (the rule that granted it, as it is now) or of
+ * `deciding` (the rule that decides this use), or null: a reload that lowered `max_ttl` ends leases
+ * granted before it at the new bound.
+ */
+function outlivedError(lease: LeaseRecord, now: number, ...rules: (Rule | null | undefined)[]): VaultError | null {
+  for (const rule of rules)
+    if (rule != null && now >= lease.issuedAt + rule.terms.maxTtlMs)
+      return new VaultError(
+        "lease_expired",
+        `lease ${lease.id} has outlived rule "${rule.name}" of the policy in force, whose max_ttl (${formatDuration(rule.terms.maxTtlMs)}) ended it at ${new Date(lease.issuedAt + rule.terms.maxTtlMs).toISOString()}; request a new one`,
+      );
+  return null;
+}
+
 function stateError(lease: LeaseRecord, now: number): VaultError | null {
   switch (leaseState(lease, now)) {
     case "revoked":
@@ -453,6 +468,10 @@ async function useIn(
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
+  // So does one that lowered `max_ttl`, of the rule that granted the lease or of the one deciding now:
+  // "a lease never lives past issued + max_ttl" holds for leases granted before it.
+  const outlived = outlivedError(lease, now, own, decision.rule);
+  if (outlived) return denied(audit, who, outlived, fields);
   // The value goes to the caller only when the lease was not granted proxy-only and both the rule
   // that granted it (as it is now) and the rule deciding this use reveal it: the caller picks the
   // domain, and so which rule decides.
