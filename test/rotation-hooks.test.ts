@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { LessorClient } from "../src/client/index.js";
 import { parseConfig } from "../src/config/config.js";
 import { openVault } from "../src/config/open-vault.js";
-import { HOOK_ENV_KEEP } from "../src/hooks/run-hook.js";
+import { HOOK_ENV_KEEP, runHookCommand } from "../src/hooks/run-hook.js";
 import { scheduleRotations } from "../src/server/rotation-schedule.js";
 import type { Vault } from "../src/vault/vault.js";
 import { CLI, makeHome, startServe } from "./daemon-harness.js";
@@ -472,5 +473,32 @@ ${entry("api-key", "fail", failDir, "", 'every = "1s"\nstdin = "current"')}`;
     assert.match(log, /a scheduled rotation hook failed/);
     assert.match(log, /exit code 1/);
     assertNoValue("the daemon's log", log, "rotated-1-", "rotated-2-", "boom");
+  });
+});
+
+describe("the current value a hook reads on stdin", () => {
+  test("the copy written to the hook's pipe is zeroed once the hook has it: no Buffer of it is left holding the value", async () => {
+    const canary = `CANARY-${randomBytes(12).toString("hex")}`;
+    const dir = mkdtempSync(join(tmpdir(), "lessor-hookstdin-"));
+    const hook = join(dir, "cat.sh");
+    writeFileSync(hook, "#!/bin/sh\ncat >/dev/null\necho new-value\n", { mode: 0o755 });
+    const value = new Uint8Array(Buffer.from(canary));
+    // Every Buffer made from a Uint8Array of the value's length while the hook runs: the copies.
+    const made: Buffer[] = [];
+    const from = Buffer.from;
+    (Buffer as unknown as { from: unknown }).from = function (...a: unknown[]) {
+      const b = (from as (...x: unknown[]) => Buffer).apply(Buffer, a);
+      if (a[0] instanceof Uint8Array && b.length === value.length) made.push(b);
+      return b;
+    };
+    let r;
+    try {
+      r = await runHookCommand({ secret: { scope: "global", name: "db" }, command: [hook], timeoutMs: 5000, revoke: "all", stdin: "current", everyMs: null }, value, 1024, { cwd: dir, env: { PATH: process.env.PATH } });
+    } finally {
+      (Buffer as unknown as { from: unknown }).from = from;
+    }
+    assert.equal(r.ok, true);
+    assert.ok(made.length > 0, "the value was copied for the pipe (else this test checks nothing)");
+    assert.deepEqual(made.filter((b) => b.toString() === canary).length, 0, "a copy of the current value is left in memory after the hook ended");
   });
 });

@@ -193,8 +193,13 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
     child.stderr!.on("data", (d: Buffer) => d.fill(0));
     if (stdin !== null && child.stdin) {
       // A command that exits without reading its stdin makes this write fail with EPIPE: not an error.
-      child.stdin.on("error", () => {});
-      child.stdin.end(Buffer.from(stdin));
+      // The current value is copied for the pipe and the copy zeroed once written (or once the write
+      // failed, or the command ended): the caller wipes its own bytes, not this copy.
+      const copy = Buffer.from(stdin);
+      const zero = (): void => void copy.fill(0);
+      child.stdin.on("error", zero);
+      child.stdin.end(copy, zero);
+      child.once("close", zero);
     }
     child.on("close", (code, signal) => {
       if (settled) return;
