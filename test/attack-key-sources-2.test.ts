@@ -122,7 +122,7 @@ test("a retired key authenticates nothing after the rotation that retired it: a 
 
   // The holder of the leaked k1 who can write lessor.db forges version 2 of "api" under k1.
   const FORGED = `forged-${randomBytes(8).toString("hex")}`;
-  const sealed = sealValue({ scope: "global", name: "api", version: 2 }, Buffer.from(FORGED), { id: idOf(k1), key: Buffer.from(k1, "hex") }, "aes-256-gcm");
+  const sealed = sealValue({ scope: "global", name: "api", version: 2 }, Buffer.from(FORGED), { id: idOf(k1), key: Buffer.from(k1, "hex") }, "aes-256-gcm", vaultIdIn(join(h, "lessor.db")));
   db(h, (d) => {
     const s = d.prepare("SELECT id FROM secrets WHERE scope = 'global' AND name = 'api'").get() as { id: number };
     d.prepare("INSERT INTO secret_versions (secret, version, alg, key_id, wrapped_dek, ciphertext, size, created_at, created_by) VALUES (?, 2, ?, ?, ?, ?, ?, ?, 'uid:0')").run(
@@ -144,9 +144,19 @@ test("a retired key authenticates nothing after the rotation that retired it: a 
   assert.ok(!got.stderr.includes(FORGED) && !got.stderr.includes(REAL));
 });
 
+/** The vault's id (bound into every wrapped DEK), as anyone who can read lessor.db reads it. */
+function vaultIdIn(dbPath: string): string | null {
+  const d = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return (d.prepare("SELECT value FROM meta WHERE key = 'vault_id'").get() as { value: string } | undefined)?.value ?? null;
+  } finally {
+    d.close();
+  }
+}
+
 /** Inserts version `version` of global/`name`, sealed under `key` (hex), and makes it current: what a holder of that key who can write lessor.db does. */
 function forgeVersion(dbPath: string, name: string, version: number, key: string, value: string): void {
-  const sealed = sealValue({ scope: "global", name, version }, Buffer.from(value), { id: idOf(key), key: Buffer.from(key, "hex") }, "aes-256-gcm");
+  const sealed = sealValue({ scope: "global", name, version }, Buffer.from(value), { id: idOf(key), key: Buffer.from(key, "hex") }, "aes-256-gcm", vaultIdIn(dbPath));
   const d = new Database(dbPath, { fileMustExist: true });
   try {
     const s = d.prepare("SELECT id FROM secrets WHERE scope = 'global' AND name = ?").get(name) as { id: number };

@@ -184,7 +184,11 @@ describe("a token row MACed under the retired key", { concurrency: 1 }, () => {
     const id = randomBytes(8).toString("hex");
     const secret = randomBytes(32).toString("base64url");
     const row = { id, name: "backup-job", role: "admin" as const, agent: null, actFor: null, createdAt: Date.now(), expiresAt: null, createdBy: "uid:0", hash: createHash("sha256").update(secret, "utf8").digest() };
-    const mac = tokenMac({ id: keyIdOf(Buffer.from(oldHex, "hex")), key: Buffer.from(oldHex, "hex") } as MasterKey, row);
+    // It can read the vault's id, bound into the MAC, from the database too.
+    const db = new Database(join(home, "lessor.db"), { readonly: true });
+    const vaultId = (db.prepare("SELECT value FROM meta WHERE key = 'vault_id'").get() as { value: string }).value;
+    db.close();
+    const mac = tokenMac({ id: keyIdOf(Buffer.from(oldHex, "hex")), key: Buffer.from(oldHex, "hex") } as MasterKey, row, vaultId);
     attack(join(home, "lessor.db"), (db) =>
       db
         .prepare("INSERT INTO tokens (id, name, role, agent, act_for, created_at, expires_at, revoked_at, created_by, hash, mac) VALUES (?, ?, 'admin', NULL, NULL, ?, NULL, NULL, 'uid:0', ?, ?)")

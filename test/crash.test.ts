@@ -43,9 +43,10 @@ async function openEverything(home: string): Promise<{ opened: number; keyIds: s
   const store = openSqliteStore(join(home, "lessor.db"));
   try {
     let opened = 0;
+    const vaultId = await store.getMeta("vault_id");
     for (const s of await store.listSecrets({})) {
       for (const v of await store.listVersions(s)) {
-        const value = openValue(v, v, ring);
+        const value = openValue(v, v, ring, vaultId);
         assert.ok(value.unsafeText().startsWith(`value-${s.name.slice(1)}-`));
         value.wipe();
         opened++;

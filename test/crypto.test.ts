@@ -79,7 +79,7 @@ test("nonces differ across 1000 seals, for both algorithms and for wrapped DEKs"
   const deks = new Set<string>();
   const cts = new Set<string>();
   for (let i = 0; i < 1000; i++) {
-    const s = sealValue(P, pt, ring.current, "aes-256-gcm");
+    const s = sealValue(P, pt, ring.current, "aes-256-gcm", null);
     deks.add(s.wrappedDek.toString("hex"));
     cts.add(s.ciphertext.toString("hex"));
   }
@@ -98,12 +98,12 @@ test("envelope round-trips under both algorithms, sizes 0, 1, 64 KiB and binary"
   const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => 255 - i));
   for (const alg of ALGS) {
     for (const pt of [Buffer.alloc(0), Buffer.from([0]), randomBytes(64 * 1024), binary]) {
-      const s = sealValue(P, pt, ring.current, alg);
+      const s = sealValue(P, pt, ring.current, alg, null);
       assert.equal(s.alg, alg);
       assert.equal(s.keyId, ring.current.id);
       assert.equal(s.ciphertext[0], FORMAT);
       assert.equal(s.wrappedDek[0], FORMAT);
-      const v = openValue(P, s, ring);
+      const v = openValue(P, s, ring, null);
       assert.ok(v instanceof SecretBytes);
       assert.ok(v.equals(pt));
       v.wipe();
@@ -116,19 +116,19 @@ test("a sealed value opened at another scope, name, version, alg label or key id
   const k2 = key();
   const ring = ringOf(k1, k2);
   for (const alg of ALGS) {
-    const s = sealValue(P, Buffer.from("hunter2"), ring.current, alg);
+    const s = sealValue(P, Buffer.from("hunter2"), ring.current, alg, null);
     const other = ALGS.find((a) => a !== alg)!;
-    decryptFails(() => openValue({ ...P, scope: "dev" }, s, ring));
-    decryptFails(() => openValue({ ...P, name: "stripe/api-keY" }, s, ring));
-    decryptFails(() => openValue({ ...P, version: 2 }, s, ring));
-    decryptFails(() => openValue(P, { ...s, alg: other }, ring));
-    decryptFails(() => openValue(P, { ...s, alg: "rot13" }, ring));
-    decryptFails(() => openValue(P, { ...s, keyId: keyIdOf(k2) }, ring));
+    decryptFails(() => openValue({ ...P, scope: "dev" }, s, ring, null));
+    decryptFails(() => openValue({ ...P, name: "stripe/api-keY" }, s, ring, null));
+    decryptFails(() => openValue({ ...P, version: 2 }, s, ring, null));
+    decryptFails(() => openValue(P, { ...s, alg: other }, ring, null));
+    decryptFails(() => openValue(P, { ...s, alg: "rot13" }, ring, null));
+    decryptFails(() => openValue(P, { ...s, keyId: keyIdOf(k2) }, ring, null));
     // Field boundaries cannot be shifted between scope and name.
-    const a = sealValue({ scope: "a", name: "b/c", version: 1 }, Buffer.from("x"), ring.current, alg);
-    decryptFails(() => openValue({ scope: "a/b", name: "c", version: 1 }, a, ring));
+    const a = sealValue({ scope: "a", name: "b/c", version: 1 }, Buffer.from("x"), ring.current, alg, null);
+    decryptFails(() => openValue({ scope: "a/b", name: "c", version: 1 }, a, ring, null));
     // The untouched record still opens.
-    assert.equal(openValue(P, s, ring).unsafeText(), "hunter2");
+    assert.equal(openValue(P, s, ring, null).unsafeText(), "hunter2");
   }
 });
 
@@ -136,61 +136,61 @@ test("a wrapped DEK is bound to its key id: the same bytes under another id do n
   // A keyring that hands out the right key under a different id must still fail: the id is in the AAD.
   const k = key();
   const ring = ringOf(k);
-  const s = sealValue(P, Buffer.from("v"), ring.current, "aes-256-gcm");
+  const s = sealValue(P, Buffer.from("v"), ring.current, "aes-256-gcm", null);
   const liar: Keyring = {
     current: { id: "0000000000000000", key: Buffer.from(k) },
     get: (id) => (id === "0000000000000000" ? { id, key: Buffer.from(k) } : undefined),
     ids: () => ["0000000000000000"],
     wipe: () => {},
   };
-  decryptFails(() => openValue(P, { ...s, keyId: "0000000000000000" }, liar));
+  decryptFails(() => openValue(P, { ...s, keyId: "0000000000000000" }, liar, null));
 });
 
 test("swapping wrapped DEKs or ciphertexts between two versions fails", () => {
   const ring = ringOf(key());
   for (const alg of ALGS) {
-    const v1 = sealValue({ ...P, version: 1 }, Buffer.from("one"), ring.current, alg);
-    const v2 = sealValue({ ...P, version: 2 }, Buffer.from("two"), ring.current, alg);
-    decryptFails(() => openValue({ ...P, version: 2 }, { ...v2, wrappedDek: v1.wrappedDek }, ring));
-    decryptFails(() => openValue({ ...P, version: 1 }, { ...v1, ciphertext: v2.ciphertext }, ring));
-    decryptFails(() => openValue({ ...P, version: 1 }, v2, ring));
-    assert.equal(openValue({ ...P, version: 2 }, v2, ring).unsafeText(), "two");
+    const v1 = sealValue({ ...P, version: 1 }, Buffer.from("one"), ring.current, alg, null);
+    const v2 = sealValue({ ...P, version: 2 }, Buffer.from("two"), ring.current, alg, null);
+    decryptFails(() => openValue({ ...P, version: 2 }, { ...v2, wrappedDek: v1.wrappedDek }, ring, null));
+    decryptFails(() => openValue({ ...P, version: 1 }, { ...v1, ciphertext: v2.ciphertext }, ring, null));
+    decryptFails(() => openValue({ ...P, version: 1 }, v2, ring, null));
+    assert.equal(openValue({ ...P, version: 2 }, v2, ring, null).unsafeText(), "two");
   }
 });
 
 test("every single-bit flip in a small sealed record fails to open", () => {
   const ring = ringOf(key());
   for (const alg of ALGS) {
-    const s = sealValue(P, Buffer.from("abc"), ring.current, alg);
+    const s = sealValue(P, Buffer.from("abc"), ring.current, alg, null);
     for (const field of ["ciphertext", "wrappedDek"] as const) {
       const blob = s[field];
       for (let bit = 0; bit < blob.length * 8; bit++) {
-        decryptFails(() => openValue(P, { ...s, [field]: flipBit(blob, bit) }, ring));
+        decryptFails(() => openValue(P, { ...s, [field]: flipBit(blob, bit) }, ring, null));
       }
-      decryptFails(() => openValue(P, { ...s, [field]: blob.subarray(0, blob.length - 1) }, ring));
-      decryptFails(() => openValue(P, { ...s, [field]: Buffer.concat([blob, Buffer.from([0])]) }, ring));
+      decryptFails(() => openValue(P, { ...s, [field]: blob.subarray(0, blob.length - 1) }, ring, null));
+      decryptFails(() => openValue(P, { ...s, [field]: Buffer.concat([blob, Buffer.from([0])]) }, ring, null));
     }
   }
 });
 
 test("a changed format byte fails to open", () => {
   const ring = ringOf(key());
-  const s = sealValue(P, Buffer.from("abc"), ring.current, "aes-256-gcm");
+  const s = sealValue(P, Buffer.from("abc"), ring.current, "aes-256-gcm", null);
   for (const b of [0, 2, 255]) {
     for (const field of ["ciphertext", "wrappedDek"] as const) {
       const blob = Buffer.from(s[field]);
       blob[0] = b;
-      decryptFails(() => openValue(P, { ...s, [field]: blob }, ring));
+      decryptFails(() => openValue(P, { ...s, [field]: blob }, ring, null));
     }
   }
-  decryptFails(() => openValue(P, { ...s, ciphertext: Buffer.alloc(0) }, ring));
+  decryptFails(() => openValue(P, { ...s, ciphertext: Buffer.alloc(0) }, ring, null));
 });
 
 test("a key id not in the keyring gives key_unavailable naming the id", () => {
-  const s = sealValue(P, Buffer.from("abc"), ringOf(key()).current, "aes-256-gcm");
+  const s = sealValue(P, Buffer.from("abc"), ringOf(key()).current, "aes-256-gcm", null);
   const other = ringOf(key());
   assert.throws(
-    () => openValue(P, s, other),
+    () => openValue(P, s, other, null),
     (e) => isVaultError(e, "key_unavailable") && e.message.includes(s.keyId) && e.message.includes("docs/crypto.md"),
   );
 });
@@ -199,14 +199,14 @@ test("wrong key, tampered and moved records fail with one identical message that
   const canary = "CANARY-7f3a-plaintext";
   const k = key();
   const ring = ringOf(k);
-  const s = sealValue(P, Buffer.from(canary), ring.current, "xchacha20-poly1305");
+  const s = sealValue(P, Buffer.from(canary), ring.current, "xchacha20-poly1305", null);
   const wrongKey: Keyring = { ...ringOf(key()), get: (id) => (id === s.keyId ? { id, key: key() } : undefined) };
   const messages = new Set<string>([
-    decryptFails(() => openValue(P, s, wrongKey)),
-    decryptFails(() => openValue(P, { ...s, ciphertext: flipBit(s.ciphertext, 200) }, ring)),
-    decryptFails(() => openValue(P, { ...s, wrappedDek: flipBit(s.wrappedDek, 300) }, ring)),
-    decryptFails(() => openValue({ ...P, name: "moved" }, s, ring)),
-    decryptFails(() => openValue(P, { ...s, alg: "nope" }, ring)),
+    decryptFails(() => openValue(P, s, wrongKey, null)),
+    decryptFails(() => openValue(P, { ...s, ciphertext: flipBit(s.ciphertext, 200) }, ring, null)),
+    decryptFails(() => openValue(P, { ...s, wrappedDek: flipBit(s.wrappedDek, 300) }, ring, null)),
+    decryptFails(() => openValue({ ...P, name: "moved" }, s, ring, null)),
+    decryptFails(() => openValue(P, { ...s, alg: "nope" }, ring, null)),
     decryptFails(() => open("aes-256-gcm", k, Buffer.alloc(3), Buffer.alloc(0))),
   ]);
   assert.deepEqual([...messages], [DECRYPT_FAILED_MESSAGE]);
@@ -218,22 +218,22 @@ test("rewrapDek: the new wrap opens under the new key, the old one still opens, 
   const newKey = key();
   for (const alg of ALGS) {
     const ring = ringOf(newKey, oldKey); // new is current, old still readable
-    const s: Sealed = sealValue(P, Buffer.from("payload"), ring.get(keyIdOf(oldKey))!, alg);
+    const s: Sealed = sealValue(P, Buffer.from("payload"), ring.get(keyIdOf(oldKey))!, alg, null);
     const ctBefore = Buffer.from(s.ciphertext);
-    const rewrapped = rewrapDek(P, s, ring, ring.current);
+    const rewrapped = rewrapDek(P, s, ring, ring.current, null);
     assert.notDeepEqual(rewrapped, s.wrappedDek);
     assert.equal(rewrapped[0], FORMAT);
     const moved: SealedInput = { ...s, keyId: ring.current.id, wrappedDek: rewrapped };
-    assert.equal(openValue(P, moved, ring).unsafeText(), "payload");
-    assert.equal(openValue(P, s, ring).unsafeText(), "payload");
+    assert.equal(openValue(P, moved, ring, null).unsafeText(), "payload");
+    assert.equal(openValue(P, s, ring, null).unsafeText(), "payload");
     assert.deepEqual(s.ciphertext, ctBefore);
     // Once the old key is retired, only the rewrapped record opens.
     const onlyNew = ringOf(newKey);
-    assert.equal(openValue(P, moved, onlyNew).unsafeText(), "payload");
-    assert.throws(() => openValue(P, s, onlyNew), (e) => isVaultError(e, "key_unavailable"));
+    assert.equal(openValue(P, moved, onlyNew, null).unsafeText(), "payload");
+    assert.throws(() => openValue(P, s, onlyNew, null), (e) => isVaultError(e, "key_unavailable"));
     // The new wrap is bound to the new key id and to the place.
-    decryptFails(() => openValue(P, { ...moved, keyId: keyIdOf(oldKey) }, ring));
-    decryptFails(() => rewrapDek({ ...P, version: 9 }, s, ring, ring.current));
+    decryptFails(() => openValue(P, { ...moved, keyId: keyIdOf(oldKey) }, ring, null));
+    decryptFails(() => rewrapDek({ ...P, version: 9 }, s, ring, ring.current, null));
   }
 });
 
@@ -242,9 +242,9 @@ test("property: any value round-trips at its place and fails at any other place"
   const place = fc.record({ scope: fc.string(), name: fc.string(), version: fc.integer({ min: 1, max: 1e9 }) });
   fc.assert(
     fc.property(place, place, fc.uint8Array({ maxLength: 300 }), fc.constantFrom(...ALGS), (a, b, pt, alg) => {
-      const s = sealValue(a, pt, ring.current, alg);
-      assert.ok(openValue(a, s, ring).equals(pt));
-      if (a.scope !== b.scope || a.name !== b.name || a.version !== b.version) decryptFails(() => openValue(b, s, ring));
+      const s = sealValue(a, pt, ring.current, alg, null);
+      assert.ok(openValue(a, s, ring, null).equals(pt));
+      if (a.scope !== b.scope || a.name !== b.name || a.version !== b.version) decryptFails(() => openValue(b, s, ring, null));
     }),
     { numRuns: 300 },
   );
@@ -253,7 +253,7 @@ test("property: any value round-trips at its place and fails at any other place"
 test("SecretBytes never shows its contents through String, JSON, inspect, templates or console.log", () => {
   const canary = "sk_live_CANARY_91c2";
   const ring = ringOf(key());
-  const opened = openValue(P, sealValue(P, Buffer.from(canary), ring.current, "aes-256-gcm"), ring);
+  const opened = openValue(P, sealValue(P, Buffer.from(canary), ring.current, "aes-256-gcm", null), ring, null);
   for (const s of [SecretBytes.from(canary), SecretBytes.from(Buffer.from(canary)), opened]) {
     const shown: string[] = [
       String(s),
@@ -291,7 +291,7 @@ test("SecretBytes never shows its contents through String, JSON, inspect, templa
 
 test("wipe zeroes the underlying buffer and later use throws", () => {
   const ring = ringOf(key());
-  const s = openValue(P, sealValue(P, Buffer.from("wipe me please"), ring.current, "xchacha20-poly1305"), ring);
+  const s = openValue(P, sealValue(P, Buffer.from("wipe me please"), ring.current, "xchacha20-poly1305", null), ring, null);
   const buf = s.expose();
   assert.equal(buf.toString(), "wipe me please");
   s.wipe();

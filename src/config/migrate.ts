@@ -23,6 +23,7 @@ import { dirname, resolve } from "node:path";
 import { VaultError } from "../base/errors.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { openValue } from "../crypto/envelope.js";
+import { VAULT_ID_META } from "../vault/vault-id.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { verifyAudit } from "../audit/verify.js";
 import type { Store } from "../vault/ports.js";
@@ -178,14 +179,16 @@ async function spotCheck(source: Store, target: Store, keyring: Keyring, n: numb
   const picks = new Set<number>();
   for (let i = 0; i < Math.min(n, secrets.length); i++) picks.add(Math.floor((i * (secrets.length - 1)) / Math.max(1, Math.min(n, secrets.length) - 1)));
   const out: string[] = [];
+  // Each store's own vault id, as a vault opened on it binds (src/vault/vault-id.ts).
+  const [targetId, sourceId] = await Promise.all([target.getMeta(VAULT_ID_META), source.getMeta(VAULT_ID_META)]);
   for (const i of picks) {
     const s = secrets[i]!;
     const [tv, sv] = await Promise.all([target.getCurrentVersion(s), source.getCurrentVersion(s)]);
     const where = `${s.scope}/${s.name}@${s.currentVersion}`;
     if (tv === null || sv === null) throw new VaultError("internal", `spot check: ${where} has no current version on the ${tv === null ? "target" : "source"}`);
-    const a = openValue(tv, tv, keyring);
+    const a = openValue(tv, tv, keyring, targetId);
     try {
-      const b = openValue(sv, sv, keyring);
+      const b = openValue(sv, sv, keyring, sourceId);
       try {
         if (!a.equals(b)) throw new VaultError("internal", `spot check: ${where} opens to a different value on the target`);
       } finally {

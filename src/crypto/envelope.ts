@@ -4,13 +4,15 @@
  *
  * Both blobs are `FORMAT ‖ aead.seal(...)`, and each is bound by its AAD to its place:
  * - value:       ["lessor", FORMAT, "value", scope, name, version, alg]
- * - wrapped DEK: ["lessor", FORMAT, "dek",   scope, name, version, alg, keyId]
+ * - wrapped DEK: ["lessor", FORMAT, "dek",   scope, name, version, alg, keyId] (+ ["vault", vaultId])
  *
  * The master key id is bound into the wrapped DEK, the record the master key opens, and not into the
  * value. Master-key rotation therefore re-wraps only the small DEK blobs ({@link rewrapDek}) and never
  * touches a value's ciphertext, while each value stays bound to its DEK (only that DEK opens it) and
  * to its place (the scope, name and version are in both AADs). A row copied to another name or version,
- * a wrapped DEK swapped between versions, or a key id edited in the row all fail to open.
+ * a wrapped DEK swapped between versions, or a key id edited in the row all fail to open. A vault
+ * made by this version has an id of its own (src/vault/vault-id.ts), bound into every wrapped DEK:
+ * a row copied from another vault that shares its master key fails to open too.
  * See docs/crypto.md.
  */
 import { randomFillSync } from "node:crypto";
@@ -75,8 +77,9 @@ function valueAad(place: Place, alg: Alg): Buffer {
   return encodeAad(["lessor", String(FORMAT), "value", place.scope, place.name, String(place.version), alg]);
 }
 
-function dekAad(place: Place, alg: Alg, keyId: string): Buffer {
-  return encodeAad(["lessor", String(FORMAT), "dek", place.scope, place.name, String(place.version), alg, keyId]);
+function dekAad(place: Place, alg: Alg, keyId: string, vaultId: string | null): Buffer {
+  const fields = ["lessor", String(FORMAT), "dek", place.scope, place.name, String(place.version), alg, keyId];
+  return encodeAad(vaultId === null ? fields : [...fields, "vault", vaultId]);
 }
 
 function withFormat(blob: Buffer): Buffer {
@@ -109,11 +112,11 @@ function kekFor(keyring: Keyring, keyId: string): MasterKey {
 }
 
 /** Opens the DEK of a sealed version. The caller must zero the returned buffer. */
-function openDek(place: Place, sealed: SealedInput, keyring: Keyring): { alg: Alg; dek: Buffer } {
+function openDek(place: Place, sealed: SealedInput, keyring: Keyring, vaultId: string | null): { alg: Alg; dek: Buffer } {
   checkPlace(place);
   const alg = checkedAlg(sealed.alg);
   const kek = kekFor(keyring, sealed.keyId);
-  const dek = open(alg, kek.key, body(sealed.wrappedDek), dekAad(place, alg, kek.id));
+  const dek = open(alg, kek.key, body(sealed.wrappedDek), dekAad(place, alg, kek.id, vaultId));
   if (dek.length !== KEY_BYTES) {
     dek.fill(0);
     throw new VaultError("decrypt_failed", DECRYPT_FAILED_MESSAGE);
@@ -121,19 +124,22 @@ function openDek(place: Place, sealed: SealedInput, keyring: Keyring): { alg: Al
   return { alg, dek };
 }
 
-function wrapDek(place: Place, alg: Alg, dek: Buffer, kek: MasterKey): Buffer {
-  return withFormat(seal(alg, kek.key, dek, dekAad(place, alg, kek.id)));
+function wrapDek(place: Place, alg: Alg, dek: Buffer, kek: MasterKey, vaultId: string | null): Buffer {
+  return withFormat(seal(alg, kek.key, dek, dekAad(place, alg, kek.id, vaultId)));
 }
 
-/** Seals `plaintext` for `place` under a fresh DEK, wrapped by `kek`. The DEK is wiped before returning. */
-export function sealValue(place: Place, plaintext: Uint8Array, kek: MasterKey, alg: Alg): Sealed {
+/**
+ * Seals `plaintext` for `place` under a fresh DEK, wrapped by `kek` (for vault `vaultId`; null: a
+ * vault made before vaults had ids). The DEK is wiped before returning.
+ */
+export function sealValue(place: Place, plaintext: Uint8Array, kek: MasterKey, alg: Alg, vaultId: string | null): Sealed {
   checkPlace(place);
   if (!isAlg(alg)) throw new VaultError("internal", "sealValue: unsupported algorithm");
   const dek = Buffer.alloc(KEY_BYTES);
   try {
     randomFillSync(dek);
     const ciphertext = withFormat(seal(alg, dek, plaintext, valueAad(place, alg)));
-    const wrappedDek = wrapDek(place, alg, dek, kek);
+    const wrappedDek = wrapDek(place, alg, dek, kek, vaultId);
     return { alg, keyId: kek.id, wrappedDek, ciphertext };
   } finally {
     dek.fill(0);
@@ -144,8 +150,8 @@ export function sealValue(place: Place, plaintext: Uint8Array, kek: MasterKey, a
  * Opens a sealed value stored at `place`. Throws VaultError("key_unavailable") when the wrapping key is
  * not in `keyring`, and VaultError("decrypt_failed") (one generic message) for anything else.
  */
-export function openValue(place: Place, sealed: SealedInput, keyring: Keyring): SecretBytes {
-  const { alg, dek } = openDek(place, sealed, keyring);
+export function openValue(place: Place, sealed: SealedInput, keyring: Keyring, vaultId: string | null): SecretBytes {
+  const { alg, dek } = openDek(place, sealed, keyring, vaultId);
   try {
     return SecretBytes.adopt(open(alg, dek, body(sealed.ciphertext), valueAad(place, alg)));
   } finally {
@@ -157,10 +163,10 @@ export function openValue(place: Place, sealed: SealedInput, keyring: Keyring): 
  * Re-wraps the DEK of a sealed version under `to` (for master-key rotation) and returns the new
  * wrapped DEK; the value's ciphertext stays as it is. The stored key id must then be set to `to.id`.
  */
-export function rewrapDek(place: Place, sealed: SealedInput, keyring: Keyring, to: MasterKey): Buffer {
-  const { alg, dek } = openDek(place, sealed, keyring);
+export function rewrapDek(place: Place, sealed: SealedInput, keyring: Keyring, to: MasterKey, vaultId: string | null): Buffer {
+  const { alg, dek } = openDek(place, sealed, keyring, vaultId);
   try {
-    return wrapDek(place, alg, dek, to);
+    return wrapDek(place, alg, dek, to, vaultId);
   } finally {
     dek.fill(0);
   }

@@ -19,6 +19,7 @@ import type { AuditRecord, LeaseRecord, SecretRecord, TokenRecord, VersionRecord
 import type { Store, StoreReader, StoreTx } from "../vault/ports.js";
 import { CURRENT_KEY_META } from "../vault/key-reload.js";
 import { INIT_KEY_META } from "../vault/vault.js";
+import { VAULT_ID_META } from "../vault/vault-id.js";
 
 /** Rows per table (`checkpoint`: 0 or 1). */
 export interface TableCounts {
@@ -151,7 +152,7 @@ export async function storeHoldings(store: Store): Promise<string[]> {
 }
 
 /** Metadata keys every vault is made with (`lessor init` writes them before anything else); the rest, such as `audit_format`, the source holds too. */
-const VAULT_META_KEYS = [INIT_KEY_META, CURRENT_KEY_META];
+const VAULT_META_KEYS = [INIT_KEY_META, CURRENT_KEY_META, VAULT_ID_META];
 
 /** What `r` holds of a vault, in words (metadata aside: a transaction cannot list it); empty when nothing. */
 async function heldBy(r: StoreReader): Promise<string[]> {

@@ -53,6 +53,8 @@ export interface VaultContext {
   readonly sinks: readonly AuditSink[];
   readonly now: () => number;
   readonly cipher: Alg;
+  /** The vault's id, bound into every wrapped DEK and token MAC (./vault-id.ts); null for a vault made before vaults had ids. */
+  readonly vaultId: string | null;
   readonly limits: Limits;
   /**
    * True in a daemon (`lessor serve`): on a store several instances share, its opening and its

@@ -523,7 +523,7 @@ async function useIn(
 function fitError(ctx: VaultContext, version: VersionRecord, fit: ValueFit, secret: string, held: Held): VaultError | null {
   let value: SecretBytes;
   try {
-    value = openValue(version, version, ctx.keyring);
+    value = openValue(version, version, ctx.keyring, ctx.vaultId);
   } catch {
     return null;
   }
@@ -593,7 +593,7 @@ async function commitUse(ctx: VaultContext, fn: (tx: StoreTx, audit: AuditFn, no
     drop();
     throw e;
   }
-  const value = held.value ?? openValue(got.version, got.version, ctx.keyring);
+  const value = held.value ?? openValue(got.version, got.version, ctx.keyring, ctx.vaultId);
   held.value = undefined;
   return { value, version: got.version.version, lease: got.lease, ...(got.bounds ? { bounds: got.bounds } : {}) };
 }

@@ -234,7 +234,7 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
     await ensureKey(ctx, row.keyId); // wrapped under a key another instance rotated to: load it first
     const gone = await retiredVersionError(ctx, ctx.store, row); // never handed to a hook: not this vault's value
     if (gone) throw gone;
-    current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring);
+    current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring, ctx.vaultId);
   }
   let result: HookRunResult;
   // The hook's process goes into the claim: if this process is killed, the claim holds while the hook runs on.

@@ -57,7 +57,7 @@ interface Stuck {
 /** Re-wraps one version's DEK under the current key, or says why it cannot (a damaged record: only decrypt_failed is caught). */
 function rewrapOne(ctx: VaultContext, r: VersionRecord): Buffer | string {
   try {
-    return rewrapDek(r, r, ctx.keyring, ctx.keyring.current);
+    return rewrapDek(r, r, ctx.keyring, ctx.keyring.current, ctx.vaultId);
   } catch (e) {
     if (isVaultError(e, "decrypt_failed")) return `the master key it names, ${r.keyId}, does not open it (the record is damaged or was edited)`;
     if (isVaultError(e, "key_unavailable")) throw new VaultError("key_unavailable", `version ${r.version} of secret ${refString(r)}: ${e.message}`);
@@ -218,9 +218,9 @@ async function rotateClaimed(ctx: VaultContext, who: Identity, claim: RotationCl
     // In the commit that records the rotation: a token made before it is MACed again here.
     let tokensRemaced = 0;
     for (const t of await tx.listTokens()) {
-      const under = tokenMacKey(ctx.keyring, t);
+      const under = tokenMacKey(ctx.keyring, t, ctx.vaultId);
       if (under === null || under === to) continue;
-      await tx.setTokenMac(t.id, tokenMac(ctx.keyring.current, t));
+      await tx.setTokenMac(t.id, tokenMac(ctx.keyring.current, t, ctx.vaultId));
       tokensRemaced++;
     }
     await audit({ type: "key_rotated", actor: who, outcome: "ok", detail: { to, from: from.join(","), rewrapped, resumed, audit_keys_archived: Object.keys(archive).length, tokens_remaced: tokensRemaced } });

@@ -85,7 +85,7 @@ function toBytes(value: StoreSecretParams["value"]): { bytes: Buffer; owned: boo
 /** Seals and inserts version `current + 1` of `rec` (inside a transaction), then prunes old versions. */
 export async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretRecord, bytes: Uint8Array, by: string, now: number): Promise<number> {
   const version = rec.currentVersion + 1;
-  const sealed = sealValue({ scope: rec.scope, name: rec.name, version }, bytes, ctx.keyring.current, ctx.cipher);
+  const sealed = sealValue({ scope: rec.scope, name: rec.name, version }, bytes, ctx.keyring.current, ctx.cipher, ctx.vaultId);
   await tx.putSecret({ ...rec, currentVersion: version, updatedAt: now });
   await tx.insertVersion({
     scope: rec.scope,
@@ -183,7 +183,7 @@ export async function rollbackSecret(ctx: VaultContext, who: Identity, refIn: Se
     // Under a key a rotation retired: not this vault's value, and a rollback would seal it under the current key.
     const gone = await retiredVersionError(ctx, tx, { ...ref, version, keyId: old.keyId });
     if (gone) return denied(audit, who, gone, { agent: who.agent ?? null, secret: refString(ref) });
-    const value = openValue({ ...ref, version }, old, ctx.keyring);
+    const value = openValue({ ...ref, version }, old, ctx.keyring, ctx.vaultId);
     try {
       const v = await addVersion(ctx, tx, existing, value.expose(), who.id, now);
       await audit({ type: "secret_rolled_back", actor: who, secret: refString(ref), outcome: "ok", detail: { from: version, version: v } });
@@ -233,7 +233,7 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
     await audit({ type: "secret_revealed", actor: who, secret: refString(ref), outcome: "ok", detail: { version: v.version } });
     return v;
   });
-  return { value: openValue(row, row, ctx.keyring), version: row.version };
+  return { value: openValue(row, row, ctx.keyring, ctx.vaultId), version: row.version };
 }
 
 /** The secret_not_found error for `ref`. */

@@ -144,7 +144,7 @@ export async function createToken(ctx: VaultContext, who: Identity, p: TokenPara
       createdBy: who.id,
       hash: hashSecret(secret),
     };
-    const rec: TokenRecord = { ...fields, revokedAt: null, mac: tokenMac(ctx.keyring.current, fields) };
+    const rec: TokenRecord = { ...fields, revokedAt: null, mac: tokenMac(ctx.keyring.current, fields, ctx.vaultId) };
     await tx.insertToken(rec);
     await audit({ type: "token_created", actor: who, agent: rec.agent, outcome: "ok", detail: { token_id: id, name: rec.name, role: rec.role, expires_at: rec.expiresAt } });
     return { ...info(rec), token: `lsr_${id}_${secret}` };
@@ -159,7 +159,7 @@ export async function listTokens(ctx: VaultContext, who: Identity, filter?: Toke
   const err = roleError(who, ["admin"], "list tokens");
   if (err) await commit(ctx, async (_tx, audit) => denied(audit, who, err));
   const rows = await ctx.store.listTokens(filter);
-  const keys = rows.map((t) => tokenMacKey(ctx.keyring, t));
+  const keys = rows.map((t) => tokenMacKey(ctx.keyring, t, ctx.vaultId));
   const retired = keys.some((k) => k !== null && k !== ctx.keyring.current.id) ? await retiredKeys(ctx.store, ctx.auditKeys) : null;
   return rows.map((t, i) => (keys[i] === null || (retired !== null && retired.has(keys[i]!)) ? { ...info(t), unverified: true } : info(t)));
 }
@@ -196,7 +196,7 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   // The same work for a well-formed token whatever its id (docs/daemon.md: timing does not tell a
   // wrong secret for a real id from an unknown id): an unknown id's MAC is checked on a stand-in row
   // (which none verifies), and the secret is always hashed and compared (with a stand-in hash).
-  const macKey = m ? tokenMacKey(ctx.keyring, rec ?? standInRecord(m[1]!)) : null;
+  const macKey = m ? tokenMacKey(ctx.keyring, rec ?? standInRecord(m[1]!), ctx.vaultId) : null;
   const secretOk = m ? timingSafeEqual(hashSecret(m[2]!), rec && rec.hash.length === STAND_IN_HASH.length ? Buffer.from(rec.hash) : STAND_IN_HASH) : false;
   let why: string | null = null;
   if (!m) why = "malformed token";
@@ -278,7 +278,7 @@ export async function tokenChallenge(ctx: VaultContext, tokenId: string, clientN
   const found = await ctx.store.getToken(tokenId);
   // A row without a valid MAC is answered as an unknown id: the daemon proves nothing for it. An
   // unknown id costs the same MAC computation, so that the two take the same work.
-  const rec = tokenMacKey(ctx.keyring, found ?? standInRecord(tokenId)) !== null ? found : null;
+  const rec = tokenMacKey(ctx.keyring, found ?? standInRecord(tokenId), ctx.vaultId) !== null ? found : null;
   let base = standInKeys.get(ctx);
   if (base === undefined) standInKeys.set(ctx, (base = randomBytes(32)));
   const standIn = createHmac("sha256", base).update(tokenId, "utf8").digest();

@@ -14,6 +14,7 @@
  */
 import type { Alg } from "../crypto/aead.js";
 import { withCurrent, type Keyring } from "../crypto/keyring.js";
+import { newVaultId, VAULT_ID_META } from "./vault-id.js";
 import type { KeySource, Processes } from "./ports.js";
 import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
@@ -22,7 +23,7 @@ import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "
 import { guardProblem } from "./audit-guard.js";
 import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
-import type { Store, TokenFilter } from "./ports.js";
+import type { Store, StoreReader, TokenFilter } from "./ports.js";
 import { roleError } from "./access.js";
 import { auditHeadSeen, commit, DEFAULT_LIMITS, sawAuditHead, type Limits, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
@@ -188,12 +189,32 @@ async function isArchived(store: Store, ring: Keyring, id: string): Promise<bool
   }
 }
 
-/** Records `keyId` as the key the store was made with when the store names none yet (see {@link VaultOptions.bindKey}). */
-async function bindKey(store: Store, keyId: string): Promise<void> {
-  await store.transaction(async (tx) => {
-    const [made, current, cp, inUse] = await Promise.all([tx.getMeta(INIT_KEY_META), tx.getMeta(CURRENT_KEY_META), tx.getCheckpoint(), tx.keyIdsInUse()]);
-    if (made === null && current === null && cp === null && inUse.length === 0) await tx.setMeta(INIT_KEY_META, keyId);
-  });
+/**
+ * For a store that holds no vault yet (no key named, no checkpoint, no value): records a new vault id
+ * (./vault-id.ts) and, with `bind` ({@link VaultOptions.bindKey}), `keyId` as the key the store was
+ * made with. Returns the vault's id as the store holds it afterwards (null: a vault made before vaults
+ * had ids).
+ */
+async function bindVault(store: Store, keyId: string, bind: boolean): Promise<string | null> {
+  // A store is bare with no key named, no checkpoint and no value; a new id also needs no token row
+  // (one written without the id would stop authenticating). Read one at a time, first outside a
+  // transaction: opening a vault that has its id takes one read and no write lock (and, on a shared
+  // store, one connection).
+  const wants = async (r: StoreReader): Promise<{ id: boolean; made: boolean }> => {
+    const id = (await r.getMeta(VAULT_ID_META)) === null;
+    const made = bind && (await r.getMeta(INIT_KEY_META)) === null;
+    if (!id && !made) return { id, made };
+    const bare = (await r.getMeta(CURRENT_KEY_META)) === null && (await r.getCheckpoint()) === null && (await r.keyIdsInUse()).length === 0;
+    return { id: id && bare && (await r.listTokens()).length === 0, made: made && bare };
+  };
+  const seen = await wants(store);
+  if (seen.id || seen.made)
+    await store.transaction(async (tx) => {
+      const now = await wants(tx);
+      if (now.id) await tx.setMeta(VAULT_ID_META, newVaultId());
+      if (now.made) await tx.setMeta(INIT_KEY_META, keyId);
+    });
+  return store.getMeta(VAULT_ID_META);
 }
 
 export class Vault {
@@ -238,7 +259,7 @@ export class Vault {
           "key_unavailable",
           `the master key from ${opts.keys.describe} does not match this vault (it needs key ${missing.join(", ")}, loaded ${ring.ids().join(", ")}); use the key this vault was created with`,
         );
-      if (opts.bindKey) await bindKey(opts.store, ring.current.id);
+      const vaultId = await bindVault(opts.store, ring.current.id, opts.bindKey === true);
       // The key the store records as current is the one written under, whatever the source gives
       // first (a retired key put back, a planted one): src/vault/key-reload.ts checkKeysIn.
       // Never a key a rotation retired (the row is not authenticated): then the source's order stands,
@@ -261,6 +282,7 @@ export class Vault {
         loadPolicy,
         sinks: opts.sinks ?? [],
         now: opts.now ?? storeClock(opts.store),
+        vaultId,
         cipher: opts.cipher ?? "aes-256-gcm",
         // A limit given as undefined keeps its default (a Partial<Limits> built from optional settings).
         limits: checkedLimits({ ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) }),
