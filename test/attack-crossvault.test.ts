@@ -59,6 +59,25 @@ function copyToken(from: string, to: string, id: string): void {
   write(to, (d) => d.prepare(`INSERT INTO tokens (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...cols.map((c) => row[c])));
 }
 
+/**
+ * Two vaults made with one master key: A with an admin token, B with the canary secret and an admin
+ * token of its own; then A's token row copied into B's database.
+ */
+async function tokenCopied(): Promise<{ a: Awaited<ReturnType<typeof home>>; b: Awaited<ReturnType<typeof home>>; tok: { id: string; token: string }; own: { token: string } }> {
+  const key = randomBytes(32).toString("hex");
+  const a = await home(key);
+  const b = await home(key);
+  const va = await openVault({ home: a.home, env: a.env });
+  const tok = await va.admin().createToken({ name: "dev-ci", role: "admin" });
+  await va.close();
+  const vb = await openVault({ home: b.home, env: b.env });
+  await vb.admin().storeSecret({ name: "prod-db", value: CANARY });
+  const own = await vb.admin().createToken({ name: "b-ci", role: "admin" });
+  await vb.close();
+  copyToken(a.db, b.db, tok.id);
+  return { a, b, tok, own };
+}
+
 test("each vault gets an id of its own at init; two vaults made with one master key differ", async () => {
   const key = randomBytes(32).toString("hex");
   const a = await home(key);
@@ -97,18 +116,7 @@ test("a version row copied from vault A into vault B (same master key, same plac
 });
 
 test("an admin token row copied from vault A into vault B (same master key) does not authenticate in B; B's own token does", async () => {
-  const key = randomBytes(32).toString("hex");
-  const a = await home(key);
-  const b = await home(key);
-  const va = await openVault({ home: a.home, env: a.env });
-  const tok = await va.admin().createToken({ name: "dev-ci", role: "admin" });
-  await va.close();
-  const vb = await openVault({ home: b.home, env: b.env });
-  await vb.admin().storeSecret({ name: "prod-db", value: CANARY });
-  const own = await vb.admin().createToken({ name: "b-ci", role: "admin" });
-  await vb.close();
-
-  copyToken(a.db, b.db, tok.id);
+  const { b, tok, own } = await tokenCopied();
   const vb2 = await openVault({ home: b.home, env: b.env });
   try {
     assert.equal(await vb2.authenticateToken(tok.token, "tcp").catch(() => null), null, "vault A's token authenticated in vault B");
@@ -145,17 +153,7 @@ test("over a real lessor serve: vault A's admin token row copied into vault B's 
 });
 
 test("B's id set to A's (or deleted): A's token then authenticates, but B opens none of its own values — no more than swapping the database", async () => {
-  const key = randomBytes(32).toString("hex");
-  const a = await home(key);
-  const b = await home(key);
-  const va = await openVault({ home: a.home, env: a.env });
-  const tok = await va.admin().createToken({ name: "dev-ci", role: "admin" });
-  await va.close();
-  const vb = await openVault({ home: b.home, env: b.env });
-  await vb.admin().storeSecret({ name: "prod-db", value: CANARY });
-  const own = await vb.admin().createToken({ name: "b-ci", role: "admin" });
-  await vb.close();
-  copyToken(a.db, b.db, tok.id);
+  const { a, b, tok, own } = await tokenCopied();
   const idA = vaultIdOf(a.db)!;
   const edits: [string | undefined, (d: Database.Database) => unknown][] = [
     [idA, (d) => d.prepare("UPDATE meta SET value = ? WHERE key = ?").run(idA, VAULT_ID_META)],
