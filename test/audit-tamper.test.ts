@@ -229,6 +229,19 @@ describe("the audit trail cannot be laundered", () => {
     assert.match(v2.breaks[0]!.found.problem!, /the trail was wiped/);
   });
 
+  test("a checkpoint seq that is no whole number from 0 up (1.5, -1, text, a blob) is a checkpoint that does not verify, not an internal error", async () => {
+    for (const seq of [1.5, -1, "twelve", Buffer.from([0])]) {
+      const { admin, dbPath, reopen } = await withHistory();
+      attack(dbPath, (db) => db.prepare("UPDATE audit_checkpoint SET seq = ?").run(seq));
+      const msg = await brokenMessage(admin.storeSecret({ name: "new", value: "x" }));
+      assert.match(msg, /the audit checkpoint was altered: its MAC does not match/, String(seq));
+      const again = await reopen();
+      const v = await again.vault.admin().auditVerify();
+      assert.equal(v.ok, false, String(seq));
+      assert.match(v.problem ?? "", /the audit checkpoint was altered/, String(seq));
+    }
+  });
+
   test("the vault raises one audit_broken signal however many writes it refuses", async () => {
     const { vault, admin, dbPath } = await withHistory();
     const got: VaultSignal[] = [];

@@ -178,14 +178,25 @@ export function makeCheckpoint(head: { seq: number; hash: Uint8Array }, key: Aud
   return { seq: head.seq, hash: Buffer.from(head.hash), keyId: key.id, mac: checkpointMac(key.checkpoint, CHECKPOINT_LABEL, head.seq, head.hash) };
 }
 
+/**
+ * True when a checkpoint read back has the shape lessor writes: a seq that is a whole number from 0
+ * up, hash and MAC as bytes. A database writer may put anything in the row (a seq of 1.5, -1 or
+ * text); such a row is a checkpoint that does not verify, not an internal error.
+ */
+function wellFormed(cp: AuditCheckpoint): boolean {
+  return Number.isSafeInteger(cp.seq) && cp.seq >= 0 && cp.hash instanceof Uint8Array && cp.mac instanceof Uint8Array;
+}
+
 /** True when the checkpoint's MAC is right for its seq and hash under the audit key `key`. */
 export function checkpointValid(cp: AuditCheckpoint, key: AuditKey): boolean {
+  if (!wellFormed(cp)) return false;
   const want = checkpointMac(key.checkpoint, CHECKPOINT_LABEL, cp.seq, cp.hash);
   return cp.mac.byteLength === want.length && timingSafeEqual(cp.mac, want);
 }
 
 /** True when a format-1 checkpoint (written before the keyed chain) is right under master key `master`. */
 export function checkpointValidV1(cp: AuditCheckpoint, master: MasterKey): boolean {
+  if (!wellFormed(cp)) return false;
   const key = checkpointKeyV1(master);
   try {
     const want = checkpointMac(key, CHECKPOINT_LABEL_V1, cp.seq, cp.hash);
