@@ -440,11 +440,17 @@ test("tripwire evasion: another host's placeholder percent-encoded, base64-encod
   }
   assert.deepEqual(missed, [], "variants that did not trip the wire");
 
-  // The same hidden forms of a placeholder to a host its lease covers are not an alarm: still served.
+  // The same hidden forms of a placeholder to a host its lease covers are not an alarm: in a header,
+  // still served; in the URL, where lessor replaces nothing, refused before any use, the lease live.
   const r = await rig();
   try {
-    const answer = await rawH1(r, `GET /ok/t?x=${pct(r.ph("tok"))} HTTP/1.1\r\nHost: ${HOST}\r\nX-Data: ${b64("x" + r.ph("tok"))}\r\nConnection: close\r\n\r\n`);
+    const answer = await rawH1(r, `GET /ok/t HTTP/1.1\r\nHost: ${HOST}\r\nX-Data: ${b64("x" + r.ph("tok"))}\r\nConnection: close\r\n\r\n`);
     assert.equal(statusOf(answer), 200);
+    const inUrl = await rawH1(r, `GET /ok/t?x=${pct(r.ph("tok"))} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+    assert.equal(statusOf(inUrl), 403);
+    assert.doesNotMatch(inUrl, /tripwire/);
+    assert.ok(!(await r.alarmed()));
+    assert.ok((await r.live()).has(r.creds.find((c) => c.secret === "global/tok")!.lease.id));
     assert.equal(r.warns.length, 0);
   } finally {
     await r.close();
@@ -468,7 +474,7 @@ test("tripwire evasion: another host's placeholder split across two headers trip
   }
 });
 
-test("a credential's value in a request path never reaches the trail or a refusal: the tripwire's alarm, a served request and a refused one hold the path withheld", async () => {
+test("a credential in a request URL never reaches the trail, the vault or a refusal: the tripwire's alarm holds the path withheld, and the covered host's own credential in its URL is refused before any use", async () => {
   const paths = async (r: Rig): Promise<string[]> => (await r.auditRows(["proxy_request"])).map((e) => String(JSON.parse(e.detail ?? "{}").path));
   // A hostile agent that got oth's value sends it out in the path, as it is or hidden, to a host oth's lease does not cover.
   for (const path of [`/ok/exfil/${OTH}/x`, `/ok/exfil/${pct(OTH, true)}`, `/ok/exfil/${b64("x" + OTH)}`]) {
@@ -487,18 +493,23 @@ test("a credential's value in a request path never reaches the trail or a refusa
   }
   const r = await rig();
   try {
-    // A tool that puts the host's own credential in a path (as some APIs want a bot token): served, and reported withheld.
-    const served = await rawH1(r, `GET /ok/bot${TOK}/send HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`);
-    assert.equal(statusOf(served), 200);
-    // Refused by the lease's path bounds: the refusal's reason (said to the agent and audited) does not repeat the path either.
-    const refused = await rawH1(r, `GET /no/${TOK} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`);
-    assert.equal(statusOf(refused), 403);
-    assert.match(refused, /its URL holds a credential, so lessor repeats no part of it/);
-    assert.ok(!refused.includes(TOK) && !refused.includes(pct(TOK)), refused.slice(0, 600));
+    // The host's own credential in the URL (as some APIs want a bot token; or a placeholder encoded
+    // where lessor does not replace it): refused before any use, before the vault is asked (whose
+    // refusals would quote the path), and before anything goes upstream.
+    const uses = async (): Promise<number> => (await r.auditRows(["secret_accessed", "access_denied"])).length;
+    const [usesBefore, seenBefore] = [await uses(), seen.length];
+    for (const target of [`/ok/bot${TOK}/send`, `/no/${TOK}`, `/ok/x?k=${pct(TOK)}`, `/ok/${pct(r.ph("tok"), true)}`]) {
+      const refused = await rawH1(r, `GET ${target} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`);
+      assert.equal(statusOf(refused), 403, target);
+      assert.match(refused, /the URL holds a credential of this run \(global\/tok/, target);
+      assert.ok(!refused.includes(TOK) && !refused.includes(pct(TOK)), refused.slice(0, 600));
+    }
+    assert.equal(await uses(), usesBefore, "the vault was not asked");
+    assert.equal(seen.length, seenBefore, "nothing went upstream");
     // A path without a credential is reported as it was.
     assert.equal(statusOf(await rawH1(r, `GET /ok/plain HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${r.ph("tok")}\r\nConnection: close\r\n\r\n`)), 200);
-    for (let i = 0; i < 100 && (await paths(r)).length < 3; i++) await delay(20); // the reports go in batches
-    assert.deepEqual((await paths(r)).sort(), [WITHHELD_PATH, WITHHELD_PATH, "/ok/plain"].sort());
+    for (let i = 0; i < 100 && (await paths(r)).length < 5; i++) await delay(20); // the reports go in batches
+    assert.deepEqual((await paths(r)).sort(), [WITHHELD_PATH, WITHHELD_PATH, WITHHELD_PATH, "/ok/plain", "/ok/x"].sort(), "the query is never reported; the path is withheld when it holds the mark");
     await assertCanaryFree(r);
   } finally {
     await r.close();

@@ -334,6 +334,18 @@ export class LeaseEgress implements Egress {
         "invalid_request",
         `the placeholder of ${inUrl[0]!.secret} is in the URL, where lessor does not replace it (only in headers); send it in a header (Authorization: Bearer <placeholder>), or have the operator add a [[proxy.inject]] rule with mode = "query" for a credential that goes in a query parameter`,
       );
+    // Nor one with a credential of the run in the URL in any form (a value the agent should never have
+    // held, a placeholder encoded): it would go upstream as it is, and a refusal by the vault would
+    // quote the path into the trail.
+    const marked = this.#held.filter((h) => covers(h, req.host) && holdsMarkOf(h, req.target));
+    if (marked.length > 0)
+      return this.#refuse(
+        req,
+        marked,
+        403,
+        "invalid_request",
+        `the URL holds a credential of this run (${marked[0]!.secret}, its value or placeholder, as it is or encoded); lessor sends no request that carries one in the URL: send the placeholder in a header (Authorization: Bearer <placeholder>), or have the operator add a [[proxy.inject]] rule with mode = "query" for a credential that goes in a query parameter`,
+      );
 
     const path = req.target.split("?")[0]!;
     // A lease that restricts methods or paths: the request's method and path must be ones it allows
@@ -582,8 +594,7 @@ export class LeaseEgress implements Egress {
 
   /** True when `text`, as it is or percent-decoded, holds a mark of any credential of this run. */
   #holdsMark(text: string): boolean {
-    const texts = percentDecodings(text);
-    return this.#held.some((h) => texts.some((t) => h.marks.some((m) => t.includes(m))));
+    return this.#held.some((h) => holdsMarkOf(h, text));
   }
 
   /**
@@ -928,6 +939,11 @@ function seenTexts(req: ProxiedRequest): SeenTexts {
 /** True when a header name, or the target or a header value (as sent or percent-decoded), holds one of `h`'s marks. */
 function hides(seen: SeenTexts, h: Held): boolean {
   return seen.names.some((k) => h.nameMarks.some((m) => k.includes(m))) || seen.texts.some((t) => h.marks.some((m) => t.includes(m)));
+}
+
+/** True when `text`, as it is or percent-decoded, holds one of `h`'s marks. */
+function holdsMarkOf(h: Held, text: string): boolean {
+  return percentDecodings(text).some((t) => h.marks.some((m) => t.includes(m)));
 }
 
 /** `text`, and it percent-decoded once, twice and three times (bytes as latin1), while that changes it. */
