@@ -779,6 +779,7 @@ describe("policy reload", () => {
     ck.advance(MIN);
     assert.equal(await refused(seen, c.accessSecret(l.id, { domain: "api.example.com" })), "lease_expired", "a lease granted for 30 days was used past the 1h max_ttl the reloaded rule sets");
     assert.match(seen.at(-1)!, /outlived rule "g" of the policy in force, whose max_ttl \(1h\)/);
+    assert.equal(await refused(seen, c.renewLease(l.id)), "lease_expired", "an outlived lease was renewed (to an expiry in the past)");
     await assertNoCanary(r.vault, seen);
     await r.close();
   });

@@ -638,6 +638,9 @@ export async function renewLease(ctx: VaultContext, who: Identity, leaseId: stri
     // reload that put a person in the loop stops leases granted before it from being renewed without one.
     if (rule.approval === "required")
       return denied(audit, who, new VaultError("access_denied", `rule "${rule.name}" now needs a person's approval for each lease, so its leases are not renewable; request a new one`), fields);
+    // Past issued + max_ttl of the rule as it is now (a reload lowered it): ended, not renewed.
+    const outlived = outlivedError(lease, now, rule);
+    if (outlived) return denied(audit, who, outlived, fields);
     const maxRenewals = lease.maxRenewals === null ? rule.terms.maxRenewals : rule.terms.maxRenewals === null ? lease.maxRenewals : Math.min(lease.maxRenewals, rule.terms.maxRenewals);
     if (maxRenewals !== null && lease.renewals >= maxRenewals)
       return denied(audit, who, new VaultError("access_denied", `this lease was already renewed ${lease.renewals} times, its limit; request a new one`), fields);
