@@ -784,6 +784,24 @@ describe("policy reload", () => {
     await r.close();
   });
 
+  test("a domain whose first rule needs a person's approval cannot be had without one by naming it with a domain only a later rule covers", async () => {
+    const seen: Seen = [];
+    const r = await reloadable(allow("prod-approval", { domains: ["prod.example.com"], extra: 'approval = "required"' }) + allow("broad", { domains: ["prod.example.com", "dev.example.com"] }));
+    await store(r.vault, ["tok"]);
+    const c = r.vault.session(agent("claude"));
+    // Asked alone, prod needs a person.
+    assert.equal(await refused(seen, c.requestLease({ secret: "tok", domains: ["prod.example.com"] })), "access_denied");
+    assert.match(seen.at(-1)!, /approv/);
+    // Bundled with dev, "broad" grants (first match): the lease is not usable for prod, only for dev.
+    const l = await c.requestLease({ secret: "tok", domains: ["prod.example.com", "dev.example.com"] });
+    assert.equal(l.rule, "broad");
+    assert.equal(await refused(seen, c.accessSecret(l.id, { domain: "prod.example.com" })), "access_denied", "the bundled lease was used for prod without a person's approval");
+    assert.match(seen.at(-1)!, /decided by rule "prod-approval" of the policy in force, which needs a person's approval/);
+    (await c.accessSecret(l.id, { domain: "dev.example.com" })).value.wipe();
+    await assertNoCanary(r.vault, seen);
+    await r.close();
+  });
+
   test("a reload that makes a rule non-renewable stops the renewal of the leases it granted before", async () => {
     const seen: Seen = [];
     const ck = clock();

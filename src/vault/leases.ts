@@ -468,6 +468,20 @@ async function useIn(
   // A reload that narrowed the methods or paths binds leases granted before it too.
   const narrowed = decision.rule ? requestError(decision.rule.methods, decision.rule.paths, target, `rule "${decision.rule.name}" of the policy in force`) : null;
   if (narrowed) return denied(audit, who, narrowed, fields);
+  // A domain another rule decides, one that needs a person's approval for each lease: a lease granted
+  // without one is not used there. (A request naming that domain with one only a later rule covers
+  // is granted by the later rule: first match; without this, bundling a second domain would skip the
+  // approval the first rule asks for that domain.)
+  if (decision.rule && decision.rule.name !== lease.rule && decision.rule.approval === "required" && !lease.bound)
+    return denied(
+      audit,
+      who,
+      new VaultError(
+        "access_denied",
+        `${target.domain ?? "this use"} is decided by rule "${decision.rule.name}" of the policy in force, which needs a person's approval for each lease, and lease ${id} was granted by rule "${lease.rule}" without one; request a lease for that domain alone (a person will be asked)`,
+      ),
+      fields,
+    );
   // So does one that lowered `max_ttl`, of the rule that granted the lease or of the one deciding now:
   // "a lease never lives past issued + max_ttl" holds for leases granted before it.
   const outlived = outlivedError(lease, now, own, decision.rule);
