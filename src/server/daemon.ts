@@ -8,6 +8,7 @@ import { loadConfig, openVault } from "../config/open-vault.js";
 import { HOME_FILES, resolveHome } from "../config/home.js";
 import type { PassphraseProvider } from "../crypto/keys/passphrase.js";
 import { VERSION } from "../version.js";
+import { withheldQuotes } from "../vault/policy.js";
 import type { Vault } from "../vault/vault.js";
 import { makeAuthenticator } from "./authenticate.js";
 import { acquireDaemonLock } from "./lock.js";
@@ -204,7 +205,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
     cleanups.push(() => schedule.stop());
     const status = await vault.admin().describe();
     if (status.policy.state === "broken")
-      log.error({ policy: status.policy.source, error: status.policy.error }, "the policy file is invalid: every grant is denied until it is fixed and reloaded (lessor policy reload, or SIGHUP)");
+      log.error({ policy: status.policy.source, error: withheldQuotes(status.policy.error ?? "") }, "the policy file is invalid: every grant is denied until it is fixed and reloaded (lessor policy reload, or SIGHUP)");
     if (status.killswitch.engaged)
       log.warn({ since: status.killswitch.at, by: status.killswitch.by, reason: status.killswitch.reason }, "the killswitch is engaged: no lease is granted until an admin runs lessor killswitch --release");
     log.info(
@@ -222,7 +223,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<Daemon> {
           const r = await vault.session(RELOAD_IDENTITY).reloadPolicy();
           log.info({ rules: r.rules, digest: r.digest, version: (await vault.admin().describe()).policy.load }, "policy reloaded");
         } catch (e) {
-          log.error({ err: (e as Error).message }, "policy reload failed: every grant is denied until the file is fixed and reloaded");
+          log.error({ err: withheldQuotes((e as Error).message) }, "policy reload failed: every grant is denied until the file is fixed and reloaded");
         }
       },
       close: () => {

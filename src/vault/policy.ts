@@ -8,3 +8,4 @@ export type { Decision, Explanation, ExplainStep, LeaseTerms, Policy, PolicyQuer
 export { BUILTIN_TERMS, MAX_TTL_CEILING_MS } from "./policy/terms.js";
 export { brokenPolicy, emptyPolicy, parsePolicy } from "./policy/parse.js";
 export { BROKEN_REASON_BRIEF, brokenReason, decide, explain, leaseDomains, reasonFor, refusalForAgent } from "./policy/decide.js";
+export { withheldQuotes } from "./policy/messages.js";

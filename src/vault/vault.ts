@@ -39,7 +39,7 @@ import { checkAgentId, parseRefString, refString } from "../base/names.js";
 import { checkKillswitch, killswitchState, type KillswitchState } from "./lockout.js";
 import * as heartbeats from "./heartbeat.js";
 import { armHeartbeat, checkDeadman } from "./heartbeat.js";
-import { emptyPolicy, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
+import { emptyPolicy, withheldQuotes, type Explanation, type Policy, type PolicyVersion } from "./policy.js";
 import { installPolicy, loadOrBroken, oneReloadAtATime, policyVersion } from "./policy-state.js";
 import { closeAuthFailures, flushAuthFailures, recordAuthFailure } from "./auth-failures.js";
 import { closeRefusals, flushRefusals } from "./refusals.js";
@@ -699,7 +699,7 @@ export class VaultSession {
         limits = await reloadLimitsIn(ctx, tx, audit, this.identity);
         // The stamp tells the other instances sharing the store to reload too (src/vault/remote-changes.ts).
         await tx.setMeta(POLICY_META, formatPolicyStamp({ digest: next.digest, state: "broken", at: now, by: this.identity.id, ...(limits === undefined ? {} : { limits }) }));
-        await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: next.error!.slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
+        await audit({ type: "policy_reloaded", actor: this.identity, outcome: "error", reason: withheldQuotes(next.error!).slice(0, 500), detail: { digest: next.digest, source: next.source.slice(0, 300), load: v.load, state: "broken" } });
       });
       stampedHere(ctx, { digest: next.digest, state: "broken", at: ctx.now(), by: this.identity.id, ...(limits === undefined ? {} : { limits }) });
       ctx.signals.emit({ type: "policy_reloaded", ok: false });

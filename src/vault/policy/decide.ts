@@ -7,15 +7,15 @@ import { coversPattern, formatDomainPattern, parseDomainPattern, tryParseDomainP
 import { refString } from "../../base/names.js";
 import type { Role } from "../../base/types.js";
 import { compiledOf } from "./compiled.js";
-import { clip, quote } from "./messages.js";
+import { clip, quote, withheldQuotes } from "./messages.js";
 import type { Decision, Explanation, ExplainStep, Policy, PolicyQuery, Rule } from "./types.js";
 
 /** How a broken policy's refusal begins, before the load error. */
 const BROKEN_PREFIX = "the policy is invalid, so every grant is denied: ";
 
-/** Why a broken policy denies: the load error and what to do. */
+/** Why a broken policy denies: the load error (its quoted texts withheld: the reason is audited) and what to do. */
 export function brokenReason(policy: Policy): string {
-  return `${BROKEN_PREFIX}${policy.error ?? "it could not be loaded"}; fix it and run lessor policy reload`;
+  return `${BROKEN_PREFIX}${policy.error === undefined ? "it could not be loaded" : withheldQuotes(policy.error)}; lessor policy check shows it whole; fix it and run lessor policy reload`;
 }
 
 /**

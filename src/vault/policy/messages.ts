@@ -23,16 +23,33 @@ export function describe(v: unknown): string {
   if (Array.isArray(v)) {
     if (v.length === 0) return "an empty list";
     if (v.length > 8) return `a list of ${v.length} items`;
-    let json: string;
-    try {
-      json = JSON.stringify(v);
-    } catch {
-      json = "[…]";
+    // Item by item, each string quoted whole (clipped inside its quotes), so that withheldQuotes()
+    // finds every one.
+    const items: string[] = [];
+    let size = 2;
+    for (const item of v) {
+      const one = typeof item === "string" ? quote(item, 24) : Array.isArray(item) ? "[…]" : describe(item);
+      if (size + one.length > 80) {
+        items.push("…");
+        break;
+      }
+      items.push(one);
+      size += one.length + 2;
     }
-    return clip(json, 80);
+    return `[${items.join(", ")}]`;
   }
   if (v !== null && typeof v === "object") return "a table";
   return String(v);
+}
+
+/**
+ * A policy load error as the audit trail, the logs and a broken policy's refusals hold it: every
+ * quoted text withheld (`"…"`) but the names of fields and rules and a "did you mean" key. A value
+ * pasted into the file by mistake is quoted in the error `lessor policy check` and `lessor policy
+ * reload` show the admin, never kept in the trail.
+ */
+export function withheldQuotes(message: string): string {
+  return message.replace(/(: field |rule \d+ \(|did you mean )?"(?:[^"\\]|\\.)*"/g, (m: string, keep: string | undefined) => (keep !== undefined ? m : '"…"'));
 }
 
 /** Edit distance, for "did you mean" hints on unknown keys (keys are short). */
