@@ -1032,6 +1032,18 @@ test("every LESSOR_* variable the docs name is read by the code (src/; test/, be
   assert.deepEqual(bad, []);
 });
 
+test("no config snippet in the docs holds a bearer token itself: a client config is a file others may read or git may commit", () => {
+  const bad: string[] = [];
+  for (const f of ["README.md", ...filesUnder("docs", /\.md$/)])
+    read(f)
+      .split("\n")
+      .forEach((l, i) => {
+        // In a JSON or TOML value: "Bearer <anything but a ${VAR} the client expands>".
+        if (/"Authorization"\s*[:=]\s*"Bearer (?!\$\{[A-Z_][A-Z0-9_]*\}")/i.test(l)) bad.push(`${f}:${i + 1}: ${l.trim()}`);
+      });
+  assert.deepEqual(bad, []);
+});
+
 // ═════════════════════════════ the checks see planted mistakes ═════════════════════════════
 
 test("the checks catch planted mistakes", () => {
