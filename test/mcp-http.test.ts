@@ -261,6 +261,19 @@ describe("lessor mcp --http with the SDK's streamable HTTP client", () => {
       assert.match(r.stderr, /loopback/, addr);
     }
   });
+  test("an --http port another program holds is a clear refusal (exit 2, naming the address), not an internal error", async () => {
+    const holder = http.createServer();
+    await new Promise<void>((r) => holder.listen(0, "127.0.0.1", () => r()));
+    try {
+      const addr = `127.0.0.1:${(holder.address() as AddressInfo).port}`;
+      const r = spawnSync(process.execPath, [BIN, "mcp", "--agent", "claude", "--http", addr], { env: { HOME, PATH: "/usr/bin:/bin", NO_COLOR: "1", LESSOR_HOME }, encoding: "utf8", timeout: 20_000 });
+      assert.equal(r.status, 2, r.stderr);
+      assert.ok(r.stderr.includes(`--http: cannot listen on ${addr} (EADDRINUSE)`), r.stderr);
+      assert.doesNotMatch(r.stderr, /internal error/);
+    } finally {
+      holder.close();
+    }
+  });
 });
 
 describe("the HTTP gate's parts", () => {

@@ -204,6 +204,11 @@ after(async () => {
 
 // --- the tests ----------------------------------------------------------------------------------
 
+test("listening on a port another program holds is refused as a setting (config_invalid, naming the address), not an internal error", async () => {
+  const other = new ForwardProxy({ egress, ca: proxyCa, guard, upstreamCa: good.ca.certPem, connect });
+  await assert.rejects(other.listen(proxyPort), (e: Error & { code?: string }) => e.code === "config_invalid" && e.message.includes(`127.0.0.1:${proxyPort} (EADDRINUSE)`));
+});
+
 test("curl through the proxy gets the upstream's answer; the upstream saw the injected credential, curl never sent it", async () => {
   const dir = tempDir("lessor-proxy-");
   const caFile = join(dir, "ca.pem");

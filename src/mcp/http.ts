@@ -105,7 +105,13 @@ const NO_SUCH_ADDRESS = new Set(["EADDRNOTAVAIL", "EAFNOSUPPORT"]);
 async function listenWithTwin(srv: http.Server, address: LoopbackAddress): Promise<net.Server | null> {
   const twinHost = twinOf(address.host);
   for (let attempt = 0; ; attempt++) {
-    await listenOn(srv, address.port, address.host);
+    try {
+      await listenOn(srv, address.port, address.host);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === undefined) throw e;
+      throw new VaultError("config_invalid", `--http: cannot listen on ${hostPort(address.host, address.port)} (${code}); pick a free port (0 picks one) or stop the program that holds it`);
+    }
     if (twinHost === null) return null;
     const port = (srv.address() as AddressInfo).port;
     const twin = net.createServer((socket) => srv.emit("connection", socket));

@@ -16,7 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createConnection, type AddressInfo, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { TLSSocket, type SecureContext } from "node:tls";
-import { isVaultError } from "../base/errors.js";
+import { isVaultError, VaultError } from "../base/errors.js";
 import { refusalForAgent } from "../vault/policy.js";
 import { safeJson } from "../base/text.js";
 import type { Egress, EgressDecision } from "./egress.js";
@@ -203,9 +203,12 @@ export class ForwardProxy {
   /** Listens on `host:port` (default 127.0.0.1 and a free port); resolves to the port. */
   async listen(port = 0, host = "127.0.0.1"): Promise<number> {
     await new Promise<void>((resolve, reject) => {
-      this.server.once("error", reject);
+      // A port taken (or not ours to take) is the caller's setting, said as such, not an internal error.
+      const fail = (e: NodeJS.ErrnoException): void =>
+        reject(e.code === undefined ? e : new VaultError("config_invalid", `the proxy cannot listen on ${host.includes(":") ? `[${host}]` : host}:${port} (${e.code}); pick a free port (0 picks one) or stop the program that holds it`));
+      this.server.once("error", fail);
       this.server.listen(port, host, () => {
-        this.server.off("error", reject);
+        this.server.off("error", fail);
         resolve();
       });
     });
