@@ -684,6 +684,11 @@ describe("credential helper attacks", { skip: HAVE_GIT ? false : "git is not ins
         noCanary(r, url);
       }
       assert.deepEqual(live(await leases()), []);
+      // A password someone put in the registry URL is not repeated on stderr.
+      const withUserinfo = await dockerHelper("get", "https://robot:pw-CANARY-in-url-9f2c@unknown-registry.example/v2/");
+      assert.equal(withUserinfo.code, 1);
+      assert.ok(!withUserinfo.stderr.includes("pw-CANARY-in-url-9f2c"), withUserinfo.stderr);
+      assert.match(withUserinfo.stderr, /no credential for "https:\/\/…@unknown-registry\.example\/v2\/"/);
     });
 
     test("docker: the forms of a configured registry that are the same registry are answered", async () => {

@@ -93,12 +93,16 @@ async function act(cli: Cli, action: string): Promise<number> {
   }
 }
 
+/** A URL's user name and password (`scheme://user:pw@`), which a message must not repeat. */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i;
+
 async function get(cli: Cli, serverUrl: string): Promise<number> {
   const skip = (why: string): never => {
-    cli.err(`docker-credential-lessor: no credential for ${JSON.stringify(serverUrl.slice(0, 200))}: ${why}`);
+    cli.err(`docker-credential-lessor: no credential for ${JSON.stringify(serverUrl.slice(0, 200).replace(USERINFO, "$1…@"))}: ${why}`);
     throw new Reply(NOT_FOUND, EXIT.error);
   };
   if (serverUrl === "") throw new Reply("no credentials server URL", EXIT.error);
+  if (USERINFO.test(serverUrl)) return skip("it holds a user name or password; lessor answers for a registry's address alone");
   let key: string;
   try {
     key = registryKey(serverUrl).key;
