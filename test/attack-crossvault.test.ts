@@ -152,7 +152,7 @@ test("over a real lessor serve: vault A's admin token row copied into vault B's 
   }
 });
 
-test("B's id set to A's (or deleted): A's token then authenticates, but B opens none of its own values — no more than swapping the database", async () => {
+test("B's id set to A's (or deleted): A's token then authenticates, but B opens none of its own values, its trail breaks — no more than swapping the database", async () => {
   const { a, b, tok, own } = await tokenCopied();
   const idA = vaultIdOf(a.db)!;
   const edits: [string | undefined, (d: Database.Database) => unknown][] = [
@@ -166,13 +166,17 @@ test("B's id set to A's (or deleted): A's token then authenticates, but B opens 
       assert.equal(vaultIdOf(b.db), left, "an opening mints no new id for a vault that holds rows");
       const who = await vb2.authenticateToken(tok.token, "tcp").catch(() => null);
       if (who !== null) {
+        // B's own trail no longer verifies (its audit keys are bound to the id too), so the audited
+        // reveal is refused for that; the value would not open either.
         const e = await refusalOf(vb2.session(who).revealSecret({ scope: "global", name: "prod-db" }));
-        assert.equal(e.code, "decrypt_failed");
+        assert.ok(["audit_broken", "decrypt_failed"].includes(e.code), e.code);
         assert.ok(!e.message.includes(CANARY));
       }
+      assert.equal((await refusalOf(vb2.admin().storeSecret({ name: "next", value: "x" }))).code, "audit_broken", "B's own trail does not verify under another id");
       assert.equal(await vb2.authenticateToken(own.token, "tcp").catch(() => null), null, "B's own token no longer authenticates either");
     } finally {
-      await vb2.close();
+      // The failed logins' summary cannot be chained onto a trail that no longer verifies.
+      await vb2.close().catch((e: { code?: string }) => assert.equal(e.code, "audit_broken"));
     }
   }
 });
@@ -194,5 +198,42 @@ test("a vault made before vaults had ids keeps working unbound: its values open,
     assert.equal((await again.admin().revealSecret({ scope: "global", name: "after" })).value.unsafeText(), "new-value");
   } finally {
     await again.close();
+  }
+});
+
+test("vault A's whole audit trail (events and checkpoint) copied over vault B's does not verify in B: the audit keys are bound to the vault's id too", async () => {
+  const key = randomBytes(32).toString("hex");
+  const a = await home(key);
+  const b = await home(key);
+  for (const h of [a, b]) {
+    const v = await openVault({ home: h.home, env: h.env });
+    await v.admin().storeSecret({ name: "prod-db", value: CANARY });
+    await v.close();
+  }
+  const rows = write(a.db, (d) => ({ audit: d.prepare("SELECT * FROM audit ORDER BY seq").all() as Record<string, unknown>[], cp: d.prepare("SELECT * FROM audit_checkpoint").get() as Record<string, unknown> }));
+  write(b.db, (d) => {
+    d.prepare("DELETE FROM audit").run();
+    for (const r of rows.audit) {
+      const cols = Object.keys(r);
+      d.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...cols.map((c) => r[c]));
+    }
+    const cols = Object.keys(rows.cp);
+    d.prepare("DELETE FROM audit_checkpoint").run();
+    d.prepare(`INSERT INTO audit_checkpoint (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...cols.map((c) => rows.cp[c]));
+  });
+  const vb = await openVault({ home: b.home, env: b.env });
+  try {
+    const v = await vb.admin().auditVerify();
+    assert.equal(v.ok, false, "A's trail verified in B");
+    assert.equal((await refusalOf(vb.admin().storeSecret({ name: "next", value: "x" }))).code, "audit_broken");
+  } finally {
+    await vb.close();
+  }
+  // The same trail still verifies in A.
+  const va = await openVault({ home: a.home, env: a.env });
+  try {
+    assert.equal((await va.admin().auditVerify()).ok, true);
+  } finally {
+    await va.close();
   }
 });

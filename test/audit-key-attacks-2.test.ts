@@ -27,9 +27,13 @@ const CANARY = "CANARY-auditkey2-7f3e91c4";
 
 /** The attacker: a separate connection to the vault's database file, one transaction. */
 const keysIn = (home: string): string[] => (JSON.parse(readFileSync(join(home, "master.key"), "utf8")) as { keys: string[] }).keys;
-const auditKeyOf = (hex: string) => {
+/** The audit key of master key `hex` in the vault whose database is `dbPath` (its id, bound in, is readable there). */
+const auditKeyOf = (hex: string, dbPath: string) => {
   const key = Buffer.from(hex, "hex");
-  return deriveAuditKey({ id: keyIdOf(key), key });
+  const db = new Database(dbPath, { readonly: true });
+  const vaultId = (db.prepare("SELECT value FROM meta WHERE key = 'vault_id'").get() as { value: string } | undefined)?.value ?? null;
+  db.close();
+  return deriveAuditKey({ id: keyIdOf(key), key }, vaultId);
 };
 
 function insertAudit(db: BetterSqlite3.Database, r: AuditRecord): void {
@@ -69,7 +73,7 @@ describe("an exposed master key after lessor key rotate (the documented remedy)"
       // The attacker holds the exposed key and can write lessor.db. It drops the reveal, chains a
       // forged event (framing another identity) under the exposed key's audit key, and re-MACs the
       // checkpoint with it.
-      const old = auditKeyOf(exposed);
+      const old = auditKeyOf(exposed, dbPath);
       const forged = attack(dbPath, (db) => {
         const last = db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").get() as Row;
         assert.equal(last.type, "secret_revealed");

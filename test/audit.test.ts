@@ -50,7 +50,7 @@ describe("audit trail", () => {
 
   test("the keyed chain value is HMAC-SHA256 under the audit key derived from the master key (checked against node:crypto)", () => {
     const master = { id: "0123456789abcdef", key: Buffer.alloc(32, 7) };
-    const key = deriveAuditKey(master);
+    const key = deriveAuditKey(master, null);
     const rec = { seq: 2, ...VECTOR_EVENT, reason: "é ✓", prevHash: Buffer.alloc(32, 9), keyId: master.id };
     // The layout of docs/audit.md, built independently: keys by HKDF, the MAC by node:crypto's HMAC.
     const root = Buffer.from(hkdfSync("sha256", master.key, Buffer.alloc(0), "lessor audit key v2", 32));
@@ -72,7 +72,8 @@ describe("audit trail", () => {
     assert.ok(eventMacValid({ ...rec, hash: want }, key));
     assert.ok(!eventMacValid({ ...rec, agent: "mallory", hash: want }, key), "any field change breaks it");
     assert.ok(!eventMacValid({ ...rec, keyId: "fedcba9876543210", hash: want }, key), "the key id is covered");
-    const other = deriveAuditKey({ id: master.id, key: Buffer.alloc(32, 8) });
+    const other = deriveAuditKey({ id: master.id, key: Buffer.alloc(32, 8) }, null);
+    assert.notDeepEqual(macEvent(rec, deriveAuditKey(master, "00112233445566778899aabbccddeeff")), want, "a vault's id gives its own MAC");
     assert.notDeepEqual(macEvent(rec, other), want, "another master key gives another MAC");
     // A long field grows the scratch buffer; the MAC stays right.
     const long = { ...rec, detail: JSON.stringify({ x: "y".repeat(5000) }) };

@@ -43,9 +43,13 @@ function hkdf(key: Uint8Array, info: string): Buffer {
   return Buffer.from(hkdfSync("sha256", key, EMPTY, info, 32));
 }
 
-/** The audit root of a master key (what the archive seals). */
-function auditRoot(master: MasterKey): Buffer {
-  return hkdf(master.key, ROOT_LABEL);
+/**
+ * The audit root of a master key (what the archive seals), for vault `vaultId` (its id as the HKDF
+ * salt, src/vault/vault-id.ts: a trail copied from another vault that shares the master key does not
+ * verify here; null: a vault made before vaults had ids).
+ */
+function auditRoot(master: MasterKey, vaultId: string | null): Buffer {
+  return vaultId === null ? hkdf(master.key, ROOT_LABEL) : Buffer.from(hkdfSync("sha256", master.key, Buffer.from(vaultId, "utf8"), ROOT_LABEL, 32));
 }
 
 function keyFromRoot(id: string, root: Buffer): AuditKey {
@@ -60,9 +64,9 @@ function keyFromRoot(id: string, root: Buffer): AuditKey {
   return { id, ipad, opad, checkpoint: hkdf(root, "checkpoint") };
 }
 
-/** The audit key of a master key. */
-export function deriveAuditKey(master: MasterKey): AuditKey {
-  const root = auditRoot(master);
+/** The audit key of a master key, for vault `vaultId` (see {@link auditRoot}). */
+export function deriveAuditKey(master: MasterKey, vaultId: string | null): AuditKey {
+  const root = auditRoot(master, vaultId);
   try {
     return keyFromRoot(master.id, root);
   } finally {
@@ -118,7 +122,7 @@ function openEntry(id: string, e: { by: string; sealed: string }, ring: Keyring)
  * sealed by a key other than the current one sealed again under it. Entries that cannot be opened
  * with `ring` are kept unchanged.
  */
-export function archiveKeys(ring: Keyring, existing: ArchivedKeys): ArchivedKeys {
+export function archiveKeys(ring: Keyring, existing: ArchivedKeys, vaultId: string | null): ArchivedKeys {
   const to = ring.current;
   const out: ArchivedKeys = { ...existing };
   const put = (id: string, root: Buffer): void => {
@@ -133,7 +137,7 @@ export function archiveKeys(ring: Keyring, existing: ArchivedKeys): ArchivedKeys
     const root = openEntry(id, e, ring);
     if (root) put(id, root);
   }
-  for (const id of ring.ids()) if (id !== to.id) put(id, auditRoot(ring.get(id)!));
+  for (const id of ring.ids()) if (id !== to.id) put(id, auditRoot(ring.get(id)!, vaultId));
   return out;
 }
 
@@ -143,12 +147,15 @@ export function archiveKeys(ring: Keyring, existing: ArchivedKeys): ArchivedKeys
  */
 export class AuditKeys {
   readonly #ring: Keyring;
+  readonly #vaultId: string | null;
   readonly #cache = new Map<string, AuditKey>();
   readonly #current: AuditKey;
 
-  constructor(ring: Keyring) {
+  /** The audit keys of `ring`'s master keys for vault `vaultId` (null: a vault made before vaults had ids). */
+  constructor(ring: Keyring, vaultId: string | null) {
     this.#ring = ring;
-    this.#current = deriveAuditKey(ring.current);
+    this.#vaultId = vaultId;
+    this.#current = deriveAuditKey(ring.current, vaultId);
     this.#cache.set(this.#current.id, this.#current);
   }
 
@@ -168,7 +175,7 @@ export class AuditKeys {
     if (hit) return hit;
     const master = this.#ring.get(id);
     let key: AuditKey | null = null;
-    if (master) key = deriveAuditKey(master);
+    if (master) key = deriveAuditKey(master, this.#vaultId);
     else {
       const e = parseArchive(await reader.getMeta(AUDIT_KEYS_META))[id];
       const root = e ? openEntry(id, e, this.#ring) : null;

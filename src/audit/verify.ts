@@ -76,8 +76,8 @@ export interface TrailCheck {
 const PAGE = 2000;
 
 /** Walks the trail in pages from the store's committed state. */
-export async function verifyAudit(store: AuditReader, keyring: Keyring): Promise<AuditVerifyResult> {
-  const keys = new AuditKeys(keyring);
+export async function verifyAudit(store: AuditReader, keyring: Keyring, vaultId: string | null): Promise<AuditVerifyResult> {
+  const keys = new AuditKeys(keyring, vaultId);
   try {
     return (await checkTrail(store, keys)).result;
   } finally {

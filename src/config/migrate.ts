@@ -241,7 +241,7 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
   const src = await openStore(cfg.store, home, { databaseUrl: cfg.databaseUrl, env, changeFeed: { listen: false, pollMs: 600_000 } });
   let dst: Store | null = null;
   try {
-    const srcAudit = await verifyAudit(src, keyring);
+    const srcAudit = await verifyAudit(src, keyring, await src.getMeta(VAULT_ID_META));
     if (!srcAudit.ok)
       throw new VaultError(
         "audit_broken",
@@ -271,7 +271,7 @@ async function migrateLocked(opts: MigrateOptions, home: string, cfg: Config, en
     // is caught by comparing it with the summary the copy started from. A write after it is the only
     // one that can be missed (docs/cli/migrate.md).
     const copied = await storeSummary(dst);
-    const audit = await verifyAudit(dst, keyring);
+    const audit = await verifyAudit(dst, keyring, await dst.getMeta(VAULT_ID_META));
     let spotChecked: string[] = [];
     let spotFailed: unknown = null;
     try {

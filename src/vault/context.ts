@@ -107,7 +107,7 @@ export { CURRENT_KEY_META } from "./key-reload.js";
 export function setKeyring(ctx: VaultContext, ring: Keyring): void {
   ctx.keyring = ring;
   ctx.auditKeys.wipe();
-  ctx.auditKeys = new AuditKeys(ring);
+  ctx.auditKeys = new AuditKeys(ring, ctx.vaultId);
 }
 
 /** True when `a` is the head `b` (same seq and chain value; both null counts). */

@@ -85,7 +85,7 @@ function install(ctx: VaultContext, next: Keyring): void {
   const oldRing = ctx.keyring;
   const oldAudit = ctx.auditKeys;
   ctx.keyring = next;
-  ctx.auditKeys = new AuditKeys(next);
+  ctx.auditKeys = new AuditKeys(next, ctx.vaultId);
   setTimeout(() => {
     oldAudit.wipe();
     oldRing.wipe();

@@ -213,7 +213,7 @@ async function rotateClaimed(ctx: VaultContext, who: Identity, claim: RotationCl
   const from = before.filter((k) => k !== to);
   await commit(ctx, async (tx, audit, now) => {
     await holdRotationIn(ctx, tx, claim, now);
-    const archive = archiveKeys(ctx.keyring, parseArchive(await tx.getMeta(AUDIT_KEYS_META)));
+    const archive = archiveKeys(ctx.keyring, parseArchive(await tx.getMeta(AUDIT_KEYS_META)), ctx.vaultId);
     await tx.setMeta(AUDIT_KEYS_META, JSON.stringify(archive));
     // In the commit that records the rotation: a token made before it is MACed again here.
     let tokensRemaced = 0;

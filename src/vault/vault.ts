@@ -169,8 +169,8 @@ function storeClock(store: Store): () => number {
 export const INIT_KEY_META = "init_key_id";
 
 /** True when a rotation recorded in `store` (its trail, or its archive of audit keys) retired master key `id`. */
-async function isRetired(store: Store, ring: Keyring, id: string): Promise<boolean> {
-  const keys = new AuditKeys(ring);
+async function isRetired(store: Store, ring: Keyring, id: string, vaultId: string | null): Promise<boolean> {
+  const keys = new AuditKeys(ring, vaultId);
   try {
     return (await retiredKeys(store, keys)).has(id);
   } finally {
@@ -181,7 +181,8 @@ async function isRetired(store: Store, ring: Keyring, id: string): Promise<boole
 /** True when the archive of audit keys holds `id`, sealed under a key of `ring`. */
 async function isArchived(store: Store, ring: Keyring, id: string): Promise<boolean> {
   if (ring.get(id)) return false;
-  const keys = new AuditKeys(ring);
+  // Which entries open depends on the keyring alone, not on the vault's id.
+  const keys = new AuditKeys(ring, null);
   try {
     return (await keys.archivedIds(store)).includes(id);
   } finally {
@@ -265,7 +266,7 @@ export class Vault {
       // Never a key a rotation retired (the row is not authenticated): then the source's order stands,
       // and the first write is refused with what to do (checkKeysIn).
       const recorded = await opts.store.getMeta(CURRENT_KEY_META);
-      if (recorded !== null && ring.current.id !== recorded && ring.get(recorded) && !(await isRetired(opts.store, ring, recorded))) {
+      if (recorded !== null && ring.current.id !== recorded && ring.get(recorded) && !(await isRetired(opts.store, ring, recorded, vaultId))) {
         const reordered = withCurrent(ring, recorded);
         ring.wipe();
         ring = reordered;
@@ -276,7 +277,7 @@ export class Vault {
         store: opts.store,
         keys: opts.keys,
         keyring: ring,
-        auditKeys: (auditKeys = new AuditKeys(ring)),
+        auditKeys: (auditKeys = new AuditKeys(ring, vaultId)),
         auditBroken: null,
         policy,
         loadPolicy,
@@ -661,7 +662,7 @@ export class VaultSession {
     await this.#requireAdmin("verify the audit trail");
     // Another instance may have rotated the master key: load it first (src/vault/key-reload.ts).
     await catchUpKeys(this.#ctx);
-    const r = await verifyAudit(this.#ctx.store, this.#ctx.keyring);
+    const r = await verifyAudit(this.#ctx.store, this.#ctx.keyring, this.#ctx.vaultId);
     if (!r.ok) return r;
     const problem = await guardProblem(this.#ctx);
     return problem === null ? r : { ...r, ok: false, problem };
