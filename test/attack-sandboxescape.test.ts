@@ -8,10 +8,12 @@
  * sysctl test writes fs.lease-break-time's current value (a no-op were it to pass) and only asks
  * access(2) about the others.
  */
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BIN, runProcess, type CliResult } from "./cli-harness.js";
@@ -101,6 +103,25 @@ describe("vsock, which no network namespace holds", { skip: skip || (!existsSync
     const o = await makeOwner("vsock");
     const r = await runProcess(NODE, [BIN, "run", "--agent", "attacker-vsock", "--", PERL, "-e", PROBE], { cwd: o.project, env: o.env, timeoutMs: 40_000 });
     assert.match(r.stdout, /vsock=refused:Operation not permitted/, `the sandbox let the agent open a vsock socket:\n${r.stdout}${r.stderr}`);
+  });
+});
+
+describe("sockets made past socket(2): io_uring, and the 32-bit socketcall from a 64-bit program", { skip: skip || (spawnSync("cc", ["--version"]).status !== 0 ? "needs a C compiler (cc)" : process.arch !== "x64" ? "the probe's socketcall is x86_64's" : false) }, () => {
+  test("attack: the sandboxed agent cannot make an AF_VSOCK socket with io_uring's IORING_OP_SOCKET or with int $0x80 socketcall, which no socket(2) family check sees", async () => {
+    const o = await makeOwner("sockets");
+    const probe = join(o.project, "socket-probes");
+    const cc = spawnSync("cc", ["-O1", "-o", probe, fileURLToPath(new URL("./fixtures/socket-probes.c", import.meta.url))], { encoding: "utf8" });
+    assert.equal(cc.status, 0, cc.stderr);
+    for (const how of ["uring", "socketcall"]) {
+      // Unconfined, each way makes one here (this machine is a VM guest with vsock), or the kernel has none.
+      const outside = await runProcess(probe, [how, "40"], { env: { PATH: "/usr/bin:/bin" } });
+      assert.match(outside.stdout, new RegExp(`${how}=(open family=40|refused:(Address family not supported|Operation not supported))`), outside.stdout + outside.stderr);
+      const r = await runProcess(NODE, [BIN, "run", "--agent", "attacker-sockets", "--", probe, how, "40"], { cwd: o.project, env: o.env, timeoutMs: 40_000 });
+      assert.match(r.stdout, new RegExp(`${how}=refused:Operation not permitted`), `the sandbox let the agent make a vsock socket (${how}):\n${r.stdout}${r.stderr}`);
+    }
+    // An ordinary socket(2) of another family still works inside (the filter refuses vsock, not sockets).
+    const inet = await runProcess(NODE, [BIN, "run", "--agent", "attacker-sockets", "--", PERL, "-e", 'socket(my $s, 2, 1, 0) ? print "inet=open\n" : print "inet=refused:$!\n";'], { cwd: o.project, env: o.env, timeoutMs: 40_000 });
+    assert.match(inet.stdout, /inet=open/, inet.stdout + inet.stderr);
   });
 });
 
@@ -199,6 +220,14 @@ describe("the pieces, unit by unit", () => {
       }
     // Another call with 40 as its first argument is not refused for it (read(40, …)).
     assert.equal(runFilter(prog, 0xc000003e, 0, 40), SECCOMP_RET_ALLOW);
+    // io_uring_setup, io_uring_enter and io_uring_register: refused on each architecture, x32 too.
+    for (const { arch, name } of KEYRING_SYSCALLS)
+      for (const nr of [425, 426, 427, ...(name === "x86_64" ? [0x40000000 + 425, 0x40000000 + 426, 0x40000000 + 427] : [])]) assert.equal(runFilter(prog, arch, nr), EPERM, `${name} io_uring ${nr}`);
+    // i386's socketcall: SYS_SOCKET (1) refused whatever the family; its other calls allowed; 102 is
+    // another call (getuid) on x86_64 and allowed there.
+    assert.equal(runFilter(prog, 0x40000003, 102, 1), EPERM);
+    for (const call of [2, 3, 5, 8, 9, 10]) assert.equal(runFilter(prog, 0x40000003, 102, call), SECCOMP_RET_ALLOW, `socketcall ${call}`);
+    assert.equal(runFilter(prog, 0xc000003e, 102, 1), SECCOMP_RET_ALLOW);
     const buf = keyringFilter("x64");
     assert.equal(buf.length, prog.length * 8);
     assert.equal(buf.readUInt16LE(0), 0x20);

@@ -1,7 +1,8 @@
 /**
  * The sandbox's seccomp filter, as the classic BPF program `bwrap --seccomp FD` loads: keyctl(2),
  * add_key(2) and request_key(2) fail with EPERM (as Flatpak's and Docker's default filters make
- * them), and so does socket(2) for AF_VSOCK; every other call is allowed.
+ * them), so do io_uring_setup(2), io_uring_enter(2) and io_uring_register(2) (Docker's default
+ * profile refuses them too), and socket(2) for AF_VSOCK; every other call is allowed.
  *
  * The kernel's keyrings are in no namespace bwrap makes: the owner's session keyring (`@s`) is
  * inherited across fork and exec, and the user keyring (`@u`) belongs to the uid, so without this
@@ -10,8 +11,11 @@
  *
  * Nor is vsock: an AF_VSOCK socket needs no device file and belongs to no network namespace, so in a
  * VM guest the agent could reach the host (CID 2) past the empty network namespace and the proxy,
- * a lessor daemon there that serves the VM among it. A 32-bit x86 program that makes its sockets
- * through socketcall(2), whose arguments a filter cannot read, is not checked (docs/sandbox.md).
+ * a lessor daemon there that serves the VM among it. A socket can be made three ways, each closed:
+ * socket(2), whose family the filter reads; io_uring's IORING_OP_SOCKET, which no syscall filter
+ * sees, so io_uring is refused whole; and the 32-bit x86 socketcall(2) (a 64-bit program can call it
+ * too, with `int $0x80`), whose arguments a filter cannot read, so its SYS_SOCKET is refused whole:
+ * a 32-bit program that makes its sockets that way gets none in the sandbox (docs/sandbox.md).
  */
 import { endianness } from "node:os";
 import { VaultError } from "../base/errors.js";
@@ -51,8 +55,19 @@ export const KEYRING_SYSCALLS: readonly { arch: number; name: string; nrs: reado
   { arch: 0x40000028, name: "arm", nrs: [309, 310, 311] },
 ];
 
-/** socket(2) by architecture (i386's direct call; its socketcall(2) cannot be checked: see the module comment). */
+/** socket(2) by architecture (i386's direct call; its socketcall(2) is {@link SOCKETCALL}). */
 export const SOCKET_SYSCALLS: Readonly<Record<string, readonly number[]>> = { x86_64: [41, X32_BIT | 41], i386: [359], aarch64: [198], arm: [281] };
+
+/** io_uring_setup, io_uring_enter and io_uring_register: the same numbers on every architecture here. */
+export const IO_URING_SYSCALLS: Readonly<Record<string, readonly number[]>> = {
+  x86_64: [425, 426, 427, X32_BIT | 425, X32_BIT | 426, X32_BIT | 427],
+  i386: [425, 426, 427],
+  aarch64: [425, 426, 427],
+  arm: [425, 426, 427],
+};
+
+/** i386's socketcall(2) and its first argument's SYS_SOCKET, refused (the family it points at cannot be read). */
+export const SOCKETCALL = { arch: "i386", nr: 102, sysSocket: 1 } as const;
 
 /** The Node architectures whose kernel runs only processes of {@link KEYRING_SYSCALLS}' architectures. */
 const SUPPORTED = new Set(["x64", "arm64"]);
@@ -65,27 +80,39 @@ interface Insn {
   k: number;
 }
 
-/** The filter's instructions (see {@link KEYRING_SYSCALLS} and {@link SOCKET_SYSCALLS}). */
+/** A call refused when its first argument is `value` (socket's family, socketcall's call). */
+interface ArgCheck {
+  nrs: readonly number[];
+  value: number;
+}
+
+/** The filter's instructions (see {@link KEYRING_SYSCALLS}, {@link IO_URING_SYSCALLS}, {@link SOCKET_SYSCALLS} and {@link SOCKETCALL}). */
 export function keyringFilterProgram(): Insn[] {
   const p: Insn[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
   for (const { arch, name, nrs } of KEYRING_SYSCALLS) {
+    const refused = [...nrs, ...(IO_URING_SYSCALLS[name] ?? [])];
+    const checks: ArgCheck[] = [{ nrs: SOCKET_SYSCALLS[name] ?? [], value: AF_VSOCK }];
+    if (name === SOCKETCALL.arch) checks.push({ nrs: [SOCKETCALL.nr], value: SOCKETCALL.sysSocket });
     // This architecture's block, by index within it: 0 its architecture (else the next block), 1 load
-    // the number, then a jump to the refusal per keyring call and to the family check per socket
-    // call, `allow`, the family check (load the first argument; AF_VSOCK is refused, else allowed),
-    // and the refusal.
-    const socks = SOCKET_SYSCALLS[name] ?? [];
-    const allow = 2 + nrs.length + socks.length;
-    const family = allow + 1;
-    const refuse = allow + 4;
+    // the number, then a jump to the refusal per refused call and to its check per checked call,
+    // `allow`, each check (load the first argument; its value is refused, else allowed), and the
+    // refusal.
+    const jumps = checks.reduce((n, c) => n + c.nrs.length, 0);
+    const allow = 2 + refused.length + jumps;
+    const checkAt = checks.map((_, i) => allow + 1 + 3 * i);
+    const refuse = allow + 1 + 3 * checks.length;
     const at = (i: number, target: number): number => target - (i + 1);
     p.push({ code: BPF_JEQ_K, jt: 0, jf: at(0, refuse + 1), k: arch });
     p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
-    nrs.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: at(2 + i, refuse), jf: 0, k: nr >>> 0 }));
-    socks.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: at(2 + nrs.length + i, family), jf: 0, k: nr >>> 0 }));
+    refused.forEach((nr, i) => p.push({ code: BPF_JEQ_K, jt: at(2 + i, refuse), jf: 0, k: nr >>> 0 }));
+    let i = 2 + refused.length;
+    checks.forEach((c, n) => c.nrs.forEach((nr) => p.push({ code: BPF_JEQ_K, jt: at(i++, checkAt[n]!), jf: 0, k: nr >>> 0 })));
     p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
-    p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARG0 });
-    p.push({ code: BPF_JEQ_K, jt: at(family + 1, refuse), jf: 0, k: AF_VSOCK });
-    p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+    checks.forEach((c, n) => {
+      p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARG0 });
+      p.push({ code: BPF_JEQ_K, jt: at(checkAt[n]! + 1, refuse), jf: 0, k: c.value });
+      p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+    });
     p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | EPERM });
   }
   p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_KILL_PROCESS });
