@@ -13,7 +13,7 @@
  *    (`--tmpfs`: bwrap mkdirs on the host). Now such a link refuses the run, naming it.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -102,5 +102,30 @@ describe("a hooks path git config names that does not exist yet (husky's .husky/
     assert.match(r.stdout, /rename=refused/, r.stdout);
     git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
     assert.ok(!existsSync(marker), "the agent's hook ran as the owner");
+  });
+});
+
+describe("the after-run quarantine of git directories", { skip }, () => {
+  test("attack: .git/worktrees.lessor-quarantine planted as a symlink to an owner directory: lessor's quarantine neither deletes nor writes there", async () => {
+    const o = await makeOwner("quarantine-link");
+    gitInit(o.project);
+    mkdirSync(join(o.project, ".git/worktrees"));
+    const victim = join(o.base, "victim"); // an owner directory the sandbox does not show
+    mkdirSync(join(victim, "feature"), { recursive: true });
+    writeFileSync(join(victim, "feature", "owner-data"), "precious\n");
+    const run = runAgent(o.project, o.env, "attacker-quar", [], `ln -s ${victim} .git/worktrees.lessor-quarantine && echo planted; sleep 3`);
+    // The owner, meanwhile, outside: `git worktree add ../feature` makes .git/worktrees/feature, which
+    // the after-run check then moves out of git's sight (it cannot tell it from the agent's).
+    await new Promise((r) => setTimeout(r, 1500));
+    mkdirSync(join(o.project, ".git/worktrees/feature"));
+    writeFileSync(join(o.project, ".git/worktrees/feature/gitdir"), "/somewhere/feature/.git\n");
+    const r = await run;
+    assert.match(r.stdout, /planted/, r.stderr);
+    assert.equal(readFileSync(join(victim, "feature", "owner-data"), "utf8"), "precious\n", "the quarantine followed the agent's symlink and deleted the owner's directory");
+    assert.deepEqual(readdirSync(victim), ["feature"], "nothing was written into the owner's directory");
+    const q = join(o.project, ".git/worktrees.lessor-quarantine");
+    assert.ok(lstatSync(q).isDirectory() && !lstatSync(q).isSymbolicLink(), "the quarantine is a real directory lessor made");
+    assert.ok(existsSync(join(q, "feature", "gitdir")), "the new entry is quarantined there");
+    assert.match(r.stderr, /moved it to .*worktrees\.lessor-quarantine\/feature/);
   });
 });

@@ -429,6 +429,21 @@ export function checkGitBeforeRun(guards: readonly GitGuard[]): string[] {
   return out;
 }
 
+/**
+ * `gitDir/name` as a directory lessor made in this check (listed in `made`): whatever was there (the
+ * agent's, from this run or one before: a symlink to a directory of the owner's, say, which a path
+ * through it would follow) is moved aside first, to `name.<time>`, and a new empty one made. So
+ * nothing the agent could have placed is on a path lessor then removes or writes under.
+ */
+function quarantineDir(gitDir: string, name: string, made: Set<string>): string {
+  const q = join(gitDir, name);
+  if (made.has(q)) return q;
+  if (lst(q) !== null) renameSync(q, `${q}.${Date.now()}`); // a rename moves a symlink itself, never what it points at
+  mkdirSync(q, { mode: 0o700 });
+  made.add(q);
+  return q;
+}
+
 /** Moves `p` to `p.lessor-quarantine` (replacing one there), and returns where. */
 function aside(p: string): string {
   const to = `${p}.lessor-quarantine`;
@@ -459,14 +474,14 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
       }
       // New entries of worktrees/ and modules/ (the mounts kept the agent from making any; one made by
       // other means would be a git directory the owner's git adopts): moved out of git's sight.
+      const made = new Set<string>();
       for (const { dir, names } of g.listed) {
         if (!lst(dir)?.isDirectory()) continue;
         for (const name of entries(dir)) {
           if (names.includes(name)) continue;
           const [head, ...rest] = relative(g.gitDir, join(dir, name)).split(sep);
-          const to = join(g.gitDir, `${head}.lessor-quarantine`, ...rest);
-          rmSync(to, { recursive: true, force: true });
-          mkdirSync(dirname(to), { recursive: true });
+          const to = join(quarantineDir(g.gitDir, `${head}.lessor-quarantine`, made), ...rest);
+          mkdirSync(dirname(to), { recursive: true, mode: 0o700 });
           renameSync(join(dir, name), to);
           out.push(`lessor: ${join(dir, name)} was not there before the run (a linked worktree's or submodule's git directory your git would use, with its hooks and config); moved it to ${to}`);
         }
