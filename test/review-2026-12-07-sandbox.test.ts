@@ -129,3 +129,37 @@ describe("the after-run quarantine of git directories", { skip }, () => {
     assert.match(r.stderr, /moved it to .*worktrees\.lessor-quarantine\/feature/);
   });
 });
+
+describe("the owner's other repositories below the project directory", { skip }, () => {
+  test("attack: an existing repository one and two directories below the project: the agent cannot plant a hook or a core.fsmonitor there that the owner's git runs later", async () => {
+    const o = await makeOwner("nested-repos");
+    const repos = [join(o.project, "app"), join(o.project, "libs", "util")];
+    for (const r of repos) {
+      mkdirSync(r, { recursive: true });
+      gitInit(r); // the owner's own repositories, there before the run
+    }
+    mkdirSync(join(o.project, "node_modules", "dep"), { recursive: true }); // skipped by the search, harmless
+    const marker = join(o.base, "hook-ran");
+    const plant = (dir: string): string =>
+      `(printf '#!/bin/sh\\necho ran-as-owner >> ${marker}\\n' > ${dir}/.git/hooks/pre-commit && chmod 755 ${dir}/.git/hooks/pre-commit && echo planted-hook) 2>/dev/null || echo hook=refused; ` +
+      `(git config -f ${dir}/.git/config core.fsmonitor "/bin/sh -c 'echo ran-as-owner >> ${marker}'" && echo planted-fsmonitor) 2>/dev/null || echo fsmonitor=refused`;
+    const r = await runAgent(o.project, o.env, "attacker-nested", [], `${plant("app")}; ${plant("libs/util")}; git -c user.name=a -c user.email=a@example.com -C app commit -q --allow-empty -m agent && echo agent-commit=ok`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /planted-/, r.stdout);
+    assert.match(r.stdout, /agent-commit=ok/, "git still works in the nested repository inside");
+    // The owner, later, outside the sandbox.
+    for (const dir of repos) git(dir, "commit", "-q", "--allow-empty", "-m", "owner");
+    assert.ok(!existsSync(marker), "the agent's hook or fsmonitor ran as the owner");
+  });
+
+  test("a search that stops at its limit says so before the run, and guards what it found", async () => {
+    const { nestedRepositories, MAX_REPO_SEARCH } = await import("../src/sandbox/git-guard.js");
+    const top = mkdtempSync(join(root, "search-"));
+    for (let i = 0; i < 30; i++) mkdirSync(join(top, `d${i}`, "x"), { recursive: true });
+    mkdirSync(join(top, "d3", "x", ".git"));
+    mkdirSync(join(top, "node_modules", "pkg", ".git"), { recursive: true });
+    symlinkSync(join(top, "d3"), join(top, "link"));
+    assert.deepEqual(nestedRepositories(top), { dirs: [join(top, "d3", "x")], complete: true }, "found through directories only, not through node_modules or a link");
+    assert.ok(MAX_REPO_SEARCH >= 10_000);
+  });
+});

@@ -291,6 +291,42 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
 }
 
 /** The names in directory `d`, sorted; none when it cannot be read. */
+/** Directories {@link nestedRepositories} reads below one writable path before it stops. */
+export const MAX_REPO_SEARCH = 20_000;
+/** Not searched: git's own directories, and npm's trees (thousands of directories, no repositories of the owner's). */
+const SEARCH_SKIPS = new Set([".git", "node_modules"]);
+
+/**
+ * The directories below `top` (not `top` itself) that hold a `.git` (a repository, a linked
+ * worktree, a submodule checkout): the owner's other repositories in a writable path, whose hooks and
+ * config the agent must not write either. Breadth first, never through a symbolic link, at most
+ * {@link MAX_REPO_SEARCH} directories; `complete` is false when it stopped there.
+ */
+export function nestedRepositories(top: string): { dirs: string[]; complete: boolean } {
+  const dirs: string[] = [];
+  let level = [top];
+  let read = 0;
+  while (level.length > 0) {
+    const next: string[] = [];
+    for (const d of level) {
+      let list;
+      try {
+        list = readdirSync(d, { withFileTypes: true });
+      } catch {
+        continue; // unreadable or gone: nothing the owner's git could use there either
+      }
+      if (d !== top && list.some((e) => e.name === ".git")) dirs.push(d);
+      for (const e of list) {
+        if (!e.isDirectory() || SEARCH_SKIPS.has(e.name)) continue;
+        if (++read > MAX_REPO_SEARCH) return { dirs, complete: false };
+        next.push(join(d, e.name));
+      }
+    }
+    level = next;
+  }
+  return { dirs, complete: true };
+}
+
 function entries(d: string): string[] {
   try {
     return readdirSync(d).sort();

@@ -17,7 +17,7 @@ import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
-import { planGit, type GitGuard } from "./git-guard.js";
+import { MAX_REPO_SEARCH, nestedRepositories, planGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
 export interface Protected {
@@ -82,6 +82,8 @@ export interface Layout {
   sealedFiles: string[];
   /** What to check in each guarded repository after the run (src/sandbox/git-guard.ts). */
   git: GitGuard[];
+  /** What lessor says on stderr before the run about the layout (a writable path too big to search for repositories). */
+  notes: string[];
   masks: Mask[];
   /** The working directory inside. */
   cwd: string;
@@ -211,15 +213,29 @@ export function planLayout(req: LayoutRequest): Layout {
   const sealedFiles: string[] = [];
   const git: GitGuard[] = [];
   const writable = (p: string): boolean => [...binds].some(([path, b]) => b.writable && within(p, path));
-  for (const [path, b] of binds) {
-    if (!b.writable) continue;
-    const g = planGit(path, writable, homeReal ?? home);
+  const notes: string[] = [];
+  const guard = (dir: string): void => {
+    const g = planGit(dir, writable, homeReal ?? home);
     for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
     for (const d of g.locked) if (!locked.includes(d)) locked.push(d);
     sealed.push(...g.sealed);
     sealedFiles.push(...g.sealedFiles);
     git.push(...g.guards);
+  };
+  // The bind that shows `p`: the deepest one holding it.
+  const shownBy = (p: string): { writable: boolean } | undefined => [...binds].filter(([path]) => within(p, path)).sort(([a], [b]) => depth(b) - depth(a))[0]?.[1];
+  for (const [path, b] of binds) {
+    if (!b.writable) continue;
+    guard(path);
+    // The owner's other repositories below it (a project directory that holds several): each guarded
+    // as the top one, unless a bind of its own (guarded above) or a read-only one shows it.
+    const found = nestedRepositories(path);
+    for (const d of found.dirs) if (!binds.has(d) && shownBy(d)?.writable === true) guard(d);
+    if (!found.complete)
+      notes.push(
+        `lessor: ${path} holds more than ${MAX_REPO_SEARCH} directories; the git repositories in the first ${MAX_REPO_SEARCH} are guarded (hooks and config read-only), any further down are not: the agent could plant hooks your git runs there later. Run from the repository you work on, or narrow [run] write`,
+      );
   }
 
   // A protected path is covered when the deepest mount holding it shows the host there.
@@ -280,7 +296,7 @@ export function planLayout(req: LayoutRequest): Layout {
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
   locked.sort((a, b) => depth(a) - depth(b));
-  return { mounts, pinned, readOnly, locked, sealed, sealedFiles, git, masks: unique, cwd };
+  return { mounts, pinned, readOnly, locked, sealed, sealedFiles, git, notes, masks: unique, cwd };
 }
 
 /**

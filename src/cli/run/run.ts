@@ -197,7 +197,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     }
 
     // A commondir left by an earlier run that was killed before its check (src/sandbox/git-guard.ts).
-    if (sandbox) for (const line of checkGitBeforeRun(sandbox.layout.git)) cli.err(line);
+    if (sandbox) for (const line of [...sandbox.layout.notes, ...checkGitBeforeRun(sandbox.layout.git)]) cli.err(line);
     const { child, flushed, signal, started, listener } = startChild(
       cmd,
       args,
