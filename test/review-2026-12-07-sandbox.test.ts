@@ -13,7 +13,7 @@
  *    (`--tmpfs`: bwrap mkdirs on the host). Now such a link refuses the run, naming it.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -152,7 +152,7 @@ describe("the owner's other repositories below the project directory", { skip },
     assert.ok(!existsSync(marker), "the agent's hook or fsmonitor ran as the owner");
   });
 
-  test("a search that stops at its limit says so before the run, and guards what it found", async () => {
+  test("the search for the owner's repositories goes through directories only: not node_modules, not a symbolic link", async () => {
     const { nestedRepositories, MAX_REPO_SEARCH } = await import("../src/sandbox/git-guard.js");
     const top = mkdtempSync(join(root, "search-"));
     for (let i = 0; i < 30; i++) mkdirSync(join(top, `d${i}`, "x"), { recursive: true });
@@ -161,5 +161,55 @@ describe("the owner's other repositories below the project directory", { skip },
     symlinkSync(join(top, "d3"), join(top, "link"));
     assert.deepEqual(nestedRepositories(top), { dirs: [join(top, "d3", "x")], complete: true }, "found through directories only, not through node_modules or a link");
     assert.ok(MAX_REPO_SEARCH >= 10_000);
+  });
+});
+
+describe("the layout's plan, checked mount by mount", () => {
+  /** Whether `p` is writable in the sandbox bwrap's arguments make: the last mount holding it decides. */
+  const writableInside = (args: string[], p: string): boolean => {
+    let w = false;
+    const within = (a: string, b: string): boolean => a === b || a.startsWith(b + "/");
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i]!;
+      if ((a === "--bind" || a === "--ro-bind") && within(p, args[i + 2]!)) w = a === "--bind";
+      if (a === "--tmpfs" && within(p, args[i + 1]!)) w = true;
+      if (a === "--remount-ro" && within(p, args[i + 1]!)) w = false;
+    }
+    return w;
+  };
+
+  test("a read-only [run] read path below the project stays read-only when a nested repository's core.hooksPath points into it (no pin makes it writable)", async () => {
+    const { planLayout } = await import("../src/sandbox/layout.js");
+    const { bwrapArgs } = await import("../src/sandbox/bwrap-args.js");
+    const base = realpathSync(mkdtempSync(join(root, "plan-ro-")));
+    const src = join(base, "src");
+    const tools = join(src, "tools");
+    mkdirSync(join(tools, "hooks"), { recursive: true });
+    writeFileSync(join(tools, "lint.sh"), "#!/bin/sh\n");
+    mkdirSync(join(src, "app", ".git", "hooks"), { recursive: true });
+    writeFileSync(join(src, "app", ".git", "config"), "[core]\n\thooksPath = ../tools/hooks\n");
+    const layout = planLayout({ home: join(base, "home"), project: src, projectWritable: true, read: [tools], write: [], protect: [] });
+    const args = bwrapArgs(layout, {}, { disableUserns: false });
+    assert.equal(writableInside(args, join(src, "app", "x")), true, "the project is writable");
+    assert.equal(writableInside(args, join(src, "app", ".git", "config")), false, "the nested repository's config is read-only");
+    assert.equal(writableInside(args, join(tools, "lint.sh")), false, `the [run] read path became writable: pinned ${JSON.stringify(layout.pinned)}`);
+    assert.equal(writableInside(args, join(tools, "hooks", "pre-commit")), false);
+  });
+
+  test("decoy directories an earlier run made past the search's limit refuse the run: the owner's nested repository is never left unguarded", async () => {
+    const { planLayout } = await import("../src/sandbox/layout.js");
+    const { MAX_REPO_SEARCH } = await import("../src/sandbox/git-guard.js");
+    const base = realpathSync(mkdtempSync(join(root, "plan-decoys-")));
+    const src = join(base, "src");
+    mkdirSync(join(src, "zapp", ".git", "hooks"), { recursive: true });
+    for (let i = 0; i <= MAX_REPO_SEARCH; i++) mkdirSync(join(src, `d${i}`)); // one mkdir loop in an earlier run
+    try {
+      assert.throws(
+        () => planLayout({ home: join(base, "home"), project: src, projectWritable: true, read: [], write: [], protect: [] }),
+        (e: Error & { code?: string }) => e.code === "invalid_request" && /holds more than 50000 directories/.test(e.message) && /did not start the command/.test(e.message),
+      );
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });

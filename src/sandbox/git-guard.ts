@@ -291,8 +291,8 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
 }
 
 /** The names in directory `d`, sorted; none when it cannot be read. */
-/** Directories {@link nestedRepositories} reads below one writable path before it stops. */
-export const MAX_REPO_SEARCH = 20_000;
+/** Directories {@link nestedRepositories} reads below one writable path before it stops (about 30 ms for 20,000). */
+export const MAX_REPO_SEARCH = 50_000;
 /** Not searched: git's own directories, and npm's trees (thousands of directories, no repositories of the owner's). */
 const SEARCH_SKIPS = new Set([".git", "node_modules"]);
 
@@ -316,11 +316,8 @@ export function nestedRepositories(top: string): { dirs: string[]; complete: boo
         continue; // unreadable or gone: nothing the owner's git could use there either
       }
       if (d !== top && list.some((e) => e.name === ".git")) dirs.push(d);
-      for (const e of list) {
-        if (!e.isDirectory() || SEARCH_SKIPS.has(e.name)) continue;
-        if (++read > MAX_REPO_SEARCH) return { dirs, complete: false };
-        next.push(join(d, e.name));
-      }
+      if (++read > MAX_REPO_SEARCH) return { dirs, complete: false };
+      for (const e of list) if (e.isDirectory() && !SEARCH_SKIPS.has(e.name)) next.push(join(d, e.name));
     }
     level = next;
   }
@@ -392,6 +389,7 @@ function guardDotGitFile(plan: GitPlan, file: string, writable: (p: string) => b
  * hooks, which the owner's git then runs).
  */
 function readOnlyInPlace(plan: GitPlan, r: string, writable: (p: string) => boolean): void {
+  if (!writable(r)) return; // shown read-only already (a [run] read path): nothing to pin on its way
   let top = dirname(r);
   while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
   for (const p of dirsBetween(top, dirname(r))) once(plan.pinned, p);

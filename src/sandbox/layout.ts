@@ -82,7 +82,7 @@ export interface Layout {
   sealedFiles: string[];
   /** What to check in each guarded repository after the run (src/sandbox/git-guard.ts). */
   git: GitGuard[];
-  /** What lessor says on stderr before the run about the layout (a writable path too big to search for repositories). */
+  /** What lessor says on stderr before the run about the layout. */
   notes: string[];
   masks: Mask[];
   /** The working directory inside. */
@@ -212,7 +212,10 @@ export function planLayout(req: LayoutRequest): Layout {
   const sealed: string[] = [];
   const sealedFiles: string[] = [];
   const git: GitGuard[] = [];
-  const writable = (p: string): boolean => [...binds].some(([path, b]) => b.writable && within(p, path));
+  // Writable when the bind that shows `p`, the deepest one holding it, is: a read-only `[run] read`
+  // path inside the project stays read-only, and nothing in it is pinned (a pin is a writable bind).
+  const shownBy = (p: string): { writable: boolean } | undefined => [...binds].filter(([path]) => within(p, path)).sort(([a], [b]) => depth(b) - depth(a))[0]?.[1];
+  const writable = (p: string): boolean => shownBy(p)?.writable === true;
   const notes: string[] = [];
   const guard = (dir: string): void => {
     const g = planGit(dir, writable, homeReal ?? home);
@@ -223,19 +226,19 @@ export function planLayout(req: LayoutRequest): Layout {
     sealedFiles.push(...g.sealedFiles);
     git.push(...g.guards);
   };
-  // The bind that shows `p`: the deepest one holding it.
-  const shownBy = (p: string): { writable: boolean } | undefined => [...binds].filter(([path]) => within(p, path)).sort(([a], [b]) => depth(b) - depth(a))[0]?.[1];
   for (const [path, b] of binds) {
     if (!b.writable) continue;
     guard(path);
     // The owner's other repositories below it (a project directory that holds several): each guarded
     // as the top one, unless a bind of its own (guarded above) or a read-only one shows it.
     const found = nestedRepositories(path);
-    for (const d of found.dirs) if (!binds.has(d) && shownBy(d)?.writable === true) guard(d);
+    // Past the limit the search cannot tell the owner's repositories from an agent's decoys (a run
+    // that made 50,000 directories would leave the rest unguarded): refused, as for .git/modules.
     if (!found.complete)
-      notes.push(
-        `lessor: ${path} holds more than ${MAX_REPO_SEARCH} directories; the git repositories in the first ${MAX_REPO_SEARCH} are guarded (hooks and config read-only), any further down are not: the agent could plant hooks your git runs there later. Run from the repository you work on, or narrow [run] write`,
+      refuse(
+        `${path} (${b.why}) holds more than ${MAX_REPO_SEARCH} directories (node_modules aside), too many to find every git repository in it whose hooks and config the sandbox must keep read-only; run from the repository you work on (--project DIR), or narrow [run] write, or remove directories an earlier command made there`,
       );
+    for (const d of found.dirs) if (!binds.has(d) && writable(d)) guard(d);
   }
 
   // A protected path is covered when the deepest mount holding it shows the host there.
@@ -291,7 +294,7 @@ export function planLayout(req: LayoutRequest): Layout {
   // A pin is a writable bind made after the layout's: a read-only bind inside one is made again after
   // the pins (with the git guard's read-only paths), or the pin would show it writable.
   for (const [path, b] of binds)
-    if (!b.writable && pinned.some((d) => within(path, d) && path !== d) && !readOnly.includes(path)) readOnly.push(path);
+    if (!b.writable && pinned.some((d) => within(path, d)) && !readOnly.includes(path)) readOnly.push(path);
 
   const project = req.project !== null ? real(req.project) : null;
   const cwd = project ?? home ?? sep;
