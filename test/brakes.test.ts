@@ -11,6 +11,7 @@ import { describe, test } from "node:test";
 import { initHome, openVault } from "../src/config/open-vault.js";
 import type { VaultSignal } from "../src/vault/signals.js";
 import type { Vault } from "../src/vault/vault.js";
+import { withheldQuotes } from "../src/vault/policy.js";
 import { agent, codeOf, grant, makeVault, orchestrator, tempDir } from "./helpers.js";
 
 const GOOD = grant("claude-github", ["claude"], ["github-token"], ["api.github.com"]);
@@ -44,7 +45,7 @@ async function refused(p: Promise<unknown>, code: string, re: RegExp): Promise<v
   });
 }
 
-const BROKEN_REASON = /^the policy is invalid, so every grant is denied: \S*policy\.toml: .*; fix it and run lessor policy reload$/;
+const BROKEN_REASON = /^the policy is invalid, so every grant is denied: \S*policy\.toml: .*; lessor policy check shows it whole; fix it and run lessor policy reload$/;
 const BROKEN_BRIEF = /^(access_denied: )?the policy is invalid, so every grant is denied; ask the operator to fix it \(lessor policy check\)$/;
 
 describe("a broken policy never blocks the brakes (embedded)", () => {
@@ -70,7 +71,10 @@ describe("a broken policy never blocks the brakes (embedded)", () => {
         // An admin is told the load error; an agent or orchestrator only that the policy is broken
         // (the error may quote any rule, another agent's included).
         await refused(admin.requestLease({ ...GH, agent: "claude" }), "access_denied", BROKEN_REASON);
-        await refused(admin.requestLease({ ...GH, agent: "claude" }), "access_denied", says);
+        // The refusal is audited, so it holds the load error with what it quotes withheld (a value
+        // pasted into the file by mistake stays out of the trail); status shows it whole (above).
+        const withheld = withheldQuotes(st.policy.error ?? "");
+        await assert.rejects(admin.requestLease({ ...GH, agent: "claude" }), (e: Error) => e.message.includes(withheld) && e.message.includes("lessor policy check shows it whole"));
         await refused(claude.requestLease(GH), "access_denied", BROKEN_BRIEF);
         await refused(claude.requestLeaseAndAccess(GH, AT), "access_denied", BROKEN_BRIEF);
         await refused(v.session(orchestrator(["claude"])).requestLease({ ...GH, agent: "claude" }), "access_denied", BROKEN_BRIEF);
