@@ -188,15 +188,18 @@ describe("lessor mcp as an agent of a daemon: every tool call audited, only its 
       },
       { tool: "request_access", outcome: "ok", reason: null },
     );
-    await oneRow(
+    const argMark = `arg-${randomBytes(8).toString("hex")}`;
+    const row = await oneRow(
       async () => {
-        // The query holds the canary and a header holds it in clear: neither may reach a tool_call row.
-        const r = await call("http_request", { method: "GET", url: `https://api.test.example:${port}/echo?token=${CANARY}`, headers: { Authorization: `Bearer ${placeholder}`, "X-Leak": CANARY } });
+        // The query holds a text of the agent's and a header holds the value in clear: neither may
+        // reach a tool_call row. (The value in the URL is refused: "a refused call" below.)
+        const r = await call("http_request", { method: "GET", url: `https://api.test.example:${port}/echo?token=${argMark}`, headers: { Authorization: `Bearer ${placeholder}`, "X-Leak": CANARY } });
         assert.equal(r.isError, false, r.text);
         assert.match(String(r.doc["body"]), new RegExp(`you sent: Bearer ${placeholder}`), "the echoed credential came back masked");
       },
       { tool: "http_request", outcome: "ok", reason: null },
     );
+    assert.ok(!JSON.stringify(row).includes(argMark), "the arguments reached the tool_call row");
   });
 
   test("a refused call: one row with outcome denied and the code", async () => {
@@ -214,6 +217,16 @@ describe("lessor mcp as an agent of a daemon: every tool call audited, only its 
         assert.equal(r.isError, true);
       },
       { tool: "http_request", outcome: "denied", reason: "access_denied" },
+    );
+    // The leased credential's own value in the URL: refused before it goes anywhere, and not in the row.
+    await oneRow(
+      async () => {
+        const r = await call("http_request", { method: "GET", url: `https://api.test.example:${port}/echo?token=${CANARY}`, headers: { Authorization: `Bearer ${placeholder}` } });
+        assert.equal(r.isError, true);
+        assert.equal(r.doc["error"]["code"], "invalid_request");
+        assert.match(String(r.doc["error"]["message"]), /the URL holds a credential of this run/);
+      },
+      { tool: "http_request", outcome: "error", reason: "invalid_request" },
     );
   });
 
