@@ -142,7 +142,7 @@ describe("lessor mcp: approval by a person", () => {
     assert.match(listed.stdout, new RegExp(id));
     assert.match(listed.stdout, /agent "claude" asks for global\/deploy-key/);
     assert.match(listed.stdout, /api\.test\.example/);
-    assert.match(listed.stdout, /why: deploy the hotfix/);
+    assert.match(listed.stdout, /why \(the agent.s words\): "deploy the hotfix"/);
 
     const ok = cli("approve", id, "--reason", "hotfix is reviewed");
     assert.equal(ok.status, 0, ok.stderr);

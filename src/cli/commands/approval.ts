@@ -7,6 +7,7 @@ import type { Command } from "commander";
 import type { Cli } from "../cli.js";
 import type { WireApproval } from "../../protocol/registry.js";
 import { approvalValueText, type ApprovalTerms } from "../../protocol/approval-value.js";
+import { quoteText } from "../../base/text.js";
 
 type ApprovalRow = WireApproval;
 
@@ -15,17 +16,21 @@ export function valueLine(a: ApprovalTerms): string {
   return `value: ${approvalValueText(a)}`;
 }
 
-/** The lines that show one approval to the person deciding it. */
-function describeApproval(a: ApprovalRow): string[] {
+/**
+ * The lines that show one approval to the person deciding it. The reason is the agent's own text: it is
+ * quoted, so that one padded with spaces to wrap like the lines around it (a made-up "to send it to:")
+ * still reads as what the agent wrote.
+ */
+export function describeApproval(a: ApprovalRow): string[] {
   return [
     `${a.id}  ${a.state}`,
     `  agent ${JSON.stringify(a.agent)} asks for ${a.secret} (rule ${JSON.stringify(a.rule)})`,
     `  to send it to: ${a.anyDomain && a.hosts.length === 0 ? "any host" : a.hosts.join(", ")}`,
     `  ${valueLine(a)}`,
     `  lease: ${a.ttlMs === null ? "the rule's ttl" : `ttl ${Math.round(a.ttlMs / 1000)}s`}${a.maxUses === null ? "" : `, at most ${a.maxUses} uses`}`,
-    `  why: ${a.reason ?? "(no reason given)"}`,
+    `  why (the agent's words): ${a.reason === null ? "(no reason given)" : quoteText(a.reason, 200)}`,
     `  asked by ${a.requestedBy} at ${new Date(a.requestedAt).toISOString()}; lapses at ${new Date(a.expiresAt).toISOString()}`,
-    ...(a.decidedBy !== null ? [`  decided by ${a.decidedBy}${a.decisionReason ? `: ${a.decisionReason}` : ""}`] : []),
+    ...(a.decidedBy !== null ? [`  decided by ${a.decidedBy}${a.decisionReason ? `: ${quoteText(a.decisionReason, 200)}` : ""}`] : []),
   ];
 }
 
