@@ -328,13 +328,16 @@ function huffmanDigits(bytes: Buffer): string {
  */
 const cgiName = (header: string): string => "HTTP_" + header.toUpperCase().replace(/-/g, "_");
 
-/** The names PHP gives query parameters ($_GET): leading spaces dropped, then `.` and ` ` as `_` (php_register_variable_ex). */
+/**
+ * The names PHP gives query parameters ($_GET): leading spaces dropped, the name ended at its first NUL
+ * (php_register_variable_ex copies it with strlen), then `.` and ` ` as `_`.
+ */
 function phpQuery(target: string): Record<string, string> {
   const q = target.indexOf("?");
   const out: Record<string, string> = {};
   if (q < 0) return out;
   for (const [k, v] of new URLSearchParams(target.slice(q + 1))) {
-    const name = k.replace(/^ +/, "").replace(/[ .]/g, "_");
+    const name = k.replace(/^ +/, "").split("\0", 1)[0]!.replace(/[ .]/g, "_");
     if (!name.includes("[")) out[name] = v;
   }
   return out;
@@ -422,7 +425,7 @@ test(
 );
 
 test(
-  "a _method query parameter written as PHP names it (.method, +_method, %20_method, %2Emethod) is refused before any use on a POST under methods = [\"GET\", \"POST\"] (HTTP/1.1 and HTTP/2)",
+  "a _method query parameter written as PHP names it (.method, +_method, %20_method, %2Emethod, _method%00, _method%00x) is refused before any use on a POST under methods = [\"GET\", \"POST\"] (HTTP/1.1 and HTTP/2)",
   { timeout: 30_000 },
   async () => {
     const r = await rig([{ name: "b", value: CANARY, rule: { mode: "placeholder" }, extra: 'methods = ["GET", "POST"]' }]);
@@ -432,7 +435,7 @@ test(
       const plain = await rawH1(r, H1, `POST /ok/x?_method=DELETE HTTP/1.1\r\nHost: ${H1}\r\nAuthorization: Bearer ${ph}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
       assert.equal(statusOf(plain), 403, plain.slice(0, 120));
       const through: string[] = [];
-      for (const q of ["?.method=DELETE", "?+_method=DELETE", "?%20_method=DELETE", "?%2Emethod=DELETE", "?a=1&.method=delete"]) {
+      for (const q of ["?.method=DELETE", "?+_method=DELETE", "?%20_method=DELETE", "?%2Emethod=DELETE", "?a=1&.method=delete", "?_method%00=DELETE", "?_method%00x=DELETE", "?a=1&_METHOD%00=delete"]) {
         let before = seen.length;
         await rawH1(r, H1, `POST /ok/x${q} HTTP/1.1\r\nHost: ${H1}\r\nAuthorization: Bearer ${ph}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
         for (const s of seen.slice(before).filter(withCred)) if (actedOn(s).method === "DELETE") through.push(`h1 POST /ok/x${q}: the upstream performs DELETE`);
@@ -445,7 +448,7 @@ test(
       assert.deepEqual(
         through,
         [],
-        'docs/proxy.md ("a _method query parameter is refused like a method-override header"): PHP turns a leading space and "." in a parameter name into "_" (Symfony\'s Request::getMethod then reads _method), so these reached the upstream with the real credential',
+        'docs/proxy.md ("a _method query parameter is refused like a method-override header"): PHP turns a leading space and "." in a parameter name into "_" and ends the name at a NUL (Symfony\'s Request::getMethod then reads _method), so these reached the upstream with the real credential',
       );
     } finally {
       await r.close();

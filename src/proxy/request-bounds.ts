@@ -97,10 +97,11 @@ function overrideHeaders(headers: IncomingHttpHeaders): Map<string, string[]> | 
 const OVERRIDE_NAMES: ReadonlySet<string> = new Set([...METHOD_OVERRIDES, ...URL_OVERRIDES].map(([name]) => name));
 
 /**
- * A query parameter's name as PHP stores it (leading spaces dropped, space `.` `[` as `_`) in lower
- * case: `.method`, ` _method` and `_METHOD` all reach Laravel and Symfony as `_method`.
+ * A query parameter's name as PHP stores it (leading spaces dropped, the name ended at its first NUL,
+ * since php_register_variable_ex copies it as a C string; space `.` `[` as `_`) in lower case:
+ * `.method`, ` _method`, `_method%00x` and `_METHOD` are all taken for `_method`.
  */
-const phpName = (k: string): string => k.replace(/^ +/, "").replace(/[ .[]/g, "_").toLowerCase();
+const phpName = (k: string): string => k.replace(/^ +/, "").split("\0", 1)[0]!.replace(/[ .[]/g, "_").toLowerCase();
 
 /**
  * Why the query of `target` names a method other than the ones `methods` allows (a `_method`
