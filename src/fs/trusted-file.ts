@@ -6,7 +6,7 @@
  * planted at the path is refused, never waited on). A symbolic link is followed: the file it leads to
  * is what is checked.
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync, type Stats } from "node:fs";
 import { VaultError, type ErrorCode } from "../base/errors.js";
 import { octal } from "./perms.js";
 import { readCappedSync } from "./capped-read.js";
@@ -27,17 +27,11 @@ export function readTrustedText(path: string, what: string, code: ErrorCode): st
  * is refused (`code`) rather than read whole.
  */
 export function readTrustedFile(path: string, what: string, code: ErrorCode, maxBytes?: number): { text: string; mode: number } {
-  const fd = openSync(path, constants.O_RDONLY | (POSIX ? constants.O_NONBLOCK : 0));
+  const fd = openNoWait(path);
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new VaultError(code, `${what} ${path} is not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a fifo" : "not a file"}); replace it with the file itself`);
-    if (POSIX) {
-      const me = process.getuid!();
-      if (st.uid !== me && st.uid !== 0)
-        throw new VaultError(code, `${what} ${path} belongs to uid ${st.uid}, not to you (uid ${me}): another user could change what it says, so it is not used; make your own copy (or sudo chown ${me} ${path})`);
-      if ((st.mode & 0o022) !== 0)
-        throw new VaultError(code, `${what} ${path} can be changed by other users (mode ${octal(st.mode)}), so it is not used; fix it with: chmod go-w ${path}`);
-    }
+    checkOwnInput(st, `${what} ${path}`, path, "change what it says", code);
     if (maxBytes === undefined) return { text: readFileSync(fd, "utf8"), mode: st.mode };
     const read = readCappedSync(fd, maxBytes);
     if ("tooLarge" in read) throw new VaultError(code, `${what} ${path} is larger than ${maxBytes} bytes`);
@@ -47,4 +41,30 @@ export function readTrustedFile(path: string, what: string, code: ErrorCode, max
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Opens `path` to read it without waiting: non-blocking, so that a fifo no one writes (one another
+ * user planted at the path) gives its end at once rather than hanging the command. The caller closes
+ * the descriptor; {@link readCappedSync} reads it (and waits out EAGAIN from a pipe being written).
+ */
+export function openNoWait(path: string): number {
+  return openSync(path, constants.O_RDONLY | (POSIX ? constants.O_NONBLOCK : 0));
+}
+
+/**
+ * Checks an input the user named whose content becomes what lessor stores or runs with (the file of
+ * `secret import`, `secret set --from-file`, an `--env-file`): a file or a pipe must belong to you or
+ * root and be writable by no other user, or another local user who planted it (in /tmp, say) or can
+ * still write it would choose it. A device (/dev/stdin as a terminal, /dev/zero) carries nothing anyone
+ * wrote, and passes. `named` is how messages name it ("the env file ./x.env"), `consequence` completes
+ * "another user could …". Throws VaultError(`code`).
+ */
+export function checkOwnInput(st: Stats, named: string, path: string, consequence: string, code: ErrorCode = "insecure_permissions"): void {
+  if (!POSIX || !(st.isFile() || st.isFIFO())) return;
+  const me = process.getuid!();
+  if (st.uid !== me && st.uid !== 0)
+    throw new VaultError(code, `${named} belongs to uid ${st.uid}, not to you (uid ${me}): another user could ${consequence}, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
+  if ((st.mode & 0o022) !== 0)
+    throw new VaultError(code, `${named} can be changed by other users (mode ${octal(st.mode)}), who could ${consequence}, so it is not read; fix it with: chmod go-w ${path}`);
 }

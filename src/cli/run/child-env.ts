@@ -4,8 +4,8 @@
  * leases. A variable may be a reference (`TOKEN=$S:github-token`) or contain several
  * (`DATABASE_URL=postgres://app:$S:db-password@db/app`).
  */
-import { closeSync, fstatSync, openSync, readlinkSync, type Stats } from "node:fs";
-import { octal } from "../../fs/perms.js";
+import { closeSync, fstatSync, readlinkSync } from "node:fs";
+import { checkOwnInput, openNoWait } from "../../fs/trusted-file.js";
 import { firstNonUtf8Line, readCappedSync, type Capped } from "../../fs/capped-read.js";
 import type { SecretBytes } from "../../crypto/secret-bytes.js";
 import { VaultError } from "../../base/errors.js";
@@ -58,9 +58,10 @@ export function readTextFile(path: string, what: string, option: string, o: Read
   try {
     if (path === "-") got = readCappedSync(0, MAX_TEXT_FILE_BYTES);
     else {
-      const fd = openSync(path, "r");
+      // Without waiting: a fifo planted at the path is refused (trusted) or read to its end, not waited on.
+      const fd = openNoWait(path);
       try {
-        if (o.trusted) checkTrusted(fstatSync(fd), path, what);
+        if (o.trusted) checkOwnInput(fstatSync(fd), `${what} ${path}`, path, "change which variables and secrets your command gets");
         if (o.opened) {
           // The file as opened, for a check after the read (src/cli/run/run.ts): which file this really was.
           let real: string | null = null;
@@ -216,13 +217,3 @@ export async function resolveEnv(vars: Map<string, EnvVar>, found: VarRefs[], bo
   return { env, masks: [...masks.values()], resolved: found.length };
 }
 
-/** See {@link ReadTextOptions.trusted}. */
-function checkTrusted(st: Stats, path: string, what: string): void {
-  // Files and pipes carry what someone wrote into them; a device (/dev/zero, a terminal) does not.
-  if (typeof process.getuid !== "function" || !(st.isFile() || st.isFIFO())) return;
-  const me = process.getuid();
-  if (st.uid !== me && st.uid !== 0)
-    throw new VaultError("insecure_permissions", `${what} ${path} belongs to uid ${st.uid}, not to you (uid ${me}): another user could change which variables and secrets your command gets, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
-  if ((st.mode & 0o022) !== 0)
-    throw new VaultError("insecure_permissions", `${what} ${path} can be changed by other users (mode ${octal(st.mode)}), who could change which variables and secrets your command gets, so it is not read; fix it with: chmod go-w ${path}`);
-}

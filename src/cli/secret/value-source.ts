@@ -3,7 +3,10 @@
  * prompt (asked twice) when it is a terminal, `--from-file`, `--random`, or — only with
  * `--force-argv`, and with a warning — `--value`. The value is never printed or put in a message.
  */
+import { closeSync, fstatSync } from "node:fs";
 import { readCappedSync, type Capped } from "../../fs/capped-read.js";
+import { checkOwnInput, openNoWait } from "../../fs/trusted-file.js";
+import { VaultError } from "../../base/errors.js";
 import type { Cli } from "../cli.js";
 import { UsageError } from "../cli.js";
 import { promptHidden } from "../format/prompt.js";
@@ -81,8 +84,15 @@ export async function readAll(stream: NodeJS.ReadableStream, max?: { bytes: numb
 export function readFileCapped(path: string, label: string, max: { bytes: number; fix: string }): Buffer {
   let got: Capped;
   try {
-    got = readCappedSync(path, max.bytes);
+    const fd = openNoWait(path);
+    try {
+      checkOwnInput(fstatSync(fd), label, path, "choose the values you store");
+      got = readCappedSync(fd, max.bytes);
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
+    if (e instanceof VaultError) throw e;
     const code = (e as NodeJS.ErrnoException).code ?? "error";
     throw new UsageError(`cannot read ${label} (${code}); check the path and its permissions`);
   }
