@@ -62,6 +62,7 @@ function checkedLimits(limits: VaultLimits): VaultLimits {
   return limits;
 }
 import { catchUpKeys, CURRENT_KEY_META } from "./key-reload.js";
+import { steadyClock } from "./clock.js";
 import type { AuditFilter, AuditRecord, Identity, LeaseFilter, LeaseRecord, SecretFilter, SecretRecord, SecretRef, TokenInfo } from "../base/types.js";
 
 /** How to open a vault. */
@@ -79,7 +80,10 @@ export interface VaultOptions {
   /** AEAD for new values. Default "aes-256-gcm". */
   cipher?: Alg;
   limits?: Partial<Limits>;
-  /** Clock in epoch ms (tests). Default: the store's clock when it has one ({@link Store.now}), else Date.now. */
+  /**
+   * Clock in epoch ms (tests), used as it is. Default: the store's clock when it has one
+   * ({@link Store.now}), else Date.now, made steady (./clock.ts: it never goes back).
+   */
   now?: () => number;
   /** Commands that make a secret's new value (`[[rotate]]` in lessor.toml; src/vault/rotation-hooks.ts). */
   rotationHooks?: RotationHooks;
@@ -156,9 +160,14 @@ export interface VaultExplanation extends Explanation {
 }
 
 /** An open vault. Create sessions from it; close it when done. */
-/** The store's clock when it keeps one (a shared store), else this process's. */
-function storeClock(store: Store): () => number {
-  return store.now ? () => store.now!() : Date.now;
+/**
+ * The store's clock when it keeps one (a shared store), else this process's, made steady
+ * (./clock.ts): never back, not even across a restart, from the time of the trail's last event.
+ */
+async function vaultClock(store: Store): Promise<() => number> {
+  const wall = store.now ? () => store.now!() : () => Date.now();
+  const [last] = await store.queryAudit({ order: "desc", limit: 1 });
+  return steadyClock(wall, last?.time ?? null);
 }
 
 /**
@@ -282,7 +291,7 @@ export class Vault {
         policy,
         loadPolicy,
         sinks: opts.sinks ?? [],
-        now: opts.now ?? storeClock(opts.store),
+        now: opts.now ?? (await vaultClock(opts.store)),
         vaultId,
         cipher: opts.cipher ?? "aes-256-gcm",
         // A limit given as undefined keeps its default (a Partial<Limits> built from optional settings).
