@@ -40,7 +40,8 @@
  * adds to the index, which `git status` at the root enters and whose own configuration it honours.
  */
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmdirSync, rmSync, symlinkSync, type Stats } from "node:fs";
-import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { spawnSync } from "node:child_process";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 
 /** What is recorded about a git directory before the run, to check after it. */
@@ -167,6 +168,126 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
   return plan;
 }
 
+/** What {@link guardConfigFile} needs to guard one git directory's config files. */
+interface ConfigFiles {
+  plan: GitPlan;
+  /** Where a relative `core.hooksPath` is resolved from (the checkout, else the git directory). */
+  workTree: string;
+  top: string;
+  writable: (p: string) => boolean;
+  home: string | null;
+  /** The git directory's sealed files (removed after the run if still empty). */
+  sealedFiles: string[];
+  /** Config files guarded already (an include cycle ends). */
+  seen: Set<string>;
+}
+
+/** How deep git follows includes (its own limit is 10). */
+const MAX_INCLUDE_DEPTH = 10;
+
+/**
+ * Guards what the git config file `file` (shown read-only, or outside the writable directories)
+ * makes the owner's git follow: its `core.hooksPath`, and the files it includes (`include.path`,
+ * `includeIf.*.path`, whatever their condition), each in turn: an included file in a writable
+ * directory is one the agent could fill with `core.fsmonitor` or `core.hooksPath`, which the owner's
+ * next `git status` would run. Each is shown read-only (pinned on its way); a missing one in a writable
+ * directory becomes an empty read-only file for the run; one reached through a symbolic link in a
+ * writable directory (the agent could point the link elsewhere) refuses the run.
+ */
+function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
+  if (c.seen.has(file) || depth > MAX_INCLUDE_DEPTH) return;
+  c.seen.add(file);
+  let text = "";
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return; // unreadable: git could not read it either
+  }
+  let hp = coreHooksPath(text);
+  if (hp !== null) {
+    if (hp === "~" || hp.startsWith("~/")) hp = c.home ? join(c.home, hp.slice(1)) : null;
+    if (hp !== null) {
+      const abs = isAbsolute(hp) ? hp : resolve(c.workTree, hp);
+      const r = realOrNull(abs);
+      if (r !== null && c.writable(r)) readOnlyInPlace(c.plan, r, c.writable);
+      else if (r === null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
+    }
+  }
+  for (const inc of includePaths(file, text, c.home)) {
+    refuseLinkOnTheWay(inc, c.writable, file);
+    const st = lst(inc);
+    if (st?.isFile()) {
+      const r = realOrNull(inc) ?? inc;
+      readOnlyInPlace(c.plan, r, c.writable);
+      guardConfigFile(c, r, depth + 1);
+    } else if (st === null) {
+      const dir = realOrNull(dirname(inc));
+      if (dir !== null && c.writable(dir)) {
+        // The agent could create it: an empty read-only file for the run, its directory pinned.
+        pinWay(c.plan, dir, c.writable);
+        once(c.sealedFiles, join(dir, basename(inc)));
+      } else if (dir === null && within(inc, c.top))
+        throw new VaultError(
+          "invalid_request",
+          `${file} includes ${inc}, which does not exist, in a directory the sandboxed agent could create: its git config would run as you with your next git command. Create the file (it may be empty) or remove the include, then run again. The command was not started`,
+        );
+    }
+  }
+}
+
+/**
+ * The files the git config `file` (text `text`) includes, as absolute paths the way git resolves them
+ * (`~/` from `home`, relative from the including file's directory), read by git itself
+ * (`git config --file … --get-regexp`: its own quoting and escapes). None when git is not installed
+ * (the owner's git cannot follow them either) or the text names no include.
+ */
+function includePaths(file: string, text: string, home: string | null): string[] {
+  if (!/include/i.test(text)) return [];
+  const r = spawnSync("git", ["config", "--file", file, "--null", "--get-regexp", "^include(if\\..*)?\\.path$"], {
+    encoding: "utf8",
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" },
+    timeout: 10_000,
+  });
+  if (r.error !== undefined || typeof r.stdout !== "string") return [];
+  const out: string[] = [];
+  for (const entry of r.stdout.split("\0")) {
+    const nl = entry.indexOf("\n");
+    if (nl < 0) continue;
+    let v = entry.slice(nl + 1);
+    if (v === "") continue;
+    if (v === "~" || v.startsWith("~/")) {
+      if (home === null) continue;
+      v = join(home, v.slice(1));
+    }
+    if (v.startsWith("%(prefix)/")) continue; // git's install prefix: not the agent's
+    out.push(isAbsolute(v) ? v : resolve(dirname(file), v));
+  }
+  return out;
+}
+
+/**
+ * Refuses the run when the path `p`, which the git config `from` includes, runs through a symbolic link
+ * in a directory the agent can write: it could point the link at a file of its own.
+ */
+function refuseLinkOnTheWay(p: string, writable: (p: string) => boolean, from: string): void {
+  const parts = p.split(sep).filter((x) => x !== "");
+  let at: string = sep;
+  for (const part of parts) {
+    const next = join(at, part);
+    if (lst(next)?.isSymbolicLink()) {
+      const parent = realOrNull(at);
+      if (parent !== null && writable(parent))
+        throw new VaultError(
+          "invalid_request",
+          `${from} includes ${p}, which runs through the symbolic link ${next} in a directory the sandboxed agent can write: it could point the link at a git config of its own, which would run as you with your next git command. Include the file by its real path, then run again. The command was not started`,
+        );
+      const r = realOrNull(next);
+      if (r === null) return;
+      at = r;
+    } else at = next;
+  }
+}
+
 /** Adds `path` to `list` once. */
 function once(list: string[], path: string): void {
   if (!list.includes(path)) list.push(path);
@@ -188,32 +309,20 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
     const target = realOrNull(hooks);
     if (target !== null && writable(target)) readOnlyInPlace(plan, target, writable);
   } else once(plan.readOnly, hooks);
-  let text = "";
+  const sealedFiles: string[] = [];
+  const files: ConfigFiles = { plan, workTree: workTree ?? gitDir, top, writable, home, sealedFiles, seen: new Set() };
   if (plain(config) !== null) {
     once(plan.readOnly, config);
-    try {
-      text = readFileSync(config, "utf8");
-    } catch {
-      // unreadable: git could not read it either
-    }
-    let hp = coreHooksPath(text);
-    if (hp !== null) {
-      if (hp === "~" || hp.startsWith("~/")) hp = home ? join(home, hp.slice(1)) : null;
-      if (hp !== null) {
-        const abs = isAbsolute(hp) ? hp : resolve(workTree ?? gitDir, hp);
-        const r = realOrNull(abs);
-        if (r !== null && writable(r)) readOnlyInPlace(plan, r, writable);
-        else if (r === null && within(abs, top)) sealInPlace(plan, abs, top); // the agent could create it
-      }
-    }
+    guardConfigFile(files, config, 0);
   }
   // config.worktree is read when extensions.worktreeConfig is on (sparse-checkout turns it on): one
   // there is read-only, a missing one an empty read-only file (git reads it as an empty config).
-  const sealedFiles: string[] = [];
   const configWorktree = join(gitDir, "config.worktree");
   refusePlantedLink(configWorktree);
-  if (plain(configWorktree) !== null) once(plan.readOnly, configWorktree);
-  else sealedFiles.push(configWorktree);
+  if (plain(configWorktree) !== null) {
+    once(plan.readOnly, configWorktree);
+    guardConfigFile(files, configWorktree, 0);
+  } else sealedFiles.push(configWorktree);
 
   // Linked worktrees: their checkouts may be anywhere; what their git follows is kept here, and no
   // new one can be added (its admin directory would be the agent's).
@@ -390,10 +499,15 @@ function guardDotGitFile(plan: GitPlan, file: string, writable: (p: string) => b
  */
 function readOnlyInPlace(plan: GitPlan, r: string, writable: (p: string) => boolean): void {
   if (!writable(r)) return; // shown read-only already (a [run] read path): nothing to pin on its way
-  let top = dirname(r);
-  while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
-  for (const p of dirsBetween(top, dirname(r))) once(plan.pinned, p);
+  pinWay(plan, dirname(r), writable);
   once(plan.readOnly, r);
+}
+
+/** Pins the directories from the top of the writable directory holding `dir` down to `dir` (included). */
+function pinWay(plan: GitPlan, dir: string, writable: (p: string) => boolean): void {
+  let top = dir;
+  while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
+  for (const p of dirsBetween(top, dir)) once(plan.pinned, p);
 }
 
 /**

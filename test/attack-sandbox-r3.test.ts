@@ -1,0 +1,155 @@
+/**
+ * Sandbox, third review round (a review helper's findings): a git config file the repository's
+ * config includes from a directory the agent can write (its core.fsmonitor runs as the owner at the
+ * next git status), credentials in the owner's environment under names and shapes the filter missed,
+ * and well-known credential stores missing from the default hide list. Real lessor run, bwrap, git.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, runAgent } from "./run-harness.js";
+
+const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
+const root = mkdtempSync(join(tmpdir(), "lessor-review-r3-sbx-"));
+process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+const MASTER_KEY = randomBytes(32).toString("hex");
+const makeOwner = (name: string, config?: string) =>
+  newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: "gv" }], ...(config ? { config } : {}) });
+
+describe("git configuration the owner's .git/config includes from the worktree", { skip }, () => {
+  test("attack: .git/config has include.path = ../.gitconfig (a shared, committed repo config): the agent writes core.fsmonitor there and the owner's next git status runs it", async () => {
+    const o = await makeOwner("include-path");
+    gitInit(o.project);
+    writeFileSync(join(o.project, ".gitconfig"), "[alias]\n\tst = status\n");
+    gitOk(o.project, "config", "--local", "include.path", "../.gitconfig");
+    const marker = join(o.base, "fsmonitor-ran");
+    const r = await runAgent(
+      o.project,
+      o.env,
+      "attacker-include",
+      [],
+      `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig && echo planted) 2>/dev/null || echo refused`,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    // The owner, later, outside the sandbox.
+    git(o.project, "status", "--porcelain");
+    assert.ok(!existsSync(marker), `the agent's core.fsmonitor, in a file .git/config includes, ran as the owner outside the sandbox (${marker}); agent said: ${r.stdout}`);
+  });
+
+  test("attack: an includeIf path that does not exist yet, in the project: the agent cannot create it, and the empty file made for the run is gone after it", async () => {
+    const o = await makeOwner("include-missing");
+    gitInit(o.project);
+    gitOk(o.project, "config", "--local", "includeIf.gitdir:/.path", "../.gitconfig-local");
+    const marker = join(o.base, "fsmonitor-ran-2");
+    const r = await runAgent(
+      o.project,
+      o.env,
+      "attacker-include",
+      [],
+      `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig-local && echo planted) 2>/dev/null || echo refused; rm -f .gitconfig-local 2>/dev/null; mv .gitconfig-local x 2>/dev/null; true`,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /refused/);
+    assert.ok(!existsSync(join(o.project, ".gitconfig-local")), "the empty file made for the run was left behind");
+    git(o.project, "status", "--porcelain");
+    assert.ok(!existsSync(marker), "the agent's core.fsmonitor ran as the owner");
+  });
+
+  test("an include reached through a symbolic link in the project refuses the run (the agent could point the link at its own file)", async () => {
+    const o = await makeOwner("include-link");
+    gitInit(o.project);
+    mkdirSync(join(o.project, "conf"));
+    writeFileSync(join(o.project, "conf", "shared"), "[alias]\n\tst = status\n");
+    symlinkSync("conf", join(o.project, "conf-link"));
+    gitOk(o.project, "config", "--local", "include.path", "../conf-link/shared");
+    const r = await runAgent(o.project, o.env, "attacker-include", [], "echo started");
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stdout, /started/);
+    assert.match(r.stderr, /runs through the symbolic link \S*conf-link in a directory the sandboxed agent can write/);
+  });
+
+  test("an included file that itself sets core.hooksPath into the project: the hooks directory is kept from the agent too", async () => {
+    const o = await makeOwner("include-hookspath");
+    gitInit(o.project);
+    writeFileSync(join(o.project, ".gitconfig"), "[core]\n\thooksPath = githooks\n");
+    gitOk(o.project, "config", "--local", "include.path", "../.gitconfig");
+    const r = await runAgent(o.project, o.env, "attacker-include", [], "(mkdir -p githooks && printf '#!/bin/sh\\necho hooked\\n' > githooks/pre-commit && echo planted) 2>/dev/null || echo refused");
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /refused/);
+    assert.equal(existsSync(join(o.project, "githooks", "pre-commit")), false);
+    assert.equal(readFileSync(join(o.project, ".gitconfig"), "utf8"), "[core]\n\thooksPath = githooks\n");
+  });
+});
+
+describe("credentials in the owner's environment that pass to the agent", { skip }, () => {
+  const PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ" + randomBytes(8).toString("hex") + "\n-----END OPENSSH PRIVATE KEY-----";
+  const cases: Record<string, string> = {
+    // A private key under a name with no credential word (CI secrets: DEPLOY_KEY, SSH_KEY, SIGNING_KEY).
+    DEPLOY_KEY: PEM,
+    // Terraform's google provider reads the service account's JSON from this variable.
+    GOOGLE_CLOUD_KEYFILE_JSON: JSON.stringify({ type: "service_account", private_key: "-----BEGIN PRIVATE KEY-----\nMIIE" + randomBytes(8).toString("hex") + "\n-----END PRIVATE KEY-----\n" }),
+    // Password managers' CLI session keys: Bitwarden's unlocks the local vault, 1Password's is a session.
+    BW_SESSION: randomBytes(48).toString("base64"),
+    OP_SESSION_my: randomBytes(32).toString("base64url"),
+    // npm's basic auth (`_auth`, base64 of user:password) and Yarn Berry's npmAuthIdent (user:password).
+    NPM_CONFIG__AUTH: Buffer.from(`ci:${randomBytes(8).toString("hex")}`).toString("base64"),
+    YARN_NPM_AUTH_IDENT: `ci:${randomBytes(8).toString("hex")}`,
+  };
+  for (const [name, value] of Object.entries(cases)) {
+    test(`attack: the owner's ${name} reaches the agent (docs/sandbox.md: plain credentials from the environment are withheld)`, async () => {
+      const o = await makeOwner(`env-${name.toLowerCase()}`);
+      const r = await runAgent(o.project, { ...o.env, [name]: value }, "attacker-env", [], `printenv ${name} || echo absent`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /absent/, `${name} reached the agent:\n${r.stdout.slice(0, 300)}`);
+    });
+  }
+});
+
+describe("the home shown read-only: well-known credential stores not on the default list", { skip }, () => {
+  const STORES: Record<string, string> = {
+    // podman/buildah/skopeo registry logins (Docker's ~/.docker/config.json is covered)
+    ".config/containers/auth.json": '{"auths":{"quay.io":{"auth":"CANARY"}}}',
+    // Docker's TLS client key for a remote daemon (DOCKER_CERT_PATH's default directory)
+    ".docker/key.pem": "-----BEGIN RSA PRIVATE KEY-----\nCANARY\n-----END RSA PRIVATE KEY-----\n",
+    // GitHub Copilot's OAuth token (editors' Copilot plugins, copilot.vim, the Copilot CLI)
+    ".config/github-copilot/apps.json": '{"github.com:Iv1":{"oauth_token":"CANARY"}}',
+    // Maven and Gradle repository passwords, RubyGems' API key
+    ".m2/settings.xml": "<settings><servers><server><password>CANARY</password></server></servers></settings>",
+    ".gradle/gradle.properties": "ossrhPassword=CANARY\n",
+    ".gem/credentials": "---\n:rubygems_api_key: CANARY\n",
+    // Terraform's older credentials file, hub's and glab's tokens, Yarn Berry's and Composer's auth
+    ".terraformrc": 'credentials "app.terraform.io" { token = "CANARY" }\n',
+    ".config/hub": "github.com:\n- oauth_token: CANARY\n",
+    ".config/glab-cli/config.yml": "hosts:\n  gitlab.com:\n    token: CANARY\n",
+    ".yarnrc.yml": 'npmAuthToken: "CANARY"\n',
+    ".config/composer/auth.json": '{"github-oauth":{"github.com":"CANARY"}}',
+    // rclone's remotes, s3cmd's and boto's keys, OCI's API key config
+    ".config/rclone/rclone.conf": "[s3]\nsecret_access_key = CANARY\n",
+    ".s3cfg": "[default]\nsecret_key = CANARY\n",
+    ".boto": "[Credentials]\naws_secret_access_key = CANARY\n",
+    ".oci/config": "[DEFAULT]\nkey_file=~/.oci/key.pem\nfingerprint=CANARY\n",
+    // Password managers' CLI state
+    ".config/Bitwarden CLI/data.json": '{"CANARY":1}',
+    ".config/op/config": '{"accounts":[{"CANARY":1}]}',
+    // Shell history (tokens typed or pasted on command lines)
+    ".bash_history": "export GITHUB_TOKEN=CANARY\n",
+  };
+  test("run from the home with [run] project = \"read-only\": each of these is readable by the agent", async () => {
+    const o = await makeOwner("home-stores", '\n[run]\nproject = "read-only"\n');
+    const canaries: Record<string, string> = {};
+    for (const [rel, text] of Object.entries(STORES)) {
+      const c = `canary-${randomBytes(6).toString("hex")}`;
+      canaries[rel] = c;
+      mkdirSync(dirname(join(o.home, rel)), { recursive: true });
+      writeFileSync(join(o.home, rel), text.replace("CANARY", c), { mode: 0o600 });
+    }
+    const script = Object.keys(STORES).map((rel) => `cat "$HOME/${rel}" 2>/dev/null; echo`).join("; ");
+    const r = await runAgent(o.home, o.env, "attacker-home", [], script);
+    assert.equal(r.code, 0, r.stderr);
+    const read = Object.entries(canaries).filter(([, c]) => r.stdout.includes(c)).map(([rel]) => `~/${rel}`);
+    assert.deepEqual(read, [], `the agent read these credential stores of the owner's: ${read.join(", ")}`);
+  });
+});
