@@ -94,7 +94,16 @@ const CREDENTIALS = new Set([
   "PGPASSWORD",
   "MYSQL_PWD",
   "REDISCLI_AUTH",
+  // Password managers' CLI sessions (Bitwarden's unlocks its local vault) and keys given as JSON.
+  "BW_SESSION",
+  "BW_CLIENTSECRET",
+  "GOOGLE_CLOUD_KEYFILE_JSON",
+  "GOOGLE_CREDENTIALS_JSON",
 ]);
+/** 1Password CLI sessions: `OP_SESSION_<account>`. */
+const SESSION_PREFIXES = ["OP_SESSION_"];
+/** A private key (PEM), whatever the variable is called (`DEPLOY_KEY`, or inside a service account's JSON). */
+const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/;
 /** A URL with a password in its user info (`postgres://app:pw@db/app`): a credential whatever its name. */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s:]*:[^/?#@\s]+@/i;
 /** Where a URL starts in a value: at its start, or after a prefix such as JDBC's `jdbc:`. */
@@ -108,10 +117,11 @@ const CREDENTIAL_PARAM = /^(pass|pwd|.*(password|passwd|secret|token|api[_-]?key
 /**
  * A name with a credential word in it, anywhere, as a whole `_`-separated word: `GITHUB_TOKEN`,
  * Terraform's `TF_TOKEN_app_terraform_io`, `GITHUB_PAT`, GitLab's `CI_JOB_JWT_V2`, `AWS_ACCESS_KEY_ID`,
- * `SECRET_KEY_BASE`, `TWINE_PASSWORD`. A word inside another (`TOKENIZERS_PARALLELISM`, `PATH`) is not one.
+ * `SECRET_KEY_BASE`, `TWINE_PASSWORD`, Yarn's `YARN_NPM_AUTH_IDENT`; and npm's `_auth` setting
+ * (`NPM_CONFIG__AUTH`, user:password in base64). A word inside another (`TOKENIZERS_PARALLELISM`, `PATH`) is not one.
  */
 const CREDENTIAL_NAME =
-  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?)(_|$)/i;
+  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?|AUTH_IDENT)(_|$)|(^|_)_AUTH$/i;
 /**
  * What a credential word may be followed by, ending the name, when the variable is about the
  * credential rather than holding it: where to get one (`ACTIONS_ID_TOKEN_REQUEST_URL`), its type or
@@ -136,8 +146,8 @@ const TOKEN_BODY = /^(?=[^\d]*\d)[A-Za-z0-9_.-]{16,}$/;
 export function withheldReason(name: string, value?: string): WithheldReason | null {
   if (name.toUpperCase().startsWith(LESSOR_PREFIX)) return "lessor";
   if (SESSION.has(name)) return "session";
-  if (CREDENTIALS.has(name) || (CREDENTIAL_NAME.test(name) && !ABOUT_A_CREDENTIAL.test(name))) return "credential";
-  if (value !== undefined && (looksLikeToken(value) || urlHasPassword(value))) return "credential";
+  if (CREDENTIALS.has(name) || SESSION_PREFIXES.some((p) => name.startsWith(p)) || (CREDENTIAL_NAME.test(name) && !ABOUT_A_CREDENTIAL.test(name))) return "credential";
+  if (value !== undefined && (looksLikeToken(value) || urlHasPassword(value) || PRIVATE_KEY_PEM.test(value))) return "credential";
   return null;
 }
 

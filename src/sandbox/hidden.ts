@@ -36,6 +36,30 @@ export const CREDENTIAL_STORES: readonly string[] = [
   // Token files: lessor's own (docs/cli.md keeps an agent token in ~/.config/lessor) and HashiCorp Vault's.
   "~/.config/lessor",
   "~/.vault-token",
+  // Registry logins and keys: podman/skopeo's, Docker's TLS client key (DOCKER_CERT_PATH's default).
+  "~/.config/containers/auth.json",
+  "~/.docker/key.pem",
+  // Developer tools' tokens: GitHub Copilot's, hub's, glab's, Terraform's older file.
+  "~/.config/github-copilot",
+  "~/.config/hub",
+  "~/.config/glab-cli",
+  "~/.terraformrc",
+  // Package managers' repository passwords and API keys.
+  "~/.m2/settings.xml",
+  "~/.gradle/gradle.properties",
+  "~/.gem/credentials",
+  "~/.yarnrc.yml",
+  "~/.config/composer/auth.json",
+  // Cloud storage keys: rclone's remotes, s3cmd's and boto's, Oracle Cloud's API key.
+  "~/.config/rclone",
+  "~/.s3cfg",
+  "~/.boto",
+  "~/.oci",
+  // Password managers' CLI state.
+  "~/.config/Bitwarden CLI",
+  "~/.config/op",
+  // Shell and REPL histories (tokens typed or pasted on command lines): .bash_history, .psql_history, …
+  "~/.*_history",
 ];
 
 /** Files and directories of /etc that hold secrets (readable to root, which a sandbox may run as). */
