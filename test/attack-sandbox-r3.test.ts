@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { spawnSync } from "node:child_process";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, runAgent } from "./run-harness.js";
@@ -81,6 +82,58 @@ describe("git configuration the owner's .git/config includes from the worktree",
     assert.match(r.stdout, /refused/);
     assert.equal(existsSync(join(o.project, "githooks", "pre-commit")), false);
     assert.equal(readFileSync(join(o.project, ".gitconfig"), "utf8"), "[core]\n\thooksPath = githooks\n");
+  });
+
+  test("attack: a linked worktree's config.worktree includes a file in the project", async () => {
+    const o = await makeOwner("wt-include");
+    gitInit(o.project);
+    const wt = join(o.base, "wt");
+    gitOk(o.project, "worktree", "add", "-q", wt);
+    gitOk(o.project, "config", "extensions.worktreeConfig", "true");
+    writeFileSync(join(o.project, ".wt.gitconfig"), "[alias]\n\tst = status\n");
+    gitOk(wt, "config", "--worktree", "include.path", join(o.project, ".wt.gitconfig"));
+    const marker = join(o.base, "fsmonitor-ran-wt");
+    const r = await runAgent(o.project, o.env, "attacker-include", [], `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .wt.gitconfig && echo planted) 2>/dev/null || echo refused`);
+    assert.equal(r.code, 0, r.stderr);
+    git(wt, "status", "--porcelain");
+    assert.ok(!existsSync(marker), `core.fsmonitor planted by the agent ran as the owner in the linked worktree (agent: ${r.stdout.trim()})`);
+  });
+
+  /** The owner's git with their global config (HOME), outside the sandbox, in another repository. */
+  const ownerGitIn = (home: string, cwd: string, ...args: string[]) =>
+    spawnSync("git", ["-c", "safe.directory=*", ...args], { cwd, env: { PATH: "/usr/bin:/bin", HOME: home, GIT_CONFIG_NOSYSTEM: "1" }, encoding: "utf8" });
+
+  for (const how of ["includes a file in the project", "is a dotfiles symlink into the project"] as const) {
+    test(`attack: the owner's global ~/.gitconfig ${how}; the agent writes core.fsmonitor there, which any repository's git would run`, async () => {
+      const o = await makeOwner(`global-${how.startsWith("is") ? "link" : "include"}`);
+      gitInit(o.project);
+      if (how === "includes a file in the project") {
+        writeFileSync(join(o.project, ".gitconfig-shared"), "[alias]\n\tst = status\n");
+        writeFileSync(join(o.home, ".gitconfig"), "[include]\n\tpath = ~/project/.gitconfig-shared\n");
+      } else {
+        writeFileSync(join(o.project, ".gitconfig-shared"), "[user]\n\tname = o\n");
+        symlinkSync(join(o.project, ".gitconfig-shared"), join(o.home, ".gitconfig"));
+      }
+      const marker = join(o.base, `fsmonitor-ran-global-${how.length}`);
+      const r = await runAgent(o.project, o.env, "attacker-include", [], `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig-shared && echo planted) 2>/dev/null || echo refused`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /refused/);
+      const other = join(o.base, "other-repo");
+      mkdirSync(other);
+      gitInit(other);
+      ownerGitIn(o.home, other, "status", "--porcelain");
+      assert.ok(!existsSync(marker), "core.fsmonitor planted by the agent ran as the owner");
+    });
+  }
+
+  test("a global git config that includes a file the agent could create in the project refuses the run", async () => {
+    const o = await makeOwner("global-missing");
+    gitInit(o.project);
+    writeFileSync(join(o.home, ".gitconfig"), '[includeIf "gitdir:~/project/"]\n\tpath = ~/project/.gitconfig-work\n');
+    const r = await runAgent(o.project, o.env, "attacker-include", [], "echo started");
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stdout, /started/);
+    assert.match(r.stderr, /\.gitconfig-work \(an included git config\), which does not exist, in a directory the sandboxed agent can write/);
   });
 });
 

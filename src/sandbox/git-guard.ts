@@ -171,13 +171,14 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
 /** What {@link guardConfigFile} needs to guard one git directory's config files. */
 interface ConfigFiles {
   plan: GitPlan;
-  /** Where a relative `core.hooksPath` is resolved from (the checkout, else the git directory). */
-  workTree: string;
-  top: string;
+  /** Where a relative `core.hooksPath` is resolved from (the checkout, else the git directory); null for a global config (any repository's). */
+  workTree: string | null;
+  /** The writable directory holding the repository; null for a global config. */
+  top: string | null;
   writable: (p: string) => boolean;
   home: string | null;
-  /** The git directory's sealed files (removed after the run if still empty). */
-  sealedFiles: string[];
+  /** The git directory's sealed files (removed after the run if still empty); null for a global config: a missing file the agent could make refuses the run. */
+  sealedFiles: string[] | null;
   /** Config files guarded already (an include cycle ends). */
   seen: Set<string>;
 }
@@ -206,11 +207,12 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   let hp = coreHooksPath(text);
   if (hp !== null) {
     if (hp === "~" || hp.startsWith("~/")) hp = c.home ? join(c.home, hp.slice(1)) : null;
-    if (hp !== null) {
-      const abs = isAbsolute(hp) ? hp : resolve(c.workTree, hp);
+    if (hp !== null && (isAbsolute(hp) || c.workTree !== null)) {
+      const abs = isAbsolute(hp) ? hp : resolve(c.workTree!, hp);
       const r = realOrNull(abs);
       if (r !== null && c.writable(r)) readOnlyInPlace(c.plan, r, c.writable);
-      else if (r === null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
+      else if (r === null && c.top !== null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
+      else if (r === null && c.top === null) refuseCreatable(abs, c.writable, file, "the hooks directory");
     }
   }
   for (const inc of includePaths(file, text, c.home)) {
@@ -222,17 +224,57 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
       guardConfigFile(c, r, depth + 1);
     } else if (st === null) {
       const dir = realOrNull(dirname(inc));
-      if (dir !== null && c.writable(dir)) {
+      if (c.sealedFiles === null) refuseCreatable(inc, c.writable, file, "an included git config");
+      else if (dir !== null && c.writable(dir)) {
         // The agent could create it: an empty read-only file for the run, its directory pinned.
         pinWay(c.plan, dir, c.writable);
         once(c.sealedFiles, join(dir, basename(inc)));
-      } else if (dir === null && within(inc, c.top))
-        throw new VaultError(
-          "invalid_request",
-          `${file} includes ${inc}, which does not exist, in a directory the sandboxed agent could create: its git config would run as you with your next git command. Create the file (it may be empty) or remove the include, then run again. The command was not started`,
-        );
+      } else if (dir === null) refuseCreatable(inc, c.writable, file, "an included git config");
     }
   }
+}
+
+/**
+ * Refuses the run when `p` (named by the git config `from`; `what` says as what) does not exist and the
+ * sandboxed agent could create it: its nearest existing directory is writable inside.
+ */
+function refuseCreatable(p: string, writable: (p: string) => boolean, from: string, what: string): void {
+  let d = dirname(p);
+  while (lst(d) === null && dirname(d) !== d) d = dirname(d);
+  const r = realOrNull(d);
+  if (r === null || !writable(r)) return;
+  throw new VaultError(
+    "invalid_request",
+    `${from} names ${p} (${what}), which does not exist, in a directory the sandboxed agent can write: what it put there would run as you with your next git command. Create it yourself (an included file may be empty) or remove it from ${from}, then run again. The command was not started`,
+  );
+}
+
+/**
+ * The guards for the owner's global git configs (`~/.gitconfig`, `$XDG_CONFIG_HOME/git/config` or
+ * `~/.config/git/config`, `$GIT_CONFIG_GLOBAL`), which every repository's git reads: one that is (or
+ * links to) a file in a writable directory, and the files they include there (an `includeIf
+ * "gitdir:~/work/"` whose file lies in the project), shown read-only, so the agent cannot give the
+ * owner's next git command a `core.fsmonitor` of its own; one the agent could create refuses the run.
+ */
+export function planGlobalGit(writable: (p: string) => boolean, home: string | null, env: NodeJS.ProcessEnv): GitPlan {
+  const plan: GitPlan = { pinned: [], readOnly: [], locked: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
+  if (home === null) return plan;
+  const xdg = env["XDG_CONFIG_HOME"] && isAbsolute(env["XDG_CONFIG_HOME"]) ? env["XDG_CONFIG_HOME"] : join(home, ".config");
+  const globals = [join(home, ".gitconfig"), join(xdg, "git", "config")];
+  const given = env["GIT_CONFIG_GLOBAL"];
+  if (given && isAbsolute(given)) globals.push(given);
+  const c: ConfigFiles = { plan, workTree: null, top: null, writable, home, sealedFiles: null, seen: new Set() };
+  for (const g of globals) {
+    refuseLinkOnTheWay(g, writable, "your git configuration");
+    const r = realOrNull(g);
+    if (r === null) {
+      refuseCreatable(g, writable, "git", "your global git config");
+      continue;
+    }
+    readOnlyInPlace(plan, r, writable);
+    guardConfigFile(c, r, 0);
+  }
+  return plan;
 }
 
 /**
@@ -340,8 +382,10 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       for (const f of ["commondir", "gitdir"]) if (plain(join(admin, f))?.isFile()) once(plan.readOnly, join(admin, f));
       const cw = join(admin, "config.worktree");
       refusePlantedLink(cw);
-      if (plain(cw) !== null) once(plan.readOnly, cw);
-      else sealedFiles.push(cw);
+      if (plain(cw) !== null) {
+        once(plan.readOnly, cw);
+        guardConfigFile(files, cw, 0);
+      } else sealedFiles.push(cw);
       // The checkout's `.git` file names this directory; in a writable directory the agent could point
       // it at another (`gitdir` says where it is: absolute, or relative to this directory).
       try {

@@ -17,7 +17,7 @@ import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
-import { MAX_REPO_SEARCH, nestedRepositories, planGit, type GitGuard } from "./git-guard.js";
+import { MAX_REPO_SEARCH, nestedRepositories, planGit, planGlobalGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
 export interface Protected {
@@ -240,6 +240,10 @@ export function planLayout(req: LayoutRequest): Layout {
       );
     for (const d of found.dirs) if (!binds.has(d) && writable(d)) guard(d);
   }
+  // The owner's global git configs, which every repository's git reads, and what they include.
+  const globalGit = planGlobalGit(writable, home, process.env);
+  for (const d of globalGit.pinned) if (!pinned.includes(d)) pinned.push(d);
+  for (const r of globalGit.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
 
   // A protected path is covered when the deepest mount holding it shows the host there.
   const masks: Mask[] = [];
