@@ -4,9 +4,13 @@
  *
  * Writing (inside the commit, {@link changeStatement}): a commit that revoked leases or a token, or
  * wrote metadata, takes the next seq from `lessor_change_seq` (a row lock held until its commit, so
- * seqs are gap-free and in commit order even without the vault-wide write lock), appends one row to
- * `lessor_changes` and sends the same row with `pg_notify`. Both are part of the transaction: nothing
- * is announced for a commit that rolls back, and a notification is delivered only after its commit.
+ * seqs are gap-free and in commit order even without the vault-wide write lock) and appends one row to
+ * `lessor_changes`: nothing is recorded for a commit that rolls back. Once it has committed, its seq is
+ * announced with `pg_notify` ({@link notifyStatement}), on its own and best effort: NOTIFY inside the
+ * commit would make the commit fail whenever the server's notification queue is full, and any role
+ * that may connect can fill it (LISTEN in a transaction left open, then NOTIFY until "too many
+ * notifications"), which would have stopped every killswitch and revocation. A notification that
+ * fails is caught up by the poll below.
  *
  * Reading ({@link PgChangeFeed}): each instance LISTENs on one dedicated connection (not from the
  * pool: a pooled connection is handed to transactions, and a pooler in transaction mode drops
@@ -66,20 +70,29 @@ export interface FeedOptions {
 export const DEFAULT_FEED_OPTIONS: Readonly<FeedOptions> = Object.freeze({ listen: true, pollMs: 1000 });
 
 /**
- * The statement that records `changes` for the commit it runs in: the seq, the log row, pruning of
- * rows older than {@link CHANGE_LOG_KEEP}, and the notification.
+ * The statement that records `changes` for the commit it runs in: the seq (its one row's `seq`), the
+ * log row, and pruning of rows older than {@link CHANGE_LOG_KEEP}.
  */
 export function changeStatement(origin: string, changes: readonly StoreChange[], now: number): Stmt {
-  const json = JSON.stringify(changes);
   return {
-    what: "announce the commit's changes to the other instances",
+    what: "record the commit's changes for the other instances",
     text: `WITH s AS (UPDATE lessor_change_seq SET n = n + 1 WHERE id = 1 RETURNING n),
       i AS (INSERT INTO lessor_changes (seq, at, origin, changes) SELECT n, $1, $2, $3::text::jsonb FROM s RETURNING seq),
       d AS (DELETE FROM lessor_changes WHERE seq <= (SELECT n FROM s) - ${CHANGE_LOG_KEEP})
-      SELECT pg_catalog.pg_notify(${CHANNEL_SQL}, pg_catalog.json_build_object('seq'::text, i.seq, 'origin'::text, $2::text,
-        'changes'::text, CASE WHEN pg_catalog.octet_length($3::text) <= ${MAX_INLINE_CHANGES} THEN $3::text::json END)::text) FROM i`,
-    values: [now, origin, json],
+      SELECT seq FROM i`,
+    values: [now, origin, JSON.stringify(changes)],
   };
+}
+
+/**
+ * The notification of change `seq`, recorded by `origin` (run after its commit, see the module
+ * comment): a hint that says which seq and whose, the changes too when they are small (readers use
+ * only the seq and origin: what is applied is read from the table).
+ */
+export function notifyStatement(seq: number, origin: string, changes: readonly StoreChange[]): Stmt {
+  const json = JSON.stringify(changes);
+  const payload = JSON.stringify({ seq, origin, changes: Buffer.byteLength(json) <= MAX_INLINE_CHANGES ? changes : null });
+  return { what: "announce the commit's changes to the other instances", text: `SELECT pg_catalog.pg_notify(${CHANNEL_SQL}, $1::text)`, values: [payload] };
 }
 
 /** Strictly parses one change as stored or sent; null for anything lessor did not write. */

@@ -67,7 +67,7 @@ import type {
   VersionRecord,
 } from "../../base/types.js";
 import type { ChangeListener, Store, StoreChange, StoreReader, StoreTx, TokenFilter } from "../../vault/ports.js";
-import { changeStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
+import { changeStatement, notifyStatement, DEFAULT_FEED_OPTIONS, MAX_LISTED_LEASES, PgChangeFeed, type FeedOptions, type FeedState } from "./change-feed.js";
 import { DbClock } from "./db-clock.js";
 import { batchFinishers, nestedBeforeCommit, txFinished } from "../semantics.js";
 import { BatchQueue } from "../batch-queue.js";
@@ -465,6 +465,22 @@ class Conn implements Exec {
     );
     this.deferred.push(made.then(() => undefined));
     return made;
+  }
+
+  /**
+   * Sends a statement without waiting for its answer, as {@link send} (its failure is the
+   * transaction's); resolves to its rows, or null when it failed.
+   */
+  sendForRows(s: Stmt): Promise<Row[] | null> {
+    const p = this.query(s).then(
+      (r) => r.rows as Row[],
+      (e: unknown) => {
+        this.failure ??= pgError(e, s.what, this.target);
+        return null;
+      },
+    );
+    this.deferred.push(p.then(() => undefined));
+    return p;
   }
 
   /** Sends a statement without waiting for its answer. */
@@ -970,6 +986,16 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
   }
 
   /** One batch on one pooled connection; the connection is dropped from the pool if it broke. */
+  /**
+   * Sends the notification of a change that committed (./change-feed.ts notifyStatement) on the
+   * connection that committed it, not waited for: one that fails (a full notification queue) leaves
+   * the other instances to their poll, and the commit stands.
+   */
+  private announce(client: PoolClient, seq: number, changes: readonly StoreChange[]): void {
+    if (!Number.isSafeInteger(seq)) return;
+    client.query(Q.queryConfig(notifyStatement(seq, this.origin, changes))).catch(() => {});
+  }
+
   private async runBatch(): Promise<void> {
     let client: PoolClient;
     try {
@@ -1198,12 +1224,13 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
           values: [conn.wroteConfig ? 1 : 0, conn.wroteLive ? 1 : 0, conn.wroteOther ? 0 : 1],
         });
       bumped?.catch(() => {});
-      // In the same transaction: announced (and NOTIFY delivered) only if it commits.
-      if (changes.length > 0) conn.send(changeStatement(this.origin, changes, Date.now()));
+      // In the same transaction: recorded only if it commits; announced after (./change-feed.ts).
+      const recorded = changes.length > 0 ? conn.sendForRows(changeStatement(this.origin, changes, Date.now())) : null;
       commitSent = true;
       await conn.rows({ what: "commit a transaction", text: "COMMIT", values: [] });
       // COMMIT of a transaction a deferred write aborted answers ROLLBACK, not an error: check.
       await conn.settle();
+      if (recorded !== null) this.announce(conn.client, Number((await recorded)?.[0]?.seq), changes);
       // The cache now holds what this transaction left (sync dropped anything older another instance
       // changed). Under the lock only this commit moved the counters; if not, trust nothing cached.
       const before = await conn.counters;
