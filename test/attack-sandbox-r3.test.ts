@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { withheldReason } from "../src/sandbox/env.js";
 import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
@@ -204,5 +205,21 @@ describe("the home shown read-only: well-known credential stores not on the defa
     assert.equal(r.code, 0, r.stderr);
     const read = Object.entries(canaries).filter(([, c]) => r.stdout.includes(c)).map(([rel]) => `~/${rel}`);
     assert.deepEqual(read, [], `the agent read these credential stores of the owner's: ${read.join(", ")}`);
+  });
+});
+
+describe("the environment filter on its own (src/sandbox/env.ts withheldReason)", () => {
+  const PGP = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQVYBGXabcABDADx0k3y9Zq+armored+body\n=AbCd\n-----END PGP PRIVATE KEY BLOCK-----\n";
+  for (const name of ["ORG_GRADLE_PROJECT_signingKey", "GPG_SIGNING_KEY", "MAVEN_GPG_KEY", "SIGNING_KEY"])
+    test(`${name} holding a PGP private key is withheld`, () => assert.equal(withheldReason(name, PGP), "credential"));
+  // Gradle's documented way to pass project properties from the environment: ORG_GRADLE_PROJECT_<camelCase>.
+  for (const name of ["ORG_GRADLE_PROJECT_signingPassword", "ORG_GRADLE_PROJECT_mavenCentralPassword", "ORG_GRADLE_PROJECT_sonatypeToken"])
+    test(`${name} (a camelCase credential word) is withheld`, () => assert.equal(withheldReason(name, "correct horse battery staple"), "credential"));
+  test("public keys, and names that only hold a credential word inside another, pass", () => {
+    assert.equal(withheldReason("SIGNING_PUBKEY", "-----BEGIN PGP PUBLIC KEY BLOCK-----\nabc\n-----END PGP PUBLIC KEY BLOCK-----\n"), null);
+    assert.equal(withheldReason("TLS_PUB", "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n"), null);
+    assert.equal(withheldReason("tokenizerParallelism", "true"), null);
+    assert.equal(withheldReason("TOKENIZERS_PARALLELISM", "false"), null);
+    assert.equal(withheldReason("ORG_GRADLE_PROJECT_signingKeyId", "ABCDEF12"), null);
   });
 });

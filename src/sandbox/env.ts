@@ -102,8 +102,8 @@ const CREDENTIALS = new Set([
 ]);
 /** 1Password CLI sessions: `OP_SESSION_<account>`. */
 const SESSION_PREFIXES = ["OP_SESSION_"];
-/** A private key (PEM), whatever the variable is called (`DEPLOY_KEY`, or inside a service account's JSON). */
-const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/;
+/** A private key (PEM, or PGP's armor), whatever the variable is called (`DEPLOY_KEY`, `ORG_GRADLE_PROJECT_signingKey`, inside a service account's JSON). */
+const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----/;
 /** A URL with a password in its user info (`postgres://app:pw@db/app`): a credential whatever its name. */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s:]*:[^/?#@\s]+@/i;
 /** Where a URL starts in a value: at its start, or after a prefix such as JDBC's `jdbc:`. */
@@ -146,7 +146,9 @@ const TOKEN_BODY = /^(?=[^\d]*\d)[A-Za-z0-9_.-]{16,}$/;
 export function withheldReason(name: string, value?: string): WithheldReason | null {
   if (name.toUpperCase().startsWith(LESSOR_PREFIX)) return "lessor";
   if (SESSION.has(name)) return "session";
-  if (CREDENTIALS.has(name) || SESSION_PREFIXES.some((p) => name.startsWith(p)) || (CREDENTIAL_NAME.test(name) && !ABOUT_A_CREDENTIAL.test(name))) return "credential";
+  // Words of a camelCase name count too (Gradle's ORG_GRADLE_PROJECT_signingPassword).
+  const words = name.replace(/([a-z0-9])([A-Z])/g, "$1_$2");
+  if (CREDENTIALS.has(name) || SESSION_PREFIXES.some((p) => name.startsWith(p)) || (CREDENTIAL_NAME.test(words) && !ABOUT_A_CREDENTIAL.test(words))) return "credential";
   if (value !== undefined && (looksLikeToken(value) || urlHasPassword(value) || PRIVATE_KEY_PEM.test(value))) return "credential";
   return null;
 }
