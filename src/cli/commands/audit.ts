@@ -7,7 +7,7 @@ import { jsonText } from "../format/terminal-safe.js";
 import { iso, parseTimeOption, shortTime } from "../format/time.js";
 import type { WireAuditEvent } from "../../protocol/registry.js";
 import { AUDIT_TYPES } from "../../base/types.js";
-import { escapeUnsafe } from "../../base/text.js";
+import { escapeUnsafe, quoteText } from "../../base/text.js";
 import type { AuditBreak } from "../../audit/verify.js";
 import { positiveInt } from "../format/options.js";
 
@@ -20,6 +20,16 @@ function dash(s: string | null): string {
   return s === null || s === "" ? "-" : s;
 }
 
+/**
+ * A reason as the table shows it: quoted when it holds a run of spaces or anything but printable
+ * ASCII, since some reasons are an agent's own words (an approval's), and one padded to wrap on the
+ * terminal could pass for more rows of the trail.
+ */
+function reasonCell(r: string | null): string {
+  if (r === null || r === "") return "-";
+  return /\s{2,}|[^\x20-\x7e]/.test(r) ? quoteText(r, 200) : r;
+}
+
 function rows(events: readonly WireAuditEvent[]): string[][] {
   return events.map((e) => [
     String(e.seq),
@@ -30,7 +40,7 @@ function rows(events: readonly WireAuditEvent[]): string[][] {
     dash(e.agent),
     dash(e.secret),
     dash(e.leaseId),
-    dash(e.reason),
+    reasonCell(e.reason),
   ]);
 }
 
