@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { afterEach, describe, test } from "node:test";
+import { inProcessCaller } from "../src/backend/in-process.js";
 import { FLOOR_MAX_AHEAD_MS, steadyClock } from "../src/vault/clock.js";
 import { agent, codeOf, grant, makeVault } from "./helpers.js";
 
@@ -29,6 +30,20 @@ describe("a vault on its default clock", () => {
     assert.equal(await codeOf(claude.accessSecret(lease.id, { domain: "api.example.com" })), "lease_expired", "an expired lease gave its value again once the clock stepped back");
     assert.equal(await codeOf(claude.renewLease(lease.id)), "lease_expired");
     assert.ok(vault.now() >= realNow() + 6 * MIN - 1000, "the vault's clock went back");
+  });
+
+  test("an expired lease is not listed live (what the proxy's lease watch asks) after the clock steps back", async () => {
+    const { vault } = await makeVault({ policy: POLICY });
+    await vault.admin().storeSecret({ name: "tok", value: "v" });
+    const claude = vault.session(agent("claude"));
+    const lease = await claude.requestLease({ secret: "tok" });
+    const call = inProcessCaller(claude, { version: "x", startedAt: 0, connections: () => 0 });
+    const live = async (): Promise<string[]> => ((await call("list_leases", { agent: "claude", live: true })) as { id: string }[]).map((r) => r.id);
+    assert.deepEqual(await live(), [lease.id]);
+    offset = 6 * MIN;
+    assert.deepEqual(await live(), []);
+    offset = -60 * MIN;
+    assert.deepEqual(await live(), [], "list_leases live:true lists a lease the vault's clock says expired");
   });
 
   test("reopened while the clock is behind the trail's last event, the vault's time starts from that event", async () => {

@@ -415,7 +415,7 @@ export const REGISTRY = {
         ...(p.id !== undefined ? { id: p.id } : {}),
         ...(p.agent !== undefined ? { agent: p.agent } : {}),
         ...(p.secret !== undefined ? { secret: parseRefString(p.secret) } : {}),
-        ...(p.live ? { liveAt: Date.now() } : {}),
+        ...(p.live ? { liveAt: s.now() } : {}),
         ...(p.before !== undefined ? { beforeId: p.before } : {}),
         ...(p.limit !== undefined ? { limit: p.limit } : {}),
       }),

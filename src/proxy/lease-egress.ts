@@ -57,6 +57,7 @@ import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/do
 import { matchPathPrefixes, requestBoundsReason } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
 import { checkTarget } from "../vault/target.js";
+import { steadyClock } from "../vault/clock.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
 import { ProxyRefusal } from "./refusal.js";
@@ -208,6 +209,8 @@ export class LeaseEgress implements Egress {
   #timer: NodeJS.Timeout | null = null;
   /** The tick the poll in flight was asked at, or null: one at a time, unless it hangs (see #poll). */
   #polling: number | null = null;
+  /** The clock the watch judges expiry by: this process's, never going back (src/vault/clock.ts). */
+  readonly #clock = steadyClock(() => Date.now(), null);
   /** Watch ticks so far; a lease unconfirmed for more than {@link #patience} of them has its tunnels closed. */
   #tick = 0;
   #patience = 0;
@@ -745,11 +748,12 @@ export class LeaseEgress implements Egress {
     const asked = this.#tick;
     this.#polling = asked;
     try {
-      const now = Date.now();
+      const now = this.#clock();
       for (const h of this.#held) {
         // Tunnels the client already closed need no closing: forget them (a long run opens many).
         for (const t of h.tunnels) if (t.closed) h.tunnels.delete(t);
-        // Expired by this process's clock: over, used up or not.
+        // Expired by this process's clock (steady: a wall clock stepped back does not keep a lease's
+        // tunnels open past its expiry): over, used up or not.
         if (!h.over && h.lease.expiresAt <= now) this.#end(h, "expired");
       }
       const live = this.#held.filter((h) => h.dead === null);

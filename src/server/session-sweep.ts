@@ -27,7 +27,7 @@ export async function sweepSessions(vault: Vault, log?: Pick<Logger, "info" | "w
   // Where pids cannot be judged (not Linux, no /proc) no stamp is made and none is swept.
   if (pidPlace() === null) return 0;
   const admin = vault.session(SESSION_SWEEP_IDENTITY);
-  const now = Date.now();
+  const now = vault.now();
   let n = 0;
   // The store selects the live session tokens: the sweep's cost follows the runs going on, not every
   // token ever made (revoked ones are never deleted).
@@ -41,7 +41,7 @@ export async function sweepSessions(vault: Vault, log?: Pick<Logger, "info" | "w
     n++;
     const issuer = `token:${t.name}/${t.id}`;
     let leases = 0;
-    for (const l of await admin.listLeases({ agent: t.agent, liveAt: Date.now(), limit: 10_000 }))
+    for (const l of await admin.listLeases({ agent: t.agent, liveAt: vault.now(), limit: 10_000 }))
       if (l.issuedBy === issuer && (await admin.revokeLease(l.id, "the lessor run that held its vault session is gone")).revoked) leases++;
     await admin.withdrawApprovals(issuer, t.agent, "the lessor run that asked for it is gone").catch(() => {});
     log?.info({ token: t.id, agent: t.agent, leases }, "revoked the vault session of a lessor run that is gone (killed before it could end its session)");

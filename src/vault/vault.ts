@@ -513,6 +513,11 @@ export class VaultSession {
     this.identity = identity;
   }
 
+  /** The vault's clock, epoch ms ({@link Vault.now}): what "live" and "expired" are judged by. */
+  now(): number {
+    return this.#ctx.now();
+  }
+
   // ---- secrets ----
   /** Stores a value as a new version, creating the secret if needed. Admin. */
   storeSecret(p: secrets.StoreSecretParams): Promise<secrets.SecretMeta> {
