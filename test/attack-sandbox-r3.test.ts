@@ -21,6 +21,10 @@ const MASTER_KEY = randomBytes(32).toString("hex");
 const makeOwner = (name: string, config?: string) =>
   newOwner({ root, name, masterKey: MASTER_KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: "gv" }], ...(config ? { config } : {}) });
 
+/** The agent's script: appends a core.fsmonitor that writes `marker` to `file` (relative to the project); says planted or refused. */
+const plantFsmonitor = (file: string, marker: string): string =>
+  `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> ${file} && echo planted) 2>/dev/null || echo refused`;
+
 describe("git configuration the owner's .git/config includes from the worktree", { skip }, () => {
   test("attack: .git/config has include.path = ../.gitconfig (a shared, committed repo config): the agent writes core.fsmonitor there and the owner's next git status runs it", async () => {
     const o = await makeOwner("include-path");
@@ -28,13 +32,7 @@ describe("git configuration the owner's .git/config includes from the worktree",
     writeFileSync(join(o.project, ".gitconfig"), "[alias]\n\tst = status\n");
     gitOk(o.project, "config", "--local", "include.path", "../.gitconfig");
     const marker = join(o.base, "fsmonitor-ran");
-    const r = await runAgent(
-      o.project,
-      o.env,
-      "attacker-include",
-      [],
-      `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig && echo planted) 2>/dev/null || echo refused`,
-    );
+    const r = await runAgent(o.project, o.env, "attacker-include", [], plantFsmonitor(".gitconfig", marker));
     assert.equal(r.code, 0, r.stderr);
     // The owner, later, outside the sandbox.
     git(o.project, "status", "--porcelain");
@@ -46,13 +44,7 @@ describe("git configuration the owner's .git/config includes from the worktree",
     gitInit(o.project);
     gitOk(o.project, "config", "--local", "includeIf.gitdir:/.path", "../.gitconfig-local");
     const marker = join(o.base, "fsmonitor-ran-2");
-    const r = await runAgent(
-      o.project,
-      o.env,
-      "attacker-include",
-      [],
-      `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig-local && echo planted) 2>/dev/null || echo refused; rm -f .gitconfig-local 2>/dev/null; mv .gitconfig-local x 2>/dev/null; true`,
-    );
+    const r = await runAgent(o.project, o.env, "attacker-include", [], `${plantFsmonitor(".gitconfig-local", marker)}; rm -f .gitconfig-local 2>/dev/null; mv .gitconfig-local x 2>/dev/null; true`);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /refused/);
     assert.ok(!existsSync(join(o.project, ".gitconfig-local")), "the empty file made for the run was left behind");
@@ -94,7 +86,7 @@ describe("git configuration the owner's .git/config includes from the worktree",
     writeFileSync(join(o.project, ".wt.gitconfig"), "[alias]\n\tst = status\n");
     gitOk(wt, "config", "--worktree", "include.path", join(o.project, ".wt.gitconfig"));
     const marker = join(o.base, "fsmonitor-ran-wt");
-    const r = await runAgent(o.project, o.env, "attacker-include", [], `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .wt.gitconfig && echo planted) 2>/dev/null || echo refused`);
+    const r = await runAgent(o.project, o.env, "attacker-include", [], plantFsmonitor(".wt.gitconfig", marker));
     assert.equal(r.code, 0, r.stderr);
     git(wt, "status", "--porcelain");
     assert.ok(!existsSync(marker), `core.fsmonitor planted by the agent ran as the owner in the linked worktree (agent: ${r.stdout.trim()})`);
@@ -116,7 +108,7 @@ describe("git configuration the owner's .git/config includes from the worktree",
         symlinkSync(join(o.project, ".gitconfig-shared"), join(o.home, ".gitconfig"));
       }
       const marker = join(o.base, `fsmonitor-ran-global-${how.length}`);
-      const r = await runAgent(o.project, o.env, "attacker-include", [], `(printf '[core]\\n\\tfsmonitor = "echo ran-as-owner >> ${marker}; false"\\n' >> .gitconfig-shared && echo planted) 2>/dev/null || echo refused`);
+      const r = await runAgent(o.project, o.env, "attacker-include", [], plantFsmonitor(".gitconfig-shared", marker));
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /refused/);
       const other = join(o.base, "other-repo");
