@@ -73,7 +73,8 @@ const up1 = https.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: [
     got.push({ path: req.url!, headers: req.headers, body: body.toString("utf8") });
     const tok = String(req.headers["x-token"] ?? "");
     const sec = String(req.headers["x-sec"] ?? "");
-    const pwd = Buffer.from(String(req.headers["x-pw"] ?? ""), "latin1").toString("latin1");
+    // The password from its header, or (a body rule: a non-ASCII value goes in a body, never a header) from the body as UTF-8.
+    const pwd = req.headers["x-pw"] !== undefined ? Buffer.from(String(req.headers["x-pw"]), "latin1").toString("latin1") : body.toString("utf8");
     switch (url.pathname) {
       case "/ok/split": {
         // The value cut at every offset, each cut in its own chunk written after a pause.
@@ -323,7 +324,7 @@ async function rig(tokRule: InjectionRule = { mode: "placeholder" }): Promise<Ri
   await add("TOK", "tok", tokRule);
   await add("SEC", "sec", { mode: "placeholder" });
   await add("QRY", "qry", { mode: "query", param: "api_key" });
-  await add("PWD", "pwd", { mode: "placeholder" });
+  await add("PWD", "pwd", { mode: "placeholder", body: true });
   const egress = new LeaseEgress({ api: inProcessApi(vault), agent: "bot", credentials: creds, egress: "strict", warn: () => {} });
   const guard = new SsrfGuard({ ports: [port1, port2, portRaw], allow: ["127.0.0.0/8"], resolve: tableResolver({ [HOST]: "127.0.0.1", [H2HOST]: "127.0.0.1", [RAWHOST]: "127.0.0.1" }) });
   const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [HOST, H2HOST, RAWHOST] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
@@ -532,8 +533,13 @@ test("JSON-escaped forms are masked: .NET System.Text.Json's default escaping (`
 test("JSON-escaped forms are masked: Python json.dumps (ensure_ascii) of a value with non-ASCII letters", async () => {
   const r = await rig();
   try {
-    const a = await h1(r, "/ok/pyjson", { "x-pw": r.ph("PWD") });
-    assert.equal(lastGot("/ok/pyjson").headers["x-pw"], Buffer.from(PWD, "latin1").toString("latin1"), "the upstream got the value");
+    // In a header such a value is refused (src/base/value-fit.ts: its Latin-1 bytes echoed back could
+    // not be masked); in a body it goes as UTF-8.
+    const refused = await h1(r, "/ok/pyjson", { "x-pw": r.ph("PWD") });
+    assert.equal(refused.status, 502);
+    assert.match(refused.body.toString(), /outside ASCII, which lessor does not send in a header/);
+    const a = await h1(r, "/ok/pyjson", { "content-type": "text/plain" }, { method: "POST", body: r.ph("PWD") });
+    assert.equal(lastGot("/ok/pyjson").body, PWD, "the upstream got the value");
     const echoed = JSON.parse(a.body.toString()).password as string;
     assert.notEqual(echoed, PWD, "the agent read the real password out of a Python JSON echo");
   } finally {

@@ -5,11 +5,13 @@
  * that cannot go there: a use counted must mean a request went upstream with the credential, not one
  * refused for the value's bytes after the vault handed them out.
  *
- * - "header": as it is, in a header value: one line of text whose every character is one byte (latin1,
- *   as Node writes header values). A control character or line break (C0, DEL, C1 such as NEL U+0085)
- *   would end the header, or the request, where the value chose; a character above U+00FF cannot be
- *   written as one byte (Node's HTTP/1.1 client throws on it; its HTTP/2 client sends only the low
- *   byte, so U+010A went upstream as a bare LF).
+ * - "header": as it is, in a header value: one line of printable ASCII. A control character or line
+ *   break (C0, DEL, C1 such as NEL U+0085) would end the header, or the request, where the value chose;
+ *   a character above U+00FF cannot be written as one byte (Node's HTTP/1.1 client throws on it; its
+ *   HTTP/2 client sends only the low byte, so U+010A went upstream as a bare LF); and one from U+00A0 to
+ *   U+00FF goes as a single Latin-1 byte, which an upstream echoing the header back returns as bytes
+ *   that are not UTF-8, a form the proxy's masking of answers (UTF-8 and its encodings) does not look
+ *   for: the agent would read the value back.
  * - "base64": as the base64 of its UTF-8 inside a header (a Basic pair): any character but a control.
  * - "text": as UTF-8 text (a body, a query parameter).
  * Every form needs UTF-8 text. Neither character nor position is ever named: both are the value's.
@@ -36,10 +38,10 @@ export function textFitError(value: string, secret: string, fit: ValueFit): Vaul
   if (fit === "text") return null;
   if (/[\x00-\x1f\x7f-\x9f]/.test(value))
     return new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
-  if (fit === "header" && /[^\x00-\xff]/.test(value))
+  if (fit === "header" && /[^\x00-\x7f]/.test(value))
     return new VaultError(
       "invalid_request",
-      `the value of ${secret} holds a character above U+00FF, which a header cannot carry (a header value is one byte per character); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
+      `the value of ${secret} holds a character outside ASCII, which lessor does not send in a header (a header value goes one byte per character, and an answer echoing those bytes back could not be masked); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
     );
   return null;
 }

@@ -66,7 +66,7 @@ export interface AccessTarget {
   via?: "proxy";
   /**
    * Where the value is about to go (src/base/value-fit.ts): a value that cannot go there (not UTF-8
-   * text; a control character or line break, or for "header" a character above U+00FF) is refused
+   * text; a control character or line break, or for "header" any character outside ASCII) is refused
    * `invalid_request` before the use is counted, audited. What an injecting proxy asks, so that a use
    * it spends is a request it sends. Checked after every other check, so it tells nothing to a caller
    * the value would not be handed to.
