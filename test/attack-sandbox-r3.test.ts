@@ -128,6 +128,57 @@ describe("git configuration the owner's .git/config includes from the worktree",
     assert.doesNotMatch(r.stdout, /started/);
     assert.match(r.stderr, /\.gitconfig-work \(an included git config\), which does not exist, in a directory the sandboxed agent can write/);
   });
+
+  /** The agent plants core.fsmonitor in the project's .gitconfig-shared, which `setup` makes the owner's git include; then the owner's git runs in another repository. */
+  const attackThrough = async (name: string, setup: (o: Awaited<ReturnType<typeof makeOwner>>) => Record<string, string>): Promise<{ stdout: string; ran: boolean }> => {
+    const o = await makeOwner(name);
+    gitInit(o.project);
+    writeFileSync(join(o.project, ".gitconfig-shared"), "[alias]\n\tst = status\n");
+    const extra = setup(o);
+    const marker = join(o.base, "fsmonitor-ran");
+    const r = await runAgent(o.project, { ...o.env, ...extra }, "attacker-include", [], plantFsmonitor(".gitconfig-shared", marker));
+    const other = join(o.base, "other-repo");
+    mkdirSync(other);
+    gitInit(other);
+    spawnSync("git", ["-c", "safe.directory=*", "status", "--porcelain"], { cwd: other, env: { PATH: "/usr/bin:/bin", HOME: o.home, ...extra }, encoding: "utf8" });
+    return { stdout: r.stdout + r.stderr, ran: existsSync(marker) };
+  };
+
+  test("attack: ~/.gitconfig is a dotfiles symlink with a relative include, which git resolves from the link's directory (~), not the file's", async () => {
+    const { stdout, ran } = await attackThrough("rel-link", (o) => {
+      mkdirSync(join(o.home, "dotfiles"));
+      writeFileSync(join(o.home, "dotfiles", "gitconfig"), "[include]\n\tpath = project/.gitconfig-shared\n");
+      symlinkSync("dotfiles/gitconfig", join(o.home, ".gitconfig"));
+      return { GIT_CONFIG_NOSYSTEM: "1" };
+    });
+    assert.ok(!ran, `the agent's core.fsmonitor ran as the owner (${stdout.trim()})`);
+  });
+
+  test("attack: ~/.gitconfig includes ~USER/project/… (git expands ~user from the password database)", { skip: process.getuid?.() === 0 ? false : "needs root to add a user" }, async () => {
+    const user = `lrev${randomBytes(3).toString("hex")}`;
+    let made = false;
+    try {
+      const { stdout, ran } = await attackThrough("tilde-user", (o) => {
+        const u = spawnSync("useradd", ["-M", "-d", o.home, "-s", "/bin/false", user]);
+        assert.equal(u.status, 0, String(u.stderr));
+        made = true;
+        writeFileSync(join(o.home, ".gitconfig"), `[include]\n\tpath = ~${user}/project/.gitconfig-shared\n`);
+        return { GIT_CONFIG_NOSYSTEM: "1" };
+      });
+      assert.ok(!ran, `the agent's core.fsmonitor ran as the owner (${stdout.trim()})`);
+    } finally {
+      if (made) spawnSync("userdel", [user]);
+    }
+  });
+
+  test("attack: the system git config ($GIT_CONFIG_SYSTEM, as /etc/gitconfig) includes a file in the project", async () => {
+    const { stdout, ran } = await attackThrough("system-inc", (o) => {
+      const sys = join(o.base, "system-gitconfig");
+      writeFileSync(sys, `[include]\n\tpath = ${join(o.project, ".gitconfig-shared")}\n`);
+      return { GIT_CONFIG_SYSTEM: sys };
+    });
+    assert.ok(!ran, `the agent's core.fsmonitor ran as the owner (${stdout.trim()})`);
+  });
 });
 
 describe("credentials in the owner's environment that pass to the agent", { skip }, () => {

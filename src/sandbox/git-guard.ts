@@ -196,8 +196,11 @@ const MAX_INCLUDE_DEPTH = 10;
  * writable directory (the agent could point the link elsewhere) refuses the run.
  */
 function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
-  if (c.seen.has(file) || depth > MAX_INCLUDE_DEPTH) return;
-  c.seen.add(file);
+  // `file` is the path as git opens it (a symlink's, say): a relative include in it is resolved from
+  // that path's directory, not the real one.
+  const real = realOrNull(file) ?? file;
+  if (c.seen.has(real) || depth > MAX_INCLUDE_DEPTH) return;
+  c.seen.add(real);
   let text = "";
   try {
     text = readFileSync(file, "utf8");
@@ -206,7 +209,7 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   }
   let hp = coreHooksPath(text);
   if (hp !== null) {
-    if (hp === "~" || hp.startsWith("~/")) hp = c.home ? join(c.home, hp.slice(1)) : null;
+    hp = expandTilde(hp, c.home);
     if (hp !== null && (isAbsolute(hp) || c.workTree !== null)) {
       const abs = isAbsolute(hp) ? hp : resolve(c.workTree!, hp);
       const r = realOrNull(abs);
@@ -218,10 +221,14 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   for (const inc of includePaths(file, text, c.home)) {
     refuseLinkOnTheWay(inc, c.writable, file);
     const st = lst(inc);
-    if (st?.isFile()) {
-      const r = realOrNull(inc) ?? inc;
+    if (st?.isFile() || st?.isSymbolicLink()) {
+      const r = realOrNull(inc);
+      if (r === null) {
+        refuseCreatable(inc, c.writable, file, "an included git config");
+        continue;
+      }
       readOnlyInPlace(c.plan, r, c.writable);
-      guardConfigFile(c, r, depth + 1);
+      guardConfigFile(c, inc, depth + 1);
     } else if (st === null) {
       const dir = realOrNull(dirname(inc));
       if (c.sealedFiles === null) refuseCreatable(inc, c.writable, file, "an included git config");
@@ -251,7 +258,8 @@ function refuseCreatable(p: string, writable: (p: string) => boolean, from: stri
 
 /**
  * The guards for the owner's global git configs (`~/.gitconfig`, `$XDG_CONFIG_HOME/git/config` or
- * `~/.config/git/config`, `$GIT_CONFIG_GLOBAL`), which every repository's git reads: one that is (or
+ * `~/.config/git/config`, `$GIT_CONFIG_GLOBAL`) and the system's (`$GIT_CONFIG_SYSTEM` or
+ * `/etc/gitconfig`, unless `$GIT_CONFIG_NOSYSTEM`), which every repository's git reads: one that is (or
  * links to) a file in a writable directory, and the files they include there (an `includeIf
  * "gitdir:~/work/"` whose file lies in the project), shown read-only, so the agent cannot give the
  * owner's next git command a `core.fsmonitor` of its own; one the agent could create refuses the run.
@@ -263,6 +271,11 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
   const globals = [join(home, ".gitconfig"), join(xdg, "git", "config")];
   const given = env["GIT_CONFIG_GLOBAL"];
   if (given && isAbsolute(given)) globals.push(given);
+  // The system's too (every user's git reads it), unless the owner's git is told to skip it.
+  if (!env["GIT_CONFIG_NOSYSTEM"]) {
+    const sys = env["GIT_CONFIG_SYSTEM"];
+    globals.push(sys && isAbsolute(sys) ? sys : "/etc/gitconfig");
+  }
   const c: ConfigFiles = { plan, workTree: null, top: null, writable, home, sealedFiles: null, seen: new Set() };
   for (const g of globals) {
     refuseLinkOnTheWay(g, writable, "your git configuration");
@@ -272,9 +285,36 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
       continue;
     }
     readOnlyInPlace(plan, r, writable);
-    guardConfigFile(c, r, 0);
+    guardConfigFile(c, g, 0);
   }
   return plan;
+}
+
+/**
+ * A path from a git config with its `~/` (the owner's home) or `~name/` (that user's home, from the
+ * password database) expanded as git expands it; null when git could not expand it either (no home,
+ * an unknown user), other paths as they are.
+ */
+function expandTilde(p: string, home: string | null): string | null {
+  if (!p.startsWith("~")) return p;
+  const slash = p.indexOf("/");
+  const name = slash < 0 ? p.slice(1) : p.slice(1, slash);
+  const rest = slash < 0 ? "" : p.slice(slash + 1);
+  const base = name === "" ? home : homeOfUser(name);
+  return base === null ? null : join(base, rest);
+}
+
+/** The home directory of user `name` in /etc/passwd, or null. */
+function homeOfUser(name: string): string | null {
+  try {
+    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
+      const f = line.split(":");
+      if (f[0] === name && f.length >= 7 && isAbsolute(f[5]!)) return f[5]!;
+    }
+  } catch {
+    // no passwd file: git could not expand it either
+  }
+  return null;
 }
 
 /**
@@ -295,13 +335,10 @@ function includePaths(file: string, text: string, home: string | null): string[]
   for (const entry of r.stdout.split("\0")) {
     const nl = entry.indexOf("\n");
     if (nl < 0) continue;
-    let v = entry.slice(nl + 1);
-    if (v === "") continue;
-    if (v === "~" || v.startsWith("~/")) {
-      if (home === null) continue;
-      v = join(home, v.slice(1));
-    }
-    if (v.startsWith("%(prefix)/")) continue; // git's install prefix: not the agent's
+    const given = entry.slice(nl + 1);
+    if (given === "" || given.startsWith("%(prefix)/")) continue; // git's install prefix: not the agent's
+    const v = expandTilde(given, home);
+    if (v === null) continue; // a ~ git cannot expand either: it fails on it
     out.push(isAbsolute(v) ? v : resolve(dirname(file), v));
   }
   return out;
