@@ -74,9 +74,9 @@ const JSON_FORMS: ((s: string) => string)[] = [
   (s) => jsonU(s, /[<>&='\u2028\u2029]/g, false),
 ];
 
-/** `s` HTML-escaped: `&`, `<`, `>` by name, the quotes (and `+` when given) as `entities` says. */
+/** `s` HTML-escaped: `&`, `<`, `>` by name, the quotes (and `+`, `/`, `=`, the backtick when given) as `entities` says. */
 function html(s: string, entities: Record<string, string>): string {
-  return s.replace(/[&<>"'+]/g, (c) => (c === "&" ? "&amp;" : c === "<" ? "&lt;" : c === ">" ? "&gt;" : (entities[c] ?? c)));
+  return s.replace(/[&<>"'+/=`]/g, (c) => (c === "&" ? "&amp;" : c === "<" ? "&lt;" : c === ">" ? "&gt;" : (entities[c] ?? c)));
 }
 
 /** HTML escapers (an error page quoting the request), with the common entities for quotes. */
@@ -87,6 +87,13 @@ const HTML_FORMS: ((s: string) => string)[] = [
   (s) => html(s, { '"': "&quot;", "'": "&#039;" }),
   // Go's html/template
   (s) => html(s, { '"': "&#34;", "'": "&#39;", "+": "&#43;" }),
+  // Mustache.js (and escape-html's stricter kin), in both hex cases
+  (s) => html(s, { '"': "&quot;", "'": "&#39;", "/": "&#x2F;", "`": "&#x60;", "=": "&#x3D;" }),
+  (s) => html(s, { '"': "&quot;", "'": "&#39;", "/": "&#x2f;", "`": "&#x60;", "=": "&#x3d;" }),
+  // Handlebars
+  (s) => html(s, { '"': "&quot;", "'": "&#x27;", "`": "&#x60;", "=": "&#x3D;" }),
+  // .NET's HtmlEncoder.Default (Razor)
+  (s) => html(s, { '"': "&quot;", "'": "&#x27;", "+": "&#x2B;" }),
 ];
 
 /** Text forms: each percent-encoder in both hex cases, each twice over (a URL kept in a query), and the JSON and HTML escapes. */
