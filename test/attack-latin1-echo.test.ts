@@ -4,9 +4,9 @@
  * one byte; an honest upstream that echoes the header's bytes as received (Go's
  * `w.Write([]byte(r.Header.Get(...)))`, a raw error page) answers with bytes that are not UTF-8, and
  * the proxy's masking of answers (the value's UTF-8 and its encodings) and lessor mcp's last guard did
- * not match them: the agent decoded the real value. Now a value goes into a header only as printable
- * ASCII (src/base/value-fit.ts): another one is refused before its use (502, invalid_request, nothing
- * upstream), and goes with mode = "basic" (base64 of its UTF-8) or in a body.
+ * not match them: the agent decoded the real value. So did an ISO-8859-1 answer to the same value
+ * sent with mode = "basic", in a query or in a body. Now no value outside ASCII is injected
+ * (src/base/value-fit.ts): it is refused before its use (502, invalid_request, nothing upstream).
  * Real vault (SQLite), real proxy and loopback HTTPS upstreams; real `lessor mcp` over stdio.
  */
 import { randomBytes } from "node:crypto";
@@ -37,7 +37,32 @@ const PWD = "Grüße-aus-München-CANARY-" + alnum(12); // a password with Latin
 
 const upCa = LocalCa.create({ permitted: [HOST] });
 const up = https.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["http/1.1"] }, (req, res) => {
+  const chunks: Buffer[] = [];
+  req.on("data", (d: Buffer) => chunks.push(d));
+  req.on("end", () => answer(req, res, Buffer.concat(chunks)));
+});
+
+/** The upstream's answers: honest ones, each echoing what it got in its own way. */
+function answer(req: http.IncomingMessage, res: http.ServerResponse, body: Buffer): void {
+  const u = new URL(req.url!, "https://x");
   const auth = String(req.headers["authorization"] ?? "");
+  if (["/basic", "/query", "/body", "/basic-latin1"].includes(u.pathname)) {
+    let got = "";
+    if (u.pathname === "/basic") got = Buffer.from(auth.replace(/^Basic /, ""), "base64").toString("utf8").split(":").slice(1).join(":");
+    if (u.pathname === "/query") got = u.searchParams.get("key") ?? "";
+    if (u.pathname === "/body") got = new URLSearchParams(body.toString("utf8")).get("password") ?? "";
+    if (u.pathname === "/basic-latin1") {
+      // Basic decoded as ISO-8859-1 (Tomcat's BasicAuthenticator default), echoed as UTF-8 JSON.
+      got = Buffer.from(auth.replace(/^Basic /, ""), "base64").toString("latin1").split(":").slice(1).join(":");
+      res.writeHead(401, { "content-type": "application/json; charset=utf-8" });
+      res.end(JSON.stringify({ error: "bad credentials", password: got }));
+      return;
+    }
+    // An error page in a servlet's default encoding (ISO-8859-1), quoting what it could not accept.
+    res.writeHead(401, { "content-type": "text/html; charset=ISO-8859-1" });
+    res.end(Buffer.from(`<p>rejected credential: ${got}</p>`, "latin1"));
+    return;
+  }
   const xpw = String(req.headers["x-pw"] ?? "");
   const seen = xpw || auth.replace(/^Bearer /, "");
   if (req.url === "/echo-header") {
@@ -55,7 +80,7 @@ const up = https.createServer({ SNICallback: upCa.sniCallback, ALPNProtocols: ["
     return;
   }
   res.end("ok");
-});
+}
 await new Promise<void>((r) => up.listen(0, "127.0.0.1", () => r()));
 const upPort = (up.address() as AddressInfo).port;
 after(async () => {
@@ -77,16 +102,16 @@ async function rig(rule: InjectionRule): Promise<{ port: number; ph: string; clo
   return { port, ph, close: async () => { await proxy.close(); await egress.close(); } };
 }
 
-async function get(port: number, path: string, headers: http.OutgoingHttpHeaders): Promise<{ headers: http.IncomingHttpHeaders; rawHeaders: string[]; body: Buffer }> {
+async function get(port: number, path: string, headers: http.OutgoingHttpHeaders, method = "GET", body?: string): Promise<{ headers: http.IncomingHttpHeaders; rawHeaders: string[]; body: Buffer }> {
   const s = await openTunnel(port, HOST, upPort, { alpn: "http/1.1" });
   return await new Promise((resolve, reject) => {
-    const req = http.request({ createConnection: () => s, host: HOST, path, headers: { connection: "close", ...headers } }, (res) => {
+    const req = http.request({ createConnection: () => s, host: HOST, method, path, headers: { connection: "close", ...headers } }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (d: Buffer) => chunks.push(d));
       res.on("end", () => resolve({ headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }));
     });
     req.on("error", reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -116,13 +141,39 @@ for (const [label, rule, hdr] of [
       const a = await get(r.port, "/echo-body", hdr(r.ph));
       const text = a.body.toString("latin1");
       assert.ok(!holdsValue(text), `the agent read the real value from the echoed body: ${JSON.stringify(text)}`);
-      assert.match(text, /outside ASCII, which lessor does not send in a header/, text);
+      assert.match(text, /outside ASCII, which lessor does not inject/, text);
       assert.ok(!text.includes(PWD.slice(0, 6)), "the refusal quotes the value");
     } finally {
       await r.close();
     }
   });
 }
+
+// Where the refusal of a value in a header sends it (mode = "basic", a query, a body), an honest
+// upstream answering in ISO-8859-1 (a servlet's default), or decoding Basic as ISO-8859-1 and echoing
+// it as UTF-8, gave the value back in forms the masking does not model: no value outside ASCII is
+// injected anywhere (src/base/value-fit.ts).
+const elsewhere: [string, InjectionRule, (ph: string) => [string, string, http.OutgoingHttpHeaders, string | undefined]][] = [
+  ["mode = basic", { mode: "basic", username: "svc" }, () => ["GET", "/basic", {}, undefined]],
+  ["mode = basic, decoded as ISO-8859-1 and echoed as UTF-8", { mode: "basic", username: "svc" }, () => ["GET", "/basic-latin1", {}, undefined]],
+  ["mode = query", { mode: "query", param: "key" }, () => ["GET", "/query", {}, undefined]],
+  ["a placeholder in a form body", { mode: "placeholder", body: true }, (ph) => ["POST", "/body", { "content-type": "application/x-www-form-urlencoded" }, `user=svc&password=${encodeURIComponent(ph)}`]],
+];
+for (const [label, rule, mk] of elsewhere)
+  test(`a Latin-1 value (${label}) echoed in an ISO-8859-1 answer is not read back: it is refused before its use`, async () => {
+    const r = await rig(rule);
+    try {
+      const [m, p, h, b] = mk(r.ph);
+      const a = await get(r.port, p, h, m, b);
+      let text = a.body.toString("latin1");
+      // Mojibake undone, as the agent would: the UTF-8 of the Latin-1 reading, read as UTF-8.
+      if (p === "/basic-latin1" && a.headers["content-type"]?.startsWith("application/json;")) text = Buffer.from(JSON.parse(a.body.toString("utf8")).password, "latin1").toString("utf8");
+      assert.ok(!holdsValue(text), `the agent read the real value: ${JSON.stringify(text)}`);
+      assert.match(a.body.toString(), /outside ASCII, which lessor does not inject/);
+    } finally {
+      await r.close();
+    }
+  });
 
 // --- lessor mcp ---------------------------------------------------------------------------------
 

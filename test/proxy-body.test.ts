@@ -460,9 +460,9 @@ test("LeaseEgress: the body tripwire watches bodies and WebSocket frames for the
 });
 
 test("LeaseEgress: too many marks for one automaton: bodies go unwatched with one warning; the head's tripwire still fires", async () => {
-  // 60 long values away from api.example: the response scrubber compiles them, the body tripwire's
+  // 50 long values away from api.example: the response scrubber compiles them, the body tripwire's
   // marks (about three times the bytes) are over the automaton's cap.
-  const many: ProxyCredential[] = Array.from({ length: 60 }, (_, i) => {
+  const many: ProxyCredential[] = Array.from({ length: 50 }, (_, i) => {
     const value = `sk-${i}-` + Buffer.from(Array.from({ length: 150 }, (_, k) => (i * 31 + k * 7) % 256)).toString("base64");
     return { lease: lease(`L-${i}`, `s${i}`, ["far.example"]), secret: `s${i}`, placeholder: makePlaceholder(value), value, rule: { mode: "placeholder" } };
   });
@@ -472,7 +472,7 @@ test("LeaseEgress: too many marks for one automaton: bodies go unwatched with on
     listLeases: async () => [],
   } as unknown as BackendApi;
   const warns: string[] = [];
-  // One credential covers api.example; the other 59 are away from it.
+  // One credential covers api.example; the other 49 are away from it.
   const mixed = new LeaseEgress({ api, agent: "bot", credentials: [{ ...many[0]!, lease: lease("L-near", "near", ["api.example"]) }, ...many.slice(1)], egress: "strict", warn: (l) => warns.push(l) });
   const a = (await prepareWith(mixed, request({ hasBody: true }))) as Extract<Prepared, { kind: "forward" }>;
   assert.equal(a.kind, "forward");

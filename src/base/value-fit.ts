@@ -12,17 +12,22 @@
  *   U+00FF goes as a single Latin-1 byte, which an upstream echoing the header back returns as bytes
  *   that are not UTF-8, a form the proxy's masking of answers (UTF-8 and its encodings) does not look
  *   for: the agent would read the value back.
- * - "base64": as the base64 of its UTF-8 inside a header (a Basic pair): any character but a control.
- * - "text": as UTF-8 text (a body, a query parameter).
- * Every form needs UTF-8 text. Neither character nor position is ever named: both are the value's.
+ * - "base64": as the base64 of its UTF-8 inside a header (a Basic pair): printable ASCII.
+ * - "text": as text (a body, a query parameter): ASCII, line breaks and other controls allowed.
+ * - "utf8": any UTF-8 text (the whole secret a credential that is one of its JSON fields comes from;
+ *   the field itself then goes as one of the above).
+ * Every injected value is ASCII: a character outside it (`ü`) echoed back by an honest upstream in
+ * another encoding than the UTF-8 the proxy's masking models (an ISO-8859-1 error page, Basic decoded
+ * as ISO-8859-1 and echoed as UTF-8, the raw bytes of a header) would reach the agent unmasked.
+ * Neither character nor position is ever named: both are the value's.
  */
 import { VaultError } from "./errors.js";
 
 /** Where a value is about to go. */
-export type ValueFit = "header" | "base64" | "text";
+export type ValueFit = "header" | "base64" | "text" | "utf8";
 
 /** The forms, strictest first. */
-export const VALUE_FITS: readonly ValueFit[] = ["header", "base64", "text"];
+export const VALUE_FITS: readonly ValueFit[] = ["header", "base64", "text", "utf8"];
 
 /** `bytes` as text, or null when they are not UTF-8. */
 export function utf8OrNull(bytes: Uint8Array): string | null {
@@ -35,13 +40,13 @@ export function utf8OrNull(bytes: Uint8Array): string | null {
 
 /** Why the text `value` of `secret` cannot go as `fit` says, or null when it can. */
 export function textFitError(value: string, secret: string, fit: ValueFit): VaultError | null {
-  if (fit === "text") return null;
-  if (/[\x00-\x1f\x7f-\x9f]/.test(value))
+  if (fit === "utf8") return null;
+  if (fit !== "text" && /[\x00-\x1f\x7f-\x9f]/.test(value))
     return new VaultError("invalid_request", `the value of ${secret} holds a control character or line break, so it cannot be sent in a header`);
-  if (fit === "header" && /[^\x00-\x7f]/.test(value))
+  if (/[^\x00-\x7f]/.test(value))
     return new VaultError(
       "invalid_request",
-      `the value of ${secret} holds a character outside ASCII, which lessor does not send in a header (a header value goes one byte per character, and an answer echoing those bytes back could not be masked); store the credential as ASCII text, or inject it with mode = "basic" (sent as base64 of its UTF-8) or in a body`,
+      `the value of ${secret} holds a character outside ASCII, which lessor does not inject (an answer echoing it back in another encoding, an ISO-8859-1 page or the bytes of a header, could not be masked); store the credential as ASCII text`,
     );
   return null;
 }

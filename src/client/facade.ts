@@ -53,10 +53,10 @@ export interface AccessTargetInput {
   via?: "proxy";
   /**
    * Where the value is about to go ("header": as it is in a header; "base64": as the base64 of its
-   * UTF-8 in a header; "text": as UTF-8 text): a value that cannot go there is refused
-   * `invalid_request` before the use is counted.
+   * UTF-8 in a header; "text": as text in a body or query; "utf8": any UTF-8 text; src/base/value-fit.ts):
+   * a value that cannot go there is refused `invalid_request` before the use is counted.
    */
-  fit?: "header" | "base64" | "text";
+  fit?: "header" | "base64" | "text" | "utf8";
 }
 
 /** A value from the daemon; wipe it (or `using`) when done. */

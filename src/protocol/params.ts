@@ -40,5 +40,5 @@ export const target = {
   /** "proxy": an injecting proxy uses the value (honoured for the owner and orchestrators only). */
   via: z.literal("proxy").optional(),
   /** Where the value is about to go: one that cannot go there is refused before the use counts (src/base/value-fit.ts). */
-  fit: z.enum(["header", "base64", "text"]).optional(),
+  fit: z.enum(["header", "base64", "text", "utf8"]).optional(),
 };

@@ -391,7 +391,7 @@ export class LeaseEgress implements Egress {
         // the use (a use spent must be a request sent). For a credential that is one field of its
         // secret the vault sees the whole secret, so only that it is UTF-8 text (JSON is); the field
         // itself is checked below, after the use.
-        const fit = h.pick ? "text" : fitFor(h, req.headers);
+        const fit = h.pick ? "utf8" : fitFor(h, req.headers);
         const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
@@ -418,6 +418,9 @@ export class LeaseEgress implements Egress {
         // carry them as they are. Said as what it is, not as a vault that could not be asked.
         if (text === null)
           return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: the value of ${h.secret} is not UTF-8 text, so the proxy cannot add it to a request; the request was not sent`);
+        // The field a credential stands for goes where its rule says: checked as the vault checks a whole value.
+        const unfit = h.pick ? textFitError(text, h.secret, fitFor(h, req.headers)) : null;
+        if (unfit) return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: ${unfit.message}; the request was not sent`);
         values.set(h, text);
       } catch (e) {
         const code = isVaultError(e) ? e.code : "internal";
@@ -826,8 +829,8 @@ function decodeBasic(v: string): string | null {
 }
 
 /**
- * A credential may go in a header only if it is one line of text whose every character is one byte,
- * or, `inBase64` (a Basic pair), any character but a control (src/base/value-fit.ts says why).
+ * A credential may go in a header only if it is one line of printable ASCII, as it is or, `inBase64`,
+ * inside a Basic pair (src/base/value-fit.ts says why).
  */
 function checkHeaderValue(value: string, secret: string, inBase64 = false): void {
   const e = textFitError(value, secret, inBase64 ? "base64" : "header");

@@ -17,7 +17,7 @@ export function checkTarget(target: { domain?: unknown; method?: unknown; path?:
   if (via !== undefined && via !== "proxy")
     throw new VaultError("invalid_request", 'via must be "proxy" (the value goes into an injecting proxy\'s request), or left out');
   if (fit !== undefined && !(VALUE_FITS as readonly unknown[]).includes(fit))
-    throw new VaultError("invalid_request", 'fit must be "header", "base64" or "text" (where the value is about to go), or left out');
+    throw new VaultError("invalid_request", 'fit must be "header", "base64", "text" or "utf8" (where the value is about to go), or left out');
   if (domain !== undefined) {
     if (typeof domain !== "string" || domain.length > 1024) throw new VaultError("invalid_request", "domain must be a host name such as \"api.example.com\"");
     checkNoUnsafe(domain, "the domain");
