@@ -5,13 +5,14 @@
  * and well-known credential stores missing from the default hide list. Real lessor run, bwrap, git.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { withheldReason } from "../src/sandbox/env.js";
+import { planGlobalGit } from "../src/sandbox/git-guard.js";
 import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, runAgent } from "./run-harness.js";
 
 const skip = !HAVE_BWRAP ? "bwrap is not installed or user namespaces are off" : false;
@@ -264,5 +265,28 @@ describe("the environment filter on its own (src/sandbox/env.ts withheldReason)"
     assert.equal(withheldReason("tokenizerParallelism", "true"), null);
     assert.equal(withheldReason("TOKENIZERS_PARALLELISM", "false"), null);
     assert.equal(withheldReason("ORG_GRADLE_PROJECT_signingKeyId", "ABCDEF12"), null);
+  });
+});
+
+describe("the git guard on its own (src/sandbox/git-guard.ts planGlobalGit)", () => {
+  test("one config file git opens by two paths (~/.gitconfig links to it, $GIT_CONFIG_GLOBAL names it) is followed for each: a missing relative include next to the real one, in the writable project, refuses the run", () => {
+    const dir = realpathSync(mkdtempSync(join(tmpdir(), "lessor-git-seen-")));
+    try {
+      const home = join(dir, "home");
+      const project = join(home, "dotfiles"); // the owner runs the agent in the dotfiles repository
+      mkdirSync(project, { recursive: true });
+      writeFileSync(join(project, "gitconfig"), "[include]\n\tpath = gitconfig.local\n");
+      symlinkSync("dotfiles/gitconfig", join(home, ".gitconfig"));
+      const env = { GIT_CONFIG_GLOBAL: join(project, "gitconfig"), GIT_CONFIG_NOSYSTEM: "1" };
+      const writable = (p: string) => p === project || p.startsWith(project + "/");
+      // What the owner's git would read once the agent wrote gitconfig.local:
+      writeFileSync(join(project, "gitconfig.local"), "[core]\n\tfsmonitor = touch /tmp/x\n");
+      const g = spawnSync("git", ["config", "--show-origin", "core.fsmonitor"], { cwd: dir, env: { PATH: "/usr/bin:/bin", HOME: home, ...env }, encoding: "utf8" });
+      assert.match(g.stdout, /gitconfig\.local.*touch \/tmp\/x/, `git: ${g.stdout}${g.stderr}`);
+      rmSync(join(project, "gitconfig.local"));
+      assert.throws(() => planGlobalGit(writable, home, env), /gitconfig\.local \(an included git config\), which does not exist/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

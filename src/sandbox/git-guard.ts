@@ -197,10 +197,11 @@ const MAX_INCLUDE_DEPTH = 10;
  */
 function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   // `file` is the path as git opens it (a symlink's, say): a relative include in it is resolved from
-  // that path's directory, not the real one.
-  const real = realOrNull(file) ?? file;
-  if (c.seen.has(real) || depth > MAX_INCLUDE_DEPTH) return;
-  c.seen.add(real);
+  // that path's directory, not the real one. So one file reached by two paths is guarded for each:
+  // its relative includes may name two different files.
+  const opened = resolve(file);
+  if (c.seen.has(opened) || depth > MAX_INCLUDE_DEPTH) return;
+  c.seen.add(opened);
   let text = "";
   try {
     text = readFileSync(file, "utf8");
