@@ -289,4 +289,27 @@ describe("the git guard on its own (src/sandbox/git-guard.ts planGlobalGit)", ()
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  test("a relative include with .. after a symbolic link is guarded where the kernel finds it, not where the text folds it", () => {
+    const dir = realpathSync(mkdtempSync(join(tmpdir(), "lessor-git-dotdot-")));
+    try {
+      const home = join(dir, "home");
+      const code = join(home, "code"); // the agent's writable workspace
+      mkdirSync(join(code, "dotfiles", "git"), { recursive: true });
+      symlinkSync(join(code, "dotfiles"), join(home, "dotfiles"));
+      writeFileSync(join(home, ".gitconfig"), "[include]\n\tpath = ~/dotfiles/git/extra\n");
+      writeFileSync(join(code, "dotfiles", "git", "extra"), "[include]\n\tpath = ../../local.gitconfig\n");
+      const env = { GIT_CONFIG_NOSYSTEM: "1" };
+      const writable = (p: string) => p === code || p.startsWith(code + "/");
+      // What the owner's git reads once the agent wrote it: ~/code/local.gitconfig, not ~/local.gitconfig.
+      writeFileSync(join(code, "local.gitconfig"), "[core]\n\tfsmonitor = touch /tmp/x\n");
+      const g = spawnSync("git", ["config", "--show-origin", "core.fsmonitor"], { cwd: dir, env: { PATH: "/usr/bin:/bin", HOME: home, ...env }, encoding: "utf8" });
+      assert.match(g.stdout, /dotfiles\/git\/\.\.\/\.\.\/local\.gitconfig.*touch \/tmp\/x/, `git: ${g.stdout}${g.stderr}`);
+      assert.ok(planGlobalGit(writable, home, env).readOnly.includes(join(code, "local.gitconfig")), "an existing one is shown read-only");
+      rmSync(join(code, "local.gitconfig"));
+      assert.throws(() => planGlobalGit(writable, home, env), /local\.gitconfig \(an included git config\), which does not exist, in a directory the sandboxed agent can write/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

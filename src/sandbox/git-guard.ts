@@ -199,9 +199,8 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   // `file` is the path as git opens it (a symlink's, say): a relative include in it is resolved from
   // that path's directory, not the real one. So one file reached by two paths is guarded for each:
   // its relative includes may name two different files.
-  const opened = resolve(file);
-  if (c.seen.has(opened) || depth > MAX_INCLUDE_DEPTH) return;
-  c.seen.add(opened);
+  if (c.seen.has(file) || depth > MAX_INCLUDE_DEPTH) return;
+  c.seen.add(file);
   let text = "";
   try {
     text = readFileSync(file, "utf8");
@@ -220,24 +219,19 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
     }
   }
   for (const inc of includePaths(file, text, c.home)) {
-    refuseLinkOnTheWay(inc, c.writable, file);
-    const st = lst(inc);
-    if (st?.isFile() || st?.isSymbolicLink()) {
-      const r = realOrNull(inc);
-      if (r === null) {
-        refuseCreatable(inc, c.writable, file, "an included git config");
-        continue;
-      }
-      readOnlyInPlace(c.plan, r, c.writable);
+    // Where the kernel finds it: `..` after a symbolic link is the link target's parent, not the text's.
+    const at = physicalPath(inc, c.writable, file);
+    const st = lst(at);
+    if (st?.isFile()) {
+      readOnlyInPlace(c.plan, at, c.writable);
       guardConfigFile(c, inc, depth + 1);
     } else if (st === null) {
-      const dir = realOrNull(dirname(inc));
-      if (c.sealedFiles === null) refuseCreatable(inc, c.writable, file, "an included git config");
-      else if (dir !== null && c.writable(dir)) {
+      const dir = dirname(at);
+      if (c.sealedFiles !== null && lst(dir)?.isDirectory() && c.writable(dir)) {
         // The agent could create it: an empty read-only file for the run, its directory pinned.
         pinWay(c.plan, dir, c.writable);
-        once(c.sealedFiles, join(dir, basename(inc)));
-      } else if (dir === null) refuseCreatable(inc, c.writable, file, "an included git config");
+        once(c.sealedFiles, at);
+      } else refuseCreatable(at, c.writable, file, "an included git config");
     }
   }
 }
@@ -279,7 +273,7 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
   }
   const c: ConfigFiles = { plan, workTree: null, top: null, writable, home, sealedFiles: null, seen: new Set() };
   for (const g of globals) {
-    refuseLinkOnTheWay(g, writable, "your git configuration");
+    physicalPath(g, writable, "your git configuration");
     const r = realOrNull(g);
     if (r === null) {
       refuseCreatable(g, writable, "git", "your global git config");
@@ -302,7 +296,7 @@ function expandTilde(p: string, home: string | null): string | null {
   const name = slash < 0 ? p.slice(1) : p.slice(1, slash);
   const rest = slash < 0 ? "" : p.slice(slash + 1);
   const base = name === "" ? home : homeOfUser(name);
-  return base === null ? null : join(base, rest);
+  return base === null ? null : `${base}${sep}${rest}`;
 }
 
 /** The home directory of user `name` in /etc/passwd, or null. */
@@ -340,32 +334,48 @@ function includePaths(file: string, text: string, home: string | null): string[]
     if (given === "" || given.startsWith("%(prefix)/")) continue; // git's install prefix: not the agent's
     const v = expandTilde(given, home);
     if (v === null) continue; // a ~ git cannot expand either: it fails on it
-    out.push(isAbsolute(v) ? v : resolve(dirname(file), v));
+    // As git does: appended to the including file's directory as written, `..` left to the kernel.
+    out.push(isAbsolute(v) ? v : `${dirname(file)}${sep}${v}`);
   }
   return out;
 }
 
 /**
- * Refuses the run when the path `p`, which the git config `from` includes, runs through a symbolic link
- * in a directory the agent can write: it could point the link at a file of its own.
+ * The path `p` (named by the git config `from`, as git names it: `..` not folded) as the kernel finds
+ * it: each symbolic link on the way followed where it lies, a `..` after it going to the link target's
+ * parent. Refuses the run when a link lies in a directory the agent can write (it could point it at a
+ * git config of its own). The last part need not exist.
  */
-function refuseLinkOnTheWay(p: string, writable: (p: string) => boolean, from: string): void {
-  const parts = p.split(sep).filter((x) => x !== "");
+function physicalPath(p: string, writable: (p: string) => boolean, from: string, hops = 0): string {
+  const parts = p.split(sep).filter((x) => x !== "" && x !== ".");
   let at: string = sep;
-  for (const part of parts) {
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (part === "..") {
+      at = dirname(at);
+      continue;
+    }
     const next = join(at, part);
-    if (lst(next)?.isSymbolicLink()) {
-      const parent = realOrNull(at);
-      if (parent !== null && writable(parent))
-        throw new VaultError(
-          "invalid_request",
-          `${from} includes ${p}, which runs through the symbolic link ${next} in a directory the sandboxed agent can write: it could point the link at a git config of its own, which would run as you with your next git command. Include the file by its real path, then run again. The command was not started`,
-        );
-      const r = realOrNull(next);
-      if (r === null) return;
-      at = r;
-    } else at = next;
+    if (!lst(next)?.isSymbolicLink()) {
+      at = next;
+      continue;
+    }
+    if (writable(at))
+      throw new VaultError(
+        "invalid_request",
+        `${from} includes ${p}, which runs through the symbolic link ${next} in a directory the sandboxed agent can write: it could point the link at a git config of its own, which would run as you with your next git command. Include the file by its real path, then run again. The command was not started`,
+      );
+    if (++hops > 40) return next; // a loop of links: nothing is there
+    let target: string;
+    try {
+      target = readlinkSync(next);
+    } catch {
+      return next;
+    }
+    const rest = parts.slice(i + 1).join(sep);
+    return physicalPath(`${isAbsolute(target) ? target : at + sep + target}${rest === "" ? "" : sep + rest}`, writable, from, hops);
   }
+  return at;
 }
 
 /** Adds `path` to `list` once. */
