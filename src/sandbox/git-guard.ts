@@ -100,26 +100,24 @@ function realOrNull(p: string): string | null {
   }
 }
 
-/** `core.<key>` from a git config file's text (the last one set in a `[core]` section), or null. */
-function coreValue(configText: string, key: string): string | null {
-  let section = "";
-  let found: string | null = null;
-  for (const raw of configText.split("\n")) {
-    const line = raw.trim();
-    const s = /^\[\s*([A-Za-z0-9.-]+)(\s+"[^"]*")?\s*\]/.exec(line);
-    if (s) {
-      section = s[2] ? "" : s[1]!.toLowerCase();
-      continue;
-    }
-    const kv = /^([A-Za-z0-9-]+)\s*=\s*(.*)$/.exec(line);
-    if (section === "core" && kv && kv[1]!.toLowerCase() === key) found = kv[2]!.replace(/^"(.*)"$/, "$1").trim();
-  }
-  return found === "" ? null : found;
+/**
+ * The values of `key` in the git config file `file` as git reads them (its own parser: comments,
+ * quoting, continuation lines, a key on its section's line), last one last; none when git is not
+ * installed (the owner's git cannot read the file either) or the file sets none.
+ */
+function configValues(file: string, key: string, home: string | null): string[] {
+  const r = spawnSync("git", ["config", "--file", file, "--null", "--get-all", key], {
+    encoding: "utf8",
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" },
+    timeout: 10_000,
+  });
+  if (r.error !== undefined || typeof r.stdout !== "string") return [];
+  return r.stdout.split("\0").filter((v) => v !== "");
 }
 
-/** `core.hooksPath` from a git config file's text (the last one set in a `[core]` section), or null. */
-export function coreHooksPath(configText: string): string | null {
-  return coreValue(configText, "hookspath");
+/** `core.<key>` of the git config file `file` (the last one set), or null. */
+function coreValue(file: string, key: string, home: string | null): string | null {
+  return configValues(file, `core.${key}`, home).at(-1) ?? null;
 }
 
 /** Whether `p` is `dir` or inside it. */
@@ -160,12 +158,44 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
   if (st === null || st.isSymbolicLink()) return plan;
   if (st.isFile()) {
     plan.readOnly.push(gitPath);
+    guardLinkedGitDir(plan, gitPath, dir, writable, home);
     return plan;
   }
   if (!st.isDirectory()) return plan;
   plan.pinned.push(gitPath);
   guardGitDir(plan, gitPath, dir, dir, writable, home);
   return plan;
+}
+
+/**
+ * A `.git` file (`gitdir: …`) naming a git directory in a writable path: the bare-repository-plus-
+ * worktrees layout (`gitdir: ./.bare`), or a linked worktree whose main repository is there too. That
+ * directory (the common one, when it is a worktree's admin directory) is guarded as a `.git` directory
+ * is: pinned, its config, hooks and what they name kept from the agent. One outside the writable paths
+ * is shown read-only already.
+ */
+function guardLinkedGitDir(plan: GitPlan, dotGit: string, workTree: string, writable: (p: string) => boolean, home: string | null): void {
+  let named: string;
+  try {
+    named = /^gitdir:\s*(.*?)\s*$/m.exec(readFileSync(dotGit, "utf8"))?.[1] ?? "";
+  } catch {
+    return;
+  }
+  if (named === "") return;
+  const at = physicalPath(isAbsolute(named) ? named : `${workTree}${sep}${named}`, writable, dotGit, "a git directory of its own");
+  if (!lst(at)?.isDirectory() || !writable(at)) return;
+  let common = at;
+  try {
+    const c = readFileSync(join(at, "commondir"), "utf8").trim();
+    if (c !== "") common = physicalPath(isAbsolute(c) ? c : `${at}${sep}${c}`, writable, join(at, "commondir"), "a git directory of its own");
+  } catch {
+    // no commondir: the directory is the repository's own
+  }
+  if (!isGitDir(common) || !writable(common) || plan.guards.some((g) => g.gitDir === common)) return;
+  pinWay(plan, common, writable);
+  let top = common;
+  while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
+  guardGitDir(plan, common, common === at ? workTree : null, top, writable, home);
 }
 
 /** What {@link guardConfigFile} needs to guard one git directory's config files. */
@@ -207,32 +237,39 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   } catch {
     return; // unreadable: git could not read it either
   }
-  let hp = coreHooksPath(text);
+  let hp = /hookspath/i.test(text) ? coreValue(file, "hooksPath", c.home) : null;
   if (hp !== null) {
     hp = expandTilde(hp, c.home);
     if (hp !== null && (isAbsolute(hp) || c.workTree !== null)) {
-      const abs = isAbsolute(hp) ? hp : resolve(c.workTree!, hp);
-      const r = realOrNull(abs);
-      if (r !== null && c.writable(r)) readOnlyInPlace(c.plan, r, c.writable);
-      else if (r === null && c.top !== null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
-      else if (r === null && c.top === null) refuseCreatable(abs, c.writable, file, "the hooks directory");
+      const written = isAbsolute(hp) ? hp : `${c.workTree!}${sep}${hp}`;
+      // Where the kernel finds it; a link on the way in a writable directory refuses the run.
+      const abs = physicalPath(written, c.writable, file, "hooks of its own");
+      const st = lst(abs);
+      if (st !== null && c.writable(abs)) {
+        readOnlyInPlace(c.plan, abs, c.writable);
+        if (st.isDirectory()) guardHookEntries(c.plan, abs, c.writable);
+      } else if (st === null && c.top !== null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
+      else if (st === null) refuseCreatable(abs, c.writable, file, "the hooks directory");
     }
   }
-  for (const inc of includePaths(file, text, c.home)) {
-    // Where the kernel finds it: `..` after a symbolic link is the link target's parent, not the text's.
-    const at = physicalPath(inc, c.writable, file);
-    const st = lst(at);
-    if (st?.isFile()) {
-      readOnlyInPlace(c.plan, at, c.writable);
-      guardConfigFile(c, inc, depth + 1);
-    } else if (st === null) {
-      const dir = dirname(at);
-      if (c.sealedFiles !== null && lst(dir)?.isDirectory() && c.writable(dir)) {
-        // The agent could create it: an empty read-only file for the run, its directory pinned.
-        pinWay(c.plan, dir, c.writable);
-        once(c.sealedFiles, at);
-      } else refuseCreatable(at, c.writable, file, "an included git config");
-    }
+  for (const inc of includePaths(file, text, c.home)) guardInclude(c, inc, file, depth);
+}
+
+/** Guards the config file `inc` that `from` includes (as git names it), and what it includes in turn. */
+function guardInclude(c: ConfigFiles, inc: string, from: string, depth: number): void {
+  // Where the kernel finds it: `..` after a symbolic link is the link target's parent, not the text's.
+  const at = physicalPath(inc, c.writable, from);
+  const st = lst(at);
+  if (st?.isFile()) {
+    readOnlyInPlace(c.plan, at, c.writable);
+    guardConfigFile(c, inc, depth + 1);
+  } else if (st === null) {
+    const dir = dirname(at);
+    if (c.sealedFiles !== null && lst(dir)?.isDirectory() && c.writable(dir)) {
+      // The agent could create it: an empty read-only file for the run, its directory pinned.
+      pinWay(c.plan, dir, c.writable);
+      once(c.sealedFiles, at);
+    } else refuseCreatable(at, c.writable, from, "an included git config");
   }
 }
 
@@ -281,6 +318,25 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
     }
     readOnlyInPlace(plan, r, writable);
     guardConfigFile(c, g, 0);
+  }
+  // Config given in the environment (GIT_CONFIG_COUNT, GIT_CONFIG_KEY_n, GIT_CONFIG_VALUE_n), which the
+  // owner's later git commands in this shell read too: its includes and hooks path (absolute only:
+  // git refuses a relative include there).
+  const count = Number(env["GIT_CONFIG_COUNT"] ?? 0);
+  for (let i = 0; Number.isSafeInteger(count) && i < Math.min(count, 1000); i++) {
+    const key = (env[`GIT_CONFIG_KEY_${i}`] ?? "").toLowerCase();
+    const value = expandTilde(env[`GIT_CONFIG_VALUE_${i}`] ?? "", home);
+    if (value === null || !isAbsolute(value)) continue;
+    const from = `GIT_CONFIG_KEY_${i} (${key})`;
+    if (/^include(if\..*)?\.path$/.test(key)) guardInclude(c, value, from, 0);
+    else if (key === "core.hookspath") {
+      const at = physicalPath(value, writable, from, "hooks of its own");
+      const st = lst(at);
+      if (st !== null && writable(at)) {
+        readOnlyInPlace(plan, at, writable);
+        if (st.isDirectory()) guardHookEntries(plan, at, writable);
+      } else if (st === null) refuseCreatable(at, writable, from, "the hooks directory");
+    }
   }
   return plan;
 }
@@ -346,7 +402,7 @@ function includePaths(file: string, text: string, home: string | null): string[]
  * parent. Refuses the run when a link lies in a directory the agent can write (it could point it at a
  * git config of its own). The last part need not exist.
  */
-function physicalPath(p: string, writable: (p: string) => boolean, from: string, hops = 0): string {
+function physicalPath(p: string, writable: (p: string) => boolean, from: string, what = "a git config of its own", hops = 0): string {
   const parts = p.split(sep).filter((x) => x !== "" && x !== ".");
   let at: string = sep;
   for (let i = 0; i < parts.length; i++) {
@@ -363,7 +419,7 @@ function physicalPath(p: string, writable: (p: string) => boolean, from: string,
     if (writable(at))
       throw new VaultError(
         "invalid_request",
-        `${from} includes ${p}, which runs through the symbolic link ${next} in a directory the sandboxed agent can write: it could point the link at a git config of its own, which would run as you with your next git command. Include the file by its real path, then run again. The command was not started`,
+        `${from} names ${p}, which runs through the symbolic link ${next} in a directory the sandboxed agent can write: it could point the link at ${what}, which would run as you with your next git command. Name it by its real path (or make the link outside what the agent can write), then run again. The command was not started`,
       );
     if (++hops > 40) return next; // a loop of links: nothing is there
     let target: string;
@@ -373,9 +429,31 @@ function physicalPath(p: string, writable: (p: string) => boolean, from: string,
       return next;
     }
     const rest = parts.slice(i + 1).join(sep);
-    return physicalPath(`${isAbsolute(target) ? target : at + sep + target}${rest === "" ? "" : sep + rest}`, writable, from, hops);
+    return physicalPath(`${isAbsolute(target) ? target : at + sep + target}${rest === "" ? "" : sep + rest}`, writable, from, what, hops);
   }
   return at;
+}
+
+/**
+ * The hooks in the hooks directory `dir` that are symbolic links (`ln -s ../../scripts/pre-commit`, a
+ * common recipe): a target in a writable directory is shown read-only, pinned on its way, since the
+ * owner's git runs it; a link through another link in a writable directory refuses the run.
+ */
+function guardHookEntries(plan: GitPlan, dir: string, writable: (p: string) => boolean): void {
+  for (const name of entries(dir)) {
+    const hook = join(dir, name);
+    if (!lst(hook)?.isSymbolicLink()) continue;
+    let target: string;
+    try {
+      target = readlinkSync(hook);
+    } catch {
+      continue;
+    }
+    const at = physicalPath(isAbsolute(target) ? target : `${dir}${sep}${target}`, writable, hook, "a script of its own");
+    const st = lst(at);
+    if (st !== null && writable(at)) readOnlyInPlace(plan, at, writable);
+    else if (st === null) refuseCreatable(at, writable, hook, "the hook's script");
+  }
 }
 
 /** Adds `path` to `list` once. */
@@ -398,7 +476,11 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
     hooksLink = readlinkSync(hooks);
     const target = realOrNull(hooks);
     if (target !== null && writable(target)) readOnlyInPlace(plan, target, writable);
-  } else once(plan.readOnly, hooks);
+    if (target !== null) guardHookEntries(plan, target, writable);
+  } else {
+    once(plan.readOnly, hooks);
+    if (hs.isDirectory()) guardHookEntries(plan, hooks, writable);
+  }
   const sealedFiles: string[] = [];
   const files: ConfigFiles = { plan, workTree: workTree ?? gitDir, top, writable, home, sealedFiles, seen: new Set() };
   if (plain(config) !== null) {
@@ -476,7 +558,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       // Its checkout's `.git` file names this directory: kept read-only, the directories above it pinned.
       let wt: string | null = null;
       try {
-        const w = coreValue(readFileSync(join(sub, "config"), "utf8"), "worktree");
+        const w = coreValue(join(sub, "config"), "worktree", home);
         if (w !== null) wt = resolve(sub, w);
       } catch {
         // no config: git does not know the checkout either

@@ -1,0 +1,201 @@
+/**
+ * The git guard (src/sandbox/git-guard.ts) against what real git reads or runs, from a review of the
+ * include fixes: a hooks path git parses and a hand-written parser did not (a trailing comment, a key
+ * on its section's line), a hooks path or a hook that is a symbolic link into the project, the
+ * bare-repository-plus-worktrees layout (`.git` is `gitdir: ./.bare`), and config given in the
+ * environment (GIT_CONFIG_COUNT). Unit level (planGit/planGlobalGit with a `writable` predicate, each
+ * case first shown with real git), then end to end with a real lessor run under bwrap.
+ */
+import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { nestedRepositories, planGit, planGlobalGit, type GitPlan } from "../src/sandbox/git-guard.js";
+
+const G = (cwd: string, env: Record<string, string>, ...args: string[]) =>
+  spawnSync("git", args, { cwd, env: { PATH: "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", ...env }, encoding: "utf8" });
+
+function setup(name: string) {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), `rev5-${name}-`)));
+  const home = join(dir, "home");
+  const project = join(home, "project");
+  mkdirSync(project, { recursive: true });
+  const writable = (p: string) => p === project || p.startsWith(project + "/");
+  const env = { HOME: home, GIT_CONFIG_NOSYSTEM: "1" };
+  return { dir, home, project, writable, env, done: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Whether the plan keeps the agent from writing `p` (read-only or sealed itself, or below a read-only/sealed dir). */
+const guarded = (plan: GitPlan, p: string) =>
+  [...plan.readOnly, ...plan.sealed, ...plan.sealedFiles].some((r) => p === r || p.startsWith(r + "/"));
+
+/** Commits in `repo` with git's hooks: returns whether the pre-commit hook at `hookFile` ran. */
+function hookRuns(repo: string, env: Record<string, string>, hookFile: string, marker: string): boolean {
+  writeFileSync(hookFile, `#!/bin/sh\necho ran > ${marker}\n`);
+  chmodSync(hookFile, 0o755);
+  G(repo, env, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "x");
+  return existsSync(marker);
+}
+
+describe("the git guard against what git reads", () => {
+  test("core.hooksPath written the way git allows but coreValue does not parse (a trailing ; comment): the real hooks directory stays writable", () => {
+    const s = setup("hp-comment");
+    try {
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, ".githooks"));
+      writeFileSync(join(s.project, ".git", "config"), "[core]\n\trepositoryformatversion = 0\n\tbare = false\n\thooksPath = .githooks ; shared hooks\n");
+      assert.ok(hookRuns(s.project, s.env, join(s.project, ".githooks", "pre-commit"), join(s.dir, "m1")), "git runs .githooks/pre-commit");
+      const plan = planGit(s.project, s.writable, s.home);
+      assert.ok(guarded(plan, join(s.project, ".githooks")), `.githooks is writable; plan: ${JSON.stringify({ ro: plan.readOnly, sealed: plan.sealed })}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("core.hooksPath on the section header's line ([core] hooksPath = …): not seen by coreValue", () => {
+    const s = setup("hp-sameline");
+    try {
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, ".githooks"));
+      writeFileSync(join(s.project, ".git", "config"), "[core] hooksPath = .githooks\n[core]\n\trepositoryformatversion = 0\n");
+      assert.ok(hookRuns(s.project, s.env, join(s.project, ".githooks", "pre-commit"), join(s.dir, "m2")), "git runs .githooks/pre-commit");
+      const plan = planGit(s.project, s.writable, s.home);
+      assert.ok(guarded(plan, join(s.project, ".githooks")), `.githooks is writable; plan: ${JSON.stringify({ ro: plan.readOnly, sealed: plan.sealed })}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("an existing core.hooksPath reached through a symbolic link in the project: the agent can repoint the link", () => {
+    const s = setup("hp-link");
+    try {
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, "tools", "hooks"), { recursive: true });
+      symlinkSync("tools/hooks", join(s.project, ".githooks"));
+      G(s.project, s.env, "config", "core.hooksPath", ".githooks");
+      // The target alone read-only would not do: the link is an ordinary entry of the (writable)
+      // project, `ln -sfn evil .githooks` inside the sandbox, and git follows the new link.
+      let refused = false;
+      let plan: GitPlan = { pinned: [], readOnly: [], locked: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
+      try {
+        plan = planGit(s.project, s.writable, s.home);
+      } catch (e) {
+        refused = /runs through the symbolic link \S*\.githooks in a directory the sandboxed agent can write/.test((e as Error).message);
+      }
+      mkdirSync(join(s.project, "evil"));
+      rmSync(join(s.project, ".githooks"));
+      symlinkSync("evil", join(s.project, ".githooks"));
+      assert.ok(hookRuns(s.project, s.env, join(s.project, "evil", "pre-commit"), join(s.dir, "m3")), "git follows the repointed link");
+      assert.ok(refused || guarded(plan, join(s.project, ".githooks")), `neither refused nor the link guarded; plan.readOnly: ${JSON.stringify(plan.readOnly)}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("a hook in .git/hooks that is a symbolic link to a script in the project (ln -s ../../scripts/pre-commit): the script stays writable", () => {
+    const s = setup("hook-file-link");
+    try {
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, "scripts"));
+      writeFileSync(join(s.project, "scripts", "pre-commit"), "#!/bin/sh\ntrue\n");
+      symlinkSync("../../scripts/pre-commit", join(s.project, ".git", "hooks", "pre-commit"));
+      const plan = planGit(s.project, s.writable, s.home);
+      assert.ok(hookRuns(s.project, s.env, join(s.project, "scripts", "pre-commit"), join(s.dir, "m5")), "git runs what the agent writes to scripts/pre-commit");
+      assert.ok(guarded(plan, join(s.project, "scripts", "pre-commit")), `scripts/pre-commit is writable; plan.readOnly: ${JSON.stringify(plan.readOnly)}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("the bare-repository-plus-worktrees layout (project/.git is 'gitdir: ./.bare'): .bare/config is not guarded", () => {
+    const s = setup("bare");
+    try {
+      const src = join(s.dir, "src");
+      mkdirSync(src);
+      G(src, s.env, "init", "-q");
+      G(src, s.env, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "x");
+      G(s.project, s.env, "clone", "-q", "--bare", src, ".bare");
+      writeFileSync(join(s.project, ".git"), "gitdir: ./.bare\n");
+      const w = G(s.project, s.env, "worktree", "add", "-q", "main");
+      assert.equal(w.status, 0, w.stderr);
+      writeFileSync(join(s.project, ".bare", "config"), "[core]\n\tbare = true\n\tfsmonitor = echo pwned\n");
+      const g = G(join(s.project, "main"), s.env, "config", "--show-origin", "core.fsmonitor");
+      assert.match(g.stdout, /\.bare\/config.*echo pwned/, `git: ${g.stdout}${g.stderr}`);
+      // What layout.ts guards: the project, then each repository nestedRepositories finds below it.
+      const plans = [s.project, ...nestedRepositories(s.project).dirs].map((d) => planGit(d, s.writable, s.home));
+      const bareConfig = join(s.project, ".bare", "config");
+      assert.ok(plans.some((p) => guarded(p, bareConfig)), `.bare/config is writable; read-only: ${JSON.stringify(plans.flatMap((p) => p.readOnly))}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("include.path from GIT_CONFIG_COUNT/KEY/VALUE in the owner's environment, naming a file in the project", () => {
+    const s = setup("envcfg");
+    try {
+      const inc = join(s.project, "local.gitconfig");
+      writeFileSync(inc, "[core]\n\tfsmonitor = echo pwned\n");
+      const env = { GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_COUNT: "1", GIT_CONFIG_KEY_0: "include.path", GIT_CONFIG_VALUE_0: inc };
+      const other = join(s.dir, "other");
+      mkdirSync(other);
+      G(other, s.env, "init", "-q");
+      const g = G(other, { ...s.env, ...env }, "config", "--show-origin", "core.fsmonitor");
+      assert.match(g.stdout, /local\.gitconfig.*echo pwned/, `git: ${g.stdout}${g.stderr}`);
+      const plan = planGlobalGit(s.writable, s.home, env);
+      assert.ok(guarded(plan, inc), `${inc} is writable; plan.readOnly: ${JSON.stringify(plan.readOnly)}`);
+    } finally {
+      s.done();
+    }
+  });
+});
+
+import { randomBytes } from "node:crypto";
+import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, plantScript, runAgent } from "./run-harness.js";
+const e2eRoot = mkdtempSync(join(tmpdir(), "rev5-e2e-"));
+process.on("exit", () => rmSync(e2eRoot, { recursive: true, force: true }));
+const KEY = randomBytes(32).toString("hex");
+const owner = (name: string) => newOwner({ root: e2eRoot, name, masterKey: KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: "gv" }] });
+
+describe("the git guard end to end (real lessor run, bwrap)", { skip: HAVE_BWRAP ? false : "no bwrap" }, () => {
+  test("attack: .git/hooks/pre-commit -> ../../scripts/pre-commit; the agent rewrites scripts/pre-commit and the owner's next commit runs it", async () => {
+    const o = await owner("hooklink");
+    gitInit(o.project);
+    mkdirSync(join(o.project, "scripts"));
+    writeFileSync(join(o.project, "scripts", "pre-commit"), "#!/bin/sh\ntrue\n", { mode: 0o755 });
+    symlinkSync("../../scripts/pre-commit", join(o.project, ".git", "hooks", "pre-commit"));
+    const marker = join(o.base, "ran");
+    const r = await runAgent(o.project, o.env, "attacker-hooklink", [], `(${plantScript("scripts/pre-commit", marker)} && echo planted) 2>/dev/null || echo refused`);
+    assert.equal(r.code, 0, r.stderr);
+    git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
+    assert.ok(!existsSync(marker), `the agent's pre-commit ran as the owner; agent said: ${r.stdout}`);
+  });
+
+  test("attack: project/.git is 'gitdir: ./.bare' (bare repo + worktrees layout); the agent writes .bare/config core.fsmonitor", async () => {
+    const o = await owner("bare");
+    const src = join(o.base, "src");
+    mkdirSync(src);
+    gitInit(src);
+    gitOk(o.project, "clone", "-q", "--bare", src, ".bare");
+    writeFileSync(join(o.project, ".git"), "gitdir: ./.bare\n");
+    gitOk(o.project, "worktree", "add", "-q", "wt");
+    const marker = join(o.base, "ran");
+    const r = await runAgent(o.project, o.env, "attacker-bare", [], `(printf '[core]\\n\\tfsmonitor = "echo ran >> ${marker}; false"\\n' >> .bare/config && echo planted) 2>/dev/null || echo refused`);
+    assert.equal(r.code, 0, r.stderr);
+    git(join(o.project, "wt"), "status", "--porcelain");
+    assert.ok(!existsSync(marker), `the agent's core.fsmonitor ran as the owner; agent said: ${r.stdout}`);
+  });
+
+  test("attack: core.hooksPath = .githooks ; comment — the agent writes .githooks/pre-commit", async () => {
+    const o = await owner("hpcomment");
+    gitInit(o.project);
+    mkdirSync(join(o.project, ".githooks"));
+    writeFileSync(join(o.project, ".git", "config"), "[core]\n\trepositoryformatversion = 0\n\tbare = false\n\thooksPath = .githooks ; shared hooks\n");
+    const marker = join(o.base, "ran");
+    const r = await runAgent(o.project, o.env, "attacker-hpc", [], `(${plantScript(".githooks/pre-commit", marker)} && echo planted) 2>/dev/null || echo refused`);
+    assert.equal(r.code, 0, r.stderr);
+    git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
+    assert.ok(!existsSync(marker), `the agent's pre-commit ran as the owner; agent said: ${r.stdout}`);
+  });
+});
