@@ -151,6 +151,101 @@ describe("the git guard against what git reads", () => {
   });
 });
 
+
+/** What layout.ts does: the global configs first (their relative hooks path), then the project and each repository below it. */
+const allPlans = (s: ReturnType<typeof setup>): GitPlan[] => {
+  const global = planGlobalGit(s.writable, s.home, s.env);
+  return [global, ...[s.project, ...nestedRepositories(s.project).dirs].map((d) => planGit(d, s.writable, s.home, global.relativeHooks ?? []))];
+};
+const commit = (cwd: string, env: Record<string, string>) => G(cwd, env, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "x");
+function plant(file: string, marker: string): void {
+  writeFileSync(file, `#!/bin/sh\necho ran > ${marker}\n`);
+  chmodSync(file, 0o755);
+}
+
+describe("relative hooks paths resolved where git runs, and config given by git -c in the environment", () => {
+  test("bare+worktrees layout with husky (core.hooksPath = .husky/_ relative): git runs <worktree>/.husky/_ which stays writable", () => {
+    const s = setup("bare-husky");
+    try {
+      const src = join(s.dir, "src");
+      mkdirSync(src);
+      G(src, s.env, "init", "-q");
+      commit(src, s.env);
+      G(s.project, s.env, "clone", "-q", "--bare", src, ".bare");
+      writeFileSync(join(s.project, ".git"), "gitdir: ./.bare\n");
+      assert.equal(G(s.project, s.env, "worktree", "add", "-q", "main").status, 0);
+      const main = join(s.project, "main");
+      // what `npx husky` does inside the worktree
+      mkdirSync(join(main, ".husky", "_"), { recursive: true });
+      G(main, s.env, "config", "core.hooksPath", ".husky/_");
+      const hook = join(main, ".husky", "_", "pre-commit");
+      plant(hook, join(s.dir, "m1"));
+      commit(main, s.env);
+      assert.ok(existsSync(join(s.dir, "m1")), "git runs main/.husky/_/pre-commit");
+      const plans = allPlans(s);
+      assert.ok(plans.some((p) => guarded(p, hook)), `main/.husky/_ writable; guarded: ${JSON.stringify(plans.flatMap((p) => [...p.readOnly, ...p.sealed]))}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("normal repo, core.hooksPath = .githooks, a linked worktree inside the project: <wt>/.githooks stays writable", () => {
+    const s = setup("wt-hp");
+    try {
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, ".githooks"));
+      writeFileSync(join(s.project, ".githooks", "keep"), "");
+      G(s.project, s.env, "add", ".githooks");
+      commit(s.project, s.env);
+      G(s.project, s.env, "config", "core.hooksPath", ".githooks");
+      assert.equal(G(s.project, s.env, "worktree", "add", "-q", "wt").status, 0);
+      const hook = join(s.project, "wt", ".githooks", "pre-commit");
+      plant(hook, join(s.dir, "m2"));
+      commit(join(s.project, "wt"), s.env);
+      assert.ok(existsSync(join(s.dir, "m2")), "git runs wt/.githooks/pre-commit");
+      const plans = allPlans(s);
+      assert.ok(plans.some((p) => guarded(p, hook)), `wt/.githooks writable; guarded: ${JSON.stringify(plans.flatMap((p) => [...p.readOnly, ...p.sealed]))}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("global ~/.gitconfig core.hooksPath = .githooks (relative, every repo's own): project/.githooks stays writable", () => {
+    const s = setup("global-rel-hp");
+    try {
+      writeFileSync(join(s.home, ".gitconfig"), "[core]\n\thooksPath = .githooks\n");
+      G(s.project, s.env, "init", "-q");
+      mkdirSync(join(s.project, ".githooks"));
+      const hook = join(s.project, ".githooks", "pre-commit");
+      plant(hook, join(s.dir, "m3"));
+      commit(s.project, s.env);
+      assert.ok(existsSync(join(s.dir, "m3")), "git runs project/.githooks/pre-commit");
+      const plans = [...allPlans(s), planGlobalGit(s.writable, s.home, { HOME: s.home, GIT_CONFIG_NOSYSTEM: "1" })];
+      assert.ok(plans.some((p) => guarded(p, hook)), `project/.githooks writable; guarded: ${JSON.stringify(plans.flatMap((p) => [...p.readOnly, ...p.sealed]))}`);
+    } finally {
+      s.done();
+    }
+  });
+
+  test("GIT_CONFIG_PARAMETERS (git -c in the environment) include.path naming a file in the project", () => {
+    const s = setup("gcp");
+    try {
+      const inc = join(s.project, "local.gitconfig");
+      writeFileSync(inc, "[core]\n\tfsmonitor = echo pwned\n");
+      const env = { GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_PARAMETERS: `'include.path'='${inc}'` };
+      const other = join(s.dir, "other");
+      mkdirSync(other);
+      G(other, s.env, "init", "-q");
+      const g = G(other, { ...s.env, ...env }, "config", "--show-origin", "core.fsmonitor");
+      assert.match(g.stdout, /echo pwned/, `git: ${g.stdout}${g.stderr}`);
+      const plan = planGlobalGit(s.writable, s.home, { HOME: s.home, ...env });
+      assert.ok(guarded(plan, inc), `${inc} writable; plan.readOnly: ${JSON.stringify(plan.readOnly)}`);
+    } finally {
+      s.done();
+    }
+  });
+});
+
 import { randomBytes } from "node:crypto";
 import { ATTACKERS_POLICY, HAVE_BWRAP, git, gitInit, gitOk, makeOwner as newOwner, plantScript, runAgent } from "./run-harness.js";
 const e2eRoot = mkdtempSync(join(tmpdir(), "rev5-e2e-"));
@@ -196,6 +291,22 @@ describe("the git guard end to end (real lessor run, bwrap)", { skip: HAVE_BWRAP
     const r = await runAgent(o.project, o.env, "attacker-hpc", [], `(${plantScript(".githooks/pre-commit", marker)} && echo planted) 2>/dev/null || echo refused`);
     assert.equal(r.code, 0, r.stderr);
     git(o.project, "commit", "-q", "--allow-empty", "-m", "owner");
+    assert.ok(!existsSync(marker), `the agent's pre-commit ran as the owner; agent said: ${r.stdout}`);
+  });
+  test("attack: bare+worktrees layout with husky (core.hooksPath .husky/_): the agent writes main/.husky/_/pre-commit", async () => {
+    const o = await owner("barehusky");
+    const src = join(o.base, "src");
+    mkdirSync(src);
+    gitInit(src);
+    gitOk(o.project, "clone", "-q", "--bare", src, ".bare");
+    writeFileSync(join(o.project, ".git"), "gitdir: ./.bare\n");
+    gitOk(o.project, "worktree", "add", "-q", "main");
+    mkdirSync(join(o.project, "main", ".husky", "_"), { recursive: true });
+    gitOk(join(o.project, "main"), "config", "core.hooksPath", ".husky/_");
+    const marker = join(o.base, "ran");
+    const r = await runAgent(o.project, o.env, "attacker-bh", [], `(${plantScript("main/.husky/_/pre-commit", marker)} && echo planted) 2>/dev/null || echo refused`);
+    assert.equal(r.code, 0, r.stderr);
+    git(join(o.project, "main"), "commit", "-q", "--allow-empty", "-m", "owner");
     assert.ok(!existsSync(marker), `the agent's pre-commit ran as the owner; agent said: ${r.stdout}`);
   });
 });

@@ -80,6 +80,11 @@ export interface GitPlan {
   guards: GitGuard[];
   /** Directories looked at under `modules` directories so far. */
   walked: number;
+  /**
+   * Relative `core.hooksPath` values of the global, system and environment configs
+   * ({@link planGlobalGit}): every repository's git resolves them in its own checkout.
+   */
+  relativeHooks?: string[];
 }
 
 function lst(p: string): Stats | null {
@@ -151,19 +156,19 @@ const MAX_DIRS_WALKED = 4096;
  * The guards for the repository at `dir/.git`, `dir` being a writable directory the sandbox shows;
  * `writable(p)` says whether a real path `p` is inside any writable one.
  */
-export function planGit(dir: string, writable: (p: string) => boolean, home: string | null): GitPlan {
+export function planGit(dir: string, writable: (p: string) => boolean, home: string | null, globalHooks: readonly string[] = []): GitPlan {
   const plan: GitPlan = { pinned: [], readOnly: [], locked: [], sealed: [], sealedFiles: [], guards: [], walked: 0 };
   const gitPath = join(dir, ".git");
   const st = lst(gitPath);
   if (st === null || st.isSymbolicLink()) return plan;
   if (st.isFile()) {
     plan.readOnly.push(gitPath);
-    guardLinkedGitDir(plan, gitPath, dir, writable, home);
+    guardLinkedGitDir(plan, gitPath, dir, writable, home, globalHooks);
     return plan;
   }
   if (!st.isDirectory()) return plan;
   plan.pinned.push(gitPath);
-  guardGitDir(plan, gitPath, dir, dir, writable, home);
+  guardGitDir(plan, gitPath, dir, dir, writable, home, globalHooks);
   return plan;
 }
 
@@ -174,7 +179,7 @@ export function planGit(dir: string, writable: (p: string) => boolean, home: str
  * is: pinned, its config, hooks and what they name kept from the agent. One outside the writable paths
  * is shown read-only already.
  */
-function guardLinkedGitDir(plan: GitPlan, dotGit: string, workTree: string, writable: (p: string) => boolean, home: string | null): void {
+function guardLinkedGitDir(plan: GitPlan, dotGit: string, workTree: string, writable: (p: string) => boolean, home: string | null, globalHooks: readonly string[]): void {
   let named: string;
   try {
     named = /^gitdir:\s*(.*?)\s*$/m.exec(readFileSync(dotGit, "utf8"))?.[1] ?? "";
@@ -195,14 +200,19 @@ function guardLinkedGitDir(plan: GitPlan, dotGit: string, workTree: string, writ
   pinWay(plan, common, writable);
   let top = common;
   while (dirname(top) !== top && writable(dirname(top))) top = dirname(top);
-  guardGitDir(plan, common, common === at ? workTree : null, top, writable, home);
+  // Its own checkout: this one when the directory is the repository's own, the one `.git` sits in
+  // when it is a `.git` (the linked worktrees' checkouts are read from its worktrees/).
+  const main = common === at ? workTree : basename(common) === ".git" ? dirname(common) : null;
+  guardGitDir(plan, common, main, top, writable, home, globalHooks);
 }
 
 /** What {@link guardConfigFile} needs to guard one git directory's config files. */
 interface ConfigFiles {
   plan: GitPlan;
-  /** Where a relative `core.hooksPath` is resolved from (the checkout, else the git directory); null for a global config (any repository's). */
-  workTree: string | null;
+  /** The checkouts a relative `core.hooksPath` is resolved in (git resolves it where it runs); none for a global config (any repository's: kept in `relativeHooks`). */
+  workTrees: string[];
+  /** A global config's relative hooks paths, for every repository to resolve ({@link GitPlan.relativeHooks}). */
+  relativeHooks: string[];
   /** The writable directory holding the repository; null for a global config. */
   top: string | null;
   writable: (p: string) => boolean;
@@ -237,22 +247,56 @@ function guardConfigFile(c: ConfigFiles, file: string, depth: number): void {
   } catch {
     return; // unreadable: git could not read it either
   }
-  let hp = /hookspath/i.test(text) ? coreValue(file, "hooksPath", c.home) : null;
-  if (hp !== null) {
-    hp = expandTilde(hp, c.home);
-    if (hp !== null && (isAbsolute(hp) || c.workTree !== null)) {
-      const written = isAbsolute(hp) ? hp : `${c.workTree!}${sep}${hp}`;
-      // Where the kernel finds it; a link on the way in a writable directory refuses the run.
-      const abs = physicalPath(written, c.writable, file, "hooks of its own");
-      const st = lst(abs);
-      if (st !== null && c.writable(abs)) {
-        readOnlyInPlace(c.plan, abs, c.writable);
-        if (st.isDirectory()) guardHookEntries(c.plan, abs, c.writable);
-      } else if (st === null && c.top !== null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
-      else if (st === null) refuseCreatable(abs, c.writable, file, "the hooks directory");
-    }
-  }
+  const hp = /hookspath/i.test(text) ? coreValue(file, "hooksPath", c.home) : null;
+  if (hp !== null) guardHooksPath(c, hp, file);
   for (const inc of includePaths(file, text, c.home)) guardInclude(c, inc, file, depth);
+}
+
+/**
+ * Guards the hooks directory `hp` that `from` names (`core.hooksPath`): absolute, or relative to each
+ * checkout git may run in (a global config's relative one is kept for every repository to resolve).
+ */
+function guardHooksPath(c: ConfigFiles, given: string, from: string): void {
+  const hp = expandTilde(given, c.home);
+  if (hp === null) return;
+  if (!isAbsolute(hp) && c.workTrees.length === 0) {
+    once(c.relativeHooks, hp);
+    return;
+  }
+  for (const written of isAbsolute(hp) ? [hp] : c.workTrees.map((w) => `${w}${sep}${hp}`)) {
+    // Where the kernel finds it; a link on the way in a writable directory refuses the run.
+    const abs = physicalPath(written, c.writable, from, "hooks of its own");
+    const st = lst(abs);
+    if (st !== null && c.writable(abs)) {
+      readOnlyInPlace(c.plan, abs, c.writable);
+      if (st.isDirectory()) guardHookEntries(c.plan, abs, c.writable);
+    } else if (st === null && c.top !== null && within(abs, c.top)) sealInPlace(c.plan, abs, c.top); // the agent could create it
+    else if (st === null) refuseCreatable(abs, c.writable, from, "the hooks directory");
+  }
+}
+
+/**
+ * The configuration the owner's environment gives git (`GIT_CONFIG_PARAMETERS`, the form `git -c`
+ * passes on, and `GIT_CONFIG_COUNT`/`KEY_n`/`VALUE_n`), as git itself reads it: key and value pairs.
+ */
+function commandConfig(env: NodeJS.ProcessEnv): { key: string; value: string }[] {
+  const given = Object.fromEntries(Object.entries(env).filter(([k]) => k === "GIT_CONFIG_PARAMETERS" || /^GIT_CONFIG_(COUNT|KEY_\d+|VALUE_\d+)$/.test(k)));
+  if (Object.keys(given).length === 0) return [];
+  const r = spawnSync("git", ["config", "--list", "--no-includes", "--null", "--show-scope"], {
+    cwd: "/",
+    encoding: "utf8",
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: "/nonexistent", GIT_CEILING_DIRECTORIES: "/", ...given },
+    timeout: 10_000,
+  });
+  if (r.error !== undefined || typeof r.stdout !== "string") return [];
+  const parts = r.stdout.split("\0");
+  const out: { key: string; value: string }[] = [];
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    if (parts[i] !== "command") continue;
+    const nl = parts[i + 1]!.indexOf("\n");
+    if (nl > 0) out.push({ key: parts[i + 1]!.slice(0, nl).toLowerCase(), value: parts[i + 1]!.slice(nl + 1) });
+  }
+  return out;
 }
 
 /** Guards the config file `inc` that `from` includes (as git names it), and what it includes in turn. */
@@ -308,7 +352,7 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
     const sys = env["GIT_CONFIG_SYSTEM"];
     globals.push(sys && isAbsolute(sys) ? sys : "/etc/gitconfig");
   }
-  const c: ConfigFiles = { plan, workTree: null, top: null, writable, home, sealedFiles: null, seen: new Set() };
+  const c: ConfigFiles = { plan, workTrees: [], relativeHooks: [], top: null, writable, home, sealedFiles: null, seen: new Set() };
   for (const g of globals) {
     physicalPath(g, writable, "your git configuration");
     const r = realOrNull(g);
@@ -319,25 +363,17 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
     readOnlyInPlace(plan, r, writable);
     guardConfigFile(c, g, 0);
   }
-  // Config given in the environment (GIT_CONFIG_COUNT, GIT_CONFIG_KEY_n, GIT_CONFIG_VALUE_n), which the
-  // owner's later git commands in this shell read too: its includes and hooks path (absolute only:
-  // git refuses a relative include there).
-  const count = Number(env["GIT_CONFIG_COUNT"] ?? 0);
-  for (let i = 0; Number.isSafeInteger(count) && i < Math.min(count, 1000); i++) {
-    const key = (env[`GIT_CONFIG_KEY_${i}`] ?? "").toLowerCase();
-    const value = expandTilde(env[`GIT_CONFIG_VALUE_${i}`] ?? "", home);
-    if (value === null || !isAbsolute(value)) continue;
-    const from = `GIT_CONFIG_KEY_${i} (${key})`;
-    if (/^include(if\..*)?\.path$/.test(key)) guardInclude(c, value, from, 0);
-    else if (key === "core.hookspath") {
-      const at = physicalPath(value, writable, from, "hooks of its own");
-      const st = lst(at);
-      if (st !== null && writable(at)) {
-        readOnlyInPlace(plan, at, writable);
-        if (st.isDirectory()) guardHookEntries(plan, at, writable);
-      } else if (st === null) refuseCreatable(at, writable, from, "the hooks directory");
-    }
+  // Config given in the environment (GIT_CONFIG_PARAMETERS, GIT_CONFIG_COUNT/KEY_n/VALUE_n), which the
+  // owner's later git commands in this shell read too: its includes (absolute only: git refuses a
+  // relative one there) and hooks path.
+  for (const { key, value } of commandConfig(env)) {
+    const from = `your environment's git config (${key})`;
+    if (/^include(if\..*)?\.path$/.test(key)) {
+      const inc = expandTilde(value, home);
+      if (inc !== null && isAbsolute(inc)) guardInclude(c, inc, from, 0);
+    } else if (key === "core.hookspath") guardHooksPath(c, value, from);
   }
+  plan.relativeHooks = c.relativeHooks;
   return plan;
 }
 
@@ -466,7 +502,7 @@ function once(list: string[], path: string): void {
  * inside the writable directory `top`: its config and hooks, its linked worktrees' admin files, and
  * the git directories of its submodules, each in turn.
  */
-function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top: string, writable: (p: string) => boolean, home: string | null): void {
+function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top: string, writable: (p: string) => boolean, home: string | null, globalHooks: readonly string[]): void {
   const hooks = join(gitDir, "hooks");
   const config = join(gitDir, "config");
   const hs = lst(hooks);
@@ -482,7 +518,19 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
     if (hs.isDirectory()) guardHookEntries(plan, hooks, writable);
   }
   const sealedFiles: string[] = [];
-  const files: ConfigFiles = { plan, workTree: workTree ?? gitDir, top, writable, home, sealedFiles, seen: new Set() };
+  // The checkouts git may run in with this config: the repository's own, and each linked worktree's
+  // (its `gitdir` names the checkout's `.git` file). A relative hooks path is resolved in each.
+  const checkouts = workTree !== null ? [workTree] : [];
+  for (const name of entries(join(gitDir, "worktrees"))) {
+    try {
+      const to = readFileSync(join(gitDir, "worktrees", name, "gitdir"), "utf8").trim();
+      if (to !== "") once(checkouts, dirname(resolve(join(gitDir, "worktrees", name), to)));
+    } catch {
+      // no gitdir: git does not know the checkout either
+    }
+  }
+  const files: ConfigFiles = { plan, workTrees: checkouts, relativeHooks: [], top, writable, home, sealedFiles, seen: new Set() };
+  for (const hp of globalHooks) guardHooksPath(files, hp, "your global git config");
   if (plain(config) !== null) {
     once(plan.readOnly, config);
     guardConfigFile(files, config, 0);
@@ -567,7 +615,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
         for (const p of dirsBetween(top, wt)) once(plan.pinned, p);
         once(plan.readOnly, join(wt, ".git"));
       }
-      guardGitDir(plan, sub, wt, top, writable, home);
+      guardGitDir(plan, sub, wt, top, writable, home, globalHooks);
     }
   };
   visit(modules, 0);

@@ -217,8 +217,13 @@ export function planLayout(req: LayoutRequest): Layout {
   const shownBy = (p: string): { writable: boolean } | undefined => [...binds].filter(([path]) => within(p, path)).sort(([a], [b]) => depth(b) - depth(a))[0]?.[1];
   const writable = (p: string): boolean => shownBy(p)?.writable === true;
   const notes: string[] = [];
+  // The owner's global git configs, which every repository's git reads, and what they include; their
+  // relative hooks path is resolved in each repository's checkouts below.
+  const globalGit = planGlobalGit(writable, home, process.env);
+  for (const d of globalGit.pinned) if (!pinned.includes(d)) pinned.push(d);
+  for (const r of globalGit.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
   const guard = (dir: string): void => {
-    const g = planGit(dir, writable, homeReal ?? home);
+    const g = planGit(dir, writable, homeReal ?? home, globalGit.relativeHooks ?? []);
     for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
     for (const d of g.locked) if (!locked.includes(d)) locked.push(d);
@@ -240,10 +245,6 @@ export function planLayout(req: LayoutRequest): Layout {
       );
     for (const d of found.dirs) if (!binds.has(d) && writable(d)) guard(d);
   }
-  // The owner's global git configs, which every repository's git reads, and what they include.
-  const globalGit = planGlobalGit(writable, home, process.env);
-  for (const d of globalGit.pinned) if (!pinned.includes(d)) pinned.push(d);
-  for (const r of globalGit.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
 
   // A protected path is covered when the deepest mount holding it shows the host there.
   const masks: Mask[] = [];
