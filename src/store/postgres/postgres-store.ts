@@ -985,7 +985,6 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     this.carried = false;
   }
 
-  /** One batch on one pooled connection; the connection is dropped from the pool if it broke. */
   /**
    * Sends the notification of a change that committed (./change-feed.ts notifyStatement) on the
    * connection that committed it, not waited for: one that fails (a full notification queue) leaves
@@ -996,6 +995,7 @@ class PostgresStoreImpl extends PgReads implements PostgresStore {
     client.query(Q.queryConfig(notifyStatement(seq, this.origin, changes))).catch(() => {});
   }
 
+  /** One batch on one pooled connection; the connection is dropped from the pool if it broke. */
   private async runBatch(): Promise<void> {
     let client: PoolClient;
     try {
