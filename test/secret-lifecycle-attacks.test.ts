@@ -431,12 +431,17 @@ describe("import", { concurrency: 1 }, () => {
     }
   });
 
-  test("a non-UTF-8 (binary, NUL) or truncated import file, even one other users can write, stores nothing and echoes no value", async () => {
+  test("a non-UTF-8 (binary, NUL) or truncated import file stores nothing and echoes no value (one other users can write is refused before it is read)", async () => {
     const home = await cliHome();
     const dir = scratch("lessor-slc-nul-");
     const f = join(dir, "nul.env");
     writeFileSync(f, Buffer.concat([Buffer.from(`A=1\nB=${CANARY}`), Buffer.from([0xff, 0xfe, 0x00]), Buffer.from("\n")]));
     chmodSync(f, 0o666);
+    const shared = await run(["secret", "import", f], { home });
+    assert.notEqual(shared.code, 0, shared.stderr);
+    assert.match(shared.stderr, /can be changed by other users \(mode 0?666\)/);
+    assert.ok(!shared.stderr.includes(CANARY));
+    chmodSync(f, 0o600);
     const r = await run(["secret", "import", f], { home });
     assert.equal(r.code, 2, r.stderr);
     assert.ok(!r.stderr.includes(CANARY));
