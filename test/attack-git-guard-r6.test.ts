@@ -13,6 +13,7 @@ import { spawnSync } from "node:child_process";
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { nestedRepositories, planGit, planGlobalGit, type GitPlan } from "../src/sandbox/git-guard.js";
+import { planLayout } from "../src/sandbox/layout.js";
 
 const G = (cwd: string, env: Record<string, string>, ...args: string[]) =>
   spawnSync("git", args, { cwd, env: { PATH: "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", ...env }, encoding: "utf8" });
@@ -252,6 +253,30 @@ const e2eRoot = mkdtempSync(join(tmpdir(), "rev5-e2e-"));
 process.on("exit", () => rmSync(e2eRoot, { recursive: true, force: true }));
 const KEY = randomBytes(32).toString("hex");
 const owner = (name: string) => newOwner({ root: e2eRoot, name, masterKey: KEY, policy: ATTACKERS_POLICY, secrets: [{ name: "granted", value: "gv" }] });
+
+describe("the layout's git guards", () => {
+  test("a repository reached twice (bare + worktrees layout, a nested repository with a linked worktree) is sealed and checked once", () => {
+    const s = setup("dedupe");
+    try {
+      const sub = join(s.project, "sub");
+      mkdirSync(sub);
+      const g = (cwd: string, ...a: string[]) => assert.equal(G(cwd, s.env, "-c", "user.name=x", "-c", "user.email=x@x", ...a).status, 0, a.join(" "));
+      g(sub, "init", "-q");
+      g(sub, "commit", "-q", "--allow-empty", "-m", "x");
+      g(s.project, "clone", "-q", "--bare", "sub", ".bare");
+      writeFileSync(join(s.project, ".git"), "gitdir: ./.bare\n");
+      g(s.project, "worktree", "add", "-q", "main");
+      g(sub, "worktree", "add", "-q", join(s.project, "wt2"));
+      const l = planLayout({ home: s.home, project: s.project, projectWritable: true, read: [], write: [], protect: [] });
+      const dupes = (xs: string[]) => xs.filter((x, i) => xs.indexOf(x) !== i);
+      assert.deepEqual(l.git.map((x) => x.gitDir).sort(), [join(s.project, ".bare"), join(sub, ".git")].sort());
+      assert.deepEqual(dupes(l.sealed), [], "sealed directories");
+      assert.deepEqual(dupes(l.sealedFiles), [], "sealed files");
+    } finally {
+      s.done();
+    }
+  });
+});
 
 describe("the git guard end to end (real lessor run, bwrap)", { skip: HAVE_BWRAP ? false : "no bwrap" }, () => {
   test("attack: .git/hooks/pre-commit -> ../../scripts/pre-commit; the agent rewrites scripts/pre-commit and the owner's next commit runs it", async () => {

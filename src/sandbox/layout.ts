@@ -227,9 +227,11 @@ export function planLayout(req: LayoutRequest): Layout {
     for (const d of g.pinned) if (!pinned.includes(d)) pinned.push(d);
     for (const r of g.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
     for (const d of g.locked) if (!locked.includes(d)) locked.push(d);
-    sealed.push(...g.sealed);
-    sealedFiles.push(...g.sealedFiles);
-    git.push(...g.guards);
+    // A repository reached twice (a `.git` file's gitdir that is also a nested repository, a bind
+    // inside another) is sealed and checked once.
+    for (const d of g.sealed) if (!sealed.includes(d)) sealed.push(d);
+    for (const f of g.sealedFiles) if (!sealedFiles.includes(f)) sealedFiles.push(f);
+    for (const x of g.guards) if (!git.some((y) => y.gitDir === x.gitDir)) git.push(x);
   };
   for (const [path, b] of binds) {
     if (!b.writable) continue;
