@@ -8,11 +8,12 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { BIN, cliHome, runCli } from "./cli-harness.js";
+import { isPrivateGroup, othersMayWrite } from "../src/fs/private-group.js";
 
 const root = process.getuid?.() === 0;
 const NOBODY = 65534;
@@ -68,11 +69,14 @@ describe("another user's file at the path the owner reads values from", { skip: 
   });
 });
 
-test("a file of the owner's that other users may write is refused (group or other write bit)", async () => {
+test("a file of the owner's that other users may write is refused (other write bit, or group write in a group others are in)", async () => {
   const home = await cliHome();
   const file = join(shared, "mine.json");
   writeFileSync(file, IMPORT_DOC("value-others-could-change"));
-  for (const mode of [0o666, 0o664]) {
+  // Group write counts when the group is not the owner's private group: nogroup is nobody's.
+  const cases: [number, number | null][] = [[0o666, null], ...(root ? ([[0o664, NOBODY]] as [number, number][]) : [])];
+  for (const [mode, gid] of cases) {
+    if (gid !== null) chownSync(file, 0, gid);
     chmodSync(file, mode);
     const r = await runCli(["secret", "import", file], { home });
     assert.notEqual(r.code, 0, r.stdout);
@@ -84,6 +88,52 @@ test("a file of the owner's that other users may write is refused (group or othe
   assert.equal(ok.code, 0, ok.stderr);
   assert.equal(await stored(home), "value-others-could-change");
   rmSync(file);
+});
+
+test("group write in the owner's own private group (a umask 002 distribution's 0664) is accepted", { skip: root ? false : "needs root to set the file's group" }, async () => {
+  // root's group here has no members and is no one else's primary group: a private group.
+  assert.ok(isPrivateGroup(0, 0), "precondition: gid 0 is root's private group on this machine");
+  const home = await cliHome();
+  const file = join(shared, "umask002.json");
+  writeFileSync(file, IMPORT_DOC("value-in-a-0664-file"));
+  chownSync(file, 0, 0);
+  chmodSync(file, 0o664);
+  const ok = await runCli(["secret", "import", file], { home });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(await stored(home), "value-in-a-0664-file");
+  rmSync(file);
+});
+
+describe("isPrivateGroup reads /etc/passwd and /etc/group as Debian's OpenSSH does", () => {
+  const dir = mkdtempSync(join(tmpdir(), "lessor-upg-"));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const files = (passwd: string, group: string) => {
+    writeFileSync(join(dir, "passwd"), passwd);
+    writeFileSync(join(dir, "group"), group);
+    return { passwd: join(dir, "passwd"), group: join(dir, "group") };
+  };
+  const PASSWD = "alice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\ncarol:x:1002:1000::/home/carol:/bin/sh\n";
+  test("private: the owner's primary group with no other member; or a group naming the owner alone", () => {
+    assert.equal(isPrivateGroup(1001, 1001, files(PASSWD, "bob:x:1001:\n")), true);
+    assert.equal(isPrivateGroup(1001, 1001, files(PASSWD, "bob:x:1001:bob\n")), true);
+    assert.equal(isPrivateGroup(2000, 1001, files(PASSWD, "solo:x:2000:bob\n")), true);
+  });
+  test("not private: another user's primary group too, another member, no member at all, unknown or listed twice", () => {
+    assert.equal(isPrivateGroup(1000, 1000, files(PASSWD, "alice:x:1000:\n")), false, "carol's primary group too");
+    assert.equal(isPrivateGroup(1001, 1001, files(PASSWD, "bob:x:1001:bob,alice\n")), false);
+    assert.equal(isPrivateGroup(1001, 1001, files(PASSWD, "bob:x:1001:alice\n")), false);
+    assert.equal(isPrivateGroup(3000, 1001, files(PASSWD, "empty:x:3000:\n")), false, "a group no one is in");
+    assert.equal(isPrivateGroup(4000, 1001, files(PASSWD, "bob:x:1001:\n")), false, "not in /etc/group (LDAP)");
+    assert.equal(isPrivateGroup(1001, 1001, files(PASSWD, "bob:x:1001:\nbob2:x:1001:alice\n")), false, "listed twice");
+    assert.equal(isPrivateGroup(1001, 4242, files(PASSWD, "bob:x:1001:\n")), false, "owner not in /etc/passwd");
+  });
+  test("othersMayWrite: the other bit always; the group bit unless private", () => {
+    const f = files(PASSWD, "bob:x:1001:\nstaff:x:50:bob,alice\n");
+    assert.equal(othersMayWrite({ mode: 0o100646, uid: 1001, gid: 1001 }, f), true);
+    assert.equal(othersMayWrite({ mode: 0o100664, uid: 1001, gid: 1001 }, f), false);
+    assert.equal(othersMayWrite({ mode: 0o100664, uid: 1001, gid: 50 }, f), true);
+    assert.equal(othersMayWrite({ mode: 0o100644, uid: 1001, gid: 50 }, f), false);
+  });
 });
 
 test("the owner's own fifo with no writer ends at once; process substitution still reads the value", async () => {

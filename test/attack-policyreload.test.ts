@@ -16,7 +16,7 @@ import type { Vault } from "../src/vault/vault.js";
 import { parsePolicyStamp, POLICY_META, UNREADABLE_STAMP } from "../src/vault/policy-sync.js";
 import { LessorClient } from "../src/client/index.js";
 import { makeHome, startServe } from "./daemon-harness.js";
-import { agent, grant } from "./helpers.js";
+import { agent, grant, shareGroup } from "./helpers.js";
 import { admin, PG_SKIP, testSchema } from "./pg-helpers.js";
 
 const CANARY = "canary-policyreload-5b81e0c4";
@@ -75,7 +75,7 @@ describe("two instances on one PostgreSQL schema", { skip: PG_SKIP }, () => {
   });
 
   for (const how of [
-    { what: "made group-writable (so it is not used)", spoil: (p: string) => chmodSync(p, 0o660) },
+    { what: "made group-writable (so it is not used)", spoil: (p: string) => (assert.ok(shareGroup(p), "needs a group that is not the owner's own"), chmodSync(p, 0o660)) },
     { what: "removed mid-deploy", spoil: (p: string) => rmSync(p) },
   ])
     test(`A's reload of a policy file ${how.what} fails closed on every instance: B, and an instance opened after it, grant nothing by the old policy`, async () => {
@@ -176,6 +176,7 @@ describe("one vault reloading its own file (the daemon's loader)", () => {
     assert.equal(await outcome(claude.renewLease(old.id)), "access_denied");
     // A group-writable file (or one replaced by a fifo) is refused the same way.
     writeFileSync(join(h, "policy.toml"), grant("gh", ["claude"], ["github-token"], ["api.github.com"]), { mode: 0o600 });
+    assert.ok(shareGroup(join(h, "policy.toml")));
     chmodSync(join(h, "policy.toml"), 0o620);
     assert.equal(await outcome(v.admin().reloadPolicy()), "policy_invalid");
     assert.equal(await outcome(claude.requestLease(GH)), "access_denied");

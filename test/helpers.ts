@@ -1,7 +1,8 @@
 /** Shared test helpers: temp dirs, a vault on a real SQLite file with a chosen policy, a clock. */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { isPrivateGroup } from "../src/fs/private-group.js";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
@@ -209,4 +210,18 @@ export function dechunked(answer: string): string {
     body += rest.slice(eol + 2, eol + 2 + size);
     rest = rest.slice(eol + 2 + size + 2);
   }
+}
+
+/**
+ * Gives `path` a group that is not its owner's private group (nogroup, as root), so that a group
+ * write bit on it counts as other users' (src/fs/private-group.ts). Returns false when that cannot
+ * be done here: not root, and the group it has is its owner's private group.
+ */
+export function shareGroup(path: string): boolean {
+  if (process.getuid?.() === 0) {
+    chownSync(path, statSync(path).uid, 65534);
+    return true;
+  }
+  const st = statSync(path);
+  return !isPrivateGroup(st.gid, st.uid);
 }

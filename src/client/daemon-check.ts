@@ -19,6 +19,7 @@ import type { Socket } from "node:net";
 import { dirname, resolve } from "node:path";
 import { loadPeerCred, type PeerCredLoader } from "../native/peercred.js";
 import { VaultError } from "../base/errors.js";
+import { othersMayWrite } from "../fs/private-group.js";
 
 let cached: PeerCredLoader | null = null;
 
@@ -94,6 +95,6 @@ export function checkSocketFiles(socketPath: string, expectedUid: number, why: s
   if (!okUid(sockStat.uid)) return refuse(`the socket file is owned by ${who(sockStat.uid)}`);
   if (!dirStat.isDirectory()) return refuse(`${dir} is not a directory`);
   if (!okUid(dirStat.uid)) return refuse(`its directory ${dir} is owned by ${who(dirStat.uid)}`);
-  if ((dirStat.mode & 0o022) !== 0) return refuse(`its directory ${dir} is writable by ${dirStat.mode & 0o002 ? "others" : "its group"} (mode ${(dirStat.mode & 0o7777).toString(8)})`);
+  if (othersMayWrite(dirStat)) return refuse(`its directory ${dir} is writable by ${dirStat.mode & 0o002 ? "others" : "its group"} (mode ${(dirStat.mode & 0o7777).toString(8)})`);
   return null;
 }

@@ -10,6 +10,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync, type Stats } f
 import { VaultError, type ErrorCode } from "../base/errors.js";
 import { octal } from "./perms.js";
 import { readCappedSync } from "./capped-read.js";
+import { othersMayWrite } from "./private-group.js";
 
 const POSIX = process.platform !== "win32";
 
@@ -65,6 +66,6 @@ export function checkOwnInput(st: Stats, named: string, path: string, consequenc
   const me = process.getuid!();
   if (st.uid !== me && st.uid !== 0)
     throw new VaultError(code, `${named} belongs to uid ${st.uid}, not to you (uid ${me}): another user could ${consequence}, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
-  if ((st.mode & 0o022) !== 0)
+  if (othersMayWrite(st))
     throw new VaultError(code, `${named} can be changed by other users (mode ${octal(st.mode)}), who could ${consequence}, so it is not read; fix it with: chmod go-w ${path}`);
 }

@@ -15,6 +15,7 @@
 import { realpathSync, statSync, type Stats } from "node:fs";
 import { assertSafeAncestors, octal } from "../../fs/perms.js";
 import { VaultError } from "../../base/errors.js";
+import { othersMayWrite } from "../../fs/private-group.js";
 
 const POSIX = process.platform !== "win32" && typeof process.getuid === "function";
 
@@ -49,7 +50,7 @@ export function assertSafeSocketDir(dir: string, uid: number): string {
       `the socket directory ${real} belongs to uid ${st.uid}, not to the daemon's uid ${uid}; its owner could replace the socket. Use a directory you own, or fix it with: chown ${uid} ${real}`,
     );
   }
-  if ((st.mode & 0o022) !== 0) {
+  if (othersMayWrite(st)) {
     throw new VaultError(
       "insecure_permissions",
       `the socket directory ${real} can be written by other users (mode ${octal(st.mode)}), who could replace the socket; fix it with: chmod go-w ${real}`,

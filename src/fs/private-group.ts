@@ -1,0 +1,60 @@
+/**
+ * Whether a group write bit lets anyone but the owner write. Distributions with user private groups
+ * (Debian, Ubuntu, Fedora: each user has a group of their own, and a umask of 002) make every new file
+ * 0664 and every new directory 0775; refusing those would refuse what a user just made. A group write
+ * bit is harmless when the group is the owner's own: Debian's OpenSSH accepts it on the same terms
+ * (its `user-group-modes` patch), which are these, read from /etc/passwd and /etc/group:
+ *
+ * - the group is listed in /etc/group and the owner in /etc/passwd;
+ * - every user whose primary group it is, is the owner;
+ * - its member list is empty or names the owner alone;
+ * - and the owner is in it at all (primary group or member).
+ *
+ * A group known only to another name service (LDAP, sssd) is not listed in /etc/group and does not
+ * count as private: its bit is refused, as before.
+ */
+import { readFileSync } from "node:fs";
+
+/** Where the account databases are read (tests pass their own). */
+export interface AccountFiles {
+  passwd: string;
+  group: string;
+}
+
+const SYSTEM: AccountFiles = { passwd: "/etc/passwd", group: "/etc/group" };
+
+function lines(path: string): string[][] {
+  try {
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .filter((l) => l !== "" && !l.startsWith("#") && !l.startsWith("+") && !l.startsWith("-"))
+      .map((l) => l.split(":"));
+  } catch {
+    return [];
+  }
+}
+
+const num = (s: string | undefined): number | null => (s !== undefined && /^\d+$/.test(s) ? Number(s) : null);
+
+/** True when group `gid` is the private group of user `uid` alone (the rules above). */
+export function isPrivateGroup(gid: number, uid: number, files: AccountFiles = SYSTEM): boolean {
+  const users = lines(files.passwd);
+  const owner = users.find((u) => num(u[2]) === uid);
+  if (owner === undefined) return false;
+  const group = lines(files.group).filter((g) => num(g[2]) === gid);
+  if (group.length !== 1) return false; // unknown here, or listed twice (ambiguous)
+  for (const u of users) if (num(u[3]) === gid && num(u[2]) !== uid) return false;
+  const members = (group[0]![3] ?? "").split(",").filter((m) => m !== "");
+  if (members.some((m) => m !== owner[0])) return false;
+  return num(owner[3]) === gid || members.length === 1;
+}
+
+/**
+ * True when someone other than the owner (and root) may write what `st` describes: the other-write
+ * bit, or the group-write bit on a group that is not the owner's private group.
+ */
+export function othersMayWrite(st: { mode: number; uid: number; gid: number }, files: AccountFiles = SYSTEM): boolean {
+  if ((st.mode & 0o002) !== 0) return true;
+  if ((st.mode & 0o020) === 0) return false;
+  return !isPrivateGroup(st.gid, st.uid, files);
+}
