@@ -39,10 +39,12 @@
  * Not covered (docs/sandbox.md, "What is not protected"): nested repositories and gitlinks the agent
  * adds to the index, which `git status` at the root enters and whose own configuration it honours.
  */
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmdirSync, rmSync, symlinkSync, type Stats } from "node:fs";
-import { spawnSync } from "node:child_process";
+import { accessSync, constants, existsSync, lstatSync, statSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmdirSync, rmSync, symlinkSync, type Stats } from "node:fs";
+import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
+import { assertSafeAncestors, octal, programTrustProblem } from "../fs/perms.js";
+import { othersMayWrite } from "../fs/private-group.js";
 
 /** What is recorded about a git directory before the run, to check after it. */
 export interface GitGuard {
@@ -106,16 +108,48 @@ function realOrNull(p: string): string | null {
 }
 
 /**
+ * The git program lessor runs to read configs the way git does. It runs as the owner, unconfined,
+ * before the sandbox exists, so it is never one the agent could have put in place: the first `git` on
+ * PATH in an absolute directory that the sandbox does not let the agent write (an activated
+ * virtualenv's `bin` or a direnv `PATH_add` in the project is skipped, as a link into one is), and
+ * that no other user can change (src/fs/perms.ts programTrustProblem). Chosen by {@link chooseGit}
+ * once planLayout knows what is writable; until then, /usr/bin/git.
+ */
+let gitProgram = "/usr/bin/git";
+
+/** Chooses {@link gitProgram} from `pathEnv` (the owner's PATH); returns it, or null when none qualifies. */
+export function chooseGit(pathEnv: string | undefined, writable: (p: string) => boolean): string | null {
+  for (const dir of (pathEnv ?? "/usr/bin:/bin").split(":")) {
+    if (!isAbsolute(dir)) continue; // relative: the current directory is the project
+    const file = join(dir, "git");
+    const real = realOrNull(file);
+    if (real === null || writable(dir) || writable(file) || writable(real) || writable(realOrNull(dir) ?? dir)) continue;
+    try {
+      if (!statSync(real).isFile()) continue;
+      accessSync(real, constants.X_OK);
+      if (programTrustProblem(file, { what: "git", who: "who could run their code as you", elsewhere: "" }) !== null) continue;
+    } catch {
+      continue;
+    }
+    gitProgram = file;
+    return file;
+  }
+  gitProgram = "/usr/bin/git";
+  return null;
+}
+
+/** Runs `git config …` with {@link gitProgram}, from `/` (no repository around it is discovered). */
+function gitConfig(args: string[], env: NodeJS.ProcessEnv): SpawnSyncReturns<string> {
+  return spawnSync(gitProgram, ["config", ...args], { cwd: "/", encoding: "utf8", env: { PATH: "/usr/bin:/bin", GIT_CEILING_DIRECTORIES: "/", ...env }, timeout: 10_000 });
+}
+
+/**
  * The values of `key` in the git config file `file` as git reads them (its own parser: comments,
  * quoting, continuation lines, a key on its section's line), last one last; none when git is not
  * installed (the owner's git cannot read the file either) or the file sets none.
  */
 function configValues(file: string, key: string, home: string | null): string[] {
-  const r = spawnSync("git", ["config", "--file", file, "--null", "--get-all", key], {
-    encoding: "utf8",
-    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" },
-    timeout: 10_000,
-  });
+  const r = gitConfig(["--file", file, "--null", "--get-all", key], { GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" });
   if (r.error !== undefined || typeof r.stdout !== "string") return [];
   return r.stdout.split("\0").filter((v) => v !== "");
 }
@@ -282,12 +316,7 @@ function guardHooksPath(c: ConfigFiles, given: string, from: string): void {
 function commandConfig(env: NodeJS.ProcessEnv): { key: string; value: string }[] {
   const given = Object.fromEntries(Object.entries(env).filter(([k]) => k === "GIT_CONFIG_PARAMETERS" || /^GIT_CONFIG_(COUNT|KEY_\d+|VALUE_\d+)$/.test(k)));
   if (Object.keys(given).length === 0) return [];
-  const r = spawnSync("git", ["config", "--list", "--no-includes", "--null", "--show-scope"], {
-    cwd: "/",
-    encoding: "utf8",
-    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: "/nonexistent", GIT_CEILING_DIRECTORIES: "/", ...given },
-    timeout: 10_000,
-  });
+  const r = gitConfig(["--list", "--no-includes", "--null", "--show-scope"], { GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: "/nonexistent", ...given });
   if (r.error !== undefined || typeof r.stdout !== "string") return [];
   const parts = r.stdout.split("\0");
   const out: { key: string; value: string }[] = [];
@@ -412,11 +441,7 @@ function homeOfUser(name: string): string | null {
  */
 function includePaths(file: string, text: string, home: string | null): string[] {
   if (!/include/i.test(text)) return [];
-  const r = spawnSync("git", ["config", "--file", file, "--null", "--get-regexp", "^include(if\\..*)?\\.path$"], {
-    encoding: "utf8",
-    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" },
-    timeout: 10_000,
-  });
+  const r = gitConfig(["--file", file, "--null", "--get-regexp", "^include(if\\..*)?\\.path$"], { GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: home ?? "/nonexistent" });
   if (r.error !== undefined || typeof r.stdout !== "string") return [];
   const out: string[] = [];
   for (const entry of r.stdout.split("\0")) {
@@ -498,11 +523,39 @@ function once(list: string[], path: string): void {
 }
 
 /**
+ * Refuses the run when another user could change `gitDir` or swap it (it, its `worktrees` or
+ * `modules`, or a directory above it, belongs to another uid or can be written by others): the
+ * repairs after the run (quarantineDir, aside) create, rename and delete there by path, as the owner,
+ * so whoever can rename entries there could put a link of theirs in the way and have the owner's
+ * lessor move their files anywhere. (git itself refuses a repository of another user's.)
+ */
+function refuseSharedGitDir(gitDir: string): void {
+  if (typeof process.getuid !== "function") return;
+  const uid = process.getuid();
+  try {
+    for (const d of [gitDir, join(gitDir, "worktrees"), join(gitDir, "modules")]) {
+      const st = lst(d);
+      if (st === null) continue;
+      if (st.uid !== uid && st.uid !== 0) throw new VaultError("insecure_permissions", `${d} belongs to uid ${st.uid}`);
+      if (othersMayWrite(st)) throw new VaultError("insecure_permissions", `${d} can be written by other users (mode ${octal(st.mode)})`);
+    }
+    assertSafeAncestors(gitDir, uid, { what: `the git directory ${gitDir}`, elsewhere: "run the agent on a copy of your own" });
+  } catch (e) {
+    if (!(e instanceof VaultError)) throw e;
+    throw new VaultError(
+      "invalid_request",
+      `${e.message}: another user could redirect what lessor repairs there after the run (as you) to a place of their choosing; run the agent on a copy of the repository that only you can change. The command was not started`,
+    );
+  }
+}
+
+/**
  * Guards the git directory `gitDir` (already pinned) whose checkout is `workTree` (null: unknown),
  * inside the writable directory `top`: its config and hooks, its linked worktrees' admin files, and
  * the git directories of its submodules, each in turn.
  */
 function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top: string, writable: (p: string) => boolean, home: string | null, globalHooks: readonly string[]): void {
+  refuseSharedGitDir(gitDir);
   const hooks = join(gitDir, "hooks");
   const config = join(gitDir, "config");
   const hs = lst(hooks);

@@ -17,7 +17,7 @@ import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
-import { MAX_REPO_SEARCH, nestedRepositories, planGit, planGlobalGit, type GitGuard } from "./git-guard.js";
+import { chooseGit, MAX_REPO_SEARCH, nestedRepositories, planGit, planGlobalGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
 export interface Protected {
@@ -219,6 +219,9 @@ export function planLayout(req: LayoutRequest): Layout {
   const notes: string[] = [];
   // The owner's global git configs, which every repository's git reads, and what they include; their
   // relative hooks path is resolved in each repository's checkouts below.
+  // The git that reads those configs runs as the owner before the sandbox exists: never one the agent
+  // could have put on PATH (a virtualenv's bin in the project).
+  chooseGit(process.env["PATH"], writable);
   const globalGit = planGlobalGit(writable, home, process.env);
   for (const d of globalGit.pinned) if (!pinned.includes(d)) pinned.push(d);
   for (const r of globalGit.readOnly) if (!readOnly.includes(r)) readOnly.push(r);
