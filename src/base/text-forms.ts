@@ -37,6 +37,8 @@ const PERCENT: ((s: string) => string)[] = [
   (s) => percent(s, "-_.", true),
   // encodeURI (JavaScript), which keeps the reserved characters
   (s) => percent(s, "-_.!~*'();/?:@&=+$,#"),
+  // gRPC's grpc-message (PROTOCOL-HTTP2.md): only `%` and bytes outside 0x20–0x7E encoded
+  (s) => percent(s, " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"),
 ];
 
 const lowerHex = (s: string): string => s.replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase());
@@ -94,6 +96,11 @@ const HTML_FORMS: ((s: string) => string)[] = [
   (s) => html(s, { '"': "&quot;", "'": "&#x27;", "`": "&#x60;", "=": "&#x3D;" }),
   // .NET's HtmlEncoder.Default (Razor)
   (s) => html(s, { '"': "&quot;", "'": "&#x27;", "+": "&#x2B;" }),
+  // XML text as serializers write it (ElementTree, xml.sax.saxutils.escape, StAX, XmlWriter): & < > only
+  (s) => html(s, {}),
+  // ElementTree attributes (`"` only), and `&apos;` (XML 1.0 escapers, PHP's ENT_HTML5/ENT_XML1, SecurityElement.Escape)
+  (s) => html(s, { '"': "&quot;" }),
+  (s) => html(s, { '"': "&quot;", "'": "&apos;" }),
 ];
 
 /** Text forms: each percent-encoder in both hex cases, each twice over (a URL kept in a query), and the JSON and HTML escapes. */

@@ -52,12 +52,31 @@ export function encodedForms(value: string, placeholder: string): EncodedForm[] 
     const v = f(value);
     if (!pairs.has(v)) pairs.set(v, { value: v, placeholder: f(placeholder) });
   }
-  const cv = base64Cores(value);
-  const cp = base64Cores(placeholder);
-  // Both lists drop short cores alike only when lengths match: pair them by position when they do. A
+  // Each core of the value is paired with the placeholder's core of the same alignment and alphabet
+  // (a placeholder lengthened past a short value keeps cores the value's length drops: pairing by list
+  // position, only when both lists had the same length, dropped every core of a 9-character value). A
   // core with no `+` or `/` is its own base64url form: it keeps the placeholder's base64 form (the
   // base64url one may hold `-` or `_`, which would spoil a base64 text).
-  if (cv.length === cp.length) cv.forEach((c, i) => pairs.has(c) || pairs.set(c, { value: c, placeholder: cp[i]! }));
+  const cv = cores(value);
+  const cp = cores(placeholder);
+  cv.forEach((c, i) => {
+    for (const k of ["b64", "url"] as const) {
+      const v = c[k];
+      if (v.length >= MIN_FORM && !pairs.has(v) && cp[i]![k].length > 0) pairs.set(v, { value: v, placeholder: cp[i]![k] });
+    }
+  });
+  // A base64 core as text escapers write it: `/` as `\/` (PHP's json_encode, the default of Laravel's and
+  // Symfony's JSON answers echoing an Authorization header), `+` and `/` percent-encoded in either hex
+  // case (a Basic pair kept in a redirect's query).
+  cv.forEach((c, i) => {
+    if (c.b64.length < MIN_FORM || !/[+/]/.test(c.b64)) return;
+    const p = cp[i]!.b64;
+    const pct = (t: string, lower: boolean): string => t.replace(/[+/]/g, (ch) => (ch === "+" ? (lower ? "%2b" : "%2B") : lower ? "%2f" : "%2F"));
+    for (const f of [(t: string) => t.replace(/\//g, "\\/"), (t: string) => pct(t, false), (t: string) => pct(t, true)]) {
+      const v = f(c.b64);
+      if (v !== c.b64 && !pairs.has(v)) pairs.set(v, { value: v, placeholder: f(p) });
+    }
+  });
   // Base64 (not base64url) is what gets wrapped in lines (PEM, MIME, GitHub's blob API); the scrubber
   // matches a wrapped form only against a placeholder form of its length.
   for (const { b64 } of cores(value)) {
