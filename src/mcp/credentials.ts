@@ -18,6 +18,10 @@ export class SessionCredentials {
   readonly #byLease = new Map<string, ProxyCredential>();
   /** Values a credential had before a rotation under the session (the last few), still masked. */
   readonly #earlier = new Map<string, string[]>();
+  /** Tool calls under way (see {@link busy}). */
+  #busy = 0;
+  /** Values removed while tool calls were under way, still masked until the last of those has ended. */
+  #lingering: { value: string; placeholder: string }[] = [];
   /** Bumped whenever the set changes, so the proxy built for an older set is replaced. */
   #generation = 0;
   /** Set by {@link end}: the session has ended. */
@@ -96,10 +100,31 @@ export class SessionCredentials {
     return c;
   }
 
+  /**
+   * A tool call starts: until the returned function is called (after its result was scrubbed), a value
+   * removed meanwhile (the agent's `revoke` of a lease a request in flight injected) stays masked. The
+   * old proxy may still answer that request before the lease watch closes its tunnel, with the value
+   * echoed somewhere the proxy does not scrub: the last guard must still know it.
+   */
+  busy(): () => void {
+    this.#busy++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      if (--this.#busy > 0 || this.#lingering.length === 0) return;
+      for (const l of this.#lingering) l.value = "";
+      this.#lingering = [];
+      this.#patterns = undefined;
+    };
+  }
+
   /** Forgets a lease (revoked or ended); true when it was held. */
   remove(leaseId: string): boolean {
     const c = this.#byLease.get(leaseId);
     if (!c) return false;
+    if (this.#busy > 0 && !this.#ended)
+      for (const value of [c.value, ...(this.#earlier.get(leaseId) ?? [])]) this.#lingering.push({ value, placeholder: c.placeholder });
     this.#byLease.delete(leaseId);
     this.#earlier.delete(leaseId);
     this.#registry.release(leaseId);
@@ -145,7 +170,10 @@ export class SessionCredentials {
    * seconds, and the process larger, by the lease.
    */
   #buildPatterns(): ScrubPatterns | null {
-    return maskPatterns(this.credentials.flatMap((c) => [c.value, ...(this.#earlier.get(c.lease.id) ?? [])].map((value) => ({ value, placeholder: c.placeholder }))));
+    return maskPatterns([
+      ...this.credentials.flatMap((c) => [c.value, ...(this.#earlier.get(c.lease.id) ?? [])].map((value) => ({ value, placeholder: c.placeholder }))),
+      ...this.#lingering,
+    ]);
   }
 
   /** The lease ids held. */
@@ -197,5 +225,8 @@ export class SessionCredentials {
   wipe(): void {
     this.#ended = true;
     for (const id of this.leaseIds()) this.remove(id);
+    for (const l of this.#lingering) l.value = "";
+    this.#lingering = [];
+    this.#patterns = undefined;
   }
 }

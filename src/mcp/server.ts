@@ -148,16 +148,25 @@ export function createMcpSession(o: McpSessionOptions): McpSession {
         await audit.record(UNKNOWN_TOOL, UNKNOWN_TOOL_CODE, started);
         throw new McpError(McpErrorCode.InvalidParams, `unknown tool ${safeName(name) ?? "(with an unusual name)"}; tools/list gives the tools (${TOOLS.map((t) => t.name).join(", ")})`);
       }
+      // From the call's start to its scrubbed result, a value revoked meanwhile stays masked.
+      const settled = credentials.busy();
+      try {
+        return await runTool(spec, extra.requestId, req.data.params.arguments, started);
+      } finally {
+        settled();
+      }
+    };
+    const runTool = async (spec: ToolSpec, requestId: string | number | undefined, args: unknown, started: number): Promise<ToolResult> => {
       let result: ToolResult;
       let code: ErrorCode | null;
-      const parsed = spec.input.safeParse(req.data.params.arguments ?? {});
+      const parsed = spec.input.safeParse(args ?? {});
       if (!parsed.success) {
         const e = new VaultError("invalid_request", issuesMessage(spec.name, parsed.error.issues, Object.keys(spec.input.shape)).replace("see docs/protocol.md", "tools/list gives the schema"));
         result = failed(errorDoc(e, o.identity.agent));
         code = "invalid_request";
       } else {
         try {
-          result = ok(await spec.run({ ...ctx, server, requestId: extra.requestId }, parsed.data as Record<string, unknown>));
+          result = ok(await spec.run({ ...ctx, server, requestId }, parsed.data as Record<string, unknown>));
           code = null;
         } catch (e) {
           const doc = errorDoc(e, o.identity.agent);

@@ -18,6 +18,14 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Transform } from "node:stream";
 import { createBrotliDecompress, createGunzip, createInflate } from "node:zlib";
 
+/**
+ * A coding name as the problem sentence may quote it: the upstream wrote it, and an upstream that
+ * reflects a request header (the credential the proxy put there) into a coding header would otherwise
+ * have it quoted, unscrubbed, in the proxy's own answer. Only registered names are quoted.
+ */
+const KNOWN_CODINGS = new Set(["gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress", "identity", "chunked", "snappy", "dcb", "dcz", "aes128gcm", "exi", "pack200-gzip"]);
+const shown = (c: string): string => (KNOWN_CODINGS.has(c.trim().toLowerCase()) ? c.trim().toLowerCase() : "(an unknown coding)");
+
 /** The decoder (undefined: none needed), or the problem sentence for a 502. */
 export type ResponseCoding = { decode: Transform | undefined } | { problem: string };
 
@@ -48,15 +56,15 @@ export function responseCoding(status: number, headers: IncomingHttpHeaders | Re
     // still chunked, and the chunk-size lines would cut a value the scrubber looks for).
     const rest = codings.filter((c) => c !== "identity");
     if (!(rest.length === 0 || (rest.length === 1 && rest[0] === "chunked" && codings[codings.length - 1] === "chunked")))
-      return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.join(", ")}, which the proxy cannot scrub` };
+      return { problem: `Bad gateway: the upstream answered with transfer-encoding ${codings.map(shown).join(", ")}, which the proxy cannot scrub` };
   }
   const grpc = headers["grpc-encoding"];
   if (grpc !== undefined && String(grpc).trim().toLowerCase() !== "identity")
-    return { problem: `Bad gateway: the upstream answered with grpc-encoding ${String(grpc)} (compressed gRPC messages), which the proxy cannot scrub; it asked for identity` };
+    return { problem: `Bad gateway: the upstream answered with grpc-encoding ${shown(String(grpc))} (compressed gRPC messages), which the proxy cannot scrub; it asked for identity` };
   const enc = String(headers["content-encoding"] ?? "identity").toLowerCase();
   if (enc === "identity") return { decode: undefined };
   if (enc === "gzip" || enc === "x-gzip") return { decode: createGunzip() };
   if (enc === "deflate") return { decode: createInflate() };
   if (enc === "br") return { decode: createBrotliDecompress() };
-  return { problem: `Bad gateway: the upstream answered with content-encoding ${enc}, which the proxy cannot scrub` };
+  return { problem: `Bad gateway: the upstream answered with content-encoding ${enc.split(",").map(shown).join(", ")}, which the proxy cannot scrub` };
 }
