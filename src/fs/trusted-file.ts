@@ -57,15 +57,31 @@ export function openNoWait(path: string): number {
  * Checks an input the user named whose content becomes what lessor stores or runs with (the file of
  * `secret import`, `secret set --from-file`, an `--env-file`): a file or a pipe must belong to you or
  * root and be writable by no other user, or another local user who planted it (in /tmp, say) or can
- * still write it would choose it. A device (/dev/stdin as a terminal, /dev/zero) carries nothing anyone
- * wrote, and passes. `named` is how messages name it ("the env file ./x.env"), `consequence` completes
+ * still write it would choose it. A device must be yours or root's too (another user's pseudo-terminal
+ * carries what they type), unless it is the terminal lessor was started from; its mode is not
+ * checked (/dev/zero, your own terminal). `named` is how messages name it ("the env file ./x.env"), `consequence` completes
  * "another user could …". Throws VaultError(`code`).
  */
 export function checkOwnInput(st: Stats, named: string, path: string, consequence: string, code: ErrorCode = "insecure_permissions"): void {
-  if (!POSIX || !(st.isFile() || st.isFIFO())) return;
+  if (!POSIX || st.isSocket()) return;
   const me = process.getuid!();
-  if (st.uid !== me && st.uid !== 0)
+  // A device too: a pseudo-terminal's slave belongs to whoever opened it, who types what it reads
+  // (another user's, planted as a link at the path). The terminal lessor was started from is fine
+  // whoever owns it (sudo from your own terminal).
+  if (st.uid !== me && st.uid !== 0 && !(st.isCharacterDevice() && sameAsStdin(st)))
     throw new VaultError(code, `${named} belongs to uid ${st.uid}, not to you (uid ${me}): another user could ${consequence}, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
+  // A terminal's group write bit (tty, for write(1)) writes its output, never what is read from it.
+  if (!(st.isFile() || st.isFIFO())) return;
   if (othersMayWrite(st))
     throw new VaultError(code, `${named} can be changed by other users (mode ${octal(st.mode)}), who could ${consequence}, so it is not read; fix it with: chmod go-w ${path}`);
+}
+
+/** Whether `st` is the file this process's standard input is (the terminal it was started from). */
+function sameAsStdin(st: Stats): boolean {
+  try {
+    const i = fstatSync(0);
+    return i.dev === st.dev && i.ino === st.ino && i.rdev === st.rdev;
+  } catch {
+    return false;
+  }
 }
