@@ -210,7 +210,7 @@ export class LeaseEgress implements Egress {
   /** The tick the poll in flight was asked at, or null: one at a time, unless it hangs (see #poll). */
   #polling: number | null = null;
   /** The clock the watch judges expiry by: this process's, never going back (src/vault/clock.ts). */
-  readonly #clock = steadyClock(() => Date.now(), null);
+  readonly #clock: () => number;
   /** Watch ticks so far; a lease unconfirmed for more than {@link #patience} of them has its tunnels closed. */
   #tick = 0;
   #patience = 0;
@@ -234,6 +234,10 @@ export class LeaseEgress implements Egress {
       return h;
     });
     this.#scrub = this.#scrubPatterns();
+    // The vault's time has reached every lease's issue time: a process started after the wall clock
+    // stepped back (the daemon's steady clock did not) starts there, as the vault's clock does.
+    const issued = o.credentials.reduce<number | null>((m, c) => (m === null || c.lease.issuedAt > m ? c.lease.issuedAt : m), null);
+    this.#clock = steadyClock(() => Date.now(), issued);
   }
 
   /**
@@ -792,7 +796,7 @@ export class LeaseEgress implements Egress {
   async #check(h: Held, asked: number): Promise<void> {
     const rows = await this.#o.api.listLeases({ agent: this.#o.agent, id: h.lease.id });
     const l = rows.find((r) => r.id === h.lease.id);
-    const state = l === undefined ? "gone" : leaseState(l);
+    const state = l === undefined ? "gone" : leaseState(l, this.#clock());
     if (state === "live" || state === "exhausted") h.confirmed = Math.max(h.confirmed, asked);
     if (state === "exhausted") this.#end(h, "used up", false);
     else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
