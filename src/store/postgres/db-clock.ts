@@ -53,6 +53,7 @@ async function bestOf(pool: Pick<Pool, "query">, n: number): Promise<Reading> {
 export class DbClock {
   #base: Reading;
   #last = 0;
+  #lastMono = performance.now();
   #timer: NodeJS.Timeout | null = null;
 
   private constructor(private readonly pool: Pick<Pool, "query">, first: Reading) {
@@ -76,9 +77,13 @@ export class DbClock {
 
   /** The database's time now, in epoch ms; never less than a time it returned before. */
   now(): number {
-    const t = Math.round(this.#base.ms + (performance.now() - this.#base.at));
-    if (t > this.#last) this.#last = t;
-    return this.#last;
+    // Behind what it last said (the server's clock stepped back): on from there at the monotonic
+    // pace, never standing still (a clock that stands still expires nothing).
+    const m = performance.now();
+    const t = this.#base.ms + (m - this.#base.at);
+    this.#last = t >= this.#last ? t : this.#last + Math.max(0, m - this.#lastMono);
+    this.#lastMono = m;
+    return Math.round(this.#last);
   }
 
   /** How far this process's wall clock is ahead of the database's (negative: behind), in ms. */
