@@ -22,7 +22,7 @@ import { Vault } from "../src/vault/vault.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { canonicalRequestPath } from "../src/vault/http-path.js";
 import { agent, codeOf, grant, hexKey, makeVault } from "./helpers.js";
-import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { closeUpstreams, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.pol.example";
 const H2HOST = "h2.pol.example";
@@ -69,9 +69,7 @@ await new Promise<void>((r) => up2.listen(0, "127.0.0.1", r));
 const port2 = (up2.address() as AddressInfo).port;
 
 after(async () => {
-  up1.closeAllConnections();
-  await new Promise<void>((r) => up1.close(() => r()));
-  await new Promise<void>((r) => up2.close(() => r()));
+  await closeUpstreams(up1, up2);
 });
 
 // --- the rig ----------------------------------------------------------------------------------------

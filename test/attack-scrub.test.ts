@@ -27,7 +27,7 @@ import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type InjectionRule, type ProxyCredential } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { closeUpstreams, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.scrub.example"; // HTTP/1.1 upstream (node's https server)
 const H2HOST = "h2.scrub.example"; // HTTP/2 upstream
@@ -291,10 +291,7 @@ await new Promise<void>((r) => up2.listen(0, "127.0.0.1", r));
 const port2 = (up2.address() as AddressInfo).port;
 
 after(async () => {
-  up1.closeAllConnections();
-  await new Promise<void>((r) => up1.close(() => r()));
-  await new Promise<void>((r) => raw.close(() => r()));
-  await new Promise<void>((r) => up2.close(() => r()));
+  await closeUpstreams(up1, raw, up2);
 });
 
 const portOf = (host: string): number => (host === H2HOST ? port2 : host === RAWHOST ? portRaw : port1);

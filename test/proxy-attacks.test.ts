@@ -36,7 +36,7 @@ import { SsrfGuard, type ConnectTo, type Resolver } from "../src/proxy/guard.js"
 import { LeaseEgress, WITHHELD_PATH, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { connectRaw, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { closeUpstreams, connectRaw, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack.example"; // HTTP/1.1 upstream
 const H2HOST = "h2.attack.example"; // HTTP/2 upstream
@@ -125,9 +125,7 @@ await new Promise<void>((r) => up2.listen(0, "127.0.0.1", r));
 const port2 = (up2.address() as AddressInfo).port;
 
 after(async () => {
-  up1.closeAllConnections();
-  await new Promise<void>((r) => up1.close(() => r()));
-  await new Promise<void>((r) => up2.close(() => r()));
+  await closeUpstreams(up1, up2);
 });
 
 const portOf = (host: string): number => (host === H2HOST ? port2 : port1);

@@ -175,3 +175,9 @@ export function headsServer(ca: { sniCallback: tls.TlsOptions["SNICallback"] }, 
     });
   });
 }
+
+/** Closes test upstreams: an HTTP/1.1 one (its keep-alive connections first), then the others. */
+export async function closeUpstreams(h1: { closeAllConnections(): void; close(cb: () => void): unknown }, ...others: { close(cb: () => void): unknown }[]): Promise<void> {
+  h1.closeAllConnections();
+  for (const s of [h1, ...others]) await new Promise<void>((r) => s.close(() => r()));
+}

@@ -29,7 +29,7 @@ import { SsrfGuard, type ConnectTo } from "../src/proxy/guard.js";
 import { LeaseEgress, type ProxyCredential, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
 import { grant, makeVault } from "./helpers.js";
-import { loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
+import { closeUpstreams, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 
 const HOST = "api.attack2.example"; // covered by tok/bas/qry; HTTP/1.1 upstream on port1, HTTP/2 on port2
 const H2HOST = "h2.attack2.example";
@@ -133,9 +133,7 @@ await new Promise<void>((r) => up2.listen(0, "127.0.0.1", r));
 const port2 = (up2.address() as AddressInfo).port;
 
 after(async () => {
-  up1.closeAllConnections();
-  await new Promise<void>((r) => up1.close(() => r()));
-  await new Promise<void>((r) => up2.close(() => r()));
+  await closeUpstreams(up1, up2);
 });
 
 // --- the rig ------------------------------------------------------------------------------------------
