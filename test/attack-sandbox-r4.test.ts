@@ -24,18 +24,26 @@
  *
  * Real parts: the built CLI, real bwrap, git, user nobody (setpriv --reuid=65534) racing from outside.
  * Expected (the guarantee): nothing of nobody's ever lands in the owner's private directory.
+ *
+ * 3. The git guard runs `git config` with chooseGit's pick, or /usr/bin/git when no git on PATH
+ * qualifies; when that one could not run, configValues/includePaths answered [] and the includes of the
+ * repository's config were not guarded (fail open); now the run is refused. Setup: the owner's only git is in a directory
+ * another group can write (programTrustProblem refuses it: chooseGit returns null), and there is no
+ * /usr/bin/git (hidden by a bind mount in a private mount namespace: only this test's process sees
+ * it). The owner's .git/config includes ../shared.gitconfig, a file in the project: the agent may
+ * write core.fsmonitor there, which the owner's git (the one on PATH) runs after the run, unconfined.
+ * Real git, real config files, planLayout (what lessor run mounts). Root only (unshare -m).
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { after, test } from "node:test";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ATTACKERS_POLICY, HAVE_BWRAP, gitInit, makeOwner, runAgent } from "./run-harness.js";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
-import { after } from "node:test";
 import { BIN } from "./cli-harness.js";
+import { fileURLToPath } from "node:url";
 
 const root = mkdtempSync(join(tmpdir(), "lessor-sbx-gitpath-"));
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));
@@ -162,3 +170,34 @@ test(
     );
   },
 );
+
+test("attack: no git on PATH lessor can trust, and no /usr/bin/git: the run is refused rather than leave a config's include in the project writable", { skip: process.getuid?.() !== 0 ? "needs root (unshare -m)" : false }, (t) => {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), "revtoday-git-")));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const home = join(dir, "home");
+  const project = join(home, "project");
+  mkdirSync(project, { recursive: true });
+  chmodSync(dir, 0o755);
+  // The owner's git: in a bin another group (staff, gid 50) can write.
+  const bin = join(dir, "bin");
+  mkdirSync(bin);
+  chownSync(bin, 0, 50);
+  chmodSync(bin, 0o775);
+  copyFileSync("/usr/bin/git", join(bin, "git"));
+  chmodSync(join(bin, "git"), 0o755);
+  const git = (...a: string[]) => spawnSync(join(bin, "git"), a, { cwd: project, encoding: "utf8", env: { PATH: `${bin}:/bin`, HOME: home, GIT_CONFIG_NOSYSTEM: "1" } });
+  assert.equal(git("init", "-q").status, 0);
+  assert.equal(git("config", "include.path", "../shared.gitconfig").status, 0);
+  writeFileSync(join(project, "shared.gitconfig"), "[user]\n\tname = team\n");
+  // Control: the owner's git does read the included file (so the agent's core.fsmonitor there would run).
+  writeFileSync(join(project, "shared.gitconfig"), "[user]\n\tname = team\n[core]\n\tfsmonitor = echo AGENT\n");
+  assert.equal(git("config", "core.fsmonitor").stdout.trim(), "echo AGENT");
+  writeFileSync(join(project, "shared.gitconfig"), "[user]\n\tname = team\n");
+
+  const inner = fileURLToPath(new URL("./fixtures/plan-layout.ts", import.meta.url));
+  const script = `mount --bind /dev/null /usr/bin/git && exec node --import tsx ${inner} ${project} ${home}`;
+  const r = spawnSync("unshare", ["-m", "--propagation", "private", "sh", "-c", script], { encoding: "utf8", env: { ...process.env, PATH: `${bin}:/usr/local/bin:/usr/bin:/bin`, HOME: home } });
+  // Guarded without git is not possible (git's own parser reads the includes): refused.
+  assert.notEqual(r.status, 0, `planned without a git to read the configs: ${r.stdout}`);
+  assert.match(r.stderr, /the git on your PATH \(.*\/bin\/git\) is one the sandbox could write or another user could change.*The command was not started/, r.stderr);
+});

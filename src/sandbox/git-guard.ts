@@ -116,13 +116,17 @@ function realOrNull(p: string): string | null {
  * once planLayout knows what is writable; until then, /usr/bin/git.
  */
 let gitProgram = "/usr/bin/git";
+/** A `git` on PATH that chooseGit could not trust (the owner's git, which the guard cannot stand in for), or null. */
+let untrustedGit: string | null = null;
 
 /** Chooses {@link gitProgram} from `pathEnv` (the owner's PATH); returns it, or null when none qualifies. */
 export function chooseGit(pathEnv: string | undefined, writable: (p: string) => boolean): string | null {
+  untrustedGit = null;
   for (const dir of (pathEnv ?? "/usr/bin:/bin").split(":")) {
     if (!isAbsolute(dir)) continue; // relative: the current directory is the project
     const file = join(dir, "git");
     const real = realOrNull(file);
+    if (real !== null) untrustedGit ??= file;
     if (real === null || writable(dir) || writable(file) || writable(real) || writable(realOrNull(dir) ?? dir)) continue;
     try {
       if (!statSync(real).isFile()) continue;
@@ -132,9 +136,20 @@ export function chooseGit(pathEnv: string | undefined, writable: (p: string) => 
       continue;
     }
     gitProgram = file;
+    untrustedGit = null;
     return file;
   }
   gitProgram = "/usr/bin/git";
+  const usable = ((): boolean => {
+    try {
+      accessSync(gitProgram, constants.X_OK);
+      return statSync(gitProgram).isFile();
+    } catch {
+      return false;
+    }
+  })();
+  if (untrustedGit !== null && !usable)
+    throw new VaultError("invalid_request", `the git on your PATH (${untrustedGit}) is one the sandbox could write or another user could change, and there is no other git to read your git configs with before the run (their includes, hooks paths): install git in a directory only you or root can write. The command was not started`);
   return null;
 }
 
