@@ -777,7 +777,7 @@ export class LeaseEgress implements Egress {
             const gone: Promise<void>[] = [];
             for (const h of live) {
               if (alive.has(h.lease.id)) h.confirmed = Math.max(h.confirmed, asked);
-              else gone.push(this.#check(h, asked));
+              else gone.push(this.#check(h, asked, true));
             }
             await Promise.all(gone);
           })(),
@@ -793,10 +793,13 @@ export class LeaseEgress implements Egress {
    * Reads `h`'s lease (asked at tick `asked`) and follows it: used up (neither revoked nor expired)
    * keeps the tunnels that took its uses; revoked, expired or not found closes them.
    */
-  async #check(h: Held, asked: number): Promise<void> {
+  async #check(h: Held, asked: number, notLive = false): Promise<void> {
     const rows = await this.#o.api.listLeases({ agent: this.#o.agent, id: h.lease.id });
     const l = rows.find((r) => r.id === h.lease.id);
-    const state = l === undefined ? "gone" : leaseState(l, this.#clock());
+    let state = l === undefined ? "gone" : leaseState(l, this.#clock());
+    // The vault left it out of its live list, and it is neither revoked nor used up: the vault's clock
+    // is past its expiry, whatever this process's clock (floored at issue times only) says.
+    if (notLive && state === "live") state = "expired";
     if (state === "live" || state === "exhausted") h.confirmed = Math.max(h.confirmed, asked);
     if (state === "exhausted") this.#end(h, "used up", false);
     else if (state !== "live") this.#end(h, state === "gone" ? "revoked" : state);
