@@ -321,7 +321,7 @@ export async function gateGrant(
  * caller's transaction. Each is audited as approval_denied by `who`, with `reason` ("withdrawn: …").
  * Returns how many.
  */
-async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string, by: "killswitch" | "secret_deleted" | "requester_ended"): Promise<number> {
+async function withdrawIn(tx: StoreTx, audit: AuditFn, now: number, who: Identity, which: (a: ApprovalRecord) => boolean, reason: string, by: "killswitch" | "secret_deleted" | "requester_ended" | "agent_revoked"): Promise<number> {
   const items = await readApprovals(tx, now);
   const gone = items.filter((a) => which(a) && (a.state === "pending" || a.state === "approved"));
   if (gone.length === 0) return 0;
@@ -354,6 +354,16 @@ export async function withdrawAll(tx: StoreTx, audit: AuditFn, now: number, who:
   // so that while the audit trail is broken it is deferred like the killswitch's own, never a reason
   // to refuse the killswitch (src/vault/audit-guard.ts isBrake).
   return withdrawIn(tx, audit, now, who, () => true, "withdrawn: the killswitch was pulled", "killswitch");
+}
+
+/**
+ * Withdraws every approval for `agent` not yet used (pending or approved), inside the transaction of
+ * a revocation of the agent's leases (revoke_all_for_agent): an approval is a lease in waiting, and
+ * the revocation must not leave one for the agent to take up at once. `requestedBy`, when given,
+ * limits it to that identity's (a run's session revokes only its own). Part of the brake.
+ */
+export async function withdrawForAgent(tx: StoreTx, audit: AuditFn, now: number, who: Identity, agent: string, requestedBy?: string): Promise<number> {
+  return withdrawIn(tx, audit, now, who, (a) => a.agent === agent && (requestedBy === undefined || a.requestedBy === requestedBy), "withdrawn: the agent's leases were revoked", "agent_revoked");
 }
 
 /**

@@ -227,7 +227,7 @@ export function brokenError(problem: string): VaultError {
 export function isBrake(draft: AuditDraft): boolean {
   if (draft.outcome !== "ok") return false;
   if (draft.type === "lease_revoked" || draft.type === "token_revoked") return true;
-  if (draft.type === "approval_denied") return draft.detail?.withdrawn_by === "killswitch";
+  if (draft.type === "approval_denied") return draft.detail?.withdrawn_by === "killswitch" || draft.detail?.withdrawn_by === "agent_revoked";
   return draft.type === "killswitch" && draft.detail?.engaged === true;
 }
 

@@ -24,6 +24,7 @@
  * Without the setting nothing is read or checked.
  */
 import { checkPlainText } from "../base/text.js";
+import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 import { roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
@@ -133,7 +134,7 @@ export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, 
 }
 
 /** True when the limits pinned on a shared store are not this instance's (src/vault/policy-sync.ts). */
-function limitsStale(ctx: VaultContext): boolean {
+export function limitsStale(ctx: VaultContext): boolean {
   return policyStaleness(ctx)?.limits !== undefined;
 }
 
@@ -157,6 +158,10 @@ export async function heartbeat(ctx: VaultContext, who: Identity, reasonIn?: str
   const got = await commit(ctx, async (tx, audit, now) => {
     const err = roleError(who, ["admin"], "send the heartbeat");
     if (err) return denied(audit, who, err, {});
+    // An instance whose limits are not the ones in force cannot judge the deadline in force (its own
+    // period is not it), so it could not fire a missed one first: it records no heartbeat.
+    if (limitsStale(ctx))
+      return denied(audit, who, new VaultError("unavailable", "this lessor instance's [vault] limits are not the ones in force on the shared database, so it cannot tell whether the dead-man deadline has passed; send the heartbeat through an instance whose limits are in force (or restart this one with them)"), {});
     // A heartbeat after the deadline is too late: the switch fires first (as a watching daemon would
     // have), then the heartbeat is recorded, as one sent to an engaged killswitch is.
     const fired = await missedDeadlineIn(ctx, tx, audit, now);

@@ -20,11 +20,11 @@ import { canonicalRequestPath, matchPathPrefixes, requestBoundsReason } from "./
 import { checkPlainText, quoteText } from "../base/text.js";
 import { checkDomainsText, checkTarget } from "./target.js";
 import { decide, leaseDomains, reasonFor, type Rule } from "./policy.js";
-import { bindingOf, checkApprovalId, gateGrant } from "./approvals.js";
+import { bindingOf, checkApprovalId, gateGrant, withdrawForAgent } from "./approvals.js";
 import type { Identity, LeaseFilter, LeaseRecord, SecretRef, VersionRecord } from "../base/types.js";
 import { isRevocable, leaseState } from "../base/lease-state.js";
 import { engageKillswitchIn, formatKillswitch, KILLSWITCH_META, lockoutError, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
-import { deadmanIn, firedSignal, heartbeatIn, missedDeadlineIn, recordIn } from "./heartbeat.js";
+import { deadmanIn, firedSignal, heartbeatIn, limitsStale, missedDeadlineIn, recordIn } from "./heartbeat.js";
 import { policyGateIn } from "./policy-sync.js";
 import { requireKeyIn } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
@@ -694,10 +694,12 @@ export async function revokeAllForAgent(ctx: VaultContext, who: Identity, agentI
       let n = 0;
       for (const l of await pagedList(tx, { agent, liveAt: now, limit: 10_000 }, (x) => x.issuedBy === who.id)) n += await tx.revokeLeases({ id: l.id }, now, why);
       await audit({ type: "lease_revoked", actor: who, agent, outcome: "ok", reason: why, detail: { count: n, session: true } });
+      await withdrawForAgent(tx, audit, now, who, agent, who.id);
       return { revoked: n };
     }
     const n = await tx.revokeLeases({ agent }, now, why);
     await audit({ type: "lease_revoked", actor: who, agent, outcome: "ok", reason: why, detail: { count: n } });
+    await withdrawForAgent(tx, audit, now, who, agent);
     return { revoked: n };
   });
 }
@@ -735,7 +737,7 @@ export async function releaseKillswitch(ctx: VaultContext, who: Identity, reason
     // release then lifts the lockout the switch engaged, as it would had a daemon fired it on time.
     const fired = await missedDeadlineIn(ctx, tx, audit, now);
     // An admin is here: that is a heartbeat, or the dead-man switch would fire again at once.
-    if (ctx.limits.heartbeatMs !== null) await recordIn(ctx, tx, audit, now, who, "killswitch released");
+    if (ctx.limits.heartbeatMs !== null && !limitsStale(ctx)) await recordIn(ctx, tx, audit, now, who, "killswitch released");
     const before = await readKillswitch(tx);
     const state: KillswitchState = before.engaged ? { engaged: false, at: now, by: who.id, reason: why } : before;
     if (before.engaged) await tx.setMeta(KILLSWITCH_META, formatKillswitch(state));
