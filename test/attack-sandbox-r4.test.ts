@@ -33,6 +33,9 @@
  * it). The owner's .git/config includes ../shared.gitconfig, a file in the project: the agent may
  * write core.fsmonitor there, which the owner's git (the one on PATH) runs after the run, unconfined.
  * Real git, real config files, planLayout (what lessor run mounts). Root only (unshare -m).
+ *
+ * 4. A git that nobody else can change but that fails run from `/` (a version manager's shim with no
+ * global version) was chosen, and its failures read as "no includes": now a git must answer there.
  */
 import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -44,6 +47,9 @@ import { ATTACKERS_POLICY, HAVE_BWRAP, gitInit, makeOwner, runAgent } from "./ru
 import { spawn, spawnSync } from "node:child_process";
 import { BIN } from "./cli-harness.js";
 import { fileURLToPath } from "node:url";
+
+/** Prints planLayout's lists in a process of its own (test/fixtures/plan-layout.ts). */
+const inner = fileURLToPath(new URL("./fixtures/plan-layout.ts", import.meta.url));
 
 const root = mkdtempSync(join(tmpdir(), "lessor-sbx-gitpath-"));
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));
@@ -194,10 +200,58 @@ test("attack: no git on PATH lessor can trust, and no /usr/bin/git: the run is r
   assert.equal(git("config", "core.fsmonitor").stdout.trim(), "echo AGENT");
   writeFileSync(join(project, "shared.gitconfig"), "[user]\n\tname = team\n");
 
-  const inner = fileURLToPath(new URL("./fixtures/plan-layout.ts", import.meta.url));
   const script = `mount --bind /dev/null /usr/bin/git && exec node --import tsx ${inner} ${project} ${home}`;
   const r = spawnSync("unshare", ["-m", "--propagation", "private", "sh", "-c", script], { encoding: "utf8", env: { ...process.env, PATH: `${bin}:/usr/local/bin:/usr/bin:/bin`, HOME: home } });
   // Guarded without git is not possible (git's own parser reads the includes): refused.
   assert.notEqual(r.status, 0, `planned without a git to read the configs: ${r.stdout}`);
   assert.match(r.stderr, /the git on your PATH \(.*\/bin\/git\) is one the sandbox could write or another user could change.*The command was not started/, r.stderr);
+});
+
+function planWith(project: string, home: string, path: string): { readOnly: string[] } {
+  const r = spawnSync("node", ["--import", "tsx", inner, project, home], { encoding: "utf8", env: { ...process.env, PATH: path, HOME: home } });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as { readOnly: string[] };
+}
+
+test("attack: a git on PATH that cannot answer from / (an asdf/mise shim with no global version) is not the one that reads the configs: the include stays guarded", (t) => {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), "revtoday2-shim-")));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  const home = join(dir, "home");
+  const project = join(home, "project");
+  mkdirSync(project, { recursive: true });
+  // asdf-style shim, owned by the owner (root here), 0755 in a 0755 directory: chooseGit trusts it.
+  const shims = join(home, ".asdf", "shims");
+  mkdirSync(shims, { recursive: true });
+  writeFileSync(
+    join(shims, "git"),
+    `#!/bin/sh
+# like asdf/mise: the version comes from .tool-versions in the working directory or above
+d=$(pwd)
+while :; do
+  if [ -f "$d/.tool-versions" ]; then exec /usr/bin/git "$@"; fi
+  [ "$d" = / ] && break
+  d=$(dirname "$d")
+done
+echo "No version is set for command git" >&2
+exit 126
+`,
+  );
+  chmodSync(join(shims, "git"), 0o755);
+  writeFileSync(join(project, ".tool-versions"), "git 2.39.2\n");
+  const env = { PATH: `${shims}:/usr/bin:/bin`, HOME: home, GIT_CONFIG_NOSYSTEM: "1" };
+  const git = (...a: string[]) => spawnSync("git", a, { cwd: project, encoding: "utf8", env });
+  assert.equal(git("init", "-q").status, 0);
+  assert.equal(git("config", "include.path", "../shared.gitconfig").status, 0);
+  // Control: the owner's git (the shim, in the project) reads the included file: core.fsmonitor there would run.
+  writeFileSync(join(project, "shared.gitconfig"), "[core]\n\tfsmonitor = echo AGENT\n");
+  assert.equal(git("config", "core.fsmonitor").stdout.trim(), "echo AGENT");
+  writeFileSync(join(project, "shared.gitconfig"), "[user]\n\tname = team\n");
+
+  const shared = join(project, "shared.gitconfig");
+  // Control: with /usr/bin/git first on PATH, the include is guarded (shown read-only).
+  assert.ok(planWith(project, home, "/usr/bin:/bin").readOnly.includes(shared), "control: the guard should protect the include");
+  // The shim first on PATH (as in the owner's shell): skipped for /usr/bin/git, the include guarded.
+  const p = planWith(project, home, `${shims}:/usr/bin:/bin`);
+  assert.ok(p.readOnly.includes(shared), `the include ${shared} is writable in the sandbox (read-only: ${JSON.stringify(p.readOnly)})`);
 });

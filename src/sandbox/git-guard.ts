@@ -132,6 +132,9 @@ export function chooseGit(pathEnv: string | undefined, writable: (p: string) => 
       if (!statSync(real).isFile()) continue;
       accessSync(real, constants.X_OK);
       if (programTrustProblem(file, { what: "git", who: "who could run their code as you", elsewhere: "" }) !== null) continue;
+      // It must answer as gitConfig runs it (from /, PATH=/usr/bin:/bin): a version manager's shim
+      // with no global version fails there, and a failed run reads as "no includes" (fail open).
+      if (!answers(file)) continue;
     } catch {
       continue;
     }
@@ -143,7 +146,7 @@ export function chooseGit(pathEnv: string | undefined, writable: (p: string) => 
   const usable = ((): boolean => {
     try {
       accessSync(gitProgram, constants.X_OK);
-      return statSync(gitProgram).isFile();
+      return statSync(gitProgram).isFile() && answers(gitProgram);
     } catch {
       return false;
     }
@@ -151,6 +154,12 @@ export function chooseGit(pathEnv: string | undefined, writable: (p: string) => 
   if (untrustedGit !== null && !usable)
     throw new VaultError("invalid_request", `the git on your PATH (${untrustedGit}) is one the sandbox could write or another user could change, and there is no other git to read your git configs with before the run (their includes, hooks paths): install git in a directory only you or root can write. The command was not started`);
   return null;
+}
+
+/** Whether `git` answers a `git config` the way {@link gitConfig} runs it. */
+function answers(git: string): boolean {
+  const r = spawnSync(git, ["config", "--file", "/dev/null", "--list"], { cwd: "/", encoding: "utf8", env: { PATH: "/usr/bin:/bin", GIT_CEILING_DIRECTORIES: "/", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", HOME: "/nonexistent" }, timeout: 10_000 });
+  return r.error === undefined && r.status === 0;
 }
 
 /** Runs `git config …` with {@link gitProgram}, from `/` (no repository around it is discovered). */
