@@ -22,6 +22,7 @@
 
 #ifdef __linux__
 #include <sys/prctl.h>
+#include <sys/xattr.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -104,6 +105,29 @@ static napi_value nodump(napi_env env, napi_callback_info info) {
 #endif
 }
 
+/*
+ * hasacl(path): whether `path` (links followed) carries a POSIX access ACL, whose named
+ * entries st_mode's group bits (the mask) do not tell apart from the owning group. Throws on errors
+ * other than "no such attribute" / "not supported".
+ */
+static napi_value hasacl(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return throw_error(env, "EINVAL", "hasacl(path)");
+  char path[4096];
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1) return throw_error(env, "EINVAL", "hasacl: bad path");
+  bool has = false;
+#ifdef __linux__
+  ssize_t n = getxattr(path, "system.posix_acl_access", NULL, 0);
+  if (n > 0) has = true;
+  else if (n < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP) return throw_errno(env, "getxattr(system.posix_acl_access)");
+#endif
+  napi_value out;
+  if (napi_get_boolean(env, has, &out) != napi_ok) return NULL;
+  return out;
+}
+
 /* Sets exports[name] to a function calling `cb`, and reports whether it worked. */
 static int export_function(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
@@ -113,6 +137,7 @@ static int export_function(napi_env env, napi_value exports, const char *name, n
 
 static napi_value init(napi_env env, napi_value exports) {
   if (!export_function(env, exports, "peercred", peercred) || !export_function(env, exports, "nodump", nodump) ||
+      !export_function(env, exports, "hasacl", hasacl) ||
       !register_handoff(env, exports))
     return NULL;
   return exports;

@@ -95,6 +95,6 @@ export function checkSocketFiles(socketPath: string, expectedUid: number, why: s
   if (!okUid(sockStat.uid)) return refuse(`the socket file is owned by ${who(sockStat.uid)}`);
   if (!dirStat.isDirectory()) return refuse(`${dir} is not a directory`);
   if (!okUid(dirStat.uid)) return refuse(`its directory ${dir} is owned by ${who(dirStat.uid)}`);
-  if (othersMayWrite(dirStat)) return refuse(`its directory ${dir} is writable by ${dirStat.mode & 0o002 ? "others" : "its group"} (mode ${(dirStat.mode & 0o7777).toString(8)})`);
+  if (othersMayWrite(dirStat, undefined, dir)) return refuse(`its directory ${dir} is writable by ${dirStat.mode & 0o002 ? "others" : "its group"} (mode ${(dirStat.mode & 0o7777).toString(8)})`);
   return null;
 }

@@ -120,7 +120,7 @@ export function assertUnsharedDir(dir: string, what: string): void {
     return;
   }
   const uid = process.getuid!();
-  if ((st.uid === uid || st.uid === 0) && !othersMayWrite(st)) return;
+  if ((st.uid === uid || st.uid === 0) && !othersMayWrite(st, undefined, dir)) return;
   throw new VaultError(
     "insecure_permissions",
     `${dir}, the directory of ${what}, ${st.uid !== uid && st.uid !== 0 ? `belongs to uid ${st.uid}` : `can be written by other users (mode ${octal(st.mode)})`}: another user could create the database's -wal or -shm file there before lessor does, and read the vault from it; choose a directory that only you can write (in your home, for example)`,
@@ -162,7 +162,7 @@ export function assertSafeAncestors(path: string, uid: number, place: GuardedPla
         "insecure_permissions",
         `${parent}, above ${place.what}, belongs to uid ${ps.uid}, who could move ${child} away and replace it; use directories owned by you or root, or ${place.elsewhere}`,
       );
-    if (othersMayWrite(ps)) {
+    if (othersMayWrite(ps, undefined, parent)) {
       const sticky = (ps.mode & 0o1000) !== 0;
       if (!sticky || (cs !== null && !trusted(cs.uid)))
         throw new VaultError(
@@ -207,7 +207,7 @@ export function programTrustProblem(path: string, place: TrustedProgramPlace): {
   const st = statSync(real);
   if (!st.isFile()) return { kind: "not_file", message: `${place.what} (${real}) is not a regular file` };
   if (st.uid !== uid && st.uid !== 0) return { kind: "insecure", message: `${place.what} (${real}) belongs to uid ${st.uid}, ${place.who}; use a program owned by you or root` };
-  if (othersMayWrite(st))
+  if (othersMayWrite(st, undefined, real))
     return { kind: "insecure", message: `${place.what} (${real}) can be changed by other users (mode ${octal(st.mode)}), ${place.who}; fix it with: chmod go-w ${real}` };
   try {
     assertSafeAncestors(path, uid, place);

@@ -49,12 +49,37 @@ export function isPrivateGroup(gid: number, uid: number, files: AccountFiles = S
   return num(owner[3]) === gid || members.length === 1;
 }
 
+/** Where the process keeps its POSIX-ACL probe (set by the CLI from the native addon; shared by every bundle). */
+const ACL_PROBE = Symbol.for("lessor.posixAclProbe");
+
+/** Installs `probe(path)`: whether `path` (not followed) carries a POSIX access ACL. */
+export function setAclProbe(probe: (path: string) => boolean): void {
+  (globalThis as Record<symbol, unknown>)[ACL_PROBE] = probe;
+}
+
 /**
- * True when someone other than the owner (and root) may write what `st` describes: the other-write
- * bit, or the group-write bit on a group that is not the owner's private group.
+ * Whether `path` may carry an ACL. With an ACL, st_mode's group bits are its mask, which a named
+ * entry (user:bob:rw-) sets as well as the owning group: they no longer say who the group is. Without
+ * a path or a probe (the native addon not built), it may: the bit is refused, as before private groups.
  */
-export function othersMayWrite(st: { mode: number; uid: number; gid: number }, files: AccountFiles = SYSTEM): boolean {
+function mayHaveAcl(path: string | undefined): boolean {
+  if (process.platform !== "linux") return false;
+  const probe = (globalThis as Record<symbol, unknown>)[ACL_PROBE];
+  if (path === undefined || typeof probe !== "function") return true;
+  try {
+    return (probe as (p: string) => boolean)(path) !== false;
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * True when someone other than the owner (and root) may write what `st` (the stat of `path`)
+ * describes: the other-write bit, or the group-write bit on a group that is not the owner's private
+ * group, or on a file or directory with a POSIX ACL (whose named entries that bit also stands for).
+ */
+export function othersMayWrite(st: { mode: number; uid: number; gid: number }, files: AccountFiles = SYSTEM, path?: string): boolean {
   if ((st.mode & 0o002) !== 0) return true;
   if ((st.mode & 0o020) === 0) return false;
-  return !isPrivateGroup(st.gid, st.uid, files);
+  return !isPrivateGroup(st.gid, st.uid, files) || (files === SYSTEM && mayHaveAcl(path));
 }

@@ -32,7 +32,7 @@ export function readTrustedFile(path: string, what: string, code: ErrorCode, max
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new VaultError(code, `${what} ${path} is not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a fifo" : "not a file"}); replace it with the file itself`);
-    checkOwnInput(st, `${what} ${path}`, path, "change what it says", code);
+    checkOwnInput(st, `${what} ${path}`, path, "change what it says", code, fd);
     if (maxBytes === undefined) return { text: readFileSync(fd, "utf8"), mode: st.mode };
     const read = readCappedSync(fd, maxBytes);
     if ("tooLarge" in read) throw new VaultError(code, `${what} ${path} is larger than ${maxBytes} bytes`);
@@ -60,9 +60,9 @@ export function openNoWait(path: string): number {
  * still write it would choose it. A device must be yours or root's too (another user's pseudo-terminal
  * carries what they type), unless it is the terminal lessor was started from; its mode is not
  * checked (/dev/zero, your own terminal). `named` is how messages name it ("the env file ./x.env"), `consequence` completes
- * "another user could …". Throws VaultError(`code`).
+ * "another user could …"; `fd`, the descriptor `st` is of. Throws VaultError(`code`).
  */
-export function checkOwnInput(st: Stats, named: string, path: string, consequence: string, code: ErrorCode = "insecure_permissions"): void {
+export function checkOwnInput(st: Stats, named: string, path: string, consequence: string, code: ErrorCode = "insecure_permissions", fd?: number): void {
   if (!POSIX || st.isSocket()) return;
   const me = process.getuid!();
   // A device too: a pseudo-terminal's slave belongs to whoever opened it, who types what it reads
@@ -72,7 +72,8 @@ export function checkOwnInput(st: Stats, named: string, path: string, consequenc
     throw new VaultError(code, `${named} belongs to uid ${st.uid}, not to you (uid ${me}): another user could ${consequence}, so it is not read; make your own copy (or sudo chown ${me} ${path})`);
   // A terminal's group write bit (tty, for write(1)) writes its output, never what is read from it.
   if (!(st.isFile() || st.isFIFO())) return;
-  if (othersMayWrite(st))
+  // The ACL is read from the descriptor that was checked and is read (its /proc/self/fd link), not the path.
+  if (othersMayWrite(st, undefined, fd !== undefined && process.platform === "linux" ? `/proc/self/fd/${fd}` : path))
     throw new VaultError(code, `${named} can be changed by other users (mode ${octal(st.mode)}), who could ${consequence}, so it is not read; fix it with: chmod go-w ${path}`);
 }
 

@@ -561,7 +561,7 @@ function refuseSharedGitDir(gitDir: string): void {
       const st = lst(d);
       if (st === null) continue;
       if (st.uid !== uid && st.uid !== 0) throw new VaultError("insecure_permissions", `${d} belongs to uid ${st.uid}`);
-      if (othersMayWrite(st)) throw new VaultError("insecure_permissions", `${d} can be written by other users (mode ${octal(st.mode)})`);
+      if (othersMayWrite(st, undefined, d)) throw new VaultError("insecure_permissions", `${d} can be written by other users (mode ${octal(st.mode)})`);
     }
     assertSafeAncestors(gitDir, uid, { what: `the git directory ${gitDir}`, elsewhere: "run the agent on a copy of your own" });
   } catch (e) {

@@ -61,7 +61,7 @@ export function readTextFile(path: string, what: string, option: string, o: Read
       // Without waiting: a fifo planted at the path is refused (trusted) or read to its end, not waited on.
       const fd = openNoWait(path);
       try {
-        if (o.trusted) checkOwnInput(fstatSync(fd), `${what} ${path}`, path, "change which variables and secrets your command gets");
+        if (o.trusted) checkOwnInput(fstatSync(fd), `${what} ${path}`, path, "change which variables and secrets your command gets", undefined, fd);
         if (o.opened) {
           // The file as opened, for a check after the read (src/cli/run/run.ts): which file this really was.
           let real: string | null = null;

@@ -86,7 +86,7 @@ export function readFileCapped(path: string, label: string, max: { bytes: number
   try {
     const fd = openNoWait(path);
     try {
-      checkOwnInput(fstatSync(fd), label, path, "choose the values you store");
+      checkOwnInput(fstatSync(fd), label, path, "choose the values you store", undefined, fd);
       got = readCappedSync(fd, max.bytes);
     } finally {
       closeSync(fd);

@@ -50,7 +50,7 @@ export function assertSafeSocketDir(dir: string, uid: number): string {
       `the socket directory ${real} belongs to uid ${st.uid}, not to the daemon's uid ${uid}; its owner could replace the socket. Use a directory you own, or fix it with: chown ${uid} ${real}`,
     );
   }
-  if (othersMayWrite(st)) {
+  if (othersMayWrite(st, undefined, real)) {
     throw new VaultError(
       "insecure_permissions",
       `the socket directory ${real} can be written by other users (mode ${octal(st.mode)}), who could replace the socket; fix it with: chmod go-w ${real}`,
