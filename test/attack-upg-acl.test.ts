@@ -130,3 +130,23 @@ test("without an ACL, 0664 in the owner's private group is accepted (a umask 002
     spawnSync("userdel", ["-r", name]);
   }
 });
+
+test("the library (lessor/server, no CLI) reads the ACL too: a 0775 socket directory in the owner's private group is accepted, with an ACL for another user refused", { skip: isRoot ? false : "needs root (a directory in root's private group)" }, async () => {
+  const { isPrivateGroup } = await import("../src/fs/private-group.js");
+  const { assertSafeSocketDir } = await import("../src/server/transports/socket-dir.js");
+  assert.ok(isPrivateGroup(0, 0), "precondition: gid 0 is root's private group on this machine");
+  const base = mkdtempSync("/tmp/upgacl-lib-");
+  try {
+    chmodSync(base, 0o755);
+    const dir = join(base, "run");
+    mkdirSync(dir);
+    chownSync(dir, 0, 0);
+    chmodSync(dir, 0o775);
+    assert.doesNotThrow(() => assertSafeSocketDir(dir, 0), "0775 in root's private group, no ACL");
+    setAcl(dir, NOBODY, "access");
+    assert.equal(statSync(dir).mode & 0o070, 0o070, "the ACL's mask is the group bits");
+    assert.throws(() => assertSafeSocketDir(dir, 0), /can be written by other users \(mode 0?775\)/);
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+});

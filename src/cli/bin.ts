@@ -13,23 +13,6 @@
  */
 import { loadBundle } from "./code-cache.js";
 import { runCli } from "./entry.js";
-import { defaultAddonPath, requireAddon } from "../native/peercred.js";
-import { setAclProbe } from "../fs/private-group.js";
-
-// The POSIX-ACL probe behind src/fs/private-group.ts (group write in a private group is the owner's
-// only when no ACL adds other users), loaded the first time it is asked (a start pays nothing); without
-// the addon it throws, and that bit is refused as before.
-{
-  let hasAcl: ((path: string) => boolean) | null | undefined;
-  setAclProbe((path) => {
-    if (hasAcl === undefined) {
-      const got = requireAddon(defaultAddonPath());
-      hasAcl = "addon" in got && typeof got.addon.hasacl === "function" ? (got.addon.hasacl as (p: string) => boolean) : null;
-    }
-    if (hasAcl === null) throw new Error("the native addon, which reads ACLs, is not built");
-    return hasAcl(path);
-  });
-}
 
 /** Runs dist/bin/main.cjs (the fast path) from its code cache and returns its exports. */
 function loadFastPath(): typeof import("./fast-path.js") {

@@ -14,6 +14,7 @@
  * count as private: its bit is refused, as before.
  */
 import { readFileSync } from "node:fs";
+import { defaultAddonPath, requireAddon } from "../native/peercred.js";
 
 /** Where the account databases are read (tests pass their own). */
 export interface AccountFiles {
@@ -49,25 +50,24 @@ export function isPrivateGroup(gid: number, uid: number, files: AccountFiles = S
   return num(owner[3]) === gid || members.length === 1;
 }
 
-/** Where the process keeps its POSIX-ACL probe (set by the CLI from the native addon; shared by every bundle). */
-const ACL_PROBE = Symbol.for("lessor.posixAclProbe");
-
-/** Installs `probe(path)`: whether `path` (not followed) carries a POSIX access ACL. */
-export function setAclProbe(probe: (path: string) => boolean): void {
-  (globalThis as Record<symbol, unknown>)[ACL_PROBE] = probe;
-}
+/** The addon's `hasacl(path)` (links followed), loaded on first use; null when the addon is not built. */
+let hasAcl: ((path: string) => boolean) | null | undefined;
 
 /**
- * Whether `path` may carry an ACL. With an ACL, st_mode's group bits are its mask, which a named
- * entry (user:bob:rw-) sets as well as the owning group: they no longer say who the group is. Without
- * a path or a probe (the native addon not built), it may: the bit is refused, as before private groups.
+ * Whether `path` may carry a POSIX ACL. With one, st_mode's group bits are its mask, which a named
+ * entry (user:bob:rw-) sets as well as the owning group: they no longer say who may write. Read by the
+ * native addon (Node has no call for extended attributes); without a path, on another system than
+ * Linux, or without the addon, it may: the bit is refused, as it was before private groups counted.
  */
 function mayHaveAcl(path: string | undefined): boolean {
-  if (process.platform !== "linux") return false;
-  const probe = (globalThis as Record<symbol, unknown>)[ACL_PROBE];
-  if (path === undefined || typeof probe !== "function") return true;
+  if (process.platform !== "linux" || path === undefined) return true;
+  if (hasAcl === undefined) {
+    const got = requireAddon(defaultAddonPath());
+    hasAcl = "addon" in got && typeof got.addon["hasacl"] === "function" ? (got.addon["hasacl"] as (p: string) => boolean) : null;
+  }
+  if (hasAcl === null) return true;
   try {
-    return (probe as (p: string) => boolean)(path) !== false;
+    return hasAcl(path) !== false;
   } catch {
     return true;
   }
