@@ -116,7 +116,7 @@ static napi_value hasacl(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return throw_error(env, "EINVAL", "hasacl(path)");
   char path[4096];
   size_t len = 0;
-  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1) return throw_error(env, "EINVAL", "hasacl: bad path");
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1 || strlen(path) != len) return throw_error(env, "EINVAL", "hasacl: bad path");
   bool has = false;
 #ifdef __linux__
   ssize_t n = getxattr(path, "system.posix_acl_access", NULL, 0);

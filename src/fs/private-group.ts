@@ -13,7 +13,7 @@
  * A group known only to another name service (LDAP, sssd) is not listed in /etc/group and does not
  * count as private: its bit is refused, as before.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statfsSync } from "node:fs";
 import { defaultAddonPath, requireAddon } from "../native/peercred.js";
 
 /** Where the account databases are read (tests pass their own). */
@@ -50,6 +50,9 @@ export function isPrivateGroup(gid: number, uid: number, files: AccountFiles = S
   return num(owner[3]) === gid || members.length === 1;
 }
 
+/** statfs types of filesystems whose ACLs are not POSIX ones: NFS, CIFS, SMB2, FUSE. */
+const FOREIGN_ACLS = new Set([0x6969, 0xff534d42, 0xfe534d42, 0x65735546]);
+
 /** The addon's `hasacl(path)` (links followed), loaded on first use; null when the addon is not built. */
 let hasAcl: ((path: string) => boolean) | null | undefined;
 
@@ -67,6 +70,9 @@ function mayHaveAcl(path: string | undefined): boolean {
   }
   if (hasAcl === null) return true;
   try {
+    // NFS, SMB and FUSE filesystems answer "not supported" for POSIX ACLs while the server may enforce
+    // ACLs of its own (NFSv4's, Windows'): their group bits say nothing either.
+    if (FOREIGN_ACLS.has(statfsSync(path).type)) return true;
     return hasAcl(path) !== false;
   } catch {
     return true;
