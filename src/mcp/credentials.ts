@@ -89,7 +89,8 @@ export class SessionCredentials {
     try {
       this.#patterns = this.#buildPatterns();
     } catch (e) {
-      this.remove(lease.id);
+      // Never handed to a request (it could not be masked): forgotten at once, not kept masked meanwhile.
+      this.remove(lease.id, false);
       if (e instanceof VaultError && e.code === "value_too_large")
         throw new VaultError(
           "value_too_large",
@@ -119,11 +120,14 @@ export class SessionCredentials {
     };
   }
 
-  /** Forgets a lease (revoked or ended); true when it was held. */
-  remove(leaseId: string): boolean {
+  /**
+   * Forgets a lease (revoked or ended); true when it was held. While a tool call is under way its value
+   * stays masked until that call has ended (see {@link busy}), unless `linger` is false.
+   */
+  remove(leaseId: string, linger = true): boolean {
     const c = this.#byLease.get(leaseId);
     if (!c) return false;
-    if (this.#busy > 0 && !this.#ended)
+    if (linger && this.#busy > 0 && !this.#ended)
       for (const value of [c.value, ...(this.#earlier.get(leaseId) ?? [])]) this.#lingering.push({ value, placeholder: c.placeholder });
     this.#byLease.delete(leaseId);
     this.#earlier.delete(leaseId);
