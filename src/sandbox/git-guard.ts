@@ -559,7 +559,9 @@ function refuseSharedGitDir(gitDir: string): void {
   try {
     for (const d of [gitDir, join(gitDir, "worktrees"), join(gitDir, "modules")]) {
       const st = lst(d);
-      if (st === null) continue;
+      // A symbolic link's own mode says nothing (0777); a linked worktrees or modules is refused below
+      // in its own words, and who may swap a link is who may write its directory (checked here too).
+      if (st === null || st.isSymbolicLink()) continue;
       if (st.uid !== uid && st.uid !== 0) throw new VaultError("insecure_permissions", `${d} belongs to uid ${st.uid}`);
       if (othersMayWrite(st, undefined, d)) throw new VaultError("insecure_permissions", `${d} can be written by other users (mode ${octal(st.mode)})`);
     }
