@@ -57,7 +57,7 @@ const SAMPLES: { [M in MethodName]: (c: Ctx) => Params<M> } = {
   record_proxy_requests: (c) => ({ reports: [{ agent: "claude", leaseIds: [c.leaseId], method: "GET", host: "api.github.com", path: "/user", status: 200, bytesOut: 0, bytesIn: 12, ms: 3.5, outcome: "ok" }] }),
   record_tool_call: () => ({ agent: "claude", tool: "list_secrets", outcome: "refused", code: "access_denied", ms: 4.5 }),
   record_refusal: () => ({ agent: "claude", secret: "github-token", domain: "api.github.com", by: "git-credential", reason: "the URL is plain http://" }),
-  revoke_all_for_agent: () => ({ agent: "claude" }),
+  revoke_all_for_agent: () => ({ agent: "other-agent" }), // not claude: it would withdraw the rig's approval too
   list_leases: () => ({ agent: "claude", live: false }),
   approval_request: () => ({ agent: "claude", secret: "gated", domains: ["api.github.com"], reason: "the sample asks" }),
   approval_list: () => ({ all: true }),
