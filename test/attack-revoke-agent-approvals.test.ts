@@ -41,3 +41,33 @@ test("attack: revoke --agent claude withdraws claude's approved approval: no new
     await d.stop();
   }
 });
+
+test("attack: a run's session token revoking claude's leases withdraws only the approvals it asked for, not another requester's", async () => {
+  const d = await startServe(await makeHome({ config: CONFIG, policy: POLICY }));
+  const conns: DaemonConn[] = [];
+  try {
+    const admin = await DaemonConn.admin(d);
+    conns.push(admin);
+    await admin.okResult("store_secret", { name: "deploy", value: CANARY });
+    const plain = await admin.okResult("token_create", { name: "claude", role: "agent", agent: "claude" });
+    const sess = await admin.okResult("token_create", { name: "run", role: "agent", agent: "claude", session: true });
+    const claude = await DaemonConn.provedToken(d, plain.token);
+    const run = await DaemonConn.provedToken(d, sess.token);
+    conns.push(claude, run);
+    const ask = { secret: "deploy", domains: [DOMAIN], ttl: "5m" };
+    const { approval: mine } = await run.okResult("approval_request", { ...ask, reason: "the run's" });
+    const { approval: theirs } = await claude.okResult("approval_request", { ...ask, reason: "another requester's" });
+    await admin.okResult("approval_decide", { id: mine.id, approve: true });
+    await admin.okResult("approval_decide", { id: theirs.id, approve: true });
+    await run.okResult("revoke_all_for_agent", { agent: "claude", reason: "the run ends" });
+    const list = await admin.okResult("approval_list", { all: true });
+    const state = (id: string) => (list as { id: string; state: string }[]).find((a) => a.id === id)?.state;
+    assert.notEqual(state(mine.id), "approved", "the session's own approval is withdrawn");
+    assert.equal(state(theirs.id), "approved", "another requester's approval is left alone");
+    const got = await claude.call("request_lease", ask);
+    assert.equal(got.ok, true, "the other requester still takes its lease on its approval");
+  } finally {
+    for (const c of conns) c.close();
+    await d.stop();
+  }
+});
