@@ -44,3 +44,28 @@ test("attack: a late heartbeat through an instance with stale limits is refused,
     await drop();
   }
 });
+
+test("attack: a killswitch release through an instance with stale limits records no heartbeat: the missed deadline still fires on the instance in force", { skip: PG_SKIP, timeout: 60_000 }, async () => {
+  const { schema, drop } = await testSchema();
+  const key = hexKey();
+  const open = (heartbeatMs: number | null) =>
+    openPostgresStore({ url: PG_URL!, schema }).then((store) => Vault.open({ store, keys: envKeySource({ LESSOR_MASTER_KEY: key })!, policy: parsePolicy(POLICY, "p.toml"), limits: { heartbeatMs } }));
+  const a = await open(2000); // limits in force: heartbeat 2 s
+  const b = await open(3_600_000); // stale: a dead-man switch of its own, an hour
+  try {
+    await a.admin().storeSecret({ name: "tok", value: CANARY });
+    await a.admin().heartbeat();
+    await sleep(3000); // the deadline passes unwatched
+    // Released through B: not a check-in B can vouch for (it cannot judge the deadline in force).
+    await b.admin().releaseKillswitch("all clear").catch(() => undefined);
+    const lease = await a.session(agent("claude")).requestLease({ secret: "tok", ttl: "10m" }).then(
+      (l) => ({ ok: true as const, l }),
+      (e: Error) => ({ ok: false as const, e }),
+    );
+    assert.equal(lease.ok, false, "A granted a lease: the release through B counted as a heartbeat and moved the missed deadline");
+  } finally {
+    await a.close();
+    await b.close();
+    await drop();
+  }
+});
