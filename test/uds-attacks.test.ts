@@ -22,7 +22,7 @@ import fs, {
 import { syncBuiltinESMExports } from "node:module";
 import { Server, type ListenOptions } from "node:net";
 import { basename, dirname, join } from "node:path";
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import { startDaemon } from "../src/server/daemon.js";
 import { listenUnix } from "../src/server/transports/uds.js";
 import { isVaultError } from "../src/base/errors.js";
@@ -30,6 +30,21 @@ import { makeHome, RawConn } from "./daemon-harness.js";
 import { shareGroup, tempDir } from "./helpers.js";
 
 const ROOT = process.getuid?.() === 0;
+
+/**
+ * Every listener a test opened, closed after each test whatever it asserted: a test that fails
+ * because a listen it expected to be refused succeeded fails, instead of hanging on the open server.
+ */
+const opened = new Set<Server>();
+const listen = (...args: Parameters<typeof listenUnix>): ReturnType<typeof listenUnix> =>
+  listenUnix(...args).then((s) => {
+    opened.add(s);
+    return s;
+  });
+afterEach(async () => {
+  for (const s of opened) await close(s);
+  opened.clear();
+});
 const NOBODY = 65534;
 const close = (s: Server): Promise<void> => new Promise((r) => s.close(() => r()));
 const mode = (p: string): number => lstatSync(p).mode & 0o7777;
@@ -75,7 +90,7 @@ test("a socket directory other users can write is refused before anything is cre
     if (!shareGroup(dir) && (m & 0o002) === 0) continue;
     chmodSync(dir, m);
     await assert.rejects(
-      listenUnix(join(dir, "lessor.sock"), { mode: 0o666, onConnection: () => {} }),
+      listen(join(dir, "lessor.sock"), { mode: 0o666, onConnection: () => {} }),
       (e: unknown) => isVaultError(e, "insecure_permissions") && e.message.includes(dir) && /can be written by other users/.test(e.message) && /chmod go-w/.test(e.message),
       `mode ${m.toString(8)}`,
     );
@@ -90,13 +105,13 @@ test("an ancestor other users can write (not sticky) is refused: they could move
   const dir = join(shared, "mine");
   mkdirSync(dir, { mode: 0o700 });
   await assert.rejects(
-    listenUnix(join(dir, "lessor.sock"), { onConnection: () => {} }),
+    listen(join(dir, "lessor.sock"), { onConnection: () => {} }),
     (e: unknown) => isVaultError(e, "insecure_permissions") && e.message.includes(shared) && /move .*mine away/.test(e.message),
   );
   assert.deepEqual(readdirSync(dir), []);
   // A sticky ancestor (like /tmp, where every test directory lives) is fine.
   chmodSync(shared, 0o1777);
-  const s = await listenUnix(join(dir, "lessor.sock"), { onConnection: () => {} });
+  const s = await listen(join(dir, "lessor.sock"), { onConnection: () => {} });
   await close(s);
 });
 
@@ -105,7 +120,7 @@ test("a socket directory, or an ancestor, owned by another uid is refused", { sk
   mkdirSync(dir, { mode: 0o755 });
   chownSync(dir, NOBODY, NOBODY);
   await assert.rejects(
-    listenUnix(join(dir, "lessor.sock"), { onConnection: () => {} }),
+    listen(join(dir, "lessor.sock"), { onConnection: () => {} }),
     (e: unknown) => isVaultError(e, "insecure_permissions") && /belongs to uid 65534, not to the daemon's uid/.test(e.message) && /chown/.test(e.message),
   );
   assert.deepEqual(readdirSync(dir), []);
@@ -116,7 +131,7 @@ test("a socket directory, or an ancestor, owned by another uid is refused", { sk
   const mine = join(above, "mine");
   mkdirSync(mine, { mode: 0o700 });
   await assert.rejects(
-    listenUnix(join(mine, "lessor.sock"), { onConnection: () => {} }),
+    listen(join(mine, "lessor.sock"), { onConnection: () => {} }),
     (e: unknown) => isVaultError(e, "insecure_permissions") && e.message.includes(above) && /belongs to uid 65534/.test(e.message),
   );
 });
@@ -152,7 +167,7 @@ test("a path swapped for a symlink right after bind is never chmod-ed: lessor ch
     unlinkSync(bound);
     symlinkSync(victim, bound);
   };
-  const first = await recordingChmods(() => withRaceAfterBind(swapBound, () => listenUnix(path, { mode: 0o666, onConnection: () => {} })));
+  const first = await recordingChmods(() => withRaceAfterBind(swapBound, () => listen(path, { mode: 0o666, onConnection: () => {} })));
   assert.ok(isVaultError(first.result, "unavailable"), `refused: ${String(first.result)}`);
   assert.equal(mode(victim), 0o640, "the victim's mode is unchanged");
   assert.equal(readFileSync(victim, "utf8"), "owner's file");
@@ -163,7 +178,7 @@ test("a path swapped for a symlink right after bind is never chmod-ed: lessor ch
   const plant = (bound: string) => {
     if (bound !== path) symlinkSync(victim, path);
   };
-  const second = await recordingChmods(() => withRaceAfterBind(plant, () => listenUnix(path, { mode: 0o666, onConnection: () => {} })));
+  const second = await recordingChmods(() => withRaceAfterBind(plant, () => listen(path, { mode: 0o666, onConnection: () => {} })));
   assert.ok(isVaultError(second.result, "unavailable") && /appeared while the daemon was starting/.test(second.result.message), String(second.result));
   assert.equal(mode(victim), 0o640, "the victim's mode is unchanged");
   assert.equal(readlinkSync(path), victim, "the planted link is left alone (not removed, not followed)");
@@ -182,7 +197,7 @@ test("a symlink or a file planted at the socket path beforehand is refused and l
   chmodSync(victim, 0o600);
   const path = join(dir, "lessor.sock");
   symlinkSync(victim, path);
-  const { result, chmods } = await recordingChmods(() => listenUnix(path, { mode: 0o666, onConnection: () => {} }));
+  const { result, chmods } = await recordingChmods(() => listen(path, { mode: 0o666, onConnection: () => {} }));
   assert.ok(isVaultError(result, "unavailable") && /is not a socket \(it is a symbolic link\)/.test(result.message), String(result));
   assert.deepEqual(chmods, []);
   assert.equal(readlinkSync(path), victim);
@@ -199,7 +214,7 @@ test("a stale socket of another uid at the path is refused and left in place, ne
   lchownSync(path, NOBODY, NOBODY);
   const ino = lstatSync(path).ino;
   await assert.rejects(
-    listenUnix(path, { onConnection: () => {} }),
+    listen(path, { onConnection: () => {} }),
     (e: unknown) => isVaultError(e, "unavailable") && /a socket of uid 65534, not of the daemon's uid/.test(e.message),
   );
   assert.equal(lstatSync(path).ino, ino, "the other uid's socket is still there");
@@ -208,11 +223,11 @@ test("a stale socket of another uid at the path is refused and left in place, ne
 test("closing the listener removes its own socket, and leaves a file put in its place", async () => {
   const dir = tempDir();
   const path = join(dir, "lessor.sock");
-  const s1 = await listenUnix(path, { onConnection: () => {} });
+  const s1 = await listen(path, { onConnection: () => {} });
   await close(s1);
   assert.equal(existsSync(path), false, "its own socket is removed");
 
-  const s2 = await listenUnix(path, { onConnection: () => {} });
+  const s2 = await listen(path, { onConnection: () => {} });
   unlinkSync(path);
   writeFileSync(path, "precious");
   await close(s2);
@@ -224,7 +239,7 @@ test("the socket comes out with the configured mode, owned by the daemon, with n
     const dir = tempDir();
     const path = join(dir, "lessor.sock");
     const umask = process.umask();
-    const s = await listenUnix(path, { mode: m, onConnection: () => {} });
+    const s = await listen(path, { mode: m, onConnection: () => {} });
     try {
       const st = lstatSync(path);
       assert.ok(st.isSocket());
