@@ -321,7 +321,7 @@ async function proxyRig(value: string | Buffer, rule: InjectionRule, maxUses: nu
   const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: [UP], maxUses });
   const text = typeof value === "string" ? value : value.toString("latin1");
   const ph = makePlaceholder(text);
-  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule, ...(field ? { pick: (whole: SecretBytes) => extractField(whole, field) } : {}) }], egress: "strict", warn: () => {} });
+  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule, ...(field ? { pick: (whole: SecretBytes) => extractField(whole, field), field } : {}) }], egress: "strict", warn: () => {} });
   const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [UP]: "127.0.0.1" }) });
   const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [UP] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
   const port = await proxy.listen();
@@ -397,6 +397,43 @@ describe("the injecting proxy counts a use only for a request it sends (src/prox
     for (let i = 0; i < 3; i++) assert.match(await r.get({}), /^HTTP\/1\.1 502 .*/);
     assert.equal(upSeen.length, 1, "nothing more went upstream");
     assert.equal(await r.uses(), 1, "only the request that went counted a use");
+    await r.close();
+  });
+
+  test("a credential that is one field of a JSON secret: a value without the field, or whose field no header can carry, is refused before the use is counted", { timeout: 60_000 }, async () => {
+    const r = await proxyRig(JSON.stringify({ token: CANARY, other: "x" }), { mode: "bearer" }, 2, "token");
+    upSeen.length = 0;
+    assert.match(await r.get({}), /^HTTP\/1\.1 200 /);
+    assert.equal(upSeen.at(-1), `Bearer ${CANARY}`, "the field goes, not the whole secret");
+    assert.equal(await r.uses(), 1);
+    const broken: [string, string][] = [
+      ["a value without the field", JSON.stringify({ renamed: CANARY })],
+      ["a value that is not JSON", `${CANARY}`],
+      ["a field with a line break", JSON.stringify({ token: `${CANARY}\r\nX-Evil: 1` })],
+      ["a field with a character outside ASCII", JSON.stringify({ token: `${CANARY}\u20ac` })],
+    ];
+    for (const [what, value] of broken) {
+      await r.admin.storeSecret({ name: "tok", value });
+      for (let i = 0; i < 2; i++) {
+        const a = await r.get({});
+        assert.match(a, /^HTTP\/1\.1 502 /, `${what}: ${a.slice(0, 200)}`);
+        assert.match(a, /the request was not sent/, what);
+        assert.ok(!a.includes(CANARY), `${what}: the answer names no part of the value`);
+      }
+      assert.equal(await r.uses(), 1, `${what}: a use was counted for a request never sent`);
+    }
+    assert.equal(upSeen.length, 1, "nothing more went upstream");
+    const rows = await r.admin.auditQuery({});
+    seen.push(JSON.stringify(rows));
+    const refused = rows.filter((e) => e.type === "access_denied" && e.leaseId === r.leaseId);
+    assert.equal(refused.length, broken.length * 2, "each uncounted refusal is audited by the vault");
+    assert.ok(refused.every((e) => /the use was not counted/.test(e.reason ?? "")), JSON.stringify(refused.map((e) => e.reason)));
+    assert.ok(refused.some((e) => /field "token" is not in the secret's value/.test(e.reason ?? "")), "the missing field is named");
+    // The owner fixes the value: the lease's last use goes.
+    await r.admin.storeSecret({ name: "tok", value: JSON.stringify({ token: `fixed-${CANARY}` }) });
+    assert.match(await r.get({}), /^HTTP\/1\.1 200 /);
+    assert.equal(upSeen.at(-1), `Bearer fixed-${CANARY}`);
+    assert.equal(await r.uses(), 2);
     await r.close();
   });
 

@@ -57,6 +57,12 @@ export interface AccessTargetInput {
    * a value that cannot go there is refused `invalid_request` before the use is counted.
    */
   fit?: "header" | "base64" | "text" | "utf8";
+  /**
+   * The field of a JSON secret that is about to go (`secret#field`; keys joined by ".", `\.` for a dot
+   * in a key): a value without it, or whose field cannot go as `fit` says, is refused
+   * `invalid_request` before the use is counted. The whole value is still what comes back.
+   */
+  field?: string;
 }
 
 /** A value from the daemon; wipe it (or `using`) when done. */
@@ -309,6 +315,7 @@ function targetParams(target: AccessTargetInput | undefined): AccessTargetInput 
   if (target?.path !== undefined) out.path = target.path;
   if (target?.via !== undefined) out.via = target.via;
   if (target?.fit !== undefined) out.fit = target.fit;
+  if (target?.field !== undefined) out.field = target.field;
   return out;
 }
 

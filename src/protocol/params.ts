@@ -41,4 +41,6 @@ export const target = {
   via: z.literal("proxy").optional(),
   /** Where the value is about to go: one that cannot go there is refused before the use counts (src/base/value-fit.ts). */
   fit: z.enum(["header", "base64", "text", "utf8"]).optional(),
+  /** The field of a JSON secret that is about to go (`secret#field`): checked like `fit`, before the use counts (src/vault/json-field.ts; at most its MAX_FIELD_PATH characters). */
+  field: plain(z.string().min(1).max(256)).optional(),
 };

@@ -113,6 +113,11 @@ export interface ProxyCredential {
    * upstream gets that field and never the rest of the secret. Returns a new holder (the caller wipes both).
    */
   pick?: (whole: SecretBytes) => SecretBytes;
+  /**
+   * The field path `pick` picks, when it picks one: sent with each use, so that the vault refuses a
+   * value without that field, or whose field cannot go where the rule puts it, before it counts the use.
+   */
+  field?: string;
 }
 
 /** Options of {@link LeaseEgress}. */
@@ -393,10 +398,11 @@ export class LeaseEgress implements Egress {
         const asked = this.#tick;
         // Where the value goes, so that the vault refuses one that cannot go there before it counts
         // the use (a use spent must be a request sent). For a credential that is one field of its
-        // secret the vault sees the whole secret, so only that it is UTF-8 text (JSON is); the field
-        // itself is checked below, after the use.
-        const fit = h.pick ? "utf8" : fitFor(h, req.headers);
-        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit });
+        // secret, the field too: the vault checks that it is there and fits. (A pick without a field
+        // path can only be checked below, after the use: the vault then checks the whole for UTF-8.)
+        const fit = h.pick && h.field === undefined ? "utf8" : fitFor(h, req.headers);
+        const field = h.pick && h.field !== undefined ? { field: h.field } : {};
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit, ...field });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
         const bad = got.bounds ? outOfBounds(req, got.bounds.methods, got.bounds.path !== null, got.bounds.path) : null;

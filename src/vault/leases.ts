@@ -13,6 +13,7 @@ import { matchDomain, parseDomainPattern, type DomainPattern } from "./domain.js
 import { formatDuration, parseDuration } from "./duration.js";
 import { VaultError } from "../base/errors.js";
 import { bytesFitError, type ValueFit } from "../base/value-fit.js";
+import { extractField } from "./json-field.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { isUuid, uuidv7 } from "../base/ids.js";
 import { checkAgentId, checkRef, parseRefString, refString } from "../base/names.js";
@@ -72,6 +73,13 @@ export interface AccessTarget {
    * the value would not be handed to.
    */
   fit?: ValueFit;
+  /**
+   * The field of the secret's JSON value that is about to go (a reference's `secret#field`,
+   * ./json-field.ts): a value without it, or whose field cannot go as `fit` says (default "utf8"),
+   * is refused `invalid_request` before the use is counted, as for `fit`. The whole value is still
+   * what the access returns.
+   */
+  field?: string;
 }
 
 /** A granted value; wipe `value` (or `using`) when done. */
@@ -501,8 +509,8 @@ async function useIn(
   const gone = await retiredVersionError(ctx, tx, version);
   if (gone) return denied(audit, who, gone, fields);
   // A value that cannot go where the caller is about to put it: refused before the use is counted.
-  if (target.fit !== undefined) {
-    const unfit = fitError(ctx, version, target.fit, secret, held);
+  if (target.fit !== undefined || target.field !== undefined) {
+    const unfit = fitError(ctx, version, target.fit ?? "utf8", secret, held, target.field);
     if (unfit) return denied(audit, who, unfit, fields);
   }
   // An unwritten lease is this transaction's own, and stateError found it live: its use is certain.
@@ -534,14 +542,30 @@ async function useIn(
  * fits is left in `held`, to be handed out after the commit without opening it again. A value that
  * cannot be opened here is left to the access's own opening after the commit, which says so.
  */
-function fitError(ctx: VaultContext, version: VersionRecord, fit: ValueFit, secret: string, held: Held): VaultError | null {
+function fitError(ctx: VaultContext, version: VersionRecord, fit: ValueFit, secret: string, held: Held, field: string | undefined): VaultError | null {
   let value: SecretBytes;
   try {
     value = openValue(version, version, ctx.keyring, ctx.vaultId);
   } catch {
     return null;
   }
-  const e = bytesFitError(value.expose(), secret, fit);
+  let e: VaultError | null;
+  if (field === undefined) e = bytesFitError(value.expose(), secret, fit);
+  else {
+    let part: SecretBytes | undefined;
+    try {
+      part = extractField(value, field);
+      e = bytesFitError(part.expose(), `${secret}#${field}`, fit);
+    } catch (err) {
+      if (!(err instanceof VaultError)) {
+        value.wipe();
+        throw err;
+      }
+      e = new VaultError(err.code, `${secret}: ${err.message}`);
+    } finally {
+      part?.wipe();
+    }
+  }
   if (e !== null) {
     value.wipe();
     return new VaultError(e.code, `${e.message}; the use was not counted`);

@@ -46,7 +46,7 @@ export class RunCredentials {
       value: text,
       rule: injectionRuleFor(this.rules, secret),
       // Each request reads the secret again: the proxy injects this field of it, never the whole JSON.
-      ...(field === undefined ? {} : { pick: (whole) => extractField(whole, field) }),
+      ...(field === undefined ? {} : { pick: (whole) => extractField(whole, field), field }),
     });
     return placeholder;
   };
