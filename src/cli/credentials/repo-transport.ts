@@ -133,9 +133,14 @@ export function credentialConfigHere(env: NodeJS.ProcessEnv = process.env): { ou
  * minus lessor's own secrets (src/base/secret-env.ts), {@link CONFIG_TIMEOUT_MS} and {@link MAX_CONFIG_OUTPUT}.
  */
 export function gitConfigHere(args: string[], env: NodeJS.ProcessEnv = process.env): SpawnSyncReturns<string> {
+  // git's own variables (GIT_DIR, GIT_CONFIG_*) and HOME kept: they decide what git reads. Not
+  // GIT_CONFIG: it changes only what `git config` reads (as if given --file), not what the git that
+  // asks the helper reads, so with it set the check would read one file and miss the repository's
+  // .git/config and the owner's helpers (git-config(1), ENVIRONMENT).
+  const e = withoutLessorSecrets(env);
+  delete e["GIT_CONFIG"];
   return spawnSync("git", ["config", ...args], {
-    // git's own variables (GIT_DIR, GIT_CONFIG_*) and HOME kept: they decide what git reads.
-    env: withoutLessorSecrets(env),
+    env: e,
     encoding: "utf8",
     timeout: CONFIG_TIMEOUT_MS,
     maxBuffer: MAX_CONFIG_OUTPUT,
