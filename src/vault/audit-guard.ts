@@ -35,6 +35,10 @@ interface GuardState {
   /** The head of the last commit this process made that appended events (0: none), and its events' time. */
   committed: number;
   committedAt: number;
+  /** The chain value of event `committed` (null: none noted): another writer's head past it must still hold it. */
+  committedHash: Buffer | null;
+  /** A head (another writer's) found to still hold event `committed` as written: found again, it is not read again. */
+  vouched: { seq: number; hash: Buffer } | null;
   /** The last checkpoint this process wrote or found valid: its MAC need not be checked again. */
   checkpoint: AuditCheckpoint | null;
   /** Whether {@link preflight} ran, and what it found: an empty trail in a vault that holds secrets. */
@@ -46,7 +50,7 @@ const states = new WeakMap<Store, GuardState>();
 
 function state(ctx: VaultContext): GuardState {
   let s = states.get(ctx.store);
-  if (s === undefined) states.set(ctx.store, (s = { chained: null, committed: 0, committedAt: 0, checkpoint: null, preflighted: false, wiped: null }));
+  if (s === undefined) states.set(ctx.store, (s = { chained: null, committed: 0, committedAt: 0, committedHash: null, vouched: null, checkpoint: null, preflighted: false, wiped: null }));
   return s;
 }
 
@@ -136,6 +140,32 @@ export async function inspectChain(ctx: VaultContext, tx: StoreTx): Promise<Chai
     s.checkpoint = cp;
   }
   if (cp.seq === head.seq && eq(cp.hash, head.hash)) {
+    if (head.seq === s.committed && s.committedHash !== null && !eq(head.hash, s.committedHash) && !(await recoveredBelow(ctx, tx, s.committed + 1, s.committedAt)))
+      return out(`event ${head.seq} is not the one this process wrote there: the trail was cut and other events chained in its place`);
+    if (head.seq > s.committed && s.committed > 0 && s.committedHash !== null) {
+      // Another writer (a PostgreSQL instance sharing the vault) moved the head past this process's
+      // last event: that event must still be in the trail, as written. Otherwise a database writer cut
+      // this process's events, put back an older checkpoint and let the other instance chain past them.
+      const v = s.vouched;
+      if (v !== null && v.seq === head.seq && eq(v.hash, head.hash)) return out(null);
+      // A head past one already vouched for: that one still in place vouches for the event before it.
+      const holds = async (at: { seq: number; hash: Buffer }): Promise<boolean> => {
+        const [row] = await tx.queryAudit({ afterSeq: at.seq - 1, limit: 1 });
+        return row !== undefined && row.seq === at.seq && eq(row.hash, at.hash);
+      };
+      const viaVouched = v !== null && v.seq > s.committed && v.seq < head.seq && (await holds(v));
+      if (!viaVouched && !(await holds({ seq: s.committed, hash: s.committedHash }))) {
+        if (await recoveredBelow(ctx, tx, s.committed + 1, s.committedAt)) {
+          s.committed = 0;
+          s.committedHash = null;
+          s.vouched = null;
+          return out(null);
+        }
+        return out(`event ${s.committed}, which this process wrote, is no longer in the trail as written: the trail was cut, an older checkpoint put back and other events chained in their place`);
+      }
+      s.vouched = { seq: head.seq, hash: Buffer.from(head.hash) };
+      return out(null);
+    }
     if (head.seq >= s.committed) return out(null);
     if (await recoveredBelow(ctx, tx, s.committed, s.committedAt)) {
       s.committed = 0;
@@ -352,11 +382,13 @@ export function noteChained(ctx: VaultContext, seq: number, hash: Buffer): void 
 }
 
 /** Notes a committed head (its last event's seq and time). */
-export function noteCommitted(ctx: VaultContext, seq: number, time: number): void {
+export function noteCommitted(ctx: VaultContext, seq: number, time: number, hash: Uint8Array | null = null): void {
   const s = state(ctx);
   if (seq >= s.committed) {
     s.committed = seq;
     s.committedAt = time;
+    s.committedHash = hash === null ? null : Buffer.from(hash);
+    s.vouched = null;
   }
 }
 
@@ -387,5 +419,7 @@ export function noteRecovered(ctx: VaultContext): void {
   const s = state(ctx);
   s.committed = 0;
   s.committedAt = 0;
+  s.committedHash = null;
+  s.vouched = null;
   s.wiped = null;
 }

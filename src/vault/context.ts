@@ -335,7 +335,7 @@ async function commitOnce<T>(
   if (found !== undefined) noteAuditState(ctx, found);
   countRefusals(ctx, counted, ctx.now());
   if (events.length > 0) {
-    noteCommitted(ctx, events[events.length - 1]!.seq, events[events.length - 1]!.time);
+    noteCommitted(ctx, events[events.length - 1]!.seq, events[events.length - 1]!.time, events[events.length - 1]!.hash);
     sawAuditHead(ctx, events[events.length - 1]!.seq);
     for (const sink of ctx.sinks) {
       try {
