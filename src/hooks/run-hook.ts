@@ -201,6 +201,21 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       child.stdin.end(copy, zero);
       child.once("close", zero);
     }
+    // The hook is done when its own process exits. What it left running in its process group (a
+    // `cmd &` in a shell script) inherits its stdout and would hold "close" back until the time
+    // limit, which would then throw away the value the hook printed and exited for after it changed
+    // the credential at the issuer (the vault keeping a credential the issuer no longer takes). So
+    // its group is ended now, as the time limit would end it: what the hook wrote stays readable
+    // in the pipe, and the hook is judged by its own exit status and output. (A process that left
+    // the group, into a session of its own, still holds the run to its time limit.)
+    child.once("exit", () => {
+      if (settled || timedOut || child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // nothing left in the group
+      }
+    });
     child.on("close", (code, signal) => {
       if (settled) return;
       if (timedOut) return finish({ ok: false, failure: { kind: "timeout", timeoutMs: hook.timeoutMs } });
