@@ -111,6 +111,9 @@ function onProcessExit(): void {
   for (const kill of running) kill();
 }
 
+/** How long what a hook left in its process group may go on after the hook exited (a filter its stdout goes through finishing), before it is killed. */
+export const EXIT_GRACE_MS = 1000;
+
 /** Runs `hook.command` once; see the module comment. Never rejects. */
 export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, maxBytes: number, opts: RunHookOptions, onStart?: (pid: number) => void): Promise<HookRunResult> {
   const [file, ...args] = hook.command;
@@ -208,13 +211,23 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
     // its group is ended now, as the time limit would end it: what the hook wrote stays readable
     // in the pipe, and the hook is judged by its own exit status and output. (A process that left
     // the group, into a session of its own, still holds the run to its time limit.)
+    // What it left gets a short grace first: a filter its stdout goes through (bash's
+    // `exec > >(tee -a LOG)`) forwards what the hook printed only after the hook exits, and ends by
+    // itself once it has; killed at once, it took the value with it (the issuer holding a
+    // credential the vault never stored).
     child.once("exit", () => {
       if (settled || timedOut || child.pid === undefined) return;
-      try {
-        process.kill(-child.pid, "SIGKILL");
-      } catch {
-        // nothing left in the group
-      }
+      const pid = child.pid;
+      const grace = setTimeout(() => {
+        if (settled || timedOut) return;
+        try {
+          process.kill(-pid, "SIGKILL");
+        } catch {
+          // nothing left in the group
+        }
+      }, EXIT_GRACE_MS);
+      grace.unref();
+      child.once("close", () => clearTimeout(grace));
     });
     child.on("close", (code, signal) => {
       if (settled) return;
