@@ -117,11 +117,12 @@ const CREDENTIAL_PARAM = /^(pass|pwd|.*(password|passwd|secret|token|api[_-]?key
 /**
  * A name with a credential word in it, anywhere, as a whole `_`-separated word: `GITHUB_TOKEN`,
  * Terraform's `TF_TOKEN_app_terraform_io`, `GITHUB_PAT`, GitLab's `CI_JOB_JWT_V2`, `AWS_ACCESS_KEY_ID`,
- * `SECRET_KEY_BASE`, `TWINE_PASSWORD`, Yarn's `YARN_NPM_AUTH_IDENT`; and npm's `_auth` setting
+ * `SECRET_KEY_BASE`, `TWINE_PASSWORD`, `DB_PASS`, Rails' `RAILS_MASTER_KEY`, Yarn's `YARN_NPM_AUTH_IDENT`,
+ * `PWD` after another word (`DB_PWD`, as `MYSQL_PWD`; never the shell's own `PWD`, `OLDPWD`); and npm's `_auth` setting
  * (`NPM_CONFIG__AUTH`, user:password in base64). A word inside another (`TOKENIZERS_PARALLELISM`, `PATH`) is not one.
  */
 const CREDENTIAL_NAME =
-  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|CREDENTIALS?|AUTH_IDENT)(_|$)|(^|_)_AUTH$/i;
+  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASS|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|MASTER_KEY|CREDENTIALS?|AUTH_IDENT)(_|$)|(^|_)_AUTH$|.+_PWD(_|$)/i;
 /**
  * What a credential word may be followed by, ending the name, when the variable is about the
  * credential rather than holding it: where to get one (`ACTIONS_ID_TOKEN_REQUEST_URL`), its type or

@@ -4,7 +4,7 @@
  * shown at all unless a `[run] read`/`write` entry or the project directory is inside it; these
  * lists matter when one is, and when a store lives outside the home through a symlink.
  */
-import { readdirSync } from "node:fs";
+import { lstatSync, readdirSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 
 /** The owner's credential stores, relative to the home (`~/`). */
@@ -81,7 +81,7 @@ const ETC_SECRETS: readonly string[] = [
 
 /** {@link ETC_SECRETS} plus the ssh host private keys (`/etc/ssh/ssh_host_*_key`). */
 export function etcSecrets(): string[] {
-  const out = [...ETC_SECRETS];
+  const out = [...new Set([...ETC_SECRETS, ...ownerOnlyEtc()])];
   try {
     for (const f of readdirSync("/etc/ssh")) if (/^ssh_host_.*_key$/.test(f)) out.push(join("/etc/ssh", f));
   } catch {
@@ -122,4 +122,49 @@ export function expandHome(p: string, home: string | undefined): string | null {
   if (p === "~") return home ?? null;
   if (!p.startsWith("~/")) return p;
   return home ? join(home, p.slice(2)) : null;
+}
+
+/** How deep and how many entries {@link ownerOnlyEtc} looks at (/etc holds a few thousand). */
+const ETC_WALK_DEPTH = 8;
+const ETC_WALK_MAX = 50_000;
+
+/**
+ * The entries of /etc that this uid owns and others may not read (a file without the "others" read
+ * bit, a directory others may not list or enter): the machine's own mark of a secret, such as k3s's
+ * cluster-admin `/etc/rancher/k3s/k3s.yaml`, `/etc/kubernetes/admin.conf`, `/etc/mysql/debian.cnf`,
+ * `/etc/ipsec.secrets`, `/etc/ppp/chap-secrets`, `/etc/postfix/sasl_passwd`, `/etc/netplan/*.yaml`
+ * (all 0600 root). The agent runs as this uid (root stays uid 0, without capabilities): it reads
+ * what this uid owns, so a root owner's agent would read every one of them. Symbolic links are not
+ * followed; a directory found is covered whole and not entered.
+ */
+export function ownerOnlyEtc(root = "/etc", uid: number | undefined = process.getuid?.()): string[] {
+  if (uid === undefined) return [];
+  const out: string[] = [];
+  let seen = 0;
+  const walk = (dir: string, depth: number): void => {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      if (++seen > ETC_WALK_MAX) return;
+      const p = join(dir, name);
+      let st;
+      try {
+        st = lstatSync(p);
+      } catch {
+        continue;
+      }
+      if (st.isSymbolicLink()) continue;
+      const mine = st.uid === uid;
+      if (st.isDirectory()) {
+        if (mine && (st.mode & 0o005) !== 0o005) out.push(p);
+        else if (depth < ETC_WALK_DEPTH) walk(p, depth + 1);
+      } else if (mine && (st.mode & 0o004) === 0) out.push(p);
+    }
+  };
+  walk(root, 1);
+  return out;
 }
