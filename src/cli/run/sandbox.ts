@@ -98,6 +98,20 @@ function protectedPaths(p: VaultPaths, env: NodeJS.ProcessEnv, home: string | un
     { path: inHome(p.home, c.policyFile), what: "the vault's policy" },
     { path: p.socket, what: "the daemon's socket" },
   ];
+  // A file is covered by a /dev/null bind on its dentry, which the kernel detaches when the file is
+  // replaced by rename on the owner's side: `lessor key rotate` writes the key file and the passphrase
+  // store that way, so the running agent would read the new key there. Kept outside the lessor home,
+  // their directory (private, 0700, as src/crypto/keys/common.ts requires) is covered as a whole, whose
+  // mount no rename inside it removes; unless it is the owner's home or a shared directory, where the
+  // file alone is covered.
+  for (const [file, what] of [
+    [p.keyFile, "the directory of the vault's key file"],
+    [inHome(p.home, c.keys.passphraseFile), "the directory of the vault's passphrase key store"],
+  ] as const) {
+    const dir = dirname(file);
+    if (dir === p.home || dir === home || dir === passwdHome || dir === "/" || SHARED_DIRS.includes(dir)) continue;
+    out.push({ path: dir, what });
+  }
   // The socket's directory too, unless it is a shared one (/tmp, /run, the home): then the socket alone.
   const socketDir = dirname(p.socket);
   if (!SHARED_DIRS.includes(socketDir) && socketDir !== home) out.push({ path: socketDir, what: "the daemon's socket directory" });
