@@ -21,7 +21,7 @@ import { ANSWER_MARK, ANSWER_MARK_HEADER, askPolicy, authority, endToEnd, hostOf
 import type { Tunnel, UpstreamTls } from "./intercept.js";
 import { BodyTripwire, type TripwireMarks } from "./body-tripwire.js";
 import { type BodyUnreadable, decodableCoding, type DecodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders } from "./request-body.js";
+import { bodyRewriter, closeAfter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, rewrittenBodyHeaders } from "./request-body.js";
 import { Scrubber, type ScrubPatterns } from "./scrub.js";
 import { relayBody } from "./relay.js";
 import { askWhole, responseCoding } from "./response-coding.js";
@@ -417,6 +417,7 @@ function viaH1(ex: Exchange, p: Extract<Prepared, { kind: "forward" }>, tally: T
   let ur: ClientRequest;
   try {
     ur = h1Request({ agent: t.agent, host: t.target.address, port: t.port, method: ex.method, path: p.target, headers, setHost: false });
+    if (!ex.ended) closeAfter(ur);
   } catch (e) {
     badGateway(ex, tally, e as Error);
     return;

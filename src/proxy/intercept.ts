@@ -14,7 +14,7 @@ import { connectChecked, type CheckedTarget, type ConnectTo } from "./guard.js";
 import { ANSWER_MARK, ANSWER_MARK_HEADER, askPolicy, authority, endToEnd, hostOf, relayableStatus, scrubHeaders, scrubText } from "./headers.js";
 import { BodyTripwire, type TripwireHit } from "./body-tripwire.js";
 import { decodableCoding, DecodingTripwire } from "./encoded-tripwire.js";
-import { bodyRewriter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
+import { bodyRewriter, closeAfter, encodedBody, encodedBodyRefusal, ENCODED_BODY_REASON, framedBodyHeaders, h1HasBody, rewrittenBodyHeaders } from "./request-body.js";
 import { Scrubber, type ScrubPatterns } from "./scrub.js";
 import { relayBody } from "./relay.js";
 import { askWhole, responseCoding } from "./response-coding.js";
@@ -272,6 +272,7 @@ function send(t: Tunnel, req: IncomingMessage, res: ServerResponse, p: Prepared,
     headers,
     setHost: false,
   });
+  if (h1HasBody(req.headers)) closeAfter(up);
   // The agent went away (or the tunnel closed) before its answer was written: the upstream request ends too.
   res.once("close", () => {
     if (!res.writableFinished) up.destroy();

@@ -8,7 +8,7 @@
  * recompressing it, which would change what the client signed or hashed and open a decompression bomb:
  * the proxy refuses it (415) instead of sending the placeholder on unreplaced, so the agent learns why.
  */
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { ClientRequest, IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { decodableCoding } from "./encoded-tripwire.js";
 import { ScrubStream, type ScrubPatterns } from "./scrub.js";
 
@@ -77,10 +77,27 @@ export function rewrittenBodyHeaders(headers: OutgoingHttpHeaders, patterns: Scr
  * request smuggled past the grant's methods and paths.
  */
 export function framedBodyHeaders(headers: OutgoingHttpHeaders): void {
+  // The agent's body is bytes it chose, on the connection the next request (and its injected
+  // credential) would take. Framing is not enough against an upstream that does not read it as framed
+  // (CL.0: a server ignoring Content-Length on a GET, or on an endpoint that expects no body, takes
+  // the body as the start of the next request: a smuggled `DELETE /admin HTTP/1.1\r\nX: ` whose
+  // headers the next granted request completes, or a `POST /comments` whose body captures that head,
+  // credential and all). So the upstream connection that carried a body is never used again.
+  for (const k of Object.keys(headers)) if (k.toLowerCase() === "connection") delete headers[k];
+  headers["connection"] = "close";
   const names = Object.keys(headers).map((k) => k.toLowerCase());
   if (names.includes("content-length")) return;
   for (const k of Object.keys(headers)) if (k.toLowerCase() === "transfer-encoding") delete headers[k];
   headers["transfer-encoding"] = "chunked";
+}
+
+/**
+ * Makes sure the upstream connection that carried a body (framedBodyHeaders asked for its close) is
+ * never given to another request: Node's keep-alive agent sends our `Connection: close` but still
+ * reuses the socket when the upstream's answer does not say close, so the request is marked too.
+ */
+export function closeAfter(up: ClientRequest): void {
+  up.shouldKeepAlive = false;
 }
 
 /** The stream that swaps placeholders for values in a body (patterns are placeholder → value). */
