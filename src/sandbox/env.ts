@@ -103,7 +103,7 @@ const CREDENTIALS = new Set([
 /** 1Password CLI sessions: `OP_SESSION_<account>`. */
 const SESSION_PREFIXES = ["OP_SESSION_"];
 /** A private key (PEM, or PGP's armor), whatever the variable is called (`DEPLOY_KEY`, `ORG_GRADLE_PROJECT_signingKey`, inside a service account's JSON). */
-const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----/;
+const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|AGE-SECRET-KEY-1[0-9A-Z]{20,}/;
 /** A URL with a password in its user info (`postgres://app:pw@db/app`): a credential whatever its name. */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s:]*:[^/?#@\s]+@/i;
 /** Where a URL starts in a value: at its start, or after a prefix such as JDBC's `jdbc:`. */
@@ -118,11 +118,13 @@ const CREDENTIAL_PARAM = /^(pass|pwd|.*(password|passwd|secret|token|api[_-]?key
  * A name with a credential word in it, anywhere, as a whole `_`-separated word: `GITHUB_TOKEN`,
  * Terraform's `TF_TOKEN_app_terraform_io`, `GITHUB_PAT`, GitLab's `CI_JOB_JWT_V2`, `AWS_ACCESS_KEY_ID`,
  * `SECRET_KEY_BASE`, `TWINE_PASSWORD`, `DB_PASS`, Rails' `RAILS_MASTER_KEY`, Yarn's `YARN_NPM_AUTH_IDENT`,
- * `PWD` after another word (`DB_PWD`, as `MYSQL_PWD`; never the shell's own `PWD`, `OLDPWD`); and npm's `_auth` setting
+ * `PWD` after another word (`DB_PWD`, as `MYSQL_PWD`; never the shell's own `PWD`, `OLDPWD`), a final `_PW` or Jenkins'
+ * `_PSW` (`LDAP_BIND_PW`, `FOO_CREDS_PSW`; not Playwright's `PW_*`), Jenkins' `_CREDS`, Azure Pipelines'
+ * `SYSTEM_ACCESSTOKEN`; and npm's `_auth` setting
  * (`NPM_CONFIG__AUTH`, user:password in base64). A word inside another (`TOKENIZERS_PARALLELISM`, `PATH`) is not one.
  */
 const CREDENTIAL_NAME =
-  /(^|_)(TOKEN|AUTHTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASS|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|MASTER_KEY|CREDENTIALS?|AUTH_IDENT)(_|$)|(^|_)_AUTH$|.+_PWD(_|$)/i;
+  /(^|_)(TOKEN|AUTHTOKEN|ACCESSTOKEN|PAT|JWT|SECRET|PASSWORD|PASSWD|PASS|PASSPHRASE|API_?KEY|ACCESS_KEY|PRIVATE_KEY|SECRET_KEY|MASTER_KEY|CREDENTIALS?|CREDS|AUTH_IDENT)(_|$)|(^|_)_AUTH$|.+_PWD(_|$)|.+_(PW|PSW)$/i;
 /**
  * What a credential word may be followed by, ending the name, when the variable is about the
  * credential rather than holding it: where to get one (`ACTIONS_ID_TOKEN_REQUEST_URL`), its type or

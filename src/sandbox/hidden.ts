@@ -4,7 +4,8 @@
  * shown at all unless a `[run] read`/`write` entry or the project directory is inside it; these
  * lists matter when one is, and when a store lives outside the home through a symlink.
  */
-import { lstatSync, readdirSync } from "node:fs";
+import { lstatSync, readdirSync, statSync } from "node:fs";
+import { VaultError } from "../base/errors.js";
 import { basename, dirname, join } from "node:path";
 
 /** The owner's credential stores, relative to the home (`~/`). */
@@ -81,7 +82,7 @@ const ETC_SECRETS: readonly string[] = [
 
 /** {@link ETC_SECRETS} plus the ssh host private keys (`/etc/ssh/ssh_host_*_key`). */
 export function etcSecrets(): string[] {
-  const out = [...new Set([...ETC_SECRETS, ...ownerOnlyEtc()])];
+  const out = [...new Set([...ETC_SECRETS, ...ownerOnlyEtc(), ...ownerOnlyEtc("/usr/local/etc")])];
   try {
     for (const f of readdirSync("/etc/ssh")) if (/^ssh_host_.*_key$/.test(f)) out.push(join("/etc/ssh", f));
   } catch {
@@ -149,7 +150,9 @@ export function ownerOnlyEtc(root = "/etc", uid: number | undefined = process.ge
       return;
     }
     for (const name of names) {
-      if (++seen > ETC_WALK_MAX) return;
+      // Past the limit a secret could be left uncovered: the run is refused rather than started so.
+      if (++seen > ETC_WALK_MAX)
+        throw new VaultError("invalid_request", `${root} holds more than ${ETC_WALK_MAX} entries, too many to find every file in it only you may read; lessor run did not start the command`);
       const p = join(dir, name);
       let st;
       try {
@@ -157,7 +160,17 @@ export function ownerOnlyEtc(root = "/etc", uid: number | undefined = process.ge
       } catch {
         continue;
       }
-      if (st.isSymbolicLink()) continue;
+      if (st.isSymbolicLink()) {
+        // Not followed in the walk, but a link to an owner-only file or directory (in /usr/local, /opt:
+        // shown too) is read through: the link is listed, and the layout covers its real path.
+        try {
+          const t = statSync(p);
+          if (t.uid === uid && (t.isDirectory() ? (t.mode & 0o005) !== 0o005 : (t.mode & 0o004) === 0)) out.push(p);
+        } catch {
+          // a dangling link
+        }
+        continue;
+      }
       const mine = st.uid === uid;
       if (st.isDirectory()) {
         if (mine && (st.mode & 0o005) !== 0o005) out.push(p);

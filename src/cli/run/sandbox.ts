@@ -529,6 +529,15 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
     socketDirs: runtimeDirs(env),
     passwdHome,
   });
+  // The socket alone is covered where its directory is shown (the home, with [run] project =
+  // "read-only" from it): a mount on the socket's dentry, which a daemon restart during the run (unlink,
+  // then a new socket at the path) detaches in the sandbox too, and the agent, of the daemon's own uid,
+  // would connect as the vault's admin. Only a covered directory keeps it out: refused.
+  if (shows(layout, dirname(paths.socket)))
+    throw new VaultError(
+      "invalid_request",
+      `the daemon's socket ${paths.socket} lies in ${dirname(paths.socket)}, which the sandbox shows: a restart of the daemon during the run would re-create the socket where the agent (your uid, the vault's admin) can connect; put [server] socket in a directory of its own (or in the lessor home), or run from a directory that does not show it. The command was not started`,
+    );
   refuseWritableBwrap(bwrap, layout);
   refuseUntrustedBwrap(bwrap);
   refuseWritableSelf(layout);
