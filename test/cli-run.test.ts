@@ -255,10 +255,13 @@ describe("lessor run (embedded vault)", () => {
     assert.deepEqual((await leasesOf(home, "tester-exit")).map((l) => l.state), ["revoked"]);
     const killed = await runCli(["run", "--agent", "tester-exit", "--", NODE, "-e", "process.kill(process.pid, 'SIGKILL')"], { home });
     assert.equal(killed.code, 128 + 9);
-    const missing = await runCli(["run", "--agent", "tester-exit", "--", "no-such-command-xyz"], { home, env: { TOKEN: "$S:api-token" } });
-    assert.equal(missing.code, 127);
-    assert.match(missing.stderr, /cannot run "no-such-command-xyz": no such command/);
-    assert.deepEqual((await leasesOf(home, "tester-exit")).map((l) => l.state), ["revoked", "revoked"]);
+    // A command that is not there takes no lease: refused before any, sandboxed or not.
+    for (const flags of [[], ["--no-sandbox"]]) {
+      const missing = await runCli(["run", "--agent", "tester-exit", ...flags, "--", "no-such-command-xyz"], { home, env: { TOKEN: "$S:api-token" } });
+      assert.equal(missing.code, 127, missing.stderr);
+      assert.match(missing.stderr, /cannot run "no-such-command-xyz": no such command/);
+      assert.deepEqual((await leasesOf(home, "tester-exit")).map((l) => l.state), ["revoked"], `${flags.join(" ")}: a lease was taken for a command that is not there`);
+    }
   });
 
   test("its output closed early (| head): the command stops as it would without lessor, and the leases are still revoked", async () => {

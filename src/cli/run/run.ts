@@ -14,7 +14,7 @@ import type { MaskPattern } from "./mask.js";
 import { holdLeases } from "../holding.js";
 import { RunCredentials } from "./placeholders.js";
 import type { RunProxy } from "./proxy.js";
-import { hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
+import { findCommand, hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { Interrupted, SignalRelay, signalExitCode } from "./signals.js";
 import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
@@ -109,6 +109,10 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles, opened);
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
     } else cli.err(noSandboxWarning(paths, process.env, forbidDumps().done && process.getuid?.() !== 0));
+    // Before any lease too: a command that is not there (a typo, an agent not installed yet) takes
+    // none, and leaves no grant, use and revocation in the trail for a run that never started.
+    const command = sandbox?.command ?? findCommand(cmd, vars.get("PATH")?.value, process.cwd());
+    if ("error" in command) return cannotRun(cli, cmd, command.error);
     // An agent session for the sandboxed command; unconfined, the command is you and needs none.
     if (!o.sandbox && o.vaultSession === true)
       throw new VaultError("invalid_request", "--vault-session gives the sandboxed command an agent session at the vault; with --no-sandbox the command runs as you and can reach the vault as you: drop one of the two");
@@ -152,7 +156,6 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     abort();
     let features: Awaited<RunSandbox["ready"]> | undefined;
     if (sandbox) {
-      if ("error" in sandbox.command) return cannotRun(cli, cmd, sandbox.command.error);
       // Loaded only for the proxy (the CA, x509 and http2 code is not needed by a run without it),
       // and while the sandbox's probe runs, a process of its own.
       const proxyModule = proxied ? import("./proxy.js") : null;

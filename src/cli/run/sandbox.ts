@@ -160,7 +160,7 @@ function runtimeDirs(env: NodeJS.ProcessEnv): string[] {
  * a candidate that exists but is not an executable regular file (a directory, a FIFO, a file without
  * x) makes it "not executable" (EACCES, exit 126) unless a later one runs, as execve's EACCES does.
  */
-function findCommand(cmd: string, pathValue: string | undefined, cwd: string): { path: string } | { error: "ENOENT" | "EACCES" } {
+export function findCommand(cmd: string, pathValue: string | undefined, cwd: string): { path: string } | { error: "ENOENT" | "EACCES" } {
   const candidates = cmd.includes("/") ? [resolve(cwd, cmd)] : (pathValue ?? "/usr/bin:/bin").split(delimiter).map((d) => join(resolve(cwd, d || "."), cmd));
   let denied = false;
   for (const c of candidates) {
