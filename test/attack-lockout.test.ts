@@ -39,8 +39,6 @@ import { ForwardProxy } from "../src/proxy/forward.js";
 import { SsrfGuard } from "../src/proxy/guard.js";
 import { LeaseEgress, type InjectionRule } from "../src/proxy/lease-egress.js";
 import { makePlaceholder } from "../src/proxy/placeholder.js";
-import { extractField } from "../src/cli/refs/json-field.js";
-import type { SecretBytes } from "../src/crypto/secret-bytes.js";
 import { inTime, loopbackOnly, openTunnel, readAll, tableResolver } from "./proxy-harness.js";
 import { LessorClient } from "../src/client/index.js";
 import { initHome, openVault } from "../src/config/open-vault.js";
@@ -321,7 +319,7 @@ async function proxyRig(value: string | Buffer, rule: InjectionRule, maxUses: nu
   const lease = await admin.requestLease({ agent: "bot", secret: "tok", domains: [UP], maxUses });
   const text = typeof value === "string" ? value : value.toString("latin1");
   const ph = makePlaceholder(text);
-  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule, ...(field ? { pick: (whole: SecretBytes) => extractField(whole, field), field } : {}) }], egress: "strict", warn: () => {} });
+  const egress = new LeaseEgress({ api: inProcessApi(t.vault), agent: "bot", credentials: [{ lease, secret: "global/tok", placeholder: ph, value: text, rule, ...(field ? { field } : {}) }], egress: "strict", warn: () => {} });
   const guard = new SsrfGuard({ ports: [upPort], allow: ["127.0.0.0/8"], resolve: tableResolver({ [UP]: "127.0.0.1" }) });
   const proxy = new ForwardProxy({ egress, ca: LocalCa.create({ permitted: [UP] }), guard, upstreamCa: upCa.certPem, connect: loopbackOnly() });
   const port = await proxy.listen();

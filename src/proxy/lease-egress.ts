@@ -57,6 +57,7 @@ import { matchDomain, parseDomainPattern, type DomainPattern } from "../vault/do
 import { matchPathPrefixes, requestBoundsReason } from "../vault/http-path.js";
 import { refusalForAgent } from "../vault/policy.js";
 import { checkTarget } from "../vault/target.js";
+import { extractField } from "../vault/json-field.js";
 import { steadyClock } from "../vault/clock.js";
 import type { Egress, EgressDecision, Prepared, ProxiedRequest, RequestOutcome, TunnelHandle } from "./egress.js";
 import { TripwireMarks } from "./body-tripwire.js";
@@ -108,14 +109,10 @@ export interface ProxyCredential {
   value: string;
   rule: InjectionRule;
   /**
-   * What of the secret's value this credential is, when not all of it: a reference's `#field` picks
-   * one field out of a JSON secret. Applied to the value each request reads from the vault, so the
-   * upstream gets that field and never the rest of the secret. Returns a new holder (the caller wipes both).
-   */
-  pick?: (whole: SecretBytes) => SecretBytes;
-  /**
-   * The field path `pick` picks, when it picks one: sent with each use, so that the vault refuses a
-   * value without that field, or whose field cannot go where the rule puts it, before it counts the use.
+   * The field of the secret's JSON value this credential is, when not all of it (a reference's
+   * `secret#field`): sent with each use, so that the vault refuses a value without that field, or
+   * whose field cannot go where the rule puts it, before it counts the use; then picked out of the
+   * value each request reads, so the upstream gets that field and never the rest of the secret.
    */
   field?: string;
 }
@@ -398,11 +395,9 @@ export class LeaseEgress implements Egress {
         const asked = this.#tick;
         // Where the value goes, so that the vault refuses one that cannot go there before it counts
         // the use (a use spent must be a request sent). For a credential that is one field of its
-        // secret, the field too: the vault checks that it is there and fits. (A pick without a field
-        // path can only be checked below, after the use: the vault then checks the whole for UTF-8.)
-        const fit = h.pick && h.field === undefined ? "utf8" : fitFor(h, req.headers);
-        const field = h.pick && h.field !== undefined ? { field: h.field } : {};
-        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit, ...field });
+        // secret, the field too: the vault checks that it is there and fits.
+        const field = h.field === undefined ? {} : { field: h.field };
+        const got = await this.#o.api.accessSecret(h.lease.id, { domain: req.host, method: req.method, path: req.target, via: "proxy", fit: fitFor(h, req.headers), ...field });
         // The bounds the vault checked the use against (the rule in force may be narrower than the
         // lease): checked again here, as above, for the rule's.
         const bad = got.bounds ? outOfBounds(req, got.bounds.methods, got.bounds.path !== null, got.bounds.path) : null;
@@ -418,7 +413,7 @@ export class LeaseEgress implements Egress {
         let part: SecretBytes | undefined;
         let text: string | null = null;
         try {
-          part = h.pick ? h.pick(got.value) : got.value;
+          part = h.field === undefined ? got.value : extractField(got.value, h.field);
           text = utf8OrNull(part.expose());
         } finally {
           part?.wipe();
@@ -429,7 +424,7 @@ export class LeaseEgress implements Egress {
         if (text === null)
           return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: the value of ${h.secret} is not UTF-8 text, so the proxy cannot add it to a request; the request was not sent`);
         // The field a credential stands for goes where its rule says: checked as the vault checks a whole value.
-        const unfit = h.pick ? textFitError(text, h.secret, fitFor(h, req.headers)) : null;
+        const unfit = h.field === undefined ? null : textFitError(text, h.secret, fitFor(h, req.headers));
         if (unfit) return this.#refuse(req, using, 502, "invalid_request", `Bad gateway: ${unfit.message}; the request was not sent`);
         values.set(h, text);
       } catch (e) {

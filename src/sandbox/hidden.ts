@@ -4,7 +4,7 @@
  * shown at all unless a `[run] read`/`write` entry or the project directory is inside it; these
  * lists matter when one is, and when a store lives outside the home through a symlink.
  */
-import { lstatSync, readdirSync, statSync } from "node:fs";
+import { lstatSync, readdirSync, statSync, type Stats } from "node:fs";
 import { VaultError } from "../base/errors.js";
 import { basename, dirname, join } from "node:path";
 
@@ -136,7 +136,8 @@ const ETC_WALK_MAX = 50_000;
  * `/etc/ipsec.secrets`, `/etc/ppp/chap-secrets`, `/etc/postfix/sasl_passwd`, `/etc/netplan/*.yaml`
  * (all 0600 root). The agent runs as this uid (root stays uid 0, without capabilities): it reads
  * what this uid owns, so a root owner's agent would read every one of them. Symbolic links are not
- * followed; a directory found is covered whole and not entered.
+ * followed in the walk, but one leading to such a file or directory is listed (the layout covers its
+ * real path); a directory found is covered whole and not entered. Throws past {@link ETC_WALK_MAX}.
  */
 export function ownerOnlyEtc(root = "/etc", uid: number | undefined = process.getuid?.()): string[] {
   if (uid === undefined) return [];
@@ -164,20 +165,21 @@ export function ownerOnlyEtc(root = "/etc", uid: number | undefined = process.ge
         // Not followed in the walk, but a link to an owner-only file or directory (in /usr/local, /opt:
         // shown too) is read through: the link is listed, and the layout covers its real path.
         try {
-          const t = statSync(p);
-          if (t.uid === uid && (t.isDirectory() ? (t.mode & 0o005) !== 0o005 : (t.mode & 0o004) === 0)) out.push(p);
+          if (ownerOnly(statSync(p), uid)) out.push(p);
         } catch {
           // a dangling link
         }
         continue;
       }
-      const mine = st.uid === uid;
-      if (st.isDirectory()) {
-        if (mine && (st.mode & 0o005) !== 0o005) out.push(p);
-        else if (depth < ETC_WALK_DEPTH) walk(p, depth + 1);
-      } else if (mine && (st.mode & 0o004) === 0) out.push(p);
+      if (ownerOnly(st, uid)) out.push(p);
+      else if (st.isDirectory() && depth < ETC_WALK_DEPTH) walk(p, depth + 1);
     }
   };
   walk(root, 1);
   return out;
+}
+
+/** `st` belongs to `uid` and others may not read it (a file) or list and enter it (a directory). */
+function ownerOnly(st: Stats, uid: number): boolean {
+  return st.uid === uid && (st.isDirectory() ? (st.mode & 0o005) !== 0o005 : (st.mode & 0o004) === 0);
 }

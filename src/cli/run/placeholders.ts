@@ -8,7 +8,6 @@ import type { InjectRule } from "../../config/proxy-config.js";
 import { PlaceholderRegistry } from "../../proxy/placeholder-registry.js";
 import { injectionRuleFor, type ProxyCredential } from "../../proxy/lease-egress.js";
 import type { SecretFieldRef } from "../refs/grammar.js";
-import { extractField } from "../refs/json-field.js";
 import { refString } from "../../base/names.js";
 import type { LeaseBook } from "./leases.js";
 import type { RenderPiece } from "./child-env.js";
@@ -46,7 +45,7 @@ export class RunCredentials {
       value: text,
       rule: injectionRuleFor(this.rules, secret),
       // Each request reads the secret again: the proxy injects this field of it, never the whole JSON.
-      ...(field === undefined ? {} : { pick: (whole) => extractField(whole, field), field }),
+      ...(field === undefined ? {} : { field }),
     });
     return placeholder;
   };
