@@ -77,14 +77,6 @@ export function rewrittenBodyHeaders(headers: OutgoingHttpHeaders, patterns: Scr
  * request smuggled past the grant's methods and paths.
  */
 export function framedBodyHeaders(headers: OutgoingHttpHeaders): void {
-  // The agent's body is bytes it chose, on the connection the next request (and its injected
-  // credential) would take. Framing is not enough against an upstream that does not read it as framed
-  // (CL.0: a server ignoring Content-Length on a GET, or on an endpoint that expects no body, takes
-  // the body as the start of the next request: a smuggled `DELETE /admin HTTP/1.1\r\nX: ` whose
-  // headers the next granted request completes, or a `POST /comments` whose body captures that head,
-  // credential and all). So the upstream connection that carried a body is never used again.
-  for (const k of Object.keys(headers)) if (k.toLowerCase() === "connection") delete headers[k];
-  headers["connection"] = "close";
   const names = Object.keys(headers).map((k) => k.toLowerCase());
   if (names.includes("content-length")) return;
   for (const k of Object.keys(headers)) if (k.toLowerCase() === "transfer-encoding") delete headers[k];
@@ -92,9 +84,15 @@ export function framedBodyHeaders(headers: OutgoingHttpHeaders): void {
 }
 
 /**
- * Makes sure the upstream connection that carried a body (framedBodyHeaders asked for its close) is
- * never given to another request: Node's keep-alive agent sends our `Connection: close` but still
- * reuses the socket when the upstream's answer does not say close, so the request is marked too.
+ * Makes sure the upstream connection that carries a body is never given to another request. The
+ * agent's body is bytes it chose, on the connection the next request (and its injected credential)
+ * would take; framing is not enough against an upstream that does not read it as framed (CL.0: a
+ * server ignoring Content-Length on a GET, or on an endpoint that expects no body, takes the body as
+ * the start of the next request: a smuggled `DELETE /admin HTTP/1.1\r\nX: ` whose headers the next
+ * granted request completes, or a `POST /comments` whose body captures that head, credential and
+ * all). Marked before its head is written, the request goes with `Connection: close` (Node writes
+ * it, the client's own Connection header being hop-by-hop and dropped), and its socket is closed after
+ * the answer even when the upstream's answer does not say close.
  */
 export function closeAfter(up: ClientRequest): void {
   up.shouldKeepAlive = false;
