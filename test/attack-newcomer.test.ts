@@ -42,6 +42,9 @@ describe("README quick start, as written", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(statSync(home).mode & 0o777, 0o700);
     for (const f of ["master.key", "lessor.toml", "policy.toml", "lessor.db"]) assert.equal(statSync(join(home, f)).mode & 0o777, 0o600, f);
+    // The README's path needs no daemon: init must not send the newcomer to start one first.
+    assert.match(r.stdout, /next: .*lessor secret set .*lessor run --agent/);
+    assert.doesNotMatch(r.stdout, /then run: lessor serve/);
     const explain = await runCliWithEnv(["policy", "explain", "--agent", "claude", "--secret", "github-token", "--domain", "api.github.com"], { env: { HOME: dir, PATH: SYS_PATH } });
     assert.match(explain.stdout + explain.stderr, /deny/i);
   });

@@ -120,6 +120,29 @@ describe("a passphrase vault prompts on the terminal", { skip: !hasScript && "ut
     assert.match(i.stderr, /stdin is not a terminal to ask for it on; run lessor init --passphrase in a terminal, or set LESSOR_PASSPHRASE/);
   });
 
+  test("init refuses a passphrase under 12 characters, typed or in LESSOR_PASSPHRASE, and creates nothing", async () => {
+    const typed = freshHome();
+    const t = pty(lessorCmd("init --passphrase"), { LESSOR_HOME: typed });
+    await t.waitFor("New passphrase for the master key: ");
+    t.type("hunter2\r");
+    await t.waitFor("Again, to confirm: ");
+    t.type("hunter2\r");
+    assert.equal(await t.exit(), 2, t.out);
+    assert.match(t.out, /the passphrase typed has 7 characters; a passphrase that seals the master key needs at least 12/);
+    assert.ok(!t.out.includes("hunter2"), "the short passphrase is not echoed either");
+    assert.ok(!existsSync(join(typed, "keystore.json")) && !existsSync(join(typed, "master.key")));
+    // Counted in characters, not bytes: eleven two-byte letters are still too short, twelve are enough.
+    for (const [pass, code] of [["a", 2], ["é".repeat(11), 2], ["é".repeat(12), 0]] as const) {
+      const h = freshHome();
+      const r = await runCli(["init", "--key-source", "passphrase"], { home: h, env: { LESSOR_PASSPHRASE: pass } });
+      assert.equal(r.code, code, r.stderr);
+      if (code === 2) {
+        assert.match(r.stderr, /LESSOR_PASSPHRASE has \d+ characters?; a passphrase that seals the master key needs at least 12 .*nothing was created/);
+        assert.equal(existsSync(join(h, "keystore.json")), false);
+      } else assert.equal(existsSync(join(h, "keystore.json")), true);
+    }
+  });
+
   test("init refuses a LESSOR_PASSPHRASE with a trailing newline or other control character, which no prompt could type", async () => {
     for (const [pass, what] of [[`${PASS}\n`, /a newline at position 24/], [`${PASS}\r`, /0x0d at position 24/], [`a\x1bb`, /0x1b at position 2/]] as const) {
       const h = freshHome();

@@ -28,6 +28,10 @@ export async function init(opts: { home?: string; keySource?: string; passphrase
     process.stdout.write(
       `the master key is in the OS keychain: service "${r.keychain.service}", account "${r.keychain.account}" (no key file was written); the keychain must be unlocked for lessor to open this vault, and a backup of that entry is a backup of the key\n`,
     );
-  if (r.created.length > 0) process.stdout.write(`next: edit ${r.home}/policy.toml, then run: lessor serve\n`);
+  // No daemon is needed: the CLI and `lessor run` open the vault themselves (README's first path).
+  if (r.created.length > 0)
+    process.stdout.write(
+      `next: store a secret (echo "$TOKEN" | lessor secret set NAME), grant it to an agent in ${r.home}/policy.toml, then: lessor run --agent AGENT -- COMMAND (a daemon, lessor serve, is optional)\n`,
+    );
   return 0;
 }

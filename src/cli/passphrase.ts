@@ -51,7 +51,8 @@ export function terminalPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = S
 
 /**
  * The passphrase for a new key store (`lessor init --passphrase`): LESSOR_PASSPHRASE, else typed
- * twice on the terminal without echo. Refuses an empty or mismatched one, and a variable holding a
+ * twice on the terminal without echo. Refuses an empty, mismatched or short one (under
+ * {@link MIN_PASSPHRASE_LENGTH} characters), and a variable holding a
  * control character (a trailing newline, say) that no prompt could type; creates nothing itself.
  */
 export async function newPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = STD()): Promise<string> {
@@ -66,7 +67,7 @@ export async function newPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = 
         "invalid_request",
         `LESSOR_PASSPHRASE holds a control character (${bad[0] === "\n" ? "a newline" : `0x${bad[0].charCodeAt(0).toString(16).padStart(2, "0")}`} at position ${bad.index + 1}), which a passphrase typed at the prompt can never hold; nothing was created. Set it without one (printf '%s', or $(cat file) which drops the last newline) and run lessor init again`,
       );
-    return set;
+    return longEnough(set, "LESSOR_PASSPHRASE");
   }
   if (io.input.isTTY !== true)
     throw new VaultError(
@@ -76,5 +77,22 @@ export async function newPassphrase(env: NodeJS.ProcessEnv, io: PromptStreams = 
   const [first, again] = await ask(["New passphrase for the master key: ", "Again, to confirm: "], io, "cancelled at the passphrase prompt; nothing was created");
   if (!first) throw new VaultError("invalid_request", "the passphrase is empty; nothing was created. Choose a long passphrase");
   if (first !== again) throw new VaultError("invalid_request", "the two passphrases did not match; nothing was created. Run lessor init --passphrase again");
-  return first;
+  return longEnough(first, "the passphrase typed");
+}
+
+/**
+ * The fewest characters a new passphrase may have. The key store can be copied and guessed at offline
+ * (Argon2id slows each guess, it does not stop a short passphrase falling to a list), and it guards
+ * every secret in the vault.
+ */
+export const MIN_PASSPHRASE_LENGTH = 12;
+
+function longEnough(passphrase: string, what: string): string {
+  const n = [...passphrase].length;
+  if (n < MIN_PASSPHRASE_LENGTH)
+    throw new VaultError(
+      "invalid_request",
+      `${what} has ${n} character${n === 1 ? "" : "s"}; a passphrase that seals the master key needs at least ${MIN_PASSPHRASE_LENGTH} (several words, say), since a copy of the key store can be guessed at offline; nothing was created`,
+    );
+  return passphrase;
 }
