@@ -128,6 +128,11 @@ function describeFailure(f: HookFailure, timeoutMs: number): { text: string; det
   }
 }
 
+/** Whether the hook's command started and ran (so it may have acted at the issuer), for a failure. */
+function commandRan(f: HookFailure): boolean {
+  return f.kind !== "not_found" && f.kind !== "untrusted" && f.kind !== "spawn";
+}
+
 /**
  * Rotates `ref` by its configured hook (admin only): runs the command, stores what it printed as a new
  * version, revokes live leases per the hook's `revoke`, and audits it. On any failure of the command
@@ -251,11 +256,18 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
   if (!result.ok) {
     const { text, detail } = describeFailure(result.failure, hook.timeoutMs);
     await commit(ctx, async (tx, audit, now) => {
-      await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: `hook_failed: ${result.failure.kind}`, detail: { ...base, ...detail } });
+      await audit({ type: "secret_rotated", actor: who, secret, outcome: "error", reason: `hook_failed: ${result.failure.kind}`, detail: { ...base, ...detail, command_ran: commandRan(result.failure) } });
       await releaseHookRunIn(tx, claim.secret, claim.owner, now);
     });
     claim.released = true;
-    throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current`);
+    // A command that ran may have changed the credential at its issuer before it failed (a time limit
+    // hit after the issuer's API answered, a crash while printing): say so, rather than let "timeout"
+    // read as "nothing happened" while the vault's copy may no longer work.
+    const ran = commandRan(result.failure);
+    const stale = ran
+      ? `; if the command changed the credential at its issuer before it stopped, the vault's copy is stale: check the issuer, and store the working value with lessor secret set`
+      : "";
+    throw new VaultError("unavailable", `the rotation hook of ${secret} (command ${JSON.stringify(command)}) ${text}; version ${fromVersion} stays current${stale}`);
   }
   const value = result.value;
   type Stored = { version: number; revokedLeases: number };
