@@ -15,7 +15,8 @@ import { isScope } from "../src/base/names.js";
 import { formatReference, parseReference } from "../src/cli/refs/reference.js";
 import { extractField } from "../src/cli/refs/json-field.js";
 import { SecretBytes } from "../src/crypto/secret-bytes.js";
-import { cliHome, runCli } from "./cli-harness.js";
+import { BIN, cliHome, runCli } from "./cli-harness.js";
+import { hasScript, pty } from "./pty.js";
 import { startServe } from "./daemon-harness.js";
 
 const CANARY = `CANARY-ie-${randomBytes(8).toString("hex")}`;
@@ -202,5 +203,25 @@ describe("lessor secret import/export, names and scopes: attacks (importexport)"
         assert.deepEqual(Buffer.from(e.value, e.encoding), v, `${format} ${name}`);
       }
     }
+  });
+
+  test("`secret export` to a terminal without -o is refused before any value is read; -o - prints them there on purpose", { skip: !hasScript && "util-linux script (bsdutils) is not installed" }, async () => {
+    const home = await cliHome();
+    assert.equal((await runCli(["secret", "set", "TERM_TOKEN"], { home, input: CANARY })).code, 0);
+    const cmd = (args: string): string => `${JSON.stringify(process.execPath)} -- ${JSON.stringify(BIN)} ${args}`;
+    const opts = { killAfterMs: 60_000, waitForMs: 30_000 };
+    const refused = pty(cmd("secret export"), { LESSOR_HOME: home }, opts);
+    assert.equal(await refused.exit(), 2, refused.out);
+    assert.match(refused.out, /stdout is a terminal; give -o FILE for a backup file \(0600\), or -o - to print the values here/);
+    assert.ok(!refused.out.includes(CANARY), "the value reached the terminal");
+    const audit = await runCli(["audit", "tail", "--json"], { home });
+    assert.ok(!audit.stdout.includes("secret_revealed"), "a refused export read (and audited) a value");
+    const asked = pty(cmd("secret export -o -"), { LESSOR_HOME: home }, opts);
+    assert.equal(await asked.exit(), 0, asked.out);
+    assert.ok(asked.out.includes(CANARY), "-o - prints the values on the terminal");
+    // A pipe is not a terminal: `lessor secret export > file` and `| gpg` work as before.
+    const piped = await runCli(["secret", "export"], { home });
+    assert.equal(piped.code, 0, piped.stderr);
+    assert.ok(piped.stdout.includes(CANARY));
   });
 });

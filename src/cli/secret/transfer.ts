@@ -92,6 +92,10 @@ export async function exportSecrets(
   o: { format?: string; scope?: string; output?: string; prefix?: string; tag?: string },
 ): Promise<number> {
   const toFile = o.output !== undefined && o.output !== "-";
+  // Every value on a terminal lands in its scrollback, a screen share or a recording: as `secret get`
+  // needs --reveal there, an export to a terminal is asked for by name (-o -), before anything is read.
+  if (o.output === undefined && cli.stdout.isTTY === true)
+    throw new UsageError("secret export writes every value in the clear, and stdout is a terminal; give -o FILE for a backup file (0600), or -o - to print the values here");
   const format = formatOf(o.format, toFile && o.output!.toLowerCase().endsWith(".json") ? "json" : "dotenv");
   if (o.scope !== undefined) checkScope(o.scope);
   const { api } = await cli.backend();
