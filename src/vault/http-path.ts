@@ -130,9 +130,13 @@ function checkDecodedText(normalised: string): string | null {
   return null;
 }
 
-/** True when a segment is "." or ".." followed by parameters (";…", raw or as %3B). */
+/**
+ * True when a segment is "." or ".." followed by parameters (";…", raw or as %3B), or by an encoded
+ * "?" or "#" (%3F, %23): a server that decodes the path before it splits off the query and fragment
+ * (Apache mod_rewrite's CVE-2024-38474, an app that unquotes and then parses the URL) reads "..%3F" as "..".
+ */
 function isDotWithParams(seg: string): boolean {
-  const cut = seg.search(/;|%3B/);
+  const cut = seg.search(/;|%3B|%3F|%23/);
   if (cut < 0) return false;
   const head = seg.slice(0, cut);
   return head === "." || head === "..";
@@ -150,7 +154,10 @@ function resolveSegments(text: string): { path: string; dots: boolean; problem: 
     const s = segs[i]!;
     if (s === "." || s === "..") dots = true;
     else if (s === "" && i < segs.length - 1) empty = true;
-    else if (isDotWithParams(s)) return { path: null, dots: true, problem: 'has a dot segment with parameters (such as "..;"), which some servers read as ".."' };
+    else if (isDotWithParams(s)) return { path: null, dots: true, problem: 'has a dot segment with parameters or an encoded "?" or "#" (such as "..;" or "..%3F"), which some servers read as ".."' };
+    // Windows servers (IIS, a file server's path API) drop a segment's trailing dots and spaces:
+    // "...", "..%20" and ". ." are ".." there, though no dot segment here.
+    else if (/^(?:\.|%20)*\.(?:\.|%20)*$/.test(s)) return { path: null, dots: true, problem: 'has a segment of only dots and spaces (such as "..." or "..%20"), which Windows servers read as ".."' };
   }
   if (empty && segs.includes(".."))
     return { path: null, dots, problem: 'has both "//" and "..", which servers that merge slashes and servers that do not resolve to different paths' };
