@@ -121,3 +121,21 @@ function explain(e: unknown, context: string): unknown {
         : "";
   return new VaultError(e.code, `${context}: ${e.message}${fix}`);
 }
+
+/**
+ * Refuses (lease_revoked) when one of `leases` was revoked, or is gone, as the command is about to
+ * start with its value: the killswitch or `lessor revoke`, landing while the run made its sandbox
+ * ready, must not be followed by a new process holding what it revoked (a process that already has
+ * a value keeps it; this one does not have it yet). One list_leases per lease, all at once.
+ */
+export async function refuseRevoked(api: BackendApi, agent: string, leases: readonly LeaseRecord[]): Promise<void> {
+  const rows = await Promise.all(leases.map((l) => api.listLeases({ agent, id: l.id })));
+  leases.forEach((l, i) => {
+    const now = rows[i]!.find((r) => r.id === l.id);
+    if (now === undefined || now.revokedAt !== null)
+      throw new VaultError(
+        "lease_revoked",
+        `the lease on ${l.scope}/${l.name} (${l.id}) was revoked while lessor run made the command ready (lessor killswitch or lessor revoke), so its value is not handed to a new process. The command was not started`,
+      );
+  });
+}

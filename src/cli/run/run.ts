@@ -8,7 +8,7 @@
 import { VaultError } from "../../base/errors.js";
 import type { Cli } from "../cli.js";
 import { baseEnv, resolveEnv, scanEnv } from "./child-env.js";
-import { LeaseBook } from "./leases.js";
+import { LeaseBook, refuseRevoked } from "./leases.js";
 import { Connection, revokeLeases } from "./connection.js";
 import type { MaskPattern } from "./mask.js";
 import { holdLeases } from "../holding.js";
@@ -199,6 +199,12 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
       }
     }
 
+    // Values go in the command's environment (no proxy): their leases must still be in force as it
+    // starts, or a killswitch that came while the run got ready would leave a new process holding them.
+    if (book !== null && book.leases.length > 0 && !proxied) {
+      await refuseRevoked((await conn.open()).api, o.agent, book.leases);
+      abort();
+    }
     // A commondir left by an earlier run that was killed before its check (src/sandbox/git-guard.ts).
     if (sandbox) for (const line of [...sandbox.layout.notes, ...checkGitBeforeRun(sandbox.layout.git)]) cli.err(line);
     const { child, flushed, signal, started, listener } = startChild(
