@@ -29,6 +29,7 @@ import { deadmanIn, firedSignal, heartbeatIn, limitsStale, missedDeadlineIn, rec
 import { policyGateIn } from "./policy-sync.js";
 import { requireKeyIn } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
+import { rolledBackError } from "./version-floor.js";
 
 export { leaseState, type LeaseState } from "../base/lease-state.js";
 
@@ -508,6 +509,9 @@ async function useIn(
   // Wrapped under a key a rotation retired: written by whoever holds that key, not by this vault.
   const gone = await retiredVersionError(ctx, tx, version);
   if (gone) return denied(audit, who, gone, fields);
+  // Older than the version the trail last records storing: put back by a database edit.
+  const back = await rolledBackError(ctx, tx, version);
+  if (back) return denied(audit, who, back, fields);
   // A value that cannot go where the caller is about to put it: refused before the use is counted.
   if (target.fit !== undefined || target.field !== undefined) {
     const unfit = fitError(ctx, version, target.fit ?? "utf8", secret, held, target.field);

@@ -22,6 +22,7 @@ import { commit, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { ensureKey } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
+import { rolledBackError } from "./version-floor.js";
 import { CLAIM_SLACK_MS, claimHookRun, holdsHookRunIn, hookStoredIn, keepLostHookRunIn, noteHookProcess, noteHookStoredIn, releaseHookRun, releaseHookRunIn } from "./hook-claims.js";
 import { addVersion, sizeError, metadataOf, notFound, type SecretMeta } from "./secrets.js";
 import { VaultError } from "../base/errors.js";
@@ -239,6 +240,8 @@ async function runAndStore(ctx: VaultContext, who: Identity, ref: SecretRef, hoo
     await ensureKey(ctx, row.keyId); // wrapped under a key another instance rotated to: load it first
     const gone = await retiredVersionError(ctx, ctx.store, row); // never handed to a hook: not this vault's value
     if (gone) throw gone;
+    const back = await rolledBackError(ctx, ctx.store, row); // an older value put back by a database edit
+    if (back) throw back;
     current = openValue({ ...ref, version: fromVersion }, row, ctx.keyring, ctx.vaultId);
   }
   let result: HookRunResult;

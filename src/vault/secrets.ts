@@ -12,6 +12,7 @@ import { denied } from "./denied.js";
 import { withdrawForSecret } from "./approvals.js";
 import { requireKeyIn } from "./key-reload.js";
 import { retiredVersionError } from "./value-key.js";
+import { noteStoredVersion, rolledBackError } from "./version-floor.js";
 import { VaultError } from "../base/errors.js";
 import { optionalObjectParam } from "../base/shape.js";
 import { checkPlainText, checkTextValue } from "../base/text.js";
@@ -87,6 +88,7 @@ export async function addVersion(ctx: VaultContext, tx: StoreTx, rec: SecretReco
   const version = rec.currentVersion + 1;
   const sealed = sealValue({ scope: rec.scope, name: rec.name, version }, bytes, ctx.keyring.current, ctx.cipher, ctx.vaultId);
   await tx.putSecret({ ...rec, currentVersion: version, updatedAt: now });
+  noteStoredVersion(ctx, rec, version);
   await tx.insertVersion({
     scope: rec.scope,
     name: rec.name,
@@ -230,6 +232,9 @@ export async function revealSecret(ctx: VaultContext, who: Identity, refIn: Secr
     requireKeyIn(ctx, v.keyId); // wrapped under a key another instance rotated to: load it before the reveal is audited
     const gone = await retiredVersionError(ctx, tx, v); // written under a retired key after its retirement
     if (gone) return denied(audit, who, gone, { agent: who.agent ?? null, secret: refString(ref) });
+    // The current version put back by a database edit (an older one named: the admin's choice).
+    const back = version === undefined ? await rolledBackError(ctx, tx, v) : null;
+    if (back) return denied(audit, who, back, { agent: who.agent ?? null, secret: refString(ref) });
     await audit({ type: "secret_revealed", actor: who, secret: refString(ref), outcome: "ok", detail: { version: v.version } });
     return v;
   });

@@ -20,6 +20,7 @@ import type { SecretBytes } from "../crypto/secret-bytes.js";
 import { AuditKeys } from "../audit/keys.js";
 import { retiredKeys } from "../audit/retired.js";
 import { auditRecover, type AuditRecoverParams, type AuditRecoverResult } from "./audit-recover.js";
+import { rolledBackProblem } from "./version-floor.js";
 import { guardProblem } from "./audit-guard.js";
 import type { AuditSink } from "./ports.js";
 import { verifyAudit, type AuditVerifyResult } from "../audit/verify.js";
@@ -670,7 +671,8 @@ export class VaultSession {
   /**
    * Verifies the audit chain and checkpoint, and lists the recoveries (breaks) in the trail. Admin.
    * A trail that verifies on its own but that this process's commit guard refuses (in a running
-   * process: a head older than one it committed, an older checkpoint put back) does not verify either.
+   * process: a head older than one it committed, an older checkpoint put back) does not verify either,
+   * nor one a secret's current version contradicts (an older version put back: src/vault/version-floor.ts).
    */
   async auditVerify(): Promise<AuditVerifyResult> {
     await this.#requireAdmin("verify the audit trail");
@@ -678,7 +680,8 @@ export class VaultSession {
     await catchUpKeys(this.#ctx);
     const r = await verifyAudit(this.#ctx.store, this.#ctx.keyring, this.#ctx.vaultId);
     if (!r.ok) return r;
-    const problem = await guardProblem(this.#ctx);
+    // A trail that verifies can still show a store edited behind it: a secret put back to an older version.
+    const problem = (await guardProblem(this.#ctx)) ?? (await rolledBackProblem(this.#ctx.store));
     return problem === null ? r : { ...r, ok: false, problem };
   }
   /**
