@@ -88,6 +88,13 @@ export interface ConnectionHost {
 
 /** How long a closing socket may take to say goodbye before it is destroyed. */
 const LINGER_MS = 1000;
+/**
+ * Bytes of request frames a connection may have started and not finished (waiting for the scheduler or
+ * running): past it, nothing more starts and the socket is not read until one finishes. One request
+ * always starts when none is in flight. Without it, 64 connections × 64 pipelined 1 MiB requests held
+ * 4 GiB of parsed params for one principal, at the daemon's heap limit.
+ */
+const MAX_IN_FLIGHT_BYTES = 2 * MAX_FRAME_BYTES;
 /** A hello is small; an unauthenticated peer may not make the daemon buffer more than this. */
 const MAX_HELLO_BYTES = 8192;
 /** The hello to ask for: never one carrying a token (a token is shown only after the daemon's proof; see "Token handshake" in docs/protocol.md). */
@@ -132,6 +139,8 @@ export class Connection {
   /** Frames received but not started (in-flight cap reached, or still authenticating). */
   #queue: Buffer[] = [];
   #inFlight = 0;
+  /** Bytes of the request frames in flight (see MAX_IN_FLIGHT_BYTES). */
+  #inFlightBytes = 0;
   #paused = false;
   #writeBlockedSince = 0;
   #peerEnded = false;
@@ -393,7 +402,7 @@ export class Connection {
     if (this.#state === "proof" && this.#queue.length > 0) this.#proof(this.#queue.shift()!);
     if (this.#state === "open") {
       // Nothing starts while the client leaves more than maxBufferedBytes of answers unread.
-      while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight && this.#writeBlockedSince === 0 && this.#state === "open")
+      while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight && !this.#bytesFull() && this.#writeBlockedSince === 0 && this.#state === "open")
         this.#request(this.#queue.shift()!);
       if (this.#inFlight === 0 && (this.#lastWord !== null || (this.#peerEnded && this.#queue.length === 0))) return this.#finish(this.#lastWord);
     }
@@ -404,7 +413,7 @@ export class Connection {
   #flow(): void {
     const s = this.#state;
     if (s === "closing" || s === "closed") return;
-    const hold = s === "auth" || s === "challenge" || this.#lastWord !== null || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#writeBlockedSince !== 0;
+    const hold = s === "auth" || s === "challenge" || this.#lastWord !== null || this.#queue.length > 0 || this.#inFlight >= this.#maxInFlight || this.#bytesFull() || this.#writeBlockedSince !== 0;
     if (hold && !this.#paused) {
       this.#paused = true;
       this.stream.pause();
@@ -413,6 +422,11 @@ export class Connection {
       if (this.#partialSince !== 0) this.#partialSince = Date.now(); // the read deadline restarts when we read again
       this.stream.resume();
     }
+  }
+
+  /** True when the requests in flight hold MAX_IN_FLIGHT_BYTES of frames (never with none in flight). */
+  #bytesFull(): boolean {
+    return this.#inFlight > 0 && this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES;
   }
 
   /** Validates one request frame and starts it, or answers it with an error at once. */
@@ -448,11 +462,13 @@ export class Connection {
     const parsed = parseParams(method, params);
     if (parsed instanceof VaultError) return this.#reply(id, "invalid_request", parsed.message);
     this.#inFlight++;
+    const bytes = body.length;
+    this.#inFlightBytes += bytes;
     this.#host.requestStarted();
-    this.#host.schedule(this.#session!.identity.id, () => this.#run(id, method, parsed));
+    this.#host.schedule(this.#session!.identity.id, () => this.#run(id, method, parsed, bytes));
   }
 
-  async #run(id: string, method: MethodName, params: unknown): Promise<void> {
+  async #run(id: string, method: MethodName, params: unknown, bytes: number): Promise<void> {
     try {
       // Closed while it waited for the scheduler, or an oversize frame came meanwhile: never run.
       if (this.#state !== "open" || this.#lastWord !== null) return;
@@ -471,6 +487,7 @@ export class Connection {
       }
     } finally {
       this.#inFlight--;
+      this.#inFlightBytes -= bytes;
       this.#lastActive = Date.now();
       this.#host.requestDone();
       this.#pump();
