@@ -10,6 +10,7 @@ import { VERSION } from "../version.js";
 import * as commands from "./commands/index.js";
 import { addOptions, GLOBAL_OPTIONS } from "./option-spec.js";
 import { escapeLines } from "./format/terminal-safe.js";
+import { redactOptionValues } from "./format/redact-options.js";
 import { asksVersion } from "./version-flag.js";
 
 const cli = new Cli((home, opts) => import("./open-backend.js").then((m) => m.openCliBackend(home || undefined, opts)));
@@ -18,8 +19,9 @@ const program = new Command()
   .description("A credential vault for AI agents: encrypted secrets lent out through leases.")
   .showSuggestionAfterError()
   .exitOverride()
-  // Commander's messages quote the command line; each of their lines is escaped as cli.err escapes.
-  .configureOutput({ outputError: (s, write) => write(escapeLines(s.startsWith("error:") ? `lessor: ${s.slice(7)}` : s)) })
+  // Commander's messages quote the command line; each of their lines is escaped as cli.err escapes,
+  // and what a mistyped option carried is hidden (it may be a value or a token).
+  .configureOutput({ outputError: (s, write) => write(escapeLines(redactOptionValues(s.startsWith("error:") ? `lessor: ${s.slice(7)}` : s))) })
   .hook("preAction", (cmd) => {
     const o = cmd.optsWithGlobals<{ home?: string; token?: string }>();
     if (o.token !== undefined) throw new UsageError(TOKEN_ON_ARGV);

@@ -7,11 +7,6 @@ import type { Cli } from "../cli.js";
 
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 
-/** Commander echoes an unknown option whole; hide what follows "=" in case it was a value. */
-function redactOptionValues(s: string): string {
-  return s.replace(/'(--?[^'=\s]+)=[^']*'/g, "'$1=…'");
-}
-
 /** The value-source options of `set` and `rotate`. */
 function valueOptions(cmd: Command): Command {
   return cmd
@@ -35,11 +30,9 @@ Where the value comes from (one of):
   --value V       only with --force-argv: a value on the command line is kept in shell history and shown by ps`;
 
 export function registerSecret(program: Command, cli: Cli): void {
-  const parentOutput = program.configureOutput();
   const secret = program
     .command("secret")
     .description("store, read, rotate, back up and restore secrets (NAME is scope/name, or a name in scope global)")
-    .configureOutput({ outputError: (s, write) => (parentOutput.outputError ?? ((x, w) => w(x)))(redactOptionValues(s), write) })
     .addHelpText(
       "after",
       `

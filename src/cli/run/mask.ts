@@ -46,13 +46,53 @@ export function encodingsOf(value: Buffer): Buffer[] {
   });
 }
 
-/** Builds patterns for `values` (label → value bytes); longer patterns win where two start at one place. */
+/** String members shorter than this are not masked on their own (a `"type"`, a user name). */
+const MIN_MEMBER_BYTES = 8;
+/** Most string members of one JSON value masked on their own, and how deep they are looked for. */
+const MAX_MEMBERS = 64;
+const MAX_DEPTH = 32;
+
+/**
+ * The string members (of {@link MIN_MEMBER_BYTES} or more) of a value that is a JSON object or array:
+ * a program handed such a credential whole (a service account key, `{"user":…,"password":…}`) prints
+ * its fields alone, or the document re-serialised, never the value's own bytes.
+ */
+export function jsonMembersOf(value: Buffer): Buffer[] {
+  const text = value.toString("utf8");
+  const first = text.trimStart()[0];
+  if (first !== "{" && first !== "[") return [];
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return [];
+  }
+  const out: Buffer[] = [];
+  const walk = (v: unknown, depth: number): void => {
+    if (out.length >= MAX_MEMBERS || depth > MAX_DEPTH) return;
+    if (typeof v === "string") {
+      if (Buffer.byteLength(v, "utf8") >= MIN_MEMBER_BYTES) out.push(Buffer.from(v, "utf8"));
+    } else if (typeof v === "object" && v !== null) {
+      for (const m of Array.isArray(v) ? v : Object.values(v)) walk(m, depth + 1);
+    }
+  };
+  walk(doc, 0);
+  return out;
+}
+
+/**
+ * Builds patterns for `values` (label → value bytes), each value's string members too when it is a
+ * JSON document ({@link jsonMembersOf}); longer patterns win where two start at one place.
+ */
 export function maskPatterns(values: { label: string; value: Buffer }[]): MaskPattern[] {
   const out: MaskPattern[] = [];
   const seen = new Set<string>();
   for (const { label, value } of values) {
     const replacement = Buffer.from(`[redacted:${label}]`);
-    for (const bytes of encodingsOf(value)) {
+    const members = jsonMembersOf(value);
+    const all = [...encodingsOf(value), ...members.flatMap((m) => encodingsOf(m))];
+    for (const m of members) m.fill(0);
+    for (const bytes of all) {
       const k = bytes.toString("latin1");
       if (seen.has(k)) {
         bytes.fill(0);
