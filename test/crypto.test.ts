@@ -317,3 +317,24 @@ test("wipe zeroes the underlying buffer and later use throws", () => {
   assert.ok(!kept.every((b) => b === 0), "the kept key is not");
   twice.wipe();
 });
+
+test("a keyring and its master keys never print their bytes: inspect (showHidden too), %o, JSON.stringify, spreads", async () => {
+  const { format } = await import("node:util");
+  const keys = [randomBytes(32), randomBytes(32)];
+  const shown = keys.flatMap((k) => [k.toString("hex"), k.toString("base64"), [...k.subarray(0, 8)].join(", ")]);
+  const ring = makeKeyring(keys.map((k) => Buffer.from(k)));
+  const outputs = [
+    inspect(ring),
+    inspect(ring, { showHidden: true, depth: 10 }),
+    inspect(ring.current, { showHidden: true }),
+    format("%o %O %j", ring, ring.current, ring.current),
+    JSON.stringify(ring),
+    JSON.stringify({ k: ring.get(ring.ids()[1]!) }),
+    inspect({ ...ring.current }, { showHidden: true }),
+  ];
+  for (const out of outputs) for (const s of shown) assert.ok(!out.includes(s), `a key's bytes showed in: ${out}`);
+  assert.match(inspect(ring), new RegExp(`Keyring \\{ ids: \\['${ring.ids()[0]}', '${ring.ids()[1]}'\\] \\}`));
+  // The bytes are still there for the code that uses them.
+  assert.equal(Buffer.compare(ring.current.key, keys[0]!), 0);
+  assert.equal(ring.get(ring.ids()[1]!)!.key.length, 32);
+});

@@ -27,6 +27,21 @@ export interface Keyring {
   wipe(): void;
 }
 
+const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
+
+/**
+ * A master key whose bytes never show when it is printed: `key` is not enumerable (JSON.stringify,
+ * spreads and plain inspection skip it), and inspection (`%o`, `showHidden` included) and `toJSON`
+ * show the id only. An embedded-API caller logging a key source's result must not log the key.
+ */
+function masterKey(id: string, key: Buffer): MasterKey {
+  const mk = { id } as MasterKey;
+  Object.defineProperty(mk, "key", { value: key, enumerable: false });
+  Object.defineProperty(mk, "toJSON", { value: () => ({ id }), enumerable: false });
+  Object.defineProperty(mk, inspectSymbol, { value: () => `MasterKey { id: '${id}' }`, enumerable: false });
+  return mk;
+}
+
 /** The id of a master key: 16 hex chars of SHA-256 over a label and the key. */
 export function keyIdOf(key: Uint8Array): string {
   return createHash("sha256").update("lessor master key id v1\0").update(key).digest("hex").slice(0, 16);
@@ -40,11 +55,11 @@ export function makeKeyring(keys: readonly Buffer[]): Keyring {
     if (key.length !== KEY_BYTES) throw new Error(`makeKeyring: a master key must be ${KEY_BYTES} bytes`);
     const id = keyIdOf(key);
     const same = list.find((k) => k.id === id);
-    if (same === undefined) list.push({ id, key });
+    if (same === undefined) list.push(masterKey(id, key));
     else if (same.key !== key) key.fill(0); // a duplicate's bytes (the ring owns what it is given) are not left in memory
   }
   const byId = new Map(list.map((k) => [k.id, k]));
-  return {
+  const ring: Keyring = {
     current: list[0]!,
     get: (id) => byId.get(id),
     ids: () => list.map((k) => k.id),
@@ -52,6 +67,9 @@ export function makeKeyring(keys: readonly Buffer[]): Keyring {
       for (const k of list) k.key.fill(0);
     },
   };
+  Object.defineProperty(ring, inspectSymbol, { value: () => `Keyring { ids: [${list.map((k) => `'${k.id}'`).join(", ")}] }`, enumerable: false });
+  Object.defineProperty(ring, "toJSON", { value: () => ({ ids: list.map((k) => k.id) }), enumerable: false });
+  return ring;
 }
 
 /**
