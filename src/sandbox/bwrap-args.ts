@@ -5,6 +5,7 @@
  */
 import { existsSync } from "node:fs";
 import type { Layout } from "./layout.js";
+import { copySources, FIRST_COPY_FD, shadowArgs } from "./shadow.js";
 
 /** The descriptor bwrap reads the seccomp filter from (src/sandbox/seccomp.ts); launch.ts writes it. */
 export const SECCOMP_FD = 5;
@@ -70,7 +71,8 @@ export function procCovers(exists: (path: string) => boolean = existsSync): stri
 }
 
 /**
- * The mounts, in order: the layout's, a fresh /proc (its machine-wide parts read-only or covered,
+ * The mounts, in order: the layout's (a system directory holding covers as a tree of the sandbox's
+ * own, its covers in it: src/sandbox/shadow.ts), a fresh /proc (its machine-wide parts read-only or covered,
  * {@link procCovers}) and /dev, the pinned git directories and the
  * locked directories (parents first, so a pin inside a locked directory is made after it and stays
  * writable), the read-only overlays, sealed directories and files, the masks, then the root made
@@ -78,8 +80,14 @@ export function procCovers(exists: (path: string) => boolean = existsSync): stri
  */
 function mountArgs(layout: Layout, binds: { from: string; to: string }[]): string[] {
   const a: string[] = [];
+  // Covers made inside a system directory's own tree (src/sandbox/shadow.ts), not again below.
+  const inTree = new Set<string>();
+  const copyFd = new Map(copies(layout).map(([to], i) => [to, FIRST_COPY_FD + i]));
   for (const m of layout.mounts) {
-    if (m.kind === "system") a.push("--ro-bind", m.path, m.path);
+    if (m.kind === "system" && m.shadow) {
+      a.push(...shadowArgs(m.path, m.shadow, (p) => copyFd.get(p)!));
+      for (const e of m.shadow.entries) if (e.kind === "cover") inTree.add(e.path);
+    } else if (m.kind === "system") a.push("--ro-bind", m.path, m.path);
     else if (m.kind === "symlink") a.push("--symlink", m.target, m.path);
     else if (m.kind === "scratch") a.push("--tmpfs", m.path);
     else a.push(m.writable ? "--bind" : "--ro-bind", m.path, m.path);
@@ -94,11 +102,24 @@ function mountArgs(layout: Layout, binds: { from: string; to: string }[]): strin
   for (const p of layout.sealed) a.push("--tmpfs", p, "--remount-ro", p);
   for (const p of layout.sealedFiles) a.push("--ro-bind", "/dev/null", p);
   for (const m of layout.masks) {
+    if (inTree.has(m.path)) continue;
     if (m.dir) a.push("--tmpfs", m.path, "--remount-ro", m.path);
     else a.push("--ro-bind", "/dev/null", m.path);
   }
   a.push("--remount-ro", "/", "--chdir", layout.cwd);
   return a;
+}
+
+/**
+ * The files lessor opens for bwrap to copy into the layout's shadow trees (src/sandbox/shadow.ts), in
+ * order: the i-th is read from descriptor FIRST_COPY_FD + i, which src/sandbox/launch.ts opens.
+ */
+export function copiedFiles(layout: Layout): string[] {
+  return copies(layout).map(([, from]) => from);
+}
+
+function copies(layout: Layout): [string, string][] {
+  return layout.mounts.flatMap((m) => (m.kind === "system" && m.shadow ? copySources(m.shadow) : []));
 }
 
 /** How many directories deep `p` is. */

@@ -5,7 +5,7 @@
  * on its status pipe).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { encodeArgs, SECCOMP_FD } from "./bwrap-args.js";
 import { keyringFilter } from "./seccomp.js";
 
@@ -40,6 +40,28 @@ function childrenOf(pid: number): number[] {
     }
     return out;
   }
+}
+
+/**
+ * A file of a shadow tree opened for bwrap to copy (close-on-exec, as Node opens every file: the
+ * spawn gives it to bwrap alone): a regular file anyone may read, never through a link, never a
+ * fifo's wait; /dev/null (an empty file inside) when it is gone or became something else since the
+ * layout was planned.
+ */
+function openCopy(path: string): number {
+  try {
+    if (path !== "/dev/null") {
+      const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      // Still a file anyone may read: one replaced by a private file since the layout was planned is
+      // not copied in (lessor reads as the owner, who may read more than "anyone").
+      const st = fstatSync(fd);
+      if (st.isFile() && (st.mode & 0o004) !== 0) return fd;
+      closeSync(fd);
+    }
+  } catch {
+    // gone, or unreadable now
+  }
+  return openSync("/dev/null", "r");
 }
 
 /** O_CLOEXEC as /proc/PID/fdinfo/N's octal `flags:` line shows it (Linux: 02000000). */
@@ -90,14 +112,23 @@ export function closeInheritedDescriptors(): number[] {
  * its own.
  * `stdio` gives the command's stdin, stdout and stderr; no other descriptor of lessor's reaches the
  * sandbox ({@link closeInheritedDescriptors}) but `handoff`, when given: shown to the command as
- * descriptor 6 (the native bridge's socket to lessor, src/sandbox/bridge.ts).
+ * descriptor 6 (the native bridge's socket to lessor, src/sandbox/bridge.ts). `copies` are the
+ * files bwrap copies into a shadow tree (src/sandbox/bwrap-args.ts copiedFiles), given from
+ * descriptor 7 on.
  */
-export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[], handoff?: number): Sandboxed {
+export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdArgs: string[], stdio: StdioKind[], handoff?: number, copies: string[] = []): Sandboxed {
   // Encoded first: an argument it refuses (a NUL byte) must not leave bwrap started, waiting on fd 3.
   const blob = encodeArgs(args);
   const filter = keyringFilter();
   closeInheritedDescriptors();
-  const child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe", "pipe", ...(handoff !== undefined ? [handoff] : [])] });
+  const files = copies.map(openCopy);
+  const extra: (number | "ignore")[] = files.length > 0 ? [handoff ?? "ignore", ...files] : handoff !== undefined ? [handoff] : [];
+  let child: ChildProcess;
+  try {
+    child = spawn(bwrap, ["--args", "3", "--json-status-fd", "4", "--", cmd, ...cmdArgs], { env: {}, stdio: [...stdio, "pipe", "pipe", "pipe", ...extra] });
+  } finally {
+    for (const fd of files) closeSync(fd);
+  }
   const argsPipe = child.stdio[3] as NonNullable<ChildProcess["stdin"]>;
   argsPipe.on("error", () => {}); // bwrap gone before reading: its exit says why
   argsPipe.end(blob, () => blob.fill(0));

@@ -13,10 +13,11 @@
  *   home or of any directory above it (the agent could plant ~/.bashrc and run as the owner later);
  *   the root directory; /tmp, /run and the like as a whole (other programs' sockets live there).
  */
-import { lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
+import { accessSync, constants, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
+import { planShadow, type Shadow } from "./shadow.js";
 import { chooseGit, MAX_REPO_SEARCH, nestedRepositories, planGit, planGlobalGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
@@ -48,7 +49,12 @@ export interface LayoutRequest {
 
 /** One mount of the layout, in the order bwrap makes them. */
 export type Mount =
-  | { kind: "system"; path: string }
+  /**
+   * A system directory, read-only. One that holds covered entries is shown as a tree of the
+   * sandbox's own (`shadow`: src/sandbox/shadow.ts), so that a host rename over a covered file cannot
+   * lift its cover.
+   */
+  | { kind: "system"; path: string; shadow?: Shadow }
   | { kind: "symlink"; path: string; target: string }
   | { kind: "scratch"; path: string }
   | { kind: "bind"; path: string; writable: boolean; why: string };
@@ -116,6 +122,27 @@ export function within(p: string, dir: string): boolean {
 
 function depth(p: string): number {
   return p === sep ? 0 : p.split(sep).length - 1;
+}
+
+/** True when this process's uid and groups may read `p` (a directory: list or enter it); root may read anything. */
+function readable(p: string, dir: boolean): boolean {
+  try {
+    accessSync(p, constants.R_OK);
+    return true;
+  } catch {
+    if (!dir) return false;
+  }
+  try {
+    accessSync(p, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The deepest mount (not a symlink) that holds `p`. */
+function holderOf(mounts: Mount[], p: string): Mount | undefined {
+  return mounts.filter((m) => m.kind !== "symlink" && within(p, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
 }
 
 function real(p: string): string | null {
@@ -254,7 +281,7 @@ export function planLayout(req: LayoutRequest): Layout {
   // A protected path is covered when the deepest mount holding it shows the host there.
   const masks: Mask[] = [];
   for (const p of protect) {
-    const holder = mounts.filter((m) => m.kind !== "symlink" && within(p.path, m.path)).sort((a, b) => depth(b.path) - depth(a.path))[0];
+    const holder = holderOf(mounts, p.path);
     if (!holder || holder.kind === "scratch") continue;
     let st;
     try {
@@ -271,6 +298,17 @@ export function planLayout(req: LayoutRequest): Layout {
   masks.sort((a, b) => depth(a.path) - depth(b.path));
   const covered = masks.filter((m, i) => !masks.slice(0, i).some((o) => o.dir && within(m.path, o.path) && o.path !== m.path));
   const unique = covered.filter((m, i) => covered.findIndex((o) => o.path === m.path) === i);
+
+  // A mount on a host file is detached when the host renames another file over it (passwd over
+  // /etc/shadow, k3s rewriting its kubeconfig): a system directory holding a cover over what this
+  // uid can read (a root owner's /etc/shadow, the owner's own 0600 files) is a tree of the sandbox's
+  // own, the covers in it. Each entry of that tree is a mount bwrap makes at every start, so one
+  // holding only covers this uid could not read through anyway (a user's /etc/shadow) is not made.
+  for (const m of mounts) {
+    if (m.kind !== "system") continue;
+    const inside = unique.filter((k) => within(k.path, m.path) && k.path !== m.path && holderOf(mounts, k.path) === m);
+    if (inside.some((k) => readable(k.path, k.dir))) m.shadow = planShadow(m.path, inside);
+  }
 
   // A protected path named through a symlink that lies in a writable bind: the cover is at the real
   // path, and the agent could point the link somewhere of its own (a lessor home whose [keys] command

@@ -13,7 +13,7 @@ import { loadConfig } from "../../config/load.js";
 import { HOME_FILES, inHome, resolveHome } from "../../config/home.js";
 import type { Config } from "../../config/config.js";
 import { parseRunNetwork, type RunNetwork } from "../../config/run-config.js";
-import { bwrapArgs } from "../../sandbox/bwrap-args.js";
+import { bwrapArgs, copiedFiles } from "../../sandbox/bwrap-args.js";
 import { bridgeCommand, LISTENER_WAIT_MS, nativeBridgeCommand, SANDBOX_PROXY_DIR } from "../../sandbox/bridge.js";
 import { bwrapMissingError, findBwrap, probeSandbox, type BwrapFeatures } from "../../sandbox/detect.js";
 import { pathsNamedBy, withheldReason } from "../../sandbox/env.js";
@@ -599,7 +599,7 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
           );
       if (proxyDir === undefined) {
         const binds = runDir === undefined ? [] : [{ from: runDir, to: SANDBOX_PROXY_DIR }];
-        return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host", binds }), command.path, args, stdio);
+        return startSandboxed(bwrap, bwrapArgs(layout, childEnv, { ...features, shareNet: network === "host", binds }), command.path, args, stdio, undefined, copiedFiles(layout));
       }
       // The bridge (the native helper, or the Node running lessor) is shown read-only if the layout does not show it.
       const program = handoff !== null ? handoff.helper : realpathSync(process.execPath);
@@ -607,13 +607,13 @@ export function prepareSandbox(paths: VaultPaths, o: SandboxOptions, env: NodeJS
       const bwrapLine = bwrapArgs(layout, childEnv, { ...features, shareNet: false, binds });
       if (handoff === null) {
         const line = bridgeCommand(program, command.path, args);
-        return startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio);
+        return startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio, undefined, copiedFiles(layout));
       }
       const line = nativeBridgeCommand(program, command.path, args);
       const [ours, theirs] = handoff.pair();
       let started: Sandboxed;
       try {
-        started = startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio, theirs);
+        started = startSandboxed(bwrap, bwrapLine, line.cmd, line.args, stdio, theirs, copiedFiles(layout));
       } catch (e) {
         closeSync(ours);
         throw e;
