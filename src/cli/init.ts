@@ -1,5 +1,5 @@
 /** `lessor init`: creates the home (0700), the key source, lessor.toml, a starter policy and the database. */
-import { initHome } from "../config/open-vault.js";
+import { homeHasKey, initHome } from "../config/open-vault.js";
 import { VaultError } from "../base/errors.js";
 import { daemonTarget } from "../backend/daemon-target.js";
 import { newPassphrase } from "./passphrase.js";
@@ -20,7 +20,9 @@ export async function init(opts: { home?: string; keySource?: string; passphrase
   const keySource = opts.passphrase ? "passphrase" : opts.keySource;
   if (keySource !== undefined && keySource !== "file" && keySource !== "passphrase" && keySource !== "keychain" && keySource !== "env")
     throw new VaultError("invalid_request", `--key-source must be file, passphrase, keychain or env, not ${JSON.stringify(keySource)}`);
-  const passphrase = keySource === "passphrase" ? await newPassphrase(env) : undefined;
+  // A home with a key source of its own is left as it is (nothing is created): no new passphrase to ask for
+  // or hold to the minimum (a vault made before it opens as it did).
+  const passphrase = keySource === "passphrase" && !homeHasKey(opts.home, env) ? await newPassphrase(env) : undefined;
   const r = await initHome({ ...(opts.home ? { home: opts.home } : {}), env, ...(keySource !== undefined ? { keySource } : {}), ...(passphrase ? { passphrase } : {}) });
   if (r.created.length === 0) process.stdout.write(`lessor home ${r.home} is already set up; nothing changed\n`);
   for (const f of r.created) process.stdout.write(`created ${f}\n`);

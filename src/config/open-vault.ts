@@ -234,6 +234,17 @@ function writeStarter(path: string, text: string, what: string): void {
   }
 }
 
+/** True when the home already has a key source of its own (a key file, a passphrase key store, a keychain marker). */
+function hasOwnKey(home: string, cfg: Config): boolean {
+  return existsSync(inHome(home, cfg.keys.file)) || existsSync(inHome(home, cfg.keys.passphraseFile)) || keychainMarkerPresent(inHome(home, cfg.keys.keychainFile));
+}
+
+/** True when `lessor init` would make no key source in the home (it has its own already): it needs no new passphrase. */
+export function homeHasKey(homeIn: string | undefined, env: NodeJS.ProcessEnv): boolean {
+  const home = resolveHome(homeIn, env);
+  return existsSync(home) && hasOwnKey(home, loadConfig(home));
+}
+
 /**
  * Creates the home (0700), a commented lessor.toml, a starter policy, the key source and the database.
  * Files that exist are kept; an existing key file, key store or keychain marker is never overwritten,
@@ -258,7 +269,7 @@ export async function initHome(opts: InitOptions = {}): Promise<InitResult> {
   const storeFile = inHome(home, cfg.keys.passphraseFile);
   const markerFile = inHome(home, cfg.keys.keychainFile);
   // A home has one key source of its own: none is added beside another (see select.ts).
-  const anyKey = existsSync(keyFile) || existsSync(storeFile) || keychainMarkerPresent(markerFile);
+  const anyKey = hasOwnKey(home, cfg);
   const making = (keySource === "file" || keySource === "passphrase" || keySource === "keychain") && !anyKey;
   const what = keySource === "file" ? "key file" : keySource === "passphrase" ? "passphrase key store" : "keychain entry";
   // A source made here that the selection order (select.ts: env, passphrase, key file, keychain,

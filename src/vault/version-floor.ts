@@ -90,9 +90,13 @@ export async function rolledBackError(ctx: VaultContext, r: AuditReader, v: { sc
 /**
  * For `audit verify`: the first secret whose current version is below the last version the trail
  * records storing for it (since its last deletion), as a sentence, or null. Reads every version event
- * (few: one per set, rotate, rollback and delete) and every secret's record.
+ * (few: one per set, rotate, rollback and delete) and every secret's record, before and after them.
  */
 export async function rolledBackProblem(store: Store): Promise<string | null> {
+  // The secrets are read before the trail and again after it (neither read is one snapshot with the
+  // trail): a secret rotated while the trail was read is ahead in the second, one removed and stored
+  // again (version 1 anew) is not behind in the first. Only a version behind in both is reported.
+  const before = new Map((await store.listSecrets({})).map((s) => [refString(s), s.currentVersion]));
   const last = new Map<string, number>();
   for (let afterSeq = 0; ; ) {
     const page = await store.queryAudit({ types: VERSION_EVENTS, order: "asc", afterSeq, limit: 10_000 });
@@ -109,7 +113,9 @@ export async function rolledBackProblem(store: Store): Promise<string | null> {
   }
   for (const s of await store.listSecrets({})) {
     const stored = last.get(refString(s));
-    if (stored !== undefined && s.currentVersion < stored) return rolledBack(refString(s), s.currentVersion, stored).message;
+    const earlier = before.get(refString(s));
+    if (stored !== undefined && s.currentVersion < stored && earlier !== undefined && earlier < stored)
+      return rolledBack(refString(s), s.currentVersion, stored).message;
   }
   return null;
 }

@@ -51,6 +51,16 @@ const MIN_MEMBER_BYTES = 8;
 /** Most string members of one JSON value masked on their own, and how deep they are looked for. */
 const MAX_MEMBERS = 64;
 const MAX_DEPTH = 32;
+/**
+ * Members of the common JSON credentials (a GCP service account key, a database's connection
+ * document) that name where and who, never a secret: masked, they rewrote a project id, every
+ * `googleapis.com` URL and `service_account` in a command's stdout, which the next program of a
+ * pipeline reads. Any other member is masked (an unknown key may hold a secret).
+ */
+const PUBLIC_MEMBERS = new Set([
+  "type", "project_id", "client_email", "client_id", "auth_uri", "token_uri", "auth_provider_x509_cert_url",
+  "client_x509_cert_url", "universe_domain", "host", "hostname", "port", "database", "dbname", "region",
+]);
 
 /**
  * The string members (of {@link MIN_MEMBER_BYTES} or more) of a value that is a JSON object or array:
@@ -72,8 +82,10 @@ export function jsonMembersOf(value: Buffer): Buffer[] {
     if (out.length >= MAX_MEMBERS || depth > MAX_DEPTH) return;
     if (typeof v === "string") {
       if (Buffer.byteLength(v, "utf8") >= MIN_MEMBER_BYTES) out.push(Buffer.from(v, "utf8"));
+    } else if (Array.isArray(v)) {
+      for (const m of v) walk(m, depth + 1);
     } else if (typeof v === "object" && v !== null) {
-      for (const m of Array.isArray(v) ? v : Object.values(v)) walk(m, depth + 1);
+      for (const [k, m] of Object.entries(v)) if (typeof m !== "string" || !PUBLIC_MEMBERS.has(k.toLowerCase())) walk(m, depth + 1);
     }
   };
   walk(doc, 0);
