@@ -8,6 +8,8 @@ import type { Cli } from "../cli.js";
 import type { WireApproval } from "../../protocol/registry.js";
 import { approvalValueText, type ApprovalTerms } from "../../protocol/approval-value.js";
 import { quoteText } from "../../base/text.js";
+import { confirm, PromptCancelled } from "../format/prompt.js";
+import { EXIT } from "../exit-codes.js";
 
 type ApprovalRow = WireApproval;
 
@@ -56,15 +58,36 @@ export function registerApproval(program: Command, cli: Cli): void {
 
   for (const approve of [true, false]) {
     const name = approve ? "approve" : "deny";
-    program
+    const cmd = program
       .command(`${name} <id>`)
       .description(approve ? "approve a pending lease request: the same request from the same agent then gets its lease, once (within 10 minutes)" : "deny a pending lease request: the same request is refused until the decision lapses (10 minutes)")
       .option("--reason <text>", "why, recorded in the audit trail (and shown to the agent on a denial)")
-      .option("--json", "print the decided approval as JSON")
+      .option("--json", "print the decided approval as JSON");
+    // On a terminal, approve shows the request and asks first (the id may be the agent's choice).
+    if (approve) cmd.option("--yes", "on a terminal, approve without showing the request and asking first");
+    cmd
       .addHelpText("after", `\nAn id that names no open approval (unknown, lapsed or already decided) exits 2.\n\nExamples:\n  lessor approvals\n  lessor ${name} 01890a5d-ac96-774b-bcce-b302099a8057${approve ? "" : ' --reason "not during the freeze"'}`)
-      .action((id: string, o: { reason?: string; json?: boolean }) =>
+      .action((id: string, o: { reason?: string; json?: boolean; yes?: boolean }) =>
         cli.run(async () => {
           const { api } = await cli.backend();
+          // The id a person types is often the one the agent handed them: on a terminal, show what it
+          // approves and decide only on a "y" (an unknown or decided id falls through to its error).
+          if (approve && o.yes !== true && process.stdin.isTTY === true) {
+            const shown = (await api.api.approval_list({ all: true })).find((x) => x.id === id && x.state === "pending");
+            if (shown !== undefined) {
+              for (const line of describeApproval(shown)) cli.err(line);
+              let yes = false;
+              try {
+                yes = await confirm("Approve this request? [y/N] ", process.stdin, process.stderr);
+              } catch (e) {
+                if (!(e instanceof PromptCancelled)) throw e;
+              }
+              if (!yes) {
+                cli.err("lessor: not approved; the request is still pending");
+                return EXIT.error;
+              }
+            }
+          }
           const a = await api.api.approval_decide({ id, approve, ...(o.reason !== undefined ? { reason: o.reason } : {}) });
           if (o.json) return void cli.json(a);
           cli.out(approve ? `approved: agent ${JSON.stringify(a.agent)} may now take its lease on ${a.secret} (until ${new Date(a.expiresAt).toISOString()})` : `denied: agent ${JSON.stringify(a.agent)} is refused ${a.secret}`);
