@@ -219,10 +219,14 @@ export function newToken(): string {
   return randomBytes(32).toString("base64url");
 }
 
-/** A plain refusal (never echoing what was sent). */
+/**
+ * A plain refusal (never echoing what was sent). The connection is closed after it: a refused request's
+ * body is not read, and a kept-alive connection would drain it for as long as it trickles in (no
+ * request timeout, for SSE), so a local user without the token could hold every connection slot.
+ */
 function refuse(res: http.ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
   if (res.headersSent) return void res.destroy();
-  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store", ...extra });
+  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store", connection: "close", ...extra });
   res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message }, id: null }));
 }
 
