@@ -151,7 +151,7 @@ test("planShadow/shadowArgs: a tmpfs tree, directories on the way made, the rest
     { path: join(etc, "ssh", "ssh_host_ed25519_key"), dir: false },
     { path: join(etc, "wireguard"), dir: true },
   ];
-  const s = planShadow(etc, covers);
+  const s = planShadow(etc, covers)!;
   const kinds = Object.fromEntries(s.entries.map((e) => [e.path.slice(etc.length + 1), e.kind]));
   assert.deepEqual(kinds, {
     apt: "bind",

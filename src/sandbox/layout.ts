@@ -17,7 +17,7 @@ import { accessSync, constants, lstatSync, readlinkSync, realpathSync, statSync 
 import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
 import { etcSecrets, SYSTEM_SOCKETS } from "./hidden.js";
-import { planShadow, type Shadow } from "./shadow.js";
+import { MAX_SHADOW_ENTRIES, planShadow, type Shadow } from "./shadow.js";
 import { chooseGit, MAX_REPO_SEARCH, nestedRepositories, planGit, planGlobalGit, type GitGuard } from "./git-guard.js";
 
 /** A path the sandbox must not show, and what it is (for messages). */
@@ -304,10 +304,12 @@ export function planLayout(req: LayoutRequest): Layout {
   // uid can read (a root owner's /etc/shadow, the owner's own 0600 files) is a tree of the sandbox's
   // own, the covers in it. Each entry of that tree is a mount bwrap makes at every start, so one
   // holding only covers this uid could not read through anyway (a user's /etc/shadow) is not made.
+  const budget = { left: MAX_SHADOW_ENTRIES };
   for (const m of mounts) {
     if (m.kind !== "system") continue;
     const inside = unique.filter((k) => within(k.path, m.path) && k.path !== m.path && holderOf(mounts, k.path) === m);
-    if (inside.some((k) => readable(k.path, k.dir))) m.shadow = planShadow(m.path, inside);
+    const shadow = inside.some((k) => readable(k.path, k.dir)) ? planShadow(m.path, inside, budget) : undefined;
+    if (shadow !== undefined) m.shadow = shadow;
   }
 
   // A protected path named through a symlink that lies in a writable bind: the cover is at the real

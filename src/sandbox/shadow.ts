@@ -16,6 +16,14 @@ import { dirname, join } from "node:path";
 /** The largest file copied rather than bound (/etc's ld.so.cache, mime.types and services are below it). */
 const MAX_COPY = 256 * 1024;
 
+/**
+ * The most entries the shadow trees of one start hold, together. Each is one bwrap operation (up to 5
+ * arguments, and a descriptor for a copy) and bwrap takes at most 9000 arguments: a directory on the
+ * way to a cover whose entries would pass it is bound whole instead, its covers mounted over as
+ * before (a host rename there lifts them), and a root directory that would is not made a tree.
+ */
+export const MAX_SHADOW_ENTRIES = 1000;
+
 /** The first descriptor bwrap reads copied files from (after the seccomp filter's 5 and the bridge's 6). */
 export const FIRST_COPY_FD = 7;
 
@@ -44,20 +52,23 @@ export interface Shadow {
 /**
  * The tree for `root` with `covers` (entries at their real paths inside it, none inside another)
  * covered. Entries are read now: one made later is not shown, one removed before bwrap binds it is
- * skipped (bwrap's `--ro-bind-try`).
+ * skipped (bwrap's `--ro-bind-try`). `budget` ({@link MAX_SHADOW_ENTRIES}, shared by the trees of one
+ * start) is spent on the entries; undefined when `root` itself holds more than is left.
  */
-export function planShadow(root: string, covers: { path: string; dir: boolean }[]): Shadow {
+export function planShadow(root: string, covers: { path: string; dir: boolean }[], budget = { left: MAX_SHADOW_ENTRIES }): Shadow | undefined {
   const covered = new Map(covers.map((c) => [c.path, c.dir]));
   const onTheWay = new Set<string>();
   for (const c of covers) for (let d = dirname(c.path); d.startsWith(root + "/"); d = dirname(d)) onTheWay.add(d);
   const entries: ShadowEntry[] = [];
-  const walk = (dir: string): void => {
-    let names: string[];
+  const list = (dir: string): string[] => {
     try {
-      names = readdirSync(dir).sort();
+      return readdirSync(dir).sort();
     } catch {
-      return; // gone or unreadable since the layout was planned: shown empty
+      return []; // gone or unreadable since the layout was planned: shown empty
     }
+  };
+  const walk = (dir: string, names: string[]): void => {
+    budget.left -= names.length;
     for (const name of names) {
       const path = join(dir, name);
       const cover = covered.get(path);
@@ -78,8 +89,13 @@ export function planShadow(root: string, covers: { path: string; dir: boolean }[
           // removed meanwhile
         }
       } else if (st.isDirectory() && onTheWay.has(path)) {
-        entries.push({ kind: "dir", path, mode: st.mode & 0o7777 });
-        walk(path);
+        const inner = list(path);
+        if (inner.length + 1 > budget.left) entries.push({ kind: "bind", path }); // too big to rebuild: {@link MAX_SHADOW_ENTRIES}
+        else {
+          budget.left -= 1;
+          entries.push({ kind: "dir", path, mode: st.mode & 0o7777 });
+          walk(path, inner);
+        }
       } else if (st.isFile() && (st.mode & 0o004) !== 0 && st.size <= MAX_COPY) entries.push({ kind: "copy", path, mode: st.mode & 0o777 });
       else entries.push({ kind: "bind", path });
     }
@@ -90,7 +106,9 @@ export function planShadow(root: string, covers: { path: string; dir: boolean }[
   } catch {
     // the layout saw it a moment ago
   }
-  walk(root);
+  const names = list(root);
+  if (names.length > budget.left) return undefined;
+  walk(root, names);
   return { mode, entries };
 }
 
