@@ -212,7 +212,10 @@ async function grantIn(
   } else if (req.approval !== undefined)
     return denied(audit, who, new VaultError("invalid_request", `rule "${rule.name}" needs no approval; ask without one`), { agent, secret });
   const terms = rule.terms;
-  const maxExpiresAt = now + terms.maxTtlMs;
+  // A run's session is for that run only: its leases end with its token at the latest, so that none
+  // outlives a session the sweep no longer sees (a run past its --ttl, then killed; src/server/session-sweep.ts).
+  const sessionEnd = who.session === true ? (who.token?.expiresAt ?? null) : null;
+  const maxExpiresAt = sessionEnd === null ? now + terms.maxTtlMs : Math.min(now + terms.maxTtlMs, sessionEnd);
   const lease: LeaseRecord = {
     id: leaseId,
     agent,
