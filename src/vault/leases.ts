@@ -121,6 +121,17 @@ function toMs(ttl: number | string): number {
   return ms;
 }
 
+/**
+ * A copy of `target`, each field read once, checked (./target.ts): what the checks passed is what the
+ * use is decided, matched and audited by (an in-process caller's getter cannot answer otherwise later).
+ */
+function checkedTarget(target: AccessTarget): AccessTarget {
+  checkTarget(target);
+  const copy: AccessTarget = { ...target };
+  checkTarget(copy);
+  return copy;
+}
+
 /** A {@link LeaseRequest} after its shape was checked (before any transaction); also read by ./approval-calls.ts. */
 export interface CheckedRequest {
   ref: SecretRef;
@@ -135,16 +146,20 @@ export interface CheckedRequest {
 
 export function checkRequest(req: LeaseRequest): CheckedRequest {
   objectParam(req, "a lease request");
-  const ref = typeof req.secret === "string" ? parseRefString(req.secret) : checkRef(req.secret);
-  if (req.agent !== undefined) checkAgentId(req.agent);
-  const ttl = req.ttl === undefined ? undefined : toMs(req.ttl);
-  if (req.maxUses !== undefined && (!Number.isSafeInteger(req.maxUses) || req.maxUses < 1))
+  // Each field read once, and the domains copied: what is checked is what is decided and granted
+  // (an in-process caller's getter, or a list changed while the grant waits, cannot swap a host in).
+  const { secret: asked, agent, ttl: askedTtl, maxUses, domains: askedDomains, approval: askedApproval } = req;
+  const ref = typeof asked === "string" ? parseRefString(asked) : checkRef(asked);
+  if (agent !== undefined) checkAgentId(agent);
+  const ttl = askedTtl === undefined ? undefined : toMs(askedTtl);
+  if (maxUses !== undefined && (!Number.isSafeInteger(maxUses) || maxUses < 1))
     throw new VaultError("invalid_request", "maxUses must be a whole number from 1");
-  if (req.domains !== undefined && (!Array.isArray(req.domains) || req.domains.length > 64 || !req.domains.every((d) => typeof d === "string")))
+  const domains = askedDomains === undefined ? undefined : Array.isArray(askedDomains) && askedDomains.length <= 64 ? Array.from(askedDomains as unknown[]) : null;
+  if (domains === null || (domains !== undefined && (domains.length > 64 || !domains.every((d) => typeof d === "string"))))
     throw new VaultError("invalid_request", "domains must be a list of at most 64 host names");
-  if (req.domains !== undefined) checkDomainsText(req.domains);
-  const approval = req.approval === undefined ? undefined : checkApprovalId(req.approval);
-  return { ref, secret: refString(ref), agent: req.agent, ttl, maxUses: req.maxUses, domains: req.domains, approval };
+  if (domains !== undefined) checkDomainsText(domains);
+  const approval = askedApproval === undefined ? undefined : checkApprovalId(askedApproval);
+  return { ref, secret: refString(ref), agent, ttl, maxUses, domains: domains as string[] | undefined, approval };
 }
 
 /** A lease granted in a transaction, with the secret's current version when the grant read it. */
@@ -294,9 +309,9 @@ export const REFUSED_FIRST_ACCESS = "its first access, requested with the grant,
  * rather than inserted live and then updated: the same committed state for one row write instead of
  * two, and no entry added to and removed from the live-lease indexes in the same commit.
  */
-export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, target: AccessTarget = {}): Promise<AccessResult> {
+export async function requestLeaseAndAccess(ctx: VaultContext, who: Identity, req: LeaseRequest, asked: AccessTarget = {}): Promise<AccessResult> {
   const checked = checkRequest(req);
-  checkTarget(target);
+  const target = checkedTarget(asked);
   return commitUse(ctx, async (tx, audit, now, held) => {
     const granted = await grantIn(ctx, tx, audit, now, who, checked, true);
     if (granted instanceof VaultError) return granted;
@@ -644,9 +659,9 @@ async function commitUse(ctx: VaultContext, fn: (tx: StoreTx, audit: AuditFn, no
 }
 
 /** Uses a lease once: returns the secret's current value if every check passes. */
-export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: string, target: AccessTarget = {}): Promise<AccessResult> {
+export async function accessSecret(ctx: VaultContext, who: Identity, leaseId: string, asked: AccessTarget = {}): Promise<AccessResult> {
   const id = checkLeaseId(leaseId);
-  checkTarget(target);
+  const target = checkedTarget(asked);
   return commitUse(ctx, async (tx, audit, now, held) => {
     const lease = await ownLease(tx, audit, who, id);
     if (lease instanceof VaultError) return lease;

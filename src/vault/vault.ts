@@ -506,12 +506,14 @@ export class Vault {
 export class VaultSession {
   readonly #ctx: VaultContext;
   /** Who this session acts as. */
-  readonly identity: Identity;
+  declare readonly identity: Identity;
 
   /** @internal Use {@link Vault.session}. */
   constructor(ctx: VaultContext, identity: Identity) {
     this.#ctx = ctx;
-    this.identity = identity;
+    // Fixed for the session's life: code holding an agent's session must not rewrite (or shadow with a
+    // getter) the identity every method acts as.
+    Object.defineProperty(this, "identity", { value: identity, enumerable: true, writable: false, configurable: false });
   }
 
   /** The vault's clock, epoch ms ({@link Vault.now}): what "live" and "expired" are judged by. */
