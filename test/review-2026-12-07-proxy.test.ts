@@ -231,8 +231,21 @@ test("attack: the secret rotated while an answer streams (an event feed): that c
     // The agent opens the event stream (the old value is injected, and masked in what comes back).
     const stream = await openTunnel(port, ROT_HOST, rotPort);
     stream.write(`GET /events HTTP/1.1\r\nHost: ${ROT_HOST}\r\nX-Token: ${ph}\r\n\r\n`);
-    // Its first event has come back (the answer is on its way) before the rotation.
-    const first = new Promise<void>((r) => stream.once("data", () => r()));
+    // Its first event has come back (the answer is on its way) before the rotation: the whole event,
+    // not only the answer's head or the event's start (under load the rotation closed the connection
+    // while the scrubber still held the placeholder back as a possible secret's start).
+    let shown = "";
+    const first = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the first event never came through the proxy: ${JSON.stringify(shown)}`)), 5000);
+      const onData = (d: Buffer): void => {
+        shown += d.toString("latin1");
+        if (!shown.includes("data: hello ") || !shown.includes(ph)) return; // split across chunks: each part
+        clearTimeout(timer);
+        stream.off("data", onData);
+        resolve();
+      };
+      stream.on("data", onData);
+    });
     const got = readAll(stream, 5000);
     await first;
     // The owner rotates the secret under the run.
