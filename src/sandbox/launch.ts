@@ -121,7 +121,14 @@ export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdAr
   const blob = encodeArgs(args);
   const filter = keyringFilter();
   closeInheritedDescriptors();
-  const files = copies.map(openCopy);
+  // Opened one by one, and those already open closed if one fails (EMFILE): none is left behind.
+  const files: number[] = [];
+  try {
+    for (const c of copies) files.push(openCopy(c));
+  } catch (e) {
+    for (const fd of files) closeSync(fd);
+    throw e;
+  }
   const extra: (number | "ignore")[] = files.length > 0 ? [handoff ?? "ignore", ...files] : handoff !== undefined ? [handoff] : [];
   let child: ChildProcess;
   try {
