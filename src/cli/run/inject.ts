@@ -10,7 +10,7 @@ import { VaultError } from "../../base/errors.js";
 import { findReferences } from "../refs/text.js";
 import type { Cli } from "../cli.js";
 import { readTextFile, referencedBytes } from "./child-env.js";
-import { LeaseBook } from "./leases.js";
+import { LeaseBook, refuseRevoked } from "./leases.js";
 import { Connection, revokeLeases } from "./connection.js";
 import { Interrupted, signalExitCode, StopSignals } from "./signals.js";
 import { holdLeases } from "../holding.js";
@@ -138,6 +138,15 @@ export async function injectTemplate(cli: Cli, o: InjectOptions): Promise<number
       }
       parts.push(Buffer.from(text.slice(at), "utf8"));
       out = Buffer.concat(parts);
+      // The leases were taken one after another: one revoked while a later one was granted (lessor
+      // revoke, the killswitch) must not have its value written now. A single lease has no such gap:
+      // its value is written as soon as it comes, no round trip between.
+      abort();
+      if (book.leases.length > 1)
+        await refuseRevoked((await conn.open()).api, o.agent, book.leases, {
+          while: "lessor inject took the template's other leases",
+          so: "its value is not written. Nothing was written",
+        });
     } else {
       out = Buffer.from(text, "utf8");
     }

@@ -122,20 +122,34 @@ function explain(e: unknown, context: string): unknown {
   return new VaultError(e.code, `${context}: ${e.message}${fix}`);
 }
 
+/** How {@link refuseRevoked} words its refusal: what was being made ready, and what did not happen. */
+export interface RefusalWords {
+  /** e.g. "lessor run made the command ready". */
+  while: string;
+  /** e.g. "its value is not handed to a new process. The command was not started". */
+  so: string;
+}
+
+const RUN_WORDS: RefusalWords = {
+  while: "lessor run made the command ready",
+  so: "its value is not handed to a new process. The command was not started",
+};
+
 /**
  * Refuses (lease_revoked) when one of `leases` was revoked, or is gone, as the command is about to
- * start with its value: the killswitch or `lessor revoke`, landing while the run made its sandbox
- * ready, must not be followed by a new process holding what it revoked (a process that already has
+ * start with its value (or, for `lessor inject`, as the output is about to be written): the killswitch
+ * or `lessor revoke`, landing while the run made its sandbox ready or inject took its other leases,
+ * must not be followed by a new process or file holding what it revoked (a process that already has
  * a value keeps it; this one does not have it yet). One list_leases per lease, all at once.
  */
-export async function refuseRevoked(api: BackendApi, agent: string, leases: readonly LeaseRecord[]): Promise<void> {
+export async function refuseRevoked(api: BackendApi, agent: string, leases: readonly LeaseRecord[], words: RefusalWords = RUN_WORDS): Promise<void> {
   const rows = await Promise.all(leases.map((l) => api.listLeases({ agent, id: l.id })));
   leases.forEach((l, i) => {
     const now = rows[i]!.find((r) => r.id === l.id);
     if (now === undefined || now.revokedAt !== null)
       throw new VaultError(
         "lease_revoked",
-        `the lease on ${l.scope}/${l.name} (${l.id}) was revoked while lessor run made the command ready (lessor killswitch or lessor revoke), so its value is not handed to a new process. The command was not started`,
+        `the lease on ${l.scope}/${l.name} (${l.id}) was revoked while ${words.while} (lessor killswitch or lessor revoke), so ${words.so}`,
       );
   });
 }
