@@ -115,6 +115,8 @@ async function scenario(name: string, revoke: (admin: LessorClient, firstLease: 
     assert.equal(written, "", "nothing was written");
     assert.equal(code, 3, `lessor inject says it refused (lease_revoked; access_denied under the lockout), as lessor run does: stderr ${JSON.stringify(stderr)}`);
     assert.match(stderr, said);
+    if (said.source.includes("killswitch"))
+      assert.doesNotMatch(stderr, /add or change a rule/, "a refusal by the killswitch's lockout is not explained as the policy's: a rule would not help");
     assert.ok(!stderr.includes(FIRST) && !stderr.includes(SECOND));
     // And the second lease, granted after, is revoked too (inject's own cleanup).
     const live = (await admin.listLeases({ agent: "renderer" })).filter((l) => l.revokedAt === null);
@@ -135,6 +137,6 @@ test("attack: lessor revoke LEASE_ID lands while lessor inject renders a templat
   await scenario("id-stdout", async (admin, id) => void (await admin.revokeLease(id, "incident")), true);
 });
 
-test("held: the killswitch lands while lessor inject renders a template: its lockout refuses the next grant, nothing is written", { timeout: 30_000 }, async () => {
+test("held: the killswitch lands while lessor inject renders a template: its lockout refuses the next grant, nothing is written, and the refusal names the lockout, not the policy", { timeout: 30_000 }, async () => {
   await scenario("kill-file", async (admin) => void (await admin.killswitch("incident")), false, /killswitch is engaged/);
 });

@@ -73,7 +73,7 @@ export class LeaseBook {
         ...(ttl !== undefined ? { ttl } : {}),
       }, via !== undefined ? { via } : undefined);
     } catch (e) {
-      throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`);
+      throw explain(e, `${usedBy} refers to secret ${key}, and no lease was granted to agent "${agent}"`, await lockedOut(this.#api, e));
     }
     this.#leases.push(got.lease);
     this.#pending.add(got.lease.id);
@@ -111,15 +111,30 @@ export class LeaseBook {
 }
 
 /** Prefixes a VaultError's message with `context`, keeping its code; other errors pass through. */
-function explain(e: unknown, context: string): unknown {
+function explain(e: unknown, context: string, lockout = false): unknown {
   if (!(e instanceof VaultError)) return e;
+  // A refusal by the killswitch's lockout says itself how it ends (an admin's release); a policy
+  // rule would not help.
   const fix =
-    e.code === "access_denied"
+    e.code === "access_denied" && !lockout
       ? "; add or change a rule in the policy (lessor policy explain shows why), then run again"
       : e.code === "secret_not_found"
         ? "; or fix the reference"
         : "";
   return new VaultError(e.code, `${context}: ${e.message}${fix}`);
+}
+
+/**
+ * True when `e` is a refusal and the vault's killswitch is engaged (asked through `api`; false when
+ * that cannot be told), so that the refusal is not explained as the policy's.
+ */
+async function lockedOut(api: BackendApi, e: unknown): Promise<boolean> {
+  if (!(e instanceof VaultError) || e.code !== "access_denied") return false;
+  try {
+    return (await api.status()).killswitch;
+  } catch {
+    return false;
+  }
 }
 
 /** How {@link refuseRevoked} words its refusal: what was being made ready, and what did not happen. */
