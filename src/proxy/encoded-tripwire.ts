@@ -32,6 +32,15 @@ export function decodableCoding(coding: string): DecodableCoding | null {
 /** The default cap on what one compressed body may decode to: 256 MiB. */
 export const MAX_DECODED_BYTES = 256 * 1024 * 1024;
 
+/**
+ * The default cap on the compressed bytes held back at once: chunks that cannot go on yet because the
+ * decoded bytes before them end in what could begin a mark, and nothing decoded since has said what
+ * it is. Real compressed data decodes to something in every few hundred bytes; data that decodes to
+ * nothing for long (empty deflate stored blocks, brotli metadata) would otherwise be held whole, as
+ * much as the agent sends: 1 MiB.
+ */
+export const MAX_HELD_COMPRESSED_BYTES = 1024 * 1024;
+
 /** A compressed body the tripwire could not read to the end: the request is refused with `status`. */
 export class BodyUnreadable extends Error {
   constructor(
@@ -52,6 +61,8 @@ export interface DecodingTripwireOptions<T> {
   onUnreadable(e: BodyUnreadable): void;
   /** Cap on the decoded bytes (default {@link MAX_DECODED_BYTES}). */
   maxDecodedBytes?: number;
+  /** Cap on the compressed bytes held back at once (default {@link MAX_HELD_COMPRESSED_BYTES}). */
+  maxHeldBytes?: number;
 }
 
 function decoder(coding: DecodableCoding): Transform {
@@ -76,6 +87,9 @@ export class DecodingTripwire<T> extends Transform {
    * and the decoded total once it was read.
    */
   readonly #held: { chunk: Buffer; end: number; decodedThrough: number }[] = [];
+  /** The bytes of {@link #held}'s chunks. */
+  #heldBytes = 0;
+  readonly #maxHeld: number;
   #written = 0;
   #decoded = 0;
   #failed = false;
@@ -90,6 +104,7 @@ export class DecodingTripwire<T> extends Transform {
     this.#coding = coding;
     this.#opts = opts;
     this.#max = opts.maxDecodedBytes ?? MAX_DECODED_BYTES;
+    this.#maxHeld = opts.maxHeldBytes ?? MAX_HELD_COMPRESSED_BYTES;
     this.#decoder = decoder(coding);
     this.#decoder.on("data", (out: Buffer) => this.#read(out));
     this.#decoder.on("end", () => (this.#ended = true));
@@ -104,6 +119,7 @@ export class DecodingTripwire<T> extends Transform {
     if (this.#ended) return this.#trailing(), callback();
     const entry = { chunk, end: this.#written, decodedThrough: -1 };
     this.#held.push(entry);
+    this.#heldBytes += chunk.length;
     // The decoder's write callback comes once it has consumed the whole chunk and pushed all it
     // decoded from it; in flowing mode each push reached #read at once (its buffer stays empty).
     this.#decoder.write(chunk, () => {
@@ -156,8 +172,18 @@ export class DecodingTripwire<T> extends Transform {
     const clear = this.#decoded - this.#scrubber.held;
     const rawClear = this.#written - this.#raw.held;
     for (let h = this.#held[0]; h !== undefined && h.decodedThrough >= 0 && h.decodedThrough <= clear && h.end <= rawClear; h = this.#held[0]) {
-      this.push(this.#held.shift()!.chunk);
+      const { chunk } = this.#held.shift()!;
+      this.#heldBytes -= chunk.length;
+      this.push(chunk);
     }
+    // Compressed bytes that decode to nothing, after decoded bytes that could begin a mark: held until
+    // something decoded says what those are. Without a cap the agent chooses how much. The first held
+    // chunk is not counted: it is what the next decoded byte settles, however large a read it came in.
+    if (this.#heldBytes - (this.#held[0]?.chunk.length ?? 0) > this.#maxHeld)
+      return (
+        this.#unreadable(413, `Content too large: the request body's ${this.#coding} data goes on for more than ${this.#maxHeld} bytes without decoding to anything, after bytes the proxy must hold back to check it; it was not sent. Send it uncompressed`),
+        callback()
+      );
     callback();
   }
 
