@@ -53,6 +53,13 @@ const PROC_READ_ONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/
 /** Parts of /proc covered (runc's list, with the keyrings' `key-users`): the kernel's memory, its keys, its timers. */
 const PROC_MASKED = ["/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug"];
 const PROC_MASKED_DIRS = ["/proc/acpi", "/proc/scsi"];
+/**
+ * The memory of bwrap's init (PID 1 inside, the agent's uid): writable through these to whoever may
+ * ptrace it, and an agent that rewrites its code can clear its PR_SET_PDEATHSIG, so that the sandbox
+ * outlives lessor run. Covered; ptrace(2) and process_vm_writev(2) on it are refused by the seccomp
+ * filter (src/sandbox/seccomp.ts).
+ */
+const PROC_INIT_MEM = ["/proc/1/mem", "/proc/1/task/1/mem"];
 
 /**
  * The covers over the fresh /proc. A uid-0 agent (a root owner's) is the owner of the files that act
@@ -65,7 +72,7 @@ const PROC_MASKED_DIRS = ["/proc/acpi", "/proc/scsi"];
 export function procCovers(exists: (path: string) => boolean = existsSync): string[] {
   const a: string[] = [];
   for (const p of PROC_READ_ONLY) if (exists(p)) a.push("--ro-bind", p, p);
-  for (const p of PROC_MASKED) if (exists(p)) a.push("--ro-bind", "/dev/null", p);
+  for (const p of [...PROC_MASKED, ...PROC_INIT_MEM]) if (exists(p)) a.push("--ro-bind", "/dev/null", p);
   for (const p of PROC_MASKED_DIRS) if (exists(p)) a.push("--tmpfs", p, "--remount-ro", p);
   return a;
 }

@@ -64,6 +64,42 @@ function openCopy(path: string): number {
   return openSync("/dev/null", "r");
 }
 
+/** A process's start time (/proc/PID/stat field 22) and state, or null when it is gone. */
+function statOf(pid: number): { start: string; state: string } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { state: f[0]!, start: f[19]! };
+  } catch {
+    return null;
+  }
+}
+
+function startTime(pid: number): string | null {
+  return statOf(pid)?.start ?? null;
+}
+
+/**
+ * SIGKILLs the sandbox's init `pid` if it is still the process that started at `start` (not a pid
+ * reused since), then waits (at most 2 s) until it is a zombie or gone: a PID namespace's init exits
+ * only once every other process of the namespace is dead.
+ */
+function endInit(pid: number, start: string): void {
+  const st = statOf(pid);
+  if (st === null || st.start !== start || st.state === "Z") return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    return; // gone meanwhile
+  }
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 400; i++) {
+    const now = statOf(pid);
+    if (now === null || now.start !== start || now.state === "Z" || now.state === "X") return;
+    Atomics.wait(nap, 0, 0, 5);
+  }
+}
+
 /** O_CLOEXEC as /proc/PID/fdinfo/N's octal `flags:` line shows it (Linux: 02000000). */
 const O_CLOEXEC = 0o2000000;
 
@@ -144,6 +180,15 @@ export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdAr
   filterPipe.end(filter);
 
   let init: number | null = null;
+  let initStart: string | null = null;
+  // bwrap's monitor exits with the command, and the init (PID 1 inside) is meant to die with it
+  // (its PR_SET_PDEATHSIG); but the init runs as the agent's uid, and an agent that took it over
+  // could keep it, and so every process of the sandbox, alive. lessor ends it itself: killing a PID
+  // namespace's init kills everything in it. Synchronous, before any other listener (the after-run
+  // git check assumes every process of the sandbox is gone).
+  child.once("exit", () => {
+    if (init !== null && initStart !== null) endInit(init, initStart);
+  });
   const started = new Promise<boolean>((resolve) => {
     const status = child.stdio[4] as NonNullable<ChildProcess["stdout"]>;
     let text = "";
@@ -152,6 +197,7 @@ export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdAr
       const m = /"child-pid"\s*:\s*(\d+)/.exec(text);
       if (m && init === null) {
         init = Number(m[1]);
+        initStart = startTime(init);
         resolve(true);
       }
     });

@@ -16,6 +16,10 @@
  * sees, so io_uring is refused whole; and the 32-bit x86 socketcall(2) (a 64-bit program can call it
  * too, with `int $0x80`), whose arguments a filter cannot read, so its SYS_SOCKET is refused whole:
  * a 32-bit program that makes its sockets that way gets none in the sandbox (docs/sandbox.md).
+ *
+ * Nor may the agent trace bwrap's init (PID 1 inside, its own uid): ptrace(2) and
+ * process_vm_readv/writev(2) on pid 1 are refused ({@link PTRACE_SYSCALLS}), or the agent could make
+ * it clear its PR_SET_PDEATHSIG and so outlive lessor run.
  */
 import { endianness } from "node:os";
 import { VaultError } from "../base/errors.js";
@@ -27,6 +31,8 @@ import { VaultError } from "../base/errors.js";
 const NR = 0;
 const ARCH = 4;
 const ARG0 = 16;
+/** The second argument's low 32 bits (ptrace's pid: the kernel reads it as a pid_t, its low 32 bits). */
+const ARG1 = 24;
 /** socket(2)'s address family for vsock. */
 export const AF_VSOCK = 40;
 
@@ -66,6 +72,22 @@ export const IO_URING_SYSCALLS: Readonly<Record<string, readonly number[]>> = {
   arm: [425, 426, 427],
 };
 
+/**
+ * ptrace(2) (pid: its second argument) and process_vm_readv(2)/process_vm_writev(2) (pid: the first)
+ * by architecture, refused for pid 1: bwrap's init, which runs as the agent's uid and would otherwise
+ * be the agent's to take over (clear its PR_SET_PDEATHSIG, and the sandbox outlives lessor run). The
+ * agent's own processes stay traceable (strace, gdb).
+ */
+export const PTRACE_SYSCALLS: Readonly<Record<string, readonly number[]>> = { x86_64: [101, X32_BIT | 101, X32_BIT | 521], i386: [26], aarch64: [117], arm: [26] };
+export const PROCESS_VM_SYSCALLS: Readonly<Record<string, readonly number[]>> = {
+  x86_64: [310, 311, X32_BIT | 310, X32_BIT | 311, X32_BIT | 539, X32_BIT | 540],
+  i386: [347, 348],
+  aarch64: [270, 271],
+  arm: [376, 377],
+};
+/** The sandbox's init, as the sandbox's PID namespace numbers it. */
+export const INIT_PID = 1;
+
 /** i386's socketcall(2) and its first argument's SYS_SOCKET, refused (the family it points at cannot be read). */
 export const SOCKETCALL = { arch: "i386", nr: 102, sysSocket: 1 } as const;
 
@@ -84,6 +106,8 @@ interface Insn {
 interface ArgCheck {
   nrs: readonly number[];
   value: number;
+  /** Where in `struct seccomp_data` the argument is (its low 32 bits); the first by default. */
+  at?: number;
 }
 
 /** The filter's instructions (see {@link KEYRING_SYSCALLS}, {@link IO_URING_SYSCALLS}, {@link SOCKET_SYSCALLS} and {@link SOCKETCALL}). */
@@ -91,7 +115,11 @@ export function keyringFilterProgram(): Insn[] {
   const p: Insn[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
   for (const { arch, name, nrs } of KEYRING_SYSCALLS) {
     const refused = [...nrs, ...(IO_URING_SYSCALLS[name] ?? [])];
-    const checks: ArgCheck[] = [{ nrs: SOCKET_SYSCALLS[name] ?? [], value: AF_VSOCK }];
+    const checks: ArgCheck[] = [
+      { nrs: SOCKET_SYSCALLS[name] ?? [], value: AF_VSOCK },
+      { nrs: PTRACE_SYSCALLS[name] ?? [], value: INIT_PID, at: ARG1 },
+      { nrs: PROCESS_VM_SYSCALLS[name] ?? [], value: INIT_PID },
+    ];
     if (name === SOCKETCALL.arch) checks.push({ nrs: [SOCKETCALL.nr], value: SOCKETCALL.sysSocket });
     // This architecture's block, by index within it: 0 its architecture (else the next block), 1 load
     // the number, then a jump to the refusal per refused call and to its check per checked call,
@@ -109,7 +137,7 @@ export function keyringFilterProgram(): Insn[] {
     checks.forEach((c, n) => c.nrs.forEach((nr) => p.push({ code: BPF_JEQ_K, jt: at(i++, checkAt[n]!), jf: 0, k: nr >>> 0 })));
     p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
     checks.forEach((c, n) => {
-      p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARG0 });
+      p.push({ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: c.at ?? ARG0 });
       p.push({ code: BPF_JEQ_K, jt: at(checkAt[n]! + 1, refuse), jf: 0, k: c.value });
       p.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
     });
