@@ -299,6 +299,9 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
     (s.ending ??= (async () => {
       live.delete(s);
       if (s.transport.sessionId !== undefined) byId.delete(s.transport.sessionId);
+      // transport.close() calls onclose at once: let `ending` be set first, or that call would end the
+      // session a second time, logged as "closed by the client" whatever ended it.
+      await Promise.resolve();
       await s.transport.close().catch(() => {});
       await s.server.close().catch(() => {});
       await s.session.close();

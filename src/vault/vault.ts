@@ -753,6 +753,9 @@ export class VaultSession {
    */
   async explain(agent: string, secret: SecretRef, domain?: string): Promise<VaultExplanation> {
     this.#open();
+    // As status does: read the stamp, so that an instance whose policy is not the one in force says
+    // so (its version is STALE) instead of answering "allow" while every grant it decides is refused.
+    await refreshPolicyStamp(this.#ctx);
     return ownAccess.explainAccess(this.#ctx, this.identity, agent, secret, domain);
   }
   /**

@@ -15,7 +15,7 @@ export function registerCredentialHelpers(program: Command, cli: Cli): void {
     .option("--username <name>", "the username to give git (default: the URL's, else x-access-token)")
     .addHelpText(
       "after",
-      '\ngit appends the action (get, store, erase) to the helper\'s command line. Configure it per host:\n  git config --global credential.https://github.com.helper \'!lessor git-credential --agent claude --secret github-token\'\n\nAnswers only https:// requests, for hosts a policy rule lets the agent have the secret for; otherwise it prints\nnothing (one line on stderr says why) and git goes on as if there were no helper.',
+      '\ngit appends the action (get, store, erase) to the helper\'s command line. Configure it per host, as the only\nhelper for that URL (git hands an accepted credential to every helper configured for it, such as a\ncredential.helper = store, and lessor answers nothing while another would get it):\n  git config --global credential.https://github.com.helper \'\'\n  git config --global --add credential.https://github.com.helper \'!lessor git-credential --agent claude --secret github-token\'\n  git config --global credential.https://github.com.useHttpPath false\n\nAnswers only https:// requests, for hosts a policy rule lets the agent have the secret for; otherwise it prints\nnothing (one line on stderr says why) and git goes on as if there were no helper.',
     )
     .action((action: string, o: { agent?: string; secret?: string; username?: string }) =>
       import("../credentials/git-credential.js").then((m) => m.gitCredentialAction(cli, action, o)),
