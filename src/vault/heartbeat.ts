@@ -30,9 +30,11 @@ import { roleError } from "./access.js";
 import { commit, type AuditFn, type VaultContext } from "./context.js";
 import { denied } from "./denied.js";
 import { formatDuration } from "./duration.js";
+import { pinnedLimit } from "./limits.js";
 import { engageKillswitchIn, forgetKillswitch, readKillswitch, sawKillswitch, type KillswitchState } from "./lockout.js";
 import type { StoreReader, StoreTx } from "./ports.js";
 import { policyStaleness } from "./policy-state.js";
+import { parsePolicyStamp, POLICY_META, type PolicyStamp } from "./policy-sync.js";
 
 /** The store metadata key holding the last heartbeat (JSON of {@link HeartbeatRecord}). */
 export const HEARTBEAT_META = "heartbeat";
@@ -105,14 +107,14 @@ function counted(stored: HeartbeatRecord | null, now: number): HeartbeatRecord {
   return stored.at <= now + HEARTBEAT_FUTURE_SLACK_MS ? stored : { at: 0, by: FROM_THE_FUTURE };
 }
 
-function dueAt(ctx: VaultContext, last: HeartbeatRecord | null): number | null {
-  return ctx.limits.heartbeatMs === null || last === null ? null : last.at + ctx.limits.heartbeatMs;
+function dueAt(ctx: VaultContext, last: HeartbeatRecord | null, every: number | null = ctx.limits.heartbeatMs): number | null {
+  return every === null || last === null ? null : last.at + every;
 }
 
 /** The reason the switch gives when it fires. */
-function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
+function firedReason(ctx: VaultContext, last: HeartbeatRecord, every: number | null = ctx.limits.heartbeatMs): string {
   const since = last.at !== 0 ? new Date(last.at).toISOString() : (SENTINELS[last.by] ?? SENTINELS[UNREADABLE]!);
-  return `dead-man switch: no heartbeat for ${formatDuration(ctx.limits.heartbeatMs ?? 0)} (the last: ${since})`;
+  return `dead-man switch: no heartbeat for ${formatDuration(every ?? 0)} (the last: ${since})`;
 }
 
 /**
@@ -121,12 +123,19 @@ function firedReason(ctx: VaultContext, last: HeartbeatRecord): string {
  * killswitch as {@link DEADMAN_IDENTITY} and returns the lockout now in force; otherwise null. The
  * caller then refuses what it was doing with lockoutError(state).
  */
-export async function deadmanIn(ctx: VaultContext, tx: StoreTx, audit: AuditFn, now: number, beat: HeartbeatRead | null): Promise<KillswitchState | null> {
+export async function deadmanIn(
+  ctx: VaultContext,
+  tx: StoreTx,
+  audit: AuditFn,
+  now: number,
+  beat: HeartbeatRead | null,
+  every: number | null = ctx.limits.heartbeatMs,
+): Promise<KillswitchState | null> {
   if (beat === null) return null;
   const last = counted(beat.stored, now);
-  const due = dueAt(ctx, last);
+  const due = dueAt(ctx, last, every);
   if (due === null || now <= due) return null;
-  const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last));
+  const { state } = await engageKillswitchIn(tx, audit, now, DEADMAN_IDENTITY, firedReason(ctx, last, every));
   // The caller refuses and its commit throws: the next look at the lockout (status, the daemon's
   // once-a-second check, which then raises the signal) must read what this commit stored.
   forgetKillswitch(ctx);
@@ -222,20 +231,43 @@ export async function armHeartbeat(ctx: VaultContext): Promise<void> {
 }
 
 /**
+ * The dead-man period `stamp` pins as in force on a shared store (ms), null when it pins the switch
+ * off, or undefined when it pins no heartbeat lessor can read.
+ */
+function pinnedHeartbeat(stamp: PolicyStamp | null): number | null | undefined {
+  const v = stamp?.limits === undefined ? undefined : pinnedLimit(stamp.limits, "heartbeatMs");
+  if (v === undefined) return undefined;
+  if (v === "off") return null;
+  const n = /^[0-9]{1,16}$/.test(v) ? Number(v) : NaN;
+  return Number.isSafeInteger(n) && n >= MIN_HEARTBEAT_MS && n <= MAX_HEARTBEAT_MS ? n : undefined;
+}
+
+/**
  * Fires the switch when its deadline has passed and the killswitch is not engaged (the daemon calls
  * this once a second, so that live leases end even when nothing is asked). Returns true when it fired.
+ *
+ * An instance whose limits are not the ones in force (another daemon started with others) does not
+ * fire by its own period but by the one in force, which the policy stamp pins (read in the firing
+ * transaction): firing is a brake, and when the instances in line are down (killed, say) no other
+ * would. Only on a deadline some instance armed: with no record stored it leaves the arming to the
+ * instances in line (one may be arming it now).
  */
 export async function checkDeadman(ctx: VaultContext): Promise<boolean> {
-  // An instance whose limits are not the ones in force (another daemon started with others, perhaps
-  // without the switch) does not fire by its own period: the instances in line do, by theirs.
-  if (ctx.limits.heartbeatMs === null || limitsStale(ctx)) return false;
+  const stale = limitsStale(ctx);
+  if (ctx.limits.heartbeatMs === null && !stale) return false;
+  const period = async (r: Pick<StoreReader, "getMeta">): Promise<number | null> => (stale ? (pinnedHeartbeat(parsePolicyStamp(await r.getMeta(POLICY_META))) ?? null) : ctx.limits.heartbeatMs);
   const now = ctx.now();
-  const due = dueAt(ctx, counted(await readHeartbeat(ctx.store), now));
-  if (due === null || now <= due) return false;
+  const every = await period(ctx.store);
+  const stored = every === null ? null : await readHeartbeat(ctx.store);
+  if (every === null || (stale && stored === null)) return false;
+  if (now <= counted(stored, now).at + every) return false;
   if ((await readKillswitch(ctx.store)).engaged) return false;
   const state = await commit(ctx, async (tx, audit, now) => {
     if ((await readKillswitch(tx)).engaged) return null;
-    return deadmanIn(ctx, tx, audit, now, await heartbeatIn(ctx, tx));
+    const p = await period(tx);
+    const beat = p === null ? null : await readHeartbeat(tx);
+    if (p === null || (stale && beat === null)) return null;
+    return deadmanIn(ctx, tx, audit, now, { stored: beat }, p);
   });
   if (state === null) return false;
   firedSignal(ctx, state);

@@ -105,17 +105,28 @@ export function limitsText(limits: Limits): string {
  * (a damaged stamp) differs in every limit.
  */
 export function differingLimits(a: string, b: string): string[] {
-  const pairs = (t: string): Map<string, string> | null => {
-    const m = new Map<string, string>();
-    for (const p of t.split(" ")) {
-      const eq = p.indexOf("=");
-      if (eq <= 0) return null;
-      m.set(p.slice(0, eq), p.slice(eq + 1));
-    }
-    return m;
-  };
-  const x = pairs(a);
-  const y = pairs(b);
+  const x = limitPairs(a);
+  const y = limitPairs(b);
   if (x === null || y === null) return [...(Object.values(PINNED) as string[]), RULE_SEMANTICS_NAME];
   return [...new Set([...x.keys(), ...y.keys()])].filter((k) => x.get(k) !== y.get(k));
+}
+
+/** A {@link limitsText} line's pairs by name; null for a line that is not pairs at all (damaged). */
+function limitPairs(t: string): Map<string, string> | null {
+  const m = new Map<string, string>();
+  for (const p of t.split(" ")) {
+    const eq = p.indexOf("=");
+    if (eq <= 0) return null;
+    m.set(p.slice(0, eq), p.slice(eq + 1));
+  }
+  return m;
+}
+
+/**
+ * The value a {@link limitsText} line pins for one limit, as written (`off`, or a whole number);
+ * undefined when the line does not name it or is damaged.
+ */
+export function pinnedLimit(text: string, limit: keyof Limits): string | undefined {
+  const name = PINNED[limit];
+  return name === undefined ? undefined : limitPairs(text)?.get(name);
 }
