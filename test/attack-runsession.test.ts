@@ -241,8 +241,8 @@ describe("the embedded session is bound to its own leases", () => {
     await t.vault.admin().storeSecret({ name: "open", value: CANARY });
     const backend = { mode: "embedded" as const, home: "/nonexistent", endpoint: null, api: inProcessApi(t.vault), vault: t.vault, close: async () => {} };
     const opts = { backend, agent: AGENT, daemon: { endpoint: { socketPath: "/nonexistent" }, expectedUid: undefined } };
-    const s1 = await startVaultSession({ ...opts, pid: 4242 });
-    const s2 = await startVaultSession({ ...opts, pid: 4243 });
+    const s1 = await startVaultSession({ ...opts });
+    const s2 = await startVaultSession({ ...opts });
     const c1 = await OkConn.open(s1.socket);
     const c2 = await OkConn.open(s2.socket);
     try {

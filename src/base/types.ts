@@ -35,7 +35,7 @@ export interface Identity {
   };
   /**
    * Set for one `lessor run --vault-session`'s identity (a session token, named `session:…`, or the
-   * embedded run's `run:<pid>.<random>:A`): it sees and uses only the leases issued to it (their
+   * embedded run's `run:<random>:A`): it sees and uses only the leases issued to it (their
    * `issuedBy` is its id), never those of another run of the same agent, nor the agent's own.
    */
   readonly session?: true;

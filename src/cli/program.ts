@@ -21,7 +21,7 @@ const program = new Command()
   .exitOverride()
   // Commander's messages quote the command line; each of their lines is escaped as cli.err escapes,
   // and what a mistyped option carried is hidden (it may be a value or a token).
-  .configureOutput({ outputError: (s, write) => write(escapeLines(redactOptionValues(s.startsWith("error:") ? `lessor: ${s.slice(7)}` : s))) })
+  .configureOutput({ outputError: (s, write) => write(escapeLines(redactOptionValues(s.startsWith("error:") ? `lessor: ${s.slice(7)}` : s, { argv: process.argv.slice(2), longFlags: longFlags() }))) })
   .hook("preAction", (cmd) => {
     const o = cmd.optsWithGlobals<{ home?: string; token?: string }>();
     if (o.token !== undefined) throw new UsageError(TOKEN_ON_ARGV);
@@ -45,6 +45,17 @@ program.configureHelp({
   },
 });
 for (const register of Object.values(commands)) register(program, cli);
+
+/** Every long option of the program (what a glued value may follow: src/cli/format/redact-options.ts). */
+function longFlags(): Set<string> {
+  const out = new Set<string>(["--help", "--version"]);
+  const walk = (c: Command): void => {
+    for (const o of c.options) if (o.long !== undefined) out.add(o.long);
+    for (const sub of c.commands) walk(sub);
+  };
+  walk(program);
+  return out;
+}
 
 /** Parses process.argv and runs the command. */
 export function main(): void {

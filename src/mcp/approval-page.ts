@@ -20,6 +20,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
 import { approvalValueText } from "../protocol/approval-value.js";
 import { blankUnsafe } from "../base/text.js";
+import { SparseLog } from "../base/sparse-log.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
@@ -38,6 +39,13 @@ interface Page {
 
 /** Most pages open at once: an agent calling request_access in a loop cannot pile them up. */
 export const MAX_PAGES = 32;
+
+/**
+ * Most connections open at once to the page server, whoever opens them (any local user can connect;
+ * its port is in /proc/net/tcp): more are closed at once, so a flood cannot use up the descriptors of
+ * the process, which serves the MCP endpoint too (as src/mcp/http.ts bounds that one's).
+ */
+export const MAX_PAGE_CONNECTIONS = 64;
 
 /** Largest form body taken, bytes. */
 const MAX_FORM = 4096;
@@ -131,6 +139,21 @@ export class ApprovalPages {
           if (!res.headersSent) done(res, 500, "lessor could not record the decision; use lessor approve or lessor deny in a terminal");
           else res.destroy();
         });
+      });
+      let connections = 0;
+      const dropped = new SparseLog(
+        (l) => this.log(l),
+        () => `lessor mcp: ${MAX_PAGE_CONNECTIONS} connections to the approval page are open; a new one was closed`,
+        (n) => `lessor mcp: ${MAX_PAGE_CONNECTIONS} connections to the approval page are open; a new one was closed (${n} so far)`,
+      );
+      srv.on("connection", (socket: Socket) => {
+        if (connections >= MAX_PAGE_CONNECTIONS) {
+          socket.destroy();
+          dropped.add();
+          return;
+        }
+        connections++;
+        socket.once("close", () => connections--);
       });
       srv.headersTimeout = 10_000;
       srv.requestTimeout = 30_000;

@@ -413,7 +413,7 @@ export function sessionError(who: Identity, lease: LeaseRecord): VaultError | nu
   if (who.session !== true || lease.issuedBy === who.id) return null;
   return new VaultError(
     "access_denied",
-    `lease ${lease.id} was not granted to this lessor run's vault session (it was granted to ${lease.issuedBy.startsWith("run:") || lease.issuedBy.startsWith("token:session:") ? "another run's session" : "agent \"" + lease.agent + "\" outside this run"}); a run's session uses only the leases it was granted: request one`,
+    `lease ${lease.id} was not granted to this lessor run's vault session (it was granted to ${lease.issuedBy.startsWith("run:") || lease.issuedBy.startsWith("token:session:run/") ? "another run's session" : "agent \"" + lease.agent + "\" outside this run"}); a run's session uses only the leases it was granted: request one`,
   );
 }
 

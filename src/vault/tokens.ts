@@ -100,6 +100,21 @@ function checkParams(p: TokenParams): void {
     throw new VaultError("invalid_request", `token names starting with "${SESSION_TOKEN_PREFIX}" are kept for the session tokens of lessor run --vault-session; pick another name`);
 }
 
+/**
+ * The identity id of token `rec`: `token:<name>/<id>`, but `token:session:run/<id>` for a session token,
+ * whose name holds the stamp of the run's process (its pid, start time, boot id and pid namespace):
+ * that is the daemon's to judge, and the sandboxed agent, which sees its own identity id (the welcome,
+ * whoami, its leases' issuedBy), learns nothing of the host from it.
+ */
+export function tokenIdentityId(rec: { id: string; name: string; role: string }): string {
+  return isSessionToken(rec) ? `token:${SESSION_TOKEN_PREFIX}run/${rec.id}` : `token:${rec.name}/${rec.id}`;
+}
+
+/** Whether `rec` is a session token (an agent token named `session:…`). */
+export function isSessionToken(rec: { name: string; role: string }): boolean {
+  return rec.role === "agent" && rec.name.startsWith(SESSION_TOKEN_PREFIX);
+}
+
 /** A session token's name: the stamp of the process it lives with, or `unbound`. */
 function sessionName(p: TokenParams): string {
   return `${SESSION_TOKEN_PREFIX}${p.process ?? "unbound"}`;
@@ -217,14 +232,14 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   sawLiveToken(ctx, rec.id, rec.expiresAt);
   const issuer = await tokenIssuer(ctx, rec);
   return {
-    id: `token:${rec.name}/${rec.id}`,
+    id: tokenIdentityId(rec),
     role: rec.role,
     ...(rec.agent !== null ? { agent: rec.agent } : {}),
     ...(rec.actFor !== null ? { actFor: rec.actFor } : {}),
     transport,
     token: { id: rec.id, expiresAt: rec.expiresAt, issuer },
     // MACed with the row: nobody without the key makes a token a session, or a session token not one.
-    ...(rec.role === "agent" && rec.name.startsWith(SESSION_TOKEN_PREFIX) ? { session: true as const } : {}),
+    ...(isSessionToken(rec) ? { session: true as const } : {}),
   };
 }
 

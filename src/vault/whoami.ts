@@ -28,6 +28,9 @@ export async function whoami(ctx: VaultContext, who: Identity): Promise<Whoami> 
   const id = who.token?.id;
   if (id === undefined) return { identity: who, token: null };
   const rec = await ctx.store.getToken(id);
+  // Named as its identity is: a session token's own name holds the stamp of the run's process, which
+  // its sandboxed agent has no need of (src/vault/tokens.ts tokenIdentityId).
+  const name = who.id.replace(/^token:/, "").replace(/\/[0-9a-f]{16}$/, "");
   // A token revoked or removed since the hello: say which it was, without an expiry to trust.
-  return { identity: who, token: rec ? { id: rec.id, name: rec.name, expiresAt: rec.expiresAt } : { id, name: who.id.replace(/^token:/, "").replace(/\/[0-9a-f]{16}$/, ""), expiresAt: null } };
+  return { identity: who, token: rec ? { id: rec.id, name: who.session === true ? name : rec.name, expiresAt: rec.expiresAt } : { id, name, expiresAt: null } };
 }

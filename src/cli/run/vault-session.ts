@@ -5,13 +5,13 @@
  * and LessorClient inside work unchanged. Two backends:
  *
  * - embedded (the run opened the vault in-process): a {@link LessorServer} on that socket, whose
- *   authenticate gives every connection the same identity, `run:<pid>.<random>:A`, role agent, agent A,
- *   a session (the random part: a later run that gets the same pid is not this run's identity, whose
- *   approvals serve only it).
+ *   authenticate gives every connection the same identity, `run:<random>:A`, role agent, agent A,
+ *   a session (random: no later run is this run's identity, whose approvals serve only it; and no pid,
+ *   nothing of the host the agent does not need).
  * - daemon (the run is the owner's client, so admin): a raw relay to the daemon's socket would arrive
  *   as the owner's uid, that is admin. Instead the run makes a short-lived agent token for A
  *   (token_create, ttl = the run's --ttl or 1h), and relays each child connection with its hello
- *   replaced (a session token, token_create session: true: named `session:<this process's stamp>`);
+ *   replaced (a session token, token_create session: true: named `session:<this process's stamp>`, its identity `token:session:run/<id>`, without the stamp);
  *   the child's first frame must be a valid hello of at most 64 KiB (src/cli/run/session-hello.ts);
  *   whatever token it carries is dropped, and the relay does the token handshake with the daemon
  *   itself (checking the daemon's uid and its proof before showing the token, as LessorClient does),
@@ -48,6 +48,7 @@ import { listenUnix, type UnixListener } from "../../server/transports/uds.js";
 import { VERSION } from "../../version.js";
 import { cutFirstFrame, isChildHello, relayHello } from "./session-hello.js";
 import { makePrivateDir } from "../../proxy/private-dir.js";
+import { tokenIdentityId } from "../../vault/tokens.js";
 
 /** The session socket's name in the run's private directory. */
 export const VAULT_SOCKET_NAME = "vault.sock";
@@ -86,8 +87,6 @@ export interface VaultSessionOptions {
   ttl?: string;
   /** Daemon mode: where to relay to. */
   daemon: DaemonEndpoint;
-  /** Names the identity and the token (default: this process's pid). */
-  pid?: number;
 }
 
 /** A running vault session. */
@@ -112,14 +111,14 @@ export interface VaultSession {
 
 /** Starts the session for `o.backend`'s mode; throws VaultError when it cannot (nothing is left behind). */
 export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSession> {
-  const pid = o.pid ?? process.pid;
   const ownDir = o.dir === undefined;
   const dir = o.dir ?? makePrivateDir("lessor-run-"); // mode 0700, where no other run's sandbox shows it (src/proxy/private-dir.ts)
   const socket = join(dir, VAULT_SOCKET_NAME);
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
   /** The identity id the session's grants are issued by (their leases' issuedBy). */
-  let issuer = `run:${pid}.${randomBytes(4).toString("hex")}:${o.agent}`;
+  // Random, with nothing of the host (no pid): the sandboxed agent sees it (welcome, whoami, issuedBy).
+  let issuer = `run:${randomBytes(8).toString("hex")}:${o.agent}`;
   let revokeFirst: ((api: BackendApi) => Promise<void>) | null = null;
   try {
     if (o.backend.mode === "embedded") {
@@ -143,10 +142,10 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
     } else {
       // A session token: its identity uses only the leases it was issued, and the daemon revokes it
       // once this process is gone (src/server/session-sweep.ts), should the run be killed outright.
-      const created = await o.backend.api.createToken({ name: `lessor-run-${pid}`, role: "agent", agent: o.agent, ttl: o.ttl ?? "1h", session: true });
+      const created = await o.backend.api.createToken({ name: "lessor-run", role: "agent", agent: o.agent, ttl: o.ttl ?? "1h", session: true });
       tokenId = created.id;
       const id = created.id;
-      issuer = `token:${created.name}/${created.id}`; // as the daemon names a token's identity (src/vault/tokens.ts)
+      issuer = tokenIdentityId(created); // as the daemon names a token's identity
       revokeFirst = async (api) => {
         await api.revokeToken(id);
       };
