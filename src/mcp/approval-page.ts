@@ -20,7 +20,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { WireApproval } from "../protocol/registry.js";
 import { approvalValueText } from "../protocol/approval-value.js";
 import { blankUnsafe } from "../base/text.js";
-import { SparseLog } from "../base/sparse-log.js";
+import { capConnections } from "./connection-cap.js";
 import { loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
@@ -140,21 +140,7 @@ export class ApprovalPages {
           else res.destroy();
         });
       });
-      let connections = 0;
-      const dropped = new SparseLog(
-        (l) => this.log(l),
-        () => `lessor mcp: ${MAX_PAGE_CONNECTIONS} connections to the approval page are open; a new one was closed`,
-        (n) => `lessor mcp: ${MAX_PAGE_CONNECTIONS} connections to the approval page are open; a new one was closed (${n} so far)`,
-      );
-      srv.on("connection", (socket: Socket) => {
-        if (connections >= MAX_PAGE_CONNECTIONS) {
-          socket.destroy();
-          dropped.add();
-          return;
-        }
-        connections++;
-        socket.once("close", () => connections--);
-      });
+      capConnections(srv, MAX_PAGE_CONNECTIONS, "to the approval page", (l) => this.log(l));
       srv.headersTimeout = 10_000;
       srv.requestTimeout = 30_000;
       srv.once("error", reject);

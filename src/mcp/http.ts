@@ -28,6 +28,7 @@ import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError } from "../base/errors.js";
 import { SparseLog } from "../base/sparse-log.js";
+import { capConnections } from "./connection-cap.js";
 import { formatDuration } from "../vault/duration.js";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import type { McpSession } from "./server.js";
@@ -415,22 +416,7 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
       else res.destroy();
     });
   });
-  // Counted here rather than with maxConnections, which the twin's sockets (emitted, not accepted) would pass.
-  let connections = 0;
-  const dropped = new SparseLog(
-    (l) => o.log(l),
-    () => `lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed`,
-    (n) => `lessor mcp: ${MAX_HTTP_CONNECTIONS} connections are open; a new one was closed (${n} so far)`,
-  );
-  srv.on("connection", (socket: net.Socket) => {
-    if (connections >= MAX_HTTP_CONNECTIONS) {
-      socket.destroy();
-      dropped.add();
-      return;
-    }
-    connections++;
-    socket.once("close", () => connections--);
-  });
+  capConnections(srv, MAX_HTTP_CONNECTIONS, "", (l) => o.log(l));
   srv.headersTimeout = 10_000;
   srv.requestTimeout = 0; // SSE streams stay open
   let twin: net.Server | null;
