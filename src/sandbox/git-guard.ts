@@ -52,6 +52,14 @@ export interface GitGuard {
   gitDir: string;
   /** Files that did not exist, shown as empty read-only ones: removed after the run if still empty. */
   sealedFiles: string[];
+  /**
+   * Files at the same places that were there but empty: perhaps another run's {@link sealedFiles},
+   * which that run removes when it ends, and the kernel then detaches this sandbox's read-only mount
+   * on it (a mount point removed in another mount namespace is unmounted here), so the agent can
+   * write it from then on. Each of these and of {@link sealedFiles} that is not an empty file after the
+   * run is moved aside.
+   */
+  emptyFiles: string[];
   /** The `hooks` symlink's text, when it is one. */
   hooksLink: string | null;
   /**
@@ -277,6 +285,8 @@ interface ConfigFiles {
   home: string | null;
   /** The git directory's sealed files (removed after the run if still empty); null for a global config: a missing file the agent could make refuses the run. */
   sealedFiles: string[] | null;
+  /** The git directory's {@link GitGuard.emptyFiles}; null for a global config. */
+  emptyFiles: string[] | null;
   /** Config files guarded already (an include cycle ends). */
   seen: Set<string>;
 }
@@ -358,6 +368,7 @@ function guardInclude(c: ConfigFiles, inc: string, from: string, depth: number):
   const at = physicalPath(inc, c.writable, from);
   const st = lst(at);
   if (st?.isFile()) {
+    if (st.size === 0 && c.emptyFiles !== null && c.writable(at)) once(c.emptyFiles, at);
     readOnlyInPlace(c.plan, at, c.writable);
     guardConfigFile(c, inc, depth + 1);
   } else if (st === null) {
@@ -405,7 +416,7 @@ export function planGlobalGit(writable: (p: string) => boolean, home: string | n
     const sys = env["GIT_CONFIG_SYSTEM"];
     globals.push(sys && isAbsolute(sys) ? sys : "/etc/gitconfig");
   }
-  const c: ConfigFiles = { plan, workTrees: [], relativeHooks: [], top: null, writable, home, sealedFiles: null, seen: new Set() };
+  const c: ConfigFiles = { plan, workTrees: [], relativeHooks: [], top: null, writable, home, sealedFiles: null, emptyFiles: null, seen: new Set() };
   for (const g of globals) {
     physicalPath(g, writable, "your git configuration");
     const r = realOrNull(g);
@@ -597,6 +608,11 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
     if (hs.isDirectory()) guardHookEntries(plan, hooks, writable);
   }
   const sealedFiles: string[] = [];
+  const emptyFiles: string[] = [];
+  const noteEmpty = (f: string): void => {
+    const st = plain(f);
+    if (st?.isFile() && st.size === 0 && writable(f)) once(emptyFiles, f);
+  };
   // The checkouts git may run in with this config: the repository's own, and each linked worktree's
   // (its `gitdir` names the checkout's `.git` file). A relative hooks path is resolved in each.
   const checkouts = workTree !== null ? [workTree] : [];
@@ -608,7 +624,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       // no gitdir: git does not know the checkout either
     }
   }
-  const files: ConfigFiles = { plan, workTrees: checkouts, relativeHooks: [], top, writable, home, sealedFiles, seen: new Set() };
+  const files: ConfigFiles = { plan, workTrees: checkouts, relativeHooks: [], top, writable, home, sealedFiles, emptyFiles, seen: new Set() };
   for (const hp of globalHooks) guardHooksPath(files, hp, "your global git config");
   if (plain(config) !== null) {
     once(plan.readOnly, config);
@@ -619,6 +635,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
   const configWorktree = join(gitDir, "config.worktree");
   refusePlantedLink(configWorktree);
   if (plain(configWorktree) !== null) {
+    noteEmpty(configWorktree);
     once(plan.readOnly, configWorktree);
     guardConfigFile(files, configWorktree, 0);
   } else sealedFiles.push(configWorktree);
@@ -640,6 +657,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
       const cw = join(admin, "config.worktree");
       refusePlantedLink(cw);
       if (plain(cw) !== null) {
+        noteEmpty(cw);
         once(plan.readOnly, cw);
         guardConfigFile(files, cw, 0);
       } else sealedFiles.push(cw);
@@ -656,7 +674,7 @@ function guardGitDir(plan: GitPlan, gitDir: string, workTree: string | null, top
   const modules = join(gitDir, "modules");
   const walkModules = lockDir(plan, modules, listed, sealedDirs);
   for (const f of sealedFiles) once(plan.sealedFiles, f);
-  plan.guards.push({ gitDir, sealedFiles, hooksLink, listed, sealedDirs });
+  plan.guards.push({ gitDir, sealedFiles, emptyFiles, hooksLink, listed, sealedDirs });
 
   // The owner's submodules: each has a git directory under modules/ (its name may hold slashes).
   if (!walkModules || !plain(modules)?.isDirectory()) return;
@@ -916,10 +934,17 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
       const commondir = join(g.gitDir, "commondir");
       if (lst(commondir) !== null)
         out.push(`lessor: the sandboxed command planted ${commondir}, which would make your git run another directory's hooks and config; moved it to ${aside(commondir)}`);
-      // The empty files bwrap made to mount the sealed ones on: nothing of the agent's (they were read-only).
-      for (const f of g.sealedFiles) {
+      // The empty files bwrap made to mount the sealed ones on: removed if still empty. One that is not
+      // (a sealed one, or an empty one that may have been another run's, whose end detached this
+      // sandbox's mount on it) is what an agent wrote there: moved out of git's sight.
+      for (const f of [...g.sealedFiles, ...g.emptyFiles]) {
         const st = lst(f);
-        if (st !== null && st.isFile() && st.size === 0) rmSync(f, { force: true });
+        if (st === null) continue;
+        if (st.isFile() && st.size === 0) {
+          if (g.sealedFiles.includes(f)) rmSync(f, { force: true });
+          continue;
+        }
+        out.push(`lessor: ${f}, a git config file that was missing or empty when the run started and read-only in its sandbox, now holds something (an agent may have written it after another run's end removed its empty copy); moved it to ${aside(f)}`);
       }
       // New entries of worktrees/ and modules/ (the mounts kept the agent from making any; one made by
       // other means would be a git directory the owner's git adopts): moved out of git's sight.
