@@ -120,8 +120,13 @@ const APPROVAL = z.strictObject({
   paths: z.array(z.string()).nullable(),
 });
 
-function daemonFacts(c: CallContext): { version: string; pid: number; uptimeMs: number; connections: number } {
-  return { version: c.version, pid: process.pid, uptimeMs: Date.now() - c.startedAt, connections: c.connections() };
+/**
+ * The serving process's facts. Its pid is null for an agent: it has no use for it, and under
+ * `lessor run --vault-session` the process serving it is lessor run (embedded) or the daemon, whose pid
+ * the sandbox is meant to keep from it (as the session's identity id holds none).
+ */
+function daemonFacts(c: CallContext, who: { role: string }): { version: string; pid: number | null; uptimeMs: number; connections: number } {
+  return { version: c.version, pid: who.role === "agent" ? null : process.pid, uptimeMs: Date.now() - c.startedAt, connections: c.connections() };
 }
 
 /** Every method of protocol v1, by wire name. */
@@ -133,7 +138,7 @@ export const REGISTRY = {
     result: R.status,
     secret: false,
     audit: "read-only",
-    call: async (s, _p, c) => ({ ...(await s.status()), identity: wireIdentity(s.identity), daemon: daemonFacts(c) }),
+    call: async (s, _p, c) => ({ ...(await s.status()), identity: wireIdentity(s.identity), daemon: daemonFacts(c, s.identity) }),
   }),
   describe: method({
     description: "The vault's and the daemon's state in full: store, master key ids, cipher, policy version, killswitch, audit head (no secrets; file paths for admins only).",
@@ -142,7 +147,7 @@ export const REGISTRY = {
     result: R.describe,
     secret: false,
     audit: "read-only",
-    call: async (s, _p, c) => ({ ...(await s.describe()), identity: wireIdentity(s.identity), daemon: daemonFacts(c) }),
+    call: async (s, _p, c) => ({ ...(await s.describe()), identity: wireIdentity(s.identity), daemon: daemonFacts(c, s.identity) }),
   }),
   whoami: method({
     description: "Who the daemon thinks the caller is; for a token identity, the token's id, name and expiry.",

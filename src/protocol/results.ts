@@ -136,7 +136,7 @@ const policyVersion = {
   stale: z.strictObject({ stored: z.string(), at: z.number(), by: z.string(), limits: z.array(z.string()).optional() }).optional(),
 };
 
-const daemon = z.strictObject({ version: z.string(), pid: z.number(), uptimeMs: z.number(), connections: z.number() });
+const daemon = z.strictObject({ version: z.string(), pid: z.number().nullable(), uptimeMs: z.number(), connections: z.number() });
 
 /** The vault's and the daemon's health in brief (a health check's answer; no secrets, no paths). */
 export const status = z.strictObject({

@@ -95,9 +95,22 @@ export async function requestApproval(ctx: VaultContext, who: Identity, ask: App
     const hosts = leaseDomains(rule, q);
     const got = await findOrOpen(tx, audit, now, who, bindingOf(agent, checked.secret, checked.domains, checked.ttl, checked.maxUses, rule, hosts), hosts, rule.anyDomain && (checked.domains?.length ?? 0) === 0, reason, ctx.limits);
     if (got instanceof VaultError) return got;
-    return { required: true as const, rule: rule.name, created: got.created, approval: shownApproval(got.approval) };
+    return { required: true as const, rule: rule.name, created: got.created, approval: shownToRequester(who, shownApproval(got.approval)) };
   });
 }
+
+/**
+ * An approval as an agent is answered with it: who decided it (an admin's uid or token name and id),
+ * and who asked when another identity did (an orchestrator's token, say: a denial stands for the
+ * agent whoever asked), are not the agent's to learn, as `describe` keeps `heartbeat.lastBy` from it.
+ */
+export function shownToRequester(who: Identity, a: ShownApproval): ShownApproval {
+  if (who.role !== "agent") return a;
+  return { ...a, requestedBy: a.requestedBy === who.id ? a.requestedBy : OTHER_REQUESTER, decidedBy: null };
+}
+
+/** What an agent is told in place of another identity's id as an approval's requester. */
+export const OTHER_REQUESTER = "another identity";
 
 /**
  * The approvals the caller may see, newest first: an admin all, an orchestrator those of the agents

@@ -89,7 +89,7 @@ export function registerStatus(program: Command, cli: Cli): void {
           ["audit head", `event ${s.auditHead}`],
         ];
         if (daemon !== null)
-          rows.push(["daemon", `version ${daemon.version}, pid ${daemon.pid}, up ${formatDuration(Math.floor(daemon.uptimeMs / 1000) * 1000)}, ${daemon.connections} connection${daemon.connections === 1 ? "" : "s"}`]);
+          rows.push(["daemon", `version ${daemon.version}${daemon.pid === null ? "" : `, pid ${daemon.pid}`}, up ${formatDuration(Math.floor(daemon.uptimeMs / 1000) * 1000)}, ${daemon.connections} connection${daemon.connections === 1 ? "" : "s"}`]);
         const width = Math.max(...rows.map(([k]) => k.length)) + 1;
         for (const [k, v] of rows) cli.out(`${`${k}:`.padEnd(width)} ${v}`);
       }),
