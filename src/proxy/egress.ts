@@ -83,7 +83,16 @@ export type Prepared =
        * request, waits for `trip` with the owners of the marks found, and answers 403 with the detail
        * `trip` gives (or resets the exchange if the answer had begun; a WebSocket closes with 1008).
        */
-      bodyTripwire?: { marks: TripwireMarks<unknown>; trip(owners: readonly unknown[]): Promise<string> };
+      bodyTripwire?: {
+        marks: TripwireMarks<unknown>;
+        trip(owners: readonly unknown[]): Promise<string>;
+        /**
+         * HTTP/2 request trailers are header fields: the owners whose marks `fields` hide as the
+         * request head's check reads them (names lower-cased, values percent-decoded up to three
+         * times, all values joined), besides `marks`.
+         */
+        fields?(fields: Readonly<Record<string, string | readonly string[] | undefined>>): readonly unknown[];
+      };
       /** Called once when the exchange is over. */
       done?(outcome: RequestOutcome): void;
     }

@@ -379,7 +379,7 @@ function viaH2(ex: Exchange, session: ClientHttp2Session, p: Extract<Prepared, {
   });
   us.on("wantTrailers", () => {
     const tr = ex.trailers();
-    const found = trip && tr ? trip.marks.find(trailerTexts(tr)) : [];
+    const found = trip && tr ? [...new Set([...trip.marks.find(trailerTexts(tr)), ...(p.bodyTripwire?.fields?.(tr) ?? [])])] : [];
     if (found.length > 0) return trip!.fire(found);
     us.sendTrailers(tr ? endToEnd(tr, NOT_END_TO_END_H2) : {});
   });

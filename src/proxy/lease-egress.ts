@@ -515,7 +515,19 @@ export class LeaseEgress implements Egress {
       ...(this.#scrub ? { scrub: this.#scrub } : {}),
       ...(requestBody ? { requestBody } : {}),
       ...(frames ? { frames } : {}),
-      ...(away ? { bodyTripwire: { marks: away, trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], req.upgrade === "websocket" ? "in a WebSocket frame" : "in the request body") } } : {}),
+      ...(away
+        ? {
+            bodyTripwire: {
+              marks: away,
+              trip: (owners: readonly unknown[]) => this.#trip(req, owners as Held[], req.upgrade === "websocket" ? "in a WebSocket frame" : "in the request body"),
+              // Trailers are read as the head is (its names, its values percent-decoded and joined).
+              fields: (fields: Readonly<Record<string, string | readonly string[] | undefined>>) => {
+                const seen = seenFields("", fields);
+                return this.#held.filter((h) => !covers(h, req.host) && hides(seen, h));
+              },
+            },
+          }
+        : {}),
       done: (o) => {
         if (!answered) {
           answered = true;
@@ -940,14 +952,19 @@ interface SeenTexts {
 }
 
 function seenTexts(req: ProxiedRequest): SeenTexts {
-  const names = Object.keys(req.headers);
-  const texts = percentDecodings(req.target);
+  return seenFields(req.target, req.headers);
+}
+
+/** {@link seenTexts} of a target (empty for HTTP/2 request trailers) and header fields. */
+function seenFields(target: string, fields: Readonly<Record<string, string | readonly string[] | undefined>>): SeenTexts {
+  const names = Object.keys(fields).map((k) => k.toLowerCase());
+  const texts = percentDecodings(target);
   const values: string[] = [];
-  for (const v of Object.values(req.headers)) if (v !== undefined) for (const one of Array.isArray(v) ? v : [v]) values.push(one);
+  for (const v of Object.values(fields)) if (v !== undefined) for (const one of typeof v === "string" ? [v] : v) values.push(String(one));
   for (const one of values) texts.push(...percentDecodings(one));
   // A mark split across headers, or between the target and a header (an upstream may join them):
   // the target and all values joined, in order, as well.
-  if (values.length > 0) texts.push(...percentDecodings(req.target + values.join("")));
+  if (values.length > 0) texts.push(...percentDecodings(target + values.join("")));
   return { names, texts };
 }
 
