@@ -41,9 +41,11 @@ interface Page {
 export const MAX_PAGES = 32;
 
 /**
- * Most connections open at once to the page server, whoever opens them (any local user can connect;
- * its port is in /proc/net/tcp): more are closed at once, so a flood cannot use up the descriptors of
- * the process, which serves the MCP endpoint too (as src/mcp/http.ts bounds that one's).
+ * Most connections open at once to the page server from the user running lessor mcp (or root), and
+ * as many again from other users (any local user can connect; its port is in /proc/net/tcp; they are
+ * refused the page): more are closed at once, so a flood cannot use up the descriptors of the process,
+ * which serves the MCP endpoint too (as src/mcp/http.ts bounds that one's), nor another user's keep
+ * the owner from the page.
  */
 export const MAX_PAGE_CONNECTIONS = 64;
 
@@ -140,7 +142,9 @@ export class ApprovalPages {
           else res.destroy();
         });
       });
-      capConnections(srv, MAX_PAGE_CONNECTIONS, "to the approval page", (l) => this.log(l));
+      // Other users' connections (refused the page by #handle, with a 403 that says why) are counted
+      // apart, or any local user could hold the cap and keep the owner from the page.
+      capConnections(srv, MAX_PAGE_CONNECTIONS, "to the approval page", (l) => this.log(l), (socket) => (this.#ownersPeer(socket) ? "owner" : "others"));
       srv.headersTimeout = 10_000;
       srv.requestTimeout = 30_000;
       srv.once("error", reject);
@@ -152,6 +156,17 @@ export class ApprovalPages {
     }));
   }
 
+  /** Who owns the client's socket, null when that cannot be told. */
+  #peer(socket: Socket): number | null {
+    return typeof process.getuid === "function" ? this.peerUid(socket) : null;
+  }
+
+  /** False for a connection {@link #handle} refuses whatever it asks: another user's (not root's). */
+  #ownersPeer(socket: Socket): boolean {
+    const uid = this.#peer(socket);
+    return uid === null || uid === 0 || uid === process.getuid!();
+  }
+
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const self = `127.0.0.1:${this.#port}`;
     if (req.headers.host !== self) return done(res, 403, "forbidden");
@@ -159,7 +174,7 @@ export class ApprovalPages {
     // user may read: a page is shown and decided only for a client of this user's (or root's).
     // Fail closed where the owner can be told (Linux): a peer not found in /proc/net/tcp{,6} is not
     // shown the page. Elsewhere (no /proc) the URL alone guards it, as docs/mcp.md says.
-    const uid = typeof process.getuid === "function" ? this.peerUid(req.socket) : null;
+    const uid = this.#peer(req.socket);
     if (uid === null && process.platform === "linux")
       return done(res, 403, "forbidden: could not tell which user is connecting; open the page as the user running lessor mcp, from 127.0.0.1");
     if (uid !== null && uid !== 0 && uid !== process.getuid!()) return done(res, 403, "forbidden: this page is for the user running lessor mcp");

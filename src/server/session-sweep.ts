@@ -12,7 +12,7 @@
 import { isVaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
 import type { Vault } from "../vault/vault.js";
-import { PROCESS_STAMP_RE, SESSION_TOKEN_PREFIX, tokenIdentityId } from "../vault/tokens.js";
+import { PROCESS_STAMP_RE, SESSION_TOKEN_PREFIX, tokenIdentityIds } from "../vault/tokens.js";
 import type { Logger } from "./logger.js";
 import { pidPlace, stampState } from "./process-stamp.js";
 
@@ -39,11 +39,12 @@ export async function sweepSessions(vault: Vault, log?: Pick<Logger, "info" | "w
     // Another daemon sharing the store (on this machine) may have swept it first: it cleans up then.
     if (!(await admin.revokeToken(t.id)).revoked) continue;
     n++;
-    const issuer = tokenIdentityId(t);
+    // Under its identity now, and under the one an earlier daemon gave it (leases taken before an upgrade).
+    const issuers = tokenIdentityIds(t);
     let leases = 0;
     for (const l of await admin.listLeases({ agent: t.agent, liveAt: vault.now(), limit: 10_000 }))
-      if (l.issuedBy === issuer && (await admin.revokeLease(l.id, "the lessor run that held its vault session is gone")).revoked) leases++;
-    await admin.withdrawApprovals(issuer, t.agent, "the lessor run that asked for it is gone").catch(() => {});
+      if (issuers.includes(l.issuedBy) && (await admin.revokeLease(l.id, "the lessor run that held its vault session is gone")).revoked) leases++;
+    for (const issuer of issuers) await admin.withdrawApprovals(issuer, t.agent, "the lessor run that asked for it is gone").catch(() => {});
     log?.info({ token: t.id, agent: t.agent, leases }, "revoked the vault session of a lessor run that is gone (killed before it could end its session)");
   }
   return n;

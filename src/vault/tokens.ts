@@ -110,6 +110,17 @@ export function tokenIdentityId(rec: { id: string; name: string; role: string })
   return isSessionToken(rec) ? `token:${SESSION_TOKEN_PREFIX}run/${rec.id}` : `token:${rec.name}/${rec.id}`;
 }
 
+/**
+ * Every identity id token `rec`'s leases and approvals may be stored under: {@link tokenIdentityId},
+ * and for a session token also `token:<name>/<id>`, its identity in earlier releases (a daemon of
+ * one still running, serving a newer `lessor run`; a vault whose daemon was upgraded while a run went on).
+ */
+export function tokenIdentityIds(rec: { id: string; name: string; role: string }): string[] {
+  const now = tokenIdentityId(rec);
+  const former = `token:${rec.name}/${rec.id}`;
+  return now === former ? [now] : [now, former];
+}
+
 /** Whether `rec` is a session token (an agent token named `session:…`). */
 export function isSessionToken(rec: { name: string; role: string }): boolean {
   return rec.role === "agent" && rec.name.startsWith(SESSION_TOKEN_PREFIX);

@@ -48,7 +48,7 @@ import { listenUnix, type UnixListener } from "../../server/transports/uds.js";
 import { VERSION } from "../../version.js";
 import { cutFirstFrame, isChildHello, relayHello } from "./session-hello.js";
 import { makePrivateDir } from "../../proxy/private-dir.js";
-import { tokenIdentityId } from "../../vault/tokens.js";
+import { tokenIdentityIds } from "../../vault/tokens.js";
 
 /** The session socket's name in the run's private directory. */
 export const VAULT_SOCKET_NAME = "vault.sock";
@@ -116,9 +116,11 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
   const socket = join(dir, VAULT_SOCKET_NAME);
   let stop: (() => Promise<void>) | null = null;
   let tokenId: string | null = null;
-  /** The identity id the session's grants are issued by (their leases' issuedBy). */
-  // Random, with nothing of the host (no pid): the sandboxed agent sees it (welcome, whoami, issuedBy).
-  let issuer = `run:${randomBytes(8).toString("hex")}:${o.agent}`;
+  // The embedded session's identity id: random, with nothing of the host (no pid): the sandboxed
+  // agent sees it (welcome, whoami, issuedBy).
+  const issuer = `run:${randomBytes(8).toString("hex")}:${o.agent}`;
+  /** The identity ids the session's grants may be issued by (their leases' issuedBy). */
+  let issuers = [issuer];
   let revokeFirst: ((api: BackendApi) => Promise<void>) | null = null;
   try {
     if (o.backend.mode === "embedded") {
@@ -145,7 +147,9 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
       const created = await o.backend.api.createToken({ name: "lessor-run", role: "agent", agent: o.agent, ttl: o.ttl ?? "1h", session: true });
       tokenId = created.id;
       const id = created.id;
-      issuer = tokenIdentityId(created); // as the daemon names a token's identity
+      // As the daemon names a token's identity; a daemon still running an earlier release names a
+      // session token by its name (token:<name>/<id>), and the run's leases are ended under either.
+      issuers = tokenIdentityIds(created);
       revokeFirst = async (api) => {
         await api.revokeToken(id);
       };
@@ -171,19 +175,19 @@ export async function startVaultSession(o: VaultSessionOptions): Promise<VaultSe
   }
   const halt = stop;
   const revokeToken = revokeFirst;
-  const issuedBy = issuer;
+  const issuedBy = issuers;
   // The session is for this run only: so are the leases the child took through it, whatever ttl it
   // asked for (after the token, so that no new one can be granted meanwhile).
   const revoke = async (api: BackendApi): Promise<void> => {
     if (revokeToken !== null) await revokeToken(api);
     for (const l of await listAllLeases(api, { agent: o.agent, live: true }))
-      if (l.issuedBy === issuedBy) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
+      if (issuedBy.includes(l.issuedBy)) await api.revokeLease(l.id, "lessor run ended (a lease of its vault session)");
     // Its approvals not yet used are withdrawn: nobody can take them up now (an approval serves only
     // the identity that asked, src/vault/approvals.ts), a person should not be asked to decide them,
     // nor the agent's later sessions be held by them under its pending cap. Removed, not denied: a
     // denial would stand for the agent, refusing its next run's (and the owner's) same request. Best
     // effort: one left behind serves nobody and lapses (approval_wait), and the leases are revoked.
-    await api.api.approval_withdraw({ requestedBy: issuedBy, agent: o.agent, reason: "the lessor run that asked for it ended" }).catch(() => {});
+    for (const requestedBy of issuedBy) await api.api.approval_withdraw({ requestedBy, agent: o.agent, reason: "the lessor run that asked for it ended" }).catch(() => {});
   };
   let closing: Promise<boolean> | null = null;
   return {
