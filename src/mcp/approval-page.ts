@@ -161,10 +161,14 @@ export class ApprovalPages {
     return typeof process.getuid === "function" ? this.peerUid(socket) : null;
   }
 
-  /** False for a connection {@link #handle} refuses whatever it asks: another user's (not root's). */
+  /**
+   * True for a connection of the user running lessor mcp (or root's); false for another user's, and
+   * for one whose user cannot be told (which #handle refuses on Linux; elsewhere every connection is
+   * such, and they share one count).
+   */
   #ownersPeer(socket: Socket): boolean {
     const uid = this.#peer(socket);
-    return uid === null || uid === 0 || uid === process.getuid!();
+    return uid !== null && (uid === 0 || uid === process.getuid!());
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
