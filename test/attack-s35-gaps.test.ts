@@ -59,6 +59,11 @@ if (!CHILD) test("attack: no form of an option with a value glued on echoes any 
     assert.deepEqual(leaked, [], `lessor ${args.join(" ")} printed part of the value: ${r.stderr}`);
     assert.ok(!out.includes(CANARY.slice(0, 1) + "…"), `lessor ${args.join(" ")} printed the value's first letter: ${r.stderr}`);
   }
+  // A value of lower-case hex glued to a typo'd option has an option name's letters, not its length.
+  const hex = randomBytes(16).toString("hex");
+  const r = await runCli(["secret", "set", "db", `--valeu${hex}`], { home });
+  assert.equal(r.code, 2, r.stderr);
+  for (let i = 0; i + 6 <= hex.length; i++) assert.ok(!(r.stdout + r.stderr).includes(hex.slice(i, i + 6)), `printed part of a hex value: ${r.stderr}`);
 });
 
 if (!CHILD) test("a mistyped option is still named where it is certainly an option's name", { timeout: 30_000 }, async () => {
@@ -69,6 +74,7 @@ if (!CHILD) test("a mistyped option is still named where it is certainly an opti
     [["secret", "set", "db", "--valeu=1"], "'--valeu=…'"],
     [["secret", "set", "db", "--value1"], "'--value…'"],
     [["audit", "tail", "-x"], "'-x'"],
+    [["secret", "list", "--sekret-flag"], "'--sekret-flag'"], // no near option, but a name's shape
   ];
   for (const [args, shown] of expect) {
     const r = await runCli(args, { home });

@@ -17,7 +17,10 @@ export interface RedactContext {
  * - `--knownVALUE` (a value glued to a long option, its "=" forgotten): shown as `--known…`, the longest
  *   long option of the program it starts with (before any "=" too).
  * - another `--name` with no "=": shown when commander found a near option to suggest (it is then a
- *   typo of one, within 3 edits), else hidden as `--…`, since it may be a typo with a value glued on.
+ *   typo of one, within 3 edits) or when it has the shape of an option's name (lower-case words joined
+ *   by "-", at most {@link MAX_SHOWN_NAME} characters: `--sekret-flag`), else hidden as `--…`, since it
+ *   may be a typo with a value glued on (`--valeuGhp_…`; a value of lower-case letters and digits short
+ *   enough to pass as a name is the one form still shown).
  * - `-xVALUE`: shown as `-x…` when it is a whole argument as typed; else it is what is left of a group
  *   whose first letters were known flags (`-fVALUE` with `-f` a flag leaves `-VALUE`), and its first
  *   letter may be the value's: shown as `-…`.
@@ -32,6 +35,9 @@ export function redactOptionValues(s: string, ctx?: RedactContext): string {
   return `${s.slice(0, m.index)}${m[1]}'${shownFlag(flag, suggested, ctx)}'${rest}`;
 }
 
+/** The longest unknown long option shown by its shape alone (lessor's own are shorter). */
+const MAX_SHOWN_NAME = 32;
+
 function shownFlag(flag: string, suggested: boolean, ctx: RedactContext | undefined): string {
   if (flag.startsWith("--")) {
     const eq = flag.indexOf("=");
@@ -41,7 +47,7 @@ function shownFlag(flag: string, suggested: boolean, ctx: RedactContext | undefi
     if (known !== "" && known !== name) return `${known}…`;
     if (!/^--[A-Za-z0-9][A-Za-z0-9-]*$/.test(name)) return "--…";
     if (eq >= 0) return `${name}=…`;
-    return known === name || suggested ? name : "--…";
+    return known === name || suggested || (name.length <= MAX_SHOWN_NAME && /^--[a-z][a-z0-9]*(?:-[a-z0-9]+)*$/.test(name)) ? name : "--…";
   }
   if (ctx?.argv.includes(flag) !== true || !/^-[A-Za-z0-9]/.test(flag)) return "-…";
   return flag.length > 2 ? `${flag.slice(0, 2)}…` : flag;
