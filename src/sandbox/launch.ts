@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, constants, fstatSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { encodeArgs, SECCOMP_FD } from "./bwrap-args.js";
 import { keyringFilter } from "./seccomp.js";
+import { isRunning, startTime, type ProcessId } from "../fs/process-identity.js";
 
 /** How one of the command's standard streams is given: lessor's own, or a pipe to lessor. */
 export type StdioKind = "inherit" | "pipe" | "ignore";
@@ -64,40 +65,20 @@ function openCopy(path: string): number {
   return openSync("/dev/null", "r");
 }
 
-/** A process's start time (/proc/PID/stat field 22) and state, or null when it is gone. */
-function statOf(pid: number): { start: string; state: string } | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { state: f[0]!, start: f[19]! };
-  } catch {
-    return null;
-  }
-}
-
-function startTime(pid: number): string | null {
-  return statOf(pid)?.start ?? null;
-}
-
 /**
- * SIGKILLs the sandbox's init `pid` if it is still the process that started at `start` (not a pid
+ * SIGKILLs the sandbox's init `init` if it is still that process (its start time checked: not a pid
  * reused since), then waits (at most 2 s) until it is a zombie or gone: a PID namespace's init exits
  * only once every other process of the namespace is dead.
  */
-function endInit(pid: number, start: string): void {
-  const st = statOf(pid);
-  if (st === null || st.start !== start || st.state === "Z") return;
+function endInit(init: ProcessId): void {
+  if (!isRunning(init)) return;
   try {
-    process.kill(pid, "SIGKILL");
+    process.kill(init.pid, "SIGKILL");
   } catch {
-    return; // gone meanwhile
+    return; // gone meanwhile, or not ours
   }
   const nap = new Int32Array(new SharedArrayBuffer(4));
-  for (let i = 0; i < 400; i++) {
-    const now = statOf(pid);
-    if (now === null || now.start !== start || now.state === "Z" || now.state === "X") return;
-    Atomics.wait(nap, 0, 0, 5);
-  }
+  for (let i = 0; i < 400 && isRunning(init); i++) Atomics.wait(nap, 0, 0, 5);
 }
 
 /** O_CLOEXEC as /proc/PID/fdinfo/N's octal `flags:` line shows it (Linux: 02000000). */
@@ -180,14 +161,14 @@ export function startSandboxed(bwrap: string, args: string[], cmd: string, cmdAr
   filterPipe.end(filter);
 
   let init: number | null = null;
-  let initStart: string | null = null;
+  let initStart: string | null = null; // null off Linux: the init is then left to its death signal
   // bwrap's monitor exits with the command, and the init (PID 1 inside) is meant to die with it
   // (its PR_SET_PDEATHSIG); but the init runs as the agent's uid, and an agent that took it over
   // could keep it, and so every process of the sandbox, alive. lessor ends it itself: killing a PID
   // namespace's init kills everything in it. Synchronous, before any other listener (the after-run
   // git check assumes every process of the sandbox is gone).
   child.once("exit", () => {
-    if (init !== null && initStart !== null) endInit(init, initStart);
+    if (init !== null && initStart !== null) endInit({ pid: init, start: initStart });
   });
   const started = new Promise<boolean>((resolve) => {
     const status = child.stdio[4] as NonNullable<ChildProcess["stdout"]>;
