@@ -110,11 +110,20 @@ describe("an agent token against lessor serve: what the methods open to agents t
     assertTellsNothing("approval_request (own, approved)", again);
   });
 
-  test("list_leases: a lease the orchestrator took for the agent does not name the orchestrator's token", { todo: "not fixed: a lease's issuedBy is shown to its agent as stored (token:<name>/<id> of the orchestrator, uid:N of the owner)" }, async () => {
+  test("list_leases: a lease the orchestrator took for the agent does not name the orchestrator's token", async () => {
     const l = (await orch.call("request_lease", { agent: "claude", secret: "open", domains: [HOST] })) as Msg;
     const listed = (await agent.call("list_leases", {})) as Msg[];
     assert.ok(listed.some((x) => x.id === l.id));
     assertTellsNothing("list_leases", listed);
+    assert.equal(listed.find((x) => x.id === l.id)!.issuedBy, "another identity");
+    const used = (await agent.call("access_secret", { leaseId: l.id, domain: HOST })) as Msg;
+    assert.equal(used.lease.issuedBy, "another identity");
+    assertTellsNothing("access_secret", used);
+    // The orchestrator that took it still reads its own id there; the agent's own lease names the agent.
+    assert.equal(((await orch.call("list_leases", { id: l.id })) as Msg[])[0]!.issuedBy, l.issuedBy);
+    const own = (await agent.call("request_lease", { secret: "open", domains: [HOST] })) as Msg;
+    assert.notEqual(own.issuedBy, "another identity");
+    assert.equal(((await agent.call("list_leases", { id: own.id })) as Msg[])[0]!.issuedBy, own.issuedBy);
   });
 
   test("no existence oracle: each agent method answers a secret it is not granted the same whether it exists or not", async () => {

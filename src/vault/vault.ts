@@ -32,6 +32,7 @@ import { VaultError } from "../base/errors.js";
 import { objectParam, optionalObjectParam } from "../base/shape.js";
 import { checkPlainText } from "../base/text.js";
 import * as leases from "./leases.js";
+import { shownLease } from "./shown-lease.js";
 import * as proxyRequests from "./proxy-requests.js";
 import * as toolCalls from "./tool-calls.js";
 import * as clientRefusals from "./client-refusals.js";
@@ -568,25 +569,27 @@ export class VaultSession {
   }
 
   // ---- leases ----
-  /** Requests a lease (policy-checked). */
-  requestLease(req: leases.LeaseRequest): Promise<LeaseRecord> {
-    return leases.requestLease(this.#ctx, this.identity, req);
+  /** Requests a lease (policy-checked). Leases come back as {@link shownLease} shows them to this caller. */
+  async requestLease(req: leases.LeaseRequest): Promise<LeaseRecord> {
+    return shownLease(this.identity, await leases.requestLease(this.#ctx, this.identity, req));
   }
   /**
    * Requests a lease and uses it once, in one transaction: one durable commit holding the grant, the
    * use and both audit events. If the use is refused, the new lease is revoked in that same commit and
    * the refusal is thrown. See {@link leases.requestLeaseAndAccess}.
    */
-  requestLeaseAndAccess(req: leases.LeaseRequest, target?: leases.AccessTarget): Promise<leases.AccessResult> {
-    return leases.requestLeaseAndAccess(this.#ctx, this.identity, req, target);
+  async requestLeaseAndAccess(req: leases.LeaseRequest, target?: leases.AccessTarget): Promise<leases.AccessResult> {
+    const got = await leases.requestLeaseAndAccess(this.#ctx, this.identity, req, target);
+    return { ...got, lease: shownLease(this.identity, got.lease) };
   }
   /** Uses a lease once and returns the value. */
-  accessSecret(leaseId: string, target?: leases.AccessTarget): Promise<leases.AccessResult> {
-    return leases.accessSecret(this.#ctx, this.identity, leaseId, target);
+  async accessSecret(leaseId: string, target?: leases.AccessTarget): Promise<leases.AccessResult> {
+    const got = await leases.accessSecret(this.#ctx, this.identity, leaseId, target);
+    return { ...got, lease: shownLease(this.identity, got.lease) };
   }
   /** Extends a lease within its rule's bounds. */
-  renewLease(leaseId: string, opts?: { ttl?: number | string }): Promise<LeaseRecord> {
-    return leases.renewLease(this.#ctx, this.identity, leaseId, opts);
+  async renewLease(leaseId: string, opts?: { ttl?: number | string }): Promise<LeaseRecord> {
+    return shownLease(this.identity, await leases.renewLease(this.#ctx, this.identity, leaseId, opts));
   }
   /** Revokes one lease. */
   revokeLease(leaseId: string, reason?: string): Promise<{ revoked: boolean }> {
@@ -629,9 +632,9 @@ export class VaultSession {
   heartbeat(note?: string): Promise<heartbeats.HeartbeatStatus> {
     return heartbeats.heartbeat(this.#ctx, this.identity, note);
   }
-  /** Lists leases visible to this caller. */
-  listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
-    return leases.listLeases(this.#ctx, this.identity, filter);
+  /** Lists leases visible to this caller (an agent is not told who took a lease for it: {@link shownLease}). */
+  async listLeases(filter?: LeaseFilter): Promise<LeaseRecord[]> {
+    return (await leases.listLeases(this.#ctx, this.identity, filter)).map((l) => shownLease(this.identity, l));
   }
 
   // ---- approvals (src/vault/approvals.ts) ----
