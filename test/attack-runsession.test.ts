@@ -169,7 +169,7 @@ describe("lessor run --vault-session: each run's session is bound to its own lea
       const mine = tokens.find((t) => t.id === tokenId);
       assert.ok(mine, JSON.stringify(tokens));
       assert.equal(mine.revokedAt, null);
-      assert.match(mine.name, new RegExp(`^session:${r.pid}\\.\\d+\\.[0-9a-f]{12}\\.\\d+$`), "the session token names the run's process");
+      assert.match(mine.name, new RegExp(`^session:${r.pid}\\.\\d+\\.[0-9a-f]{12}\\.\\d+(\\.[0-9a-f]{12})?$`), "the session token names the run's process");
       // A few sweeps pass while the run lives: its token stays.
       await sleep(2500);
       assert.equal(((await admin.ok("token_list")) as Msg[]).find((t) => t.id === tokenId)?.revokedAt, null, "the session token of a live run was revoked");

@@ -62,10 +62,11 @@ export const SESSION_TOKEN_PREFIX = "session:";
 
 /**
  * A process stamp: pid, start time (clock ticks since boot), the first 12 hex digits of the boot id,
- * and the pid namespace the pid is in (its inode number: containers on one kernel share the boot id,
- * not their pids).
+ * the pid namespace the pid is in (its inode number: containers on one kernel share the boot id,
+ * not their pids) and, where the machine has an id, 12 hex digits naming the machine
+ * (src/server/process-stamp.ts).
  */
-export const PROCESS_STAMP_RE = /^(\d{1,10})\.(\d{1,20})\.([0-9a-f]{12})\.(\d{1,20})$/;
+export const PROCESS_STAMP_RE = /^(\d{1,10})\.(\d{1,20})\.([0-9a-f]{12})\.(\d{1,20})(?:\.([0-9a-f]{12}))?$/;
 
 const hashSecret = hashTokenSecret;
 
@@ -95,7 +96,7 @@ function checkParams(p: TokenParams): void {
   if (p.session !== undefined && p.session !== true) throw new VaultError("invalid_request", "session is true or left out");
   if (p.session === true && p.role !== "agent") throw new VaultError("invalid_request", "only agent tokens may be session tokens (a run's vault session is an agent's)");
   if (p.process !== undefined && (p.session !== true || typeof p.process !== "string" || !PROCESS_STAMP_RE.test(p.process)))
-    throw new VaultError("invalid_request", "a process stamp is given only for a session token, as <pid>.<start>.<boot id>.<pid namespace>");
+    throw new VaultError("invalid_request", "a process stamp is given only for a session token, as <pid>.<start>.<boot id>.<pid namespace>[.<machine>]");
   if (p.session !== true && p.name.startsWith(SESSION_TOKEN_PREFIX))
     throw new VaultError("invalid_request", `token names starting with "${SESSION_TOKEN_PREFIX}" are kept for the session tokens of lessor run --vault-session; pick another name`);
 }
