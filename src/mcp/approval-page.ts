@@ -21,7 +21,7 @@ import type { WireApproval } from "../protocol/registry.js";
 import { approvalValueText } from "../protocol/approval-value.js";
 import { blankUnsafe } from "../base/text.js";
 import { capConnections } from "./connection-cap.js";
-import { loopbackPeerUid } from "./loopback-peer.js";
+import { isOwnersUid, loopbackPeerUid } from "./loopback-peer.js";
 
 /** What the page shows; all of it is escaped. */
 export type ApprovalView = Pick<WireApproval, "id" | "agent" | "secret" | "hosts" | "anyDomain" | "ttlMs" | "maxUses" | "rule" | "reason" | "expiresAt" | "requestedBy" | "reveal" | "methods" | "paths">;
@@ -41,9 +41,9 @@ interface Page {
 export const MAX_PAGES = 32;
 
 /**
- * Most connections open at once to the page server from the user running lessor mcp (or root), and
- * as many again from other users (any local user can connect; its port is in /proc/net/tcp; they are
- * refused the page): more are closed at once, so a flood cannot use up the descriptors of the process,
+ * Most connections open at once to the page server from anyone, and past them as many again from the
+ * user running lessor mcp (or root) (any local user can connect: its port is in /proc/net/tcp; others
+ * are refused the page): more are closed at once, so a flood cannot use up the descriptors of the process,
  * which serves the MCP endpoint too (as src/mcp/http.ts bounds that one's), nor another user's keep
  * the owner from the page.
  */
@@ -144,7 +144,7 @@ export class ApprovalPages {
       });
       // Other users' connections (refused the page by #handle, with a 403 that says why) are counted
       // apart, or any local user could hold the cap and keep the owner from the page.
-      capConnections(srv, MAX_PAGE_CONNECTIONS, "to the approval page", (l) => this.log(l), (socket) => (this.#ownersPeer(socket) ? "owner" : "others"));
+      capConnections(srv, MAX_PAGE_CONNECTIONS, "to the approval page", (l) => this.log(l), (socket) => this.#ownersPeer(socket));
       srv.headersTimeout = 10_000;
       srv.requestTimeout = 30_000;
       srv.once("error", reject);
@@ -167,8 +167,7 @@ export class ApprovalPages {
    * such, and they share one count).
    */
   #ownersPeer(socket: Socket): boolean {
-    const uid = this.#peer(socket);
-    return uid !== null && (uid === 0 || uid === process.getuid!());
+    return isOwnersUid(this.#peer(socket));
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

@@ -29,6 +29,7 @@ import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import { VaultError } from "../base/errors.js";
 import { SparseLog } from "../base/sparse-log.js";
 import { capConnections } from "./connection-cap.js";
+import { isOwnersUid, loopbackPeerUid } from "./loopback-peer.js";
 import { formatDuration } from "../vault/duration.js";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import type { McpSession } from "./server.js";
@@ -40,7 +41,9 @@ export const MAX_HTTP_SESSIONS = 32;
 
 /**
  * Most connections open at once, authenticated or not (any local user can connect): more are closed
- * at once, so a flood cannot use up the process's file descriptors.
+ * at once, so a flood cannot use up the process's file descriptors. Past them the owner's (and
+ * root's) connections are let in up to as many again (./connection-cap.ts, ./loopback-peer.ts), so
+ * that another local user holding the cap cannot keep the agent's client out.
  */
 export const MAX_HTTP_CONNECTIONS = 256;
 /** How long an MCP session may have no request and no open stream before it ends (5 minutes). */
@@ -416,7 +419,7 @@ export async function serveHttp(o: ServeHttpOptions): Promise<HttpMcpServer> {
       else res.destroy();
     });
   });
-  capConnections(srv, MAX_HTTP_CONNECTIONS, "", (l) => o.log(l));
+  capConnections(srv, MAX_HTTP_CONNECTIONS, "", (l) => o.log(l), (socket) => isOwnersUid(loopbackPeerUid(socket)));
   srv.headersTimeout = 10_000;
   srv.requestTimeout = 0; // SSE streams stay open
   let twin: net.Server | null;

@@ -59,3 +59,13 @@ export function loopbackPeerUid(socket: Socket, tables: readonly string[] | stri
   }
   return null;
 }
+
+/**
+ * True when `uid` (a peer's, from {@link loopbackPeerUid}) is the user running this process or root;
+ * false for another user and for a peer whose user cannot be told. Connection caps count the two
+ * apart (./connection-cap.ts), so that another local user cannot hold the cap and keep the owner's
+ * clients out.
+ */
+export function isOwnersUid(uid: number | null): boolean {
+  return uid !== null && typeof process.getuid === "function" && (uid === 0 || uid === process.getuid());
+}
