@@ -254,6 +254,9 @@ describe("1. the git guard and what the agent creates under .git/worktrees and .
     mkdirSync(join(fresh, ".git/worktrees"));
     mkdirSync(join(fresh, ".git/modules"));
     assert.deepEqual(checkGitAfterRun(p2.guards), []);
+    // Removed by the run's hold, as lessor run does after the check (src/sandbox/run-holds.ts).
+    const { holdRun } = await import("../src/sandbox/run-holds.js");
+    assert.deepEqual(holdRun(join(base, "lessor-home")).end(p2.guards.flatMap((g) => g.sealedFiles), p2.guards.flatMap((g) => g.sealedDirs)), []);
     assert.equal(existsSync(join(fresh, ".git/worktrees")), false);
     assert.equal(existsSync(join(fresh, ".git/modules")), false);
   });

@@ -39,7 +39,7 @@
  * Not covered (docs/sandbox.md, "What is not protected"): nested repositories and gitlinks the agent
  * adds to the index, which `git status` at the root enters and whose own configuration it honours.
  */
-import { accessSync, constants, existsSync, lstatSync, statSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmdirSync, rmSync, symlinkSync, type Stats } from "node:fs";
+import { accessSync, constants, existsSync, lstatSync, statSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, type Stats } from "node:fs";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { VaultError } from "../base/errors.js";
@@ -50,14 +50,13 @@ import { othersMayWrite } from "../fs/private-group.js";
 export interface GitGuard {
   /** The git directory (a repository's `.git`, or a submodule's under `.git/modules`). */
   gitDir: string;
-  /** Files that did not exist, shown as empty read-only ones: removed after the run if still empty. */
+  /** Files that did not exist, shown as empty read-only ones: removed after the run if still empty (src/sandbox/run-holds.ts). */
   sealedFiles: string[];
   /**
-   * Files at the same places that were there but empty: perhaps another run's {@link sealedFiles},
-   * which that run removes when it ends, and the kernel then detaches this sandbox's read-only mount
-   * on it (a mount point removed in another mount namespace is unmounted here), so the agent can
-   * write it from then on. Each of these and of {@link sealedFiles} that is not an empty file after the
-   * run is moved aside.
+   * Files at the same places that were there but empty: perhaps another live run's {@link sealedFiles},
+   * which no run removes while this one lives (src/sandbox/run-holds.ts: removing it would detach this
+   * sandbox's read-only mount on it). Each of these and of {@link sealedFiles} that is not an empty
+   * file after the run is moved aside all the same.
    */
   emptyFiles: string[];
   /** The `hooks` symlink's text, when it is one. */
@@ -67,7 +66,7 @@ export interface GitGuard {
    * `modules` and a submodule's git directory), with the names they held before the run.
    */
   listed: { dir: string; names: string[] }[];
-  /** Of those, the ones that did not exist (sealed): bwrap made them to mount on, removed after the run if empty. */
+  /** Of those, the ones that did not exist (sealed): bwrap made them to mount on, removed after the run if empty (src/sandbox/run-holds.ts). */
   sealedDirs: string[];
 }
 
@@ -934,17 +933,14 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
       const commondir = join(g.gitDir, "commondir");
       if (lst(commondir) !== null)
         out.push(`lessor: the sandboxed command planted ${commondir}, which would make your git run another directory's hooks and config; moved it to ${aside(commondir)}`);
-      // The empty files bwrap made to mount the sealed ones on: removed if still empty. One that is not
-      // (a sealed one, or an empty one that may have been another run's, whose end detached this
-      // sandbox's mount on it) is what an agent wrote there: moved out of git's sight.
+      // The empty files bwrap made to mount the sealed ones on (removed by the run's hold once no other
+      // run may have them mounted: src/sandbox/run-holds.ts), and the empty ones found: one that is not
+      // empty now is what an agent wrote there (a second line: another run's end can no longer detach
+      // this sandbox's mount on it) and is moved out of git's sight.
       for (const f of [...g.sealedFiles, ...g.emptyFiles]) {
         const st = lst(f);
-        if (st === null) continue;
-        if (st.isFile() && st.size === 0) {
-          if (g.sealedFiles.includes(f)) rmSync(f, { force: true });
-          continue;
-        }
-        out.push(`lessor: ${f}, a git config file that was missing or empty when the run started and read-only in its sandbox, now holds something (an agent may have written it after another run's end removed its empty copy); moved it to ${aside(f)}`);
+        if (st === null || (st.isFile() && st.size === 0)) continue;
+        out.push(`lessor: ${f}, a git config file that was missing or empty when the run started and read-only in its sandbox, now holds something (written from outside the sandbox while it ran, or by an agent whose read-only mount on it was lifted); moved it to ${aside(f)}`);
       }
       // New entries of worktrees/ and modules/ (the mounts kept the agent from making any; one made by
       // other means would be a git directory the owner's git adopts): moved out of git's sight.
@@ -958,14 +954,6 @@ export function checkGitAfterRun(guards: readonly GitGuard[]): string[] {
           mkdirSync(dirname(to), { recursive: true, mode: 0o700 });
           renameSync(join(dir, name), to);
           out.push(`lessor: ${join(dir, name)} was not there before the run (a linked worktree's or submodule's git directory your git would use, with its hooks and config); moved it to ${to}`);
-        }
-      }
-      // The empty directories bwrap made to mount the sealed ones on.
-      for (const d of g.sealedDirs) {
-        try {
-          rmdirSync(d);
-        } catch {
-          // not empty (the owner made it meanwhile) or gone: left as it is
         }
       }
       if (g.hooksLink !== null) {

@@ -17,6 +17,7 @@ import type { RunProxy } from "./proxy.js";
 import { findCommand, hostNetworkWarning, noSandboxWarning, prepareSandbox, vaultPaths, type RunSandbox } from "./sandbox.js";
 import { Interrupted, SignalRelay, signalExitCode } from "./signals.js";
 import { checkGitAfterRun, checkGitBeforeRun } from "../../sandbox/git-guard.js";
+import { holdRun, type RunHold } from "../../sandbox/run-holds.js";
 import { pathForOwner, writableAt, type Layout } from "../../sandbox/layout.js";
 import { escapeUnsafe } from "../../base/text.js";
 import { resolve, sep } from "node:path";
@@ -93,6 +94,7 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
   const endSession = (): Promise<void> => (sessionEnded ??= session ? closeSession(cli, conn, session) : Promise.resolve());
   let patterns: MaskPattern[] = [];
   let revoked: Promise<unknown> | null = null;
+  let hold: RunHold | null = null;
   const revoke = (): Promise<unknown> => (revoked ??= book ? revokeLeases(cli, conn, book, "lessor run ended", "this run") : Promise.resolve());
   const abort = (): void => {
     if (relay.early) throw new Interrupted(relay.early);
@@ -105,6 +107,9 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     let sandbox: RunSandbox | null = null;
     const paths = vaultPaths(cli.home, process.env);
     if (o.sandbox) {
+      // Before the layout looks at the project: a run that ends meanwhile sees this one and leaves the
+      // empty files it sealed git paths with, which this sandbox may mount (src/sandbox/run-holds.ts).
+      hold = holdRun(paths.home);
       sandbox = prepareSandbox(paths, { project: o.project, network: o.network, cmd, pathValue: vars.get("PATH")?.value });
       refuseAgentLinkedEnvFiles(sandbox.layout, o.envFiles, opened);
       if (sandbox.network === "host") cli.err(hostNetworkWarning());
@@ -230,6 +235,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     const ended = await exited(child);
     // Every process of the sandbox is gone: undo what it planted for the owner's git (src/sandbox/git-guard.ts).
     if (sandbox) for (const line of checkGitAfterRun(sandbox.layout.git)) cli.err(line);
+    // Then its placeholders go, unless another run alive may have them mounted (the last run removes them).
+    if (sandbox && hold) for (const line of hold.end(sandbox.layout.git.flatMap((g) => g.sealedFiles), sandbox.layout.git.flatMap((g) => g.sealedDirs))) cli.err(line);
     // The child is gone: its vault session ends (its token revoked), its proxy stops (its last audit
     // reports written), then its leases end, before lessor waits for the last of its output.
     await endSession();
@@ -257,6 +264,8 @@ export async function runChild(cli: Cli, o: RunOptions, argv: string[]): Promise
     await conn.close();
     for (const p of patterns) p.bytes.fill(0);
     relay.dispose();
+    // A run that failed before its sandbox ended leaves its placeholders (as a run killed would).
+    if (hold) for (const line of hold.end([], [])) cli.err(line);
     release();
   }
 }
