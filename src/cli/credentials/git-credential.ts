@@ -18,7 +18,7 @@ import { VaultError } from "../../base/errors.js";
 import { parseRefString, refString } from "../../base/names.js";
 import type { SecretRef } from "../../base/types.js";
 import { formatGitAnswer, gitHost, parseGitRequest } from "./git-protocol.js";
-import { foreignHelpers } from "./git-helpers.js";
+import { foreignHelpers, shownKey } from "./git-helpers.js";
 import { credentialConfigHere, repositoryRouting } from "./repo-transport.js";
 import { readRequest } from "./stdin.js";
 
@@ -92,7 +92,8 @@ export function gitCredentialAction(cli: Cli, action: string, o: GitCredentialOp
         `the repository's git config could not be checked (git config failed: ${config.failed})`,
         host,
       );
-    const routing = repositoryRouting(config.out);
+    // Keys as lessor may repeat them: a URL's user name and password (and anything token-shaped) left out.
+    const routing = [...new Set(repositoryRouting(config.out).map(shownKey))];
     if (routing.length > 0)
       return refuse(
         `this repository's own git config sets ${routing.join(", ")}, which decides where git sends the credential or whom it trusts; lessor answers only when such settings are yours (git config --global, or -c), so remove them from the repository's config (git config --local --unset KEY)`,

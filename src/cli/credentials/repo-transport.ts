@@ -1,12 +1,16 @@
 /**
  * The repository's own say over where git sends a credential. git reads `http.*` settings (and
  * `remote.<name>.proxy`) from the repository's `.git/config` as well as the owner's: a repository
- * whose config says `http.curloptResolve`, `http.proxy` or `http.sslVerify = false`, or names its own
+ * whose config says `http.curloptResolve`, `http.proxy`, `http.extraHeader` or `http.sslVerify = false`, or names its own
  * CA file, makes git send the token lessor answers with to a server that only claims the host. A
  * repository config the owner did not write (an unpacked archive, another user's checkout) can do
  * that, so `lessor git-credential get` asks git which of these come from the repository (the `local`
  * and `worktree` scopes, or any scope but the owner's `system`, `global` and `command`) and answers
  * nothing when one does, or when git's answer cannot be had (it fails, is killed, times out).
+ * `http.extraHeader` is one (a `Host:` header of the repository's choosing sends the token to another
+ * tenant of a shared front end), as are `http.sslVersion` and `http.sslCipherList`. `url.<base>.insteadOf`
+ * does not: git rewrites the URL before it asks for a credential, so the host lessor is asked about
+ * (and the policy checks) is the one the request goes to.
  * `credential.useHttpPath` counts too: a repository turning it off makes git send no path, and a
  * grant limited to some repositories (`paths`) would then be asked for none in particular. So does
  * `credential.helper` (and `credential.<url>.helper`): after the server accepts, git hands the answer
@@ -33,6 +37,12 @@ const ROUTING = new Set([
   "pinnedpubkey",
   "curloptresolve",
   "followredirects",
+  // Headers git adds to every request: `Host: other.example` sends the token to whichever tenant a
+  // shared front end routes that name to (domain fronting); `Authorization:` or others can steer it too.
+  "extraheader",
+  // The TLS version and ciphers git lets curl accept (a downgrade the server would otherwise refuse).
+  "sslversion",
+  "sslcipherlist",
 ]);
 
 /** The `credential.<key>` / `credential.<url>.<key>` keys that decide where the answer goes or what it covers. */
