@@ -307,10 +307,15 @@ export function shebangOf(path: string): { interpreter: string; arg: string | nu
   }
 }
 
-/** The program `env` runs, from its arguments (a shebang's `-S python3 -u`, or `python3`), or a reason it cannot be told. */
-function envTarget(args: readonly string[], pathValue: string): { name: string; pathValue: string } | { unclear: string } | null {
+/**
+ * What `env` does with its arguments (a shebang's `-S python3 -u`, or a command's `BASH_ENV=f bash
+ * x`): the program it runs (`name`, null when none) and the PATH it looks it up on, the values of
+ * its `NAME=value` assignments, and the arguments it hands the program; or a reason it cannot be told.
+ */
+function envTarget(args: readonly string[], pathValue: string): { name: string | null; pathValue: string; assigned: string[]; args: string[] } | { unclear: string } {
   let rest = [...args];
   let path = pathValue;
+  const assigned: string[] = [];
   while (rest.length > 0) {
     const a = rest[0]!;
     if (a === "-S" || a === "--split-string") {
@@ -334,82 +339,59 @@ function envTarget(args: readonly string[], pathValue: string): { name: string; 
       rest = rest.slice(1);
       break;
     }
-    if (a.startsWith("-")) return { unclear: `env option ${JSON.stringify(a)}` };
+    // Named up to any "=": an option's value is not repeated in a message.
+    if (a.startsWith("-")) return { unclear: `env option ${JSON.stringify(a.split("=")[0])}` };
     const eq = a.indexOf("=");
     if (eq > 0) {
       if (a.slice(0, eq) === "PATH") path = a.slice(eq + 1);
+      assigned.push(a.slice(eq + 1));
       rest = rest.slice(1);
       continue;
     }
     break;
   }
-  const name = rest[0];
-  return name === undefined ? null : { name, pathValue: path };
+  return { name: rest[0] ?? null, pathValue: path, assigned, args: rest.slice(1) };
 }
 
-/**
- * The files a command's run reads code or input from, beyond its program: each interpreter named by a
- * `#!` line on the way (through `/usr/bin/env NAME`, the places searched on PATH for NAME up to the one
- * found), and each argument (or the value of a `--opt=value` argument) that names an existing regular
- * file, from `cwd` (a script handed to an interpreter, `["bash", "rotate.sh"]`, is one). `path` is the
- * program as found; `pathValue` and `cwd` are those the command runs with.
- *
- * Yielded one at a time, each before anything is read from it: an interpreter's own `#!` line is
- * read only when the caller asks for the next file, so a caller that checks each file
- * ({@link commandTrustProblem}) and stops at an untrusted one never opens it. Opening a file another
- * user controls can block (a FUSE mount of theirs answering slowly or never; O_NONBLOCK covers a FIFO
- * only), and this runs on the daemon's event loop.
- */
-export function* commandFiles(
-  path: string,
-  args: readonly string[],
-  cwd: string,
-  pathValue: string,
-): Generator<{ path: string; role: "interpreter" | "searched" | "argument"; name: string; unclear?: string }, void, undefined> {
-  // The interpreters: a script's #! line, that interpreter's own (Linux follows up to 4), env's lookup.
-  let program = path;
-  for (let depth = 0; depth < 5; depth++) {
-    const sb = shebangOf(program);
-    if (sb === null) break;
-    const interp = isAbsolute(sb.interpreter) ? sb.interpreter : resolve(cwd, sb.interpreter);
-    yield { path: interp, role: "interpreter", name: sb.interpreter };
-    if (basename(interp) !== "env") {
-      program = interp;
-      continue;
-    }
-    const target = envTarget(sb.arg === null ? [] : [sb.arg], pathValue);
-    if (target === null) break;
-    if ("unclear" in target) {
-      yield { path: interp, role: "interpreter", name: sb.interpreter, unclear: target.unclear };
-      break;
-    }
-    if (target.name.includes("/")) {
-      program = resolve(cwd, target.name);
-      yield { path: program, role: "interpreter", name: target.name };
-      continue;
-    }
-    let found: string | null = null;
-    for (const dir of target.pathValue.split(delimiter)) {
-      const p = resolve(cwd, dir || ".", target.name);
-      if (isExecutableFile(p)) {
-        found = p;
-        break;
-      }
-      yield { path: p, role: "searched", name: target.name };
-    }
-    if (found === null) break;
-    yield { path: found, role: "interpreter", name: target.name };
-    program = found;
+/** A file or directory a command's run reads code or input from ({@link commandFiles}). */
+export interface CommandFile {
+  path: string;
+  /**
+   * "interpreter": named by a `#!` line (or found on PATH by its `env`); "launched": a program named
+   * in the command's arguments, which env or a launcher (timeout, nice, nohup, flock …) finds on PATH
+   * and runs; "searched": a place on PATH searched for `name` before the one that holds it (`of` says
+   * for which of those two); "argument": an existing file or directory named by an argument.
+   */
+  role: "interpreter" | "launched" | "searched" | "argument";
+  name: string;
+  of?: "interpreter" | "launched";
+  unclear?: string;
+}
+
+/** Where a program named `name` is found on `pathValue` (each entry from `cwd`), and the places searched before it; a name with a slash is taken from `cwd`. */
+function pathSearch(name: string, pathValue: string, cwd: string): { searched: string[]; found: string | null } {
+  if (name.includes("/")) return { searched: [], found: resolve(cwd, name) };
+  const searched: string[] = [];
+  for (const dir of pathValue.split(delimiter)) {
+    const p = resolve(cwd, dir || ".", name);
+    if (isExecutableFile(p)) return { searched, found: p };
+    searched.push(p);
   }
+  return { searched, found: null };
+}
+
+/** The existing files and directories `args` name (an argument, or the value of a `NAME=value` or `--opt=value` one), from `cwd`. */
+function* argumentFiles(args: readonly string[], cwd: string): Generator<CommandFile, void, undefined> {
   for (const a of args) {
     const candidates = [a];
     const eq = a.indexOf("=");
-    if (a.startsWith("-") && eq > 0) candidates.push(a.slice(eq + 1));
+    if (eq > 0) candidates.push(a.slice(eq + 1));
     for (const c of candidates) {
       if (c === "" || c.startsWith("-")) continue;
       const p = resolve(cwd, c);
       try {
-        if (!statSync(p).isFile()) continue;
+        const st = statSync(p);
+        if (!st.isFile() && !st.isDirectory()) continue;
       } catch {
         continue;
       }
@@ -418,12 +400,152 @@ export function* commandFiles(
   }
 }
 
+/** The interpreters of `program`'s `#!` line, that interpreter's own (Linux follows up to 4), and what `env` finds and is given there. */
+function* shebangChain(program: string, cwd: string, pathValue: string): Generator<CommandFile, void, undefined> {
+  for (let depth = 0; depth < 5; depth++) {
+    const sb = shebangOf(program);
+    if (sb === null) return;
+    const interp = isAbsolute(sb.interpreter) ? sb.interpreter : resolve(cwd, sb.interpreter);
+    yield { path: interp, role: "interpreter", name: sb.interpreter };
+    if (basename(interp) !== "env") {
+      program = interp;
+      continue;
+    }
+    const target = envTarget(sb.arg === null ? [] : [sb.arg], pathValue);
+    if ("unclear" in target) {
+      yield { path: interp, role: "interpreter", name: sb.interpreter, unclear: target.unclear };
+      return;
+    }
+    yield* argumentFiles([...target.assigned, ...target.args], cwd);
+    if (target.name === null) return;
+    const s = pathSearch(target.name, target.pathValue, cwd);
+    for (const p of s.searched) yield { path: p, role: "searched", name: target.name, of: "interpreter" };
+    if (s.found === null) return;
+    yield { path: s.found, role: "interpreter", name: target.name };
+    program = s.found;
+  }
+}
+
+/**
+ * The files a command's run reads code or input from, beyond its program: each interpreter named by a
+ * `#!` line on the way (through `/usr/bin/env NAME`, the places searched on PATH for NAME up to the one
+ * found); when the program is `env` itself, what it runs (found on its PATH, the places searched before
+ * it too) and the value of each `NAME=value` it sets (`BASH_ENV=file`); each argument that names a
+ * program on PATH (what `timeout 20 NAME`, `nice NAME` or `nohup NAME` run), found as they find it;
+ * and each argument (or the value of a `NAME=value` or `--opt=value` argument) that names an existing
+ * file or directory, from `cwd` (a script handed to an interpreter, `["bash", "rotate.sh"]`, or a
+ * directory, `["python3", "app/"]`). `path` is the program as found; `pathValue` and `cwd` are those
+ * the command runs with.
+ *
+ * Yielded one at a time, each before anything is read from it: an interpreter's own `#!` line is
+ * read only when the caller asks for the next file, so a caller that checks each file
+ * ({@link commandTrustProblem}) and stops at an untrusted one never opens it. Opening a file another
+ * user controls can block (a FUSE mount of theirs answering slowly or never; O_NONBLOCK covers a FIFO
+ * only), and this runs on the daemon's event loop.
+ */
+export function* commandFiles(path: string, args: readonly string[], cwd: string, pathValue: string): Generator<CommandFile, void, undefined> {
+  yield* shebangChain(path, cwd, pathValue);
+  let rest = args;
+  let restPath = pathValue;
+  if (basename(path) === "env") {
+    const t = envTarget(args, pathValue);
+    if ("unclear" in t) {
+      yield { path, role: "launched", name: "env", unclear: t.unclear };
+      return;
+    }
+    yield* argumentFiles(t.assigned, cwd);
+    if (t.name !== null) {
+      const s = pathSearch(t.name, t.pathValue, cwd);
+      for (const p of s.searched) yield { path: p, role: "searched", name: t.name, of: "launched" };
+      if (s.found !== null) {
+        yield { path: s.found, role: "launched", name: t.name };
+        yield* shebangChain(s.found, cwd, t.pathValue);
+      }
+    }
+    rest = t.args;
+    restPath = t.pathValue;
+  }
+  yield* argumentFiles(rest, cwd);
+  // A launcher (timeout, nice, nohup, flock, sudo …) looks a bare name among its arguments up on PATH.
+  for (const a of rest) {
+    if (a === "" || a.includes("/") || a.includes("=") || a.startsWith("-")) continue;
+    const s = pathSearch(a, restPath, cwd);
+    if (s.found === null) continue;
+    for (const p of s.searched) yield { path: p, role: "searched", name: a, of: "launched" };
+    yield { path: s.found, role: "launched", name: a };
+    yield* shebangChain(s.found, cwd, restPath);
+  }
+}
+
+/**
+ * Why the directory at `path` lets another user change what a program run as the vault's owner reads
+ * from it, or null: it (as its real path) belongs to another user or others can write it (sticky or
+ * not: in /tmp another user adds files of their own), or a directory or link on the way to it does
+ * ({@link assertSafeAncestors}). Throws the error of resolving `path` (ENOENT …) as it is.
+ */
+export function dirTrustProblem(path: string, place: TrustedProgramPlace): { kind: "insecure"; message: string } | null {
+  if (!POSIX) return null;
+  const uid = process.getuid!();
+  const real = realpathSync(path);
+  const st = statSync(real);
+  if (st.uid !== uid && st.uid !== 0) return { kind: "insecure", message: `${place.what} (${real}) belongs to uid ${st.uid}, ${place.who}; use a directory owned by you or root, or ${place.elsewhere}` };
+  if (othersMayWrite(st, undefined, real))
+    return {
+      kind: "insecure",
+      message: `${place.what} (${real}) can be written by other users (mode ${octal(st.mode)}${(st.mode & 0o1000) !== 0 ? ", sticky: they can still add files of their own" : ""}), ${place.who}; fix it with: chmod go-w ${real}, or ${place.elsewhere}`,
+    };
+  try {
+    assertSafeAncestors(path, uid, place);
+    if (real !== path) assertSafeAncestors(real, uid, place);
+  } catch (e) {
+    if (e instanceof VaultError) return { kind: "insecure", message: e.message };
+    throw e;
+  }
+  return null;
+}
+
+/**
+ * `pathValue` with only the directories no other user can add a program to (each entry from `cwd`,
+ * written as its absolute path): a directory of yours or root's that no one else can write, not even
+ * a sticky one, on a way no one else can change ({@link dirTrustProblem}). A command lessor runs as
+ * the vault's owner (a rotation hook, the key command) gets this PATH, so that no program it starts
+ * that looks a name up itself (a script's `jq`, a launcher's argument) finds another user's. When no
+ * entry is left, /usr/bin:/bin (as filtered). Unchanged on Windows.
+ */
+export function trustedPath(pathValue: string, cwd: string): string {
+  if (!POSIX) return pathValue;
+  const place = { what: "a PATH directory", who: "", elsewhere: "" };
+  const keep = (value: string): string[] => {
+    const out: string[] = [];
+    for (const entry of value.split(delimiter)) {
+      const dir = resolve(cwd, entry || ".");
+      try {
+        if (statSync(dir).isDirectory() && dirTrustProblem(dir, place) === null && !out.includes(dir)) out.push(dir);
+      } catch {
+        // missing or unreadable: nothing to find there
+      }
+    }
+    return out;
+  };
+  const kept = keep(pathValue);
+  return (kept.length > 0 ? kept : keep("/usr/bin:/bin")).join(delimiter);
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Why the command (its program found at `path`, run with `args` from `cwd` on `pathValue`) must not run
  * as the vault's owner, or null: {@link programTrustProblem} for the program, then for each file of
- * {@link commandFiles} (an interpreter of its `#!` line, a script or other file it is handed): the
- * same rule; a directory searched on PATH before `env` finds its interpreter must not let another user
- * put one there. Throws what {@link programTrustProblem} throws for the program itself.
+ * {@link commandFiles} (an interpreter of its `#!` line, a program env or a launcher runs, a script or
+ * other file it is handed): the same rule, {@link dirTrustProblem} for a directory it is handed; a
+ * place searched on PATH before the interpreter or program found must not let another user put one
+ * there. Throws what {@link programTrustProblem} throws for the program itself.
  */
 export function commandTrustProblem(
   path: string,
@@ -437,13 +559,18 @@ export function commandTrustProblem(
   const uid = process.getuid!();
   for (const f of commandFiles(path, args, cwd, pathValue)) {
     if (f.unclear !== undefined)
-      return { kind: "insecure", message: `${place.what} starts with a #! line through ${f.path} whose ${f.unclear} lessor cannot follow, so it cannot tell which interpreter runs it; name the interpreter by its full path in that line` };
+      return f.role === "launched"
+        ? { kind: "insecure", message: `${place.what} runs env with an ${f.unclear} that lessor cannot follow, so it cannot tell which program env runs; name that program by its full path as the command instead` }
+        : { kind: "insecure", message: `${place.what} starts with a #! line through ${f.path} whose ${f.unclear} lessor cannot follow, so it cannot tell which interpreter runs it; name the interpreter by its full path in that line` };
+    const dir = f.role === "argument" && isDirectory(f.path);
     const what =
       f.role === "argument"
-        ? `the file ${JSON.stringify(f.name)} that ${place.what} is given`
+        ? `the ${dir ? "directory" : "file"} ${JSON.stringify(f.name)} that ${place.what} is given`
         : f.role === "interpreter"
           ? `the interpreter ${JSON.stringify(f.name)} named in the #! line of ${place.what}`
-          : `${dirname(f.path)}, searched on PATH for ${JSON.stringify(f.name)} (the interpreter in the #! line of ${place.what})`;
+          : f.role === "launched"
+            ? `the program ${JSON.stringify(f.name)} named in the arguments of ${place.what}`
+            : `${dirname(f.path)}, searched on PATH for ${JSON.stringify(f.name)} (${f.of === "launched" ? "a program named in the arguments" : "the interpreter in the #! line"} of ${place.what})`;
     const sub = { what, who: place.who, elsewhere: place.elsewhere };
     if (f.role === "searched") {
       try {
@@ -456,7 +583,7 @@ export function commandTrustProblem(
     }
     let p: ReturnType<typeof programTrustProblem>;
     try {
-      p = programTrustProblem(f.path, sub);
+      p = dir ? dirTrustProblem(f.path, sub) : programTrustProblem(f.path, sub);
     } catch {
       continue; // missing: it does not run (env or the kernel says so)
     }

@@ -4,7 +4,9 @@
  * limit kills whatever it started too.
  *
  * - Environment: only PATH, HOME, LANG, LC_ALL and TZ from the vault's own (when set). Nothing else:
- *   no LESSOR_* variable (the master key can be one), no token, no database URL.
+ *   no LESSOR_* variable (the master key can be one), no token, no database URL. PATH keeps only the
+ *   directories no other user can add a program to (a directory of yours or root's that no one else
+ *   can write, not even a sticky one, on a way no one else can change).
  * - stdin: the current value when the hook has `stdin = "current"` (rotation scripts often need the
  *   old credential to authenticate the change), else /dev/null.
  * - stdout: the new value; one trailing "\n" or "\r\n" is removed; it must not be empty, and more
@@ -19,15 +21,19 @@
  *   (src/crypto/keys/command.ts): a regular file of yours or root's that no one else can write, in
  *   directories no one else can write, as found and as its real path. So is what it runs or reads as
  *   code: the interpreter of a `#!` line (through `/usr/bin/env NAME`, every PATH directory searched
- *   for NAME up to the one found, too), and each argument that names an existing file (the script of
- *   `["bash", "rotate.sh"]`, from the lessor home). Otherwise it is not run (a failure of kind
+ *   for NAME up to the one found, too); what `env` runs when the program is env (`["/usr/bin/env",
+ *   NAME]`, found on PATH the same way) and each file named by its `NAME=value` arguments
+ *   (`BASH_ENV=file`); each argument that names a program on PATH (what a launcher such as `timeout
+ *   20 NAME`, `nice` or `nohup` runs), found as it finds it; and each argument that names an existing
+ *   file or directory (the script of `["bash", "rotate.sh"]`, the directory of `["python3", "app"]`,
+ *   from the lessor home; a directory no one else may write, not even a sticky one). Otherwise it is not run (a failure of kind
  *   "untrusted", naming the file or directory at fault and the fix).
  *
  * Every buffer that held output is zeroed once it has been copied.
  */
 import { spawn } from "node:child_process";
 import { delimiter, join, resolve as resolvePath } from "node:path";
-import { commandTrustProblem, isExecutableFile } from "../fs/perms.js";
+import { commandTrustProblem, isExecutableFile, trustedPath } from "../fs/perms.js";
 import type { HookFailure, HookRunResult, RotationHook, RotationHooks } from "../vault/rotation-hooks.js";
 import type { SecretRef } from "../base/types.js";
 
@@ -40,6 +46,16 @@ export function hookEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   for (const k of HOOK_ENV_KEEP) if (typeof env[k] === "string") out[k] = env[k];
   out.PATH ??= "/usr/local/bin:/usr/bin:/bin";
   return out;
+}
+
+/**
+ * The environment the hook runs with: {@link hookEnv}, its PATH cut to the directories no other user
+ * can add a program to (src/fs/perms.ts trustedPath), so that what the hook runs that looks a name up
+ * itself (a script's `curl`, `env NAME`, `timeout 20 NAME`) never finds another user's.
+ */
+function runEnv(opts: RunHookOptions): NodeJS.ProcessEnv {
+  const env = hookEnv(opts.env);
+  return { ...env, PATH: trustedPath(env["PATH"] ?? "", opts.cwd) };
 }
 
 /** Removes one trailing "\n" or "\r\n". */
@@ -144,7 +160,7 @@ export function runHookCommand(hook: RotationHook, stdin: Uint8Array | null, max
       child = spawn(program.path, args, {
         argv0: file, // as the command is written; the path found is what runs
         cwd: opts.cwd,
-        env: hookEnv(opts.env),
+        env: runEnv(opts),
         shell: false,
         detached: true, // its own process group, killed whole on a time limit
         windowsHide: true,

@@ -95,7 +95,8 @@ export function configuredPrograms(config: Config, home: string, env: NodeJS.Pro
 /**
  * What `program`'s run reads as code beyond its program (src/fs/perms.ts commandFiles): the
  * interpreter of its `#!` line (for `env NAME`, every PATH directory searched for NAME up to the one
- * that holds it), and each argument naming an existing file (a script handed to an interpreter), each
+ * that holds it), what env or a launcher among its arguments runs (found the same way), and each
+ * argument naming an existing file or directory (a script handed to an interpreter), each
  * as a program of its own for {@link firstReplaceable}: the agent changing one runs its code as you.
  */
 function filesOf(program: OwnerProgram, args: readonly string[], cwd: string, pathValue: string): OwnerProgram[] {
@@ -103,17 +104,20 @@ function filesOf(program: OwnerProgram, args: readonly string[], cwd: string, pa
   if (found === undefined || !isExecutableFile(found)) return [];
   const out: OwnerProgram[] = [];
   let searched: string[] = [];
+  let of: "interpreter" | "launched" | undefined;
   for (const f of commandFiles(found, args, cwd, pathValue)) {
     if (f.role === "searched") {
       searched.push(f.path);
+      of = f.of;
       continue;
     }
-    const what = f.role === "argument" ? `the file ${JSON.stringify(f.name)} it is given` : `the interpreter ${JSON.stringify(f.name)} of its #! line`;
-    const bare = f.role === "interpreter" && searched.length > 0;
+    const what =
+      f.role === "argument" ? `the file ${JSON.stringify(f.name)} it is given` : f.role === "launched" ? `the program ${JSON.stringify(f.name)} named in its arguments` : `the interpreter ${JSON.stringify(f.name)} of its #! line`;
+    const bare = f.role !== "argument" && searched.length > 0;
     out.push({ ...program, key: `${what} (${program.key})`, program: bare ? f.name : f.path, places: bare ? [...searched, f.path] : [f.path] });
     searched = [];
   }
-  if (searched.length > 0) out.push({ ...program, key: `the interpreter of its #! line (${program.key})`, program: basename(searched[0]!), places: searched });
+  if (searched.length > 0) out.push({ ...program, key: `${of === "launched" ? "the program named in its arguments" : "the interpreter of its #! line"} (${program.key})`, program: basename(searched[0]!), places: searched });
   return out;
 }
 

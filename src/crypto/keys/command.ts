@@ -12,14 +12,15 @@
  * no one else can write, in directories no one else can write. It runs in a process group of its own,
  * killed whole at the time limit, in the lessor home (not the directory lessor was started from), with
  * stdin closed and lessor's own secrets (LESSOR_MASTER_KEY,
- * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment.
+ * LESSOR_PASSPHRASE, LESSOR_TOKEN, the database URL) withheld from its environment, and PATH cut to
+ * the directories no other user can add a program to (src/fs/perms.ts trustedPath).
  */
 import { spawn } from "node:child_process";
 import { delimiter, isAbsolute, join } from "node:path";
 import { VaultError } from "../../base/errors.js";
 import { withoutLessorSecrets } from "../../base/secret-env.js";
 import type { KeySource } from "../../vault/ports.js";
-import { commandTrustProblem, isExecutableFile } from "../../fs/perms.js";
+import { commandTrustProblem, isExecutableFile, trustedPath } from "../../fs/perms.js";
 import { hexToKey, isHexKey, ringOf } from "./common.js";
 
 /** Default time limit for the key command. */
@@ -50,8 +51,9 @@ function locate(file: string, env: NodeJS.ProcessEnv, name: string): string {
  * Refuses a program another user could change (it decides the vault's master key): it must be a
  * regular file of yours or root's that no one else can write, in directories no one else can write
  * either (src/fs/perms.ts assertSafeAncestors), as found and as its real path; so must the
- * interpreter of its `#!` line and each argument that names an existing file (a script handed to an
- * interpreter: src/fs/perms.ts commandTrustProblem).
+ * interpreter of its `#!` line, what env or a launcher among its arguments runs, the files its
+ * `NAME=value` arguments name, and each argument that names an existing file or directory (a script
+ * handed to an interpreter: src/fs/perms.ts commandTrustProblem).
  */
 function assertTrustedProgram(path: string, name: string, args: readonly string[], env: NodeJS.ProcessEnv, cwd: string): void {
   let problem: ReturnType<typeof commandTrustProblem>;
@@ -71,7 +73,9 @@ function assertTrustedProgram(path: string, name: string, args: readonly string[
  * printed on stdout (at most 64 KiB, stderr discarded unread).
  */
 function run(path: string, args: readonly string[], timeoutMs: number, env: NodeJS.ProcessEnv, name: string, cwd: string): Promise<Buffer> {
-  const childEnv = withoutLessorSecrets(env);
+  // PATH cut to the directories no other user can add a program to: what it runs that looks a name
+  // up itself (`env NAME`, a script's `aws`) never finds another user's.
+  const childEnv = { ...withoutLessorSecrets(env), ...(env.PATH !== undefined ? { PATH: trustedPath(env.PATH, cwd) } : {}) };
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
