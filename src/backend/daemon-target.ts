@@ -14,7 +14,7 @@
  */
 import { isAbsolute } from "node:path";
 import type { Endpoint } from "../client/client.js";
-import { loopbackHost } from "../client/transport.js";
+import { loopbackHost, zoneIdHint } from "../client/transport.js";
 import { VaultError } from "../base/errors.js";
 import { readTokenFile, TOKEN_LOOKS_LIKE, tokenShaped } from "./token-file.js";
 
@@ -56,7 +56,7 @@ function parseAddr(addr: string): { host: string; port: number } {
   // address (127.0.0.256), would be looked up and go wherever the resolver says.
   const host = loopbackHost(m[1]!);
   if (host === null)
-    throw new VaultError("config_invalid", `LESSOR_ADDR host ${JSON.stringify(m[1]!.slice(0, 80))} is not a loopback address; lessor daemons listen on loopback only (127.0.0.1, ::1 or localhost), and a token must not cross a network in the clear`);
+    throw new VaultError("config_invalid", `LESSOR_ADDR host ${JSON.stringify(m[1]!.slice(0, 80))} is not a loopback address${zoneIdHint(m[1]!)}; lessor daemons listen on loopback only (127.0.0.1, ::1 or localhost), and a token must not cross a network in the clear`);
   return { host, port };
 }
 

@@ -68,7 +68,7 @@ export function checkEndpoint(ep: Endpoint): Endpoint {
       if (host === null)
         throw new VaultError(
           "invalid_request",
-          `the daemon's host must be a loopback address (127.x.x.x, ::1 or localhost): lessor daemons listen on loopback only, and a token must not cross a network in the clear; ${JSON.stringify(ep.host.slice(0, 80))} is not one`,
+          `the daemon's host must be a loopback address (127.x.x.x, ::1 or localhost): lessor daemons listen on loopback only, and a token must not cross a network in the clear; ${JSON.stringify(ep.host.slice(0, 80))} is not one${zoneIdHint(ep.host)}`,
         );
       return { host, port: ep.port };
     }
@@ -83,9 +83,17 @@ export function checkEndpoint(ep: Endpoint): Endpoint {
  */
 export function loopbackHost(host: string): string | null {
   if (host === "localhost") return "127.0.0.1";
+  // No zone ids ("::1%lo", "fe80::1%eth0"): isIPv6 takes them, new URL throws on them, and the daemon
+  // (isLoopbackAddress in src/server/transports/tcp.ts) refuses them too. Loopback ::1 is spelled "::1".
+  if (host.includes("%")) return null;
   if (isIPv4(host) && host.startsWith("127.")) return host;
-  if (isIPv6(host) && new URL(`http://[${host}]/`).hostname === "[::1]") return host;
+  if (isIPv6(host) && URL.canParse(`http://[${host}]/`) && new URL(`http://[${host}]/`).hostname === "[::1]") return host;
   return null;
+}
+
+/** A hint for a refused host written with an IPv6 zone id ("" for any other). */
+export function zoneIdHint(host: string): string {
+  return host.includes("%") ? " (an IPv6 zone id such as %lo is not accepted: write ::1)" : "";
 }
 
 /** `uds /path` or `tcp host:port`. */

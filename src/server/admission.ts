@@ -21,11 +21,13 @@
  * - **Handshakes.** A connection with no identity yet (before its hello is accepted) is in the
  *   handshake budget of its transport: at most `maxHandshakesPerPeer` from one peer (uid, cid or
  *   TCP address) and `maxHandshakes` in all. When the budget is full, a newcomer replaces the oldest
- *   connection that is waiting on its client (no hello yet, or no token after the daemon's proof)
- *   among the peers with the most such connections; only if none waits on its client is the
- *   newcomer refused. A flood of connections that never say hello therefore neither reaches the
- *   global connection cap nor keeps a real client (which says hello at once, and is the newest) from
- *   its handshake.
+ *   connection that is waiting on its client (no hello yet first, else no token after the daemon's
+ *   proof) among the peers with the most such connections; only if none waits on its client is the
+ *   newcomer refused. Past `maxHandshakesPerPeer`, a uid or cid (one principal, by the kernel's
+ *   word) is refused, but a TCP address (127.0.0.1 is every local user) replaces its own oldest
+ *   connection waiting on its client, so that one user's flood cannot keep another's client out. A
+ *   flood of connections that never say hello therefore neither reaches the global connection cap
+ *   nor keeps a real client (which says hello at once, and is the newest) from its handshake.
  */
 import { VaultError } from "../base/errors.js";
 import type { Identity } from "../base/types.js";
@@ -47,6 +49,8 @@ export interface AdmissionLimits {
 export interface Admittable {
   /** True while its handshake waits on the client (so it may be replaced). */
   readonly awaitingPeer: boolean;
+  /** True while it waits for the client's hello (replaced before one waiting for the token); absent: as awaitingPeer. */
+  readonly awaitingHello?: boolean;
 }
 
 /** The answer for a new connection. */
@@ -124,13 +128,21 @@ export class Admission<C extends Admittable> {
         message: `${describe(principal)} already has ${lim.maxConnectionsPerPrincipal} connections open to the daemon (max_connections_per_principal); close some, or ask the admin to raise the limit in lessor.toml [server]`,
       };
     const pool = this.#handshakes.get(peer.transport);
-    const mine = pool?.get(peerKey(peer))?.size ?? 0;
-    if (mine >= lim.maxHandshakesPerPeer)
+    const key = peerKey(peer);
+    const mine = pool?.get(key);
+    if ((mine?.size ?? 0) >= lim.maxHandshakesPerPeer) {
+      // A TCP peer is a source address, 127.0.0.1 for every local user and agent alike: its cap
+      // must not let one of them keep the others out. The newcomer takes the place of that address's
+      // oldest connection still waiting on its client, as at max_handshakes; the address keeps its
+      // max_handshakes_per_peer. A uid or a cid is one principal: its own flood keeps only itself out.
+      const victim = peer.transport === "tcp" && mine !== undefined ? this.#victim([new Map([[key, mine]])]) : null;
+      if (victim !== null) return { ok: true, evict: victim };
       return {
         ok: false,
         why: "peer handshake cap",
-        message: `${mine} connections from you are still in their handshake (max_handshakes_per_peer); send the hello right after connecting, or close them, then try again`,
+        message: `${mine?.size ?? 0} connections from you are still in their handshake (max_handshakes_per_peer); send the hello right after connecting, or close them, then try again`,
       };
+    }
     if (this.handshaking(peer.transport) < lim.maxHandshakes) return { ok: true, evict: null };
     const victim = pool === undefined ? null : this.#victim([pool]);
     if (victim === null)
@@ -160,7 +172,12 @@ export class Admission<C extends Admittable> {
     return waiting(this.#entries.get(victim)!) > waiting({ transport: peer.transport, peer: peerKey(peer) }) + 1 ? victim : null;
   }
 
-  /** The oldest connection waiting on its client, among the peers (of `pools`) with the most such connections. */
+  /**
+   * The oldest connection waiting on its client, among the peers (of `pools`) with the most such
+   * connections: within a peer, the oldest that has not said hello, else the oldest waiting for the
+   * token after the daemon's proof (a real client answers the proof at once, and is the newest).
+   * A connection that authenticated is no longer in any pool: it is never chosen.
+   */
   #victim(pools: Map<string, Set<C>>[]): C | null {
     let most = 0;
     let victim: C | null = null;
@@ -168,11 +185,14 @@ export class Admission<C extends Admittable> {
     for (const set of pools.flatMap((pool) => [...pool.values()])) {
       let waiting = 0;
       let oldest: C | null = null;
+      let silent: C | null = null;
       for (const c of set)
         if (c.awaitingPeer) {
           waiting++;
           oldest ??= c; // sets keep arrival order
+          if (c.awaitingHello !== false) silent ??= c;
         }
+      oldest = silent ?? oldest;
       if (oldest === null || waiting < most) continue;
       const at = this.#entries.get(oldest)!.at;
       if (waiting > most || at < victimAt) [most, victim, victimAt] = [waiting, oldest, at];

@@ -91,7 +91,7 @@ export function makeAuthenticator(
   return async (peer, hello) => {
     // Decided by the transport before anything else: a vsock guest never authenticates by token.
     if (peer.transport === "vsock") return authenticateGuest(peer, hello);
-    if (hello.token !== undefined) return vault.authenticateToken(hello.token, peer.transport);
+    if (hello.token !== undefined) return vault.authenticateToken(hello.token, peer.transport, peerRemote(peer));
     if (peer.transport === "uds") {
       if (peer.uid === undefined && trust.ownerWithoutPeerCred !== true) {
         await vault.recordAuthFailure("uds", "no peer credentials", { pid: null });

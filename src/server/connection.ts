@@ -194,6 +194,11 @@ export class Connection {
     return this.#state === "hello" || this.#state === "proof";
   }
 
+  /** True while the handshake waits for the client's hello (it has said nothing yet). */
+  get awaitingHello(): boolean {
+    return this.#state === "hello";
+  }
+
   /** True once the hello carried a token or began a token handshake (the connection will be a token's, if anyone's). */
   get showsToken(): boolean {
     return this.#showsToken;

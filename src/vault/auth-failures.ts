@@ -7,8 +7,9 @@
  * the detail names one (a TCP address, a VM guest's `vm:<name>` or `cid:<n>`), else `uid` (a Unix
  * socket). A remote comes first because it is the narrower: every Firecracker VM's connections
  * arrive from the same uid (the daemon's, or Firecracker's), so grouping them by uid would let one
- * VM's flood hide another's failures under a row naming no VM. The token check does not know its
- * peer, so there the source is the transport. Time is cut into windows of
+ * VM's flood hide another's failures under a row naming no VM. A token check names the peer's
+ * address when its transport knows one (TCP); where none is named (an embedded vault, a Unix-socket
+ * token client) the source is the transport. Time is cut into windows of
  * `limits.authFailureWindowMs` (10 s by default).
  * - A source's first {@link BURST} failures in a window are written at once, one row each, as before
  *   (the reason and detail as given), while the window's budget of {@link WINDOW_BUDGET} such rows

@@ -216,7 +216,7 @@ export async function revokeToken(ctx: VaultContext, who: Identity, id: string):
  * token's public id when it could be read and never its secret part). The identity carries `token`
  * (its id and expiry), so a server can close the connection when the token is revoked or expires.
  */
-export async function authenticateToken(ctx: VaultContext, token: string, transport: string): Promise<Identity> {
+export async function authenticateToken(ctx: VaultContext, token: string, transport: string, remote?: string | null): Promise<Identity> {
   const m = typeof token === "string" ? TOKEN_RE.exec(token) : null;
   const rec = m ? await ctx.store.getToken(m[1]!) : null;
   const now = ctx.now();
@@ -238,7 +238,10 @@ export async function authenticateToken(ctx: VaultContext, token: string, transp
   else if (rec.expiresAt !== null && rec.expiresAt <= now) why = "token expired";
   if (why !== null || !rec) {
     // In aggregate: a flood of bad tokens is one row per window, not one commit each.
-    await recordAuthFailure(ctx, transport, why ?? "unknown token id", m ? { token_id: m[1]! } : null);
+    // The peer's address (a loopback TCP client's) when the transport knows it: not secret, and it
+    // tells whose failures these are (the tally is then per address, as for the other refusals).
+    const detail = { ...(m ? { token_id: m[1]! } : {}), ...(typeof remote === "string" ? { remote } : {}) };
+    await recordAuthFailure(ctx, transport, why ?? "unknown token id", Object.keys(detail).length > 0 ? detail : null);
     throw new VaultError("unauthenticated", INVALID);
   }
   sawLiveToken(ctx, rec.id, rec.expiresAt);

@@ -378,10 +378,11 @@ export class Vault {
 
   /**
    * The identity a bearer token stands for (transports without peer credentials call this after the
-   * hello). Throws VaultError("unauthenticated"), audited as auth_failed.
+   * hello). Throws VaultError("unauthenticated"), audited as auth_failed, naming `remote` (the
+   * peer's address, a TCP client's) when given.
    */
-  authenticateToken(token: string, transport: string): Promise<Identity> {
-    return tokens.authenticateToken(this.#ctx, token, transport);
+  authenticateToken(token: string, transport: string, remote?: string | null): Promise<Identity> {
+    return tokens.authenticateToken(this.#ctx, token, transport, remote);
   }
 
   /**
