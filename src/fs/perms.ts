@@ -209,6 +209,11 @@ export function programTrustProblem(path: string, place: TrustedProgramPlace): {
   if (st.uid !== uid && st.uid !== 0) return { kind: "insecure", message: `${place.what} (${real}) belongs to uid ${st.uid}, ${place.who}; use a program owned by you or root` };
   if (othersMayWrite(st, undefined, real))
     return { kind: "insecure", message: `${place.what} (${real}) can be changed by other users (mode ${octal(st.mode)}), ${place.who}; fix it with: chmod go-w ${real}` };
+  return waysProblem(path, real, uid, place);
+}
+
+/** {@link assertSafeAncestors} on `path` and, when it differs, its real path `real`, as a problem rather than a throw. */
+function waysProblem(path: string, real: string, uid: number, place: GuardedPlace): { kind: "insecure"; message: string } | null {
   try {
     assertSafeAncestors(path, uid, place);
     if (real !== path) assertSafeAncestors(real, uid, place);
@@ -494,14 +499,7 @@ export function dirTrustProblem(path: string, place: TrustedProgramPlace): { kin
       kind: "insecure",
       message: `${place.what} (${real}) can be written by other users (mode ${octal(st.mode)}${(st.mode & 0o1000) !== 0 ? ", sticky: they can still add files of their own" : ""}), ${place.who}; fix it with: chmod go-w ${real}, or ${place.elsewhere}`,
     };
-  try {
-    assertSafeAncestors(path, uid, place);
-    if (real !== path) assertSafeAncestors(real, uid, place);
-  } catch (e) {
-    if (e instanceof VaultError) return { kind: "insecure", message: e.message };
-    throw e;
-  }
-  return null;
+  return waysProblem(path, real, uid, place);
 }
 
 /**
